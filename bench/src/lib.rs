@@ -1,0 +1,1 @@
+//! Benchmarks live in benches/main.rs; this crate has no library code.

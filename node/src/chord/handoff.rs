@@ -1,0 +1,593 @@
+//! Moving key ranges between nodes: a new predecessor's range on join, the whole range on a
+//! graceful leave.
+//!
+//! ```text
+//!   join:   P ─── N ─── S        N notifies S; S accepts N as predecessor and streams
+//!                                (P, N] to N; N holds requests for (P, N] until the last batch
+//!   leave:  P ─── L ─── S        L tells S it is leaving; S takes (P, L] as predecessor P and
+//!                                L streams (P, L] to S; S holds requests for it meanwhile
+//! ```
+//!
+//! Why nothing acknowledged is lost:
+//! 1. The sender stops serving the range at the switch (it redirects instead) and scans only
+//!    after every write it already accepted for the range is stored.
+//! 2. Every batch is merged by version on the receiver and acknowledged only once stored; the
+//!    sender removes a batch's keys only after that, and only at the versions it sent.
+//! 3. The receiver holds requests for the range until the last batch is stored, so it never
+//!    answers from a half-filled range, and it stamps later writes above the sender's clock.
+//! 4. If the receiver dies mid-transfer the unsent keys are still at the sender, which owns the
+//!    range again once it forgets its dead predecessor.
+
+use chordkv_protocol::{in_half_open, ErrorCode, Frame, Id, Item, Message, NodeRef};
+
+use super::{Millis, Node, Phase, ReplyTo, RpcKind, StoreWait};
+use crate::store::{ScanCursor, StoreError, StoreOp, StoreOutcome};
+
+/// Finished incoming ranges remembered, so a late notify reply does not reopen one.
+const FINISHED_REMEMBERED: usize = 16;
+
+/// A range this node is receiving.
+#[derive(Debug)]
+pub(super) struct Incoming {
+    pub start: Id,
+    pub end: Id,
+    /// When the transfer is given up if no batch arrives.
+    pub deadline: Millis,
+    /// Requests for keys in the range, answered once it is complete.
+    pub held: Vec<(ReplyTo, Frame, u16)>,
+}
+
+/// A range this node is sending.
+#[derive(Debug)]
+pub(super) struct Outgoing {
+    pub to: NodeRef,
+    pub start: Id,
+    pub end: Id,
+    pub cursor: Option<ScanCursor>,
+    pub stage: OutStage,
+    /// The batch in flight, as (key, version), removed locally once acknowledged.
+    pub batch: Vec<(bytes::Bytes, u64)>,
+    pub last: bool,
+    pub for_leave: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum OutStage {
+    /// Waiting for writes already accepted in the range to be stored.
+    WaitWrites,
+    Scanning,
+    Sending,
+    Removing,
+}
+
+#[derive(Debug)]
+pub(super) struct LeaveState {
+    /// The node leaves at this time whatever happened.
+    pub deadline: Millis,
+    /// When to ask (again) a successor to take over.
+    pub retry_at: Millis,
+    pub stage: LeaveStage,
+    /// The successor has taken the range over: this node no longer serves it.
+    pub handed_over: bool,
+    /// The successor asked to take over.
+    pub target: Option<NodeRef>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LeaveStage {
+    /// Waiting for transfers in flight to finish, then asking the successor.
+    Waiting,
+    Asking,
+    Transferring,
+    /// Keys handed off; waiting for operations this node coordinates to finish.
+    Draining,
+}
+
+impl Node {
+    // ---- join: the successor side ------------------------------------------------------------
+
+    pub(super) fn handle_notify(&mut self, now: Millis, to: ReplyTo, rid: u64, node: NodeRef) {
+        let clock = self.clock.current();
+        let refuse = Message::NotifyReply {
+            accepted: false,
+            previous: None,
+            clock,
+        };
+        if node.addr == self.me.addr || self.predecessor.is_some_and(|p| p.addr == node.addr) {
+            return self.reply(to, rid, refuse);
+        }
+        let closer = match self.predecessor {
+            None => true,
+            Some(p) => self.is_dead(&p.addr) || p.id.is_between(&node.id, &self.me.id),
+        };
+        // Only an active node with no transfer coming in hands a range on; the notifier retries
+        // on its next stabilize round.
+        if !closer || self.phase != Phase::Active || !self.incoming.is_empty() || self.leave.is_some() {
+            return self.reply(to, rid, refuse);
+        }
+        let previous = self
+            .predecessor
+            .filter(|p| !self.is_dead(&p.addr) && p.id.is_between(&node.id, &self.me.id));
+        // Without a live previous predecessor, everything we hold outside (node, me] goes.
+        let start = previous.map_or(self.me.id, |p| p.id);
+        self.predecessor = Some(node);
+        self.dead.remove(&node.addr);
+        self.start_transfer(now, node, start, node.id, false);
+        self.reply(
+            to,
+            rid,
+            Message::NotifyReply {
+                accepted: true,
+                previous,
+                clock,
+            },
+        );
+    }
+
+    // ---- join: the new predecessor's side ----------------------------------------------------
+
+    pub(super) fn on_notify_reply(&mut self, now: Millis, from: std::net::SocketAddr, msg: Message) {
+        let Message::NotifyReply {
+            accepted,
+            previous,
+            clock,
+        } = msg
+        else {
+            return;
+        };
+        self.clock.observe(clock);
+        if !accepted {
+            return;
+        }
+        let Some(succ) = self.routing.successors().iter().find(|s| s.addr == from).copied() else {
+            return;
+        };
+        let start = previous.map_or(succ.id, |p| p.id);
+        if self.predecessor.is_none() {
+            self.predecessor = previous.filter(|p| p.addr != self.me.addr);
+        }
+        self.expect_incoming(now, start, self.me.id);
+    }
+
+    /// Records that `(start, end]` is coming from `from` (unless it already came).
+    fn expect_incoming(&mut self, now: Millis, start: Id, end: Id) -> Option<usize> {
+        if self.phase == Phase::Joined {
+            self.phase = Phase::Active;
+        }
+        if let Some(i) = self
+            .incoming
+            .iter()
+            .position(|r| r.start == start && r.end == end)
+        {
+            return Some(i);
+        }
+        if self.finished_incoming.contains(&(start, end)) {
+            return None;
+        }
+        let deadline = now + self.config.transfer_stall_timeout_ms;
+        self.incoming.push(Incoming {
+            start,
+            end,
+            deadline,
+            held: Vec::new(),
+        });
+        Some(self.incoming.len() - 1)
+    }
+
+    /// Whether `id` falls in a range being received.
+    pub(super) fn receiving(&self, id: &Id) -> bool {
+        self.incoming.iter().any(|r| in_half_open(id, &r.start, &r.end))
+    }
+
+    pub(super) fn hold(&mut self, _now: Millis, to: ReplyTo, frame: Frame, hops: u16) {
+        let held: usize = self.incoming.iter().map(|r| r.held.len()).sum();
+        let key_id = frame.message.key().map(|k| Id::hash(k)).unwrap_or_default();
+        let slot = self
+            .incoming
+            .iter_mut()
+            .find(|r| in_half_open(&key_id, &r.start, &r.end));
+        match slot {
+            Some(r) if held < self.config.max_held_requests => {
+                r.held.push((to, frame, hops));
+                self.stats.requests_held += 1;
+            }
+            _ => {
+                let text = "too many requests waiting for a key transfer; retry".to_string();
+                self.reply(
+                    to,
+                    frame.request_id,
+                    Message::Error {
+                        code: ErrorCode::Busy,
+                        hops,
+                        text,
+                    },
+                );
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn handle_transfer(
+        &mut self,
+        now: Millis,
+        to: ReplyTo,
+        rid: u64,
+        transfer_id: u64,
+        start: Id,
+        end: Id,
+        items: Vec<Item>,
+        last: bool,
+        clock: u64,
+    ) {
+        if matches!(self.phase, Phase::Idle | Phase::Joining | Phase::Left) {
+            return self.reply(
+                to,
+                rid,
+                Message::TransferAck {
+                    transfer_id,
+                    accepted: false,
+                },
+            );
+        }
+        self.clock.observe(clock);
+        for it in &items {
+            self.clock.observe(it.version);
+        }
+        if let Some(i) = self.expect_incoming(now, start, end) {
+            self.incoming[i].deadline = now + self.config.transfer_stall_timeout_ms;
+        }
+        self.stats.keys_received += items.len() as u64;
+        let wait = StoreWait::Apply {
+            to,
+            request_id: rid,
+            transfer_id,
+            start,
+            end,
+            last,
+        };
+        self.store_op(StoreOp::PutMany { items }, wait);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_apply_done(
+        &mut self,
+        now: Millis,
+        to: ReplyTo,
+        rid: u64,
+        transfer_id: u64,
+        start: Id,
+        end: Id,
+        last: bool,
+        result: Result<StoreOutcome, StoreError>,
+    ) {
+        let accepted = result.is_ok();
+        self.reply(
+            to,
+            rid,
+            Message::TransferAck {
+                transfer_id,
+                accepted,
+            },
+        );
+        if accepted && last {
+            self.complete_incoming(now, start, end);
+        }
+    }
+
+    /// The range is complete (or given up on): serve it and answer the held requests.
+    fn complete_incoming(&mut self, now: Millis, start: Id, end: Id) {
+        let Some(i) = self
+            .incoming
+            .iter()
+            .position(|r| r.start == start && r.end == end)
+        else {
+            return;
+        };
+        let range = self.incoming.remove(i);
+        self.stats.transfers_in += 1;
+        self.finished_incoming.push_back((start, end));
+        if self.finished_incoming.len() > FINISHED_REMEMBERED {
+            self.finished_incoming.pop_front();
+        }
+        for (to, frame, hops) in range.held {
+            self.dispatch_client_op(now, to, frame, hops);
+        }
+    }
+
+    pub(super) fn expire_incoming(&mut self, now: Millis) {
+        let stalled: Vec<(Id, Id)> = self
+            .incoming
+            .iter()
+            .filter(|r| r.deadline <= now)
+            .map(|r| (r.start, r.end))
+            .collect();
+        for (start, end) in stalled {
+            self.complete_incoming(now, start, end);
+        }
+    }
+
+    // ---- sending a range ---------------------------------------------------------------------
+
+    pub(super) fn start_transfer(
+        &mut self,
+        now: Millis,
+        to: NodeRef,
+        start: Id,
+        end: Id,
+        for_leave: bool,
+    ) -> u64 {
+        let id = self.next_transfer_id;
+        self.next_transfer_id += 1;
+        let out = Outgoing {
+            to,
+            start,
+            end,
+            cursor: None,
+            stage: OutStage::WaitWrites,
+            batch: Vec::new(),
+            last: false,
+            for_leave,
+        };
+        self.outgoing.insert(id, out);
+        self.pump_transfers(now);
+        id
+    }
+
+    /// Starts the scan of every transfer whose range has no write still being stored.
+    pub(super) fn pump_transfers(&mut self, _now: Millis) {
+        let ready: Vec<u64> = self
+            .outgoing
+            .iter()
+            .filter(|(_, o)| o.stage == OutStage::WaitWrites && !self.write_in_flight(&o.start, &o.end))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            let o = self.outgoing.get_mut(&id).expect("transfer present"); // faulty code
+            o.stage = OutStage::Scanning;
+            let op = StoreOp::Scan {
+                start: o.start,
+                end: o.end,
+                after: o.cursor.clone(),
+                limit: self.config.transfer_batch_items,
+                max_bytes: self.config.transfer_batch_bytes,
+            };
+            self.store_op(op, StoreWait::TransferScan(id));
+        }
+    }
+
+    pub(super) fn on_transfer_scanned(
+        &mut self,
+        now: Millis,
+        id: u64,
+        result: Result<StoreOutcome, StoreError>,
+    ) {
+        let Some(o) = self.outgoing.get_mut(&id) else {
+            return;
+        };
+        let Ok(StoreOutcome::Scanned { items, more }) = result else {
+            // The store failed: scan again on a later round.
+            o.stage = OutStage::WaitWrites;
+            return;
+        };
+        o.batch = items.iter().map(|it| (it.key.clone(), it.version)).collect();
+        o.last = !more;
+        o.stage = OutStage::Sending;
+        if let Some(it) = items.last() {
+            o.cursor = Some((Id::hash(&it.key), it.key.clone()));
+        }
+        let msg = Message::Transfer {
+            transfer_id: id,
+            start: o.start,
+            end: o.end,
+            items,
+            last: o.last,
+            clock: self.clock.current(),
+        };
+        let to = o.to.addr;
+        self.send_rpc(now, to, msg, RpcKind::Transfer(id), false);
+    }
+
+    pub(super) fn on_transfer_ack(&mut self, now: Millis, id: u64, msg: Message) {
+        let accepted = matches!(msg, Message::TransferAck { accepted: true, .. });
+        if !accepted {
+            return self.abort_transfer(now, id);
+        }
+        let Some(o) = self.outgoing.get_mut(&id) else {
+            return;
+        };
+        self.stats.keys_sent += o.batch.len() as u64;
+        if o.batch.is_empty() {
+            return self.finish_transfer(now, id);
+        }
+        o.stage = OutStage::Removing;
+        let keys = std::mem::take(&mut o.batch);
+        self.store_op(StoreOp::RemoveMany { keys }, StoreWait::TransferRemove(id));
+    }
+
+    pub(super) fn on_transfer_removed(
+        &mut self,
+        now: Millis,
+        id: u64,
+        _result: Result<StoreOutcome, StoreError>,
+    ) {
+        let Some(o) = self.outgoing.get_mut(&id) else {
+            return;
+        };
+        // A failed removal leaves stale copies behind, which versions make harmless.
+        if o.last {
+            return self.finish_transfer(now, id);
+        }
+        o.stage = OutStage::WaitWrites;
+        self.pump_transfers(now);
+    }
+
+    pub(super) fn on_transfer_failed(&mut self, now: Millis, id: u64) {
+        self.abort_transfer(now, id);
+    }
+
+    /// The receiver is gone or refused: the unsent keys stay here.
+    fn abort_transfer(&mut self, now: Millis, id: u64) {
+        let Some(o) = self.outgoing.remove(&id) else {
+            return;
+        };
+        if o.for_leave {
+            if let Some(l) = self.leave.as_mut() {
+                l.handed_over = false;
+                l.stage = LeaveStage::Waiting;
+                l.retry_at = now;
+            }
+        }
+    }
+
+    fn finish_transfer(&mut self, now: Millis, id: u64) {
+        let Some(o) = self.outgoing.remove(&id) else {
+            return;
+        };
+        self.stats.transfers_out += 1;
+        if o.for_leave {
+            if let Some(l) = self.leave.as_mut() {
+                l.stage = LeaveStage::Draining;
+            }
+            self.pump_leave(now);
+        }
+    }
+
+    // ---- graceful leave ----------------------------------------------------------------------
+
+    pub(super) fn start_leave(&mut self, now: Millis) {
+        match self.phase {
+            Phase::Leaving | Phase::Left => return,
+            Phase::Idle | Phase::Joining => return self.finish_leave(),
+            Phase::Joined | Phase::Active => {}
+        }
+        if self.routing.successors().is_empty() {
+            return self.finish_leave(); // alone: nobody to hand the keys to
+        }
+        self.phase = Phase::Leaving;
+        self.leave = Some(LeaveState {
+            deadline: now + self.config.leave_timeout_ms,
+            retry_at: now,
+            stage: LeaveStage::Waiting,
+            handed_over: false,
+            target: None,
+        });
+        self.pump_leave(now);
+    }
+
+    pub(super) fn pump_leave(&mut self, now: Millis) {
+        let Some(l) = self.leave.as_ref() else { return };
+        if now >= l.deadline {
+            return self.finish_leave();
+        }
+        match l.stage {
+            LeaveStage::Waiting => {
+                if now < l.retry_at || !self.incoming.is_empty() || !self.outgoing.is_empty() {
+                    return;
+                }
+                let Some(succ) = self.routing.successors().first().copied() else {
+                    return self.finish_leave();
+                };
+                let msg = self.leaving_message();
+                let l = self.leave.as_mut().expect("leaving"); // faulty code
+                l.stage = LeaveStage::Asking;
+                l.target = Some(succ);
+                self.send_rpc(now, succ.addr, msg, RpcKind::Leaving, false);
+            }
+            LeaveStage::Draining => {
+                if self.ops.is_empty() {
+                    self.finish_leave();
+                }
+            }
+            LeaveStage::Asking | LeaveStage::Transferring => {}
+        }
+    }
+
+    fn leaving_message(&self) -> Message {
+        Message::Leaving {
+            node: self.me,
+            predecessor: self.predecessor,
+            successors: self.routing.successors().to_vec(),
+            clock: self.clock.current(),
+        }
+    }
+
+    pub(super) fn on_leaving_reply(&mut self, now: Millis, msg: Message) {
+        let accepted = matches!(msg, Message::LeavingReply { accepted: true });
+        let Some(l) = self.leave.as_mut() else { return };
+        if !accepted {
+            l.stage = LeaveStage::Waiting;
+            l.retry_at = now + self.config.stabilize_interval_ms;
+            return;
+        }
+        let Some(succ) = l.target else { return };
+        l.handed_over = true;
+        l.stage = LeaveStage::Transferring;
+        let start = self.predecessor.map_or(succ.id, |p| p.id);
+        self.start_transfer(now, succ, start, self.me.id, true);
+        if let Some(p) = self.predecessor.filter(|p| p.addr != succ.addr) {
+            let msg = self.leaving_message();
+            self.send_rpc(now, p.addr, msg, RpcKind::LeavingHint, false);
+        }
+    }
+
+    pub(super) fn on_leaving_failed(&mut self, now: Millis) {
+        if let Some(l) = self.leave.as_mut() {
+            l.stage = LeaveStage::Waiting;
+            l.retry_at = now;
+        }
+    }
+
+    fn finish_leave(&mut self) {
+        self.phase = Phase::Left;
+        self.leave = None;
+        self.out.push_back(super::Output::Left);
+    }
+
+    /// A neighbour is leaving: take over its range if it is our predecessor, or splice it out
+    /// of our successor list if it is our successor.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn handle_leaving(
+        &mut self,
+        now: Millis,
+        to: ReplyTo,
+        rid: u64,
+        node: NodeRef,
+        predecessor: Option<NodeRef>,
+        successors: Vec<NodeRef>,
+        clock: u64,
+    ) {
+        self.clock.observe(clock);
+        let is_successor = self.routing.successors().iter().any(|s| s.addr == node.addr);
+        let is_predecessor = match self.predecessor {
+            Some(p) if p.addr == node.addr => true,
+            _ if is_successor => false,
+            Some(p) => self.is_dead(&p.addr) || p.id.is_between(&node.id, &self.me.id),
+            None => true,
+        };
+        if is_predecessor {
+            if self.phase != Phase::Active || !self.incoming.is_empty() || self.leave.is_some() {
+                return self.reply(to, rid, Message::LeavingReply { accepted: false });
+            }
+            let new_pred = predecessor.filter(|p| p.addr != self.me.addr && p.addr != node.addr);
+            let start = new_pred.map_or(self.me.id, |p| p.id);
+            self.predecessor = new_pred;
+            self.routing.forget(node.addr);
+            let deadline = now + self.config.transfer_stall_timeout_ms;
+            self.finished_incoming.retain(|r| *r != (start, node.id));
+            self.incoming.push(Incoming {
+                start,
+                end: node.id,
+                deadline,
+                held: Vec::new(),
+            });
+        } else if let Some(pos) = self.routing.successors().iter().position(|s| s.addr == node.addr) {
+            let mut list: Vec<NodeRef> = self.routing.successors()[..pos].to_vec();
+            list.extend(successors.into_iter().filter(|s| s.addr != node.addr));
+            self.routing.forget(node.addr);
+            self.routing.set_successors(list, self.config.successors);
+        } else {
+            self.routing.forget(node.addr);
+        }
+        self.reply(to, rid, Message::LeavingReply { accepted: true });
+    }
+}

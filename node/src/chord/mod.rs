@@ -1,0 +1,1132 @@
+//! The Chord core: one node's protocol logic as a deterministic state machine.
+//!
+//! It has no sockets, threads or clock. A driver (the mio [`crate::server`] in production,
+//! the [`crate::sim`] network in tests and the simulator) feeds it inputs, each with the
+//! current time in milliseconds, and drains the outputs it produces:
+//!
+//! ```text
+//!                 handle_request(now, reply_to, frame)   ── a request from a client or peer
+//!                 handle_reply(now, from, frame)         ── a reply to a request we sent
+//!   driver ──►    store_done(now, op_id, result)         ── a store op finished
+//!                 peer_unreachable(now, addr)            ── the transport gave up on a peer
+//!                 tick(now)                              ── timers (call at next_deadline())
+//!
+//!   driver ◄──    poll_output() -> Send { to, frame }    ── a request to a peer
+//!                                  Reply { to, frame }   ── a reply on an inbound connection
+//!                                  Store { id, op }      ── run this op, report store_done
+//!                                  Left                  ── graceful leave finished
+//! ```
+//!
+//! Given the same seed and the same inputs at the same times it produces the same outputs:
+//! every map it iterates is ordered, and its only randomness (timer jitter) comes from a
+//! seeded [`Rng`].
+//!
+//! ## The protocol (SIGCOMM'01 section 4, with the successor list of section 5)
+//!
+//! - **Routing is iterative.** The node that receives a client operation (the *entry*)
+//!   drives the lookup itself: it asks the closest preceding node it knows for the key's
+//!   successor (`FIND_SUCCESSOR`), which answers with the owner and the nodes after it
+//!   (`Found`) or with a node closer to the key (`Closer`), and then sends the operation to the
+//!   owner with `FLAG_DIRECT` set. The owner serves it, or answers `REDIRECT` if the entry's
+//!   view was stale. We chose iterative routing because the entry sees every hop: it detects a
+//!   dead hop by its timeout and routes around it with its own table, it counts hops exactly,
+//!   and intermediate nodes keep no per-request state. It is also how the Chord paper's
+//!   simulator routes, so hop counts compare directly. A hop is one message sent to another
+//!   node on the way to the owner (a lookup step, the direct operation, or a redirect
+//!   followed); a key served by the entry itself took 0 hops.
+//! - **Maintenance**: `stabilize` asks the successor for its predecessor and successor list
+//!   (`GET_NEIGHBORS`), adopts a closer successor, then `NOTIFY`s it; `fix_fingers` refreshes
+//!   fingers round-robin (those resolvable from the successor list at once, then one remote
+//!   lookup per round); `check_predecessor` pings the predecessor and forgets it on timeout.
+//! - **Failures**: every request to a peer has a deadline; a peer that misses it (or that the
+//!   transport reports unreachable) is dropped from the successor list, the fingers and the
+//!   predecessor, and avoided for `dead_peer_ttl_ms`. The successor list supplies the next live
+//!   successor.
+//! - **Ownership and handoff** (`handoff.rs`): key `k` belongs to the first node `n` with
+//!   `k ∈ (predecessor(n), n]`. A node accepts a new predecessor only when it is active and
+//!   not itself receiving a range, and then streams the keys of the predecessor's new range to
+//!   it in acknowledged batches; the receiver holds requests for that range until the last
+//!   batch is stored. A leaving node does the same towards its successor. No acknowledged write
+//!   is lost by a join or a leave, including writes that arrive during the transfer.
+
+pub mod clock;
+pub mod config;
+mod handoff;
+mod ops;
+pub mod routing;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+
+use chordkv_protocol::{in_half_open, ErrorCode, Frame, Id, Lookup, Message, NodeInfo, NodeRef, NodeStatus};
+
+use crate::rng::Rng;
+use crate::store::{StoreError, StoreOp, StoreOutcome};
+use clock::Hlc;
+pub use config::Config;
+use handoff::{Incoming, LeaveState, Outgoing};
+use ops::ClientOp;
+use routing::RoutingTable;
+
+/// Milliseconds on the driver's clock (monotonic; the epoch is the driver's choice).
+pub type Millis = u64;
+
+/// An inbound connection (or simulated sender) to answer on, chosen by the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplyTo(pub u64);
+
+/// Identifies a store op between `Output::Store` and `store_done`.
+pub type StoreOpId = u64;
+
+/// What the state machine asks its driver to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send a request to the peer at `to`; its reply comes back through `handle_reply`.
+    Send { to: SocketAddr, frame: Frame },
+    /// Answer a request that came in through `handle_request` with this `ReplyTo`.
+    Reply { to: ReplyTo, frame: Frame },
+    /// Run a store op and report its result through `store_done` with this id.
+    Store { id: StoreOpId, op: StoreOp },
+    /// The graceful leave is complete: the node has handed off its keys and may stop.
+    Left,
+}
+
+/// Where the node is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Created; neither `create` nor `join` called yet.
+    Idle,
+    /// Looking up its successor through a known node.
+    Joining,
+    /// In the ring (it has a successor) but not yet the owner of a range.
+    Joined,
+    /// Owns `(predecessor, self]`.
+    Active,
+    /// Handing its range to its successor.
+    Leaving,
+    /// Finished leaving.
+    Left,
+}
+
+/// A request we sent and are waiting on.
+#[derive(Clone, Debug)]
+struct Rpc {
+    to: SocketAddr,
+    deadline: Millis,
+    kind: RpcKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RpcKind {
+    /// A `FIND_SUCCESSOR` step of a maintenance lookup.
+    Lookup(u64),
+    /// A step of a client operation: a lookup or the operation sent to the owner.
+    Op(u64),
+    Stabilize,
+    Notify,
+    CheckPredecessor,
+    Transfer(u64),
+    Leaving,
+    /// Best-effort notice to the predecessor that we are leaving.
+    LeavingHint,
+}
+
+/// A maintenance lookup (join, fix_fingers): find `successor(target)`.
+#[derive(Clone, Debug)]
+struct MaintLookup {
+    target: Id,
+    purpose: LookupPurpose,
+    deadline: Millis,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LookupPurpose {
+    Join,
+    /// A node left alone after losing every peer looks for its successor again.
+    Rejoin,
+    Finger(usize),
+}
+
+/// What an in-flight store op is for.
+#[derive(Debug)]
+enum StoreWait {
+    /// A client operation served here; reply when done.
+    Serve {
+        to: ReplyTo,
+        request_id: u64,
+        hops: u16,
+        kind: ServeKind,
+        key_id: Id,
+    },
+    /// A transfer batch being stored; ack when done.
+    Apply {
+        to: ReplyTo,
+        request_id: u64,
+        transfer_id: u64,
+        start: Id,
+        end: Id,
+        last: bool,
+    },
+    /// An outgoing transfer's scan or removal.
+    TransferScan(u64),
+    TransferRemove(u64),
+    Info {
+        to: ReplyTo,
+        request_id: u64,
+    },
+    Stats {
+        to: ReplyTo,
+        request_id: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServeKind {
+    Get,
+    Put(u64),
+    Delete(u64),
+}
+
+/// How `route` resolves a target id from this node's own tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Route {
+    /// This node owns it.
+    Local,
+    /// The owner, then the nodes after it.
+    Found(Vec<NodeRef>),
+    /// A node closer to the target; ask it.
+    Closer(NodeRef),
+}
+
+/// Counters reported by `GET_STATS`.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub ops_get: u64,
+    pub ops_put: u64,
+    pub ops_delete: u64,
+    pub ops_coordinated: u64,
+    pub ops_failed: u64,
+    pub hops_total: u64,
+    pub hops_max: u64,
+    pub redirects_sent: u64,
+    pub lookups_answered: u64,
+    pub rpc_timeouts: u64,
+    pub peers_failed: u64,
+    pub requests_held: u64,
+    pub transfers_in: u64,
+    pub transfers_out: u64,
+    pub keys_received: u64,
+    pub keys_sent: u64,
+    pub store_errors: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+}
+
+/// One Chord node's state machine. See the module docs.
+pub struct Node {
+    me: NodeRef,
+    config: Config,
+    phase: Phase,
+    predecessor: Option<NodeRef>,
+    routing: RoutingTable,
+    clock: Hlc,
+    rng: Rng,
+    /// Where `join` started, until the join lookup has found a successor.
+    bootstrap: Option<SocketAddr>,
+    /// Peers seen recently (the bootstrap node, successors), tried in turn when the node finds
+    /// itself alone, so an isolated node finds its way back into the ring after a partition.
+    seeds: VecDeque<SocketAddr>,
+
+    next_request_id: u64,
+    rpcs: BTreeMap<u64, Rpc>,
+    rpc_deadlines: BTreeSet<(Millis, u64)>,
+    lookups: BTreeMap<u64, MaintLookup>,
+    next_lookup_id: u64,
+    /// Finger index fix_fingers will refresh next.
+    next_finger: usize,
+    /// Whether a fix_fingers lookup is in flight (one at a time).
+    finger_lookup_busy: bool,
+
+    ops: BTreeMap<u64, ClientOp>,
+    next_op_id: u64,
+    /// Ops waiting to be retried: (when, op id).
+    op_retries: BTreeSet<(Millis, u64)>,
+
+    store_waits: BTreeMap<StoreOpId, StoreWait>,
+    next_store_op: StoreOpId,
+
+    incoming: Vec<Incoming>,
+    /// Ranges whose transfers finished recently, so a late notify reply does not reopen them.
+    finished_incoming: VecDeque<(Id, Id)>,
+    outgoing: BTreeMap<u64, Outgoing>,
+    next_transfer_id: u64,
+    leave: Option<LeaveState>,
+
+    /// Peers that failed to answer, until when they are avoided.
+    dead: BTreeMap<SocketAddr, Millis>,
+
+    next_stabilize: Millis,
+    next_fix_fingers: Millis,
+    next_check_predecessor: Millis,
+
+    out: VecDeque<Output>,
+    stats: Stats,
+}
+
+impl Node {
+    /// A node that will be known as `me`. Call [`Node::create`] or [`Node::join`] next.
+    pub fn new(me: NodeRef, config: Config, now: Millis) -> Node {
+        let rng = Rng::new(config.seed ^ u64::from_be_bytes(me.id.0[..8].try_into().unwrap_or([0; 8])));
+        Node {
+            me,
+            routing: RoutingTable::classic(me),
+            phase: Phase::Idle,
+            predecessor: None,
+            clock: Hlc::default(),
+            rng,
+            bootstrap: None,
+            seeds: VecDeque::new(),
+            next_request_id: 1,
+            rpcs: BTreeMap::new(),
+            rpc_deadlines: BTreeSet::new(),
+            lookups: BTreeMap::new(),
+            next_lookup_id: 1,
+            next_finger: 0,
+            finger_lookup_busy: false,
+            ops: BTreeMap::new(),
+            next_op_id: 1,
+            op_retries: BTreeSet::new(),
+            store_waits: BTreeMap::new(),
+            next_store_op: 1,
+            incoming: Vec::new(),
+            finished_incoming: VecDeque::new(),
+            outgoing: BTreeMap::new(),
+            next_transfer_id: 1,
+            leave: None,
+            dead: BTreeMap::new(),
+            next_stabilize: now,
+            next_fix_fingers: now,
+            next_check_predecessor: now,
+            out: VecDeque::new(),
+            stats: Stats::default(),
+            config,
+        }
+    }
+
+    // ---- accessors -------------------------------------------------------------------------
+
+    pub fn me(&self) -> NodeRef {
+        self.me
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn predecessor(&self) -> Option<NodeRef> {
+        self.predecessor
+    }
+
+    /// The successor list, nearest first (empty when alone).
+    pub fn successors(&self) -> &[NodeRef] {
+        self.routing.successors()
+    }
+
+    /// The immediate successor (`me` when alone).
+    pub fn successor(&self) -> NodeRef {
+        self.routing.successors().first().copied().unwrap_or(self.me)
+    }
+
+    pub fn routing(&self) -> &RoutingTable {
+        &self.routing
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether the node serves its range and no transfer is in flight.
+    pub fn is_settled(&self) -> bool {
+        self.phase == Phase::Active && self.incoming.is_empty() && self.outgoing.is_empty()
+    }
+
+    /// Client operations this node is coordinating.
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The next output to carry out, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When `tick` next has work to do.
+    pub fn next_deadline(&self) -> Millis {
+        let mut d = self
+            .next_stabilize
+            .min(self.next_fix_fingers)
+            .min(self.next_check_predecessor);
+        if let Some((t, _)) = self.rpc_deadlines.first() {
+            d = d.min(*t);
+        }
+        if let Some((t, _)) = self.op_retries.first() {
+            d = d.min(*t);
+        }
+        for inc in &self.incoming {
+            d = d.min(inc.deadline);
+        }
+        if let Some(l) = &self.leave {
+            d = d.min(l.deadline).min(l.retry_at);
+        }
+        d
+    }
+
+    // ---- lifecycle -------------------------------------------------------------------------
+
+    /// Starts a new ring with this node alone in it.
+    pub fn create(&mut self, now: Millis) {
+        self.phase = Phase::Active;
+        self.predecessor = None;
+        self.schedule_maintenance(now);
+    }
+
+    /// Joins the ring that the node at `via` belongs to.
+    pub fn join(&mut self, now: Millis, via: SocketAddr) {
+        self.phase = Phase::Joining;
+        self.bootstrap = Some(via);
+        self.remember_seed(via);
+        let deadline = now + self.config.request_timeout_ms;
+        let id = self.new_lookup(MaintLookup {
+            target: self.me.id,
+            purpose: LookupPurpose::Join,
+            deadline,
+        });
+        self.send_rpc(
+            now,
+            via,
+            Message::FindSuccessor { id: self.me.id },
+            RpcKind::Lookup(id),
+            false,
+        );
+        self.schedule_maintenance(now);
+    }
+
+    /// Starts a graceful leave: the keys go to the successor, then `Output::Left`.
+    pub fn leave(&mut self, now: Millis) {
+        self.start_leave(now);
+    }
+
+    fn schedule_maintenance(&mut self, now: Millis) {
+        self.next_stabilize = now;
+        self.next_fix_fingers = now + self.jitter(self.config.fix_fingers_interval_ms);
+        self.next_check_predecessor = now + self.jitter(self.config.check_predecessor_interval_ms);
+    }
+
+    /// `interval` plus or minus 10%, so nodes started together drift apart.
+    fn jitter(&mut self, interval: u64) -> u64 {
+        let spread = interval / 10;
+        if spread == 0 {
+            return interval.max(1);
+        }
+        interval - spread + self.rng.below(2 * spread + 1)
+    }
+
+    // ---- inputs ----------------------------------------------------------------------------
+
+    /// Timers: maintenance rounds, request deadlines, retries. Safe to call at any time.
+    pub fn tick(&mut self, now: Millis) {
+        self.expire_rpcs(now);
+        self.retry_ops(now);
+        self.expire_incoming(now);
+        self.expire_dead(now);
+        if matches!(self.phase, Phase::Idle | Phase::Left) {
+            return;
+        }
+        if now >= self.next_stabilize {
+            self.next_stabilize = now + self.jitter(self.config.stabilize_interval_ms);
+            self.stabilize(now);
+        }
+        if now >= self.next_check_predecessor {
+            self.next_check_predecessor = now + self.jitter(self.config.check_predecessor_interval_ms);
+            self.check_predecessor(now);
+        }
+        if now >= self.next_fix_fingers {
+            self.next_fix_fingers = now + self.jitter(self.config.fix_fingers_interval_ms);
+            self.fix_fingers(now);
+        }
+        self.pump_leave(now);
+    }
+
+    /// A request from a client or a peer, to be answered with `Output::Reply { to: reply_to }`.
+    pub fn handle_request(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame) {
+        self.stats.messages_received += 1;
+        let rid = frame.request_id;
+        match frame.message {
+            Message::Get { .. } | Message::Put { .. } | Message::Delete { .. } => {
+                self.handle_client_op(now, reply_to, frame)
+            }
+            Message::FindSuccessor { id } => {
+                self.stats.lookups_answered += 1;
+                let lookup = match self.route(&id) {
+                    Route::Local => Lookup::Found {
+                        successors: self.owner_list(),
+                    },
+                    Route::Found(list) => Lookup::Found { successors: list },
+                    Route::Closer(node) => Lookup::Closer { node },
+                };
+                self.reply(reply_to, rid, Message::FindSuccessorReply { lookup });
+            }
+            Message::GetNeighbors => {
+                let msg = Message::Neighbors {
+                    predecessor: self.predecessor,
+                    successors: self.routing.successors().to_vec(),
+                };
+                self.reply(reply_to, rid, msg);
+            }
+            Message::Notify { node } => self.handle_notify(now, reply_to, rid, node),
+            Message::Ping => self.reply(reply_to, rid, Message::Pong { node: self.me }),
+            Message::Leaving {
+                node,
+                predecessor,
+                successors,
+                clock,
+            } => self.handle_leaving(now, reply_to, rid, node, predecessor, successors, clock),
+            Message::Transfer {
+                transfer_id,
+                start,
+                end,
+                items,
+                last,
+                clock,
+            } => self.handle_transfer(now, reply_to, rid, transfer_id, start, end, items, last, clock),
+            Message::GetInfo => {
+                self.store_op(
+                    StoreOp::Count,
+                    StoreWait::Info {
+                        to: reply_to,
+                        request_id: rid,
+                    },
+                );
+            }
+            Message::GetStats => {
+                self.store_op(
+                    StoreOp::Count,
+                    StoreWait::Stats {
+                        to: reply_to,
+                        request_id: rid,
+                    },
+                );
+            }
+            other => {
+                let text = format!("{} is not a request", other.name());
+                self.reply(
+                    reply_to,
+                    rid,
+                    Message::Error {
+                        code: ErrorCode::BadRequest,
+                        hops: 0,
+                        text,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A reply from `from` to a request we sent.
+    pub fn handle_reply(&mut self, now: Millis, from: SocketAddr, frame: Frame) {
+        self.stats.messages_received += 1;
+        let Some(rpc) = self.rpcs.remove(&frame.request_id) else {
+            return; // late reply to a request we already gave up on
+        };
+        self.rpc_deadlines.remove(&(rpc.deadline, frame.request_id));
+        if rpc.to != from {
+            return; // not who we asked: ignore (the request stays failed)
+        }
+        self.dead.remove(&from);
+        match rpc.kind {
+            RpcKind::Lookup(id) => self.on_lookup_reply(now, id, from, frame.message),
+            RpcKind::Op(op) => self.on_op_reply(now, op, from, frame.message),
+            RpcKind::Stabilize => self.on_neighbors(now, from, frame.message),
+            RpcKind::Notify => self.on_notify_reply(now, from, frame.message),
+            RpcKind::CheckPredecessor => {}
+            RpcKind::Transfer(t) => self.on_transfer_ack(now, t, frame.message),
+            RpcKind::Leaving => self.on_leaving_reply(now, frame.message),
+            RpcKind::LeavingHint => {}
+        }
+    }
+
+    /// The transport could not reach `addr` (connection refused or reset): every request to it
+    /// fails now instead of at its deadline.
+    pub fn peer_unreachable(&mut self, now: Millis, addr: SocketAddr) {
+        let failed: Vec<u64> = self
+            .rpcs
+            .iter()
+            .filter(|(_, r)| r.to == addr)
+            .map(|(id, _)| *id)
+            .collect();
+        self.mark_dead(now, addr);
+        for id in failed {
+            if let Some(rpc) = self.rpcs.remove(&id) {
+                self.rpc_deadlines.remove(&(rpc.deadline, id));
+                self.on_rpc_failed(now, rpc);
+            }
+        }
+    }
+
+    /// A store op finished.
+    pub fn store_done(&mut self, now: Millis, id: StoreOpId, result: Result<StoreOutcome, StoreError>) {
+        let Some(wait) = self.store_waits.remove(&id) else {
+            return;
+        };
+        if result.is_err() {
+            self.stats.store_errors += 1;
+        }
+        match wait {
+            StoreWait::Serve {
+                to,
+                request_id,
+                hops,
+                kind,
+                ..
+            } => self.finish_serve(now, to, request_id, hops, kind, result),
+            StoreWait::Apply {
+                to,
+                request_id,
+                transfer_id,
+                start,
+                end,
+                last,
+            } => self.on_apply_done(now, to, request_id, transfer_id, start, end, last, result),
+            StoreWait::TransferScan(t) => self.on_transfer_scanned(now, t, result),
+            StoreWait::TransferRemove(t) => self.on_transfer_removed(now, t, result),
+            StoreWait::Info { to, request_id } => {
+                let keys = match result {
+                    Ok(StoreOutcome::Count(n)) => n,
+                    _ => 0,
+                };
+                let info = NodeInfo {
+                    node: self.me,
+                    status: match self.phase {
+                        Phase::Active if self.incoming.is_empty() => NodeStatus::Active,
+                        Phase::Leaving | Phase::Left => NodeStatus::Leaving,
+                        _ => NodeStatus::Joining,
+                    },
+                    predecessor: self.predecessor,
+                    successors: self.routing.successors().to_vec(),
+                    fingers: self.routing.known_nodes().copied().collect(),
+                    keys,
+                };
+                self.reply(to, request_id, Message::Info(info));
+            }
+            StoreWait::Stats { to, request_id } => {
+                let keys = match result {
+                    Ok(StoreOutcome::Count(n)) => n,
+                    _ => 0,
+                };
+                let counters = self.stat_counters(keys);
+                self.reply(to, request_id, Message::Stats { counters });
+            }
+        }
+        self.pump_transfers(now);
+    }
+
+    /// Named counters for `GET_STATS`.
+    pub fn stat_counters(&self, keys: u64) -> Vec<(String, u64)> {
+        let s = &self.stats;
+        let pairs: [(&str, u64); 23] = [
+            ("keys", keys),
+            ("ops_get", s.ops_get),
+            ("ops_put", s.ops_put),
+            ("ops_delete", s.ops_delete),
+            ("ops_coordinated", s.ops_coordinated),
+            ("ops_failed", s.ops_failed),
+            ("hops_total", s.hops_total),
+            ("hops_max", s.hops_max),
+            ("redirects_sent", s.redirects_sent),
+            ("lookups_answered", s.lookups_answered),
+            ("rpc_timeouts", s.rpc_timeouts),
+            ("peers_failed", s.peers_failed),
+            ("requests_held", s.requests_held),
+            ("transfers_in", s.transfers_in),
+            ("transfers_out", s.transfers_out),
+            ("keys_received", s.keys_received),
+            ("keys_sent", s.keys_sent),
+            ("store_errors", s.store_errors),
+            ("messages_sent", s.messages_sent),
+            ("messages_received", s.messages_received),
+            ("routing_nodes", self.routing.distinct_nodes() as u64),
+            ("successors", self.routing.successors().len() as u64),
+            ("ops_in_flight", self.ops.len() as u64),
+        ];
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    // ---- ownership and routing -------------------------------------------------------------
+
+    /// Whether this node serves `id` right now (it owns it and is not handing it off).
+    fn owns(&self, id: &Id) -> bool {
+        let serving = match self.phase {
+            Phase::Active => true,
+            Phase::Leaving => !self.leave.as_ref().is_some_and(|l| l.handed_over),
+            _ => false,
+        };
+        if !serving {
+            return false;
+        }
+        match self.predecessor {
+            Some(p) => in_half_open(id, &p.id, &self.me.id),
+            // No known predecessor: ours unless one of our successors owns it. A node alone
+            // owns everything.
+            None => self.routing.successors().is_empty() || !self.in_successor_arcs(id),
+        }
+    }
+
+    /// Whether `id` falls in `(me, last successor]`, i.e. a successor owns it.
+    fn in_successor_arcs(&self, id: &Id) -> bool {
+        match self.routing.successors().last() {
+            Some(last) => in_half_open(id, &self.me.id, &last.id) && *id != self.me.id,
+            None => false,
+        }
+    }
+
+    /// Resolves `target` as far as this node's own tables allow.
+    fn route(&self, target: &Id) -> Route {
+        let succs = self.routing.successors();
+        // Without a known predecessor a node cannot tell where its range starts, so it claims
+        // a key outright only when it is alone; otherwise it routes, and serves the key when a
+        // peer sends it directly (see `owns`).
+        let certain = self.predecessor.is_some() || succs.is_empty();
+        if certain && self.owns(target) {
+            return Route::Local;
+        }
+        let mut prev = self.me.id;
+        for (i, s) in succs.iter().enumerate() {
+            if in_half_open(target, &prev, &s.id) {
+                return Route::Found(succs[i..].to_vec());
+            }
+            prev = s.id;
+        }
+        match self.routing.closest_preceding(target) {
+            Some(c) => Route::Closer(c),
+            None if succs.is_empty() => Route::Local,
+            None => Route::Found(succs.to_vec()),
+        }
+    }
+
+    /// This node followed by its successors: the answer to a lookup for a key we own.
+    fn owner_list(&self) -> Vec<NodeRef> {
+        let mut v = Vec::with_capacity(1 + self.routing.successors().len());
+        v.push(self.me);
+        v.extend_from_slice(self.routing.successors());
+        v
+    }
+
+    fn is_dead(&self, addr: &SocketAddr) -> bool {
+        self.dead.contains_key(addr)
+    }
+
+    /// Forgets a peer that failed: out of the successor list, fingers and predecessor.
+    fn mark_dead(&mut self, now: Millis, addr: SocketAddr) {
+        if addr == self.me.addr {
+            return;
+        }
+        if self
+            .dead
+            .insert(addr, now + self.config.dead_peer_ttl_ms)
+            .is_none()
+        {
+            self.stats.peers_failed += 1;
+        }
+        self.routing.forget(addr);
+        if self.predecessor.is_some_and(|p| p.addr == addr) {
+            self.predecessor = None;
+        }
+        if self.routing.successors().is_empty() {
+            // Every successor is gone: fall back to the nearest node we still know of.
+            let fallback = self.routing.known_nodes().next().copied().or(self.predecessor);
+            if let Some(n) = fallback {
+                self.routing.set_successors([n], self.config.successors);
+            }
+        }
+    }
+
+    fn expire_dead(&mut self, now: Millis) {
+        self.dead.retain(|_, until| *until > now);
+    }
+
+    // ---- maintenance -------------------------------------------------------------------------
+
+    fn stabilize(&mut self, now: Millis) {
+        match self.phase {
+            Phase::Joined | Phase::Active | Phase::Leaving => {}
+            _ => return,
+        }
+        match self.routing.successors().first().copied() {
+            None => {
+                // Alone: a node that notified us is our successor too (the second node of a ring).
+                if let Some(p) = self.predecessor {
+                    self.routing.set_successors([p], self.config.successors);
+                    self.send_rpc(
+                        now,
+                        p.addr,
+                        Message::Notify { node: self.me },
+                        RpcKind::Notify,
+                        false,
+                    );
+                } else {
+                    self.try_rejoin(now);
+                }
+            }
+            Some(succ) => {
+                if !self.rpcs.values().any(|r| r.kind == RpcKind::Stabilize) {
+                    self.send_rpc(now, succ.addr, Message::GetNeighbors, RpcKind::Stabilize, false);
+                }
+            }
+        }
+    }
+
+    fn on_neighbors(&mut self, now: Millis, from: SocketAddr, msg: Message) {
+        let Message::Neighbors {
+            predecessor,
+            successors,
+        } = msg
+        else {
+            return;
+        };
+        let Some(succ) = self.routing.successors().first().copied() else {
+            return;
+        };
+        if succ.addr != from {
+            return;
+        }
+        let mut new_succ = succ;
+        if let Some(x) = predecessor {
+            if x.addr != self.me.addr && !self.is_dead(&x.addr) && self.me.id.is_between(&x.id, &succ.id) {
+                new_succ = x;
+            }
+        }
+        let mut list = Vec::with_capacity(self.config.successors + 2);
+        list.push(new_succ);
+        if new_succ.addr != succ.addr {
+            list.push(succ);
+        }
+        list.extend(successors.into_iter().filter(|n| !self.is_dead(&n.addr)));
+        for n in &list {
+            if n.addr != self.me.addr {
+                self.remember_seed(n.addr);
+            }
+        }
+        // A successor list that wraps back to us ends there.
+        if let Some(pos) = list.iter().position(|n| n.addr == self.me.addr) {
+            list.truncate(pos);
+        }
+        self.routing.set_successors(list, self.config.successors);
+        if let Some(s) = self.routing.successors().first().copied() {
+            if self.phase != Phase::Leaving {
+                self.send_rpc(
+                    now,
+                    s.addr,
+                    Message::Notify { node: self.me },
+                    RpcKind::Notify,
+                    false,
+                );
+            }
+        }
+    }
+
+    fn check_predecessor(&mut self, now: Millis) {
+        if let Some(p) = self.predecessor {
+            if !self.rpcs.values().any(|r| r.kind == RpcKind::CheckPredecessor) {
+                self.send_rpc(now, p.addr, Message::Ping, RpcKind::CheckPredecessor, false);
+            }
+        }
+    }
+
+    /// Refreshes fingers round-robin: every finger whose start falls within the successor
+    /// list is set at once; the first that needs a remote lookup starts one and ends the round.
+    fn fix_fingers(&mut self, now: Millis) {
+        if self.finger_lookup_busy || !matches!(self.phase, Phase::Joined | Phase::Active) {
+            return;
+        }
+        let count = self.routing.finger_count();
+        for _ in 0..count {
+            let i = self.next_finger;
+            self.next_finger = (self.next_finger + 1) % count;
+            let start = self.routing.finger_start(i);
+            match self.route(&start) {
+                Route::Local => {
+                    self.routing.set_finger(i, None);
+                }
+                Route::Found(list) => {
+                    let owner = list.into_iter().find(|n| !self.is_dead(&n.addr));
+                    self.routing.set_finger(i, owner);
+                }
+                Route::Closer(c) => {
+                    let deadline = now + self.config.request_timeout_ms;
+                    let id = self.new_lookup(MaintLookup {
+                        target: start,
+                        purpose: LookupPurpose::Finger(i),
+                        deadline,
+                    });
+                    self.finger_lookup_busy = true;
+                    self.send_rpc(
+                        now,
+                        c.addr,
+                        Message::FindSuccessor { id: start },
+                        RpcKind::Lookup(id),
+                        false,
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    fn remember_seed(&mut self, addr: SocketAddr) {
+        const MAX_SEEDS: usize = 16;
+        if !self.seeds.contains(&addr) {
+            if self.seeds.len() == MAX_SEEDS {
+                self.seeds.pop_front();
+            }
+            self.seeds.push_back(addr);
+        }
+    }
+
+    /// Alone after having had peers: ask the next remembered peer for our successor.
+    fn try_rejoin(&mut self, now: Millis) {
+        if self.phase != Phase::Active || self.lookups.values().any(|l| l.purpose == LookupPurpose::Rejoin) {
+            return;
+        }
+        let Some(seed) = self.seeds.pop_front() else {
+            return;
+        };
+        self.seeds.push_back(seed);
+        let deadline = now + self.config.request_timeout_ms;
+        let id = self.new_lookup(MaintLookup {
+            target: self.me.id,
+            purpose: LookupPurpose::Rejoin,
+            deadline,
+        });
+        self.send_rpc(
+            now,
+            seed,
+            Message::FindSuccessor { id: self.me.id },
+            RpcKind::Lookup(id),
+            false,
+        );
+    }
+
+    fn new_lookup(&mut self, lookup: MaintLookup) -> u64 {
+        let id = self.next_lookup_id;
+        self.next_lookup_id += 1;
+        self.lookups.insert(id, lookup);
+        id
+    }
+
+    fn on_lookup_reply(&mut self, now: Millis, id: u64, from: SocketAddr, msg: Message) {
+        let Some(lookup) = self.lookups.get(&id).cloned() else {
+            return;
+        };
+        match msg {
+            Message::FindSuccessorReply {
+                lookup: Lookup::Found { successors },
+            } => {
+                let live: Vec<NodeRef> = successors
+                    .into_iter()
+                    .filter(|n| !self.is_dead(&n.addr))
+                    .collect();
+                self.finish_lookup(now, id, live);
+            }
+            Message::FindSuccessorReply {
+                lookup: Lookup::Closer { node },
+            } => {
+                if now >= lookup.deadline || node.addr == from || self.is_dead(&node.addr) {
+                    self.fail_lookup(now, id);
+                } else if node.addr == self.me.addr {
+                    // We are the closest known node: our own successor list answers.
+                    let list = self.routing.successors().to_vec();
+                    self.finish_lookup(now, id, list);
+                } else {
+                    let target = lookup.target;
+                    self.send_rpc(
+                        now,
+                        node.addr,
+                        Message::FindSuccessor { id: target },
+                        RpcKind::Lookup(id),
+                        false,
+                    );
+                }
+            }
+            _ => self.fail_lookup(now, id),
+        }
+    }
+
+    fn finish_lookup(&mut self, now: Millis, id: u64, successors: Vec<NodeRef>) {
+        let Some(lookup) = self.lookups.remove(&id) else {
+            return;
+        };
+        match lookup.purpose {
+            LookupPurpose::Join => {
+                let list: Vec<NodeRef> = successors
+                    .into_iter()
+                    .filter(|n| n.addr != self.me.addr)
+                    .collect();
+                if list.is_empty() {
+                    self.retry_join(now);
+                    return;
+                }
+                self.routing.set_successors(list, self.config.successors);
+                self.phase = Phase::Joined;
+                self.bootstrap = None;
+                self.next_stabilize = now; // notify the successor at once
+                self.stabilize(now);
+            }
+            LookupPurpose::Rejoin => {
+                let list: Vec<NodeRef> = successors
+                    .into_iter()
+                    .filter(|n| n.addr != self.me.addr)
+                    .collect();
+                if self.routing.successors().is_empty() && !list.is_empty() {
+                    self.routing.set_successors(list, self.config.successors);
+                    self.next_stabilize = now;
+                }
+            }
+            LookupPurpose::Finger(i) => {
+                self.finger_lookup_busy = false;
+                let owner = successors.into_iter().next().filter(|n| n.addr != self.me.addr);
+                self.routing.set_finger(i, owner);
+            }
+        }
+    }
+
+    fn fail_lookup(&mut self, now: Millis, id: u64) {
+        let Some(lookup) = self.lookups.remove(&id) else {
+            return;
+        };
+        match lookup.purpose {
+            LookupPurpose::Join => self.retry_join(now),
+            LookupPurpose::Rejoin => {}
+            LookupPurpose::Finger(_) => self.finger_lookup_busy = false,
+        }
+    }
+
+    /// The join lookup failed: ask the bootstrap node again (on the next stabilize round).
+    fn retry_join(&mut self, now: Millis) {
+        if let Some(via) = self.bootstrap {
+            self.phase = Phase::Joining;
+            let deadline = now + self.config.request_timeout_ms;
+            let id = self.new_lookup(MaintLookup {
+                target: self.me.id,
+                purpose: LookupPurpose::Join,
+                deadline,
+            });
+            self.send_rpc(
+                now,
+                via,
+                Message::FindSuccessor { id: self.me.id },
+                RpcKind::Lookup(id),
+                false,
+            );
+        }
+    }
+
+    // ---- requests to peers -------------------------------------------------------------------
+
+    /// Sends `msg` to `to` as a request tracked with a deadline. Returns the request id.
+    fn send_rpc(&mut self, now: Millis, to: SocketAddr, msg: Message, kind: RpcKind, direct: bool) -> u64 {
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        let deadline = now + self.config.rpc_timeout_ms;
+        self.rpcs.insert(id, Rpc { to, deadline, kind });
+        self.rpc_deadlines.insert((deadline, id));
+        let frame = if direct {
+            Frame::direct(id, msg)
+        } else {
+            Frame::new(id, msg)
+        };
+        self.stats.messages_sent += 1;
+        self.out.push_back(Output::Send { to, frame });
+        id
+    }
+
+    fn reply(&mut self, to: ReplyTo, request_id: u64, msg: Message) {
+        self.stats.messages_sent += 1;
+        self.out.push_back(Output::Reply {
+            to,
+            frame: Frame::new(request_id, msg),
+        });
+    }
+
+    fn expire_rpcs(&mut self, now: Millis) {
+        while let Some(&(deadline, id)) = self.rpc_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.rpc_deadlines.pop_first();
+            if let Some(rpc) = self.rpcs.remove(&id) {
+                self.stats.rpc_timeouts += 1;
+                self.mark_dead(now, rpc.to);
+                self.on_rpc_failed(now, rpc);
+            }
+        }
+    }
+
+    /// A request got no answer (timeout or unreachable peer); the peer is already marked dead.
+    fn on_rpc_failed(&mut self, now: Millis, rpc: Rpc) {
+        match rpc.kind {
+            RpcKind::Lookup(id) => {
+                let Some(lookup) = self.lookups.get(&id).cloned() else {
+                    return;
+                };
+                // Route around the dead peer with our own table (the bootstrap for a join).
+                if now >= lookup.deadline {
+                    self.fail_lookup(now, id);
+                    return;
+                }
+                match (lookup.purpose, self.route(&lookup.target)) {
+                    (LookupPurpose::Join | LookupPurpose::Rejoin, _) => self.fail_lookup(now, id),
+                    (_, Route::Closer(c)) => {
+                        let msg = Message::FindSuccessor { id: lookup.target };
+                        self.send_rpc(now, c.addr, msg, RpcKind::Lookup(id), false);
+                    }
+                    (_, Route::Found(list)) => self.finish_lookup(now, id, list),
+                    (_, Route::Local) => self.finish_lookup(now, id, vec![self.me]),
+                }
+            }
+            RpcKind::Op(op) => self.on_op_failed(now, op, rpc.to),
+            RpcKind::Stabilize => {
+                // The successor is gone; the next one in the list takes over at once.
+                self.next_stabilize = now;
+            }
+            RpcKind::Notify | RpcKind::CheckPredecessor | RpcKind::LeavingHint => {}
+            RpcKind::Transfer(t) => self.on_transfer_failed(now, t),
+            RpcKind::Leaving => self.on_leaving_failed(now),
+        }
+    }
+
+    // ---- store ops ---------------------------------------------------------------------------
+
+    fn store_op(&mut self, op: StoreOp, wait: StoreWait) -> StoreOpId {
+        let id = self.next_store_op;
+        self.next_store_op += 1;
+        self.store_waits.insert(id, wait);
+        self.out.push_back(Output::Store { id, op });
+        id
+    }
+
+    /// Whether a client write to a key in `(start, end]` is being stored right now.
+    fn write_in_flight(&self, start: &Id, end: &Id) -> bool {
+        self.store_waits.values().any(|w| match w {
+            StoreWait::Serve {
+                kind: ServeKind::Put(_) | ServeKind::Delete(_),
+                key_id,
+                ..
+            } => in_half_open(key_id, start, end),
+            _ => false,
+        })
+    }
+}

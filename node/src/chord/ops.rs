@@ -1,0 +1,388 @@
+//! Client operations: serving the keys this node owns, and coordinating the rest.
+//!
+//! A request without `FLAG_DIRECT` makes this node its *entry*: it routes the request
+//! iteratively (see the module docs of [`super`]) and answers the client with the owner's
+//! reply and the hop count. A request with `FLAG_DIRECT` is served if this node owns the key,
+//! held if the key's range is still being transferred here, and otherwise answered with a
+//! `REDIRECT` naming the owner (exact) or a node closer to it.
+
+use chordkv_protocol::{ErrorCode, Frame, Id, Lookup, Message, NodeRef};
+
+use super::{Millis, Node, Phase, ReplyTo, Route, RpcKind, ServeKind, StoreWait};
+use crate::store::{Entry, StoreError, StoreOp, StoreOutcome};
+
+/// Retries after a failed hop before the operation fails with `Unavailable`.
+const MAX_OP_ATTEMPTS: u32 = 12;
+
+/// An operation this node coordinates as the entry.
+#[derive(Clone, Debug)]
+pub(super) struct ClientOp {
+    pub reply_to: ReplyTo,
+    pub request_id: u64,
+    pub message: Message,
+    pub target: Id,
+    pub hops: u16,
+    pub deadline: Millis,
+    pub attempts: u32,
+}
+
+impl Node {
+    pub(super) fn handle_client_op(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame) {
+        self.dispatch_client_op(now, reply_to, frame, 0);
+    }
+
+    /// Serves, holds, redirects or starts coordinating a client operation that has already
+    /// taken `hops` hops (non-zero when it was held and is being released).
+    pub(super) fn dispatch_client_op(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame, hops: u16) {
+        let rid = frame.request_id;
+        let direct = frame.is_direct();
+        let Some(key) = frame.message.key() else { return };
+        let target = Id::hash(key);
+        match self.phase {
+            Phase::Idle | Phase::Joining => {
+                let text = "node has not joined a ring yet".to_string();
+                return self.reply(
+                    reply_to,
+                    rid,
+                    Message::Error {
+                        code: ErrorCode::NotReady,
+                        hops,
+                        text,
+                    },
+                );
+            }
+            Phase::Left => {
+                let text = "node has left the ring".to_string();
+                return self.reply(
+                    reply_to,
+                    rid,
+                    Message::Error {
+                        code: ErrorCode::ShuttingDown,
+                        hops,
+                        text,
+                    },
+                );
+            }
+            _ => {}
+        }
+        if self.receiving(&target) && (direct || self.owns(&target)) {
+            return self.hold(now, reply_to, frame, hops);
+        }
+        if direct {
+            if self.owns(&target) {
+                return self.serve(now, reply_to, rid, hops, frame.message);
+            }
+            self.stats.redirects_sent += 1;
+            let msg = match self.route(&target) {
+                Route::Found(list) => match self.first_live(&list) {
+                    Some(node) => Message::Redirect {
+                        hops,
+                        node,
+                        exact: true,
+                    },
+                    None => unavailable(hops, "no live owner known"),
+                },
+                Route::Closer(node) => Message::Redirect {
+                    hops,
+                    node,
+                    exact: false,
+                },
+                Route::Local => unavailable(hops, "node is not serving this key"),
+            };
+            return self.reply(reply_to, rid, msg);
+        }
+        let op = ClientOp {
+            reply_to,
+            request_id: rid,
+            message: frame.message,
+            target,
+            hops,
+            deadline: now + self.config.request_timeout_ms,
+            attempts: 0,
+        };
+        let id = self.next_op_id;
+        self.next_op_id += 1;
+        self.ops.insert(id, op);
+        self.stats.ops_coordinated += 1;
+        self.drive_op(now, id);
+    }
+
+    /// Takes the next routing step of a coordinated operation from this node's own tables.
+    fn drive_op(&mut self, now: Millis, id: u64) {
+        let Some(op) = self.ops.get(&id) else { return };
+        if now >= op.deadline {
+            return self.fail_op(id, ErrorCode::Timeout, "request deadline passed");
+        }
+        if op.hops >= self.config.max_hops {
+            return self.fail_op(
+                id,
+                ErrorCode::Unavailable,
+                "too many hops (routing did not converge)",
+            );
+        }
+        let target = op.target;
+        if self.receiving(&target) && self.owns(&target) {
+            let op = self.ops.remove(&id).expect("op present"); // faulty code
+            let frame = Frame::new(op.request_id, op.message);
+            return self.hold(now, op.reply_to, frame, op.hops);
+        }
+        match self.route(&target) {
+            Route::Local => {
+                let op = self.ops.remove(&id).expect("op present"); // faulty code
+                self.serve(now, op.reply_to, op.request_id, op.hops, op.message);
+            }
+            Route::Found(list) => match self.first_live(&list) {
+                Some(node) => self.send_op(now, id, node),
+                None => self.retry_op_later(now, id),
+            },
+            Route::Closer(node) => self.send_lookup_step(now, id, node),
+        }
+    }
+
+    fn first_live(&self, list: &[NodeRef]) -> Option<NodeRef> {
+        list.iter().find(|n| !self.is_dead(&n.addr)).copied()
+    }
+
+    /// Sends the operation itself to the node believed to own the key.
+    fn send_op(&mut self, now: Millis, id: u64, node: NodeRef) {
+        if node.addr == self.me.addr {
+            // Our own tables point back at us: we are the owner after all (a predecessor we
+            // did not know of is gone), or a transfer is settling. Serve it if we own it.
+            if self.owns(&self.ops[&id].target) {
+                let op = self.ops.remove(&id).expect("op present"); // faulty code
+                return self.serve(now, op.reply_to, op.request_id, op.hops, op.message);
+            }
+            return self.retry_op_later(now, id);
+        }
+        let op = self.ops.get_mut(&id).expect("op present"); // faulty code
+        op.hops += 1;
+        let msg = op.message.clone();
+        self.send_rpc(now, node.addr, msg, RpcKind::Op(id), true);
+    }
+
+    fn send_lookup_step(&mut self, now: Millis, id: u64, node: NodeRef) {
+        let op = self.ops.get_mut(&id).expect("op present"); // faulty code
+        op.hops += 1;
+        let msg = Message::FindSuccessor { id: op.target };
+        self.send_rpc(now, node.addr, msg, RpcKind::Op(id), false);
+    }
+
+    pub(super) fn on_op_reply(&mut self, now: Millis, id: u64, from: std::net::SocketAddr, msg: Message) {
+        if !self.ops.contains_key(&id) {
+            return;
+        }
+        match msg {
+            Message::FindSuccessorReply {
+                lookup: Lookup::Found { successors },
+            } => match self.first_live(&successors) {
+                Some(node) => self.send_op(now, id, node),
+                None => self.retry_op_later(now, id),
+            },
+            Message::FindSuccessorReply {
+                lookup: Lookup::Closer { node },
+            } => {
+                if node.addr == self.me.addr || node.addr == from || self.is_dead(&node.addr) {
+                    // Views disagree (a stale table somewhere): let the ring settle, then retry.
+                    self.retry_op_later(now, id);
+                } else {
+                    self.send_lookup_step(now, id, node);
+                }
+            }
+            Message::Redirect { node, exact, .. } => {
+                if node.addr == self.me.addr || self.is_dead(&node.addr) {
+                    self.retry_op_later(now, id);
+                } else if exact {
+                    self.send_op(now, id, node);
+                } else {
+                    self.send_lookup_step(now, id, node);
+                }
+            }
+            Message::GetReply { hops, version, value } => self.finish_op(id, hops, |h| Message::GetReply {
+                hops: h,
+                version,
+                value,
+            }),
+            Message::PutReply { hops, version } => {
+                self.finish_op(id, hops, |h| Message::PutReply { hops: h, version })
+            }
+            Message::DeleteReply {
+                hops,
+                version,
+                existed,
+            } => self.finish_op(id, hops, |h| Message::DeleteReply {
+                hops: h,
+                version,
+                existed,
+            }),
+            Message::Error { code, text, .. } => {
+                if code.is_retryable() {
+                    self.retry_op_later(now, id);
+                } else {
+                    self.fail_op(id, code, &text);
+                }
+            }
+            other => {
+                let text = format!("unexpected {} from {from}", other.name());
+                self.fail_op(id, ErrorCode::Internal, &text);
+            }
+        }
+    }
+
+    /// A hop of the operation went unanswered; its node is already marked dead.
+    pub(super) fn on_op_failed(&mut self, now: Millis, id: u64, _to: std::net::SocketAddr) {
+        self.retry_op_later(now, id);
+    }
+
+    /// Retries with a growing pause: the first retry at once, later ones give the ring time to
+    /// repair itself (a stabilize round) before the next attempt.
+    fn retry_op_later(&mut self, now: Millis, id: u64) {
+        let Some(op) = self.ops.get_mut(&id) else { return };
+        op.attempts += 1;
+        if op.attempts > MAX_OP_ATTEMPTS {
+            return self.fail_op(id, ErrorCode::Unavailable, "owner unreachable after retries");
+        }
+        let pause = if op.attempts == 1 {
+            0
+        } else {
+            self.config.stabilize_interval_ms / 2 * (op.attempts as u64 - 1)
+        };
+        let at = (now + pause).min(op.deadline);
+        self.op_retries.insert((at, id));
+    }
+
+    pub(super) fn retry_ops(&mut self, now: Millis) {
+        while let Some(&(at, id)) = self.op_retries.first() {
+            if at > now {
+                break;
+            }
+            self.op_retries.pop_first();
+            self.drive_op(now, id);
+        }
+        // Operations whose deadline passed while waiting on a peer fail now.
+        let expired: Vec<u64> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| now >= op.deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.fail_op(id, ErrorCode::Timeout, "request deadline passed");
+        }
+    }
+
+    fn finish_op(&mut self, id: u64, owner_hops: u16, make: impl FnOnce(u16) -> Message) {
+        let Some(op) = self.ops.remove(&id) else { return };
+        let hops = op.hops.saturating_add(owner_hops);
+        self.stats.hops_total += hops as u64;
+        self.stats.hops_max = self.stats.hops_max.max(hops as u64);
+        self.reply(op.reply_to, op.request_id, make(hops));
+    }
+
+    fn fail_op(&mut self, id: u64, code: ErrorCode, text: &str) {
+        let Some(op) = self.ops.remove(&id) else { return };
+        self.stats.ops_failed += 1;
+        let msg = Message::Error {
+            code,
+            hops: op.hops,
+            text: text.to_string(),
+        };
+        self.reply(op.reply_to, op.request_id, msg);
+    }
+
+    /// Serves a client operation from the local store.
+    pub(super) fn serve(&mut self, now: Millis, to: ReplyTo, request_id: u64, hops: u16, message: Message) {
+        let (op, kind, key) = match message {
+            Message::Get { key } => {
+                self.stats.ops_get += 1;
+                (StoreOp::Get { key: key.clone() }, ServeKind::Get, key)
+            }
+            Message::Put { key, value } => {
+                self.stats.ops_put += 1;
+                let version = self.clock.stamp(now);
+                let entry = Entry {
+                    version,
+                    value: Some(value),
+                };
+                (
+                    StoreOp::Put {
+                        key: key.clone(),
+                        entry,
+                    },
+                    ServeKind::Put(version),
+                    key,
+                )
+            }
+            Message::Delete { key } => {
+                self.stats.ops_delete += 1;
+                let version = self.clock.stamp(now);
+                let entry = Entry { version, value: None };
+                (
+                    StoreOp::Put {
+                        key: key.clone(),
+                        entry,
+                    },
+                    ServeKind::Delete(version),
+                    key,
+                )
+            }
+            _ => return, // only client ops reach here
+        };
+        let key_id = Id::hash(&key);
+        self.store_op(
+            op,
+            StoreWait::Serve {
+                to,
+                request_id,
+                hops,
+                kind,
+                key_id,
+            },
+        );
+    }
+
+    pub(super) fn finish_serve(
+        &mut self,
+        _now: Millis,
+        to: ReplyTo,
+        request_id: u64,
+        hops: u16,
+        kind: ServeKind,
+        result: Result<StoreOutcome, StoreError>,
+    ) {
+        let msg = match (kind, result) {
+            (ServeKind::Get, Ok(StoreOutcome::Got(entry))) => match entry {
+                Some(Entry { version, value }) => Message::GetReply { hops, version, value },
+                None => Message::GetReply {
+                    hops,
+                    version: 0,
+                    value: None,
+                },
+            },
+            (ServeKind::Put(version), Ok(StoreOutcome::Put(_))) => Message::PutReply { hops, version },
+            (ServeKind::Delete(version), Ok(StoreOutcome::Put(o))) => Message::DeleteReply {
+                hops,
+                version,
+                existed: o.previous_live,
+            },
+            (_, Err(e)) => Message::Error {
+                code: ErrorCode::StoreFailed,
+                hops,
+                text: e.to_string(),
+            },
+            (_, Ok(other)) => Message::Error {
+                code: ErrorCode::Internal,
+                hops,
+                text: format!("store answered {other:?}"),
+            },
+        };
+        self.reply(to, request_id, msg);
+    }
+}
+
+fn unavailable(hops: u16, text: &str) -> Message {
+    Message::Error {
+        code: ErrorCode::Unavailable,
+        hops,
+        text: text.to_string(),
+    }
+}

@@ -1,0 +1,23 @@
+//! # chordkv-node
+//!
+//! One chordkv node, in layers you can read bottom-up:
+//!
+//! 1. [`store`]: the [`store::Store`] trait, its drivers (in-memory), and the store operations
+//!    the core emits. Every write is a merge by version.
+//! 2. [`chord`]: the Chord protocol as a deterministic state machine: ring, fingers, successor
+//!    list, stabilize, routing, key handoff. No sockets, threads or clock.
+//! 3. [`sim`]: a simulated network that drives many state machines with seeded delays, loss,
+//!    crashes and partitions: the deterministic test bed (and, later, the simulator).
+//! 4. [`server`]: the mio event loop that drives one state machine over TCP in production.
+//! 5. [`client`]: a blocking client for the binary protocol, and [`cluster`], which runs a
+//!    local ring of `chordkv node` processes. The `chordkv` command is built on both.
+
+pub mod chord;
+pub mod client;
+pub mod cluster;
+pub mod rng;
+pub mod server;
+pub mod sim;
+pub mod store;
+
+pub use chordkv_protocol as protocol;

@@ -1,0 +1,198 @@
+//! Storage: one [`Store`] trait, the drivers behind it, and the operations the Chord core asks
+//! of it.
+//!
+//! The core never calls a store: it emits a [`StoreOp`] with an id and later receives the
+//! [`StoreOutcome`]. The server decides where an op runs: inline on the event loop for a
+//! store that never blocks (memory), on worker threads for one that does (Redis), so a slow
+//! driver never stalls the loop. [`execute`] is the one place an op meets a driver.
+//!
+//! Every write is a *merge*: the stored entry is replaced only by a higher version, and a
+//! delete is a tombstone (an entry with no value). So ops may run in any order on any thread,
+//! and a stale copy arriving late (a transfer, a retry) can never overwrite newer data.
+//!
+//! Keys are kept in ring order, `(id(key), key)`, so the keys of a ring range `(start, end]`
+//! can be scanned in batches for handoff.
+
+pub mod conformance;
+pub mod memory;
+
+use bytes::Bytes;
+use chordkv_protocol::{Id, Item};
+
+pub use memory::MemoryStore;
+
+/// A stored value and its version; `value: None` is a tombstone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub version: u64,
+    pub value: Option<Bytes>,
+}
+
+impl Entry {
+    pub fn is_live(&self) -> bool {
+        self.value.is_some()
+    }
+}
+
+/// What a merge did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// The entry was newer than the stored one and replaced it.
+    pub applied: bool,
+    /// A live (non-tombstone) value was stored before.
+    pub previous_live: bool,
+}
+
+/// A position in ring order, for resuming a scan after it.
+pub type ScanCursor = (Id, Bytes);
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// The backing service cannot be reached or failed; retrying later may work.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The store holds data it cannot read back (e.g. a foreign key in a shared Redis).
+    #[error("storage corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A storage driver. Implementations are shared across worker threads.
+pub trait Store: Send + Sync {
+    /// The entry for `key`, tombstones included.
+    fn get(&self, key: &[u8]) -> Result<Option<Entry>>;
+    /// Stores `entry` unless the stored version is the same or higher.
+    fn put(&self, key: &Bytes, entry: Entry) -> Result<PutOutcome>;
+    /// Removes `key` for good if its stored version is at most `up_to_version` (a newer write
+    /// that raced with the removal survives). Returns whether something was removed.
+    fn delete(&self, key: &[u8], up_to_version: u64) -> Result<bool>;
+    /// Up to `limit` entries (tombstones included) whose key ids are in the ring range
+    /// `(start, end]`, in ring order starting clockwise from `start`, strictly after `after`.
+    /// `start == end` means the whole ring.
+    fn scan(&self, start: &Id, end: &Id, after: Option<&ScanCursor>, limit: usize) -> Result<Vec<Item>>;
+    /// Live keys (tombstones not counted).
+    fn len(&self) -> Result<u64>;
+    /// Whether calls may block (network I/O): such a store runs on worker threads.
+    fn is_blocking(&self) -> bool;
+    /// A short name for logs and stats ("memory", "redis").
+    fn name(&self) -> &'static str;
+}
+
+/// An operation the Chord core asks of its store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    Get {
+        key: Bytes,
+    },
+    /// Merge one entry (a client write is a merge with a fresh version).
+    Put {
+        key: Bytes,
+        entry: Entry,
+    },
+    /// Merge many entries (an incoming transfer batch).
+    PutMany {
+        items: Vec<Item>,
+    },
+    /// Scan a ring range, in ring order, after a cursor.
+    Scan {
+        start: Id,
+        end: Id,
+        after: Option<ScanCursor>,
+        limit: usize,
+        max_bytes: usize,
+    },
+    /// Remove entries whose versions are at most the given ones (after a transfer).
+    RemoveMany {
+        keys: Vec<(Bytes, u64)>,
+    },
+    /// Count live keys.
+    Count,
+}
+
+impl StoreOp {
+    /// Whether the op changes the store.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            StoreOp::Put { .. } | StoreOp::PutMany { .. } | StoreOp::RemoveMany { .. }
+        )
+    }
+}
+
+/// The result of a [`StoreOp`], variant by variant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreOutcome {
+    Got(Option<Entry>),
+    Put(PutOutcome),
+    PutMany {
+        applied: usize,
+    },
+    /// `more`: the scan stopped at `limit` or `max_bytes` and may have more to give.
+    Scanned {
+        items: Vec<Item>,
+        more: bool,
+    },
+    Removed(usize),
+    Count(u64),
+}
+
+/// Runs one op against a driver.
+pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
+    Ok(match op {
+        StoreOp::Get { key } => StoreOutcome::Got(store.get(&key)?),
+        StoreOp::Put { key, entry } => StoreOutcome::Put(store.put(&key, entry)?),
+        StoreOp::PutMany { items } => {
+            let mut applied = 0;
+            for item in items {
+                let entry = Entry {
+                    version: item.version,
+                    value: item.value,
+                };
+                applied += store.put(&item.key, entry)?.applied as usize;
+            }
+            StoreOutcome::PutMany { applied }
+        }
+        StoreOp::Scan {
+            start,
+            end,
+            after,
+            limit,
+            max_bytes,
+        } => {
+            let limit = limit.max(1);
+            let mut items = store.scan(&start, &end, after.as_ref(), limit)?;
+            let full = items.len() == limit;
+            // Trim to the byte budget, always keeping the first item so a scan makes progress.
+            let mut bytes = 0usize;
+            let mut keep = items.len();
+            for (i, it) in items.iter().enumerate() {
+                bytes += it.key.len() + it.value.as_ref().map_or(0, |v| v.len());
+                if bytes > max_bytes && i > 0 {
+                    keep = i;
+                    break;
+                }
+            }
+            let trimmed = keep < items.len();
+            items.truncate(keep);
+            StoreOutcome::Scanned {
+                items,
+                more: full || trimmed,
+            }
+        }
+        StoreOp::RemoveMany { keys } => {
+            let mut removed = 0;
+            for (key, version) in keys {
+                removed += store.delete(&key, version)? as usize;
+            }
+            StoreOutcome::Removed(removed)
+        }
+        StoreOp::Count => StoreOutcome::Count(store.len()?),
+    })
+}

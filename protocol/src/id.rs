@@ -1,0 +1,291 @@
+//! 160-bit identifiers on the Chord ring and the interval arithmetic over them.
+//!
+//! Every node and every key has an [`Id`]: the SHA-1 of the node's advertised address (unless
+//! the operator gives one) or of the key's bytes (Chord, SIGCOMM'01 section 4.2). Ids live on a
+//! circle of 2^160 points; key `k` is stored at `successor(id(k))`, the first node clockwise
+//! from `id(k)`.
+//!
+//! ```text
+//!                 0
+//!            N56 .-'-. N1
+//!          N51  /     \  N8        key K54 -> successor(54) = N56
+//!         N48  |       |  N14      key K10 -> successor(10) = N14
+//!          N42  \     /  N21
+//!            N38 '-.-' N32
+//! ```
+//!
+//! The interval helpers are written once, generically over any totally ordered type, so that
+//! the exhaustive tests can check them on an 8-bit ring (every `(a, b, x)` triple) against a
+//! brute-force walk of the circle; [`Id`] then uses the very same functions.
+//!
+//! Ids live in `protocol` rather than in the node because clients must hash keys exactly as the
+//! nodes do to route requests themselves (owner-aware client routing).
+
+use std::fmt;
+
+use sha1::{Digest, Sha1};
+
+/// Bytes in an [`Id`].
+pub const ID_BYTES: usize = 20;
+/// Bits in an [`Id`]: the ring has 2^160 points and a classic finger table 160 entries.
+pub const ID_BITS: usize = ID_BYTES * 8;
+
+/// A point on the 160-bit identifier circle, big-endian.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Id(pub [u8; ID_BYTES]);
+
+impl Id {
+    /// The point 0.
+    pub const ZERO: Id = Id([0; ID_BYTES]);
+    /// The point 2^160 - 1.
+    pub const MAX: Id = Id([0xff; ID_BYTES]);
+
+    /// SHA-1 of arbitrary bytes: a key's id, or a node's id from its address.
+    pub fn hash(bytes: &[u8]) -> Id {
+        let digest = Sha1::digest(bytes);
+        let mut id = [0u8; ID_BYTES];
+        id.copy_from_slice(&digest);
+        Id(id)
+    }
+
+    /// The id of a node advertised at `addr` (SHA-1 of its `ip:port` text).
+    pub fn of_addr(addr: &std::net::SocketAddr) -> Id {
+        Id::hash(addr.to_string().as_bytes())
+    }
+
+    /// An id from a small number, for tests and pictures: `Id::from_u64(5)` is the point 5.
+    pub fn from_u64(v: u64) -> Id {
+        let mut id = [0u8; ID_BYTES];
+        id[ID_BYTES - 8..].copy_from_slice(&v.to_be_bytes());
+        Id(id)
+    }
+
+    /// Parses 40 hex digits.
+    pub fn from_hex(s: &str) -> Option<Id> {
+        if s.len() != ID_BYTES * 2 || !s.is_ascii() {
+            return None;
+        }
+        let mut id = [0u8; ID_BYTES];
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Id(id))
+    }
+
+    /// The id as (high 32 bits, low 128 bits), for arithmetic.
+    #[inline]
+    fn limbs(&self) -> (u32, u128) {
+        let b = &self.0;
+        let hi = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        let mut lo = [0u8; 16];
+        lo.copy_from_slice(&b[4..]);
+        (hi, u128::from_be_bytes(lo))
+    }
+
+    #[inline]
+    fn from_limbs(hi: u32, lo: u128) -> Id {
+        let mut id = [0u8; ID_BYTES];
+        id[..4].copy_from_slice(&hi.to_be_bytes());
+        id[4..].copy_from_slice(&lo.to_be_bytes());
+        Id(id)
+    }
+
+    /// `self + other (mod 2^160)`.
+    #[inline]
+    pub fn wrapping_add(&self, other: &Id) -> Id {
+        let (ah, al) = self.limbs();
+        let (bh, bl) = other.limbs();
+        let (lo, carry) = al.overflowing_add(bl);
+        Id::from_limbs(ah.wrapping_add(bh).wrapping_add(carry as u32), lo)
+    }
+
+    /// `self - other (mod 2^160)`: the clockwise distance from `other` to `self`.
+    #[inline]
+    pub fn wrapping_sub(&self, other: &Id) -> Id {
+        let (ah, al) = self.limbs();
+        let (bh, bl) = other.limbs();
+        let (lo, borrow) = al.overflowing_sub(bl);
+        Id::from_limbs(ah.wrapping_sub(bh).wrapping_sub(borrow as u32), lo)
+    }
+
+    /// `2^exp` for `exp < 160`.
+    pub fn pow2(exp: usize) -> Id {
+        assert!(exp < ID_BITS, "2^{exp} is outside the 160-bit ring"); // faulty code
+        let mut id = [0u8; ID_BYTES];
+        id[ID_BYTES - 1 - exp / 8] = 1 << (exp % 8);
+        Id(id)
+    }
+
+    /// `self + 2^exp (mod 2^160)`: the start of classic finger `exp`.
+    pub fn add_pow2(&self, exp: usize) -> Id {
+        self.wrapping_add(&Id::pow2(exp))
+    }
+
+    /// Clockwise distance from `self` to `to`.
+    #[inline]
+    pub fn distance_to(&self, to: &Id) -> Id {
+        to.wrapping_sub(self)
+    }
+
+    /// `x` in the open interval `(self, b)` going clockwise.
+    #[inline]
+    pub fn is_between(&self, x: &Id, b: &Id) -> bool {
+        in_open(x, self, b)
+    }
+
+    /// The first `n` hex digits, for tables and logs.
+    pub fn short(&self, n: usize) -> String {
+        let mut s = self.to_string();
+        s.truncate(n.min(ID_BYTES * 2));
+        s
+    }
+
+    /// The id as an approximate fraction of the ring in [0, 1), for plots and load figures.
+    pub fn as_fraction(&self) -> f64 {
+        // The top 53 bits, exactly representable, so the result never rounds up to 1.0.
+        let (hi, lo) = self.limbs();
+        ((u64::from(hi) << 21) | (lo >> 107) as u64) as f64 / 2f64.powi(53)
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Id({})", self.short(10))
+    }
+}
+
+/// `x ∈ (a, b)` on the circle. When `a == b` the interval is the whole circle but `a`.
+#[inline]
+pub fn in_open<T: Ord>(x: &T, a: &T, b: &T) -> bool {
+    match a.cmp(b) {
+        std::cmp::Ordering::Less => a < x && x < b,
+        std::cmp::Ordering::Greater => a < x || x < b,
+        std::cmp::Ordering::Equal => x != a,
+    }
+}
+
+/// `x ∈ (a, b]` on the circle. When `a == b` the interval is the whole circle: this is how a
+/// single-node ring (`successor == self`) owns every key.
+#[inline]
+pub fn in_half_open<T: Ord>(x: &T, a: &T, b: &T) -> bool {
+    match a.cmp(b) {
+        std::cmp::Ordering::Less => a < x && x <= b,
+        std::cmp::Ordering::Greater => a < x || x <= b,
+        std::cmp::Ordering::Equal => true,
+    }
+}
+
+/// `x ∈ [a, b)` on the circle. When `a == b` the interval is the whole circle.
+#[inline]
+pub fn in_closed_open<T: Ord>(x: &T, a: &T, b: &T) -> bool {
+    x == a || (in_open(x, a, b) && x != b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The brute-force definition: walk clockwise from `a` (exclusive) and see whether we meet
+    /// `x` before `b`. `b_inclusive` decides whether `b` itself counts.
+    fn walk(x: u8, a: u8, b: u8, b_inclusive: bool) -> bool {
+        let mut p = a;
+        loop {
+            p = p.wrapping_add(1);
+            if p == b {
+                return b_inclusive && x == b;
+            }
+            if p == x {
+                return true;
+            }
+        }
+    }
+
+    #[test]
+    fn open_interval_matches_walk_on_every_8_bit_triple() {
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                for x in 0..=255u8 {
+                    assert_eq!(in_open(&x, &a, &b), walk(x, a, b, false), "x={x} in ({a},{b})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn half_open_interval_matches_walk_on_every_8_bit_triple() {
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                for x in 0..=255u8 {
+                    let expect = if a == b { true } else { walk(x, a, b, true) };
+                    assert_eq!(in_half_open(&x, &a, &b), expect, "x={x} in ({a},{b}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn closed_open_interval_on_every_8_bit_triple() {
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                for x in 0..=255u8 {
+                    let expect = a == b || x == a || walk(x, a, b, false);
+                    assert_eq!(in_closed_open(&x, &a, &b), expect, "x={x} in [{a},{b})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn single_node_ring_owns_everything() {
+        let n = Id::hash(b"127.0.0.1:7000");
+        for k in [Id::ZERO, Id::MAX, n, Id::hash(b"key")] {
+            assert!(in_half_open(&k, &n, &n));
+        }
+        assert!(!in_open(&n, &n, &n));
+    }
+
+    #[test]
+    fn id_intervals_wrap_around_zero() {
+        let a = Id::MAX.wrapping_sub(&Id::from_u64(10)); // 2^160 - 11
+        let b = Id::from_u64(10);
+        assert!(in_open(&Id::ZERO, &a, &b));
+        assert!(in_open(&Id::MAX, &a, &b));
+        assert!(!in_open(&Id::from_u64(11), &a, &b));
+        assert!(in_half_open(&b, &a, &b));
+        assert!(!in_half_open(&a, &a, &b));
+    }
+
+    #[test]
+    fn arithmetic_wraps() {
+        assert_eq!(Id::MAX.wrapping_add(&Id::from_u64(1)), Id::ZERO);
+        assert_eq!(Id::ZERO.wrapping_sub(&Id::from_u64(1)), Id::MAX);
+        assert_eq!(
+            Id::from_u64(3).distance_to(&Id::from_u64(1)),
+            Id::MAX.wrapping_sub(&Id::from_u64(1))
+        );
+        assert_eq!(Id::ZERO.add_pow2(159).0[0], 0x80);
+        assert_eq!(Id::ZERO.add_pow2(0), Id::from_u64(1));
+        assert_eq!(Id::ZERO.add_pow2(100).add_pow2(100), Id::ZERO.add_pow2(101));
+        // Carry out of the low 128 bits into the high 32.
+        let below = Id::pow2(128).wrapping_sub(&Id::from_u64(1));
+        assert_eq!(below.wrapping_add(&Id::from_u64(1)), Id::pow2(128));
+    }
+
+    #[test]
+    fn hash_and_hex_round_trip() {
+        let id = Id::hash(b"hello");
+        assert_eq!(id.to_string(), "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d");
+        assert_eq!(Id::from_hex(&id.to_string()), Some(id));
+        assert_eq!(Id::from_hex("zz"), None);
+        assert!(Id::from_u64(0).as_fraction() == 0.0 && Id::MAX.as_fraction() < 1.0);
+    }
+}

@@ -1,0 +1,20 @@
+//! # chordkv-protocol
+//!
+//! The vocabulary chordkv nodes and clients share, with no I/O and no clock:
+//!
+//! - [`id`]: 160-bit SHA-1 ring identifiers and the ring's interval arithmetic;
+//! - [`message`]: every request and reply, as Rust values;
+//! - [`frame`]: the hand-written binary encoding of a [`Frame`] (header + message), with a
+//!   decoder that returns `Ok(None)` until a whole frame is buffered, checks every length
+//!   against a named maximum before allocating, rejects trailing bytes, and never panics.
+
+pub mod frame;
+pub mod id;
+pub mod message;
+
+pub use frame::{
+    decode, decode_frame, DecodeError, EncodeError, Frame, FLAG_DIRECT, HEADER_BYTES, MAX_FRAME_BYTES,
+    MAX_KEY_BYTES, MAX_VALUE_BYTES,
+};
+pub use id::{in_half_open, in_open, Id};
+pub use message::{ErrorCode, Item, Lookup, Message, NodeInfo, NodeRef, NodeStatus};

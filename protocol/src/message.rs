@@ -1,0 +1,310 @@
+//! The messages chordkv nodes and clients exchange, independent of their byte encoding.
+//!
+//! Requests and replies are distinct variants with distinct opcodes; a reply echoes the
+//! request id of the request it answers (see [`crate::frame`]). Every reply to a client
+//! operation carries `hops`: how many overlay messages the request needed to reach the key's
+//! owner (0 when the node the client spoke to owned the key).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use crate::id::Id;
+
+/// A node as others know it: its ring id and the address it listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeRef {
+    pub id: Id,
+    pub addr: SocketAddr,
+}
+
+impl NodeRef {
+    /// A node whose id is derived from its address, the default.
+    pub fn from_addr(addr: SocketAddr) -> NodeRef {
+        NodeRef {
+            id: Id::of_addr(&addr),
+            addr,
+        }
+    }
+}
+
+/// One stored key with its version; `value: None` is a tombstone (a delete that must still be
+/// propagated so that an older copy elsewhere cannot resurrect the key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub key: Bytes,
+    pub version: u64,
+    pub value: Option<Bytes>,
+}
+
+/// The answer to one step of an iterative lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The key's owner is `successors[0]`; the rest are the nodes after it, as far as the
+    /// answering node knows (where to fail over if the owner is down).
+    Found { successors: Vec<NodeRef> },
+    /// The answering node does not know the owner; `node` is closer to it (ask it next).
+    Closer { node: NodeRef },
+}
+
+/// Why a request failed. The numeric codes are part of the wire format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The request is malformed or makes no sense to this node.
+    BadRequest = 1,
+    /// A key or value is over the configured limit.
+    TooLarge = 2,
+    /// The key's owner could not be reached within the request deadline.
+    Unavailable = 3,
+    /// The request did not complete within its deadline.
+    Timeout = 4,
+    /// The storage driver failed (e.g. Redis is down).
+    StoreFailed = 5,
+    /// The node has not finished joining the ring.
+    NotReady = 6,
+    /// The node is leaving the ring.
+    ShuttingDown = 7,
+    /// Too many requests are queued; retry later.
+    Busy = 8,
+    /// A bug on the serving node.
+    Internal = 9,
+}
+
+impl ErrorCode {
+    /// Whether retrying the same request later may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Unavailable
+                | ErrorCode::Timeout
+                | ErrorCode::StoreFailed
+                | ErrorCode::NotReady
+                | ErrorCode::ShuttingDown
+                | ErrorCode::Busy
+        )
+    }
+
+    /// The code for a wire value, if it is one we know.
+    pub fn from_u16(v: u16) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        Some(match v {
+            1 => BadRequest,
+            2 => TooLarge,
+            3 => Unavailable,
+            4 => Timeout,
+            5 => StoreFailed,
+            6 => NotReady,
+            7 => ShuttingDown,
+            8 => Busy,
+            9 => Internal,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a node is in its life, as reported by [`NodeInfo`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum NodeStatus {
+    /// Looking for its successor, or waiting for the keys of its range.
+    Joining = 1,
+    /// Serving its range.
+    Active = 2,
+    /// Handing its keys to its successor.
+    Leaving = 3,
+}
+
+impl NodeStatus {
+    pub fn from_u8(v: u8) -> Option<NodeStatus> {
+        match v {
+            1 => Some(NodeStatus::Joining),
+            2 => Some(NodeStatus::Active),
+            3 => Some(NodeStatus::Leaving),
+            _ => None,
+        }
+    }
+}
+
+/// A node's view of its neighbourhood, for `chordkv ring` and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node: NodeRef,
+    pub status: NodeStatus,
+    pub predecessor: Option<NodeRef>,
+    pub successors: Vec<NodeRef>,
+    /// The distinct nodes in the routing table, nearest first.
+    pub fingers: Vec<NodeRef>,
+    /// Live keys (not tombstones) in the node's store.
+    pub keys: u64,
+}
+
+/// Every message of the protocol. See [`crate::frame`] for opcodes and byte layouts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    // --- client operations -------------------------------------------------------------
+    /// Read a key.
+    Get {
+        key: Bytes,
+    },
+    /// Write a key.
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
+    /// Delete a key.
+    Delete {
+        key: Bytes,
+    },
+    /// `value: None` when the key does not exist; `version` 0 then.
+    GetReply {
+        hops: u16,
+        version: u64,
+        value: Option<Bytes>,
+    },
+    /// The write is applied; `version` is the version the owner stamped it with.
+    PutReply {
+        hops: u16,
+        version: u64,
+    },
+    /// The delete is applied; `existed` tells whether a live value was removed.
+    DeleteReply {
+        hops: u16,
+        version: u64,
+        existed: bool,
+    },
+    /// Sent instead of serving a `FLAG_DIRECT` request for a key this node does not own:
+    /// `node` is the owner when `exact`, else a node closer to it.
+    Redirect {
+        hops: u16,
+        node: NodeRef,
+        exact: bool,
+    },
+    /// The request failed.
+    Error {
+        code: ErrorCode,
+        hops: u16,
+        text: String,
+    },
+
+    // --- Chord maintenance ---------------------------------------------------------------
+    /// One step of an iterative lookup for `id`.
+    FindSuccessor {
+        id: Id,
+    },
+    FindSuccessorReply {
+        lookup: Lookup,
+    },
+    /// Ask for the predecessor and the successor list in one round trip (stabilize).
+    GetNeighbors,
+    Neighbors {
+        predecessor: Option<NodeRef>,
+        successors: Vec<NodeRef>,
+    },
+    /// "I think I am your predecessor."
+    Notify {
+        node: NodeRef,
+    },
+    /// `accepted`: the receiver made `node` its predecessor and will transfer the keys in
+    /// `(previous, node]`; `clock` is the receiver's version clock, which the new owner must
+    /// move past before it stamps writes.
+    NotifyReply {
+        accepted: bool,
+        previous: Option<NodeRef>,
+        clock: u64,
+    },
+    /// Liveness probe (check_predecessor).
+    Ping,
+    Pong {
+        node: NodeRef,
+    },
+    /// Graceful leave: `node` is leaving. Sent to its successor (take over my range, my
+    /// predecessor is `predecessor`) and to its predecessor (my successors are `successors`).
+    Leaving {
+        node: NodeRef,
+        predecessor: Option<NodeRef>,
+        successors: Vec<NodeRef>,
+        clock: u64,
+    },
+    LeavingReply {
+        accepted: bool,
+    },
+
+    // --- key handoff ---------------------------------------------------------------------
+    /// One batch of the keys in the ring range `(start, end]`; `last` closes the transfer.
+    Transfer {
+        transfer_id: u64,
+        start: Id,
+        end: Id,
+        items: Vec<Item>,
+        last: bool,
+        clock: u64,
+    },
+    TransferAck {
+        transfer_id: u64,
+        accepted: bool,
+    },
+
+    // --- introspection -------------------------------------------------------------------
+    GetInfo,
+    Info(NodeInfo),
+    GetStats,
+    /// Named counters and gauges; names are stable, new ones may be added.
+    Stats {
+        counters: Vec<(String, u64)>,
+    },
+}
+
+impl Message {
+    /// Whether this message is a reply (it answers a request with the same request id).
+    pub fn is_reply(&self) -> bool {
+        crate::frame::opcode_of(self) & crate::frame::REPLY_BIT != 0
+    }
+
+    /// Whether this is a client operation (GET, PUT, DELETE).
+    pub fn is_client_op(&self) -> bool {
+        matches!(
+            self,
+            Message::Get { .. } | Message::Put { .. } | Message::Delete { .. }
+        )
+    }
+
+    /// The key of a client operation.
+    pub fn key(&self) -> Option<&Bytes> {
+        match self {
+            Message::Get { key } | Message::Put { key, .. } | Message::Delete { key } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The message's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        use Message::*;
+        match self {
+            Get { .. } => "GET",
+            Put { .. } => "PUT",
+            Delete { .. } => "DELETE",
+            GetReply { .. } => "GET_REPLY",
+            PutReply { .. } => "PUT_REPLY",
+            DeleteReply { .. } => "DELETE_REPLY",
+            Redirect { .. } => "REDIRECT",
+            Error { .. } => "ERROR",
+            FindSuccessor { .. } => "FIND_SUCCESSOR",
+            FindSuccessorReply { .. } => "FIND_SUCCESSOR_REPLY",
+            GetNeighbors => "GET_NEIGHBORS",
+            Neighbors { .. } => "NEIGHBORS",
+            Notify { .. } => "NOTIFY",
+            NotifyReply { .. } => "NOTIFY_REPLY",
+            Ping => "PING",
+            Pong { .. } => "PONG",
+            Leaving { .. } => "LEAVING",
+            LeavingReply { .. } => "LEAVING_REPLY",
+            Transfer { .. } => "TRANSFER",
+            TransferAck { .. } => "TRANSFER_ACK",
+            GetInfo => "GET_INFO",
+            Info(_) => "INFO",
+            GetStats => "GET_STATS",
+            Stats { .. } => "STATS",
+        }
+    }
+}
