@@ -219,7 +219,13 @@ impl Node {
         last: bool,
         clock: u64,
     ) {
-        if matches!(self.phase, Phase::Idle | Phase::Joining | Phase::Left) {
+        // Take a range only if we agreed to (a leaving predecessor), or if it ends at us (our
+        // successor handing us our range; its notify reply may still be on its way). Anything
+        // else would strand keys on a node that does not own them.
+        let expected = self.incoming.iter().any(|r| r.start == start && r.end == end);
+        if matches!(self.phase, Phase::Idle | Phase::Joining | Phase::Left)
+            || !(expected || end == self.me.id)
+        {
             return self.reply(
                 to,
                 rid,
@@ -586,7 +592,10 @@ impl Node {
             self.routing.forget(node.addr);
             self.routing.set_successors(list, self.config.successors);
         } else {
+            // Not our neighbour: the leaving node's view is stale. It retries once stabilize
+            // has shown it its real successor.
             self.routing.forget(node.addr);
+            return self.reply(to, rid, Message::LeavingReply { accepted: false });
         }
         self.reply(to, rid, Message::LeavingReply { accepted: true });
     }

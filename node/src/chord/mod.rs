@@ -898,7 +898,9 @@ impl Node {
 
     /// Alone after having had peers: ask the next remembered peer for our successor.
     fn try_rejoin(&mut self, now: Millis) {
-        if self.phase != Phase::Active || self.lookups.values().any(|l| l.purpose == LookupPurpose::Rejoin) {
+        if !matches!(self.phase, Phase::Active | Phase::Joined)
+            || self.lookups.values().any(|l| l.purpose == LookupPurpose::Rejoin)
+        {
             return;
         }
         let Some(seed) = self.seeds.pop_front() else {

@@ -1,0 +1,349 @@
+//! Deterministic simulation tests of the Chord core: many real state machines on a simulated
+//! network, checked against a global oracle. Each test prints its seed; a failure replays
+//! exactly with the same seed.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chordkv_node::chord::Config;
+use chordkv_node::rng::Rng;
+use chordkv_node::sim::{Sim, SimConfig};
+use chordkv_protocol::{Id, Message};
+
+const STABILIZE_MS: u64 = 100;
+
+fn sim(seed: u64) -> Sim {
+    println!("seed = {seed}");
+    let chord = Config::with_stabilize_interval_ms(STABILIZE_MS);
+    Sim::new(SimConfig {
+        seed,
+        min_delay_ms: 1,
+        max_delay_ms: 10,
+        loss: 0.0,
+        chord,
+    })
+}
+
+/// Builds a ring by sequential joins, each through a random live node, and waits for it to be
+/// consistent.
+fn build_ring(s: &mut Sim, n: usize, rng: &mut Rng) {
+    s.add_first();
+    for _ in 1..n {
+        let alive = s.alive();
+        let via = alive[rng.below(alive.len() as u64) as usize];
+        s.add_joining(via);
+        s.run_for(2 * STABILIZE_MS);
+    }
+    assert!(
+        s.run_until_consistent(STABILIZE_MS, 120_000),
+        "ring did not converge: {:?}",
+        s.ring_problem()
+    );
+}
+
+/// The seeds to run: `SIM_SEEDS=1-200` (a range) overrides the defaults for a wider search.
+fn seeds(default: &[u64]) -> Vec<u64> {
+    match std::env::var("SIM_SEEDS") {
+        Ok(r) => {
+            let (a, b) = r.split_once('-').unwrap_or((&r, &r));
+            (a.parse().expect("SIM_SEEDS=A-B")..=b.parse().expect("SIM_SEEDS=A-B")).collect()
+        }
+        Err(_) => default.to_vec(),
+    }
+}
+
+fn value_of(reply: &Option<Message>) -> Option<Bytes> {
+    match reply {
+        Some(Message::GetReply { value, .. }) => value.clone(),
+        other => panic!("expected a GET reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn sixty_four_nodes_converge_and_fingers_become_correct() {
+    let mut s = sim(64);
+    let mut rng = Rng::new(64);
+    build_ring(&mut s, 64, &mut rng);
+    // fix_fingers refreshes one remote finger per round; give it enough rounds.
+    let mut rounds = 0;
+    while !s.fingers_are_correct() && rounds < 600 {
+        s.run_for(STABILIZE_MS);
+        rounds += 1;
+    }
+    assert!(
+        s.fingers_are_correct(),
+        "{} fingers still wrong",
+        s.finger_errors()
+    );
+    assert!(s.ring_is_consistent());
+}
+
+#[test]
+fn lookups_from_every_node_agree_with_the_oracle() {
+    let mut s = sim(7);
+    let mut rng = Rng::new(7);
+    build_ring(&mut s, 32, &mut rng);
+    s.run_for(20_000); // let the fingers settle
+    let keys: Vec<String> = (0..400).map(|i| format!("key-{i}")).collect();
+    for k in &keys {
+        let via = rng.below(32) as usize;
+        match s.put(via, k, &format!("v-{k}")) {
+            Some(Message::PutReply { .. }) => {}
+            other => panic!("put {k} via {via}: {other:?}"),
+        }
+    }
+    // Every key is stored at exactly its oracle owner.
+    for k in &keys {
+        let owner = s.owner_of(&Id::hash(k.as_bytes())).unwrap();
+        let holders: Vec<usize> = s
+            .alive()
+            .into_iter()
+            .filter(|&i| s.holds(i, k.as_bytes()).is_some())
+            .collect();
+        assert_eq!(holders, vec![s.index_of(&owner.addr).unwrap()], "key {k}");
+    }
+    // Every node finds every key (a sample of keys per node), within a few hops.
+    let mut max_hops = 0;
+    for node in 0..32 {
+        for k in keys.iter().skip(node).step_by(16) {
+            let reply = s.get(node, k);
+            if let Some(Message::GetReply { hops, .. }) = reply {
+                max_hops = max_hops.max(hops);
+            }
+            assert_eq!(
+                value_of(&reply),
+                Some(Bytes::from(format!("v-{k}"))),
+                "get {k} via {node}"
+            );
+        }
+    }
+    assert!(max_hops <= 8, "a 32-node ring needs few hops, saw {max_hops}");
+}
+
+#[test]
+fn a_crashed_node_is_routed_around() {
+    let mut s = sim(11);
+    let mut rng = Rng::new(11);
+    build_ring(&mut s, 24, &mut rng);
+    s.run_for(10_000);
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        assert!(matches!(s.put(0, k, "v"), Some(Message::PutReply { .. })));
+    }
+    let victim = 5;
+    let lost: Vec<&String> = keys
+        .iter()
+        .filter(|k| s.holds(victim, k.as_bytes()).is_some())
+        .collect();
+    s.crash(victim);
+    assert!(
+        s.run_until_consistent(STABILIZE_MS, 60_000),
+        "{:?}",
+        s.ring_problem()
+    );
+    // Keys the crashed node did not hold are all still served, from every node.
+    for (i, k) in keys.iter().enumerate() {
+        let via = [0, 3, 7, 12, 23][i % 5];
+        let reply = s.get(via, k);
+        if lost.contains(&k) {
+            assert_eq!(
+                value_of(&reply),
+                None,
+                "{k} was only on the crashed node (no replication yet)"
+            );
+        } else {
+            assert_eq!(
+                value_of(&reply),
+                Some(Bytes::from_static(b"v")),
+                "get {k} via {via}"
+            );
+        }
+    }
+    // And the crashed node's range is writable again, at its successor.
+    for k in &lost {
+        assert!(matches!(s.put(1, k, "again"), Some(Message::PutReply { .. })));
+        assert_eq!(value_of(&s.get(2, k)), Some(Bytes::from_static(b"again")));
+    }
+}
+
+/// The state of the acknowledged writes: per key, the highest acknowledged version and value.
+#[derive(Default)]
+struct Acked(BTreeMap<String, (u64, String)>);
+
+impl Acked {
+    fn record(&mut self, key: &str, value: &str, reply: Option<Message>) {
+        if let Some(Message::PutReply { version, .. }) = reply {
+            let e = self.0.entry(key.to_string()).or_insert((0, String::new()));
+            if version > e.0 {
+                *e = (version, value.to_string());
+            }
+        }
+    }
+}
+
+/// Writes keep flowing (several in flight at once) while nodes join and leave; at the end
+/// every acknowledged write is readable with its value or a newer one.
+#[test]
+fn joins_and_leaves_under_load_lose_no_acknowledged_write() {
+    for seed in seeds(&[3, 17, 99]) {
+        let mut s = sim(seed);
+        let mut rng = Rng::new(seed);
+        build_ring(&mut s, 12, &mut rng);
+        let mut acked = Acked::default();
+        let mut in_flight: Vec<(u64, String, String)> = Vec::new();
+        let mut written = 0u64;
+        let mut leaving = Vec::new();
+        for round in 0..240 {
+            // Membership changes: a join every 20 rounds, a leave every 30.
+            if round % 20 == 10 {
+                let alive = s.alive();
+                let via = alive[rng.below(alive.len() as u64) as usize];
+                s.add_joining(via);
+            }
+            if round % 30 == 25 {
+                let alive: Vec<usize> = s.alive().into_iter().filter(|i| !leaving.contains(i)).collect();
+                let who = alive[rng.below(alive.len() as u64) as usize];
+                leaving.push(who);
+                s.leave(who);
+            }
+            // Eight writes per round, to new keys and overwrites, through random live nodes.
+            for _ in 0..8 {
+                let alive: Vec<usize> = s.alive().into_iter().filter(|i| !leaving.contains(i)).collect();
+                let via = alive[rng.below(alive.len() as u64) as usize];
+                let key = format!("key-{}", rng.below(500));
+                written += 1;
+                let value = format!("value-{written}");
+                let msg = Message::Put {
+                    key: Bytes::from(key.clone()),
+                    value: Bytes::from(value.clone()),
+                };
+                in_flight.push((s.client_request(via, msg), key, value));
+            }
+            s.run_for(20);
+            if std::env::var("TRACE_KEY").is_ok() {
+                let key = std::env::var("TRACE_KEY").unwrap();
+                let holders: Vec<usize> = (0..s.len())
+                    .filter(|&i| s.holds(i, key.as_bytes()).is_some())
+                    .collect();
+                let owner = s
+                    .owner_of(&Id::hash(key.as_bytes()))
+                    .and_then(|o| s.index_of(&o.addr));
+                let line = format!(
+                    "holders {holders:?} owner {owner:?} pred-of-owner {:?}",
+                    owner.map(|o| s.node(o).predecessor().map(|p| s.index_of(&p.addr)))
+                );
+                println!("t={} round {round}: {line}", s.now());
+            }
+            in_flight.retain(|(h, k, v)| match s.reply(*h) {
+                Some(r) => {
+                    acked.record(k, v, Some(r));
+                    false
+                }
+                None => true,
+            });
+        }
+        s.run_for(15_000);
+        for (h, k, v) in in_flight.drain(..) {
+            acked.record(&k, &v, s.reply(h));
+        }
+        assert!(
+            s.run_until_consistent(STABILIZE_MS, 60_000),
+            "seed {seed}: {:?}",
+            s.ring_problem()
+        );
+        assert!(
+            acked.0.len() > 300,
+            "seed {seed}: most writes must be acknowledged ({})",
+            acked.0.len()
+        );
+        let alive = s.alive();
+        for (i, (key, (version, value))) in acked.0.iter().enumerate() {
+            let via = alive[i % alive.len()];
+            match s.get(via, key) {
+                Some(Message::GetReply {
+                    version: got,
+                    value: Some(v),
+                    ..
+                }) => {
+                    assert!(
+                        got >= *version,
+                        "seed {seed}: {key} went back from version {version} to {got}"
+                    );
+                    if got == *version {
+                        assert_eq!(v, Bytes::from(value.clone()), "seed {seed}: {key}");
+                    }
+                }
+                other => {
+                    let holders: Vec<(usize, Option<Bytes>)> = (0..s.len())
+                        .map(|i| (i, s.holds(i, key.as_bytes())))
+                        .filter(|x| x.1.is_some())
+                        .collect();
+                    let owner = s.owner_of(&Id::hash(key.as_bytes())).map(|o| o.addr);
+                    panic!("seed {seed}: acknowledged write of {key} (v{version}) lost: {other:?}; holders {holders:?}, owner {owner:?}, left {leaving:?}")
+                }
+            }
+        }
+        // Every key lives only at its owner: handoffs left no stray copies behind.
+        let total: u64 = s.keys_per_node().iter().sum();
+        assert_eq!(
+            total as usize,
+            acked.0.len(),
+            "seed {seed}: copies across the ring"
+        );
+    }
+}
+
+#[test]
+fn an_isolated_node_rejoins_after_the_partition_heals() {
+    let mut s = sim(5);
+    let mut rng = Rng::new(5);
+    build_ring(&mut s, 10, &mut rng);
+    let others: Vec<usize> = (0..10).filter(|&i| i != 4).collect();
+    s.partition(&[4], &others);
+    s.run_for(10_000);
+    assert!(!s.ring_is_consistent());
+    s.heal();
+    assert!(
+        s.run_until_consistent(STABILIZE_MS, 60_000),
+        "{:?}",
+        s.ring_problem()
+    );
+}
+
+#[test]
+fn message_loss_slows_the_ring_but_it_still_converges() {
+    let mut s = sim(21);
+    let mut rng = Rng::new(21);
+    s.set_loss(0.05);
+    s.add_first();
+    for _ in 1..16 {
+        let alive = s.alive();
+        let via = alive[rng.below(alive.len() as u64) as usize];
+        s.add_joining(via);
+        s.run_for(3 * STABILIZE_MS);
+    }
+    s.run_for(10_000);
+    s.set_loss(0.0);
+    assert!(
+        s.run_until_consistent(STABILIZE_MS, 120_000),
+        "{:?}",
+        s.ring_problem()
+    );
+}
+
+#[test]
+fn the_same_seed_replays_the_same_run() {
+    let run = |seed: u64| {
+        let mut s = sim(seed);
+        let mut rng = Rng::new(seed);
+        build_ring(&mut s, 16, &mut rng);
+        for i in 0..50 {
+            s.put(i % 16, &format!("k{i}"), "v");
+        }
+        s.crash(3);
+        s.run_for(5_000);
+        (s.now(), s.messages, s.keys_per_node())
+    };
+    assert_eq!(run(42), run(42));
+    assert_ne!(run(42).1, run(43).1);
+}
