@@ -72,9 +72,10 @@ impl Id {
         Some(Id(id))
     }
 
-    /// The id as (high 32 bits, low 128 bits), for arithmetic.
+    /// The id as (high 32 bits, low 128 bits): integers that compare like the id, for hot
+    /// paths that search sorted ids (the routing table).
     #[inline]
-    fn limbs(&self) -> (u32, u128) {
+    pub fn limbs(&self) -> (u32, u128) {
         let b = &self.0;
         let hi = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
         let mut lo = [0u8; 16];
@@ -125,6 +126,16 @@ impl Id {
     #[inline]
     pub fn distance_to(&self, to: &Id) -> Id {
         to.wrapping_sub(self)
+    }
+
+    /// Clockwise distance from `self` to `to` as limbs (see [`Id::limbs`]), without building an
+    /// `Id`.
+    #[inline]
+    pub fn distance_limbs(&self, to: &Id) -> (u32, u128) {
+        let (ah, al) = to.limbs();
+        let (bh, bl) = self.limbs();
+        let (lo, borrow) = al.overflowing_sub(bl);
+        (ah.wrapping_sub(bh).wrapping_sub(borrow as u32), lo)
     }
 
     /// `x` in the open interval `(self, b)` going clockwise.

@@ -26,8 +26,10 @@ pub struct RoutingTable {
     fingers: Vec<Option<NodeRef>>,
     /// The successor list, nearest first; never contains `me`.
     successors: Vec<NodeRef>,
-    /// Every distinct node above with its clockwise distance from `me`, sorted by distance.
-    view: Vec<(Id, NodeRef)>,
+    /// Every distinct node above, sorted by clockwise distance from `me`...
+    view: Vec<NodeRef>,
+    /// ...and those distances as integer limbs (see `Id::limbs`), searched by binary search.
+    distances: Vec<(u32, u128)>,
 }
 
 impl RoutingTable {
@@ -46,6 +48,7 @@ impl RoutingTable {
             fingers,
             successors: Vec::new(),
             view: Vec::new(),
+            distances: Vec::new(),
         }
     }
 
@@ -115,19 +118,18 @@ impl RoutingTable {
     /// known node lies strictly between `me` and `target`.
     #[inline]
     pub fn closest_preceding(&self, target: &Id) -> Option<NodeRef> {
-        let d = self.me.id.distance_to(target);
+        let d = self.me.id.distance_limbs(target);
         // Entries with distance in (0, d): the last of them is the answer.
-        let idx = self.view.partition_point(|(dist, _)| *dist < d);
-        if idx == 0 {
+        let idx = self.distances.partition_point(|dist| *dist < d);
+        if idx == 0 || self.distances[idx - 1] == (0, 0) {
             return None;
         }
-        let (dist, node) = self.view[idx - 1];
-        (dist != Id::ZERO).then_some(node)
+        Some(self.view[idx - 1])
     }
 
     /// Every distinct node in the table, nearest first.
     pub fn known_nodes(&self) -> impl Iterator<Item = &NodeRef> {
-        self.view.iter().map(|(_, n)| n)
+        self.view.iter()
     }
 
     /// How many distinct nodes the table holds (its state size).
@@ -136,18 +138,18 @@ impl RoutingTable {
     }
 
     fn rebuild(&mut self) {
-        self.view.clear();
         let me = self.me.id;
-        self.view.extend(
-            self.fingers
-                .iter()
-                .flatten()
-                .chain(self.successors.iter())
-                .map(|n| (me.distance_to(&n.id), *n)),
-        );
-        self.view
-            .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.addr.cmp(&b.1.addr)));
-        self.view.dedup_by(|a, b| a.1.addr == b.1.addr);
+        let mut all: Vec<((u32, u128), NodeRef)> = self
+            .fingers
+            .iter()
+            .flatten()
+            .chain(self.successors.iter())
+            .map(|n| (me.distance_limbs(&n.id), *n))
+            .collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.addr.cmp(&b.1.addr)));
+        all.dedup_by(|a, b| a.1.addr == b.1.addr);
+        self.distances = all.iter().map(|(d, _)| *d).collect();
+        self.view = all.into_iter().map(|(_, n)| n).collect();
     }
 }
 
