@@ -1,1 +1,554 @@
-fn main() {}
+//! `chordkv`: run a node, run a local cluster, and talk to a ring from the shell.
+//!
+//! Every command is a thin layer over the library: `node` over [`server::run`], `cluster`
+//! over [`cluster::LocalCluster`], and the client commands over [`client::Client`] and
+//! [`client::walk_ring`].
+//!
+//! Exit status: 0 on success; 1 when a key is not found (`get`, `del`) or on any error (an
+//! `error: ...` line on stderr); 2 on invalid usage (clap's message).
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use chordkv_node::chord::config::{DEFAULT_STABILIZE_INTERVAL_MS, DEFAULT_SUCCESSORS};
+use chordkv_node::chord::Config;
+use chordkv_node::client::{self, Client, ClientError, RingReport};
+use chordkv_node::cluster::{self, ClusterSpec, LocalCluster};
+use chordkv_node::server::{self, ServerConfig};
+use chordkv_node::store::MemoryStore;
+use chordkv_protocol::Id;
+
+/// Default per-request timeout of the client commands, in milliseconds.
+const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+/// Default time `chordkv cluster` waits for a consistent ring, in milliseconds.
+const DEFAULT_READY_TIMEOUT_MS: u64 = 60_000;
+/// Storage worker threads of `chordkv node` (the memory store never blocks, so it ignores them).
+const STORE_THREADS: usize = 1;
+/// How often `chordkv cluster` checks for signals and dead nodes.
+const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
+/// Most nodes `chordkv ring` visits before it gives up on returning to the first.
+const RING_WALK_MAX_NODES: usize = 10_000;
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  success
+  1  the key was not found (get, del), or an error (an `error: ...` line on stderr)
+  2  invalid usage";
+
+/// chordkv: a distributed key-value store on a Chord ring.
+///
+/// Start a ring with `chordkv cluster --nodes 3` (local processes) or with `chordkv node` on
+/// each host, then read and write keys through any node with `put`, `get` and `del`, and
+/// inspect it with `ring` and `stats`.
+#[derive(Debug, Parser)]
+#[command(name = "chordkv", version, after_help = EXIT_STATUS_HELP)]
+struct Cli {
+    /// Timeout of each connection attempt and each request of the client commands, in
+    /// milliseconds.
+    #[arg(
+        long,
+        global = true,
+        value_name = "MS",
+        default_value_t = DEFAULT_TIMEOUT_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    timeout_ms: u64,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one node of a ring
+    ///
+    /// The node serves its range of keys and takes part in the ring until SIGTERM or SIGINT;
+    /// then it hands its keys to its successor, leaves, and exits 0. Exits 1 if it cannot
+    /// start (e.g. the address is in use).
+    Node(NodeArgs),
+    /// Run a ring of local nodes until interrupted
+    ///
+    /// Starts N `chordkv node` child processes on this machine (the first creates the ring,
+    /// the others join it), waits until the ring is consistent, prints one line
+    /// `ready: ADDR ADDR ...` (node 0 first) on stdout, and keeps running. A node that dies is
+    /// reported on stderr. On SIGINT or SIGTERM it stops the nodes one after another (each
+    /// leaves gracefully) and exits 0. Exits 1 if the ring does not become consistent in time.
+    Cluster(ClusterArgs),
+    /// Store VALUE under KEY
+    ///
+    /// Prints `ok` once the key's owner has applied the write.
+    Put {
+        /// The key (its bytes as given).
+        key: OsString,
+        /// The value (its bytes as given).
+        #[arg(allow_hyphen_values = true)]
+        value: OsString,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the value of KEY
+    ///
+    /// Prints the value's bytes followed by a newline. When the key does not exist, prints
+    /// `not found` on stderr and exits 1.
+    Get {
+        /// The key.
+        key: OsString,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete KEY
+    ///
+    /// Prints `deleted`. When the key did not exist, prints `not found` on stderr and exits 1
+    /// (like `get`, so that scripts can tell); the delete is applied either way.
+    Del {
+        /// The key.
+        key: OsString,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show the ring and check that it is consistent
+    ///
+    /// Walks the ring from a node along successor pointers and prints a row per node (id
+    /// prefix, address, predecessor, successor, key count, status) in ring order, then
+    /// `consistent: yes|no` and a `problem: ...` line per problem found. The ring is
+    /// consistent when the walk returns to its first node, every node's successor names it as
+    /// predecessor, every node answers and is active, and ids increase around the ring.
+    /// Exits 0 whether or not the ring is consistent (read the verdict); 1 only when the
+    /// starting node cannot be asked.
+    Ring {
+        #[command(flatten)]
+        target: Target,
+        /// Print one JSON object: {"consistent", "nodes": [{"id", "addr", "predecessor",
+        /// "successor", "keys", "status"}], "problems"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a node's counters and gauges
+    ///
+    /// One `name value` line per counter, in the node's order.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+        /// Print one JSON object mapping each name to its value.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The node a client command talks to.
+#[derive(Debug, Args)]
+struct Target {
+    /// Address of any node of the ring (IP:PORT or HOST:PORT), e.g. 127.0.0.1:7000.
+    #[arg(long, value_name = "ADDR")]
+    node: String,
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Address to listen on (IP:PORT).
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// Address other nodes and clients use to reach this node [default: the --listen
+    /// address]. The node's ring id is the SHA-1 of this address unless --id is given.
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
+    /// Address of a node of an existing ring to join; without it the node starts a new ring.
+    #[arg(long, value_name = "ADDR")]
+    join: Option<String>,
+    /// The node's ring id as 40 hex digits, instead of the hash of its address.
+    #[arg(long, value_name = "HEX40")]
+    id: Option<String>,
+    /// Length of the successor list: the ring survives R - 1 adjacent failures.
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = DEFAULT_SUCCESSORS as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1024)
+    )]
+    successors: u64,
+    /// Period of stabilize, in milliseconds; the other maintenance periods and peer timeouts
+    /// scale with it.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = DEFAULT_STABILIZE_INTERVAL_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    stabilize_ms: u64,
+}
+
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// Number of nodes.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u64).range(1..=1000)
+    )]
+    nodes: u64,
+    /// Node i listens on port P + i [default: free ports picked at random].
+    #[arg(long, value_name = "P")]
+    base_port: Option<u16>,
+    /// Address every node listens on.
+    #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    host: IpAddr,
+    /// Length of each node's successor list [default: the node's default].
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    successors: Option<u64>,
+    /// Each node's stabilize period in milliseconds [default: the node's default].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    stabilize_ms: Option<u64>,
+    /// Write each node's output to DIR/node-INDEX-PORT.log instead of this terminal.
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// How long to wait for the ring to become consistent before giving up, in milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = DEFAULT_READY_TIMEOUT_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    ready_timeout_ms: u64,
+}
+
+/// How a command ended when it did not fail.
+enum Outcome {
+    Success,
+    NotFound,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let timeout = Duration::from_millis(cli.timeout_ms);
+    let result = match cli.command {
+        Command::Node(args) => run_node(args),
+        Command::Cluster(args) => run_cluster(args),
+        Command::Put { key, value, target } => cmd_put(&target, key, value, timeout),
+        Command::Get { key, target } => cmd_get(&target, key, timeout),
+        Command::Del { key, target } => cmd_del(&target, key, timeout),
+        Command::Ring { target, json } => cmd_ring(&target, json, timeout),
+        Command::Stats { target, json } => cmd_stats(&target, json, timeout),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::NotFound) => {
+            eprintln!("not found");
+            ExitCode::FAILURE
+        }
+        // `chordkv ring | head -1`: the reader is gone, which is no error of ours.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, stopping at a [`ClientError`], whose message
+/// already says what its cause was.
+fn describe(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        parts.push(cause.to_string());
+        if cause.is::<ClientError>() {
+            break;
+        }
+    }
+    parts.join(": ")
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// Parses `IP:PORT`, or resolves `HOST:PORT` (preferring IPv4).
+fn parse_addr(s: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let has_port = s
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !has_port {
+        bail!("invalid address '{s}': expected IP:PORT or HOST:PORT, e.g. 127.0.0.1:7000");
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| anyhow!("invalid address '{s}': cannot resolve: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| anyhow!("invalid address '{s}': it resolves to no address"))
+}
+
+fn connect(target: &Target, timeout: Duration) -> anyhow::Result<Client> {
+    let addr = parse_addr(&target.node)?;
+    Ok(Client::connect(addr, timeout)?)
+}
+
+// --- node and cluster --------------------------------------------------------------------
+
+fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
+    let listen = parse_addr(&args.listen)?;
+    let advertise = args.advertise.as_deref().map(parse_addr).transpose()?;
+    let join = args.join.as_deref().map(parse_addr).transpose()?;
+    let node_id = match &args.id {
+        Some(hex) => {
+            Some(Id::from_hex(hex).ok_or_else(|| anyhow!("invalid id '{hex}': expected 40 hex digits"))?)
+        }
+        None => None,
+    };
+    let reachable = advertise.unwrap_or(listen);
+    if reachable.ip().is_unspecified() || reachable.port() == 0 {
+        bail!(
+            "other nodes cannot reach {reachable}: give --advertise with the address and port \
+             they should use"
+        );
+    }
+    let mut chord = Config::with_stabilize_interval_ms(args.stabilize_ms);
+    chord.successors = args.successors as usize;
+    server::run(ServerConfig {
+        listen,
+        advertise,
+        join,
+        node_id,
+        chord,
+        store: Arc::new(MemoryStore::new()),
+        store_threads: STORE_THREADS,
+    })?;
+    Ok(Outcome::Success)
+}
+
+fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
+    // Registered before the first node starts, so that no signal is lost.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install a signal handler")?;
+    }
+
+    let mut spec = ClusterSpec::new(
+        std::env::current_exe().context("cannot find the chordkv binary")?,
+        args.nodes as usize,
+    );
+    spec.base_port = args.base_port;
+    spec.host = args.host;
+    if let Some(r) = args.successors {
+        spec.node_args.extend(["--successors".into(), r.to_string()]);
+    }
+    if let Some(ms) = args.stabilize_ms {
+        spec.node_args.extend(["--stabilize-ms".into(), ms.to_string()]);
+    }
+    spec.log_dir = args.log_dir;
+    spec.inherit_stderr = true;
+    // Ctrl-C reaches only us; we then stop the nodes one by one.
+    spec.own_process_group = true;
+
+    let mut cluster = LocalCluster::start(spec)?;
+    let ready = if stop.load(Ordering::Relaxed) {
+        Err(anyhow!("interrupted before the ring was ready"))
+    } else {
+        cluster
+            .wait_consistent_or_cancel(Duration::from_millis(args.ready_timeout_ms), &stop)
+            .map(|_| ())
+    };
+    if let Err(e) = ready {
+        stop_cluster(&mut cluster);
+        return Err(e);
+    }
+
+    let addrs: Vec<String> = cluster.addrs().iter().map(|a| a.to_string()).collect();
+    {
+        let mut out = io::stdout().lock();
+        // A reader that went away does not stop the cluster.
+        let _ = writeln!(out, "ready: {}", addrs.join(" ")).and_then(|()| out.flush());
+    }
+    eprintln!(
+        "chordkv cluster: {} nodes ready; stop with Ctrl-C or SIGTERM",
+        addrs.len()
+    );
+
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(SUPERVISE_INTERVAL);
+        for (i, status) in cluster.poll_exits() {
+            eprintln!(
+                "chordkv cluster: node {i} ({}) exited unexpectedly: {status}",
+                cluster.addr(i)
+            );
+        }
+    }
+    eprintln!("chordkv cluster: stopping the nodes");
+    stop_cluster(&mut cluster);
+    Ok(Outcome::Success)
+}
+
+/// Stops every node gracefully, saying on stderr which ones did not leave cleanly.
+fn stop_cluster(cluster: &mut LocalCluster) {
+    let stop_timeout = cluster.spec().stop_timeout;
+    for (i, how) in cluster.stop_all() {
+        let addr = cluster.addr(i);
+        match how {
+            cluster::Stopped::Exited(status) if !status.success() => {
+                eprintln!("chordkv cluster: node {i} ({addr}) exited with {status}")
+            }
+            cluster::Stopped::Killed => eprintln!(
+                "chordkv cluster: node {i} ({addr}) did not leave within {:.1} s and was killed",
+                stop_timeout.as_secs_f64()
+            ),
+            _ => {}
+        }
+    }
+}
+
+// --- client commands ---------------------------------------------------------------------
+
+fn cmd_put(target: &Target, key: OsString, value: OsString, timeout: Duration) -> anyhow::Result<Outcome> {
+    let mut client = connect(target, timeout)?;
+    client.put(key.into_vec(), value.into_vec())?;
+    writeln!(io::stdout().lock(), "ok")?;
+    Ok(Outcome::Success)
+}
+
+fn cmd_get(target: &Target, key: OsString, timeout: Duration) -> anyhow::Result<Outcome> {
+    let mut client = connect(target, timeout)?;
+    let Some(value) = client.get(key.into_vec())?.value else {
+        return Ok(Outcome::NotFound);
+    };
+    let mut out = io::stdout().lock();
+    out.write_all(&value)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(Outcome::Success)
+}
+
+fn cmd_del(target: &Target, key: OsString, timeout: Duration) -> anyhow::Result<Outcome> {
+    let mut client = connect(target, timeout)?;
+    if !client.delete(key.into_vec())?.existed {
+        return Ok(Outcome::NotFound);
+    }
+    writeln!(io::stdout().lock(), "deleted")?;
+    Ok(Outcome::Success)
+}
+
+fn cmd_ring(target: &Target, json: bool, timeout: Duration) -> anyhow::Result<Outcome> {
+    let start = parse_addr(&target.node)?;
+    let report = client::walk_ring(start, timeout, RING_WALK_MAX_NODES)?;
+    let mut out = io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        out.write_all(ring_table(&report).as_bytes())?;
+    }
+    out.flush()?;
+    Ok(Outcome::Success)
+}
+
+/// The human-readable form of a ring report: a table, the verdict, the problems.
+fn ring_table(report: &RingReport) -> String {
+    let dash = || "-".to_string();
+    let mut rows = vec![[
+        "ID".to_string(),
+        "ADDRESS".to_string(),
+        "PREDECESSOR".to_string(),
+        "SUCCESSOR".to_string(),
+        "KEYS".to_string(),
+        "STATUS".to_string(),
+    ]];
+    for n in &report.nodes {
+        rows.push([
+            n.id.short(12),
+            n.addr.to_string(),
+            n.predecessor.map_or_else(dash, |a| a.to_string()),
+            n.successor.map_or_else(dash, |a| a.to_string()),
+            n.keys.to_string(),
+            client::status_name(n.status).to_string(),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut text = String::new();
+    for row in &rows {
+        let line = format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {:>w4$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4],
+        );
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    let verdict = if report.consistent { "yes" } else { "no" };
+    text.push_str(&format!("consistent: {verdict}\n"));
+    for problem in &report.problems {
+        text.push_str(&format!("problem: {problem}\n"));
+    }
+    text
+}
+
+fn cmd_stats(target: &Target, json: bool, timeout: Duration) -> anyhow::Result<Outcome> {
+    let counters = connect(target, timeout)?.stats()?;
+    let mut out = io::stdout().lock();
+    if json {
+        let object: serde_json::Map<String, serde_json::Value> = counters
+            .into_iter()
+            .map(|(name, value)| (name, value.into()))
+            .collect();
+        writeln!(out, "{}", serde_json::Value::Object(object))?;
+    } else {
+        for (name, value) in counters {
+            writeln!(out, "{name} {value}")?;
+        }
+    }
+    out.flush()?;
+    Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_addr("127.0.0.1:7000").unwrap(),
+            "127.0.0.1:7000".parse().unwrap()
+        );
+        assert!(parse_addr("localhost:7000").unwrap().ip().is_loopback());
+        let err = parse_addr("not-an-address").unwrap_err().to_string();
+        assert!(err.starts_with("invalid address 'not-an-address': "), "{err}");
+        assert!(parse_addr("127.0.0.1").is_err());
+        assert!(parse_addr(":7000").is_err());
+    }
+}

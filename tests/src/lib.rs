@@ -1,1 +1,301 @@
-//! placeholder
+//! Helpers for the integration tests in `tests/tests/`, which run the shipped `chordkv`
+//! binary as real processes on loopback.
+//!
+//! Cargo builds another package's binary for an integration test only if asked, so run
+//!
+//! ```text
+//! cargo build --bins && cargo test -p chordkv-tests
+//! ```
+//!
+//! The binary is `$CHORDKV_BIN` if set, else `target/<profile>/chordkv` next to the test
+//! executable. Every cluster uses free ports, so the tests run in parallel. Waits are bounded
+//! polls, never timing assertions. Node logs go to `target/tmp/chordkv-tests/`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chordkv_node::client::{Client, ClientError};
+use chordkv_node::cluster::{ClusterSpec, LocalCluster};
+
+/// Bound of every wait for the ring to converge or for data to settle.
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound of the retries of one client operation that fails with a retryable error.
+pub const RETRY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Timeout of each client request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound of one run of a client command of the CLI.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Arguments of every test node: a fast stabilize so that rings converge quickly.
+pub const NODE_ARGS: [&str; 2] = ["--stabilize-ms", "100"];
+
+/// The `chordkv` binary under test. Panics with instructions when it has not been built.
+pub fn chordkv_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("CHORDKV_BIN") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "CHORDKV_BIN={} does not name a file",
+            path.display()
+        );
+        return path;
+    }
+    // The test executable is target/<profile>/deps/<test>-<hash>.
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join(format!("chordkv{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "the chordkv binary {} does not exist: run `cargo build --bins` (with the same \
+         profile as the tests) before `cargo test -p chordkv-tests`, or set CHORDKV_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A fresh directory for one test's logs: `target/tmp/chordkv-tests/<name>-<pid>-<n>`.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let bin = chordkv_bin();
+    let target = bin
+        .parent()
+        .and_then(|profile| profile.parent())
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = target.join("tmp").join("chordkv-tests").join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create the scratch directory");
+    dir
+}
+
+/// The spec of a test cluster: `nodes` nodes on free ports with [`NODE_ARGS`], logging to a
+/// scratch directory named after the test.
+pub fn cluster_spec(name: &str, nodes: usize) -> ClusterSpec {
+    let mut spec = ClusterSpec::new(chordkv_bin(), nodes);
+    spec.node_args = NODE_ARGS.iter().map(|s| s.to_string()).collect();
+    spec.log_dir = Some(scratch_dir(name));
+    spec
+}
+
+/// Starts a test cluster and waits until its ring is consistent.
+pub fn start_cluster(name: &str, nodes: usize) -> LocalCluster {
+    let spec = cluster_spec(name, nodes);
+    let logs = spec.log_dir.clone().expect("set by cluster_spec");
+    eprintln!("{name}: node logs in {}", logs.display());
+    let mut cluster = LocalCluster::start(spec).expect("start the cluster");
+    let report = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .expect("the new ring converges");
+    assert_eq!(report.nodes.len(), nodes);
+    cluster
+}
+
+/// The test's RNG seed: `$CHORDKV_TEST_SEED`, else the clock. Printed, so a failure can be
+/// replayed.
+pub fn seed(name: &str) -> u64 {
+    let seed = match std::env::var("CHORDKV_TEST_SEED") {
+        Ok(s) => s.parse().expect("CHORDKV_TEST_SEED is a u64"),
+        Err(_) => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    };
+    eprintln!("{name}: seed {seed} (replay with CHORDKV_TEST_SEED={seed})");
+    seed
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`; panics naming `what` after that.
+pub fn poll_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {:.1} s waiting for {what}",
+            timeout.as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One connection per node, reconnected after an error that breaks it.
+#[derive(Debug, Default)]
+pub struct Clients {
+    clients: BTreeMap<SocketAddr, Client>,
+}
+
+impl Clients {
+    pub fn new() -> Clients {
+        Clients::default()
+    }
+
+    /// Runs `op` on the connection to `addr`.
+    pub fn with<T>(
+        &mut self,
+        addr: SocketAddr,
+        op: impl FnOnce(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let client = match self.clients.entry(addr) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(Client::connect(addr, REQUEST_TIMEOUT)?)
+            }
+        };
+        let result = op(client);
+        if result.as_ref().is_err_and(|e| e.breaks_connection()) {
+            self.clients.remove(&addr);
+        }
+        result
+    }
+
+    /// Runs `op` on `addr`, retrying retryable errors for at most [`RETRY_TIMEOUT`]; panics
+    /// on any other error, naming `what`.
+    pub fn retrying<T>(
+        &mut self,
+        addr: SocketAddr,
+        what: &str,
+        mut op: impl FnMut(&mut Client) -> Result<T, ClientError>,
+    ) -> T {
+        let deadline = Instant::now() + RETRY_TIMEOUT;
+        loop {
+            match self.with(addr, &mut op) {
+                Ok(v) => return v,
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("{what} through {addr} failed: {e}"),
+            }
+        }
+    }
+}
+
+/// A child process that is stopped when dropped (SIGTERM, then SIGKILL after 10 s), so a
+/// failing test leaves nothing behind.
+#[derive(Debug)]
+pub struct ChildGuard {
+    pub child: Child,
+}
+
+impl ChildGuard {
+    pub fn new(child: Child) -> ChildGuard {
+        ChildGuard { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits at most `timeout` for the process to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = signal(self.child.id(), SIGTERM);
+            if self.wait_timeout(Duration::from_secs(10)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+pub const SIGTERM: i32 = 15;
+
+/// Sends signal `sig` to process `pid` with `kill(1)` (this crate has no libc dependency).
+pub fn signal(pid: u32, sig: i32) -> std::io::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("kill -{sig} {pid}: {status}")))
+    }
+}
+
+/// Reads lines from `reader` on a thread; the receiver yields them as they come.
+pub fn lines_of(reader: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// What a finished `chordkv` command printed.
+#[derive(Debug)]
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// Runs `chordkv ARGS...` to completion (killing it after [`COMMAND_TIMEOUT`]).
+pub fn chordkv(args: &[&str]) -> Run {
+    let mut child = Command::new(chordkv_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run chordkv");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut guard = ChildGuard::new(child);
+    let status = guard
+        .wait_timeout(COMMAND_TIMEOUT)
+        .unwrap_or_else(|| panic!("`chordkv {}` did not finish", args.join(" ")));
+    Run {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}

@@ -196,6 +196,9 @@ enum Route {
     Found(Vec<NodeRef>),
     /// A node closer to the target; ask it.
     Closer(NodeRef),
+    /// This node knows no other node and does not own the target (it lost every peer while
+    /// joining or leaving): try again later.
+    Unknown,
 }
 
 /// Counters reported by `GET_STATS`.
@@ -233,6 +236,8 @@ pub struct Node {
     rng: Rng,
     /// Where `join` started, until the join lookup has found a successor.
     bootstrap: Option<SocketAddr>,
+    /// When to retry a failed join lookup.
+    join_retry_at: Option<Millis>,
     /// Peers seen recently (the bootstrap node, successors), tried in turn when the node finds
     /// itself alone, so an isolated node finds its way back into the ring after a partition.
     seeds: VecDeque<SocketAddr>,
@@ -285,6 +290,7 @@ impl Node {
             clock: Hlc::default(),
             rng,
             bootstrap: None,
+            join_retry_at: None,
             seeds: VecDeque::new(),
             next_request_id: 1,
             rpcs: BTreeMap::new(),
@@ -349,6 +355,11 @@ impl Node {
         &self.config
     }
 
+    /// Whether the node is part of a ring (it has found its place, even if it owns no range yet).
+    pub fn in_ring(&self) -> bool {
+        matches!(self.phase, Phase::Joined | Phase::Active | Phase::Leaving)
+    }
+
     /// Whether the node serves its range and no transfer is in flight.
     pub fn is_settled(&self) -> bool {
         self.phase == Phase::Active && self.incoming.is_empty() && self.outgoing.is_empty()
@@ -364,8 +375,11 @@ impl Node {
         self.out.pop_front()
     }
 
-    /// When `tick` next has work to do.
+    /// When `tick` next has work to do (`Millis::MAX` when never: idle or left).
     pub fn next_deadline(&self) -> Millis {
+        if matches!(self.phase, Phase::Idle | Phase::Left) {
+            return Millis::MAX;
+        }
         let mut d = self
             .next_stabilize
             .min(self.next_fix_fingers)
@@ -380,9 +394,23 @@ impl Node {
             d = d.min(inc.deadline);
         }
         if let Some(l) = &self.leave {
-            d = d.min(l.deadline).min(l.retry_at);
+            d = d.min(l.deadline);
+            // A retry is due only once no transfer holds the leave up; until then the
+            // maintenance rounds re-check it.
+            let blocked = !self.incoming.is_empty() || !self.outgoing.is_empty();
+            if l.stage == handoff::LeaveStage::Waiting && !blocked {
+                d = d.min(l.retry_at);
+            }
+        }
+        if let Some(t) = self.join_retry_at {
+            d = d.min(t);
         }
         d
+    }
+
+    /// Whether the graceful leave has finished (`Output::Left` was emitted).
+    pub fn is_left(&self) -> bool {
+        self.phase == Phase::Left
     }
 
     // ---- lifecycle -------------------------------------------------------------------------
@@ -443,6 +471,7 @@ impl Node {
         self.retry_ops(now);
         self.expire_incoming(now);
         self.expire_dead(now);
+        self.join_if_due(now);
         if matches!(self.phase, Phase::Idle | Phase::Left) {
             return;
         }
@@ -469,6 +498,20 @@ impl Node {
             Message::Get { .. } | Message::Put { .. } | Message::Delete { .. } => {
                 self.handle_client_op(now, reply_to, frame)
             }
+            Message::FindSuccessor { .. } if !self.in_ring() => {
+                // A node outside the ring would answer from empty tables ("I am alone, so I own
+                // everything"), which would lead the asker astray: make it ask again later.
+                let text = format!("node is {:?}, not in a ring", self.phase);
+                self.reply(
+                    reply_to,
+                    rid,
+                    Message::Error {
+                        code: ErrorCode::NotReady,
+                        hops: 0,
+                        text,
+                    },
+                );
+            }
             Message::FindSuccessor { id } => {
                 self.stats.lookups_answered += 1;
                 let lookup = match self.route(&id) {
@@ -477,6 +520,15 @@ impl Node {
                     },
                     Route::Found(list) => Lookup::Found { successors: list },
                     Route::Closer(node) => Lookup::Closer { node },
+                    Route::Unknown => {
+                        let text = "node knows no peer right now".to_string();
+                        let msg = Message::Error {
+                            code: ErrorCode::NotReady,
+                            hops: 0,
+                            text,
+                        };
+                        return self.reply(reply_to, rid, msg);
+                    }
                 };
                 self.reply(reply_to, rid, Message::FindSuccessorReply { lookup });
             }
@@ -539,13 +591,13 @@ impl Node {
     /// A reply from `from` to a request we sent.
     pub fn handle_reply(&mut self, now: Millis, from: SocketAddr, frame: Frame) {
         self.stats.messages_received += 1;
-        let Some(rpc) = self.rpcs.remove(&frame.request_id) else {
-            return; // late reply to a request we already gave up on
-        };
-        self.rpc_deadlines.remove(&(rpc.deadline, frame.request_id));
-        if rpc.to != from {
-            return; // not who we asked: ignore (the request stays failed)
+        match self.rpcs.get(&frame.request_id) {
+            None => return,                        // a late reply to a request we already gave up on
+            Some(rpc) if rpc.to != from => return, // not who we asked: the request stays pending
+            Some(_) => {}
         }
+        let rpc = self.rpcs.remove(&frame.request_id).expect("checked above"); // faulty code
+        self.rpc_deadlines.remove(&(rpc.deadline, frame.request_id));
         self.dead.remove(&from);
         match rpc.kind {
             RpcKind::Lookup(id) => self.on_lookup_reply(now, id, from, frame.message),
@@ -712,7 +764,7 @@ impl Node {
         }
         match self.routing.closest_preceding(target) {
             Some(c) => Route::Closer(c),
-            None if succs.is_empty() => Route::Local,
+            None if succs.is_empty() => Route::Unknown,
             None => Route::Found(succs.to_vec()),
         }
     }
@@ -858,7 +910,7 @@ impl Node {
             self.next_finger = (self.next_finger + 1) % count;
             let start = self.routing.finger_start(i);
             match self.route(&start) {
-                Route::Local => {
+                Route::Local | Route::Unknown => {
                     self.routing.set_finger(i, None);
                 }
                 Route::Found(list) => {
@@ -933,6 +985,22 @@ impl Node {
         let Some(lookup) = self.lookups.get(&id).cloned() else {
             return;
         };
+        if lookup.purpose == LookupPurpose::Join {
+            match &msg {
+                Message::FindSuccessorReply {
+                    lookup: Lookup::Found { successors },
+                } => {
+                    let me = self.me.addr;
+                    for n in successors.iter().filter(|n| n.addr != me) {
+                        self.remember_seed(n.addr);
+                    }
+                }
+                Message::FindSuccessorReply {
+                    lookup: Lookup::Closer { node },
+                } => self.remember_seed(node.addr),
+                _ => {}
+            }
+        }
         match msg {
             Message::FindSuccessorReply {
                 lookup: Lookup::Found { successors },
@@ -1018,22 +1086,41 @@ impl Node {
 
     /// The join lookup failed: ask the bootstrap node again (on the next stabilize round).
     fn retry_join(&mut self, now: Millis) {
-        if let Some(via) = self.bootstrap {
+        if self.bootstrap.is_some() {
+            // Try again after a pause, so an unreachable bootstrap node is not hammered.
             self.phase = Phase::Joining;
-            let deadline = now + self.config.request_timeout_ms;
-            let id = self.new_lookup(MaintLookup {
-                target: self.me.id,
-                purpose: LookupPurpose::Join,
-                deadline,
-            });
-            self.send_rpc(
-                now,
-                via,
-                Message::FindSuccessor { id: self.me.id },
-                RpcKind::Lookup(id),
-                false,
-            );
+            self.join_retry_at = Some(now + self.config.rpc_timeout_ms);
         }
+    }
+
+    /// Sends the join lookup to the bootstrap node when a retry is due.
+    fn join_if_due(&mut self, now: Millis) {
+        let (Some(_), Some(at)) = (self.bootstrap, self.join_retry_at) else {
+            return;
+        };
+        if now < at || self.phase != Phase::Joining {
+            return;
+        }
+        // Rotate through the bootstrap node and every peer a lookup has named so far, so one
+        // departed bootstrap node does not strand the join.
+        let Some(via) = self.seeds.pop_front() else {
+            return;
+        };
+        self.seeds.push_back(via);
+        self.join_retry_at = None;
+        let deadline = now + self.config.request_timeout_ms;
+        let id = self.new_lookup(MaintLookup {
+            target: self.me.id,
+            purpose: LookupPurpose::Join,
+            deadline,
+        });
+        self.send_rpc(
+            now,
+            via,
+            Message::FindSuccessor { id: self.me.id },
+            RpcKind::Lookup(id),
+            false,
+        );
     }
 
     // ---- requests to peers -------------------------------------------------------------------
@@ -1097,6 +1184,7 @@ impl Node {
                     }
                     (_, Route::Found(list)) => self.finish_lookup(now, id, list),
                     (_, Route::Local) => self.finish_lookup(now, id, vec![self.me]),
+                    (_, Route::Unknown) => self.fail_lookup(now, id),
                 }
             }
             RpcKind::Op(op) => self.on_op_failed(now, op, rpc.to),

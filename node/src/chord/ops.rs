@@ -87,7 +87,7 @@ impl Node {
                     node,
                     exact: false,
                 },
-                Route::Local => unavailable(hops, "node is not serving this key"),
+                Route::Local | Route::Unknown => unavailable(hops, "node is not serving this key"),
             };
             return self.reply(reply_to, rid, msg);
         }
@@ -136,6 +136,7 @@ impl Node {
                 None => self.retry_op_later(now, id),
             },
             Route::Closer(node) => self.send_lookup_step(now, id, node),
+            Route::Unknown => self.retry_op_later(now, id),
         }
     }
 

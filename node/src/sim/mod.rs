@@ -37,6 +37,9 @@ pub struct SimConfig {
     pub loss: f64,
     /// The nodes' configuration (each node's seed is derived from `seed` and its index).
     pub chord: Config,
+    /// Print every store write of this key, with the node and time (debugging aid; also set
+    /// by the `SIM_TRACE_KEY` environment variable).
+    pub trace_key: Option<Bytes>,
 }
 
 impl Default for SimConfig {
@@ -47,6 +50,7 @@ impl Default for SimConfig {
             max_delay_ms: 5,
             loss: 0.0,
             chord: Config::default(),
+            trace_key: std::env::var("SIM_TRACE_KEY").ok().map(Bytes::from),
         }
     }
 }
@@ -60,6 +64,9 @@ struct SimNode {
     incarnation: u64,
     /// The time of the tick event in the queue, if any.
     tick_at: Option<Millis>,
+    /// The node left gracefully: like an exited process, it refuses connections, so senders
+    /// learn at once that it is unreachable (a crashed node stays silent instead).
+    exited: bool,
 }
 
 enum Event {
@@ -83,6 +90,12 @@ enum Event {
         node: usize,
         incarnation: u64,
     },
+    /// The transport tells `to` that `addr` refused the connection.
+    Unreachable {
+        to: usize,
+        incarnation: u64,
+        addr: SocketAddr,
+    },
 }
 
 /// A simulated cluster.
@@ -101,6 +114,8 @@ pub struct Sim {
     replies: HashMap<u64, Message>,
     /// Messages delivered between nodes.
     pub messages: u64,
+    /// Print every message to and from this node (debugging aid, `SIM_TRACE_NODE`).
+    trace_node: Option<usize>,
 }
 
 /// The address of simulated node `i` (never dialled: the simulation routes by address).
@@ -124,6 +139,7 @@ impl Sim {
             next_client: 0,
             replies: HashMap::new(),
             messages: 0,
+            trace_node: std::env::var("SIM_TRACE_NODE").ok().and_then(|v| v.parse().ok()),
         }
     }
 
@@ -192,6 +208,7 @@ impl Sim {
             alive: true,
             incarnation: 0,
             tick_at: None,
+            exited: false,
         });
         self.by_addr.insert(addr, i);
         i
@@ -209,6 +226,7 @@ impl Sim {
         let config = self.node_config(i);
         let n = &mut self.nodes[i];
         n.alive = true;
+        n.exited = false;
         n.incarnation += 1;
         n.tick_at = None;
         n.store = MemoryStore::new();
@@ -367,6 +385,16 @@ impl Sim {
                     self.after_input(node);
                 }
             }
+            Event::Unreachable {
+                to,
+                incarnation,
+                addr,
+            } => {
+                if self.live(to, incarnation) {
+                    self.nodes[to].node.peer_unreachable(now, addr);
+                    self.after_input(to);
+                }
+            }
         }
         true
     }
@@ -390,19 +418,49 @@ impl Sim {
     }
 
     fn link_up(&mut self, a: usize, b: usize) -> bool {
-        !self.cut.contains(&(a.min(b), a.max(b)))
-            && !(self.config.loss > 0.0 && self.rng.chance(self.config.loss))
+        let lost = self.config.loss > 0.0 && self.rng.chance(self.config.loss);
+        !self.cut.contains(&(a.min(b), a.max(b))) && !lost
     }
 
     /// Carries out everything node `i` wants done, then schedules its next tick.
     fn after_input(&mut self, i: usize) {
         let now = self.now;
+        let trace = self.trace_node == Some(i);
         while let Some(out) = self.nodes[i].node.poll_output() {
+            if trace {
+                match &out {
+                    Output::Send { to, frame } => println!(
+                        "trace t={now} node {i} -> {:?} #{} {:?}",
+                        self.by_addr.get(to),
+                        frame.request_id,
+                        frame.message
+                    ),
+                    Output::Reply { to, frame } => {
+                        println!(
+                            "trace t={now} node {i} reply to {:?} #{} {:?}",
+                            to, frame.request_id, frame.message
+                        )
+                    }
+                    _ => {}
+                }
+            }
             match out {
                 Output::Send { to, frame } => {
                     self.messages += 1;
                     let Some(&j) = self.by_addr.get(&to) else { continue };
                     if !self.link_up(i, j) {
+                        continue;
+                    }
+                    if self.nodes[j].exited {
+                        let (at, incarnation) = (now + self.delay(), self.nodes[i].incarnation);
+                        self.schedule(
+                            at,
+                            Event::Unreachable {
+                                to: i,
+                                incarnation,
+                                addr: to,
+                            },
+                        );
                         continue;
                     }
                     let at = now + self.delay();
@@ -444,12 +502,16 @@ impl Sim {
                     );
                 }
                 Output::Store { id, op } => {
+                    if let Some(key) = &self.config.trace_key {
+                        self.trace_store_op(i, key, &op);
+                    }
                     let result = execute(&self.nodes[i].store as &dyn Store, op);
                     self.nodes[i].node.store_done(now, id, result);
                 }
                 Output::Left => {
                     // The driver stops a node once it has left.
                     self.nodes[i].alive = false;
+                    self.nodes[i].exited = true;
                     self.nodes[i].incarnation += 1;
                 }
             }
@@ -462,6 +524,32 @@ impl Sim {
             self.nodes[i].tick_at = Some(due);
             let incarnation = self.nodes[i].incarnation;
             self.schedule(due, Event::Tick { node: i, incarnation });
+        }
+    }
+
+    fn trace_store_op(&self, i: usize, key: &Bytes, op: &crate::store::StoreOp) {
+        use crate::store::StoreOp;
+        let hit = match op {
+            StoreOp::Put { key: k, entry } => (k == key).then(|| format!("put v{}", entry.version >> 16)),
+            StoreOp::PutMany { items } => items
+                .iter()
+                .find(|it| it.key == key)
+                .map(|it| format!("transfer-in v{}", it.version >> 16)),
+            StoreOp::RemoveMany { keys } => keys
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|_| "transfer-out".to_string()),
+            _ => None,
+        };
+        if let Some(what) = hit {
+            let n = &self.nodes[i].node;
+            println!(
+                "trace t={} node {i} {what}: phase {:?} pred {:?} succ {:?}",
+                self.now,
+                n.phase(),
+                n.predecessor().and_then(|p| self.index_of(&p.addr)),
+                self.index_of(&n.successor().addr)
+            );
         }
     }
 

@@ -34,10 +34,17 @@ impl Store for MemoryStore {
     }
 
     fn put(&self, key: &Bytes, entry: Entry) -> Result<PutOutcome> {
+        // Keys and values arrive as slices of a connection's read buffer; keeping a slice would
+        // keep the whole buffer alive, so the store keeps copies of its own.
+        let key = Bytes::copy_from_slice(key);
+        let entry = Entry {
+            version: entry.version,
+            value: entry.value.map(|v| Bytes::copy_from_slice(&v)),
+        };
         let mut inner = self.inner.write();
         let inner = &mut *inner;
         let live_now = entry.is_live();
-        let slot = inner.map.entry((Id::hash(key), key.clone()));
+        let slot = inner.map.entry((Id::hash(&key), key));
         let outcome = match slot {
             std::collections::btree_map::Entry::Vacant(v) => {
                 v.insert(entry);

@@ -79,6 +79,10 @@ pub trait Store: Send + Sync {
     fn scan(&self, start: &Id, end: &Id, after: Option<&ScanCursor>, limit: usize) -> Result<Vec<Item>>;
     /// Live keys (tombstones not counted).
     fn len(&self) -> Result<u64>;
+    /// Whether the store holds no live key.
+    fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// Whether calls may block (network I/O): such a store runs on worker threads.
     fn is_blocking(&self) -> bool;
     /// A short name for logs and stats ("memory", "redis").

@@ -1,0 +1,767 @@
+//! A blocking client for the chordkv binary protocol over a plain [`TcpStream`], and
+//! [`walk_ring`], which follows successor pointers around the ring to check its shape.
+//!
+//! One [`Client`] is one connection to one node. Requests are sent one at a time: each gets a
+//! fresh request id, and replies with any other id (a late answer to a request that timed out)
+//! are skipped. The node routes a client operation to the key's owner itself, so any node can
+//! be asked for any key; the reply says how many overlay hops that took.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use chordkv_node::client::Client;
+//!
+//! let mut client = Client::connect("127.0.0.1:7000".parse().unwrap(), Duration::from_secs(5))?;
+//! // Keys and values are anything that converts into `Bytes`: `&'static str`, `String`,
+//! // `Vec<u8>`, `Bytes` (zero-copy); copy a borrowed slice with `Bytes::copy_from_slice`.
+//! client.put("colour", "blue")?;
+//! assert_eq!(client.get("colour")?.value.as_deref(), Some(&b"blue"[..]));
+//! # Ok::<(), chordkv_node::client::ClientError>(())
+//! ```
+//!
+//! Errors say what a caller must decide: [`ClientError::is_retryable`] (may a later attempt,
+//! perhaps through another node, succeed?) and [`ClientError::breaks_connection`] (must this
+//! connection be dropped?).
+
+use std::collections::BTreeSet;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use chordkv_protocol::{
+    decode, DecodeError, EncodeError, ErrorCode, Frame, Id, Message, NodeInfo, NodeRef, NodeStatus,
+    MAX_KEY_BYTES, MAX_VALUE_BYTES,
+};
+use serde::Serialize;
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TCP connection could not be established (refused, unreachable, timed out).
+    #[error("cannot reach {addr}: {}", describe_io(source))]
+    Connect { addr: SocketAddr, source: io::Error },
+    /// The connection failed or was closed while a request was outstanding.
+    #[error("connection to {addr} failed: {}", describe_io(source))]
+    Io { addr: SocketAddr, source: io::Error },
+    /// No reply arrived within the client's timeout.
+    #[error("no reply from {addr} within {} ms", timeout.as_millis())]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    /// The node sent bytes that are not a valid frame; the connection is closed.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] DecodeError),
+    /// The node answered with an error.
+    #[error("server error ({code:?}): {text}")]
+    Server { code: ErrorCode, text: String },
+    /// A key, value or the whole request is over the protocol's limit; nothing was sent.
+    #[error("{field} of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    /// The node answered with a message that does not answer the request.
+    #[error("unexpected reply: {0}")]
+    Unexpected(String),
+}
+
+impl ClientError {
+    /// Whether the same request may succeed if tried again later (on a new connection, or
+    /// through another node): transport failures, timeouts, and the server's retryable codes.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::Io { .. } | ClientError::Timeout { .. } => true,
+            ClientError::Server { code, .. } => code.is_retryable(),
+            ClientError::Protocol(_) | ClientError::TooLarge { .. } | ClientError::Unexpected(_) => false,
+        }
+    }
+
+    /// Whether the connection is no longer usable (or its state unknown) after this error, so
+    /// that the caller should drop the [`Client`] and connect again.
+    pub fn breaks_connection(&self) -> bool {
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::Io { .. }
+            | ClientError::Timeout { .. }
+            | ClientError::Protocol(_)
+            | ClientError::Unexpected(_) => true,
+            ClientError::Server { .. } | ClientError::TooLarge { .. } => false,
+        }
+    }
+
+    /// The server's error code, if the node answered with an error.
+    pub fn server_code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<EncodeError> for ClientError {
+    fn from(e: EncodeError) -> ClientError {
+        match e {
+            EncodeError::TooLarge { field, len, max } => ClientError::TooLarge { field, len, max },
+            // We only ever send frames with known flags.
+            EncodeError::UnknownFlags(f) => {
+                ClientError::Unexpected(format!("refusing to send unknown flags {f:#06x}"))
+            }
+        }
+    }
+}
+
+/// An I/O error as a short lower-case phrase ("connection refused"), without the
+/// "(os error 111)" suffix, for messages a person reads.
+pub fn describe_io(e: &io::Error) -> String {
+    use io::ErrorKind::*;
+    let phrase = match e.kind() {
+        ConnectionRefused => "connection refused",
+        ConnectionReset => "connection reset by peer",
+        ConnectionAborted => "connection aborted",
+        TimedOut | WouldBlock => "timed out",
+        UnexpectedEof => "connection closed by peer",
+        BrokenPipe => "connection closed by peer (broken pipe)",
+        AddrNotAvailable => "address not available",
+        HostUnreachable => "host unreachable",
+        NetworkUnreachable => "network unreachable",
+        _ => {
+            let text = e.to_string();
+            let text = match text.find(" (os error") {
+                Some(at) => text[..at].to_string(),
+                None => text,
+            };
+            let mut chars = text.chars();
+            return match chars.next() {
+                Some(first) => first.to_lowercase().chain(chars).collect(),
+                None => text,
+            };
+        }
+    };
+    phrase.to_string()
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// The answer to a GET.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GetResult {
+    /// `None` when the key does not exist.
+    pub value: Option<Bytes>,
+    /// The stored version (0 when the key does not exist).
+    pub version: u64,
+    /// Overlay hops the request took to reach the key's owner.
+    pub hops: u16,
+}
+
+/// The answer to a PUT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutResult {
+    /// The version the owner stamped the write with.
+    pub version: u64,
+    pub hops: u16,
+}
+
+/// The answer to a DELETE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeleteResult {
+    /// Whether a live value was removed.
+    pub existed: bool,
+    pub version: u64,
+    pub hops: u16,
+}
+
+/// One connection to one node.
+pub struct Client {
+    addr: SocketAddr,
+    stream: TcpStream,
+    timeout: Duration,
+    /// Received bytes not yet decoded.
+    buf: BytesMut,
+    next_request_id: u64,
+    /// Set once the byte stream is in an unknown state (protocol error); every later request
+    /// fails rather than misreading what follows.
+    broken: bool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the node at `addr`. `timeout` bounds the connection attempt and each
+    /// request (from sending it to receiving its whole reply).
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Client> {
+        let timeout = timeout.max(Duration::from_millis(1));
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let setup = || -> io::Result<()> {
+            // Requests are small and latency matters more than packet count.
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            Ok(())
+        };
+        setup().map_err(|source| ClientError::Connect { addr, source })?;
+        Ok(Client {
+            addr,
+            stream,
+            timeout,
+            buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            next_request_id: 1,
+            broken: false,
+        })
+    }
+
+    /// The node this client talks to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends `message` and returns the node's reply. An `Error` reply becomes
+    /// [`ClientError::Server`].
+    pub fn request(&mut self, message: Message) -> Result<Message> {
+        let id = self.fresh_request_id();
+        let reply = self.call(Frame::new(id, message))?;
+        match reply.message {
+            Message::Error { code, text, .. } => Err(ClientError::Server { code, text }),
+            other => Ok(other),
+        }
+    }
+
+    /// Sends `frame` as it is (flags included, e.g. [`Frame::direct`]) and returns the reply
+    /// frame with the same request id, whatever it is (`Error` and `Redirect` included).
+    /// Callers building their own frames should take ids from [`Client::fresh_request_id`].
+    pub fn call(&mut self, frame: Frame) -> Result<Frame> {
+        if self.broken {
+            return Err(ClientError::Io {
+                addr: self.addr,
+                source: io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "connection closed after an earlier protocol error",
+                ),
+            });
+        }
+        let request_id = frame.request_id;
+        let bytes = frame.to_bytes()?;
+        let deadline = Instant::now() + self.timeout;
+        self.stream
+            .write_all(&bytes)
+            .map_err(|source| self.io_error(source))?;
+        loop {
+            match decode(&mut self.buf) {
+                Ok(Some(reply)) if reply.request_id == request_id => {
+                    if !reply.message.is_reply() {
+                        return Err(ClientError::Unexpected(format!(
+                            "{} sent a {} request instead of a reply",
+                            self.addr,
+                            reply.message.name()
+                        )));
+                    }
+                    return Ok(reply);
+                }
+                // A late reply to an earlier request that timed out: not ours any more.
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    self.broken = true;
+                    self.buf.clear();
+                    let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                    return Err(ClientError::Protocol(e));
+                }
+            }
+            self.fill(deadline)?;
+        }
+    }
+
+    /// A request id not used before on this connection.
+    pub fn fresh_request_id(&mut self) -> u64 {
+        let id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+        id
+    }
+
+    /// Reads once into the buffer, waiting at most until `deadline`.
+    fn fill(&mut self, deadline: Instant) -> Result<()> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.timeout_error());
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|source| self.io_error(source))?;
+            let mut chunk = [0u8; READ_CHUNK_BYTES];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    return Err(self.io_error(io::Error::from(io::ErrorKind::UnexpectedEof)));
+                }
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Err(self.timeout_error());
+                }
+                Err(e) => return Err(self.io_error(e)),
+            }
+        }
+    }
+
+    fn io_error(&self, source: io::Error) -> ClientError {
+        if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+            return self.timeout_error();
+        }
+        ClientError::Io {
+            addr: self.addr,
+            source,
+        }
+    }
+
+    fn timeout_error(&self) -> ClientError {
+        ClientError::Timeout {
+            addr: self.addr,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Reads `key`.
+    pub fn get(&mut self, key: impl Into<Bytes>) -> Result<GetResult> {
+        let key = checked_key(key.into())?;
+        match self.request(Message::Get { key })? {
+            Message::GetReply { hops, version, value } => Ok(GetResult { value, version, hops }),
+            other => Err(unexpected("GET", &other)),
+        }
+    }
+
+    /// Writes `value` under `key`.
+    pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<PutResult> {
+        let key = checked_key(key.into())?;
+        let value = value.into();
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(ClientError::TooLarge {
+                field: "value",
+                len: value.len(),
+                max: MAX_VALUE_BYTES,
+            });
+        }
+        match self.request(Message::Put { key, value })? {
+            Message::PutReply { hops, version } => Ok(PutResult { version, hops }),
+            other => Err(unexpected("PUT", &other)),
+        }
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&mut self, key: impl Into<Bytes>) -> Result<DeleteResult> {
+        let key = checked_key(key.into())?;
+        match self.request(Message::Delete { key })? {
+            Message::DeleteReply {
+                hops,
+                version,
+                existed,
+            } => Ok(DeleteResult {
+                existed,
+                version,
+                hops,
+            }),
+            other => Err(unexpected("DELETE", &other)),
+        }
+    }
+
+    /// The node's view of its neighbourhood.
+    pub fn info(&mut self) -> Result<NodeInfo> {
+        match self.request(Message::GetInfo)? {
+            Message::Info(info) => Ok(info),
+            other => Err(unexpected("GET_INFO", &other)),
+        }
+    }
+
+    /// The node's counters and gauges, in the order the node sent them.
+    pub fn stats(&mut self) -> Result<Vec<(String, u64)>> {
+        match self.request(Message::GetStats)? {
+            Message::Stats { counters } => Ok(counters),
+            other => Err(unexpected("GET_STATS", &other)),
+        }
+    }
+}
+
+fn checked_key(key: Bytes) -> Result<Bytes> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ClientError::TooLarge {
+            field: "key",
+            len: key.len(),
+            max: MAX_KEY_BYTES,
+        });
+    }
+    Ok(key)
+}
+
+fn unexpected(request: &str, reply: &Message) -> ClientError {
+    ClientError::Unexpected(format!("{} in answer to {request}", reply.name()))
+}
+
+// --- ring walk -------------------------------------------------------------------------------
+
+/// One node as [`walk_ring`] found it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RingNode {
+    /// The node's ring id, 40 hex digits.
+    #[serde(serialize_with = "serialize_display")]
+    pub id: Id,
+    /// The address the node advertises.
+    pub addr: SocketAddr,
+    /// Its predecessor's address, if it has one.
+    pub predecessor: Option<SocketAddr>,
+    /// Its first successor's address.
+    pub successor: Option<SocketAddr>,
+    /// Live keys in its store.
+    pub keys: u64,
+    /// `joining`, `active` or `leaving`.
+    #[serde(serialize_with = "serialize_status")]
+    pub status: NodeStatus,
+}
+
+/// What [`walk_ring`] found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RingReport {
+    /// The nodes reached, in ring order starting from the lowest id.
+    pub nodes: Vec<RingNode>,
+    /// The ring is whole and settled: see [`walk_ring`].
+    pub consistent: bool,
+    /// What is wrong, one sentence each; empty when `consistent`.
+    pub problems: Vec<String>,
+}
+
+impl RingReport {
+    /// The addresses of the nodes reached, in ring order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    /// Live keys summed over the nodes reached.
+    pub fn total_keys(&self) -> u64 {
+        self.nodes.iter().map(|n| n.keys).sum()
+    }
+}
+
+fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn serialize_status<S: serde::Serializer>(v: &NodeStatus, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(status_name(*v))
+}
+
+/// `joining`, `active` or `leaving`.
+pub fn status_name(status: NodeStatus) -> &'static str {
+    match status {
+        NodeStatus::Joining => "joining",
+        NodeStatus::Active => "active",
+        NodeStatus::Leaving => "leaving",
+    }
+}
+
+/// Walks the ring from `start` by asking each node for its info (`GET_INFO`) and moving on to
+/// its first successor, until the walk is back at the first node, at most `max_nodes` nodes.
+///
+/// An unreachable successor is reported and skipped by trying the next entries of the
+/// previous node's successor list. The ring is `consistent` iff
+///
+/// - the walk returned to its first node, reaching no node twice, within `max_nodes`;
+/// - every node's successor names that node as its predecessor (a single node may have no
+///   predecessor);
+/// - no node was unreachable and every node is `Active`;
+/// - ids strictly increase around the ring, with exactly one wrap past zero.
+///
+/// Fails only when `start` itself cannot be asked; every other trouble is a problem in the
+/// report. `timeout` bounds each connection and request.
+pub fn walk_ring(start: SocketAddr, timeout: Duration, max_nodes: usize) -> Result<RingReport> {
+    let first = Client::connect(start, timeout)?.info()?;
+    let max_nodes = max_nodes.max(1);
+    let mut problems = Vec::new();
+    let mut seen: BTreeSet<Id> = BTreeSet::new();
+    let mut infos: Vec<NodeInfo> = Vec::new();
+    let mut returned = false;
+    let mut current = first;
+    loop {
+        seen.insert(current.node.id);
+        let candidates = current.successors.clone();
+        let from = current.node;
+        infos.push(current);
+        if candidates.is_empty() {
+            problems.push(format!("{} has no successor", from.addr));
+            break;
+        }
+        // The first answering entry of the successor list is the next node.
+        let mut next = None;
+        for succ in &candidates {
+            if succ.id == infos[0].node.id {
+                returned = true;
+                break;
+            }
+            match Client::connect(succ.addr, timeout).and_then(|mut c| c.info()) {
+                Ok(info) => {
+                    if info.node.id != succ.id {
+                        problems.push(format!(
+                            "{} lists {} with id {} but that node has id {}",
+                            from.addr,
+                            succ.addr,
+                            succ.id.short(12),
+                            info.node.id.short(12)
+                        ));
+                    }
+                    next = Some(info);
+                    break;
+                }
+                Err(e) => problems.push(format!(
+                    "{}'s successor {} is unreachable: {e}",
+                    from.addr, succ.addr
+                )),
+            }
+        }
+        if returned {
+            break;
+        }
+        let Some(info) = next else {
+            problems.push(format!(
+                "no successor of {} could be reached; the walk stopped",
+                from.addr
+            ));
+            break;
+        };
+        if seen.contains(&info.node.id) {
+            problems.push(format!(
+                "the walk came back to {} without returning to {}: the ring has a loop",
+                info.node.addr, infos[0].node.addr
+            ));
+            break;
+        }
+        if infos.len() >= max_nodes {
+            problems.push(format!(
+                "the walk stopped after {max_nodes} nodes without returning to {}",
+                infos[0].node.addr
+            ));
+            break;
+        }
+        current = info;
+    }
+    if !returned && problems.is_empty() {
+        problems.push("the walk did not return to its first node".to_string());
+    }
+    check_ring(&infos, returned, &mut problems);
+
+    let mut nodes: Vec<RingNode> = infos.iter().map(ring_node).collect();
+    if let Some(lowest) = (0..nodes.len()).min_by_key(|&i| nodes[i].id) {
+        nodes.rotate_left(lowest);
+    }
+    Ok(RingReport {
+        consistent: problems.is_empty(),
+        nodes,
+        problems,
+    })
+}
+
+/// The per-node checks of [`walk_ring`] over the nodes in walk order.
+fn check_ring(infos: &[NodeInfo], returned: bool, problems: &mut Vec<String>) {
+    let n = infos.len();
+    for info in infos {
+        if info.status != NodeStatus::Active {
+            problems.push(format!(
+                "{} is {}, not active",
+                info.node.addr,
+                status_name(info.status)
+            ));
+        }
+    }
+    // Predecessor pointers: the node after `a` must name `a` as its predecessor.
+    let pairs = if returned { n } else { n.saturating_sub(1) };
+    for i in 0..pairs {
+        let a = &infos[i];
+        let b = &infos[(i + 1) % n];
+        match b.predecessor {
+            Some(p) if p.id == a.node.id => {}
+            None if n == 1 => {}
+            Some(p) => problems.push(format!(
+                "{}'s predecessor is {}, but {} precedes it",
+                b.node.addr, p.addr, a.node.addr
+            )),
+            None => problems.push(format!(
+                "{} has no predecessor, but {} precedes it",
+                b.node.addr, a.node.addr
+            )),
+        }
+    }
+    // Ids increase around the ring with one wrap past zero.
+    if returned && n > 1 {
+        let wraps = (0..n)
+            .filter(|&i| infos[(i + 1) % n].node.id <= infos[i].node.id)
+            .count();
+        if wraps != 1 {
+            problems.push(format!(
+                "ids are out of order: the walk wrapped past zero {wraps} times"
+            ));
+        }
+    }
+}
+
+fn ring_node(info: &NodeInfo) -> RingNode {
+    RingNode {
+        id: info.node.id,
+        addr: info.node.addr,
+        predecessor: info.predecessor.map(|p| p.addr),
+        successor: info.successors.first().map(|s: &NodeRef| s.addr),
+        keys: info.keys,
+        status: info.status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn connect_error_names_the_address_without_os_error_codes() {
+        // Bind then drop, so the port is (almost certainly) closed.
+        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let err = Client::connect(addr, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("cannot reach {addr}: connection refused")
+        );
+        assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn oversized_keys_and_values_are_refused_before_sending() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = Client::connect(listener.local_addr().unwrap(), Duration::from_secs(1)).unwrap();
+        let err = client.get(vec![0u8; MAX_KEY_BYTES + 1]).unwrap_err();
+        assert!(matches!(err, ClientError::TooLarge { field: "key", .. }));
+        let err = client.put(&b"k"[..], vec![0u8; MAX_VALUE_BYTES + 1]).unwrap_err();
+        assert!(matches!(err, ClientError::TooLarge { field: "value", .. }));
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn replies_are_matched_by_request_id_and_errors_are_typed() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = BytesMut::new();
+            let mut frames = Vec::new();
+            while frames.len() < 2 {
+                let mut chunk = [0u8; 1024];
+                let n = conn.read(&mut chunk).unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(f) = decode(&mut buf).unwrap() {
+                    // A stale reply first, then the real one.
+                    let mut out = Vec::new();
+                    Frame::new(f.request_id + 1000, Message::PutReply { hops: 9, version: 9 })
+                        .encode(&mut out)
+                        .unwrap();
+                    let reply = match &f.message {
+                        Message::Get { .. } => Message::GetReply {
+                            hops: 2,
+                            version: 7,
+                            value: Some(Bytes::from_static(b"v")),
+                        },
+                        _ => Message::Error {
+                            code: ErrorCode::NotReady,
+                            hops: 0,
+                            text: "joining".into(),
+                        },
+                    };
+                    Frame::new(f.request_id, reply).encode(&mut out).unwrap();
+                    conn.write_all(&out).unwrap();
+                    frames.push(f);
+                }
+            }
+        });
+        let mut client = Client::connect(addr, Duration::from_secs(5)).unwrap();
+        let got = client.get(&b"k"[..]).unwrap();
+        assert_eq!(
+            got,
+            GetResult {
+                value: Some(Bytes::from_static(b"v")),
+                version: 7,
+                hops: 2
+            }
+        );
+        let err = client.put(&b"k"[..], &b"v"[..]).unwrap_err();
+        assert_eq!(err.server_code(), Some(ErrorCode::NotReady));
+        assert!(err.is_retryable() && !err.breaks_connection());
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_silent_node_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = Client::connect(listener.local_addr().unwrap(), Duration::from_millis(100)).unwrap();
+        let err = client.info().unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        drop(listener);
+    }
+
+    fn info(id: u64, pred: Option<u64>, succ: u64) -> NodeInfo {
+        let r = |v: u64| NodeRef {
+            id: Id::from_u64(v),
+            addr: SocketAddr::from(([127, 0, 0, 1], 7000 + v as u16)),
+        };
+        NodeInfo {
+            node: r(id),
+            status: NodeStatus::Active,
+            predecessor: pred.map(r),
+            successors: vec![r(succ)],
+            fingers: vec![],
+            keys: 0,
+        }
+    }
+
+    #[test]
+    fn ring_checks() {
+        let mut problems = Vec::new();
+        let ring = [
+            info(10, Some(30), 20),
+            info(20, Some(10), 30),
+            info(30, Some(20), 10),
+        ];
+        check_ring(&ring, true, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+
+        // Rotated walks are fine too.
+        let rotated = [ring[1].clone(), ring[2].clone(), ring[0].clone()];
+        check_ring(&rotated, true, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+
+        // A wrong predecessor and ids that wrap twice.
+        let bad = [
+            info(10, Some(30), 30),
+            info(30, Some(20), 20),
+            info(20, Some(30), 10),
+        ];
+        check_ring(&bad, true, &mut problems);
+        assert!(problems.iter().any(|p| p.contains("predecessor")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("wrapped")), "{problems:?}");
+
+        let mut problems = Vec::new();
+        check_ring(&[info(10, None, 10)], true, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+}

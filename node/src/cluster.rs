@@ -1,0 +1,724 @@
+//! A local ring of real `chordkv node` processes on loopback, for `chordkv cluster`, the
+//! integration tests and loadgen's fault injection.
+//!
+//! [`LocalCluster`] starts the nodes one after another (the first creates the ring, the others
+//! `--join` it), and then injects faults by index: [`kill`](LocalCluster::kill) (SIGKILL, a
+//! crash), [`terminate`](LocalCluster::terminate) (SIGTERM, a graceful leave: this is how a
+//! node is *removed*), [`pause`](LocalCluster::pause)/[`resume`](LocalCluster::resume)
+//! (SIGSTOP/SIGCONT, a node that hangs), [`restart`](LocalCluster::restart) (same address, so
+//! the same ring id) and [`add_node`](LocalCluster::add_node). A node keeps its index for the
+//! life of the cluster, dead or alive. Every process is killed when the cluster is dropped,
+//! also when a test panics.
+//!
+//! [`NodeControl`] is the same set of operations as a trait, so that a driver of faults
+//! (loadgen) can run against another implementation, e.g. nodes on remote hosts over ssh.
+//! [`wait_for_ring`] is the convergence check they share.
+//!
+//! Ports are picked by binding port 0 and closing the socket, which leaves a tiny window in
+//! which another process may take the port; a node that exits before it answers is started
+//! again on a fresh port (only when ports are picked, not with a `base_port`).
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::client::{walk_ring, Client, RingReport};
+
+/// How long a new node may take to answer its first `GET_INFO`.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a node may take to leave after SIGTERM before it is killed.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pause between two checks of a process or of the ring.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Connection and request timeout of the probes (start-up checks, ring walks).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Attempts to start a node on a picked port before giving up.
+const PORT_ATTEMPTS: usize = 5;
+/// Lines of a node's log quoted in a start-up error.
+const LOG_TAIL_LINES: usize = 20;
+
+/// What to run and how.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// The `chordkv` binary.
+    pub binary: PathBuf,
+    /// Nodes to start.
+    pub nodes: usize,
+    /// Node `i` listens on `base_port + i`; `None` picks free ports.
+    pub base_port: Option<u16>,
+    /// The address every node listens on and advertises.
+    pub host: IpAddr,
+    /// Extra arguments of every `chordkv node`, e.g. `["--stabilize-ms", "100"]`.
+    pub node_args: Vec<String>,
+    /// Write each node's stdout and stderr to `<log_dir>/node-<index>-<port>.log` (appended to
+    /// across restarts). Without it, see `inherit_stderr`.
+    pub log_dir: Option<PathBuf>,
+    /// Without a `log_dir`: let nodes write to this process's stderr (true) or discard their
+    /// output (false). A node's stdout is never inherited.
+    pub inherit_stderr: bool,
+    /// Start each node in its own process group, so that a terminal's Ctrl-C reaches only this
+    /// process, which then stops the nodes one by one (clean graceful leaves). The price: nodes
+    /// outlive this process if it is killed with SIGKILL. Off by default, so that interrupting
+    /// a test run also stops its nodes.
+    pub own_process_group: bool,
+    /// See [`DEFAULT_START_TIMEOUT`].
+    pub start_timeout: Duration,
+    /// See [`DEFAULT_STOP_TIMEOUT`].
+    pub stop_timeout: Duration,
+}
+
+impl ClusterSpec {
+    /// `nodes` nodes of `binary` on 127.0.0.1, free ports, default node arguments, output
+    /// discarded.
+    pub fn new(binary: impl Into<PathBuf>, nodes: usize) -> ClusterSpec {
+        ClusterSpec {
+            binary: binary.into(),
+            nodes,
+            base_port: None,
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            node_args: Vec::new(),
+            log_dir: None,
+            inherit_stderr: false,
+            own_process_group: false,
+            start_timeout: DEFAULT_START_TIMEOUT,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+        }
+    }
+}
+
+/// How a node stopped after [`LocalCluster::terminate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// It exited by itself, with this status (success after a graceful leave).
+    Exited(ExitStatus),
+    /// It did not exit within the stop timeout and was killed.
+    Killed,
+    /// It was not running.
+    NotRunning,
+}
+
+impl Stopped {
+    /// Whether the node left by itself with exit status 0.
+    pub fn is_clean(&self) -> bool {
+        matches!(self, Stopped::Exited(s) if s.success())
+    }
+}
+
+/// Fault injection on the nodes of a ring, by index. Indices are stable: a node keeps its
+/// index (and address) when it dies or restarts; [`NodeControl::add_node`] appends.
+pub trait NodeControl {
+    /// The address of every node ever started, by index.
+    fn addrs(&self) -> Vec<SocketAddr>;
+    /// Whether node `i`'s process is alive (a paused node is alive).
+    fn is_running(&mut self, i: usize) -> bool;
+    /// Whether node `i` is alive and not paused: a node the ring should contain.
+    fn is_live(&mut self, i: usize) -> bool;
+    /// Crash node `i` (SIGKILL). A dead node is left as it is.
+    fn kill(&mut self, i: usize) -> anyhow::Result<()>;
+    /// Stop node `i` gracefully (SIGTERM: it hands its keys to its successor and leaves), and
+    /// kill it if it has not exited within the stop timeout.
+    fn terminate(&mut self, i: usize) -> anyhow::Result<Stopped>;
+    /// Freeze node `i` (SIGSTOP): it keeps its connections but answers nothing.
+    fn pause(&mut self, i: usize) -> anyhow::Result<()>;
+    /// Unfreeze node `i` (SIGCONT).
+    fn resume(&mut self, i: usize) -> anyhow::Result<()>;
+    /// Start the dead node `i` again on its address, joining a live node.
+    fn restart(&mut self, i: usize) -> anyhow::Result<()>;
+    /// Start a new node on a new address, joining a live node; returns its index.
+    fn add_node(&mut self) -> anyhow::Result<usize>;
+    /// Stop every node, one after another, as [`NodeControl::terminate`] does.
+    fn stop_all(&mut self) -> Vec<(usize, Stopped)>;
+
+    /// The addresses of the nodes that are alive and not paused.
+    fn live_addrs(&mut self) -> Vec<SocketAddr> {
+        let addrs = self.addrs();
+        (0..addrs.len())
+            .filter(|&i| self.is_live(i))
+            .map(|i| addrs[i])
+            .collect()
+    }
+
+    /// Waits until the ring is consistent and made of exactly the live nodes.
+    fn wait_consistent(&mut self, timeout: Duration) -> anyhow::Result<RingReport> {
+        let live = self.live_addrs();
+        wait_for_ring(&live, timeout, None)
+    }
+}
+
+/// Polls [`walk_ring`] (from the first of `expected` that answers) until the ring is
+/// consistent and its nodes are exactly `expected`, for at most `timeout`, or until `cancel`
+/// is set. The error describes the last walk.
+pub fn wait_for_ring(
+    expected: &[SocketAddr],
+    timeout: Duration,
+    cancel: Option<&AtomicBool>,
+) -> anyhow::Result<RingReport> {
+    if expected.is_empty() {
+        bail!("no live node to walk the ring from");
+    }
+    let want: BTreeSet<SocketAddr> = expected.iter().copied().collect();
+    let max_nodes = want.len() * 2 + 8;
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no walk completed");
+    loop {
+        for &start in expected {
+            match walk_ring(start, PROBE_TIMEOUT, max_nodes) {
+                Ok(report) => {
+                    let got: BTreeSet<SocketAddr> = report.addrs().into_iter().collect();
+                    if report.consistent && got == want {
+                        return Ok(report);
+                    }
+                    last = describe_walk(&report, &want);
+                    break;
+                }
+                Err(e) => last = format!("cannot walk from {start}: {e}"),
+            }
+        }
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            bail!("interrupted while waiting for the ring; last walk: {last}");
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the ring did not become consistent with {} nodes within {:.1} s; last walk: {last}",
+                want.len(),
+                timeout.as_secs_f64()
+            );
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+fn describe_walk(report: &RingReport, want: &BTreeSet<SocketAddr>) -> String {
+    let got: BTreeSet<SocketAddr> = report.addrs().into_iter().collect();
+    let mut parts = Vec::new();
+    parts.push(format!("{} of {} nodes reached", report.nodes.len(), want.len()));
+    let missing: Vec<String> = want.difference(&got).map(|a| a.to_string()).collect();
+    if !missing.is_empty() {
+        parts.push(format!("missing {}", missing.join(", ")));
+    }
+    let extra: Vec<String> = got.difference(want).map(|a| a.to_string()).collect();
+    if !extra.is_empty() {
+        parts.push(format!("unexpected {}", extra.join(", ")));
+    }
+    parts.extend(report.problems.iter().cloned());
+    parts.join("; ")
+}
+
+/// One node process and what we know of it.
+#[derive(Debug)]
+struct LocalNode {
+    addr: SocketAddr,
+    child: Option<Child>,
+    paused: bool,
+    log: Option<PathBuf>,
+}
+
+/// A ring of `chordkv node` processes on this machine. See the module docs.
+#[derive(Debug)]
+pub struct LocalCluster {
+    spec: ClusterSpec,
+    nodes: Vec<LocalNode>,
+}
+
+impl LocalCluster {
+    /// Starts `spec.nodes` nodes one after another, each once the previous one answers: node 0
+    /// creates the ring, the others join node 0. Does not wait for the ring to converge: see
+    /// [`LocalCluster::wait_consistent`].
+    pub fn start(spec: ClusterSpec) -> anyhow::Result<LocalCluster> {
+        if spec.nodes == 0 {
+            bail!("a cluster needs at least one node");
+        }
+        if !spec.binary.is_file() {
+            bail!("the chordkv binary {} does not exist", spec.binary.display());
+        }
+        if let Some(dir) = &spec.log_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create log directory {}", dir.display()))?;
+        }
+        let count = spec.nodes;
+        let mut cluster = LocalCluster {
+            spec,
+            nodes: Vec::with_capacity(count),
+        };
+        for i in 0..count {
+            let join = (i > 0).then(|| cluster.nodes[0].addr);
+            let node = cluster.launch(i, None, join)?;
+            cluster.nodes.push(node);
+        }
+        Ok(cluster)
+    }
+
+    /// The specification the cluster was started with.
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    /// Nodes ever started (the highest index + 1).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no node (never true for a started cluster).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The address of every node, by index, dead or alive.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    /// The address of node `i`.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].addr
+    }
+
+    /// The process id of node `i`, if it is running.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes.get(i)?.child.as_ref().map(|c| c.id())
+    }
+
+    /// Node `i`'s log file, if the cluster logs to a directory.
+    pub fn log_path(&self, i: usize) -> Option<&Path> {
+        self.nodes.get(i)?.log.as_deref()
+    }
+
+    /// A client connected to node `i`, with `timeout` per request.
+    pub fn client(&self, i: usize, timeout: Duration) -> anyhow::Result<Client> {
+        let addr = self.node(i)?.addr;
+        Ok(Client::connect(addr, timeout)?)
+    }
+
+    /// Whether node `i`'s process is alive (a paused node is alive). Reaps it if it exited.
+    pub fn is_running(&mut self, i: usize) -> bool {
+        let Some(node) = self.nodes.get_mut(i) else {
+            return false;
+        };
+        reap(node).is_none() && node.child.is_some()
+    }
+
+    /// Whether node `i` is paused (SIGSTOP).
+    pub fn is_paused(&self, i: usize) -> bool {
+        self.nodes.get(i).is_some_and(|n| n.paused && n.child.is_some())
+    }
+
+    /// Whether node `i` is alive and not paused.
+    pub fn is_live(&mut self, i: usize) -> bool {
+        self.is_running(i) && !self.is_paused(i)
+    }
+
+    /// The addresses of the live (running, not paused) nodes.
+    pub fn live_addrs(&mut self) -> Vec<SocketAddr> {
+        let mut live = Vec::new();
+        for i in 0..self.nodes.len() {
+            if self.is_live(i) {
+                live.push(self.nodes[i].addr);
+            }
+        }
+        live
+    }
+
+    /// Nodes that exited since the last look, with their exit status: how a supervisor
+    /// notices a node that died by itself. Nodes stopped through this API, or already found
+    /// dead by [`LocalCluster::is_running`] and the methods built on it, are not reported.
+    pub fn poll_exits(&mut self) -> Vec<(usize, ExitStatus)> {
+        let mut exits = Vec::new();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            if let Some(status) = reap(node) {
+                exits.push((i, status));
+            }
+        }
+        exits
+    }
+
+    /// Waits until the ring is consistent and made of exactly the live nodes.
+    pub fn wait_consistent(&mut self, timeout: Duration) -> anyhow::Result<RingReport> {
+        let live = self.live_addrs();
+        wait_for_ring(&live, timeout, None)
+    }
+
+    /// [`LocalCluster::wait_consistent`], giving up early when `cancel` is set.
+    pub fn wait_consistent_or_cancel(
+        &mut self,
+        timeout: Duration,
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<RingReport> {
+        let live = self.live_addrs();
+        wait_for_ring(&live, timeout, Some(cancel))
+    }
+
+    /// Crashes node `i` with SIGKILL and reaps it. A dead node is left as it is.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = self.node_mut(i)?;
+        if let Some(mut child) = node.child.take() {
+            node.paused = false;
+            // Fails only if the process already exited; `wait` reaps it either way.
+            let _ = child.kill();
+            child
+                .wait()
+                .with_context(|| format!("cannot reap node {i} ({})", node.addr))?;
+        }
+        Ok(())
+    }
+
+    /// Stops node `i` with SIGTERM (a graceful leave), waits for it to exit for at most the
+    /// stop timeout, and kills it after that.
+    pub fn terminate(&mut self, i: usize) -> anyhow::Result<Stopped> {
+        let stop_timeout = self.spec.stop_timeout;
+        let node = self.node_mut(i)?;
+        if reap(node).is_some() || node.child.is_none() {
+            return Ok(Stopped::NotRunning);
+        }
+        let child = node.child.as_mut().expect("checked above");
+        let pid = child.id();
+        if node.paused {
+            // A stopped process cannot act on SIGTERM.
+            let _ = signal(pid, libc::SIGCONT);
+            node.paused = false;
+        }
+        if signal(pid, libc::SIGTERM).is_ok() {
+            if let Some(status) = wait_exit(child, stop_timeout)? {
+                node.child = None;
+                return Ok(Stopped::Exited(status));
+            }
+        }
+        self.kill(i)?;
+        Ok(Stopped::Killed)
+    }
+
+    /// Removes node `i` from the ring gracefully: the same as [`LocalCluster::terminate`].
+    pub fn remove(&mut self, i: usize) -> anyhow::Result<Stopped> {
+        self.terminate(i)
+    }
+
+    /// Freezes node `i` with SIGSTOP.
+    pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
+        let pid = self.running_pid(i)?;
+        signal(pid, libc::SIGSTOP).with_context(|| format!("cannot pause node {i}"))?;
+        self.nodes[i].paused = true;
+        Ok(())
+    }
+
+    /// Unfreezes node `i` with SIGCONT.
+    pub fn resume(&mut self, i: usize) -> anyhow::Result<()> {
+        let pid = self.running_pid(i)?;
+        signal(pid, libc::SIGCONT).with_context(|| format!("cannot resume node {i}"))?;
+        self.nodes[i].paused = false;
+        Ok(())
+    }
+
+    /// Starts the dead node `i` again on its address (so with the same ring id), joining the
+    /// first live node; with none left, it starts a new ring.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let addr = self.node(i)?.addr;
+        if self.is_running(i) {
+            bail!("node {i} ({addr}) is still running; kill or terminate it first");
+        }
+        let join = self.live_peer(Some(i));
+        let node = self.launch(i, Some(addr), join)?;
+        self.nodes[i] = node;
+        Ok(())
+    }
+
+    /// Starts a new node on a new port (the next after the last with a `base_port`), joining
+    /// the first live node; returns its index.
+    pub fn add_node(&mut self) -> anyhow::Result<usize> {
+        let i = self.nodes.len();
+        let join = self.live_peer(None);
+        let node = self.launch(i, None, join)?;
+        self.nodes.push(node);
+        Ok(i)
+    }
+
+    /// Stops every node, one after another (so each leave hands its keys to a live
+    /// successor), as [`LocalCluster::terminate`] does. Returns how each running node stopped.
+    pub fn stop_all(&mut self) -> Vec<(usize, Stopped)> {
+        let mut stopped = Vec::new();
+        for i in 0..self.nodes.len() {
+            let outcome = match self.terminate(i) {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    let _ = self.kill(i);
+                    Stopped::Killed
+                }
+            };
+            if outcome != Stopped::NotRunning {
+                stopped.push((i, outcome));
+            }
+        }
+        stopped
+    }
+
+    /// Kills every node at once (SIGKILL), as dropping the cluster does.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            let _ = self.kill(i);
+        }
+    }
+
+    fn node(&self, i: usize) -> anyhow::Result<&LocalNode> {
+        let len = self.nodes.len();
+        self.nodes
+            .get(i)
+            .ok_or_else(|| anyhow!("no node {i}: the cluster has {len} nodes"))
+    }
+
+    fn node_mut(&mut self, i: usize) -> anyhow::Result<&mut LocalNode> {
+        let len = self.nodes.len();
+        self.nodes
+            .get_mut(i)
+            .ok_or_else(|| anyhow!("no node {i}: the cluster has {len} nodes"))
+    }
+
+    fn running_pid(&mut self, i: usize) -> anyhow::Result<u32> {
+        let addr = self.node(i)?.addr;
+        if !self.is_running(i) {
+            bail!("node {i} ({addr}) is not running");
+        }
+        Ok(self.pid(i).expect("running"))
+    }
+
+    /// The first live node other than `except`.
+    fn live_peer(&mut self, except: Option<usize>) -> Option<SocketAddr> {
+        let j = (0..self.nodes.len())
+            .filter(|&j| Some(j) != except)
+            .find(|&j| self.is_live(j))?;
+        Some(self.nodes[j].addr)
+    }
+
+    fn pick_addr(&self, index: usize) -> anyhow::Result<SocketAddr> {
+        let host = self.spec.host;
+        match self.spec.base_port {
+            Some(base) => {
+                let port = u16::try_from(index)
+                    .ok()
+                    .and_then(|i| base.checked_add(i))
+                    .ok_or_else(|| anyhow!("port {base} + {index} is out of range"))?;
+                Ok(SocketAddr::new(host, port))
+            }
+            None => {
+                let listener = TcpListener::bind((host, 0))
+                    .with_context(|| format!("cannot find a free port on {host}"))?;
+                Ok(listener.local_addr()?)
+            }
+        }
+    }
+
+    /// Starts node `index` (on `addr`, or on a picked address) and waits until it answers.
+    fn launch(
+        &mut self,
+        index: usize,
+        addr: Option<SocketAddr>,
+        join: Option<SocketAddr>,
+    ) -> anyhow::Result<LocalNode> {
+        let retry_ports = addr.is_none() && self.spec.base_port.is_none();
+        let attempts = if retry_ports { PORT_ATTEMPTS } else { 1 };
+        let mut last_error = None;
+        for _ in 0..attempts {
+            let addr = match addr {
+                Some(a) => a,
+                None => self.pick_addr(index)?,
+            };
+            let (mut child, log) = self.spawn(index, addr, join)?;
+            match self.wait_ready(&mut child, addr, log.as_deref()) {
+                Ok(()) => {
+                    return Ok(LocalNode {
+                        addr,
+                        child: Some(child),
+                        paused: false,
+                        log,
+                    })
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.expect("at least one attempt"))
+    }
+
+    fn spawn(
+        &self,
+        index: usize,
+        addr: SocketAddr,
+        join: Option<SocketAddr>,
+    ) -> anyhow::Result<(Child, Option<PathBuf>)> {
+        let mut cmd = Command::new(&self.spec.binary);
+        cmd.arg("node").arg("--listen").arg(addr.to_string());
+        if let Some(join) = join {
+            cmd.arg("--join").arg(join.to_string());
+        }
+        cmd.args(&self.spec.node_args).stdin(Stdio::null());
+        if self.spec.own_process_group {
+            cmd.process_group(0);
+        }
+        let log = match &self.spec.log_dir {
+            Some(dir) => {
+                let path = dir.join(format!("node-{index}-{}.log", addr.port()));
+                let mut file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("cannot open log file {}", path.display()))?;
+                writeln!(
+                    file,
+                    "=== chordkv cluster: starting node {index} on {addr}{} ===",
+                    join.map(|j| format!(", joining {j}")).unwrap_or_default()
+                )?;
+                cmd.stdout(file.try_clone()?).stderr(file);
+                Some(path)
+            }
+            None => {
+                cmd.stdout(Stdio::null());
+                cmd.stderr(if self.spec.inherit_stderr {
+                    Stdio::inherit()
+                } else {
+                    Stdio::null()
+                });
+                None
+            }
+        };
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {} for node {index}", self.spec.binary.display()))?;
+        Ok((child, log))
+    }
+
+    /// Waits until the node at `addr` answers `GET_INFO`, failing if its process exits first.
+    fn wait_ready(&self, child: &mut Child, addr: SocketAddr, log: Option<&Path>) -> anyhow::Result<()> {
+        let deadline = Instant::now() + self.spec.start_timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "node on {addr} exited during start-up ({status}){}",
+                    log_tail(log)
+                );
+            }
+            let answered = Client::connect(addr, PROBE_TIMEOUT).and_then(|mut c| c.info());
+            if answered.is_ok() && child.try_wait()?.is_none() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let why = answered.err().map(|e| e.to_string()).unwrap_or_default();
+                bail!(
+                    "node on {addr} did not answer within {:.1} s: {why}{}",
+                    self.spec.start_timeout.as_secs_f64(),
+                    log_tail(log)
+                );
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+impl NodeControl for LocalCluster {
+    fn addrs(&self) -> Vec<SocketAddr> {
+        LocalCluster::addrs(self)
+    }
+    fn is_running(&mut self, i: usize) -> bool {
+        LocalCluster::is_running(self, i)
+    }
+    fn is_live(&mut self, i: usize) -> bool {
+        LocalCluster::is_live(self, i)
+    }
+    fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        LocalCluster::kill(self, i)
+    }
+    fn terminate(&mut self, i: usize) -> anyhow::Result<Stopped> {
+        LocalCluster::terminate(self, i)
+    }
+    fn pause(&mut self, i: usize) -> anyhow::Result<()> {
+        LocalCluster::pause(self, i)
+    }
+    fn resume(&mut self, i: usize) -> anyhow::Result<()> {
+        LocalCluster::resume(self, i)
+    }
+    fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        LocalCluster::restart(self, i)
+    }
+    fn add_node(&mut self) -> anyhow::Result<usize> {
+        LocalCluster::add_node(self)
+    }
+    fn stop_all(&mut self) -> Vec<(usize, Stopped)> {
+        LocalCluster::stop_all(self)
+    }
+}
+
+/// If the node's process has exited, reaps it, forgets it and returns its status.
+fn reap(node: &mut LocalNode) -> Option<ExitStatus> {
+    let child = node.child.as_mut()?;
+    match child.try_wait() {
+        Ok(Some(status)) => {
+            node.child = None;
+            node.paused = false;
+            Some(status)
+        }
+        Ok(None) => None,
+        // Cannot happen for our own child; treat it as still running.
+        Err(_) => None,
+    }
+}
+
+/// Waits at most `timeout` for `child` to exit.
+fn wait_exit(child: &mut Child, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our unreaped child, so it
+    // cannot have been recycled for another process.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The last lines of a log file, formatted to follow an error message.
+fn log_tail(log: Option<&Path>) -> String {
+    let Some(path) = log else {
+        return String::new();
+    };
+    let mut text = String::new();
+    let read = File::open(path).and_then(|mut f| {
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)))?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes)?;
+        text = String::from_utf8_lossy(&bytes).into_owned();
+        Ok(())
+    });
+    if read.is_err() {
+        return format!(" (log: {})", path.display());
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+    format!("\n--- last lines of {} ---\n{}", path.display(), tail.join("\n"))
+}

@@ -1,0 +1,306 @@
+//! Real `chordkv node` processes on loopback: data survives joins and graceful leaves, the
+//! ring heals after crashes and freezes, and the `chordkv` command behaves as documented.
+//!
+//! Run with `cargo build --bins && cargo test -p chordkv-tests`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chordkv_node::client::{Client, RingReport};
+use chordkv_node::cluster::LocalCluster;
+use chordkv_node::rng::Rng;
+use chordkv_protocol::{in_half_open, Id};
+use chordkv_tests::{
+    chordkv, chordkv_bin, lines_of, scratch_dir, seed, signal, start_cluster, ChildGuard, Clients,
+    CONVERGE_TIMEOUT, NODE_ARGS, REQUEST_TIMEOUT, SIGTERM,
+};
+
+const KEYS: usize = 1_000;
+
+/// Any index of `addrs` but `not`.
+fn other_than(rng: &mut Rng, len: usize, not: usize) -> usize {
+    let j = rng.below(len as u64 - 1) as usize;
+    if j >= not {
+        j + 1
+    } else {
+        j
+    }
+}
+
+/// Reads every key through a random live node and checks its value.
+fn check_all_keys(
+    clients: &mut Clients,
+    rng: &mut Rng,
+    live: &[SocketAddr],
+    data: &BTreeMap<String, String>,
+) {
+    for (key, value) in data {
+        let addr = live[rng.below(live.len() as u64) as usize];
+        let got = clients.retrying(addr, &format!("GET {key}"), |c| c.get(key.clone()));
+        assert_eq!(
+            got.value.as_deref(),
+            Some(value.as_bytes()),
+            "GET {key} through {addr}"
+        );
+    }
+}
+
+/// How many of `keys` each node of a consistent ring owns: key k belongs to the first node n
+/// with id(k) in (predecessor(n), n].
+fn expected_owners(report: &RingReport, keys: &BTreeSet<Id>) -> BTreeMap<SocketAddr, u64> {
+    let n = report.nodes.len();
+    let mut owned = BTreeMap::new();
+    for (i, node) in report.nodes.iter().enumerate() {
+        let pred = &report.nodes[(i + n - 1) % n];
+        let count = keys
+            .iter()
+            .filter(|k| in_half_open(*k, &pred.id, &node.id))
+            .count() as u64;
+        owned.insert(node.addr, count);
+    }
+    owned
+}
+
+/// The live key count of every node, as each reports it.
+fn key_counts(clients: &mut Clients, live: &[SocketAddr]) -> BTreeMap<SocketAddr, u64> {
+    live.iter()
+        .map(|&addr| {
+            let info = clients.retrying(addr, "GET_INFO", |c| c.info());
+            (addr, info.keys)
+        })
+        .collect()
+}
+
+/// Waits until every node holds exactly the keys it owns, and returns the counts.
+fn wait_keys_at_owners(
+    clients: &mut Clients,
+    report: &RingReport,
+    keys: &BTreeSet<Id>,
+) -> BTreeMap<SocketAddr, u64> {
+    let want = expected_owners(report, keys);
+    let live = report.addrs();
+    let mut last = BTreeMap::new();
+    let mut settled = None;
+    for _ in 0..(CONVERGE_TIMEOUT.as_millis() / 100) {
+        last = key_counts(clients, &live);
+        if last == want {
+            settled = Some(last.clone());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    settled.unwrap_or_else(|| panic!("keys did not settle at their owners:\n want {want:?}\n have {last:?}"))
+}
+
+#[test]
+fn keys_survive_a_join_and_a_graceful_leave() {
+    let name = "join_and_leave";
+    let mut rng = Rng::new(seed(name));
+    let mut cluster = start_cluster(name, 8);
+    let mut clients = Clients::new();
+
+    // Write through random nodes, read back through different ones.
+    let addrs = cluster.addrs();
+    let mut data = BTreeMap::new();
+    for k in 0..KEYS {
+        let key = format!("key-{k:04}");
+        let value = format!("value-{k}-{:016x}", rng.next_u64());
+        let writer = rng.below(addrs.len() as u64) as usize;
+        clients.retrying(addrs[writer], &format!("PUT {key}"), |c| {
+            c.put(key.clone(), value.clone())
+        });
+        let reader = other_than(&mut rng, addrs.len(), writer);
+        let got = clients.retrying(addrs[reader], &format!("GET {key}"), |c| c.get(key.clone()));
+        assert_eq!(got.value.as_deref(), Some(value.as_bytes()), "GET {key}");
+        data.insert(key, value);
+    }
+    let key_ids: BTreeSet<Id> = data.keys().map(|k| Id::hash(k.as_bytes())).collect();
+    assert_eq!(key_ids.len(), KEYS);
+
+    // A ninth node joins and takes over its range.
+    let ninth = cluster.add_node().expect("add a ninth node");
+    let report = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .expect("the ring converges with the ninth node");
+    assert_eq!(report.nodes.len(), 9);
+    let counts = wait_keys_at_owners(&mut clients, &report, &key_ids);
+    let ninth_addr = cluster.addr(ninth);
+    if expected_owners(&report, &key_ids)[&ninth_addr] > 0 {
+        assert!(counts[&ninth_addr] > 0, "the ninth node holds no key");
+    } else {
+        eprintln!("{name}: the ninth node's range happens to hold none of the keys");
+    }
+    check_all_keys(&mut clients, &mut rng, &cluster.live_addrs(), &data);
+
+    // One node leaves gracefully and hands its keys to its successor.
+    let victim = rng.below(9) as usize;
+    eprintln!("{name}: terminating node {victim} ({})", cluster.addr(victim));
+    let stopped = cluster.terminate(victim).expect("terminate");
+    assert!(
+        stopped.is_clean(),
+        "node {victim} did not leave cleanly: {stopped:?}"
+    );
+    let report = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .expect("the ring converges without the node that left");
+    assert_eq!(report.nodes.len(), 8);
+    check_all_keys(&mut clients, &mut rng, &report.addrs(), &data);
+    let counts = wait_keys_at_owners(&mut clients, &report, &key_ids);
+    assert_eq!(counts.values().sum::<u64>(), KEYS as u64);
+}
+
+#[test]
+fn ring_heals_after_a_crash_a_restart_and_a_freeze() {
+    let name = "crash_restart_freeze";
+    let mut cluster: LocalCluster = start_cluster(name, 4);
+    let mut clients = Clients::new();
+
+    cluster.kill(1).expect("kill node 1");
+    assert!(!cluster.is_running(1));
+    let report = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .expect("the ring routes around the crashed node");
+    assert_eq!(report.nodes.len(), 3);
+
+    cluster.restart(1).expect("restart node 1");
+    assert!(cluster.is_running(1));
+    let report = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .expect("the restarted node rejoins");
+    assert_eq!(report.nodes.len(), 4);
+
+    cluster.pause(2).expect("pause node 2");
+    let report = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .expect("the ring routes around the frozen node");
+    assert_eq!(report.nodes.len(), 3);
+    cluster.resume(2).expect("resume node 2");
+    let report = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .expect("the resumed node is back in the ring");
+    assert_eq!(report.nodes.len(), 4);
+
+    // The healed ring serves writes and reads through every node.
+    let addrs = cluster.addrs();
+    for (i, &addr) in addrs.iter().enumerate() {
+        let key = format!("after-heal-{i}");
+        clients.retrying(addr, "PUT", |c| c.put(key.clone(), "v"));
+        let reader = addrs[(i + 1) % addrs.len()];
+        let got = clients.retrying(reader, "GET", |c| c.get(key.clone()));
+        assert_eq!(got.value.as_deref(), Some(&b"v"[..]));
+    }
+}
+
+#[test]
+fn the_chordkv_command() {
+    let logs = scratch_dir("cli");
+    let stderr_path = logs.join("cluster.stderr");
+    let mut cmd = Command::new(chordkv_bin());
+    cmd.args(["cluster", "--nodes", "3"])
+        .args(NODE_ARGS)
+        .arg("--log-dir")
+        .arg(&logs)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
+    let mut cluster = ChildGuard::new(cmd.spawn().expect("start chordkv cluster"));
+    let lines = lines_of(cluster.child.stdout.take().expect("piped"));
+    let ready = lines.recv_timeout(CONVERGE_TIMEOUT).unwrap_or_else(|e| {
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        panic!("no ready line from chordkv cluster ({e}); its stderr:\n{stderr}")
+    });
+    let addrs: Vec<String> = ready
+        .strip_prefix("ready: ")
+        .unwrap_or_else(|| panic!("not a ready line: {ready:?}"))
+        .split(' ')
+        .map(String::from)
+        .collect();
+    assert_eq!(addrs.len(), 3, "{ready}");
+    let (a, b, c) = (addrs[0].as_str(), addrs[1].as_str(), addrs[2].as_str());
+
+    let ok = |args: &[&str]| {
+        let run = chordkv(args);
+        assert_eq!(run.code(), Some(0), "chordkv {args:?}: {run:?}");
+        run.stdout
+    };
+    assert_eq!(ok(&["put", "colour", "blue", "--node", a]), "ok\n");
+    assert_eq!(ok(&["get", "colour", "--node", b]), "blue\n");
+    // Values may start with a dash; the global timeout goes anywhere.
+    assert_eq!(
+        ok(&["put", "n", "-5", "--node", c, "--timeout-ms", "3000"]),
+        "ok\n"
+    );
+    assert_eq!(ok(&["--timeout-ms", "3000", "get", "n", "--node", a]), "-5\n");
+    assert_eq!(ok(&["del", "colour", "--node", c]), "deleted\n");
+
+    for args in [["get", "colour", "--node", a], ["del", "colour", "--node", b]] {
+        let run = chordkv(&args);
+        assert_eq!(run.code(), Some(1), "{args:?}: {run:?}");
+        assert_eq!(run.stderr, "not found\n", "{args:?}");
+        assert_eq!(run.stdout, "", "{args:?}");
+    }
+
+    let json = ok(&["ring", "--json", "--node", b]);
+    let ring: serde_json::Value = serde_json::from_str(&json).expect("ring --json is JSON");
+    assert_eq!(ring["consistent"], true, "{json}");
+    assert_eq!(ring["problems"].as_array().map(Vec::len), Some(0), "{json}");
+    let nodes = ring["nodes"].as_array().expect("nodes");
+    let listed: BTreeSet<&str> = nodes.iter().filter_map(|n| n["addr"].as_str()).collect();
+    assert_eq!(listed, addrs.iter().map(String::as_str).collect(), "{json}");
+    for node in nodes {
+        assert_eq!(node["id"].as_str().map(str::len), Some(40), "{node}");
+        assert_eq!(node["status"], "active", "{node}");
+        assert!(node["predecessor"].is_string() && node["successor"].is_string());
+        assert!(node["keys"].is_u64(), "{node}");
+    }
+    let table = ok(&["ring", "--node", c]);
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(table.contains("consistent: yes\n"), "{table}");
+    assert_eq!(table.lines().count(), 1 + 3 + 1, "{table}");
+
+    let stats = ok(&["stats", "--json", "--node", a]);
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats --json is JSON");
+    assert!(stats.is_object(), "{stats}");
+
+    // Errors are clear and exit non-zero.
+    let run = chordkv(&["get", "k", "--node", "127.0.0.1:1"]);
+    assert_eq!(run.code(), Some(1), "{run:?}");
+    assert_eq!(
+        run.stderr,
+        "error: cannot reach 127.0.0.1:1: connection refused\n"
+    );
+    let run = chordkv(&["get", "k", "--node", "not-an-address"]);
+    assert_eq!(run.code(), Some(1), "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with("error: invalid address 'not-an-address': "),
+        "{run:?}"
+    );
+    let run = chordkv(&["get", "k"]);
+    assert_eq!(run.code(), Some(2), "a missing --node is a usage error: {run:?}");
+    let run = chordkv(&["frobnicate"]);
+    assert_eq!(run.code(), Some(2), "{run:?}");
+
+    // SIGTERM stops every node gracefully and exits 0.
+    signal(cluster.pid(), SIGTERM).expect("SIGTERM the cluster");
+    let status = cluster
+        .wait_timeout(CONVERGE_TIMEOUT)
+        .expect("chordkv cluster exits after SIGTERM");
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "chordkv cluster: {status}; stderr:\n{stderr}"
+    );
+    for addr in &addrs {
+        let addr: SocketAddr = addr.parse().expect("an address");
+        assert!(
+            Client::connect(addr, REQUEST_TIMEOUT).is_err(),
+            "the node at {addr} still answers after the cluster stopped"
+        );
+    }
+    // Nothing more was printed on stdout after the ready line.
+    assert!(lines.recv_timeout(Duration::from_secs(1)).is_err());
+}
