@@ -165,6 +165,29 @@ fn a_crashed_node_is_routed_around() {
         assert!(matches!(s.put(1, k, "again"), Some(Message::PutReply { .. })));
         assert_eq!(value_of(&s.get(2, k)), Some(Bytes::from_static(b"again")));
     }
+    // The node restarts with an empty store and rejoins: its range (with the rewritten keys)
+    // is handed back to it, and every key is still readable from everywhere.
+    s.restart(victim, 0);
+    assert!(
+        s.run_until_consistent(STABILIZE_MS, 60_000),
+        "{:?}",
+        s.ring_problem()
+    );
+    for k in &lost {
+        assert_eq!(
+            s.holds(victim, k.as_bytes()),
+            Some(Bytes::from_static(b"again")),
+            "{k} back at its owner"
+        );
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let want = if lost.contains(&k) {
+            Some(Bytes::from_static(b"again"))
+        } else {
+            Some(Bytes::from_static(b"v"))
+        };
+        assert_eq!(value_of(&s.get(i % 24, k)), want, "get {k} after the restart");
+    }
 }
 
 /// The state of the acknowledged writes: per key, the highest acknowledged version and value.
