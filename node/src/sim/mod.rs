@@ -582,6 +582,9 @@ impl Sim {
     /// Whether every live node is active, with the true successor and predecessor, and its
     /// successor list is the true list of following nodes. Returns the first problem found.
     pub fn ring_problem(&self) -> Option<String> {
+        if let Some(n) = self.nodes.iter().find(|n| n.alive && !n.node.in_ring()) {
+            return Some(format!("{} is live but {:?}", n.addr, n.node.phase()));
+        }
         let ring = self.ring();
         let n = ring.len();
         for (k, me) in ring.iter().enumerate() {
