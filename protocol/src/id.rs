@@ -144,6 +144,41 @@ impl Id {
         in_open(x, self, b)
     }
 
+    /// `self / divisor`, rounded down (`divisor > 0`).
+    pub fn div_small(&self, divisor: u32) -> Id {
+        assert!(divisor > 0, "division by zero"); // faulty code
+        let mut out = [0u8; ID_BYTES];
+        let mut rem: u64 = 0;
+        for (i, b) in self.0.iter().enumerate() {
+            let cur = (rem << 8) | *b as u64;
+            out[i] = (cur / divisor as u64) as u8;
+            rem = cur % divisor as u64;
+        }
+        Id(out)
+    }
+
+    /// Splits the ring range `(start, end]` into `parts` consecutive sub-ranges of (nearly)
+    /// equal width and returns their upper bounds; the last is `end`. Sub-range `j` is
+    /// `(bounds[j-1], bounds[j]]` with `bounds[-1] = start`. `start == end` splits the whole
+    /// ring. Both sides of an anti-entropy exchange compute the same bounds.
+    pub fn split_range(start: &Id, end: &Id, parts: u32) -> Vec<Id> {
+        let parts = parts.max(1);
+        let width = if start == end {
+            Id::MAX
+        } else {
+            end.wrapping_sub(start)
+        };
+        let step = width.div_small(parts);
+        let mut bounds = Vec::with_capacity(parts as usize);
+        let mut at = *start;
+        for _ in 1..parts {
+            at = at.wrapping_add(&step);
+            bounds.push(at);
+        }
+        bounds.push(*end);
+        bounds
+    }
+
     /// The first `n` hex digits, for tables and logs.
     pub fn short(&self, n: usize) -> String {
         let mut s = self.to_string();
@@ -289,6 +324,42 @@ mod tests {
         // Carry out of the low 128 bits into the high 32.
         let below = Id::pow2(128).wrapping_sub(&Id::from_u64(1));
         assert_eq!(below.wrapping_add(&Id::from_u64(1)), Id::pow2(128));
+    }
+
+    #[test]
+    fn split_range_covers_the_range_in_order() {
+        let (a, b) = (Id::from_u64(1000), Id::from_u64(2000));
+        let bounds = Id::split_range(&a, &b, 4);
+        assert_eq!(
+            bounds,
+            vec![Id::from_u64(1250), Id::from_u64(1500), Id::from_u64(1750), b]
+        );
+        // Wrapping and whole-ring ranges: every point of the range falls in exactly one part.
+        for (start, end) in [
+            (Id::MAX.wrapping_sub(&Id::from_u64(99)), Id::from_u64(300)),
+            (a, a),
+        ] {
+            let bounds = Id::split_range(&start, &end, 7);
+            assert_eq!(bounds.len(), 7);
+            for x in [
+                start.wrapping_add(&Id::from_u64(1)),
+                Id::ZERO,
+                Id::from_u64(150),
+                end,
+            ] {
+                let mut lo = start;
+                let hits = bounds
+                    .iter()
+                    .filter(|hi| {
+                        let hit = in_half_open(&x, &lo, hi) && lo != **hi;
+                        lo = **hi;
+                        hit
+                    })
+                    .count();
+                assert_eq!(hits, 1, "{x:?} in ({start:?}, {end:?}]");
+            }
+        }
+        assert_eq!(Id::from_u64(1001).div_small(10), Id::from_u64(100));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! can be scanned in batches for handoff.
 
 pub mod conformance;
+pub mod digest;
 pub mod memory;
 
 use bytes::Bytes;
@@ -46,6 +47,9 @@ pub struct PutOutcome {
 /// A position in ring order, for resuming a scan after it.
 pub type ScanCursor = (Id, Bytes);
 
+/// Entries read per round trip by whole-range operations (counts, digests).
+pub const SCAN_BATCH: usize = 1_024;
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
     /// The backing service cannot be reached or failed; retrying later may work.
@@ -77,6 +81,46 @@ pub trait Store: Send + Sync {
     /// `(start, end]`, in ring order starting clockwise from `start`, strictly after `after`.
     /// `start == end` means the whole ring.
     fn scan(&self, start: &Id, end: &Id, after: Option<&ScanCursor>, limit: usize) -> Result<Vec<Item>>;
+    /// Merges many entries (a transfer or replication batch); returns how many were applied.
+    /// Drivers with round trips should pipeline this.
+    fn put_many(&self, items: Vec<Item>) -> Result<usize> {
+        let mut applied = 0;
+        for item in items {
+            applied += self
+                .put(
+                    &item.key,
+                    Entry {
+                        version: item.version,
+                        value: item.value,
+                    },
+                )?
+                .applied as usize;
+        }
+        Ok(applied)
+    }
+    /// Removes many keys, each up to a version (see [`Store::delete`]); returns how many went.
+    fn delete_many(&self, keys: Vec<(Bytes, u64)>) -> Result<usize> {
+        let mut removed = 0;
+        for (key, version) in keys {
+            removed += self.delete(&key, version)? as usize;
+        }
+        Ok(removed)
+    }
+    /// Live keys whose ids are in the ring range `(start, end]`.
+    fn count_range(&self, start: &Id, end: &Id) -> Result<u64> {
+        let mut count = 0;
+        let mut after: Option<ScanCursor> = None;
+        loop {
+            let batch = self.scan(start, end, after.as_ref(), SCAN_BATCH)?;
+            count += batch.iter().filter(|it| it.value.is_some()).count() as u64;
+            match batch.last() {
+                Some(last) if batch.len() == SCAN_BATCH => {
+                    after = Some((Id::hash(&last.key), last.key.clone()))
+                }
+                _ => return Ok(count),
+            }
+        }
+    }
     /// Live keys (tombstones not counted).
     fn len(&self) -> Result<u64>;
     /// Whether the store holds no live key.
@@ -118,6 +162,26 @@ pub enum StoreOp {
     },
     /// Count live keys.
     Count,
+    /// Count live keys in the ring range `(start, end]`.
+    CountRange {
+        start: Id,
+        end: Id,
+    },
+    /// Digests of `parts` equal sub-ranges of `(start, end]` (see [`digest`]).
+    Digest {
+        start: Id,
+        end: Id,
+        parts: u32,
+    },
+    /// Every `(key, version)` in `(start, end]`.
+    KeyVersions {
+        start: Id,
+        end: Id,
+    },
+    /// The entries (tombstones included) of the given keys that exist.
+    GetMany {
+        keys: Vec<Bytes>,
+    },
 }
 
 impl StoreOp {
@@ -145,6 +209,9 @@ pub enum StoreOutcome {
     },
     Removed(usize),
     Count(u64),
+    Digest(Vec<u64>),
+    KeyVersions(Vec<(Bytes, u64)>),
+    Items(Vec<Item>),
 }
 
 /// Runs one op against a driver.
@@ -152,17 +219,9 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
     Ok(match op {
         StoreOp::Get { key } => StoreOutcome::Got(store.get(&key)?),
         StoreOp::Put { key, entry } => StoreOutcome::Put(store.put(&key, entry)?),
-        StoreOp::PutMany { items } => {
-            let mut applied = 0;
-            for item in items {
-                let entry = Entry {
-                    version: item.version,
-                    value: item.value,
-                };
-                applied += store.put(&item.key, entry)?.applied as usize;
-            }
-            StoreOutcome::PutMany { applied }
-        }
+        StoreOp::PutMany { items } => StoreOutcome::PutMany {
+            applied: store.put_many(items)?,
+        },
         StoreOp::Scan {
             start,
             end,
@@ -190,13 +249,27 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
                 more: full || trimmed,
             }
         }
-        StoreOp::RemoveMany { keys } => {
-            let mut removed = 0;
-            for (key, version) in keys {
-                removed += store.delete(&key, version)? as usize;
-            }
-            StoreOutcome::Removed(removed)
-        }
+        StoreOp::RemoveMany { keys } => StoreOutcome::Removed(store.delete_many(keys)?),
         StoreOp::Count => StoreOutcome::Count(store.len()?),
+        StoreOp::CountRange { start, end } => StoreOutcome::Count(store.count_range(&start, &end)?),
+        StoreOp::Digest { start, end, parts } => {
+            StoreOutcome::Digest(digest::range_digests(store, &start, &end, parts)?)
+        }
+        StoreOp::KeyVersions { start, end } => {
+            StoreOutcome::KeyVersions(digest::key_versions(store, &start, &end)?)
+        }
+        StoreOp::GetMany { keys } => {
+            let mut items = Vec::with_capacity(keys.len());
+            for key in keys {
+                if let Some(e) = store.get(&key)? {
+                    items.push(Item {
+                        key,
+                        version: e.version,
+                        value: e.value,
+                    });
+                }
+            }
+            StoreOutcome::Items(items)
+        }
     })
 }
