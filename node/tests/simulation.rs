@@ -2,19 +2,22 @@
 //! network, checked against a global oracle. Each test prints its seed; a failure replays
 //! exactly with the same seed.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 use chordkv_node::chord::Config;
 use chordkv_node::rng::Rng;
 use chordkv_node::sim::{Sim, SimConfig};
 use chordkv_protocol::{Id, Message};
 
-const STABILIZE_MS: u64 = 100;
+mod common;
 
+use common::{build_ring, seeds, value_of, Acked, STABILIZE_MS};
+
+/// A simulation of plain Chord: one copy of every key (replication has its own tests in
+/// `replication.rs`), so these tests can check exactly where each key lives.
 fn sim(seed: u64) -> Sim {
     println!("seed = {seed}");
-    let chord = Config::with_stabilize_interval_ms(STABILIZE_MS);
+    let mut chord = Config::with_stabilize_interval_ms(STABILIZE_MS);
+    chord.replicas = 0;
     Sim::new(SimConfig {
         seed,
         min_delay_ms: 1,
@@ -23,41 +26,6 @@ fn sim(seed: u64) -> Sim {
         chord,
         ..SimConfig::default()
     })
-}
-
-/// Builds a ring by sequential joins, each through a random live node, and waits for it to be
-/// consistent.
-fn build_ring(s: &mut Sim, n: usize, rng: &mut Rng) {
-    s.add_first();
-    for _ in 1..n {
-        let alive = s.alive();
-        let via = alive[rng.below(alive.len() as u64) as usize];
-        s.add_joining(via);
-        s.run_for(2 * STABILIZE_MS);
-    }
-    assert!(
-        s.run_until_consistent(STABILIZE_MS, 120_000),
-        "ring did not converge: {:?}",
-        s.ring_problem()
-    );
-}
-
-/// The seeds to run: `SIM_SEEDS=1-200` (a range) overrides the defaults for a wider search.
-fn seeds(default: &[u64]) -> Vec<u64> {
-    match std::env::var("SIM_SEEDS") {
-        Ok(r) => {
-            let (a, b) = r.split_once('-').unwrap_or((&r, &r));
-            (a.parse().expect("SIM_SEEDS=A-B")..=b.parse().expect("SIM_SEEDS=A-B")).collect()
-        }
-        Err(_) => default.to_vec(),
-    }
-}
-
-fn value_of(reply: &Option<Message>) -> Option<Bytes> {
-    match reply {
-        Some(Message::GetReply { value, .. }) => value.clone(),
-        other => panic!("expected a GET reply, got {other:?}"),
-    }
 }
 
 #[test]
@@ -150,7 +118,7 @@ fn a_crashed_node_is_routed_around() {
             assert_eq!(
                 value_of(&reply),
                 None,
-                "{k} was only on the crashed node (no replication yet)"
+                "{k} was only on the crashed node (one copy)"
             );
         } else {
             assert_eq!(
@@ -187,21 +155,6 @@ fn a_crashed_node_is_routed_around() {
             Some(Bytes::from_static(b"v"))
         };
         assert_eq!(value_of(&s.get(i % 24, k)), want, "get {k} after the restart");
-    }
-}
-
-/// The state of the acknowledged writes: per key, the highest acknowledged version and value.
-#[derive(Default)]
-struct Acked(BTreeMap<String, (u64, String)>);
-
-impl Acked {
-    fn record(&mut self, key: &str, value: &str, reply: Option<Message>) {
-        if let Some(Message::PutReply { version, .. }) = reply {
-            let e = self.0.entry(key.to_string()).or_insert((0, String::new()));
-            if version > e.0 {
-                *e = (version, value.to_string());
-            }
-        }
     }
 }
 

@@ -18,14 +18,17 @@
 //!       0     2  magic        b"CK" (0x43 0x4B)                              MAGIC
 //!       2     1  version      1                                              VERSION
 //!       3     1  opcode       see the opcode table; bit 7 set = reply        REPLY_BIT
-//!       4     2  flags        bit 0 = FLAG_DIRECT; every other bit must be 0 KNOWN_FLAGS
+//!       4     2  flags        bit 0 = FLAG_DIRECT, bit 1 = FLAG_FAILOVER;   KNOWN_FLAGS
+//!                             every other bit must be 0
 //!       6     8  request_id   chosen by the requester, echoed by the reply
 //!      14     4  payload_len  bytes after the header, <= MAX_FRAME_BYTES
 //!      18     n  payload      payload_len bytes, laid out by opcode (below)
 //! ```
 //!
 //! `FLAG_DIRECT` on a client operation (GET, PUT, DELETE) asks the receiver to serve it itself
-//! or to answer with `Redirect`, rather than to route it through the ring.
+//! or to answer with `Redirect`, rather than to route it through the ring. `FLAG_FAILOVER` on a
+//! client operation says it was sent to a replica because the key's primary did not answer:
+//! the receiver may serve it as the new primary.
 //!
 //! # Field encodings (all integers big-endian)
 //!
@@ -44,6 +47,7 @@
 //!  String            4+len  len u32 | len bytes of UTF-8   len <= MAX_TEXT_BYTES
 //!  Vec<T>            4+     count u32 | count x T          count <= MAX_LIST_LEN
 //!  Item              13+    key Key | version u64 | value Option<Value>
+//!  KeyVersion        12+    key Key | version u64
 //!  Lookup            5+     tag u8 = 1 (Found)  | successors Vec<NodeRef>
 //!                    28+    tag u8 = 2 (Closer) | node NodeRef
 //!  ErrorCode         2      u16, the discriminant of message::ErrorCode (unknown = Malformed)
@@ -56,36 +60,44 @@
 //! Fields follow in the order they are declared in [`crate::message`].
 //!
 //! ```text
-//!  op    message             payload
-//!  ----  ------------------  ------------------------------------------------------------
-//!  0x01  Get                 key Key
-//!  0x02  Put                 key Key | value Value
-//!  0x03  Delete              key Key
-//!  0x10  FindSuccessor       id Id
-//!  0x11  GetNeighbors        (empty)
-//!  0x12  Notify              node NodeRef
-//!  0x13  Ping                (empty)
-//!  0x14  Leaving             node NodeRef | predecessor Option<NodeRef>
-//!                            | successors Vec<NodeRef> | clock u64
-//!  0x20  Transfer            transfer_id u64 | start Id | end Id | items Vec<Item>
-//!                            | last bool | clock u64
-//!  0x30  GetInfo             (empty)
-//!  0x31  GetStats            (empty)
-//!  ----  replies (bit 7 set) ------------------------------------------------------------
-//!  0x81  GetReply            hops u16 | version u64 | value Option<Value>
-//!  0x82  PutReply            hops u16 | version u64
-//!  0x83  DeleteReply         hops u16 | version u64 | existed bool
-//!  0x84  Redirect            hops u16 | node NodeRef | exact bool
-//!  0x90  FindSuccessorReply  lookup Lookup
-//!  0x91  Neighbors           predecessor Option<NodeRef> | successors Vec<NodeRef>
-//!  0x92  NotifyReply         accepted bool | previous Option<NodeRef> | clock u64
-//!  0x93  Pong                node NodeRef
-//!  0x94  LeavingReply        accepted bool
-//!  0xA0  TransferAck         transfer_id u64 | accepted bool
-//!  0xB0  Info                node NodeRef | status NodeStatus | predecessor Option<NodeRef>
-//!                            | successors Vec<NodeRef> | fingers Vec<NodeRef> | keys u64
-//!  0xB1  Stats               counters Vec<Counter>
-//!  0xFF  Error               code ErrorCode | hops u16 | text String
+//!  op    message                 payload
+//!  ----  ----------------------  ------------------------------------------------------------
+//!  0x01  Get                     key Key
+//!  0x02  Put                     key Key | value Value
+//!  0x03  Delete                  key Key
+//!  0x10  FindSuccessor           id Id
+//!  0x11  GetNeighbors            (empty)
+//!  0x12  Notify                  node NodeRef
+//!  0x13  Ping                    (empty)
+//!  0x14  Leaving                 node NodeRef | predecessor Option<NodeRef>
+//!                                | successors Vec<NodeRef> | clock u64
+//!  0x20  Transfer                transfer_id u64 | start Id | end Id | items Vec<Item>
+//!                                | last bool | clock u64
+//!  0x21  Replicate               items Vec<Item>
+//!  0x22  SyncDigests             start Id | end Id | digests Vec<u64>
+//!  0x23  SyncKeys                start Id | end Id | keys Vec<KeyVersion>
+//!  0x24  CollectTombstones       start Id | end Id | before u64
+//!  0x30  GetInfo                 (empty)
+//!  0x31  GetStats                (empty)
+//!  ----  replies (bit 7 set) ----------------------------------------------------------------
+//!  0x81  GetReply                hops u16 | version u64 | value Option<Value>
+//!  0x82  PutReply                hops u16 | version u64
+//!  0x83  DeleteReply             hops u16 | version u64 | existed bool
+//!  0x84  Redirect                hops u16 | node NodeRef | exact bool
+//!  0x90  FindSuccessorReply      lookup Lookup
+//!  0x91  Neighbors               predecessor Option<NodeRef> | successors Vec<NodeRef>
+//!  0x92  NotifyReply             accepted bool | previous Option<NodeRef> | clock u64
+//!  0x93  Pong                    node NodeRef
+//!  0x94  LeavingReply            accepted bool
+//!  0xA0  TransferAck             transfer_id u64 | accepted bool
+//!  0xA1  ReplicateAck            applied u32
+//!  0xA2  SyncDigestsReply        differing Vec<u32>
+//!  0xA3  SyncKeysReply           want Vec<Key> | newer Vec<Item>
+//!  0xA4  CollectTombstonesReply  removed u32
+//!  0xB0  Info                    node NodeRef | status NodeStatus | predecessor Option<NodeRef>
+//!                                | successors Vec<NodeRef> | fingers Vec<NodeRef> | keys u64
+//!  0xB1  Stats                   counters Vec<Counter>
+//!  0xFF  Error                   code ErrorCode | hops u16 | text String
 //! ```
 //!
 //! # Example
@@ -126,8 +138,11 @@ pub const VERSION: u8 = 1;
 /// Header flag: a client operation must be served by the receiver itself or answered with
 /// [`Message::Redirect`], never routed through the ring.
 pub const FLAG_DIRECT: u16 = 1;
+/// Header flag: a client operation sent to a replica because the key's primary did not
+/// answer: the receiver may serve it as the new primary.
+pub const FLAG_FAILOVER: u16 = 2;
 /// Every flag bit this version knows; a frame with any other bit set is rejected.
-pub const KNOWN_FLAGS: u16 = FLAG_DIRECT;
+pub const KNOWN_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER;
 /// Set in the opcode of every reply and in no request's.
 pub const REPLY_BIT: u8 = 0x80;
 
@@ -155,6 +170,10 @@ pub mod opcode {
     pub const PING: u8 = 0x13;
     pub const LEAVING: u8 = 0x14;
     pub const TRANSFER: u8 = 0x20;
+    pub const REPLICATE: u8 = 0x21;
+    pub const SYNC_DIGESTS: u8 = 0x22;
+    pub const SYNC_KEYS: u8 = 0x23;
+    pub const COLLECT_TOMBSTONES: u8 = 0x24;
     pub const GET_INFO: u8 = 0x30;
     pub const GET_STATS: u8 = 0x31;
 
@@ -168,12 +187,16 @@ pub mod opcode {
     pub const PONG: u8 = 0x93;
     pub const LEAVING_REPLY: u8 = 0x94;
     pub const TRANSFER_ACK: u8 = 0xA0;
+    pub const REPLICATE_ACK: u8 = 0xA1;
+    pub const SYNC_DIGESTS_REPLY: u8 = 0xA2;
+    pub const SYNC_KEYS_REPLY: u8 = 0xA3;
+    pub const COLLECT_TOMBSTONES_REPLY: u8 = 0xA4;
     pub const INFO: u8 = 0xB0;
     pub const STATS: u8 = 0xB1;
     pub const ERROR: u8 = 0xFF;
 
     /// Every opcode of this protocol version.
-    pub const ALL: [u8; 24] = [
+    pub const ALL: [u8; 32] = [
         GET,
         PUT,
         DELETE,
@@ -183,6 +206,10 @@ pub mod opcode {
         PING,
         LEAVING,
         TRANSFER,
+        REPLICATE,
+        SYNC_DIGESTS,
+        SYNC_KEYS,
+        COLLECT_TOMBSTONES,
         GET_INFO,
         GET_STATS,
         GET_REPLY,
@@ -195,6 +222,10 @@ pub mod opcode {
         PONG,
         LEAVING_REPLY,
         TRANSFER_ACK,
+        REPLICATE_ACK,
+        SYNC_DIGESTS_REPLY,
+        SYNC_KEYS_REPLY,
+        COLLECT_TOMBSTONES_REPLY,
         INFO,
         STATS,
         ERROR,
@@ -213,6 +244,10 @@ pub mod opcode {
                 | PING
                 | LEAVING
                 | TRANSFER
+                | REPLICATE
+                | SYNC_DIGESTS
+                | SYNC_KEYS
+                | COLLECT_TOMBSTONES
                 | GET_INFO
                 | GET_STATS
                 | GET_REPLY
@@ -225,6 +260,10 @@ pub mod opcode {
                 | PONG
                 | LEAVING_REPLY
                 | TRANSFER_ACK
+                | REPLICATE_ACK
+                | SYNC_DIGESTS_REPLY
+                | SYNC_KEYS_REPLY
+                | COLLECT_TOMBSTONES_REPLY
                 | INFO
                 | STATS
                 | ERROR
@@ -256,6 +295,14 @@ pub fn opcode_of(msg: &Message) -> u8 {
         LeavingReply { .. } => opcode::LEAVING_REPLY,
         Transfer { .. } => opcode::TRANSFER,
         TransferAck { .. } => opcode::TRANSFER_ACK,
+        Replicate { .. } => opcode::REPLICATE,
+        ReplicateAck { .. } => opcode::REPLICATE_ACK,
+        SyncDigests { .. } => opcode::SYNC_DIGESTS,
+        SyncDigestsReply { .. } => opcode::SYNC_DIGESTS_REPLY,
+        SyncKeys { .. } => opcode::SYNC_KEYS,
+        SyncKeysReply { .. } => opcode::SYNC_KEYS_REPLY,
+        CollectTombstones { .. } => opcode::COLLECT_TOMBSTONES,
+        CollectTombstonesReply { .. } => opcode::COLLECT_TOMBSTONES_REPLY,
         GetInfo => opcode::GET_INFO,
         Info(_) => opcode::INFO,
         GetStats => opcode::GET_STATS,
@@ -361,6 +408,11 @@ impl Frame {
         self.flags & FLAG_DIRECT != 0
     }
 
+    /// Whether [`FLAG_FAILOVER`] is set.
+    pub fn is_failover(&self) -> bool {
+        self.flags & FLAG_FAILOVER != 0
+    }
+
     /// The frame's size on the wire (header + payload), checking every limit.
     pub fn encoded_len(&self) -> Result<usize, EncodeError> {
         if self.flags & !KNOWN_FLAGS != 0 {
@@ -416,6 +468,8 @@ const ADDR_V4_BYTES: usize = 1 + 4 + 2;
 const ADDR_V6_BYTES: usize = 1 + 16 + 2;
 const NODE_REF_MIN_BYTES: usize = ID_BYTES + ADDR_V4_BYTES;
 const ITEM_MIN_BYTES: usize = 4 + 8 + 1;
+const KEY_VERSION_MIN_BYTES: usize = 4 + 8;
+const KEY_MIN_BYTES: usize = 4;
 const COUNTER_MIN_BYTES: usize = 4 + 8;
 
 const ADDR_TAG_V4: u8 = 4;
@@ -482,6 +536,16 @@ fn text_len(field: &'static str, text: &str) -> EResult<usize> {
     Ok(4 + text.len())
 }
 
+fn items_len(field: &'static str, items: &[Item]) -> EResult<usize> {
+    limit(field, items.len(), MAX_LIST_LEN)?;
+    let mut len = 4usize;
+    for item in items {
+        // Saturating: 65_536 items of 16 MiB overflow a 32-bit usize.
+        len = len.saturating_add(key_len(&item.key)? + 8 + opt_value_len(&item.value)?);
+    }
+    Ok(len)
+}
+
 fn lookup_len(lookup: &Lookup) -> EResult<usize> {
     Ok(1 + match lookup {
         Lookup::Found { successors } => nodes_len("successors", successors)?,
@@ -517,15 +581,37 @@ fn payload_len(msg: &Message) -> EResult<usize> {
         } => node_len(node) + opt_node_len(predecessor) + nodes_len("successors", successors)? + 8,
         LeavingReply { .. } => 1,
         Transfer { items, .. } => {
-            limit("items", items.len(), MAX_LIST_LEN)?;
-            let mut len = 8 + ID_BYTES + ID_BYTES + 4 + 1 + 8;
-            for item in items {
-                // Saturating: 65_536 items of 16 MiB overflow a 32-bit usize.
-                len = len.saturating_add(key_len(&item.key)? + 8 + opt_value_len(&item.value)?);
+            (8 + ID_BYTES + ID_BYTES + 1 + 8).saturating_add(items_len("items", items)?)
+        }
+        TransferAck { .. } => 8 + 1,
+        Replicate { items } => items_len("items", items)?,
+        ReplicateAck { .. } | CollectTombstonesReply { .. } => 4,
+        SyncDigests { digests, .. } => {
+            limit("digests", digests.len(), MAX_LIST_LEN)?;
+            ID_BYTES + ID_BYTES + 4 + 8 * digests.len()
+        }
+        SyncDigestsReply { differing } => {
+            limit("differing", differing.len(), MAX_LIST_LEN)?;
+            4 + 4 * differing.len()
+        }
+        SyncKeys { keys, .. } => {
+            limit("keys", keys.len(), MAX_LIST_LEN)?;
+            let mut len = ID_BYTES + ID_BYTES + 4;
+            for (key, _) in keys {
+                // At most 65_536 x (4 + 64 KiB + 8): saturating for a 32-bit usize.
+                len = len.saturating_add(key_len(key)? + 8);
             }
             len
         }
-        TransferAck { .. } => 8 + 1,
+        SyncKeysReply { want, newer } => {
+            limit("want", want.len(), MAX_LIST_LEN)?;
+            let mut len = 4usize;
+            for key in want {
+                len = len.saturating_add(key_len(key)?);
+            }
+            len.saturating_add(items_len("newer", newer)?)
+        }
+        CollectTombstones { .. } => ID_BYTES + ID_BYTES + 8,
         Info(info) => {
             node_len(&info.node)
                 + 1
@@ -619,6 +705,15 @@ fn put_opt_node(out: &mut Vec<u8>, node: &Option<NodeRef>) {
             put_node(out, n);
         }
         None => out.push(0),
+    }
+}
+
+fn put_items(out: &mut Vec<u8>, items: &[Item]) {
+    put_len(out, items.len());
+    for item in items {
+        put_bytes(out, &item.key);
+        put_u64(out, item.version);
+        put_opt_bytes(out, &item.value);
     }
 }
 
@@ -718,12 +813,7 @@ fn write_payload(msg: &Message, out: &mut Vec<u8>) {
             put_u64(out, *transfer_id);
             put_id(out, start);
             put_id(out, end);
-            put_len(out, items.len());
-            for item in items {
-                put_bytes(out, &item.key);
-                put_u64(out, item.version);
-                put_opt_bytes(out, &item.value);
-            }
+            put_items(out, items);
             put_bool(out, *last);
             put_u64(out, *clock);
         }
@@ -733,6 +823,43 @@ fn write_payload(msg: &Message, out: &mut Vec<u8>) {
         } => {
             put_u64(out, *transfer_id);
             put_bool(out, *accepted);
+        }
+        Replicate { items } => put_items(out, items),
+        ReplicateAck { applied: n } | CollectTombstonesReply { removed: n } => put_u32(out, *n),
+        SyncDigests { start, end, digests } => {
+            put_id(out, start);
+            put_id(out, end);
+            put_len(out, digests.len());
+            for d in digests {
+                put_u64(out, *d);
+            }
+        }
+        SyncDigestsReply { differing } => {
+            put_len(out, differing.len());
+            for i in differing {
+                put_u32(out, *i);
+            }
+        }
+        SyncKeys { start, end, keys } => {
+            put_id(out, start);
+            put_id(out, end);
+            put_len(out, keys.len());
+            for (key, version) in keys {
+                put_bytes(out, key);
+                put_u64(out, *version);
+            }
+        }
+        SyncKeysReply { want, newer } => {
+            put_len(out, want.len());
+            for key in want {
+                put_bytes(out, key);
+            }
+            put_items(out, newer);
+        }
+        CollectTombstones { start, end, before } => {
+            put_id(out, start);
+            put_id(out, end);
+            put_u64(out, *before);
         }
         Info(info) => {
             put_node(out, &info.node);
@@ -1076,13 +1203,51 @@ impl<'a> Reader<'a> {
         Ok(Item { key, version, value })
     }
 
-    fn items(&mut self) -> DResult<Vec<Item>> {
-        let count = self.count("items", ITEM_MIN_BYTES)?;
+    fn items(&mut self, field: &'static str) -> DResult<Vec<Item>> {
+        let count = self.count(field, ITEM_MIN_BYTES)?;
         let mut items = Vec::with_capacity(count);
         for _ in 0..count {
             items.push(self.item()?);
         }
         Ok(items)
+    }
+
+    fn u64s(&mut self, field: &'static str) -> DResult<Vec<u64>> {
+        let count = self.count(field, 8)?;
+        let mut v = Vec::with_capacity(count);
+        for _ in 0..count {
+            v.push(self.u64()?);
+        }
+        Ok(v)
+    }
+
+    fn u32s(&mut self, field: &'static str) -> DResult<Vec<u32>> {
+        let count = self.count(field, 4)?;
+        let mut v = Vec::with_capacity(count);
+        for _ in 0..count {
+            v.push(self.u32()?);
+        }
+        Ok(v)
+    }
+
+    fn keys(&mut self, field: &'static str) -> DResult<Vec<Bytes>> {
+        let count = self.count(field, KEY_MIN_BYTES)?;
+        let mut keys = Vec::with_capacity(count);
+        for _ in 0..count {
+            keys.push(self.key()?);
+        }
+        Ok(keys)
+    }
+
+    fn key_versions(&mut self, field: &'static str) -> DResult<Vec<(Bytes, u64)>> {
+        let count = self.count(field, KEY_VERSION_MIN_BYTES)?;
+        let mut keys = Vec::with_capacity(count);
+        for _ in 0..count {
+            let key = self.key()?;
+            let version = self.u64()?;
+            keys.push((key, version));
+        }
+        Ok(keys)
     }
 
     fn counters(&mut self) -> DResult<Vec<(String, u64)>> {
@@ -1241,7 +1406,7 @@ impl<'a> Reader<'a> {
                 let transfer_id = self.u64()?;
                 let start = self.id()?;
                 let end = self.id()?;
-                let items = self.items()?;
+                let items = self.items("items")?;
                 let last = self.bool()?;
                 let clock = self.u64()?;
                 done!(Transfer {
@@ -1260,6 +1425,45 @@ impl<'a> Reader<'a> {
                     transfer_id,
                     accepted
                 })
+            }
+            opcode::REPLICATE => {
+                let items = self.items("items")?;
+                done!(Replicate { items })
+            }
+            opcode::REPLICATE_ACK => {
+                let applied = self.u32()?;
+                done!(ReplicateAck { applied })
+            }
+            opcode::SYNC_DIGESTS => {
+                let start = self.id()?;
+                let end = self.id()?;
+                let digests = self.u64s("digests")?;
+                done!(SyncDigests { start, end, digests })
+            }
+            opcode::SYNC_DIGESTS_REPLY => {
+                let differing = self.u32s("differing")?;
+                done!(SyncDigestsReply { differing })
+            }
+            opcode::SYNC_KEYS => {
+                let start = self.id()?;
+                let end = self.id()?;
+                let keys = self.key_versions("keys")?;
+                done!(SyncKeys { start, end, keys })
+            }
+            opcode::SYNC_KEYS_REPLY => {
+                let want = self.keys("want")?;
+                let newer = self.items("newer")?;
+                done!(SyncKeysReply { want, newer })
+            }
+            opcode::COLLECT_TOMBSTONES => {
+                let start = self.id()?;
+                let end = self.id()?;
+                let before = self.u64()?;
+                done!(CollectTombstones { start, end, before })
+            }
+            opcode::COLLECT_TOMBSTONES_REPLY => {
+                let removed = self.u32()?;
+                done!(CollectTombstonesReply { removed })
             }
             opcode::GET_INFO => done!(GetInfo),
             opcode::INFO => {
@@ -1524,6 +1728,78 @@ mod tests {
                 transfer_id: 0,
                 accepted: false,
             },
+            Replicate { items: vec![] },
+            Replicate {
+                items: vec![
+                    Item {
+                        key: b("r"),
+                        version: u64::MAX,
+                        value: Some(b("replica")),
+                    },
+                    Item {
+                        key: Bytes::new(),
+                        version: 1,
+                        value: None,
+                    },
+                ],
+            },
+            ReplicateAck { applied: 0 },
+            ReplicateAck { applied: u32::MAX },
+            SyncDigests {
+                start: Id::ZERO,
+                end: Id::MAX,
+                digests: vec![],
+            },
+            SyncDigests {
+                start: Id::from_u64(10),
+                end: Id::from_u64(3),
+                digests: vec![0, 1, u64::MAX, 0xDEAD_BEEF],
+            },
+            SyncDigestsReply { differing: vec![] },
+            SyncDigestsReply {
+                differing: vec![0, 3, u32::MAX],
+            },
+            SyncKeys {
+                start: Id::ZERO,
+                end: Id::ZERO,
+                keys: vec![],
+            },
+            SyncKeys {
+                start: Id::hash(b"a"),
+                end: Id::hash(b"b"),
+                keys: vec![(b("a"), 1), (Bytes::new(), 0), (b("zz"), u64::MAX)],
+            },
+            SyncKeysReply {
+                want: vec![],
+                newer: vec![],
+            },
+            SyncKeysReply {
+                want: vec![b("a"), Bytes::new()],
+                newer: vec![
+                    Item {
+                        key: b("n"),
+                        version: 9,
+                        value: Some(Bytes::new()),
+                    },
+                    Item {
+                        key: b("t"),
+                        version: 10,
+                        value: None,
+                    },
+                ],
+            },
+            CollectTombstones {
+                start: Id::ZERO,
+                end: Id::MAX,
+                before: 0,
+            },
+            CollectTombstones {
+                start: Id::from_u64(1),
+                end: Id::from_u64(2),
+                before: u64::MAX,
+            },
+            CollectTombstonesReply { removed: 0 },
+            CollectTombstonesReply { removed: 17 },
             GetInfo,
             info(NodeStatus::Joining, None, vec![], vec![]),
             info(NodeStatus::Active, Some(v6(1)), vec![v4(2), v4(3)], vec![v6(4)]),
@@ -1565,6 +1841,12 @@ mod tests {
             .map(|(i, m)| {
                 if i % 3 == 0 {
                     Frame::direct(i as u64 * 1_000_003, m)
+                } else if i % 5 == 1 {
+                    Frame {
+                        request_id: i as u64,
+                        flags: FLAG_FAILOVER | (i as u16 & FLAG_DIRECT),
+                        message: m,
+                    }
                 } else {
                     Frame::new(!(i as u64), m)
                 }
@@ -1646,6 +1928,34 @@ mod tests {
     }
 
     #[test]
+    fn failover_flag() {
+        let put = Message::Put {
+            key: b("k"),
+            value: b("v"),
+        };
+        let plain = Frame::new(1, put.clone());
+        assert!(!plain.is_failover());
+        assert!(!Frame::direct(1, put.clone()).is_failover());
+        let failover = Frame {
+            request_id: 1,
+            flags: FLAG_FAILOVER,
+            message: put,
+        };
+        assert!(failover.is_failover() && !failover.is_direct());
+        let bytes = failover.to_bytes().unwrap();
+        assert_eq!(&bytes[4..6], &[0, 2]);
+        assert_eq!(df(&bytes).as_ref(), Ok(&failover));
+        let both = Frame {
+            flags: FLAG_DIRECT | FLAG_FAILOVER,
+            ..failover
+        };
+        let bytes = both.to_bytes().unwrap();
+        assert_eq!(&bytes[4..6], &[0, 3]);
+        let decoded = df(&bytes).unwrap();
+        assert!(decoded.is_direct() && decoded.is_failover());
+    }
+
+    #[test]
     fn golden_get_bytes() {
         let bytes = Frame::new(7, Message::Get { key: b("k") }).to_bytes().unwrap();
         assert_eq!(
@@ -1710,6 +2020,10 @@ mod tests {
             "PING",
             "LEAVING",
             "TRANSFER",
+            "REPLICATE",
+            "SYNC_DIGESTS",
+            "SYNC_KEYS",
+            "COLLECT_TOMBSTONES",
             "GET_INFO",
             "GET_STATS",
         ];
@@ -1868,7 +2182,7 @@ mod tests {
 
     #[test]
     fn unknown_flags() {
-        for flags in [2, 0x8000, 0x8001, u16::MAX] {
+        for flags in [4, 6, 0x8000, 0x8001, u16::MAX] {
             let bytes = raw(opcode::PING, flags, 1, &[]);
             header_error(&bytes, DecodeError::UnknownFlags(flags));
             header_error(&bytes[..6], DecodeError::UnknownFlags(flags));
@@ -1876,11 +2190,11 @@ mod tests {
         assert_eq!(
             Frame {
                 request_id: 1,
-                flags: 2,
+                flags: 4,
                 message: Message::Ping
             }
             .to_bytes(),
-            Err(EncodeError::UnknownFlags(2))
+            Err(EncodeError::UnknownFlags(4))
         );
     }
 
@@ -2013,6 +2327,40 @@ mod tests {
         info.extend_from_slice(&[2, 0, 0, 0, 0, 0]);
         info.extend_from_slice(&be32(MAX_LIST_LEN + 1));
         payload_error(&raw(opcode::INFO, 0, 1, &info), too_many("fingers"));
+        payload_error(
+            &raw(opcode::REPLICATE, 0, 1, &be32(MAX_LIST_LEN + 1)),
+            too_many("items"),
+        );
+        let mut digests = vec![0; 40];
+        digests.extend_from_slice(&be32(MAX_LIST_LEN + 1));
+        payload_error(&raw(opcode::SYNC_DIGESTS, 0, 1, &digests), too_many("digests"));
+        payload_error(
+            &raw(opcode::SYNC_DIGESTS_REPLY, 0, 1, &be32(MAX_LIST_LEN + 1)),
+            too_many("differing"),
+        );
+        let mut keys = vec![0; 40];
+        keys.extend_from_slice(&be32(MAX_LIST_LEN + 1));
+        payload_error(&raw(opcode::SYNC_KEYS, 0, 1, &keys), too_many("keys"));
+        payload_error(
+            &raw(opcode::SYNC_KEYS_REPLY, 0, 1, &be32(MAX_LIST_LEN + 1)),
+            too_many("want"),
+        );
+        let mut newer = be32(0).to_vec();
+        newer.extend_from_slice(&be32(MAX_LIST_LEN + 1));
+        payload_error(&raw(opcode::SYNC_KEYS_REPLY, 0, 1, &newer), too_many("newer"));
+        // An oversize key inside a key list.
+        let mut keys = vec![0; 40];
+        keys.extend_from_slice(&be32(1));
+        keys.extend_from_slice(&be32(MAX_KEY_BYTES + 1));
+        keys.extend_from_slice(&[0; 8]);
+        payload_error(
+            &raw(opcode::SYNC_KEYS, 0, 1, &keys),
+            DecodeError::FieldTooLarge {
+                field: "key",
+                len: MAX_KEY_BYTES + 1,
+                max: MAX_KEY_BYTES,
+            },
+        );
     }
 
     #[test]
@@ -2022,6 +2370,12 @@ mod tests {
             (opcode::STATS, vec![]),
             (opcode::TRANSFER, vec![0; 48]),
             (opcode::FIND_SUCCESSOR_REPLY, vec![LOOKUP_FOUND]),
+            (opcode::REPLICATE, vec![]),
+            (opcode::SYNC_DIGESTS, vec![0; 40]),
+            (opcode::SYNC_DIGESTS_REPLY, vec![]),
+            (opcode::SYNC_KEYS, vec![0; 40]),
+            (opcode::SYNC_KEYS_REPLY, vec![]),
+            (opcode::SYNC_KEYS_REPLY, vec![0; 4]),
         ] {
             let mut payload = prefix;
             payload.extend_from_slice(&be32(MAX_LIST_LEN));
@@ -2217,9 +2571,12 @@ mod tests {
             last: true,
             clock: 0,
         };
-        encode_error(transfer(vec![item(key, None)]), too_long("key", MAX_KEY_BYTES));
         encode_error(
-            transfer(vec![item(b("k"), Some(value))]),
+            transfer(vec![item(key.clone(), None)]),
+            too_long("key", MAX_KEY_BYTES),
+        );
+        encode_error(
+            transfer(vec![item(b("k"), Some(value.clone()))]),
             too_long("value", MAX_VALUE_BYTES),
         );
         encode_error(
@@ -2246,6 +2603,76 @@ mod tests {
                 counters: vec![(String::new(), 1); MAX_LIST_LEN + 1],
             },
             too_long("counters", MAX_LIST_LEN),
+        );
+        encode_error(
+            Message::Replicate {
+                items: vec![item(b("k"), None); MAX_LIST_LEN + 1],
+            },
+            too_long("items", MAX_LIST_LEN),
+        );
+        encode_error(
+            Message::Replicate {
+                items: vec![item(key.clone(), None)],
+            },
+            too_long("key", MAX_KEY_BYTES),
+        );
+        encode_error(
+            Message::SyncDigests {
+                start: Id::ZERO,
+                end: Id::MAX,
+                digests: vec![0; MAX_LIST_LEN + 1],
+            },
+            too_long("digests", MAX_LIST_LEN),
+        );
+        encode_error(
+            Message::SyncDigestsReply {
+                differing: vec![0; MAX_LIST_LEN + 1],
+            },
+            too_long("differing", MAX_LIST_LEN),
+        );
+        encode_error(
+            Message::SyncKeys {
+                start: Id::ZERO,
+                end: Id::MAX,
+                keys: vec![(b("k"), 1); MAX_LIST_LEN + 1],
+            },
+            too_long("keys", MAX_LIST_LEN),
+        );
+        encode_error(
+            Message::SyncKeys {
+                start: Id::ZERO,
+                end: Id::MAX,
+                keys: vec![(key.clone(), 1)],
+            },
+            too_long("key", MAX_KEY_BYTES),
+        );
+        encode_error(
+            Message::SyncKeysReply {
+                want: vec![b("k"); MAX_LIST_LEN + 1],
+                newer: vec![],
+            },
+            too_long("want", MAX_LIST_LEN),
+        );
+        encode_error(
+            Message::SyncKeysReply {
+                want: vec![key.clone()],
+                newer: vec![],
+            },
+            too_long("key", MAX_KEY_BYTES),
+        );
+        encode_error(
+            Message::SyncKeysReply {
+                want: vec![],
+                newer: vec![item(b("k"), None); MAX_LIST_LEN + 1],
+            },
+            too_long("newer", MAX_LIST_LEN),
+        );
+        encode_error(
+            Message::SyncKeysReply {
+                want: vec![],
+                newer: vec![item(b("k"), Some(value.clone()))],
+            },
+            too_long("value", MAX_VALUE_BYTES),
         );
         let nodes = vec![v4(1); MAX_LIST_LEN + 1];
         encode_error(
@@ -2340,6 +2767,21 @@ mod tests {
                     successors: vec![v6(1); MAX_LIST_LEN],
                 },
             ),
+            Frame::new(
+                5,
+                Message::SyncDigests {
+                    start: Id::ZERO,
+                    end: Id::MAX,
+                    digests: vec![u64::MAX; MAX_LIST_LEN],
+                },
+            ),
+            Frame::new(
+                6,
+                Message::SyncKeysReply {
+                    want: vec![Bytes::from(vec![3; MAX_KEY_BYTES]); 4],
+                    newer: vec![],
+                },
+            ),
         ];
         for frame in frames {
             let bytes = frame.to_bytes().unwrap();
@@ -2402,7 +2844,7 @@ mod tests {
                 1 => {
                     let payload: Vec<u8> = (0..rng.below(238)).map(|_| rng.byte()).collect();
                     let op = opcode::ALL[rng.below(opcode::ALL.len())];
-                    buf.extend_from_slice(&raw(op, rng.below(2) as u16, rng.next(), &payload));
+                    buf.extend_from_slice(&raw(op, rng.below(4) as u16, rng.next(), &payload));
                 }
                 // A valid frame with a few random byte changes, the length field fixed up
                 // half the time so that the payload parser runs.
@@ -2568,6 +3010,27 @@ mod tests {
                     transfer_id,
                     accepted
                 }),
+                vec(item(), 0..6).prop_map(|items| Replicate { items }),
+                any::<u32>().prop_map(|applied| ReplicateAck { applied }),
+                (id(), id(), vec(any::<u64>(), 0..8)).prop_map(|(start, end, digests)| SyncDigests {
+                    start,
+                    end,
+                    digests
+                }),
+                vec(any::<u32>(), 0..8).prop_map(|differing| SyncDigestsReply { differing }),
+                (id(), id(), vec((blob(), any::<u64>()), 0..6)).prop_map(|(start, end, keys)| SyncKeys {
+                    start,
+                    end,
+                    keys
+                }),
+                (vec(blob(), 0..6), vec(item(), 0..6))
+                    .prop_map(|(want, newer)| SyncKeysReply { want, newer }),
+                (id(), id(), any::<u64>()).prop_map(|(start, end, before)| CollectTombstones {
+                    start,
+                    end,
+                    before
+                }),
+                any::<u32>().prop_map(|removed| CollectTombstonesReply { removed }),
                 Just(GetInfo),
                 (
                     node(),
@@ -2593,12 +3056,10 @@ mod tests {
         }
 
         fn frame() -> impl Strategy<Value = Frame> {
-            (any::<u64>(), any::<bool>(), message()).prop_map(|(request_id, direct, message)| {
-                if direct {
-                    Frame::direct(request_id, message)
-                } else {
-                    Frame::new(request_id, message)
-                }
+            (any::<u64>(), 0..=KNOWN_FLAGS, message()).prop_map(|(request_id, flags, message)| Frame {
+                request_id,
+                flags,
+                message,
             })
         }
 

@@ -13,8 +13,8 @@ pub mod id;
 pub mod message;
 
 pub use frame::{
-    decode, decode_frame, DecodeError, EncodeError, Frame, FLAG_DIRECT, HEADER_BYTES, MAX_FRAME_BYTES,
-    MAX_KEY_BYTES, MAX_VALUE_BYTES,
+    decode, decode_frame, DecodeError, EncodeError, Frame, FLAG_DIRECT, FLAG_FAILOVER, HEADER_BYTES,
+    MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 pub use id::{in_half_open, in_open, Id};
 pub use message::{ErrorCode, Item, Lookup, Message, NodeInfo, NodeRef, NodeStatus};

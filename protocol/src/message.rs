@@ -245,6 +245,48 @@ pub enum Message {
         accepted: bool,
     },
 
+    // --- replication and anti-entropy ----------------------------------------------------
+    /// A replica write: merge these items (a primary to its replicas; anti-entropy repairs).
+    Replicate {
+        items: Vec<Item>,
+    },
+    ReplicateAck {
+        applied: u32,
+    },
+    /// Anti-entropy, step 1: digests of `digests.len()` equal sub-ranges of the ring range
+    /// `(start, end]` (as `Id::split_range` splits it).
+    SyncDigests {
+        start: Id,
+        end: Id,
+        digests: Vec<u64>,
+    },
+    /// The indices of the sub-ranges whose digests differ on the receiver.
+    SyncDigestsReply {
+        differing: Vec<u32>,
+    },
+    /// Anti-entropy, step 2: the sender's `(key, version)` list for the ring range `(start, end]`.
+    SyncKeys {
+        start: Id,
+        end: Id,
+        keys: Vec<(Bytes, u64)>,
+    },
+    /// `want`: keys the receiver lacks or holds at an older version (send them);
+    /// `newer`: the receiver's items that the sender lacks or holds at an older version.
+    SyncKeysReply {
+        want: Vec<Bytes>,
+        newer: Vec<Item>,
+    },
+    /// Remove the tombstones in `(start, end]` whose version is at most `before` (every replica
+    /// has them).
+    CollectTombstones {
+        start: Id,
+        end: Id,
+        before: u64,
+    },
+    CollectTombstonesReply {
+        removed: u32,
+    },
+
     // --- introspection -------------------------------------------------------------------
     GetInfo,
     Info(NodeInfo),
@@ -301,6 +343,14 @@ impl Message {
             LeavingReply { .. } => "LEAVING_REPLY",
             Transfer { .. } => "TRANSFER",
             TransferAck { .. } => "TRANSFER_ACK",
+            Replicate { .. } => "REPLICATE",
+            ReplicateAck { .. } => "REPLICATE_ACK",
+            SyncDigests { .. } => "SYNC_DIGESTS",
+            SyncDigestsReply { .. } => "SYNC_DIGESTS_REPLY",
+            SyncKeys { .. } => "SYNC_KEYS",
+            SyncKeysReply { .. } => "SYNC_KEYS_REPLY",
+            CollectTombstones { .. } => "COLLECT_TOMBSTONES",
+            CollectTombstonesReply { .. } => "COLLECT_TOMBSTONES_REPLY",
             GetInfo => "GET_INFO",
             Info(_) => "INFO",
             GetStats => "GET_STATS",

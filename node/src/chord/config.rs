@@ -4,12 +4,47 @@
 pub const DEFAULT_SUCCESSORS: usize = 8;
 /// Default period of `stabilize` and `check_predecessor`.
 pub const DEFAULT_STABILIZE_INTERVAL_MS: u64 = 250;
+/// Default number of replicas after the primary (every key is on `1 + replicas` nodes).
+pub const DEFAULT_REPLICAS: usize = 2;
+/// Sub-ranges an anti-entropy round compares per exchange.
+pub const ANTI_ENTROPY_PARTS: u32 = 64;
+
+/// When a write is acknowledged to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckPolicy {
+    /// After the primary and every live replica have applied it.
+    All,
+    /// After the primary has applied it; replicas are updated in the background.
+    One,
+}
+
+impl std::str::FromStr for AckPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all" => Ok(AckPolicy::All),
+            "one" => Ok(AckPolicy::One),
+            other => Err(format!("unknown ack policy '{other}' (expected 'all' or 'one')")),
+        }
+    }
+}
 
 /// Configuration of one node's state machine. Times are in milliseconds of the driver's clock.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Length `r` of the successor list: the ring survives `r - 1` adjacent failures.
     pub successors: usize,
+    /// Replicas after the primary: a key lives on its primary and the next `replicas` nodes.
+    pub replicas: usize,
+    /// When a write is acknowledged.
+    pub ack: AckPolicy,
+    /// Period of anti-entropy rounds (a primary compares its range with each replica). A
+    /// change of successors or predecessor brings the next round forward to the next
+    /// stabilize round, which is how lost copies are re-replicated.
+    pub anti_entropy_interval_ms: u64,
+    /// How old a tombstone must be (by its version's clock) before a round in which every
+    /// replica agreed may remove it.
+    pub tombstone_grace_ms: u64,
     /// Period of `stabilize` (ask the successor for its predecessor, then `notify` it).
     pub stabilize_interval_ms: u64,
     /// Period of `fix_fingers`; each round refreshes fingers until one needs a remote lookup.
@@ -51,6 +86,10 @@ impl Config {
         let stabilize_ms = stabilize_ms.max(1);
         Config {
             successors: DEFAULT_SUCCESSORS,
+            replicas: DEFAULT_REPLICAS,
+            ack: AckPolicy::All,
+            anti_entropy_interval_ms: stabilize_ms * 20,
+            tombstone_grace_ms: 60_000,
             stabilize_interval_ms: stabilize_ms,
             fix_fingers_interval_ms: (stabilize_ms / 2).max(1),
             check_predecessor_interval_ms: stabilize_ms,

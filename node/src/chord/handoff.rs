@@ -390,7 +390,7 @@ impl Node {
             clock: self.clock.current(),
         };
         let to = o.to.addr;
-        self.send_rpc(now, to, msg, RpcKind::Transfer(id), false);
+        self.send_rpc(now, to, msg, RpcKind::Transfer(id), 0);
     }
 
     pub(super) fn on_transfer_ack(&mut self, now: Millis, id: u64, msg: Message) {
@@ -402,8 +402,16 @@ impl Node {
             return;
         };
         self.stats.keys_sent += o.batch.len() as u64;
-        if o.batch.is_empty() {
-            return self.finish_transfer(now, id);
+        // With replication the sender of a join handoff is the new owner's first replica: it
+        // keeps its copies. A leaving node's copies go with it.
+        let keep = !o.for_leave && self.config.replicas > 0;
+        if o.batch.is_empty() || keep {
+            o.batch.clear();
+            if o.last {
+                return self.finish_transfer(now, id);
+            }
+            o.stage = OutStage::WaitWrites;
+            return self.pump_transfers(now);
         }
         o.stage = OutStage::Removing;
         let keys = std::mem::take(&mut o.batch);
@@ -497,7 +505,7 @@ impl Node {
                 let l = self.leave.as_mut().expect("leaving"); // faulty code
                 l.stage = LeaveStage::Asking;
                 l.target = Some(succ);
-                self.send_rpc(now, succ.addr, msg, RpcKind::Leaving, false);
+                self.send_rpc(now, succ.addr, msg, RpcKind::Leaving, 0);
             }
             LeaveStage::Draining => {
                 if self.ops.is_empty() {
@@ -532,7 +540,7 @@ impl Node {
         self.start_transfer(now, succ, start, self.me.id, true);
         if let Some(p) = self.predecessor.filter(|p| p.addr != succ.addr) {
             let msg = self.leaving_message();
-            self.send_rpc(now, p.addr, msg, RpcKind::LeavingHint, false);
+            self.send_rpc(now, p.addr, msg, RpcKind::LeavingHint, 0);
         }
     }
 
@@ -563,6 +571,8 @@ impl Node {
         clock: u64,
     ) {
         self.clock.observe(clock);
+        // A node that left on purpose is no peer to find our way back through.
+        self.seeds.retain(|a| *a != node.addr);
         let is_successor = self.routing.successors().iter().any(|s| s.addr == node.addr);
         let is_predecessor = match self.predecessor {
             Some(p) if p.addr == node.addr => true,

@@ -53,7 +53,9 @@ pub mod clock;
 pub mod config;
 mod handoff;
 mod ops;
+mod replication;
 pub mod routing;
+mod sync;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -65,6 +67,8 @@ use crate::store::{StoreError, StoreOp, StoreOutcome};
 use clock::Hlc;
 pub use config::Config;
 use handoff::{Incoming, LeaveState, Outgoing};
+use replication::PendingWrite;
+use sync::{SyncRound, SyncWait};
 use ops::ClientOp;
 use routing::RoutingTable;
 
@@ -129,6 +133,13 @@ enum RpcKind {
     Leaving,
     /// Best-effort notice to the predecessor that we are leaving.
     LeavingHint,
+    /// A replica write; `Some(write)` when a client's reply waits for it.
+    Replica(Option<u64>),
+    /// Anti-entropy exchanges of a round.
+    SyncDigests(u64),
+    SyncKeys(u64),
+    SyncPush(u64),
+    Collect,
 }
 
 /// A maintenance lookup (join, fix_fingers): find `successor(target)`.
@@ -157,6 +168,8 @@ enum StoreWait {
         hops: u16,
         kind: ServeKind,
         key_id: Id,
+        /// The pending replicated write whose reply this is, with `AckPolicy::All`.
+        write: Option<u64>,
     },
     /// A transfer batch being stored; ack when done.
     Apply {
@@ -174,10 +187,22 @@ enum StoreWait {
         to: ReplyTo,
         request_id: u64,
     },
+    /// Stats, step 1: every live key; step 2: the primary range's.
     Stats {
         to: ReplyTo,
         request_id: u64,
     },
+    StatsPrimary {
+        to: ReplyTo,
+        request_id: u64,
+        total: u64,
+    },
+    /// A replica write being stored; ack when done.
+    ReplicaApply {
+        to: ReplyTo,
+        request_id: u64,
+    },
+    Sync(SyncWait),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,6 +248,13 @@ pub struct Stats {
     pub store_errors: u64,
     pub messages_sent: u64,
     pub messages_received: u64,
+    pub replica_writes_sent: u64,
+    pub replica_writes_applied: u64,
+    pub failovers_served: u64,
+    pub anti_entropy_rounds: u64,
+    pub anti_entropy_keys_repaired: u64,
+    pub anti_entropy_last_repaired: u64,
+    pub tombstones_collected: u64,
 }
 
 /// One Chord node's state machine. See the module docs.
@@ -253,6 +285,15 @@ pub struct Node {
     finger_lookup_busy: bool,
 
     ops: BTreeMap<u64, ClientOp>,
+    /// Client writes waiting for their replicas (`AckPolicy::All`).
+    writes: BTreeMap<u64, PendingWrite>,
+    next_write_id: u64,
+    /// The anti-entropy round in progress, if any.
+    sync: Option<SyncRound>,
+    next_sync_id: u64,
+    next_anti_entropy: Millis,
+    /// Predecessor and replica targets as of the last check, to notice changes.
+    replica_view: Vec<SocketAddr>,
     next_op_id: u64,
     /// Ops waiting to be retried: (when, op id).
     op_retries: BTreeSet<(Millis, u64)>,
@@ -300,6 +341,12 @@ impl Node {
             next_finger: 0,
             finger_lookup_busy: false,
             ops: BTreeMap::new(),
+            writes: BTreeMap::new(),
+            next_write_id: 1,
+            sync: None,
+            next_sync_id: 1,
+            next_anti_entropy: now,
+            replica_view: Vec::new(),
             next_op_id: 1,
             op_retries: BTreeSet::new(),
             store_waits: BTreeMap::new(),
@@ -405,6 +452,9 @@ impl Node {
         if let Some(t) = self.join_retry_at {
             d = d.min(t);
         }
+        if self.config.replicas > 0 {
+            d = d.min(self.next_anti_entropy);
+        }
         d
     }
 
@@ -438,7 +488,7 @@ impl Node {
             via,
             Message::FindSuccessor { id: self.me.id },
             RpcKind::Lookup(id),
-            false,
+            0,
         );
         self.schedule_maintenance(now);
     }
@@ -487,6 +537,13 @@ impl Node {
             self.next_fix_fingers = now + self.jitter(self.config.fix_fingers_interval_ms);
             self.fix_fingers(now);
         }
+        if self.config.replicas > 0 {
+            self.watch_replica_set(now);
+            if now >= self.next_anti_entropy {
+                self.next_anti_entropy = now + self.jitter(self.config.anti_entropy_interval_ms);
+                self.start_sync_round(now);
+            }
+        }
         self.pump_leave(now);
     }
 
@@ -520,6 +577,10 @@ impl Node {
                     },
                     Route::Found(list) => Lookup::Found { successors: list },
                     Route::Closer(node) => Lookup::Closer { node },
+                    // An isolated node answers as a ring of one, so isolated nodes looking for
+                    // each other after a partition or a crash wave form a ring again. It still
+                    // serves no key until it has a successor (see `owns`).
+                    Route::Unknown if self.is_isolated() => Lookup::Found { successors: vec![self.me] },
                     Route::Unknown => {
                         let text = "node knows no peer right now".to_string();
                         let msg = Message::Error {
@@ -565,13 +626,15 @@ impl Node {
                 );
             }
             Message::GetStats => {
-                self.store_op(
-                    StoreOp::Count,
-                    StoreWait::Stats {
-                        to: reply_to,
-                        request_id: rid,
-                    },
-                );
+                self.store_op(StoreOp::Count, StoreWait::Stats { to: reply_to, request_id: rid });
+            }
+            Message::Replicate { items } => self.handle_replicate(reply_to, rid, items),
+            Message::SyncDigests { start, end, digests } => {
+                self.handle_sync_digests(reply_to, rid, start, end, digests)
+            }
+            Message::SyncKeys { start, end, keys } => self.handle_sync_keys(reply_to, rid, start, end, keys),
+            Message::CollectTombstones { start, end, before } => {
+                self.handle_collect(reply_to, rid, start, end, before)
             }
             other => {
                 let text = format!("{} is not a request", other.name());
@@ -607,7 +670,21 @@ impl Node {
             RpcKind::CheckPredecessor => {}
             RpcKind::Transfer(t) => self.on_transfer_ack(now, t, frame.message),
             RpcKind::Leaving => self.on_leaving_reply(now, frame.message),
-            RpcKind::LeavingHint => {}
+            RpcKind::LeavingHint | RpcKind::Collect => {}
+            RpcKind::Replica(write) => {
+                if let Some(w) = write {
+                    self.replica_answered(w, from);
+                }
+            }
+            RpcKind::SyncDigests(round) => self.on_sync_digests_reply(now, round, from, frame.message),
+            RpcKind::SyncKeys(round) => self.on_sync_keys_reply(now, round, from, frame.message),
+            RpcKind::SyncPush(round) => {
+                if matches!(frame.message, Message::ReplicateAck { .. }) {
+                    self.sync_step_done_pub(now, round);
+                } else {
+                    self.sync_rpc_failed(now, round);
+                }
+            }
         }
     }
 
@@ -638,13 +715,19 @@ impl Node {
             self.stats.store_errors += 1;
         }
         match wait {
-            StoreWait::Serve {
-                to,
-                request_id,
-                hops,
-                kind,
-                ..
-            } => self.finish_serve(now, to, request_id, hops, kind, result),
+            StoreWait::Serve { to, request_id, hops, kind, write, .. } => {
+                self.finish_serve(now, to, request_id, hops, kind, write, result)
+            }
+            StoreWait::ReplicaApply { to, request_id } => self.on_replica_applied(to, request_id, result),
+            StoreWait::Sync(wait) => self.on_sync_store_done(now, wait, result),
+            StoreWait::StatsPrimary { to, request_id, total } => {
+                let primary = match result {
+                    Ok(StoreOutcome::Count(n)) => n,
+                    _ => total,
+                };
+                let counters = self.stat_counters(total, primary);
+                self.reply(to, request_id, Message::Stats { counters });
+            }
             StoreWait::Apply {
                 to,
                 request_id,
@@ -675,22 +758,28 @@ impl Node {
                 self.reply(to, request_id, Message::Info(info));
             }
             StoreWait::Stats { to, request_id } => {
-                let keys = match result {
+                let total = match result {
                     Ok(StoreOutcome::Count(n)) => n,
                     _ => 0,
                 };
-                let counters = self.stat_counters(keys);
-                self.reply(to, request_id, Message::Stats { counters });
+                // Keys in our primary range; the rest are replica copies.
+                let (start, end) = self.primary_range();
+                let wait = StoreWait::StatsPrimary { to, request_id, total };
+                self.store_op(StoreOp::CountRange { start, end }, wait);
             }
         }
         self.pump_transfers(now);
     }
 
     /// Named counters for `GET_STATS`.
-    pub fn stat_counters(&self, keys: u64) -> Vec<(String, u64)> {
+    /// Named counters for `GET_STATS`, given the live keys held in all and as primary.
+    pub fn stat_counters(&self, keys: u64, keys_primary: u64) -> Vec<(String, u64)> {
         let s = &self.stats;
-        let pairs: [(&str, u64); 23] = [
+        let pairs: [(&str, u64); 34] = [
             ("keys", keys),
+            ("keys_primary", keys_primary),
+            ("keys_replica", keys.saturating_sub(keys_primary)),
+            ("replicas", self.config.replicas as u64),
             ("ops_get", s.ops_get),
             ("ops_put", s.ops_put),
             ("ops_delete", s.ops_delete),
@@ -710,11 +799,25 @@ impl Node {
             ("store_errors", s.store_errors),
             ("messages_sent", s.messages_sent),
             ("messages_received", s.messages_received),
+            ("replica_writes_sent", s.replica_writes_sent),
+            ("replica_writes_applied", s.replica_writes_applied),
+            ("failovers_served", s.failovers_served),
+            ("anti_entropy_rounds", s.anti_entropy_rounds),
+            ("anti_entropy_keys_repaired", s.anti_entropy_keys_repaired),
+            ("anti_entropy_last_round_repaired", s.anti_entropy_last_repaired),
+            ("tombstones_collected", s.tombstones_collected),
             ("routing_nodes", self.routing.distinct_nodes() as u64),
             ("successors", self.routing.successors().len() as u64),
             ("ops_in_flight", self.ops.len() as u64),
+            ("writes_waiting_for_replicas", self.writes.len() as u64),
         ];
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    /// The range this node is primary for: `(predecessor, self]`, or the whole ring when it
+    /// knows no predecessor.
+    pub fn primary_range(&self) -> (Id, Id) {
+        (self.predecessor.map_or(self.me.id, |p| p.id), self.me.id)
     }
 
     // ---- ownership and routing -------------------------------------------------------------
@@ -731,10 +834,19 @@ impl Node {
         }
         match self.predecessor {
             Some(p) => in_half_open(id, &p.id, &self.me.id),
-            // No known predecessor: ours unless one of our successors owns it. A node alone
-            // owns everything.
-            None => self.routing.successors().is_empty() || !self.in_successor_arcs(id),
+            // Alone: a node that started the ring owns everything; a node that lost every peer
+            // (isolated by a partition, or the survivor of crashes) owns nothing until it finds
+            // the ring again, so a cut-off minority never acknowledges writes the ring would
+            // not see.
+            None if self.routing.successors().is_empty() => !self.is_isolated(),
+            // No known predecessor: ours unless one of our successors owns it.
+            None => !self.in_successor_arcs(id),
         }
+    }
+
+    /// Whether this node is alone after having had peers that did not leave gracefully.
+    pub fn is_isolated(&self) -> bool {
+        self.routing.successors().is_empty() && self.predecessor.is_none() && !self.seeds.is_empty()
     }
 
     /// Whether `id` falls in `(me, last successor]`, i.e. a successor owns it.
@@ -827,7 +939,7 @@ impl Node {
                         p.addr,
                         Message::Notify { node: self.me },
                         RpcKind::Notify,
-                        false,
+                        0,
                     );
                 } else {
                     self.try_rejoin(now);
@@ -835,7 +947,7 @@ impl Node {
             }
             Some(succ) => {
                 if !self.rpcs.values().any(|r| r.kind == RpcKind::Stabilize) {
-                    self.send_rpc(now, succ.addr, Message::GetNeighbors, RpcKind::Stabilize, false);
+                    self.send_rpc(now, succ.addr, Message::GetNeighbors, RpcKind::Stabilize, 0);
                 }
             }
         }
@@ -884,7 +996,7 @@ impl Node {
                     s.addr,
                     Message::Notify { node: self.me },
                     RpcKind::Notify,
-                    false,
+                    0,
                 );
             }
         }
@@ -893,7 +1005,7 @@ impl Node {
     fn check_predecessor(&mut self, now: Millis) {
         if let Some(p) = self.predecessor {
             if !self.rpcs.values().any(|r| r.kind == RpcKind::CheckPredecessor) {
-                self.send_rpc(now, p.addr, Message::Ping, RpcKind::CheckPredecessor, false);
+                self.send_rpc(now, p.addr, Message::Ping, RpcKind::CheckPredecessor, 0);
             }
         }
     }
@@ -930,7 +1042,7 @@ impl Node {
                         c.addr,
                         Message::FindSuccessor { id: start },
                         RpcKind::Lookup(id),
-                        false,
+                        0,
                     );
                     return;
                 }
@@ -970,7 +1082,7 @@ impl Node {
             seed,
             Message::FindSuccessor { id: self.me.id },
             RpcKind::Lookup(id),
-            false,
+            0,
         );
     }
 
@@ -1027,7 +1139,7 @@ impl Node {
                         node.addr,
                         Message::FindSuccessor { id: target },
                         RpcKind::Lookup(id),
-                        false,
+                        0,
                     );
                 }
             }
@@ -1119,24 +1231,20 @@ impl Node {
             via,
             Message::FindSuccessor { id: self.me.id },
             RpcKind::Lookup(id),
-            false,
+            0,
         );
     }
 
     // ---- requests to peers -------------------------------------------------------------------
 
     /// Sends `msg` to `to` as a request tracked with a deadline. Returns the request id.
-    fn send_rpc(&mut self, now: Millis, to: SocketAddr, msg: Message, kind: RpcKind, direct: bool) -> u64 {
+    fn send_rpc(&mut self, now: Millis, to: SocketAddr, msg: Message, kind: RpcKind, flags: u16) -> u64 {
         let id = self.next_request_id;
         self.next_request_id += 1;
         let deadline = now + self.config.rpc_timeout_ms;
         self.rpcs.insert(id, Rpc { to, deadline, kind });
         self.rpc_deadlines.insert((deadline, id));
-        let frame = if direct {
-            Frame::direct(id, msg)
-        } else {
-            Frame::new(id, msg)
-        };
+        let frame = Frame { request_id: id, flags, message: msg };
         self.stats.messages_sent += 1;
         self.out.push_back(Output::Send { to, frame });
         id
@@ -1180,7 +1288,7 @@ impl Node {
                     (LookupPurpose::Join | LookupPurpose::Rejoin, _) => self.fail_lookup(now, id),
                     (_, Route::Closer(c)) => {
                         let msg = Message::FindSuccessor { id: lookup.target };
-                        self.send_rpc(now, c.addr, msg, RpcKind::Lookup(id), false);
+                        self.send_rpc(now, c.addr, msg, RpcKind::Lookup(id), 0);
                     }
                     (_, Route::Found(list)) => self.finish_lookup(now, id, list),
                     (_, Route::Local) => self.finish_lookup(now, id, vec![self.me]),
@@ -1192,7 +1300,15 @@ impl Node {
                 // The successor is gone; the next one in the list takes over at once.
                 self.next_stabilize = now;
             }
-            RpcKind::Notify | RpcKind::CheckPredecessor | RpcKind::LeavingHint => {}
+            RpcKind::Notify | RpcKind::CheckPredecessor | RpcKind::LeavingHint | RpcKind::Collect => {}
+            RpcKind::Replica(write) => {
+                if let Some(w) = write {
+                    self.replica_answered(w, rpc.to);
+                }
+            }
+            RpcKind::SyncDigests(round) | RpcKind::SyncKeys(round) | RpcKind::SyncPush(round) => {
+                self.sync_rpc_failed(now, round)
+            }
             RpcKind::Transfer(t) => self.on_transfer_failed(now, t),
             RpcKind::Leaving => self.on_leaving_failed(now),
         }

@@ -6,7 +6,7 @@
 //! held if the key's range is still being transferred here, and otherwise answered with a
 //! `REDIRECT` naming the owner (exact) or a node closer to it.
 
-use chordkv_protocol::{ErrorCode, Frame, Id, Lookup, Message, NodeRef};
+use chordkv_protocol::{ErrorCode, Frame, Id, Item, Lookup, Message, NodeRef, FLAG_DIRECT, FLAG_FAILOVER};
 
 use super::{Millis, Node, Phase, ReplyTo, Route, RpcKind, ServeKind, StoreWait};
 use crate::store::{Entry, StoreError, StoreOp, StoreOutcome};
@@ -69,7 +69,7 @@ impl Node {
             return self.hold(now, reply_to, frame, hops);
         }
         if direct {
-            if self.owns(&target) {
+            if self.owns(&target) || (frame.is_failover() && self.may_take_over(now, &target)) {
                 return self.serve(now, reply_to, rid, hops, frame.message);
             }
             self.stats.redirects_sent += 1;
@@ -131,8 +131,8 @@ impl Node {
                 let op = self.ops.remove(&id).expect("op present"); // faulty code
                 self.serve(now, op.reply_to, op.request_id, op.hops, op.message);
             }
-            Route::Found(list) => match self.first_live(&list) {
-                Some(node) => self.send_op(now, id, node),
+            Route::Found(list) => match self.pick_owner(&list) {
+                Some((node, failover)) => self.send_op(now, id, node, failover),
                 None => self.retry_op_later(now, id),
             },
             Route::Closer(node) => self.send_lookup_step(now, id, node),
@@ -145,11 +145,21 @@ impl Node {
     }
 
     /// Sends the operation itself to the node believed to own the key.
-    fn send_op(&mut self, now: Millis, id: u64, node: NodeRef) {
+    /// The node to send an operation to from a lookup's list: the first live one, and whether
+    /// that is a failover (the owner at the head of the list is dead).
+    fn pick_owner(&self, list: &[NodeRef]) -> Option<(NodeRef, bool)> {
+        let pos = list.iter().position(|n| !self.is_dead(&n.addr))?;
+        Some((list[pos], pos > 0))
+    }
+
+    /// Sends the operation itself to the node believed to own the key (or, on failover, to
+    /// the next in line after a dead owner).
+    fn send_op(&mut self, now: Millis, id: u64, node: NodeRef, failover: bool) {
         if node.addr == self.me.addr {
             // Our own tables point back at us: we are the owner after all (a predecessor we
             // did not know of is gone), or a transfer is settling. Serve it if we own it.
-            if self.owns(&self.ops[&id].target) {
+            let target = self.ops[&id].target;
+            if self.owns(&target) || (failover && self.may_take_over(now, &target)) {
                 let op = self.ops.remove(&id).expect("op present"); // faulty code
                 return self.serve(now, op.reply_to, op.request_id, op.hops, op.message);
             }
@@ -158,14 +168,15 @@ impl Node {
         let op = self.ops.get_mut(&id).expect("op present"); // faulty code
         op.hops += 1;
         let msg = op.message.clone();
-        self.send_rpc(now, node.addr, msg, RpcKind::Op(id), true);
+        let flags = if failover { FLAG_DIRECT | FLAG_FAILOVER } else { FLAG_DIRECT };
+        self.send_rpc(now, node.addr, msg, RpcKind::Op(id), flags);
     }
 
     fn send_lookup_step(&mut self, now: Millis, id: u64, node: NodeRef) {
         let op = self.ops.get_mut(&id).expect("op present"); // faulty code
         op.hops += 1;
         let msg = Message::FindSuccessor { id: op.target };
-        self.send_rpc(now, node.addr, msg, RpcKind::Op(id), false);
+        self.send_rpc(now, node.addr, msg, RpcKind::Op(id), 0);
     }
 
     pub(super) fn on_op_reply(&mut self, now: Millis, id: u64, from: std::net::SocketAddr, msg: Message) {
@@ -175,8 +186,8 @@ impl Node {
         match msg {
             Message::FindSuccessorReply {
                 lookup: Lookup::Found { successors },
-            } => match self.first_live(&successors) {
-                Some(node) => self.send_op(now, id, node),
+            } => match self.pick_owner(&successors) {
+                Some((node, failover)) => self.send_op(now, id, node, failover),
                 None => self.retry_op_later(now, id),
             },
             Message::FindSuccessorReply {
@@ -193,7 +204,7 @@ impl Node {
                 if node.addr == self.me.addr || self.is_dead(&node.addr) {
                     self.retry_op_later(now, id);
                 } else if exact {
-                    self.send_op(now, id, node);
+                    self.send_op(now, id, node, false);
                 } else {
                     self.send_lookup_step(now, id, node);
                 }
@@ -290,57 +301,44 @@ impl Node {
         self.reply(op.reply_to, op.request_id, msg);
     }
 
-    /// Serves a client operation from the local store.
+    /// Serves a client operation from the local store, as the key's primary: a write is
+    /// stamped with a fresh version and sent to the replicas at the same time.
     pub(super) fn serve(&mut self, now: Millis, to: ReplyTo, request_id: u64, hops: u16, message: Message) {
-        let (op, kind, key) = match message {
+        let (key, value, kind) = match message {
             Message::Get { key } => {
                 self.stats.ops_get += 1;
-                (StoreOp::Get { key: key.clone() }, ServeKind::Get, key)
+                let key_id = Id::hash(&key);
+                let wait = StoreWait::Serve { to, request_id, hops, kind: ServeKind::Get, key_id, write: None };
+                self.store_op(StoreOp::Get { key }, wait);
+                return;
             }
             Message::Put { key, value } => {
                 self.stats.ops_put += 1;
-                let version = self.clock.stamp(now);
-                let entry = Entry {
-                    version,
-                    value: Some(value),
-                };
-                (
-                    StoreOp::Put {
-                        key: key.clone(),
-                        entry,
-                    },
-                    ServeKind::Put(version),
-                    key,
-                )
+                (key, Some(value), ServeKind::Put(0))
             }
             Message::Delete { key } => {
                 self.stats.ops_delete += 1;
-                let version = self.clock.stamp(now);
-                let entry = Entry { version, value: None };
-                (
-                    StoreOp::Put {
-                        key: key.clone(),
-                        entry,
-                    },
-                    ServeKind::Delete(version),
-                    key,
-                )
+                (key, None, ServeKind::Delete(0))
             }
-            _ => return, // only client ops reach here
+            _ => return, // only client operations reach here
+        };
+        let version = self.clock.stamp(now);
+        let kind = match kind {
+            ServeKind::Put(_) => ServeKind::Put(version),
+            _ => ServeKind::Delete(version),
+        };
+        let write = if self.config.replicas > 0 {
+            self.replicate_write(now, Item { key: key.clone(), version, value: value.clone() })
+        } else {
+            None
         };
         let key_id = Id::hash(&key);
-        self.store_op(
-            op,
-            StoreWait::Serve {
-                to,
-                request_id,
-                hops,
-                kind,
-                key_id,
-            },
-        );
+        let entry = Entry { version, value };
+        let wait = StoreWait::Serve { to, request_id, hops, kind, key_id, write };
+        self.store_op(StoreOp::Put { key, entry }, wait);
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_serve(
         &mut self,
         _now: Millis,
@@ -348,35 +346,27 @@ impl Node {
         request_id: u64,
         hops: u16,
         kind: ServeKind,
+        write: Option<u64>,
         result: Result<StoreOutcome, StoreError>,
     ) {
         let msg = match (kind, result) {
             (ServeKind::Get, Ok(StoreOutcome::Got(entry))) => match entry {
                 Some(Entry { version, value }) => Message::GetReply { hops, version, value },
-                None => Message::GetReply {
-                    hops,
-                    version: 0,
-                    value: None,
-                },
+                None => Message::GetReply { hops, version: 0, value: None },
             },
             (ServeKind::Put(version), Ok(StoreOutcome::Put(_))) => Message::PutReply { hops, version },
-            (ServeKind::Delete(version), Ok(StoreOutcome::Put(o))) => Message::DeleteReply {
-                hops,
-                version,
-                existed: o.previous_live,
-            },
-            (_, Err(e)) => Message::Error {
-                code: ErrorCode::StoreFailed,
-                hops,
-                text: e.to_string(),
-            },
-            (_, Ok(other)) => Message::Error {
-                code: ErrorCode::Internal,
-                hops,
-                text: format!("store answered {other:?}"),
-            },
+            (ServeKind::Delete(version), Ok(StoreOutcome::Put(o))) => {
+                Message::DeleteReply { hops, version, existed: o.previous_live }
+            }
+            (_, Err(e)) => Message::Error { code: ErrorCode::StoreFailed, hops, text: e.to_string() },
+            (_, Ok(other)) => {
+                Message::Error { code: ErrorCode::Internal, hops, text: format!("store answered {other:?}") }
+            }
         };
-        self.reply(to, request_id, msg);
+        match write {
+            Some(w) => self.local_write_done(w, to, request_id, msg),
+            None => self.reply(to, request_id, msg),
+        }
     }
 }
 

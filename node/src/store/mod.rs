@@ -17,10 +17,12 @@ pub mod conformance;
 pub mod digest;
 pub mod memory;
 
+
 use bytes::Bytes;
 use chordkv_protocol::{Id, Item};
 
 pub use memory::MemoryStore;
+
 
 /// A stored value and its version; `value: None` is a tombstone.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,9 +181,9 @@ pub enum StoreOp {
         end: Id,
     },
     /// The entries (tombstones included) of the given keys that exist.
-    GetMany {
-        keys: Vec<Bytes>,
-    },
+    GetMany { keys: Vec<Bytes> },
+    /// Remove the tombstones in `(start, end]` whose version is at most `before`.
+    CollectTombstones { start: Id, end: Id, before: u64 },
 }
 
 impl StoreOp {
@@ -257,6 +259,21 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
         }
         StoreOp::KeyVersions { start, end } => {
             StoreOutcome::KeyVersions(digest::key_versions(store, &start, &end)?)
+        }
+        StoreOp::CollectTombstones { start, end, before } => {
+            let mut dead = Vec::new();
+            let mut after: Option<ScanCursor> = None;
+            loop {
+                let batch = store.scan(&start, &end, after.as_ref(), SCAN_BATCH)?;
+                dead.extend(
+                    batch.iter().filter(|it| it.value.is_none() && it.version <= before).map(|it| (it.key.clone(), it.version)),
+                );
+                match batch.last() {
+                    Some(last) if batch.len() == SCAN_BATCH => after = Some((Id::hash(&last.key), last.key.clone())),
+                    _ => break,
+                }
+            }
+            StoreOutcome::Removed(store.delete_many(dead)?)
         }
         StoreOp::GetMany { keys } => {
             let mut items = Vec::with_capacity(keys.len());
