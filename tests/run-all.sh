@@ -5,6 +5,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The Redis store's tests run a real redis-server (Debian's package).
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "run-all.sh: redis-server not found; installing it with apt-get" >&2
+    as_root=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            echo "run-all.sh: cannot install redis-server: not root and no sudo; install it and retry" >&2
+            exit 1
+        fi
+        as_root=(sudo)
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "run-all.sh: cannot install redis-server: no apt-get; install it and retry" >&2
+        exit 1
+    fi
+    ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
+    command -v redis-server >/dev/null 2>&1 || {
+        echo "run-all.sh: redis-server is still not on PATH after installing it" >&2
+        exit 1
+    }
+fi
+
 # The process tests spawn target/debug/chordkv, which `cargo test` does not build for another
 # package's tests: build every binary first.
 cargo build --workspace --bins

@@ -2,7 +2,7 @@
 //!
 //! One chordkv node, in layers you can read bottom-up:
 //!
-//! 1. [`store`]: the [`store::Store`] trait, its drivers (in-memory), and the store operations
+//! 1. [`store`]: the [`store::Store`] trait, its drivers (in-memory, Redis), and the store operations
 //!    the core emits. Every write is a merge by version.
 //! 2. [`chord`]: the Chord protocol as a deterministic state machine: ring, fingers, successor
 //!    list, stabilize, routing, key handoff. No sockets, threads or clock.

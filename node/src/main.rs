@@ -20,20 +20,24 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 
-use chordkv_node::chord::config::{DEFAULT_STABILIZE_INTERVAL_MS, DEFAULT_SUCCESSORS};
+use chordkv_node::chord::config::{
+    AckPolicy, DEFAULT_REPLICAS, DEFAULT_STABILIZE_INTERVAL_MS, DEFAULT_SUCCESSORS,
+};
 use chordkv_node::chord::Config;
 use chordkv_node::client::{self, Client, ClientError, RingReport};
 use chordkv_node::cluster::{self, ClusterSpec, LocalCluster};
 use chordkv_node::server::{self, ServerConfig};
-use chordkv_node::store::MemoryStore;
+use chordkv_node::store;
 use chordkv_protocol::Id;
 
 /// Default per-request timeout of the client commands, in milliseconds.
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// Default time `chordkv cluster` waits for a consistent ring, in milliseconds.
 const DEFAULT_READY_TIMEOUT_MS: u64 = 60_000;
-/// Storage worker threads of `chordkv node` (the memory store never blocks, so it ignores them).
-const STORE_THREADS: usize = 1;
+/// Default store of `chordkv node`.
+const DEFAULT_STORE: &str = "memory";
+/// Default storage worker threads of `chordkv node` (only a blocking store, Redis, uses them).
+const DEFAULT_STORE_THREADS: u64 = 4;
 /// How often `chordkv cluster` checks for signals and dead nodes.
 const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
 /// Most nodes `chordkv ring` visits before it gives up on returning to the first.
@@ -185,6 +189,28 @@ struct NodeArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     stabilize_ms: u64,
+    /// Where the node keeps its keys: `memory`, or `redis://HOST:PORT/DB`. In Redis the
+    /// node's keys are namespaced by its advertised address, so nodes may share one Redis.
+    /// The node exits 1 at startup if Redis cannot be reached.
+    #[arg(long, value_name = "URL", default_value = DEFAULT_STORE)]
+    store: String,
+    /// Worker threads that run the store's operations, for a store whose calls block (Redis);
+    /// the memory store ignores them.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_STORE_THREADS,
+        value_parser = clap::value_parser!(u64).range(1..=1024)
+    )]
+    store_threads: u64,
+    /// Replicas after the primary: every key is kept on its primary (the key's successor on
+    /// the ring) and the next N nodes. 0 keeps one copy.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_REPLICAS as u64, value_parser = clap::value_parser!(u64).range(0..=16))]
+    replicas: u64,
+    /// When a write is acknowledged: `all` once the primary and every live replica have
+    /// applied it, `one` once the primary has (replicas updated in the background).
+    #[arg(long, value_name = "POLICY", default_value = "all")]
+    ack: AckPolicy,
 }
 
 #[derive(Debug, Args)]
@@ -209,6 +235,19 @@ struct ClusterArgs {
     /// Each node's stabilize period in milliseconds [default: the node's default].
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     stabilize_ms: Option<u64>,
+    /// Each node's store (`memory` or `redis://HOST:PORT/DB`; nodes may share one Redis)
+    /// [default: the node's default, memory].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Each node's store worker threads [default: the node's default].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    store_threads: Option<u64>,
+    /// Each node's replica count [default: the node's default, 2].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=16))]
+    replicas: Option<u64>,
+    /// Each node's ack policy, `all` or `one` [default: the node's default, all].
+    #[arg(long, value_name = "POLICY")]
+    ack: Option<String>,
     /// Write each node's output to DIR/node-INDEX-PORT.log instead of this terminal.
     #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
@@ -322,14 +361,25 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
     }
     let mut chord = Config::with_stabilize_interval_ms(args.stabilize_ms);
     chord.successors = args.successors as usize;
+    chord.replicas = args.replicas as usize;
+    chord.ack = args.ack;
+    if chord.replicas >= chord.successors {
+        bail!(
+            "--replicas {} needs a longer successor list: give --successors {} or more",
+            chord.replicas,
+            chord.replicas + 1
+        );
+    }
+    // Namespaced by the advertised address, which is also what the node's id hashes.
+    let store = store::open(&args.store, &reachable.to_string())?;
     server::run(ServerConfig {
         listen,
         advertise,
         join,
         node_id,
         chord,
-        store: Arc::new(MemoryStore::new()),
-        store_threads: STORE_THREADS,
+        store,
+        store_threads: args.store_threads as usize,
     })?;
     Ok(Outcome::Success)
 }
@@ -352,6 +402,19 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
     }
     if let Some(ms) = args.stabilize_ms {
         spec.node_args.extend(["--stabilize-ms".into(), ms.to_string()]);
+    }
+    if let Some(url) = args.store {
+        spec.node_args.extend(["--store".into(), url]);
+    }
+    if let Some(n) = args.store_threads {
+        spec.node_args.extend(["--store-threads".into(), n.to_string()]);
+    }
+    if let Some(n) = args.replicas {
+        spec.node_args.extend(["--replicas".into(), n.to_string()]);
+    }
+    if let Some(ack) = args.ack {
+        ack.parse::<AckPolicy>().map_err(|e| anyhow!(e))?;
+        spec.node_args.extend(["--ack".into(), ack]);
     }
     spec.log_dir = args.log_dir;
     spec.inherit_stderr = true;

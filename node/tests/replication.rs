@@ -19,22 +19,37 @@ fn sim(seed: u64, ack: AckPolicy) -> Sim {
     let mut chord = Config::with_stabilize_interval_ms(STABILIZE_MS);
     chord.replicas = REPLICAS;
     chord.ack = ack;
-    Sim::new(SimConfig { seed, min_delay_ms: 1, max_delay_ms: 10, chord, ..SimConfig::default() })
+    Sim::new(SimConfig {
+        seed,
+        min_delay_ms: 1,
+        max_delay_ms: 10,
+        chord,
+        ..SimConfig::default()
+    })
 }
 
 /// The live nodes holding a live copy of `key`.
 fn holders(s: &Sim, key: &str) -> Vec<usize> {
-    s.alive().into_iter().filter(|&i| s.holds(i, key.as_bytes()).is_some()).collect()
+    s.alive()
+        .into_iter()
+        .filter(|&i| s.holds(i, key.as_bytes()).is_some())
+        .collect()
 }
 
 /// The primary and replicas `key` should have on the current ring, by the oracle.
 fn preference_list(s: &Sim, key: &str) -> Vec<usize> {
-    let mut ring: Vec<(Id, usize)> =
-        s.alive().into_iter().filter(|&i| s.node(i).in_ring()).map(|i| (s.node(i).me().id, i)).collect();
+    let mut ring: Vec<(Id, usize)> = s
+        .alive()
+        .into_iter()
+        .filter(|&i| s.node(i).in_ring())
+        .map(|i| (s.node(i).me().id, i))
+        .collect();
     ring.sort();
     let id = Id::hash(key.as_bytes());
     let first = ring.partition_point(|(n, _)| *n < id) % ring.len();
-    let mut v: Vec<usize> = (0..=REPLICAS.min(ring.len() - 1)).map(|d| ring[(first + d) % ring.len()].1).collect();
+    let mut v: Vec<usize> = (0..=REPLICAS.min(ring.len() - 1))
+        .map(|d| ring[(first + d) % ring.len()].1)
+        .collect();
     v.sort();
     v
 }
@@ -63,7 +78,10 @@ fn every_write_lands_on_its_primary_and_replicas() {
     build_ring(&mut s, 10, &mut rng);
     let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
     for k in &keys {
-        assert!(matches!(s.put(rng.below(10) as usize, k, "v"), Some(Message::PutReply { .. })));
+        assert!(matches!(
+            s.put(rng.below(10) as usize, k, "v"),
+            Some(Message::PutReply { .. })
+        ));
     }
     // With ack=all the copies exist when the write is acknowledged.
     for k in &keys {
@@ -81,22 +99,43 @@ fn reads_fail_over_to_a_replica_and_copies_are_restored_after_two_crashes() {
         build_ring(&mut s, 10, &mut rng);
         let keys: Vec<String> = (0..400).map(|i| format!("key-{i}")).collect();
         for k in &keys {
-            assert!(matches!(s.put(rng.below(10) as usize, k, k), Some(Message::PutReply { .. })));
+            assert!(matches!(
+                s.put(rng.below(10) as usize, k, k),
+                Some(Message::PutReply { .. })
+            ));
         }
-        assert!(run_until_replicated(&mut s, &keys, 30_000), "{ack:?}: initial copies");
+        assert!(
+            run_until_replicated(&mut s, &keys, 30_000),
+            "{ack:?}: initial copies"
+        );
         // Two nodes crash at once: every key still has a live copy (3 holders, 2 dead).
         s.crash(3);
         s.crash(7);
         for (i, k) in keys.iter().enumerate() {
             let via = [0, 1, 2, 4, 5, 6, 8, 9][i % 8];
-            assert_eq!(value_of(&s.get(via, k)), Some(Bytes::from(k.clone())), "{ack:?}: {k} via {via}");
+            assert_eq!(
+                value_of(&s.get(via, k)),
+                Some(Bytes::from(k.clone())),
+                "{ack:?}: {k} via {via}"
+            );
         }
         // Re-replication brings every key back to exactly 3 copies, on the right nodes.
-        assert!(s.run_until_consistent(STABILIZE_MS, 60_000), "{:?}", s.ring_problem());
-        assert!(run_until_replicated(&mut s, &keys, 60_000), "{ack:?}: copies restored");
+        assert!(
+            s.run_until_consistent(STABILIZE_MS, 60_000),
+            "{:?}",
+            s.ring_problem()
+        );
+        assert!(
+            run_until_replicated(&mut s, &keys, 60_000),
+            "{ack:?}: copies restored"
+        );
         let total: u64 = s.keys_per_node().iter().sum();
         assert_eq!(total, 3 * 400, "{ack:?}");
-        let repaired: u64 = s.alive().iter().map(|&i| s.node(i).stats().anti_entropy_keys_repaired).sum();
+        let repaired: u64 = s
+            .alive()
+            .iter()
+            .map(|&i| s.node(i).stats().anti_entropy_keys_repaired)
+            .sum();
         assert!(repaired > 0, "{ack:?}: anti-entropy did the repair");
     }
 }
@@ -114,12 +153,19 @@ fn three_adjacent_crashes_lose_exactly_the_keys_all_of_whose_holders_died() {
     let mut ring: Vec<(Id, usize)> = (0..12).map(|i| (s.node(i).me().id, i)).collect();
     ring.sort();
     let dead: Vec<usize> = ring[4..7].iter().map(|r| r.1).collect();
-    let doomed: Vec<&String> = keys.iter().filter(|k| preference_list(&s, k).iter().all(|h| dead.contains(h))).collect();
+    let doomed: Vec<&String> = keys
+        .iter()
+        .filter(|k| preference_list(&s, k).iter().all(|h| dead.contains(h)))
+        .collect();
     assert!(!doomed.is_empty());
     for &d in &dead {
         s.crash(d);
     }
-    assert!(s.run_until_consistent(STABILIZE_MS, 60_000), "{:?}", s.ring_problem());
+    assert!(
+        s.run_until_consistent(STABILIZE_MS, 60_000),
+        "{:?}",
+        s.ring_problem()
+    );
     let alive = s.alive();
     for (i, k) in keys.iter().enumerate() {
         let got = value_of(&s.get(alive[i % alive.len()], k));
@@ -150,7 +196,8 @@ fn random_failures_of_at_most_n_holders_lose_no_acknowledged_write() {
                 0 if crashed.len() < REPLICAS => {
                     let alive = s.alive();
                     for _ in 0..=rng.below((REPLICAS - crashed.len()) as u64) {
-                        let alive: Vec<usize> = alive.iter().copied().filter(|i| !crashed.contains(i)).collect();
+                        let alive: Vec<usize> =
+                            alive.iter().copied().filter(|i| !crashed.contains(i)).collect();
                         let victim = alive[rng.below(alive.len() as u64) as usize];
                         s.crash(victim);
                         crashed.push(victim);
@@ -176,7 +223,10 @@ fn random_failures_of_at_most_n_holders_lose_no_acknowledged_write() {
                 let key = format!("key-{}", rng.below(300));
                 written += 1;
                 let value = format!("value-{written}");
-                let msg = Message::Put { key: Bytes::from(key.clone()), value: Bytes::from(value.clone()) };
+                let msg = Message::Put {
+                    key: Bytes::from(key.clone()),
+                    value: Bytes::from(value.clone()),
+                };
                 in_flight.push((s.client_request(via, msg), key, value));
                 s.run_for(15);
             }
@@ -188,14 +238,29 @@ fn random_failures_of_at_most_n_holders_lose_no_acknowledged_write() {
             // Recovery before the next failure: the ring and the copies settle.
             s.run_until_consistent(STABILIZE_MS, 30_000);
             s.run_for(6_000);
-            println!("seed {seed} round {round}: {} keys acknowledged, live {:?}", acked.0.len(), s.alive());
+            println!(
+                "seed {seed} round {round}: {} keys acknowledged, live {:?}",
+                acked.0.len(),
+                s.alive()
+            );
         }
-        assert!(s.run_until_consistent(STABILIZE_MS, 60_000), "seed {seed}: {:?}", s.ring_problem());
+        assert!(
+            s.run_until_consistent(STABILIZE_MS, 60_000),
+            "seed {seed}: {:?}",
+            s.ring_problem()
+        );
         let alive = s.alive();
         for (i, (key, (version, value))) in acked.0.iter().enumerate() {
             match s.get(alive[i % alive.len()], key) {
-                Some(Message::GetReply { version: got, value: Some(v), .. }) => {
-                    assert!(got >= *version, "seed {seed}: {key} went back from {version} to {got}");
+                Some(Message::GetReply {
+                    version: got,
+                    value: Some(v),
+                    ..
+                }) => {
+                    assert!(
+                        got >= *version,
+                        "seed {seed}: {key} went back from {version} to {got}"
+                    );
                     if got == *version {
                         assert_eq!(v, Bytes::from(value.clone()), "seed {seed}: {key}");
                     }
@@ -222,22 +287,46 @@ fn anti_entropy_repairs_a_replica_that_missed_writes_and_collects_tombstones() {
     }
     s.run_for(500);
     s.heal();
-    assert!(s.run_until_consistent(STABILIZE_MS, 60_000), "{:?}", s.ring_problem());
-    assert!(run_until_replicated(&mut s, &keys, 60_000), "anti-entropy restores every copy");
+    assert!(
+        s.run_until_consistent(STABILIZE_MS, 60_000),
+        "{:?}",
+        s.ring_problem()
+    );
+    assert!(
+        run_until_replicated(&mut s, &keys, 60_000),
+        "anti-entropy restores every copy"
+    );
     // Deletes become tombstones everywhere, then are collected once every replica has them.
     for k in &keys[..50] {
-        assert!(matches!(s.request(0, Message::Delete { key: Bytes::from(k.clone()) }, 10_000), Some(Message::DeleteReply { .. })));
+        assert!(matches!(
+            s.request(
+                0,
+                Message::Delete {
+                    key: Bytes::from(k.clone())
+                },
+                10_000
+            ),
+            Some(Message::DeleteReply { .. })
+        ));
     }
     let mut config_grace_passed = 0;
     while config_grace_passed < 200 {
         s.run_for(1_000);
         config_grace_passed += 1;
-        let collected: u64 = s.alive().iter().map(|&i| s.node(i).stats().tombstones_collected).sum();
+        let collected: u64 = s
+            .alive()
+            .iter()
+            .map(|&i| s.node(i).stats().tombstones_collected)
+            .sum();
         if collected >= 3 * 50 {
             break;
         }
     }
-    let collected: u64 = s.alive().iter().map(|&i| s.node(i).stats().tombstones_collected).sum();
+    let collected: u64 = s
+        .alive()
+        .iter()
+        .map(|&i| s.node(i).stats().tombstones_collected)
+        .sum();
     assert!(collected >= 3 * 50, "tombstones collected: {collected}");
     for k in &keys[..50] {
         assert_eq!(value_of(&s.get(1, k)), None);

@@ -13,8 +13,8 @@ use chordkv_node::cluster::LocalCluster;
 use chordkv_node::rng::Rng;
 use chordkv_protocol::{in_half_open, Id};
 use chordkv_tests::{
-    chordkv, chordkv_bin, lines_of, scratch_dir, seed, signal, start_cluster, ChildGuard, Clients,
-    CONVERGE_TIMEOUT, NODE_ARGS, REQUEST_TIMEOUT, SIGTERM,
+    chordkv, chordkv_bin, cluster_spec, lines_of, scratch_dir, seed, signal, start_cluster, start_spec,
+    ChildGuard, Clients, CONVERGE_TIMEOUT, NODE_ARGS, REQUEST_TIMEOUT, SIGTERM,
 };
 
 const KEYS: usize = 1_000;
@@ -98,7 +98,11 @@ fn wait_keys_at_owners(
 fn keys_survive_a_join_and_a_graceful_leave() {
     let name = "join_and_leave";
     let mut rng = Rng::new(seed(name));
-    let mut cluster = start_cluster(name, 8);
+    // One copy per key: this test checks that every key lives exactly at its owner through the
+    // handoffs (replication has its own tests).
+    let mut spec = cluster_spec(name, 8);
+    spec.node_args.extend(["--replicas".to_string(), "0".to_string()]);
+    let mut cluster = start_spec(name, spec);
     let mut clients = Clients::new();
 
     // Write through random nodes, read back through different ones.

@@ -67,10 +67,10 @@ use crate::store::{StoreError, StoreOp, StoreOutcome};
 use clock::Hlc;
 pub use config::Config;
 use handoff::{Incoming, LeaveState, Outgoing};
-use replication::PendingWrite;
-use sync::{SyncRound, SyncWait};
 use ops::ClientOp;
+use replication::PendingWrite;
 use routing::RoutingTable;
+use sync::{SyncRound, SyncWait};
 
 /// Milliseconds on the driver's clock (monotonic; the epoch is the driver's choice).
 pub type Millis = u64;
@@ -580,7 +580,9 @@ impl Node {
                     // An isolated node answers as a ring of one, so isolated nodes looking for
                     // each other after a partition or a crash wave form a ring again. It still
                     // serves no key until it has a successor (see `owns`).
-                    Route::Unknown if self.is_isolated() => Lookup::Found { successors: vec![self.me] },
+                    Route::Unknown if self.is_isolated() => Lookup::Found {
+                        successors: vec![self.me],
+                    },
                     Route::Unknown => {
                         let text = "node knows no peer right now".to_string();
                         let msg = Message::Error {
@@ -626,7 +628,13 @@ impl Node {
                 );
             }
             Message::GetStats => {
-                self.store_op(StoreOp::Count, StoreWait::Stats { to: reply_to, request_id: rid });
+                self.store_op(
+                    StoreOp::Count,
+                    StoreWait::Stats {
+                        to: reply_to,
+                        request_id: rid,
+                    },
+                );
             }
             Message::Replicate { items } => self.handle_replicate(reply_to, rid, items),
             Message::SyncDigests { start, end, digests } => {
@@ -715,12 +723,21 @@ impl Node {
             self.stats.store_errors += 1;
         }
         match wait {
-            StoreWait::Serve { to, request_id, hops, kind, write, .. } => {
-                self.finish_serve(now, to, request_id, hops, kind, write, result)
-            }
+            StoreWait::Serve {
+                to,
+                request_id,
+                hops,
+                kind,
+                write,
+                ..
+            } => self.finish_serve(now, to, request_id, hops, kind, write, result),
             StoreWait::ReplicaApply { to, request_id } => self.on_replica_applied(to, request_id, result),
             StoreWait::Sync(wait) => self.on_sync_store_done(now, wait, result),
-            StoreWait::StatsPrimary { to, request_id, total } => {
+            StoreWait::StatsPrimary {
+                to,
+                request_id,
+                total,
+            } => {
                 let primary = match result {
                     Ok(StoreOutcome::Count(n)) => n,
                     _ => total,
@@ -764,7 +781,11 @@ impl Node {
                 };
                 // Keys in our primary range; the rest are replica copies.
                 let (start, end) = self.primary_range();
-                let wait = StoreWait::StatsPrimary { to, request_id, total };
+                let wait = StoreWait::StatsPrimary {
+                    to,
+                    request_id,
+                    total,
+                };
                 self.store_op(StoreOp::CountRange { start, end }, wait);
             }
         }
@@ -934,13 +955,7 @@ impl Node {
                 // Alone: a node that notified us is our successor too (the second node of a ring).
                 if let Some(p) = self.predecessor {
                     self.routing.set_successors([p], self.config.successors);
-                    self.send_rpc(
-                        now,
-                        p.addr,
-                        Message::Notify { node: self.me },
-                        RpcKind::Notify,
-                        0,
-                    );
+                    self.send_rpc(now, p.addr, Message::Notify { node: self.me }, RpcKind::Notify, 0);
                 } else {
                     self.try_rejoin(now);
                 }
@@ -991,13 +1006,7 @@ impl Node {
         self.routing.set_successors(list, self.config.successors);
         if let Some(s) = self.routing.successors().first().copied() {
             if self.phase != Phase::Leaving {
-                self.send_rpc(
-                    now,
-                    s.addr,
-                    Message::Notify { node: self.me },
-                    RpcKind::Notify,
-                    0,
-                );
+                self.send_rpc(now, s.addr, Message::Notify { node: self.me }, RpcKind::Notify, 0);
             }
         }
     }
@@ -1244,7 +1253,11 @@ impl Node {
         let deadline = now + self.config.rpc_timeout_ms;
         self.rpcs.insert(id, Rpc { to, deadline, kind });
         self.rpc_deadlines.insert((deadline, id));
-        let frame = Frame { request_id: id, flags, message: msg };
+        let frame = Frame {
+            request_id: id,
+            flags,
+            message: msg,
+        };
         self.stats.messages_sent += 1;
         self.out.push_back(Output::Send { to, frame });
         id

@@ -168,7 +168,11 @@ impl Node {
         let op = self.ops.get_mut(&id).expect("op present"); // faulty code
         op.hops += 1;
         let msg = op.message.clone();
-        let flags = if failover { FLAG_DIRECT | FLAG_FAILOVER } else { FLAG_DIRECT };
+        let flags = if failover {
+            FLAG_DIRECT | FLAG_FAILOVER
+        } else {
+            FLAG_DIRECT
+        };
         self.send_rpc(now, node.addr, msg, RpcKind::Op(id), flags);
     }
 
@@ -227,7 +231,9 @@ impl Node {
                 existed,
             }),
             Message::Error { code, text, .. } => {
-                if code.is_retryable() {
+                // A routing condition (owner not ready, busy) may clear up if we try again; the
+                // owner's own failure (its store is down) is the client's to see and retry.
+                if code.is_retryable() && code != ErrorCode::StoreFailed {
                     self.retry_op_later(now, id);
                 } else {
                     self.fail_op(id, code, &text);
@@ -308,7 +314,14 @@ impl Node {
             Message::Get { key } => {
                 self.stats.ops_get += 1;
                 let key_id = Id::hash(&key);
-                let wait = StoreWait::Serve { to, request_id, hops, kind: ServeKind::Get, key_id, write: None };
+                let wait = StoreWait::Serve {
+                    to,
+                    request_id,
+                    hops,
+                    kind: ServeKind::Get,
+                    key_id,
+                    write: None,
+                };
                 self.store_op(StoreOp::Get { key }, wait);
                 return;
             }
@@ -328,13 +341,27 @@ impl Node {
             _ => ServeKind::Delete(version),
         };
         let write = if self.config.replicas > 0 {
-            self.replicate_write(now, Item { key: key.clone(), version, value: value.clone() })
+            self.replicate_write(
+                now,
+                Item {
+                    key: key.clone(),
+                    version,
+                    value: value.clone(),
+                },
+            )
         } else {
             None
         };
         let key_id = Id::hash(&key);
         let entry = Entry { version, value };
-        let wait = StoreWait::Serve { to, request_id, hops, kind, key_id, write };
+        let wait = StoreWait::Serve {
+            to,
+            request_id,
+            hops,
+            kind,
+            key_id,
+            write,
+        };
         self.store_op(StoreOp::Put { key, entry }, wait);
     }
 
@@ -352,16 +379,28 @@ impl Node {
         let msg = match (kind, result) {
             (ServeKind::Get, Ok(StoreOutcome::Got(entry))) => match entry {
                 Some(Entry { version, value }) => Message::GetReply { hops, version, value },
-                None => Message::GetReply { hops, version: 0, value: None },
+                None => Message::GetReply {
+                    hops,
+                    version: 0,
+                    value: None,
+                },
             },
             (ServeKind::Put(version), Ok(StoreOutcome::Put(_))) => Message::PutReply { hops, version },
-            (ServeKind::Delete(version), Ok(StoreOutcome::Put(o))) => {
-                Message::DeleteReply { hops, version, existed: o.previous_live }
-            }
-            (_, Err(e)) => Message::Error { code: ErrorCode::StoreFailed, hops, text: e.to_string() },
-            (_, Ok(other)) => {
-                Message::Error { code: ErrorCode::Internal, hops, text: format!("store answered {other:?}") }
-            }
+            (ServeKind::Delete(version), Ok(StoreOutcome::Put(o))) => Message::DeleteReply {
+                hops,
+                version,
+                existed: o.previous_live,
+            },
+            (_, Err(e)) => Message::Error {
+                code: ErrorCode::StoreFailed,
+                hops,
+                text: e.to_string(),
+            },
+            (_, Ok(other)) => Message::Error {
+                code: ErrorCode::Internal,
+                hops,
+                text: format!("store answered {other:?}"),
+            },
         };
         match write {
             Some(w) => self.local_write_done(w, to, request_id, msg),

@@ -62,7 +62,9 @@ impl Node {
         });
         for t in &targets {
             self.stats.replica_writes_sent += 1;
-            let msg = Message::Replicate { items: vec![item.clone()] };
+            let msg = Message::Replicate {
+                items: vec![item.clone()],
+            };
             self.send_rpc(now, t.addr, msg, RpcKind::Replica(write), 0);
         }
         write
@@ -93,7 +95,10 @@ impl Node {
     }
 
     fn maybe_finish_write(&mut self, write: u64) {
-        let done = self.writes.get(&write).is_some_and(|w| w.waiting.is_empty() && w.reply.is_some());
+        let done = self
+            .writes
+            .get(&write)
+            .is_some_and(|w| w.waiting.is_empty() && w.reply.is_some());
         if done {
             let w = self.writes.remove(&write).expect("checked above"); // faulty code
             let (to, rid, msg) = w.reply.expect("checked above"); // faulty code
@@ -105,19 +110,33 @@ impl Node {
     pub(super) fn handle_replicate(&mut self, to: ReplyTo, rid: u64, items: Vec<Item>) {
         if matches!(self.phase, Phase::Idle | Phase::Joining | Phase::Left) {
             let text = format!("node is {:?}", self.phase);
-            let msg = Message::Error { code: chordkv_protocol::ErrorCode::NotReady, hops: 0, text };
+            let msg = Message::Error {
+                code: chordkv_protocol::ErrorCode::NotReady,
+                hops: 0,
+                text,
+            };
             return self.reply(to, rid, msg);
         }
         for it in &items {
             self.clock.observe(it.version);
         }
         self.stats.replica_writes_applied += items.len() as u64;
-        self.store_op(StoreOp::PutMany { items }, StoreWait::ReplicaApply { to, request_id: rid });
+        self.store_op(
+            StoreOp::PutMany { items },
+            StoreWait::ReplicaApply { to, request_id: rid },
+        );
     }
 
-    pub(super) fn on_replica_applied(&mut self, to: ReplyTo, rid: u64, result: Result<StoreOutcome, StoreError>) {
+    pub(super) fn on_replica_applied(
+        &mut self,
+        to: ReplyTo,
+        rid: u64,
+        result: Result<StoreOutcome, StoreError>,
+    ) {
         let msg = match result {
-            Ok(StoreOutcome::PutMany { applied }) => Message::ReplicateAck { applied: applied as u32 },
+            Ok(StoreOutcome::PutMany { applied }) => Message::ReplicateAck {
+                applied: applied as u32,
+            },
             Ok(_) => Message::ReplicateAck { applied: 0 },
             Err(e) => Message::Error {
                 code: chordkv_protocol::ErrorCode::StoreFailed,

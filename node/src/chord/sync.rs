@@ -53,7 +53,12 @@ pub(super) enum SyncWait {
     /// Primary: our digests of the round's range.
     RoundDigests { round: u64 },
     /// Primary: our key-version list of a differing sub-range, for `target`.
-    KeysFor { round: u64, target: SocketAddr, start: Id, end: Id },
+    KeysFor {
+        round: u64,
+        target: SocketAddr,
+        start: Id,
+        end: Id,
+    },
     /// Primary: the values `target` wants.
     PushTo { round: u64, target: SocketAddr },
     /// Primary: merged the items a replica had newer.
@@ -61,11 +66,23 @@ pub(super) enum SyncWait {
     /// Primary: collected tombstones at the end of a clean round.
     Collected,
     /// Replica: our digests, to compare with the primary's.
-    AnswerDigests { to: ReplyTo, request_id: u64, theirs: Vec<u64> },
+    AnswerDigests {
+        to: ReplyTo,
+        request_id: u64,
+        theirs: Vec<u64>,
+    },
     /// Replica: our key-version list, to compare with the primary's.
-    AnswerKeys { to: ReplyTo, request_id: u64, theirs: Vec<(Bytes, u64)> },
+    AnswerKeys {
+        to: ReplyTo,
+        request_id: u64,
+        theirs: Vec<(Bytes, u64)>,
+    },
     /// Replica: the items we hold newer than the primary, to send back with `want`.
-    AnswerItems { to: ReplyTo, request_id: u64, want: Vec<Bytes> },
+    AnswerItems {
+        to: ReplyTo,
+        request_id: u64,
+        want: Vec<Bytes>,
+    },
     /// Replica: tombstones collected on the primary's word.
     AnswerCollect { to: ReplyTo, request_id: u64 },
 }
@@ -96,7 +113,11 @@ impl Node {
             // Physical time counts too: the clock only moves with writes.
             clock_at_start: self.clock.current().max(now.saturating_mul(1 << 16)),
         });
-        let op = StoreOp::Digest { start, end, parts: ANTI_ENTROPY_PARTS };
+        let op = StoreOp::Digest {
+            start,
+            end,
+            parts: ANTI_ENTROPY_PARTS,
+        };
         self.store_op(op, StoreWait::Sync(SyncWait::RoundDigests { round: id }));
     }
 
@@ -121,7 +142,9 @@ impl Node {
         self.stats.anti_entropy_keys_repaired += r.repaired;
         if r.differences == 0 {
             // Every replica holds exactly what we hold: old tombstones can go everywhere.
-            let before = r.clock_at_start.saturating_sub(self.config.tombstone_grace_ms << 16);
+            let before = r
+                .clock_at_start
+                .saturating_sub(self.config.tombstone_grace_ms << 16);
             let (start, end) = (r.start, r.end);
             for t in &r.targets {
                 let msg = Message::CollectTombstones { start, end, before };
@@ -140,14 +163,23 @@ impl Node {
         self.sync_step_done(now, round);
     }
 
-    pub(super) fn on_sync_store_done(&mut self, now: Millis, wait: SyncWait, result: Result<StoreOutcome, StoreError>) {
+    pub(super) fn on_sync_store_done(
+        &mut self,
+        now: Millis,
+        wait: SyncWait,
+        result: Result<StoreOutcome, StoreError>,
+    ) {
         match wait {
             SyncWait::RoundDigests { round } => {
                 if let (Ok(StoreOutcome::Digest(digests)), Some(r)) = (result, self.round_mut(round)) {
                     let (start, end, targets) = (r.start, r.end, r.targets.clone());
                     r.outstanding += targets.len();
                     for t in targets {
-                        let msg = Message::SyncDigests { start, end, digests: digests.clone() };
+                        let msg = Message::SyncDigests {
+                            start,
+                            end,
+                            digests: digests.clone(),
+                        };
                         self.send_rpc(now, t.addr, msg, RpcKind::SyncDigests(round), 0);
                     }
                 } else if let Some(r) = self.round_mut(round) {
@@ -155,7 +187,12 @@ impl Node {
                 }
                 self.sync_step_done(now, round);
             }
-            SyncWait::KeysFor { round, target, start, end } => {
+            SyncWait::KeysFor {
+                round,
+                target,
+                start,
+                end,
+            } => {
                 if let (Ok(StoreOutcome::KeyVersions(keys)), Some(r)) = (result, self.round_mut(round)) {
                     r.outstanding += 1;
                     let msg = Message::SyncKeys { start, end, keys };
@@ -180,11 +217,18 @@ impl Node {
                     self.stats.tombstones_collected += n as u64;
                 }
             }
-            SyncWait::AnswerDigests { to, request_id, theirs } => {
+            SyncWait::AnswerDigests {
+                to,
+                request_id,
+                theirs,
+            } => {
                 let msg = match result {
                     Ok(StoreOutcome::Digest(mine)) => {
                         let differing = if mine.len() == theirs.len() {
-                            (0..mine.len()).filter(|&j| mine[j] != theirs[j]).map(|j| j as u32).collect()
+                            (0..mine.len())
+                                .filter(|&j| mine[j] != theirs[j])
+                                .map(|j| j as u32)
+                                .collect()
                         } else {
                             (0..theirs.len() as u32).collect()
                         };
@@ -194,7 +238,11 @@ impl Node {
                 };
                 self.reply(to, request_id, msg);
             }
-            SyncWait::AnswerKeys { to, request_id, theirs } => {
+            SyncWait::AnswerKeys {
+                to,
+                request_id,
+                theirs,
+            } => {
                 let Ok(StoreOutcome::KeyVersions(mine)) = result else {
                     return self.reply(to, request_id, store_error(result.err()));
                 };
@@ -211,7 +259,14 @@ impl Node {
                     .map(|(k, _)| k.clone())
                     .collect();
                 if newer.is_empty() {
-                    return self.reply(to, request_id, Message::SyncKeysReply { want, newer: Vec::new() });
+                    return self.reply(
+                        to,
+                        request_id,
+                        Message::SyncKeysReply {
+                            want,
+                            newer: Vec::new(),
+                        },
+                    );
                 }
                 let wait = SyncWait::AnswerItems { to, request_id, want };
                 self.store_op(StoreOp::GetMany { keys: newer }, StoreWait::Sync(wait));
@@ -229,7 +284,13 @@ impl Node {
                     _ => 0,
                 };
                 self.stats.tombstones_collected += removed as u64;
-                self.reply(to, request_id, Message::CollectTombstonesReply { removed: removed as u32 });
+                self.reply(
+                    to,
+                    request_id,
+                    Message::CollectTombstonesReply {
+                        removed: removed as u32,
+                    },
+                );
             }
         }
     }
@@ -254,7 +315,12 @@ impl Node {
                 .collect();
             r.outstanding += parts.len();
             for (lo, hi) in parts {
-                let wait = SyncWait::KeysFor { round, target: from, start: lo, end: hi };
+                let wait = SyncWait::KeysFor {
+                    round,
+                    target: from,
+                    start: lo,
+                    end: hi,
+                };
                 self.store_op(StoreOp::KeyVersions { start: lo, end: hi }, StoreWait::Sync(wait));
             }
         }
@@ -273,7 +339,10 @@ impl Node {
                 for it in &newer {
                     self.clock.observe(it.version);
                 }
-                self.store_op(StoreOp::PutMany { items: newer }, StoreWait::Sync(SyncWait::Repaired { round }));
+                self.store_op(
+                    StoreOp::PutMany { items: newer },
+                    StoreWait::Sync(SyncWait::Repaired { round }),
+                );
             }
         }
         if let Some(r) = self.round_mut(round) {
@@ -288,23 +357,48 @@ impl Node {
 
     // ---- the replica's side ------------------------------------------------------------------
 
-    pub(super) fn handle_sync_digests(&mut self, to: ReplyTo, rid: u64, start: Id, end: Id, digests: Vec<u64>) {
+    pub(super) fn handle_sync_digests(
+        &mut self,
+        to: ReplyTo,
+        rid: u64,
+        start: Id,
+        end: Id,
+        digests: Vec<u64>,
+    ) {
         let parts = digests.len().clamp(1, u32::MAX as usize) as u32;
-        let wait = SyncWait::AnswerDigests { to, request_id: rid, theirs: digests };
+        let wait = SyncWait::AnswerDigests {
+            to,
+            request_id: rid,
+            theirs: digests,
+        };
         self.store_op(StoreOp::Digest { start, end, parts }, StoreWait::Sync(wait));
     }
 
-    pub(super) fn handle_sync_keys(&mut self, to: ReplyTo, rid: u64, start: Id, end: Id, keys: Vec<(Bytes, u64)>) {
+    pub(super) fn handle_sync_keys(
+        &mut self,
+        to: ReplyTo,
+        rid: u64,
+        start: Id,
+        end: Id,
+        keys: Vec<(Bytes, u64)>,
+    ) {
         for (_, v) in &keys {
             self.clock.observe(*v);
         }
-        let wait = SyncWait::AnswerKeys { to, request_id: rid, theirs: keys };
+        let wait = SyncWait::AnswerKeys {
+            to,
+            request_id: rid,
+            theirs: keys,
+        };
         self.store_op(StoreOp::KeyVersions { start, end }, StoreWait::Sync(wait));
     }
 
     pub(super) fn handle_collect(&mut self, to: ReplyTo, rid: u64, start: Id, end: Id, before: u64) {
         let wait = SyncWait::AnswerCollect { to, request_id: rid };
-        self.store_op(StoreOp::CollectTombstones { start, end, before }, StoreWait::Sync(wait));
+        self.store_op(
+            StoreOp::CollectTombstones { start, end, before },
+            StoreWait::Sync(wait),
+        );
     }
 
     /// Brings the next round forward when the nodes that should hold our range changed.
@@ -313,13 +407,18 @@ impl Node {
         view.extend(self.replica_targets().iter().map(|n| n.addr));
         if view != self.replica_view {
             self.replica_view = view;
-            self.next_anti_entropy = self.next_anti_entropy.min(now + self.config.stabilize_interval_ms);
+            self.next_anti_entropy = self
+                .next_anti_entropy
+                .min(now + self.config.stabilize_interval_ms);
         }
     }
 }
 
 fn store_error(e: Option<StoreError>) -> Message {
     let text = e.map_or_else(|| "unexpected store outcome".to_string(), |e| e.to_string());
-    Message::Error { code: ErrorCode::StoreFailed, hops: 0, text }
+    Message::Error {
+        code: ErrorCode::StoreFailed,
+        hops: 0,
+        text,
+    }
 }
-

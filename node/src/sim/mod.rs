@@ -372,7 +372,10 @@ impl Sim {
             } => {
                 if self.trace_node == Some(to) {
                     let from_i = self.by_addr.get(&from);
-                    println!("trace t={now} node {to} <- {from_i:?} #{} {:?}", frame.request_id, frame.message);
+                    println!(
+                        "trace t={now} node {to} <- {from_i:?} #{} {:?}",
+                        frame.request_id, frame.message
+                    );
                 }
                 if self.live(to, incarnation) {
                     self.nodes[to].node.handle_reply(now, from, frame);

@@ -16,13 +16,28 @@
 pub mod conformance;
 pub mod digest;
 pub mod memory;
+pub mod redis;
 
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chordkv_protocol::{Id, Item};
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
+/// Opens the store a URL names: `memory`, or `redis://HOST:PORT/DB` (see [`redis`]), whose
+/// entries are kept under `namespace` (a node passes its advertised address) so that several
+/// nodes can share one Redis. Fails on an invalid URL or an unreachable Redis.
+pub fn open(url: &str, namespace: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if url == "memory" {
+        Ok(Arc::new(MemoryStore::new()))
+    } else if url.starts_with("redis://") {
+        Ok(Arc::new(RedisStore::open(url, namespace)?))
+    } else {
+        anyhow::bail!("invalid store '{url}': expected `memory` or redis://HOST:PORT/DB")
+    }
+}
 
 /// A stored value and its version; `value: None` is a tombstone.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,9 +196,15 @@ pub enum StoreOp {
         end: Id,
     },
     /// The entries (tombstones included) of the given keys that exist.
-    GetMany { keys: Vec<Bytes> },
+    GetMany {
+        keys: Vec<Bytes>,
+    },
     /// Remove the tombstones in `(start, end]` whose version is at most `before`.
-    CollectTombstones { start: Id, end: Id, before: u64 },
+    CollectTombstones {
+        start: Id,
+        end: Id,
+        before: u64,
+    },
 }
 
 impl StoreOp {
@@ -266,10 +287,15 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
             loop {
                 let batch = store.scan(&start, &end, after.as_ref(), SCAN_BATCH)?;
                 dead.extend(
-                    batch.iter().filter(|it| it.value.is_none() && it.version <= before).map(|it| (it.key.clone(), it.version)),
+                    batch
+                        .iter()
+                        .filter(|it| it.value.is_none() && it.version <= before)
+                        .map(|it| (it.key.clone(), it.version)),
                 );
                 match batch.last() {
-                    Some(last) if batch.len() == SCAN_BATCH => after = Some((Id::hash(&last.key), last.key.clone())),
+                    Some(last) if batch.len() == SCAN_BATCH => {
+                        after = Some((Id::hash(&last.key), last.key.clone()))
+                    }
                     _ => break,
                 }
             }

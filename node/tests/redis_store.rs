@@ -1,0 +1,618 @@
+//! The Redis driver against a real `redis-server` (started on a free port per test, killed when
+//! the test ends): the shared conformance suite, agreement with the memory driver on random
+//! operations, namespaces, large values, corrupt data, a flushed script cache, and Redis going
+//! down, freezing and coming back.
+//!
+//! `redis-server` must be installed; `tests/run-all.sh` installs it.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chordkv_node::rng::Rng;
+use chordkv_node::store::{self, conformance, Entry, MemoryStore, RedisStore, Store, StoreError};
+use chordkv_protocol::{Id, Item};
+
+/// Bound of the wait for a started `redis-server` to answer PING.
+const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound of any one store call while Redis is down or frozen: the driver's timeouts are
+/// seconds, so reaching this means the call hung.
+const CALL_BOUND: Duration = Duration::from_secs(30);
+
+/// A `redis-server` child process on a free loopback port, killed when dropped (even when the
+/// test panics). Nothing is persisted.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        for _ in 0..10 {
+            let port = free_port();
+            if let Some(child) = spawn_redis(port) {
+                return RedisServer {
+                    port,
+                    child: Some(child),
+                };
+            }
+        }
+        panic!("redis-server did not start on any of 10 free ports");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn store(&self, namespace: &str) -> RedisStore {
+        RedisStore::open(&self.url(), namespace).expect("open the Redis store")
+    }
+
+    /// Kills the server (SIGKILL: no chance to save or say goodbye).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a new, empty server on the same port.
+    fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + REDIS_START_TIMEOUT;
+        loop {
+            if let Some(child) = spawn_redis(self.port) {
+                self.child = Some(child);
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        assert_eq!(
+            unsafe { libc::kill(pid as libc::pid_t, sig) },
+            0,
+            "kill({pid}, {sig})"
+        );
+    }
+
+    /// Freezes the server (SIGSTOP): connections are accepted by the kernel, nothing answers.
+    fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// A connection of our own, for looking at or tampering with the raw keys.
+    fn raw(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+            .expect("connect to redis-server")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // A stopped process dies of SIGKILL too.
+            self.kill();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// Starts `redis-server` on `port` and waits until it answers PING; `None` if it exited (the
+/// port was taken).
+fn spawn_redis(port: u16) -> Option<Child> {
+    let mut child = match Command::new("redis-server")
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("redis-server not found: run tests/run-all.sh, which installs it")
+        }
+        Err(e) => panic!("cannot start redis-server: {e}"),
+    };
+    let deadline = Instant::now() + REDIS_START_TIMEOUT;
+    loop {
+        if pings(port) {
+            return Some(child);
+        }
+        if child.try_wait().expect("try_wait").is_some() {
+            return None;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("redis-server on port {port} did not answer PING within {REDIS_START_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pings(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+fn live(version: u64, value: &[u8]) -> Entry {
+    Entry {
+        version,
+        value: Some(Bytes::copy_from_slice(value)),
+    }
+}
+
+/// Runs `f` on a thread and returns its result, failing the test if it takes longer than
+/// [`CALL_BOUND`] (a hang).
+fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(CALL_BOUND)
+        .unwrap_or_else(|_| panic!("{what} did not return within {CALL_BOUND:?}"))
+}
+
+fn assert_unavailable<T: std::fmt::Debug>(what: &str, r: Result<T, StoreError>) {
+    match r {
+        Err(StoreError::Unavailable(msg)) => {
+            assert!(
+                msg.contains("redis://127.0.0.1:"),
+                "{what}: the message names Redis: {msg}"
+            )
+        }
+        other => panic!("{what}: expected Unavailable, got {other:?}"),
+    }
+}
+
+#[test]
+fn passes_the_conformance_suite() {
+    let redis = RedisServer::start();
+    let store = redis.store("127.0.0.1:7001");
+    assert_eq!(store.name(), "redis");
+    assert!(store.is_blocking());
+    conformance::run_all(&store);
+}
+
+#[test]
+fn opened_by_url() {
+    let redis = RedisServer::start();
+    let store = store::open(&redis.url(), "n1").expect("open by URL");
+    assert_eq!(store.name(), "redis");
+    assert_eq!(store::open("memory", "n1").unwrap().name(), "memory");
+    let err = store::open("postgres://x", "n1")
+        .err()
+        .expect("an unknown scheme")
+        .to_string();
+    assert!(err.contains("expected `memory` or redis://HOST:PORT/DB"), "{err}");
+
+    let dead = format!("redis://127.0.0.1:{}/0", free_port());
+    let err = format!("{:#}", RedisStore::open(&dead, "n1").unwrap_err());
+    assert_eq!(err, format!("cannot connect to {dead}: connection refused"));
+}
+
+/// Random merges, removals, batches and scans agree with the memory driver, including ranges
+/// that wrap, ranges that start or end at 0 and at the top of the ring, and cursors.
+#[test]
+fn agrees_with_the_memory_store() {
+    let seed = std::env::var("CHORDKV_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_f00d);
+    println!("seed = {seed} (replay with CHORDKV_TEST_SEED={seed})");
+    let mut rng = Rng::new(seed);
+    let redis = RedisServer::start();
+    let r = redis.store("127.0.0.1:7001");
+    let m = MemoryStore::new();
+    let keys: Vec<Bytes> = (0..120)
+        .map(|i| match i {
+            0 => Bytes::new(),
+            1 => Bytes::from_static(&[0, 255, 0]),
+            _ => Bytes::from(format!("k{i}")),
+        })
+        .collect();
+    let mut ids: Vec<Id> = keys.iter().map(|k| Id::hash(k)).collect();
+    ids.extend([Id::ZERO, Id::MAX, Id::from_u64(1)]);
+    let pick_id = |rng: &mut Rng| -> Id {
+        let id = ids[rng.below(ids.len() as u64) as usize];
+        match rng.below(3) {
+            0 => id,
+            1 => id.wrapping_add(&Id::from_u64(1)),
+            _ => id.wrapping_sub(&Id::from_u64(1)),
+        }
+    };
+    let entry = |rng: &mut Rng| Entry {
+        version: rng.range(1, 30),
+        value: (!rng.chance(0.25)).then(|| Bytes::from(format!("v{}", rng.next_u64()))),
+    };
+    for step in 0..3_000 {
+        let key = keys[rng.below(keys.len() as u64) as usize].clone();
+        match rng.below(10) {
+            0..=3 => {
+                let e = entry(&mut rng);
+                assert_eq!(
+                    r.put(&key, e.clone()).unwrap(),
+                    m.put(&key, e).unwrap(),
+                    "step {step}: put"
+                );
+            }
+            4 => {
+                let v = rng.range(0, 30);
+                assert_eq!(
+                    r.delete(&key, v).unwrap(),
+                    m.delete(&key, v).unwrap(),
+                    "step {step}: delete"
+                );
+            }
+            5 => {
+                let items: Vec<Item> = (0..rng.range(1, 40))
+                    .map(|_| {
+                        let e = entry(&mut rng);
+                        Item {
+                            key: keys[rng.below(keys.len() as u64) as usize].clone(),
+                            version: e.version,
+                            value: e.value,
+                        }
+                    })
+                    .collect();
+                assert_eq!(
+                    r.put_many(items.clone()).unwrap(),
+                    m.put_many(items).unwrap(),
+                    "step {step}: put_many"
+                );
+            }
+            6 => {
+                let batch: Vec<(Bytes, u64)> = (0..rng.range(1, 40))
+                    .map(|_| {
+                        (
+                            keys[rng.below(keys.len() as u64) as usize].clone(),
+                            rng.range(0, 30),
+                        )
+                    })
+                    .collect();
+                assert_eq!(
+                    r.delete_many(batch.clone()).unwrap(),
+                    m.delete_many(batch).unwrap(),
+                    "step {step}: delete_many"
+                );
+            }
+            7 => {
+                let (start, end) = (pick_id(&mut rng), pick_id(&mut rng));
+                assert_eq!(
+                    r.count_range(&start, &end).unwrap(),
+                    m.count_range(&start, &end).unwrap(),
+                    "step {step}: count_range"
+                );
+            }
+            _ => {
+                let (start, end) = (pick_id(&mut rng), pick_id(&mut rng));
+                let after = rng.chance(0.5).then(|| {
+                    let k = keys[rng.below(keys.len() as u64) as usize].clone();
+                    (Id::hash(&k), k)
+                });
+                let limit = rng.range(1, 150) as usize;
+                assert_eq!(
+                    r.scan(&start, &end, after.as_ref(), limit).unwrap(),
+                    m.scan(&start, &end, after.as_ref(), limit).unwrap(),
+                    "step {step}: scan ({start:?}, {end:?}] after {after:?} limit {limit}"
+                );
+            }
+        }
+        assert_eq!(r.len().unwrap(), m.len().unwrap(), "step {step}: len");
+        let probe = &keys[rng.below(keys.len() as u64) as usize];
+        assert_eq!(r.get(probe).unwrap(), m.get(probe).unwrap(), "step {step}: get");
+    }
+    let all = Id::hash(b"anywhere");
+    assert_eq!(
+        r.scan(&all, &all, None, 1_000).unwrap(),
+        m.scan(&all, &all, None, 1_000).unwrap()
+    );
+}
+
+#[test]
+fn namespaces_do_not_see_each_other() {
+    let redis = RedisServer::start();
+    let a = redis.store("127.0.0.1:7001");
+    let b = redis.store("127.0.0.1:7002");
+    let key = Bytes::from_static(b"shared-key");
+    a.put(&key, live(5, b"from a")).unwrap();
+    b.put(&key, live(3, b"from b")).unwrap();
+    a.put(&Bytes::from_static(b"only-a"), live(1, b"x")).unwrap();
+    assert_eq!(a.get(&key).unwrap(), Some(live(5, b"from a")));
+    assert_eq!(b.get(&key).unwrap(), Some(live(3, b"from b")));
+    assert_eq!(b.get(b"only-a").unwrap(), None);
+    assert_eq!((a.len().unwrap(), b.len().unwrap()), (2, 1));
+    let all = Id::hash(b"anywhere");
+    assert_eq!(b.scan(&all, &all, None, 100).unwrap().len(), 1);
+    assert!(a.delete(&key, 5).unwrap());
+    assert_eq!(b.get(&key).unwrap(), Some(live(3, b"from b")));
+    // The same namespace opened again sees the same entries.
+    let a2 = redis.store("127.0.0.1:7001");
+    assert_eq!(a2.len().unwrap(), 1);
+    assert_eq!(a2.get(b"only-a").unwrap(), Some(live(1, b"x")));
+    assert_eq!(a.redis_keys()[0], "ckv:{127.0.0.1:7001}:data");
+}
+
+#[test]
+fn largest_keys_and_values_round_trip() {
+    let redis = RedisServer::start();
+    let s = redis.store("n");
+    let mut value = vec![0u8; 16 << 20];
+    Rng::new(7).fill(&mut value);
+    let value = Bytes::from(value);
+    let key = Bytes::from(vec![0xa5u8; 64 << 10]);
+    let entry = Entry {
+        version: u64::MAX,
+        value: Some(value.clone()),
+    };
+    assert!(s.put(&key, entry.clone()).unwrap().applied);
+    assert_eq!(s.get(&key).unwrap(), Some(entry.clone()));
+    let all = Id::ZERO;
+    let scanned = s.scan(&all, &all, None, 10).unwrap();
+    assert_eq!(scanned.len(), 1);
+    assert_eq!((&scanned[0].key, scanned[0].value.as_ref()), (&key, Some(&value)));
+    // Pipelined, next to small entries.
+    let items = vec![
+        Item {
+            key: Bytes::from_static(b"small"),
+            version: 1,
+            value: Some(Bytes::from_static(b"s")),
+        },
+        Item {
+            key: Bytes::from_static(b"big"),
+            version: 1,
+            value: Some(value.clone()),
+        },
+    ];
+    assert_eq!(s.put_many(items).unwrap(), 2);
+    assert_eq!(s.get(b"big").unwrap().and_then(|e| e.value), Some(value));
+    assert_eq!(s.count_range(&all, &all).unwrap(), 3);
+    assert_eq!(s.len().unwrap(), 3);
+}
+
+#[test]
+fn batches_larger_than_a_pipeline() {
+    let redis = RedisServer::start();
+    let s = redis.store("n");
+    let items: Vec<Item> = (0..2_000)
+        .map(|i| Item {
+            key: Bytes::from(format!("key-{i}")),
+            version: 10,
+            value: (i % 10 != 0).then(|| Bytes::from(format!("value-{i}"))),
+        })
+        .collect();
+    assert_eq!(s.put_many(items.clone()).unwrap(), 2_000);
+    assert_eq!(
+        s.put_many(items.clone()).unwrap(),
+        0,
+        "the same versions again change nothing"
+    );
+    assert_eq!(s.len().unwrap(), 1_800);
+    let all = Id::ZERO;
+    assert_eq!(s.count_range(&all, &all).unwrap(), 1_800);
+    assert_eq!(s.scan(&all, &all, None, usize::MAX).unwrap().len(), 2_000);
+    let removals: Vec<(Bytes, u64)> = items.iter().map(|it| (it.key.clone(), 10)).collect();
+    assert_eq!(s.delete_many(removals).unwrap(), 2_000);
+    assert_eq!(s.len().unwrap(), 0);
+    assert!(s.scan(&all, &all, None, 10).unwrap().is_empty());
+}
+
+#[test]
+fn concurrent_writers_keep_the_live_count() {
+    let redis = RedisServer::start();
+    let s = Arc::new(redis.store("n"));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                for i in 0..200u64 {
+                    // Every thread writes every key at its own version: one wins per key.
+                    let key = Bytes::from(format!("key-{i}"));
+                    let tombstone = (i + t) % 7 == 0;
+                    let value = (!tombstone).then(|| Bytes::from(format!("t{t}")));
+                    s.put(
+                        &key,
+                        Entry {
+                            version: t + 1,
+                            value,
+                        },
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("writer thread");
+    }
+    let all = Id::ZERO;
+    let entries = s.scan(&all, &all, None, 1_000).unwrap();
+    assert_eq!(entries.len(), 200);
+    assert!(
+        entries.iter().all(|it| it.version == 8),
+        "the highest version wins"
+    );
+    let live = entries.iter().filter(|it| it.value.is_some()).count() as u64;
+    assert_eq!(s.len().unwrap(), live);
+}
+
+#[test]
+fn a_flushed_script_cache_is_reloaded() {
+    let redis = RedisServer::start();
+    let s = redis.store("n");
+    let mut raw = redis.raw();
+    let flush = || redis::cmd("SCRIPT").arg("FLUSH").exec(&mut redis.raw()).unwrap();
+    flush();
+    assert!(s.put(&Bytes::from_static(b"a"), live(1, b"1")).unwrap().applied);
+    flush();
+    let items = (0..10)
+        .map(|i| Item {
+            key: Bytes::from(format!("b{i}")),
+            version: 1,
+            value: Some(Bytes::from_static(b"v")),
+        })
+        .collect();
+    assert_eq!(s.put_many(items).unwrap(), 10);
+    flush();
+    assert_eq!(s.scan(&Id::ZERO, &Id::ZERO, None, 100).unwrap().len(), 11);
+    flush();
+    assert_eq!(s.delete_many(vec![(Bytes::from_static(b"b1"), 1)]).unwrap(), 1);
+    flush();
+    assert!(s.delete(b"a", 1).unwrap());
+    let n: i64 = redis::cmd("HLEN").arg(s.redis_keys()[0]).query(&mut raw).unwrap();
+    assert_eq!(n, 9);
+}
+
+#[test]
+fn foreign_data_is_reported_corrupt() {
+    let redis = RedisServer::start();
+    let s = redis.store("n");
+    let mut raw = redis.raw();
+    let [data, index, _] = s.redis_keys();
+    s.put(&Bytes::from_static(b"good"), live(1, b"v")).unwrap();
+    // A record too short to hold a version and a tag.
+    redis::cmd("HSET")
+        .arg(data)
+        .arg("bad")
+        .arg("xy")
+        .exec(&mut raw)
+        .unwrap();
+    let member = [Id::hash(b"bad").to_string().as_bytes(), b"bad"].concat();
+    redis::cmd("ZADD")
+        .arg(index)
+        .arg(0)
+        .arg(member)
+        .exec(&mut raw)
+        .unwrap();
+    let corrupt = |what: &str, r: Result<String, StoreError>| match r {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("redis://"), "{what}: {msg}"),
+        other => panic!("{what}: expected Corrupt, got {other:?}"),
+    };
+    corrupt("get", s.get(b"bad").map(|e| format!("{e:?}")));
+    corrupt(
+        "put",
+        s.put(&Bytes::from_static(b"bad"), live(9, b"v"))
+            .map(|o| format!("{o:?}")),
+    );
+    corrupt("delete", s.delete(b"bad", 9).map(|o| format!("{o:?}")));
+    corrupt(
+        "scan",
+        s.scan(&Id::ZERO, &Id::ZERO, None, 10).map(|o| format!("{o:?}")),
+    );
+    // The good key is still served.
+    assert_eq!(s.get(b"good").unwrap(), Some(live(1, b"v")));
+    // Something else wrote a plain string where the hash should be.
+    redis::cmd("SET").arg(data).arg("oops").exec(&mut raw).unwrap();
+    corrupt(
+        "get of a key of the wrong type",
+        s.get(b"good").map(|e| format!("{e:?}")),
+    );
+}
+
+#[test]
+fn redis_down_then_back() {
+    let mut redis = RedisServer::start();
+    let s = Arc::new(redis.store("127.0.0.1:7001"));
+    s.put(&Bytes::from_static(b"k"), live(1, b"v")).unwrap();
+
+    redis.kill();
+    let calls = Arc::clone(&s);
+    bounded("store calls while Redis is down", move || {
+        assert_unavailable("get", calls.get(b"k"));
+        assert_unavailable("put", calls.put(&Bytes::from_static(b"k"), live(2, b"w")));
+        assert_unavailable("delete", calls.delete(b"k", 9));
+        assert_unavailable("scan", calls.scan(&Id::ZERO, &Id::ZERO, None, 10));
+        assert_unavailable(
+            "put_many",
+            calls.put_many(vec![Item {
+                key: Bytes::from_static(b"x"),
+                version: 1,
+                value: None,
+            }]),
+        );
+        assert_unavailable(
+            "delete_many",
+            calls.delete_many(vec![(Bytes::from_static(b"x"), 1)]),
+        );
+        assert_unavailable("len", calls.len());
+    });
+
+    // A new, empty Redis on the same port: the store reconnects by itself.
+    redis.restart();
+    assert_eq!(s.get(b"k").unwrap(), None, "nothing was persisted");
+    assert!(
+        s.put(&Bytes::from_static(b"k"), live(3, b"again"))
+            .unwrap()
+            .applied
+    );
+    assert_eq!(s.get(b"k").unwrap(), Some(live(3, b"again")));
+    assert_eq!(s.len().unwrap(), 1);
+}
+
+/// A restart between two calls leaves every pooled connection dead; the next call must not
+/// fail because of that.
+#[test]
+fn a_restart_between_calls_goes_unnoticed() {
+    let mut redis = RedisServer::start();
+    let s = Arc::new(redis.store("n"));
+    // Several idle connections in the pool.
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || s.put(&Bytes::from(format!("k{i}")), live(1, b"v")).unwrap())
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    redis.restart();
+    assert_eq!(s.len().unwrap(), 0);
+    assert!(s.put(&Bytes::from_static(b"k"), live(1, b"v")).unwrap().applied);
+    assert_eq!(s.scan(&Id::ZERO, &Id::ZERO, None, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn a_frozen_redis_times_out_then_recovers() {
+    let redis = RedisServer::start();
+    let s = Arc::new(redis.store("n"));
+    s.put(&Bytes::from_static(b"k"), live(1, b"v")).unwrap();
+    redis.pause();
+    let calls = Arc::clone(&s);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        bounded("a get while Redis is frozen", move || {
+            assert_unavailable("get", calls.get(b"k"));
+        })
+    }));
+    redis.resume();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    assert_eq!(s.get(b"k").unwrap(), Some(live(1, b"v")));
+}

@@ -1,0 +1,158 @@
+//! Real `chordkv node` processes keeping their keys in one shared `redis-server`
+//! (`--store redis://...`, each node under its own namespace): data survives a join and a
+//! graceful leave, and a Redis outage turns into clear `StoreFailed` errors, not hangs, until
+//! Redis is back.
+//!
+//! Run with `cargo build --bins && cargo test -p chordkv-tests`; `redis-server` must be
+//! installed (`tests/run-all.sh` installs it).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use chordkv_node::client::ClientError;
+use chordkv_node::cluster::LocalCluster;
+use chordkv_node::rng::Rng;
+use chordkv_protocol::ErrorCode;
+use chordkv_tests::{redis_cluster_spec, seed, Clients, RedisServer, CONVERGE_TIMEOUT};
+
+const KEYS: usize = 500;
+
+fn start(name: &str, nodes: usize, redis: &RedisServer) -> LocalCluster {
+    let spec = redis_cluster_spec(name, nodes, redis);
+    eprintln!(
+        "{name}: redis at {}; node logs in {}",
+        redis.url(),
+        spec.log_dir.as_ref().expect("set by cluster_spec").display()
+    );
+    let mut cluster = LocalCluster::start(spec).expect("start the cluster");
+    let report = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .expect("the new ring converges");
+    assert_eq!(report.nodes.len(), nodes);
+    cluster
+}
+
+fn check_all_keys(
+    clients: &mut Clients,
+    rng: &mut Rng,
+    live: &[SocketAddr],
+    data: &BTreeMap<String, String>,
+) {
+    for (key, value) in data {
+        let addr = live[rng.below(live.len() as u64) as usize];
+        let got = clients.retrying(addr, &format!("GET {key}"), |c| c.get(key.clone()));
+        assert_eq!(
+            got.value.as_deref(),
+            Some(value.as_bytes()),
+            "GET {key} through {addr}"
+        );
+    }
+}
+
+#[test]
+fn keys_in_a_shared_redis_survive_a_join_and_a_graceful_leave() {
+    let name = "redis_join_and_leave";
+    let mut rng = Rng::new(seed(name));
+    let redis = RedisServer::start();
+    let mut cluster = start(name, 4, &redis);
+    let mut clients = Clients::new();
+
+    let addrs = cluster.addrs();
+    let mut data = BTreeMap::new();
+    for k in 0..KEYS {
+        let key = format!("key-{k:04}");
+        let value = format!("value-{k}-{:016x}", rng.next_u64());
+        let writer = addrs[rng.below(addrs.len() as u64) as usize];
+        clients.retrying(writer, &format!("PUT {key}"), |c| {
+            c.put(key.clone(), value.clone())
+        });
+        data.insert(key, value);
+    }
+    // Read back through nodes other than the writers (any random node, many times over).
+    check_all_keys(&mut clients, &mut rng, &addrs, &data);
+    // The keys are in Redis, spread over the nodes' namespaces.
+    let per_node: Vec<u64> = addrs.iter().map(|&a| redis.live_keys_of(a)).collect();
+    eprintln!("{name}: live keys per node namespace: {per_node:?}");
+    assert!(per_node.iter().sum::<u64>() >= KEYS as u64, "{per_node:?}");
+    assert!(
+        per_node.iter().filter(|&&n| n > 0).count() >= 2,
+        "the keys are spread over several namespaces: {per_node:?}"
+    );
+
+    let fifth = cluster.add_node().expect("add a fifth node");
+    let report = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .expect("the ring converges with the fifth node");
+    assert_eq!(report.nodes.len(), 5);
+    eprintln!("{name}: node {fifth} ({}) joined", cluster.addr(fifth));
+    check_all_keys(&mut clients, &mut rng, &cluster.live_addrs(), &data);
+
+    let victim = rng.below(5) as usize;
+    eprintln!("{name}: terminating node {victim} ({})", cluster.addr(victim));
+    let stopped = cluster.terminate(victim).expect("terminate");
+    assert!(
+        stopped.is_clean(),
+        "node {victim} did not leave cleanly: {stopped:?}"
+    );
+    let report = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .expect("the ring converges without the node that left");
+    assert_eq!(report.nodes.len(), 4);
+    check_all_keys(&mut clients, &mut rng, &report.addrs(), &data);
+}
+
+/// While Redis is down every GET and PUT is answered at once with `StoreFailed` (a node never
+/// hangs on its store); once Redis is back the same requests succeed.
+#[test]
+fn a_redis_outage_gives_clear_errors_then_heals() {
+    let name = "redis_outage";
+    let mut redis = RedisServer::start();
+    let cluster = start(name, 3, &redis);
+    let mut clients = Clients::new();
+    let addrs = cluster.addrs();
+    for (i, &addr) in addrs.iter().enumerate() {
+        let key = format!("before-{i}");
+        clients.retrying(addr, "PUT before the outage", |c| c.put(key.clone(), "v"));
+    }
+
+    redis.kill();
+    for (i, &addr) in addrs.iter().enumerate() {
+        for op in ["GET", "PUT"] {
+            let key = format!("during-{i}-{op}");
+            // The client's own timeout bounds the wait: a hang shows as ClientError::Timeout.
+            let result = match op {
+                "GET" => clients.with(addr, |c| c.get(key.clone()).map(|_| ())),
+                _ => clients.with(addr, |c| c.put(key.clone(), "v").map(|_| ())),
+            };
+            match result {
+                Err(ClientError::Server {
+                    code: ErrorCode::StoreFailed,
+                    text,
+                }) => assert!(
+                    text.contains(&redis.url()),
+                    "{op} {key} through {addr}: the error names Redis: {text}"
+                ),
+                other => {
+                    panic!("{op} {key} through {addr} with Redis down: expected StoreFailed, got {other:?}")
+                }
+            }
+        }
+    }
+
+    // A new, empty Redis on the same port: the nodes reconnect by themselves.
+    redis.restart();
+    for (i, &addr) in addrs.iter().enumerate() {
+        let key = format!("during-{i}-PUT");
+        clients.retrying(addr, &format!("PUT {key} after the outage"), |c| {
+            c.put(key.clone(), "after")
+        });
+        let got = clients.retrying(addr, &format!("GET {key} after the outage"), |c| {
+            c.get(key.clone())
+        });
+        assert_eq!(
+            got.value.as_deref(),
+            Some(&b"after"[..]),
+            "GET {key} through {addr}"
+        );
+    }
+}

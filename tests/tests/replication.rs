@@ -1,0 +1,516 @@
+//! Replication with real `chordkv node` processes on loopback: every key lives on its primary
+//! and the next two nodes (`--replicas 2`), so two simultaneous crashes lose nothing, three
+//! adjacent crashes lose exactly the keys only they held, anti-entropy restores the missing
+//! copies, a restarted node gets its ranges back, and `--ack one` still ends with three copies.
+//!
+//! Every wait is a bounded poll; the times printed are for reading, never asserted.
+//! Run with `cargo build --workspace --bins && cargo test -p chordkv-tests --test replication`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use chordkv_node::client::{Client, RingReport};
+use chordkv_node::cluster::{ClusterSpec, LocalCluster};
+use chordkv_node::rng::Rng;
+use chordkv_protocol::Id;
+use chordkv_tests::{cluster_spec, seed, start_spec, Clients, CONVERGE_TIMEOUT};
+
+/// Copies of every key: the primary and `--replicas 2`.
+const COPIES: u64 = 3;
+/// Bound of the wait for every key to be readable again after crashes.
+const READABLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound of the wait for anti-entropy to restore copies or for counters to settle.
+const REPAIR_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between two polls of the nodes.
+const POLL_PAUSE: Duration = Duration::from_millis(100);
+/// The counters quoted, per node, when a wait on them fails.
+const QUOTED_STATS: [&str; 6] = [
+    "keys",
+    "keys_primary",
+    "keys_replica",
+    "anti_entropy_rounds",
+    "anti_entropy_keys_repaired",
+    "failovers_served",
+];
+
+/// A test cluster of `nodes` nodes with two replicas per key, plus `extra` node arguments.
+fn replicated_spec(name: &str, nodes: usize, extra: &[&str]) -> ClusterSpec {
+    let mut spec = cluster_spec(name, nodes);
+    spec.node_args
+        .extend(["--replicas", "2"].iter().chain(extra).map(|s| s.to_string()));
+    spec
+}
+
+/// Writes `count` keys, each through a random node, and returns them with their values.
+fn write_keys(
+    clients: &mut Clients,
+    rng: &mut Rng,
+    addrs: &[SocketAddr],
+    count: usize,
+) -> BTreeMap<String, String> {
+    let mut data = BTreeMap::new();
+    for k in 0..count {
+        let key = format!("key-{k:05}");
+        let value = format!("value-{k}-{:016x}", rng.next_u64());
+        let addr = addrs[rng.below(addrs.len() as u64) as usize];
+        clients.retrying(addr, &format!("PUT {key}"), |c| c.put(key.clone(), value.clone()));
+        data.insert(key, value);
+    }
+    data
+}
+
+/// The value of counter `name` in a node's stats.
+fn counter(stats: &[(String, u64)], name: &str) -> u64 {
+    stats
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("the node reports no counter {name:?}: {stats:?}"))
+}
+
+/// Every node's stats, or a description of the first node that did not answer.
+fn all_stats(
+    clients: &mut Clients,
+    addrs: &[SocketAddr],
+) -> Result<BTreeMap<SocketAddr, Vec<(String, u64)>>, String> {
+    addrs
+        .iter()
+        .map(|&addr| match clients.with(addr, Client::stats) {
+            Ok(stats) => Ok((addr, stats)),
+            Err(e) => Err(format!("stats of {addr}: {e}")),
+        })
+        .collect()
+}
+
+/// Counter `name` summed over `addrs`, or why not every node answered.
+fn stat_sum(clients: &mut Clients, addrs: &[SocketAddr], name: &str) -> Result<u64, String> {
+    Ok(all_stats(clients, addrs)?
+        .values()
+        .map(|s| counter(s, name))
+        .sum())
+}
+
+/// The [`QUOTED_STATS`] of every node, one line each, for failure messages.
+fn stats_table(clients: &mut Clients, addrs: &[SocketAddr]) -> String {
+    let mut out = String::new();
+    for &addr in addrs {
+        let line = match clients.with(addr, Client::stats) {
+            Ok(stats) => QUOTED_STATS
+                .iter()
+                .map(|name| format!("{name}={}", counter(&stats, name)))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(e) => format!("no answer: {e}"),
+        };
+        out.push_str(&format!("\n  {addr}: {line}"));
+    }
+    out
+}
+
+/// Polls until counter `name` summed over `addrs` is `want`; returns how long that took.
+fn wait_stat_sum(
+    clients: &mut Clients,
+    addrs: &[SocketAddr],
+    name: &str,
+    want: u64,
+    timeout: Duration,
+) -> Duration {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < timeout {
+        match stat_sum(clients, addrs, name) {
+            Ok(sum) if sum == want => return start.elapsed(),
+            Ok(sum) => last = format!("sum {sum}"),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(POLL_PAUSE);
+    }
+    panic!(
+        "{name} summed over {} nodes did not reach {want} within {:.0} s (last: {last}); per node:{}",
+        addrs.len(),
+        timeout.as_secs_f64(),
+        stats_table(clients, addrs)
+    );
+}
+
+/// The ring positions (indices into `ring.nodes`, which is in ring order) holding `key`: its
+/// primary, the first node whose id is at or after the key's id (wrapping), and the next
+/// `COPIES - 1` nodes.
+fn preference_list(ring: &RingReport, key: &str) -> Vec<usize> {
+    let n = ring.nodes.len();
+    let id = Id::hash(key.as_bytes());
+    let primary = ring.nodes.partition_point(|node| node.id < id) % n;
+    (0..(COPIES as usize).min(n)).map(|j| (primary + j) % n).collect()
+}
+
+/// How many of `keys` each node of `ring` should hold.
+fn expected_holdings<'a>(
+    ring: &RingReport,
+    keys: impl IntoIterator<Item = &'a String>,
+) -> BTreeMap<SocketAddr, u64> {
+    let mut held: BTreeMap<SocketAddr, u64> = ring.nodes.iter().map(|n| (n.addr, 0)).collect();
+    for key in keys {
+        for pos in preference_list(ring, key) {
+            *held.get_mut(&ring.nodes[pos].addr).expect("a ring node") += 1;
+        }
+    }
+    held
+}
+
+/// Polls until every node of `ring` holds exactly the keys its preference lists give it.
+fn wait_expected_holdings(clients: &mut Clients, ring: &RingReport, want: &BTreeMap<SocketAddr, u64>) {
+    let addrs = ring.addrs();
+    let start = Instant::now();
+    let mut last = BTreeMap::new();
+    while start.elapsed() < REPAIR_TIMEOUT {
+        if let Ok(stats) = all_stats(clients, &addrs) {
+            last = stats.iter().map(|(a, s)| (*a, counter(s, "keys"))).collect();
+            if last == *want {
+                return;
+            }
+        }
+        std::thread::sleep(POLL_PAUSE);
+    }
+    panic!(
+        "the nodes do not hold the keys their preference lists give them:\n want {want:?}\n have {last:?}"
+    );
+}
+
+/// What a GET of a key should find once failover has settled.
+fn expected_value<'a>(
+    data: &'a BTreeMap<String, String>,
+    lost: &BTreeSet<String>,
+    key: &str,
+) -> Option<&'a [u8]> {
+    if lost.contains(key) {
+        None
+    } else {
+        Some(data[key].as_bytes())
+    }
+}
+
+/// Reads that did not (yet) find what they should, while polling.
+#[derive(Debug, Default)]
+struct Misses {
+    /// Reads that failed (timeouts, unavailable owners...).
+    errors: u64,
+    /// Reads that answered with another value, or with none.
+    wrong: u64,
+    /// The last few of either, to quote.
+    examples: Vec<String>,
+}
+
+impl Misses {
+    fn note(&mut self, what: String) {
+        if self.examples.len() >= 5 {
+            self.examples.remove(0);
+        }
+        self.examples.push(what);
+    }
+}
+
+/// Polls until every key of `data` reads back as expected (its value, or not found for the
+/// keys in `lost`) through a node picked by `via`, each key once; returns how long that took
+/// and the misses seen on the way.
+fn wait_readable(
+    clients: &mut Clients,
+    data: &BTreeMap<String, String>,
+    lost: &BTreeSet<String>,
+    timeout: Duration,
+    mut via: impl FnMut() -> SocketAddr,
+) -> (Duration, Misses) {
+    let start = Instant::now();
+    let mut pending: Vec<&String> = data.keys().collect();
+    let mut misses = Misses::default();
+    loop {
+        let mut still = Vec::new();
+        for key in pending {
+            let addr = via();
+            let want = expected_value(data, lost, key);
+            match clients.with(addr, |c| c.get(key.clone())) {
+                Ok(got) if got.value.as_deref() == want => {}
+                Ok(got) => {
+                    misses.wrong += 1;
+                    misses.note(format!(
+                        "GET {key} through {addr} found {:?} (version {})",
+                        got.value.as_deref().map(String::from_utf8_lossy),
+                        got.version
+                    ));
+                    still.push(key);
+                }
+                Err(e) => {
+                    misses.errors += 1;
+                    misses.note(format!("GET {key} through {addr}: {e}"));
+                    still.push(key);
+                }
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            return (start.elapsed(), misses);
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{} keys did not read back as expected within {:.0} s, e.g. {:?}; misses: {misses:?}",
+            pending.len(),
+            timeout.as_secs_f64(),
+            &pending[..pending.len().min(10)]
+        );
+        std::thread::sleep(POLL_PAUSE);
+    }
+}
+
+/// Reads every key once more through random live nodes (retrying only failed requests) and
+/// checks it is exactly as expected.
+fn check_all(
+    clients: &mut Clients,
+    rng: &mut Rng,
+    live: &[SocketAddr],
+    data: &BTreeMap<String, String>,
+    lost: &BTreeSet<String>,
+) {
+    for key in data.keys() {
+        let addr = live[rng.below(live.len() as u64) as usize];
+        let got = clients.retrying(addr, &format!("GET {key}"), |c| c.get(key.clone()));
+        assert_eq!(
+            got.value.as_deref(),
+            expected_value(data, lost, key),
+            "GET {key} through {addr} (version {})",
+            got.version
+        );
+    }
+}
+
+/// Picks `count` distinct indices below `len`.
+fn pick_distinct(rng: &mut Rng, len: usize, count: usize) -> Vec<usize> {
+    let mut picked = BTreeSet::new();
+    while picked.len() < count {
+        picked.insert(rng.below(len as u64) as usize);
+    }
+    picked.into_iter().collect()
+}
+
+/// The cluster index of the node at `addr`.
+fn index_of(cluster: &LocalCluster, addr: SocketAddr) -> usize {
+    cluster
+        .addrs()
+        .iter()
+        .position(|a| *a == addr)
+        .unwrap_or_else(|| panic!("{addr} is not a node of the cluster"))
+}
+
+/// Where a failure's node logs are.
+fn logs_of(cluster: &LocalCluster) -> String {
+    cluster
+        .spec()
+        .log_dir
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn two_simultaneous_kills_lose_nothing_and_copies_are_restored() {
+    const KEYS: usize = 2_000;
+    let name = "two_kills";
+    let mut rng = Rng::new(seed(name));
+    let mut cluster = start_spec(name, replicated_spec(name, 8, &[]));
+    let mut clients = Clients::new();
+
+    let addrs = cluster.addrs();
+    let data = write_keys(&mut clients, &mut rng, &addrs, KEYS);
+    wait_stat_sum(&mut clients, &addrs, "keys", COPIES * KEYS as u64, REPAIR_TIMEOUT);
+
+    let victims = pick_distinct(&mut rng, addrs.len(), 2);
+    let victim_addrs: Vec<SocketAddr> = victims.iter().map(|&i| addrs[i]).collect();
+    eprintln!("{name}: killing nodes {victims:?} ({victim_addrs:?}) at once");
+    let killed_at = Instant::now();
+    for &v in &victims {
+        cluster.kill(v).expect("kill");
+    }
+    let live = cluster.live_addrs();
+
+    let (readable, misses) = wait_readable(&mut clients, &data, &BTreeSet::new(), READABLE_TIMEOUT, || {
+        live[rng.below(live.len() as u64) as usize]
+    });
+    eprintln!(
+        "{name}: kill -> all {KEYS} keys readable: {:.2} s ({} failed reads, {} wrong answers on the way{})",
+        readable.as_secs_f64(),
+        misses.errors,
+        misses.wrong,
+        if misses.examples.is_empty() {
+            String::new()
+        } else {
+            format!(", e.g. {:?}", misses.examples)
+        }
+    );
+
+    let wait = REPAIR_TIMEOUT.saturating_sub(killed_at.elapsed());
+    wait_stat_sum(&mut clients, &live, "keys", COPIES * KEYS as u64, wait);
+    eprintln!(
+        "{name}: kill -> {} copies restored: {:.2} s",
+        COPIES * KEYS as u64,
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    let ring = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("the ring of 6 converges: {e}; logs in {}", logs_of(&cluster)));
+    assert_eq!(ring.nodes.len(), 6);
+    wait_stat_sum(&mut clients, &live, "keys_primary", KEYS as u64, REPAIR_TIMEOUT);
+    wait_expected_holdings(&mut clients, &ring, &expected_holdings(&ring, data.keys()));
+    check_all(&mut clients, &mut rng, &live, &data, &BTreeSet::new());
+    eprintln!("{name}: per node:{}", stats_table(&mut clients, &live));
+}
+
+#[test]
+fn three_adjacent_kills_lose_exactly_the_keys_they_all_held() {
+    const KEYS: usize = 2_000;
+    let name = "three_adjacent_kills";
+    let mut rng = Rng::new(seed(name));
+    let mut cluster = start_spec(name, replicated_spec(name, 8, &[]));
+    let mut clients = Clients::new();
+
+    let addrs = cluster.addrs();
+    let data = write_keys(&mut clients, &mut rng, &addrs, KEYS);
+    wait_stat_sum(&mut clients, &addrs, "keys", COPIES * KEYS as u64, REPAIR_TIMEOUT);
+
+    let ring = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .expect("the ring of 8 is consistent");
+    let n = ring.nodes.len();
+    assert_eq!(n, 8);
+    let first = rng.below(n as u64) as usize;
+    let doomed_positions: BTreeSet<usize> = (0..3).map(|j| (first + j) % n).collect();
+    let doomed: BTreeSet<String> = data
+        .keys()
+        .filter(|k| preference_list(&ring, k).into_iter().collect::<BTreeSet<_>>() == doomed_positions)
+        .cloned()
+        .collect();
+    assert!(
+        !doomed.is_empty(),
+        "no key is held only by ring positions {doomed_positions:?}"
+    );
+    let victims: Vec<usize> = doomed_positions
+        .iter()
+        .map(|&p| index_of(&cluster, ring.nodes[p].addr))
+        .collect();
+    let victim_addrs: Vec<SocketAddr> = victims.iter().map(|&i| cluster.addr(i)).collect();
+    eprintln!(
+        "{name}: killing adjacent nodes {victims:?} ({victim_addrs:?}) at once; {} of {KEYS} keys were held by them alone",
+        doomed.len()
+    );
+    let killed_at = Instant::now();
+    for &v in &victims {
+        cluster.kill(v).expect("kill");
+    }
+    let ring = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("the ring of 5 converges: {e}; logs in {}", logs_of(&cluster)));
+    assert_eq!(ring.nodes.len(), 5);
+    let live = ring.addrs();
+
+    let (settled, misses) = wait_readable(&mut clients, &data, &doomed, READABLE_TIMEOUT, || {
+        live[rng.below(live.len() as u64) as usize]
+    });
+    eprintln!(
+        "{name}: kill -> every key as expected: {:.2} s ({} failed reads, {} wrong answers on the way{})",
+        settled.as_secs_f64(),
+        misses.errors,
+        misses.wrong,
+        if misses.examples.is_empty() {
+            String::new()
+        } else {
+            format!(", e.g. {:?}", misses.examples)
+        }
+    );
+    check_all(&mut clients, &mut rng, &live, &data, &doomed);
+
+    // The survivors' copies are restored, and nothing of the lost keys reappears.
+    let survivors = KEYS as u64 - doomed.len() as u64;
+    wait_stat_sum(&mut clients, &live, "keys", COPIES * survivors, REPAIR_TIMEOUT);
+    eprintln!(
+        "{name}: kill -> {} copies of the {survivors} surviving keys restored: {:.2} s",
+        COPIES * survivors,
+        killed_at.elapsed().as_secs_f64()
+    );
+    wait_stat_sum(&mut clients, &live, "keys_primary", survivors, REPAIR_TIMEOUT);
+}
+
+#[test]
+fn a_restarted_node_gets_its_ranges_back() {
+    const KEYS: usize = 1_000;
+    let name = "restart_gets_ranges";
+    let mut rng = Rng::new(seed(name));
+    let mut cluster = start_spec(name, replicated_spec(name, 6, &[]));
+    let mut clients = Clients::new();
+
+    let addrs = cluster.addrs();
+    let data = write_keys(&mut clients, &mut rng, &addrs, KEYS);
+    wait_stat_sum(&mut clients, &addrs, "keys", COPIES * KEYS as u64, REPAIR_TIMEOUT);
+
+    let victim = rng.below(addrs.len() as u64) as usize;
+    let victim_addr = addrs[victim];
+    eprintln!("{name}: killing node {victim} ({victim_addr})");
+    let killed_at = Instant::now();
+    cluster.kill(victim).expect("kill");
+    let live = cluster.live_addrs();
+    wait_stat_sum(&mut clients, &live, "keys", COPIES * KEYS as u64, REPAIR_TIMEOUT);
+    eprintln!(
+        "{name}: kill -> copies restored: {:.2} s",
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    cluster.restart(victim).expect("restart");
+    let restarted_at = Instant::now();
+    let ring = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("the ring of 6 converges: {e}; logs in {}", logs_of(&cluster)));
+    assert_eq!(ring.nodes.len(), 6);
+    let want = expected_holdings(&ring, data.keys())[&victim_addr];
+    assert!(want > 0, "no key belongs on {victim_addr}");
+
+    // Through the restarted node itself: it routes, or serves from its own copies.
+    let (readable, misses) = wait_readable(&mut clients, &data, &BTreeSet::new(), READABLE_TIMEOUT, || {
+        victim_addr
+    });
+    eprintln!(
+        "{name}: restart -> every key readable through the restarted node: {:.2} s ({} failed reads, {} wrong answers on the way{})",
+        readable.as_secs_f64(),
+        misses.errors,
+        misses.wrong,
+        if misses.examples.is_empty() { String::new() } else { format!(", e.g. {:?}", misses.examples) }
+    );
+    // It holds again every key whose preference list names it: its primary range by handoff,
+    // its predecessors' ranges by anti-entropy.
+    wait_stat_sum(&mut clients, &[victim_addr], "keys", want, REPAIR_TIMEOUT);
+    eprintln!(
+        "{name}: restart -> the restarted node holds its {want} keys: {:.2} s",
+        restarted_at.elapsed().as_secs_f64()
+    );
+    eprintln!("{name}: per node:{}", stats_table(&mut clients, &ring.addrs()));
+}
+
+#[test]
+fn ack_one_replicates_in_the_background() {
+    const KEYS: usize = 500;
+    let name = "ack_one";
+    let mut rng = Rng::new(seed(name));
+    let mut cluster = start_spec(name, replicated_spec(name, 5, &["--ack", "one"]));
+    let mut clients = Clients::new();
+
+    let addrs = cluster.addrs();
+    let data = write_keys(&mut clients, &mut rng, &addrs, KEYS);
+    let copies = wait_stat_sum(&mut clients, &addrs, "keys", COPIES * KEYS as u64, REPAIR_TIMEOUT);
+    eprintln!(
+        "{name}: last write -> {} copies: {:.2} s",
+        COPIES * KEYS as u64,
+        copies.as_secs_f64()
+    );
+    check_all(&mut clients, &mut rng, &addrs, &data, &BTreeSet::new());
+    let ring = cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .expect("the ring of 5 is consistent");
+    wait_expected_holdings(&mut clients, &ring, &expected_holdings(&ring, data.keys()));
+}
