@@ -484,7 +484,8 @@ pub fn status_name(status: NodeStatus) -> &'static str {
 ///
 /// - the walk returned to its first node, reaching no node twice, within `max_nodes`;
 /// - every node's successor names that node as its predecessor (a single node may have no
-///   predecessor);
+///   predecessor), and every successor list follows the ring in order and is as long as the
+///   longest one seen (at most the ring's size less one);
 /// - no node was unreachable and every node is `Active`;
 /// - ids strictly increase around the ring, with exactly one wrap past zero.
 ///
@@ -604,6 +605,29 @@ fn check_ring(infos: &[NodeInfo], returned: bool, problems: &mut Vec<String>) {
                 "{} has no predecessor, but {} precedes it",
                 b.node.addr, a.node.addr
             )),
+        }
+    }
+    // Successor lists: each follows the ring in order, and all are as long as the ring allows
+    // (the longest list seen, at most n - 1): writes go to the first entries as replicas, so a
+    // short or stale list means misplaced copies.
+    if returned && n > 1 {
+        let want_len = infos
+            .iter()
+            .map(|i| i.successors.len())
+            .max()
+            .unwrap_or(0)
+            .min(n - 1);
+        for (i, info) in infos.iter().enumerate() {
+            let expected: Vec<Id> = (1..=want_len).map(|d| infos[(i + d) % n].node.id).collect();
+            let got: Vec<Id> = info.successors.iter().take(want_len).map(|s| s.id).collect();
+            if got != expected {
+                problems.push(format!(
+                    "{}'s successor list has {} of the {} nodes that follow it, in ring order",
+                    info.node.addr,
+                    got.iter().zip(&expected).take_while(|(a, b)| a == b).count(),
+                    want_len
+                ));
+            }
         }
     }
     // Ids increase around the ring with one wrap past zero.

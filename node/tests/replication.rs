@@ -54,15 +54,14 @@ fn preference_list(s: &Sim, key: &str) -> Vec<usize> {
     v
 }
 
-/// Runs until every node of every key's preference list holds a copy, or `max_ms` pass.
-/// (A node that dropped out of a preference list may keep a stale extra copy: versions make it
-/// harmless; see the notes on copy collection in `sync.rs`.)
+/// Runs until every key is held by exactly its preference list (copies missing are re-created
+/// by anti-entropy; copies a node is no longer responsible for are collected), or `max_ms` pass.
 fn run_until_replicated(s: &mut Sim, keys: &[String], max_ms: u64) -> bool {
     let until = s.now() + max_ms;
     loop {
         let ok = keys.iter().all(|k| {
             let h = holders(s, k);
-            preference_list(s, k).iter().all(|p| h.contains(p))
+            h == preference_list(s, k)
         });
         if ok || s.now() >= until {
             return ok;

@@ -156,3 +156,60 @@ fn a_redis_outage_gives_clear_errors_then_heals() {
         );
     }
 }
+
+/// Live keys summed over the stats of the given nodes.
+fn copies(clients: &mut Clients, live: &[SocketAddr]) -> Option<u64> {
+    let mut total = 0;
+    for &addr in live {
+        let stats = clients.with(addr, |c| c.stats()).ok()?;
+        total += stats.iter().find(|(k, _)| k == "keys").map(|(_, v)| *v)?;
+    }
+    Some(total)
+}
+
+/// The replication crash test on the Redis driver: 8 nodes with `--replicas 2` sharing one
+/// redis-server, 2,000 keys, two nodes SIGKILLed at once: every key reads back, and
+/// re-replication restores exactly three copies of each.
+#[test]
+fn two_kills_on_the_redis_driver_lose_nothing_and_copies_are_restored() {
+    let name = "redis_two_kills";
+    const N: usize = 2_000;
+    let mut rng = Rng::new(seed(name));
+    let redis = RedisServer::start();
+    let mut cluster = start(name, 8, &redis);
+    let mut clients = Clients::new();
+    let addrs = cluster.addrs();
+    let mut data = BTreeMap::new();
+    for k in 0..N {
+        let key = format!("key-{k:04}");
+        let value = format!("value-{k}-{:016x}", rng.next_u64());
+        let writer = addrs[rng.below(addrs.len() as u64) as usize];
+        clients.retrying(writer, &format!("PUT {key}"), |c| {
+            c.put(key.clone(), value.clone())
+        });
+        data.insert(key, value);
+    }
+    chordkv_tests::poll_until(
+        std::time::Duration::from_secs(60),
+        "3 copies of every key",
+        || (copies(&mut clients, &addrs)? == 3 * N as u64).then_some(()),
+    );
+    let first = rng.below(8) as usize;
+    let second = (first + 1 + rng.below(7) as usize) % 8;
+    eprintln!("{name}: killing nodes {first} and {second}");
+    cluster.kill(first).expect("kill");
+    cluster.kill(second).expect("kill");
+    let live: Vec<SocketAddr> = (0..8)
+        .filter(|&i| i != first && i != second)
+        .map(|i| addrs[i])
+        .collect();
+    check_all_keys(&mut clients, &mut rng, &live, &data);
+    cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .expect("the ring of 6 converges");
+    chordkv_tests::poll_until(
+        std::time::Duration::from_secs(90),
+        "copies restored to 3 of every key",
+        || (copies(&mut clients, &live)? == 3 * N as u64).then_some(()),
+    );
+}

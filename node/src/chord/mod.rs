@@ -255,6 +255,7 @@ pub struct Stats {
     pub anti_entropy_keys_repaired: u64,
     pub anti_entropy_last_repaired: u64,
     pub tombstones_collected: u64,
+    pub stray_copies_collected: u64,
 }
 
 /// One Chord node's state machine. See the module docs.
@@ -294,6 +295,12 @@ pub struct Node {
     next_anti_entropy: Millis,
     /// Predecessor and replica targets as of the last check, to notice changes.
     replica_view: Vec<SocketAddr>,
+    /// Since when `replica_view` has not changed.
+    replica_view_since: Millis,
+    /// Our predecessor (by address) and its own predecessor, as it last told us.
+    predecessor_range: Option<(SocketAddr, Option<NodeRef>)>,
+    /// Ranges primaries declared us a replica of (by syncing with us), and when last.
+    declared: Vec<(Id, Id, Millis)>,
     next_op_id: u64,
     /// Ops waiting to be retried: (when, op id).
     op_retries: BTreeSet<(Millis, u64)>,
@@ -347,6 +354,9 @@ impl Node {
             next_sync_id: 1,
             next_anti_entropy: now,
             replica_view: Vec::new(),
+            replica_view_since: now,
+            predecessor_range: None,
+            declared: Vec::new(),
             next_op_id: 1,
             op_retries: BTreeSet::new(),
             store_waits: BTreeMap::new(),
@@ -542,6 +552,7 @@ impl Node {
             if now >= self.next_anti_entropy {
                 self.next_anti_entropy = now + self.jitter(self.config.anti_entropy_interval_ms);
                 self.start_sync_round(now);
+                self.collect_stray_copies(now);
             }
         }
         self.pump_leave(now);
@@ -638,7 +649,7 @@ impl Node {
             }
             Message::Replicate { items } => self.handle_replicate(reply_to, rid, items),
             Message::SyncDigests { start, end, digests } => {
-                self.handle_sync_digests(reply_to, rid, start, end, digests)
+                self.handle_sync_digests(now, reply_to, rid, start, end, digests)
             }
             Message::SyncKeys { start, end, keys } => self.handle_sync_keys(reply_to, rid, start, end, keys),
             Message::CollectTombstones { start, end, before } => {
@@ -675,7 +686,11 @@ impl Node {
             RpcKind::Op(op) => self.on_op_reply(now, op, from, frame.message),
             RpcKind::Stabilize => self.on_neighbors(now, from, frame.message),
             RpcKind::Notify => self.on_notify_reply(now, from, frame.message),
-            RpcKind::CheckPredecessor => {}
+            RpcKind::CheckPredecessor => {
+                if let Message::Neighbors { predecessor, .. } = frame.message {
+                    self.predecessor_range = Some((from, predecessor));
+                }
+            }
             RpcKind::Transfer(t) => self.on_transfer_ack(now, t, frame.message),
             RpcKind::Leaving => self.on_leaving_reply(now, frame.message),
             RpcKind::LeavingHint | RpcKind::Collect => {}
@@ -796,7 +811,7 @@ impl Node {
     /// Named counters for `GET_STATS`, given the live keys held in all and as primary.
     pub fn stat_counters(&self, keys: u64, keys_primary: u64) -> Vec<(String, u64)> {
         let s = &self.stats;
-        let pairs: [(&str, u64); 34] = [
+        let pairs: [(&str, u64); 35] = [
             ("keys", keys),
             ("keys_primary", keys_primary),
             ("keys_replica", keys.saturating_sub(keys_primary)),
@@ -827,6 +842,7 @@ impl Node {
             ("anti_entropy_keys_repaired", s.anti_entropy_keys_repaired),
             ("anti_entropy_last_round_repaired", s.anti_entropy_last_repaired),
             ("tombstones_collected", s.tombstones_collected),
+            ("stray_copies_collected", s.stray_copies_collected),
             ("routing_nodes", self.routing.distinct_nodes() as u64),
             ("successors", self.routing.successors().len() as u64),
             ("ops_in_flight", self.ops.len() as u64),
@@ -1011,10 +1027,13 @@ impl Node {
         }
     }
 
+    /// Pings the predecessor. The ping is a `GET_NEIGHBORS`, whose answer also names the
+    /// predecessor's own predecessor: the start of the range this node takes over if its
+    /// predecessor dies (see `may_take_over`).
     fn check_predecessor(&mut self, now: Millis) {
         if let Some(p) = self.predecessor {
             if !self.rpcs.values().any(|r| r.kind == RpcKind::CheckPredecessor) {
-                self.send_rpc(now, p.addr, Message::Ping, RpcKind::CheckPredecessor, 0);
+                self.send_rpc(now, p.addr, Message::GetNeighbors, RpcKind::CheckPredecessor, 0);
             }
         }
     }

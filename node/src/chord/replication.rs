@@ -18,7 +18,7 @@
 
 use std::net::SocketAddr;
 
-use chordkv_protocol::{Id, Item, Message, NodeRef};
+use chordkv_protocol::{in_half_open, Id, Item, Message, NodeRef};
 
 use super::config::AckPolicy;
 use super::{Millis, Node, Phase, ReplyTo, RpcKind, StoreWait};
@@ -148,9 +148,14 @@ impl Node {
     }
 
     /// Whether this node may serve `target` as a stand-in for a primary that an entry found
-    /// dead: it is active and no successor of it owns the key, so it is the next in line.
+    /// dead: the key is in its predecessor's range (as the predecessor last reported it), so
+    /// this node is next in line and becomes the primary once the predecessor is gone.
     pub(super) fn may_take_over(&mut self, now: Millis, target: &Id) -> bool {
-        if self.phase != Phase::Active || self.in_successor_arcs(target) {
+        let in_predecessor_range = match (self.predecessor, self.predecessor_range) {
+            (Some(p), Some((addr, Some(pp)))) if addr == p.addr => in_half_open(target, &pp.id, &p.id),
+            _ => false,
+        };
+        if self.phase != Phase::Active || !in_predecessor_range {
             return false;
         }
         // Someone found our predecessor dead: check it now rather than at the next round.

@@ -85,7 +85,13 @@ pub(super) enum SyncWait {
     },
     /// Replica: tombstones collected on the primary's word.
     AnswerCollect { to: ReplyTo, request_id: u64 },
+    /// Copies outside our responsibility dropped.
+    StrayCollected,
 }
+
+/// How many anti-entropy intervals a replica keeps copies of a range no primary has declared
+/// to it, and how long its own view must be stable before it drops any.
+const COPY_RETENTION_ROUNDS: u64 = 3;
 
 impl Node {
     /// Starts a round if none is running and this node is a primary with replicas.
@@ -212,6 +218,11 @@ impl Node {
                 self.sync_step_done(now, round);
             }
             SyncWait::Repaired { round } => self.sync_step_done(now, round),
+            SyncWait::StrayCollected => {
+                if let Ok(StoreOutcome::Removed(n)) = result {
+                    self.stats.stray_copies_collected += n as u64;
+                }
+            }
             SyncWait::Collected => {
                 if let Ok(StoreOutcome::Removed(n)) = result {
                     self.stats.tombstones_collected += n as u64;
@@ -357,14 +368,21 @@ impl Node {
 
     // ---- the replica's side ------------------------------------------------------------------
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn handle_sync_digests(
         &mut self,
+        now: Millis,
         to: ReplyTo,
         rid: u64,
         start: Id,
         end: Id,
         digests: Vec<u64>,
     ) {
+        // A primary counts on us as a replica of (start, end]: keep those copies.
+        match self.declared.iter_mut().find(|d| d.0 == start && d.1 == end) {
+            Some(d) => d.2 = now,
+            None => self.declared.push((start, end, now)),
+        }
         let parts = digests.len().clamp(1, u32::MAX as usize) as u32;
         let wait = SyncWait::AnswerDigests {
             to,
@@ -401,12 +419,35 @@ impl Node {
         );
     }
 
+    /// Drops copies this node is no longer responsible for: keys outside its primary range
+    /// and outside every range a primary declared it a replica of (by syncing with it) within
+    /// the last `COPY_RETENTION_ROUNDS` anti-entropy intervals. Only a node whose own view
+    /// (predecessor and replica set) has been stable that long collects, so a copy is never
+    /// dropped while the ring is still repairing itself after a failure; failover completes
+    /// within a few stabilize periods, far inside that window. This removes the extra copies
+    /// that joins and wrongly-suspected replicas leave behind.
+    pub(super) fn collect_stray_copies(&mut self, now: Millis) {
+        let window = COPY_RETENTION_ROUNDS * self.config.anti_entropy_interval_ms;
+        self.declared.retain(|d| now.saturating_sub(d.2) <= window);
+        let stable = now.saturating_sub(self.replica_view_since) >= window;
+        if !stable || self.phase != Phase::Active || self.predecessor.is_none() || !self.incoming.is_empty() {
+            return;
+        }
+        let mut keep: Vec<(Id, Id)> = vec![self.primary_range()];
+        keep.extend(self.declared.iter().map(|d| (d.0, d.1)));
+        self.store_op(
+            StoreOp::RetainRanges { keep },
+            StoreWait::Sync(SyncWait::StrayCollected),
+        );
+    }
+
     /// Brings the next round forward when the nodes that should hold our range changed.
     pub(super) fn watch_replica_set(&mut self, now: Millis) {
         let mut view: Vec<SocketAddr> = self.predecessor.iter().map(|p| p.addr).collect();
         view.extend(self.replica_targets().iter().map(|n| n.addr));
         if view != self.replica_view {
             self.replica_view = view;
+            self.replica_view_since = now;
             self.next_anti_entropy = self
                 .next_anti_entropy
                 .min(now + self.config.stabilize_interval_ms);

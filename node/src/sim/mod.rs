@@ -546,6 +546,15 @@ impl Sim {
                 .iter()
                 .find(|(k, _)| k == key)
                 .map(|_| "transfer-out".to_string()),
+            StoreOp::RetainRanges { keep } => {
+                let id = Id::hash(key);
+                let held = self.nodes[i].store.get(key).ok().flatten().is_some();
+                (held
+                    && !keep
+                        .iter()
+                        .any(|(s, e)| chordkv_protocol::in_half_open(&id, s, e)))
+                .then(|| "stray-drop".to_string())
+            }
             _ => None,
         };
         if let Some(what) = hit {

@@ -205,6 +205,11 @@ pub enum StoreOp {
         end: Id,
         before: u64,
     },
+    /// Remove every entry whose key id is in none of the ring ranges `keep` (copies this node
+    /// is no longer responsible for), each only at the version scanned.
+    RetainRanges {
+        keep: Vec<(Id, Id)>,
+    },
 }
 
 impl StoreOp {
@@ -300,6 +305,15 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
                 }
             }
             StoreOutcome::Removed(store.delete_many(dead)?)
+        }
+        StoreOp::RetainRanges { keep } => {
+            let mut gone = Vec::new();
+            digest::for_each_entry(store, &Id::ZERO, &Id::ZERO, |id, key, version| {
+                if !keep.iter().any(|(s, e)| chordkv_protocol::in_half_open(id, s, e)) {
+                    gone.push((key.clone(), version));
+                }
+            })?;
+            StoreOutcome::Removed(store.delete_many(gone)?)
         }
         StoreOp::GetMany { keys } => {
             let mut items = Vec::with_capacity(keys.len());
