@@ -248,25 +248,7 @@ fn random_failures_of_at_most_n_holders_lose_no_acknowledged_write() {
             "seed {seed}: {:?}",
             s.ring_problem()
         );
-        let alive = s.alive();
-        for (i, (key, (version, value))) in acked.0.iter().enumerate() {
-            match s.get(alive[i % alive.len()], key) {
-                Some(Message::GetReply {
-                    version: got,
-                    value: Some(v),
-                    ..
-                }) => {
-                    assert!(
-                        got >= *version,
-                        "seed {seed}: {key} went back from {version} to {got}"
-                    );
-                    if got == *version {
-                        assert_eq!(v, Bytes::from(value.clone()), "seed {seed}: {key}");
-                    }
-                }
-                other => panic!("seed {seed}: acknowledged write of {key} lost: {other:?}"),
-            }
-        }
+        acked.verify(&mut s, seed);
     }
 }
 

@@ -487,19 +487,7 @@ impl Node {
         self.phase = Phase::Joining;
         self.bootstrap = Some(via);
         self.remember_seed(via);
-        let deadline = now + self.config.request_timeout_ms;
-        let id = self.new_lookup(MaintLookup {
-            target: self.me.id,
-            purpose: LookupPurpose::Join,
-            deadline,
-        });
-        self.send_rpc(
-            now,
-            via,
-            Message::FindSuccessor { id: self.me.id },
-            RpcKind::Lookup(id),
-            0,
-        );
+        self.lookup_own_id(now, via, LookupPurpose::Join);
         self.schedule_maintenance(now);
     }
 
@@ -1099,15 +1087,20 @@ impl Node {
             return;
         };
         self.seeds.push_back(seed);
+        self.lookup_own_id(now, seed, LookupPurpose::Rejoin);
+    }
+
+    /// Asks `via` for our own successor (a join, or a rejoin after isolation).
+    fn lookup_own_id(&mut self, now: Millis, via: SocketAddr, purpose: LookupPurpose) {
         let deadline = now + self.config.request_timeout_ms;
         let id = self.new_lookup(MaintLookup {
             target: self.me.id,
-            purpose: LookupPurpose::Rejoin,
+            purpose,
             deadline,
         });
         self.send_rpc(
             now,
-            seed,
+            via,
             Message::FindSuccessor { id: self.me.id },
             RpcKind::Lookup(id),
             0,
@@ -1248,19 +1241,7 @@ impl Node {
         };
         self.seeds.push_back(via);
         self.join_retry_at = None;
-        let deadline = now + self.config.request_timeout_ms;
-        let id = self.new_lookup(MaintLookup {
-            target: self.me.id,
-            purpose: LookupPurpose::Join,
-            deadline,
-        });
-        self.send_rpc(
-            now,
-            via,
-            Message::FindSuccessor { id: self.me.id },
-            RpcKind::Lookup(id),
-            0,
-        );
+        self.lookup_own_id(now, via, LookupPurpose::Join);
     }
 
     // ---- requests to peers -------------------------------------------------------------------

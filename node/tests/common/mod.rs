@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use chordkv_node::rng::Rng;
 use chordkv_node::sim::Sim;
-use chordkv_protocol::Message;
+use chordkv_protocol::{Id, Message};
 
 pub const STABILIZE_MS: u64 = 100;
 
@@ -55,6 +55,40 @@ impl Acked {
             let e = self.0.entry(key.to_string()).or_insert((0, String::new()));
             if version > e.0 {
                 *e = (version, value.to_string());
+            }
+        }
+    }
+}
+
+impl Acked {
+    /// Reads every acknowledged key back through the live nodes in turn and panics unless each
+    /// has its acknowledged value or a newer version (Jepsen's "lost" accounting).
+    pub fn verify(&self, s: &mut Sim, seed: u64) {
+        let alive = s.alive();
+        for (i, (key, (version, value))) in self.0.iter().enumerate() {
+            match s.get(alive[i % alive.len()], key) {
+                Some(Message::GetReply {
+                    version: got,
+                    value: Some(v),
+                    ..
+                }) => {
+                    assert!(
+                        got >= *version,
+                        "seed {seed}: {key} went back from version {version} to {got}"
+                    );
+                    if got == *version {
+                        assert_eq!(v, Bytes::from(value.clone()), "seed {seed}: {key}");
+                    }
+                }
+                other => {
+                    let holders: Vec<usize> = alive
+                        .iter()
+                        .copied()
+                        .filter(|&n| s.holds(n, key.as_bytes()).is_some())
+                        .collect();
+                    let owner = s.owner_of(&Id::hash(key.as_bytes())).map(|o| o.addr);
+                    panic!("seed {seed}: acknowledged write of {key} (v{version}) lost: {other:?}; holders {holders:?}, owner {owner:?}")
+                }
             }
         }
     }
