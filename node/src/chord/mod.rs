@@ -538,9 +538,18 @@ impl Node {
         if self.config.replicas > 0 {
             self.watch_replica_set(now);
             if now >= self.next_anti_entropy {
-                self.next_anti_entropy = now + self.jitter(self.config.anti_entropy_interval_ms);
-                self.start_sync_round(now);
-                self.collect_stray_copies(now);
+                // A round that cannot start now (one is running, a range is arriving) is
+                // retried at the next stabilize period, so a change of replicas during a round
+                // is not left for the next full interval.
+                let started = self.start_sync_round(now);
+                let wait = if started {
+                    // Once per interval: collection scans the whole store.
+                    self.collect_stray_copies(now);
+                    self.config.anti_entropy_interval_ms
+                } else {
+                    self.config.stabilize_interval_ms
+                };
+                self.next_anti_entropy = now + self.jitter(wait);
             }
         }
         self.pump_leave(now);

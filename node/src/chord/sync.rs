@@ -95,14 +95,18 @@ const COPY_RETENTION_ROUNDS: u64 = 3;
 
 impl Node {
     /// Starts a round if none is running and this node is a primary with replicas.
-    pub(super) fn start_sync_round(&mut self, now: Millis) {
+    /// Starts a round; returns false when one cannot start now (a round is running, a range is
+    /// arriving, or the node is not a primary with replicas).
+    pub(super) fn start_sync_round(&mut self, now: Millis) -> bool {
         if self.sync.is_some() || self.phase != Phase::Active || !self.incoming.is_empty() {
-            return;
+            return false;
         }
-        let Some(pred) = self.predecessor else { return };
+        let Some(pred) = self.predecessor else {
+            return false;
+        };
         let targets = self.replica_targets();
         if targets.is_empty() {
-            return;
+            return false;
         }
 
         let id = self.next_sync_id;
@@ -125,6 +129,7 @@ impl Node {
             parts: ANTI_ENTROPY_PARTS,
         };
         self.store_op(op, StoreWait::Sync(SyncWait::RoundDigests { round: id }));
+        true
     }
 
     fn round_mut(&mut self, round: u64) -> Option<&mut SyncRound> {

@@ -1,0 +1,167 @@
+//! What the whole-cluster measurement binaries (`recovery`, `ack_latency`) share: finding the
+//! `chordkv` binary, describing the machine, the date and the exact command of a run, so that
+//! every results file says what produced its numbers.
+
+// Each binary uses a part of this module.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+
+/// The `chordkv` binary: `explicit` if given, else `chordkv` next to this executable (cargo
+/// puts both in `target/<profile>/`).
+pub fn chordkv_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match explicit {
+        Some(path) => path,
+        None => {
+            let exe = std::env::current_exe().context("cannot find this executable's path")?;
+            let dir = exe.parent().context("this executable has no parent directory")?;
+            dir.join(format!("chordkv{}", std::env::consts::EXE_SUFFIX))
+        }
+    };
+    if !path.is_file() {
+        bail!(
+            "the chordkv binary {} does not exist: run `cargo build --release --bins` first, \
+             or pass --chordkv PATH",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The command that started this process, as a person would type it again: the `cargo run`
+/// form when cargo started us, else the executable path and its arguments.
+pub fn command_line(bin_name: &str) -> String {
+    let args: Vec<String> = std::env::args().skip(1).map(|a| shell_quote(&a)).collect();
+    let under_cargo = std::env::var_os("CARGO_PKG_NAME").is_some();
+    let head = if under_cargo {
+        let profile = if cfg!(debug_assertions) { "" } else { " --release" };
+        format!("cargo run{profile} -p chordkv-bench --bin {bin_name} --")
+    } else {
+        std::env::args().next().unwrap_or_else(|| bin_name.to_string())
+    };
+    if args.is_empty() {
+        head.trim_end_matches(" --").to_string()
+    } else {
+        format!("{head} {}", args.join(" "))
+    }
+}
+
+fn shell_quote(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// "2 CPUs (model name), 23.4 GiB memory, Linux 6.1.0": what the numbers were measured on.
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| {
+        l.strip_prefix("model name")?
+            .split_once(':')
+            .map(|(_, m)| m.trim().to_string())
+    });
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: Option<u64> = meminfo.lines().find_map(|l| {
+        l.strip_prefix("MemTotal:")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    });
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut s = format!("nproc {cpus}");
+    if let Some(model) = model {
+        s.push_str(&format!(" ({model})"));
+    }
+    if let Some(kib) = mem_kib {
+        s.push_str(&format!(", {:.1} GiB memory", kib as f64 / (1024.0 * 1024.0)));
+    }
+    if !kernel.trim().is_empty() {
+        s.push_str(&format!(", Linux {}", kernel.trim()));
+    }
+    s
+}
+
+/// The current time as `YYYY-MM-DD HH:MM UTC`.
+pub fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The source the `chordkv` binary was presumably built from: `git describe` of the working
+/// tree, `-dirty` when it has uncommitted changes; "unknown" outside a git checkout.
+pub fn source_version() -> String {
+    Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// A seed from the clock, for runs not given `--seed` (printed, so the run can be repeated).
+pub fn clock_seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// Seconds with millisecond precision, for tables.
+pub fn secs(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(20_000), (2024, 10, 4));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("--keys"), "--keys");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}
