@@ -139,6 +139,17 @@ fn scan_ring_ranges(s: &dyn Store) {
         got.extend(batch);
     }
     assert_eq!(got, wrap, "batched scan equals one scan");
+    // scan_versions is scan without the values.
+    let versions = s.scan_versions(&ids[150].0, &ids[20].0, None, 1_000).unwrap();
+    let expected: Vec<super::KeyVersion> = wrap
+        .iter()
+        .map(|it| super::KeyVersion {
+            key: it.key.clone(),
+            version: it.version,
+            live: it.value.is_some(),
+        })
+        .collect();
+    assert_eq!(versions, expected, "scan_versions matches scan");
     for k in &keys {
         assert!(s.delete(k.as_bytes(), u64::MAX).unwrap());
     }

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use chordkv_protocol::{in_half_open, Id};
 
-use super::{Result, ScanCursor, Store, SCAN_BATCH};
+use super::{KeyVersion, Result, ScanCursor, Store, SCAN_BATCH};
 
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -24,18 +24,18 @@ pub fn item_hash(key_id: &Id, version: u64) -> u64 {
     mix(u64::from_be_bytes(head) ^ mix(version.wrapping_add(0x9e37_79b9_7f4a_7c15)))
 }
 
-/// Visits every entry in `(start, end]` as `(key id, key, version)`, in ring order.
-pub fn for_each_entry(
-    store: &dyn Store,
+/// Visits every entry in `(start, end]`, in ring order, without its value.
+pub fn for_each_entry<S: Store + ?Sized>(
+    store: &S,
     start: &Id,
     end: &Id,
-    mut f: impl FnMut(&Id, &Bytes, u64),
+    mut f: impl FnMut(&Id, &KeyVersion),
 ) -> Result<()> {
     let mut after: Option<ScanCursor> = None;
     loop {
-        let batch = store.scan(start, end, after.as_ref(), SCAN_BATCH)?;
-        for it in &batch {
-            f(&Id::hash(&it.key), &it.key, it.version);
+        let batch = store.scan_versions(start, end, after.as_ref(), SCAN_BATCH)?;
+        for kv in &batch {
+            f(&Id::hash(&kv.key), kv);
         }
         match batch.last() {
             Some(last) if batch.len() == SCAN_BATCH => after = Some((Id::hash(&last.key), last.key.clone())),
@@ -51,7 +51,8 @@ pub fn range_digests(store: &dyn Store, start: &Id, end: &Id, parts: u32) -> Res
     // Entries come in ring order, so the sub-range index only moves forward.
     let mut part = 0usize;
     let mut lo = *start;
-    for_each_entry(store, start, end, |id, _, version| {
+    for_each_entry(store, start, end, |id, kv| {
+        let version = kv.version;
         while part + 1 < bounds.len() && !in_half_open(id, &lo, &bounds[part]) {
             lo = bounds[part];
             part += 1;
@@ -64,9 +65,7 @@ pub fn range_digests(store: &dyn Store, start: &Id, end: &Id, parts: u32) -> Res
 /// Every `(key, version)` in `(start, end]`, tombstones included.
 pub fn key_versions(store: &dyn Store, start: &Id, end: &Id) -> Result<Vec<(Bytes, u64)>> {
     let mut out = Vec::new();
-    for_each_entry(store, start, end, |_, key, version| {
-        out.push((key.clone(), version))
-    })?;
+    for_each_entry(store, start, end, |_, kv| out.push((kv.key.clone(), kv.version)))?;
     Ok(out)
 }
 

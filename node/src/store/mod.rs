@@ -64,6 +64,15 @@ pub struct PutOutcome {
 /// A position in ring order, for resuming a scan after it.
 pub type ScanCursor = (Id, Bytes);
 
+/// An entry without its value: what digests, key lists and collections need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyVersion {
+    pub key: Bytes,
+    pub version: u64,
+    /// False for a tombstone.
+    pub live: bool,
+}
+
 /// Entries read per round trip by whole-range operations (counts, digests).
 pub const SCAN_BATCH: usize = 1_024;
 
@@ -126,17 +135,27 @@ pub trait Store: Send + Sync {
     /// Live keys whose ids are in the ring range `(start, end]`.
     fn count_range(&self, start: &Id, end: &Id) -> Result<u64> {
         let mut count = 0;
-        let mut after: Option<ScanCursor> = None;
-        loop {
-            let batch = self.scan(start, end, after.as_ref(), SCAN_BATCH)?;
-            count += batch.iter().filter(|it| it.value.is_some()).count() as u64;
-            match batch.last() {
-                Some(last) if batch.len() == SCAN_BATCH => {
-                    after = Some((Id::hash(&last.key), last.key.clone()))
-                }
-                _ => return Ok(count),
-            }
-        }
+        digest::for_each_entry(self, start, end, |_, kv| count += kv.live as u64)?;
+        Ok(count)
+    }
+    /// [`Store::scan`] without the values. Anti-entropy and collection use it; a driver with
+    /// round trips should not ship values for it.
+    fn scan_versions(
+        &self,
+        start: &Id,
+        end: &Id,
+        after: Option<&ScanCursor>,
+        limit: usize,
+    ) -> Result<Vec<KeyVersion>> {
+        Ok(self
+            .scan(start, end, after, limit)?
+            .into_iter()
+            .map(|it| KeyVersion {
+                live: it.value.is_some(),
+                key: it.key,
+                version: it.version,
+            })
+            .collect())
     }
     /// Live keys (tombstones not counted).
     fn len(&self) -> Result<u64>;
@@ -288,29 +307,18 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
         }
         StoreOp::CollectTombstones { start, end, before } => {
             let mut dead = Vec::new();
-            let mut after: Option<ScanCursor> = None;
-            loop {
-                let batch = store.scan(&start, &end, after.as_ref(), SCAN_BATCH)?;
-                dead.extend(
-                    batch
-                        .iter()
-                        .filter(|it| it.value.is_none() && it.version <= before)
-                        .map(|it| (it.key.clone(), it.version)),
-                );
-                match batch.last() {
-                    Some(last) if batch.len() == SCAN_BATCH => {
-                        after = Some((Id::hash(&last.key), last.key.clone()))
-                    }
-                    _ => break,
+            digest::for_each_entry(store, &start, &end, |_, kv| {
+                if !kv.live && kv.version <= before {
+                    dead.push((kv.key.clone(), kv.version));
                 }
-            }
+            })?;
             StoreOutcome::Removed(store.delete_many(dead)?)
         }
         StoreOp::RetainRanges { keep } => {
             let mut gone = Vec::new();
-            digest::for_each_entry(store, &Id::ZERO, &Id::ZERO, |id, key, version| {
+            digest::for_each_entry(store, &Id::ZERO, &Id::ZERO, |id, kv| {
                 if !keep.iter().any(|(s, e)| chordkv_protocol::in_half_open(id, s, e)) {
-                    gone.push((key.clone(), version));
+                    gone.push((kv.key.clone(), kv.version));
                 }
             })?;
             StoreOutcome::Removed(store.delete_many(gone)?)

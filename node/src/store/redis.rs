@@ -62,7 +62,7 @@ use chordkv_protocol::{Id, Item};
 use parking_lot::Mutex;
 use redis::{Connection, ConnectionLike, RedisError, RedisResult, Script, ServerErrorKind, Value};
 
-use super::{Entry, PutOutcome, Result, ScanCursor, Store, StoreError, SCAN_BATCH};
+use super::{Entry, KeyVersion, PutOutcome, Result, ScanCursor, Store, StoreError, SCAN_BATCH};
 
 /// Bound of one connection attempt (TCP connect and the SELECT of the database).
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
@@ -795,6 +795,27 @@ impl Store for RedisStore {
             reply_value::<i64>,
         )?;
         Ok(removed.iter().filter(|r| **r == 1).count())
+    }
+
+    /// From the records' headers, so that values never cross the network.
+    fn scan_versions(
+        &self,
+        start: &Id,
+        end: &Id,
+        after: Option<&ScanCursor>,
+        limit: usize,
+    ) -> Result<Vec<KeyVersion>> {
+        self.scan_records(start, end, after, limit, false)?
+            .into_iter()
+            .map(|(key, header)| {
+                let e = decode_record(header).map_err(|f| self.store_error(f))?;
+                Ok(KeyVersion {
+                    key: Bytes::from(key),
+                    version: e.version,
+                    live: e.is_live(),
+                })
+            })
+            .collect()
     }
 
     /// Counts from the records' headers, so that values never cross the network.
