@@ -34,7 +34,8 @@ pub(super) struct Incoming {
     /// When the transfer is given up if no batch arrives.
     pub deadline: Millis,
     /// Requests for keys in the range, answered once it is complete.
-    pub held: Vec<(ReplyTo, Frame, u16)>,
+    /// Each with its hop count so far and when it was held.
+    pub held: Vec<(ReplyTo, Frame, u16, Millis)>,
 }
 
 /// A range this node is sending.
@@ -179,7 +180,7 @@ impl Node {
         self.incoming.iter().any(|r| in_half_open(id, &r.start, &r.end))
     }
 
-    pub(super) fn hold(&mut self, _now: Millis, to: ReplyTo, frame: Frame, hops: u16) {
+    pub(super) fn hold(&mut self, now: Millis, to: ReplyTo, frame: Frame, hops: u16) {
         let held: usize = self.incoming.iter().map(|r| r.held.len()).sum();
         let key_id = frame.message.key().map(|k| Id::hash(k)).unwrap_or_default();
         let slot = self
@@ -188,7 +189,7 @@ impl Node {
             .find(|r| in_half_open(&key_id, &r.start, &r.end));
         match slot {
             Some(r) if held < self.config.max_held_requests => {
-                r.held.push((to, frame, hops));
+                r.held.push((to, frame, hops, now));
                 self.stats.requests_held += 1;
             }
             _ => {
@@ -295,12 +296,42 @@ impl Node {
         if self.finished_incoming.len() > FINISHED_REMEMBERED {
             self.finished_incoming.pop_front();
         }
-        for (to, frame, hops) in range.held {
+        for (to, frame, hops, _) in range.held {
             self.dispatch_client_op(now, to, frame, hops);
         }
     }
 
+    /// A peer that sent us a request directly waits for it with its own deadline, and would
+    /// take a long hold for our death: answer such requests `Busy` (retryable) once they have
+    /// waited half an RPC timeout. Requests we coordinate ourselves keep waiting.
+    fn release_long_held(&mut self, now: Millis) {
+        let limit = self.config.rpc_timeout_ms / 2;
+        let mut busy = Vec::new();
+        for r in &mut self.incoming {
+            r.held.retain(|(to, frame, hops, since)| {
+                let expired = frame.is_direct() && now.saturating_sub(*since) >= limit;
+                if expired {
+                    busy.push((*to, frame.request_id, *hops));
+                }
+                !expired
+            });
+        }
+        for (to, rid, hops) in busy {
+            let text = "the key's range is being transferred here; retry".to_string();
+            self.reply(
+                to,
+                rid,
+                Message::Error {
+                    code: ErrorCode::Busy,
+                    hops,
+                    text,
+                },
+            );
+        }
+    }
+
     pub(super) fn expire_incoming(&mut self, now: Millis) {
+        self.release_long_held(now);
         let stalled: Vec<(Id, Id)> = self
             .incoming
             .iter()

@@ -449,6 +449,10 @@ impl Node {
         }
         for inc in &self.incoming {
             d = d.min(inc.deadline);
+            let release = self.config.rpc_timeout_ms / 2;
+            if let Some(since) = inc.held.iter().filter(|h| h.1.is_direct()).map(|h| h.3).min() {
+                d = d.min(since + release);
+            }
         }
         if let Some(l) = &self.leave {
             d = d.min(l.deadline);

@@ -149,7 +149,8 @@ impl Node {
     /// that is a failover (the owner at the head of the list is dead).
     fn pick_owner(&self, list: &[NodeRef]) -> Option<(NodeRef, bool)> {
         let pos = list.iter().position(|n| !self.is_dead(&n.addr))?;
-        Some((list[pos], pos > 0))
+        // Without replicas there is nobody to fail over to: the next node just redirects.
+        Some((list[pos], pos > 0 && self.config.replicas > 0))
     }
 
     /// Sends the operation itself to the node believed to own the key (or, on failover, to

@@ -155,7 +155,8 @@ impl Node {
             (Some(p), Some((addr, Some(pp)))) if addr == p.addr => in_half_open(target, &pp.id, &p.id),
             _ => false,
         };
-        if self.phase != Phase::Active || !in_predecessor_range {
+        // Without replicas the successor has no copy to serve from: let the ring repair.
+        if self.phase != Phase::Active || !in_predecessor_range || self.config.replicas == 0 {
             return false;
         }
         // Someone found our predecessor dead: check it now rather than at the next round.

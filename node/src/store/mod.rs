@@ -138,6 +138,28 @@ pub trait Store: Send + Sync {
         digest::for_each_entry(self, start, end, |_, kv| count += kv.live as u64)?;
         Ok(count)
     }
+    /// [`Store::scan`] that stops before the keys and values returned would exceed `max_bytes`
+    /// (the first entry always comes, so a scan makes progress). The default trims a whole
+    /// scan; a driver with round trips should stop early instead.
+    fn scan_limited(
+        &self,
+        start: &Id,
+        end: &Id,
+        after: Option<&ScanCursor>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Item>> {
+        let mut items = self.scan(start, end, after, limit)?;
+        let mut bytes = 0usize;
+        for (i, it) in items.iter().enumerate() {
+            bytes += it.key.len() + it.value.as_ref().map_or(0, |v| v.len());
+            if bytes > max_bytes && i > 0 {
+                items.truncate(i);
+                break;
+            }
+        }
+        Ok(items)
+    }
     /// [`Store::scan`] without the values. Anti-entropy and collection use it; a driver with
     /// round trips should not ship values for it.
     fn scan_versions(
@@ -277,24 +299,11 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
             max_bytes,
         } => {
             let limit = limit.max(1);
-            let mut items = store.scan(&start, &end, after.as_ref(), limit)?;
-            let full = items.len() == limit;
-            // Trim to the byte budget, always keeping the first item so a scan makes progress.
-            let mut bytes = 0usize;
-            let mut keep = items.len();
-            for (i, it) in items.iter().enumerate() {
-                bytes += it.key.len() + it.value.as_ref().map_or(0, |v| v.len());
-                if bytes > max_bytes && i > 0 {
-                    keep = i;
-                    break;
-                }
-            }
-            let trimmed = keep < items.len();
-            items.truncate(keep);
-            StoreOutcome::Scanned {
-                items,
-                more: full || trimmed,
-            }
+            let items = store.scan_limited(&start, &end, after.as_ref(), limit, max_bytes)?;
+            // A batch cut by the budget or the limit may have more behind it; at worst the next
+            // scan comes back empty.
+            let more = !items.is_empty();
+            StoreOutcome::Scanned { items, more }
         }
         StoreOp::RemoveMany { keys } => StoreOutcome::Removed(store.delete_many(keys)?),
         StoreOp::Count => StoreOutcome::Count(store.len()?),

@@ -139,16 +139,20 @@ if was == 1 then redis.call('INCRBY', KEYS[3], -1) end
 return 1
 "#;
 
-/// KEYS: data, index. ARGV: limit, whole ("1": whole records; "0": headers only), then
+/// KEYS: data, index. ARGV: limit, whole ("1": whole records; "0": headers only), max_bytes
+/// (stop before the keys and records returned would exceed it; the first entry always comes),
+/// then
 /// (min, max) lexicographic bounds, one pair per segment in ring order.
 /// Returns {key, record, key, record, ...}.
 const LUA_SCAN: &str = r#"
 local limit = tonumber(ARGV[1])
 local whole = ARGV[2] == '1'
+local max_bytes = tonumber(ARGV[3])
 local out = {}
 local n = 0
-for i = 3, #ARGV, 2 do
-  if n >= limit then break end
+local bytes = 0
+for i = 4, #ARGV, 2 do
+  if n >= limit or bytes >= max_bytes then break end
   local members = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[i], ARGV[i + 1], 'LIMIT', 0, limit - n)
   for _, m in ipairs(members) do
     if #m < 40 then return corrupt(m) end
@@ -156,9 +160,12 @@ for i = 3, #ARGV, 2 do
     local rec = redis.call('HGET', KEYS[1], key)
     if not rec or liveness(rec) == nil then return corrupt(key) end
     if not whole then rec = string.sub(rec, 1, 9) end
+    local size = #key + #rec
+    if n > 0 and bytes + size > max_bytes then return out end
     out[#out + 1] = key
     out[#out + 1] = rec
     n = n + 1
+    bytes = bytes + size
   end
 end
 return out
@@ -428,6 +435,7 @@ impl RedisStore {
         after: Option<&ScanCursor>,
         limit: usize,
         whole: bool,
+        max_bytes: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let segments = lex_segments(start, end, after);
         if limit == 0 || segments.is_empty() {
@@ -439,7 +447,8 @@ impl RedisStore {
                 .key(&self.keys.index)
                 // Lua numbers are doubles: keep the limit exact (no scan returns 2^40 items).
                 .arg(limit.min(1 << 40))
-                .arg(if whole { "1" } else { "0" });
+                .arg(if whole { "1" } else { "0" })
+                .arg(max_bytes.min(1 << 50));
             for (lo, hi) in &segments {
                 call.arg(lo.encode()).arg(hi.encode());
             }
@@ -740,7 +749,20 @@ impl Store for RedisStore {
     }
 
     fn scan(&self, start: &Id, end: &Id, after: Option<&ScanCursor>, limit: usize) -> Result<Vec<Item>> {
-        self.scan_records(start, end, after, limit, true)?
+        self.scan_limited(start, end, after, limit, usize::MAX)
+    }
+
+    /// The script stops at the byte budget, so a handoff batch of large values does not pull
+    /// a thousand of them across the network to keep a few.
+    fn scan_limited(
+        &self,
+        start: &Id,
+        end: &Id,
+        after: Option<&ScanCursor>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Item>> {
+        self.scan_records(start, end, after, limit, true, max_bytes)?
             .into_iter()
             .map(|(key, record)| {
                 let e = decode_record(record).map_err(|f| self.store_error(f))?;
@@ -805,7 +827,7 @@ impl Store for RedisStore {
         after: Option<&ScanCursor>,
         limit: usize,
     ) -> Result<Vec<KeyVersion>> {
-        self.scan_records(start, end, after, limit, false)?
+        self.scan_records(start, end, after, limit, false, usize::MAX)?
             .into_iter()
             .map(|(key, header)| {
                 let e = decode_record(header).map_err(|f| self.store_error(f))?;
@@ -823,7 +845,7 @@ impl Store for RedisStore {
         let mut count = 0;
         let mut after: Option<ScanCursor> = None;
         loop {
-            let batch = self.scan_records(start, end, after.as_ref(), SCAN_BATCH, false)?;
+            let batch = self.scan_records(start, end, after.as_ref(), SCAN_BATCH, false, usize::MAX)?;
             let full = batch.len() == SCAN_BATCH;
             let mut last = None;
             for (key, header) in batch {
