@@ -1,0 +1,20 @@
+//! # loadgen
+//!
+//! chordkv's load generator: replays a YAML workload against a cluster (one it starts
+//! locally, or one given by address), measures latency with HdrHistogram, and checks every
+//! acknowledged write at the end. Layers, bottom-up:
+//!
+//! 1. [`workload`]: the workload file (serde, YAML), its defaults and checks.
+//! 2. [`keys`]: key choice per distribution (uniform, YCSB zipfian, hotspot, hot key,
+//!    sequential, latest).
+//! 3. [`verify`]: Jepsen set-checker accounting (acknowledged, lost, unexpected, recovered).
+//! 4. [`hgrm`] and [`report`]: the files a run writes (`summary.json`, `.hgrm`,
+//!    `timeline.csv`).
+//! 5. [`run`]: the cluster, the load threads (closed or open loop), the verification.
+
+pub mod hgrm;
+pub mod keys;
+pub mod report;
+pub mod run;
+pub mod verify;
+pub mod workload;

@@ -1,0 +1,197 @@
+//! What a run leaves behind: `summary.json`, one `.hgrm` per histogram, `timeline.csv`; and
+//! the facts about the machine and the code that go into the summary.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::hgrm;
+use crate::verify::VerifyReport;
+use crate::workload::Workload;
+
+/// Latency percentiles of one operation, in microseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    /// Successful operations measured (after the warm-up).
+    pub count: u64,
+    /// Operations that failed after their retries (not in the percentiles).
+    pub errors: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl LatencySummary {
+    pub fn of(h: &Histogram<u64>, errors: u64) -> LatencySummary {
+        LatencySummary {
+            count: h.len(),
+            errors,
+            mean_us: round3(h.mean()),
+            p50_us: h.value_at_quantile(0.5),
+            p90_us: h.value_at_quantile(0.9),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ErrorSummary {
+    /// Operations that failed after their retries.
+    pub total: u64,
+    /// Requests that timed out (each attempt counts).
+    pub timeouts: u64,
+    /// Attempts after a retryable failure.
+    pub retries: u64,
+    /// Failed writes of the preload.
+    pub preload: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HopsSummary {
+    pub mean: f64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClusterInfo {
+    /// Whether loadgen started the cluster itself (from the workload's `cluster:` section).
+    pub local: bool,
+    pub nodes: Vec<String>,
+}
+
+/// `summary.json`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    pub name: String,
+    pub started_utc: String,
+    /// `closed` (each thread sends when its previous request completes) or `open` (requests
+    /// at `target_rate_ops`, latency from each request's intended send time).
+    pub r#loop: String,
+    pub target_rate_ops: Option<f64>,
+    /// Seconds measured (after the warm-up).
+    pub measured_s: f64,
+    /// Successful operations per second over the measured time.
+    pub throughput_ops: f64,
+    /// Latency per operation (`get`, `put`, `delete`) and `all`. Open loop: from the intended
+    /// send time (coordinated omission corrected).
+    pub ops: std::collections::BTreeMap<String, LatencySummary>,
+    /// Open loop only: from the actual send time.
+    pub service_time: Option<std::collections::BTreeMap<String, LatencySummary>>,
+    pub errors: ErrorSummary,
+    pub hops: HopsSummary,
+    pub verify: VerifyReport,
+    pub seed: u64,
+    pub git_commit: Option<String>,
+    pub machine: Machine,
+    pub cluster: ClusterInfo,
+    pub workload: Workload,
+}
+
+/// One second of the run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TimelineRow {
+    /// Seconds since the start of the load (warm-up included), at the end of the interval.
+    pub elapsed_s: f64,
+    pub warmup: bool,
+    pub ops_per_s: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub errors: u64,
+}
+
+pub fn timeline_csv(rows: &[TimelineRow]) -> String {
+    let mut out = String::from("elapsed_s,phase,ops_per_s,p50_us,p99_us,errors\n");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:.3},{},{:.1},{},{},{}",
+            r.elapsed_s,
+            if r.warmup { "warmup" } else { "measure" },
+            r.ops_per_s,
+            r.p50_us,
+            r.p99_us,
+            r.errors
+        );
+    }
+    out
+}
+
+/// Writes `text` to `dir/name`.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let path = dir.join(name);
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes `<name>.hgrm` (values in microseconds, or in hops).
+pub fn write_hgrm(dir: &Path, name: &str, h: &Histogram<u64>) -> anyhow::Result<()> {
+    write_file(
+        dir,
+        &format!("{name}.hgrm"),
+        &hgrm::percentile_distribution(h, 1.0),
+    )
+}
+
+pub fn machine() -> Machine {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory_bytes = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    Machine { cores, memory_bytes }
+}
+
+/// `git rev-parse HEAD` in the current directory, if git and a repository are there.
+pub fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let commit = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (!commit.is_empty()).then_some(commit)
+}
+
+/// `(compact, iso)` UTC timestamps of `t`: `20261124T215800Z` and `2026-11-24T21:58:00Z`.
+pub fn utc_timestamps(t: SystemTime) -> (String, String) {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    (
+        format!("{y:04}{mo:02}{d:02}T{h:02}{m:02}{s:02}Z"),
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z"),
+    )
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

@@ -1,0 +1,897 @@
+//! One run: start (or find) the cluster, preload, drive the load, verify, write the results.
+//!
+//! ```text
+//!   thread 0 ── conn 0, conn T, ...  ┐  each thread: one request in flight, round-robin over
+//!   thread 1 ── conn 1, ...          ├─ its connections; records into its own histograms
+//!   ...                              ┘  and into a per-second interval the main thread drains
+//!   main: every second drains the intervals -> timeline.csv row + a progress line on stderr
+//! ```
+//!
+//! Open loop (`rate_per_s`): request i of a thread has the intended send time
+//! `start + i / thread_rate`; a thread that falls behind sends at once, and latency is
+//! measured from the intended time (wrk2's coordinated-omission correction), service time
+//! from the actual send. Closed loop: the next request goes when the last one completes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use chordkv_node::client::{Client, ClientError};
+use chordkv_node::cluster::{ClusterSpec, LocalCluster};
+use chordkv_node::rng::Rng;
+use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::Histogram;
+
+use crate::keys::{key_name, KeySpace, Purpose};
+use crate::report::{self, ClusterInfo, ErrorSummary, HopsSummary, LatencySummary, Summary, TimelineRow};
+use crate::verify::{self, FinalRead, History, Verdict, VerifyReport};
+use crate::workload::{Entry, Workload};
+
+/// Where a run without `--out` puts its results directory, relative to the current one.
+pub const DEFAULT_RESULTS_DIR: &str = "results";
+/// Highest latency a histogram holds, in microseconds (longer ones are clamped to it).
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+/// Significant digits of every latency histogram.
+const SIGFIG: u8 = 3;
+/// Bound of the wait for a local cluster's ring to become consistent.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause before retry n is `n * RETRY_BACKOFF`.
+const RETRY_BACKOFF: Duration = Duration::from_millis(10);
+/// Attempts of each final read of the verification.
+const VERIFY_ATTEMPTS: u32 = 5;
+/// How often the main thread reports progress and closes a timeline row.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest sleep of a thread waiting for its next intended send time, so it sees a stop.
+const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// Failed requests in a row after which the preload or the final reads give up: the cluster
+/// is unreachable, and retrying every key would take minutes.
+const MAX_FAILURES_IN_A_ROW: u64 = 50;
+/// Keys listed on stderr when writes are lost.
+const LOST_KEYS_SHOWN: usize = 20;
+
+/// The operations, in the order of the per-operation arrays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Get,
+    Put,
+    Delete,
+}
+
+impl Op {
+    pub const ALL: [Op; 3] = [Op::Get, Op::Put, Op::Delete];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Put => "put",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// What to run and where.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub workload: Workload,
+    /// Target these nodes; `None`: start a local cluster per the workload's `cluster:`.
+    pub nodes: Option<Vec<SocketAddr>>,
+    /// The results directory; `None`: `<results_root>/<name>-<UTC timestamp>/`.
+    pub out_dir: Option<PathBuf>,
+    pub results_root: PathBuf,
+    /// The `chordkv` binary for a local cluster; `None`: see [`find_chordkv`].
+    pub chordkv_bin: Option<PathBuf>,
+    /// Print a progress line to stderr every second.
+    pub progress: bool,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub summary: Summary,
+    pub out_dir: PathBuf,
+    /// Keys with lost writes, with what was expected and found (at most a few).
+    pub lost_keys: Vec<String>,
+}
+
+/// `$CHORDKV_BIN`, else `chordkv` next to this executable (or next to its parent directory,
+/// for a test executable in `target/<profile>/deps/`).
+pub fn find_chordkv() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("CHORDKV_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("cannot find loadgen's own executable")?;
+    let name = format!("chordkv{}", std::env::consts::EXE_SUFFIX);
+    let mut dir = exe.parent();
+    for _ in 0..2 {
+        let Some(d) = dir else { break };
+        let candidate = d.join(&name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent();
+    }
+    bail!(
+        "cannot find the chordkv binary next to {}: run `cargo build --bins` (same profile), \
+         set CHORDKV_BIN, or give --nodes",
+        exe.display()
+    )
+}
+
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGFIG).expect("valid histogram bounds")
+    // faulty code
+}
+
+fn hops_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 1 << 16, SIGFIG).expect("valid histogram bounds")
+    // faulty code
+}
+
+/// Runs the workload and writes its results.
+pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
+    let w = &opts.workload;
+    w.validate().map_err(anyhow::Error::msg)?;
+    let started = SystemTime::now();
+    let (stamp, started_utc) = report::utc_timestamps(started);
+    let out_dir = opts
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| opts.results_root.join(format!("{}-{stamp}", w.name)));
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create the results directory {}", out_dir.display()))?;
+    eprintln!(
+        "loadgen: workload {} seed {} ({} loop{}), results in {}",
+        w.name,
+        w.seed,
+        if w.is_open_loop() { "open" } else { "closed" },
+        w.rate_per_s.map(|r| format!(" at {r} ops/s")).unwrap_or_default(),
+        out_dir.display()
+    );
+
+    // Kept alive until the end of the run: dropping it kills the nodes.
+    let mut cluster = None;
+    let addrs = match &opts.nodes {
+        Some(nodes) if nodes.is_empty() => bail!("--nodes names no node"),
+        Some(nodes) => nodes.clone(),
+        None => {
+            let binary = match &opts.chordkv_bin {
+                Some(b) => b.clone(),
+                None => find_chordkv()?,
+            };
+            let mut spec = ClusterSpec::new(binary, w.cluster.nodes);
+            spec.node_args = w.cluster.node_args();
+            spec.log_dir = Some(out_dir.join("nodes"));
+            eprintln!(
+                "loadgen: starting a local cluster of {} nodes ({})",
+                w.cluster.nodes,
+                spec.node_args.join(" ")
+            );
+            let mut c = LocalCluster::start(spec)?;
+            c.wait_consistent(CONVERGE_TIMEOUT)?;
+            let addrs = c.addrs();
+            cluster = Some(c);
+            addrs
+        }
+    };
+
+    if opts.nodes.is_some() {
+        probe(&addrs, Duration::from_millis(w.request_timeout_ms))?;
+    }
+
+    let keyspace = KeySpace::new(w.keys, w.distribution);
+    let mut history = History::default();
+    let mut preload_errors = 0;
+    if w.preload {
+        eprintln!("loadgen: preloading {} keys", w.keys);
+        let (h, errors) = preload(w, &addrs)?;
+        history.merge(h);
+        preload_errors = errors;
+    }
+
+    let (results, timeline, measured_s) = drive(w, &addrs, &keyspace, opts.progress)?;
+
+    // Fold the threads' results together.
+    let mut latency: Vec<Histogram<u64>> = Op::ALL.iter().map(|_| latency_histogram()).collect();
+    let mut service: Vec<Histogram<u64>> = Op::ALL.iter().map(|_| latency_histogram()).collect();
+    let mut op_errors = [0u64; 3];
+    let mut hops = hops_histogram();
+    let mut errors = ErrorSummary {
+        preload: preload_errors,
+        ..ErrorSummary::default()
+    };
+    for r in results {
+        for i in 0..Op::ALL.len() {
+            latency[i].add(&r.latency[i]).expect("same bounds"); // faulty code
+            service[i].add(&r.service[i]).expect("same bounds"); // faulty code
+            op_errors[i] += r.errors[i];
+        }
+        hops.add(&r.hops).expect("same bounds"); // faulty code
+        errors.timeouts += r.timeouts;
+        errors.retries += r.retries;
+        history.merge(r.history);
+    }
+    errors.total = op_errors.iter().sum();
+
+    eprintln!("loadgen: verifying {} written keys", history.keys.len());
+    let (verify, lost_keys) = verify_all(w, &addrs, &history);
+    drop(cluster);
+
+    let mut all = latency_histogram();
+    let mut all_service = latency_histogram();
+    let mut ops = BTreeMap::new();
+    let mut service_ops = BTreeMap::new();
+    for (i, op) in Op::ALL.iter().enumerate() {
+        all.add(&latency[i]).expect("same bounds"); // faulty code
+        all_service.add(&service[i]).expect("same bounds"); // faulty code
+        if latency[i].is_empty() && op_errors[i] == 0 {
+            continue;
+        }
+        ops.insert(
+            op.name().to_string(),
+            LatencySummary::of(&latency[i], op_errors[i]),
+        );
+        service_ops.insert(
+            op.name().to_string(),
+            LatencySummary::of(&service[i], op_errors[i]),
+        );
+        report::write_hgrm(&out_dir, op.name(), &latency[i])?;
+        if w.is_open_loop() {
+            report::write_hgrm(&out_dir, &format!("{}-service", op.name()), &service[i])?;
+        }
+    }
+    ops.insert("all".into(), LatencySummary::of(&all, errors.total));
+    service_ops.insert("all".into(), LatencySummary::of(&all_service, errors.total));
+    report::write_hgrm(&out_dir, "all", &all)?;
+    report::write_hgrm(&out_dir, "hops", &hops)?;
+
+    let summary = Summary {
+        name: w.name.clone(),
+        started_utc,
+        r#loop: if w.is_open_loop() { "open" } else { "closed" }.into(),
+        target_rate_ops: w.rate_per_s,
+        measured_s: (measured_s * 1000.0).round() / 1000.0,
+        throughput_ops: if measured_s > 0.0 {
+            (all.len() as f64 / measured_s * 10.0).round() / 10.0
+        } else {
+            0.0
+        },
+        ops,
+        service_time: w.is_open_loop().then_some(service_ops),
+        errors,
+        hops: HopsSummary {
+            mean: (hops.mean() * 1000.0).round() / 1000.0,
+            p99: hops.value_at_quantile(0.99),
+            max: hops.max(),
+        },
+        verify,
+        seed: w.seed,
+        git_commit: report::git_commit(),
+        machine: report::machine(),
+        cluster: ClusterInfo {
+            local: opts.nodes.is_none(),
+            nodes: addrs.iter().map(|a| a.to_string()).collect(),
+        },
+        workload: w.clone(),
+    };
+    report::write_file(
+        &out_dir,
+        "summary.json",
+        &(serde_json::to_string_pretty(&summary)? + "\n"),
+    )?;
+    report::write_file(&out_dir, "timeline.csv", &report::timeline_csv(&timeline.rows))?;
+    std::fs::write(out_dir.join("all.hlog"), &timeline.interval_log)
+        .with_context(|| format!("cannot write {}", out_dir.join("all.hlog").display()))?;
+    Ok(Outcome {
+        summary,
+        out_dir,
+        lost_keys,
+    })
+}
+
+/// A connection of a worker: to its entry node, re-established after a failure.
+struct Conn {
+    addr: SocketAddr,
+    client: Option<Client>,
+}
+
+/// Operations one thread may still send, and how it talks to the nodes.
+struct Worker<'a> {
+    w: &'a Workload,
+    addrs: &'a [SocketAddr],
+    rng: Rng,
+    timeouts: u64,
+    retries: u64,
+}
+
+/// The answer to one operation.
+struct Done {
+    version: u64,
+    hops: u16,
+}
+
+impl Worker<'_> {
+    fn pick_addr(&mut self) -> SocketAddr {
+        match self.w.entry {
+            Entry::Fixed => self.addrs[0],
+            Entry::Random => self.addrs[self.rng.below(self.addrs.len() as u64) as usize],
+        }
+    }
+
+    /// Sends `op` on `conn`, retrying retryable failures (on a new connection, to a new
+    /// random node, when the old one broke).
+    fn execute(
+        &mut self,
+        conn: &mut Conn,
+        op: Op,
+        key: &Bytes,
+        value: Option<&Bytes>,
+        attempts: u32,
+    ) -> Result<Done, ClientError> {
+        let timeout = Duration::from_millis(self.w.request_timeout_ms);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match conn.client.as_mut() {
+                Some(c) => Ok(c),
+                None => Client::connect(conn.addr, timeout).map(|c| conn.client.insert(c)),
+            }
+            .and_then(|client| match op {
+                Op::Get => client.get(key.clone()).map(|r| Done {
+                    version: r.version,
+                    hops: r.hops,
+                }),
+                Op::Put => client
+                    .put(key.clone(), value.cloned().unwrap_or_default())
+                    .map(|r| Done {
+                        version: r.version,
+                        hops: r.hops,
+                    }),
+                Op::Delete => client.delete(key.clone()).map(|r| Done {
+                    version: r.version,
+                    hops: r.hops,
+                }),
+            });
+            let e = match result {
+                Ok(done) => return Ok(done),
+                Err(e) => e,
+            };
+            if matches!(e, ClientError::Timeout { .. }) {
+                self.timeouts += 1;
+            }
+            if e.breaks_connection() {
+                conn.client = None;
+                conn.addr = self.pick_addr();
+            }
+            if !e.is_retryable() || attempt >= attempts {
+                return Err(e);
+            }
+            self.retries += 1;
+            std::thread::sleep(RETRY_BACKOFF * attempt);
+        }
+    }
+}
+
+/// What one load thread measured.
+struct ThreadResult {
+    latency: Vec<Histogram<u64>>,
+    service: Vec<Histogram<u64>>,
+    errors: [u64; 3],
+    hops: Histogram<u64>,
+    timeouts: u64,
+    retries: u64,
+    history: History,
+}
+
+/// The current second of one thread, drained by the main thread.
+struct Interval {
+    latency: Histogram<u64>,
+    ops: u64,
+    errors: u64,
+}
+
+/// Writes every key once, `threads` threads in parallel. Returns the history and the number
+/// of failed writes.
+fn preload(w: &Workload, addrs: &[SocketAddr]) -> anyhow::Result<(History, u64)> {
+    let threads = w.threads.min(w.keys as usize).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let writer = (w.threads + t) as u64;
+                    let mut worker = Worker {
+                        w,
+                        addrs,
+                        rng: Rng::new(w.seed ^ 0x5052_454c_4f41_4400 ^ t as u64),
+                        timeouts: 0,
+                        retries: 0,
+                    };
+                    let mut conn = Conn {
+                        addr: addrs[t % addrs.len()],
+                        client: None,
+                    };
+                    let mut history = History::default();
+                    let mut errors = 0;
+                    let mut failed_in_a_row = 0;
+                    let mut seq = 0;
+                    for key in (t as u64..w.keys).step_by(threads) {
+                        if failed_in_a_row >= MAX_FAILURES_IN_A_ROW {
+                            history.set_attempted(writer, seq);
+                            return Err((history, errors));
+                        }
+                        let id = verify::write_id(writer, seq);
+                        seq += 1;
+                        let value = Bytes::from(verify::value_for(
+                            id,
+                            key,
+                            w.value_bytes.min(),
+                            w.value_bytes.max(),
+                        ));
+                        let name = Bytes::from(key_name(key, w.key_bytes));
+                        match worker.execute(&mut conn, Op::Put, &name, Some(&value), w.retries + 1) {
+                            Ok(done) => {
+                                failed_in_a_row = 0;
+                                history.ack_put(key, id, done.version)
+                            }
+                            Err(_) => {
+                                errors += 1;
+                                failed_in_a_row += 1;
+                                history.unacked_put(key, id);
+                            }
+                        }
+                    }
+                    history.set_attempted(writer, seq);
+                    Ok((history, errors))
+                })
+            })
+            .collect();
+        let mut history = History::default();
+        let mut errors = 0;
+        let mut gave_up = false;
+        for h in handles {
+            let outcome = h.join().expect("a preload thread panicked"); // faulty code
+            let (hist, e) = match outcome {
+                Ok(done) => done,
+                Err((hist, e)) => {
+                    gave_up = true;
+                    (hist, e)
+                }
+            };
+            history.merge(hist);
+            errors += e;
+        }
+        if gave_up {
+            bail!(
+                "preload gave up after {MAX_FAILURES_IN_A_ROW} failed writes in a row \
+                 ({errors} failed in all): is the cluster up?"
+            );
+        }
+        Ok((history, errors))
+    })
+}
+
+/// Runs the load threads and the per-second reporting. Returns the threads' results, the
+/// timeline, and the measured seconds.
+fn drive(
+    w: &Workload,
+    addrs: &[SocketAddr],
+    keyspace: &KeySpace,
+    progress: bool,
+) -> anyhow::Result<(Vec<ThreadResult>, Timeline, f64)> {
+    let threads = w.threads.min(w.connections);
+    let intervals: Vec<Mutex<Interval>> = (0..threads)
+        .map(|_| {
+            Mutex::new(Interval {
+                latency: latency_histogram(),
+                ops: 0,
+                errors: 0,
+            })
+        })
+        .collect();
+    let finished = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    let wall_start = SystemTime::now();
+    let warmup = Duration::from_secs_f64(w.warmup_s);
+    let end = start + warmup + Duration::from_secs_f64(w.duration_s);
+    let last_done: Mutex<Instant> = Mutex::new(start);
+
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let interval = &intervals[t];
+                let (finished, stop, last_done) = (&finished, &stop, &last_done);
+                let chooser = keyspace.chooser(t, threads);
+                s.spawn(move || {
+                    let r = load_thread(w, addrs, t, threads, chooser, interval, stop, start, end);
+                    let mut last = last_done.lock().expect("not poisoned");
+                    *last = (*last).max(Instant::now());
+                    finished.fetch_add(1, Ordering::SeqCst);
+                    r
+                })
+            })
+            .collect();
+
+        let mut timeline = Vec::new();
+        let mut interval_log = Vec::new();
+        let mut serializer = V2DeflateSerializer::new();
+        let mut log = IntervalLogWriterBuilder::new()
+            .add_comment("chordkv loadgen: all operations, latency in microseconds")
+            .with_start_time(wall_start)
+            .with_base_time(wall_start)
+            .begin_log_with(&mut interval_log, &mut serializer)
+            .context("cannot start the interval log")?;
+        let mut next = start + REPORT_INTERVAL;
+        let mut last_report = start;
+        loop {
+            let all_done = finished.load(Ordering::SeqCst) == threads;
+            let now = Instant::now();
+            if now < next && !all_done {
+                std::thread::sleep((next - now).min(MAX_SLEEP));
+                continue;
+            }
+            let mut h = latency_histogram();
+            let (mut ops, mut errors) = (0, 0);
+            for interval in &intervals {
+                let mut i = interval.lock().expect("not poisoned");
+                h.add(&i.latency).expect("same bounds"); // faulty code
+                i.latency.reset();
+                ops += std::mem::take(&mut i.ops);
+                errors += std::mem::take(&mut i.errors);
+            }
+            let secs = now.duration_since(last_report).as_secs_f64();
+            let row = TimelineRow {
+                elapsed_s: now.duration_since(start).as_secs_f64(),
+                warmup: last_report < start + warmup,
+                ops_per_s: if secs > 0.0 { ops as f64 / secs } else { 0.0 },
+                p50_us: h.value_at_quantile(0.5),
+                p99_us: h.value_at_quantile(0.99),
+                errors,
+            };
+            if progress && (ops > 0 || !all_done) {
+                eprintln!(
+                    "[{:>6.1} s{}] {:>9.0} ops/s  p50 {:>7} us  p99 {:>8} us  errors {}",
+                    row.elapsed_s,
+                    if row.warmup { " warmup" } else { "" },
+                    row.ops_per_s,
+                    row.p50_us,
+                    row.p99_us,
+                    row.errors
+                );
+            }
+            if ops > 0 || errors > 0 || !all_done {
+                timeline.push(row);
+                log.write_histogram(
+                    &h,
+                    last_report.duration_since(start),
+                    now.duration_since(last_report),
+                    None,
+                )
+                .map_err(|e| anyhow::anyhow!("cannot write the interval log: {e:?}"))?;
+            }
+            last_report = now;
+            if all_done {
+                break;
+            }
+            next += REPORT_INTERVAL;
+        }
+        stop.store(true, Ordering::SeqCst);
+        let results: Vec<ThreadResult> = handles
+            .into_iter()
+            .map(|h| h.join().expect("a load thread panicked")) // faulty code
+            .collect();
+        let last = *last_done.lock().expect("not poisoned");
+        let measured = last.saturating_duration_since(start + warmup).as_secs_f64();
+        drop(log);
+        let timeline = Timeline {
+            rows: timeline,
+            interval_log,
+        };
+        Ok((results, timeline, measured))
+    })
+}
+
+/// The per-second record of a run: `timeline.csv` rows, and the same intervals' histograms
+/// as an interval log (`all.hlog`, Java HdrHistogram's `HistogramLogWriter` format, which
+/// `HistogramLogProcessor` reads).
+struct Timeline {
+    rows: Vec<TimelineRow>,
+    interval_log: Vec<u8>,
+}
+
+/// Picks an operation by the mix weights.
+fn pick_op(w: &Workload, rng: &mut Rng) -> Op {
+    let total = w.mix.get + w.mix.put + w.mix.delete;
+    let x = rng.unit() * total;
+    if x < w.mix.get {
+        Op::Get
+    } else if x < w.mix.get + w.mix.put || w.mix.delete == 0.0 {
+        Op::Put
+    } else {
+        Op::Delete
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn load_thread(
+    w: &Workload,
+    addrs: &[SocketAddr],
+    t: usize,
+    threads: usize,
+    mut chooser: crate::keys::KeyChooser,
+    interval: &Mutex<Interval>,
+    stop: &AtomicBool,
+    start: Instant,
+    end: Instant,
+) -> ThreadResult {
+    let mut worker = Worker {
+        w,
+        addrs,
+        rng: Rng::new(w.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t as u64),
+        timeouts: 0,
+        retries: 0,
+    };
+    // This thread's connections: t, t + threads, ...
+    let conn_ids: Vec<usize> = (t..w.connections).step_by(threads).collect();
+    let mut conns: Vec<Conn> = conn_ids
+        .iter()
+        .map(|_| Conn {
+            addr: worker.pick_addr(),
+            client: None,
+        })
+        .collect();
+    let thread_rate = w
+        .rate_per_s
+        .map(|rate| rate * conn_ids.len() as f64 / w.connections as f64);
+    let budget = w
+        .max_ops
+        .map(|n| n / threads as u64 + u64::from((t as u64) < n % threads as u64));
+    let measure_from = start + Duration::from_secs_f64(w.warmup_s);
+    let mut result = ThreadResult {
+        latency: Op::ALL.iter().map(|_| latency_histogram()).collect(),
+        service: Op::ALL.iter().map(|_| latency_histogram()).collect(),
+        errors: [0; 3],
+        hops: hops_histogram(),
+        timeouts: 0,
+        retries: 0,
+        history: History::default(),
+    };
+    let writer = t as u64;
+    let mut seq = 0u64;
+    let mut i = 0u64;
+    loop {
+        if stop.load(Ordering::Relaxed) || budget.is_some_and(|b| i >= b) {
+            break;
+        }
+        let intended = match thread_rate {
+            Some(rate) => {
+                let at = start + Duration::from_secs_f64(i as f64 / rate);
+                if at >= end {
+                    break;
+                }
+                let now = Instant::now();
+                if at > now {
+                    std::thread::sleep((at - now).min(MAX_SLEEP));
+                    continue;
+                }
+                at
+            }
+            None => Instant::now(),
+        };
+        if Instant::now() >= end {
+            break;
+        }
+        let op = pick_op(w, &mut worker.rng);
+        // `latest` writes new keys with puts; gets and deletes go to recent ones.
+        let purpose = if op == Op::Put {
+            Purpose::Write
+        } else {
+            Purpose::Read
+        };
+        let key = chooser.next(purpose, &mut worker.rng);
+        let name = Bytes::from(key_name(key, w.key_bytes));
+        let put = (op == Op::Put).then(|| {
+            let id = verify::write_id(writer, seq);
+            seq += 1;
+            (
+                id,
+                Bytes::from(verify::value_for(
+                    id,
+                    key,
+                    w.value_bytes.min(),
+                    w.value_bytes.max(),
+                )),
+            )
+        });
+        let conn = &mut conns[(i as usize) % conn_ids.len()];
+        let sent = Instant::now();
+        let outcome = worker.execute(conn, op, &name, put.as_ref().map(|p| &p.1), w.retries + 1);
+        let done = Instant::now();
+        i += 1;
+        let k = op as usize;
+        match (op, &outcome) {
+            (Op::Put, Ok(d)) => result
+                .history
+                .ack_put(key, put.as_ref().expect("a put").0, d.version),
+            (Op::Put, Err(_)) => result.history.unacked_put(key, put.as_ref().expect("a put").0),
+            (Op::Delete, Ok(d)) => result.history.ack_delete(key, d.version),
+            (Op::Delete, Err(_)) => result.history.unacked_delete(key),
+            (Op::Get, _) => {}
+        }
+        let latency_us = done.duration_since(intended).as_micros() as u64;
+        let service_us = done.duration_since(sent).as_micros() as u64;
+        let measured = intended >= measure_from;
+        match &outcome {
+            Ok(d) => {
+                if measured {
+                    result.latency[k].saturating_record(latency_us.max(1));
+                    result.service[k].saturating_record(service_us.max(1));
+                    result.hops.saturating_record(u64::from(d.hops));
+                }
+            }
+            Err(_) => {
+                if measured {
+                    result.errors[k] += 1;
+                }
+            }
+        }
+        let mut iv = interval.lock().expect("not poisoned");
+        match outcome {
+            Ok(_) => {
+                iv.ops += 1;
+                iv.latency.saturating_record(latency_us.max(1));
+            }
+            Err(_) => iv.errors += 1,
+        }
+    }
+    result.history.set_attempted(writer, seq);
+    result.timeouts = worker.timeouts;
+    result.retries = worker.retries;
+    result
+}
+
+/// Reads every written key and judges it. Returns the counts and descriptions of the first
+/// lost keys.
+fn verify_all(w: &Workload, addrs: &[SocketAddr], history: &History) -> (VerifyReport, Vec<String>) {
+    let mut keys: Vec<u64> = history.keys.keys().copied().collect();
+    keys.sort_unstable();
+    let threads = w.threads.clamp(1, keys.len().max(1));
+    let sizes = (w.value_bytes.min(), w.value_bytes.max());
+    let parts: Vec<(VerifyReport, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let keys = &keys;
+                s.spawn(move || {
+                    let mut worker = Worker {
+                        w,
+                        addrs,
+                        rng: Rng::new(w.seed ^ 0x5645_5249_4659 ^ t as u64),
+                        timeouts: 0,
+                        retries: 0,
+                    };
+                    let mut conn = Conn {
+                        addr: addrs[t % addrs.len()],
+                        client: None,
+                    };
+                    let mut report = VerifyReport::default();
+                    let mut lost = Vec::new();
+                    let mut failed_in_a_row = 0;
+                    for &key in keys.iter().skip(t).step_by(threads) {
+                        if failed_in_a_row >= MAX_FAILURES_IN_A_ROW {
+                            // Unreachable: the rest is counted unreadable, not judged.
+                            report.read_errors += 1;
+                            continue;
+                        }
+                        let rec = &history.keys[&key];
+                        let name = Bytes::from(key_name(key, w.key_bytes));
+                        let Some(read) = read_key(&mut worker, &mut conn, &name) else {
+                            report.read_errors += 1;
+                            failed_in_a_row += 1;
+                            continue;
+                        };
+                        failed_in_a_row = 0;
+                        report.keys_checked += 1;
+                        match verify::judge(history, key, rec, &read, sizes) {
+                            Verdict::Ok => {}
+                            Verdict::Lost => {
+                                report.lost += 1;
+                                if lost.len() < LOST_KEYS_SHOWN {
+                                    lost.push(format!(
+                                        "{}: last acknowledged {} at version {}, read {} at version {}",
+                                        key_name(key, w.key_bytes),
+                                        match rec.acked {
+                                            Some((_, Some(id))) => format!("put {id:#x}"),
+                                            Some((_, None)) => "delete".into(),
+                                            None => "nothing".into(),
+                                        },
+                                        rec.acked.map_or(0, |a| a.0),
+                                        match read.value.as_deref().and_then(verify::parse_value) {
+                                            Some((id, _)) => format!("put {id:#x}"),
+                                            None if read.value.is_some() => "an unknown value".into(),
+                                            None => "nothing".into(),
+                                        },
+                                        read.version
+                                    ));
+                                }
+                            }
+                            Verdict::Unexpected => report.unexpected += 1,
+                            Verdict::Recovered => report.recovered += 1,
+                        }
+                    }
+                    (report, lost)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a verify thread panicked")) // faulty code
+            .collect()
+    });
+    let mut report = VerifyReport {
+        acknowledged: history.acknowledged,
+        ..VerifyReport::default()
+    };
+    let mut lost = Vec::new();
+    for (r, l) in parts {
+        report.keys_checked += r.keys_checked;
+        report.lost += r.lost;
+        report.unexpected += r.unexpected;
+        report.recovered += r.recovered;
+        report.read_errors += r.read_errors;
+        lost.extend(l);
+    }
+    lost.truncate(LOST_KEYS_SHOWN);
+    (report, lost)
+}
+
+/// Checks that every node answers `GET_INFO`: a clear error rather than a run of failures.
+fn probe(addrs: &[SocketAddr], timeout: Duration) -> anyhow::Result<()> {
+    for &addr in addrs {
+        if let Err(e) = Client::connect(addr, timeout).and_then(|mut c| c.info()) {
+            bail!("node {addr} does not answer: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// The final read of one key, with generous retries; `None` if it cannot be read.
+fn read_key(worker: &mut Worker<'_>, conn: &mut Conn, name: &Bytes) -> Option<FinalRead> {
+    let timeout = Duration::from_millis(worker.w.request_timeout_ms);
+    for attempt in 1..=VERIFY_ATTEMPTS {
+        let client = match conn.client.as_mut() {
+            Some(c) => c,
+            None => match Client::connect(conn.addr, timeout) {
+                Ok(c) => conn.client.insert(c),
+                Err(_) => {
+                    conn.addr = worker.addrs[worker.rng.below(worker.addrs.len() as u64) as usize];
+                    std::thread::sleep(RETRY_BACKOFF * attempt);
+                    continue;
+                }
+            },
+        };
+        match client.get(name.clone()) {
+            Ok(r) => {
+                return Some(FinalRead {
+                    value: r.value.map(|v| v.to_vec()),
+                    version: r.version,
+                })
+            }
+            Err(e) => {
+                if e.breaks_connection() {
+                    conn.client = None;
+                    conn.addr = worker.addrs[worker.rng.below(worker.addrs.len() as u64) as usize];
+                }
+                if !e.is_retryable() {
+                    return None;
+                }
+                std::thread::sleep(RETRY_BACKOFF * attempt);
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,578 @@
+//! Workload files: what a run does, read from YAML.
+//!
+//! Every field has a default except `name`; unknown fields are rejected, and a file that does
+//! not parse is reported with its line and column ([`WorkloadError`]). Units are in the field
+//! names (`duration_s`, `rate_per_s`, `key_bytes`).
+//!
+//! ```yaml
+//! name: zipfian
+//! duration_s: 10
+//! connections: 8
+//! threads: 8
+//! keys: 10000
+//! value_bytes: { min: 64, max: 256 }   # or a fixed size: `value_bytes: 100`
+//! mix: { get: 0.9, put: 0.1 }
+//! distribution: { zipfian: { theta: 0.99 } }   # or `distribution: uniform`
+//! cluster: { nodes: 8, replicas: 2 }
+//! ```
+
+use std::fmt;
+use std::path::Path;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+/// Smallest value a workload may write: the write id and the key index are encoded in it, so
+/// that the final check can tell whose write a value is (see `verify`).
+pub const MIN_VALUE_BYTES: usize = 32;
+
+/// A workload file, after defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Names the results directory.
+    pub name: String,
+    /// Measured time, after the warm-up.
+    #[serde(default = "default_duration_s")]
+    pub duration_s: f64,
+    /// Load applied before measuring starts; not in the histograms (it is in the timeline).
+    #[serde(default)]
+    pub warmup_s: f64,
+    /// Client connections.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Threads driving the connections; each thread has one request in flight at a time, so
+    /// the concurrency is `min(threads, connections)`.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Open loop at this many operations per second in total; absent: closed loop.
+    #[serde(default)]
+    pub rate_per_s: Option<f64>,
+    /// Stop after this many operations (warm-up included) even if time is left.
+    #[serde(default)]
+    pub max_ops: Option<u64>,
+    /// Size of the keyspace.
+    #[serde(default = "default_keys")]
+    pub keys: u64,
+    #[serde(default = "default_key_bytes")]
+    pub key_bytes: usize,
+    #[serde(default)]
+    pub value_bytes: ValueSize,
+    #[serde(default)]
+    pub mix: Mix,
+    /// Write every key once before the run.
+    #[serde(default)]
+    pub preload: bool,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub entry: Entry,
+    #[serde(default)]
+    pub distribution: Distribution,
+    /// Per-request timeout.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Retries of a request that failed with a retryable error.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// The local cluster to start when no `--nodes` are given.
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+fn default_duration_s() -> f64 {
+    10.0
+}
+fn default_connections() -> usize {
+    8
+}
+fn default_threads() -> usize {
+    8
+}
+fn default_keys() -> u64 {
+    10_000
+}
+fn default_key_bytes() -> usize {
+    16
+}
+fn default_seed() -> u64 {
+    1
+}
+fn default_request_timeout_ms() -> u64 {
+    2_000
+}
+fn default_retries() -> u32 {
+    2
+}
+
+/// The size of each written value: fixed (`100`) or uniform in a range (`{min: 64, max: 256}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ValueSize {
+    Fixed(usize),
+    Range { min: usize, max: usize },
+}
+
+impl Default for ValueSize {
+    fn default() -> ValueSize {
+        ValueSize::Fixed(100)
+    }
+}
+
+impl ValueSize {
+    pub fn min(&self) -> usize {
+        match *self {
+            ValueSize::Fixed(n) => n,
+            ValueSize::Range { min, .. } => min,
+        }
+    }
+    pub fn max(&self) -> usize {
+        match *self {
+            ValueSize::Fixed(n) => n,
+            ValueSize::Range { max, .. } => max,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeSpec {
+    min: usize,
+    max: usize,
+}
+
+// Hand-written rather than `untagged`, so that an error inside the map keeps its location.
+impl<'de> Deserialize<'de> for ValueSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ValueSize, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ValueSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size in bytes or a map {min, max}")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ValueSize, E> {
+                usize::try_from(v)
+                    .map(ValueSize::Fixed)
+                    .map_err(|_| E::custom("value size out of range"))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ValueSize, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ValueSize, A::Error> {
+                let r = RangeSpec::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(ValueSize::Range {
+                    min: r.min,
+                    max: r.max,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Relative weights of the operations; they need not add up to 1.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mix {
+    #[serde(default)]
+    pub get: f64,
+    #[serde(default)]
+    pub put: f64,
+    #[serde(default)]
+    pub delete: f64,
+}
+
+impl Default for Mix {
+    fn default() -> Mix {
+        Mix {
+            get: 0.5,
+            put: 0.5,
+            delete: 0.0,
+        }
+    }
+}
+
+/// Which node a connection sends its requests to (the node routes them to the key's owner).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Entry {
+    /// A node picked with the seed for each connection (and again after a failure).
+    #[default]
+    Random,
+    /// Always the first node.
+    Fixed,
+}
+
+/// YCSB's default zipfian constant.
+pub const DEFAULT_THETA: f64 = 0.99;
+/// YCSB's `hotspotdatafraction` default.
+pub const DEFAULT_HOT_DATA_FRACTION: f64 = 0.2;
+/// YCSB's `hotspotopnfraction` default.
+pub const DEFAULT_HOT_OP_FRACTION: f64 = 0.8;
+
+/// Which key each operation touches. Written either as a bare name (`uniform`, `zipfian`,
+/// with defaults) or as a one-key map with parameters (`{zipfian: {theta: 0.8}}`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    /// Every key equally likely.
+    #[default]
+    Uniform,
+    /// Key of rank i with probability proportional to 1/(i+1)^theta (YCSB's generator).
+    Zipfian { theta: f64 },
+    /// `hot_data_fraction` of the keys get `hot_op_fraction` of the operations (YCSB).
+    Hotspot {
+        hot_data_fraction: f64,
+        hot_op_fraction: f64,
+    },
+    /// The same single key every time.
+    Hotkey,
+    /// Each thread walks the keyspace in order from its own starting point.
+    Sequential,
+    /// Puts write keys in sequence; gets and deletes favour the most recently written ones
+    /// (zipfian over recency, theta 0.99, like YCSB's `latest`).
+    Latest,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZipfianSpec {
+    #[serde(default = "default_theta")]
+    theta: f64,
+}
+fn default_theta() -> f64 {
+    DEFAULT_THETA
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HotspotSpec {
+    #[serde(default = "default_hot_data")]
+    hot_data_fraction: f64,
+    #[serde(default = "default_hot_op")]
+    hot_op_fraction: f64,
+}
+fn default_hot_data() -> f64 {
+    DEFAULT_HOT_DATA_FRACTION
+}
+fn default_hot_op() -> f64 {
+    DEFAULT_HOT_OP_FRACTION
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+const DISTRIBUTIONS: &[&str] = &["uniform", "zipfian", "hotspot", "hotkey", "sequential", "latest"];
+
+impl Distribution {
+    fn with_defaults<E: de::Error>(name: &str) -> Result<Distribution, E> {
+        Ok(match name {
+            "uniform" => Distribution::Uniform,
+            "zipfian" => Distribution::Zipfian { theta: DEFAULT_THETA },
+            "hotspot" => Distribution::Hotspot {
+                hot_data_fraction: DEFAULT_HOT_DATA_FRACTION,
+                hot_op_fraction: DEFAULT_HOT_OP_FRACTION,
+            },
+            "hotkey" => Distribution::Hotkey,
+            "sequential" => Distribution::Sequential,
+            "latest" => Distribution::Latest,
+            other => return Err(E::unknown_variant(other, DISTRIBUTIONS)),
+        })
+    }
+
+    /// The name used in files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Distribution::Uniform => "uniform",
+            Distribution::Zipfian { .. } => "zipfian",
+            Distribution::Hotspot { .. } => "hotspot",
+            Distribution::Hotkey => "hotkey",
+            Distribution::Sequential => "sequential",
+            Distribution::Latest => "latest",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Distribution {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Distribution, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Distribution;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(
+                    f,
+                    "one of {} or a one-entry map such as {{zipfian: {{theta: 0.99}}}}",
+                    DISTRIBUTIONS.join(", ")
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Distribution, E> {
+                Distribution::with_defaults(v)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Distribution, A::Error> {
+                let Some(name) = map.next_key::<String>()? else {
+                    return Err(de::Error::invalid_length(0, &self));
+                };
+                let dist = match name.as_str() {
+                    "zipfian" => {
+                        let s: Option<ZipfianSpec> = map.next_value()?;
+                        Distribution::Zipfian {
+                            theta: s.map_or(DEFAULT_THETA, |s| s.theta),
+                        }
+                    }
+                    "hotspot" => {
+                        let s: Option<HotspotSpec> = map.next_value()?;
+                        let s = s.unwrap_or(HotspotSpec {
+                            hot_data_fraction: DEFAULT_HOT_DATA_FRACTION,
+                            hot_op_fraction: DEFAULT_HOT_OP_FRACTION,
+                        });
+                        Distribution::Hotspot {
+                            hot_data_fraction: s.hot_data_fraction,
+                            hot_op_fraction: s.hot_op_fraction,
+                        }
+                    }
+                    other => {
+                        let dist = Distribution::with_defaults(other)?;
+                        let _: Option<NoParams> = map.next_value()?;
+                        dist
+                    }
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "a distribution is one entry; `{extra}` is a second one"
+                    )));
+                }
+                Ok(dist)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// How a write is acknowledged by the nodes (`chordkv node --ack`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ack {
+    All,
+    One,
+}
+
+/// The local cluster loadgen starts when it is not given `--nodes`. Absent fields keep the
+/// node's own defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    #[serde(default = "default_cluster_nodes")]
+    pub nodes: usize,
+    #[serde(default)]
+    pub replicas: Option<u64>,
+    #[serde(default)]
+    pub successors: Option<u64>,
+    #[serde(default)]
+    pub ack: Option<Ack>,
+    #[serde(default)]
+    pub stabilize_ms: Option<u64>,
+    /// `memory` or `redis://HOST:PORT/DB`.
+    #[serde(default = "default_store")]
+    pub store: String,
+}
+
+fn default_cluster_nodes() -> usize {
+    8
+}
+fn default_store() -> String {
+    "memory".into()
+}
+
+impl Default for ClusterSection {
+    fn default() -> ClusterSection {
+        ClusterSection {
+            nodes: default_cluster_nodes(),
+            replicas: None,
+            successors: None,
+            ack: None,
+            stabilize_ms: None,
+            store: default_store(),
+        }
+    }
+}
+
+impl ClusterSection {
+    /// The arguments of every `chordkv node` this section asks for.
+    pub fn node_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(r) = self.successors {
+            args.extend(["--successors".into(), r.to_string()]);
+        }
+        if let Some(ms) = self.stabilize_ms {
+            args.extend(["--stabilize-ms".into(), ms.to_string()]);
+        }
+        args.extend(["--store".into(), self.store.clone()]);
+        if let Some(n) = self.replicas {
+            args.extend(["--replicas".into(), n.to_string()]);
+        }
+        if let Some(ack) = self.ack {
+            let ack = match ack {
+                Ack::All => "all",
+                Ack::One => "one",
+            };
+            args.extend(["--ack".into(), ack.into()]);
+        }
+        args
+    }
+}
+
+/// A workload that could not be read: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadError {
+    /// The file (or the name given to [`Workload::from_yaml`]).
+    pub source: String,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for WorkloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => write!(
+                f,
+                "{}: line {line}, column {column}: {}",
+                self.source, self.message
+            ),
+            _ => write!(f, "{}: {}", self.source, self.message),
+        }
+    }
+}
+
+impl std::error::Error for WorkloadError {}
+
+impl Workload {
+    /// Reads and checks a workload file.
+    pub fn load(path: &Path) -> Result<Workload, WorkloadError> {
+        let text = std::fs::read_to_string(path).map_err(|e| WorkloadError {
+            source: path.display().to_string(),
+            line: None,
+            column: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Workload::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks a workload; `source` names it in errors.
+    pub fn from_yaml(text: &str, source: &str) -> Result<Workload, WorkloadError> {
+        let workload: Workload = serde_yaml_ng::from_str(text).map_err(|e| {
+            let location = e.location();
+            let mut message = e.to_string();
+            // The location is reported apart; drop the parser's own " at line L column C".
+            if let Some(at) = message.find(" at line ") {
+                message.truncate(at);
+            }
+            WorkloadError {
+                source: source.to_string(),
+                line: location.as_ref().map(|l| l.line()),
+                column: location.as_ref().map(|l| l.column()),
+                message,
+            }
+        })?;
+        workload.validate().map_err(|message| WorkloadError {
+            source: source.to_string(),
+            line: None,
+            column: None,
+            message,
+        })?;
+        Ok(workload)
+    }
+
+    /// Checks what the types cannot say. The message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = |v: f64, what: &str| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{what} must be a positive number, not {v}"))
+            }
+        };
+        if self.name.is_empty() || self.name.contains(['/', '\\']) {
+            return Err(format!(
+                "name `{}` must be non-empty and without slashes",
+                self.name
+            ));
+        }
+        positive(self.duration_s, "duration_s")?;
+        if !(self.warmup_s.is_finite() && self.warmup_s >= 0.0) {
+            return Err(format!("warmup_s must be 0 or more, not {}", self.warmup_s));
+        }
+        if self.connections == 0 {
+            return Err("connections must be at least 1".into());
+        }
+        if self.threads == 0 {
+            return Err("threads must be at least 1".into());
+        }
+        if let Some(rate) = self.rate_per_s {
+            positive(rate, "rate_per_s")?;
+        }
+        if self.keys == 0 {
+            return Err("keys must be at least 1".into());
+        }
+        let digits = (self.keys - 1).to_string().len();
+        if self.key_bytes < digits + 1 || self.key_bytes > chordkv_node::protocol::MAX_KEY_BYTES {
+            return Err(format!(
+                "key_bytes must be between {} (\"k\" and {digits} digits for {} keys) and {}, not {}",
+                digits + 1,
+                self.keys,
+                chordkv_node::protocol::MAX_KEY_BYTES,
+                self.key_bytes
+            ));
+        }
+        let (min, max) = (self.value_bytes.min(), self.value_bytes.max());
+        if min < MIN_VALUE_BYTES || max < min || max > chordkv_node::protocol::MAX_VALUE_BYTES {
+            return Err(format!(
+                "value_bytes must be between {MIN_VALUE_BYTES} and {} with min <= max, not {min}..{max}",
+                chordkv_node::protocol::MAX_VALUE_BYTES
+            ));
+        }
+        let Mix { get, put, delete } = self.mix;
+        if [get, put, delete].iter().any(|w| !w.is_finite() || *w < 0.0) || get + put + delete <= 0.0 {
+            return Err("mix weights must be 0 or more and not all 0".into());
+        }
+        match self.distribution {
+            Distribution::Zipfian { theta } if !(theta > 0.0 && theta < 1.0) => {
+                return Err(format!(
+                    "distribution zipfian: theta must be in (0, 1), not {theta}"
+                ));
+            }
+            Distribution::Hotspot {
+                hot_data_fraction,
+                hot_op_fraction,
+            } => {
+                if !(hot_data_fraction > 0.0 && hot_data_fraction <= 1.0) {
+                    return Err(format!(
+                        "distribution hotspot: hot_data_fraction must be in (0, 1], not {hot_data_fraction}"
+                    ));
+                }
+                if !(0.0..=1.0).contains(&hot_op_fraction) {
+                    return Err(format!(
+                        "distribution hotspot: hot_op_fraction must be in [0, 1], not {hot_op_fraction}"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if self.request_timeout_ms == 0 {
+            return Err("request_timeout_ms must be at least 1".into());
+        }
+        if self.cluster.nodes == 0 {
+            return Err("cluster.nodes must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the run is open loop (a target rate).
+    pub fn is_open_loop(&self) -> bool {
+        self.rate_per_s.is_some()
+    }
+}
