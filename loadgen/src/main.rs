@@ -66,6 +66,10 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    if args.nodes.is_some() && !workload.faults.is_empty() {
+        eprintln!("error: faults need a local cluster (no --nodes) until ssh control lands");
+        return ExitCode::from(2);
+    }
     let opts = RunOptions {
         workload,
         nodes: args.nodes,

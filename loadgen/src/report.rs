@@ -100,7 +100,37 @@ pub struct Summary {
     pub git_commit: Option<String>,
     pub machine: Machine,
     pub cluster: ClusterInfo,
+    /// The faults injected, in the order they happened.
+    pub faults: Vec<FaultRecord>,
     pub workload: Workload,
+}
+
+/// One injected fault, as it happened.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultRecord {
+    /// Seconds since the measurement started (negative: during the warm-up, which cannot be
+    /// asked for).
+    pub at_s: f64,
+    /// `kill`, `pause`, `resume`, `restart`, `add` or `remove`.
+    pub action: String,
+    /// The addresses of the nodes it was applied to.
+    pub nodes: Vec<String>,
+    /// Why it failed, if it did (on some or all of its nodes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl FaultRecord {
+    /// The `timeline.csv` form: `kill 127.0.0.1:7103;kill 127.0.0.1:7105`.
+    pub fn timeline_entries(&self) -> Vec<String> {
+        if self.nodes.is_empty() {
+            return vec![format!("{} (none)", self.action)];
+        }
+        self.nodes
+            .iter()
+            .map(|n| format!("{} {n}", self.action))
+            .collect()
+    }
 }
 
 /// One second of the run.
@@ -113,20 +143,23 @@ pub struct TimelineRow {
     pub p50_us: u64,
     pub p99_us: u64,
     pub errors: u64,
+    /// Faults injected in this interval, `action address` each.
+    pub faults: Vec<String>,
 }
 
 pub fn timeline_csv(rows: &[TimelineRow]) -> String {
-    let mut out = String::from("elapsed_s,phase,ops_per_s,p50_us,p99_us,errors\n");
+    let mut out = String::from("elapsed_s,phase,ops_per_s,p50_us,p99_us,errors,faults\n");
     for r in rows {
         let _ = writeln!(
             out,
-            "{:.3},{},{:.1},{},{},{}",
+            "{:.3},{},{:.1},{},{},{},{}",
             r.elapsed_s,
             if r.warmup { "warmup" } else { "measure" },
             r.ops_per_s,
             r.p50_us,
             r.p99_us,
-            r.errors
+            r.errors,
+            r.faults.join(";")
         );
     }
     out

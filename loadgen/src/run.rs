@@ -22,14 +22,17 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use chordkv_node::client::{Client, ClientError};
-use chordkv_node::cluster::{ClusterSpec, LocalCluster};
+use chordkv_node::cluster::{ClusterSpec, LocalCluster, NodeControl};
 use chordkv_node::rng::Rng;
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 
+use crate::faults::{self, Targets};
 use crate::keys::{key_name, KeySpace, Purpose};
-use crate::report::{self, ClusterInfo, ErrorSummary, HopsSummary, LatencySummary, Summary, TimelineRow};
+use crate::report::{
+    self, ClusterInfo, ErrorSummary, FaultRecord, HopsSummary, LatencySummary, Summary, TimelineRow,
+};
 use crate::verify::{self, FinalRead, History, Verdict, VerifyReport};
 use crate::workload::{Entry, Workload};
 
@@ -137,6 +140,9 @@ fn hops_histogram() -> Histogram<u64> {
 pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let w = &opts.workload;
     w.validate().map_err(anyhow::Error::msg)?;
+    if opts.nodes.is_some() && !w.faults.is_empty() {
+        bail!("faults need a local cluster (no --nodes) until ssh control lands");
+    }
     let started = SystemTime::now();
     let (stamp, started_utc) = report::utc_timestamps(started);
     let out_dir = opts
@@ -155,7 +161,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     );
 
     // Kept alive until the end of the run: dropping it kills the nodes.
-    let mut cluster = None;
+    let mut cluster: Option<LocalCluster> = None;
     let addrs = match &opts.nodes {
         Some(nodes) if nodes.is_empty() => bail!("--nodes names no node"),
         Some(nodes) => nodes.clone(),
@@ -184,17 +190,22 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         probe(&addrs, Duration::from_millis(w.request_timeout_ms))?;
     }
 
+    let targets = Targets::new(addrs.clone());
     let keyspace = KeySpace::new(w.keys, w.distribution);
     let mut history = History::default();
     let mut preload_errors = 0;
     if w.preload {
         eprintln!("loadgen: preloading {} keys", w.keys);
-        let (h, errors) = preload(w, &addrs)?;
+        let (h, errors) = preload(w, &targets)?;
         history.merge(h);
         preload_errors = errors;
     }
 
-    let (results, timeline, measured_s) = drive(w, &addrs, &keyspace, opts.progress)?;
+    let control = match cluster.as_mut() {
+        Some(c) if !w.faults.is_empty() => Some(c as &mut (dyn NodeControl + Send)),
+        _ => None,
+    };
+    let (results, timeline, measured_s, fault_log) = drive(w, &targets, &keyspace, opts.progress, control)?;
 
     // Fold the threads' results together.
     let mut latency: Vec<Histogram<u64>> = Op::ALL.iter().map(|_| latency_histogram()).collect();
@@ -218,8 +229,21 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     }
     errors.total = op_errors.iter().sum();
 
+    // After faults, read back through the nodes that are alive, once the ring has settled.
+    let mut all_addrs = addrs.clone();
+    if let Some(c) = cluster.as_mut().filter(|_| !w.faults.is_empty()) {
+        all_addrs = c.addrs();
+        targets.set(c.live_addrs());
+        eprintln!(
+            "loadgen: waiting for the ring of the {} live nodes to settle",
+            targets.snapshot().len()
+        );
+        if let Err(e) = c.wait_consistent(CONVERGE_TIMEOUT) {
+            eprintln!("loadgen: warning: {e:#}; verifying anyway");
+        }
+    }
     eprintln!("loadgen: verifying {} written keys", history.keys.len());
-    let (verify, lost_keys) = verify_all(w, &addrs, &history);
+    let (verify, lost_keys) = verify_all(w, &targets, &history);
     drop(cluster);
 
     let mut all = latency_histogram();
@@ -275,8 +299,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         machine: report::machine(),
         cluster: ClusterInfo {
             local: opts.nodes.is_none(),
-            nodes: addrs.iter().map(|a| a.to_string()).collect(),
+            nodes: all_addrs.iter().map(|a| a.to_string()).collect(),
         },
+        faults: fault_log,
         workload: w.clone(),
     };
     report::write_file(
@@ -303,7 +328,7 @@ struct Conn {
 /// Operations one thread may still send, and how it talks to the nodes.
 struct Worker<'a> {
     w: &'a Workload,
-    addrs: &'a [SocketAddr],
+    targets: &'a Targets,
     rng: Rng,
     timeouts: u64,
     retries: u64,
@@ -316,10 +341,12 @@ struct Done {
 }
 
 impl Worker<'_> {
-    fn pick_addr(&mut self) -> SocketAddr {
+    /// An entry node for a connection; `failed` is the node it just lost, avoided when
+    /// there is another (it may be dead and not yet known to be).
+    fn pick_addr(&mut self, failed: Option<SocketAddr>) -> SocketAddr {
         match self.w.entry {
-            Entry::Fixed => self.addrs[0],
-            Entry::Random => self.addrs[self.rng.below(self.addrs.len() as u64) as usize],
+            Entry::Fixed if failed.is_none_or(|f| f != self.targets.first()) => self.targets.first(),
+            Entry::Fixed | Entry::Random => self.targets.pick(&mut self.rng, failed),
         }
     }
 
@@ -366,7 +393,7 @@ impl Worker<'_> {
             }
             if e.breaks_connection() {
                 conn.client = None;
-                conn.addr = self.pick_addr();
+                conn.addr = self.pick_addr(Some(conn.addr));
             }
             if !e.is_retryable() || attempt >= attempts {
                 return Err(e);
@@ -397,8 +424,10 @@ struct Interval {
 
 /// Writes every key once, `threads` threads in parallel. Returns the history and the number
 /// of failed writes.
-fn preload(w: &Workload, addrs: &[SocketAddr]) -> anyhow::Result<(History, u64)> {
+fn preload(w: &Workload, targets: &Targets) -> anyhow::Result<(History, u64)> {
     let threads = w.threads.min(w.keys as usize).max(1);
+    let addrs = targets.snapshot();
+    let addrs = &addrs;
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -406,8 +435,8 @@ fn preload(w: &Workload, addrs: &[SocketAddr]) -> anyhow::Result<(History, u64)>
                     let writer = (w.threads + t) as u64;
                     let mut worker = Worker {
                         w,
-                        addrs,
                         rng: Rng::new(w.seed ^ 0x5052_454c_4f41_4400 ^ t as u64),
+                        targets,
                         timeouts: 0,
                         retries: 0,
                     };
@@ -477,12 +506,15 @@ fn preload(w: &Workload, addrs: &[SocketAddr]) -> anyhow::Result<(History, u64)>
 
 /// Runs the load threads and the per-second reporting. Returns the threads' results, the
 /// timeline, and the measured seconds.
+/// With `control`, a fault thread fires the workload's `faults:` meanwhile; the faults come
+/// back in the order they happened.
 fn drive(
     w: &Workload,
-    addrs: &[SocketAddr],
+    targets: &Targets,
     keyspace: &KeySpace,
     progress: bool,
-) -> anyhow::Result<(Vec<ThreadResult>, Timeline, f64)> {
+    control: Option<&mut (dyn NodeControl + Send)>,
+) -> anyhow::Result<(Vec<ThreadResult>, Timeline, f64, Vec<FaultRecord>)> {
     let threads = w.threads.min(w.connections);
     let intervals: Vec<Mutex<Interval>> = (0..threads)
         .map(|_| {
@@ -500,6 +532,7 @@ fn drive(
     let warmup = Duration::from_secs_f64(w.warmup_s);
     let end = start + warmup + Duration::from_secs_f64(w.duration_s);
     let last_done: Mutex<Instant> = Mutex::new(start);
+    let fault_log: Mutex<Vec<FaultRecord>> = Mutex::new(Vec::new());
 
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -508,7 +541,7 @@ fn drive(
                 let (finished, stop, last_done) = (&finished, &stop, &last_done);
                 let chooser = keyspace.chooser(t, threads);
                 s.spawn(move || {
-                    let r = load_thread(w, addrs, t, threads, chooser, interval, stop, start, end);
+                    let r = load_thread(w, targets, t, threads, chooser, interval, stop, start, end);
                     let mut last = last_done.lock().expect("not poisoned");
                     *last = (*last).max(Instant::now());
                     finished.fetch_add(1, Ordering::SeqCst);
@@ -516,6 +549,13 @@ fn drive(
                 })
             })
             .collect();
+        let fault_thread = control.map(|ctl| {
+            let (stop, fault_log) = (&stop, &fault_log);
+            s.spawn(move || {
+                faults::run_schedule(&w.faults, ctl, targets, fault_log, start + warmup, stop, w.seed)
+            })
+        });
+        let mut faults_shown = 0;
 
         let mut timeline = Vec::new();
         let mut interval_log = Vec::new();
@@ -552,6 +592,7 @@ fn drive(
                 p50_us: h.value_at_quantile(0.5),
                 p99_us: h.value_at_quantile(0.99),
                 errors,
+                faults: new_faults(&fault_log, &mut faults_shown),
             };
             if progress && (ops > 0 || !all_done) {
                 eprintln!(
@@ -581,6 +622,14 @@ fn drive(
             next += REPORT_INTERVAL;
         }
         stop.store(true, Ordering::SeqCst);
+        if let Some(f) = fault_thread {
+            f.join().expect("the fault thread panicked");
+        }
+        // Faults after the last row (the ends of pauses that outlast the load) go into it.
+        let late = new_faults(&fault_log, &mut faults_shown);
+        if let Some(row) = timeline.last_mut() {
+            row.faults.extend(late);
+        }
         let results: Vec<ThreadResult> = handles
             .into_iter()
             .map(|h| h.join().expect("a load thread panicked")) // faulty code
@@ -592,8 +641,20 @@ fn drive(
             rows: timeline,
             interval_log,
         };
-        Ok((results, timeline, measured))
+        let faults = std::mem::take(&mut *fault_log.lock().expect("not poisoned"));
+        Ok((results, timeline, measured, faults))
     })
+}
+
+/// The `timeline.csv` entries of the faults logged since the last call.
+fn new_faults(log: &Mutex<Vec<FaultRecord>>, shown: &mut usize) -> Vec<String> {
+    let log = log.lock().expect("not poisoned");
+    let entries = log[*shown..]
+        .iter()
+        .flat_map(FaultRecord::timeline_entries)
+        .collect();
+    *shown = log.len();
+    entries
 }
 
 /// The per-second record of a run: `timeline.csv` rows, and the same intervals' histograms
@@ -620,7 +681,7 @@ fn pick_op(w: &Workload, rng: &mut Rng) -> Op {
 #[allow(clippy::too_many_arguments)]
 fn load_thread(
     w: &Workload,
-    addrs: &[SocketAddr],
+    targets: &Targets,
     t: usize,
     threads: usize,
     mut chooser: crate::keys::KeyChooser,
@@ -631,7 +692,7 @@ fn load_thread(
 ) -> ThreadResult {
     let mut worker = Worker {
         w,
-        addrs,
+        targets,
         rng: Rng::new(w.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t as u64),
         timeouts: 0,
         retries: 0,
@@ -641,7 +702,7 @@ fn load_thread(
     let mut conns: Vec<Conn> = conn_ids
         .iter()
         .map(|_| Conn {
-            addr: worker.pick_addr(),
+            addr: worker.pick_addr(None),
             client: None,
         })
         .collect();
@@ -664,9 +725,20 @@ fn load_thread(
     let writer = t as u64;
     let mut seq = 0u64;
     let mut i = 0u64;
+    let mut generation = targets.generation();
     loop {
         if stop.load(Ordering::Relaxed) || budget.is_some_and(|b| i >= b) {
             break;
+        }
+        if targets.generation() != generation {
+            // Nodes died or came: leave the ones that are gone before a request finds out.
+            generation = targets.generation();
+            for conn in &mut conns {
+                if !targets.contains(conn.addr) {
+                    conn.client = None;
+                    conn.addr = worker.pick_addr(Some(conn.addr));
+                }
+            }
         }
         let intended = match thread_rate {
             Some(rate) => {
@@ -757,7 +829,9 @@ fn load_thread(
 
 /// Reads every written key and judges it. Returns the counts and descriptions of the first
 /// lost keys.
-fn verify_all(w: &Workload, addrs: &[SocketAddr], history: &History) -> (VerifyReport, Vec<String>) {
+fn verify_all(w: &Workload, targets: &Targets, history: &History) -> (VerifyReport, Vec<String>) {
+    let addrs = targets.snapshot();
+    let addrs = &addrs;
     let mut keys: Vec<u64> = history.keys.keys().copied().collect();
     keys.sort_unstable();
     let threads = w.threads.clamp(1, keys.len().max(1));
@@ -769,8 +843,8 @@ fn verify_all(w: &Workload, addrs: &[SocketAddr], history: &History) -> (VerifyR
                 s.spawn(move || {
                     let mut worker = Worker {
                         w,
-                        addrs,
                         rng: Rng::new(w.seed ^ 0x5645_5249_4659 ^ t as u64),
+                        targets,
                         timeouts: 0,
                         retries: 0,
                     };
@@ -868,7 +942,7 @@ fn read_key(worker: &mut Worker<'_>, conn: &mut Conn, name: &Bytes) -> Option<Fi
             None => match Client::connect(conn.addr, timeout) {
                 Ok(c) => conn.client.insert(c),
                 Err(_) => {
-                    conn.addr = worker.addrs[worker.rng.below(worker.addrs.len() as u64) as usize];
+                    conn.addr = worker.pick_addr(Some(conn.addr));
                     std::thread::sleep(RETRY_BACKOFF * attempt);
                     continue;
                 }
@@ -884,7 +958,7 @@ fn read_key(worker: &mut Worker<'_>, conn: &mut Conn, name: &Bytes) -> Option<Fi
             Err(e) => {
                 if e.breaks_connection() {
                     conn.client = None;
-                    conn.addr = worker.addrs[worker.rng.below(worker.addrs.len() as u64) as usize];
+                    conn.addr = worker.pick_addr(Some(conn.addr));
                 }
                 if !e.is_retryable() {
                     return None;

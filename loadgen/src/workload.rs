@@ -14,6 +14,8 @@
 //! mix: { get: 0.9, put: 0.1 }
 //! distribution: { zipfian: { theta: 0.99 } }   # or `distribution: uniform`
 //! cluster: { nodes: 8, replicas: 2 }
+//! faults:                                      # see [`Fault`]; local cluster only
+//!   - { at_s: 5, action: kill, count: 2 }
 //! ```
 
 use std::fmt;
@@ -78,6 +80,74 @@ pub struct Workload {
     /// The local cluster to start when no `--nodes` are given.
     #[serde(default)]
     pub cluster: ClusterSection,
+    /// Failures injected into the local cluster during the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<Fault>,
+}
+
+/// What a fault does to its nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultAction {
+    /// Crash live nodes (SIGKILL).
+    Kill,
+    /// Freeze live nodes (SIGSTOP), for `duration_s` if given (then SIGCONT), else until a
+    /// `resume`.
+    Pause,
+    /// Unfreeze paused nodes (SIGCONT).
+    Resume,
+    /// Start dead nodes again on their addresses.
+    Restart,
+    /// Start new nodes that join the ring (`count` of them, default 1).
+    Add,
+    /// Stop live nodes gracefully (SIGTERM: they hand their keys over and leave).
+    Remove,
+}
+
+impl FaultAction {
+    /// The name used in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultAction::Kill => "kill",
+            FaultAction::Pause => "pause",
+            FaultAction::Resume => "resume",
+            FaultAction::Restart => "restart",
+            FaultAction::Add => "add",
+            FaultAction::Remove => "remove",
+        }
+    }
+}
+
+/// One entry of `faults:`: at `at_s` seconds after the measurement starts, apply `action` to
+/// the nodes with the given indices (`nodes`), or to `count` nodes picked with the seed among
+/// those it applies to (live ones for kill, pause and remove; paused ones for resume; dead ones
+/// for restart). Without `nodes` or `count`, one node.
+///
+/// ```yaml
+/// faults:
+///   - { at_s: 3.0, action: kill, count: 2 }
+///   - { at_s: 5, action: pause, nodes: [1], duration_s: 2 }
+///   - { at_s: 8, action: add }
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    pub at_s: f64,
+    pub action: FaultAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<usize>>,
+    /// `pause` only: resume the nodes after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
+}
+
+impl Fault {
+    /// Nodes the fault picks when it names none.
+    pub fn count_or_default(&self) -> usize {
+        self.count.unwrap_or(1)
+    }
 }
 
 fn default_duration_s() -> f64 {
@@ -567,6 +637,56 @@ impl Workload {
         }
         if self.cluster.nodes == 0 {
             return Err("cluster.nodes must be at least 1".into());
+        }
+        self.validate_faults()
+    }
+
+    /// Checks the `faults:` list: times within the measured run, counts of at least 1, node
+    /// indices that exist when the fault fires (the initial nodes and those added before).
+    fn validate_faults(&self) -> Result<(), String> {
+        for (n, f) in self.faults.iter().enumerate() {
+            let at = format!("faults[{n}] ({} at {} s)", f.action.name(), f.at_s);
+            if !(f.at_s.is_finite() && f.at_s >= 0.0 && f.at_s < self.duration_s) {
+                return Err(format!(
+                    "{at}: at_s must be within the run, in [0, duration_s = {})",
+                    self.duration_s
+                ));
+            }
+            if f.count == Some(0) {
+                return Err(format!("{at}: count must be at least 1"));
+            }
+            if f.count.is_some() && f.nodes.is_some() {
+                return Err(format!("{at}: give either count or nodes, not both"));
+            }
+            match (f.action, f.duration_s) {
+                (FaultAction::Pause, Some(d)) if !(d.is_finite() && d > 0.0) => {
+                    return Err(format!("{at}: duration_s must be a positive number, not {d}"));
+                }
+                (FaultAction::Pause, _) | (_, None) => {}
+                (_, Some(_)) => return Err(format!("{at}: duration_s is for pause only")),
+            }
+            if let Some(nodes) = &f.nodes {
+                if f.action == FaultAction::Add {
+                    return Err(format!("{at}: add starts new nodes; give count, not nodes"));
+                }
+                if nodes.is_empty() {
+                    return Err(format!("{at}: nodes must name at least one node"));
+                }
+                let added: usize = self
+                    .faults
+                    .iter()
+                    .filter(|g| g.action == FaultAction::Add && g.at_s < f.at_s)
+                    .map(Fault::count_or_default)
+                    .sum();
+                let exist = self.cluster.nodes + added;
+                if let Some(bad) = nodes.iter().find(|&&i| i >= exist) {
+                    return Err(format!(
+                        "{at}: node index {bad} is out of range: {exist} nodes exist then \
+                         (indices 0 to {})",
+                        exist - 1
+                    ));
+                }
+            }
         }
         Ok(())
     }

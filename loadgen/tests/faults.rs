@@ -1,0 +1,111 @@
+//! The `faults:` section of workload files: what parses, and errors that say where and what.
+
+use loadgen::workload::{Fault, FaultAction, Workload, WorkloadError};
+
+fn parse(text: &str) -> Result<Workload, WorkloadError> {
+    Workload::from_yaml(text, "test.yaml")
+}
+
+fn error(text: &str) -> WorkloadError {
+    match parse(text) {
+        Ok(w) => panic!("accepted: {w:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn no_faults_by_default() {
+    assert!(parse("name: t\n").unwrap().faults.is_empty());
+}
+
+#[test]
+fn every_action_parses() {
+    let w = parse(
+        "name: t
+duration_s: 20
+cluster: { nodes: 4 }
+faults:
+  - { at_s: 3.0, action: kill, count: 2 }
+  - { at_s: 3, action: kill, nodes: [1, 3] }
+  - { at_s: 4, action: pause, count: 1, duration_s: 1.5 }
+  - { at_s: 5, action: resume }
+  - { at_s: 6, action: restart, nodes: [1] }
+  - { at_s: 7, action: add, count: 2 }
+  - { at_s: 8, action: remove, nodes: [5] }
+",
+    )
+    .unwrap();
+    assert_eq!(w.faults.len(), 7);
+    assert_eq!(
+        w.faults[0],
+        Fault {
+            at_s: 3.0,
+            action: FaultAction::Kill,
+            count: Some(2),
+            nodes: None,
+            duration_s: None
+        }
+    );
+    assert_eq!(w.faults[1].nodes, Some(vec![1, 3]));
+    assert_eq!(w.faults[2].duration_s, Some(1.5));
+    assert_eq!(w.faults[3].action, FaultAction::Resume);
+    assert_eq!(w.faults[3].count_or_default(), 1);
+    assert_eq!(w.faults[5].action, FaultAction::Add);
+    // Node 5 exists at 8 s: two were added at 7 s.
+    assert_eq!(w.faults[6].nodes, Some(vec![5]));
+}
+
+#[test]
+fn an_unknown_action_or_field_has_a_line_and_column() {
+    let e = error("name: t\nfaults:\n  - { at_s: 1, action: explode }\n");
+    assert_eq!(e.line, Some(3), "{e}");
+    assert!(e.column.is_some(), "{e}");
+    assert!(e.message.contains("explode"), "{e}");
+    assert!(e.message.contains("kill"), "{e}");
+
+    let e = error("name: t\nfaults:\n  - at_s: 1\n    action: kill\n    cuont: 2\n");
+    assert_eq!(e.line, Some(5), "{e}");
+    assert!(e.message.contains("cuont"), "{e}");
+
+    let e = error("name: t\nfaults:\n  - { action: kill }\n");
+    assert!(e.message.contains("at_s"), "{e}");
+    assert!(e.line.is_some(), "{e}");
+}
+
+#[test]
+fn validation_errors_name_the_fault_and_the_problem() {
+    let cases = [
+        ("{ at_s: 1, action: kill, count: 0 }", "count must be at least 1"),
+        ("{ at_s: 10, action: kill }", "at_s must be within the run"),
+        ("{ at_s: -1, action: kill }", "at_s must be within the run"),
+        (
+            "{ at_s: 1, action: kill, nodes: [5] }",
+            "node index 5 is out of range",
+        ),
+        ("{ at_s: 1, action: kill, nodes: [] }", "at least one node"),
+        (
+            "{ at_s: 1, action: kill, count: 1, nodes: [0] }",
+            "either count or nodes",
+        ),
+        (
+            "{ at_s: 1, action: kill, duration_s: 2 }",
+            "duration_s is for pause only",
+        ),
+        (
+            "{ at_s: 1, action: pause, duration_s: 0 }",
+            "duration_s must be a positive number",
+        ),
+        ("{ at_s: 1, action: add, nodes: [1] }", "give count, not nodes"),
+    ];
+    for (fault, want) in cases {
+        let text = format!("name: t\nduration_s: 10\ncluster: {{ nodes: 4 }}\nfaults:\n  - {{ at_s: 0, action: add }}\n  - {fault}\n");
+        let e = error(&text);
+        assert!(e.message.contains(want), "{fault}: {e}");
+        assert!(e.message.contains("faults[1]"), "{fault}: {e}");
+    }
+    // An index that only exists after an add fires.
+    let e = error(
+        "name: t\ncluster: { nodes: 2 }\nfaults:\n  - { at_s: 1, action: kill, nodes: [2] }\n  - { at_s: 2, action: add }\n",
+    );
+    assert!(e.message.contains("node index 2 is out of range"), "{e}");
+}
