@@ -9,13 +9,14 @@
 //!    sequential, latest).
 //! 3. [`verify`]: Jepsen set-checker accounting (acknowledged, lost, unexpected, recovered).
 //! 4. [`hgrm`] and [`report`]: the files a run writes (`summary.json`, `.hgrm`,
-//!    `timeline.csv`).
+//!    `timeline.csv`); [`plot`]: `latency.svg` and `timeline.svg`.
 //! 5. [`faults`]: failure injection (the `faults:` schedule) and the live entry nodes.
 //! 6. [`run`]: the cluster, the load threads (closed or open loop), the verification.
 
 pub mod faults;
 pub mod hgrm;
 pub mod keys;
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod verify;

@@ -105,6 +105,11 @@ fn main() -> ExitCode {
         v.acknowledged, v.keys_checked, v.lost, v.unexpected, v.recovered, v.read_errors
     );
     println!("results: {}", outcome.out_dir.display());
+    eprintln!(
+        "plots: {} {}",
+        outcome.out_dir.join(loadgen::plot::LATENCY_SVG).display(),
+        outcome.out_dir.join(loadgen::plot::TIMELINE_SVG).display()
+    );
     if v.lost > 0 {
         eprintln!("!!!!!!!! {} ACKNOWLEDGED WRITES LOST !!!!!!!!", v.lost);
         for line in &outcome.lost_keys {

@@ -30,6 +30,7 @@ use hdrhistogram::Histogram;
 
 use crate::faults::{self, Targets};
 use crate::keys::{key_name, KeySpace, Purpose};
+use crate::plot;
 use crate::report::{
     self, ClusterInfo, ErrorSummary, FaultRecord, HopsSummary, LatencySummary, Summary, TimelineRow,
 };
@@ -312,6 +313,20 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     report::write_file(&out_dir, "timeline.csv", &report::timeline_csv(&timeline.rows))?;
     std::fs::write(out_dir.join("all.hlog"), &timeline.interval_log)
         .with_context(|| format!("cannot write {}", out_dir.join("all.hlog").display()))?;
+    let title = format!("{}: {:.0} ops/s", summary.name, summary.throughput_ops);
+    let series: Vec<(&str, &Histogram<u64>)> = Op::ALL
+        .iter()
+        .map(|op| op.name())
+        .zip(&latency)
+        .chain(std::iter::once(("all", &all)))
+        .collect();
+    report::write_file(&out_dir, plot::LATENCY_SVG, &plot::latency_svg(&title, &series))?;
+    let markers = plot::fault_markers(&summary.faults, w.warmup_s);
+    report::write_file(
+        &out_dir,
+        plot::TIMELINE_SVG,
+        &plot::timeline_svg(&title, &timeline.rows, &markers),
+    )?;
     Ok(Outcome {
         summary,
         out_dir,

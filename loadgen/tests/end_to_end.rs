@@ -89,6 +89,14 @@ cluster: { nodes: 3, replicas: 1, stabilize_ms: 100 }
     assert_eq!(intervals, timeline.lines().count() - 1, "{timeline}");
     assert!(timeline.starts_with("elapsed_s,phase,ops_per_s,p50_us,p99_us,errors,faults\n"));
     assert!(timeline.lines().count() >= 2, "{timeline}");
+    for file in ["latency.svg", "timeline.svg"] {
+        let svg = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{file}: {svg}"
+        );
+        assert!(svg.contains("tiny-closed"), "{file}: {svg}");
+    }
 }
 
 #[test]

@@ -77,6 +77,9 @@ fn killing_a_node_under_load_loses_nothing_and_is_recorded() {
     let entry = format!("kill {killed}");
     let rows: Vec<&str> = timeline.lines().filter(|l| l.ends_with(&entry)).collect();
     assert_eq!(rows.len(), 1, "{timeline}");
+    let svg = std::fs::read_to_string(dir.join("timeline.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{svg}");
+    assert!(svg.contains(">kill<"), "{svg}");
 }
 
 #[test]

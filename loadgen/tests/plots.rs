@@ -1,0 +1,117 @@
+//! The plots on synthetic histograms and timelines: SVG with lines and labels.
+
+use hdrhistogram::Histogram;
+use loadgen::plot::{fault_markers, latency_svg, timeline_svg};
+use loadgen::report::{FaultRecord, TimelineRow};
+
+fn looks_like_svg(text: &str) {
+    assert!(text.starts_with("<svg") || text.starts_with("<?xml"), "{text}");
+    assert!(text.trim_end().ends_with("</svg>"), "{text}");
+    assert!(text.contains("<polyline") || text.contains("<path"), "{text}");
+    assert_eq!(
+        text.matches("<text").count(),
+        text.matches("</text>").count(),
+        "{text}"
+    );
+}
+
+fn histogram(base: u64) -> Histogram<u64> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for i in 0..10_000u64 {
+        h.record(base + i % 500 + if i % 1000 == 0 { 50_000 } else { 0 })
+            .unwrap();
+    }
+    h
+}
+
+#[test]
+fn latency_plot_has_a_line_per_operation_and_percentile_ticks() {
+    let (get, put, delete) = (histogram(100), histogram(300), Histogram::<u64>::new(3).unwrap());
+    let svg = latency_svg(
+        "tiny <closed>: 1234 ops/s",
+        &[("get", &get), ("put", &put), ("delete", &delete)],
+    );
+    looks_like_svg(&svg);
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plot-latency.svg"),
+        &svg,
+    )
+    .unwrap();
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        2,
+        "the empty delete is left out"
+    );
+    assert!(svg.contains("tiny &lt;closed&gt;: 1234 ops/s"), "{svg}");
+    for label in [
+        ">get<",
+        ">put<",
+        ">50%<",
+        ">90%<",
+        ">99%<",
+        ">99.9%<",
+        ">99.99%<",
+        ">100 µs<",
+        ">1 ms<",
+    ] {
+        assert!(svg.contains(label), "{label}: {svg}");
+    }
+    assert!(!svg.contains(">delete<"), "{svg}");
+    // Nothing measured still makes a picture.
+    let empty = latency_svg("empty", &[]);
+    assert!(empty.starts_with("<svg") && empty.contains("no successful operations"));
+}
+
+#[test]
+fn timeline_plot_marks_the_faults() {
+    let rows: Vec<TimelineRow> = (1..=8)
+        .map(|s| TimelineRow {
+            elapsed_s: f64::from(s),
+            warmup: s <= 2,
+            ops_per_s: if s == 5 { 200.0 } else { 1500.0 },
+            p50_us: 200,
+            p99_us: if s == 5 { 90_000 } else { 900 },
+            errors: 0,
+            faults: Vec::new(),
+        })
+        .collect();
+    let faults = [
+        FaultRecord {
+            at_s: 2.0,
+            action: "kill".into(),
+            nodes: vec!["127.0.0.1:7101".into(), "127.0.0.1:7102".into()],
+            error: None,
+        },
+        FaultRecord {
+            at_s: 3.5,
+            action: "restart".into(),
+            nodes: vec!["127.0.0.1:7101".into()],
+            error: None,
+        },
+    ];
+    let markers = fault_markers(&faults, 2.0);
+    assert_eq!(
+        markers,
+        vec![(4.0, "kill x2".to_string()), (5.5, "restart".to_string())]
+    );
+    let svg = timeline_svg("failure: 1400 ops/s", &rows, &markers);
+    looks_like_svg(&svg);
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plot-timeline.svg"),
+        &svg,
+    )
+    .unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 2, "ops/s and p99");
+    for label in [
+        ">kill x2<",
+        ">restart<",
+        ">ops/s<",
+        ">warm-up<",
+        "failure: 1400 ops/s",
+    ] {
+        assert!(svg.contains(label), "{label}: {svg}");
+    }
+    assert_eq!(svg.matches("stroke-dasharray").count(), 2, "one line per fault");
+    // No rows at all still makes a picture.
+    assert!(timeline_svg("empty", &[], &[]).starts_with("<svg"));
+}
