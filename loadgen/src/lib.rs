@@ -12,6 +12,8 @@
 //!    `timeline.csv`); [`plot`]: `latency.svg` and `timeline.svg`.
 //! 5. [`faults`]: failure injection (the `faults:` schedule) and the live entry nodes.
 //! 6. [`run`]: the cluster, the load threads (closed or open loop), the verification.
+//! 7. [`sweep`]: the data-loss experiment (a workload with `sweep:`): kill f of n nodes at
+//!    once for each replica count N, and compare the keys lost with C(f, N+1) / C(n, N+1).
 
 pub mod faults;
 pub mod hgrm;
@@ -19,5 +21,6 @@ pub mod keys;
 pub mod plot;
 pub mod report;
 pub mod run;
+pub mod sweep;
 pub mod verify;
 pub mod workload;

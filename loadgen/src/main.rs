@@ -2,6 +2,8 @@
 //! [--seed S]`: runs a workload and writes `results/<name>-<UTC timestamp>/`. Exit code 0
 //! when every acknowledged write was found at the end, 1 when writes were lost, keys could
 //! not be read back, or the run failed; 2 for bad arguments or a bad workload file.
+//! A workload with `sweep:` runs the data-loss experiment instead and writes `data-loss.md`
+//! and `data-loss.svg` (into `--out DIR`, e.g. `--out results`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use loadgen::run::{run, RunOptions, DEFAULT_RESULTS_DIR};
+use loadgen::sweep::{self, SweepOptions};
 use loadgen::workload::Workload;
 
 #[derive(Parser, Debug)]
@@ -65,6 +68,9 @@ fn main() -> ExitCode {
     if let Err(e) = workload.validate() {
         eprintln!("error: {e}");
         return ExitCode::from(2);
+    }
+    if workload.sweep.is_some() {
+        return run_sweep(&args, workload);
     }
     if args.nodes.is_some() && !workload.faults.is_empty() {
         eprintln!("error: faults need a local cluster (no --nodes) until ssh control lands");
@@ -125,4 +131,39 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// A workload with `sweep:`: the data-loss experiment on fresh local clusters. Data loss is
+/// what it measures, so it is not a failure; exit code 1 only when the sweep cannot run.
+fn run_sweep(args: &Args, workload: Workload) -> ExitCode {
+    if args.nodes.is_some() {
+        eprintln!("error: a sweep starts its own local clusters; drop --nodes");
+        return ExitCode::from(2);
+    }
+    let command = std::iter::once("loadgen".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let opts = SweepOptions {
+        workload,
+        out_dir: args.out.clone(),
+        chordkv_bin: args.chordkv.clone(),
+        command,
+        progress: !args.quiet,
+    };
+    match sweep::run_sweep(opts) {
+        Ok(outcome) => {
+            print!("{}", outcome.table);
+            println!(
+                "results: {} {}",
+                outcome.out_dir.join(sweep::DATA_LOSS_MD).display(),
+                outcome.out_dir.join(sweep::DATA_LOSS_SVG).display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

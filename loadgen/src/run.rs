@@ -44,7 +44,7 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Significant digits of every latency histogram.
 const SIGFIG: u8 = 3;
 /// Bound of the wait for a local cluster's ring to become consistent.
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause before retry n is `n * RETRY_BACKOFF`.
 const RETRY_BACKOFF: Duration = Duration::from_millis(10);
 /// Attempts of each final read of the verification.
@@ -439,7 +439,7 @@ struct Interval {
 
 /// Writes every key once, `threads` threads in parallel. Returns the history and the number
 /// of failed writes.
-fn preload(w: &Workload, targets: &Targets) -> anyhow::Result<(History, u64)> {
+pub(crate) fn preload(w: &Workload, targets: &Targets) -> anyhow::Result<(History, u64)> {
     let threads = w.threads.min(w.keys as usize).max(1);
     let addrs = targets.snapshot();
     let addrs = &addrs;
@@ -844,7 +844,7 @@ fn load_thread(
 
 /// Reads every written key and judges it. Returns the counts and descriptions of the first
 /// lost keys.
-fn verify_all(w: &Workload, targets: &Targets, history: &History) -> (VerifyReport, Vec<String>) {
+pub(crate) fn verify_all(w: &Workload, targets: &Targets, history: &History) -> (VerifyReport, Vec<String>) {
     let addrs = targets.snapshot();
     let addrs = &addrs;
     let mut keys: Vec<u64> = history.keys.keys().copied().collect();

@@ -83,6 +83,42 @@ pub struct Workload {
     /// Failures injected into the local cluster during the run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<Fault>,
+    /// A data-loss sweep instead of a load run (see [`Sweep`] and `sweep.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<Sweep>,
+}
+
+/// The data-loss experiment: for every replica count N in `replicas` and every kill count f
+/// in `kill_counts`, `trials` times (seed `seed + trial`): start a fresh local cluster with
+/// `--replicas N`, preload every key, SIGKILL f random nodes at once, wait for the survivors'
+/// ring (at most `settle_timeout_s`), and read every key back.
+///
+/// ```yaml
+/// sweep:
+///   kill_counts: [1, 2, 3, 4]
+///   replicas: [0, 1, 2]
+///   trials: 2
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    /// f: nodes killed at once in a trial.
+    pub kill_counts: Vec<usize>,
+    /// N: extra copies of every key (`chordkv node --replicas N`).
+    pub replicas: Vec<u64>,
+    /// Trials per (N, f).
+    #[serde(default = "default_trials")]
+    pub trials: u32,
+    /// Bound of the wait, after the kill, for the survivors' ring to become consistent.
+    #[serde(default = "default_settle_timeout_s")]
+    pub settle_timeout_s: f64,
+}
+
+fn default_trials() -> u32 {
+    1
+}
+fn default_settle_timeout_s() -> f64 {
+    5.0
 }
 
 /// What a fault does to its nodes.
@@ -638,7 +674,42 @@ impl Workload {
         if self.cluster.nodes == 0 {
             return Err("cluster.nodes must be at least 1".into());
         }
-        self.validate_faults()
+        self.validate_faults()?;
+        self.validate_sweep()
+    }
+
+    /// Checks the `sweep:` section: non-empty lists, kill counts that leave a node alive.
+    fn validate_sweep(&self) -> Result<(), String> {
+        let Some(s) = &self.sweep else {
+            return Ok(());
+        };
+        if !self.faults.is_empty() {
+            return Err("sweep: a sweep injects its own kills; remove faults".into());
+        }
+        if s.kill_counts.is_empty() {
+            return Err("sweep.kill_counts must list at least one count".into());
+        }
+        if s.replicas.is_empty() {
+            return Err("sweep.replicas must list at least one replica count".into());
+        }
+        let n = self.cluster.nodes;
+        if let Some(&bad) = s.kill_counts.iter().find(|&&f| f == 0 || f >= n) {
+            return Err(format!(
+                "sweep.kill_counts: {bad} is out of range: between 1 and {} for {n} nodes \
+                 (one must survive to read from)",
+                n.saturating_sub(1)
+            ));
+        }
+        if s.trials == 0 {
+            return Err("sweep.trials must be at least 1".into());
+        }
+        if !(s.settle_timeout_s.is_finite() && s.settle_timeout_s >= 0.0) {
+            return Err(format!(
+                "sweep.settle_timeout_s must be 0 or more, not {}",
+                s.settle_timeout_s
+            ));
+        }
+        Ok(())
     }
 
     /// Checks the `faults:` list: times within the measured run, counts of at least 1, node

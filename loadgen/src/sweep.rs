@@ -1,0 +1,555 @@
+//! The data-loss experiment (a workload with `sweep:`): "at what rate of failure do we start
+//! to see data loss?"
+//!
+//! ```text
+//!   for N in replicas, f in kill_counts, trial in 0..trials (seed = seed + trial):
+//!     fresh local cluster (--replicas N) -> preload every key (acknowledged)
+//!     -> SIGKILL f random nodes at once -> wait for the survivors' ring (bounded)
+//!     -> read every key through live nodes -> lost / acknowledged keys
+//! ```
+//!
+//! Next to each measured fraction, the prediction for f random simultaneous failures out of
+//! n nodes: a key is lost iff all N+1 of its holders are among the f killed, so
+//! P = C(f, N+1) / C(n, N+1) ([`predicted_loss`]). Writes `data-loss.md` (the table) and
+//! `data-loss.svg` (measured against predicted).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use chordkv_node::cluster::{ClusterSpec, LocalCluster};
+use chordkv_node::rng::Rng;
+
+use crate::faults::Targets;
+use crate::report;
+use crate::run::{find_chordkv, preload, verify_all, CONVERGE_TIMEOUT, DEFAULT_RESULTS_DIR};
+use crate::workload::{Sweep, Workload};
+
+pub const DATA_LOSS_MD: &str = "data-loss.md";
+pub const DATA_LOSS_SVG: &str = "data-loss.svg";
+/// Mixed into a trial's seed for the choice of the nodes it kills.
+const KILL_SEED: u64 = 0x4b49_4c4c_5357_4550;
+
+/// What to sweep and where to write it.
+#[derive(Clone, Debug)]
+pub struct SweepOptions {
+    /// A workload with a `sweep:` section.
+    pub workload: Workload,
+    /// The results directory; `None`: `results/<name>-<UTC timestamp>/`.
+    pub out_dir: Option<PathBuf>,
+    /// The `chordkv` binary; `None`: see [`find_chordkv`].
+    pub chordkv_bin: Option<PathBuf>,
+    /// The command line, for the head of `data-loss.md`.
+    pub command: String,
+    /// A line on stderr per trial.
+    pub progress: bool,
+}
+
+/// One trial's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trial {
+    pub replicas: u64,
+    pub kills: usize,
+    pub seed: u64,
+    /// Keys whose preload write was acknowledged.
+    pub keys: u64,
+    /// Acknowledged keys missing (or older) at the end.
+    pub lost: u64,
+    /// Keys that could not be read at the end (not judged).
+    pub unreadable: u64,
+    /// Whether the survivors' ring became consistent within the bound.
+    pub settled: bool,
+}
+
+impl Trial {
+    pub fn lost_fraction(&self) -> f64 {
+        if self.keys == 0 {
+            0.0
+        } else {
+            self.lost as f64 / self.keys as f64
+        }
+    }
+}
+
+/// The trials of one (N, f) cell, summed up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cell {
+    pub replicas: u64,
+    pub kills: usize,
+    pub trials: usize,
+    /// Acknowledged keys per trial (mean).
+    pub keys: f64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    pub predicted: f64,
+    pub unreadable: u64,
+    /// Trials whose ring did not settle within the bound.
+    pub unsettled: usize,
+}
+
+/// The outcome of a sweep.
+#[derive(Debug)]
+pub struct SweepOutcome {
+    pub trials: Vec<Trial>,
+    pub cells: Vec<Cell>,
+    pub out_dir: PathBuf,
+    /// `data-loss.md`'s text.
+    pub table: String,
+}
+
+/// C(n, k) as a float (exact for the small numbers here).
+fn choose(n: u64, k: u64) -> f64 {
+    if k > n {
+        return 0.0;
+    }
+    let k = k.min(n - k);
+    (0..k).fold(1.0, |acc, i| acc * (n - i) as f64 / (i + 1) as f64)
+}
+
+/// The fraction of keys lost when `f` of `n` nodes, picked at random, fail at once and every
+/// key has `replicas` extra copies on distinct nodes: C(f, N+1) / C(n, N+1), with N+1
+/// capped at n; 0 when f < N+1.
+pub fn predicted_loss(n: usize, f: usize, replicas: u64) -> f64 {
+    let (n, f) = (n as u64, f as u64);
+    let holders = (replicas + 1).min(n);
+    if f < holders || n == 0 {
+        return 0.0;
+    }
+    choose(f, holders) / choose(n, holders)
+}
+
+/// Runs every trial of the sweep and writes `data-loss.md` and `data-loss.svg`.
+pub fn run_sweep(opts: SweepOptions) -> anyhow::Result<SweepOutcome> {
+    let w = &opts.workload;
+    w.validate().map_err(anyhow::Error::msg)?;
+    let sweep: &Sweep = w.sweep.as_ref().context("the workload has no sweep: section")?;
+    let started = SystemTime::now();
+    let (stamp, started_utc) = report::utc_timestamps(started);
+    let out_dir = opts
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RESULTS_DIR).join(format!("{}-{stamp}", w.name)));
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create the results directory {}", out_dir.display()))?;
+    let binary = match &opts.chordkv_bin {
+        Some(b) => b.clone(),
+        None => find_chordkv()?,
+    };
+    let total = sweep.replicas.len() * sweep.kill_counts.len() * sweep.trials as usize;
+    eprintln!(
+        "loadgen: data-loss sweep {}: {} nodes, {} keys, N in {:?}, f in {:?}, {} trials each \
+         ({total} trials), seed {}, results in {}",
+        w.name,
+        w.cluster.nodes,
+        w.keys,
+        sweep.replicas,
+        sweep.kill_counts,
+        sweep.trials,
+        w.seed,
+        out_dir.display()
+    );
+    let mut trials = Vec::with_capacity(total);
+    for &replicas in &sweep.replicas {
+        for &kills in &sweep.kill_counts {
+            for t in 0..sweep.trials {
+                let seed = w.seed.wrapping_add(u64::from(t));
+                let trial = run_trial(w, sweep, &binary, replicas, kills, seed)
+                    .with_context(|| format!("trial N={replicas} f={kills} seed {seed}"))?;
+                if opts.progress {
+                    eprintln!(
+                        "[{}/{total}] N={replicas} f={kills} seed {seed}: lost {} of {} keys \
+                         ({:.4}), predicted {:.4}{}{}",
+                        trials.len() + 1,
+                        trial.lost,
+                        trial.keys,
+                        trial.lost_fraction(),
+                        predicted_loss(w.cluster.nodes, kills, replicas),
+                        if trial.unreadable > 0 {
+                            format!(", {} unreadable", trial.unreadable)
+                        } else {
+                            String::new()
+                        },
+                        if trial.settled { "" } else { ", ring not settled" }
+                    );
+                }
+                trials.push(trial);
+            }
+        }
+    }
+    let cells = summarize(w.cluster.nodes, &trials);
+    let table = markdown(w, &opts.command, &started_utc, &cells);
+    report::write_file(&out_dir, DATA_LOSS_MD, &table)?;
+    report::write_file(
+        &out_dir,
+        DATA_LOSS_SVG,
+        &loss_svg(
+            &format!(
+                "{}: keys lost when f of {} nodes die at once ({} keys, {} trials per point)",
+                w.name, w.cluster.nodes, w.keys, sweep.trials
+            ),
+            w.cluster.nodes,
+            &cells,
+        ),
+    )?;
+    Ok(SweepOutcome {
+        trials,
+        cells,
+        out_dir,
+        table,
+    })
+}
+
+/// One trial: fresh cluster, preload, kill, settle, verify.
+fn run_trial(
+    base: &Workload,
+    sweep: &Sweep,
+    binary: &std::path::Path,
+    replicas: u64,
+    kills: usize,
+    seed: u64,
+) -> anyhow::Result<Trial> {
+    let mut w = base.clone();
+    w.seed = seed;
+    w.preload = true;
+    w.cluster.replicas = Some(replicas);
+    let mut spec = ClusterSpec::new(binary, w.cluster.nodes);
+    spec.node_args = w.cluster.node_args();
+    let mut cluster = LocalCluster::start(spec)?;
+    cluster.wait_consistent(CONVERGE_TIMEOUT)?;
+    let targets = Targets::new(cluster.addrs());
+    let (history, _errors) = preload(&w, &targets)?;
+    let keys = history.keys.values().filter(|r| r.acked.is_some()).count() as u64;
+
+    // f distinct nodes, a uniform sample (partial Fisher-Yates).
+    let mut rng = Rng::new(seed ^ KILL_SEED ^ (replicas << 32) ^ kills as u64);
+    let mut nodes: Vec<usize> = (0..w.cluster.nodes).collect();
+    for k in 0..kills {
+        let j = k + rng.below((nodes.len() - k) as u64) as usize;
+        nodes.swap(k, j);
+    }
+    for &i in &nodes[..kills] {
+        cluster.kill(i)?;
+    }
+    let settled = cluster
+        .wait_consistent(Duration::from_secs_f64(sweep.settle_timeout_s))
+        .is_ok();
+    targets.set(cluster.live_addrs());
+    let (report, _) = verify_all(&w, &targets, &history);
+    drop(cluster);
+    Ok(Trial {
+        replicas,
+        kills,
+        seed,
+        keys,
+        lost: report.lost,
+        unreadable: report.read_errors,
+        settled,
+    })
+}
+
+/// The trials grouped by (N, f), in the order they ran.
+pub fn summarize(nodes: usize, trials: &[Trial]) -> Vec<Cell> {
+    let mut cells: Vec<Cell> = Vec::new();
+    for t in trials {
+        let x = t.lost_fraction();
+        match cells
+            .iter_mut()
+            .find(|c| c.replicas == t.replicas && c.kills == t.kills)
+        {
+            Some(c) => {
+                c.keys = (c.keys * c.trials as f64 + t.keys as f64) / (c.trials + 1) as f64;
+                c.mean = (c.mean * c.trials as f64 + x) / (c.trials + 1) as f64;
+                c.min = c.min.min(x);
+                c.max = c.max.max(x);
+                c.trials += 1;
+                c.unreadable += t.unreadable;
+                c.unsettled += usize::from(!t.settled);
+            }
+            None => cells.push(Cell {
+                replicas: t.replicas,
+                kills: t.kills,
+                trials: 1,
+                keys: t.keys as f64,
+                mean: x,
+                min: x,
+                max: x,
+                predicted: predicted_loss(nodes, t.kills, t.replicas),
+                unreadable: t.unreadable,
+                unsettled: usize::from(!t.settled),
+            }),
+        }
+    }
+    cells
+}
+
+/// `data-loss.md`.
+pub fn markdown(w: &Workload, command: &str, date: &str, cells: &[Cell]) -> String {
+    let m = report::machine();
+    let memory = m.memory_bytes.map_or("unknown memory".to_string(), |b| {
+        format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+    });
+    let sweep = w.sweep.as_ref();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Data loss: f of {} nodes killed at once\n",
+        w.cluster.nodes
+    );
+    let _ = writeln!(out, "```\n{command}\n```\n");
+    let _ = writeln!(
+        out,
+        "- date: {date}\n- machine: {} cores, {memory}\n- seed: {} (trial t uses seed + t)\n\
+         - cluster: {} local nodes, store {}, ack {}, stabilize {} ms\n\
+         - per trial: fresh cluster, preload {} keys, SIGKILL f random nodes at once, wait for \
+         the survivors' ring (at most {} s), read every key through live nodes\n\
+         - lost: acknowledged but missing or older at the end, as a fraction of the \
+         acknowledged keys\n\
+         - predicted: a key is lost iff all N+1 holders are among the f killed: \
+         C(f, N+1) / C(n, N+1), the expectation over random kills. A key's holders are \
+         consecutive nodes of the ring, so a trial loses whole arcs or nothing, and the arcs \
+         differ in size: single trials scatter widely around the prediction\n",
+        m.cores,
+        w.seed,
+        w.cluster.nodes,
+        w.cluster.store,
+        w.cluster.ack.map_or("default", |a| match a {
+            crate::workload::Ack::All => "all",
+            crate::workload::Ack::One => "one",
+        }),
+        w.cluster
+            .stabilize_ms
+            .map_or("default".to_string(), |ms| ms.to_string()),
+        w.keys,
+        sweep.map_or(0.0, |s| s.settle_timeout_s),
+    );
+    out.push_str(
+        "| N | f | trials | keys | lost (mean) | lost (min-max) | predicted | unreadable | ring not settled |\n\
+         |---|---|--------|------|-------------|----------------|-----------|------------|------------------|\n",
+    );
+    for c in cells {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {:.4} | {:.4}-{:.4} | {:.4} | {} | {} |",
+            c.replicas,
+            c.kills,
+            c.trials,
+            c.keys,
+            c.mean,
+            c.min,
+            c.max,
+            c.predicted,
+            c.unreadable,
+            c.unsettled
+        );
+    }
+    out
+}
+
+const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+
+/// `data-loss.svg`: lost fraction against f, one color per N; measured as points joined by
+/// solid lines (a bar from min to max), predicted as dashed lines.
+pub fn loss_svg(title: &str, nodes: usize, cells: &[Cell]) -> String {
+    let (width, height) = (900.0, 520.0);
+    let (x0, y0, w, h) = (80.0, 50.0, 640.0, 410.0);
+    let f_max = cells.iter().map(|c| c.kills).max().unwrap_or(1).max(1) as f64;
+    let y_top = cells
+        .iter()
+        .flat_map(|c| [c.max, c.predicted])
+        .fold(0.0f64, f64::max);
+    let y_max = nice_ceiling(y_top.max(0.01));
+    let px = |f: f64| x0 + (f / (f_max + 0.5)).clamp(0.0, 1.0) * w;
+    let py = |y: f64| y0 + h - (y / y_max).clamp(0.0, 1.0) * h;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="28" text-anchor="middle" font-size="14">{}</text>"#,
+        x0 + w / 2.0,
+        esc(title)
+    );
+    for k in 0..=5 {
+        let y = y_max * k as f64 / 5.0;
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x0}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="#ddd"/><text x="{2:.1}" y="{3:.1}" text-anchor="end">{4}</text>"##,
+            py(y),
+            x0 + w,
+            x0 - 6.0,
+            py(y) + 4.0,
+            trim_float(y)
+        );
+    }
+    for f in 0..=f_max as usize {
+        let x = px(f as f64);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{0:.1}" stroke="#ddd"/><text x="{x:.1}" y="{1:.1}" text-anchor="middle">{f}</text>"##,
+            y0 + h,
+            y0 + h + 16.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        r##"<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#444"/>"##
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">f: nodes killed at once (of {nodes})</text>"#,
+        x0 + w / 2.0,
+        y0 + h + 36.0
+    );
+    let (tx, ty) = (x0 - 55.0, y0 + h / 2.0);
+    let _ = writeln!(
+        out,
+        r#"<text x="{tx:.1}" y="{ty:.1}" text-anchor="middle" transform="rotate(-90 {tx:.1} {ty:.1})">fraction of acknowledged keys lost</text>"#
+    );
+    let mut replicas: Vec<u64> = cells.iter().map(|c| c.replicas).collect();
+    replicas.sort_unstable();
+    replicas.dedup();
+    for (i, &n) in replicas.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let mut series: Vec<&Cell> = cells.iter().filter(|c| c.replicas == n).collect();
+        series.sort_by_key(|c| c.kills);
+        // Predicted: dashed, through every f from 0 to the largest, so its shape shows.
+        let predicted: Vec<String> = (0..=f_max as usize)
+            .map(|f| format!("{:.1},{:.1}", px(f as f64), py(predicted_loss(nodes, f, n))))
+            .collect();
+        let _ = writeln!(
+            out,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" stroke-dasharray="6 4" points="{}"/>"#,
+            predicted.join(" ")
+        );
+        // Measured points of the series side by side a little, so their bars do not overlap.
+        let offset = (i as f64 - (replicas.len() - 1) as f64 / 2.0) * 0.05;
+        let measured: Vec<String> = series
+            .iter()
+            .map(|c| format!("{:.1},{:.1}", px(c.kills as f64 + offset), py(c.mean)))
+            .collect();
+        let _ = writeln!(
+            out,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            measured.join(" ")
+        );
+        for c in &series {
+            let x = px(c.kills as f64 + offset);
+            let _ = writeln!(
+                out,
+                r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{color}"/><circle cx="{x:.1}" cy="{:.1}" r="4" fill="{color}"/>"#,
+                py(c.min),
+                py(c.max),
+                py(c.mean)
+            );
+        }
+        let ly = y0 + 10.0 + 20.0 * i as f64;
+        let lx = x0 + w + 15.0;
+        let _ = writeln!(
+            out,
+            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="2"/><circle cx="{:.1}" cy="{ly:.1}" r="4" fill="{color}"/><text x="{:.1}" y="{:.1}">N = {n}</text>"#,
+            lx + 24.0,
+            lx + 12.0,
+            lx + 30.0,
+            ly + 4.0
+        );
+    }
+    let ly = y0 + 10.0 + 20.0 * replicas.len() as f64 + 10.0;
+    let lx = x0 + w + 15.0;
+    let _ = writeln!(
+        out,
+        r##"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="#444" stroke-width="2"/><text x="{:.1}" y="{:.1}">measured</text>"##,
+        lx + 24.0,
+        lx + 30.0,
+        ly + 4.0
+    );
+    let ly = ly + 20.0;
+    let _ = writeln!(
+        out,
+        r##"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="#444" stroke-width="1.5" stroke-dasharray="6 4"/><text x="{:.1}" y="{:.1}">predicted</text>"##,
+        lx + 24.0,
+        lx + 30.0,
+        ly + 4.0
+    );
+    out.push_str("</svg>\n");
+    out
+}
+
+/// The smallest of 1, 2, 5 times a power of ten at or above `v` (v > 0).
+fn nice_ceiling(v: f64) -> f64 {
+    let p = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|&c| c >= v * (1.0 - 1e-9))
+        .unwrap_or(10.0 * p)
+}
+
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() {
+        "0".into()
+    } else {
+        s.to_string()
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prediction() {
+        assert!((predicted_loss(8, 3, 2) - 1.0 / 56.0).abs() < 1e-12);
+        assert_eq!(predicted_loss(8, 2, 2), 0.0);
+        assert_eq!(predicted_loss(8, 1, 1), 0.0);
+        assert!((predicted_loss(8, 1, 0) - 1.0 / 8.0).abs() < 1e-12);
+        assert!((predicted_loss(8, 4, 1) - 6.0 / 28.0).abs() < 1e-12);
+        assert!((predicted_loss(8, 8, 2) - 1.0).abs() < 1e-12);
+        // More replicas than nodes: every node holds every key.
+        assert!((predicted_loss(2, 2, 5) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn nice_numbers() {
+        assert_eq!(nice_ceiling(0.3), 0.5);
+        assert_eq!(nice_ceiling(0.05), 0.05);
+        assert_eq!(trim_float(0.1), "0.1");
+        assert_eq!(trim_float(0.0), "0");
+    }
+
+    #[test]
+    fn cells_and_outputs() {
+        let t = |replicas, kills, keys, lost| Trial {
+            replicas,
+            kills,
+            seed: 1,
+            keys,
+            lost,
+            unreadable: 0,
+            settled: true,
+        };
+        let trials = [t(0, 1, 100, 10), t(0, 1, 100, 20), t(1, 2, 100, 0)];
+        let cells = summarize(8, &trials);
+        assert_eq!(cells.len(), 2);
+        assert_eq!(cells[0].trials, 2);
+        assert!((cells[0].mean - 0.15).abs() < 1e-12);
+        assert_eq!((cells[0].min, cells[0].max), (0.1, 0.2));
+        assert!((cells[1].predicted - 1.0 / 28.0).abs() < 1e-12);
+        let svg = loss_svg("t <1>", 8, &cells);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        assert!(svg.contains("stroke-dasharray") && svg.contains("t &lt;1&gt;"));
+    }
+}

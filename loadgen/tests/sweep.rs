@@ -1,0 +1,119 @@
+//! The data-loss sweep: its `sweep:` section, the prediction, and a tiny sweep end to end
+//! against real local clusters (needs the `chordkv` binary: `cargo build --bins`).
+
+use std::path::PathBuf;
+
+use loadgen::sweep::{predicted_loss, run_sweep, SweepOptions, DATA_LOSS_MD, DATA_LOSS_SVG};
+use loadgen::workload::Workload;
+
+const BASE: &str = "name: dl
+keys: 200
+cluster: { nodes: 4, stabilize_ms: 100 }
+";
+
+fn parse(sweep: &str) -> Result<Workload, String> {
+    Workload::from_yaml(&format!("{BASE}{sweep}"), "inline").map_err(|e| e.to_string())
+}
+
+#[test]
+fn sweep_section_parses_with_defaults() {
+    let w = parse("sweep: { kill_counts: [1, 2], replicas: [0, 1] }\n").unwrap();
+    let s = w.sweep.expect("a sweep");
+    assert_eq!(s.kill_counts, vec![1, 2]);
+    assert_eq!(s.replicas, vec![0, 1]);
+    assert_eq!(s.trials, 1);
+    assert!(s.settle_timeout_s > 0.0);
+    assert!(parse("").unwrap().sweep.is_none());
+}
+
+#[test]
+fn shipped_data_loss_workload_is_a_sweep() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../workloads/data-loss.yaml");
+    let w = Workload::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let s = w.sweep.expect("a sweep");
+    assert_eq!(s.replicas, vec![0, 1, 2]);
+    assert_eq!(s.kill_counts, vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn bad_sweeps_are_rejected_with_the_field() {
+    let cases = [
+        ("sweep: { kill_counts: [], replicas: [0] }\n", "sweep.kill_counts"),
+        ("sweep: { kill_counts: [1], replicas: [] }\n", "sweep.replicas"),
+        (
+            "sweep: { kill_counts: [0], replicas: [1] }\n",
+            "sweep.kill_counts",
+        ),
+        (
+            "sweep: { kill_counts: [4], replicas: [1] }\n",
+            "sweep.kill_counts",
+        ),
+        (
+            "sweep: { kill_counts: [1], replicas: [1], trials: 0 }\n",
+            "sweep.trials",
+        ),
+        (
+            "sweep: { kill_counts: [1], replicas: [1], settle_timeout_s: -1 }\n",
+            "sweep.settle_timeout_s",
+        ),
+        (
+            "sweep: { kill_counts: [1], replicas: [1], typo: 3 }\n",
+            "unknown field `typo`",
+        ),
+        (
+            "faults: [{ at_s: 1, action: kill }]\nsweep: { kill_counts: [1], replicas: [1] }\n",
+            "remove faults",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = parse(text).expect_err(text);
+        assert!(err.contains(want), "{text:?}: {err:?} should mention {want:?}");
+    }
+    // A typo inside the section is reported at its line.
+    let err = Workload::from_yaml(&format!("{BASE}sweep:\n  kill_count: [1]\n"), "f").unwrap_err();
+    assert_eq!(err.line, Some(5), "{err}");
+}
+
+#[test]
+fn prediction_is_c_f_over_c_n() {
+    assert!((predicted_loss(8, 3, 2) - 1.0 / 56.0).abs() < 1e-12);
+    assert!((predicted_loss(8, 2, 1) - 1.0 / 28.0).abs() < 1e-12);
+    assert!((predicted_loss(8, 1, 0) - 1.0 / 8.0).abs() < 1e-12);
+    for (f, n) in [(1, 1), (2, 2), (1, 2)] {
+        assert_eq!(predicted_loss(8, f, n), 0.0, "f {f} < N+1 = {}", n + 1);
+    }
+}
+
+#[test]
+fn tiny_sweep_end_to_end() {
+    let w = parse(
+        "request_timeout_ms: 1000
+sweep: { kill_counts: [1, 2], replicas: [0, 1], trials: 1, settle_timeout_s: 3 }
+",
+    )
+    .unwrap();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("loadgen-tests")
+        .join(format!("sweep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let outcome = run_sweep(SweepOptions {
+        workload: w,
+        out_dir: Some(dir.clone()),
+        chordkv_bin: None,
+        command: "test".into(),
+        progress: true,
+    })
+    .unwrap_or_else(|e| panic!("the sweep failed: {e:#}"));
+    assert_eq!(outcome.trials.len(), 4);
+    assert!(outcome.trials.iter().all(|t| t.keys == 200));
+    let one_replica_one_kill = outcome
+        .trials
+        .iter()
+        .find(|t| t.replicas == 1 && t.kills == 1)
+        .unwrap();
+    assert_eq!(one_replica_one_kill.lost, 0, "{one_replica_one_kill:?}");
+    let table = std::fs::read_to_string(dir.join(DATA_LOSS_MD)).unwrap();
+    assert!(table.contains("| N | f |") && table.contains("| 1 | 1 | 1 | 200 |"));
+    let svg = std::fs::read_to_string(dir.join(DATA_LOSS_SVG)).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("stroke-dasharray"));
+}
