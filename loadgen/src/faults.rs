@@ -244,15 +244,12 @@ fn apply(ctl: &mut dyn NodeControl, fault: &Fault, nodes: &[usize], measure_star
             names.join(", ")
         )
     };
-    eprintln!("fault at {at_s:.1} s: {} {what}", fault.action.name());
     let error = (!errors.is_empty()).then(|| errors.join("; "));
-    if let Some(e) = &error {
-        eprintln!("fault at {at_s:.1} s: {} failed: {e}", fault.action.name());
-    }
     FaultRecord {
         at_s: (at_s * 1000.0).round() / 1000.0,
         action: fault.action.name().to_string(),
         nodes: names,
+        what,
         error,
     }
 }

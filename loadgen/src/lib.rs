@@ -19,6 +19,7 @@ pub mod faults;
 pub mod hgrm;
 pub mod keys;
 pub mod plot;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod sweep;

@@ -115,12 +115,24 @@ pub struct FaultRecord {
     pub action: String,
     /// The addresses of the nodes it was applied to.
     pub nodes: Vec<String>,
+    /// The nodes by index and address, for the terminal: `node 3 (127.0.0.1:7103)`.
+    #[serde(skip)]
+    pub what: String,
     /// Why it failed, if it did (on some or all of its nodes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
 impl FaultRecord {
+    /// One line for the terminal: `fault at 5.0 s: kill node 3 (127.0.0.1:7103)`.
+    pub fn describe(&self) -> String {
+        let mut line = format!("fault at {:.1} s: {} {}", self.at_s, self.action, self.what);
+        if let Some(e) = &self.error {
+            line.push_str(&format!("; failed: {e}"));
+        }
+        line
+    }
+
     /// The `timeline.csv` form: `kill 127.0.0.1:7103;kill 127.0.0.1:7105`.
     pub fn timeline_entries(&self) -> Vec<String> {
         if self.nodes.is_empty() {

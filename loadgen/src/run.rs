@@ -4,7 +4,7 @@
 //!   thread 0 ── conn 0, conn T, ...  ┐  each thread: one request in flight, round-robin over
 //!   thread 1 ── conn 1, ...          ├─ its connections; records into its own histograms
 //!   ...                              ┘  and into a per-second interval the main thread drains
-//!   main: every second drains the intervals -> timeline.csv row + a progress line on stderr
+//!   main: every second drains the intervals -> timeline.csv row + progress (bar or line)
 //! ```
 //!
 //! Open loop (`rate_per_s`): request i of a thread has the intended send time
@@ -31,6 +31,7 @@ use hdrhistogram::Histogram;
 use crate::faults::{self, Targets};
 use crate::keys::{key_name, KeySpace, Purpose};
 use crate::plot;
+use crate::progress::Progress;
 use crate::report::{
     self, ClusterInfo, ErrorSummary, FaultRecord, HopsSummary, LatencySummary, Summary, TimelineRow,
 };
@@ -571,6 +572,7 @@ fn drive(
             })
         });
         let mut faults_shown = 0;
+        let progress = Progress::new(progress, warmup + Duration::from_secs_f64(w.duration_s));
 
         let mut timeline = Vec::new();
         let mut interval_log = Vec::new();
@@ -607,18 +609,10 @@ fn drive(
                 p50_us: h.value_at_quantile(0.5),
                 p99_us: h.value_at_quantile(0.99),
                 errors,
-                faults: new_faults(&fault_log, &mut faults_shown),
+                faults: new_faults(&fault_log, &mut faults_shown, &progress),
             };
-            if progress && (ops > 0 || !all_done) {
-                eprintln!(
-                    "[{:>6.1} s{}] {:>9.0} ops/s  p50 {:>7} us  p99 {:>8} us  errors {}",
-                    row.elapsed_s,
-                    if row.warmup { " warmup" } else { "" },
-                    row.ops_per_s,
-                    row.p50_us,
-                    row.p99_us,
-                    row.errors
-                );
+            if ops > 0 || !all_done {
+                progress.row(&row);
             }
             if ops > 0 || errors > 0 || !all_done {
                 timeline.push(row);
@@ -641,7 +635,8 @@ fn drive(
             f.join().expect("the fault thread panicked");
         }
         // Faults after the last row (the ends of pauses that outlast the load) go into it.
-        let late = new_faults(&fault_log, &mut faults_shown);
+        let late = new_faults(&fault_log, &mut faults_shown, &progress);
+        progress.finish();
         if let Some(row) = timeline.last_mut() {
             row.faults.extend(late);
         }
@@ -661,9 +656,13 @@ fn drive(
     })
 }
 
-/// The `timeline.csv` entries of the faults logged since the last call.
-fn new_faults(log: &Mutex<Vec<FaultRecord>>, shown: &mut usize) -> Vec<String> {
+/// The `timeline.csv` entries of the faults logged since the last call, each also shown on
+/// the terminal.
+fn new_faults(log: &Mutex<Vec<FaultRecord>>, shown: &mut usize, progress: &Progress) -> Vec<String> {
     let log = log.lock().expect("not poisoned");
+    for fault in &log[*shown..] {
+        progress.println(&fault.describe());
+    }
     let entries = log[*shown..]
         .iter()
         .flat_map(FaultRecord::timeline_entries)

@@ -80,12 +80,14 @@ fn timeline_plot_marks_the_faults() {
             at_s: 2.0,
             action: "kill".into(),
             nodes: vec!["127.0.0.1:7101".into(), "127.0.0.1:7102".into()],
+            what: "nodes 1, 2".into(),
             error: None,
         },
         FaultRecord {
             at_s: 3.5,
             action: "restart".into(),
             nodes: vec!["127.0.0.1:7101".into()],
+            what: "node 1".into(),
             error: None,
         },
     ];
