@@ -11,6 +11,7 @@
 pub mod frame;
 pub mod id;
 pub mod message;
+pub mod resp;
 
 pub use frame::{
     decode, decode_frame, DecodeError, EncodeError, Frame, FLAG_DIRECT, FLAG_FAILOVER, HEADER_BYTES,

@@ -1,0 +1,666 @@
+//! RESP2, the Redis serialization protocol, as far as a server needs it: decoding the commands
+//! clients send and encoding the replies they expect. Redis clients (redis-cli,
+//! redis-benchmark, client libraries) talk to a chordkv node through this; see
+//! `node/src/server/resp.rs` for what the commands do.
+//!
+//! # Requests
+//!
+//! A client sends each command either as an array of bulk strings (every library does) or as
+//! one *inline* line of words (what `telnet` or `redis-cli` in a pipe send):
+//!
+//! ```text
+//!  multibulk   *<count>\r\n  then count times  $<len>\r\n<len bytes>\r\n
+//!              *2\r\n$3\r\nGET\r\n$1\r\nk\r\n                     -> ["GET", "k"]
+//!  inline      words separated by spaces, ended by \n (a \r before it is dropped);
+//!              "..." with \n \r \t \b \a \\ \" \xHH escapes, '...' with \' only
+//!              GET "a key"\r\n                                   -> ["GET", "a key"]
+//! ```
+//!
+//! An empty array (`*0`, `*-1`) or an empty line is no command: it is consumed and skipped, as
+//! Redis does.
+//!
+//! # Decoding rules (the same as [`crate::frame`]'s)
+//!
+//! [`decode`] first *checks* that a whole command is buffered, walking the headers without
+//! allocating, and returns `Ok(None)` when it is not; only then does it cut the command off the
+//! buffer and slice its arguments out of it without copying. Every count and length read from
+//! the wire is checked against a named maximum ([`MAX_ARRAY_LEN`], [`MAX_BULK_BYTES`],
+//! [`MAX_INLINE_BYTES`], [`MAX_NUMBER_LINE_BYTES`]) before anything is reserved for it, so a
+//! tiny request claiming a huge length costs nothing. The decoder indexes only through checked
+//! accessors and never panics on any input; a [`RespError`] means the client does not speak
+//! RESP and its connection should be closed after the error reply. The errors' texts are
+//! Redis' own (`Protocol error: invalid bulk length`, ...).
+//!
+//! # Replies
+//!
+//! The `write_*` functions append one RESP2 reply to a buffer:
+//!
+//! ```text
+//!  simple string  +OK\r\n          error    -ERR unknown command 'x'\r\n
+//!  integer        :42\r\n          bulk     $3\r\nabc\r\n       null bulk  $-1\r\n
+//!  array header   *2\r\n (then the elements)                  null array $-1... (*-1\r\n)
+//! ```
+
+use bytes::{Bytes, BytesMut};
+
+use crate::frame::MAX_VALUE_BYTES;
+
+/// Longest bulk string in a request: the binary protocol's longest value, so anything a RESP
+/// client can send fits a chordkv frame.
+pub const MAX_BULK_BYTES: usize = MAX_VALUE_BYTES;
+/// Most arguments in one command (Redis' own limit is the same, 1024 * 1024).
+pub const MAX_ARRAY_LEN: usize = 1024 * 1024;
+/// Longest inline command line, its newline included (Redis' `PROTO_INLINE_MAX_SIZE`).
+pub const MAX_INLINE_BYTES: usize = 64 * 1024;
+/// Longest `*<count>` or `$<len>` header line, `\r\n` excluded: a sign and 19 digits fit.
+pub const MAX_NUMBER_LINE_BYTES: usize = 20;
+
+/// Why the bytes received are not RESP. The connection is closed after replying with the
+/// error's text (prefixed by `ERR `).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RespError {
+    /// A `*` line that is not a number, or a count over [`MAX_ARRAY_LEN`].
+    #[error("Protocol error: invalid multibulk length")]
+    InvalidMultibulkLength,
+    /// A `$` line that is not a number, negative, or over [`MAX_BULK_BYTES`].
+    #[error("Protocol error: invalid bulk length")]
+    InvalidBulkLength,
+    /// An element of a request array that is not a bulk string.
+    #[error("Protocol error: expected '$', got '{}'", printable(*.0))]
+    ExpectedBulk(u8),
+    /// A header line longer than [`MAX_NUMBER_LINE_BYTES`], or not ended by `\r\n`.
+    #[error("Protocol error: too big mbulk count string")]
+    NumberLineTooLong,
+    /// Bulk data not followed by `\r\n`.
+    #[error("Protocol error: expected CRLF after bulk data")]
+    MissingCrlf,
+    /// No newline within [`MAX_INLINE_BYTES`] of an inline command.
+    #[error("Protocol error: too big inline request")]
+    InlineTooLong,
+    /// An inline command with an unclosed quote, or a closing quote not followed by a space.
+    #[error("Protocol error: unbalanced quotes in request")]
+    UnbalancedQuotes,
+}
+
+fn printable(b: u8) -> String {
+    if b.is_ascii_graphic() || b == b' ' {
+        char::from(b).to_string()
+    } else {
+        format!("\\x{b:02x}")
+    }
+}
+
+/// Cuts the next command off the front of `buf` and returns its arguments (never empty),
+/// `Ok(None)` when no whole command is buffered yet (nothing is consumed then), or an error
+/// when the bytes are not RESP. Empty commands are consumed and skipped.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, RespError> {
+    loop {
+        let Some(&first) = buf.first() else {
+            return Ok(None);
+        };
+        let args = if first == b'*' {
+            let Some((len, count)) = walk_multibulk(buf, |_, _| {})? else {
+                return Ok(None);
+            };
+            let command = buf.split_to(len).freeze();
+            let mut args = Vec::with_capacity(count);
+            // The same walk over the same bytes: it succeeds again.
+            walk_multibulk(&command, |start, end| args.push(command.slice(start..end)))?;
+            args
+        } else {
+            let window = &buf[..buf.len().min(MAX_INLINE_BYTES)];
+            let Some(newline) = window.iter().position(|&b| b == b'\n') else {
+                if buf.len() >= MAX_INLINE_BYTES {
+                    return Err(RespError::InlineTooLong);
+                }
+                return Ok(None);
+            };
+            let line = buf.split_to(newline + 1);
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            split_inline(text)?
+        };
+        if !args.is_empty() {
+            return Ok(Some(args));
+        }
+    }
+}
+
+/// Walks one multibulk request at the front of `bytes` (which starts with `*`), calling
+/// `on_arg(start, end)` for each argument's data, and returns `(bytes used, arguments)`, or
+/// `None` if it is incomplete. Allocates nothing.
+fn walk_multibulk(
+    bytes: &[u8],
+    mut on_arg: impl FnMut(usize, usize),
+) -> Result<Option<(usize, usize)>, RespError> {
+    let Some((count, mut pos)) = number_line(bytes, 1)? else {
+        return Ok(None);
+    };
+    let count = match count {
+        Some(n) if n <= 0 => return Ok(Some((pos, 0))),
+        Some(n) if n as u64 <= MAX_ARRAY_LEN as u64 => n as usize,
+        _ => return Err(RespError::InvalidMultibulkLength),
+    };
+    for _ in 0..count {
+        let Some(&tag) = bytes.get(pos) else {
+            return Ok(None);
+        };
+        if tag != b'$' {
+            return Err(RespError::ExpectedBulk(tag));
+        }
+        let Some((len, after)) = number_line(bytes, pos + 1)? else {
+            return Ok(None);
+        };
+        let len = match len {
+            Some(n) if n >= 0 && n as u64 <= MAX_BULK_BYTES as u64 => n as usize,
+            _ => return Err(RespError::InvalidBulkLength),
+        };
+        // `after + len + 2` cannot overflow: both terms are far below usize::MAX.
+        let end = after + len;
+        let Some(crlf) = bytes.get(end..end + 2) else {
+            return Ok(None);
+        };
+        if crlf != b"\r\n" {
+            return Err(RespError::MissingCrlf);
+        }
+        on_arg(after, end);
+        pos = end + 2;
+    }
+    Ok(Some((pos, count)))
+}
+
+/// Reads the number on the header line that starts at `start` (after its `*` or `$`) and
+/// ends with `\r\n`: `Ok(None)` if the line is not complete yet, `Some(None)` as the number if
+/// it is not one (or overflows), and the position after the line.
+#[allow(clippy::type_complexity)]
+fn number_line(bytes: &[u8], start: usize) -> Result<Option<(Option<i64>, usize)>, RespError> {
+    let rest = bytes.get(start..).unwrap_or_default();
+    let window = &rest[..rest.len().min(MAX_NUMBER_LINE_BYTES + 2)];
+    let Some(cr) = window.iter().position(|&b| b == b'\r') else {
+        if rest.len() >= MAX_NUMBER_LINE_BYTES + 2 {
+            return Err(RespError::NumberLineTooLong);
+        }
+        return Ok(None);
+    };
+    match window.get(cr + 1) {
+        None => return Ok(None),
+        Some(b'\n') => {}
+        Some(_) => return Err(RespError::NumberLineTooLong),
+    }
+    Ok(Some((parse_i64(&window[..cr]), start + cr + 2)))
+}
+
+/// An optional `-` and 1 to 19 decimal digits, without overflow.
+fn parse_i64(text: &[u8]) -> Option<i64> {
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+    }
+    Some(if negative { -n } else { n })
+}
+
+/// Splits an inline command line into words the way Redis' `sdssplitargs` does.
+fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, RespError> {
+    let mut args = Vec::new();
+    let mut p = 0;
+    loop {
+        while line.get(p).is_some_and(|&c| is_space(c)) {
+            p += 1;
+        }
+        if p >= line.len() {
+            return Ok(args);
+        }
+        let mut word = Vec::new();
+        let mut in_double = false;
+        let mut in_single = false;
+        loop {
+            let c = line.get(p).copied();
+            if in_double {
+                match c {
+                    None => return Err(RespError::UnbalancedQuotes),
+                    Some(b'\\') => {
+                        let next = line.get(p + 1).copied();
+                        let hex = (line.get(p + 2).copied(), line.get(p + 3).copied());
+                        match (next, hex) {
+                            (Some(b'x'), (Some(h), Some(l)))
+                                if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() =>
+                            {
+                                word.push(hex_value(h) * 16 + hex_value(l));
+                                p += 3;
+                            }
+                            (Some(e), _) => {
+                                word.push(match e {
+                                    b'n' => b'\n',
+                                    b'r' => b'\r',
+                                    b't' => b'\t',
+                                    b'b' => 0x08,
+                                    b'a' => 0x07,
+                                    other => other,
+                                });
+                                p += 1;
+                            }
+                            (None, _) => word.push(b'\\'),
+                        }
+                    }
+                    Some(b'"') => {
+                        // A closing quote must end the word.
+                        if line.get(p + 1).is_some_and(|&n| !is_space(n)) {
+                            return Err(RespError::UnbalancedQuotes);
+                        }
+                        p += 1;
+                        break;
+                    }
+                    Some(other) => word.push(other),
+                }
+            } else if in_single {
+                match c {
+                    None => return Err(RespError::UnbalancedQuotes),
+                    Some(b'\\') if line.get(p + 1) == Some(&b'\'') => {
+                        word.push(b'\'');
+                        p += 1;
+                    }
+                    Some(b'\'') => {
+                        if line.get(p + 1).is_some_and(|&n| !is_space(n)) {
+                            return Err(RespError::UnbalancedQuotes);
+                        }
+                        p += 1;
+                        break;
+                    }
+                    Some(other) => word.push(other),
+                }
+            } else {
+                match c {
+                    // Every byte that ends a word is one the loop above skips, so each word
+                    // advances `p`.
+                    None | Some(b' ' | b'\n' | b'\r' | b'\t') => break,
+                    Some(b'"') => in_double = true,
+                    Some(b'\'') => in_single = true,
+                    Some(other) => word.push(other),
+                }
+            }
+            p += 1;
+        }
+        args.push(Bytes::from(word));
+    }
+}
+
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+fn hex_value(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        b'A'..=b'F' => c - b'A' + 10,
+        _ => 0,
+    }
+}
+
+// --- encoding ----------------------------------------------------------------------------
+
+/// Appends a command as a multibulk array (what clients send).
+pub fn encode_command<A: AsRef<[u8]>>(args: &[A], out: &mut Vec<u8>) {
+    write_array_len(out, args.len());
+    for arg in args {
+        write_bulk(out, arg.as_ref());
+    }
+}
+
+/// `+text\r\n`. Line breaks in `text` become spaces (a simple string cannot hold them).
+pub fn write_simple(out: &mut Vec<u8>, text: &str) {
+    out.push(b'+');
+    push_line(out, text.as_bytes());
+}
+
+/// `-text\r\n`, where `text` starts with the error code, e.g. `ERR syntax error`. Line breaks
+/// become spaces.
+pub fn write_error(out: &mut Vec<u8>, text: &str) {
+    out.push(b'-');
+    push_line(out, text.as_bytes());
+}
+
+/// `:n\r\n`.
+pub fn write_integer(out: &mut Vec<u8>, n: i64) {
+    out.push(b':');
+    push_i64(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `$len\r\ndata\r\n`.
+pub fn write_bulk(out: &mut Vec<u8>, data: &[u8]) {
+    out.push(b'$');
+    push_u64(out, data.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The null bulk string, `$-1\r\n` (a missing key).
+pub fn write_null(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"$-1\r\n");
+}
+
+/// `*n\r\n`, to be followed by `n` replies.
+pub fn write_array_len(out: &mut Vec<u8>, n: usize) {
+    out.push(b'*');
+    push_u64(out, n as u64);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_line(out: &mut Vec<u8>, text: &[u8]) {
+    out.extend(
+        text.iter()
+            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_i64(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, n.unsigned_abs());
+}
+
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(bytes: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, RespError> {
+        let mut buf = BytesMut::from(bytes);
+        let mut commands = Vec::new();
+        while let Some(args) = decode(&mut buf)? {
+            commands.push(args.iter().map(|a| a.to_vec()).collect());
+        }
+        assert!(
+            buf.is_empty() || decode(&mut buf.clone()) == Ok(None),
+            "leftover must be an incomplete command"
+        );
+        Ok(commands)
+    }
+
+    fn words(list: &[&str]) -> Vec<Vec<u8>> {
+        list.iter().map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn multibulk_commands() {
+        let got =
+            decode_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n").unwrap();
+        assert_eq!(got, vec![words(&["GET", "k"]), words(&["SET", "k", ""])]);
+        // Binary-safe: CR, LF and NUL inside bulk data.
+        let got = decode_all(b"*1\r\n$4\r\n\r\n\0x\r\n").unwrap();
+        assert_eq!(got, vec![vec![b"\r\n\0x".to_vec()]]);
+    }
+
+    #[test]
+    fn incomplete_commands_consume_nothing() {
+        let full = b"*2\r\n$3\r\nGET\r\n$5\r\nhello\r\n";
+        for cut in 0..full.len() {
+            let mut buf = BytesMut::from(&full[..cut]);
+            assert_eq!(decode(&mut buf), Ok(None), "cut at {cut}");
+            assert_eq!(buf.len(), cut);
+        }
+        let inline = b"PING hello";
+        let mut buf = BytesMut::from(&inline[..]);
+        assert_eq!(decode(&mut buf), Ok(None));
+        assert_eq!(buf.len(), inline.len());
+    }
+
+    #[test]
+    fn empty_commands_are_skipped() {
+        assert_eq!(
+            decode_all(b"*0\r\n*-1\r\n\r\n   \n").unwrap(),
+            Vec::<Vec<Vec<u8>>>::new()
+        );
+        assert_eq!(decode_all(b"\r\nPING\r\n*0\r\n").unwrap(), vec![words(&["PING"])]);
+    }
+
+    #[test]
+    fn inline_commands() {
+        assert_eq!(decode_all(b"PING\r\n").unwrap(), vec![words(&["PING"])]);
+        assert_eq!(decode_all(b"PING\n").unwrap(), vec![words(&["PING"])]);
+        assert_eq!(
+            decode_all(b"  set  k\t v  \r\nget k\r\n").unwrap(),
+            vec![words(&["set", "k", "v"]), words(&["get", "k"])]
+        );
+        assert_eq!(
+            decode_all(b"SET \"a key\" 'it\\'s' \"\\x41\\n\\\"\" \"\"\r\n").unwrap(),
+            vec![vec![
+                b"SET".to_vec(),
+                b"a key".to_vec(),
+                b"it's".to_vec(),
+                b"A\n\"".to_vec(),
+                b"".to_vec()
+            ]]
+        );
+        assert_eq!(
+            decode_all(b"GET a\0b\r\n").unwrap(),
+            vec![words(&["GET", "a\0b"])]
+        );
+        assert_eq!(decode_all(b"GET \"a\r\n"), Err(RespError::UnbalancedQuotes));
+        assert_eq!(decode_all(b"GET \"a\"b\r\n"), Err(RespError::UnbalancedQuotes));
+        assert_eq!(decode_all(b"GET 'a\r\n"), Err(RespError::UnbalancedQuotes));
+    }
+
+    #[test]
+    fn limits_are_checked_before_anything_is_reserved() {
+        let too_many = format!("*{}\r\n", MAX_ARRAY_LEN + 1);
+        assert_eq!(
+            decode_all(too_many.as_bytes()),
+            Err(RespError::InvalidMultibulkLength)
+        );
+        let at_limit = format!("*{MAX_ARRAY_LEN}\r\n$1\r\na\r\n");
+        assert_eq!(
+            decode_all(at_limit.as_bytes()),
+            Ok(vec![]),
+            "incomplete, not an error"
+        );
+        let too_long = format!("*1\r\n${}\r\n", MAX_BULK_BYTES + 1);
+        assert_eq!(decode_all(too_long.as_bytes()), Err(RespError::InvalidBulkLength));
+        assert_eq!(decode_all(b"*1\r\n$-1\r\n"), Err(RespError::InvalidBulkLength));
+        assert_eq!(
+            decode_all(b"*1\r\n$99999999999999999999\r\n"),
+            Err(RespError::InvalidBulkLength)
+        );
+        assert_eq!(
+            decode_all(b"*1\r\n$123456789012345678901234\r\n"),
+            Err(RespError::NumberLineTooLong)
+        );
+        assert_eq!(decode_all(b"*x\r\n"), Err(RespError::InvalidMultibulkLength));
+        assert_eq!(decode_all(b"*1\r\n:1\r\n"), Err(RespError::ExpectedBulk(b':')));
+        assert_eq!(decode_all(b"*1\r\n$1\r\nab\r\n"), Err(RespError::MissingCrlf));
+        assert_eq!(decode_all(b"*1\rx"), Err(RespError::NumberLineTooLong));
+        let long_line = vec![b'a'; MAX_INLINE_BYTES];
+        assert_eq!(decode_all(&long_line), Err(RespError::InlineTooLong));
+        assert_eq!(
+            decode_all(&long_line[1..]),
+            Ok(vec![]),
+            "incomplete, not an error"
+        );
+    }
+
+    #[test]
+    fn error_texts_are_redis_wording_and_single_line() {
+        assert_eq!(
+            RespError::ExpectedBulk(b'\n').to_string(),
+            "Protocol error: expected '$', got '\\x0a'"
+        );
+        let mut out = Vec::new();
+        write_error(&mut out, "ERR bad\r\nthing");
+        assert_eq!(out, b"-ERR bad  thing\r\n");
+    }
+
+    #[test]
+    fn replies() {
+        let mut out = Vec::new();
+        write_simple(&mut out, "OK");
+        write_integer(&mut out, -12);
+        write_integer(&mut out, i64::MIN);
+        write_bulk(&mut out, b"abc");
+        write_null(&mut out);
+        write_array_len(&mut out, 0);
+        assert_eq!(
+            out,
+            b"+OK\r\n:-12\r\n:-9223372036854775808\r\n$3\r\nabc\r\n$-1\r\n*0\r\n".to_vec()
+        );
+    }
+
+    /// A tiny deterministic generator (SplitMix64), as frame.rs's tests use.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+
+        fn byte(&mut self) -> u8 {
+            self.next() as u8
+        }
+    }
+
+    /// Decodes until an error or an incomplete command; whatever decodes must re-encode and
+    /// decode to the same arguments.
+    fn feed(bytes: &[u8]) -> usize {
+        let mut buf = BytesMut::from(bytes);
+        let mut decoded = 0;
+        while let Ok(Some(args)) = decode(&mut buf) {
+            assert!(!args.is_empty());
+            let mut again = Vec::new();
+            encode_command(&args, &mut again);
+            let mut again = BytesMut::from(&again[..]);
+            assert_eq!(decode(&mut again), Ok(Some(args)));
+            decoded += 1;
+        }
+        decoded
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = Rng(0x05EE_D0F4_ED15);
+        let samples: Vec<Vec<u8>> = [
+            &b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n"[..],
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n",
+            b"*4\r\n$4\r\nMGET\r\n$1\r\na\r\n$0\r\n\r\n$2\r\n\r\n\r\n",
+            b"PING\r\n",
+            b"SET \"a b\" 'c\\'d' \"\\x41\\n\"\r\n",
+            b"*0\r\n\r\n*1\r\n$4\r\nPING\r\n",
+        ]
+        .iter()
+        .map(|s| s.to_vec())
+        .collect();
+        let alphabet = b"*$\r\n-0123456789 \"'\\xabPING";
+        let mut decoded = 0;
+        let mut buf = Vec::with_capacity(512);
+        for i in 0..240_000 {
+            buf.clear();
+            match i % 4 {
+                // Pure noise.
+                0 => buf.extend((0..rng.below(256)).map(|_| rng.byte())),
+                // Noise made of the protocol's own characters, which reaches deeper.
+                1 => buf.extend((0..rng.below(64)).map(|_| alphabet[rng.below(alphabet.len())])),
+                // A valid request with a few bytes changed.
+                2 => {
+                    buf.extend_from_slice(&samples[rng.below(samples.len())]);
+                    for _ in 0..1 + rng.below(3) {
+                        let at = rng.below(buf.len());
+                        buf[at] = if rng.below(2) == 0 {
+                            alphabet[rng.below(alphabet.len())]
+                        } else {
+                            buf[at] ^ (1 << rng.below(8))
+                        };
+                    }
+                }
+                // Valid requests, concatenated and truncated.
+                _ => {
+                    for _ in 0..1 + rng.below(3) {
+                        buf.extend_from_slice(&samples[rng.below(samples.len())]);
+                    }
+                    let cut = rng.below(buf.len() + 1);
+                    buf.truncate(cut);
+                }
+            }
+            decoded += feed(&buf);
+        }
+        assert!(decoded > 10_000, "only {decoded} random requests decoded");
+    }
+
+    mod prop {
+        use super::super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn args() -> impl Strategy<Value = Vec<Vec<u8>>> {
+            vec(vec(any::<u8>(), 0..40), 1..8)
+        }
+
+        proptest! {
+            /// Any command encodes and decodes to itself, however the bytes arrive.
+            #[test]
+            fn multibulk_round_trip(commands in vec(args(), 1..4), cut in any::<prop::sample::Index>()) {
+                let mut wire = Vec::new();
+                for c in &commands {
+                    encode_command(c, &mut wire);
+                }
+                let cut = cut.index(wire.len() + 1);
+                let mut buf = BytesMut::from(&wire[..cut]);
+                let mut got = Vec::new();
+                while let Some(a) = decode(&mut buf).unwrap() {
+                    got.push(a);
+                }
+                buf.extend_from_slice(&wire[cut..]);
+                while let Some(a) = decode(&mut buf).unwrap() {
+                    got.push(a);
+                }
+                prop_assert!(buf.is_empty());
+                let got: Vec<Vec<Vec<u8>>> =
+                    got.iter().map(|c| c.iter().map(|a| a.to_vec()).collect()).collect();
+                prop_assert_eq!(got, commands);
+            }
+
+            /// Words without spaces or quotes come back from an inline line as they were.
+            #[test]
+            fn inline_round_trip(words in vec("[a-zA-Z0-9:_.-]{1,12}", 1..6)) {
+                let line = format!("{}\r\n", words.join(" "));
+                let mut buf = BytesMut::from(line.as_bytes());
+                let got = decode(&mut buf).unwrap().unwrap();
+                let got: Vec<String> = got.iter().map(|a| String::from_utf8(a.to_vec()).unwrap()).collect();
+                prop_assert_eq!(got, words);
+                prop_assert!(buf.is_empty());
+            }
+        }
+    }
+}
