@@ -15,9 +15,11 @@
 //! 7. [`sweep`]: the data-loss experiment (a workload with `sweep:`): kill f of n nodes at
 //!    once for each replica count N, and compare the keys lost with C(f, N+1) / C(n, N+1).
 
+pub mod ceiling;
 pub mod faults;
 pub mod hgrm;
 pub mod keys;
+pub mod kill_rate;
 pub mod plot;
 pub mod progress;
 pub mod report;

@@ -42,9 +42,13 @@ struct Args {
     /// The chordkv binary for a local cluster [default: $CHORDKV_BIN, else next to loadgen].
     #[arg(long)]
     chordkv: Option<PathBuf>,
-    /// No progress lines.
+    /// No progress bar or lines.
     #[arg(long)]
     quiet: bool,
+    /// Measure loadgen's own ceiling: run the workload against an in-process null target
+    /// (one map, no routing or replication) instead of a cluster; faults are skipped.
+    #[arg(long, conflicts_with = "nodes")]
+    ceiling: bool,
 }
 
 fn main() -> ExitCode {
@@ -72,13 +76,37 @@ fn main() -> ExitCode {
     if workload.sweep.is_some() {
         return run_sweep(&args, workload);
     }
+    // Kept alive until the run ends.
+    let mut null_target = None;
+    let mut nodes = args.nodes.clone();
+    if args.ceiling {
+        match loadgen::ceiling::NullTarget::start() {
+            Ok(t) => {
+                eprintln!("loadgen: ceiling run against the null target at {}", t.addr());
+                nodes = Some(vec![t.addr()]);
+                null_target = Some(t);
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(1);
+            }
+        }
+        if !workload.faults.is_empty() {
+            eprintln!(
+                "loadgen: the ceiling run skips the workload's {} faults",
+                workload.faults.len()
+            );
+            workload.faults.clear();
+        }
+        workload.name.push_str("-ceiling");
+    }
     if args.nodes.is_some() && !workload.faults.is_empty() {
         eprintln!("error: faults need a local cluster (no --nodes) until ssh control lands");
         return ExitCode::from(2);
     }
     let opts = RunOptions {
         workload,
-        nodes: args.nodes,
+        nodes,
         out_dir: args.out,
         results_root: PathBuf::from(DEFAULT_RESULTS_DIR),
         chordkv_bin: args.chordkv,
@@ -91,6 +119,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    drop(null_target);
     let s = &outcome.summary;
     let all = &s.ops["all"];
     println!(
@@ -154,11 +183,7 @@ fn run_sweep(args: &Args, workload: Workload) -> ExitCode {
     match sweep::run_sweep(opts) {
         Ok(outcome) => {
             print!("{}", outcome.table);
-            println!(
-                "results: {} {}",
-                outcome.out_dir.join(sweep::DATA_LOSS_MD).display(),
-                outcome.out_dir.join(sweep::DATA_LOSS_SVG).display()
-            );
+            println!("results: {}", outcome.out_dir.display());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -343,6 +343,100 @@ pub fn timeline_svg(title: &str, rows: &[TimelineRow], faults: &[(f64, String)])
     out
 }
 
+/// One line of an [`xy_svg`] chart.
+#[derive(Clone, Debug)]
+pub struct XySeries {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    /// Which of the palette's colors (series that belong together share one).
+    pub color: usize,
+    /// A dashed line without markers (a prediction), else a solid line with a dot per point.
+    pub dashed: bool,
+}
+
+/// A line chart on linear axes starting at 0: x ticks at every distinct x of the series
+/// (labelled by `x_label_of`), y up to a round number.
+pub fn xy_svg(
+    title: &str,
+    x_title: &str,
+    y_title: &str,
+    series: &[XySeries],
+    x_label_of: &dyn Fn(f64) -> String,
+) -> String {
+    let height = 480.0;
+    let legend_w = 170.0;
+    let mut xs: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    let x_max = xs.last().copied().unwrap_or(1.0).max(f64::MIN_POSITIVE);
+    let y_top = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(0.0f64, f64::max);
+    let y_max = nice_ceiling(y_top.max(0.01));
+    let panel = Panel {
+        x0: LEFT,
+        y0: 45.0,
+        w: WIDTH - LEFT - RIGHT - legend_w,
+        h: height - 45.0 - 60.0,
+        xr: (0.0, x_max * 1.05),
+        yr: (0.0, y_max),
+    };
+    let mut out = String::new();
+    header(&mut out, height, title);
+    for k in 0..=5 {
+        let y = y_max * f64::from(k) / 5.0;
+        panel.y_tick(&mut out, y, &format!("{}", (y * 1e4).round() / 1e4));
+    }
+    for &x in &xs {
+        panel.x_tick(&mut out, x, &x_label_of(x));
+    }
+    panel.frame(&mut out);
+    panel.y_title(&mut out, y_title);
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        panel.x0 + panel.w / 2.0,
+        panel.y0 + panel.h + 38.0,
+        esc(x_title)
+    );
+    for (i, s) in series.iter().enumerate() {
+        let color = COLORS[s.color % COLORS.len()];
+        let mut points = s.points.clone();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if s.dashed {
+            let pts: Vec<String> = points
+                .iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", panel.px(x), panel.py(y)))
+                .collect();
+            let _ = writeln!(
+                out,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" stroke-dasharray="6 4" points="{}"/>"#,
+                pts.join(" ")
+            );
+        } else {
+            panel.polyline(&mut out, &points, color);
+            for &(x, y) in &points {
+                let _ = writeln!(
+                    out,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{color}"/>"#,
+                    panel.px(x),
+                    panel.py(y)
+                );
+            }
+        }
+        legend(
+            &mut out,
+            panel.x0 + panel.w + 15.0,
+            panel.y0 + 10.0 + 20.0 * i as f64,
+            color,
+            &s.name,
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
 fn legend(out: &mut String, x: f64, y: f64, color: &str, name: &str) {
     let _ = writeln!(
         out,

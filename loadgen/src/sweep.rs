@@ -1,4 +1,5 @@
-//! The data-loss experiment (a workload with `sweep:`): "at what rate of failure do we start
+//! The data-loss experiment (a workload with `sweep:`; the kill-rate sweep is in
+//! [`crate::kill_rate`]): "at what rate of failure do we start
 //! to see data loss?"
 //!
 //! ```text
@@ -22,6 +23,7 @@ use chordkv_node::cluster::{ClusterSpec, LocalCluster};
 use chordkv_node::rng::Rng;
 
 use crate::faults::Targets;
+use crate::kill_rate;
 use crate::report;
 use crate::run::{find_chordkv, preload, verify_all, CONVERGE_TIMEOUT, DEFAULT_RESULTS_DIR};
 use crate::workload::{Sweep, Workload};
@@ -95,7 +97,7 @@ pub struct SweepOutcome {
     pub trials: Vec<Trial>,
     pub cells: Vec<Cell>,
     pub out_dir: PathBuf,
-    /// `data-loss.md`'s text.
+    /// The text of `kill-rate.md` and `data-loss.md`, those the sweep wrote.
     pub table: String,
 }
 
@@ -138,19 +140,42 @@ pub fn run_sweep(opts: SweepOptions) -> anyhow::Result<SweepOutcome> {
         None => find_chordkv()?,
     };
     let total = sweep.replicas.len() * sweep.kill_counts.len() * sweep.trials as usize;
-    eprintln!(
-        "loadgen: data-loss sweep {}: {} nodes, {} keys, N in {:?}, f in {:?}, {} trials each \
+    if total > 0 {
+        eprintln!(
+            "loadgen: data-loss sweep {}: {} nodes, {} keys, N in {:?}, f in {:?}, {} trials each \
          ({total} trials), seed {}, results in {}",
-        w.name,
-        w.cluster.nodes,
-        w.keys,
-        sweep.replicas,
-        sweep.kill_counts,
-        sweep.trials,
-        w.seed,
-        out_dir.display()
-    );
+            w.name,
+            w.cluster.nodes,
+            w.keys,
+            sweep.replicas,
+            sweep.kill_counts,
+            sweep.trials,
+            w.seed,
+            out_dir.display()
+        );
+    }
     let mut trials = Vec::with_capacity(total);
+    let mut table = String::new();
+    if !sweep.kill_intervals_s.is_empty() {
+        let (_, rate_table) = kill_rate::run_kill_rate(
+            w,
+            sweep,
+            opts.chordkv_bin.clone(),
+            &out_dir,
+            &opts.command,
+            &started_utc,
+            opts.progress,
+        )?;
+        table.push_str(&rate_table);
+    }
+    if sweep.kill_counts.is_empty() {
+        return Ok(SweepOutcome {
+            trials,
+            cells: Vec::new(),
+            out_dir,
+            table,
+        });
+    }
     for &replicas in &sweep.replicas {
         for &kills in &sweep.kill_counts {
             for t in 0..sweep.trials {
@@ -179,8 +204,12 @@ pub fn run_sweep(opts: SweepOptions) -> anyhow::Result<SweepOutcome> {
         }
     }
     let cells = summarize(w.cluster.nodes, &trials);
-    let table = markdown(w, &opts.command, &started_utc, &cells);
-    report::write_file(&out_dir, DATA_LOSS_MD, &table)?;
+    let loss_table = markdown(w, &opts.command, &started_utc, &cells);
+    report::write_file(&out_dir, DATA_LOSS_MD, &loss_table)?;
+    if !table.is_empty() {
+        table.push('\n');
+    }
+    table.push_str(&loss_table);
     report::write_file(
         &out_dir,
         DATA_LOSS_SVG,

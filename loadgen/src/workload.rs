@@ -102,8 +102,14 @@ pub struct Workload {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sweep {
-    /// f: nodes killed at once in a trial.
+    /// f: nodes killed at once in a trial (the simultaneous-failure sweep; may be empty).
+    #[serde(default)]
     pub kill_counts: Vec<usize>,
+    /// T: seconds between kills under steady load (the kill-rate sweep; may be empty). Each
+    /// trial runs the workload for `duration_s`, killing one random node every T seconds and
+    /// starting a fresh one in its place.
+    #[serde(default)]
+    pub kill_intervals_s: Vec<f64>,
     /// N: extra copies of every key (`chordkv node --replicas N`).
     pub replicas: Vec<u64>,
     /// Trials per (N, f).
@@ -686,8 +692,23 @@ impl Workload {
         if !self.faults.is_empty() {
             return Err("sweep: a sweep injects its own kills; remove faults".into());
         }
-        if s.kill_counts.is_empty() {
-            return Err("sweep.kill_counts must list at least one count".into());
+        if s.kill_counts.is_empty() && s.kill_intervals_s.is_empty() {
+            return Err(
+                "sweep.kill_counts (f nodes at once) or sweep.kill_intervals_s (one node every T s) \
+                 must list at least one value"
+                    .into(),
+            );
+        }
+        if let Some(&bad) = s
+            .kill_intervals_s
+            .iter()
+            .find(|&&t| !(t.is_finite() && t > 0.0 && t < self.duration_s))
+        {
+            return Err(format!(
+                "sweep.kill_intervals_s: {bad} is out of range: more than 0 and less than \
+                 duration_s ({} s), or no kill happens",
+                self.duration_s
+            ));
         }
         if s.replicas.is_empty() {
             return Err("sweep.replicas must list at least one replica count".into());

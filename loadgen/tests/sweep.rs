@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use loadgen::kill_rate::{KILL_RATE_MD, KILL_RATE_SVG};
 use loadgen::sweep::{predicted_loss, run_sweep, SweepOptions, DATA_LOSS_MD, DATA_LOSS_SVG};
 use loadgen::workload::Workload;
 
@@ -36,9 +37,27 @@ fn shipped_data_loss_workload_is_a_sweep() {
 }
 
 #[test]
+fn shipped_kill_rate_workload_is_a_rate_sweep() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../workloads/kill-rate.yaml");
+    let w = Workload::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let s = w.sweep.expect("a sweep");
+    assert!(s.kill_counts.is_empty());
+    assert!(!s.kill_intervals_s.is_empty());
+}
+
+#[test]
 fn bad_sweeps_are_rejected_with_the_field() {
     let cases = [
         ("sweep: { kill_counts: [], replicas: [0] }\n", "sweep.kill_counts"),
+        ("sweep: { replicas: [0] }\n", "sweep.kill_intervals_s"),
+        (
+            "sweep: { kill_intervals_s: [0], replicas: [1] }\n",
+            "sweep.kill_intervals_s",
+        ),
+        (
+            "duration_s: 5\nsweep: { kill_intervals_s: [5], replicas: [1] }\n",
+            "sweep.kill_intervals_s",
+        ),
         ("sweep: { kill_counts: [1], replicas: [] }\n", "sweep.replicas"),
         (
             "sweep: { kill_counts: [0], replicas: [1] }\n",
@@ -116,4 +135,41 @@ sweep: { kill_counts: [1, 2], replicas: [0, 1], trials: 1, settle_timeout_s: 3 }
     assert!(table.contains("| N | f |") && table.contains("| 1 | 1 | 1 | 200 |"));
     let svg = std::fs::read_to_string(dir.join(DATA_LOSS_SVG)).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("stroke-dasharray"));
+}
+
+#[test]
+fn tiny_kill_rate_sweep_end_to_end() {
+    let w = parse(
+        "duration_s: 3
+warmup_s: 0
+threads: 2
+connections: 2
+mix: { get: 0.5, put: 0.5 }
+request_timeout_ms: 1000
+sweep: { kill_intervals_s: [1.4], replicas: [2], trials: 1 }
+",
+    )
+    .unwrap();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("loadgen-tests")
+        .join(format!("kill-rate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let outcome = run_sweep(SweepOptions {
+        workload: w,
+        out_dir: Some(dir.clone()),
+        chordkv_bin: None,
+        command: "test".into(),
+        progress: true,
+    })
+    .unwrap_or_else(|e| panic!("the sweep failed: {e:#}"));
+    // Two kills (at 1.4 and 2.8 s), each followed by a fresh node: with two replicas, and
+    // each kill well apart, nothing acknowledged may be lost.
+    assert!(outcome.table.contains("| 2 | 1.4 | 2 | 1 |"), "{}", outcome.table);
+    assert!(outcome.table.contains("| 0.0000 |"), "{}", outcome.table);
+    assert!(dir.join(KILL_RATE_MD).exists());
+    let svg = std::fs::read_to_string(dir.join(KILL_RATE_SVG)).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("N = 2"));
+    assert!(!dir.join(DATA_LOSS_MD).exists());
+    let trial = dir.join("kill-rate-trials").join("N2-T1.4-seed1");
+    assert!(trial.join("summary.json").exists(), "{}", trial.display());
 }
