@@ -23,6 +23,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use chordkv_node::client::{Client, ClientError};
 use chordkv_node::cluster::{ClusterSpec, LocalCluster, NodeControl};
+use chordkv_node::owner_client::OwnerClient;
 use chordkv_node::rng::Rng;
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2DeflateSerializer;
@@ -348,6 +349,8 @@ struct Worker<'a> {
     rng: Rng,
     timeouts: u64,
     retries: u64,
+    /// `entry: owner`: this thread's view of the ring and its connections to every node.
+    owner: Option<OwnerClient>,
 }
 
 /// The answer to one operation.
@@ -362,7 +365,7 @@ impl Worker<'_> {
     fn pick_addr(&mut self, failed: Option<SocketAddr>) -> SocketAddr {
         match self.w.entry {
             Entry::Fixed if failed.is_none_or(|f| f != self.targets.first()) => self.targets.first(),
-            Entry::Fixed | Entry::Random => self.targets.pick(&mut self.rng, failed),
+            Entry::Fixed | Entry::Random | Entry::Owner => self.targets.pick(&mut self.rng, failed),
         }
     }
 
@@ -380,6 +383,22 @@ impl Worker<'_> {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if self.w.entry == Entry::Owner {
+                match self.execute_at_owner(op, key, value, timeout) {
+                    Ok(done) => return Ok(done),
+                    Err(e) => {
+                        if matches!(e, ClientError::Timeout { .. }) {
+                            self.timeouts += 1;
+                        }
+                        if !e.is_retryable() || attempt >= attempts {
+                            return Err(e);
+                        }
+                        self.retries += 1;
+                        std::thread::sleep(RETRY_BACKOFF * attempt);
+                        continue;
+                    }
+                }
+            }
             let result = match conn.client.as_mut() {
                 Some(c) => Ok(c),
                 None => Client::connect(conn.addr, timeout).map(|c| conn.client.insert(c)),
@@ -420,6 +439,41 @@ impl Worker<'_> {
     }
 }
 
+impl Worker<'_> {
+    /// `entry: owner`: one attempt of `op`, straight to the key's owner as this thread's view
+    /// of the ring names it (see [`OwnerClient`]).
+    fn execute_at_owner(
+        &mut self,
+        op: Op,
+        key: &Bytes,
+        value: Option<&Bytes>,
+        timeout: Duration,
+    ) -> Result<Done, ClientError> {
+        let client = match self.owner.as_mut() {
+            Some(c) => c,
+            None => self
+                .owner
+                .insert(OwnerClient::connect(&self.targets.snapshot(), timeout)?),
+        };
+        match op {
+            Op::Get => client.get(key.clone()).map(|r| Done {
+                version: r.version,
+                hops: r.hops,
+            }),
+            Op::Put => client
+                .put(key.clone(), value.cloned().unwrap_or_default())
+                .map(|r| Done {
+                    version: r.version,
+                    hops: r.hops,
+                }),
+            Op::Delete => client.delete(key.clone()).map(|r| Done {
+                version: r.version,
+                hops: r.hops,
+            }),
+        }
+    }
+}
+
 /// What one load thread measured.
 struct ThreadResult {
     latency: Vec<Histogram<u64>>,
@@ -455,6 +509,7 @@ pub(crate) fn preload(w: &Workload, targets: &Targets) -> anyhow::Result<(Histor
                         targets,
                         timeouts: 0,
                         retries: 0,
+                        owner: None,
                     };
                     let mut conn = Conn {
                         addr: addrs[t % addrs.len()],
@@ -710,6 +765,7 @@ fn load_thread(
         rng: Rng::new(w.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t as u64),
         timeouts: 0,
         retries: 0,
+        owner: None,
     };
     // This thread's connections: t, t + threads, ...
     let conn_ids: Vec<usize> = (t..w.connections).step_by(threads).collect();
@@ -861,6 +917,7 @@ pub(crate) fn verify_all(w: &Workload, targets: &Targets, history: &History) -> 
                         targets,
                         timeouts: 0,
                         retries: 0,
+                        owner: None,
                     };
                     let mut conn = Conn {
                         addr: addrs[t % addrs.len()],

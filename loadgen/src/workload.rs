@@ -315,6 +315,10 @@ pub enum Entry {
     Random,
     /// Always the first node.
     Fixed,
+    /// Client-side routing: each thread fetches the ring and sends every request straight to
+    /// the key's owner, following REDIRECTs when its view is stale (like a Redis Cluster
+    /// client with MOVED); one connection per node per thread.
+    Owner,
 }
 
 /// YCSB's default zipfian constant.

@@ -9,12 +9,14 @@
 //! 3. [`sim`]: a simulated network that drives many state machines with seeded delays, loss,
 //!    crashes and partitions: the deterministic test bed (and, later, the simulator).
 //! 4. [`server`]: the mio event loop that drives one state machine over TCP in production.
-//! 5. [`client`]: a blocking client for the binary protocol, and [`cluster`], which runs a
-//!    local ring of `chordkv node` processes. The `chordkv` command is built on both.
+//! 5. [`client`]: a blocking client for the binary protocol; [`owner_client`]: client-side
+//!    routing straight to each key's owner; and [`cluster`], which runs a local ring of
+//!    `chordkv node` processes. The `chordkv` command is built on these.
 
 pub mod chord;
 pub mod client;
 pub mod cluster;
+pub mod owner_client;
 pub mod rng;
 pub mod server;
 pub mod sim;
