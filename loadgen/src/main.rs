@@ -39,6 +39,18 @@ struct Args {
     /// Seed of every random choice (overrides the file's seed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Where requests enter: random, fixed or owner (client-side routing; overrides entry).
+    #[arg(long)]
+    entry: Option<loadgen::workload::Entry>,
+    /// The local cluster's lookup scheme: classic, base:B or onehop (overrides cluster.routing).
+    #[arg(long)]
+    routing: Option<String>,
+    /// Entries of each local node's location cache (overrides cluster.cache).
+    #[arg(long)]
+    cache: Option<u64>,
+    /// Nodes of the local cluster (overrides cluster.nodes).
+    #[arg(long = "cluster-nodes")]
+    cluster_nodes: Option<usize>,
     /// The chordkv binary for a local cluster [default: $CHORDKV_BIN, else next to loadgen].
     #[arg(long)]
     chordkv: Option<PathBuf>,
@@ -68,6 +80,18 @@ fn main() -> ExitCode {
     }
     if let Some(s) = args.seed {
         workload.seed = s;
+    }
+    if let Some(e) = args.entry {
+        workload.entry = e;
+    }
+    if let Some(r) = &args.routing {
+        workload.cluster.routing = Some(r.clone());
+    }
+    if let Some(c) = args.cache {
+        workload.cluster.cache = Some(c);
+    }
+    if let Some(n) = args.cluster_nodes {
+        workload.cluster.nodes = n;
     }
     if let Err(e) = workload.validate() {
         eprintln!("error: {e}");

@@ -321,6 +321,18 @@ pub enum Entry {
     Owner,
 }
 
+impl std::str::FromStr for Entry {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Entry, String> {
+        match s {
+            "random" => Ok(Entry::Random),
+            "fixed" => Ok(Entry::Fixed),
+            "owner" => Ok(Entry::Owner),
+            other => Err(format!("unknown entry policy '{other}' (random, fixed or owner)")),
+        }
+    }
+}
+
 /// YCSB's default zipfian constant.
 pub const DEFAULT_THETA: f64 = 0.99;
 /// YCSB's `hotspotdatafraction` default.
@@ -493,6 +505,12 @@ pub struct ClusterSection {
     /// `memory` or `redis://HOST:PORT/DB`.
     #[serde(default = "default_store")]
     pub store: String,
+    /// `chordkv node --routing`: `classic`, `base:B` (B - 1 fingers per level) or `onehop`.
+    #[serde(default)]
+    pub routing: Option<String>,
+    /// `chordkv node --cache`: entries of each node's location cache (0: none).
+    #[serde(default)]
+    pub cache: Option<u64>,
 }
 
 fn default_cluster_nodes() -> usize {
@@ -511,6 +529,8 @@ impl Default for ClusterSection {
             ack: None,
             stabilize_ms: None,
             store: default_store(),
+            routing: None,
+            cache: None,
         }
     }
 }
@@ -536,7 +556,30 @@ impl ClusterSection {
             };
             args.extend(["--ack".into(), ack.into()]);
         }
+        if let Some(routing) = &self.routing {
+            args.extend(["--routing".into(), routing.clone()]);
+        }
+        if let Some(n) = self.cache {
+            args.extend(["--cache".into(), n.to_string()]);
+        }
         args
+    }
+
+    /// Checks `routing:` (the nodes check it again, but a typo should fail before a cluster
+    /// is started).
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(r) = &self.routing {
+            let ok = match r.strip_prefix("base:") {
+                Some(b) => b.parse::<u32>().is_ok_and(|b| b >= 2),
+                None => r == "classic" || r == "onehop",
+            };
+            if !ok {
+                return Err(format!(
+                    "cluster.routing: '{r}' is not a scheme: classic, base:B (B >= 2) or onehop"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -684,6 +727,7 @@ impl Workload {
         if self.cluster.nodes == 0 {
             return Err("cluster.nodes must be at least 1".into());
         }
+        self.cluster.validate()?;
         self.validate_faults()?;
         self.validate_sweep()
     }

@@ -133,6 +133,8 @@ fn values_the_types_allow_but_the_run_cannot_use_are_rejected() {
         ("name: t\nvalue_bytes: 8\n", "value_bytes"),
         ("name: t\nmix: {get: 0}\n", "mix"),
         ("name: t\nthreads: 0\n", "threads"),
+        ("name: t\ncluster: {routing: base:1}\n", "cluster.routing"),
+        ("name: t\ncluster: {routing: twohop}\n", "cluster.routing"),
     ] {
         let e = parse(text).unwrap_err();
         assert!(e.message.contains(needle), "{text:?}: {e}");
@@ -155,6 +157,14 @@ fn the_cluster_section_becomes_node_arguments() {
             "one"
         ]
     );
+    let w = parse("name: t\ncluster: {routing: 'base:4', cache: 1024}\nentry: owner\n").unwrap();
+    let args = w.cluster.node_args();
+    assert!(args.ends_with(&[
+        "--routing".into(),
+        "base:4".into(),
+        "--cache".into(),
+        "1024".into()
+    ]));
     let e = parse("name: t\ncluster: {ack: some}\n").unwrap_err();
     assert!(e.message.contains("unknown variant `some`"), "{e}");
 }
