@@ -48,11 +48,13 @@
 //!  Vec<T>            4+     count u32 | count x T          count <= MAX_LIST_LEN
 //!  Item              13+    key Key | version u64 | value Option<Value>
 //!  KeyVersion        12+    key Key | version u64
-//!  Lookup            5+     tag u8 = 1 (Found)  | successors Vec<NodeRef>
+//!  Lookup            6+     tag u8 = 1 (Found)  | predecessor Option<NodeRef>
+//!                                                | successors Vec<NodeRef>
 //!                    28+    tag u8 = 2 (Closer) | node NodeRef
 //!  ErrorCode         2      u16, the discriminant of message::ErrorCode (unknown = Malformed)
 //!  NodeStatus        1      u8: 1 Joining, 2 Active, 3 Leaving (unknown = Malformed)
 //!  Counter           12+    name String | value u64
+//!  MemberEvent       36+    node NodeRef | alive bool | stamp u64
 //! ```
 //!
 //! # Opcodes and payloads
@@ -71,6 +73,8 @@
 //!  0x13  Ping                    (empty)
 //!  0x14  Leaving                 node NodeRef | predecessor Option<NodeRef>
 //!                                | successors Vec<NodeRef> | clock u64
+//!  0x15  GetMembers              after Id
+//!  0x16  MemberEvents            limit Id | events Vec<MemberEvent>
 //!  0x20  Transfer                transfer_id u64 | start Id | end Id | items Vec<Item>
 //!                                | last bool | clock u64
 //!  0x21  Replicate               items Vec<Item>
@@ -89,6 +93,8 @@
 //!  0x92  NotifyReply             accepted bool | previous Option<NodeRef> | clock u64
 //!  0x93  Pong                    node NodeRef
 //!  0x94  LeavingReply            accepted bool
+//!  0x95  Members                 nodes Vec<NodeRef> | more bool
+//!  0x96  MemberEventsAck         applied u32
 //!  0xA0  TransferAck             transfer_id u64 | accepted bool
 //!  0xA1  ReplicateAck            applied u32
 //!  0xA2  SyncDigestsReply        differing Vec<u32>
@@ -125,7 +131,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use bytes::{Bytes, BytesMut};
 
 use crate::id::{Id, ID_BYTES};
-use crate::message::{ErrorCode, Item, Lookup, Message, NodeInfo, NodeRef, NodeStatus};
+use crate::message::{ErrorCode, Item, Lookup, MemberEvent, Message, NodeInfo, NodeRef, NodeStatus};
 
 // --- header ------------------------------------------------------------------------------
 
@@ -169,6 +175,8 @@ pub mod opcode {
     pub const NOTIFY: u8 = 0x12;
     pub const PING: u8 = 0x13;
     pub const LEAVING: u8 = 0x14;
+    pub const GET_MEMBERS: u8 = 0x15;
+    pub const MEMBER_EVENTS: u8 = 0x16;
     pub const TRANSFER: u8 = 0x20;
     pub const REPLICATE: u8 = 0x21;
     pub const SYNC_DIGESTS: u8 = 0x22;
@@ -186,6 +194,8 @@ pub mod opcode {
     pub const NOTIFY_REPLY: u8 = 0x92;
     pub const PONG: u8 = 0x93;
     pub const LEAVING_REPLY: u8 = 0x94;
+    pub const MEMBERS: u8 = 0x95;
+    pub const MEMBER_EVENTS_ACK: u8 = 0x96;
     pub const TRANSFER_ACK: u8 = 0xA0;
     pub const REPLICATE_ACK: u8 = 0xA1;
     pub const SYNC_DIGESTS_REPLY: u8 = 0xA2;
@@ -196,7 +206,7 @@ pub mod opcode {
     pub const ERROR: u8 = 0xFF;
 
     /// Every opcode of this protocol version.
-    pub const ALL: [u8; 32] = [
+    pub const ALL: [u8; 36] = [
         GET,
         PUT,
         DELETE,
@@ -205,6 +215,8 @@ pub mod opcode {
         NOTIFY,
         PING,
         LEAVING,
+        GET_MEMBERS,
+        MEMBER_EVENTS,
         TRANSFER,
         REPLICATE,
         SYNC_DIGESTS,
@@ -221,6 +233,8 @@ pub mod opcode {
         NOTIFY_REPLY,
         PONG,
         LEAVING_REPLY,
+        MEMBERS,
+        MEMBER_EVENTS_ACK,
         TRANSFER_ACK,
         REPLICATE_ACK,
         SYNC_DIGESTS_REPLY,
@@ -243,6 +257,8 @@ pub mod opcode {
                 | NOTIFY
                 | PING
                 | LEAVING
+                | GET_MEMBERS
+                | MEMBER_EVENTS
                 | TRANSFER
                 | REPLICATE
                 | SYNC_DIGESTS
@@ -259,6 +275,8 @@ pub mod opcode {
                 | NOTIFY_REPLY
                 | PONG
                 | LEAVING_REPLY
+                | MEMBERS
+                | MEMBER_EVENTS_ACK
                 | TRANSFER_ACK
                 | REPLICATE_ACK
                 | SYNC_DIGESTS_REPLY
@@ -293,6 +311,10 @@ pub fn opcode_of(msg: &Message) -> u8 {
         Pong { .. } => opcode::PONG,
         Leaving { .. } => opcode::LEAVING,
         LeavingReply { .. } => opcode::LEAVING_REPLY,
+        GetMembers { .. } => opcode::GET_MEMBERS,
+        Members { .. } => opcode::MEMBERS,
+        MemberEvents { .. } => opcode::MEMBER_EVENTS,
+        MemberEventsAck { .. } => opcode::MEMBER_EVENTS_ACK,
         Transfer { .. } => opcode::TRANSFER,
         TransferAck { .. } => opcode::TRANSFER_ACK,
         Replicate { .. } => opcode::REPLICATE,
@@ -471,6 +493,7 @@ const ITEM_MIN_BYTES: usize = 4 + 8 + 1;
 const KEY_VERSION_MIN_BYTES: usize = 4 + 8;
 const KEY_MIN_BYTES: usize = 4;
 const COUNTER_MIN_BYTES: usize = 4 + 8;
+const MEMBER_EVENT_BYTES_MIN: usize = NODE_REF_MIN_BYTES + 1 + 8;
 
 const ADDR_TAG_V4: u8 = 4;
 const ADDR_TAG_V6: u8 = 6;
@@ -548,7 +571,10 @@ fn items_len(field: &'static str, items: &[Item]) -> EResult<usize> {
 
 fn lookup_len(lookup: &Lookup) -> EResult<usize> {
     Ok(1 + match lookup {
-        Lookup::Found { successors } => nodes_len("successors", successors)?,
+        Lookup::Found {
+            predecessor,
+            successors,
+        } => opt_node_len(predecessor) + nodes_len("successors", successors)?,
         Lookup::Closer { node } => node_len(node),
     })
 }
@@ -580,6 +606,17 @@ fn payload_len(msg: &Message) -> EResult<usize> {
             ..
         } => node_len(node) + opt_node_len(predecessor) + nodes_len("successors", successors)? + 8,
         LeavingReply { .. } => 1,
+        GetMembers { .. } => ID_BYTES,
+        Members { nodes, .. } => nodes_len("nodes", nodes)? + 1,
+        MemberEvents { events, .. } => {
+            limit("events", events.len(), MAX_LIST_LEN)?;
+            let mut len = ID_BYTES + 4;
+            for e in events {
+                len += node_len(&e.node) + 1 + 8;
+            }
+            len
+        }
+        MemberEventsAck { .. } => 4,
         Transfer { items, .. } => {
             (8 + ID_BYTES + ID_BYTES + 1 + 8).saturating_add(items_len("items", items)?)
         }
@@ -763,8 +800,12 @@ fn write_payload(msg: &Message, out: &mut Vec<u8>) {
         }
         FindSuccessor { id } => put_id(out, id),
         FindSuccessorReply { lookup } => match lookup {
-            Lookup::Found { successors } => {
+            Lookup::Found {
+                predecessor,
+                successors,
+            } => {
                 out.push(LOOKUP_FOUND);
+                put_opt_node(out, predecessor);
                 put_nodes(out, successors);
             }
             Lookup::Closer { node } => {
@@ -802,6 +843,20 @@ fn write_payload(msg: &Message, out: &mut Vec<u8>) {
             put_u64(out, *clock);
         }
         LeavingReply { accepted } => put_bool(out, *accepted),
+        GetMembers { after } => put_id(out, after),
+        Members { nodes, more } => {
+            put_nodes(out, nodes);
+            put_bool(out, *more);
+        }
+        MemberEvents { limit, events } => {
+            put_id(out, limit);
+            put_len(out, events.len());
+            for e in events {
+                put_node(out, &e.node);
+                put_bool(out, e.alive);
+                put_u64(out, e.stamp);
+            }
+        }
         Transfer {
             transfer_id,
             start,
@@ -825,7 +880,9 @@ fn write_payload(msg: &Message, out: &mut Vec<u8>) {
             put_bool(out, *accepted);
         }
         Replicate { items } => put_items(out, items),
-        ReplicateAck { applied: n } | CollectTombstonesReply { removed: n } => put_u32(out, *n),
+        ReplicateAck { applied: n }
+        | CollectTombstonesReply { removed: n }
+        | MemberEventsAck { applied: n } => put_u32(out, *n),
         SyncDigests { start, end, digests } => {
             put_id(out, start);
             put_id(out, end);
@@ -1263,12 +1320,29 @@ impl<'a> Reader<'a> {
 
     fn lookup(&mut self) -> DResult<Lookup> {
         match self.u8()? {
-            LOOKUP_FOUND => Ok(Lookup::Found {
-                successors: self.nodes("successors")?,
-            }),
+            LOOKUP_FOUND => {
+                let predecessor = self.opt_node()?;
+                let successors = self.nodes("successors")?;
+                Ok(Lookup::Found {
+                    predecessor,
+                    successors,
+                })
+            }
             LOOKUP_CLOSER => Ok(Lookup::Closer { node: self.node()? }),
             _ => Err(DecodeError::Malformed("lookup tag is neither 1 nor 2")),
         }
+    }
+
+    fn member_events(&mut self) -> DResult<Vec<MemberEvent>> {
+        let count = self.count("events", MEMBER_EVENT_BYTES_MIN)?;
+        let mut events = Vec::with_capacity(count);
+        for _ in 0..count {
+            let node = self.node()?;
+            let alive = self.bool()?;
+            let stamp = self.u64()?;
+            events.push(MemberEvent { node, alive, stamp });
+        }
+        Ok(events)
     }
 
     fn error_code(&mut self) -> DResult<ErrorCode> {
@@ -1401,6 +1475,24 @@ impl<'a> Reader<'a> {
             opcode::LEAVING_REPLY => {
                 let accepted = self.bool()?;
                 done!(LeavingReply { accepted })
+            }
+            opcode::GET_MEMBERS => {
+                let after = self.id()?;
+                done!(GetMembers { after })
+            }
+            opcode::MEMBERS => {
+                let nodes = self.nodes("nodes")?;
+                let more = self.bool()?;
+                done!(Members { nodes, more })
+            }
+            opcode::MEMBER_EVENTS => {
+                let limit = self.id()?;
+                let events = self.member_events()?;
+                done!(MemberEvents { limit, events })
+            }
+            opcode::MEMBER_EVENTS_ACK => {
+                let applied = self.u32()?;
+                done!(MemberEventsAck { applied })
             }
             opcode::TRANSFER => {
                 let transfer_id = self.u64()?;
@@ -1642,13 +1734,46 @@ mod tests {
             FindSuccessor { id: Id::hash(b"key") },
             FindSuccessor { id: Id::ZERO },
             FindSuccessorReply {
-                lookup: Lookup::Found { successors: vec![] },
+                lookup: Lookup::Found {
+                    predecessor: None,
+                    successors: vec![],
+                },
             },
             FindSuccessorReply {
                 lookup: Lookup::Found {
+                    predecessor: Some(v6(9)),
                     successors: vec![v4(1), v6(2), v4(3)],
                 },
             },
+            GetMembers { after: Id::MAX },
+            Members {
+                nodes: vec![],
+                more: false,
+            },
+            Members {
+                nodes: vec![v4(1), v6(2)],
+                more: true,
+            },
+            MemberEvents {
+                limit: Id::ZERO,
+                events: vec![],
+            },
+            MemberEvents {
+                limit: Id::hash(b"x"),
+                events: vec![
+                    MemberEvent {
+                        node: v4(4),
+                        alive: true,
+                        stamp: 17,
+                    },
+                    MemberEvent {
+                        node: v6(5),
+                        alive: false,
+                        stamp: u64::MAX,
+                    },
+                ],
+            },
+            MemberEventsAck { applied: 3 },
             FindSuccessorReply {
                 lookup: Lookup::Closer { node: v6(u16::MAX) },
             },
@@ -2019,6 +2144,8 @@ mod tests {
             "NOTIFY",
             "PING",
             "LEAVING",
+            "GET_MEMBERS",
+            "MEMBER_EVENTS",
             "TRANSFER",
             "REPLICATE",
             "SYNC_DIGESTS",
@@ -2317,7 +2444,7 @@ mod tests {
         let mut transfer = vec![0; 8 + 40];
         transfer.extend_from_slice(&be32(MAX_LIST_LEN + 1));
         payload_error(&raw(opcode::TRANSFER, 0, 1, &transfer), too_many("items"));
-        let mut lookup = vec![LOOKUP_FOUND];
+        let mut lookup = vec![LOOKUP_FOUND, 0];
         lookup.extend_from_slice(&be32(MAX_LIST_LEN + 1));
         payload_error(
             &raw(opcode::FIND_SUCCESSOR_REPLY, 0, 1, &lookup),
@@ -2369,7 +2496,9 @@ mod tests {
             (opcode::NEIGHBORS, vec![0u8]),
             (opcode::STATS, vec![]),
             (opcode::TRANSFER, vec![0; 48]),
-            (opcode::FIND_SUCCESSOR_REPLY, vec![LOOKUP_FOUND]),
+            (opcode::FIND_SUCCESSOR_REPLY, vec![LOOKUP_FOUND, 0]),
+            (opcode::MEMBERS, vec![]),
+            (opcode::MEMBER_EVENTS, vec![0; 20]),
             (opcode::REPLICATE, vec![]),
             (opcode::SYNC_DIGESTS, vec![0; 40]),
             (opcode::SYNC_DIGESTS_REPLY, vec![]),
@@ -2685,6 +2814,7 @@ mod tests {
         encode_error(
             Message::FindSuccessorReply {
                 lookup: Lookup::Found {
+                    predecessor: None,
                     successors: nodes.clone(),
                 },
             },
@@ -2956,9 +3086,24 @@ mod tests {
                     text
                 }),
                 id().prop_map(|id| FindSuccessor { id }),
-                nodes().prop_map(|successors| FindSuccessorReply {
-                    lookup: Lookup::Found { successors }
+                (option::of(node()), nodes()).prop_map(|(predecessor, successors)| FindSuccessorReply {
+                    lookup: Lookup::Found {
+                        predecessor,
+                        successors
+                    }
                 }),
+                id().prop_map(|after| GetMembers { after }),
+                (nodes(), any::<bool>()).prop_map(|(nodes, more)| Members { nodes, more }),
+                (id(), vec((node(), any::<bool>(), any::<u64>()), 0..4)).prop_map(|(limit, events)| {
+                    MemberEvents {
+                        limit,
+                        events: events
+                            .into_iter()
+                            .map(|(node, alive, stamp)| MemberEvent { node, alive, stamp })
+                            .collect(),
+                    }
+                }),
+                any::<u32>().prop_map(|applied| MemberEventsAck { applied }),
                 node().prop_map(|node| FindSuccessorReply {
                     lookup: Lookup::Closer { node }
                 }),

@@ -157,6 +157,38 @@ impl Id {
         Id(out)
     }
 
+    /// `self * factor`, or `None` when the product does not fit in 160 bits (no wrapping):
+    /// finger distances such as `j * B^i` are built with it and stop at the ring's size.
+    pub fn checked_mul_small(&self, factor: u32) -> Option<Id> {
+        let mut out = [0u8; ID_BYTES];
+        let mut carry: u64 = 0;
+        for i in (0..ID_BYTES).rev() {
+            let cur = self.0[i] as u64 * factor as u64 + carry;
+            out[i] = cur as u8;
+            carry = cur >> 8;
+        }
+        (carry == 0).then_some(Id(out))
+    }
+
+    /// `base^exp`, or `None` when it does not fit in 160 bits.
+    pub fn checked_pow_small(base: u32, exp: u32) -> Option<Id> {
+        let mut v = Id::from_u64(1);
+        for _ in 0..exp {
+            v = v.checked_mul_small(base)?;
+        }
+        Some(v)
+    }
+
+    /// The position of the highest set bit plus one (0 for zero): `floor(log2(self)) + 1`.
+    pub fn bit_len(&self) -> u32 {
+        let (hi, lo) = self.limbs();
+        if hi != 0 {
+            160 - hi.leading_zeros()
+        } else {
+            128 - lo.leading_zeros()
+        }
+    }
+
     /// Splits the ring range `(start, end]` into `parts` consecutive sub-ranges of (nearly)
     /// equal width and returns their upper bounds; the last is `end`. Sub-range `j` is
     /// `(bounds[j-1], bounds[j]]` with `bounds[-1] = start`. `start == end` splits the whole
@@ -360,6 +392,30 @@ mod tests {
             }
         }
         assert_eq!(Id::from_u64(1001).div_small(10), Id::from_u64(100));
+    }
+
+    #[test]
+    fn small_multiplication_and_powers() {
+        assert_eq!(Id::from_u64(7).checked_mul_small(6), Some(Id::from_u64(42)));
+        assert_eq!(Id::checked_pow_small(2, 100), Some(Id::pow2(100)));
+        assert_eq!(Id::checked_pow_small(16, 39), Some(Id::pow2(156)));
+        assert_eq!(Id::checked_pow_small(16, 40), None);
+        assert_eq!(Id::pow2(159).checked_mul_small(2), None);
+        assert_eq!(
+            Id::pow2(158).checked_mul_small(3),
+            Some(Id::pow2(159).add_pow2(158))
+        );
+        // A carry that crosses every byte.
+        let below = Id::pow2(128).wrapping_sub(&Id::from_u64(1));
+        assert_eq!(
+            below.checked_mul_small(2),
+            Some(Id::pow2(129).wrapping_sub(&Id::from_u64(2)))
+        );
+        assert_eq!(Id::checked_pow_small(3, 5), Some(Id::from_u64(243)));
+        assert_eq!(Id::ZERO.bit_len(), 0);
+        assert_eq!(Id::from_u64(1).bit_len(), 1);
+        assert_eq!(Id::pow2(140).bit_len(), 141);
+        assert_eq!(Id::MAX.bit_len(), 160);
     }
 
     #[test]

@@ -41,8 +41,13 @@ pub struct Item {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
     /// The key's owner is `successors[0]`; the rest are the nodes after it, as far as the
-    /// answering node knows (where to fail over if the owner is down).
-    Found { successors: Vec<NodeRef> },
+    /// answering node knows (where to fail over if the owner is down). `predecessor` is the
+    /// node before the owner when the answering node knows it: the owner's range is then
+    /// `(predecessor, successors[0]]`, which a location cache can remember whole.
+    Found {
+        predecessor: Option<NodeRef>,
+        successors: Vec<NodeRef>,
+    },
     /// The answering node does not know the owner; `node` is closer to it (ask it next).
     Closer { node: NodeRef },
 }
@@ -124,6 +129,17 @@ impl NodeStatus {
             _ => None,
         }
     }
+}
+
+/// A membership change, disseminated by one-hop routing (Gupta, Liskov, Rodrigues): `node`
+/// joined (`alive`) or left or failed (`!alive`), as its detector saw it at `stamp` (the
+/// detector's clock, in milliseconds). A receiver applies an event only if it is newer than
+/// the last one it applied for the same node, so a late "failed" never removes a rejoined node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberEvent {
+    pub node: NodeRef,
+    pub alive: bool,
+    pub stamp: u64,
 }
 
 /// A node's view of its neighbourhood, for `chordkv ring` and tests.
@@ -228,6 +244,28 @@ pub enum Message {
     },
     LeavingReply {
         accepted: bool,
+    },
+
+    /// Ask for the membership in id order after `after` (a client fetching the ring, or a
+    /// joining one-hop node copying its successor's table). A one-hop node answers from its
+    /// full table, a page at a time; any other node answers with the contiguous run of the ring
+    /// it knows (its predecessor, itself, its successors).
+    GetMembers {
+        after: Id,
+    },
+    /// `nodes` in id order after the requested point; `more`: ask again after the last one.
+    Members {
+        nodes: Vec<NodeRef>,
+        more: bool,
+    },
+    /// One-hop membership dissemination: apply `events`, then forward them to the members in
+    /// `(receiver, limit)` (a broadcast tree over the ring, El-Ansary et al. 2003).
+    MemberEvents {
+        limit: Id,
+        events: Vec<MemberEvent>,
+    },
+    MemberEventsAck {
+        applied: u32,
     },
 
     // --- key handoff ---------------------------------------------------------------------
@@ -341,6 +379,10 @@ impl Message {
             Pong { .. } => "PONG",
             Leaving { .. } => "LEAVING",
             LeavingReply { .. } => "LEAVING_REPLY",
+            GetMembers { .. } => "GET_MEMBERS",
+            Members { .. } => "MEMBERS",
+            MemberEvents { .. } => "MEMBER_EVENTS",
+            MemberEventsAck { .. } => "MEMBER_EVENTS_ACK",
             Transfer { .. } => "TRANSFER",
             TransferAck { .. } => "TRANSFER_ACK",
             Replicate { .. } => "REPLICATE",

@@ -29,9 +29,65 @@ impl std::str::FromStr for AckPolicy {
     }
 }
 
+/// How a node routes lookups (`--routing`). See `routing.rs` and `membership.rs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routing {
+    /// Chord's fingers: finger `i` = successor(n + 2^i); about 1/2 log2 N hops.
+    Classic,
+    /// Finger expansion (DKS): `B - 1` fingers per level at n + j * B^i, `j = 1..B-1`; about
+    /// log_B N hops for about (B-1) log_B N fingers. `Base(2)` is classic.
+    Base(u32),
+    /// A full membership table kept by disseminating join and leave events (Gupta, Liskov,
+    /// Rodrigues): one hop per lookup.
+    OneHop,
+}
+
+impl std::str::FromStr for Routing {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "classic" => Ok(Routing::Classic),
+            "onehop" => Ok(Routing::OneHop),
+            _ => {
+                let err = || {
+                    format!(
+                        "unknown routing '{s}' (expected 'classic', 'base:B' with B in 2..={}, or 'onehop')",
+                        super::routing::MAX_BASE
+                    )
+                };
+                let b: u32 = s
+                    .strip_prefix("base:")
+                    .ok_or_else(err)?
+                    .parse()
+                    .map_err(|_| err())?;
+                match b {
+                    2 => Ok(Routing::Classic),
+                    3..=super::routing::MAX_BASE => Ok(Routing::Base(b)),
+                    _ => Err(err()),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Routing::Classic => write!(f, "classic"),
+            Routing::Base(b) => write!(f, "base:{b}"),
+            Routing::OneHop => write!(f, "onehop"),
+        }
+    }
+}
+
 /// Configuration of one node's state machine. Times are in milliseconds of the driver's clock.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// How lookups are routed (`--routing`).
+    pub routing: Routing,
+    /// Entries of the location cache (`--cache`): owner ranges learned from lookups, tried
+    /// before routing. 0 turns the cache off.
+    pub cache_entries: usize,
     /// Length `r` of the successor list: the ring survives `r - 1` adjacent failures.
     pub successors: usize,
     /// Replicas after the primary: a key lives on its primary and the next `replicas` nodes.
@@ -85,6 +141,8 @@ impl Config {
     pub fn with_stabilize_interval_ms(stabilize_ms: u64) -> Config {
         let stabilize_ms = stabilize_ms.max(1);
         Config {
+            routing: Routing::Classic,
+            cache_entries: 0,
             successors: DEFAULT_SUCCESSORS,
             replicas: DEFAULT_REPLICAS,
             ack: AckPolicy::All,
@@ -104,5 +162,30 @@ impl Config {
             leave_timeout_ms: 30_000,
             seed: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_parses_and_prints() {
+        for (text, want) in [
+            ("classic", Routing::Classic),
+            ("base:2", Routing::Classic),
+            ("base:4", Routing::Base(4)),
+            ("base:256", Routing::Base(256)),
+            ("onehop", Routing::OneHop),
+        ] {
+            assert_eq!(text.parse::<Routing>(), Ok(want));
+        }
+        for bad in [
+            "", "base:", "base:1", "base:0", "base:257", "base:x", "one-hop", "Classic",
+        ] {
+            assert!(bad.parse::<Routing>().is_err(), "{bad}");
+        }
+        assert_eq!(Routing::Base(16).to_string(), "base:16");
+        assert_eq!("onehop".parse::<Routing>().unwrap().to_string(), "onehop");
     }
 }

@@ -49,9 +49,11 @@
 //!   batch is stored. A leaving node does the same towards its successor. No acknowledged write
 //!   is lost by a join or a leave, including writes that arrive during the transfer.
 
+pub mod cache;
 pub mod clock;
 pub mod config;
 mod handoff;
+pub mod membership;
 mod ops;
 mod replication;
 pub mod routing;
@@ -59,14 +61,19 @@ mod sync;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use chordkv_protocol::{in_half_open, ErrorCode, Frame, Id, Lookup, Message, NodeInfo, NodeRef, NodeStatus};
+use chordkv_protocol::{
+    in_half_open, in_open, ErrorCode, Frame, Id, Lookup, MemberEvent, Message, NodeInfo, NodeRef, NodeStatus,
+};
 
 use crate::rng::Rng;
 use crate::store::{StoreError, StoreOp, StoreOutcome};
+use cache::LocationCache;
 use clock::Hlc;
-pub use config::Config;
+pub use config::{Config, Routing};
 use handoff::{Incoming, LeaveState, Outgoing};
+use membership::Membership;
 use ops::ClientOp;
 use replication::PendingWrite;
 use routing::RoutingTable;
@@ -140,6 +147,40 @@ enum RpcKind {
     SyncKeys(u64),
     SyncPush(u64),
     Collect,
+    /// A page of the successor's membership table (one-hop join).
+    Members,
+    /// A membership broadcast to a child of the tree (see `membership.rs`).
+    MemberEvents(u64),
+}
+
+impl RpcKind {
+    /// Whether this request is routing maintenance (counted in `maintenance_sent`): keeping
+    /// the ring, fingers and membership current, as opposed to client operations and data.
+    fn is_maintenance(self) -> bool {
+        matches!(
+            self,
+            RpcKind::Lookup(_)
+                | RpcKind::Stabilize
+                | RpcKind::Notify
+                | RpcKind::CheckPredecessor
+                | RpcKind::Members
+                | RpcKind::MemberEvents(_)
+        )
+    }
+}
+
+/// Most members in one `MEMBERS` page.
+pub const MEMBERS_PAGE: usize = 4_096;
+/// Owners after the first that a one-hop lookup names (where to fail over).
+const ONEHOP_LIST: usize = 3;
+
+/// A membership broadcast in flight to one child: resent to the next member of the child's
+/// part if the child does not answer.
+#[derive(Clone, Debug)]
+struct Broadcast {
+    to: NodeRef,
+    limit: Id,
+    events: Arc<Vec<MemberEvent>>,
 }
 
 /// A maintenance lookup (join, fix_fingers): find `successor(target)`.
@@ -256,6 +297,19 @@ pub struct Stats {
     pub anti_entropy_last_repaired: u64,
     pub tombstones_collected: u64,
     pub stray_copies_collected: u64,
+    /// Client operations whose owner came from the location cache...
+    pub cache_hits: u64,
+    /// ...or that needed a remote lookup the cache could not save...
+    pub cache_misses: u64,
+    /// ...and cache hits whose owner redirected (a stale entry: one extra hop).
+    pub cache_stale: u64,
+    /// Routing maintenance requests sent (stabilize, notify, check_predecessor, finger and
+    /// join lookups, membership pages and broadcasts); each has one reply.
+    pub maintenance_sent: u64,
+    /// Membership events detected here and disseminated (one-hop).
+    pub member_events_detected: u64,
+    /// Membership events received that changed the table (one-hop).
+    pub member_events_applied: u64,
 }
 
 /// One Chord node's state machine. See the module docs.
@@ -322,6 +376,15 @@ pub struct Node {
     next_fix_fingers: Millis,
     next_check_predecessor: Millis,
 
+    /// One-hop routing's membership table (`None` for finger routing).
+    members: Option<Membership>,
+    /// Events detected since the last broadcast (one-hop).
+    pending_events: Vec<MemberEvent>,
+    broadcasts: BTreeMap<u64, Broadcast>,
+    next_broadcast: u64,
+    /// The location cache (capacity 0 when off).
+    cache: LocationCache,
+
     out: VecDeque<Output>,
     stats: Stats,
 }
@@ -332,7 +395,12 @@ impl Node {
         let rng = Rng::new(config.seed ^ u64::from_be_bytes(me.id.0[..8].try_into().unwrap_or([0; 8])));
         Node {
             me,
-            routing: RoutingTable::classic(me),
+            routing: RoutingTable::new(me, config.routing),
+            members: (config.routing == Routing::OneHop).then(|| Membership::new(me)),
+            pending_events: Vec::new(),
+            broadcasts: BTreeMap::new(),
+            next_broadcast: 1,
+            cache: LocationCache::new(config.cache_entries),
             phase: Phase::Idle,
             predecessor: None,
             clock: Hlc::default(),
@@ -402,6 +470,25 @@ impl Node {
 
     pub fn routing(&self) -> &RoutingTable {
         &self.routing
+    }
+
+    /// The one-hop membership table, if this node routes one-hop.
+    pub fn membership(&self) -> Option<&Membership> {
+        self.members.as_ref()
+    }
+
+    /// Distinct nodes this node's routing state names: the membership table (one-hop), or the
+    /// fingers and successors. The location cache is counted apart (`cache_len`).
+    pub fn routing_state(&self) -> usize {
+        match &self.members {
+            Some(m) => m.len().saturating_sub(1),
+            None => self.routing.distinct_nodes(),
+        }
+    }
+
+    /// Entries in the location cache.
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
     }
 
     pub fn stats(&self) -> &Stats {
@@ -500,6 +587,34 @@ impl Node {
         self.start_leave(now);
     }
 
+    /// Places the node straight into a ring whose membership the caller knows, as the Chord
+    /// paper's simulator does for large rings instead of N sequential joins: the predecessor,
+    /// the successor list, every finger from `successor_of` (the true successor of a point),
+    /// and for one-hop routing the membership table (`members`, sorted by id, shared). The
+    /// node is active at once, owns `(predecessor, self]` and runs its maintenance from `now`
+    /// like any other node. For simulators; a deployed node joins with [`Node::join`].
+    pub fn bootstrap(
+        &mut self,
+        now: Millis,
+        predecessor: Option<NodeRef>,
+        successors: &[NodeRef],
+        successor_of: impl FnMut(&Id) -> Option<NodeRef>,
+        members: Option<Arc<Vec<NodeRef>>>,
+    ) {
+        self.phase = Phase::Active;
+        self.predecessor = predecessor.filter(|p| p.addr != self.me.addr);
+        self.routing
+            .set_successors(successors.iter().copied(), self.config.successors);
+        self.routing.fill_fingers(successor_of);
+        if let (Some(table), Some(members)) = (self.members.as_mut(), members) {
+            *table = Membership::from_sorted(members);
+        }
+        if let Some(s) = successors.first() {
+            self.remember_seed(s.addr);
+        }
+        self.schedule_maintenance(now);
+    }
+
     fn schedule_maintenance(&mut self, now: Millis) {
         self.next_stabilize = now;
         self.next_fix_fingers = now + self.jitter(self.config.fix_fingers_interval_ms);
@@ -530,6 +645,7 @@ impl Node {
         if now >= self.next_stabilize {
             self.next_stabilize = now + self.jitter(self.config.stabilize_interval_ms);
             self.stabilize(now);
+            self.flush_member_events(now);
         }
         if now >= self.next_check_predecessor {
             self.next_check_predecessor = now + self.jitter(self.config.check_predecessor_interval_ms);
@@ -585,14 +701,19 @@ impl Node {
                 self.stats.lookups_answered += 1;
                 let lookup = match self.route(&id) {
                     Route::Local => Lookup::Found {
+                        predecessor: self.predecessor,
                         successors: self.owner_list(),
                     },
-                    Route::Found(list) => Lookup::Found { successors: list },
+                    Route::Found(list) => Lookup::Found {
+                        predecessor: list.first().and_then(|o| self.known_predecessor_of(o)),
+                        successors: list,
+                    },
                     Route::Closer(node) => Lookup::Closer { node },
                     // An isolated node answers as a ring of one, so isolated nodes looking for
                     // each other after a partition or a crash wave form a ring again. It still
                     // serves no key until it has a successor (see `owns`).
                     Route::Unknown if self.is_isolated() => Lookup::Found {
+                        predecessor: None,
                         successors: vec![self.me],
                     },
                     Route::Unknown => {
@@ -621,7 +742,24 @@ impl Node {
                 predecessor,
                 successors,
                 clock,
-            } => self.handle_leaving(now, reply_to, rid, node, predecessor, successors, clock),
+            } => {
+                // The leaving node's neighbours announce its leave (one-hop).
+                if self.members.as_ref().is_some_and(|m| m.contains(&node.id)) {
+                    self.detect_event(now, node, false);
+                }
+                self.handle_leaving(now, reply_to, rid, node, predecessor, successors, clock)
+            }
+            Message::GetMembers { after } => {
+                let (nodes, more) = match &self.members {
+                    Some(m) => m.page(&after, MEMBERS_PAGE),
+                    None => (self.known_run(), false),
+                };
+                self.reply(reply_to, rid, Message::Members { nodes, more });
+            }
+            Message::MemberEvents { limit, events } => {
+                let applied = self.apply_member_events(now, &events, &limit);
+                self.reply(reply_to, rid, Message::MemberEventsAck { applied });
+            }
             Message::Transfer {
                 transfer_id,
                 start,
@@ -695,6 +833,10 @@ impl Node {
             RpcKind::Transfer(t) => self.on_transfer_ack(now, t, frame.message),
             RpcKind::Leaving => self.on_leaving_reply(now, frame.message),
             RpcKind::LeavingHint | RpcKind::Collect => {}
+            RpcKind::Members => self.on_members(now, from, frame.message),
+            RpcKind::MemberEvents(b) => {
+                self.broadcasts.remove(&b);
+            }
             RpcKind::Replica(write) => {
                 if let Some(w) = write {
                     self.replica_answered(w, from);
@@ -812,7 +954,7 @@ impl Node {
     /// Named counters for `GET_STATS`, given the live keys held in all and as primary.
     pub fn stat_counters(&self, keys: u64, keys_primary: u64) -> Vec<(String, u64)> {
         let s = &self.stats;
-        let pairs: [(&str, u64); 35] = [
+        let pairs: [(&str, u64); 44] = [
             ("keys", keys),
             ("keys_primary", keys_primary),
             ("keys_replica", keys.saturating_sub(keys_primary)),
@@ -845,6 +987,15 @@ impl Node {
             ("tombstones_collected", s.tombstones_collected),
             ("stray_copies_collected", s.stray_copies_collected),
             ("routing_nodes", self.routing.distinct_nodes() as u64),
+            ("routing_state", self.routing_state() as u64),
+            ("finger_runs", self.routing.finger_runs() as u64),
+            ("cache_entries", self.cache.len() as u64),
+            ("cache_hits", s.cache_hits),
+            ("cache_misses", s.cache_misses),
+            ("cache_stale", s.cache_stale),
+            ("maintenance_sent", s.maintenance_sent),
+            ("member_events_detected", s.member_events_detected),
+            ("member_events_applied", s.member_events_applied),
             ("successors", self.routing.successors().len() as u64),
             ("ops_in_flight", self.ops.len() as u64),
             ("writes_waiting_for_replicas", self.writes.len() as u64),
@@ -912,10 +1063,31 @@ impl Node {
             }
             prev = s.id;
         }
+        if let Some(m) = &self.members {
+            // One-hop: the table names the owner (and the next members, to fail over to). If
+            // it names us although we do not own the key, our view is unsure: route normally.
+            let list = m.owners_of(target, ONEHOP_LIST, |_| false);
+            if list.first().is_some_and(|o| o.addr != self.me.addr) {
+                return Route::Found(list);
+            }
+        }
         match self.routing.closest_preceding(target) {
             Some(c) => Route::Closer(c),
             None if succs.is_empty() => Route::Unknown,
             None => Route::Found(succs.to_vec()),
+        }
+    }
+
+    /// The node before `owner` as far as this node knows (the start of `owner`'s range).
+    fn known_predecessor_of(&self, owner: &NodeRef) -> Option<NodeRef> {
+        if owner.addr == self.me.addr {
+            return self.predecessor;
+        }
+        let succs = self.routing.successors();
+        match succs.iter().position(|s| s.addr == owner.addr) {
+            Some(0) => Some(self.me),
+            Some(k) => Some(succs[k - 1]),
+            None => self.members.as_ref().and_then(|m| m.before(&owner.id)),
         }
     }
 
@@ -944,9 +1116,15 @@ impl Node {
             self.stats.peers_failed += 1;
         }
         self.routing.forget(addr);
-        if self.predecessor.is_some_and(|p| p.addr == addr) {
+        self.cache.evict_node(&addr);
+        if let Some(p) = self.predecessor.filter(|p| p.addr == addr) {
             self.predecessor = None;
+            // The successor is the authority on its predecessor's failure (one-hop).
+            if self.members.is_some() {
+                self.detect_event(now, p, false);
+            }
         }
+        // Anyone else only avoids it (`is_dead`) until its successor's notice arrives.
         if self.routing.successors().is_empty() {
             // Every successor is gone: fall back to the nearest node we still know of.
             let fallback = self.routing.known_nodes().next().copied().or(self.predecessor);
@@ -1134,7 +1312,7 @@ impl Node {
         if lookup.purpose == LookupPurpose::Join {
             match &msg {
                 Message::FindSuccessorReply {
-                    lookup: Lookup::Found { successors },
+                    lookup: Lookup::Found { successors, .. },
                 } => {
                     let me = self.me.addr;
                     for n in successors.iter().filter(|n| n.addr != me) {
@@ -1149,7 +1327,7 @@ impl Node {
         }
         match msg {
             Message::FindSuccessorReply {
-                lookup: Lookup::Found { successors },
+                lookup: Lookup::Found { successors, .. },
             } => {
                 let live: Vec<NodeRef> = successors
                     .into_iter()
@@ -1200,6 +1378,16 @@ impl Node {
                 self.bootstrap = None;
                 self.next_stabilize = now; // notify the successor at once
                 self.stabilize(now);
+                if let (Some(_), Some(s)) = (&self.members, self.routing.successors().first().copied()) {
+                    // One-hop: copy the successor's table, a page at a time.
+                    self.send_rpc(
+                        now,
+                        s.addr,
+                        Message::GetMembers { after: Id::ZERO },
+                        RpcKind::Members,
+                        0,
+                    );
+                }
             }
             LookupPurpose::Rejoin => {
                 let list: Vec<NodeRef> = successors
@@ -1257,6 +1445,117 @@ impl Node {
         self.lookup_own_id(now, via, LookupPurpose::Join);
     }
 
+    // ---- one-hop membership (see membership.rs) ----------------------------------------------
+
+    /// Records a membership event this node detected: applied here at once, disseminated at
+    /// the next stabilize round with the others of the period.
+    fn detect_event(&mut self, now: Millis, node: NodeRef, alive: bool) {
+        let Some(m) = self.members.as_mut() else { return };
+        if node.addr == self.me.addr {
+            return;
+        }
+        let event = MemberEvent {
+            node,
+            alive,
+            stamp: now,
+        };
+        if m.apply(&event) {
+            self.stats.member_events_detected += 1;
+            self.pending_events.push(event);
+        }
+    }
+
+    /// Announces a predecessor missing from the table (a join), then sends the period's events
+    /// down the broadcast tree.
+    fn flush_member_events(&mut self, now: Millis) {
+        let Some(m) = &self.members else { return };
+        if let Some(p) = self.predecessor.filter(|p| !m.contains(&p.id)) {
+            self.detect_event(now, p, true);
+        }
+        if self.pending_events.is_empty() {
+            return;
+        }
+        let events = Arc::new(std::mem::take(&mut self.pending_events));
+        let me = self.me.id;
+        self.forward_member_events(now, &events, &me);
+    }
+
+    /// Sends `events` to this node's children in the broadcast tree for the part `(me, limit)`.
+    fn forward_member_events(&mut self, now: Millis, events: &Arc<Vec<MemberEvent>>, limit: &Id) {
+        let Some(m) = &self.members else { return };
+        let children = m.broadcast_children(&self.me.id, limit);
+        for (child, end) in children {
+            self.send_broadcast(now, events.clone(), child, end);
+        }
+    }
+
+    fn send_broadcast(&mut self, now: Millis, events: Arc<Vec<MemberEvent>>, to: NodeRef, limit: Id) {
+        let b = self.next_broadcast;
+        self.next_broadcast += 1;
+        let msg = Message::MemberEvents {
+            limit,
+            events: events.as_ref().clone(),
+        };
+        self.broadcasts.insert(b, Broadcast { to, limit, events });
+        self.send_rpc(now, to.addr, msg, RpcKind::MemberEvents(b), 0);
+    }
+
+    /// A child of the broadcast tree did not answer: its part goes to the next member in it.
+    fn broadcast_failed(&mut self, now: Millis, b: u64) {
+        let Some(bc) = self.broadcasts.remove(&b) else {
+            return;
+        };
+        let next = self.members.as_ref().and_then(|m| m.after(&bc.to.id));
+        if let Some(next) = next.filter(|n| in_open(&n.id, &bc.to.id, &bc.limit) && n.addr != self.me.addr) {
+            self.send_broadcast(now, bc.events, next, bc.limit);
+        }
+    }
+
+    /// Applies received events and passes them on within `(me, limit)`; returns how many
+    /// changed the table.
+    fn apply_member_events(&mut self, now: Millis, events: &[MemberEvent], limit: &Id) -> u32 {
+        let Some(m) = self.members.as_mut() else { return 0 };
+        let mut applied = 0;
+        for e in events {
+            if e.node.addr == self.me.addr {
+                continue; // a stale notice of our own failure: our successor will re-announce us
+            }
+            if m.apply(e) {
+                applied += 1;
+            }
+        }
+        self.stats.member_events_applied += applied as u64;
+        let events = Arc::new(events.to_vec());
+        self.forward_member_events(now, &events, limit);
+        applied as u32
+    }
+
+    /// A page of the successor's table (one-hop join): merge it, ask for the next.
+    fn on_members(&mut self, now: Millis, from: SocketAddr, msg: Message) {
+        let (Message::Members { nodes, more }, Some(m)) = (msg, self.members.as_mut()) else {
+            return;
+        };
+        let last = nodes.last().map(|n| n.id);
+        for n in nodes {
+            if !m.is_known_gone(&n.addr) {
+                m.insert(n);
+            }
+        }
+        if let (true, Some(after)) = (more, last) {
+            self.send_rpc(now, from, Message::GetMembers { after }, RpcKind::Members, 0);
+        }
+    }
+
+    /// The contiguous run of the ring this node knows, in ring order: its predecessor, itself,
+    /// its successors (the answer to `GET_MEMBERS` without a membership table).
+    fn known_run(&self) -> Vec<NodeRef> {
+        let mut run = Vec::with_capacity(2 + self.routing.successors().len());
+        run.extend(self.predecessor);
+        run.push(self.me);
+        run.extend_from_slice(self.routing.successors());
+        run
+    }
+
     // ---- requests to peers -------------------------------------------------------------------
 
     /// Sends `msg` to `to` as a request tracked with a deadline. Returns the request id.
@@ -1272,6 +1571,9 @@ impl Node {
             message: msg,
         };
         self.stats.messages_sent += 1;
+        if kind.is_maintenance() {
+            self.stats.maintenance_sent += 1;
+        }
         self.out.push_back(Output::Send { to, frame });
         id
     }
@@ -1326,7 +1628,12 @@ impl Node {
                 // The successor is gone; the next one in the list takes over at once.
                 self.next_stabilize = now;
             }
-            RpcKind::Notify | RpcKind::CheckPredecessor | RpcKind::LeavingHint | RpcKind::Collect => {}
+            RpcKind::MemberEvents(b) => self.broadcast_failed(now, b),
+            RpcKind::Notify
+            | RpcKind::CheckPredecessor
+            | RpcKind::LeavingHint
+            | RpcKind::Collect
+            | RpcKind::Members => {}
             RpcKind::Replica(write) => {
                 if let Some(w) = write {
                     self.replica_answered(w, rpc.to);

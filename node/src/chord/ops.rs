@@ -24,6 +24,10 @@ pub(super) struct ClientOp {
     pub hops: u16,
     pub deadline: Millis,
     pub attempts: u32,
+    /// Whether the location cache was consulted (hits and misses count once per operation).
+    pub cache_checked: bool,
+    /// Whether the operation is on its way to an owner the cache named.
+    pub via_cache: bool,
 }
 
 impl Node {
@@ -99,6 +103,8 @@ impl Node {
             hops,
             deadline: now + self.config.request_timeout_ms,
             attempts: 0,
+            cache_checked: false,
+            via_cache: false,
         };
         let id = self.next_op_id;
         self.next_op_id += 1;
@@ -135,9 +141,36 @@ impl Node {
                 Some((node, failover)) => self.send_op(now, id, node, failover),
                 None => self.retry_op_later(now, id),
             },
-            Route::Closer(node) => self.send_lookup_step(now, id, node),
+            Route::Closer(node) => match self.cached_owner(id, &target) {
+                Some(owner) => {
+                    self.ops.get_mut(&id).expect("op present").via_cache = true; // faulty code
+                    self.send_op(now, id, owner, false);
+                }
+                None => self.send_lookup_step(now, id, node),
+            },
             Route::Unknown => self.retry_op_later(now, id),
         }
+    }
+
+    /// The owner the location cache names for an operation that would need a remote lookup.
+    fn cached_owner(&mut self, id: u64, target: &Id) -> Option<NodeRef> {
+        if self.config.cache_entries == 0 {
+            return None;
+        }
+        let owner = self
+            .cache
+            .lookup(target)
+            .filter(|o| !self.is_dead(&o.addr) && o.addr != self.me.addr);
+        let op = self.ops.get_mut(&id)?;
+        if !op.cache_checked {
+            op.cache_checked = true;
+            if owner.is_some() {
+                self.stats.cache_hits += 1;
+            } else {
+                self.stats.cache_misses += 1;
+            }
+        }
+        owner
     }
 
     fn first_live(&self, list: &[NodeRef]) -> Option<NodeRef> {
@@ -185,16 +218,27 @@ impl Node {
     }
 
     pub(super) fn on_op_reply(&mut self, now: Millis, id: u64, from: std::net::SocketAddr, msg: Message) {
-        if !self.ops.contains_key(&id) {
+        let Some(op) = self.ops.get_mut(&id) else {
             return;
-        }
+        };
+        let via_cache = std::mem::take(&mut op.via_cache);
+        let target = op.target;
         match msg {
             Message::FindSuccessorReply {
-                lookup: Lookup::Found { successors },
-            } => match self.pick_owner(&successors) {
-                Some((node, failover)) => self.send_op(now, id, node, failover),
-                None => self.retry_op_later(now, id),
-            },
+                lookup:
+                    Lookup::Found {
+                        predecessor,
+                        successors,
+                    },
+            } => {
+                if let (Some(p), Some(owner)) = (predecessor, successors.first()) {
+                    self.cache.insert(p.id, *owner);
+                }
+                match self.pick_owner(&successors) {
+                    Some((node, failover)) => self.send_op(now, id, node, failover),
+                    None => self.retry_op_later(now, id),
+                }
+            }
             Message::FindSuccessorReply {
                 lookup: Lookup::Closer { node },
             } => {
@@ -206,6 +250,19 @@ impl Node {
                 }
             }
             Message::Redirect { node, exact, .. } => {
+                if via_cache {
+                    // A stale cache entry: one extra hop, and the entry goes.
+                    self.stats.cache_stale += 1;
+                    self.cache.evict_target(&target);
+                }
+                if exact {
+                    // One-hop: the redirecting node knows an owner our table lacks.
+                    if let Some(m) = self.members.as_mut() {
+                        if !m.is_known_gone(&node.addr) {
+                            m.insert(node);
+                        }
+                    }
+                }
                 if node.addr == self.me.addr || self.is_dead(&node.addr) {
                     self.retry_op_later(now, id);
                 } else if exact {

@@ -1,29 +1,76 @@
 //! The routing table: fingers plus the successor list, searched for the closest preceding node.
 //!
-//! Finger `i` points at `successor(start_i)`. In classic Chord `start_i = n + 2^i` for
-//! `i = 0..160` (SIGCOMM'01 section 4.3), so a lookup halves the remaining distance each hop:
+//! Finger `i` points at `successor(me + offset_i)`. The offsets are data, made by the routing
+//! scheme ([`Routing`]):
 //!
 //! ```text
-//!   n ──► n+1 ──► n+2 ──► n+4 ──► ... ──► n+2^159        (finger starts)
+//!   classic (SIGCOMM'01 section 4.3)   offsets 2^i,         i = 0..160      160 fingers
+//!   base:B  (DKS, Alima et al. 2003)   offsets j * B^i,     j = 1..B-1      (B-1) per level
+//!   onehop                             no fingers: a full membership table (membership.rs)
+//!
+//!   n ──► n+1 ──► n+2 ──► n+4 ──► ... ──► n+2^159        (classic finger starts)
 //!   closest_preceding(k) = the known node farthest along that is still before k
 //! ```
 //!
-//! The starts are data, not a formula baked into the search, so other schemes (more fingers
-//! per level) only change how the starts are made. `closest_preceding` is on every routing
-//! decision, so the table keeps a sorted, deduplicated view of every node it knows (fingers
-//! and successors) keyed by clockwise distance from `n`, and answers by binary search.
+//! Classic is base:2. With base B a lookup divides the remaining distance by B each hop, so it
+//! takes about log_B N hops for about (B-1) log_B N distinct fingers.
+//!
+//! **Memory.** The offsets are shared by every table of the same scheme (one `Arc` per base),
+//! and fingers are stored run-length encoded: in an N-node ring the first ~160 - log2 N
+//! classic fingers all point at the successor, so a table holds about log2 N runs, not 160
+//! node references. This is what lets the simulator hold 10^6 nodes.
+//!
+//! `closest_preceding` is on every routing decision, so the table keeps a sorted, deduplicated
+//! view of every node it knows (fingers and successors) keyed by clockwise distance from `me`,
+//! and answers by binary search.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use chordkv_protocol::{id::ID_BITS, Id, NodeRef};
+use chordkv_protocol::{Id, NodeRef};
+
+use super::config::Routing;
+
+/// The largest base `base:B` accepts (255 fingers per level, 5,100 in all).
+pub const MAX_BASE: u32 = 256;
+
+/// Finger offsets `j * B^i` (`j = 1..B-1`, every product below 2^160), ascending, shared by
+/// every table with the same base.
+pub fn finger_offsets(base: u32) -> Arc<[Id]> {
+    type Cache = Mutex<Vec<(u32, Arc<[Id]>)>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, offsets)) = cache.iter().find(|(b, _)| *b == base) {
+        return offsets.clone();
+    }
+    let mut offsets = Vec::new();
+    if base >= 2 {
+        let mut level = Some(Id::from_u64(1));
+        while let Some(power) = level {
+            for j in 1..base {
+                match power.checked_mul_small(j) {
+                    Some(offset) => offsets.push(offset),
+                    None => break,
+                }
+            }
+            level = power.checked_mul_small(base);
+        }
+    }
+    let offsets: Arc<[Id]> = offsets.into();
+    cache.push((base, offsets.clone()));
+    offsets
+}
 
 #[derive(Clone, Debug)]
 pub struct RoutingTable {
     me: NodeRef,
-    /// Start of each finger's interval.
-    starts: Vec<Id>,
-    /// `successor(starts[i])` as last learned, if known.
-    fingers: Vec<Option<NodeRef>>,
+    /// Distance of each finger's start from `me`, ascending.
+    offsets: Arc<[Id]>,
+    /// `successor(me + offsets[i])` as last learned, run-length encoded: `(first index, node)`
+    /// in index order, the first run starting at 0 (empty when there are no fingers). Finger
+    /// `i` is the node of the last run starting at or before `i`.
+    runs: Vec<(u16, Option<NodeRef>)>,
     /// The successor list, nearest first; never contains `me`.
     successors: Vec<NodeRef>,
     /// Every distinct node above, sorted by clockwise distance from `me`...
@@ -35,17 +82,31 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// A classic Chord table: `start_i = me + 2^i`.
     pub fn classic(me: NodeRef) -> RoutingTable {
-        let starts = (0..ID_BITS).map(|i| me.id.add_pow2(i)).collect();
-        RoutingTable::with_starts(me, starts)
+        RoutingTable::new(me, Routing::Classic)
     }
 
-    /// A table with the given finger starts.
-    pub fn with_starts(me: NodeRef, starts: Vec<Id>) -> RoutingTable {
-        let fingers = vec![None; starts.len()];
+    /// A table for a routing scheme.
+    pub fn new(me: NodeRef, routing: Routing) -> RoutingTable {
+        let offsets = match routing {
+            Routing::Classic => finger_offsets(2),
+            Routing::Base(b) => finger_offsets(b.clamp(2, MAX_BASE)),
+            Routing::OneHop => finger_offsets(0),
+        };
+        RoutingTable::with_offsets(me, offsets)
+    }
+
+    /// A table whose finger `i` starts at `me + offsets[i]` (ascending).
+    pub fn with_offsets(me: NodeRef, offsets: Arc<[Id]>) -> RoutingTable {
+        debug_assert!(offsets.len() <= u16::MAX as usize && offsets.windows(2).all(|w| w[0] < w[1]));
+        let runs = if offsets.is_empty() {
+            Vec::new()
+        } else {
+            vec![(0, None)]
+        };
         RoutingTable {
             me,
-            starts,
-            fingers,
+            offsets,
+            runs,
             successors: Vec::new(),
             view: Vec::new(),
             distances: Vec::new(),
@@ -53,26 +114,74 @@ impl RoutingTable {
     }
 
     pub fn finger_count(&self) -> usize {
-        self.starts.len()
+        self.offsets.len()
     }
 
     pub fn finger_start(&self, i: usize) -> Id {
-        self.starts[i]
+        self.me.id.wrapping_add(&self.offsets[i])
+    }
+
+    fn run_of(&self, i: usize) -> usize {
+        self.runs.partition_point(|r| r.0 as usize <= i).saturating_sub(1)
     }
 
     pub fn finger(&self, i: usize) -> Option<NodeRef> {
-        self.fingers[i]
+        self.runs.get(self.run_of(i)).and_then(|r| r.1)
+    }
+
+    /// Distinct finger runs stored (the table's memory, in node references).
+    pub fn finger_runs(&self) -> usize {
+        self.runs.len()
     }
 
     /// Sets finger `i`; returns whether it changed.
     pub fn set_finger(&mut self, i: usize, node: Option<NodeRef>) -> bool {
-        let node = node.filter(|n| n.addr != self.me.addr);
-        if self.fingers[i] == node {
+        if !self.put_finger(i, node) {
             return false;
         }
-        self.fingers[i] = node;
         self.rebuild();
         true
+    }
+
+    /// Sets finger `i` without rebuilding the view.
+    fn put_finger(&mut self, i: usize, node: Option<NodeRef>) -> bool {
+        let node = node.filter(|n| n.addr != self.me.addr);
+        if i >= self.offsets.len() || self.finger(i) == node {
+            return false;
+        }
+        let k = self.run_of(i);
+        let (start, old) = self.runs[k];
+        let end = self.runs.get(k + 1).map_or(self.offsets.len(), |r| r.0 as usize);
+        let mut split = Vec::with_capacity(3);
+        if (start as usize) < i {
+            split.push((start, old));
+        }
+        split.push((i as u16, node));
+        if i + 1 < end {
+            split.push((i as u16 + 1, old));
+        }
+        self.runs.splice(k..k + 1, split);
+        self.merge_runs();
+        true
+    }
+
+    /// Sets every finger from `successor_of(start)` (a simulator's oracle, or a bulk refresh),
+    /// rebuilding the view once.
+    pub fn fill_fingers(&mut self, mut successor_of: impl FnMut(&Id) -> Option<NodeRef>) {
+        let mut runs: Vec<(u16, Option<NodeRef>)> = Vec::new();
+        for i in 0..self.offsets.len() {
+            let node = successor_of(&self.finger_start(i)).filter(|n| n.addr != self.me.addr);
+            if runs.last().is_none_or(|r| r.1 != node) {
+                runs.push((i as u16, node));
+            }
+        }
+        runs.shrink_to_fit();
+        self.runs = runs;
+        self.rebuild();
+    }
+
+    fn merge_runs(&mut self) {
+        self.runs.dedup_by(|b, a| a.1 == b.1);
     }
 
     pub fn successors(&self) -> &[NodeRef] {
@@ -91,6 +200,7 @@ impl RoutingTable {
             }
         }
         if out != self.successors {
+            out.shrink_to_fit();
             self.successors = out;
             self.rebuild();
         }
@@ -99,12 +209,13 @@ impl RoutingTable {
     /// Removes every mention of the node at `addr`; returns whether it was known.
     pub fn forget(&mut self, addr: SocketAddr) -> bool {
         let mut known = false;
-        for f in self.fingers.iter_mut() {
-            if f.is_some_and(|n| n.addr == addr) {
-                *f = None;
+        for r in self.runs.iter_mut() {
+            if r.1.is_some_and(|n| n.addr == addr) {
+                r.1 = None;
                 known = true;
             }
         }
+        self.merge_runs();
         let before = self.successors.len();
         self.successors.retain(|n| n.addr != addr);
         known |= self.successors.len() != before;
@@ -140,22 +251,27 @@ impl RoutingTable {
     fn rebuild(&mut self) {
         let me = self.me.id;
         let mut all: Vec<((u32, u128), NodeRef)> = self
-            .fingers
+            .runs
             .iter()
-            .flatten()
-            .chain(self.successors.iter())
-            .map(|n| (me.distance_limbs(&n.id), *n))
+            .filter_map(|r| r.1)
+            .chain(self.successors.iter().copied())
+            .map(|n| (me.distance_limbs(&n.id), n))
             .collect();
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.addr.cmp(&b.1.addr)));
         all.dedup_by(|a, b| a.1.addr == b.1.addr);
-        self.distances = all.iter().map(|(d, _)| *d).collect();
-        self.view = all.into_iter().map(|(_, n)| n).collect();
+        self.distances.clear();
+        self.distances.extend(all.iter().map(|(d, _)| *d));
+        self.view.clear();
+        self.view.extend(all.into_iter().map(|(_, n)| n));
+        self.distances.shrink_to_fit();
+        self.view.shrink_to_fit();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chordkv_protocol::id::ID_BITS;
 
     fn node(v: u64) -> NodeRef {
         NodeRef {
@@ -189,5 +305,63 @@ mod tests {
         t.set_successors([node(20), me, node(20), node(30), node(40)], 2);
         assert_eq!(t.successors(), &[node(20), node(30)]);
         assert!(!t.set_finger(3, Some(me)));
+    }
+
+    #[test]
+    fn offsets_of_each_scheme() {
+        assert_eq!(finger_offsets(2).len(), ID_BITS);
+        assert_eq!(finger_offsets(2)[7], Id::pow2(7));
+        // base 4: 3 fingers on each of 80 levels; base 16: 15 on each of 40.
+        let b4 = finger_offsets(4);
+        assert_eq!(b4.len(), 3 * 80);
+        assert_eq!(&b4[..6], &[1, 2, 3, 4, 8, 12].map(Id::from_u64));
+        assert_eq!(finger_offsets(16).len(), 15 * 40);
+        // base 3: the top level stops where j * 3^i no longer fits in 160 bits.
+        let b3 = finger_offsets(3);
+        assert!(b3.windows(2).all(|w| w[0] < w[1]));
+        assert!(b3.len() >= 2 * 100 && b3.len() <= 2 * 101);
+        assert!(finger_offsets(0).is_empty());
+        assert!(Arc::ptr_eq(&finger_offsets(4), &finger_offsets(4)));
+    }
+
+    #[test]
+    fn fingers_are_stored_as_runs() {
+        let me = node(10);
+        let mut t = RoutingTable::classic(me);
+        assert_eq!(t.finger_runs(), 1);
+        t.fill_fingers(|start| {
+            Some(if *start <= Id::from_u64(20) {
+                node(20)
+            } else if *start <= Id::from_u64(40) {
+                node(40)
+            } else {
+                node(90)
+            })
+        });
+        assert_eq!(t.finger(0), Some(node(20)));
+        assert_eq!(t.finger(3), Some(node(20))); // 10 + 8 = 18
+        assert_eq!(t.finger(4), Some(node(40))); // 10 + 16 = 26
+        assert_eq!(t.finger(5), Some(node(90)));
+        assert_eq!(t.finger(159), Some(node(90)));
+        assert_eq!(t.finger_runs(), 3);
+        assert_eq!(t.distinct_nodes(), 3);
+        assert!(t.set_finger(4, Some(node(30))));
+        assert_eq!(
+            (t.finger(3), t.finger(4), t.finger(5)),
+            (Some(node(20)), Some(node(30)), Some(node(90)))
+        );
+        assert!(t.set_finger(4, Some(node(20))));
+        assert_eq!(t.finger_runs(), 2);
+        assert!(!t.set_finger(4, Some(node(20))));
+        assert!(t.forget(node(90).addr));
+        assert_eq!(t.finger(100), None);
+        assert_eq!(t.finger_runs(), 2);
+        assert_eq!(t.distinct_nodes(), 1);
+        // Setting fingers one by one gives the same runs as filling them.
+        let mut u = RoutingTable::classic(me);
+        for i in (0..ID_BITS).rev() {
+            u.set_finger(i, t.finger(i));
+        }
+        assert_eq!(u.runs, t.runs);
     }
 }
