@@ -245,6 +245,7 @@ fn svg(w: &Workload, trials: &[RateTrial]) -> String {
                 points: vec![point],
                 color: replicas as usize,
                 dashed: false,
+                bars: Vec::new(),
             }),
         }
     }

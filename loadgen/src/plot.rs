@@ -352,6 +352,8 @@ pub struct XySeries {
     pub color: usize,
     /// A dashed line without markers (a prediction), else a solid line with a dot per point.
     pub dashed: bool,
+    /// Optional vertical bars, `(x, low, high)` each (e.g. the spread of the trials).
+    pub bars: Vec<(f64, f64, f64)>,
 }
 
 /// A line chart on linear axes starting at 0: x ticks at every distinct x of the series
@@ -371,7 +373,7 @@ pub fn xy_svg(
     let x_max = xs.last().copied().unwrap_or(1.0).max(f64::MIN_POSITIVE);
     let y_top = series
         .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .flat_map(|s| s.points.iter().map(|p| p.1).chain(s.bars.iter().map(|b| b.2)))
         .fold(0.0f64, f64::max);
     let y_max = nice_ceiling(y_top.max(0.01));
     let panel = Panel {
@@ -416,6 +418,15 @@ pub fn xy_svg(
             );
         } else {
             panel.polyline(&mut out, &points, color);
+            for &(x, low, high) in &s.bars {
+                let _ = writeln!(
+                    out,
+                    r#"<line x1="{0:.1}" y1="{1:.1}" x2="{0:.1}" y2="{2:.1}" stroke="{color}"/>"#,
+                    panel.px(x),
+                    panel.py(low),
+                    panel.py(high)
+                );
+            }
             for &(x, y) in &points {
                 let _ = writeln!(
                     out,

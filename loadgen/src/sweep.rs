@@ -24,6 +24,7 @@ use chordkv_node::rng::Rng;
 
 use crate::faults::Targets;
 use crate::kill_rate;
+use crate::plot::{self, XySeries};
 use crate::report;
 use crate::run::{find_chordkv, preload, verify_all, CONVERGE_TIMEOUT, DEFAULT_RESULTS_DIR};
 use crate::workload::{Sweep, Workload};
@@ -376,163 +377,41 @@ pub fn markdown(w: &Workload, command: &str, date: &str, cells: &[Cell]) -> Stri
     out
 }
 
-const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
-
 /// `data-loss.svg`: lost fraction against f, one color per N; measured as points joined by
-/// solid lines (a bar from min to max), predicted as dashed lines.
+/// solid lines (a bar from the lowest to the highest trial), predicted as dashed lines.
 pub fn loss_svg(title: &str, nodes: usize, cells: &[Cell]) -> String {
-    let (width, height) = (900.0, 520.0);
-    let (x0, y0, w, h) = (80.0, 50.0, 640.0, 410.0);
-    let f_max = cells.iter().map(|c| c.kills).max().unwrap_or(1).max(1) as f64;
-    let y_top = cells
-        .iter()
-        .flat_map(|c| [c.max, c.predicted])
-        .fold(0.0f64, f64::max);
-    let y_max = nice_ceiling(y_top.max(0.01));
-    let px = |f: f64| x0 + (f / (f_max + 0.5)).clamp(0.0, 1.0) * w;
-    let py = |y: f64| y0 + h - (y / y_max).clamp(0.0, 1.0) * h;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="28" text-anchor="middle" font-size="14">{}</text>"#,
-        x0 + w / 2.0,
-        esc(title)
-    );
-    for k in 0..=5 {
-        let y = y_max * k as f64 / 5.0;
-        let _ = writeln!(
-            out,
-            r##"<line x1="{x0}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="#ddd"/><text x="{2:.1}" y="{3:.1}" text-anchor="end">{4}</text>"##,
-            py(y),
-            x0 + w,
-            x0 - 6.0,
-            py(y) + 4.0,
-            trim_float(y)
-        );
-    }
-    for f in 0..=f_max as usize {
-        let x = px(f as f64);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{0:.1}" stroke="#ddd"/><text x="{x:.1}" y="{1:.1}" text-anchor="middle">{f}</text>"##,
-            y0 + h,
-            y0 + h + 16.0
-        );
-    }
-    let _ = writeln!(
-        out,
-        r##"<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#444"/>"##
-    );
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">f: nodes killed at once (of {nodes})</text>"#,
-        x0 + w / 2.0,
-        y0 + h + 36.0
-    );
-    let (tx, ty) = (x0 - 55.0, y0 + h / 2.0);
-    let _ = writeln!(
-        out,
-        r#"<text x="{tx:.1}" y="{ty:.1}" text-anchor="middle" transform="rotate(-90 {tx:.1} {ty:.1})">fraction of acknowledged keys lost</text>"#
-    );
+    let f_max = cells.iter().map(|c| c.kills).max().unwrap_or(1);
     let mut replicas: Vec<u64> = cells.iter().map(|c| c.replicas).collect();
     replicas.sort_unstable();
     replicas.dedup();
+    let mut series = Vec::new();
     for (i, &n) in replicas.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let mut series: Vec<&Cell> = cells.iter().filter(|c| c.replicas == n).collect();
-        series.sort_by_key(|c| c.kills);
-        // Predicted: dashed, through every f from 0 to the largest, so its shape shows.
-        let predicted: Vec<String> = (0..=f_max as usize)
-            .map(|f| format!("{:.1},{:.1}", px(f as f64), py(predicted_loss(nodes, f, n))))
-            .collect();
-        let _ = writeln!(
-            out,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" stroke-dasharray="6 4" points="{}"/>"#,
-            predicted.join(" ")
-        );
-        // Measured points of the series side by side a little, so their bars do not overlap.
-        let offset = (i as f64 - (replicas.len() - 1) as f64 / 2.0) * 0.05;
-        let measured: Vec<String> = series
-            .iter()
-            .map(|c| format!("{:.1},{:.1}", px(c.kills as f64 + offset), py(c.mean)))
-            .collect();
-        let _ = writeln!(
-            out,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            measured.join(" ")
-        );
-        for c in &series {
-            let x = px(c.kills as f64 + offset);
-            let _ = writeln!(
-                out,
-                r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{color}"/><circle cx="{x:.1}" cy="{:.1}" r="4" fill="{color}"/>"#,
-                py(c.min),
-                py(c.max),
-                py(c.mean)
-            );
-        }
-        let ly = y0 + 10.0 + 20.0 * i as f64;
-        let lx = x0 + w + 15.0;
-        let _ = writeln!(
-            out,
-            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="2"/><circle cx="{:.1}" cy="{ly:.1}" r="4" fill="{color}"/><text x="{:.1}" y="{:.1}">N = {n}</text>"#,
-            lx + 24.0,
-            lx + 12.0,
-            lx + 30.0,
-            ly + 4.0
-        );
+        let measured: Vec<&Cell> = cells.iter().filter(|c| c.replicas == n).collect();
+        series.push(XySeries {
+            name: format!("N = {n}, measured"),
+            points: measured.iter().map(|c| (c.kills as f64, c.mean)).collect(),
+            color: i,
+            dashed: false,
+            bars: measured.iter().map(|c| (c.kills as f64, c.min, c.max)).collect(),
+        });
+        // Through every f from 0 to the largest, so the prediction's shape shows.
+        series.push(XySeries {
+            name: format!("N = {n}, predicted"),
+            points: (0..=f_max)
+                .map(|f| (f as f64, predicted_loss(nodes, f, n)))
+                .collect(),
+            color: i,
+            dashed: true,
+            bars: Vec::new(),
+        });
     }
-    let ly = y0 + 10.0 + 20.0 * replicas.len() as f64 + 10.0;
-    let lx = x0 + w + 15.0;
-    let _ = writeln!(
-        out,
-        r##"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="#444" stroke-width="2"/><text x="{:.1}" y="{:.1}">measured</text>"##,
-        lx + 24.0,
-        lx + 30.0,
-        ly + 4.0
-    );
-    let ly = ly + 20.0;
-    let _ = writeln!(
-        out,
-        r##"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="#444" stroke-width="1.5" stroke-dasharray="6 4"/><text x="{:.1}" y="{:.1}">predicted</text>"##,
-        lx + 24.0,
-        lx + 30.0,
-        ly + 4.0
-    );
-    out.push_str("</svg>\n");
-    out
-}
-
-/// The smallest of 1, 2, 5 times a power of ten at or above `v` (v > 0).
-fn nice_ceiling(v: f64) -> f64 {
-    let p = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
-        .iter()
-        .map(|m| m * p)
-        .find(|&c| c >= v * (1.0 - 1e-9))
-        .unwrap_or(10.0 * p)
-}
-
-fn trim_float(v: f64) -> String {
-    let s = format!("{v:.3}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s.is_empty() {
-        "0".into()
-    } else {
-        s.to_string()
-    }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    plot::xy_svg(
+        title,
+        &format!("f: nodes killed at once (of {nodes})"),
+        "fraction of acknowledged keys lost",
+        &series,
+        &|x| format!("{x}"),
+    )
 }
 
 #[cfg(test)]
@@ -549,14 +428,6 @@ mod tests {
         assert!((predicted_loss(8, 8, 2) - 1.0).abs() < 1e-12);
         // More replicas than nodes: every node holds every key.
         assert!((predicted_loss(2, 2, 5) - 1.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn nice_numbers() {
-        assert_eq!(nice_ceiling(0.3), 0.5);
-        assert_eq!(nice_ceiling(0.05), 0.05);
-        assert_eq!(trim_float(0.1), "0.1");
-        assert_eq!(trim_float(0.0), "0");
     }
 
     #[test]
