@@ -73,6 +73,11 @@ pub struct ClusterSpec {
     pub start_timeout: Duration,
     /// See [`DEFAULT_STOP_TIMEOUT`].
     pub stop_timeout: Duration,
+    /// Give every node a Redis-protocol listener (`--resp`): node `i` on `resp_base_port + i`,
+    /// or on a free port when that is `None`. A restarted node keeps its RESP address.
+    pub resp: bool,
+    /// See `resp`.
+    pub resp_base_port: Option<u16>,
 }
 
 impl ClusterSpec {
@@ -90,6 +95,8 @@ impl ClusterSpec {
             own_process_group: false,
             start_timeout: DEFAULT_START_TIMEOUT,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            resp: false,
+            resp_base_port: None,
         }
     }
 }
@@ -216,6 +223,8 @@ fn describe_walk(report: &RingReport, want: &BTreeSet<SocketAddr>) -> String {
 #[derive(Debug)]
 struct LocalNode {
     addr: SocketAddr,
+    /// The node's RESP listener, if the spec asks for one.
+    resp: Option<SocketAddr>,
     child: Option<Child>,
     paused: bool,
     log: Option<PathBuf>,
@@ -279,6 +288,16 @@ impl LocalCluster {
     /// The address of node `i`.
     pub fn addr(&self, i: usize) -> SocketAddr {
         self.nodes[i].addr
+    }
+
+    /// The RESP (Redis protocol) address of every node, by index, when the spec asks for them.
+    pub fn resp_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().filter_map(|n| n.resp).collect()
+    }
+
+    /// The RESP address of node `i`, when the spec asks for one.
+    pub fn resp_addr(&self, i: usize) -> Option<SocketAddr> {
+        self.nodes.get(i)?.resp
     }
 
     /// The process id of node `i`, if it is running.
@@ -423,7 +442,8 @@ impl LocalCluster {
             bail!("node {i} ({addr}) is still running; kill or terminate it first");
         }
         let join = self.live_peer(Some(i));
-        let node = self.launch(i, Some(addr), join)?;
+        let resp = self.nodes[i].resp;
+        let node = self.launch_with(i, Some(addr), resp, join)?;
         self.nodes[i] = node;
         Ok(())
     }
@@ -495,8 +515,21 @@ impl LocalCluster {
     }
 
     fn pick_addr(&self, index: usize) -> anyhow::Result<SocketAddr> {
+        self.pick_port(index, self.spec.base_port)
+    }
+
+    /// Node `index`'s RESP address, when the spec asks for one.
+    fn pick_resp_addr(&self, index: usize) -> anyhow::Result<Option<SocketAddr>> {
+        if !self.spec.resp {
+            return Ok(None);
+        }
+        self.pick_port(index, self.spec.resp_base_port).map(Some)
+    }
+
+    /// `base + index` on the spec's host, or a free port without a base.
+    fn pick_port(&self, index: usize, base_port: Option<u16>) -> anyhow::Result<SocketAddr> {
         let host = self.spec.host;
-        match self.spec.base_port {
+        match base_port {
             Some(base) => {
                 let port = u16::try_from(index)
                     .ok()
@@ -519,6 +552,17 @@ impl LocalCluster {
         addr: Option<SocketAddr>,
         join: Option<SocketAddr>,
     ) -> anyhow::Result<LocalNode> {
+        self.launch_with(index, addr, None, join)
+    }
+
+    /// [`LocalCluster::launch`] with a RESP address to reuse (a restart).
+    fn launch_with(
+        &mut self,
+        index: usize,
+        addr: Option<SocketAddr>,
+        resp: Option<SocketAddr>,
+        join: Option<SocketAddr>,
+    ) -> anyhow::Result<LocalNode> {
         let retry_ports = addr.is_none() && self.spec.base_port.is_none();
         let attempts = if retry_ports { PORT_ATTEMPTS } else { 1 };
         let mut last_error = None;
@@ -527,11 +571,16 @@ impl LocalCluster {
                 Some(a) => a,
                 None => self.pick_addr(index)?,
             };
-            let (mut child, log) = self.spawn(index, addr, join)?;
+            let resp = match resp {
+                Some(r) => Some(r),
+                None => self.pick_resp_addr(index)?,
+            };
+            let (mut child, log) = self.spawn(index, addr, resp, join)?;
             match self.wait_ready(&mut child, addr, log.as_deref()) {
                 Ok(()) => {
                     return Ok(LocalNode {
                         addr,
+                        resp,
                         child: Some(child),
                         paused: false,
                         log,
@@ -551,10 +600,14 @@ impl LocalCluster {
         &self,
         index: usize,
         addr: SocketAddr,
+        resp: Option<SocketAddr>,
         join: Option<SocketAddr>,
     ) -> anyhow::Result<(Child, Option<PathBuf>)> {
         let mut cmd = Command::new(&self.spec.binary);
         cmd.arg("node").arg("--listen").arg(addr.to_string());
+        if let Some(resp) = resp {
+            cmd.arg("--resp").arg(resp.to_string());
+        }
         if let Some(join) = join {
             cmd.arg("--join").arg(join.to_string());
         }

@@ -87,6 +87,8 @@ enum Command {
     /// `ready: ADDR ADDR ...` (node 0 first) on stdout, and keeps running. A node that dies is
     /// reported on stderr. On SIGINT or SIGTERM it stops the nodes one after another (each
     /// leaves gracefully) and exits 0. Exits 1 if the ring does not become consistent in time.
+    /// With --resp, a line `resp: ADDR ADDR ...` (each node's Redis-protocol address, node 0
+    /// first) comes just before the ready line.
     Cluster(ClusterArgs),
     /// Store VALUE under KEY
     ///
@@ -211,6 +213,11 @@ struct NodeArgs {
     /// applied it, `one` once the primary has (replicas updated in the background).
     #[arg(long, value_name = "POLICY", default_value = "all")]
     ack: AckPolicy,
+    /// Also serve Redis clients (RESP2: GET, SET, DEL, EXISTS, MGET, MSET, PING, INFO, ...) on
+    /// this address (IP:PORT; port 0 picks a free one, printed on stderr). Their requests are
+    /// routed through the ring like any other.
+    #[arg(long, value_name = "ADDR")]
+    resp: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +255,13 @@ struct ClusterArgs {
     /// Each node's ack policy, `all` or `one` [default: the node's default, all].
     #[arg(long, value_name = "POLICY")]
     ack: Option<String>,
+    /// Give every node a Redis-protocol (RESP) listener on a free port; their addresses are
+    /// printed as one line `resp: ADDR ADDR ...` (node 0 first) just before the ready line.
+    #[arg(long)]
+    resp: bool,
+    /// Like --resp, with node i's RESP listener on port P + i.
+    #[arg(long, value_name = "P")]
+    resp_base_port: Option<u16>,
     /// Write each node's output to DIR/node-INDEX-PORT.log instead of this terminal.
     #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
@@ -346,6 +360,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
     let listen = parse_addr(&args.listen)?;
     let advertise = args.advertise.as_deref().map(parse_addr).transpose()?;
     let join = args.join.as_deref().map(parse_addr).transpose()?;
+    let resp = args.resp.as_deref().map(parse_addr).transpose()?;
     let node_id = match &args.id {
         Some(hex) => {
             Some(Id::from_hex(hex).ok_or_else(|| anyhow!("invalid id '{hex}': expected 40 hex digits"))?)
@@ -380,6 +395,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
         chord,
         store,
         store_threads: args.store_threads as usize,
+        resp,
     })?;
     Ok(Outcome::Success)
 }
@@ -416,6 +432,8 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
         ack.parse::<AckPolicy>().map_err(|e| anyhow!(e))?;
         spec.node_args.extend(["--ack".into(), ack]);
     }
+    spec.resp = args.resp || args.resp_base_port.is_some();
+    spec.resp_base_port = args.resp_base_port;
     spec.log_dir = args.log_dir;
     spec.inherit_stderr = true;
     // Ctrl-C reaches only us; we then stop the nodes one by one.
@@ -437,8 +455,15 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
     let addrs: Vec<String> = cluster.addrs().iter().map(|a| a.to_string()).collect();
     {
         let mut out = io::stdout().lock();
+        let resp: Vec<String> = cluster.resp_addrs().iter().map(|a| a.to_string()).collect();
+        // Before the ready line, so that a reader waiting for `ready:` has it already.
+        let resp_line = if resp.is_empty() {
+            String::new()
+        } else {
+            format!("resp: {}\n", resp.join(" "))
+        };
         // A reader that went away does not stop the cluster.
-        let _ = writeln!(out, "ready: {}", addrs.join(" ")).and_then(|()| out.flush());
+        let _ = writeln!(out, "{resp_line}ready: {}", addrs.join(" ")).and_then(|()| out.flush());
     }
     eprintln!(
         "chordkv cluster: {} nodes ready; stop with Ctrl-C or SIGTERM",

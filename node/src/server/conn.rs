@@ -19,6 +19,7 @@ use chordkv_protocol::frame::{decode, DecodeError, EncodeError, Frame};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use super::resp::RespSession;
 use crate::chord::Millis;
 
 /// Room reserved in a fresh read buffer (a small request fits many times over).
@@ -68,6 +69,9 @@ pub(super) struct Conn {
     pub flush_queued: bool,
     /// Requests are not being read because too many replies are waiting to be written.
     pub read_paused: bool,
+    /// An inbound connection from the RESP listener speaks the Redis protocol: its commands
+    /// and replies go through this session instead of the frame codec.
+    pub resp: Option<Box<RespSession>>,
 }
 
 impl Conn {
@@ -82,7 +86,14 @@ impl Conn {
             write_interest,
             flush_queued: false,
             read_paused: false,
+            resp: None,
         }
+    }
+
+    /// A RESP connection's session with its read and write buffers (`None` for a frame one).
+    pub fn resp_parts(&mut self) -> Option<(&mut RespSession, &mut BytesMut, &mut Vec<u8>)> {
+        let session = self.resp.as_deref_mut()?;
+        Some((session, &mut self.rbuf, &mut self.wbuf))
     }
 
     /// Whether the socket can carry bytes yet (an outbound connect may still be under way).

@@ -18,6 +18,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use super::conn::{Conn, ReadStatus, Role};
+use super::resp::{Facts, RespSession, Step};
 use super::store_pool::StorePool;
 use super::ServerConfig;
 use crate::chord::{Millis, Node, Output, Phase, ReplyTo};
@@ -29,9 +30,11 @@ const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 /// SIGTERM and SIGINT, through signal-hook's self-pipe.
 const SIGNALS: Token = Token(2);
+/// The RESP (Redis protocol) listening socket, with `--resp`.
+const RESP_LISTENER: Token = Token(3);
 /// Connections take tokens from here up, never reused (a token doubles as a [`ReplyTo`], so a
 /// late reply can never reach a newer connection).
-const FIRST_CONN_TOKEN: usize = 3;
+const FIRST_CONN_TOKEN: usize = 4;
 
 /// Bytes asked of the socket per `read`.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -131,6 +134,9 @@ impl Display for Why<'_> {
 pub(super) struct Server {
     poll: Poll,
     listener: TcpListener,
+    /// The RESP listener and what INFO reports, with `--resp`.
+    resp_listener: Option<TcpListener>,
+    resp_facts: Option<Facts>,
     signals: Option<Signals>,
     control: Arc<Control>,
     clock: Clock,
@@ -179,8 +185,13 @@ impl Server {
             chord,
             store,
             store_threads,
+            resp,
         } = config;
         let mut listener = TcpListener::bind(listen).map_err(|e| bind_error(listen, e))?;
+        let mut resp_listener = match resp {
+            Some(addr) => Some(TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?),
+            None => None,
+        };
         let local = listener.local_addr().context("reading the listening address")?;
         let addr = advertise.unwrap_or(local);
         let me = NodeRef {
@@ -191,6 +202,14 @@ impl Server {
         let poll = Poll::new().context("creating the event loop")?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut resp_facts = None;
+        if let Some(l) = resp_listener.as_mut() {
+            poll.registry().register(l, RESP_LISTENER, Interest::READABLE)?;
+            resp_facts = Some(Facts {
+                resp_addr: l.local_addr().context("reading the RESP listening address")?,
+                started: Instant::now(),
+            });
+        }
         let control = Arc::new(Control {
             waker: Waker::new(poll.registry(), WAKER).context("creating the waker")?,
             wake_pending: AtomicBool::new(false),
@@ -228,6 +247,12 @@ impl Server {
             me.id.short(8),
             store.name()
         );
+        if let Some(facts) = &resp_facts {
+            eprintln!(
+                "chordkv node {}: Redis protocol (RESP) on {}",
+                me.addr, facts.resp_addr
+            );
+        }
         if advertise.is_none() && local.ip().is_unspecified() {
             eprintln!(
                 "chordkv node {}: warning: listening on an unspecified address without an \
@@ -244,6 +269,8 @@ impl Server {
         Ok(Server {
             poll,
             listener,
+            resp_listener,
+            resp_facts,
             signals,
             control,
             clock,
@@ -273,6 +300,11 @@ impl Server {
         self.me
     }
 
+    /// The address the RESP listener is bound to, with `--resp`.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp_facts.as_ref().map(|f| f.resp_addr)
+    }
+
     pub fn control(&self) -> Arc<Control> {
         Arc::clone(&self.control)
     }
@@ -300,7 +332,8 @@ impl Server {
 
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(now),
+                    LISTENER => self.accept(now, false),
+                    RESP_LISTENER => self.accept(now, true),
                     WAKER => self.control.wake_pending.store(false, Ordering::SeqCst),
                     SIGNALS => self.on_signals(now),
                     token => self.on_conn_event(now, token, event),
@@ -313,7 +346,8 @@ impl Server {
             }
             if self.accept_retry_at.is_some_and(|t| now >= t) {
                 self.accept_retry_at = None;
-                self.accept(now);
+                self.accept(now, false);
+                self.accept(now, true);
             }
             self.drain_store(now);
             if self.control.kill.load(Ordering::SeqCst) {
@@ -373,7 +407,7 @@ impl Server {
         while let Some(out) = self.node.poll_output() {
             match out {
                 Output::Send { to, frame } => self.send(now, to, &frame),
-                Output::Reply { to, frame } => self.reply(now, to, &frame),
+                Output::Reply { to, frame } => self.reply(now, to, frame),
                 Output::Store { id, op } => match &self.pool {
                     Some(pool) => pool.submit(id, op),
                     None => {
@@ -423,13 +457,17 @@ impl Server {
         self.queue_flush(now, token);
     }
 
-    fn reply(&mut self, now: Millis, to: ReplyTo, frame: &Frame) {
+    fn reply(&mut self, now: Millis, to: ReplyTo, frame: Frame) {
         let token = Token(to.0 as usize);
         // The connection may be gone (the client hung up): the reply is dropped.
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
-        if let Err(e) = conn.push_frame(frame) {
+        if let Some((session, _, wbuf)) = conn.resp_parts() {
+            session.on_reply(frame, wbuf);
+            return self.resp_output(now, token);
+        }
+        if let Err(e) = conn.push_frame(&frame) {
             // Answer anyway, so the requester is not left waiting.
             let text = format!("reply {} could not be encoded: {e}", frame.message.name());
             let error = Message::Error {
@@ -498,9 +536,15 @@ impl Server {
         token
     }
 
-    fn accept(&mut self, now: Millis) {
+    /// Accepts on the frame listener, or on the RESP one (`resp`).
+    fn accept(&mut self, now: Millis, resp: bool) {
         loop {
-            match self.listener.accept() {
+            let listener = match (resp, &self.resp_listener) {
+                (false, _) => &self.listener,
+                (true, Some(l)) => l,
+                (true, None) => return,
+            };
+            match listener.accept() {
                 Ok((mut stream, from)) => {
                     // Requests and replies are small and latency-bound.
                     let _ = stream.set_nodelay(true);
@@ -513,8 +557,11 @@ impl Server {
                         self.log(format_args!("cannot register connection from {from}: {e}"));
                         continue;
                     }
-                    self.conns
-                        .insert(token, Conn::new(stream, Role::Inbound { from }, false));
+                    let mut conn = Conn::new(stream, Role::Inbound { from }, false);
+                    if resp {
+                        conn.resp = Some(Box::new(RespSession::new(token.0 as u64, from)));
+                    }
+                    self.conns.insert(token, conn);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -646,6 +693,12 @@ impl Server {
                 conn.read_paused = true;
                 return;
             }
+            if conn.resp.is_some() {
+                if self.resp_step(now, token) {
+                    continue;
+                }
+                break;
+            }
             let frame = match conn.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -688,6 +741,42 @@ impl Server {
                 }
                 self.close(now, token, Why::Text("closed by the peer"));
             }
+        }
+    }
+
+    /// Runs the next RESP command buffered on `token` (see [`super::resp`]); false when there
+    /// is none to run now.
+    fn resp_step(&mut self, now: Millis, token: Token) -> bool {
+        let (Some(conn), Some(facts)) = (self.conns.get_mut(&token), &self.resp_facts) else {
+            return false;
+        };
+        let Some((session, rbuf, wbuf)) = conn.resp_parts() else {
+            return false;
+        };
+        let step = session.next_command(now, &mut self.node, ReplyTo(token.0 as u64), rbuf, wbuf, facts);
+        self.pump(now);
+        self.resp_output(now, token);
+        step == Step::Command && self.conns.contains_key(&token)
+    }
+
+    /// After output to a RESP connection: flush it at the end of the turn, close it once QUIT
+    /// or a protocol error has been answered, read it again if it waited for replies to drain.
+    fn resp_output(&mut self, now: Millis, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let Some(session) = conn.resp.as_deref_mut() else {
+            return;
+        };
+        if session.wants_close() {
+            let _ = conn.flush();
+            return self.close(now, token, Why::Text("QUIT or RESP protocol error"));
+        }
+        if session.take_unblocked() {
+            self.read_again.push(token);
+        }
+        if conn.pending_output() > 0 {
+            self.queue_flush(now, token);
         }
     }
 

@@ -47,6 +47,12 @@
 //!   version clock stamps writes with it, and versions must keep growing across restarts).
 //!   `poll` sleeps until the core's `next_deadline` (at most 1 s), then `tick(now)` runs
 //!   after every wake-up.
+//! - **RESP** ([`resp`]). With `--resp ADDR` a second listener (`RESP_LISTENER`) accepts Redis
+//!   clients. Their connections are inbound connections with a RESP session: the same read
+//!   budget, backpressure and write-interest rules, but commands are decoded with
+//!   `chordkv_protocol::resp` and turned into the same `handle_request` calls a binary client
+//!   makes, with the connection's token as `ReplyTo`; the session puts the core's replies back
+//!   in command order.
 //! - **Leaving.** The first SIGTERM/SIGINT (or [`ServerHandle::leave`]) starts the core's
 //!   graceful leave; when it emits `Output::Left` the loop gives queued bytes up to
 //!   [`LEFT_FLUSH_MS`] to go out and returns. The loop exits anyway `leave_timeout_ms` +
@@ -54,6 +60,7 @@
 
 mod conn;
 mod event_loop;
+mod resp;
 mod store_pool;
 #[cfg(test)]
 mod tests;
@@ -91,6 +98,8 @@ pub struct ServerConfig {
     pub store: Arc<dyn Store>,
     /// Worker threads for a blocking store (ignored for a non-blocking one; at least 1).
     pub store_threads: usize,
+    /// Also listen for Redis clients (RESP2) on this address; port 0 picks a free port.
+    pub resp: Option<SocketAddr>,
 }
 
 /// Runs the node until it has left the ring after SIGTERM/SIGINT (graceful leave), or fails.
@@ -109,6 +118,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
 pub fn spawn(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     let server = Server::bind(config, false)?;
     let me = server.me();
+    let resp_addr = server.resp_addr();
     let control = server.control();
     let thread = thread::Builder::new()
         .name(format!("chordkv-node-{}", me.addr.port()))
@@ -116,6 +126,7 @@ pub fn spawn(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         .context("starting the node thread")?;
     Ok(ServerHandle {
         addr: me.addr,
+        resp_addr,
         id: me.id,
         control,
         thread: Some(thread),
@@ -126,6 +137,7 @@ pub fn spawn(config: ServerConfig) -> anyhow::Result<ServerHandle> {
 /// its thread.
 pub struct ServerHandle {
     addr: SocketAddr,
+    resp_addr: Option<SocketAddr>,
     id: Id,
     control: Arc<Control>,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
@@ -135,6 +147,11 @@ impl ServerHandle {
     /// The node's advertised address (the one to connect to).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the RESP listener, when the config asked for one.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp_addr
     }
 
     /// The node's ring id.

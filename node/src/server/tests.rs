@@ -31,6 +31,7 @@ fn config(join: Option<SocketAddr>, store: Arc<dyn Store>) -> ServerConfig {
         chord,
         store,
         store_threads: 2,
+        resp: None,
     }
 }
 

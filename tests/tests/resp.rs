@@ -1,0 +1,377 @@
+//! The Redis-protocol front end of real `chordkv node` processes (`--resp`), with the `redis`
+//! crate and `redis-cli` as clients: commands routed through the ring from every node,
+//! pipelines answered in order, Redis' error replies, and malformed input closing only the
+//! connection that sent it.
+//!
+//! Run with `cargo build --bins && cargo test -p chordkv-tests`; the redis-cli test needs
+//! `redis-cli` (`tests/run-all.sh` installs it) and fails without it rather than skip.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chordkv_node::cluster::LocalCluster;
+use chordkv_tests::{
+    chordkv_bin, cluster_spec, lines_of, scratch_dir, signal, start_spec, ChildGuard, NODE_ARGS,
+    REQUEST_TIMEOUT, RETRY_TIMEOUT, SIGTERM,
+};
+use redis::{Connection, RedisResult, Value};
+
+/// A ring of `nodes` nodes, each with a RESP listener on a free port.
+fn start(name: &str, nodes: usize) -> LocalCluster {
+    let mut spec = cluster_spec(name, nodes);
+    spec.resp = true;
+    let cluster = start_spec(name, spec);
+    assert_eq!(cluster.resp_addrs().len(), nodes);
+    cluster
+}
+
+fn connect(addr: SocketAddr) -> Connection {
+    let client = redis::Client::open(format!("redis://{addr}/")).expect("a redis URL");
+    let con = client
+        .get_connection_with_timeout(REQUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to the RESP port {addr}: {e}"));
+    con.set_read_timeout(Some(REQUEST_TIMEOUT))
+        .expect("set a read timeout");
+    con.set_write_timeout(Some(REQUEST_TIMEOUT))
+        .expect("set a write timeout");
+    con
+}
+
+fn query<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> RedisResult<T> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(con)
+}
+
+/// Runs a command until it succeeds, for at most [`RETRY_TIMEOUT`]: a ring that has just
+/// converged may still answer `NotReady` for a moment.
+fn until_ok<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> T {
+    let deadline = Instant::now() + RETRY_TIMEOUT;
+    loop {
+        match query(con, args) {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("NotReady") => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("{args:?} failed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn commands_are_routed_through_the_ring_from_every_node() {
+    let name = "resp_commands";
+    let cluster = start(name, 3);
+    let addrs = cluster.resp_addrs();
+    let mut cons: Vec<Connection> = addrs.iter().map(|&a| connect(a)).collect();
+
+    // Written through one node, read through every node.
+    for i in 0..60 {
+        let key = format!("key-{i}");
+        let value = format!("value-{i}");
+        let ok: String = until_ok(&mut cons[i % 3], &["SET", &key, &value]);
+        assert_eq!(ok, "OK");
+    }
+    for (n, con) in cons.iter_mut().enumerate() {
+        for i in 0..60 {
+            let got: Option<String> = until_ok(con, &["GET", &format!("key-{i}")]);
+            assert_eq!(
+                got.as_deref(),
+                Some(format!("value-{i}").as_str()),
+                "via node {n}"
+            );
+        }
+        let missing: Option<String> = until_ok(con, &["GET", "never-written"]);
+        assert_eq!(missing, None);
+    }
+
+    // MSET and MGET fan out to the keys' owners and come back in argument order.
+    let ok: String = until_ok(&mut cons[0], &["MSET", "m1", "a", "m2", "b", "m3", "c"]);
+    assert_eq!(ok, "OK");
+    let got: Vec<Option<String>> = until_ok(&mut cons[1], &["MGET", "m3", "nope", "m1", "m2"]);
+    assert_eq!(
+        got,
+        vec![Some("c".into()), None, Some("a".into()), Some("b".into())]
+    );
+
+    // EXISTS counts every argument (a key named twice counts twice); DEL counts removals.
+    let n: i64 = until_ok(&mut cons[2], &["EXISTS", "m1", "m2", "nope", "m1"]);
+    assert_eq!(n, 3);
+    let n: i64 = until_ok(&mut cons[0], &["DEL", "m1", "nope", "m2"]);
+    assert_eq!(n, 2);
+    let n: i64 = until_ok(&mut cons[1], &["EXISTS", "m1", "m2", "m3"]);
+    assert_eq!(n, 1);
+    let got: Option<String> = until_ok(&mut cons[2], &["GET", "m1"]);
+    assert_eq!(got, None);
+
+    // Binary-safe keys and values.
+    let key = b"bin\r\n\0key".to_vec();
+    let value = vec![0u8, 255, 13, 10, 42];
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&value)
+        .query(&mut cons[0])
+        .expect("binary SET");
+    let got: Vec<u8> = redis::cmd("GET")
+        .arg(&key)
+        .query(&mut cons[1])
+        .expect("binary GET");
+    assert_eq!(got, value);
+
+    // DBSIZE is per node (keys it is primary for); the sum over the ring is every live key.
+    let total: i64 = cons.iter_mut().map(|c| until_ok::<i64>(c, &["DBSIZE"])).sum();
+    assert_eq!(total, 60 + 1 + 1, "60 keys, m3 and the binary key");
+
+    // Server commands.
+    let pong: String = until_ok(&mut cons[0], &["PING"]);
+    assert_eq!(pong, "PONG");
+    let echo: String = until_ok(&mut cons[0], &["ECHO", "hello"]);
+    assert_eq!(echo, "hello");
+    let ok: String = until_ok(&mut cons[0], &["SELECT", "0"]);
+    assert_eq!(ok, "OK");
+    let ok: String = until_ok(&mut cons[0], &["CLIENT", "SETNAME", "tester"]);
+    assert_eq!(ok, "OK");
+    let me: String = until_ok(&mut cons[0], &["CLIENT", "GETNAME"]);
+    assert_eq!(me, "tester");
+    let info: String = until_ok(&mut cons[1], &["INFO"]);
+    for line in [
+        "# Server",
+        "redis_version:",
+        "# Keyspace",
+        "db0:keys=",
+        "# chordkv",
+        "successor_list:",
+    ] {
+        assert!(info.contains(line), "INFO lacks {line:?}:\n{info}");
+    }
+    assert!(info.contains(&format!("tcp_port:{}", addrs[1].port())), "{info}");
+    let count: i64 = until_ok(&mut cons[1], &["COMMAND", "COUNT"]);
+    assert!(count >= 15, "{count}");
+}
+
+#[test]
+fn errors_use_redis_wording_and_keep_the_connection() {
+    let name = "resp_errors";
+    let cluster = start(name, 2);
+    let mut con = connect(cluster.resp_addr(0).expect("resp"));
+
+    let expect_err = |con: &mut Connection, args: &[&str], text: &str| {
+        let e = query::<Value>(con, args).expect_err(&format!("{args:?} fails"));
+        assert!(e.to_string().contains(text), "{args:?}: {e}");
+    };
+    expect_err(
+        &mut con,
+        &["FLUSHALL"],
+        "unknown command 'FLUSHALL', with args beginning with: ",
+    );
+    expect_err(
+        &mut con,
+        &["NOPE", "a", "b"],
+        "unknown command 'NOPE', with args beginning with: 'a' 'b'",
+    );
+    expect_err(&mut con, &["GET"], "wrong number of arguments for 'get' command");
+    expect_err(
+        &mut con,
+        &["MSET", "a"],
+        "wrong number of arguments for 'mset' command",
+    );
+    expect_err(&mut con, &["SET", "k", "v", "NX"], "NX and XX are not supported");
+    expect_err(&mut con, &["SET", "k", "v", "EX", "10"], "keys do not expire");
+    expect_err(&mut con, &["SET", "k", "v", "BOGUS"], "syntax error");
+    expect_err(&mut con, &["SELECT", "1"], "DB index is out of range");
+    expect_err(&mut con, &["HELLO", "3"], "NOPROTO");
+    // The connection is still good after every error.
+    let ok: String = until_ok(&mut con, &["SET", "k", "v"]);
+    assert_eq!(ok, "OK");
+    let got: String = until_ok(&mut con, &["GET", "k"]);
+    assert_eq!(got, "v");
+}
+
+#[test]
+fn pipelined_commands_are_answered_in_order() {
+    let name = "resp_pipeline";
+    let cluster = start(name, 3);
+    let mut con = connect(cluster.resp_addr(1).expect("resp"));
+    let _: String = until_ok(&mut con, &["SET", "warm-up", "x"]);
+
+    // Keys all over the ring, so their replies leave the core in another order than sent.
+    const N: usize = 300;
+    let mut pipe = redis::pipe();
+    for i in 0..N {
+        pipe.cmd("SET").arg(format!("p{i}")).arg(format!("v{i}")).ignore();
+    }
+    for i in 0..N {
+        pipe.cmd("GET").arg(format!("p{i}"));
+        pipe.cmd("ECHO").arg(format!("marker{i}"));
+    }
+    pipe.cmd("MGET")
+        .arg("p0")
+        .arg("missing")
+        .arg(format!("p{}", N - 1));
+    let replies: Vec<Value> = pipe.query(&mut con).expect("the pipeline");
+    assert_eq!(replies.len(), 2 * N + 1);
+    for i in 0..N {
+        let got: String = redis::from_redis_value(replies[2 * i].clone()).expect("a GET reply");
+        assert_eq!(got, format!("v{i}"));
+        let marker: String = redis::from_redis_value(replies[2 * i + 1].clone()).expect("an ECHO reply");
+        assert_eq!(marker, format!("marker{i}"));
+    }
+    let mget: Vec<Option<String>> = redis::from_redis_value(replies[2 * N].clone()).expect("MGET");
+    assert_eq!(mget, vec![Some("v0".into()), None, Some(format!("v{}", N - 1))]);
+
+    // Inline commands, pipelined in one write as `telnet` or a shell pipe would send them.
+    let mut raw = TcpStream::connect(cluster.resp_addr(2).expect("resp")).expect("connect");
+    raw.set_read_timeout(Some(REQUEST_TIMEOUT)).expect("timeout");
+    raw.write_all(b"PING\r\nGET p7\r\nEXISTS p1 nope\r\nECHO \"two words\"\r\nQUIT\r\n")
+        .expect("send");
+    let mut got = Vec::new();
+    raw.read_to_end(&mut got).expect("the server closes after QUIT");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "+PONG\r\n$2\r\nv7\r\n:1\r\n$9\r\ntwo words\r\n+OK\r\n"
+    );
+}
+
+#[test]
+fn malformed_input_closes_only_that_connection() {
+    let name = "resp_malformed";
+    let cluster = start(name, 2);
+    let addr = cluster.resp_addr(0).expect("resp");
+    let mut good = connect(addr);
+    let _: String = until_ok(&mut good, &["SET", "kept", "yes"]);
+
+    for garbage in [
+        &b"*1\r\n:5\r\n"[..],
+        b"*2\r\n$3\r\nGET\r\n$-5\r\n",
+        b"*99999999999\r\n",
+        b"*1\r\n$3\r\nGETXX\r\n",
+        b"GET \"unbalanced\r\n",
+    ] {
+        let mut bad = TcpStream::connect(addr).expect("connect");
+        bad.set_read_timeout(Some(REQUEST_TIMEOUT)).expect("timeout");
+        // A valid command first: its answer comes before the error.
+        bad.write_all(b"PING\r\n").expect("send");
+        bad.write_all(garbage).expect("send");
+        let mut got = Vec::new();
+        bad.read_to_end(&mut got)
+            .unwrap_or_else(|e| panic!("{garbage:?}: the server must close the connection: {e}"));
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("+PONG\r\n-ERR Protocol error: ") && text.ends_with("\r\n"),
+            "{garbage:?} got {text:?}"
+        );
+        // The other connection goes on.
+        let got: String = until_ok(&mut good, &["GET", "kept"]);
+        assert_eq!(got, "yes");
+    }
+
+    // Oversized input is refused before it is buffered: a bulk over the maximum length.
+    let mut bad = TcpStream::connect(addr).expect("connect");
+    bad.set_read_timeout(Some(REQUEST_TIMEOUT)).expect("timeout");
+    let huge = format!(
+        "*2\r\n$3\r\nGET\r\n${}\r\n",
+        chordkv_protocol::resp::MAX_BULK_BYTES + 1
+    );
+    bad.write_all(huge.as_bytes()).expect("send");
+    let mut got = Vec::new();
+    bad.read_to_end(&mut got).expect("closed");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "-ERR Protocol error: invalid bulk length\r\n"
+    );
+    let pong: String = until_ok(&mut good, &["PING"]);
+    assert_eq!(pong, "PONG");
+}
+
+/// `redis-cli` against a node: what a person would type. `tests/run-all.sh` installs it.
+#[test]
+fn redis_cli_smoke() {
+    let name = "resp_redis_cli";
+    let cluster = start(name, 2);
+    let addr = cluster.resp_addr(1).expect("resp");
+    let cli = |args: &[&str]| -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli (tests/run-all.sh installs it): {e}"));
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    };
+    // Retry the first write while the fresh ring settles.
+    let deadline = Instant::now() + RETRY_TIMEOUT;
+    while cli(&["SET", "cli-key", "cli-value"]) != "OK" {
+        assert!(Instant::now() < deadline, "SET through redis-cli never succeeded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(cli(&["PING"]), "PONG");
+    assert_eq!(cli(&["GET", "cli-key"]), "cli-value");
+    assert_eq!(cli(&["EXISTS", "cli-key"]), "1");
+    assert_eq!(cli(&["DEL", "cli-key"]), "1");
+    assert_eq!(cli(&["GET", "cli-key"]), "");
+    assert!(cli(&["INFO", "chordkv"]).contains("# chordkv"));
+    assert!(cli(&["NOPE"]).contains("unknown command 'NOPE'"));
+
+    // Commands piped in, as `redis-cli < file` sends them.
+    let mut child = Command::new("redis-cli")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run redis-cli");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(b"SET piped 1\nGET piped\nDBSIZE\n")
+        .expect("write to redis-cli");
+    let out = child.wait_with_output().expect("redis-cli finishes");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(&lines[..2], ["OK", "1"], "{text}");
+    assert!(lines[2].parse::<u64>().is_ok(), "{text}");
+}
+
+/// `chordkv cluster --resp` prints every node's RESP address before the ready line.
+#[test]
+fn cluster_command_prints_resp_addresses() {
+    let logs = scratch_dir("resp_cluster_cli");
+    let child = Command::new(chordkv_bin())
+        .args(["cluster", "--nodes", "2", "--resp", "--log-dir"])
+        .arg(&logs)
+        .args(NODE_ARGS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run chordkv cluster");
+    let mut guard = ChildGuard::new(child);
+    let lines = lines_of(guard.child.stdout.take().expect("piped"));
+    let first = lines.recv_timeout(Duration::from_secs(60)).expect("a first line");
+    let second = lines
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a second line");
+    let resp: Vec<SocketAddr> = first
+        .strip_prefix("resp: ")
+        .unwrap_or_else(|| panic!("expected the resp line, got {first:?}"))
+        .split(' ')
+        .map(|a| a.parse().expect("an address"))
+        .collect();
+    assert!(second.starts_with("ready: "), "{second}");
+    assert_eq!(resp.len(), 2);
+    for addr in resp {
+        let mut con = connect(addr);
+        let pong: String = until_ok(&mut con, &["PING"]);
+        assert_eq!(pong, "PONG");
+    }
+    signal(guard.pid(), SIGTERM).expect("stop the cluster");
+    let status = guard
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the cluster stops");
+    assert!(status.success(), "{status}");
+}
