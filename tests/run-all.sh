@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The Redis store's tests run a real redis-server (Debian's package).
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "run-all.sh: redis-server not found; installing it with apt-get" >&2
+# The Redis store's tests run a real redis-server, and the RESP tests run redis-cli (Debian's
+# redis-server and redis-tools).
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    echo "run-all.sh: redis-server or redis-cli not found; installing them with apt-get" >&2
     as_root=()
     if [ "$(id -u)" -ne 0 ]; then
         if ! command -v sudo >/dev/null 2>&1; then
@@ -21,9 +22,9 @@ if ! command -v redis-server >/dev/null 2>&1; then
         exit 1
     fi
     ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
-    command -v redis-server >/dev/null 2>&1 || {
-        echo "run-all.sh: redis-server is still not on PATH after installing it" >&2
+    ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server redis-tools
+    command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || {
+        echo "run-all.sh: redis-server or redis-cli is still not on PATH after installing them" >&2
         exit 1
     }
 fi
