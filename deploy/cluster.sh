@@ -30,7 +30,8 @@ usage: deploy/cluster.sh INVENTORY COMMAND [HOST]
   down             stop every node gracefully (SIGTERM: it hands its keys over and leaves)
   start HOST       start the node unless it runs, joining a live node
   stop HOST        stop the node gracefully (SIGKILL if it has not left within stop_timeout_s)
-  restart HOST     stop the node if it runs, then start it again, joining a live node
+  restart HOST     stop the node if it runs, then start it again, joining a live node, and
+                   wait until the ring is consistent (`start` does not wait for the ring)
   kill HOST        SIGKILL the node (a crash)
   pause HOST       SIGSTOP the node (a node that hangs)
   resume HOST      SIGCONT the node
@@ -239,14 +240,45 @@ ssh_failure() {
     fi
 }
 
+# One ssh connection (a multiplexing master) per host and run of this script, shared by all
+# its calls to that host: a login costs a key exchange, seconds on a loaded machine. Masters
+# are closed when the script exits; a call whose master is gone connects directly.
+mux() {
+    echo "$tmp/mux-$1"
+}
+
+ensure_master() {
+    local name=$1 rc=0
+    [ -S "$(mux "$name")" ] && return 0
+    ssh_options "$name"
+    # Its stdio goes elsewhere: a background master must not hold a caller's pipe open.
+    timeout -k 5 $((SSH_CONNECT_TIMEOUT_S + 20)) ssh -f -N -M -o "ControlPath=$(mux "$name")" \
+        "${opts[@]}" -p "$port" "$login" </dev/null >/dev/null 2>"$tmp/ssh-err-$name" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        ssh_failure "$name" "$rc" "$tmp/ssh-err-$name"
+        return "$rc"
+    fi
+}
+
+close_masters() {
+    local name
+    for name in "${names[@]}"; do
+        if [ -S "$(mux "$name")" ]; then
+            ssh -o "ControlPath=$(mux "$name")" -O exit "$name" >/dev/null 2>&1 || true
+        fi
+    done
+}
+
 # remote TIMEOUT_S HOST WORD...: runs WORD... (quoted for the remote shell) on HOST; stdout
 # passes through; a failure is explained on stderr and returned.
 remote() {
     local limit=$1 name=$2 rc=0 cmd
     shift 2
+    ensure_master "$name" || return $?
     ssh_options "$name"
     cmd=$(printf '%q ' "$@")
-    timeout -k 5 "$limit" ssh -n "${opts[@]}" -p "$port" "$login" -- "$cmd" 2>"$tmp/ssh-err-$name" || rc=$?
+    timeout -k 5 "$limit" ssh -n -o "ControlPath=$(mux "$name")" -o ControlMaster=no "${opts[@]}" \
+        -p "$port" "$login" -- "$cmd" 2>"$tmp/ssh-err-$name" || rc=$?
     if [ "$rc" -ne 0 ]; then
         ssh_failure "$name" "$rc" "$tmp/ssh-err-$name"
         return "$rc"
@@ -316,47 +348,59 @@ node_conf() {
 }
 
 cmd_push() {
-    local binary arches name dir arch stage rc flags key
+    local binary arches name failed=0
     binary=$(binary_path)
     [ -f "$binary" ] || die "no chordkv binary at $binary: run \`cargo build --release --bin chordkv\` or set binary= in the inventory"
     arches=$(elf_arches "$binary")
     [ -n "$arches" ] || die "$binary is not an ELF executable"
+    # Every host at once; each reports into its own files, printed in inventory order.
     for name in "$@"; do
-        flags=()
-        [ -n "${h_resp[$name]}" ] && flags+=(--resp)
-        for key in "${optional_flags[@]}"; do
-            [ -n "${cfg[$key]}" ] && flags+=("${node_flag[$key]}")
-        done
-        dir=$(remote_dir "$name")
-        # shellcheck disable=SC2016 # expanded by the remote shell
-        arch=$(remote "$SSH_COMMAND_TIMEOUT_S" "$name" sh -c 'uname -m && mkdir -p -- "$1"' sh "$dir") ||
-            die "push to $name failed"
-        if ! grep -qw -- "$arch" <<<"$arches"; then
-            die "host $name is $arch but $binary is built for $(cut -d' ' -f1 <<<"$arches"): build for $arch (e.g. cargo build --release --target $arch-unknown-linux-gnu) and set binary= in the inventory"
-        fi
-        stage=$tmp/push-$name
-        mkdir -p "$stage"
-        ln -sf "$binary" "$stage/chordkv.new"
-        cp "$node_ctl" "$stage/node-ctl.sh"
-        node_conf "$name" >"$stage/node.conf"
-        ssh_options "$name"
-        rc=0
-        timeout -k 5 "$SSH_COMMAND_TIMEOUT_S" scp -q "${opts[@]}" -P "$port" \
-            "$stage/chordkv.new" "$stage/node-ctl.sh" "$stage/node.conf" "$login:$dir/" 2>"$tmp/ssh-err-$name" || rc=$?
-        if [ "$rc" -ne 0 ]; then
-            ssh_failure "$name" "$rc" "$tmp/ssh-err-$name"
-            die "push to $name failed"
-        fi
-        # A running node keeps its old binary (a rename does not touch the open file) until it
-        # restarts.
-        # shellcheck disable=SC2016 # expanded by the remote shell
-        remote "$SSH_COMMAND_TIMEOUT_S" "$name" sh -c 'chmod +x "$1/chordkv.new" && mv -f "$1/chordkv.new" "$1/chordkv"' sh "$dir" ||
-            die "push to $name failed"
-        if [ ${#flags[@]} -gt 0 ]; then
-            ctl "$SSH_COMMAND_TIMEOUT_S" "$name" check-flags "${flags[@]}" || die "push to $name failed"
-        fi
-        echo "$name: pushed $(basename "$binary") ($arch) and node.conf to $(target_of "$name"):$dir"
+        (push_host "$name" "$binary" "$arches" >"$tmp/push-out-$name" 2>&1) &
     done
+    wait
+    for name in "$@"; do
+        cat "$tmp/push-out-$name"
+        grep -q "^$name: pushed" "$tmp/push-out-$name" || failed=1
+    done
+    [ "$failed" -eq 0 ] || die "the push failed on some hosts (see above)"
+}
+
+# push_host NAME BINARY ARCHES: the push to one host; prints `NAME: pushed ...` on success.
+push_host() {
+    local name=$1 binary=$2 arches=$3 dir arch stage rc=0 key flags=()
+    [ -n "${h_resp[$name]}" ] && flags+=(--resp)
+    for key in "${optional_flags[@]}"; do
+        [ -n "${cfg[$key]}" ] && flags+=("${node_flag[$key]}")
+    done
+    dir=$(remote_dir "$name")
+    # shellcheck disable=SC2016 # expanded by the remote shell
+    arch=$(remote "$SSH_COMMAND_TIMEOUT_S" "$name" sh -c 'uname -m && mkdir -p -- "$1"' sh "$dir") ||
+        die "push to $name failed"
+    if ! grep -qw -- "$arch" <<<"$arches"; then
+        die "host $name is $arch but $binary is built for $(cut -d' ' -f1 <<<"$arches"): build for $arch (e.g. cargo build --release --target $arch-unknown-linux-gnu) and set binary= in the inventory"
+    fi
+    stage=$tmp/push-$name
+    mkdir -p "$stage"
+    ln -sf "$binary" "$stage/chordkv.new"
+    cp "$node_ctl" "$stage/node-ctl.sh"
+    node_conf "$name" >"$stage/node.conf"
+    ssh_options "$name"
+    timeout -k 5 "$SSH_COMMAND_TIMEOUT_S" scp -q -o "ControlPath=$(mux "$name")" -o ControlMaster=no \
+        "${opts[@]}" -P "$port" \
+        "$stage/chordkv.new" "$stage/node-ctl.sh" "$stage/node.conf" "$login:$dir/" 2>"$tmp/ssh-err-$name" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        ssh_failure "$name" "$rc" "$tmp/ssh-err-$name"
+        die "push to $name failed"
+    fi
+    # A running node keeps its old binary (a rename does not touch the open file) until it
+    # restarts.
+    # shellcheck disable=SC2016 # expanded by the remote shell
+    remote "$SSH_COMMAND_TIMEOUT_S" "$name" sh -c 'chmod +x "$1/chordkv.new" && mv -f "$1/chordkv.new" "$1/chordkv"' sh "$dir" ||
+        die "push to $name failed"
+    if [ ${#flags[@]} -gt 0 ]; then
+        ctl "$SSH_COMMAND_TIMEOUT_S" "$name" check-flags "${flags[@]}" || die "push to $name failed"
+    fi
+    echo "$name: pushed $(basename "$binary") ($arch) and node.conf to $(target_of "$name"):$dir"
 }
 
 # Every host's address, the non-spare hosts first: the peers a starting node tries to join.
@@ -380,6 +424,8 @@ start_host() {
     mapfile -t peer_list < <(peers)
     out=$(ctl "$(start_limit)" "$name" start "${peer_list[@]}") || return 1
     echo "$name ($(addr_of "$name")): $out"
+    # What query_states would now say.
+    echo "${out%% (*}" >"$tmp/state-$name"
 }
 
 # Queries every host's state in parallel into $tmp/state-NAME: `running PID`, `paused PID`,
@@ -412,7 +458,8 @@ state_of() {
 }
 
 # Walks the ring from the first running host and compares it with the hosts whose node
-# runs. Prints a verdict line; status 0 if consistent and made of exactly those nodes.
+# runs (per the last query_states). Sets ring_verdict; status 0 if the ring is consistent
+# and made of exactly those nodes.
 check_ring() {
     local name from="" json want got missing extra
     want=()
@@ -449,11 +496,11 @@ check_ring() {
     return 1
 }
 
-# Waits (at most ring_timeout_s) until every non-spare node runs and the ring is consistent.
+# Waits (at most ring_timeout_s) until the ring is consistent and made of exactly the nodes
+# that run (per query_states, which has run).
 wait_ring() {
     local deadline=$((SECONDS + cfg[ring_timeout_s]))
     while :; do
-        query_states "${names[@]}"
         if check_ring; then
             echo "$ring_verdict"
             return 0
@@ -468,8 +515,13 @@ wait_ring() {
 
 cmd_up() {
     local name failed=0
+    query_states "${names[@]}"
     for name in "${names[@]}"; do
         [ "${h_spare[$name]}" = yes ] && continue
+        if [[ $(state_of "$name") =~ ^(running|paused) ]]; then
+            echo "$name ($(addr_of "$name")): $(state_of "$name") (already running: left alone)"
+            continue
+        fi
         start_host "$name" || failed=1
     done
     [ "$failed" -eq 0 ] || die "some nodes did not start (see above)"
@@ -532,6 +584,8 @@ one_host_cmd() {
             out=$(ctl "$((cfg[stop_timeout_s] + 30))" "$name" stop) || return 1
             [ "$out" = not-running ] || echo "$name: $out"
             start_host "$name"
+            query_states "${names[@]}"
+            wait_ring
             ;;
         kill | pause | resume)
             out=$(ctl "$SSH_COMMAND_TIMEOUT_S" "$name" "$cmd") || return 1
@@ -553,7 +607,7 @@ for tool in ssh scp timeout od; do
 done
 parse_inventory "$inventory"
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+trap 'close_masters; rm -rf "$tmp"' EXIT
 
 case $command in
     push | status)

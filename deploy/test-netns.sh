@@ -15,7 +15,7 @@
 #      when a step fails or the script is interrupted.
 #
 #   deploy/test-netns.sh OUT_DIR     CHORDKV_BIN, LOADGEN_BIN: the binaries (default
-#                                    target/debug/)
+#                                    target/debug/); DEPLOY_TEST_MODE=loopback: no namespaces
 #
 # OUT_DIR gets the inventory, the logs and results/ (loadgen's); the last line is
 # `deploy test: passed` (exit 0) or the failure. Needs root, ip, sshd and ssh-keygen.
@@ -34,7 +34,7 @@ prefix=ckv-$$-
 # Bound of one cluster.sh or loadgen call (each bounds its own waits; this is a backstop).
 STEP_TIMEOUT_S=120
 
-step() { echo "--- $*"; }
+step() { echo "--- [${SECONDS} s] $*"; }
 fail() {
     echo "deploy test: FAILED: $*" >&2
     exit 1
@@ -106,7 +106,8 @@ pick_subnet() {
 }
 
 host_addr=()
-if ip netns add "${prefix}probe" 2>/dev/null; then
+# DEPLOY_TEST_MODE=loopback skips the namespaces (to test the fallback itself).
+if [ "${DEPLOY_TEST_MODE:-}" != loopback ] && ip netns add "${prefix}probe" 2>/dev/null; then
     ip netns del "${prefix}probe"
     mode=netns
     x=$(pick_subnet) || fail "no free 10.77.X.0/24 subnet"
@@ -131,7 +132,7 @@ if ip netns add "${prefix}probe" 2>/dev/null; then
 else
     mode=loopback
     x=$(($$ % 250 + 1))
-    echo "NOTE: this machine does not allow network namespaces (ip netns add failed):" \
+    echo "NOTE: network namespaces are not available here (ip netns add failed or DEPLOY_TEST_MODE=loopback):" \
         "falling back to sshd instances on distinct loopback addresses 127.77.$x.11-$((10 + hosts))"
     for i in $(seq 1 "$hosts"); do
         host_addr+=("127.77.$x.$((10 + i))")
@@ -185,14 +186,19 @@ inv=$out/inventory
     echo "dir=$tmp/remote"
     echo "binary=$chordkv_bin"
     for i in $(seq 1 "$hosts"); do
-        echo "host h$i ssh=root@${host_addr[$((i - 1))]}:$sshd_port listen=${host_addr[$((i - 1))]}:7000"
+        # h1 also serves Redis clients (resp= is passed only where set).
+        echo "host h$i ssh=root@${host_addr[$((i - 1))]}:$sshd_port listen=${host_addr[$((i - 1))]}:7000" \
+            "$([ "$i" -eq 1 ] && echo "resp=${host_addr[0]}:6379")"
     done
 } >"$inv"
 cat "$inv"
 
 cluster() {
+    local started=$SECONDS rc=0
     echo "\$ deploy/cluster.sh inventory $*"
-    timeout -k 5 "$STEP_TIMEOUT_S" deploy/cluster.sh "$inv" "$@"
+    timeout -k 5 "$STEP_TIMEOUT_S" deploy/cluster.sh "$inv" "$@" || rc=$?
+    echo "  ($((SECONDS - started)) s, exit $rc)"
+    return "$rc"
 }
 
 # sshd listens a moment after it starts: wait (bounded) until every host takes a login.
@@ -233,6 +239,13 @@ step "push, up, status"
 cluster push
 cluster up
 cluster status | tee "$out/status-up.txt"
+# The RESP listener of h1 (resp=): PING -> +PONG.
+exec 3<>"/dev/tcp/${host_addr[0]}/6379" || fail "h1's RESP address does not accept connections"
+printf 'PING\r\n' >&3
+read -r -t 10 pong <&3 || true
+exec 3>&-
+echo "RESP PING to h1: ${pong%$'\r'}"
+[ "${pong%$'\r'}" = "+PONG" ] || fail "h1's RESP address did not answer PING with +PONG"
 cluster up | tee "$out/up-again.txt"
 grep -q "already running" "$out/up-again.txt" || fail "a second up did not leave the running nodes alone"
 
@@ -245,7 +258,6 @@ fi
 cat "$out/status-killed.txt"
 grep -q "^h2 .* dead" "$out/status-killed.txt" || fail "h2 not reported dead"
 cluster restart h2
-cluster up >/dev/null # waits for the ring
 cluster status | tee "$out/status-restarted.txt"
 cluster logs h2 5
 
@@ -254,7 +266,7 @@ cluster logs h2 5
 step "loadgen --inventory with a kill and a restart fault"
 rc=0
 timeout -k 5 "$STEP_TIMEOUT_S" "$loadgen_bin" --workload workloads/deploy-smoke.yaml --inventory "$inv" \
-    --out "$out/results" --quiet 2>&1 | tee "$out/loadgen.txt" || rc=$?
+    --out "$out/results" 2>&1 | tee "$out/loadgen.txt" || rc=$?
 [ "$rc" -eq 0 ] || fail "loadgen exited with $rc"
 grep -Eq '"lost": 0\b' "$out/results/summary.json" || fail "summary.json does not say lost 0"
 cluster up >/dev/null

@@ -29,6 +29,18 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
     }
 fi
 
+# The deployment test (tests/tests/deploy.rs) runs real sshd hosts: Debian's openssh-server.
+# It needs root (network namespaces) and skips itself without, so only root installs it.
+if [ ! -x /usr/sbin/sshd ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "run-all.sh: sshd not found; installing openssh-server with apt-get" >&2
+        env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server
+    else
+        echo "run-all.sh: sshd not found and not root: the deployment test will skip itself" >&2
+    fi
+fi
+
 # The process tests spawn target/debug/chordkv, which `cargo test` does not build for another
 # package's tests: build every binary first.
 cargo build --workspace --bins

@@ -11,7 +11,8 @@
 //! 4. [`hgrm`] and [`report`]: the files a run writes (`summary.json`, `.hgrm`,
 //!    `timeline.csv`); [`plot`]: `latency.svg` and `timeline.svg`.
 //! 5. [`faults`]: failure injection (the `faults:` schedule) and the live entry nodes.
-//! 6. [`run`]: the cluster, the load threads (closed or open loop), the verification.
+//! 6. [`run`]: the cluster, the load threads (closed or open loop), the verification;
+//!    [`remote`]: faults on a cluster deployed over ssh (`--inventory`, deploy/cluster.sh).
 //! 7. [`sweep`]: the data-loss experiment (a workload with `sweep:`): kill f of n nodes at
 //!    once for each replica count N, and compare the keys lost with C(f, N+1) / C(n, N+1).
 
@@ -22,6 +23,7 @@ pub mod keys;
 pub mod kill_rate;
 pub mod plot;
 pub mod progress;
+pub mod remote;
 pub mod report;
 pub mod run;
 pub mod sweep;

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use loadgen::run::{run, RunOptions, DEFAULT_RESULTS_DIR};
+use loadgen::remote::RemoteCluster;
+use loadgen::run::{run_with_control, RunOptions, DEFAULT_RESULTS_DIR};
 use loadgen::sweep::{self, SweepOptions};
 use loadgen::workload::Workload;
 
@@ -54,6 +55,10 @@ struct Args {
     /// The chordkv binary for a local cluster [default: $CHORDKV_BIN, else next to loadgen].
     #[arg(long)]
     chordkv: Option<PathBuf>,
+    /// A cluster deployed with deploy/cluster.sh: the workload's faults act on its hosts over
+    /// ssh; without --nodes, the load goes to every running node of the inventory.
+    #[arg(long, conflicts_with = "ceiling")]
+    inventory: Option<PathBuf>,
     /// No progress bar or lines.
     #[arg(long)]
     quiet: bool,
@@ -124,8 +129,22 @@ fn main() -> ExitCode {
         }
         workload.name.push_str("-ceiling");
     }
-    if args.nodes.is_some() && !workload.faults.is_empty() {
-        eprintln!("error: faults need a local cluster (no --nodes) until ssh control lands");
+    // A deployed cluster: faults go through deploy/cluster.sh (see loadgen::remote).
+    let mut remote = None;
+    if let Some(inventory) = &args.inventory {
+        match RemoteCluster::for_run(inventory, nodes.as_deref()) {
+            Ok((cluster, addrs)) => {
+                nodes = Some(addrs);
+                remote = Some(Box::new(cluster) as _);
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if args.nodes.is_some() && args.inventory.is_none() && !workload.faults.is_empty() {
+        eprintln!("error: faults need a local cluster (no --nodes) or a deployed one (--inventory)");
         return ExitCode::from(2);
     }
     let opts = RunOptions {
@@ -136,7 +155,7 @@ fn main() -> ExitCode {
         chordkv_bin: args.chordkv,
         progress: !args.quiet,
     };
-    let outcome = match run(opts) {
+    let outcome = match run_with_control(opts, remote) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -189,8 +208,8 @@ fn main() -> ExitCode {
 /// A workload with `sweep:`: the data-loss experiment on fresh local clusters. Data loss is
 /// what it measures, so it is not a failure; exit code 1 only when the sweep cannot run.
 fn run_sweep(args: &Args, workload: Workload) -> ExitCode {
-    if args.nodes.is_some() {
-        eprintln!("error: a sweep starts its own local clusters; drop --nodes");
+    if args.nodes.is_some() || args.inventory.is_some() {
+        eprintln!("error: a sweep starts its own local clusters; drop --nodes and --inventory");
         return ExitCode::from(2);
     }
     let command = std::iter::once("loadgen".to_string())

@@ -141,10 +141,22 @@ fn hops_histogram() -> Histogram<u64> {
 
 /// Runs the workload and writes its results.
 pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
+    run_with_control(opts, None)
+}
+
+/// [`run`] against `opts.nodes`, nodes it did not start, with the workload's faults injected
+/// through `remote` (a cluster deployed over ssh: [`crate::remote::RemoteCluster`]).
+pub fn run_with_control(
+    opts: RunOptions,
+    mut remote: Option<Box<dyn NodeControl + Send>>,
+) -> anyhow::Result<Outcome> {
     let w = &opts.workload;
     w.validate().map_err(anyhow::Error::msg)?;
-    if opts.nodes.is_some() && !w.faults.is_empty() {
-        bail!("faults need a local cluster (no --nodes) until ssh control lands");
+    if opts.nodes.is_some() && remote.is_none() && !w.faults.is_empty() {
+        bail!("faults need a local cluster (no --nodes) or a deployed one (--inventory)");
+    }
+    if opts.nodes.is_none() && remote.is_some() {
+        bail!("a remote cluster needs the addresses of its nodes");
     }
     let started = SystemTime::now();
     let (stamp, started_utc) = report::utc_timestamps(started);
@@ -204,10 +216,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         preload_errors = errors;
     }
 
-    let control = match cluster.as_mut() {
-        Some(c) if !w.faults.is_empty() => Some(c as &mut (dyn NodeControl + Send)),
-        _ => None,
-    };
+    let control = fault_control(&mut cluster, &mut remote).filter(|_| !w.faults.is_empty());
     let (results, timeline, measured_s, fault_log) = drive(w, &targets, &keyspace, opts.progress, control)?;
 
     // Fold the threads' results together.
@@ -234,7 +243,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 
     // After faults, read back through the nodes that are alive, once the ring has settled.
     let mut all_addrs = addrs.clone();
-    if let Some(c) = cluster.as_mut().filter(|_| !w.faults.is_empty()) {
+    if let Some(c) = fault_control(&mut cluster, &mut remote).filter(|_| !w.faults.is_empty()) {
         all_addrs = c.addrs();
         targets.set(c.live_addrs());
         eprintln!(
@@ -334,6 +343,17 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         out_dir,
         lost_keys,
     })
+}
+
+/// Where faults go: the local cluster, else the remote one.
+fn fault_control<'a>(
+    local: &'a mut Option<LocalCluster>,
+    remote: &'a mut Option<Box<dyn NodeControl + Send>>,
+) -> Option<&'a mut (dyn NodeControl + Send)> {
+    match local {
+        Some(c) => Some(c),
+        None => remote.as_deref_mut().map(|r| r as &mut (dyn NodeControl + Send)),
+    }
 }
 
 /// A connection of a worker: to its entry node, re-established after a failure.
