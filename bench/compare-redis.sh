@@ -1,0 +1,398 @@
+#!/usr/bin/env bash
+# chordkv side by side with redis-server, a 3-master Redis Cluster and twemproxy over 3
+# redis-servers, all driven by the same redis-benchmark commands, in one run on this machine.
+#
+#   bench/compare-redis.sh                       # writes results/compare-redis.md
+#
+# Targets (all on 127.0.0.1, free ports):
+#   redis          one redis-server
+#   redis-cluster  3 redis-server masters (--cluster-enabled), `redis-cli --cluster create`;
+#                  redis-benchmark --cluster
+#   twemproxy      nutcracker (ketama) in front of 3 redis-servers
+#   chordkv-1      one `chordkv node --resp` (memory store)
+#   chordkv-8      `chordkv cluster --nodes 8 --resp` (memory store, 2 replicas, ack all);
+#                  redis-benchmark talks to node 0, which routes every request
+#   chordkv-8-redis  the same 8 nodes keeping their keys in one redis-server (--store redis://)
+#   chordkv-8-r0   8 nodes, memory store, --replicas 0: one copy per key, as twemproxy keeps
+#
+# Each target gets `redis-benchmark -c 50 -r 100000 -t set,get`, without pipelining and with
+# -P 16, REPEATS times (targets interleaved, so a noisy moment does not hit one target only);
+# the report gives the medians of requests/s, p50 and p99 and the ratios to redis-server and
+# to twemproxy. With PROFILE=1 (default) chordkv-1 is then run under valgrind's callgrind for
+# a short redis-benchmark load and the top functions are appended.
+#
+# Environment: REQUESTS (per plain run, default 100000), PIPELINED_REQUESTS (per -P 16 run,
+# default 200000; both divided by 4 for the slow chordkv-8-redis), REPEATS (default 3), RUN_TIMEOUT_S (bound of one redis-benchmark run,
+# default 120), PROFILE (1/0), CHORDKV_BIN (default: build target/release/chordkv),
+# CHORDKV_REV (what the report says the binary was built from; default: the work tree), OUT.
+#
+# Installs what it lacks from Debian's packages (redis-server, redis-tools, nutcracker,
+# valgrind) and stops everything it started on exit, whatever happens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS=${REQUESTS:-100000}
+PIPELINED_REQUESTS=${PIPELINED_REQUESTS:-200000}
+REPEATS=${REPEATS:-3}
+RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-120}
+PROFILE=${PROFILE:-1}
+OUT=${OUT:-results/compare-redis.md}
+CLIENTS=50
+KEYSPACE=100000
+PIPELINE=16
+COMMAND_LINE="bench/compare-redis.sh"
+for v in REQUESTS PIPELINED_REQUESTS REPEATS PROFILE; do
+    COMMAND_LINE="$v=${!v} $COMMAND_LINE"
+done
+
+log() { echo "compare-redis: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---- what we need -------------------------------------------------------------------------
+
+apt_install() {
+    local as_root=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || die "cannot install $*: not root and no sudo"
+        as_root=(sudo)
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "cannot install $*: no apt-get"
+    if ! apt-cache show "$@" >/dev/null 2>&1; then
+        ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    fi
+    for p in "$@"; do
+        apt-cache show "$p" >/dev/null 2>&1 ||
+            die "Debian package '$p' is not in this machine's package lists; install it by hand (nothing is built from outside)"
+    done
+    ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
+command -v nutcracker >/dev/null 2>&1 || missing+=(nutcracker)
+if [ "$PROFILE" = 1 ]; then
+    command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    log "installing ${missing[*]} with apt-get"
+    apt_install "${missing[@]}"
+fi
+
+if [ -z "${CHORDKV_BIN:-}" ]; then
+    log "building chordkv (release)"
+    cargo build --release -q -p chordkv-node --bin chordkv
+    CHORDKV_BIN=target/release/chordkv
+fi
+[ -x "$CHORDKV_BIN" ] || die "no chordkv binary at $CHORDKV_BIN"
+
+# ---- processes and ports ------------------------------------------------------------------
+
+WORK=$(mktemp -d /tmp/compare-redis.XXXXXX)
+PIDS=()
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+USED_PORTS=" "
+# Ports are picked below the kernel's ephemeral range, so that no outgoing connection holds
+# one; a server that still fails to bind is started again on another port.
+read -r EPHEMERAL_LOW _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPHEMERAL_LOW=32768
+PORT_LOW=10000
+[ "$EPHEMERAL_LOW" -gt $((PORT_LOW + 5000)) ] || PORT_LOW=1024
+# A loopback port nothing listens on and that this run has not handed out yet.
+free_port() {
+    local port
+    while :; do
+        port=$((PORT_LOW + (RANDOM * 32768 + RANDOM) % (EPHEMERAL_LOW - PORT_LOW)))
+        case "$USED_PORTS" in *" $port "*) continue ;; esac
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            USED_PORTS="$USED_PORTS$port "
+            echo "$port"
+            return
+        fi
+    done
+}
+
+wait_ping() { # port [what] [pid]: waits up to 60 s; false if the process `pid` exits first
+    for _ in $(seq 600); do
+        [ "$(redis-cli -p "$1" PING 2>/dev/null)" = PONG ] && return 0
+        if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then
+            return 1
+        fi
+        sleep 0.1
+    done
+    die "${2:-port $1} does not answer PING"
+}
+
+# start_redis VAR [extra args...]: a redis-server on a free port, stored in VAR.
+start_redis() {
+    local var=$1 port attempt
+    shift
+    for attempt in 1 2 3 4 5; do
+        port=$(free_port)
+        redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+            --dir "$WORK" --dbfilename "dump-$port.rdb" "$@" >"$WORK/redis-$port.log" 2>&1 &
+        PIDS+=($!)
+        if wait_ping "$port" "redis-server on $port" "$!"; then
+            printf -v "$var" '%s' "$port"
+            return
+        fi
+        log "redis-server on $port exited (attempt $attempt): $(tail -1 "$WORK/redis-$port.log")"
+    done
+    die "redis-server did not start"
+}
+
+declare -A PORT EXTRA
+# Requests of a target's runs are divided by this, so that every run takes seconds.
+declare -A SLOWDOWN=([chordkv-8-redis]=4)
+TARGETS=(redis redis-cluster twemproxy chordkv-1 chordkv-8 chordkv-8-redis chordkv-8-r0)
+
+log "work directory $WORK"
+
+redis_port='' store_port='' p=''
+
+# redis
+start_redis redis_port
+PORT[redis]=$redis_port
+
+# Redis Cluster: 3 masters, no replicas.
+rc_ports=()
+for i in 1 2 3; do
+    start_redis p --cluster-enabled yes --cluster-config-file "$WORK/nodes-$i.conf" \
+        --cluster-node-timeout 5000
+    rc_ports+=("$p")
+done
+rc_addrs=()
+for p in "${rc_ports[@]}"; do rc_addrs+=("127.0.0.1:$p"); done
+redis-cli --cluster create "${rc_addrs[@]}" --cluster-replicas 0 \
+    --cluster-yes >"$WORK/cluster-create.log" 2>&1 || die "redis-cli --cluster create failed: $(tail -5 "$WORK/cluster-create.log")"
+for _ in $(seq 200); do
+    redis-cli -p "${rc_ports[0]}" CLUSTER INFO 2>/dev/null | grep -q 'cluster_state:ok' && break
+    sleep 0.1
+done
+redis-cli -p "${rc_ports[0]}" CLUSTER INFO | grep -q 'cluster_state:ok' || die "Redis Cluster not ok"
+PORT[redis-cluster]=${rc_ports[0]}
+EXTRA[redis-cluster]="--cluster"
+
+# twemproxy over 3 redis-servers.
+tw_ports=()
+for _ in 1 2 3; do
+    start_redis p
+    tw_ports+=("$p")
+done
+PORT[twemproxy]=$(free_port)
+{
+    echo "compare:"
+    echo "  listen: 127.0.0.1:${PORT[twemproxy]}"
+    echo "  hash: fnv1a_64"
+    echo "  distribution: ketama"
+    echo "  redis: true"
+    echo "  auto_eject_hosts: false"
+    echo "  servers:"
+    for p in "${tw_ports[@]}"; do echo "   - 127.0.0.1:$p:1"; done
+} >"$WORK/nutcracker.yml"
+nutcracker -c "$WORK/nutcracker.yml" -a 127.0.0.1 -s "$(free_port)" -o "$WORK/nutcracker.log" &
+PIDS+=($!)
+# twemproxy answers no PING of its own: a SET through it shows the backends are reached.
+for _ in $(seq 200); do
+    [ "$(redis-cli -p "${PORT[twemproxy]}" SET compare:probe 1 2>/dev/null)" = OK ] && break
+    sleep 0.05
+done
+[ "$(redis-cli -p "${PORT[twemproxy]}" SET compare:probe 1 2>/dev/null)" = OK ] || die "twemproxy does not answer"
+
+# chordkv-1
+ck1=$(free_port)
+PORT[chordkv-1]=$(free_port)
+"$CHORDKV_BIN" node --listen "127.0.0.1:$ck1" --resp "127.0.0.1:${PORT[chordkv-1]}" \
+    >"$WORK/chordkv-1.log" 2>&1 &
+PIDS+=($!)
+CK1_PID=$!
+wait_ping "${PORT[chordkv-1]}" "chordkv-1" "$CK1_PID" || die "chordkv-1 exited: $(tail -3 "$WORK/chordkv-1.log")"
+
+# chordkv-8 and chordkv-8-redis: `chordkv cluster` prints `resp: ...` then `ready: ...`.
+start_chordkv_cluster() { # name [extra args...]
+    local name=$1 out
+    shift
+    out="$WORK/$name.out"
+    "$CHORDKV_BIN" cluster --nodes 8 --resp --log-dir "$WORK/$name-logs" "$@" >"$out" 2>"$WORK/$name.err" &
+    PIDS+=($!)
+    for _ in $(seq 1200); do
+        grep -q '^ready: ' "$out" && break
+        sleep 0.1
+    done
+    grep -q '^ready: ' "$out" || die "$name did not become ready: $(tail -5 "$WORK/$name.err")"
+    # The nodes run in their own process group: stop them directly too.
+    local node
+    for node in $(pgrep -P "${PIDS[-1]}"); do PIDS+=("$node"); done
+    PORT[$name]=$(sed -n 's/^resp: \([^ ]*\).*/\1/p' "$out" | sed 's/.*://')
+    wait_ping "${PORT[$name]}" "$name"
+}
+start_chordkv_cluster chordkv-8
+start_redis store_port
+start_chordkv_cluster chordkv-8-redis --store "redis://127.0.0.1:$store_port/0"
+start_chordkv_cluster chordkv-8-r0 --replicas 0
+
+for t in "${TARGETS[@]}"; do log "$t on port ${PORT[$t]}"; done
+
+# ---- the runs -----------------------------------------------------------------------------
+
+# One CSV line per (repeat, target, pipeline, test): target,pipeline,test,rps,p50,p99
+RAW="$WORK/raw.csv"
+: >"$RAW"
+
+bench_cmd() { # target pipeline -> the redis-benchmark command line
+    local t=$1 pl=$2 n=$REQUESTS
+    [ "$pl" -gt 1 ] && n=$PIPELINED_REQUESTS
+    n=$((n / ${SLOWDOWN[$t]:-1}))
+    echo "redis-benchmark -h 127.0.0.1 -p ${PORT[$t]} ${EXTRA[$t]:-} -c $CLIENTS -n $n -r $KEYSPACE -P $pl -t set,get --csv"
+}
+
+for r in $(seq "$REPEATS"); do
+    for t in "${TARGETS[@]}"; do
+        for pl in 1 "$PIPELINE"; do
+            cmd=$(bench_cmd "$t" "$pl")
+            log "repeat $r/$REPEATS $t -P $pl"
+            read -ra argv <<<"$cmd"
+            if ! timeout "$RUN_TIMEOUT_S" "${argv[@]}" >"$WORK/run.csv" 2>"$WORK/run.err"; then
+                log "  $t -P $pl did not finish within ${RUN_TIMEOUT_S}s or failed: $(tail -2 "$WORK/run.err" | tr '\r' ' ')"
+            fi
+            # "test","rps","avg","min","p50","p95","p99","max"
+            tr -d '"' <"$WORK/run.csv" | awk -F, -v t="$t" -v pl="$pl" \
+                '$1=="SET"||$1=="GET" {print t","pl","$1","$2","$5","$7}' >>"$RAW"
+        done
+    done
+done
+
+# ---- the report ---------------------------------------------------------------------------
+
+median() { sort -g | awk '{v[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+field() { # target pipeline test column(4 rps, 5 p50, 6 p99)
+    awk -F, -v t="$1" -v pl="$2" -v x="$3" -v c="$4" '$1==t && $2==pl && $3==x {print $c}' "$RAW" | median
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a=="-" || b=="-" || b==0) print "-"; else printf "%.2f", a/b }'; }
+runs() { awk -F, -v t="$1" -v pl="$2" -v x="$3" '$1==t && $2==pl && $3==x' "$RAW" | wc -l; }
+
+mkdir -p "$(dirname "$OUT")"
+{
+    echo "# chordkv vs Redis, Redis Cluster and twemproxy (redis-benchmark)"
+    echo
+    echo "Produced by \`$COMMAND_LINE\` on $(date -u '+%Y-%m-%d %H:%M UTC'); chordkv built from"
+    echo "${CHORDKV_REV:-commit \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git diff --quiet HEAD -- node protocol 2>/dev/null || echo ' with uncommitted changes in node/ or protocol/')}."
+    echo
+    echo "Machine: $(nproc) cores ($(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM,"
+    echo "Linux $(uname -r); $(redis-server --version | awk '{print $1, $2, $3}'), nutcracker $(nutcracker --version 2>&1 | sed -n 's/.*nutcracker-\([0-9.]*\).*/\1/p' | head -1);"
+    echo "load average at the end of the runs: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared: other"
+    echo "processes ran during the measurements, so compare ratios within this run, not across runs)."
+    echo
+    echo "Each cell is the median of $REPEATS runs of"
+    echo
+    echo '```sh'
+    echo "redis-benchmark -h 127.0.0.1 -p PORT [--cluster] -c $CLIENTS -n N -r $KEYSPACE -P P -t set,get --csv"
+    echo '```'
+    echo
+    echo "with N = $REQUESTS for P = 1 and N = $PIPELINED_REQUESTS for P = $PIPELINE (a quarter of those for the"
+    echo "slow chordkv-8-redis), targets interleaved within each repeat."
+    echo "Latencies are redis-benchmark's, in ms. chordkv-8 and chordkv-8-redis: 8 nodes, 2 replicas per key"
+    echo "(every SET is applied on 3 nodes before its reply), redis-benchmark connected to node 0, which"
+    echo "routes each request to the key's owner. chordkv-8-redis keeps all 8 nodes' keys in one redis-server."
+    echo "chordkv-8-r0 is chordkv-8 with --replicas 0: one copy of each key, like twemproxy over 3 redis-servers."
+    echo
+    for pl in 1 "$PIPELINE"; do
+        echo "## -P $pl"
+        echo
+        echo "| target | test | requests/s | p50 ms | p99 ms | vs redis | vs twemproxy | runs |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|"
+        for x in SET GET; do
+            base_redis=$(field redis "$pl" "$x" 4)
+            base_tw=$(field twemproxy "$pl" "$x" 4)
+            for t in "${TARGETS[@]}"; do
+                rps=$(field "$t" "$pl" "$x" 4)
+                echo "| $t | $x | $rps | $(field "$t" "$pl" "$x" 5) | $(field "$t" "$pl" "$x" 6) | $(ratio "$rps" "$base_redis") | $(ratio "$rps" "$base_tw") | $(runs "$t" "$pl" "$x") |"
+            done
+        done
+        echo
+    done
+    echo "Targets (reported, not tested): chordkv-1 at or above redis (ratio >= 1.00 in \"vs redis\");"
+    echo "chordkv-8 at or above twemproxy (ratio >= 1.00 in \"vs twemproxy\")."
+    echo
+    echo "Every run's figures: target,pipeline,test,rps,p50,p99"
+    echo
+    echo '```text'
+    cat "$RAW"
+    echo '```'
+} >"$OUT.tmp"
+
+# ---- profile ------------------------------------------------------------------------------
+
+if [ "$PROFILE" = 1 ]; then
+    log "profiling chordkv-1 under callgrind"
+    {
+        echo
+        echo "## Where chordkv-1's time goes (callgrind)"
+        echo
+        if perf stat -e instructions true >/dev/null 2>"$WORK/perf.err" && ! grep -q 'not supported' "$WORK/perf.err"; then
+            echo "(perf's hardware counters work here, but callgrind is used for a count that does not depend on the machine's noise.)"
+        else
+            echo "\`perf stat -e instructions true\` reports the counter as not supported on this machine, so valgrind's callgrind is used."
+        fi
+        echo
+    } >>"$OUT.tmp"
+    kill -TERM "$CK1_PID" 2>/dev/null || true
+    wait "$CK1_PID" 2>/dev/null || true
+    prof_node=$(free_port)
+    prof_resp=$(free_port)
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
+        "$CHORDKV_BIN" node --listen "127.0.0.1:$prof_node" --resp "127.0.0.1:$prof_resp" \
+        >"$WORK/callgrind.log" 2>&1 &
+    PIDS+=($!)
+    vg=$!
+    for _ in $(seq 600); do
+        [ "$(redis-cli -p "$prof_resp" PING 2>/dev/null)" = PONG ] && break
+        sleep 0.1
+    done
+    timeout 300 redis-benchmark -p "$prof_resp" -c "$CLIENTS" -n 20000 -r "$KEYSPACE" -t set,get -q \
+        >/dev/null 2>&1 || log "the profiled load did not finish in time"
+    kill -TERM "$vg" 2>/dev/null || true
+    for _ in $(seq 300); do kill -0 "$vg" 2>/dev/null || break; sleep 0.1; done
+    wait "$vg" 2>/dev/null || true
+    {
+        echo "Command: \`valgrind --tool=callgrind chordkv node --listen ... --resp ...\` under"
+        echo "\`redis-benchmark -c $CLIENTS -n 20000 -r $KEYSPACE -t set,get -q\` (40,000 requests), then SIGTERM."
+        echo "Inclusive instruction counts, top entries (\`callgrind_annotate --inclusive=yes\`):"
+        echo
+        echo '```text'
+        callgrind_annotate --inclusive=yes "$WORK/callgrind.out" 2>/dev/null | sed -n '/^Ir/,$p' | head -45 |
+            sed 's/ \[[^]]*\]$//' | cut -c1-160
+        echo '```'
+        echo
+        echo "Self instruction counts, top entries (\`callgrind_annotate\`):"
+        echo
+        echo '```text'
+        callgrind_annotate "$WORK/callgrind.out" 2>/dev/null | sed -n '/^Ir/,$p' | head -35 |
+            sed 's/ \[[^]]*\]$//' | cut -c1-160
+        echo '```'
+    } >>"$OUT.tmp"
+fi
+
+mv "$OUT.tmp" "$OUT"
+log "wrote $OUT"
