@@ -19,16 +19,37 @@
 #
 # OUT_DIR gets the inventory, the logs and results/ (loadgen's); the last line is
 # `deploy test: passed` (exit 0) or the failure. Needs root, ip, sshd and ssh-keygen.
+#
+#   deploy/test-netns.sh --hosts N [--spares K] OUT_DIR
+#
+# only makes N such hosts (the last K of them spare=yes in the inventory), prints the path of
+# OUT_DIR/inventory, and waits; Ctrl-C (or SIGTERM) tears them down. For trying cluster.sh and
+# loadgen --inventory by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
-out=${1:?usage: deploy/test-netns.sh OUT_DIR}
+usage="usage: deploy/test-netns.sh [--hosts N [--spares K]] OUT_DIR"
+hosts=4
+spares=0
+hosts_only=no
+while [ $# -gt 1 ]; do
+    case $1 in
+        --hosts) hosts=${2:?$usage} hosts_only=yes ;;
+        --spares) spares=${2:?$usage} ;;
+        *) break ;;
+    esac
+    shift 2
+done
+if ! [[ $hosts =~ ^[1-9][0-9]?$ && $spares =~ ^[0-9]+$ ]] || [ "$spares" -ge "$hosts" ]; then
+    echo "$usage (N: 1-99, K < N)" >&2
+    exit 2
+fi
+out=${1:?$usage}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 chordkv_bin=${CHORDKV_BIN:-$repo/target/debug/chordkv}
 loadgen_bin=${LOADGEN_BIN:-$(dirname "$chordkv_bin")/loadgen}
-hosts=4
 # Every name this run creates starts with this, so parallel runs do not clash.
 prefix=ckv-$$-
 # Bound of one cluster.sh or loadgen call (each bounds its own waits; this is a backstop).
@@ -47,7 +68,7 @@ for tool in ip ssh scp ssh-keygen timeout; do
     command -v "$tool" >/dev/null || fail "$tool is not installed"
 done
 [ -x "$chordkv_bin" ] || fail "no chordkv binary at $chordkv_bin (cargo build --bins)"
-[ -x "$loadgen_bin" ] || fail "no loadgen binary at $loadgen_bin (cargo build --bins)"
+[ "$hosts_only" = yes ] || [ -x "$loadgen_bin" ] || fail "no loadgen binary at $loadgen_bin (cargo build --bins)"
 
 tmp=$(mktemp -d "/tmp/${prefix}XXXX")
 sshd_pids=()
@@ -80,7 +101,7 @@ cleanup() {
         wait "$pid" 2>/dev/null
     done
     rm -rf "$tmp"
-    if [ "$rc" -eq 0 ]; then
+    if [ "$rc" -eq 0 ] || { [ "$hosts_only" = yes ] && [ "$rc" -eq 130 ]; }; then
         echo "deploy test: torn down (namespaces, bridge, sshd, nodes)"
     else
         echo "deploy test: torn down after a failure (exit $rc); logs in $out" >&2
@@ -188,7 +209,8 @@ inv=$out/inventory
     for i in $(seq 1 "$hosts"); do
         # h1 also serves Redis clients (resp= is passed only where set).
         echo "host h$i ssh=root@${host_addr[$((i - 1))]}:$sshd_port listen=${host_addr[$((i - 1))]}:7000" \
-            "$([ "$i" -eq 1 ] && echo "resp=${host_addr[0]}:6379")"
+            "$([ "$i" -eq 1 ] && echo "resp=${host_addr[0]}:6379")" \
+            "$([ "$i" -gt $((hosts - spares)) ] && echo "spare=yes")"
     done
 } >"$inv"
 cat "$inv"
@@ -212,6 +234,11 @@ until deploy/cluster.sh "$inv" state >"$out/state.txt" 2>&1 && ! grep -q unreach
     sleep 0.2
 done
 cat "$out/state.txt"
+
+if [ "$hosts_only" = yes ]; then
+    echo "hosts ready ($mode mode): deploy/cluster.sh $inv push|up|status|...; Ctrl-C tears them down"
+    while :; do sleep 1; done
+fi
 
 # --- deploy/cluster.sh ------------------------------------------------------------------------
 
