@@ -230,7 +230,7 @@ ssh_options() {
 # Explains a failed ssh or scp to host $1: exit status $2, its stderr in file $3.
 ssh_failure() {
     local name=$1 rc=$2 errfile=$3 what
-    what=$(tail -n 5 "$errfile" | sed 's/^cluster.sh: //')
+    what=$(tail -n 30 "$errfile" | sed 's/^cluster.sh: //')
     if [ "$rc" -eq 255 ]; then
         echo "cluster.sh: error: host $name ($(target_of "$name")) is unreachable over ssh: ${what:-no message}" >&2
     elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
@@ -583,7 +583,7 @@ one_host_cmd() {
         restart)
             out=$(ctl "$((cfg[stop_timeout_s] + 30))" "$name" stop) || return 1
             [ "$out" = not-running ] || echo "$name: $out"
-            start_host "$name"
+            start_host "$name" || return 1
             query_states "${names[@]}"
             wait_ring
             ;;

@@ -61,6 +61,14 @@ proc_state() {
     echo "${stat%% *}"
 }
 
+# Whether process $1 exists and is not a zombie.
+process_alive() {
+    local state
+    [[ $1 =~ ^[0-9]+$ ]] || return 1
+    state=$(proc_state "$1")
+    [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+
 state() {
     local pid
     pid=$(node_pid)
@@ -111,7 +119,9 @@ start() {
             fi
             return 0
         fi
-        if [ -f "$pidfile" ] && [ -z "$pid" ]; then
+        # Exited: the pid file is written, and its process is gone or a zombie (between the
+        # pid file and exec the process is still bash: not yet the node, not gone either).
+        if [ -f "$pidfile" ] && [ -z "$pid" ] && ! process_alive "$(<"$pidfile")"; then
             echo "error: the node $name ($addr) exited during start-up; last lines of $log:" >&2
             tail -n 20 "$log" >&2
             exit 1
