@@ -135,6 +135,10 @@ if [ "${DEPLOY_TEST_MODE:-}" != loopback ] && ip netns add "${prefix}probe" 2>/d
     bridge=${prefix}br
     step "hosts: $hosts network namespaces on bridge $bridge (10.77.$x.0/24)"
     ip link add "$bridge" type bridge
+    # Traffic between the hosts crosses the bridge: keep this machine's iptables (e.g.
+    # Docker's FORWARD policy via br_netfilter) out of it, for this bridge only.
+    ip link set "$bridge" type bridge nf_call_iptables 0 nf_call_ip6tables 0 nf_call_arptables 0 \
+        2>/dev/null || true
     ip addr add "10.77.$x.1/24" dev "$bridge"
     ip link set "$bridge" up
     for i in $(seq 1 "$hosts"); do
@@ -234,6 +238,11 @@ until deploy/cluster.sh "$inv" state >"$out/state.txt" 2>&1 && ! grep -q unreach
     sleep 0.2
 done
 cat "$out/state.txt"
+if [ "$mode" = netns ] && [ "$hosts" -ge 2 ]; then
+    # The nodes talk to each other across the bridge, not through this namespace.
+    ip netns exec "${prefix}h1" timeout 5 bash -c "exec 3<>/dev/tcp/${host_addr[1]}/$sshd_port" ||
+        fail "host h1 cannot reach h2 (${host_addr[1]}) across the bridge: a firewall on bridged traffic?"
+fi
 
 if [ "$hosts_only" = yes ]; then
     echo "hosts ready ($mode mode): deploy/cluster.sh $inv push|up|status|...; Ctrl-C tears them down"
