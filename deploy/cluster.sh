@@ -207,7 +207,14 @@ check_host() {
 ssh_options() {
     local name=$1 key=${h_key[$1]:-}
     [ -z "$key" ] && [ -n "${cfg[ssh_key]}" ] && key=$(local_path "${cfg[ssh_key]}")
-    opts=(-o BatchMode=yes -o "ConnectTimeout=$SSH_CONNECT_TIMEOUT_S"
+    opts=()
+    # First: for ssh the first value given for an option wins, so these override the defaults.
+    if [ -n "${cfg[ssh_options]}" ]; then
+        local extra
+        read -r -a extra <<<"${cfg[ssh_options]}"
+        opts+=("${extra[@]}")
+    fi
+    opts+=(-o BatchMode=yes -o "ConnectTimeout=$SSH_CONNECT_TIMEOUT_S"
         -o "ServerAliveInterval=$SSH_ALIVE_INTERVAL_S" -o "ServerAliveCountMax=$SSH_ALIVE_COUNT"
         -o StrictHostKeyChecking=accept-new -o LogLevel=ERROR)
     if [ -n "${cfg[known_hosts]}" ]; then
@@ -216,11 +223,6 @@ ssh_options() {
     if [ -n "$key" ]; then
         [ -r "$key" ] || bad_input "host $name: cannot read the ssh key $key"
         opts+=(-i "$key" -o IdentitiesOnly=yes)
-    fi
-    if [ -n "${cfg[ssh_options]}" ]; then
-        local extra
-        read -r -a extra <<<"${cfg[ssh_options]}"
-        opts+=("${extra[@]}")
     fi
     local user=${h_user[$name]:-${cfg[ssh_user]}}
     login=${user:+$user@}${h_host[$name]}
