@@ -36,6 +36,7 @@ usage: deploy/cluster.sh INVENTORY COMMAND [HOST]
   pause HOST       SIGSTOP the node (a node that hangs)
   resume HOST      SIGCONT the node
   logs HOST [N]    the last N lines (default 100) of the node's log
+  disconnect       close the ssh connections kept in $CHORDKV_SSH_MUX_DIR (loadgen's)
 EOF
     exit 2
 }
@@ -46,6 +47,9 @@ SSH_ALIVE_INTERVAL_S=5
 SSH_ALIVE_COUNT=3
 # Bound of one ssh command that does not start a node (a copy, a signal, a state query).
 SSH_COMMAND_TIMEOUT_S=120
+# An idle ssh master (see ensure_master) exits after this many seconds, even if this script
+# was killed before it could close it.
+SSH_MASTER_IDLE_S=60
 # Seconds between two looks at the ring while waiting for it.
 RING_POLL_S=0.5
 
@@ -242,20 +246,28 @@ ssh_failure() {
     fi
 }
 
-# One ssh connection (a multiplexing master) per host and run of this script, shared by all
-# its calls to that host: a login costs a key exchange, seconds on a loaded machine. Masters
-# are closed when the script exits; a call whose master is gone connects directly.
+# One ssh connection (a multiplexing master) per host, shared by all calls to that host: a
+# login costs a key exchange, seconds on a loaded machine. Masters live for one run of this
+# script and are closed when it exits, or, with CHORDKV_SSH_MUX_DIR=DIR (loadgen sets it),
+# live in DIR across runs until `disconnect`; either way they exit after SSH_MASTER_IDLE_S
+# idle seconds. A call whose master is gone connects directly.
+mux_dir=${CHORDKV_SSH_MUX_DIR:-}
 mux() {
-    echo "$tmp/mux-$1"
+    echo "${mux_dir:-$tmp}/mux-$1"
 }
 
 ensure_master() {
-    local name=$1 rc=0
-    [ -S "$(mux "$name")" ] && return 0
+    local name=$1 rc=0 sock
+    sock=$(mux "$name")
+    if [ -S "$sock" ]; then
+        ssh -o "ControlPath=$sock" -O check "$name" >/dev/null 2>&1 && return 0
+        rm -f "$sock"
+    fi
     ssh_options "$name"
     # Its stdio goes elsewhere: a background master must not hold a caller's pipe open.
-    timeout -k 5 $((SSH_CONNECT_TIMEOUT_S + 20)) ssh -f -N -M -o "ControlPath=$(mux "$name")" \
-        "${opts[@]}" -p "$port" "$login" </dev/null >/dev/null 2>"$tmp/ssh-err-$name" || rc=$?
+    timeout -k 5 $((SSH_CONNECT_TIMEOUT_S + 20)) ssh -f -N -M -o "ControlPath=$sock" \
+        -o "ControlPersist=$SSH_MASTER_IDLE_S" "${opts[@]}" -p "$port" "$login" \
+        </dev/null >/dev/null 2>"$tmp/ssh-err-$name" || rc=$?
     if [ "$rc" -ne 0 ]; then
         ssh_failure "$name" "$rc" "$tmp/ssh-err-$name"
         return "$rc"
@@ -609,7 +621,12 @@ for tool in ssh scp timeout od; do
 done
 parse_inventory "$inventory"
 tmp=$(mktemp -d)
-trap 'close_masters; rm -rf "$tmp"' EXIT
+if [ -n "$mux_dir" ]; then
+    mkdir -p "$mux_dir"
+    trap 'rm -rf "$tmp"' EXIT
+else
+    trap 'close_masters; rm -rf "$tmp"' EXIT
+fi
 
 case $command in
     push | status)
@@ -624,6 +641,10 @@ case $command in
     up | down | state)
         [ $# -eq 0 ] || usage
         "cmd_$command"
+        ;;
+    disconnect)
+        [ $# -eq 0 ] || usage
+        close_masters
         ;;
     start | stop | restart | kill | pause | resume | logs)
         [ $# -ge 1 ] || { echo "cluster.sh: $command needs a HOST" >&2; usage; }

@@ -16,6 +16,10 @@
 //! not apply: the inventory configures the nodes. The cluster is left running at the end, with
 //! the nodes the faults killed still dead (`cluster.sh INV up` starts them again).
 //!
+//! The script's ssh connections to the hosts are kept open between calls
+//! (`CHORDKV_SSH_MUX_DIR`), so that a fault costs a round trip, not a login; they are closed
+//! when the cluster is dropped (and expire by themselves if loadgen dies first).
+//!
 //! [`LocalCluster`]: chordkv_node::cluster::LocalCluster
 
 use std::io::Read;
@@ -23,6 +27,7 @@ use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -73,6 +78,8 @@ pub struct Host {
 pub struct RemoteCluster {
     script: PathBuf,
     inventory: PathBuf,
+    /// Where the script keeps its ssh connections across calls.
+    mux_dir: PathBuf,
     hosts: Vec<Host>,
     /// Node index -> index in `hosts`.
     nodes: Vec<usize>,
@@ -134,9 +141,16 @@ impl RemoteCluster {
         if !inventory.is_file() {
             bail!("no inventory file {}", inventory.display());
         }
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let mux_dir = std::env::temp_dir().join(format!(
+            "ckv-ssh-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         let mut cluster = RemoteCluster {
             script,
             inventory: inventory.to_path_buf(),
+            mux_dir,
             hosts: Vec::new(),
             nodes: Vec::new(),
         };
@@ -241,6 +255,7 @@ impl RemoteCluster {
             .arg(&self.script)
             .arg(&self.inventory)
             .args(args)
+            .env("CHORDKV_SSH_MUX_DIR", &self.mux_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -261,6 +276,15 @@ impl RemoteCluster {
                 )
             }
             None => bail!("`{what}` did not finish within {} s", SCRIPT_TIMEOUT.as_secs()),
+        }
+    }
+}
+
+impl Drop for RemoteCluster {
+    fn drop(&mut self) {
+        if self.mux_dir.exists() {
+            let _ = self.script_output(&["disconnect"]);
+            let _ = std::fs::remove_dir_all(&self.mux_dir);
         }
     }
 }
