@@ -147,3 +147,66 @@ fn a_cluster_deployed_over_ssh_survives_a_kill_and_a_restart_under_load() {
         "restart picks the killed node"
     );
 }
+
+/// Runs `deploy/cluster.sh INVENTORY args...` on an inventory with `text`; exit code and stderr.
+fn cluster_sh(text: &str, args: &[&str]) -> (i32, String) {
+    let dir = scratch_dir("inventory");
+    let inventory = dir.join("inventory");
+    std::fs::write(&inventory, text).expect("write the inventory");
+    let out = Command::new("bash")
+        .arg(repo_root().join("deploy/cluster.sh"))
+        .arg(&inventory)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run deploy/cluster.sh");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_inventories_and_arguments_are_refused_with_their_line() {
+    let host = "host a ssh=root@10.0.0.1 listen=10.0.0.1:7000\n";
+    let cases: [(String, &[&str], &str); 8] = [
+        (
+            format!("replicas=2\nfrobs=1\n{host}"),
+            &["status"],
+            ":2: unknown setting 'frobs'",
+        ),
+        (
+            "host a ssh=x listen=10.0.0.1\n".into(),
+            &["status"],
+            ":1: listen=10.0.0.1 is not IP:PORT",
+        ),
+        (
+            "host a listen=10.0.0.1:7000\n".into(),
+            &["status"],
+            ":1: host a has no ssh=",
+        ),
+        ("host a ssh=x\n".into(), &["status"], ":1: host a has no listen="),
+        (format!("{host}{host}"), &["status"], ":2: host a is listed twice"),
+        (
+            "host a ssh=x listen=0.0.0.0:7000\n".into(),
+            &["status"],
+            "give advertise=IP:PORT",
+        ),
+        (host.into(), &["kill", "b"], "no host 'b'"),
+        (host.into(), &["frob"], "unknown command 'frob'"),
+    ];
+    for (text, args, expected) in cases {
+        let (code, stderr) = cluster_sh(&text, args);
+        assert_eq!(code, 2, "{args:?} on {text:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?} on {text:?}: expected {expected:?} in {stderr}"
+        );
+    }
+    let (code, stderr) = cluster_sh(
+        &format!("{host}host b ssh=x listen=10.0.0.2:7000 spare=yes\n"),
+        &["kill"],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("kill needs a HOST"), "{stderr}");
+}
