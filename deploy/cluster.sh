@@ -192,8 +192,10 @@ addr_of() {
     echo "${h_advertise[$1]:-${h_listen[$1]}}"
 }
 
+# The node's directory on its host; `~/x` is `x`, since relative paths are in the home.
 remote_dir() {
-    echo "${h_dir[$1]:-${cfg[dir]}/$1}"
+    local d=${h_dir[$1]:-${cfg[dir]}/$1}
+    echo "${d#"~/"}"
 }
 
 target_of() {
