@@ -465,7 +465,9 @@ impl Server {
         };
         if let Some((session, _, wbuf)) = conn.resp_parts() {
             session.on_reply(frame, wbuf);
-            return self.resp_output(now, token);
+            // One map lookup per reply: this is the RESP hot path.
+            let after = resp_after_output(conn, token, &mut self.read_again, &mut self.to_flush);
+            return self.resp_finish(now, token, after);
         }
         if let Err(e) = conn.push_frame(&frame) {
             // Answer anyway, so the requester is not left waiting.
@@ -754,29 +756,25 @@ impl Server {
             return false;
         };
         let step = session.next_command(now, &mut self.node, ReplyTo(token.0 as u64), rbuf, wbuf, facts);
+        // Answers given on the spot; those the core gives come through `reply` while pumping.
+        let after = resp_after_output(conn, token, &mut self.read_again, &mut self.to_flush);
+        self.resp_finish(now, token, after);
         self.pump(now);
-        self.resp_output(now, token);
-        step == Step::Command && self.conns.contains_key(&token)
+        // The read loop finds out whether the connection is still there.
+        step == Step::Command
     }
 
-    /// After output to a RESP connection: flush it at the end of the turn, close it once QUIT
-    /// or a protocol error has been answered, read it again if it waited for replies to drain.
-    fn resp_output(&mut self, now: Millis, token: Token) {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return;
-        };
-        let Some(session) = conn.resp.as_deref_mut() else {
-            return;
-        };
-        if session.wants_close() {
-            let _ = conn.flush();
-            return self.close(now, token, Why::Text("QUIT or RESP protocol error"));
-        }
-        if session.take_unblocked() {
-            self.read_again.push(token);
-        }
-        if conn.pending_output() > 0 {
-            self.queue_flush(now, token);
+    /// The rare outcomes of [`resp_after_output`], which need the whole server.
+    fn resp_finish(&mut self, now: Millis, token: Token, after: RespAfter) {
+        match after {
+            RespAfter::Done => {}
+            RespAfter::QueueFlush => self.queue_flush(now, token),
+            RespAfter::Close => {
+                if let Some(conn) = self.conns.get_mut(&token) {
+                    let _ = conn.flush();
+                }
+                self.close(now, token, Why::Text("QUIT or RESP protocol error"));
+            }
         }
     }
 
@@ -899,6 +897,44 @@ impl Server {
     fn log(&self, args: fmt::Arguments<'_>) {
         eprintln!("chordkv node {}: {args}", self.me.addr);
     }
+}
+
+/// What a RESP connection needs after output was added to it.
+enum RespAfter {
+    Done,
+    /// Over [`MAX_WRITE_BUFFER_BYTES`] queued: the full check of `queue_flush`.
+    QueueFlush,
+    /// QUIT or a protocol error has been answered, with everything before it.
+    Close,
+}
+
+/// After output to a RESP connection, with the connection already in hand (no second map
+/// lookup on the hot path): notes it for the end-of-turn flush, and for another read if its
+/// input waited for replies to drain; says when QUIT or a protocol error closes it.
+fn resp_after_output(
+    conn: &mut Conn,
+    token: Token,
+    read_again: &mut Vec<Token>,
+    to_flush: &mut Vec<Token>,
+) -> RespAfter {
+    let Some(session) = conn.resp.as_deref_mut() else {
+        return RespAfter::Done;
+    };
+    if session.wants_close() {
+        return RespAfter::Close;
+    }
+    if session.take_unblocked() {
+        read_again.push(token);
+    }
+    let pending = conn.pending_output();
+    if pending > MAX_WRITE_BUFFER_BYTES {
+        return RespAfter::QueueFlush;
+    }
+    if pending > 0 && !conn.flush_queued {
+        conn.flush_queued = true;
+        to_flush.push(token);
+    }
+    RespAfter::Done
 }
 
 fn bind_error(addr: SocketAddr, e: io::Error) -> anyhow::Error {
