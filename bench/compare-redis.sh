@@ -119,15 +119,16 @@ USED_PORTS=" "
 read -r EPHEMERAL_LOW _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPHEMERAL_LOW=32768
 PORT_LOW=10000
 [ "$EPHEMERAL_LOW" -gt $((PORT_LOW + 5000)) ] || PORT_LOW=1024
-# A loopback port nothing listens on and that this run has not handed out yet.
+# free_port VAR: a loopback port nothing listens on and that this run has not handed out yet,
+# stored in VAR (not printed: a $(...) subshell would lose the record of ports handed out).
 free_port() {
-    local port
+    local _fp
     while :; do
-        port=$((PORT_LOW + (RANDOM * 32768 + RANDOM) % (EPHEMERAL_LOW - PORT_LOW)))
-        case "$USED_PORTS" in *" $port "*) continue ;; esac
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            USED_PORTS="$USED_PORTS$port "
-            echo "$port"
+        _fp=$((PORT_LOW + (RANDOM * 32768 + RANDOM) % (EPHEMERAL_LOW - PORT_LOW)))
+        case "$USED_PORTS" in *" $_fp "*) continue ;; esac
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$_fp") 2>/dev/null; then
+            USED_PORTS="$USED_PORTS$_fp "
+            printf -v "$1" '%s' "$_fp"
             return
         fi
     done
@@ -149,7 +150,7 @@ start_redis() {
     local var=$1 port attempt
     shift
     for attempt in 1 2 3 4 5; do
-        port=$(free_port)
+        free_port port
         redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
             --dir "$WORK" --dbfilename "dump-$port.rdb" "$@" >"$WORK/redis-$port.log" 2>&1 &
         PIDS+=($!)
@@ -169,7 +170,7 @@ TARGETS=(redis redis-cluster twemproxy chordkv-1 chordkv-8 chordkv-8-redis chord
 
 log "work directory $WORK"
 
-redis_port='' store_port='' p=''
+redis_port='' store_port='' p='' tw_port='' tw_stats_port='' ck1='' ck1_resp='' prof_node='' prof_resp=''
 
 # redis
 start_redis redis_port
@@ -200,7 +201,8 @@ for _ in 1 2 3; do
     start_redis p
     tw_ports+=("$p")
 done
-PORT[twemproxy]=$(free_port)
+free_port tw_port
+PORT[twemproxy]=$tw_port
 {
     echo "compare:"
     echo "  listen: 127.0.0.1:${PORT[twemproxy]}"
@@ -211,7 +213,8 @@ PORT[twemproxy]=$(free_port)
     echo "  servers:"
     for p in "${tw_ports[@]}"; do echo "   - 127.0.0.1:$p:1"; done
 } >"$WORK/nutcracker.yml"
-nutcracker -c "$WORK/nutcracker.yml" -a 127.0.0.1 -s "$(free_port)" -o "$WORK/nutcracker.log" &
+free_port tw_stats_port
+nutcracker -c "$WORK/nutcracker.yml" -a 127.0.0.1 -s "$tw_stats_port" -o "$WORK/nutcracker.log" &
 PIDS+=($!)
 # twemproxy answers no PING of its own: a SET through it shows the backends are reached.
 for _ in $(seq 200); do
@@ -221,8 +224,9 @@ done
 [ "$(redis-cli -p "${PORT[twemproxy]}" SET compare:probe 1 2>/dev/null)" = OK ] || die "twemproxy does not answer"
 
 # chordkv-1
-ck1=$(free_port)
-PORT[chordkv-1]=$(free_port)
+free_port ck1
+free_port ck1_resp
+PORT[chordkv-1]=$ck1_resp
 "$CHORDKV_BIN" node --listen "127.0.0.1:$ck1" --resp "127.0.0.1:${PORT[chordkv-1]}" \
     >"$WORK/chordkv-1.log" 2>&1 &
 PIDS+=($!)
@@ -274,7 +278,9 @@ for r in $(seq "$REPEATS"); do
             log "repeat $r/$REPEATS $t -P $pl"
             read -ra argv <<<"$cmd"
             if ! timeout "$RUN_TIMEOUT_S" "${argv[@]}" >"$WORK/run.csv" 2>"$WORK/run.err"; then
-                log "  $t -P $pl did not finish within ${RUN_TIMEOUT_S}s or failed: $(tail -2 "$WORK/run.err" | tr '\r' ' ')"
+                why=$(tail -2 "$WORK/run.err" | tr '\r\n' '  ')
+                log "  $t -P $pl did not finish within ${RUN_TIMEOUT_S}s or failed: $why"
+                echo "repeat $r, $t, -P $pl: $why" >>"$WORK/failures.txt"
             fi
             # "test","rps","avg","min","p50","p95","p99","max"
             tr -d '"' <"$WORK/run.csv" | awk -F, -v t="$t" -v pl="$pl" \
@@ -335,6 +341,15 @@ mkdir -p "$(dirname "$OUT")"
     echo "Targets (reported, not tested): chordkv-1 at or above redis (ratio >= 1.00 in \"vs redis\");"
     echo "chordkv-8 at or above twemproxy (ratio >= 1.00 in \"vs twemproxy\")."
     echo
+    if [ -s "$WORK/failures.txt" ]; then
+        echo "Runs that failed (redis-benchmark stops at the first error reply; only the tests it"
+        echo "finished are counted, see \"runs\"):"
+        echo
+        echo '```text'
+        cat "$WORK/failures.txt"
+        echo '```'
+        echo
+    fi
     echo "Every run's figures: target,pipeline,test,rps,p50,p99"
     echo
     echo '```text'
@@ -359,8 +374,8 @@ if [ "$PROFILE" = 1 ]; then
     } >>"$OUT.tmp"
     kill -TERM "$CK1_PID" 2>/dev/null || true
     wait "$CK1_PID" 2>/dev/null || true
-    prof_node=$(free_port)
-    prof_resp=$(free_port)
+    free_port prof_node
+    free_port prof_resp
     valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
         "$CHORDKV_BIN" node --listen "127.0.0.1:$prof_node" --resp "127.0.0.1:$prof_resp" \
         >"$WORK/callgrind.log" 2>&1 &
@@ -381,15 +396,16 @@ if [ "$PROFILE" = 1 ]; then
         echo "Inclusive instruction counts, top entries (\`callgrind_annotate --inclusive=yes\`):"
         echo
         echo '```text'
-        callgrind_annotate --inclusive=yes "$WORK/callgrind.out" 2>/dev/null | sed -n '/^Ir/,$p' | head -45 |
-            sed 's/ \[[^]]*\]$//' | cut -c1-160
+        # awk, not head: with pipefail, a reader that stops early would fail the pipeline.
+        { callgrind_annotate --inclusive=yes "$WORK/callgrind.out" 2>/dev/null || true; } |
+            sed -n '/^Ir/,$p' | awk 'NR <= 45' | sed 's/ \[[^]]*\]$//' | cut -c1-160
         echo '```'
         echo
         echo "Self instruction counts, top entries (\`callgrind_annotate\`):"
         echo
         echo '```text'
-        callgrind_annotate "$WORK/callgrind.out" 2>/dev/null | sed -n '/^Ir/,$p' | head -35 |
-            sed 's/ \[[^]]*\]$//' | cut -c1-160
+        { callgrind_annotate "$WORK/callgrind.out" 2>/dev/null || true; } |
+            sed -n '/^Ir/,$p' | awk 'NR <= 35' | sed 's/ \[[^]]*\]$//' | cut -c1-160
         echo '```'
     } >>"$OUT.tmp"
 fi
