@@ -5,7 +5,7 @@
 #
 #   deploy/cluster.sh INVENTORY push [HOST]       copy the binary, node-ctl.sh and node.conf
 #   deploy/cluster.sh INVENTORY up                start every stopped node, wait for the ring
-#   deploy/cluster.sh INVENTORY status [HOST]     processes, and the ring's consistency
+#   deploy/cluster.sh INVENTORY status [--wait S] [HOST]   processes, the ring's consistency
 #   deploy/cluster.sh INVENTORY down              stop every node gracefully
 #   deploy/cluster.sh INVENTORY start|stop|restart|kill|pause|resume|logs HOST
 #   deploy/cluster.sh INVENTORY state             one machine-readable line per host
@@ -24,8 +24,11 @@ usage: deploy/cluster.sh INVENTORY COMMAND [HOST]
   up               start every node that is not running (the first creates the ring, each
                    other joins a live node once the previous one answers), then wait until the
                    ring is consistent; running nodes are left alone
-  status [HOST]    per host: running, paused, dead or unreachable; then the ring as seen from
-                   a live node; exit 0 only if every node runs and the ring is consistent
+  status [--wait S] [HOST]
+                   per host: running, paused, dead or unreachable; then the ring as seen from
+                   a live node; exit 0 only if every node runs and the ring is consistent.
+                   --wait S: first wait (at most S s) for the ring to hold exactly the running
+                   nodes, consistently (it settles a few stabilize periods after a change)
   state            one line per host: NAME ADDR ROLE STATE [PID] (for scripts and loadgen)
   down             stop every node gracefully (SIGTERM: it hands its keys over and leaves)
   start HOST       start the node unless it runs, joining a live node
@@ -544,9 +547,18 @@ cmd_up() {
     wait_ring
 }
 
+# cmd_status WAIT_S HOST...: with WAIT_S > 0, first waits (at most that long) until the ring is
+# consistent and holds exactly the running nodes: a ring settles a few stabilize periods after
+# a node joins, leaves or dies.
 cmd_status() {
-    local name st healthy=0
+    local wait_s=$1 name st healthy=0 deadline
+    shift
+    deadline=$((SECONDS + wait_s))
     query_states "${names[@]}"
+    while [ "$wait_s" -gt 0 ] && ! check_ring && [ "$SECONDS" -lt "$deadline" ]; do
+        sleep "$RING_POLL_S"
+        query_states "${names[@]}"
+    done
     for name in "$@"; do
         st=$(state_of "$name")
         if [ "$st" = unreachable ] || [ "$st" = error ]; then
@@ -632,13 +644,23 @@ fi
 
 case $command in
     push | status)
+        wait_s=0
+        if [ "$command" = status ] && [ "${1:-}" = --wait ]; then
+            [[ ${2:-} =~ ^[0-9]+$ ]] || { echo "cluster.sh: --wait needs SECONDS" >&2; usage; }
+            wait_s=$2
+            shift 2
+        fi
         if [ $# -ge 1 ]; then
             check_host "$1"
             hosts=("$1")
         else
             hosts=("${names[@]}")
         fi
-        "cmd_$command" "${hosts[@]}"
+        if [ "$command" = status ]; then
+            cmd_status "$wait_s" "${hosts[@]}"
+        else
+            cmd_push "${hosts[@]}"
+        fi
         ;;
     up | down | state)
         [ $# -eq 0 ] || usage

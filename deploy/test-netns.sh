@@ -204,7 +204,8 @@ inv=$out/inventory
     echo "# Written by deploy/test-netns.sh ($mode mode)."
     echo "replicas=2"
     echo "ack=all"
-    echo "stabilize_ms=100"
+    # The default period: timeouts that a machine busy with other builds does not trip.
+    echo "stabilize_ms=250"
     echo "ssh_user=root"
     echo "ssh_key=$tmp/client_key"
     echo "known_hosts=$tmp/known_hosts"
@@ -274,7 +275,7 @@ grep -q "^h1 .*unreachable" "$out/status-unreachable.txt" || fail "h1 not report
 step "push, up, status"
 cluster push
 cluster up
-cluster status | tee "$out/status-up.txt"
+cluster status --wait 30 | tee "$out/status-up.txt" || fail "status is not healthy after up"
 # The RESP listener of h1 (resp=): PING -> +PONG.
 exec 3<>"/dev/tcp/${host_addr[0]}/6379" || fail "h1's RESP address does not accept connections"
 printf 'PING\r\n' >&3
@@ -287,14 +288,14 @@ grep -q "already running" "$out/up-again.txt" || fail "a second up did not leave
 
 step "kill, status, restart, status"
 cluster kill h2
-if cluster status >"$out/status-killed.txt" 2>&1; then
+if cluster status --wait 30 >"$out/status-killed.txt" 2>&1; then
     cat "$out/status-killed.txt"
     fail "status says healthy with h2 killed"
 fi
 cat "$out/status-killed.txt"
 grep -q "^h2 .* dead" "$out/status-killed.txt" || fail "h2 not reported dead"
 cluster restart h2
-cluster status | tee "$out/status-restarted.txt"
+cluster status --wait 30 | tee "$out/status-restarted.txt" || fail "status is not healthy after the restart"
 cluster logs h2 5
 
 # --- loadgen against the deployed cluster ------------------------------------------------------
@@ -306,7 +307,7 @@ timeout -k 5 "$STEP_TIMEOUT_S" "$loadgen_bin" --workload workloads/deploy-smoke.
 [ "$rc" -eq 0 ] || fail "loadgen exited with $rc"
 grep -Eq '"lost": 0\b' "$out/results/summary.json" || fail "summary.json does not say lost 0"
 cluster up >/dev/null
-cluster status | tee "$out/status-after-load.txt"
+cluster status --wait 30 | tee "$out/status-after-load.txt" || fail "status is not healthy after the load"
 
 step "down"
 cluster down
