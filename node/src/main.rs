@@ -23,10 +23,11 @@ use clap::{Args, Parser, Subcommand};
 use chordkv_node::chord::config::{
     AckPolicy, DEFAULT_REPLICAS, DEFAULT_STABILIZE_INTERVAL_MS, DEFAULT_SUCCESSORS,
 };
-use chordkv_node::chord::Config;
+use chordkv_node::chord::{Config, Routing};
 use chordkv_node::client::{self, Client, ClientError, RingReport};
 use chordkv_node::cluster::{self, ClusterSpec, LocalCluster};
 use chordkv_node::server::{self, ServerConfig};
+use chordkv_node::sim::lookup::{LookupSim, LookupSimConfig, Workload};
 use chordkv_node::store;
 use chordkv_protocol::Id;
 
@@ -145,10 +146,75 @@ enum Command {
     Stats {
         #[command(flatten)]
         target: Target,
-        /// Print one JSON object mapping each name to its value.
+        /// Print one JSON object mapping each name to its value, plus `cache_hit_rate` and
+        /// `maintenance_per_s` (routing maintenance requests per second of uptime).
         #[arg(long)]
         json: bool,
     },
+    /// Simulate lookups on a ring of N nodes (no network: the real node state machines on a
+    /// simulated one)
+    ///
+    /// Builds the ring from the oracle (as the Chord paper's simulator does), measures routing
+    /// maintenance traffic, crashes --fail-fraction of the nodes at once, then runs --lookups
+    /// client GETs from random live nodes, routed exactly as a node routes client operations.
+    /// Prints mean, p1, p50, p99 hops, the failed-lookup fraction, routing state per node and
+    /// maintenance messages per node per second. A hop is one message to another node on the
+    /// way to the owner (0 when the entry owns the key); a lookup fails unless the key's owner
+    /// before the crashes serves it (SIGCOMM'01 section 6.4).
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Args)]
+struct SimArgs {
+    /// Nodes in the ring.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..(1 << 24)))]
+    nodes: u64,
+    /// Routing scheme: classic, base:B or onehop.
+    #[arg(long, value_name = "SCHEME", default_value = "classic")]
+    routing: Routing,
+    /// Entries of each node's location cache (0: no cache).
+    #[arg(long, value_name = "ENTRIES", default_value_t = 0)]
+    cache: usize,
+    /// Length of each node's successor list (Chord's r).
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = DEFAULT_SUCCESSORS as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1024)
+    )]
+    successors: u64,
+    /// Lookups to run.
+    #[arg(long, value_name = "L", default_value_t = 10_000)]
+    lookups: u64,
+    /// Key choice: uniform, zipfian (YCSB, theta 0.99) or hotkey (every lookup on one key).
+    #[arg(long, value_name = "W", default_value = "uniform")]
+    workload: Workload,
+    /// Distinct keys [default: 100 per node, as in the Chord paper].
+    #[arg(long, value_name = "K")]
+    keys: Option<u64>,
+    /// Fraction of the nodes that crash at once before the lookups (0 to 1).
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    fail_fraction: f64,
+    /// Seed of every random choice; the same seed gives the same numbers.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    seed: u64,
+    /// The nodes' stabilize period in simulated milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = DEFAULT_STABILIZE_INTERVAL_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    stabilize_ms: u64,
+    /// Simulated milliseconds of maintenance measured before the lookups.
+    #[arg(long, value_name = "MS", default_value_t = 2_000)]
+    maintenance_ms: u64,
+    /// Most lookups in flight at once [default: one per node].
+    #[arg(long, value_name = "C", default_value_t = 0)]
+    concurrency: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The node a client command talks to.
@@ -218,6 +284,15 @@ struct NodeArgs {
     /// routed through the ring like any other.
     #[arg(long, value_name = "ADDR")]
     resp: Option<String>,
+    /// How lookups are routed: `classic` (Chord's fingers, about 1/2 log2 N hops), `base:B`
+    /// (B - 1 fingers per level, about log_B N hops) or `onehop` (a full membership table
+    /// kept by disseminating joins and leaves: one hop).
+    #[arg(long, value_name = "SCHEME", default_value = "classic")]
+    routing: Routing,
+    /// Entries of the location cache: owner ranges learnt from lookups, tried before
+    /// routing (0: no cache).
+    #[arg(long, value_name = "ENTRIES", default_value_t = 0)]
+    cache: usize,
 }
 
 #[derive(Debug, Args)]
@@ -262,6 +337,12 @@ struct ClusterArgs {
     /// Like --resp, with node i's RESP listener on port P + i.
     #[arg(long, value_name = "P")]
     resp_base_port: Option<u16>,
+    /// Each node's routing scheme: classic, base:B or onehop [default: classic].
+    #[arg(long, value_name = "SCHEME")]
+    routing: Option<Routing>,
+    /// Each node's location cache entries [default: 0, no cache].
+    #[arg(long, value_name = "ENTRIES")]
+    cache: Option<usize>,
     /// Write each node's output to DIR/node-INDEX-PORT.log instead of this terminal.
     #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
@@ -292,6 +373,7 @@ fn main() -> ExitCode {
         Command::Del { key, target } => cmd_del(&target, key, timeout),
         Command::Ring { target, json } => cmd_ring(&target, json, timeout),
         Command::Stats { target, json } => cmd_stats(&target, json, timeout),
+        Command::Sim(args) => cmd_sim(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
@@ -378,6 +460,8 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
     chord.successors = args.successors as usize;
     chord.replicas = args.replicas as usize;
     chord.ack = args.ack;
+    chord.routing = args.routing;
+    chord.cache_entries = args.cache;
     if chord.replicas >= chord.successors {
         bail!(
             "--replicas {} needs a longer successor list: give --successors {} or more",
@@ -431,6 +515,12 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
     if let Some(ack) = args.ack {
         ack.parse::<AckPolicy>().map_err(|e| anyhow!(e))?;
         spec.node_args.extend(["--ack".into(), ack]);
+    }
+    if let Some(routing) = args.routing {
+        spec.node_args.extend(["--routing".into(), routing.to_string()]);
+    }
+    if let Some(n) = args.cache {
+        spec.node_args.extend(["--cache".into(), n.to_string()]);
     }
     spec.resp = args.resp || args.resp_base_port.is_some();
     spec.resp_base_port = args.resp_base_port;
@@ -603,15 +693,142 @@ fn cmd_stats(target: &Target, json: bool, timeout: Duration) -> anyhow::Result<O
     let counters = connect(target, timeout)?.stats()?;
     let mut out = io::stdout().lock();
     if json {
-        let object: serde_json::Map<String, serde_json::Value> = counters
+        let get = |name: &str| counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v as f64);
+        let hit_rate = match (get("cache_hits"), get("cache_misses")) {
+            (Some(h), Some(m)) if h + m > 0.0 => h / (h + m),
+            _ => 0.0,
+        };
+        let maintenance_per_s = match (get("maintenance_sent"), get("uptime_ms")) {
+            (Some(sent), Some(ms)) if ms > 0.0 => sent / (ms / 1000.0),
+            _ => 0.0,
+        };
+        let mut object: serde_json::Map<String, serde_json::Value> = counters
             .into_iter()
             .map(|(name, value)| (name, value.into()))
             .collect();
+        object.insert("cache_hit_rate".into(), hit_rate.into());
+        object.insert("maintenance_per_s".into(), maintenance_per_s.into());
         writeln!(out, "{}", serde_json::Value::Object(object))?;
     } else {
         for (name, value) in counters {
             writeln!(out, "{name} {value}")?;
         }
+    }
+    out.flush()?;
+    Ok(Outcome::Success)
+}
+
+// --- simulator ---------------------------------------------------------------------------
+
+fn cmd_sim(args: SimArgs) -> anyhow::Result<Outcome> {
+    if !(0.0..=1.0).contains(&args.fail_fraction) {
+        bail!("--fail-fraction {} is not between 0 and 1", args.fail_fraction);
+    }
+    let config = LookupSimConfig {
+        nodes: args.nodes as usize,
+        routing: args.routing,
+        cache_entries: args.cache,
+        successors: args.successors as usize,
+        lookups: args.lookups,
+        workload: args.workload,
+        keys: args.keys.unwrap_or(0),
+        fail_fraction: args.fail_fraction,
+        seed: args.seed,
+        stabilize_ms: args.stabilize_ms,
+        maintenance_ms: args.maintenance_ms,
+        concurrency: args.concurrency as usize,
+        ..LookupSimConfig::default()
+    };
+    if !args.json {
+        eprintln!(
+            "simulating {} nodes, routing {}, seed {} ...",
+            config.nodes, config.routing, config.seed
+        );
+    }
+    let r = LookupSim::new(config.clone()).run();
+    let mut out = io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({
+            "config": {
+                "nodes": config.nodes,
+                "routing": config.routing.to_string(),
+                "cache": config.cache_entries,
+                "successors": config.successors,
+                "lookups": config.lookups,
+                "workload": config.workload.to_string(),
+                "keys": config.key_count(),
+                "fail_fraction": config.fail_fraction,
+                "seed": config.seed,
+                "stabilize_ms": config.stabilize_ms,
+                "maintenance_ms": config.maintenance_ms,
+                "concurrency": config.concurrency,
+            },
+            "seed": config.seed,
+            "hops": {
+                "mean": r.hops.mean,
+                "p1": r.hops.p1,
+                "p50": r.hops.p50,
+                "p99": r.hops.p99,
+                "max": r.hops.max,
+                "mean_to_predecessor": r.hops.mean_to_predecessor,
+            },
+            "failed_fraction": r.failed_fraction,
+            "failed": r.failed,
+            "crashed": r.crashed,
+            "owner_crashed_fraction": r.owner_crashed_fraction,
+            "state_per_node": r.state_per_node,
+            "cache_entries_per_node": r.cache_entries_per_node,
+            "cache_hit_rate": r.cache_hit_rate,
+            "cache_stale": r.cache_stale,
+            "maintenance_msgs_per_node_per_s": r.maintenance_msgs_per_node_per_s,
+            "sim_ms": r.sim_ms,
+            "messages": r.messages,
+            "wall_ms": r.wall_ms,
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "nodes {}  routing {}  cache {}  successors {}  workload {} ({} keys)  fail-fraction {}  seed {}",
+            config.nodes,
+            config.routing,
+            config.cache_entries,
+            config.successors,
+            config.workload,
+            config.key_count(),
+            config.fail_fraction,
+            config.seed
+        )?;
+        writeln!(
+            out,
+            "hops: mean {:.3}  p1 {}  p50 {}  p99 {}  max {}  (to the predecessor, SIGCOMM'01 count: mean {:.3})",
+            r.hops.mean, r.hops.p1, r.hops.p50, r.hops.p99, r.hops.max, r.hops.mean_to_predecessor
+        )?;
+        writeln!(
+            out,
+            "failed lookups: {} of {} ({:.4}); {} nodes crashed, owning the keys of {:.4} of the lookups",
+            r.failed, r.lookups, r.failed_fraction, r.crashed, r.owner_crashed_fraction
+        )?;
+        writeln!(out, "routing state per node: {:.1} nodes", r.state_per_node)?;
+        if config.cache_entries > 0 {
+            writeln!(
+                out,
+                "cache: hit rate {:.3}, {:.1} entries per node, {} stale hits",
+                r.cache_hit_rate, r.cache_entries_per_node, r.cache_stale
+            )?;
+        }
+        writeln!(
+            out,
+            "maintenance: {:.2} msgs per node per s",
+            r.maintenance_msgs_per_node_per_s
+        )?;
+        writeln!(
+            out,
+            "simulated {} ms, {} messages, in {:.1} s",
+            r.sim_ms,
+            r.messages,
+            r.wall_ms as f64 / 1000.0
+        )?;
     }
     out.flush()?;
     Ok(Outcome::Success)

@@ -31,8 +31,24 @@ pub const ID_BYTES: usize = 20;
 pub const ID_BITS: usize = ID_BYTES * 8;
 
 /// A point on the 160-bit identifier circle, big-endian.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Id(pub [u8; ID_BYTES]);
+
+// Ordered as the big-endian integer, which is the byte order; compared as two integers
+// rather than by `memcmp`, because routing compares ids on every step.
+impl Ord for Id {
+    #[inline]
+    fn cmp(&self, other: &Id) -> std::cmp::Ordering {
+        self.limbs().cmp(&other.limbs())
+    }
+}
+
+impl PartialOrd for Id {
+    #[inline]
+    fn partial_cmp(&self, other: &Id) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Id {
     /// The point 0.
@@ -392,6 +408,19 @@ mod tests {
             }
         }
         assert_eq!(Id::from_u64(1001).div_small(10), Id::from_u64(100));
+    }
+
+    #[test]
+    fn ids_order_like_their_bytes() {
+        let ids: Vec<Id> = (0..200u32)
+            .map(|i| Id::hash(&i.to_be_bytes()))
+            .chain([Id::ZERO, Id::MAX, Id::pow2(127), Id::pow2(128), Id::pow2(159)])
+            .collect();
+        for a in &ids {
+            for b in &ids {
+                assert_eq!(a.cmp(b), a.0.cmp(&b.0), "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]

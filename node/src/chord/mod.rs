@@ -384,6 +384,8 @@ pub struct Node {
     next_broadcast: u64,
     /// The location cache (capacity 0 when off).
     cache: LocationCache,
+    /// When the node was created (for `uptime_ms`).
+    created_at: Millis,
 
     out: VecDeque<Output>,
     stats: Stats,
@@ -401,6 +403,7 @@ impl Node {
             broadcasts: BTreeMap::new(),
             next_broadcast: 1,
             cache: LocationCache::new(config.cache_entries),
+            created_at: now,
             phase: Phase::Idle,
             predecessor: None,
             clock: Hlc::default(),
@@ -900,7 +903,8 @@ impl Node {
                     Ok(StoreOutcome::Count(n)) => n,
                     _ => total,
                 };
-                let counters = self.stat_counters(total, primary);
+                let mut counters = self.stat_counters(total, primary);
+                counters.push(("uptime_ms".to_string(), now.saturating_sub(self.created_at)));
                 self.reply(to, request_id, Message::Stats { counters });
             }
             StoreWait::Apply {
@@ -1228,6 +1232,12 @@ impl Node {
             let i = self.next_finger;
             self.next_finger = (self.next_finger + 1) % count;
             let start = self.routing.finger_start(i);
+            // Most fingers of a large ring start inside the successor list: resolve those
+            // without building a route.
+            if let Some(owner) = self.successor_list_owner(&start) {
+                self.routing.set_finger(i, owner);
+                continue;
+            }
             match self.route(&start) {
                 Route::Local | Route::Unknown => {
                     self.routing.set_finger(i, None);
@@ -1255,6 +1265,20 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// `Some(first live successor at or after target)` when `target` falls within the
+    /// successor list's arcs `(me, last successor]`.
+    fn successor_list_owner(&self, target: &Id) -> Option<Option<NodeRef>> {
+        let succs = self.routing.successors();
+        let mut prev = self.me.id;
+        for (k, s) in succs.iter().enumerate() {
+            if in_half_open(target, &prev, &s.id) {
+                return Some(succs[k..].iter().find(|n| !self.is_dead(&n.addr)).copied());
+            }
+            prev = s.id;
+        }
+        None
     }
 
     fn remember_seed(&mut self, addr: SocketAddr) {

@@ -28,6 +28,12 @@ pub(super) struct ClientOp {
     pub cache_checked: bool,
     /// Whether the operation is on its way to an owner the cache named.
     pub via_cache: bool,
+    /// The node the current lookup step asks, and the node that named it (none when it came
+    /// from our own table): if the step fails, we ask that node for a way around it.
+    pub asking: Option<NodeRef>,
+    pub named_by: Option<std::net::SocketAddr>,
+    /// Whether the step in flight is a detour around a dead node (see `send_detour`).
+    pub detour: bool,
 }
 
 impl Node {
@@ -105,6 +111,9 @@ impl Node {
             attempts: 0,
             cache_checked: false,
             via_cache: false,
+            asking: None,
+            named_by: None,
+            detour: false,
         };
         let id = self.next_op_id;
         self.next_op_id += 1;
@@ -146,7 +155,7 @@ impl Node {
                     self.ops.get_mut(&id).expect("op present").via_cache = true; // faulty code
                     self.send_op(now, id, owner, false);
                 }
-                None => self.send_lookup_step(now, id, node),
+                None => self.send_lookup_step(now, id, node, None),
             },
             Route::Unknown => self.retry_op_later(now, id),
         }
@@ -210,11 +219,56 @@ impl Node {
         self.send_rpc(now, node.addr, msg, RpcKind::Op(id), flags);
     }
 
-    fn send_lookup_step(&mut self, now: Millis, id: u64, node: NodeRef) {
+    fn send_lookup_step(
+        &mut self,
+        now: Millis,
+        id: u64,
+        node: NodeRef,
+        named_by: Option<std::net::SocketAddr>,
+    ) {
+        let max_hops = self.config.max_hops;
         let op = self.ops.get_mut(&id).expect("op present"); // faulty code
+        if op.hops >= max_hops {
+            return self.fail_op(
+                id,
+                ErrorCode::Unavailable,
+                "too many hops (routing did not converge)",
+            );
+        }
         op.hops += 1;
+        op.asking = Some(node);
+        op.named_by = named_by;
+        op.detour = false;
         let msg = Message::FindSuccessor { id: op.target };
         self.send_rpc(now, node.addr, msg, RpcKind::Op(id), 0);
+    }
+
+    /// Asks `via`, which named the dead node `around` as the next step, for the node it
+    /// knows just before `around` (a lookup of `around`'s own id): the next-best step, closer
+    /// to the key than `via`. This is the Chord paper's way past a failed node in an iterative
+    /// lookup; restarting from our own table would walk into the same dead node again until
+    /// `via` notices it is gone.
+    fn send_detour(&mut self, now: Millis, id: u64, via: std::net::SocketAddr, around: NodeRef) {
+        let max_hops = self.config.max_hops;
+        let op = self.ops.get_mut(&id).expect("op present"); // faulty code
+        if op.hops >= max_hops {
+            return self.fail_op(
+                id,
+                ErrorCode::Unavailable,
+                "too many hops (routing did not converge)",
+            );
+        }
+        op.hops += 1;
+        op.asking = None;
+        op.named_by = None;
+        op.detour = true;
+        self.send_rpc(
+            now,
+            via,
+            Message::FindSuccessor { id: around.id },
+            RpcKind::Op(id),
+            0,
+        );
     }
 
     pub(super) fn on_op_reply(&mut self, now: Millis, id: u64, from: std::net::SocketAddr, msg: Message) {
@@ -222,7 +276,24 @@ impl Node {
             return;
         };
         let via_cache = std::mem::take(&mut op.via_cache);
+        let detour = std::mem::take(&mut op.detour);
         let target = op.target;
+        if detour {
+            // The answer to a detour names a node to go on from, not the key's owner.
+            let next = match msg {
+                Message::FindSuccessorReply {
+                    lookup: Lookup::Found { successors, .. },
+                } => successors.into_iter().find(|n| !self.is_dead(&n.addr)),
+                Message::FindSuccessorReply {
+                    lookup: Lookup::Closer { node },
+                } => Some(node).filter(|n| !self.is_dead(&n.addr)),
+                _ => None,
+            };
+            return match next.filter(|n| n.addr != self.me.addr && n.addr != from) {
+                Some(n) => self.send_lookup_step(now, id, n, Some(from)),
+                None => self.retry_op_later(now, id),
+            };
+        }
         match msg {
             Message::FindSuccessorReply {
                 lookup:
@@ -242,11 +313,13 @@ impl Node {
             Message::FindSuccessorReply {
                 lookup: Lookup::Closer { node },
             } => {
-                if node.addr == self.me.addr || node.addr == from || self.is_dead(&node.addr) {
+                if node.addr == self.me.addr || node.addr == from {
                     // Views disagree (a stale table somewhere): let the ring settle, then retry.
                     self.retry_op_later(now, id);
+                } else if self.is_dead(&node.addr) {
+                    self.send_detour(now, id, from, node);
                 } else {
-                    self.send_lookup_step(now, id, node);
+                    self.send_lookup_step(now, id, node, Some(from));
                 }
             }
             Message::Redirect { node, exact, .. } => {
@@ -268,7 +341,7 @@ impl Node {
                 } else if exact {
                     self.send_op(now, id, node, false);
                 } else {
-                    self.send_lookup_step(now, id, node);
+                    self.send_lookup_step(now, id, node, Some(from));
                 }
             }
             Message::GetReply { hops, version, value } => self.finish_op(id, hops, |h| Message::GetReply {
@@ -305,7 +378,14 @@ impl Node {
     }
 
     /// A hop of the operation went unanswered; its node is already marked dead.
-    pub(super) fn on_op_failed(&mut self, now: Millis, id: u64, _to: std::net::SocketAddr) {
+    pub(super) fn on_op_failed(&mut self, now: Millis, id: u64, to: std::net::SocketAddr) {
+        if let Some(op) = self.ops.get(&id) {
+            if let (Some(dead), Some(via)) = (op.asking, op.named_by) {
+                if dead.addr == to && !self.is_dead(&via) {
+                    return self.send_detour(now, id, via, dead);
+                }
+            }
+        }
         self.retry_op_later(now, id);
     }
 

@@ -12,6 +12,8 @@
 //! Oracles: [`Sim::ring_is_consistent`], [`Sim::fingers_are_correct`] and [`Sim::owner_of`]
 //! compute the true ring from the set of live nodes, for tests to compare against.
 
+pub mod lookup;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
