@@ -928,3 +928,182 @@ fn command_entry(out: &mut Vec<u8>, c: &CommandSpec) {
 fn parse_int(arg: &[u8]) -> Option<i64> {
     std::str::from_utf8(arg).ok()?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chord::{Config, Output};
+    use crate::store::{self, MemoryStore, Store};
+
+    /// A single-node ring driven by hand, with the session between the bytes and the core: the
+    /// core's replies are held back and delivered in any order the test chooses.
+    struct Rig {
+        node: Node,
+        store: MemoryStore,
+        session: RespSession,
+        facts: Facts,
+        input: BytesMut,
+        out: Vec<u8>,
+        held: Vec<Frame>,
+    }
+
+    const TO: ReplyTo = ReplyTo(9);
+
+    impl Rig {
+        fn new() -> Rig {
+            let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+            let mut node = Node::new(
+                NodeRef::from_addr(addr),
+                Config::with_stabilize_interval_ms(100),
+                0,
+            );
+            node.create(0);
+            Rig {
+                node,
+                store: MemoryStore::new(),
+                session: RespSession::new(9, "127.0.0.1:40000".parse().unwrap()),
+                facts: Facts {
+                    resp_addr: "127.0.0.1:6379".parse().unwrap(),
+                    started: Instant::now(),
+                },
+                input: BytesMut::new(),
+                out: Vec::new(),
+                held: Vec::new(),
+            }
+        }
+
+        /// Feeds bytes and runs every whole command; the core's replies are held.
+        fn send(&mut self, bytes: &[u8]) {
+            self.input.extend_from_slice(bytes);
+            while self.session.next_command(
+                1,
+                &mut self.node,
+                TO,
+                &mut self.input,
+                &mut self.out,
+                &self.facts,
+            ) == Step::Command
+            {
+                self.run_core();
+            }
+        }
+
+        /// Runs the core's store ops and holds its replies.
+        fn run_core(&mut self) {
+            while let Some(output) = self.node.poll_output() {
+                match output {
+                    Output::Store { id, op } => {
+                        let result = store::execute(&self.store as &dyn Store, op);
+                        self.node.store_done(1, id, result);
+                    }
+                    Output::Reply { to, frame } => {
+                        assert_eq!(to, TO);
+                        self.held.push(frame);
+                    }
+                    Output::Send { .. } | Output::Left => {}
+                }
+            }
+        }
+
+        /// Delivers the held replies, last first.
+        fn deliver_reversed(&mut self) {
+            while let Some(frame) = self.held.pop() {
+                self.session.on_reply(frame, &mut self.out);
+            }
+        }
+
+        fn take_out(&mut self) -> String {
+            String::from_utf8(std::mem::take(&mut self.out)).unwrap()
+        }
+    }
+
+    #[test]
+    fn replies_delivered_out_of_order_are_written_in_command_order() {
+        let mut rig = Rig::new();
+        rig.send(b"SET a 1\r\nSET b 2\r\n");
+        rig.deliver_reversed();
+        assert_eq!(rig.take_out(), "+OK\r\n+OK\r\n");
+
+        // An immediate answer (PING) between keyed commands waits for the ones before it.
+        rig.send(b"GET a\r\nPING\r\nMGET b nope a\r\nEXISTS a b nope a\r\nDEL b nope\r\nGET b\r\n");
+        assert_eq!(rig.take_out(), "", "nothing is written before the first reply");
+        rig.deliver_reversed();
+        assert_eq!(
+            rig.take_out(),
+            "$1\r\n1\r\n+PONG\r\n*3\r\n$1\r\n2\r\n$-1\r\n$1\r\n1\r\n:3\r\n:1\r\n$-1\r\n"
+        );
+        assert!(!rig.session.wants_close());
+    }
+
+    #[test]
+    fn quit_and_protocol_errors_close_after_the_replies_before_them() {
+        let mut rig = Rig::new();
+        rig.send(b"SET k v\r\nQUIT\r\nPING\r\n");
+        assert_eq!(rig.take_out(), "");
+        assert!(!rig.session.wants_close(), "SET is still waiting");
+        rig.deliver_reversed();
+        assert_eq!(rig.take_out(), "+OK\r\n+OK\r\n", "PING after QUIT is not run");
+        assert!(rig.session.wants_close());
+
+        let mut rig = Rig::new();
+        rig.send(b"GET k\r\n*1\r\n:1\r\nPING\r\n");
+        rig.deliver_reversed();
+        assert_eq!(
+            rig.take_out(),
+            "$-1\r\n-ERR Protocol error: expected '$', got ':'\r\n"
+        );
+        assert!(rig.session.wants_close());
+    }
+
+    #[test]
+    fn input_waits_at_the_in_flight_limit() {
+        let mut rig = Rig::new();
+        let mut many = Vec::new();
+        for i in 0..MAX_REQUESTS_IN_FLIGHT + 10 {
+            many.extend_from_slice(format!("GET k{i}\r\n").as_bytes());
+        }
+        rig.send(&many);
+        assert_eq!(rig.held.len(), MAX_REQUESTS_IN_FLIGHT);
+        assert!(!rig.input.is_empty(), "the rest waits in the buffer");
+        assert!(!rig.session.take_unblocked(), "nothing drained yet");
+        let first = rig.held.remove(0);
+        rig.session.on_reply(first, &mut rig.out);
+        assert!(rig.session.take_unblocked());
+        rig.send(b"");
+        assert_eq!(rig.held.len(), MAX_REQUESTS_IN_FLIGHT);
+    }
+
+    #[test]
+    fn server_commands() {
+        let mut rig = Rig::new();
+        rig.send(b"ECHO hi\r\nSELECT 0\r\nSELECT 3\r\nCLIENT SETNAME me\r\nCLIENT GETNAME\r\n");
+        assert_eq!(
+            rig.take_out(),
+            "$2\r\nhi\r\n+OK\r\n-ERR DB index is out of range\r\n+OK\r\n$2\r\nme\r\n"
+        );
+        rig.send(b"HELLO 3\r\nSET k v NX\r\nset k v px 5\r\nNOPE x\r\nGET\r\n");
+        assert_eq!(
+            rig.take_out(),
+            "-NOPROTO sorry, this protocol version is not supported\r\n\
+             -ERR SET NX and XX are not supported: chordkv has no atomic conditional write\r\n\
+             -ERR SET EX, PX, EXAT and PXAT are not supported: chordkv keys do not expire\r\n\
+             -ERR unknown command 'NOPE', with args beginning with: 'x' \r\n\
+             -ERR wrong number of arguments for 'get' command\r\n"
+        );
+        rig.send(b"SET k v\r\nDBSIZE\r\nINFO\r\n");
+        rig.held.sort_by_key(|f| f.request_id);
+        rig.held.reverse();
+        rig.deliver_reversed();
+        let out = rig.take_out();
+        assert!(out.starts_with("+OK\r\n:1\r\n$"), "{out}");
+        for line in [
+            "# Server\r\n",
+            "tcp_port:6379\r\n",
+            "db0:keys=1,",
+            "# chordkv\r\n",
+            "status:active\r\n",
+        ] {
+            assert!(out.contains(line), "INFO lacks {line:?}: {out}");
+        }
+    }
+}
