@@ -50,6 +50,13 @@ pub struct RateTrial {
 }
 
 impl RateTrial {
+    /// Whether every written key could be read at the end, so that the trial's loss is
+    /// known. A trial whose ring had not re-formed (a node that joined through a node killed
+    /// before the join finished waits for it forever) has unreadable keys and is not judged.
+    pub fn judged(&self) -> bool {
+        self.unreadable == 0 && self.keys > 0
+    }
+
     pub fn lost_fraction(&self) -> f64 {
         if self.keys == 0 {
             0.0
@@ -192,8 +199,10 @@ pub fn markdown(w: &Workload, command: &str, date: &str, trials: &[RateTrial]) -
          fresh empty node joins in its place; at the end, wait for the ring and read every \
          written key\n\
          - lost: keys whose last acknowledged write is missing or older at the end, as a \
-         fraction of the keys written; each trial's own results are in \
-         `kill-rate-trials/N<N>-T<T>-seed<seed>/`\n",
+         fraction of the keys written, over the judged trials: those in which every key could \
+         be read at the end. `ring not settled` counts the others (the ring had not re-formed \
+         within 60 s, so their keys could not be read; see the trial's `nodes/` logs). Each \
+         trial's own results are in `kill-rate-trials/N<N>-T<T>-seed<seed>/`\n",
         m.cores,
         w.seed,
         w.cluster.nodes,
@@ -209,24 +218,37 @@ pub fn markdown(w: &Workload, command: &str, date: &str, trials: &[RateTrial]) -
         w.mix.delete,
     );
     out.push_str(
-        "| N | T (s) | kills | trials | keys | lost (mean) | lost (min-max) | errors | ops/s (mean) | unreadable |\n\
-         |---|-------|-------|--------|------|-------------|----------------|--------|--------------|------------|\n",
+        "| N | T (s) | kills | trials | judged | lost (mean) | lost (min-max) | errors | ops/s (mean) | ring not settled |\n\
+         |---|-------|-------|--------|--------|-------------|----------------|--------|--------------|------------------|\n",
     );
     for (replicas, interval, ts) in cells(trials) {
-        let fractions: Vec<f64> = ts.iter().map(|t| t.lost_fraction()).collect();
+        let fractions: Vec<f64> = ts
+            .iter()
+            .filter(|t| t.judged())
+            .map(|t| t.lost_fraction())
+            .collect();
         let n = ts.len() as f64;
+        let (mean, range) = if fractions.is_empty() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (
+                format!("{:.4}", fractions.iter().sum::<f64>() / fractions.len() as f64),
+                format!(
+                    "{:.4}-{:.4}",
+                    fractions.iter().copied().fold(f64::INFINITY, f64::min),
+                    fractions.iter().copied().fold(0.0, f64::max)
+                ),
+            )
+        };
         let _ = writeln!(
             out,
-            "| {replicas} | {interval} | {} | {} | {:.0} | {:.4} | {:.4}-{:.4} | {} | {:.0} | {} |",
+            "| {replicas} | {interval} | {} | {} | {} | {mean} | {range} | {} | {:.0} | {} |",
             ts[0].kills,
             ts.len(),
-            ts.iter().map(|t| t.keys as f64).sum::<f64>() / n,
-            fractions.iter().sum::<f64>() / n,
-            fractions.iter().copied().fold(f64::INFINITY, f64::min),
-            fractions.iter().copied().fold(0.0, f64::max),
+            fractions.len(),
             ts.iter().map(|t| t.errors).sum::<u64>(),
             ts.iter().map(|t| t.throughput_ops).sum::<f64>() / n,
-            ts.iter().map(|t| t.unreadable).sum::<u64>(),
+            ts.len() - fractions.len(),
         );
     }
     out
@@ -236,7 +258,15 @@ pub fn markdown(w: &Workload, command: &str, date: &str, trials: &[RateTrial]) -
 fn svg(w: &Workload, trials: &[RateTrial]) -> String {
     let mut series: Vec<XySeries> = Vec::new();
     for (replicas, interval, ts) in cells(trials) {
-        let mean = ts.iter().map(|t| t.lost_fraction()).sum::<f64>() / ts.len() as f64;
+        let judged: Vec<f64> = ts
+            .iter()
+            .filter(|t| t.judged())
+            .map(|t| t.lost_fraction())
+            .collect();
+        if judged.is_empty() {
+            continue;
+        }
+        let mean = judged.iter().sum::<f64>() / judged.len() as f64;
         let point = (1.0 / interval, mean);
         match series.iter_mut().find(|s| s.color == replicas as usize) {
             Some(s) => s.points.push(point),
