@@ -207,7 +207,7 @@ struct SimArgs {
     )]
     stabilize_ms: u64,
     /// Simulated milliseconds of maintenance measured before the lookups.
-    #[arg(long, value_name = "MS", default_value_t = 2_000)]
+    #[arg(long, value_name = "MS", default_value_t = 1_000)]
     maintenance_ms: u64,
     /// Most lookups in flight at once [default: one per node].
     #[arg(long, value_name = "C", default_value_t = 0)]

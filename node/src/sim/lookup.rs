@@ -40,8 +40,7 @@
 //! so the failed fraction is about the crashed fraction. Hop statistics are over the lookups
 //! that succeeded.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -137,7 +136,7 @@ impl Default for LookupSimConfig {
             fail_fraction: 0.0,
             seed: 1,
             stabilize_ms: crate::chord::config::DEFAULT_STABILIZE_INTERVAL_MS,
-            maintenance_ms: 2_000,
+            maintenance_ms: 1_000,
             concurrency: 0,
             min_delay_ms: 1,
             max_delay_ms: 5,
@@ -225,10 +224,6 @@ enum Event {
     },
 }
 
-/// A queue entry: (time, insertion sequence, slot of the event in `LookupSim::events`). The
-/// events themselves stay put in the slab; the heap moves only these 24 bytes.
-type Queued = (Millis, u64, u32);
-
 /// The index of simulated node `addr` (the inverse of [`sim_addr`]).
 fn index_of(addr: &SocketAddr) -> Option<u32> {
     match addr {
@@ -247,11 +242,13 @@ pub struct LookupSim {
     /// Node indices in ring (id) order, and their ids.
     ring: Vec<u32>,
     ring_ids: Vec<Id>,
-    queue: BinaryHeap<Reverse<Queued>>,
+    /// Pending events by due time, each bucket in insertion order: the order of a heap keyed
+    /// by (time, insertion sequence), at a fraction of the cost (times are whole milliseconds
+    /// and few are distinct). Buckets hold slots of the event slab.
+    queue: BTreeMap<Millis, VecDeque<u32>>,
     /// Event slab and its free slots.
     events: Vec<Option<Event>>,
     free: Vec<u32>,
-    seq: u64,
     now: Millis,
     rng: Rng,
     /// An empty store for every op but `GET` (transfers of empty ranges, counts).
@@ -279,10 +276,6 @@ impl LookupSim {
         chord.routing = config.routing;
         chord.cache_entries = config.cache_entries;
         let mut nodes = Vec::with_capacity(n);
-        let successor_of = |x: &Id| -> Option<NodeRef> {
-            let k = ring_ids.partition_point(|id| id < x) % n;
-            Some(refs[ring[k] as usize])
-        };
         for (i, me) in refs.iter().enumerate() {
             let mut c = chord.clone();
             c.seed = config.seed.wrapping_mul(0x9e37_79b9).wrapping_add(i as u64);
@@ -295,6 +288,34 @@ impl LookupSim {
                 let succs: Vec<NodeRef> = (1..n.min(chord.successors + 1))
                     .map(|d| refs[ring[(k + d) % n] as usize])
                     .collect();
+                // Fingers are filled in increasing distance: gallop forward along the ring from
+                // the previous answer rather than binary-search all N ids for each finger.
+                // Positions are offsets j from k; j = n is `me` itself (nothing closer).
+                let mut prev = 1usize;
+                let successor_of = |x: &Id| -> Option<NodeRef> {
+                    let d = me.id.distance_limbs(x);
+                    let reach = |j: usize| j >= n || me.id.distance_limbs(&ring_ids[(k + j) % n]) >= d;
+                    let mut lo = prev - 1; // reach(lo) is false, lo = 0 standing for "before 1"
+                    if lo > 0 && reach(lo) {
+                        lo = 0;
+                    }
+                    let (mut hi, mut step) = (lo + 1, 1);
+                    while !reach(hi) {
+                        lo = hi;
+                        step *= 2;
+                        hi = (lo + step).min(n);
+                    }
+                    while hi - lo > 1 {
+                        let mid = lo + (hi - lo) / 2;
+                        if reach(mid) {
+                            hi = mid;
+                        } else {
+                            lo = mid;
+                        }
+                    }
+                    prev = hi;
+                    Some(refs[ring[(k + hi) % n] as usize])
+                };
                 node.bootstrap(0, Some(pred), &succs, successor_of, members.clone());
             }
             nodes.push(SimNode {
@@ -309,10 +330,9 @@ impl LookupSim {
             nodes,
             ring,
             ring_ids,
-            queue: BinaryHeap::new(),
+            queue: BTreeMap::new(),
             events: Vec::new(),
             free: Vec::new(),
-            seq: 0,
             now: 0,
             empty: MemoryStore::new(),
             messages: 0,
@@ -353,7 +373,6 @@ impl LookupSim {
     }
 
     fn schedule(&mut self, at: Millis, event: Event) {
-        self.seq += 1;
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.events[slot as usize] = Some(event);
@@ -364,7 +383,7 @@ impl LookupSim {
                 (self.events.len() - 1) as u32
             }
         };
-        self.queue.push(Reverse((at, self.seq, slot)));
+        self.queue.entry(at).or_default().push_back(slot);
     }
 
     fn delay(&mut self) -> u64 {
@@ -382,13 +401,18 @@ impl LookupSim {
     }
 
     fn step(&mut self, limit: Millis) -> bool {
-        match self.queue.peek() {
-            Some(Reverse((at, _, _))) if *at <= limit => {}
-            _ => return false,
-        }
-        let Some(Reverse((at, _, slot))) = self.queue.pop() else {
+        let Some(mut bucket) = self.queue.first_entry() else {
             return false;
         };
+        let at = *bucket.key();
+        if at > limit {
+            return false;
+        }
+        let slot = bucket.get_mut().pop_front();
+        if bucket.get().is_empty() {
+            bucket.remove();
+        }
+        let Some(slot) = slot else { return true };
         let Some(event) = self.events[slot as usize].take() else {
             return true;
         };
