@@ -1,6 +1,17 @@
-//! The in-memory driver: a `BTreeMap` in ring order behind a lock.
+//! The in-memory driver: a hash map for point operations and a `BTreeSet` in ring order for
+//! scans, behind one lock.
+//!
+//! ```text
+//!   map:   key ──► entry              GET, PUT of a known key, DELETE: one hash lookup,
+//!                                      no SHA-1, no copy of the key
+//!   order: { (id(key), key) }         scans of a ring range; SHA-1 only when a key is new
+//! ```
+//!
+//! The map is a `std` `HashMap`: its SipHash with per-process random keys keeps a client that
+//! chooses keys from forcing collisions (keys are network input). Nothing iterates it, so its
+//! order never reaches an output and the simulator stays deterministic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -9,7 +20,8 @@ use parking_lot::RwLock;
 
 use super::{Entry, PutOutcome, Result, ScanCursor, Store};
 
-/// Keys sorted by `(id(key), key)`, so a ring range is one or two map ranges.
+/// Entries by key, and their keys in ring order `(id(key), key)`, so a ring range is one or
+/// two set ranges. Both always hold the same keys.
 #[derive(Default)]
 pub struct MemoryStore {
     inner: RwLock<Inner>,
@@ -17,7 +29,8 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Inner {
-    map: BTreeMap<(Id, Bytes), Entry>,
+    map: HashMap<Bytes, Entry>,
+    order: BTreeSet<(Id, Bytes)>,
     live: u64,
 }
 
@@ -27,63 +40,65 @@ impl MemoryStore {
     }
 }
 
+/// A value of our own: keys and values arrive as slices of a connection's read buffer, and
+/// keeping a slice would keep the whole buffer alive.
+fn own(entry: Entry) -> Entry {
+    Entry {
+        version: entry.version,
+        value: entry.value.map(|v| Bytes::copy_from_slice(&v)),
+    }
+}
+
 impl Store for MemoryStore {
     fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
-        let k = (Id::hash(key), Bytes::copy_from_slice(key));
-        Ok(self.inner.read().map.get(&k).cloned())
+        Ok(self.inner.read().map.get(key).cloned())
     }
 
     fn put(&self, key: &Bytes, entry: Entry) -> Result<PutOutcome> {
-        // Keys and values arrive as slices of a connection's read buffer; keeping a slice would
-        // keep the whole buffer alive, so the store keeps copies of its own.
-        let key = Bytes::copy_from_slice(key);
-        let entry = Entry {
-            version: entry.version,
-            value: entry.value.map(|v| Bytes::copy_from_slice(&v)),
-        };
+        let live_now = entry.is_live();
         let mut inner = self.inner.write();
         let inner = &mut *inner;
-        let live_now = entry.is_live();
-        let slot = inner.map.entry((Id::hash(&key), key));
-        let outcome = match slot {
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(entry);
-                PutOutcome {
-                    applied: true,
-                    previous_live: false,
-                }
-            }
-            std::collections::btree_map::Entry::Occupied(mut o) => {
-                let previous_live = o.get().is_live();
-                if o.get().version >= entry.version {
+        let previous_live = match inner.map.get_mut(&key[..]) {
+            Some(stored) => {
+                let previous_live = stored.is_live();
+                if stored.version >= entry.version {
                     return Ok(PutOutcome {
                         applied: false,
                         previous_live,
                     });
                 }
-                o.insert(entry);
+                // The stored key is kept: it is already our own copy.
+                *stored = own(entry);
                 if previous_live {
                     inner.live -= 1;
                 }
-                PutOutcome {
-                    applied: true,
-                    previous_live,
-                }
+                previous_live
+            }
+            None => {
+                let key = Bytes::copy_from_slice(key);
+                inner.order.insert((Id::hash(&key), key.clone()));
+                inner.map.insert(key, own(entry));
+                false
             }
         };
         if live_now {
             inner.live += 1;
         }
-        Ok(outcome)
+        Ok(PutOutcome {
+            applied: true,
+            previous_live,
+        })
     }
 
     fn delete(&self, key: &[u8], up_to_version: u64) -> Result<bool> {
         let mut inner = self.inner.write();
-        let k = (Id::hash(key), Bytes::copy_from_slice(key));
-        match inner.map.get(&k) {
+        let inner = &mut *inner;
+        match inner.map.get(key) {
             Some(e) if e.version <= up_to_version => {
                 let live = e.is_live();
-                inner.map.remove(&k);
+                if let Some((key, _)) = inner.map.remove_entry(key) {
+                    inner.order.remove(&(Id::hash(&key), key));
+                }
                 if live {
                     inner.live -= 1;
                 }
@@ -97,15 +112,18 @@ impl Store for MemoryStore {
         let inner = self.inner.read();
         let mut out = Vec::new();
         for (lo, hi) in ring_segments(start, end, after) {
-            for ((_, key), e) in inner.map.range((lo, hi)) {
+            for (_, key) in inner.order.range((lo, hi)) {
                 if out.len() == limit {
                     return Ok(out);
                 }
-                out.push(Item {
-                    key: key.clone(),
-                    version: e.version,
-                    value: e.value.clone(),
-                });
+                // Always there: the map and the set hold the same keys.
+                if let Some(e) = inner.map.get(key) {
+                    out.push(Item {
+                        key: key.clone(),
+                        version: e.version,
+                        value: e.value.clone(),
+                    });
+                }
             }
         }
         Ok(out)
@@ -208,5 +226,25 @@ mod tests {
             let cursor = (Id::hash(b"k"), Bytes::from_static(b"k"));
             assert!(s.scan(&a, &b, Some(&cursor), 10).unwrap().is_empty());
         }
+    }
+
+    #[test]
+    fn the_map_and_the_ring_order_hold_the_same_keys() {
+        let s = MemoryStore::new();
+        let e = |version| Entry {
+            version,
+            value: Some(Bytes::from_static(b"v")),
+        };
+        let k = Bytes::from_static(b"k");
+        s.put(&k, e(1)).unwrap();
+        s.put(&k, e(2)).unwrap();
+        let all = s.scan(&Id::ZERO, &Id::ZERO, None, 10).unwrap();
+        assert_eq!(all.len(), 1, "an update adds no second ring entry");
+        assert_eq!(all[0].version, 2);
+        assert!(s.delete(&k, 2).unwrap());
+        assert!(s.scan(&Id::ZERO, &Id::ZERO, None, 10).unwrap().is_empty());
+        s.put(&k, e(3)).unwrap();
+        assert_eq!(s.scan(&Id::ZERO, &Id::ZERO, None, 10).unwrap().len(), 1);
+        assert_eq!(s.len().unwrap(), 1);
     }
 }
