@@ -20,6 +20,7 @@ use signal_hook_mio::v1_0::Signals;
 use super::conn::{Conn, ReadStatus, Role};
 use super::resp::{Facts, RespSession, Step};
 use super::store_pool::StorePool;
+use super::token_map::TokenMap;
 use super::ServerConfig;
 use crate::chord::{Millis, Node, Output, Phase, ReplyTo};
 use crate::store::{self, Store};
@@ -146,7 +147,7 @@ pub(super) struct Server {
     /// Workers for a blocking store; `None` runs store ops inline.
     pool: Option<StorePool>,
 
-    conns: HashMap<Token, Conn>,
+    conns: TokenMap<Token, Conn>,
     next_token: usize,
     /// The outbound connection to each peer address.
     peers: HashMap<SocketAddr, Token>,
@@ -278,7 +279,7 @@ impl Server {
             me,
             store,
             pool,
-            conns: HashMap::new(),
+            conns: TokenMap::default(),
             next_token: FIRST_CONN_TOKEN,
             peers: HashMap::new(),
             connecting: Vec::new(),

@@ -64,6 +64,7 @@ mod resp;
 mod store_pool;
 #[cfg(test)]
 mod tests;
+mod token_map;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
