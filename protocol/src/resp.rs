@@ -90,6 +90,10 @@ fn printable(b: u8) -> String {
     }
 }
 
+/// Arguments whose places [`decode`] remembers during its check; a longer command is walked
+/// a second time to cut them out.
+const NEAR_ARGS: usize = 8;
+
 /// Cuts the next command off the front of `buf` and returns its arguments (never empty),
 /// `Ok(None)` when no whole command is buffered yet (nothing is consumed then), or an error
 /// when the bytes are not RESP. Empty commands are consumed and skipped.
@@ -99,13 +103,31 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, RespError> {
             return Ok(None);
         };
         let args = if first == b'*' {
-            let Some((len, count)) = walk_multibulk(buf, |_, _| {})? else {
+            // The check keeps the first arguments' places on the stack (most commands have
+            // few), so they need no second walk; it allocates nothing either way.
+            let mut near = [(0usize, 0usize); NEAR_ARGS];
+            let mut seen = 0usize;
+            let Some((len, count)) = walk_multibulk(buf, |start, end| {
+                if let Some(slot) = near.get_mut(seen) {
+                    *slot = (start, end);
+                }
+                seen += 1;
+            })?
+            else {
                 return Ok(None);
             };
             let command = buf.split_to(len).freeze();
             let mut args = Vec::with_capacity(count);
-            // The same walk over the same bytes: it succeeds again.
-            walk_multibulk(&command, |start, end| args.push(command.slice(start..end)))?;
+            if count <= NEAR_ARGS {
+                args.extend(
+                    near[..count]
+                        .iter()
+                        .map(|&(start, end)| command.slice(start..end)),
+                );
+            } else {
+                // The same walk over the same bytes: it succeeds again.
+                walk_multibulk(&command, |start, end| args.push(command.slice(start..end)))?;
+            }
             args
         } else {
             let window = &buf[..buf.len().min(MAX_INLINE_BYTES)];
