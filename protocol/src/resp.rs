@@ -645,8 +645,9 @@ mod tests {
         use proptest::collection::vec;
         use proptest::prelude::*;
 
+        /// Up to 20 arguments: both sides of `NEAR_ARGS` (one walk, or two).
         fn args() -> impl Strategy<Value = Vec<Vec<u8>>> {
-            vec(vec(any::<u8>(), 0..40), 1..8)
+            vec(vec(any::<u8>(), 0..40), 1..20)
         }
 
         proptest! {
