@@ -53,6 +53,9 @@ pub struct ErrorSummary {
     pub retries: u64,
     /// Failed writes of the preload.
     pub preload: u64,
+    /// The operations that failed, by the last error each got: the server's error code
+    /// (`Unavailable`, `NotReady`, `Busy`, ...) or `timeout`, `connect`, `io`, `protocol`.
+    pub by_kind: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

@@ -235,6 +235,9 @@ pub fn run_with_control(
             op_errors[i] += r.errors[i];
         }
         hops.add(&r.hops).expect("same bounds"); // faulty code
+        for (kind, n) in r.error_kinds {
+            *errors.by_kind.entry(kind).or_default() += n;
+        }
         errors.timeouts += r.timeouts;
         errors.retries += r.retries;
         history.merge(r.history);
@@ -499,6 +502,8 @@ struct ThreadResult {
     latency: Vec<Histogram<u64>>,
     service: Vec<Histogram<u64>>,
     errors: [u64; 3],
+    /// Failed operations by [`error_kind`].
+    error_kinds: BTreeMap<String, u64>,
     hops: Histogram<u64>,
     timeouts: u64,
     retries: u64,
@@ -807,6 +812,7 @@ fn load_thread(
         latency: Op::ALL.iter().map(|_| latency_histogram()).collect(),
         service: Op::ALL.iter().map(|_| latency_histogram()).collect(),
         errors: [0; 3],
+        error_kinds: BTreeMap::new(),
         hops: hops_histogram(),
         timeouts: 0,
         retries: 0,
@@ -896,9 +902,10 @@ fn load_thread(
                     result.hops.saturating_record(u64::from(d.hops));
                 }
             }
-            Err(_) => {
+            Err(e) => {
                 if measured {
                     result.errors[k] += 1;
+                    *result.error_kinds.entry(error_kind(e)).or_default() += 1;
                 }
             }
         }
@@ -915,6 +922,19 @@ fn load_thread(
     result.timeouts = worker.timeouts;
     result.retries = worker.retries;
     result
+}
+
+/// How an operation failed, for `errors.by_kind`.
+fn error_kind(e: &ClientError) -> String {
+    match e {
+        ClientError::Server { code, .. } => format!("{code:?}"),
+        ClientError::Timeout { .. } => "timeout".into(),
+        ClientError::Connect { .. } => "connect".into(),
+        ClientError::Io { .. } => "io".into(),
+        ClientError::Protocol(_) => "protocol".into(),
+        ClientError::TooLarge { .. } => "too_large".into(),
+        ClientError::Unexpected(_) => "unexpected".into(),
+    }
 }
 
 /// Reads every written key and judges it. Returns the counts and descriptions of the first
