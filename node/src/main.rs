@@ -781,6 +781,7 @@ fn cmd_sim(args: SimArgs) -> anyhow::Result<Outcome> {
             "cache_hit_rate": r.cache_hit_rate,
             "cache_stale": r.cache_stale,
             "maintenance_msgs_per_node_per_s": r.maintenance_msgs_per_node_per_s,
+            "maintenance_during_lookups_per_node_per_s": r.maintenance_during_lookups_per_node_per_s,
             "sim_ms": r.sim_ms,
             "messages": r.messages,
             "wall_ms": r.wall_ms,
@@ -819,8 +820,8 @@ fn cmd_sim(args: SimArgs) -> anyhow::Result<Outcome> {
         }
         writeln!(
             out,
-            "maintenance: {:.2} msgs per node per s",
-            r.maintenance_msgs_per_node_per_s
+            "maintenance: {:.2} msgs per node per s (window), {:.2} during the lookups",
+            r.maintenance_msgs_per_node_per_s, r.maintenance_during_lookups_per_node_per_s
         )?;
         writeln!(
             out,

@@ -412,6 +412,46 @@ fn main() -> anyhow::Result<()> {
     );
     std::fs::write(args.out.join("workloads.svg"), svg)?;
 
+    // --- 4. maintenance under failures -----------------------------------------------------------
+    let n = 4096usize;
+    let _ = writeln!(
+        md,
+        "## 4. Maintenance with failures\n\n\
+         N = {n}; 5% of the nodes crash at once, then 50,000 uniform lookups (one in flight per node). \
+         `before` is routing maintenance per node per second over the first {MAINTENANCE_MS} ms \
+         (static ring); `during` is over the lookups, after the crash: the repairs (stabilize \
+         finding new successors, fingers re-resolved) and, for onehop, the failure notices \
+         broadcast to every member. Requests only; each has a reply.\n\n\
+         | scheme | maintenance before | maintenance during | failed lookups | owners crashed | hops mean | hops p99 |\n\
+         |---|---:|---:|---:|---:|---:|---:|"
+    );
+    for s in SCHEMES.iter() {
+        let c = LookupSimConfig {
+            nodes: n,
+            routing: s.routing,
+            cache_entries: s.cache,
+            lookups: 50_000,
+            fail_fraction: 0.05,
+            seed,
+            maintenance_ms: MAINTENANCE_MS,
+            ..LookupSimConfig::default()
+        };
+        let r = run(&c);
+        cmd_example = command(&c);
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.1} | {:.4} | {:.4} | {:.2} | {} |",
+            s.name,
+            r.maintenance_msgs_per_node_per_s,
+            r.maintenance_during_lookups_per_node_per_s,
+            r.failed_fraction,
+            r.owner_crashed_fraction,
+            r.hops.mean,
+            r.hops.p99
+        );
+    }
+    let _ = writeln!(md, "\nCommand per row (here the last): `{cmd_example}`\n");
+
     let _ = writeln!(
         md,
         "## Scale\n\nThe 10^5- and 10^6-node runs (time and memory) are in [scale.md](scale.md), \

@@ -240,7 +240,13 @@ impl Membership {
         } else {
             limit.wrapping_sub(me)
         };
-        for i in 0..chordkv_protocol::id::ID_BITS {
+        // Offsets below the gap to the first member after `me` all land on that member:
+        // start at the largest power of two within the gap.
+        let first_i = match self.after(me) {
+            Some(first) if first.id != *me => (first.id.wrapping_sub(me).bit_len().max(1) - 1) as usize,
+            _ => return Vec::new(),
+        };
+        for i in first_i..chordkv_protocol::id::ID_BITS {
             let offset = Id::pow2(i);
             if offset >= span {
                 break;

@@ -193,6 +193,9 @@ pub struct LookupReport {
     /// Routing maintenance requests per node per second of simulated time in the maintenance
     /// window (each has a reply).
     pub maintenance_msgs_per_node_per_s: f64,
+    /// Routing maintenance requests per live node per second of simulated time during the
+    /// lookups: after crashes this includes the repairs (and one-hop's failure broadcasts).
+    pub maintenance_during_lookups_per_node_per_s: f64,
     /// Simulated time at the end, in milliseconds.
     pub sim_ms: u64,
     /// Messages delivered in all.
@@ -548,6 +551,7 @@ impl LookupSim {
             self.crash(i as usize);
         }
         let live: Vec<u32> = (0..n as u32).filter(|&i| self.nodes[i as usize].alive).collect();
+        let (maint_start, lookups_start) = (self.live_maintenance_sent(), self.now);
 
         // 4. Lookups.
         let keys = cfg.key_count();
@@ -611,6 +615,12 @@ impl LookupSim {
                 }
             }
         }
+        let phase_s = (self.now - lookups_start) as f64 / 1000.0;
+        let maintenance_during = if phase_s > 0.0 {
+            (self.live_maintenance_sent() - maint_start) as f64 / live.len() as f64 / phase_s
+        } else {
+            0.0
+        };
         let cache_after = self.cache_counts();
         let (hits, misses) = (cache_after.0 - cache_before.0, cache_after.1 - cache_before.1);
         let live_nodes: Vec<&Node> = self.nodes.iter().filter(|n| n.alive).map(|n| &n.node).collect();
@@ -641,10 +651,19 @@ impl LookupSim {
             },
             cache_stale: self.nodes.iter().map(|n| n.node.stats().cache_stale).sum(),
             maintenance_msgs_per_node_per_s: maintenance_rate,
+            maintenance_during_lookups_per_node_per_s: maintenance_during,
             sim_ms: self.now,
             messages: self.messages,
             wall_ms: started.elapsed().as_millis() as u64,
         }
+    }
+
+    fn live_maintenance_sent(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter(|n| n.alive)
+            .map(|n| n.node.stats().maintenance_sent)
+            .sum()
     }
 
     fn cache_counts(&self) -> (u64, u64) {
