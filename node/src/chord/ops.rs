@@ -34,6 +34,18 @@ pub(super) struct ClientOp {
     pub named_by: Option<std::net::SocketAddr>,
     /// Whether the step in flight is a detour around a dead node (see `send_detour`).
     pub detour: bool,
+    /// Whether this attempt has taken its one detour. A second dead node in the same attempt
+    /// means the tables around it are stale: the attempt ends and the next one starts after a
+    /// pause, when stabilize has had time to repair them, instead of spending the hop budget
+    /// on detours that lead back into the dead nodes.
+    pub detoured: bool,
+    /// Hops of the current attempt. An attempt that reaches `max_hops` (a routing loop through
+    /// stale tables) ends like one that meets a dead node: the next starts after a pause.
+    /// `hops` counts every attempt's, for the reply.
+    pub attempt_hops: u16,
+    /// The nodes this attempt's lookup steps asked: asking one again is a loop through
+    /// disagreeing tables, which ends the attempt at once.
+    pub asked: Vec<std::net::SocketAddr>,
 }
 
 impl Node {
@@ -114,6 +126,9 @@ impl Node {
             asking: None,
             named_by: None,
             detour: false,
+            detoured: false,
+            attempt_hops: 0,
+            asked: Vec::new(),
         };
         let id = self.next_op_id;
         self.next_op_id += 1;
@@ -127,13 +142,6 @@ impl Node {
         let Some(op) = self.ops.get(&id) else { return };
         if now >= op.deadline {
             return self.fail_op(id, ErrorCode::Timeout, "request deadline passed");
-        }
-        if op.hops >= self.config.max_hops {
-            return self.fail_op(
-                id,
-                ErrorCode::Unavailable,
-                "too many hops (routing did not converge)",
-            );
         }
         let target = op.target;
         if self.receiving(&target) && self.owns(&target) {
@@ -210,6 +218,7 @@ impl Node {
         }
         let op = self.ops.get_mut(&id).expect("op present"); // faulty code
         op.hops += 1;
+        op.attempt_hops += 1;
         let msg = op.message.clone();
         let flags = if failover {
             FLAG_DIRECT | FLAG_FAILOVER
@@ -228,14 +237,12 @@ impl Node {
     ) {
         let max_hops = self.config.max_hops;
         let op = self.ops.get_mut(&id).expect("op present"); // faulty code
-        if op.hops >= max_hops {
-            return self.fail_op(
-                id,
-                ErrorCode::Unavailable,
-                "too many hops (routing did not converge)",
-            );
+        if op.attempt_hops >= max_hops || op.asked.contains(&node.addr) {
+            return self.retry_op_later(now, id);
         }
+        op.asked.push(node.addr);
         op.hops += 1;
+        op.attempt_hops += 1;
         op.asking = Some(node);
         op.named_by = named_by;
         op.detour = false;
@@ -251,17 +258,15 @@ impl Node {
     fn send_detour(&mut self, now: Millis, id: u64, via: std::net::SocketAddr, around: NodeRef) {
         let max_hops = self.config.max_hops;
         let op = self.ops.get_mut(&id).expect("op present"); // faulty code
-        if op.hops >= max_hops {
-            return self.fail_op(
-                id,
-                ErrorCode::Unavailable,
-                "too many hops (routing did not converge)",
-            );
+        if op.attempt_hops >= max_hops {
+            return self.retry_op_later(now, id);
         }
         op.hops += 1;
+        op.attempt_hops += 1;
         op.asking = None;
         op.named_by = None;
         op.detour = true;
+        op.detoured = true;
         self.send_rpc(
             now,
             via,
@@ -317,7 +322,11 @@ impl Node {
                     // Views disagree (a stale table somewhere): let the ring settle, then retry.
                     self.retry_op_later(now, id);
                 } else if self.is_dead(&node.addr) {
-                    self.send_detour(now, id, from, node);
+                    if self.ops.get(&id).is_some_and(|op| op.detoured) {
+                        self.retry_op_later(now, id);
+                    } else {
+                        self.send_detour(now, id, from, node);
+                    }
                 } else {
                     self.send_lookup_step(now, id, node, Some(from));
                 }
@@ -381,7 +390,7 @@ impl Node {
     pub(super) fn on_op_failed(&mut self, now: Millis, id: u64, to: std::net::SocketAddr) {
         if let Some(op) = self.ops.get(&id) {
             if let (Some(dead), Some(via)) = (op.asking, op.named_by) {
-                if dead.addr == to && !self.is_dead(&via) {
+                if dead.addr == to && !self.is_dead(&via) && !op.detoured {
                     return self.send_detour(now, id, via, dead);
                 }
             }
@@ -394,6 +403,9 @@ impl Node {
     fn retry_op_later(&mut self, now: Millis, id: u64) {
         let Some(op) = self.ops.get_mut(&id) else { return };
         op.attempts += 1;
+        op.detoured = false;
+        op.attempt_hops = 0;
+        op.asked.clear();
         if op.attempts > MAX_OP_ATTEMPTS {
             return self.fail_op(id, ErrorCode::Unavailable, "owner unreachable after retries");
         }
