@@ -20,6 +20,10 @@ use parking_lot::RwLock;
 
 use super::{Entry, PutOutcome, Result, ScanCursor, Store};
 
+/// Table size (slots) above which removals shrink the map once it is three-quarters empty;
+/// each shrink rehashes what is left, so it is kept for large tables and amortised.
+const SHRINK_ABOVE_SLOTS: usize = 4_096;
+
 /// Entries by key, and their keys in ring order `(id(key), key)`, so a ring range is one or
 /// two set ranges. Both always hold the same keys.
 #[derive(Default)]
@@ -98,6 +102,11 @@ impl Store for MemoryStore {
                 let live = e.is_live();
                 if let Some((key, _)) = inner.map.remove_entry(key) {
                     inner.order.remove(&(Id::hash(&key), key));
+                }
+                // A hash map keeps its table when emptied (a `BTreeMap` frees its nodes): give
+                // the memory back once a handoff or a collection has removed most keys.
+                if inner.map.capacity() > SHRINK_ABOVE_SLOTS && inner.map.len() < inner.map.capacity() / 4 {
+                    inner.map.shrink_to_fit();
                 }
                 if live {
                     inner.live -= 1;
@@ -246,5 +255,31 @@ mod tests {
         s.put(&k, e(3)).unwrap();
         assert_eq!(s.scan(&Id::ZERO, &Id::ZERO, None, 10).unwrap().len(), 1);
         assert_eq!(s.len().unwrap(), 1);
+    }
+
+    #[test]
+    fn removing_most_keys_keeps_the_rest() {
+        let s = MemoryStore::new();
+        let key = |i: u32| Bytes::from(format!("key-{i}"));
+        for i in 0..20_000 {
+            s.put(
+                &key(i),
+                Entry {
+                    version: 1,
+                    value: Some(key(i)),
+                },
+            )
+            .unwrap();
+        }
+        // Past three-quarters removed, the table shrinks; the keys left must all be there.
+        for i in 1_000..20_000 {
+            assert!(s.delete(&key(i), 1).unwrap());
+        }
+        for i in 0..1_000 {
+            assert_eq!(s.get(&key(i)).unwrap().and_then(|e| e.value), Some(key(i)));
+        }
+        assert_eq!(s.get(&key(1_000)).unwrap(), None);
+        assert_eq!(s.len().unwrap(), 1_000);
+        assert_eq!(s.scan(&Id::ZERO, &Id::ZERO, None, 100_000).unwrap().len(), 1_000);
     }
 }
