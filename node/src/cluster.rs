@@ -33,6 +33,8 @@ use anyhow::{anyhow, bail, Context};
 use crate::client::{walk_ring, Client, RingReport};
 
 /// How long a new node may take to answer its first `GET_INFO`.
+/// Live nodes a started or restarted node is given to join through (`--join A,B,C`).
+const JOIN_PEERS: usize = 3;
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a node may take to leave after SIGTERM before it is killed.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -258,7 +260,7 @@ impl LocalCluster {
             nodes: Vec::with_capacity(count),
         };
         for i in 0..count {
-            let join = (i > 0).then(|| cluster.nodes[0].addr);
+            let join: Vec<SocketAddr> = cluster.nodes.iter().take(JOIN_PEERS).map(|n| n.addr).collect();
             let node = cluster.launch(i, None, join)?;
             cluster.nodes.push(node);
         }
@@ -434,14 +436,14 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Starts the dead node `i` again on its address (so with the same ring id), joining the
-    /// first live node; with none left, it starts a new ring.
+    /// Starts the dead node `i` again on its address (so with the same ring id), joining
+    /// the first live nodes; with none left, it starts a new ring.
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         let addr = self.node(i)?.addr;
         if self.is_running(i) {
             bail!("node {i} ({addr}) is still running; kill or terminate it first");
         }
-        let join = self.live_peer(Some(i));
+        let join = self.live_peers(Some(i));
         let resp = self.nodes[i].resp;
         let node = self.launch_with(i, Some(addr), resp, join)?;
         self.nodes[i] = node;
@@ -452,7 +454,7 @@ impl LocalCluster {
     /// the first live node; returns its index.
     pub fn add_node(&mut self) -> anyhow::Result<usize> {
         let i = self.nodes.len();
-        let join = self.live_peer(None);
+        let join = self.live_peers(None);
         let node = self.launch(i, None, join)?;
         self.nodes.push(node);
         Ok(i)
@@ -507,11 +509,15 @@ impl LocalCluster {
     }
 
     /// The first live node other than `except`.
-    fn live_peer(&mut self, except: Option<usize>) -> Option<SocketAddr> {
-        let j = (0..self.nodes.len())
+    /// Up to [`JOIN_PEERS`] live nodes other than `except`, for a new node to join through:
+    /// if the first dies before the join finishes, the node tries the next.
+    fn live_peers(&mut self, except: Option<usize>) -> Vec<SocketAddr> {
+        let live: Vec<usize> = (0..self.nodes.len())
             .filter(|&j| Some(j) != except)
-            .find(|&j| self.is_live(j))?;
-        Some(self.nodes[j].addr)
+            .filter(|&j| self.is_live(j))
+            .take(JOIN_PEERS)
+            .collect();
+        live.into_iter().map(|j| self.nodes[j].addr).collect()
     }
 
     fn pick_addr(&self, index: usize) -> anyhow::Result<SocketAddr> {
@@ -550,7 +556,7 @@ impl LocalCluster {
         &mut self,
         index: usize,
         addr: Option<SocketAddr>,
-        join: Option<SocketAddr>,
+        join: Vec<SocketAddr>,
     ) -> anyhow::Result<LocalNode> {
         self.launch_with(index, addr, None, join)
     }
@@ -561,7 +567,7 @@ impl LocalCluster {
         index: usize,
         addr: Option<SocketAddr>,
         resp: Option<SocketAddr>,
-        join: Option<SocketAddr>,
+        join: Vec<SocketAddr>,
     ) -> anyhow::Result<LocalNode> {
         let retry_ports = addr.is_none() && self.spec.base_port.is_none();
         let attempts = if retry_ports { PORT_ATTEMPTS } else { 1 };
@@ -575,7 +581,7 @@ impl LocalCluster {
                 Some(r) => Some(r),
                 None => self.pick_resp_addr(index)?,
             };
-            let (mut child, log) = self.spawn(index, addr, resp, join)?;
+            let (mut child, log) = self.spawn(index, addr, resp, &join)?;
             match self.wait_ready(&mut child, addr, log.as_deref()) {
                 Ok(()) => {
                     return Ok(LocalNode {
@@ -601,15 +607,16 @@ impl LocalCluster {
         index: usize,
         addr: SocketAddr,
         resp: Option<SocketAddr>,
-        join: Option<SocketAddr>,
+        join: &[SocketAddr],
     ) -> anyhow::Result<(Child, Option<PathBuf>)> {
         let mut cmd = Command::new(&self.spec.binary);
         cmd.arg("node").arg("--listen").arg(addr.to_string());
         if let Some(resp) = resp {
             cmd.arg("--resp").arg(resp.to_string());
         }
-        if let Some(join) = join {
-            cmd.arg("--join").arg(join.to_string());
+        let join = join.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+        if !join.is_empty() {
+            cmd.arg("--join").arg(&join);
         }
         cmd.args(&self.spec.node_args).stdin(Stdio::null());
         if self.spec.own_process_group {
@@ -626,7 +633,11 @@ impl LocalCluster {
                 writeln!(
                     file,
                     "=== chordkv cluster: starting node {index} on {addr}{} ===",
-                    join.map(|j| format!(", joining {j}")).unwrap_or_default()
+                    if join.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", joining {join}")
+                    }
                 )?;
                 cmd.stdout(file.try_clone()?).stderr(file);
                 Some(path)

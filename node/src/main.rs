@@ -235,8 +235,9 @@ struct NodeArgs {
     #[arg(long, value_name = "ADDR")]
     advertise: Option<String>,
     /// Address of a node of an existing ring to join; without it the node starts a new ring.
-    #[arg(long, value_name = "ADDR")]
-    join: Option<String>,
+    /// Several, comma-separated, are tried in turn until one answers.
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    join: Vec<String>,
     /// The node's ring id as 40 hex digits, instead of the hash of its address.
     #[arg(long, value_name = "HEX40")]
     id: Option<String>,
@@ -441,7 +442,11 @@ fn connect(target: &Target, timeout: Duration) -> anyhow::Result<Client> {
 fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
     let listen = parse_addr(&args.listen)?;
     let advertise = args.advertise.as_deref().map(parse_addr).transpose()?;
-    let join = args.join.as_deref().map(parse_addr).transpose()?;
+    let join = args
+        .join
+        .iter()
+        .map(|a| parse_addr(a))
+        .collect::<Result<Vec<_>, _>>()?;
     let resp = args.resp.as_deref().map(parse_addr).transpose()?;
     let node_id = match &args.id {
         Some(hex) => {

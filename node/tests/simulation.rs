@@ -3,7 +3,7 @@
 //! exactly with the same seed.
 
 use bytes::Bytes;
-use chordkv_node::chord::Config;
+use chordkv_node::chord::{Config, Phase};
 use chordkv_node::rng::Rng;
 use chordkv_node::sim::{Sim, SimConfig};
 use chordkv_protocol::{Id, Message};
@@ -302,4 +302,21 @@ fn the_same_seed_replays_the_same_run() {
     };
     assert_eq!(run(42), run(42));
     assert_ne!(run(42).1, run(43).1);
+}
+
+#[test]
+fn a_join_through_a_dead_node_goes_on_through_the_next_one_given() {
+    for seed in seeds(&[1, 2, 3, 4, 5]) {
+        let mut s = sim(seed);
+        build_ring(&mut s, 4, &mut Rng::new(seed));
+        s.crash(1);
+        // The first node given is dead before the join starts; the second is alive.
+        let new = s.add_joining_through(&[1, 2]);
+        assert!(
+            s.run_until_consistent(STABILIZE_MS, 60_000),
+            "seed {seed}: the ring did not take in node {new}: {:?}",
+            s.ring_problem()
+        );
+        assert_eq!(s.node(new).phase(), Phase::Active, "seed {seed}");
+    }
 }

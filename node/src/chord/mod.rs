@@ -585,6 +585,14 @@ impl Node {
         self.schedule_maintenance(now);
     }
 
+    /// More nodes to join through after the one given to [`Node::join`]: a join whose node
+    /// does not answer is retried through the next of them in turn.
+    pub fn add_join_peers(&mut self, peers: &[SocketAddr]) {
+        for &peer in peers {
+            self.remember_seed(peer);
+        }
+    }
+
     /// Starts a graceful leave: the keys go to the successor, then `Output::Left`.
     pub fn leave(&mut self, now: Millis) {
         self.start_leave(now);

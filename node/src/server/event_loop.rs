@@ -238,9 +238,17 @@ impl Server {
         let now = clock.now();
         let connect_timeout_ms = chord.rpc_timeout_ms.max(MIN_CONNECT_TIMEOUT_MS);
         let mut node = Node::new(me, chord, now);
-        let ring = match join {
-            Some(via) => format!("joining {via}"),
-            None => "new ring".to_string(),
+        let ring = match join.as_slice() {
+            [] => "new ring".to_string(),
+            [via] => format!("joining {via}"),
+            [via, others @ ..] => format!(
+                "joining {via} (or {})",
+                others
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
         eprintln!(
             "chordkv node {} id {} listening ({} store); {ring}",
@@ -261,8 +269,11 @@ impl Server {
                 me.addr, me.addr
             );
         }
-        match join {
-            Some(via) => node.join(now, via),
+        match join.split_first() {
+            Some((&via, others)) => {
+                node.join(now, via);
+                node.add_join_peers(others);
+            }
             None => node.create(now),
         }
         let last_phase = node.phase();

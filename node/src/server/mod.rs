@@ -89,8 +89,9 @@ pub struct ServerConfig {
     /// Address other nodes and clients use to reach this node (default: `listen`). The node's
     /// id is the SHA-1 of this address unless `node_id` is given.
     pub advertise: Option<SocketAddr>,
-    /// A node of the ring to join; `None` starts a new ring.
-    pub join: Option<SocketAddr>,
+    /// Nodes of the ring to join through, tried in turn until one answers; empty starts a
+    /// new ring.
+    pub join: Vec<SocketAddr>,
     /// Override the node's ring id.
     pub node_id: Option<Id>,
     /// Chord tunables.

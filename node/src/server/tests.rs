@@ -26,7 +26,7 @@ fn config(join: Option<SocketAddr>, store: Arc<dyn Store>) -> ServerConfig {
     ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         advertise: None,
-        join,
+        join: join.into_iter().collect(),
         node_id: None,
         chord,
         store,

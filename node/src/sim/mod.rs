@@ -198,6 +198,18 @@ impl Sim {
         i
     }
 
+    /// A node that joins through `via[0]`, trying the others in turn if it does not answer
+    /// (`chordkv node --join A,B,C`).
+    pub fn add_joining_through(&mut self, via: &[usize]) -> usize {
+        let i = self.push_node();
+        let now = self.now;
+        let addrs: Vec<_> = via.iter().map(|&v| self.nodes[v].addr).collect();
+        self.nodes[i].node.join(now, addrs[0]);
+        self.nodes[i].node.add_join_peers(&addrs[1..]);
+        self.after_input(i);
+        i
+    }
+
     fn push_node(&mut self) -> usize {
         let i = self.nodes.len();
         let addr = sim_addr(i);
