@@ -92,7 +92,7 @@ impl Node {
         }
         if direct {
             if self.owns(&target) || (frame.is_failover() && self.may_take_over(now, &target)) {
-                return self.serve(now, reply_to, rid, hops, frame.message);
+                return self.serve(now, reply_to, rid, hops, frame.message, target);
             }
             self.stats.redirects_sent += 1;
             let msg = match self.route(&target) {
@@ -152,7 +152,7 @@ impl Node {
         match self.route(&target) {
             Route::Local => {
                 let op = self.ops.remove(&id).expect("op present"); // faulty code
-                self.serve(now, op.reply_to, op.request_id, op.hops, op.message);
+                self.serve(now, op.reply_to, op.request_id, op.hops, op.message, target);
             }
             Route::Found(list) => match self.pick_owner(&list) {
                 Some((node, failover)) => self.send_op(now, id, node, failover),
@@ -212,7 +212,7 @@ impl Node {
             let target = self.ops[&id].target;
             if self.owns(&target) || (failover && self.may_take_over(now, &target)) {
                 let op = self.ops.remove(&id).expect("op present"); // faulty code
-                return self.serve(now, op.reply_to, op.request_id, op.hops, op.message);
+                return self.serve(now, op.reply_to, op.request_id, op.hops, op.message, target);
             }
             return self.retry_op_later(now, id);
         }
@@ -459,11 +459,18 @@ impl Node {
 
     /// Serves a client operation from the local store, as the key's primary: a write is
     /// stamped with a fresh version and sent to the replicas at the same time.
-    pub(super) fn serve(&mut self, now: Millis, to: ReplyTo, request_id: u64, hops: u16, message: Message) {
+    pub(super) fn serve(
+        &mut self,
+        now: Millis,
+        to: ReplyTo,
+        request_id: u64,
+        hops: u16,
+        message: Message,
+        key_id: Id,
+    ) {
         let (key, value, kind) = match message {
             Message::Get { key } => {
                 self.stats.ops_get += 1;
-                let key_id = Id::hash(&key);
                 let wait = StoreWait::Serve {
                     to,
                     request_id,
@@ -502,7 +509,6 @@ impl Node {
         } else {
             None
         };
-        let key_id = Id::hash(&key);
         let entry = Entry { version, value };
         let wait = StoreWait::Serve {
             to,
