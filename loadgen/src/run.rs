@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use chordkv_node::client::{Client, ClientError};
+use chordkv_node::client::{Client, ClientError, DeleteResult, GetResult, PutResult};
 use chordkv_node::cluster::{ClusterSpec, LocalCluster, NodeControl};
 use chordkv_node::owner_client::OwnerClient;
 use chordkv_node::rng::Rng;
@@ -426,22 +426,7 @@ impl Worker<'_> {
                 Some(c) => Ok(c),
                 None => Client::connect(conn.addr, timeout).map(|c| conn.client.insert(c)),
             }
-            .and_then(|client| match op {
-                Op::Get => client.get(key.clone()).map(|r| Done {
-                    version: r.version,
-                    hops: r.hops,
-                }),
-                Op::Put => client
-                    .put(key.clone(), value.cloned().unwrap_or_default())
-                    .map(|r| Done {
-                        version: r.version,
-                        hops: r.hops,
-                    }),
-                Op::Delete => client.delete(key.clone()).map(|r| Done {
-                    version: r.version,
-                    hops: r.hops,
-                }),
-            });
+            .and_then(|client| apply(client, op, key, value));
             let e = match result {
                 Ok(done) => return Ok(done),
                 Err(e) => e,
@@ -478,23 +463,57 @@ impl Worker<'_> {
                 .owner
                 .insert(OwnerClient::connect(&self.targets.snapshot(), timeout)?),
         };
-        match op {
-            Op::Get => client.get(key.clone()).map(|r| Done {
-                version: r.version,
-                hops: r.hops,
-            }),
-            Op::Put => client
-                .put(key.clone(), value.cloned().unwrap_or_default())
-                .map(|r| Done {
-                    version: r.version,
-                    hops: r.hops,
-                }),
-            Op::Delete => client.delete(key.clone()).map(|r| Done {
-                version: r.version,
-                hops: r.hops,
-            }),
-        }
+        apply(client, op, key, value)
     }
+}
+
+/// The three operations, on one node's connection ([`Client`]) or routed by the client
+/// ([`OwnerClient`]).
+trait KeyValue {
+    fn get(&mut self, key: Bytes) -> Result<GetResult, ClientError>;
+    fn put(&mut self, key: Bytes, value: Bytes) -> Result<PutResult, ClientError>;
+    fn delete(&mut self, key: Bytes) -> Result<DeleteResult, ClientError>;
+}
+
+impl KeyValue for Client {
+    fn get(&mut self, key: Bytes) -> Result<GetResult, ClientError> {
+        Client::get(self, key)
+    }
+    fn put(&mut self, key: Bytes, value: Bytes) -> Result<PutResult, ClientError> {
+        Client::put(self, key, value)
+    }
+    fn delete(&mut self, key: Bytes) -> Result<DeleteResult, ClientError> {
+        Client::delete(self, key)
+    }
+}
+
+impl KeyValue for OwnerClient {
+    fn get(&mut self, key: Bytes) -> Result<GetResult, ClientError> {
+        OwnerClient::get(self, key)
+    }
+    fn put(&mut self, key: Bytes, value: Bytes) -> Result<PutResult, ClientError> {
+        OwnerClient::put(self, key, value)
+    }
+    fn delete(&mut self, key: Bytes) -> Result<DeleteResult, ClientError> {
+        OwnerClient::delete(self, key)
+    }
+}
+
+/// One attempt of `op` (a PUT writes `value`, empty if none).
+fn apply(
+    client: &mut impl KeyValue,
+    op: Op,
+    key: &Bytes,
+    value: Option<&Bytes>,
+) -> Result<Done, ClientError> {
+    let (version, hops) = match op {
+        Op::Get => client.get(key.clone()).map(|r| (r.version, r.hops))?,
+        Op::Put => client
+            .put(key.clone(), value.cloned().unwrap_or_default())
+            .map(|r| (r.version, r.hops))?,
+        Op::Delete => client.delete(key.clone()).map(|r| (r.version, r.hops))?,
+    };
+    Ok(Done { version, hops })
 }
 
 /// What one load thread measured.
