@@ -106,7 +106,8 @@ pub struct Outcome {
 }
 
 /// `$CHORDKV_BIN`, else `chordkv` next to this executable (or next to its parent directory,
-/// for a test executable in `target/<profile>/deps/`).
+/// for a test executable in `target/<profile>/deps/`), else, when `cargo run` started us, the
+/// one cargo builds there on the spot.
 pub fn find_chordkv() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("CHORDKV_BIN") {
         return Ok(PathBuf::from(path));
@@ -121,6 +122,35 @@ pub fn find_chordkv() -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
         dir = d.parent();
+    }
+    // Started by `cargo run` (the README's first command builds only loadgen): build the node
+    // binary of the same profile next to it, once.
+    if let (Some(cargo), Some(manifest_dir), Some(profile_dir)) = (
+        std::env::var_os("CARGO"),
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+        exe.parent(),
+    ) {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        eprintln!(
+            "loadgen: building the chordkv binary (cargo build --bin chordkv{})",
+            if release { " --release" } else { "" }
+        );
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.arg("build")
+            .arg("--bin")
+            .arg("chordkv")
+            .arg("--manifest-path")
+            .arg(PathBuf::from(manifest_dir).join("../node/Cargo.toml"));
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .context("cannot run cargo to build the chordkv binary")?;
+        let candidate = profile_dir.join(&name);
+        if status.success() && candidate.is_file() {
+            return Ok(candidate);
+        }
     }
     bail!(
         "cannot find the chordkv binary next to {}: run `cargo build --bins` (same profile), \
