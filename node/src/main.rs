@@ -21,7 +21,8 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use chordkv_node::chord::config::{
-    AckPolicy, DEFAULT_REPLICAS, DEFAULT_STABILIZE_INTERVAL_MS, DEFAULT_SUCCESSORS,
+    AckPolicy, PartitionPolicy, DEFAULT_MAX_CLOCK_OFFSET_MS, DEFAULT_REPLICAS, DEFAULT_STABILIZE_INTERVAL_MS,
+    DEFAULT_SUCCESSORS, DEFAULT_TOMBSTONE_GRACE_MS,
 };
 use chordkv_node::chord::{Config, Routing};
 use chordkv_node::client::{self, Client, ClientError, RingReport};
@@ -280,6 +281,23 @@ struct NodeArgs {
     /// applied it, `one` once the primary has (replicas updated in the background).
     #[arg(long, value_name = "POLICY", default_value = "all")]
     ack: AckPolicy,
+    /// What the node serves when it cannot reach enough of a key's preference list:
+    /// `consistent` serves a key only while a majority of its primary and replicas (members
+    /// that are down but not gone count) can be reached, so a partitioned minority stops
+    /// acknowledging writes and refuses reads it cannot vouch for; `available` keeps serving
+    /// on whatever nodes are live (Dynamo's sloppy quorum) and merges by version after the
+    /// partition heals, at the cost of lost writes and stale reads.
+    #[arg(long, value_name = "POLICY", default_value = "consistent")]
+    partition_policy: PartitionPolicy,
+    /// The most any two nodes' clocks may differ, in milliseconds. A version further ahead of
+    /// this node's clock is refused (a wrong clock or a forged frame cannot pin a key), and
+    /// request deadlines and leases leave this margin.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_MAX_CLOCK_OFFSET_MS)]
+    max_clock_offset_ms: u64,
+    /// How old a tombstone (a deleted key's marker) must be before it may be collected, in
+    /// milliseconds; collection also waits for every holder of the key's range to have it.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_TOMBSTONE_GRACE_MS)]
+    tombstone_grace_ms: u64,
     /// Also serve Redis clients (RESP2: GET, SET, DEL, EXISTS, MGET, MSET, PING, INFO, ...) on
     /// this address (IP:PORT; port 0 picks a free one, printed on stderr). Their requests are
     /// routed through the ring like any other.
@@ -331,6 +349,15 @@ struct ClusterArgs {
     /// Each node's ack policy, `all` or `one` [default: the node's default, all].
     #[arg(long, value_name = "POLICY")]
     ack: Option<String>,
+    /// Each node's partition policy, `consistent` or `available` [default: consistent].
+    #[arg(long, value_name = "POLICY")]
+    partition_policy: Option<PartitionPolicy>,
+    /// Each node's --max-clock-offset-ms [default: the node's default, 500].
+    #[arg(long, value_name = "MS")]
+    max_clock_offset_ms: Option<u64>,
+    /// Each node's --tombstone-grace-ms [default: the node's default, 60000].
+    #[arg(long, value_name = "MS")]
+    tombstone_grace_ms: Option<u64>,
     /// Give every node a Redis-protocol (RESP) listener on a free port; their addresses are
     /// printed as one line `resp: ADDR ADDR ...` (node 0 first) just before the ready line.
     #[arg(long)]
@@ -465,6 +492,9 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
     chord.successors = args.successors as usize;
     chord.replicas = args.replicas as usize;
     chord.ack = args.ack;
+    chord.partition_policy = args.partition_policy;
+    chord.max_clock_offset_ms = args.max_clock_offset_ms;
+    chord.tombstone_grace_ms = args.tombstone_grace_ms;
     chord.routing = args.routing;
     chord.cache_entries = args.cache;
     if chord.replicas >= chord.successors {
@@ -520,6 +550,18 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
     if let Some(ack) = args.ack {
         ack.parse::<AckPolicy>().map_err(|e| anyhow!(e))?;
         spec.node_args.extend(["--ack".into(), ack]);
+    }
+    if let Some(p) = args.partition_policy {
+        spec.node_args
+            .extend(["--partition-policy".into(), p.to_string()]);
+    }
+    if let Some(ms) = args.max_clock_offset_ms {
+        spec.node_args
+            .extend(["--max-clock-offset-ms".into(), ms.to_string()]);
+    }
+    if let Some(ms) = args.tombstone_grace_ms {
+        spec.node_args
+            .extend(["--tombstone-grace-ms".into(), ms.to_string()]);
     }
     if let Some(routing) = args.routing {
         spec.node_args.extend(["--routing".into(), routing.to_string()]);

@@ -29,6 +29,46 @@ impl std::str::FromStr for AckPolicy {
     }
 }
 
+/// What a node does when it cannot reach enough of a key's preference list (`--partition-policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionPolicy {
+    /// Serve a key only while a majority of its preference list (counting members that are
+    /// down but not gone) can be reached: a minority stops acknowledging writes and refuses
+    /// reads it cannot vouch for (Redis Cluster's minority masters, a quorum system).
+    Consistent,
+    /// Always writable (Dynamo's sloppy quorum): the live nodes serve every key they can,
+    /// and divergent copies are merged by version after the partition heals (last write wins).
+    Available,
+}
+
+impl std::str::FromStr for PartitionPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "consistent" => Ok(PartitionPolicy::Consistent),
+            "available" => Ok(PartitionPolicy::Available),
+            other => Err(format!(
+                "unknown partition policy '{other}' (expected 'consistent' or 'available')"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for PartitionPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PartitionPolicy::Consistent => "consistent",
+            PartitionPolicy::Available => "available",
+        })
+    }
+}
+
+/// Default bound on the offset between any two nodes' clocks (`--max-clock-offset-ms`), as
+/// CockroachDB's `--max-offset`.
+pub const DEFAULT_MAX_CLOCK_OFFSET_MS: u64 = 500;
+/// Default age before a tombstone may be collected (`--tombstone-grace-ms`).
+pub const DEFAULT_TOMBSTONE_GRACE_MS: u64 = 60_000;
+
 /// How a node routes lookups (`--routing`). See `routing.rs` and `membership.rs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Routing {
@@ -94,6 +134,12 @@ pub struct Config {
     pub replicas: usize,
     /// When a write is acknowledged.
     pub ack: AckPolicy,
+    /// What the node serves when it cannot reach enough of a key's preference list.
+    pub partition_policy: PartitionPolicy,
+    /// The most any two nodes' clocks may differ (`--max-clock-offset-ms`). A version more than
+    /// this ahead of the receiver's clock is refused, and the request deadlines and leases
+    /// that keep a late write from winning leave this much margin.
+    pub max_clock_offset_ms: u64,
     /// Period of anti-entropy rounds (a primary compares its range with each replica). A
     /// change of successors or predecessor brings the next round forward to the next
     /// stabilize round, which is how lost copies are re-replicated.
@@ -146,8 +192,10 @@ impl Config {
             successors: DEFAULT_SUCCESSORS,
             replicas: DEFAULT_REPLICAS,
             ack: AckPolicy::All,
+            partition_policy: PartitionPolicy::Consistent,
+            max_clock_offset_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
             anti_entropy_interval_ms: stabilize_ms * 20,
-            tombstone_grace_ms: 60_000,
+            tombstone_grace_ms: DEFAULT_TOMBSTONE_GRACE_MS,
             stabilize_interval_ms: stabilize_ms,
             fix_fingers_interval_ms: (stabilize_ms / 2).max(1),
             check_predecessor_interval_ms: stabilize_ms,
