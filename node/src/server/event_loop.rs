@@ -237,6 +237,11 @@ impl Server {
         let clock = Clock::new();
         let now = clock.now();
         let connect_timeout_ms = chord.rpc_timeout_ms.max(MIN_CONNECT_TIMEOUT_MS);
+        let mut chord = chord;
+        // Each start of the process is a new incarnation: its wall-clock start time.
+        if chord.incarnation == 0 {
+            chord.incarnation = now;
+        }
         let mut node = Node::new(me, chord, now);
         let ring = match join.as_slice() {
             [] => "new ring".to_string(),
