@@ -254,6 +254,12 @@ impl Client {
             });
         }
         let request_id = frame.request_id;
+        let mut frame = frame;
+        if frame.deadline_ms == 0 && frame.message.is_client_op() {
+            // The node must not start the operation after we stop waiting for it: a write we
+            // report as timed out is never applied after the report.
+            frame.deadline_ms = wall_clock_ms() + self.timeout.as_millis() as u64;
+        }
         let bytes = frame.to_bytes()?;
         let deadline = Instant::now() + self.timeout;
         self.stream
@@ -913,4 +919,13 @@ mod tests {
         check_ring(&[info(10, None, 10)], true, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
     }
+}
+
+/// Milliseconds since the Unix epoch on this machine's clock: request deadlines are wall-clock
+/// times, which nodes compare with theirs (clocks must agree within the nodes'
+/// `--max-clock-offset-ms`).
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -333,3 +333,37 @@ fn anti_entropy_repairs_a_replica_that_missed_writes_and_collects_tombstones() {
         assert_eq!(value_of(&s.get(1, k)), None);
     }
 }
+
+/// Under `consistent`, a crashed node stays a member; the first live member of each of its
+/// ranges' preference lists stands in for it (with a lease from a majority): every key stays
+/// readable and writable while one copy of three is down, and nothing acknowledged is lost.
+#[test]
+fn consistent_keeps_serving_every_key_with_one_copy_of_three_down() {
+    let mut s = sim(5, AckPolicy::All);
+    let mut rng = Rng::new(5);
+    build_ring(&mut s, 8, &mut rng);
+    let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        assert!(matches!(
+            s.put(rng.below(8) as usize, k, "v1"),
+            Some(Message::PutReply { .. })
+        ));
+    }
+    s.crash(3);
+    let live: Vec<usize> = (0..8).filter(|&i| i != 3).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let via = live[i % live.len()];
+        match s.put(via, k, "v2") {
+            Some(Message::PutReply { .. }) => {}
+            other => panic!("PUT {k} via {via} with node 3 down: {other:?}"),
+        }
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let via = live[(i + 3) % live.len()];
+        assert_eq!(
+            value_of(&s.get(via, k)),
+            Some(Bytes::from_static(b"v2")),
+            "{k} via {via}"
+        );
+    }
+}

@@ -326,6 +326,8 @@ pub struct Stats {
     pub ops_refused_no_lease: u64,
     /// Messages refused for carrying a version from the future (`max_clock_offset_ms`).
     pub future_versions_refused: u64,
+    /// Times the store reported it had lost its data.
+    pub store_losses: u64,
 }
 
 /// One Chord node's state machine. See the module docs.
@@ -378,6 +380,8 @@ pub struct Node {
     gone: BTreeMap<SocketAddr, (NodeRef, Millis)>,
     /// Leases held and promised (partition policy `consistent`, `lease.rs`).
     leases: Leases,
+    /// The store reported that it lost its data and it has not been refilled yet.
+    store_lost: bool,
     /// Ranges primaries declared us a replica of (by syncing with us), and when last.
     declared: Vec<(Id, Id, Millis)>,
     next_op_id: u64,
@@ -455,6 +459,7 @@ impl Node {
             pred_incarnation: None,
             gone: BTreeMap::new(),
             leases: Leases::default(),
+            store_lost: false,
             declared: Vec::new(),
             next_op_id: 1,
             op_retries: BTreeSet::new(),
@@ -926,6 +931,29 @@ impl Node {
         }
     }
 
+    /// The driver could not send the request `request_id` (it could not be encoded): it fails
+    /// now, and its peer is not presumed down for it.
+    pub fn send_failed(&mut self, now: Millis, request_id: u64) {
+        if let Some(rpc) = self.rpcs.remove(&request_id) {
+            self.rpc_deadlines.remove(&(rpc.deadline, request_id));
+            self.on_rpc_failed(now, rpc);
+        }
+    }
+
+    /// The store lost what it held (a Redis restarted without persistence): nothing it says is
+    /// trusted until the node's ranges are filled again from the other copies. Under
+    /// `consistent` every lease catches up again before it serves; under `available` the node
+    /// answers no read of its own range until an anti-entropy round has refilled it.
+    fn on_store_lost(&mut self, now: Millis) {
+        if !self.store_lost {
+            self.stats.store_losses += 1;
+        }
+        // Without replicas there is nothing to refill from: what is gone is gone.
+        self.store_lost = self.config.replicas > 0;
+        self.leases.invalidate_catch_up();
+        self.next_anti_entropy = now;
+    }
+
     /// The transport could not reach `addr` (connection refused or reset): every request to it
     /// fails now instead of at its deadline.
     pub fn peer_unreachable(&mut self, now: Millis, addr: SocketAddr) {
@@ -951,6 +979,9 @@ impl Node {
         };
         if result.is_err() {
             self.stats.store_errors += 1;
+        }
+        if matches!(result, Err(StoreError::Lost(_))) {
+            self.on_store_lost(now);
         }
         match wait {
             StoreWait::Serve {
@@ -1027,7 +1058,7 @@ impl Node {
     pub fn stat_counters(&self, now: Millis, keys: u64, keys_primary: u64) -> Vec<(String, u64)> {
         let s = &self.stats;
         let (leases_valid, leases_held) = self.leases.counts(now);
-        let pairs: [(&str, u64); 50] = [
+        let pairs: [(&str, u64); 51] = [
             ("keys", keys),
             ("keys_primary", keys_primary),
             ("keys_replica", keys.saturating_sub(keys_primary)),
@@ -1075,6 +1106,7 @@ impl Node {
             ("late_requests_refused", s.late_requests_refused),
             ("ops_refused_no_lease", s.ops_refused_no_lease),
             ("future_versions_refused", s.future_versions_refused),
+            ("store_losses", s.store_losses),
             ("leases_held", leases_held as u64),
             ("leases_valid", leases_valid as u64),
             (
@@ -1141,7 +1173,14 @@ impl Node {
         let mut prev = self.me.id;
         for (i, s) in succs.iter().enumerate() {
             if in_half_open(target, &prev, &s.id) {
-                return Route::Found(succs[i..].to_vec());
+                let mut list = succs[i..].to_vec();
+                if succs.len() < self.config.successors {
+                    // A short list wraps around a small ring: after its last node come we and
+                    // our first successors (where a failover goes when the owner is down).
+                    list.push(self.me);
+                    list.extend_from_slice(&succs[..i]);
+                }
+                return Route::Found(list);
             }
             prev = s.id;
         }

@@ -575,6 +575,14 @@ impl Node {
                 return self.reply(to, request_id, msg);
             }
         }
+        if self.store_lost && !is_write && !self.config.is_consistent() {
+            let msg = Message::Error {
+                code: ErrorCode::NotReady,
+                hops,
+                text: "this node's store lost its data; refilling it from the other copies".to_string(),
+            };
+            return self.reply(to, request_id, msg);
+        }
         let (key, value, kind) = match message {
             Message::Get { key } => {
                 self.stats.ops_get += 1;

@@ -234,7 +234,14 @@ impl Node {
         if let SyncPurpose::CatchUp { primary } = r.purpose {
             let answered = r.targets.len() - r.failed.len().min(r.targets.len());
             let ok = !r.local_failed && answered == r.targets.len();
+            if ok && primary == self.me.id {
+                self.store_lost = false;
+            }
             return self.on_catch_up_done(primary, r.id, ok);
+        }
+        if r.failed.is_empty() && !r.local_failed {
+            // Our range is as complete as our replicas' copies: refilled after a loss.
+            self.store_lost = false;
         }
         if r.differences == 0 && r.failed.is_empty() && !r.local_failed && r.complete {
             // Every replica holds exactly what we hold: old tombstones can go everywhere.
