@@ -394,6 +394,27 @@ impl Client {
         }
     }
 
+    /// Tells the node that `node` is gone for good (`chordkv forget`); the node passes the
+    /// notice around the ring. Returns whether it was news to this node.
+    pub fn forget(&mut self, node: NodeRef) -> Result<bool> {
+        match self.request(Message::Forget { node })? {
+            Message::ForgetReply { forgotten } => Ok(forgotten),
+            other => Err(unexpected("FORGET", &other)),
+        }
+    }
+
+    /// The ring member this node knows at `addr` (its predecessor or one of its successors),
+    /// with its id.
+    pub fn member_at(&mut self, addr: SocketAddr) -> Result<Option<NodeRef>> {
+        let info = self.info()?;
+        Ok(info
+            .predecessor
+            .into_iter()
+            .chain(info.successors)
+            .chain(info.fingers)
+            .find(|n| n.addr == addr))
+    }
+
     /// The node's counters and gauges, in the order the node sent them.
     pub fn stats(&mut self) -> Result<Vec<(String, u64)>> {
         match self.request(Message::GetStats)? {
