@@ -26,16 +26,19 @@
 //!
 //! Every input to node `i` carries node `i`'s clock, never true time; `next_deadline()` is
 //! converted back to true time to schedule its tick. Client operations see true time
-//! ([`Sim::now`]), the time a history checker judges by.
+//! ([`Sim::now`]), the time a history checker judges by ([`recorder`]).
 //!
 //! Oracles ([`oracle`]): [`Sim::ring_problem`] (the exact ring), [`Sim::zave_problem`]
 //! (Zave's invariants), [`Sim::fingers_are_correct`] and [`Sim::owner_of`] compute the truth
-//! from the set of live nodes, for tests to compare against.
+//! from the set of live nodes, for tests to compare against. [`schedule`] generates random
+//! fault schedules from a seed.
 
 pub mod clock;
 pub mod lookup;
 mod network;
 pub mod oracle;
+pub mod recorder;
+pub mod schedule;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -292,6 +295,12 @@ impl Sim {
     /// Messages held at hold-mode cuts.
     pub fn held_messages(&self) -> usize {
         self.links.held_count()
+    }
+
+    /// The number of the last message sent between nodes (messages are numbered from 1 in
+    /// send order, as [`InputKind`] reports them).
+    pub fn last_sent(&self) -> u64 {
+        self.next_sent
     }
 
     /// Starts recording every input fed to a node (see [`Sim::inputs`]).

@@ -1,0 +1,280 @@
+//! Client operations through the simulation, recorded for the history checker
+//! ([`crate::history`]).
+//!
+//! Each operation is invoked at the true simulated time it is sent and completes when its
+//! reply arrives; every put writes a value naming its write (`w<id>`), so a read tells which
+//! write it saw. What a write's outcome means for the checker:
+//!
+//! | reply            | recorded as                                                      |
+//! |------------------|------------------------------------------------------------------|
+//! | `PutReply`, `DeleteReply` | acknowledged, ending at the reply                       |
+//! | an error         | failed: it may have taken effect, but not after the error reply  |
+//! | none (run over)  | failed, with no end: it may take effect at any time              |
+//!
+//! Reads that fail are not judged. After the run, [`Recorder::final_reads`] reads every key
+//! once: a miss there is a lost write.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::Hasher;
+
+use bytes::Bytes;
+use chordkv_protocol::Message;
+
+use super::oracle::Fnv;
+use super::Sim;
+use crate::chord::Millis;
+use crate::history::{History, Report, Time};
+
+/// The id a read reports for a value that names no write of ours.
+const UNKNOWN_WRITE: u64 = u64::MAX;
+
+/// How long a final read may take before it is retried.
+const FINAL_READ_TIMEOUT_MS: u64 = 15_000;
+
+/// What happened to the operations recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub puts: u64,
+    pub puts_acked: u64,
+    pub deletes: u64,
+    pub deletes_acked: u64,
+    /// Writes answered with an error.
+    pub writes_failed: u64,
+    /// Writes never answered by the end of the run.
+    pub writes_unanswered: u64,
+    pub gets: u64,
+    pub gets_ok: u64,
+    /// Final reads made, and those that failed every attempt (their keys are not judged).
+    pub final_reads: u64,
+    pub final_unavailable: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Put(u64),
+    Delete(u64),
+    Get,
+}
+
+struct Pending {
+    key: Bytes,
+    op: Op,
+    invoke: Millis,
+}
+
+/// Records client operations sent through a [`Sim`] into a [`History`].
+pub struct Recorder {
+    history: History<Bytes>,
+    pending: BTreeMap<u64, Pending>,
+    next_write: u64,
+    keys: BTreeSet<Bytes>,
+    counts: Counts,
+    /// Keys whose final read failed.
+    unavailable: Vec<Bytes>,
+    digest: Fnv,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new()
+    }
+}
+
+/// The value a put of write `id` stores.
+pub fn value_of_write(id: u64) -> Bytes {
+    Bytes::from(format!("w{id}"))
+}
+
+/// The write a value names ([`UNKNOWN_WRITE`] when it names none).
+fn write_of_value(value: &[u8]) -> u64 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.strip_prefix('w'))
+        .and_then(|id| id.parse().ok())
+        .unwrap_or(UNKNOWN_WRITE)
+}
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        Recorder {
+            history: History::new(),
+            pending: BTreeMap::new(),
+            next_write: 1,
+            keys: BTreeSet::new(),
+            counts: Counts::default(),
+            unavailable: Vec::new(),
+            digest: Fnv::default(),
+        }
+    }
+
+    /// Sends a put of a fresh value of `key` through node `via`.
+    pub fn put(&mut self, sim: &mut Sim, via: usize, key: &[u8]) -> u64 {
+        let id = self.next_write;
+        self.next_write += 1;
+        self.counts.puts += 1;
+        let key = Bytes::copy_from_slice(key);
+        let message = Message::Put {
+            key: key.clone(),
+            value: value_of_write(id),
+        };
+        self.send(sim, via, key, Op::Put(id), message)
+    }
+
+    /// Sends a delete of `key` through node `via`.
+    pub fn delete(&mut self, sim: &mut Sim, via: usize, key: &[u8]) -> u64 {
+        let id = self.next_write;
+        self.next_write += 1;
+        self.counts.deletes += 1;
+        let key = Bytes::copy_from_slice(key);
+        let message = Message::Delete { key: key.clone() };
+        self.send(sim, via, key, Op::Delete(id), message)
+    }
+
+    /// Sends a get of `key` through node `via`.
+    pub fn get(&mut self, sim: &mut Sim, via: usize, key: &[u8]) -> u64 {
+        self.counts.gets += 1;
+        let key = Bytes::copy_from_slice(key);
+        let message = Message::Get { key: key.clone() };
+        self.send(sim, via, key, Op::Get, message)
+    }
+
+    fn send(&mut self, sim: &mut Sim, via: usize, key: Bytes, op: Op, message: Message) -> u64 {
+        self.keys.insert(key.clone());
+        let handle = sim.client_request(via, message);
+        let invoke = sim.now();
+        self.pending.insert(handle, Pending { key, op, invoke });
+        handle
+    }
+
+    /// Operations sent and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Collects the replies that have arrived.
+    pub fn poll(&mut self, sim: &mut Sim) {
+        let handles: Vec<u64> = self.pending.keys().copied().collect();
+        for handle in handles {
+            if let Some((at, reply)) = sim.reply_at(handle) {
+                if let Some(p) = self.pending.remove(&handle) {
+                    self.complete(handle, p, at, reply);
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, handle: u64, p: Pending, at: Millis, reply: Message) {
+        self.digest.write_u64(handle);
+        self.digest.write_u64(at);
+        self.digest.write(format!("{reply:?}").as_bytes());
+        match (p.op, reply) {
+            (Op::Put(id), Message::PutReply { .. }) => {
+                self.counts.puts_acked += 1;
+                self.history.write(p.key, id, false, p.invoke, at, true);
+            }
+            (Op::Delete(id), Message::DeleteReply { .. }) => {
+                self.counts.deletes_acked += 1;
+                self.history.write(p.key, id, true, p.invoke, at, true);
+            }
+            (Op::Put(id), _) => {
+                self.counts.writes_failed += 1;
+                self.history.write(p.key, id, false, p.invoke, at, false);
+            }
+            (Op::Delete(id), _) => {
+                self.counts.writes_failed += 1;
+                self.history.write(p.key, id, true, p.invoke, at, false);
+            }
+            (Op::Get, Message::GetReply { value, .. }) => {
+                self.counts.gets_ok += 1;
+                let found = value.as_deref().map(write_of_value);
+                self.history.read(p.key, p.invoke, at, found);
+            }
+            (Op::Get, _) => {}
+        }
+    }
+
+    /// Reads every key an operation touched, once, through the live nodes in turn (call it
+    /// after every fault has healed). A read that fails is retried through the next node,
+    /// `retry_ms` later, up to `attempts` times; a key whose reads all fail is counted in
+    /// `final_unavailable` and not judged.
+    pub fn final_reads(&mut self, sim: &mut Sim, attempts: u32, retry_ms: u64) {
+        let alive = sim.alive();
+        let keys: Vec<Bytes> = self.keys.iter().cloned().collect();
+        for (k, key) in keys.into_iter().enumerate() {
+            self.counts.final_reads += 1;
+            let mut found = None;
+            for attempt in 0..attempts.max(1) as usize {
+                let via = alive[(k + attempt) % alive.len()];
+                let get = Message::Get { key: key.clone() };
+                match sim.request_at(via, get, FINAL_READ_TIMEOUT_MS) {
+                    Some((at, Message::GetReply { value, .. })) => {
+                        self.digest.write_u64(at);
+                        self.digest.write(value.as_deref().unwrap_or(b"-"));
+                        found = Some(value.as_deref().map(write_of_value));
+                        break;
+                    }
+                    _ => sim.run_for(retry_ms),
+                }
+            }
+            match found {
+                Some(found) => self.history.final_read(key, found),
+                None => {
+                    self.counts.final_unavailable += 1;
+                    self.unavailable.push(key);
+                }
+            }
+        }
+        self.poll(sim);
+    }
+
+    /// Ends the recording: writes still unanswered may take effect at any time.
+    pub fn finish(&mut self) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            match p.op {
+                Op::Put(id) | Op::Delete(id) => {
+                    self.counts.writes_unanswered += 1;
+                    let delete = matches!(p.op, Op::Delete(_));
+                    self.history.write(p.key, id, delete, p.invoke, Time::MAX, false);
+                }
+                Op::Get => {}
+            }
+        }
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// Keys whose final read failed every attempt.
+    pub fn unavailable(&self) -> &[Bytes] {
+        &self.unavailable
+    }
+
+    pub fn history(&self) -> &History<Bytes> {
+        &self.history
+    }
+
+    /// Judges the history recorded so far (call [`Recorder::finish`] first).
+    pub fn check(&self) -> Report {
+        self.history.check()
+    }
+
+    /// A digest of every reply in the order it was collected, with its time: equal digests
+    /// mean the clients saw the same run.
+    pub fn digest(&self) -> u64 {
+        self.digest.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_name_their_writes() {
+        assert_eq!(write_of_value(&value_of_write(17)), 17);
+        assert_eq!(write_of_value(b"w"), UNKNOWN_WRITE);
+        assert_eq!(write_of_value(b"x17"), UNKNOWN_WRITE);
+        assert_eq!(write_of_value(b"w18446744073709551616"), UNKNOWN_WRITE);
+    }
+}
