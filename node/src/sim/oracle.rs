@@ -168,6 +168,31 @@ impl Sim {
         zave_problem_of(&members)
     }
 
+    /// Every live node's view of the ring, one line each in id order (node index, phase,
+    /// predecessor, successor list): what to read next to a ring problem.
+    pub fn describe_ring(&self) -> String {
+        let name = |addr: &SocketAddr| match self.index_of(addr) {
+            Some(i) => format!("n{i}"),
+            None => addr.to_string(),
+        };
+        let mut live: Vec<usize> = self.alive();
+        live.sort_by_key(|&i| self.nodes[i].node.me().id);
+        let mut out = String::new();
+        for i in live {
+            let node = &self.nodes[i].node;
+            let succ: Vec<String> = node.successors().iter().map(|s| name(&s.addr)).collect();
+            out += &format!(
+                "  n{i} {} {:?} settled={} pred {} succ [{}]\n",
+                node.me().id.short(6),
+                node.phase(),
+                node.is_settled(),
+                node.predecessor().map_or("-".to_string(), |p| name(&p.addr)),
+                succ.join(" ")
+            );
+        }
+        out
+    }
+
     /// A digest of every node's store (tombstones and versions included; crashed nodes'
     /// stores too), for replay tests.
     pub fn store_digest(&self) -> u64 {

@@ -59,6 +59,7 @@ enum Op {
 struct Pending {
     key: Bytes,
     op: Op,
+    via: usize,
     invoke: Millis,
 }
 
@@ -72,6 +73,8 @@ pub struct Recorder {
     /// Keys whose final read failed.
     unavailable: Vec<Bytes>,
     digest: Fnv,
+    /// Every operation's outcome, one line each, per key (see [`Recorder::describe`]).
+    log: BTreeMap<Bytes, Vec<String>>,
 }
 
 impl Default for Recorder {
@@ -104,6 +107,7 @@ impl Recorder {
             counts: Counts::default(),
             unavailable: Vec::new(),
             digest: Fnv::default(),
+            log: BTreeMap::new(),
         }
     }
 
@@ -142,7 +146,7 @@ impl Recorder {
         self.keys.insert(key.clone());
         let handle = sim.client_request(via, message);
         let invoke = sim.now();
-        self.pending.insert(handle, Pending { key, op, invoke });
+        self.pending.insert(handle, Pending { key, op, via, invoke });
         handle
     }
 
@@ -167,6 +171,14 @@ impl Recorder {
         self.digest.write_u64(handle);
         self.digest.write_u64(at);
         self.digest.write(format!("{reply:?}").as_bytes());
+        let line = format!(
+            "{} via n{} [{}, {at}] -> {}",
+            describe_op(p.op),
+            p.via,
+            p.invoke,
+            describe_reply(&reply)
+        );
+        self.log.entry(p.key.clone()).or_default().push(line);
         match (p.op, reply) {
             (Op::Put(id), Message::PutReply { .. }) => {
                 self.counts.puts_acked += 1;
@@ -216,6 +228,12 @@ impl Recorder {
                     _ => sim.run_for(retry_ms),
                 }
             }
+            let line = match found {
+                Some(Some(id)) => format!("final read -> w{id}"),
+                Some(None) => "final read -> nothing".to_string(),
+                None => "final read -> unavailable".to_string(),
+            };
+            self.log.entry(key.clone()).or_default().push(line);
             match found {
                 Some(found) => self.history.final_read(key, found),
                 None => {
@@ -230,6 +248,13 @@ impl Recorder {
     /// Ends the recording: writes still unanswered may take effect at any time.
     pub fn finish(&mut self) {
         for (_, p) in std::mem::take(&mut self.pending) {
+            let line = format!(
+                "{} via n{} [{}, -] unanswered",
+                describe_op(p.op),
+                p.via,
+                p.invoke
+            );
+            self.log.entry(p.key.clone()).or_default().push(line);
             match p.op {
                 Op::Put(id) | Op::Delete(id) => {
                     self.counts.writes_unanswered += 1;
@@ -259,10 +284,37 @@ impl Recorder {
         self.history.check()
     }
 
+    /// Every operation on `key` and its outcome, in the order the outcomes were collected:
+    /// what to read next to a history anomaly.
+    pub fn describe(&self, key: &[u8]) -> &[String] {
+        self.log.get(key).map_or(&[], Vec::as_slice)
+    }
+
     /// A digest of every reply in the order it was collected, with its time: equal digests
     /// mean the clients saw the same run.
     pub fn digest(&self) -> u64 {
         self.digest.finish()
+    }
+}
+
+fn describe_op(op: Op) -> String {
+    match op {
+        Op::Put(id) => format!("put w{id}"),
+        Op::Delete(id) => format!("delete #{id}"),
+        Op::Get => "get".to_string(),
+    }
+}
+
+fn describe_reply(reply: &Message) -> String {
+    match reply {
+        Message::PutReply { version, .. } => format!("ok v{version:x}"),
+        Message::DeleteReply { version, existed, .. } => format!("ok v{version:x} existed={existed}"),
+        Message::GetReply { version, value, .. } => match value {
+            Some(v) => format!("{} v{version:x}", String::from_utf8_lossy(v)),
+            None => format!("nothing v{version:x}"),
+        },
+        Message::Error { code, text, .. } => format!("error {code:?}: {text}"),
+        other => format!("{other:?}"),
     }
 }
 
