@@ -28,6 +28,9 @@ use crate::history::{History, Report, Time};
 /// The id a read reports for a value that names no write of ours.
 const UNKNOWN_WRITE: u64 = u64::MAX;
 
+/// Most anomalies described in a merged [`Report`].
+const MAX_EXAMPLES: usize = 10;
+
 /// How long a final read may take before it is retried.
 const FINAL_READ_TIMEOUT_MS: u64 = 15_000;
 
@@ -65,7 +68,9 @@ struct Pending {
 
 /// Records client operations sent through a [`Sim`] into a [`History`].
 pub struct Recorder {
-    history: History<Bytes>,
+    /// One history per key: keys are independent, and a failure report wants the keys
+    /// with each kind of anomaly.
+    histories: BTreeMap<Bytes, History<Bytes>>,
     pending: BTreeMap<u64, Pending>,
     next_write: u64,
     keys: BTreeSet<Bytes>,
@@ -100,7 +105,7 @@ fn write_of_value(value: &[u8]) -> u64 {
 impl Recorder {
     pub fn new() -> Recorder {
         Recorder {
-            history: History::new(),
+            histories: BTreeMap::new(),
             pending: BTreeMap::new(),
             next_write: 1,
             keys: BTreeSet::new(),
@@ -182,24 +187,28 @@ impl Recorder {
         match (p.op, reply) {
             (Op::Put(id), Message::PutReply { .. }) => {
                 self.counts.puts_acked += 1;
-                self.history.write(p.key, id, false, p.invoke, at, true);
+                self.history_of(&p.key)
+                    .write(p.key.clone(), id, false, p.invoke, at, true);
             }
             (Op::Delete(id), Message::DeleteReply { .. }) => {
                 self.counts.deletes_acked += 1;
-                self.history.write(p.key, id, true, p.invoke, at, true);
+                self.history_of(&p.key)
+                    .write(p.key.clone(), id, true, p.invoke, at, true);
             }
             (Op::Put(id), _) => {
                 self.counts.writes_failed += 1;
-                self.history.write(p.key, id, false, p.invoke, at, false);
+                self.history_of(&p.key)
+                    .write(p.key.clone(), id, false, p.invoke, at, false);
             }
             (Op::Delete(id), _) => {
                 self.counts.writes_failed += 1;
-                self.history.write(p.key, id, true, p.invoke, at, false);
+                self.history_of(&p.key)
+                    .write(p.key.clone(), id, true, p.invoke, at, false);
             }
             (Op::Get, Message::GetReply { value, .. }) => {
                 self.counts.gets_ok += 1;
                 let found = value.as_deref().map(write_of_value);
-                self.history.read(p.key, p.invoke, at, found);
+                self.history_of(&p.key).read(p.key.clone(), p.invoke, at, found);
             }
             (Op::Get, _) => {}
         }
@@ -215,6 +224,7 @@ impl Recorder {
         for (k, key) in keys.into_iter().enumerate() {
             self.counts.final_reads += 1;
             let mut found = None;
+            let mut failures = Vec::new();
             for attempt in 0..attempts.max(1) as usize {
                 let via = alive[(k + attempt) % alive.len()];
                 let get = Message::Get { key: key.clone() };
@@ -225,17 +235,23 @@ impl Recorder {
                         found = Some(value.as_deref().map(write_of_value));
                         break;
                     }
-                    _ => sim.run_for(retry_ms),
+                    other => {
+                        let what = other
+                            .as_ref()
+                            .map_or("no reply".to_string(), |(_, m)| describe_reply(m));
+                        failures.push(format!("via n{via}: {what}"));
+                        sim.run_for(retry_ms);
+                    }
                 }
             }
             let line = match found {
                 Some(Some(id)) => format!("final read -> w{id}"),
                 Some(None) => "final read -> nothing".to_string(),
-                None => "final read -> unavailable".to_string(),
+                None => format!("final read -> unavailable ({})", failures.join("; ")),
             };
             self.log.entry(key.clone()).or_default().push(line);
             match found {
-                Some(found) => self.history.final_read(key, found),
+                Some(found) => self.history_of(&key).final_read(key.clone(), found),
                 None => {
                     self.counts.final_unavailable += 1;
                     self.unavailable.push(key);
@@ -259,7 +275,8 @@ impl Recorder {
                 Op::Put(id) | Op::Delete(id) => {
                     self.counts.writes_unanswered += 1;
                     let delete = matches!(p.op, Op::Delete(_));
-                    self.history.write(p.key, id, delete, p.invoke, Time::MAX, false);
+                    self.history_of(&p.key)
+                        .write(p.key.clone(), id, delete, p.invoke, Time::MAX, false);
                 }
                 Op::Get => {}
             }
@@ -275,13 +292,32 @@ impl Recorder {
         &self.unavailable
     }
 
-    pub fn history(&self) -> &History<Bytes> {
-        &self.history
+    fn history_of(&mut self, key: &Bytes) -> &mut History<Bytes> {
+        self.histories.entry(key.clone()).or_default()
     }
 
-    /// Judges the history recorded so far (call [`Recorder::finish`] first).
+    /// Judges the history recorded so far (call [`Recorder::finish`] first): every key's
+    /// verdicts added up, and the first examples in key order.
     pub fn check(&self) -> Report {
-        self.history.check()
+        let mut total = Report::default();
+        for (_, r) in self.check_by_key() {
+            total.reads_checked += r.reads_checked;
+            total.stale_reads += r.stale_reads;
+            total.resurrected += r.resurrected;
+            total.lost += r.lost;
+            total.unexpected += r.unexpected;
+            let room = MAX_EXAMPLES.saturating_sub(total.examples.len());
+            total.examples.extend(r.examples.into_iter().take(room));
+        }
+        total
+    }
+
+    /// Every key's verdicts, in key order.
+    pub fn check_by_key(&self) -> Vec<(Bytes, Report)> {
+        self.histories
+            .iter()
+            .map(|(k, h)| (k.clone(), h.check()))
+            .collect()
     }
 
     /// Every operation on `key` and its outcome, in the order the outcomes were collected:
