@@ -10,6 +10,9 @@
 //!                         delivers a connection's bytes once the path is back
 //! ```
 //!
+//! Only the held backlog of a link keeps its order: as everywhere in the simulated network,
+//! each message has its own delay, so messages sent after the heal may overtake it.
+//!
 //! Held messages from a sender that crashed (or exited) before the heal are discarded: its
 //! kernel's send buffers went with it. Those to a receiver that restarted meanwhile reach a
 //! new incarnation and are discarded on delivery, as a reset connection would be.
