@@ -33,6 +33,8 @@ const MAX_EXAMPLES: usize = 10;
 
 /// How long a final read may take before it is retried.
 const FINAL_READ_TIMEOUT_MS: u64 = 15_000;
+/// How often final reads are checked for replies.
+const FINAL_READ_STEP_MS: u64 = 10;
 
 /// What happened to the operations recorded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -215,43 +217,65 @@ impl Recorder {
     }
 
     /// Reads every key an operation touched, once, through the live nodes in turn (call it
-    /// after every fault has healed). A read that fails is retried through the next node,
-    /// `retry_ms` later, up to `attempts` times; a key whose reads all fail is counted in
-    /// `final_unavailable` and not judged.
+    /// after every fault has healed). The reads go out together; those that fail are sent
+    /// again through the next node `retry_ms` later, up to `attempts` rounds; a key whose
+    /// reads all fail is counted in `final_unavailable` and not judged.
     pub fn final_reads(&mut self, sim: &mut Sim, attempts: u32, retry_ms: u64) {
         let alive = sim.alive();
         let keys: Vec<Bytes> = self.keys.iter().cloned().collect();
+        let mut found: BTreeMap<usize, Option<u64>> = BTreeMap::new();
+        let mut failures: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for attempt in 0..attempts.max(1) as usize {
+            let mut waiting: Vec<(u64, usize, usize)> = (0..keys.len())
+                .filter(|k| !found.contains_key(k))
+                .map(|k| {
+                    let via = alive[(k + attempt) % alive.len()];
+                    let get = Message::Get { key: keys[k].clone() };
+                    (sim.client_request(via, get), k, via)
+                })
+                .collect();
+            if waiting.is_empty() {
+                break;
+            }
+            let deadline = sim.now() + FINAL_READ_TIMEOUT_MS;
+            while !waiting.is_empty() && sim.now() < deadline {
+                sim.run_until((sim.now() + FINAL_READ_STEP_MS).min(deadline));
+                waiting.retain(|&(handle, k, via)| match sim.reply_at(handle) {
+                    Some((_, Message::GetReply { value, .. })) => {
+                        found.insert(k, value.as_deref().map(write_of_value));
+                        false
+                    }
+                    Some((_, other)) => {
+                        failures
+                            .entry(k)
+                            .or_default()
+                            .push(format!("via n{via}: {}", describe_reply(&other)));
+                        false
+                    }
+                    None => true,
+                });
+            }
+            for (_, k, via) in waiting {
+                failures
+                    .entry(k)
+                    .or_default()
+                    .push(format!("via n{via}: no reply"));
+            }
+            if found.len() < keys.len() {
+                sim.run_for(retry_ms);
+            }
+        }
         for (k, key) in keys.into_iter().enumerate() {
             self.counts.final_reads += 1;
-            let mut found = None;
-            let mut failures = Vec::new();
-            for attempt in 0..attempts.max(1) as usize {
-                let via = alive[(k + attempt) % alive.len()];
-                let get = Message::Get { key: key.clone() };
-                match sim.request_at(via, get, FINAL_READ_TIMEOUT_MS) {
-                    Some((at, Message::GetReply { value, .. })) => {
-                        self.digest.write_u64(at);
-                        self.digest.write(value.as_deref().unwrap_or(b"-"));
-                        found = Some(value.as_deref().map(write_of_value));
-                        break;
-                    }
-                    other => {
-                        let what = other
-                            .as_ref()
-                            .map_or("no reply".to_string(), |(_, m)| describe_reply(m));
-                        failures.push(format!("via n{via}: {what}"));
-                        sim.run_for(retry_ms);
-                    }
-                }
-            }
-            let line = match found {
+            let line = match found.get(&k) {
                 Some(Some(id)) => format!("final read -> w{id}"),
                 Some(None) => "final read -> nothing".to_string(),
-                None => format!("final read -> unavailable ({})", failures.join("; ")),
+                None => format!("final read -> unavailable ({})", failures[&k].join("; ")),
             };
+            self.digest.write(line.as_bytes());
             self.log.entry(key.clone()).or_default().push(line);
-            match found {
-                Some(found) => self.history_of(&key).final_read(key.clone(), found),
+            match found.get(&k) {
+                Some(&found) => self.history_of(&key).final_read(key.clone(), found),
                 None => {
                     self.counts.final_unavailable += 1;
                     self.unavailable.push(key);
