@@ -736,6 +736,15 @@ fn ring_node(info: &NodeInfo) -> RingNode {
     }
 }
 
+/// Milliseconds since the Unix epoch on this machine's clock: request deadlines are wall-clock
+/// times, which nodes compare with theirs (clocks must agree within the nodes'
+/// `--max-clock-offset-ms`).
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -940,13 +949,4 @@ mod tests {
         check_ring(&[info(10, None, 10)], true, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
     }
-}
-
-/// Milliseconds since the Unix epoch on this machine's clock: request deadlines are wall-clock
-/// times, which nodes compare with theirs (clocks must agree within the nodes'
-/// `--max-clock-offset-ms`).
-pub fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -762,7 +762,9 @@ fn cmd_forget(target: &Target, dead: &str, timeout: Duration) -> anyhow::Result<
     let mut client = connect(target, timeout)?;
     // The ring knows the node by its advertised address, and by the id derived from it
     // unless it was started with --id: ask the ring for the id it knows.
-    let node = client.member_at(dead)?.unwrap_or_else(|| NodeRef::from_addr(dead));
+    let node = client
+        .member_at(dead)?
+        .unwrap_or_else(|| NodeRef::from_addr(dead));
     let forgotten = client.forget(node)?;
     let mut out = io::stdout().lock();
     if forgotten {

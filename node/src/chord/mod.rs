@@ -1335,7 +1335,12 @@ impl Node {
         let mut due: Vec<(Millis, SocketAddr)> = self
             .departed
             .iter()
-            .filter(|(a, _)| !self.rpcs.values().any(|r| r.to == **a && r.kind == RpcKind::Probe))
+            .filter(|(a, _)| {
+                !self
+                    .rpcs
+                    .values()
+                    .any(|r| r.to == **a && r.kind == RpcKind::Probe)
+            })
             .map(|(a, d)| (d.since, *a))
             .collect();
         if due.is_empty() {
