@@ -239,14 +239,8 @@ fn check_seeds(kinds: &[FaultKind], seeds: &[u64]) {
     );
 }
 
-// On the core at main f382b5f, every test passes its CI seeds except duplication; the long
-// mode (seeds 1-40) still finds, as failing seeds (lost/stale/resurrected, unavailable keys):
-// - restart_with_empty_store: 12, 22 (a primary restarted empty answers "nothing" before the
-//   surviving copy is back: seed 22, k19, n6 at t=16309, refilled at t=16370);
-// - restart_with_persistent_store: 5, 10, 21, 22, 25 (see the ignored test below) and 17, 27,
-//   38 (1-3 stale reads each);
-// - mixed: 14 (as the ignored test below), 6, 18, 26, 29, 32, 37, 40 (1-3 anomalies each);
-// - available: one ring after the heal fails on 16 of 40 (3, 4, 7, 8, 13, 17, 20, 25, ...).
+// The long mode's findings are in docs/architecture.md (section 4) and the issue's closing
+// note; every seed it found failing became a fixed seed of a test here or was fixed.
 
 #[test]
 fn pause() {
@@ -264,9 +258,6 @@ fn partition_drop() {
 }
 
 #[test]
-#[ignore = "issue 11: fails until a duplicated request is applied once: a duplicate of an acknowledged PUT is \
-            stamped again, over a later acknowledged write (seed 1: 0/1/0, k14: w491 acked as v2ad6.., read back \
-            as v2c2c.. after w504 v2bfc.. was acked); 24 of seeds 1-40 fail"]
 fn duplication_and_reordering() {
     check(&[FaultKind::DuplicateReorder], &[1, 2]);
 }
@@ -302,9 +293,6 @@ fn restart_with_empty_store() {
 /// fast restart), some at the same instant as their ring neighbour: seeds found by the long
 /// mode (always these, whatever `SIM_SEEDS` says).
 #[test]
-#[ignore = "issue 11: fails until a node restarted before its failure is noticed joins: the lookup of its own \
-            id names its dead incarnation, it settles into a two-node cycle with its predecessor and both stay \
-            Joined, their ranges unavailable (seed 5: n1 and n7, 9 keys)"]
 fn restart_on_the_old_address_before_the_crash_is_noticed() {
     check_seeds(&[FaultKind::CrashPersistent], &[5, 10, 21, 22, 25]);
 }

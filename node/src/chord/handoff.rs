@@ -157,9 +157,9 @@ impl Node {
             Some(p) if consistent => in_open(&node.id, &p.id, &self.me.id),
             Some(p) => self.is_dead(&p.addr) || in_open(&node.id, &p.id, &self.me.id),
         };
-        // Under `consistent` the range we hand over must be complete: we must be serving it.
-        let complete = !consistent || self.leases.serves(&self.me.id, now);
-        if !closer || busy || !complete {
+        // (Under `consistent` the new predecessor does not serve from the transfer alone: it
+        // first catches up with a majority of its range's copies when it gains its lease.)
+        if !closer || busy {
             return self.reply(to, rid, refuse);
         }
         let previous = self
@@ -202,8 +202,15 @@ impl Node {
             return;
         };
         let start = previous.map_or(succ.id, |p| p.id);
-        if self.predecessor.is_none() {
-            self.predecessor = previous.filter(|p| p.addr != self.me.addr);
+        // The successor's predecessor before us is ours, unless we know a closer one.
+        if let Some(p) = previous.filter(|p| p.addr != self.me.addr) {
+            let closer = self
+                .predecessor
+                .is_none_or(|q| in_open(&p.id, &q.id, &self.me.id));
+            if closer {
+                self.predecessor = Some(p);
+                self.pred_incarnation = None;
+            }
         }
         self.expect_incoming(now, start, self.me.id);
     }

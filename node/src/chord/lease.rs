@@ -39,7 +39,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use chordkv_protocol::{ErrorCode, Id, Message, NodeRef};
+use chordkv_protocol::{in_half_open, ErrorCode, Id, Message, NodeRef};
 
 use super::{Millis, Node, Phase, ReplyTo, RpcKind};
 
@@ -87,13 +87,20 @@ pub(super) struct Round {
     pub unreachable: Vec<SocketAddr>,
 }
 
-/// A promise this node gave.
+/// A promise this node gave: no other holder for any key of `(start, end]` until `until`.
 #[derive(Clone, Copy, Debug)]
 struct Promise {
     holder: NodeRef,
+    start: Id,
+    end: Id,
     until: Millis,
     /// The fence this holder was given (reported again on its renewals).
     fence: Millis,
+}
+
+/// Whether the ring ranges `(a, b]` and `(c, d]` share a key: one holds the other's end.
+fn overlap(a: &Id, b: &Id, c: &Id, d: &Id) -> bool {
+    in_half_open(b, c, d) || in_half_open(d, a, b)
 }
 
 /// Leases held and promises given (partition policy `consistent`).
@@ -101,7 +108,9 @@ struct Promise {
 pub(super) struct Leases {
     /// By the id of the range's primary.
     held: BTreeMap<Id, Held>,
-    /// By the id of the range's primary.
+    /// By the id of the range's primary. A request is refused while any promise to another
+    /// holder on an overlapping range runs (views of the ring may disagree on where a range
+    /// starts, so promises are checked by keys, not by primary).
     promised: BTreeMap<Id, Promise>,
     next_round: u64,
 }
@@ -122,13 +131,31 @@ impl Leases {
             .is_some_and(|h| h.caught_up && now < h.valid_until)
     }
 
-    /// Whether this node promised `primary`'s range to a holder other than `me` until after
-    /// `now`.
-    fn promised_elsewhere(&self, primary: &Id, me: &SocketAddr, now: Millis) -> Option<NodeRef> {
+    /// A holder other than `me` this node promised a range overlapping `(start, end]` to,
+    /// until after `now`.
+    fn promised_elsewhere(&self, start: &Id, end: &Id, me: &SocketAddr, now: Millis) -> Option<NodeRef> {
         self.promised
-            .get(primary)
-            .filter(|p| p.holder.addr != *me && p.until > now)
+            .values()
+            .find(|p| p.holder.addr != *me && p.until > now && overlap(&p.start, &p.end, start, end))
             .map(|p| p.holder)
+    }
+
+    /// The fence a new holder `holder` of `(start, end]` must stamp above: the end of every
+    /// promise this node gave another holder on an overlapping range, and the fences it gave
+    /// `holder` before.
+    fn fence_for(&self, start: &Id, end: &Id, holder: &SocketAddr) -> Millis {
+        self.promised
+            .values()
+            .filter(|p| overlap(&p.start, &p.end, start, end))
+            .map(|p| {
+                if p.holder.addr == *holder {
+                    p.fence
+                } else {
+                    p.until
+                }
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// The primaries of the leases held or wanted.
@@ -148,6 +175,8 @@ impl Leases {
                     *primary,
                     Promise {
                         holder: me,
+                        start: h.start,
+                        end: h.primary.id,
                         until,
                         fence: 0,
                     },
@@ -184,7 +213,7 @@ impl Node {
             return;
         };
         let me = self.me;
-        if let Some(other) = self.leases.promised_elsewhere(&primary.id, &me.addr, now) {
+        if let Some(other) = self.leases.promised_elsewhere(&start, &primary.id, &me.addr, now) {
             let h = self.lease_entry(primary, start);
             h.problem = Some(format!(
                 "this node promised the range to {} (its lease has not run out)",
@@ -377,12 +406,14 @@ impl Node {
     }
 
     /// A member asks us for a lease on `primary`'s range for `holder`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn handle_lease(
         &mut self,
         now: Millis,
         to: ReplyTo,
         rid: u64,
         primary: NodeRef,
+        start: Id,
         holder: NodeRef,
     ) {
         let clock = self.clock.current();
@@ -398,17 +429,29 @@ impl Node {
         // The asker is alive.
         self.dead.remove(&holder.addr);
         let me = self.me;
-        if let Some(other) = self.leases.promised_elsewhere(&primary.id, &holder.addr, now) {
+        let end = primary.id;
+        // The asker must be in the range's preference list as we see it, and so must we: two
+        // views of the ring that disagree must not make two majorities.
+        let in_pref = |list: &Option<Vec<NodeRef>>, a: SocketAddr| {
+            list.as_ref().is_some_and(|l| l.iter().any(|n| n.addr == a))
+        };
+        let pref = self.preference_list(&primary);
+        if !in_pref(&pref, me.addr) || !in_pref(&pref, holder.addr) {
+            return self.reply(to, rid, refuse(None));
+        }
+        if let Some(other) = self.leases.promised_elsewhere(&start, &end, &holder.addr, now) {
             return self.reply(to, rid, refuse(Some(other)));
         }
-        // We serve this range ourselves: nobody else may.
-        let mine = self
+        // A range overlapping one we serve ourselves: nobody else may have it.
+        let mine: Vec<(Id, Millis, Millis)> = self
             .leases
             .held
-            .get(&primary.id)
-            .map(|h| (h.valid_until, h.fence_ms));
+            .values()
+            .filter(|h| overlap(&h.start, &h.primary.id, &start, &end))
+            .map(|h| (h.primary.id, h.valid_until, h.fence_ms))
+            .collect();
         if holder.addr != me.addr {
-            if mine.is_some_and(|(until, _)| until > now) {
+            if mine.iter().any(|(_, until, _)| *until > now) {
                 return self.reply(to, rid, refuse(Some(me)));
             }
             // The range's primary, alive and asked by a stand-in, keeps its range.
@@ -418,25 +461,26 @@ impl Node {
         }
         let lease_ms = self.config.lease_ms();
         let until = now + lease_ms;
-        let fence = match self.leases.promised.get(&primary.id) {
-            Some(p) if p.holder.addr == holder.addr => p.fence,
-            Some(p) => p.until,
-            None => 0,
-        };
-        // Versions we stamped ourselves as an earlier holder are fenced too.
-        let fence = match mine {
-            Some((_, our_fence)) if holder.addr != me.addr => fence.max(our_fence),
-            _ => fence,
-        };
+        let mut fence = self.leases.fence_for(&start, &end, &holder.addr);
         if holder.addr != me.addr {
-            // We no longer hold it (our lease ran out): stop trying to.
-            if mine.is_some() {
-                self.leases.held.remove(&primary.id);
+            // Versions we stamped ourselves as an earlier holder are fenced too; and we no
+            // longer hold those leases (they ran out): stop trying to.
+            for (p, _, our_fence) in mine {
+                fence = fence.max(our_fence);
+                self.leases.release(&p, me);
             }
+            fence = fence.max(self.leases.fence_for(&start, &end, &holder.addr));
         }
-        self.leases
-            .promised
-            .insert(primary.id, Promise { holder, until, fence });
+        self.leases.promised.insert(
+            primary.id,
+            Promise {
+                holder,
+                start,
+                end,
+                until,
+                fence,
+            },
+        );
         let forget_before = now.saturating_sub(PROMISE_MEMORY_LEASES * lease_ms);
         self.leases.promised.retain(|_, p| p.until >= forget_before);
         self.reply(

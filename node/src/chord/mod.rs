@@ -345,6 +345,8 @@ pub struct Stats {
     /// Successors adopted from a departed node that answered again (`available`: rings that
     /// formed during a partition merging).
     pub ring_merges: u64,
+    /// Write hops delivered a second time and dropped.
+    pub duplicates_dropped: u64,
 }
 
 /// One Chord node's state machine. See the module docs.
@@ -403,6 +405,13 @@ pub struct Node {
     leases: Leases,
     /// The store reported that it lost its data and it has not been refilled yet.
     store_lost: bool,
+    /// Whether the successor list reaches around the whole ring back to us (a ring of at
+    /// most `successors + 1` nodes), as the last stabilize saw it.
+    succ_wrapped: bool,
+    /// Write hops served, by deadline and fingerprint, until their deadline: a second delivery
+    /// of one is dropped (see `ops.rs`, `first_delivery`).
+    seen_writes: BTreeSet<(Millis, u64)>,
+    seen_fingerprints: BTreeSet<u64>,
     /// Ranges primaries declared us a replica of (by syncing with us), and when last.
     declared: Vec<(Id, Id, Millis)>,
     next_op_id: u64,
@@ -482,6 +491,9 @@ impl Node {
             departed: BTreeMap::new(),
             leases: Leases::default(),
             store_lost: false,
+            succ_wrapped: false,
+            seen_writes: BTreeSet::new(),
+            seen_fingerprints: BTreeSet::new(),
             declared: Vec::new(),
             next_op_id: 1,
             op_retries: BTreeSet::new(),
@@ -671,6 +683,7 @@ impl Node {
         self.predecessor = predecessor.filter(|p| p.addr != self.me.addr);
         self.routing
             .set_successors(successors.iter().copied(), self.config.successors);
+        self.succ_wrapped = successors.len() < self.config.successors;
         self.routing.fill_fingers(successor_of);
         if let (Some(table), Some(members)) = (self.members.as_mut(), members) {
             *table = Membership::from_sorted(members);
@@ -801,6 +814,17 @@ impl Node {
                 };
                 self.reply(reply_to, rid, Message::FindSuccessorReply { lookup });
             }
+            Message::GetNeighbors if matches!(self.phase, Phase::Idle | Phase::Joining) => {
+                // A node still looking for its place knows no neighbours; an empty answer
+                // would wipe the asker's successor list.
+                let text = format!("node is {:?}, not in a ring", self.phase);
+                let msg = Message::Error {
+                    code: ErrorCode::NotReady,
+                    hops: 0,
+                    text,
+                };
+                self.reply(reply_to, rid, msg);
+            }
             Message::GetNeighbors => {
                 let successors = self.routing.successors().to_vec();
                 let msg = Message::Neighbors {
@@ -816,7 +840,11 @@ impl Node {
                 incarnation,
                 active,
             } => self.handle_notify(now, reply_to, rid, node, incarnation, active),
-            Message::Lease { primary, holder, .. } => self.handle_lease(now, reply_to, rid, primary, holder),
+            Message::Lease {
+                primary,
+                start,
+                holder,
+            } => self.handle_lease(now, reply_to, rid, primary, start, holder),
             Message::Forget { node } => self.handle_forget(now, reply_to, rid, node),
             Message::Ping => self.reply(reply_to, rid, Message::Pong { node: self.me }),
             Message::Leaving {
@@ -1080,7 +1108,7 @@ impl Node {
     pub fn stat_counters(&self, now: Millis, keys: u64, keys_primary: u64) -> Vec<(String, u64)> {
         let s = &self.stats;
         let (leases_valid, leases_held) = self.leases.counts(now);
-        let pairs: [(&str, u64); 53] = [
+        let pairs: [(&str, u64); 54] = [
             ("keys", keys),
             ("keys_primary", keys_primary),
             ("keys_replica", keys.saturating_sub(keys_primary)),
@@ -1130,6 +1158,7 @@ impl Node {
             ("future_versions_refused", s.future_versions_refused),
             ("store_losses", s.store_losses),
             ("ring_merges", s.ring_merges),
+            ("duplicates_dropped", s.duplicates_dropped),
             ("departed", self.departed.len() as u64),
             ("leases_held", leases_held as u64),
             ("leases_valid", leases_valid as u64),
@@ -1198,9 +1227,9 @@ impl Node {
         for (i, s) in succs.iter().enumerate() {
             if in_half_open(target, &prev, &s.id) {
                 let mut list = succs[i..].to_vec();
-                if succs.len() < self.config.successors {
-                    // A short list wraps around a small ring: after its last node come we and
-                    // our first successors (where a failover goes when the owner is down).
+                if self.succ_wrapped {
+                    // The list wraps around a small ring: after its last node come we and our
+                    // first successors (where a failover goes when the owner is down).
                     list.push(self.me);
                     list.extend_from_slice(&succs[..i]);
                 }
@@ -1299,6 +1328,7 @@ impl Node {
             let fallback = self.routing.known_nodes().next().copied().or(self.predecessor);
             if let Some(n) = fallback {
                 self.routing.set_successors([n], self.config.successors);
+                self.succ_wrapped = false;
             }
         }
     }
@@ -1393,6 +1423,7 @@ impl Node {
             let mut list = vec![n];
             list.extend_from_slice(self.routing.successors());
             self.routing.set_successors(list, self.config.successors);
+            self.succ_wrapped = false;
             self.remember_seed(n.addr);
             self.next_stabilize = now;
         }
@@ -1620,6 +1651,8 @@ impl Node {
                 // Alone: a node that notified us is our successor too (the second node of a ring).
                 if let Some(p) = self.predecessor {
                     self.routing.set_successors([p], self.config.successors);
+                    // A ring of two: its successor is us.
+                    self.succ_wrapped = true;
                     let msg = Message::Notify {
                         node: self.me,
                         incarnation: self.config.incarnation,
@@ -1679,17 +1712,20 @@ impl Node {
         let succ = succs[k];
         let x = predecessors.first().copied();
         let mut list = Vec::with_capacity(self.config.successors + 2);
+        let mut wrapped = false;
         if self.config.is_consistent() {
-            // Members only leave by announcing it (or by an operator's `forget`): the ones
-            // before `from` that are down stay, a node that joined just before `from` is added,
-            // and the whole list is kept in ring order from us.
-            list.extend_from_slice(&succs[..k]);
+            // Members only leave by announcing it (or by an operator's `forget`): the ones we
+            // know stay (those before `from` are down; a short list from `from` does not make
+            // the ones after it go), a node that joined just before `from` is added, and the
+            // list is the `successors` nearest members in ring order from us.
+            list.extend_from_slice(&succs);
             if let Some(x) = x.filter(|x| x.addr != self.me.addr && in_open(&x.id, &self.me.id, &succ.id)) {
                 list.push(x);
             }
             list.push(succ);
             list.extend(successors);
             let me = self.me.id;
+            wrapped = list.iter().any(|n| n.addr == self.me.addr);
             list.retain(|n| n.addr != self.me.addr && !self.gone.contains_key(&n.addr));
             list.sort_by_key(|n| me.distance_limbs(&n.id));
             list.dedup_by_key(|n| n.addr);
@@ -1708,6 +1744,7 @@ impl Node {
             // A successor list that wraps back to us ends there.
             if let Some(pos) = list.iter().position(|n| n.addr == self.me.addr) {
                 list.truncate(pos);
+                wrapped = true;
             }
             list.retain(|n| !self.gone.contains_key(&n.addr));
         }
@@ -1717,6 +1754,8 @@ impl Node {
             }
         }
         self.routing.set_successors(list, self.config.successors);
+        // The list reached around the ring to us (and was cut there): the ring is this small.
+        self.succ_wrapped = wrapped && self.routing.successors().len() < self.config.successors;
         let first_live = self
             .routing
             .successors()
@@ -1878,31 +1917,22 @@ impl Node {
             Message::FindSuccessorReply {
                 lookup: Lookup::Found { successors, .. },
             } if matches!(lookup.purpose, LookupPurpose::Join | LookupPurpose::Rejoin)
-                && lookup.target == self.me.id
-                && successors.iter().all(|n| n.addr == self.me.addr)
-                && !successors.is_empty() =>
+                && successors.iter().all(|n| n.addr == self.me.addr) =>
             {
                 // The ring still counts us as a member (we restarted before it noticed, or we
-                // are a member presumed down): we own our own id. Our successor is the owner of
-                // the point just after it.
-                let target = self.me.id.wrapping_add(&Id::from_u64(1));
-                if let Some(l) = self.lookups.get_mut(&id) {
-                    l.target = target;
-                }
-                self.send_rpc(
-                    now,
-                    from,
-                    Message::FindSuccessor { id: target },
-                    RpcKind::Lookup(id),
-                    0,
-                );
+                // are a member presumed down) and this node knows nobody after us: ask again,
+                // through the next peer we know (one with more of the ring in its list).
+                self.fail_lookup(now, id);
             }
             Message::FindSuccessorReply {
                 lookup: Lookup::Found { successors, .. },
             } => {
+                // Under `consistent` the members that are down stay in the list (stabilize
+                // skips them); under `available` they are no successors.
+                let consistent = self.config.is_consistent();
                 let live: Vec<NodeRef> = successors
                     .into_iter()
-                    .filter(|n| !self.is_dead(&n.addr))
+                    .filter(|n| consistent || !self.is_dead(&n.addr))
                     .collect();
                 self.finish_lookup(now, id, live);
             }
@@ -1945,6 +1975,7 @@ impl Node {
                     return;
                 }
                 self.routing.set_successors(list, self.config.successors);
+                self.succ_wrapped = false;
                 self.phase = Phase::Joined;
                 self.bootstrap = None;
                 self.next_stabilize = now; // notify the successor at once
@@ -1967,6 +1998,7 @@ impl Node {
                     .collect();
                 if self.routing.successors().is_empty() && !list.is_empty() {
                     self.routing.set_successors(list, self.config.successors);
+                    self.succ_wrapped = false;
                     self.next_stabilize = now;
                 }
             }

@@ -527,6 +527,34 @@ impl Node {
         self.reply(op.reply_to, op.request_id, msg);
     }
 
+    /// Whether this is the first delivery of the write hop `(request_id, deadline, key, value)`
+    /// (an entry's request ids are unique, so a second delivery with the same fingerprint
+    /// before the deadline is a duplicate). Remembered until the deadline, after which the
+    /// deadline refuses the hop anyway.
+    fn first_delivery(&mut self, now: Millis, request_id: u64, deadline: Millis, message: &Message) -> bool {
+        use std::hash::{Hash, Hasher};
+        while let Some(&(d, fp)) = self.seen_writes.first() {
+            if d >= now {
+                break;
+            }
+            self.seen_writes.pop_first();
+            self.seen_fingerprints.remove(&fp);
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        (request_id, deadline).hash(&mut h);
+        match message {
+            Message::Put { key, value } => (0u8, key, value).hash(&mut h),
+            Message::Delete { key } => (1u8, key).hash(&mut h),
+            _ => {}
+        }
+        let fp = h.finish();
+        if !self.seen_fingerprints.insert(fp) {
+            return false;
+        }
+        self.seen_writes.insert((deadline, fp));
+        true
+    }
+
     /// Our own range as a lease target: `(me, predecessor)`, the range `(predecessor, me]`.
     pub(super) fn own_range(&self) -> (NodeRef, Id) {
         (self.me, self.primary_range().0)
@@ -563,6 +591,13 @@ impl Node {
                 text: "request deadline passed before the owner could start it (not applied)".to_string(),
             };
             return self.reply(to, request_id, msg);
+        }
+        if is_write && deadline != 0 && !self.first_delivery(now, request_id, deadline, &message) {
+            // The same hop delivered twice (a retransmission, a replayed connection): it was
+            // started once already, and a second stamp could put it above a write acknowledged
+            // since. Its first delivery answers.
+            self.stats.duplicates_dropped += 1;
+            return;
         }
         let (primary, start) = range;
         if self.config.is_consistent() && !self.leases.serves(&primary.id, now) {
