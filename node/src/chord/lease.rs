@@ -213,6 +213,13 @@ impl Node {
             return;
         };
         let me = self.me;
+        if primary.addr == me.addr && !self.range_confirmed() {
+            // Where our range starts is not confirmed yet (`check_predecessor`): a lease on a
+            // range we only think is ours could overlap a neighbour's.
+            let h = self.lease_entry(primary, start);
+            h.problem = Some("this node has not confirmed where its range starts yet".to_string());
+            return;
+        }
         if let Some(other) = self.leases.promised_elsewhere(&start, &primary.id, &me.addr, now) {
             let h = self.lease_entry(primary, start);
             h.problem = Some(format!(

@@ -190,7 +190,7 @@ struct Departed {
 /// Departed neighbours remembered at most (the oldest are dropped first).
 const MAX_DEPARTED: usize = 64;
 /// Departed neighbours probed per stabilize period.
-const DEPARTED_PROBES_PER_ROUND: usize = 4;
+const DEPARTED_PROBES_PER_ROUND: usize = 8;
 
 /// Most members in one `MEMBERS` page.
 pub const MEMBERS_PAGE: usize = 4_096;
@@ -347,6 +347,10 @@ pub struct Stats {
     pub ring_merges: u64,
     /// Write hops delivered a second time and dropped.
     pub duplicates_dropped: u64,
+    /// Predecessors replaced by a nearer member found through `check_predecessor`.
+    pub predecessors_corrected: u64,
+    /// Starts that found the ring still listing this node, which took its place at once.
+    pub rejoined_as_member: u64,
 }
 
 /// One Chord node's state machine. See the module docs.
@@ -408,6 +412,10 @@ pub struct Node {
     /// Whether the successor list reaches around the whole ring back to us (a ring of at
     /// most `successors + 1` nodes), as the last stabilize saw it.
     succ_wrapped: bool,
+    /// `consistent`: the predecessor the nearest live node before us last confirmed...
+    pred_confirmed: Option<SocketAddr>,
+    /// ...and, when that node's list did not reach us, the node to ask next (nearer to us).
+    pred_hint: Option<NodeRef>,
     /// Write hops served, by deadline and fingerprint, until their deadline: a second delivery
     /// of one is dropped (see `ops.rs`, `first_delivery`).
     seen_writes: BTreeSet<(Millis, u64)>,
@@ -492,6 +500,8 @@ impl Node {
             leases: Leases::default(),
             store_lost: false,
             succ_wrapped: false,
+            pred_confirmed: None,
+            pred_hint: None,
             seen_writes: BTreeSet::new(),
             seen_fingerprints: BTreeSet::new(),
             declared: Vec::new(),
@@ -763,7 +773,7 @@ impl Node {
             Message::Get { .. } | Message::Put { .. } | Message::Delete { .. } => {
                 self.handle_client_op(now, reply_to, frame)
             }
-            Message::FindSuccessor { .. } if !self.in_ring() => {
+            Message::FindSuccessor { .. } if !matches!(self.phase, Phase::Active | Phase::Leaving) => {
                 // A node outside the ring would answer from empty tables ("I am alone, so I own
                 // everything"), which would lead the asker astray: make it ask again later.
                 let text = format!("node is {:?}, not in a ring", self.phase);
@@ -781,18 +791,21 @@ impl Node {
                 self.stats.lookups_answered += 1;
                 let lookup = match self.route(&id) {
                     Route::Local => {
-                        let successors = self.owner_list();
+                        let successors = self.extend_list(self.owner_list());
                         Lookup::Found {
                             predecessor: self.predecessor,
                             down: self.down_bits(&successors),
                             successors,
                         }
                     }
-                    Route::Found(list) => Lookup::Found {
-                        predecessor: list.first().and_then(|o| self.known_predecessor_of(o)),
-                        down: self.down_bits(&list),
-                        successors: list,
-                    },
+                    Route::Found(list) => {
+                        let list = self.extend_list(list);
+                        Lookup::Found {
+                            predecessor: list.first().and_then(|o| self.known_predecessor_of(o)),
+                            down: self.down_bits(&list),
+                            successors: list,
+                        }
+                    }
                     Route::Closer(node) => Lookup::Closer { node },
                     // An isolated node answers as a ring of one, so isolated nodes looking for
                     // each other after a partition or a crash wave form a ring again. It still
@@ -939,10 +952,16 @@ impl Node {
             RpcKind::Notify => self.on_notify_reply(now, from, frame.message),
             RpcKind::CheckPredecessor => {
                 if let Message::Neighbors {
-                    predecessors, gone, ..
+                    predecessors,
+                    successors,
+                    gone,
+                    ..
                 } = frame.message
                 {
                     self.learn_gone(now, &gone);
+                    if self.config.is_consistent() {
+                        return self.on_predecessor_neighbors(from, predecessors, successors);
+                    }
                     // A predecessor that restarted knows no predecessor yet: keep what it told
                     // us before (where its range starts).
                     let keep =
@@ -1108,7 +1127,7 @@ impl Node {
     pub fn stat_counters(&self, now: Millis, keys: u64, keys_primary: u64) -> Vec<(String, u64)> {
         let s = &self.stats;
         let (leases_valid, leases_held) = self.leases.counts(now);
-        let pairs: [(&str, u64); 54] = [
+        let pairs: [(&str, u64); 56] = [
             ("keys", keys),
             ("keys_primary", keys_primary),
             ("keys_replica", keys.saturating_sub(keys_primary)),
@@ -1159,6 +1178,8 @@ impl Node {
             ("store_losses", s.store_losses),
             ("ring_merges", s.ring_merges),
             ("duplicates_dropped", s.duplicates_dropped),
+            ("predecessors_corrected", s.predecessors_corrected),
+            ("rejoined_as_member", s.rejoined_as_member),
             ("departed", self.departed.len() as u64),
             ("leases_held", leases_held as u64),
             ("leases_valid", leases_valid as u64),
@@ -1253,6 +1274,30 @@ impl Node {
             None if succs.is_empty() => Route::Unknown,
             None => Route::Found(succs.to_vec()),
         }
+    }
+
+    /// A lookup's answer (the owner and the nodes after it) that ends within our successor
+    /// list is as long as the successor list can be only if the nodes after our last successor
+    /// follow: add the ones our fingers know, in ring order (a node joining, or restarted, takes
+    /// its successor list from this answer and then stabilizes it; gaps are filled then).
+    fn extend_list(&self, mut list: Vec<NodeRef>) -> Vec<NodeRef> {
+        let want = self.config.successors;
+        let Some(last) = list.last().copied() else {
+            return list;
+        };
+        if list.len() >= want || self.succ_wrapped {
+            return list;
+        }
+        let beyond = self.me.id.distance_limbs(&last.id);
+        let extra: Vec<NodeRef> = self
+            .routing
+            .known_nodes()
+            .filter(|n| self.me.id.distance_limbs(&n.id) > beyond && !list.iter().any(|l| l.addr == n.addr))
+            .take(want - list.len())
+            .copied()
+            .collect();
+        list.extend(extra);
+        list
     }
 
     /// The node before `owner` as far as this node knows (the start of `owner`'s range).
@@ -1415,10 +1460,13 @@ impl Node {
         let succ = self.routing.successors().first().copied();
         let closer = candidates
             .into_iter()
-            .filter(|n| n.addr != me.addr && !self.is_dead(&n.addr) && !self.gone.contains_key(&n.addr))
+            // The node that answered vouches for the nodes it names: they may still be in our
+            // list of peers that stopped answering, from before the heal.
+            .filter(|n| n.addr != me.addr && !self.gone.contains_key(&n.addr))
             .filter(|n| succ.is_none_or(|s| in_open(&n.id, &me.id, &s.id)))
             .min_by_key(|n| me.id.distance_limbs(&n.id));
         if let Some(n) = closer {
+            self.dead.remove(&n.addr);
             self.stats.ring_merges += 1;
             let mut list = vec![n];
             list.extend_from_slice(self.routing.successors());
@@ -1777,11 +1825,90 @@ impl Node {
     /// Pings the predecessor. The ping is a `GET_NEIGHBORS`, whose answer also names the
     /// predecessor's own predecessor: the start of the range this node takes over if its
     /// predecessor dies (see `may_take_over`).
+    ///
+    /// Under `consistent` the ping goes to the nearest predecessor that answers: its successor
+    /// list names every member between it and us, so its answer confirms our predecessor (the
+    /// last of them) or corrects it. A node that restarted, or took a notifier for its
+    /// predecessor before it knew better, learns where its range really starts this way, and
+    /// asks for no lease on its range before that is confirmed (`range_confirmed`).
     fn check_predecessor(&mut self, now: Millis) {
-        if let Some(p) = self.predecessor {
-            if !self.rpcs.values().any(|r| r.kind == RpcKind::CheckPredecessor) {
-                self.send_rpc(now, p.addr, Message::GetNeighbors, RpcKind::CheckPredecessor, 0);
+        if self.rpcs.values().any(|r| r.kind == RpcKind::CheckPredecessor) {
+            return;
+        }
+        let target = if self.config.is_consistent() {
+            self.predecessors()
+                .into_iter()
+                .find(|p| !self.is_dead(&p.addr))
+                .or(self.pred_hint.filter(|h| !self.is_dead(&h.addr)))
+                .or_else(|| {
+                    self.routing
+                        .closest_preceding_where(&self.me.id, |n| !self.dead.contains_key(&n.addr))
+                })
+                .or(self.predecessor)
+        } else {
+            self.predecessor
+        };
+        if let Some(x) = target {
+            self.send_rpc(now, x.addr, Message::GetNeighbors, RpcKind::CheckPredecessor, 0);
+        }
+    }
+
+    /// `consistent`: a node before us answered `check_predecessor` with its neighbours.
+    fn on_predecessor_neighbors(
+        &mut self,
+        from: SocketAddr,
+        predecessors: Vec<NodeRef>,
+        successors: Vec<NodeRef>,
+    ) {
+        let me = self.me;
+        let x = self
+            .predecessors()
+            .into_iter()
+            .chain(self.routing.known_nodes().copied())
+            .chain(self.pred_hint)
+            .find(|n| n.addr == from)
+            .unwrap_or_else(|| NodeRef::from_addr(from));
+        let Some(pos) = successors.iter().position(|n| n.addr == me.addr) else {
+            // Its list does not reach us: ask the last node in it before us next time.
+            self.pred_hint = successors
+                .iter()
+                .copied()
+                .filter(|n| in_open(&n.id, &x.id, &me.id))
+                .last();
+            return;
+        };
+        // Ours: the members it knows between itself and us (nearest first), it, its own.
+        let mut list: Vec<NodeRef> = successors[..pos].iter().rev().copied().collect();
+        list.push(x);
+        list.extend(predecessors.into_iter().filter(|n| n.addr != me.addr));
+        list.retain(|n| !self.gone.contains_key(&n.addr));
+        list.dedup_by_key(|n| n.addr);
+        let pred = list.remove(0);
+        self.pred_hint = None;
+        if self.predecessor.map(|p| p.addr) != Some(pred.addr) {
+            // A nearer member we did not know of. One that is down (or any, when we know no
+            // predecessor) is ours at once: its range is not ours, and no handoff can happen.
+            // A live one joins us itself (its notify hands its range over): until then our
+            // range is not confirmed, and we ask for no lease on it.
+            let adopt = self.predecessor.is_none() || self.is_dead(&pred.addr);
+            if !adopt {
+                self.pred_confirmed = None;
+                return;
             }
+            self.stats.predecessors_corrected += 1;
+            self.predecessor = Some(pred);
+            self.pred_incarnation = None;
+        }
+        self.pred_list = Some((pred.addr, list));
+        self.pred_confirmed = Some(pred.addr);
+    }
+
+    /// Whether we know where our range starts (`consistent`): our predecessor was confirmed by
+    /// the nearest live node before us, or we are alone.
+    fn range_confirmed(&self) -> bool {
+        match self.predecessor {
+            Some(p) => self.pred_confirmed == Some(p.addr),
+            None => self.routing.successors().is_empty(),
         }
     }
 
@@ -1915,14 +2042,45 @@ impl Node {
         }
         match msg {
             Message::FindSuccessorReply {
-                lookup: Lookup::Found { successors, .. },
+                lookup:
+                    Lookup::Found {
+                        successors,
+                        predecessor,
+                        ..
+                    },
             } if matches!(lookup.purpose, LookupPurpose::Join | LookupPurpose::Rejoin)
                 && successors.iter().all(|n| n.addr == self.me.addr) =>
             {
                 // The ring still counts us as a member (we restarted before it noticed, or we
-                // are a member presumed down) and this node knows nobody after us: ask again,
-                // through the next peer we know (one with more of the ring in its list).
-                self.fail_lookup(now, id);
+                // are a member presumed down) and this node knows nobody after us. The node
+                // before us does: ask it at once.
+                match predecessor.filter(|p| p.addr != self.me.addr && p.addr != from) {
+                    Some(p) => {
+                        self.remember_seed(p.addr);
+                        let msg = Message::FindSuccessor { id: lookup.target };
+                        self.send_rpc(now, p.addr, msg, RpcKind::Lookup(id), 0);
+                    }
+                    None => self.fail_lookup(now, id),
+                }
+            }
+            Message::FindSuccessorReply {
+                lookup:
+                    Lookup::Found {
+                        successors,
+                        predecessor,
+                        ..
+                    },
+            } if lookup.purpose == LookupPurpose::Join
+                && self.config.is_consistent()
+                && successors.first().is_some_and(|n| n.addr == self.me.addr) =>
+            {
+                // We are a member already (we restarted on our address, and members stay
+                // members under `consistent`): our successor has us as its predecessor, so no
+                // handoff has to make room for us. We take our place at once; where our range
+                // starts is confirmed by `check_predecessor` before we ask for its lease, and
+                // the lease's catch-up brings the data back.
+                self.lookups.remove(&id);
+                self.rejoin_as_member(now, successors, predecessor);
             }
             Message::FindSuccessorReply {
                 lookup: Lookup::Found { successors, .. },
@@ -1958,6 +2116,29 @@ impl Node {
             }
             _ => self.fail_lookup(now, id),
         }
+    }
+
+    /// `consistent`: we restarted as a member the ring still lists (see `on_lookup_reply`).
+    fn rejoin_as_member(&mut self, now: Millis, successors: Vec<NodeRef>, predecessor: Option<NodeRef>) {
+        let list: Vec<NodeRef> = successors
+            .into_iter()
+            .filter(|n| n.addr != self.me.addr)
+            .collect();
+        for n in &list {
+            self.remember_seed(n.addr);
+        }
+        self.routing.set_successors(list, self.config.successors);
+        self.succ_wrapped = false;
+        self.predecessor = predecessor.filter(|p| p.addr != self.me.addr);
+        self.pred_incarnation = None;
+        self.phase = Phase::Active;
+        self.bootstrap = None;
+        self.join_retry_at = None;
+        self.stats.rejoined_as_member += 1;
+        self.next_stabilize = now;
+        self.next_check_predecessor = now;
+        self.stabilize(now);
+        self.check_predecessor(now);
     }
 
     fn finish_lookup(&mut self, now: Millis, id: u64, successors: Vec<NodeRef>) {

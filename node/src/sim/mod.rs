@@ -914,6 +914,10 @@ impl Sim {
         use crate::store::StoreOp;
         let hit = match op {
             StoreOp::Put { key: k, entry } => (k == key).then(|| format!("put v{}", entry.version >> 16)),
+            StoreOp::Get { key: k } => (k == key).then(|| {
+                let held = self.nodes[i].store.get(key).ok().flatten();
+                format!("get (holds v{:?})", held.map(|e| e.version >> 16))
+            }),
             StoreOp::PutMany { items } => items
                 .iter()
                 .find(|it| it.key == key)
