@@ -7,10 +7,13 @@
 //! 1. [`workload`]: the workload file (serde, YAML), its defaults and checks.
 //! 2. [`keys`]: key choice per distribution (uniform, YCSB zipfian, hotspot, hot key,
 //!    sequential, latest).
-//! 3. [`verify`]: Jepsen set-checker accounting (acknowledged, lost, unexpected, recovered).
+//! 3. [`verify`]: Jepsen set-checker accounting (acknowledged, lost, unexpected, recovered);
+//!    [`oplog`]: every operation's times and write, for the real-time checker
+//!    ([`chordkv_node::history`]: stale reads, resurrected deletes).
 //! 4. [`hgrm`] and [`report`]: the files a run writes (`summary.json`, `.hgrm`,
 //!    `timeline.csv`); [`plot`]: `latency.svg` and `timeline.svg`.
-//! 5. [`faults`]: failure injection (the `faults:` schedule) and the live entry nodes.
+//! 5. [`faults`]: failure injection (the `faults:` schedule, partitions included) and the
+//!    live entry nodes.
 //! 6. [`run`]: the cluster, the load threads (closed or open loop), the verification;
 //!    [`remote`]: faults on a cluster deployed over ssh (`--inventory`, deploy/cluster.sh).
 //! 7. [`sweep`]: the data-loss experiment (a workload with `sweep:`): kill f of n nodes at
@@ -21,6 +24,7 @@ pub mod faults;
 pub mod hgrm;
 pub mod keys;
 pub mod kill_rate;
+pub mod oplog;
 pub mod plot;
 pub mod progress;
 pub mod remote;

@@ -24,6 +24,7 @@ use chordkv_node::rng::Rng;
 
 use crate::faults::Targets;
 use crate::kill_rate;
+use crate::oplog::RunClock;
 use crate::plot::{self, XySeries};
 use crate::report;
 use crate::run::{find_chordkv, preload, verify_all, CONVERGE_TIMEOUT, DEFAULT_RESULTS_DIR};
@@ -249,7 +250,8 @@ fn run_trial(
     let mut cluster = LocalCluster::start(spec)?;
     cluster.wait_consistent(CONVERGE_TIMEOUT)?;
     let targets = Targets::new(cluster.addrs());
-    let (history, _errors) = preload(&w, &targets)?;
+    let clock = RunClock::start();
+    let (history, _errors, log) = preload(&w, &targets, &clock)?;
     let keys = history.keys.values().filter(|r| r.acked.is_some()).count() as u64;
 
     // f distinct nodes, a uniform sample (partial Fisher-Yates).
@@ -266,7 +268,7 @@ fn run_trial(
         .wait_consistent(Duration::from_secs_f64(sweep.settle_timeout_s))
         .is_ok();
     targets.set(cluster.live_addrs());
-    let (report, _) = verify_all(&w, &targets, &history);
+    let (report, _) = verify_all(&w, &targets, &history, log);
     drop(cluster);
     Ok(Trial {
         replicas,
