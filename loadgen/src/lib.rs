@@ -17,9 +17,12 @@
 //! 6. [`run`]: the cluster, the load threads (closed or open loop), the verification;
 //!    [`remote`]: faults on a cluster deployed over ssh (`--inventory`, deploy/cluster.sh).
 //! 7. [`sweep`]: the data-loss experiment (a workload with `sweep:`): kill f of n nodes at
-//!    once for each replica count N, and compare the keys lost with C(f, N+1) / C(n, N+1).
+//!    once for each replica count N, and compare the keys lost with C(f, N+1) / C(n, N+1);
+//!    [`kill_rate`]: one kill every T seconds; [`fault_sweep`]: one partition or pause of
+//!    length L, for each ack and partition policy (lost writes and stale reads).
 
 pub mod ceiling;
+pub mod fault_sweep;
 pub mod faults;
 pub mod hgrm;
 pub mod keys;

@@ -4,8 +4,10 @@
 //! were lost, keys could not be read back, the run failed, or (unless the local cluster runs
 //! `partition_policy: available`) a read was stale or returned a deleted value; 2 for bad
 //! arguments or a bad workload file.
-//! A workload with `sweep:` runs the data-loss experiment instead and writes `data-loss.md`
-//! and `data-loss.svg` (into `--out DIR`, e.g. `--out results`).
+//! A workload with `sweep:` runs an experiment instead and writes its table and plot (into
+//! `--out DIR`, e.g. `--out results`): `data-loss.md` and `.svg` (kill f nodes at once),
+//! `kill-rate.md` and `.svg` (one kill every T s), `partition-faults.md`,
+//! `partition-faults.svg` and `pause-faults.svg` (one partition or pause of length L).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! The data-loss experiment (a workload with `sweep:`; the kill-rate sweep is in
-//! [`crate::kill_rate`]): "at what rate of failure do we start
-//! to see data loss?"
+//! [`crate::kill_rate`], the partition and pause sweep in [`crate::fault_sweep`]): "at what
+//! rate of failure do we start to see data loss?"
 //!
 //! ```text
 //!   for N in replicas, f in kill_counts, trial in 0..trials (seed = seed + trial):
@@ -22,6 +22,7 @@ use anyhow::Context;
 use chordkv_node::cluster::{ClusterSpec, LocalCluster};
 use chordkv_node::rng::Rng;
 
+use crate::fault_sweep;
 use crate::faults::Targets;
 use crate::kill_rate;
 use crate::oplog::RunClock;
@@ -99,7 +100,8 @@ pub struct SweepOutcome {
     pub trials: Vec<Trial>,
     pub cells: Vec<Cell>,
     pub out_dir: PathBuf,
-    /// The text of `kill-rate.md` and `data-loss.md`, those the sweep wrote.
+    /// The text of `kill-rate.md`, `partition-faults.md` and `data-loss.md`, those the sweep
+    /// wrote.
     pub table: String,
 }
 
@@ -169,6 +171,21 @@ pub fn run_sweep(opts: SweepOptions) -> anyhow::Result<SweepOutcome> {
             opts.progress,
         )?;
         table.push_str(&rate_table);
+    }
+    if sweep.has_fault_trials() {
+        let (_, fault_table) = fault_sweep::run_fault_sweep(
+            w,
+            sweep,
+            opts.chordkv_bin.clone(),
+            &out_dir,
+            &opts.command,
+            &started_utc,
+            opts.progress,
+        )?;
+        if !table.is_empty() {
+            table.push('\n');
+        }
+        table.push_str(&fault_table);
     }
     if sweep.kill_counts.is_empty() {
         return Ok(SweepOutcome {

@@ -102,6 +102,10 @@ pub struct Workload {
 ///   replicas: [0, 1, 2]
 ///   trials: 2
 /// ```
+///
+/// The fault sweep (`partition_lengths_s`, `pause_lengths_s`; see `fault_sweep.rs`) runs one
+/// partition or one pause of each length L per trial, for every `acks` x
+/// `partition_policies`, on the cluster's replica count.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sweep {
@@ -113,8 +117,34 @@ pub struct Sweep {
     /// starting a fresh one in its place.
     #[serde(default)]
     pub kill_intervals_s: Vec<f64>,
-    /// N: extra copies of every key (`chordkv node --replicas N`).
+    /// N: extra copies of every key (`chordkv node --replicas N`), for the kill sweeps.
+    #[serde(default)]
     pub replicas: Vec<u64>,
+    /// L: seconds of the one partition of a trial (the fault sweep; may be empty). Each trial
+    /// runs `fault_at_s + L + after_fault_s` seconds of load on a fresh cluster in network
+    /// namespaces, cutting it between `partition_groups` at `fault_at_s` for L seconds.
+    #[serde(default)]
+    pub partition_lengths_s: Vec<f64>,
+    /// L: seconds of the one pause (SIGSTOP, then SIGCONT) of one random node in a trial (the
+    /// fault sweep; may be empty).
+    #[serde(default)]
+    pub pause_lengths_s: Vec<f64>,
+    /// The fault sweep's `--ack` values [default: the cluster's].
+    #[serde(default)]
+    pub acks: Vec<Ack>,
+    /// The fault sweep's `--partition-policy` values [default: the cluster's].
+    #[serde(default)]
+    pub partition_policies: Vec<PartitionPolicy>,
+    /// The fault sweep: seconds of load before the fault.
+    #[serde(default = "default_fault_at_s")]
+    pub fault_at_s: f64,
+    /// The fault sweep: seconds of load after the fault ends (the final reads follow).
+    #[serde(default = "default_after_fault_s")]
+    pub after_fault_s: f64,
+    /// The fault sweep's partition [default: the first half of the nodes, rounded up, against
+    /// the rest: [[0, 1, 2], [3, 4]] for 5].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_groups: Option<Vec<Vec<usize>>>,
     /// Trials per (N, f).
     #[serde(default = "default_trials")]
     pub trials: u32,
@@ -128,6 +158,32 @@ fn default_trials() -> u32 {
 }
 fn default_settle_timeout_s() -> f64 {
     5.0
+}
+fn default_fault_at_s() -> f64 {
+    2.0
+}
+fn default_after_fault_s() -> f64 {
+    5.0
+}
+
+impl Sweep {
+    /// Whether the sweep has partition or pause trials.
+    pub fn has_fault_trials(&self) -> bool {
+        !self.partition_lengths_s.is_empty() || !self.pause_lengths_s.is_empty()
+    }
+
+    /// Whether it kills nodes (`kill_counts` or `kill_intervals_s`).
+    pub fn has_kill_trials(&self) -> bool {
+        !self.kill_counts.is_empty() || !self.kill_intervals_s.is_empty()
+    }
+
+    /// The partition of its partition trials, on a cluster of `nodes`.
+    pub fn groups(&self, nodes: usize) -> Vec<Vec<usize>> {
+        self.partition_groups.clone().unwrap_or_else(|| {
+            let majority = nodes - nodes / 2;
+            vec![(0..majority).collect(), (majority..nodes).collect()]
+        })
+    }
 }
 
 /// What a fault does to its nodes.
@@ -826,15 +882,16 @@ impl Workload {
             return Ok(());
         };
         if !self.faults.is_empty() {
-            return Err("sweep: a sweep injects its own kills; remove faults".into());
+            return Err("sweep: a sweep injects its own faults; remove faults".into());
         }
-        if s.kill_counts.is_empty() && s.kill_intervals_s.is_empty() {
+        if !s.has_kill_trials() && !s.has_fault_trials() {
             return Err(
-                "sweep.kill_counts (f nodes at once) or sweep.kill_intervals_s (one node every T s) \
-                 must list at least one value"
+                "sweep.kill_counts (f nodes at once), sweep.kill_intervals_s (one node every T s), \
+                 sweep.partition_lengths_s or sweep.pause_lengths_s must list at least one value"
                     .into(),
             );
         }
+        self.validate_fault_sweep(s)?;
         if let Some(&bad) = s
             .kill_intervals_s
             .iter()
@@ -846,7 +903,7 @@ impl Workload {
                 self.duration_s
             ));
         }
-        if s.replicas.is_empty() {
+        if s.has_kill_trials() && s.replicas.is_empty() {
             return Err("sweep.replicas must list at least one replica count".into());
         }
         let n = self.cluster.nodes;
@@ -865,6 +922,37 @@ impl Workload {
                 "sweep.settle_timeout_s must be 0 or more, not {}",
                 s.settle_timeout_s
             ));
+        }
+        Ok(())
+    }
+
+    /// Checks the fault sweep's fields.
+    fn validate_fault_sweep(&self, s: &Sweep) -> Result<(), String> {
+        let lengths = [
+            ("sweep.partition_lengths_s", &s.partition_lengths_s),
+            ("sweep.pause_lengths_s", &s.pause_lengths_s),
+        ];
+        for (field, values) in lengths {
+            if let Some(bad) = values.iter().find(|&&l| !(l.is_finite() && l > 0.0)) {
+                return Err(format!("{field}: {bad} is not a positive number of seconds"));
+            }
+        }
+        if !(s.fault_at_s.is_finite() && s.fault_at_s >= 0.0) {
+            return Err(format!(
+                "sweep.fault_at_s must be 0 or more, not {}",
+                s.fault_at_s
+            ));
+        }
+        if !(s.after_fault_s.is_finite() && s.after_fault_s > 0.0) {
+            return Err(format!(
+                "sweep.after_fault_s must be a positive number, not {}",
+                s.after_fault_s
+            ));
+        }
+        if !s.partition_lengths_s.is_empty() {
+            let n = self.cluster.nodes;
+            chordkv_node::netns::check_groups(&s.groups(n), n)
+                .map_err(|e| format!("sweep.partition_groups: {e} (indices 0 to {})", n - 1))?;
         }
         Ok(())
     }
