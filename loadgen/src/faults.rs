@@ -161,7 +161,8 @@ pub fn run_schedule(
                     .collect();
                 (!paused.is_empty()).then_some((at_s + d, Step::Unpause(paused)))
             }
-            (FaultAction::Partition, Some(d)) if ok => Some((at_s + d, Step::Heal)),
+            // Also after a partition that failed half-way: a heal undoes what was cut.
+            (FaultAction::Partition, Some(d)) => Some((at_s + d, Step::Heal)),
             _ => None,
         };
         if let Some((end, step)) = end {
@@ -170,7 +171,7 @@ pub fn run_schedule(
             schedule.insert(pos, (end, step));
         }
         match action.action {
-            FaultAction::Partition if ok => partitioned = true,
+            FaultAction::Partition => partitioned = true,
             FaultAction::Heal if ok => partitioned = false,
             _ => {}
         }

@@ -268,3 +268,23 @@ pub fn utc_timestamps(t: SystemTime) -> (String, String) {
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_cluster_known_to_be_available_may_serve_stale_reads() {
+        let info = |policy: Option<&str>| ClusterInfo {
+            local: policy.is_some(),
+            nodes: Vec::new(),
+            partition_policy: policy.map(String::from),
+        };
+        assert!(info(Some("consistent")).promises_consistency());
+        assert!(
+            info(None).promises_consistency(),
+            "a cluster loadgen did not start"
+        );
+        assert!(!info(Some("available")).promises_consistency());
+    }
+}

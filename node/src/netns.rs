@@ -232,6 +232,8 @@ impl Network {
             }
         }
         let void = self.addr(VOID_OCTET);
+        // Recorded first, so that a heal also undoes a partition that failed half-way.
+        self.partition = Some(groups.to_vec());
         for i in 0..self.hosts.len() {
             let mut commands = vec![format!("route flush proto {PARTITION_PROTO}")];
             if let Some(mine) = side[i] {
@@ -248,7 +250,6 @@ impl Network {
             self.run(Some(&ns), &commands)
                 .with_context(|| format!("cannot cut the network of namespace {ns}"))?;
         }
-        self.partition = Some(groups.to_vec());
         Ok(())
     }
 
