@@ -62,6 +62,8 @@ const MAX_SLEEP: Duration = Duration::from_millis(50);
 const MAX_FAILURES_IN_A_ROW: u64 = 50;
 /// Keys listed on stderr when writes are lost.
 const LOST_KEYS_SHOWN: usize = 20;
+/// Keys whose operations `LOADGEN_TRACE_KEY=anomalies` prints.
+const TRACED_ANOMALIES: usize = 3;
 
 /// The operations, in the order of the per-operation arrays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1165,32 +1167,51 @@ pub(crate) fn verify_all(
     }
     report.keys_checked = reads.len() as u64;
 
-    if let Some(key) = std::env::var("LOADGEN_TRACE_KEY")
-        .ok()
+    // LOADGEN_TRACE_KEY=i: key index i's operations; =anomalies: those of the first keys
+    // found wrong (the log is then kept until the check is done).
+    let trace = std::env::var("LOADGEN_TRACE_KEY").ok();
+    let kept = trace
+        .as_deref()
+        .filter(|t| *t == "anomalies")
+        .map(|_| log.clone());
+    let traced: Vec<u64> = trace
+        .as_deref()
         .and_then(|k| k.parse().ok())
-    {
-        for line in log.trace(key) {
-            eprintln!("{line}");
+        .into_iter()
+        .collect();
+    let print_trace = |log: &OpLog, keys: &[u64]| {
+        for &key in keys {
+            for line in log.trace(key) {
+                eprintln!("{line}");
+            }
+            if let Some(r) = reads.iter().find(|r| r.key == key) {
+                eprintln!(
+                    "key index {key}: final read {:?} at version {}",
+                    r.found, r.version
+                );
+            }
         }
-        if let Some(r) = reads.iter().find(|r| r.key == key) {
-            eprintln!(
-                "key index {key}: final read {:?} at version {}",
-                r.found, r.version
-            );
-        }
-    }
+    };
+    print_trace(&log, &traced);
     let mut timed = TimedHistory::new();
     log.drain_into(&mut timed);
     for r in &reads {
         timed.final_read(r.key, r.found);
     }
     let mut final_anomalies: HashMap<u64, Anomaly> = HashMap::new();
+    let mut anomalous_keys: Vec<u64> = Vec::new();
     let rt = timed.check_each(|&key, last, anomaly| {
         if last {
             final_anomalies.insert(key, anomaly);
         }
+        if anomalous_keys.len() < TRACED_ANOMALIES && !anomalous_keys.contains(&key) {
+            anomalous_keys.push(key);
+        }
     });
     drop(timed);
+    if let Some(log) = kept {
+        print_trace(&log, &anomalous_keys);
+    }
     report.reads_checked = rt.reads_checked;
     report.stale_reads = rt.stale_reads;
     report.resurrected = rt.resurrected;
