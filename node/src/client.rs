@@ -254,6 +254,12 @@ impl Client {
             });
         }
         let request_id = frame.request_id;
+        let mut frame = frame;
+        if frame.deadline_ms == 0 && frame.message.is_client_op() {
+            // The node must not start the operation after we stop waiting for it: a write we
+            // report as timed out is never applied after the report.
+            frame.deadline_ms = wall_clock_ms() + self.timeout.as_millis() as u64;
+        }
         let bytes = frame.to_bytes()?;
         let deadline = Instant::now() + self.timeout;
         self.stream
@@ -489,6 +495,13 @@ pub fn status_name(status: NodeStatus) -> &'static str {
 /// - no node was unreachable and every node is `Active`;
 /// - ids strictly increase around the ring, with exactly one wrap past zero.
 ///
+/// A ring of one node is its own successor and predecessor, or names none: a node with an
+/// empty successor list closes the walk at once. Such a node must also own every key, which
+/// its `GET_INFO` cannot tell apart from a node that lost every peer (isolated, and owning
+/// nothing until it finds the ring again), so the walk asks it to serve one probe key itself
+/// (a `GET` of [`RING_PROBE_KEY`] with `FLAG_DIRECT`); a redirect or a "not serving" error is
+/// a problem.
+///
 /// Fails only when `start` itself cannot be asked; every other trouble is a problem in the
 /// report. `timeout` bounds each connection and request.
 pub fn walk_ring(start: SocketAddr, timeout: Duration, max_nodes: usize) -> Result<RingReport> {
@@ -505,7 +518,12 @@ pub fn walk_ring(start: SocketAddr, timeout: Duration, max_nodes: usize) -> Resu
         let from = current.node;
         infos.push(current);
         if candidates.is_empty() {
-            problems.push(format!("{} has no successor", from.addr));
+            if infos.len() == 1 {
+                // Alone: the ring closes on this node (its predecessor is checked below).
+                returned = true;
+            } else {
+                problems.push(format!("{} has no successor", from.addr));
+            }
             break;
         }
         // The first answering entry of the successor list is the next node.
@@ -565,6 +583,11 @@ pub fn walk_ring(start: SocketAddr, timeout: Duration, max_nodes: usize) -> Resu
         problems.push("the walk did not return to its first node".to_string());
     }
     check_ring(&infos, returned, &mut problems);
+    if returned && infos.len() == 1 && infos[0].status == NodeStatus::Active {
+        if let Some(problem) = probe_alone(infos[0].node.addr, timeout) {
+            problems.push(problem);
+        }
+    }
 
     let mut nodes: Vec<RingNode> = infos.iter().map(ring_node).collect();
     if let Some(lowest) = (0..nodes.len()).min_by_key(|&i| nodes[i].id) {
@@ -575,6 +598,44 @@ pub fn walk_ring(start: SocketAddr, timeout: Duration, max_nodes: usize) -> Resu
         nodes,
         problems,
     })
+}
+
+/// The key [`walk_ring`] asks a node that is alone to serve, to check that it owns every key.
+pub const RING_PROBE_KEY: &[u8] = b"chordkv:ring-probe";
+
+/// Asks the lone node at `addr` to serve [`RING_PROBE_KEY`] itself; the problem, if it does
+/// not own it. A store failure is not the ring's problem: the node tried to serve the key.
+fn probe_alone(addr: SocketAddr, timeout: Duration) -> Option<String> {
+    let outcome = Client::connect(addr, timeout).and_then(|mut c| {
+        let id = c.fresh_request_id();
+        c.call(Frame::direct(
+            id,
+            Message::Get {
+                key: Bytes::from_static(RING_PROBE_KEY),
+            },
+        ))
+    });
+    match outcome {
+        Ok(Frame {
+            message: Message::GetReply { .. },
+            ..
+        }) => None,
+        Ok(Frame {
+            message: Message::Error { code, text, .. },
+            ..
+        }) => match code {
+            ErrorCode::Unavailable | ErrorCode::NotReady | ErrorCode::ShuttingDown => Some(format!(
+                "{addr} is alone but does not serve the keys of a ring of one ({text}): \
+                 it lost its peers and has not found the ring again"
+            )),
+            _ => None,
+        },
+        Ok(Frame { message, .. }) => Some(format!(
+            "{addr} is alone but answered {} to a key it should own",
+            message.name()
+        )),
+        Err(e) => Some(format!("{addr} did not answer a probe of its keys: {e}")),
+    }
 }
 
 /// The per-node checks of [`walk_ring`] over the nodes in walk order.
@@ -758,6 +819,76 @@ mod tests {
         }
     }
 
+    /// A fake node at a fresh address that answers `GET_INFO` with `info` (its own address
+    /// filled in) and a `GET` with `get_reply`, for `connections` connections.
+    fn fake_node(info: NodeInfo, get_reply: Message, connections: usize) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut info = info;
+        info.node.addr = addr;
+        std::thread::spawn(move || {
+            for _ in 0..connections {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    return;
+                };
+                let mut buf = BytesMut::new();
+                let mut chunk = [0u8; 1024];
+                while let Ok(n) = conn.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(f) = decode(&mut buf).unwrap() {
+                        let reply = match f.message {
+                            Message::GetInfo => Message::Info(info.clone()),
+                            _ => get_reply.clone(),
+                        };
+                        let mut out = Vec::new();
+                        Frame::new(f.request_id, reply).encode(&mut out).unwrap();
+                        conn.write_all(&out).unwrap();
+                    }
+                }
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_lone_node_is_a_ring_of_one_only_if_it_serves_every_key() {
+        let alone = info(10, None, 10);
+        let alone = NodeInfo {
+            successors: vec![],
+            ..alone
+        };
+        let serves = Message::GetReply {
+            hops: 0,
+            version: 0,
+            value: None,
+        };
+        let addr = fake_node(alone.clone(), serves, 2);
+        let report = walk_ring(addr, Duration::from_secs(5), 4).unwrap();
+        assert!(report.consistent, "{:?}", report.problems);
+        assert_eq!(report.addrs(), vec![addr]);
+
+        // A node that lost every peer looks the same from GET_INFO but owns nothing.
+        let isolated = Message::Error {
+            code: ErrorCode::Unavailable,
+            hops: 0,
+            text: "node is not serving this key".into(),
+        };
+        let addr = fake_node(alone, isolated, 2);
+        let report = walk_ring(addr, Duration::from_secs(5), 4).unwrap();
+        assert!(!report.consistent);
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.contains("alone but does not serve")),
+            "{:?}",
+            report.problems
+        );
+    }
+
     #[test]
     fn ring_checks() {
         let mut problems = Vec::new();
@@ -788,4 +919,13 @@ mod tests {
         check_ring(&[info(10, None, 10)], true, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
     }
+}
+
+/// Milliseconds since the Unix epoch on this machine's clock: request deadlines are wall-clock
+/// times, which nodes compare with theirs (clocks must agree within the nodes'
+/// `--max-clock-offset-ms`).
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

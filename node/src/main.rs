@@ -130,7 +130,9 @@ enum Command {
     /// prefix, address, predecessor, successor, key count, status) in ring order, then
     /// `consistent: yes|no` and a `problem: ...` line per problem found. The ring is
     /// consistent when the walk returns to its first node, every node's successor names it as
-    /// predecessor, every node answers and is active, and ids increase around the ring.
+    /// predecessor, every node answers and is active, and ids increase around the ring. A node
+    /// alone is a ring of one when it names no other node and serves every key (one probe
+    /// key is read from it).
     /// Exits 0 whether or not the ring is consistent (read the verdict); 1 only when the
     /// starting node cannot be asked.
     Ring {
@@ -603,8 +605,9 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
         let _ = writeln!(out, "{resp_line}ready: {}", addrs.join(" ")).and_then(|()| out.flush());
     }
     eprintln!(
-        "chordkv cluster: {} nodes ready; stop with Ctrl-C or SIGTERM",
-        addrs.len()
+        "chordkv cluster: {} node{} ready; stop with Ctrl-C or SIGTERM",
+        addrs.len(),
+        if addrs.len() == 1 { "" } else { "s" }
     );
 
     while !stop.load(Ordering::Relaxed) {

@@ -1,7 +1,8 @@
 //! The Redis driver against a real `redis-server` (started on a free port per test, killed when
 //! the test ends): the shared conformance suite, agreement with the memory driver on random
-//! operations, namespaces, large values, corrupt data, a flushed script cache, and Redis going
-//! down, freezing and coming back.
+//! operations, namespaces, large values, corrupt data, a flushed script cache, Redis going
+//! down, freezing and coming back, and the loss of its data reported (a restart without
+//! persistence, a flush).
 //!
 //! `redis-server` must be installed; `tests/run-all.sh` installs it.
 
@@ -189,6 +190,18 @@ fn assert_unavailable<T: std::fmt::Debug>(what: &str, r: Result<T, StoreError>) 
             )
         }
         other => panic!("{what}: expected Unavailable, got {other:?}"),
+    }
+}
+
+fn assert_lost<T: std::fmt::Debug>(what: &str, r: Result<T, StoreError>) {
+    match r {
+        Err(StoreError::Lost(msg)) => {
+            assert!(
+                msg.contains("redis://127.0.0.1:"),
+                "{what}: the message names Redis: {msg}"
+            )
+        }
+        other => panic!("{what}: expected Lost, got {other:?}"),
     }
 }
 
@@ -564,8 +577,10 @@ fn redis_down_then_back() {
         assert_unavailable("len", calls.len());
     });
 
-    // A new, empty Redis on the same port: the store reconnects by itself.
+    // A new, empty Redis on the same port: the store reconnects by itself, and says first that
+    // its data is gone.
     redis.restart();
+    assert_lost("the first get after the restart", s.get(b"k"));
     assert_eq!(s.get(b"k").unwrap(), None, "nothing was persisted");
     assert!(
         s.put(&Bytes::from_static(b"k"), live(3, b"again"))
@@ -577,9 +592,9 @@ fn redis_down_then_back() {
 }
 
 /// A restart between two calls leaves every pooled connection dead; the next call must not
-/// fail because of that.
+/// fail because of that, only because the data is gone.
 #[test]
-fn a_restart_between_calls_goes_unnoticed() {
+fn a_restart_between_calls_reports_the_loss_not_the_dead_connections() {
     let mut redis = RedisServer::start();
     let s = Arc::new(redis.store("n"));
     // Several idle connections in the pool.
@@ -593,6 +608,7 @@ fn a_restart_between_calls_goes_unnoticed() {
         t.join().unwrap();
     }
     redis.restart();
+    assert_lost("len after the restart", s.len());
     assert_eq!(s.len().unwrap(), 0);
     assert!(s.put(&Bytes::from_static(b"k"), live(1, b"v")).unwrap().applied);
     assert_eq!(s.scan(&Id::ZERO, &Id::ZERO, None, 10).unwrap().len(), 1);
@@ -615,4 +631,170 @@ fn a_frozen_redis_times_out_then_recovers() {
         std::panic::resume_unwind(panic);
     }
     assert_eq!(s.get(b"k").unwrap(), Some(live(1, b"v")));
+}
+
+/// Every kind of operation, run first after Redis restarted without persistence, fails with
+/// `Lost` and changes nothing; the loss is counted once, and the same operation then runs on
+/// the emptied store. A flushed database is a loss too. A store of another namespace notices
+/// its own loss, on its own.
+#[test]
+fn a_restart_without_persistence_is_reported_once_by_any_operation() {
+    let mut redis = RedisServer::start();
+    let s = redis.store("127.0.0.1:7001");
+    let other = redis.store("127.0.0.1:7002");
+    let k = Bytes::from_static(b"k");
+    let all = Id::ZERO;
+    let item = || Item {
+        key: Bytes::from_static(b"m"),
+        version: 1,
+        value: Some(Bytes::from_static(b"v")),
+    };
+    type Op = Box<dyn Fn(&RedisStore) -> Result<String, StoreError>>;
+    let ops: Vec<(&str, Op)> = vec![
+        ("get", Box::new(|s| s.get(b"k").map(|r| format!("{r:?}")))),
+        (
+            "put",
+            Box::new(move |s| {
+                s.put(&Bytes::from_static(b"k"), live(9, b"w"))
+                    .map(|r| format!("{r:?}"))
+            }),
+        ),
+        (
+            "delete",
+            Box::new(|s| s.delete(b"k", 9).map(|r| format!("{r:?}"))),
+        ),
+        (
+            "scan",
+            Box::new(move |s| s.scan(&all, &all, None, 10).map(|r| format!("{r:?}"))),
+        ),
+        (
+            "scan_versions",
+            Box::new(move |s| s.scan_versions(&all, &all, None, 10).map(|r| format!("{r:?}"))),
+        ),
+        (
+            "count_range",
+            Box::new(move |s| s.count_range(&all, &all).map(|r| format!("{r:?}"))),
+        ),
+        (
+            "put_many",
+            Box::new(move |s| s.put_many(vec![item()]).map(|r| format!("{r:?}"))),
+        ),
+        (
+            "delete_many",
+            Box::new(|s| {
+                s.delete_many(vec![(Bytes::from_static(b"m"), 9)])
+                    .map(|r| format!("{r:?}"))
+            }),
+        ),
+        ("len", Box::new(|s| s.len().map(|r| format!("{r:?}")))),
+    ];
+    assert_eq!(s.loss_epoch(), 0);
+    for (i, (name, op)) in ops.iter().enumerate() {
+        s.put(&k, live(1, b"v")).unwrap();
+        redis.restart();
+        assert_lost(&format!("{name} after a restart"), op(&s));
+        assert_eq!(s.loss_epoch(), i as u64 + 1, "{name}: one loss, counted once");
+        let marker: bool = redis::cmd("EXISTS")
+            .arg(s.marker_key())
+            .query(&mut redis.raw())
+            .unwrap();
+        assert!(marker, "{name}: the marker is back");
+        op(&s).unwrap_or_else(|e| panic!("{name} after the loss was reported: {e}"));
+        assert_eq!(s.loss_epoch(), i as u64 + 1, "{name}: reported once");
+    }
+    let epoch = s.loss_epoch();
+
+    // A flush is a loss too, whatever connection notices it.
+    s.put(&k, live(1, b"v")).unwrap();
+    redis::cmd("FLUSHDB").exec(&mut redis.raw()).unwrap();
+    assert_lost("get after FLUSHDB", s.get(b"k"));
+    assert_eq!(s.get(b"k").unwrap(), None);
+    assert_eq!(s.loss_epoch(), epoch + 1);
+
+    // The other namespace lost its data in every restart and flush: it reports it once, at its
+    // first operation since, and its epoch counts one loss.
+    assert_eq!(other.loss_epoch(), 0);
+    assert_lost("the other namespace", other.len());
+    assert_eq!(other.loss_epoch(), 1);
+    assert_eq!(other.len().unwrap(), 0);
+}
+
+/// Reads racing with a restart: each answer is from before the loss (the value), or an error,
+/// or from after it, and then the loss was counted before the answer came back, so a caller
+/// that checks the epoch after each call (`execute_since`) never takes an answer of the
+/// emptied store for a real one. Eight threads notice one loss: the epoch counts one.
+#[test]
+fn reads_racing_with_a_restart_never_answer_from_the_emptied_store_unnoticed() {
+    const THREADS: usize = 8;
+    let mut redis = RedisServer::start();
+    let s = Arc::new(redis.store("127.0.0.1:7001"));
+    s.put(&Bytes::from_static(b"k"), live(1, b"v")).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let (mut before, mut lost, mut failed) = (0u64, 0u64, 0u64);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let op = store::StoreOp::Get {
+                        key: Bytes::from_static(b"k"),
+                    };
+                    match store::execute_since(&*s, op, 0) {
+                        Ok(store::StoreOutcome::Got(Some(e))) if e == live(1, b"v") => before += 1,
+                        Ok(other) => panic!("an answer from the emptied store got through: {other:?}"),
+                        Err(StoreError::Lost(_)) => lost += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                (before, lost, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    redis.restart();
+    // Until every reader has seen the loss a few times.
+    let deadline = Instant::now() + CALL_BOUND;
+    while s.loss_epoch() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = (0, 0, 0);
+    for r in readers {
+        let (b, l, f) = r.join().expect("reader");
+        total = (total.0 + b, total.1 + l, total.2 + f);
+    }
+    println!("answers from before the loss, lost, other errors: {total:?}");
+    assert!(total.0 > 0 && total.1 > 0, "{total:?}");
+    assert_eq!(s.loss_epoch(), 1, "one restart, one loss");
+    // The store itself answers from the emptied Redis, once the loss is handled.
+    let op = store::StoreOp::Get {
+        key: Bytes::from_static(b"k"),
+    };
+    assert_eq!(
+        store::execute_since(&*s, op, 1).unwrap(),
+        store::StoreOutcome::Got(None)
+    );
+}
+
+/// A Redis restarted with its data (here: nothing was lost, the connections were only cut)
+/// is no loss: the marker is still there.
+#[test]
+fn cut_connections_are_not_a_loss() {
+    let redis = RedisServer::start();
+    let s = redis.store("n");
+    s.put(&Bytes::from_static(b"k"), live(1, b"v")).unwrap();
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .exec(&mut redis.raw())
+        .unwrap();
+    assert_eq!(s.get(b"k").unwrap(), Some(live(1, b"v")));
+    assert_eq!(s.loss_epoch(), 0);
+    // A store opened again on the same namespace finds its data: no loss either.
+    let again = redis.store("n");
+    assert_eq!(again.get(b"k").unwrap(), Some(live(1, b"v")));
+    assert_eq!(again.loss_epoch(), 0);
 }

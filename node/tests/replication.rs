@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use chordkv_node::chord::config::AckPolicy;
+use chordkv_node::chord::config::{AckPolicy, PartitionPolicy};
 use chordkv_node::chord::Config;
 use chordkv_node::rng::Rng;
 use chordkv_node::sim::{Sim, SimConfig};
@@ -15,10 +15,18 @@ use common::{build_ring, seeds, value_of, Acked, STABILIZE_MS};
 const REPLICAS: usize = 2;
 
 fn sim(seed: u64, ack: AckPolicy) -> Sim {
-    println!("seed = {seed}");
+    sim_with(seed, ack, PartitionPolicy::Consistent)
+}
+
+/// `available`: a crashed node leaves the ring at once and the live nodes serve every key
+/// they hold (Dynamo's sloppy quorum); the tests of re-replication onto the nodes after a
+/// crash use it. Under `consistent` a crashed node stays a member until it returns.
+fn sim_with(seed: u64, ack: AckPolicy, policy: PartitionPolicy) -> Sim {
+    println!("seed = {seed}, {policy}");
     let mut chord = Config::with_stabilize_interval_ms(STABILIZE_MS);
     chord.replicas = REPLICAS;
     chord.ack = ack;
+    chord.partition_policy = policy;
     Sim::new(SimConfig {
         seed,
         min_delay_ms: 1,
@@ -93,7 +101,7 @@ fn every_write_lands_on_its_primary_and_replicas() {
 #[test]
 fn reads_fail_over_to_a_replica_and_copies_are_restored_after_two_crashes() {
     for ack in [AckPolicy::All, AckPolicy::One] {
-        let mut s = sim(2, ack);
+        let mut s = sim_with(2, ack, PartitionPolicy::Available);
         let mut rng = Rng::new(2);
         build_ring(&mut s, 10, &mut rng);
         let keys: Vec<String> = (0..400).map(|i| format!("key-{i}")).collect();
@@ -141,7 +149,7 @@ fn reads_fail_over_to_a_replica_and_copies_are_restored_after_two_crashes() {
 
 #[test]
 fn three_adjacent_crashes_lose_exactly_the_keys_all_of_whose_holders_died() {
-    let mut s = sim(3, AckPolicy::All);
+    let mut s = sim_with(3, AckPolicy::All, PartitionPolicy::Available);
     let mut rng = Rng::new(3);
     build_ring(&mut s, 12, &mut rng);
     let keys: Vec<String> = (0..600).map(|i| format!("key-{i}")).collect();
@@ -180,8 +188,13 @@ fn three_adjacent_crashes_lose_exactly_the_keys_all_of_whose_holders_died() {
 /// `REPLICAS` holders failing between recoveries: no acknowledged write may be lost.
 #[test]
 fn random_failures_of_at_most_n_holders_lose_no_acknowledged_write() {
-    for seed in seeds(&[11, 12, 13]) {
-        let mut s = sim(seed, AckPolicy::All);
+    for (seed, policy) in seeds(&[11, 12, 13]).into_iter().flat_map(|seed| {
+        [
+            (seed, PartitionPolicy::Available),
+            (seed, PartitionPolicy::Consistent),
+        ]
+    }) {
+        let mut s = sim_with(seed, AckPolicy::All, policy);
         let mut rng = Rng::new(seed);
         build_ring(&mut s, 12, &mut rng);
         let mut acked = Acked::default();
@@ -242,6 +255,13 @@ fn random_failures_of_at_most_n_holders_lose_no_acknowledged_write() {
                 acked.0.len(),
                 s.alive()
             );
+        }
+        if policy == PartitionPolicy::Consistent {
+            // Crashed members stay in the ring until they return: bring them back.
+            for who in std::mem::take(&mut crashed) {
+                let via = s.alive()[0];
+                s.restart(who, via);
+            }
         }
         assert!(
             s.run_until_consistent(STABILIZE_MS, 60_000),
@@ -311,5 +331,39 @@ fn anti_entropy_repairs_a_replica_that_missed_writes_and_collects_tombstones() {
     assert!(collected >= 3 * 50, "tombstones collected: {collected}");
     for k in &keys[..50] {
         assert_eq!(value_of(&s.get(1, k)), None);
+    }
+}
+
+/// Under `consistent`, a crashed node stays a member; the first live member of each of its
+/// ranges' preference lists stands in for it (with a lease from a majority): every key stays
+/// readable and writable while one copy of three is down, and nothing acknowledged is lost.
+#[test]
+fn consistent_keeps_serving_every_key_with_one_copy_of_three_down() {
+    let mut s = sim(5, AckPolicy::All);
+    let mut rng = Rng::new(5);
+    build_ring(&mut s, 8, &mut rng);
+    let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        assert!(matches!(
+            s.put(rng.below(8) as usize, k, "v1"),
+            Some(Message::PutReply { .. })
+        ));
+    }
+    s.crash(3);
+    let live: Vec<usize> = (0..8).filter(|&i| i != 3).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let via = live[i % live.len()];
+        match s.put(via, k, "v2") {
+            Some(Message::PutReply { .. }) => {}
+            other => panic!("PUT {k} via {via} with node 3 down: {other:?}"),
+        }
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let via = live[(i + 3) % live.len()];
+        assert_eq!(
+            value_of(&s.get(via, k)),
+            Some(Bytes::from_static(b"v2")),
+            "{k} via {via}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! exactly with the same seed.
 
 use bytes::Bytes;
+use chordkv_node::chord::config::PartitionPolicy;
 use chordkv_node::chord::{Config, Phase};
 use chordkv_node::rng::Rng;
 use chordkv_node::sim::{Sim, SimConfig};
@@ -13,11 +14,19 @@ mod common;
 use common::{build_ring, seeds, value_of, Acked, STABILIZE_MS};
 
 /// A simulation of plain Chord: one copy of every key (replication has its own tests in
-/// `replication.rs`), so these tests can check exactly where each key lives.
+/// `replication.rs`), so these tests can check exactly where each key lives. Chord's own ring
+/// maintenance drops a node that stops answering from the ring: the partition policy
+/// `available` (under `consistent` a failed node stays a member until it returns or is
+/// forgotten; see `faults.rs` and `replication.rs`).
 fn sim(seed: u64) -> Sim {
-    println!("seed = {seed}");
+    sim_with(seed, PartitionPolicy::Available)
+}
+
+fn sim_with(seed: u64, policy: PartitionPolicy) -> Sim {
+    println!("seed = {seed}, {policy}");
     let mut chord = Config::with_stabilize_interval_ms(STABILIZE_MS);
     chord.replicas = 0;
+    chord.partition_policy = policy;
     Sim::new(SimConfig {
         seed,
         min_delay_ms: 1,
@@ -162,8 +171,13 @@ fn a_crashed_node_is_routed_around() {
 /// every acknowledged write is readable with its value or a newer one.
 #[test]
 fn joins_and_leaves_under_load_lose_no_acknowledged_write() {
-    for seed in seeds(&[3, 17, 99]) {
-        let mut s = sim(seed);
+    for (seed, policy) in seeds(&[3, 17, 99]).into_iter().flat_map(|seed| {
+        [
+            (seed, PartitionPolicy::Available),
+            (seed, PartitionPolicy::Consistent),
+        ]
+    }) {
+        let mut s = sim_with(seed, policy);
         let mut rng = Rng::new(seed);
         build_ring(&mut s, 12, &mut rng);
         let mut acked = Acked::default();

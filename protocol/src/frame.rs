@@ -16,14 +16,19 @@
 //!  offset  size  field        value
 //!  ------  ----  -----------  ----------------------------------------------------------
 //!       0     2  magic        b"CK" (0x43 0x4B)                              MAGIC
-//!       2     1  version      1                                              VERSION
+//!       2     1  version      2                                              VERSION
 //!       3     1  opcode       see the opcode table; bit 7 set = reply        REPLY_BIT
-//!       4     2  flags        bit 0 = FLAG_DIRECT, bit 1 = FLAG_FAILOVER;   KNOWN_FLAGS
-//!                             every other bit must be 0
+//!       4     2  flags        bit 0 = FLAG_DIRECT, bit 1 = FLAG_FAILOVER,   KNOWN_FLAGS
+//!                             bit 2 = FLAG_DEADLINE; every other bit must be 0
 //!       6     8  request_id   chosen by the requester, echoed by the reply
 //!      14     4  payload_len  bytes after the header, <= MAX_FRAME_BYTES
-//!      18     n  payload      payload_len bytes, laid out by opcode (below)
+//!      18     n  payload      payload_len bytes: with FLAG_DEADLINE first the deadline
+//!                             (u64, milliseconds on the sender's wall clock), then the
+//!                             message laid out by opcode (below)
 //! ```
+//!
+//! `FLAG_DEADLINE` carries [`Frame::deadline_ms`]: the time after which the receiver must not
+//! start the request, because its sender has given up on it (see the core's `deadline` rules).
 //!
 //! `FLAG_DIRECT` on a client operation (GET, PUT, DELETE) asks the receiver to serve it itself
 //! or to answer with `Redirect`, rather than to route it through the ring. `FLAG_FAILOVER` on a
@@ -48,8 +53,8 @@
 //!  Vec<T>            4+     count u32 | count x T          count <= MAX_LIST_LEN
 //!  Item              13+    key Key | version u64 | value Option<Value>
 //!  KeyVersion        12+    key Key | version u64
-//!  Lookup            6+     tag u8 = 1 (Found)  | predecessor Option<NodeRef>
-//!                                                | successors Vec<NodeRef>
+//!  Lookup            14+    tag u8 = 1 (Found)  | predecessor Option<NodeRef>
+//!                                                | successors Vec<NodeRef> | down u64
 //!                    28+    tag u8 = 2 (Closer) | node NodeRef
 //!  ErrorCode         2      u16, the discriminant of message::ErrorCode (unknown = Malformed)
 //!  NodeStatus        1      u8: 1 Joining, 2 Active, 3 Leaving (unknown = Malformed)
@@ -69,12 +74,14 @@
 //!  0x03  Delete                  key Key
 //!  0x10  FindSuccessor           id Id
 //!  0x11  GetNeighbors            (empty)
-//!  0x12  Notify                  node NodeRef
+//!  0x12  Notify                  node NodeRef | incarnation u64 | active bool
 //!  0x13  Ping                    (empty)
 //!  0x14  Leaving                 node NodeRef | predecessor Option<NodeRef>
 //!                                | successors Vec<NodeRef> | clock u64
 //!  0x15  GetMembers              after Id
 //!  0x16  MemberEvents            limit Id | events Vec<MemberEvent>
+//!  0x17  Lease                   primary NodeRef | start Id | holder NodeRef
+//!  0x18  Forget                  node NodeRef
 //!  0x20  Transfer                transfer_id u64 | start Id | end Id | items Vec<Item>
 //!                                | last bool | clock u64
 //!  0x21  Replicate               items Vec<Item>
@@ -89,16 +96,19 @@
 //!  0x83  DeleteReply             hops u16 | version u64 | existed bool
 //!  0x84  Redirect                hops u16 | node NodeRef | exact bool
 //!  0x90  FindSuccessorReply      lookup Lookup
-//!  0x91  Neighbors               predecessor Option<NodeRef> | successors Vec<NodeRef>
+//!  0x91  Neighbors               predecessors Vec<NodeRef> | successors Vec<NodeRef>
+//!                                | down u64 | gone Vec<NodeRef>
 //!  0x92  NotifyReply             accepted bool | previous Option<NodeRef> | clock u64
 //!  0x93  Pong                    node NodeRef
 //!  0x94  LeavingReply            accepted bool
 //!  0x95  Members                 nodes Vec<NodeRef> | more bool
 //!  0x96  MemberEventsAck         applied u32
+//!  0x97  LeaseReply              granted bool | holder Option<NodeRef> | fence u64 | clock u64
+//!  0x98  ForgetReply             forgotten bool
 //!  0xA0  TransferAck             transfer_id u64 | accepted bool
 //!  0xA1  ReplicateAck            applied u32
 //!  0xA2  SyncDigestsReply        differing Vec<u32>
-//!  0xA3  SyncKeysReply           want Vec<Key> | newer Vec<Item>
+//!  0xA3  SyncKeysReply           want Vec<Key> | newer Vec<Item> | truncated bool
 //!  0xA4  CollectTombstonesReply  removed u32
 //!  0xB0  Info                    node NodeRef | status NodeStatus | predecessor Option<NodeRef>
 //!                                | successors Vec<NodeRef> | fingers Vec<NodeRef> | keys u64
@@ -111,7 +121,7 @@
 //! `GET "k"` with request id 7, not direct (23 bytes):
 //!
 //! ```text
-//!  43 4B | 01 | 01 | 00 00 | 00 00 00 00 00 00 00 07 | 00 00 00 05 | 00 00 00 01 6B
+//!  43 4B | 02 | 01 | 00 00 | 00 00 00 00 00 00 00 07 | 00 00 00 05 | 00 00 00 01 6B
 //!  magic   ver  op   flags   request_id                payload_len   key len, "k"
 //! ```
 //!
@@ -140,7 +150,7 @@ pub const HEADER_BYTES: usize = 18;
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"CK";
 /// The protocol version this build speaks (and the only one it accepts).
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Header flag: a client operation must be served by the receiver itself or answered with
 /// [`Message::Redirect`], never routed through the ring.
 pub const FLAG_DIRECT: u16 = 1;
@@ -148,7 +158,12 @@ pub const FLAG_DIRECT: u16 = 1;
 /// answer: the receiver may serve it as the new primary.
 pub const FLAG_FAILOVER: u16 = 2;
 /// Every flag bit this version knows; a frame with any other bit set is rejected.
-pub const KNOWN_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER;
+/// Header flag: the payload starts with the request's deadline ([`Frame::deadline_ms`]). Set
+/// by the encoder from the field, never by callers.
+pub const FLAG_DEADLINE: u16 = 4;
+pub const KNOWN_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER | FLAG_DEADLINE;
+/// The flags a caller may set on a [`Frame`].
+const CALLER_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER;
 /// Set in the opcode of every reply and in no request's.
 pub const REPLY_BIT: u8 = 0x80;
 
@@ -177,6 +192,8 @@ pub mod opcode {
     pub const LEAVING: u8 = 0x14;
     pub const GET_MEMBERS: u8 = 0x15;
     pub const MEMBER_EVENTS: u8 = 0x16;
+    pub const LEASE: u8 = 0x17;
+    pub const FORGET: u8 = 0x18;
     pub const TRANSFER: u8 = 0x20;
     pub const REPLICATE: u8 = 0x21;
     pub const SYNC_DIGESTS: u8 = 0x22;
@@ -196,6 +213,8 @@ pub mod opcode {
     pub const LEAVING_REPLY: u8 = 0x94;
     pub const MEMBERS: u8 = 0x95;
     pub const MEMBER_EVENTS_ACK: u8 = 0x96;
+    pub const LEASE_REPLY: u8 = 0x97;
+    pub const FORGET_REPLY: u8 = 0x98;
     pub const TRANSFER_ACK: u8 = 0xA0;
     pub const REPLICATE_ACK: u8 = 0xA1;
     pub const SYNC_DIGESTS_REPLY: u8 = 0xA2;
@@ -206,7 +225,7 @@ pub mod opcode {
     pub const ERROR: u8 = 0xFF;
 
     /// Every opcode of this protocol version.
-    pub const ALL: [u8; 36] = [
+    pub const ALL: [u8; 40] = [
         GET,
         PUT,
         DELETE,
@@ -217,6 +236,8 @@ pub mod opcode {
         LEAVING,
         GET_MEMBERS,
         MEMBER_EVENTS,
+        LEASE,
+        FORGET,
         TRANSFER,
         REPLICATE,
         SYNC_DIGESTS,
@@ -235,6 +256,8 @@ pub mod opcode {
         LEAVING_REPLY,
         MEMBERS,
         MEMBER_EVENTS_ACK,
+        LEASE_REPLY,
+        FORGET_REPLY,
         TRANSFER_ACK,
         REPLICATE_ACK,
         SYNC_DIGESTS_REPLY,
@@ -259,6 +282,8 @@ pub mod opcode {
                 | LEAVING
                 | GET_MEMBERS
                 | MEMBER_EVENTS
+                | LEASE
+                | FORGET
                 | TRANSFER
                 | REPLICATE
                 | SYNC_DIGESTS
@@ -277,6 +302,8 @@ pub mod opcode {
                 | LEAVING_REPLY
                 | MEMBERS
                 | MEMBER_EVENTS_ACK
+                | LEASE_REPLY
+                | FORGET_REPLY
                 | TRANSFER_ACK
                 | REPLICATE_ACK
                 | SYNC_DIGESTS_REPLY
@@ -315,6 +342,10 @@ pub fn opcode_of(msg: &Message) -> u8 {
         Members { .. } => opcode::MEMBERS,
         MemberEvents { .. } => opcode::MEMBER_EVENTS,
         MemberEventsAck { .. } => opcode::MEMBER_EVENTS_ACK,
+        Lease { .. } => opcode::LEASE,
+        LeaseReply { .. } => opcode::LEASE_REPLY,
+        Forget { .. } => opcode::FORGET,
+        ForgetReply { .. } => opcode::FORGET_REPLY,
         Transfer { .. } => opcode::TRANSFER,
         TransferAck { .. } => opcode::TRANSFER_ACK,
         Replicate { .. } => opcode::REPLICATE,
@@ -401,8 +432,12 @@ type EResult<T> = Result<T, EncodeError>;
 pub struct Frame {
     /// Chosen by the requester; a reply carries the id of the request it answers.
     pub request_id: u64,
-    /// Header flags, a subset of [`KNOWN_FLAGS`].
+    /// Header flags: [`FLAG_DIRECT`] and [`FLAG_FAILOVER`] (the encoder sets [`FLAG_DEADLINE`]
+    /// itself from `deadline_ms`).
     pub flags: u16,
+    /// The time after which the receiver must not start this request (milliseconds on the
+    /// sender's clock, wall time since the Unix epoch); 0 for none.
+    pub deadline_ms: u64,
     pub message: Message,
 }
 
@@ -412,6 +447,7 @@ impl Frame {
         Frame {
             request_id,
             flags: 0,
+            deadline_ms: 0,
             message,
         }
     }
@@ -421,7 +457,23 @@ impl Frame {
         Frame {
             request_id,
             flags: FLAG_DIRECT,
+            deadline_ms: 0,
             message,
+        }
+    }
+
+    /// This frame with a deadline (see [`Frame::deadline_ms`]).
+    pub fn with_deadline(mut self, deadline_ms: u64) -> Frame {
+        self.deadline_ms = deadline_ms;
+        self
+    }
+
+    /// The header flags on the wire.
+    fn wire_flags(&self) -> u16 {
+        if self.deadline_ms != 0 {
+            self.flags | FLAG_DEADLINE
+        } else {
+            self.flags
         }
     }
 
@@ -437,10 +489,11 @@ impl Frame {
 
     /// The frame's size on the wire (header + payload), checking every limit.
     pub fn encoded_len(&self) -> Result<usize, EncodeError> {
-        if self.flags & !KNOWN_FLAGS != 0 {
+        if self.flags & !CALLER_FLAGS != 0 {
             return Err(EncodeError::UnknownFlags(self.flags));
         }
-        let payload = payload_len(&self.message)?;
+        let deadline = if self.deadline_ms != 0 { 8 } else { 0 };
+        let payload = deadline + payload_len(&self.message)?;
         if payload > MAX_FRAME_BYTES {
             return Err(EncodeError::TooLarge {
                 field: "frame payload",
@@ -460,12 +513,15 @@ impl Frame {
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
         out.push(opcode_of(&self.message));
-        out.extend_from_slice(&self.flags.to_be_bytes());
+        out.extend_from_slice(&self.wire_flags().to_be_bytes());
         out.extend_from_slice(&self.request_id.to_be_bytes());
         // `payload <= MAX_FRAME_BYTES < u32::MAX`, checked by `encoded_len`.
         out.extend_from_slice(&(payload as u32).to_be_bytes());
+        if self.deadline_ms != 0 {
+            put_u64(out, self.deadline_ms);
+        }
         #[cfg(debug_assertions)]
-        let start = out.len();
+        let start = out.len() - if self.deadline_ms != 0 { 8 } else { 0 };
         write_payload(&self.message, out);
         #[cfg(debug_assertions)]
         debug_assert_eq!(
@@ -574,7 +630,8 @@ fn lookup_len(lookup: &Lookup) -> EResult<usize> {
         Lookup::Found {
             predecessor,
             successors,
-        } => opt_node_len(predecessor) + nodes_len("successors", successors)?,
+            ..
+        } => opt_node_len(predecessor) + nodes_len("successors", successors)? + 8,
         Lookup::Closer { node } => node_len(node),
     })
 }
@@ -594,10 +651,21 @@ fn payload_len(msg: &Message) -> EResult<usize> {
         FindSuccessorReply { lookup } => lookup_len(lookup)?,
         GetNeighbors | Ping | GetInfo | GetStats => 0,
         Neighbors {
-            predecessor,
+            predecessors,
             successors,
-        } => opt_node_len(predecessor) + nodes_len("successors", successors)?,
-        Notify { node } | Pong { node } => node_len(node),
+            gone,
+            ..
+        } => {
+            nodes_len("predecessors", predecessors)?
+                + nodes_len("successors", successors)?
+                + 8
+                + nodes_len("gone", gone)?
+        }
+        Notify { node, .. } => node_len(node) + 8 + 1,
+        Pong { node } | Forget { node } => node_len(node),
+        Lease { primary, holder, .. } => node_len(primary) + ID_BYTES + node_len(holder),
+        LeaseReply { holder, .. } => 1 + opt_node_len(holder) + 8 + 8,
+        ForgetReply { .. } => 1,
         NotifyReply { previous, .. } => 1 + opt_node_len(previous) + 8,
         Leaving {
             node,
@@ -640,13 +708,13 @@ fn payload_len(msg: &Message) -> EResult<usize> {
             }
             len
         }
-        SyncKeysReply { want, newer } => {
+        SyncKeysReply { want, newer, .. } => {
             limit("want", want.len(), MAX_LIST_LEN)?;
             let mut len = 4usize;
             for key in want {
                 len = len.saturating_add(key_len(key)?);
             }
-            len.saturating_add(items_len("newer", newer)?)
+            len.saturating_add(items_len("newer", newer)?).saturating_add(1)
         }
         CollectTombstones { .. } => ID_BYTES + ID_BYTES + 8,
         Info(info) => {
@@ -803,10 +871,12 @@ fn write_payload(msg: &Message, out: &mut Vec<u8>) {
             Lookup::Found {
                 predecessor,
                 successors,
+                down,
             } => {
                 out.push(LOOKUP_FOUND);
                 put_opt_node(out, predecessor);
                 put_nodes(out, successors);
+                put_u64(out, *down);
             }
             Lookup::Closer { node } => {
                 out.push(LOOKUP_CLOSER);
@@ -815,13 +885,47 @@ fn write_payload(msg: &Message, out: &mut Vec<u8>) {
         },
         GetNeighbors | Ping | GetInfo | GetStats => {}
         Neighbors {
-            predecessor,
+            predecessors,
             successors,
+            down,
+            gone,
         } => {
-            put_opt_node(out, predecessor);
+            put_nodes(out, predecessors);
             put_nodes(out, successors);
+            put_u64(out, *down);
+            put_nodes(out, gone);
         }
-        Notify { node } | Pong { node } => put_node(out, node),
+        Notify {
+            node,
+            incarnation,
+            active,
+        } => {
+            put_node(out, node);
+            put_u64(out, *incarnation);
+            put_bool(out, *active);
+        }
+        Pong { node } | Forget { node } => put_node(out, node),
+        Lease {
+            primary,
+            start,
+            holder,
+        } => {
+            put_node(out, primary);
+            put_id(out, start);
+            put_node(out, holder);
+        }
+        LeaseReply {
+            granted,
+            holder,
+            fence,
+            clock,
+        } => {
+            put_bool(out, *granted);
+            put_opt_node(out, holder);
+            put_u64(out, *fence);
+            put_u64(out, *clock);
+        }
+        ForgetReply { forgotten } => put_bool(out, *forgotten),
         NotifyReply {
             accepted,
             previous,
@@ -906,12 +1010,17 @@ fn write_payload(msg: &Message, out: &mut Vec<u8>) {
                 put_u64(out, *version);
             }
         }
-        SyncKeysReply { want, newer } => {
+        SyncKeysReply {
+            want,
+            newer,
+            truncated,
+        } => {
             put_len(out, want.len());
             for key in want {
                 put_bytes(out, key);
             }
             put_items(out, newer);
+            put_bool(out, *truncated);
         }
         CollectTombstones { start, end, before } => {
             put_id(out, start);
@@ -1323,9 +1432,11 @@ impl<'a> Reader<'a> {
             LOOKUP_FOUND => {
                 let predecessor = self.opt_node()?;
                 let successors = self.nodes("successors")?;
+                let down = self.u64()?;
                 Ok(Lookup::Found {
                     predecessor,
                     successors,
+                    down,
                 })
             }
             LOOKUP_CLOSER => Ok(Lookup::Closer { node: self.node()? }),
@@ -1364,6 +1475,11 @@ impl<'a> Reader<'a> {
     #[inline(always)]
     fn frame<T>(&mut self, h: Header, wrap: impl FnOnce(Frame) -> T) -> DResult<T> {
         use Message::*;
+        let deadline_ms = if h.flags & FLAG_DEADLINE != 0 {
+            self.u64()?
+        } else {
+            0
+        };
         macro_rules! done {
             ($message:expr) => {{
                 let extra = self.remaining();
@@ -1372,7 +1488,8 @@ impl<'a> Reader<'a> {
                 }
                 return Ok(wrap(Frame {
                     request_id: h.request_id,
-                    flags: h.flags,
+                    flags: h.flags & !FLAG_DEADLINE,
+                    deadline_ms,
                     message: $message,
                 }));
             }};
@@ -1434,16 +1551,56 @@ impl<'a> Reader<'a> {
             }
             opcode::GET_NEIGHBORS => done!(GetNeighbors),
             opcode::NEIGHBORS => {
-                let predecessor = self.opt_node()?;
+                let predecessors = self.nodes("predecessors")?;
                 let successors = self.nodes("successors")?;
+                let down = self.u64()?;
+                let gone = self.nodes("gone")?;
                 done!(Neighbors {
-                    predecessor,
-                    successors
+                    predecessors,
+                    successors,
+                    down,
+                    gone
                 })
             }
             opcode::NOTIFY => {
                 let node = self.node()?;
-                done!(Notify { node })
+                let incarnation = self.u64()?;
+                let active = self.bool()?;
+                done!(Notify {
+                    node,
+                    incarnation,
+                    active
+                })
+            }
+            opcode::LEASE => {
+                let primary = self.node()?;
+                let start = self.id()?;
+                let holder = self.node()?;
+                done!(Lease {
+                    primary,
+                    start,
+                    holder
+                })
+            }
+            opcode::LEASE_REPLY => {
+                let granted = self.bool()?;
+                let holder = self.opt_node()?;
+                let fence = self.u64()?;
+                let clock = self.u64()?;
+                done!(LeaseReply {
+                    granted,
+                    holder,
+                    fence,
+                    clock
+                })
+            }
+            opcode::FORGET => {
+                let node = self.node()?;
+                done!(Forget { node })
+            }
+            opcode::FORGET_REPLY => {
+                let forgotten = self.bool()?;
+                done!(ForgetReply { forgotten })
             }
             opcode::NOTIFY_REPLY => {
                 let accepted = self.bool()?;
@@ -1545,7 +1702,12 @@ impl<'a> Reader<'a> {
             opcode::SYNC_KEYS_REPLY => {
                 let want = self.keys("want")?;
                 let newer = self.items("newer")?;
-                done!(SyncKeysReply { want, newer })
+                let truncated = self.bool()?;
+                done!(SyncKeysReply {
+                    want,
+                    newer,
+                    truncated
+                })
             }
             opcode::COLLECT_TOMBSTONES => {
                 let start = self.id()?;
@@ -1737,12 +1899,14 @@ mod tests {
                 lookup: Lookup::Found {
                     predecessor: None,
                     successors: vec![],
+                    down: 0,
                 },
             },
             FindSuccessorReply {
                 lookup: Lookup::Found {
                     predecessor: Some(v6(9)),
                     successors: vec![v4(1), v6(2), v4(3)],
+                    down: 0b101,
                 },
             },
             GetMembers { after: Id::MAX },
@@ -1779,14 +1943,41 @@ mod tests {
             },
             GetNeighbors,
             Neighbors {
-                predecessor: None,
+                predecessors: vec![],
                 successors: vec![],
+                down: 0,
+                gone: vec![],
             },
             Neighbors {
-                predecessor: Some(v6(5)),
+                predecessors: vec![v6(5), v4(8)],
                 successors: vec![v4(6), v6(7)],
+                down: u64::MAX,
+                gone: vec![v4(9)],
             },
-            Notify { node: v4(0) },
+            Notify {
+                node: v4(0),
+                incarnation: 3,
+                active: true,
+            },
+            Lease {
+                primary: v4(1),
+                start: Id::hash(b"p"),
+                holder: v6(2),
+            },
+            LeaseReply {
+                granted: true,
+                holder: None,
+                fence: 0,
+                clock: 9,
+            },
+            LeaseReply {
+                granted: false,
+                holder: Some(v4(3)),
+                fence: u64::MAX,
+                clock: 0,
+            },
+            Forget { node: v6(3) },
+            ForgetReply { forgotten: true },
             NotifyReply {
                 accepted: true,
                 previous: Some(v6(1)),
@@ -1895,10 +2086,12 @@ mod tests {
                 keys: vec![(b("a"), 1), (Bytes::new(), 0), (b("zz"), u64::MAX)],
             },
             SyncKeysReply {
+                truncated: false,
                 want: vec![],
                 newer: vec![],
             },
             SyncKeysReply {
+                truncated: false,
                 want: vec![b("a"), Bytes::new()],
                 newer: vec![
                     Item {
@@ -1970,6 +2163,7 @@ mod tests {
                     Frame {
                         request_id: i as u64,
                         flags: FLAG_FAILOVER | (i as u16 & FLAG_DIRECT),
+                        deadline_ms: i as u64 * 7,
                         message: m,
                     }
                 } else {
@@ -2064,6 +2258,7 @@ mod tests {
         let failover = Frame {
             request_id: 1,
             flags: FLAG_FAILOVER,
+            deadline_ms: 0,
             message: put,
         };
         assert!(failover.is_failover() && !failover.is_direct());
@@ -2085,7 +2280,7 @@ mod tests {
         let bytes = Frame::new(7, Message::Get { key: b("k") }).to_bytes().unwrap();
         assert_eq!(
             bytes,
-            [0x43, 0x4B, 1, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 5, 0, 0, 0, 1, b'k']
+            [0x43, 0x4B, 2, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 5, 0, 0, 0, 1, b'k']
         );
     }
 
@@ -2146,6 +2341,8 @@ mod tests {
             "LEAVING",
             "GET_MEMBERS",
             "MEMBER_EVENTS",
+            "LEASE",
+            "FORGET",
             "TRANSFER",
             "REPLICATE",
             "SYNC_DIGESTS",
@@ -2292,9 +2489,9 @@ mod tests {
     #[test]
     fn unsupported_version() {
         let mut bytes = raw(opcode::PING, 0, 1, &[]);
-        bytes[2] = 2;
-        header_error(&bytes, DecodeError::UnsupportedVersion(2));
-        header_error(&bytes[..3], DecodeError::UnsupportedVersion(2));
+        bytes[2] = 1;
+        header_error(&bytes, DecodeError::UnsupportedVersion(1));
+        header_error(&bytes[..3], DecodeError::UnsupportedVersion(1));
         header_error(b"CK\0", DecodeError::UnsupportedVersion(0));
     }
 
@@ -2309,7 +2506,7 @@ mod tests {
 
     #[test]
     fn unknown_flags() {
-        for flags in [4, 6, 0x8000, 0x8001, u16::MAX] {
+        for flags in [8, 12, 0x8000, 0x8001, u16::MAX] {
             let bytes = raw(opcode::PING, flags, 1, &[]);
             header_error(&bytes, DecodeError::UnknownFlags(flags));
             header_error(&bytes[..6], DecodeError::UnknownFlags(flags));
@@ -2317,11 +2514,12 @@ mod tests {
         assert_eq!(
             Frame {
                 request_id: 1,
-                flags: 4,
+                flags: FLAG_DEADLINE,
+                deadline_ms: 0,
                 message: Message::Ping
             }
             .to_bytes(),
-            Err(EncodeError::UnknownFlags(4))
+            Err(EncodeError::UnknownFlags(FLAG_DEADLINE))
         );
     }
 
@@ -2434,7 +2632,7 @@ mod tests {
             len: MAX_LIST_LEN + 1,
             max: MAX_LIST_LEN,
         };
-        let mut neighbors = vec![0];
+        let mut neighbors = be32(0).to_vec();
         neighbors.extend_from_slice(&be32(MAX_LIST_LEN + 1));
         payload_error(&raw(opcode::NEIGHBORS, 0, 1, &neighbors), too_many("successors"));
         payload_error(
@@ -2584,7 +2782,7 @@ mod tests {
         payload_error(&raw(opcode::FIND_SUCCESSOR, 0, 1, &[0; 19]), TRUNCATED);
         payload_error(&raw(opcode::PUT_REPLY, 0, 1, &[0; 9]), TRUNCATED);
         payload_error(&raw(opcode::PONG, 0, 1, &node_bytes(&v6(1))[..30]), TRUNCATED);
-        let mut neighbors = vec![0, 0, 0, 0, 2];
+        let mut neighbors = vec![0, 0, 0, 0, 0, 0, 0, 2];
         neighbors.extend_from_slice(&node_bytes(&v6(1)));
         neighbors.extend_from_slice(&node_bytes(&v4(1))[..20]);
         payload_error(&raw(opcode::NEIGHBORS, 0, 1, &neighbors), TRUNCATED);
@@ -2630,7 +2828,7 @@ mod tests {
         ];
         assert_eq!(
             shown[2],
-            "unsupported protocol version 9 (this build speaks version 1)"
+            "unsupported protocol version 9 (this build speaks version 2)"
         );
         assert_eq!(shown[3], "unknown opcode 0x7f");
         assert_eq!(shown[4], "unknown flag bits in 0x0002");
@@ -2777,6 +2975,7 @@ mod tests {
         );
         encode_error(
             Message::SyncKeysReply {
+                truncated: false,
                 want: vec![b("k"); MAX_LIST_LEN + 1],
                 newer: vec![],
             },
@@ -2784,6 +2983,7 @@ mod tests {
         );
         encode_error(
             Message::SyncKeysReply {
+                truncated: false,
                 want: vec![key.clone()],
                 newer: vec![],
             },
@@ -2791,6 +2991,7 @@ mod tests {
         );
         encode_error(
             Message::SyncKeysReply {
+                truncated: false,
                 want: vec![],
                 newer: vec![item(b("k"), None); MAX_LIST_LEN + 1],
             },
@@ -2798,6 +2999,7 @@ mod tests {
         );
         encode_error(
             Message::SyncKeysReply {
+                truncated: false,
                 want: vec![],
                 newer: vec![item(b("k"), Some(value.clone()))],
             },
@@ -2806,8 +3008,10 @@ mod tests {
         let nodes = vec![v4(1); MAX_LIST_LEN + 1];
         encode_error(
             Message::Neighbors {
-                predecessor: None,
+                predecessors: vec![],
                 successors: nodes.clone(),
+                down: 0,
+                gone: vec![],
             },
             too_long("successors", MAX_LIST_LEN),
         );
@@ -2816,6 +3020,7 @@ mod tests {
                 lookup: Lookup::Found {
                     predecessor: None,
                     successors: nodes.clone(),
+                    down: 0,
                 },
             },
             too_long("successors", MAX_LIST_LEN),
@@ -2893,8 +3098,10 @@ mod tests {
             Frame::new(
                 4,
                 Message::Neighbors {
-                    predecessor: None,
+                    predecessors: vec![],
                     successors: vec![v6(1); MAX_LIST_LEN],
+                    down: 0,
+                    gone: vec![],
                 },
             ),
             Frame::new(
@@ -2908,6 +3115,7 @@ mod tests {
             Frame::new(
                 6,
                 Message::SyncKeysReply {
+                    truncated: false,
                     want: vec![Bytes::from(vec![3; MAX_KEY_BYTES]); 4],
                     newer: vec![],
                 },
@@ -3086,10 +3294,13 @@ mod tests {
                     text
                 }),
                 id().prop_map(|id| FindSuccessor { id }),
-                (option::of(node()), nodes()).prop_map(|(predecessor, successors)| FindSuccessorReply {
-                    lookup: Lookup::Found {
-                        predecessor,
-                        successors
+                (option::of(node()), nodes(), any::<u64>()).prop_map(|(predecessor, successors, down)| {
+                    FindSuccessorReply {
+                        lookup: Lookup::Found {
+                            predecessor,
+                            successors,
+                            down,
+                        },
                     }
                 }),
                 id().prop_map(|after| GetMembers { after }),
@@ -3108,11 +3319,36 @@ mod tests {
                     lookup: Lookup::Closer { node }
                 }),
                 Just(GetNeighbors),
-                (option::of(node()), nodes()).prop_map(|(predecessor, successors)| Neighbors {
-                    predecessor,
-                    successors
+                (nodes(), nodes(), any::<u64>(), nodes()).prop_map(
+                    |(predecessors, successors, down, gone)| {
+                        Neighbors {
+                            predecessors,
+                            successors,
+                            down,
+                            gone,
+                        }
+                    }
+                ),
+                (node(), any::<u64>(), any::<bool>()).prop_map(|(node, incarnation, active)| Notify {
+                    node,
+                    incarnation,
+                    active
                 }),
-                node().prop_map(|node| Notify { node }),
+                (node(), id(), node()).prop_map(|(primary, start, holder)| Lease {
+                    primary,
+                    start,
+                    holder
+                }),
+                (any::<bool>(), option::of(node()), any::<u64>(), any::<u64>()).prop_map(
+                    |(granted, holder, fence, clock)| LeaseReply {
+                        granted,
+                        holder,
+                        fence,
+                        clock
+                    }
+                ),
+                node().prop_map(|node| Forget { node }),
+                any::<bool>().prop_map(|forgotten| ForgetReply { forgotten }),
                 (any::<bool>(), option::of(node()), any::<u64>()).prop_map(|(accepted, previous, clock)| {
                     NotifyReply {
                         accepted,
@@ -3168,8 +3404,11 @@ mod tests {
                     end,
                     keys
                 }),
-                (vec(blob(), 0..6), vec(item(), 0..6))
-                    .prop_map(|(want, newer)| SyncKeysReply { want, newer }),
+                (vec(blob(), 0..6), vec(item(), 0..6)).prop_map(|(want, newer)| SyncKeysReply {
+                    want,
+                    newer,
+                    truncated: true
+                }),
                 (id(), id(), any::<u64>()).prop_map(|(start, end, before)| CollectTombstones {
                     start,
                     end,
@@ -3201,11 +3440,18 @@ mod tests {
         }
 
         fn frame() -> impl Strategy<Value = Frame> {
-            (any::<u64>(), 0..=KNOWN_FLAGS, message()).prop_map(|(request_id, flags, message)| Frame {
-                request_id,
-                flags,
-                message,
-            })
+            (
+                any::<u64>(),
+                0..=(FLAG_DIRECT | FLAG_FAILOVER),
+                any::<u64>(),
+                message(),
+            )
+                .prop_map(|(request_id, flags, deadline_ms, message)| Frame {
+                    request_id,
+                    flags,
+                    deadline_ms,
+                    message,
+                })
         }
 
         proptest! {

@@ -47,6 +47,10 @@ pub enum Lookup {
     Found {
         predecessor: Option<NodeRef>,
         successors: Vec<NodeRef>,
+        /// Bit `i` set: the answering node believes `successors[i]` is down (a member that
+        /// stopped answering but has not left the ring), so an entry fails over past it at
+        /// once instead of waiting for a timeout. Entries past 64 carry no hint.
+        down: u64,
     },
     /// The answering node does not know the owner; `node` is closer to it (ask it next).
     Closer { node: NodeRef },
@@ -211,15 +215,26 @@ pub enum Message {
     FindSuccessorReply {
         lookup: Lookup,
     },
-    /// Ask for the predecessor and the successor list in one round trip (stabilize).
+    /// Ask for the predecessors and the successor list in one round trip (stabilize,
+    /// check_predecessor).
     GetNeighbors,
+    /// The answerer's member predecessors and successors, nearest first (members that are down
+    /// but have not left included, flagged in `down`: bit `i` for `successors[i]`), and the
+    /// nodes it knows have left the ring or were forgotten (never to be re-learned from a stale
+    /// list).
     Neighbors {
-        predecessor: Option<NodeRef>,
+        predecessors: Vec<NodeRef>,
         successors: Vec<NodeRef>,
+        down: u64,
+        gone: Vec<NodeRef>,
     },
-    /// "I think I am your predecessor."
+    /// "I think I am your predecessor." `incarnation` changes each time the node starts, so a
+    /// node restarted on its address is told apart from its previous life; `active`: the node
+    /// serves its range already (false: it still waits for it, e.g. just restarted).
     Notify {
         node: NodeRef,
+        incarnation: u64,
+        active: bool,
     },
     /// `accepted`: the receiver made `node` its predecessor and will transfer the keys in
     /// `(previous, node]`; `clock` is the receiver's version clock, which the new owner must
@@ -268,6 +283,34 @@ pub enum Message {
         applied: u32,
     },
 
+    // --- leases (partition policy `consistent`) ----------------------------------------------
+    /// `holder` asks for a lease on the range `(start, primary.id]` of the member `primary`
+    /// (itself, or a primary that is down when `holder` stands in for it): a promise that the
+    /// receiver grants no lease on that range to anyone else for the lease period.
+    Lease {
+        primary: NodeRef,
+        start: Id,
+        holder: NodeRef,
+    },
+    /// `granted`, or refused because `holder` holds the receiver's promise. `fence` is the end,
+    /// on the receiver's clock in milliseconds, of the last promise it gave another holder for
+    /// this range (0 if none): the new holder stamps every write above it, so no write of an
+    /// earlier holder can win. `clock` is the receiver's version clock.
+    LeaseReply {
+        granted: bool,
+        holder: Option<NodeRef>,
+        fence: u64,
+        clock: u64,
+    },
+    /// An operator declares `node` gone for good (`chordkv forget`): it leaves the membership
+    /// as if it had left gracefully, so the ring can serve its ranges again.
+    Forget {
+        node: NodeRef,
+    },
+    ForgetReply {
+        forgotten: bool,
+    },
+
     // --- key handoff ---------------------------------------------------------------------
     /// One batch of the keys in the ring range `(start, end]`; `last` closes the transfer.
     Transfer {
@@ -309,10 +352,12 @@ pub enum Message {
         keys: Vec<(Bytes, u64)>,
     },
     /// `want`: keys the receiver lacks or holds at an older version (send them);
-    /// `newer`: the receiver's items that the sender lacks or holds at an older version.
+    /// `newer`: the receiver's items that the sender lacks or holds at an older version, up to a
+    /// byte budget; `truncated`: some were left out (ask again).
     SyncKeysReply {
         want: Vec<Bytes>,
         newer: Vec<Item>,
+        truncated: bool,
     },
     /// Remove the tombstones in `(start, end]` whose version is at most `before` (every replica
     /// has them).
@@ -383,6 +428,10 @@ impl Message {
             Members { .. } => "MEMBERS",
             MemberEvents { .. } => "MEMBER_EVENTS",
             MemberEventsAck { .. } => "MEMBER_EVENTS_ACK",
+            Lease { .. } => "LEASE",
+            LeaseReply { .. } => "LEASE_REPLY",
+            Forget { .. } => "FORGET",
+            ForgetReply { .. } => "FORGET_REPLY",
             Transfer { .. } => "TRANSFER",
             TransferAck { .. } => "TRANSFER_ACK",
             Replicate { .. } => "REPLICATE",

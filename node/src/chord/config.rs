@@ -174,6 +174,10 @@ pub struct Config {
     pub leave_timeout_ms: u64,
     /// Seed of the node's RNG (timer jitter): the same seed and inputs give the same run.
     pub seed: u64,
+    /// Tells this start of the node from its earlier ones on the same address (the server uses
+    /// its start time): a successor that sees a new incarnation of its predecessor hands the
+    /// range over again instead of taking the restarted node for the one it knew.
+    pub incarnation: u64,
 }
 
 impl Default for Config {
@@ -209,7 +213,27 @@ impl Config {
             dead_peer_ttl_ms: stabilize_ms * 8,
             leave_timeout_ms: 30_000,
             seed: 0,
+            incarnation: 0,
         }
+    }
+
+    /// Whether the partition policy is `consistent` (quorums and leases).
+    pub fn is_consistent(&self) -> bool {
+        self.partition_policy == PartitionPolicy::Consistent
+    }
+
+    /// How long a lease's promise lasts (`consistent`): one RPC timeout (the failure detection
+    /// bound) plus the clock offset bound, so a holder can stamp writes for at least one RPC
+    /// timeout after asking and a stand-in takes over soon after the holder goes silent.
+    pub fn lease_ms(&self) -> u64 {
+        self.rpc_timeout_ms + self.max_clock_offset_ms
+    }
+
+    /// How long an entry waits for the owner to answer a write before it retries or fails over:
+    /// one RPC timeout plus the clock offset bound, because the owner refuses a write once its
+    /// own clock is within `max_clock_offset_ms` of the deadline the entry gave it.
+    pub fn write_hop_timeout_ms(&self) -> u64 {
+        self.rpc_timeout_ms + self.max_clock_offset_ms
     }
 }
 

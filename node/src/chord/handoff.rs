@@ -18,7 +18,7 @@
 //! 4. If the receiver dies mid-transfer the unsent keys are still at the sender, which owns the
 //!    range again once it forgets its dead predecessor.
 
-use chordkv_protocol::{in_half_open, ErrorCode, Frame, Id, Item, Message, NodeRef};
+use chordkv_protocol::{in_half_open, in_open, ErrorCode, Frame, Id, Item, Message, NodeRef};
 
 use super::{Millis, Node, Phase, ReplyTo, RpcKind, StoreWait};
 use crate::store::{ScanCursor, StoreError, StoreOp, StoreOutcome};
@@ -87,32 +87,88 @@ pub(super) enum LeaveStage {
 impl Node {
     // ---- join: the successor side ------------------------------------------------------------
 
-    pub(super) fn handle_notify(&mut self, now: Millis, to: ReplyTo, rid: u64, node: NodeRef) {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn handle_notify(
+        &mut self,
+        now: Millis,
+        to: ReplyTo,
+        rid: u64,
+        node: NodeRef,
+        incarnation: u64,
+        active: bool,
+    ) {
         let clock = self.clock.current();
         let refuse = Message::NotifyReply {
             accepted: false,
             previous: None,
             clock,
         };
-        if node.addr == self.me.addr || self.predecessor.is_some_and(|p| p.addr == node.addr) {
+        if node.addr == self.me.addr
+            || self.gone.contains_key(&node.addr) && !self.dead.contains_key(&node.addr)
+        {
             return self.reply(to, rid, refuse);
+        }
+        // The notifier is alive.
+        self.dead.remove(&node.addr);
+        let consistent = self.config.is_consistent();
+        // Only an active node with no transfer coming in hands a range on; the notifier retries
+        // on its next stabilize round.
+        let busy = self.phase != Phase::Active || !self.incoming.is_empty() || self.leave.is_some();
+        if self.predecessor.is_some_and(|p| p.addr == node.addr) {
+            // Our predecessor again. Still waiting for its range (it restarted at once, before we
+            // noticed it was gone), or in a new incarnation: hand the range over again, from
+            // what we hold (our copies).
+            let restarted = !active || self.pred_incarnation.is_some_and(|i| i != incarnation);
+            if !restarted {
+                self.pred_incarnation = Some(incarnation);
+                return self.reply(to, rid, refuse);
+            }
+            let previous = match &self.pred_list {
+                Some((addr, list)) if *addr == node.addr => list.first().copied(),
+                _ => None,
+            };
+            let sending = self
+                .outgoing
+                .values()
+                .any(|o| o.to.addr == node.addr && !o.for_leave);
+            if busy {
+                // It asks again on its next stabilize round.
+                return self.reply(to, rid, refuse);
+            }
+            self.pred_incarnation = Some(incarnation);
+            let start = previous.map_or(self.me.id, |p| p.id);
+            if !sending {
+                self.start_transfer(now, node, start, node.id, false);
+            }
+            return self.reply(
+                to,
+                rid,
+                Message::NotifyReply {
+                    accepted: true,
+                    previous,
+                    clock,
+                },
+            );
         }
         let closer = match self.predecessor {
             None => true,
-            Some(p) => self.is_dead(&p.addr) || p.id.is_between(&node.id, &self.me.id),
+            // A member that is down keeps its range under `consistent`: only a node that joins
+            // between it and us takes part of ours.
+            Some(p) if consistent => in_open(&node.id, &p.id, &self.me.id),
+            Some(p) => self.is_dead(&p.addr) || in_open(&node.id, &p.id, &self.me.id),
         };
-        // Only an active node with no transfer coming in hands a range on; the notifier retries
-        // on its next stabilize round.
-        if !closer || self.phase != Phase::Active || !self.incoming.is_empty() || self.leave.is_some() {
+        // Under `consistent` the range we hand over must be complete: we must be serving it.
+        let complete = !consistent || self.leases.serves(&self.me.id, now);
+        if !closer || busy || !complete {
             return self.reply(to, rid, refuse);
         }
         let previous = self
             .predecessor
-            .filter(|p| !self.is_dead(&p.addr) && p.id.is_between(&node.id, &self.me.id));
+            .filter(|p| (consistent || !self.is_dead(&p.addr)) && in_open(&node.id, &p.id, &self.me.id));
         // Without a live previous predecessor, everything we hold outside (node, me] goes.
         let start = previous.map_or(self.me.id, |p| p.id);
         self.predecessor = Some(node);
-        self.dead.remove(&node.addr);
+        self.pred_incarnation = Some(incarnation);
         self.start_transfer(now, node, start, node.id, false);
         self.reply(
             to,
@@ -136,7 +192,9 @@ impl Node {
         else {
             return;
         };
-        self.clock.observe(clock);
+        if self.version_is_plausible(now, clock) {
+            self.clock.observe(clock);
+        }
         if !accepted {
             return;
         }
@@ -601,14 +659,18 @@ impl Node {
         successors: Vec<NodeRef>,
         clock: u64,
     ) {
-        self.clock.observe(clock);
+        if self.version_is_plausible(now, clock) {
+            self.clock.observe(clock);
+        }
         // A node that left on purpose is no peer to find our way back through.
         self.seeds.retain(|a| *a != node.addr);
         let is_successor = self.routing.successors().iter().any(|s| s.addr == node.addr);
+        let consistent = self.config.is_consistent();
         let is_predecessor = match self.predecessor {
             Some(p) if p.addr == node.addr => true,
             _ if is_successor => false,
-            Some(p) => self.is_dead(&p.addr) || p.id.is_between(&node.id, &self.me.id),
+            Some(p) if consistent => in_open(&node.id, &p.id, &self.me.id),
+            Some(p) => self.is_dead(&p.addr) || in_open(&node.id, &p.id, &self.me.id),
             None => true,
         };
         if is_predecessor {
@@ -618,7 +680,8 @@ impl Node {
             let new_pred = predecessor.filter(|p| p.addr != self.me.addr && p.addr != node.addr);
             let start = new_pred.map_or(self.me.id, |p| p.id);
             self.predecessor = new_pred;
-            self.routing.forget(node.addr);
+            self.pred_incarnation = None;
+            self.mark_gone(now, node);
             let deadline = now + self.config.transfer_stall_timeout_ms;
             self.finished_incoming.retain(|r| *r != (start, node.id));
             self.incoming.push(Incoming {
@@ -630,7 +693,7 @@ impl Node {
         } else if let Some(pos) = self.routing.successors().iter().position(|s| s.addr == node.addr) {
             let mut list: Vec<NodeRef> = self.routing.successors()[..pos].to_vec();
             list.extend(successors.into_iter().filter(|s| s.addr != node.addr));
-            self.routing.forget(node.addr);
+            self.mark_gone(now, node);
             self.routing.set_successors(list, self.config.successors);
         } else {
             // Not our neighbour: the leaving node's view is stale. It retries once stabilize

@@ -53,6 +53,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 mod handoff;
+mod lease;
 pub mod membership;
 mod ops;
 mod replication;
@@ -73,6 +74,7 @@ use cache::LocationCache;
 use clock::Hlc;
 pub use config::{Config, Routing};
 use handoff::{Incoming, LeaveState, Outgoing};
+use lease::Leases;
 use membership::Membership;
 use ops::ClientOp;
 use replication::PendingWrite;
@@ -151,6 +153,11 @@ enum RpcKind {
     Members,
     /// A membership broadcast to a child of the tree (see `membership.rs`).
     MemberEvents(u64),
+    /// A lease request of a round (`lease.rs`): the range's primary and the round.
+    Lease(Id, u64),
+    /// A ping to a member presumed down, or to a node that went away (`consistent` keeps
+    /// such members in the ring; ring merging probes nodes lost in a partition).
+    Probe,
 }
 
 impl RpcKind {
@@ -165,6 +172,8 @@ impl RpcKind {
                 | RpcKind::CheckPredecessor
                 | RpcKind::Members
                 | RpcKind::MemberEvents(_)
+                | RpcKind::Lease(..)
+                | RpcKind::Probe
         )
     }
 }
@@ -310,6 +319,15 @@ pub struct Stats {
     pub member_events_detected: u64,
     /// Membership events received that changed the table (one-hop).
     pub member_events_applied: u64,
+    /// Client operations refused because their deadline had passed (or was too close for the
+    /// clock offset bound) when they reached the owner: never applied.
+    pub late_requests_refused: u64,
+    /// Client operations refused for want of a valid lease on their range (`consistent`).
+    pub ops_refused_no_lease: u64,
+    /// Messages refused for carrying a version from the future (`max_clock_offset_ms`).
+    pub future_versions_refused: u64,
+    /// Times the store reported it had lost its data.
+    pub store_losses: u64,
 }
 
 /// One Chord node's state machine. See the module docs.
@@ -344,15 +362,26 @@ pub struct Node {
     writes: BTreeMap<u64, PendingWrite>,
     next_write_id: u64,
     /// The anti-entropy round in progress, if any.
-    sync: Option<SyncRound>,
+    /// Anti-entropy rounds in progress (one periodic round at a time, and lease catch-ups).
+    syncs: BTreeMap<u64, SyncRound>,
     next_sync_id: u64,
     next_anti_entropy: Millis,
     /// Predecessor and replica targets as of the last check, to notice changes.
     replica_view: Vec<SocketAddr>,
     /// Since when `replica_view` has not changed.
     replica_view_since: Millis,
-    /// Our predecessor (by address) and its own predecessor, as it last told us.
-    predecessor_range: Option<(SocketAddr, Option<NodeRef>)>,
+    /// Our predecessor (by address) and its own predecessors, nearest first, as it last told
+    /// us: the ranges this node keeps copies of and may stand in for.
+    pred_list: Option<(SocketAddr, Vec<NodeRef>)>,
+    /// The incarnation of our predecessor, from its last notify (a new one: it restarted).
+    pred_incarnation: Option<u64>,
+    /// Nodes that left the ring or were forgotten, until when they are kept out of every list
+    /// (a stale successor list must not bring them back).
+    gone: BTreeMap<SocketAddr, (NodeRef, Millis)>,
+    /// Leases held and promised (partition policy `consistent`, `lease.rs`).
+    leases: Leases,
+    /// The store reported that it lost its data and it has not been refilled yet.
+    store_lost: bool,
     /// Ranges primaries declared us a replica of (by syncing with us), and when last.
     declared: Vec<(Id, Id, Millis)>,
     next_op_id: u64,
@@ -421,12 +450,16 @@ impl Node {
             ops: BTreeMap::new(),
             writes: BTreeMap::new(),
             next_write_id: 1,
-            sync: None,
+            syncs: BTreeMap::new(),
             next_sync_id: 1,
             next_anti_entropy: now,
             replica_view: Vec::new(),
             replica_view_since: now,
-            predecessor_range: None,
+            pred_list: None,
+            pred_incarnation: None,
+            gone: BTreeMap::new(),
+            leases: Leases::default(),
+            store_lost: false,
             declared: Vec::new(),
             next_op_id: 1,
             op_retries: BTreeSet::new(),
@@ -657,6 +690,7 @@ impl Node {
             self.next_stabilize = now + self.jitter(self.config.stabilize_interval_ms);
             self.stabilize(now);
             self.flush_member_events(now);
+            self.maintain_leases(now);
         }
         if now >= self.next_check_predecessor {
             self.next_check_predecessor = now + self.jitter(self.config.check_predecessor_interval_ms);
@@ -711,12 +745,17 @@ impl Node {
             Message::FindSuccessor { id } => {
                 self.stats.lookups_answered += 1;
                 let lookup = match self.route(&id) {
-                    Route::Local => Lookup::Found {
-                        predecessor: self.predecessor,
-                        successors: self.owner_list(),
-                    },
+                    Route::Local => {
+                        let successors = self.owner_list();
+                        Lookup::Found {
+                            predecessor: self.predecessor,
+                            down: self.down_bits(&successors),
+                            successors,
+                        }
+                    }
                     Route::Found(list) => Lookup::Found {
                         predecessor: list.first().and_then(|o| self.known_predecessor_of(o)),
+                        down: self.down_bits(&list),
                         successors: list,
                     },
                     Route::Closer(node) => Lookup::Closer { node },
@@ -726,6 +765,7 @@ impl Node {
                     Route::Unknown if self.is_isolated() => Lookup::Found {
                         predecessor: None,
                         successors: vec![self.me],
+                        down: 0,
                     },
                     Route::Unknown => {
                         let text = "node knows no peer right now".to_string();
@@ -740,13 +780,22 @@ impl Node {
                 self.reply(reply_to, rid, Message::FindSuccessorReply { lookup });
             }
             Message::GetNeighbors => {
+                let successors = self.routing.successors().to_vec();
                 let msg = Message::Neighbors {
-                    predecessor: self.predecessor,
-                    successors: self.routing.successors().to_vec(),
+                    predecessors: self.predecessors(),
+                    down: self.down_bits(&successors),
+                    successors,
+                    gone: self.gone.values().map(|(n, _)| *n).collect(),
                 };
                 self.reply(reply_to, rid, msg);
             }
-            Message::Notify { node } => self.handle_notify(now, reply_to, rid, node),
+            Message::Notify {
+                node,
+                incarnation,
+                active,
+            } => self.handle_notify(now, reply_to, rid, node, incarnation, active),
+            Message::Lease { primary, holder, .. } => self.handle_lease(now, reply_to, rid, primary, holder),
+            Message::Forget { node } => self.handle_forget(now, reply_to, rid, node),
             Message::Ping => self.reply(reply_to, rid, Message::Pong { node: self.me }),
             Message::Leaving {
                 node,
@@ -797,11 +846,13 @@ impl Node {
                     },
                 );
             }
-            Message::Replicate { items } => self.handle_replicate(reply_to, rid, items),
+            Message::Replicate { items } => self.handle_replicate(now, reply_to, rid, items),
             Message::SyncDigests { start, end, digests } => {
                 self.handle_sync_digests(now, reply_to, rid, start, end, digests)
             }
-            Message::SyncKeys { start, end, keys } => self.handle_sync_keys(reply_to, rid, start, end, keys),
+            Message::SyncKeys { start, end, keys } => {
+                self.handle_sync_keys(now, reply_to, rid, start, end, keys)
+            }
             Message::CollectTombstones { start, end, before } => {
                 self.handle_collect(reply_to, rid, start, end, before)
             }
@@ -837,10 +888,24 @@ impl Node {
             RpcKind::Stabilize => self.on_neighbors(now, from, frame.message),
             RpcKind::Notify => self.on_notify_reply(now, from, frame.message),
             RpcKind::CheckPredecessor => {
-                if let Message::Neighbors { predecessor, .. } = frame.message {
-                    self.predecessor_range = Some((from, predecessor));
+                if let Message::Neighbors {
+                    predecessors, gone, ..
+                } = frame.message
+                {
+                    self.learn_gone(now, &gone);
+                    // A predecessor that restarted knows no predecessor yet: keep what it told
+                    // us before (where its range starts).
+                    let keep =
+                        predecessors.is_empty() && self.pred_list.as_ref().is_some_and(|(a, _)| *a == from);
+                    if !keep {
+                        self.pred_list = Some((from, predecessors));
+                    }
                 }
             }
+            RpcKind::Lease(primary, round) => {
+                self.on_lease_reply(now, primary, round, from, Some(frame.message))
+            }
+            RpcKind::Probe => {}
             RpcKind::Transfer(t) => self.on_transfer_ack(now, t, frame.message),
             RpcKind::Leaving => self.on_leaving_reply(now, frame.message),
             RpcKind::LeavingHint | RpcKind::Collect => {}
@@ -850,7 +915,8 @@ impl Node {
             }
             RpcKind::Replica(write) => {
                 if let Some(w) = write {
-                    self.replica_answered(w, from);
+                    let applied = matches!(frame.message, Message::ReplicateAck { .. });
+                    self.replica_answered(w, from, applied);
                 }
             }
             RpcKind::SyncDigests(round) => self.on_sync_digests_reply(now, round, from, frame.message),
@@ -859,10 +925,33 @@ impl Node {
                 if matches!(frame.message, Message::ReplicateAck { .. }) {
                     self.sync_step_done_pub(now, round);
                 } else {
-                    self.sync_rpc_failed(now, round);
+                    self.sync_rpc_failed(now, round, Some(from));
                 }
             }
         }
+    }
+
+    /// The driver could not send the request `request_id` (it could not be encoded): it fails
+    /// now, and its peer is not presumed down for it.
+    pub fn send_failed(&mut self, now: Millis, request_id: u64) {
+        if let Some(rpc) = self.rpcs.remove(&request_id) {
+            self.rpc_deadlines.remove(&(rpc.deadline, request_id));
+            self.on_rpc_failed(now, rpc);
+        }
+    }
+
+    /// The store lost what it held (a Redis restarted without persistence): nothing it says is
+    /// trusted until the node's ranges are filled again from the other copies. Under
+    /// `consistent` every lease catches up again before it serves; under `available` the node
+    /// answers no read of its own range until an anti-entropy round has refilled it.
+    fn on_store_lost(&mut self, now: Millis) {
+        if !self.store_lost {
+            self.stats.store_losses += 1;
+        }
+        // Without replicas there is nothing to refill from: what is gone is gone.
+        self.store_lost = self.config.replicas > 0;
+        self.leases.invalidate_catch_up();
+        self.next_anti_entropy = now;
     }
 
     /// The transport could not reach `addr` (connection refused or reset): every request to it
@@ -891,6 +980,9 @@ impl Node {
         if result.is_err() {
             self.stats.store_errors += 1;
         }
+        if matches!(result, Err(StoreError::Lost(_))) {
+            self.on_store_lost(now);
+        }
         match wait {
             StoreWait::Serve {
                 to,
@@ -911,7 +1003,7 @@ impl Node {
                     Ok(StoreOutcome::Count(n)) => n,
                     _ => total,
                 };
-                let mut counters = self.stat_counters(total, primary);
+                let mut counters = self.stat_counters(now, total, primary);
                 counters.push(("uptime_ms".to_string(), now.saturating_sub(self.created_at)));
                 self.reply(to, request_id, Message::Stats { counters });
             }
@@ -962,11 +1054,11 @@ impl Node {
         self.pump_transfers(now);
     }
 
-    /// Named counters for `GET_STATS`.
-    /// Named counters for `GET_STATS`, given the live keys held in all and as primary.
-    pub fn stat_counters(&self, keys: u64, keys_primary: u64) -> Vec<(String, u64)> {
+    /// Named counters for `GET_STATS` at `now`, given the live keys held in all and as primary.
+    pub fn stat_counters(&self, now: Millis, keys: u64, keys_primary: u64) -> Vec<(String, u64)> {
         let s = &self.stats;
-        let pairs: [(&str, u64); 44] = [
+        let (leases_valid, leases_held) = self.leases.counts(now);
+        let pairs: [(&str, u64); 51] = [
             ("keys", keys),
             ("keys_primary", keys_primary),
             ("keys_replica", keys.saturating_sub(keys_primary)),
@@ -1011,6 +1103,16 @@ impl Node {
             ("successors", self.routing.successors().len() as u64),
             ("ops_in_flight", self.ops.len() as u64),
             ("writes_waiting_for_replicas", self.writes.len() as u64),
+            ("late_requests_refused", s.late_requests_refused),
+            ("ops_refused_no_lease", s.ops_refused_no_lease),
+            ("future_versions_refused", s.future_versions_refused),
+            ("store_losses", s.store_losses),
+            ("leases_held", leases_held as u64),
+            ("leases_valid", leases_valid as u64),
+            (
+                "members_down",
+                self.neighbour_members().filter(|n| self.is_dead(&n.addr)).count() as u64,
+            ),
         ];
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
     }
@@ -1071,7 +1173,14 @@ impl Node {
         let mut prev = self.me.id;
         for (i, s) in succs.iter().enumerate() {
             if in_half_open(target, &prev, &s.id) {
-                return Route::Found(succs[i..].to_vec());
+                let mut list = succs[i..].to_vec();
+                if succs.len() < self.config.successors {
+                    // A short list wraps around a small ring: after its last node come we and
+                    // our first successors (where a failover goes when the owner is down).
+                    list.push(self.me);
+                    list.extend_from_slice(&succs[..i]);
+                }
+                return Route::Found(list);
             }
             prev = s.id;
         }
@@ -1083,7 +1192,10 @@ impl Node {
                 return Route::Found(list);
             }
         }
-        match self.routing.closest_preceding(target) {
+        match self
+            .routing
+            .closest_preceding_where(target, |n| !self.dead.contains_key(&n.addr))
+        {
             Some(c) => Route::Closer(c),
             None if succs.is_empty() => Route::Unknown,
             None => Route::Found(succs.to_vec()),
@@ -1127,8 +1239,15 @@ impl Node {
         {
             self.stats.peers_failed += 1;
         }
-        self.routing.forget(addr);
         self.cache.evict_node(&addr);
+        if self.config.is_consistent() {
+            // A member that stops answering stays a member: it may be paused or cut off, and
+            // only a majority of its range's copies may decide to serve without it (leases).
+            // Routing avoids it, and it is probed until it answers (`probe_down_members`).
+            self.routing.forget_finger(addr);
+            return;
+        }
+        self.routing.forget(addr);
         if let Some(p) = self.predecessor.filter(|p| p.addr == addr) {
             self.predecessor = None;
             // The successor is the authority on its predecessor's failure (one-hop).
@@ -1147,7 +1266,212 @@ impl Node {
     }
 
     fn expire_dead(&mut self, now: Millis) {
-        self.dead.retain(|_, until| *until > now);
+        if self.config.is_consistent() {
+            // Members next to us stay presumed down until a probe finds them up.
+            let neighbours: BTreeSet<SocketAddr> = self.neighbour_members().map(|n| n.addr).collect();
+            self.dead
+                .retain(|a, until| *until > now || neighbours.contains(a));
+        } else {
+            self.dead.retain(|_, until| *until > now);
+        }
+        self.gone.retain(|_, (_, until)| *until > now);
+    }
+
+    /// The members around us: the predecessors we know and the successor list.
+    fn neighbour_members(&self) -> impl Iterator<Item = &NodeRef> {
+        let preds = match (&self.predecessor, &self.pred_list) {
+            (Some(p), Some((addr, list))) if *addr == p.addr => list.as_slice(),
+            _ => &[],
+        };
+        self.predecessor
+            .iter()
+            .chain(preds.iter().take(self.config.replicas))
+            .chain(self.routing.successors().iter())
+    }
+
+    /// Pings every neighbouring member presumed down (`consistent`), so one that comes back
+    /// (resumed, the partition healed, restarted) is used again at once.
+    fn probe_down_members(&mut self, now: Millis) {
+        let down: BTreeSet<SocketAddr> = self
+            .neighbour_members()
+            .filter(|n| self.is_dead(&n.addr))
+            .map(|n| n.addr)
+            .collect();
+        for addr in down {
+            if !self
+                .rpcs
+                .values()
+                .any(|r| r.to == addr && r.kind == RpcKind::Probe)
+            {
+                self.send_rpc(now, addr, Message::Ping, RpcKind::Probe, 0);
+            }
+        }
+    }
+
+    /// Bit `i` set when `list[i]` is presumed down (for `Lookup::Found` and `Neighbors`).
+    fn down_bits(&self, list: &[NodeRef]) -> u64 {
+        list.iter()
+            .take(64)
+            .enumerate()
+            .filter(|(_, n)| self.is_dead(&n.addr))
+            .fold(0, |bits, (i, _)| bits | (1 << i))
+    }
+
+    /// Our predecessor and its predecessors as it reported them, nearest first, up to the
+    /// `replicas + 1` whose ranges we keep copies of (or may stand in for).
+    fn predecessors(&self) -> Vec<NodeRef> {
+        let Some(p) = self.predecessor else {
+            return Vec::new();
+        };
+        let mut list = vec![p];
+        if let Some((addr, more)) = &self.pred_list {
+            if *addr == p.addr {
+                for n in more {
+                    if list.len() > self.config.replicas || n.addr == self.me.addr {
+                        break;
+                    }
+                    if !list.iter().any(|l| l.addr == n.addr) && !self.gone.contains_key(&n.addr) {
+                        list.push(*n);
+                    }
+                }
+            }
+        }
+        list
+    }
+
+    /// Nodes another node says left the ring or were forgotten: out of our lists too.
+    fn learn_gone(&mut self, now: Millis, gone: &[NodeRef]) {
+        for n in gone {
+            if n.addr != self.me.addr && !self.gone.contains_key(&n.addr) {
+                self.depart(now, *n);
+            }
+        }
+    }
+
+    /// `node` left the ring (gracefully, or an operator forgot it): it is no member any more.
+    fn depart(&mut self, now: Millis, node: NodeRef) {
+        self.mark_gone(now, node);
+        if self.predecessor.is_some_and(|p| p.addr == node.addr) {
+            // Its range is ours now (a leave hands it over; a forgotten node's is lost to it).
+            let next = self.predecessors().get(1).copied();
+            self.predecessor = next;
+            self.pred_incarnation = None;
+        }
+        if let Some((_, list)) = self.pred_list.as_mut() {
+            list.retain(|n| n.addr != node.addr);
+        }
+        let me = self.me;
+        self.leases.release(&node.id, me);
+    }
+
+    /// Keeps the leases this node needs (`consistent`): on its own range while it serves it,
+    /// and as a stand-in on the range of a predecessor that is down while it and every
+    /// predecessor between are (see `replication.rs`); the others are released.
+    fn maintain_leases(&mut self, now: Millis) {
+        if !self.config.is_consistent() {
+            return;
+        }
+        let serving = match self.phase {
+            Phase::Active => true,
+            Phase::Leaving => !self.leave.as_ref().is_some_and(|l| l.handed_over),
+            _ => false,
+        };
+        if serving {
+            let (me, start) = self.own_range();
+            self.renew_lease(now, me, start);
+        }
+        let preds = self.predecessors();
+        for primary in self.leases.primaries() {
+            if primary == self.me.id {
+                if !serving {
+                    let me = self.me;
+                    self.leases.release(&primary, me);
+                }
+                continue;
+            }
+            let mut keep = None;
+            for k in 0..self.config.replicas.min(preds.len().saturating_sub(1)) {
+                if !self.is_dead(&preds[k].addr) {
+                    break;
+                }
+                if preds[k].id == primary {
+                    keep = Some((preds[k], preds[k + 1].id));
+                    break;
+                }
+            }
+            match keep {
+                Some((p, start)) if serving => self.renew_lease(now, p, start),
+                _ => {
+                    let me = self.me;
+                    self.leases.release(&primary, me);
+                }
+            }
+        }
+    }
+
+    /// An operator declares `node` gone for good (`chordkv forget`): it leaves our lists like
+    /// a node that left, and the notice goes around the ring (each node passes it to its first
+    /// live successor, once).
+    fn handle_forget(&mut self, now: Millis, to: ReplyTo, rid: u64, node: NodeRef) {
+        if node.addr == self.me.addr {
+            let msg = Message::Error {
+                code: ErrorCode::BadRequest,
+                hops: 0,
+                text: "a node cannot forget itself; stop it instead (it leaves gracefully)".to_string(),
+            };
+            return self.reply(to, rid, msg);
+        }
+        let new = !self.gone.contains_key(&node.addr);
+        if new {
+            self.depart(now, node);
+            let next = self
+                .routing
+                .successors()
+                .iter()
+                .find(|n| !self.is_dead(&n.addr))
+                .copied();
+            if let Some(next) = next {
+                self.send_rpc(now, next.addr, Message::Forget { node }, RpcKind::Probe, 0);
+            }
+        }
+        self.reply(to, rid, Message::ForgetReply { forgotten: new });
+    }
+
+    /// Out of every list, and kept out for a while: `node` left or was forgotten (the notice
+    /// spreads to the neighbours through `Neighbors::gone`).
+    fn mark_gone(&mut self, now: Millis, node: NodeRef) {
+        // Long enough for every stale list to flush (a successor list is refreshed once a
+        // stabilize period); short enough that the node may join again soon after.
+        let keep_ms = self.config.dead_peer_ttl_ms * 4;
+        self.gone.insert(node.addr, (node, now + keep_ms));
+        self.seeds.retain(|a| *a != node.addr);
+        self.routing.forget(node.addr);
+        self.dead.remove(&node.addr);
+        self.cache.evict_node(&node.addr);
+    }
+
+    /// The preference list of `primary`'s range as this node sees it: `primary` and the next
+    /// `replicas` members (fewer in a smaller ring), nearest first. `None` when `primary` is
+    /// neither this node nor one of the predecessors whose ranges it keeps copies of.
+    fn preference_list(&self, primary: &NodeRef) -> Option<Vec<NodeRef>> {
+        let n = self.config.replicas + 1;
+        let mut list: Vec<NodeRef> = Vec::with_capacity(n);
+        if primary.addr != self.me.addr {
+            let preds = self.predecessors();
+            let k = preds.iter().position(|p| p.addr == primary.addr)?;
+            list.extend(preds[..=k].iter().rev());
+        }
+        list.push(self.me);
+        for s in self.routing.successors() {
+            if list.len() == n {
+                break;
+            }
+            if !list.iter().any(|l| l.addr == s.addr) {
+                list.push(*s);
+            }
+        }
+        list.truncate(n);
+        Some(list)
     }
 
     // ---- maintenance -------------------------------------------------------------------------
@@ -1162,58 +1486,115 @@ impl Node {
                 // Alone: a node that notified us is our successor too (the second node of a ring).
                 if let Some(p) = self.predecessor {
                     self.routing.set_successors([p], self.config.successors);
-                    self.send_rpc(now, p.addr, Message::Notify { node: self.me }, RpcKind::Notify, 0);
+                    let msg = Message::Notify {
+                        node: self.me,
+                        incarnation: self.config.incarnation,
+                        active: self.phase == Phase::Active,
+                    };
+                    self.send_rpc(now, p.addr, msg, RpcKind::Notify, 0);
                 } else {
                     self.try_rejoin(now);
                 }
             }
-            Some(succ) => {
-                if !self.rpcs.values().any(|r| r.kind == RpcKind::Stabilize) {
-                    self.send_rpc(now, succ.addr, Message::GetNeighbors, RpcKind::Stabilize, 0);
+            Some(first) => {
+                // The first successor that answers (members presumed down are skipped; under
+                // `available` none are kept).
+                let succ = self
+                    .routing
+                    .successors()
+                    .iter()
+                    .find(|n| !self.is_dead(&n.addr))
+                    .copied();
+                match succ {
+                    Some(succ) if !self.rpcs.values().any(|r| r.kind == RpcKind::Stabilize) => {
+                        self.send_rpc(now, succ.addr, Message::GetNeighbors, RpcKind::Stabilize, 0);
+                    }
+                    Some(_) => {}
+                    // Every member we know of is presumed down: probing finds them when they
+                    // answer again; remembered peers may know more.
+                    None => {
+                        let _ = first;
+                        self.try_rejoin(now);
+                    }
                 }
             }
+        }
+        if self.config.is_consistent() {
+            self.probe_down_members(now);
         }
     }
 
     fn on_neighbors(&mut self, now: Millis, from: SocketAddr, msg: Message) {
         let Message::Neighbors {
-            predecessor,
+            predecessors,
             successors,
+            gone,
+            ..
         } = msg
         else {
             return;
         };
-        let Some(succ) = self.routing.successors().first().copied() else {
+        self.learn_gone(now, &gone);
+        let succs = self.routing.successors().to_vec();
+        // The successor we asked: the first, or (`consistent`) the first not presumed down.
+        let Some(k) = succs.iter().position(|s| s.addr == from) else {
             return;
         };
-        if succ.addr != from {
-            return;
-        }
-        let mut new_succ = succ;
-        if let Some(x) = predecessor {
-            if x.addr != self.me.addr && !self.is_dead(&x.addr) && self.me.id.is_between(&x.id, &succ.id) {
-                new_succ = x;
-            }
-        }
+        let succ = succs[k];
+        let x = predecessors.first().copied();
         let mut list = Vec::with_capacity(self.config.successors + 2);
-        list.push(new_succ);
-        if new_succ.addr != succ.addr {
+        if self.config.is_consistent() {
+            // Members only leave by announcing it (or by an operator's `forget`): the ones
+            // before `from` that are down stay, a node that joined just before `from` is added,
+            // and the whole list is kept in ring order from us.
+            list.extend_from_slice(&succs[..k]);
+            if let Some(x) = x.filter(|x| x.addr != self.me.addr && in_open(&x.id, &self.me.id, &succ.id)) {
+                list.push(x);
+            }
             list.push(succ);
+            list.extend(successors);
+            let me = self.me.id;
+            list.retain(|n| n.addr != self.me.addr && !self.gone.contains_key(&n.addr));
+            list.sort_by_key(|n| me.distance_limbs(&n.id));
+            list.dedup_by_key(|n| n.addr);
+        } else {
+            let mut new_succ = succ;
+            if let Some(x) = x {
+                if x.addr != self.me.addr && !self.is_dead(&x.addr) && in_open(&x.id, &self.me.id, &succ.id) {
+                    new_succ = x;
+                }
+            }
+            list.push(new_succ);
+            if new_succ.addr != succ.addr {
+                list.push(succ);
+            }
+            list.extend(successors.into_iter().filter(|n| !self.is_dead(&n.addr)));
+            // A successor list that wraps back to us ends there.
+            if let Some(pos) = list.iter().position(|n| n.addr == self.me.addr) {
+                list.truncate(pos);
+            }
+            list.retain(|n| !self.gone.contains_key(&n.addr));
         }
-        list.extend(successors.into_iter().filter(|n| !self.is_dead(&n.addr)));
         for n in &list {
             if n.addr != self.me.addr {
                 self.remember_seed(n.addr);
             }
         }
-        // A successor list that wraps back to us ends there.
-        if let Some(pos) = list.iter().position(|n| n.addr == self.me.addr) {
-            list.truncate(pos);
-        }
         self.routing.set_successors(list, self.config.successors);
-        if let Some(s) = self.routing.successors().first().copied() {
+        let first_live = self
+            .routing
+            .successors()
+            .iter()
+            .find(|n| !self.is_dead(&n.addr))
+            .copied();
+        if let Some(s) = first_live {
             if self.phase != Phase::Leaving {
-                self.send_rpc(now, s.addr, Message::Notify { node: self.me }, RpcKind::Notify, 0);
+                let msg = Message::Notify {
+                    node: self.me,
+                    incarnation: self.config.incarnation,
+                    active: self.phase == Phase::Active,
+                };
+                self.send_rpc(now, s.addr, msg, RpcKind::Notify, 0);
             }
         }
     }
@@ -1358,6 +1739,28 @@ impl Node {
             }
         }
         match msg {
+            Message::FindSuccessorReply {
+                lookup: Lookup::Found { successors, .. },
+            } if matches!(lookup.purpose, LookupPurpose::Join | LookupPurpose::Rejoin)
+                && lookup.target == self.me.id
+                && successors.iter().all(|n| n.addr == self.me.addr)
+                && !successors.is_empty() =>
+            {
+                // The ring still counts us as a member (we restarted before it noticed, or we
+                // are a member presumed down): we own our own id. Our successor is the owner of
+                // the point just after it.
+                let target = self.me.id.wrapping_add(&Id::from_u64(1));
+                if let Some(l) = self.lookups.get_mut(&id) {
+                    l.target = target;
+                }
+                self.send_rpc(
+                    now,
+                    from,
+                    Message::FindSuccessor { id: target },
+                    RpcKind::Lookup(id),
+                    0,
+                );
+            }
             Message::FindSuccessorReply {
                 lookup: Lookup::Found { successors, .. },
             } => {
@@ -1590,16 +1993,34 @@ impl Node {
 
     // ---- requests to peers -------------------------------------------------------------------
 
-    /// Sends `msg` to `to` as a request tracked with a deadline. Returns the request id.
+    /// Sends `msg` to `to` as a request tracked with the RPC timeout. Returns the request id.
     fn send_rpc(&mut self, now: Millis, to: SocketAddr, msg: Message, kind: RpcKind, flags: u16) -> u64 {
+        let timeout = self.config.rpc_timeout_ms;
+        self.send_request(now, to, msg, kind, flags, timeout, 0)
+    }
+
+    /// Sends `msg` to `to` as a request given up on after `timeout_ms`, carrying the deadline
+    /// `frame_deadline` (0: none) after which the receiver must not start it.
+    #[allow(clippy::too_many_arguments)]
+    fn send_request(
+        &mut self,
+        now: Millis,
+        to: SocketAddr,
+        msg: Message,
+        kind: RpcKind,
+        flags: u16,
+        timeout_ms: u64,
+        frame_deadline: Millis,
+    ) -> u64 {
         let id = self.next_request_id;
         self.next_request_id += 1;
-        let deadline = now + self.config.rpc_timeout_ms;
+        let deadline = now + timeout_ms.max(1);
         self.rpcs.insert(id, Rpc { to, deadline, kind });
         self.rpc_deadlines.insert((deadline, id));
         let frame = Frame {
             request_id: id,
             flags,
+            deadline_ms: frame_deadline,
             message: msg,
         };
         self.stats.messages_sent += 1;
@@ -1661,6 +2082,8 @@ impl Node {
                 self.next_stabilize = now;
             }
             RpcKind::MemberEvents(b) => self.broadcast_failed(now, b),
+            RpcKind::Lease(primary, round) => self.on_lease_reply(now, primary, round, rpc.to, None),
+            RpcKind::Probe => {}
             RpcKind::Notify
             | RpcKind::CheckPredecessor
             | RpcKind::LeavingHint
@@ -1668,11 +2091,11 @@ impl Node {
             | RpcKind::Members => {}
             RpcKind::Replica(write) => {
                 if let Some(w) = write {
-                    self.replica_answered(w, rpc.to);
+                    self.replica_answered(w, rpc.to, false);
                 }
             }
             RpcKind::SyncDigests(round) | RpcKind::SyncKeys(round) | RpcKind::SyncPush(round) => {
-                self.sync_rpc_failed(now, round)
+                self.sync_rpc_failed(now, round, Some(rpc.to))
             }
             RpcKind::Transfer(t) => self.on_transfer_failed(now, t),
             RpcKind::Leaving => self.on_leaving_failed(now),

@@ -46,6 +46,8 @@ pub(super) struct ClientOp {
     /// The nodes this attempt's lookup steps asked: asking one again is a loop through
     /// disagreeing tables, which ends the attempt at once.
     pub asked: Vec<std::net::SocketAddr>,
+    /// The last error an owner answered (retried), named in the final error if it fails.
+    pub last_error: Option<String>,
 }
 
 impl Node {
@@ -58,6 +60,7 @@ impl Node {
     pub(super) fn dispatch_client_op(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame, hops: u16) {
         let rid = frame.request_id;
         let direct = frame.is_direct();
+        let deadline = frame.deadline_ms;
         let Some(key) = frame.message.key() else { return };
         let target = Id::hash(key);
         match self.phase {
@@ -91,8 +94,14 @@ impl Node {
             return self.hold(now, reply_to, frame, hops);
         }
         if direct {
-            if self.owns(&target) || (frame.is_failover() && self.may_take_over(now, &target)) {
-                return self.serve(now, reply_to, rid, hops, frame.message, target);
+            if self.owns(&target) {
+                let range = self.own_range();
+                return self.serve(now, reply_to, rid, hops, frame.message, target, deadline, range);
+            }
+            if frame.is_failover() {
+                if let Some(range) = self.stand_in_range(now, &target) {
+                    return self.serve(now, reply_to, rid, hops, frame.message, target, deadline, range);
+                }
             }
             self.stats.redirects_sent += 1;
             let msg = match self.route(&target) {
@@ -113,13 +122,19 @@ impl Node {
             };
             return self.reply(reply_to, rid, msg);
         }
+        // A client that gives up at its deadline must never see the write applied after it:
+        // every hop carries the deadline, and owners refuse to start past it.
+        let mut op_deadline = now + self.config.request_timeout_ms;
+        if deadline != 0 {
+            op_deadline = op_deadline.min(deadline);
+        }
         let op = ClientOp {
             reply_to,
             request_id: rid,
             message: frame.message,
             target,
             hops,
-            deadline: now + self.config.request_timeout_ms,
+            deadline: op_deadline,
             attempts: 0,
             cache_checked: false,
             via_cache: false,
@@ -129,6 +144,7 @@ impl Node {
             detoured: false,
             attempt_hops: 0,
             asked: Vec::new(),
+            last_error: None,
         };
         let id = self.next_op_id;
         self.next_op_id += 1;
@@ -146,15 +162,25 @@ impl Node {
         let target = op.target;
         if self.receiving(&target) && self.owns(&target) {
             let op = self.ops.remove(&id).expect("op present"); // faulty code
-            let frame = Frame::new(op.request_id, op.message);
+            let frame = Frame::new(op.request_id, op.message).with_deadline(op.deadline);
             return self.hold(now, op.reply_to, frame, op.hops);
         }
         match self.route(&target) {
             Route::Local => {
                 let op = self.ops.remove(&id).expect("op present"); // faulty code
-                self.serve(now, op.reply_to, op.request_id, op.hops, op.message, target);
+                let range = self.own_range();
+                self.serve(
+                    now,
+                    op.reply_to,
+                    op.request_id,
+                    op.hops,
+                    op.message,
+                    target,
+                    op.deadline,
+                    range,
+                );
             }
-            Route::Found(list) => match self.pick_owner(&list) {
+            Route::Found(list) => match self.pick_owner(&list, 0) {
                 Some((node, failover)) => self.send_op(now, id, node, failover),
                 None => self.retry_op_later(now, id),
             },
@@ -194,11 +220,14 @@ impl Node {
         list.iter().find(|n| !self.is_dead(&n.addr)).copied()
     }
 
-    /// Sends the operation itself to the node believed to own the key.
-    /// The node to send an operation to from a lookup's list: the first live one, and whether
-    /// that is a failover (the owner at the head of the list is dead).
-    fn pick_owner(&self, list: &[NodeRef]) -> Option<(NodeRef, bool)> {
-        let pos = list.iter().position(|n| !self.is_dead(&n.addr))?;
+    /// The node to send an operation to from a lookup's list: the first live one (`down`: bit
+    /// `i` set when the answering node presumes `list[i]` down), and whether that is a
+    /// failover (the owner at the head of the list is down).
+    fn pick_owner(&self, list: &[NodeRef], down: u64) -> Option<(NodeRef, bool)> {
+        let pos = list
+            .iter()
+            .enumerate()
+            .position(|(i, n)| !self.is_dead(&n.addr) && (i >= 64 || down & (1 << i) == 0))?;
         // Without replicas there is nobody to fail over to: the next node just redirects.
         Some((list[pos], pos > 0 && self.config.replicas > 0))
     }
@@ -210,12 +239,30 @@ impl Node {
             // Our own tables point back at us: we are the owner after all (a predecessor we
             // did not know of is gone), or a transfer is settling. Serve it if we own it.
             let target = self.ops[&id].target;
-            if self.owns(&target) || (failover && self.may_take_over(now, &target)) {
+            let range = if self.owns(&target) {
+                Some(self.own_range())
+            } else if failover {
+                self.stand_in_range(now, &target)
+            } else {
+                None
+            };
+            if let Some(range) = range {
                 let op = self.ops.remove(&id).expect("op present"); // faulty code
-                return self.serve(now, op.reply_to, op.request_id, op.hops, op.message, target);
+                return self.serve(
+                    now,
+                    op.reply_to,
+                    op.request_id,
+                    op.hops,
+                    op.message,
+                    target,
+                    op.deadline,
+                    range,
+                );
             }
             return self.retry_op_later(now, id);
         }
+        let write_timeout = self.config.write_hop_timeout_ms();
+        let read_timeout = self.config.rpc_timeout_ms;
         let op = self.ops.get_mut(&id).expect("op present"); // faulty code
         op.hops += 1;
         op.attempt_hops += 1;
@@ -225,7 +272,15 @@ impl Node {
         } else {
             FLAG_DIRECT
         };
-        self.send_rpc(now, node.addr, msg, RpcKind::Op(id), flags);
+        // The owner refuses to start a write within `max_clock_offset_ms` of the hop's deadline
+        // (its clock may be that far behind ours), so a write hop waits that much longer.
+        let (timeout, hop_deadline) = if matches!(msg, Message::Get { .. }) {
+            (read_timeout, 0)
+        } else {
+            let d = (now + write_timeout).min(op.deadline);
+            (d - now, d)
+        };
+        self.send_request(now, node.addr, msg, RpcKind::Op(id), flags, timeout, hop_deadline);
     }
 
     fn send_lookup_step(
@@ -305,12 +360,13 @@ impl Node {
                     Lookup::Found {
                         predecessor,
                         successors,
+                        down,
                     },
             } => {
                 if let (Some(p), Some(owner)) = (predecessor, successors.first()) {
                     self.cache.insert(p.id, *owner);
                 }
-                match self.pick_owner(&successors) {
+                match self.pick_owner(&successors, down) {
                     Some((node, failover)) => self.send_op(now, id, node, failover),
                     None => self.retry_op_later(now, id),
                 }
@@ -371,9 +427,13 @@ impl Node {
                 existed,
             }),
             Message::Error { code, text, .. } => {
-                // A routing condition (owner not ready, busy) may clear up if we try again; the
-                // owner's own failure (its store is down) is the client's to see and retry.
+                // A routing condition (owner not ready, busy, no quorum yet) may clear up if we
+                // try again; the owner's own failure (its store is down) is the client's to see
+                // and retry.
                 if code.is_retryable() && code != ErrorCode::StoreFailed {
+                    if let Some(op) = self.ops.get_mut(&id) {
+                        op.last_error = Some(text);
+                    }
                     self.retry_op_later(now, id);
                 } else {
                     self.fail_op(id, code, &text);
@@ -407,7 +467,11 @@ impl Node {
         op.attempt_hops = 0;
         op.asked.clear();
         if op.attempts > MAX_OP_ATTEMPTS {
-            return self.fail_op(id, ErrorCode::Unavailable, "owner unreachable after retries");
+            let text = match &op.last_error {
+                Some(e) => format!("owner unavailable after retries: {e}"),
+                None => "owner unreachable after retries".to_string(),
+            };
+            return self.fail_op(id, ErrorCode::Unavailable, &text);
         }
         let pause = if op.attempts == 1 {
             0
@@ -434,7 +498,13 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            self.fail_op(id, ErrorCode::Timeout, "request deadline passed");
+            let text = match self.ops.get(&id).and_then(|op| op.last_error.as_ref()) {
+                Some(e) => {
+                    format!("request deadline passed (a write is never applied after this answer); last: {e}")
+                }
+                None => "request deadline passed (a write is never applied after this answer)".to_string(),
+            };
+            self.fail_op(id, ErrorCode::Timeout, &text);
         }
     }
 
@@ -457,8 +527,21 @@ impl Node {
         self.reply(op.reply_to, op.request_id, msg);
     }
 
-    /// Serves a client operation from the local store, as the key's primary: a write is
-    /// stamped with a fresh version and sent to the replicas at the same time.
+    /// Our own range as a lease target: `(me, predecessor)`, the range `(predecessor, me]`.
+    pub(super) fn own_range(&self) -> (NodeRef, Id) {
+        (self.me, self.primary_range().0)
+    }
+
+    /// Serves a client operation from the local store, as the holder of the range
+    /// `(range.1, range.0]` (the key's primary, or a stand-in for it): a write is stamped with a
+    /// fresh version and sent to the range's other copies at the same time.
+    ///
+    /// Refused, never applied: an operation whose `deadline` (the entry's, 0 for none) is
+    /// within `max_clock_offset_ms` of our clock, since the entry may have given up on it and
+    /// a later write may have been acknowledged; and under `consistent`, any operation while
+    /// this node holds no valid, caught-up lease on the range, or a write whose version would
+    /// pass the lease's fence.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn serve(
         &mut self,
         now: Millis,
@@ -467,7 +550,39 @@ impl Node {
         hops: u16,
         message: Message,
         key_id: Id,
+        deadline: Millis,
+        range: (NodeRef, Id),
     ) {
+        // A late read is harmless (its answer is dropped); a late write is not.
+        let is_write = !matches!(message, Message::Get { .. });
+        if is_write && deadline != 0 && now.saturating_add(self.config.max_clock_offset_ms) >= deadline {
+            self.stats.late_requests_refused += 1;
+            let msg = Message::Error {
+                code: ErrorCode::Timeout,
+                hops,
+                text: "request deadline passed before the owner could start it (not applied)".to_string(),
+            };
+            return self.reply(to, request_id, msg);
+        }
+        let (primary, start) = range;
+        if self.config.is_consistent() && !self.leases.serves(&primary.id, now) {
+            // Ask for the lease now (a stand-in, or a node that just gained its range), so a
+            // retry soon finds it.
+            self.renew_lease(now, primary, start);
+            if !self.leases.serves(&primary.id, now) {
+                self.stats.ops_refused_no_lease += 1;
+                let msg = self.no_lease_error(&primary.id, hops);
+                return self.reply(to, request_id, msg);
+            }
+        }
+        if self.store_lost && !is_write && !self.config.is_consistent() {
+            let msg = Message::Error {
+                code: ErrorCode::NotReady,
+                hops,
+                text: "this node's store lost its data; refilling it from the other copies".to_string(),
+            };
+            return self.reply(to, request_id, msg);
+        }
         let (key, value, kind) = match message {
             Message::Get { key } => {
                 self.stats.ops_get += 1;
@@ -493,19 +608,29 @@ impl Node {
             _ => return, // only client operations reach here
         };
         let version = self.clock.stamp(now);
+        if self.config.is_consistent() {
+            let fence = self.leases.held(&primary.id).map_or(0, |h| h.fence_ms);
+            if version >> 16 > fence {
+                self.stats.ops_refused_no_lease += 1;
+                let msg = Message::Error {
+                    code: ErrorCode::NotReady,
+                    hops,
+                    text: "the version clock ran past the lease's fence; retry after the renewal".to_string(),
+                };
+                return self.reply(to, request_id, msg);
+            }
+        }
         let kind = match kind {
             ServeKind::Put(_) => ServeKind::Put(version),
             _ => ServeKind::Delete(version),
         };
         let write = if self.config.replicas > 0 {
-            self.replicate_write(
-                now,
-                Item {
-                    key: key.clone(),
-                    version,
-                    value: value.clone(),
-                },
-            )
+            let item = Item {
+                key: key.clone(),
+                version,
+                value: value.clone(),
+            };
+            self.replicate_write(now, item, &primary)
         } else {
             None
         };

@@ -31,6 +31,15 @@ pub(super) struct PendingWrite {
     pub reply: Option<(ReplyTo, u64, Message)>,
     /// Replicas that have not answered yet.
     pub waiting: Vec<SocketAddr>,
+    /// Replicas that applied it.
+    pub acked: usize,
+    /// Replica acknowledgements needed besides our own copy: a majority of the preference list
+    /// under `consistent`, none under `available`.
+    pub needed: usize,
+    /// Copies the preference list has in all (for the error text).
+    pub copies: usize,
+    /// Whether to wait for every replica asked (`AckPolicy::All`) rather than for `needed`.
+    pub all: bool,
 }
 
 impl Node {
@@ -46,18 +55,47 @@ impl Node {
             .collect()
     }
 
-    /// Sends a write this node just stamped as primary to its replicas. Returns the id of the
-    /// pending write when the client's reply must wait for them.
-    pub(super) fn replicate_write(&mut self, now: Millis, item: Item) -> Option<u64> {
-        let targets = self.replica_targets();
-        if targets.is_empty() {
+    /// Sends a write this node just stamped as the holder of `primary`'s range to the range's
+    /// other copies. Returns the id of the pending write when the client's reply must wait for
+    /// them.
+    ///
+    /// Under `available` the copies are our first `replicas` live successors and the reply
+    /// waits for all of them (`--ack all`) or none. Under `consistent` they are the rest of the
+    /// preference list, and the reply waits for a majority of the list (our copy included),
+    /// or with `--ack all` for every member that is not presumed down (still at least a
+    /// majority): a write is acknowledged only once a majority holds it, so any later holder,
+    /// which catches up from a majority, has it.
+    pub(super) fn replicate_write(&mut self, now: Millis, item: Item, primary: &NodeRef) -> Option<u64> {
+        let (targets, needed, copies) = if self.config.is_consistent() {
+            let pref = self.preference_list(primary).unwrap_or_else(|| vec![self.me]);
+            let others: Vec<NodeRef> = pref
+                .iter()
+                .copied()
+                .filter(|n| n.addr != self.me.addr && !self.is_dead(&n.addr))
+                .collect();
+            (others, pref.len() / 2, pref.len())
+        } else {
+            (self.replica_targets(), 0, 1 + self.config.replicas)
+        };
+        let all = self.config.ack == AckPolicy::All;
+        if targets.is_empty() && needed == 0 {
             return None;
         }
-        let write = (self.config.ack == AckPolicy::All).then(|| {
+        let write = (all || needed > 0).then(|| {
             let id = self.next_write_id;
             self.next_write_id += 1;
             let waiting = targets.iter().map(|t| t.addr).collect();
-            self.writes.insert(id, PendingWrite { reply: None, waiting });
+            self.writes.insert(
+                id,
+                PendingWrite {
+                    reply: None,
+                    waiting,
+                    acked: 0,
+                    needed,
+                    copies,
+                    all,
+                },
+            );
             id
         });
         for t in &targets {
@@ -86,28 +124,58 @@ impl Node {
         }
     }
 
-    /// A replica answered (or was given up on) for a pending write.
-    pub(super) fn replica_answered(&mut self, write: u64, from: SocketAddr) {
+    /// A replica answered (`applied`: it holds the write or a newer version) or was given up
+    /// on (`applied` false) for a pending write.
+    pub(super) fn replica_answered(&mut self, write: u64, from: SocketAddr, applied: bool) {
         if let Some(w) = self.writes.get_mut(&write) {
+            let before = w.waiting.len();
             w.waiting.retain(|a| *a != from);
+            if applied && w.waiting.len() < before {
+                w.acked += 1;
+            }
             self.maybe_finish_write(write);
         }
     }
 
     fn maybe_finish_write(&mut self, write: u64) {
-        let done = self
-            .writes
-            .get(&write)
-            .is_some_and(|w| w.waiting.is_empty() && w.reply.is_some());
-        if done {
-            let w = self.writes.remove(&write).expect("checked above"); // faulty code
-            let (to, rid, msg) = w.reply.expect("checked above"); // faulty code
-            self.reply(to, rid, msg);
+        let Some(w) = self.writes.get(&write) else { return };
+        if w.reply.is_none() {
+            return;
         }
+        let quorum = w.acked >= w.needed && (!w.all || w.waiting.is_empty());
+        let hopeless = w.acked + w.waiting.len() < w.needed;
+        if !quorum && !hopeless {
+            return;
+        }
+        let w = self.writes.remove(&write).expect("checked above"); // faulty code
+        let (to, rid, msg) = w.reply.expect("checked above"); // faulty code
+        if quorum {
+            return self.reply(to, rid, msg);
+        }
+        let hops = match msg {
+            Message::PutReply { hops, .. } | Message::DeleteReply { hops, .. } => hops,
+            _ => 0,
+        };
+        let text = format!(
+            "no quorum: the write reached {} of the {} copies of its range, {} needed (it may \
+             still be applied later, but never over a write acknowledged after this answer)",
+            w.acked + 1,
+            w.copies,
+            w.needed + 1
+        );
+        self.reply(
+            to,
+            rid,
+            Message::Error {
+                code: chordkv_protocol::ErrorCode::Unavailable,
+                hops,
+                text,
+            },
+        );
     }
 
     /// A replica write (or an anti-entropy repair) from a primary: merge and acknowledge.
-    pub(super) fn handle_replicate(&mut self, to: ReplyTo, rid: u64, items: Vec<Item>) {
+    pub(super) fn handle_replicate(&mut self, now: Millis, to: ReplyTo, rid: u64, items: Vec<Item>) {
         if matches!(self.phase, Phase::Idle | Phase::Joining | Phase::Left) {
             let text = format!("node is {:?}", self.phase);
             let msg = Message::Error {
@@ -115,6 +183,9 @@ impl Node {
                 hops: 0,
                 text,
             };
+            return self.reply(to, rid, msg);
+        }
+        if let Some(msg) = self.refuse_future_versions(now, items.iter().map(|it| it.version)) {
             return self.reply(to, rid, msg);
         }
         for it in &items {
@@ -125,6 +196,30 @@ impl Node {
             StoreOp::PutMany { items },
             StoreWait::ReplicaApply { to, request_id: rid },
         );
+    }
+
+    /// An error reply when one of `versions` is further ahead of our clock than
+    /// `max_clock_offset_ms` (a wrong clock, or a forged frame that would pin a key).
+    pub(super) fn refuse_future_versions(
+        &mut self,
+        now: Millis,
+        versions: impl Iterator<Item = u64>,
+    ) -> Option<Message> {
+        let newest = versions.max()?;
+        if self.version_is_plausible(now, newest) {
+            return None;
+        }
+        self.stats.future_versions_refused += 1;
+        let ahead = (newest >> 16).saturating_sub(now);
+        Some(Message::Error {
+            code: chordkv_protocol::ErrorCode::BadRequest,
+            hops: 0,
+            text: format!(
+                "version from the future: {ahead} ms ahead of this node's clock (more than \
+                 --max-clock-offset-ms {})",
+                self.config.max_clock_offset_ms
+            ),
+        })
     }
 
     pub(super) fn on_replica_applied(
@@ -147,23 +242,43 @@ impl Node {
         self.reply(to, rid, msg);
     }
 
-    /// Whether this node may serve `target` as a stand-in for a primary that an entry found
-    /// dead: the key is in its predecessor's range (as the predecessor last reported it), so
-    /// this node is next in line and becomes the primary once the predecessor is gone.
-    pub(super) fn may_take_over(&mut self, now: Millis, target: &Id) -> bool {
-        let in_predecessor_range = match (self.predecessor, self.predecessor_range) {
-            (Some(p), Some((addr, Some(pp)))) if addr == p.addr => in_half_open(target, &pp.id, &p.id),
-            _ => false,
-        };
+    /// The range this node may serve as a stand-in for a primary an entry found dead, if
+    /// `target` is in one: `(primary, start)` of the range `(start, primary]`.
+    ///
+    /// Under `available`: the key is in our predecessor's range as the predecessor last
+    /// reported it, so we are next in line and become the primary once it is gone. Under
+    /// `consistent`: the key is in the range of our `k`-th predecessor (`k <= replicas`, so we
+    /// are in its preference list), and it and every predecessor between us are presumed down,
+    /// so we are the first live member of the list; serving still needs a lease (`lease.rs`).
+    pub(super) fn stand_in_range(&mut self, now: Millis, target: &Id) -> Option<(NodeRef, Id)> {
         // Without replicas the successor has no copy to serve from: let the ring repair.
-        if self.phase != Phase::Active || !in_predecessor_range || self.config.replicas == 0 {
-            return false;
+        if self.phase != Phase::Active || self.config.replicas == 0 {
+            return None;
         }
+        let preds = self.predecessors();
+        let found = if self.config.is_consistent() {
+            let mut found = None;
+            for k in 0..self.config.replicas.min(preds.len().saturating_sub(1)) {
+                if !self.is_dead(&preds[k].addr) {
+                    break;
+                }
+                if in_half_open(target, &preds[k + 1].id, &preds[k].id) {
+                    found = Some((preds[k], preds[k + 1].id));
+                    break;
+                }
+            }
+            found
+        } else {
+            match (preds.first(), preds.get(1)) {
+                (Some(p), Some(pp)) if in_half_open(target, &pp.id, &p.id) => Some((*p, pp.id)),
+                _ => None,
+            }
+        }?;
         // Someone found our predecessor dead: check it now rather than at the next round.
         if self.predecessor.is_some() && self.next_check_predecessor > now {
             self.next_check_predecessor = now;
         }
         self.stats.failovers_served += 1;
-        true
+        Some(found)
     }
 }

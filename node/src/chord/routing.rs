@@ -225,6 +225,36 @@ impl RoutingTable {
         known
     }
 
+    /// Removes the node at `addr` from the fingers only: it stays in the successor list (a
+    /// member presumed down under the partition policy `consistent`). Returns whether a finger
+    /// named it.
+    pub fn forget_finger(&mut self, addr: SocketAddr) -> bool {
+        let mut known = false;
+        for r in self.runs.iter_mut() {
+            if r.1.is_some_and(|n| n.addr == addr) {
+                r.1 = None;
+                known = true;
+            }
+        }
+        if known {
+            self.merge_runs();
+            self.rebuild();
+        }
+        known
+    }
+
+    /// [`RoutingTable::closest_preceding`] among the nodes `usable` accepts (e.g. not presumed
+    /// down): the nearest such node before `target`.
+    pub fn closest_preceding_where(&self, target: &Id, usable: impl Fn(&NodeRef) -> bool) -> Option<NodeRef> {
+        let d = self.me.id.distance_limbs(target);
+        let idx = self.distances.partition_point(|dist| *dist < d);
+        (0..idx)
+            .rev()
+            .take_while(|&i| self.distances[i] != (0, 0))
+            .map(|i| self.view[i])
+            .find(|n| usable(n))
+    }
+
     /// The known node closest before `target` going clockwise from `me`, or `None` when no
     /// known node lies strictly between `me` and `target`.
     #[inline]

@@ -20,23 +20,41 @@
 //! predecessor or the first `replicas` successors change: that is how a new replica (after a
 //! crash) or a new node (after a join) receives its copies, in the background.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use chordkv_protocol::{ErrorCode, Id, Message, NodeRef};
+use chordkv_protocol::{ErrorCode, Id, Item, Message, NodeRef};
 
 use super::config::ANTI_ENTROPY_PARTS;
 use super::{Millis, Node, Phase, ReplyTo, RpcKind, StoreWait};
 use crate::store::{StoreError, StoreOp, StoreOutcome};
 
+/// Why a round runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SyncPurpose {
+    /// The primary's periodic round over its range (repairs; tombstone collection when clean).
+    Periodic,
+    /// A holder that gained a lease on `primary`'s range synchronises it with the members that
+    /// granted the lease before it serves (`lease.rs`).
+    CatchUp { primary: Id },
+}
+
 /// A round in progress.
 #[derive(Debug)]
 pub(super) struct SyncRound {
     pub id: u64,
+    pub purpose: SyncPurpose,
     pub start: Id,
     pub end: Id,
     pub targets: Vec<NodeRef>,
+    /// Targets an exchange with failed.
+    pub failed: BTreeSet<SocketAddr>,
+    /// One of our own store operations failed.
+    pub local_failed: bool,
+    /// Whether every other member of the range's preference list is a target (under
+    /// `consistent`, members presumed down count): only then may tombstones be collected.
+    pub complete: bool,
     /// Store ops and requests of the round not finished yet.
     pub outstanding: usize,
     /// Differing sub-ranges found, failed exchanges included.
@@ -98,13 +116,26 @@ impl Node {
     /// Starts a round; returns false when one cannot start now (a round is running, a range is
     /// arriving, or the node is not a primary with replicas).
     pub(super) fn start_sync_round(&mut self, now: Millis) -> bool {
-        if self.sync.is_some() || self.phase != Phase::Active || !self.incoming.is_empty() {
+        let running = self.syncs.values().any(|r| r.purpose == SyncPurpose::Periodic);
+        if running || self.phase != Phase::Active || !self.incoming.is_empty() {
             return false;
         }
         let Some(pred) = self.predecessor else {
             return false;
         };
-        let targets = self.replica_targets();
+        let (targets, complete) = if self.config.is_consistent() {
+            let pref = self.preference_list(&self.me).unwrap_or_default();
+            let others: Vec<NodeRef> = pref.into_iter().filter(|n| n.addr != self.me.addr).collect();
+            let live: Vec<NodeRef> = others
+                .iter()
+                .copied()
+                .filter(|n| !self.is_dead(&n.addr))
+                .collect();
+            let complete = live.len() == others.len();
+            (live, complete)
+        } else {
+            (self.replica_targets(), true)
+        };
         if targets.is_empty() {
             return false;
         }
@@ -112,17 +143,24 @@ impl Node {
         let id = self.next_sync_id;
         self.next_sync_id += 1;
         let (start, end) = (pred.id, self.me.id);
-        self.sync = Some(SyncRound {
+        self.syncs.insert(
             id,
-            start,
-            end,
-            targets,
-            outstanding: 1,
-            differences: 0,
-            repaired: 0,
-            // Physical time counts too: the clock only moves with writes.
-            clock_at_start: self.clock.current().max(now.saturating_mul(1 << 16)),
-        });
+            SyncRound {
+                id,
+                purpose: SyncPurpose::Periodic,
+                failed: BTreeSet::new(),
+                local_failed: false,
+                complete,
+                start,
+                end,
+                targets,
+                outstanding: 1,
+                differences: 0,
+                repaired: 0,
+                // Physical time counts too: the clock only moves with writes.
+                clock_at_start: self.clock.current().max(now.saturating_mul(1 << 16)),
+            },
+        );
         let op = StoreOp::Digest {
             start,
             end,
@@ -132,8 +170,50 @@ impl Node {
         true
     }
 
+    /// Starts the catch-up of a lease just gained on `primary`'s range: a round with the
+    /// members that granted it (with us, a majority of the range's preference list).
+    pub(super) fn start_catch_up(&mut self, now: Millis, primary: Id) {
+        let Some(h) = self.leases.held(&primary) else {
+            return;
+        };
+        let targets = h.grantors.clone();
+        let (start, end) = (h.start, h.primary.id);
+        let id = self.next_sync_id;
+        self.next_sync_id += 1;
+        if let Some(h) = self.leases.held_mut(&primary) {
+            h.catch_up = Some(id);
+        }
+        if targets.is_empty() {
+            // A preference list of one: nothing to catch up with.
+            return self.on_catch_up_done(primary, id, true);
+        }
+        self.syncs.insert(
+            id,
+            SyncRound {
+                id,
+                purpose: SyncPurpose::CatchUp { primary },
+                start,
+                end,
+                targets,
+                failed: BTreeSet::new(),
+                local_failed: false,
+                complete: false,
+                outstanding: 1,
+                differences: 0,
+                repaired: 0,
+                clock_at_start: self.clock.current().max(now.saturating_mul(1 << 16)),
+            },
+        );
+        let op = StoreOp::Digest {
+            start,
+            end,
+            parts: ANTI_ENTROPY_PARTS,
+        };
+        self.store_op(op, StoreWait::Sync(SyncWait::RoundDigests { round: id }));
+    }
+
     fn round_mut(&mut self, round: u64) -> Option<&mut SyncRound> {
-        self.sync.as_mut().filter(|r| r.id == round)
+        self.syncs.get_mut(&round)
     }
 
     /// One step of the round finished; ends the round when it was the last.
@@ -147,11 +227,23 @@ impl Node {
         if r.outstanding > 0 {
             return;
         }
-        let r = self.sync.take().expect("checked above"); // faulty code
+        let r = self.syncs.remove(&round).expect("checked above"); // faulty code
         self.stats.anti_entropy_rounds += 1;
         self.stats.anti_entropy_last_repaired = r.repaired;
         self.stats.anti_entropy_keys_repaired += r.repaired;
-        if r.differences == 0 {
+        if let SyncPurpose::CatchUp { primary } = r.purpose {
+            let answered = r.targets.len() - r.failed.len().min(r.targets.len());
+            let ok = !r.local_failed && answered == r.targets.len();
+            if ok && primary == self.me.id {
+                self.store_lost = false;
+            }
+            return self.on_catch_up_done(primary, r.id, ok);
+        }
+        if r.failed.is_empty() && !r.local_failed {
+            // Our range is as complete as our replicas' copies: refilled after a loss.
+            self.store_lost = false;
+        }
+        if r.differences == 0 && r.failed.is_empty() && !r.local_failed && r.complete {
             // Every replica holds exactly what we hold: old tombstones can go everywhere.
             let before = r
                 .clock_at_start
@@ -166,10 +258,17 @@ impl Node {
         }
     }
 
-    /// A failed exchange counts as a difference (no tombstone collection this round).
-    pub(super) fn sync_rpc_failed(&mut self, now: Millis, round: u64) {
+    /// A failed exchange (with `target`; `None`: a step of ours) counts as a difference (no
+    /// tombstone collection this round; a catch-up needs every target).
+    pub(super) fn sync_rpc_failed(&mut self, now: Millis, round: u64, target: Option<SocketAddr>) {
         if let Some(r) = self.round_mut(round) {
             r.differences += 1;
+            match target {
+                Some(t) => {
+                    r.failed.insert(t);
+                }
+                None => r.local_failed = true,
+            }
         }
         self.sync_step_done(now, round);
     }
@@ -195,6 +294,7 @@ impl Node {
                     }
                 } else if let Some(r) = self.round_mut(round) {
                     r.differences += 1;
+                    r.local_failed = true;
                 }
                 self.sync_step_done(now, round);
             }
@@ -204,21 +304,50 @@ impl Node {
                 start,
                 end,
             } => {
-                if let (Ok(StoreOutcome::KeyVersions(keys)), Some(r)) = (result, self.round_mut(round)) {
-                    r.outstanding += 1;
-                    let msg = Message::SyncKeys { start, end, keys };
-                    self.send_rpc(now, target, msg, RpcKind::SyncKeys(round), 0);
+                match (result, self.round_mut(round)) {
+                    (Ok(StoreOutcome::KeyVersions(keys)), Some(_)) => {
+                        // A list that would not fit one frame goes as several, each over the
+                        // part of the range its keys span, so every frame is within the limit.
+                        let chunks = key_list_chunks(start, end, keys, REPAIR_BATCH_BYTES);
+                        if let Some(r) = self.round_mut(round) {
+                            r.outstanding += chunks.len();
+                        }
+                        for (lo, hi, keys) in chunks {
+                            let msg = Message::SyncKeys {
+                                start: lo,
+                                end: hi,
+                                keys,
+                            };
+                            self.send_rpc(now, target, msg, RpcKind::SyncKeys(round), 0);
+                        }
+                    }
+                    (_, Some(r)) => {
+                        r.differences += 1;
+                        r.local_failed = true;
+                    }
+                    _ => {}
                 }
                 self.sync_step_done(now, round);
             }
             SyncWait::PushTo { round, target } => {
-                if let (Ok(StoreOutcome::Items(items)), Some(r)) = (result, self.round_mut(round)) {
-                    if !items.is_empty() {
-                        r.outstanding += 1;
+                match (result, self.round_mut(round)) {
+                    (Ok(StoreOutcome::Items(items)), Some(r)) => {
                         r.repaired += items.len() as u64;
-                        let msg = Message::Replicate { items };
-                        self.send_rpc(now, target, msg, RpcKind::SyncPush(round), 0);
+                        // Repairs are bounded in bytes, not items: any legal value is repaired.
+                        let batches = item_batches(items, REPAIR_BATCH_BYTES);
+                        if let Some(r) = self.round_mut(round) {
+                            r.outstanding += batches.len();
+                        }
+                        for items in batches {
+                            let msg = Message::Replicate { items };
+                            self.send_rpc(now, target, msg, RpcKind::SyncPush(round), 0);
+                        }
                     }
+                    (_, Some(r)) => {
+                        r.differences += 1;
+                        r.local_failed = true;
+                    }
+                    _ => {}
                 }
                 self.sync_step_done(now, round);
             }
@@ -281,6 +410,7 @@ impl Node {
                         Message::SyncKeysReply {
                             want,
                             newer: Vec::new(),
+                            truncated: false,
                         },
                     );
                 }
@@ -289,7 +419,19 @@ impl Node {
             }
             SyncWait::AnswerItems { to, request_id, want } => {
                 let msg = match result {
-                    Ok(StoreOutcome::Items(newer)) => Message::SyncKeysReply { want, newer },
+                    Ok(StoreOutcome::Items(mut newer)) => {
+                        // As much as fits one frame beside `want`; the primary asks again.
+                        let want_bytes: usize = want.iter().map(|k| k.len() + 4).sum();
+                        let budget = REPAIR_BATCH_BYTES.saturating_sub(want_bytes).max(1);
+                        let keep = fitting_prefix(&newer, budget);
+                        let truncated = keep < newer.len();
+                        newer.truncate(keep);
+                        Message::SyncKeysReply {
+                            want,
+                            newer,
+                            truncated,
+                        }
+                    }
                     _ => store_error(result.err()),
                 };
                 self.reply(to, request_id, msg);
@@ -314,7 +456,7 @@ impl Node {
     /// Primary: a replica's answer to our digests.
     pub(super) fn on_sync_digests_reply(&mut self, now: Millis, round: u64, from: SocketAddr, msg: Message) {
         let Message::SyncDigestsReply { differing } = msg else {
-            return self.sync_rpc_failed(now, round);
+            return self.sync_rpc_failed(now, round, Some(from));
         };
         if let Some(r) = self.round_mut(round) {
             let bounds = Id::split_range(&r.start, &r.end, ANTI_ENTROPY_PARTS);
@@ -345,10 +487,26 @@ impl Node {
 
     /// Primary: a replica's answer to our key list.
     pub(super) fn on_sync_keys_reply(&mut self, now: Millis, round: u64, from: SocketAddr, msg: Message) {
-        let Message::SyncKeysReply { want, newer } = msg else {
-            return self.sync_rpc_failed(now, round);
+        let Message::SyncKeysReply {
+            want,
+            mut newer,
+            truncated,
+        } = msg
+        else {
+            return self.sync_rpc_failed(now, round, Some(from));
         };
+        // A copy from the future (a wrong clock, a forged frame) is not merged.
+        let before = newer.len();
+        newer.retain(|it| self.version_is_plausible(now, it.version));
+        if newer.len() < before {
+            self.stats.future_versions_refused += (before - newer.len()) as u64;
+        }
         if let Some(r) = self.round_mut(round) {
+            if truncated || newer.len() < before {
+                // More to fetch next round: this exchange did not complete.
+                r.differences += 1;
+                r.failed.insert(from);
+            }
             if !newer.is_empty() {
                 r.outstanding += 1;
                 r.repaired += newer.len() as u64;
@@ -399,6 +557,7 @@ impl Node {
 
     pub(super) fn handle_sync_keys(
         &mut self,
+        now: Millis,
         to: ReplyTo,
         rid: u64,
         start: Id,
@@ -406,7 +565,9 @@ impl Node {
         keys: Vec<(Bytes, u64)>,
     ) {
         for (_, v) in &keys {
-            self.clock.observe(*v);
+            if self.version_is_plausible(now, *v) {
+                self.clock.observe(*v);
+            }
         }
         let wait = SyncWait::AnswerKeys {
             to,
@@ -440,6 +601,18 @@ impl Node {
         }
         let mut keep: Vec<(Id, Id)> = vec![self.primary_range()];
         keep.extend(self.declared.iter().map(|d| (d.0, d.1)));
+        if self.config.is_consistent() {
+            // We are in the preference list of our `replicas` predecessors' ranges whether or
+            // not their primaries are up to say so (a member that is down may be back).
+            let preds = self.predecessors();
+            for w in preds.windows(2) {
+                keep.push((w[1].id, w[0].id));
+            }
+            if preds.len() <= self.config.replicas {
+                // Fewer members than copies: every key is ours to keep.
+                return;
+            }
+        }
         self.store_op(
             StoreOp::RetainRanges { keep },
             StoreWait::Sync(SyncWait::StrayCollected),
@@ -458,6 +631,65 @@ impl Node {
                 .min(now + self.config.stabilize_interval_ms);
         }
     }
+}
+
+/// Bytes of keys and values in one repair message (a `REPLICATE` push, a `SYNC_KEYS` list, the
+/// items of a `SYNC_KEYS_REPLY`): well under `MAX_FRAME_BYTES`, and one item always fits.
+pub(super) const REPAIR_BATCH_BYTES: usize = 8 << 20;
+
+/// How many of `items`, from the front, fit in `budget` bytes of keys and values (at least one).
+fn fitting_prefix(items: &[Item], budget: usize) -> usize {
+    let mut bytes = 0usize;
+    for (i, it) in items.iter().enumerate() {
+        bytes += item_bytes(it);
+        if bytes > budget && i > 0 {
+            return i;
+        }
+    }
+    items.len()
+}
+
+fn item_bytes(it: &Item) -> usize {
+    it.key.len() + it.value.as_ref().map_or(0, |v| v.len()) + 16
+}
+
+/// `items` in batches of at most `budget` bytes each (an item larger than that alone).
+fn item_batches(mut items: Vec<Item>, budget: usize) -> Vec<Vec<Item>> {
+    let mut batches = Vec::new();
+    while !items.is_empty() {
+        let n = fitting_prefix(&items, budget);
+        let rest = items.split_off(n);
+        batches.push(std::mem::replace(&mut items, rest));
+    }
+    batches
+}
+
+/// The `(key, version)` list of the ring range `(start, end]`, in ring order, cut into lists
+/// of at most `budget` bytes, each with the part of the range it covers: `(start, id of its
+/// last key]`, the last one up to `end`. An empty list still makes one (empty) part.
+/// A `(key, version)` list of a ring range.
+type KeyList = Vec<(Bytes, u64)>;
+
+fn key_list_chunks(start: Id, end: Id, keys: KeyList, budget: usize) -> Vec<(Id, Id, KeyList)> {
+    let mut chunks = Vec::new();
+    let mut lo = start;
+    let mut current: Vec<(Bytes, u64)> = Vec::new();
+    let mut bytes = 0usize;
+    let total = keys.len();
+    for (i, (key, version)) in keys.into_iter().enumerate() {
+        let size = key.len() + 12;
+        if bytes + size > budget && !current.is_empty() {
+            let hi = Id::hash(&current.last().expect("not empty").0); // faulty code
+            chunks.push((lo, hi, std::mem::take(&mut current)));
+            lo = hi;
+            bytes = 0;
+        }
+        bytes += size;
+        current.push((key, version));
+        let _ = (i, total);
+    }
+    chunks.push((lo, end, current));
+    chunks
 }
 
 fn store_error(e: Option<StoreError>) -> Message {

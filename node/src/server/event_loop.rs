@@ -237,6 +237,11 @@ impl Server {
         let clock = Clock::new();
         let now = clock.now();
         let connect_timeout_ms = chord.rpc_timeout_ms.max(MIN_CONNECT_TIMEOUT_MS);
+        let mut chord = chord;
+        // Each start of the process is a new incarnation: its wall-clock start time.
+        if chord.incarnation == 0 {
+            chord.incarnation = now;
+        }
         let mut node = Node::new(me, chord, now);
         let ring = match join.as_slice() {
             [] => "new ring".to_string(),
@@ -456,11 +461,13 @@ impl Server {
             return;
         };
         if let Err(e) = conn.push_frame(frame) {
-            // The core built a frame over the protocol's limits; the request times out.
+            // The core built a frame over the protocol's limits: the request fails here, and
+            // the peer is not to blame for it.
             self.log(format_args!(
                 "cannot encode {} for {to}: {e}",
                 frame.message.name()
             ));
+            self.node.send_failed(now, frame.request_id);
             return;
         }
         if let Role::Outbound { awaiting, .. } = &mut conn.role {
@@ -538,7 +545,16 @@ impl Server {
     fn drain_store(&mut self, now: Millis) {
         let Some(pool) = &self.pool else { return };
         while let Some((id, result)) = pool.try_complete() {
+            let lost = matches!(result, Err(store::StoreError::Lost(_)));
             self.node.store_done(now, id, result);
+            if lost {
+                // The core no longer trusts the store's contents (it refills them or refuses
+                // to answer from them): later results may come from the emptied store.
+                pool.losses_handled();
+                self.log(format_args!(
+                    "the store lost its data; refilling from the other copies"
+                ));
+            }
         }
     }
 

@@ -11,12 +11,17 @@
 //! to the core with `store_done`. Ops may finish in any order: every store write is a merge by
 //! version, so their order does not matter (see [`crate::store`]).
 //!
+//! Workers run ops with [`store::execute_since`] and the loss epoch the loop has handled, so
+//! after a store reports that it lost its data (`StoreError::Lost`), no answer read from the
+//! emptied store reaches the core until the core has been told and has reacted.
+//!
 //! Waking the loop is a system call; a burst of results wakes it once (see `wake` in the
 //! loop's `Control`). Dropping the pool closes the jobs channel: each worker exits after its
 //! current op. Workers are not joined, so a store stuck on a dead backend cannot hold up the
 //! process's exit.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 
@@ -31,6 +36,9 @@ pub(super) type Completion = (StoreOpId, store::Result<StoreOutcome>);
 pub(super) struct StorePool {
     jobs: Sender<(StoreOpId, StoreOp)>,
     done: Receiver<Completion>,
+    /// The store's loss epoch the core has reacted to (see `store::execute_since`).
+    handled: Arc<AtomicU64>,
+    store: Arc<dyn Store>,
 }
 
 impl StorePool {
@@ -42,17 +50,23 @@ impl StorePool {
     ) -> std::io::Result<StorePool> {
         let (jobs, job_rx) = unbounded::<(StoreOpId, StoreOp)>();
         let (done_tx, done) = unbounded::<Completion>();
+        let handled = Arc::new(AtomicU64::new(store.loss_epoch()));
         for i in 0..threads.max(1) {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
             let store = Arc::clone(&store);
             let wake = Arc::clone(&wake);
+            let handled = Arc::clone(&handled);
             thread::Builder::new()
                 .name(format!("chordkv-store-{i}"))
                 .spawn(move || {
                     for (id, op) in job_rx {
-                        let result = catch_unwind(AssertUnwindSafe(|| store::execute(&*store, op)))
-                            .unwrap_or_else(|_| Err(StoreError::Unavailable("store driver panicked".into())));
+                        let since = handled.load(Ordering::Acquire);
+                        let result =
+                            catch_unwind(AssertUnwindSafe(|| store::execute_since(&*store, op, since)))
+                                .unwrap_or_else(|_| {
+                                    Err(StoreError::Unavailable("store driver panicked".into()))
+                                });
                         if done_tx.send((id, result)).is_err() {
                             return; // the loop is gone
                         }
@@ -60,7 +74,17 @@ impl StorePool {
                     }
                 })?;
         }
-        Ok(StorePool { jobs, done })
+        Ok(StorePool {
+            jobs,
+            done,
+            handled,
+            store,
+        })
+    }
+
+    /// The core has reacted to every loss the store reported so far.
+    pub fn losses_handled(&self) {
+        self.handled.store(self.store.loss_epoch(), Ordering::Release);
     }
 
     /// Queues an op for the workers.

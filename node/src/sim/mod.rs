@@ -237,11 +237,13 @@ impl Sim {
 
     /// Restarts crashed node `i` with an empty store; it joins through `via`.
     pub fn restart(&mut self, i: usize, via: usize) {
-        let config = self.node_config(i);
+        let mut config = self.node_config(i);
         let n = &mut self.nodes[i];
         n.alive = true;
         n.exited = false;
         n.incarnation += 1;
+        // A restarted process is a new incarnation of the node (the server uses its start time).
+        config.incarnation = n.incarnation;
         n.tick_at = None;
         n.store = MemoryStore::new();
         n.node = Node::new(NodeRef::from_addr(n.addr), config, self.now);

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use chordkv_protocol::Id;
 
-use super::{execute, Entry, Store, StoreOp, StoreOutcome};
+use super::{execute, execute_since, Entry, Store, StoreOp, StoreOutcome};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -25,6 +25,7 @@ pub fn run_all(store: &dyn Store) {
     delete_up_to_version(store);
     scan_ring_ranges(store);
     scan_in_batches_with_byte_budget(store);
+    no_loss_without_one(store);
 }
 
 fn put_get_and_versions(s: &dyn Store) {
@@ -196,6 +197,17 @@ fn scan_in_batches_with_byte_budget(s: &dyn Store) {
     for i in 0..10 {
         s.delete(format!("big-{i}").as_bytes(), u64::MAX).unwrap();
     }
+}
+
+/// A store that lost nothing reports no loss (see [`Store`]: Lost data): its epoch is 0 after
+/// every check above, and [`execute_since`] passes its answers through.
+fn no_loss_without_one(s: &dyn Store) {
+    assert_eq!(s.loss_epoch(), 0, "a loss reported while nothing was lost");
+    s.put(&b("kept"), live(1, "v")).unwrap();
+    let got = execute_since(s, StoreOp::Get { key: b("kept") }, 0).unwrap();
+    assert_eq!(got, StoreOutcome::Got(Some(live(1, "v"))));
+    assert!(s.delete(b"kept", 1).unwrap());
+    assert_eq!(s.loss_epoch(), 0);
 }
 
 #[cfg(test)]

@@ -12,6 +12,15 @@
 //!
 //! Keys are kept in ring order, `(id(key), key)`, so the keys of a ring range `(start, end]`
 //! can be scanned in batches for handoff.
+//!
+//! # Lost data
+//!
+//! A store behind a service can lose everything it held while the node keeps running: a Redis
+//! restarted without persistence, a flushed database, evicted keys. Answering from what is left
+//! would be wrong ("not found" for a key the node should hold), so a driver that can tell
+//! reports it: see [`StoreError::Lost`] and [`Store::loss_epoch`] for the contract, and
+//! [`execute_since`] for the way to run ops that closes the window between a loss and the
+//! caller learning of it.
 
 pub mod conformance;
 pub mod digest;
@@ -84,9 +93,16 @@ pub enum StoreError {
     /// The store holds data it cannot read back (e.g. a foreign key in a shared Redis).
     #[error("storage corrupt: {0}")]
     Corrupt(String),
+    /// The store lost data it held (e.g. Redis restarted without persistence): this operation
+    /// did not run, and the store may now answer without entries it had, so its answers are
+    /// not to be trusted until the caller has refilled it. See [`Store::loss_epoch`].
+    #[error("storage lost its data: {0}")]
+    Lost(String),
 }
 
 impl StoreError {
+    /// Whether the same operation may succeed later. Not after [`StoreError::Lost`]: it
+    /// would, but from a store that misses entries.
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
@@ -95,6 +111,27 @@ impl StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A storage driver. Implementations are shared across worker threads.
+///
+/// # Lost data
+///
+/// A driver that can detect that its backing service lost the entries it held reports each
+/// loss in two ways:
+///
+/// - **The error**: every operation that finds the store in the lost state fails with
+///   [`StoreError::Lost`] and changes nothing. The driver then marks the store as found again,
+///   so operations after that succeed on whatever the store still holds (maybe nothing). Ops
+///   running at that moment on other threads may see the loss too: a loss is reported by at
+///   least one operation, possibly by several.
+/// - **The epoch**: [`Store::loss_epoch`] counts the losses detected since the store was
+///   opened. It is raised before the store is marked found again, so an operation that
+///   succeeded on the emptied store returns after the raise: a caller that reads the epoch
+///   after an operation returned, and finds it where it was when the caller last handled a
+///   loss, knows that the result was not read from a store that had lost data since.
+///   [`execute_since`] does exactly that.
+///
+/// What to do about a loss (refill from replicas, refuse to answer until refilled) is the
+/// caller's. A driver that cannot lose data behind the node's back (memory) never reports one.
+/// Losses before the store was opened are not reported: a store opened empty is just empty.
 pub trait Store: Send + Sync {
     /// The entry for `key`, tombstones included.
     fn get(&self, key: &[u8]) -> Result<Option<Entry>>;
@@ -184,6 +221,11 @@ pub trait Store: Send + Sync {
     /// Whether the store holds no live key.
     fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
+    }
+    /// Losses of data detected since the store was opened (see the trait's docs); never
+    /// decreases. The default, for drivers that cannot lose data behind the node's back, is 0.
+    fn loss_epoch(&self) -> u64 {
+        0
     }
     /// Whether calls may block (network I/O): such a store runs on worker threads.
     fn is_blocking(&self) -> bool;
@@ -283,6 +325,25 @@ pub enum StoreOutcome {
     Items(Vec<Item>),
 }
 
+/// Runs `op` like [`execute`] for a caller that has handled the store's losses up to epoch
+/// `handled` (see [`Store`]: Lost data): fails with [`StoreError::Lost`] when the store has
+/// detected a loss the caller has not handled yet, checked after the op ran, so that no result
+/// read from a store that lost data reaches the caller as if nothing happened. A caller that
+/// learns of a loss (this error, with [`Store::loss_epoch`] above `handled`) takes the new
+/// epoch as handled once it has reacted, e.g. once it no longer trusts the store's answers
+/// until it has refilled it.
+pub fn execute_since(store: &dyn Store, op: StoreOp, handled: u64) -> Result<StoreOutcome> {
+    let result = execute(store, op);
+    let epoch = store.loss_epoch();
+    match result {
+        Ok(_) if epoch > handled => Err(StoreError::Lost(format!(
+            "{} store: loss {epoch} detected, losses up to {handled} handled",
+            store.name()
+        ))),
+        other => other,
+    }
+}
+
 /// Runs one op against a driver.
 pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
     Ok(match op {
@@ -346,4 +407,57 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
             StoreOutcome::Items(items)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A memory store whose loss epoch the test sets.
+    struct Losing {
+        inner: MemoryStore,
+        epoch: AtomicU64,
+    }
+
+    impl Store for Losing {
+        fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
+            self.inner.get(key)
+        }
+        fn put(&self, key: &Bytes, entry: Entry) -> Result<PutOutcome> {
+            self.inner.put(key, entry)
+        }
+        fn delete(&self, key: &[u8], up_to_version: u64) -> Result<bool> {
+            self.inner.delete(key, up_to_version)
+        }
+        fn scan(&self, start: &Id, end: &Id, after: Option<&ScanCursor>, limit: usize) -> Result<Vec<Item>> {
+            self.inner.scan(start, end, after, limit)
+        }
+        fn len(&self) -> Result<u64> {
+            self.inner.len()
+        }
+        fn loss_epoch(&self) -> u64 {
+            self.epoch.load(Ordering::SeqCst)
+        }
+        fn is_blocking(&self) -> bool {
+            false
+        }
+        fn name(&self) -> &'static str {
+            "losing"
+        }
+    }
+
+    #[test]
+    fn execute_since_fails_until_the_loss_is_handled() {
+        let s = Losing {
+            inner: MemoryStore::new(),
+            epoch: AtomicU64::new(0),
+        };
+        assert_eq!(execute_since(&s, StoreOp::Count, 0), Ok(StoreOutcome::Count(0)));
+        s.epoch.store(1, Ordering::SeqCst);
+        let err = execute_since(&s, StoreOp::Count, 0).unwrap_err();
+        assert!(matches!(err, StoreError::Lost(_)), "{err}");
+        assert!(!err.is_retryable());
+        assert_eq!(execute_since(&s, StoreOp::Count, 1), Ok(StoreOutcome::Count(0)));
+    }
 }

@@ -14,6 +14,7 @@
 //!  ckv:{NS}:index     sorted set  every score 0; member = hex(id(key)) (40 lowercase hex
 //!                                 digits) followed by the key bytes
 //!  ckv:{NS}:live      string      integer count of live (non-tombstone) entries
+//!  ckv:{NS}:marker    string      exists while the store has its data (see "Lost data")
 //! ```
 //!
 //! With equal scores a sorted set orders its members bytewise, and fixed-width lowercase hex
@@ -28,12 +29,13 @@
 //!   x == MAX:      "id > MAX" is empty; "id <= MAX" is unbounded (+)
 //! ```
 //!
-//! (`{NS}` in braces is also a Redis Cluster hash tag: one node's three keys share a slot.)
+//! (`{NS}` in braces is also a Redis Cluster hash tag: one node's four keys share a slot.)
 //!
 //! # Atomicity
 //!
-//! `put` (a merge: only a strictly higher version replaces), `delete` (up to a version) and
-//! `scan` are Lua scripts, so the hash, the index and the live counter change together and a
+//! Every operation is a Lua script (`get` and `len` too, for the marker check below): `put`
+//! (a merge: only a strictly higher version replaces), `delete` (up to a version) and `scan`
+//! are scripts so the hash, the index and the live counter change together and a
 //! scan never sees an index member without its record. Versions are compared as 8-byte
 //! big-endian strings, byte by byte: Lua numbers are doubles and cannot hold every `u64`.
 //! Scripts run by `EVALSHA`; a server that does not know a script (a restarted Redis) is sent
@@ -50,10 +52,28 @@
 //! comes back, the next call connects again. A pooled connection that turns out to be dead
 //! (Redis restarted since it was last used) empties the pool and the call is tried once on a
 //! fresh connection; every operation is a merge, so running one twice stores the same data.
+//! (If Redis restarted empty, that call finds the data lost: see below.)
 //!
 //! [`RedisStore::open`] connects once and fails if Redis cannot be reached, so a node with a
 //! wrong URL stops at startup with a clear message instead of failing every request.
+//!
+//! # Lost data
+//!
+//! A Redis restarted without persistence (or flushed, or evicting) comes back without the
+//! store's entries, and an unchecked store would answer "not found" for keys it held. So
+//! [`RedisStore::open`] writes a marker key, and every operation is a script that first checks
+//! that the marker exists, atomically with what it reads or writes: an operation can never see
+//! the data without the marker, so a lost store is noticed by the first operation that touches
+//! it, on any connection, whatever removed the data. That operation fails with
+//! [`StoreError::Lost`]; the store raises its [`loss_epoch`](Store::loss_epoch) and only then
+//! writes the marker again (both under one lock, so a loss raises the epoch once), and the
+//! operations after that run on the emptied store. See [`Store`] for the contract.
+//!
+//! Not detected: a Redis restarted from a snapshot older than the store's last writes (the
+//! marker comes back with the snapshot, the last writes do not). Run Redis without
+//! persistence, or with `appendfsync always`, for every loss to be detected.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
@@ -85,6 +105,10 @@ const TAG_LIVE: u8 = 1;
 const ID_HEX_BYTES: usize = 40;
 /// The error code our scripts answer when a stored record cannot be read.
 const CORRUPT_CODE: &str = "CKVCORRUPT";
+/// The error code our scripts answer when the marker is missing: the data is lost.
+const LOST_CODE: &str = "CKVLOST";
+/// What the marker key holds (only its existence matters), for a person who finds it.
+const MARKER_VALUE: &str = "chordkv: while this key exists, this namespace holds its node's data";
 
 /// Compares two records' (or a record's and a bare version's) first 8 bytes as big-endian
 /// integers; checks a record's shape.
@@ -105,11 +129,33 @@ end
 local function corrupt(field)
   return redis.error_reply('CKVCORRUPT malformed record in ' .. KEYS[1] .. ' for a key of ' .. #field .. ' bytes')
 end
+local function lost()
+  return redis.call('EXISTS', KEYS[#KEYS]) == 0
+end
+local function lost_reply()
+  return redis.error_reply('CKVLOST ' .. KEYS[#KEYS] .. ' is gone: the data of this namespace was lost')
+end
 "#;
 
-/// KEYS: data, index, live. ARGV: key, index member, new record.
+/// Every script's last key is the marker; a script answers CKVLOST before anything else when
+/// it is missing.
+///
+/// KEYS: data, marker. ARGV: key. Returns the record or nil.
+const LUA_GET: &str = r#"
+if lost() then return lost_reply() end
+return redis.call('HGET', KEYS[1], ARGV[1])
+"#;
+
+/// KEYS: live, marker. Returns the live count or nil.
+const LUA_LEN: &str = r#"
+if lost() then return lost_reply() end
+return redis.call('GET', KEYS[1])
+"#;
+
+/// KEYS: data, index, live, marker. ARGV: key, index member, new record.
 /// Returns {applied, previous_live} as integers.
 const LUA_PUT: &str = r#"
+if lost() then return lost_reply() end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local was = 0
 if old then
@@ -125,9 +171,10 @@ if now ~= was then redis.call('INCRBY', KEYS[3], now - was) end
 return {1, was}
 "#;
 
-/// KEYS: data, index, live. ARGV: key, index member, up-to version (8 bytes, big-endian).
-/// Returns 1 if the key was removed.
+/// KEYS: data, index, live, marker. ARGV: key, index member, up-to version (8 bytes,
+/// big-endian). Returns 1 if the key was removed.
 const LUA_DELETE: &str = r#"
+if lost() then return lost_reply() end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old then return 0 end
 local was = liveness(old)
@@ -139,12 +186,13 @@ if was == 1 then redis.call('INCRBY', KEYS[3], -1) end
 return 1
 "#;
 
-/// KEYS: data, index. ARGV: limit, whole ("1": whole records; "0": headers only), max_bytes
+/// KEYS: data, index, marker. ARGV: limit, whole ("1": whole records; "0": headers only), max_bytes
 /// (stop before the keys and records returned would exceed it; the first entry always comes),
 /// then
 /// (min, max) lexicographic bounds, one pair per segment in ring order.
 /// Returns {key, record, key, record, ...}.
 const LUA_SCAN: &str = r#"
+if lost() then return lost_reply() end
 local limit = tonumber(ARGV[1])
 local whole = ARGV[2] == '1'
 local max_bytes = tonumber(ARGV[3])
@@ -274,6 +322,7 @@ struct Keys {
     data: String,
     index: String,
     live: String,
+    marker: String,
 }
 
 /// A [`Store`] in a Redis server; see the module docs for the layout.
@@ -284,6 +333,12 @@ pub struct RedisStore {
     namespace: String,
     keys: Keys,
     idle: Mutex<Vec<Connection>>,
+    /// Losses detected since open: see the module docs.
+    losses: AtomicU64,
+    /// Held while a loss is recorded and the marker written again.
+    loss_lock: Mutex<()>,
+    get_script: Script,
+    len_script: Script,
     put_script: Script,
     delete_script: Script,
     scan_script: Script,
@@ -330,8 +385,13 @@ impl RedisStore {
                 data: format!("ckv:{{{namespace}}}:data"),
                 index: format!("ckv:{{{namespace}}}:index"),
                 live: format!("ckv:{{{namespace}}}:live"),
+                marker: format!("ckv:{{{namespace}}}:marker"),
             },
             idle: Mutex::new(Vec::new()),
+            losses: AtomicU64::new(0),
+            loss_lock: Mutex::new(()),
+            get_script: Script::new(&format!("{LUA_HELPERS}{LUA_GET}")),
+            len_script: Script::new(&format!("{LUA_HELPERS}{LUA_LEN}")),
             put_script: Script::new(&format!("{LUA_HELPERS}{LUA_PUT}")),
             delete_script: Script::new(&format!("{LUA_HELPERS}{LUA_DELETE}")),
             scan_script: Script::new(&format!("{LUA_HELPERS}{LUA_SCAN}")),
@@ -340,7 +400,7 @@ impl RedisStore {
             .connect()
             .map_err(|e| anyhow!("cannot connect to {shown}: {}", describe(&e)))?;
         // Loading the scripts now also checks that the server runs Lua scripts at all.
-        for script in [&store.put_script, &store.delete_script, &store.scan_script] {
+        for script in store.scripts() {
             script
                 .prepare_invoke()
                 .load(&mut conn)
@@ -353,8 +413,56 @@ impl RedisStore {
         if live.is_some_and(|n| n < 0) {
             bail!("{shown}: {} holds a negative count", store.keys.live);
         }
+        // A store opened without its marker is not a loss to report: whatever it holds now is
+        // what the node starts with.
+        store
+            .write_marker(&mut conn)
+            .map_err(|e| anyhow!("cannot write {} to {shown}: {}", store.keys.marker, describe(&e)))?;
         store.idle.lock().push(conn);
         Ok(store)
+    }
+
+    fn scripts(&self) -> [&Script; 5] {
+        [
+            &self.get_script,
+            &self.len_script,
+            &self.put_script,
+            &self.delete_script,
+            &self.scan_script,
+        ]
+    }
+
+    fn write_marker(&self, conn: &mut Connection) -> RedisResult<()> {
+        redis::cmd("SET")
+            .arg(&self.keys.marker)
+            .arg(MARKER_VALUE)
+            .arg("NX")
+            .exec(conn)
+    }
+
+    /// Records the loss an operation found on `conn`: raises the epoch, then writes the marker
+    /// again, unless another call did both since that operation ran (the marker is back).
+    fn record_loss(&self, conn: &mut Connection, found: &RedisError) -> StoreError {
+        let _one_at_a_time = self.loss_lock.lock();
+        let back: RedisResult<bool> = redis::cmd("EXISTS").arg(&self.keys.marker).query(conn);
+        let epoch = match back {
+            Ok(true) => self.losses.load(Ordering::SeqCst),
+            // If Redis cannot be asked, count the loss: counting one twice is harmless, missing
+            // one is not.
+            _ => {
+                let epoch = self.losses.fetch_add(1, Ordering::SeqCst) + 1;
+                // If this fails the marker stays missing, and the next operation finds it so.
+                let _ = self.write_marker(conn);
+                epoch
+            }
+        };
+        StoreError::Lost(format!(
+            "{} ({}): loss {epoch} since the store was opened: {} (Redis restarted without \
+             persistence, or the database was flushed or evicted)",
+            self.shown,
+            self.namespace,
+            found.detail().unwrap_or("the marker is gone")
+        ))
     }
 
     /// The Redis URL, without credentials.
@@ -371,6 +479,11 @@ impl RedisStore {
     /// counter.
     pub fn redis_keys(&self) -> [&str; 3] {
         [&self.keys.data, &self.keys.index, &self.keys.live]
+    }
+
+    /// The name of the marker key, which exists while the store has its data.
+    pub fn marker_key(&self) -> &str {
+        &self.keys.marker
     }
 
     fn connect(&self) -> RedisResult<Connection> {
@@ -403,15 +516,33 @@ impl RedisStore {
                 // Redis went away since this connection was last used (probably restarted):
                 // the other idle ones are as dead. Try once on a fresh connection.
                 Err(Failure::Redis(e)) if is_stale(&e) => self.idle.lock().clear(),
-                Err(f) => return Err(self.store_error(f)),
+                Err(f) => return Err(self.failed(f, conn)),
             }
         }
         let mut conn = self.connect().map_err(|e| {
             StoreError::Unavailable(format!("cannot connect to {}: {}", self.shown, describe(&e)))
         })?;
-        let v = op(&mut conn).map_err(|f| self.store_error(f))?;
-        self.give_back(conn);
-        Ok(v)
+        match op(&mut conn) {
+            Ok(v) => {
+                self.give_back(conn);
+                Ok(v)
+            }
+            Err(f) => Err(self.failed(f, conn)),
+        }
+    }
+
+    /// The error of an operation that failed on `conn`. A lost store is recorded on the same
+    /// connection (Redis answered, so it is usable); after any other failure the connection
+    /// is in an unknown state and is dropped.
+    fn failed(&self, f: Failure, mut conn: Connection) -> StoreError {
+        match f {
+            Failure::Redis(e) if is_lost(&e) => {
+                let error = self.record_loss(&mut conn, &e);
+                self.give_back(conn);
+                error
+            }
+            f => self.store_error(f),
+        }
     }
 
     fn store_error(&self, f: Failure) -> StoreError {
@@ -445,6 +576,7 @@ impl RedisStore {
             let mut call = self.scan_script.prepare_invoke();
             call.key(&self.keys.data)
                 .key(&self.keys.index)
+                .key(&self.keys.marker)
                 // Lua numbers are doubles: keep the limit exact (no scan returns 2^40 items).
                 .arg(limit.min(1 << 40))
                 .arg(if whole { "1" } else { "0" })
@@ -529,10 +661,11 @@ fn run_pipeline<'a, C: 'a>(
     for c in calls {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script.get_hash())
-            .arg(3)
+            .arg(4)
             .arg(&keys.data)
             .arg(&keys.index)
-            .arg(&keys.live);
+            .arg(&keys.live)
+            .arg(&keys.marker);
         args_of(c, &mut cmd);
         pipe.add_command(cmd);
     }
@@ -556,6 +689,11 @@ fn reply_value<T: redis::FromRedisValue>(v: Value) -> Attempt<T> {
 /// would double the caller's wait.
 fn is_stale(e: &RedisError) -> bool {
     e.is_connection_dropped() && !e.is_timeout()
+}
+
+/// Our scripts' answer when the marker is missing.
+fn is_lost(e: &RedisError) -> bool {
+    e.code() == Some(LOST_CODE)
 }
 
 /// Our scripts' complaint about a record, or a namespace key of the wrong type (something else
@@ -704,8 +842,14 @@ fn lex_segments(start: &Id, end: &Id, after: Option<&ScanCursor>) -> Vec<(Lex, L
 
 impl Store for RedisStore {
     fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
-        let record: Option<Vec<u8>> =
-            self.with_conn(|conn| Ok(redis::cmd("HGET").arg(&self.keys.data).arg(key).query(conn)?))?;
+        let record: Option<Vec<u8>> = self.with_conn(|conn| {
+            Ok(self
+                .get_script
+                .key(&self.keys.data)
+                .key(&self.keys.marker)
+                .arg(key)
+                .invoke(conn)?)
+        })?;
         record
             .map(decode_record)
             .transpose()
@@ -721,6 +865,7 @@ impl Store for RedisStore {
                 .key(&self.keys.data)
                 .key(&self.keys.index)
                 .key(&self.keys.live)
+                .key(&self.keys.marker)
                 .arg(key.as_ref())
                 .arg(&member)
                 .arg(&record)
@@ -740,6 +885,7 @@ impl Store for RedisStore {
                 .key(&self.keys.data)
                 .key(&self.keys.index)
                 .key(&self.keys.live)
+                .key(&self.keys.marker)
                 .arg(key)
                 .arg(&member)
                 .arg(&up_to_version.to_be_bytes()[..])
@@ -860,13 +1006,22 @@ impl Store for RedisStore {
     }
 
     fn len(&self) -> Result<u64> {
-        let live: Option<i64> =
-            self.with_conn(|conn| Ok(redis::cmd("GET").arg(&self.keys.live).query(conn)?))?;
+        let live: Option<i64> = self.with_conn(|conn| {
+            Ok(self
+                .len_script
+                .key(&self.keys.live)
+                .key(&self.keys.marker)
+                .invoke(conn)?)
+        })?;
         match live {
             None => Ok(0),
             Some(n) if n >= 0 => Ok(n as u64),
             Some(n) => Err(self.store_error(Failure::Corrupt(format!("{} holds {n}", self.keys.live)))),
         }
+    }
+
+    fn loss_epoch(&self) -> u64 {
+        self.losses.load(Ordering::SeqCst)
     }
 
     fn is_blocking(&self) -> bool {
