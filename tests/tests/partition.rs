@@ -20,6 +20,8 @@ use chordkv_tests::{
     chordkv_bin, cluster_spec, poll_until, start_spec, Clients, CONVERGE_TIMEOUT, REQUEST_TIMEOUT,
 };
 
+/// How long the mechanism test keeps its cut: several failure-detection periods.
+const CUT: Duration = Duration::from_secs(2);
 /// Bound of one `chordkv` command run inside a namespace.
 const COMMAND_TIMEOUT_MS: u64 = 1_000;
 /// How long the entry may take to answer a write it cannot deliver: far more than any
@@ -59,8 +61,8 @@ fn start_in_namespaces(name: &str, nodes: usize, extra: &[&str]) -> LocalCluster
     start_spec(name, spec)
 }
 
-/// Runs `chordkv get KEY --node ADDR` inside node `from`'s namespace: what that node's side of
-/// the network sees. Returns stderr when it fails.
+/// Runs `chordkv get probe --node ADDR` inside node `from`'s namespace: whether that node's
+/// side of the network reaches `to` (any answer counts). Returns stderr when it does not.
 fn get_from_namespace(cluster: &LocalCluster, from: usize, to: SocketAddr) -> Result<(), String> {
     let ns = cluster.namespace(from).expect("a namespace per node");
     let out = Command::new("ip")
@@ -72,8 +74,8 @@ fn get_from_namespace(cluster: &LocalCluster, from: usize, to: SocketAddr) -> Re
         .output()
         .expect("run chordkv inside a namespace");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    // "not found" is an answer: the node was reached.
-    if out.status.success() || stderr.contains("not found") {
+    // "not found" and a server error ("no lease yet", ...) are answers: the node was reached.
+    if out.status.success() || stderr.contains("not found") || stderr.contains("server error (") {
         Ok(())
     } else {
         Err(stderr)
@@ -100,20 +102,15 @@ fn a_partition_drops_packets_between_groups_and_the_heal_restores_them() {
     let across = get_from_namespace(&cluster, 0, addrs[1]).expect_err("the cut drops packets");
     assert!(across.contains("timed out"), "dropped, not refused: {across}");
     // Within a side, and from this process to every node, traffic flows.
-    assert!(
-        get_from_namespace(&cluster, 1, addrs[2]).is_ok(),
-        "1 and 2 are on the same side"
-    );
+    let within = get_from_namespace(&cluster, 1, addrs[2]);
+    assert!(within.is_ok(), "1 and 2 are on the same side: {within:?}");
     for &addr in &addrs {
         let mut c = Client::connect(addr, REQUEST_TIMEOUT).expect("this process reaches every node");
         c.info().expect("and every node answers it");
     }
-    // The ring sees the cut: node 0 is alone on its side.
-    poll_until(CONVERGE_TIMEOUT, "node 0 to drop its cut-off peers", || {
-        let info = Client::connect(addrs[0], REQUEST_TIMEOUT).ok()?.info().ok()?;
-        let alone = info.successors.iter().all(|s| s.addr == addrs[0]);
-        alone.then_some(())
-    });
+    // What the nodes make of the cut is the core's business (the consistent policy keeps
+    // unanswering members in the ring); the test only holds the cut long enough to matter.
+    std::thread::sleep(CUT);
 
     let healed_at = Instant::now();
     cluster.heal().expect("heal");
@@ -184,7 +181,6 @@ fn unacknowledged_bytes(ns: &str, to: SocketAddr) -> Option<u64> {
 ///   PUT k NEW -> O: acknowledged;  heal;  E's retransmission delivers OLD to O
 /// ```
 #[test]
-#[ignore = "issue 11: today the entry's side of the cut acknowledges PUT OLD itself, the rings of the two sides do not merge after the heal, and the entry's side returns OLD; the core's request deadlines, quorums and ring repair fix it"]
 fn a_write_answered_with_an_error_across_a_cut_never_applies_after_the_heal() {
     const TEST: &str = "late_delivery";
     if !namespaces_available(TEST) {
