@@ -11,10 +11,11 @@
 //! ```
 //!
 //! A write that was acknowledged ends when its acknowledgement arrived. One that failed ends
-//! when it can no longer take effect: [`failed_write_end`]. A hot-key run of 10 s is about
+//! when it can no longer take effect: [`failed_write_end`], bounded by the deadline every
+//! request carries. A hot-key run of 10 s is about
 //! 500,000 operations, so an entry is four `u64`s: 16 MB for such a run.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chordkv_node::client::ClientError;
 use chordkv_node::history::{History, Time};
@@ -53,42 +54,47 @@ impl RunClock {
     }
 }
 
-/// What the attempts of one operation leave open after it failed, for [`failed_write_end`].
+/// Added to a deadline taken from this process's clocks: the client rounds the wall-clock
+/// deadline it sends down to a millisecond.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(1);
+
+/// What the attempts of one operation leave open after it failed, for [`failed_write_end`]:
+/// the last moment one of them may still take effect.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Attempts {
-    /// An attempt was sent (or may have been) and got no answer: a client-side timeout, a
-    /// connection that broke after the request went out, a reply that was not one.
-    pub unanswered: bool,
-    /// When the last error answer arrived.
-    pub last_answer: Option<Instant>,
+    /// The latest moment an attempt may take effect, if one went out.
+    pub last_effect: Option<Instant>,
 }
 
 impl Attempts {
-    /// Notes how one attempt failed, at `now`.
-    pub fn failed(&mut self, e: &ClientError, now: Instant) {
-        match e {
+    /// Notes how one attempt failed, at `now`, with the client's request `timeout`.
+    ///
+    /// Every request carries a deadline, its send time plus the client's timeout, and a node
+    /// never starts a write past it (nor within its `max_clock_offset_ms` of it, so clocks
+    /// that differ within that bound agree), and never applies one after answering it with
+    /// an error. So an attempt answered with an error ends at the answer; one that timed out
+    /// ends when the client gave up, which is its deadline; one whose connection broke, or
+    /// whose answer was not one, was sent before `now`, so its deadline is before
+    /// `now + timeout`.
+    pub fn failed(&mut self, e: &ClientError, now: Instant, timeout: Duration) {
+        let until = match e {
             // Never sent.
-            ClientError::Connect { .. } | ClientError::TooLarge { .. } => {}
-            ClientError::Server { .. } => self.last_answer = Some(now),
-            ClientError::Timeout { .. }
-            | ClientError::Io { .. }
-            | ClientError::Protocol(_)
-            | ClientError::Unexpected(_) => self.unanswered = true,
-        }
+            ClientError::Connect { .. } | ClientError::TooLarge { .. } => return,
+            ClientError::Server { .. } => now,
+            ClientError::Timeout { .. } => now + DEADLINE_MARGIN,
+            ClientError::Io { .. } | ClientError::Protocol(_) | ClientError::Unexpected(_) => {
+                now + timeout + DEADLINE_MARGIN
+            }
+        };
+        self.last_effect = Some(self.last_effect.map_or(until, |t| t.max(until)));
     }
 }
 
 /// The last moment a write that was not acknowledged may still take effect, on the run's
-/// clock. A node that answers an error promises the write will not apply after its answer,
-/// so when every attempt that went out was answered, that is the last answer (or the
-/// invocation, when none went out). An attempt without an answer may, as far as the protocol
-/// promises today, apply at any later time: [`Time::MAX`]. When requests carry a deadline,
-/// this is the one place that bounds it (the deadline plus the nodes' clock offset).
+/// clock: the latest of its attempts' ends (see [`Attempts::failed`]), or its invocation when
+/// no attempt went out.
 pub fn failed_write_end(attempts: &Attempts, invoke: Time, clock: &RunClock) -> Time {
-    if attempts.unanswered {
-        return Time::MAX;
-    }
-    attempts.last_answer.map_or(invoke, |t| clock.at(t).max(invoke))
+    attempts.last_effect.map_or(invoke, |t| clock.at(t).max(invoke))
 }
 
 /// Kinds of entry, in the top bits of [`Entry::key_kind`].
@@ -220,7 +226,6 @@ impl OpLog {
 mod tests {
     use super::*;
     use std::net::SocketAddr;
-    use std::time::Duration;
 
     #[test]
     fn an_entry_is_four_words() {
@@ -245,10 +250,11 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_ends_at_its_last_answer_unless_an_attempt_went_unanswered() {
+    fn a_failed_write_ends_at_its_last_answer_or_deadline() {
         let clock = RunClock::start();
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let later = Instant::now() + Duration::from_millis(5);
+        let timeout = Duration::from_secs(1);
+        let at = |ms: u64| clock.start + Duration::from_millis(ms);
         let mut a = Attempts::default();
         assert_eq!(failed_write_end(&a, 3, &clock), 3, "nothing went out");
         a.failed(
@@ -256,29 +262,38 @@ mod tests {
                 addr,
                 source: std::io::ErrorKind::ConnectionRefused.into(),
             },
-            later,
+            at(5),
+            timeout,
         );
         assert_eq!(
             failed_write_end(&a, 3, &clock),
             3,
             "a refused connect sends nothing"
         );
-        a.failed(
-            &ClientError::Server {
-                code: chordkv_node::protocol::ErrorCode::Unavailable,
-                text: "no".into(),
-            },
-            later,
+        let answer = ClientError::Server {
+            code: chordkv_node::protocol::ErrorCode::Unavailable,
+            text: "no".into(),
+        };
+        a.failed(&answer, at(5), timeout);
+        assert_eq!(failed_write_end(&a, 3, &clock), 5_000, "the error answer");
+        a.failed(&ClientError::Timeout { addr, timeout }, at(1_010), timeout);
+        assert_eq!(
+            failed_write_end(&a, 3, &clock),
+            1_011_000,
+            "when the client gave up"
         );
-        assert!(failed_write_end(&a, 3, &clock) >= 5_000);
-        assert!(failed_write_end(&a, 3, &clock) < Time::MAX);
-        a.failed(
-            &ClientError::Timeout {
-                addr,
-                timeout: Duration::from_secs(1),
-            },
-            later,
+        let broken = ClientError::Io {
+            addr,
+            source: std::io::ErrorKind::ConnectionReset.into(),
+        };
+        a.failed(&broken, at(1_020), timeout);
+        assert_eq!(
+            failed_write_end(&a, 3, &clock),
+            2_021_000,
+            "a timeout after the break"
         );
-        assert_eq!(failed_write_end(&a, 3, &clock), Time::MAX);
+        // A later answer does not shorten what an earlier attempt left open.
+        a.failed(&answer, at(1_030), timeout);
+        assert_eq!(failed_write_end(&a, 3, &clock), 2_021_000);
     }
 }

@@ -480,7 +480,7 @@ impl Worker<'_> {
                 match self.execute_at_owner(op, key, value, timeout) {
                     Ok(done) => return Ok(done),
                     Err(e) => {
-                        fate.failed(&e, Instant::now());
+                        fate.failed(&e, Instant::now(), timeout);
                         if matches!(e, ClientError::Timeout { .. }) {
                             self.timeouts += 1;
                         }
@@ -502,7 +502,7 @@ impl Worker<'_> {
                 Ok(done) => return Ok(done),
                 Err(e) => e,
             };
-            fate.failed(&e, Instant::now());
+            fate.failed(&e, Instant::now(), timeout);
             if matches!(e, ClientError::Timeout { .. }) {
                 self.timeouts += 1;
             }
