@@ -394,6 +394,27 @@ impl Client {
         }
     }
 
+    /// Tells the node that `node` is gone for good (`chordkv forget`); the node passes the
+    /// notice around the ring. Returns whether it was news to this node.
+    pub fn forget(&mut self, node: NodeRef) -> Result<bool> {
+        match self.request(Message::Forget { node })? {
+            Message::ForgetReply { forgotten } => Ok(forgotten),
+            other => Err(unexpected("FORGET", &other)),
+        }
+    }
+
+    /// The ring member this node knows at `addr` (its predecessor or one of its successors),
+    /// with its id.
+    pub fn member_at(&mut self, addr: SocketAddr) -> Result<Option<NodeRef>> {
+        let info = self.info()?;
+        Ok(info
+            .predecessor
+            .into_iter()
+            .chain(info.successors)
+            .chain(info.fingers)
+            .find(|n| n.addr == addr))
+    }
+
     /// The node's counters and gauges, in the order the node sent them.
     pub fn stats(&mut self) -> Result<Vec<(String, u64)>> {
         match self.request(Message::GetStats)? {
@@ -715,6 +736,15 @@ fn ring_node(info: &NodeInfo) -> RingNode {
     }
 }
 
+/// Milliseconds since the Unix epoch on this machine's clock: request deadlines are wall-clock
+/// times, which nodes compare with theirs (clocks must agree within the nodes'
+/// `--max-clock-offset-ms`).
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -919,13 +949,4 @@ mod tests {
         check_ring(&[info(10, None, 10)], true, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
     }
-}
-
-/// Milliseconds since the Unix epoch on this machine's clock: request deadlines are wall-clock
-/// times, which nodes compare with theirs (clocks must agree within the nodes'
-/// `--max-clock-offset-ms`).
-pub fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

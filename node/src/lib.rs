@@ -7,7 +7,8 @@
 //! 2. [`chord`]: the Chord protocol as a deterministic state machine: ring, fingers, successor
 //!    list, stabilize, routing, key handoff. No sockets, threads or clock.
 //! 3. [`sim`]: a simulated network that drives many state machines with seeded delays, loss,
-//!    crashes and partitions: the deterministic test bed (and, later, the simulator).
+//!    crashes, restarts, pauses, partitions, duplication, reordering and clock skew, with
+//!    random fault schedules and oracles: the deterministic test bed (and the simulator).
 //! 4. [`server`]: the mio event loop that drives one state machine over TCP in production.
 //! 5. [`client`]: a blocking client for the binary protocol; [`owner_client`]: client-side
 //!    routing straight to each key's owner; and [`cluster`], which runs a local ring of

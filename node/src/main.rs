@@ -30,7 +30,7 @@ use chordkv_node::cluster::{self, ClusterSpec, LocalCluster};
 use chordkv_node::server::{self, ServerConfig};
 use chordkv_node::sim::lookup::{LookupSim, LookupSimConfig, Workload};
 use chordkv_node::store;
-use chordkv_protocol::Id;
+use chordkv_protocol::{Id, NodeRef};
 
 /// Default per-request timeout of the client commands, in milliseconds.
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -153,6 +153,23 @@ enum Command {
         /// `maintenance_per_s` (routing maintenance requests per second of uptime).
         #[arg(long)]
         json: bool,
+    },
+    /// Declare a node gone for good (it left the membership without handing over)
+    ///
+    /// Under the partition policy `consistent` a node that stops answering stays a member of
+    /// the ring: the ranges whose preference lists it is in keep needing a majority that
+    /// counts it, so a ring that lost a majority of some ranges for ever serves them again only
+    /// once the dead nodes are forgotten. The node at --node drops DEAD_ADDR from its lists and
+    /// passes the notice around the ring; the ranges it held are served by the next members
+    /// (from their copies: what only the dead node held is lost). Under `available` it ends the
+    /// probing of the node and lets tombstones its ranges held back be collected. A forgotten
+    /// node that comes back joins as a new member; restart it with an empty store.
+    Forget {
+        #[command(flatten)]
+        target: Target,
+        /// The address of the node to forget (as the ring knows it).
+        #[arg(value_name = "DEAD_ADDR")]
+        dead: String,
     },
     /// Simulate lookups on a ring of N nodes (no network: the real node state machines on a
     /// simulated one)
@@ -403,6 +420,7 @@ fn main() -> ExitCode {
         Command::Del { key, target } => cmd_del(&target, key, timeout),
         Command::Ring { target, json } => cmd_ring(&target, json, timeout),
         Command::Stats { target, json } => cmd_stats(&target, json, timeout),
+        Command::Forget { target, dead } => cmd_forget(&target, &dead, timeout),
         Command::Sim(args) => cmd_sim(args),
     };
     match result {
@@ -737,6 +755,25 @@ fn ring_table(report: &RingReport) -> String {
         text.push_str(&format!("problem: {problem}\n"));
     }
     text
+}
+
+fn cmd_forget(target: &Target, dead: &str, timeout: Duration) -> anyhow::Result<Outcome> {
+    let dead = parse_addr(dead)?;
+    let mut client = connect(target, timeout)?;
+    // The ring knows the node by its advertised address, and by the id derived from it
+    // unless it was started with --id: ask the ring for the id it knows.
+    let node = client
+        .member_at(dead)?
+        .unwrap_or_else(|| NodeRef::from_addr(dead));
+    let forgotten = client.forget(node)?;
+    let mut out = io::stdout().lock();
+    if forgotten {
+        writeln!(out, "forgotten: {dead}")?;
+    } else {
+        writeln!(out, "already forgotten: {dead}")?;
+    }
+    out.flush()?;
+    Ok(Outcome::Success)
 }
 
 fn cmd_stats(target: &Target, json: bool, timeout: Duration) -> anyhow::Result<Outcome> {

@@ -175,11 +175,14 @@ fn the_same_seed_gives_the_same_numbers() {
 }
 
 /// A simulation with the given routing and cache, three copies of every key.
+/// The lookup schemes under churn where a crashed node leaves the ring at once: the partition
+/// policy `available` (under `consistent` a crashed node stays a member until it returns).
 fn sim(seed: u64, routing: Routing, cache_entries: usize) -> Sim {
     println!("seed = {seed}, routing {routing}, cache {cache_entries}");
     let mut chord = Config::with_stabilize_interval_ms(STABILIZE_MS);
     chord.routing = routing;
     chord.cache_entries = cache_entries;
+    chord.partition_policy = chordkv_node::chord::config::PartitionPolicy::Available;
     Sim::new(SimConfig {
         seed,
         min_delay_ms: 1,

@@ -88,6 +88,12 @@ pub fn cluster_spec(name: &str, nodes: usize) -> ClusterSpec {
     spec
 }
 
+/// Arguments that make a ring drop a node that stops answering and serve on without it: the
+/// partition policy `available`. The tests of re-replication onto the surviving nodes use it;
+/// under the default `consistent` a node that stops answering stays a member until it returns
+/// or is forgotten (see `tests/tests/faults.rs`).
+pub const AVAILABLE: [&str; 2] = ["--partition-policy", "available"];
+
 /// Starts a test cluster and waits until its ring is consistent.
 pub fn start_cluster(name: &str, nodes: usize) -> LocalCluster {
     start_spec(name, cluster_spec(name, nodes))

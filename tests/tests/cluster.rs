@@ -13,8 +13,8 @@ use chordkv_node::cluster::LocalCluster;
 use chordkv_node::rng::Rng;
 use chordkv_protocol::{in_half_open, Id};
 use chordkv_tests::{
-    chordkv, chordkv_bin, cluster_spec, lines_of, scratch_dir, seed, signal, start_cluster, start_spec,
-    ChildGuard, Clients, CONVERGE_TIMEOUT, NODE_ARGS, REQUEST_TIMEOUT, SIGTERM,
+    chordkv, chordkv_bin, cluster_spec, lines_of, scratch_dir, seed, signal, start_spec, ChildGuard, Clients,
+    AVAILABLE, CONVERGE_TIMEOUT, NODE_ARGS, REQUEST_TIMEOUT, SIGTERM,
 };
 
 const KEYS: usize = 1_000;
@@ -158,7 +158,10 @@ fn keys_survive_a_join_and_a_graceful_leave() {
 #[test]
 fn ring_heals_after_a_crash_a_restart_and_a_freeze() {
     let name = "crash_restart_freeze";
-    let mut cluster: LocalCluster = start_cluster(name, 4);
+    // A ring that routes around a crashed or frozen node by dropping it: `available`.
+    let mut spec = cluster_spec(name, 4);
+    spec.node_args.extend(AVAILABLE.iter().map(|s| s.to_string()));
+    let mut cluster: LocalCluster = start_spec(name, spec);
     let mut clients = Clients::new();
 
     cluster.kill(1).expect("kill node 1");

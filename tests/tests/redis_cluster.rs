@@ -13,12 +13,22 @@ use chordkv_node::client::ClientError;
 use chordkv_node::cluster::LocalCluster;
 use chordkv_node::rng::Rng;
 use chordkv_protocol::ErrorCode;
-use chordkv_tests::{redis_cluster_spec, seed, Clients, RedisServer, CONVERGE_TIMEOUT};
+use chordkv_tests::{redis_cluster_spec, seed, Clients, RedisServer, AVAILABLE, CONVERGE_TIMEOUT};
 
 const KEYS: usize = 500;
 
 fn start(name: &str, nodes: usize, redis: &RedisServer) -> LocalCluster {
-    let spec = redis_cluster_spec(name, nodes, redis);
+    start_with(name, redis_cluster_spec(name, nodes, redis), redis)
+}
+
+fn start_available(name: &str, nodes: usize, redis: &RedisServer) -> LocalCluster {
+    let mut spec = redis_cluster_spec(name, nodes, redis);
+    spec.node_args.extend(AVAILABLE.iter().map(|s| s.to_string()));
+    start_with(name, spec, redis)
+}
+
+fn start_with(name: &str, spec: chordkv_node::cluster::ClusterSpec, redis: &RedisServer) -> LocalCluster {
+    let spec_nodes = spec.nodes;
     eprintln!(
         "{name}: redis at {}; node logs in {}",
         redis.url(),
@@ -28,7 +38,7 @@ fn start(name: &str, nodes: usize, redis: &RedisServer) -> LocalCluster {
     let report = cluster
         .wait_consistent(CONVERGE_TIMEOUT)
         .expect("the new ring converges");
-    assert_eq!(report.nodes.len(), nodes);
+    assert_eq!(report.nodes.len(), spec_nodes);
     cluster
 }
 
@@ -176,7 +186,8 @@ fn two_kills_on_the_redis_driver_lose_nothing_and_copies_are_restored() {
     const N: usize = 2_000;
     let mut rng = Rng::new(seed(name));
     let redis = RedisServer::start();
-    let mut cluster = start(name, 8, &redis);
+    // Copies restored onto the surviving nodes: `available` (see `AVAILABLE`).
+    let mut cluster = start_available(name, 8, &redis);
     let mut clients = Clients::new();
     let addrs = cluster.addrs();
     let mut data = BTreeMap::new();

@@ -20,7 +20,7 @@ use chordkv_node::client::{Client, RingReport};
 use chordkv_node::cluster::{ClusterSpec, LocalCluster};
 use chordkv_node::rng::Rng;
 use chordkv_protocol::Id;
-use chordkv_tests::{cluster_spec, seed, start_spec, Clients, CONVERGE_TIMEOUT};
+use chordkv_tests::{cluster_spec, seed, start_spec, Clients, AVAILABLE, CONVERGE_TIMEOUT};
 
 /// Copies of every key: the primary and `--replicas 2`.
 const COPIES: u64 = 3;
@@ -349,11 +349,12 @@ fn logs_of(cluster: &LocalCluster) -> String {
 
 #[test]
 fn two_simultaneous_kills_lose_nothing_and_copies_are_restored() {
+    // Copies restored onto the surviving nodes: the partition policy `available`.
     const KEYS: usize = 2_000;
     let _serial = one_at_a_time();
     let name = "two_kills";
     let mut rng = Rng::new(seed(name));
-    let mut cluster = start_spec(name, replicated_spec(name, 8, &[]));
+    let mut cluster = start_spec(name, replicated_spec(name, 8, &AVAILABLE));
     let mut clients = Clients::new();
 
     let addrs = cluster.addrs();
@@ -401,7 +402,7 @@ fn three_adjacent_kills_lose_exactly_the_keys_they_all_held() {
     let _serial = one_at_a_time();
     let name = "three_adjacent_kills";
     let mut rng = Rng::new(seed(name));
-    let mut cluster = start_spec(name, replicated_spec(name, 8, &[]));
+    let mut cluster = start_spec(name, replicated_spec(name, 8, &AVAILABLE));
     let mut clients = Clients::new();
 
     let addrs = cluster.addrs();
@@ -474,7 +475,7 @@ fn a_restarted_node_gets_its_ranges_back() {
     let _serial = one_at_a_time();
     let name = "restart_gets_ranges";
     let mut rng = Rng::new(seed(name));
-    let mut cluster = start_spec(name, replicated_spec(name, 6, &[]));
+    let mut cluster = start_spec(name, replicated_spec(name, 6, &AVAILABLE));
     let mut clients = Clients::new();
 
     let addrs = cluster.addrs();

@@ -222,6 +222,13 @@ impl Config {
         self.partition_policy == PartitionPolicy::Consistent
     }
 
+    /// How long a departed neighbour (`available`) is probed, and holds back the collection of
+    /// tombstones of our range if it kept copies of it: ten tombstone graces. An operator who
+    /// knows it is gone for good says so sooner with `chordkv forget`.
+    pub fn departed_ttl_ms(&self) -> u64 {
+        self.tombstone_grace_ms.saturating_mul(10)
+    }
+
     /// How long a lease's promise lasts (`consistent`): one RPC timeout (the failure detection
     /// bound) plus the clock offset bound, so a holder can stamp writes for at least one RPC
     /// timeout after asking and a stand-in takes over soon after the holder goes silent.

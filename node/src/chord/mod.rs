@@ -178,6 +178,20 @@ impl RpcKind {
     }
 }
 
+/// A neighbour that stopped answering (partition policy `available`).
+#[derive(Clone, Copy, Debug)]
+struct Departed {
+    node: NodeRef,
+    since: Millis,
+    /// It was one of our replicas: it may hold old copies of our range.
+    holder: bool,
+}
+
+/// Departed neighbours remembered at most (the oldest are dropped first).
+const MAX_DEPARTED: usize = 64;
+/// Departed neighbours probed per stabilize period.
+const DEPARTED_PROBES_PER_ROUND: usize = 4;
+
 /// Most members in one `MEMBERS` page.
 pub const MEMBERS_PAGE: usize = 4_096;
 /// Owners after the first that a one-hop lookup names (where to fail over).
@@ -328,6 +342,9 @@ pub struct Stats {
     pub future_versions_refused: u64,
     /// Times the store reported it had lost its data.
     pub store_losses: u64,
+    /// Successors adopted from a departed node that answered again (`available`: rings that
+    /// formed during a partition merging).
+    pub ring_merges: u64,
 }
 
 /// One Chord node's state machine. See the module docs.
@@ -378,6 +395,10 @@ pub struct Node {
     /// Nodes that left the ring or were forgotten, until when they are kept out of every list
     /// (a stale successor list must not bring them back).
     gone: BTreeMap<SocketAddr, (NodeRef, Millis)>,
+    /// `available`: neighbours dropped because they stopped answering, probed until they answer
+    /// (ring merging after a partition) or `departed_ttl_ms` passes; `holder`: it kept copies of
+    /// our range, so our tombstones wait for it.
+    departed: BTreeMap<SocketAddr, Departed>,
     /// Leases held and promised (partition policy `consistent`, `lease.rs`).
     leases: Leases,
     /// The store reported that it lost its data and it has not been refilled yet.
@@ -458,6 +479,7 @@ impl Node {
             pred_list: None,
             pred_incarnation: None,
             gone: BTreeMap::new(),
+            departed: BTreeMap::new(),
             leases: Leases::default(),
             store_lost: false,
             declared: Vec::new(),
@@ -905,7 +927,7 @@ impl Node {
             RpcKind::Lease(primary, round) => {
                 self.on_lease_reply(now, primary, round, from, Some(frame.message))
             }
-            RpcKind::Probe => {}
+            RpcKind::Probe => self.on_probe_reply(now, from, frame.message),
             RpcKind::Transfer(t) => self.on_transfer_ack(now, t, frame.message),
             RpcKind::Leaving => self.on_leaving_reply(now, frame.message),
             RpcKind::LeavingHint | RpcKind::Collect => {}
@@ -1058,7 +1080,7 @@ impl Node {
     pub fn stat_counters(&self, now: Millis, keys: u64, keys_primary: u64) -> Vec<(String, u64)> {
         let s = &self.stats;
         let (leases_valid, leases_held) = self.leases.counts(now);
-        let pairs: [(&str, u64); 51] = [
+        let pairs: [(&str, u64); 53] = [
             ("keys", keys),
             ("keys_primary", keys_primary),
             ("keys_replica", keys.saturating_sub(keys_primary)),
@@ -1107,6 +1129,8 @@ impl Node {
             ("ops_refused_no_lease", s.ops_refused_no_lease),
             ("future_versions_refused", s.future_versions_refused),
             ("store_losses", s.store_losses),
+            ("ring_merges", s.ring_merges),
+            ("departed", self.departed.len() as u64),
             ("leases_held", leases_held as u64),
             ("leases_valid", leases_valid as u64),
             (
@@ -1247,6 +1271,20 @@ impl Node {
             self.routing.forget_finger(addr);
             return;
         }
+        // `available`: it leaves our ring now. Remember it (it may be paused or cut off): it is
+        // probed so two rings merge when a partition heals, and while it is away it may hold
+        // old copies of our range, so our tombstones stay (see `sync.rs`).
+        let neighbour = self
+            .routing
+            .successors()
+            .iter()
+            .chain(self.predecessor.iter())
+            .find(|n| n.addr == addr)
+            .copied();
+        if let Some(n) = neighbour {
+            let holder = self.replica_targets().iter().any(|r| r.addr == addr);
+            self.remember_departed(now, n, holder);
+        }
         self.routing.forget(addr);
         if let Some(p) = self.predecessor.filter(|p| p.addr == addr) {
             self.predecessor = None;
@@ -1262,6 +1300,101 @@ impl Node {
             if let Some(n) = fallback {
                 self.routing.set_successors([n], self.config.successors);
             }
+        }
+    }
+
+    fn remember_departed(&mut self, now: Millis, node: NodeRef, holder: bool) {
+        let entry = self.departed.entry(node.addr).or_insert(Departed {
+            node,
+            since: now,
+            holder: false,
+        });
+        entry.holder |= holder;
+        if self.departed.len() > MAX_DEPARTED {
+            let oldest = self.departed.iter().min_by_key(|(_, d)| d.since).map(|(a, _)| *a);
+            if let Some(a) = oldest {
+                self.departed.remove(&a);
+            }
+        }
+    }
+
+    /// Whether a node that held copies of our range is away (`available`): it may come back
+    /// with copies of keys deleted meanwhile, so tombstones are not collected until it does (or
+    /// `departed_ttl_ms` passes, or an operator forgets it).
+    fn holder_away(&self) -> bool {
+        self.departed.values().any(|d| d.holder)
+    }
+
+    /// `available`: asks a few departed neighbours for their neighbours. One that answers is
+    /// back: it and the nodes it names are candidates for our successor, which is how two rings
+    /// formed on both sides of a partition merge once it heals (Chord ToN 2003: remember the
+    /// nodes that went away and keep probing them; stabilize then zips the rings together).
+    fn probe_departed(&mut self, now: Millis) {
+        let ttl = self.config.departed_ttl_ms();
+        self.departed.retain(|_, d| now.saturating_sub(d.since) < ttl);
+        let mut due: Vec<(Millis, SocketAddr)> = self
+            .departed
+            .iter()
+            .filter(|(a, _)| {
+                !self
+                    .rpcs
+                    .values()
+                    .any(|r| r.to == **a && r.kind == RpcKind::Probe)
+            })
+            .map(|(a, d)| (d.since, *a))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        // Round-robin: the start moves with the clock, so every entry is probed in turn.
+        due.sort();
+        let start = (now / self.config.stabilize_interval_ms.max(1)) as usize % due.len();
+        let picks: Vec<SocketAddr> = due
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(DEPARTED_PROBES_PER_ROUND.min(due.len()))
+            .map(|(_, a)| *a)
+            .collect();
+        for addr in picks {
+            self.send_rpc(now, addr, Message::GetNeighbors, RpcKind::Probe, 0);
+        }
+    }
+
+    /// A probed node answered: it is back. `available`: adopt it (or a node it names) as our
+    /// successor when it lies between us and our successor.
+    fn on_probe_reply(&mut self, now: Millis, from: SocketAddr, msg: Message) {
+        let back = self.departed.remove(&from);
+        if self.config.is_consistent() {
+            return;
+        }
+        let Message::Neighbors {
+            predecessors,
+            successors,
+            gone,
+            ..
+        } = msg
+        else {
+            return;
+        };
+        self.learn_gone(now, &gone);
+        let mut candidates: Vec<NodeRef> = back.map(|d| d.node).into_iter().collect();
+        candidates.extend(predecessors);
+        candidates.extend(successors);
+        let me = self.me;
+        let succ = self.routing.successors().first().copied();
+        let closer = candidates
+            .into_iter()
+            .filter(|n| n.addr != me.addr && !self.is_dead(&n.addr) && !self.gone.contains_key(&n.addr))
+            .filter(|n| succ.is_none_or(|s| in_open(&n.id, &me.id, &s.id)))
+            .min_by_key(|n| me.id.distance_limbs(&n.id));
+        if let Some(n) = closer {
+            self.stats.ring_merges += 1;
+            let mut list = vec![n];
+            list.extend_from_slice(self.routing.successors());
+            self.routing.set_successors(list, self.config.successors);
+            self.remember_seed(n.addr);
+            self.next_stabilize = now;
         }
     }
 
@@ -1444,6 +1577,7 @@ impl Node {
         // stabilize period); short enough that the node may join again soon after.
         let keep_ms = self.config.dead_peer_ttl_ms * 4;
         self.gone.insert(node.addr, (node, now + keep_ms));
+        self.departed.remove(&node.addr);
         self.seeds.retain(|a| *a != node.addr);
         self.routing.forget(node.addr);
         self.dead.remove(&node.addr);
@@ -1521,6 +1655,8 @@ impl Node {
         }
         if self.config.is_consistent() {
             self.probe_down_members(now);
+        } else {
+            self.probe_departed(now);
         }
     }
 

@@ -243,7 +243,11 @@ impl Node {
             // Our range is as complete as our replicas' copies: refilled after a loss.
             self.store_lost = false;
         }
-        if r.differences == 0 && r.failed.is_empty() && !r.local_failed && r.complete {
+        // Tombstones go only once every node that may hold an older copy has them: every
+        // member of the preference list under `consistent` (`complete`), and under `available`
+        // no replica that went away may be about to come back with one.
+        let holders_all_here = r.complete && !self.holder_away();
+        if r.differences == 0 && r.failed.is_empty() && !r.local_failed && holders_all_here {
             // Every replica holds exactly what we hold: old tombstones can go everywhere.
             let before = r
                 .clock_at_start

@@ -1,29 +1,58 @@
 //! A deterministic simulated network that drives many [`Node`] state machines, the same code
-//! the server runs, with seeded message delays, loss, crashes, restarts and partitions.
+//! the server runs, with seeded message delays, loss, crashes, restarts, pauses, partitions,
+//! duplication, reordering and clock skew.
 //!
 //! Modelled on raft-rs' test harness: the simulation owns every node and a priority queue of
 //! timed events (message deliveries, timer ticks); [`Sim::run_until`] pops them in time order.
-//! Given a seed it replays exactly: one RNG decides every delay and loss, ties are broken by
-//! insertion order, and nothing reads the wall clock.
+//! Given a seed it replays exactly: one RNG decides every delay, loss, duplicate, extra delay
+//! and clock, ties are broken by insertion order, and nothing reads the wall clock. A fault
+//! that is off draws nothing from the RNG, so turning on a new kind of fault never changes
+//! the runs of seeds that do not use it.
 //!
-//! A crashed node goes silent (its messages vanish and requests to it time out), the harsh
-//! case of a machine that stops answering rather than a process whose port refuses.
+//! The faults, as the nodes see them:
 //!
-//! Oracles: [`Sim::ring_is_consistent`], [`Sim::fingers_are_correct`] and [`Sim::owner_of`]
-//! compute the true ring from the set of live nodes, for tests to compare against.
+//! | fault                               | the node itself                  | its peers                        |
+//! |-------------------------------------|----------------------------------|----------------------------------|
+//! | [`Sim::crash`]                      | gone; its store is kept aside    | silence: requests time out       |
+//! | [`Sim::restart`]                    | a new `Node`, empty store, joins | a node joining                   |
+//! | [`Sim::restart_with_store`]         | a new `Node`, old store, joins   | a node joining                   |
+//! | [`Sim::leave`], then exit           | hands its keys over and stops    | its port refuses: "unreachable"  |
+//! | [`Sim::pause`] / [`Sim::resume`]    | frozen; inputs queue; on resume  | silence, then late answers       |
+//! |                                     | handles them, clock jumped ahead |                                  |
+//! | [`Sim::partition`] (drop)           | its messages across the cut lost | silence                          |
+//! | [`Sim::partition_hold`]             | held, delivered after the heal   | silence, then late messages      |
+//! | duplication, reordering             | some messages twice, some late   | (the same)                       |
+//! | clock skew and drift                | its own clock ([`clock`])        |                                  |
+//!
+//! Every input to node `i` carries node `i`'s clock, never true time; `next_deadline()` is
+//! converted back to true time to schedule its tick. Client operations see true time
+//! ([`Sim::now`]), the time a history checker judges by ([`recorder`]).
+//!
+//! Oracles ([`oracle`]): [`Sim::ring_problem`] (the exact ring), [`Sim::zave_problem`]
+//! (Zave's invariants), [`Sim::fingers_are_correct`] and [`Sim::owner_of`] compute the truth
+//! from the set of live nodes, for tests to compare against. [`schedule`] generates random
+//! fault schedules from a seed.
 
+pub mod clock;
 pub mod lookup;
+mod network;
+pub mod oracle;
+pub mod recorder;
+pub mod schedule;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use bytes::Bytes;
 use chordkv_protocol::{Frame, Id, Message, NodeRef};
 
-use crate::chord::{Config, Millis, Node, Output, Phase, ReplyTo};
+use crate::chord::{Config, Millis, Node, Output, ReplyTo};
 use crate::rng::Rng;
 use crate::store::{execute, MemoryStore, Store};
+pub use clock::NodeClock;
+pub use network::CutMode;
+use network::{Links, Payload, Wire};
 
 /// `ReplyTo` values at or above this are simulated clients, below it node indices.
 const CLIENT_REPLY_BASE: u64 = 1 << 62;
@@ -37,6 +66,19 @@ pub struct SimConfig {
     pub max_delay_ms: u64,
     /// Probability that a message between two nodes is lost.
     pub loss: f64,
+    /// Probability that a message between two nodes is delivered twice (the copy with its own
+    /// delay): a retry after a reconnection. Requests and replies alike.
+    pub duplicate: f64,
+    /// Probability that a message between two nodes is delayed by an extra
+    /// `1..=reorder_max_ms`, so it arrives after messages sent later.
+    pub reorder: f64,
+    pub reorder_max_ms: u64,
+    /// Give each node a clock offset uniform in `±chord.max_clock_offset_ms / 2` (so any two
+    /// clocks differ by at most `chord.max_clock_offset_ms`). See [`clock`].
+    pub clock_skew: bool,
+    /// Give each node a clock drift uniform in `±clock_drift_ppm` (at most
+    /// [`clock::MAX_DRIFT_PPM`]), its deviation still held within the bound above.
+    pub clock_drift_ppm: u64,
     /// The nodes' configuration (each node's seed is derived from `seed` and its index).
     pub chord: Config,
     /// Print every store write of this key, with the node and time (debugging aid; also set
@@ -51,6 +93,11 @@ impl Default for SimConfig {
             min_delay_ms: 1,
             max_delay_ms: 5,
             loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            reorder_max_ms: 1_000,
+            clock_skew: false,
+            clock_drift_ppm: 0,
             chord: Config::default(),
             trace_key: std::env::var("SIM_TRACE_KEY").ok().map(Bytes::from),
         }
@@ -60,15 +107,20 @@ impl Default for SimConfig {
 struct SimNode {
     addr: SocketAddr,
     node: Node,
+    /// Survives a crash: [`Sim::restart_with_store`] gives it back to the new life.
     store: MemoryStore,
     alive: bool,
-    /// Bumped on restart so events for the previous life are dropped.
+    /// Bumped on crash and restart so events for the previous life are dropped.
     incarnation: u64,
     /// The time of the tick event in the queue, if any.
     tick_at: Option<Millis>,
     /// The node left gracefully: like an exited process, it refuses connections, so senders
     /// learn at once that it is unreachable (a crashed node stays silent instead).
     exited: bool,
+    /// Paused: inputs queue in `inbox`, in arrival order, until [`Sim::resume`].
+    paused: bool,
+    inbox: VecDeque<Event>,
+    clock: NodeClock,
 }
 
 enum Event {
@@ -77,12 +129,15 @@ enum Event {
         incarnation: u64,
         reply_to: ReplyTo,
         frame: Frame,
+        /// The message's number, for a request from a node (`None`: from a client).
+        sent: Option<u64>,
     },
     Reply {
         to: usize,
         incarnation: u64,
         from: SocketAddr,
         frame: Frame,
+        sent: u64,
     },
     ClientReply {
         handle: u64,
@@ -100,6 +155,38 @@ enum Event {
     },
 }
 
+/// One input fed to a node, as recorded once [`Sim::record_inputs`] is called: what the
+/// harness's own tests check the fault model with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Input {
+    /// True simulated time.
+    pub at: Millis,
+    /// The node's clock: the `now` the input carried.
+    pub clock: Millis,
+    pub node: usize,
+    pub kind: InputKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    /// A request from a node (`sent` numbers the message in send order) or from a client.
+    Request {
+        from: Option<usize>,
+        sent: Option<u64>,
+        request_id: u64,
+    },
+    Reply {
+        from: usize,
+        sent: u64,
+        request_id: u64,
+    },
+    Unreachable {
+        peer: usize,
+    },
+    Tick,
+    StoreDone,
+}
+
 /// A simulated cluster.
 pub struct Sim {
     config: SimConfig,
@@ -110,14 +197,17 @@ pub struct Sim {
     queue: BinaryHeap<Reverse<(Millis, u64)>>,
     events: HashMap<u64, Event>,
     next_seq: u64,
-    /// Pairs of node indices (low, high) that cannot talk.
-    cut: BTreeSet<(usize, usize)>,
+    links: Links,
+    /// Numbers messages between nodes in send order.
+    next_sent: u64,
     next_client: u64,
-    replies: HashMap<u64, Message>,
-    /// Messages delivered between nodes.
+    /// Client replies by handle, with the (true) time they arrived.
+    replies: HashMap<u64, (Millis, Message)>,
+    /// Messages sent between nodes.
     pub messages: u64,
     /// Print every message to and from this node (debugging aid, `SIM_TRACE_NODE`).
     trace_node: Option<usize>,
+    inputs: Option<Vec<Input>>,
 }
 
 /// The address of simulated node `i` (never dialled: the simulation routes by address).
@@ -137,16 +227,33 @@ impl Sim {
             queue: BinaryHeap::new(),
             events: HashMap::new(),
             next_seq: 0,
-            cut: BTreeSet::new(),
+            links: Links::default(),
+            next_sent: 0,
             next_client: 0,
             replies: HashMap::new(),
             messages: 0,
             trace_node: std::env::var("SIM_TRACE_NODE").ok().and_then(|v| v.parse().ok()),
+            inputs: None,
         }
     }
 
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// True simulated time.
     pub fn now(&self) -> Millis {
         self.now
+    }
+
+    /// Node `i`'s clock now: the `now` its inputs carry.
+    pub fn node_now(&self, i: usize) -> Millis {
+        self.nodes[i].clock.read(self.now)
+    }
+
+    /// Node `i`'s clock model.
+    pub fn clock(&self, i: usize) -> NodeClock {
+        self.nodes[i].clock
     }
 
     pub fn len(&self) -> usize {
@@ -161,17 +268,49 @@ impl Sim {
         &self.nodes[i].node
     }
 
+    /// Node `i`'s store (a crashed node's too: it is what a persistent restart gets back).
     pub fn store(&self, i: usize) -> &MemoryStore {
         &self.nodes[i].store
     }
 
+    /// Whether node `i` is running or paused (not crashed, not exited).
     pub fn is_alive(&self, i: usize) -> bool {
         self.nodes[i].alive
     }
 
-    /// Indices of live nodes.
+    pub fn is_paused(&self, i: usize) -> bool {
+        self.nodes[i].paused
+    }
+
+    /// Indices of live nodes (paused ones included: they are alive, only slow).
     pub fn alive(&self) -> Vec<usize> {
         (0..self.nodes.len()).filter(|&i| self.nodes[i].alive).collect()
+    }
+
+    /// Inputs queued at paused node `i`.
+    pub fn queued(&self, i: usize) -> usize {
+        self.nodes[i].inbox.len()
+    }
+
+    /// Messages held at hold-mode cuts.
+    pub fn held_messages(&self) -> usize {
+        self.links.held_count()
+    }
+
+    /// The number of the last message sent between nodes (messages are numbered from 1 in
+    /// send order, as [`InputKind`] reports them).
+    pub fn last_sent(&self) -> u64 {
+        self.next_sent
+    }
+
+    /// Starts recording every input fed to a node (see [`Sim::inputs`]).
+    pub fn record_inputs(&mut self) {
+        self.inputs.get_or_insert_with(Vec::new);
+    }
+
+    /// The inputs recorded since [`Sim::record_inputs`], in the order they were fed.
+    pub fn inputs(&self) -> &[Input] {
+        self.inputs.as_deref().unwrap_or(&[])
     }
 
     fn node_config(&self, i: usize) -> Config {
@@ -183,7 +322,7 @@ impl Sim {
     /// Adds a node that starts a new ring. Returns its index.
     pub fn add_first(&mut self) -> usize {
         let i = self.push_node();
-        let now = self.now;
+        let now = self.node_now(i);
         self.nodes[i].node.create(now);
         self.after_input(i);
         i
@@ -191,30 +330,33 @@ impl Sim {
 
     /// Adds a node that joins through node `via`. Returns its index.
     pub fn add_joining(&mut self, via: usize) -> usize {
-        let i = self.push_node();
-        let (now, via) = (self.now, self.nodes[via].addr);
-        self.nodes[i].node.join(now, via);
-        self.after_input(i);
-        i
+        self.add_joining_through(&[via])
     }
 
     /// A node that joins through `via[0]`, trying the others in turn if it does not answer
     /// (`chordkv node --join A,B,C`).
     pub fn add_joining_through(&mut self, via: &[usize]) -> usize {
         let i = self.push_node();
-        let now = self.now;
+        self.join_through(i, via);
+        i
+    }
+
+    fn join_through(&mut self, i: usize, via: &[usize]) {
+        let now = self.node_now(i);
         let addrs: Vec<_> = via.iter().map(|&v| self.nodes[v].addr).collect();
         self.nodes[i].node.join(now, addrs[0]);
-        self.nodes[i].node.add_join_peers(&addrs[1..]);
+        if addrs.len() > 1 {
+            self.nodes[i].node.add_join_peers(&addrs[1..]);
+        }
         self.after_input(i);
-        i
     }
 
     fn push_node(&mut self) -> usize {
         let i = self.nodes.len();
         let addr = sim_addr(i);
         let config = self.node_config(i);
-        let node = Node::new(NodeRef::from_addr(addr), config, self.now);
+        let clock = self.draw_clock();
+        let node = Node::new(NodeRef::from_addr(addr), config, clock.read(self.now));
         self.nodes.push(SimNode {
             addr,
             node,
@@ -223,62 +365,175 @@ impl Sim {
             incarnation: 0,
             tick_at: None,
             exited: false,
+            paused: false,
+            inbox: VecDeque::new(),
+            clock,
         });
         self.by_addr.insert(addr, i);
         i
     }
 
-    /// Node `i` stops answering, losing its memory store.
-    pub fn crash(&mut self, i: usize) {
-        self.nodes[i].alive = false;
-        self.nodes[i].incarnation += 1;
-        self.nodes[i].tick_at = None;
+    /// A new node's clock: true time unless skew or drift is on (only then is the RNG used).
+    fn draw_clock(&mut self) -> NodeClock {
+        let c = &self.config;
+        if !c.clock_skew && c.clock_drift_ppm == 0 {
+            return NodeClock::TRUE;
+        }
+        let half = c.chord.max_clock_offset_ms / 2;
+        let ppm = c.clock_drift_ppm.min(clock::MAX_DRIFT_PPM);
+        let skew = c.clock_skew;
+        let offset_ms = if skew {
+            self.rng.range(0, 2 * half) as i64 - half as i64
+        } else {
+            0
+        };
+        let drift_ppm = if ppm > 0 {
+            self.rng.range(0, 2 * ppm) as i64 - ppm as i64
+        } else {
+            0
+        };
+        NodeClock {
+            epoch_ms: half,
+            offset_ms,
+            drift_ppm,
+            half_bound_ms: half,
+        }
     }
 
-    /// Restarts crashed node `i` with an empty store; it joins through `via`.
+    /// Node `i` stops answering, as a machine that halts: its messages in flight still
+    /// arrive, nothing sent to it is answered, inputs queued while paused are lost. Its store
+    /// is kept aside for [`Sim::restart_with_store`].
+    pub fn crash(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.alive = false;
+        n.incarnation += 1;
+        n.tick_at = None;
+        n.paused = false;
+        n.inbox.clear();
+    }
+
+    /// Restarts node `i` with an empty store; it joins through `via`.
     pub fn restart(&mut self, i: usize, via: usize) {
+        self.restart_through(i, &[via], false);
+    }
+
+    /// Restarts node `i` on the same address with the store it had (a persistent store); it
+    /// joins through `via`.
+    pub fn restart_with_store(&mut self, i: usize, via: usize) {
+        self.restart_through(i, &[via], true);
+    }
+
+    /// Restarts node `i` (a new `Node`, with its old store when `keep_store`); it joins
+    /// through `via[0]`, then the others in turn.
+    pub fn restart_through(&mut self, i: usize, via: &[usize], keep_store: bool) {
         let mut config = self.node_config(i);
+        let now = self.node_now(i);
         let n = &mut self.nodes[i];
         n.alive = true;
         n.exited = false;
+        n.paused = false;
+        n.inbox.clear();
         n.incarnation += 1;
         // A restarted process is a new incarnation of the node (the server uses its start time).
         config.incarnation = n.incarnation;
         n.tick_at = None;
-        n.store = MemoryStore::new();
-        n.node = Node::new(NodeRef::from_addr(n.addr), config, self.now);
-        let via = self.nodes[via].addr;
-        let now = self.now;
-        self.nodes[i].node.join(now, via);
-        self.after_input(i);
+        if !keep_store {
+            n.store = MemoryStore::new();
+        }
+        n.node = Node::new(NodeRef::from_addr(n.addr), config, now);
+        self.join_through(i, via);
     }
 
     /// Starts a graceful leave of node `i`.
     pub fn leave(&mut self, i: usize) {
-        let now = self.now;
+        let now = self.node_now(i);
         self.nodes[i].node.leave(now);
         self.after_input(i);
     }
 
-    /// Cuts the links between every node of `a` and every node of `b`.
+    /// Node `i` stops processing anything (a stopped process, a long GC pause, a VM
+    /// migration): no ticks, no deliveries, no store ops. Messages and client requests to it
+    /// queue in arrival order; its peers see silence. Its clock keeps running.
+    pub fn pause(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        if n.alive && !n.paused {
+            n.paused = true;
+            n.tick_at = None;
+        }
+    }
+
+    /// Node `i` handles every input queued while it was paused, in order, then ticks: all
+    /// with its clock as it reads now, jumped forward by the pause.
+    pub fn resume(&mut self, i: usize) {
+        if !self.nodes[i].paused {
+            return;
+        }
+        self.nodes[i].paused = false;
+        for event in std::mem::take(&mut self.nodes[i].inbox) {
+            let (_, incarnation) = target(&event);
+            if self.live(i, incarnation) {
+                self.input(i, event);
+            }
+        }
+        if self.nodes[i].alive {
+            let clock = self.node_now(i);
+            self.log_input(i, clock, InputKind::Tick);
+            self.nodes[i].node.tick(clock);
+            self.after_input(i);
+        }
+    }
+
+    /// Cuts the links between every node of `a` and every node of `b`; messages across the
+    /// cut are lost.
     pub fn partition(&mut self, a: &[usize], b: &[usize]) {
+        self.partition_with(a, b, CutMode::Drop);
+    }
+
+    /// Cuts the links between every node of `a` and every node of `b`; messages across the
+    /// cut are held and delivered after [`Sim::heal`].
+    pub fn partition_hold(&mut self, a: &[usize], b: &[usize]) {
+        self.partition_with(a, b, CutMode::Hold);
+    }
+
+    pub fn partition_with(&mut self, a: &[usize], b: &[usize], mode: CutMode) {
         for &x in a {
             for &y in b {
-                if x != y {
-                    self.cut.insert((x.min(y), x.max(y)));
+                self.links.cut(x, y, mode);
+            }
+        }
+    }
+
+    /// How the link between `a` and `b` is cut, if it is.
+    pub fn cut_mode(&self, a: usize, b: usize) -> Option<CutMode> {
+        self.links.cut_mode(a, b)
+    }
+
+    /// Restores every cut link, and delivers the messages held at hold-mode cuts: those of a
+    /// link arrive together after one network delay, in the order they were sent.
+    pub fn heal(&mut self) {
+        for link in self.links.heal() {
+            let at = self.now + self.delay();
+            for wire in link {
+                if self.nodes[wire.from].incarnation == wire.from_incarnation {
+                    self.deliver_at(at, wire);
                 }
             }
         }
     }
 
-    /// Restores every cut link.
-    pub fn heal(&mut self) {
-        self.cut.clear();
-    }
-
     /// Sets the probability that a message is lost.
     pub fn set_loss(&mut self, p: f64) {
         self.config.loss = p;
+    }
+
+    /// Sets the probability that a message is delivered twice.
+    pub fn set_duplicate(&mut self, p: f64) {
+        self.config.duplicate = p;
+    }
+
+    /// Sets the probability that a message is delayed by up to `reorder_max_ms` more.
+    pub fn set_reorder(&mut self, p: f64) {
+        self.config.reorder = p;
     }
 
     /// Sends a client request to node `i`; the reply is fetched with [`Sim::reply`].
@@ -295,6 +550,7 @@ impl Sim {
                 incarnation,
                 reply_to,
                 frame,
+                sent: None,
             },
         );
         handle
@@ -302,11 +558,21 @@ impl Sim {
 
     /// The reply to a client request, once it has arrived.
     pub fn reply(&mut self, handle: u64) -> Option<Message> {
+        self.replies.remove(&handle).map(|(_, m)| m)
+    }
+
+    /// The reply to a client request and the (true) time it arrived, once it has.
+    pub fn reply_at(&mut self, handle: u64) -> Option<(Millis, Message)> {
         self.replies.remove(&handle)
     }
 
     /// Sends a request and runs until its reply arrives or `max_ms` pass.
     pub fn request(&mut self, i: usize, message: Message, max_ms: u64) -> Option<Message> {
+        self.request_at(i, message, max_ms).map(|(_, m)| m)
+    }
+
+    /// [`Sim::request`], with the time the reply arrived.
+    pub fn request_at(&mut self, i: usize, message: Message, max_ms: u64) -> Option<(Millis, Message)> {
         let h = self.client_request(i, message);
         let until = self.now + max_ms;
         while self.now < until {
@@ -367,59 +633,102 @@ impl Sim {
         let Some(event) = self.events.remove(&seq) else {
             return true;
         };
-        let now = self.now;
         match event {
-            Event::Request {
-                to,
-                incarnation,
-                reply_to,
-                frame,
-            } => {
-                if self.live(to, incarnation) {
-                    self.nodes[to].node.handle_request(now, reply_to, frame);
-                    self.after_input(to);
-                }
-            }
-            Event::Reply {
-                to,
-                incarnation,
-                from,
-                frame,
-            } => {
-                if self.trace_node == Some(to) {
-                    let from_i = self.by_addr.get(&from);
-                    println!(
-                        "trace t={now} node {to} <- {from_i:?} #{} {:?}",
-                        frame.request_id, frame.message
-                    );
-                }
-                if self.live(to, incarnation) {
-                    self.nodes[to].node.handle_reply(now, from, frame);
-                    self.after_input(to);
-                }
-            }
             Event::ClientReply { handle, frame } => {
-                self.replies.insert(handle, frame.message);
+                self.replies.insert(handle, (self.now, frame.message));
             }
             Event::Tick { node, incarnation } => {
+                // A paused node's tick was cancelled (`tick_at` cleared); it ticks on resume.
                 if self.live(node, incarnation) && self.nodes[node].tick_at == Some(at) {
                     self.nodes[node].tick_at = None;
-                    self.nodes[node].node.tick(now);
+                    let clock = self.node_now(node);
+                    self.log_input(node, clock, InputKind::Tick);
+                    self.nodes[node].node.tick(clock);
                     self.after_input(node);
                 }
             }
-            Event::Unreachable {
-                to,
-                incarnation,
-                addr,
-            } => {
-                if self.live(to, incarnation) {
-                    self.nodes[to].node.peer_unreachable(now, addr);
-                    self.after_input(to);
+            event => {
+                let (to, incarnation) = target(&event);
+                if !self.live(to, incarnation) {
+                    return true;
+                }
+                if self.nodes[to].paused {
+                    self.nodes[to].inbox.push_back(event);
+                } else {
+                    self.input(to, event);
                 }
             }
         }
         true
+    }
+
+    /// Feeds a request, reply or unreachable notice to running node `i`.
+    fn input(&mut self, i: usize, event: Event) {
+        let clock = self.node_now(i);
+        match event {
+            Event::Request {
+                reply_to,
+                frame,
+                sent,
+                ..
+            } => {
+                let from = (reply_to.0 < CLIENT_REPLY_BASE).then_some((reply_to.0 & 0xffff_ffff) as usize);
+                let request_id = frame.request_id;
+                self.log_input(
+                    i,
+                    clock,
+                    InputKind::Request {
+                        from,
+                        sent,
+                        request_id,
+                    },
+                );
+                self.nodes[i].node.handle_request(clock, reply_to, frame);
+            }
+            Event::Reply {
+                from, frame, sent, ..
+            } => {
+                if self.trace_node == Some(i) {
+                    let from_i = self.by_addr.get(&from);
+                    println!(
+                        "trace t={} node {i} <- {from_i:?} #{} {:?}",
+                        self.now, frame.request_id, frame.message
+                    );
+                }
+                let request_id = frame.request_id;
+                let from_i = self.by_addr[&from];
+                self.log_input(
+                    i,
+                    clock,
+                    InputKind::Reply {
+                        from: from_i,
+                        sent,
+                        request_id,
+                    },
+                );
+                self.nodes[i].node.handle_reply(clock, from, frame);
+            }
+            Event::Unreachable { addr, .. } => {
+                let peer = self.by_addr[&addr];
+                self.log_input(i, clock, InputKind::Unreachable { peer });
+                self.nodes[i].node.peer_unreachable(clock, addr);
+            }
+            Event::Tick { .. } | Event::ClientReply { .. } => {
+                unreachable!("ticks and client replies are not node inputs") // faulty code
+            }
+        }
+        self.after_input(i);
+    }
+
+    fn log_input(&mut self, node: usize, clock: Millis, kind: InputKind) {
+        if let Some(log) = &mut self.inputs {
+            log.push(Input {
+                at: self.now,
+                clock,
+                node,
+                kind,
+            });
+        }
     }
 
     fn live(&self, i: usize, incarnation: u64) -> bool {
@@ -440,9 +749,71 @@ impl Sim {
         )
     }
 
-    fn link_up(&mut self, a: usize, b: usize) -> bool {
+    /// The extra delay of a reordered message (0 for most; the RNG is untouched when off).
+    fn reorder_delay(&mut self) -> u64 {
+        if self.config.reorder > 0.0 && self.rng.chance(self.config.reorder) {
+            self.rng.range(1, self.config.reorder_max_ms.max(1))
+        } else {
+            0
+        }
+    }
+
+    /// Puts a message between nodes on the network: lost, held at a cut, or delivered after
+    /// a delay (perhaps twice, perhaps late).
+    fn transmit(&mut self, wire: Wire) {
         let lost = self.config.loss > 0.0 && self.rng.chance(self.config.loss);
-        !self.cut.contains(&(a.min(b), a.max(b))) && !lost
+        match self.links.cut_mode(wire.from, wire.to) {
+            Some(CutMode::Hold) if !lost => return self.links.hold(wire),
+            Some(_) => return,
+            None if lost => return,
+            None => {}
+        }
+        let at = self.now + self.delay();
+        if self.refused(&wire) {
+            return self.deliver_at(at, wire);
+        }
+        let at = at + self.reorder_delay();
+        if self.config.duplicate > 0.0 && self.rng.chance(self.config.duplicate) {
+            let again = self.now + self.delay() + self.reorder_delay();
+            self.deliver_at(again, wire.clone());
+        }
+        self.deliver_at(at, wire);
+    }
+
+    /// Whether `wire` is a request to a node that exited (its port refuses connections).
+    fn refused(&self, wire: &Wire) -> bool {
+        matches!(wire.payload, Payload::Request { .. }) && self.nodes[wire.to].exited
+    }
+
+    /// Schedules the arrival of `wire` at `at`, or for a request to an exited node the
+    /// transport's "unreachable" notice to its sender.
+    fn deliver_at(&mut self, at: Millis, wire: Wire) {
+        if self.refused(&wire) {
+            let addr = self.nodes[wire.to].addr;
+            let event = Event::Unreachable {
+                to: wire.from,
+                incarnation: wire.from_incarnation,
+                addr,
+            };
+            return self.schedule(at, event);
+        }
+        let event = match wire.payload {
+            Payload::Request { reply_to, frame } => Event::Request {
+                to: wire.to,
+                incarnation: wire.to_incarnation,
+                reply_to,
+                frame,
+                sent: Some(wire.sent),
+            },
+            Payload::Reply { frame } => Event::Reply {
+                to: wire.to,
+                incarnation: wire.to_incarnation,
+                from: self.nodes[wire.from].addr,
+                frame,
+                sent: wire.sent,
+            },
+        };
+        self.schedule(at, event);
     }
 
     /// Carries out everything node `i` wants done, then schedules its next tick.
@@ -471,34 +842,18 @@ impl Sim {
                 Output::Send { to, frame } => {
                     self.messages += 1;
                     let Some(&j) = self.by_addr.get(&to) else { continue };
-                    if !self.link_up(i, j) {
-                        continue;
-                    }
-                    if self.nodes[j].exited {
-                        let (at, incarnation) = (now + self.delay(), self.nodes[i].incarnation);
-                        self.schedule(
-                            at,
-                            Event::Unreachable {
-                                to: i,
-                                incarnation,
-                                addr: to,
-                            },
-                        );
-                        continue;
-                    }
-                    let at = now + self.delay();
-                    let incarnation = self.nodes[j].incarnation;
+                    let from_incarnation = self.nodes[i].incarnation;
                     // The reply must reach this life of the sender: carry its incarnation.
-                    let reply_to = ReplyTo(((self.nodes[i].incarnation & 0xffff) << 32) | i as u64);
-                    self.schedule(
-                        at,
-                        Event::Request {
-                            to: j,
-                            incarnation,
-                            reply_to,
-                            frame,
-                        },
-                    );
+                    let reply_to = ReplyTo(((from_incarnation & 0xffff) << 32) | i as u64);
+                    let wire = Wire {
+                        from: i,
+                        to: j,
+                        from_incarnation,
+                        to_incarnation: self.nodes[j].incarnation,
+                        sent: self.next_sent(),
+                        payload: Payload::Request { reply_to, frame },
+                    };
+                    self.transmit(wire);
                 }
                 Output::Reply { to, frame } => {
                     if to.0 >= CLIENT_REPLY_BASE {
@@ -508,28 +863,27 @@ impl Sim {
                     }
                     self.messages += 1;
                     let j = (to.0 & 0xffff_ffff) as usize;
-                    let incarnation = to.0 >> 32;
-                    if j >= self.nodes.len() || !self.link_up(i, j) {
+                    if j >= self.nodes.len() {
                         continue;
                     }
-                    let at = now + self.delay();
-                    let from = self.nodes[i].addr;
-                    self.schedule(
-                        at,
-                        Event::Reply {
-                            to: j,
-                            incarnation,
-                            from,
-                            frame,
-                        },
-                    );
+                    let wire = Wire {
+                        from: i,
+                        to: j,
+                        from_incarnation: self.nodes[i].incarnation,
+                        to_incarnation: to.0 >> 32,
+                        sent: self.next_sent(),
+                        payload: Payload::Reply { frame },
+                    };
+                    self.transmit(wire);
                 }
                 Output::Store { id, op } => {
                     if let Some(key) = &self.config.trace_key {
                         self.trace_store_op(i, key, &op);
                     }
                     let result = execute(&self.nodes[i].store as &dyn Store, op);
-                    self.nodes[i].node.store_done(now, id, result);
+                    let clock = self.node_now(i);
+                    self.log_input(i, clock, InputKind::StoreDone);
+                    self.nodes[i].node.store_done(clock, id, result);
                 }
                 Output::Left => {
                     // The driver stops a node once it has left.
@@ -542,12 +896,18 @@ impl Sim {
         if !self.nodes[i].alive {
             return;
         }
-        let due = self.nodes[i].node.next_deadline().max(now + 1);
+        let deadline = self.nodes[i].node.next_deadline();
+        let due = self.nodes[i].clock.true_time_at(deadline, now + 1);
         if self.nodes[i].tick_at.is_none_or(|t| due < t) {
             self.nodes[i].tick_at = Some(due);
             let incarnation = self.nodes[i].incarnation;
             self.schedule(due, Event::Tick { node: i, incarnation });
         }
+    }
+
+    fn next_sent(&mut self) -> u64 {
+        self.next_sent += 1;
+        self.next_sent
     }
 
     fn trace_store_op(&self, i: usize, key: &Bytes, op: &crate::store::StoreOp) {
@@ -584,128 +944,15 @@ impl Sim {
             );
         }
     }
+}
 
-    // ---- oracles -------------------------------------------------------------------------------
-
-    /// Live nodes that are in the ring, sorted by id.
-    fn ring(&self) -> Vec<NodeRef> {
-        let mut v: Vec<NodeRef> = self
-            .nodes
-            .iter()
-            .filter(|n| n.alive && matches!(n.node.phase(), Phase::Active | Phase::Joined | Phase::Leaving))
-            .map(|n| n.node.me())
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// The live node that owns `id`.
-    pub fn owner_of(&self, id: &Id) -> Option<NodeRef> {
-        let ring = self.ring();
-        let i = ring.partition_point(|n| n.id < *id);
-        ring.get(i).or(ring.first()).copied()
-    }
-
-    /// The node index of an address.
-    pub fn index_of(&self, addr: &SocketAddr) -> Option<usize> {
-        self.by_addr.get(addr).copied()
-    }
-
-    /// Whether every live node is active, with the true successor and predecessor, and its
-    /// successor list is the true list of following nodes. Returns the first problem found.
-    pub fn ring_problem(&self) -> Option<String> {
-        if let Some(n) = self.nodes.iter().find(|n| n.alive && !n.node.in_ring()) {
-            return Some(format!("{} is live but {:?}", n.addr, n.node.phase()));
-        }
-        let ring = self.ring();
-        let n = ring.len();
-        for (k, me) in ring.iter().enumerate() {
-            let sim = &self.nodes[self.by_addr[&me.addr]];
-            let node = &sim.node;
-            if node.phase() != Phase::Active || !node.is_settled() {
-                return Some(format!(
-                    "{} is {:?}, settled={}",
-                    me.addr,
-                    node.phase(),
-                    node.is_settled()
-                ));
-            }
-            if n == 1 {
-                if !node.successors().is_empty() {
-                    return Some(format!("lone node {} has successors", me.addr));
-                }
-                continue;
-            }
-            let want_pred = ring[(k + n - 1) % n];
-            if node.predecessor().map(|p| p.addr) != Some(want_pred.addr) {
-                return Some(format!(
-                    "{} predecessor {:?}, want {}",
-                    me.addr,
-                    node.predecessor().map(|p| p.addr),
-                    want_pred.addr
-                ));
-            }
-            let want: Vec<SocketAddr> = (1..n)
-                .take(self.config.chord.successors)
-                .map(|d| ring[(k + d) % n].addr)
-                .collect();
-            let got: Vec<SocketAddr> = node.successors().iter().map(|s| s.addr).collect();
-            if got != want {
-                return Some(format!("{} successors {:?}, want {:?}", me.addr, got, want));
-            }
-        }
-        None
-    }
-
-    pub fn ring_is_consistent(&self) -> bool {
-        self.ring_problem().is_none()
-    }
-
-    /// Whether every live node's every finger points at the true successor of its start.
-    pub fn fingers_are_correct(&self) -> bool {
-        self.finger_errors() == 0
-    }
-
-    /// How many fingers, over all live nodes, are wrong.
-    pub fn finger_errors(&self) -> usize {
-        let ring = self.ring();
-        let mut wrong = 0;
-        for me in &ring {
-            let table = self.nodes[self.by_addr[&me.addr]].node.routing();
-            for i in 0..table.finger_count() {
-                let start = table.finger_start(i);
-                let truth = self.owner_of(&start).filter(|o| o.addr != me.addr);
-                if table.finger(i).map(|f| f.addr) != truth.map(|t| t.addr) {
-                    wrong += 1;
-                }
-            }
-        }
-        wrong
-    }
-
-    /// Runs until the ring is consistent, checking every `step_ms`, for at most `max_ms`.
-    /// Returns whether it converged.
-    pub fn run_until_consistent(&mut self, step_ms: u64, max_ms: u64) -> bool {
-        let until = self.now + max_ms;
-        while self.now < until {
-            if self.ring_is_consistent() {
-                return true;
-            }
-            self.run_for(step_ms);
-        }
-        self.ring_is_consistent()
-    }
-
-    /// Live keys held by each node, in node order (dead nodes hold 0).
-    pub fn keys_per_node(&self) -> Vec<u64> {
-        self.nodes
-            .iter()
-            .map(|n| if n.alive { n.store.len().unwrap_or(0) } else { 0 })
-            .collect()
-    }
-
-    /// Whether the live node at `i` holds a live value for `key`.
-    pub fn holds(&self, i: usize, key: &[u8]) -> Option<Bytes> {
-        self.nodes[i].store.get(key).ok().flatten().and_then(|e| e.value)
+/// The node an input event is for, and the life it is for.
+fn target(event: &Event) -> (usize, u64) {
+    match *event {
+        Event::Request { to, incarnation, .. }
+        | Event::Reply { to, incarnation, .. }
+        | Event::Unreachable { to, incarnation, .. } => (to, incarnation),
+        Event::Tick { node, incarnation } => (node, incarnation),
+        Event::ClientReply { .. } => unreachable!("a client reply is for no node"), // faulty code
     }
 }
