@@ -1,5 +1,7 @@
 //! The data-loss sweep: its `sweep:` section, the prediction, and a tiny sweep end to end
-//! against real local clusters (needs the `chordkv` binary: `cargo build --bins`).
+//! against real local clusters (needs the `chordkv` binary: `cargo build --bins`). The kill
+//! sweeps measure re-replication onto the survivors, so their clusters run the partition
+//! policy `available`, which drops dead nodes from the ring (`consistent` keeps them).
 
 use std::path::PathBuf;
 
@@ -10,7 +12,7 @@ use loadgen::workload::Workload;
 
 const BASE: &str = "name: dl
 keys: 200
-cluster: { nodes: 4, stabilize_ms: 100 }
+cluster: { nodes: 4, stabilize_ms: 100, partition_policy: available }
 ";
 
 fn parse(sweep: &str) -> Result<Workload, String> {
