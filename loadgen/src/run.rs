@@ -60,6 +60,11 @@ const MAX_SLEEP: Duration = Duration::from_millis(50);
 /// Failed requests in a row after which the preload or the final reads give up: the cluster
 /// is unreachable, and retrying every key would take minutes.
 const MAX_FAILURES_IN_A_ROW: u64 = 50;
+/// Bound of the final reads: keys a cluster will not serve (under the `consistent` policy,
+/// those whose majority of holders is dead) each cost every attempt's full timeout, and a
+/// whole arc of them would keep a run for many minutes. The keys not read by then are
+/// counted unreadable.
+const VERIFY_BUDGET: Duration = Duration::from_secs(120);
 /// Keys listed on stderr when writes are lost.
 const LOST_KEYS_SHOWN: usize = 20;
 /// Keys whose operations `LOADGEN_TRACE_KEY=anomalies` prints.
@@ -1098,10 +1103,12 @@ pub(crate) fn verify_all(
     keys.sort_unstable();
     let threads = w.threads.clamp(1, keys.len().max(1));
     let sizes = (w.value_bytes.min(), w.value_bytes.max());
+    let give_up_at = Instant::now() + VERIFY_BUDGET;
+    let out_of_time = AtomicBool::new(false);
     let parts: Vec<(Vec<KeyRead>, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let keys = &keys;
+                let (keys, out_of_time) = (&keys, &out_of_time);
                 s.spawn(move || {
                     let mut worker = Worker {
                         w,
@@ -1121,6 +1128,11 @@ pub(crate) fn verify_all(
                     for &key in keys.iter().skip(t).step_by(threads) {
                         if failed_in_a_row >= MAX_FAILURES_IN_A_ROW {
                             // Unreachable: the rest is counted unreadable, not judged.
+                            read_errors += 1;
+                            continue;
+                        }
+                        if Instant::now() >= give_up_at {
+                            out_of_time.store(true, Ordering::Relaxed);
                             read_errors += 1;
                             continue;
                         }
@@ -1166,6 +1178,13 @@ pub(crate) fn verify_all(
         report.read_errors += errors;
     }
     report.keys_checked = reads.len() as u64;
+    if out_of_time.load(Ordering::Relaxed) {
+        eprintln!(
+            "loadgen: warning: the final reads stopped after {} s; {} keys could not be read",
+            VERIFY_BUDGET.as_secs(),
+            report.read_errors
+        );
+    }
 
     // LOADGEN_TRACE_KEY=i: key index i's operations; =anomalies: those of the first keys
     // found wrong (the log is then kept until the check is done).
