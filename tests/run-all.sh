@@ -41,6 +41,19 @@ if [ ! -x /usr/sbin/sshd ]; then
     fi
 fi
 
+# Partitions (tests/tests/partition.rs, loadgen/tests/partition.rs, workloads/partition.yaml)
+# run every node in its own network namespace with `ip` (Debian's iproute2). They need root
+# and skip themselves without, so only root installs it.
+if ! command -v ip >/dev/null 2>&1 && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "run-all.sh: ip not found; installing iproute2 with apt-get" >&2
+        env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2
+    else
+        echo "run-all.sh: ip not found and not root: the partition tests will skip themselves" >&2
+    fi
+fi
+
 # The process tests spawn target/debug/chordkv, which `cargo test` does not build for another
 # package's tests: build every binary first.
 cargo build --workspace --bins

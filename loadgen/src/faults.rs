@@ -7,6 +7,9 @@
 //!                 -> log line on stderr, FaultRecord -> Targets = the live nodes
 //!   load threads: pick entry nodes from Targets; drop connections to nodes no longer in it
 //! ```
+//!
+//! A partition leaves every node live (clients reach both sides); a partition still in place
+//! when the load ends is healed then, so that the final reads see the healed cluster.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -87,16 +90,19 @@ impl Targets {
     }
 }
 
-/// One step of the schedule: a fault of the workload, or the end of a timed pause.
+/// One step of the schedule: a fault of the workload, or the end of a timed pause or
+/// partition.
 enum Step {
     Fault(Fault),
     Unpause(Vec<usize>),
+    Heal,
 }
 
 /// Fires `faults` at `measure_start + at_s` each, until they are all done. Once `stop` is
 /// set (the load is over), the faults still to come are skipped, except the ends of timed
-/// pauses, which fire at once so that no node is left frozen. Each fault is logged to stderr
-/// and appended to `log`; after each, `targets` becomes the live nodes.
+/// pauses and partitions, which fire at once so that no node is left frozen or cut off; a
+/// partition with no end is healed then too. Each fault is logged to stderr and appended to
+/// `log`; after each, `targets` becomes the live nodes.
 pub fn run_schedule(
     faults: &[Fault],
     ctl: &mut dyn NodeControl,
@@ -107,6 +113,7 @@ pub fn run_schedule(
     seed: u64,
 ) {
     let mut rng = Rng::new(seed ^ FAULT_SEED);
+    let mut partitioned = false;
     let mut schedule: Vec<(f64, Step)> = faults.iter().map(|f| (f.at_s, Step::Fault(f.clone()))).collect();
     schedule.sort_by(|a, b| a.0.total_cmp(&b.0));
     schedule.reverse();
@@ -133,38 +140,53 @@ pub fn run_schedule(
                 continue;
             }
             Step::Fault(f) => {
-                let nodes = match &f.nodes {
-                    Some(n) => n.clone(),
-                    None => pick_nodes(ctl, f.action, f.count_or_default(), &mut rng),
+                let nodes = match (&f.nodes, &f.groups) {
+                    (Some(n), _) => n.clone(),
+                    (None, Some(groups)) => groups.concat(),
+                    (None, None) => pick_nodes(ctl, f.action, f.count_or_default(), &mut rng),
                 };
                 (f, nodes)
             }
-            Step::Unpause(nodes) => (
-                Fault {
-                    at_s,
-                    action: FaultAction::Resume,
-                    count: None,
-                    nodes: None,
-                    duration_s: None,
-                },
-                nodes,
-            ),
+            Step::Unpause(nodes) => (Fault::new(at_s, FaultAction::Resume), nodes),
+            Step::Heal => (Fault::new(at_s, FaultAction::Heal), Vec::new()),
         };
         let record = apply(ctl, &action, &nodes, measure_start);
-        if let (FaultAction::Pause, Some(d)) = (action.action, action.duration_s) {
-            let paused: Vec<usize> = nodes
-                .iter()
-                .copied()
-                .filter(|&i| ctl.is_running(i) && !ctl.is_live(i))
-                .collect();
-            if !paused.is_empty() {
-                let end = at_s + d;
-                // Keep the schedule sorted, soonest last.
-                let pos = schedule.partition_point(|(t, _)| *t > end);
-                schedule.insert(pos, (end, Step::Unpause(paused)));
+        let ok = record.error.is_none();
+        let end = match (action.action, action.duration_s) {
+            (FaultAction::Pause, Some(d)) => {
+                let paused: Vec<usize> = nodes
+                    .iter()
+                    .copied()
+                    .filter(|&i| ctl.is_running(i) && !ctl.is_live(i))
+                    .collect();
+                (!paused.is_empty()).then_some((at_s + d, Step::Unpause(paused)))
             }
+            // Also after a partition that failed half-way: a heal undoes what was cut.
+            (FaultAction::Partition, Some(d)) => Some((at_s + d, Step::Heal)),
+            _ => None,
+        };
+        if let Some((end, step)) = end {
+            // Keep the schedule sorted, soonest last.
+            let pos = schedule.partition_point(|(t, _)| *t > end);
+            schedule.insert(pos, (end, step));
+        }
+        match action.action {
+            FaultAction::Partition => partitioned = true,
+            FaultAction::Heal if ok => partitioned = false,
+            _ => {}
         }
         targets.set(ctl.live_addrs());
+        log.lock().expect("not poisoned").push(record);
+    }
+    if partitioned {
+        // A partition with no end lasts as long as the load; the final reads need it healed.
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(POLL);
+        }
+        let at_s = Instant::now()
+            .saturating_duration_since(measure_start)
+            .as_secs_f64();
+        let record = apply(ctl, &Fault::new(at_s, FaultAction::Heal), &[], measure_start);
         log.lock().expect("not poisoned").push(record);
     }
 }
@@ -179,10 +201,13 @@ fn pick_nodes(ctl: &mut dyn NodeControl, action: FaultAction, count: usize, rng:
             FaultAction::Kill | FaultAction::Pause | FaultAction::Remove => ctl.is_live(i),
             FaultAction::Resume => ctl.is_running(i) && !ctl.is_live(i),
             FaultAction::Restart => !ctl.is_running(i),
-            FaultAction::Add => false,
+            FaultAction::Add | FaultAction::Partition | FaultAction::Heal => false,
         })
         .collect();
-    if action == FaultAction::Add {
+    if matches!(
+        action,
+        FaultAction::Add | FaultAction::Partition | FaultAction::Heal
+    ) {
         return Vec::new();
     }
     // A partial Fisher-Yates shuffle: the first `count` are a uniform sample.
@@ -196,15 +221,32 @@ fn pick_nodes(ctl: &mut dyn NodeControl, action: FaultAction, count: usize, rng:
     candidates
 }
 
-/// Applies `fault` to `nodes` (or, for add, starts `count` new nodes), logs it and returns
-/// its record.
+/// Applies `fault` to `nodes` (or, for add, starts `count` new nodes; a partition cuts
+/// between its groups), logs it and returns its record.
 fn apply(ctl: &mut dyn NodeControl, fault: &Fault, nodes: &[usize], measure_start: Instant) -> FaultRecord {
     let at_s = Instant::now()
         .saturating_duration_since(measure_start)
         .as_secs_f64();
     let mut done = Vec::new();
     let mut errors = Vec::new();
-    if fault.action == FaultAction::Add {
+    let addrs = ctl.addrs();
+    let name = |i: &usize| addrs.get(*i).map_or(format!("node {i}"), |a| a.to_string());
+    let mut groups = Vec::new();
+    if let Some(g) = fault
+        .groups
+        .as_ref()
+        .filter(|_| fault.action == FaultAction::Partition)
+    {
+        groups = g.iter().map(|group| group.iter().map(name).collect()).collect();
+        match ctl.partition(g) {
+            Ok(()) => done.extend_from_slice(nodes),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    } else if fault.action == FaultAction::Heal {
+        if let Err(e) = ctl.heal() {
+            errors.push(format!("{e:#}"));
+        }
+    } else if fault.action == FaultAction::Add {
         for _ in 0..fault.count_or_default() {
             match ctl.add_node() {
                 Ok(i) => done.push(i),
@@ -219,7 +261,9 @@ fn apply(ctl: &mut dyn NodeControl, fault: &Fault, nodes: &[usize], measure_star
                 FaultAction::Resume => ctl.resume(i),
                 FaultAction::Restart => ctl.restart(i),
                 FaultAction::Remove => ctl.terminate(i).map(|_| ()),
-                FaultAction::Add => unreachable!("handled above"),
+                FaultAction::Add | FaultAction::Partition | FaultAction::Heal => {
+                    unreachable!("handled above")
+                }
             };
             match result {
                 Ok(()) => done.push(i),
@@ -234,7 +278,22 @@ fn apply(ctl: &mut dyn NodeControl, fault: &Fault, nodes: &[usize], measure_star
         .map(|a| a.to_string())
         .collect();
     let indices: Vec<String> = done.iter().map(|i| i.to_string()).collect();
-    let what = if done.is_empty() {
+    let what = if let Some(g) = fault
+        .groups
+        .as_ref()
+        .filter(|_| fault.action == FaultAction::Partition)
+    {
+        g.iter()
+            .map(|group| {
+                let idx: Vec<String> = group.iter().map(|i| i.to_string()).collect();
+                let names: Vec<String> = group.iter().map(name).collect();
+                format!("nodes {} ({})", idx.join(", "), names.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    } else if fault.action == FaultAction::Heal {
+        "the network".to_string()
+    } else if done.is_empty() {
         "no node".to_string()
     } else {
         format!(
@@ -249,6 +308,7 @@ fn apply(ctl: &mut dyn NodeControl, fault: &Fault, nodes: &[usize], measure_star
         at_s: (at_s * 1000.0).round() / 1000.0,
         action: fault.action.name().to_string(),
         nodes: names,
+        groups,
         what,
         error,
     }

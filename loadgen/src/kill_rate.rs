@@ -73,13 +73,7 @@ pub fn kill_schedule(duration_s: f64, interval_s: f64) -> Vec<Fault> {
     while k * interval_s < duration_s {
         let at_s = (k * interval_s * 1000.0).round() / 1000.0;
         for action in [FaultAction::Kill, FaultAction::Add] {
-            faults.push(Fault {
-                at_s,
-                action,
-                count: None,
-                nodes: None,
-                duration_s: None,
-            });
+            faults.push(Fault::new(at_s, action));
         }
         k += 1.0;
     }

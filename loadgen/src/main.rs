@@ -1,9 +1,13 @@
 //! `loadgen --workload FILE [--nodes ADDR,...] [--duration SECS] [--rate OPS] [--out DIR]
 //! [--seed S]`: runs a workload and writes `results/<name>-<UTC timestamp>/`. Exit code 0
-//! when every acknowledged write was found at the end, 1 when writes were lost, keys could
-//! not be read back, or the run failed; 2 for bad arguments or a bad workload file.
-//! A workload with `sweep:` runs the data-loss experiment instead and writes `data-loss.md`
-//! and `data-loss.svg` (into `--out DIR`, e.g. `--out results`).
+//! when every acknowledged write was found at the end and no read was stale; 1 when writes
+//! were lost, keys could not be read back, the run failed, or (unless the local cluster runs
+//! `partition_policy: available`) a read was stale or returned a deleted value; 2 for bad
+//! arguments or a bad workload file.
+//! A workload with `sweep:` runs an experiment instead and writes its table and plot (into
+//! `--out DIR`, e.g. `--out results`): `data-loss.md` and `.svg` (kill f nodes at once),
+//! `kill-rate.md` and `.svg` (one kill every T s), `partition-faults.md`,
+//! `partition-faults.svg` and `pause-faults.svg` (one partition or pause of length L).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -102,6 +106,20 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    // Refused before anything starts (or any ssh to an inventory's hosts).
+    if workload.has_partitions() {
+        if args.nodes.is_some() || args.inventory.is_some() {
+            eprintln!(
+                "error: partition faults need the local cluster in network namespaces; a cluster \
+                 given by --nodes or --inventory cannot be partitioned"
+            );
+            return ExitCode::from(2);
+        }
+        if let Some(why) = chordkv_node::netns::unavailable() {
+            eprintln!("error: partition faults need the local cluster in network namespaces, but {why}");
+            return ExitCode::from(1);
+        }
+    }
     if workload.sweep.is_some() {
         return run_sweep(&args, workload);
     }
@@ -179,8 +197,17 @@ fn main() -> ExitCode {
     );
     let v = &s.verify;
     println!(
-        "verify: acknowledged {}, keys checked {}, lost {}, unexpected {}, recovered {}, unreadable {}",
-        v.acknowledged, v.keys_checked, v.lost, v.unexpected, v.recovered, v.read_errors
+        "verify: acknowledged {}, keys checked {}, reads checked {}, lost {}, stale reads {}, \
+         resurrected {}, unexpected {}, recovered {}, unreadable {}",
+        v.acknowledged,
+        v.keys_checked,
+        v.reads_checked,
+        v.lost,
+        v.stale_reads,
+        v.resurrected,
+        v.unexpected,
+        v.recovered,
+        v.read_errors
     );
     println!("results: {}", outcome.out_dir.display());
     eprintln!(
@@ -188,11 +215,37 @@ fn main() -> ExitCode {
         outcome.out_dir.join(loadgen::plot::LATENCY_SVG).display(),
         outcome.out_dir.join(loadgen::plot::TIMELINE_SVG).display()
     );
+    for line in &v.anomalies {
+        eprintln!("!!! {line}");
+    }
+    let mut failed = false;
     if v.lost > 0 {
         eprintln!("!!!!!!!! {} ACKNOWLEDGED WRITES LOST !!!!!!!!", v.lost);
         for line in &outcome.lost_keys {
             eprintln!("!!! lost {line}");
         }
+        failed = true;
+    }
+    if v.stale_reads + v.resurrected > 0 {
+        let policy = s
+            .cluster
+            .partition_policy
+            .as_deref()
+            .unwrap_or("unknown, judged as consistent");
+        if s.cluster.promises_consistency() {
+            eprintln!(
+                "!!!!!!!! {} STALE READS, {} RESURRECTED DELETES (partition policy {policy}) !!!!!!!!",
+                v.stale_reads, v.resurrected
+            );
+            failed = true;
+        } else {
+            eprintln!(
+                "loadgen: {} stale reads and {} resurrected deletes, which partition policy {policy} allows",
+                v.stale_reads, v.resurrected
+            );
+        }
+    }
+    if failed {
         return ExitCode::from(1);
     }
     if v.read_errors > 0 {

@@ -214,7 +214,10 @@ pub fn fault_markers(faults: &[FaultRecord], warmup_s: f64) -> Vec<(f64, String)
         .iter()
         .map(|f| {
             let mut label = f.action.clone();
-            if f.nodes.len() > 1 {
+            if !f.groups.is_empty() {
+                let sizes: Vec<String> = f.groups.iter().map(|g| g.len().to_string()).collect();
+                let _ = write!(label, " {}", sizes.join("|"));
+            } else if f.nodes.len() > 1 {
                 let _ = write!(label, " x{}", f.nodes.len());
             }
             if f.error.is_some() {

@@ -76,6 +76,17 @@ pub struct ClusterInfo {
     /// Whether loadgen started the cluster itself (from the workload's `cluster:` section).
     pub local: bool,
     pub nodes: Vec<String>,
+    /// The local cluster's `--partition-policy` (`consistent` or `available`); `null` for a
+    /// cluster loadgen did not start, which is judged as `consistent`.
+    pub partition_policy: Option<String>,
+}
+
+impl ClusterInfo {
+    /// Whether a stale read or a resurrected delete is a failure of the run: unless the
+    /// cluster is known to run the `available` policy, which trades them for availability.
+    pub fn promises_consistency(&self) -> bool {
+        self.partition_policy.as_deref() != Some("available")
+    }
 }
 
 /// `summary.json`.
@@ -114,10 +125,14 @@ pub struct FaultRecord {
     /// Seconds since the measurement started (negative: during the warm-up, which cannot be
     /// asked for).
     pub at_s: f64,
-    /// `kill`, `pause`, `resume`, `restart`, `add` or `remove`.
+    /// `kill`, `pause`, `resume`, `restart`, `add`, `remove`, `partition` or `heal`.
     pub action: String,
-    /// The addresses of the nodes it was applied to.
+    /// The addresses of the nodes it was applied to (for a partition: of every node in its
+    /// groups; for a heal: none).
     pub nodes: Vec<String>,
+    /// A partition's groups, by address: no packet passes between two groups.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Vec<String>>,
     /// The nodes by index and address, for the terminal: `node 3 (127.0.0.1:7103)`.
     #[serde(skip)]
     pub what: String,
@@ -136,8 +151,18 @@ impl FaultRecord {
         line
     }
 
-    /// The `timeline.csv` form: `kill 127.0.0.1:7103;kill 127.0.0.1:7105`.
+    /// The `timeline.csv` form: `kill 127.0.0.1:7103;kill 127.0.0.1:7105`; a partition is one
+    /// entry with its groups apart (`partition 10.78.5.10:7000 10.78.5.11:7000 | 10.78.5.12:7000`),
+    /// a heal is `heal`.
     pub fn timeline_entries(&self) -> Vec<String> {
+        let failed = if self.error.is_some() { " (failed)" } else { "" };
+        if !self.groups.is_empty() {
+            let groups: Vec<String> = self.groups.iter().map(|g| g.join(" ")).collect();
+            return vec![format!("{} {}{failed}", self.action, groups.join(" | "))];
+        }
+        if self.action == "heal" {
+            return vec![format!("heal{failed}")];
+        }
         if self.nodes.is_empty() {
             return vec![format!("{} (none)", self.action)];
         }
@@ -242,4 +267,24 @@ pub fn utc_timestamps(t: SystemTime) -> (String, String) {
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_cluster_known_to_be_available_may_serve_stale_reads() {
+        let info = |policy: Option<&str>| ClusterInfo {
+            local: policy.is_some(),
+            nodes: Vec::new(),
+            partition_policy: policy.map(String::from),
+        };
+        assert!(info(Some("consistent")).promises_consistency());
+        assert!(
+            info(None).promises_consistency(),
+            "a cluster loadgen did not start"
+        );
+        assert!(!info(Some("available")).promises_consistency());
+    }
 }

@@ -12,7 +12,7 @@
 //! measured from the intended time (wrk2's coordinated-omission correction), service time
 //! from the actual send. Closed loop: the next request goes when the last one completes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,7 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use chordkv_node::client::{Client, ClientError, DeleteResult, GetResult, PutResult};
-use chordkv_node::cluster::{ClusterSpec, LocalCluster, NodeControl};
+use chordkv_node::cluster::{ClusterSpec, LocalCluster, NetworkMode, NodeControl};
+use chordkv_node::history::{Anomaly, History as TimedHistory};
 use chordkv_node::owner_client::OwnerClient;
 use chordkv_node::rng::Rng;
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
@@ -31,6 +32,7 @@ use hdrhistogram::Histogram;
 
 use crate::faults::{self, Targets};
 use crate::keys::{key_name, KeySpace, Purpose};
+use crate::oplog::{failed_write_end, write_named_by, Attempts, OpLog, RunClock, UNKNOWN_WRITE};
 use crate::plot;
 use crate::progress::Progress;
 use crate::report::{
@@ -58,8 +60,15 @@ const MAX_SLEEP: Duration = Duration::from_millis(50);
 /// Failed requests in a row after which the preload or the final reads give up: the cluster
 /// is unreachable, and retrying every key would take minutes.
 const MAX_FAILURES_IN_A_ROW: u64 = 50;
+/// Bound of the final reads: keys a cluster will not serve (under the `consistent` policy,
+/// those whose majority of holders is dead) each cost every attempt's full timeout, and a
+/// whole arc of them would keep a run for many minutes. The keys not read by then are
+/// counted unreadable.
+const VERIFY_BUDGET: Duration = Duration::from_secs(120);
 /// Keys listed on stderr when writes are lost.
 const LOST_KEYS_SHOWN: usize = 20;
+/// Keys whose operations `LOADGEN_TRACE_KEY=anomalies` prints.
+const TRACED_ANOMALIES: usize = 3;
 
 /// The operations, in the order of the per-operation arrays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,6 +197,19 @@ pub fn run_with_control(
     if opts.nodes.is_none() && remote.is_some() {
         bail!("a remote cluster needs the addresses of its nodes");
     }
+    if w.has_partitions() {
+        if opts.nodes.is_some() {
+            bail!(
+                "partition faults need the local cluster in network namespaces; a cluster given by \
+                 --nodes or --inventory cannot be partitioned"
+            );
+        }
+        if let Some(why) = chordkv_node::netns::unavailable() {
+            bail!("partition faults need the local cluster in network namespaces, but {why}");
+        }
+    }
+    // Every operation's times, for the real-time checker, are on this clock.
+    let clock = RunClock::start();
     let started = SystemTime::now();
     let (stamp, started_utc) = report::utc_timestamps(started);
     let out_dir = opts
@@ -218,9 +240,17 @@ pub fn run_with_control(
             let mut spec = ClusterSpec::new(binary, w.cluster.nodes);
             spec.node_args = w.cluster.node_args();
             spec.log_dir = Some(out_dir.join("nodes"));
+            if w.has_partitions() {
+                spec.network = NetworkMode::Namespaces;
+            }
             eprintln!(
-                "loadgen: starting a local cluster of {} nodes ({})",
+                "loadgen: starting a local cluster of {} nodes{} ({})",
                 w.cluster.nodes,
+                if w.has_partitions() {
+                    " in network namespaces"
+                } else {
+                    ""
+                },
                 spec.node_args.join(" ")
             );
             let mut c = LocalCluster::start(spec)?;
@@ -238,16 +268,19 @@ pub fn run_with_control(
     let targets = Targets::new(addrs.clone());
     let keyspace = KeySpace::new(w.keys, w.distribution);
     let mut history = History::default();
+    let mut oplog = OpLog::new();
     let mut preload_errors = 0;
     if w.preload {
         eprintln!("loadgen: preloading {} keys", w.keys);
-        let (h, errors) = preload(w, &targets)?;
+        let (h, errors, mut log) = preload(w, &targets, &clock)?;
         history.merge(h);
+        oplog.append(&mut log);
         preload_errors = errors;
     }
 
     let control = fault_control(&mut cluster, &mut remote).filter(|_| !w.faults.is_empty());
-    let (results, timeline, measured_s, fault_log) = drive(w, &targets, &keyspace, opts.progress, control)?;
+    let (results, timeline, measured_s, fault_log) =
+        drive(w, &targets, &keyspace, opts.progress, control, &clock)?;
 
     // Fold the threads' results together.
     let mut latency: Vec<Histogram<u64>> = Op::ALL.iter().map(|_| latency_histogram()).collect();
@@ -258,7 +291,8 @@ pub fn run_with_control(
         preload: preload_errors,
         ..ErrorSummary::default()
     };
-    for r in results {
+    for mut r in results {
+        oplog.append(&mut r.log);
         for i in 0..Op::ALL.len() {
             latency[i].add(&r.latency[i]).expect("same bounds"); // faulty code
             service[i].add(&r.service[i]).expect("same bounds"); // faulty code
@@ -287,8 +321,12 @@ pub fn run_with_control(
             eprintln!("loadgen: warning: {e:#}; verifying anyway");
         }
     }
-    eprintln!("loadgen: verifying {} written keys", history.keys.len());
-    let (verify, lost_keys) = verify_all(w, &targets, &history);
+    eprintln!(
+        "loadgen: verifying {} written keys and {} operations",
+        history.keys.len(),
+        oplog.len()
+    );
+    let (verify, lost_keys) = verify_all(w, &targets, &history, oplog);
     drop(cluster);
 
     let mut all = latency_histogram();
@@ -345,6 +383,10 @@ pub fn run_with_control(
         cluster: ClusterInfo {
             local: opts.nodes.is_none(),
             nodes: all_addrs.iter().map(|a| a.to_string()).collect(),
+            partition_policy: opts
+                .nodes
+                .is_none()
+                .then(|| w.cluster.policy().name().to_string()),
         },
         faults: fault_log,
         workload: w.clone(),
@@ -410,6 +452,8 @@ struct Worker<'a> {
 struct Done {
     version: u64,
     hops: u16,
+    /// A GET's value (`None`: not found).
+    value: Option<Bytes>,
 }
 
 impl Worker<'_> {
@@ -423,7 +467,7 @@ impl Worker<'_> {
     }
 
     /// Sends `op` on `conn`, retrying retryable failures (on a new connection, to a new
-    /// random node, when the old one broke).
+    /// random node, when the old one broke). How each attempt failed goes into `fate`.
     fn execute(
         &mut self,
         conn: &mut Conn,
@@ -431,6 +475,7 @@ impl Worker<'_> {
         key: &Bytes,
         value: Option<&Bytes>,
         attempts: u32,
+        fate: &mut Attempts,
     ) -> Result<Done, ClientError> {
         let timeout = Duration::from_millis(self.w.request_timeout_ms);
         let mut attempt = 0;
@@ -440,6 +485,7 @@ impl Worker<'_> {
                 match self.execute_at_owner(op, key, value, timeout) {
                     Ok(done) => return Ok(done),
                     Err(e) => {
+                        fate.failed(&e, Instant::now(), timeout);
                         if matches!(e, ClientError::Timeout { .. }) {
                             self.timeouts += 1;
                         }
@@ -461,6 +507,7 @@ impl Worker<'_> {
                 Ok(done) => return Ok(done),
                 Err(e) => e,
             };
+            fate.failed(&e, Instant::now(), timeout);
             if matches!(e, ClientError::Timeout { .. }) {
                 self.timeouts += 1;
             }
@@ -536,14 +583,25 @@ fn apply(
     key: &Bytes,
     value: Option<&Bytes>,
 ) -> Result<Done, ClientError> {
-    let (version, hops) = match op {
-        Op::Get => client.get(key.clone()).map(|r| (r.version, r.hops))?,
+    Ok(match op {
+        Op::Get => client.get(key.clone()).map(|r| Done {
+            version: r.version,
+            hops: r.hops,
+            value: r.value,
+        })?,
         Op::Put => client
             .put(key.clone(), value.cloned().unwrap_or_default())
-            .map(|r| (r.version, r.hops))?,
-        Op::Delete => client.delete(key.clone()).map(|r| (r.version, r.hops))?,
-    };
-    Ok(Done { version, hops })
+            .map(|r| Done {
+                version: r.version,
+                hops: r.hops,
+                value: None,
+            })?,
+        Op::Delete => client.delete(key.clone()).map(|r| Done {
+            version: r.version,
+            hops: r.hops,
+            value: None,
+        })?,
+    })
 }
 
 /// What one load thread measured.
@@ -557,6 +615,8 @@ struct ThreadResult {
     timeouts: u64,
     retries: u64,
     history: History,
+    /// Every operation, for the real-time checker.
+    log: OpLog,
 }
 
 /// The current second of one thread, drained by the main thread.
@@ -566,9 +626,13 @@ struct Interval {
     errors: u64,
 }
 
-/// Writes every key once, `threads` threads in parallel. Returns the history and the number
-/// of failed writes.
-pub(crate) fn preload(w: &Workload, targets: &Targets) -> anyhow::Result<(History, u64)> {
+/// Writes every key once, `threads` threads in parallel. Returns the history, the number
+/// of failed writes and the operations (times on `clock`).
+pub(crate) fn preload(
+    w: &Workload,
+    targets: &Targets,
+    clock: &RunClock,
+) -> anyhow::Result<(History, u64, OpLog)> {
     let threads = w.threads.min(w.keys as usize).max(1);
     let addrs = targets.snapshot();
     let addrs = &addrs;
@@ -590,13 +654,14 @@ pub(crate) fn preload(w: &Workload, targets: &Targets) -> anyhow::Result<(Histor
                         client: None,
                     };
                     let mut history = History::default();
+                    let mut log = OpLog::new();
                     let mut errors = 0;
                     let mut failed_in_a_row = 0;
                     let mut seq = 0;
                     for key in (t as u64..w.keys).step_by(threads) {
                         if failed_in_a_row >= MAX_FAILURES_IN_A_ROW {
                             history.set_attempted(writer, seq);
-                            return Err((history, errors));
+                            return (history, errors, log, true);
                         }
                         let id = verify::write_id(writer, seq);
                         seq += 1;
@@ -607,36 +672,39 @@ pub(crate) fn preload(w: &Workload, targets: &Targets) -> anyhow::Result<(Histor
                             w.value_bytes.max(),
                         ));
                         let name = Bytes::from(key_name(key, w.key_bytes));
-                        match worker.execute(&mut conn, Op::Put, &name, Some(&value), w.retries + 1) {
+                        let mut fate = Attempts::default();
+                        let invoke = clock.at(Instant::now());
+                        let outcome =
+                            worker.execute(&mut conn, Op::Put, &name, Some(&value), w.retries + 1, &mut fate);
+                        match outcome {
                             Ok(done) => {
                                 failed_in_a_row = 0;
-                                history.ack_put(key, id, done.version)
+                                history.ack_put(key, id, done.version);
+                                log.write(key, id, false, invoke, clock.at(Instant::now()), true);
                             }
                             Err(_) => {
                                 errors += 1;
                                 failed_in_a_row += 1;
                                 history.unacked_put(key, id);
+                                let end = failed_write_end(&fate, invoke, clock);
+                                log.write(key, id, false, invoke, end, false);
                             }
                         }
                     }
                     history.set_attempted(writer, seq);
-                    Ok((history, errors))
+                    (history, errors, log, false)
                 })
             })
             .collect();
         let mut history = History::default();
+        let mut log = OpLog::new();
         let mut errors = 0;
         let mut gave_up = false;
         for h in handles {
-            let outcome = h.join().expect("a preload thread panicked"); // faulty code
-            let (hist, e) = match outcome {
-                Ok(done) => done,
-                Err((hist, e)) => {
-                    gave_up = true;
-                    (hist, e)
-                }
-            };
+            let (hist, e, mut l, stopped) = h.join().expect("a preload thread panicked"); // faulty code
+            gave_up |= stopped;
             history.merge(hist);
+            log.append(&mut l);
             errors += e;
         }
         if gave_up {
@@ -645,7 +713,7 @@ pub(crate) fn preload(w: &Workload, targets: &Targets) -> anyhow::Result<(Histor
                  ({errors} failed in all): is the cluster up?"
             );
         }
-        Ok((history, errors))
+        Ok((history, errors, log))
     })
 }
 
@@ -659,6 +727,7 @@ fn drive(
     keyspace: &KeySpace,
     progress: bool,
     control: Option<&mut (dyn NodeControl + Send)>,
+    clock: &RunClock,
 ) -> anyhow::Result<(Vec<ThreadResult>, Timeline, f64, Vec<FaultRecord>)> {
     let threads = w.threads.min(w.connections);
     let intervals: Vec<Mutex<Interval>> = (0..threads)
@@ -686,7 +755,7 @@ fn drive(
                 let (finished, stop, last_done) = (&finished, &stop, &last_done);
                 let chooser = keyspace.chooser(t, threads);
                 s.spawn(move || {
-                    let r = load_thread(w, targets, t, threads, chooser, interval, stop, start, end);
+                    let r = load_thread(w, targets, t, threads, chooser, interval, stop, start, end, clock);
                     let mut last = last_done.lock().expect("not poisoned");
                     *last = (*last).max(Instant::now());
                     finished.fetch_add(1, Ordering::SeqCst);
@@ -832,6 +901,7 @@ fn load_thread(
     stop: &AtomicBool,
     start: Instant,
     end: Instant,
+    clock: &RunClock,
 ) -> ThreadResult {
     let mut worker = Worker {
         w,
@@ -866,6 +936,7 @@ fn load_thread(
         timeouts: 0,
         retries: 0,
         history: History::default(),
+        log: OpLog::new(),
     };
     let writer = t as u64;
     let mut seq = 0u64;
@@ -912,33 +983,53 @@ fn load_thread(
         };
         let key = chooser.next(purpose, &mut worker.rng);
         let name = Bytes::from(key_name(key, w.key_bytes));
-        let put = (op == Op::Put).then(|| {
+        // Deletes get an id too: the real-time checker tells writes apart by id.
+        let id = (op != Op::Get).then(|| {
             let id = verify::write_id(writer, seq);
             seq += 1;
-            (
+            id
+        });
+        let value = id.filter(|_| op == Op::Put).map(|id| {
+            Bytes::from(verify::value_for(
                 id,
-                Bytes::from(verify::value_for(
-                    id,
-                    key,
-                    w.value_bytes.min(),
-                    w.value_bytes.max(),
-                )),
-            )
+                key,
+                w.value_bytes.min(),
+                w.value_bytes.max(),
+            ))
         });
         let conn = &mut conns[(i as usize) % conn_ids.len()];
+        let mut fate = Attempts::default();
         let sent = Instant::now();
-        let outcome = worker.execute(conn, op, &name, put.as_ref().map(|p| &p.1), w.retries + 1);
+        let outcome = worker.execute(conn, op, &name, value.as_ref(), w.retries + 1, &mut fate);
         let done = Instant::now();
         i += 1;
         let k = op as usize;
-        match (op, &outcome) {
-            (Op::Put, Ok(d)) => result
-                .history
-                .ack_put(key, put.as_ref().expect("a put").0, d.version),
-            (Op::Put, Err(_)) => result.history.unacked_put(key, put.as_ref().expect("a put").0),
-            (Op::Delete, Ok(d)) => result.history.ack_delete(key, d.version),
-            (Op::Delete, Err(_)) => result.history.unacked_delete(key),
-            (Op::Get, _) => {}
+        let (invoke, complete) = (clock.at(sent), clock.at(done));
+        let delete = op == Op::Delete;
+        match (id, &outcome) {
+            (None, Ok(d)) => {
+                let found = d.value.as_deref().map(|v| write_named_by(v, key));
+                result.log.read(key, invoke, complete, found);
+            }
+            // A failed read is not judged.
+            (None, Err(_)) => {}
+            (Some(id), Ok(d)) => {
+                if delete {
+                    result.history.ack_delete(key, d.version);
+                } else {
+                    result.history.ack_put(key, id, d.version);
+                }
+                result.log.write(key, id, delete, invoke, complete, true);
+            }
+            (Some(id), Err(_)) => {
+                if delete {
+                    result.history.unacked_delete(key);
+                } else {
+                    result.history.unacked_put(key, id);
+                }
+                let end = failed_write_end(&fate, invoke, clock);
+                result.log.write(key, id, delete, invoke, end, false);
+            }
         }
         let latency_us = done.duration_since(intended).as_micros() as u64;
         let service_us = done.duration_since(sent).as_micros() as u64;
@@ -986,19 +1077,38 @@ fn error_kind(e: &ClientError) -> String {
     }
 }
 
-/// Reads every written key and judges it. Returns the counts and descriptions of the first
-/// lost keys.
-pub(crate) fn verify_all(w: &Workload, targets: &Targets, history: &History) -> (VerifyReport, Vec<String>) {
+/// One key's final read, judged by version.
+struct KeyRead {
+    key: u64,
+    verdict: Verdict,
+    /// The write the value names ([`UNKNOWN_WRITE`] if none of this key's), `None`: missing.
+    found: Option<u64>,
+    version: u64,
+}
+
+/// Reads every written key and judges it: by version against `history` (the last
+/// acknowledged write must be there, see [`verify::judge`]) and by real-time order against
+/// every operation of the run (`log`, see [`chordkv_node::history`]), which also judges every
+/// read of the run. A key's final read counts once: a real-time verdict first, else the
+/// version's. Returns the counts and descriptions of the first lost keys.
+pub(crate) fn verify_all(
+    w: &Workload,
+    targets: &Targets,
+    history: &History,
+    mut log: OpLog,
+) -> (VerifyReport, Vec<String>) {
     let addrs = targets.snapshot();
     let addrs = &addrs;
     let mut keys: Vec<u64> = history.keys.keys().copied().collect();
     keys.sort_unstable();
     let threads = w.threads.clamp(1, keys.len().max(1));
     let sizes = (w.value_bytes.min(), w.value_bytes.max());
-    let parts: Vec<(VerifyReport, Vec<String>)> = std::thread::scope(|s| {
+    let give_up_at = Instant::now() + VERIFY_BUDGET;
+    let out_of_time = AtomicBool::new(false);
+    let parts: Vec<(Vec<KeyRead>, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let keys = &keys;
+                let (keys, out_of_time) = (&keys, &out_of_time);
                 s.spawn(move || {
                     let mut worker = Worker {
                         w,
@@ -1012,52 +1122,44 @@ pub(crate) fn verify_all(w: &Workload, targets: &Targets, history: &History) -> 
                         addr: addrs[t % addrs.len()],
                         client: None,
                     };
-                    let mut report = VerifyReport::default();
-                    let mut lost = Vec::new();
+                    let mut reads = Vec::new();
+                    let mut read_errors = 0;
                     let mut failed_in_a_row = 0;
                     for &key in keys.iter().skip(t).step_by(threads) {
                         if failed_in_a_row >= MAX_FAILURES_IN_A_ROW {
                             // Unreachable: the rest is counted unreadable, not judged.
-                            report.read_errors += 1;
+                            read_errors += 1;
+                            continue;
+                        }
+                        if Instant::now() >= give_up_at {
+                            out_of_time.store(true, Ordering::Relaxed);
+                            read_errors += 1;
                             continue;
                         }
                         let rec = &history.keys[&key];
                         let name = Bytes::from(key_name(key, w.key_bytes));
                         let Some(read) = read_key(&mut worker, &mut conn, &name) else {
-                            report.read_errors += 1;
+                            read_errors += 1;
                             failed_in_a_row += 1;
                             continue;
                         };
                         failed_in_a_row = 0;
-                        report.keys_checked += 1;
-                        match verify::judge(history, key, rec, &read, sizes) {
-                            Verdict::Ok => {}
-                            Verdict::Lost => {
-                                report.lost += 1;
-                                if lost.len() < LOST_KEYS_SHOWN {
-                                    lost.push(format!(
-                                        "{}: last acknowledged {} at version {}, read {} at version {}",
-                                        key_name(key, w.key_bytes),
-                                        match rec.acked {
-                                            Some((_, Some(id))) => format!("put {id:#x}"),
-                                            Some((_, None)) => "delete".into(),
-                                            None => "nothing".into(),
-                                        },
-                                        rec.acked.map_or(0, |a| a.0),
-                                        match read.value.as_deref().and_then(verify::parse_value) {
-                                            Some((id, _)) => format!("put {id:#x}"),
-                                            None if read.value.is_some() => "an unknown value".into(),
-                                            None => "nothing".into(),
-                                        },
-                                        read.version
-                                    ));
-                                }
+                        let found = read.value.as_deref().map(|v| match verify::parse_value(v) {
+                            Some((id, k))
+                                if k == key && verify::value_for(id, key, sizes.0, sizes.1) == v =>
+                            {
+                                id
                             }
-                            Verdict::Unexpected => report.unexpected += 1,
-                            Verdict::Recovered => report.recovered += 1,
-                        }
+                            _ => UNKNOWN_WRITE,
+                        });
+                        reads.push(KeyRead {
+                            key,
+                            verdict: verify::judge(history, key, rec, &read, sizes),
+                            found,
+                            version: read.version,
+                        });
                     }
-                    (report, lost)
+                    (reads, read_errors)
                 })
             })
             .collect();
@@ -1070,16 +1172,118 @@ pub(crate) fn verify_all(w: &Workload, targets: &Targets, history: &History) -> 
         acknowledged: history.acknowledged,
         ..VerifyReport::default()
     };
-    let mut lost = Vec::new();
-    for (r, l) in parts {
-        report.keys_checked += r.keys_checked;
-        report.lost += r.lost;
-        report.unexpected += r.unexpected;
-        report.recovered += r.recovered;
-        report.read_errors += r.read_errors;
-        lost.extend(l);
+    let mut reads = Vec::with_capacity(keys.len());
+    for (r, errors) in parts {
+        reads.extend(r);
+        report.read_errors += errors;
     }
-    lost.truncate(LOST_KEYS_SHOWN);
+    report.keys_checked = reads.len() as u64;
+    if out_of_time.load(Ordering::Relaxed) {
+        eprintln!(
+            "loadgen: warning: the final reads stopped after {} s; {} keys could not be read",
+            VERIFY_BUDGET.as_secs(),
+            report.read_errors
+        );
+    }
+
+    // LOADGEN_TRACE_KEY=i: key index i's operations; =anomalies: those of the first keys
+    // found wrong (the log is then kept until the check is done).
+    let trace = std::env::var("LOADGEN_TRACE_KEY").ok();
+    let kept = trace
+        .as_deref()
+        .filter(|t| *t == "anomalies")
+        .map(|_| log.clone());
+    let traced: Vec<u64> = trace
+        .as_deref()
+        .and_then(|k| k.parse().ok())
+        .into_iter()
+        .collect();
+    let print_trace = |log: &OpLog, keys: &[u64]| {
+        for &key in keys {
+            for line in log.trace(key) {
+                eprintln!("{line}");
+            }
+            if let Some(r) = reads.iter().find(|r| r.key == key) {
+                eprintln!(
+                    "key index {key}: final read {:?} at version {}",
+                    r.found, r.version
+                );
+            }
+        }
+    };
+    print_trace(&log, &traced);
+    let mut timed = TimedHistory::new();
+    log.drain_into(&mut timed);
+    for r in &reads {
+        timed.final_read(r.key, r.found);
+    }
+    let mut final_anomalies: HashMap<u64, Anomaly> = HashMap::new();
+    let mut anomalous_keys: Vec<u64> = Vec::new();
+    let rt = timed.check_each(|&key, last, anomaly| {
+        if last {
+            final_anomalies.insert(key, anomaly);
+        }
+        if anomalous_keys.len() < TRACED_ANOMALIES && !anomalous_keys.contains(&key) {
+            anomalous_keys.push(key);
+        }
+    });
+    drop(timed);
+    if let Some(log) = kept {
+        print_trace(&log, &anomalous_keys);
+    }
+    report.reads_checked = rt.reads_checked;
+    report.stale_reads = rt.stale_reads;
+    report.resurrected = rt.resurrected;
+    report.unexpected = rt.unexpected;
+    report.anomalies = rt.examples.iter().map(|e| format!("key index {e}")).collect();
+
+    let mut lost = Vec::new();
+    for r in &reads {
+        let by_time = final_anomalies.get(&r.key).copied();
+        let is_lost = match (by_time, r.verdict) {
+            (Some(Anomaly::Lost), _) => true,
+            // Counted by the real-time check already.
+            (Some(_), _) => false,
+            (None, Verdict::Lost) => true,
+            (None, Verdict::Unexpected) => {
+                report.unexpected += 1;
+                false
+            }
+            (None, Verdict::Recovered) => {
+                report.recovered += 1;
+                false
+            }
+            (None, Verdict::Ok) => false,
+        };
+        if !is_lost {
+            continue;
+        }
+        report.lost += 1;
+        if lost.len() < LOST_KEYS_SHOWN {
+            let rec = &history.keys[&r.key];
+            lost.push(format!(
+                "{}: last acknowledged {} at version {}, read {} at version {}{}",
+                key_name(r.key, w.key_bytes),
+                match rec.acked {
+                    Some((_, Some(id))) => format!("put {id:#x}"),
+                    Some((_, None)) => "delete".into(),
+                    None => "nothing".into(),
+                },
+                rec.acked.map_or(0, |a| a.0),
+                match r.found {
+                    Some(UNKNOWN_WRITE) => "an unknown value".into(),
+                    Some(id) => format!("put {id:#x}"),
+                    None => "nothing".into(),
+                },
+                r.version,
+                if r.verdict == Verdict::Lost {
+                    ""
+                } else {
+                    " (superseded in real time by a later acknowledged write)"
+                }
+            ));
+        }
+    }
     (report, lost)
 }
 

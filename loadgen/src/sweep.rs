@@ -1,6 +1,6 @@
 //! The data-loss experiment (a workload with `sweep:`; the kill-rate sweep is in
-//! [`crate::kill_rate`]): "at what rate of failure do we start
-//! to see data loss?"
+//! [`crate::kill_rate`], the partition and pause sweep in [`crate::fault_sweep`]): "at what
+//! rate of failure do we start to see data loss?"
 //!
 //! ```text
 //!   for N in replicas, f in kill_counts, trial in 0..trials (seed = seed + trial):
@@ -22,8 +22,10 @@ use anyhow::Context;
 use chordkv_node::cluster::{ClusterSpec, LocalCluster};
 use chordkv_node::rng::Rng;
 
+use crate::fault_sweep;
 use crate::faults::Targets;
 use crate::kill_rate;
+use crate::oplog::RunClock;
 use crate::plot::{self, XySeries};
 use crate::report;
 use crate::run::{find_chordkv, preload, verify_all, CONVERGE_TIMEOUT, DEFAULT_RESULTS_DIR};
@@ -98,7 +100,8 @@ pub struct SweepOutcome {
     pub trials: Vec<Trial>,
     pub cells: Vec<Cell>,
     pub out_dir: PathBuf,
-    /// The text of `kill-rate.md` and `data-loss.md`, those the sweep wrote.
+    /// The text of `kill-rate.md`, `partition-faults.md` and `data-loss.md`, those the sweep
+    /// wrote.
     pub table: String,
 }
 
@@ -168,6 +171,21 @@ pub fn run_sweep(opts: SweepOptions) -> anyhow::Result<SweepOutcome> {
             opts.progress,
         )?;
         table.push_str(&rate_table);
+    }
+    if sweep.has_fault_trials() {
+        let (_, fault_table) = fault_sweep::run_fault_sweep(
+            w,
+            sweep,
+            opts.chordkv_bin.clone(),
+            &out_dir,
+            &opts.command,
+            &started_utc,
+            opts.progress,
+        )?;
+        if !table.is_empty() {
+            table.push('\n');
+        }
+        table.push_str(&fault_table);
     }
     if sweep.kill_counts.is_empty() {
         return Ok(SweepOutcome {
@@ -249,7 +267,8 @@ fn run_trial(
     let mut cluster = LocalCluster::start(spec)?;
     cluster.wait_consistent(CONVERGE_TIMEOUT)?;
     let targets = Targets::new(cluster.addrs());
-    let (history, _errors) = preload(&w, &targets)?;
+    let clock = RunClock::start();
+    let (history, _errors, log) = preload(&w, &targets, &clock)?;
     let keys = history.keys.values().filter(|r| r.acked.is_some()).count() as u64;
 
     // f distinct nodes, a uniform sample (partial Fisher-Yates).
@@ -266,7 +285,7 @@ fn run_trial(
         .wait_consistent(Duration::from_secs_f64(sweep.settle_timeout_s))
         .is_ok();
     targets.set(cluster.live_addrs());
-    let (report, _) = verify_all(&w, &targets, &history);
+    let (report, _) = verify_all(&w, &targets, &history, log);
     drop(cluster);
     Ok(Trial {
         replicas,

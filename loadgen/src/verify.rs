@@ -209,19 +209,34 @@ pub fn judge(
     }
 }
 
-/// The counts in `summary.json`.
+/// The counts in `summary.json`: the final reads judged by version (this module) and every
+/// read of the run judged by real-time order ([`chordkv_node::history`], fed by
+/// [`crate::oplog`]); a key's final read counts once.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
     /// Writes (puts and deletes, preload included) the cluster acknowledged.
     pub acknowledged: u64,
     /// Keys read at the end.
     pub keys_checked: u64,
-    /// Keys whose last acknowledged write is missing or older.
+    /// Successful reads judged by real-time order: those of the run and the final ones.
+    pub reads_checked: u64,
+    /// Keys whose final read misses an acknowledged write: the last acknowledged one by
+    /// version is missing or older, or the value read was superseded, in real time, by an
+    /// acknowledged put (one invoked after that value's write could last have taken effect).
     pub lost: u64,
-    /// Keys holding a value no write to them produced.
+    /// Reads during the run that missed an acknowledged put which completed before they began.
+    pub stale_reads: u64,
+    /// Reads (during the run or final) that returned a value an acknowledged delete, invoked
+    /// after that value's write had ended, removed.
+    pub resurrected: u64,
+    /// Reads (during the run or final) that returned a value no write to that key produced, or
+    /// one whose write began after the read ended; a key holding such a value at the end.
     pub unexpected: u64,
     /// Keys holding an unacknowledged write.
     pub recovered: u64,
     /// Keys that could not be read at the end (not judged).
     pub read_errors: u64,
+    /// A few of the anomalies found by real-time order, described.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub anomalies: Vec<String>,
 }

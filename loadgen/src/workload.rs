@@ -16,6 +16,7 @@
 //! cluster: { nodes: 8, replicas: 2 }
 //! faults:                                      # see [`Fault`]; local cluster only
 //!   - { at_s: 5, action: kill, count: 2 }
+//!   - { at_s: 7, action: partition, groups: [[0, 1, 2, 3, 4], [5, 6, 7]], duration_s: 2 }
 //! ```
 
 use std::fmt;
@@ -27,6 +28,8 @@ use serde::{Deserialize, Serialize};
 /// Smallest value a workload may write: the write id and the key index are encoded in it, so
 /// that the final check can tell whose write a value is (see `verify`).
 pub const MIN_VALUE_BYTES: usize = 32;
+/// Largest keyspace: key indices must fit the operation log's packed entries (`oplog`).
+pub const MAX_KEYS: u64 = 1 << 48;
 
 /// A workload file, after defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,6 +102,10 @@ pub struct Workload {
 ///   replicas: [0, 1, 2]
 ///   trials: 2
 /// ```
+///
+/// The fault sweep (`partition_lengths_s`, `pause_lengths_s`; see `fault_sweep.rs`) runs one
+/// partition or one pause of each length L per trial, for every `acks` x
+/// `partition_policies`, on the cluster's replica count.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sweep {
@@ -110,8 +117,34 @@ pub struct Sweep {
     /// starting a fresh one in its place.
     #[serde(default)]
     pub kill_intervals_s: Vec<f64>,
-    /// N: extra copies of every key (`chordkv node --replicas N`).
+    /// N: extra copies of every key (`chordkv node --replicas N`), for the kill sweeps.
+    #[serde(default)]
     pub replicas: Vec<u64>,
+    /// L: seconds of the one partition of a trial (the fault sweep; may be empty). Each trial
+    /// runs `fault_at_s + L + after_fault_s` seconds of load on a fresh cluster in network
+    /// namespaces, cutting it between `partition_groups` at `fault_at_s` for L seconds.
+    #[serde(default)]
+    pub partition_lengths_s: Vec<f64>,
+    /// L: seconds of the one pause (SIGSTOP, then SIGCONT) of one random node in a trial (the
+    /// fault sweep; may be empty).
+    #[serde(default)]
+    pub pause_lengths_s: Vec<f64>,
+    /// The fault sweep's `--ack` values [default: the cluster's].
+    #[serde(default)]
+    pub acks: Vec<Ack>,
+    /// The fault sweep's `--partition-policy` values [default: the cluster's].
+    #[serde(default)]
+    pub partition_policies: Vec<PartitionPolicy>,
+    /// The fault sweep: seconds of load before the fault.
+    #[serde(default = "default_fault_at_s")]
+    pub fault_at_s: f64,
+    /// The fault sweep: seconds of load after the fault ends (the final reads follow).
+    #[serde(default = "default_after_fault_s")]
+    pub after_fault_s: f64,
+    /// The fault sweep's partition [default: the first half of the nodes, rounded up, against
+    /// the rest: [[0, 1, 2], [3, 4]] for 5].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_groups: Option<Vec<Vec<usize>>>,
     /// Trials per (N, f).
     #[serde(default = "default_trials")]
     pub trials: u32,
@@ -125,6 +158,32 @@ fn default_trials() -> u32 {
 }
 fn default_settle_timeout_s() -> f64 {
     5.0
+}
+fn default_fault_at_s() -> f64 {
+    2.0
+}
+fn default_after_fault_s() -> f64 {
+    5.0
+}
+
+impl Sweep {
+    /// Whether the sweep has partition or pause trials.
+    pub fn has_fault_trials(&self) -> bool {
+        !self.partition_lengths_s.is_empty() || !self.pause_lengths_s.is_empty()
+    }
+
+    /// Whether it kills nodes (`kill_counts` or `kill_intervals_s`).
+    pub fn has_kill_trials(&self) -> bool {
+        !self.kill_counts.is_empty() || !self.kill_intervals_s.is_empty()
+    }
+
+    /// The partition of its partition trials, on a cluster of `nodes`.
+    pub fn groups(&self, nodes: usize) -> Vec<Vec<usize>> {
+        self.partition_groups.clone().unwrap_or_else(|| {
+            let majority = nodes - nodes / 2;
+            vec![(0..majority).collect(), (majority..nodes).collect()]
+        })
+    }
 }
 
 /// What a fault does to its nodes.
@@ -144,6 +203,12 @@ pub enum FaultAction {
     Add,
     /// Stop live nodes gracefully (SIGTERM: they hand their keys over and leave).
     Remove,
+    /// Cut the network between `groups` of nodes (packets dropped silently; clients still
+    /// reach every node), for `duration_s` if given (then heal), else until a `heal` or the
+    /// end of the load. Needs the local cluster in network namespaces, so root.
+    Partition,
+    /// Remove the partition in place.
+    Heal,
 }
 
 impl FaultAction {
@@ -156,6 +221,8 @@ impl FaultAction {
             FaultAction::Restart => "restart",
             FaultAction::Add => "add",
             FaultAction::Remove => "remove",
+            FaultAction::Partition => "partition",
+            FaultAction::Heal => "heal",
         }
     }
 }
@@ -163,13 +230,16 @@ impl FaultAction {
 /// One entry of `faults:`: at `at_s` seconds after the measurement starts, apply `action` to
 /// the nodes with the given indices (`nodes`), or to `count` nodes picked with the seed among
 /// those it applies to (live ones for kill, pause and remove; paused ones for resume; dead ones
-/// for restart). Without `nodes` or `count`, one node.
+/// for restart). Without `nodes` or `count`, one node. A partition names its `groups` of node
+/// indices instead; a heal names nothing.
 ///
 /// ```yaml
 /// faults:
 ///   - { at_s: 3.0, action: kill, count: 2 }
 ///   - { at_s: 5, action: pause, nodes: [1], duration_s: 2 }
 ///   - { at_s: 8, action: add }
+///   - { at_s: 10, action: partition, groups: [[0, 1, 2], [3, 4]] }
+///   - { at_s: 20, action: heal }
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,12 +250,28 @@ pub struct Fault {
     pub count: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<Vec<usize>>,
-    /// `pause` only: resume the nodes after this many seconds.
+    /// `partition` only: the groups of node indices that can no longer reach each other
+    /// (nodes in no group keep reaching everyone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<Vec<usize>>>,
+    /// `pause` and `partition` only: resume the nodes, or heal, after this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_s: Option<f64>,
 }
 
 impl Fault {
+    /// A fault of `action` at `at_s`, with nothing else given.
+    pub fn new(at_s: f64, action: FaultAction) -> Fault {
+        Fault {
+            at_s,
+            action,
+            count: None,
+            nodes: None,
+            groups: None,
+            duration_s: None,
+        }
+    }
+
     /// Nodes the fault picks when it names none.
     pub fn count_or_default(&self) -> usize {
         self.count.unwrap_or(1)
@@ -487,6 +573,39 @@ pub enum Ack {
     One,
 }
 
+impl Ack {
+    /// The name used in files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ack::All => "all",
+            Ack::One => "one",
+        }
+    }
+}
+
+/// What the nodes serve when they cannot reach enough of a key's replicas (`chordkv node
+/// --partition-policy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionPolicy {
+    /// A minority stops acknowledging writes and refuses reads it cannot vouch for: a stale
+    /// read or a resurrected delete is a failure of the run (the node's default).
+    #[default]
+    Consistent,
+    /// Every live node keeps serving; stale reads are expected and reported, not failures.
+    Available,
+}
+
+impl PartitionPolicy {
+    /// The name used in files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionPolicy::Consistent => "consistent",
+            PartitionPolicy::Available => "available",
+        }
+    }
+}
+
 /// The local cluster loadgen starts when it is not given `--nodes`. Absent fields keep the
 /// node's own defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -511,6 +630,15 @@ pub struct ClusterSection {
     /// `chordkv node --cache`: entries of each node's location cache (0: none).
     #[serde(default)]
     pub cache: Option<u64>,
+    /// `chordkv node --partition-policy`: `consistent` (the node's default) or `available`.
+    #[serde(default)]
+    pub partition_policy: Option<PartitionPolicy>,
+    /// `chordkv node --max-clock-offset-ms`.
+    #[serde(default)]
+    pub max_clock_offset_ms: Option<u64>,
+    /// `chordkv node --tombstone-grace-ms`.
+    #[serde(default)]
+    pub tombstone_grace_ms: Option<u64>,
 }
 
 fn default_cluster_nodes() -> usize {
@@ -531,6 +659,9 @@ impl Default for ClusterSection {
             store: default_store(),
             routing: None,
             cache: None,
+            partition_policy: None,
+            max_clock_offset_ms: None,
+            tombstone_grace_ms: None,
         }
     }
 }
@@ -550,11 +681,7 @@ impl ClusterSection {
             args.extend(["--replicas".into(), n.to_string()]);
         }
         if let Some(ack) = self.ack {
-            let ack = match ack {
-                Ack::All => "all",
-                Ack::One => "one",
-            };
-            args.extend(["--ack".into(), ack.into()]);
+            args.extend(["--ack".into(), ack.name().into()]);
         }
         if let Some(routing) = &self.routing {
             args.extend(["--routing".into(), routing.clone()]);
@@ -562,7 +689,21 @@ impl ClusterSection {
         if let Some(n) = self.cache {
             args.extend(["--cache".into(), n.to_string()]);
         }
+        if let Some(p) = self.partition_policy {
+            args.extend(["--partition-policy".into(), p.name().into()]);
+        }
+        if let Some(ms) = self.max_clock_offset_ms {
+            args.extend(["--max-clock-offset-ms".into(), ms.to_string()]);
+        }
+        if let Some(ms) = self.tombstone_grace_ms {
+            args.extend(["--tombstone-grace-ms".into(), ms.to_string()]);
+        }
         args
+    }
+
+    /// The partition policy the nodes run with: the one given, else the node's default.
+    pub fn policy(&self) -> PartitionPolicy {
+        self.partition_policy.unwrap_or_default()
     }
 
     /// Checks `routing:` (the nodes check it again, but a typo should fail before a cluster
@@ -674,8 +815,11 @@ impl Workload {
         if let Some(rate) = self.rate_per_s {
             positive(rate, "rate_per_s")?;
         }
-        if self.keys == 0 {
-            return Err("keys must be at least 1".into());
+        if self.keys == 0 || self.keys > MAX_KEYS {
+            return Err(format!(
+                "keys must be between 1 and {MAX_KEYS}, not {}",
+                self.keys
+            ));
         }
         let digits = (self.keys - 1).to_string().len();
         if self.key_bytes < digits + 1 || self.key_bytes > chordkv_node::protocol::MAX_KEY_BYTES {
@@ -738,15 +882,16 @@ impl Workload {
             return Ok(());
         };
         if !self.faults.is_empty() {
-            return Err("sweep: a sweep injects its own kills; remove faults".into());
+            return Err("sweep: a sweep injects its own faults; remove faults".into());
         }
-        if s.kill_counts.is_empty() && s.kill_intervals_s.is_empty() {
+        if !s.has_kill_trials() && !s.has_fault_trials() {
             return Err(
-                "sweep.kill_counts (f nodes at once) or sweep.kill_intervals_s (one node every T s) \
-                 must list at least one value"
+                "sweep.kill_counts (f nodes at once), sweep.kill_intervals_s (one node every T s), \
+                 sweep.partition_lengths_s or sweep.pause_lengths_s must list at least one value"
                     .into(),
             );
         }
+        self.validate_fault_sweep(s)?;
         if let Some(&bad) = s
             .kill_intervals_s
             .iter()
@@ -758,7 +903,7 @@ impl Workload {
                 self.duration_s
             ));
         }
-        if s.replicas.is_empty() {
+        if s.has_kill_trials() && s.replicas.is_empty() {
             return Err("sweep.replicas must list at least one replica count".into());
         }
         let n = self.cluster.nodes;
@@ -781,6 +926,37 @@ impl Workload {
         Ok(())
     }
 
+    /// Checks the fault sweep's fields.
+    fn validate_fault_sweep(&self, s: &Sweep) -> Result<(), String> {
+        let lengths = [
+            ("sweep.partition_lengths_s", &s.partition_lengths_s),
+            ("sweep.pause_lengths_s", &s.pause_lengths_s),
+        ];
+        for (field, values) in lengths {
+            if let Some(bad) = values.iter().find(|&&l| !(l.is_finite() && l > 0.0)) {
+                return Err(format!("{field}: {bad} is not a positive number of seconds"));
+            }
+        }
+        if !(s.fault_at_s.is_finite() && s.fault_at_s >= 0.0) {
+            return Err(format!(
+                "sweep.fault_at_s must be 0 or more, not {}",
+                s.fault_at_s
+            ));
+        }
+        if !(s.after_fault_s.is_finite() && s.after_fault_s > 0.0) {
+            return Err(format!(
+                "sweep.after_fault_s must be a positive number, not {}",
+                s.after_fault_s
+            ));
+        }
+        if !s.partition_lengths_s.is_empty() {
+            let n = self.cluster.nodes;
+            chordkv_node::netns::check_groups(&s.groups(n), n)
+                .map_err(|e| format!("sweep.partition_groups: {e} (indices 0 to {})", n - 1))?;
+        }
+        Ok(())
+    }
+
     /// Checks the `faults:` list: times within the measured run, counts of at least 1, node
     /// indices that exist when the fault fires (the initial nodes and those added before).
     fn validate_faults(&self) -> Result<(), String> {
@@ -799,11 +975,35 @@ impl Workload {
                 return Err(format!("{at}: give either count or nodes, not both"));
             }
             match (f.action, f.duration_s) {
-                (FaultAction::Pause, Some(d)) if !(d.is_finite() && d > 0.0) => {
+                (FaultAction::Pause | FaultAction::Partition, Some(d)) if !(d.is_finite() && d > 0.0) => {
                     return Err(format!("{at}: duration_s must be a positive number, not {d}"));
                 }
-                (FaultAction::Pause, _) | (_, None) => {}
-                (_, Some(_)) => return Err(format!("{at}: duration_s is for pause only")),
+                (FaultAction::Pause | FaultAction::Partition, _) | (_, None) => {}
+                (_, Some(_)) => return Err(format!("{at}: duration_s is for pause and partition only")),
+            }
+            let exist = self.cluster.nodes + self.nodes_added_before(f.at_s);
+            match (f.action, &f.groups) {
+                (FaultAction::Partition, None) => {
+                    return Err(format!(
+                        "{at}: a partition needs its groups, e.g. groups: [[0, 1, 2], [3, 4]]"
+                    ));
+                }
+                (FaultAction::Partition, Some(groups)) => {
+                    if f.count.is_some() || f.nodes.is_some() {
+                        return Err(format!("{at}: a partition names groups, not count or nodes"));
+                    }
+                    chordkv_node::netns::check_groups(groups, exist)
+                        .map_err(|e| format!("{at}: groups: {e} (indices 0 to {})", exist - 1))?;
+                }
+                (FaultAction::Heal, _) => {
+                    if f.count.is_some() || f.nodes.is_some() || f.groups.is_some() {
+                        return Err(format!(
+                            "{at}: a heal removes the partition in place; give no count, nodes or groups"
+                        ));
+                    }
+                }
+                (_, Some(_)) => return Err(format!("{at}: groups is for partition only")),
+                (_, None) => {}
             }
             if let Some(nodes) = &f.nodes {
                 if f.action == FaultAction::Add {
@@ -812,13 +1012,6 @@ impl Workload {
                 if nodes.is_empty() {
                     return Err(format!("{at}: nodes must name at least one node"));
                 }
-                let added: usize = self
-                    .faults
-                    .iter()
-                    .filter(|g| g.action == FaultAction::Add && g.at_s < f.at_s)
-                    .map(Fault::count_or_default)
-                    .sum();
-                let exist = self.cluster.nodes + added;
                 if let Some(bad) = nodes.iter().find(|&&i| i >= exist) {
                     return Err(format!(
                         "{at}: node index {bad} is out of range: {exist} nodes exist then \
@@ -831,8 +1024,23 @@ impl Workload {
         Ok(())
     }
 
+    /// Nodes the faults add before `at_s`.
+    fn nodes_added_before(&self, at_s: f64) -> usize {
+        self.faults
+            .iter()
+            .filter(|g| g.action == FaultAction::Add && g.at_s < at_s)
+            .map(Fault::count_or_default)
+            .sum()
+    }
+
     /// Whether the run is open loop (a target rate).
     pub fn is_open_loop(&self) -> bool {
         self.rate_per_s.is_some()
+    }
+
+    /// Whether a fault cuts the network: the local cluster must then run in network
+    /// namespaces.
+    pub fn has_partitions(&self) -> bool {
+        self.faults.iter().any(|f| f.action == FaultAction::Partition)
     }
 }

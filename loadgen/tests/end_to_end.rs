@@ -60,6 +60,11 @@ cluster: { nodes: 3, replicas: 1, stabilize_ms: 100 }
     assert_eq!(s["loop"], "closed");
     assert_eq!(s["verify"]["lost"], 0, "{s:#}");
     assert_eq!(s["verify"]["unexpected"], 0, "{s:#}");
+    // Every read of the run was judged by real-time order, and none was stale.
+    assert!(s["verify"]["reads_checked"].as_u64().unwrap() > 0, "{s:#}");
+    assert_eq!(s["verify"]["stale_reads"], 0, "{s:#}");
+    assert_eq!(s["verify"]["resurrected"], 0, "{s:#}");
+    assert_eq!(s["cluster"]["partition_policy"], "consistent", "{s:#}");
     assert!(s["verify"]["acknowledged"].as_u64().unwrap() >= 200, "{s:#}");
     assert!(s["throughput_ops"].as_f64().unwrap() > 0.0, "{s:#}");
     assert!(s["ops"]["get"]["count"].as_u64().unwrap() > 0, "{s:#}");

@@ -43,6 +43,7 @@ faults:
             action: FaultAction::Kill,
             count: Some(2),
             nodes: None,
+            groups: None,
             duration_s: None
         }
     );
@@ -53,6 +54,32 @@ faults:
     assert_eq!(w.faults[5].action, FaultAction::Add);
     // Node 5 exists at 8 s: two were added at 7 s.
     assert_eq!(w.faults[6].nodes, Some(vec![5]));
+}
+
+#[test]
+fn partitions_and_heals_parse() {
+    let w = parse(
+        "name: t
+duration_s: 20
+cluster: { nodes: 5 }
+faults:
+  - { at_s: 2, action: partition, groups: [[0, 1, 2], [3, 4]] }
+  - { at_s: 6, action: heal }
+  - { at_s: 8, action: add }
+  - { at_s: 9, action: partition, groups: [[5], [0, 1]], duration_s: 3.5 }
+",
+    )
+    .unwrap();
+    assert!(w.has_partitions());
+    assert_eq!(w.faults[0].action, FaultAction::Partition);
+    assert_eq!(w.faults[0].groups, Some(vec![vec![0, 1, 2], vec![3, 4]]));
+    assert_eq!(w.faults[1], Fault::new(6.0, FaultAction::Heal));
+    // Node 5 exists at 9 s (added at 8 s); nodes 2 to 4 are on no side.
+    assert_eq!(w.faults[3].groups, Some(vec![vec![5], vec![0, 1]]));
+    assert_eq!(w.faults[3].duration_s, Some(3.5));
+    assert!(!parse("name: t\nfaults:\n  - { at_s: 1, action: kill }\n")
+        .unwrap()
+        .has_partitions());
 }
 
 #[test]
@@ -89,13 +116,50 @@ fn validation_errors_name_the_fault_and_the_problem() {
         ),
         (
             "{ at_s: 1, action: kill, duration_s: 2 }",
-            "duration_s is for pause only",
+            "duration_s is for pause and partition only",
         ),
         (
             "{ at_s: 1, action: pause, duration_s: 0 }",
             "duration_s must be a positive number",
         ),
         ("{ at_s: 1, action: add, nodes: [1] }", "give count, not nodes"),
+        ("{ at_s: 1, action: partition }", "a partition needs its groups"),
+        (
+            "{ at_s: 1, action: partition, groups: [[0, 1, 2, 3]] }",
+            "at least two groups",
+        ),
+        (
+            "{ at_s: 1, action: partition, groups: [[0, 1], []] }",
+            "names no node",
+        ),
+        (
+            "{ at_s: 1, action: partition, groups: [[0, 1], [1, 2]] }",
+            "node 1 is in two groups",
+        ),
+        (
+            "{ at_s: 1, action: partition, groups: [[0, 1], [5]] }",
+            "node 5 does not exist",
+        ),
+        (
+            "{ at_s: 1, action: partition, groups: [[0], [1]], count: 2 }",
+            "names groups, not count or nodes",
+        ),
+        (
+            "{ at_s: 1, action: partition, groups: [[0], [1]], duration_s: -1 }",
+            "duration_s must be a positive number",
+        ),
+        (
+            "{ at_s: 1, action: heal, nodes: [1] }",
+            "give no count, nodes or groups",
+        ),
+        (
+            "{ at_s: 1, action: heal, duration_s: 1 }",
+            "duration_s is for pause and partition only",
+        ),
+        (
+            "{ at_s: 1, action: kill, groups: [[0], [1]] }",
+            "groups is for partition only",
+        ),
     ];
     for (fault, want) in cases {
         let text = format!("name: t\nduration_s: 10\ncluster: {{ nodes: 4 }}\nfaults:\n  - {{ at_s: 0, action: add }}\n  - {fault}\n");

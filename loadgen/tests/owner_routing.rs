@@ -66,7 +66,7 @@ preload: true
 seed: 6
 entry: owner
 request_timeout_ms: 1000
-cluster: { nodes: 4, replicas: 2, ack: all, stabilize_ms: 100 }
+cluster: { nodes: 4, replicas: 2, ack: all, stabilize_ms: 100, partition_policy: available }
 faults:
   - { at_s: 1, action: add }
   - { at_s: 2.5, action: kill, count: 1 }

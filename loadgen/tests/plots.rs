@@ -80,6 +80,7 @@ fn timeline_plot_marks_the_faults() {
             at_s: 2.0,
             action: "kill".into(),
             nodes: vec!["127.0.0.1:7101".into(), "127.0.0.1:7102".into()],
+            groups: Vec::new(),
             what: "nodes 1, 2".into(),
             error: None,
         },
@@ -87,15 +88,49 @@ fn timeline_plot_marks_the_faults() {
             at_s: 3.5,
             action: "restart".into(),
             nodes: vec!["127.0.0.1:7101".into()],
+            groups: Vec::new(),
             what: "node 1".into(),
+            error: None,
+        },
+        FaultRecord {
+            at_s: 4.0,
+            action: "partition".into(),
+            nodes: vec![
+                "10.78.5.10:7000".into(),
+                "10.78.5.11:7000".into(),
+                "10.78.5.12:7000".into(),
+            ],
+            groups: vec![
+                vec!["10.78.5.10:7000".into(), "10.78.5.11:7000".into()],
+                vec!["10.78.5.12:7000".into()],
+            ],
+            what: "nodes 0, 1 (...) | 2 (...)".into(),
+            error: None,
+        },
+        FaultRecord {
+            at_s: 5.0,
+            action: "heal".into(),
+            nodes: Vec::new(),
+            groups: Vec::new(),
+            what: "the network".into(),
             error: None,
         },
     ];
     let markers = fault_markers(&faults, 2.0);
     assert_eq!(
         markers,
-        vec![(4.0, "kill x2".to_string()), (5.5, "restart".to_string())]
+        vec![
+            (4.0, "kill x2".to_string()),
+            (5.5, "restart".to_string()),
+            (6.0, "partition 2|1".to_string()),
+            (7.0, "heal".to_string())
+        ]
     );
+    assert_eq!(
+        faults[2].timeline_entries(),
+        vec!["partition 10.78.5.10:7000 10.78.5.11:7000 | 10.78.5.12:7000".to_string()]
+    );
+    assert_eq!(faults[3].timeline_entries(), vec!["heal".to_string()]);
     let svg = timeline_svg("failure: 1400 ops/s", &rows, &markers);
     looks_like_svg(&svg);
     std::fs::write(
@@ -107,13 +142,15 @@ fn timeline_plot_marks_the_faults() {
     for label in [
         ">kill x2<",
         ">restart<",
+        ">partition 2|1<",
+        ">heal<",
         ">ops/s<",
         ">warm-up<",
         "failure: 1400 ops/s",
     ] {
         assert!(svg.contains(label), "{label}: {svg}");
     }
-    assert_eq!(svg.matches("stroke-dasharray").count(), 2, "one line per fault");
+    assert_eq!(svg.matches("stroke-dasharray").count(), 4, "one line per fault");
     // No rows at all still makes a picture.
     assert!(timeline_svg("empty", &[], &[]).starts_with("<svg"));
 }

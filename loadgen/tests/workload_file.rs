@@ -1,6 +1,6 @@
 //! Workload files: defaults, the accepted spellings, and errors that say where and what.
 
-use loadgen::workload::{Distribution, Entry, ValueSize, Workload, WorkloadError};
+use loadgen::workload::{Distribution, Entry, PartitionPolicy, ValueSize, Workload, WorkloadError};
 
 fn parse(text: &str) -> Result<Workload, WorkloadError> {
     Workload::from_yaml(text, "test.yaml")
@@ -167,4 +167,37 @@ fn the_cluster_section_becomes_node_arguments() {
     ]));
     let e = parse("name: t\ncluster: {ack: some}\n").unwrap_err();
     assert!(e.message.contains("unknown variant `some`"), "{e}");
+}
+
+#[test]
+fn partition_policy_clock_offset_and_tombstone_grace_go_to_the_nodes() {
+    let w = parse("name: t\n").unwrap();
+    assert_eq!(
+        w.cluster.policy(),
+        PartitionPolicy::Consistent,
+        "the node's default"
+    );
+    assert!(!w.cluster.node_args().iter().any(|a| a.starts_with("--partition")));
+    let w = parse(
+        "name: t\ncluster:\n  partition_policy: available\n  max_clock_offset_ms: 250\n  tombstone_grace_ms: 5000\n",
+    )
+    .unwrap();
+    assert_eq!(w.cluster.policy(), PartitionPolicy::Available);
+    assert!(w.cluster.node_args().ends_with(&[
+        "--partition-policy".into(),
+        "available".into(),
+        "--max-clock-offset-ms".into(),
+        "250".into(),
+        "--tombstone-grace-ms".into(),
+        "5000".into()
+    ]));
+    let e = parse("name: t\ncluster:\n  nodes: 3\n  partition_policy: eventual\n").unwrap_err();
+    assert_eq!((e.line, e.column), (Some(4), Some(21)), "{e}");
+    assert!(e.message.contains("unknown variant `eventual`"), "{e}");
+    assert!(
+        e.message.contains("consistent") && e.message.contains("available"),
+        "{e}"
+    );
+    let e = parse("name: t\ncluster:\n  max_clock_offset_ms: -5\n").unwrap_err();
+    assert_eq!(e.line, Some(3), "{e}");
 }

@@ -14,6 +14,12 @@
 //! (loadgen) can run against another implementation, e.g. nodes on remote hosts over ssh.
 //! [`wait_for_ring`] is the convergence check they share.
 //!
+//! With [`NetworkMode::Namespaces`] every node runs in its own network namespace with its own
+//! address on a private bridge ([`crate::netns`]; root only), and the network itself can fail:
+//! [`partition`](LocalCluster::partition) drops every packet between groups of nodes (TCP
+//! retransmits, and delivers late after the [`heal`](LocalCluster::heal)), while this process
+//! keeps reaching every node. Every node then listens on the same port of its own address.
+//!
 //! Ports are picked by binding port 0 and closing the socket, which leaves a tiny window in
 //! which another process may take the port; a node that exits before it answers is started
 //! again on a fresh port (only when ports are picked, not with a `base_port`).
@@ -31,6 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 
 use crate::client::{walk_ring, Client, RingReport};
+use crate::netns;
 
 /// How long a new node may take to answer its first `GET_INFO`.
 /// Live nodes a started or restarted node is given to join through (`--join A,B,C`).
@@ -46,6 +53,23 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const PORT_ATTEMPTS: usize = 5;
 /// Lines of a node's log quoted in a start-up error.
 const LOG_TAIL_LINES: usize = 20;
+/// The port of every node in [`NetworkMode::Namespaces`] without a `base_port` (each node has
+/// its own address, so they can share it).
+pub const NAMESPACE_NODE_PORT: u16 = 7000;
+/// The RESP port of every node in [`NetworkMode::Namespaces`] without a `resp_base_port`.
+pub const NAMESPACE_RESP_PORT: u16 = 6379;
+
+/// Where the nodes of a [`LocalCluster`] run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// On the spec's `host` (loopback by default), in this process's network namespace.
+    #[default]
+    Host,
+    /// Each in its own network namespace, with its own address on a private bridge
+    /// ([`crate::netns`]), so that the cluster can be partitioned. Needs root and `ip`
+    /// ([`netns::unavailable`] says why not); the spec's `host` is not used.
+    Namespaces,
+}
 
 /// What to run and how.
 #[derive(Clone, Debug)]
@@ -80,6 +104,8 @@ pub struct ClusterSpec {
     pub resp: bool,
     /// See `resp`.
     pub resp_base_port: Option<u16>,
+    /// Loopback (the default) or a network namespace per node (partitions).
+    pub network: NetworkMode,
 }
 
 impl ClusterSpec {
@@ -99,6 +125,7 @@ impl ClusterSpec {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             resp: false,
             resp_base_port: None,
+            network: NetworkMode::Host,
         }
     }
 }
@@ -145,6 +172,19 @@ pub trait NodeControl {
     fn add_node(&mut self) -> anyhow::Result<usize>;
     /// Stop every node, one after another, as [`NodeControl::terminate`] does.
     fn stop_all(&mut self) -> Vec<(usize, Stopped)>;
+
+    /// Drop every packet between nodes of different groups, silently (no error reaches the
+    /// senders; TCP retransmits), replacing any partition in place. Nodes in no group keep
+    /// reaching everyone; clients keep reaching every node.
+    fn partition(&mut self, groups: &[Vec<usize>]) -> anyhow::Result<()> {
+        let _ = groups;
+        bail!("this cluster cannot partition its network (only a local cluster in network namespaces can)")
+    }
+
+    /// Remove the partition in place, if any.
+    fn heal(&mut self) -> anyhow::Result<()> {
+        bail!("this cluster cannot partition its network, so it has nothing to heal")
+    }
 
     /// The addresses of the nodes that are alive and not paused.
     fn live_addrs(&mut self) -> Vec<SocketAddr> {
@@ -237,6 +277,9 @@ struct LocalNode {
 pub struct LocalCluster {
     spec: ClusterSpec,
     nodes: Vec<LocalNode>,
+    /// The nodes' namespaces, in [`NetworkMode::Namespaces`]. Declared after `nodes`, and the
+    /// nodes are killed in `drop`, so it is deleted once they are gone.
+    netns: Option<netns::Network>,
 }
 
 impl LocalCluster {
@@ -255,9 +298,14 @@ impl LocalCluster {
                 .with_context(|| format!("cannot create log directory {}", dir.display()))?;
         }
         let count = spec.nodes;
+        let netns = match spec.network {
+            NetworkMode::Host => None,
+            NetworkMode::Namespaces => Some(netns::Network::create()?),
+        };
         let mut cluster = LocalCluster {
             spec,
             nodes: Vec::with_capacity(count),
+            netns,
         };
         for i in 0..count {
             let join: Vec<SocketAddr> = cluster.nodes.iter().take(JOIN_PEERS).map(|n| n.addr).collect();
@@ -479,6 +527,38 @@ impl LocalCluster {
         stopped
     }
 
+    /// In [`NetworkMode::Namespaces`]: drops every packet between nodes of different groups
+    /// (see [`netns::Network::partition`]), replacing any partition in place.
+    pub fn partition(&mut self, groups: &[Vec<usize>]) -> anyhow::Result<()> {
+        let nodes = self.nodes.len();
+        let net = self.network_mut()?;
+        netns::check_groups(groups, nodes)?;
+        net.partition(groups)
+    }
+
+    /// Removes the partition in place, if any.
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        self.network_mut()?.heal()
+    }
+
+    /// The groups of the partition in place, if any.
+    pub fn partitioned(&self) -> Option<&[Vec<usize>]> {
+        self.netns.as_ref()?.partitioned()
+    }
+
+    /// The network namespace node `i` runs in, in [`NetworkMode::Namespaces`].
+    pub fn namespace(&self, i: usize) -> Option<&str> {
+        self.netns.as_ref()?.namespace(i)
+    }
+
+    fn network_mut(&mut self) -> anyhow::Result<&mut netns::Network> {
+        self.netns.as_mut().ok_or_else(|| {
+            anyhow!(
+                "partitions need a cluster whose nodes run in network namespaces (NetworkMode::Namespaces)"
+            )
+        })
+    }
+
     /// Kills every node at once (SIGKILL), as dropping the cluster does.
     pub fn kill_all(&mut self) {
         for i in 0..self.nodes.len() {
@@ -521,7 +601,7 @@ impl LocalCluster {
     }
 
     fn pick_addr(&self, index: usize) -> anyhow::Result<SocketAddr> {
-        self.pick_port(index, self.spec.base_port)
+        self.pick_port(index, self.spec.base_port, NAMESPACE_NODE_PORT)
     }
 
     /// Node `index`'s RESP address, when the spec asks for one.
@@ -529,11 +609,28 @@ impl LocalCluster {
         if !self.spec.resp {
             return Ok(None);
         }
-        self.pick_port(index, self.spec.resp_base_port).map(Some)
+        self.pick_port(index, self.spec.resp_base_port, NAMESPACE_RESP_PORT)
+            .map(Some)
     }
 
-    /// `base + index` on the spec's host, or a free port without a base.
-    fn pick_port(&self, index: usize, base_port: Option<u16>) -> anyhow::Result<SocketAddr> {
+    /// `base + index` on the spec's host, or a free port without a base. In namespaces: on
+    /// node `index`'s own address, `base + index` or the same port for every node.
+    fn pick_port(
+        &self,
+        index: usize,
+        base_port: Option<u16>,
+        namespace_port: u16,
+    ) -> anyhow::Result<SocketAddr> {
+        if let Some(net) = &self.netns {
+            let port = match base_port {
+                Some(base) => u16::try_from(index)
+                    .ok()
+                    .and_then(|i| base.checked_add(i))
+                    .ok_or_else(|| anyhow!("port {base} + {index} is out of range"))?,
+                None => namespace_port,
+            };
+            return Ok(SocketAddr::new(IpAddr::V4(net.host_addr(index)), port));
+        }
         let host = self.spec.host;
         match base_port {
             Some(base) => {
@@ -569,7 +666,12 @@ impl LocalCluster {
         resp: Option<SocketAddr>,
         join: Vec<SocketAddr>,
     ) -> anyhow::Result<LocalNode> {
-        let retry_ports = addr.is_none() && self.spec.base_port.is_none();
+        if let Some(net) = &mut self.netns {
+            while net.hosts() <= index {
+                net.add_host()?;
+            }
+        }
+        let retry_ports = addr.is_none() && self.spec.base_port.is_none() && self.netns.is_none();
         let attempts = if retry_ports { PORT_ATTEMPTS } else { 1 };
         let mut last_error = None;
         for _ in 0..attempts {
@@ -609,7 +711,10 @@ impl LocalCluster {
         resp: Option<SocketAddr>,
         join: &[SocketAddr],
     ) -> anyhow::Result<(Child, Option<PathBuf>)> {
-        let mut cmd = Command::new(&self.spec.binary);
+        let mut cmd = match &self.netns {
+            Some(net) => net.command(index, &self.spec.binary),
+            None => Command::new(&self.spec.binary),
+        };
         cmd.arg("node").arg("--listen").arg(addr.to_string());
         if let Some(resp) = resp {
             cmd.arg("--resp").arg(resp.to_string());
@@ -721,6 +826,12 @@ impl NodeControl for LocalCluster {
     }
     fn stop_all(&mut self) -> Vec<(usize, Stopped)> {
         LocalCluster::stop_all(self)
+    }
+    fn partition(&mut self, groups: &[Vec<usize>]) -> anyhow::Result<()> {
+        LocalCluster::partition(self, groups)
+    }
+    fn heal(&mut self) -> anyhow::Result<()> {
+        LocalCluster::heal(self)
     }
 }
 

@@ -85,6 +85,19 @@ impl Report {
 /// Most anomalies described in a [`Report`].
 const MAX_EXAMPLES: usize = 10;
 
+/// What is wrong with one read: the counter of [`Report`] it goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Anomaly {
+    /// [`Report::stale_reads`].
+    StaleRead,
+    /// [`Report::resurrected`].
+    Resurrected,
+    /// [`Report::lost`] (a final read).
+    Lost,
+    /// [`Report::unexpected`].
+    Unexpected,
+}
+
 /// A recorded history of writes and reads over keys of type `K`.
 #[derive(Clone, Debug)]
 pub struct History<K> {
@@ -145,6 +158,13 @@ impl<K: Clone + Eq + Hash + Debug> History<K> {
 
     /// Judges every read.
     pub fn check(&self) -> Report {
+        self.check_each(|_, _, _| {})
+    }
+
+    /// [`History::check`], also telling `each` about every read it finds wrong: its key,
+    /// whether it is the final read, and what is wrong. A caller that judges final reads in
+    /// another way too (loadgen, by version) can so count each key once.
+    pub fn check_each(&self, mut each: impl FnMut(&K, bool, Anomaly)) -> Report {
         let index: HashMap<&K, KeyIndex> = self.writes.iter().map(|(k, w)| (k, KeyIndex::new(w))).collect();
         let empty = KeyIndex::new(&[]);
         let mut report = Report::default();
@@ -152,14 +172,20 @@ impl<K: Clone + Eq + Hash + Debug> History<K> {
             report.reads_checked += 1;
             let ix = index.get(&r.key).unwrap_or(&empty);
             let verdict = judge(ix, r);
-            let counter = match verdict {
+            let anomaly = match verdict {
                 Verdict::Ok => continue,
-                Verdict::Unexpected => &mut report.unexpected,
-                Verdict::SupersededByDelete => &mut report.resurrected,
-                Verdict::SupersededByPut if r.last => &mut report.lost,
-                Verdict::SupersededByPut => &mut report.stale_reads,
+                Verdict::Unexpected => Anomaly::Unexpected,
+                Verdict::SupersededByDelete => Anomaly::Resurrected,
+                Verdict::SupersededByPut if r.last => Anomaly::Lost,
+                Verdict::SupersededByPut => Anomaly::StaleRead,
             };
-            *counter += 1;
+            *match anomaly {
+                Anomaly::StaleRead => &mut report.stale_reads,
+                Anomaly::Resurrected => &mut report.resurrected,
+                Anomaly::Lost => &mut report.lost,
+                Anomaly::Unexpected => &mut report.unexpected,
+            } += 1;
+            each(&r.key, r.last, anomaly);
             if report.examples.len() < MAX_EXAMPLES {
                 let when = if r.last {
                     "final read".to_string()
@@ -381,6 +407,31 @@ mod tests {
         h.read("k", 0, 10, Some(9));
         h.read("j", 0, 10, Some(1));
         assert_eq!(h.check().unexpected, 3);
+    }
+
+    #[test]
+    fn check_each_names_every_anomalous_read() {
+        let mut h = History::new();
+        h.write("k", 1, false, 0, 10, true);
+        h.write("k", 2, false, 20, 30, true);
+        h.read("k", 40, 45, Some(1));
+        h.read("k", 46, 47, Some(2));
+        h.final_read("k", Some(1));
+        h.write("j", 3, false, 0, 10, true);
+        h.write("j", 4, true, 20, 30, true);
+        h.final_read("j", Some(3));
+        let mut seen = Vec::new();
+        let report = h.check_each(|k, last, a| seen.push((*k, last, a)));
+        assert_eq!(report, h.check());
+        seen.sort_by_key(|s| (s.0, s.1));
+        assert_eq!(
+            seen,
+            vec![
+                ("j", true, Anomaly::Resurrected),
+                ("k", false, Anomaly::StaleRead),
+                ("k", true, Anomaly::Lost)
+            ]
+        );
     }
 
     #[test]

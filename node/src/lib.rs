@@ -12,7 +12,8 @@
 //! 4. [`server`]: the mio event loop that drives one state machine over TCP in production.
 //! 5. [`client`]: a blocking client for the binary protocol; [`owner_client`]: client-side
 //!    routing straight to each key's owner; and [`cluster`], which runs a local ring of
-//!    `chordkv node` processes. The `chordkv` command is built on these.
+//!    `chordkv node` processes, on loopback or each in its own network namespace
+//!    ([`netns`]: partitions). The `chordkv` command is built on these.
 //!
 //! Beside them, [`history`] judges a recorded history of client operations (stale reads,
 //! lost writes, resurrected deletes) for the simulation tests and loadgen.
@@ -21,6 +22,7 @@ pub mod chord;
 pub mod client;
 pub mod cluster;
 pub mod history;
+pub mod netns;
 pub mod owner_client;
 pub mod rng;
 pub mod server;
