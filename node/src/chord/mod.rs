@@ -1873,8 +1873,7 @@ impl Node {
             self.pred_hint = successors
                 .iter()
                 .copied()
-                .filter(|n| in_open(&n.id, &x.id, &me.id))
-                .last();
+                .rfind(|n| in_open(&n.id, &x.id, &me.id));
             return;
         };
         // Ours: the members it knows between itself and us (nearest first), it, its own.
