@@ -162,6 +162,7 @@ fn answer(request: Message, me: NodeRef, map: &Mutex<Map>) -> Message {
             successors: vec![me],
             fingers: Vec::new(),
             keys: lock(map).keys.values().filter(|(_, v)| v.is_some()).count() as u64,
+            keeps_down_members: false,
         }),
         other => Message::Error {
             code: ErrorCode::BadRequest,

@@ -465,6 +465,9 @@ pub struct RingNode {
 pub struct RingReport {
     /// The nodes reached, in ring order starting from the lowest id.
     pub nodes: Vec<RingNode>,
+    /// Members that did not answer but that nodes keeping such members (partition policy
+    /// `consistent`) still list: down, not gone. The ring is consistent with them in place.
+    pub down: Vec<SocketAddr>,
     /// The ring is whole and settled: see [`walk_ring`].
     pub consistent: bool,
     /// What is wrong, one sentence each; empty when `consistent`.
@@ -530,16 +533,19 @@ pub fn walk_ring(start: SocketAddr, timeout: Duration, max_nodes: usize) -> Resu
     let max_nodes = max_nodes.max(1);
     let mut problems = Vec::new();
     let mut seen: BTreeSet<Id> = BTreeSet::new();
-    let mut infos: Vec<NodeInfo> = Vec::new();
+    // The members in walk order: the nodes reached with what they said, and (`None`) the
+    // members that are down, which nodes under the partition policy `consistent` keep listing.
+    let mut walk: Vec<(NodeRef, Option<NodeInfo>)> = Vec::new();
     let mut returned = false;
     let mut current = first;
     loop {
         seen.insert(current.node.id);
         let candidates = current.successors.clone();
         let from = current.node;
-        infos.push(current);
+        let keeps_down = current.keeps_down_members;
+        walk.push((from, Some(current)));
         if candidates.is_empty() {
-            if infos.len() == 1 {
+            if walk.len() == 1 {
                 // Alone: the ring closes on this node (its predecessor is checked below).
                 returned = true;
             } else {
@@ -549,8 +555,9 @@ pub fn walk_ring(start: SocketAddr, timeout: Duration, max_nodes: usize) -> Resu
         }
         // The first answering entry of the successor list is the next node.
         let mut next = None;
+        let mut down = Vec::new();
         for succ in &candidates {
-            if succ.id == infos[0].node.id {
+            if succ.id == walk[0].0.id {
                 returned = true;
                 break;
             }
@@ -568,10 +575,16 @@ pub fn walk_ring(start: SocketAddr, timeout: Duration, max_nodes: usize) -> Resu
                     next = Some(info);
                     break;
                 }
+                Err(_) if keeps_down => down.push(*succ),
                 Err(e) => problems.push(format!(
                     "{}'s successor {} is unreachable: {e}",
                     from.addr, succ.addr
                 )),
+            }
+        }
+        for d in down {
+            if seen.insert(d.id) {
+                walk.push((d, None));
             }
         }
         if returned {
@@ -587,14 +600,14 @@ pub fn walk_ring(start: SocketAddr, timeout: Duration, max_nodes: usize) -> Resu
         if seen.contains(&info.node.id) {
             problems.push(format!(
                 "the walk came back to {} without returning to {}: the ring has a loop",
-                info.node.addr, infos[0].node.addr
+                info.node.addr, walk[0].0.addr
             ));
             break;
         }
-        if infos.len() >= max_nodes {
+        if walk.len() >= max_nodes {
             problems.push(format!(
                 "the walk stopped after {max_nodes} nodes without returning to {}",
-                infos[0].node.addr
+                walk[0].0.addr
             ));
             break;
         }
@@ -603,20 +616,28 @@ pub fn walk_ring(start: SocketAddr, timeout: Duration, max_nodes: usize) -> Resu
     if !returned && problems.is_empty() {
         problems.push("the walk did not return to its first node".to_string());
     }
-    check_ring(&infos, returned, &mut problems);
-    if returned && infos.len() == 1 && infos[0].status == NodeStatus::Active {
+    check_ring(&walk, returned, &mut problems);
+    let infos: Vec<&NodeInfo> = walk.iter().filter_map(|(_, i)| i.as_ref()).collect();
+    if returned && walk.len() == 1 && infos[0].status == NodeStatus::Active {
         if let Some(problem) = probe_alone(infos[0].node.addr, timeout) {
             problems.push(problem);
         }
     }
 
-    let mut nodes: Vec<RingNode> = infos.iter().map(ring_node).collect();
+    let mut nodes: Vec<RingNode> = infos.iter().map(|i| ring_node(i)).collect();
     if let Some(lowest) = (0..nodes.len()).min_by_key(|&i| nodes[i].id) {
         nodes.rotate_left(lowest);
     }
+    let mut down: Vec<NodeRef> = walk
+        .iter()
+        .filter(|(_, i)| i.is_none())
+        .map(|(n, _)| *n)
+        .collect();
+    down.sort();
     Ok(RingReport {
         consistent: problems.is_empty(),
         nodes,
+        down: down.iter().map(|n| n.addr).collect(),
         problems,
     })
 }
@@ -659,10 +680,11 @@ fn probe_alone(addr: SocketAddr, timeout: Duration) -> Option<String> {
     }
 }
 
-/// The per-node checks of [`walk_ring`] over the nodes in walk order.
-fn check_ring(infos: &[NodeInfo], returned: bool, problems: &mut Vec<String>) {
-    let n = infos.len();
-    for info in infos {
+/// The per-node checks of [`walk_ring`] over the members in walk order (`None`: a member that
+/// is down, checked only as a neighbour of the others).
+fn check_ring(walk: &[(NodeRef, Option<NodeInfo>)], returned: bool, problems: &mut Vec<String>) {
+    let n = walk.len();
+    for info in walk.iter().filter_map(|(_, i)| i.as_ref()) {
         if info.status != NodeStatus::Active {
             problems.push(format!(
                 "{} is {}, not active",
@@ -671,21 +693,21 @@ fn check_ring(infos: &[NodeInfo], returned: bool, problems: &mut Vec<String>) {
             ));
         }
     }
-    // Predecessor pointers: the node after `a` must name `a` as its predecessor.
+    // Predecessor pointers: the member after `a` must name `a` as its predecessor.
     let pairs = if returned { n } else { n.saturating_sub(1) };
     for i in 0..pairs {
-        let a = &infos[i];
-        let b = &infos[(i + 1) % n];
+        let a = &walk[i].0;
+        let Some(b) = &walk[(i + 1) % n].1 else { continue };
         match b.predecessor {
-            Some(p) if p.id == a.node.id => {}
+            Some(p) if p.id == a.id => {}
             None if n == 1 => {}
             Some(p) => problems.push(format!(
                 "{}'s predecessor is {}, but {} precedes it",
-                b.node.addr, p.addr, a.node.addr
+                b.node.addr, p.addr, a.addr
             )),
             None => problems.push(format!(
                 "{} has no predecessor, but {} precedes it",
-                b.node.addr, a.node.addr
+                b.node.addr, a.addr
             )),
         }
     }
@@ -693,14 +715,16 @@ fn check_ring(infos: &[NodeInfo], returned: bool, problems: &mut Vec<String>) {
     // (the longest list seen, at most n - 1): writes go to the first entries as replicas, so a
     // short or stale list means misplaced copies.
     if returned && n > 1 {
-        let want_len = infos
+        let want_len = walk
             .iter()
+            .filter_map(|(_, i)| i.as_ref())
             .map(|i| i.successors.len())
             .max()
             .unwrap_or(0)
             .min(n - 1);
-        for (i, info) in infos.iter().enumerate() {
-            let expected: Vec<Id> = (1..=want_len).map(|d| infos[(i + d) % n].node.id).collect();
+        for (i, (_, info)) in walk.iter().enumerate() {
+            let Some(info) = info else { continue };
+            let expected: Vec<Id> = (1..=want_len).map(|d| walk[(i + d) % n].0.id).collect();
             let got: Vec<Id> = info.successors.iter().take(want_len).map(|s| s.id).collect();
             if got != expected {
                 problems.push(format!(
@@ -714,9 +738,7 @@ fn check_ring(infos: &[NodeInfo], returned: bool, problems: &mut Vec<String>) {
     }
     // Ids increase around the ring with one wrap past zero.
     if returned && n > 1 {
-        let wraps = (0..n)
-            .filter(|&i| infos[(i + 1) % n].node.id <= infos[i].node.id)
-            .count();
+        let wraps = (0..n).filter(|&i| walk[(i + 1) % n].0.id <= walk[i].0.id).count();
         if wraps != 1 {
             problems.push(format!(
                 "ids are out of order: the walk wrapped past zero {wraps} times"
@@ -846,6 +868,7 @@ mod tests {
             successors: vec![r(succ)],
             fingers: vec![],
             keys: 0,
+            keeps_down_members: false,
         }
     }
 

@@ -138,7 +138,7 @@ enum Command {
     Ring {
         #[command(flatten)]
         target: Target,
-        /// Print one JSON object: {"consistent", "nodes": [{"id", "addr", "predecessor",
+        /// Print one JSON object: {"consistent", "down", "nodes": [{"id", "addr", "predecessor",
         /// "successor", "keys", "status"}], "problems"}.
         #[arg(long)]
         json: bool,
@@ -748,6 +748,12 @@ fn ring_table(report: &RingReport) -> String {
         );
         text.push_str(line.trim_end());
         text.push('\n');
+    }
+    for addr in &report.down {
+        text.push_str(&format!(
+            "down: {addr} (a member that does not answer; still in the ring until it returns or \
+             is forgotten with `chordkv forget`)\n"
+        ));
     }
     let verdict = if report.consistent { "yes" } else { "no" };
     text.push_str(&format!("consistent: {verdict}\n"));

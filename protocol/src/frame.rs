@@ -112,6 +112,7 @@
 //!  0xA4  CollectTombstonesReply  removed u32
 //!  0xB0  Info                    node NodeRef | status NodeStatus | predecessor Option<NodeRef>
 //!                                | successors Vec<NodeRef> | fingers Vec<NodeRef> | keys u64
+//!                                | keeps_down_members bool
 //!  0xB1  Stats                   counters Vec<Counter>
 //!  0xFF  Error                   code ErrorCode | hops u16 | text String
 //! ```
@@ -724,6 +725,7 @@ fn payload_len(msg: &Message) -> EResult<usize> {
                 + nodes_len("successors", &info.successors)?
                 + nodes_len("fingers", &info.fingers)?
                 + 8
+                + 1
         }
         Stats { counters } => {
             limit("counters", counters.len(), MAX_LIST_LEN)?;
@@ -1034,6 +1036,7 @@ fn write_payload(msg: &Message, out: &mut Vec<u8>) {
             put_nodes(out, &info.successors);
             put_nodes(out, &info.fingers);
             put_u64(out, info.keys);
+            put_bool(out, info.keeps_down_members);
         }
         Stats { counters } => {
             put_len(out, counters.len());
@@ -1727,13 +1730,15 @@ impl<'a> Reader<'a> {
                 let successors = self.nodes("successors")?;
                 let fingers = self.nodes("fingers")?;
                 let keys = self.u64()?;
+                let keeps_down_members = self.bool()?;
                 done!(Info(NodeInfo {
                     node,
                     status,
                     predecessor,
                     successors,
                     fingers,
-                    keys
+                    keys,
+                    keeps_down_members
                 }))
             }
             opcode::GET_STATS => done!(GetStats),
@@ -1834,6 +1839,7 @@ mod tests {
             successors,
             fingers,
             keys: 12_345,
+            keeps_down_members: true,
         })
     }
 
@@ -3422,18 +3428,22 @@ mod tests {
                     option::of(node()),
                     nodes(),
                     nodes(),
-                    any::<u64>()
+                    any::<u64>(),
+                    any::<bool>()
                 )
-                    .prop_map(|(node, status, predecessor, successors, fingers, keys)| {
-                        Info(NodeInfo {
-                            node,
-                            status,
-                            predecessor,
-                            successors,
-                            fingers,
-                            keys,
-                        })
-                    }),
+                    .prop_map(
+                        |(node, status, predecessor, successors, fingers, keys, keeps_down_members)| {
+                            Info(NodeInfo {
+                                node,
+                                status,
+                                predecessor,
+                                successors,
+                                fingers,
+                                keys,
+                                keeps_down_members,
+                            })
+                        }
+                    ),
                 Just(GetStats),
                 vec((".{0,12}", any::<u64>()), 0..6).prop_map(|counters| Stats { counters }),
             ]

@@ -157,6 +157,9 @@ pub struct NodeInfo {
     pub fingers: Vec<NodeRef>,
     /// Live keys (not tombstones) in the node's store.
     pub keys: u64,
+    /// The node keeps members that stopped answering in its successor list (partition policy
+    /// `consistent`): an unreachable node it lists is a member that is down, not a stale entry.
+    pub keeps_down_members: bool,
 }
 
 /// Every message of the protocol. See [`crate::frame`] for opcodes and byte layouts.

@@ -1102,6 +1102,7 @@ impl Node {
                     successors: self.routing.successors().to_vec(),
                     fingers: self.routing.known_nodes().copied().collect(),
                     keys,
+                    keeps_down_members: self.config.is_consistent(),
                 };
                 self.reply(to, request_id, Message::Info(info));
             }
