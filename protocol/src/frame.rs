@@ -77,7 +77,7 @@
 //!  0x12  Notify                  node NodeRef | incarnation u64 | active bool
 //!  0x13  Ping                    (empty)
 //!  0x14  Leaving                 node NodeRef | predecessor Option<NodeRef>
-//!                                | successors Vec<NodeRef> | clock u64
+//!                                | successors Vec<NodeRef> | clock u64 | gone Vec<NodeRef>
 //!  0x15  GetMembers              after Id
 //!  0x16  MemberEvents            limit Id | events Vec<MemberEvent>
 //!  0x17  Lease                   primary NodeRef | start Id | holder NodeRef
@@ -672,8 +672,15 @@ fn payload_len(msg: &Message) -> EResult<usize> {
             node,
             predecessor,
             successors,
+            gone,
             ..
-        } => node_len(node) + opt_node_len(predecessor) + nodes_len("successors", successors)? + 8,
+        } => {
+            node_len(node)
+                + opt_node_len(predecessor)
+                + nodes_len("successors", successors)?
+                + 8
+                + nodes_len("gone", gone)?
+        }
         LeavingReply { .. } => 1,
         GetMembers { .. } => ID_BYTES,
         Members { nodes, .. } => nodes_len("nodes", nodes)? + 1,
@@ -942,11 +949,13 @@ fn write_payload(msg: &Message, out: &mut Vec<u8>) {
             predecessor,
             successors,
             clock,
+            gone,
         } => {
             put_node(out, node);
             put_opt_node(out, predecessor);
             put_nodes(out, successors);
             put_u64(out, *clock);
+            put_nodes(out, gone);
         }
         LeavingReply { accepted } => put_bool(out, *accepted),
         GetMembers { after } => put_id(out, after),
@@ -1625,11 +1634,13 @@ impl<'a> Reader<'a> {
                 let predecessor = self.opt_node()?;
                 let successors = self.nodes("successors")?;
                 let clock = self.u64()?;
+                let gone = self.nodes("gone")?;
                 done!(Leaving {
                     node,
                     predecessor,
                     successors,
-                    clock
+                    clock,
+                    gone
                 })
             }
             opcode::LEAVING_REPLY => {
@@ -2001,12 +2012,14 @@ mod tests {
                 predecessor: None,
                 successors: vec![],
                 clock: 0,
+                gone: vec![],
             },
             Leaving {
                 node: v6(1),
                 predecessor: Some(v4(2)),
                 successors: vec![v4(3), v6(4)],
                 clock: u64::MAX,
+                gone: vec![v4(5)],
             },
             LeavingReply { accepted: true },
             LeavingReply { accepted: false },
@@ -3041,6 +3054,7 @@ mod tests {
                 predecessor: None,
                 successors: nodes,
                 clock: 0,
+                gone: vec![],
             },
             too_long("successors", MAX_LIST_LEN),
         );
@@ -3364,13 +3378,14 @@ mod tests {
                 }),
                 Just(Ping),
                 node().prop_map(|node| Pong { node }),
-                (node(), option::of(node()), nodes(), any::<u64>()).prop_map(
-                    |(node, predecessor, successors, clock)| {
+                (node(), option::of(node()), nodes(), any::<u64>(), nodes()).prop_map(
+                    |(node, predecessor, successors, clock, gone)| {
                         Leaving {
                             node,
                             predecessor,
                             successors,
                             clock,
+                            gone,
                         }
                     }
                 ),

@@ -253,12 +253,15 @@ pub enum Message {
         node: NodeRef,
     },
     /// Graceful leave: `node` is leaving. Sent to its successor (take over my range, my
-    /// predecessor is `predecessor`) and to its predecessor (my successors are `successors`).
+    /// predecessor is `predecessor`) and to its other neighbours (my successors are
+    /// `successors`); `gone` are the nodes it knows left too (simultaneous leaves handed to
+    /// each other pass the word on to whoever stays).
     Leaving {
         node: NodeRef,
         predecessor: Option<NodeRef>,
         successors: Vec<NodeRef>,
         clock: u64,
+        gone: Vec<NodeRef>,
     },
     LeavingReply {
         accepted: bool,

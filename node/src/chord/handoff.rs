@@ -618,6 +618,7 @@ impl Node {
             predecessor: self.predecessor,
             successors: self.routing.successors().to_vec(),
             clock: self.clock.current(),
+            gone: self.gone.values().map(|(n, _)| *n).collect(),
         }
     }
 
@@ -634,9 +635,22 @@ impl Node {
         l.stage = LeaveStage::Transferring;
         let start = self.predecessor.map_or(succ.id, |p| p.id);
         self.start_transfer(now, succ, start, self.me.id, true);
-        if let Some(p) = self.predecessor.filter(|p| p.addr != succ.addr) {
-            let msg = self.leaving_message();
-            self.send_rpc(now, p.addr, msg, RpcKind::LeavingHint, 0);
+        // Every neighbour that lists us hears that we leave: the predecessors (whose successor
+        // lists name us) and the other successors (whose predecessor lists do), so a member
+        // that leaves is gone for all of them, even when its takeover went through a node that
+        // left right after (simultaneous leaves).
+        let mut told: Vec<std::net::SocketAddr> = vec![succ.addr, self.me.addr];
+        let neighbours: Vec<NodeRef> = self
+            .predecessors()
+            .into_iter()
+            .chain(self.routing.successors().iter().copied())
+            .collect();
+        for n in neighbours {
+            if !told.contains(&n.addr) {
+                told.push(n.addr);
+                let msg = self.leaving_message();
+                self.send_rpc(now, n.addr, msg, RpcKind::LeavingHint, 0);
+            }
         }
     }
 
@@ -673,13 +687,24 @@ impl Node {
         self.seeds.retain(|a| *a != node.addr);
         let is_successor = self.routing.successors().iter().any(|s| s.addr == node.addr);
         let consistent = self.config.is_consistent();
+        // It asks us to take its range over when we come first in its successor list (in a
+        // small ring every node is in our successor list, so that does not tell).
+        let asks_us = successors
+            .iter()
+            .find(|s| !self.gone.contains_key(&s.addr) || s.addr == self.me.addr)
+            .is_some_and(|s| s.addr == self.me.addr);
         let is_predecessor = match self.predecessor {
             Some(p) if p.addr == node.addr => true,
-            _ if is_successor => false,
+            _ if is_successor && !asks_us => false,
             Some(p) if consistent => in_open(&node.id, &p.id, &self.me.id),
             Some(p) => self.is_dead(&p.addr) || in_open(&node.id, &p.id, &self.me.id),
             None => true,
         };
+        if asks_us && !is_predecessor {
+            // Not (yet) our predecessor: the one between us is leaving too, and hands us its
+            // range first, with this node as its predecessor. Ask again then.
+            return self.reply(to, rid, Message::LeavingReply { accepted: false });
+        }
         if is_predecessor {
             if self.phase != Phase::Active || !self.incoming.is_empty() || self.leave.is_some() {
                 return self.reply(to, rid, Message::LeavingReply { accepted: false });
@@ -703,9 +728,13 @@ impl Node {
             self.mark_gone(now, node);
             self.routing.set_successors(list, self.config.successors);
         } else {
-            // Not our neighbour: the leaving node's view is stale. It retries once stabilize
-            // has shown it its real successor.
-            self.routing.forget(node.addr);
+            // Not our predecessor or successor (a notice to a further neighbour, or a stale
+            // view of the leaving node, which retries once stabilize has shown it its real
+            // successor): it is leaving all the same.
+            self.mark_gone(now, node);
+            if let Some((_, list)) = self.pred_list.as_mut() {
+                list.retain(|n| n.addr != node.addr);
+            }
             return self.reply(to, rid, Message::LeavingReply { accepted: false });
         }
         self.reply(to, rid, Message::LeavingReply { accepted: true });

@@ -865,11 +865,13 @@ impl Node {
                 predecessor,
                 successors,
                 clock,
+                gone,
             } => {
                 // The leaving node's neighbours announce its leave (one-hop).
                 if self.members.as_ref().is_some_and(|m| m.contains(&node.id)) {
                     self.detect_event(now, node, false);
                 }
+                self.learn_gone(now, &gone);
                 self.handle_leaving(now, reply_to, rid, node, predecessor, successors, clock)
             }
             Message::GetMembers { after } => {
