@@ -84,6 +84,9 @@ pub struct ClusterSpec {
     pub host: IpAddr,
     /// Extra arguments of every `chordkv node`, e.g. `["--stabilize-ms", "100"]`.
     pub node_args: Vec<String>,
+    /// Extra arguments of node `i` after `node_args` (e.g. a store of its own); nodes past the
+    /// end of the list get none.
+    pub per_node_args: Vec<Vec<String>>,
     /// Write each node's stdout and stderr to `<log_dir>/node-<index>-<port>.log` (appended to
     /// across restarts). Without it, see `inherit_stderr`.
     pub log_dir: Option<PathBuf>,
@@ -118,6 +121,7 @@ impl ClusterSpec {
             base_port: None,
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             node_args: Vec::new(),
+            per_node_args: Vec::new(),
             log_dir: None,
             inherit_stderr: false,
             own_process_group: false,
@@ -724,6 +728,9 @@ impl LocalCluster {
             cmd.arg("--join").arg(&join);
         }
         cmd.args(&self.spec.node_args).stdin(Stdio::null());
+        if let Some(extra) = self.spec.per_node_args.get(index) {
+            cmd.args(extra);
+        }
         if self.spec.own_process_group {
             cmd.process_group(0);
         }

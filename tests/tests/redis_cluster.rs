@@ -224,3 +224,60 @@ fn two_kills_on_the_redis_driver_lose_nothing_and_copies_are_restored() {
         || (copies(&mut clients, &live)? == 3 * N as u64).then_some(()),
     );
 }
+
+/// Issue 11, case 7: a node's Redis restarts empty (no persistence) under it. The node must
+/// never answer "not found" for a key the ring holds: it notices the loss (the store's marker
+/// is gone) and answers errors until it has caught up from the other copies, then the values.
+#[test]
+fn a_redis_restarted_empty_never_answers_not_found_for_a_key_the_ring_holds() {
+    const KEYS: usize = 200;
+    let name = "redis_lost";
+    let mut rng = Rng::new(seed(name));
+    let mut redis: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let mut spec = chordkv_tests::cluster_spec(name, 3);
+    spec.node_args.extend(["--replicas".to_string(), "2".to_string()]);
+    spec.per_node_args = redis
+        .iter()
+        .map(|r| vec!["--store".to_string(), r.url()])
+        .collect();
+    let mut cluster = LocalCluster::start(spec).expect("start the cluster");
+    cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .expect("the ring converges");
+    let addrs = cluster.addrs();
+    let mut clients = Clients::new();
+    let mut data = BTreeMap::new();
+    for k in 0..KEYS {
+        let key = format!("key-{k:04}");
+        let value = format!("value-{k}-{:016x}", rng.next_u64());
+        let writer = addrs[rng.below(addrs.len() as u64) as usize];
+        clients.retrying(writer, &format!("PUT {key}"), |c| {
+            c.put(key.clone(), value.clone())
+        });
+        data.insert(key, value);
+    }
+    // Node 0's Redis comes back empty.
+    redis[0].restart();
+    eprintln!("{name}: the redis-server of {} restarted empty", addrs[0]);
+    // Every key through every node, the emptied one first: a value or a retryable error
+    // (retried), never a miss.
+    for via in addrs.iter().copied() {
+        for (key, value) in &data {
+            let got = clients.retrying(via, &format!("GET {key}"), |c| c.get(key.clone()));
+            assert_eq!(
+                got.value.as_deref(),
+                Some(value.as_bytes()),
+                "GET {key} through {via} after the store of {} was emptied",
+                addrs[0]
+            );
+        }
+    }
+    let losses = clients
+        .with(addrs[0], |c| c.stats())
+        .ok()
+        .and_then(|s| s.into_iter().find(|(n, _)| n == "store_losses"));
+    eprintln!(
+        "{name}: every key read back through every node; {losses:?} on {}",
+        addrs[0]
+    );
+}
