@@ -167,18 +167,8 @@ impl Node {
         }
         match self.route(&target) {
             Route::Local => {
-                let op = self.ops.remove(&id).expect("op present"); // faulty code
                 let range = self.own_range();
-                self.serve(
-                    now,
-                    op.reply_to,
-                    op.request_id,
-                    op.hops,
-                    op.message,
-                    target,
-                    op.deadline,
-                    range,
-                );
+                self.serve_coordinated(now, id, range);
             }
             Route::Found(list) => match self.pick_owner(&list, 0) {
                 Some((node, failover)) => self.send_op(now, id, node, failover),
@@ -247,17 +237,7 @@ impl Node {
                 None
             };
             if let Some(range) = range {
-                let op = self.ops.remove(&id).expect("op present"); // faulty code
-                return self.serve(
-                    now,
-                    op.reply_to,
-                    op.request_id,
-                    op.hops,
-                    op.message,
-                    target,
-                    op.deadline,
-                    range,
-                );
+                return self.serve_coordinated(now, id, range);
             }
             return self.retry_op_later(now, id);
         }
@@ -553,6 +533,39 @@ impl Node {
         }
         self.seen_writes.insert((deadline, fp));
         true
+    }
+
+    /// Serves an operation this node coordinates and holds the range of. Under `consistent`,
+    /// while it holds no valid lease on the range yet (a stand-in waiting for the primary's
+    /// lease to run out, a node catching up), the operation waits and retries like one sent to
+    /// a remote owner that said "not ready", instead of failing at once.
+    fn serve_coordinated(&mut self, now: Millis, id: u64, range: (NodeRef, Id)) {
+        let (primary, start) = range;
+        if self.config.is_consistent() && !self.leases.serves(&primary.id, now) {
+            self.renew_lease(now, primary, start);
+            if !self.leases.serves(&primary.id, now) {
+                let text = match self.no_lease_error(&primary.id, 0) {
+                    Message::Error { text, .. } => text,
+                    _ => String::new(),
+                };
+                if let Some(op) = self.ops.get_mut(&id) {
+                    op.last_error = Some(text);
+                }
+                return self.retry_op_later(now, id);
+            }
+        }
+        let op = self.ops.remove(&id).expect("op present"); // faulty code
+        let target = op.target;
+        self.serve(
+            now,
+            op.reply_to,
+            op.request_id,
+            op.hops,
+            op.message,
+            target,
+            op.deadline,
+            range,
+        );
     }
 
     /// Our own range as a lease target: `(me, predecessor)`, the range `(predecessor, me]`.
