@@ -706,3 +706,63 @@ fn five_of_six_nodes_leaving_at_once_leave_a_ring_of_one_serving_every_key() {
     let unclean: Vec<_> = exits.iter().filter(|(_, s)| !s.success()).collect();
     assert!(unclean.is_empty(), "leaves that did not exit 0: {unclean:?}");
 }
+
+/// A ring that lost a majority of some ranges' copies for ever serves them again once an
+/// operator declares the dead nodes gone (`chordkv forget`). Under `consistent`, five nodes
+/// with two replicas: two adjacent nodes are killed, so the ranges whose three copies include
+/// both have no majority left and are refused (an error, never a wrong answer). After
+/// `chordkv forget --node LIVE DEAD` for each, the survivors form a consistent ring of three
+/// and every key is readable again (every key had a copy on a survivor).
+#[test]
+fn forgetting_dead_nodes_lets_a_ring_that_lost_a_majority_serve_again() {
+    const KEYS: usize = 150;
+    let _serial = one_at_a_time();
+    let name = "forget";
+    let mut rng = Rng::new(seed(name));
+    let mut cluster = start_spec(name, with_args(cluster_spec(name, 5), &["--replicas", "2"]));
+    let ring = converge(&mut cluster, "the ring of 5 converges");
+    let addrs = ring.addrs();
+    let mut clients = Clients::new();
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("key-{i}")).collect();
+    for key in &keys {
+        let via = addrs[rng.below(addrs.len() as u64) as usize];
+        clients.retrying(via, &format!("PUT {key}"), |c| c.put(key.clone(), key.clone()));
+    }
+    // Two nodes next to each other on the ring.
+    let dead = [addrs[1], addrs[2]];
+    for &d in &dead {
+        cluster.kill(index_of(&cluster, d)).expect("kill");
+    }
+    let live = cluster.live_addrs();
+    // Some key is now refused: its majority of copies died.
+    let refused = keys.iter().any(|key| {
+        matches!(
+            clients.with(live[0], |c| c.get(key.clone())),
+            Err(ClientError::Server { .. }) | Err(ClientError::Timeout { .. })
+        )
+    });
+    assert!(
+        refused,
+        "no range lost its majority: the test needs adjacent dead nodes"
+    );
+    for &d in &dead {
+        let out = chordkv(&["forget", "--node", &live[0].to_string(), &d.to_string()]);
+        assert!(out.status.success(), "chordkv forget {d}: {}", out.stderr);
+    }
+    let ring = converge(&mut cluster, "the three survivors form a ring");
+    assert_eq!(ring.nodes.len(), 3);
+    assert!(
+        ring.down.is_empty(),
+        "forgotten nodes are not down members: {:?}",
+        ring.down
+    );
+    for key in &keys {
+        let via = live[rng.below(live.len() as u64) as usize];
+        let got = clients.retrying(via, &format!("GET {key}"), |c| c.get(key.clone()));
+        assert_eq!(
+            got.value.as_deref(),
+            Some(key.as_bytes()),
+            "GET {key} through {via}"
+        );
+    }
+}
