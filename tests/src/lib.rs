@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chordkv_node::client::{Client, ClientError};
@@ -191,6 +191,60 @@ impl Clients {
             }
         }
     }
+}
+
+/// Held by each test of a test binary for its whole run, so that the tests of that binary
+/// (each starting its own cluster) run one at a time on a 2-core machine.
+pub fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    // A test that panicked poisons the lock; the next one may run all the same.
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The value of counter `name` in a node's stats (`GET_STATS`); panics when the node reports
+/// no such counter.
+pub fn counter(stats: &[(String, u64)], name: &str) -> u64 {
+    stats
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("the node reports no counter {name:?}: {stats:?}"))
+}
+
+/// Counters `quoted` of every node of `addrs`, one line each, for failure messages.
+pub fn stats_table(clients: &mut Clients, addrs: &[SocketAddr], quoted: &[&str]) -> String {
+    let mut out = String::new();
+    for &addr in addrs {
+        let line = match clients.with(addr, Client::stats) {
+            Ok(stats) => quoted
+                .iter()
+                .map(|name| format!("{name}={}", counter(&stats, name)))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(e) => format!("no answer: {e}"),
+        };
+        out.push_str(&format!("\n  {addr}: {line}"));
+    }
+    out
+}
+
+/// The index in `cluster` of the node at `addr`; panics when no node of it has that address.
+pub fn index_of(cluster: &LocalCluster, addr: SocketAddr) -> usize {
+    cluster
+        .addrs()
+        .iter()
+        .position(|a| *a == addr)
+        .unwrap_or_else(|| panic!("{addr} is not a node of the cluster"))
+}
+
+/// Where the node logs of `cluster` are, for failure messages.
+pub fn logs_of(cluster: &LocalCluster) -> String {
+    cluster
+        .spec()
+        .log_dir
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default()
 }
 
 /// A child process that is stopped when dropped (SIGTERM, then SIGKILL after 10 s), so a

@@ -24,7 +24,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chordkv_node::client::{Client, ClientError, RingReport};
@@ -32,8 +31,9 @@ use chordkv_node::cluster::{ClusterSpec, LocalCluster};
 use chordkv_node::rng::Rng;
 use chordkv_protocol::{in_half_open, Id, MAX_VALUE_BYTES};
 use chordkv_tests::{
-    chordkv, chordkv_bin, cluster_spec, lines_of, poll_until, redis_cluster_spec, scratch_dir, seed, signal,
-    start_spec, ChildGuard, Clients, RedisServer, CONVERGE_TIMEOUT, NODE_ARGS, RETRY_TIMEOUT, SIGTERM,
+    chordkv, chordkv_bin, cluster_spec, counter, index_of, lines_of, logs_of, one_at_a_time, poll_until,
+    redis_cluster_spec, scratch_dir, seed, signal, start_spec, stats_table, ChildGuard, Clients, RedisServer,
+    CONVERGE_TIMEOUT, NODE_ARGS, RETRY_TIMEOUT, SIGTERM,
 };
 
 /// Bound of the waits for anti-entropy to repair copies or collect tombstones.
@@ -53,26 +53,10 @@ const PAUSE: Duration = Duration::from_secs(5);
 /// The tombstone grace of case 4, in milliseconds: short, so that the test takes seconds.
 const TOMBSTONE_GRACE_MS: u64 = 2_000;
 
-/// Held by each test for its whole run, so that the tests of this file run one at a time.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    // A test that panicked poisons the lock; the next one may run all the same.
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// `spec` with `extra` node arguments.
 fn with_args(mut spec: ClusterSpec, extra: &[&str]) -> ClusterSpec {
     spec.node_args.extend(extra.iter().map(|s| s.to_string()));
     spec
-}
-
-/// The value of counter `name` in a node's stats.
-fn counter(stats: &[(String, u64)], name: &str) -> u64 {
-    stats
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| *v)
-        .unwrap_or_else(|| panic!("the node reports no counter {name:?}: {stats:?}"))
 }
 
 /// Counter `name` of the node at `addr`, or why it did not answer.
@@ -93,32 +77,17 @@ fn stat_of_each(clients: &mut Clients, addrs: &[SocketAddr], name: &str) -> BTre
         .collect()
 }
 
-/// A few counters of every node, one line each, for failure messages.
-fn stats_table(clients: &mut Clients, addrs: &[SocketAddr]) -> String {
-    const QUOTED: [&str; 8] = [
-        "keys",
-        "keys_primary",
-        "keys_replica",
-        "anti_entropy_rounds",
-        "anti_entropy_keys_repaired",
-        "tombstones_collected",
-        "failovers_served",
-        "peers_failed",
-    ];
-    let mut out = String::new();
-    for &addr in addrs {
-        let line = match clients.with(addr, Client::stats) {
-            Ok(stats) => QUOTED
-                .iter()
-                .map(|name| format!("{name}={}", counter(&stats, name)))
-                .collect::<Vec<_>>()
-                .join(" "),
-            Err(e) => format!("no answer: {e}"),
-        };
-        out.push_str(&format!("\n  {addr}: {line}"));
-    }
-    out
-}
+/// The counters failure messages quote for every node.
+const QUOTED_STATS: [&str; 8] = [
+    "keys",
+    "keys_primary",
+    "keys_replica",
+    "anti_entropy_rounds",
+    "anti_entropy_keys_repaired",
+    "tombstones_collected",
+    "failovers_served",
+    "peers_failed",
+];
 
 /// Waits until every node of `addrs` has completed [`SETTLE_ROUNDS`] anti-entropy rounds
 /// more than it had when this was called (every range has been compared since the fault),
@@ -155,25 +124,6 @@ fn preference_list(ring: &RingReport, key: &[u8], copies: usize) -> Vec<SocketAd
     (0..copies.min(n))
         .map(|j| ring.nodes[(primary + j) % n].addr)
         .collect()
-}
-
-/// The cluster index of the node at `addr`.
-fn index_of(cluster: &LocalCluster, addr: SocketAddr) -> usize {
-    cluster
-        .addrs()
-        .iter()
-        .position(|a| *a == addr)
-        .unwrap_or_else(|| panic!("{addr} is not a node of the cluster"))
-}
-
-/// Where a failure's node logs are.
-fn logs_of(cluster: &LocalCluster) -> String {
-    cluster
-        .spec()
-        .log_dir
-        .as_ref()
-        .map(|d| d.display().to_string())
-        .unwrap_or_default()
 }
 
 /// Waits until the ring is consistent and made of exactly the live nodes, naming the logs on
@@ -374,7 +324,7 @@ fn deleted_keys_stay_deleted_when_a_node_returns_after_the_tombstone_grace() {
     let left: BTreeMap<SocketAddr, u64> = live.iter().map(|&a| (a, hlen(a))).collect();
     eprintln!(
         "{name}: entries (tombstones) left in the live nodes' Redis hashes: {left:?}; per node:{}",
-        stats_table(&mut clients, &live)
+        stats_table(&mut clients, &live, &QUOTED_STATS)
     );
 
     cluster
@@ -406,7 +356,7 @@ fn deleted_keys_stay_deleted_when_a_node_returns_after_the_tombstone_grace() {
         "{} of {KEYS} deleted keys are readable again after {victim} returned: {examples:#?}; per \
          node:{}; logs in {}",
         resurrected.len(),
-        stats_table(&mut clients, &addrs),
+        stats_table(&mut clients, &addrs, &QUOTED_STATS),
         logs_of(&cluster)
     );
 }
@@ -523,7 +473,7 @@ fn large_values_in_one_sub_range_are_repaired() {
                 "the restarted replica {replica} did not get the {VALUES} values back within \
                  {:.0} s; per node:{}; ring: {ring}; logs in {}",
                 REPAIR_TIMEOUT.as_secs_f64(),
-                stats_table(&mut clients, &ring_addrs),
+                stats_table(&mut clients, &ring_addrs, &QUOTED_STATS),
                 logs_of(&cluster)
             );
         }

@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chordkv_node::client::{Client, ClientError};
@@ -17,7 +16,8 @@ use chordkv_node::cluster::{LocalCluster, NetworkMode};
 use chordkv_node::netns;
 use chordkv_protocol::{in_half_open, Id};
 use chordkv_tests::{
-    chordkv_bin, cluster_spec, poll_until, start_spec, Clients, CONVERGE_TIMEOUT, REQUEST_TIMEOUT,
+    chordkv_bin, cluster_spec, one_at_a_time, poll_until, start_spec, Clients, CONVERGE_TIMEOUT,
+    REQUEST_TIMEOUT,
 };
 
 /// How long the mechanism test keeps its cut: several failure-detection periods.
@@ -34,13 +34,6 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 const RING_TIMEOUT: Duration = Duration::from_secs(20);
 /// After the held bytes are delivered, how long every node is watched for the old value.
 const WATCH: Duration = Duration::from_secs(3);
-
-/// Held by each test for its whole run: the clusters of this file are timing-sensitive (a
-/// starved node is presumed dead), so they do not share the machine with each other.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// `false`, with the reason printed, when this process cannot make network namespaces.
 fn namespaces_available(test: &str) -> bool {

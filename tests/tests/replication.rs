@@ -13,14 +13,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chordkv_node::client::{Client, RingReport};
-use chordkv_node::cluster::{ClusterSpec, LocalCluster};
+use chordkv_node::cluster::ClusterSpec;
 use chordkv_node::rng::Rng;
 use chordkv_protocol::Id;
-use chordkv_tests::{cluster_spec, seed, start_spec, Clients, AVAILABLE, CONVERGE_TIMEOUT};
+use chordkv_tests::{
+    cluster_spec, counter, index_of, logs_of, one_at_a_time, seed, start_spec, stats_table, Clients,
+    AVAILABLE, CONVERGE_TIMEOUT,
+};
 
 /// Copies of every key: the primary and `--replicas 2`.
 const COPIES: u64 = 3;
@@ -41,13 +43,6 @@ const QUOTED_STATS: [&str; 8] = [
     "rpc_timeouts",
     "peers_failed",
 ];
-
-/// Held by each test for its whole run, so that the tests of this file run one at a time.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    // A test that panicked poisons the lock; the next one may run all the same.
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A test cluster of `nodes` nodes with two replicas per key, plus `extra` node arguments.
 fn replicated_spec(name: &str, nodes: usize, extra: &[&str]) -> ClusterSpec {
@@ -75,15 +70,6 @@ fn write_keys(
     data
 }
 
-/// The value of counter `name` in a node's stats.
-fn counter(stats: &[(String, u64)], name: &str) -> u64 {
-    stats
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| *v)
-        .unwrap_or_else(|| panic!("the node reports no counter {name:?}: {stats:?}"))
-}
-
 /// Every node's stats, or a description of the first node that did not answer.
 fn all_stats(
     clients: &mut Clients,
@@ -104,23 +90,6 @@ fn stat_sum(clients: &mut Clients, addrs: &[SocketAddr], name: &str) -> Result<u
         .values()
         .map(|s| counter(s, name))
         .sum())
-}
-
-/// The [`QUOTED_STATS`] of every node, one line each, for failure messages.
-fn stats_table(clients: &mut Clients, addrs: &[SocketAddr]) -> String {
-    let mut out = String::new();
-    for &addr in addrs {
-        let line = match clients.with(addr, Client::stats) {
-            Ok(stats) => QUOTED_STATS
-                .iter()
-                .map(|name| format!("{name}={}", counter(&stats, name)))
-                .collect::<Vec<_>>()
-                .join(" "),
-            Err(e) => format!("no answer: {e}"),
-        };
-        out.push_str(&format!("\n  {addr}: {line}"));
-    }
-    out
 }
 
 /// Polls until counter `name` summed over `addrs` is `want`; returns how long that took.
@@ -153,7 +122,7 @@ fn wait_stat_sum(
         "{name} summed over {} nodes did not reach {want} within {:.0} s (last: {last}){hint}; per node:{}",
         addrs.len(),
         timeout.as_secs_f64(),
-        stats_table(clients, addrs)
+        stats_table(clients, addrs, &QUOTED_STATS)
     );
 }
 
@@ -328,25 +297,6 @@ fn pick_distinct(rng: &mut Rng, len: usize, count: usize) -> Vec<usize> {
     picked.into_iter().collect()
 }
 
-/// The cluster index of the node at `addr`.
-fn index_of(cluster: &LocalCluster, addr: SocketAddr) -> usize {
-    cluster
-        .addrs()
-        .iter()
-        .position(|a| *a == addr)
-        .unwrap_or_else(|| panic!("{addr} is not a node of the cluster"))
-}
-
-/// Where a failure's node logs are.
-fn logs_of(cluster: &LocalCluster) -> String {
-    cluster
-        .spec()
-        .log_dir
-        .as_ref()
-        .map(|d| d.display().to_string())
-        .unwrap_or_default()
-}
-
 #[test]
 fn two_simultaneous_kills_lose_nothing_and_copies_are_restored() {
     // Copies restored onto the surviving nodes: the partition policy `available`.
@@ -393,7 +343,10 @@ fn two_simultaneous_kills_lose_nothing_and_copies_are_restored() {
     wait_stat_sum(&mut clients, &live, "keys_primary", KEYS as u64, REPAIR_TIMEOUT);
     wait_expected_holdings(&mut clients, &ring, &expected_holdings(&ring, data.keys()));
     check_all(&mut clients, &mut rng, &live, &data, &BTreeSet::new());
-    eprintln!("{name}: per node:{}", stats_table(&mut clients, &live));
+    eprintln!(
+        "{name}: per node:{}",
+        stats_table(&mut clients, &live, &QUOTED_STATS)
+    );
 }
 
 #[test]
@@ -524,7 +477,7 @@ fn a_restarted_node_gets_its_ranges_back() {
     eprintln!(
         "{name}: copies held after the restart: {held} ({} in preference lists); per node:{}",
         COPIES * KEYS as u64,
-        stats_table(&mut clients, &ring.addrs())
+        stats_table(&mut clients, &ring.addrs(), &QUOTED_STATS)
     );
 }
 
