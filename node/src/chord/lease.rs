@@ -71,6 +71,10 @@ pub(super) struct Held {
     pub round: Option<Round>,
     /// Why the lease is not valid, as the last round or catch-up saw it.
     pub problem: Option<String>,
+    /// A store's error (ours, or a copy's with its address), when the last catch-up failed on
+    /// it: requests are refused with `StoreFailed` and this text (a store's fault, not the
+    /// ring's).
+    pub store_error: Option<String>,
 }
 
 /// One round of asking the preference list.
@@ -289,6 +293,7 @@ impl Node {
             grantors: Vec::new(),
             round: None,
             problem: Some("no lease yet".to_string()),
+            store_error: None,
         })
     }
 
@@ -396,7 +401,14 @@ impl Node {
     }
 
     /// A catch-up round ended; `ok`: a majority (with us) is synchronised.
-    pub(super) fn on_catch_up_done(&mut self, primary: Id, round: u64, ok: bool) {
+    /// `store_error`: a store's error (ours, or a copy's), when a step failed on it.
+    pub(super) fn on_catch_up_done(
+        &mut self,
+        primary: Id,
+        round: u64,
+        ok: bool,
+        store_error: Option<String>,
+    ) {
         let Some(h) = self.leases.held.get_mut(&primary) else {
             return;
         };
@@ -404,6 +416,7 @@ impl Node {
             return;
         }
         h.catch_up = None;
+        h.store_error = if ok { None } else { store_error };
         if ok {
             h.caught_up = true;
             h.problem = None;
@@ -511,6 +524,14 @@ impl Node {
 
     /// The error for a request this node cannot serve without a valid lease on `primary`.
     pub(super) fn no_lease_error(&self, primary: &Id, hops: u16) -> Message {
+        let held = self.leases.held(primary);
+        if let Some(e) = held.and_then(|h| h.store_error.clone()) {
+            return Message::Error {
+                code: ErrorCode::StoreFailed,
+                hops,
+                text: format!("not serving the key's range: catching up failed: {e}"),
+            };
+        }
         let why = self
             .leases
             .held(primary)

@@ -996,7 +996,7 @@ impl Node {
                 if matches!(frame.message, Message::ReplicateAck { .. }) {
                     self.sync_step_done_pub(now, round);
                 } else {
-                    self.sync_rpc_failed(now, round, Some(from));
+                    self.sync_reply_refused(now, round, from, &frame.message);
                 }
             }
         }

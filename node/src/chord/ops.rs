@@ -538,16 +538,21 @@ impl Node {
     /// Serves an operation this node coordinates and holds the range of. Under `consistent`,
     /// while it holds no valid lease on the range yet (a stand-in waiting for the primary's
     /// lease to run out, a node catching up), the operation waits and retries like one sent to
-    /// a remote owner that said "not ready", instead of failing at once.
+    /// a remote owner that said "not ready", instead of failing at once; a failing store fails
+    /// it at once with `StoreFailed`.
     fn serve_coordinated(&mut self, now: Millis, id: u64, range: (NodeRef, Id)) {
         let (primary, start) = range;
         if self.config.is_consistent() && !self.leases.serves(&primary.id, now) {
             self.renew_lease(now, primary, start);
             if !self.leases.serves(&primary.id, now) {
-                let text = match self.no_lease_error(&primary.id, 0) {
-                    Message::Error { text, .. } => text,
-                    _ => String::new(),
+                let (code, text) = match self.no_lease_error(&primary.id, 0) {
+                    Message::Error { code, text, .. } => (code, text),
+                    _ => (ErrorCode::NotReady, String::new()),
                 };
+                // A store that fails is the client's to see at once, as from a remote owner.
+                if code == ErrorCode::StoreFailed {
+                    return self.fail_op(id, code, &text);
+                }
                 if let Some(op) = self.ops.get_mut(&id) {
                     op.last_error = Some(text);
                 }

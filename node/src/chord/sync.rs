@@ -52,6 +52,8 @@ pub(super) struct SyncRound {
     pub failed: BTreeSet<SocketAddr>,
     /// One of our own store operations failed.
     pub local_failed: bool,
+    /// The error of our own store, when an operation of the round failed with one.
+    pub store_error: Option<String>,
     /// Whether every other member of the range's preference list is a target (under
     /// `consistent`, members presumed down count): only then may tombstones be collected.
     pub complete: bool,
@@ -107,6 +109,19 @@ pub(super) enum SyncWait {
     StrayCollected,
 }
 
+impl SyncWait {
+    /// The round a primary's step belongs to (`None` for a replica's answers).
+    fn round(&self) -> Option<u64> {
+        match self {
+            SyncWait::RoundDigests { round }
+            | SyncWait::KeysFor { round, .. }
+            | SyncWait::PushTo { round, .. }
+            | SyncWait::Repaired { round } => Some(*round),
+            _ => None,
+        }
+    }
+}
+
 /// How many anti-entropy intervals a replica keeps copies of a range no primary has declared
 /// to it, and how long its own view must be stable before it drops any.
 const COPY_RETENTION_ROUNDS: u64 = 3;
@@ -150,6 +165,7 @@ impl Node {
                 purpose: SyncPurpose::Periodic,
                 failed: BTreeSet::new(),
                 local_failed: false,
+                store_error: None,
                 complete,
                 start,
                 end,
@@ -185,7 +201,7 @@ impl Node {
         }
         if targets.is_empty() {
             // A preference list of one: nothing to catch up with.
-            return self.on_catch_up_done(primary, id, true);
+            return self.on_catch_up_done(primary, id, true, None);
         }
         self.syncs.insert(
             id,
@@ -197,6 +213,7 @@ impl Node {
                 targets,
                 failed: BTreeSet::new(),
                 local_failed: false,
+                store_error: None,
                 complete: false,
                 outstanding: 1,
                 differences: 0,
@@ -237,7 +254,7 @@ impl Node {
             if ok && primary == self.me.id {
                 self.store_lost = false;
             }
-            return self.on_catch_up_done(primary, r.id, ok);
+            return self.on_catch_up_done(primary, r.id, ok, r.store_error);
         }
         if r.failed.is_empty() && !r.local_failed {
             // Our range is as complete as our replicas' copies: refilled after a loss.
@@ -277,12 +294,34 @@ impl Node {
         self.sync_step_done(now, round);
     }
 
+    /// `from` answered a step of the round with something other than its reply (an error): the
+    /// exchange failed; a store failure over there is kept as the round's store error.
+    pub(super) fn sync_reply_refused(&mut self, now: Millis, round: u64, from: SocketAddr, msg: &Message) {
+        if let (
+            Message::Error {
+                code: ErrorCode::StoreFailed,
+                text,
+                ..
+            },
+            Some(r),
+        ) = (msg, self.round_mut(round))
+        {
+            r.store_error = Some(format!("{from}: {text}"));
+        }
+        self.sync_rpc_failed(now, round, Some(from));
+    }
+
     pub(super) fn on_sync_store_done(
         &mut self,
         now: Millis,
         wait: SyncWait,
         result: Result<StoreOutcome, StoreError>,
     ) {
+        if let (Err(e), Some(round)) = (&result, wait.round()) {
+            if let Some(r) = self.round_mut(round) {
+                r.store_error = Some(e.to_string());
+            }
+        }
         match wait {
             SyncWait::RoundDigests { round } => {
                 if let (Ok(StoreOutcome::Digest(digests)), Some(r)) = (result, self.round_mut(round)) {
@@ -460,7 +499,7 @@ impl Node {
     /// Primary: a replica's answer to our digests.
     pub(super) fn on_sync_digests_reply(&mut self, now: Millis, round: u64, from: SocketAddr, msg: Message) {
         let Message::SyncDigestsReply { differing } = msg else {
-            return self.sync_rpc_failed(now, round, Some(from));
+            return self.sync_reply_refused(now, round, from, &msg);
         };
         if let Some(r) = self.round_mut(round) {
             let bounds = Id::split_range(&r.start, &r.end, ANTI_ENTROPY_PARTS);
@@ -497,7 +536,7 @@ impl Node {
             truncated,
         } = msg
         else {
-            return self.sync_rpc_failed(now, round, Some(from));
+            return self.sync_reply_refused(now, round, from, &msg);
         };
         // A copy from the future (a wrong clock, a forged frame) is not merged.
         let before = newer.len();
@@ -668,29 +707,27 @@ fn item_batches(mut items: Vec<Item>, budget: usize) -> Vec<Vec<Item>> {
     batches
 }
 
-/// The `(key, version)` list of the ring range `(start, end]`, in ring order, cut into lists
-/// of at most `budget` bytes, each with the part of the range it covers: `(start, id of its
-/// last key]`, the last one up to `end`. An empty list still makes one (empty) part.
 /// A `(key, version)` list of a ring range.
 type KeyList = Vec<(Bytes, u64)>;
 
+/// The `(key, version)` list of the ring range `(start, end]`, in ring order, cut into lists
+/// of at most `budget` bytes, each with the part of the range it covers: `(start, id of its
+/// last key]`, the last one up to `end`. An empty list still makes one (empty) part.
 fn key_list_chunks(start: Id, end: Id, keys: KeyList, budget: usize) -> Vec<(Id, Id, KeyList)> {
     let mut chunks = Vec::new();
     let mut lo = start;
-    let mut current: Vec<(Bytes, u64)> = Vec::new();
+    let mut current: KeyList = Vec::new();
     let mut bytes = 0usize;
-    let total = keys.len();
-    for (i, (key, version)) in keys.into_iter().enumerate() {
+    for (key, version) in keys {
         let size = key.len() + 12;
-        if bytes + size > budget && !current.is_empty() {
-            let hi = Id::hash(&current.last().expect("not empty").0); // faulty code
+        if let Some((last, _)) = current.last().filter(|_| bytes + size > budget) {
+            let hi = Id::hash(last);
             chunks.push((lo, hi, std::mem::take(&mut current)));
             lo = hi;
             bytes = 0;
         }
         bytes += size;
         current.push((key, version));
-        let _ = (i, total);
     }
     chunks.push((lo, end, current));
     chunks
