@@ -544,3 +544,50 @@ impl Node {
         }
     }
 }
+
+impl Node {
+    /// Keeps the leases this node needs (`consistent`): on its own range while it serves it,
+    /// and as a stand-in on the range of a predecessor that is down while it and every
+    /// predecessor between are (see `replication.rs`); the others are released.
+    pub(super) fn maintain_leases(&mut self, now: Millis) {
+        if !self.config.is_consistent() {
+            return;
+        }
+        let serving = match self.phase {
+            Phase::Active => true,
+            Phase::Leaving => !self.leave.as_ref().is_some_and(|l| l.handed_over),
+            _ => false,
+        };
+        if serving {
+            let (me, start) = self.own_range();
+            self.renew_lease(now, me, start);
+        }
+        let preds = self.predecessors();
+        for primary in self.leases.primaries() {
+            if primary == self.me.id {
+                if !serving {
+                    let me = self.me;
+                    self.leases.release(&primary, me);
+                }
+                continue;
+            }
+            let mut keep = None;
+            for k in 0..self.config.replicas.min(preds.len().saturating_sub(1)) {
+                if !self.is_dead(&preds[k].addr) {
+                    break;
+                }
+                if preds[k].id == primary {
+                    keep = Some((preds[k], preds[k + 1].id));
+                    break;
+                }
+            }
+            match keep {
+                Some((p, start)) if serving => self.renew_lease(now, p, start),
+                _ => {
+                    let me = self.me;
+                    self.leases.release(&primary, me);
+                }
+            }
+        }
+    }
+}

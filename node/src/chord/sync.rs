@@ -246,7 +246,7 @@ impl Node {
         }
         let r = self.syncs.remove(&round).expect("checked above"); // faulty code
         self.stats.anti_entropy_rounds += 1;
-        self.stats.anti_entropy_last_repaired = r.repaired;
+        self.stats.anti_entropy_last_round_repaired = r.repaired;
         self.stats.anti_entropy_keys_repaired += r.repaired;
         if let SyncPurpose::CatchUp { primary } = r.purpose {
             let answered = r.targets.len() - r.failed.len().min(r.targets.len());

@@ -1,0 +1,281 @@
+//! The failure detector's memory: peers presumed dead (and until when), neighbours that
+//! departed and are probed for a ring merge (`available`), members that left or were
+//! forgotten for good, and seed peers to rejoin through.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use chordkv_protocol::{in_open, ErrorCode, Message, NodeRef};
+
+use super::*;
+
+/// A neighbour that stopped answering (partition policy `available`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Departed {
+    pub node: NodeRef,
+    pub since: Millis,
+    /// It was one of our replicas: it may hold old copies of our range.
+    pub holder: bool,
+}
+
+/// Departed neighbours remembered at most (the oldest are dropped first).
+pub(super) const MAX_DEPARTED: usize = 64;
+/// Departed neighbours probed per stabilize period.
+pub(super) const DEPARTED_PROBES_PER_ROUND: usize = 8;
+
+impl Node {
+    pub(super) fn is_dead(&self, addr: &SocketAddr) -> bool {
+        self.dead.contains_key(addr)
+    }
+
+    /// Forgets a peer that failed: out of the successor list, fingers and predecessor.
+    pub(super) fn mark_dead(&mut self, now: Millis, addr: SocketAddr) {
+        if addr == self.me.addr {
+            return;
+        }
+        if self
+            .dead
+            .insert(addr, now + self.config.dead_peer_ttl_ms)
+            .is_none()
+        {
+            self.stats.peers_failed += 1;
+        }
+        self.cache.evict_node(&addr);
+        if self.config.is_consistent() {
+            // A member that stops answering stays a member: it may be paused or cut off, and
+            // only a majority of its range's copies may decide to serve without it (leases).
+            // Routing avoids it, and it is probed until it answers (`probe_down_members`).
+            self.routing.forget_finger(addr);
+            return;
+        }
+        // `available`: it leaves our ring now. Remember it (it may be paused or cut off): it is
+        // probed so two rings merge when a partition heals, and while it is away it may hold
+        // old copies of our range, so our tombstones stay (see `sync.rs`).
+        let neighbour = self
+            .routing
+            .successors()
+            .iter()
+            .chain(self.predecessor.iter())
+            .find(|n| n.addr == addr)
+            .copied();
+        if let Some(n) = neighbour {
+            let holder = self.replica_targets().iter().any(|r| r.addr == addr);
+            self.remember_departed(now, n, holder);
+        }
+        self.routing.forget(addr);
+        if let Some(p) = self.predecessor.filter(|p| p.addr == addr) {
+            self.predecessor = None;
+            // The successor is the authority on its predecessor's failure (one-hop).
+            if self.members.is_some() {
+                self.detect_event(now, p, false);
+            }
+        }
+        // Anyone else only avoids it (`is_dead`) until its successor's notice arrives.
+        if self.routing.successors().is_empty() {
+            // Every successor is gone: fall back to the nearest node we still know of.
+            let fallback = self.routing.known_nodes().next().copied().or(self.predecessor);
+            if let Some(n) = fallback {
+                self.routing.set_successors([n], self.config.successors);
+                self.succ_wrapped = false;
+            }
+        }
+    }
+
+    pub(super) fn remember_departed(&mut self, now: Millis, node: NodeRef, holder: bool) {
+        let entry = self.departed.entry(node.addr).or_insert(Departed {
+            node,
+            since: now,
+            holder: false,
+        });
+        entry.holder |= holder;
+        if self.departed.len() > MAX_DEPARTED {
+            let oldest = self.departed.iter().min_by_key(|(_, d)| d.since).map(|(a, _)| *a);
+            if let Some(a) = oldest {
+                self.departed.remove(&a);
+            }
+        }
+    }
+
+    /// Whether a node that held copies of our range is away (`available`): it may come back
+    /// with copies of keys deleted meanwhile, so tombstones are not collected until it does (or
+    /// `departed_ttl_ms` passes, or an operator forgets it).
+    pub(super) fn holder_away(&self) -> bool {
+        self.departed.values().any(|d| d.holder)
+    }
+
+    /// `available`: asks a few departed neighbours for their neighbours. One that answers is
+    /// back: it and the nodes it names are candidates for our successor, which is how two rings
+    /// formed on both sides of a partition merge once it heals (Chord ToN 2003: remember the
+    /// nodes that went away and keep probing them; stabilize then zips the rings together).
+    pub(super) fn probe_departed(&mut self, now: Millis) {
+        let ttl = self.config.departed_ttl_ms();
+        self.departed.retain(|_, d| now.saturating_sub(d.since) < ttl);
+        let mut due: Vec<(Millis, SocketAddr)> = self
+            .departed
+            .iter()
+            .filter(|(a, _)| !self.rpcs.any_to(**a, RpcKind::Probe))
+            .map(|(a, d)| (d.since, *a))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        // Round-robin: the start moves with the clock, so every entry is probed in turn.
+        due.sort();
+        let start = (now / self.config.stabilize_interval_ms.max(1)) as usize % due.len();
+        let picks: Vec<SocketAddr> = due
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(DEPARTED_PROBES_PER_ROUND.min(due.len()))
+            .map(|(_, a)| *a)
+            .collect();
+        for addr in picks {
+            self.send_rpc(now, addr, Message::GetNeighbors, RpcKind::Probe, 0);
+        }
+    }
+
+    /// A probed node answered: it is back. `available`: adopt it (or a node it names) as our
+    /// successor when it lies between us and our successor.
+    pub(super) fn on_probe_reply(&mut self, now: Millis, from: SocketAddr, msg: Message) {
+        let back = self.departed.remove(&from);
+        if self.config.is_consistent() {
+            return;
+        }
+        let Message::Neighbors {
+            predecessors,
+            successors,
+            gone,
+            ..
+        } = msg
+        else {
+            return;
+        };
+        self.learn_gone(now, &gone);
+        let mut candidates: Vec<NodeRef> = back.map(|d| d.node).into_iter().collect();
+        candidates.extend(predecessors);
+        candidates.extend(successors);
+        let me = self.me;
+        let succ = self.routing.successors().first().copied();
+        let closer = candidates
+            .into_iter()
+            // The node that answered vouches for the nodes it names: they may still be in our
+            // list of peers that stopped answering, from before the heal.
+            .filter(|n| n.addr != me.addr && !self.gone.contains_key(&n.addr))
+            .filter(|n| succ.is_none_or(|s| in_open(&n.id, &me.id, &s.id)))
+            .min_by_key(|n| me.id.distance_limbs(&n.id));
+        if let Some(n) = closer {
+            self.dead.remove(&n.addr);
+            self.stats.ring_merges += 1;
+            let mut list = vec![n];
+            list.extend_from_slice(self.routing.successors());
+            self.routing.set_successors(list, self.config.successors);
+            self.succ_wrapped = false;
+            self.remember_seed(n.addr);
+            self.next_stabilize = now;
+        }
+    }
+
+    pub(super) fn expire_dead(&mut self, now: Millis) {
+        if self.config.is_consistent() {
+            // Members next to us stay presumed down until a probe finds them up.
+            let neighbours: BTreeSet<SocketAddr> = self.neighbour_members().map(|n| n.addr).collect();
+            self.dead
+                .retain(|a, until| *until > now || neighbours.contains(a));
+        } else {
+            self.dead.retain(|_, until| *until > now);
+        }
+        self.gone.retain(|_, (_, until)| *until > now);
+    }
+
+    /// Pings every neighbouring member presumed down (`consistent`), so one that comes back
+    /// (resumed, the partition healed, restarted) is used again at once.
+    pub(super) fn probe_down_members(&mut self, now: Millis) {
+        let down: BTreeSet<SocketAddr> = self
+            .neighbour_members()
+            .filter(|n| self.is_dead(&n.addr))
+            .map(|n| n.addr)
+            .collect();
+        for addr in down {
+            if !self.rpcs.any_to(addr, RpcKind::Probe) {
+                self.send_rpc(now, addr, Message::Ping, RpcKind::Probe, 0);
+            }
+        }
+    }
+
+    /// Nodes another node says left the ring or were forgotten: out of our lists too.
+    pub(super) fn learn_gone(&mut self, now: Millis, gone: &[NodeRef]) {
+        for n in gone {
+            if n.addr != self.me.addr && !self.gone.contains_key(&n.addr) {
+                self.depart(now, *n);
+            }
+        }
+    }
+
+    /// `node` left the ring (gracefully, or an operator forgot it): it is no member any more.
+    pub(super) fn depart(&mut self, now: Millis, node: NodeRef) {
+        self.mark_gone(now, node);
+        if self.predecessor.is_some_and(|p| p.addr == node.addr) {
+            // Its range is ours now (a leave hands it over; a forgotten node's is lost to it).
+            let next = self.predecessors().get(1).copied();
+            self.predecessor = next;
+            self.pred_incarnation = None;
+        }
+        if let Some((_, list)) = self.pred_list.as_mut() {
+            list.retain(|n| n.addr != node.addr);
+        }
+        let me = self.me;
+        self.leases.release(&node.id, me);
+    }
+
+    /// An operator declares `node` gone for good (`chordkv forget`): it leaves our lists like
+    /// a node that left, and the notice goes around the ring (each node passes it to its first
+    /// live successor, once).
+    pub(super) fn handle_forget(&mut self, now: Millis, to: ReplyTo, rid: u64, node: NodeRef) {
+        if node.addr == self.me.addr {
+            let msg = Message::Error {
+                code: ErrorCode::BadRequest,
+                hops: 0,
+                text: "a node cannot forget itself; stop it instead (it leaves gracefully)".to_string(),
+            };
+            return self.reply(to, rid, msg);
+        }
+        let new = !self.gone.contains_key(&node.addr);
+        if new {
+            self.depart(now, node);
+            let next = self
+                .routing
+                .successors()
+                .iter()
+                .find(|n| !self.is_dead(&n.addr))
+                .copied();
+            if let Some(next) = next {
+                self.send_rpc(now, next.addr, Message::Forget { node }, RpcKind::Probe, 0);
+            }
+        }
+        self.reply(to, rid, Message::ForgetReply { forgotten: new });
+    }
+
+    /// Out of every list, and kept out for a while: `node` left or was forgotten (the notice
+    /// spreads to the neighbours through `Neighbors::gone`).
+    pub(super) fn mark_gone(&mut self, now: Millis, node: NodeRef) {
+        // Long enough for every stale list to flush (a successor list is refreshed once a
+        // stabilize period); short enough that the node may join again soon after.
+        let keep_ms = self.config.dead_peer_ttl_ms * 4;
+        self.gone.insert(node.addr, (node, now + keep_ms));
+        self.departed.remove(&node.addr);
+        self.seeds.retain(|a| *a != node.addr);
+        self.routing.forget(node.addr);
+        self.dead.remove(&node.addr);
+        self.cache.evict_node(&node.addr);
+    }
+
+    pub(super) fn remember_seed(&mut self, addr: SocketAddr) {
+        const MAX_SEEDS: usize = 16;
+        if !self.seeds.contains(&addr) {
+            if self.seeds.len() == MAX_SEEDS {
+                self.seeds.pop_front();
+            }
+            self.seeds.push_back(addr);
+        }
+    }
+}

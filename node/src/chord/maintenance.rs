@@ -1,0 +1,547 @@
+//! Chord's ring maintenance (SIGCOMM'01 section 4.4, Fig. 6; successor lists of section
+//! 5.2): `stabilize` and `notify`, `check_predecessor`, `fix_fingers`, and the lookups that
+//! join a node to the ring or refresh a finger.
+
+use std::net::SocketAddr;
+
+use chordkv_protocol::{in_open, Id, Lookup, Message, NodeRef};
+
+use super::*;
+
+/// A maintenance lookup (join, fix_fingers): find `successor(target)`.
+#[derive(Clone, Debug)]
+pub(super) struct MaintLookup {
+    pub target: Id,
+    pub purpose: LookupPurpose,
+    pub deadline: Millis,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LookupPurpose {
+    Join,
+    /// A node left alone after losing every peer looks for its successor again.
+    Rejoin,
+    Finger(usize),
+}
+
+impl Node {
+    pub(super) fn stabilize(&mut self, now: Millis) {
+        match self.phase {
+            Phase::Joined | Phase::Active | Phase::Leaving => {}
+            _ => return,
+        }
+        match self.routing.successors().first().copied() {
+            None => {
+                // Alone: a node that notified us is our successor too (the second node of a ring).
+                if let Some(p) = self.predecessor {
+                    self.routing.set_successors([p], self.config.successors);
+                    // A ring of two: its successor is us.
+                    self.succ_wrapped = true;
+                    let msg = Message::Notify {
+                        node: self.me,
+                        incarnation: self.config.incarnation,
+                        active: self.phase == Phase::Active,
+                    };
+                    self.send_rpc(now, p.addr, msg, RpcKind::Notify, 0);
+                } else {
+                    self.try_rejoin(now);
+                }
+            }
+            Some(first) => {
+                // The first successor that answers (members presumed down are skipped; under
+                // `available` none are kept).
+                let succ = self
+                    .routing
+                    .successors()
+                    .iter()
+                    .find(|n| !self.is_dead(&n.addr))
+                    .copied();
+                match succ {
+                    Some(succ) if !self.rpcs.any(RpcKind::Stabilize) => {
+                        self.send_rpc(now, succ.addr, Message::GetNeighbors, RpcKind::Stabilize, 0);
+                    }
+                    Some(_) => {}
+                    // Every member we know of is presumed down: probing finds them when they
+                    // answer again; remembered peers may know more.
+                    None => {
+                        let _ = first;
+                        self.try_rejoin(now);
+                    }
+                }
+            }
+        }
+        if self.config.is_consistent() {
+            self.probe_down_members(now);
+        } else {
+            self.probe_departed(now);
+        }
+    }
+
+    pub(super) fn on_neighbors(&mut self, now: Millis, from: SocketAddr, msg: Message) {
+        let Message::Neighbors {
+            predecessors,
+            successors,
+            gone,
+            ..
+        } = msg
+        else {
+            return;
+        };
+        self.learn_gone(now, &gone);
+        let succs = self.routing.successors().to_vec();
+        // The successor we asked: the first, or (`consistent`) the first not presumed down.
+        let Some(k) = succs.iter().position(|s| s.addr == from) else {
+            return;
+        };
+        let succ = succs[k];
+        let x = predecessors.first().copied();
+        let mut list = Vec::with_capacity(self.config.successors + 2);
+        let mut wrapped = false;
+        if self.config.is_consistent() {
+            // Members only leave by announcing it (or by an operator's `forget`): the ones we
+            // know stay (those before `from` are down; a short list from `from` does not make
+            // the ones after it go), a node that joined just before `from` is added, and the
+            // list is the `successors` nearest members in ring order from us.
+            list.extend_from_slice(&succs);
+            if let Some(x) = x.filter(|x| x.addr != self.me.addr && in_open(&x.id, &self.me.id, &succ.id)) {
+                list.push(x);
+            }
+            list.push(succ);
+            list.extend(successors);
+            let me = self.me.id;
+            wrapped = list.iter().any(|n| n.addr == self.me.addr);
+            list.retain(|n| n.addr != self.me.addr && !self.gone.contains_key(&n.addr));
+            list.sort_by_key(|n| me.distance_limbs(&n.id));
+            list.dedup_by_key(|n| n.addr);
+        } else {
+            let mut new_succ = succ;
+            if let Some(x) = x {
+                if x.addr != self.me.addr && !self.is_dead(&x.addr) && in_open(&x.id, &self.me.id, &succ.id) {
+                    new_succ = x;
+                }
+            }
+            list.push(new_succ);
+            if new_succ.addr != succ.addr {
+                list.push(succ);
+            }
+            list.extend(successors.into_iter().filter(|n| !self.is_dead(&n.addr)));
+            // A successor list that wraps back to us ends there.
+            if let Some(pos) = list.iter().position(|n| n.addr == self.me.addr) {
+                list.truncate(pos);
+                wrapped = true;
+            }
+            list.retain(|n| !self.gone.contains_key(&n.addr));
+        }
+        for n in &list {
+            if n.addr != self.me.addr {
+                self.remember_seed(n.addr);
+            }
+        }
+        self.routing.set_successors(list, self.config.successors);
+        // The list reached around the ring to us (and was cut there): the ring is this small.
+        self.succ_wrapped = wrapped && self.routing.successors().len() < self.config.successors;
+        let first_live = self
+            .routing
+            .successors()
+            .iter()
+            .find(|n| !self.is_dead(&n.addr))
+            .copied();
+        if let Some(s) = first_live {
+            if self.phase != Phase::Leaving {
+                let msg = Message::Notify {
+                    node: self.me,
+                    incarnation: self.config.incarnation,
+                    active: self.phase == Phase::Active,
+                };
+                self.send_rpc(now, s.addr, msg, RpcKind::Notify, 0);
+            }
+        }
+    }
+
+    /// Pings the predecessor. The ping is a `GET_NEIGHBORS`, whose answer also names the
+    /// predecessor's own predecessor: the start of the range this node takes over if its
+    /// predecessor dies (see `may_take_over`).
+    ///
+    /// Under `consistent` the ping goes to the nearest predecessor that answers: its successor
+    /// list names every member between it and us, so its answer confirms our predecessor (the
+    /// last of them) or corrects it. A node that restarted, or took a notifier for its
+    /// predecessor before it knew better, learns where its range really starts this way, and
+    /// asks for no lease on its range before that is confirmed (`range_confirmed`).
+    pub(super) fn check_predecessor(&mut self, now: Millis) {
+        if self.rpcs.any(RpcKind::CheckPredecessor) {
+            return;
+        }
+        let target = if self.config.is_consistent() {
+            self.predecessors()
+                .into_iter()
+                .find(|p| !self.is_dead(&p.addr))
+                .or(self.pred_hint.filter(|h| !self.is_dead(&h.addr)))
+                .or_else(|| {
+                    self.routing
+                        .closest_preceding_where(&self.me.id, |n| !self.dead.contains_key(&n.addr))
+                })
+                .or(self.predecessor)
+        } else {
+            self.predecessor
+        };
+        if let Some(x) = target {
+            self.send_rpc(now, x.addr, Message::GetNeighbors, RpcKind::CheckPredecessor, 0);
+        }
+    }
+
+    /// `consistent`: a node before us answered `check_predecessor` with its neighbours.
+    pub(super) fn on_predecessor_neighbors(
+        &mut self,
+        from: SocketAddr,
+        predecessors: Vec<NodeRef>,
+        successors: Vec<NodeRef>,
+    ) {
+        let me = self.me;
+        let x = self
+            .predecessors()
+            .into_iter()
+            .chain(self.routing.known_nodes().copied())
+            .chain(self.pred_hint)
+            .find(|n| n.addr == from)
+            .unwrap_or_else(|| NodeRef::from_addr(from));
+        let Some(pos) = successors.iter().position(|n| n.addr == me.addr) else {
+            // Its list does not reach us: ask the last node in it before us next time.
+            self.pred_hint = successors
+                .iter()
+                .copied()
+                .rfind(|n| in_open(&n.id, &x.id, &me.id));
+            return;
+        };
+        // Ours: the members it knows between itself and us (nearest first), it, its own.
+        let mut list: Vec<NodeRef> = successors[..pos].iter().rev().copied().collect();
+        list.push(x);
+        list.extend(predecessors.into_iter().filter(|n| n.addr != me.addr));
+        list.retain(|n| !self.gone.contains_key(&n.addr));
+        list.dedup_by_key(|n| n.addr);
+        let pred = list.remove(0);
+        self.pred_hint = None;
+        if self.predecessor.map(|p| p.addr) != Some(pred.addr) {
+            // A nearer member we did not know of. One that is down (or any, when we know no
+            // predecessor) is ours at once: its range is not ours, and no handoff can happen.
+            // A live one joins us itself (its notify hands its range over): until then our
+            // range is not confirmed, and we ask for no lease on it.
+            let adopt = self.predecessor.is_none() || self.is_dead(&pred.addr);
+            if !adopt {
+                self.pred_confirmed = None;
+                return;
+            }
+            self.stats.predecessors_corrected += 1;
+            self.predecessor = Some(pred);
+            self.pred_incarnation = None;
+        }
+        self.pred_list = Some((pred.addr, list));
+        self.pred_confirmed = Some(pred.addr);
+    }
+
+    /// Whether we know where our range starts (`consistent`): our predecessor was confirmed by
+    /// the nearest live node before us, or we are alone.
+    pub(super) fn range_confirmed(&self) -> bool {
+        match self.predecessor {
+            Some(p) => self.pred_confirmed == Some(p.addr),
+            None => self.routing.successors().is_empty(),
+        }
+    }
+
+    /// Refreshes fingers round-robin: every finger whose start falls within the successor
+    /// list is set at once; the first that needs a remote lookup starts one and ends the round.
+    pub(super) fn fix_fingers(&mut self, now: Millis) {
+        if self.finger_lookup_busy || !matches!(self.phase, Phase::Joined | Phase::Active) {
+            return;
+        }
+        let count = self.routing.finger_count();
+        for _ in 0..count {
+            let i = self.next_finger;
+            self.next_finger = (self.next_finger + 1) % count;
+            let start = self.routing.finger_start(i);
+            // Most fingers of a large ring start inside the successor list: resolve those
+            // without building a route.
+            if let Some(owner) = self.successor_list_owner(&start) {
+                self.routing.set_finger(i, owner);
+                continue;
+            }
+            match self.route(&start) {
+                Route::Local | Route::Unknown => {
+                    self.routing.set_finger(i, None);
+                }
+                Route::Found(list) => {
+                    let owner = list.into_iter().find(|n| !self.is_dead(&n.addr));
+                    self.routing.set_finger(i, owner);
+                }
+                Route::Closer(c) => {
+                    let deadline = now + self.config.request_timeout_ms;
+                    let id = self.new_lookup(MaintLookup {
+                        target: start,
+                        purpose: LookupPurpose::Finger(i),
+                        deadline,
+                    });
+                    self.finger_lookup_busy = true;
+                    self.send_rpc(
+                        now,
+                        c.addr,
+                        Message::FindSuccessor { id: start },
+                        RpcKind::Lookup(id),
+                        0,
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Alone after having had peers: ask the next remembered peer for our successor.
+    pub(super) fn try_rejoin(&mut self, now: Millis) {
+        if !matches!(self.phase, Phase::Active | Phase::Joined)
+            || self.lookups.values().any(|l| l.purpose == LookupPurpose::Rejoin)
+        {
+            return;
+        }
+        let Some(seed) = self.seeds.pop_front() else {
+            return;
+        };
+        self.seeds.push_back(seed);
+        self.lookup_own_id(now, seed, LookupPurpose::Rejoin);
+    }
+
+    /// Asks `via` for our own successor (a join, or a rejoin after isolation).
+    pub(super) fn lookup_own_id(&mut self, now: Millis, via: SocketAddr, purpose: LookupPurpose) {
+        let deadline = now + self.config.request_timeout_ms;
+        let id = self.new_lookup(MaintLookup {
+            target: self.me.id,
+            purpose,
+            deadline,
+        });
+        self.send_rpc(
+            now,
+            via,
+            Message::FindSuccessor { id: self.me.id },
+            RpcKind::Lookup(id),
+            0,
+        );
+    }
+
+    pub(super) fn new_lookup(&mut self, lookup: MaintLookup) -> u64 {
+        let id = self.next_lookup_id;
+        self.next_lookup_id += 1;
+        self.lookups.insert(id, lookup);
+        id
+    }
+
+    pub(super) fn on_lookup_reply(&mut self, now: Millis, id: u64, from: SocketAddr, msg: Message) {
+        let Some(lookup) = self.lookups.get(&id).cloned() else {
+            return;
+        };
+        if lookup.purpose == LookupPurpose::Join {
+            match &msg {
+                Message::FindSuccessorReply {
+                    lookup: Lookup::Found { successors, .. },
+                } => {
+                    let me = self.me.addr;
+                    for n in successors.iter().filter(|n| n.addr != me) {
+                        self.remember_seed(n.addr);
+                    }
+                }
+                Message::FindSuccessorReply {
+                    lookup: Lookup::Closer { node },
+                } => self.remember_seed(node.addr),
+                _ => {}
+            }
+        }
+        match msg {
+            Message::FindSuccessorReply {
+                lookup:
+                    Lookup::Found {
+                        successors,
+                        predecessor,
+                        ..
+                    },
+            } if matches!(lookup.purpose, LookupPurpose::Join | LookupPurpose::Rejoin)
+                && successors.iter().all(|n| n.addr == self.me.addr) =>
+            {
+                // The ring still counts us as a member (we restarted before it noticed, or we
+                // are a member presumed down) and this node knows nobody after us. The node
+                // before us does: ask it at once.
+                match predecessor.filter(|p| p.addr != self.me.addr && p.addr != from) {
+                    Some(p) => {
+                        self.remember_seed(p.addr);
+                        let msg = Message::FindSuccessor { id: lookup.target };
+                        self.send_rpc(now, p.addr, msg, RpcKind::Lookup(id), 0);
+                    }
+                    None => self.fail_lookup(now, id),
+                }
+            }
+            Message::FindSuccessorReply {
+                lookup:
+                    Lookup::Found {
+                        successors,
+                        predecessor,
+                        ..
+                    },
+            } if lookup.purpose == LookupPurpose::Join
+                && self.config.is_consistent()
+                && successors.first().is_some_and(|n| n.addr == self.me.addr) =>
+            {
+                // We are a member already (we restarted on our address, and members stay
+                // members under `consistent`): our successor has us as its predecessor, so no
+                // handoff has to make room for us. We take our place at once; where our range
+                // starts is confirmed by `check_predecessor` before we ask for its lease, and
+                // the lease's catch-up brings the data back.
+                self.lookups.remove(&id);
+                self.rejoin_as_member(now, successors, predecessor);
+            }
+            Message::FindSuccessorReply {
+                lookup: Lookup::Found { successors, .. },
+            } => {
+                // Under `consistent` the members that are down stay in the list (stabilize
+                // skips them); under `available` they are no successors.
+                let consistent = self.config.is_consistent();
+                let live: Vec<NodeRef> = successors
+                    .into_iter()
+                    .filter(|n| consistent || !self.is_dead(&n.addr))
+                    .collect();
+                self.finish_lookup(now, id, live);
+            }
+            Message::FindSuccessorReply {
+                lookup: Lookup::Closer { node },
+            } => {
+                if now >= lookup.deadline || node.addr == from || self.is_dead(&node.addr) {
+                    self.fail_lookup(now, id);
+                } else if node.addr == self.me.addr {
+                    // We are the closest known node: our own successor list answers.
+                    let list = self.routing.successors().to_vec();
+                    self.finish_lookup(now, id, list);
+                } else {
+                    let target = lookup.target;
+                    self.send_rpc(
+                        now,
+                        node.addr,
+                        Message::FindSuccessor { id: target },
+                        RpcKind::Lookup(id),
+                        0,
+                    );
+                }
+            }
+            _ => self.fail_lookup(now, id),
+        }
+    }
+
+    /// `consistent`: we restarted as a member the ring still lists (see `on_lookup_reply`).
+    pub(super) fn rejoin_as_member(
+        &mut self,
+        now: Millis,
+        successors: Vec<NodeRef>,
+        predecessor: Option<NodeRef>,
+    ) {
+        let list: Vec<NodeRef> = successors
+            .into_iter()
+            .filter(|n| n.addr != self.me.addr)
+            .collect();
+        for n in &list {
+            self.remember_seed(n.addr);
+        }
+        self.routing.set_successors(list, self.config.successors);
+        self.succ_wrapped = false;
+        self.predecessor = predecessor.filter(|p| p.addr != self.me.addr);
+        self.pred_incarnation = None;
+        self.phase = Phase::Active;
+        self.bootstrap = None;
+        self.join_retry_at = None;
+        self.stats.rejoined_as_member += 1;
+        self.next_stabilize = now;
+        self.next_check_predecessor = now;
+        self.stabilize(now);
+        self.check_predecessor(now);
+    }
+
+    pub(super) fn finish_lookup(&mut self, now: Millis, id: u64, successors: Vec<NodeRef>) {
+        let Some(lookup) = self.lookups.remove(&id) else {
+            return;
+        };
+        match lookup.purpose {
+            LookupPurpose::Join => {
+                let list: Vec<NodeRef> = successors
+                    .into_iter()
+                    .filter(|n| n.addr != self.me.addr)
+                    .collect();
+                if list.is_empty() {
+                    self.retry_join(now);
+                    return;
+                }
+                self.routing.set_successors(list, self.config.successors);
+                self.succ_wrapped = false;
+                self.phase = Phase::Joined;
+                self.bootstrap = None;
+                self.next_stabilize = now; // notify the successor at once
+                self.stabilize(now);
+                if let (Some(_), Some(s)) = (&self.members, self.routing.successors().first().copied()) {
+                    // One-hop: copy the successor's table, a page at a time.
+                    self.send_rpc(
+                        now,
+                        s.addr,
+                        Message::GetMembers { after: Id::ZERO },
+                        RpcKind::Members,
+                        0,
+                    );
+                }
+            }
+            LookupPurpose::Rejoin => {
+                let list: Vec<NodeRef> = successors
+                    .into_iter()
+                    .filter(|n| n.addr != self.me.addr)
+                    .collect();
+                if self.routing.successors().is_empty() && !list.is_empty() {
+                    self.routing.set_successors(list, self.config.successors);
+                    self.succ_wrapped = false;
+                    self.next_stabilize = now;
+                }
+            }
+            LookupPurpose::Finger(i) => {
+                self.finger_lookup_busy = false;
+                let owner = successors.into_iter().next().filter(|n| n.addr != self.me.addr);
+                self.routing.set_finger(i, owner);
+            }
+        }
+    }
+
+    pub(super) fn fail_lookup(&mut self, now: Millis, id: u64) {
+        let Some(lookup) = self.lookups.remove(&id) else {
+            return;
+        };
+        match lookup.purpose {
+            LookupPurpose::Join => self.retry_join(now),
+            LookupPurpose::Rejoin => {}
+            LookupPurpose::Finger(_) => self.finger_lookup_busy = false,
+        }
+    }
+
+    /// The join lookup failed: ask the bootstrap node again (on the next stabilize round).
+    pub(super) fn retry_join(&mut self, now: Millis) {
+        if self.bootstrap.is_some() {
+            // Try again after a pause, so an unreachable bootstrap node is not hammered.
+            self.phase = Phase::Joining;
+            self.join_retry_at = Some(now + self.config.rpc_timeout_ms);
+        }
+    }
+
+    /// Sends the join lookup to the bootstrap node when a retry is due.
+    pub(super) fn join_if_due(&mut self, now: Millis) {
+        let (Some(_), Some(at)) = (self.bootstrap, self.join_retry_at) else {
+            return;
+        };
+        if now < at || self.phase != Phase::Joining {
+            return;
+        }
+        // Rotate through the bootstrap node and every peer a lookup has named so far, so one
+        // departed bootstrap node does not strand the join.
+        let Some(via) = self.seeds.pop_front() else {
+            return;
+        };
+        self.seeds.push_back(via);
+        self.join_retry_at = None;
+        self.lookup_own_id(now, via, LookupPurpose::Join);
+    }
+}

@@ -1,0 +1,403 @@
+//! The node's state, one owned part per concern, and its life: create, join, leave,
+//! bootstrap, and what the driver reads from it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chordkv_protocol::{Frame, Id, MemberEvent, NodeRef};
+
+use super::*;
+
+/// What the state machine asks its driver to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send a request to the peer at `to`; its reply comes back through `handle_reply`.
+    Send { to: SocketAddr, frame: Frame },
+    /// Answer a request that came in through `handle_request` with this `ReplyTo`.
+    Reply { to: ReplyTo, frame: Frame },
+    /// Run a store op and report its result through `store_done` with this id.
+    Store { id: StoreOpId, op: StoreOp },
+    /// The graceful leave is complete: the node has handed off its keys and may stop.
+    Left,
+}
+
+/// Where the node is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Created; neither `create` nor `join` called yet.
+    Idle,
+    /// Looking up its successor through a known node.
+    Joining,
+    /// In the ring (it has a successor) but not yet the owner of a range.
+    Joined,
+    /// Owns `(predecessor, self]`.
+    Active,
+    /// Handing its range to its successor.
+    Leaving,
+    /// Finished leaving.
+    Left,
+}
+
+/// One Chord node's state machine. See the module docs.
+pub struct Node {
+    pub(super) me: NodeRef,
+    pub(super) config: Config,
+    pub(super) phase: Phase,
+    pub(super) predecessor: Option<NodeRef>,
+    pub(super) routing: RoutingTable,
+    pub(super) clock: Hlc,
+    pub(super) rng: Rng,
+    /// Where `join` started, until the join lookup has found a successor.
+    pub(super) bootstrap: Option<SocketAddr>,
+    /// When to retry a failed join lookup.
+    pub(super) join_retry_at: Option<Millis>,
+    /// Peers seen recently (the bootstrap node, successors), tried in turn when the node finds
+    /// itself alone, so an isolated node finds its way back into the ring after a partition.
+    pub(super) seeds: VecDeque<SocketAddr>,
+
+    pub(super) rpcs: Rpcs,
+    pub(super) lookups: BTreeMap<u64, MaintLookup>,
+    pub(super) next_lookup_id: u64,
+    /// Finger index fix_fingers will refresh next.
+    pub(super) next_finger: usize,
+    /// Whether a fix_fingers lookup is in flight (one at a time).
+    pub(super) finger_lookup_busy: bool,
+
+    pub(super) ops: BTreeMap<u64, ClientOp>,
+    /// Client writes waiting for their replicas (`AckPolicy::All`).
+    pub(super) writes: BTreeMap<u64, PendingWrite>,
+    pub(super) next_write_id: u64,
+    /// The anti-entropy round in progress, if any.
+    /// Anti-entropy rounds in progress (one periodic round at a time, and lease catch-ups).
+    pub(super) syncs: BTreeMap<u64, SyncRound>,
+    pub(super) next_sync_id: u64,
+    pub(super) next_anti_entropy: Millis,
+    /// Predecessor and replica targets as of the last check, to notice changes.
+    pub(super) replica_view: Vec<SocketAddr>,
+    /// Since when `replica_view` has not changed.
+    pub(super) replica_view_since: Millis,
+    /// Our predecessor (by address) and its own predecessors, nearest first, as it last told
+    /// us: the ranges this node keeps copies of and may stand in for.
+    pub(super) pred_list: Option<(SocketAddr, Vec<NodeRef>)>,
+    /// The incarnation of our predecessor, from its last notify (a new one: it restarted).
+    pub(super) pred_incarnation: Option<u64>,
+    /// Nodes that left the ring or were forgotten, until when they are kept out of every list
+    /// (a stale successor list must not bring them back).
+    pub(super) gone: BTreeMap<SocketAddr, (NodeRef, Millis)>,
+    /// `available`: neighbours dropped because they stopped answering, probed until they answer
+    /// (ring merging after a partition) or `departed_ttl_ms` passes; `holder`: it kept copies of
+    /// our range, so our tombstones wait for it.
+    pub(super) departed: BTreeMap<SocketAddr, Departed>,
+    /// Leases held and promised (partition policy `consistent`, `lease.rs`).
+    pub(super) leases: Leases,
+    /// The store reported that it lost its data and it has not been refilled yet.
+    pub(super) store_lost: bool,
+    /// Whether the successor list reaches around the whole ring back to us (a ring of at
+    /// most `successors + 1` nodes), as the last stabilize saw it.
+    pub(super) succ_wrapped: bool,
+    /// `consistent`: the predecessor the nearest live node before us last confirmed...
+    pub(super) pred_confirmed: Option<SocketAddr>,
+    /// ...and, when that node's list did not reach us, the node to ask next (nearer to us).
+    pub(super) pred_hint: Option<NodeRef>,
+    /// Write hops served, by deadline and fingerprint, until their deadline: a second delivery
+    /// of one is dropped (see `ops.rs`, `first_delivery`).
+    pub(super) seen_writes: BTreeSet<(Millis, u64)>,
+    pub(super) seen_fingerprints: BTreeSet<u64>,
+    /// Ranges primaries declared us a replica of (by syncing with us), and when last.
+    pub(super) declared: Vec<(Id, Id, Millis)>,
+    pub(super) next_op_id: u64,
+    /// Ops waiting to be retried: (when, op id).
+    pub(super) op_retries: BTreeSet<(Millis, u64)>,
+
+    pub(super) store_waits: BTreeMap<StoreOpId, StoreWait>,
+    pub(super) next_store_op: StoreOpId,
+
+    pub(super) incoming: Vec<Incoming>,
+    /// Ranges whose transfers finished recently, so a late notify reply does not reopen them.
+    pub(super) finished_incoming: VecDeque<(Id, Id)>,
+    pub(super) outgoing: BTreeMap<u64, Outgoing>,
+    pub(super) next_transfer_id: u64,
+    pub(super) leave: Option<LeaveState>,
+
+    /// Peers that failed to answer, until when they are avoided.
+    pub(super) dead: BTreeMap<SocketAddr, Millis>,
+
+    pub(super) next_stabilize: Millis,
+    pub(super) next_fix_fingers: Millis,
+    pub(super) next_check_predecessor: Millis,
+
+    /// One-hop routing's membership table (`None` for finger routing).
+    pub(super) members: Option<Membership>,
+    /// Events detected since the last broadcast (one-hop).
+    pub(super) pending_events: Vec<MemberEvent>,
+    pub(super) broadcasts: BTreeMap<u64, Broadcast>,
+    pub(super) next_broadcast: u64,
+    /// The location cache (capacity 0 when off).
+    pub(super) cache: LocationCache,
+    /// When the node was created (for `uptime_ms`).
+    pub(super) created_at: Millis,
+
+    pub(super) out: VecDeque<Output>,
+    pub(super) stats: Stats,
+}
+
+impl Node {
+    /// A node that will be known as `me`. Call [`Node::create`] or [`Node::join`] next.
+    pub fn new(me: NodeRef, config: Config, now: Millis) -> Node {
+        let rng = Rng::new(config.seed ^ u64::from_be_bytes(me.id.0[..8].try_into().unwrap_or([0; 8])));
+        Node {
+            me,
+            routing: RoutingTable::new(me, config.routing),
+            members: (config.routing == Routing::OneHop).then(|| Membership::new(me)),
+            pending_events: Vec::new(),
+            broadcasts: BTreeMap::new(),
+            next_broadcast: 1,
+            cache: LocationCache::new(config.cache_entries),
+            created_at: now,
+            phase: Phase::Idle,
+            predecessor: None,
+            clock: Hlc::default(),
+            rng,
+            bootstrap: None,
+            join_retry_at: None,
+            seeds: VecDeque::new(),
+            rpcs: Rpcs::new(),
+            lookups: BTreeMap::new(),
+            next_lookup_id: 1,
+            next_finger: 0,
+            finger_lookup_busy: false,
+            ops: BTreeMap::new(),
+            writes: BTreeMap::new(),
+            next_write_id: 1,
+            syncs: BTreeMap::new(),
+            next_sync_id: 1,
+            next_anti_entropy: now,
+            replica_view: Vec::new(),
+            replica_view_since: now,
+            pred_list: None,
+            pred_incarnation: None,
+            gone: BTreeMap::new(),
+            departed: BTreeMap::new(),
+            leases: Leases::default(),
+            store_lost: false,
+            succ_wrapped: false,
+            pred_confirmed: None,
+            pred_hint: None,
+            seen_writes: BTreeSet::new(),
+            seen_fingerprints: BTreeSet::new(),
+            declared: Vec::new(),
+            next_op_id: 1,
+            op_retries: BTreeSet::new(),
+            store_waits: BTreeMap::new(),
+            next_store_op: 1,
+            incoming: Vec::new(),
+            finished_incoming: VecDeque::new(),
+            outgoing: BTreeMap::new(),
+            next_transfer_id: 1,
+            leave: None,
+            dead: BTreeMap::new(),
+            next_stabilize: now,
+            next_fix_fingers: now,
+            next_check_predecessor: now,
+            out: VecDeque::new(),
+            stats: Stats::default(),
+            config,
+        }
+    }
+
+    // ---- accessors -------------------------------------------------------------------------
+
+    pub fn me(&self) -> NodeRef {
+        self.me
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn predecessor(&self) -> Option<NodeRef> {
+        self.predecessor
+    }
+
+    /// The successor list, nearest first (empty when alone).
+    pub fn successors(&self) -> &[NodeRef] {
+        self.routing.successors()
+    }
+
+    /// The immediate successor (`me` when alone).
+    pub fn successor(&self) -> NodeRef {
+        self.routing.successors().first().copied().unwrap_or(self.me)
+    }
+
+    pub fn routing(&self) -> &RoutingTable {
+        &self.routing
+    }
+
+    /// The one-hop membership table, if this node routes one-hop.
+    pub fn membership(&self) -> Option<&Membership> {
+        self.members.as_ref()
+    }
+
+    /// Distinct nodes this node's routing state names: the membership table (one-hop), or the
+    /// fingers and successors. The location cache is counted apart (`cache_len`).
+    pub fn routing_state(&self) -> usize {
+        match &self.members {
+            Some(m) => m.len().saturating_sub(1),
+            None => self.routing.distinct_nodes(),
+        }
+    }
+
+    /// Entries in the location cache.
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether the node is part of a ring (it has found its place, even if it owns no range yet).
+    pub fn in_ring(&self) -> bool {
+        matches!(self.phase, Phase::Joined | Phase::Active | Phase::Leaving)
+    }
+
+    /// Whether the node serves its range and no transfer is in flight.
+    pub fn is_settled(&self) -> bool {
+        self.phase == Phase::Active && self.incoming.is_empty() && self.outgoing.is_empty()
+    }
+
+    /// Client operations this node is coordinating.
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The next output to carry out, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When `tick` next has work to do (`Millis::MAX` when never: idle or left).
+    pub fn next_deadline(&self) -> Millis {
+        if matches!(self.phase, Phase::Idle | Phase::Left) {
+            return Millis::MAX;
+        }
+        let mut d = self
+            .next_stabilize
+            .min(self.next_fix_fingers)
+            .min(self.next_check_predecessor);
+        if let Some(t) = self.rpcs.next_deadline() {
+            d = d.min(t);
+        }
+        if let Some((t, _)) = self.op_retries.first() {
+            d = d.min(*t);
+        }
+        for inc in &self.incoming {
+            d = d.min(inc.deadline);
+            let release = self.config.rpc_timeout_ms / 2;
+            if let Some(since) = inc.held.iter().filter(|h| h.1.is_direct()).map(|h| h.3).min() {
+                d = d.min(since + release);
+            }
+        }
+        if let Some(l) = &self.leave {
+            d = d.min(l.deadline);
+            // A retry is due only once no transfer holds the leave up; until then the
+            // maintenance rounds re-check it.
+            let blocked = !self.incoming.is_empty() || !self.outgoing.is_empty();
+            if l.stage == handoff::LeaveStage::Waiting && !blocked {
+                d = d.min(l.retry_at);
+            }
+        }
+        if let Some(t) = self.join_retry_at {
+            d = d.min(t);
+        }
+        if self.config.replicas > 0 {
+            d = d.min(self.next_anti_entropy);
+        }
+        d
+    }
+
+    /// Whether the graceful leave has finished (`Output::Left` was emitted).
+    pub fn is_left(&self) -> bool {
+        self.phase == Phase::Left
+    }
+
+    // ---- lifecycle -------------------------------------------------------------------------
+
+    /// Starts a new ring with this node alone in it.
+    pub fn create(&mut self, now: Millis) {
+        self.phase = Phase::Active;
+        self.predecessor = None;
+        self.schedule_maintenance(now);
+    }
+
+    /// Joins the ring that the node at `via` belongs to.
+    pub fn join(&mut self, now: Millis, via: SocketAddr) {
+        self.phase = Phase::Joining;
+        self.bootstrap = Some(via);
+        self.remember_seed(via);
+        self.lookup_own_id(now, via, LookupPurpose::Join);
+        self.schedule_maintenance(now);
+    }
+
+    /// More nodes to join through after the one given to [`Node::join`]: a join whose node
+    /// does not answer is retried through the next of them in turn.
+    pub fn add_join_peers(&mut self, peers: &[SocketAddr]) {
+        for &peer in peers {
+            self.remember_seed(peer);
+        }
+    }
+
+    /// Starts a graceful leave: the keys go to the successor, then `Output::Left`.
+    pub fn leave(&mut self, now: Millis) {
+        self.start_leave(now);
+    }
+
+    /// Places the node straight into a ring whose membership the caller knows, as the Chord
+    /// paper's simulator does for large rings instead of N sequential joins: the predecessor,
+    /// the successor list, every finger from `successor_of` (the true successor of a point),
+    /// and for one-hop routing the membership table (`members`, sorted by id, shared). The
+    /// node is active at once, owns `(predecessor, self]` and runs its maintenance from `now`
+    /// like any other node. For simulators; a deployed node joins with [`Node::join`].
+    pub fn bootstrap(
+        &mut self,
+        now: Millis,
+        predecessor: Option<NodeRef>,
+        successors: &[NodeRef],
+        successor_of: impl FnMut(&Id) -> Option<NodeRef>,
+        members: Option<Arc<Vec<NodeRef>>>,
+    ) {
+        self.phase = Phase::Active;
+        self.predecessor = predecessor.filter(|p| p.addr != self.me.addr);
+        self.routing
+            .set_successors(successors.iter().copied(), self.config.successors);
+        self.succ_wrapped = successors.len() < self.config.successors;
+        self.routing.fill_fingers(successor_of);
+        if let (Some(table), Some(members)) = (self.members.as_mut(), members) {
+            *table = Membership::from_sorted(members);
+        }
+        if let Some(s) = successors.first() {
+            self.remember_seed(s.addr);
+        }
+        self.schedule_maintenance(now);
+    }
+
+    pub(super) fn schedule_maintenance(&mut self, now: Millis) {
+        self.next_stabilize = now;
+        self.next_fix_fingers = now + self.jitter(self.config.fix_fingers_interval_ms);
+        self.next_check_predecessor = now + self.jitter(self.config.check_predecessor_interval_ms);
+    }
+
+    /// `interval` plus or minus 10%, so nodes started together drift apart.
+    pub(super) fn jitter(&mut self, interval: u64) -> u64 {
+        let spread = interval / 10;
+        if spread == 0 {
+            return interval.max(1);
+        }
+        interval - spread + self.rng.below(2 * spread + 1)
+    }
+}

@@ -1,0 +1,232 @@
+//! Who owns a key, as this node sees the ring: its own range, the successor arcs it holds
+//! copies of, the route towards an owner it does not know yet, and preference lists
+//! (SIGCOMM'01 section 4.2: `successor(k)`, `closest_preceding_node`).
+
+use chordkv_protocol::{in_half_open, Id, NodeRef};
+
+use super::*;
+
+/// How `route` resolves a target id from this node's own tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Route {
+    /// This node owns it.
+    Local,
+    /// The owner, then the nodes after it.
+    Found(Vec<NodeRef>),
+    /// A node closer to the target; ask it.
+    Closer(NodeRef),
+    /// This node knows no other node and does not own the target (it lost every peer while
+    /// joining or leaving): try again later.
+    Unknown,
+}
+
+impl Node {
+    /// The range this node is primary for: `(predecessor, self]`, or the whole ring when it
+    /// knows no predecessor.
+    pub fn primary_range(&self) -> (Id, Id) {
+        (self.predecessor.map_or(self.me.id, |p| p.id), self.me.id)
+    }
+
+    /// Whether this node serves `id` right now (it owns it and is not handing it off).
+    pub(super) fn owns(&self, id: &Id) -> bool {
+        let serving = match self.phase {
+            Phase::Active => true,
+            Phase::Leaving => !self.leave.as_ref().is_some_and(|l| l.handed_over),
+            _ => false,
+        };
+        if !serving {
+            return false;
+        }
+        match self.predecessor {
+            Some(p) => in_half_open(id, &p.id, &self.me.id),
+            // Alone: a node that started the ring owns everything; a node that lost every peer
+            // (isolated by a partition, or the survivor of crashes) owns nothing until it finds
+            // the ring again, so a cut-off minority never acknowledges writes the ring would
+            // not see.
+            None if self.routing.successors().is_empty() => !self.is_isolated(),
+            // No known predecessor: ours unless one of our successors owns it.
+            None => !self.in_successor_arcs(id),
+        }
+    }
+
+    /// Whether this node is alone after having had peers that did not leave gracefully.
+    pub fn is_isolated(&self) -> bool {
+        self.routing.successors().is_empty() && self.predecessor.is_none() && !self.seeds.is_empty()
+    }
+
+    /// Whether `id` falls in `(me, last successor]`, i.e. a successor owns it.
+    pub(super) fn in_successor_arcs(&self, id: &Id) -> bool {
+        match self.routing.successors().last() {
+            Some(last) => in_half_open(id, &self.me.id, &last.id) && *id != self.me.id,
+            None => false,
+        }
+    }
+
+    /// Resolves `target` as far as this node's own tables allow.
+    pub(super) fn route(&self, target: &Id) -> Route {
+        let succs = self.routing.successors();
+        // Without a known predecessor a node cannot tell where its range starts, so it claims
+        // a key outright only when it is alone; otherwise it routes, and serves the key when a
+        // peer sends it directly (see `owns`).
+        let certain = self.predecessor.is_some() || succs.is_empty();
+        if certain && self.owns(target) {
+            return Route::Local;
+        }
+        let mut prev = self.me.id;
+        for (i, s) in succs.iter().enumerate() {
+            if in_half_open(target, &prev, &s.id) {
+                let mut list = succs[i..].to_vec();
+                if self.succ_wrapped {
+                    // The list wraps around a small ring: after its last node come we and our
+                    // first successors (where a failover goes when the owner is down).
+                    list.push(self.me);
+                    list.extend_from_slice(&succs[..i]);
+                }
+                return Route::Found(list);
+            }
+            prev = s.id;
+        }
+        if let Some(m) = &self.members {
+            // One-hop: the table names the owner (and the next members, to fail over to). If
+            // it names us although we do not own the key, our view is unsure: route normally.
+            let list = m.owners_of(target, ONEHOP_LIST, |_| false);
+            if list.first().is_some_and(|o| o.addr != self.me.addr) {
+                return Route::Found(list);
+            }
+        }
+        match self
+            .routing
+            .closest_preceding_where(target, |n| !self.dead.contains_key(&n.addr))
+        {
+            Some(c) => Route::Closer(c),
+            None if succs.is_empty() => Route::Unknown,
+            None => Route::Found(succs.to_vec()),
+        }
+    }
+
+    /// A lookup's answer (the owner and the nodes after it) that ends within our successor
+    /// list is as long as the successor list can be only if the nodes after our last successor
+    /// follow: add the ones our fingers know, in ring order (a node joining, or restarted, takes
+    /// its successor list from this answer and then stabilizes it; gaps are filled then).
+    pub(super) fn extend_list(&self, mut list: Vec<NodeRef>) -> Vec<NodeRef> {
+        let want = self.config.successors;
+        let Some(last) = list.last().copied() else {
+            return list;
+        };
+        if list.len() >= want || self.succ_wrapped {
+            return list;
+        }
+        let beyond = self.me.id.distance_limbs(&last.id);
+        let extra: Vec<NodeRef> = self
+            .routing
+            .known_nodes()
+            .filter(|n| self.me.id.distance_limbs(&n.id) > beyond && !list.iter().any(|l| l.addr == n.addr))
+            .take(want - list.len())
+            .copied()
+            .collect();
+        list.extend(extra);
+        list
+    }
+
+    /// The node before `owner` as far as this node knows (the start of `owner`'s range).
+    pub(super) fn known_predecessor_of(&self, owner: &NodeRef) -> Option<NodeRef> {
+        if owner.addr == self.me.addr {
+            return self.predecessor;
+        }
+        let succs = self.routing.successors();
+        match succs.iter().position(|s| s.addr == owner.addr) {
+            Some(0) => Some(self.me),
+            Some(k) => Some(succs[k - 1]),
+            None => self.members.as_ref().and_then(|m| m.before(&owner.id)),
+        }
+    }
+
+    /// This node followed by its successors: the answer to a lookup for a key we own.
+    pub(super) fn owner_list(&self) -> Vec<NodeRef> {
+        let mut v = Vec::with_capacity(1 + self.routing.successors().len());
+        v.push(self.me);
+        v.extend_from_slice(self.routing.successors());
+        v
+    }
+
+    /// The preference list of `primary`'s range as this node sees it: `primary` and the next
+    /// `replicas` members (fewer in a smaller ring), nearest first. `None` when `primary` is
+    /// neither this node nor one of the predecessors whose ranges it keeps copies of.
+    pub(super) fn preference_list(&self, primary: &NodeRef) -> Option<Vec<NodeRef>> {
+        let n = self.config.replicas + 1;
+        let mut list: Vec<NodeRef> = Vec::with_capacity(n);
+        if primary.addr != self.me.addr {
+            let preds = self.predecessors();
+            let k = preds.iter().position(|p| p.addr == primary.addr)?;
+            list.extend(preds[..=k].iter().rev());
+        }
+        list.push(self.me);
+        for s in self.routing.successors() {
+            if list.len() == n {
+                break;
+            }
+            if !list.iter().any(|l| l.addr == s.addr) {
+                list.push(*s);
+            }
+        }
+        list.truncate(n);
+        Some(list)
+    }
+
+    /// `Some(first live successor at or after target)` when `target` falls within the
+    /// successor list's arcs `(me, last successor]`.
+    pub(super) fn successor_list_owner(&self, target: &Id) -> Option<Option<NodeRef>> {
+        let succs = self.routing.successors();
+        let mut prev = self.me.id;
+        for (k, s) in succs.iter().enumerate() {
+            if in_half_open(target, &prev, &s.id) {
+                return Some(succs[k..].iter().find(|n| !self.is_dead(&n.addr)).copied());
+            }
+            prev = s.id;
+        }
+        None
+    }
+
+    /// Our predecessor and its predecessors as it reported them, nearest first, up to the
+    /// `replicas + 1` whose ranges we keep copies of (or may stand in for).
+    pub(super) fn predecessors(&self) -> Vec<NodeRef> {
+        let Some(p) = self.predecessor else {
+            return Vec::new();
+        };
+        let mut list = vec![p];
+        if let Some((addr, more)) = &self.pred_list {
+            if *addr == p.addr {
+                for n in more {
+                    if list.len() > self.config.replicas || n.addr == self.me.addr {
+                        break;
+                    }
+                    if !list.iter().any(|l| l.addr == n.addr) && !self.gone.contains_key(&n.addr) {
+                        list.push(*n);
+                    }
+                }
+            }
+        }
+        list
+    }
+
+    /// Bit `i` set when `list[i]` is presumed down (for `Lookup::Found` and `Neighbors`).
+    pub(super) fn down_bits(&self, list: &[NodeRef]) -> u64 {
+        list.iter()
+            .take(64)
+            .enumerate()
+            .filter(|(_, n)| self.is_dead(&n.addr))
+            .fold(0, |bits, (i, _)| bits | (1 << i))
+    }
+
+    /// The members around us: the predecessors we know and the successor list.
+    pub(super) fn neighbour_members(&self) -> impl Iterator<Item = &NodeRef> {
+        let preds = match (&self.predecessor, &self.pred_list) {
+            (Some(p), Some((addr, list))) if *addr == p.addr => list.as_slice(),
+            _ => &[],
+        };
+        self.predecessor
+            .iter()
+            .chain(preds.iter().take(self.config.replicas))
+            .chain(self.routing.successors().iter())
+    }
+}

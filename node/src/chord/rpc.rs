@@ -1,0 +1,257 @@
+//! Requests this node sent and waits on: each has a deadline, and a reply, a timeout or an
+//! unreachable peer ends it exactly once (a late or duplicated reply finds no entry and is
+//! dropped).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use chordkv_protocol::{Frame, Id, Message};
+
+use super::*;
+
+/// A request we sent and are waiting on.
+#[derive(Clone, Debug)]
+pub(super) struct Rpc {
+    pub to: SocketAddr,
+    pub deadline: Millis,
+    pub kind: RpcKind,
+}
+
+/// What a request we sent is for: where its reply (or its failure) goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RpcKind {
+    /// A `FIND_SUCCESSOR` step of a maintenance lookup.
+    Lookup(u64),
+    /// A step of a client operation: a lookup or the operation sent to the owner.
+    Op(u64),
+    Stabilize,
+    Notify,
+    CheckPredecessor,
+    Transfer(u64),
+    Leaving,
+    /// Best-effort notice to the predecessor that we are leaving.
+    LeavingHint,
+    /// A replica write; `Some(write)` when a client's reply waits for it.
+    Replica(Option<u64>),
+    /// Anti-entropy exchanges of a round.
+    SyncDigests(u64),
+    SyncKeys(u64),
+    SyncPush(u64),
+    Collect,
+    /// A page of the successor's membership table (one-hop join).
+    Members,
+    /// A membership broadcast to a child of the tree (see `membership.rs`).
+    MemberEvents(u64),
+    /// A lease request of a round (`lease.rs`): the range's primary and the round.
+    Lease(Id, u64),
+    /// A ping to a member presumed down, or to a node that went away (`consistent` keeps
+    /// such members in the ring; ring merging probes nodes lost in a partition).
+    Probe,
+}
+
+impl RpcKind {
+    /// Whether this request is routing maintenance (counted in `maintenance_sent`): keeping
+    /// the ring, fingers and membership current, as opposed to client operations and data.
+    pub fn is_maintenance(self) -> bool {
+        matches!(
+            self,
+            RpcKind::Lookup(_)
+                | RpcKind::Stabilize
+                | RpcKind::Notify
+                | RpcKind::CheckPredecessor
+                | RpcKind::Members
+                | RpcKind::MemberEvents(_)
+                | RpcKind::Lease(..)
+                | RpcKind::Probe
+        )
+    }
+}
+
+/// The outstanding requests, by request id and by deadline.
+#[derive(Debug)]
+pub(super) struct Rpcs {
+    next_id: u64,
+    pending: BTreeMap<u64, Rpc>,
+    deadlines: BTreeSet<(Millis, u64)>,
+}
+
+impl Rpcs {
+    pub fn new() -> Rpcs {
+        Rpcs {
+            next_id: 1,
+            pending: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+        }
+    }
+
+    /// Records a request to `to` given up on at `deadline`; returns its request id.
+    pub fn start(&mut self, to: SocketAddr, kind: RpcKind, deadline: Millis) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(id, Rpc { to, deadline, kind });
+        self.deadlines.insert((deadline, id));
+        id
+    }
+
+    /// Ends the request `id` on its reply from `from`; `None` (and the request stays
+    /// outstanding, if it is) when it already ended or `from` is not whom we asked.
+    pub fn answered(&mut self, id: u64, from: SocketAddr) -> Option<Rpc> {
+        if self.pending.get(&id)?.to != from {
+            return None;
+        }
+        self.finish(id)
+    }
+
+    /// Ends the request `id` (answered or failed); `None` if it already ended.
+    pub fn finish(&mut self, id: u64) -> Option<Rpc> {
+        let rpc = self.pending.remove(&id)?;
+        self.deadlines.remove(&(rpc.deadline, id));
+        Some(rpc)
+    }
+
+    /// Ends and returns one request whose deadline is at or before `now`.
+    pub fn pop_expired(&mut self, now: Millis) -> Option<Rpc> {
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now {
+                return None;
+            }
+            self.deadlines.pop_first();
+            if let Some(rpc) = self.pending.remove(&id) {
+                return Some(rpc);
+            }
+        }
+        None
+    }
+
+    /// The ids of the requests outstanding to `addr`, in id order.
+    pub fn to_peer(&self, addr: SocketAddr) -> Vec<u64> {
+        self.pending
+            .iter()
+            .filter(|(_, r)| r.to == addr)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Whether a request of this kind is outstanding.
+    pub fn any(&self, kind: RpcKind) -> bool {
+        self.pending.values().any(|r| r.kind == kind)
+    }
+
+    /// Whether a request of this kind is outstanding to `addr`.
+    pub fn any_to(&self, addr: SocketAddr, kind: RpcKind) -> bool {
+        self.pending.values().any(|r| r.to == addr && r.kind == kind)
+    }
+
+    /// The earliest deadline of an outstanding request.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.deadlines.first().map(|(t, _)| *t)
+    }
+}
+
+impl Node {
+    /// Sends `msg` to `to` as a request tracked with the RPC timeout. Returns the request id.
+    pub(super) fn send_rpc(
+        &mut self,
+        now: Millis,
+        to: SocketAddr,
+        msg: Message,
+        kind: RpcKind,
+        flags: u16,
+    ) -> u64 {
+        let timeout = self.config.rpc_timeout_ms;
+        self.send_request(now, to, msg, kind, flags, timeout, 0)
+    }
+
+    /// Sends `msg` to `to` as a request given up on after `timeout_ms`, carrying the deadline
+    /// `frame_deadline` (0: none) after which the receiver must not start it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_request(
+        &mut self,
+        now: Millis,
+        to: SocketAddr,
+        msg: Message,
+        kind: RpcKind,
+        flags: u16,
+        timeout_ms: u64,
+        frame_deadline: Millis,
+    ) -> u64 {
+        let id = self.rpcs.start(to, kind, now + timeout_ms.max(1));
+        let frame = Frame {
+            request_id: id,
+            flags,
+            deadline_ms: frame_deadline,
+            message: msg,
+        };
+        self.stats.messages_sent += 1;
+        if kind.is_maintenance() {
+            self.stats.maintenance_sent += 1;
+        }
+        self.out.push_back(Output::Send { to, frame });
+        id
+    }
+
+    pub(super) fn reply(&mut self, to: ReplyTo, request_id: u64, msg: Message) {
+        self.stats.messages_sent += 1;
+        self.out.push_back(Output::Reply {
+            to,
+            frame: Frame::new(request_id, msg),
+        });
+    }
+
+    pub(super) fn expire_rpcs(&mut self, now: Millis) {
+        while let Some(rpc) = self.rpcs.pop_expired(now) {
+            self.stats.rpc_timeouts += 1;
+            self.mark_dead(now, rpc.to);
+            self.on_rpc_failed(now, rpc);
+        }
+    }
+
+    /// A request got no answer (timeout or unreachable peer); the peer is already marked dead.
+    pub(super) fn on_rpc_failed(&mut self, now: Millis, rpc: Rpc) {
+        match rpc.kind {
+            RpcKind::Lookup(id) => {
+                let Some(lookup) = self.lookups.get(&id).cloned() else {
+                    return;
+                };
+                // Route around the dead peer with our own table (the bootstrap for a join).
+                if now >= lookup.deadline {
+                    self.fail_lookup(now, id);
+                    return;
+                }
+                match (lookup.purpose, self.route(&lookup.target)) {
+                    (LookupPurpose::Join | LookupPurpose::Rejoin, _) => self.fail_lookup(now, id),
+                    (_, Route::Closer(c)) => {
+                        let msg = Message::FindSuccessor { id: lookup.target };
+                        self.send_rpc(now, c.addr, msg, RpcKind::Lookup(id), 0);
+                    }
+                    (_, Route::Found(list)) => self.finish_lookup(now, id, list),
+                    (_, Route::Local) => self.finish_lookup(now, id, vec![self.me]),
+                    (_, Route::Unknown) => self.fail_lookup(now, id),
+                }
+            }
+            RpcKind::Op(op) => self.on_op_failed(now, op, rpc.to),
+            RpcKind::Stabilize => {
+                // The successor is gone; the next one in the list takes over at once.
+                self.next_stabilize = now;
+            }
+            RpcKind::MemberEvents(b) => self.broadcast_failed(now, b),
+            RpcKind::Lease(primary, round) => self.on_lease_reply(now, primary, round, rpc.to, None),
+            RpcKind::Probe => {}
+            RpcKind::Notify
+            | RpcKind::CheckPredecessor
+            | RpcKind::LeavingHint
+            | RpcKind::Collect
+            | RpcKind::Members => {}
+            RpcKind::Replica(write) => {
+                if let Some(w) = write {
+                    self.replica_answered(w, rpc.to, false);
+                }
+            }
+            RpcKind::SyncDigests(round) | RpcKind::SyncKeys(round) | RpcKind::SyncPush(round) => {
+                self.sync_rpc_failed(now, round, Some(rpc.to))
+            }
+            RpcKind::Transfer(t) => self.on_transfer_failed(now, t),
+            RpcKind::Leaving => self.on_leaving_failed(now),
+        }
+    }
+}

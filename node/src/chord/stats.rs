@@ -1,0 +1,131 @@
+//! The node's counters, declared once: the struct, and the `(name, value)` list
+//! `GET_STATS` reports, come from one table, so a new counter is one line.
+
+use super::node::Node;
+use super::Millis;
+
+/// Declares [`Stats`] and its [`Stats::counters`] from one list of fields (a field's name is
+/// the counter's name in `GET_STATS`, `chordkv stats` and INFO).
+macro_rules! counters {
+    ($($(#[$doc:meta])* $field:ident,)*) => {
+        /// Event counters reported by `GET_STATS` (monotonic unless a doc says otherwise).
+        #[derive(Clone, Debug, Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $field: u64,)*
+        }
+
+        impl Stats {
+            /// Every counter as `(name, value)`, in declaration order.
+            pub fn counters(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+                [$((stringify!($field), self.$field),)*].into_iter()
+            }
+        }
+    };
+}
+
+counters! {
+    ops_get,
+    ops_put,
+    ops_delete,
+    ops_coordinated,
+    ops_failed,
+    hops_total,
+    hops_max,
+    redirects_sent,
+    lookups_answered,
+    rpc_timeouts,
+    peers_failed,
+    requests_held,
+    transfers_in,
+    transfers_out,
+    keys_received,
+    keys_sent,
+    store_errors,
+    messages_sent,
+    messages_received,
+    replica_writes_sent,
+    replica_writes_applied,
+    failovers_served,
+    anti_entropy_rounds,
+    anti_entropy_keys_repaired,
+    anti_entropy_last_round_repaired,
+    tombstones_collected,
+    stray_copies_collected,
+    /// Client operations whose owner came from the location cache...
+    cache_hits,
+    /// ...or that needed a remote lookup the cache could not save...
+    cache_misses,
+    /// ...and cache hits whose owner redirected (a stale entry: one extra hop).
+    cache_stale,
+    /// Routing maintenance requests sent (stabilize, notify, check_predecessor, finger and
+    /// join lookups, membership pages and broadcasts); each has one reply.
+    maintenance_sent,
+    /// Membership events detected here and disseminated (one-hop).
+    member_events_detected,
+    /// Membership events received that changed the table (one-hop).
+    member_events_applied,
+    /// Client operations refused because their deadline had passed (or was too close for the
+    /// clock offset bound) when they reached the owner: never applied.
+    late_requests_refused,
+    /// Client operations refused for want of a valid lease on their range (`consistent`).
+    ops_refused_no_lease,
+    /// Messages refused for carrying a version from the future (`max_clock_offset_ms`).
+    future_versions_refused,
+    /// Times the store reported it had lost its data.
+    store_losses,
+    /// Successors adopted from a departed node that answered again (`available`: rings that
+    /// formed during a partition merging).
+    ring_merges,
+    /// Write hops delivered a second time and dropped.
+    duplicates_dropped,
+    /// Predecessors replaced by a nearer member found through `check_predecessor`.
+    predecessors_corrected,
+    /// Starts that found the ring still listing this node, which took its place at once.
+    rejoined_as_member,
+}
+
+impl Node {
+    /// Named counters for `GET_STATS` at `now`, given the live keys held in all and as primary.
+    pub fn stat_counters(&self, now: Millis, keys: u64, keys_primary: u64) -> Vec<(String, u64)> {
+        let (leases_valid, leases_held) = self.leases.counts(now);
+        let members_down = self.neighbour_members().filter(|n| self.is_dead(&n.addr)).count();
+        let gauges: [(&str, u64); 15] = [
+            ("keys", keys),
+            ("keys_primary", keys_primary),
+            ("keys_replica", keys.saturating_sub(keys_primary)),
+            ("replicas", self.config.replicas as u64),
+            ("routing_nodes", self.routing.distinct_nodes() as u64),
+            ("routing_state", self.routing_state() as u64),
+            ("finger_runs", self.routing.finger_runs() as u64),
+            ("cache_entries", self.cache.len() as u64),
+            ("successors", self.routing.successors().len() as u64),
+            ("ops_in_flight", self.ops.len() as u64),
+            ("writes_waiting_for_replicas", self.writes.len() as u64),
+            ("departed", self.departed.len() as u64),
+            ("leases_held", leases_held as u64),
+            ("leases_valid", leases_valid as u64),
+            ("members_down", members_down as u64),
+        ];
+        let all = gauges.into_iter().chain(self.stats.counters());
+        all.map(|(k, v)| (k.to_string(), v)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_is_listed_once_under_its_name() {
+        let s = Stats {
+            ops_get: 3,
+            anti_entropy_last_round_repaired: 7,
+            ..Stats::default()
+        };
+        let list: Vec<_> = s.counters().collect();
+        let names: std::collections::BTreeSet<_> = list.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names.len(), list.len(), "no name twice");
+        assert!(list.contains(&("ops_get", 3)));
+        assert!(list.contains(&("anti_entropy_last_round_repaired", 7)));
+    }
+}

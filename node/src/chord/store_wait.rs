@@ -1,0 +1,96 @@
+//! Store operations in flight: what each is for, so its result reaches the request, transfer
+//! or repair round that asked for it.
+
+use chordkv_protocol::{in_half_open, Id};
+
+use super::*;
+
+/// What an in-flight store op is for.
+#[derive(Debug)]
+pub(super) enum StoreWait {
+    /// A client operation served here; reply when done.
+    Serve {
+        to: ReplyTo,
+        request_id: u64,
+        hops: u16,
+        kind: ServeKind,
+        key_id: Id,
+        /// The pending replicated write whose reply this is, with `AckPolicy::All`.
+        write: Option<u64>,
+    },
+    /// A transfer batch being stored; ack when done.
+    Apply {
+        to: ReplyTo,
+        request_id: u64,
+        transfer_id: u64,
+        start: Id,
+        end: Id,
+        last: bool,
+    },
+    /// An outgoing transfer's scan or removal.
+    TransferScan(u64),
+    TransferRemove(u64),
+    Info {
+        to: ReplyTo,
+        request_id: u64,
+    },
+    /// Stats, step 1: every live key; step 2: the primary range's.
+    Stats {
+        to: ReplyTo,
+        request_id: u64,
+    },
+    StatsPrimary {
+        to: ReplyTo,
+        request_id: u64,
+        total: u64,
+    },
+    /// A replica write being stored; ack when done.
+    ReplicaApply {
+        to: ReplyTo,
+        request_id: u64,
+    },
+    Sync(SyncWait),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ServeKind {
+    Get,
+    Put(u64),
+    Delete(u64),
+}
+
+impl Node {
+    pub(super) fn store_op(&mut self, op: StoreOp, wait: StoreWait) -> StoreOpId {
+        let id = self.next_store_op;
+        self.next_store_op += 1;
+        self.store_waits.insert(id, wait);
+        self.out.push_back(Output::Store { id, op });
+        id
+    }
+
+    /// Whether a client write to a key in `(start, end]` is being stored right now.
+    pub(super) fn write_in_flight(&self, start: &Id, end: &Id) -> bool {
+        self.store_waits.values().any(|w| match w {
+            StoreWait::Serve {
+                kind: ServeKind::Put(_) | ServeKind::Delete(_),
+                key_id,
+                ..
+            } => in_half_open(key_id, start, end),
+            _ => false,
+        })
+    }
+
+    /// The store lost what it held (a Redis restarted without persistence): nothing it says is
+    /// trusted until the node's ranges are filled again from the other copies. Under
+    /// `consistent` every lease catches up again before it serves; under `available` the node
+    /// answers no read of its own range until an anti-entropy round has refilled it.
+    pub(super) fn on_store_lost(&mut self, now: Millis) {
+        if !self.store_lost {
+            self.stats.store_losses += 1;
+        }
+        // Without replicas there is nothing to refill from: what is gone is gone.
+        self.store_lost = self.config.replicas > 0;
+        self.leases.invalidate_catch_up();
+        self.next_anti_entropy = now;
+    }
+}
