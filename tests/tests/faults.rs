@@ -441,8 +441,20 @@ fn large_values_in_one_sub_range_are_repaired() {
     let value = |i: usize| vec![b'a' + i as u8; MAX_VALUE_BYTES];
     let mut big = Client::connect(primary, LARGE_REQUEST_TIMEOUT).expect("connect to the primary");
     for (i, key) in keys.iter().enumerate() {
-        big.put(key.clone(), value(i))
-            .unwrap_or_else(|e| panic!("PUT {key} ({MAX_VALUE_BYTES} bytes): {e}"));
+        // A loaded machine may answer "no quorum" (a 16 MiB copy missed its deadline): a
+        // client retries that, as it would any retryable error.
+        let mut attempts = 0;
+        while let Err(e) = big.put(key.clone(), value(i)) {
+            attempts += 1;
+            assert!(
+                e.is_retryable() && attempts < 5,
+                "PUT {key} ({MAX_VALUE_BYTES} bytes), attempt {attempts}: {e}"
+            );
+            eprintln!("{name}: PUT {key}: {e}; retrying");
+            if e.breaks_connection() {
+                big = Client::connect(primary, LARGE_REQUEST_TIMEOUT).expect("connect to the primary");
+            }
+        }
     }
     let mut clients = Clients::new();
     poll_until(REPAIR_TIMEOUT, "the replica to hold the values", || {

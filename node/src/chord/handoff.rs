@@ -18,9 +18,13 @@
 //! 4. If the receiver dies mid-transfer the unsent keys are still at the sender, which owns the
 //!    range again once it forgets its dead predecessor.
 
+use std::collections::{BTreeMap, VecDeque};
+
 use chordkv_protocol::{in_half_open, in_open, ErrorCode, Frame, Id, Item, Message, NodeRef};
 
-use super::{Millis, Node, Phase, ReplyTo, RpcKind, StoreWait};
+use super::node::{Millis, Node, Phase, ReplyTo};
+use super::rpc::RpcKind;
+use super::store_wait::StoreWait;
 use crate::store::{ScanCursor, StoreError, StoreOp, StoreOutcome};
 
 /// Finished incoming ranges remembered, so a late notify reply does not reopen one.
@@ -84,6 +88,17 @@ pub(super) enum LeaveStage {
     Draining,
 }
 
+/// Ranges moving in and out of this node (joins and leaves).
+#[derive(Debug, Default)]
+pub(super) struct Handoff {
+    pub incoming: Vec<Incoming>,
+    /// Ranges whose transfers finished recently, so a late notify reply does not reopen them.
+    pub finished_incoming: VecDeque<(Id, Id)>,
+    pub outgoing: BTreeMap<u64, Outgoing>,
+    pub next_transfer_id: u64,
+    pub leave: Option<LeaveState>,
+}
+
 impl Node {
     // ---- join: the successor side ------------------------------------------------------------
 
@@ -104,16 +119,17 @@ impl Node {
             clock,
         };
         if node.addr == self.me.addr
-            || self.gone.contains_key(&node.addr) && !self.dead.contains_key(&node.addr)
+            || self.live.gone.contains_key(&node.addr) && !self.live.dead.contains_key(&node.addr)
         {
             return self.reply(to, rid, refuse);
         }
         // The notifier is alive.
-        self.dead.remove(&node.addr);
+        self.live.dead.remove(&node.addr);
         let consistent = self.config.is_consistent();
         // Only an active node with no transfer coming in hands a range on; the notifier retries
         // on its next stabilize round.
-        let busy = self.phase != Phase::Active || !self.incoming.is_empty() || self.leave.is_some();
+        let busy =
+            self.phase != Phase::Active || !self.handoff.incoming.is_empty() || self.handoff.leave.is_some();
         if self.predecessor.is_some_and(|p| p.addr == node.addr) {
             // Our predecessor again. Still waiting for its range (it restarted at once, before we
             // noticed it was gone), or in a new incarnation: hand the range over again, from
@@ -123,11 +139,12 @@ impl Node {
                 self.pred_incarnation = Some(incarnation);
                 return self.reply(to, rid, refuse);
             }
-            let previous = match &self.pred_list {
+            let previous = match &self.repl.pred_list {
                 Some((addr, list)) if *addr == node.addr => list.first().copied(),
                 _ => None,
             };
             let sending = self
+                .handoff
                 .outgoing
                 .values()
                 .any(|o| o.to.addr == node.addr && !o.for_leave);
@@ -221,34 +238,39 @@ impl Node {
             self.phase = Phase::Active;
         }
         if let Some(i) = self
+            .handoff
             .incoming
             .iter()
             .position(|r| r.start == start && r.end == end)
         {
             return Some(i);
         }
-        if self.finished_incoming.contains(&(start, end)) {
+        if self.handoff.finished_incoming.contains(&(start, end)) {
             return None;
         }
         let deadline = now + self.config.transfer_stall_timeout_ms;
-        self.incoming.push(Incoming {
+        self.handoff.incoming.push(Incoming {
             start,
             end,
             deadline,
             held: Vec::new(),
         });
-        Some(self.incoming.len() - 1)
+        Some(self.handoff.incoming.len() - 1)
     }
 
     /// Whether `id` falls in a range being received.
     pub(super) fn receiving(&self, id: &Id) -> bool {
-        self.incoming.iter().any(|r| in_half_open(id, &r.start, &r.end))
+        self.handoff
+            .incoming
+            .iter()
+            .any(|r| in_half_open(id, &r.start, &r.end))
     }
 
     pub(super) fn hold(&mut self, now: Millis, to: ReplyTo, frame: Frame, hops: u16) {
-        let held: usize = self.incoming.iter().map(|r| r.held.len()).sum();
+        let held: usize = self.handoff.incoming.iter().map(|r| r.held.len()).sum();
         let key_id = frame.message.key().map(|k| Id::hash(k)).unwrap_or_default();
         let slot = self
+            .handoff
             .incoming
             .iter_mut()
             .find(|r| in_half_open(&key_id, &r.start, &r.end));
@@ -288,7 +310,11 @@ impl Node {
         // Take a range only if we agreed to (a leaving predecessor), or if it ends at us (our
         // successor handing us our range; its notify reply may still be on its way). Anything
         // else would strand keys on a node that does not own them.
-        let expected = self.incoming.iter().any(|r| r.start == start && r.end == end);
+        let expected = self
+            .handoff
+            .incoming
+            .iter()
+            .any(|r| r.start == start && r.end == end);
         if matches!(self.phase, Phase::Idle | Phase::Joining | Phase::Left)
             || !(expected || end == self.me.id)
         {
@@ -306,7 +332,7 @@ impl Node {
             self.clock.observe(it.version);
         }
         if let Some(i) = self.expect_incoming(now, start, end) {
-            self.incoming[i].deadline = now + self.config.transfer_stall_timeout_ms;
+            self.handoff.incoming[i].deadline = now + self.config.transfer_stall_timeout_ms;
         }
         self.stats.keys_received += items.len() as u64;
         let wait = StoreWait::Apply {
@@ -349,17 +375,18 @@ impl Node {
     /// The range is complete (or given up on): serve it and answer the held requests.
     fn complete_incoming(&mut self, now: Millis, start: Id, end: Id) {
         let Some(i) = self
+            .handoff
             .incoming
             .iter()
             .position(|r| r.start == start && r.end == end)
         else {
             return;
         };
-        let range = self.incoming.remove(i);
+        let range = self.handoff.incoming.remove(i);
         self.stats.transfers_in += 1;
-        self.finished_incoming.push_back((start, end));
-        if self.finished_incoming.len() > FINISHED_REMEMBERED {
-            self.finished_incoming.pop_front();
+        self.handoff.finished_incoming.push_back((start, end));
+        if self.handoff.finished_incoming.len() > FINISHED_REMEMBERED {
+            self.handoff.finished_incoming.pop_front();
         }
         for (to, frame, hops, _) in range.held {
             self.dispatch_client_op(now, to, frame, hops);
@@ -372,7 +399,7 @@ impl Node {
     fn release_long_held(&mut self, now: Millis) {
         let limit = self.config.rpc_timeout_ms / 2;
         let mut busy = Vec::new();
-        for r in &mut self.incoming {
+        for r in &mut self.handoff.incoming {
             r.held.retain(|(to, frame, hops, since)| {
                 let expired = frame.is_direct() && now.saturating_sub(*since) >= limit;
                 if expired {
@@ -398,6 +425,7 @@ impl Node {
     pub(super) fn expire_incoming(&mut self, now: Millis) {
         self.release_long_held(now);
         let stalled: Vec<(Id, Id)> = self
+            .handoff
             .incoming
             .iter()
             .filter(|r| r.deadline <= now)
@@ -418,8 +446,8 @@ impl Node {
         end: Id,
         for_leave: bool,
     ) -> u64 {
-        let id = self.next_transfer_id;
-        self.next_transfer_id += 1;
+        let id = self.handoff.next_transfer_id;
+        self.handoff.next_transfer_id += 1;
         let out = Outgoing {
             to,
             start,
@@ -430,7 +458,7 @@ impl Node {
             last: false,
             for_leave,
         };
-        self.outgoing.insert(id, out);
+        self.handoff.outgoing.insert(id, out);
         self.pump_transfers(now);
         id
     }
@@ -438,13 +466,14 @@ impl Node {
     /// Starts the scan of every transfer whose range has no write still being stored.
     pub(super) fn pump_transfers(&mut self, _now: Millis) {
         let ready: Vec<u64> = self
+            .handoff
             .outgoing
             .iter()
             .filter(|(_, o)| o.stage == OutStage::WaitWrites && !self.write_in_flight(&o.start, &o.end))
             .map(|(id, _)| *id)
             .collect();
         for id in ready {
-            let o = self.outgoing.get_mut(&id).expect("transfer present"); // faulty code
+            let o = self.handoff.outgoing.get_mut(&id).expect("transfer present"); // faulty code
             o.stage = OutStage::Scanning;
             let op = StoreOp::Scan {
                 start: o.start,
@@ -463,7 +492,7 @@ impl Node {
         id: u64,
         result: Result<StoreOutcome, StoreError>,
     ) {
-        let Some(o) = self.outgoing.get_mut(&id) else {
+        let Some(o) = self.handoff.outgoing.get_mut(&id) else {
             return;
         };
         let Ok(StoreOutcome::Scanned { items, more }) = result else {
@@ -494,7 +523,7 @@ impl Node {
         if !accepted {
             return self.abort_transfer(now, id);
         }
-        let Some(o) = self.outgoing.get_mut(&id) else {
+        let Some(o) = self.handoff.outgoing.get_mut(&id) else {
             return;
         };
         self.stats.keys_sent += o.batch.len() as u64;
@@ -520,7 +549,7 @@ impl Node {
         id: u64,
         _result: Result<StoreOutcome, StoreError>,
     ) {
-        let Some(o) = self.outgoing.get_mut(&id) else {
+        let Some(o) = self.handoff.outgoing.get_mut(&id) else {
             return;
         };
         // A failed removal leaves stale copies behind, which versions make harmless.
@@ -537,11 +566,11 @@ impl Node {
 
     /// The receiver is gone or refused: the unsent keys stay here.
     fn abort_transfer(&mut self, now: Millis, id: u64) {
-        let Some(o) = self.outgoing.remove(&id) else {
+        let Some(o) = self.handoff.outgoing.remove(&id) else {
             return;
         };
         if o.for_leave {
-            if let Some(l) = self.leave.as_mut() {
+            if let Some(l) = self.handoff.leave.as_mut() {
                 l.handed_over = false;
                 l.stage = LeaveStage::Waiting;
                 l.retry_at = now;
@@ -550,12 +579,12 @@ impl Node {
     }
 
     fn finish_transfer(&mut self, now: Millis, id: u64) {
-        let Some(o) = self.outgoing.remove(&id) else {
+        let Some(o) = self.handoff.outgoing.remove(&id) else {
             return;
         };
         self.stats.transfers_out += 1;
         if o.for_leave {
-            if let Some(l) = self.leave.as_mut() {
+            if let Some(l) = self.handoff.leave.as_mut() {
                 l.stage = LeaveStage::Draining;
             }
             self.pump_leave(now);
@@ -574,7 +603,7 @@ impl Node {
             return self.finish_leave(); // alone: nobody to hand the keys to
         }
         self.phase = Phase::Leaving;
-        self.leave = Some(LeaveState {
+        self.handoff.leave = Some(LeaveState {
             deadline: now + self.config.leave_timeout_ms,
             retry_at: now,
             stage: LeaveStage::Waiting,
@@ -585,26 +614,29 @@ impl Node {
     }
 
     pub(super) fn pump_leave(&mut self, now: Millis) {
-        let Some(l) = self.leave.as_ref() else { return };
+        let Some(l) = self.handoff.leave.as_ref() else {
+            return;
+        };
         if now >= l.deadline {
             return self.finish_leave();
         }
         match l.stage {
             LeaveStage::Waiting => {
-                if now < l.retry_at || !self.incoming.is_empty() || !self.outgoing.is_empty() {
+                if now < l.retry_at || !self.handoff.incoming.is_empty() || !self.handoff.outgoing.is_empty()
+                {
                     return;
                 }
                 let Some(succ) = self.routing.successors().first().copied() else {
                     return self.finish_leave();
                 };
                 let msg = self.leaving_message();
-                let l = self.leave.as_mut().expect("leaving"); // faulty code
+                let l = self.handoff.leave.as_mut().expect("leaving"); // faulty code
                 l.stage = LeaveStage::Asking;
                 l.target = Some(succ);
                 self.send_rpc(now, succ.addr, msg, RpcKind::Leaving, 0);
             }
             LeaveStage::Draining => {
-                if self.ops.is_empty() {
+                if self.client.ops.is_empty() {
                     self.finish_leave();
                 }
             }
@@ -618,13 +650,15 @@ impl Node {
             predecessor: self.predecessor,
             successors: self.routing.successors().to_vec(),
             clock: self.clock.current(),
-            gone: self.gone.values().map(|(n, _)| *n).collect(),
+            gone: self.live.gone.values().map(|(n, _)| *n).collect(),
         }
     }
 
     pub(super) fn on_leaving_reply(&mut self, now: Millis, msg: Message) {
         let accepted = matches!(msg, Message::LeavingReply { accepted: true });
-        let Some(l) = self.leave.as_mut() else { return };
+        let Some(l) = self.handoff.leave.as_mut() else {
+            return;
+        };
         if !accepted {
             l.stage = LeaveStage::Waiting;
             l.retry_at = now + self.config.stabilize_interval_ms;
@@ -655,7 +689,7 @@ impl Node {
     }
 
     pub(super) fn on_leaving_failed(&mut self, now: Millis) {
-        if let Some(l) = self.leave.as_mut() {
+        if let Some(l) = self.handoff.leave.as_mut() {
             l.stage = LeaveStage::Waiting;
             l.retry_at = now;
         }
@@ -663,7 +697,7 @@ impl Node {
 
     fn finish_leave(&mut self) {
         self.phase = Phase::Left;
-        self.leave = None;
+        self.handoff.leave = None;
         self.out.push_back(super::Output::Left);
     }
 
@@ -684,14 +718,14 @@ impl Node {
             self.clock.observe(clock);
         }
         // A node that left on purpose is no peer to find our way back through.
-        self.seeds.retain(|a| *a != node.addr);
+        self.live.seeds.retain(|a| *a != node.addr);
         let is_successor = self.routing.successors().iter().any(|s| s.addr == node.addr);
         let consistent = self.config.is_consistent();
         // It asks us to take its range over when we come first in its successor list (in a
         // small ring every node is in our successor list, so that does not tell).
         let asks_us = successors
             .iter()
-            .find(|s| !self.gone.contains_key(&s.addr) || s.addr == self.me.addr)
+            .find(|s| !self.live.gone.contains_key(&s.addr) || s.addr == self.me.addr)
             .is_some_and(|s| s.addr == self.me.addr);
         let is_predecessor = match self.predecessor {
             Some(p) if p.addr == node.addr => true,
@@ -706,7 +740,10 @@ impl Node {
             return self.reply(to, rid, Message::LeavingReply { accepted: false });
         }
         if is_predecessor {
-            if self.phase != Phase::Active || !self.incoming.is_empty() || self.leave.is_some() {
+            if self.phase != Phase::Active
+                || !self.handoff.incoming.is_empty()
+                || self.handoff.leave.is_some()
+            {
                 return self.reply(to, rid, Message::LeavingReply { accepted: false });
             }
             let new_pred = predecessor.filter(|p| p.addr != self.me.addr && p.addr != node.addr);
@@ -715,8 +752,8 @@ impl Node {
             self.pred_incarnation = None;
             self.mark_gone(now, node);
             let deadline = now + self.config.transfer_stall_timeout_ms;
-            self.finished_incoming.retain(|r| *r != (start, node.id));
-            self.incoming.push(Incoming {
+            self.handoff.finished_incoming.retain(|r| *r != (start, node.id));
+            self.handoff.incoming.push(Incoming {
                 start,
                 end: node.id,
                 deadline,
@@ -732,7 +769,7 @@ impl Node {
             // view of the leaving node, which retries once stabilize has shown it its real
             // successor): it is leaving all the same.
             self.mark_gone(now, node);
-            if let Some((_, list)) = self.pred_list.as_mut() {
+            if let Some((_, list)) = self.repl.pred_list.as_mut() {
                 list.retain(|n| n.addr != node.addr);
             }
             return self.reply(to, rid, Message::LeavingReply { accepted: false });

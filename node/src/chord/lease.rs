@@ -41,7 +41,8 @@ use std::net::SocketAddr;
 
 use chordkv_protocol::{in_half_open, ErrorCode, Id, Message, NodeRef};
 
-use super::{Millis, Node, Phase, ReplyTo, RpcKind};
+use super::node::{Millis, Node, Phase, ReplyTo};
+use super::rpc::RpcKind;
 
 /// Of each lease period, the part a holder does not count on, for clocks that run at
 /// slightly different rates (0.2% here; quartz drift is 10-100 ppm).
@@ -447,7 +448,7 @@ impl Node {
             return self.reply(to, rid, refuse(None));
         }
         // The asker is alive.
-        self.dead.remove(&holder.addr);
+        self.live.dead.remove(&holder.addr);
         let me = self.me;
         let end = primary.id;
         // The asker must be in the range's preference list as we see it, and so must we: two
@@ -555,7 +556,7 @@ impl Node {
         }
         let serving = match self.phase {
             Phase::Active => true,
-            Phase::Leaving => !self.leave.as_ref().is_some_and(|l| l.handed_over),
+            Phase::Leaving => !self.handoff.leave.as_ref().is_some_and(|l| l.handed_over),
             _ => false,
         };
         if serving {

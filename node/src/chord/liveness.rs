@@ -2,12 +2,14 @@
 //! departed and are probed for a ring merge (`available`), members that left or were
 //! forgotten for good, and seed peers to rejoin through.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use chordkv_protocol::{in_open, ErrorCode, Message, NodeRef};
 
-use super::*;
+use super::node::{Millis, Node, ReplyTo};
+use super::rpc::RpcKind;
+use super::timer::Timer;
 
 /// A neighbour that stopped answering (partition policy `available`).
 #[derive(Clone, Copy, Debug)]
@@ -23,9 +25,26 @@ pub(super) const MAX_DEPARTED: usize = 64;
 /// Departed neighbours probed per stabilize period.
 pub(super) const DEPARTED_PROBES_PER_ROUND: usize = 8;
 
+/// What the failure detector remembers about other nodes.
+#[derive(Debug, Default)]
+pub(super) struct Liveness {
+    /// Peers that failed to answer, until when they are avoided.
+    pub dead: BTreeMap<SocketAddr, Millis>,
+    /// `available`: neighbours dropped because they stopped answering, probed until they answer
+    /// (ring merging after a partition) or `departed_ttl_ms` passes; `holder`: it kept copies of
+    /// our range, so our tombstones wait for it.
+    pub departed: BTreeMap<SocketAddr, Departed>,
+    /// Nodes that left the ring or were forgotten, until when they are kept out of every list
+    /// (a stale successor list must not bring them back).
+    pub gone: BTreeMap<SocketAddr, (NodeRef, Millis)>,
+    /// Peers seen recently (the bootstrap node, successors), tried in turn when the node finds
+    /// itself alone, so an isolated node finds its way back into the ring after a partition.
+    pub seeds: VecDeque<SocketAddr>,
+}
+
 impl Node {
     pub(super) fn is_dead(&self, addr: &SocketAddr) -> bool {
-        self.dead.contains_key(addr)
+        self.live.dead.contains_key(addr)
     }
 
     /// Forgets a peer that failed: out of the successor list, fingers and predecessor.
@@ -34,6 +53,7 @@ impl Node {
             return;
         }
         if self
+            .live
             .dead
             .insert(addr, now + self.config.dead_peer_ttl_ms)
             .is_none()
@@ -82,16 +102,21 @@ impl Node {
     }
 
     pub(super) fn remember_departed(&mut self, now: Millis, node: NodeRef, holder: bool) {
-        let entry = self.departed.entry(node.addr).or_insert(Departed {
+        let entry = self.live.departed.entry(node.addr).or_insert(Departed {
             node,
             since: now,
             holder: false,
         });
         entry.holder |= holder;
-        if self.departed.len() > MAX_DEPARTED {
-            let oldest = self.departed.iter().min_by_key(|(_, d)| d.since).map(|(a, _)| *a);
+        if self.live.departed.len() > MAX_DEPARTED {
+            let oldest = self
+                .live
+                .departed
+                .iter()
+                .min_by_key(|(_, d)| d.since)
+                .map(|(a, _)| *a);
             if let Some(a) = oldest {
-                self.departed.remove(&a);
+                self.live.departed.remove(&a);
             }
         }
     }
@@ -100,7 +125,7 @@ impl Node {
     /// with copies of keys deleted meanwhile, so tombstones are not collected until it does (or
     /// `departed_ttl_ms` passes, or an operator forgets it).
     pub(super) fn holder_away(&self) -> bool {
-        self.departed.values().any(|d| d.holder)
+        self.live.departed.values().any(|d| d.holder)
     }
 
     /// `available`: asks a few departed neighbours for their neighbours. One that answers is
@@ -109,8 +134,11 @@ impl Node {
     /// nodes that went away and keep probing them; stabilize then zips the rings together).
     pub(super) fn probe_departed(&mut self, now: Millis) {
         let ttl = self.config.departed_ttl_ms();
-        self.departed.retain(|_, d| now.saturating_sub(d.since) < ttl);
+        self.live
+            .departed
+            .retain(|_, d| now.saturating_sub(d.since) < ttl);
         let mut due: Vec<(Millis, SocketAddr)> = self
+            .live
             .departed
             .iter()
             .filter(|(a, _)| !self.rpcs.any_to(**a, RpcKind::Probe))
@@ -137,7 +165,7 @@ impl Node {
     /// A probed node answered: it is back. `available`: adopt it (or a node it names) as our
     /// successor when it lies between us and our successor.
     pub(super) fn on_probe_reply(&mut self, now: Millis, from: SocketAddr, msg: Message) {
-        let back = self.departed.remove(&from);
+        let back = self.live.departed.remove(&from);
         if self.config.is_consistent() {
             return;
         }
@@ -160,18 +188,18 @@ impl Node {
             .into_iter()
             // The node that answered vouches for the nodes it names: they may still be in our
             // list of peers that stopped answering, from before the heal.
-            .filter(|n| n.addr != me.addr && !self.gone.contains_key(&n.addr))
+            .filter(|n| n.addr != me.addr && !self.live.gone.contains_key(&n.addr))
             .filter(|n| succ.is_none_or(|s| in_open(&n.id, &me.id, &s.id)))
             .min_by_key(|n| me.id.distance_limbs(&n.id));
         if let Some(n) = closer {
-            self.dead.remove(&n.addr);
+            self.live.dead.remove(&n.addr);
             self.stats.ring_merges += 1;
             let mut list = vec![n];
             list.extend_from_slice(self.routing.successors());
             self.routing.set_successors(list, self.config.successors);
             self.succ_wrapped = false;
             self.remember_seed(n.addr);
-            self.next_stabilize = now;
+            self.timers.set(Timer::Stabilize, now);
         }
     }
 
@@ -179,12 +207,13 @@ impl Node {
         if self.config.is_consistent() {
             // Members next to us stay presumed down until a probe finds them up.
             let neighbours: BTreeSet<SocketAddr> = self.neighbour_members().map(|n| n.addr).collect();
-            self.dead
+            self.live
+                .dead
                 .retain(|a, until| *until > now || neighbours.contains(a));
         } else {
-            self.dead.retain(|_, until| *until > now);
+            self.live.dead.retain(|_, until| *until > now);
         }
-        self.gone.retain(|_, (_, until)| *until > now);
+        self.live.gone.retain(|_, (_, until)| *until > now);
     }
 
     /// Pings every neighbouring member presumed down (`consistent`), so one that comes back
@@ -205,7 +234,7 @@ impl Node {
     /// Nodes another node says left the ring or were forgotten: out of our lists too.
     pub(super) fn learn_gone(&mut self, now: Millis, gone: &[NodeRef]) {
         for n in gone {
-            if n.addr != self.me.addr && !self.gone.contains_key(&n.addr) {
+            if n.addr != self.me.addr && !self.live.gone.contains_key(&n.addr) {
                 self.depart(now, *n);
             }
         }
@@ -220,7 +249,7 @@ impl Node {
             self.predecessor = next;
             self.pred_incarnation = None;
         }
-        if let Some((_, list)) = self.pred_list.as_mut() {
+        if let Some((_, list)) = self.repl.pred_list.as_mut() {
             list.retain(|n| n.addr != node.addr);
         }
         let me = self.me;
@@ -239,7 +268,7 @@ impl Node {
             };
             return self.reply(to, rid, msg);
         }
-        let new = !self.gone.contains_key(&node.addr);
+        let new = !self.live.gone.contains_key(&node.addr);
         if new {
             self.depart(now, node);
             let next = self
@@ -261,21 +290,21 @@ impl Node {
         // Long enough for every stale list to flush (a successor list is refreshed once a
         // stabilize period); short enough that the node may join again soon after.
         let keep_ms = self.config.dead_peer_ttl_ms * 4;
-        self.gone.insert(node.addr, (node, now + keep_ms));
-        self.departed.remove(&node.addr);
-        self.seeds.retain(|a| *a != node.addr);
+        self.live.gone.insert(node.addr, (node, now + keep_ms));
+        self.live.departed.remove(&node.addr);
+        self.live.seeds.retain(|a| *a != node.addr);
         self.routing.forget(node.addr);
-        self.dead.remove(&node.addr);
+        self.live.dead.remove(&node.addr);
         self.cache.evict_node(&node.addr);
     }
 
     pub(super) fn remember_seed(&mut self, addr: SocketAddr) {
         const MAX_SEEDS: usize = 16;
-        if !self.seeds.contains(&addr) {
-            if self.seeds.len() == MAX_SEEDS {
-                self.seeds.pop_front();
+        if !self.live.seeds.contains(&addr) {
+            if self.live.seeds.len() == MAX_SEEDS {
+                self.live.seeds.pop_front();
             }
-            self.seeds.push_back(addr);
+            self.live.seeds.push_back(addr);
         }
     }
 }

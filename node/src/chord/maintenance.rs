@@ -2,11 +2,15 @@
 //! 5.2): `stabilize` and `notify`, `check_predecessor`, `fix_fingers`, and the lookups that
 //! join a node to the ring or refresh a finger.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use chordkv_protocol::{in_open, Id, Lookup, Message, NodeRef};
 
-use super::*;
+use super::node::{Millis, Node, Phase};
+use super::placement::Route;
+use super::rpc::RpcKind;
+use super::timer::Timer;
 
 /// A maintenance lookup (join, fix_fingers): find `successor(target)`.
 #[derive(Clone, Debug)]
@@ -22,6 +26,17 @@ pub(super) enum LookupPurpose {
     /// A node left alone after losing every peer looks for its successor again.
     Rejoin,
     Finger(usize),
+}
+
+/// Maintenance lookups in flight, and where `fix_fingers` is.
+#[derive(Debug, Default)]
+pub(super) struct Lookups {
+    pub pending: BTreeMap<u64, MaintLookup>,
+    pub next_id: u64,
+    /// Finger index fix_fingers will refresh next.
+    pub next_finger: usize,
+    /// Whether a fix_fingers lookup is in flight (one at a time).
+    pub finger_busy: bool,
 }
 
 impl Node {
@@ -110,7 +125,7 @@ impl Node {
             list.extend(successors);
             let me = self.me.id;
             wrapped = list.iter().any(|n| n.addr == self.me.addr);
-            list.retain(|n| n.addr != self.me.addr && !self.gone.contains_key(&n.addr));
+            list.retain(|n| n.addr != self.me.addr && !self.live.gone.contains_key(&n.addr));
             list.sort_by_key(|n| me.distance_limbs(&n.id));
             list.dedup_by_key(|n| n.addr);
         } else {
@@ -130,7 +145,7 @@ impl Node {
                 list.truncate(pos);
                 wrapped = true;
             }
-            list.retain(|n| !self.gone.contains_key(&n.addr));
+            list.retain(|n| !self.live.gone.contains_key(&n.addr));
         }
         for n in &list {
             if n.addr != self.me.addr {
@@ -178,7 +193,7 @@ impl Node {
                 .or(self.pred_hint.filter(|h| !self.is_dead(&h.addr)))
                 .or_else(|| {
                     self.routing
-                        .closest_preceding_where(&self.me.id, |n| !self.dead.contains_key(&n.addr))
+                        .closest_preceding_where(&self.me.id, |n| !self.live.dead.contains_key(&n.addr))
                 })
                 .or(self.predecessor)
         } else {
@@ -216,7 +231,7 @@ impl Node {
         let mut list: Vec<NodeRef> = successors[..pos].iter().rev().copied().collect();
         list.push(x);
         list.extend(predecessors.into_iter().filter(|n| n.addr != me.addr));
-        list.retain(|n| !self.gone.contains_key(&n.addr));
+        list.retain(|n| !self.live.gone.contains_key(&n.addr));
         list.dedup_by_key(|n| n.addr);
         let pred = list.remove(0);
         self.pred_hint = None;
@@ -234,7 +249,7 @@ impl Node {
             self.predecessor = Some(pred);
             self.pred_incarnation = None;
         }
-        self.pred_list = Some((pred.addr, list));
+        self.repl.pred_list = Some((pred.addr, list));
         self.pred_confirmed = Some(pred.addr);
     }
 
@@ -250,13 +265,13 @@ impl Node {
     /// Refreshes fingers round-robin: every finger whose start falls within the successor
     /// list is set at once; the first that needs a remote lookup starts one and ends the round.
     pub(super) fn fix_fingers(&mut self, now: Millis) {
-        if self.finger_lookup_busy || !matches!(self.phase, Phase::Joined | Phase::Active) {
+        if self.lookups.finger_busy || !matches!(self.phase, Phase::Joined | Phase::Active) {
             return;
         }
         let count = self.routing.finger_count();
         for _ in 0..count {
-            let i = self.next_finger;
-            self.next_finger = (self.next_finger + 1) % count;
+            let i = self.lookups.next_finger;
+            self.lookups.next_finger = (self.lookups.next_finger + 1) % count;
             let start = self.routing.finger_start(i);
             // Most fingers of a large ring start inside the successor list: resolve those
             // without building a route.
@@ -279,7 +294,7 @@ impl Node {
                         purpose: LookupPurpose::Finger(i),
                         deadline,
                     });
-                    self.finger_lookup_busy = true;
+                    self.lookups.finger_busy = true;
                     self.send_rpc(
                         now,
                         c.addr,
@@ -296,14 +311,18 @@ impl Node {
     /// Alone after having had peers: ask the next remembered peer for our successor.
     pub(super) fn try_rejoin(&mut self, now: Millis) {
         if !matches!(self.phase, Phase::Active | Phase::Joined)
-            || self.lookups.values().any(|l| l.purpose == LookupPurpose::Rejoin)
+            || self
+                .lookups
+                .pending
+                .values()
+                .any(|l| l.purpose == LookupPurpose::Rejoin)
         {
             return;
         }
-        let Some(seed) = self.seeds.pop_front() else {
+        let Some(seed) = self.live.seeds.pop_front() else {
             return;
         };
-        self.seeds.push_back(seed);
+        self.live.seeds.push_back(seed);
         self.lookup_own_id(now, seed, LookupPurpose::Rejoin);
     }
 
@@ -325,14 +344,14 @@ impl Node {
     }
 
     pub(super) fn new_lookup(&mut self, lookup: MaintLookup) -> u64 {
-        let id = self.next_lookup_id;
-        self.next_lookup_id += 1;
-        self.lookups.insert(id, lookup);
+        let id = self.lookups.next_id;
+        self.lookups.next_id += 1;
+        self.lookups.pending.insert(id, lookup);
         id
     }
 
     pub(super) fn on_lookup_reply(&mut self, now: Millis, id: u64, from: SocketAddr, msg: Message) {
-        let Some(lookup) = self.lookups.get(&id).cloned() else {
+        let Some(lookup) = self.lookups.pending.get(&id).cloned() else {
             return;
         };
         if lookup.purpose == LookupPurpose::Join {
@@ -390,7 +409,7 @@ impl Node {
                 // handoff has to make room for us. We take our place at once; where our range
                 // starts is confirmed by `check_predecessor` before we ask for its lease, and
                 // the lease's catch-up brings the data back.
-                self.lookups.remove(&id);
+                self.lookups.pending.remove(&id);
                 self.rejoin_as_member(now, successors, predecessor);
             }
             Message::FindSuccessorReply {
@@ -449,16 +468,16 @@ impl Node {
         self.pred_incarnation = None;
         self.phase = Phase::Active;
         self.bootstrap = None;
-        self.join_retry_at = None;
+        self.timers.stop(Timer::JoinRetry);
         self.stats.rejoined_as_member += 1;
-        self.next_stabilize = now;
-        self.next_check_predecessor = now;
+        self.timers.set(Timer::Stabilize, now);
+        self.timers.set(Timer::CheckPredecessor, now);
         self.stabilize(now);
         self.check_predecessor(now);
     }
 
     pub(super) fn finish_lookup(&mut self, now: Millis, id: u64, successors: Vec<NodeRef>) {
-        let Some(lookup) = self.lookups.remove(&id) else {
+        let Some(lookup) = self.lookups.pending.remove(&id) else {
             return;
         };
         match lookup.purpose {
@@ -475,7 +494,7 @@ impl Node {
                 self.succ_wrapped = false;
                 self.phase = Phase::Joined;
                 self.bootstrap = None;
-                self.next_stabilize = now; // notify the successor at once
+                self.timers.set(Timer::Stabilize, now); // notify the successor at once
                 self.stabilize(now);
                 if let (Some(_), Some(s)) = (&self.members, self.routing.successors().first().copied()) {
                     // One-hop: copy the successor's table, a page at a time.
@@ -496,11 +515,11 @@ impl Node {
                 if self.routing.successors().is_empty() && !list.is_empty() {
                     self.routing.set_successors(list, self.config.successors);
                     self.succ_wrapped = false;
-                    self.next_stabilize = now;
+                    self.timers.set(Timer::Stabilize, now);
                 }
             }
             LookupPurpose::Finger(i) => {
-                self.finger_lookup_busy = false;
+                self.lookups.finger_busy = false;
                 let owner = successors.into_iter().next().filter(|n| n.addr != self.me.addr);
                 self.routing.set_finger(i, owner);
             }
@@ -508,13 +527,13 @@ impl Node {
     }
 
     pub(super) fn fail_lookup(&mut self, now: Millis, id: u64) {
-        let Some(lookup) = self.lookups.remove(&id) else {
+        let Some(lookup) = self.lookups.pending.remove(&id) else {
             return;
         };
         match lookup.purpose {
             LookupPurpose::Join => self.retry_join(now),
             LookupPurpose::Rejoin => {}
-            LookupPurpose::Finger(_) => self.finger_lookup_busy = false,
+            LookupPurpose::Finger(_) => self.lookups.finger_busy = false,
         }
     }
 
@@ -523,13 +542,14 @@ impl Node {
         if self.bootstrap.is_some() {
             // Try again after a pause, so an unreachable bootstrap node is not hammered.
             self.phase = Phase::Joining;
-            self.join_retry_at = Some(now + self.config.rpc_timeout_ms);
+            self.timers
+                .set(Timer::JoinRetry, now + self.config.rpc_timeout_ms);
         }
     }
 
     /// Sends the join lookup to the bootstrap node when a retry is due.
     pub(super) fn join_if_due(&mut self, now: Millis) {
-        let (Some(_), Some(at)) = (self.bootstrap, self.join_retry_at) else {
+        let (Some(_), Some(at)) = (self.bootstrap, self.timers.get(Timer::JoinRetry)) else {
             return;
         };
         if now < at || self.phase != Phase::Joining {
@@ -537,11 +557,11 @@ impl Node {
         }
         // Rotate through the bootstrap node and every peer a lookup has named so far, so one
         // departed bootstrap node does not strand the join.
-        let Some(via) = self.seeds.pop_front() else {
+        let Some(via) = self.live.seeds.pop_front() else {
             return;
         };
-        self.seeds.push_back(via);
-        self.join_retry_at = None;
+        self.live.seeds.push_back(via);
+        self.timers.stop(Timer::JoinRetry);
         self.lookup_own_id(now, via, LookupPurpose::Join);
     }
 }

@@ -67,41 +67,22 @@ mod rpc;
 mod stats;
 mod store_wait;
 mod sync;
+mod timer;
 
 use std::net::SocketAddr;
 
 use chordkv_protocol::{ErrorCode, Frame, Lookup, Message, NodeInfo, NodeStatus};
 
-use crate::rng::Rng;
 use crate::store::{StoreError, StoreOp, StoreOutcome};
-use cache::LocationCache;
-use clock::Hlc;
+use onehop::MEMBERS_PAGE;
+use placement::Route;
+use rpc::RpcKind;
+use store_wait::StoreWait;
+use timer::Timer;
+
 pub use config::{Config, Routing};
-use handoff::{Incoming, LeaveState, Outgoing};
-use lease::Leases;
-use liveness::*;
-use maintenance::*;
-use membership::Membership;
-pub use node::{Node, Output, Phase};
-use onehop::*;
-use ops::ClientOp;
-use placement::*;
-use replication::PendingWrite;
-use routing::RoutingTable;
-use rpc::*;
+pub use node::{Millis, Node, Output, Phase, ReplyTo, StoreOpId};
 pub use stats::Stats;
-use store_wait::*;
-use sync::{SyncRound, SyncWait};
-
-/// Milliseconds on the driver's clock (monotonic; the epoch is the driver's choice).
-pub type Millis = u64;
-
-/// An inbound connection (or simulated sender) to answer on, chosen by the driver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReplyTo(pub u64);
-
-/// Identifies a store op between `Output::Store` and `store_done`.
-pub type StoreOpId = u64;
 
 impl Node {
     // ---- inputs ----------------------------------------------------------------------------
@@ -116,23 +97,26 @@ impl Node {
         if matches!(self.phase, Phase::Idle | Phase::Left) {
             return;
         }
-        if now >= self.next_stabilize {
-            self.next_stabilize = now + self.jitter(self.config.stabilize_interval_ms);
+        if self.timers.is_due(Timer::Stabilize, now) {
+            let at = now + self.jitter(self.config.stabilize_interval_ms);
+            self.timers.set(Timer::Stabilize, at);
             self.stabilize(now);
             self.flush_member_events(now);
             self.maintain_leases(now);
         }
-        if now >= self.next_check_predecessor {
-            self.next_check_predecessor = now + self.jitter(self.config.check_predecessor_interval_ms);
+        if self.timers.is_due(Timer::CheckPredecessor, now) {
+            let at = now + self.jitter(self.config.check_predecessor_interval_ms);
+            self.timers.set(Timer::CheckPredecessor, at);
             self.check_predecessor(now);
         }
-        if now >= self.next_fix_fingers {
-            self.next_fix_fingers = now + self.jitter(self.config.fix_fingers_interval_ms);
+        if self.timers.is_due(Timer::FixFingers, now) {
+            let at = now + self.jitter(self.config.fix_fingers_interval_ms);
+            self.timers.set(Timer::FixFingers, at);
             self.fix_fingers(now);
         }
         if self.config.replicas > 0 {
             self.watch_replica_set(now);
-            if now >= self.next_anti_entropy {
+            if self.timers.is_due(Timer::AntiEntropy, now) {
                 // A round that cannot start now (one is running, a range is arriving) is
                 // retried at the next stabilize period, so a change of replicas during a round
                 // is not left for the next full interval.
@@ -144,7 +128,8 @@ impl Node {
                 } else {
                     self.config.stabilize_interval_ms
                 };
-                self.next_anti_entropy = now + self.jitter(wait);
+                let at = now + self.jitter(wait);
+                self.timers.set(Timer::AntiEntropy, at);
             }
         }
         self.pump_leave(now);
@@ -229,7 +214,7 @@ impl Node {
                     predecessors: self.predecessors(),
                     down: self.down_bits(&successors),
                     successors,
-                    gone: self.gone.values().map(|(n, _)| *n).collect(),
+                    gone: self.live.gone.values().map(|(n, _)| *n).collect(),
                 };
                 self.reply(reply_to, rid, msg);
             }
@@ -328,7 +313,7 @@ impl Node {
         let Some(rpc) = self.rpcs.answered(frame.request_id, from) else {
             return;
         };
-        self.dead.remove(&from);
+        self.live.dead.remove(&from);
         match rpc.kind {
             RpcKind::Lookup(id) => self.on_lookup_reply(now, id, from, frame.message),
             RpcKind::Op(op) => self.on_op_reply(now, op, from, frame.message),
@@ -348,10 +333,10 @@ impl Node {
                     }
                     // A predecessor that restarted knows no predecessor yet: keep what it told
                     // us before (where its range starts).
-                    let keep =
-                        predecessors.is_empty() && self.pred_list.as_ref().is_some_and(|(a, _)| *a == from);
+                    let keep = predecessors.is_empty()
+                        && self.repl.pred_list.as_ref().is_some_and(|(a, _)| *a == from);
                     if !keep {
-                        self.pred_list = Some((from, predecessors));
+                        self.repl.pred_list = Some((from, predecessors));
                     }
                 }
             }
@@ -364,7 +349,7 @@ impl Node {
             RpcKind::LeavingHint | RpcKind::Collect => {}
             RpcKind::Members => self.on_members(now, from, frame.message),
             RpcKind::MemberEvents(b) => {
-                self.broadcasts.remove(&b);
+                self.onehop.broadcasts.remove(&b);
             }
             RpcKind::Replica(write) => {
                 if let Some(w) = write {
@@ -406,7 +391,7 @@ impl Node {
 
     /// A store op finished.
     pub fn store_done(&mut self, now: Millis, id: StoreOpId, result: Result<StoreOutcome, StoreError>) {
-        let Some(wait) = self.store_waits.remove(&id) else {
+        let Some(wait) = self.store.waits.remove(&id) else {
             return;
         };
         if result.is_err() {
@@ -457,7 +442,7 @@ impl Node {
                 let info = NodeInfo {
                     node: self.me,
                     status: match self.phase {
-                        Phase::Active if self.incoming.is_empty() => NodeStatus::Active,
+                        Phase::Active if self.handoff.incoming.is_empty() => NodeStatus::Active,
                         Phase::Leaving | Phase::Left => NodeStatus::Leaving,
                         _ => NodeStatus::Joining,
                     },

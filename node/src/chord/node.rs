@@ -1,13 +1,40 @@
 //! The node's state, one owned part per concern, and its life: create, join, leave,
 //! bootstrap, and what the driver reads from it.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use chordkv_protocol::{Frame, Id, MemberEvent, NodeRef};
+use chordkv_protocol::{Frame, Id, NodeRef};
 
-use super::*;
+use super::cache::LocationCache;
+use super::clock::Hlc;
+use super::config::{Config, Routing};
+use super::handoff::{Handoff, LeaveStage};
+use super::lease::Leases;
+use super::liveness::Liveness;
+use super::maintenance::{LookupPurpose, Lookups};
+use super::membership::Membership;
+use super::onehop::Dissemination;
+use super::ops::ClientOps;
+use super::replication::Replication;
+use super::routing::RoutingTable;
+use super::rpc::Rpcs;
+use super::stats::Stats;
+use super::store_wait::StoreOps;
+use super::timer::{Timer, Timers};
+use crate::rng::Rng;
+use crate::store::StoreOp;
+
+/// Milliseconds on the driver's clock (monotonic; the epoch is the driver's choice).
+pub type Millis = u64;
+
+/// An inbound connection (or simulated sender) to answer on, chosen by the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplyTo(pub u64);
+
+/// Identifies a store op between `Output::Store` and `store_done`.
+pub type StoreOpId = u64;
 
 /// What the state machine asks its driver to do.
 #[derive(Debug)]
@@ -45,54 +72,14 @@ pub struct Node {
     pub(super) config: Config,
     pub(super) phase: Phase,
     pub(super) predecessor: Option<NodeRef>,
+    /// Successor list and fingers.
     pub(super) routing: RoutingTable,
     pub(super) clock: Hlc,
     pub(super) rng: Rng,
     /// Where `join` started, until the join lookup has found a successor.
     pub(super) bootstrap: Option<SocketAddr>,
-    /// When to retry a failed join lookup.
-    pub(super) join_retry_at: Option<Millis>,
-    /// Peers seen recently (the bootstrap node, successors), tried in turn when the node finds
-    /// itself alone, so an isolated node finds its way back into the ring after a partition.
-    pub(super) seeds: VecDeque<SocketAddr>,
-
-    pub(super) rpcs: Rpcs,
-    pub(super) lookups: BTreeMap<u64, MaintLookup>,
-    pub(super) next_lookup_id: u64,
-    /// Finger index fix_fingers will refresh next.
-    pub(super) next_finger: usize,
-    /// Whether a fix_fingers lookup is in flight (one at a time).
-    pub(super) finger_lookup_busy: bool,
-
-    pub(super) ops: BTreeMap<u64, ClientOp>,
-    /// Client writes waiting for their replicas (`AckPolicy::All`).
-    pub(super) writes: BTreeMap<u64, PendingWrite>,
-    pub(super) next_write_id: u64,
-    /// The anti-entropy round in progress, if any.
-    /// Anti-entropy rounds in progress (one periodic round at a time, and lease catch-ups).
-    pub(super) syncs: BTreeMap<u64, SyncRound>,
-    pub(super) next_sync_id: u64,
-    pub(super) next_anti_entropy: Millis,
-    /// Predecessor and replica targets as of the last check, to notice changes.
-    pub(super) replica_view: Vec<SocketAddr>,
-    /// Since when `replica_view` has not changed.
-    pub(super) replica_view_since: Millis,
-    /// Our predecessor (by address) and its own predecessors, nearest first, as it last told
-    /// us: the ranges this node keeps copies of and may stand in for.
-    pub(super) pred_list: Option<(SocketAddr, Vec<NodeRef>)>,
     /// The incarnation of our predecessor, from its last notify (a new one: it restarted).
     pub(super) pred_incarnation: Option<u64>,
-    /// Nodes that left the ring or were forgotten, until when they are kept out of every list
-    /// (a stale successor list must not bring them back).
-    pub(super) gone: BTreeMap<SocketAddr, (NodeRef, Millis)>,
-    /// `available`: neighbours dropped because they stopped answering, probed until they answer
-    /// (ring merging after a partition) or `departed_ttl_ms` passes; `holder`: it kept copies of
-    /// our range, so our tombstones wait for it.
-    pub(super) departed: BTreeMap<SocketAddr, Departed>,
-    /// Leases held and promised (partition policy `consistent`, `lease.rs`).
-    pub(super) leases: Leases,
-    /// The store reported that it lost its data and it has not been refilled yet.
-    pub(super) store_lost: bool,
     /// Whether the successor list reaches around the whole ring back to us (a ring of at
     /// most `successors + 1` nodes), as the last stabilize saw it.
     pub(super) succ_wrapped: bool,
@@ -100,43 +87,24 @@ pub struct Node {
     pub(super) pred_confirmed: Option<SocketAddr>,
     /// ...and, when that node's list did not reach us, the node to ask next (nearer to us).
     pub(super) pred_hint: Option<NodeRef>,
-    /// Write hops served, by deadline and fingerprint, until their deadline: a second delivery
-    /// of one is dropped (see `ops.rs`, `first_delivery`).
-    pub(super) seen_writes: BTreeSet<(Millis, u64)>,
-    pub(super) seen_fingerprints: BTreeSet<u64>,
-    /// Ranges primaries declared us a replica of (by syncing with us), and when last.
-    pub(super) declared: Vec<(Id, Id, Millis)>,
-    pub(super) next_op_id: u64,
-    /// Ops waiting to be retried: (when, op id).
-    pub(super) op_retries: BTreeSet<(Millis, u64)>,
-
-    pub(super) store_waits: BTreeMap<StoreOpId, StoreWait>,
-    pub(super) next_store_op: StoreOpId,
-
-    pub(super) incoming: Vec<Incoming>,
-    /// Ranges whose transfers finished recently, so a late notify reply does not reopen them.
-    pub(super) finished_incoming: VecDeque<(Id, Id)>,
-    pub(super) outgoing: BTreeMap<u64, Outgoing>,
-    pub(super) next_transfer_id: u64,
-    pub(super) leave: Option<LeaveState>,
-
-    /// Peers that failed to answer, until when they are avoided.
-    pub(super) dead: BTreeMap<SocketAddr, Millis>,
-
-    pub(super) next_stabilize: Millis,
-    pub(super) next_fix_fingers: Millis,
-    pub(super) next_check_predecessor: Millis,
-
-    /// One-hop routing's membership table (`None` for finger routing).
-    pub(super) members: Option<Membership>,
-    /// Events detected since the last broadcast (one-hop).
-    pub(super) pending_events: Vec<MemberEvent>,
-    pub(super) broadcasts: BTreeMap<u64, Broadcast>,
-    pub(super) next_broadcast: u64,
-    /// The location cache (capacity 0 when off).
-    pub(super) cache: LocationCache,
     /// When the node was created (for `uptime_ms`).
     pub(super) created_at: Millis,
+
+    pub(super) timers: Timers,
+    pub(super) rpcs: Rpcs,
+    pub(super) lookups: Lookups,
+    pub(super) client: ClientOps,
+    pub(super) repl: Replication,
+    pub(super) handoff: Handoff,
+    pub(super) store: StoreOps,
+    pub(super) live: Liveness,
+    /// Leases held and promised (partition policy `consistent`, `lease.rs`).
+    pub(super) leases: Leases,
+    /// One-hop routing's membership table (`None` for finger routing).
+    pub(super) members: Option<Membership>,
+    pub(super) onehop: Dissemination,
+    /// The location cache (capacity 0 when off).
+    pub(super) cache: LocationCache,
 
     pub(super) out: VecDeque<Output>,
     pub(super) stats: Stats,
@@ -150,9 +118,10 @@ impl Node {
             me,
             routing: RoutingTable::new(me, config.routing),
             members: (config.routing == Routing::OneHop).then(|| Membership::new(me)),
-            pending_events: Vec::new(),
-            broadcasts: BTreeMap::new(),
-            next_broadcast: 1,
+            onehop: Dissemination {
+                next_broadcast: 1,
+                ..Dissemination::default()
+            },
             cache: LocationCache::new(config.cache_entries),
             created_at: now,
             phase: Phase::Idle,
@@ -160,46 +129,36 @@ impl Node {
             clock: Hlc::default(),
             rng,
             bootstrap: None,
-            join_retry_at: None,
-            seeds: VecDeque::new(),
-            rpcs: Rpcs::new(),
-            lookups: BTreeMap::new(),
-            next_lookup_id: 1,
-            next_finger: 0,
-            finger_lookup_busy: false,
-            ops: BTreeMap::new(),
-            writes: BTreeMap::new(),
-            next_write_id: 1,
-            syncs: BTreeMap::new(),
-            next_sync_id: 1,
-            next_anti_entropy: now,
-            replica_view: Vec::new(),
-            replica_view_since: now,
-            pred_list: None,
             pred_incarnation: None,
-            gone: BTreeMap::new(),
-            departed: BTreeMap::new(),
-            leases: Leases::default(),
-            store_lost: false,
             succ_wrapped: false,
             pred_confirmed: None,
             pred_hint: None,
-            seen_writes: BTreeSet::new(),
-            seen_fingerprints: BTreeSet::new(),
-            declared: Vec::new(),
-            next_op_id: 1,
-            op_retries: BTreeSet::new(),
-            store_waits: BTreeMap::new(),
-            next_store_op: 1,
-            incoming: Vec::new(),
-            finished_incoming: VecDeque::new(),
-            outgoing: BTreeMap::new(),
-            next_transfer_id: 1,
-            leave: None,
-            dead: BTreeMap::new(),
-            next_stabilize: now,
-            next_fix_fingers: now,
-            next_check_predecessor: now,
+            timers: Timers::new(now, config.replicas > 0),
+            rpcs: Rpcs::new(),
+            lookups: Lookups {
+                next_id: 1,
+                ..Lookups::default()
+            },
+            client: ClientOps {
+                next_id: 1,
+                ..ClientOps::default()
+            },
+            repl: Replication {
+                next_write_id: 1,
+                next_sync_id: 1,
+                replica_view_since: now,
+                ..Replication::default()
+            },
+            handoff: Handoff {
+                next_transfer_id: 1,
+                ..Handoff::default()
+            },
+            store: StoreOps {
+                next_id: 1,
+                ..StoreOps::default()
+            },
+            live: Liveness::default(),
+            leases: Leases::default(),
             out: VecDeque::new(),
             stats: Stats::default(),
             config,
@@ -268,12 +227,12 @@ impl Node {
 
     /// Whether the node serves its range and no transfer is in flight.
     pub fn is_settled(&self) -> bool {
-        self.phase == Phase::Active && self.incoming.is_empty() && self.outgoing.is_empty()
+        self.phase == Phase::Active && self.handoff.incoming.is_empty() && self.handoff.outgoing.is_empty()
     }
 
     /// Client operations this node is coordinating.
     pub fn ops_in_flight(&self) -> usize {
-        self.ops.len()
+        self.client.ops.len()
     }
 
     /// The next output to carry out, if any.
@@ -286,37 +245,28 @@ impl Node {
         if matches!(self.phase, Phase::Idle | Phase::Left) {
             return Millis::MAX;
         }
-        let mut d = self
-            .next_stabilize
-            .min(self.next_fix_fingers)
-            .min(self.next_check_predecessor);
+        let mut d = self.timers.next().unwrap_or(Millis::MAX);
         if let Some(t) = self.rpcs.next_deadline() {
             d = d.min(t);
         }
-        if let Some((t, _)) = self.op_retries.first() {
+        if let Some((t, _)) = self.client.retries.first() {
             d = d.min(*t);
         }
-        for inc in &self.incoming {
+        for inc in &self.handoff.incoming {
             d = d.min(inc.deadline);
             let release = self.config.rpc_timeout_ms / 2;
             if let Some(since) = inc.held.iter().filter(|h| h.1.is_direct()).map(|h| h.3).min() {
                 d = d.min(since + release);
             }
         }
-        if let Some(l) = &self.leave {
+        if let Some(l) = &self.handoff.leave {
             d = d.min(l.deadline);
             // A retry is due only once no transfer holds the leave up; until then the
             // maintenance rounds re-check it.
-            let blocked = !self.incoming.is_empty() || !self.outgoing.is_empty();
-            if l.stage == handoff::LeaveStage::Waiting && !blocked {
+            let blocked = !self.handoff.incoming.is_empty() || !self.handoff.outgoing.is_empty();
+            if l.stage == LeaveStage::Waiting && !blocked {
                 d = d.min(l.retry_at);
             }
-        }
-        if let Some(t) = self.join_retry_at {
-            d = d.min(t);
-        }
-        if self.config.replicas > 0 {
-            d = d.min(self.next_anti_entropy);
         }
         d
     }
@@ -387,9 +337,11 @@ impl Node {
     }
 
     pub(super) fn schedule_maintenance(&mut self, now: Millis) {
-        self.next_stabilize = now;
-        self.next_fix_fingers = now + self.jitter(self.config.fix_fingers_interval_ms);
-        self.next_check_predecessor = now + self.jitter(self.config.check_predecessor_interval_ms);
+        self.timers.set(Timer::Stabilize, now);
+        let at = now + self.jitter(self.config.fix_fingers_interval_ms);
+        self.timers.set(Timer::FixFingers, at);
+        let at = now + self.jitter(self.config.check_predecessor_interval_ms);
+        self.timers.set(Timer::CheckPredecessor, at);
     }
 
     /// `interval` plus or minus 10%, so nodes started together drift apart.

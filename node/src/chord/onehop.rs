@@ -2,12 +2,14 @@
 //! events detected here, broadcast down a tree of ring ranges, and membership pages for a
 //! joining node. The table itself is `membership.rs`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chordkv_protocol::{in_open, Id, MemberEvent, Message, NodeRef};
 
-use super::*;
+use super::node::{Millis, Node};
+use super::rpc::RpcKind;
 
 /// Most members in one `MEMBERS` page.
 pub const MEMBERS_PAGE: usize = 4_096;
@@ -21,6 +23,15 @@ pub(super) struct Broadcast {
     pub to: NodeRef,
     pub limit: Id,
     pub events: Arc<Vec<MemberEvent>>,
+}
+
+/// Membership events waiting to go out, and broadcasts in flight (one-hop).
+#[derive(Debug, Default)]
+pub(super) struct Dissemination {
+    /// Events detected since the last broadcast.
+    pub pending_events: Vec<MemberEvent>,
+    pub broadcasts: BTreeMap<u64, Broadcast>,
+    pub next_broadcast: u64,
 }
 
 impl Node {
@@ -38,7 +49,7 @@ impl Node {
         };
         if m.apply(&event) {
             self.stats.member_events_detected += 1;
-            self.pending_events.push(event);
+            self.onehop.pending_events.push(event);
         }
     }
 
@@ -49,10 +60,10 @@ impl Node {
         if let Some(p) = self.predecessor.filter(|p| !m.contains(&p.id)) {
             self.detect_event(now, p, true);
         }
-        if self.pending_events.is_empty() {
+        if self.onehop.pending_events.is_empty() {
             return;
         }
-        let events = Arc::new(std::mem::take(&mut self.pending_events));
+        let events = Arc::new(std::mem::take(&mut self.onehop.pending_events));
         let me = self.me.id;
         self.forward_member_events(now, &events, &me);
     }
@@ -73,19 +84,19 @@ impl Node {
         to: NodeRef,
         limit: Id,
     ) {
-        let b = self.next_broadcast;
-        self.next_broadcast += 1;
+        let b = self.onehop.next_broadcast;
+        self.onehop.next_broadcast += 1;
         let msg = Message::MemberEvents {
             limit,
             events: events.as_ref().clone(),
         };
-        self.broadcasts.insert(b, Broadcast { to, limit, events });
+        self.onehop.broadcasts.insert(b, Broadcast { to, limit, events });
         self.send_rpc(now, to.addr, msg, RpcKind::MemberEvents(b), 0);
     }
 
     /// A child of the broadcast tree did not answer: its part goes to the next member in it.
     pub(super) fn broadcast_failed(&mut self, now: Millis, b: u64) {
-        let Some(bc) = self.broadcasts.remove(&b) else {
+        let Some(bc) = self.onehop.broadcasts.remove(&b) else {
             return;
         };
         let next = self.members.as_ref().and_then(|m| m.after(&bc.to.id));

@@ -6,9 +6,14 @@
 //! held if the key's range is still being transferred here, and otherwise answered with a
 //! `REDIRECT` naming the owner (exact) or a node closer to it.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chordkv_protocol::{ErrorCode, Frame, Id, Item, Lookup, Message, NodeRef, FLAG_DIRECT, FLAG_FAILOVER};
 
-use super::{Millis, Node, Phase, ReplyTo, Route, RpcKind, ServeKind, StoreWait};
+use super::node::{Millis, Node, Phase, ReplyTo};
+use super::placement::Route;
+use super::rpc::RpcKind;
+use super::store_wait::{ServeKind, StoreWait};
 use crate::store::{Entry, StoreError, StoreOp, StoreOutcome};
 
 /// Retries after a failed hop before the operation fails with `Unavailable`.
@@ -48,6 +53,19 @@ pub(super) struct ClientOp {
     pub asked: Vec<std::net::SocketAddr>,
     /// The last error an owner answered (retried), named in the final error if it fails.
     pub last_error: Option<String>,
+}
+
+/// Client operations this node coordinates, and the write hops it has served.
+#[derive(Debug, Default)]
+pub(super) struct ClientOps {
+    pub ops: BTreeMap<u64, ClientOp>,
+    pub next_id: u64,
+    /// Ops waiting to be retried: (when, op id).
+    pub retries: BTreeSet<(Millis, u64)>,
+    /// Write hops served, by deadline and fingerprint, until their deadline: a second delivery
+    /// of one is dropped (see `first_delivery`).
+    pub seen_writes: BTreeSet<(Millis, u64)>,
+    pub seen_fingerprints: BTreeSet<u64>,
 }
 
 impl Node {
@@ -146,22 +164,24 @@ impl Node {
             asked: Vec::new(),
             last_error: None,
         };
-        let id = self.next_op_id;
-        self.next_op_id += 1;
-        self.ops.insert(id, op);
+        let id = self.client.next_id;
+        self.client.next_id += 1;
+        self.client.ops.insert(id, op);
         self.stats.ops_coordinated += 1;
         self.drive_op(now, id);
     }
 
     /// Takes the next routing step of a coordinated operation from this node's own tables.
     fn drive_op(&mut self, now: Millis, id: u64) {
-        let Some(op) = self.ops.get(&id) else { return };
+        let Some(op) = self.client.ops.get(&id) else {
+            return;
+        };
         if now >= op.deadline {
             return self.fail_op(id, ErrorCode::Timeout, "request deadline passed");
         }
         let target = op.target;
         if self.receiving(&target) && self.owns(&target) {
-            let op = self.ops.remove(&id).expect("op present"); // faulty code
+            let op = self.client.ops.remove(&id).expect("op present"); // faulty code
             let frame = Frame::new(op.request_id, op.message).with_deadline(op.deadline);
             return self.hold(now, op.reply_to, frame, op.hops);
         }
@@ -176,7 +196,7 @@ impl Node {
             },
             Route::Closer(node) => match self.cached_owner(id, &target) {
                 Some(owner) => {
-                    self.ops.get_mut(&id).expect("op present").via_cache = true; // faulty code
+                    self.client.ops.get_mut(&id).expect("op present").via_cache = true; // faulty code
                     self.send_op(now, id, owner, false);
                 }
                 None => self.send_lookup_step(now, id, node, None),
@@ -194,7 +214,7 @@ impl Node {
             .cache
             .lookup(target)
             .filter(|o| !self.is_dead(&o.addr) && o.addr != self.me.addr);
-        let op = self.ops.get_mut(&id)?;
+        let op = self.client.ops.get_mut(&id)?;
         if !op.cache_checked {
             op.cache_checked = true;
             if owner.is_some() {
@@ -228,7 +248,7 @@ impl Node {
         if node.addr == self.me.addr {
             // Our own tables point back at us: we are the owner after all (a predecessor we
             // did not know of is gone), or a transfer is settling. Serve it if we own it.
-            let target = self.ops[&id].target;
+            let target = self.client.ops[&id].target;
             let range = if self.owns(&target) {
                 Some(self.own_range())
             } else if failover {
@@ -243,7 +263,7 @@ impl Node {
         }
         let write_timeout = self.config.write_hop_timeout_ms();
         let read_timeout = self.config.rpc_timeout_ms;
-        let op = self.ops.get_mut(&id).expect("op present"); // faulty code
+        let op = self.client.ops.get_mut(&id).expect("op present"); // faulty code
         op.hops += 1;
         op.attempt_hops += 1;
         let msg = op.message.clone();
@@ -271,7 +291,7 @@ impl Node {
         named_by: Option<std::net::SocketAddr>,
     ) {
         let max_hops = self.config.max_hops;
-        let op = self.ops.get_mut(&id).expect("op present"); // faulty code
+        let op = self.client.ops.get_mut(&id).expect("op present"); // faulty code
         if op.attempt_hops >= max_hops || op.asked.contains(&node.addr) {
             return self.retry_op_later(now, id);
         }
@@ -292,7 +312,7 @@ impl Node {
     /// `via` notices it is gone.
     fn send_detour(&mut self, now: Millis, id: u64, via: std::net::SocketAddr, around: NodeRef) {
         let max_hops = self.config.max_hops;
-        let op = self.ops.get_mut(&id).expect("op present"); // faulty code
+        let op = self.client.ops.get_mut(&id).expect("op present"); // faulty code
         if op.attempt_hops >= max_hops {
             return self.retry_op_later(now, id);
         }
@@ -312,7 +332,7 @@ impl Node {
     }
 
     pub(super) fn on_op_reply(&mut self, now: Millis, id: u64, from: std::net::SocketAddr, msg: Message) {
-        let Some(op) = self.ops.get_mut(&id) else {
+        let Some(op) = self.client.ops.get_mut(&id) else {
             return;
         };
         let via_cache = std::mem::take(&mut op.via_cache);
@@ -358,7 +378,7 @@ impl Node {
                     // Views disagree (a stale table somewhere): let the ring settle, then retry.
                     self.retry_op_later(now, id);
                 } else if self.is_dead(&node.addr) {
-                    if self.ops.get(&id).is_some_and(|op| op.detoured) {
+                    if self.client.ops.get(&id).is_some_and(|op| op.detoured) {
                         self.retry_op_later(now, id);
                     } else {
                         self.send_detour(now, id, from, node);
@@ -411,7 +431,7 @@ impl Node {
                 // try again; the owner's own failure (its store is down) is the client's to see
                 // and retry.
                 if code.is_retryable() && code != ErrorCode::StoreFailed {
-                    if let Some(op) = self.ops.get_mut(&id) {
+                    if let Some(op) = self.client.ops.get_mut(&id) {
                         op.last_error = Some(text);
                     }
                     self.retry_op_later(now, id);
@@ -428,7 +448,7 @@ impl Node {
 
     /// A hop of the operation went unanswered; its node is already marked dead.
     pub(super) fn on_op_failed(&mut self, now: Millis, id: u64, to: std::net::SocketAddr) {
-        if let Some(op) = self.ops.get(&id) {
+        if let Some(op) = self.client.ops.get(&id) {
             if let (Some(dead), Some(via)) = (op.asking, op.named_by) {
                 if dead.addr == to && !self.is_dead(&via) && !op.detoured {
                     return self.send_detour(now, id, via, dead);
@@ -441,7 +461,9 @@ impl Node {
     /// Retries with a growing pause: the first retry at once, later ones give the ring time to
     /// repair itself (a stabilize round) before the next attempt.
     fn retry_op_later(&mut self, now: Millis, id: u64) {
-        let Some(op) = self.ops.get_mut(&id) else { return };
+        let Some(op) = self.client.ops.get_mut(&id) else {
+            return;
+        };
         op.attempts += 1;
         op.detoured = false;
         op.attempt_hops = 0;
@@ -459,26 +481,27 @@ impl Node {
             self.config.stabilize_interval_ms / 2 * (op.attempts as u64 - 1)
         };
         let at = (now + pause).min(op.deadline);
-        self.op_retries.insert((at, id));
+        self.client.retries.insert((at, id));
     }
 
     pub(super) fn retry_ops(&mut self, now: Millis) {
-        while let Some(&(at, id)) = self.op_retries.first() {
+        while let Some(&(at, id)) = self.client.retries.first() {
             if at > now {
                 break;
             }
-            self.op_retries.pop_first();
+            self.client.retries.pop_first();
             self.drive_op(now, id);
         }
         // Operations whose deadline passed while waiting on a peer fail now.
         let expired: Vec<u64> = self
+            .client
             .ops
             .iter()
             .filter(|(_, op)| now >= op.deadline)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            let text = match self.ops.get(&id).and_then(|op| op.last_error.as_ref()) {
+            let text = match self.client.ops.get(&id).and_then(|op| op.last_error.as_ref()) {
                 Some(e) => {
                     format!("request deadline passed (a write is never applied after this answer); last: {e}")
                 }
@@ -489,7 +512,9 @@ impl Node {
     }
 
     fn finish_op(&mut self, id: u64, owner_hops: u16, make: impl FnOnce(u16) -> Message) {
-        let Some(op) = self.ops.remove(&id) else { return };
+        let Some(op) = self.client.ops.remove(&id) else {
+            return;
+        };
         let hops = op.hops.saturating_add(owner_hops);
         self.stats.hops_total += hops as u64;
         self.stats.hops_max = self.stats.hops_max.max(hops as u64);
@@ -497,7 +522,9 @@ impl Node {
     }
 
     fn fail_op(&mut self, id: u64, code: ErrorCode, text: &str) {
-        let Some(op) = self.ops.remove(&id) else { return };
+        let Some(op) = self.client.ops.remove(&id) else {
+            return;
+        };
         self.stats.ops_failed += 1;
         let msg = Message::Error {
             code,
@@ -513,12 +540,12 @@ impl Node {
     /// deadline refuses the hop anyway.
     fn first_delivery(&mut self, now: Millis, request_id: u64, deadline: Millis, message: &Message) -> bool {
         use std::hash::{Hash, Hasher};
-        while let Some(&(d, fp)) = self.seen_writes.first() {
+        while let Some(&(d, fp)) = self.client.seen_writes.first() {
             if d >= now {
                 break;
             }
-            self.seen_writes.pop_first();
-            self.seen_fingerprints.remove(&fp);
+            self.client.seen_writes.pop_first();
+            self.client.seen_fingerprints.remove(&fp);
         }
         let mut h = std::hash::DefaultHasher::new();
         (request_id, deadline).hash(&mut h);
@@ -528,10 +555,10 @@ impl Node {
             _ => {}
         }
         let fp = h.finish();
-        if !self.seen_fingerprints.insert(fp) {
+        if !self.client.seen_fingerprints.insert(fp) {
             return false;
         }
-        self.seen_writes.insert((deadline, fp));
+        self.client.seen_writes.insert((deadline, fp));
         true
     }
 
@@ -553,13 +580,13 @@ impl Node {
                 if code == ErrorCode::StoreFailed {
                     return self.fail_op(id, code, &text);
                 }
-                if let Some(op) = self.ops.get_mut(&id) {
+                if let Some(op) = self.client.ops.get_mut(&id) {
                     op.last_error = Some(text);
                 }
                 return self.retry_op_later(now, id);
             }
         }
-        let op = self.ops.remove(&id).expect("op present"); // faulty code
+        let op = self.client.ops.remove(&id).expect("op present"); // faulty code
         let target = op.target;
         self.serve(
             now,
@@ -628,7 +655,7 @@ impl Node {
                 return self.reply(to, request_id, msg);
             }
         }
-        if self.store_lost && !is_write && !self.config.is_consistent() {
+        if self.repl.store_lost && !is_write && !self.config.is_consistent() {
             let msg = Message::Error {
                 code: ErrorCode::NotReady,
                 hops,

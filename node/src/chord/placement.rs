@@ -4,7 +4,8 @@
 
 use chordkv_protocol::{in_half_open, Id, NodeRef};
 
-use super::*;
+use super::node::{Node, Phase};
+use super::onehop::ONEHOP_LIST;
 
 /// How `route` resolves a target id from this node's own tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +32,7 @@ impl Node {
     pub(super) fn owns(&self, id: &Id) -> bool {
         let serving = match self.phase {
             Phase::Active => true,
-            Phase::Leaving => !self.leave.as_ref().is_some_and(|l| l.handed_over),
+            Phase::Leaving => !self.handoff.leave.as_ref().is_some_and(|l| l.handed_over),
             _ => false,
         };
         if !serving {
@@ -51,7 +52,7 @@ impl Node {
 
     /// Whether this node is alone after having had peers that did not leave gracefully.
     pub fn is_isolated(&self) -> bool {
-        self.routing.successors().is_empty() && self.predecessor.is_none() && !self.seeds.is_empty()
+        self.routing.successors().is_empty() && self.predecessor.is_none() && !self.live.seeds.is_empty()
     }
 
     /// Whether `id` falls in `(me, last successor]`, i.e. a successor owns it.
@@ -96,7 +97,7 @@ impl Node {
         }
         match self
             .routing
-            .closest_preceding_where(target, |n| !self.dead.contains_key(&n.addr))
+            .closest_preceding_where(target, |n| !self.live.dead.contains_key(&n.addr))
         {
             Some(c) => Route::Closer(c),
             None if succs.is_empty() => Route::Unknown,
@@ -194,13 +195,13 @@ impl Node {
             return Vec::new();
         };
         let mut list = vec![p];
-        if let Some((addr, more)) = &self.pred_list {
+        if let Some((addr, more)) = &self.repl.pred_list {
             if *addr == p.addr {
                 for n in more {
                     if list.len() > self.config.replicas || n.addr == self.me.addr {
                         break;
                     }
-                    if !list.iter().any(|l| l.addr == n.addr) && !self.gone.contains_key(&n.addr) {
+                    if !list.iter().any(|l| l.addr == n.addr) && !self.live.gone.contains_key(&n.addr) {
                         list.push(*n);
                     }
                 }
@@ -220,7 +221,7 @@ impl Node {
 
     /// The members around us: the predecessors we know and the successor list.
     pub(super) fn neighbour_members(&self) -> impl Iterator<Item = &NodeRef> {
-        let preds = match (&self.predecessor, &self.pred_list) {
+        let preds = match (&self.predecessor, &self.repl.pred_list) {
             (Some(p), Some((addr, list))) if *addr == p.addr => list.as_slice(),
             _ => &[],
         };

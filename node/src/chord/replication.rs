@@ -16,12 +16,17 @@
 //!   predecessor straight away, so the ring's own view catches up.
 //! - **Repair.** Anti-entropy (`sync.rs`) restores missing copies after failures and joins.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use chordkv_protocol::{in_half_open, Id, Item, Message, NodeRef};
 
 use super::config::AckPolicy;
-use super::{Millis, Node, Phase, ReplyTo, RpcKind, StoreWait};
+use super::node::{Millis, Node, Phase, ReplyTo};
+use super::rpc::RpcKind;
+use super::store_wait::StoreWait;
+use super::sync::SyncRound;
+use super::timer::Timer;
 use crate::store::{StoreError, StoreOp, StoreOutcome};
 
 /// A client write waiting for its replicas before it is acknowledged.
@@ -40,6 +45,29 @@ pub(super) struct PendingWrite {
     pub copies: usize,
     /// Whether to wait for every replica asked (`AckPolicy::All`) rather than for `needed`.
     pub all: bool,
+}
+
+/// Replication and repair: writes waiting for replicas, anti-entropy rounds, and what this
+/// node knows of the ranges it holds copies of.
+#[derive(Debug, Default)]
+pub(super) struct Replication {
+    /// Client writes waiting for their replicas (`AckPolicy::All`).
+    pub writes: BTreeMap<u64, PendingWrite>,
+    pub next_write_id: u64,
+    /// Anti-entropy rounds in progress (one periodic round at a time, and lease catch-ups).
+    pub syncs: BTreeMap<u64, SyncRound>,
+    pub next_sync_id: u64,
+    /// Predecessor and replica targets as of the last check, to notice changes.
+    pub replica_view: Vec<SocketAddr>,
+    /// Since when `replica_view` has not changed.
+    pub replica_view_since: Millis,
+    /// Ranges primaries declared us a replica of (by syncing with us), and when last.
+    pub declared: Vec<(Id, Id, Millis)>,
+    /// The store reported that it lost its data and it has not been refilled yet.
+    pub store_lost: bool,
+    /// Our predecessor (by address) and its own predecessors, nearest first, as it last told
+    /// us: the ranges this node keeps copies of and may stand in for.
+    pub pred_list: Option<(SocketAddr, Vec<NodeRef>)>,
 }
 
 impl Node {
@@ -82,10 +110,10 @@ impl Node {
             return None;
         }
         let write = (all || needed > 0).then(|| {
-            let id = self.next_write_id;
-            self.next_write_id += 1;
+            let id = self.repl.next_write_id;
+            self.repl.next_write_id += 1;
             let waiting = targets.iter().map(|t| t.addr).collect();
-            self.writes.insert(
+            self.repl.writes.insert(
                 id,
                 PendingWrite {
                     reply: None,
@@ -111,14 +139,14 @@ impl Node {
     /// The local part of a replicated write is done: reply now, or once the replicas are.
     pub(super) fn local_write_done(&mut self, write: u64, to: ReplyTo, request_id: u64, reply: Message) {
         let failed = matches!(reply, Message::Error { .. });
-        match self.writes.get_mut(&write) {
+        match self.repl.writes.get_mut(&write) {
             Some(w) if !failed => {
                 w.reply = Some((to, request_id, reply));
                 self.maybe_finish_write(write);
             }
             _ => {
                 // The primary failed to store it: answer at once; late replica acks are ignored.
-                self.writes.remove(&write);
+                self.repl.writes.remove(&write);
                 self.reply(to, request_id, reply);
             }
         }
@@ -127,7 +155,7 @@ impl Node {
     /// A replica answered (`applied`: it holds the write or a newer version) or was given up
     /// on (`applied` false) for a pending write.
     pub(super) fn replica_answered(&mut self, write: u64, from: SocketAddr, applied: bool) {
-        if let Some(w) = self.writes.get_mut(&write) {
+        if let Some(w) = self.repl.writes.get_mut(&write) {
             let before = w.waiting.len();
             w.waiting.retain(|a| *a != from);
             if applied && w.waiting.len() < before {
@@ -138,7 +166,9 @@ impl Node {
     }
 
     fn maybe_finish_write(&mut self, write: u64) {
-        let Some(w) = self.writes.get(&write) else { return };
+        let Some(w) = self.repl.writes.get(&write) else {
+            return;
+        };
         if w.reply.is_none() {
             return;
         }
@@ -147,7 +177,7 @@ impl Node {
         if !quorum && !hopeless {
             return;
         }
-        let w = self.writes.remove(&write).expect("checked above"); // faulty code
+        let w = self.repl.writes.remove(&write).expect("checked above"); // faulty code
         let (to, rid, msg) = w.reply.expect("checked above"); // faulty code
         if quorum {
             return self.reply(to, rid, msg);
@@ -275,8 +305,8 @@ impl Node {
             }
         }?;
         // Someone found our predecessor dead: check it now rather than at the next round.
-        if self.predecessor.is_some() && self.next_check_predecessor > now {
-            self.next_check_predecessor = now;
+        if self.predecessor.is_some() {
+            self.timers.bring_forward(Timer::CheckPredecessor, now);
         }
         self.stats.failovers_served += 1;
         Some(found)

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 
 use chordkv_protocol::{Frame, Id, Message};
 
-use super::*;
+use super::maintenance::LookupPurpose;
+use super::node::{Millis, Node, Output, ReplyTo};
+use super::placement::Route;
+use super::timer::Timer;
 
 /// A request we sent and are waiting on.
 #[derive(Clone, Debug)]
@@ -210,7 +213,7 @@ impl Node {
     pub(super) fn on_rpc_failed(&mut self, now: Millis, rpc: Rpc) {
         match rpc.kind {
             RpcKind::Lookup(id) => {
-                let Some(lookup) = self.lookups.get(&id).cloned() else {
+                let Some(lookup) = self.lookups.pending.get(&id).cloned() else {
                     return;
                 };
                 // Route around the dead peer with our own table (the bootstrap for a join).
@@ -232,7 +235,7 @@ impl Node {
             RpcKind::Op(op) => self.on_op_failed(now, op, rpc.to),
             RpcKind::Stabilize => {
                 // The successor is gone; the next one in the list takes over at once.
-                self.next_stabilize = now;
+                self.timers.set(Timer::Stabilize, now);
             }
             RpcKind::MemberEvents(b) => self.broadcast_failed(now, b),
             RpcKind::Lease(primary, round) => self.on_lease_reply(now, primary, round, rpc.to, None),

@@ -1,8 +1,7 @@
 //! The node's counters, declared once: the struct, and the `(name, value)` list
 //! `GET_STATS` reports, come from one table, so a new counter is one line.
 
-use super::node::Node;
-use super::Millis;
+use super::node::{Millis, Node};
 
 /// Declares [`Stats`] and its [`Stats::counters`] from one list of fields (a field's name is
 /// the counter's name in `GET_STATS`, `chordkv stats` and INFO).
@@ -99,9 +98,9 @@ impl Node {
             ("finger_runs", self.routing.finger_runs() as u64),
             ("cache_entries", self.cache.len() as u64),
             ("successors", self.routing.successors().len() as u64),
-            ("ops_in_flight", self.ops.len() as u64),
-            ("writes_waiting_for_replicas", self.writes.len() as u64),
-            ("departed", self.departed.len() as u64),
+            ("ops_in_flight", self.client.ops.len() as u64),
+            ("writes_waiting_for_replicas", self.repl.writes.len() as u64),
+            ("departed", self.live.departed.len() as u64),
             ("leases_held", leases_held as u64),
             ("leases_valid", leases_valid as u64),
             ("members_down", members_down as u64),

@@ -1,9 +1,14 @@
 //! Store operations in flight: what each is for, so its result reaches the request, transfer
 //! or repair round that asked for it.
 
+use std::collections::BTreeMap;
+
 use chordkv_protocol::{in_half_open, Id};
 
-use super::*;
+use super::node::{Millis, Node, Output, ReplyTo, StoreOpId};
+use super::sync::SyncWait;
+use super::timer::Timer;
+use crate::store::StoreOp;
 
 /// What an in-flight store op is for.
 #[derive(Debug)]
@@ -59,18 +64,25 @@ pub(super) enum ServeKind {
     Delete(u64),
 }
 
+/// Store operations sent to the driver and not finished yet.
+#[derive(Debug, Default)]
+pub(super) struct StoreOps {
+    pub waits: BTreeMap<StoreOpId, StoreWait>,
+    pub next_id: StoreOpId,
+}
+
 impl Node {
     pub(super) fn store_op(&mut self, op: StoreOp, wait: StoreWait) -> StoreOpId {
-        let id = self.next_store_op;
-        self.next_store_op += 1;
-        self.store_waits.insert(id, wait);
+        let id = self.store.next_id;
+        self.store.next_id += 1;
+        self.store.waits.insert(id, wait);
         self.out.push_back(Output::Store { id, op });
         id
     }
 
     /// Whether a client write to a key in `(start, end]` is being stored right now.
     pub(super) fn write_in_flight(&self, start: &Id, end: &Id) -> bool {
-        self.store_waits.values().any(|w| match w {
+        self.store.waits.values().any(|w| match w {
             StoreWait::Serve {
                 kind: ServeKind::Put(_) | ServeKind::Delete(_),
                 key_id,
@@ -85,12 +97,12 @@ impl Node {
     /// `consistent` every lease catches up again before it serves; under `available` the node
     /// answers no read of its own range until an anti-entropy round has refilled it.
     pub(super) fn on_store_lost(&mut self, now: Millis) {
-        if !self.store_lost {
+        if !self.repl.store_lost {
             self.stats.store_losses += 1;
         }
         // Without replicas there is nothing to refill from: what is gone is gone.
-        self.store_lost = self.config.replicas > 0;
+        self.repl.store_lost = self.config.replicas > 0;
         self.leases.invalidate_catch_up();
-        self.next_anti_entropy = now;
+        self.timers.bring_forward(Timer::AntiEntropy, now);
     }
 }

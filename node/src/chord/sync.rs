@@ -27,7 +27,10 @@ use bytes::Bytes;
 use chordkv_protocol::{ErrorCode, Id, Item, Message, NodeRef};
 
 use super::config::ANTI_ENTROPY_PARTS;
-use super::{Millis, Node, Phase, ReplyTo, RpcKind, StoreWait};
+use super::node::{Millis, Node, Phase, ReplyTo};
+use super::rpc::RpcKind;
+use super::store_wait::StoreWait;
+use super::timer::Timer;
 use crate::store::{StoreError, StoreOp, StoreOutcome};
 
 /// Why a round runs.
@@ -131,8 +134,12 @@ impl Node {
     /// Starts a round; returns false when one cannot start now (a round is running, a range is
     /// arriving, or the node is not a primary with replicas).
     pub(super) fn start_sync_round(&mut self, now: Millis) -> bool {
-        let running = self.syncs.values().any(|r| r.purpose == SyncPurpose::Periodic);
-        if running || self.phase != Phase::Active || !self.incoming.is_empty() {
+        let running = self
+            .repl
+            .syncs
+            .values()
+            .any(|r| r.purpose == SyncPurpose::Periodic);
+        if running || self.phase != Phase::Active || !self.handoff.incoming.is_empty() {
             return false;
         }
         let Some(pred) = self.predecessor else {
@@ -155,10 +162,10 @@ impl Node {
             return false;
         }
 
-        let id = self.next_sync_id;
-        self.next_sync_id += 1;
+        let id = self.repl.next_sync_id;
+        self.repl.next_sync_id += 1;
         let (start, end) = (pred.id, self.me.id);
-        self.syncs.insert(
+        self.repl.syncs.insert(
             id,
             SyncRound {
                 id,
@@ -194,8 +201,8 @@ impl Node {
         };
         let targets = h.grantors.clone();
         let (start, end) = (h.start, h.primary.id);
-        let id = self.next_sync_id;
-        self.next_sync_id += 1;
+        let id = self.repl.next_sync_id;
+        self.repl.next_sync_id += 1;
         if let Some(h) = self.leases.held_mut(&primary) {
             h.catch_up = Some(id);
         }
@@ -203,7 +210,7 @@ impl Node {
             // A preference list of one: nothing to catch up with.
             return self.on_catch_up_done(primary, id, true, None);
         }
-        self.syncs.insert(
+        self.repl.syncs.insert(
             id,
             SyncRound {
                 id,
@@ -230,7 +237,7 @@ impl Node {
     }
 
     fn round_mut(&mut self, round: u64) -> Option<&mut SyncRound> {
-        self.syncs.get_mut(&round)
+        self.repl.syncs.get_mut(&round)
     }
 
     /// One step of the round finished; ends the round when it was the last.
@@ -244,7 +251,7 @@ impl Node {
         if r.outstanding > 0 {
             return;
         }
-        let r = self.syncs.remove(&round).expect("checked above"); // faulty code
+        let r = self.repl.syncs.remove(&round).expect("checked above"); // faulty code
         self.stats.anti_entropy_rounds += 1;
         self.stats.anti_entropy_last_round_repaired = r.repaired;
         self.stats.anti_entropy_keys_repaired += r.repaired;
@@ -252,13 +259,13 @@ impl Node {
             let answered = r.targets.len() - r.failed.len().min(r.targets.len());
             let ok = !r.local_failed && answered == r.targets.len();
             if ok && primary == self.me.id {
-                self.store_lost = false;
+                self.repl.store_lost = false;
             }
             return self.on_catch_up_done(primary, r.id, ok, r.store_error);
         }
         if r.failed.is_empty() && !r.local_failed {
             // Our range is as complete as our replicas' copies: refilled after a loss.
-            self.store_lost = false;
+            self.repl.store_lost = false;
         }
         // Tombstones go only once every node that may hold an older copy has them: every
         // member of the preference list under `consistent` (`complete`), and under `available`
@@ -585,9 +592,9 @@ impl Node {
         digests: Vec<u64>,
     ) {
         // A primary counts on us as a replica of (start, end]: keep those copies.
-        match self.declared.iter_mut().find(|d| d.0 == start && d.1 == end) {
+        match self.repl.declared.iter_mut().find(|d| d.0 == start && d.1 == end) {
             Some(d) => d.2 = now,
-            None => self.declared.push((start, end, now)),
+            None => self.repl.declared.push((start, end, now)),
         }
         let parts = digests.len().clamp(1, u32::MAX as usize) as u32;
         let wait = SyncWait::AnswerDigests {
@@ -637,13 +644,17 @@ impl Node {
     /// that joins and wrongly-suspected replicas leave behind.
     pub(super) fn collect_stray_copies(&mut self, now: Millis) {
         let window = COPY_RETENTION_ROUNDS * self.config.anti_entropy_interval_ms;
-        self.declared.retain(|d| now.saturating_sub(d.2) <= window);
-        let stable = now.saturating_sub(self.replica_view_since) >= window;
-        if !stable || self.phase != Phase::Active || self.predecessor.is_none() || !self.incoming.is_empty() {
+        self.repl.declared.retain(|d| now.saturating_sub(d.2) <= window);
+        let stable = now.saturating_sub(self.repl.replica_view_since) >= window;
+        if !stable
+            || self.phase != Phase::Active
+            || self.predecessor.is_none()
+            || !self.handoff.incoming.is_empty()
+        {
             return;
         }
         let mut keep: Vec<(Id, Id)> = vec![self.primary_range()];
-        keep.extend(self.declared.iter().map(|d| (d.0, d.1)));
+        keep.extend(self.repl.declared.iter().map(|d| (d.0, d.1)));
         if self.config.is_consistent() {
             // We are in the preference list of our `replicas` predecessors' ranges whether or
             // not their primaries are up to say so (a member that is down may be back).
@@ -666,12 +677,11 @@ impl Node {
     pub(super) fn watch_replica_set(&mut self, now: Millis) {
         let mut view: Vec<SocketAddr> = self.predecessor.iter().map(|p| p.addr).collect();
         view.extend(self.replica_targets().iter().map(|n| n.addr));
-        if view != self.replica_view {
-            self.replica_view = view;
-            self.replica_view_since = now;
-            self.next_anti_entropy = self
-                .next_anti_entropy
-                .min(now + self.config.stabilize_interval_ms);
+        if view != self.repl.replica_view {
+            self.repl.replica_view = view;
+            self.repl.replica_view_since = now;
+            self.timers
+                .bring_forward(Timer::AntiEntropy, now + self.config.stabilize_interval_ms);
         }
     }
 }
