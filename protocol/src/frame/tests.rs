@@ -1,3 +1,5 @@
+use super::decode::{DResult, TRUNCATED};
+use super::encode::put_node;
 use super::*;
 
 use std::alloc::{GlobalAlloc, Layout, System};
