@@ -10,6 +10,7 @@
 
 pub mod frame;
 pub mod id;
+pub mod limits;
 pub mod message;
 pub mod resp;
 

@@ -43,7 +43,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::frame::MAX_VALUE_BYTES;
+use crate::limits::MAX_VALUE_BYTES;
 
 /// Longest bulk string in a request: the binary protocol's longest value, so anything a RESP
 /// client can send fits a chordkv frame.

@@ -158,212 +158,13 @@ pub const FLAG_DIRECT: u16 = 1;
 /// Header flag: a client operation sent to a replica because the key's primary did not
 /// answer: the receiver may serve it as the new primary.
 pub const FLAG_FAILOVER: u16 = 2;
-/// Every flag bit this version knows; a frame with any other bit set is rejected.
 /// Header flag: the payload starts with the request's deadline ([`Frame::deadline_ms`]). Set
 /// by the encoder from the field, never by callers.
 pub const FLAG_DEADLINE: u16 = 4;
+/// Every flag bit this version knows; a frame with any other bit set is rejected.
 pub const KNOWN_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER | FLAG_DEADLINE;
 /// The flags a caller may set on a [`Frame`].
 const CALLER_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER;
-/// Set in the opcode of every reply and in no request's.
-pub const REPLY_BIT: u8 = 0x80;
-
-// --- limits ------------------------------------------------------------------------------
-
-/// Longest key, in bytes.
-pub const MAX_KEY_BYTES: usize = 64 * 1024;
-/// Longest value, in bytes.
-pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
-/// Longest payload (the bytes after the header) of one frame.
-pub const MAX_FRAME_BYTES: usize = 32 * 1024 * 1024;
-/// Longest error text or counter name, in bytes of UTF-8.
-pub const MAX_TEXT_BYTES: usize = 64 * 1024;
-/// Most entries in one list (node refs, items, counters) of one message.
-pub const MAX_LIST_LEN: usize = 65_536;
-
-/// The opcode of every message; bit 7 ([`REPLY_BIT`]) marks replies.
-pub mod opcode {
-    pub const GET: u8 = 0x01;
-    pub const PUT: u8 = 0x02;
-    pub const DELETE: u8 = 0x03;
-    pub const FIND_SUCCESSOR: u8 = 0x10;
-    pub const GET_NEIGHBORS: u8 = 0x11;
-    pub const NOTIFY: u8 = 0x12;
-    pub const PING: u8 = 0x13;
-    pub const LEAVING: u8 = 0x14;
-    pub const GET_MEMBERS: u8 = 0x15;
-    pub const MEMBER_EVENTS: u8 = 0x16;
-    pub const LEASE: u8 = 0x17;
-    pub const FORGET: u8 = 0x18;
-    pub const TRANSFER: u8 = 0x20;
-    pub const REPLICATE: u8 = 0x21;
-    pub const SYNC_DIGESTS: u8 = 0x22;
-    pub const SYNC_KEYS: u8 = 0x23;
-    pub const COLLECT_TOMBSTONES: u8 = 0x24;
-    pub const GET_INFO: u8 = 0x30;
-    pub const GET_STATS: u8 = 0x31;
-
-    pub const GET_REPLY: u8 = 0x81;
-    pub const PUT_REPLY: u8 = 0x82;
-    pub const DELETE_REPLY: u8 = 0x83;
-    pub const REDIRECT: u8 = 0x84;
-    pub const FIND_SUCCESSOR_REPLY: u8 = 0x90;
-    pub const NEIGHBORS: u8 = 0x91;
-    pub const NOTIFY_REPLY: u8 = 0x92;
-    pub const PONG: u8 = 0x93;
-    pub const LEAVING_REPLY: u8 = 0x94;
-    pub const MEMBERS: u8 = 0x95;
-    pub const MEMBER_EVENTS_ACK: u8 = 0x96;
-    pub const LEASE_REPLY: u8 = 0x97;
-    pub const FORGET_REPLY: u8 = 0x98;
-    pub const TRANSFER_ACK: u8 = 0xA0;
-    pub const REPLICATE_ACK: u8 = 0xA1;
-    pub const SYNC_DIGESTS_REPLY: u8 = 0xA2;
-    pub const SYNC_KEYS_REPLY: u8 = 0xA3;
-    pub const COLLECT_TOMBSTONES_REPLY: u8 = 0xA4;
-    pub const INFO: u8 = 0xB0;
-    pub const STATS: u8 = 0xB1;
-    pub const ERROR: u8 = 0xFF;
-
-    /// Every opcode of this protocol version.
-    pub const ALL: [u8; 40] = [
-        GET,
-        PUT,
-        DELETE,
-        FIND_SUCCESSOR,
-        GET_NEIGHBORS,
-        NOTIFY,
-        PING,
-        LEAVING,
-        GET_MEMBERS,
-        MEMBER_EVENTS,
-        LEASE,
-        FORGET,
-        TRANSFER,
-        REPLICATE,
-        SYNC_DIGESTS,
-        SYNC_KEYS,
-        COLLECT_TOMBSTONES,
-        GET_INFO,
-        GET_STATS,
-        GET_REPLY,
-        PUT_REPLY,
-        DELETE_REPLY,
-        REDIRECT,
-        FIND_SUCCESSOR_REPLY,
-        NEIGHBORS,
-        NOTIFY_REPLY,
-        PONG,
-        LEAVING_REPLY,
-        MEMBERS,
-        MEMBER_EVENTS_ACK,
-        LEASE_REPLY,
-        FORGET_REPLY,
-        TRANSFER_ACK,
-        REPLICATE_ACK,
-        SYNC_DIGESTS_REPLY,
-        SYNC_KEYS_REPLY,
-        COLLECT_TOMBSTONES_REPLY,
-        INFO,
-        STATS,
-        ERROR,
-    ];
-
-    /// Whether `op` is an opcode of this protocol version.
-    #[inline]
-    pub fn is_known(op: u8) -> bool {
-        matches!(
-            op,
-            GET | PUT
-                | DELETE
-                | FIND_SUCCESSOR
-                | GET_NEIGHBORS
-                | NOTIFY
-                | PING
-                | LEAVING
-                | GET_MEMBERS
-                | MEMBER_EVENTS
-                | LEASE
-                | FORGET
-                | TRANSFER
-                | REPLICATE
-                | SYNC_DIGESTS
-                | SYNC_KEYS
-                | COLLECT_TOMBSTONES
-                | GET_INFO
-                | GET_STATS
-                | GET_REPLY
-                | PUT_REPLY
-                | DELETE_REPLY
-                | REDIRECT
-                | FIND_SUCCESSOR_REPLY
-                | NEIGHBORS
-                | NOTIFY_REPLY
-                | PONG
-                | LEAVING_REPLY
-                | MEMBERS
-                | MEMBER_EVENTS_ACK
-                | LEASE_REPLY
-                | FORGET_REPLY
-                | TRANSFER_ACK
-                | REPLICATE_ACK
-                | SYNC_DIGESTS_REPLY
-                | SYNC_KEYS_REPLY
-                | COLLECT_TOMBSTONES_REPLY
-                | INFO
-                | STATS
-                | ERROR
-        )
-    }
-}
-
-/// The opcode `msg` is sent with.
-pub fn opcode_of(msg: &Message) -> u8 {
-    use Message::*;
-    match msg {
-        Get { .. } => opcode::GET,
-        Put { .. } => opcode::PUT,
-        Delete { .. } => opcode::DELETE,
-        GetReply { .. } => opcode::GET_REPLY,
-        PutReply { .. } => opcode::PUT_REPLY,
-        DeleteReply { .. } => opcode::DELETE_REPLY,
-        Redirect { .. } => opcode::REDIRECT,
-        Error { .. } => opcode::ERROR,
-        FindSuccessor { .. } => opcode::FIND_SUCCESSOR,
-        FindSuccessorReply { .. } => opcode::FIND_SUCCESSOR_REPLY,
-        GetNeighbors => opcode::GET_NEIGHBORS,
-        Neighbors { .. } => opcode::NEIGHBORS,
-        Notify { .. } => opcode::NOTIFY,
-        NotifyReply { .. } => opcode::NOTIFY_REPLY,
-        Ping => opcode::PING,
-        Pong { .. } => opcode::PONG,
-        Leaving { .. } => opcode::LEAVING,
-        LeavingReply { .. } => opcode::LEAVING_REPLY,
-        GetMembers { .. } => opcode::GET_MEMBERS,
-        Members { .. } => opcode::MEMBERS,
-        MemberEvents { .. } => opcode::MEMBER_EVENTS,
-        MemberEventsAck { .. } => opcode::MEMBER_EVENTS_ACK,
-        Lease { .. } => opcode::LEASE,
-        LeaseReply { .. } => opcode::LEASE_REPLY,
-        Forget { .. } => opcode::FORGET,
-        ForgetReply { .. } => opcode::FORGET_REPLY,
-        Transfer { .. } => opcode::TRANSFER,
-        TransferAck { .. } => opcode::TRANSFER_ACK,
-        Replicate { .. } => opcode::REPLICATE,
-        ReplicateAck { .. } => opcode::REPLICATE_ACK,
-        SyncDigests { .. } => opcode::SYNC_DIGESTS,
-        SyncDigestsReply { .. } => opcode::SYNC_DIGESTS_REPLY,
-        SyncKeys { .. } => opcode::SYNC_KEYS,
-        SyncKeysReply { .. } => opcode::SYNC_KEYS_REPLY,
-        CollectTombstones { .. } => opcode::COLLECT_TOMBSTONES,
-        CollectTombstonesReply { .. } => opcode::COLLECT_TOMBSTONES_REPLY,
-        GetInfo => opcode::GET_INFO,
-        Info(_) => opcode::INFO,
-        GetStats => opcode::GET_STATS,
-        Stats { .. } => opcode::STATS,
-    }
-}
-
 // --- frame -------------------------------------------------------------------------------
 
 /// One message with its header fields.
@@ -438,6 +239,10 @@ pub(crate) const LOOKUP_CLOSER: u8 = 2;
 
 mod decode;
 mod encode;
+pub mod opcode;
+
+pub use crate::limits::{MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_LIST_LEN, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
+pub use opcode::{opcode_of, REPLY_BIT};
 
 pub use decode::{check, decode, decode_frame, DecodeError};
 pub use encode::EncodeError;

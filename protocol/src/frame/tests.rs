@@ -568,6 +568,21 @@ fn ipv6_flowinfo_and_scope_are_dropped() {
     );
 }
 
+/// The opcode table in the module doc is what a reader (or another implementation) goes by:
+/// it must list exactly the opcodes of `opcode.rs`, in the same order, each with its message.
+#[test]
+fn the_module_doc_lists_the_opcode_table() {
+    let listed: Vec<(u8, &str)> = include_str!("mod.rs")
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.strip_prefix("//!  0x")?.split_whitespace();
+            let op = u8::from_str_radix(words.next()?, 16).ok()?;
+            Some((op, words.next()?))
+        })
+        .collect();
+    assert_eq!(listed, opcode::VARIANTS);
+}
+
 #[test]
 fn every_opcode_is_sampled_and_replies_have_bit_7() {
     let sampled: BTreeSet<u8> = samples().iter().map(opcode_of).collect();
