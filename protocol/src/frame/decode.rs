@@ -191,18 +191,24 @@ pub fn decode_frame(frame: Bytes) -> Result<Frame, DecodeError> {
     parse_payload(header, frame, |f| f)
 }
 
-const NODE_REF_MIN_BYTES: usize = ID_BYTES + ADDR_V4_BYTES;
-const ITEM_MIN_BYTES: usize = 4 + 8 + 1;
-const KEY_VERSION_MIN_BYTES: usize = 4 + 8;
-const KEY_MIN_BYTES: usize = 4;
-const COUNTER_MIN_BYTES: usize = 4 + 8;
-const MEMBER_EVENT_BYTES_MIN: usize = NODE_REF_MIN_BYTES + 1 + 8;
-
-// --- decoding: payload -------------------------------------------------------------------
+// --- payload: fields ---------------------------------------------------------------------
 
 pub(super) const TRUNCATED: DecodeError = DecodeError::Malformed("a field runs past the end of the payload");
 
+// The fewest bytes one list element can take on the wire. A list's count times this must fit
+// in what is left of the frame before its `Vec` is allocated, so the allocation is bounded by
+// the frame's real size, not by what its count claims.
+pub(super) const NODE_REF_MIN_BYTES: usize = ID_BYTES + ADDR_V4_BYTES;
+pub(super) const ITEM_MIN_BYTES: usize = 4 + 8 + 1;
+pub(super) const KEY_VERSION_MIN_BYTES: usize = 4 + 8;
+pub(super) const KEY_MIN_BYTES: usize = 4;
+pub(super) const COUNTER_MIN_BYTES: usize = 4 + 8;
+pub(super) const MEMBER_EVENT_MIN_BYTES: usize = NODE_REF_MIN_BYTES + 1 + 8;
+
 /// A cursor over one whole frame; `pos` starts after the header and never passes the end.
+///
+/// One method per field encoding of the module doc's table, named after it; each reads its
+/// field at `pos` and moves past it, or fails without panicking.
 struct Reader<'a> {
     frame: &'a Bytes,
     pos: usize,
@@ -261,16 +267,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// An `Option` tag: whether a value follows.
-    #[inline]
-    fn some(&mut self) -> DResult<bool> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(DecodeError::Malformed("option tag is neither 0 nor 1")),
-        }
-    }
-
     #[inline]
     fn id(&mut self) -> DResult<Id> {
         Ok(Id(self.array()?))
@@ -288,25 +284,6 @@ impl<'a> Reader<'a> {
             return Err(TRUNCATED);
         }
         Ok(len)
-    }
-
-    /// A list count, checked against [`MAX_LIST_LEN`] and against the bytes left given the
-    /// smallest encoding of one element, so that the `Vec` it sizes is bounded by the frame.
-    #[inline]
-    fn count(&mut self, field: &'static str, min_element_bytes: usize) -> DResult<usize> {
-        let count = self.u32()?;
-        let count = usize::try_from(count).unwrap_or(usize::MAX);
-        if count > MAX_LIST_LEN {
-            return Err(DecodeError::FieldTooLarge {
-                field,
-                len: count,
-                max: MAX_LIST_LEN,
-            });
-        }
-        if count.saturating_mul(min_element_bytes) > self.remaining() {
-            return Err(TRUNCATED);
-        }
-        Ok(count)
     }
 
     /// A length-prefixed byte string, as a zero-copy slice of the frame.
@@ -328,15 +305,52 @@ impl<'a> Reader<'a> {
         self.bytes("value", MAX_VALUE_BYTES)
     }
 
-    fn opt_value(&mut self) -> DResult<Option<Bytes>> {
-        Ok(if self.some()? { Some(self.value()?) } else { None })
-    }
-
     fn text(&mut self, field: &'static str) -> DResult<String> {
         let len = self.len(field, MAX_TEXT_BYTES)?;
         let bytes = self.take(len)?;
         let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::Malformed("text is not UTF-8"))?;
         Ok(text.to_owned())
+    }
+
+    /// An `Option<T>`: a tag, then `T` (read by `read`) when the tag is 1.
+    #[inline]
+    fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> DResult<T>) -> DResult<Option<T>> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => read(self).map(Some),
+            _ => Err(DecodeError::Malformed("option tag is neither 0 nor 1")),
+        }
+    }
+
+    /// A `Vec<T>`: a count, then that many elements read by `read`.
+    ///
+    /// The count is checked against [`MAX_LIST_LEN`] and, at `min_element_bytes` an element
+    /// (the `*_MIN_BYTES` of `T`), against the bytes left in the frame, both *before* the
+    /// `Vec` is allocated: a tiny frame claiming a list of 65,536 nodes allocates nothing.
+    #[inline]
+    fn list<T>(
+        &mut self,
+        field: &'static str,
+        min_element_bytes: usize,
+        mut read: impl FnMut(&mut Self) -> DResult<T>,
+    ) -> DResult<Vec<T>> {
+        let count = self.u32()?;
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        if count > MAX_LIST_LEN {
+            return Err(DecodeError::FieldTooLarge {
+                field,
+                len: count,
+                max: MAX_LIST_LEN,
+            });
+        }
+        if count.saturating_mul(min_element_bytes) > self.remaining() {
+            return Err(TRUNCATED);
+        }
+        let mut list = Vec::with_capacity(count);
+        for _ in 0..count {
+            list.push(read(self)?);
+        }
+        Ok(list)
     }
 
     fn addr(&mut self) -> DResult<SocketAddr> {
@@ -359,88 +373,40 @@ impl<'a> Reader<'a> {
         Ok(NodeRef { id, addr })
     }
 
-    fn opt_node(&mut self) -> DResult<Option<NodeRef>> {
-        Ok(if self.some()? { Some(self.node()?) } else { None })
-    }
-
     fn nodes(&mut self, field: &'static str) -> DResult<Vec<NodeRef>> {
-        let count = self.count(field, NODE_REF_MIN_BYTES)?;
-        let mut nodes = Vec::with_capacity(count);
-        for _ in 0..count {
-            nodes.push(self.node()?);
-        }
-        Ok(nodes)
+        self.list(field, NODE_REF_MIN_BYTES, Self::node)
     }
 
     fn item(&mut self) -> DResult<Item> {
         let key = self.key()?;
         let version = self.u64()?;
-        let value = self.opt_value()?;
+        let value = self.option(Self::value)?;
         Ok(Item { key, version, value })
     }
 
-    fn items(&mut self, field: &'static str) -> DResult<Vec<Item>> {
-        let count = self.count(field, ITEM_MIN_BYTES)?;
-        let mut items = Vec::with_capacity(count);
-        for _ in 0..count {
-            items.push(self.item()?);
-        }
-        Ok(items)
+    fn key_version(&mut self) -> DResult<(Bytes, u64)> {
+        let key = self.key()?;
+        let version = self.u64()?;
+        Ok((key, version))
     }
 
-    fn u64s(&mut self, field: &'static str) -> DResult<Vec<u64>> {
-        let count = self.count(field, 8)?;
-        let mut v = Vec::with_capacity(count);
-        for _ in 0..count {
-            v.push(self.u64()?);
-        }
-        Ok(v)
+    fn counter(&mut self) -> DResult<(String, u64)> {
+        let name = self.text("counter name")?;
+        let value = self.u64()?;
+        Ok((name, value))
     }
 
-    fn u32s(&mut self, field: &'static str) -> DResult<Vec<u32>> {
-        let count = self.count(field, 4)?;
-        let mut v = Vec::with_capacity(count);
-        for _ in 0..count {
-            v.push(self.u32()?);
-        }
-        Ok(v)
-    }
-
-    fn keys(&mut self, field: &'static str) -> DResult<Vec<Bytes>> {
-        let count = self.count(field, KEY_MIN_BYTES)?;
-        let mut keys = Vec::with_capacity(count);
-        for _ in 0..count {
-            keys.push(self.key()?);
-        }
-        Ok(keys)
-    }
-
-    fn key_versions(&mut self, field: &'static str) -> DResult<Vec<(Bytes, u64)>> {
-        let count = self.count(field, KEY_VERSION_MIN_BYTES)?;
-        let mut keys = Vec::with_capacity(count);
-        for _ in 0..count {
-            let key = self.key()?;
-            let version = self.u64()?;
-            keys.push((key, version));
-        }
-        Ok(keys)
-    }
-
-    fn counters(&mut self) -> DResult<Vec<(String, u64)>> {
-        let count = self.count("counters", COUNTER_MIN_BYTES)?;
-        let mut counters = Vec::with_capacity(count);
-        for _ in 0..count {
-            let name = self.text("counter name")?;
-            let value = self.u64()?;
-            counters.push((name, value));
-        }
-        Ok(counters)
+    fn member_event(&mut self) -> DResult<MemberEvent> {
+        let node = self.node()?;
+        let alive = self.bool()?;
+        let stamp = self.u64()?;
+        Ok(MemberEvent { node, alive, stamp })
     }
 
     fn lookup(&mut self) -> DResult<Lookup> {
         match self.u8()? {
             LOOKUP_FOUND => {
-                let predecessor = self.opt_node()?;
+                let predecessor = self.option(Self::node)?;
                 let successors = self.nodes("successors")?;
                 let down = self.u64()?;
                 Ok(Lookup::Found {
@@ -454,18 +420,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn member_events(&mut self) -> DResult<Vec<MemberEvent>> {
-        let count = self.count("events", MEMBER_EVENT_BYTES_MIN)?;
-        let mut events = Vec::with_capacity(count);
-        for _ in 0..count {
-            let node = self.node()?;
-            let alive = self.bool()?;
-            let stamp = self.u64()?;
-            events.push(MemberEvent { node, alive, stamp });
-        }
-        Ok(events)
-    }
-
     fn error_code(&mut self) -> DResult<ErrorCode> {
         ErrorCode::from_u16(self.u16()?).ok_or(DecodeError::Malformed("unknown error code"))
     }
@@ -473,6 +427,8 @@ impl<'a> Reader<'a> {
     fn status(&mut self) -> DResult<NodeStatus> {
         NodeStatus::from_u8(self.u8()?).ok_or(DecodeError::Malformed("unknown node status"))
     }
+
+    // --- payload: messages -----------------------------------------------------------------
 
     /// The frame whose header is `h`: the message for its opcode, fields read in their
     /// declaration order, then the check that nothing follows.
@@ -521,7 +477,7 @@ impl<'a> Reader<'a> {
             opcode::GET_REPLY => {
                 let hops = self.u16()?;
                 let version = self.u64()?;
-                let value = self.opt_value()?;
+                let value = self.option(Self::value)?;
                 done!(GetReply { hops, version, value })
             }
             opcode::PUT_REPLY => {
@@ -594,7 +550,7 @@ impl<'a> Reader<'a> {
             }
             opcode::LEASE_REPLY => {
                 let granted = self.bool()?;
-                let holder = self.opt_node()?;
+                let holder = self.option(Self::node)?;
                 let fence = self.u64()?;
                 let clock = self.u64()?;
                 done!(LeaseReply {
@@ -614,7 +570,7 @@ impl<'a> Reader<'a> {
             }
             opcode::NOTIFY_REPLY => {
                 let accepted = self.bool()?;
-                let previous = self.opt_node()?;
+                let previous = self.option(Self::node)?;
                 let clock = self.u64()?;
                 done!(NotifyReply {
                     accepted,
@@ -629,7 +585,7 @@ impl<'a> Reader<'a> {
             }
             opcode::LEAVING => {
                 let node = self.node()?;
-                let predecessor = self.opt_node()?;
+                let predecessor = self.option(Self::node)?;
                 let successors = self.nodes("successors")?;
                 let clock = self.u64()?;
                 let gone = self.nodes("gone")?;
@@ -656,7 +612,7 @@ impl<'a> Reader<'a> {
             }
             opcode::MEMBER_EVENTS => {
                 let limit = self.id()?;
-                let events = self.member_events()?;
+                let events = self.list("events", MEMBER_EVENT_MIN_BYTES, Self::member_event)?;
                 done!(MemberEvents { limit, events })
             }
             opcode::MEMBER_EVENTS_ACK => {
@@ -667,7 +623,7 @@ impl<'a> Reader<'a> {
                 let transfer_id = self.u64()?;
                 let start = self.id()?;
                 let end = self.id()?;
-                let items = self.items("items")?;
+                let items = self.list("items", ITEM_MIN_BYTES, Self::item)?;
                 let last = self.bool()?;
                 let clock = self.u64()?;
                 done!(Transfer {
@@ -688,7 +644,7 @@ impl<'a> Reader<'a> {
                 })
             }
             opcode::REPLICATE => {
-                let items = self.items("items")?;
+                let items = self.list("items", ITEM_MIN_BYTES, Self::item)?;
                 done!(Replicate { items })
             }
             opcode::REPLICATE_ACK => {
@@ -698,22 +654,22 @@ impl<'a> Reader<'a> {
             opcode::SYNC_DIGESTS => {
                 let start = self.id()?;
                 let end = self.id()?;
-                let digests = self.u64s("digests")?;
+                let digests = self.list("digests", size_of::<u64>(), Self::u64)?;
                 done!(SyncDigests { start, end, digests })
             }
             opcode::SYNC_DIGESTS_REPLY => {
-                let differing = self.u32s("differing")?;
+                let differing = self.list("differing", size_of::<u32>(), Self::u32)?;
                 done!(SyncDigestsReply { differing })
             }
             opcode::SYNC_KEYS => {
                 let start = self.id()?;
                 let end = self.id()?;
-                let keys = self.key_versions("keys")?;
+                let keys = self.list("keys", KEY_VERSION_MIN_BYTES, Self::key_version)?;
                 done!(SyncKeys { start, end, keys })
             }
             opcode::SYNC_KEYS_REPLY => {
-                let want = self.keys("want")?;
-                let newer = self.items("newer")?;
+                let want = self.list("want", KEY_MIN_BYTES, Self::key)?;
+                let newer = self.list("newer", ITEM_MIN_BYTES, Self::item)?;
                 let truncated = self.bool()?;
                 done!(SyncKeysReply {
                     want,
@@ -735,7 +691,7 @@ impl<'a> Reader<'a> {
             opcode::INFO => {
                 let node = self.node()?;
                 let status = self.status()?;
-                let predecessor = self.opt_node()?;
+                let predecessor = self.option(Self::node)?;
                 let successors = self.nodes("successors")?;
                 let fingers = self.nodes("fingers")?;
                 let keys = self.u64()?;
@@ -752,7 +708,7 @@ impl<'a> Reader<'a> {
             }
             opcode::GET_STATS => done!(GetStats),
             opcode::STATS => {
-                let counters = self.counters()?;
+                let counters = self.list("counters", COUNTER_MIN_BYTES, Self::counter)?;
                 done!(Stats { counters })
             }
             other => Err(DecodeError::UnknownOpcode(other)),
