@@ -1,6 +1,28 @@
-//! The encoder.
+//! The encoder: one writer per message, run twice.
+//!
+//! [`Frame::encoded_len`] runs the writer over a `Size`, which checks every limit and counts
+//! bytes without storing any. [`Frame::encode`] reserves exactly that many bytes and runs the
+//! same writer again over the output `Vec<u8>`. Because both passes run the same code, the size
+//! reserved and the bytes written cannot disagree (a separate length function per message used
+//! to be a second copy of every layout), and nothing is written for a frame that breaks a limit:
+//! the sizing pass finds it first. The writing pass then checks nothing: its error type is
+//! [`Infallible`], so the compiler drops the checks and the caller needs no error path that
+//! could leave half a frame behind.
 
-use super::*;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+#[cfg(doc)]
+use super::KNOWN_FLAGS;
+use super::{
+    opcode_of, Frame, ADDR_TAG_V4, ADDR_TAG_V6, CALLER_FLAGS, FLAG_DEADLINE, HEADER_BYTES, LOOKUP_CLOSER,
+    LOOKUP_FOUND, MAGIC, VERSION,
+};
+use crate::id::Id;
+use crate::limits::{MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_LIST_LEN, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
+use crate::message::{Item, Lookup, MemberEvent, Message, NodeRef};
 
 /// Why a [`Frame`] could not be encoded. On error nothing is written.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -17,16 +39,15 @@ pub enum EncodeError {
     UnknownFlags(u16),
 }
 
-type EResult<T> = Result<T, EncodeError>;
-
 impl Frame {
     /// The frame's size on the wire (header + payload), checking every limit.
     pub fn encoded_len(&self) -> Result<usize, EncodeError> {
         if self.flags & !CALLER_FLAGS != 0 {
             return Err(EncodeError::UnknownFlags(self.flags));
         }
-        let deadline = if self.deadline_ms != 0 { 8 } else { 0 };
-        let payload = deadline + payload_len(&self.message)?;
+        let mut payload = Size(0);
+        self.write_payload(&mut payload)?;
+        let Size(payload) = payload;
         if payload > MAX_FRAME_BYTES {
             return Err(EncodeError::TooLarge {
                 field: "frame payload",
@@ -41,26 +62,15 @@ impl Frame {
     /// left as it was.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         let total = self.encoded_len()?;
-        let payload = total - HEADER_BYTES;
         out.reserve(total);
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        out.push(opcode_of(&self.message));
-        out.extend_from_slice(&self.wire_flags().to_be_bytes());
-        out.extend_from_slice(&self.request_id.to_be_bytes());
-        // `payload <= MAX_FRAME_BYTES < u32::MAX`, checked by `encoded_len`.
-        out.extend_from_slice(&(payload as u32).to_be_bytes());
-        if self.deadline_ms != 0 {
-            put_u64(out, self.deadline_ms);
-        }
-        #[cfg(debug_assertions)]
-        let start = out.len() - if self.deadline_ms != 0 { 8 } else { 0 };
-        write_payload(&self.message, out);
-        #[cfg(debug_assertions)]
+        let start = out.len();
+        // `encoded_len` has checked every limit, so writing cannot fail: `Result<(), Infallible>`.
+        let Ok(()) = self.write_header(out, total - HEADER_BYTES);
+        let Ok(()) = self.write_payload(out);
         debug_assert_eq!(
             out.len() - start,
-            payload,
-            "payload_len disagrees with write_payload"
+            total,
+            "the sizing and the writing pass disagree"
         );
         Ok(())
     }
@@ -71,375 +81,364 @@ impl Frame {
         self.encode(&mut out)?;
         Ok(out)
     }
+
+    /// The header flags on the wire: the caller's, and [`FLAG_DEADLINE`] when there is one.
+    fn wire_flags(&self) -> u16 {
+        if self.deadline_ms != 0 {
+            self.flags | FLAG_DEADLINE
+        } else {
+            self.flags
+        }
+    }
+
+    /// The 18-byte header; `payload_len <= MAX_FRAME_BYTES < u32::MAX` (checked by
+    /// `encoded_len`, asserted in `limits.rs`).
+    fn write_header<S: Sink>(&self, out: &mut S, payload_len: usize) -> Result<(), S::Error> {
+        out.put(&MAGIC);
+        out.u8(VERSION)?;
+        out.u8(opcode_of(&self.message))?;
+        out.u16(self.wire_flags())?;
+        out.u64(self.request_id)?;
+        out.length(payload_len)
+    }
+
+    /// The payload: the deadline when there is one, then the message.
+    fn write_payload<S: Sink>(&self, out: &mut S) -> Result<(), S::Error> {
+        if self.deadline_ms != 0 {
+            out.u64(self.deadline_ms)?;
+        }
+        write_message(&self.message, out)
+    }
 }
 
-// --- encoding ----------------------------------------------------------------------------
+// --- sinks -------------------------------------------------------------------------------
 
-#[inline]
-fn limit(field: &'static str, len: usize, max: usize) -> EResult<()> {
-    if len > max {
-        Err(EncodeError::TooLarge { field, len, max })
-    } else {
+/// Where the writers put a frame's bytes: a `Size` (the sizing pass) or a `Vec<u8>` (the
+/// writing pass).
+///
+/// The provided methods are the writers, one per field encoding of the module doc's table and
+/// named after it, like the decoder's `Reader` methods they mirror. Every writer returns a
+/// `Result` so that all of them compose the same way; only `check` ever fails.
+pub(super) trait Sink: Sized {
+    /// What a broken limit is: an [`EncodeError`] when sizing, [`Infallible`] when writing.
+    type Error;
+
+    /// Refuses `len > max` (a key, value, text or list over its maximum).
+    fn check(&mut self, field: &'static str, len: usize, max: usize) -> Result<(), Self::Error>;
+
+    /// Appends raw bytes.
+    fn put(&mut self, bytes: &[u8]);
+
+    #[inline]
+    fn u8(&mut self, v: u8) -> Result<(), Self::Error> {
+        self.put(&[v]);
         Ok(())
     }
-}
 
-#[inline]
-fn addr_len(addr: &SocketAddr) -> usize {
-    match addr {
-        SocketAddr::V4(_) => ADDR_V4_BYTES,
-        SocketAddr::V6(_) => ADDR_V6_BYTES,
+    #[inline]
+    fn u16(&mut self, v: u16) -> Result<(), Self::Error> {
+        self.put(&v.to_be_bytes());
+        Ok(())
     }
-}
 
-#[inline]
-fn node_len(node: &NodeRef) -> usize {
-    ID_BYTES + addr_len(&node.addr)
-}
-
-#[inline]
-fn opt_node_len(node: &Option<NodeRef>) -> usize {
-    1 + node.as_ref().map_or(0, node_len)
-}
-
-fn nodes_len(field: &'static str, nodes: &[NodeRef]) -> EResult<usize> {
-    limit(field, nodes.len(), MAX_LIST_LEN)?;
-    // At most 65_536 x 39 bytes: no overflow.
-    Ok(4 + nodes.iter().map(node_len).sum::<usize>())
-}
-
-#[inline]
-fn key_len(key: &[u8]) -> EResult<usize> {
-    limit("key", key.len(), MAX_KEY_BYTES)?;
-    Ok(4 + key.len())
-}
-
-#[inline]
-fn value_len(value: &[u8]) -> EResult<usize> {
-    limit("value", value.len(), MAX_VALUE_BYTES)?;
-    Ok(4 + value.len())
-}
-
-#[inline]
-fn opt_value_len(value: &Option<Bytes>) -> EResult<usize> {
-    Ok(1 + match value {
-        Some(v) => value_len(v)?,
-        None => 0,
-    })
-}
-
-#[inline]
-fn text_len(field: &'static str, text: &str) -> EResult<usize> {
-    limit(field, text.len(), MAX_TEXT_BYTES)?;
-    Ok(4 + text.len())
-}
-
-fn items_len(field: &'static str, items: &[Item]) -> EResult<usize> {
-    limit(field, items.len(), MAX_LIST_LEN)?;
-    let mut len = 4usize;
-    for item in items {
-        // Saturating: 65_536 items of 16 MiB overflow a 32-bit usize.
-        len = len.saturating_add(key_len(&item.key)? + 8 + opt_value_len(&item.value)?);
+    #[inline]
+    fn u32(&mut self, v: u32) -> Result<(), Self::Error> {
+        self.put(&v.to_be_bytes());
+        Ok(())
     }
-    Ok(len)
-}
 
-fn lookup_len(lookup: &Lookup) -> EResult<usize> {
-    Ok(1 + match lookup {
-        Lookup::Found {
-            predecessor,
-            successors,
-            ..
-        } => opt_node_len(predecessor) + nodes_len("successors", successors)? + 8,
-        Lookup::Closer { node } => node_len(node),
-    })
-}
+    #[inline]
+    fn u64(&mut self, v: u64) -> Result<(), Self::Error> {
+        self.put(&v.to_be_bytes());
+        Ok(())
+    }
 
-/// The payload's size, checking every field limit (but not the frame limit).
-fn payload_len(msg: &Message) -> EResult<usize> {
-    use Message::*;
-    Ok(match msg {
-        Get { key } | Delete { key } => key_len(key)?,
-        Put { key, value } => key_len(key)? + value_len(value)?,
-        GetReply { value, .. } => 2 + 8 + opt_value_len(value)?,
-        PutReply { .. } => 2 + 8,
-        DeleteReply { .. } => 2 + 8 + 1,
-        Redirect { node, .. } => 2 + node_len(node) + 1,
-        Error { text, .. } => 2 + 2 + text_len("error text", text)?,
-        FindSuccessor { .. } => ID_BYTES,
-        FindSuccessorReply { lookup } => lookup_len(lookup)?,
-        GetNeighbors | Ping | GetInfo | GetStats => 0,
-        Neighbors {
-            predecessors,
-            successors,
-            gone,
-            ..
-        } => {
-            nodes_len("predecessors", predecessors)?
-                + nodes_len("successors", successors)?
-                + 8
-                + nodes_len("gone", gone)?
-        }
-        Notify { node, .. } => node_len(node) + 8 + 1,
-        Pong { node } | Forget { node } => node_len(node),
-        Lease { primary, holder, .. } => node_len(primary) + ID_BYTES + node_len(holder),
-        LeaseReply { holder, .. } => 1 + opt_node_len(holder) + 8 + 8,
-        ForgetReply { .. } => 1,
-        NotifyReply { previous, .. } => 1 + opt_node_len(previous) + 8,
-        Leaving {
-            node,
-            predecessor,
-            successors,
-            gone,
-            ..
-        } => {
-            node_len(node)
-                + opt_node_len(predecessor)
-                + nodes_len("successors", successors)?
-                + 8
-                + nodes_len("gone", gone)?
-        }
-        LeavingReply { .. } => 1,
-        GetMembers { .. } => ID_BYTES,
-        Members { nodes, .. } => nodes_len("nodes", nodes)? + 1,
-        MemberEvents { events, .. } => {
-            limit("events", events.len(), MAX_LIST_LEN)?;
-            let mut len = ID_BYTES + 4;
-            for e in events {
-                len += node_len(&e.node) + 1 + 8;
+    #[inline]
+    fn bool(&mut self, v: bool) -> Result<(), Self::Error> {
+        self.u8(v.into())
+    }
+
+    #[inline]
+    fn id(&mut self, id: &Id) -> Result<(), Self::Error> {
+        self.put(&id.0);
+        Ok(())
+    }
+
+    /// A length or count prefix, already checked against a limit below `u32::MAX`.
+    #[inline]
+    fn length(&mut self, len: usize) -> Result<(), Self::Error> {
+        self.u32(len as u32)
+    }
+
+    /// A length-prefixed byte string of at most `max` bytes.
+    #[inline]
+    fn bytes(&mut self, field: &'static str, max: usize, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.check(field, bytes.len(), max)?;
+        self.length(bytes.len())?;
+        self.put(bytes);
+        Ok(())
+    }
+
+    #[inline]
+    fn key(&mut self, key: &[u8]) -> Result<(), Self::Error> {
+        self.bytes("key", MAX_KEY_BYTES, key)
+    }
+
+    #[inline]
+    fn value(&mut self, value: &[u8]) -> Result<(), Self::Error> {
+        self.bytes("value", MAX_VALUE_BYTES, value)
+    }
+
+    #[inline]
+    fn text(&mut self, field: &'static str, text: &str) -> Result<(), Self::Error> {
+        self.bytes(field, MAX_TEXT_BYTES, text.as_bytes())
+    }
+
+    /// An `Option<T>`: a tag, then `T` (written by `write`) when there is one.
+    #[inline]
+    fn option<T>(
+        &mut self,
+        v: &Option<T>,
+        write: impl FnOnce(&mut Self, &T) -> Result<(), Self::Error>,
+    ) -> Result<(), Self::Error> {
+        match v {
+            Some(v) => {
+                self.u8(1)?;
+                write(self, v)
             }
-            len
+            None => self.u8(0),
         }
-        MemberEventsAck { .. } => 4,
-        Transfer { items, .. } => {
-            (8 + ID_BYTES + ID_BYTES + 1 + 8).saturating_add(items_len("items", items)?)
-        }
-        TransferAck { .. } => 8 + 1,
-        Replicate { items } => items_len("items", items)?,
-        ReplicateAck { .. } | CollectTombstonesReply { .. } => 4,
-        SyncDigests { digests, .. } => {
-            limit("digests", digests.len(), MAX_LIST_LEN)?;
-            ID_BYTES + ID_BYTES + 4 + 8 * digests.len()
-        }
-        SyncDigestsReply { differing } => {
-            limit("differing", differing.len(), MAX_LIST_LEN)?;
-            4 + 4 * differing.len()
-        }
-        SyncKeys { keys, .. } => {
-            limit("keys", keys.len(), MAX_LIST_LEN)?;
-            let mut len = ID_BYTES + ID_BYTES + 4;
-            for (key, _) in keys {
-                // At most 65_536 x (4 + 64 KiB + 8): saturating for a 32-bit usize.
-                len = len.saturating_add(key_len(key)? + 8);
+    }
+
+    /// A `Vec<T>`: its count, checked against [`MAX_LIST_LEN`], then each element written by
+    /// `write`.
+    #[inline]
+    fn list<T>(
+        &mut self,
+        field: &'static str,
+        list: &[T],
+        mut write: impl FnMut(&mut Self, &T) -> Result<(), Self::Error>,
+    ) -> Result<(), Self::Error> {
+        self.check(field, list.len(), MAX_LIST_LEN)?;
+        self.length(list.len())?;
+        list.iter().try_for_each(|element| write(self, element))
+    }
+
+    fn addr(&mut self, addr: &SocketAddr) -> Result<(), Self::Error> {
+        match addr {
+            SocketAddr::V4(a) => {
+                self.u8(ADDR_TAG_V4)?;
+                self.put(&a.ip().octets());
+                self.u16(a.port())
             }
-            len
-        }
-        SyncKeysReply { want, newer, .. } => {
-            limit("want", want.len(), MAX_LIST_LEN)?;
-            let mut len = 4usize;
-            for key in want {
-                len = len.saturating_add(key_len(key)?);
+            // The flow info and scope id are dropped: they mean nothing to another host.
+            SocketAddr::V6(a) => {
+                self.u8(ADDR_TAG_V6)?;
+                self.put(&a.ip().octets());
+                self.u16(a.port())
             }
-            len.saturating_add(items_len("newer", newer)?).saturating_add(1)
         }
-        CollectTombstones { .. } => ID_BYTES + ID_BYTES + 8,
-        Info(info) => {
-            node_len(&info.node)
-                + 1
-                + opt_node_len(&info.predecessor)
-                + nodes_len("successors", &info.successors)?
-                + nodes_len("fingers", &info.fingers)?
-                + 8
-                + 1
-        }
-        Stats { counters } => {
-            limit("counters", counters.len(), MAX_LIST_LEN)?;
-            let mut len = 4usize;
-            for (name, _) in counters {
-                len = len.saturating_add(text_len("counter name", name)? + 8);
+    }
+
+    fn node(&mut self, node: &NodeRef) -> Result<(), Self::Error> {
+        self.id(&node.id)?;
+        self.addr(&node.addr)
+    }
+
+    fn nodes(&mut self, field: &'static str, nodes: &[NodeRef]) -> Result<(), Self::Error> {
+        self.list(field, nodes, Self::node)
+    }
+
+    fn opt_value(&mut self, value: &Option<Bytes>) -> Result<(), Self::Error> {
+        self.option(value, |out, value| out.value(value))
+    }
+
+    fn item(&mut self, item: &Item) -> Result<(), Self::Error> {
+        self.key(&item.key)?;
+        self.u64(item.version)?;
+        self.opt_value(&item.value)
+    }
+
+    fn key_version(&mut self, (key, version): &(Bytes, u64)) -> Result<(), Self::Error> {
+        self.key(key)?;
+        self.u64(*version)
+    }
+
+    fn counter(&mut self, (name, value): &(String, u64)) -> Result<(), Self::Error> {
+        self.text("counter name", name)?;
+        self.u64(*value)
+    }
+
+    fn member_event(&mut self, event: &MemberEvent) -> Result<(), Self::Error> {
+        self.node(&event.node)?;
+        self.bool(event.alive)?;
+        self.u64(event.stamp)
+    }
+
+    fn lookup(&mut self, lookup: &Lookup) -> Result<(), Self::Error> {
+        match lookup {
+            Lookup::Found {
+                predecessor,
+                successors,
+                down,
+            } => {
+                self.u8(LOOKUP_FOUND)?;
+                self.option(predecessor, Self::node)?;
+                self.nodes("successors", successors)?;
+                self.u64(*down)
             }
-            len
-        }
-    })
-}
-
-#[inline]
-fn put_u16(out: &mut Vec<u8>, v: u16) {
-    out.extend_from_slice(&v.to_be_bytes());
-}
-
-#[inline]
-fn put_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_be_bytes());
-}
-
-#[inline]
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_be_bytes());
-}
-
-#[inline]
-fn put_bool(out: &mut Vec<u8>, v: bool) {
-    out.push(v as u8);
-}
-
-#[inline]
-fn put_id(out: &mut Vec<u8>, id: &Id) {
-    out.extend_from_slice(&id.0);
-}
-
-/// A length already checked against a limit well under `u32::MAX`.
-#[inline]
-fn put_len(out: &mut Vec<u8>, len: usize) {
-    put_u32(out, len as u32);
-}
-
-#[inline]
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_len(out, bytes.len());
-    out.extend_from_slice(bytes);
-}
-
-fn put_opt_bytes(out: &mut Vec<u8>, bytes: &Option<Bytes>) {
-    match bytes {
-        Some(b) => {
-            out.push(1);
-            put_bytes(out, b);
-        }
-        None => out.push(0),
-    }
-}
-
-fn put_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
-    match addr {
-        SocketAddr::V4(a) => {
-            out.push(ADDR_TAG_V4);
-            out.extend_from_slice(&a.ip().octets());
-            put_u16(out, a.port());
-        }
-        SocketAddr::V6(a) => {
-            out.push(ADDR_TAG_V6);
-            out.extend_from_slice(&a.ip().octets());
-            put_u16(out, a.port());
+            Lookup::Closer { node } => {
+                self.u8(LOOKUP_CLOSER)?;
+                self.node(node)
+            }
         }
     }
 }
 
-pub(super) fn put_node(out: &mut Vec<u8>, node: &NodeRef) {
-    put_id(out, &node.id);
-    put_addr(out, &node.addr);
-}
+/// The sizing pass: counts bytes and checks limits, stores nothing.
+struct Size(usize);
 
-fn put_opt_node(out: &mut Vec<u8>, node: &Option<NodeRef>) {
-    match node {
-        Some(n) => {
-            out.push(1);
-            put_node(out, n);
+impl Sink for Size {
+    type Error = EncodeError;
+
+    #[inline]
+    fn check(&mut self, field: &'static str, len: usize, max: usize) -> Result<(), EncodeError> {
+        if len > max {
+            Err(EncodeError::TooLarge { field, len, max })
+        } else {
+            Ok(())
         }
-        None => out.push(0),
+    }
+
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        // Saturating: 65,536 items of 16 MiB overflow a 32-bit usize. Any total that large is
+        // over MAX_FRAME_BYTES anyway, and refused as such.
+        self.0 = self.0.saturating_add(bytes.len());
     }
 }
 
-fn put_items(out: &mut Vec<u8>, items: &[Item]) {
-    put_len(out, items.len());
-    for item in items {
-        put_bytes(out, &item.key);
-        put_u64(out, item.version);
-        put_opt_bytes(out, &item.value);
+/// The writing pass, after the sizing pass has checked every limit.
+impl Sink for Vec<u8> {
+    type Error = Infallible;
+
+    #[inline]
+    fn check(&mut self, _: &'static str, _: usize, _: usize) -> Result<(), Infallible> {
+        Ok(())
+    }
+
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
     }
 }
 
-fn put_nodes(out: &mut Vec<u8>, nodes: &[NodeRef]) {
-    put_len(out, nodes.len());
-    for n in nodes {
-        put_node(out, n);
-    }
-}
+// --- messages ----------------------------------------------------------------------------
 
-/// Writes the payload; every limit was checked by [`payload_len`].
-fn write_payload(msg: &Message, out: &mut Vec<u8>) {
+/// Writes `msg`'s fields in their declaration order (the payload layouts of the module doc).
+fn write_message<S: Sink>(msg: &Message, out: &mut S) -> Result<(), S::Error> {
     use Message::*;
     match msg {
-        Get { key } | Delete { key } => put_bytes(out, key),
+        Get { key } | Delete { key } => out.key(key),
         Put { key, value } => {
-            put_bytes(out, key);
-            put_bytes(out, value);
+            out.key(key)?;
+            out.value(value)
         }
         GetReply { hops, version, value } => {
-            put_u16(out, *hops);
-            put_u64(out, *version);
-            put_opt_bytes(out, value);
+            out.u16(*hops)?;
+            out.u64(*version)?;
+            out.opt_value(value)
         }
         PutReply { hops, version } => {
-            put_u16(out, *hops);
-            put_u64(out, *version);
+            out.u16(*hops)?;
+            out.u64(*version)
         }
         DeleteReply {
             hops,
             version,
             existed,
         } => {
-            put_u16(out, *hops);
-            put_u64(out, *version);
-            put_bool(out, *existed);
+            out.u16(*hops)?;
+            out.u64(*version)?;
+            out.bool(*existed)
         }
         Redirect { hops, node, exact } => {
-            put_u16(out, *hops);
-            put_node(out, node);
-            put_bool(out, *exact);
+            out.u16(*hops)?;
+            out.node(node)?;
+            out.bool(*exact)
         }
         Error { code, hops, text } => {
-            put_u16(out, *code as u16);
-            put_u16(out, *hops);
-            put_bytes(out, text.as_bytes());
+            out.u16(*code as u16)?;
+            out.u16(*hops)?;
+            out.text("error text", text)
         }
-        FindSuccessor { id } => put_id(out, id),
-        FindSuccessorReply { lookup } => match lookup {
-            Lookup::Found {
-                predecessor,
-                successors,
-                down,
-            } => {
-                out.push(LOOKUP_FOUND);
-                put_opt_node(out, predecessor);
-                put_nodes(out, successors);
-                put_u64(out, *down);
-            }
-            Lookup::Closer { node } => {
-                out.push(LOOKUP_CLOSER);
-                put_node(out, node);
-            }
-        },
-        GetNeighbors | Ping | GetInfo | GetStats => {}
+        FindSuccessor { id } => out.id(id),
+        FindSuccessorReply { lookup } => out.lookup(lookup),
+        GetNeighbors | Ping | GetInfo | GetStats => Ok(()),
         Neighbors {
             predecessors,
             successors,
             down,
             gone,
         } => {
-            put_nodes(out, predecessors);
-            put_nodes(out, successors);
-            put_u64(out, *down);
-            put_nodes(out, gone);
+            out.nodes("predecessors", predecessors)?;
+            out.nodes("successors", successors)?;
+            out.u64(*down)?;
+            out.nodes("gone", gone)
         }
         Notify {
             node,
             incarnation,
             active,
         } => {
-            put_node(out, node);
-            put_u64(out, *incarnation);
-            put_bool(out, *active);
+            out.node(node)?;
+            out.u64(*incarnation)?;
+            out.bool(*active)
         }
-        Pong { node } | Forget { node } => put_node(out, node),
+        NotifyReply {
+            accepted,
+            previous,
+            clock,
+        } => {
+            out.bool(*accepted)?;
+            out.option(previous, S::node)?;
+            out.u64(*clock)
+        }
+        Pong { node } | Forget { node } => out.node(node),
+        Leaving {
+            node,
+            predecessor,
+            successors,
+            clock,
+            gone,
+        } => {
+            out.node(node)?;
+            out.option(predecessor, S::node)?;
+            out.nodes("successors", successors)?;
+            out.u64(*clock)?;
+            out.nodes("gone", gone)
+        }
+        LeavingReply { accepted } => out.bool(*accepted),
+        GetMembers { after } => out.id(after),
+        Members { nodes, more } => {
+            out.nodes("nodes", nodes)?;
+            out.bool(*more)
+        }
+        MemberEvents { limit, events } => {
+            out.id(limit)?;
+            out.list("events", events, S::member_event)
+        }
+        MemberEventsAck { applied: n }
+        | ReplicateAck { applied: n }
+        | CollectTombstonesReply { removed: n } => out.u32(*n),
         Lease {
             primary,
             start,
             holder,
         } => {
-            put_node(out, primary);
-            put_id(out, start);
-            put_node(out, holder);
+            out.node(primary)?;
+            out.id(start)?;
+            out.node(holder)
         }
         LeaseReply {
             granted,
@@ -447,49 +446,12 @@ fn write_payload(msg: &Message, out: &mut Vec<u8>) {
             fence,
             clock,
         } => {
-            put_bool(out, *granted);
-            put_opt_node(out, holder);
-            put_u64(out, *fence);
-            put_u64(out, *clock);
+            out.bool(*granted)?;
+            out.option(holder, S::node)?;
+            out.u64(*fence)?;
+            out.u64(*clock)
         }
-        ForgetReply { forgotten } => put_bool(out, *forgotten),
-        NotifyReply {
-            accepted,
-            previous,
-            clock,
-        } => {
-            put_bool(out, *accepted);
-            put_opt_node(out, previous);
-            put_u64(out, *clock);
-        }
-        Leaving {
-            node,
-            predecessor,
-            successors,
-            clock,
-            gone,
-        } => {
-            put_node(out, node);
-            put_opt_node(out, predecessor);
-            put_nodes(out, successors);
-            put_u64(out, *clock);
-            put_nodes(out, gone);
-        }
-        LeavingReply { accepted } => put_bool(out, *accepted),
-        GetMembers { after } => put_id(out, after),
-        Members { nodes, more } => {
-            put_nodes(out, nodes);
-            put_bool(out, *more);
-        }
-        MemberEvents { limit, events } => {
-            put_id(out, limit);
-            put_len(out, events.len());
-            for e in events {
-                put_node(out, &e.node);
-                put_bool(out, e.alive);
-                put_u64(out, e.stamp);
-            }
-        }
+        ForgetReply { forgotten } => out.bool(*forgotten),
         Transfer {
             transfer_id,
             start,
@@ -498,79 +460,55 @@ fn write_payload(msg: &Message, out: &mut Vec<u8>) {
             last,
             clock,
         } => {
-            put_u64(out, *transfer_id);
-            put_id(out, start);
-            put_id(out, end);
-            put_items(out, items);
-            put_bool(out, *last);
-            put_u64(out, *clock);
+            out.u64(*transfer_id)?;
+            out.id(start)?;
+            out.id(end)?;
+            out.list("items", items, S::item)?;
+            out.bool(*last)?;
+            out.u64(*clock)
         }
         TransferAck {
             transfer_id,
             accepted,
         } => {
-            put_u64(out, *transfer_id);
-            put_bool(out, *accepted);
+            out.u64(*transfer_id)?;
+            out.bool(*accepted)
         }
-        Replicate { items } => put_items(out, items),
-        ReplicateAck { applied: n }
-        | CollectTombstonesReply { removed: n }
-        | MemberEventsAck { applied: n } => put_u32(out, *n),
+        Replicate { items } => out.list("items", items, S::item),
         SyncDigests { start, end, digests } => {
-            put_id(out, start);
-            put_id(out, end);
-            put_len(out, digests.len());
-            for d in digests {
-                put_u64(out, *d);
-            }
+            out.id(start)?;
+            out.id(end)?;
+            out.list("digests", digests, |out, d| out.u64(*d))
         }
-        SyncDigestsReply { differing } => {
-            put_len(out, differing.len());
-            for i in differing {
-                put_u32(out, *i);
-            }
-        }
+        SyncDigestsReply { differing } => out.list("differing", differing, |out, i| out.u32(*i)),
         SyncKeys { start, end, keys } => {
-            put_id(out, start);
-            put_id(out, end);
-            put_len(out, keys.len());
-            for (key, version) in keys {
-                put_bytes(out, key);
-                put_u64(out, *version);
-            }
+            out.id(start)?;
+            out.id(end)?;
+            out.list("keys", keys, S::key_version)
         }
         SyncKeysReply {
             want,
             newer,
             truncated,
         } => {
-            put_len(out, want.len());
-            for key in want {
-                put_bytes(out, key);
-            }
-            put_items(out, newer);
-            put_bool(out, *truncated);
+            out.list("want", want, |out, key| out.key(key))?;
+            out.list("newer", newer, S::item)?;
+            out.bool(*truncated)
         }
         CollectTombstones { start, end, before } => {
-            put_id(out, start);
-            put_id(out, end);
-            put_u64(out, *before);
+            out.id(start)?;
+            out.id(end)?;
+            out.u64(*before)
         }
         Info(info) => {
-            put_node(out, &info.node);
-            out.push(info.status as u8);
-            put_opt_node(out, &info.predecessor);
-            put_nodes(out, &info.successors);
-            put_nodes(out, &info.fingers);
-            put_u64(out, info.keys);
-            put_bool(out, info.keeps_down_members);
+            out.node(&info.node)?;
+            out.u8(info.status as u8)?;
+            out.option(&info.predecessor, S::node)?;
+            out.nodes("successors", &info.successors)?;
+            out.nodes("fingers", &info.fingers)?;
+            out.u64(info.keys)?;
+            out.bool(info.keeps_down_members)
         }
-        Stats { counters } => {
-            put_len(out, counters.len());
-            for (name, value) in counters {
-                put_bytes(out, name.as_bytes());
-                put_u64(out, *value);
-            }
-        }
+        Stats { counters } => out.list("counters", counters, S::counter),
     }
 }

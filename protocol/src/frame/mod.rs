@@ -208,15 +208,6 @@ impl Frame {
         self
     }
 
-    /// The header flags on the wire.
-    fn wire_flags(&self) -> u16 {
-        if self.deadline_ms != 0 {
-            self.flags | FLAG_DEADLINE
-        } else {
-            self.flags
-        }
-    }
-
     /// Whether [`FLAG_DIRECT`] is set.
     pub fn is_direct(&self) -> bool {
         self.flags & FLAG_DIRECT != 0
@@ -230,12 +221,12 @@ impl Frame {
 
 // --- tags shared by the encoder and the decoder -------------------------------------------
 
-pub(crate) const ADDR_V4_BYTES: usize = 1 + 4 + 2;
-pub(crate) const ADDR_V6_BYTES: usize = 1 + 16 + 2;
-pub(crate) const ADDR_TAG_V4: u8 = 4;
-pub(crate) const ADDR_TAG_V6: u8 = 6;
-pub(crate) const LOOKUP_FOUND: u8 = 1;
-pub(crate) const LOOKUP_CLOSER: u8 = 2;
+// The tag before a `SocketAddr`: its IP version.
+const ADDR_TAG_V4: u8 = 4;
+const ADDR_TAG_V6: u8 = 6;
+// The tag before a `Lookup`: which variant follows.
+const LOOKUP_FOUND: u8 = 1;
+const LOOKUP_CLOSER: u8 = 2;
 
 mod decode;
 mod encode;

@@ -1,5 +1,5 @@
 use super::decode::{DResult, TRUNCATED};
-use super::encode::put_node;
+use super::encode::Sink;
 use super::*;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -438,7 +438,7 @@ fn raw_len(op: u8, flags: u16, request_id: u64, payload_len: u32, payload: &[u8]
 
 fn node_bytes(node: &NodeRef) -> Vec<u8> {
     let mut out = Vec::new();
-    put_node(&mut out, node);
+    let Ok(()) = out.node(node);
     out
 }
 
