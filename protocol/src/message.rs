@@ -1,7 +1,9 @@
 //! The messages chordkv nodes and clients exchange, independent of their byte encoding.
 //!
 //! Requests and replies are distinct variants with distinct opcodes; a reply echoes the
-//! request id of the request it answers (see [`crate::frame`]). Every reply to a client
+//! request id of the request it answers (see [`crate::frame`]). [`Message::name`] and
+//! [`Message::is_reply`] are generated with the opcodes, from the table in
+//! [`crate::frame::opcode`]; this module depends on no encoding. Every reply to a client
 //! operation carries `hops`: how many overlay messages the request needed to reach the key's
 //! owner (0 when the node the client spoke to owned the key).
 

@@ -1,6 +1,23 @@
-//! The decoder.
+//! The decoder: [`check`], [`decode`] and [`decode_frame`].
+//!
+//! Two stages, as in mini-redis. The header is validated first, from as few bytes as have
+//! arrived (a wrong magic is refused at the first byte), and tells how long the frame is;
+//! nothing is allocated until the whole frame is buffered. Then a `Reader` walks exactly that
+//! frame: `Reader::frame` has one arm per opcode, reading the message's fields in declaration
+//! order with methods named after the field encodings of the module doc's table, and refuses
+//! any bytes left over.
 
-use super::*;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+use bytes::{Bytes, BytesMut};
+
+use super::{
+    opcode, Frame, ADDR_TAG_V4, ADDR_TAG_V6, FLAG_DEADLINE, HEADER_BYTES, KNOWN_FLAGS, LOOKUP_CLOSER,
+    LOOKUP_FOUND, MAGIC, VERSION,
+};
+use crate::id::{Id, ID_BYTES};
+use crate::limits::{MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_LIST_LEN, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
+use crate::message::{ErrorCode, Item, Lookup, MemberEvent, Message, NodeInfo, NodeRef, NodeStatus};
 
 // --- errors ------------------------------------------------------------------------------
 

@@ -1,10 +1,20 @@
-use super::decode::{DResult, TRUNCATED};
+use super::decode::{
+    DResult, COUNTER_MIN_BYTES, ITEM_MIN_BYTES, KEY_MIN_BYTES, KEY_VERSION_MIN_BYTES, MEMBER_EVENT_MIN_BYTES,
+    NODE_REF_MIN_BYTES, TRUNCATED,
+};
 use super::encode::Sink;
 use super::*;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::id::{Id, ID_BYTES};
+use crate::message::{ErrorCode, Item, Lookup, MemberEvent, NodeInfo, NodeRef, NodeStatus};
 
 // --- a per-thread allocation counter, to check "no allocation before the limits" -----
 
@@ -444,6 +454,41 @@ fn node_bytes(node: &NodeRef) -> Vec<u8> {
 
 fn df(bytes: &[u8]) -> DResult<Frame> {
     decode_frame(Bytes::copy_from_slice(bytes))
+}
+
+/// The decoder bounds a list's allocation by `count x minimum <= bytes left`: each minimum must
+/// be the size of the smallest element of its kind (a larger one would refuse valid frames, a
+/// smaller one would loosen the bound).
+#[test]
+fn list_element_minimums_are_the_smallest_encodings() {
+    fn size(write: impl FnOnce(&mut Vec<u8>) -> Result<(), Infallible>) -> usize {
+        let mut out = Vec::new();
+        let Ok(()) = write(&mut out);
+        out.len()
+    }
+    let node = NodeRef {
+        id: Id::ZERO,
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
+    let item = Item {
+        key: Bytes::new(),
+        version: 0,
+        value: None,
+    };
+    let event = MemberEvent {
+        node,
+        alive: false,
+        stamp: 0,
+    };
+    assert_eq!(size(|out| out.node(&node)), NODE_REF_MIN_BYTES);
+    assert_eq!(size(|out| out.item(&item)), ITEM_MIN_BYTES);
+    assert_eq!(
+        size(|out| out.key_version(&(Bytes::new(), 0))),
+        KEY_VERSION_MIN_BYTES
+    );
+    assert_eq!(size(|out| out.key(&[])), KEY_MIN_BYTES);
+    assert_eq!(size(|out| out.counter(&(String::new(), 0))), COUNTER_MIN_BYTES);
+    assert_eq!(size(|out| out.member_event(&event)), MEMBER_EVENT_MIN_BYTES);
 }
 
 // --- round trips ---------------------------------------------------------------------
@@ -1483,10 +1528,16 @@ fn random_bytes_never_panic() {
 // --- property-based round trip -------------------------------------------------------
 
 mod prop {
-    use super::super::*;
+    use std::net::{Ipv6Addr, SocketAddr};
+
+    use bytes::{Bytes, BytesMut};
     use proptest::collection::vec;
     use proptest::option;
     use proptest::prelude::*;
+
+    use super::super::*;
+    use crate::id::Id;
+    use crate::message::{ErrorCode, Item, Lookup, MemberEvent, NodeInfo, NodeRef, NodeStatus};
 
     fn id() -> impl Strategy<Value = Id> {
         any::<[u8; 20]>().prop_map(Id)
