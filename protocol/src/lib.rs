@@ -19,6 +19,8 @@ pub mod id;
 pub mod limits;
 pub mod message;
 pub mod resp;
+#[cfg(test)]
+mod testing;
 
 pub use frame::{
     decode, decode_frame, DecodeError, EncodeError, Frame, FLAG_DIRECT, FLAG_FAILOVER, HEADER_BYTES,

@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::id::{Id, ID_BYTES};
 use crate::message::{ErrorCode, Item, Lookup, MemberEvent, NodeInfo, NodeRef, NodeStatus};
+use crate::testing::{feed_random_inputs, Rng};
 
 // --- a per-thread allocation counter, to check "no allocation before the limits" -----
 
@@ -911,73 +912,42 @@ fn oversize_value_rejected_on_decode() {
 
 #[test]
 fn oversize_text_and_lists_rejected_on_decode() {
+    let too_long = |field, max: usize| DecodeError::FieldTooLarge {
+        field,
+        len: max + 1,
+        max,
+    };
     let mut payload = vec![0, 1, 0, 0];
     payload.extend_from_slice(&be32(MAX_TEXT_BYTES + 1));
     payload_error(
         &raw(opcode::ERROR, 0, 1, &payload),
-        DecodeError::FieldTooLarge {
-            field: "error text",
-            len: MAX_TEXT_BYTES + 1,
-            max: MAX_TEXT_BYTES,
-        },
+        too_long("error text", MAX_TEXT_BYTES),
     );
     let mut payload = be32(1).to_vec();
     payload.extend_from_slice(&be32(MAX_TEXT_BYTES + 1));
     payload.extend_from_slice(&[0; 8]);
     payload_error(
         &raw(opcode::STATS, 0, 1, &payload),
-        DecodeError::FieldTooLarge {
-            field: "counter name",
-            len: MAX_TEXT_BYTES + 1,
-            max: MAX_TEXT_BYTES,
-        },
+        too_long("counter name", MAX_TEXT_BYTES),
     );
-    let too_many = |field| DecodeError::FieldTooLarge {
-        field,
-        len: MAX_LIST_LEN + 1,
-        max: MAX_LIST_LEN,
-    };
-    let mut neighbors = be32(0).to_vec();
-    neighbors.extend_from_slice(&be32(MAX_LIST_LEN + 1));
-    payload_error(&raw(opcode::NEIGHBORS, 0, 1, &neighbors), too_many("successors"));
-    payload_error(
-        &raw(opcode::STATS, 0, 1, &be32(MAX_LIST_LEN + 1)),
-        too_many("counters"),
-    );
-    let mut transfer = vec![0; 8 + 40];
-    transfer.extend_from_slice(&be32(MAX_LIST_LEN + 1));
-    payload_error(&raw(opcode::TRANSFER, 0, 1, &transfer), too_many("items"));
-    let mut lookup = vec![LOOKUP_FOUND, 0];
-    lookup.extend_from_slice(&be32(MAX_LIST_LEN + 1));
-    payload_error(
-        &raw(opcode::FIND_SUCCESSOR_REPLY, 0, 1, &lookup),
-        too_many("successors"),
-    );
-    let mut info = node_bytes(&v4(1));
-    info.extend_from_slice(&[2, 0, 0, 0, 0, 0]);
-    info.extend_from_slice(&be32(MAX_LIST_LEN + 1));
-    payload_error(&raw(opcode::INFO, 0, 1, &info), too_many("fingers"));
-    payload_error(
-        &raw(opcode::REPLICATE, 0, 1, &be32(MAX_LIST_LEN + 1)),
-        too_many("items"),
-    );
-    let mut digests = vec![0; 40];
-    digests.extend_from_slice(&be32(MAX_LIST_LEN + 1));
-    payload_error(&raw(opcode::SYNC_DIGESTS, 0, 1, &digests), too_many("digests"));
-    payload_error(
-        &raw(opcode::SYNC_DIGESTS_REPLY, 0, 1, &be32(MAX_LIST_LEN + 1)),
-        too_many("differing"),
-    );
-    let mut keys = vec![0; 40];
-    keys.extend_from_slice(&be32(MAX_LIST_LEN + 1));
-    payload_error(&raw(opcode::SYNC_KEYS, 0, 1, &keys), too_many("keys"));
-    payload_error(
-        &raw(opcode::SYNC_KEYS_REPLY, 0, 1, &be32(MAX_LIST_LEN + 1)),
-        too_many("want"),
-    );
-    let mut newer = be32(0).to_vec();
-    newer.extend_from_slice(&be32(MAX_LIST_LEN + 1));
-    payload_error(&raw(opcode::SYNC_KEYS_REPLY, 0, 1, &newer), too_many("newer"));
+    // Each list, after the fields that precede it, claiming one element too many.
+    let info = [node_bytes(&v4(1)), vec![2, 0, 0, 0, 0, 0]].concat();
+    for (op, before, field) in [
+        (opcode::NEIGHBORS, be32(0).to_vec(), "successors"),
+        (opcode::STATS, vec![], "counters"),
+        (opcode::TRANSFER, vec![0; 8 + 40], "items"),
+        (opcode::FIND_SUCCESSOR_REPLY, vec![LOOKUP_FOUND, 0], "successors"),
+        (opcode::INFO, info, "fingers"),
+        (opcode::REPLICATE, vec![], "items"),
+        (opcode::SYNC_DIGESTS, vec![0; 40], "digests"),
+        (opcode::SYNC_DIGESTS_REPLY, vec![], "differing"),
+        (opcode::SYNC_KEYS, vec![0; 40], "keys"),
+        (opcode::SYNC_KEYS_REPLY, vec![], "want"),
+        (opcode::SYNC_KEYS_REPLY, be32(0).to_vec(), "newer"),
+    ] {
+        let payload = [before, be32(MAX_LIST_LEN + 1).to_vec()].concat();
+        payload_error(&raw(op, 0, 1, &payload), too_long(field, MAX_LIST_LEN));
+    }
     // An oversize key inside a key list.
     let mut keys = vec![0; 40];
     keys.extend_from_slice(&be32(1));
@@ -985,11 +955,7 @@ fn oversize_text_and_lists_rejected_on_decode() {
     keys.extend_from_slice(&[0; 8]);
     payload_error(
         &raw(opcode::SYNC_KEYS, 0, 1, &keys),
-        DecodeError::FieldTooLarge {
-            field: "key",
-            len: MAX_KEY_BYTES + 1,
-            max: MAX_KEY_BYTES,
-        },
+        too_long("key", MAX_KEY_BYTES),
     );
 }
 
@@ -1145,6 +1111,18 @@ fn errors_display_clearly() {
 
 // --- encode limits -------------------------------------------------------------------
 
+/// The last batch of a transfer of the whole ring.
+fn transfer(items: Vec<Item>) -> Message {
+    Message::Transfer {
+        transfer_id: 1,
+        start: Id::ZERO,
+        end: Id::MAX,
+        items,
+        last: true,
+        clock: 0,
+    }
+}
+
 /// Asserts that encoding `message` fails with `err` and leaves `out` as it was.
 fn encode_error(message: Message, err: EncodeError) {
     let frame = Frame::new(1, message);
@@ -1194,14 +1172,6 @@ fn oversize_fields_rejected_on_encode() {
         key,
         version: 1,
         value,
-    };
-    let transfer = |items| Message::Transfer {
-        transfer_id: 1,
-        start: Id::ZERO,
-        end: Id::MAX,
-        items,
-        last: true,
-        clock: 0,
     };
     encode_error(
         transfer(vec![item(key.clone(), None)]),
@@ -1358,14 +1328,7 @@ fn a_payload_over_the_frame_limit_is_rejected_on_encode() {
         };
         3
     ];
-    let message = Message::Transfer {
-        transfer_id: 1,
-        start: Id::ZERO,
-        end: Id::MAX,
-        items,
-        last: true,
-        clock: 0,
-    };
+    let message = transfer(items);
     let len = 8 + 20 + 20 + 4 + 3 * (4 + 1 + 8 + 1 + 4 + MAX_VALUE_BYTES) + 1 + 8;
     encode_error(
         message,
@@ -1435,27 +1398,6 @@ fn fields_at_their_maximum_round_trip() {
 
 // --- never panic -----------------------------------------------------------------------
 
-/// splitmix64: a small, deterministic PRNG.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-}
-
 /// Feeds `bytes` to every decoding entry point. Whatever decodes must re-encode to the
 /// very same bytes (the encoding is canonical).
 fn feed(bytes: &[u8]) -> usize {
@@ -1475,52 +1417,39 @@ fn feed(bytes: &[u8]) -> usize {
 
 #[test]
 fn random_bytes_never_panic() {
-    let mut rng = Rng(0x00C0_FFEE);
     let encoded: Vec<Vec<u8>> = sample_frames().iter().map(|f| f.to_bytes().unwrap()).collect();
-    let mut decoded = 0;
-    let mut buf = Vec::with_capacity(512);
-    for i in 0..240_000 {
-        buf.clear();
-        match i % 4 {
-            // Pure noise.
-            0 => buf.extend((0..rng.below(256)).map(|_| rng.byte())),
-            // A plausible header (known opcode, right length) over a random payload.
-            1 => {
-                let payload: Vec<u8> = (0..rng.below(238)).map(|_| rng.byte()).collect();
-                let op = opcode::ALL[rng.below(opcode::ALL.len())];
-                buf.extend_from_slice(&raw(op, rng.below(4) as u16, rng.next(), &payload));
-            }
-            // A valid frame with a few random byte changes, the length field fixed up
-            // half the time so that the payload parser runs.
-            2 => {
-                buf.extend_from_slice(&encoded[rng.below(encoded.len())]);
-                for _ in 0..1 + rng.below(4) {
-                    let at = rng.below(buf.len());
-                    buf[at] = if rng.below(2) == 0 {
-                        rng.byte()
-                    } else {
-                        buf[at] ^ (1 << rng.below(8))
-                    };
-                }
-                if rng.below(2) == 0 {
-                    let len = (buf.len() - HEADER_BYTES) as u32;
-                    buf[14..18].copy_from_slice(&len.to_be_bytes());
-                }
-            }
-            // A valid frame truncated or extended, with a consistent header.
-            _ => {
-                buf.extend_from_slice(&encoded[rng.below(encoded.len())]);
-                let new_len = HEADER_BYTES + rng.below(buf.len() + 8 - HEADER_BYTES);
-                buf.resize(new_len, 0);
-                if let Some(x) = buf.get_mut(HEADER_BYTES..).and_then(|p| p.last_mut()) {
-                    *x = rng.byte();
-                }
+    let make = |i: usize, rng: &mut Rng, buf: &mut Vec<u8>| match i % 4 {
+        // Pure noise.
+        0 => rng.noise(buf, 256),
+        // A plausible header (known opcode, right length) over a random payload.
+        1 => {
+            let payload: Vec<u8> = (0..rng.below(238)).map(|_| rng.byte()).collect();
+            let op = opcode::ALL[rng.below(opcode::ALL.len())];
+            buf.extend_from_slice(&raw(op, rng.below(4) as u16, rng.next(), &payload));
+        }
+        // A valid frame with a few random byte changes, the length field fixed up
+        // half the time so that the payload parser runs.
+        2 => {
+            buf.extend_from_slice(&encoded[rng.below(encoded.len())]);
+            rng.change_bytes(buf, 4, Rng::byte);
+            if rng.below(2) == 0 {
                 let len = (buf.len() - HEADER_BYTES) as u32;
                 buf[14..18].copy_from_slice(&len.to_be_bytes());
             }
         }
-        decoded += feed(&buf);
-    }
+        // A valid frame truncated or extended, with a consistent header.
+        _ => {
+            buf.extend_from_slice(&encoded[rng.below(encoded.len())]);
+            let new_len = HEADER_BYTES + rng.below(buf.len() + 8 - HEADER_BYTES);
+            buf.resize(new_len, 0);
+            if let Some(x) = buf.get_mut(HEADER_BYTES..).and_then(|p| p.last_mut()) {
+                *x = rng.byte();
+            }
+            let len = (buf.len() - HEADER_BYTES) as u32;
+            buf[14..18].copy_from_slice(&len.to_be_bytes());
+        }
+    };
+    let decoded = feed_random_inputs(0x00C0_FFEE, 240_000, make, feed);
     // Sanity: the generator reaches deep into the parser, not only the header checks.
     assert!(decoded > 10_000, "only {decoded} random frames decoded");
 }
