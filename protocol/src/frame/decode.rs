@@ -65,7 +65,7 @@ pub enum DecodeError {
 
 pub(super) type DResult<T> = Result<T, DecodeError>;
 
-// --- decoding: header --------------------------------------------------------------------
+// --- header ------------------------------------------------------------------------------
 
 /// A validated header.
 #[derive(Clone, Copy, Debug)]
@@ -215,7 +215,7 @@ pub(super) const TRUNCATED: DecodeError = DecodeError::Malformed("a field runs p
 // The fewest bytes one list element can take on the wire. A list's count times this must fit
 // in what is left of the frame before its `Vec` is allocated, so the allocation is bounded by
 // the frame's real size, not by what its count claims.
-pub(super) const NODE_REF_MIN_BYTES: usize = ID_BYTES + 1 + 4 + 2; // an IPv4 address
+pub(super) const NODE_REF_MIN_BYTES: usize = ID_BYTES + 1 + 4 + 2; // id, then an IPv4 address: tag, ip, port
 pub(super) const ITEM_MIN_BYTES: usize = 4 + 8 + 1;
 pub(super) const KEY_VERSION_MIN_BYTES: usize = 4 + 8;
 pub(super) const KEY_MIN_BYTES: usize = 4;

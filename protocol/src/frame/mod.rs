@@ -27,11 +27,11 @@
 //!   bytes and property tests.
 //! - The limits (`MAX_*`) live in [`crate::limits`], shared with the RESP codec.
 //!
-//! A new message is its variant in [`crate::message`], then one line in the table of
-//! `opcode.rs`, one arm in `write_message` (the compiler asks for both: their matches are
+//! Adding a message takes its variant in [`crate::message`], one line in the table of
+//! `opcode.rs` and one arm in `write_message` (the compiler asks for both: their matches are
 //! exhaustive), one arm in `Reader::frame`, one line in the opcode table below (a test compares
-//! it with `opcode.rs`), and a sample in the tests (a test fails until every opcode is sampled
-//! and round-trips).
+//! it with `opcode.rs`), and a sample in the tests (a test fails until every opcode is sampled,
+//! and every sample must round-trip).
 //!
 //! # Header (18 bytes, big-endian)
 //!
@@ -194,6 +194,7 @@ pub const FLAG_DEADLINE: u16 = 4;
 pub const KNOWN_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER | FLAG_DEADLINE;
 /// The flags a caller may set on a [`Frame`].
 const CALLER_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER;
+
 // --- frame -------------------------------------------------------------------------------
 
 /// One message with its header fields.
@@ -248,7 +249,7 @@ impl Frame {
     }
 }
 
-// --- tags shared by the encoder and the decoder -------------------------------------------
+// --- tags shared by the encoder and the decoder ------------------------------------------
 
 // The tag before a `SocketAddr`: its IP version.
 const ADDR_TAG_V4: u8 = 4;
