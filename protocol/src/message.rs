@@ -1,7 +1,9 @@
 //! The messages chordkv nodes and clients exchange, independent of their byte encoding.
 //!
 //! Requests and replies are distinct variants with distinct opcodes; a reply echoes the
-//! request id of the request it answers (see [`crate::frame`]). Every reply to a client
+//! request id of the request it answers (see [`crate::frame`]). [`Message::name`] and
+//! [`Message::is_reply`] are generated with the opcodes, from the table in
+//! [`crate::frame::opcode`]; this module depends on no encoding. Every reply to a client
 //! operation carries `hops`: how many overlay messages the request needed to reach the key's
 //! owner (0 when the node the client spoke to owned the key).
 
@@ -387,11 +389,6 @@ pub enum Message {
 }
 
 impl Message {
-    /// Whether this message is a reply (it answers a request with the same request id).
-    pub fn is_reply(&self) -> bool {
-        crate::frame::opcode_of(self) & crate::frame::REPLY_BIT != 0
-    }
-
     /// Whether this is a client operation (GET, PUT, DELETE).
     pub fn is_client_op(&self) -> bool {
         matches!(
@@ -405,53 +402,6 @@ impl Message {
         match self {
             Message::Get { key } | Message::Put { key, .. } | Message::Delete { key } => Some(key),
             _ => None,
-        }
-    }
-
-    /// The message's name, for logs and errors.
-    pub fn name(&self) -> &'static str {
-        use Message::*;
-        match self {
-            Get { .. } => "GET",
-            Put { .. } => "PUT",
-            Delete { .. } => "DELETE",
-            GetReply { .. } => "GET_REPLY",
-            PutReply { .. } => "PUT_REPLY",
-            DeleteReply { .. } => "DELETE_REPLY",
-            Redirect { .. } => "REDIRECT",
-            Error { .. } => "ERROR",
-            FindSuccessor { .. } => "FIND_SUCCESSOR",
-            FindSuccessorReply { .. } => "FIND_SUCCESSOR_REPLY",
-            GetNeighbors => "GET_NEIGHBORS",
-            Neighbors { .. } => "NEIGHBORS",
-            Notify { .. } => "NOTIFY",
-            NotifyReply { .. } => "NOTIFY_REPLY",
-            Ping => "PING",
-            Pong { .. } => "PONG",
-            Leaving { .. } => "LEAVING",
-            LeavingReply { .. } => "LEAVING_REPLY",
-            GetMembers { .. } => "GET_MEMBERS",
-            Members { .. } => "MEMBERS",
-            MemberEvents { .. } => "MEMBER_EVENTS",
-            MemberEventsAck { .. } => "MEMBER_EVENTS_ACK",
-            Lease { .. } => "LEASE",
-            LeaseReply { .. } => "LEASE_REPLY",
-            Forget { .. } => "FORGET",
-            ForgetReply { .. } => "FORGET_REPLY",
-            Transfer { .. } => "TRANSFER",
-            TransferAck { .. } => "TRANSFER_ACK",
-            Replicate { .. } => "REPLICATE",
-            ReplicateAck { .. } => "REPLICATE_ACK",
-            SyncDigests { .. } => "SYNC_DIGESTS",
-            SyncDigestsReply { .. } => "SYNC_DIGESTS_REPLY",
-            SyncKeys { .. } => "SYNC_KEYS",
-            SyncKeysReply { .. } => "SYNC_KEYS_REPLY",
-            CollectTombstones { .. } => "COLLECT_TOMBSTONES",
-            CollectTombstonesReply { .. } => "COLLECT_TOMBSTONES_REPLY",
-            GetInfo => "GET_INFO",
-            Info(_) => "INFO",
-            GetStats => "GET_STATS",
-            Stats { .. } => "STATS",
         }
     }
 }

@@ -43,7 +43,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::frame::MAX_VALUE_BYTES;
+use crate::limits::MAX_VALUE_BYTES;
 
 /// Longest bulk string in a request: the binary protocol's longest value, so anything a RESP
 /// client can send fits a chordkv frame.
@@ -412,6 +412,7 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{feed_random_inputs, Rng};
 
     fn decode_all(bytes: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, RespError> {
         let mut buf = BytesMut::from(bytes);
@@ -553,27 +554,6 @@ mod tests {
         );
     }
 
-    /// A tiny deterministic generator (SplitMix64), as frame.rs's tests use.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-
-        fn byte(&mut self) -> u8 {
-            self.next() as u8
-        }
-    }
-
     /// Decodes until an error or an incomplete command; whatever decodes must re-encode and
     /// decode to the same arguments.
     fn feed(bytes: &[u8]) -> usize {
@@ -592,7 +572,6 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        let mut rng = Rng(0x05EE_D0F4_ED15);
         let samples: Vec<Vec<u8>> = [
             &b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n"[..],
             b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n",
@@ -605,38 +584,26 @@ mod tests {
         .map(|s| s.to_vec())
         .collect();
         let alphabet = b"*$\r\n-0123456789 \"'\\xabPING";
-        let mut decoded = 0;
-        let mut buf = Vec::with_capacity(512);
-        for i in 0..240_000 {
-            buf.clear();
-            match i % 4 {
-                // Pure noise.
-                0 => buf.extend((0..rng.below(256)).map(|_| rng.byte())),
-                // Noise made of the protocol's own characters, which reaches deeper.
-                1 => buf.extend((0..rng.below(64)).map(|_| alphabet[rng.below(alphabet.len())])),
-                // A valid request with a few bytes changed.
-                2 => {
-                    buf.extend_from_slice(&samples[rng.below(samples.len())]);
-                    for _ in 0..1 + rng.below(3) {
-                        let at = rng.below(buf.len());
-                        buf[at] = if rng.below(2) == 0 {
-                            alphabet[rng.below(alphabet.len())]
-                        } else {
-                            buf[at] ^ (1 << rng.below(8))
-                        };
-                    }
-                }
-                // Valid requests, concatenated and truncated.
-                _ => {
-                    for _ in 0..1 + rng.below(3) {
-                        buf.extend_from_slice(&samples[rng.below(samples.len())]);
-                    }
-                    let cut = rng.below(buf.len() + 1);
-                    buf.truncate(cut);
-                }
+        let make = |i: usize, rng: &mut Rng, buf: &mut Vec<u8>| match i % 4 {
+            // Pure noise.
+            0 => rng.noise(buf, 256),
+            // Noise made of the protocol's own characters, which reaches deeper.
+            1 => buf.extend((0..rng.below(64)).map(|_| alphabet[rng.below(alphabet.len())])),
+            // A valid request with a few bytes changed.
+            2 => {
+                buf.extend_from_slice(&samples[rng.below(samples.len())]);
+                rng.change_bytes(buf, 3, |rng| alphabet[rng.below(alphabet.len())]);
             }
-            decoded += feed(&buf);
-        }
+            // Valid requests, concatenated and truncated.
+            _ => {
+                for _ in 0..1 + rng.below(3) {
+                    buf.extend_from_slice(&samples[rng.below(samples.len())]);
+                }
+                let cut = rng.below(buf.len() + 1);
+                buf.truncate(cut);
+            }
+        };
+        let decoded = feed_random_inputs(0x05EE_D0F4_ED15, 240_000, make, feed);
         assert!(decoded > 10_000, "only {decoded} random requests decoded");
     }
 

@@ -1,0 +1,27 @@
+//! The size limits of the protocol, in one module that imports nothing, so that the binary
+//! frame codec ([`crate::frame`]), the RESP codec ([`crate::resp`]) and the node all enforce
+//! the same numbers without depending on each other.
+//!
+//! A decoder compares every length it reads from the wire with one of these *before* it
+//! allocates for it (a 20-byte frame that claims a key of 4 GiB or a list of a billion nodes
+//! costs a comparison, not memory); an encoder refuses to write what a peer would refuse to
+//! read.
+
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 64 * 1024;
+/// Longest value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
+/// Longest payload (the bytes after the header) of one frame.
+pub const MAX_FRAME_BYTES: usize = 32 * 1024 * 1024;
+/// Longest error text or counter name, in bytes of UTF-8.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Most entries in one list (node refs, items, counters) of one message.
+pub const MAX_LIST_LEN: usize = 65_536;
+
+// The encoder writes every length as a `u32` after checking it against these limits; were one
+// of them to reach `u32::MAX` that cast could silently truncate.
+const _: () = assert!(MAX_FRAME_BYTES < u32::MAX as usize);
+const _: () = assert!(MAX_KEY_BYTES <= MAX_FRAME_BYTES && MAX_VALUE_BYTES <= MAX_FRAME_BYTES);
+const _: () = assert!(MAX_TEXT_BYTES <= MAX_FRAME_BYTES && MAX_LIST_LEN <= MAX_FRAME_BYTES);
+// The largest PUT (key, value, their two length prefixes) fits in one frame.
+const _: () = assert!(MAX_KEY_BYTES + MAX_VALUE_BYTES + 8 <= MAX_FRAME_BYTES);
