@@ -26,7 +26,7 @@ use anyhow::Context;
 use crate::plot::{self, XySeries};
 use crate::report;
 use crate::run::{run, RunOptions};
-use crate::workload::{Ack, Fault, FaultAction, PartitionPolicy, Sweep, Workload};
+use crate::workload::{AckPolicy, Fault, FaultAction, PartitionPolicy, Sweep, Workload};
 
 pub const PARTITION_FAULTS_MD: &str = "partition-faults.md";
 pub const PARTITION_FAULTS_SVG: &str = "partition-faults.svg";
@@ -55,7 +55,7 @@ impl FaultKind {
 pub struct FaultTrial {
     pub kind: FaultKind,
     pub length_s: f64,
-    pub ack: Ack,
+    pub ack: AckPolicy,
     pub policy: PartitionPolicy,
     pub seed: u64,
     /// Writes acknowledged (preload included).
@@ -82,7 +82,7 @@ pub struct FaultTrial {
 pub struct FaultCell {
     pub kind: FaultKind,
     pub length_s: f64,
-    pub ack: Ack,
+    pub ack: AckPolicy,
     pub policy: PartitionPolicy,
     pub trials: usize,
     pub keys: u64,
@@ -121,7 +121,7 @@ pub fn trial_workload(
     sweep: &Sweep,
     kind: FaultKind,
     length_s: f64,
-    ack: Ack,
+    ack: AckPolicy,
     policy: PartitionPolicy,
     seed: u64,
 ) -> Workload {
@@ -129,8 +129,8 @@ pub fn trial_workload(
     w.sweep = None;
     w.seed = seed;
     w.preload = true;
-    w.cluster.ack = Some(ack);
-    w.cluster.partition_policy = Some(policy);
+    w.cluster.node.ack = ack;
+    w.cluster.node.partition_policy = policy;
     w.duration_s = sweep.fault_at_s + length_s + sweep.after_fault_s;
     let mut fault = match kind {
         FaultKind::Partition => {
@@ -167,7 +167,7 @@ pub fn run_fault_sweep(
         }
     }
     let acks = if sweep.acks.is_empty() {
-        vec![w.cluster.ack.unwrap_or(Ack::All)]
+        vec![w.cluster.node.ack]
     } else {
         sweep.acks.clone()
     };
@@ -362,11 +362,9 @@ pub fn markdown(w: &Workload, sweep: &Sweep, command: &str, date: &str, cells: &
         w.seed,
         sweep.trials,
         w.cluster.nodes,
-        w.cluster.replicas.map_or("default".to_string(), |n| n.to_string()),
-        w.cluster.store,
-        w.cluster
-            .stabilize_ms
-            .map_or("default".to_string(), |ms| ms.to_string()),
+        w.cluster.node.replicas,
+        w.cluster.node.store,
+        w.cluster.node.stabilize_ms,
         w.keys,
         w.rate_per_s
             .map_or("closed-loop".to_string(), |r| format!("open-loop ({r} ops/s)")),
@@ -410,7 +408,7 @@ pub fn markdown(w: &Workload, sweep: &Sweep, command: &str, date: &str, cells: &
 /// The plot of one kind of fault: lost fraction (solid) and stale fraction (dashed) against
 /// L, one color per (ack, policy).
 pub fn svg(w: &Workload, kind: FaultKind, cells: &[FaultCell]) -> String {
-    let mut combos: Vec<(Ack, PartitionPolicy)> = Vec::new();
+    let mut combos: Vec<(AckPolicy, PartitionPolicy)> = Vec::new();
     for c in cells.iter().filter(|c| c.kind == kind) {
         if !combos.contains(&(c.ack, c.policy)) {
             combos.push((c.ack, c.policy));
@@ -476,14 +474,14 @@ sweep: { partition_lengths_s: [1, 2], pause_lengths_s: [1], acks: [all, one], pa
             &sweep,
             FaultKind::Partition,
             5.0,
-            Ack::One,
+            AckPolicy::One,
             PartitionPolicy::Available,
             9,
         );
         assert!(t.sweep.is_none() && t.preload);
         assert_eq!(t.seed, 9);
         assert_eq!(t.duration_s, 2.0 + 5.0 + 5.0);
-        assert_eq!(t.cluster.ack, Some(Ack::One));
+        assert_eq!(t.cluster.node.ack, AckPolicy::One);
         assert_eq!(t.cluster.policy(), PartitionPolicy::Available);
         assert_eq!(t.faults.len(), 1);
         assert_eq!(t.faults[0].action, FaultAction::Partition);
@@ -495,7 +493,7 @@ sweep: { partition_lengths_s: [1, 2], pause_lengths_s: [1], acks: [all, one], pa
             &sweep,
             FaultKind::Pause,
             1.5,
-            Ack::All,
+            AckPolicy::All,
             PartitionPolicy::Consistent,
             1,
         );
@@ -524,10 +522,10 @@ sweep: { partition_lengths_s: [1, 2], pause_lengths_s: [1], acks: [all, one], pa
             dir: PathBuf::new(),
         };
         let trials = [
-            t(FaultKind::Partition, 1.0, Ack::All, 0, 10),
-            t(FaultKind::Partition, 1.0, Ack::All, 4, 30),
-            t(FaultKind::Partition, 2.0, Ack::All, 10, 100),
-            t(FaultKind::Pause, 1.0, Ack::One, 1, 0),
+            t(FaultKind::Partition, 1.0, AckPolicy::All, 0, 10),
+            t(FaultKind::Partition, 1.0, AckPolicy::All, 4, 30),
+            t(FaultKind::Partition, 2.0, AckPolicy::All, 10, 100),
+            t(FaultKind::Pause, 1.0, AckPolicy::One, 1, 0),
         ];
         let cells = summarize(&trials);
         assert_eq!(cells.len(), 3);

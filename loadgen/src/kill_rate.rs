@@ -106,7 +106,7 @@ pub fn run_kill_rate(
                 tw.sweep = None;
                 tw.seed = seed;
                 tw.preload = true;
-                tw.cluster.replicas = Some(replicas);
+                tw.cluster.node.replicas = replicas;
                 tw.faults = kill_schedule(w.duration_s, interval_s);
                 let kills = tw.faults.len() / 2;
                 let dir = out_dir
@@ -200,10 +200,8 @@ pub fn markdown(w: &Workload, command: &str, date: &str, trials: &[RateTrial]) -
         m.cores,
         w.seed,
         w.cluster.nodes,
-        w.cluster.store,
-        w.cluster
-            .stabilize_ms
-            .map_or("default".to_string(), |ms| ms.to_string()),
+        w.cluster.node.store,
+        w.cluster.node.stabilize_ms,
         w.keys,
         w.duration_s,
         w.threads.min(w.connections),

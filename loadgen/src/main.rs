@@ -49,10 +49,10 @@ struct Args {
     entry: Option<loadgen::workload::Entry>,
     /// The local cluster's lookup scheme: classic, base:B or onehop (overrides cluster.routing).
     #[arg(long)]
-    routing: Option<String>,
+    routing: Option<chordkv_node::chord::Routing>,
     /// Entries of each local node's location cache (overrides cluster.cache).
     #[arg(long)]
-    cache: Option<u64>,
+    cache: Option<usize>,
     /// Nodes of the local cluster (overrides cluster.nodes).
     #[arg(long = "cluster-nodes")]
     cluster_nodes: Option<usize>,
@@ -93,11 +93,11 @@ fn main() -> ExitCode {
     if let Some(e) = args.entry {
         workload.entry = e;
     }
-    if let Some(r) = &args.routing {
-        workload.cluster.routing = Some(r.clone());
+    if let Some(r) = args.routing {
+        workload.cluster.node.routing = r;
     }
     if let Some(c) = args.cache {
-        workload.cluster.cache = Some(c);
+        workload.cluster.node.cache = c;
     }
     if let Some(n) = args.cluster_nodes {
         workload.cluster.nodes = n;

@@ -261,7 +261,7 @@ fn run_trial(
     let mut w = base.clone();
     w.seed = seed;
     w.preload = true;
-    w.cluster.replicas = Some(replicas);
+    w.cluster.node.replicas = replicas;
     let mut spec = ClusterSpec::new(binary, w.cluster.nodes);
     spec.node_args = w.cluster.node_args();
     let mut cluster = LocalCluster::start(spec)?;
@@ -362,14 +362,9 @@ pub fn markdown(w: &Workload, command: &str, date: &str, cells: &[Cell]) -> Stri
         m.cores,
         w.seed,
         w.cluster.nodes,
-        w.cluster.store,
-        w.cluster.ack.map_or("default", |a| match a {
-            crate::workload::Ack::All => "all",
-            crate::workload::Ack::One => "one",
-        }),
-        w.cluster
-            .stabilize_ms
-            .map_or("default".to_string(), |ms| ms.to_string()),
+        w.cluster.node.store,
+        w.cluster.node.ack,
+        w.cluster.node.stabilize_ms,
         w.keys,
         sweep.map_or(0.0, |s| s.settle_timeout_s),
     );

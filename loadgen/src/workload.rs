@@ -131,7 +131,7 @@ pub struct Sweep {
     pub pause_lengths_s: Vec<f64>,
     /// The fault sweep's `--ack` values [default: the cluster's].
     #[serde(default)]
-    pub acks: Vec<Ack>,
+    pub acks: Vec<AckPolicy>,
     /// The fault sweep's `--partition-policy` values [default: the cluster's].
     #[serde(default)]
     pub partition_policies: Vec<PartitionPolicy>,
@@ -565,162 +565,105 @@ impl<'de> Deserialize<'de> for Distribution {
     }
 }
 
-/// How a write is acknowledged by the nodes (`chordkv node --ack`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Ack {
-    All,
-    One,
-}
+/// How a write is acknowledged by the nodes (`chordkv node --ack`), and what they serve when
+/// they cannot reach enough of a key's replicas (`--partition-policy`): the node's own types.
+pub use chordkv_node::chord::config::{AckPolicy, PartitionPolicy};
+pub use chordkv_node::options::NodeOptions;
 
-impl Ack {
-    /// The name used in files and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Ack::All => "all",
-            Ack::One => "one",
-        }
-    }
-}
-
-/// What the nodes serve when they cannot reach enough of a key's replicas (`chordkv node
-/// --partition-policy`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PartitionPolicy {
-    /// A minority stops acknowledging writes and refuses reads it cannot vouch for: a stale
-    /// read or a resurrected delete is a failure of the run (the node's default).
-    #[default]
-    Consistent,
-    /// Every live node keeps serving; stale reads are expected and reported, not failures.
-    Available,
-}
-
-impl PartitionPolicy {
-    /// The name used in files and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            PartitionPolicy::Consistent => "consistent",
-            PartitionPolicy::Available => "available",
-        }
-    }
-}
-
-/// The local cluster loadgen starts when it is not given `--nodes`. Absent fields keep the
-/// node's own defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The local cluster loadgen starts when it is not given `--nodes`: how many nodes, and the
+/// options of every node, the same keys and defaults as `chordkv node`'s flags
+/// ([`NodeOptions`]: `replicas`, `successors`, `ack`, `stabilize_ms`, `store`, `routing`,
+/// `cache`, `partition_policy`, `max_clock_offset_ms`, `tombstone_grace_ms`, ...).
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ClusterSection {
-    #[serde(default = "default_cluster_nodes")]
     pub nodes: usize,
-    #[serde(default)]
-    pub replicas: Option<u64>,
-    #[serde(default)]
-    pub successors: Option<u64>,
-    #[serde(default)]
-    pub ack: Option<Ack>,
-    #[serde(default)]
-    pub stabilize_ms: Option<u64>,
-    /// `memory` or `redis://HOST:PORT/DB`.
-    #[serde(default = "default_store")]
-    pub store: String,
-    /// `chordkv node --routing`: `classic`, `base:B` (B - 1 fingers per level) or `onehop`.
-    #[serde(default)]
-    pub routing: Option<String>,
-    /// `chordkv node --cache`: entries of each node's location cache (0: none).
-    #[serde(default)]
-    pub cache: Option<u64>,
-    /// `chordkv node --partition-policy`: `consistent` (the node's default) or `available`.
-    #[serde(default)]
-    pub partition_policy: Option<PartitionPolicy>,
-    /// `chordkv node --max-clock-offset-ms`.
-    #[serde(default)]
-    pub max_clock_offset_ms: Option<u64>,
-    /// `chordkv node --tombstone-grace-ms`.
-    #[serde(default)]
-    pub tombstone_grace_ms: Option<u64>,
+    #[serde(flatten)]
+    pub node: NodeOptions,
 }
 
 fn default_cluster_nodes() -> usize {
     8
-}
-fn default_store() -> String {
-    "memory".into()
 }
 
 impl Default for ClusterSection {
     fn default() -> ClusterSection {
         ClusterSection {
             nodes: default_cluster_nodes(),
-            replicas: None,
-            successors: None,
-            ack: None,
-            stabilize_ms: None,
-            store: default_store(),
-            routing: None,
-            cache: None,
-            partition_policy: None,
-            max_clock_offset_ms: None,
-            tombstone_grace_ms: None,
+            node: NodeOptions::default(),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClusterSection {
+    /// `nodes` and the node options side by side in one mapping. The options are read by
+    /// [`NodeOptions`]' own `Deserialize` straight from the file (no buffering, so an error
+    /// keeps its line and column, and an unknown key is refused), with `nodes` taken out.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SectionVisitor;
+        impl<'de> Visitor<'de> for SectionVisitor {
+            type Value = ClusterSection;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping of `nodes` and node options")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ClusterSection, A::Error> {
+                let mut without = WithoutNodes { map, nodes: None };
+                let node = NodeOptions::deserialize(de::value::MapAccessDeserializer::new(&mut without))?;
+                Ok(ClusterSection {
+                    nodes: without.nodes.unwrap_or_else(default_cluster_nodes),
+                    node,
+                })
+            }
+        }
+        d.deserialize_map(SectionVisitor)
+    }
+}
+
+/// A mapping with its `nodes` entry taken out (into `nodes`) as it is read.
+struct WithoutNodes<A> {
+    map: A,
+    nodes: Option<usize>,
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for &mut WithoutNodes<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: de::DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
+        loop {
+            let Some(key) = self.map.next_key::<String>()? else {
+                return Ok(None);
+            };
+            if key == "nodes" {
+                self.nodes = Some(self.map.next_value()?);
+                continue;
+            }
+            return seed
+                .deserialize(de::IntoDeserializer::<A::Error>::into_deserializer(key))
+                .map(Some);
+        }
+    }
+
+    fn next_value_seed<V: de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        self.map.next_value_seed(seed)
     }
 }
 
 impl ClusterSection {
     /// The arguments of every `chordkv node` this section asks for.
     pub fn node_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        if let Some(r) = self.successors {
-            args.extend(["--successors".into(), r.to_string()]);
-        }
-        if let Some(ms) = self.stabilize_ms {
-            args.extend(["--stabilize-ms".into(), ms.to_string()]);
-        }
-        args.extend(["--store".into(), self.store.clone()]);
-        if let Some(n) = self.replicas {
-            args.extend(["--replicas".into(), n.to_string()]);
-        }
-        if let Some(ack) = self.ack {
-            args.extend(["--ack".into(), ack.name().into()]);
-        }
-        if let Some(routing) = &self.routing {
-            args.extend(["--routing".into(), routing.clone()]);
-        }
-        if let Some(n) = self.cache {
-            args.extend(["--cache".into(), n.to_string()]);
-        }
-        if let Some(p) = self.partition_policy {
-            args.extend(["--partition-policy".into(), p.name().into()]);
-        }
-        if let Some(ms) = self.max_clock_offset_ms {
-            args.extend(["--max-clock-offset-ms".into(), ms.to_string()]);
-        }
-        if let Some(ms) = self.tombstone_grace_ms {
-            args.extend(["--tombstone-grace-ms".into(), ms.to_string()]);
-        }
-        args
+        self.node.to_args()
     }
 
-    /// The partition policy the nodes run with: the one given, else the node's default.
+    /// The partition policy the nodes run with.
     pub fn policy(&self) -> PartitionPolicy {
-        self.partition_policy.unwrap_or_default()
+        self.node.partition_policy
     }
 
-    /// Checks `routing:` (the nodes check it again, but a typo should fail before a cluster
-    /// is started).
+    /// Checks the node options together, as `chordkv node` would (before a cluster starts).
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(r) = &self.routing {
-            let ok = match r.strip_prefix("base:") {
-                Some(b) => b.parse::<u32>().is_ok_and(|b| b >= 2),
-                None => r == "classic" || r == "onehop",
-            };
-            if !ok {
-                return Err(format!(
-                    "cluster.routing: '{r}' is not a scheme: classic, base:B (B >= 2) or onehop"
-                ));
-            }
-        }
-        Ok(())
+        self.node
+            .chord_config()
+            .map(|_| ())
+            .map_err(|e| format!("cluster: {e}"))
     }
 }
 

@@ -16,7 +16,7 @@ fn a_name_alone_gets_every_default() {
     assert_eq!(w.distribution, Distribution::Uniform);
     assert_eq!(w.entry, Entry::Random);
     assert_eq!(w.cluster.nodes, 8);
-    assert_eq!(w.cluster.store, "memory");
+    assert_eq!(w.cluster.node.store, "memory");
 }
 
 #[test]

@@ -23,6 +23,7 @@ pub mod client;
 pub mod cluster;
 pub mod history;
 pub mod netns;
+pub mod options;
 pub mod owner_client;
 pub mod rng;
 pub mod server;

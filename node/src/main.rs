@@ -20,13 +20,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 
-use chordkv_node::chord::config::{
-    AckPolicy, PartitionPolicy, DEFAULT_MAX_CLOCK_OFFSET_MS, DEFAULT_REPLICAS, DEFAULT_STABILIZE_INTERVAL_MS,
-    DEFAULT_SUCCESSORS, DEFAULT_TOMBSTONE_GRACE_MS,
-};
-use chordkv_node::chord::{Config, Routing};
+use chordkv_node::chord::config::{DEFAULT_STABILIZE_INTERVAL_MS, DEFAULT_SUCCESSORS};
+use chordkv_node::chord::Routing;
 use chordkv_node::client::{self, Client, ClientError, RingReport};
 use chordkv_node::cluster::{self, ClusterSpec, LocalCluster};
+use chordkv_node::options::NodeOptions;
 use chordkv_node::server::{self, ServerConfig};
 use chordkv_node::sim::lookup::{LookupSim, LookupSimConfig, Workload};
 use chordkv_node::store;
@@ -36,10 +34,6 @@ use chordkv_protocol::{Id, NodeRef};
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// Default time `chordkv cluster` waits for a consistent ring, in milliseconds.
 const DEFAULT_READY_TIMEOUT_MS: u64 = 60_000;
-/// Default store of `chordkv node`.
-const DEFAULT_STORE: &str = "memory";
-/// Default storage worker threads of `chordkv node` (only a blocking store, Redis, uses them).
-const DEFAULT_STORE_THREADS: u64 = 4;
 /// How often `chordkv cluster` checks for signals and dead nodes.
 const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
 /// Most nodes `chordkv ring` visits before it gives up on returning to the first.
@@ -261,76 +255,13 @@ struct NodeArgs {
     /// The node's ring id as 40 hex digits, instead of the hash of its address.
     #[arg(long, value_name = "HEX40")]
     id: Option<String>,
-    /// Length of the successor list: the ring survives R - 1 adjacent failures.
-    #[arg(
-        long,
-        value_name = "R",
-        default_value_t = DEFAULT_SUCCESSORS as u64,
-        value_parser = clap::value_parser!(u64).range(1..=1024)
-    )]
-    successors: u64,
-    /// Period of stabilize, in milliseconds; the other maintenance periods and peer timeouts
-    /// scale with it.
-    #[arg(
-        long,
-        value_name = "MS",
-        default_value_t = DEFAULT_STABILIZE_INTERVAL_MS,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
-    stabilize_ms: u64,
-    /// Where the node keeps its keys: `memory`, or `redis://HOST:PORT/DB`. In Redis the
-    /// node's keys are namespaced by its advertised address, so nodes may share one Redis.
-    /// The node exits 1 at startup if Redis cannot be reached.
-    #[arg(long, value_name = "URL", default_value = DEFAULT_STORE)]
-    store: String,
-    /// Worker threads that run the store's operations, for a store whose calls block (Redis);
-    /// the memory store ignores them.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = DEFAULT_STORE_THREADS,
-        value_parser = clap::value_parser!(u64).range(1..=1024)
-    )]
-    store_threads: u64,
-    /// Replicas after the primary: every key is kept on its primary (the key's successor on
-    /// the ring) and the next N nodes. 0 keeps one copy.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_REPLICAS as u64, value_parser = clap::value_parser!(u64).range(0..=16))]
-    replicas: u64,
-    /// When a write is acknowledged: `all` once the primary and every live replica have
-    /// applied it, `one` once the primary has (replicas updated in the background).
-    #[arg(long, value_name = "POLICY", default_value = "all")]
-    ack: AckPolicy,
-    /// What the node serves when it cannot reach enough of a key's preference list:
-    /// `consistent` serves a key only while a majority of its primary and replicas (members
-    /// that are down but not gone count) can be reached, so a partitioned minority stops
-    /// acknowledging writes and refuses reads it cannot vouch for; `available` keeps serving
-    /// on whatever nodes are live (Dynamo's sloppy quorum) and merges by version after the
-    /// partition heals, at the cost of lost writes and stale reads.
-    #[arg(long, value_name = "POLICY", default_value = "consistent")]
-    partition_policy: PartitionPolicy,
-    /// The most any two nodes' clocks may differ, in milliseconds. A version further ahead of
-    /// this node's clock is refused (a wrong clock or a forged frame cannot pin a key), and
-    /// request deadlines and leases leave this margin.
-    #[arg(long, value_name = "MS", default_value_t = DEFAULT_MAX_CLOCK_OFFSET_MS)]
-    max_clock_offset_ms: u64,
-    /// How old a tombstone (a deleted key's marker) must be before it may be collected, in
-    /// milliseconds; collection also waits for every holder of the key's range to have it.
-    #[arg(long, value_name = "MS", default_value_t = DEFAULT_TOMBSTONE_GRACE_MS)]
-    tombstone_grace_ms: u64,
+    #[command(flatten)]
+    options: NodeOptions,
     /// Also serve Redis clients (RESP2: GET, SET, DEL, EXISTS, MGET, MSET, PING, INFO, ...) on
     /// this address (IP:PORT; port 0 picks a free one, printed on stderr). Their requests are
     /// routed through the ring like any other.
     #[arg(long, value_name = "ADDR")]
     resp: Option<String>,
-    /// How lookups are routed: `classic` (Chord's fingers, about 1/2 log2 N hops), `base:B`
-    /// (B - 1 fingers per level, about log_B N hops) or `onehop` (a full membership table
-    /// kept by disseminating joins and leaves: one hop).
-    #[arg(long, value_name = "SCHEME", default_value = "classic")]
-    routing: Routing,
-    /// Entries of the location cache: owner ranges learnt from lookups, tried before
-    /// routing (0: no cache).
-    #[arg(long, value_name = "ENTRIES", default_value_t = 0)]
-    cache: usize,
 }
 
 #[derive(Debug, Args)]
@@ -349,34 +280,9 @@ struct ClusterArgs {
     /// Address every node listens on.
     #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     host: IpAddr,
-    /// Length of each node's successor list [default: the node's default].
-    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u64).range(1..=1024))]
-    successors: Option<u64>,
-    /// Each node's stabilize period in milliseconds [default: the node's default].
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
-    stabilize_ms: Option<u64>,
-    /// Each node's store (`memory` or `redis://HOST:PORT/DB`; nodes may share one Redis)
-    /// [default: the node's default, memory].
-    #[arg(long, value_name = "URL")]
-    store: Option<String>,
-    /// Each node's store worker threads [default: the node's default].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
-    store_threads: Option<u64>,
-    /// Each node's replica count [default: the node's default, 2].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=16))]
-    replicas: Option<u64>,
-    /// Each node's ack policy, `all` or `one` [default: the node's default, all].
-    #[arg(long, value_name = "POLICY")]
-    ack: Option<String>,
-    /// Each node's partition policy, `consistent` or `available` [default: consistent].
-    #[arg(long, value_name = "POLICY")]
-    partition_policy: Option<PartitionPolicy>,
-    /// Each node's --max-clock-offset-ms [default: the node's default, 500].
-    #[arg(long, value_name = "MS")]
-    max_clock_offset_ms: Option<u64>,
-    /// Each node's --tombstone-grace-ms [default: the node's default, 60000].
-    #[arg(long, value_name = "MS")]
-    tombstone_grace_ms: Option<u64>,
+    /// Every node's options (the same flags and defaults as `chordkv node`).
+    #[command(flatten)]
+    options: NodeOptions,
     /// Give every node a Redis-protocol (RESP) listener on a free port; their addresses are
     /// printed as one line `resp: ADDR ADDR ...` (node 0 first) just before the ready line.
     #[arg(long)]
@@ -384,12 +290,6 @@ struct ClusterArgs {
     /// Like --resp, with node i's RESP listener on port P + i.
     #[arg(long, value_name = "P")]
     resp_base_port: Option<u16>,
-    /// Each node's routing scheme: classic, base:B or onehop [default: classic].
-    #[arg(long, value_name = "SCHEME")]
-    routing: Option<Routing>,
-    /// Each node's location cache entries [default: 0, no cache].
-    #[arg(long, value_name = "ENTRIES")]
-    cache: Option<usize>,
     /// Write each node's output to DIR/node-INDEX-PORT.log instead of this terminal.
     #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
@@ -508,24 +408,9 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
              they should use"
         );
     }
-    let mut chord = Config::with_stabilize_interval_ms(args.stabilize_ms);
-    chord.successors = args.successors as usize;
-    chord.replicas = args.replicas as usize;
-    chord.ack = args.ack;
-    chord.partition_policy = args.partition_policy;
-    chord.max_clock_offset_ms = args.max_clock_offset_ms;
-    chord.tombstone_grace_ms = args.tombstone_grace_ms;
-    chord.routing = args.routing;
-    chord.cache_entries = args.cache;
-    if chord.replicas >= chord.successors {
-        bail!(
-            "--replicas {} needs a longer successor list: give --successors {} or more",
-            chord.replicas,
-            chord.replicas + 1
-        );
-    }
+    let chord = args.options.chord_config().map_err(|e| anyhow!(e))?;
     // Namespaced by the advertised address, which is also what the node's id hashes.
-    let store = store::open(&args.store, &reachable.to_string())?;
+    let store = store::open(&args.options.store, &reachable.to_string())?;
     server::run(ServerConfig {
         listen,
         advertise,
@@ -533,7 +418,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
         node_id,
         chord,
         store,
-        store_threads: args.store_threads as usize,
+        store_threads: args.options.store_threads as usize,
         resp,
     })?;
     Ok(Outcome::Success)
@@ -552,43 +437,9 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
     );
     spec.base_port = args.base_port;
     spec.host = args.host;
-    if let Some(r) = args.successors {
-        spec.node_args.extend(["--successors".into(), r.to_string()]);
-    }
-    if let Some(ms) = args.stabilize_ms {
-        spec.node_args.extend(["--stabilize-ms".into(), ms.to_string()]);
-    }
-    if let Some(url) = args.store {
-        spec.node_args.extend(["--store".into(), url]);
-    }
-    if let Some(n) = args.store_threads {
-        spec.node_args.extend(["--store-threads".into(), n.to_string()]);
-    }
-    if let Some(n) = args.replicas {
-        spec.node_args.extend(["--replicas".into(), n.to_string()]);
-    }
-    if let Some(ack) = args.ack {
-        ack.parse::<AckPolicy>().map_err(|e| anyhow!(e))?;
-        spec.node_args.extend(["--ack".into(), ack]);
-    }
-    if let Some(p) = args.partition_policy {
-        spec.node_args
-            .extend(["--partition-policy".into(), p.to_string()]);
-    }
-    if let Some(ms) = args.max_clock_offset_ms {
-        spec.node_args
-            .extend(["--max-clock-offset-ms".into(), ms.to_string()]);
-    }
-    if let Some(ms) = args.tombstone_grace_ms {
-        spec.node_args
-            .extend(["--tombstone-grace-ms".into(), ms.to_string()]);
-    }
-    if let Some(routing) = args.routing {
-        spec.node_args.extend(["--routing".into(), routing.to_string()]);
-    }
-    if let Some(n) = args.cache {
-        spec.node_args.extend(["--cache".into(), n.to_string()]);
-    }
+    // Refused here, before any node starts, with the words the node would use.
+    args.options.chord_config().map_err(|e| anyhow!(e))?;
+    spec.node_args = args.options.to_args();
     spec.resp = args.resp || args.resp_base_port.is_some();
     spec.resp_base_port = args.resp_base_port;
     spec.log_dir = args.log_dir;

@@ -154,12 +154,6 @@ impl Id {
         (ah.wrapping_sub(bh).wrapping_sub(borrow as u32), lo)
     }
 
-    /// `x` in the open interval `(self, b)` going clockwise.
-    #[inline]
-    pub fn is_between(&self, x: &Id, b: &Id) -> bool {
-        in_open(x, self, b)
-    }
-
     /// `self / divisor`, rounded down (`divisor > 0`).
     pub fn div_small(&self, divisor: u32) -> Id {
         assert!(divisor > 0, "division by zero"); // faulty code

@@ -33,12 +33,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
+use chordkv_node::chord::Routing;
 use clap::Parser;
 use loadgen::run::{run, RunOptions};
 use loadgen::workload::{Distribution, Entry, Workload};
 
 /// Location-cache entries of the `cache` scheme.
-const CACHE_ENTRIES: u64 = 1024;
+const CACHE_ENTRIES: usize = 1024;
 /// Lookups of each simulator prediction.
 const SIM_LOOKUPS: u64 = 200_000;
 
@@ -163,18 +164,15 @@ fn main() -> anyhow::Result<()> {
 /// Puts `scheme` into the workload (see the module docs).
 fn apply_scheme(w: &mut Workload, scheme: &str) -> anyhow::Result<()> {
     w.entry = Entry::Random;
-    w.cluster.cache = None;
+    w.cluster.node.cache = 0;
+    w.cluster.node.routing = Routing::Classic;
     match scheme {
-        "classic" | "onehop" => w.cluster.routing = Some(scheme.into()),
-        "cache" => {
-            w.cluster.routing = Some("classic".into());
-            w.cluster.cache = Some(CACHE_ENTRIES);
+        "classic" => {}
+        "cache" => w.cluster.node.cache = CACHE_ENTRIES,
+        "owner" => w.entry = Entry::Owner,
+        s if s == "onehop" || s.starts_with("base:") => {
+            w.cluster.node.routing = s.parse().map_err(anyhow::Error::msg)?;
         }
-        "owner" => {
-            w.cluster.routing = Some("classic".into());
-            w.entry = Entry::Owner;
-        }
-        s if s.starts_with("base:") => w.cluster.routing = Some(s.into()),
         other => bail!("unknown scheme '{other}': classic, base:B, cache, onehop or owner"),
     }
     w.cluster.validate().map_err(anyhow::Error::msg)
@@ -192,12 +190,12 @@ fn predict(chordkv: &Path, w: &Workload, scheme: &str) -> anyhow::Result<Option<
     };
     let mut cmd = Command::new(chordkv);
     cmd.args(["sim", "--nodes", &w.cluster.nodes.to_string()])
-        .args(["--routing", w.cluster.routing.as_deref().unwrap_or("classic")])
+        .args(["--routing", &w.cluster.node.routing.to_string()])
         .args(["--workload", workload])
         .args(["--lookups", &SIM_LOOKUPS.to_string()])
         .args(["--seed", &w.seed.to_string(), "--json"]);
-    if let Some(c) = w.cluster.cache {
-        cmd.args(["--cache", &c.to_string()]);
+    if w.cluster.node.cache > 0 {
+        cmd.args(["--cache", &w.cluster.node.cache.to_string()]);
     }
     let out = cmd.output().context("cannot run chordkv sim")?;
     if !out.status.success() {

@@ -18,13 +18,60 @@ pub enum AckPolicy {
     One,
 }
 
+impl AckPolicy {
+    /// The name on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            AckPolicy::All => "all",
+            AckPolicy::One => "one",
+        }
+    }
+}
+
+impl std::fmt::Display for AckPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Serde for a type written as its `Display` text and read with its `FromStr` (the flag's
+/// syntax, so a YAML file and a command line accept the same values). The text is parsed
+/// inside the deserializer's own call, so an error points at the value in the file.
+macro_rules! serde_as_text {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Text;
+                impl serde::de::Visitor<'_> for Text {
+                    type Value = $t;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a string")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<$t, E> {
+                        text.parse().map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(Text)
+            }
+        }
+    )*};
+}
+
+serde_as_text!(AckPolicy, PartitionPolicy, Routing);
+
 impl std::str::FromStr for AckPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "all" => Ok(AckPolicy::All),
             "one" => Ok(AckPolicy::One),
-            other => Err(format!("unknown ack policy '{other}' (expected 'all' or 'one')")),
+            other => Err(format!("unknown variant `{other}`, expected `all` or `one`")),
         }
     }
 }
@@ -48,18 +95,25 @@ impl std::str::FromStr for PartitionPolicy {
             "consistent" => Ok(PartitionPolicy::Consistent),
             "available" => Ok(PartitionPolicy::Available),
             other => Err(format!(
-                "unknown partition policy '{other}' (expected 'consistent' or 'available')"
+                "unknown variant `{other}`, expected `consistent` or `available`"
             )),
+        }
+    }
+}
+
+impl PartitionPolicy {
+    /// The name on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionPolicy::Consistent => "consistent",
+            PartitionPolicy::Available => "available",
         }
     }
 }
 
 impl std::fmt::Display for PartitionPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            PartitionPolicy::Consistent => "consistent",
-            PartitionPolicy::Available => "available",
-        })
+        f.write_str(self.name())
     }
 }
 
