@@ -8,17 +8,14 @@
 //! puts them in command order and encodes RESP:
 //!
 //! ```text
-//!  event loop                    session (this module)                      core (Node)
-//!  ──────────                    ─────────────────────                      ───────────
-//!  read ─► rbuf ─► next_command: resp::decode ─► cmd::translate
-//!                                 │ PING, ECHO, CLIENT, errors ... ─► Reply(bytes) ─┐
-//!                                 │ GET k  ─► asks Message::Get {k}  ─┐              │
-//!                                 │ MSET … ─► asks n × Message::Put  ─┤ Wait(pending)│
-//!                                 ▼                                   ▼              ▼
-//!                   requests() ◄─ outbox (request ids 1, 2, 3 …)     slots, one per command
-//!  handle_request(ReplyTo = token, frame) ─────────────────────────────────────► routes, stores
-//!  pump: Output::Reply { to: token } ─► on_reply ─► fills the slot found by request id
-//!                                        head slot complete ─► encode RESP ─► wbuf ─► flush
+//!  event loop                 session: translate                                core (Node)
+//!  read ─► rbuf ─► next_command ─► resp::decode ─► cmd::translate(args)
+//!                     PING, CLIENT, errors … ─► Reply(bytes)  ─► a slot (or straight out)
+//!                     GET k, MSET k v …      ─► Wait(pending) ─► a slot, waiting for
+//!                                               + requests       request ids first..first+n
+//!  apply:  session.requests() ─► Node::handle_request(ReplyTo = token, frame) ─► routes, stores
+//!  pump:   Output::Reply { to: token, frame } ─► session.on_reply ─► the slot holding its id
+//!                       front slots complete ─► encode RESP ─► wbuf ─► flush
 //! ```
 //!
 //! - **Layout.** [`session`]: reply order, the in-flight limit, QUIT and protocol errors.

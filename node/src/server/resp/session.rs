@@ -1,17 +1,20 @@
-//! One RESP connection's session: decodes its commands, has them translated ([`super::cmd`]),
-//! keeps their core requests for the event loop, and writes the replies in command order.
+//! One RESP connection's session: decodes its commands, has each translated ([`super::cmd`]),
+//! keeps their core requests for the event loop to take ([`RespSession::requests`]), and writes
+//! the replies the loop brings back ([`RespSession::on_reply`]) in the order the commands came.
+//! It never sees the core.
+//!
+//! Each command takes a *slot* at the back of a queue, and its requests the consecutive
+//! request ids `first..first + sent`. Ids grow along the queue, so the slot of a reply's id is
+//! found by binary search (it is usually the front one); slots are written from the front,
+//! each once all its replies are in (`got == sent`). After `GET a`, `PING`, `MGET b c`, with
+//! the reply for `c` in:
 //!
 //! ```text
-//!  next_command ─► translate ─► Reply(bytes) ──► slot Ready(bytes) ─┐
-//!                             └► Wait(pending) ─► slot Waiting ──────┤  slots: one per command,
-//!                                 + requests, ids first..first+sent  │  in the order received
-//!  requests()   ◄─ the event loop takes them for Node::handle_request│
-//!  on_reply(frame) ─► the slot holding frame.request_id ─► accept ───┘
-//!                     front slots with got == sent ─► encode ─► out
+//!  front ─► [GET a     first 7, sent 1, got 0, Waiting(Value)]   nothing written yet
+//!           [PING      first 8, sent 0, got 0, Ready(+PONG)  ]   complete, waits for GET
+//!           [MGET b c  first 8, sent 2, got 1, Waiting(Values)]
+//!  reply id 7 ─► GET complete ─► $1 … and +PONG written; MGET waits for id 8
 //! ```
-//!
-//! The session never sees the core: the event loop takes the requests ([`RespSession::requests`])
-//! after each command and hands back the core's replies ([`RespSession::on_reply`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

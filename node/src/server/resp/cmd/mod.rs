@@ -185,7 +185,6 @@ impl Cx<'_> {
 
 /// Core requests asked and not yet taken by the event loop, numbered with the connection's
 /// request ids (which the core's replies carry back).
-#[derive(Default)]
 pub(crate) struct Requests {
     /// The id the next request takes; ids start at 1 and are never given twice.
     next_rid: u64,
