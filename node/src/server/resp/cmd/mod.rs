@@ -8,7 +8,7 @@
 //!
 //! ```text
 //!  ["GET", "k"]        ─► row "get"  ─► strings::get  ─► asks Get { key: "k" }
-//!                                                         Wait(Pending::Value)
+//!                                                         Wait(Pending::One)
 //!  ["MSET", a 1, b 2]  ─► row "mset" ─► strings::mset ─► asks Put { a, 1 }, Put { b, 2 }
 //!                                                         Wait(Pending::AllStored)
 //!  ["INFO"]            ─► row "info" ─► server::info  ─► asks GetInfo, GetStats
@@ -23,9 +23,9 @@
 //! CLIENT).
 //!
 //! **Adding a command**: its function in its group's file, and its row in [`COMMANDS`] (which
-//! `COMMAND` lists too). A command that waits for the core with a reply of a new shape also
-//! defines a type implementing [`Gather`] in its file and names it in the `pending!` list
-//! below.
+//! `COMMAND` lists too). One that sends the core a single request waits with a [`OneReply`]
+//! and a function writing its answer; one that gathers several replies in a new way defines a
+//! type implementing [`Gather`] in its file and names it in the `pending!` list below.
 
 mod connection;
 mod keys;
@@ -61,54 +61,26 @@ pub(crate) struct Spec {
 }
 
 /// Every command the front end knows, in the order `COMMAND` lists them.
+#[rustfmt::skip]
 pub(crate) const COMMANDS: &[Spec] = &[
-    row("get", 2, &["readonly", "fast"], (1, 1, 1), strings::get),
-    row("set", -3, &["write", "denyoom"], (1, 1, 1), strings::set),
-    row("del", -2, &["write"], (1, -1, 1), keys::del),
-    row("exists", -2, &["readonly", "fast"], (1, -1, 1), keys::exists),
-    row("mget", -2, &["readonly", "fast"], (1, -1, 1), strings::mget),
-    row("mset", -3, &["write", "denyoom"], (1, -1, 2), strings::mset),
-    row("ping", -1, &["fast", "stale"], (0, 0, 0), connection::ping),
-    row("echo", 2, &["fast", "stale"], (0, 0, 0), connection::echo),
-    row("info", -1, &["loading", "stale"], (0, 0, 0), server::info),
-    row("dbsize", 1, &["readonly", "fast"], (0, 0, 0), server::dbsize),
-    row("command", -1, &["loading", "stale"], (0, 0, 0), server::command),
-    row("client", -2, &["loading", "stale"], (0, 0, 0), connection::client),
-    row(
-        "config",
-        -2,
-        &["admin", "loading", "stale"],
-        (0, 0, 0),
-        server::config,
-    ),
-    row(
-        "select",
-        2,
-        &["loading", "stale", "fast"],
-        (0, 0, 0),
-        connection::select,
-    ),
-    row(
-        "hello",
-        -1,
-        &["noscript", "loading", "stale", "fast"],
-        (0, 0, 0),
-        connection::hello,
-    ),
-    row(
-        "auth",
-        -2,
-        &["noscript", "loading", "stale", "fast"],
-        (0, 0, 0),
-        connection::auth,
-    ),
-    row(
-        "quit",
-        -1,
-        &["loading", "stale", "fast"],
-        (0, 0, 0),
-        connection::quit,
-    ),
+    //   name      arity  flags                                        keys        translate
+    row("get",     2,  &["readonly", "fast"],                          (1, 1, 1),  strings::get),
+    row("set",     -3, &["write", "denyoom"],                          (1, 1, 1),  strings::set),
+    row("del",     -2, &["write"],                                     (1, -1, 1), keys::del),
+    row("exists",  -2, &["readonly", "fast"],                          (1, -1, 1), keys::exists),
+    row("mget",    -2, &["readonly", "fast"],                          (1, -1, 1), strings::mget),
+    row("mset",    -3, &["write", "denyoom"],                          (1, -1, 2), strings::mset),
+    row("ping",    -1, &["fast", "stale"],                             (0, 0, 0),  connection::ping),
+    row("echo",    2,  &["fast", "stale"],                             (0, 0, 0),  connection::echo),
+    row("info",    -1, &["loading", "stale"],                          (0, 0, 0),  server::info),
+    row("dbsize",  1,  &["readonly", "fast"],                          (0, 0, 0),  server::dbsize),
+    row("command", -1, &["loading", "stale"],                          (0, 0, 0),  server::command),
+    row("client",  -2, &["loading", "stale"],                          (0, 0, 0),  connection::client),
+    row("config",  -2, &["admin", "loading", "stale"],                 (0, 0, 0),  server::config),
+    row("select",  2,  &["loading", "stale", "fast"],                  (0, 0, 0),  connection::select),
+    row("hello",   -1, &["noscript", "loading", "stale", "fast"],      (0, 0, 0),  connection::hello),
+    row("auth",    -2, &["noscript", "loading", "stale", "fast"],      (0, 0, 0),  connection::auth),
+    row("quit",    -1, &["loading", "stale", "fast"],                  (0, 0, 0),  connection::quit),
 ];
 
 const fn row(
@@ -318,12 +290,10 @@ macro_rules! pending {
 }
 
 pending! {
-    Value(strings::Value),
-    Stored(strings::Stored),
+    One(OneReply),
     Values(strings::Values),
     AllStored(strings::AllStored),
     Counted(keys::Counted),
-    DbSize(server::DbSize),
     // Boxed: INFO is rare, and its text's parts would double the size of every slot.
     Info(Box<server::Info>),
 }
@@ -335,6 +305,34 @@ impl<G: Gather> Gather for Box<G> {
 
     fn encode(self, out: &mut Vec<u8>) {
         (*self).encode(out);
+    }
+}
+
+/// The reply of a command that sends one request (GET, SET, DBSIZE): the core's reply, kept
+/// until `write` turns it into RESP.
+pub(crate) struct OneReply {
+    reply: Option<Message>,
+    /// Writes the answer to the reply the command expects; false, having written nothing, for
+    /// any other (which is then written as a failure).
+    write: fn(&Message, &mut Vec<u8>) -> bool,
+}
+
+impl OneReply {
+    pub fn new(write: fn(&Message, &mut Vec<u8>) -> bool) -> OneReply {
+        OneReply { reply: None, write }
+    }
+}
+
+impl Gather for OneReply {
+    fn accept(&mut self, _: usize, reply: Message) {
+        self.reply = Some(reply);
+    }
+
+    fn encode(self, out: &mut Vec<u8>) {
+        match &self.reply {
+            Some(reply) if (self.write)(reply, out) => {}
+            other => write_failure(out, other.as_ref()),
+        }
     }
 }
 
@@ -399,7 +397,7 @@ mod tests {
     fn key_commands_become_one_request_per_key() {
         let key = |k: &str| Bytes::copy_from_slice(k.as_bytes());
         let (t, asked) = translate_line("get k");
-        assert!(matches!(t, Translation::Wait(Pending::Value(_))));
+        assert!(matches!(t, Translation::Wait(Pending::One(_))));
         assert_eq!(asked, [Message::Get { key: key("k") }]);
 
         let (t, asked) = translate_line("MSET a 1 b 2");

@@ -18,7 +18,7 @@ use chordkv_protocol::resp;
 use chordkv_protocol::{Message, NodeInfo};
 
 use super::super::info::{counter, info_text, server_lines, wants_section};
-use super::{error_text, find, write_failure, Cx, Gather, Spec, Translation, COMMANDS};
+use super::{error_text, find, Cx, Gather, OneReply, Spec, Translation, COMMANDS};
 
 /// `INFO [section]`: `server`, `replication`, `keyspace`, `chordkv`, or `default`/`all`/
 /// `everything` for them all (the default).
@@ -47,7 +47,7 @@ pub(crate) fn info(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 /// `DBSIZE`: the live keys this node is primary for.
 pub(crate) fn dbsize(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     cx.ask(Message::GetStats);
-    Translation::wait(DbSize(None))
+    Translation::wait(OneReply::new(write_dbsize))
 }
 
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND LIST`, `COMMAND INFO name ...`, `COMMAND DOCS`.
@@ -138,23 +138,14 @@ pub(crate) fn config(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
     Translation::Reply(reply)
 }
 
-/// DBSIZE's reply: the core's `keys_primary` counter (`keys` from a core without it).
-pub(crate) struct DbSize(Option<Message>);
-
-impl Gather for DbSize {
-    fn accept(&mut self, _: usize, reply: Message) {
-        self.0 = Some(reply);
-    }
-
-    fn encode(self, out: &mut Vec<u8>) {
-        match self.0 {
-            Some(Message::Stats { counters }) => {
-                let keys = counter(&counters, "keys_primary").or_else(|| counter(&counters, "keys"));
-                resp::write_integer(out, keys.unwrap_or(0) as i64)
-            }
-            other => write_failure(out, other.as_ref()),
-        }
-    }
+/// DBSIZE's answer: the core's `keys_primary` counter (`keys` from a core without it).
+fn write_dbsize(reply: &Message, out: &mut Vec<u8>) -> bool {
+    let Message::Stats { counters } = reply else {
+        return false;
+    };
+    let keys = counter(counters, "keys_primary").or_else(|| counter(counters, "keys"));
+    resp::write_integer(out, keys.unwrap_or(0) as i64);
+    true
 }
 
 /// INFO's reply: the node's info and stats, written as the section asked.

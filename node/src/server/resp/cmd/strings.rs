@@ -16,7 +16,7 @@ use bytes::Bytes;
 use chordkv_protocol::resp;
 use chordkv_protocol::Message;
 
-use super::{error_text, refuse_large_keys, write_failure, Cx, Gather, Translation};
+use super::{error_text, refuse_large_keys, write_failure, Cx, Gather, OneReply, Translation};
 
 /// `GET key`.
 pub(crate) fn get(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
@@ -27,7 +27,7 @@ pub(crate) fn get(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
         return refused;
     }
     cx.ask(Message::Get { key: key.clone() });
-    Translation::wait(Value(None))
+    Translation::wait(OneReply::new(write_value))
 }
 
 /// `SET key value [KEEPTTL]`. NX, XX and GET would need an atomic conditional or
@@ -67,7 +67,7 @@ pub(crate) fn set(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
         key: key.clone(),
         value: value.clone(),
     });
-    Translation::wait(Stored(None))
+    Translation::wait(OneReply::new(write_stored))
 }
 
 /// `MGET key [key ...]`.
@@ -98,37 +98,23 @@ pub(crate) fn mset(pairs: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     Translation::wait(AllStored { error: None })
 }
 
-/// GET's reply: the value, or null for a missing key.
-pub(crate) struct Value(Option<Message>);
-
-impl Gather for Value {
-    fn accept(&mut self, _: usize, reply: Message) {
-        self.0 = Some(reply);
+/// GET's answer: the value, or null for a missing key.
+fn write_value(reply: &Message, out: &mut Vec<u8>) -> bool {
+    match reply {
+        Message::GetReply { value: Some(v), .. } => resp::write_bulk(out, v),
+        Message::GetReply { value: None, .. } => resp::write_null(out),
+        _ => return false,
     }
-
-    fn encode(self, out: &mut Vec<u8>) {
-        match self.0 {
-            Some(Message::GetReply { value: Some(v), .. }) => resp::write_bulk(out, &v),
-            Some(Message::GetReply { value: None, .. }) => resp::write_null(out),
-            other => write_failure(out, other.as_ref()),
-        }
-    }
+    true
 }
 
-/// SET's reply: `+OK` once written.
-pub(crate) struct Stored(Option<Message>);
-
-impl Gather for Stored {
-    fn accept(&mut self, _: usize, reply: Message) {
-        self.0 = Some(reply);
+/// SET's answer: `+OK` once written.
+fn write_stored(reply: &Message, out: &mut Vec<u8>) -> bool {
+    if !matches!(reply, Message::PutReply { .. }) {
+        return false;
     }
-
-    fn encode(self, out: &mut Vec<u8>) {
-        match self.0 {
-            Some(Message::PutReply { .. }) => resp::write_simple(out, "OK"),
-            other => write_failure(out, other.as_ref()),
-        }
-    }
+    resp::write_simple(out, "OK");
+    true
 }
 
 /// MGET's reply: one core reply per key, in argument order.
