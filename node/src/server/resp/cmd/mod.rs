@@ -370,6 +370,11 @@ mod tests {
             .split(' ')
             .map(|a| Bytes::copy_from_slice(a.as_bytes()))
             .collect();
+        translate_args(&args)
+    }
+
+    /// Translates `args` for a fresh connection; returns what the command asked the core.
+    fn translate_args(args: &[Bytes]) -> (Translation, Vec<Message>) {
         let mut client = Client::new(7, "127.0.0.1:40000".parse().unwrap());
         let facts = Facts {
             resp_addr: "127.0.0.1:6379".parse().unwrap(),
@@ -390,6 +395,58 @@ mod tests {
         match t {
             Translation::Reply(bytes) | Translation::Close(bytes) => std::str::from_utf8(bytes).unwrap(),
             Translation::Wait(_) => panic!("waits for the core"),
+        }
+    }
+
+    /// Every command with arguments drawn from words the commands look for and random bytes:
+    /// nothing panics, an answer on the spot asks the core nothing, and a wait asks at least
+    /// once and encodes whatever the core replies (here: an error or a wrong kind of reply).
+    #[test]
+    fn any_arguments_translate_without_panicking() {
+        let mut words: Vec<&[u8]> = "0 2 3 -1 * GET SETNAME LIST INFO NX KEEPTTL on AUTH COUNT"
+            .split(' ')
+            .map(str::as_bytes)
+            .collect();
+        words.extend([&b""[..], b"\r\n\xff"]);
+        let mut rng = crate::rng::Rng::new(12);
+        for _ in 0..20_000 {
+            let spec = &COMMANDS[rng.below(COMMANDS.len() as u64) as usize];
+            let mut args = vec![Bytes::from_static(spec.name.as_bytes())];
+            for _ in 0..rng.below(6) {
+                let arg = if rng.chance(0.7) {
+                    Bytes::copy_from_slice(words[rng.below(words.len() as u64) as usize])
+                } else {
+                    let mut random = vec![0u8; rng.below(40) as usize];
+                    rng.fill(&mut random);
+                    Bytes::from(random)
+                };
+                args.push(arg);
+            }
+            let line: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+            let (translation, asked) = translate_args(&args);
+            match translation {
+                Translation::Reply(_) | Translation::Close(_) => {
+                    assert!(asked.is_empty(), "{line:?} answered and asked {asked:?}")
+                }
+                Translation::Wait(mut pending) => {
+                    assert!(!asked.is_empty(), "{line:?} waits for nothing");
+                    for (offset, request) in asked.iter().enumerate() {
+                        let reply = if offset % 2 == 0 {
+                            Message::Error {
+                                code: chordkv_protocol::ErrorCode::Internal,
+                                hops: 0,
+                                text: "no".into(),
+                            }
+                        } else {
+                            request.clone()
+                        };
+                        pending.accept(offset, reply);
+                    }
+                    let mut out = Vec::new();
+                    pending.encode(&mut out);
+                    assert!(out.starts_with(b"-ERR"), "{line:?}: {out:?}");
+                }
+            }
         }
     }
 
