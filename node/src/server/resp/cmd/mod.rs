@@ -63,24 +63,24 @@ pub(crate) struct Spec {
 /// Every command the front end knows, in the order `COMMAND` lists them.
 #[rustfmt::skip]
 pub(crate) const COMMANDS: &[Spec] = &[
-    //   name      arity  flags                                        keys        translate
-    row("get",     2,  &["readonly", "fast"],                          (1, 1, 1),  strings::get),
-    row("set",     -3, &["write", "denyoom"],                          (1, 1, 1),  strings::set),
-    row("del",     -2, &["write"],                                     (1, -1, 1), keys::del),
-    row("exists",  -2, &["readonly", "fast"],                          (1, -1, 1), keys::exists),
-    row("mget",    -2, &["readonly", "fast"],                          (1, -1, 1), strings::mget),
-    row("mset",    -3, &["write", "denyoom"],                          (1, -1, 2), strings::mset),
-    row("ping",    -1, &["fast", "stale"],                             (0, 0, 0),  connection::ping),
-    row("echo",    2,  &["fast", "stale"],                             (0, 0, 0),  connection::echo),
-    row("info",    -1, &["loading", "stale"],                          (0, 0, 0),  server::info),
-    row("dbsize",  1,  &["readonly", "fast"],                          (0, 0, 0),  server::dbsize),
-    row("command", -1, &["loading", "stale"],                          (0, 0, 0),  server::command),
-    row("client",  -2, &["loading", "stale"],                          (0, 0, 0),  connection::client),
-    row("config",  -2, &["admin", "loading", "stale"],                 (0, 0, 0),  server::config),
-    row("select",  2,  &["loading", "stale", "fast"],                  (0, 0, 0),  connection::select),
-    row("hello",   -1, &["noscript", "loading", "stale", "fast"],      (0, 0, 0),  connection::hello),
-    row("auth",    -2, &["noscript", "loading", "stale", "fast"],      (0, 0, 0),  connection::auth),
-    row("quit",    -1, &["loading", "stale", "fast"],                  (0, 0, 0),  connection::quit),
+    // name, arity, flags, keys (first, last, step), and the function that translates it
+    row("get",     2,  &["readonly", "fast"],                     (1, 1, 1),  strings::get),
+    row("set",     -3, &["write", "denyoom"],                     (1, 1, 1),  strings::set),
+    row("del",     -2, &["write"],                                (1, -1, 1), keys::del),
+    row("exists",  -2, &["readonly", "fast"],                     (1, -1, 1), keys::exists),
+    row("mget",    -2, &["readonly", "fast"],                     (1, -1, 1), strings::mget),
+    row("mset",    -3, &["write", "denyoom"],                     (1, -1, 2), strings::mset),
+    row("ping",    -1, &["fast", "stale"],                        (0, 0, 0),  connection::ping),
+    row("echo",    2,  &["fast", "stale"],                        (0, 0, 0),  connection::echo),
+    row("info",    -1, &["loading", "stale"],                     (0, 0, 0),  server::info),
+    row("dbsize",  1,  &["readonly", "fast"],                     (0, 0, 0),  server::dbsize),
+    row("command", -1, &["loading", "stale"],                     (0, 0, 0),  server::command),
+    row("client",  -2, &["loading", "stale"],                     (0, 0, 0),  connection::client),
+    row("config",  -2, &["admin", "loading", "stale"],            (0, 0, 0),  server::config),
+    row("select",  2,  &["loading", "stale", "fast"],             (0, 0, 0),  connection::select),
+    row("hello",   -1, &["noscript", "loading", "stale", "fast"], (0, 0, 0),  connection::hello),
+    row("auth",    -2, &["noscript", "loading", "stale", "fast"], (0, 0, 0),  connection::auth),
+    row("quit",    -1, &["loading", "stale", "fast"],             (0, 0, 0),  connection::quit),
 ];
 
 const fn row(
