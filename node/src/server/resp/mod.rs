@@ -13,7 +13,7 @@
 //!                     PING, CLIENT, errors … ─► Reply(bytes)  ─► a slot (or straight out)
 //!                     GET k, MSET k v …      ─► Wait(pending) ─► a slot, waiting for
 //!                                               + requests       request ids first..first+n
-//!  apply:  session.requests() ─► Node::handle_request(ReplyTo = token, frame) ─► routes, stores
+//!  apply:  session.apply_requests ─► Node::handle_request(ReplyTo = token, frame) ─► routes
 //!  pump:   Output::Reply { to: token, frame } ─► session.on_reply ─► the slot holding its id
 //!                       front slots complete ─► encode RESP ─► wbuf ─► flush
 //! ```

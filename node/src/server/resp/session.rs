@@ -1,5 +1,5 @@
 //! One RESP connection's session: decodes its commands, has each translated ([`super::cmd`]),
-//! keeps their core requests for the event loop to take ([`RespSession::requests`]), and writes
+//! keeps their core requests for the event loop to apply ([`RespSession::apply_requests`]), and writes
 //! the replies the loop brings back ([`RespSession::on_reply`]) in the order the commands came.
 //! It never sees the core.
 //!
@@ -98,7 +98,7 @@ impl RespSession {
     }
 
     /// Decodes the next command in `input` and translates it: an answer goes to `out` (in
-    /// order), core requests wait in [`RespSession::requests`] for the event loop.
+    /// order), core requests wait for the event loop's [`RespSession::apply_requests`].
     pub fn next_command(&mut self, input: &mut BytesMut, out: &mut Vec<u8>, facts: &Facts) -> Step {
         if self.closing {
             input.clear();
@@ -141,11 +141,11 @@ impl RespSession {
         Step::Command
     }
 
-    /// The core requests of the commands translated since the last call, in order, with this
-    /// connection's request ids: the event loop hands each to `Node::handle_request` with the
-    /// connection's token as the reply address.
-    pub fn requests(&mut self) -> impl Iterator<Item = Frame> + '_ {
-        self.requests.take()
+    /// Hands the core requests of the commands translated since the last call to `apply`, in
+    /// order, with this connection's request ids: the event loop passes each to
+    /// `Node::handle_request` with the connection's token as the reply address.
+    pub fn apply_requests(&mut self, apply: impl FnMut(Frame)) {
+        self.requests.drain_into(apply);
     }
 
     fn protocol_error(&mut self, e: &RespError, out: &mut Vec<u8>) {
@@ -263,9 +263,9 @@ mod tests {
                 .next_command(&mut self.input, &mut self.out, &self.facts)
                 == Step::Command
             {
-                for frame in self.session.requests() {
-                    self.node.handle_request(1, TO, frame);
-                }
+                let node = &mut self.node;
+                self.session
+                    .apply_requests(|frame| node.handle_request(1, TO, frame));
                 self.run_core();
             }
         }

@@ -155,6 +155,9 @@ impl Cx<'_> {
     }
 }
 
+/// Requests whose room [`Requests`] keeps between commands (a few KiB).
+const RETAINED_REQUESTS: usize = 16;
+
 /// Core requests asked and not yet taken by the event loop, numbered with the connection's
 /// request ids (which the core's replies carry back).
 pub(crate) struct Requests {
@@ -181,9 +184,14 @@ impl Requests {
         self.next_rid += 1;
     }
 
-    /// The requests asked since the last call, in order; the buffer is kept for the next ones.
-    pub fn take(&mut self) -> std::vec::Drain<'_, Frame> {
-        self.frames.drain(..)
+    /// Hands the requests asked since the last call to `each`, in order. The buffer is kept
+    /// for the next ones, unless a command with many keys grew it past
+    /// [`RETAINED_REQUESTS`]: an idle connection does not hold on to its largest MGET.
+    pub fn drain_into(&mut self, each: impl FnMut(Frame)) {
+        self.frames.drain(..).for_each(each);
+        if self.frames.capacity() > RETAINED_REQUESTS {
+            self.frames = Vec::new();
+        }
     }
 }
 
@@ -387,7 +395,8 @@ mod tests {
             requests: &mut requests,
         };
         let translation = translate(&args[0], &args[1..], &mut cx);
-        let asked = requests.take().map(|f| f.message).collect();
+        let mut asked = Vec::new();
+        requests.drain_into(|f| asked.push(f.message));
         (translation, asked)
     }
 
