@@ -783,8 +783,12 @@ impl Server {
         let Some((session, rbuf, wbuf)) = conn.resp_parts() else {
             return false;
         };
-        let step = session.next_command(now, &mut self.node, ReplyTo(token.0 as u64), rbuf, wbuf, facts);
-        // Answers given on the spot; those the core gives come through `reply` while pumping.
+        let step = session.next_command(rbuf, wbuf, facts);
+        // Translated, now applied: the command's requests enter the core as a binary client's
+        // frames do, with this connection as their reply address. Answers given on the spot
+        // are in `wbuf` already; the core's come back through `reply` while pumping.
+        let (node, to) = (&mut self.node, ReplyTo(token.0 as u64));
+        session.apply_requests(|frame| node.handle_request(now, to, frame));
         let after = resp_after_output(conn, token, &mut self.read_again, &mut self.to_flush);
         self.resp_finish(now, token, after);
         self.pump(now);

@@ -50,9 +50,10 @@
 //! - **RESP** ([`resp`]). With `--resp ADDR` a second listener (`RESP_LISTENER`) accepts Redis
 //!   clients. Their connections are inbound connections with a RESP session: the same read
 //!   budget, backpressure and write-interest rules, but commands are decoded with
-//!   `chordkv_protocol::resp` and turned into the same `handle_request` calls a binary client
-//!   makes, with the connection's token as `ReplyTo`; the session puts the core's replies back
-//!   in command order.
+//!   `chordkv_protocol::resp` and translated by the session, without the core, into the
+//!   requests a binary client would send; the loop hands them to `handle_request` with the
+//!   connection's token as `ReplyTo`, and gives the core's replies to the session, which puts
+//!   them back in command order and encodes RESP.
 //! - **Leaving.** The first SIGTERM/SIGINT (or [`ServerHandle::leave`]) starts the core's
 //!   graceful leave; when it emits `Output::Left` the loop gives queued bytes up to
 //!   [`LEFT_FLUSH_MS`] to go out and returns. The loop exits anyway `leave_timeout_ms` +

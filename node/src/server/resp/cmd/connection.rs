@@ -1,0 +1,166 @@
+//! Redis' *connection* group: PING, ECHO, SELECT, HELLO, AUTH, QUIT and CLIENT. None of them
+//! asks the core anything; what they know of the connection is its [`Client`]:
+//!
+//! ```text
+//!  PING [msg]        ─► +PONG, or msg as a bulk string
+//!  ECHO msg          ─► msg
+//!  SELECT 0          ─► +OK (the only database)
+//!  HELLO [2 …]       ─► the server map, as a RESP2 array; HELLO 3 ─► -NOPROTO
+//!  AUTH …            ─► the error Redis gives without a password configured
+//!  QUIT              ─► +OK, then the connection closes
+//!  CLIENT SETNAME …  ─► the Client's name, id and address
+//! ```
+//!
+//! Redis' pages: redis.io/docs/latest/commands/{ping,echo,select,hello,auth,quit,client-*}.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use chordkv_protocol::resp;
+
+use super::super::REDIS_VERSION;
+use super::{parse_int, Cx, Translation};
+
+/// What Redis' AUTH and HELLO AUTH answer when no password is configured.
+const NO_PASSWORD: &str = "ERR AUTH <password> called without any password configured for the \
+                           default user. Are you sure your configuration is correct?";
+
+/// One connection as CLIENT and HELLO see it.
+pub(crate) struct Client {
+    /// The connection's id (its event-loop token), for `CLIENT ID`.
+    id: u64,
+    peer: SocketAddr,
+    /// Set by `CLIENT SETNAME` or `HELLO ... SETNAME`.
+    name: Option<Bytes>,
+}
+
+impl Client {
+    pub fn new(id: u64, peer: SocketAddr) -> Client {
+        Client { id, peer, name: None }
+    }
+}
+
+/// `PING [message]`.
+pub(crate) fn ping(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
+    match rest {
+        [] => Translation::simple("PONG"),
+        [msg] => Translation::bulk(msg),
+        _ => Translation::wrong_arity("ping"),
+    }
+}
+
+/// `ECHO message`.
+pub(crate) fn echo(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
+    match rest {
+        [msg] => Translation::bulk(msg),
+        _ => Translation::wrong_arity("echo"),
+    }
+}
+
+/// `SELECT index`: only database 0 exists.
+pub(crate) fn select(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
+    match rest.first().map(|index| parse_int(index)) {
+        Some(Some(0)) => Translation::simple("OK"),
+        Some(Some(_)) => Translation::error("ERR DB index is out of range"),
+        _ => Translation::error("ERR value is not an integer or out of range"),
+    }
+}
+
+/// `AUTH [username] password`: no password is configured.
+pub(crate) fn auth(_: &[Bytes], _: &mut Cx<'_>) -> Translation {
+    Translation::error(NO_PASSWORD)
+}
+
+/// `QUIT`: `+OK`, then the connection closes.
+pub(crate) fn quit(_: &[Bytes], _: &mut Cx<'_>) -> Translation {
+    let mut reply = Vec::new();
+    resp::write_simple(&mut reply, "OK");
+    Translation::Close(reply)
+}
+
+/// `HELLO [2 [AUTH ...] [SETNAME name]]`: the server map as a RESP2 array. RESP3 is not spoken.
+pub(crate) fn hello(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    if let Some(version) = rest.first() {
+        match parse_int(version) {
+            Some(2) => {}
+            Some(_) => return Translation::error("NOPROTO sorry, this protocol version is not supported"),
+            None => return Translation::error("ERR Protocol version is not an integer or out of range"),
+        }
+    }
+    let mut options = rest.iter().skip(1);
+    while let Some(option) = options.next() {
+        let o = option.to_ascii_uppercase();
+        match (&o[..], options.next()) {
+            (b"SETNAME", Some(name)) => cx.client.name = Some(name.clone()),
+            (b"AUTH", _) => return Translation::error(NO_PASSWORD),
+            _ => {
+                let o = String::from_utf8_lossy(option).into_owned();
+                return Translation::error(&format!("ERR Syntax error in HELLO option '{o}'"));
+            }
+        }
+    }
+    let mut reply = Vec::new();
+    resp::write_array_len(&mut reply, 14);
+    for (k, v) in [("server", "chordkv"), ("version", REDIS_VERSION)] {
+        resp::write_bulk(&mut reply, k.as_bytes());
+        resp::write_bulk(&mut reply, v.as_bytes());
+    }
+    resp::write_bulk(&mut reply, b"proto");
+    resp::write_integer(&mut reply, 2);
+    resp::write_bulk(&mut reply, b"id");
+    resp::write_integer(&mut reply, cx.client.id as i64);
+    for (k, v) in [("mode", "standalone"), ("role", "master")] {
+        resp::write_bulk(&mut reply, k.as_bytes());
+        resp::write_bulk(&mut reply, v.as_bytes());
+    }
+    resp::write_bulk(&mut reply, b"modules");
+    resp::write_array_len(&mut reply, 0);
+    Translation::Reply(reply)
+}
+
+/// `CLIENT SETNAME|GETNAME|ID|INFO|LIST`, and what client libraries send as they connect
+/// (`SETINFO`, `NO-EVICT`, `NO-TOUCH`, `REPLY ON`), which is acknowledged.
+pub(crate) fn client(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    let Some(first) = rest.first() else {
+        return Translation::wrong_arity("client");
+    };
+    let client = &mut *cx.client;
+    let sub = first.to_ascii_uppercase();
+    match (&sub[..], rest) {
+        (b"SETNAME", [_, name]) => {
+            if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+                return Translation::error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            client.name = (!name.is_empty()).then(|| name.clone());
+            Translation::simple("OK")
+        }
+        (b"GETNAME", [_]) => match &client.name {
+            Some(name) => Translation::bulk(name),
+            None => Translation::null(),
+        },
+        (b"ID", [_]) => Translation::integer(client.id as i64),
+        (b"INFO", [_]) | (b"LIST", _) => {
+            let name = client
+                .name
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let line = format!("id={} addr={} name={name} db=0 resp=2\n", client.id, client.peer);
+            Translation::bulk(line.as_bytes())
+        }
+        (b"SETINFO", [_, _, _]) | (b"NO-EVICT", [_, _]) | (b"NO-TOUCH", [_, _]) => Translation::simple("OK"),
+        (b"REPLY", [_, on]) if on.eq_ignore_ascii_case(b"ON") => Translation::simple("OK"),
+        (b"SETNAME" | b"GETNAME" | b"ID" | b"INFO" | b"SETINFO" | b"NO-EVICT" | b"NO-TOUCH", _) => {
+            let sub = String::from_utf8_lossy(&sub).to_ascii_lowercase();
+            Translation::error(&format!(
+                "ERR wrong number of arguments for 'client|{sub}' command"
+            ))
+        }
+        _ => {
+            let sub = String::from_utf8_lossy(first).into_owned();
+            Translation::error(&format!("ERR unknown subcommand '{sub}'. Try CLIENT HELP."))
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Redis' *server* group: INFO, DBSIZE, COMMAND, CONFIG.
+//!
+//! INFO and DBSIZE report state the core owns, so they ask the core for it with the requests
+//! a binary client's `chordkv info` sends, and wait in the reply order like any GET:
+//!
+//! ```text
+//!  DBSIZE           ─► GetStats            ─► :keys_primary
+//!  INFO [section]   ─► GetInfo, GetStats   ─► $<len> text (see super::super::info), with the
+//!                                             `# Server` lines of the event loop's Facts
+//!  COMMAND [...]    ─► answered from the command table (super::COMMANDS)
+//!  CONFIG GET p …   ─► answered from a fixed list
+//! ```
+//!
+//! Redis' pages: redis.io/docs/latest/commands/{info,dbsize,command,config-get}.
+
+use bytes::Bytes;
+use chordkv_protocol::resp;
+use chordkv_protocol::{Message, NodeInfo};
+
+use super::super::info::{counter, info_text, server_lines, wants_section};
+use super::{error_text, find, Cx, Gather, OneReply, Spec, Translation, COMMANDS};
+
+/// `INFO [section]`: `server`, `replication`, `keyspace`, `chordkv`, or `default`/`all`/
+/// `everything` for them all (the default).
+pub(crate) fn info(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    let section = match rest {
+        [] => "default".to_string(),
+        [s, ..] => String::from_utf8_lossy(s).to_ascii_lowercase(),
+    };
+    // The `# Server` lines come from the loop's facts, out of the reply's reach later.
+    let server = if wants_section(&section, "server") {
+        server_lines(cx.facts)
+    } else {
+        String::new()
+    };
+    cx.ask(Message::GetInfo);
+    cx.ask(Message::GetStats);
+    Translation::wait(Box::new(Info {
+        section,
+        server,
+        info: None,
+        stats: None,
+        error: None,
+    }))
+}
+
+/// `DBSIZE`: the live keys this node is primary for.
+pub(crate) fn dbsize(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    cx.ask(Message::GetStats);
+    Translation::wait(OneReply::new(write_dbsize))
+}
+
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND LIST`, `COMMAND INFO name ...`, `COMMAND DOCS`.
+pub(crate) fn command(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
+    let sub = rest.first().map(|s| s.to_ascii_uppercase());
+    let mut reply = Vec::new();
+    match sub.as_deref() {
+        None => {
+            resp::write_array_len(&mut reply, COMMANDS.len());
+            for c in COMMANDS {
+                command_entry(&mut reply, c);
+            }
+        }
+        Some(b"COUNT") => resp::write_integer(&mut reply, COMMANDS.len() as i64),
+        Some(b"LIST") => {
+            resp::write_array_len(&mut reply, COMMANDS.len());
+            for c in COMMANDS {
+                resp::write_bulk(&mut reply, c.name.as_bytes());
+            }
+        }
+        Some(b"INFO") => {
+            let names = &rest[1..];
+            resp::write_array_len(&mut reply, names.len());
+            for name in names {
+                match find(name) {
+                    Some(c) => command_entry(&mut reply, c),
+                    None => reply.extend_from_slice(b"*-1\r\n"),
+                }
+            }
+        }
+        // No documentation is served; an empty map (a flat array in RESP2) is a valid answer.
+        Some(b"DOCS") => resp::write_array_len(&mut reply, 0),
+        Some(other) => {
+            let other = String::from_utf8_lossy(other).into_owned();
+            return Translation::error(&format!("ERR unknown subcommand '{other}'. Try COMMAND HELP."));
+        }
+    }
+    Translation::Reply(reply)
+}
+
+/// One `COMMAND` entry: name, arity, flags, first key, last key, step.
+fn command_entry(out: &mut Vec<u8>, c: &Spec) {
+    let (first, last, step) = c.keys;
+    resp::write_array_len(out, 6);
+    resp::write_bulk(out, c.name.as_bytes());
+    resp::write_integer(out, c.arity);
+    resp::write_array_len(out, c.flags.len());
+    for f in c.flags {
+        resp::write_simple(out, f);
+    }
+    resp::write_integer(out, first);
+    resp::write_integer(out, last);
+    resp::write_integer(out, step);
+}
+
+/// `CONFIG GET pattern ...`: the few parameters benchmark tools ask for, with values that
+/// describe chordkv (nothing saved to disk, one database); `*` lists them all.
+pub(crate) fn config(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
+    const PARAMS: [(&str, &str); 4] = [
+        ("save", ""),
+        ("appendonly", "no"),
+        ("databases", "1"),
+        ("maxmemory", "0"),
+    ];
+    let [sub, patterns @ ..] = rest else {
+        return Translation::wrong_arity("config");
+    };
+    if !sub.eq_ignore_ascii_case(b"GET") {
+        let sub = String::from_utf8_lossy(sub).into_owned();
+        return Translation::error(&format!("ERR CONFIG {sub} is not supported by chordkv"));
+    }
+    let mut found: Vec<(&str, &str)> = Vec::new();
+    for pattern in patterns {
+        for (name, value) in PARAMS {
+            if (&pattern[..] == b"*" || pattern.eq_ignore_ascii_case(name.as_bytes()))
+                && !found.iter().any(|(n, _)| *n == name)
+            {
+                found.push((name, value));
+            }
+        }
+    }
+    let mut reply = Vec::new();
+    resp::write_array_len(&mut reply, found.len() * 2);
+    for (name, value) in found {
+        resp::write_bulk(&mut reply, name.as_bytes());
+        resp::write_bulk(&mut reply, value.as_bytes());
+    }
+    Translation::Reply(reply)
+}
+
+/// DBSIZE's answer: the core's `keys_primary` counter (`keys` from a core without it).
+fn write_dbsize(reply: &Message, out: &mut Vec<u8>) -> bool {
+    let Message::Stats { counters } = reply else {
+        return false;
+    };
+    let keys = counter(counters, "keys_primary").or_else(|| counter(counters, "keys"));
+    resp::write_integer(out, keys.unwrap_or(0) as i64);
+    true
+}
+
+/// INFO's reply: the node's info and stats, written as the section asked.
+pub(crate) struct Info {
+    section: String,
+    /// The `# Server` section, written when the command arrived.
+    server: String,
+    info: Option<NodeInfo>,
+    stats: Option<Vec<(String, u64)>>,
+    error: Option<String>,
+}
+
+impl Gather for Info {
+    fn accept(&mut self, _: usize, reply: Message) {
+        match reply {
+            Message::Info(i) => self.info = Some(i),
+            Message::Stats { counters } => self.stats = Some(counters),
+            other => {
+                if self.error.is_none() {
+                    self.error = Some(error_text(&other));
+                }
+            }
+        }
+    }
+
+    fn encode(self, out: &mut Vec<u8>) {
+        match (self.info, self.stats, self.error) {
+            (Some(info), Some(stats), None) => {
+                let text = info_text(&self.section, &self.server, &info, &stats);
+                resp::write_bulk(out, text.as_bytes())
+            }
+            (_, _, Some(e)) => resp::write_error(out, &e),
+            _ => resp::write_error(out, "ERR no reply from the node"),
+        }
+    }
+}

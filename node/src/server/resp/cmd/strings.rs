@@ -1,0 +1,168 @@
+//! Redis' *string* group: GET, SET, MGET, MSET. Each key is one request to the core, a
+//! `Message::Get` or a `Message::Put`, routed to the key's owner like a binary client's:
+//!
+//! ```text
+//!  GET k            ─► Get { k }                       ─► $<len> value, or $-1 (missing)
+//!  SET k v          ─► Put { k, v }                    ─► +OK
+//!  MGET k1 k2 …     ─► Get { k1 }, Get { k2 } …        ─► *n, one bulk or null per key
+//!  MSET k1 v1 …     ─► Put { k1, v1 } …                ─► +OK once every key is written
+//! ```
+//!
+//! Redis' pages: redis.io/docs/latest/commands/{get,set,mget,mset}. SET's options that need an
+//! atomic read-and-write or a time to live are refused (see [`set`]); MSET is not atomic: each
+//! key is its own write, and the first failure is the command's answer.
+
+use bytes::Bytes;
+use chordkv_protocol::resp;
+use chordkv_protocol::Message;
+
+use super::{error_text, refuse_large_keys, write_failure, Cx, Gather, OneReply, Translation};
+
+/// `GET key`.
+pub(crate) fn get(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    let [key] = rest else {
+        return Translation::wrong_arity("get");
+    };
+    if let Some(refused) = refuse_large_keys([key]) {
+        return refused;
+    }
+    cx.ask(Message::Get { key: key.clone() });
+    Translation::wait(OneReply::new(write_value))
+}
+
+/// `SET key value [KEEPTTL]`. NX, XX and GET would need an atomic conditional or
+/// read-and-write put, which the store has not (a get-then-put is wrong under concurrent
+/// writers); EX, PX, EXAT and PXAT a time to live, which keys have not.
+pub(crate) fn set(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    let [key, value, options @ ..] = rest else {
+        return Translation::wrong_arity("set");
+    };
+    for option in options {
+        let o = option.to_ascii_uppercase();
+        match &o[..] {
+            b"NX" | b"XX" => {
+                return Translation::error(
+                    "ERR SET NX and XX are not supported: chordkv has no atomic conditional write",
+                )
+            }
+            b"GET" => {
+                return Translation::error(
+                    "ERR SET GET is not supported: chordkv has no atomic read-and-write",
+                )
+            }
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" => {
+                return Translation::error(
+                    "ERR SET EX, PX, EXAT and PXAT are not supported: chordkv keys do not expire",
+                )
+            }
+            // Keys have no time to live, so there is none to keep.
+            b"KEEPTTL" => {}
+            _ => return Translation::error("ERR syntax error"),
+        }
+    }
+    if let Some(refused) = refuse_large_keys([key]) {
+        return refused;
+    }
+    cx.ask(Message::Put {
+        key: key.clone(),
+        value: value.clone(),
+    });
+    Translation::wait(OneReply::new(write_stored))
+}
+
+/// `MGET key [key ...]`.
+pub(crate) fn mget(keys: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    if let Some(refused) = refuse_large_keys(keys) {
+        return refused;
+    }
+    for key in keys {
+        cx.ask(Message::Get { key: key.clone() });
+    }
+    Translation::wait(Values(vec![None; keys.len()]))
+}
+
+/// `MSET key value [key value ...]`.
+pub(crate) fn mset(pairs: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    if pairs.len() % 2 != 0 {
+        return Translation::wrong_arity("mset");
+    }
+    if let Some(refused) = refuse_large_keys(pairs.iter().step_by(2)) {
+        return refused;
+    }
+    for pair in pairs.chunks_exact(2) {
+        cx.ask(Message::Put {
+            key: pair[0].clone(),
+            value: pair[1].clone(),
+        });
+    }
+    Translation::wait(AllStored { error: None })
+}
+
+/// GET's answer: the value, or null for a missing key.
+fn write_value(reply: &Message, out: &mut Vec<u8>) -> bool {
+    match reply {
+        Message::GetReply { value: Some(v), .. } => resp::write_bulk(out, v),
+        Message::GetReply { value: None, .. } => resp::write_null(out),
+        _ => return false,
+    }
+    true
+}
+
+/// SET's answer: `+OK` once written.
+fn write_stored(reply: &Message, out: &mut Vec<u8>) -> bool {
+    if !matches!(reply, Message::PutReply { .. }) {
+        return false;
+    }
+    resp::write_simple(out, "OK");
+    true
+}
+
+/// MGET's reply: one core reply per key, in argument order.
+pub(crate) struct Values(Vec<Option<Message>>);
+
+impl Gather for Values {
+    fn accept(&mut self, offset: usize, reply: Message) {
+        if let Some(r) = self.0.get_mut(offset) {
+            *r = Some(reply);
+        }
+    }
+
+    fn encode(self, out: &mut Vec<u8>) {
+        // Redis answers MGET with nulls for keys it cannot read; a failed read here fails the
+        // whole command instead, so a missing key and an unreachable one are never confused.
+        if let Some(failed) = self
+            .0
+            .iter()
+            .find(|r| !matches!(r, Some(Message::GetReply { .. })))
+        {
+            return write_failure(out, failed.as_ref());
+        }
+        resp::write_array_len(out, self.0.len());
+        for reply in self.0 {
+            match reply {
+                Some(Message::GetReply { value: Some(v), .. }) => resp::write_bulk(out, &v),
+                _ => resp::write_null(out),
+            }
+        }
+    }
+}
+
+/// MSET's reply: `+OK` when every key was written, else the first failure received.
+pub(crate) struct AllStored {
+    error: Option<String>,
+}
+
+impl Gather for AllStored {
+    fn accept(&mut self, _: usize, reply: Message) {
+        if !matches!(reply, Message::PutReply { .. }) && self.error.is_none() {
+            self.error = Some(error_text(&reply));
+        }
+    }
+
+    fn encode(self, out: &mut Vec<u8>) {
+        match self.error {
+            Some(e) => resp::write_error(out, &e),
+            None => resp::write_simple(out, "OK"),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! INFO's text (redis.io/docs/latest/commands/info): `field:value` lines under `# Section`
+//! headers, each section ended by an empty line, all `\r\n`:
+//!
+//! ```text
+//!  # Server        redis_version, chordkv_version, os, process_id, tcp_port, uptime ...
+//!                  (from the event loop's Facts, written when the command arrives)
+//!  # Replication   role:master, connected_slaves:0 (each node is one master to a client)
+//!  # Keyspace      db0:keys=<keys_primary>,expires=0,avg_ttl=0 (the same count as DBSIZE)
+//!  # chordkv       node_id, node_addr, status, predecessor, successor_list, routing_table,
+//!                  routing_table_size, keys_stored, hops_mean, then every GET_STATS counter
+//! ```
+//!
+//! Everything under the last three comes from the core's replies to GET_INFO and GET_STATS.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use chordkv_protocol::{NodeInfo, NodeRef, NodeStatus};
+
+use super::REDIS_VERSION;
+
+/// What the event loop knows for INFO and the core does not, shared by all sessions.
+pub(crate) struct Facts {
+    pub resp_addr: SocketAddr,
+    pub started: Instant,
+}
+
+/// A GET_STATS counter by name.
+pub(crate) fn counter(counters: &[(String, u64)], name: &str) -> Option<u64> {
+    counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+}
+
+/// Whether INFO with `asked` includes `section` (Redis: no argument and `default` give the
+/// usual sections, `all` and `everything` all of them).
+pub(crate) fn wants_section(asked: &str, section: &str) -> bool {
+    matches!(asked, "default" | "all" | "everything") || asked == section
+}
+
+/// The `# Server` section.
+pub(crate) fn server_lines(facts: &Facts) -> String {
+    let mut s = String::from("# Server\r\n");
+    let _ = write!(
+        s,
+        "redis_version:{REDIS_VERSION}\r\nchordkv_version:{}\r\nredis_mode:standalone\r\n\
+         os:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\
+         uptime_in_days:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        usize::BITS,
+        std::process::id(),
+        facts.resp_addr.port(),
+        facts.started.elapsed().as_secs(),
+        facts.started.elapsed().as_secs() / 86_400,
+    );
+    s
+}
+
+/// INFO's text for `section`: `server` (the `# Server` section, already written), then
+/// `# Replication`, `# Keyspace` and `# chordkv` from the core's info and stats, as asked.
+pub(crate) fn info_text(section: &str, server: &str, info: &NodeInfo, stats: &[(String, u64)]) -> String {
+    let mut s = String::new();
+    if wants_section(section, "server") {
+        s.push_str(server);
+        s.push_str("\r\n");
+    }
+    if wants_section(section, "replication") {
+        s.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n");
+    }
+    if wants_section(section, "keyspace") {
+        let keys = counter(stats, "keys_primary").unwrap_or(info.keys);
+        let _ = write!(s, "# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n\r\n");
+    }
+    if wants_section(section, "chordkv") {
+        let addrs = |nodes: &[NodeRef]| {
+            nodes
+                .iter()
+                .map(|n| n.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let status = match info.status {
+            NodeStatus::Joining => "joining",
+            NodeStatus::Active => "active",
+            NodeStatus::Leaving => "leaving",
+        };
+        let _ = write!(
+            s,
+            "# chordkv\r\nnode_id:{}\r\nnode_addr:{}\r\nstatus:{status}\r\npredecessor:{}\r\n\
+             successor_list:{}\r\nrouting_table:{}\r\nrouting_table_size:{}\r\nkeys_stored:{}\r\n",
+            info.node.id,
+            info.node.addr,
+            info.predecessor
+                .map_or_else(|| "-".to_string(), |p| p.addr.to_string()),
+            addrs(&info.successors),
+            addrs(&info.fingers),
+            info.fingers.len(),
+            info.keys,
+        );
+        let coordinated = counter(stats, "ops_coordinated").unwrap_or(0);
+        let hops = counter(stats, "hops_total").unwrap_or(0);
+        if coordinated > 0 {
+            let _ = write!(s, "hops_mean:{:.3}\r\n", hops as f64 / coordinated as f64);
+        }
+        for (name, value) in stats {
+            let _ = write!(s, "{name}:{value}\r\n");
+        }
+    }
+    s
+}
