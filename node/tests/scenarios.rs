@@ -37,10 +37,11 @@
 //! | `run DURATION`                            | advances simulated time                                 |
 //! | `stabilize [max=DURATION]`                | runs until the exact ring oracle holds (default 60s)    |
 //! | `ring`                                    | every node in id order: phase, predecessor, successors  |
-//! | `keys [KEY...]`                           | each key's primary and replicas on the live ring, and every store holding it |
+//! | `keys [KEY...]`                           | each key's primary and replicas among the ring's members, and every store holding it |
 //! | `fingers [nX...]`                         | finger tables as runs of fingers, and the wrong fingers |
 //! | `check`                                   | the exact ring oracle and Zave's invariants             |
 //! | `clocks`                                  | each node's clock offset and drift                      |
+//! | `stats nX COUNTER...`                     | counters of a node (`Stats`: `late_requests_refused`, ...) |
 //! | `put KEY VALUE [via=nX] [async]`          | a client write through `nX` (default: the first live node) |
 //! | `get KEY [via=nX]`, `del KEY [via=nX] [async]` | a client read (value and hops), a client delete |
 //! | `crash nX`                                | the node halts; its store is kept aside                 |
@@ -280,9 +281,27 @@ impl Scenario {
         out
     }
 
+    /// The nodes a key's copies belong to, in id order: the live ring nodes and, under
+    /// `consistent`, the crashed ones, which stay members until they return (a node that left
+    /// is gone under either policy).
+    fn members(&self) -> Vec<usize> {
+        let s = self.sim.as_ref().expect("started");
+        let consistent = s.config().chord.is_consistent();
+        let mut members: Vec<usize> = (0..s.len())
+            .filter(|&i| s.node(i).in_ring() && (s.is_alive(i) || consistent))
+            .collect();
+        members.sort_by_key(|&i| s.node(i).me().id);
+        members
+    }
+
     fn keys(&self, only: &[&Argument]) -> String {
         let s = self.sim.as_ref().expect("started");
         let replicas = s.config().chord.replicas;
+        let members = self.members();
+        let member = |i: usize| {
+            let down = if s.is_alive(i) { "" } else { " (crashed)" };
+            format!("{}{down}", name(i))
+        };
         let keys: Vec<String> = if only.is_empty() {
             self.keys.iter().cloned().collect()
         } else {
@@ -291,12 +310,17 @@ impl Scenario {
         let mut out = String::new();
         for key in keys {
             let id = Id::hash(key.as_bytes());
-            let prefs = s.preference_list(&id, replicas);
+            // The key's preference list: its primary (the first member at or after its id),
+            // then the next `replicas` members.
+            let first = members.partition_point(|&i| s.node(i).me().id < id);
+            let prefs: Vec<usize> = (0..members.len().min(replicas + 1))
+                .map(|d| members[(first + d) % members.len()])
+                .collect();
             let mut line = format!("{key} {}", short(&id));
             if let Some((&primary, rest)) = prefs.split_first() {
-                write!(line, " primary {}", name(primary)).unwrap();
+                write!(line, " primary {}", member(primary)).unwrap();
                 if !rest.is_empty() {
-                    let rest: Vec<String> = rest.iter().map(|&i| name(i)).collect();
+                    let rest: Vec<String> = rest.iter().map(|&i| member(i)).collect();
                     write!(line, ", replicas {}", rest.join(" ")).unwrap();
                 }
                 line.push(';');
@@ -380,6 +404,24 @@ impl Scenario {
             .unwrap();
         }
         out
+    }
+
+    /// `stats nX COUNTER...`: the named counters of node `nX`.
+    fn stats(&self, cmd: &Command) -> Result<String> {
+        let mut args = cmd.consume_args();
+        let who = self.node(&args.next_pos().ok_or("usage: stats nX COUNTER...")?.value)?;
+        let wanted: Vec<String> = args.rest_pos().iter().map(|a| a.value.clone()).collect();
+        args.reject_rest()?;
+        let s = self.sim.as_ref().expect("started");
+        let counters: BTreeMap<&str, u64> = s.node(who).stats().counters().collect();
+        let mut out = name(who);
+        for w in &wanted {
+            let v = counters
+                .get(w.as_str())
+                .ok_or_else(|| format!("no counter '{w}'"))?;
+            write!(out, " {w}={v}")?;
+        }
+        Ok(out + "\n")
     }
 
     /// `put`, `get` and `del`.
@@ -571,6 +613,7 @@ impl goldenscript::Runner for Scenario {
                     .collect::<Result<_>>()?;
                 self.fingers(&nodes)
             }
+            "stats" => self.stats(cmd)?,
             "put" | "get" | "del" => self.client(cmd)?,
             "crash" | "restart" | "leave" | "pause" | "resume" => self.fault(cmd)?,
             "partition" => self.partition(cmd)?,
@@ -619,6 +662,13 @@ scenarios! {
     fingers_eight_nodes,
     ring_of_one,
     leave_hands_off_keys,
+    replication_preference_list,
+    paused_primary_queued_put,
+    late_write_after_heal,
+    partition_minority_refuses_writes,
+    delete_while_replica_crashed,
+    restart_on_own_address,
+    clock_skew_within_bound,
     crash_successor_takes_over,
     #[ignore = "the core panics: a neighbour reply from a node already gone (chord/maintenance.rs \
                 on_predecessor_neighbors, list.remove(0) on an empty list); see the script"]

@@ -49,16 +49,6 @@ impl Sim {
         ring.get(i).or(ring.first()).copied()
     }
 
-    /// The live ring nodes that should hold `id`: its owner, then up to `replicas` nodes after
-    /// it (Dynamo's preference list on the ring), as node indices, nearest first.
-    pub fn preference_list(&self, id: &Id, replicas: usize) -> Vec<usize> {
-        let ring = self.ring();
-        let first = ring.partition_point(|n| n.id < *id);
-        (0..ring.len().min(replicas + 1))
-            .map(|d| self.by_addr[&ring[(first + d) % ring.len()].addr])
-            .collect()
-    }
-
     /// The node index of an address.
     pub fn index_of(&self, addr: &SocketAddr) -> Option<usize> {
         self.by_addr.get(addr).copied()
