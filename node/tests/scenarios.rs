@@ -1,19 +1,23 @@
 //! Scenario tests a reviewer reads as text (issue 12): scripts over the simulator, in
-//! `tests/scenarios/*.txt`, each a list of steps followed by the state they print, the ring
-//! and where the keys live, checked with the `goldenscript` crate (as toydb's Raft tests are).
-//!
-//! A script is blocks of commands, each block ending in `---` and the output it printed:
+//! `tests/scenarios/*.txt`, each a list of steps followed by what they printed (the ring, where
+//! the keys live, the clients' replies), checked with the `goldenscript` crate as toydb's Raft
+//! tests are. Each script opens with a comment saying what it shows and where the behaviour
+//! comes from (a section of the Chord paper, a case of issue 11, a rule of
+//! `docs/architecture.md`). A block of commands ends in `---`, then its output:
 //!
 //! ```text
-//! # Comments say what the scenario shows.
-//! start 3 seed=7
+//! join via=n2
 //! stabilize
 //! ring
+//! keys
 //! ---
-//! seed 7: 3 nodes, replicas 2, consistent, ack all, stabilize 100ms
+//! n3 9e121eed joins via n2
 //! converged
-//! n2 4b5f5b3e Active pred n1 succ n3 n1
-//! ...
+//! n1 4b2a3856 Active pred n3 succ n2 n3
+//! n2 866a9598 Active pred n1 succ n3 n1
+//! n3 9e121eed Active pred n2 succ n1 n2
+//! a 86f7e437 primary n3; held n3=1
+//! b e9d71f5e primary n1; held n1=2
 //! ```
 //!
 //! A test fails with a diff when the output differs from the file. After a change of
@@ -25,31 +29,36 @@
 //!
 //! # The commands
 //!
-//! Nodes are named `n1`, `n2`, ... in the order they were added; ids are shown as their first
-//! 8 hex digits. Durations are `250ms` or `5s`. Every run is seeded: the same script prints the
-//! same text.
+//! Nodes are named `n1`, `n2`, ... in the order they were added, and listed in id order (ids
+//! shown as their first 8 hex digits). Durations are `250ms` or `5s`. Every run is seeded
+//! (`start` prints the seed): the same script prints the same text.
 //!
 //! | command                                   | does                                                    |
 //! |-------------------------------------------|---------------------------------------------------------|
-//! | `start N [seed= replicas= policy= ack=`   | a ring of N nodes joining one by one through n1         |
-//! | `  successors= stabilize= grace= skew=]`  | (policy consistent/available; grace: tombstones; skew: clock offsets) |
+//! | `start N [KEY=VALUE...]`                  | a ring of N nodes, joining one by one through n1 (options below) |
 //! | `join [via=nX]`                           | a new node joins through `nX` (default n1)              |
 //! | `run DURATION`                            | advances simulated time                                 |
 //! | `stabilize [max=DURATION]`                | runs until the exact ring oracle holds (default 60s)    |
-//! | `ring`                                    | every node in id order: phase, predecessor, successors  |
+//! | `ring`                                    | every node: phase, predecessor, successor list          |
 //! | `keys [KEY...]`                           | each key's primary and replicas among the ring's members, and every store holding it |
-//! | `fingers [nX...]`                         | finger tables as runs of fingers, and the wrong fingers |
+//! | `fingers [nX...]`                         | finger tables as runs of fingers, and how many are wrong |
 //! | `check`                                   | the exact ring oracle and Zave's invariants             |
 //! | `clocks`                                  | each node's clock offset and drift                      |
 //! | `stats nX COUNTER...`                     | counters of a node (`Stats`: `late_requests_refused`, ...) |
 //! | `put KEY VALUE [via=nX] [async]`          | a client write through `nX` (default: the first live node) |
-//! | `get KEY [via=nX]`, `del KEY [via=nX] [async]` | a client read (value and hops), a client delete |
+//! | `get KEY [via=nX]`                        | a client read: the value and the hops it took           |
+//! | `del KEY [via=nX] [async]`                | a client delete                                         |
 //! | `crash nX`                                | the node halts; its store is kept aside                 |
 //! | `restart nX [via=nY] [keep-store]`        | a new process on the same address, joining through `nY` |
 //! | `leave nX`                                | a graceful leave: it hands its keys over, then exits    |
 //! | `pause nX`, `resume nX`                   | the node freezes, its inputs queue; then handles them   |
 //! | `partition nX... [hold]`                  | cuts the named nodes from all others (hold: messages wait for the heal) |
 //! | `heal`                                    | restores every link; held messages are delivered        |
+//!
+//! `start` options: `seed=` (1), `replicas=` (2), `policy=` (`consistent` or `available`),
+//! `ack=` (`all` or `one`), `successors=` (8), `stabilize=` (100ms; the other periods and
+//! timeouts scale with it), `grace=` (the tombstone grace, 60s), `skew=true` (clock offsets
+//! within the bound). Messages take 1 to 10 ms.
 //!
 //! A client operation waits for its reply (30 s at most), unless `async`: then it prints a
 //! handle (`#1`), and its reply is printed after whichever later command it arrived during.
@@ -215,7 +224,8 @@ impl Scenario {
         let skew: bool = args.lookup_parse("skew")?.unwrap_or(false);
         args.reject_rest()?;
         let mut out = format!(
-            "seed {seed}: {n} nodes, replicas {}, {}, ack {}, stabilize {stabilize_ms}ms",
+            "seed {seed}: {n} node{}, replicas {}, {}, ack {}, stabilize {stabilize_ms}ms",
+            if n == 1 { "" } else { "s" },
             chord.replicas,
             chord.partition_policy,
             format!("{:?}", chord.ack).to_lowercase()
@@ -666,6 +676,7 @@ scenarios! {
     paused_primary_queued_put,
     late_write_after_heal,
     partition_minority_refuses_writes,
+    partition_available_rings_merge,
     delete_while_replica_crashed,
     restart_on_own_address,
     clock_skew_within_bound,
@@ -677,7 +688,7 @@ scenarios! {
 
 /// Every script in the directory has its test above.
 #[test]
-fn every_script_is_run() {
+fn every_script_has_a_test() {
     let dir = format!("{}/tests/scenarios", env!("CARGO_MANIFEST_DIR"));
     let mut found: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
