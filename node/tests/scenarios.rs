@@ -681,8 +681,6 @@ scenarios! {
     restart_on_own_address,
     clock_skew_within_bound,
     crash_successor_takes_over,
-    #[ignore = "the core panics: a neighbour reply from a node already gone (chord/maintenance.rs \
-                on_predecessor_neighbors, list.remove(0) on an empty list); see the script"]
     leave_to_ring_of_one_reply_race,
 }
 

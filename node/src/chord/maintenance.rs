@@ -233,8 +233,13 @@ impl Node {
         list.extend(predecessors.into_iter().filter(|n| n.addr != me.addr));
         list.retain(|n| !self.live.gone.contains_key(&n.addr));
         list.dedup_by_key(|n| n.addr);
-        let pred = list.remove(0);
         self.pred_hint = None;
+        // Every node it names is gone (it left while its answer was on the way): nothing to
+        // learn from it.
+        if list.is_empty() {
+            return;
+        }
+        let pred = list.remove(0);
         if self.predecessor.map(|p| p.addr) != Some(pred.addr) {
             // A nearer member we did not know of. One that is down (or any, when we know no
             // predecessor) is ours at once: its range is not ours, and no handoff can happen.

@@ -263,8 +263,14 @@ impl Node {
         }
         let write_timeout = self.config.write_hop_timeout_ms();
         let read_timeout = self.config.rpc_timeout_ms;
+        let max_hops = self.config.max_hops;
         let op = self.client.ops.get_mut(&id).expect("op present"); // faulty code
-        op.hops += 1;
+                                                                    // Owners that redirect to each other (views that disagree during a partition) must
+                                                                    // not bounce an operation for ever: an attempt has at most `max_hops` hops.
+        if op.attempt_hops >= max_hops {
+            return self.retry_op_later(now, id);
+        }
+        op.hops = op.hops.saturating_add(1);
         op.attempt_hops += 1;
         let msg = op.message.clone();
         let flags = if failover {
@@ -296,7 +302,7 @@ impl Node {
             return self.retry_op_later(now, id);
         }
         op.asked.push(node.addr);
-        op.hops += 1;
+        op.hops = op.hops.saturating_add(1);
         op.attempt_hops += 1;
         op.asking = Some(node);
         op.named_by = named_by;
@@ -316,7 +322,7 @@ impl Node {
         if op.attempt_hops >= max_hops {
             return self.retry_op_later(now, id);
         }
-        op.hops += 1;
+        op.hops = op.hops.saturating_add(1);
         op.attempt_hops += 1;
         op.asking = None;
         op.named_by = None;
