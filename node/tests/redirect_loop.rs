@@ -18,9 +18,11 @@ fn node_ref(port: u16) -> NodeRef {
 #[test]
 fn owners_that_redirect_to_each_other_do_not_bounce_an_operation_for_ever() {
     let (a, b, c) = (node_ref(7001), node_ref(7002), node_ref(7003));
-    let mut config = Config::default();
-    config.partition_policy = PartitionPolicy::Available;
-    config.replicas = 0;
+    let config = Config {
+        partition_policy: PartitionPolicy::Available,
+        replicas: 0,
+        ..Config::default()
+    };
     let max_hops = config.max_hops as usize;
     let mut entry = Node::new(a, config, 0);
     // A ring of three, as `a` sees it.
