@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use chordkv_protocol::{in_open, ErrorCode, Message, NodeRef};
 
+use super::maintenance::LookupPurpose;
 use super::node::{Millis, Node, ReplyTo};
 use super::rpc::RpcKind;
 use super::timer::Timer;
@@ -165,8 +166,8 @@ impl Node {
     /// A probed node answered: it is back. `available`: adopt it (or a node it names) as our
     /// successor when it lies between us and our successor.
     pub(super) fn on_probe_reply(&mut self, now: Millis, from: SocketAddr, msg: Message) {
-        let back = self.live.departed.remove(&from);
         if self.config.is_consistent() {
+            self.live.departed.remove(&from);
             return;
         }
         let Message::Neighbors {
@@ -179,28 +180,52 @@ impl Node {
             return;
         };
         self.learn_gone(now, &gone);
-        let mut candidates: Vec<NodeRef> = back.map(|d| d.node).into_iter().collect();
+        let back = self.live.departed.get(&from).map(|d| d.node);
+        let mut candidates: Vec<NodeRef> = back.into_iter().collect();
         candidates.extend(predecessors);
         candidates.extend(successors);
+        if self.adopt_closer_successor(now, candidates) {
+            self.live.departed.remove(&from);
+            return;
+        }
+        // None of the nodes it names lies between us and our successor. Its ring may still
+        // hold one there (two rings interleave on the circle): ask it where our successor is,
+        // a lookup of our own id through it (Chord ToN 2003, ring unification). The node
+        // stays departed (and probed) until that shows it is in our ring.
+        let asking = self
+            .lookups
+            .pending
+            .values()
+            .any(|l| l.purpose == LookupPurpose::Merge(from));
+        if !asking {
+            self.lookup_own_id(now, from, LookupPurpose::Merge(from));
+        }
+    }
+
+    /// `available`: adopts the candidate nearest after us as our successor if it lies between
+    /// us and our current successor (a node of another ring, or one we had lost); returns
+    /// whether it did. The node that named the candidates vouches for them: they may still be
+    /// in our list of peers that stopped answering, from before a heal.
+    pub(super) fn adopt_closer_successor(&mut self, now: Millis, candidates: Vec<NodeRef>) -> bool {
         let me = self.me;
         let succ = self.routing.successors().first().copied();
         let closer = candidates
             .into_iter()
-            // The node that answered vouches for the nodes it names: they may still be in our
-            // list of peers that stopped answering, from before the heal.
             .filter(|n| n.addr != me.addr && !self.live.gone.contains_key(&n.addr))
             .filter(|n| succ.is_none_or(|s| in_open(&n.id, &me.id, &s.id)))
             .min_by_key(|n| me.id.distance_limbs(&n.id));
-        if let Some(n) = closer {
-            self.live.dead.remove(&n.addr);
-            self.stats.ring_merges += 1;
-            let mut list = vec![n];
-            list.extend_from_slice(self.routing.successors());
-            self.routing.set_successors(list, self.config.successors);
-            self.succ_wrapped = false;
-            self.remember_seed(n.addr);
-            self.timers.set(Timer::Stabilize, now);
-        }
+        let Some(n) = closer else {
+            return false;
+        };
+        self.live.dead.remove(&n.addr);
+        self.stats.ring_merges += 1;
+        let mut list = vec![n];
+        list.extend_from_slice(self.routing.successors());
+        self.routing.set_successors(list, self.config.successors);
+        self.succ_wrapped = false;
+        self.remember_seed(n.addr);
+        self.timers.set(Timer::Stabilize, now);
+        true
     }
 
     pub(super) fn expire_dead(&mut self, now: Millis) {

@@ -26,6 +26,10 @@ pub(super) enum LookupPurpose {
     /// A node left alone after losing every peer looks for its successor again.
     Rejoin,
     Finger(usize),
+    /// `available`: a departed node answered a probe but named nobody between us and our
+    /// successor; its ring is asked where our successor is (a lookup of our own id through
+    /// it): ring unification, Chord ToN 2003.
+    Merge(SocketAddr),
 }
 
 /// Maintenance lookups in flight, and where `fix_fingers` is.
@@ -528,6 +532,17 @@ impl Node {
                 let owner = successors.into_iter().next().filter(|n| n.addr != self.me.addr);
                 self.routing.set_finger(i, owner);
             }
+            LookupPurpose::Merge(via) => {
+                let me = self.me.addr;
+                let succ = self.routing.successors().first().map(|n| n.addr);
+                let first = successors.iter().find(|n| n.addr != me).map(|n| n.addr);
+                if self.adopt_closer_successor(now, successors) {
+                    self.live.departed.remove(&via);
+                } else if first.is_none() || first == succ {
+                    // Its ring puts our own successor after us: one ring already.
+                    self.live.departed.remove(&via);
+                }
+            }
         }
     }
 
@@ -539,6 +554,7 @@ impl Node {
             LookupPurpose::Join => self.retry_join(now),
             LookupPurpose::Rejoin => {}
             LookupPurpose::Finger(_) => self.lookups.finger_busy = false,
+            LookupPurpose::Merge(_) => {}
         }
     }
 

@@ -222,7 +222,9 @@ impl Node {
                     return;
                 }
                 match (lookup.purpose, self.route(&lookup.target)) {
-                    (LookupPurpose::Join | LookupPurpose::Rejoin, _) => self.fail_lookup(now, id),
+                    (LookupPurpose::Join | LookupPurpose::Rejoin | LookupPurpose::Merge(_), _) => {
+                        self.fail_lookup(now, id)
+                    }
                     (_, Route::Closer(c)) => {
                         let msg = Message::FindSuccessor { id: lookup.target };
                         self.send_rpc(now, c.addr, msg, RpcKind::Lookup(id), 0);
