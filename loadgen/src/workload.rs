@@ -13,7 +13,7 @@
 //! value_bytes: { min: 64, max: 256 }   # or a fixed size: `value_bytes: 100`
 //! mix: { get: 0.9, put: 0.1 }
 //! distribution: { zipfian: { theta: 0.99 } }   # or `distribution: uniform`
-//! cluster: { nodes: 8, replicas: 2 }
+//! cluster: { nodes: 8, replicas: 2 }        # any `chordkv node` option: NodeOptions
 //! faults:                                      # see [`Fault`]; local cluster only
 //!   - { at_s: 5, action: kill, count: 2 }
 //!   - { at_s: 7, action: partition, groups: [[0, 1, 2, 3, 4], [5, 6, 7]], duration_s: 2 }
