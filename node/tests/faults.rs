@@ -312,8 +312,10 @@ fn available_policy_returns_only_written_values_and_the_ring_converges() {
     // Seed 599: a node restarted during a partition leaves two rings that interleave on the
     // circle; no probed node names one of the other ring's nodes as a closer successor, so
     // the merge needs a lookup through the other ring (1 of the 5 in 2,000 long-mode seeds
-    // that ended with two rings before it).
-    for seed in seeds(&[1, 2, 599]) {
+    // that ended with two rings before it). Seed 574: that lookup's answer names our own
+    // successor (the other side's tables still list our nodes), which does not prove one
+    // ring: the departed node must stay probed.
+    for seed in seeds(&[1, 2, 574, 599]) {
         let o = run(seed, &FaultKind::ALL, PartitionPolicy::Available);
         if o.report.unexpected > 0 || o.ring.is_some() {
             failed.push(o.details());

@@ -135,9 +135,17 @@ impl Node {
     /// nodes that went away and keep probing them; stabilize then zips the rings together).
     pub(super) fn probe_departed(&mut self, now: Millis) {
         let ttl = self.config.departed_ttl_ms();
+        // One that is our neighbour again is back in our ring: no need to probe it.
+        let neighbours: BTreeSet<SocketAddr> = self
+            .routing
+            .successors()
+            .iter()
+            .chain(self.predecessor.iter())
+            .map(|n| n.addr)
+            .collect();
         self.live
             .departed
-            .retain(|_, d| now.saturating_sub(d.since) < ttl);
+            .retain(|a, d| now.saturating_sub(d.since) < ttl && !neighbours.contains(a));
         let mut due: Vec<(Millis, SocketAddr)> = self
             .live
             .departed

@@ -533,13 +533,10 @@ impl Node {
                 self.routing.set_finger(i, owner);
             }
             LookupPurpose::Merge(via) => {
-                let me = self.me.addr;
-                let succ = self.routing.successors().first().map(|n| n.addr);
-                let first = successors.iter().find(|n| n.addr != me).map(|n| n.addr);
+                // Merged: `via`'s ring is ours now. Otherwise it stays departed, and probed
+                // until it is a neighbour again or `departed_ttl_ms` passes: its answer alone
+                // cannot tell one ring from two (its tables may still name our nodes).
                 if self.adopt_closer_successor(now, successors) {
-                    self.live.departed.remove(&via);
-                } else if first.is_none() || first == succ {
-                    // Its ring puts our own successor after us: one ring already.
                     self.live.departed.remove(&via);
                 }
             }
