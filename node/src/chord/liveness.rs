@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use chordkv_protocol::{in_open, ErrorCode, Message, NodeRef};
 
 use super::maintenance::LookupPurpose;
-use super::node::{Millis, Node, ReplyTo};
+use super::node::{Millis, Node, Phase, ReplyTo};
 use super::rpc::RpcKind;
 use super::timer::Timer;
 
@@ -189,6 +189,25 @@ impl Node {
         };
         self.learn_gone(now, &gone);
         let back = self.live.departed.get(&from).map(|d| d.node);
+        // Its ring, from it onwards: the node of that ring that should have us as its
+        // predecessor (we lie between it and the node before it) is told so, the other
+        // direction of the merge (its stabilize then zips the rings together).
+        if let Some(x) = back {
+            let me = self.me;
+            let run: Vec<NodeRef> = std::iter::once(x).chain(successors.iter().copied()).collect();
+            let after = run
+                .windows(2)
+                .find(|w| in_open(&me.id, &w[0].id, &w[1].id) && w[1].addr != me.addr)
+                .map(|w| w[1]);
+            if let Some(b) = after {
+                let msg = Message::Notify {
+                    node: me,
+                    incarnation: self.config.incarnation,
+                    active: self.phase == Phase::Active,
+                };
+                self.send_rpc(now, b.addr, msg, RpcKind::Notify, 0);
+            }
+        }
         let mut candidates: Vec<NodeRef> = back.into_iter().collect();
         candidates.extend(predecessors);
         candidates.extend(successors);
