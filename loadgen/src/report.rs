@@ -244,25 +244,13 @@ pub fn git_commit() -> Option<String> {
     (!commit.is_empty()).then_some(commit)
 }
 
-/// `(compact, iso)` UTC timestamps of `t`: `20261124T215800Z` and `2026-11-24T21:58:00Z`.
+/// `(compact, iso)` UTC timestamps of `t`, to the second: `20261124T215800Z` and
+/// `2026-11-24T21:58:00Z` (RFC 3339). Times before 1970 read as 1970-01-01T00:00:00Z.
 pub fn utc_timestamps(t: SystemTime) -> (String, String) {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    (
-        format!("{y:04}{mo:02}{d:02}T{h:02}{m:02}{s:02}Z"),
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z"),
-    )
+    let t = t.max(UNIX_EPOCH);
+    let iso = humantime::format_rfc3339_seconds(t).to_string();
+    let compact = iso.replace(['-', ':'], "");
+    (compact, iso)
 }
 
 fn round3(x: f64) -> f64 {
