@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use chordkv_protocol::{in_open, ErrorCode, Message, NodeRef};
 
 use super::maintenance::LookupPurpose;
-use super::node::{Millis, Node, Phase, ReplyTo};
+use super::node::{Millis, Node, ReplyTo};
 use super::rpc::RpcKind;
 use super::timer::Timer;
 
@@ -200,11 +200,7 @@ impl Node {
                 .find(|w| in_open(&me.id, &w[0].id, &w[1].id) && w[1].addr != me.addr)
                 .map(|w| w[1]);
             if let Some(b) = after {
-                let msg = Message::Notify {
-                    node: me,
-                    incarnation: self.config.incarnation,
-                    active: self.phase == Phase::Active,
-                };
+                let msg = self.notify_message();
                 self.send_rpc(now, b.addr, msg, RpcKind::Notify, 0);
             }
         }

@@ -56,11 +56,7 @@ impl Node {
                     self.routing.set_successors([p], self.config.successors);
                     // A ring of two: its successor is us.
                     self.succ_wrapped = true;
-                    let msg = Message::Notify {
-                        node: self.me,
-                        incarnation: self.config.incarnation,
-                        active: self.phase == Phase::Active,
-                    };
+                    let msg = self.notify_message();
                     self.send_rpc(now, p.addr, msg, RpcKind::Notify, 0);
                 } else {
                     self.try_rejoin(now);
@@ -93,6 +89,15 @@ impl Node {
             self.probe_down_members(now);
         } else {
             self.probe_departed(now);
+        }
+    }
+
+    /// `NOTIFY`: we may be the receiver's predecessor (SIGCOMM'01 Fig. 6).
+    pub(super) fn notify_message(&self) -> Message {
+        Message::Notify {
+            node: self.me,
+            incarnation: self.config.incarnation,
+            active: self.phase == Phase::Active,
         }
     }
 
@@ -167,11 +172,7 @@ impl Node {
             .copied();
         if let Some(s) = first_live {
             if self.phase != Phase::Leaving {
-                let msg = Message::Notify {
-                    node: self.me,
-                    incarnation: self.config.incarnation,
-                    active: self.phase == Phase::Active,
-                };
+                let msg = self.notify_message();
                 self.send_rpc(now, s.addr, msg, RpcKind::Notify, 0);
             }
         }
