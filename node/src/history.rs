@@ -132,6 +132,19 @@ impl<K: Clone + Eq + Hash + Debug> History<K> {
         });
     }
 
+    /// Judges the acknowledged write `id` of `key` as one that may or may not have taken
+    /// effect (the faults destroyed every copy of it). Returns whether it was acknowledged.
+    pub fn unacknowledge(&mut self, key: &K, id: u64) -> bool {
+        let Some(w) = self
+            .writes
+            .get_mut(key)
+            .and_then(|ws| ws.iter_mut().find(|w| w.id == id))
+        else {
+            return false;
+        };
+        std::mem::replace(&mut w.acked, false)
+    }
+
     /// Records a successful read of `key` that returned the value of write `found` (`None`:
     /// not found).
     pub fn read(&mut self, key: K, invoke: Time, complete: Time, found: Option<u64>) {

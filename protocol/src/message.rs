@@ -343,15 +343,22 @@ pub enum Message {
         applied: u32,
     },
     /// Anti-entropy, step 1: digests of `digests.len()` equal sub-ranges of the ring range
-    /// `(start, end]` (as `Id::split_range` splits it).
+    /// `(start, end]` (as `Id::split_range` splits it). `holder_ms`: 0, or the sender holds a
+    /// caught-up lease on the range (partition policy `consistent`) and took the digests after
+    /// this time (milliseconds, its clock); a receiver whose digests all match, and that lost
+    /// its copies earlier, holds every acknowledged write of the range again (it is *trusted*).
     SyncDigests {
         start: Id,
         end: Id,
         digests: Vec<u64>,
+        holder_ms: u64,
     },
-    /// The indices of the sub-ranges whose digests differ on the receiver.
+    /// The indices of the sub-ranges whose digests differ on the receiver. `trusted`: the
+    /// receiver's copy of the range holds every write it acknowledged (false from the time it
+    /// lost its store until a caught-up holder's digests matched its own).
     SyncDigestsReply {
         differing: Vec<u32>,
+        trusted: bool,
     },
     /// Anti-entropy, step 2: the sender's `(key, version)` list for the ring range `(start, end]`.
     SyncKeys {

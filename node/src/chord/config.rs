@@ -232,6 +232,12 @@ pub struct Config {
     /// its start time): a successor that sees a new incarnation of its predecessor hands the
     /// range over again instead of taking the restarted node for the one it knew.
     pub incarnation: u64,
+    /// Whether the store opened holding this node's data from an earlier run (a Redis store
+    /// with the marker of an earlier open). When false and the ring still lists this node as a
+    /// member (`consistent`: it restarted), the writes it acknowledged before are gone, so its
+    /// copies count as untrusted until refilled (`trust.rs`). A node joining for the first
+    /// time, or creating a ring, acknowledged nothing and is trusted either way.
+    pub store_kept_copies: bool,
 }
 
 impl Default for Config {
@@ -268,6 +274,7 @@ impl Config {
             leave_timeout_ms: 30_000,
             seed: 0,
             incarnation: 0,
+            store_kept_copies: false,
         }
     }
 

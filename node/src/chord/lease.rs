@@ -30,9 +30,11 @@
 //!   through the bound `max_clock_offset_ms` and a drift margin (`DRIFT_MARGIN_PER_MILLE`).
 //! - **Catching up.** A holder that gains a lease it did not hold a moment before (after a
 //!   start, a restart, a pause, a partition, or as a stand-in) first synchronises the range with
-//!   the members that granted it (anti-entropy, `sync.rs`). They and it are a majority, so they
-//!   hold every write acknowledged by any earlier holder (writes are acknowledged only once a
-//!   majority stored them). Only then does it serve, so it never answers from a stale copy.
+//!   the other members of its preference list (anti-entropy, `sync.rs`). Writes are
+//!   acknowledged only once a majority stored them, so the grantors and it, a majority, hold
+//!   every write acknowledged by any earlier holder, as long as no copy lost its store; copies
+//!   that did are *untrusted*, and the catch-up waits for enough trusted ones (`trust.rs`).
+//!   Only then does it serve, so it never answers from a stale copy.
 //!
 //! Under the partition policy `available` there are no leases: the live ring serves.
 
@@ -255,7 +257,7 @@ impl Node {
             return;
         }
         let others: Vec<NodeRef> = pref.iter().copied().filter(|n| n.addr != me.addr).collect();
-        let needed = (pref.len() / 2 + 1).saturating_sub(1);
+        let needed = (self.copies_of(&pref) / 2 + 1).saturating_sub(1);
         let id = self.leases.next_round;
         self.leases.next_round += 1;
         let h = self.leases.held.get_mut(&primary.id).expect("entry made above"); // faulty code
@@ -374,6 +376,10 @@ impl Node {
             if !continuous {
                 h.caught_up = false;
                 h.problem = Some("catching up with the other copies".to_string());
+                // A catch-up still in flight began before this lease: what it read may predate
+                // writes of the holder before us (read before a pause, answered late). Start
+                // over; its result is ignored when it ends.
+                h.catch_up = None;
             }
             let start_catch_up = !h.caught_up && h.catch_up.is_none();
             if start_catch_up {
@@ -401,14 +407,16 @@ impl Node {
         }
     }
 
-    /// A catch-up round ended; `ok`: a majority (with us) is synchronised.
-    /// `store_error`: a store's error (ours, or a copy's), when a step failed on it.
+    /// A catch-up round ended; `ok`: enough trusted copies are synchronised with us
+    /// (`trust.rs`). `store_error`: a store's error (ours, or a copy's), when a step failed on
+    /// it; `why`: why it failed otherwise.
     pub(super) fn on_catch_up_done(
         &mut self,
         primary: Id,
         round: u64,
         ok: bool,
         store_error: Option<String>,
+        why: Option<String>,
     ) {
         let Some(h) = self.leases.held.get_mut(&primary) else {
             return;
@@ -422,7 +430,8 @@ impl Node {
             h.caught_up = true;
             h.problem = None;
         } else {
-            h.problem = Some("catching up failed: the other copies did not all answer".to_string());
+            h.problem =
+                Some(why.unwrap_or_else(|| "catching up failed: a store operation failed".to_string()));
         }
     }
 

@@ -480,6 +480,12 @@ impl Node {
         self.bootstrap = None;
         self.timers.stop(Timer::JoinRetry);
         self.stats.rejoined_as_member += 1;
+        if !self.config.store_kept_copies {
+            // A member back on an empty store: what it acknowledged before is gone, so its
+            // copies vouch for nothing until refilled (`trust.rs`). A node joining for the
+            // first time acknowledged nothing and is trusted.
+            self.trust.lose(now);
+        }
         self.timers.set(Timer::Stabilize, now);
         self.timers.set(Timer::CheckPredecessor, now);
         self.stabilize(now);

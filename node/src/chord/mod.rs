@@ -68,6 +68,7 @@ mod stats;
 mod store_wait;
 mod sync;
 mod timer;
+mod trust;
 
 use std::net::SocketAddr;
 
@@ -117,6 +118,7 @@ impl Node {
         if self.config.replicas > 0 {
             self.watch_replica_set(now);
             if self.timers.is_due(Timer::AntiEntropy, now) {
+                self.settle_trust();
                 // A round that cannot start now (one is running, a range is arriving) is
                 // retried at the next stabilize period, so a change of replicas during a round
                 // is not left for the next full interval.
@@ -282,9 +284,12 @@ impl Node {
                 );
             }
             Message::Replicate { items } => self.handle_replicate(now, reply_to, rid, items),
-            Message::SyncDigests { start, end, digests } => {
-                self.handle_sync_digests(now, reply_to, rid, start, end, digests)
-            }
+            Message::SyncDigests {
+                start,
+                end,
+                digests,
+                holder_ms,
+            } => self.handle_sync_digests(now, reply_to, rid, (start, end), digests, holder_ms),
             Message::SyncKeys { start, end, keys } => {
                 self.handle_sync_keys(now, reply_to, rid, start, end, keys)
             }

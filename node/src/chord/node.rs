@@ -23,6 +23,7 @@ use super::rpc::Rpcs;
 use super::stats::Stats;
 use super::store_wait::StoreOps;
 use super::timer::{Timer, Timers};
+use super::trust::Trust;
 use crate::rng::Rng;
 use crate::store::StoreOp;
 
@@ -100,6 +101,8 @@ pub struct Node {
     pub(super) live: Liveness,
     /// Leases held and promised (partition policy `consistent`, `lease.rs`).
     pub(super) leases: Leases,
+    /// Which of our copies hold every write we acknowledged (`trust.rs`).
+    pub(super) trust: Trust,
     /// One-hop routing's membership table (`None` for finger routing).
     pub(super) members: Option<Membership>,
     pub(super) onehop: Dissemination,
@@ -159,6 +162,7 @@ impl Node {
             },
             live: Liveness::default(),
             leases: Leases::default(),
+            trust: Trust::default(),
             out: VecDeque::new(),
             stats: Stats::default(),
             config,

@@ -150,6 +150,21 @@ impl Node {
         v
     }
 
+    /// How many copies a range whose preference list we see as `pref` has: `replicas + 1`, or
+    /// fewer only when the ring is known to be that small (we are alone, or our successor list
+    /// reaches around the ring back to us). A list shorter than that in a view still catching
+    /// up (a node just restarted, its successor list not refilled) does not shrink the
+    /// majorities of leases and writes, nor the trusted copies a catch-up needs.
+    pub(super) fn copies_of(&self, pref: &[NodeRef]) -> usize {
+        let full = self.config.replicas + 1;
+        let ring_is_small = self.routing.successors().is_empty() || self.succ_wrapped;
+        if ring_is_small {
+            pref.len().min(full)
+        } else {
+            full.max(pref.len())
+        }
+    }
+
     /// The preference list of `primary`'s range as this node sees it: `primary` and the next
     /// `replicas` members (fewer in a smaller ring), nearest first. `None` when `primary` is
     /// neither this node nor one of the predecessors whose ranges it keeps copies of.

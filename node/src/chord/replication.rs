@@ -101,7 +101,8 @@ impl Node {
                 .copied()
                 .filter(|n| n.addr != self.me.addr && !self.is_dead(&n.addr))
                 .collect();
-            (others, pref.len() / 2, pref.len())
+            let copies = self.copies_of(&pref);
+            (others, copies / 2, copies)
         } else {
             (self.replica_targets(), 0, 1 + self.config.replicas)
         };

@@ -102,6 +102,7 @@ impl Node {
         }
         // Without replicas there is nothing to refill from: what is gone is gone.
         self.repl.store_lost = self.config.replicas > 0;
+        self.trust.lose(now);
         self.leases.invalidate_catch_up();
         self.timers.bring_forward(Timer::AntiEntropy, now);
     }

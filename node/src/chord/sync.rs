@@ -31,6 +31,7 @@ use super::node::{Millis, Node, Phase, ReplyTo};
 use super::rpc::RpcKind;
 use super::store_wait::StoreWait;
 use super::timer::Timer;
+use super::trust::catch_up_quorum;
 use crate::store::{StoreError, StoreOp, StoreOutcome};
 
 /// Why a round runs.
@@ -60,6 +61,13 @@ pub(super) struct SyncRound {
     /// Whether every other member of the range's preference list is a target (under
     /// `consistent`, members presumed down count): only then may tombstones be collected.
     pub complete: bool,
+    /// Members in the range's preference list, us included (a catch-up's `n`, `trust.rs`).
+    pub copies: usize,
+    /// Targets that said their copy is trusted, and that it is not (`trust.rs`).
+    pub trusted: BTreeSet<SocketAddr>,
+    pub untrusted: BTreeSet<SocketAddr>,
+    /// When the round started (our clock, ms).
+    pub started_ms: Millis,
     /// Store ops and requests of the round not finished yet.
     pub outstanding: usize,
     /// Differing sub-ranges found, failed exchanges included.
@@ -88,11 +96,15 @@ pub(super) enum SyncWait {
     Repaired { round: u64 },
     /// Primary: collected tombstones at the end of a clean round.
     Collected,
-    /// Replica: our digests, to compare with the primary's.
+    /// Replica: our digests of `(start, end]`, to compare with the primary's (taken at
+    /// `holder_ms` by a caught-up holder, or 0).
     AnswerDigests {
         to: ReplyTo,
         request_id: u64,
+        start: Id,
+        end: Id,
         theirs: Vec<u64>,
+        holder_ms: Millis,
     },
     /// Replica: our key-version list, to compare with the primary's.
     AnswerKeys {
@@ -174,6 +186,10 @@ impl Node {
                 local_failed: false,
                 store_error: None,
                 complete,
+                copies: 0,
+                trusted: BTreeSet::new(),
+                untrusted: BTreeSet::new(),
+                started_ms: now,
                 start,
                 end,
                 targets,
@@ -193,13 +209,27 @@ impl Node {
         true
     }
 
-    /// Starts the catch-up of a lease just gained on `primary`'s range: a round with the
-    /// members that granted it (with us, a majority of the range's preference list).
+    /// Starts the catch-up of a lease just gained on `primary`'s range: a round with every
+    /// other member of the range's preference list not presumed down. It completes when the
+    /// trusted copies among them (and ours, if trusted) are enough to meet every acknowledged
+    /// write (`trust.rs`); the lease's grantors are a majority with us, enough while no copy
+    /// was lost.
     pub(super) fn start_catch_up(&mut self, now: Millis, primary: Id) {
         let Some(h) = self.leases.held(&primary) else {
             return;
         };
-        let targets = h.grantors.clone();
+        let pref = self.preference_list(&h.primary).unwrap_or_else(|| vec![self.me]);
+        let copies = self.copies_of(&pref);
+        let mut targets: Vec<NodeRef> = pref
+            .into_iter()
+            .filter(|n| n.addr != self.me.addr && !self.is_dead(&n.addr))
+            .collect();
+        // Grantors answered a moment ago: they are alive whatever our failure detector says.
+        for g in &h.grantors {
+            if !targets.iter().any(|t| t.addr == g.addr) && g.addr != self.me.addr {
+                targets.push(*g);
+            }
+        }
         let (start, end) = (h.start, h.primary.id);
         let id = self.repl.next_sync_id;
         self.repl.next_sync_id += 1;
@@ -207,8 +237,11 @@ impl Node {
             h.catch_up = Some(id);
         }
         if targets.is_empty() {
-            // A preference list of one: nothing to catch up with.
-            return self.on_catch_up_done(primary, id, true, None);
+            // Nobody to catch up with: enough only when our own copy is (a list of one).
+            let need = catch_up_quorum(copies, usize::from(!self.trust.trusts(&start, &end)));
+            let ok = need <= usize::from(self.trust.trusts(&start, &end));
+            let why = (!ok).then(|| "no other copy of the range is reachable".to_string());
+            return self.on_catch_up_done(primary, id, ok, None, why);
         }
         self.repl.syncs.insert(
             id,
@@ -222,6 +255,10 @@ impl Node {
                 local_failed: false,
                 store_error: None,
                 complete: false,
+                copies,
+                trusted: BTreeSet::new(),
+                untrusted: BTreeSet::new(),
+                started_ms: now,
                 outstanding: 1,
                 differences: 0,
                 repaired: 0,
@@ -256,12 +293,36 @@ impl Node {
         self.stats.anti_entropy_last_round_repaired = r.repaired;
         self.stats.anti_entropy_keys_repaired += r.repaired;
         if let SyncPurpose::CatchUp { primary } = r.purpose {
-            let answered = r.targets.len() - r.failed.len().min(r.targets.len());
-            let ok = !r.local_failed && answered == r.targets.len();
-            if ok && primary == self.me.id {
-                self.repl.store_lost = false;
+            // Enough trusted copies answered in full to meet every acknowledged write.
+            let own = self.trust.trusts(&r.start, &r.end);
+            let trusted = r.trusted.iter().filter(|a| !r.failed.contains(*a)).count() + usize::from(own);
+            let need = catch_up_quorum(r.copies, r.untrusted.len() + usize::from(!own));
+            let ok = !r.local_failed && trusted >= need;
+            if ok {
+                if primary == self.me.id {
+                    self.repl.store_lost = false;
+                }
+                if self.trust.lost_at().is_some_and(|at| r.started_ms > at) {
+                    self.trust.refilled(r.start, r.end);
+                }
             }
-            return self.on_catch_up_done(primary, r.id, ok, r.store_error);
+            let why = (!ok && !r.local_failed).then(|| {
+                let mut why =
+                    format!("catching up failed: {trusted} of the {need} trusted copies needed answered");
+                if !own {
+                    why.push_str(" (this node lost its copies and is not refilled yet)");
+                }
+                if !r.untrusted.is_empty() {
+                    let list: Vec<String> = r.untrusted.iter().map(|a| a.to_string()).collect();
+                    why.push_str(&format!(", untrusted (lost their copies): {}", list.join(" ")));
+                }
+                if !r.failed.is_empty() {
+                    let list: Vec<String> = r.failed.iter().map(|a| a.to_string()).collect();
+                    why.push_str(&format!(", did not answer in full: {}", list.join(" ")));
+                }
+                why
+            });
+            return self.on_catch_up_done(primary, r.id, ok, r.store_error, why);
         }
         if r.failed.is_empty() && !r.local_failed {
             // Our range is as complete as our replicas' copies: refilled after a loss.
@@ -331,6 +392,7 @@ impl Node {
         }
         match wait {
             SyncWait::RoundDigests { round } => {
+                let holder_ms = self.holder_ms(round);
                 if let (Ok(StoreOutcome::Digest(digests)), Some(r)) = (result, self.round_mut(round)) {
                     let (start, end, targets) = (r.start, r.end, r.targets.clone());
                     r.outstanding += targets.len();
@@ -339,6 +401,7 @@ impl Node {
                             start,
                             end,
                             digests: digests.clone(),
+                            holder_ms,
                         };
                         self.send_rpc(now, t.addr, msg, RpcKind::SyncDigests(round), 0);
                     }
@@ -415,11 +478,14 @@ impl Node {
             SyncWait::AnswerDigests {
                 to,
                 request_id,
+                start,
+                end,
                 theirs,
+                holder_ms,
             } => {
                 let msg = match result {
                     Ok(StoreOutcome::Digest(mine)) => {
-                        let differing = if mine.len() == theirs.len() {
+                        let differing: Vec<u32> = if mine.len() == theirs.len() {
                             (0..mine.len())
                                 .filter(|&j| mine[j] != theirs[j])
                                 .map(|j| j as u32)
@@ -427,7 +493,17 @@ impl Node {
                         } else {
                             (0..theirs.len() as u32).collect()
                         };
-                        Message::SyncDigestsReply { differing }
+                        // A caught-up holder took these digests after we lost our copies, and
+                        // ours match: we hold all it holds, every acknowledged write.
+                        let after_loss = self
+                            .trust
+                            .lost_at()
+                            .is_some_and(|at| holder_ms > at.saturating_add(self.config.max_clock_offset_ms));
+                        if differing.is_empty() && after_loss {
+                            self.trust.refilled(start, end);
+                        }
+                        let trusted = self.trust.trusts(&start, &end);
+                        Message::SyncDigestsReply { differing, trusted }
                     }
                     _ => store_error(result.err()),
                 };
@@ -505,10 +581,15 @@ impl Node {
 
     /// Primary: a replica's answer to our digests.
     pub(super) fn on_sync_digests_reply(&mut self, now: Millis, round: u64, from: SocketAddr, msg: Message) {
-        let Message::SyncDigestsReply { differing } = msg else {
+        let Message::SyncDigestsReply { differing, trusted } = msg else {
             return self.sync_reply_refused(now, round, from, &msg);
         };
         if let Some(r) = self.round_mut(round) {
+            if trusted {
+                r.trusted.insert(from);
+            } else {
+                r.untrusted.insert(from);
+            }
             let bounds = Id::split_range(&r.start, &r.end, ANTI_ENTROPY_PARTS);
             let start = r.start;
             r.differences += differing.len();
@@ -587,9 +668,9 @@ impl Node {
         now: Millis,
         to: ReplyTo,
         rid: u64,
-        start: Id,
-        end: Id,
+        (start, end): (Id, Id),
         digests: Vec<u64>,
+        holder_ms: Millis,
     ) {
         // A primary counts on us as a replica of (start, end]: keep those copies.
         match self.repl.declared.iter_mut().find(|d| d.0 == start && d.1 == end) {
@@ -600,7 +681,10 @@ impl Node {
         let wait = SyncWait::AnswerDigests {
             to,
             request_id: rid,
+            start,
+            end,
             theirs: digests,
+            holder_ms,
         };
         self.store_op(StoreOp::Digest { start, end, parts }, StoreWait::Sync(wait));
     }
@@ -671,6 +755,36 @@ impl Node {
             StoreOp::RetainRanges { keep },
             StoreWait::Sync(SyncWait::StrayCollected),
         );
+    }
+
+    /// `SYNC_DIGESTS.holder_ms` for a round: its start time when it is a periodic round of a
+    /// primary whose lease on exactly that range is valid and caught up (`consistent`), else 0.
+    fn holder_ms(&self, round: u64) -> Millis {
+        let Some(r) = self.repl.syncs.get(&round) else {
+            return 0;
+        };
+        let now = r.started_ms;
+        let serves = self.leases.serves(&self.me.id, now)
+            && self.leases.held(&self.me.id).is_some_and(|h| h.start == r.start);
+        if r.purpose == SyncPurpose::Periodic && r.end == self.me.id && serves {
+            r.started_ms.max(1)
+        } else {
+            0
+        }
+    }
+
+    /// Forgets a loss of copies once every range this node keeps copies of (its own, and its
+    /// `replicas` predecessors' under `consistent`) is refilled (`trust.rs`).
+    pub(super) fn settle_trust(&mut self) {
+        if self.trust.lost_at().is_none() || self.predecessor.is_none() {
+            return;
+        }
+        let mut keep: Vec<(Id, Id)> = vec![self.primary_range()];
+        let preds = self.predecessors();
+        for w in preds.windows(2).take(self.config.replicas) {
+            keep.push((w[1].id, w[0].id));
+        }
+        self.trust.settle(&keep);
     }
 
     /// Brings the next round forward when the nodes that should hold our range changed.

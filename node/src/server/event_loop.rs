@@ -242,6 +242,8 @@ impl Server {
         if chord.incarnation == 0 {
             chord.incarnation = now;
         }
+        // A store that kept an earlier run's data still holds what this node acknowledged.
+        chord.store_kept_copies = store.kept_data();
         let mut node = Node::new(me, chord, now);
         let ring = match join.as_slice() {
             [] => "new ring".to_string(),

@@ -34,6 +34,7 @@
 //! fault schedules from a seed.
 
 pub mod clock;
+pub mod copies;
 pub mod lookup;
 mod network;
 pub mod oracle;
@@ -51,6 +52,7 @@ use crate::chord::{Config, Millis, Node, Output, ReplyTo};
 use crate::rng::Rng;
 use crate::store::{execute, MemoryStore, Store};
 pub use clock::NodeClock;
+use copies::CopyTracker;
 pub use network::CutMode;
 use network::{Links, Payload, Wire};
 
@@ -84,6 +86,9 @@ pub struct SimConfig {
     /// Print every store write of this key, with the node and time (debugging aid; also set
     /// by the `SIM_TRACE_KEY` environment variable).
     pub trace_key: Option<Bytes>,
+    /// Track which stores held each version, to tell writes the faults destroyed from writes
+    /// the system lost ([`Sim::destroyed_writes`]); off by default (it keeps every version).
+    pub track_copies: bool,
 }
 
 impl Default for SimConfig {
@@ -100,6 +105,7 @@ impl Default for SimConfig {
             clock_drift_ppm: 0,
             chord: Config::default(),
             trace_key: std::env::var("SIM_TRACE_KEY").ok().map(Bytes::from),
+            track_copies: false,
         }
     }
 }
@@ -208,6 +214,8 @@ pub struct Sim {
     /// Print every message to and from this node (debugging aid, `SIM_TRACE_NODE`).
     trace_node: Option<usize>,
     inputs: Option<Vec<Input>>,
+    /// Which stores held each version (when `track_copies`).
+    copies: Option<CopyTracker>,
 }
 
 /// The address of simulated node `i` (never dialled: the simulation routes by address).
@@ -218,6 +226,7 @@ pub fn sim_addr(i: usize) -> SocketAddr {
 
 impl Sim {
     pub fn new(config: SimConfig) -> Sim {
+        let track_copies = config.track_copies;
         Sim {
             rng: Rng::new(config.seed),
             config,
@@ -234,6 +243,7 @@ impl Sim {
             messages: 0,
             trace_node: std::env::var("SIM_TRACE_NODE").ok().and_then(|v| v.parse().ok()),
             inputs: None,
+            copies: track_copies.then(CopyTracker::default),
         }
     }
 
@@ -428,6 +438,20 @@ impl Sim {
     pub fn restart_through(&mut self, i: usize, via: &[usize], keep_store: bool) {
         let mut config = self.node_config(i);
         let now = self.node_now(i);
+        if !keep_store {
+            let wiped = std::mem::take(&mut self.nodes[i].store);
+            if let Some(copies) = self.copies.as_mut() {
+                // A majority of the key's `replicas + 1` copies.
+                let quorum = self.config.chord.replicas.div_ceil(2) + 1;
+                let others = self
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, n)| &n.store);
+                copies.wiped(&wiped, others, quorum);
+            }
+        }
         let n = &mut self.nodes[i];
         n.alive = true;
         n.exited = false;
@@ -436,12 +460,17 @@ impl Sim {
         n.incarnation += 1;
         // A restarted process is a new incarnation of the node (the server uses its start time).
         config.incarnation = n.incarnation;
+        // It knows whether its store came back with its data (`trust.rs`).
+        config.store_kept_copies = keep_store;
         n.tick_at = None;
-        if !keep_store {
-            n.store = MemoryStore::new();
-        }
         n.node = Node::new(NodeRef::from_addr(n.addr), config, now);
         self.join_through(i, via);
+    }
+
+    /// The `(key, version)` pairs whose every copy was wiped by restarts on empty stores after
+    /// they had reached a write quorum of stores (needs `track_copies`; see [`copies`]).
+    pub fn destroyed_writes(&self) -> &[(Bytes, u64)] {
+        self.copies.as_ref().map(|c| c.destroyed()).unwrap_or(&[])
     }
 
     /// Starts a graceful leave of node `i`.
@@ -880,7 +909,11 @@ impl Sim {
                     if let Some(key) = &self.config.trace_key {
                         self.trace_store_op(i, key, &op);
                     }
+                    let written = self.copies.as_ref().map(|_| CopyTracker::written_by(&op));
                     let result = execute(&self.nodes[i].store as &dyn Store, op);
+                    if let (Some(copies), Some(written)) = (self.copies.as_mut(), written) {
+                        copies.stored(i, &self.nodes[i].store, written);
+                    }
                     let clock = self.node_now(i);
                     self.log_input(i, clock, InputKind::StoreDone);
                     self.nodes[i].node.store_done(clock, id, result);

@@ -52,6 +52,8 @@ pub struct Counts {
     /// Final reads made, and those that failed every attempt (their keys are not judged).
     pub final_reads: u64,
     pub final_unavailable: u64,
+    /// Acknowledged writes the faults destroyed (every copy wiped, [`Recorder::excuse_destroyed`]).
+    pub writes_destroyed: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -82,6 +84,8 @@ pub struct Recorder {
     digest: Fnv,
     /// Every operation's outcome, one line each, per key (see [`Recorder::describe`]).
     log: BTreeMap<Bytes, Vec<String>>,
+    /// Acknowledged writes by key and version.
+    acked: BTreeMap<(Bytes, u64), u64>,
 }
 
 impl Default for Recorder {
@@ -115,6 +119,7 @@ impl Recorder {
             unavailable: Vec::new(),
             digest: Fnv::default(),
             log: BTreeMap::new(),
+            acked: BTreeMap::new(),
         }
     }
 
@@ -187,13 +192,15 @@ impl Recorder {
         );
         self.log.entry(p.key.clone()).or_default().push(line);
         match (p.op, reply) {
-            (Op::Put(id), Message::PutReply { .. }) => {
+            (Op::Put(id), Message::PutReply { version, .. }) => {
                 self.counts.puts_acked += 1;
+                self.acked.insert((p.key.clone(), version), id);
                 self.history_of(&p.key)
                     .write(p.key.clone(), id, false, p.invoke, at, true);
             }
-            (Op::Delete(id), Message::DeleteReply { .. }) => {
+            (Op::Delete(id), Message::DeleteReply { version, .. }) => {
                 self.counts.deletes_acked += 1;
+                self.acked.insert((p.key.clone(), version), id);
                 self.history_of(&p.key)
                     .write(p.key.clone(), id, true, p.invoke, at, true);
             }
@@ -303,6 +310,23 @@ impl Recorder {
                         .write(p.key.clone(), id, delete, p.invoke, Time::MAX, false);
                 }
                 Op::Get => {}
+            }
+        }
+    }
+
+    /// Judges the acknowledged writes among `destroyed` (`(key, version)`, from
+    /// [`crate::sim::Sim::destroyed_writes`]) as writes that may or may not have taken effect:
+    /// the faults wiped every copy of them, beyond what replication survives. Counted in
+    /// `writes_destroyed`, and noted in the key's history.
+    pub fn excuse_destroyed(&mut self, destroyed: &[(Bytes, u64)]) {
+        for (key, version) in destroyed {
+            let Some(&id) = self.acked.get(&(key.clone(), *version)) else {
+                continue;
+            };
+            if self.history_of(key).unacknowledge(key, id) {
+                self.counts.writes_destroyed += 1;
+                let line = format!("write {id} (v{version:x}): every copy wiped by the faults");
+                self.log.entry(key.clone()).or_default().push(line);
             }
         }
     }

@@ -227,6 +227,12 @@ pub trait Store: Send + Sync {
     fn loss_epoch(&self) -> u64 {
         0
     }
+    /// Whether the store opened holding the data of an earlier run (a node restarted on it
+    /// still holds the writes it acknowledged). The default, for stores that start empty with
+    /// every process, is false.
+    fn kept_data(&self) -> bool {
+        false
+    }
     /// Whether calls may block (network I/O): such a store runs on worker threads.
     fn is_blocking(&self) -> bool;
     /// A short name for logs and stats ("memory", "redis").

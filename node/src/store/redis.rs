@@ -337,6 +337,8 @@ pub struct RedisStore {
     losses: AtomicU64,
     /// Held while a loss is recorded and the marker written again.
     loss_lock: Mutex<()>,
+    /// Whether the marker of an earlier open was there when this one opened.
+    kept_data: bool,
     get_script: Script,
     len_script: Script,
     put_script: Script,
@@ -377,7 +379,7 @@ impl RedisStore {
         let shown = parsed.shown();
         let client = redis::Client::open(parsed.full())
             .map_err(|e| anyhow!("invalid store URL '{shown}': {}", describe(&e)))?;
-        let store = RedisStore {
+        let mut store = RedisStore {
             client,
             shown: shown.clone(),
             namespace: namespace.to_string(),
@@ -390,6 +392,7 @@ impl RedisStore {
             idle: Mutex::new(Vec::new()),
             losses: AtomicU64::new(0),
             loss_lock: Mutex::new(()),
+            kept_data: false,
             get_script: Script::new(&format!("{LUA_HELPERS}{LUA_GET}")),
             len_script: Script::new(&format!("{LUA_HELPERS}{LUA_LEN}")),
             put_script: Script::new(&format!("{LUA_HELPERS}{LUA_PUT}")),
@@ -413,6 +416,12 @@ impl RedisStore {
         if live.is_some_and(|n| n < 0) {
             bail!("{shown}: {} holds a negative count", store.keys.live);
         }
+        // The marker of an earlier open: this database kept that run's data.
+        let kept: bool = redis::cmd("EXISTS")
+            .arg(&store.keys.marker)
+            .query(&mut conn)
+            .map_err(|e| anyhow!("cannot read {} from {shown}: {}", store.keys.marker, describe(&e)))?;
+        store.kept_data = kept;
         // A store opened without its marker is not a loss to report: whatever it holds now is
         // what the node starts with.
         store
@@ -1022,6 +1031,10 @@ impl Store for RedisStore {
 
     fn loss_epoch(&self) -> u64 {
         self.losses.load(Ordering::SeqCst)
+    }
+
+    fn kept_data(&self) -> bool {
+        self.kept_data
     }
 
     fn is_blocking(&self) -> bool {

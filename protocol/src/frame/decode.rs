@@ -672,11 +672,18 @@ impl<'a> Reader<'a> {
                 let start = self.id()?;
                 let end = self.id()?;
                 let digests = self.list("digests", size_of::<u64>(), Self::u64)?;
-                done!(SyncDigests { start, end, digests })
+                let holder_ms = self.u64()?;
+                done!(SyncDigests {
+                    start,
+                    end,
+                    digests,
+                    holder_ms
+                })
             }
             opcode::SYNC_DIGESTS_REPLY => {
                 let differing = self.list("differing", size_of::<u32>(), Self::u32)?;
-                done!(SyncDigestsReply { differing })
+                let trusted = self.bool()?;
+                done!(SyncDigestsReply { differing, trusted })
             }
             opcode::SYNC_KEYS => {
                 let start = self.id()?;

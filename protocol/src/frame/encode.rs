@@ -475,12 +475,21 @@ fn write_message<S: Sink>(msg: &Message, out: &mut S) -> Result<(), S::Error> {
             out.bool(*accepted)
         }
         Replicate { items } => out.list("items", items, S::item),
-        SyncDigests { start, end, digests } => {
+        SyncDigests {
+            start,
+            end,
+            digests,
+            holder_ms,
+        } => {
             out.id(start)?;
             out.id(end)?;
-            out.list("digests", digests, |out, d| out.u64(*d))
+            out.list("digests", digests, |out, d| out.u64(*d))?;
+            out.u64(*holder_ms)
         }
-        SyncDigestsReply { differing } => out.list("differing", differing, |out, i| out.u32(*i)),
+        SyncDigestsReply { differing, trusted } => {
+            out.list("differing", differing, |out, i| out.u32(*i))?;
+            out.bool(*trusted)
+        }
         SyncKeys { start, end, keys } => {
             out.id(start)?;
             out.id(end)?;

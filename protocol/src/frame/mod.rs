@@ -108,7 +108,7 @@
 //!  0x20  Transfer                transfer_id u64 | start Id | end Id | items Vec<Item>
 //!                                | last bool | clock u64
 //!  0x21  Replicate               items Vec<Item>
-//!  0x22  SyncDigests             start Id | end Id | digests Vec<u64>
+//!  0x22  SyncDigests             start Id | end Id | digests Vec<u64> | holder_ms u64
 //!  0x23  SyncKeys                start Id | end Id | keys Vec<KeyVersion>
 //!  0x24  CollectTombstones       start Id | end Id | before u64
 //!  0x30  GetInfo                 (empty)
@@ -130,7 +130,7 @@
 //!  0x98  ForgetReply             forgotten bool
 //!  0xA0  TransferAck             transfer_id u64 | accepted bool
 //!  0xA1  ReplicateAck            applied u32
-//!  0xA2  SyncDigestsReply        differing Vec<u32>
+//!  0xA2  SyncDigestsReply        differing Vec<u32> | trusted bool
 //!  0xA3  SyncKeysReply           want Vec<Key> | newer Vec<Item> | truncated bool
 //!  0xA4  CollectTombstonesReply  removed u32
 //!  0xB0  Info                    node NodeRef | status NodeStatus | predecessor Option<NodeRef>
@@ -180,7 +180,7 @@ pub const HEADER_BYTES: usize = 18;
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"CK";
 /// The protocol version this build speaks (and the only one it accepts).
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Header flag: a client operation must be served by the receiver itself or answered with
 /// [`Message::Redirect`], never routed through the ring.
 pub const FLAG_DIRECT: u16 = 1;

@@ -321,15 +321,21 @@ fn samples() -> Vec<Message> {
             start: Id::ZERO,
             end: Id::MAX,
             digests: vec![],
+            holder_ms: 0,
         },
         SyncDigests {
             start: Id::from_u64(10),
             end: Id::from_u64(3),
             digests: vec![0, 1, u64::MAX, 0xDEAD_BEEF],
+            holder_ms: 1_700_000_000_000,
         },
-        SyncDigestsReply { differing: vec![] },
+        SyncDigestsReply {
+            differing: vec![],
+            trusted: false,
+        },
         SyncDigestsReply {
             differing: vec![0, 3, u32::MAX],
+            trusted: true,
         },
         SyncKeys {
             start: Id::ZERO,
@@ -571,7 +577,7 @@ fn golden_get_bytes() {
     let bytes = Frame::new(7, Message::Get { key: b("k") }).to_bytes().unwrap();
     assert_eq!(
         bytes,
-        [0x43, 0x4B, 2, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 5, 0, 0, 0, 1, b'k']
+        [0x43, 0x4B, 3, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 5, 0, 0, 0, 1, b'k']
     );
 }
 
@@ -1099,7 +1105,7 @@ fn errors_display_clearly() {
     ];
     assert_eq!(
         shown[2],
-        "unsupported protocol version 9 (this build speaks version 2)"
+        "unsupported protocol version 9 (this build speaks version 3)"
     );
     assert_eq!(shown[3], "unknown opcode 0x7f");
     assert_eq!(shown[4], "unknown flag bits in 0x0002");
@@ -1223,12 +1229,14 @@ fn oversize_fields_rejected_on_encode() {
             start: Id::ZERO,
             end: Id::MAX,
             digests: vec![0; MAX_LIST_LEN + 1],
+            holder_ms: 0,
         },
         too_long("digests", MAX_LIST_LEN),
     );
     encode_error(
         Message::SyncDigestsReply {
             differing: vec![0; MAX_LIST_LEN + 1],
+            trusted: true,
         },
         too_long("differing", MAX_LIST_LEN),
     );
@@ -1379,6 +1387,7 @@ fn fields_at_their_maximum_round_trip() {
                 start: Id::ZERO,
                 end: Id::MAX,
                 digests: vec![u64::MAX; MAX_LIST_LEN],
+                holder_ms: u64::MAX,
             },
         ),
         Frame::new(
@@ -1632,12 +1641,18 @@ mod prop {
             }),
             vec(item(), 0..6).prop_map(|items| Replicate { items }),
             any::<u32>().prop_map(|applied| ReplicateAck { applied }),
-            (id(), id(), vec(any::<u64>(), 0..8)).prop_map(|(start, end, digests)| SyncDigests {
-                start,
-                end,
-                digests
-            }),
-            vec(any::<u32>(), 0..8).prop_map(|differing| SyncDigestsReply { differing }),
+            (id(), id(), vec(any::<u64>(), 0..8), any::<u64>()).prop_map(
+                |(start, end, digests, holder_ms)| {
+                    SyncDigests {
+                        start,
+                        end,
+                        digests,
+                        holder_ms,
+                    }
+                }
+            ),
+            (vec(any::<u32>(), 0..8), any::<bool>())
+                .prop_map(|(differing, trusted)| SyncDigestsReply { differing, trusted }),
             (id(), id(), vec((blob(), any::<u64>()), 0..6)).prop_map(|(start, end, keys)| SyncKeys {
                 start,
                 end,
