@@ -114,58 +114,11 @@ pub struct Outcome {
     pub lost_keys: Vec<String>,
 }
 
-/// `$CHORDKV_BIN`, else `chordkv` next to this executable (or next to its parent directory,
-/// for a test executable in `target/<profile>/deps/`), else, when `cargo run` started us, the
-/// one cargo builds there on the spot.
+/// The `chordkv` binary loadgen starts a local cluster with
+/// ([`chordkv_node::cluster::chordkv_binary`]); `--nodes` needs none.
 pub fn find_chordkv() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("CHORDKV_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe().context("cannot find loadgen's own executable")?;
-    let name = format!("chordkv{}", std::env::consts::EXE_SUFFIX);
-    let mut dir = exe.parent();
-    for _ in 0..2 {
-        let Some(d) = dir else { break };
-        let candidate = d.join(&name);
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        dir = d.parent();
-    }
-    // Started by `cargo run` (the README's first command builds only loadgen): build the node
-    // binary of the same profile next to it, once.
-    if let (Some(cargo), Some(manifest_dir), Some(profile_dir)) = (
-        std::env::var_os("CARGO"),
-        std::env::var_os("CARGO_MANIFEST_DIR"),
-        exe.parent(),
-    ) {
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        eprintln!(
-            "loadgen: building the chordkv binary (cargo build --bin chordkv{})",
-            if release { " --release" } else { "" }
-        );
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.arg("build")
-            .arg("--bin")
-            .arg("chordkv")
-            .arg("--manifest-path")
-            .arg(PathBuf::from(manifest_dir).join("../node/Cargo.toml"));
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .context("cannot run cargo to build the chordkv binary")?;
-        let candidate = profile_dir.join(&name);
-        if status.success() && candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    bail!(
-        "cannot find the chordkv binary next to {}: run `cargo build --bins` (same profile), \
-         set CHORDKV_BIN, or give --nodes",
-        exe.display()
-    )
+    chordkv_node::cluster::chordkv_binary()
+        .context("loadgen starts a local cluster with it; give --nodes to use a running one")
 }
 
 fn latency_histogram() -> Histogram<u64> {

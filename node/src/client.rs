@@ -345,45 +345,17 @@ impl Client {
 
     /// Reads `key`.
     pub fn get(&mut self, key: impl Into<Bytes>) -> Result<GetResult> {
-        let key = checked_key(key.into())?;
-        match self.request(Message::Get { key })? {
-            Message::GetReply { hops, version, value } => Ok(GetResult { value, version, hops }),
-            other => Err(unexpected("GET", &other)),
-        }
+        get_result(self.request(get_request(key.into())?)?)
     }
 
     /// Writes `value` under `key`.
     pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<PutResult> {
-        let key = checked_key(key.into())?;
-        let value = value.into();
-        if value.len() > MAX_VALUE_BYTES {
-            return Err(ClientError::TooLarge {
-                field: "value",
-                len: value.len(),
-                max: MAX_VALUE_BYTES,
-            });
-        }
-        match self.request(Message::Put { key, value })? {
-            Message::PutReply { hops, version } => Ok(PutResult { version, hops }),
-            other => Err(unexpected("PUT", &other)),
-        }
+        put_result(self.request(put_request(key.into(), value.into())?)?)
     }
 
     /// Deletes `key`.
     pub fn delete(&mut self, key: impl Into<Bytes>) -> Result<DeleteResult> {
-        let key = checked_key(key.into())?;
-        match self.request(Message::Delete { key })? {
-            Message::DeleteReply {
-                hops,
-                version,
-                existed,
-            } => Ok(DeleteResult {
-                existed,
-                version,
-                hops,
-            }),
-            other => Err(unexpected("DELETE", &other)),
-        }
+        delete_result(self.request(delete_request(key.into())?)?)
     }
 
     /// The node's view of its neighbourhood.
@@ -437,6 +409,68 @@ fn checked_key(key: Bytes) -> Result<Bytes> {
 
 fn unexpected(request: &str, reply: &Message) -> ClientError {
     ClientError::Unexpected(format!("{} in answer to {request}", reply.name()))
+}
+
+// --- the key operations, for every client that sends them (`Client`, `OwnerClient`) ----------
+
+/// A GET of `key`. Errors: `TooLarge` for a key over `MAX_KEY_BYTES`.
+pub(crate) fn get_request(key: Bytes) -> Result<Message> {
+    Ok(Message::Get {
+        key: checked_key(key)?,
+    })
+}
+
+/// A PUT of `value` under `key`. Errors: `TooLarge` for a key over `MAX_KEY_BYTES` or a value
+/// over `MAX_VALUE_BYTES`.
+pub(crate) fn put_request(key: Bytes, value: Bytes) -> Result<Message> {
+    let key = checked_key(key)?;
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(ClientError::TooLarge {
+            field: "value",
+            len: value.len(),
+            max: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(Message::Put { key, value })
+}
+
+/// A DELETE of `key`. Errors: `TooLarge` for a key over `MAX_KEY_BYTES`.
+pub(crate) fn delete_request(key: Bytes) -> Result<Message> {
+    Ok(Message::Delete {
+        key: checked_key(key)?,
+    })
+}
+
+/// The result of a GET from its reply (errors were taken out of the reply before).
+pub(crate) fn get_result(reply: Message) -> Result<GetResult> {
+    match reply {
+        Message::GetReply { hops, version, value } => Ok(GetResult { value, version, hops }),
+        other => Err(unexpected("GET", &other)),
+    }
+}
+
+/// The result of a PUT from its reply.
+pub(crate) fn put_result(reply: Message) -> Result<PutResult> {
+    match reply {
+        Message::PutReply { hops, version } => Ok(PutResult { version, hops }),
+        other => Err(unexpected("PUT", &other)),
+    }
+}
+
+/// The result of a DELETE from its reply.
+pub(crate) fn delete_result(reply: Message) -> Result<DeleteResult> {
+    match reply {
+        Message::DeleteReply {
+            hops,
+            version,
+            existed,
+        } => Ok(DeleteResult {
+            existed,
+            version,
+            hops,
+        }),
+        other => Err(unexpected("DELETE", &other)),
+    }
 }
 
 // --- ring walk -------------------------------------------------------------------------------

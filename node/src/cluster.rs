@@ -206,6 +206,39 @@ pub trait NodeControl {
     }
 }
 
+/// The `chordkv` binary for a program of this workspace to start: `$CHORDKV_BIN` if set, else
+/// `chordkv` next to the running executable (cargo puts every binary of a profile in
+/// `target/<profile>/`), or one directory up (a test executable in `target/<profile>/deps/`).
+///
+/// # Errors
+/// `CHORDKV_BIN` names no file, or no `chordkv` is found next to the executable: the message
+/// says where it looked and to run `cargo build --bins` with the same profile.
+pub fn chordkv_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("CHORDKV_BIN") {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("CHORDKV_BIN={} does not name a file", path.display());
+        }
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("cannot find this program's own executable")?;
+    let name = format!("chordkv{}", std::env::consts::EXE_SUFFIX);
+    let mut dir = exe.parent();
+    for _ in 0..2 {
+        let Some(d) = dir else { break };
+        let candidate = d.join(&name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent();
+    }
+    bail!(
+        "cannot find the chordkv binary next to {}: run `cargo build --bins` (the same profile, \
+         e.g. `cargo build --release --bins`) or set CHORDKV_BIN",
+        exe.display()
+    )
+}
+
 /// Polls [`walk_ring`] (from the first of `expected` that answers) until the ring is
 /// consistent and its nodes are exactly `expected`, for at most `timeout`, or until `cancel`
 /// is set. The error describes the last walk.

@@ -24,9 +24,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chordkv_protocol::{Frame, Id, Message, NodeRef, MAX_VALUE_BYTES};
+use chordkv_protocol::{Frame, Id, Message, NodeRef};
 
-use crate::client::{walk_ring, Client, ClientError, DeleteResult, GetResult, PutResult, Result};
+use crate::client::{
+    delete_request, delete_result, get_request, get_result, put_request, put_result, walk_ring, Client,
+    ClientError, DeleteResult, GetResult, PutResult, Result,
+};
 
 /// Redirects followed for one operation before it is sent through the ring instead.
 pub const MAX_REDIRECTS: u16 = 4;
@@ -130,53 +133,19 @@ impl OwnerClient {
         Err(last_error.unwrap_or_else(|| ClientError::Unexpected("no node to fetch the ring from".into())))
     }
 
+    /// Reads `key` from its owner (errors: see [`Client::get`]).
     pub fn get(&mut self, key: impl Into<Bytes>) -> Result<GetResult> {
-        match self.request(Message::Get { key: key.into() })? {
-            Message::GetReply { hops, version, value } => Ok(GetResult { value, version, hops }),
-            other => Err(ClientError::Unexpected(format!(
-                "{} in answer to GET",
-                other.name()
-            ))),
-        }
+        get_result(self.request(get_request(key.into())?)?)
     }
 
+    /// Writes `value` under `key` at its owner (errors: see [`Client::put`]).
     pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<PutResult> {
-        let value = value.into();
-        if value.len() > MAX_VALUE_BYTES {
-            return Err(ClientError::TooLarge {
-                field: "value",
-                len: value.len(),
-                max: MAX_VALUE_BYTES,
-            });
-        }
-        match self.request(Message::Put {
-            key: key.into(),
-            value,
-        })? {
-            Message::PutReply { hops, version } => Ok(PutResult { version, hops }),
-            other => Err(ClientError::Unexpected(format!(
-                "{} in answer to PUT",
-                other.name()
-            ))),
-        }
+        put_result(self.request(put_request(key.into(), value.into())?)?)
     }
 
+    /// Deletes `key` at its owner (errors: see [`Client::delete`]).
     pub fn delete(&mut self, key: impl Into<Bytes>) -> Result<DeleteResult> {
-        match self.request(Message::Delete { key: key.into() })? {
-            Message::DeleteReply {
-                hops,
-                version,
-                existed,
-            } => Ok(DeleteResult {
-                existed,
-                version,
-                hops,
-            }),
-            other => Err(ClientError::Unexpected(format!(
-                "{} in answer to DELETE",
-                other.name()
-            ))),
-        }
+        delete_result(self.request(delete_request(key.into())?)?)
     }
 
     /// Sends a client operation (GET, PUT or DELETE) to its key's owner and returns the reply,

@@ -34,31 +34,11 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Arguments of every test node: a fast stabilize so that rings converge quickly.
 pub const NODE_ARGS: [&str; 2] = ["--stabilize-ms", "100"];
 
-/// The `chordkv` binary under test. Panics with instructions when it has not been built.
+/// The `chordkv` binary under test ([`chordkv_node::cluster::chordkv_binary`]). Panics with
+/// instructions when it has not been built.
 pub fn chordkv_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("CHORDKV_BIN") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "CHORDKV_BIN={} does not name a file",
-            path.display()
-        );
-        return path;
-    }
-    // The test executable is target/<profile>/deps/<test>-<hash>.
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test executable lives in target/<profile>/deps");
-    let bin = profile_dir.join(format!("chordkv{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "the chordkv binary {} does not exist: run `cargo build --bins` (with the same \
-         profile as the tests) before `cargo test -p chordkv-tests`, or set CHORDKV_BIN",
-        bin.display()
-    );
-    bin
+    chordkv_node::cluster::chordkv_binary()
+        .unwrap_or_else(|e| panic!("{e:#} (before `cargo test -p chordkv-tests`)"))
 }
 
 /// A fresh directory for one test's logs: `target/tmp/chordkv-tests/<name>-<pid>-<n>`.
@@ -433,6 +413,23 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig})");
+    }
+
+    /// Freezes the server (SIGSTOP): the kernel still accepts connections, nothing answers.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a server frozen by [`RedisServer::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
     }
 
     /// Runs one command (arguments as given, binary-safe) on a connection of its own and

@@ -49,7 +49,7 @@ use chordkv_protocol::{Frame, Id, Message, NodeRef};
 
 use super::sim_addr;
 use crate::chord::{Config, Millis, Node, Output, ReplyTo, Routing};
-use crate::rng::Rng;
+use crate::rng::{Rng, Zipfian};
 use crate::store::{execute, Entry, MemoryStore, Store, StoreOp, StoreOutcome};
 
 /// `ReplyTo` values at or above this are simulated clients (the lookup's index below it).
@@ -704,51 +704,6 @@ fn hop_stats(hist: &[u64]) -> HopStats {
         p50: pct(0.50),
         p99: pct(0.99),
         max: hist.len() as u64 - 1,
-    }
-}
-
-/// YCSB's zipfian generator (Gray et al., "Quickly generating billion-record synthetic
-/// databases", SIGMOD 1994), the same as loadgen's: rank 0 is the most popular.
-#[derive(Clone, Debug)]
-pub struct Zipfian {
-    items: u64,
-    zetan: f64,
-    alpha: f64,
-    eta: f64,
-    half_pow_theta_plus_one: f64,
-}
-
-impl Zipfian {
-    pub fn new(items: u64, theta: f64) -> Zipfian {
-        let items = items.max(1);
-        let zeta = |n: u64| (1..=n).map(|i| 1.0 / (i as f64).powf(theta)).sum::<f64>();
-        let zetan = zeta(items);
-        let zeta2 = zeta(2.min(items));
-        let eta = if items <= 2 {
-            0.0
-        } else {
-            (1.0 - (2.0 / items as f64).powf(1.0 - theta)) / (1.0 - zeta2 / zetan)
-        };
-        Zipfian {
-            items,
-            zetan,
-            alpha: 1.0 / (1.0 - theta),
-            eta,
-            half_pow_theta_plus_one: 1.0 + 0.5f64.powf(theta),
-        }
-    }
-
-    pub fn sample(&self, rng: &mut Rng) -> u64 {
-        let uz = rng.unit() * self.zetan;
-        if uz < 1.0 || self.items == 1 {
-            return 0;
-        }
-        if uz < self.half_pow_theta_plus_one {
-            return 1;
-        }
-        let u = uz / self.zetan;
-        let rank = (self.items as f64 * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64;
-        rank.min(self.items - 1)
     }
 }
 

@@ -11,25 +11,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 
-/// The `chordkv` binary: `explicit` if given, else `chordkv` next to this executable (cargo
-/// puts both in `target/<profile>/`).
+/// The `chordkv` binary: `explicit` if given, else the one next to this executable
+/// ([`chordkv_node::cluster::chordkv_binary`]).
 pub fn chordkv_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    let path = match explicit {
-        Some(path) => path,
-        None => {
-            let exe = std::env::current_exe().context("cannot find this executable's path")?;
-            let dir = exe.parent().context("this executable has no parent directory")?;
-            dir.join(format!("chordkv{}", std::env::consts::EXE_SUFFIX))
-        }
-    };
-    if !path.is_file() {
-        bail!(
-            "the chordkv binary {} does not exist: run `cargo build --release --bins` first, \
-             or pass --chordkv PATH",
-            path.display()
-        );
+    match explicit {
+        Some(path) if path.is_file() => Ok(path),
+        Some(path) => bail!("--chordkv {}: no such file", path.display()),
+        None => chordkv_node::cluster::chordkv_binary().context("or pass --chordkv PATH"),
     }
-    Ok(path)
 }
 
 /// The command that started this process, as a person would type it again: the `cargo run`

@@ -6,9 +6,7 @@
 //!
 //! `redis-server` must be installed; `tests/run-all.sh` installs it.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -16,100 +14,28 @@ use bytes::Bytes;
 use chordkv_node::rng::Rng;
 use chordkv_node::store::{self, conformance, Entry, MemoryStore, RedisStore, Store, StoreError};
 use chordkv_protocol::{Id, Item};
+use chordkv_tests::RedisServer;
 
-/// Bound of the wait for a started `redis-server` to answer PING.
-const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound of any one store call while Redis is down or frozen: the driver's timeouts are
 /// seconds, so reaching this means the call hung.
 const CALL_BOUND: Duration = Duration::from_secs(30);
 
-/// A `redis-server` child process on a free loopback port, killed when dropped (even when the
-/// test panics). Nothing is persisted.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
+/// The test's view of a `redis-server` ([`RedisServer`], shared with the cluster tests): the
+/// driver opened on it, and a raw connection for looking at or tampering with its keys.
+trait RedisStoreUnderTest {
+    fn store(&self, namespace: &str) -> RedisStore;
+    fn raw(&self) -> redis::Connection;
 }
 
-impl RedisServer {
-    fn start() -> RedisServer {
-        for _ in 0..10 {
-            let port = free_port();
-            if let Some(child) = spawn_redis(port) {
-                return RedisServer {
-                    port,
-                    child: Some(child),
-                };
-            }
-        }
-        panic!("redis-server did not start on any of 10 free ports");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
+impl RedisStoreUnderTest for RedisServer {
     fn store(&self, namespace: &str) -> RedisStore {
         RedisStore::open(&self.url(), namespace).expect("open the Redis store")
     }
 
-    /// Kills the server (SIGKILL: no chance to save or say goodbye).
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts a new, empty server on the same port.
-    fn restart(&mut self) {
-        self.kill();
-        let deadline = Instant::now() + REDIS_START_TIMEOUT;
-        loop {
-            if let Some(child) = spawn_redis(self.port) {
-                self.child = Some(child);
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not restart on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        let pid = self.child.as_ref().expect("redis-server is running").id();
-        assert_eq!(
-            unsafe { libc::kill(pid as libc::pid_t, sig) },
-            0,
-            "kill({pid}, {sig})"
-        );
-    }
-
-    /// Freezes the server (SIGSTOP): connections are accepted by the kernel, nothing answers.
-    fn pause(&self) {
-        self.signal(libc::SIGSTOP);
-    }
-
-    fn resume(&self) {
-        self.signal(libc::SIGCONT);
-    }
-
-    /// A connection of our own, for looking at or tampering with the raw keys.
     fn raw(&self) -> redis::Connection {
         redis::Client::open(self.url())
             .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
             .expect("connect to redis-server")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            // A stopped process dies of SIGKILL too.
-            self.kill();
-        }
     }
 }
 
@@ -118,49 +44,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind a free port")
         .port()
-}
-
-/// Starts `redis-server` on `port` and waits until it answers PING; `None` if it exited (the
-/// port was taken).
-fn spawn_redis(port: u16) -> Option<Child> {
-    let mut child = match Command::new("redis-server")
-        .args(["--port", &port.to_string()])
-        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("redis-server not found: run tests/run-all.sh, which installs it")
-        }
-        Err(e) => panic!("cannot start redis-server: {e}"),
-    };
-    let deadline = Instant::now() + REDIS_START_TIMEOUT;
-    loop {
-        if pings(port) {
-            return Some(child);
-        }
-        if child.try_wait().expect("try_wait").is_some() {
-            return None;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("redis-server on port {port} did not answer PING within {REDIS_START_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn pings(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut reply = [0u8; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
 
 fn live(version: u64, value: &[u8]) -> Entry {
