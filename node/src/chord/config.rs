@@ -298,10 +298,13 @@ impl Config {
     }
 
     /// How long an entry waits for the owner to answer a write before it retries or fails over:
-    /// one RPC timeout plus the clock offset bound, because the owner refuses a write once its
-    /// own clock is within `max_clock_offset_ms` of the deadline the entry gave it.
+    /// one RPC timeout plus twice the clock offset bound. The owner refuses a write once its
+    /// own clock is within `max_clock_offset_ms` of the deadline the entry gave it, and its
+    /// clock may run up to `max_clock_offset_ms` ahead of the entry's: with one offset only, an
+    /// owner ahead by more than an RPC timeout refused every write it was sent (a scenario with
+    /// clocks 406 ms apart and `--stabilize-ms 100`, `clock_skew_within_bound`).
     pub fn write_hop_timeout_ms(&self) -> u64 {
-        self.rpc_timeout_ms + self.max_clock_offset_ms
+        self.rpc_timeout_ms + 2 * self.max_clock_offset_ms
     }
 }
 
