@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use chordkv_node::client::ClientError;
+use chordkv_client::ClientError;
 use chordkv_node::history::{History, Time};
 
 /// The id recorded for a value that names no write of its key (malformed, or another key's):

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use chordkv_node::client::{Client, ClientError, DeleteResult, GetResult, PutResult};
+use chordkv_client::owner::OwnerClient;
+use chordkv_client::{Client, ClientError, DeleteResult, GetResult, PutResult};
 use chordkv_node::cluster::{ClusterSpec, LocalCluster, NetworkMode, NodeControl};
 use chordkv_node::history::{Anomaly, History as TimedHistory};
-use chordkv_node::owner_client::OwnerClient;
 use chordkv_node::rng::Rng;
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2DeflateSerializer;

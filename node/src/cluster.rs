@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::client::{walk_ring, Client, RingReport};
 use crate::netns;
+use chordkv_client::{walk_ring, Client, RingReport};
 
 /// How long a new node may take to answer its first `GET_INFO`.
 /// Live nodes a started or restarted node is given to join through (`--join A,B,C`).

@@ -10,21 +10,19 @@
 //!    crashes, restarts, pauses, partitions, duplication, reordering and clock skew, with
 //!    random fault schedules and oracles: the deterministic test bed (and the simulator).
 //! 4. [`server`]: the mio event loop that drives one state machine over TCP in production.
-//! 5. [`client`]: a blocking client for the binary protocol; [`owner_client`]: client-side
-//!    routing straight to each key's owner; and [`cluster`], which runs a local ring of
-//!    `chordkv node` processes, on loopback or each in its own network namespace
-//!    ([`netns`]: partitions). The `chordkv` command is built on these.
+//! 5. [`cluster`], which runs a local ring of `chordkv node` processes, on loopback or each
+//!    in its own network namespace ([`netns`]: partitions). The `chordkv` command is built on
+//!    these and on the `chordkv-client` crate (the blocking client, client-side routing and
+//!    the ring walk).
 //!
 //! Beside them, [`history`] judges a recorded history of client operations (stale reads,
 //! lost writes, resurrected deletes) for the simulation tests and loadgen.
 
 pub mod chord;
-pub mod client;
 pub mod cluster;
 pub mod history;
 pub mod netns;
 pub mod options;
-pub mod owner_client;
 pub mod rng;
 pub mod server;
 pub mod sim;

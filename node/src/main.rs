@@ -20,9 +20,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 
+use chordkv_client::{self as client, Client, ClientError, RingReport};
 use chordkv_node::chord::config::{DEFAULT_STABILIZE_INTERVAL_MS, DEFAULT_SUCCESSORS};
 use chordkv_node::chord::Routing;
-use chordkv_node::client::{self, Client, ClientError, RingReport};
 use chordkv_node::cluster::{self, ClusterSpec, LocalCluster};
 use chordkv_node::options::NodeOptions;
 use chordkv_node::server::{self, ServerConfig};

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chordkv_node::client::{Client, ClientError};
+use chordkv_client::{Client, ClientError};
 use chordkv_node::cluster::{ClusterSpec, LocalCluster};
 
 /// Bound of every wait for the ring to converge or for data to settle.

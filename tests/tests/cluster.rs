@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use chordkv_node::client::{Client, RingReport};
+use chordkv_client::{Client, RingReport};
 use chordkv_node::cluster::LocalCluster;
 use chordkv_node::rng::Rng;
 use chordkv_protocol::{in_half_open, Id};

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chordkv_node::client::{Client, ClientError, RingReport};
+use chordkv_client::{Client, ClientError, RingReport};
 use chordkv_node::cluster::{ClusterSpec, LocalCluster};
 use chordkv_node::rng::Rng;
 use chordkv_protocol::{in_half_open, Id, MAX_VALUE_BYTES};

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chordkv_node::client::{Client, ClientError};
+use chordkv_client::{Client, ClientError};
 use chordkv_node::cluster::{LocalCluster, NetworkMode};
 use chordkv_node::netns;
 use chordkv_protocol::{in_half_open, Id};

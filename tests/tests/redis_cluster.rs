@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use chordkv_node::client::ClientError;
+use chordkv_client::ClientError;
 use chordkv_node::cluster::LocalCluster;
 use chordkv_node::rng::Rng;
 use chordkv_protocol::ErrorCode;

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use chordkv_node::client::{Client, RingReport};
+use chordkv_client::{Client, RingReport};
 use chordkv_node::cluster::ClusterSpec;
 use chordkv_node::rng::Rng;
 use chordkv_protocol::Id;

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use chordkv_node::client::Client;
+use chordkv_client::Client;
 use chordkv_node::cluster::{ClusterSpec, LocalCluster};
 use chordkv_node::rng::Rng;
 use clap::Parser;

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use chordkv_node::client::{walk_ring, Client};
+use chordkv_client::{walk_ring, Client};
 use chordkv_node::cluster::{wait_for_ring, ClusterSpec, LocalCluster};
 use chordkv_node::rng::Rng;
 use clap::Parser;

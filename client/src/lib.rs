@@ -8,19 +8,22 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use chordkv_node::client::Client;
+//! use chordkv_client::Client;
 //!
 //! let mut client = Client::connect("127.0.0.1:7000".parse().unwrap(), Duration::from_secs(5))?;
 //! // Keys and values are anything that converts into `Bytes`: `&'static str`, `String`,
 //! // `Vec<u8>`, `Bytes` (zero-copy); copy a borrowed slice with `Bytes::copy_from_slice`.
 //! client.put("colour", "blue")?;
 //! assert_eq!(client.get("colour")?.value.as_deref(), Some(&b"blue"[..]));
-//! # Ok::<(), chordkv_node::client::ClientError>(())
+//! # Ok::<(), chordkv_client::ClientError>(())
 //! ```
 //!
 //! Errors say what a caller must decide: [`ClientError::is_retryable`] (may a later attempt,
 //! perhaps through another node, succeed?) and [`ClientError::breaks_connection`] (must this
 //! connection be dropped?).
+
+pub mod owner;
+pub use owner::OwnerClient;
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chordkv_protocol::{Frame, Id, Message, NodeRef};
 
-use crate::client::{
+use crate::{
     delete_request, delete_result, get_request, get_result, put_request, put_result, walk_ring, Client,
     ClientError, DeleteResult, GetResult, PutResult, Result,
 };
