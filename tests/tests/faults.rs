@@ -492,6 +492,13 @@ fn large_values_in_one_sub_range_are_repaired() {
         std::thread::sleep(POLL_PAUSE);
     }
     converge(&mut cluster, "the ring of 4 converges after the restart");
+    // Restarted empty, its copies vouch for nothing until a caught-up primary's digests match
+    // them (docs/architecture.md, faults rule 4): only then may it stand in with one other copy.
+    poll_until(
+        REPAIR_TIMEOUT,
+        "the restarted replica's copies to be trusted again",
+        || (stat(&mut clients, replica, "copies_untrusted").ok()? == 0).then_some(()),
+    );
 
     cluster
         .kill(index_of(&cluster, primary))

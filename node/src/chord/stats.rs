@@ -88,7 +88,7 @@ impl Node {
     pub fn stat_counters(&self, now: Millis, keys: u64, keys_primary: u64) -> Vec<(String, u64)> {
         let (leases_valid, leases_held) = self.leases.counts(now);
         let members_down = self.neighbour_members().filter(|n| self.is_dead(&n.addr)).count();
-        let gauges: [(&str, u64); 15] = [
+        let gauges: [(&str, u64); 16] = [
             ("keys", keys),
             ("keys_primary", keys_primary),
             ("keys_replica", keys.saturating_sub(keys_primary)),
@@ -104,6 +104,8 @@ impl Node {
             ("leases_held", leases_held as u64),
             ("leases_valid", leases_valid as u64),
             ("members_down", members_down as u64),
+            // 1 while some copies of this node lost their data and are not refilled (`trust.rs`).
+            ("copies_untrusted", u64::from(self.trust.lost_at().is_some())),
         ];
         let all = gauges.into_iter().chain(self.stats.counters());
         all.map(|(k, v)| (k.to_string(), v)).collect()

@@ -328,6 +328,14 @@ impl Node {
             // Our range is as complete as our replicas' copies: refilled after a loss.
             self.repl.store_lost = false;
         }
+        if r.untrusted.iter().any(|a| !r.failed.contains(a)) {
+            // A copy that lost its data answered (and was repaired): a round with digests
+            // equal, taken past the loss, makes it trusted again (`trust.rs`). Run the next one
+            // at the next stabilize period, not a full interval later: until then the range
+            // needs every other copy to fail over.
+            self.timers
+                .bring_forward(Timer::AntiEntropy, now + self.config.stabilize_interval_ms);
+        }
         // Tombstones go only once every node that may hold an older copy has them: every
         // member of the preference list under `consistent` (`complete`), and under `available`
         // no replica that went away may be about to come back with one.
