@@ -15,11 +15,15 @@
 //!    these and on the `chordkv-client` crate (the blocking client, client-side routing and
 //!    the ring walk).
 //!
+//! Opening a store and running the server fail with the crate's [`Error`] (what failed, on
+//! which address or URL, and why).
+//!
 //! Beside them, [`history`] judges a recorded history of client operations (stale reads,
 //! lost writes, resurrected deletes) for the simulation tests and loadgen.
 
 pub mod chord;
 pub mod cluster;
+pub mod error;
 pub mod history;
 pub mod netns;
 pub mod options;
@@ -27,5 +31,7 @@ pub mod rng;
 pub mod server;
 pub mod sim;
 pub mod store;
+
+pub use error::{Error, Result};
 
 pub use chordkv_protocol as protocol;

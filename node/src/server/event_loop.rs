@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, Context};
+use crate::Error;
 use chordkv_protocol::{ErrorCode, Frame, Id, Message, NodeRef};
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
@@ -177,7 +177,7 @@ pub(super) struct Server {
 
 impl Server {
     /// Binds the listener, builds the node and sends its first messages (a join lookup).
-    pub fn bind(config: ServerConfig, handle_signals: bool) -> anyhow::Result<Server> {
+    pub fn bind(config: ServerConfig, handle_signals: bool) -> crate::Result<Server> {
         let ServerConfig {
             listen,
             advertise,
@@ -193,34 +193,43 @@ impl Server {
             Some(addr) => Some(TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?),
             None => None,
         };
-        let local = listener.local_addr().context("reading the listening address")?;
+        let local = listener
+            .local_addr()
+            .map_err(Error::io("reading the listening address"))?;
         let addr = advertise.unwrap_or(local);
         let me = NodeRef {
             id: node_id.unwrap_or_else(|| Id::of_addr(&addr)),
             addr,
         };
 
-        let poll = Poll::new().context("creating the event loop")?;
+        let poll = Poll::new().map_err(Error::io("creating the event loop"))?;
         poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(Error::io("registering the listener"))?;
         let mut resp_facts = None;
         if let Some(l) = resp_listener.as_mut() {
-            poll.registry().register(l, RESP_LISTENER, Interest::READABLE)?;
+            poll.registry()
+                .register(l, RESP_LISTENER, Interest::READABLE)
+                .map_err(Error::io("registering the RESP listener"))?;
             resp_facts = Some(Facts {
-                resp_addr: l.local_addr().context("reading the RESP listening address")?,
+                resp_addr: l
+                    .local_addr()
+                    .map_err(Error::io("reading the RESP listening address"))?,
                 started: Instant::now(),
             });
         }
         let control = Arc::new(Control {
-            waker: Waker::new(poll.registry(), WAKER).context("creating the waker")?,
+            waker: Waker::new(poll.registry(), WAKER).map_err(Error::io("creating the waker"))?,
             wake_pending: AtomicBool::new(false),
             leave: AtomicBool::new(false),
             kill: AtomicBool::new(false),
         });
         let signals = if handle_signals {
-            let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+            let mut signals =
+                Signals::new([SIGTERM, SIGINT]).map_err(Error::io("installing signal handlers"))?;
             poll.registry()
-                .register(&mut signals, SIGNALS, Interest::READABLE)?;
+                .register(&mut signals, SIGNALS, Interest::READABLE)
+                .map_err(Error::io("registering the signal handlers"))?;
             Some(signals)
         } else {
             None
@@ -228,7 +237,7 @@ impl Server {
         let pool = if store.is_blocking() {
             let c = Arc::clone(&control);
             let pool = StorePool::start(Arc::clone(&store), store_threads, Arc::new(move || c.wake()))
-                .context("starting store worker threads")?;
+                .map_err(Error::io("starting store worker threads"))?;
             Some(pool)
         } else {
             None
@@ -329,7 +338,7 @@ impl Server {
     }
 
     /// Runs until the node has left (or a second signal, or a kill).
-    pub fn run(mut self) -> anyhow::Result<()> {
+    pub fn run(mut self) -> crate::Result<()> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let now = self.clock.now();
         self.settle(now);
@@ -345,7 +354,7 @@ impl Server {
                     self.read_again = again;
                     continue;
                 }
-                return Err(e).context("waiting for events");
+                return Err(Error::io("waiting for events")(e));
             }
             let now = self.clock.now();
 
@@ -971,13 +980,12 @@ fn resp_after_output(
     RespAfter::Done
 }
 
-fn bind_error(addr: SocketAddr, e: io::Error) -> anyhow::Error {
-    match e.kind() {
-        io::ErrorKind::AddrInUse => anyhow!("cannot listen on {addr}: the address is already in use"),
-        io::ErrorKind::AddrNotAvailable => {
-            anyhow!("cannot listen on {addr}: the address is not available on this host")
-        }
-        io::ErrorKind::PermissionDenied => anyhow!("cannot listen on {addr}: permission denied"),
-        _ => anyhow!("cannot listen on {addr}: {e}"),
-    }
+fn bind_error(addr: SocketAddr, e: io::Error) -> Error {
+    let reason = match e.kind() {
+        io::ErrorKind::AddrInUse => "the address is already in use".to_string(),
+        io::ErrorKind::AddrNotAvailable => "the address is not available on this host".to_string(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string(),
+    };
+    Error::Listen { addr, reason }
 }

@@ -71,7 +71,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use anyhow::Context;
+use crate::Error;
 use chordkv_protocol::Id;
 
 use crate::chord::Config;
@@ -109,7 +109,7 @@ pub struct ServerConfig {
 ///
 /// Binding errors (address in use, address not on this host) are returned before anything
 /// else happens, with the address in the message.
-pub fn run(config: ServerConfig) -> anyhow::Result<()> {
+pub fn run(config: ServerConfig) -> crate::Result<()> {
     Server::bind(config, true)?.run()
 }
 
@@ -118,7 +118,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
 /// The listener is bound before this returns, so a bind error is returned here and
 /// [`ServerHandle::addr`] is connectable at once (with `listen` on port 0 it is the port the
 /// system picked).
-pub fn spawn(config: ServerConfig) -> anyhow::Result<ServerHandle> {
+pub fn spawn(config: ServerConfig) -> crate::Result<ServerHandle> {
     let server = Server::bind(config, false)?;
     let me = server.me();
     let resp_addr = server.resp_addr();
@@ -126,7 +126,7 @@ pub fn spawn(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     let thread = thread::Builder::new()
         .name(format!("chordkv-node-{}", me.addr.port()))
         .spawn(move || server.run())
-        .context("starting the node thread")?;
+        .map_err(Error::io("starting the node thread"))?;
     Ok(ServerHandle {
         addr: me.addr,
         resp_addr,
@@ -143,7 +143,7 @@ pub struct ServerHandle {
     resp_addr: Option<SocketAddr>,
     id: Id,
     control: Arc<Control>,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    thread: Option<JoinHandle<crate::Result<()>>>,
 }
 
 impl ServerHandle {
@@ -174,11 +174,9 @@ impl ServerHandle {
     }
 
     /// Waits for the node's thread to finish and returns its result.
-    pub fn join_thread(mut self) -> anyhow::Result<()> {
+    pub fn join_thread(mut self) -> crate::Result<()> {
         match self.thread.take() {
-            Some(thread) => thread
-                .join()
-                .map_err(|_| anyhow::anyhow!("the node thread panicked"))?,
+            Some(thread) => thread.join().map_err(|_| Error::Panicked)?,
             None => Ok(()),
         }
     }

@@ -38,13 +38,20 @@ pub use redis::RedisStore;
 /// Opens the store a URL names: `memory`, or `redis://HOST:PORT/DB` (see [`redis`]), whose
 /// entries are kept under `namespace` (a node passes its advertised address) so that several
 /// nodes can share one Redis. Fails on an invalid URL or an unreachable Redis.
-pub fn open(url: &str, namespace: &str) -> anyhow::Result<Arc<dyn Store>> {
+///
+/// # Errors
+/// [`crate::Error::InvalidStore`] for a URL of another scheme or a malformed Redis URL;
+/// [`crate::Error::StoreUnavailable`] for a Redis that cannot be opened now.
+pub fn open(url: &str, namespace: &str) -> crate::Result<Arc<dyn Store>> {
     if url == "memory" {
         Ok(Arc::new(MemoryStore::new()))
     } else if url.starts_with("redis://") {
         Ok(Arc::new(RedisStore::open(url, namespace)?))
     } else {
-        anyhow::bail!("invalid store '{url}': expected `memory` or redis://HOST:PORT/DB")
+        Err(crate::Error::InvalidStore {
+            url: url.to_string(),
+            reason: "expected `memory` or redis://HOST:PORT/DB".to_string(),
+        })
     }
 }
 

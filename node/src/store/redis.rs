@@ -76,7 +76,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
+use crate::Error;
 use bytes::Bytes;
 use chordkv_protocol::{Id, Item};
 use parking_lot::Mutex;
@@ -234,13 +234,10 @@ pub struct RedisUrl {
 impl RedisUrl {
     /// Parses `redis://[USER:PASSWORD@]HOST[:PORT][/DB]` (port 6379 and database 0 when left
     /// out).
-    pub fn parse(url: &str) -> anyhow::Result<RedisUrl> {
-        let invalid = |why: &str| {
-            anyhow!(
-                "invalid store URL '{}': {why}; expected redis://HOST:PORT/DB, e.g. \
-                 redis://127.0.0.1:6379/0",
-                redact(url)
-            )
+    pub fn parse(url: &str) -> crate::Result<RedisUrl> {
+        let invalid = |why: &str| Error::InvalidStore {
+            url: redact(url),
+            reason: format!("{why}; expected redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/0"),
         };
         let Some(rest) = url.strip_prefix("redis://") else {
             return Err(invalid("it does not start with redis://"));
@@ -374,11 +371,21 @@ type Attempt<T> = std::result::Result<T, Failure>;
 impl RedisStore {
     /// Connects to the Redis at `url` (`redis://HOST:PORT/DB`) and keeps this node's entries
     /// under `namespace`. Fails if the URL is invalid or Redis cannot be reached now.
-    pub fn open(url: &str, namespace: &str) -> anyhow::Result<RedisStore> {
+    ///
+    /// # Errors
+    /// [`Error::InvalidStore`] for a malformed URL; [`Error::StoreUnavailable`] when Redis
+    /// cannot be reached, refuses our scripts, or holds a count we cannot read.
+    pub fn open(url: &str, namespace: &str) -> crate::Result<RedisStore> {
         let parsed = RedisUrl::parse(url)?;
         let shown = parsed.shown();
-        let client = redis::Client::open(parsed.full())
-            .map_err(|e| anyhow!("invalid store URL '{shown}': {}", describe(&e)))?;
+        let unavailable = |message: String| Error::StoreUnavailable {
+            url: shown.clone(),
+            message,
+        };
+        let client = redis::Client::open(parsed.full()).map_err(|e| Error::InvalidStore {
+            url: shown.clone(),
+            reason: describe(&e),
+        })?;
         let mut store = RedisStore {
             client,
             shown: shown.clone(),
@@ -401,32 +408,51 @@ impl RedisStore {
         };
         let mut conn = store
             .connect()
-            .map_err(|e| anyhow!("cannot connect to {shown}: {}", describe(&e)))?;
+            .map_err(|e| unavailable(format!("cannot connect to {shown}: {}", describe(&e))))?;
         // Loading the scripts now also checks that the server runs Lua scripts at all.
         for script in store.scripts() {
             script
                 .prepare_invoke()
                 .load(&mut conn)
-                .map_err(|e| anyhow!("{shown} does not accept our scripts: {}", describe(&e)))?;
+                .map_err(|e| unavailable(format!("{shown} does not accept our scripts: {}", describe(&e))))?;
         }
         let live: Option<i64> = redis::cmd("GET")
             .arg(&store.keys.live)
             .query(&mut conn)
-            .map_err(|e| anyhow!("cannot read {} from {shown}: {}", store.keys.live, describe(&e)))?;
+            .map_err(|e| {
+                unavailable(format!(
+                    "cannot read {} from {shown}: {}",
+                    store.keys.live,
+                    describe(&e)
+                ))
+            })?;
         if live.is_some_and(|n| n < 0) {
-            bail!("{shown}: {} holds a negative count", store.keys.live);
+            return Err(unavailable(format!(
+                "{shown}: {} holds a negative count",
+                store.keys.live
+            )));
         }
         // The marker of an earlier open: this database kept that run's data.
         let kept: bool = redis::cmd("EXISTS")
             .arg(&store.keys.marker)
             .query(&mut conn)
-            .map_err(|e| anyhow!("cannot read {} from {shown}: {}", store.keys.marker, describe(&e)))?;
+            .map_err(|e| {
+                unavailable(format!(
+                    "cannot read {} from {shown}: {}",
+                    store.keys.marker,
+                    describe(&e)
+                ))
+            })?;
         store.kept_data = kept;
         // A store opened without its marker is not a loss to report: whatever it holds now is
         // what the node starts with.
-        store
-            .write_marker(&mut conn)
-            .map_err(|e| anyhow!("cannot write {} to {shown}: {}", store.keys.marker, describe(&e)))?;
+        store.write_marker(&mut conn).map_err(|e| {
+            unavailable(format!(
+                "cannot write {} to {shown}: {}",
+                store.keys.marker,
+                describe(&e)
+            ))
+        })?;
         store.idle.lock().push(conn);
         Ok(store)
     }
