@@ -570,12 +570,12 @@ impl LocalCluster {
         let nodes = self.nodes.len();
         let net = self.network_mut()?;
         netns::check_groups(groups, nodes)?;
-        net.partition(groups)
+        Ok(net.partition(groups)?)
     }
 
     /// Removes the partition in place, if any.
     pub fn heal(&mut self) -> anyhow::Result<()> {
-        self.network_mut()?.heal()
+        Ok(self.network_mut()?.heal()?)
     }
 
     /// The groups of the partition in place, if any.

@@ -1,5 +1,5 @@
 //! The node library's error type, for what can fail outside the Chord core (which has no
-//! errors, only replies): opening a store and running the server.
+//! errors, only replies): opening a store, running the server, network namespaces.
 //!
 //! Every variant's message is complete for a person (what failed, on what address or URL,
 //! and why, in words rather than OS error numbers); `source()` keeps the underlying error
@@ -27,6 +27,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A network namespace, the bridge or a partition could not be made or changed
+    /// ([`crate::netns`]: not root, no `ip`, a command that failed; the message says which).
+    #[error("{0}")]
+    Network(String),
+    /// A partition's groups are not two or more disjoint, non-empty groups of existing nodes.
+    #[error("{0}")]
+    InvalidPartition(String),
     /// The node's thread panicked (a bug: the core must not panic on any input).
     #[error("the node thread panicked")]
     Panicked,
@@ -36,6 +43,12 @@ impl Error {
     /// An [`Error::Io`] for `what` (a closure for `map_err`).
     pub(crate) fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
         move |source| Error::Io { what, source }
+    }
+
+    /// This error with `context` before its message, as a [`Error::Network`] (for a step of a
+    /// namespace operation that failed inside a larger one).
+    pub(crate) fn network_context(self, context: impl std::fmt::Display) -> Error {
+        Error::Network(format!("{context}: {self}"))
     }
 }
 

@@ -40,7 +40,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use anyhow::{anyhow, bail, Context};
+use crate::{Error, Result};
 
 /// The first two octets of every network's addresses: 10.78.X.0/24, one X per network.
 const NET_PREFIX: [u8; 2] = [10, 78];
@@ -114,9 +114,9 @@ pub struct Network {
 impl Network {
     /// Makes the bridge and the root namespace's address on it; hosts come with
     /// [`Network::add_host`].
-    pub fn create() -> anyhow::Result<Network> {
+    pub fn create() -> Result<Network> {
         if let Some(why) = unavailable() {
-            bail!("cannot make network namespaces: {why}");
+            return Err(Error::Network(format!("cannot make network namespaces: {why}")));
         }
         let ip = find_ip().expect("checked by unavailable()");
         let _guard = CREATE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -143,7 +143,7 @@ impl Network {
         );
         if let Err(e) = made {
             net.teardown();
-            return Err(e.context(format!("cannot make the bridge {bridge}")));
+            return Err(e.network_context(format!("cannot make the bridge {bridge}")));
         }
         // Keep a host firewall (br_netfilter) out of the bridged traffic; absent on kernels
         // without it, so a failure is ignored.
@@ -178,10 +178,12 @@ impl Network {
 
     /// Makes the next host: a namespace with an interface on the bridge and its own address.
     /// Returns its index. A host made while a partition is in place is on no side of it.
-    pub fn add_host(&mut self) -> anyhow::Result<usize> {
+    pub fn add_host(&mut self) -> Result<usize> {
         let i = self.hosts.len();
         if i >= MAX_HOSTS {
-            bail!("a network holds at most {MAX_HOSTS} hosts");
+            return Err(Error::Network(format!(
+                "a network holds at most {MAX_HOSTS} hosts"
+            )));
         }
         let ns = format!("{}-{i}", self.id);
         let veth = format!("{}h{i}", self.id);
@@ -194,7 +196,7 @@ impl Network {
                 format!("link set {veth} master {bridge} up"),
             ],
         )
-        .with_context(|| format!("cannot make the namespace {ns}"))?;
+        .map_err(|e| e.network_context(format!("cannot make the namespace {ns}")))?;
         // Pushed now so that a failure below still deletes the namespace.
         self.hosts.push(ns.clone());
         let addr = self.host_addr(i);
@@ -208,7 +210,7 @@ impl Network {
                 format!("neigh replace {void} lladdr {VOID_MAC} dev eth0 nud permanent"),
             ],
         )
-        .with_context(|| format!("cannot set up the network of namespace {ns}"))?;
+        .map_err(|e| e.network_context(format!("cannot set up the network of namespace {ns}")))?;
         Ok(i)
     }
 
@@ -223,7 +225,7 @@ impl Network {
     /// Cuts the network between the groups: packets from a host of one group to a host of
     /// another are dropped silently, both ways. Hosts in no group keep reaching everyone. A
     /// partition replaces the one in place.
-    pub fn partition(&mut self, groups: &[Vec<usize>]) -> anyhow::Result<()> {
+    pub fn partition(&mut self, groups: &[Vec<usize>]) -> Result<()> {
         check_groups(groups, self.hosts.len())?;
         let mut side = vec![None; self.hosts.len()];
         for (g, group) in groups.iter().enumerate() {
@@ -248,25 +250,28 @@ impl Network {
             }
             let ns = self.hosts[i].clone();
             self.run(Some(&ns), &commands)
-                .with_context(|| format!("cannot cut the network of namespace {ns}"))?;
+                .map_err(|e| e.network_context(format!("cannot cut the network of namespace {ns}")))?;
         }
         Ok(())
     }
 
     /// Removes the partition: every host reaches every other again (held packets are then
     /// delivered by their senders' retransmissions). Nothing happens without one.
-    pub fn heal(&mut self) -> anyhow::Result<()> {
+    pub fn heal(&mut self) -> Result<()> {
         if self.partition.is_none() {
             return Ok(());
         }
         let mut errors = Vec::new();
         for ns in self.hosts.clone() {
             if let Err(e) = self.run(Some(&ns), &[format!("route flush proto {PARTITION_PROTO}")]) {
-                errors.push(format!("{ns}: {e:#}"));
+                errors.push(format!("{ns}: {e}"));
             }
         }
         if !errors.is_empty() {
-            bail!("cannot heal the partition: {}", errors.join("; "));
+            return Err(Error::Network(format!(
+                "cannot heal the partition: {}",
+                errors.join("; ")
+            )));
         }
         self.partition = None;
         Ok(())
@@ -286,7 +291,7 @@ impl Network {
     }
 
     /// Runs `commands` with `ip -batch`, in namespace `ns` if given; fails on the first error.
-    fn run(&self, ns: Option<&str>, commands: &[String]) -> anyhow::Result<()> {
+    fn run(&self, ns: Option<&str>, commands: &[String]) -> Result<()> {
         run_ip(&self.ip, ns, commands, false)
     }
 
@@ -309,24 +314,28 @@ impl Drop for Network {
 }
 
 /// Checks that `groups` are at least two, non-empty, disjoint, and name hosts `0..hosts`.
-pub fn check_groups(groups: &[Vec<usize>], hosts: usize) -> anyhow::Result<()> {
+///
+/// # Errors
+/// [`Error::InvalidPartition`], saying which rule the groups break.
+pub fn check_groups(groups: &[Vec<usize>], hosts: usize) -> Result<()> {
+    let invalid = |why: String| Err(Error::InvalidPartition(why));
     if groups.len() < 2 {
-        bail!(
+        return invalid(format!(
             "a partition needs at least two groups of nodes, not {}",
             groups.len()
-        );
+        ));
     }
     let mut seen = BTreeSet::new();
     for group in groups {
         if group.is_empty() {
-            bail!("a group of a partition names no node");
+            return invalid("a group of a partition names no node".to_string());
         }
         for &i in group {
             if i >= hosts {
-                bail!("node {i} does not exist ({hosts} nodes)");
+                return invalid(format!("node {i} does not exist ({hosts} nodes)"));
             }
             if !seen.insert(i) {
-                bail!("node {i} is in two groups of the partition");
+                return invalid(format!("node {i} is in two groups of the partition"));
             }
         }
     }
@@ -334,7 +343,7 @@ pub fn check_groups(groups: &[Vec<usize>], hosts: usize) -> anyhow::Result<()> {
 }
 
 /// Runs `ip [-n NS] [-force] -batch -` with `commands` on its standard input.
-fn run_ip(ip: &Path, ns: Option<&str>, commands: &[String], force: bool) -> anyhow::Result<()> {
+fn run_ip(ip: &Path, ns: Option<&str>, commands: &[String], force: bool) -> Result<()> {
     let mut cmd = Command::new(ip);
     if let Some(ns) = ns {
         cmd.arg("-n").arg(ns);
@@ -349,19 +358,21 @@ fn run_ip(ip: &Path, ns: Option<&str>, commands: &[String], force: bool) -> anyh
         .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("cannot run {}", ip.display()))?;
+        .map_err(|e| Error::Network(format!("cannot run {}: {e}", ip.display())))?;
     let mut input = commands.join("\n");
     input.push('\n');
     let written = child.stdin.take().expect("piped").write_all(input.as_bytes());
-    let out = child.wait_with_output().context("cannot wait for ip")?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::Network(format!("cannot wait for ip: {e}")))?;
     if !out.status.success() || written.is_err() {
-        bail!(
+        return Err(Error::Network(format!(
             "`ip{} -batch` failed ({}): {}; commands: {}",
             ns.map(|n| format!(" -n {n}")).unwrap_or_default(),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim(),
             commands.join("; ")
-        );
+        )));
     }
     Ok(())
 }
@@ -436,7 +447,7 @@ fn remove_leftovers(ip: &Path) {
 
 /// An X for 10.78.X.0/24 that no address or route of the root namespace uses, starting from
 /// one derived from the pid and `n` so that processes in parallel start apart.
-fn free_subnet(ip: &Path, n: u32) -> anyhow::Result<u8> {
+fn free_subnet(ip: &Path, n: u32) -> Result<u8> {
     let used = [
         ip_output(ip, &["-4", "-o", "addr", "show"]).unwrap_or_default(),
         ip_output(ip, &["-4", "route", "show", "table", "all"]).unwrap_or_default(),
@@ -449,7 +460,7 @@ fn free_subnet(ip: &Path, n: u32) -> anyhow::Result<u8> {
             let prefix = format!("{}.{}.{x}.", NET_PREFIX[0], NET_PREFIX[1]);
             !used.contains(&prefix)
         })
-        .ok_or_else(|| anyhow!("no free 10.78.X.0/24 subnet for a cluster network"))
+        .ok_or_else(|| Error::Network("no free 10.78.X.0/24 subnet for a cluster network".to_string()))
 }
 
 #[cfg(test)]
