@@ -327,21 +327,15 @@ fn wait_bounded(child: &mut Child, timeout: Duration) -> anyhow::Result<Option<E
     }
 }
 
-impl NodeControl for RemoteCluster {
-    fn addrs(&self) -> Vec<SocketAddr> {
-        self.nodes.iter().map(|&h| self.hosts[h].addr).collect()
-    }
+/// The node library's error for a remote operation that failed (ssh, the remote script),
+/// with its whole chain of context.
+fn as_cluster_error<T>(r: anyhow::Result<T>) -> chordkv_node::Result<T> {
+    r.map_err(|e| chordkv_node::Error::Cluster(format!("{e:#}")))
+}
 
-    fn is_running(&mut self, i: usize) -> bool {
-        self.host(i)
-            .is_ok_and(|h| matches!(h.state, NodeState::Running | NodeState::Paused))
-    }
-
-    fn is_live(&mut self, i: usize) -> bool {
-        self.host(i).is_ok_and(|h| h.state == NodeState::Running)
-    }
-
-    fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+/// The faults, as the hosts' control script runs them.
+impl RemoteCluster {
+    fn kill_on_host(&mut self, i: usize) -> anyhow::Result<()> {
         if !self.is_running(i) {
             self.host(i)?;
             return Ok(());
@@ -349,7 +343,7 @@ impl NodeControl for RemoteCluster {
         self.act(i, "kill", NodeState::Dead).map(|_| ())
     }
 
-    fn terminate(&mut self, i: usize) -> anyhow::Result<Stopped> {
+    fn terminate_on_host(&mut self, i: usize) -> anyhow::Result<Stopped> {
         if !self.is_running(i) {
             self.host(i)?;
             return Ok(Stopped::NotRunning);
@@ -363,21 +357,21 @@ impl NodeControl for RemoteCluster {
         })
     }
 
-    fn pause(&mut self, i: usize) -> anyhow::Result<()> {
+    fn pause_on_host(&mut self, i: usize) -> anyhow::Result<()> {
         if !self.is_live(i) {
             bail!("node {i} ({}) is not running", self.host(i)?.addr);
         }
         self.act(i, "pause", NodeState::Paused).map(|_| ())
     }
 
-    fn resume(&mut self, i: usize) -> anyhow::Result<()> {
+    fn resume_on_host(&mut self, i: usize) -> anyhow::Result<()> {
         if !self.is_running(i) {
             bail!("node {i} ({}) is not running", self.host(i)?.addr);
         }
         self.act(i, "resume", NodeState::Running).map(|_| ())
     }
 
-    fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+    fn restart_on_host(&mut self, i: usize) -> anyhow::Result<()> {
         if self.is_running(i) {
             let addr = self.host(i)?.addr;
             bail!("node {i} ({addr}) is still running; kill or terminate it first");
@@ -385,7 +379,7 @@ impl NodeControl for RemoteCluster {
         self.act(i, "start", NodeState::Running).map(|_| ())
     }
 
-    fn add_node(&mut self) -> anyhow::Result<usize> {
+    fn add_node_on_host(&mut self) -> anyhow::Result<usize> {
         let Some(h) = (0..self.hosts.len()).find(|h| self.hosts[*h].spare && !self.nodes.contains(h)) else {
             bail!(
                 "no spare host left in {}: add a host line with spare=yes to the inventory and push \
@@ -400,6 +394,45 @@ impl NodeControl for RemoteCluster {
             return Err(e);
         }
         Ok(i)
+    }
+}
+
+impl NodeControl for RemoteCluster {
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|&h| self.hosts[h].addr).collect()
+    }
+
+    fn is_running(&mut self, i: usize) -> bool {
+        self.host(i)
+            .is_ok_and(|h| matches!(h.state, NodeState::Running | NodeState::Paused))
+    }
+
+    fn is_live(&mut self, i: usize) -> bool {
+        self.host(i).is_ok_and(|h| h.state == NodeState::Running)
+    }
+
+    fn kill(&mut self, i: usize) -> chordkv_node::Result<()> {
+        as_cluster_error(self.kill_on_host(i))
+    }
+
+    fn terminate(&mut self, i: usize) -> chordkv_node::Result<Stopped> {
+        as_cluster_error(self.terminate_on_host(i))
+    }
+
+    fn pause(&mut self, i: usize) -> chordkv_node::Result<()> {
+        as_cluster_error(self.pause_on_host(i))
+    }
+
+    fn resume(&mut self, i: usize) -> chordkv_node::Result<()> {
+        as_cluster_error(self.resume_on_host(i))
+    }
+
+    fn restart(&mut self, i: usize) -> chordkv_node::Result<()> {
+        as_cluster_error(self.restart_on_host(i))
+    }
+
+    fn add_node(&mut self) -> chordkv_node::Result<usize> {
+        as_cluster_error(self.add_node_on_host())
     }
 
     fn stop_all(&mut self) -> Vec<(usize, Stopped)> {

@@ -34,7 +34,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use crate::{Error, Result};
 
 use crate::netns;
 use chordkv_client::{walk_ring, Client, RingReport};
@@ -162,32 +162,37 @@ pub trait NodeControl {
     /// Whether node `i` is alive and not paused: a node the ring should contain.
     fn is_live(&mut self, i: usize) -> bool;
     /// Crash node `i` (SIGKILL). A dead node is left as it is.
-    fn kill(&mut self, i: usize) -> anyhow::Result<()>;
+    fn kill(&mut self, i: usize) -> Result<()>;
     /// Stop node `i` gracefully (SIGTERM: it hands its keys to its successor and leaves), and
     /// kill it if it has not exited within the stop timeout.
-    fn terminate(&mut self, i: usize) -> anyhow::Result<Stopped>;
+    fn terminate(&mut self, i: usize) -> Result<Stopped>;
     /// Freeze node `i` (SIGSTOP): it keeps its connections but answers nothing.
-    fn pause(&mut self, i: usize) -> anyhow::Result<()>;
+    fn pause(&mut self, i: usize) -> Result<()>;
     /// Unfreeze node `i` (SIGCONT).
-    fn resume(&mut self, i: usize) -> anyhow::Result<()>;
+    fn resume(&mut self, i: usize) -> Result<()>;
     /// Start the dead node `i` again on its address, joining a live node.
-    fn restart(&mut self, i: usize) -> anyhow::Result<()>;
+    fn restart(&mut self, i: usize) -> Result<()>;
     /// Start a new node on a new address, joining a live node; returns its index.
-    fn add_node(&mut self) -> anyhow::Result<usize>;
+    fn add_node(&mut self) -> Result<usize>;
     /// Stop every node, one after another, as [`NodeControl::terminate`] does.
     fn stop_all(&mut self) -> Vec<(usize, Stopped)>;
 
     /// Drop every packet between nodes of different groups, silently (no error reaches the
     /// senders; TCP retransmits), replacing any partition in place. Nodes in no group keep
     /// reaching everyone; clients keep reaching every node.
-    fn partition(&mut self, groups: &[Vec<usize>]) -> anyhow::Result<()> {
+    fn partition(&mut self, groups: &[Vec<usize>]) -> Result<()> {
         let _ = groups;
-        bail!("this cluster cannot partition its network (only a local cluster in network namespaces can)")
+        Err(Error::Cluster(
+            "this cluster cannot partition its network (only a local cluster in network namespaces can)"
+                .to_string(),
+        ))
     }
 
     /// Remove the partition in place, if any.
-    fn heal(&mut self) -> anyhow::Result<()> {
-        bail!("this cluster cannot partition its network, so it has nothing to heal")
+    fn heal(&mut self) -> Result<()> {
+        Err(Error::Cluster(
+            "this cluster cannot partition its network, so it has nothing to heal".to_string(),
+        ))
     }
 
     /// The addresses of the nodes that are alive and not paused.
@@ -200,7 +205,7 @@ pub trait NodeControl {
     }
 
     /// Waits until the ring is consistent and made of exactly the live nodes.
-    fn wait_consistent(&mut self, timeout: Duration) -> anyhow::Result<RingReport> {
+    fn wait_consistent(&mut self, timeout: Duration) -> Result<RingReport> {
         let live = self.live_addrs();
         wait_for_ring(&live, timeout, None)
     }
@@ -213,15 +218,19 @@ pub trait NodeControl {
 /// # Errors
 /// `CHORDKV_BIN` names no file, or no `chordkv` is found next to the executable: the message
 /// says where it looked and to run `cargo build --bins` with the same profile.
-pub fn chordkv_binary() -> anyhow::Result<PathBuf> {
+pub fn chordkv_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("CHORDKV_BIN") {
         let path = PathBuf::from(path);
         if !path.is_file() {
-            bail!("CHORDKV_BIN={} does not name a file", path.display());
+            return Err(Error::Cluster(format!(
+                "CHORDKV_BIN={} does not name a file",
+                path.display()
+            )));
         }
         return Ok(path);
     }
-    let exe = std::env::current_exe().context("cannot find this program's own executable")?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Cluster(format!("cannot find this program's own executable: {e}")))?;
     let name = format!("chordkv{}", std::env::consts::EXE_SUFFIX);
     let mut dir = exe.parent();
     for _ in 0..2 {
@@ -232,11 +241,11 @@ pub fn chordkv_binary() -> anyhow::Result<PathBuf> {
         }
         dir = d.parent();
     }
-    bail!(
+    Err(Error::Cluster(format!(
         "cannot find the chordkv binary next to {}: run `cargo build --bins` (the same profile, \
          e.g. `cargo build --release --bins`) or set CHORDKV_BIN",
         exe.display()
-    )
+    )))
 }
 
 /// Polls [`walk_ring`] (from the first of `expected` that answers) until the ring is
@@ -246,9 +255,9 @@ pub fn wait_for_ring(
     expected: &[SocketAddr],
     timeout: Duration,
     cancel: Option<&AtomicBool>,
-) -> anyhow::Result<RingReport> {
+) -> Result<RingReport> {
     if expected.is_empty() {
-        bail!("no live node to walk the ring from");
+        return Err(Error::Cluster("no live node to walk the ring from".to_string()));
     }
     let want: BTreeSet<SocketAddr> = expected.iter().copied().collect();
     let max_nodes = want.len() * 2 + 8;
@@ -269,14 +278,16 @@ pub fn wait_for_ring(
             }
         }
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            bail!("interrupted while waiting for the ring; last walk: {last}");
+            return Err(Error::Cluster(format!(
+                "interrupted while waiting for the ring; last walk: {last}"
+            )));
         }
         if Instant::now() >= deadline {
-            bail!(
+            return Err(Error::Cluster(format!(
                 "the ring did not become consistent with {} nodes within {:.1} s; last walk: {last}",
                 want.len(),
                 timeout.as_secs_f64()
-            );
+            )));
         }
         std::thread::sleep(POLL_INTERVAL);
     }
@@ -323,16 +334,19 @@ impl LocalCluster {
     /// Starts `spec.nodes` nodes one after another, each once the previous one answers: node 0
     /// creates the ring, the others join node 0. Does not wait for the ring to converge: see
     /// [`LocalCluster::wait_consistent`].
-    pub fn start(spec: ClusterSpec) -> anyhow::Result<LocalCluster> {
+    pub fn start(spec: ClusterSpec) -> Result<LocalCluster> {
         if spec.nodes == 0 {
-            bail!("a cluster needs at least one node");
+            return Err(Error::Cluster("a cluster needs at least one node".to_string()));
         }
         if !spec.binary.is_file() {
-            bail!("the chordkv binary {} does not exist", spec.binary.display());
+            return Err(Error::Cluster(format!(
+                "the chordkv binary {} does not exist",
+                spec.binary.display()
+            )));
         }
         if let Some(dir) = &spec.log_dir {
             std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create log directory {}", dir.display()))?;
+                .map_err(|e| Error::Cluster(format!("cannot create log directory {}: {e}", dir.display())))?;
         }
         let count = spec.nodes;
         let netns = match spec.network {
@@ -398,7 +412,7 @@ impl LocalCluster {
     }
 
     /// A client connected to node `i`, with `timeout` per request.
-    pub fn client(&self, i: usize, timeout: Duration) -> anyhow::Result<Client> {
+    pub fn client(&self, i: usize, timeout: Duration) -> Result<Client> {
         let addr = self.node(i)?.addr;
         Ok(Client::connect(addr, timeout)?)
     }
@@ -446,7 +460,7 @@ impl LocalCluster {
     }
 
     /// Waits until the ring is consistent and made of exactly the live nodes.
-    pub fn wait_consistent(&mut self, timeout: Duration) -> anyhow::Result<RingReport> {
+    pub fn wait_consistent(&mut self, timeout: Duration) -> Result<RingReport> {
         let live = self.live_addrs();
         wait_for_ring(&live, timeout, None)
     }
@@ -456,13 +470,13 @@ impl LocalCluster {
         &mut self,
         timeout: Duration,
         cancel: &AtomicBool,
-    ) -> anyhow::Result<RingReport> {
+    ) -> Result<RingReport> {
         let live = self.live_addrs();
         wait_for_ring(&live, timeout, Some(cancel))
     }
 
     /// Crashes node `i` with SIGKILL and reaps it. A dead node is left as it is.
-    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+    pub fn kill(&mut self, i: usize) -> Result<()> {
         let node = self.node_mut(i)?;
         if let Some(mut child) = node.child.take() {
             node.paused = false;
@@ -470,14 +484,14 @@ impl LocalCluster {
             let _ = child.kill();
             child
                 .wait()
-                .with_context(|| format!("cannot reap node {i} ({})", node.addr))?;
+                .map_err(|e| Error::Cluster(format!("cannot reap node {i} ({}): {e}", node.addr)))?;
         }
         Ok(())
     }
 
     /// Stops node `i` with SIGTERM (a graceful leave), waits for it to exit for at most the
     /// stop timeout, and kills it after that.
-    pub fn terminate(&mut self, i: usize) -> anyhow::Result<Stopped> {
+    pub fn terminate(&mut self, i: usize) -> Result<Stopped> {
         let stop_timeout = self.spec.stop_timeout;
         let node = self.node_mut(i)?;
         if reap(node).is_some() || node.child.is_none() {
@@ -501,32 +515,34 @@ impl LocalCluster {
     }
 
     /// Removes node `i` from the ring gracefully: the same as [`LocalCluster::terminate`].
-    pub fn remove(&mut self, i: usize) -> anyhow::Result<Stopped> {
+    pub fn remove(&mut self, i: usize) -> Result<Stopped> {
         self.terminate(i)
     }
 
     /// Freezes node `i` with SIGSTOP.
-    pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
+    pub fn pause(&mut self, i: usize) -> Result<()> {
         let pid = self.running_pid(i)?;
-        signal(pid, libc::SIGSTOP).with_context(|| format!("cannot pause node {i}"))?;
+        signal(pid, libc::SIGSTOP).map_err(|e| Error::Cluster(format!("cannot pause node {i}: {e}")))?;
         self.nodes[i].paused = true;
         Ok(())
     }
 
     /// Unfreezes node `i` with SIGCONT.
-    pub fn resume(&mut self, i: usize) -> anyhow::Result<()> {
+    pub fn resume(&mut self, i: usize) -> Result<()> {
         let pid = self.running_pid(i)?;
-        signal(pid, libc::SIGCONT).with_context(|| format!("cannot resume node {i}"))?;
+        signal(pid, libc::SIGCONT).map_err(|e| Error::Cluster(format!("cannot resume node {i}: {e}")))?;
         self.nodes[i].paused = false;
         Ok(())
     }
 
     /// Starts the dead node `i` again on its address (so with the same ring id), joining
     /// the first live nodes; with none left, it starts a new ring.
-    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+    pub fn restart(&mut self, i: usize) -> Result<()> {
         let addr = self.node(i)?.addr;
         if self.is_running(i) {
-            bail!("node {i} ({addr}) is still running; kill or terminate it first");
+            return Err(Error::Cluster(format!(
+                "node {i} ({addr}) is still running; kill or terminate it first"
+            )));
         }
         let join = self.live_peers(Some(i));
         let resp = self.nodes[i].resp;
@@ -537,7 +553,7 @@ impl LocalCluster {
 
     /// Starts a new node on a new port (the next after the last with a `base_port`), joining
     /// the first live node; returns its index.
-    pub fn add_node(&mut self) -> anyhow::Result<usize> {
+    pub fn add_node(&mut self) -> Result<usize> {
         let i = self.nodes.len();
         let join = self.live_peers(None);
         let node = self.launch(i, None, join)?;
@@ -566,16 +582,16 @@ impl LocalCluster {
 
     /// In [`NetworkMode::Namespaces`]: drops every packet between nodes of different groups
     /// (see [`netns::Network::partition`]), replacing any partition in place.
-    pub fn partition(&mut self, groups: &[Vec<usize>]) -> anyhow::Result<()> {
+    pub fn partition(&mut self, groups: &[Vec<usize>]) -> Result<()> {
         let nodes = self.nodes.len();
         let net = self.network_mut()?;
         netns::check_groups(groups, nodes)?;
-        Ok(net.partition(groups)?)
+        net.partition(groups)
     }
 
     /// Removes the partition in place, if any.
-    pub fn heal(&mut self) -> anyhow::Result<()> {
-        Ok(self.network_mut()?.heal()?)
+    pub fn heal(&mut self) -> Result<()> {
+        self.network_mut()?.heal()
     }
 
     /// The groups of the partition in place, if any.
@@ -588,10 +604,11 @@ impl LocalCluster {
         self.netns.as_ref()?.namespace(i)
     }
 
-    fn network_mut(&mut self) -> anyhow::Result<&mut netns::Network> {
+    fn network_mut(&mut self) -> Result<&mut netns::Network> {
         self.netns.as_mut().ok_or_else(|| {
-            anyhow!(
+            Error::Cluster(
                 "partitions need a cluster whose nodes run in network namespaces (NetworkMode::Namespaces)"
+                    .to_string(),
             )
         })
     }
@@ -603,24 +620,24 @@ impl LocalCluster {
         }
     }
 
-    fn node(&self, i: usize) -> anyhow::Result<&LocalNode> {
+    fn node(&self, i: usize) -> Result<&LocalNode> {
         let len = self.nodes.len();
         self.nodes
             .get(i)
-            .ok_or_else(|| anyhow!("no node {i}: the cluster has {len} nodes"))
+            .ok_or_else(|| Error::Cluster(format!("no node {i}: the cluster has {len} nodes")))
     }
 
-    fn node_mut(&mut self, i: usize) -> anyhow::Result<&mut LocalNode> {
+    fn node_mut(&mut self, i: usize) -> Result<&mut LocalNode> {
         let len = self.nodes.len();
         self.nodes
             .get_mut(i)
-            .ok_or_else(|| anyhow!("no node {i}: the cluster has {len} nodes"))
+            .ok_or_else(|| Error::Cluster(format!("no node {i}: the cluster has {len} nodes")))
     }
 
-    fn running_pid(&mut self, i: usize) -> anyhow::Result<u32> {
+    fn running_pid(&mut self, i: usize) -> Result<u32> {
         let addr = self.node(i)?.addr;
         if !self.is_running(i) {
-            bail!("node {i} ({addr}) is not running");
+            return Err(Error::Cluster(format!("node {i} ({addr}) is not running")));
         }
         Ok(self.pid(i).expect("running"))
     }
@@ -637,12 +654,12 @@ impl LocalCluster {
         live.into_iter().map(|j| self.nodes[j].addr).collect()
     }
 
-    fn pick_addr(&self, index: usize) -> anyhow::Result<SocketAddr> {
+    fn pick_addr(&self, index: usize) -> Result<SocketAddr> {
         self.pick_port(index, self.spec.base_port, NAMESPACE_NODE_PORT)
     }
 
     /// Node `index`'s RESP address, when the spec asks for one.
-    fn pick_resp_addr(&self, index: usize) -> anyhow::Result<Option<SocketAddr>> {
+    fn pick_resp_addr(&self, index: usize) -> Result<Option<SocketAddr>> {
         if !self.spec.resp {
             return Ok(None);
         }
@@ -652,18 +669,13 @@ impl LocalCluster {
 
     /// `base + index` on the spec's host, or a free port without a base. In namespaces: on
     /// node `index`'s own address, `base + index` or the same port for every node.
-    fn pick_port(
-        &self,
-        index: usize,
-        base_port: Option<u16>,
-        namespace_port: u16,
-    ) -> anyhow::Result<SocketAddr> {
+    fn pick_port(&self, index: usize, base_port: Option<u16>, namespace_port: u16) -> Result<SocketAddr> {
         if let Some(net) = &self.netns {
             let port = match base_port {
                 Some(base) => u16::try_from(index)
                     .ok()
                     .and_then(|i| base.checked_add(i))
-                    .ok_or_else(|| anyhow!("port {base} + {index} is out of range"))?,
+                    .ok_or_else(|| Error::Cluster(format!("port {base} + {index} is out of range")))?,
                 None => namespace_port,
             };
             return Ok(SocketAddr::new(IpAddr::V4(net.host_addr(index)), port));
@@ -674,24 +686,21 @@ impl LocalCluster {
                 let port = u16::try_from(index)
                     .ok()
                     .and_then(|i| base.checked_add(i))
-                    .ok_or_else(|| anyhow!("port {base} + {index} is out of range"))?;
+                    .ok_or_else(|| Error::Cluster(format!("port {base} + {index} is out of range")))?;
                 Ok(SocketAddr::new(host, port))
             }
             None => {
                 let listener = TcpListener::bind((host, 0))
-                    .with_context(|| format!("cannot find a free port on {host}"))?;
-                Ok(listener.local_addr()?)
+                    .map_err(|e| Error::Cluster(format!("cannot find a free port on {host}: {e}")))?;
+                Ok(listener
+                    .local_addr()
+                    .map_err(Error::io("reading a picked port"))?)
             }
         }
     }
 
     /// Starts node `index` (on `addr`, or on a picked address) and waits until it answers.
-    fn launch(
-        &mut self,
-        index: usize,
-        addr: Option<SocketAddr>,
-        join: Vec<SocketAddr>,
-    ) -> anyhow::Result<LocalNode> {
+    fn launch(&mut self, index: usize, addr: Option<SocketAddr>, join: Vec<SocketAddr>) -> Result<LocalNode> {
         self.launch_with(index, addr, None, join)
     }
 
@@ -702,7 +711,7 @@ impl LocalCluster {
         addr: Option<SocketAddr>,
         resp: Option<SocketAddr>,
         join: Vec<SocketAddr>,
-    ) -> anyhow::Result<LocalNode> {
+    ) -> Result<LocalNode> {
         if let Some(net) = &mut self.netns {
             while net.hosts() <= index {
                 net.add_host()?;
@@ -747,7 +756,7 @@ impl LocalCluster {
         addr: SocketAddr,
         resp: Option<SocketAddr>,
         join: &[SocketAddr],
-    ) -> anyhow::Result<(Child, Option<PathBuf>)> {
+    ) -> Result<(Child, Option<PathBuf>)> {
         let mut cmd = match &self.netns {
             Some(net) => net.command(index, &self.spec.binary),
             None => Command::new(&self.spec.binary),
@@ -774,7 +783,7 @@ impl LocalCluster {
                     .create(true)
                     .append(true)
                     .open(&path)
-                    .with_context(|| format!("cannot open log file {}", path.display()))?;
+                    .map_err(|e| Error::Cluster(format!("cannot open log file {}: {e}", path.display())))?;
                 writeln!(
                     file,
                     "=== chordkv cluster: starting node {index} on {addr}{} ===",
@@ -783,8 +792,12 @@ impl LocalCluster {
                     } else {
                         format!(", joining {join}")
                     }
-                )?;
-                cmd.stdout(file.try_clone()?).stderr(file);
+                )
+                .map_err(Error::io("writing a node's log file"))?;
+                let out = file
+                    .try_clone()
+                    .map_err(Error::io("opening a node's log file twice"))?;
+                cmd.stdout(out).stderr(file);
                 Some(path)
             }
             None => {
@@ -797,33 +810,44 @@ impl LocalCluster {
                 None
             }
         };
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {} for node {index}", self.spec.binary.display()))?;
+        let child = cmd.spawn().map_err(|e| {
+            Error::Cluster(format!(
+                "cannot start {} for node {index}: {e}",
+                self.spec.binary.display()
+            ))
+        })?;
         Ok((child, log))
     }
 
     /// Waits until the node at `addr` answers `GET_INFO`, failing if its process exits first.
-    fn wait_ready(&self, child: &mut Child, addr: SocketAddr, log: Option<&Path>) -> anyhow::Result<()> {
+    fn wait_ready(&self, child: &mut Child, addr: SocketAddr, log: Option<&Path>) -> Result<()> {
         let deadline = Instant::now() + self.spec.start_timeout;
         loop {
-            if let Some(status) = child.try_wait()? {
-                bail!(
+            if let Some(status) = child
+                .try_wait()
+                .map_err(Error::io("checking on a node process"))?
+            {
+                return Err(Error::Cluster(format!(
                     "node on {addr} exited during start-up ({status}){}",
                     log_tail(log)
-                );
+                )));
             }
             let answered = Client::connect(addr, PROBE_TIMEOUT).and_then(|mut c| c.info());
-            if answered.is_ok() && child.try_wait()?.is_none() {
+            if answered.is_ok()
+                && child
+                    .try_wait()
+                    .map_err(Error::io("checking on a node process"))?
+                    .is_none()
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 let why = answered.err().map(|e| e.to_string()).unwrap_or_default();
-                bail!(
+                return Err(Error::Cluster(format!(
                     "node on {addr} did not answer within {:.1} s: {why}{}",
                     self.spec.start_timeout.as_secs_f64(),
                     log_tail(log)
-                );
+                )));
             }
             std::thread::sleep(POLL_INTERVAL);
         }
@@ -846,31 +870,31 @@ impl NodeControl for LocalCluster {
     fn is_live(&mut self, i: usize) -> bool {
         LocalCluster::is_live(self, i)
     }
-    fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+    fn kill(&mut self, i: usize) -> Result<()> {
         LocalCluster::kill(self, i)
     }
-    fn terminate(&mut self, i: usize) -> anyhow::Result<Stopped> {
+    fn terminate(&mut self, i: usize) -> Result<Stopped> {
         LocalCluster::terminate(self, i)
     }
-    fn pause(&mut self, i: usize) -> anyhow::Result<()> {
+    fn pause(&mut self, i: usize) -> Result<()> {
         LocalCluster::pause(self, i)
     }
-    fn resume(&mut self, i: usize) -> anyhow::Result<()> {
+    fn resume(&mut self, i: usize) -> Result<()> {
         LocalCluster::resume(self, i)
     }
-    fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+    fn restart(&mut self, i: usize) -> Result<()> {
         LocalCluster::restart(self, i)
     }
-    fn add_node(&mut self) -> anyhow::Result<usize> {
+    fn add_node(&mut self) -> Result<usize> {
         LocalCluster::add_node(self)
     }
     fn stop_all(&mut self) -> Vec<(usize, Stopped)> {
         LocalCluster::stop_all(self)
     }
-    fn partition(&mut self, groups: &[Vec<usize>]) -> anyhow::Result<()> {
+    fn partition(&mut self, groups: &[Vec<usize>]) -> Result<()> {
         LocalCluster::partition(self, groups)
     }
-    fn heal(&mut self) -> anyhow::Result<()> {
+    fn heal(&mut self) -> Result<()> {
         LocalCluster::heal(self)
     }
 }
@@ -891,10 +915,13 @@ fn reap(node: &mut LocalNode) -> Option<ExitStatus> {
 }
 
 /// Waits at most `timeout` for `child` to exit.
-fn wait_exit(child: &mut Child, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+fn wait_exit(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(Error::io("checking on a node process"))?
+        {
             return Ok(Some(status));
         }
         if Instant::now() >= deadline {

@@ -1,5 +1,5 @@
 //! The node library's error type, for what can fail outside the Chord core (which has no
-//! errors, only replies): opening a store, running the server, network namespaces.
+//! errors, only replies): opening a store, running the server, network namespaces, a local cluster.
 //!
 //! Every variant's message is complete for a person (what failed, on what address or URL,
 //! and why, in words rather than OS error numbers); `source()` keeps the underlying error
@@ -34,6 +34,14 @@ pub enum Error {
     /// A partition's groups are not two or more disjoint, non-empty groups of existing nodes.
     #[error("{0}")]
     InvalidPartition(String),
+    /// A local cluster of `chordkv node` processes ([`crate::cluster`]) or another
+    /// [`crate::cluster::NodeControl`] could not do what was asked: a node that did not start,
+    /// is not running, does not exist, a ring that did not converge (the message says which).
+    #[error("{0}")]
+    Cluster(String),
+    /// A client request the cluster launcher made failed.
+    #[error(transparent)]
+    Client(#[from] chordkv_client::ClientError),
     /// The node's thread panicked (a bug: the core must not panic on any input).
     #[error("the node thread panicked")]
     Panicked,

@@ -454,6 +454,7 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
         cluster
             .wait_consistent_or_cancel(Duration::from_millis(args.ready_timeout_ms), &stop)
             .map(|_| ())
+            .map_err(anyhow::Error::from)
     };
     if let Err(e) = ready {
         stop_cluster(&mut cluster);
