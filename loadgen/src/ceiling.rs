@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::error::{Error, Result};
 use bytes::{Bytes, BytesMut};
 use chordkv_node::protocol::frame::{self, Frame};
 use chordkv_node::protocol::{ErrorCode, Message, NodeInfo, NodeRef, NodeStatus};
@@ -48,10 +48,15 @@ pub struct NullTarget {
 
 impl NullTarget {
     /// Listens on a free loopback port.
-    pub fn start() -> anyhow::Result<NullTarget> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind the null target")?;
-        let addr = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
+    pub fn start() -> Result<NullTarget> {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").map_err(|e| Error::step("cannot bind the null target", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(Error::io("the null target's address"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(Error::io("the null target's socket"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let map = Arc::new(Mutex::new(Map::default()));
         let me = NodeRef::from_addr(addr);

@@ -21,7 +21,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use crate::error::{Error, Result};
 
 use crate::plot::{self, XySeries};
 use crate::report;
@@ -160,10 +160,12 @@ pub fn run_fault_sweep(
     command: &str,
     started_utc: &str,
     progress: bool,
-) -> anyhow::Result<(Vec<FaultTrial>, String)> {
+) -> Result<(Vec<FaultTrial>, String)> {
     if !sweep.partition_lengths_s.is_empty() {
         if let Some(why) = chordkv_node::netns::unavailable() {
-            anyhow::bail!("the partition trials need network namespaces, but {why}");
+            return Err(Error::Invalid(format!(
+                "the partition trials need network namespaces, but {why}"
+            )));
         }
     }
     let acks = if sweep.acks.is_empty() {
@@ -221,12 +223,17 @@ pub fn run_fault_sweep(
             chordkv_bin: chordkv_bin.clone(),
             progress: false,
         })
-        .with_context(|| {
-            format!(
-                "trial {} L={length_s} s ack {} policy {} seed {seed}",
-                kind.name(),
-                ack.name(),
-                policy.name()
+        .map_err(|e| {
+            Error::step(
+                {
+                    format!(
+                        "trial {} L={length_s} s ack {} policy {} seed {seed}",
+                        kind.name(),
+                        ack.name(),
+                        policy.name()
+                    )
+                },
+                e,
             )
         })?;
         let s = &outcome.summary;

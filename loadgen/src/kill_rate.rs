@@ -19,7 +19,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use crate::error::{Error, Result};
 
 use crate::plot::{self, XySeries};
 use crate::report;
@@ -90,7 +90,7 @@ pub fn run_kill_rate(
     command: &str,
     started_utc: &str,
     progress: bool,
-) -> anyhow::Result<(Vec<RateTrial>, String)> {
+) -> Result<(Vec<RateTrial>, String)> {
     let total = sweep.replicas.len() * sweep.kill_intervals_s.len() * sweep.trials as usize;
     eprintln!(
         "loadgen: kill-rate sweep {}: {} nodes, {} s of load, N in {:?}, T in {:?} s, {} trials each \
@@ -120,7 +120,7 @@ pub fn run_kill_rate(
                     chordkv_bin: chordkv_bin.clone(),
                     progress: false,
                 })
-                .with_context(|| format!("trial N={replicas} T={interval_s} s seed {seed}"))?;
+                .map_err(|e| Error::step(format!("trial N={replicas} T={interval_s} s seed {seed}"), e))?;
                 let s = &outcome.summary;
                 let trial = RateTrial {
                     replicas,

@@ -22,6 +22,7 @@
 //!    length L, for each ack and partition policy (lost writes and stale reads).
 
 pub mod ceiling;
+pub mod error;
 pub mod fault_sweep;
 pub mod faults;
 pub mod hgrm;
@@ -36,3 +37,5 @@ pub mod run;
 pub mod sweep;
 pub mod verify;
 pub mod workload;
+
+pub use error::{Error, Result};

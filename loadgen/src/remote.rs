@@ -30,7 +30,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use crate::error::{Error, Result};
 use chordkv_node::cluster::{NodeControl, Stopped};
 
 /// Backstop of one `cluster.sh` call; the script bounds every ssh call and wait itself.
@@ -87,7 +87,7 @@ pub struct RemoteCluster {
 
 /// `$CHORDKV_CLUSTER_SH`, else `deploy/cluster.sh` under the current directory, else under an
 /// ancestor of this executable's directory (`target/release/loadgen` -> the repository).
-pub fn find_cluster_script() -> anyhow::Result<PathBuf> {
+pub fn find_cluster_script() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("CHORDKV_CLUSTER_SH") {
         return Ok(PathBuf::from(path));
     }
@@ -95,31 +95,37 @@ pub fn find_cluster_script() -> anyhow::Result<PathBuf> {
     if here.is_file() {
         return Ok(here);
     }
-    let exe = std::env::current_exe().context("cannot find loadgen's own executable")?;
+    let exe = std::env::current_exe().map_err(|e| Error::step("cannot find loadgen's own executable", e))?;
     for dir in exe.ancestors().skip(1) {
         let candidate = dir.join(CLUSTER_SCRIPT);
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
-    bail!("cannot find {CLUSTER_SCRIPT} (run loadgen from the repository, or set CHORDKV_CLUSTER_SH)")
+    Err(Error::Remote(format!(
+        "cannot find {CLUSTER_SCRIPT} (run loadgen from the repository, or set CHORDKV_CLUSTER_SH)"
+    )))
 }
 
 /// Parses the output of `cluster.sh INVENTORY state`: `NAME ADDR node|spare STATE [PID]`.
-pub fn parse_state(text: &str) -> anyhow::Result<Vec<Host>> {
+pub fn parse_state(text: &str) -> Result<Vec<Host>> {
     let mut hosts = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let words: Vec<&str> = line.split_whitespace().collect();
         let [name, addr, role, state, ..] = words[..] else {
-            bail!("unexpected line from cluster.sh state: '{line}'");
+            return Err(Error::Remote(format!(
+                "unexpected line from cluster.sh state: '{line}'"
+            )));
         };
-        let addr: SocketAddr = addr
-            .parse()
-            .map_err(|_| anyhow!("host {name}: '{addr}' is not IP:PORT (loadgen needs numeric addresses)"))?;
+        let addr: SocketAddr = addr.parse().map_err(|_| {
+            Error::Remote(format!(
+                "host {name}: '{addr}' is not IP:PORT (loadgen needs numeric addresses)"
+            ))
+        })?;
         let spare = match role {
             "node" => false,
             "spare" => true,
-            _ => bail!("unexpected role '{role}' in '{line}'"),
+            _ => return Err(Error::Remote(format!("unexpected role '{role}' in '{line}'"))),
         };
         hosts.push(Host {
             name: name.to_string(),
@@ -129,7 +135,7 @@ pub fn parse_state(text: &str) -> anyhow::Result<Vec<Host>> {
         });
     }
     if hosts.is_empty() {
-        bail!("cluster.sh state listed no host");
+        return Err(Error::Remote("cluster.sh state listed no host".to_string()));
     }
     Ok(hosts)
 }
@@ -137,9 +143,12 @@ pub fn parse_state(text: &str) -> anyhow::Result<Vec<Host>> {
 impl RemoteCluster {
     /// Reads the hosts and the state of their nodes (`cluster.sh INVENTORY state`) with
     /// `script` (see [`find_cluster_script`]).
-    pub fn open(inventory: &Path, script: PathBuf) -> anyhow::Result<RemoteCluster> {
+    pub fn open(inventory: &Path, script: PathBuf) -> Result<RemoteCluster> {
         if !inventory.is_file() {
-            bail!("no inventory file {}", inventory.display());
+            return Err(Error::Remote(format!(
+                "no inventory file {}",
+                inventory.display()
+            )));
         }
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let mux_dir = std::env::temp_dir().join(format!(
@@ -170,7 +179,7 @@ impl RemoteCluster {
     pub fn for_run(
         inventory: &Path,
         nodes: Option<&[SocketAddr]>,
-    ) -> anyhow::Result<(RemoteCluster, Vec<SocketAddr>)> {
+    ) -> Result<(RemoteCluster, Vec<SocketAddr>)> {
         let mut cluster = RemoteCluster::open(inventory, find_cluster_script()?)?;
         let inv = inventory.display();
         for host in cluster.hosts.iter().filter(|h| !h.spare) {
@@ -187,14 +196,18 @@ impl RemoteCluster {
             Some(nodes) => {
                 let known = cluster.addrs();
                 if let Some(a) = nodes.iter().find(|a| !known.contains(a)) {
-                    bail!("--nodes names {a}, which is not a node of {inv}");
+                    return Err(Error::Remote(format!(
+                        "--nodes names {a}, which is not a node of {inv}"
+                    )));
                 }
                 nodes.to_vec()
             }
             None => cluster.live_addrs(),
         };
         if addrs.is_empty() {
-            bail!("no node of {inv} is running: `{CLUSTER_SCRIPT} {inv} up` starts them");
+            return Err(Error::Remote(format!(
+                "no node of {inv} is running: `{CLUSTER_SCRIPT} {inv} up` starts them"
+            )));
         }
         eprintln!(
             "loadgen: the cluster of {inv}: {} nodes, {} running; faults go through {}",
@@ -210,17 +223,17 @@ impl RemoteCluster {
         &self.hosts
     }
 
-    fn host(&self, i: usize) -> anyhow::Result<&Host> {
+    fn host(&self, i: usize) -> Result<&Host> {
         let len = self.nodes.len();
         self.nodes
             .get(i)
             .map(|&h| &self.hosts[h])
-            .ok_or_else(|| anyhow!("no node {i}: the cluster has {len} nodes"))
+            .ok_or_else(|| Error::Remote(format!("no node {i}: the cluster has {len} nodes")))
     }
 
     /// Runs `cluster.sh INVENTORY args...` for node `i`'s host; on success the node is in
     /// `after`. On failure the states are read again, and the error says what the script said.
-    fn act(&mut self, i: usize, command: &str, after: NodeState) -> anyhow::Result<String> {
+    fn act(&mut self, i: usize, command: &str, after: NodeState) -> Result<String> {
         let h = self.nodes[i];
         let name = self.hosts[h].name.clone();
         match self.script_output(&[command, &name]) {
@@ -230,7 +243,10 @@ impl RemoteCluster {
             }
             Err(e) => {
                 self.refresh();
-                Err(e.context(format!("node {i} ({name}, {})", self.hosts[h].addr)))
+                Err(Error::step(
+                    format!("node {i} ({name}, {})", self.hosts[h].addr),
+                    e,
+                ))
             }
         }
     }
@@ -249,7 +265,7 @@ impl RemoteCluster {
 
     /// Runs the script with the inventory and `args`, bounded by [`SCRIPT_TIMEOUT`]; its
     /// stdout, or an error with its stderr.
-    fn script_output(&self, args: &[&str]) -> anyhow::Result<String> {
+    fn script_output(&self, args: &[&str]) -> Result<String> {
         let what = format!("{} {}", CLUSTER_SCRIPT, args.join(" "));
         let mut child = Command::new("bash")
             .arg(&self.script)
@@ -260,7 +276,7 @@ impl RemoteCluster {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("cannot run bash {}", self.script.display()))?;
+            .map_err(|e| Error::step(format!("cannot run bash {}", self.script.display()), e))?;
         let stdout = drain(child.stdout.take());
         let stderr = drain(child.stderr.take());
         let status = wait_bounded(&mut child, SCRIPT_TIMEOUT);
@@ -270,12 +286,15 @@ impl RemoteCluster {
             Some(s) if s.success() => Ok(out),
             Some(s) => {
                 let why = err.trim();
-                bail!(
+                Err(Error::Remote(format!(
                     "`{what}` failed ({s}): {}",
                     if why.is_empty() { out.trim() } else { why }
-                )
+                )))
             }
-            None => bail!("`{what}` did not finish within {} s", SCRIPT_TIMEOUT.as_secs()),
+            None => Err(Error::Remote(format!(
+                "`{what}` did not finish within {} s",
+                SCRIPT_TIMEOUT.as_secs()
+            ))),
         }
     }
 }
@@ -312,10 +331,10 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<S
 }
 
 /// Waits at most `timeout` for `child`; kills it (and returns `None`) after that.
-fn wait_bounded(child: &mut Child, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = child.try_wait().map_err(Error::io("checking on ssh"))? {
             return Ok(Some(status));
         }
         if Instant::now() >= deadline {
@@ -329,13 +348,13 @@ fn wait_bounded(child: &mut Child, timeout: Duration) -> anyhow::Result<Option<E
 
 /// The node library's error for a remote operation that failed (ssh, the remote script),
 /// with its whole chain of context.
-fn as_cluster_error<T>(r: anyhow::Result<T>) -> chordkv_node::Result<T> {
+fn as_cluster_error<T>(r: Result<T>) -> chordkv_node::Result<T> {
     r.map_err(|e| chordkv_node::Error::Cluster(format!("{e:#}")))
 }
 
 /// The faults, as the hosts' control script runs them.
 impl RemoteCluster {
-    fn kill_on_host(&mut self, i: usize) -> anyhow::Result<()> {
+    fn kill_on_host(&mut self, i: usize) -> Result<()> {
         if !self.is_running(i) {
             self.host(i)?;
             return Ok(());
@@ -343,7 +362,7 @@ impl RemoteCluster {
         self.act(i, "kill", NodeState::Dead).map(|_| ())
     }
 
-    fn terminate_on_host(&mut self, i: usize) -> anyhow::Result<Stopped> {
+    fn terminate_on_host(&mut self, i: usize) -> Result<Stopped> {
         if !self.is_running(i) {
             self.host(i)?;
             return Ok(Stopped::NotRunning);
@@ -357,35 +376,43 @@ impl RemoteCluster {
         })
     }
 
-    fn pause_on_host(&mut self, i: usize) -> anyhow::Result<()> {
+    fn pause_on_host(&mut self, i: usize) -> Result<()> {
         if !self.is_live(i) {
-            bail!("node {i} ({}) is not running", self.host(i)?.addr);
+            return Err(Error::Remote(format!(
+                "node {i} ({}) is not running",
+                self.host(i)?.addr
+            )));
         }
         self.act(i, "pause", NodeState::Paused).map(|_| ())
     }
 
-    fn resume_on_host(&mut self, i: usize) -> anyhow::Result<()> {
+    fn resume_on_host(&mut self, i: usize) -> Result<()> {
         if !self.is_running(i) {
-            bail!("node {i} ({}) is not running", self.host(i)?.addr);
+            return Err(Error::Remote(format!(
+                "node {i} ({}) is not running",
+                self.host(i)?.addr
+            )));
         }
         self.act(i, "resume", NodeState::Running).map(|_| ())
     }
 
-    fn restart_on_host(&mut self, i: usize) -> anyhow::Result<()> {
+    fn restart_on_host(&mut self, i: usize) -> Result<()> {
         if self.is_running(i) {
             let addr = self.host(i)?.addr;
-            bail!("node {i} ({addr}) is still running; kill or terminate it first");
+            return Err(Error::Remote(format!(
+                "node {i} ({addr}) is still running; kill or terminate it first"
+            )));
         }
         self.act(i, "start", NodeState::Running).map(|_| ())
     }
 
-    fn add_node_on_host(&mut self) -> anyhow::Result<usize> {
+    fn add_node_on_host(&mut self) -> Result<usize> {
         let Some(h) = (0..self.hosts.len()).find(|h| self.hosts[*h].spare && !self.nodes.contains(h)) else {
-            bail!(
+            return Err(Error::Remote(format!(
                 "no spare host left in {}: add a host line with spare=yes to the inventory and push \
                  (remote clusters grow only onto hosts of the inventory)",
                 self.inventory.display()
-            );
+            )));
         };
         let i = self.nodes.len();
         self.nodes.push(h);

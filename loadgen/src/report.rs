@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
+use crate::error::{Error, Result};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -206,13 +206,13 @@ pub fn timeline_csv(rows: &[TimelineRow]) -> String {
 }
 
 /// Writes `text` to `dir/name`.
-pub fn write_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+pub fn write_file(dir: &Path, name: &str, text: &str) -> Result<()> {
     let path = dir.join(name);
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(&path, text).map_err(|e| Error::step(format!("cannot write {}", path.display()), e))
 }
 
 /// Writes `<name>.hgrm` (values in microseconds, or in hops).
-pub fn write_hgrm(dir: &Path, name: &str, h: &Histogram<u64>) -> anyhow::Result<()> {
+pub fn write_hgrm(dir: &Path, name: &str, h: &Histogram<u64>) -> Result<()> {
     write_file(
         dir,
         &format!("{name}.hgrm"),

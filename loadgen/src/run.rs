@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{bail, Context};
+use crate::error::{Error, Result};
 use bytes::Bytes;
 use chordkv_client::owner::OwnerClient;
 use chordkv_client::{Client, ClientError, DeleteResult, GetResult, PutResult};
@@ -116,9 +116,13 @@ pub struct Outcome {
 
 /// The `chordkv` binary loadgen starts a local cluster with
 /// ([`chordkv_node::cluster::chordkv_binary`]); `--nodes` needs none.
-pub fn find_chordkv() -> anyhow::Result<PathBuf> {
-    chordkv_node::cluster::chordkv_binary()
-        .context("loadgen starts a local cluster with it; give --nodes to use a running one")
+pub fn find_chordkv() -> Result<PathBuf> {
+    chordkv_node::cluster::chordkv_binary().map_err(|e| {
+        Error::step(
+            "loadgen starts a local cluster with it; give --nodes to use a running one",
+            e,
+        )
+    })
 }
 
 fn latency_histogram() -> Histogram<u64> {
@@ -132,7 +136,7 @@ fn hops_histogram() -> Histogram<u64> {
 }
 
 /// Runs the workload and writes its results.
-pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
+pub fn run(opts: RunOptions) -> Result<Outcome> {
     run_with_control(opts, None)
 }
 
@@ -141,24 +145,31 @@ pub fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 pub fn run_with_control(
     opts: RunOptions,
     mut remote: Option<Box<dyn NodeControl + Send>>,
-) -> anyhow::Result<Outcome> {
+) -> Result<Outcome> {
     let w = &opts.workload;
-    w.validate().map_err(anyhow::Error::msg)?;
+    w.validate()?;
     if opts.nodes.is_some() && remote.is_none() && !w.faults.is_empty() {
-        bail!("faults need a local cluster (no --nodes) or a deployed one (--inventory)");
+        return Err(Error::Invalid(
+            "faults need a local cluster (no --nodes) or a deployed one (--inventory)".to_string(),
+        ));
     }
     if opts.nodes.is_none() && remote.is_some() {
-        bail!("a remote cluster needs the addresses of its nodes");
+        return Err(Error::Invalid(
+            "a remote cluster needs the addresses of its nodes".to_string(),
+        ));
     }
     if w.has_partitions() {
         if opts.nodes.is_some() {
-            bail!(
+            return Err(Error::Invalid(
                 "partition faults need the local cluster in network namespaces; a cluster given by \
                  --nodes or --inventory cannot be partitioned"
-            );
+                    .to_string(),
+            ));
         }
         if let Some(why) = chordkv_node::netns::unavailable() {
-            bail!("partition faults need the local cluster in network namespaces, but {why}");
+            return Err(Error::Invalid(format!(
+                "partition faults need the local cluster in network namespaces, but {why}"
+            )));
         }
     }
     // Every operation's times, for the real-time checker, are on this clock.
@@ -169,8 +180,12 @@ pub fn run_with_control(
         .out_dir
         .clone()
         .unwrap_or_else(|| opts.results_root.join(format!("{}-{stamp}", w.name)));
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("cannot create the results directory {}", out_dir.display()))?;
+    std::fs::create_dir_all(&out_dir).map_err(|e| {
+        Error::step(
+            format!("cannot create the results directory {}", out_dir.display()),
+            e,
+        )
+    })?;
     eprintln!(
         "loadgen: workload {} seed {} ({} loop{}), results in {}",
         w.name,
@@ -183,7 +198,7 @@ pub fn run_with_control(
     // Kept alive until the end of the run: dropping it kills the nodes.
     let mut cluster: Option<LocalCluster> = None;
     let addrs = match &opts.nodes {
-        Some(nodes) if nodes.is_empty() => bail!("--nodes names no node"),
+        Some(nodes) if nodes.is_empty() => return Err(Error::Invalid("--nodes names no node".to_string())),
         Some(nodes) => nodes.clone(),
         None => {
             let binary = match &opts.chordkv_bin {
@@ -347,11 +362,11 @@ pub fn run_with_control(
     report::write_file(
         &out_dir,
         "summary.json",
-        &(serde_json::to_string_pretty(&summary)? + "\n"),
+        &(serde_json::to_string_pretty(&summary).map_err(|e| Error::step("summary.json", e))? + "\n"),
     )?;
     report::write_file(&out_dir, "timeline.csv", &report::timeline_csv(&timeline.rows))?;
     std::fs::write(out_dir.join("all.hlog"), &timeline.interval_log)
-        .with_context(|| format!("cannot write {}", out_dir.join("all.hlog").display()))?;
+        .map_err(|e| Error::step(format!("cannot write {}", out_dir.join("all.hlog").display()), e))?;
     let title = format!("{}: {:.0} ops/s", summary.name, summary.throughput_ops);
     let series: Vec<(&str, &Histogram<u64>)> = Op::ALL
         .iter()
@@ -581,11 +596,7 @@ struct Interval {
 
 /// Writes every key once, `threads` threads in parallel. Returns the history, the number
 /// of failed writes and the operations (times on `clock`).
-pub(crate) fn preload(
-    w: &Workload,
-    targets: &Targets,
-    clock: &RunClock,
-) -> anyhow::Result<(History, u64, OpLog)> {
+pub(crate) fn preload(w: &Workload, targets: &Targets, clock: &RunClock) -> Result<(History, u64, OpLog)> {
     let threads = w.threads.min(w.keys as usize).max(1);
     let addrs = targets.snapshot();
     let addrs = &addrs;
@@ -661,10 +672,10 @@ pub(crate) fn preload(
             errors += e;
         }
         if gave_up {
-            bail!(
+            return Err(Error::Invalid(format!(
                 "preload gave up after {MAX_FAILURES_IN_A_ROW} failed writes in a row \
                  ({errors} failed in all): is the cluster up?"
-            );
+            )));
         }
         Ok((history, errors, log))
     })
@@ -681,7 +692,7 @@ fn drive(
     progress: bool,
     control: Option<&mut (dyn NodeControl + Send)>,
     clock: &RunClock,
-) -> anyhow::Result<(Vec<ThreadResult>, Timeline, f64, Vec<FaultRecord>)> {
+) -> Result<(Vec<ThreadResult>, Timeline, f64, Vec<FaultRecord>)> {
     let threads = w.threads.min(w.connections);
     let intervals: Vec<Mutex<Interval>> = (0..threads)
         .map(|_| {
@@ -733,7 +744,7 @@ fn drive(
             .with_start_time(wall_start)
             .with_base_time(wall_start)
             .begin_log_with(&mut interval_log, &mut serializer)
-            .context("cannot start the interval log")?;
+            .map_err(|e| Error::step("cannot start the interval log", e))?;
         let mut next = start + REPORT_INTERVAL;
         let mut last_report = start;
         loop {
@@ -773,7 +784,7 @@ fn drive(
                     now.duration_since(last_report),
                     None,
                 )
-                .map_err(|e| anyhow::anyhow!("cannot write the interval log: {e:?}"))?;
+                .map_err(|e| Error::Invalid(format!("cannot write the interval log: {e:?}")))?;
             }
             last_report = now;
             if all_done {
@@ -1241,10 +1252,10 @@ pub(crate) fn verify_all(
 }
 
 /// Checks that every node answers `GET_INFO`: a clear error rather than a run of failures.
-fn probe(addrs: &[SocketAddr], timeout: Duration) -> anyhow::Result<()> {
+fn probe(addrs: &[SocketAddr], timeout: Duration) -> Result<()> {
     for &addr in addrs {
         if let Err(e) = Client::connect(addr, timeout).and_then(|mut c| c.info()) {
-            bail!("node {addr} does not answer: {e}");
+            return Err(Error::Invalid(format!("node {addr} does not answer: {e}")));
         }
     }
     Ok(())

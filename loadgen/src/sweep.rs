@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
+use crate::error::{Error, Result};
 use chordkv_node::cluster::{ClusterSpec, LocalCluster};
 use chordkv_node::rng::Rng;
 
@@ -127,18 +127,25 @@ pub fn predicted_loss(n: usize, f: usize, replicas: u64) -> f64 {
 }
 
 /// Runs every trial of the sweep and writes `data-loss.md` and `data-loss.svg`.
-pub fn run_sweep(opts: SweepOptions) -> anyhow::Result<SweepOutcome> {
+pub fn run_sweep(opts: SweepOptions) -> Result<SweepOutcome> {
     let w = &opts.workload;
-    w.validate().map_err(anyhow::Error::msg)?;
-    let sweep: &Sweep = w.sweep.as_ref().context("the workload has no sweep: section")?;
+    w.validate()?;
+    let sweep: &Sweep = w
+        .sweep
+        .as_ref()
+        .ok_or_else(|| Error::Invalid("the workload has no sweep: section".to_string()))?;
     let started = SystemTime::now();
     let (stamp, started_utc) = report::utc_timestamps(started);
     let out_dir = opts
         .out_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_RESULTS_DIR).join(format!("{}-{stamp}", w.name)));
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("cannot create the results directory {}", out_dir.display()))?;
+    std::fs::create_dir_all(&out_dir).map_err(|e| {
+        Error::step(
+            format!("cannot create the results directory {}", out_dir.display()),
+            e,
+        )
+    })?;
     let binary = match &opts.chordkv_bin {
         Some(b) => b.clone(),
         None => find_chordkv()?,
@@ -200,7 +207,7 @@ pub fn run_sweep(opts: SweepOptions) -> anyhow::Result<SweepOutcome> {
             for t in 0..sweep.trials {
                 let seed = w.seed.wrapping_add(u64::from(t));
                 let trial = run_trial(w, sweep, &binary, replicas, kills, seed)
-                    .with_context(|| format!("trial N={replicas} f={kills} seed {seed}"))?;
+                    .map_err(|e| Error::step(format!("trial N={replicas} f={kills} seed {seed}"), e))?;
                 if opts.progress {
                     eprintln!(
                         "[{}/{total}] N={replicas} f={kills} seed {seed}: lost {} of {} keys \
@@ -257,7 +264,7 @@ fn run_trial(
     replicas: u64,
     kills: usize,
     seed: u64,
-) -> anyhow::Result<Trial> {
+) -> Result<Trial> {
     let mut w = base.clone();
     w.seed = seed;
     w.preload = true;

@@ -659,7 +659,15 @@ impl ClusterSection {
     }
 
     /// Checks the node options together, as `chordkv node` would (before a cluster starts).
-    pub fn validate(&self) -> Result<(), String> {
+    ///
+    /// # Errors
+    /// [`crate::Error::Invalid`], naming the section and the option.
+    pub fn validate(&self) -> crate::Result<()> {
+        self.check().map_err(crate::Error::Invalid)
+    }
+
+    /// [`ClusterSection::validate`]'s check; the message names the section.
+    fn check(&self) -> Result<(), String> {
         self.node
             .chord_config()
             .map(|_| ())
@@ -721,7 +729,7 @@ impl Workload {
                 message,
             }
         })?;
-        workload.validate().map_err(|message| WorkloadError {
+        workload.check().map_err(|message| WorkloadError {
             source: source.to_string(),
             line: None,
             column: None,
@@ -730,8 +738,16 @@ impl Workload {
         Ok(workload)
     }
 
-    /// Checks what the types cannot say. The message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what the types cannot say (after command-line overrides, too).
+    ///
+    /// # Errors
+    /// [`crate::Error::Invalid`], whose message names the field.
+    pub fn validate(&self) -> crate::Result<()> {
+        self.check().map_err(crate::Error::Invalid)
+    }
+
+    /// [`Workload::validate`]'s checks; the message names the field.
+    fn check(&self) -> Result<(), String> {
         let positive = |v: f64, what: &str| {
             if v.is_finite() && v > 0.0 {
                 Ok(())
@@ -814,7 +830,7 @@ impl Workload {
         if self.cluster.nodes == 0 {
             return Err("cluster.nodes must be at least 1".into());
         }
-        self.cluster.validate()?;
+        self.cluster.check()?;
         self.validate_faults()?;
         self.validate_sweep()
     }

@@ -175,7 +175,7 @@ fn apply_scheme(w: &mut Workload, scheme: &str) -> anyhow::Result<()> {
         }
         other => bail!("unknown scheme '{other}': classic, base:B, cache, onehop or owner"),
     }
-    w.cluster.validate().map_err(anyhow::Error::msg)
+    w.cluster.validate().map_err(anyhow::Error::from)
 }
 
 /// The simulator's mean hops for the run's ring, scheme and key distribution.
