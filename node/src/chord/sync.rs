@@ -750,11 +750,11 @@ impl Node {
         if self.config.is_consistent() {
             // We are in the preference list of our `replicas` predecessors' ranges whether or
             // not their primaries are up to say so (a member that is down may be back).
-            let preds = self.predecessors();
-            for w in preds.windows(2) {
-                keep.push((w[1].id, w[0].id));
-            }
-            if preds.len() <= self.config.replicas {
+            let (_, preds) = self.kept_ranges();
+            // n ranges come from the n + 1 predecessors we know.
+            let preds_known = preds.len() + 1;
+            keep.extend(preds);
+            if preds_known <= self.config.replicas {
                 // Fewer members than copies: every key is ours to keep.
                 return;
             }
@@ -787,12 +787,17 @@ impl Node {
         if self.trust.lost_at().is_none() || self.predecessor.is_none() {
             return;
         }
-        let mut keep: Vec<(Id, Id)> = vec![self.primary_range()];
-        let preds = self.predecessors();
-        for w in preds.windows(2).take(self.config.replicas) {
-            keep.push((w[1].id, w[0].id));
-        }
+        let (own, preds) = self.kept_ranges();
+        let keep: Vec<(Id, Id)> = std::iter::once(own).chain(preds).collect();
         self.trust.settle(&keep);
+    }
+
+    /// Our primary range, and the ranges of the predecessors whose preference lists we are in
+    /// (`(start, end]`, nearest first; up to `replicas` of them).
+    fn kept_ranges(&self) -> ((Id, Id), Vec<(Id, Id)>) {
+        let preds = self.predecessors();
+        let ranges = preds.windows(2).map(|w| (w[1].id, w[0].id)).collect();
+        (self.primary_range(), ranges)
     }
 
     /// Brings the next round forward when the nodes that should hold our range changed.
