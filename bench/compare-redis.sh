@@ -83,7 +83,7 @@ fi
 
 if [ -z "${CHORDKV_BIN:-}" ]; then
     log "building chordkv (release)"
-    cargo build --release -q -p chordkv-node --bin chordkv
+    cargo build --release -q -p chordkv --bin chordkv
     CHORDKV_BIN=target/release/chordkv
 fi
 [ -x "$CHORDKV_BIN" ] || die "no chordkv binary at $CHORDKV_BIN"

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use chordkv_node::chord::routing::RoutingTable;
-use chordkv_node::rng::Rng;
+use chordkv_core::chord::routing::RoutingTable;
+use chordkv_core::rng::Rng;
 use chordkv_protocol::{decode, decode_frame, Frame, Id, Message, NodeRef};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use bytes::{Bytes, BytesMut};
-use chordkv_node::protocol::frame::{self, Frame};
-use chordkv_node::protocol::{ErrorCode, Message, NodeInfo, NodeRef, NodeStatus};
+use chordkv_protocol::frame::{self, Frame};
+use chordkv_protocol::{ErrorCode, Message, NodeInfo, NodeRef, NodeStatus};
 
 /// How often an idle connection thread looks at the stop flag.
 const READ_POLL: Duration = Duration::from_millis(100);

@@ -16,7 +16,7 @@ pub enum Error {
     Invalid(String),
     /// The local cluster (or the node library under it) failed.
     #[error(transparent)]
-    Cluster(#[from] chordkv_node::Error),
+    Cluster(#[from] chordkv_harness::Error),
     /// A client request loadgen made failed where the run cannot go on without it.
     #[error(transparent)]
     Client(#[from] chordkv_client::ClientError),

@@ -162,7 +162,7 @@ pub fn run_fault_sweep(
     progress: bool,
 ) -> Result<(Vec<FaultTrial>, String)> {
     if !sweep.partition_lengths_s.is_empty() {
-        if let Some(why) = chordkv_node::netns::unavailable() {
+        if let Some(why) = chordkv_harness::netns::unavailable() {
             return Err(Error::Invalid(format!(
                 "the partition trials need network namespaces, but {why}"
             )));

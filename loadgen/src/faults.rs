@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use chordkv_node::cluster::NodeControl;
-use chordkv_node::rng::Rng;
+use chordkv_core::rng::Rng;
+use chordkv_harness::cluster::NodeControl;
 
 use crate::report::FaultRecord;
 use crate::workload::{Fault, FaultAction};

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use chordkv_node::rng::Rng;
+use chordkv_core::rng::Rng;
 
 use crate::workload::{Distribution, DEFAULT_THETA};
 
@@ -16,7 +16,7 @@ pub fn key_name(i: u64, key_bytes: usize) -> String {
     format!("k{:0width$}", i, width = key_bytes.saturating_sub(1))
 }
 
-pub use chordkv_node::rng::{zeta, Zipfian};
+pub use chordkv_harness::zipfian::{zeta, Zipfian};
 
 /// What a key is chosen for: under `latest`, a put writes the next new key (`Write`), and
 /// gets and deletes touch recent ones (`Read`).

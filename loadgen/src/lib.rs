@@ -9,7 +9,7 @@
 //!    sequential, latest).
 //! 3. [`verify`]: Jepsen set-checker accounting (acknowledged, lost, unexpected, recovered);
 //!    [`oplog`]: every operation's times and write, for the real-time checker
-//!    ([`chordkv_node::history`]: stale reads, resurrected deletes).
+//!    ([`chordkv_harness::history`]: stale reads, resurrected deletes).
 //! 4. [`hgrm`] and [`report`]: the files a run writes (`summary.json`, `.hgrm`,
 //!    `timeline.csv`); [`plot`]: `latency.svg` and `timeline.svg`.
 //! 5. [`faults`]: failure injection (the `faults:` schedule, partitions included) and the

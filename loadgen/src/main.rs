@@ -49,7 +49,7 @@ struct Args {
     entry: Option<loadgen::workload::Entry>,
     /// The local cluster's lookup scheme: classic, base:B or onehop (overrides cluster.routing).
     #[arg(long)]
-    routing: Option<chordkv_node::chord::Routing>,
+    routing: Option<chordkv_core::chord::Routing>,
     /// Entries of each local node's location cache (overrides cluster.cache).
     #[arg(long)]
     cache: Option<usize>,
@@ -115,7 +115,7 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(2);
         }
-        if let Some(why) = chordkv_node::netns::unavailable() {
+        if let Some(why) = chordkv_harness::netns::unavailable() {
             eprintln!("error: partition faults need the local cluster in network namespaces, but {why}");
             return ExitCode::from(1);
         }

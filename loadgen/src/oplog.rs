@@ -1,4 +1,4 @@
-//! The run's operation log, for the real-time checker ([`chordkv_node::history`]): every
+//! The run's operation log, for the real-time checker ([`chordkv_harness::history`]): every
 //! operation of a run (the preload, the load, the final reads) with the time it was invoked
 //! and the time it completed, on one clock ([`RunClock`]: microseconds since the run started),
 //! its key index and the write it wrote or read (a value names its write: see
@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use chordkv_client::ClientError;
-use chordkv_node::history::{History, Time};
+use chordkv_harness::history::{History, Time};
 
 /// The id recorded for a value that names no write of its key (malformed, or another key's):
 /// the checker finds no such write and counts the read as unexpected. Real ids have the
@@ -271,7 +271,7 @@ mod tests {
             "a refused connect sends nothing"
         );
         let answer = ClientError::Server {
-            code: chordkv_node::protocol::ErrorCode::Unavailable,
+            code: chordkv_protocol::ErrorCode::Unavailable,
             text: "no".into(),
         };
         a.failed(&answer, at(5), timeout);

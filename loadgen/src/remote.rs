@@ -20,7 +20,7 @@
 //! (`CHORDKV_SSH_MUX_DIR`), so that a fault costs a round trip, not a login; they are closed
 //! when the cluster is dropped (and expire by themselves if loadgen dies first).
 //!
-//! [`LocalCluster`]: chordkv_node::cluster::LocalCluster
+//! [`LocalCluster`]: chordkv_harness::cluster::LocalCluster
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use chordkv_node::cluster::{NodeControl, Stopped};
+use chordkv_harness::cluster::{NodeControl, Stopped};
 
 /// Backstop of one `cluster.sh` call; the script bounds every ssh call and wait itself.
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -348,8 +348,8 @@ fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatu
 
 /// The node library's error for a remote operation that failed (ssh, the remote script),
 /// with its whole chain of context.
-fn as_cluster_error<T>(r: Result<T>) -> chordkv_node::Result<T> {
-    r.map_err(|e| chordkv_node::Error::Cluster(format!("{e:#}")))
+fn as_cluster_error<T>(r: Result<T>) -> chordkv_harness::Result<T> {
+    r.map_err(|e| chordkv_harness::Error::Cluster(format!("{e:#}")))
 }
 
 /// The faults, as the hosts' control script runs them.
@@ -438,27 +438,27 @@ impl NodeControl for RemoteCluster {
         self.host(i).is_ok_and(|h| h.state == NodeState::Running)
     }
 
-    fn kill(&mut self, i: usize) -> chordkv_node::Result<()> {
+    fn kill(&mut self, i: usize) -> chordkv_harness::Result<()> {
         as_cluster_error(self.kill_on_host(i))
     }
 
-    fn terminate(&mut self, i: usize) -> chordkv_node::Result<Stopped> {
+    fn terminate(&mut self, i: usize) -> chordkv_harness::Result<Stopped> {
         as_cluster_error(self.terminate_on_host(i))
     }
 
-    fn pause(&mut self, i: usize) -> chordkv_node::Result<()> {
+    fn pause(&mut self, i: usize) -> chordkv_harness::Result<()> {
         as_cluster_error(self.pause_on_host(i))
     }
 
-    fn resume(&mut self, i: usize) -> chordkv_node::Result<()> {
+    fn resume(&mut self, i: usize) -> chordkv_harness::Result<()> {
         as_cluster_error(self.resume_on_host(i))
     }
 
-    fn restart(&mut self, i: usize) -> chordkv_node::Result<()> {
+    fn restart(&mut self, i: usize) -> chordkv_harness::Result<()> {
         as_cluster_error(self.restart_on_host(i))
     }
 
-    fn add_node(&mut self) -> chordkv_node::Result<usize> {
+    fn add_node(&mut self) -> chordkv_harness::Result<usize> {
         as_cluster_error(self.add_node_on_host())
     }
 

@@ -23,9 +23,9 @@ use crate::error::{Error, Result};
 use bytes::Bytes;
 use chordkv_client::owner::OwnerClient;
 use chordkv_client::{Client, ClientError, DeleteResult, GetResult, PutResult};
-use chordkv_node::cluster::{ClusterSpec, LocalCluster, NetworkMode, NodeControl};
-use chordkv_node::history::{Anomaly, History as TimedHistory};
-use chordkv_node::rng::Rng;
+use chordkv_core::rng::Rng;
+use chordkv_harness::cluster::{ClusterSpec, LocalCluster, NetworkMode, NodeControl};
+use chordkv_harness::history::{Anomaly, History as TimedHistory};
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
@@ -115,9 +115,9 @@ pub struct Outcome {
 }
 
 /// The `chordkv` binary loadgen starts a local cluster with
-/// ([`chordkv_node::cluster::chordkv_binary`]); `--nodes` needs none.
+/// ([`chordkv_harness::cluster::chordkv_binary`]); `--nodes` needs none.
 pub fn find_chordkv() -> Result<PathBuf> {
-    chordkv_node::cluster::chordkv_binary().map_err(|e| {
+    chordkv_harness::cluster::chordkv_binary().map_err(|e| {
         Error::step(
             "loadgen starts a local cluster with it; give --nodes to use a running one",
             e,
@@ -166,7 +166,7 @@ pub fn run_with_control(
                     .to_string(),
             ));
         }
-        if let Some(why) = chordkv_node::netns::unavailable() {
+        if let Some(why) = chordkv_harness::netns::unavailable() {
             return Err(Error::Invalid(format!(
                 "partition faults need the local cluster in network namespaces, but {why}"
             )));
@@ -1052,7 +1052,7 @@ struct KeyRead {
 
 /// Reads every written key and judges it: by version against `history` (the last
 /// acknowledged write must be there, see [`verify::judge`]) and by real-time order against
-/// every operation of the run (`log`, see [`chordkv_node::history`]), which also judges every
+/// every operation of the run (`log`, see [`chordkv_harness::history`]), which also judges every
 /// read of the run. A key's final read counts once: a real-time verdict first, else the
 /// version's. Returns the counts and descriptions of the first lost keys.
 pub(crate) fn verify_all(

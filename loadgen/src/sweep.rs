@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
-use chordkv_node::cluster::{ClusterSpec, LocalCluster};
-use chordkv_node::rng::Rng;
+use chordkv_core::rng::Rng;
+use chordkv_harness::cluster::{ClusterSpec, LocalCluster};
 
 use crate::fault_sweep;
 use crate::faults::Targets;

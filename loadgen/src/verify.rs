@@ -210,7 +210,7 @@ pub fn judge(
 }
 
 /// The counts in `summary.json`: the final reads judged by version (this module) and every
-/// read of the run judged by real-time order ([`chordkv_node::history`], fed by
+/// read of the run judged by real-time order ([`chordkv_harness::history`], fed by
 /// [`crate::oplog`]); a key's final read counts once.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {

@@ -567,8 +567,8 @@ impl<'de> Deserialize<'de> for Distribution {
 
 /// How a write is acknowledged by the nodes (`chordkv node --ack`), and what they serve when
 /// they cannot reach enough of a key's replicas (`--partition-policy`): the node's own types.
-pub use chordkv_node::chord::config::{AckPolicy, PartitionPolicy};
-pub use chordkv_node::options::NodeOptions;
+pub use chordkv_core::chord::config::{AckPolicy, PartitionPolicy};
+pub use chordkv_core::options::NodeOptions;
 
 /// The local cluster loadgen starts when it is not given `--nodes`: how many nodes, and the
 /// options of every node, the same keys and defaults as `chordkv node`'s flags
@@ -781,20 +781,20 @@ impl Workload {
             ));
         }
         let digits = (self.keys - 1).to_string().len();
-        if self.key_bytes < digits + 1 || self.key_bytes > chordkv_node::protocol::MAX_KEY_BYTES {
+        if self.key_bytes < digits + 1 || self.key_bytes > chordkv_protocol::MAX_KEY_BYTES {
             return Err(format!(
                 "key_bytes must be between {} (\"k\" and {digits} digits for {} keys) and {}, not {}",
                 digits + 1,
                 self.keys,
-                chordkv_node::protocol::MAX_KEY_BYTES,
+                chordkv_protocol::MAX_KEY_BYTES,
                 self.key_bytes
             ));
         }
         let (min, max) = (self.value_bytes.min(), self.value_bytes.max());
-        if min < MIN_VALUE_BYTES || max < min || max > chordkv_node::protocol::MAX_VALUE_BYTES {
+        if min < MIN_VALUE_BYTES || max < min || max > chordkv_protocol::MAX_VALUE_BYTES {
             return Err(format!(
                 "value_bytes must be between {MIN_VALUE_BYTES} and {} with min <= max, not {min}..{max}",
-                chordkv_node::protocol::MAX_VALUE_BYTES
+                chordkv_protocol::MAX_VALUE_BYTES
             ));
         }
         let Mix { get, put, delete } = self.mix;
@@ -910,7 +910,7 @@ impl Workload {
         }
         if !s.partition_lengths_s.is_empty() {
             let n = self.cluster.nodes;
-            chordkv_node::netns::check_groups(&s.groups(n), n)
+            chordkv_harness::netns::check_groups(&s.groups(n), n)
                 .map_err(|e| format!("sweep.partition_groups: {e} (indices 0 to {})", n - 1))?;
         }
         Ok(())
@@ -951,7 +951,7 @@ impl Workload {
                     if f.count.is_some() || f.nodes.is_some() {
                         return Err(format!("{at}: a partition names groups, not count or nodes"));
                     }
-                    chordkv_node::netns::check_groups(groups, exist)
+                    chordkv_harness::netns::check_groups(groups, exist)
                         .map_err(|e| format!("{at}: groups: {e} (indices 0 to {})", exist - 1))?;
                 }
                 (FaultAction::Heal, _) => {

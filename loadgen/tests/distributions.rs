@@ -1,7 +1,7 @@
 //! Key distributions, checked statistically over many seeded draws (deterministic: the seed
 //! is fixed, so these never flake; the tolerances leave room for other seeds too).
 
-use chordkv_node::rng::Rng;
+use chordkv_core::rng::Rng;
 use loadgen::keys::{zeta, KeySpace, Purpose, Zipfian};
 use loadgen::workload::Distribution;
 

@@ -97,7 +97,7 @@ fn partition_faults_against_a_cluster_loadgen_did_not_start_are_refused() {
 fn partition_faults_without_root_are_refused_with_the_reason() {
     let file = workload_file("partition-no-root");
     // As root, run loadgen as `nobody` to see the refusal.
-    let as_root = chordkv_node::netns::unavailable().is_none();
+    let as_root = chordkv_harness::netns::unavailable().is_none();
     let mut cmd = if as_root {
         if Command::new("setpriv").arg("--version").output().is_err() {
             eprintln!("SKIPPED: running as root and setpriv (util-linux) is not installed");
@@ -132,7 +132,7 @@ fn partition_faults_without_root_are_refused_with_the_reason() {
 
 #[test]
 fn a_short_partition_run_reports_the_partition_and_the_checker() {
-    if let Some(why) = chordkv_node::netns::unavailable() {
+    if let Some(why) = chordkv_harness::netns::unavailable() {
         eprintln!("SKIPPED: {why}");
         return;
     }

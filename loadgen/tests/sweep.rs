@@ -237,11 +237,11 @@ sweep: { kill_intervals_s: [1.4], replicas: [2], trials: 1 }
 #[test]
 fn tiny_fault_sweep_end_to_end() {
     // Partition trials need root; without it the sweep runs its pause trials only.
-    let root = chordkv_node::netns::unavailable().is_none();
+    let root = chordkv_harness::netns::unavailable().is_none();
     if !root {
         eprintln!(
             "partition trials SKIPPED: {}",
-            chordkv_node::netns::unavailable().unwrap()
+            chordkv_harness::netns::unavailable().unwrap()
         );
     }
     let w = Workload::from_yaml(

@@ -1,7 +1,7 @@
 //! RESP2, the Redis serialization protocol, as far as a server needs it: decoding the commands
 //! clients send and encoding the replies they expect. Redis clients (redis-cli,
 //! redis-benchmark, client libraries) talk to a chordkv node through this; see
-//! `node/src/server/resp/` for what the commands do.
+//! `server/src/resp/` for what the commands do.
 //!
 //! # Requests
 //!

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chordkv_client::{Client, RingReport};
-use chordkv_node::cluster::LocalCluster;
-use chordkv_node::rng::Rng;
+use chordkv_core::rng::Rng;
+use chordkv_harness::cluster::LocalCluster;
 use chordkv_protocol::{in_half_open, Id};
 use chordkv_tests::{
     chordkv, chordkv_bin, cluster_spec, lines_of, scratch_dir, seed, signal, start_spec, ChildGuard, Clients,

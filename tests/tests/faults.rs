@@ -27,8 +27,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chordkv_client::{Client, ClientError, RingReport};
-use chordkv_node::cluster::{ClusterSpec, LocalCluster};
-use chordkv_node::rng::Rng;
+use chordkv_core::rng::Rng;
+use chordkv_harness::cluster::{ClusterSpec, LocalCluster};
 use chordkv_protocol::{in_half_open, Id, MAX_VALUE_BYTES};
 use chordkv_tests::{
     chordkv, chordkv_bin, cluster_spec, counter, index_of, lines_of, logs_of, one_at_a_time, poll_until,

@@ -1,5 +1,5 @@
 //! Real `chordkv node` processes, each in its own network namespace (`NetworkMode::Namespaces`,
-//! see `node/src/netns.rs`), with the network between them cut and healed: the mechanism
+//! see `harness/src/netns.rs`), with the network between them cut and healed: the mechanism
 //! itself (packets across the cut vanish, this process reaches every node throughout), and
 //! the second case of issue 11 (a write that failed across a cut must not come back when TCP
 //! delivers it late).
@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chordkv_client::{Client, ClientError};
-use chordkv_node::cluster::{LocalCluster, NetworkMode};
-use chordkv_node::netns;
+use chordkv_harness::cluster::{LocalCluster, NetworkMode};
+use chordkv_harness::netns;
 use chordkv_protocol::{in_half_open, Id};
 use chordkv_tests::{
     chordkv_bin, cluster_spec, one_at_a_time, poll_until, start_spec, Clients, CONVERGE_TIMEOUT,

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use chordkv_client::ClientError;
-use chordkv_node::cluster::LocalCluster;
-use chordkv_node::rng::Rng;
+use chordkv_core::rng::Rng;
+use chordkv_harness::cluster::LocalCluster;
 use chordkv_protocol::ErrorCode;
 use chordkv_tests::{redis_cluster_spec, seed, Clients, RedisServer, AVAILABLE, CONVERGE_TIMEOUT};
 
@@ -27,7 +27,7 @@ fn start_available(name: &str, nodes: usize, redis: &RedisServer) -> LocalCluste
     start_with(name, spec, redis)
 }
 
-fn start_with(name: &str, spec: chordkv_node::cluster::ClusterSpec, redis: &RedisServer) -> LocalCluster {
+fn start_with(name: &str, spec: chordkv_harness::cluster::ClusterSpec, redis: &RedisServer) -> LocalCluster {
     let spec_nodes = spec.nodes;
     eprintln!(
         "{name}: redis at {}; node logs in {}",

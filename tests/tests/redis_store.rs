@@ -11,9 +11,11 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chordkv_node::rng::Rng;
-use chordkv_node::store::{self, conformance, Entry, MemoryStore, RedisStore, Store, StoreError};
+use chordkv_core::rng::Rng;
+use chordkv_core::store::{self, Entry, MemoryStore, Store, StoreError};
+use chordkv_harness::conformance;
 use chordkv_protocol::{Id, Item};
+use chordkv_server::store::RedisStore;
 use chordkv_tests::RedisServer;
 
 /// Bound of any one store call while Redis is down or frozen: the driver's timeouts are
@@ -100,10 +102,13 @@ fn passes_the_conformance_suite() {
 #[test]
 fn opened_by_url() {
     let redis = RedisServer::start();
-    let store = store::open(&redis.url(), "n1").expect("open by URL");
+    let store = chordkv_server::store::open(&redis.url(), "n1").expect("open by URL");
     assert_eq!(store.name(), "redis");
-    assert_eq!(store::open("memory", "n1").unwrap().name(), "memory");
-    let err = store::open("postgres://x", "n1")
+    assert_eq!(
+        chordkv_server::store::open("memory", "n1").unwrap().name(),
+        "memory"
+    );
+    let err = chordkv_server::store::open("postgres://x", "n1")
         .err()
         .expect("an unknown scheme")
         .to_string();

@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chordkv_client::{Client, RingReport};
-use chordkv_node::cluster::ClusterSpec;
-use chordkv_node::rng::Rng;
+use chordkv_core::rng::Rng;
+use chordkv_harness::cluster::ClusterSpec;
 use chordkv_protocol::Id;
 use chordkv_tests::{
     cluster_spec, counter, index_of, logs_of, one_at_a_time, seed, start_spec, stats_table, Clients,

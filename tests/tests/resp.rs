@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chordkv_node::cluster::LocalCluster;
+use chordkv_harness::cluster::LocalCluster;
 use chordkv_tests::{
     chordkv_bin, cluster_spec, lines_of, poll_until, scratch_dir, signal, start_spec, ChildGuard,
     CONVERGE_TIMEOUT, NODE_ARGS, REQUEST_TIMEOUT, RETRY_TIMEOUT, SIGTERM,

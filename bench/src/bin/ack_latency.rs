@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use chordkv_client::Client;
-use chordkv_node::cluster::{ClusterSpec, LocalCluster};
-use chordkv_node::rng::Rng;
+use chordkv_core::rng::Rng;
+use chordkv_harness::cluster::{ClusterSpec, LocalCluster};
 use clap::Parser;
 use hdrhistogram::Histogram;
 

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
-use chordkv_node::chord::Routing;
+use chordkv_core::chord::Routing;
 use clap::Parser;
 use loadgen::run::{run, RunOptions};
 use loadgen::workload::{Distribution, Entry, Workload};

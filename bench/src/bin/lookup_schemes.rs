@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
-use chordkv_node::chord::Routing;
-use chordkv_node::sim::lookup::{LookupReport, LookupSim, LookupSimConfig, Workload};
+use chordkv_core::chord::Routing;
+use chordkv_harness::sim::lookup::{LookupReport, LookupSim, LookupSimConfig, Workload};
 use loadgen::plot::{xy_svg, XySeries};
 
 /// Regenerates results/lookup-schemes from the simulator.
@@ -124,7 +124,7 @@ fn main() -> anyhow::Result<()> {
     let _ = writeln!(
         md,
         "# Lookup schemes in the simulator\n\n\
-         Every number below comes from `chordkv sim`'s engine (`node/src/sim/lookup.rs`): the real \
+         Every number below comes from `chordkv sim`'s engine (`harness/src/sim/lookup.rs`): the real \
          node state machines on a simulated network, the ring built from the oracle as in the \
          Chord paper's simulator, lookups as client `GET`s from random live nodes routed exactly \
          as a node routes client operations. Regenerate this file and its plots with:\n\n\

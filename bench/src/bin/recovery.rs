@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use chordkv_client::{walk_ring, Client};
-use chordkv_node::cluster::{wait_for_ring, ClusterSpec, LocalCluster};
-use chordkv_node::rng::Rng;
+use chordkv_core::rng::Rng;
+use chordkv_harness::cluster::{wait_for_ring, ClusterSpec, LocalCluster};
 use clap::Parser;
 
 /// Per-request client timeout: above the node's own end-to-end request timeout (10 s), so that

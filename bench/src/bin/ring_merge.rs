@@ -25,10 +25,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
-use chordkv_node::chord::config::PartitionPolicy;
-use chordkv_node::chord::Config;
-use chordkv_node::rng::Rng;
-use chordkv_node::sim::{Sim, SimConfig};
+use chordkv_core::chord::config::PartitionPolicy;
+use chordkv_core::chord::Config;
+use chordkv_core::rng::Rng;
+use chordkv_harness::sim::{Sim, SimConfig};
 
 #[derive(Parser, Debug)]
 struct Args {

@@ -12,12 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 
 /// The `chordkv` binary: `explicit` if given, else the one next to this executable
-/// ([`chordkv_node::cluster::chordkv_binary`]).
+/// ([`chordkv_harness::cluster::chordkv_binary`]).
 pub fn chordkv_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match explicit {
         Some(path) if path.is_file() => Ok(path),
         Some(path) => bail!("--chordkv {}: no such file", path.display()),
-        None => chordkv_node::cluster::chordkv_binary().context("or pass --chordkv PATH"),
+        None => chordkv_harness::cluster::chordkv_binary().context("or pass --chordkv PATH"),
     }
 }
 

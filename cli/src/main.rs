@@ -1,0 +1,805 @@
+//! `chordkv`: run a node, run a local cluster, and talk to a ring from the shell.
+//!
+//! Every command is a thin layer over the library: `node` over [`server::run`], `cluster`
+//! over [`cluster::LocalCluster`], and the client commands over [`client::Client`] and
+//! [`client::walk_ring`].
+//!
+//! Exit status: 0 on success; 1 when a key is not found (`get`, `del`) or on any error (an
+//! `error: ...` line on stderr); 2 on invalid usage (clap's message).
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use chordkv_client::{self as client, Client, ClientError, RingReport};
+use chordkv_core::chord::config::{DEFAULT_STABILIZE_INTERVAL_MS, DEFAULT_SUCCESSORS};
+use chordkv_core::chord::Routing;
+use chordkv_core::options::NodeOptions;
+use chordkv_harness::cluster::{self, ClusterSpec, LocalCluster};
+use chordkv_harness::sim::lookup::{LookupSim, LookupSimConfig, Workload};
+use chordkv_protocol::{Id, NodeRef};
+use chordkv_server::store;
+use chordkv_server::{self as server, ServerConfig};
+
+/// Default per-request timeout of the client commands, in milliseconds.
+const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+/// Default time `chordkv cluster` waits for a consistent ring, in milliseconds.
+const DEFAULT_READY_TIMEOUT_MS: u64 = 60_000;
+/// How often `chordkv cluster` checks for signals and dead nodes.
+const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
+/// Most nodes `chordkv ring` visits before it gives up on returning to the first.
+const RING_WALK_MAX_NODES: usize = 10_000;
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  success
+  1  the key was not found (get, del), or an error (an `error: ...` line on stderr)
+  2  invalid usage";
+
+/// chordkv: a distributed key-value store on a Chord ring.
+///
+/// Start a ring with `chordkv cluster --nodes 3` (local processes) or with `chordkv node` on
+/// each host, then read and write keys through any node with `put`, `get` and `del`, and
+/// inspect it with `ring` and `stats`.
+#[derive(Debug, Parser)]
+#[command(name = "chordkv", version, after_help = EXIT_STATUS_HELP)]
+struct Cli {
+    /// Timeout of each connection attempt and each request of the client commands, in
+    /// milliseconds.
+    #[arg(
+        long,
+        global = true,
+        value_name = "MS",
+        default_value_t = DEFAULT_TIMEOUT_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    timeout_ms: u64,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one node of a ring
+    ///
+    /// The node serves its range of keys and takes part in the ring until SIGTERM or SIGINT;
+    /// then it hands its keys to its successor, leaves, and exits 0. Exits 1 if it cannot
+    /// start (e.g. the address is in use).
+    Node(NodeArgs),
+    /// Run a ring of local nodes until interrupted
+    ///
+    /// Starts N `chordkv node` child processes on this machine (the first creates the ring,
+    /// the others join it), waits until the ring is consistent, prints one line
+    /// `ready: ADDR ADDR ...` (node 0 first) on stdout, and keeps running. A node that dies is
+    /// reported on stderr. On SIGINT or SIGTERM it stops the nodes one after another (each
+    /// leaves gracefully) and exits 0. Exits 1 if the ring does not become consistent in time.
+    /// With --resp, a line `resp: ADDR ADDR ...` (each node's Redis-protocol address, node 0
+    /// first) comes just before the ready line.
+    Cluster(ClusterArgs),
+    /// Store VALUE under KEY
+    ///
+    /// Prints `ok` once the key's owner has applied the write.
+    Put {
+        /// The key (its bytes as given).
+        key: OsString,
+        /// The value (its bytes as given).
+        #[arg(allow_hyphen_values = true)]
+        value: OsString,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the value of KEY
+    ///
+    /// Prints the value's bytes followed by a newline. When the key does not exist, prints
+    /// `not found` on stderr and exits 1.
+    Get {
+        /// The key.
+        key: OsString,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete KEY
+    ///
+    /// Prints `deleted`. When the key did not exist, prints `not found` on stderr and exits 1
+    /// (like `get`, so that scripts can tell); the delete is applied either way.
+    Del {
+        /// The key.
+        key: OsString,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show the ring and check that it is consistent
+    ///
+    /// Walks the ring from a node along successor pointers and prints a row per node (id
+    /// prefix, address, predecessor, successor, key count, status) in ring order, then
+    /// `consistent: yes|no` and a `problem: ...` line per problem found. The ring is
+    /// consistent when the walk returns to its first node, every node's successor names it as
+    /// predecessor, every node answers and is active, and ids increase around the ring. A node
+    /// alone is a ring of one when it names no other node and serves every key (one probe
+    /// key is read from it).
+    /// Exits 0 whether or not the ring is consistent (read the verdict); 1 only when the
+    /// starting node cannot be asked.
+    Ring {
+        #[command(flatten)]
+        target: Target,
+        /// Print one JSON object: {"consistent", "down", "nodes": [{"id", "addr", "predecessor",
+        /// "successor", "keys", "status"}], "problems"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a node's counters and gauges
+    ///
+    /// One `name value` line per counter, in the node's order.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+        /// Print one JSON object mapping each name to its value, plus `cache_hit_rate` and
+        /// `maintenance_per_s` (routing maintenance requests per second of uptime).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Declare a node gone for good (it left the membership without handing over)
+    ///
+    /// Under the partition policy `consistent` a node that stops answering stays a member of
+    /// the ring: the ranges whose preference lists it is in keep needing a majority that
+    /// counts it, so a ring that lost a majority of some ranges for ever serves them again only
+    /// once the dead nodes are forgotten. The node at --node drops DEAD_ADDR from its lists and
+    /// passes the notice around the ring; the ranges it held are served by the next members
+    /// (from their copies: what only the dead node held is lost). Under `available` it ends the
+    /// probing of the node and lets tombstones its ranges held back be collected. A forgotten
+    /// node that comes back joins as a new member; restart it with an empty store.
+    Forget {
+        #[command(flatten)]
+        target: Target,
+        /// The address of the node to forget (as the ring knows it).
+        #[arg(value_name = "DEAD_ADDR")]
+        dead: String,
+    },
+    /// Simulate lookups on a ring of N nodes (no network: the real node state machines on a
+    /// simulated one)
+    ///
+    /// Builds the ring from the oracle (as the Chord paper's simulator does), measures routing
+    /// maintenance traffic, crashes --fail-fraction of the nodes at once, then runs --lookups
+    /// client GETs from random live nodes, routed exactly as a node routes client operations.
+    /// Prints mean, p1, p50, p99 hops, the failed-lookup fraction, routing state per node and
+    /// maintenance messages per node per second. A hop is one message to another node on the
+    /// way to the owner (0 when the entry owns the key); a lookup fails unless the key's owner
+    /// before the crashes serves it (SIGCOMM'01 section 6.4).
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Args)]
+struct SimArgs {
+    /// Nodes in the ring.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..(1 << 24)))]
+    nodes: u64,
+    /// Routing scheme: classic, base:B or onehop.
+    #[arg(long, value_name = "SCHEME", default_value = "classic")]
+    routing: Routing,
+    /// Entries of each node's location cache (0: no cache).
+    #[arg(long, value_name = "ENTRIES", default_value_t = 0)]
+    cache: usize,
+    /// Length of each node's successor list (Chord's r).
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = DEFAULT_SUCCESSORS as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1024)
+    )]
+    successors: u64,
+    /// Lookups to run.
+    #[arg(long, value_name = "L", default_value_t = 10_000)]
+    lookups: u64,
+    /// Key choice: uniform, zipfian (YCSB, theta 0.99) or hotkey (every lookup on one key).
+    #[arg(long, value_name = "W", default_value = "uniform")]
+    workload: Workload,
+    /// Distinct keys [default: 100 per node, as in the Chord paper].
+    #[arg(long, value_name = "K")]
+    keys: Option<u64>,
+    /// Fraction of the nodes that crash at once before the lookups (0 to 1).
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    fail_fraction: f64,
+    /// Seed of every random choice; the same seed gives the same numbers.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    seed: u64,
+    /// The nodes' stabilize period in simulated milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = DEFAULT_STABILIZE_INTERVAL_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    stabilize_ms: u64,
+    /// Simulated milliseconds of maintenance measured before the lookups.
+    #[arg(long, value_name = "MS", default_value_t = 1_000)]
+    maintenance_ms: u64,
+    /// Most lookups in flight at once [default: one per node].
+    #[arg(long, value_name = "C", default_value_t = 0)]
+    concurrency: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The node a client command talks to.
+#[derive(Debug, Args)]
+struct Target {
+    /// Address of any node of the ring (IP:PORT or HOST:PORT), e.g. 127.0.0.1:7000.
+    #[arg(long, value_name = "ADDR")]
+    node: String,
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Address to listen on (IP:PORT).
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// Address other nodes and clients use to reach this node [default: the --listen
+    /// address]. The node's ring id is the SHA-1 of this address unless --id is given.
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
+    /// Address of a node of an existing ring to join; without it the node starts a new ring.
+    /// Several, comma-separated, are tried in turn until one answers.
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    join: Vec<String>,
+    /// The node's ring id as 40 hex digits, instead of the hash of its address.
+    #[arg(long, value_name = "HEX40")]
+    id: Option<String>,
+    #[command(flatten)]
+    options: NodeOptions,
+    /// Also serve Redis clients (RESP2: GET, SET, DEL, EXISTS, MGET, MSET, PING, INFO, ...) on
+    /// this address (IP:PORT; port 0 picks a free one, printed on stderr). Their requests are
+    /// routed through the ring like any other.
+    #[arg(long, value_name = "ADDR")]
+    resp: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// Number of nodes.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u64).range(1..=1000)
+    )]
+    nodes: u64,
+    /// Node i listens on port P + i [default: free ports picked at random].
+    #[arg(long, value_name = "P")]
+    base_port: Option<u16>,
+    /// Address every node listens on.
+    #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    host: IpAddr,
+    /// Every node's options (the same flags and defaults as `chordkv node`).
+    #[command(flatten)]
+    options: NodeOptions,
+    /// Give every node a Redis-protocol (RESP) listener on a free port; their addresses are
+    /// printed as one line `resp: ADDR ADDR ...` (node 0 first) just before the ready line.
+    #[arg(long)]
+    resp: bool,
+    /// Like --resp, with node i's RESP listener on port P + i.
+    #[arg(long, value_name = "P")]
+    resp_base_port: Option<u16>,
+    /// Write each node's output to DIR/node-INDEX-PORT.log instead of this terminal.
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// How long to wait for the ring to become consistent before giving up, in milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = DEFAULT_READY_TIMEOUT_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    ready_timeout_ms: u64,
+}
+
+/// How a command ended when it did not fail.
+enum Outcome {
+    Success,
+    NotFound,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let timeout = Duration::from_millis(cli.timeout_ms);
+    let result = match cli.command {
+        Command::Node(args) => run_node(args),
+        Command::Cluster(args) => run_cluster(args),
+        Command::Put { key, value, target } => cmd_put(&target, key, value, timeout),
+        Command::Get { key, target } => cmd_get(&target, key, timeout),
+        Command::Del { key, target } => cmd_del(&target, key, timeout),
+        Command::Ring { target, json } => cmd_ring(&target, json, timeout),
+        Command::Stats { target, json } => cmd_stats(&target, json, timeout),
+        Command::Forget { target, dead } => cmd_forget(&target, &dead, timeout),
+        Command::Sim(args) => cmd_sim(args),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::NotFound) => {
+            eprintln!("not found");
+            ExitCode::FAILURE
+        }
+        // `chordkv ring | head -1`: the reader is gone, which is no error of ours.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, stopping at a [`ClientError`], whose message
+/// already says what its cause was.
+fn describe(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        parts.push(cause.to_string());
+        if cause.is::<ClientError>() {
+            break;
+        }
+    }
+    parts.join(": ")
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// Parses `IP:PORT`, or resolves `HOST:PORT` (preferring IPv4).
+fn parse_addr(s: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let has_port = s
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !has_port {
+        bail!("invalid address '{s}': expected IP:PORT or HOST:PORT, e.g. 127.0.0.1:7000");
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| anyhow!("invalid address '{s}': cannot resolve: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| anyhow!("invalid address '{s}': it resolves to no address"))
+}
+
+fn connect(target: &Target, timeout: Duration) -> anyhow::Result<Client> {
+    let addr = parse_addr(&target.node)?;
+    Ok(Client::connect(addr, timeout)?)
+}
+
+// --- node and cluster --------------------------------------------------------------------
+
+fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
+    let listen = parse_addr(&args.listen)?;
+    let advertise = args.advertise.as_deref().map(parse_addr).transpose()?;
+    let join = args
+        .join
+        .iter()
+        .map(|a| parse_addr(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let resp = args.resp.as_deref().map(parse_addr).transpose()?;
+    let node_id = match &args.id {
+        Some(hex) => {
+            Some(Id::from_hex(hex).ok_or_else(|| anyhow!("invalid id '{hex}': expected 40 hex digits"))?)
+        }
+        None => None,
+    };
+    let reachable = advertise.unwrap_or(listen);
+    if reachable.ip().is_unspecified() || reachable.port() == 0 {
+        bail!(
+            "other nodes cannot reach {reachable}: give --advertise with the address and port \
+             they should use"
+        );
+    }
+    let chord = args.options.chord_config().map_err(|e| anyhow!(e))?;
+    // Namespaced by the advertised address, which is also what the node's id hashes.
+    let store = store::open(&args.options.store, &reachable.to_string())?;
+    server::run(ServerConfig {
+        listen,
+        advertise,
+        join,
+        node_id,
+        chord,
+        store,
+        store_threads: args.options.store_threads as usize,
+        resp,
+    })?;
+    Ok(Outcome::Success)
+}
+
+fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
+    // Registered before the first node starts, so that no signal is lost.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install a signal handler")?;
+    }
+
+    let mut spec = ClusterSpec::new(
+        std::env::current_exe().context("cannot find the chordkv binary")?,
+        args.nodes as usize,
+    );
+    spec.base_port = args.base_port;
+    spec.host = args.host;
+    // Refused here, before any node starts, with the words the node would use.
+    args.options.chord_config().map_err(|e| anyhow!(e))?;
+    spec.node_args = args.options.to_args();
+    spec.resp = args.resp || args.resp_base_port.is_some();
+    spec.resp_base_port = args.resp_base_port;
+    spec.log_dir = args.log_dir;
+    spec.inherit_stderr = true;
+    // Ctrl-C reaches only us; we then stop the nodes one by one.
+    spec.own_process_group = true;
+
+    let mut cluster = LocalCluster::start(spec)?;
+    let ready = if stop.load(Ordering::Relaxed) {
+        Err(anyhow!("interrupted before the ring was ready"))
+    } else {
+        cluster
+            .wait_consistent_or_cancel(Duration::from_millis(args.ready_timeout_ms), &stop)
+            .map(|_| ())
+            .map_err(anyhow::Error::from)
+    };
+    if let Err(e) = ready {
+        stop_cluster(&mut cluster);
+        return Err(e);
+    }
+
+    let addrs: Vec<String> = cluster.addrs().iter().map(|a| a.to_string()).collect();
+    {
+        let mut out = io::stdout().lock();
+        let resp: Vec<String> = cluster.resp_addrs().iter().map(|a| a.to_string()).collect();
+        // Before the ready line, so that a reader waiting for `ready:` has it already.
+        let resp_line = if resp.is_empty() {
+            String::new()
+        } else {
+            format!("resp: {}\n", resp.join(" "))
+        };
+        // A reader that went away does not stop the cluster.
+        let _ = writeln!(out, "{resp_line}ready: {}", addrs.join(" ")).and_then(|()| out.flush());
+    }
+    eprintln!(
+        "chordkv cluster: {} node{} ready; stop with Ctrl-C or SIGTERM",
+        addrs.len(),
+        if addrs.len() == 1 { "" } else { "s" }
+    );
+
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(SUPERVISE_INTERVAL);
+        for (i, status) in cluster.poll_exits() {
+            eprintln!(
+                "chordkv cluster: node {i} ({}) exited unexpectedly: {status}",
+                cluster.addr(i)
+            );
+        }
+    }
+    eprintln!("chordkv cluster: stopping the nodes");
+    stop_cluster(&mut cluster);
+    Ok(Outcome::Success)
+}
+
+/// Stops every node gracefully, saying on stderr which ones did not leave cleanly.
+fn stop_cluster(cluster: &mut LocalCluster) {
+    let stop_timeout = cluster.spec().stop_timeout;
+    for (i, how) in cluster.stop_all() {
+        let addr = cluster.addr(i);
+        match how {
+            cluster::Stopped::Exited(status) if !status.success() => {
+                eprintln!("chordkv cluster: node {i} ({addr}) exited with {status}")
+            }
+            cluster::Stopped::Killed => eprintln!(
+                "chordkv cluster: node {i} ({addr}) did not leave within {:.1} s and was killed",
+                stop_timeout.as_secs_f64()
+            ),
+            _ => {}
+        }
+    }
+}
+
+// --- client commands ---------------------------------------------------------------------
+
+fn cmd_put(target: &Target, key: OsString, value: OsString, timeout: Duration) -> anyhow::Result<Outcome> {
+    let mut client = connect(target, timeout)?;
+    client.put(key.into_vec(), value.into_vec())?;
+    writeln!(io::stdout().lock(), "ok")?;
+    Ok(Outcome::Success)
+}
+
+fn cmd_get(target: &Target, key: OsString, timeout: Duration) -> anyhow::Result<Outcome> {
+    let mut client = connect(target, timeout)?;
+    let Some(value) = client.get(key.into_vec())?.value else {
+        return Ok(Outcome::NotFound);
+    };
+    let mut out = io::stdout().lock();
+    out.write_all(&value)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(Outcome::Success)
+}
+
+fn cmd_del(target: &Target, key: OsString, timeout: Duration) -> anyhow::Result<Outcome> {
+    let mut client = connect(target, timeout)?;
+    if !client.delete(key.into_vec())?.existed {
+        return Ok(Outcome::NotFound);
+    }
+    writeln!(io::stdout().lock(), "deleted")?;
+    Ok(Outcome::Success)
+}
+
+fn cmd_ring(target: &Target, json: bool, timeout: Duration) -> anyhow::Result<Outcome> {
+    let start = parse_addr(&target.node)?;
+    let report = client::walk_ring(start, timeout, RING_WALK_MAX_NODES)?;
+    let mut out = io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        out.write_all(ring_table(&report).as_bytes())?;
+    }
+    out.flush()?;
+    Ok(Outcome::Success)
+}
+
+/// The human-readable form of a ring report: a table, the verdict, the problems.
+fn ring_table(report: &RingReport) -> String {
+    let dash = || "-".to_string();
+    let mut rows = vec![[
+        "ID".to_string(),
+        "ADDRESS".to_string(),
+        "PREDECESSOR".to_string(),
+        "SUCCESSOR".to_string(),
+        "KEYS".to_string(),
+        "STATUS".to_string(),
+    ]];
+    for n in &report.nodes {
+        rows.push([
+            n.id.short(12),
+            n.addr.to_string(),
+            n.predecessor.map_or_else(dash, |a| a.to_string()),
+            n.successor.map_or_else(dash, |a| a.to_string()),
+            n.keys.to_string(),
+            client::status_name(n.status).to_string(),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut text = String::new();
+    for row in &rows {
+        let line = format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {:>w4$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4],
+        );
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    for addr in &report.down {
+        text.push_str(&format!(
+            "down: {addr} (a member that does not answer; still in the ring until it returns or \
+             is forgotten with `chordkv forget`)\n"
+        ));
+    }
+    let verdict = if report.consistent { "yes" } else { "no" };
+    text.push_str(&format!("consistent: {verdict}\n"));
+    for problem in &report.problems {
+        text.push_str(&format!("problem: {problem}\n"));
+    }
+    text
+}
+
+fn cmd_forget(target: &Target, dead: &str, timeout: Duration) -> anyhow::Result<Outcome> {
+    let dead = parse_addr(dead)?;
+    let mut client = connect(target, timeout)?;
+    // The ring knows the node by its advertised address, and by the id derived from it
+    // unless it was started with --id: ask the ring for the id it knows.
+    let node = client
+        .member_at(dead)?
+        .unwrap_or_else(|| NodeRef::from_addr(dead));
+    let forgotten = client.forget(node)?;
+    let mut out = io::stdout().lock();
+    if forgotten {
+        writeln!(out, "forgotten: {dead}")?;
+    } else {
+        writeln!(out, "already forgotten: {dead}")?;
+    }
+    out.flush()?;
+    Ok(Outcome::Success)
+}
+
+fn cmd_stats(target: &Target, json: bool, timeout: Duration) -> anyhow::Result<Outcome> {
+    let counters = connect(target, timeout)?.stats()?;
+    let mut out = io::stdout().lock();
+    if json {
+        let get = |name: &str| counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v as f64);
+        let hit_rate = match (get("cache_hits"), get("cache_misses")) {
+            (Some(h), Some(m)) if h + m > 0.0 => h / (h + m),
+            _ => 0.0,
+        };
+        let maintenance_per_s = match (get("maintenance_sent"), get("uptime_ms")) {
+            (Some(sent), Some(ms)) if ms > 0.0 => sent / (ms / 1000.0),
+            _ => 0.0,
+        };
+        let mut object: serde_json::Map<String, serde_json::Value> = counters
+            .into_iter()
+            .map(|(name, value)| (name, value.into()))
+            .collect();
+        object.insert("cache_hit_rate".into(), hit_rate.into());
+        object.insert("maintenance_per_s".into(), maintenance_per_s.into());
+        writeln!(out, "{}", serde_json::Value::Object(object))?;
+    } else {
+        for (name, value) in counters {
+            writeln!(out, "{name} {value}")?;
+        }
+    }
+    out.flush()?;
+    Ok(Outcome::Success)
+}
+
+// --- simulator ---------------------------------------------------------------------------
+
+fn cmd_sim(args: SimArgs) -> anyhow::Result<Outcome> {
+    if !(0.0..=1.0).contains(&args.fail_fraction) {
+        bail!("--fail-fraction {} is not between 0 and 1", args.fail_fraction);
+    }
+    let config = LookupSimConfig {
+        nodes: args.nodes as usize,
+        routing: args.routing,
+        cache_entries: args.cache,
+        successors: args.successors as usize,
+        lookups: args.lookups,
+        workload: args.workload,
+        keys: args.keys.unwrap_or(0),
+        fail_fraction: args.fail_fraction,
+        seed: args.seed,
+        stabilize_ms: args.stabilize_ms,
+        maintenance_ms: args.maintenance_ms,
+        concurrency: args.concurrency as usize,
+        ..LookupSimConfig::default()
+    };
+    if !args.json {
+        eprintln!(
+            "simulating {} nodes, routing {}, seed {} ...",
+            config.nodes, config.routing, config.seed
+        );
+    }
+    let r = LookupSim::new(config.clone()).run();
+    let mut out = io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({
+            "config": {
+                "nodes": config.nodes,
+                "routing": config.routing.to_string(),
+                "cache": config.cache_entries,
+                "successors": config.successors,
+                "lookups": config.lookups,
+                "workload": config.workload.to_string(),
+                "keys": config.key_count(),
+                "fail_fraction": config.fail_fraction,
+                "seed": config.seed,
+                "stabilize_ms": config.stabilize_ms,
+                "maintenance_ms": config.maintenance_ms,
+                "concurrency": config.concurrency,
+            },
+            "seed": config.seed,
+            "hops": {
+                "mean": r.hops.mean,
+                "p1": r.hops.p1,
+                "p50": r.hops.p50,
+                "p99": r.hops.p99,
+                "max": r.hops.max,
+                "mean_to_predecessor": r.hops.mean_to_predecessor,
+            },
+            "failed_fraction": r.failed_fraction,
+            "failed": r.failed,
+            "crashed": r.crashed,
+            "owner_crashed_fraction": r.owner_crashed_fraction,
+            "state_per_node": r.state_per_node,
+            "cache_entries_per_node": r.cache_entries_per_node,
+            "cache_hit_rate": r.cache_hit_rate,
+            "cache_stale": r.cache_stale,
+            "maintenance_msgs_per_node_per_s": r.maintenance_msgs_per_node_per_s,
+            "maintenance_during_lookups_per_node_per_s": r.maintenance_during_lookups_per_node_per_s,
+            "sim_ms": r.sim_ms,
+            "messages": r.messages,
+            "wall_ms": r.wall_ms,
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "nodes {}  routing {}  cache {}  successors {}  workload {} ({} keys)  fail-fraction {}  seed {}",
+            config.nodes,
+            config.routing,
+            config.cache_entries,
+            config.successors,
+            config.workload,
+            config.key_count(),
+            config.fail_fraction,
+            config.seed
+        )?;
+        writeln!(
+            out,
+            "hops: mean {:.3}  p1 {}  p50 {}  p99 {}  max {}  (to the predecessor, SIGCOMM'01 count: mean {:.3})",
+            r.hops.mean, r.hops.p1, r.hops.p50, r.hops.p99, r.hops.max, r.hops.mean_to_predecessor
+        )?;
+        writeln!(
+            out,
+            "failed lookups: {} of {} ({:.4}); {} nodes crashed, owning the keys of {:.4} of the lookups",
+            r.failed, r.lookups, r.failed_fraction, r.crashed, r.owner_crashed_fraction
+        )?;
+        writeln!(out, "routing state per node: {:.1} nodes", r.state_per_node)?;
+        if config.cache_entries > 0 {
+            writeln!(
+                out,
+                "cache: hit rate {:.3}, {:.1} entries per node, {} stale hits",
+                r.cache_hit_rate, r.cache_entries_per_node, r.cache_stale
+            )?;
+        }
+        writeln!(
+            out,
+            "maintenance: {:.2} msgs per node per s (window), {:.2} during the lookups",
+            r.maintenance_msgs_per_node_per_s, r.maintenance_during_lookups_per_node_per_s
+        )?;
+        writeln!(
+            out,
+            "simulated {} ms, {} messages, in {:.1} s",
+            r.sim_ms,
+            r.messages,
+            r.wall_ms as f64 / 1000.0
+        )?;
+    }
+    out.flush()?;
+    Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_addr("127.0.0.1:7000").unwrap(),
+            "127.0.0.1:7000".parse().unwrap()
+        );
+        assert!(parse_addr("localhost:7000").unwrap().ip().is_loopback());
+        let err = parse_addr("not-an-address").unwrap_err().to_string();
+        assert!(err.starts_with("invalid address 'not-an-address': "), "{err}");
+        assert!(parse_addr("127.0.0.1").is_err());
+        assert!(parse_addr(":7000").is_err());
+    }
+}

@@ -1,0 +1,272 @@
+//! The options of one node, declared once.
+//!
+//! `chordkv node` and `chordkv cluster` flatten [`NodeOptions`] into their command lines
+//! (clap), loadgen's `cluster:` section reads the same fields from YAML (serde), the local
+//! cluster launcher turns them back into `chordkv node` arguments ([`NodeOptions::to_args`]),
+//! and [`NodeOptions::chord_config`] is the one place they are checked together. A value one
+//! front end accepts, every front end accepts; one it refuses, every one refuses with the
+//! same words.
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::chord::config::{
+    AckPolicy, PartitionPolicy, DEFAULT_MAX_CLOCK_OFFSET_MS, DEFAULT_REPLICAS, DEFAULT_STABILIZE_INTERVAL_MS,
+    DEFAULT_SUCCESSORS, DEFAULT_TOMBSTONE_GRACE_MS,
+};
+use crate::chord::{Config, Routing};
+use crate::{Error, Result};
+
+fn invalid(message: String) -> Error {
+    Error::InvalidOptions(message)
+}
+
+/// Where a node keeps its keys unless told otherwise.
+pub const DEFAULT_STORE: &str = "memory";
+/// Store worker threads unless told otherwise.
+pub const DEFAULT_STORE_THREADS: u64 = 4;
+
+/// A node's tunables: the ring, replication, partitions, routing and its store. Field names
+/// are the YAML keys; `--kebab-case` of them are the flags.
+#[derive(Args, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeOptions {
+    /// Length of the successor list: the ring survives R - 1 adjacent failures.
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = DEFAULT_SUCCESSORS as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1024)
+    )]
+    pub successors: u64,
+    /// Period of stabilize, in milliseconds; the other maintenance periods and peer timeouts
+    /// scale with it.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = DEFAULT_STABILIZE_INTERVAL_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub stabilize_ms: u64,
+    /// Where the node keeps its keys: `memory`, or `redis://HOST:PORT/DB`. In Redis the
+    /// node's keys are namespaced by its advertised address, so nodes may share one Redis.
+    /// The node exits 1 at startup if Redis cannot be reached.
+    #[arg(long, value_name = "URL", default_value = DEFAULT_STORE)]
+    pub store: String,
+    /// Worker threads that run the store's operations, for a store whose calls block (Redis);
+    /// the memory store ignores them.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_STORE_THREADS,
+        value_parser = clap::value_parser!(u64).range(1..=1024)
+    )]
+    pub store_threads: u64,
+    /// Replicas after the primary: every key is kept on its primary (the key's successor on
+    /// the ring) and the next N nodes. 0 keeps one copy.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_REPLICAS as u64,
+        value_parser = clap::value_parser!(u64).range(0..=16)
+    )]
+    pub replicas: u64,
+    /// When a write is acknowledged: `all` once the primary and every live replica have
+    /// applied it, `one` once the primary has (replicas updated in the background).
+    #[arg(long, value_name = "POLICY", default_value_t = AckPolicy::All)]
+    pub ack: AckPolicy,
+    /// What the node serves when it cannot reach enough of a key's preference list:
+    /// `consistent` serves a key only while a majority of its primary and replicas (members
+    /// that are down but not gone count) can be reached, so a partitioned minority stops
+    /// acknowledging writes and refuses reads it cannot vouch for; `available` keeps serving
+    /// on whatever nodes are live (Dynamo's sloppy quorum) and merges by version after the
+    /// partition heals, at the cost of lost writes and stale reads.
+    #[arg(long, value_name = "POLICY", default_value_t = PartitionPolicy::Consistent)]
+    pub partition_policy: PartitionPolicy,
+    /// The most any two nodes' clocks may differ, in milliseconds. A version further ahead of
+    /// this node's clock is refused (a wrong clock or a forged frame cannot pin a key), and
+    /// request deadlines and leases leave this margin.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_MAX_CLOCK_OFFSET_MS)]
+    pub max_clock_offset_ms: u64,
+    /// How old a tombstone (a deleted key's marker) must be before it may be collected, in
+    /// milliseconds; collection also waits for every holder of the key's range to have it.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_TOMBSTONE_GRACE_MS)]
+    pub tombstone_grace_ms: u64,
+    /// How lookups are routed: `classic` (Chord's fingers, about 1/2 log2 N hops), `base:B`
+    /// (B - 1 fingers per level, about log_B N hops) or `onehop` (a full membership table
+    /// kept by disseminating joins and leaves: one hop).
+    #[arg(long, value_name = "SCHEME", default_value_t = Routing::Classic)]
+    pub routing: Routing,
+    /// Entries of the location cache: owner ranges learnt from lookups, tried before
+    /// routing (0: no cache).
+    #[arg(long, value_name = "ENTRIES", default_value_t = 0)]
+    pub cache: usize,
+}
+
+impl Default for NodeOptions {
+    /// The defaults `chordkv node` runs with.
+    fn default() -> NodeOptions {
+        NodeOptions {
+            successors: DEFAULT_SUCCESSORS as u64,
+            stabilize_ms: DEFAULT_STABILIZE_INTERVAL_MS,
+            store: DEFAULT_STORE.to_string(),
+            store_threads: DEFAULT_STORE_THREADS,
+            replicas: DEFAULT_REPLICAS as u64,
+            ack: AckPolicy::All,
+            partition_policy: PartitionPolicy::Consistent,
+            max_clock_offset_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
+            tombstone_grace_ms: DEFAULT_TOMBSTONE_GRACE_MS,
+            routing: Routing::Classic,
+            cache: 0,
+        }
+    }
+}
+
+impl NodeOptions {
+    /// The core's configuration, or why these options cannot run together (the text names the
+    /// flags to change).
+    pub fn chord_config(&self) -> Result<Config> {
+        // The ranges clap enforces on the command line, for values that came from YAML.
+        if self.successors == 0 || self.successors > 1024 {
+            return Err(invalid(format!(
+                "--successors {}: must be 1 to 1024",
+                self.successors
+            )));
+        }
+        if self.stabilize_ms == 0 {
+            return Err(invalid("--stabilize-ms 0: must be at least 1".to_string()));
+        }
+        if self.store_threads == 0 || self.store_threads > 1024 {
+            return Err(invalid(format!(
+                "--store-threads {}: must be 1 to 1024",
+                self.store_threads
+            )));
+        }
+        if self.replicas > 16 {
+            return Err(invalid(format!("--replicas {}: must be 0 to 16", self.replicas)));
+        }
+        if self.replicas >= self.successors {
+            return Err(invalid(format!(
+                "--replicas {} needs a longer successor list: give --successors {} or more",
+                self.replicas,
+                self.replicas + 1
+            )));
+        }
+        let mut chord = Config::with_stabilize_interval_ms(self.stabilize_ms);
+        chord.successors = self.successors as usize;
+        chord.replicas = self.replicas as usize;
+        chord.ack = self.ack;
+        chord.partition_policy = self.partition_policy;
+        chord.max_clock_offset_ms = self.max_clock_offset_ms;
+        chord.tombstone_grace_ms = self.tombstone_grace_ms;
+        chord.routing = self.routing;
+        chord.cache_entries = self.cache;
+        Ok(chord)
+    }
+
+    /// These options as `chordkv node` arguments: the store always, every other option whose
+    /// value is not the node's default (a node started with them runs exactly these values).
+    pub fn to_args(&self) -> Vec<String> {
+        let d = NodeOptions::default();
+        let pairs = [
+            (
+                "--successors",
+                self.successors != d.successors,
+                self.successors.to_string(),
+            ),
+            (
+                "--stabilize-ms",
+                self.stabilize_ms != d.stabilize_ms,
+                self.stabilize_ms.to_string(),
+            ),
+            ("--store", true, self.store.clone()),
+            (
+                "--store-threads",
+                self.store_threads != d.store_threads,
+                self.store_threads.to_string(),
+            ),
+            (
+                "--replicas",
+                self.replicas != d.replicas,
+                self.replicas.to_string(),
+            ),
+            ("--ack", self.ack != d.ack, self.ack.to_string()),
+            ("--routing", self.routing != d.routing, self.routing.to_string()),
+            ("--cache", self.cache != d.cache, self.cache.to_string()),
+            (
+                "--partition-policy",
+                self.partition_policy != d.partition_policy,
+                self.partition_policy.to_string(),
+            ),
+            (
+                "--max-clock-offset-ms",
+                self.max_clock_offset_ms != d.max_clock_offset_ms,
+                self.max_clock_offset_ms.to_string(),
+            ),
+            (
+                "--tombstone-grace-ms",
+                self.tombstone_grace_ms != d.tombstone_grace_ms,
+                self.tombstone_grace_ms.to_string(),
+            ),
+        ];
+        pairs
+            .into_iter()
+            .filter(|(_, given, _)| *given)
+            .flat_map(|(flag, _, value)| [flag.to_string(), value])
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        options: NodeOptions,
+    }
+
+    #[test]
+    fn the_command_line_defaults_are_the_yaml_defaults() {
+        let cli = Cli::try_parse_from(["node"]).expect("no flags");
+        assert_eq!(cli.options, NodeOptions::default());
+        let yaml: NodeOptions = serde_json::from_str("{}").expect("no keys");
+        assert_eq!(yaml, NodeOptions::default());
+    }
+
+    #[test]
+    fn to_args_parses_back_to_the_same_options() {
+        let options = NodeOptions {
+            replicas: 1,
+            ack: AckPolicy::One,
+            partition_policy: PartitionPolicy::Available,
+            routing: Routing::Base(4),
+            cache: 64,
+            store: "redis://127.0.0.1:6379/0".into(),
+            ..NodeOptions::default()
+        };
+        let mut argv = vec!["node".to_string()];
+        argv.extend(options.to_args());
+        let back = Cli::try_parse_from(argv).expect("its own arguments parse");
+        assert_eq!(back.options, options);
+        assert!(options.chord_config().is_ok());
+    }
+
+    #[test]
+    fn every_front_end_refuses_the_same_values() {
+        // A routing scheme the node refuses is refused when read from YAML too.
+        let err = serde_json::from_str::<NodeOptions>(r#"{"routing": "base:1000"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown routing 'base:1000'"), "{err}");
+        assert!(Cli::try_parse_from(["node", "--routing", "base:1000"]).is_err());
+        let err = serde_json::from_str::<NodeOptions>(r#"{"replica": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `replica`"), "{err}");
+        let o = NodeOptions {
+            replicas: 8,
+            ..NodeOptions::default()
+        };
+        let e = o.chord_config().unwrap_err();
+        assert!(e.to_string().contains("--successors 9"), "{e}");
+    }
+}

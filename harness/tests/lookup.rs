@@ -1,0 +1,311 @@
+//! Lookup acceleration: path lengths of each routing scheme against the Chord paper and the
+//! DKS bound, and no wrong owner from a location cache or a one-hop table under churn.
+//!
+//! Path lengths come from the lookup simulator (`chordkv sim`, `sim/lookup.rs`); churn runs on
+//! the full simulator (`Sim`) with writes and reads checked against the oracle. No test
+//! asserts a timing. Each test prints its seed.
+
+use bytes::Bytes;
+use chordkv_core::chord::{Config, Routing};
+use chordkv_core::rng::Rng;
+use chordkv_harness::sim::lookup::{LookupReport, LookupSim, LookupSimConfig, Workload};
+use chordkv_harness::sim::{Sim, SimConfig};
+use chordkv_protocol::{Id, Message};
+
+mod common;
+
+use common::{build_ring, seeds, Acked, STABILIZE_MS};
+
+fn simulate(config: LookupSimConfig) -> LookupReport {
+    println!(
+        "seed = {}, nodes {}, routing {}, cache {}, successors {}",
+        config.seed, config.nodes, config.routing, config.cache_entries, config.successors
+    );
+    let r = LookupSim::new(config).run();
+    println!("{r:?}");
+    r
+}
+
+fn within(value: f64, want: f64, tolerance: f64) -> bool {
+    (value - want).abs() <= tolerance * want
+}
+
+#[test]
+fn classic_path_length_is_half_log2_n_as_in_the_paper() {
+    // SIGCOMM'01 Fig. 10: fingers only (one successor), path = nodes asked on the way to the
+    // key's predecessor.
+    let r = simulate(LookupSimConfig {
+        nodes: 1024,
+        successors: 1,
+        lookups: 20_000,
+        maintenance_ms: 500,
+        ..LookupSimConfig::default()
+    });
+    assert_eq!(r.failed, 0);
+    assert!(
+        within(r.hops.mean_to_predecessor, 5.0, 0.10),
+        "mean {} vs 1/2 log2 1024 = 5",
+        r.hops.mean_to_predecessor
+    );
+    // Every message counted (the step to the owner too): one more, for a key the entry does
+    // not own.
+    assert!(
+        r.hops.mean > r.hops.mean_to_predecessor + 0.9 && r.hops.mean <= r.hops.mean_to_predecessor + 1.0
+    );
+}
+
+#[test]
+fn successor_list_routing_matches_the_journal_version() {
+    // ToN 2003 Table II: N = 1000, r = 20, no failures: mean path length 3.84 (routing through
+    // the successor list as well as the fingers; the path includes the owner).
+    let r = simulate(LookupSimConfig {
+        nodes: 1000,
+        successors: 20,
+        lookups: 10_000,
+        maintenance_ms: 500,
+        ..LookupSimConfig::default()
+    });
+    assert_eq!(r.failed, 0);
+    assert!(within(r.hops.mean, 3.84, 0.05), "mean {} vs 3.84", r.hops.mean);
+}
+
+#[test]
+fn base_b_fingers_follow_log_b_n() {
+    // With (B-1) fingers per level each hop fixes one base-B digit of the distance, and a
+    // digit is non-zero with probability (B-1)/B: about (B-1)/B * log_B N hops to the
+    // predecessor (classic is B = 2: 1/2 log2 N); DKS's bound of log_B N holds for evenly
+    // spread ids, and random ids add a little to the tail.
+    let n = 4096usize;
+    for base in [4u32, 16] {
+        let r = simulate(LookupSimConfig {
+            nodes: n,
+            routing: Routing::Base(base),
+            successors: 1,
+            lookups: 20_000,
+            maintenance_ms: 500,
+            ..LookupSimConfig::default()
+        });
+        let log_b = (n as f64).ln() / (base as f64).ln();
+        let want = (base as f64 - 1.0) / base as f64 * log_b;
+        assert_eq!(r.failed, 0);
+        assert!(
+            within(r.hops.mean_to_predecessor, want, 0.15),
+            "base {base}: mean {} vs (B-1)/B log_B N = {want:.2}",
+            r.hops.mean_to_predecessor
+        );
+        assert!(
+            r.hops.p99 as f64 <= log_b.ceil() + 2.0,
+            "base {base}: p99 {}",
+            r.hops.p99
+        );
+    }
+}
+
+#[test]
+fn onehop_takes_one_hop_and_the_cache_saves_hops_on_a_hot_key() {
+    let onehop = simulate(LookupSimConfig {
+        nodes: 2048,
+        routing: Routing::OneHop,
+        lookups: 10_000,
+        maintenance_ms: 500,
+        ..LookupSimConfig::default()
+    });
+    assert_eq!(onehop.failed, 0);
+    assert!(
+        onehop.hops.max <= 1 && onehop.hops.mean > 0.99,
+        "{:?}",
+        onehop.hops
+    );
+    assert!(onehop.state_per_node >= 2047.0);
+    // About 40 lookups per entry node: each entry's first one misses, the rest hit.
+    let cached = simulate(LookupSimConfig {
+        nodes: 512,
+        cache_entries: 64,
+        workload: Workload::Hotkey,
+        lookups: 20_000,
+        maintenance_ms: 500,
+        ..LookupSimConfig::default()
+    });
+    assert_eq!(cached.failed, 0);
+    assert!(cached.cache_hit_rate > 0.9, "hit rate {}", cached.cache_hit_rate);
+    assert!(cached.hops.mean < 1.3, "mean {}", cached.hops.mean);
+}
+
+#[test]
+fn failed_lookups_are_the_keys_of_failed_nodes() {
+    // SIGCOMM'01 section 6.4: a lookup fails when it does not find the key's owner from before
+    // the failures; without replication those are the keys of the failed nodes.
+    let r = simulate(LookupSimConfig {
+        nodes: 2000,
+        fail_fraction: 0.2,
+        lookups: 5_000,
+        maintenance_ms: 500,
+        ..LookupSimConfig::default()
+    });
+    assert!(r.owner_crashed_fraction > 0.1);
+    assert!(
+        (r.failed_fraction - r.owner_crashed_fraction).abs() < 0.01,
+        "failed {} vs owners crashed {}",
+        r.failed_fraction,
+        r.owner_crashed_fraction
+    );
+}
+
+#[test]
+fn the_same_seed_gives_the_same_numbers() {
+    let config = LookupSimConfig {
+        nodes: 500,
+        routing: Routing::Base(4),
+        cache_entries: 32,
+        workload: Workload::Zipfian,
+        fail_fraction: 0.1,
+        lookups: 3_000,
+        seed: 99,
+        maintenance_ms: 500,
+        ..LookupSimConfig::default()
+    };
+    let mut a = simulate(config.clone());
+    let mut b = simulate(config.clone());
+    a.wall_ms = 0;
+    b.wall_ms = 0;
+    assert_eq!(a, b);
+    let mut c = simulate(LookupSimConfig { seed: 100, ..config });
+    c.wall_ms = 0;
+    assert_ne!(a, c);
+}
+
+/// A simulation with the given routing and cache, three copies of every key.
+/// The lookup schemes under churn where a crashed node leaves the ring at once: the partition
+/// policy `available` (under `consistent` a crashed node stays a member until it returns).
+fn sim(seed: u64, routing: Routing, cache_entries: usize) -> Sim {
+    println!("seed = {seed}, routing {routing}, cache {cache_entries}");
+    let mut chord = Config::with_stabilize_interval_ms(STABILIZE_MS);
+    chord.routing = routing;
+    chord.cache_entries = cache_entries;
+    chord.partition_policy = chordkv_core::chord::config::PartitionPolicy::Available;
+    Sim::new(SimConfig {
+        seed,
+        min_delay_ms: 1,
+        max_delay_ms: 10,
+        chord,
+        ..SimConfig::default()
+    })
+}
+
+/// Reads every acknowledged key through every live node in turn: each read must return the
+/// acknowledged value (or a newer one), never "not found" or another value, which is what a
+/// wrong owner would answer.
+fn read_all_through_every_node(s: &mut Sim, acked: &Acked, seed: u64, round: &str) {
+    let alive = s.alive();
+    for (i, (key, (version, value))) in acked.0.iter().enumerate() {
+        for via in [alive[i % alive.len()], alive[(i * 7 + 3) % alive.len()]] {
+            match s.get(via, key) {
+                Some(Message::GetReply {
+                    version: got,
+                    value: Some(v),
+                    ..
+                }) => {
+                    assert!(got >= *version, "seed {seed} {round}: {key} via {via} went back");
+                    if got == *version {
+                        assert_eq!(
+                            v,
+                            Bytes::from(value.clone()),
+                            "seed {seed} {round}: {key} via {via}"
+                        );
+                    }
+                }
+                other => panic!("seed {seed} {round}: {key} via {via}: {other:?}"),
+            }
+        }
+    }
+}
+
+/// Joins, crashes and graceful leaves, with reads between them from every node; for one-hop,
+/// every live node's table must end equal to the true ring (dissemination converged).
+fn churn(routing: Routing, cache_entries: usize, seed: u64) {
+    let mut s = sim(seed, routing, cache_entries);
+    let mut rng = Rng::new(seed);
+    build_ring(&mut s, 16, &mut rng);
+    s.run_for(5_000);
+    let mut acked = Acked::default();
+    for i in 0..120 {
+        let key = format!("k{i}");
+        let value = format!("v{i}");
+        let via = rng.below(s.len() as u64) as usize;
+        let reply = s.put(via, &key, &value);
+        acked.record(&key, &value, reply);
+    }
+    assert_eq!(acked.0.len(), 120, "seed {seed}: every write acknowledged");
+    // Warm the caches and tables.
+    read_all_through_every_node(&mut s, &acked, seed, "before churn");
+    for step in 0..6 {
+        let alive = s.alive();
+        match step % 3 {
+            0 => {
+                for _ in 0..3 {
+                    let via = alive[rng.below(alive.len() as u64) as usize];
+                    s.add_joining(via);
+                    s.run_for(2 * STABILIZE_MS);
+                }
+            }
+            1 => {
+                let victim = alive[1 + rng.below(alive.len() as u64 - 1) as usize];
+                s.crash(victim);
+            }
+            _ => {
+                let leaver = alive[1 + rng.below(alive.len() as u64 - 1) as usize];
+                s.leave(leaver);
+            }
+        }
+        // Reads right after the change, while tables and caches are stale: a read may be slow
+        // or fail, but never answer with a wrong owner's "not found".
+        let alive = s.alive();
+        for (i, key) in acked.0.keys().enumerate().step_by(7) {
+            let via = alive[i % alive.len()];
+            match s.get(via, key) {
+                Some(Message::GetReply { value: Some(_), .. }) | Some(Message::Error { .. }) | None => {}
+                other => panic!("seed {seed} step {step}: {key} via {via} during churn: {other:?}"),
+            }
+        }
+        assert!(
+            s.run_until_consistent(STABILIZE_MS, 120_000),
+            "seed {seed} step {step}: {:?}",
+            s.ring_problem()
+        );
+        s.run_for(40 * STABILIZE_MS); // re-replication after a crash
+        read_all_through_every_node(&mut s, &acked, seed, &format!("after step {step}"));
+    }
+    if routing == Routing::OneHop {
+        let mut truth: Vec<Id> = s.alive().iter().map(|&i| s.node(i).me().id).collect();
+        truth.sort();
+        for i in s.alive() {
+            let table: Vec<Id> = s
+                .node(i)
+                .membership()
+                .unwrap()
+                .members()
+                .iter()
+                .map(|n| n.id)
+                .collect();
+            assert_eq!(table, truth, "seed {seed}: node {i}'s membership table");
+        }
+    }
+    if cache_entries > 0 {
+        let hits: u64 = s.alive().iter().map(|&i| s.node(i).stats().cache_hits).sum();
+        assert!(hits > 0, "seed {seed}: the cache was used");
+    }
+}
+
+#[test]
+fn a_cached_lookup_never_reaches_a_wrong_owner_under_churn() {
+    for seed in seeds(&[3, 4]) {
+        churn(Routing::Classic, 64, seed);
+    }
+}
+
+#[test]
+fn a_one_hop_lookup_never_reaches_a_wrong_owner_under_churn() {
+    for seed in seeds(&[5, 6]) {
+        churn(Routing::OneHop, 0, seed);
+    }
+}

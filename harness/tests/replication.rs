@@ -1,0 +1,369 @@
+//! Deterministic simulation tests of replication, failover, re-replication and anti-entropy:
+//! real node state machines on the simulated network, checked against an oracle of
+//! acknowledged writes. Each test prints its seed; `SIM_SEEDS=1-100` runs more seeds.
+
+mod common;
+
+use bytes::Bytes;
+use chordkv_core::chord::config::{AckPolicy, PartitionPolicy};
+use chordkv_core::chord::Config;
+use chordkv_core::rng::Rng;
+use chordkv_harness::sim::{Sim, SimConfig};
+use chordkv_protocol::{Id, Message};
+use common::{build_ring, seeds, value_of, Acked, STABILIZE_MS};
+
+const REPLICAS: usize = 2;
+
+fn sim(seed: u64, ack: AckPolicy) -> Sim {
+    sim_with(seed, ack, PartitionPolicy::Consistent)
+}
+
+/// `available`: a crashed node leaves the ring at once and the live nodes serve every key
+/// they hold (Dynamo's sloppy quorum); the tests of re-replication onto the nodes after a
+/// crash use it. Under `consistent` a crashed node stays a member until it returns.
+fn sim_with(seed: u64, ack: AckPolicy, policy: PartitionPolicy) -> Sim {
+    println!("seed = {seed}, {policy}");
+    let mut chord = Config::with_stabilize_interval_ms(STABILIZE_MS);
+    chord.replicas = REPLICAS;
+    chord.ack = ack;
+    chord.partition_policy = policy;
+    Sim::new(SimConfig {
+        seed,
+        min_delay_ms: 1,
+        max_delay_ms: 10,
+        chord,
+        ..SimConfig::default()
+    })
+}
+
+/// The live nodes holding a live copy of `key`.
+fn holders(s: &Sim, key: &str) -> Vec<usize> {
+    s.alive()
+        .into_iter()
+        .filter(|&i| s.holds(i, key.as_bytes()).is_some())
+        .collect()
+}
+
+/// The primary and replicas `key` should have on the current ring, by the oracle.
+fn preference_list(s: &Sim, key: &str) -> Vec<usize> {
+    let mut ring: Vec<(Id, usize)> = s
+        .alive()
+        .into_iter()
+        .filter(|&i| s.node(i).in_ring())
+        .map(|i| (s.node(i).me().id, i))
+        .collect();
+    ring.sort();
+    let id = Id::hash(key.as_bytes());
+    let first = ring.partition_point(|(n, _)| *n < id) % ring.len();
+    let mut v: Vec<usize> = (0..=REPLICAS.min(ring.len() - 1))
+        .map(|d| ring[(first + d) % ring.len()].1)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Runs until every key is held by exactly its preference list (copies missing are re-created
+/// by anti-entropy; copies a node is no longer responsible for are collected), or `max_ms` pass.
+fn run_until_replicated(s: &mut Sim, keys: &[String], max_ms: u64) -> bool {
+    let until = s.now() + max_ms;
+    loop {
+        let ok = keys.iter().all(|k| {
+            let h = holders(s, k);
+            h == preference_list(s, k)
+        });
+        if ok || s.now() >= until {
+            return ok;
+        }
+        s.run_for(200);
+    }
+}
+
+#[test]
+fn every_write_lands_on_its_primary_and_replicas() {
+    let mut s = sim(1, AckPolicy::All);
+    let mut rng = Rng::new(1);
+    build_ring(&mut s, 10, &mut rng);
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        assert!(matches!(
+            s.put(rng.below(10) as usize, k, "v"),
+            Some(Message::PutReply { .. })
+        ));
+    }
+    // With ack=all the copies exist when the write is acknowledged.
+    for k in &keys {
+        assert_eq!(holders(&s, k), preference_list(&s, k), "{k}");
+    }
+    let total: u64 = s.keys_per_node().iter().sum();
+    assert_eq!(total, 3 * 300);
+}
+
+#[test]
+fn reads_fail_over_to_a_replica_and_copies_are_restored_after_two_crashes() {
+    for ack in [AckPolicy::All, AckPolicy::One] {
+        let mut s = sim_with(2, ack, PartitionPolicy::Available);
+        let mut rng = Rng::new(2);
+        build_ring(&mut s, 10, &mut rng);
+        let keys: Vec<String> = (0..400).map(|i| format!("key-{i}")).collect();
+        for k in &keys {
+            assert!(matches!(
+                s.put(rng.below(10) as usize, k, k),
+                Some(Message::PutReply { .. })
+            ));
+        }
+        assert!(
+            run_until_replicated(&mut s, &keys, 30_000),
+            "{ack:?}: initial copies"
+        );
+        // Two nodes crash at once: every key still has a live copy (3 holders, 2 dead).
+        s.crash(3);
+        s.crash(7);
+        for (i, k) in keys.iter().enumerate() {
+            let via = [0, 1, 2, 4, 5, 6, 8, 9][i % 8];
+            assert_eq!(
+                value_of(&s.get(via, k)),
+                Some(Bytes::from(k.clone())),
+                "{ack:?}: {k} via {via}"
+            );
+        }
+        // Re-replication brings every key back to exactly 3 copies, on the right nodes.
+        assert!(
+            s.run_until_consistent(STABILIZE_MS, 60_000),
+            "{:?}",
+            s.ring_problem()
+        );
+        assert!(
+            run_until_replicated(&mut s, &keys, 60_000),
+            "{ack:?}: copies restored"
+        );
+        let total: u64 = s.keys_per_node().iter().sum();
+        assert_eq!(total, 3 * 400, "{ack:?}");
+        let repaired: u64 = s
+            .alive()
+            .iter()
+            .map(|&i| s.node(i).stats().anti_entropy_keys_repaired)
+            .sum();
+        assert!(repaired > 0, "{ack:?}: anti-entropy did the repair");
+    }
+}
+
+#[test]
+fn three_adjacent_crashes_lose_exactly_the_keys_all_of_whose_holders_died() {
+    let mut s = sim_with(3, AckPolicy::All, PartitionPolicy::Available);
+    let mut rng = Rng::new(3);
+    build_ring(&mut s, 12, &mut rng);
+    let keys: Vec<String> = (0..600).map(|i| format!("key-{i}")).collect();
+    for k in &keys {
+        s.put(rng.below(12) as usize, k, "v");
+    }
+    // Three nodes adjacent on the ring.
+    let mut ring: Vec<(Id, usize)> = (0..12).map(|i| (s.node(i).me().id, i)).collect();
+    ring.sort();
+    let dead: Vec<usize> = ring[4..7].iter().map(|r| r.1).collect();
+    let doomed: Vec<&String> = keys
+        .iter()
+        .filter(|k| preference_list(&s, k).iter().all(|h| dead.contains(h)))
+        .collect();
+    assert!(!doomed.is_empty());
+    for &d in &dead {
+        s.crash(d);
+    }
+    assert!(
+        s.run_until_consistent(STABILIZE_MS, 60_000),
+        "{:?}",
+        s.ring_problem()
+    );
+    let alive = s.alive();
+    for (i, k) in keys.iter().enumerate() {
+        let got = value_of(&s.get(alive[i % alive.len()], k));
+        if doomed.contains(&k) {
+            assert_eq!(got, None, "{k}: all three holders died");
+        } else {
+            assert_eq!(got, Some(Bytes::from_static(b"v")), "{k} had a surviving copy");
+        }
+    }
+}
+
+/// Random crash, restart and partition schedules under write load, with ack=all and at most
+/// `REPLICAS` holders failing between recoveries: no acknowledged write may be lost.
+#[test]
+fn random_failures_of_at_most_n_holders_lose_no_acknowledged_write() {
+    for (seed, policy) in seeds(&[11, 12, 13]).into_iter().flat_map(|seed| {
+        [
+            (seed, PartitionPolicy::Available),
+            (seed, PartitionPolicy::Consistent),
+        ]
+    }) {
+        let mut s = sim_with(seed, AckPolicy::All, policy);
+        let mut rng = Rng::new(seed);
+        build_ring(&mut s, 12, &mut rng);
+        let mut acked = Acked::default();
+        let mut crashed: Vec<usize> = Vec::new();
+        let mut written = 0u64;
+        for round in 0..12 {
+            // A failure event: crash up to REPLICAS nodes at once, restart earlier crashes, or
+            // isolate a node for a while.
+            // At most REPLICAS nodes are down at any time: the guarantee under test.
+            match rng.below(3) {
+                0 if crashed.len() < REPLICAS => {
+                    let alive = s.alive();
+                    for _ in 0..=rng.below((REPLICAS - crashed.len()) as u64) {
+                        let alive: Vec<usize> =
+                            alive.iter().copied().filter(|i| !crashed.contains(i)).collect();
+                        let victim = alive[rng.below(alive.len() as u64) as usize];
+                        s.crash(victim);
+                        crashed.push(victim);
+                    }
+                }
+                0 | 1 if !crashed.is_empty() => {
+                    let who = crashed.remove(0);
+                    let via = s.alive()[0];
+                    s.restart(who, via);
+                }
+                _ => {
+                    let alive = s.alive();
+                    let who = alive[rng.below(alive.len() as u64) as usize];
+                    let others: Vec<usize> = alive.iter().copied().filter(|&i| i != who).collect();
+                    s.partition(&[who], &others);
+                }
+            }
+            // Load while the failure is fresh: 40 writes through random live nodes.
+            let mut in_flight = Vec::new();
+            for _ in 0..40 {
+                let alive = s.alive();
+                let via = alive[rng.below(alive.len() as u64) as usize];
+                let key = format!("key-{}", rng.below(300));
+                written += 1;
+                let value = format!("value-{written}");
+                let msg = Message::Put {
+                    key: Bytes::from(key.clone()),
+                    value: Bytes::from(value.clone()),
+                };
+                in_flight.push((s.client_request(via, msg), key, value));
+                s.run_for(15);
+            }
+            s.run_for(12_000);
+            s.heal();
+            for (h, k, v) in in_flight {
+                acked.record(&k, &v, s.reply(h));
+            }
+            // Recovery before the next failure: the ring and the copies settle.
+            s.run_until_consistent(STABILIZE_MS, 30_000);
+            s.run_for(6_000);
+            println!(
+                "seed {seed} round {round}: {} keys acknowledged, live {:?}",
+                acked.0.len(),
+                s.alive()
+            );
+        }
+        if policy == PartitionPolicy::Consistent {
+            // Crashed members stay in the ring until they return: bring them back.
+            for who in std::mem::take(&mut crashed) {
+                let via = s.alive()[0];
+                s.restart(who, via);
+            }
+        }
+        assert!(
+            s.run_until_consistent(STABILIZE_MS, 60_000),
+            "seed {seed}: {:?}",
+            s.ring_problem()
+        );
+        acked.verify(&mut s, seed);
+    }
+}
+
+#[test]
+fn anti_entropy_repairs_a_replica_that_missed_writes_and_collects_tombstones() {
+    let mut s = sim(4, AckPolicy::One);
+    let mut rng = Rng::new(4);
+    build_ring(&mut s, 6, &mut rng);
+    let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+    // Cut one node off while writes happen: its replica copies miss them (ack=one does not wait).
+    let victim = 2;
+    let others: Vec<usize> = (0..6).filter(|&i| i != victim).collect();
+    s.partition(&[victim], &others);
+    for k in &keys {
+        let via = others[rng.below(others.len() as u64) as usize];
+        s.put(via, k, "v1");
+    }
+    s.run_for(500);
+    s.heal();
+    assert!(
+        s.run_until_consistent(STABILIZE_MS, 60_000),
+        "{:?}",
+        s.ring_problem()
+    );
+    assert!(
+        run_until_replicated(&mut s, &keys, 60_000),
+        "anti-entropy restores every copy"
+    );
+    // Deletes become tombstones everywhere, then are collected once every replica has them.
+    for k in &keys[..50] {
+        assert!(matches!(
+            s.request(
+                0,
+                Message::Delete {
+                    key: Bytes::from(k.clone())
+                },
+                10_000
+            ),
+            Some(Message::DeleteReply { .. })
+        ));
+    }
+    let mut config_grace_passed = 0;
+    while config_grace_passed < 200 {
+        s.run_for(1_000);
+        config_grace_passed += 1;
+        let collected: u64 = s
+            .alive()
+            .iter()
+            .map(|&i| s.node(i).stats().tombstones_collected)
+            .sum();
+        if collected >= 3 * 50 {
+            break;
+        }
+    }
+    let collected: u64 = s
+        .alive()
+        .iter()
+        .map(|&i| s.node(i).stats().tombstones_collected)
+        .sum();
+    assert!(collected >= 3 * 50, "tombstones collected: {collected}");
+    for k in &keys[..50] {
+        assert_eq!(value_of(&s.get(1, k)), None);
+    }
+}
+
+/// Under `consistent`, a crashed node stays a member; the first live member of each of its
+/// ranges' preference lists stands in for it (with a lease from a majority): every key stays
+/// readable and writable while one copy of three is down, and nothing acknowledged is lost.
+#[test]
+fn consistent_keeps_serving_every_key_with_one_copy_of_three_down() {
+    let mut s = sim(5, AckPolicy::All);
+    let mut rng = Rng::new(5);
+    build_ring(&mut s, 8, &mut rng);
+    let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        assert!(matches!(
+            s.put(rng.below(8) as usize, k, "v1"),
+            Some(Message::PutReply { .. })
+        ));
+    }
+    s.crash(3);
+    let live: Vec<usize> = (0..8).filter(|&i| i != 3).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let via = live[i % live.len()];
+        match s.put(via, k, "v2") {
+            Some(Message::PutReply { .. }) => {}
+            other => panic!("PUT {k} via {via} with node 3 down: {other:?}"),
+        }
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let via = live[(i + 3) % live.len()];
+        assert_eq!(
+            value_of(&s.get(via, k)),
+            Some(Bytes::from_static(b"v2")),
+            "{k} via {via}"
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! One TCP connection of the event loop: its socket, its read buffer, its write buffer.
+//!
+//! A connection carries frames one way and their replies the other. An *inbound* connection
+//! (accepted from a client or a peer) carries requests in and replies out; an *outbound*
+//! connection (opened by this node to a peer, one per peer address) carries requests out and
+//! replies in. Which way a frame may travel is checked by the loop, not here.
+//!
+//! Bytes in: [`Conn::read_available`] appends what the socket has to a `BytesMut`, and
+//! [`Conn::next_frame`] cuts whole frames off its front, so a frame's keys and values are
+//! zero-copy slices of what was read. Bytes out: frames are encoded straight onto the end of
+//! one `Vec<u8>` ([`Conn::push_frame`]), and [`Conn::flush`] writes from the front until the
+//! socket would block. Both buffers are reused for the connection's whole life.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use chordkv_protocol::frame::{decode, DecodeError, EncodeError, Frame};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+
+use super::resp::RespSession;
+use chordkv_core::chord::Millis;
+
+/// Room reserved in a fresh read buffer (a small request fits many times over).
+const INITIAL_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// A write buffer that grew past this while a large frame went out is given back once empty,
+/// so an idle connection does not hold on to a transfer batch's worth of memory.
+const RETAINED_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// Which way requests travel on a connection.
+#[derive(Debug)]
+pub(super) enum Role {
+    /// Accepted from `from`: requests in, replies out.
+    Inbound { from: SocketAddr },
+    /// Opened by us to `peer`: requests out, replies in.
+    Outbound {
+        peer: SocketAddr,
+        /// The non-blocking connect has completed.
+        connected: bool,
+        /// When an unfinished connect is given up.
+        connect_deadline: Millis,
+        /// Requests written (or queued) on this connection whose replies have not come back.
+        awaiting: u64,
+    },
+}
+
+/// What [`Conn::read_available`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReadStatus {
+    /// The socket has nothing more for now.
+    Drained,
+    /// The read budget ran out before the socket was drained: read again soon.
+    MoreAvailable,
+    /// The peer closed its side (`Ok(0)`).
+    Closed,
+}
+
+pub(super) struct Conn {
+    pub stream: TcpStream,
+    pub role: Role,
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+    /// Bytes of `wbuf` already written to the socket.
+    wpos: usize,
+    /// Whether the socket is registered with `WRITABLE` interest.
+    write_interest: bool,
+    /// Whether the loop's list of connections to flush holds this one.
+    pub flush_queued: bool,
+    /// Requests are not being read because too many replies are waiting to be written.
+    pub read_paused: bool,
+    /// An inbound connection from the RESP listener speaks the Redis protocol: its commands
+    /// and replies go through this session instead of the frame codec.
+    pub resp: Option<Box<RespSession>>,
+}
+
+impl Conn {
+    /// A connection registered for `interest` already.
+    pub fn new(stream: TcpStream, role: Role, write_interest: bool) -> Conn {
+        Conn {
+            stream,
+            role,
+            rbuf: BytesMut::with_capacity(INITIAL_READ_BUFFER_BYTES),
+            wbuf: Vec::new(),
+            wpos: 0,
+            write_interest,
+            flush_queued: false,
+            read_paused: false,
+            resp: None,
+        }
+    }
+
+    /// A RESP connection's session with its read and write buffers (`None` for a frame one).
+    pub fn resp_parts(&mut self) -> Option<(&mut RespSession, &mut BytesMut, &mut Vec<u8>)> {
+        let session = self.resp.as_deref_mut()?;
+        Some((session, &mut self.rbuf, &mut self.wbuf))
+    }
+
+    /// Whether the socket can carry bytes yet (an outbound connect may still be under way).
+    pub fn is_connected(&self) -> bool {
+        match self.role {
+            Role::Inbound { .. } => true,
+            Role::Outbound { connected, .. } => connected,
+        }
+    }
+
+    /// Records that an outbound connect has completed.
+    pub fn set_connected(&mut self) {
+        if let Role::Outbound { connected, .. } = &mut self.role {
+            *connected = true;
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending_output(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    /// Appends one encoded frame to the write buffer. On error nothing is queued.
+    pub fn push_frame(&mut self, frame: &Frame) -> Result<(), EncodeError> {
+        frame.encode(&mut self.wbuf)
+    }
+
+    /// Reads what the socket has into the read buffer, through `scratch`, until it would block
+    /// or about `budget` bytes have been read (so one busy connection cannot starve the rest).
+    ///
+    /// With edge-triggered readiness the socket must be read until it would block; a read
+    /// shorter than `scratch` proves that too (a stream socket hands over all it holds, up to
+    /// the size asked), and saves the extra `read` that would answer `WouldBlock` on every
+    /// event. `maybe_closed` (the event reported the read side closed) forces the full drain,
+    /// so that the final `Ok(0)` is seen.
+    pub fn read_available(
+        &mut self,
+        scratch: &mut [u8],
+        budget: usize,
+        maybe_closed: bool,
+    ) -> io::Result<ReadStatus> {
+        let mut total = 0;
+        loop {
+            match self.stream.read(scratch) {
+                Ok(0) => return Ok(ReadStatus::Closed),
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&scratch[..n]);
+                    total += n;
+                    if n < scratch.len() && !maybe_closed {
+                        return Ok(ReadStatus::Drained);
+                    }
+                    if total >= budget {
+                        return Ok(ReadStatus::MoreAvailable);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStatus::Drained),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next whole frame buffered, if any. An error means the peer does not speak the
+    /// protocol: close the connection. The header is checked (including the payload length
+    /// against the maximum) before any room is reserved for the payload.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        if self.rbuf.is_empty() {
+            return Ok(None);
+        }
+        decode(&mut self.rbuf)
+    }
+
+    /// Writes queued bytes until the socket would block or the queue is empty.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if !self.is_connected() {
+            return Ok(());
+        }
+        while self.wpos < self.wbuf.len() {
+            match self.stream.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+            if self.wbuf.capacity() > RETAINED_WRITE_BUFFER_BYTES {
+                self.wbuf = Vec::new();
+            }
+        } else if self.wpos >= self.wbuf.len() / 2 {
+            // Keep the unwritten tail at the front so the buffer does not creep forward; the
+            // copy is at most as large as what was just written.
+            self.wbuf.drain(..self.wpos);
+            self.wpos = 0;
+        }
+        Ok(())
+    }
+
+    /// Registers `WRITABLE` interest exactly while there is something to write (or a connect
+    /// to complete), so the loop is not woken for every writable socket.
+    pub fn update_interest(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        let want = self.pending_output() > 0 || !self.is_connected();
+        if want != self.write_interest {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            registry.reregister(&mut self.stream, token, interest)?;
+            self.write_interest = want;
+        }
+        Ok(())
+    }
+
+    /// Checks whether an outbound connect has completed (the steps of mio's
+    /// `TcpStream::connect` docs): `Ok(false)` while still in progress, an error if it failed.
+    pub fn finish_connect(&mut self) -> io::Result<bool> {
+        if let Some(e) = self.stream.take_error()? {
+            return Err(e);
+        }
+        match self.stream.peer_addr() {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}

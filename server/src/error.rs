@@ -1,0 +1,49 @@
+//! The server crate's error type, for what can fail outside the Chord core (which has no
+//! errors, only replies): opening a store, running the server.
+//!
+//! Every variant's message is complete for a person (what failed, on what address or URL,
+//! and why, in words rather than OS error numbers); `source()` keeps the underlying error
+//! where there is one. The `chordkv` binary prints it as it is.
+
+use std::net::SocketAddr;
+
+/// What failed, in the server. See the module docs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A store URL that is neither `memory` nor `redis://HOST:PORT/DB` (the message quotes it).
+    #[error("invalid store URL '{url}': {reason}")]
+    InvalidStore { url: String, reason: String },
+    /// A Redis store could not be opened: unreachable, refusing our scripts, or holding data
+    /// we cannot read. `url` is shown without credentials; `message` says what failed, with it.
+    #[error("{message}")]
+    StoreUnavailable { url: String, message: String },
+    /// The node cannot listen on `addr` (in use, not on this host, not permitted).
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    /// An operating-system call the server needs failed (`what`: what it was doing).
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node's thread panicked (a bug: the core must not panic on any input).
+    #[error("the node thread panicked")]
+    Panicked,
+}
+
+impl Error {
+    /// Whether the store failed (an invalid URL, a Redis that cannot be opened) rather than
+    /// the node itself (listening, the OS, a panic).
+    pub fn is_store(&self) -> bool {
+        matches!(self, Error::InvalidStore { .. } | Error::StoreUnavailable { .. })
+    }
+
+    /// An [`Error::Io`] for `what` (a closure for `map_err`).
+    pub(crate) fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+        move |source| Error::Io { what, source }
+    }
+}
+
+/// A `Result` with the server's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,991 @@
+//! The event loop itself: one thread, one `mio::Poll`, one [`Node`]. See the module docs of
+//! [`super`] for its shape and the reasons behind it.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::{self, Display};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::Error;
+use chordkv_protocol::{ErrorCode, Frame, Id, Message, NodeRef};
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use super::conn::{Conn, ReadStatus, Role};
+use super::resp::{Facts, RespSession, Step};
+use super::store_pool::StorePool;
+use super::token_map::TokenMap;
+use super::ServerConfig;
+use chordkv_core::chord::{Millis, Node, Output, Phase, ReplyTo};
+use chordkv_core::store::{self, Store};
+
+/// The listening socket.
+const LISTENER: Token = Token(0);
+/// Woken by store workers and by a [`super::ServerHandle`].
+const WAKER: Token = Token(1);
+/// SIGTERM and SIGINT, through signal-hook's self-pipe.
+const SIGNALS: Token = Token(2);
+/// The RESP (Redis protocol) listening socket, with `--resp`.
+const RESP_LISTENER: Token = Token(3);
+/// Connections take tokens from here up, never reused (a token doubles as a [`ReplyTo`], so a
+/// late reply can never reach a newer connection).
+const FIRST_CONN_TOKEN: usize = 4;
+
+/// Bytes asked of the socket per `read`.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes read from one connection per turn of the loop before the others get their turn.
+pub const READ_BUDGET_BYTES: usize = 1024 * 1024;
+/// Unwritten bytes one connection may queue; beyond this its peer is not reading and the
+/// connection is closed (a peer connection counts as unreachable).
+pub const MAX_WRITE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
+/// Unwritten reply bytes at which an inbound connection stops being read: its client is not
+/// reading its replies, so TCP flow control should slow it down rather than our memory grow.
+pub const OUTPUT_HIGH_WATER_BYTES: usize = 4 * 1024 * 1024;
+/// Unwritten reply bytes under which a paused connection is read again.
+pub const OUTPUT_LOW_WATER_BYTES: usize = 1024 * 1024;
+/// Longest wait in `poll`, whatever the deadlines say.
+pub const MAX_POLL_WAIT_MS: u64 = 1_000;
+/// Shortest connect timeout to a peer (the actual one is the larger of this and the core's
+/// `rpc_timeout_ms`).
+pub const MIN_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Time given to write out queued bytes once the node has left the ring.
+pub const LEFT_FLUSH_MS: u64 = 1_000;
+/// Time allowed past the core's `leave_timeout_ms` before the loop exits anyway.
+pub const LEAVE_MARGIN_MS: u64 = 2_000;
+/// Wait before accepting again after `accept` failed (e.g. out of file descriptors).
+const ACCEPT_RETRY_MS: u64 = 100;
+const EVENTS_CAPACITY: usize = 1_024;
+
+/// The node's clock: wall-clock milliseconds at start plus monotonic time since, so it never
+/// goes back and stays close to wall time (the core stamps write versions with it).
+struct Clock {
+    wall_at_start_ms: u64,
+    start: Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Clock {
+            wall_at_start_ms: wall,
+            start: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.wall_at_start_ms + self.start.elapsed().as_millis() as u64
+    }
+}
+
+/// What other threads may ask of the loop; each request is followed by a wake.
+pub(super) struct Control {
+    waker: Waker,
+    /// A wake is in flight and not yet seen by the loop: further wakes can be skipped.
+    wake_pending: AtomicBool,
+    leave: AtomicBool,
+    kill: AtomicBool,
+}
+
+impl Control {
+    /// Wakes the loop, at most once until it has seen the wake. A store worker calls this
+    /// after sending a result, and the loop clears the flag before draining results, so no
+    /// result is left behind unseen.
+    pub fn wake(&self) {
+        if !self.wake_pending.swap(true, Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Starts a graceful leave, as SIGTERM does.
+    pub fn request_leave(&self) {
+        self.leave.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+
+    /// Stops the loop at once, without leaving the ring (as a crash would).
+    pub fn request_kill(&self) {
+        self.kill.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+/// Why a connection is being closed, for the log.
+enum Why<'a> {
+    Io(&'a io::Error),
+    Text(&'a str),
+}
+
+impl Display for Why<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Why::Io(e) => e.fmt(f),
+            Why::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+pub(super) struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    /// The RESP listener and what INFO reports, with `--resp`.
+    resp_listener: Option<TcpListener>,
+    resp_facts: Option<Facts>,
+    signals: Option<Signals>,
+    control: Arc<Control>,
+    clock: Clock,
+    node: Node,
+    me: NodeRef,
+    store: Arc<dyn Store>,
+    /// Workers for a blocking store; `None` runs store ops inline.
+    pool: Option<StorePool>,
+
+    conns: TokenMap<Token, Conn>,
+    next_token: usize,
+    /// The outbound connection to each peer address.
+    peers: HashMap<SocketAddr, Token>,
+    /// Outbound connections whose connect may still be under way.
+    connecting: Vec<Token>,
+    connect_timeout_ms: u64,
+    /// Peers reported unreachable and not reached since: logs only say when this changes.
+    down: HashSet<SocketAddr>,
+    /// Connections with newly queued output, flushed at the end of the turn.
+    to_flush: Vec<Token>,
+    /// Connections whose read budget ran out: read again next turn.
+    read_again: Vec<Token>,
+    /// One read buffer shared by all connections: bytes are copied out of it into the
+    /// connection's own buffer, so no zeroed 64 KiB is prepared per read.
+    scratch: Box<[u8]>,
+    accept_retry_at: Option<Millis>,
+    last_accept_error_log: Millis,
+
+    last_phase: Phase,
+    /// Set when a leave starts: the loop exits at this time whatever happens.
+    leave_deadline: Option<Millis>,
+    /// Set when the node has left: queued bytes get until then to go out.
+    exit_deadline: Option<Millis>,
+    /// Set by a second signal: exit at once.
+    stop: bool,
+}
+
+impl Server {
+    /// Binds the listener, builds the node and sends its first messages (a join lookup).
+    pub fn bind(config: ServerConfig, handle_signals: bool) -> crate::Result<Server> {
+        let ServerConfig {
+            listen,
+            advertise,
+            join,
+            node_id,
+            chord,
+            store,
+            store_threads,
+            resp,
+        } = config;
+        let mut listener = TcpListener::bind(listen).map_err(|e| bind_error(listen, e))?;
+        let mut resp_listener = match resp {
+            Some(addr) => Some(TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?),
+            None => None,
+        };
+        let local = listener
+            .local_addr()
+            .map_err(Error::io("reading the listening address"))?;
+        let addr = advertise.unwrap_or(local);
+        let me = NodeRef {
+            id: node_id.unwrap_or_else(|| Id::of_addr(&addr)),
+            addr,
+        };
+
+        let poll = Poll::new().map_err(Error::io("creating the event loop"))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(Error::io("registering the listener"))?;
+        let mut resp_facts = None;
+        if let Some(l) = resp_listener.as_mut() {
+            poll.registry()
+                .register(l, RESP_LISTENER, Interest::READABLE)
+                .map_err(Error::io("registering the RESP listener"))?;
+            resp_facts = Some(Facts {
+                resp_addr: l
+                    .local_addr()
+                    .map_err(Error::io("reading the RESP listening address"))?,
+                started: Instant::now(),
+            });
+        }
+        let control = Arc::new(Control {
+            waker: Waker::new(poll.registry(), WAKER).map_err(Error::io("creating the waker"))?,
+            wake_pending: AtomicBool::new(false),
+            leave: AtomicBool::new(false),
+            kill: AtomicBool::new(false),
+        });
+        let signals = if handle_signals {
+            let mut signals =
+                Signals::new([SIGTERM, SIGINT]).map_err(Error::io("installing signal handlers"))?;
+            poll.registry()
+                .register(&mut signals, SIGNALS, Interest::READABLE)
+                .map_err(Error::io("registering the signal handlers"))?;
+            Some(signals)
+        } else {
+            None
+        };
+        let pool = if store.is_blocking() {
+            let c = Arc::clone(&control);
+            let pool = StorePool::start(Arc::clone(&store), store_threads, Arc::new(move || c.wake()))
+                .map_err(Error::io("starting store worker threads"))?;
+            Some(pool)
+        } else {
+            None
+        };
+
+        let clock = Clock::new();
+        let now = clock.now();
+        let connect_timeout_ms = chord.rpc_timeout_ms.max(MIN_CONNECT_TIMEOUT_MS);
+        let mut chord = chord;
+        // Each start of the process is a new incarnation: its wall-clock start time.
+        if chord.incarnation == 0 {
+            chord.incarnation = now;
+        }
+        // A store that kept an earlier run's data still holds what this node acknowledged.
+        chord.store_kept_copies = store.kept_data();
+        let mut node = Node::new(me, chord, now);
+        let ring = match join.as_slice() {
+            [] => "new ring".to_string(),
+            [via] => format!("joining {via}"),
+            [via, others @ ..] => format!(
+                "joining {via} (or {})",
+                others
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        eprintln!(
+            "chordkv node {} id {} listening ({} store); {ring}",
+            me.addr,
+            me.id.short(8),
+            store.name()
+        );
+        if let Some(facts) = &resp_facts {
+            eprintln!(
+                "chordkv node {}: Redis protocol (RESP) on {}",
+                me.addr, facts.resp_addr
+            );
+        }
+        if advertise.is_none() && local.ip().is_unspecified() {
+            eprintln!(
+                "chordkv node {}: warning: listening on an unspecified address without an \
+                 advertised one; peers cannot reach this node by {}",
+                me.addr, me.addr
+            );
+        }
+        match join.split_first() {
+            Some((&via, others)) => {
+                node.join(now, via);
+                node.add_join_peers(others);
+            }
+            None => node.create(now),
+        }
+        let last_phase = node.phase();
+
+        Ok(Server {
+            poll,
+            listener,
+            resp_listener,
+            resp_facts,
+            signals,
+            control,
+            clock,
+            node,
+            me,
+            store,
+            pool,
+            conns: TokenMap::default(),
+            next_token: FIRST_CONN_TOKEN,
+            peers: HashMap::new(),
+            connecting: Vec::new(),
+            connect_timeout_ms,
+            down: HashSet::new(),
+            to_flush: Vec::new(),
+            read_again: Vec::new(),
+            scratch: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
+            accept_retry_at: None,
+            last_accept_error_log: 0,
+            last_phase,
+            leave_deadline: None,
+            exit_deadline: None,
+            stop: false,
+        })
+    }
+
+    pub fn me(&self) -> NodeRef {
+        self.me
+    }
+
+    /// The address the RESP listener is bound to, with `--resp`.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp_facts.as_ref().map(|f| f.resp_addr)
+    }
+
+    pub fn control(&self) -> Arc<Control> {
+        Arc::clone(&self.control)
+    }
+
+    /// Runs until the node has left (or a second signal, or a kill).
+    pub fn run(mut self) -> crate::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let now = self.clock.now();
+        self.settle(now);
+        loop {
+            let again = std::mem::take(&mut self.read_again);
+            let timeout = if again.is_empty() {
+                self.poll_timeout(self.clock.now())
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    self.read_again = again;
+                    continue;
+                }
+                return Err(Error::io("waiting for events")(e));
+            }
+            let now = self.clock.now();
+
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now, false),
+                    RESP_LISTENER => self.accept(now, true),
+                    WAKER => self.control.wake_pending.store(false, Ordering::SeqCst),
+                    SIGNALS => self.on_signals(now),
+                    token => self.on_conn_event(now, token, event),
+                }
+                self.pump(now);
+            }
+            for token in again {
+                self.read(now, token, false);
+                self.pump(now);
+            }
+            if self.accept_retry_at.is_some_and(|t| now >= t) {
+                self.accept_retry_at = None;
+                self.accept(now, false);
+                self.accept(now, true);
+            }
+            self.drain_store(now);
+            if self.control.kill.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            if self.control.leave.swap(false, Ordering::SeqCst) {
+                self.begin_leave(now, "leave requested");
+            }
+            self.expire_connects(now);
+            self.node.tick(now);
+            self.settle(now);
+            self.note_phase();
+
+            if self.stop {
+                self.log(format_args!("second signal: exiting without finishing the leave"));
+                return Ok(());
+            }
+            if let Some(deadline) = self.exit_deadline {
+                if now >= deadline || self.conns.values().all(|c| c.pending_output() == 0) {
+                    return Ok(());
+                }
+            } else if self.leave_deadline.is_some_and(|d| now >= d) {
+                self.log(format_args!("the leave did not finish in time; exiting"));
+                return Ok(());
+            }
+        }
+    }
+
+    /// How long `poll` may sleep: until the core's next deadline or one of the loop's own.
+    fn poll_timeout(&self, now: Millis) -> Duration {
+        let mut deadline = self.node.next_deadline();
+        for token in &self.connecting {
+            if let Some(Conn {
+                role: Role::Outbound { connect_deadline, .. },
+                ..
+            }) = self.conns.get(token)
+            {
+                deadline = deadline.min(*connect_deadline);
+            }
+        }
+        for d in [self.leave_deadline, self.exit_deadline, self.accept_retry_at]
+            .into_iter()
+            .flatten()
+        {
+            deadline = deadline.min(d);
+        }
+        // At least 1 ms: the clock has millisecond resolution, so a deadline still due right
+        // after `tick` is one the core has chosen not to advance; waking again within the same
+        // millisecond would only spin.
+        Duration::from_millis(deadline.saturating_sub(now).clamp(1, MAX_POLL_WAIT_MS))
+    }
+
+    // ---- the core's outputs -------------------------------------------------------------------
+
+    /// Carries out everything the node has asked for, until it asks for nothing more.
+    fn pump(&mut self, now: Millis) {
+        while let Some(out) = self.node.poll_output() {
+            match out {
+                Output::Send { to, frame } => self.send(now, to, &frame),
+                Output::Reply { to, frame } => self.reply(now, to, frame),
+                Output::Store { id, op } => match &self.pool {
+                    Some(pool) => pool.submit(id, op),
+                    None => {
+                        let result = store::execute(&*self.store, op);
+                        self.node.store_done(now, id, result);
+                    }
+                },
+                Output::Left => self.on_left(now),
+            }
+        }
+    }
+
+    /// Pumps and flushes until neither has anything left: closing a peer connection on a
+    /// write error tells the core, which may answer with more output.
+    fn settle(&mut self, now: Millis) {
+        loop {
+            self.pump(now);
+            if self.to_flush.is_empty() {
+                break;
+            }
+            self.flush_queued(now);
+        }
+    }
+
+    fn send(&mut self, now: Millis, to: SocketAddr, frame: &Frame) {
+        let token = match self.peers.get(&to) {
+            Some(&token) => token,
+            None => match self.connect(now, to) {
+                Ok(token) => token,
+                Err(e) => return self.peer_failed(now, to, Why::Io(&e)),
+            },
+        };
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if let Err(e) = conn.push_frame(frame) {
+            // The core built a frame over the protocol's limits: the request fails here, and
+            // the peer is not to blame for it.
+            self.log(format_args!(
+                "cannot encode {} for {to}: {e}",
+                frame.message.name()
+            ));
+            self.node.send_failed(now, frame.request_id);
+            return;
+        }
+        if let Role::Outbound { awaiting, .. } = &mut conn.role {
+            *awaiting += 1;
+        }
+        self.queue_flush(now, token);
+    }
+
+    fn reply(&mut self, now: Millis, to: ReplyTo, frame: Frame) {
+        let token = Token(to.0 as usize);
+        // The connection may be gone (the client hung up): the reply is dropped.
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if let Some((session, _, wbuf)) = conn.resp_parts() {
+            session.on_reply(frame, wbuf);
+            // One map lookup per reply: this is the RESP hot path.
+            let after = resp_after_output(conn, token, &mut self.read_again, &mut self.to_flush);
+            return self.resp_finish(now, token, after);
+        }
+        if let Err(e) = conn.push_frame(&frame) {
+            // Answer anyway, so the requester is not left waiting.
+            let text = format!("reply {} could not be encoded: {e}", frame.message.name());
+            let error = Message::Error {
+                code: ErrorCode::Internal,
+                hops: 0,
+                text,
+            };
+            let _ = conn.push_frame(&Frame::new(frame.request_id, error));
+        }
+        self.queue_flush(now, token);
+    }
+
+    /// Notes that `token` has output to flush at the end of the turn; closes it if its peer
+    /// has stopped reading.
+    fn queue_flush(&mut self, now: Millis, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if conn.pending_output() > MAX_WRITE_BUFFER_BYTES {
+            let _ = conn.flush();
+            if conn.pending_output() > MAX_WRITE_BUFFER_BYTES {
+                let why = format!("over {MAX_WRITE_BUFFER_BYTES} bytes queued and not read");
+                return self.close(now, token, Why::Text(&why));
+            }
+        }
+        if !conn.flush_queued {
+            conn.flush_queued = true;
+            self.to_flush.push(token);
+        }
+    }
+
+    fn flush_queued(&mut self, now: Millis) {
+        let mut tokens = std::mem::take(&mut self.to_flush);
+        for &token in &tokens {
+            let Some(conn) = self.conns.get_mut(&token) else {
+                continue;
+            };
+            conn.flush_queued = false;
+            let result = conn
+                .flush()
+                .and_then(|()| conn.update_interest(self.poll.registry(), token));
+            if let Err(e) = result {
+                self.close(now, token, Why::Io(&e));
+                continue;
+            }
+            self.resume_if_drained(token);
+        }
+        tokens.clear();
+        if self.to_flush.is_empty() {
+            self.to_flush = tokens; // keep the allocation
+        }
+    }
+
+    fn drain_store(&mut self, now: Millis) {
+        let Some(pool) = &self.pool else { return };
+        while let Some((id, result)) = pool.try_complete() {
+            let lost = matches!(result, Err(store::StoreError::Lost(_)));
+            self.node.store_done(now, id, result);
+            if lost {
+                // The core no longer trusts the store's contents (it refills them or refuses
+                // to answer from them): later results may come from the emptied store.
+                pool.losses_handled();
+                self.log(format_args!(
+                    "the store lost its data; refilling from the other copies"
+                ));
+            }
+        }
+    }
+
+    // ---- connections ----------------------------------------------------------------------
+
+    fn new_token(&mut self) -> Token {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        token
+    }
+
+    /// Accepts on the frame listener, or on the RESP one (`resp`).
+    fn accept(&mut self, now: Millis, resp: bool) {
+        loop {
+            let listener = match (resp, &self.resp_listener) {
+                (false, _) => &self.listener,
+                (true, Some(l)) => l,
+                (true, None) => return,
+            };
+            match listener.accept() {
+                Ok((mut stream, from)) => {
+                    // Requests and replies are small and latency-bound.
+                    let _ = stream.set_nodelay(true);
+                    let token = self.new_token();
+                    if let Err(e) = self
+                        .poll
+                        .registry()
+                        .register(&mut stream, token, Interest::READABLE)
+                    {
+                        self.log(format_args!("cannot register connection from {from}: {e}"));
+                        continue;
+                    }
+                    let mut conn = Conn::new(stream, Role::Inbound { from }, false);
+                    if resp {
+                        conn.resp = Some(Box::new(RespSession::new(token.0 as u64, from)));
+                    }
+                    self.conns.insert(token, conn);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    // Out of descriptors or memory: try again shortly, log at most once a second.
+                    if now >= self.last_accept_error_log + 1_000 {
+                        self.last_accept_error_log = now;
+                        self.log(format_args!("cannot accept connections: {e}"));
+                    }
+                    self.accept_retry_at = Some(now + ACCEPT_RETRY_MS);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Opens the connection to a peer; frames queue on it until the connect completes.
+    fn connect(&mut self, now: Millis, to: SocketAddr) -> io::Result<Token> {
+        let mut stream = TcpStream::connect(to)?;
+        let _ = stream.set_nodelay(true);
+        let token = self.new_token();
+        self.poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+        let role = Role::Outbound {
+            peer: to,
+            connected: false,
+            connect_deadline: now + self.connect_timeout_ms,
+            awaiting: 0,
+        };
+        self.conns.insert(token, Conn::new(stream, role, true));
+        self.peers.insert(to, token);
+        self.connecting.push(token);
+        Ok(token)
+    }
+
+    fn expire_connects(&mut self, now: Millis) {
+        let mut i = 0;
+        while i < self.connecting.len() {
+            let token = self.connecting[i];
+            let expired = match self.conns.get(&token) {
+                Some(Conn {
+                    role:
+                        Role::Outbound {
+                            connected: false,
+                            connect_deadline,
+                            ..
+                        },
+                    ..
+                }) => {
+                    if now < *connect_deadline {
+                        i += 1;
+                        continue;
+                    }
+                    true
+                }
+                _ => false, // connected or closed: no longer watched
+            };
+            self.connecting.swap_remove(i);
+            if expired {
+                self.close(now, token, Why::Text("connect timed out"));
+            }
+        }
+    }
+
+    fn on_conn_event(&mut self, now: Millis, token: Token, event: &Event) {
+        // Sporadic events for connections already closed are ignored.
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let mut writable = event.is_writable();
+        if !conn.is_connected() {
+            match conn.finish_connect() {
+                Ok(false) => return,
+                Ok(true) => {
+                    conn.set_connected();
+                    writable = true;
+                    if let Role::Outbound { peer, .. } = conn.role {
+                        if self.down.remove(&peer) {
+                            self.log(format_args!("peer {peer} reachable again"));
+                        }
+                    }
+                }
+                Err(e) => return self.close(now, token, Why::Io(&e)),
+            }
+        }
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if writable {
+            let result = conn
+                .flush()
+                .and_then(|()| conn.update_interest(self.poll.registry(), token));
+            if let Err(e) = result {
+                return self.close(now, token, Why::Io(&e));
+            }
+            self.resume_if_drained(token);
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.read(now, token, event.is_read_closed() || event.is_error());
+        }
+    }
+
+    /// Reads what a connection has and hands every whole frame to the core.
+    ///
+    /// An inbound connection whose replies pile up (over [`OUTPUT_HIGH_WATER_BYTES`]) is
+    /// paused: its requests stay unread, buffered or in the socket, until a flush brings the
+    /// replies under [`OUTPUT_LOW_WATER_BYTES`] (see `resume_if_drained`). The core is pumped
+    /// after every frame so that the replies it produces at once count towards the mark.
+    fn read(&mut self, now: Millis, token: Token, maybe_closed: bool) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let inbound = matches!(conn.role, Role::Inbound { .. });
+        let mut status = ReadStatus::Drained;
+        if !(inbound && conn.pending_output() >= OUTPUT_HIGH_WATER_BYTES) {
+            status = match conn.read_available(&mut self.scratch, READ_BUDGET_BYTES, maybe_closed) {
+                Ok(status) => status,
+                Err(e) => return self.close(now, token, Why::Io(&e)),
+            };
+        }
+        loop {
+            let Some(conn) = self.conns.get_mut(&token) else {
+                return;
+            };
+            if inbound && conn.pending_output() >= OUTPUT_HIGH_WATER_BYTES {
+                // Whatever `status` said is found again by the read after resuming.
+                conn.read_paused = true;
+                return;
+            }
+            if conn.resp.is_some() {
+                if self.resp_step(now, token) {
+                    continue;
+                }
+                break;
+            }
+            let frame = match conn.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    let why = format!("protocol error: {e}");
+                    self.log_conn_closed(token, &why);
+                    return self.close(now, token, Why::Text(&why));
+                }
+            };
+            match &mut conn.role {
+                Role::Inbound { .. } => {
+                    if frame.message.is_reply() {
+                        let why = format!("protocol error: unexpected reply {}", frame.message.name());
+                        self.log_conn_closed(token, &why);
+                        return self.close(now, token, Why::Text(&why));
+                    }
+                    self.node.handle_request(now, ReplyTo(token.0 as u64), frame);
+                }
+                Role::Outbound { peer, awaiting, .. } => {
+                    if !frame.message.is_reply() {
+                        let why = format!("protocol error: unexpected request {}", frame.message.name());
+                        self.log_conn_closed(token, &why);
+                        return self.close(now, token, Why::Text(&why));
+                    }
+                    *awaiting = awaiting.saturating_sub(1);
+                    let peer = *peer;
+                    self.node.handle_reply(now, peer, frame);
+                }
+            }
+            self.pump(now);
+        }
+        match status {
+            ReadStatus::Drained => {}
+            ReadStatus::MoreAvailable => self.read_again.push(token),
+            ReadStatus::Closed => {
+                // Answer what was answered at once before closing (a client may have shut
+                // down its sending side and still be reading).
+                if let Some(conn) = self.conns.get_mut(&token) {
+                    let _ = conn.flush();
+                }
+                self.close(now, token, Why::Text("closed by the peer"));
+            }
+        }
+    }
+
+    /// Runs the next RESP command buffered on `token` (see [`super::resp`]); false when there
+    /// is none to run now.
+    fn resp_step(&mut self, now: Millis, token: Token) -> bool {
+        let (Some(conn), Some(facts)) = (self.conns.get_mut(&token), &self.resp_facts) else {
+            return false;
+        };
+        let Some((session, rbuf, wbuf)) = conn.resp_parts() else {
+            return false;
+        };
+        let step = session.next_command(rbuf, wbuf, facts);
+        // Translated, now applied: the command's requests enter the core as a binary client's
+        // frames do, with this connection as their reply address. Answers given on the spot
+        // are in `wbuf` already; the core's come back through `reply` while pumping.
+        let (node, to) = (&mut self.node, ReplyTo(token.0 as u64));
+        session.apply_requests(|frame| node.handle_request(now, to, frame));
+        let after = resp_after_output(conn, token, &mut self.read_again, &mut self.to_flush);
+        self.resp_finish(now, token, after);
+        self.pump(now);
+        // The read loop finds out whether the connection is still there.
+        step == Step::Command
+    }
+
+    /// The rare outcomes of [`resp_after_output`], which need the whole server.
+    fn resp_finish(&mut self, now: Millis, token: Token, after: RespAfter) {
+        match after {
+            RespAfter::Done => {}
+            RespAfter::QueueFlush => self.queue_flush(now, token),
+            RespAfter::Close => {
+                if let Some(conn) = self.conns.get_mut(&token) {
+                    let _ = conn.flush();
+                }
+                self.close(now, token, Why::Text("QUIT or RESP protocol error"));
+            }
+        }
+    }
+
+    /// Reads a paused connection again (next turn) once its replies have drained.
+    fn resume_if_drained(&mut self, token: Token) {
+        if let Some(conn) = self.conns.get_mut(&token) {
+            if conn.read_paused && conn.pending_output() <= OUTPUT_LOW_WATER_BYTES {
+                conn.read_paused = false;
+                self.read_again.push(token);
+            }
+        }
+    }
+
+    /// Forgets a connection. Losing a peer connection with requests on it tells the core the
+    /// peer is unreachable, so those requests fail now rather than at their deadlines.
+    fn close(&mut self, now: Millis, token: Token, why: Why<'_>) {
+        let Some(mut conn) = self.conns.remove(&token) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Role::Outbound {
+            peer,
+            connected,
+            awaiting,
+            ..
+        } = conn.role
+        {
+            if self.peers.get(&peer) == Some(&token) {
+                self.peers.remove(&peer);
+            }
+            if awaiting > 0 || conn.pending_output() > 0 || !connected {
+                self.peer_failed(now, peer, why);
+            }
+        }
+    }
+
+    fn peer_failed(&mut self, now: Millis, peer: SocketAddr, why: Why<'_>) {
+        if self.down.insert(peer) {
+            self.log(format_args!("peer {peer} unreachable: {why}"));
+        }
+        self.node.peer_unreachable(now, peer);
+    }
+
+    fn log_conn_closed(&self, token: Token, why: &str) {
+        match self.conns.get(&token).map(|c| &c.role) {
+            Some(Role::Inbound { from }) => self.log(format_args!("closing connection from {from}: {why}")),
+            Some(Role::Outbound { peer, .. }) => {
+                self.log(format_args!("closing connection to {peer}: {why}"))
+            }
+            None => {}
+        }
+    }
+
+    // ---- life cycle -----------------------------------------------------------------------
+
+    fn on_signals(&mut self, now: Millis) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let count = signals.pending().count();
+        for _ in 0..count {
+            if self.leave_deadline.is_none() && self.exit_deadline.is_none() {
+                self.begin_leave(now, "signal received");
+            } else {
+                self.stop = true;
+            }
+        }
+    }
+
+    fn begin_leave(&mut self, now: Millis, why: &str) {
+        if self.leave_deadline.is_some() || self.exit_deadline.is_some() {
+            return;
+        }
+        self.leave_deadline = Some(now + self.node.config().leave_timeout_ms + LEAVE_MARGIN_MS);
+        let successor = self.node.successor();
+        if successor.addr == self.me.addr {
+            self.log(format_args!(
+                "{why}: leaving the ring (alone, nothing to hand off)"
+            ));
+        } else {
+            self.log(format_args!(
+                "{why}: leaving the ring, handing keys to {}",
+                successor.addr
+            ));
+        }
+        self.node.leave(now);
+    }
+
+    fn on_left(&mut self, now: Millis) {
+        if self.exit_deadline.is_none() {
+            self.log(format_args!("left the ring"));
+            self.exit_deadline = Some(now + LEFT_FLUSH_MS);
+        }
+    }
+
+    /// Logs the node's phase changes (joined, active).
+    fn note_phase(&mut self) {
+        let phase = self.node.phase();
+        if phase == self.last_phase {
+            return;
+        }
+        self.last_phase = phase;
+        let successor = self.node.successor().addr;
+        match phase {
+            Phase::Joining => self.log(format_args!("joining again")),
+            Phase::Joined => self.log(format_args!("joined the ring: successor {successor}")),
+            Phase::Active => match self.node.predecessor() {
+                Some(p) => self.log(format_args!(
+                    "active: serving ({}, {}], predecessor {}, successor {successor}",
+                    p.id.short(8),
+                    self.me.id.short(8),
+                    p.addr
+                )),
+                None => self.log(format_args!("active")),
+            },
+            Phase::Idle | Phase::Leaving | Phase::Left => {}
+        }
+    }
+
+    fn log(&self, args: fmt::Arguments<'_>) {
+        eprintln!("chordkv node {}: {args}", self.me.addr);
+    }
+}
+
+/// What a RESP connection needs after output was added to it.
+enum RespAfter {
+    Done,
+    /// Over [`MAX_WRITE_BUFFER_BYTES`] queued: the full check of `queue_flush`.
+    QueueFlush,
+    /// QUIT or a protocol error has been answered, with everything before it.
+    Close,
+}
+
+/// After output to a RESP connection, with the connection already in hand (no second map
+/// lookup on the hot path): notes it for the end-of-turn flush, and for another read if its
+/// input waited for replies to drain; says when QUIT or a protocol error closes it.
+fn resp_after_output(
+    conn: &mut Conn,
+    token: Token,
+    read_again: &mut Vec<Token>,
+    to_flush: &mut Vec<Token>,
+) -> RespAfter {
+    let Some(session) = conn.resp.as_deref_mut() else {
+        return RespAfter::Done;
+    };
+    if session.wants_close() {
+        return RespAfter::Close;
+    }
+    if session.take_unblocked() {
+        read_again.push(token);
+    }
+    let pending = conn.pending_output();
+    if pending > MAX_WRITE_BUFFER_BYTES {
+        return RespAfter::QueueFlush;
+    }
+    if pending > 0 && !conn.flush_queued {
+        conn.flush_queued = true;
+        to_flush.push(token);
+    }
+    RespAfter::Done
+}
+
+fn bind_error(addr: SocketAddr, e: io::Error) -> Error {
+    let reason = match e.kind() {
+        io::ErrorKind::AddrInUse => "the address is already in use".to_string(),
+        io::ErrorKind::AddrNotAvailable => "the address is not available on this host".to_string(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string(),
+    };
+    Error::Listen { addr, reason }
+}

@@ -1,0 +1,391 @@
+//! One RESP connection's session: decodes its commands, has each translated ([`super::cmd`]),
+//! keeps their core requests for the event loop to apply ([`RespSession::apply_requests`]), and writes
+//! the replies the loop brings back ([`RespSession::on_reply`]) in the order the commands came.
+//! It never sees the core.
+//!
+//! Each command takes a *slot* at the back of a queue, and its requests the consecutive
+//! request ids `first..first + sent`. Ids grow along the queue, so the slot of a reply's id is
+//! found by binary search (it is usually the front one); slots are written from the front,
+//! each once all its replies are in (`got == sent`). After `GET a`, `PING`, `MGET b c`, with
+//! the reply for `c` in:
+//!
+//! ```text
+//!  front ─► [GET a     first 7, sent 1, got 0, Waiting(Value)]   nothing written yet
+//!           [PING      first 8, sent 0, got 0, Ready(+PONG)  ]   complete, waits for GET
+//!           [MGET b c  first 8, sent 2, got 1, Waiting(Values)]
+//!  reply id 7 ─► GET complete ─► $1 … and +PONG written; MGET waits for id 8
+//! ```
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use chordkv_protocol::resp::{self, RespError};
+use chordkv_protocol::Frame;
+
+use super::cmd::{self, Client, Cx, Gather, Pending, Requests, Translation};
+use super::info::Facts;
+
+/// Core requests one connection may have in flight before its input waits.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 4_096;
+
+/// What [`RespSession::next_command`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// A command was taken off the input (answered, or translated into core requests).
+    Command,
+    /// Nothing to do until more input arrives or replies drain.
+    Idle,
+}
+
+/// One command's place in the reply order.
+struct Slot {
+    /// The request id of its first core request; the others follow it.
+    first: u64,
+    /// Core requests sent for it, and replies received so far.
+    sent: u32,
+    got: u32,
+    reply: SlotReply,
+}
+
+enum SlotReply {
+    /// An answer already encoded, waiting for the slots before it.
+    Ready(Vec<u8>),
+    /// Gathering the core's replies.
+    Waiting(Pending),
+}
+
+/// The RESP state of one connection. See the module docs.
+pub(crate) struct RespSession {
+    client: Client,
+    /// Requests translated and not yet taken by the event loop, and the next request id.
+    requests: Requests,
+    slots: VecDeque<Slot>,
+    /// Core requests sent and not answered.
+    in_flight: usize,
+    /// Input decoding stopped at [`MAX_REQUESTS_IN_FLIGHT`]; the loop must read again once
+    /// replies drain.
+    blocked: bool,
+    /// QUIT or a protocol error: decode nothing more, close once every slot is written.
+    closing: bool,
+}
+
+impl RespSession {
+    pub fn new(id: u64, peer: SocketAddr) -> RespSession {
+        RespSession {
+            client: Client::new(id, peer),
+            requests: Requests::new(),
+            slots: VecDeque::new(),
+            in_flight: 0,
+            blocked: false,
+            closing: false,
+        }
+    }
+
+    /// Whether the connection should be closed now: QUIT or a protocol error was answered and
+    /// every reply before it has been written.
+    pub fn wants_close(&self) -> bool {
+        self.closing && self.slots.is_empty()
+    }
+
+    /// Whether decoding stopped at the in-flight limit and may go on now (reported once).
+    pub fn take_unblocked(&mut self) -> bool {
+        if self.blocked && self.in_flight < MAX_REQUESTS_IN_FLIGHT {
+            self.blocked = false;
+            return true;
+        }
+        false
+    }
+
+    /// Decodes the next command in `input` and translates it: an answer goes to `out` (in
+    /// order), core requests wait for the event loop's [`RespSession::apply_requests`].
+    pub fn next_command(&mut self, input: &mut BytesMut, out: &mut Vec<u8>, facts: &Facts) -> Step {
+        if self.closing {
+            input.clear();
+            return Step::Idle;
+        }
+        if self.in_flight >= MAX_REQUESTS_IN_FLIGHT {
+            self.blocked = true;
+            return Step::Idle;
+        }
+        let args = match resp::decode(input) {
+            Ok(Some(args)) => args,
+            Ok(None) => return Step::Idle,
+            Err(e) => {
+                self.protocol_error(&e, out);
+                input.clear();
+                return Step::Command;
+            }
+        };
+        // `decode` never returns an empty command.
+        let Some((name, rest)) = args.split_first() else {
+            return Step::Command;
+        };
+        let first = self.requests.next_rid();
+        let mut cx = Cx {
+            client: &mut self.client,
+            facts,
+            requests: &mut self.requests,
+        };
+        let reply = match cmd::translate(name, rest, &mut cx) {
+            Translation::Reply(bytes) => SlotReply::Ready(bytes),
+            Translation::Wait(pending) => SlotReply::Waiting(pending),
+            Translation::Close(bytes) => {
+                self.closing = true;
+                SlotReply::Ready(bytes)
+            }
+        };
+        let sent = self.requests.next_rid() - first;
+        self.in_flight += sent as usize;
+        self.push_slot(first, sent, reply, out);
+        Step::Command
+    }
+
+    /// Hands the core requests of the commands translated since the last call to `apply`, in
+    /// order, with this connection's request ids: the event loop passes each to
+    /// `Node::handle_request` with the connection's token as the reply address.
+    pub fn apply_requests(&mut self, apply: impl FnMut(Frame)) {
+        self.requests.drain_into(apply);
+    }
+
+    fn protocol_error(&mut self, e: &RespError, out: &mut Vec<u8>) {
+        let mut reply = Vec::new();
+        resp::write_error(&mut reply, &format!("ERR {e}"));
+        self.push_slot(self.requests.next_rid(), 0, SlotReply::Ready(reply), out);
+        self.closing = true;
+    }
+
+    /// A reply from the core to one of this connection's requests: fills its slot and writes
+    /// every complete slot at the front to `out`.
+    pub fn on_reply(&mut self, frame: Frame, out: &mut Vec<u8>) {
+        let rid = frame.request_id;
+        // Usually the front slot; else the one whose ids hold `rid` (ids grow along the queue).
+        let index = match self.slots.front() {
+            Some(s) if rid >= s.first && rid < s.first + u64::from(s.sent) => 0,
+            _ => self.slots.partition_point(|s| s.first + u64::from(s.sent) <= rid),
+        };
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
+        if rid < slot.first || rid >= slot.first + u64::from(slot.sent) {
+            return; // not one of ours (cannot happen: ids are only ever given once)
+        }
+        let offset = (rid - slot.first) as usize;
+        slot.got += 1;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let SlotReply::Waiting(pending) = &mut slot.reply {
+            pending.accept(offset, frame.message);
+        }
+        self.write_ready(out);
+    }
+
+    /// Queues a command's reply behind the others, waiting for `sent` replies to requests
+    /// `first..first + sent`, and writes what is complete at the front (an answer given on
+    /// the spot with nothing before it goes straight out). The core may already have answered
+    /// some of the requests (a local key, memory store): those replies reach
+    /// [`RespSession::on_reply`] after this, through the event loop's pump, so none is missed.
+    fn push_slot(&mut self, first: u64, sent: u64, reply: SlotReply, out: &mut Vec<u8>) {
+        self.slots.push_back(Slot {
+            first,
+            sent: sent as u32,
+            got: 0,
+            reply,
+        });
+        self.write_ready(out);
+    }
+
+    /// Writes the complete slots at the front of the queue.
+    fn write_ready(&mut self, out: &mut Vec<u8>) {
+        while self.slots.front().is_some_and(|s| s.got == s.sent) {
+            if let Some(slot) = self.slots.pop_front() {
+                match slot.reply {
+                    SlotReply::Ready(bytes) => out.extend_from_slice(&bytes),
+                    SlotReply::Waiting(pending) => pending.encode(out),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use chordkv_protocol::NodeRef;
+
+    use super::*;
+    use chordkv_core::chord::{Config, Node, Output, ReplyTo};
+    use chordkv_core::store::{self, MemoryStore, Store};
+
+    /// A single-node ring driven by hand, with the session between the bytes and the core as
+    /// the event loop has it: the session's requests are handed to the core, and the core's
+    /// replies are held back and delivered in any order the test chooses.
+    struct Rig {
+        node: Node,
+        store: MemoryStore,
+        session: RespSession,
+        facts: Facts,
+        input: BytesMut,
+        out: Vec<u8>,
+        held: Vec<Frame>,
+    }
+
+    const TO: ReplyTo = ReplyTo(9);
+
+    impl Rig {
+        fn new() -> Rig {
+            let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+            let mut node = Node::new(
+                NodeRef::from_addr(addr),
+                Config::with_stabilize_interval_ms(100),
+                0,
+            );
+            node.create(0);
+            Rig {
+                node,
+                store: MemoryStore::new(),
+                session: RespSession::new(9, "127.0.0.1:40000".parse().unwrap()),
+                facts: Facts {
+                    resp_addr: "127.0.0.1:6379".parse().unwrap(),
+                    started: Instant::now(),
+                },
+                input: BytesMut::new(),
+                out: Vec::new(),
+                held: Vec::new(),
+            }
+        }
+
+        /// Feeds bytes and runs every whole command; the core's replies are held.
+        fn send(&mut self, bytes: &[u8]) {
+            self.input.extend_from_slice(bytes);
+            while self
+                .session
+                .next_command(&mut self.input, &mut self.out, &self.facts)
+                == Step::Command
+            {
+                let node = &mut self.node;
+                self.session
+                    .apply_requests(|frame| node.handle_request(1, TO, frame));
+                self.run_core();
+            }
+        }
+
+        /// Runs the core's store ops and holds its replies.
+        fn run_core(&mut self) {
+            while let Some(output) = self.node.poll_output() {
+                match output {
+                    Output::Store { id, op } => {
+                        let result = store::execute(&self.store as &dyn Store, op);
+                        self.node.store_done(1, id, result);
+                    }
+                    Output::Reply { to, frame } => {
+                        assert_eq!(to, TO);
+                        self.held.push(frame);
+                    }
+                    Output::Send { .. } | Output::Left => {}
+                }
+            }
+        }
+
+        /// Delivers the held replies, last first.
+        fn deliver_reversed(&mut self) {
+            while let Some(frame) = self.held.pop() {
+                self.session.on_reply(frame, &mut self.out);
+            }
+        }
+
+        fn take_out(&mut self) -> String {
+            String::from_utf8(std::mem::take(&mut self.out)).unwrap()
+        }
+    }
+
+    #[test]
+    fn replies_delivered_out_of_order_are_written_in_command_order() {
+        let mut rig = Rig::new();
+        rig.send(b"SET a 1\r\nSET b 2\r\n");
+        rig.deliver_reversed();
+        assert_eq!(rig.take_out(), "+OK\r\n+OK\r\n");
+
+        // An immediate answer (PING) between keyed commands waits for the ones before it.
+        rig.send(b"GET a\r\nPING\r\nMGET b nope a\r\nEXISTS a b nope a\r\nDEL b nope\r\nGET b\r\n");
+        assert_eq!(rig.take_out(), "", "nothing is written before the first reply");
+        rig.deliver_reversed();
+        assert_eq!(
+            rig.take_out(),
+            "$1\r\n1\r\n+PONG\r\n*3\r\n$1\r\n2\r\n$-1\r\n$1\r\n1\r\n:3\r\n:1\r\n$-1\r\n"
+        );
+        assert!(!rig.session.wants_close());
+    }
+
+    #[test]
+    fn quit_and_protocol_errors_close_after_the_replies_before_them() {
+        let mut rig = Rig::new();
+        rig.send(b"SET k v\r\nQUIT\r\nPING\r\n");
+        assert_eq!(rig.take_out(), "");
+        assert!(!rig.session.wants_close(), "SET is still waiting");
+        rig.deliver_reversed();
+        assert_eq!(rig.take_out(), "+OK\r\n+OK\r\n", "PING after QUIT is not run");
+        assert!(rig.session.wants_close());
+
+        let mut rig = Rig::new();
+        rig.send(b"GET k\r\n*1\r\n:1\r\nPING\r\n");
+        rig.deliver_reversed();
+        assert_eq!(
+            rig.take_out(),
+            "$-1\r\n-ERR Protocol error: expected '$', got ':'\r\n"
+        );
+        assert!(rig.session.wants_close());
+    }
+
+    #[test]
+    fn input_waits_at_the_in_flight_limit() {
+        let mut rig = Rig::new();
+        let mut many = Vec::new();
+        for i in 0..MAX_REQUESTS_IN_FLIGHT + 10 {
+            many.extend_from_slice(format!("GET k{i}\r\n").as_bytes());
+        }
+        rig.send(&many);
+        assert_eq!(rig.held.len(), MAX_REQUESTS_IN_FLIGHT);
+        assert!(!rig.input.is_empty(), "the rest waits in the buffer");
+        assert!(!rig.session.take_unblocked(), "nothing drained yet");
+        let first = rig.held.remove(0);
+        rig.session.on_reply(first, &mut rig.out);
+        assert!(rig.session.take_unblocked());
+        rig.send(b"");
+        assert_eq!(rig.held.len(), MAX_REQUESTS_IN_FLIGHT);
+    }
+
+    #[test]
+    fn server_commands() {
+        let mut rig = Rig::new();
+        rig.send(b"ECHO hi\r\nSELECT 0\r\nSELECT 3\r\nCLIENT SETNAME me\r\nCLIENT GETNAME\r\n");
+        assert_eq!(
+            rig.take_out(),
+            "$2\r\nhi\r\n+OK\r\n-ERR DB index is out of range\r\n+OK\r\n$2\r\nme\r\n"
+        );
+        rig.send(b"HELLO 3\r\nSET k v NX\r\nset k v px 5\r\nNOPE x\r\nGET\r\n");
+        assert_eq!(
+            rig.take_out(),
+            "-NOPROTO sorry, this protocol version is not supported\r\n\
+             -ERR SET NX and XX are not supported: chordkv has no atomic conditional write\r\n\
+             -ERR SET EX, PX, EXAT and PXAT are not supported: chordkv keys do not expire\r\n\
+             -ERR unknown command 'NOPE', with args beginning with: 'x' \r\n\
+             -ERR wrong number of arguments for 'get' command\r\n"
+        );
+        rig.send(b"SET k v\r\nDBSIZE\r\nINFO\r\n");
+        rig.held.sort_by_key(|f| f.request_id);
+        rig.held.reverse();
+        rig.deliver_reversed();
+        let out = rig.take_out();
+        assert!(out.starts_with("+OK\r\n:1\r\n$"), "{out}");
+        for line in [
+            "# Server\r\n",
+            "tcp_port:6379\r\n",
+            "db0:keys=1,",
+            "# chordkv\r\n",
+            "status:active\r\n",
+        ] {
+            assert!(out.contains(line), "INFO lacks {line:?}: {out}");
+        }
+    }
+}

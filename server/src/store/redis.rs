@@ -1,0 +1,1200 @@
+//! The Redis driver: one node's entries in three Redis keys, written by Lua scripts so that
+//! every merge is atomic on the server.
+//!
+//! # Key layout
+//!
+//! Each node's keys live under its own namespace `NS` (the node's advertised `ip:port`), so
+//! several nodes can share one `redis-server` without seeing each other's entries:
+//!
+//! ```text
+//!  Redis key          type        contents
+//!  ckv:{NS}:data      hash        field = key bytes
+//!                                 value = version (8 bytes, big-endian) | tag (1 byte:
+//!                                         0 tombstone, 1 live) | value bytes
+//!  ckv:{NS}:index     sorted set  every score 0; member = hex(id(key)) (40 lowercase hex
+//!                                 digits) followed by the key bytes
+//!  ckv:{NS}:live      string      integer count of live (non-tombstone) entries
+//!  ckv:{NS}:marker    string      exists while the store has its data (see "Lost data")
+//! ```
+//!
+//! With equal scores a sorted set orders its members bytewise, and fixed-width lowercase hex
+//! orders like the id it spells, so `ZRANGEBYLEX` walks the index in ring order `(id, key)`,
+//! exactly the order of the memory driver's `BTreeMap`. A ring range `(start, end]` is one or
+//! two lexicographic ranges, with `x + 1` turning "id > x" into an inclusive bound and
+//! "id <= x" into an exclusive one:
+//!
+//! ```text
+//!   start < end:   [hex(start+1) ... (hex(end+1)                      one ZRANGEBYLEX
+//!   start >= end:  [hex(start+1) ... +    then    - ... (hex(end+1)   two (wraps past zero)
+//!   x == MAX:      "id > MAX" is empty; "id <= MAX" is unbounded (+)
+//! ```
+//!
+//! (`{NS}` in braces is also a Redis Cluster hash tag: one node's four keys share a slot.)
+//!
+//! # Atomicity
+//!
+//! Every operation is a Lua script (`get` and `len` too, for the marker check below): `put`
+//! (a merge: only a strictly higher version replaces), `delete` (up to a version) and `scan`
+//! are scripts so the hash, the index and the live counter change together and a
+//! scan never sees an index member without its record. Versions are compared as 8-byte
+//! big-endian strings, byte by byte: Lua numbers are doubles and cannot hold every `u64`.
+//! Scripts run by `EVALSHA`; a server that does not know a script (a restarted Redis) is sent
+//! `SCRIPT LOAD` and the call is repeated. `put_many` and `delete_many` pipeline their calls:
+//! one round trip per [`PIPELINE_MAX_ITEMS`] items.
+//!
+//! # Failures
+//!
+//! The store is shared by the node's store worker threads. Each call takes a connection from a
+//! small pool (or opens one) and puts it back only if the call succeeded, so a connection left
+//! in an unknown state by an error is never reused. Connecting is bounded by
+//! [`CONNECT_TIMEOUT_MS`] and every read and write by [`IO_TIMEOUT_MS`]: a Redis that is down
+//! or frozen turns into [`StoreError::Unavailable`] within seconds, never a hang. When Redis
+//! comes back, the next call connects again. A pooled connection that turns out to be dead
+//! (Redis restarted since it was last used) empties the pool and the call is tried once on a
+//! fresh connection; every operation is a merge, so running one twice stores the same data.
+//! (If Redis restarted empty, that call finds the data lost: see below.)
+//!
+//! [`RedisStore::open`] connects once and fails if Redis cannot be reached, so a node with a
+//! wrong URL stops at startup with a clear message instead of failing every request.
+//!
+//! # Lost data
+//!
+//! A Redis restarted without persistence (or flushed, or evicting) comes back without the
+//! store's entries, and an unchecked store would answer "not found" for keys it held. So
+//! [`RedisStore::open`] writes a marker key, and every operation is a script that first checks
+//! that the marker exists, atomically with what it reads or writes: an operation can never see
+//! the data without the marker, so a lost store is noticed by the first operation that touches
+//! it, on any connection, whatever removed the data. That operation fails with
+//! [`StoreError::Lost`]; the store raises its [`loss_epoch`](Store::loss_epoch) and only then
+//! writes the marker again (both under one lock, so a loss raises the epoch once), and the
+//! operations after that run on the emptied store. See [`Store`] for the contract.
+//!
+//! Not detected: a Redis restarted from a snapshot older than the store's last writes (the
+//! marker comes back with the snapshot, the last writes do not). Run Redis without
+//! persistence, or with `appendfsync always`, for every loss to be detected.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::Error;
+use bytes::Bytes;
+use chordkv_protocol::{Id, Item};
+use parking_lot::Mutex;
+use redis::{Connection, ConnectionLike, RedisError, RedisResult, Script, ServerErrorKind, Value};
+
+use chordkv_core::store::{Entry, KeyVersion, PutOutcome, Result, ScanCursor, Store, StoreError, SCAN_BATCH};
+
+/// Bound of one connection attempt (TCP connect and the SELECT of the database).
+pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// Bound of every read and every write on a connection.
+pub const IO_TIMEOUT_MS: u64 = 5_000;
+/// Idle connections kept for reuse; more are closed when returned.
+pub const MAX_IDLE_CONNECTIONS: usize = 16;
+/// Most script calls sent in one pipeline by `put_many` and `delete_many`.
+pub const PIPELINE_MAX_ITEMS: usize = 512;
+/// A pipeline is also sent once its keys and values reach this many bytes.
+pub const PIPELINE_MAX_BYTES: usize = 16 << 20;
+/// The port of a `redis://HOST` URL without one.
+pub const DEFAULT_PORT: u16 = 6379;
+
+/// Bytes in front of the value in a stored record: version and tag.
+const RECORD_HEADER_BYTES: usize = 9;
+const TAG_TOMBSTONE: u8 = 0;
+const TAG_LIVE: u8 = 1;
+/// Hex digits of an id at the front of every index member.
+const ID_HEX_BYTES: usize = 40;
+/// The error code our scripts answer when a stored record cannot be read.
+const CORRUPT_CODE: &str = "CKVCORRUPT";
+/// The error code our scripts answer when the marker is missing: the data is lost.
+const LOST_CODE: &str = "CKVLOST";
+/// What the marker key holds (only its existence matters), for a person who finds it.
+const MARKER_VALUE: &str = "chordkv: while this key exists, this namespace holds its node's data";
+
+/// Compares two records' (or a record's and a bare version's) first 8 bytes as big-endian
+/// integers; checks a record's shape.
+const LUA_HELPERS: &str = r#"
+local function newer(a, b)
+  for i = 1, 8 do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x > y end
+  end
+  return false
+end
+local function liveness(rec)
+  if #rec < 9 then return nil end
+  local tag = string.byte(rec, 9)
+  if tag == 1 then return 1 elseif tag == 0 then return 0 end
+  return nil
+end
+local function corrupt(field)
+  return redis.error_reply('CKVCORRUPT malformed record in ' .. KEYS[1] .. ' for a key of ' .. #field .. ' bytes')
+end
+local function lost()
+  return redis.call('EXISTS', KEYS[#KEYS]) == 0
+end
+local function lost_reply()
+  return redis.error_reply('CKVLOST ' .. KEYS[#KEYS] .. ' is gone: the data of this namespace was lost')
+end
+"#;
+
+/// Every script's last key is the marker; a script answers CKVLOST before anything else when
+/// it is missing.
+///
+/// KEYS: data, marker. ARGV: key. Returns the record or nil.
+const LUA_GET: &str = r#"
+if lost() then return lost_reply() end
+return redis.call('HGET', KEYS[1], ARGV[1])
+"#;
+
+/// KEYS: live, marker. Returns the live count or nil.
+const LUA_LEN: &str = r#"
+if lost() then return lost_reply() end
+return redis.call('GET', KEYS[1])
+"#;
+
+/// KEYS: data, index, live, marker. ARGV: key, index member, new record.
+/// Returns {applied, previous_live} as integers.
+const LUA_PUT: &str = r#"
+if lost() then return lost_reply() end
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local was = 0
+if old then
+  was = liveness(old)
+  if was == nil then return corrupt(ARGV[1]) end
+  if not newer(ARGV[3], old) then return {0, was} end
+else
+  redis.call('ZADD', KEYS[2], 0, ARGV[2])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+local now = string.byte(ARGV[3], 9)
+if now ~= was then redis.call('INCRBY', KEYS[3], now - was) end
+return {1, was}
+"#;
+
+/// KEYS: data, index, live, marker. ARGV: key, index member, up-to version (8 bytes,
+/// big-endian). Returns 1 if the key was removed.
+const LUA_DELETE: &str = r#"
+if lost() then return lost_reply() end
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+local was = liveness(old)
+if was == nil then return corrupt(ARGV[1]) end
+if newer(old, ARGV[3]) then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+if was == 1 then redis.call('INCRBY', KEYS[3], -1) end
+return 1
+"#;
+
+/// KEYS: data, index, marker. ARGV: limit, whole ("1": whole records; "0": headers only), max_bytes
+/// (stop before the keys and records returned would exceed it; the first entry always comes),
+/// then
+/// (min, max) lexicographic bounds, one pair per segment in ring order.
+/// Returns {key, record, key, record, ...}.
+const LUA_SCAN: &str = r#"
+if lost() then return lost_reply() end
+local limit = tonumber(ARGV[1])
+local whole = ARGV[2] == '1'
+local max_bytes = tonumber(ARGV[3])
+local out = {}
+local n = 0
+local bytes = 0
+for i = 4, #ARGV, 2 do
+  if n >= limit or bytes >= max_bytes then break end
+  local members = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[i], ARGV[i + 1], 'LIMIT', 0, limit - n)
+  for _, m in ipairs(members) do
+    if #m < 40 then return corrupt(m) end
+    local key = string.sub(m, 41)
+    local rec = redis.call('HGET', KEYS[1], key)
+    if not rec or liveness(rec) == nil then return corrupt(key) end
+    if not whole then rec = string.sub(rec, 1, 9) end
+    local size = #key + #rec
+    if n > 0 and bytes + size > max_bytes then return out end
+    out[#out + 1] = key
+    out[#out + 1] = rec
+    n = n + 1
+    bytes = bytes + size
+  end
+end
+return out
+"#;
+
+/// A parsed `redis://` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisUrl {
+    /// Host name or IP address (an IPv6 address in brackets).
+    pub host: String,
+    pub port: u16,
+    /// The database index (SELECT).
+    pub db: u32,
+    /// `user:password` given before `@`, kept out of [`RedisUrl::shown`].
+    credentials: Option<String>,
+}
+
+impl RedisUrl {
+    /// Parses `redis://[USER:PASSWORD@]HOST[:PORT][/DB]` (port 6379 and database 0 when left
+    /// out).
+    pub fn parse(url: &str) -> crate::Result<RedisUrl> {
+        let invalid = |why: &str| Error::InvalidStore {
+            url: redact(url),
+            reason: format!("{why}; expected redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/0"),
+        };
+        let Some(rest) = url.strip_prefix("redis://") else {
+            return Err(invalid("it does not start with redis://"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        let (credentials, hostport) = match authority.rfind('@') {
+            Some(i) => (Some(authority[..i].to_string()), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
+            let Some(close) = bracketed.find(']') else {
+                return Err(invalid("an IPv6 address lacks its closing ]"));
+            };
+            let host = &hostport[..close + 2];
+            match &bracketed[close + 1..] {
+                "" => (host, None),
+                tail => match tail.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None => return Err(invalid("unexpected text after the IPv6 address")),
+                },
+            }
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() || host.contains(['?', '#', ' ']) {
+            return Err(invalid("the host is missing or invalid"));
+        }
+        let port = match port {
+            None => DEFAULT_PORT,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(invalid(&format!("invalid port '{p}'"))),
+            },
+        };
+        let db = match path {
+            "" => 0,
+            p => p
+                .parse::<u32>()
+                .map_err(|_| invalid(&format!("invalid database '{p}' (a number is expected)")))?,
+        };
+        Ok(RedisUrl {
+            host: host.to_string(),
+            port,
+            db,
+            credentials,
+        })
+    }
+
+    /// The URL without credentials, for messages.
+    pub fn shown(&self) -> String {
+        format!("redis://{}:{}/{}", self.host, self.port, self.db)
+    }
+
+    /// The full URL, for the client library.
+    fn full(&self) -> String {
+        match &self.credentials {
+            Some(c) => format!("redis://{c}@{}:{}/{}", self.host, self.port, self.db),
+            None => self.shown(),
+        }
+    }
+}
+
+/// `url` with anything before an `@` replaced, so that a password never reaches a log.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(a)) if a > s => format!("{}***{}", &url[..s + 3], &url[a..]),
+        _ => url.to_string(),
+    }
+}
+
+/// The Redis key names of one namespace.
+struct Keys {
+    data: String,
+    index: String,
+    live: String,
+    marker: String,
+}
+
+/// A [`Store`] in a Redis server; see the module docs for the layout.
+pub struct RedisStore {
+    client: redis::Client,
+    /// The URL without credentials, for messages.
+    shown: String,
+    namespace: String,
+    keys: Keys,
+    idle: Mutex<Vec<Connection>>,
+    /// Losses detected since open: see the module docs.
+    losses: AtomicU64,
+    /// Held while a loss is recorded and the marker written again.
+    loss_lock: Mutex<()>,
+    /// Whether the marker of an earlier open was there when this one opened.
+    kept_data: bool,
+    get_script: Script,
+    len_script: Script,
+    put_script: Script,
+    delete_script: Script,
+    scan_script: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.shown)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one attempt of an operation failed with.
+enum Failure {
+    /// Redis failed or could not be reached.
+    Redis(RedisError),
+    /// Redis answered with data we cannot read.
+    Corrupt(String),
+}
+
+impl From<RedisError> for Failure {
+    fn from(e: RedisError) -> Failure {
+        Failure::Redis(e)
+    }
+}
+
+type Attempt<T> = std::result::Result<T, Failure>;
+
+impl RedisStore {
+    /// Connects to the Redis at `url` (`redis://HOST:PORT/DB`) and keeps this node's entries
+    /// under `namespace`. Fails if the URL is invalid or Redis cannot be reached now.
+    ///
+    /// # Errors
+    /// [`Error::InvalidStore`] for a malformed URL; [`Error::StoreUnavailable`] when Redis
+    /// cannot be reached, refuses our scripts, or holds a count we cannot read.
+    pub fn open(url: &str, namespace: &str) -> crate::Result<RedisStore> {
+        let parsed = RedisUrl::parse(url)?;
+        let shown = parsed.shown();
+        let unavailable = |message: String| Error::StoreUnavailable {
+            url: shown.clone(),
+            message,
+        };
+        let client = redis::Client::open(parsed.full()).map_err(|e| Error::InvalidStore {
+            url: shown.clone(),
+            reason: describe(&e),
+        })?;
+        let mut store = RedisStore {
+            client,
+            shown: shown.clone(),
+            namespace: namespace.to_string(),
+            keys: Keys {
+                data: format!("ckv:{{{namespace}}}:data"),
+                index: format!("ckv:{{{namespace}}}:index"),
+                live: format!("ckv:{{{namespace}}}:live"),
+                marker: format!("ckv:{{{namespace}}}:marker"),
+            },
+            idle: Mutex::new(Vec::new()),
+            losses: AtomicU64::new(0),
+            loss_lock: Mutex::new(()),
+            kept_data: false,
+            get_script: Script::new(&format!("{LUA_HELPERS}{LUA_GET}")),
+            len_script: Script::new(&format!("{LUA_HELPERS}{LUA_LEN}")),
+            put_script: Script::new(&format!("{LUA_HELPERS}{LUA_PUT}")),
+            delete_script: Script::new(&format!("{LUA_HELPERS}{LUA_DELETE}")),
+            scan_script: Script::new(&format!("{LUA_HELPERS}{LUA_SCAN}")),
+        };
+        let mut conn = store
+            .connect()
+            .map_err(|e| unavailable(format!("cannot connect to {shown}: {}", describe(&e))))?;
+        // Loading the scripts now also checks that the server runs Lua scripts at all.
+        for script in store.scripts() {
+            script
+                .prepare_invoke()
+                .load(&mut conn)
+                .map_err(|e| unavailable(format!("{shown} does not accept our scripts: {}", describe(&e))))?;
+        }
+        let live: Option<i64> = redis::cmd("GET")
+            .arg(&store.keys.live)
+            .query(&mut conn)
+            .map_err(|e| {
+                unavailable(format!(
+                    "cannot read {} from {shown}: {}",
+                    store.keys.live,
+                    describe(&e)
+                ))
+            })?;
+        if live.is_some_and(|n| n < 0) {
+            return Err(unavailable(format!(
+                "{shown}: {} holds a negative count",
+                store.keys.live
+            )));
+        }
+        // The marker of an earlier open: this database kept that run's data.
+        let kept: bool = redis::cmd("EXISTS")
+            .arg(&store.keys.marker)
+            .query(&mut conn)
+            .map_err(|e| {
+                unavailable(format!(
+                    "cannot read {} from {shown}: {}",
+                    store.keys.marker,
+                    describe(&e)
+                ))
+            })?;
+        store.kept_data = kept;
+        // A store opened without its marker is not a loss to report: whatever it holds now is
+        // what the node starts with.
+        store.write_marker(&mut conn).map_err(|e| {
+            unavailable(format!(
+                "cannot write {} to {shown}: {}",
+                store.keys.marker,
+                describe(&e)
+            ))
+        })?;
+        store.idle.lock().push(conn);
+        Ok(store)
+    }
+
+    fn scripts(&self) -> [&Script; 5] {
+        [
+            &self.get_script,
+            &self.len_script,
+            &self.put_script,
+            &self.delete_script,
+            &self.scan_script,
+        ]
+    }
+
+    fn write_marker(&self, conn: &mut Connection) -> RedisResult<()> {
+        redis::cmd("SET")
+            .arg(&self.keys.marker)
+            .arg(MARKER_VALUE)
+            .arg("NX")
+            .exec(conn)
+    }
+
+    /// Records the loss an operation found on `conn`: raises the epoch, then writes the marker
+    /// again, unless another call did both since that operation ran (the marker is back).
+    fn record_loss(&self, conn: &mut Connection, found: &RedisError) -> StoreError {
+        let _one_at_a_time = self.loss_lock.lock();
+        let back: RedisResult<bool> = redis::cmd("EXISTS").arg(&self.keys.marker).query(conn);
+        let epoch = match back {
+            Ok(true) => self.losses.load(Ordering::SeqCst),
+            // If Redis cannot be asked, count the loss: counting one twice is harmless, missing
+            // one is not.
+            _ => {
+                let epoch = self.losses.fetch_add(1, Ordering::SeqCst) + 1;
+                // If this fails the marker stays missing, and the next operation finds it so.
+                let _ = self.write_marker(conn);
+                epoch
+            }
+        };
+        StoreError::Lost(format!(
+            "{} ({}): loss {epoch} since the store was opened: {} (Redis restarted without \
+             persistence, or the database was flushed or evicted)",
+            self.shown,
+            self.namespace,
+            found.detail().unwrap_or("the marker is gone")
+        ))
+    }
+
+    /// The Redis URL, without credentials.
+    pub fn url(&self) -> &str {
+        &self.shown
+    }
+
+    /// The namespace this store's keys live under.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The names of the three Redis keys that hold this store: data hash, ring index, live
+    /// counter.
+    pub fn redis_keys(&self) -> [&str; 3] {
+        [&self.keys.data, &self.keys.index, &self.keys.live]
+    }
+
+    /// The name of the marker key, which exists while the store has its data.
+    pub fn marker_key(&self) -> &str {
+        &self.keys.marker
+    }
+
+    fn connect(&self) -> RedisResult<Connection> {
+        let conn = self
+            .client
+            .get_connection_with_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))?;
+        conn.set_read_timeout(Some(Duration::from_millis(IO_TIMEOUT_MS)))?;
+        conn.set_write_timeout(Some(Duration::from_millis(IO_TIMEOUT_MS)))?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if conn.is_open() {
+            let mut idle = self.idle.lock();
+            if idle.len() < MAX_IDLE_CONNECTIONS {
+                idle.push(conn);
+            }
+        }
+    }
+
+    /// Runs `op` on a pooled connection, or on a new one; see the module docs on failures.
+    fn with_conn<T>(&self, mut op: impl FnMut(&mut Connection) -> Attempt<T>) -> Result<T> {
+        let pooled = self.idle.lock().pop();
+        if let Some(mut conn) = pooled {
+            match op(&mut conn) {
+                Ok(v) => {
+                    self.give_back(conn);
+                    return Ok(v);
+                }
+                // Redis went away since this connection was last used (probably restarted):
+                // the other idle ones are as dead. Try once on a fresh connection.
+                Err(Failure::Redis(e)) if is_stale(&e) => self.idle.lock().clear(),
+                Err(f) => return Err(self.failed(f, conn)),
+            }
+        }
+        let mut conn = self.connect().map_err(|e| {
+            StoreError::Unavailable(format!("cannot connect to {}: {}", self.shown, describe(&e)))
+        })?;
+        match op(&mut conn) {
+            Ok(v) => {
+                self.give_back(conn);
+                Ok(v)
+            }
+            Err(f) => Err(self.failed(f, conn)),
+        }
+    }
+
+    /// The error of an operation that failed on `conn`. A lost store is recorded on the same
+    /// connection (Redis answered, so it is usable); after any other failure the connection
+    /// is in an unknown state and is dropped.
+    fn failed(&self, f: Failure, mut conn: Connection) -> StoreError {
+        match f {
+            Failure::Redis(e) if is_lost(&e) => {
+                let error = self.record_loss(&mut conn, &e);
+                self.give_back(conn);
+                error
+            }
+            f => self.store_error(f),
+        }
+    }
+
+    fn store_error(&self, f: Failure) -> StoreError {
+        match f {
+            Failure::Corrupt(why) => {
+                StoreError::Corrupt(format!("{} ({}): {why}", self.shown, self.namespace))
+            }
+            Failure::Redis(e) if is_corrupt(&e) => {
+                StoreError::Corrupt(format!("{} ({}): {}", self.shown, self.namespace, describe(&e)))
+            }
+            Failure::Redis(e) => StoreError::Unavailable(format!("{}: {}", self.shown, describe(&e))),
+        }
+    }
+
+    /// The scan script's answer for `(start, end]` after `after`: `(key, record)` pairs, whole
+    /// records or only their headers.
+    fn scan_records(
+        &self,
+        start: &Id,
+        end: &Id,
+        after: Option<&ScanCursor>,
+        limit: usize,
+        whole: bool,
+        max_bytes: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let segments = lex_segments(start, end, after);
+        if limit == 0 || segments.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with_conn(|conn| {
+            let mut call = self.scan_script.prepare_invoke();
+            call.key(&self.keys.data)
+                .key(&self.keys.index)
+                .key(&self.keys.marker)
+                // Lua numbers are doubles: keep the limit exact (no scan returns 2^40 items).
+                .arg(limit.min(1 << 40))
+                .arg(if whole { "1" } else { "0" })
+                .arg(max_bytes.min(1 << 50));
+            for (lo, hi) in &segments {
+                call.arg(lo.encode()).arg(hi.encode());
+            }
+            let flat: Vec<Vec<u8>> = call.invoke(conn)?;
+            if flat.len() % 2 != 0 {
+                return Err(Failure::Corrupt(
+                    "the scan script answered an odd number of items".into(),
+                ));
+            }
+            let mut pairs = Vec::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let (Some(key), Some(record)) = (it.next(), it.next()) {
+                pairs.push((key, record));
+            }
+            Ok(pairs)
+        })
+    }
+
+    /// Sends `calls` in pipelines of script invocations, answering each call's reply in order.
+    /// Calls the server answers NOSCRIPT (its script cache was flushed) are sent again after
+    /// loading the script.
+    fn pipelined<C, T>(
+        &self,
+        script: &Script,
+        calls: &[C],
+        bytes_of: impl Fn(&C) -> usize,
+        args_of: impl Fn(&C, &mut redis::Cmd),
+        parse: impl Fn(Value) -> Attempt<T>,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::with_capacity(calls.len());
+        let mut first = 0;
+        while first < calls.len() {
+            let mut last = first;
+            let mut bytes = 0;
+            while last < calls.len()
+                && last - first < PIPELINE_MAX_ITEMS
+                && (last == first || bytes < PIPELINE_MAX_BYTES)
+            {
+                bytes += bytes_of(&calls[last]);
+                last += 1;
+            }
+            let chunk = &calls[first..last];
+            let replies = self.with_conn(|conn| {
+                let mut replies = run_pipeline(script, chunk.iter(), &self.keys, &args_of, conn)?;
+                let missing: Vec<usize> = (0..replies.len()).filter(|&i| is_noscript(&replies[i])).collect();
+                if !missing.is_empty() {
+                    script.prepare_invoke().load(conn)?;
+                    let again = run_pipeline(
+                        script,
+                        missing.iter().map(|&i| &chunk[i]),
+                        &self.keys,
+                        &args_of,
+                        conn,
+                    )?;
+                    for (i, reply) in missing.into_iter().zip(again) {
+                        replies[i] = reply;
+                    }
+                }
+                replies.into_iter().map(&parse).collect::<Attempt<Vec<T>>>()
+            })?;
+            out.extend(replies);
+            first = last;
+        }
+        Ok(out)
+    }
+}
+
+/// One pipeline of EVALSHA calls; replies that are errors are returned as values.
+fn run_pipeline<'a, C: 'a>(
+    script: &Script,
+    calls: impl Iterator<Item = &'a C>,
+    keys: &Keys,
+    args_of: &impl Fn(&C, &mut redis::Cmd),
+    conn: &mut Connection,
+) -> RedisResult<Vec<Value>> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for c in calls {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash())
+            .arg(4)
+            .arg(&keys.data)
+            .arg(&keys.index)
+            .arg(&keys.live)
+            .arg(&keys.marker);
+        args_of(c, &mut cmd);
+        pipe.add_command(cmd);
+    }
+    pipe.query(conn)
+}
+
+fn is_noscript(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript))
+}
+
+/// A reply of one pipelined call: an error reply becomes the call's error.
+fn reply_value<T: redis::FromRedisValue>(v: Value) -> Attempt<T> {
+    if let Value::ServerError(e) = v {
+        return Err(Failure::Redis(e.into()));
+    }
+    redis::from_redis_value(v).map_err(|e| Failure::Corrupt(format!("unexpected script reply: {e}")))
+}
+
+/// A pooled connection's error that means the connection (not Redis) is dead: worth one
+/// retry on a fresh connection. A timeout is not: Redis may be frozen, and waiting again
+/// would double the caller's wait.
+fn is_stale(e: &RedisError) -> bool {
+    e.is_connection_dropped() && !e.is_timeout()
+}
+
+/// Our scripts' answer when the marker is missing.
+fn is_lost(e: &RedisError) -> bool {
+    e.code() == Some(LOST_CODE)
+}
+
+/// Our scripts' complaint about a record, or a namespace key of the wrong type (something else
+/// wrote there).
+fn is_corrupt(e: &RedisError) -> bool {
+    matches!(e.code(), Some(CORRUPT_CODE) | Some("WRONGTYPE"))
+}
+
+/// A short description of a Redis error for a message.
+fn describe(e: &RedisError) -> String {
+    if e.is_connection_refusal() {
+        "connection refused".to_string()
+    } else if e.is_timeout() {
+        "timed out".to_string()
+    } else {
+        e.to_string()
+    }
+}
+
+/// The 40-hex-digit id at the front of an index member.
+fn id_hex(id: &Id) -> [u8; ID_HEX_BYTES] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; ID_HEX_BYTES];
+    for (i, b) in id.0.iter().enumerate() {
+        out[2 * i] = DIGITS[(b >> 4) as usize];
+        out[2 * i + 1] = DIGITS[(b & 0xf) as usize];
+    }
+    out
+}
+
+/// The index member of a key: its id in hex, then the key.
+fn member(id: &Id, key: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(ID_HEX_BYTES + key.len());
+    m.extend_from_slice(&id_hex(id));
+    m.extend_from_slice(key);
+    m
+}
+
+fn encode_record(entry: &Entry) -> Vec<u8> {
+    let value = entry.value.as_deref().unwrap_or_default();
+    let mut rec = Vec::with_capacity(RECORD_HEADER_BYTES + value.len());
+    rec.extend_from_slice(&entry.version.to_be_bytes());
+    rec.push(if entry.value.is_some() {
+        TAG_LIVE
+    } else {
+        TAG_TOMBSTONE
+    });
+    rec.extend_from_slice(value);
+    rec
+}
+
+/// A stored record as an entry; with `whole == false` only its header was read, and a live
+/// entry's value is left empty.
+fn decode_record(record: Vec<u8>) -> Attempt<Entry> {
+    if record.len() < RECORD_HEADER_BYTES {
+        return Err(Failure::Corrupt(format!("a record of {} bytes", record.len())));
+    }
+    let mut version = [0u8; 8];
+    version.copy_from_slice(&record[..8]);
+    let version = u64::from_be_bytes(version);
+    let value = match record[8] {
+        TAG_TOMBSTONE => None,
+        TAG_LIVE => Some(Bytes::from(record).slice(RECORD_HEADER_BYTES..)),
+        tag => return Err(Failure::Corrupt(format!("a record with tag {tag}"))),
+    };
+    Ok(Entry { version, value })
+}
+
+/// One end of a `ZRANGEBYLEX` range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Lex {
+    /// `-`
+    Min,
+    /// `+`
+    Max,
+    /// `[member`
+    Incl(Vec<u8>),
+    /// `(member`
+    Excl(Vec<u8>),
+}
+
+impl Lex {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Lex::Min => b"-".to_vec(),
+            Lex::Max => b"+".to_vec(),
+            Lex::Incl(m) => [b"[".as_slice(), m].concat(),
+            Lex::Excl(m) => [b"(".as_slice(), m].concat(),
+        }
+    }
+}
+
+/// The lexicographic ranges of the index, in ring order, that make up `(start, end]` after
+/// `after` (the same segments as the memory driver's, over index members).
+fn lex_segments(start: &Id, end: &Id, after: Option<&ScanCursor>) -> Vec<(Lex, Lex)> {
+    let one = Id::from_u64(1);
+    // "id > x": every member from hex(x + 1) on; nothing when x is the top of the ring.
+    let above = |id: &Id| -> Option<Lex> {
+        (*id != Id::MAX).then(|| Lex::Incl(id_hex(&id.wrapping_add(&one)).to_vec()))
+    };
+    // "id <= x": every member before hex(x + 1).
+    let up_to = |id: &Id| -> Lex {
+        if *id == Id::MAX {
+            Lex::Max
+        } else {
+            Lex::Excl(id_hex(&id.wrapping_add(&one)).to_vec())
+        }
+    };
+    let mut segments = Vec::with_capacity(2);
+    if start < end {
+        if let Some(lo) = above(start) {
+            segments.push((lo, up_to(end)));
+        }
+    } else {
+        if let Some(lo) = above(start) {
+            segments.push((lo, Lex::Max));
+        }
+        segments.push((Lex::Min, up_to(end)));
+    }
+    let Some((cid, ckey)) = after else { return segments };
+    let cursor = member(cid, ckey);
+    let holds = |(lo, hi): &(Lex, Lex)| -> bool {
+        let lo_ok = match lo {
+            Lex::Min => true,
+            Lex::Max => false,
+            Lex::Incl(b) => &cursor >= b,
+            Lex::Excl(b) => &cursor > b,
+        };
+        let hi_ok = match hi {
+            Lex::Min => false,
+            Lex::Max => true,
+            Lex::Incl(b) => &cursor <= b,
+            Lex::Excl(b) => &cursor < b,
+        };
+        lo_ok && hi_ok
+    };
+    match segments.iter().position(holds) {
+        Some(pos) => {
+            segments.drain(..pos);
+            segments[0].0 = Lex::Excl(cursor);
+        }
+        None => segments.clear(), // a cursor outside the range: nothing after it
+    }
+    segments
+}
+
+impl Store for RedisStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
+        let record: Option<Vec<u8>> = self.with_conn(|conn| {
+            Ok(self
+                .get_script
+                .key(&self.keys.data)
+                .key(&self.keys.marker)
+                .arg(key)
+                .invoke(conn)?)
+        })?;
+        record
+            .map(decode_record)
+            .transpose()
+            .map_err(|f| self.store_error(f))
+    }
+
+    fn put(&self, key: &Bytes, entry: Entry) -> Result<PutOutcome> {
+        let member = member(&Id::hash(key), key);
+        let record = encode_record(&entry);
+        let (applied, previous_live): (i64, i64) = self.with_conn(|conn| {
+            Ok(self
+                .put_script
+                .key(&self.keys.data)
+                .key(&self.keys.index)
+                .key(&self.keys.live)
+                .key(&self.keys.marker)
+                .arg(key.as_ref())
+                .arg(&member)
+                .arg(&record)
+                .invoke(conn)?)
+        })?;
+        Ok(PutOutcome {
+            applied: applied == 1,
+            previous_live: previous_live == 1,
+        })
+    }
+
+    fn delete(&self, key: &[u8], up_to_version: u64) -> Result<bool> {
+        let member = member(&Id::hash(key), key);
+        let removed: i64 = self.with_conn(|conn| {
+            Ok(self
+                .delete_script
+                .key(&self.keys.data)
+                .key(&self.keys.index)
+                .key(&self.keys.live)
+                .key(&self.keys.marker)
+                .arg(key)
+                .arg(&member)
+                .arg(&up_to_version.to_be_bytes()[..])
+                .invoke(conn)?)
+        })?;
+        Ok(removed == 1)
+    }
+
+    fn scan(&self, start: &Id, end: &Id, after: Option<&ScanCursor>, limit: usize) -> Result<Vec<Item>> {
+        self.scan_limited(start, end, after, limit, usize::MAX)
+    }
+
+    /// The script stops at the byte budget, so a handoff batch of large values does not pull
+    /// a thousand of them across the network to keep a few.
+    fn scan_limited(
+        &self,
+        start: &Id,
+        end: &Id,
+        after: Option<&ScanCursor>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Item>> {
+        self.scan_records(start, end, after, limit, true, max_bytes)?
+            .into_iter()
+            .map(|(key, record)| {
+                let e = decode_record(record).map_err(|f| self.store_error(f))?;
+                Ok(Item {
+                    key: Bytes::from(key),
+                    version: e.version,
+                    value: e.value,
+                })
+            })
+            .collect()
+    }
+
+    fn put_many(&self, items: Vec<Item>) -> Result<usize> {
+        let calls: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = items
+            .into_iter()
+            .map(|it| {
+                let member = member(&Id::hash(&it.key), &it.key);
+                let record = encode_record(&Entry {
+                    version: it.version,
+                    value: it.value,
+                });
+                (it.key.to_vec(), member, record)
+            })
+            .collect();
+        let outcomes = self.pipelined(
+            &self.put_script,
+            &calls,
+            |(key, _, record)| key.len() + record.len(),
+            |(key, member, record), cmd| {
+                cmd.arg(key).arg(member).arg(record);
+            },
+            reply_value::<(i64, i64)>,
+        )?;
+        Ok(outcomes.iter().filter(|(applied, _)| *applied == 1).count())
+    }
+
+    fn delete_many(&self, keys: Vec<(Bytes, u64)>) -> Result<usize> {
+        let calls: Vec<(Bytes, Vec<u8>, [u8; 8])> = keys
+            .into_iter()
+            .map(|(key, version)| {
+                let member = member(&Id::hash(&key), &key);
+                (key, member, version.to_be_bytes())
+            })
+            .collect();
+        let removed = self.pipelined(
+            &self.delete_script,
+            &calls,
+            |(key, _, _)| key.len(),
+            |(key, member, version), cmd| {
+                cmd.arg(key.as_ref()).arg(member).arg(&version[..]);
+            },
+            reply_value::<i64>,
+        )?;
+        Ok(removed.iter().filter(|r| **r == 1).count())
+    }
+
+    /// From the records' headers, so that values never cross the network.
+    fn scan_versions(
+        &self,
+        start: &Id,
+        end: &Id,
+        after: Option<&ScanCursor>,
+        limit: usize,
+    ) -> Result<Vec<KeyVersion>> {
+        self.scan_records(start, end, after, limit, false, usize::MAX)?
+            .into_iter()
+            .map(|(key, header)| {
+                let e = decode_record(header).map_err(|f| self.store_error(f))?;
+                Ok(KeyVersion {
+                    key: Bytes::from(key),
+                    version: e.version,
+                    live: e.is_live(),
+                })
+            })
+            .collect()
+    }
+
+    /// Counts from the records' headers, so that values never cross the network.
+    fn count_range(&self, start: &Id, end: &Id) -> Result<u64> {
+        let mut count = 0;
+        let mut after: Option<ScanCursor> = None;
+        loop {
+            let batch = self.scan_records(start, end, after.as_ref(), SCAN_BATCH, false, usize::MAX)?;
+            let full = batch.len() == SCAN_BATCH;
+            let mut last = None;
+            for (key, header) in batch {
+                count += decode_record(header).map_err(|f| self.store_error(f))?.is_live() as u64;
+                last = Some(key);
+            }
+            match last {
+                Some(key) if full => after = Some((Id::hash(&key), Bytes::from(key))),
+                _ => return Ok(count),
+            }
+        }
+    }
+
+    fn len(&self) -> Result<u64> {
+        let live: Option<i64> = self.with_conn(|conn| {
+            Ok(self
+                .len_script
+                .key(&self.keys.live)
+                .key(&self.keys.marker)
+                .invoke(conn)?)
+        })?;
+        match live {
+            None => Ok(0),
+            Some(n) if n >= 0 => Ok(n as u64),
+            Some(n) => Err(self.store_error(Failure::Corrupt(format!("{} holds {n}", self.keys.live)))),
+        }
+    }
+
+    fn loss_epoch(&self) -> u64 {
+        self.losses.load(Ordering::SeqCst)
+    }
+
+    fn kept_data(&self) -> bool {
+        self.kept_data
+    }
+
+    fn is_blocking(&self) -> bool {
+        true
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = RedisUrl::parse("redis://127.0.0.1:6380/3").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.db), ("127.0.0.1", 6380, 3));
+        assert_eq!(u.shown(), "redis://127.0.0.1:6380/3");
+        assert_eq!(
+            RedisUrl::parse("redis://localhost").unwrap().shown(),
+            "redis://localhost:6379/0"
+        );
+        assert_eq!(RedisUrl::parse("redis://h:1/").unwrap().db, 0);
+        assert_eq!(
+            RedisUrl::parse("redis://[::1]:7000/2").unwrap().shown(),
+            "redis://[::1]:7000/2"
+        );
+        let secret = RedisUrl::parse("redis://:hunter2@h:1/0").unwrap();
+        assert_eq!(secret.shown(), "redis://h:1/0");
+        assert_eq!(secret.full(), "redis://:hunter2@h:1/0");
+        for bad in [
+            "memory",
+            "rediss://h:1/0",
+            "redis://",
+            "redis://:6379/0",
+            "redis://h:0/0",
+            "redis://h:99999/0",
+            "redis://h:x/0",
+            "redis://h:1/zero",
+            "redis://h:1/0/1",
+            "redis://[::1/0",
+            "redis://h:1/0?protocol=resp3",
+        ] {
+            let err = RedisUrl::parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid store URL '"), "{bad}: {err}");
+            assert!(err.contains("redis://HOST:PORT/DB"), "{bad}: {err}");
+        }
+        let err = RedisUrl::parse("redis://u:hunter2@h:x/0")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn members_sort_like_ring_order() {
+        let mut keys: Vec<Vec<u8>> = (0..300).map(|i| format!("k{i}").into_bytes()).collect();
+        keys.push(Vec::new());
+        keys.push(vec![0, 255]);
+        let mut by_id: Vec<(Id, Vec<u8>)> = keys.iter().map(|k| (Id::hash(k), k.clone())).collect();
+        let mut by_member: Vec<Vec<u8>> = keys.iter().map(|k| member(&Id::hash(k), k)).collect();
+        by_id.sort();
+        by_member.sort();
+        let expect: Vec<Vec<u8>> = by_id.iter().map(|(id, k)| member(id, k)).collect();
+        assert_eq!(by_member, expect);
+        assert_eq!(
+            id_hex(&Id::hash(b"x")).as_slice(),
+            Id::hash(b"x").to_string().as_bytes()
+        );
+    }
+
+    #[test]
+    fn records_round_trip() {
+        for entry in [
+            Entry {
+                version: u64::MAX,
+                value: Some(Bytes::from_static(b"v")),
+            },
+            Entry {
+                version: 1 << 60,
+                value: Some(Bytes::new()),
+            },
+            Entry {
+                version: 0,
+                value: None,
+            },
+        ] {
+            assert!(matches!(decode_record(encode_record(&entry)), Ok(e) if e == entry));
+        }
+        assert!(matches!(decode_record(vec![0; 8]), Err(Failure::Corrupt(_))));
+        assert!(matches!(decode_record(vec![2; 9]), Err(Failure::Corrupt(_))));
+    }
+
+    #[test]
+    fn segments_at_the_top_of_the_ring() {
+        let hex_of = |id: Id| id_hex(&id).to_vec();
+        let one = Id::from_u64(1);
+        assert_eq!(lex_segments(&Id::MAX, &Id::MAX, None), vec![(Lex::Min, Lex::Max)]);
+        assert_eq!(
+            lex_segments(&Id::ZERO, &Id::ZERO, None),
+            vec![
+                (Lex::Incl(hex_of(one)), Lex::Max),
+                (Lex::Min, Lex::Excl(hex_of(one)))
+            ]
+        );
+        assert_eq!(
+            lex_segments(&Id::ZERO, &Id::MAX, None),
+            vec![(Lex::Incl(hex_of(one)), Lex::Max)]
+        );
+        assert_eq!(
+            lex_segments(&Id::MAX, &Id::ZERO, None),
+            vec![(Lex::Min, Lex::Excl(hex_of(one)))]
+        );
+        // A cursor outside the range gives nothing; one inside starts just after it.
+        let k = Bytes::from_static(b"k");
+        let outside = (Id::from_u64(5), k.clone());
+        assert!(lex_segments(&Id::from_u64(10), &Id::from_u64(20), Some(&outside)).is_empty());
+        let inside = (Id::from_u64(15), k.clone());
+        assert_eq!(
+            lex_segments(&Id::from_u64(10), &Id::from_u64(20), Some(&inside)),
+            vec![(
+                Lex::Excl(member(&inside.0, &k)),
+                Lex::Excl(hex_of(Id::from_u64(21)))
+            )]
+        );
+        // In a wrapping range, a cursor past zero drops the first segment.
+        let past_zero = (Id::from_u64(3), k.clone());
+        assert_eq!(
+            lex_segments(&Id::from_u64(10), &Id::from_u64(5), Some(&past_zero)),
+            vec![(
+                Lex::Excl(member(&past_zero.0, &k)),
+                Lex::Excl(hex_of(Id::from_u64(6)))
+            )]
+        );
+    }
+}
