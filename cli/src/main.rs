@@ -164,7 +164,16 @@ enum Command {
         /// The address of the node to forget (as the ring knows it).
         #[arg(value_name = "DEAD_ADDR")]
         dead: String,
+        /// The ring's keyring, when the ring runs with one: FORGET is a peer operation, sent
+        /// over a connection authenticated with the keyring's first key.
+        #[arg(long, value_name = "FILE")]
+        keyring: Option<PathBuf>,
     },
+    /// Print a new random ring key for a --keyring file
+    ///
+    /// One line of standard base64 (32 bytes from the OS random source). A keyring file holds
+    /// one such line per key; give every node of a ring the same file (mode 0600).
+    Keygen,
     /// Simulate lookups on a ring of N nodes (no network: the real node state machines on a
     /// simulated one)
     ///
@@ -320,7 +329,15 @@ fn main() -> ExitCode {
         Command::Del { key, target } => cmd_del(&target, key, timeout),
         Command::Ring { target, json } => cmd_ring(&target, json, timeout),
         Command::Stats { target, json } => cmd_stats(&target, json, timeout),
-        Command::Forget { target, dead } => cmd_forget(&target, &dead, timeout),
+        Command::Forget {
+            target,
+            dead,
+            keyring,
+        } => cmd_forget(&target, &dead, keyring.as_deref(), timeout),
+        Command::Keygen => {
+            println!("{}", server::keyring::generate_key());
+            Ok(Outcome::Success)
+        }
         Command::Sim(args) => cmd_sim(args),
     };
     match result {
@@ -411,6 +428,11 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
     let chord = args.options.chord_config().map_err(|e| anyhow!(e))?;
     // Namespaced by the advertised address, which is also what the node's id hashes.
     let store = store::open(&args.options.store, &reachable.to_string())?;
+    let keyring_path = args.options.keyring.as_ref().map(PathBuf::from);
+    let keyring = match &keyring_path {
+        Some(path) => Some(server::keyring::Keyring::load(path)?),
+        None => None,
+    };
     server::run(ServerConfig {
         listen,
         advertise,
@@ -420,6 +442,12 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
         store,
         store_threads: args.options.store_threads as usize,
         resp,
+        peer_security: server::PeerSecurity {
+            keyring,
+            keyring_path,
+            verify_incoming: args.options.keyring_verify_incoming,
+            verify_outgoing: args.options.keyring_verify_outgoing,
+        },
     })?;
     Ok(Outcome::Success)
 }
@@ -615,7 +643,12 @@ fn ring_table(report: &RingReport) -> String {
     text
 }
 
-fn cmd_forget(target: &Target, dead: &str, timeout: Duration) -> anyhow::Result<Outcome> {
+fn cmd_forget(
+    target: &Target,
+    dead: &str,
+    keyring: Option<&std::path::Path>,
+    timeout: Duration,
+) -> anyhow::Result<Outcome> {
     let dead = parse_addr(dead)?;
     let mut client = connect(target, timeout)?;
     // The ring knows the node by its advertised address, and by the id derived from it
@@ -623,7 +656,10 @@ fn cmd_forget(target: &Target, dead: &str, timeout: Duration) -> anyhow::Result<
     let node = client
         .member_at(dead)?
         .unwrap_or_else(|| NodeRef::from_addr(dead));
-    let forgotten = client.forget(node)?;
+    let forgotten = match keyring {
+        None => client.forget(node)?,
+        Some(path) => forget_as_peer(client.addr(), path, node, timeout)?,
+    };
     let mut out = io::stdout().lock();
     if forgotten {
         writeln!(out, "forgotten: {dead}")?;
@@ -632,6 +668,26 @@ fn cmd_forget(target: &Target, dead: &str, timeout: Duration) -> anyhow::Result<
     }
     out.flush()?;
     Ok(Outcome::Success)
+}
+
+/// Sends FORGET over a connection authenticated with the ring's key (a peer operation).
+fn forget_as_peer(
+    addr: SocketAddr,
+    keyring: &std::path::Path,
+    node: NodeRef,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    let keyring = server::keyring::Keyring::load(keyring)?;
+    let mut channel = server::secure::connect_blocking(addr, &keyring)
+        .with_context(|| format!("cannot open an authenticated connection to {addr}"))?;
+    channel.stream.set_read_timeout(Some(timeout))?;
+    let frame = chordkv_protocol::Frame::new(1, chordkv_protocol::Message::Forget { node });
+    channel.send(&frame.to_bytes()?)?;
+    match channel.recv_frame()?.message {
+        chordkv_protocol::Message::ForgetReply { forgotten } => Ok(forgotten),
+        chordkv_protocol::Message::Error { text, .. } => bail!("{addr}: {text}"),
+        other => bail!("{addr} answered FORGET with {}", other.name()),
+    }
 }
 
 fn cmd_stats(target: &Target, json: bool, timeout: Duration) -> anyhow::Result<Outcome> {

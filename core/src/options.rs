@@ -101,6 +101,22 @@ pub struct NodeOptions {
     /// routing (0: no cache).
     #[arg(long, value_name = "ENTRIES", default_value_t = 0)]
     pub cache: usize,
+    /// The ring's keyring: a file of base64 32-byte keys, one per line (`chordkv keygen`
+    /// prints one). With it, every connection between nodes is authenticated and encrypted,
+    /// and a process without a key of the ring cannot join, route, replicate, hand off or
+    /// repair; clients still connect without it. The first key opens connections, every key
+    /// is accepted; SIGHUP reads the file again (rotation). Without it, anyone who reaches the
+    /// port may act as a peer.
+    #[arg(long, value_name = "FILE")]
+    pub keyring: Option<String>,
+    /// With --keyring: refuse peer operations from connections without a key. Turn off only
+    /// while rolling a keyring out to a ring that ran without one (then on, everywhere).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub keyring_verify_incoming: bool,
+    /// With --keyring: open connections to peers with the key. Turn off only while rolling a
+    /// keyring out (first step: every node holds the keyring, sends without it).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub keyring_verify_outgoing: bool,
 }
 
 impl Default for NodeOptions {
@@ -118,6 +134,9 @@ impl Default for NodeOptions {
             tombstone_grace_ms: DEFAULT_TOMBSTONE_GRACE_MS,
             routing: Routing::Classic,
             cache: 0,
+            keyring: None,
+            keyring_verify_incoming: true,
+            keyring_verify_outgoing: true,
         }
     }
 }
@@ -208,6 +227,21 @@ impl NodeOptions {
                 self.tombstone_grace_ms != d.tombstone_grace_ms,
                 self.tombstone_grace_ms.to_string(),
             ),
+            (
+                "--keyring",
+                self.keyring.is_some(),
+                self.keyring.clone().unwrap_or_default(),
+            ),
+            (
+                "--keyring-verify-incoming",
+                self.keyring_verify_incoming != d.keyring_verify_incoming,
+                self.keyring_verify_incoming.to_string(),
+            ),
+            (
+                "--keyring-verify-outgoing",
+                self.keyring_verify_outgoing != d.keyring_verify_outgoing,
+                self.keyring_verify_outgoing.to_string(),
+            ),
         ];
         pairs
             .into_iter()
@@ -245,6 +279,8 @@ mod tests {
             routing: Routing::Base(4),
             cache: 64,
             store: "redis://127.0.0.1:6379/0".into(),
+            keyring: Some("/etc/chordkv/keyring".into()),
+            keyring_verify_outgoing: false,
             ..NodeOptions::default()
         };
         let mut argv = vec!["node".to_string()];

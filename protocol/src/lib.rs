@@ -15,6 +15,7 @@
 //! Each module uses only those listed before it.
 
 pub mod frame;
+pub mod handshake;
 pub mod id;
 pub mod limits;
 pub mod message;

@@ -80,6 +80,9 @@ pub enum ErrorCode {
     Busy = 8,
     /// A bug on the serving node.
     Internal = 9,
+    /// The request needs credentials the connection has not presented: a peer operation on a
+    /// connection without the ring's key (`--keyring`), or a client operation before login.
+    Unauthorized = 10,
 }
 
 impl ErrorCode {
@@ -109,6 +112,7 @@ impl ErrorCode {
             7 => ShuttingDown,
             8 => Busy,
             9 => Internal,
+            10 => Unauthorized,
             _ => return None,
         })
     }

@@ -16,10 +16,13 @@ use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use chordkv_protocol::frame::{decode, DecodeError, EncodeError, Frame};
+use chordkv_protocol::handshake;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use super::resp::RespSession;
+use crate::keyring::Keyring;
+use crate::secure::{self, Channel, Initiator, SecureError};
 use chordkv_core::chord::Millis;
 
 /// Room reserved in a fresh read buffer (a small request fits many times over).
@@ -43,6 +46,21 @@ pub(super) enum Role {
         /// Requests written (or queued) on this connection whose replies have not come back.
         awaiting: u64,
     },
+}
+
+/// Where a connection stands with the peer handshake (see [`crate::secure`]).
+pub(super) enum Security {
+    /// No handshake: the node has no keyring, or this is a client's connection (RESP, or one
+    /// whose first bytes were a frame). Only client requests are accepted on an inbound one
+    /// when the ring requires its key.
+    Plain,
+    /// Inbound, the node has a keyring: the first bytes tell a peer's `Hello` from a client's
+    /// frame.
+    Undecided,
+    /// Outbound: `Hello` sent, the answer awaited; frames wait in `plain_out`.
+    Initiating(Box<Initiator>),
+    /// Authenticated: every byte in and out is in sealed records.
+    Sealed(Box<Channel>),
 }
 
 /// What [`Conn::read_available`] found.
@@ -72,6 +90,14 @@ pub(super) struct Conn {
     /// An inbound connection from the RESP listener speaks the Redis protocol: its commands
     /// and replies go through this session instead of the frame codec.
     pub resp: Option<Box<RespSession>>,
+    pub security: Security,
+    /// Ciphertext read and not yet opened (while `Initiating` or `Sealed`).
+    raw_in: BytesMut,
+    /// Frames encoded and not yet sealed (while `Initiating` or `Sealed`).
+    plain_out: Vec<u8>,
+    /// An outbound connection opened with a key that is no longer the keyring's first: it is
+    /// no longer used for new requests and is closed once its replies are in.
+    pub retiring: bool,
 }
 
 impl Conn {
@@ -87,6 +113,73 @@ impl Conn {
             flush_queued: false,
             read_paused: false,
             resp: None,
+            security: Security::Plain,
+            raw_in: BytesMut::new(),
+            plain_out: Vec::new(),
+            retiring: false,
+        }
+    }
+
+    /// Starts the peer handshake on a new outbound connection: `Hello` goes out first, and
+    /// frames wait until the peer has proved the key.
+    pub fn start_handshake(&mut self, keyring: &Keyring) -> Result<(), SecureError> {
+        let initiator = Initiator::start(keyring, &mut self.wbuf)?;
+        self.security = Security::Initiating(Box::new(initiator));
+        Ok(())
+    }
+
+    /// Whether the connection completed the peer handshake.
+    pub fn is_authenticated(&self) -> bool {
+        matches!(self.security, Security::Sealed(_))
+    }
+
+    /// Whether the first bytes of an inbound connection have yet to say what it is.
+    pub fn is_undecided(&self) -> bool {
+        matches!(self.security, Security::Undecided)
+    }
+
+    /// The ring key the connection was opened with, once authenticated.
+    pub fn key_id(&self) -> Option<[u8; 8]> {
+        match &self.security {
+            Security::Sealed(channel) => Some(channel.key_id()),
+            _ => None,
+        }
+    }
+
+    /// Moves the handshake on with the bytes read, and opens the records that came: after it,
+    /// the read buffer holds plaintext frames only. An error (a stranger's key, a forged or
+    /// replayed record) means the connection must be closed; a refusal may have been queued
+    /// for the peer to read first.
+    pub fn advance_security(&mut self, keyring: Option<&Keyring>) -> Result<(), SecureError> {
+        loop {
+            match &mut self.security {
+                Security::Plain => return Ok(()),
+                Security::Undecided => match handshake::starts_handshake(&self.rbuf) {
+                    None => return Ok(()),
+                    Some(false) => {
+                        self.security = Security::Plain;
+                        return Ok(());
+                    }
+                    Some(true) => {
+                        let Some(keyring) = keyring else {
+                            self.security = Security::Plain;
+                            return Ok(());
+                        };
+                        let Some(channel) = secure::respond(keyring, &mut self.rbuf, &mut self.wbuf)? else {
+                            return Ok(());
+                        };
+                        self.raw_in = self.rbuf.split();
+                        self.security = Security::Sealed(Box::new(channel));
+                    }
+                },
+                Security::Initiating(initiator) => {
+                    let Some(channel) = initiator.finish(&mut self.raw_in)? else {
+                        return Ok(());
+                    };
+                    self.security = Security::Sealed(Box::new(channel));
+                }
+                Security::Sealed(channel) => return channel.open(&mut self.raw_in, &mut self.rbuf),
+            }
         }
     }
 
@@ -111,14 +204,18 @@ impl Conn {
         }
     }
 
-    /// Bytes queued and not yet written.
+    /// Bytes queued and not yet written (sealed or not).
     pub fn pending_output(&self) -> usize {
-        self.wbuf.len() - self.wpos
+        self.wbuf.len() - self.wpos + self.plain_out.len()
     }
 
-    /// Appends one encoded frame to the write buffer. On error nothing is queued.
+    /// Appends one encoded frame to the output (to be sealed at the flush on an authenticated
+    /// connection). On error nothing is queued.
     pub fn push_frame(&mut self, frame: &Frame) -> Result<(), EncodeError> {
-        frame.encode(&mut self.wbuf)
+        match self.security {
+            Security::Initiating(_) | Security::Sealed(_) => frame.encode(&mut self.plain_out),
+            Security::Plain | Security::Undecided => frame.encode(&mut self.wbuf),
+        }
     }
 
     /// Reads what the socket has into the read buffer, through `scratch`, until it would block
@@ -136,11 +233,16 @@ impl Conn {
         maybe_closed: bool,
     ) -> io::Result<ReadStatus> {
         let mut total = 0;
+        let sealed = matches!(self.security, Security::Initiating(_) | Security::Sealed(_));
         loop {
             match self.stream.read(scratch) {
                 Ok(0) => return Ok(ReadStatus::Closed),
                 Ok(n) => {
-                    self.rbuf.extend_from_slice(&scratch[..n]);
+                    if sealed {
+                        self.raw_in.extend_from_slice(&scratch[..n]);
+                    } else {
+                        self.rbuf.extend_from_slice(&scratch[..n]);
+                    }
                     total += n;
                     if n < scratch.len() && !maybe_closed {
                         return Ok(ReadStatus::Drained);
@@ -170,6 +272,15 @@ impl Conn {
     pub fn flush(&mut self) -> io::Result<()> {
         if !self.is_connected() {
             return Ok(());
+        }
+        if let Security::Sealed(channel) = &mut self.security {
+            if !self.plain_out.is_empty() {
+                channel.seal(&self.plain_out, &mut self.wbuf);
+                self.plain_out.clear();
+                if self.plain_out.capacity() > RETAINED_WRITE_BUFFER_BYTES {
+                    self.plain_out = Vec::new();
+                }
+            }
         }
         while self.wpos < self.wbuf.len() {
             match self.stream.write(&self.wbuf[self.wpos..]) {

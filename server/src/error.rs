@@ -17,6 +17,10 @@ pub enum Error {
     /// we cannot read. `url` is shown without credentials; `message` says what failed, with it.
     #[error("{message}")]
     StoreUnavailable { url: String, message: String },
+    /// The keyring file (`--keyring`) cannot be read or holds something other than base64
+    /// 32-byte keys.
+    #[error("keyring {path}: {reason}")]
+    Keyring { path: String, reason: String },
     /// The node cannot listen on `addr` (in use, not on this host, not permitted).
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },

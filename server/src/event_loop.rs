@@ -14,14 +14,16 @@ use chordkv_protocol::{ErrorCode, Frame, Id, Message, NodeRef};
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use super::conn::{Conn, ReadStatus, Role};
+use super::conn::{Conn, ReadStatus, Role, Security};
 use super::resp::{Facts, RespSession, Step};
 use super::store_pool::StorePool;
 use super::token_map::TokenMap;
+use super::PeerSecurity;
 use super::ServerConfig;
+use crate::keyring::Keyring;
 use chordkv_core::chord::{Millis, Node, Output, Phase, ReplyTo};
 use chordkv_core::store::{self, Store};
 
@@ -61,6 +63,30 @@ pub const LEAVE_MARGIN_MS: u64 = 2_000;
 /// Wait before accepting again after `accept` failed (e.g. out of file descriptors).
 const ACCEPT_RETRY_MS: u64 = 100;
 const EVENTS_CAPACITY: usize = 1_024;
+/// At most one line per this long about refused strangers (a peer operation without the
+/// ring's key, a handshake with an unknown key, a record that does not open); the next line
+/// says how many were not logged.
+pub const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
+
+/// A log line that may repeat at the rate of an attacker's connections: written at most once
+/// per interval, with the count of those suppressed since.
+#[derive(Default)]
+struct Throttled {
+    next_at: Millis,
+    suppressed: u64,
+}
+
+impl Throttled {
+    /// Whether to write the line now, and how many were suppressed before it.
+    fn allow(&mut self, now: Millis, interval_ms: u64) -> Option<u64> {
+        if now < self.next_at {
+            self.suppressed += 1;
+            return None;
+        }
+        self.next_at = now + interval_ms;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
 
 /// The node's clock: wall-clock milliseconds at start plus monotonic time since, so it never
 /// goes back and stays close to wall time (the core stamps write versions with it).
@@ -173,6 +199,10 @@ pub(super) struct Server {
     exit_deadline: Option<Millis>,
     /// Set by a second signal: exit at once.
     stop: bool,
+    /// The ring's keyring and how strictly it is applied.
+    security: PeerSecurity,
+    /// Log lines about refused connections, throttled.
+    refusals: Throttled,
 }
 
 impl Server {
@@ -187,6 +217,7 @@ impl Server {
             store,
             store_threads,
             resp,
+            peer_security,
         } = config;
         let mut listener = TcpListener::bind(listen).map_err(|e| bind_error(listen, e))?;
         let mut resp_listener = match resp {
@@ -226,7 +257,7 @@ impl Server {
         });
         let signals = if handle_signals {
             let mut signals =
-                Signals::new([SIGTERM, SIGINT]).map_err(Error::io("installing signal handlers"))?;
+                Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(Error::io("installing signal handlers"))?;
             poll.registry()
                 .register(&mut signals, SIGNALS, Interest::READABLE)
                 .map_err(Error::io("registering the signal handlers"))?;
@@ -278,6 +309,19 @@ impl Server {
                 me.addr, facts.resp_addr
             );
         }
+        if let Some(keyring) = &peer_security.keyring {
+            eprintln!(
+                "chordkv node {}: keyring of {} key(s), sending with {}; peer operations {}",
+                me.addr,
+                keyring.keys().len(),
+                keyring.primary().id_hex(),
+                if peer_security.verify_incoming {
+                    "only from peers that hold a key"
+                } else {
+                    "from anyone (keyring-verify-incoming off)"
+                }
+            );
+        }
         if advertise.is_none() && local.ip().is_unspecified() {
             eprintln!(
                 "chordkv node {}: warning: listening on an unspecified address without an \
@@ -321,6 +365,8 @@ impl Server {
             leave_deadline: None,
             exit_deadline: None,
             stop: false,
+            security: peer_security,
+            refusals: Throttled::default(),
         })
     }
 
@@ -601,6 +647,8 @@ impl Server {
                     let mut conn = Conn::new(stream, Role::Inbound { from }, false);
                     if resp {
                         conn.resp = Some(Box::new(RespSession::new(token.0 as u64, from)));
+                    } else if self.security.keyring.is_some() {
+                        conn.security = Security::Undecided;
                     }
                     self.conns.insert(token, conn);
                 }
@@ -634,7 +682,12 @@ impl Server {
             connect_deadline: now + self.connect_timeout_ms,
             awaiting: 0,
         };
-        self.conns.insert(token, Conn::new(stream, role, true));
+        let mut conn = Conn::new(stream, role, true);
+        if let (Some(keyring), true) = (&self.security.keyring, self.security.verify_outgoing) {
+            conn.start_handshake(keyring)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        self.conns.insert(token, conn);
         self.peers.insert(to, token);
         self.connecting.push(token);
         Ok(token)
@@ -681,10 +734,10 @@ impl Server {
                 Ok(true) => {
                     conn.set_connected();
                     writable = true;
-                    if let Role::Outbound { peer, .. } = conn.role {
-                        if self.down.remove(&peer) {
-                            self.log(format_args!("peer {peer} reachable again"));
-                        }
+                    // With the handshake, a peer is reached once it has proved the key.
+                    if let (Role::Outbound { peer, .. }, Security::Plain) = (&conn.role, &conn.security) {
+                        let peer = *peer;
+                        self.note_reachable(peer);
                     }
                 }
                 Err(e) => return self.close(now, token, Why::Io(&e)),
@@ -725,6 +778,22 @@ impl Server {
                 Err(e) => return self.close(now, token, Why::Io(&e)),
             };
         }
+        let was_authenticated = conn.is_authenticated();
+        if let Err(e) = conn.advance_security(self.security.keyring.as_ref()) {
+            // Whatever was answered (a refusal) goes out before the close.
+            let _ = conn.flush();
+            let why = format!("peer handshake failed: {e}");
+            self.log_refusal(now, token, &why);
+            return self.close(now, token, Why::Text(&why));
+        }
+        if !was_authenticated && conn.is_authenticated() {
+            if let Role::Outbound { peer, .. } = conn.role {
+                self.note_reachable(peer);
+            }
+        }
+        if self.conns.get(&token).is_some_and(|c| c.pending_output() > 0) {
+            self.queue_flush(now, token);
+        }
         loop {
             let Some(conn) = self.conns.get_mut(&token) else {
                 return;
@@ -739,6 +808,9 @@ impl Server {
                     continue;
                 }
                 break;
+            }
+            if conn.is_undecided() {
+                break; // the first bytes have not yet said whether a peer or a client is here
             }
             let frame = match conn.next_frame() {
                 Ok(Some(frame)) => frame,
@@ -756,6 +828,12 @@ impl Server {
                         self.log_conn_closed(token, &why);
                         return self.close(now, token, Why::Text(&why));
                     }
+                    if self.security.requires_handshake()
+                        && !conn.is_authenticated()
+                        && !frame.is_client_request()
+                    {
+                        return self.refuse_peer_operation(now, token, &frame);
+                    }
                     self.node.handle_request(now, ReplyTo(token.0 as u64), frame);
                 }
                 Role::Outbound { peer, awaiting, .. } => {
@@ -765,8 +843,28 @@ impl Server {
                         return self.close(now, token, Why::Text(&why));
                     }
                     *awaiting = awaiting.saturating_sub(1);
-                    let peer = *peer;
+                    let (peer, drained) = (*peer, *awaiting == 0);
+                    if let Message::Error {
+                        code: ErrorCode::Unauthorized,
+                        text,
+                        ..
+                    } = &frame.message
+                    {
+                        let why = format!("refused by the peer: {text}");
+                        self.log_refusal(now, token, &why);
+                    }
+                    let Some(conn) = self.conns.get_mut(&token) else {
+                        return;
+                    };
+                    let retiring = conn.retiring;
+                    let retired = drained && retiring;
                     self.node.handle_reply(now, peer, frame);
+                    if retired {
+                        // Replaced by a connection with the keyring's first key; nothing is
+                        // outstanding on it, so closing it tells the core nothing.
+                        self.pump(now);
+                        return self.close(now, token, Why::Text("retired after a key rotation"));
+                    }
                 }
             }
             self.pump(now);
@@ -854,6 +952,12 @@ impl Server {
         }
     }
 
+    fn note_reachable(&mut self, peer: SocketAddr) {
+        if self.down.remove(&peer) {
+            self.log(format_args!("peer {peer} reachable again"));
+        }
+    }
+
     fn peer_failed(&mut self, now: Millis, peer: SocketAddr, why: Why<'_>) {
         if self.down.insert(peer) {
             self.log(format_args!("peer {peer} unreachable: {why}"));
@@ -877,13 +981,97 @@ impl Server {
         let Some(signals) = self.signals.as_mut() else {
             return;
         };
-        let count = signals.pending().count();
-        for _ in 0..count {
-            if self.leave_deadline.is_none() && self.exit_deadline.is_none() {
+        let pending: Vec<i32> = signals.pending().collect();
+        for signal in pending {
+            if signal == SIGHUP {
+                self.reload_keyring(now);
+            } else if self.leave_deadline.is_none() && self.exit_deadline.is_none() {
                 self.begin_leave(now, "signal received");
             } else {
                 self.stop = true;
             }
+        }
+    }
+
+    /// Answers a peer operation that came on a connection without the ring's key with
+    /// `Unauthorized`, logs it (throttled) and closes the connection.
+    fn refuse_peer_operation(&mut self, now: Millis, token: Token, frame: &Frame) {
+        let text = format!(
+            "{} is a peer operation: this ring requires its key (chordkv node --keyring)",
+            frame.message.name()
+        );
+        if let Some(conn) = self.conns.get_mut(&token) {
+            let error = Message::Error {
+                code: ErrorCode::Unauthorized,
+                hops: 0,
+                text: text.clone(),
+            };
+            let _ = conn.push_frame(&Frame::new(frame.request_id, error));
+            let _ = conn.flush();
+        }
+        self.log_refusal(now, token, &format!("refused: {text}"));
+        self.close(now, token, Why::Text("refused"));
+    }
+
+    /// Logs a refused stranger, at most once per [`REFUSAL_LOG_INTERVAL_MS`].
+    fn log_refusal(&mut self, now: Millis, token: Token, why: &str) {
+        let Some(suppressed) = self.refusals.allow(now, REFUSAL_LOG_INTERVAL_MS) else {
+            return;
+        };
+        let more = if suppressed > 0 {
+            format!(" ({suppressed} more refusals not logged)")
+        } else {
+            String::new()
+        };
+        match self.conns.get(&token).map(|c| &c.role) {
+            Some(Role::Inbound { from }) => self.log(format_args!("connection from {from}: {why}{more}")),
+            Some(Role::Outbound { peer, .. }) => self.log(format_args!("connection to {peer}: {why}{more}")),
+            None => self.log(format_args!("{why}{more}")),
+        }
+    }
+
+    /// Reads the keyring file again (SIGHUP): the rotation steps of [`crate::keyring`].
+    /// Connections opened with a key the file no longer holds are closed; connections this
+    /// node opened with a key that is no longer the first are retired (replaced for new
+    /// requests, closed once their replies are in). A file that does not parse changes nothing.
+    fn reload_keyring(&mut self, now: Millis) {
+        let Some(path) = self.security.keyring_path.clone() else {
+            self.log(format_args!("SIGHUP: no --keyring to read again"));
+            return;
+        };
+        let keyring = match Keyring::load(&path) {
+            Ok(k) => k,
+            Err(e) => {
+                self.log(format_args!("SIGHUP: keeping the keyring in use: {e}"));
+                return;
+            }
+        };
+        self.log(format_args!(
+            "SIGHUP: keyring of {} key(s) read again, sending with {}",
+            keyring.keys().len(),
+            keyring.primary().id_hex()
+        ));
+        let primary = keyring.primary().id();
+        let mut close = Vec::new();
+        for (&token, conn) in self.conns.iter_mut() {
+            let Some(id) = conn.key_id() else { continue };
+            if keyring.find(&id).is_none() {
+                close.push(token);
+            } else if let Role::Outbound { peer, awaiting, .. } = conn.role {
+                if id != primary && !conn.retiring {
+                    conn.retiring = true;
+                    if self.peers.get(&peer) == Some(&token) {
+                        self.peers.remove(&peer);
+                    }
+                    if awaiting == 0 && conn.pending_output() == 0 {
+                        close.push(token);
+                    }
+                }
+            }
+        }
+        self.security.keyring = Some(keyring);
+        for token in close {
+            self.close(now, token, Why::Text("its key was rotated out"));
         }
     }
 

@@ -67,7 +67,9 @@
 mod conn;
 pub mod error;
 mod event_loop;
+pub mod keyring;
 mod resp;
+pub mod secure;
 pub mod store;
 mod store_pool;
 #[cfg(test)]
@@ -110,6 +112,44 @@ pub struct ServerConfig {
     pub store_threads: usize,
     /// Also listen for Redis clients (RESP2) on this address; port 0 picks a free port.
     pub resp: Option<SocketAddr>,
+    /// Who may act as a peer (the ring's keyring).
+    pub peer_security: PeerSecurity,
+}
+
+/// How the node authenticates its peers (see [`keyring`] and [`secure`]; the switches are
+/// memberlist's `GossipVerifyIncoming`/`GossipVerifyOutgoing`, for turning a keyring on in a
+/// running ring).
+#[derive(Clone, Debug)]
+pub struct PeerSecurity {
+    /// The ring's keys; `None` runs without peer authentication, as before keyrings existed:
+    /// whoever reaches the port may act as a peer.
+    pub keyring: Option<keyring::Keyring>,
+    /// The file the keyring was read from, read again on SIGHUP (rotation).
+    pub keyring_path: Option<std::path::PathBuf>,
+    /// Refuse peer operations on connections that did not complete the handshake. Off only
+    /// while a keyring is being rolled out to a ring that ran without one.
+    pub verify_incoming: bool,
+    /// Open connections to peers with the handshake. Off only during such a rollout.
+    pub verify_outgoing: bool,
+}
+
+impl Default for PeerSecurity {
+    /// No keyring; both switches on (they matter only with a keyring).
+    fn default() -> PeerSecurity {
+        PeerSecurity {
+            keyring: None,
+            keyring_path: None,
+            verify_incoming: true,
+            verify_outgoing: true,
+        }
+    }
+}
+
+impl PeerSecurity {
+    /// Whether a connection must complete the handshake before peer operations are accepted.
+    pub fn requires_handshake(&self) -> bool {
+        self.keyring.is_some() && self.verify_incoming
+    }
 }
 
 /// Runs the node until it has left the ring after SIGTERM/SIGINT (graceful leave), or fails.

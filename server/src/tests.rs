@@ -32,6 +32,7 @@ fn config(join: Option<SocketAddr>, store: Arc<dyn Store>) -> ServerConfig {
         store,
         store_threads: 2,
         resp: None,
+        peer_security: Default::default(),
     }
 }
 

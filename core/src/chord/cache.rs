@@ -148,13 +148,7 @@ impl LocationCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn node(v: u64) -> NodeRef {
-        NodeRef {
-            id: Id::from_u64(v),
-            addr: SocketAddr::from(([127, 0, 0, 1], 1000 + v as u16)),
-        }
-    }
+    use crate::chord::test_support::node;
 
     #[test]
     fn ranges_hit_and_miss() {

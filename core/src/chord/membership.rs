@@ -304,13 +304,7 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn node(v: u64) -> NodeRef {
-        NodeRef {
-            id: Id::from_u64(v),
-            addr: SocketAddr::from(([127, 0, 0, 1], 1000 + v as u16)),
-        }
-    }
+    use crate::chord::test_support::node;
 
     fn table(ids: &[u64]) -> Membership {
         Membership::from_sorted(Arc::new(ids.iter().map(|&v| node(v)).collect()))

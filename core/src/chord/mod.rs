@@ -67,6 +67,8 @@ mod rpc;
 mod stats;
 mod store_wait;
 mod sync;
+#[cfg(test)]
+mod test_support;
 mod timer;
 mod trust;
 

@@ -301,14 +301,8 @@ impl RoutingTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chord::test_support::node;
     use chordkv_protocol::id::ID_BITS;
-
-    fn node(v: u64) -> NodeRef {
-        NodeRef {
-            id: Id::from_u64(v),
-            addr: SocketAddr::from(([127, 0, 0, 1], 1000 + v as u16)),
-        }
-    }
 
     #[test]
     fn closest_preceding_picks_the_farthest_node_before_the_target() {

@@ -169,8 +169,9 @@ pub fn check(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
 
 /// Decodes one frame from the front of `buf`.
 ///
-/// `Ok(None)` when more bytes are needed: `buf` is left as it was, and once the header is
-/// buffered enough room is reserved for the rest of the frame. `Ok(Some(frame))` removes the
+/// `Ok(None)` when more bytes are needed: `buf` is left as it was. No room is reserved from
+/// the header's length: a peer that announces 32 MiB and sends 18 bytes costs 18 bytes, and the
+/// buffer grows only as the bytes arrive. `Ok(Some(frame))` removes the
 /// frame's bytes from `buf`; its keys and values share `buf`'s allocation.
 ///
 /// On an error in the header `buf` is left as it was. On an error in the payload of a
@@ -182,7 +183,6 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
     };
     let total = header.frame_len();
     if buf.len() < total {
-        buf.reserve(total - buf.len());
         return Ok(None);
     }
     let frame = buf.split_to(total).freeze();

@@ -243,7 +243,20 @@ impl Frame {
         self.flags & FLAG_DIRECT != 0
     }
 
-    /// Whether [`FLAG_FAILOVER`] is set.
+    /// Whether this is a request a client may send on a connection that has not completed the
+    /// peer handshake: a key operation (GET, PUT, DELETE, with or without `FLAG_DIRECT`, never
+    /// `FLAG_FAILOVER`, which only a replica standing in for a primary receives) or a read of
+    /// the node's view (GET_INFO, GET_STATS, GET_MEMBERS). Everything else (maintenance,
+    /// leases, handoff, replication, repair, FORGET) is a peer's or an operator's.
+    pub fn is_client_request(&self) -> bool {
+        use crate::message::Message::*;
+        matches!(
+            self.message,
+            Get { .. } | Put { .. } | Delete { .. } | GetInfo | GetStats | GetMembers { .. }
+        ) && !self.is_failover()
+    }
+
+    /// Whether `FLAG_FAILOVER` is set.
     pub fn is_failover(&self) -> bool {
         self.flags & FLAG_FAILOVER != 0
     }
