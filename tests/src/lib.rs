@@ -11,7 +11,7 @@
 //! executable. Every cluster uses free ports, so the tests run in parallel. Waits are bounded
 //! polls, never timing assertions. Node logs go to `target/tmp/chordkv-tests/`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,8 +20,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chordkv_client::{Client, ClientError};
+use chordkv_client::{Client, ClientError, RingReport};
+use chordkv_core::rng::Rng;
 use chordkv_harness::cluster::{ClusterSpec, LocalCluster};
+use chordkv_protocol::Id;
 
 /// Bound of every wait for the ring to converge or for data to settle.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -33,6 +35,20 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Arguments of every test node: a fast stabilize so that rings converge quickly.
 pub const NODE_ARGS: [&str; 2] = ["--stabilize-ms", "100"];
+/// Pause between two polls of the nodes' counters.
+pub const POLL_PAUSE: Duration = Duration::from_millis(100);
+/// The counters failure messages quote for every node ([`stats_table`]).
+pub const QUOTED_STATS: [&str; 9] = [
+    "keys",
+    "keys_primary",
+    "keys_replica",
+    "anti_entropy_rounds",
+    "anti_entropy_keys_repaired",
+    "tombstones_collected",
+    "failovers_served",
+    "rpc_timeouts",
+    "peers_failed",
+];
 
 /// The `chordkv` binary under test ([`chordkv_harness::cluster::chordkv_binary`]). Panics with
 /// instructions when it has not been built.
@@ -68,6 +84,18 @@ pub fn cluster_spec(name: &str, nodes: usize) -> ClusterSpec {
     spec
 }
 
+/// `spec` with the node arguments `extra` added after the ones it has.
+pub fn with_args(mut spec: ClusterSpec, extra: &[&str]) -> ClusterSpec {
+    spec.node_args.extend(extra.iter().map(|s| s.to_string()));
+    spec
+}
+
+/// The spec of a test cluster ([`cluster_spec`]) of `nodes` nodes that keep every key on its
+/// primary and the next two nodes (`--replicas 2`), with the node arguments `extra` besides.
+pub fn replicated_spec(name: &str, nodes: usize, extra: &[&str]) -> ClusterSpec {
+    with_args(with_args(cluster_spec(name, nodes), &["--replicas", "2"]), extra)
+}
+
 /// Arguments that make a ring drop a node that stops answering and serve on without it: the
 /// partition policy `available`. The tests of re-replication onto the surviving nodes use it;
 /// under the default `consistent` a node that stops answering stays a member until it returns
@@ -90,6 +118,40 @@ pub fn start_spec(name: &str, spec: ClusterSpec) -> LocalCluster {
         .expect("the new ring converges");
     assert_eq!(report.nodes.len(), nodes);
     cluster
+}
+
+/// Waits at most [`CONVERGE_TIMEOUT`] until the ring of `cluster` is consistent and made of
+/// exactly its live nodes, and returns it; panics naming `what`, the error and the logs.
+pub fn converge(cluster: &mut LocalCluster, what: &str) -> RingReport {
+    cluster
+        .wait_consistent(CONVERGE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{what}: {e}; logs in {}", logs_of(cluster)))
+}
+
+/// Adds a node to `cluster` and waits until the ring is consistent with it ([`converge`]);
+/// returns the new node's index and the ring. Panics when the node cannot be started or the
+/// ring does not converge, and asserts that the ring has `nodes` nodes.
+pub fn join_one(cluster: &mut LocalCluster, nodes: usize) -> (usize, RingReport) {
+    let new = cluster.add_node().expect("add a node");
+    let what = format!("the ring converges with the new node {}", cluster.addr(new));
+    let ring = converge(cluster, &what);
+    assert_eq!(ring.nodes.len(), nodes, "{what}");
+    (new, ring)
+}
+
+/// Stops node `victim` of `cluster` gracefully (SIGTERM: it hands its keys over and leaves)
+/// and waits until the ring is consistent without it ([`converge`]); returns the ring. Asserts
+/// that the node left cleanly and that the ring has `nodes` nodes.
+pub fn leave_one(name: &str, cluster: &mut LocalCluster, victim: usize, nodes: usize) -> RingReport {
+    eprintln!("{name}: terminating node {victim} ({})", cluster.addr(victim));
+    let stopped = cluster.terminate(victim).expect("terminate");
+    assert!(
+        stopped.is_clean(),
+        "node {victim} did not leave cleanly: {stopped:?}"
+    );
+    let ring = converge(cluster, "the ring converges without the node that left");
+    assert_eq!(ring.nodes.len(), nodes);
+    ring
 }
 
 /// The test's RNG seed: `$CHORDKV_TEST_SEED`, else the clock. Printed, so a failure can be
@@ -191,6 +253,83 @@ pub fn counter(stats: &[(String, u64)], name: &str) -> u64 {
         .unwrap_or_else(|| panic!("the node reports no counter {name:?}: {stats:?}"))
 }
 
+/// Counter `name` of the node at `addr` (one `GET_STATS`), or why it did not answer; panics
+/// when the node reports no such counter.
+pub fn try_stat(clients: &mut Clients, addr: SocketAddr, name: &str) -> Result<u64, ClientError> {
+    clients.with(addr, Client::stats).map(|s| counter(&s, name))
+}
+
+/// Counter `name` of the node at `addr`, retrying retryable errors ([`Clients::retrying`]);
+/// panics on any other error, or when the node reports no such counter.
+pub fn stat(clients: &mut Clients, addr: SocketAddr, name: &str) -> u64 {
+    clients.retrying(addr, "GET_STATS", |c| c.stats().map(|s| counter(&s, name)))
+}
+
+/// Counter `name` of every node of `addrs` ([`stat`]: retrying, panicking as it does).
+pub fn stat_of_each(clients: &mut Clients, addrs: &[SocketAddr], name: &str) -> BTreeMap<SocketAddr, u64> {
+    addrs.iter().map(|&a| (a, stat(clients, a, name))).collect()
+}
+
+/// The stats of every node of `addrs` (one `GET_STATS` each), or a description of the first
+/// node that did not answer.
+pub fn all_stats(
+    clients: &mut Clients,
+    addrs: &[SocketAddr],
+) -> Result<BTreeMap<SocketAddr, Vec<(String, u64)>>, String> {
+    addrs
+        .iter()
+        .map(|&addr| match clients.with(addr, Client::stats) {
+            Ok(stats) => Ok((addr, stats)),
+            Err(e) => Err(format!("stats of {addr}: {e}")),
+        })
+        .collect()
+}
+
+/// Counter `name` summed over the nodes of `addrs` ([`all_stats`]), or why not every node
+/// answered; panics when a node reports no such counter.
+pub fn stat_sum(clients: &mut Clients, addrs: &[SocketAddr], name: &str) -> Result<u64, String> {
+    Ok(all_stats(clients, addrs)?
+        .values()
+        .map(|s| counter(s, name))
+        .sum())
+}
+
+/// Polls, for at most `timeout`, until counter `name` summed over the nodes of `addrs`
+/// ([`stat_sum`]) is `want`; returns how long that took. Panics after `timeout` with the last
+/// sum and the [`QUOTED_STATS`] of every node.
+pub fn wait_stat_sum(
+    clients: &mut Clients,
+    addrs: &[SocketAddr],
+    name: &str,
+    want: u64,
+    timeout: Duration,
+) -> Duration {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < timeout {
+        match stat_sum(clients, addrs, name) {
+            Ok(sum) if sum == want => return start.elapsed(),
+            Ok(sum) => last = format!("sum {sum}"),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(POLL_PAUSE);
+    }
+    let hint = if name == "keys" && last.strip_prefix("sum ").and_then(|n| n.parse::<u64>().ok()) > Some(want)
+    {
+        "; more copies than keys x copies per key: some node holds copies outside its preference \
+         list (a peer presumed dead, see rpc_timeouts and peers_failed, makes primaries replicate \
+         to the next node instead, and nothing removes those copies later)"
+    } else {
+        ""
+    };
+    panic!(
+        "{name} summed over {} nodes did not reach {want} within {:.0} s (last: {last}){hint}; per node:{}",
+        addrs.len(),
+        timeout.as_secs_f64(),
+        stats_table(clients, addrs, &QUOTED_STATS)
+    );
+}
+
 /// Counters `quoted` of every node of `addrs`, one line each, for failure messages.
 pub fn stats_table(clients: &mut Clients, addrs: &[SocketAddr], quoted: &[&str]) -> String {
     let mut out = String::new();
@@ -206,6 +345,76 @@ pub fn stats_table(clients: &mut Clients, addrs: &[SocketAddr], quoted: &[&str])
         out.push_str(&format!("\n  {addr}: {line}"));
     }
     out
+}
+
+/// Writes `count` keys (`key-00000`, `key-00001`...), each with a random value and through a
+/// random node of `addrs`, retrying retryable errors ([`Clients::retrying`], which panics on
+/// any other); returns them with their values.
+pub fn write_keys(
+    clients: &mut Clients,
+    rng: &mut Rng,
+    addrs: &[SocketAddr],
+    count: usize,
+) -> BTreeMap<String, String> {
+    let mut data = BTreeMap::new();
+    for k in 0..count {
+        let key = format!("key-{k:05}");
+        let value = format!("value-{k}-{:016x}", rng.next_u64());
+        let addr = addrs[rng.below(addrs.len() as u64) as usize];
+        clients.retrying(addr, &format!("PUT {key}"), |c| c.put(key.clone(), value.clone()));
+        data.insert(key, value);
+    }
+    data
+}
+
+/// What a GET of `key` of `data` should find: nothing for the keys in `lost`, else its value.
+pub fn expected_value<'a>(
+    data: &'a BTreeMap<String, String>,
+    lost: &BTreeSet<String>,
+    key: &str,
+) -> Option<&'a [u8]> {
+    if lost.contains(key) {
+        None
+    } else {
+        Some(data[key].as_bytes())
+    }
+}
+
+/// No key lost: the `lost` of [`check_all_keys`] when every key must read back with its value.
+pub const NOTHING_LOST: &BTreeSet<String> = &BTreeSet::new();
+
+/// Reads every key of `data` once through a random node of `live` (retrying only failed
+/// requests) and asserts it finds what it should ([`expected_value`]: not found for the keys
+/// in `lost`, else its value).
+pub fn check_all_keys(
+    clients: &mut Clients,
+    rng: &mut Rng,
+    live: &[SocketAddr],
+    data: &BTreeMap<String, String>,
+    lost: &BTreeSet<String>,
+) {
+    for key in data.keys() {
+        let addr = live[rng.below(live.len() as u64) as usize];
+        let got = clients.retrying(addr, &format!("GET {key}"), |c| c.get(key.clone()));
+        assert_eq!(
+            got.value.as_deref(),
+            expected_value(data, lost, key),
+            "GET {key} through {addr} (version {})",
+            got.version
+        );
+    }
+}
+
+/// The nodes holding `key` in the consistent ring `ring`, in ring order: its primary, the first
+/// node whose id is at or after the key's id (wrapping), and the next `copies - 1` (all of
+/// them when the ring has fewer nodes).
+pub fn preference_list(ring: &RingReport, key: &[u8], copies: usize) -> Vec<SocketAddr> {
+    let n = ring.nodes.len();
+    let id = Id::hash(key);
+    let primary = ring.nodes.partition_point(|node| node.id < id) % n;
+    (0..copies.min(n))
+        .map(|j| ring.nodes[(primary + j) % n].addr)
+        .collect()
 }
 
 /// The index in `cluster` of the node at `addr`; panics when no node of it has that address.
@@ -297,6 +506,83 @@ pub fn lines_of(reader: impl Read + Send + 'static) -> mpsc::Receiver<String> {
         }
     });
     rx
+}
+
+/// A `chordkv cluster` command run by a test, stopped when dropped ([`ChildGuard`]).
+#[derive(Debug)]
+pub struct CliCluster {
+    pub process: ChildGuard,
+    /// The lines it prints on stdout, as they come ([`lines_of`]).
+    pub stdout: mpsc::Receiver<String>,
+    /// The file its stderr goes to.
+    pub stderr_path: PathBuf,
+}
+
+impl CliCluster {
+    /// Runs `chordkv cluster ARGS... NODE_ARGS... --log-dir DIR`, DIR a fresh scratch directory
+    /// named after `name` ([`scratch_dir`]) which also gets its stderr (`cluster.stderr`).
+    /// Panics when the command cannot be started.
+    pub fn start(name: &str, args: &[&str]) -> CliCluster {
+        let logs = scratch_dir(name);
+        let stderr_path = logs.join("cluster.stderr");
+        let child = Command::new(chordkv_bin())
+            .arg("cluster")
+            .args(args)
+            .args(NODE_ARGS)
+            .arg("--log-dir")
+            .arg(&logs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("start chordkv cluster");
+        let mut process = ChildGuard::new(child);
+        let stdout = lines_of(process.child.stdout.take().expect("piped"));
+        CliCluster {
+            process,
+            stdout,
+            stderr_path,
+        }
+    }
+
+    /// What it has printed on stderr so far (empty if that cannot be read).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The next line it prints on stdout, waiting at most [`CONVERGE_TIMEOUT`]; panics quoting
+    /// its stderr when none comes.
+    pub fn next_line(&self) -> String {
+        self.stdout.recv_timeout(CONVERGE_TIMEOUT).unwrap_or_else(|e| {
+            panic!(
+                "no line from chordkv cluster ({e}); its stderr:\n{}",
+                self.stderr()
+            )
+        })
+    }
+
+    /// The addresses of its next line, which must be its ready line (`ready: ADDR ADDR...`);
+    /// panics when that line does not come ([`CliCluster::next_line`]) or is another.
+    pub fn ready(&self) -> Vec<String> {
+        let line = self.next_line();
+        line.strip_prefix("ready: ")
+            .unwrap_or_else(|| panic!("not a ready line: {line:?}"))
+            .split(' ')
+            .map(String::from)
+            .collect()
+    }
+
+    /// Sends it SIGTERM and waits at most [`CONVERGE_TIMEOUT`] for it to exit; returns how it
+    /// exited. Panics when the signal cannot be sent or it does not exit in time.
+    pub fn stop(&mut self) -> ExitStatus {
+        signal(self.process.pid(), SIGTERM).expect("SIGTERM the cluster");
+        self.process.wait_timeout(CONVERGE_TIMEOUT).unwrap_or_else(|| {
+            panic!(
+                "chordkv cluster did not exit after SIGTERM; stderr:\n{}",
+                self.stderr()
+            )
+        })
+    }
 }
 
 /// What a finished `chordkv` command printed.

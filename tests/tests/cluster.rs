@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chordkv_client::{Client, RingReport};
@@ -13,8 +12,8 @@ use chordkv_core::rng::Rng;
 use chordkv_harness::cluster::LocalCluster;
 use chordkv_protocol::{in_half_open, Id};
 use chordkv_tests::{
-    chordkv, chordkv_bin, cluster_spec, lines_of, scratch_dir, seed, signal, start_spec, ChildGuard, Clients,
-    AVAILABLE, CONVERGE_TIMEOUT, NODE_ARGS, REQUEST_TIMEOUT, SIGTERM,
+    check_all_keys, chordkv, cluster_spec, converge, join_one, leave_one, seed, start_spec, with_args,
+    CliCluster, Clients, AVAILABLE, CONVERGE_TIMEOUT, NOTHING_LOST, REQUEST_TIMEOUT,
 };
 
 const KEYS: usize = 1_000;
@@ -26,24 +25,6 @@ fn other_than(rng: &mut Rng, len: usize, not: usize) -> usize {
         j + 1
     } else {
         j
-    }
-}
-
-/// Reads every key through a random live node and checks its value.
-fn check_all_keys(
-    clients: &mut Clients,
-    rng: &mut Rng,
-    live: &[SocketAddr],
-    data: &BTreeMap<String, String>,
-) {
-    for (key, value) in data {
-        let addr = live[rng.below(live.len() as u64) as usize];
-        let got = clients.retrying(addr, &format!("GET {key}"), |c| c.get(key.clone()));
-        assert_eq!(
-            got.value.as_deref(),
-            Some(value.as_bytes()),
-            "GET {key} through {addr}"
-        );
     }
 }
 
@@ -100,9 +81,7 @@ fn keys_survive_a_join_and_a_graceful_leave() {
     let mut rng = Rng::new(seed(name));
     // One copy per key: this test checks that every key lives exactly at its owner through the
     // handoffs (replication has its own tests).
-    let mut spec = cluster_spec(name, 8);
-    spec.node_args.extend(["--replicas".to_string(), "0".to_string()]);
-    let mut cluster = start_spec(name, spec);
+    let mut cluster = start_spec(name, with_args(cluster_spec(name, 8), &["--replicas", "0"]));
     let mut clients = Clients::new();
 
     // Write through random nodes, read back through different ones.
@@ -124,11 +103,7 @@ fn keys_survive_a_join_and_a_graceful_leave() {
     assert_eq!(key_ids.len(), KEYS);
 
     // A ninth node joins and takes over its range.
-    let ninth = cluster.add_node().expect("add a ninth node");
-    let report = cluster
-        .wait_consistent(CONVERGE_TIMEOUT)
-        .expect("the ring converges with the ninth node");
-    assert_eq!(report.nodes.len(), 9);
+    let (ninth, report) = join_one(&mut cluster, 9);
     let counts = wait_keys_at_owners(&mut clients, &report, &key_ids);
     let ninth_addr = cluster.addr(ninth);
     if expected_owners(&report, &key_ids)[&ninth_addr] > 0 {
@@ -136,21 +111,12 @@ fn keys_survive_a_join_and_a_graceful_leave() {
     } else {
         eprintln!("{name}: the ninth node's range happens to hold none of the keys");
     }
-    check_all_keys(&mut clients, &mut rng, &cluster.live_addrs(), &data);
+    check_all_keys(&mut clients, &mut rng, &cluster.live_addrs(), &data, NOTHING_LOST);
 
     // One node leaves gracefully and hands its keys to its successor.
     let victim = rng.below(9) as usize;
-    eprintln!("{name}: terminating node {victim} ({})", cluster.addr(victim));
-    let stopped = cluster.terminate(victim).expect("terminate");
-    assert!(
-        stopped.is_clean(),
-        "node {victim} did not leave cleanly: {stopped:?}"
-    );
-    let report = cluster
-        .wait_consistent(CONVERGE_TIMEOUT)
-        .expect("the ring converges without the node that left");
-    assert_eq!(report.nodes.len(), 8);
-    check_all_keys(&mut clients, &mut rng, &report.addrs(), &data);
+    let report = leave_one(name, &mut cluster, victim, 8);
+    check_all_keys(&mut clients, &mut rng, &report.addrs(), &data, NOTHING_LOST);
     let counts = wait_keys_at_owners(&mut clients, &report, &key_ids);
     assert_eq!(counts.values().sum::<u64>(), KEYS as u64);
 }
@@ -159,34 +125,24 @@ fn keys_survive_a_join_and_a_graceful_leave() {
 fn ring_heals_after_a_crash_a_restart_and_a_freeze() {
     let name = "crash_restart_freeze";
     // A ring that routes around a crashed or frozen node by dropping it: `available`.
-    let mut spec = cluster_spec(name, 4);
-    spec.node_args.extend(AVAILABLE.iter().map(|s| s.to_string()));
-    let mut cluster: LocalCluster = start_spec(name, spec);
+    let mut cluster: LocalCluster = start_spec(name, with_args(cluster_spec(name, 4), &AVAILABLE));
     let mut clients = Clients::new();
 
     cluster.kill(1).expect("kill node 1");
     assert!(!cluster.is_running(1));
-    let report = cluster
-        .wait_consistent(CONVERGE_TIMEOUT)
-        .expect("the ring routes around the crashed node");
+    let report = converge(&mut cluster, "the ring routes around the crashed node");
     assert_eq!(report.nodes.len(), 3);
 
     cluster.restart(1).expect("restart node 1");
     assert!(cluster.is_running(1));
-    let report = cluster
-        .wait_consistent(CONVERGE_TIMEOUT)
-        .expect("the restarted node rejoins");
+    let report = converge(&mut cluster, "the restarted node rejoins");
     assert_eq!(report.nodes.len(), 4);
 
     cluster.pause(2).expect("pause node 2");
-    let report = cluster
-        .wait_consistent(CONVERGE_TIMEOUT)
-        .expect("the ring routes around the frozen node");
+    let report = converge(&mut cluster, "the ring routes around the frozen node");
     assert_eq!(report.nodes.len(), 3);
     cluster.resume(2).expect("resume node 2");
-    let report = cluster
-        .wait_consistent(CONVERGE_TIMEOUT)
-        .expect("the resumed node is back in the ring");
+    let report = converge(&mut cluster, "the resumed node is back in the ring");
     assert_eq!(report.nodes.len(), 4);
 
     // The healed ring serves writes and reads through every node.
@@ -202,29 +158,9 @@ fn ring_heals_after_a_crash_a_restart_and_a_freeze() {
 
 #[test]
 fn the_chordkv_command() {
-    let logs = scratch_dir("cli");
-    let stderr_path = logs.join("cluster.stderr");
-    let mut cmd = Command::new(chordkv_bin());
-    cmd.args(["cluster", "--nodes", "3"])
-        .args(NODE_ARGS)
-        .arg("--log-dir")
-        .arg(&logs)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
-    let mut cluster = ChildGuard::new(cmd.spawn().expect("start chordkv cluster"));
-    let lines = lines_of(cluster.child.stdout.take().expect("piped"));
-    let ready = lines.recv_timeout(CONVERGE_TIMEOUT).unwrap_or_else(|e| {
-        let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-        panic!("no ready line from chordkv cluster ({e}); its stderr:\n{stderr}")
-    });
-    let addrs: Vec<String> = ready
-        .strip_prefix("ready: ")
-        .unwrap_or_else(|| panic!("not a ready line: {ready:?}"))
-        .split(' ')
-        .map(String::from)
-        .collect();
-    assert_eq!(addrs.len(), 3, "{ready}");
+    let mut cluster = CliCluster::start("cli", &["--nodes", "3"]);
+    let addrs = cluster.ready();
+    assert_eq!(addrs.len(), 3, "{addrs:?}");
     let (a, b, c) = (addrs[0].as_str(), addrs[1].as_str(), addrs[2].as_str());
 
     let ok = |args: &[&str]| {
@@ -291,15 +227,12 @@ fn the_chordkv_command() {
     assert_eq!(run.code(), Some(2), "{run:?}");
 
     // SIGTERM stops every node gracefully and exits 0.
-    signal(cluster.pid(), SIGTERM).expect("SIGTERM the cluster");
-    let status = cluster
-        .wait_timeout(CONVERGE_TIMEOUT)
-        .expect("chordkv cluster exits after SIGTERM");
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let status = cluster.stop();
     assert_eq!(
         status.code(),
         Some(0),
-        "chordkv cluster: {status}; stderr:\n{stderr}"
+        "chordkv cluster: {status}; stderr:\n{}",
+        cluster.stderr()
     );
     for addr in &addrs {
         let addr: SocketAddr = addr.parse().expect("an address");
@@ -309,5 +242,5 @@ fn the_chordkv_command() {
         );
     }
     // Nothing more was printed on stdout after the ready line.
-    assert!(lines.recv_timeout(Duration::from_secs(1)).is_err());
+    assert!(cluster.stdout.recv_timeout(Duration::from_secs(1)).is_err());
 }

@@ -23,23 +23,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chordkv_client::{Client, ClientError, RingReport};
+use chordkv_client::{Client, ClientError};
 use chordkv_core::rng::Rng;
-use chordkv_harness::cluster::{ClusterSpec, LocalCluster};
 use chordkv_protocol::{in_half_open, Id, MAX_VALUE_BYTES};
 use chordkv_tests::{
-    chordkv, chordkv_bin, cluster_spec, counter, index_of, lines_of, logs_of, one_at_a_time, poll_until,
-    redis_cluster_spec, scratch_dir, seed, signal, start_spec, stats_table, ChildGuard, Clients, RedisServer,
-    CONVERGE_TIMEOUT, NODE_ARGS, RETRY_TIMEOUT, SIGTERM,
+    check_all_keys, chordkv, cluster_spec, converge, index_of, logs_of, one_at_a_time, poll_until,
+    preference_list, redis_cluster_spec, replicated_spec, seed, signal, start_spec, stat, stat_of_each,
+    stats_table, try_stat, wait_stat_sum, with_args, write_keys, CliCluster, Clients, RedisServer,
+    CONVERGE_TIMEOUT, NOTHING_LOST, POLL_PAUSE, QUOTED_STATS, RETRY_TIMEOUT, SIGTERM,
 };
 
 /// Bound of the waits for anti-entropy to repair copies or collect tombstones.
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(90);
-/// Pause between two polls of the nodes.
-const POLL_PAUSE: Duration = Duration::from_millis(100);
 /// Anti-entropy rounds every node must complete after a fault before a check counts as
 /// "after repair": a round runs every 20 stabilize periods, and at the first stabilize round
 /// after a change of predecessor or replicas.
@@ -52,42 +49,6 @@ const LARGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const PAUSE: Duration = Duration::from_secs(5);
 /// The tombstone grace of case 4, in milliseconds: short, so that the test takes seconds.
 const TOMBSTONE_GRACE_MS: u64 = 2_000;
-
-/// `spec` with `extra` node arguments.
-fn with_args(mut spec: ClusterSpec, extra: &[&str]) -> ClusterSpec {
-    spec.node_args.extend(extra.iter().map(|s| s.to_string()));
-    spec
-}
-
-/// Counter `name` of the node at `addr`, or why it did not answer.
-fn stat(clients: &mut Clients, addr: SocketAddr, name: &str) -> Result<u64, ClientError> {
-    clients.with(addr, Client::stats).map(|s| counter(&s, name))
-}
-
-/// Counter `name` of every node of `addrs` (retrying each within the retry bound).
-fn stat_of_each(clients: &mut Clients, addrs: &[SocketAddr], name: &str) -> BTreeMap<SocketAddr, u64> {
-    addrs
-        .iter()
-        .map(|&a| {
-            (
-                a,
-                clients.retrying(a, "GET_STATS", |c| c.stats().map(|s| counter(&s, name))),
-            )
-        })
-        .collect()
-}
-
-/// The counters failure messages quote for every node.
-const QUOTED_STATS: [&str; 8] = [
-    "keys",
-    "keys_primary",
-    "keys_replica",
-    "anti_entropy_rounds",
-    "anti_entropy_keys_repaired",
-    "tombstones_collected",
-    "failovers_served",
-    "peers_failed",
-];
 
 /// Waits until every node of `addrs` has completed [`SETTLE_ROUNDS`] anti-entropy rounds
 /// more than it had when this was called (every range has been compared since the fault),
@@ -115,25 +76,6 @@ fn wait_anti_entropy_rounds(
     }
 }
 
-/// The nodes holding `key` in a consistent ring (in ring order): its primary, the first node
-/// whose id is at or after the key's id (wrapping), and the next `copies - 1`.
-fn preference_list(ring: &RingReport, key: &[u8], copies: usize) -> Vec<SocketAddr> {
-    let n = ring.nodes.len();
-    let id = Id::hash(key);
-    let primary = ring.nodes.partition_point(|node| node.id < id) % n;
-    (0..copies.min(n))
-        .map(|j| ring.nodes[(primary + j) % n].addr)
-        .collect()
-}
-
-/// Waits until the ring is consistent and made of exactly the live nodes, naming the logs on
-/// failure.
-fn converge(cluster: &mut LocalCluster, what: &str) -> RingReport {
-    cluster
-        .wait_consistent(CONVERGE_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{what}: {e}; logs in {}", logs_of(cluster)))
-}
-
 /// Case 1. A primary frozen (SIGSTOP: a GC pause, a VM migration, an overloaded host) keeps
 /// the requests that reach it queued in its sockets. The entry that sent it `PUT k A` times
 /// out and fails over to a replica, which acknowledges A; `PUT k B` is acknowledged the same
@@ -149,7 +91,7 @@ fn a_paused_primary_does_not_replay_an_overtaken_write() {
     let _serial = one_at_a_time();
     let name = "pause_replay";
     let mut rng = Rng::new(seed(name));
-    let mut cluster = start_spec(name, with_args(cluster_spec(name, 5), &["--replicas", "2"]));
+    let mut cluster = start_spec(name, replicated_spec(name, 5, &[]));
     let ring = converge(&mut cluster, "the ring of 5 converges");
     let holders = preference_list(&ring, KEY, 3);
     let primary = holders[0];
@@ -278,10 +220,13 @@ fn deleted_keys_stay_deleted_when_a_node_returns_after_the_tombstone_grace() {
         let via = addrs[rng.below(addrs.len() as u64) as usize];
         clients.retrying(via, &format!("PUT {key}"), |c| c.put(key.clone(), "old"));
     }
-    poll_until(REPAIR_TIMEOUT, "both copies of every key", || {
-        let total: u64 = stat_of_each(&mut clients, &addrs, "keys").values().sum();
-        (total == (KEYS * COPIES) as u64).then_some(())
-    });
+    wait_stat_sum(
+        &mut clients,
+        &addrs,
+        "keys",
+        (KEYS * COPIES) as u64,
+        REPAIR_TIMEOUT,
+    );
 
     // The victim: the node holding the most copies.
     let mut held: BTreeMap<SocketAddr, usize> = BTreeMap::new();
@@ -422,7 +367,7 @@ fn large_values_in_one_sub_range_are_repaired() {
     let _serial = one_at_a_time();
     let name = "large_values_repair";
     // Two replicas: the range stays served (by a majority) while one copy is away.
-    let mut cluster = start_spec(name, with_args(cluster_spec(name, 4), &["--replicas", "2"]));
+    let mut cluster = start_spec(name, replicated_spec(name, 4, &[]));
     let ring = converge(&mut cluster, "the ring of 4 converges");
     let n = ring.nodes.len();
     let ring_addrs = ring.addrs();
@@ -458,7 +403,7 @@ fn large_values_in_one_sub_range_are_repaired() {
     }
     let mut clients = Clients::new();
     poll_until(REPAIR_TIMEOUT, "the replica to hold the values", || {
-        (stat(&mut clients, replica, "keys").ok()? == VALUES as u64).then_some(())
+        (try_stat(&mut clients, replica, "keys").ok()? == VALUES as u64).then_some(())
     });
     eprintln!("{name}: {VALUES} values of {MAX_VALUE_BYTES} bytes on {primary}, keys {keys:?}");
 
@@ -468,12 +413,12 @@ fn large_values_in_one_sub_range_are_repaired() {
     poll_until(
         REPAIR_TIMEOUT,
         "the primary to notice the replica is down",
-        || (stat(&mut clients, primary, "members_down").ok()? > 0).then_some(()),
+        || (try_stat(&mut clients, primary, "members_down").ok()? > 0).then_some(()),
     );
     cluster.restart(replica_index).expect("restart it empty");
     let deadline = Instant::now() + REPAIR_TIMEOUT;
     loop {
-        if stat(&mut clients, replica, "keys").ok() == Some(VALUES as u64) {
+        if try_stat(&mut clients, replica, "keys").ok() == Some(VALUES as u64) {
             break;
         }
         if Instant::now() >= deadline {
@@ -497,7 +442,7 @@ fn large_values_in_one_sub_range_are_repaired() {
     poll_until(
         REPAIR_TIMEOUT,
         "the restarted replica's copies to be trusted again",
-        || (stat(&mut clients, replica, "copies_untrusted").ok()? == 0).then_some(()),
+        || (try_stat(&mut clients, replica, "copies_untrusted").ok()? == 0).then_some(()),
     );
 
     cluster
@@ -532,26 +477,10 @@ fn large_values_in_one_sub_range_are_repaired() {
 #[test]
 fn a_ring_of_one_is_consistent() {
     let _serial = one_at_a_time();
-    let logs = scratch_dir("ring_of_one");
-    let stderr_path = logs.join("cluster.stderr");
-    let mut cmd = Command::new(chordkv_bin());
-    cmd.args(["cluster", "--nodes", "1"])
-        .args(NODE_ARGS)
-        .arg("--log-dir")
-        .arg(&logs)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
-    let mut cluster = ChildGuard::new(cmd.spawn().expect("start chordkv cluster"));
-    let lines = lines_of(cluster.child.stdout.take().expect("piped"));
-    let ready = lines.recv_timeout(CONVERGE_TIMEOUT).unwrap_or_else(|e| {
-        let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-        panic!("no ready line from chordkv cluster --nodes 1 ({e}); its stderr:\n{stderr}")
-    });
-    let addr = ready
-        .strip_prefix("ready: ")
-        .unwrap_or_else(|| panic!("not a ready line: {ready:?}"));
-    assert!(!addr.contains(' '), "one address: {ready}");
+    let mut cluster = CliCluster::start("ring_of_one", &["--nodes", "1"]);
+    let ready = cluster.ready();
+    assert_eq!(ready.len(), 1, "one address: {ready:?}");
+    let addr = ready[0].as_str();
 
     let ok = |args: &[&str]| {
         let run = chordkv(args);
@@ -567,10 +496,7 @@ fn a_ring_of_one_is_consistent() {
     assert_eq!(ok(&["put", "colour", "blue", "--node", addr]), "ok\n");
     assert_eq!(ok(&["get", "colour", "--node", addr]), "blue\n");
 
-    signal(cluster.pid(), SIGTERM).expect("SIGTERM the cluster");
-    let status = cluster
-        .wait_timeout(CONVERGE_TIMEOUT)
-        .expect("chordkv cluster exits after SIGTERM");
+    let status = cluster.stop();
     assert_eq!(status.code(), Some(0), "chordkv cluster: {status}");
 }
 
@@ -584,26 +510,12 @@ fn five_of_six_nodes_leaving_at_once_leave_a_ring_of_one_serving_every_key() {
     let _serial = one_at_a_time();
     let name = "five_leave";
     let mut rng = Rng::new(seed(name));
-    let mut cluster = start_spec(name, with_args(cluster_spec(name, 6), &["--replicas", "2"]));
+    let mut cluster = start_spec(name, replicated_spec(name, 6, &[]));
     let ring = converge(&mut cluster, "the ring of 6 converges");
     let addrs = ring.addrs();
     let mut clients = Clients::new();
-    let data: BTreeMap<String, String> = (0..KEYS)
-        .map(|i| {
-            (
-                format!("key-{i:04}"),
-                format!("value-{i}-{:016x}", rng.next_u64()),
-            )
-        })
-        .collect();
-    for (key, value) in &data {
-        let via = addrs[rng.below(addrs.len() as u64) as usize];
-        clients.retrying(via, &format!("PUT {key}"), |c| c.put(key.clone(), value.clone()));
-    }
-    poll_until(REPAIR_TIMEOUT, "three copies of every key", || {
-        let total: u64 = stat_of_each(&mut clients, &addrs, "keys").values().sum();
-        (total == 3 * KEYS as u64).then_some(())
-    });
+    let data = write_keys(&mut clients, &mut rng, &addrs, KEYS);
+    wait_stat_sum(&mut clients, &addrs, "keys", 3 * KEYS as u64, REPAIR_TIMEOUT);
 
     let survivor = rng.below(6) as usize;
     let survivor_addr = cluster.addr(survivor);
@@ -639,9 +551,7 @@ fn five_of_six_nodes_leaving_at_once_leave_a_ring_of_one_serving_every_key() {
     }
     eprintln!(
         "{name}: the 5 nodes exited ({exits:?}); the survivor holds {} keys",
-        clients.retrying(survivor_addr, "GET_STATS", |c| c
-            .stats()
-            .map(|s| counter(&s, "keys")))
+        stat(&mut clients, survivor_addr, "keys")
     );
     let ring = converge(&mut cluster, "the survivor is a consistent ring of one");
     assert_eq!(ring.addrs(), vec![survivor_addr]);
@@ -654,9 +564,7 @@ fn five_of_six_nodes_leaving_at_once_leave_a_ring_of_one_serving_every_key() {
             None => missing.push(key.clone()),
         }
     }
-    let held = clients.retrying(survivor_addr, "GET_STATS", |c| {
-        c.stats().map(|s| counter(&s, "keys"))
-    });
+    let held = stat(&mut clients, survivor_addr, "keys");
     let readable = (KEYS - missing.len()) as u64;
     assert_eq!(
         readable,
@@ -688,15 +596,11 @@ fn forgetting_dead_nodes_lets_a_ring_that_lost_a_majority_serve_again() {
     let _serial = one_at_a_time();
     let name = "forget";
     let mut rng = Rng::new(seed(name));
-    let mut cluster = start_spec(name, with_args(cluster_spec(name, 5), &["--replicas", "2"]));
+    let mut cluster = start_spec(name, replicated_spec(name, 5, &[]));
     let ring = converge(&mut cluster, "the ring of 5 converges");
     let addrs = ring.addrs();
     let mut clients = Clients::new();
-    let keys: Vec<String> = (0..KEYS).map(|i| format!("key-{i}")).collect();
-    for key in &keys {
-        let via = addrs[rng.below(addrs.len() as u64) as usize];
-        clients.retrying(via, &format!("PUT {key}"), |c| c.put(key.clone(), key.clone()));
-    }
+    let data = write_keys(&mut clients, &mut rng, &addrs, KEYS);
     // Two nodes next to each other on the ring.
     let dead = [addrs[1], addrs[2]];
     for &d in &dead {
@@ -704,7 +608,7 @@ fn forgetting_dead_nodes_lets_a_ring_that_lost_a_majority_serve_again() {
     }
     let live = cluster.live_addrs();
     // Some key is now refused: its majority of copies died.
-    let refused = keys.iter().any(|key| {
+    let refused = data.keys().any(|key| {
         matches!(
             clients.with(live[0], |c| c.get(key.clone())),
             Err(ClientError::Server { .. }) | Err(ClientError::Timeout { .. })
@@ -725,13 +629,5 @@ fn forgetting_dead_nodes_lets_a_ring_that_lost_a_majority_serve_again() {
         "forgotten nodes are not down members: {:?}",
         ring.down
     );
-    for key in &keys {
-        let via = live[rng.below(live.len() as u64) as usize];
-        let got = clients.retrying(via, &format!("GET {key}"), |c| c.get(key.clone()));
-        assert_eq!(
-            got.value.as_deref(),
-            Some(key.as_bytes()),
-            "GET {key} through {via}"
-        );
-    }
+    check_all_keys(&mut clients, &mut rng, &live, &data, NOTHING_LOST);
 }

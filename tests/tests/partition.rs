@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use chordkv_client::{Client, ClientError};
@@ -16,7 +17,7 @@ use chordkv_harness::cluster::{LocalCluster, NetworkMode};
 use chordkv_harness::netns;
 use chordkv_protocol::{in_half_open, Id};
 use chordkv_tests::{
-    chordkv_bin, cluster_spec, one_at_a_time, poll_until, start_spec, Clients, CONVERGE_TIMEOUT,
+    chordkv_bin, cluster_spec, one_at_a_time, poll_until, start_spec, with_args, Clients, CONVERGE_TIMEOUT,
     REQUEST_TIMEOUT,
 };
 
@@ -35,23 +36,23 @@ const RING_TIMEOUT: Duration = Duration::from_secs(20);
 /// After the held bytes are delivered, how long every node is watched for the old value.
 const WATCH: Duration = Duration::from_secs(3);
 
-/// `false`, with the reason printed, when this process cannot make network namespaces.
-fn namespaces_available(test: &str) -> bool {
-    match netns::unavailable() {
-        None => true,
-        Some(why) => {
-            eprintln!("{test}: SKIPPED: {why}");
-            false
-        }
+/// A started cluster of `nodes` nodes, each in its own namespace, with `extra` node arguments,
+/// and the guard that runs the tests of this file one at a time ([`one_at_a_time`]), held while
+/// it started; `None`, with the reason printed, when this process cannot make network
+/// namespaces.
+fn start_in_namespaces(
+    name: &str,
+    nodes: usize,
+    extra: &[&str],
+) -> Option<(MutexGuard<'static, ()>, LocalCluster)> {
+    if let Some(why) = netns::unavailable() {
+        eprintln!("{name}: SKIPPED: {why}");
+        return None;
     }
-}
-
-/// A started cluster of `nodes` nodes, each in its own namespace, with `extra` node arguments.
-fn start_in_namespaces(name: &str, nodes: usize, extra: &[&str]) -> LocalCluster {
-    let mut spec = cluster_spec(name, nodes);
+    let serial = one_at_a_time();
+    let mut spec = with_args(cluster_spec(name, nodes), extra);
     spec.network = NetworkMode::Namespaces;
-    spec.node_args.extend(extra.iter().map(|s| s.to_string()));
-    start_spec(name, spec)
+    Some((serial, start_spec(name, spec)))
 }
 
 /// Runs `chordkv get probe --node ADDR` inside node `from`'s namespace: whether that node's
@@ -78,11 +79,9 @@ fn get_from_namespace(cluster: &LocalCluster, from: usize, to: SocketAddr) -> Re
 #[test]
 fn a_partition_drops_packets_between_groups_and_the_heal_restores_them() {
     const TEST: &str = "partition_mechanism";
-    if !namespaces_available(TEST) {
+    let Some((_serial, mut cluster)) = start_in_namespaces(TEST, 3, &[]) else {
         return;
-    }
-    let _serial = one_at_a_time();
-    let mut cluster = start_in_namespaces(TEST, 3, &[]);
+    };
     let addrs = cluster.addrs();
     assert!(
         get_from_namespace(&cluster, 0, addrs[1]).is_ok(),
@@ -176,11 +175,9 @@ fn unacknowledged_bytes(ns: &str, to: SocketAddr) -> Option<u64> {
 #[test]
 fn a_write_answered_with_an_error_across_a_cut_never_applies_after_the_heal() {
     const TEST: &str = "late_delivery";
-    if !namespaces_available(TEST) {
+    let Some((_serial, mut cluster)) = start_in_namespaces(TEST, 5, &["--replicas", "2"]) else {
         return;
-    }
-    let _serial = one_at_a_time();
-    let mut cluster = start_in_namespaces(TEST, 5, &["--replicas", "2"]);
+    };
     let ring = cluster
         .wait_consistent(CONVERGE_TIMEOUT)
         .expect("the ring is consistent");

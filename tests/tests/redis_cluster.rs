@@ -6,57 +6,25 @@
 //! Run with `cargo build --bins && cargo test -p chordkv-tests`; `redis-server` must be
 //! installed (`tests/run-all.sh` installs it).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use chordkv_client::ClientError;
 use chordkv_core::rng::Rng;
 use chordkv_harness::cluster::LocalCluster;
 use chordkv_protocol::ErrorCode;
-use chordkv_tests::{redis_cluster_spec, seed, Clients, RedisServer, AVAILABLE, CONVERGE_TIMEOUT};
+use chordkv_tests::{
+    check_all_keys, converge, join_one, leave_one, redis_cluster_spec, replicated_spec, seed, start_spec,
+    wait_stat_sum, with_args, write_keys, Clients, RedisServer, AVAILABLE, NOTHING_LOST,
+};
 
 const KEYS: usize = 500;
 
-fn start(name: &str, nodes: usize, redis: &RedisServer) -> LocalCluster {
-    start_with(name, redis_cluster_spec(name, nodes, redis), redis)
-}
-
-fn start_available(name: &str, nodes: usize, redis: &RedisServer) -> LocalCluster {
-    let mut spec = redis_cluster_spec(name, nodes, redis);
-    spec.node_args.extend(AVAILABLE.iter().map(|s| s.to_string()));
-    start_with(name, spec, redis)
-}
-
-fn start_with(name: &str, spec: chordkv_harness::cluster::ClusterSpec, redis: &RedisServer) -> LocalCluster {
-    let spec_nodes = spec.nodes;
-    eprintln!(
-        "{name}: redis at {}; node logs in {}",
-        redis.url(),
-        spec.log_dir.as_ref().expect("set by cluster_spec").display()
-    );
-    let mut cluster = LocalCluster::start(spec).expect("start the cluster");
-    let report = cluster
-        .wait_consistent(CONVERGE_TIMEOUT)
-        .expect("the new ring converges");
-    assert_eq!(report.nodes.len(), spec_nodes);
-    cluster
-}
-
-fn check_all_keys(
-    clients: &mut Clients,
-    rng: &mut Rng,
-    live: &[SocketAddr],
-    data: &BTreeMap<String, String>,
-) {
-    for (key, value) in data {
-        let addr = live[rng.below(live.len() as u64) as usize];
-        let got = clients.retrying(addr, &format!("GET {key}"), |c| c.get(key.clone()));
-        assert_eq!(
-            got.value.as_deref(),
-            Some(value.as_bytes()),
-            "GET {key} through {addr}"
-        );
-    }
+/// A started ring of `nodes` nodes keeping their keys in `redis` ([`redis_cluster_spec`]), with
+/// the node arguments `extra` besides.
+fn start(name: &str, nodes: usize, redis: &RedisServer, extra: &[&str]) -> LocalCluster {
+    eprintln!("{name}: redis at {}", redis.url());
+    start_spec(name, with_args(redis_cluster_spec(name, nodes, redis), extra))
 }
 
 #[test]
@@ -64,22 +32,13 @@ fn keys_in_a_shared_redis_survive_a_join_and_a_graceful_leave() {
     let name = "redis_join_and_leave";
     let mut rng = Rng::new(seed(name));
     let redis = RedisServer::start();
-    let mut cluster = start(name, 4, &redis);
+    let mut cluster = start(name, 4, &redis, &[]);
     let mut clients = Clients::new();
 
     let addrs = cluster.addrs();
-    let mut data = BTreeMap::new();
-    for k in 0..KEYS {
-        let key = format!("key-{k:04}");
-        let value = format!("value-{k}-{:016x}", rng.next_u64());
-        let writer = addrs[rng.below(addrs.len() as u64) as usize];
-        clients.retrying(writer, &format!("PUT {key}"), |c| {
-            c.put(key.clone(), value.clone())
-        });
-        data.insert(key, value);
-    }
+    let data = write_keys(&mut clients, &mut rng, &addrs, KEYS);
     // Read back through nodes other than the writers (any random node, many times over).
-    check_all_keys(&mut clients, &mut rng, &addrs, &data);
+    check_all_keys(&mut clients, &mut rng, &addrs, &data, NOTHING_LOST);
     // The keys are in Redis, spread over the nodes' namespaces.
     let per_node: Vec<u64> = addrs.iter().map(|&a| redis.live_keys_of(a)).collect();
     eprintln!("{name}: live keys per node namespace: {per_node:?}");
@@ -89,26 +48,13 @@ fn keys_in_a_shared_redis_survive_a_join_and_a_graceful_leave() {
         "the keys are spread over several namespaces: {per_node:?}"
     );
 
-    let fifth = cluster.add_node().expect("add a fifth node");
-    let report = cluster
-        .wait_consistent(CONVERGE_TIMEOUT)
-        .expect("the ring converges with the fifth node");
-    assert_eq!(report.nodes.len(), 5);
+    let (fifth, _) = join_one(&mut cluster, 5);
     eprintln!("{name}: node {fifth} ({}) joined", cluster.addr(fifth));
-    check_all_keys(&mut clients, &mut rng, &cluster.live_addrs(), &data);
+    check_all_keys(&mut clients, &mut rng, &cluster.live_addrs(), &data, NOTHING_LOST);
 
     let victim = rng.below(5) as usize;
-    eprintln!("{name}: terminating node {victim} ({})", cluster.addr(victim));
-    let stopped = cluster.terminate(victim).expect("terminate");
-    assert!(
-        stopped.is_clean(),
-        "node {victim} did not leave cleanly: {stopped:?}"
-    );
-    let report = cluster
-        .wait_consistent(CONVERGE_TIMEOUT)
-        .expect("the ring converges without the node that left");
-    assert_eq!(report.nodes.len(), 4);
-    check_all_keys(&mut clients, &mut rng, &report.addrs(), &data);
+    let report = leave_one(name, &mut cluster, victim, 4);
+    check_all_keys(&mut clients, &mut rng, &report.addrs(), &data, NOTHING_LOST);
 }
 
 /// While Redis is down every GET and PUT is answered at once with `StoreFailed` (a node never
@@ -117,7 +63,7 @@ fn keys_in_a_shared_redis_survive_a_join_and_a_graceful_leave() {
 fn a_redis_outage_gives_clear_errors_then_heals() {
     let name = "redis_outage";
     let mut redis = RedisServer::start();
-    let cluster = start(name, 3, &redis);
+    let cluster = start(name, 3, &redis, &[]);
     let mut clients = Clients::new();
     let addrs = cluster.addrs();
     for (i, &addr) in addrs.iter().enumerate() {
@@ -167,16 +113,6 @@ fn a_redis_outage_gives_clear_errors_then_heals() {
     }
 }
 
-/// Live keys summed over the stats of the given nodes.
-fn copies(clients: &mut Clients, live: &[SocketAddr]) -> Option<u64> {
-    let mut total = 0;
-    for &addr in live {
-        let stats = clients.with(addr, |c| c.stats()).ok()?;
-        total += stats.iter().find(|(k, _)| k == "keys").map(|(_, v)| *v)?;
-    }
-    Some(total)
-}
-
 /// The replication crash test on the Redis driver: 8 nodes with `--replicas 2` sharing one
 /// redis-server, 2,000 keys, two nodes SIGKILLed at once: every key reads back, and
 /// re-replication restores exactly three copies of each.
@@ -187,23 +123,17 @@ fn two_kills_on_the_redis_driver_lose_nothing_and_copies_are_restored() {
     let mut rng = Rng::new(seed(name));
     let redis = RedisServer::start();
     // Copies restored onto the surviving nodes: `available` (see `AVAILABLE`).
-    let mut cluster = start_available(name, 8, &redis);
+    let mut cluster = start(name, 8, &redis, &AVAILABLE);
     let mut clients = Clients::new();
     let addrs = cluster.addrs();
-    let mut data = BTreeMap::new();
-    for k in 0..N {
-        let key = format!("key-{k:04}");
-        let value = format!("value-{k}-{:016x}", rng.next_u64());
-        let writer = addrs[rng.below(addrs.len() as u64) as usize];
-        clients.retrying(writer, &format!("PUT {key}"), |c| {
-            c.put(key.clone(), value.clone())
-        });
-        data.insert(key, value);
-    }
-    chordkv_tests::poll_until(
-        std::time::Duration::from_secs(60),
-        "3 copies of every key",
-        || (copies(&mut clients, &addrs)? == 3 * N as u64).then_some(()),
+    let data = write_keys(&mut clients, &mut rng, &addrs, N);
+    // 3 copies of every key.
+    wait_stat_sum(
+        &mut clients,
+        &addrs,
+        "keys",
+        3 * N as u64,
+        Duration::from_secs(60),
     );
     let first = rng.below(8) as usize;
     let second = (first + 1 + rng.below(7) as usize) % 8;
@@ -214,15 +144,10 @@ fn two_kills_on_the_redis_driver_lose_nothing_and_copies_are_restored() {
         .filter(|&i| i != first && i != second)
         .map(|i| addrs[i])
         .collect();
-    check_all_keys(&mut clients, &mut rng, &live, &data);
-    cluster
-        .wait_consistent(CONVERGE_TIMEOUT)
-        .expect("the ring of 6 converges");
-    chordkv_tests::poll_until(
-        std::time::Duration::from_secs(90),
-        "copies restored to 3 of every key",
-        || (copies(&mut clients, &live)? == 3 * N as u64).then_some(()),
-    );
+    check_all_keys(&mut clients, &mut rng, &live, &data, NOTHING_LOST);
+    converge(&mut cluster, "the ring of 6 converges");
+    // Copies restored to 3 of every key.
+    wait_stat_sum(&mut clients, &live, "keys", 3 * N as u64, Duration::from_secs(90));
 }
 
 /// Issue 11, case 7: a node's Redis restarts empty (no persistence) under it. The node must
@@ -234,28 +159,15 @@ fn a_redis_restarted_empty_never_answers_not_found_for_a_key_the_ring_holds() {
     let name = "redis_lost";
     let mut rng = Rng::new(seed(name));
     let mut redis: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
-    let mut spec = chordkv_tests::cluster_spec(name, 3);
-    spec.node_args.extend(["--replicas".to_string(), "2".to_string()]);
+    let mut spec = replicated_spec(name, 3, &[]);
     spec.per_node_args = redis
         .iter()
         .map(|r| vec!["--store".to_string(), r.url()])
         .collect();
-    let mut cluster = LocalCluster::start(spec).expect("start the cluster");
-    cluster
-        .wait_consistent(CONVERGE_TIMEOUT)
-        .expect("the ring converges");
+    let cluster = start_spec(name, spec);
     let addrs = cluster.addrs();
     let mut clients = Clients::new();
-    let mut data = BTreeMap::new();
-    for k in 0..KEYS {
-        let key = format!("key-{k:04}");
-        let value = format!("value-{k}-{:016x}", rng.next_u64());
-        let writer = addrs[rng.below(addrs.len() as u64) as usize];
-        clients.retrying(writer, &format!("PUT {key}"), |c| {
-            c.put(key.clone(), value.clone())
-        });
-        data.insert(key, value);
-    }
+    let data = write_keys(&mut clients, &mut rng, &addrs, KEYS);
     // Node 0's Redis comes back empty.
     redis[0].restart();
     eprintln!("{name}: the redis-server of {} restarted empty", addrs[0]);

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use chordkv_harness::cluster::LocalCluster;
 use chordkv_tests::{
-    chordkv_bin, cluster_spec, lines_of, poll_until, scratch_dir, signal, start_spec, ChildGuard,
-    CONVERGE_TIMEOUT, NODE_ARGS, REQUEST_TIMEOUT, RETRY_TIMEOUT, SIGTERM,
+    cluster_spec, poll_until, start_spec, CliCluster, CONVERGE_TIMEOUT, REQUEST_TIMEOUT, RETRY_TIMEOUT,
 };
 use redis::{Connection, RedisResult, Value};
 
@@ -358,38 +357,22 @@ fn redis_cli_smoke() {
 /// `chordkv cluster --resp` prints every node's RESP address before the ready line.
 #[test]
 fn cluster_command_prints_resp_addresses() {
-    let logs = scratch_dir("resp_cluster_cli");
-    let child = Command::new(chordkv_bin())
-        .args(["cluster", "--nodes", "2", "--resp", "--log-dir"])
-        .arg(&logs)
-        .args(NODE_ARGS)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run chordkv cluster");
-    let mut guard = ChildGuard::new(child);
-    let lines = lines_of(guard.child.stdout.take().expect("piped"));
-    let first = lines.recv_timeout(Duration::from_secs(60)).expect("a first line");
-    let second = lines
-        .recv_timeout(Duration::from_secs(60))
-        .expect("a second line");
+    let mut cluster = CliCluster::start("resp_cluster_cli", &["--nodes", "2", "--resp"]);
+    let first = cluster.next_line();
+    // The second line must be the ready line.
+    cluster.ready();
     let resp: Vec<SocketAddr> = first
         .strip_prefix("resp: ")
         .unwrap_or_else(|| panic!("expected the resp line, got {first:?}"))
         .split(' ')
         .map(|a| a.parse().expect("an address"))
         .collect();
-    assert!(second.starts_with("ready: "), "{second}");
     assert_eq!(resp.len(), 2);
     for addr in resp {
         let mut con = connect(addr);
         let pong: String = until_ok(&mut con, &["PING"]);
         assert_eq!(pong, "PONG");
     }
-    signal(guard.pid(), SIGTERM).expect("stop the cluster");
-    let status = guard
-        .wait_timeout(Duration::from_secs(60))
-        .expect("the cluster stops");
+    let status = cluster.stop();
     assert!(status.success(), "{status}");
 }
