@@ -448,6 +448,11 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
             verify_incoming: args.options.keyring_verify_incoming,
             verify_outgoing: args.options.keyring_verify_outgoing,
         },
+        client_limits: server::ClientLimits {
+            max_clients: args.options.max_clients as usize,
+            query_buffer_bytes: args.options.client_query_buffer_limit as usize,
+            idle_timeout_ms: args.options.idle_timeout_secs.saturating_mul(1000),
+        },
     })?;
     Ok(Outcome::Success)
 }

@@ -117,7 +117,27 @@ pub struct NodeOptions {
     /// keyring out (first step: every node holds the keyring, sends without it).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub keyring_verify_outgoing: bool,
+    /// Client connections at once (Redis' `maxclients`); one more is answered `max number of
+    /// clients reached` and closed. Peers are not counted. Lowered at start to what the
+    /// open-file limit allows (the node says so).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_clients: u64,
+    /// Bytes of unprocessed input one client may have buffered (Redis'
+    /// `client-query-buffer-limit`): an unfinished command or input read ahead; beyond it the
+    /// client is closed.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_QUERY_BUFFER_BYTES, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub client_query_buffer_limit: u64,
+    /// Close a client idle (no input, nothing in flight) this many seconds (Redis' `timeout`);
+    /// 0 never closes one.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub idle_timeout_secs: u64,
 }
+
+/// Client connections at once unless told otherwise (Redis' `maxclients` default).
+pub const DEFAULT_MAX_CLIENTS: u64 = 10_000;
+/// A client's unprocessed input unless told otherwise, in bytes: 64 MiB, four of the largest
+/// value (Redis' default is 1 GiB).
+pub const DEFAULT_QUERY_BUFFER_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for NodeOptions {
     /// The defaults `chordkv node` runs with.
@@ -137,6 +157,9 @@ impl Default for NodeOptions {
             keyring: None,
             keyring_verify_incoming: true,
             keyring_verify_outgoing: true,
+            max_clients: DEFAULT_MAX_CLIENTS,
+            client_query_buffer_limit: DEFAULT_QUERY_BUFFER_BYTES,
+            idle_timeout_secs: 0,
         }
     }
 }
@@ -159,6 +182,15 @@ impl NodeOptions {
             return Err(invalid(format!(
                 "--store-threads {}: must be 1 to 1024",
                 self.store_threads
+            )));
+        }
+        if self.max_clients == 0 {
+            return Err(invalid("--max-clients 0: must be at least 1".to_string()));
+        }
+        if self.client_query_buffer_limit < 1024 {
+            return Err(invalid(format!(
+                "--client-query-buffer-limit {}: must be at least 1024 bytes",
+                self.client_query_buffer_limit
             )));
         }
         if self.replicas > 16 {
@@ -242,6 +274,21 @@ impl NodeOptions {
                 self.keyring_verify_outgoing != d.keyring_verify_outgoing,
                 self.keyring_verify_outgoing.to_string(),
             ),
+            (
+                "--max-clients",
+                self.max_clients != d.max_clients,
+                self.max_clients.to_string(),
+            ),
+            (
+                "--client-query-buffer-limit",
+                self.client_query_buffer_limit != d.client_query_buffer_limit,
+                self.client_query_buffer_limit.to_string(),
+            ),
+            (
+                "--idle-timeout-secs",
+                self.idle_timeout_secs != d.idle_timeout_secs,
+                self.idle_timeout_secs.to_string(),
+            ),
         ];
         pairs
             .into_iter()
@@ -281,6 +328,8 @@ mod tests {
             store: "redis://127.0.0.1:6379/0".into(),
             keyring: Some("/etc/chordkv/keyring".into()),
             keyring_verify_outgoing: false,
+            max_clients: 50,
+            idle_timeout_secs: 300,
             ..NodeOptions::default()
         };
         let mut argv = vec!["node".to_string()];

@@ -63,6 +63,15 @@ pub(super) enum Security {
     Sealed(Box<Channel>),
 }
 
+/// Whether an inbound connection is a client's (counted against `max_clients`) or a peer's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// Not known yet (an inbound frame connection before its first frame).
+    Unknown,
+    Client,
+    Peer,
+}
+
 /// What [`Conn::read_available`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum ReadStatus {
@@ -98,6 +107,10 @@ pub(super) struct Conn {
     /// An outbound connection opened with a key that is no longer the keyring's first: it is
     /// no longer used for new requests and is closed once its replies are in.
     pub retiring: bool,
+    /// Client or peer (inbound connections; outbound ones are peers).
+    pub kind: Kind,
+    /// When bytes last came in.
+    pub last_active: Millis,
 }
 
 impl Conn {
@@ -117,7 +130,14 @@ impl Conn {
             raw_in: BytesMut::new(),
             plain_out: Vec::new(),
             retiring: false,
+            kind: Kind::Unknown,
+            last_active: 0,
         }
+    }
+
+    /// Bytes read and not yet processed (plaintext and ciphertext).
+    pub fn buffered_input(&self) -> usize {
+        self.rbuf.len() + self.raw_in.len()
     }
 
     /// Starts the peer handshake on a new outbound connection: `Hello` goes out first, and

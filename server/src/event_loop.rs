@@ -17,12 +17,12 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use super::conn::{Conn, ReadStatus, Role, Security};
+use super::conn::{Conn, Kind, ReadStatus, Role, Security};
 use super::resp::{Facts, RespSession, Step};
 use super::store_pool::StorePool;
 use super::token_map::TokenMap;
-use super::PeerSecurity;
 use super::ServerConfig;
+use super::{ClientLimits, PeerSecurity};
 use crate::keyring::Keyring;
 use chordkv_core::chord::{Millis, Node, Output, Phase, ReplyTo};
 use chordkv_core::store::{self, Store};
@@ -67,6 +67,17 @@ const EVENTS_CAPACITY: usize = 1_024;
 /// ring's key, a handshake with an unknown key, a record that does not open); the next line
 /// says how many were not logged.
 pub const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
+
+/// The kinds of refusal logged apart (each throttled on its own).
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// A peer operation on a connection without the ring's key.
+    PeerOperation = 0,
+    /// A handshake with an unknown key, or a record that does not open.
+    Handshake = 1,
+    /// A peer refused us.
+    ByPeer = 2,
+}
 
 /// A log line that may repeat at the rate of an attacker's connections: written at most once
 /// per interval, with the count of those suppressed since.
@@ -201,8 +212,16 @@ pub(super) struct Server {
     stop: bool,
     /// The ring's keyring and how strictly it is applied.
     security: PeerSecurity,
-    /// Log lines about refused connections, throttled.
-    refusals: Throttled,
+    /// Log lines about refused connections, throttled per kind (a peer operation without the
+    /// key; a failed handshake or record; a refusal by a peer).
+    refusals: [Throttled; 3],
+    /// Log lines about clients refused or closed for a limit, throttled.
+    limited: Throttled,
+    limits: ClientLimits,
+    /// Client connections open (counted against `limits.max_clients`).
+    clients: usize,
+    /// When idle clients were last looked for.
+    last_idle_sweep: Millis,
 }
 
 impl Server {
@@ -218,7 +237,9 @@ impl Server {
             store_threads,
             resp,
             peer_security,
+            client_limits,
         } = config;
+        let client_limits = fit_descriptor_limit(client_limits);
         let mut listener = TcpListener::bind(listen).map_err(|e| bind_error(listen, e))?;
         let mut resp_listener = match resp {
             Some(addr) => Some(TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?),
@@ -366,7 +387,11 @@ impl Server {
             exit_deadline: None,
             stop: false,
             security: peer_security,
-            refusals: Throttled::default(),
+            refusals: Default::default(),
+            limited: Throttled::default(),
+            limits: client_limits,
+            clients: 0,
+            last_idle_sweep: now,
         })
     }
 
@@ -431,6 +456,7 @@ impl Server {
                 self.begin_leave(now, "leave requested");
             }
             self.expire_connects(now);
+            self.close_idle_clients(now);
             self.node.tick(now);
             self.settle(now);
             self.note_phase();
@@ -635,6 +661,19 @@ impl Server {
                 Ok((mut stream, from)) => {
                     // Requests and replies are small and latency-bound.
                     let _ = stream.set_nodelay(true);
+                    if resp && self.clients >= self.limits.max_clients {
+                        // Redis' words; the socket is new and empty, so the write goes out.
+                        use std::io::Write;
+                        let _ = stream.write_all(b"-ERR max number of clients reached\r\n");
+                        let max = self.limits.max_clients;
+                        self.log_limited(
+                            now,
+                            format_args!(
+                                "refused a client from {from}: max number of clients reached ({max})"
+                            ),
+                        );
+                        continue;
+                    }
                     let token = self.new_token();
                     if let Err(e) = self
                         .poll
@@ -645,8 +684,11 @@ impl Server {
                         continue;
                     }
                     let mut conn = Conn::new(stream, Role::Inbound { from }, false);
+                    conn.last_active = now;
                     if resp {
                         conn.resp = Some(Box::new(RespSession::new(token.0 as u64, from)));
+                        conn.kind = Kind::Client;
+                        self.clients += 1;
                     } else if self.security.keyring.is_some() {
                         conn.security = Security::Undecided;
                     }
@@ -683,6 +725,7 @@ impl Server {
             awaiting: 0,
         };
         let mut conn = Conn::new(stream, role, true);
+        conn.kind = Kind::Peer;
         if let (Some(keyring), true) = (&self.security.keyring, self.security.verify_outgoing) {
             conn.start_handshake(keyring)
                 .map_err(|e| io::Error::other(e.to_string()))?;
@@ -772,18 +815,33 @@ impl Server {
         };
         let inbound = matches!(conn.role, Role::Inbound { .. });
         let mut status = ReadStatus::Drained;
-        if !(inbound && conn.pending_output() >= OUTPUT_HIGH_WATER_BYTES) {
+        // A RESP client at its in-flight cap is not read either: its input waits in the socket.
+        let blocked = conn.resp.as_ref().is_some_and(|s| s.is_blocked());
+        if !(blocked || inbound && conn.pending_output() >= OUTPUT_HIGH_WATER_BYTES) {
+            let before = conn.buffered_input();
             status = match conn.read_available(&mut self.scratch, READ_BUDGET_BYTES, maybe_closed) {
                 Ok(status) => status,
                 Err(e) => return self.close(now, token, Why::Io(&e)),
             };
+            if conn.buffered_input() > before {
+                conn.last_active = now;
+            }
+            if conn.kind != Kind::Peer && conn.buffered_input() > self.limits.query_buffer_bytes {
+                let why = format!(
+                    "query buffer of {} bytes over the limit of {} (client-query-buffer-limit)",
+                    conn.buffered_input(),
+                    self.limits.query_buffer_bytes
+                );
+                self.log_limited(now, format_args!("closing a client: {why}"));
+                return self.close(now, token, Why::Text(&why));
+            }
         }
         let was_authenticated = conn.is_authenticated();
         if let Err(e) = conn.advance_security(self.security.keyring.as_ref()) {
             // Whatever was answered (a refusal) goes out before the close.
             let _ = conn.flush();
             let why = format!("peer handshake failed: {e}");
-            self.log_refusal(now, token, &why);
+            self.log_refusal(now, token, Refusal::Handshake, &why);
             return self.close(now, token, Why::Text(&why));
         }
         if !was_authenticated && conn.is_authenticated() {
@@ -834,6 +892,16 @@ impl Server {
                     {
                         return self.refuse_peer_operation(now, token, &frame);
                     }
+                    if conn.kind == Kind::Unknown {
+                        if conn.is_authenticated() || !frame.is_client_request() {
+                            conn.kind = Kind::Peer;
+                        } else if self.clients >= self.limits.max_clients {
+                            return self.refuse_client(now, token, &frame);
+                        } else {
+                            conn.kind = Kind::Client;
+                            self.clients += 1;
+                        }
+                    }
                     self.node.handle_request(now, ReplyTo(token.0 as u64), frame);
                 }
                 Role::Outbound { peer, awaiting, .. } => {
@@ -851,7 +919,7 @@ impl Server {
                     } = &frame.message
                     {
                         let why = format!("refused by the peer: {text}");
-                        self.log_refusal(now, token, &why);
+                        self.log_refusal(now, token, Refusal::ByPeer, &why);
                     }
                     let Some(conn) = self.conns.get_mut(&token) else {
                         return;
@@ -936,6 +1004,9 @@ impl Server {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        if conn.kind == Kind::Client {
+            self.clients -= 1;
+        }
         if let Role::Outbound {
             peer,
             connected,
@@ -1009,13 +1080,68 @@ impl Server {
             let _ = conn.push_frame(&Frame::new(frame.request_id, error));
             let _ = conn.flush();
         }
-        self.log_refusal(now, token, &format!("refused: {text}"));
+        self.log_refusal(now, token, Refusal::PeerOperation, &format!("refused: {text}"));
         self.close(now, token, Why::Text("refused"));
     }
 
+    /// Answers a client over `max_clients` with Redis' words (as a `Busy` error) and closes.
+    fn refuse_client(&mut self, now: Millis, token: Token, frame: &Frame) {
+        if let Some(conn) = self.conns.get_mut(&token) {
+            let error = Message::Error {
+                code: ErrorCode::Busy,
+                hops: 0,
+                text: "max number of clients reached".into(),
+            };
+            let _ = conn.push_frame(&Frame::new(frame.request_id, error));
+            let _ = conn.flush();
+        }
+        let max = self.limits.max_clients;
+        self.log_limited(
+            now,
+            format_args!("refused a client: max number of clients reached ({max})"),
+        );
+        self.close(now, token, Why::Text("max number of clients reached"));
+    }
+
+    /// Logs a client refused or closed for a limit, at most once per
+    /// [`REFUSAL_LOG_INTERVAL_MS`] with the count of lines not logged.
+    fn log_limited(&mut self, now: Millis, args: fmt::Arguments<'_>) {
+        if let Some(suppressed) = self.limited.allow(now, REFUSAL_LOG_INTERVAL_MS) {
+            if suppressed > 0 {
+                self.log(format_args!("{args} ({suppressed} more not logged)"));
+            } else {
+                self.log(args);
+            }
+        }
+    }
+
+    /// Closes clients idle for longer than `idle_timeout_ms` (looked for once a second): no
+    /// input since, nothing in flight, nothing unwritten.
+    fn close_idle_clients(&mut self, now: Millis) {
+        let timeout = self.limits.idle_timeout_ms;
+        if timeout == 0 || now < self.last_idle_sweep + 1_000 {
+            return;
+        }
+        self.last_idle_sweep = now;
+        let idle: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.kind == Kind::Client
+                    && now.saturating_sub(c.last_active) > timeout
+                    && c.pending_output() == 0
+                    && c.resp.as_ref().is_none_or(|s| s.is_idle())
+            })
+            .map(|(&t, _)| t)
+            .collect();
+        for token in idle {
+            self.close(now, token, Why::Text("idle timeout"));
+        }
+    }
+
     /// Logs a refused stranger, at most once per [`REFUSAL_LOG_INTERVAL_MS`].
-    fn log_refusal(&mut self, now: Millis, token: Token, why: &str) {
-        let Some(suppressed) = self.refusals.allow(now, REFUSAL_LOG_INTERVAL_MS) else {
+    fn log_refusal(&mut self, now: Millis, token: Token, kind: Refusal, why: &str) {
+        let Some(suppressed) = self.refusals[kind as usize].allow(now, REFUSAL_LOG_INTERVAL_MS) else {
             return;
         };
         let more = if suppressed > 0 {
@@ -1166,6 +1292,44 @@ fn resp_after_output(
         to_flush.push(token);
     }
     RespAfter::Done
+}
+
+/// Descriptors kept for what is not a client: listeners, peers, the store, the poll.
+const RESERVED_DESCRIPTORS: u64 = 128;
+
+/// Raises the soft limit on open files to what `max_clients` needs (up to the hard limit), and
+/// lowers `max_clients` to what the limit then allows, as Redis does at start: at the limit the
+/// node would stop accepting anyone, peers included, so a client beyond it is refused instead.
+fn fit_descriptor_limit(mut limits: ClientLimits) -> ClientLimits {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct we pass, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return limits;
+    }
+    let want = limits.max_clients as u64 + RESERVED_DESCRIPTORS;
+    if rl.rlim_cur < want {
+        let raised = libc::rlimit {
+            rlim_cur: want.min(rl.rlim_max),
+            rlim_max: rl.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            rl.rlim_cur = raised.rlim_cur;
+        }
+    }
+    let allowed = rl.rlim_cur.saturating_sub(RESERVED_DESCRIPTORS).max(1) as usize;
+    if allowed < limits.max_clients {
+        eprintln!(
+            "chordkv node: max clients lowered from {} to {allowed}: the open-file limit is {} \
+             (raise it with ulimit -n to serve more)",
+            limits.max_clients, rl.rlim_cur
+        );
+        limits.max_clients = allowed;
+    }
+    limits
 }
 
 fn bind_error(addr: SocketAddr, e: io::Error) -> Error {

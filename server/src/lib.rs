@@ -114,6 +114,35 @@ pub struct ServerConfig {
     pub resp: Option<SocketAddr>,
     /// Who may act as a peer (the ring's keyring).
     pub peer_security: PeerSecurity,
+    /// What clients may make the node hold.
+    pub client_limits: ClientLimits,
+}
+
+/// Bounds on what clients can make a node hold, after Redis' `maxclients`,
+/// `client-query-buffer-limit` and `timeout` (redis.io/docs/latest/develop/reference/clients).
+/// Peers (connections that completed the handshake, or whose first frame is a peer operation)
+/// are not counted and never refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Client connections at once; one more is answered Redis' `max number of clients
+    /// reached` and closed. Lowered at start to what the file-descriptor limit allows.
+    pub max_clients: usize,
+    /// Bytes of unprocessed input one client may have buffered (an unfinished command, or
+    /// commands read while its replies cannot be written); beyond it the client is closed.
+    pub query_buffer_bytes: usize,
+    /// Milliseconds a client may stay idle (no input, nothing in flight) before it is closed;
+    /// 0 never closes one.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ClientLimits {
+    fn default() -> ClientLimits {
+        ClientLimits {
+            max_clients: chordkv_core::options::DEFAULT_MAX_CLIENTS as usize,
+            query_buffer_bytes: chordkv_core::options::DEFAULT_QUERY_BUFFER_BYTES as usize,
+            idle_timeout_ms: 0,
+        }
+    }
 }
 
 /// How the node authenticates its peers (see [`keyring`] and [`secure`]; the switches are

@@ -33,6 +33,7 @@ fn config(join: Option<SocketAddr>, store: Arc<dyn Store>) -> ServerConfig {
         store_threads: 2,
         resp: None,
         peer_security: Default::default(),
+        client_limits: Default::default(),
     }
 }
 

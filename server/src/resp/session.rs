@@ -88,6 +88,17 @@ impl RespSession {
         self.closing && self.slots.is_empty()
     }
 
+    /// Whether decoding stopped at the in-flight limit: the connection is not read until
+    /// replies drain (TCP flow control then slows the client down).
+    pub fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// Whether the client has nothing in flight and nothing unwritten queued in the session.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight == 0 && self.slots.is_empty()
+    }
+
     /// Whether decoding stopped at the in-flight limit and may go on now (reported once).
     pub fn take_unblocked(&mut self) -> bool {
         if self.blocked && self.in_flight < MAX_REQUESTS_IN_FLIGHT {
