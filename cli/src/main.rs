@@ -246,6 +246,27 @@ struct Target {
     /// Address of any node of the ring (IP:PORT or HOST:PORT), e.g. 127.0.0.1:7000.
     #[arg(long, value_name = "ADDR")]
     node: String,
+    /// The user to log in as when the ring requires credentials (--requirepass: `default`).
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    user: String,
+    /// The password to log in with, when the ring requires one; the environment variable
+    /// CHORDKV_PASSWORD is used when this is not given (it keeps the password out of `ps`).
+    #[arg(long, value_name = "PASSWORD")]
+    password: Option<String>,
+}
+
+impl Target {
+    /// The credentials given, if any: `--password`, else `$CHORDKV_PASSWORD`.
+    fn credentials(&self) -> Option<client::Credentials> {
+        let password = self
+            .password
+            .clone()
+            .or_else(|| std::env::var("CHORDKV_PASSWORD").ok())?;
+        Some(client::Credentials {
+            user: self.user.clone(),
+            password: password.into_bytes().into(),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -398,7 +419,7 @@ fn parse_addr(s: &str) -> anyhow::Result<SocketAddr> {
 
 fn connect(target: &Target, timeout: Duration) -> anyhow::Result<Client> {
     let addr = parse_addr(&target.node)?;
-    Ok(Client::connect(addr, timeout)?)
+    Ok(Client::connect_as(addr, timeout, target.credentials().as_ref())?)
 }
 
 // --- node and cluster --------------------------------------------------------------------
@@ -448,6 +469,10 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
             verify_incoming: args.options.keyring_verify_incoming,
             verify_outgoing: args.options.keyring_verify_outgoing,
         },
+        client_auth: server::ClientAuth {
+            users: client_users(&args.options)?,
+            protected_mode: args.options.protected_mode.is_yes(),
+        },
         client_limits: server::ClientLimits {
             max_clients: args.options.max_clients as usize,
             query_buffer_bytes: args.options.client_query_buffer_limit as usize,
@@ -473,6 +498,16 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
     // Refused here, before any node starts, with the words the node would use.
     args.options.chord_config().map_err(|e| anyhow!(e))?;
     spec.node_args = args.options.to_args();
+    if args.options.users.is_some() && args.options.requirepass.is_none() {
+        bail!(
+            "chordkv cluster with --users needs --requirepass too: the launcher checks on the ring \
+             as the default user"
+        );
+    }
+    spec.credentials = args.options.requirepass.as_ref().map(|p| client::Credentials {
+        user: "default".into(),
+        password: p.clone().into_bytes().into(),
+    });
     spec.resp = args.resp || args.resp_base_port.is_some();
     spec.resp_base_port = args.resp_base_port;
     spec.log_dir = args.log_dir;
@@ -577,7 +612,7 @@ fn cmd_del(target: &Target, key: OsString, timeout: Duration) -> anyhow::Result<
 
 fn cmd_ring(target: &Target, json: bool, timeout: Duration) -> anyhow::Result<Outcome> {
     let start = parse_addr(&target.node)?;
-    let report = client::walk_ring(start, timeout, RING_WALK_MAX_NODES)?;
+    let report = client::walk_ring_as(start, timeout, RING_WALK_MAX_NODES, target.credentials().as_ref())?;
     let mut out = io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;
@@ -673,6 +708,22 @@ fn cmd_forget(
     }
     out.flush()?;
     Ok(Outcome::Success)
+}
+
+/// The users `--users` and `--requirepass` name, if any.
+fn client_users(options: &NodeOptions) -> anyhow::Result<Option<Arc<server::auth::Users>>> {
+    let users = match (&options.users, &options.requirepass) {
+        (None, None) => return Ok(None),
+        (Some(path), pass) => {
+            let users = server::auth::Users::load(std::path::Path::new(path))?;
+            match pass {
+                Some(p) => users.with_requirepass(p),
+                None => users,
+            }
+        }
+        (None, Some(pass)) => server::auth::Users::requirepass(pass),
+    };
+    Ok(Some(Arc::new(users)))
 }
 
 /// Sends FORGET over a connection authenticated with the ring's key (a peer operation).

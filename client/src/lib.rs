@@ -197,7 +197,53 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// What a client logs in with when the ring requires it (`chordkv node --requirepass` or
+/// `--users`): Redis' user and password. The user is `default` with `--requirepass`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: Bytes,
+}
+
+impl std::fmt::Debug for Credentials {
+    /// The user only: a password must not reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Client {
+    /// [`Client::connect`], then [`Client::login`] with `credentials` when given.
+    pub fn connect_as(
+        addr: SocketAddr,
+        timeout: Duration,
+        credentials: Option<&Credentials>,
+    ) -> Result<Client> {
+        let mut client = Client::connect(addr, timeout)?;
+        if let Some(c) = credentials {
+            client.login(c)?;
+        }
+        Ok(client)
+    }
+
+    /// Logs in (`LOGIN`): every later request runs as that user.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] with code `Unauthorized` and Redis' `WRONGPASS` words for a
+    /// wrong user or password; `BadRequest` when the node requires no credentials.
+    pub fn login(&mut self, credentials: &Credentials) -> Result<()> {
+        let login = Message::Login {
+            user: credentials.user.clone(),
+            password: credentials.password.clone(),
+        };
+        match self.request(login)? {
+            Message::LoginReply { .. } => Ok(()),
+            other => Err(unexpected("LOGIN", &other)),
+        }
+    }
+
     /// Connects to the node at `addr`. `timeout` bounds the connection attempt and each
     /// request (from sending it to receiving its whole reply).
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Client> {
@@ -566,7 +612,17 @@ pub fn status_name(status: NodeStatus) -> &'static str {
 /// Fails only when `start` itself cannot be asked; every other trouble is a problem in the
 /// report. `timeout` bounds each connection and request.
 pub fn walk_ring(start: SocketAddr, timeout: Duration, max_nodes: usize) -> Result<RingReport> {
-    let first = Client::connect(start, timeout)?.info()?;
+    walk_ring_as(start, timeout, max_nodes, None)
+}
+
+/// [`walk_ring`], logged in with `credentials` on every node when given.
+pub fn walk_ring_as(
+    start: SocketAddr,
+    timeout: Duration,
+    max_nodes: usize,
+    credentials: Option<&Credentials>,
+) -> Result<RingReport> {
+    let first = Client::connect_as(start, timeout, credentials)?.info()?;
     let max_nodes = max_nodes.max(1);
     let mut problems = Vec::new();
     let mut seen: BTreeSet<Id> = BTreeSet::new();
@@ -598,7 +654,7 @@ pub fn walk_ring(start: SocketAddr, timeout: Duration, max_nodes: usize) -> Resu
                 returned = true;
                 break;
             }
-            match Client::connect(succ.addr, timeout).and_then(|mut c| c.info()) {
+            match Client::connect_as(succ.addr, timeout, credentials).and_then(|mut c| c.info()) {
                 Ok(info) => {
                     if info.node.id != succ.id {
                         problems.push(format!(
@@ -656,7 +712,7 @@ pub fn walk_ring(start: SocketAddr, timeout: Duration, max_nodes: usize) -> Resu
     check_ring(&walk, returned, &mut problems);
     let infos: Vec<&NodeInfo> = walk.iter().filter_map(|(_, i)| i.as_ref()).collect();
     if returned && walk.len() == 1 && infos[0].status == NodeStatus::Active {
-        if let Some(problem) = probe_alone(infos[0].node.addr, timeout) {
+        if let Some(problem) = probe_alone(infos[0].node.addr, timeout, credentials) {
             problems.push(problem);
         }
     }
@@ -684,8 +740,8 @@ pub const RING_PROBE_KEY: &[u8] = b"chordkv:ring-probe";
 
 /// Asks the lone node at `addr` to serve [`RING_PROBE_KEY`] itself; the problem, if it does
 /// not own it. A store failure is not the ring's problem: the node tried to serve the key.
-fn probe_alone(addr: SocketAddr, timeout: Duration) -> Option<String> {
-    let outcome = Client::connect(addr, timeout).and_then(|mut c| {
+fn probe_alone(addr: SocketAddr, timeout: Duration, credentials: Option<&Credentials>) -> Option<String> {
+    let outcome = Client::connect_as(addr, timeout, credentials).and_then(|mut c| {
         let id = c.fresh_request_id();
         c.call(Frame::direct(
             id,

@@ -131,6 +131,47 @@ pub struct NodeOptions {
     /// 0 never closes one.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub idle_timeout_secs: u64,
+    /// The password of the `default` user (Redis' `requirepass`): clients must AUTH (RESP)
+    /// or log in (the binary protocol, `chordkv --password`) before anything else. Needs
+    /// --keyring.
+    #[arg(long, value_name = "PASSWORD")]
+    pub requirepass: Option<String>,
+    /// A users file: `user NAME on #SHA256|>PASSWORD +@read +@write +@admin` lines (a subset of
+    /// Redis' ACL file; see docs/architecture.md). Needs --keyring.
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<String>,
+    /// Without --requirepass or --users, refuse clients from other hosts when the node listens
+    /// on an address they can reach (Redis' protected mode): `yes` or `no`.
+    #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = parse_yes_no)]
+    pub protected_mode: YesNo,
+}
+
+/// `yes` or `no`, as Redis' configuration spells booleans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum YesNo {
+    Yes,
+    No,
+}
+
+impl YesNo {
+    pub fn is_yes(self) -> bool {
+        self == YesNo::Yes
+    }
+}
+
+impl std::fmt::Display for YesNo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_yes() { "yes" } else { "no" })
+    }
+}
+
+fn parse_yes_no(s: &str) -> Result<YesNo, String> {
+    match s {
+        "yes" => Ok(YesNo::Yes),
+        "no" => Ok(YesNo::No),
+        other => Err(format!("expected yes or no, not '{other}'")),
+    }
 }
 
 /// Client connections at once unless told otherwise (Redis' `maxclients` default).
@@ -160,6 +201,9 @@ impl Default for NodeOptions {
             max_clients: DEFAULT_MAX_CLIENTS,
             client_query_buffer_limit: DEFAULT_QUERY_BUFFER_BYTES,
             idle_timeout_secs: 0,
+            requirepass: None,
+            users: None,
+            protected_mode: YesNo::Yes,
         }
     }
 }
@@ -183,6 +227,14 @@ impl NodeOptions {
                 "--store-threads {}: must be 1 to 1024",
                 self.store_threads
             )));
+        }
+        if (self.requirepass.is_some() || self.users.is_some()) && self.keyring.is_none() {
+            return Err(invalid(
+                "--requirepass and --users need --keyring: peers and clients share the node's port, \
+                 and only the ring's key tells a peer from a client that has not logged in \
+                 (make one with `chordkv keygen > FILE`)"
+                    .to_string(),
+            ));
         }
         if self.max_clients == 0 {
             return Err(invalid("--max-clients 0: must be at least 1".to_string()));
@@ -289,6 +341,21 @@ impl NodeOptions {
                 self.idle_timeout_secs != d.idle_timeout_secs,
                 self.idle_timeout_secs.to_string(),
             ),
+            (
+                "--requirepass",
+                self.requirepass.is_some(),
+                self.requirepass.clone().unwrap_or_default(),
+            ),
+            (
+                "--users",
+                self.users.is_some(),
+                self.users.clone().unwrap_or_default(),
+            ),
+            (
+                "--protected-mode",
+                self.protected_mode != d.protected_mode,
+                self.protected_mode.to_string(),
+            ),
         ];
         pairs
             .into_iter()
@@ -330,6 +397,9 @@ mod tests {
             keyring_verify_outgoing: false,
             max_clients: 50,
             idle_timeout_secs: 300,
+            users: Some("/etc/chordkv/users".into()),
+            requirepass: Some("pw".into()),
+            protected_mode: YesNo::No,
             ..NodeOptions::default()
         };
         let mut argv = vec!["node".to_string()];

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use crate::{Error, Result};
 
 use crate::netns;
-use chordkv_client::{walk_ring, Client, RingReport};
+use chordkv_client::{walk_ring_as, Client, Credentials, RingReport};
 
 /// How long a new node may take to answer its first `GET_INFO`.
 /// Live nodes a started or restarted node is given to join through (`--join A,B,C`).
@@ -109,6 +109,9 @@ pub struct ClusterSpec {
     pub resp_base_port: Option<u16>,
     /// Loopback (the default) or a network namespace per node (partitions).
     pub network: NetworkMode,
+    /// What the launcher logs in with to check on the nodes, when they require credentials
+    /// (`--requirepass`: user `default`).
+    pub credentials: Option<Credentials>,
 }
 
 impl ClusterSpec {
@@ -130,6 +133,7 @@ impl ClusterSpec {
             resp: false,
             resp_base_port: None,
             network: NetworkMode::Host,
+            credentials: None,
         }
     }
 }
@@ -204,10 +208,15 @@ pub trait NodeControl {
             .collect()
     }
 
+    /// What the controller logs in with to check on the nodes (none by default).
+    fn credentials(&self) -> Option<&Credentials> {
+        None
+    }
+
     /// Waits until the ring is consistent and made of exactly the live nodes.
     fn wait_consistent(&mut self, timeout: Duration) -> Result<RingReport> {
         let live = self.live_addrs();
-        wait_for_ring(&live, timeout, None)
+        wait_for_ring(&live, timeout, None, self.credentials())
     }
 }
 
@@ -255,6 +264,7 @@ pub fn wait_for_ring(
     expected: &[SocketAddr],
     timeout: Duration,
     cancel: Option<&AtomicBool>,
+    credentials: Option<&Credentials>,
 ) -> Result<RingReport> {
     if expected.is_empty() {
         return Err(Error::Cluster("no live node to walk the ring from".to_string()));
@@ -265,7 +275,7 @@ pub fn wait_for_ring(
     let mut last = String::from("no walk completed");
     loop {
         for &start in expected {
-            match walk_ring(start, PROBE_TIMEOUT, max_nodes) {
+            match walk_ring_as(start, PROBE_TIMEOUT, max_nodes, credentials) {
                 Ok(report) => {
                     let got: BTreeSet<SocketAddr> = report.addrs().into_iter().collect();
                     if report.consistent && got == want {
@@ -414,7 +424,7 @@ impl LocalCluster {
     /// A client connected to node `i`, with `timeout` per request.
     pub fn client(&self, i: usize, timeout: Duration) -> Result<Client> {
         let addr = self.node(i)?.addr;
-        Ok(Client::connect(addr, timeout)?)
+        Ok(Client::connect_as(addr, timeout, self.spec.credentials.as_ref())?)
     }
 
     /// Whether node `i`'s process is alive (a paused node is alive). Reaps it if it exited.
@@ -462,7 +472,7 @@ impl LocalCluster {
     /// Waits until the ring is consistent and made of exactly the live nodes.
     pub fn wait_consistent(&mut self, timeout: Duration) -> Result<RingReport> {
         let live = self.live_addrs();
-        wait_for_ring(&live, timeout, None)
+        wait_for_ring(&live, timeout, None, self.spec.credentials.as_ref())
     }
 
     /// [`LocalCluster::wait_consistent`], giving up early when `cancel` is set.
@@ -472,7 +482,7 @@ impl LocalCluster {
         cancel: &AtomicBool,
     ) -> Result<RingReport> {
         let live = self.live_addrs();
-        wait_for_ring(&live, timeout, Some(cancel))
+        wait_for_ring(&live, timeout, Some(cancel), self.spec.credentials.as_ref())
     }
 
     /// Crashes node `i` with SIGKILL and reaps it. A dead node is left as it is.
@@ -769,6 +779,11 @@ impl LocalCluster {
         if !join.is_empty() {
             cmd.arg("--join").arg(&join);
         }
+        // In namespaces the clients (the tests, loadgen) reach the nodes over the private
+        // bridge, from an address that is not loopback: protected mode would refuse them.
+        if self.netns.is_some() && !self.spec.node_args.iter().any(|a| a == "--protected-mode") {
+            cmd.args(["--protected-mode", "no"]);
+        }
         cmd.args(&self.spec.node_args).stdin(Stdio::null());
         if let Some(extra) = self.spec.per_node_args.get(index) {
             cmd.args(extra);
@@ -832,8 +847,10 @@ impl LocalCluster {
                     log_tail(log)
                 )));
             }
-            let answered = Client::connect(addr, PROBE_TIMEOUT).and_then(|mut c| c.info());
-            if answered.is_ok()
+            // An error reply counts: the node is up and refusing us (protected mode, no login).
+            let answered = Client::connect_as(addr, PROBE_TIMEOUT, self.spec.credentials.as_ref())
+                .and_then(|mut c| c.info());
+            if matches!(answered, Ok(_) | Err(chordkv_client::ClientError::Server { .. }))
                 && child
                     .try_wait()
                     .map_err(Error::io("checking on a node process"))?
@@ -863,6 +880,9 @@ impl Drop for LocalCluster {
 impl NodeControl for LocalCluster {
     fn addrs(&self) -> Vec<SocketAddr> {
         LocalCluster::addrs(self)
+    }
+    fn credentials(&self) -> Option<&Credentials> {
+        self.spec.credentials.as_ref()
     }
     fn is_running(&mut self, i: usize) -> bool {
         LocalCluster::is_running(self, i)

@@ -66,6 +66,13 @@ struct Args {
     /// No progress bar or lines.
     #[arg(long)]
     quiet: bool,
+    /// The user to log in as when the ring requires credentials (`--requirepass`: default).
+    #[arg(long, default_value = "default")]
+    user: String,
+    /// The password to log in with; $CHORDKV_PASSWORD when not given. A local cluster whose
+    /// `cluster:` section sets `requirepass` is logged in to with it.
+    #[arg(long)]
+    password: Option<String>,
     /// Measure loadgen's own ceiling: run the workload against an in-process null target
     /// (one map, no routing or replication) instead of a cluster; faults are skipped.
     #[arg(long, conflicts_with = "nodes")]
@@ -102,6 +109,23 @@ fn main() -> ExitCode {
     if let Some(n) = args.cluster_nodes {
         workload.cluster.nodes = n;
     }
+    let password = args
+        .password
+        .clone()
+        .or_else(|| std::env::var("CHORDKV_PASSWORD").ok());
+    workload.credentials = match (password, &workload.cluster.node.requirepass) {
+        (Some(p), _) => Some(chordkv_client::Credentials {
+            user: args.user.clone(),
+            password: p.into_bytes().into(),
+        }),
+        (None, Some(p)) if args.nodes.is_none() && args.inventory.is_none() => {
+            Some(chordkv_client::Credentials {
+                user: "default".into(),
+                password: p.clone().into_bytes().into(),
+            })
+        }
+        _ => None,
+    };
     if let Err(e) = workload.validate() {
         eprintln!("error: {e}");
         return ExitCode::from(2);

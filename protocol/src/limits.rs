@@ -15,6 +15,8 @@ pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_FRAME_BYTES: usize = 32 * 1024 * 1024;
 /// Longest error text or counter name, in bytes of UTF-8.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Longest password a `Login` carries, in bytes.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// Most entries in one list (node refs, items, counters) of one message.
 pub const MAX_LIST_LEN: usize = 65_536;
 

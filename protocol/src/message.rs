@@ -83,6 +83,8 @@ pub enum ErrorCode {
     /// The request needs credentials the connection has not presented: a peer operation on a
     /// connection without the ring's key (`--keyring`), or a client operation before login.
     Unauthorized = 10,
+    /// The logged-in user lacks the permission the request needs (read, write or admin).
+    Forbidden = 11,
 }
 
 impl ErrorCode {
@@ -113,6 +115,7 @@ impl ErrorCode {
             8 => Busy,
             9 => Internal,
             10 => Unauthorized,
+            11 => Forbidden,
             _ => return None,
         })
     }
@@ -396,6 +399,18 @@ pub enum Message {
     /// Named counters and gauges; names are stable, new ones may be added.
     Stats {
         counters: Vec<(String, u64)>,
+    },
+
+    // --- connection ----------------------------------------------------------------------
+    /// A client presents its credentials (`--requirepass`: user `default`; `--users`: a user
+    /// of the file). Answered by the node's server, never by the Chord core: `LoginReply` with
+    /// the user's name, or `Error` `Unauthorized` with Redis' `WRONGPASS` words.
+    Login {
+        user: String,
+        password: Bytes,
+    },
+    LoginReply {
+        user: String,
     },
 }
 

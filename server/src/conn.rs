@@ -111,6 +111,8 @@ pub(super) struct Conn {
     pub kind: Kind,
     /// When bytes last came in.
     pub last_active: Millis,
+    /// The user a binary-protocol client logged in as (`LOGIN`).
+    pub session: Option<crate::auth::Session>,
 }
 
 impl Conn {
@@ -132,6 +134,7 @@ impl Conn {
             retiring: false,
             kind: Kind::Unknown,
             last_active: 0,
+            session: None,
         }
     }
 

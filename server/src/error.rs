@@ -21,6 +21,12 @@ pub enum Error {
     /// 32-byte keys.
     #[error("keyring {path}: {reason}")]
     Keyring { path: String, reason: String },
+    /// The users file (`--users`) cannot be read or does not parse.
+    #[error("users file {path}: {reason}")]
+    Users { path: String, reason: String },
+    /// Options that cannot run together (the message says which, and what to do).
+    #[error("{0}")]
+    Config(String),
     /// The node cannot listen on `addr` (in use, not on this host, not permitted).
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },

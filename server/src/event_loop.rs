@@ -22,7 +22,8 @@ use super::resp::{Facts, RespSession, Step};
 use super::store_pool::StorePool;
 use super::token_map::TokenMap;
 use super::ServerConfig;
-use super::{ClientLimits, PeerSecurity};
+use super::{ClientAuth, ClientLimits, PeerSecurity};
+use crate::auth;
 use crate::keyring::Keyring;
 use chordkv_core::chord::{Millis, Node, Output, Phase, ReplyTo};
 use chordkv_core::store::{self, Store};
@@ -67,6 +68,14 @@ const EVENTS_CAPACITY: usize = 1_024;
 /// ring's key, a handshake with an unknown key, a record that does not open); the next line
 /// says how many were not logged.
 pub const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
+
+/// What a client from another host is told in protected mode (Redis' `DENIED`, in our words).
+pub const PROTECTED_MODE: &str =
+    "DENIED chordkv is running in protected mode because protected mode is enabled and \
+    no password is set for the default user. In this mode connections are only accepted from the loopback \
+    interface. If you want to connect from external computers, either set a password (--requirepass or \
+    --users, with --keyring) or restart the node with '--protected-mode no' (MAKE SURE the node is not \
+    publicly accessible from the internet if you do so).";
 
 /// The kinds of refusal logged apart (each throttled on its own).
 #[derive(Clone, Copy)]
@@ -220,6 +229,11 @@ pub(super) struct Server {
     limits: ClientLimits,
     /// Client connections open (counted against `limits.max_clients`).
     clients: usize,
+    auth: ClientAuth,
+    /// Whether other hosts can reach the frame listener (protected mode applies only then).
+    reachable_from_outside: bool,
+    /// The same for the RESP listener.
+    resp_reachable_from_outside: bool,
     /// When idle clients were last looked for.
     last_idle_sweep: Millis,
 }
@@ -238,7 +252,16 @@ impl Server {
             resp,
             peer_security,
             client_limits,
+            client_auth,
         } = config;
+        if client_auth.users.is_some() && peer_security.keyring.is_none() {
+            return Err(Error::Config(
+                "--requirepass and --users need --keyring: peers and clients share the node's port, \
+                 and only the ring's key tells a peer from a client that has not logged in \
+                 (make one with `chordkv keygen > FILE`)"
+                    .into(),
+            ));
+        }
         let client_limits = fit_descriptor_limit(client_limits);
         let mut listener = TcpListener::bind(listen).map_err(|e| bind_error(listen, e))?;
         let mut resp_listener = match resp {
@@ -268,6 +291,7 @@ impl Server {
                     .local_addr()
                     .map_err(Error::io("reading the RESP listening address"))?,
                 started: Instant::now(),
+                users: client_auth.users.clone(),
             });
         }
         let control = Arc::new(Control {
@@ -358,6 +382,9 @@ impl Server {
             None => node.create(now),
         }
         let last_phase = node.phase();
+        let resp_reachable_from_outside = resp_facts
+            .as_ref()
+            .is_some_and(|f| !f.resp_addr.ip().is_loopback());
 
         Ok(Server {
             poll,
@@ -392,6 +419,9 @@ impl Server {
             limits: client_limits,
             clients: 0,
             last_idle_sweep: now,
+            auth: client_auth,
+            reachable_from_outside: !local.ip().is_loopback(),
+            resp_reachable_from_outside,
         })
     }
 
@@ -674,6 +704,10 @@ impl Server {
                         );
                         continue;
                     }
+                    let denied = resp && protected_from(&self.auth, self.resp_reachable_from_outside, from);
+                    if denied {
+                        self.log_limited(now, format_args!("refused a client from {from}: protected mode"));
+                    }
                     let token = self.new_token();
                     if let Err(e) = self
                         .poll
@@ -686,7 +720,11 @@ impl Server {
                     let mut conn = Conn::new(stream, Role::Inbound { from }, false);
                     conn.last_active = now;
                     if resp {
-                        conn.resp = Some(Box::new(RespSession::new(token.0 as u64, from)));
+                        let mut session = Box::new(RespSession::new(token.0 as u64, from));
+                        if denied {
+                            session.deny(PROTECTED_MODE);
+                        }
+                        conn.resp = Some(session);
                         conn.kind = Kind::Client;
                         self.clients += 1;
                     } else if self.security.keyring.is_some() {
@@ -886,9 +924,78 @@ impl Server {
                         self.log_conn_closed(token, &why);
                         return self.close(now, token, Why::Text(&why));
                     }
+                    if let Message::Login { user, password } = &frame.message {
+                        let reply = match &self.auth.users {
+                            None => Message::Error {
+                                code: ErrorCode::BadRequest,
+                                hops: 0,
+                                text: "ERR AUTH <password> called without any password configured for the default user".into(),
+                            },
+                            Some(users) => match users.login(user, password) {
+                                Ok(session) => {
+                                    let user = session.user.clone();
+                                    conn.session = Some(session);
+                                    Message::LoginReply { user }
+                                }
+                                Err(text) => Message::Error {
+                                    code: ErrorCode::Unauthorized,
+                                    hops: 0,
+                                    text: text.into(),
+                                },
+                            },
+                        };
+                        let _ = conn.push_frame(&Frame::new(frame.request_id, reply));
+                        self.queue_flush(now, token);
+                        continue;
+                    }
+                    let peer = conn.is_authenticated();
+                    let need = auth::need_of(&frame.message);
+                    let admin_forget = matches!(frame.message, Message::Forget { .. });
+                    if !peer && (frame.is_client_request() || admin_forget) {
+                        if self.auth.users.is_some() {
+                            let denied = match &conn.session {
+                                None => Some((ErrorCode::Unauthorized, auth::NOAUTH.to_string())),
+                                Some(s) if !s.perms.allow(need) => Some((
+                                    ErrorCode::Forbidden,
+                                    format!(
+                                        "NOPERM User {} has no permissions to run the '{}' command",
+                                        s.user,
+                                        frame.message.name()
+                                    ),
+                                )),
+                                Some(_) => None,
+                            };
+                            if let Some((code, text)) = denied {
+                                let error = Message::Error { code, hops: 0, text };
+                                let _ = conn.push_frame(&Frame::new(frame.request_id, error));
+                                self.queue_flush(now, token);
+                                continue;
+                            }
+                        } else if frame.is_client_request() {
+                            if let Role::Inbound { from } = conn.role {
+                                if protected_from(&self.auth, self.reachable_from_outside, from) {
+                                    let error = Message::Error {
+                                        code: ErrorCode::Unauthorized,
+                                        hops: 0,
+                                        text: PROTECTED_MODE.into(),
+                                    };
+                                    let _ = conn.push_frame(&Frame::new(frame.request_id, error));
+                                    let _ = conn.flush();
+                                    self.log_limited(
+                                        now,
+                                        format_args!("refused a client from {from}: protected mode"),
+                                    );
+                                    return self.close(now, token, Why::Text("protected mode"));
+                                }
+                            }
+                        }
+                    }
+                    let forget_by_admin =
+                        admin_forget && conn.session.as_ref().is_some_and(|s| s.perms.admin);
                     if self.security.requires_handshake()
-                        && !conn.is_authenticated()
+                        && !peer
                         && !frame.is_client_request()
+                        && !forget_by_admin
                     {
                         return self.refuse_peer_operation(now, token, &frame);
                     }
@@ -1292,6 +1399,13 @@ fn resp_after_output(
         to_flush.push(token);
     }
     RespAfter::Done
+}
+
+/// Whether protected mode refuses a client from `from`: no credentials, the node reachable
+/// from other hosts (`reachable`: it listens on an address that is not loopback), and the
+/// client on another host.
+fn protected_from(auth: &ClientAuth, reachable: bool, from: SocketAddr) -> bool {
+    auth.protected_mode && auth.users.is_none() && reachable && !from.ip().is_loopback()
 }
 
 /// Descriptors kept for what is not a client: listeners, peers, the store, the poll.

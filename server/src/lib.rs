@@ -64,6 +64,7 @@
 //!   [`LEFT_FLUSH_MS`] to go out and returns. The loop exits anyway `leave_timeout_ms` +
 //!   [`LEAVE_MARGIN_MS`] after the leave started, and at once on a second signal.
 
+pub mod auth;
 mod conn;
 pub mod error;
 mod event_loop;
@@ -116,6 +117,30 @@ pub struct ServerConfig {
     pub peer_security: PeerSecurity,
     /// What clients may make the node hold.
     pub client_limits: ClientLimits,
+    /// Who may be a client (see [`auth`]).
+    pub client_auth: ClientAuth,
+}
+
+/// Who may use the node as a client: credentials (`--requirepass`, `--users`) and Redis'
+/// protected mode.
+#[derive(Clone, Debug)]
+pub struct ClientAuth {
+    /// The users who may log in; `None` lets every client in (subject to protected mode).
+    /// Needs a keyring: peers and clients share the binary port, and only the handshake tells
+    /// a peer from a client that has not logged in.
+    pub users: Option<Arc<auth::Users>>,
+    /// Without users, refuse clients from other hosts when the node listens on an address
+    /// other hosts can reach (Redis' `protected-mode`).
+    pub protected_mode: bool,
+}
+
+impl Default for ClientAuth {
+    fn default() -> ClientAuth {
+        ClientAuth {
+            users: None,
+            protected_mode: true,
+        }
+    }
 }
 
 /// Bounds on what clients can make a node hold, after Redis' `maxclients`,

@@ -34,6 +34,7 @@ fn config(join: Option<SocketAddr>, store: Arc<dyn Store>) -> ServerConfig {
         resp: None,
         peer_security: Default::default(),
         client_limits: Default::default(),
+        client_auth: Default::default(),
     }
 }
 

@@ -234,7 +234,12 @@ fn run() -> anyhow::Result<bool> {
     let (sweeps, copies, ring) = std::thread::scope(|s| {
         let copies = s.spawn(|| watch_copies(&live, expected, t0, deadline));
         let ring = s.spawn(|| {
-            let result = wait_for_ring(&live, deadline.saturating_duration_since(Instant::now()), None);
+            let result = wait_for_ring(
+                &live,
+                deadline.saturating_duration_since(Instant::now()),
+                None,
+                None,
+            );
             result.map(|_| t0.elapsed()).map_err(|e| format!("{e:#}"))
         });
         let sweeps = sweep_until_readable(&live, &args, seed, t0, deadline);

@@ -596,6 +596,15 @@ impl<'a> Reader<'a> {
                 })
             }
             opcode::PING => done!(Ping),
+            opcode::LOGIN => {
+                let user = self.text("user")?;
+                let password = self.bytes("password", crate::limits::MAX_PASSWORD_BYTES)?;
+                done!(Login { user, password })
+            }
+            opcode::LOGIN_REPLY => {
+                let user = self.text("user")?;
+                done!(LoginReply { user })
+            }
             opcode::PONG => {
                 let node = self.node()?;
                 done!(Pong { node })

@@ -375,6 +375,11 @@ fn write_message<S: Sink>(msg: &Message, out: &mut S) -> Result<(), S::Error> {
         FindSuccessor { id } => out.id(id),
         FindSuccessorReply { lookup } => out.lookup(lookup),
         GetNeighbors | Ping | GetInfo | GetStats => Ok(()),
+        Login { user, password } => {
+            out.text("user", user)?;
+            out.bytes("password", crate::limits::MAX_PASSWORD_BYTES, password)
+        }
+        LoginReply { user } => out.text("user", user),
         Neighbors {
             predecessors,
             successors,

@@ -113,6 +113,7 @@
 //!  0x24  CollectTombstones       start Id | end Id | before u64
 //!  0x30  GetInfo                 (empty)
 //!  0x31  GetStats                (empty)
+//!  0x32  Login                   user String | password Bytes (len u32, <= MAX_PASSWORD_BYTES)
 //!  ----  replies (bit 7 set) ----------------------------------------------------------------
 //!  0x81  GetReply                hops u16 | version u64 | value Option<Value>
 //!  0x82  PutReply                hops u16 | version u64
@@ -137,6 +138,7 @@
 //!                                | successors Vec<NodeRef> | fingers Vec<NodeRef> | keys u64
 //!                                | keeps_down_members bool
 //!  0xB1  Stats                   counters Vec<Counter>
+//!  0xB2  LoginReply              user String
 //!  0xFF  Error                   code ErrorCode | hops u16 | text String
 //! ```
 //!

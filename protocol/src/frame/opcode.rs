@@ -96,7 +96,7 @@ const fn ascending(ops: &[u8]) -> bool {
 
 // The wire format: changing an opcode breaks every peer of another build. Keep each half in
 // ascending order; new kinds take the next free opcode in their group (client operations 0x0_,
-// Chord maintenance 0x1_, key handoff and replication 0x2_, introspection 0x3_; a reply is its
+// Chord maintenance 0x1_, key handoff and replication 0x2_, introspection and login 0x3_; a reply is its
 // request's opcode with bit 7 set where there is one). Also add the line to the table in the
 // module doc of `crate::frame`.
 opcodes! {
@@ -120,6 +120,7 @@ opcodes! {
         COLLECT_TOMBSTONES = 0x24 => CollectTombstones,
         GET_INFO = 0x30 => GetInfo,
         GET_STATS = 0x31 => GetStats,
+        LOGIN = 0x32 => Login,
     }
     replies {
         GET_REPLY = 0x81 => GetReply,
@@ -142,6 +143,7 @@ opcodes! {
         COLLECT_TOMBSTONES_REPLY = 0xA4 => CollectTombstonesReply,
         INFO = 0xB0 => Info,
         STATS = 0xB1 => Stats,
+        LOGIN_REPLY = 0xB2 => LoginReply,
         ERROR = 0xFF => Error,
     }
 }

@@ -390,6 +390,17 @@ fn samples() -> Vec<Message> {
             vec![v4(5), v6(6), v4(7)],
         ),
         GetStats,
+        Login {
+            user: "alice".into(),
+            password: Bytes::from_static(b"s3cret \x00 bytes"),
+        },
+        Login {
+            user: String::new(),
+            password: Bytes::new(),
+        },
+        LoginReply {
+            user: "default".into(),
+        },
         Stats { counters: vec![] },
         Stats {
             counters: vec![
@@ -662,6 +673,7 @@ fn every_opcode_is_sampled_and_replies_have_bit_7() {
         "COLLECT_TOMBSTONES",
         "GET_INFO",
         "GET_STATS",
+        "LOGIN",
     ];
     for m in samples() {
         assert_eq!(m.is_reply(), !requests.contains(&m.name()), "{}", m.name());
@@ -1042,7 +1054,7 @@ fn malformed_payloads() {
         m("text is not UTF-8"),
     );
     // error code
-    for code in [0u16, 11, u16::MAX] {
+    for code in [0u16, 12, u16::MAX] {
         let [hi, lo] = code.to_be_bytes();
         payload_error(
             &raw(opcode::ERROR, 0, 1, &[hi, lo, 0, 0, 0, 0, 0, 0]),
@@ -1513,7 +1525,7 @@ mod prop {
     }
 
     fn error_code() -> impl Strategy<Value = ErrorCode> {
-        (1u16..=10).prop_map(|c| ErrorCode::from_u16(c).unwrap())
+        (1u16..=11).prop_map(|c| ErrorCode::from_u16(c).unwrap())
     }
 
     fn status() -> impl Strategy<Value = NodeStatus> {
@@ -1697,6 +1709,8 @@ mod prop {
                 ),
             Just(GetStats),
             vec((".{0,12}", any::<u64>()), 0..6).prop_map(|counters| Stats { counters }),
+            (".{0,12}", blob()).prop_map(|(user, password)| Login { user, password }),
+            ".{0,12}".prop_map(|user| LoginReply { user }),
         ]
     }
 

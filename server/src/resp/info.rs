@@ -24,6 +24,8 @@ use super::REDIS_VERSION;
 pub(crate) struct Facts {
     pub resp_addr: SocketAddr,
     pub started: Instant,
+    /// The users who may log in (`None`: no credentials configured).
+    pub users: Option<std::sync::Arc<crate::auth::Users>>,
 }
 
 /// A GET_STATS counter by name.

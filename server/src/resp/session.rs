@@ -68,6 +68,10 @@ pub(crate) struct RespSession {
     blocked: bool,
     /// QUIT or a protocol error: decode nothing more, close once every slot is written.
     closing: bool,
+    /// The connection is refused (protected mode): its first command is answered with this
+    /// error, then it closes. Answering a command, rather than writing at accept and closing,
+    /// lets the client read the words before the close.
+    denied: Option<&'static str>,
 }
 
 impl RespSession {
@@ -79,7 +83,14 @@ impl RespSession {
             in_flight: 0,
             blocked: false,
             closing: false,
+            denied: None,
         }
+    }
+
+    /// Refuses the connection: its first command is answered with `error` (without the `-`),
+    /// then it closes.
+    pub fn deny(&mut self, error: &'static str) {
+        self.denied = Some(error);
     }
 
     /// Whether the connection should be closed now: QUIT or a protocol error was answered and
@@ -114,6 +125,11 @@ impl RespSession {
         if self.closing {
             input.clear();
             return Step::Idle;
+        }
+        if let Some(error) = self.denied.take() {
+            input.clear();
+            self.protocol_error_text(error, out);
+            return Step::Command;
         }
         if self.in_flight >= MAX_REQUESTS_IN_FLIGHT {
             self.blocked = true;
@@ -160,8 +176,13 @@ impl RespSession {
     }
 
     fn protocol_error(&mut self, e: &RespError, out: &mut Vec<u8>) {
+        self.protocol_error_text(&format!("ERR {e}"), out);
+    }
+
+    /// Answers `error` in order with the replies before it, and closes after it.
+    fn protocol_error_text(&mut self, error: &str, out: &mut Vec<u8>) {
         let mut reply = Vec::new();
-        resp::write_error(&mut reply, &format!("ERR {e}"));
+        resp::write_error(&mut reply, error);
         self.push_slot(self.requests.next_rid(), 0, SlotReply::Ready(reply), out);
         self.closing = true;
     }
@@ -259,6 +280,7 @@ mod tests {
                 facts: Facts {
                     resp_addr: "127.0.0.1:6379".parse().unwrap(),
                     started: Instant::now(),
+                    users: None,
                 },
                 input: BytesMut::new(),
                 out: Vec::new(),

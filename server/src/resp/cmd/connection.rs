@@ -5,8 +5,10 @@
 //!  PING [msg]        ─► +PONG, or msg as a bulk string
 //!  ECHO msg          ─► msg
 //!  SELECT 0          ─► +OK (the only database)
-//!  HELLO [2 …]       ─► the server map, as a RESP2 array; HELLO 3 ─► -NOPROTO
-//!  AUTH …            ─► the error Redis gives without a password configured
+//!  HELLO [2 …]       ─► the server map, as a RESP2 array; HELLO 3 ─► -NOPROTO;
+//!                       HELLO 2 AUTH user pass logs in first
+//!  AUTH [user] pass  ─► +OK as `user` (`default` when not named), -WRONGPASS, or without
+//!                       credentials configured the error Redis gives then
 //!  QUIT              ─► +OK, then the connection closes
 //!  CLIENT SETNAME …  ─► the Client's name, id and address
 //! ```
@@ -20,6 +22,7 @@ use chordkv_protocol::resp;
 
 use super::super::REDIS_VERSION;
 use super::{parse_int, Cx, Translation};
+use crate::auth::Session;
 
 /// What Redis' AUTH and HELLO AUTH answer when no password is configured.
 const NO_PASSWORD: &str = "ERR AUTH <password> called without any password configured for the \
@@ -32,11 +35,32 @@ pub(crate) struct Client {
     peer: SocketAddr,
     /// Set by `CLIENT SETNAME` or `HELLO ... SETNAME`.
     name: Option<Bytes>,
+    /// The user logged in with AUTH or HELLO AUTH.
+    pub session: Option<Session>,
 }
 
 impl Client {
     pub fn new(id: u64, peer: SocketAddr) -> Client {
-        Client { id, peer, name: None }
+        Client {
+            id,
+            peer,
+            name: None,
+            session: None,
+        }
+    }
+}
+
+/// Logs `client` in as `user`: `None` when it worked, else the error to answer.
+fn log_in(cx: &mut Cx<'_>, user: &[u8], password: &[u8]) -> Option<Translation> {
+    let Some(users) = &cx.facts.users else {
+        return Some(Translation::error(NO_PASSWORD));
+    };
+    match users.login(&String::from_utf8_lossy(user), password) {
+        Ok(session) => {
+            cx.client.session = Some(session);
+            None
+        }
+        Err(text) => Some(Translation::error(text)),
     }
 }
 
@@ -66,9 +90,14 @@ pub(crate) fn select(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
     }
 }
 
-/// `AUTH [username] password`: no password is configured.
-pub(crate) fn auth(_: &[Bytes], _: &mut Cx<'_>) -> Translation {
-    Translation::error(NO_PASSWORD)
+/// `AUTH [username] password`: `default` when no user is named.
+pub(crate) fn auth(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    let (user, password) = match rest {
+        [password] => (&b"default"[..], password),
+        [user, password] => (&user[..], password),
+        _ => return Translation::error("ERR syntax error"),
+    };
+    log_in(cx, user, password).unwrap_or_else(|| Translation::simple("OK"))
 }
 
 /// `QUIT`: `+OK`, then the connection closes.
@@ -92,7 +121,14 @@ pub(crate) fn hello(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
         let o = option.to_ascii_uppercase();
         match (&o[..], options.next()) {
             (b"SETNAME", Some(name)) => cx.client.name = Some(name.clone()),
-            (b"AUTH", _) => return Translation::error(NO_PASSWORD),
+            (b"AUTH", Some(user)) => {
+                let Some(password) = options.next() else {
+                    return Translation::error("ERR Syntax error in HELLO option 'AUTH'");
+                };
+                if let Some(error) = log_in(cx, user, password) {
+                    return error;
+                }
+            }
             _ => {
                 let o = String::from_utf8_lossy(option).into_owned();
                 return Translation::error(&format!("ERR Syntax error in HELLO option '{o}'"));

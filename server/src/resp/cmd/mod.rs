@@ -99,6 +99,23 @@ const fn row(
     }
 }
 
+impl Spec {
+    /// The permission the command needs (see [`crate::auth`]): from its Redis flags, `admin`
+    /// first, then `write`, then `readonly`; none for the connection and server commands.
+    pub fn need(&self) -> crate::auth::Need {
+        use crate::auth::Need;
+        if self.flags.contains(&"admin") {
+            Need::Admin
+        } else if self.flags.contains(&"write") {
+            Need::Write
+        } else if self.flags.contains(&"readonly") {
+            Need::Read
+        } else {
+            Need::Nothing
+        }
+    }
+}
+
 /// The row of the command called `name`, in any case.
 fn find(name: &[u8]) -> Option<&'static Spec> {
     COMMANDS
@@ -111,6 +128,18 @@ pub(crate) fn translate(name: &[u8], rest: &[Bytes], cx: &mut Cx<'_>) -> Transla
     let Some(spec) = find(name) else {
         return unknown_command(name, rest);
     };
+    if cx.facts.users.is_some() && !matches!(spec.name, "auth" | "hello" | "quit") {
+        match &cx.client.session {
+            None => return Translation::error(crate::auth::NOAUTH),
+            Some(s) if !s.perms.allow(spec.need()) => {
+                return Translation::error(&format!(
+                    "NOPERM User {} has no permissions to run the '{}' command",
+                    s.user, spec.name
+                ))
+            }
+            Some(_) => {}
+        }
+    }
     let argc = rest.len() as i64 + 1;
     let arity = spec.arity;
     if (arity > 0 && argc != arity) || (arity < 0 && argc < -arity) {
@@ -387,6 +416,7 @@ mod tests {
         let facts = Facts {
             resp_addr: "127.0.0.1:6379".parse().unwrap(),
             started: Instant::now(),
+            users: None,
         };
         let mut requests = Requests::new();
         let mut cx = Cx {
