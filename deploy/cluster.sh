@@ -9,6 +9,7 @@
 #   deploy/cluster.sh INVENTORY down              stop every node gracefully
 #   deploy/cluster.sh INVENTORY start|stop|restart|kill|pause|resume|logs HOST
 #   deploy/cluster.sh INVENTORY state             one machine-readable line per host
+#   deploy/cluster.sh INVENTORY keyring [HOST]    copy the keyring (mode 0600), reload it
 #
 # Exit codes: 0 success (`status`: every node running and the ring consistent), 1 failure,
 # 2 bad arguments or a bad inventory. Every ssh call has a connect timeout and an overall
@@ -30,6 +31,10 @@ usage: deploy/cluster.sh INVENTORY COMMAND [HOST]
                    --wait S: first wait (at most S s) for the ring to hold exactly the running
                    nodes, consistently (it settles a few stabilize periods after a change)
   state            one line per host: NAME ADDR ROLE STATE [PID] (for scripts and loadgen)
+  keyring [HOST]   copy the inventory's keyring= file to every host (or one), mode 0600, and
+                   make every running node read it again (SIGHUP): each step of a rotation
+                   (add the new key as a second line; make it the first; remove the old one)
+                   is an edit of the file and one `keyring`
   down             stop every node gracefully (SIGTERM: it hands its keys over and leaves)
   start HOST       start the node unless it runs, joining a live node
   stop HOST        stop the node gracefully (SIGKILL if it has not left within stop_timeout_s)
@@ -78,6 +83,7 @@ declare -A cfg=(
     [routing]="" [cache]="" [node_args]="" [store]=memory
     [ssh_user]="" [ssh_port]=22 [ssh_key]="" [ssh_options]="" [known_hosts]=""
     [dir]=chordkv [binary]="" [start_timeout_s]=30 [stop_timeout_s]=15 [ring_timeout_s]=60
+    [keyring]="" [requirepass]="" [protected_mode]=no
 )
 # Cluster settings that become `chordkv node` flags: setting -> flag.
 declare -A node_flag=(
@@ -352,6 +358,9 @@ node_conf() {
     for key in replicas ack successors stabilize_ms store_threads routing cache; do
         [ -n "${cfg[$key]}" ] && args+=("${node_flag[$key]}" "${cfg[$key]}")
     done
+    # The nodes listen where other hosts reach them, and loadgen and cluster.sh are clients
+    # from other hosts: without a password, protected mode would refuse them.
+    [ -z "${cfg[requirepass]}" ] && args+=(--protected-mode "${cfg[protected_mode]}")
     if [ -n "${cfg[node_args]}" ]; then
         local extra
         read -r -a extra <<<"${cfg[node_args]}"
@@ -364,6 +373,41 @@ node_conf() {
     printf '%q ' "${args[@]}"
     printf ')\n'
     printf 'start_timeout_s=%q\nstop_timeout_s=%q\n' "${cfg[start_timeout_s]}" "${cfg[stop_timeout_s]}"
+    # node-ctl.sh adds --keyring DIR/keyring, and --requirepass with CHORDKV_PASSWORD for its
+    # own probes, so neither the path nor the password is fixed here.
+    printf 'keyring=%q\n' "$([ -n "${cfg[keyring]}" ] && echo yes || echo no)"
+    printf 'password=%q\n' "${cfg[requirepass]}"
+}
+
+# push_keyring NAME: the inventory's keyring to NAME's directory, written with umask 077 (so
+# mode 0600 from the first byte) and renamed into place, then SIGHUP to a running node.
+push_keyring() {
+    local name=$1 file dir rc=0
+    file=$(local_path "${cfg[keyring]}")
+    dir=$(remote_dir "$name")
+    ensure_master "$name" || die "keyring to $name failed"
+    ssh_options "$name"
+    # shellcheck disable=SC2016 # expanded by the remote shell
+    timeout -k 5 "$SSH_COMMAND_TIMEOUT_S" ssh -o "ControlPath=$(mux "$name")" -o ControlMaster=no "${opts[@]}" \
+        -p "$port" "$login" -- "$(printf '%q ' sh -c 'umask 077 && mkdir -p -- "$1" && cat >"$1/keyring.new" && mv -f "$1/keyring.new" "$1/keyring"' sh "$dir")" \
+        <"$file" 2>"$tmp/ssh-err-$name" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        ssh_failure "$name" "$rc" "$tmp/ssh-err-$name"
+        die "keyring to $name failed"
+    fi
+    local out
+    out=$(ctl "$SSH_COMMAND_TIMEOUT_S" "$name" reload) || die "reloading the keyring on $name failed"
+    echo "$name: keyring copied to $(target_of "$name"):$dir/keyring ($out)"
+}
+
+cmd_keyring() {
+    local name file
+    [ -n "${cfg[keyring]}" ] || bad_input "the inventory sets no keyring=FILE"
+    file=$(local_path "${cfg[keyring]}")
+    [ -r "$file" ] || die "cannot read the keyring $file"
+    for name in "$@"; do
+        push_keyring "$name"
+    done
 }
 
 cmd_push() {
@@ -420,6 +464,9 @@ push_host() {
         ctl "$SSH_COMMAND_TIMEOUT_S" "$name" check-flags "${flags[@]}" || die "push to $name failed"
     fi
     echo "$name: pushed $(basename "$binary") ($arch) and node.conf to $(target_of "$name"):$dir"
+    if [ -n "${cfg[keyring]}" ]; then
+        push_keyring "$name"
+    fi
 }
 
 # Every host's address, the non-spare hosts first: the peers a starting node tries to join.
@@ -643,7 +690,7 @@ else
 fi
 
 case $command in
-    push | status)
+    push | status | keyring)
         wait_s=0
         if [ "$command" = status ] && [ "${1:-}" = --wait ]; then
             [[ ${2:-} =~ ^[0-9]+$ ]] || { echo "cluster.sh: --wait needs SECONDS" >&2; usage; }
@@ -656,11 +703,11 @@ case $command in
         else
             hosts=("${names[@]}")
         fi
-        if [ "$command" = status ]; then
-            cmd_status "$wait_s" "${hosts[@]}"
-        else
-            cmd_push "${hosts[@]}"
-        fi
+        case $command in
+            status) cmd_status "$wait_s" "${hosts[@]}" ;;
+            push) cmd_push "${hosts[@]}" ;;
+            keyring) cmd_keyring "${hosts[@]}" ;;
+        esac
         ;;
     up | down | state)
         [ $# -eq 0 ] || usage

@@ -13,6 +13,7 @@
 #   bash DIR/node-ctl.sh logs [LINES]                the end of the node's log
 #   bash DIR/node-ctl.sh ring                        `chordkv ring --json` from this node
 #   bash DIR/node-ctl.sh check-flags FLAG ...        fail unless `chordkv node` has every FLAG
+#   bash DIR/node-ctl.sh reload                      SIGHUP: the node reads its keyring again
 #
 # Every wait is bounded. Exit code 0 on success, 1 with one `error: ...` line on stderr.
 set -euo pipefail
@@ -30,12 +31,20 @@ die() {
     exit 1
 }
 
-name="" addr="" args=() start_timeout_s=30 stop_timeout_s=15
+name="" addr="" args=() start_timeout_s=30 stop_timeout_s=15 keyring=no password="" 
 [ -f "$conf" ] || die "$conf is missing: run \`cluster.sh INVENTORY push\` first"
 # node.conf sets name, addr (what peers and clients use), args (the `chordkv node` arguments,
 # an array), start_timeout_s and stop_timeout_s.
 # shellcheck source=/dev/null
 . "$conf"
+if [ "$keyring" = yes ]; then
+    args+=(--keyring "$dir/keyring")
+fi
+if [ -n "$password" ]; then
+    args+=(--requirepass "$password")
+    # The probes below log in with it.
+    export CHORDKV_PASSWORD=$password
+fi
 
 # The node's pid if its process is alive (running or stopped), else nothing. A pid file
 # left by a dead node, a zombie, or a pid reused by another program do not count.
@@ -208,6 +217,15 @@ case $action in
         [ -n "$(node_pid)" ] || die "node $name is not running"
         "$bin" ring --node "$addr" --json --timeout-ms "$probe_timeout_ms"
         ;;
+    reload)
+        pid=$(node_pid)
+        if [ -n "$pid" ]; then
+            kill -HUP "$pid" || die "cannot signal node $name ($pid)"
+            echo "reloaded $pid"
+        else
+            echo "not running"
+        fi
+        ;;
     check-flags)
         help=$("$bin" node --help 2>&1) || die "$bin does not run on this host: $help"
         for flag in "$@"; do
@@ -215,5 +233,5 @@ case $action in
                 die "this chordkv binary has no \`chordkv node $flag\` option (the inventory sets it)"
         done
         ;;
-    *) die "unknown command '$action' (state, start, stop, kill, pause, resume, logs, ring, check-flags)" ;;
+    *) die "unknown command '$action' (state, start, stop, kill, pause, resume, logs, ring, reload, check-flags)" ;;
 esac

@@ -253,9 +253,45 @@ struct Target {
     /// CHORDKV_PASSWORD is used when this is not given (it keeps the password out of `ps`).
     #[arg(long, value_name = "PASSWORD")]
     password: Option<String>,
+    /// Reach the node over TLS (a node started with --tls-cert). Needs --tls-ca.
+    #[arg(long, requires = "tls_ca")]
+    tls: bool,
+    /// With --tls: the CA certificates (PEM) the node's certificate is checked against.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    tls_ca: Option<PathBuf>,
+    /// With --tls: a client certificate to offer (PEM), for a node started with --tls-ca.
+    #[arg(long, value_name = "FILE", requires = "tls_key", requires = "tls")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// With --tls: the name the node's certificate carries [default: the node's IP address].
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_server_name: Option<String>,
 }
 
 impl Target {
+    /// How to reach the node: credentials and TLS, as given.
+    fn access(&self) -> anyhow::Result<client::Access> {
+        let tls = match (&self.tls, &self.tls_ca) {
+            (true, Some(ca)) => {
+                let identity = match (&self.tls_cert, &self.tls_key) {
+                    (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                    _ => None,
+                };
+                Some(
+                    client::TlsClient::from_files(ca, identity, self.tls_server_name.as_deref())
+                        .map_err(|e| anyhow!("--tls: {e}"))?,
+                )
+            }
+            _ => None,
+        };
+        Ok(client::Access {
+            login: self.credentials(),
+            tls,
+        })
+    }
+
     /// The credentials given, if any: `--password`, else `$CHORDKV_PASSWORD`.
     fn credentials(&self) -> Option<client::Credentials> {
         let password = self
@@ -419,7 +455,7 @@ fn parse_addr(s: &str) -> anyhow::Result<SocketAddr> {
 
 fn connect(target: &Target, timeout: Duration) -> anyhow::Result<Client> {
     let addr = parse_addr(&target.node)?;
-    Ok(Client::connect_as(addr, timeout, target.credentials().as_ref())?)
+    Ok(Client::connect_as(addr, timeout, &target.access()?)?)
 }
 
 // --- node and cluster --------------------------------------------------------------------
@@ -469,6 +505,14 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
             verify_incoming: args.options.keyring_verify_incoming,
             verify_outgoing: args.options.keyring_verify_outgoing,
         },
+        tls: match (&args.options.tls_cert, &args.options.tls_key) {
+            (Some(cert), Some(key)) => Some(server::tls::server_config(
+                std::path::Path::new(cert),
+                std::path::Path::new(key),
+                args.options.tls_ca.as_deref().map(std::path::Path::new),
+            )?),
+            _ => None,
+        },
         client_auth: server::ClientAuth {
             users: client_users(&args.options)?,
             protected_mode: args.options.protected_mode.is_yes(),
@@ -504,7 +548,7 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
              as the default user"
         );
     }
-    spec.credentials = args.options.requirepass.as_ref().map(|p| client::Credentials {
+    spec.access.login = args.options.requirepass.as_ref().map(|p| client::Credentials {
         user: "default".into(),
         password: p.clone().into_bytes().into(),
     });
@@ -612,7 +656,7 @@ fn cmd_del(target: &Target, key: OsString, timeout: Duration) -> anyhow::Result<
 
 fn cmd_ring(target: &Target, json: bool, timeout: Duration) -> anyhow::Result<Outcome> {
     let start = parse_addr(&target.node)?;
-    let report = client::walk_ring_as(start, timeout, RING_WALK_MAX_NODES, target.credentials().as_ref())?;
+    let report = client::walk_ring_as(start, timeout, RING_WALK_MAX_NODES, &target.access()?)?;
     let mut out = io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;

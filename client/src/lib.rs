@@ -23,6 +23,7 @@
 //! connection be dropped?).
 
 pub mod owner;
+pub mod tls;
 pub use owner::OwnerClient;
 
 use std::collections::BTreeSet;
@@ -36,6 +37,8 @@ use chordkv_protocol::{
     MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 use serde::Serialize;
+use tls::Stream;
+pub use tls::TlsClient;
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -178,7 +181,7 @@ pub struct DeleteResult {
 /// One connection to one node.
 pub struct Client {
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: Stream,
     timeout: Duration,
     /// Received bytes not yet decoded.
     buf: BytesMut,
@@ -196,6 +199,27 @@ impl std::fmt::Debug for Client {
             .finish_non_exhaustive()
     }
 }
+
+/// How a client reaches a node: credentials to log in with and TLS, each when the ring
+/// requires it. The default is neither.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub login: Option<Credentials>,
+    pub tls: Option<TlsClient>,
+}
+
+impl PartialEq for Access {
+    /// The same credentials, and TLS on both or neither (TLS configurations are not compared).
+    fn eq(&self, other: &Access) -> bool {
+        self.login == other.login && self.tls.is_some() == other.tls.is_some()
+    }
+}
+
+/// No credentials, no TLS.
+pub static NO_ACCESS: Access = Access {
+    login: None,
+    tls: None,
+};
 
 /// What a client logs in with when the ring requires it (`chordkv node --requirepass` or
 /// `--users`): Redis' user and password. The user is `default` with `--requirepass`.
@@ -215,14 +239,19 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Client {
-    /// [`Client::connect`], then [`Client::login`] with `credentials` when given.
-    pub fn connect_as(
-        addr: SocketAddr,
-        timeout: Duration,
-        credentials: Option<&Credentials>,
-    ) -> Result<Client> {
+    /// [`Client::connect`] over TLS when `access` says so, then [`Client::login`] with its
+    /// credentials when it has some.
+    pub fn connect_as(addr: SocketAddr, timeout: Duration, access: &Access) -> Result<Client> {
         let mut client = Client::connect(addr, timeout)?;
-        if let Some(c) = credentials {
+        if let Some(tls) = &access.tls {
+            let Stream::Plain(tcp) = client.stream else {
+                unreachable!("a new connection is plain");
+            };
+            client.stream = tls
+                .wrap(addr, tcp)
+                .map_err(|source| ClientError::Connect { addr, source })?;
+        }
+        if let Some(c) = &access.login {
             client.login(c)?;
         }
         Ok(client)
@@ -260,7 +289,7 @@ impl Client {
         setup().map_err(|source| ClientError::Connect { addr, source })?;
         Ok(Client {
             addr,
-            stream,
+            stream: Stream::Plain(stream),
             timeout,
             buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             next_request_id: 1,
@@ -332,7 +361,7 @@ impl Client {
                 Err(e) => {
                     self.broken = true;
                     self.buf.clear();
-                    let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                    let _ = self.stream.tcp().shutdown(std::net::Shutdown::Both);
                     return Err(ClientError::Protocol(e));
                 }
             }
@@ -355,6 +384,7 @@ impl Client {
                 return Err(self.timeout_error());
             }
             self.stream
+                .tcp()
                 .set_read_timeout(Some(left))
                 .map_err(|source| self.io_error(source))?;
             let mut chunk = [0u8; READ_CHUNK_BYTES];
@@ -612,17 +642,17 @@ pub fn status_name(status: NodeStatus) -> &'static str {
 /// Fails only when `start` itself cannot be asked; every other trouble is a problem in the
 /// report. `timeout` bounds each connection and request.
 pub fn walk_ring(start: SocketAddr, timeout: Duration, max_nodes: usize) -> Result<RingReport> {
-    walk_ring_as(start, timeout, max_nodes, None)
+    walk_ring_as(start, timeout, max_nodes, &NO_ACCESS)
 }
 
-/// [`walk_ring`], logged in with `credentials` on every node when given.
+/// [`walk_ring`], reaching every node with `access` (credentials, TLS).
 pub fn walk_ring_as(
     start: SocketAddr,
     timeout: Duration,
     max_nodes: usize,
-    credentials: Option<&Credentials>,
+    access: &Access,
 ) -> Result<RingReport> {
-    let first = Client::connect_as(start, timeout, credentials)?.info()?;
+    let first = Client::connect_as(start, timeout, access)?.info()?;
     let max_nodes = max_nodes.max(1);
     let mut problems = Vec::new();
     let mut seen: BTreeSet<Id> = BTreeSet::new();
@@ -654,7 +684,7 @@ pub fn walk_ring_as(
                 returned = true;
                 break;
             }
-            match Client::connect_as(succ.addr, timeout, credentials).and_then(|mut c| c.info()) {
+            match Client::connect_as(succ.addr, timeout, access).and_then(|mut c| c.info()) {
                 Ok(info) => {
                     if info.node.id != succ.id {
                         problems.push(format!(
@@ -712,7 +742,7 @@ pub fn walk_ring_as(
     check_ring(&walk, returned, &mut problems);
     let infos: Vec<&NodeInfo> = walk.iter().filter_map(|(_, i)| i.as_ref()).collect();
     if returned && walk.len() == 1 && infos[0].status == NodeStatus::Active {
-        if let Some(problem) = probe_alone(infos[0].node.addr, timeout, credentials) {
+        if let Some(problem) = probe_alone(infos[0].node.addr, timeout, access) {
             problems.push(problem);
         }
     }
@@ -740,8 +770,8 @@ pub const RING_PROBE_KEY: &[u8] = b"chordkv:ring-probe";
 
 /// Asks the lone node at `addr` to serve [`RING_PROBE_KEY`] itself; the problem, if it does
 /// not own it. A store failure is not the ring's problem: the node tried to serve the key.
-fn probe_alone(addr: SocketAddr, timeout: Duration, credentials: Option<&Credentials>) -> Option<String> {
-    let outcome = Client::connect_as(addr, timeout, credentials).and_then(|mut c| {
+fn probe_alone(addr: SocketAddr, timeout: Duration, access: &Access) -> Option<String> {
+    let outcome = Client::connect_as(addr, timeout, access).and_then(|mut c| {
         let id = c.fresh_request_id();
         c.call(Frame::direct(
             id,

@@ -27,8 +27,8 @@ use bytes::Bytes;
 use chordkv_protocol::{Frame, Id, Message, NodeRef};
 
 use crate::{
-    delete_request, delete_result, get_request, get_result, put_request, put_result, walk_ring_as, Client,
-    ClientError, Credentials, DeleteResult, GetResult, PutResult, Result,
+    delete_request, delete_result, get_request, get_result, put_request, put_result, walk_ring_as, Access,
+    Client, ClientError, DeleteResult, GetResult, PutResult, Result,
 };
 
 /// Redirects followed for one operation before it is sent through the ring instead.
@@ -59,7 +59,7 @@ pub struct OwnerClient {
     seeds: Vec<SocketAddr>,
     clients: BTreeMap<SocketAddr, Client>,
     timeout: Duration,
-    credentials: Option<Credentials>,
+    access: Access,
     stale: bool,
     last_refresh: Option<Instant>,
     pub stats: OwnerStats,
@@ -69,21 +69,17 @@ impl OwnerClient {
     /// Fetches the ring through the first of `seeds` that answers. `timeout` bounds each
     /// connection attempt and request.
     pub fn connect(seeds: &[SocketAddr], timeout: Duration) -> Result<OwnerClient> {
-        OwnerClient::connect_as(seeds, timeout, None)
+        OwnerClient::connect_as(seeds, timeout, Access::default())
     }
 
-    /// [`OwnerClient::connect`], logged in with `credentials` on every node when given.
-    pub fn connect_as(
-        seeds: &[SocketAddr],
-        timeout: Duration,
-        credentials: Option<Credentials>,
-    ) -> Result<OwnerClient> {
+    /// [`OwnerClient::connect`], reaching every node with `access` (credentials, TLS).
+    pub fn connect_as(seeds: &[SocketAddr], timeout: Duration, access: Access) -> Result<OwnerClient> {
         let mut client = OwnerClient {
             ring: BTreeMap::new(),
             seeds: seeds.to_vec(),
             clients: BTreeMap::new(),
             timeout,
-            credentials,
+            access,
             stale: true,
             last_refresh: None,
             stats: OwnerStats::default(),
@@ -119,7 +115,7 @@ impl OwnerClient {
             .collect();
         let mut last_error = None;
         for start in starts {
-            match walk_ring_as(start, self.timeout, MAX_RING_NODES, self.credentials.as_ref()) {
+            match walk_ring_as(start, self.timeout, MAX_RING_NODES, &self.access) {
                 Ok(report) if !report.nodes.is_empty() => {
                     self.ring = report
                         .nodes
@@ -242,7 +238,7 @@ impl OwnerClient {
         let client = match self.clients.get_mut(&addr) {
             Some(c) => c,
             None => {
-                let c = Client::connect_as(addr, self.timeout, self.credentials.as_ref())?;
+                let c = Client::connect_as(addr, self.timeout, &self.access)?;
                 self.clients.entry(addr).or_insert(c)
             }
         };

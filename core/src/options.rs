@@ -144,6 +144,18 @@ pub struct NodeOptions {
     /// on an address they can reach (Redis' protected mode): `yes` or `no`.
     #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = parse_yes_no)]
     pub protected_mode: YesNo,
+    /// TLS for clients: the node's certificate chain (PEM). With it the RESP port speaks only
+    /// TLS and the binary port serves clients only over TLS (`chordkv --tls`); peers keep using
+    /// the keyring. Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<String>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<String>,
+    /// With --tls-cert: clients must present a certificate signed by this CA (PEM), as Redis'
+    /// `tls-auth-clients yes`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<String>,
 }
 
 /// `yes` or `no`, as Redis' configuration spells booleans.
@@ -204,6 +216,9 @@ impl Default for NodeOptions {
             requirepass: None,
             users: None,
             protected_mode: YesNo::Yes,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
@@ -234,6 +249,13 @@ impl NodeOptions {
                  and only the ring's key tells a peer from a client that has not logged in \
                  (make one with `chordkv keygen > FILE`)"
                     .to_string(),
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some()
+            || self.tls_ca.is_some() && self.tls_cert.is_none()
+        {
+            return Err(invalid(
+                "--tls-cert and --tls-key go together (and --tls-ca needs them)".to_string(),
             ));
         }
         if self.max_clients == 0 {
@@ -355,6 +377,21 @@ impl NodeOptions {
                 "--protected-mode",
                 self.protected_mode != d.protected_mode,
                 self.protected_mode.to_string(),
+            ),
+            (
+                "--tls-cert",
+                self.tls_cert.is_some(),
+                self.tls_cert.clone().unwrap_or_default(),
+            ),
+            (
+                "--tls-key",
+                self.tls_key.is_some(),
+                self.tls_key.clone().unwrap_or_default(),
+            ),
+            (
+                "--tls-ca",
+                self.tls_ca.is_some(),
+                self.tls_ca.clone().unwrap_or_default(),
             ),
         ];
         pairs

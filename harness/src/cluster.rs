@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use crate::{Error, Result};
 
 use crate::netns;
-use chordkv_client::{walk_ring_as, Client, Credentials, RingReport};
+use chordkv_client::{walk_ring_as, Access, Client, RingReport, NO_ACCESS};
 
 /// How long a new node may take to answer its first `GET_INFO`.
 /// Live nodes a started or restarted node is given to join through (`--join A,B,C`).
@@ -109,9 +109,9 @@ pub struct ClusterSpec {
     pub resp_base_port: Option<u16>,
     /// Loopback (the default) or a network namespace per node (partitions).
     pub network: NetworkMode,
-    /// What the launcher logs in with to check on the nodes, when they require credentials
-    /// (`--requirepass`: user `default`).
-    pub credentials: Option<Credentials>,
+    /// How the launcher reaches the nodes to check on them, when they require credentials
+    /// (`--requirepass`: user `default`) or TLS.
+    pub access: Access,
 }
 
 impl ClusterSpec {
@@ -133,7 +133,7 @@ impl ClusterSpec {
             resp: false,
             resp_base_port: None,
             network: NetworkMode::Host,
-            credentials: None,
+            access: Access::default(),
         }
     }
 }
@@ -208,15 +208,15 @@ pub trait NodeControl {
             .collect()
     }
 
-    /// What the controller logs in with to check on the nodes (none by default).
-    fn credentials(&self) -> Option<&Credentials> {
-        None
+    /// How the controller reaches the nodes to check on them (plainly by default).
+    fn access(&self) -> &Access {
+        &NO_ACCESS
     }
 
     /// Waits until the ring is consistent and made of exactly the live nodes.
     fn wait_consistent(&mut self, timeout: Duration) -> Result<RingReport> {
         let live = self.live_addrs();
-        wait_for_ring(&live, timeout, None, self.credentials())
+        wait_for_ring(&live, timeout, None, self.access())
     }
 }
 
@@ -264,7 +264,7 @@ pub fn wait_for_ring(
     expected: &[SocketAddr],
     timeout: Duration,
     cancel: Option<&AtomicBool>,
-    credentials: Option<&Credentials>,
+    access: &Access,
 ) -> Result<RingReport> {
     if expected.is_empty() {
         return Err(Error::Cluster("no live node to walk the ring from".to_string()));
@@ -275,7 +275,7 @@ pub fn wait_for_ring(
     let mut last = String::from("no walk completed");
     loop {
         for &start in expected {
-            match walk_ring_as(start, PROBE_TIMEOUT, max_nodes, credentials) {
+            match walk_ring_as(start, PROBE_TIMEOUT, max_nodes, access) {
                 Ok(report) => {
                     let got: BTreeSet<SocketAddr> = report.addrs().into_iter().collect();
                     if report.consistent && got == want {
@@ -424,7 +424,7 @@ impl LocalCluster {
     /// A client connected to node `i`, with `timeout` per request.
     pub fn client(&self, i: usize, timeout: Duration) -> Result<Client> {
         let addr = self.node(i)?.addr;
-        Ok(Client::connect_as(addr, timeout, self.spec.credentials.as_ref())?)
+        Ok(Client::connect_as(addr, timeout, &self.spec.access)?)
     }
 
     /// Whether node `i`'s process is alive (a paused node is alive). Reaps it if it exited.
@@ -472,7 +472,7 @@ impl LocalCluster {
     /// Waits until the ring is consistent and made of exactly the live nodes.
     pub fn wait_consistent(&mut self, timeout: Duration) -> Result<RingReport> {
         let live = self.live_addrs();
-        wait_for_ring(&live, timeout, None, self.spec.credentials.as_ref())
+        wait_for_ring(&live, timeout, None, &self.spec.access)
     }
 
     /// [`LocalCluster::wait_consistent`], giving up early when `cancel` is set.
@@ -482,7 +482,7 @@ impl LocalCluster {
         cancel: &AtomicBool,
     ) -> Result<RingReport> {
         let live = self.live_addrs();
-        wait_for_ring(&live, timeout, Some(cancel), self.spec.credentials.as_ref())
+        wait_for_ring(&live, timeout, Some(cancel), &self.spec.access)
     }
 
     /// Crashes node `i` with SIGKILL and reaps it. A dead node is left as it is.
@@ -848,8 +848,8 @@ impl LocalCluster {
                 )));
             }
             // An error reply counts: the node is up and refusing us (protected mode, no login).
-            let answered = Client::connect_as(addr, PROBE_TIMEOUT, self.spec.credentials.as_ref())
-                .and_then(|mut c| c.info());
+            let answered =
+                Client::connect_as(addr, PROBE_TIMEOUT, &self.spec.access).and_then(|mut c| c.info());
             if matches!(answered, Ok(_) | Err(chordkv_client::ClientError::Server { .. }))
                 && child
                     .try_wait()
@@ -881,8 +881,8 @@ impl NodeControl for LocalCluster {
     fn addrs(&self) -> Vec<SocketAddr> {
         LocalCluster::addrs(self)
     }
-    fn credentials(&self) -> Option<&Credentials> {
-        self.spec.credentials.as_ref()
+    fn access(&self) -> &Access {
+        &self.spec.access
     }
     fn is_running(&mut self, i: usize) -> bool {
         LocalCluster::is_running(self, i)

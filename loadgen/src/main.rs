@@ -73,6 +73,27 @@ struct Args {
     /// `cluster:` section sets `requirepass` is logged in to with it.
     #[arg(long)]
     password: Option<String>,
+    /// Reach the nodes over TLS (nodes started with --tls-cert; a local cluster gets its
+    /// `tls_cert`/`tls_key` from the workload's `cluster:` section). Needs --tls-ca.
+    #[arg(long, requires = "tls_ca")]
+    tls: bool,
+    /// With --tls: the CA certificates (PEM) the nodes' certificates are checked against.
+    #[arg(long = "tls-ca", value_name = "FILE", requires = "tls")]
+    tls_ca: Option<PathBuf>,
+    /// With --tls-ca: the client certificate to offer (PEM), for nodes with --tls-ca.
+    #[arg(
+        long = "tls-cert",
+        value_name = "FILE",
+        requires = "tls_key",
+        requires = "tls_ca"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long = "tls-key", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The name the nodes' certificates carry [default: each node's IP address].
+    #[arg(long = "tls-server-name", value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
     /// Measure loadgen's own ceiling: run the workload against an in-process null target
     /// (one map, no routing or replication) instead of a cluster; faults are skipped.
     #[arg(long, conflicts_with = "nodes")]
@@ -113,7 +134,7 @@ fn main() -> ExitCode {
         .password
         .clone()
         .or_else(|| std::env::var("CHORDKV_PASSWORD").ok());
-    workload.credentials = match (password, &workload.cluster.node.requirepass) {
+    workload.access.login = match (password, &workload.cluster.node.requirepass) {
         (Some(p), _) => Some(chordkv_client::Credentials {
             user: args.user.clone(),
             password: p.into_bytes().into(),
@@ -126,6 +147,19 @@ fn main() -> ExitCode {
         }
         _ => None,
     };
+    if let (true, Some(ca)) = (args.tls, &args.tls_ca) {
+        let identity = match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            _ => None,
+        };
+        match chordkv_client::TlsClient::from_files(ca, identity, args.tls_server_name.as_deref()) {
+            Ok(tls) => workload.access.tls = Some(tls),
+            Err(e) => {
+                eprintln!("error: --tls-ca: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     if let Err(e) = workload.validate() {
         eprintln!("error: {e}");
         return ExitCode::from(2);

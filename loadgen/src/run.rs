@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::error::{Error, Result};
 use bytes::Bytes;
 use chordkv_client::owner::OwnerClient;
-use chordkv_client::{Client, ClientError, Credentials, DeleteResult, GetResult, PutResult};
+use chordkv_client::{Access, Client, ClientError, DeleteResult, GetResult, PutResult};
 use chordkv_core::rng::Rng;
 use chordkv_harness::cluster::{ClusterSpec, LocalCluster, NetworkMode, NodeControl};
 use chordkv_harness::history::{Anomaly, History as TimedHistory};
@@ -207,7 +207,7 @@ pub fn run_with_control(
             };
             let mut spec = ClusterSpec::new(binary, w.cluster.nodes);
             spec.node_args = w.cluster.node_args();
-            spec.credentials = w.credentials.clone();
+            spec.access = w.access.clone();
             spec.log_dir = Some(out_dir.join("nodes"));
             if w.has_partitions() {
                 spec.network = NetworkMode::Namespaces;
@@ -231,11 +231,7 @@ pub fn run_with_control(
     };
 
     if opts.nodes.is_some() {
-        probe(
-            &addrs,
-            Duration::from_millis(w.request_timeout_ms),
-            w.credentials.as_ref(),
-        )?;
+        probe(&addrs, Duration::from_millis(w.request_timeout_ms), &w.access)?;
     }
 
     let targets = Targets::new(addrs.clone());
@@ -473,8 +469,7 @@ impl Worker<'_> {
             }
             let result = match conn.client.as_mut() {
                 Some(c) => Ok(c),
-                None => Client::connect_as(conn.addr, timeout, self.w.credentials.as_ref())
-                    .map(|c| conn.client.insert(c)),
+                None => Client::connect_as(conn.addr, timeout, &self.w.access).map(|c| conn.client.insert(c)),
             }
             .and_then(|client| apply(client, op, key, value));
             let e = match result {
@@ -513,7 +508,7 @@ impl Worker<'_> {
             None => self.owner.insert(OwnerClient::connect_as(
                 &self.targets.snapshot(),
                 timeout,
-                self.w.credentials.clone(),
+                self.w.access.clone(),
             )?),
         };
         apply(client, op, key, value)
@@ -1260,9 +1255,9 @@ pub(crate) fn verify_all(
 }
 
 /// Checks that every node answers `GET_INFO`: a clear error rather than a run of failures.
-fn probe(addrs: &[SocketAddr], timeout: Duration, credentials: Option<&Credentials>) -> Result<()> {
+fn probe(addrs: &[SocketAddr], timeout: Duration, access: &Access) -> Result<()> {
     for &addr in addrs {
-        if let Err(e) = Client::connect_as(addr, timeout, credentials).and_then(|mut c| c.info()) {
+        if let Err(e) = Client::connect_as(addr, timeout, access).and_then(|mut c| c.info()) {
             return Err(Error::Invalid(format!("node {addr} does not answer: {e}")));
         }
     }
@@ -1275,7 +1270,7 @@ fn read_key(worker: &mut Worker<'_>, conn: &mut Conn, name: &Bytes) -> Option<Fi
     for attempt in 1..=VERIFY_ATTEMPTS {
         let client = match conn.client.as_mut() {
             Some(c) => c,
-            None => match Client::connect_as(conn.addr, timeout, worker.w.credentials.as_ref()) {
+            None => match Client::connect_as(conn.addr, timeout, &worker.w.access) {
                 Ok(c) => conn.client.insert(c),
                 Err(_) => {
                     conn.addr = worker.pick_addr(Some(conn.addr));

@@ -271,7 +271,7 @@ fn run_trial(
     w.cluster.node.replicas = replicas;
     let mut spec = ClusterSpec::new(binary, w.cluster.nodes);
     spec.node_args = w.cluster.node_args();
-    spec.credentials = w.credentials.clone();
+    spec.access = w.access.clone();
     let mut cluster = LocalCluster::start(spec)?;
     cluster.wait_consistent(CONVERGE_TIMEOUT)?;
     let targets = Targets::new(cluster.addrs());

@@ -37,11 +37,11 @@ pub const MAX_KEYS: u64 = 1 << 48;
 pub struct Workload {
     /// Names the results directory.
     pub name: String,
-    /// What the run logs in with when the ring requires credentials: `--user`/`--password`
-    /// (or `$CHORDKV_PASSWORD`), else the local cluster's `requirepass` as user `default`.
-    /// Never read from or written to a file.
+    /// How the run reaches the nodes: credentials when the ring requires them (`--user`,
+    /// `--password` or `$CHORDKV_PASSWORD`, else the local cluster's `requirepass` as user
+    /// `default`) and TLS (`--tls`). Never read from or written to a file.
     #[serde(skip)]
-    pub credentials: Option<chordkv_client::Credentials>,
+    pub access: chordkv_client::Access,
     /// Measured time, after the warm-up.
     #[serde(default = "default_duration_s")]
     pub duration_s: f64,

@@ -61,6 +61,14 @@ pub(super) enum Security {
     Initiating(Box<Initiator>),
     /// Authenticated: every byte in and out is in sealed records.
     Sealed(Box<Channel>),
+    /// A client over TLS ([`crate::tls`]): every byte in and out goes through rustls.
+    Tls(Box<rustls::ServerConnection>),
+}
+
+/// What decides the security of a new inbound connection.
+pub(super) struct Accepting<'a> {
+    pub keyring: Option<&'a Keyring>,
+    pub tls: Option<&'a std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// Whether an inbound connection is a client's (counted against `max_clients`) or a peer's.
@@ -113,6 +121,50 @@ pub(super) struct Conn {
     pub last_active: Millis,
     /// The user a binary-protocol client logged in as (`LOGIN`).
     pub session: Option<crate::auth::Session>,
+}
+
+/// Feeds the TLS records in `raw` to rustls (removing them), appends the plaintext to `plain`,
+/// and queues what rustls has to send (handshake messages, alerts) on `out`.
+fn tls_read(
+    tls: &mut rustls::ServerConnection,
+    raw: &mut BytesMut,
+    plain: &mut BytesMut,
+    out: &mut Vec<u8>,
+) -> Result<(), SecureError> {
+    use bytes::Buf;
+    let tls_error = |e: &dyn std::fmt::Display| SecureError::Tls(e.to_string());
+    loop {
+        if !raw.is_empty() {
+            let mut slice = &raw[..];
+            let n = tls.read_tls(&mut slice).map_err(|e| tls_error(&e))?;
+            raw.advance(n);
+            if let Err(e) = tls.process_new_packets() {
+                // The alert goes out before the close.
+                let _ = tls.write_tls(out);
+                return Err(tls_error(&e));
+            }
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let mut read_any = false;
+        loop {
+            match tls.reader().read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    plain.extend_from_slice(&chunk[..n]);
+                    read_any = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(tls_error(&e)),
+            }
+        }
+        if raw.is_empty() || !read_any && raw.len() < 5 {
+            break;
+        }
+    }
+    while tls.wants_write() {
+        tls.write_tls(out).map_err(|e| tls_error(&e))?;
+    }
+    Ok(())
 }
 
 impl Conn {
@@ -173,10 +225,20 @@ impl Conn {
     /// the read buffer holds plaintext frames only. An error (a stranger's key, a forged or
     /// replayed record) means the connection must be closed; a refusal may have been queued
     /// for the peer to read first.
-    pub fn advance_security(&mut self, keyring: Option<&Keyring>) -> Result<(), SecureError> {
+    pub fn advance_security(&mut self, ctx: &Accepting<'_>) -> Result<(), SecureError> {
+        let keyring = ctx.keyring;
         loop {
             match &mut self.security {
                 Security::Plain => return Ok(()),
+                Security::Undecided if self.rbuf.first() == Some(&crate::tls::TLS_HANDSHAKE_RECORD) => {
+                    match ctx.tls {
+                        Some(config) => self.start_tls(config)?,
+                        None => {
+                            self.security = Security::Plain;
+                            return Ok(());
+                        }
+                    }
+                }
                 Security::Undecided => match handshake::starts_handshake(&self.rbuf) {
                     None => return Ok(()),
                     Some(false) => {
@@ -202,6 +264,7 @@ impl Conn {
                     self.security = Security::Sealed(Box::new(channel));
                 }
                 Security::Sealed(channel) => return channel.open(&mut self.raw_in, &mut self.rbuf),
+                Security::Tls(tls) => return tls_read(tls, &mut self.raw_in, &mut self.rbuf, &mut self.wbuf),
             }
         }
     }
@@ -209,7 +272,27 @@ impl Conn {
     /// A RESP connection's session with its read and write buffers (`None` for a frame one).
     pub fn resp_parts(&mut self) -> Option<(&mut RespSession, &mut BytesMut, &mut Vec<u8>)> {
         let session = self.resp.as_deref_mut()?;
-        Some((session, &mut self.rbuf, &mut self.wbuf))
+        let out = match self.security {
+            Security::Tls(_) => &mut self.plain_out,
+            _ => &mut self.wbuf,
+        };
+        Some((session, &mut self.rbuf, out))
+    }
+
+    /// Starts TLS on a new inbound connection (the RESP port with `--tls-cert`).
+    pub fn start_tls(&mut self, config: &std::sync::Arc<rustls::ServerConfig>) -> Result<(), SecureError> {
+        let mut tls = rustls::ServerConnection::new(std::sync::Arc::clone(config))
+            .map_err(|e| SecureError::Tls(e.to_string()))?;
+        // Output is bounded by the event loop's limits, not rustls'.
+        tls.set_buffer_limit(None);
+        self.raw_in = self.rbuf.split();
+        self.security = Security::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// Whether the connection is a TLS client's.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.security, Security::Tls(_))
     }
 
     /// Whether the socket can carry bytes yet (an outbound connect may still be under way).
@@ -236,7 +319,9 @@ impl Conn {
     /// connection). On error nothing is queued.
     pub fn push_frame(&mut self, frame: &Frame) -> Result<(), EncodeError> {
         match self.security {
-            Security::Initiating(_) | Security::Sealed(_) => frame.encode(&mut self.plain_out),
+            Security::Initiating(_) | Security::Sealed(_) | Security::Tls(_) => {
+                frame.encode(&mut self.plain_out)
+            }
             Security::Plain | Security::Undecided => frame.encode(&mut self.wbuf),
         }
     }
@@ -256,7 +341,10 @@ impl Conn {
         maybe_closed: bool,
     ) -> io::Result<ReadStatus> {
         let mut total = 0;
-        let sealed = matches!(self.security, Security::Initiating(_) | Security::Sealed(_));
+        let sealed = matches!(
+            self.security,
+            Security::Initiating(_) | Security::Sealed(_) | Security::Tls(_)
+        );
         loop {
             match self.stream.read(scratch) {
                 Ok(0) => return Ok(ReadStatus::Closed),
@@ -296,14 +384,24 @@ impl Conn {
         if !self.is_connected() {
             return Ok(());
         }
-        if let Security::Sealed(channel) = &mut self.security {
-            if !self.plain_out.is_empty() {
+        match &mut self.security {
+            Security::Sealed(channel) if !self.plain_out.is_empty() => {
                 channel.seal(&self.plain_out, &mut self.wbuf);
                 self.plain_out.clear();
-                if self.plain_out.capacity() > RETAINED_WRITE_BUFFER_BYTES {
-                    self.plain_out = Vec::new();
+            }
+            Security::Tls(tls) => {
+                if !self.plain_out.is_empty() {
+                    tls.writer().write_all(&self.plain_out)?;
+                    self.plain_out.clear();
+                }
+                while tls.wants_write() {
+                    tls.write_tls(&mut self.wbuf)?;
                 }
             }
+            _ => {}
+        }
+        if self.plain_out.capacity() > RETAINED_WRITE_BUFFER_BYTES && self.plain_out.is_empty() {
+            self.plain_out = Vec::new();
         }
         while self.wpos < self.wbuf.len() {
             match self.stream.write(&self.wbuf[self.wpos..]) {

@@ -24,6 +24,9 @@ pub enum Error {
     /// The users file (`--users`) cannot be read or does not parse.
     #[error("users file {path}: {reason}")]
     Users { path: String, reason: String },
+    /// The TLS certificate, key or CA file cannot be read or used (the message names it).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Options that cannot run together (the message says which, and what to do).
     #[error("{0}")]
     Config(String),

@@ -17,7 +17,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use super::conn::{Conn, Kind, ReadStatus, Role, Security};
+use super::conn::{Accepting, Conn, Kind, ReadStatus, Role, Security};
 use super::resp::{Facts, RespSession, Step};
 use super::store_pool::StorePool;
 use super::token_map::TokenMap;
@@ -230,6 +230,8 @@ pub(super) struct Server {
     /// Client connections open (counted against `limits.max_clients`).
     clients: usize,
     auth: ClientAuth,
+    /// TLS for clients (`--tls-cert`).
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// Whether other hosts can reach the frame listener (protected mode applies only then).
     reachable_from_outside: bool,
     /// The same for the RESP listener.
@@ -253,6 +255,7 @@ impl Server {
             peer_security,
             client_limits,
             client_auth,
+            tls,
         } = config;
         if client_auth.users.is_some() && peer_security.keyring.is_none() {
             return Err(Error::Config(
@@ -367,6 +370,13 @@ impl Server {
                 }
             );
         }
+        if tls.is_some() && peer_security.keyring.is_none() {
+            eprintln!(
+                "chordkv node {}: warning: TLS for clients without --keyring: the binary port \
+                 also serves plain connections, since only the ring's key tells a peer from a client",
+                me.addr
+            );
+        }
         if advertise.is_none() && local.ip().is_unspecified() {
             eprintln!(
                 "chordkv node {}: warning: listening on an unspecified address without an \
@@ -420,6 +430,7 @@ impl Server {
             clients: 0,
             last_idle_sweep: now,
             auth: client_auth,
+            tls,
             reachable_from_outside: !local.ip().is_loopback(),
             resp_reachable_from_outside,
         })
@@ -725,9 +736,15 @@ impl Server {
                             session.deny(PROTECTED_MODE);
                         }
                         conn.resp = Some(session);
+                        if let Some(config) = &self.tls {
+                            if let Err(e) = conn.start_tls(config) {
+                                self.log(format_args!("cannot start TLS with {from}: {e}"));
+                                continue;
+                            }
+                        }
                         conn.kind = Kind::Client;
                         self.clients += 1;
-                    } else if self.security.keyring.is_some() {
+                    } else if self.security.keyring.is_some() || self.tls.is_some() {
                         conn.security = Security::Undecided;
                     }
                     self.conns.insert(token, conn);
@@ -875,10 +892,14 @@ impl Server {
             }
         }
         let was_authenticated = conn.is_authenticated();
-        if let Err(e) = conn.advance_security(self.security.keyring.as_ref()) {
+        let ctx = Accepting {
+            keyring: self.security.keyring.as_ref(),
+            tls: self.tls.as_ref(),
+        };
+        if let Err(e) = conn.advance_security(&ctx) {
             // Whatever was answered (a refusal) goes out before the close.
             let _ = conn.flush();
-            let why = format!("peer handshake failed: {e}");
+            let why = format!("handshake failed: {e}");
             self.log_refusal(now, token, Refusal::Handshake, &why);
             return self.close(now, token, Why::Text(&why));
         }
@@ -949,6 +970,24 @@ impl Server {
                         continue;
                     }
                     let peer = conn.is_authenticated();
+                    // With a keyring, peers are known by their handshake, so a client that
+                    // is neither a peer nor over TLS is refused; without one, plain
+                    // connections are peers' too (see the start-up warning).
+                    if self.tls.is_some()
+                        && self.security.keyring.is_some()
+                        && !peer
+                        && !conn.is_tls()
+                        && frame.is_client_request()
+                    {
+                        let error = Message::Error {
+                            code: ErrorCode::Unauthorized,
+                            hops: 0,
+                            text: "this node serves clients over TLS only (chordkv --tls)".into(),
+                        };
+                        let _ = conn.push_frame(&Frame::new(frame.request_id, error));
+                        let _ = conn.flush();
+                        return self.close(now, token, Why::Text("a client without TLS"));
+                    }
                     let need = auth::need_of(&frame.message);
                     let admin_forget = matches!(frame.message, Message::Forget { .. });
                     if !peer && (frame.is_client_request() || admin_forget) {

@@ -75,6 +75,7 @@ pub mod store;
 mod store_pool;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 mod token_map;
 
 use std::net::SocketAddr;
@@ -119,6 +120,9 @@ pub struct ServerConfig {
     pub client_limits: ClientLimits,
     /// Who may be a client (see [`auth`]).
     pub client_auth: ClientAuth,
+    /// TLS for clients ([`tls::server_config`]): the RESP port speaks only TLS, and the
+    /// binary port serves clients only over TLS (peers use the keyring).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Who may use the node as a client: credentials (`--requirepass`, `--users`) and Redis'

@@ -55,6 +55,8 @@ pub enum SecureError {
     BadRecord,
     #[error("the OS random source failed")]
     Random,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// The initiator's side of a handshake in progress: `Hello` sent, `HelloOk` awaited.

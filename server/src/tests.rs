@@ -35,6 +35,7 @@ fn config(join: Option<SocketAddr>, store: Arc<dyn Store>) -> ServerConfig {
         peer_security: Default::default(),
         client_limits: Default::default(),
         client_auth: Default::default(),
+        tls: None,
     }
 }
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use chordkv_client::{Client, ClientError, Credentials};
+use chordkv_client::{Access, Client, ClientError, Credentials};
 use chordkv_harness::cluster::{LocalCluster, NetworkMode};
 use chordkv_harness::netns;
 use chordkv_protocol::ErrorCode;
@@ -53,7 +53,7 @@ fn secured_ring(name: &str) -> LocalCluster {
         ],
     );
     spec.resp = true;
-    spec.credentials = Some(creds("default", "admin-pw"));
+    spec.access.login = Some(creds("default", "admin-pw"));
     start_spec(name, spec)
 }
 
@@ -61,6 +61,13 @@ fn creds(user: &str, password: &str) -> Credentials {
     Credentials {
         user: user.into(),
         password: password.as_bytes().to_vec().into(),
+    }
+}
+
+fn login(user: &str, password: &str) -> Access {
+    Access {
+        login: Some(creds(user, password)),
+        tls: None,
     }
 }
 
@@ -145,9 +152,9 @@ fn clients_log_in_over_resp_and_the_binary_protocol() {
         }
         other => panic!("GET before login: {other:?}"),
     }
-    let wrong = Client::connect_as(addr, REQUEST_TIMEOUT, Some(&creds("writer", "nope"))).unwrap_err();
+    let wrong = Client::connect_as(addr, REQUEST_TIMEOUT, &login("writer", "nope")).unwrap_err();
     assert!(wrong.to_string().contains("WRONGPASS"), "{wrong}");
-    let mut reader = Client::connect_as(addr, REQUEST_TIMEOUT, Some(&creds("reader", "reader-pw"))).unwrap();
+    let mut reader = Client::connect_as(addr, REQUEST_TIMEOUT, &login("reader", "reader-pw")).unwrap();
     assert_eq!(reader.get("k").unwrap().value.as_deref(), Some(&b"v"[..]));
     match reader.put("k", "x") {
         Err(ClientError::Server { code, text, .. }) => {
@@ -156,7 +163,7 @@ fn clients_log_in_over_resp_and_the_binary_protocol() {
         }
         other => panic!("PUT as reader: {other:?}"),
     }
-    let mut admin = Client::connect_as(addr, REQUEST_TIMEOUT, Some(&creds("default", "admin-pw"))).unwrap();
+    let mut admin = Client::connect_as(addr, REQUEST_TIMEOUT, &login("default", "admin-pw")).unwrap();
     admin.put("k", "w").unwrap();
 
     // The chordkv command: --password, or CHORDKV_PASSWORD.

@@ -238,7 +238,7 @@ fn run() -> anyhow::Result<bool> {
                 &live,
                 deadline.saturating_duration_since(Instant::now()),
                 None,
-                None,
+                &chordkv_client::NO_ACCESS,
             );
             result.map(|_| t0.elapsed()).map_err(|e| format!("{e:#}"))
         });
