@@ -864,13 +864,25 @@ impl Server {
     /// paused: its requests stay unread, buffered or in the socket, until a flush brings the
     /// replies under [`OUTPUT_LOW_WATER_BYTES`] (see `resume_if_drained`). The core is pumped
     /// after every frame so that the replies it produces at once count towards the mark.
+    ///
+    /// A RESP client's buffered commands run before more is read, and a client they bring to
+    /// its in-flight cap is not read: its input waits in the socket. Reading first would add a
+    /// read budget to its buffer each time a reply freed a place, until the query buffer limit
+    /// closed a client that only pipelines.
     fn read(&mut self, now: Millis, token: Token, maybe_closed: bool) {
+        if self
+            .conns
+            .get(&token)
+            .is_some_and(|c| c.resp.is_some() && c.buffered_input() > 0)
+            && !self.run_resp_commands(now, token)
+        {
+            return;
+        }
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
         let inbound = matches!(conn.role, Role::Inbound { .. });
         let mut status = ReadStatus::Drained;
-        // A RESP client at its in-flight cap is not read either: its input waits in the socket.
         let blocked = conn.resp.as_ref().is_some_and(|s| s.is_blocked());
         if !(blocked || inbound && conn.pending_output() >= OUTPUT_HIGH_WATER_BYTES) {
             let before = conn.buffered_input();
@@ -1093,6 +1105,23 @@ impl Server {
                     let _ = conn.flush();
                 }
                 self.close(now, token, Why::Text("closed by the peer"));
+            }
+        }
+    }
+
+    /// Runs the RESP commands buffered on `token` until none can run now; false when the
+    /// connection is gone or paused (its replies over [`OUTPUT_HIGH_WATER_BYTES`]).
+    fn run_resp_commands(&mut self, now: Millis, token: Token) -> bool {
+        loop {
+            let Some(conn) = self.conns.get_mut(&token) else {
+                return false;
+            };
+            if conn.pending_output() >= OUTPUT_HIGH_WATER_BYTES {
+                conn.read_paused = true;
+                return false;
+            }
+            if !self.resp_step(now, token) {
+                return true;
             }
         }
     }
