@@ -121,6 +121,9 @@ pub(super) struct Conn {
     pub last_active: Millis,
     /// The user a binary-protocol client logged in as (`LOGIN`).
     pub session: Option<crate::auth::Session>,
+    /// Requests of a binary client handed to the core and not yet answered (a RESP client's
+    /// are counted by its session): a client waiting for a reply is not idle.
+    pub requests_in_flight: usize,
 }
 
 /// Feeds the TLS records in `raw` to rustls (removing them), appends the plaintext to `plain`,
@@ -187,6 +190,7 @@ impl Conn {
             kind: Kind::Unknown,
             last_active: 0,
             session: None,
+            requests_in_flight: 0,
         }
     }
 

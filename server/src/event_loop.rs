@@ -612,6 +612,7 @@ impl Server {
             let after = resp_after_output(conn, token, &mut self.read_again, &mut self.to_flush);
             return self.resp_finish(now, token, after);
         }
+        conn.requests_in_flight = conn.requests_in_flight.saturating_sub(1);
         if let Err(e) = conn.push_frame(&frame) {
             // Answer anyway, so the requester is not left waiting.
             let text = format!("reply {} could not be encoded: {e}", frame.message.name());
@@ -1060,6 +1061,9 @@ impl Server {
                             self.clients += 1;
                         }
                     }
+                    if conn.kind == Kind::Client {
+                        conn.requests_in_flight += 1;
+                    }
                     self.node.handle_request(now, ReplyTo(token.0 as u64), frame);
                 }
                 Role::Outbound { peer, awaiting, .. } => {
@@ -1291,7 +1295,9 @@ impl Server {
     }
 
     /// Closes clients idle for longer than `idle_timeout_ms` (looked for once a second): no
-    /// input since, nothing in flight, nothing unwritten.
+    /// input since, nothing in flight, nothing unwritten. A connection that has not yet sent a
+    /// whole first frame is idle too (as Redis counts a client from its accept): it is not
+    /// known to be a peer's, and a peer sends its first frame as soon as it connects.
     fn close_idle_clients(&mut self, now: Millis) {
         let timeout = self.limits.idle_timeout_ms;
         if timeout == 0 || now < self.last_idle_sweep + 1_000 {
@@ -1302,9 +1308,10 @@ impl Server {
             .conns
             .iter()
             .filter(|(_, c)| {
-                c.kind == Kind::Client
+                c.kind != Kind::Peer
                     && now.saturating_sub(c.last_active) > timeout
                     && c.pending_output() == 0
+                    && c.requests_in_flight == 0
                     && c.resp.as_ref().is_none_or(|s| s.is_idle())
             })
             .map(|(&t, _)| t)
