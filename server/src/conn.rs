@@ -319,6 +319,12 @@ impl Conn {
         self.wbuf.len() - self.wpos + self.plain_out.len()
     }
 
+    /// [`Conn::pending_output`] and the replies a RESP session holds behind one still waiting
+    /// for the core: what the output high-water marks compare.
+    pub fn output_backlog(&self) -> usize {
+        self.pending_output() + self.resp.as_ref().map_or(0, |s| s.held_bytes())
+    }
+
     /// Appends one encoded frame to the output (to be sealed at the flush on an authenticated
     /// connection). On error nothing is queued.
     pub fn push_frame(&mut self, frame: &Frame) -> Result<(), EncodeError> {

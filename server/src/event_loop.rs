@@ -52,6 +52,10 @@ pub const MAX_WRITE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 pub const OUTPUT_HIGH_WATER_BYTES: usize = 4 * 1024 * 1024;
 /// Unwritten reply bytes under which a paused connection is read again.
 pub const OUTPUT_LOW_WATER_BYTES: usize = 1024 * 1024;
+/// Requests of one binary client handed to the core and not yet answered; at this many its
+/// input waits (in its buffer and the socket) until a reply goes out, as a RESP client's does
+/// (`resp::session::MAX_REQUESTS_IN_FLIGHT`).
+pub const MAX_CLIENT_REQUESTS_IN_FLIGHT: usize = 4_096;
 /// Longest wait in `poll`, whatever the deadlines say.
 pub const MAX_POLL_WAIT_MS: u64 = 1_000;
 /// Shortest connect timeout to a peer (the actual one is the larger of this and the core's
@@ -612,6 +616,10 @@ impl Server {
             let after = resp_after_output(conn, token, &mut self.read_again, &mut self.to_flush);
             return self.resp_finish(now, token, after);
         }
+        if conn.requests_in_flight == MAX_CLIENT_REQUESTS_IN_FLIGHT {
+            // It stopped at its cap: its next requests may be read now.
+            self.read_again.push(token);
+        }
         conn.requests_in_flight = conn.requests_in_flight.saturating_sub(1);
         if let Err(e) = conn.push_frame(&frame) {
             // Answer anyway, so the requester is not left waiting.
@@ -884,8 +892,9 @@ impl Server {
         };
         let inbound = matches!(conn.role, Role::Inbound { .. });
         let mut status = ReadStatus::Drained;
-        let blocked = conn.resp.as_ref().is_some_and(|s| s.is_blocked());
-        if !(blocked || inbound && conn.pending_output() >= OUTPUT_HIGH_WATER_BYTES) {
+        let blocked = conn.resp.as_ref().is_some_and(|s| s.is_blocked())
+            || conn.requests_in_flight >= MAX_CLIENT_REQUESTS_IN_FLIGHT;
+        if !(blocked || inbound && conn.output_backlog() >= OUTPUT_HIGH_WATER_BYTES) {
             let before = conn.buffered_input();
             status = match conn.read_available(&mut self.scratch, READ_BUDGET_BYTES, maybe_closed) {
                 Ok(status) => status,
@@ -928,9 +937,13 @@ impl Server {
             let Some(conn) = self.conns.get_mut(&token) else {
                 return;
             };
-            if inbound && conn.pending_output() >= OUTPUT_HIGH_WATER_BYTES {
+            if inbound && conn.output_backlog() >= OUTPUT_HIGH_WATER_BYTES {
                 // Whatever `status` said is found again by the read after resuming.
                 conn.read_paused = true;
+                return;
+            }
+            if conn.requests_in_flight >= MAX_CLIENT_REQUESTS_IN_FLIGHT {
+                // A binary client at its cap: the rest waits (read again once a reply goes).
                 return;
             }
             if conn.resp.is_some() {
@@ -1120,7 +1133,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(&token) else {
                 return false;
             };
-            if conn.pending_output() >= OUTPUT_HIGH_WATER_BYTES {
+            if conn.output_backlog() >= OUTPUT_HIGH_WATER_BYTES {
                 conn.read_paused = true;
                 return false;
             }
@@ -1169,7 +1182,7 @@ impl Server {
     /// Reads a paused connection again (next turn) once its replies have drained.
     fn resume_if_drained(&mut self, token: Token) {
         if let Some(conn) = self.conns.get_mut(&token) {
-            if conn.read_paused && conn.pending_output() <= OUTPUT_LOW_WATER_BYTES {
+            if conn.read_paused && conn.output_backlog() <= OUTPUT_LOW_WATER_BYTES {
                 conn.read_paused = false;
                 self.read_again.push(token);
             }

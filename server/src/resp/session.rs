@@ -72,6 +72,10 @@ pub(crate) struct RespSession {
     /// error, then it closes. Answering a command, rather than writing at accept and closing,
     /// lets the client read the words before the close.
     denied: Option<&'static str>,
+    /// Bytes of replies ready but held behind a reply still waiting for the core: counted with
+    /// the connection's unwritten output, so a client cannot pile up answers (1 MiB `ECHO`s
+    /// behind one stuck `SET`) without being paused.
+    held_bytes: usize,
 }
 
 impl RespSession {
@@ -84,7 +88,13 @@ impl RespSession {
             blocked: false,
             closing: false,
             denied: None,
+            held_bytes: 0,
         }
+    }
+
+    /// Bytes of ready replies held behind one still waiting for the core.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
     /// Refuses the connection: its first command is answered with `error` (without the `-`),
@@ -217,6 +227,9 @@ impl RespSession {
     /// some of the requests (a local key, memory store): those replies reach
     /// [`RespSession::on_reply`] after this, through the event loop's pump, so none is missed.
     fn push_slot(&mut self, first: u64, sent: u64, reply: SlotReply, out: &mut Vec<u8>) {
+        if let SlotReply::Ready(bytes) = &reply {
+            self.held_bytes += bytes.len();
+        }
         self.slots.push_back(Slot {
             first,
             sent: sent as u32,
@@ -231,7 +244,10 @@ impl RespSession {
         while self.slots.front().is_some_and(|s| s.got == s.sent) {
             if let Some(slot) = self.slots.pop_front() {
                 match slot.reply {
-                    SlotReply::Ready(bytes) => out.extend_from_slice(&bytes),
+                    SlotReply::Ready(bytes) => {
+                        self.held_bytes -= bytes.len();
+                        out.extend_from_slice(&bytes);
+                    }
                     SlotReply::Waiting(pending) => pending.encode(out),
                 }
             }
