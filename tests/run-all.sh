@@ -29,6 +29,16 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
     }
 fi
 
+# The TLS test (tests/tests/tls.rs) runs redis-py with ssl=True: Debian's python3-redis, for
+# Debian's /usr/bin/python3 (which the test runs, whatever else is first on PATH).
+if ! /usr/bin/python3 -c 'import redis' >/dev/null 2>&1; then
+    echo "run-all.sh: the Python redis client not found; installing python3-redis with apt-get" >&2
+    as_root=()
+    [ "$(id -u)" -ne 0 ] && as_root=(sudo)
+    ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-redis
+fi
+
 # The deployment test (tests/tests/deploy.rs) runs real sshd hosts: Debian's openssh-server.
 # It needs root (network namespaces) and skips itself without, so only root installs it.
 if [ ! -x /usr/sbin/sshd ]; then

@@ -125,6 +125,30 @@ fn clients_reach_the_ring_over_tls_and_only_over_tls() {
         "{}",
         run.stderr
     );
+    // redis-py with ssl=True, as an application would connect.
+    let script = format!(
+        "import redis\n\
+         r = redis.Redis(host='127.0.0.1', port={port}, ssl=True, ssl_ca_certs='{ca}')\n\
+         r.set('py', 'tls-from-python')\n\
+         print(r.get('py').decode())\n"
+    );
+    // Debian's Python, where tests/run-all.sh installs python3-redis.
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let out = Command::new(python)
+        .args(["-c", &script])
+        .output()
+        .expect("python3 with redis (tests/run-all.sh installs python3-redis)");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "tls-from-python",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A client that does not trust the node's CA refuses it.
     let other = scratch_dir("tls-other-ca");
     make_certificates(&other);
