@@ -200,6 +200,9 @@ done
 # --- the inventory ----------------------------------------------------------------------------
 
 inv=$out/inventory
+# Every node runs with the ring's keyring (cluster.sh copies it with mode 0600); the test
+# rotates it under the running ring below.
+"$chordkv_bin" keygen >"$tmp/ring.key"
 {
     echo "# Written by deploy/test-netns.sh ($mode mode)."
     echo "replicas=2"
@@ -211,6 +214,7 @@ inv=$out/inventory
     echo "known_hosts=$tmp/known_hosts"
     echo "dir=$tmp/remote"
     echo "binary=$chordkv_bin"
+    echo "keyring=$tmp/ring.key"
     for i in $(seq 1 "$hosts"); do
         # h1 also serves Redis clients (resp= is passed only where set).
         echo "host h$i ssh=root@${host_addr[$((i - 1))]}:$sshd_port listen=${host_addr[$((i - 1))]}:7000" \
@@ -297,6 +301,22 @@ grep -q "^h2 .* dead" "$out/status-killed.txt" || fail "h2 not reported dead"
 cluster restart h2
 cluster status --wait 30 | tee "$out/status-restarted.txt" || fail "status is not healthy after the restart"
 cluster logs h2 5
+
+step "keyring: 0600 on every host, rotated (install, use, remove) with the ring up"
+for i in $(seq 1 $((hosts - spares))); do
+    mode=$(stat -c %a "$tmp/remote/h$i/keyring")
+    [ "$mode" = 600 ] || fail "h$i's keyring has mode $mode, not 600"
+done
+old_key=$(head -1 "$tmp/ring.key")
+new_key=$("$chordkv_bin" keygen)
+printf '%s\n%s\n' "$old_key" "$new_key" >"$tmp/ring.key"
+cluster keyring | tee "$out/keyring-install.txt"
+printf '%s\n%s\n' "$new_key" "$old_key" >"$tmp/ring.key"
+cluster keyring >/dev/null
+printf '%s\n' "$new_key" >"$tmp/ring.key"
+cluster keyring >/dev/null
+cluster status --wait 30 | tee "$out/status-rotated.txt" || fail "status is not healthy after the rotation"
+grep -q "reloaded" "$out/keyring-install.txt" || fail "keyring did not reload the running nodes"
 
 # --- loadgen against the deployed cluster ------------------------------------------------------
 

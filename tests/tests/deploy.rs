@@ -113,7 +113,12 @@ fn a_cluster_deployed_over_ssh_survives_a_kill_and_a_restart_under_load() {
         "a foreign binary was not refused by its architecture"
     );
     assert!(read(&out.join("status-unreachable.txt")).contains("unreachable over ssh"));
-    for file in ["status-up.txt", "status-restarted.txt", "status-after-load.txt"] {
+    for file in [
+        "status-up.txt",
+        "status-restarted.txt",
+        "status-rotated.txt",
+        "status-after-load.txt",
+    ] {
         let status = read(&out.join(file));
         assert!(
             status.contains("ring: consistent, 4 nodes"),
