@@ -220,7 +220,7 @@ pub fn run_with_control(
                 } else {
                     ""
                 },
-                spec.node_args.join(" ")
+                shown_args(&spec.node_args)
             );
             let mut c = LocalCluster::start(spec)?;
             c.wait_consistent(CONVERGE_TIMEOUT)?;
@@ -1252,6 +1252,17 @@ pub(crate) fn verify_all(
         }
     }
     (report, lost)
+}
+
+/// The node arguments as loadgen prints them: a password's value is not shown.
+fn shown_args(args: &[String]) -> String {
+    let mut shown = Vec::with_capacity(args.len());
+    let mut secret_next = false;
+    for a in args {
+        shown.push(if secret_next { "***" } else { a.as_str() });
+        secret_next = a == "--requirepass";
+    }
+    shown.join(" ")
 }
 
 /// Checks that every node answers `GET_INFO`: a clear error rather than a run of failures.
