@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use chordkv_protocol::frame::{decode, DecodeError, EncodeError, Frame};
+use chordkv_protocol::frame::{check, decode, DecodeError, EncodeError, Frame};
 use chordkv_protocol::handshake;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
@@ -197,6 +197,12 @@ impl Conn {
     /// Bytes read and not yet processed (plaintext and ciphertext).
     pub fn buffered_input(&self) -> usize {
         self.rbuf.len() + self.raw_in.len()
+    }
+
+    /// Whether a whole frame is buffered, to be handed on before more is read (a broken header
+    /// counts: the frame loop finds it and closes the connection).
+    pub fn has_whole_frame(&self) -> bool {
+        !matches!(check(&self.rbuf), Ok(None))
     }
 
     /// Starts the peer handshake on a new outbound connection: `Hello` goes out first, and

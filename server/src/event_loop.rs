@@ -874,10 +874,10 @@ impl Server {
     /// replies under [`OUTPUT_LOW_WATER_BYTES`] (see `resume_if_drained`). The core is pumped
     /// after every frame so that the replies it produces at once count towards the mark.
     ///
-    /// A RESP client's buffered commands run before more is read, and a client they bring to
-    /// its in-flight cap is not read: its input waits in the socket. Reading first would add a
-    /// read budget to its buffer each time a reply freed a place, until the query buffer limit
-    /// closed a client that only pipelines.
+    /// A client's buffered commands (RESP) or frames (binary) run before more is read, and a
+    /// client they bring to its in-flight cap is not read: its input waits in the socket.
+    /// Reading first would add a read budget to its buffer each time a reply freed a place,
+    /// until the query buffer limit closed a client that only pipelines.
     fn read(&mut self, now: Millis, token: Token, maybe_closed: bool) {
         if self
             .conns
@@ -892,8 +892,16 @@ impl Server {
         };
         let inbound = matches!(conn.role, Role::Inbound { .. });
         let mut status = ReadStatus::Drained;
+        // Frames left over at the cap (or the output mark) go to the core first; the socket is
+        // read on the next turn (a close is still read at once).
+        let frames_first =
+            !maybe_closed && conn.kind == Kind::Client && conn.resp.is_none() && conn.has_whole_frame();
+        if frames_first {
+            status = ReadStatus::MoreAvailable;
+        }
         let blocked = conn.resp.as_ref().is_some_and(|s| s.is_blocked())
-            || conn.requests_in_flight >= MAX_CLIENT_REQUESTS_IN_FLIGHT;
+            || conn.requests_in_flight >= MAX_CLIENT_REQUESTS_IN_FLIGHT
+            || frames_first;
         if !(blocked || inbound && conn.output_backlog() >= OUTPUT_HIGH_WATER_BYTES) {
             let before = conn.buffered_input();
             status = match conn.read_available(&mut self.scratch, READ_BUDGET_BYTES, maybe_closed) {
