@@ -8,6 +8,10 @@
 //! - A RESP client writing into a stalled store is no longer read: its writes stall in TCP
 //!   flow control, not in the node's memory (a 2 MiB query buffer limit is never reached), and
 //!   all complete once the store is back.
+//! - Nor is one whose ready replies (1 MiB `ECHO`s) pile up behind a command waiting for that
+//!   store: the replies held count against the output high-water mark.
+//! - Nor is a binary client pipelining PUTs into that store, once it has
+//!   `MAX_CLIENT_REQUESTS_IN_FLIGHT` requests unanswered.
 //! - An unfinished command over `--client-query-buffer-limit` closes its client.
 //! - `--idle-timeout-secs` closes idle clients, connections that never sent a whole frame
 //!   among them, and spares a client that keeps asking and one that waits for its reply.
@@ -18,12 +22,15 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chordkv_client::Client;
 use chordkv_harness::cluster::LocalCluster;
 use chordkv_protocol::{Frame, Message, HEADER_BYTES, MAX_FRAME_BYTES};
+use chordkv_server::store::redis::IO_TIMEOUT_MS;
+use chordkv_server::{MAX_CLIENT_REQUESTS_IN_FLIGHT, OUTPUT_HIGH_WATER_BYTES, READ_BUDGET_BYTES};
 use chordkv_tests::*;
 
 /// Bound of a wait for the node to close a connection, or to read what was sent to it.
@@ -144,6 +151,103 @@ fn unread_at_server(server: u16, clients: &[u16]) -> Vec<(u16, u64)> {
             (local == server && clients.contains(&remote)).then_some((remote, rx))
         })
         .collect()
+}
+
+/// The send and receive queues (`tx_queue`, `rx_queue` of `/proc/net/tcp`) of the loopback
+/// socket from port `local` to port `remote`.
+fn tcp_queues(local: u16, remote: u16) -> Option<(u64, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap_or(""), 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if (port(f.get(1)?)?, port(f.get(2)?)?) != (local, remote) {
+            return None;
+        }
+        let (tx, rx) = f.get(4)?.split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
+}
+
+/// Where the `written` bytes of a stalled writer on `stream` are: still in the client's socket
+/// (not yet acknowledged by the node's), in the node's socket (received, not read), and read by
+/// the node (the rest). Bytes received but not yet acknowledged count in both sockets, so
+/// `read_by_node` may be low by up to that much (some 100 KiB seen).
+#[derive(Debug)]
+struct Whereabouts {
+    in_client_socket: u64,
+    unread_by_node: u64,
+    read_by_node: u64,
+}
+
+fn whereabouts(stream: &TcpStream, written: u64) -> Whereabouts {
+    let (client, node) = (
+        stream.local_addr().expect("a local address").port(),
+        stream.peer_addr().expect("a peer address").port(),
+    );
+    let (in_client_socket, _) = tcp_queues(client, node).expect("the client's socket in /proc/net/tcp");
+    let (_, unread_by_node) = tcp_queues(node, client).expect("the node's socket in /proc/net/tcp");
+    Whereabouts {
+        in_client_socket,
+        unread_by_node,
+        read_by_node: written.saturating_sub(in_client_socket + unread_by_node),
+    }
+}
+
+/// A thread writing the chunks `next` makes to `stream` until it makes none, counting the bytes
+/// the socket took in `written`. A write blocked for [`CONVERGE_TIMEOUT`] fails.
+fn spawn_writer(
+    mut stream: TcpStream,
+    written: Arc<AtomicU64>,
+    mut next: impl FnMut() -> Option<Vec<u8>> + Send + 'static,
+) -> JoinHandle<Result<(), String>> {
+    stream
+        .set_write_timeout(Some(CONVERGE_TIMEOUT))
+        .expect("a write timeout");
+    std::thread::spawn(move || {
+        while let Some(chunk) = next() {
+            let mut at = 0;
+            while at < chunk.len() {
+                match stream.write(&chunk[at..]) {
+                    Ok(n) => {
+                        at += n;
+                        written.fetch_add(n as u64, Ordering::SeqCst);
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(format!(
+                            "write after {} bytes: {e}",
+                            written.load(Ordering::SeqCst)
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Waits until the writer counting in `written` stalls: nothing more taken over two rounds of
+/// polls. Returns the bytes it wrote (all of them if it finished).
+fn until_the_writer_stalls(written: &AtomicU64) -> u64 {
+    let round = POLL_PAUSE * 5;
+    let mut last = (0, 0); // (bytes written, rounds unchanged)
+    poll_until(CONVERGE_TIMEOUT, "the writer to stall", || {
+        std::thread::sleep(round);
+        let now = written.load(Ordering::SeqCst);
+        last = if now == last.0 {
+            (now, last.1 + 1)
+        } else {
+            (now, 0)
+        };
+        (now > 0 && last.1 >= 2).then_some(now)
+    })
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
 }
 
 /// An 18-byte header of a PUT announcing a payload of `MAX_FRAME_BYTES` (32 MiB), a valid
@@ -361,36 +465,19 @@ fn a_client_writing_into_a_stalled_store_is_not_read() {
     let written = Arc::new(AtomicU64::new(0));
     let replied = Arc::new(AtomicU64::new(0));
     let writer = {
-        let mut stream = stream.try_clone().expect("clone the stream");
-        let written = Arc::clone(&written);
-        std::thread::spawn(move || -> Result<(), String> {
-            let mut chunk = Vec::with_capacity(256 * 1024);
-            let mut i = 0;
-            while i < commands {
-                chunk.clear();
+        let mut i = 0;
+        spawn_writer(
+            stream.try_clone().expect("clone the stream"),
+            Arc::clone(&written),
+            move || {
+                let mut chunk = Vec::with_capacity(256 * 1024);
                 while i < commands && chunk.len() < 64 * 1024 {
                     chunk.extend_from_slice(&set_command(i, &value));
                     i += 1;
                 }
-                let mut at = 0;
-                while at < chunk.len() {
-                    match stream.write(&chunk[at..]) {
-                        Ok(n) => {
-                            at += n;
-                            written.fetch_add(n as u64, Ordering::SeqCst);
-                        }
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            return Err(format!(
-                                "write after {} bytes: {e}",
-                                written.load(Ordering::SeqCst)
-                            ))
-                        }
-                    }
-                }
-            }
-            Ok(())
-        })
+                (!chunk.is_empty()).then_some(chunk)
+            },
+        )
     };
     let reader = {
         let stream = stream.try_clone().expect("clone the stream");
@@ -427,18 +514,7 @@ fn a_client_writing_into_a_stalled_store_is_not_read() {
     };
 
     // The writer stalls: nothing more is taken over two rounds of polls, well below the total.
-    let round = POLL_PAUSE * 5;
-    let mut last = (0, 0); // (bytes written, rounds unchanged)
-    let stalled_at = poll_until(CONVERGE_TIMEOUT, "the writer to stall", || {
-        std::thread::sleep(round);
-        let now = written.load(Ordering::SeqCst);
-        last = if now == last.0 {
-            (now, last.1 + 1)
-        } else {
-            (now, 0)
-        };
-        (now > 0 && last.1 >= 2).then_some(now)
-    });
+    let stalled_at = until_the_writer_stalls(&written);
     eprintln!(
         "{name}: the writer stalled after {:.1} MiB of {:.1} MiB ({} replies so far)",
         stalled_at as f64 / (1 << 20) as f64,
@@ -488,6 +564,399 @@ fn a_client_writing_into_a_stalled_store_is_not_read() {
     ]
     .concat();
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+}
+
+/// Bytes of each `ECHO` argument in the held-replies test.
+const ECHO_BYTES: usize = 1024 * 1024;
+/// That node's `--client-query-buffer-limit`: a command begun (1 MiB) and one read budget
+/// (1 MiB) are the most of the client's input it should hold, so 4 MiB is never reached.
+const HELD_REPLIES_QUERY_BUFFER_BYTES: &str = "4194304";
+/// `ECHO`s sent behind the waiting SET at most (300 MiB).
+const ECHOES: u64 = 300;
+
+/// The argument of the `i`th `ECHO`: its number, then one letter (so that a reply out of
+/// order, or another's, is seen).
+fn echo_payload(i: u64) -> Vec<u8> {
+    let mut payload = vec![b'a' + (i % 26) as u8; ECHO_BYTES];
+    let tag = format!("echo {i:06} ");
+    payload[..tag.len()].copy_from_slice(tag.as_bytes());
+    payload
+}
+
+/// `ECHO <payload>` in RESP.
+fn echo_command(payload: &[u8]) -> Vec<u8> {
+    [
+        format!("*2\r\n$4\r\nECHO\r\n${}\r\n", payload.len()).as_bytes(),
+        payload,
+        b"\r\n",
+    ]
+    .concat()
+}
+
+/// What the reader of the held-replies test saw: the SET's reply, the `ECHO`s answered with
+/// their own argument in order, and what went wrong, if anything.
+#[derive(Debug, Default)]
+struct EchoReplies {
+    set: Option<String>,
+    echoes: u64,
+    problem: Option<String>,
+}
+
+#[test]
+fn replies_behind_a_stalled_command_do_not_pile_up() {
+    let _one = one_at_a_time();
+    let name = "limits_held_replies";
+    let redis = RedisServer::start();
+    let mut spec = with_args(
+        redis_cluster_spec(name, 1, &redis),
+        &["--client-query-buffer-limit", HELD_REPLIES_QUERY_BUFFER_BYTES],
+    );
+    spec.resp = true;
+    let mut cluster = start_spec(name, spec);
+    let resp = cluster.resp_addr(0).expect("a RESP port");
+    // The store works before it stalls.
+    let mut warm = resp_client(resp, "a RESP client");
+    warm.write_all(&set_command(u64::MAX, b"warm")).expect("send");
+    let mut buf = [0u8; 5];
+    warm.read_exact(&mut buf).expect("a reply");
+    assert_eq!(&buf, b"+OK\r\n");
+    drop(warm);
+
+    const SET: &[u8] = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
+    let echo_command_bytes = echo_command(&echo_payload(0)).len() as u64;
+    let total = SET.len() as u64 + ECHOES * echo_command_bytes;
+    let (rss_before, _) = report_memory(name, &cluster, 0, "before the commands");
+
+    // One SET that waits for the paused store, then 1 MiB ECHOs, each answered at once and
+    // held behind it.
+    redis.pause();
+    let paused = Instant::now();
+    let stream = TcpStream::connect(resp).expect("connect");
+    let written = Arc::new(AtomicU64::new(0));
+    let replied = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let mut next = 0;
+        spawn_writer(
+            stream.try_clone().expect("clone the stream"),
+            Arc::clone(&written),
+            move || {
+                let chunk = match next {
+                    0 => SET.to_vec(),
+                    i if i <= ECHOES => echo_command(&echo_payload(i - 1)),
+                    _ => return None,
+                };
+                next += 1;
+                Some(chunk)
+            },
+        )
+    };
+    let reader = {
+        let stream = stream.try_clone().expect("clone the stream");
+        stream
+            .set_read_timeout(Some(CONVERGE_TIMEOUT))
+            .expect("a read timeout");
+        let replied = Arc::clone(&replied);
+        std::thread::spawn(move || {
+            let mut replies = EchoReplies::default();
+            let mut lines = BufReader::with_capacity(256 * 1024, stream);
+            let mut line = Vec::new();
+            let header = format!("${ECHO_BYTES}\r\n").into_bytes();
+            let mut body = vec![0u8; ECHO_BYTES + 2];
+            for i in 0..=ECHOES {
+                line.clear();
+                match lines.read_until(b'\n', &mut line) {
+                    Ok(0) => replies.problem = Some(format!("EOF before reply {i}")),
+                    Ok(_) if i == 0 => replies.set = Some(String::from_utf8_lossy(&line).trim_end().into()),
+                    Ok(_) if line != header => {
+                        let quoted = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
+                        replies.problem = Some(format!("ECHO {} answered {quoted:?}", i - 1));
+                    }
+                    Ok(_) => match lines.read_exact(&mut body) {
+                        Ok(())
+                            if body[..ECHO_BYTES] == echo_payload(i - 1)[..] && body.ends_with(b"\r\n") =>
+                        {
+                            replies.echoes += 1;
+                        }
+                        Ok(()) => {
+                            let quoted = String::from_utf8_lossy(&body[..40]).into_owned();
+                            replies.problem = Some(format!("ECHO {} answered {quoted:?}...", i - 1));
+                        }
+                        Err(e) => replies.problem = Some(format!("reading the reply to ECHO {}: {e}", i - 1)),
+                    },
+                    Err(e) => replies.problem = Some(format!("reading reply {i}: {e}")),
+                }
+                if replies.problem.is_some() {
+                    break;
+                }
+                replied.fetch_add(1, Ordering::Relaxed);
+            }
+            replies
+        })
+    };
+
+    // The writer stalls: the node stopped reading once the replies it holds reached the
+    // output high-water mark, so the rest waits in the sockets.
+    let stalled_at = until_the_writer_stalls(&written);
+    let at = whereabouts(&stream, stalled_at);
+    eprintln!(
+        "{name}: the writer stalled after {:.1} MiB of {:.1} MiB, {:.1} s after the pause \
+         ({} replies so far): {:.1} MiB read by the node, {:.1} MiB unread in its socket, \
+         {:.1} MiB in the client's",
+        mib(stalled_at),
+        mib(total),
+        paused.elapsed().as_secs_f64(),
+        replied.load(Ordering::Relaxed),
+        mib(at.read_by_node),
+        mib(at.unread_by_node),
+        mib(at.in_client_socket)
+    );
+    let (rss_stalled, _) = report_memory(name, &cluster, 0, "with the writer stalled");
+    eprintln!(
+        "{name}: node RSS grew {:.1} MiB while the client wrote {:.1} MiB",
+        (rss_stalled as f64 - rss_before as f64) / 1024.0,
+        mib(stalled_at)
+    );
+    if writer.is_finished() {
+        panic!(
+            "the writer stopped while the store was stalled (it sent everything, or the node \
+             closed its connection): {:?}; log:\n{}",
+            writer.join(),
+            log_of(&cluster, 0)
+        );
+    }
+    assert_eq!(
+        replied.load(Ordering::Relaxed),
+        0,
+        "a reply came out before the SET's, which waits for the paused store"
+    );
+    // Read: the replies held up to the mark (the last ECHO taken crosses it), a command the
+    // node had begun, and the rest of its last read.
+    let most = OUTPUT_HIGH_WATER_BYTES as u64 + 2 * echo_command_bytes + READ_BUDGET_BYTES as u64;
+    assert!(
+        at.read_by_node <= most,
+        "the node read {} bytes (more than {most}) from a client whose replies wait behind a \
+         command waiting for a stalled store: {at:?}",
+        at.read_by_node
+    );
+    assert!(at.unread_by_node > 0, "the node's socket is not full: {at:?}");
+
+    // The store is back: the SET is answered, then every ECHO with its argument.
+    redis.resume();
+    let paused_for = paused.elapsed();
+    let wrote = writer.join().expect("the writer thread");
+    assert_eq!(wrote, Ok(()), "the writer");
+    let replies = reader.join().expect("the reader thread");
+    eprintln!(
+        "{name}: replies {replies:?}, the store paused for {:.1} s",
+        paused_for.as_secs_f64()
+    );
+    assert_eq!(replies.problem, None);
+    assert_eq!(
+        replies.set.as_deref(),
+        Some("+OK"),
+        "the SET's reply (the store was paused for {paused_for:?}; it gives up after {IO_TIMEOUT_MS} ms)"
+    );
+    assert_eq!(replies.echoes, ECHOES);
+    report_memory(name, &cluster, 0, "after the replies");
+    assert!(cluster.is_running(0));
+    let mut check = resp_client(resp, "a RESP client after the replies");
+    check.write_all(b"GET k\r\n").expect("send");
+    let mut got = [0u8; 7];
+    check.read_exact(&mut got).expect("the GET reply");
+    assert_eq!(&got, b"$1\r\nv\r\n");
+}
+
+/// Bytes of the PUT frames the pipelining test sends at most.
+const PIPELINED_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes of each of its values (keys are 16 bytes).
+const PIPELINED_VALUE_BYTES: usize = 1024;
+
+/// The key of the `i`th PUT of the pipelining test (16 bytes).
+fn pipelined_key(i: u64) -> String {
+    format!("key-{i:012}")
+}
+
+/// The `i`th PUT of the pipelining test, request id `i + 1`, encoded.
+fn pipelined_put(i: u64) -> Vec<u8> {
+    let frame = Frame::new(
+        i + 1,
+        Message::Put {
+            key: Bytes::from(pipelined_key(i)),
+            value: Bytes::from(vec![b'a' + (i % 26) as u8; PIPELINED_VALUE_BYTES]),
+        },
+    );
+    frame.to_bytes().expect("a PUT encodes").to_vec()
+}
+
+/// What the reader of the pipelining test saw: PUT_REPLYs, other replies (the first few
+/// quoted), and what went wrong, if anything.
+#[derive(Debug, Default)]
+struct PutReplies {
+    put_replies: u64,
+    others: u64,
+    first_others: Vec<String>,
+    problem: Option<String>,
+}
+
+#[test]
+fn a_binary_client_pipelining_into_a_stalled_store_is_not_read() {
+    let _one = one_at_a_time();
+    let name = "limits_binary_pipelining";
+    let redis = RedisServer::start();
+    // Its input must wait in the socket, not in the node: a read budget (1 MiB) and part of a
+    // frame are the most the node should hold, so a 2 MiB query buffer limit is never reached.
+    let spec = with_args(
+        redis_cluster_spec(name, 1, &redis),
+        &["--client-query-buffer-limit", STALLED_QUERY_BUFFER_BYTES],
+    );
+    let mut cluster = start_spec(name, spec);
+    let addr = cluster.addr(0);
+    // The store works before it stalls.
+    let mut warm = Client::connect(addr, REQUEST_TIMEOUT).expect("connect");
+    warm.put("warm", "up").expect("PUT");
+    drop(warm);
+
+    let frame_bytes = pipelined_put(0).len() as u64;
+    let puts = PIPELINED_BYTES / frame_bytes;
+    let total = puts * frame_bytes;
+    let (rss_before, _) = report_memory(name, &cluster, 0, "before the PUTs");
+
+    redis.pause();
+    let paused = Instant::now();
+    let stream = TcpStream::connect(addr).expect("connect");
+    let written = Arc::new(AtomicU64::new(0));
+    let replied = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let mut i = 0;
+        spawn_writer(
+            stream.try_clone().expect("clone the stream"),
+            Arc::clone(&written),
+            move || {
+                let mut chunk = Vec::with_capacity(128 * 1024);
+                while i < puts && chunk.len() < 64 * 1024 {
+                    chunk.extend_from_slice(&pipelined_put(i));
+                    i += 1;
+                }
+                (!chunk.is_empty()).then_some(chunk)
+            },
+        )
+    };
+    let reader = {
+        let mut stream = stream.try_clone().expect("clone the stream");
+        stream
+            .set_read_timeout(Some(CONVERGE_TIMEOUT))
+            .expect("a read timeout");
+        let replied = Arc::clone(&replied);
+        std::thread::spawn(move || {
+            let mut replies = PutReplies::default();
+            let mut answered = vec![false; puts as usize];
+            let mut raw = bytes::BytesMut::with_capacity(256 * 1024);
+            let mut buf = vec![0u8; 64 * 1024];
+            while replies.put_replies + replies.others < puts && replies.problem.is_none() {
+                match chordkv_protocol::decode(&mut raw) {
+                    Ok(Some(frame)) => {
+                        let id = frame.request_id;
+                        if id == 0 || id > puts || answered[id as usize - 1] {
+                            replies.problem = Some(format!("a reply to request {id}: {:?}", frame.message));
+                            break;
+                        }
+                        answered[id as usize - 1] = true;
+                        if matches!(frame.message, Message::PutReply { .. }) {
+                            replies.put_replies += 1;
+                        } else {
+                            replies.others += 1;
+                            if replies.first_others.len() < 5 {
+                                replies.first_others.push(format!("{id}: {:?}", frame.message));
+                            }
+                        }
+                        replied.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        replies.problem = Some(format!("an undecodable reply: {e}"));
+                        break;
+                    }
+                }
+                match stream.read(&mut buf) {
+                    Ok(0) => replies.problem = Some("EOF".into()),
+                    Ok(n) => raw.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => replies.problem = Some(e.to_string()),
+                }
+            }
+            replies
+        })
+    };
+
+    // The writer stalls: the node stopped reading at the in-flight cap, so the rest waits in
+    // the sockets.
+    let stalled_at = until_the_writer_stalls(&written);
+    let at = whereabouts(&stream, stalled_at);
+    eprintln!(
+        "{name}: the writer stalled after {:.1} MiB of {:.1} MiB ({} of {puts} PUTs of {frame_bytes} \
+         bytes), {:.1} s after the pause ({} replies so far): {:.1} MiB read by the node (~{} PUTs), \
+         {:.1} MiB unread in its socket, {:.1} MiB in the client's",
+        mib(stalled_at),
+        mib(total),
+        stalled_at / frame_bytes,
+        paused.elapsed().as_secs_f64(),
+        replied.load(Ordering::Relaxed),
+        mib(at.read_by_node),
+        at.read_by_node / frame_bytes,
+        mib(at.unread_by_node),
+        mib(at.in_client_socket)
+    );
+    let (rss_stalled, _) = report_memory(name, &cluster, 0, "with the writer stalled");
+    eprintln!(
+        "{name}: node RSS grew {:.1} MiB while the client wrote {:.1} MiB",
+        (rss_stalled as f64 - rss_before as f64) / 1024.0,
+        mib(stalled_at)
+    );
+    if writer.is_finished() {
+        panic!(
+            "the writer stopped while the store was stalled (it sent everything, or the node \
+             closed its connection): {:?}; log:\n{}",
+            writer.join(),
+            log_of(&cluster, 0)
+        );
+    }
+    // Read: the requests in flight at the cap and the rest of the node's last read.
+    let most = MAX_CLIENT_REQUESTS_IN_FLIGHT as u64 * frame_bytes + 2 * READ_BUDGET_BYTES as u64;
+    assert!(
+        at.read_by_node <= most,
+        "the node read {} bytes (more than {most}) from a binary client whose PUTs wait for a \
+         stalled store: {at:?}",
+        at.read_by_node
+    );
+    assert!(at.unread_by_node > 0, "the node's socket is not full: {at:?}");
+
+    // The store is back: every PUT is answered.
+    redis.resume();
+    let paused_for = paused.elapsed();
+    let wrote = writer.join().expect("the writer thread");
+    assert_eq!(wrote, Ok(()), "the writer");
+    let replies = reader.join().expect("the reader thread");
+    eprintln!(
+        "{name}: replies {replies:?}, the store paused for {:.1} s",
+        paused_for.as_secs_f64()
+    );
+    assert_eq!(replies.problem, None);
+    assert_eq!(
+        (replies.put_replies, replies.others),
+        (puts, 0),
+        "every PUT gets a PUT_REPLY (the store was paused for {paused_for:?}; it gives up \
+         after {IO_TIMEOUT_MS} ms)"
+    );
+    report_memory(name, &cluster, 0, "after the replies");
+    assert!(cluster.is_running(0));
+    let mut check = Client::connect(addr, REQUEST_TIMEOUT).expect("connect");
+    let last = puts - 1;
+    let got = check.get(pipelined_key(last)).expect("GET");
+    assert_eq!(
+        got.value.as_deref(),
+        Some(&vec![b'a' + (last % 26) as u8; PIPELINED_VALUE_BYTES][..])
+    );
 }
 
 #[test]
