@@ -1,6 +1,8 @@
 //! The event loop itself: one thread, one `mio::Poll`, one [`Node`]. See the module docs of
 //! [`super`] for its shape and the reasons behind it.
 
+mod admission;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Display};
 use std::io;
@@ -23,8 +25,7 @@ use super::store_pool::StorePool;
 use super::token_map::TokenMap;
 use super::ServerConfig;
 use super::{ClientAuth, ClientLimits, PeerSecurity};
-use crate::auth;
-use crate::keyring::Keyring;
+use admission::{fit_descriptor_limit, protected_from, Admit, Refusal, Throttled, PROTECTED_MODE};
 use chordkv_core::chord::{Millis, Node, Output, Phase, ReplyTo};
 use chordkv_core::store::{self, Store};
 
@@ -68,50 +69,6 @@ pub const LEAVE_MARGIN_MS: u64 = 2_000;
 /// Wait before accepting again after `accept` failed (e.g. out of file descriptors).
 const ACCEPT_RETRY_MS: u64 = 100;
 const EVENTS_CAPACITY: usize = 1_024;
-/// At most one line per this long about refused strangers (a peer operation without the
-/// ring's key, a handshake with an unknown key, a record that does not open); the next line
-/// says how many were not logged.
-pub const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
-
-/// What a client from another host is told in protected mode (Redis' `DENIED`, in our words).
-pub const PROTECTED_MODE: &str =
-    "DENIED chordkv is running in protected mode because protected mode is enabled and \
-    no password is set for the default user. In this mode connections are only accepted from the loopback \
-    interface. If you want to connect from external computers, either set a password (--requirepass or \
-    --users, with --keyring) or restart the node with '--protected-mode no' (MAKE SURE the node is not \
-    publicly accessible from the internet if you do so).";
-
-/// The kinds of refusal logged apart (each throttled on its own).
-#[derive(Clone, Copy)]
-enum Refusal {
-    /// A peer operation on a connection without the ring's key.
-    PeerOperation = 0,
-    /// A handshake with an unknown key, or a record that does not open.
-    Handshake = 1,
-    /// A peer refused us.
-    ByPeer = 2,
-}
-
-/// A log line that may repeat at the rate of an attacker's connections: written at most once
-/// per interval, with the count of those suppressed since.
-#[derive(Default)]
-struct Throttled {
-    next_at: Millis,
-    suppressed: u64,
-}
-
-impl Throttled {
-    /// Whether to write the line now, and how many were suppressed before it.
-    fn allow(&mut self, now: Millis, interval_ms: u64) -> Option<u64> {
-        if now < self.next_at {
-            self.suppressed += 1;
-            return None;
-        }
-        self.next_at = now + interval_ms;
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
 /// The node's clock: wall-clock milliseconds at start plus monotonic time since, so it never
 /// goes back and stays close to wall time (the core stamps write versions with it).
 struct Clock {
@@ -979,109 +936,14 @@ impl Server {
                         self.log_conn_closed(token, &why);
                         return self.close(now, token, Why::Text(&why));
                     }
-                    if let Message::Login { user, password } = &frame.message {
-                        let reply = match &self.auth.users {
-                            None => Message::Error {
-                                code: ErrorCode::BadRequest,
-                                hops: 0,
-                                text: "ERR AUTH <password> called without any password configured for the default user".into(),
-                            },
-                            Some(users) => match users.login(user, password) {
-                                Ok(session) => {
-                                    let user = session.user.clone();
-                                    conn.session = Some(session);
-                                    Message::LoginReply { user }
-                                }
-                                Err(text) => Message::Error {
-                                    code: ErrorCode::Unauthorized,
-                                    hops: 0,
-                                    text: text.into(),
-                                },
-                            },
-                        };
-                        let _ = conn.push_frame(&Frame::new(frame.request_id, reply));
-                        self.queue_flush(now, token);
-                        continue;
+                    match self.admit(now, token, &frame) {
+                        Admit::Serve => {}
+                        Admit::Answered => continue,
+                        Admit::Closed => return,
                     }
-                    let peer = conn.is_authenticated();
-                    // With a keyring, peers are known by their handshake, so a client that
-                    // is neither a peer nor over TLS is refused; without one, plain
-                    // connections are peers' too (see the start-up warning).
-                    if self.tls.is_some()
-                        && self.security.keyring.is_some()
-                        && !peer
-                        && !conn.is_tls()
-                        && frame.is_client_request()
-                    {
-                        let error = Message::Error {
-                            code: ErrorCode::Unauthorized,
-                            hops: 0,
-                            text: "this node serves clients over TLS only (chordkv --tls)".into(),
-                        };
-                        let _ = conn.push_frame(&Frame::new(frame.request_id, error));
-                        let _ = conn.flush();
-                        return self.close(now, token, Why::Text("a client without TLS"));
-                    }
-                    let need = auth::need_of(&frame.message);
-                    let admin_forget = matches!(frame.message, Message::Forget { .. });
-                    if !peer && (frame.is_client_request() || admin_forget) {
-                        if self.auth.users.is_some() {
-                            let denied = match &conn.session {
-                                None => Some((ErrorCode::Unauthorized, auth::NOAUTH.to_string())),
-                                Some(s) if !s.perms.allow(need) => Some((
-                                    ErrorCode::Forbidden,
-                                    format!(
-                                        "NOPERM User {} has no permissions to run the '{}' command",
-                                        s.user,
-                                        frame.message.name()
-                                    ),
-                                )),
-                                Some(_) => None,
-                            };
-                            if let Some((code, text)) = denied {
-                                let error = Message::Error { code, hops: 0, text };
-                                let _ = conn.push_frame(&Frame::new(frame.request_id, error));
-                                self.queue_flush(now, token);
-                                continue;
-                            }
-                        } else if frame.is_client_request() {
-                            if let Role::Inbound { from } = conn.role {
-                                if protected_from(&self.auth, self.reachable_from_outside, from) {
-                                    let error = Message::Error {
-                                        code: ErrorCode::Unauthorized,
-                                        hops: 0,
-                                        text: PROTECTED_MODE.into(),
-                                    };
-                                    let _ = conn.push_frame(&Frame::new(frame.request_id, error));
-                                    let _ = conn.flush();
-                                    self.log_limited(
-                                        now,
-                                        format_args!("refused a client from {from}: protected mode"),
-                                    );
-                                    return self.close(now, token, Why::Text("protected mode"));
-                                }
-                            }
-                        }
-                    }
-                    let forget_by_admin =
-                        admin_forget && conn.session.as_ref().is_some_and(|s| s.perms.admin);
-                    if self.security.requires_handshake()
-                        && !peer
-                        && !frame.is_client_request()
-                        && !forget_by_admin
-                    {
-                        return self.refuse_peer_operation(now, token, &frame);
-                    }
-                    if conn.kind == Kind::Unknown {
-                        if conn.is_authenticated() || !frame.is_client_request() {
-                            conn.kind = Kind::Peer;
-                        } else if self.clients >= self.limits.max_clients {
-                            return self.refuse_client(now, token, &frame);
-                        } else {
-                            conn.kind = Kind::Client;
-                            self.clients += 1;
-                        }
-                    }
+                    let Some(conn) = self.conns.get_mut(&token) else {
+                        return;
+                    };
                     if conn.kind == Kind::Client {
                         conn.requests_in_flight += 1;
                     }
@@ -1264,146 +1126,6 @@ impl Server {
         }
     }
 
-    /// Answers a peer operation that came on a connection without the ring's key with
-    /// `Unauthorized`, logs it (throttled) and closes the connection.
-    fn refuse_peer_operation(&mut self, now: Millis, token: Token, frame: &Frame) {
-        let text = format!(
-            "{} is a peer operation: this ring requires its key (chordkv node --keyring)",
-            frame.message.name()
-        );
-        if let Some(conn) = self.conns.get_mut(&token) {
-            let error = Message::Error {
-                code: ErrorCode::Unauthorized,
-                hops: 0,
-                text: text.clone(),
-            };
-            let _ = conn.push_frame(&Frame::new(frame.request_id, error));
-            let _ = conn.flush();
-        }
-        self.log_refusal(now, token, Refusal::PeerOperation, &format!("refused: {text}"));
-        self.close(now, token, Why::Text("refused"));
-    }
-
-    /// Answers a client over `max_clients` with Redis' words (as a `Busy` error) and closes.
-    fn refuse_client(&mut self, now: Millis, token: Token, frame: &Frame) {
-        if let Some(conn) = self.conns.get_mut(&token) {
-            let error = Message::Error {
-                code: ErrorCode::Busy,
-                hops: 0,
-                text: "max number of clients reached".into(),
-            };
-            let _ = conn.push_frame(&Frame::new(frame.request_id, error));
-            let _ = conn.flush();
-        }
-        let max = self.limits.max_clients;
-        self.log_limited(
-            now,
-            format_args!("refused a client: max number of clients reached ({max})"),
-        );
-        self.close(now, token, Why::Text("max number of clients reached"));
-    }
-
-    /// Logs a client refused or closed for a limit, at most once per
-    /// [`REFUSAL_LOG_INTERVAL_MS`] with the count of lines not logged.
-    fn log_limited(&mut self, now: Millis, args: fmt::Arguments<'_>) {
-        if let Some(suppressed) = self.limited.allow(now, REFUSAL_LOG_INTERVAL_MS) {
-            if suppressed > 0 {
-                self.log(format_args!("{args} ({suppressed} more not logged)"));
-            } else {
-                self.log(args);
-            }
-        }
-    }
-
-    /// Closes clients idle for longer than `idle_timeout_ms` (looked for once a second): no
-    /// input since, nothing in flight, nothing unwritten. A connection that has not yet sent a
-    /// whole first frame is idle too (as Redis counts a client from its accept): it is not
-    /// known to be a peer's, and a peer sends its first frame as soon as it connects.
-    fn close_idle_clients(&mut self, now: Millis) {
-        let timeout = self.limits.idle_timeout_ms;
-        if timeout == 0 || now < self.last_idle_sweep + 1_000 {
-            return;
-        }
-        self.last_idle_sweep = now;
-        let idle: Vec<Token> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                c.kind != Kind::Peer
-                    && now.saturating_sub(c.last_active) > timeout
-                    && c.pending_output() == 0
-                    && c.requests_in_flight == 0
-                    && c.resp.as_ref().is_none_or(|s| s.is_idle())
-            })
-            .map(|(&t, _)| t)
-            .collect();
-        for token in idle {
-            self.close(now, token, Why::Text("idle timeout"));
-        }
-    }
-
-    /// Logs a refused stranger, at most once per [`REFUSAL_LOG_INTERVAL_MS`].
-    fn log_refusal(&mut self, now: Millis, token: Token, kind: Refusal, why: &str) {
-        let Some(suppressed) = self.refusals[kind as usize].allow(now, REFUSAL_LOG_INTERVAL_MS) else {
-            return;
-        };
-        let more = if suppressed > 0 {
-            format!(" ({suppressed} more refusals not logged)")
-        } else {
-            String::new()
-        };
-        match self.conns.get(&token).map(|c| &c.role) {
-            Some(Role::Inbound { from }) => self.log(format_args!("connection from {from}: {why}{more}")),
-            Some(Role::Outbound { peer, .. }) => self.log(format_args!("connection to {peer}: {why}{more}")),
-            None => self.log(format_args!("{why}{more}")),
-        }
-    }
-
-    /// Reads the keyring file again (SIGHUP): the rotation steps of [`crate::keyring`].
-    /// Connections opened with a key the file no longer holds are closed; connections this
-    /// node opened with a key that is no longer the first are retired (replaced for new
-    /// requests, closed once their replies are in). A file that does not parse changes nothing.
-    fn reload_keyring(&mut self, now: Millis) {
-        let Some(path) = self.security.keyring_path.clone() else {
-            self.log(format_args!("SIGHUP: no --keyring to read again"));
-            return;
-        };
-        let keyring = match Keyring::load(&path) {
-            Ok(k) => k,
-            Err(e) => {
-                self.log(format_args!("SIGHUP: keeping the keyring in use: {e}"));
-                return;
-            }
-        };
-        self.log(format_args!(
-            "SIGHUP: keyring of {} key(s) read again, sending with {}",
-            keyring.keys().len(),
-            keyring.primary().id_hex()
-        ));
-        let primary = keyring.primary().id();
-        let mut close = Vec::new();
-        for (&token, conn) in self.conns.iter_mut() {
-            let Some(id) = conn.key_id() else { continue };
-            if keyring.find(&id).is_none() {
-                close.push(token);
-            } else if let Role::Outbound { peer, awaiting, .. } = conn.role {
-                if id != primary && !conn.retiring {
-                    conn.retiring = true;
-                    if self.peers.get(&peer) == Some(&token) {
-                        self.peers.remove(&peer);
-                    }
-                    if awaiting == 0 && conn.pending_output() == 0 {
-                        close.push(token);
-                    }
-                }
-            }
-        }
-        self.security.keyring = Some(keyring);
-        for token in close {
-            self.close(now, token, Why::Text("its key was rotated out"));
-        }
-    }
-
     fn begin_leave(&mut self, now: Millis, why: &str) {
         if self.leave_deadline.is_some() || self.exit_deadline.is_some() {
             return;
@@ -1495,51 +1217,6 @@ fn resp_after_output(
         to_flush.push(token);
     }
     RespAfter::Done
-}
-
-/// Whether protected mode refuses a client from `from`: no credentials, the node reachable
-/// from other hosts (`reachable`: it listens on an address that is not loopback), and the
-/// client on another host.
-fn protected_from(auth: &ClientAuth, reachable: bool, from: SocketAddr) -> bool {
-    auth.protected_mode && auth.users.is_none() && reachable && !from.ip().is_loopback()
-}
-
-/// Descriptors kept for what is not a client: listeners, peers, the store, the poll.
-const RESERVED_DESCRIPTORS: u64 = 128;
-
-/// Raises the soft limit on open files to what `max_clients` needs (up to the hard limit), and
-/// lowers `max_clients` to what the limit then allows, as Redis does at start: at the limit the
-/// node would stop accepting anyone, peers included, so a client beyond it is refused instead.
-fn fit_descriptor_limit(mut limits: ClientLimits) -> ClientLimits {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write the struct we pass, nothing else.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
-        return limits;
-    }
-    let want = limits.max_clients as u64 + RESERVED_DESCRIPTORS;
-    if rl.rlim_cur < want {
-        let raised = libc::rlimit {
-            rlim_cur: want.min(rl.rlim_max),
-            rlim_max: rl.rlim_max,
-        };
-        // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            rl.rlim_cur = raised.rlim_cur;
-        }
-    }
-    let allowed = rl.rlim_cur.saturating_sub(RESERVED_DESCRIPTORS).max(1) as usize;
-    if allowed < limits.max_clients {
-        eprintln!(
-            "chordkv node: max clients lowered from {} to {allowed}: the open-file limit is {} \
-             (raise it with ulimit -n to serve more)",
-            limits.max_clients, rl.rlim_cur
-        );
-        limits.max_clients = allowed;
-    }
-    limits
 }
 
 fn bind_error(addr: SocketAddr, e: io::Error) -> Error {
