@@ -6,6 +6,11 @@
 #   bench/tls-cost.sh                       # writes results/tls-cost.md
 #
 # Environment: REQUESTS (per run, default 100000), REPEATS (default 3), OUT.
+#
+# Known problem (2026-12-01, open): redis-benchmark 7.0 against a chordkv node sometimes does
+# not finish a test after its last reply (all requests answered, the node idle, redis-benchmark
+# spinning), plain and TLS alike, at every commit tried back to b1e4292; each run is bounded by
+# `timeout`, and a run cut off fails the script rather than report a wrong figure.
 # Builds the release binary; makes a throwaway CA and node certificate with openssl
 # (installing openssl and redis-tools from Debian's packages when missing).
 set -euo pipefail
@@ -41,30 +46,32 @@ openssl x509 -req -in "$work/node.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" 
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start_node MODE: starts a node (plain or tls), prints its RESP port.
+# start_node MODE RESP_PORT: starts a node (plain or tls) in this shell (so its pid is kept
+# and no command substitution waits on its output) and waits until it answers PING.
 start_node() {
-    local mode=$1 port resp args=()
+    local mode=$1 resp=$2 port args=()
     port=$(free_port)
-    resp=$(free_port)
     [ "$mode" = tls ] && args=(--tls-cert "$work/node.pem" --tls-key "$work/node.key")
-    "$bin" node --listen "127.0.0.1:$port" --resp "127.0.0.1:$resp" "${args[@]}" 2>>"$work/node.log" &
+    "$bin" node --listen "127.0.0.1:$port" --resp "127.0.0.1:$resp" "${args[@]}" >>"$work/node.log" 2>&1 &
     pids+=($!)
     for _ in $(seq 1 100); do
         if [ "$mode" = tls ]; then
-            redis-cli -p "$resp" --tls --cacert "$work/ca.pem" ping >/dev/null 2>&1 && break
+            redis-cli -p "$resp" --tls --cacert "$work/ca.pem" ping >/dev/null 2>&1 && return 0
         else
-            redis-cli -p "$resp" ping >/dev/null 2>&1 && break
+            redis-cli -p "$resp" ping >/dev/null 2>&1 && return 0
         fi
         sleep 0.1
     done
-    echo "$resp"
+    echo "the $mode node did not answer PING; its log:" >&2
+    cat "$work/node.log" >&2
+    exit 1
 }
 
 # One redis-benchmark run: prints "set_rps get_rps set_p99_ms get_p99_ms".
 bench() {
     local mode=$1 port=$2 tls=()
     [ "$mode" = tls ] && tls=(--tls --cacert "$work/ca.pem")
-    timeout 300 redis-benchmark -h 127.0.0.1 -p "$port" "${tls[@]}" -c "$CLIENTS" -n "$REQUESTS" \
+    timeout 120 redis-benchmark -h 127.0.0.1 -p "$port" "${tls[@]}" -c "$CLIENTS" -n "$REQUESTS" \
         -r 100000 -t set,get --csv 2>/dev/null | python3 -c '
 import csv, sys
 rows = {r[0]: r for r in csv.reader(sys.stdin)}
@@ -74,8 +81,10 @@ print(round(float(s[1])), round(float(g[1])), s[6], g[6])'
 }
 
 declare -A port results
-port[plain]=$(start_node plain)
-port[tls]=$(start_node tls)
+port[plain]=$(free_port)
+port[tls]=$(free_port)
+start_node plain "${port[plain]}"
+start_node tls "${port[tls]}"
 for n in $(seq 1 "$REPEATS"); do
     for mode in plain tls; do
         line=$(bench "$mode" "${port[$mode]}")
