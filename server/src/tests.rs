@@ -464,3 +464,47 @@ fn a_blocking_store_runs_on_worker_threads() {
         "{threads:?}"
     );
 }
+
+/// Two clients whose writes look alike (the same request id, deadline, key and value, as
+/// redis-benchmark's connections send them) are two writes: each gets its reply. The
+/// duplicate filter of write hops once took the second for a redelivery of the first and
+/// dropped it, leaving its client waiting for ever.
+#[test]
+fn look_alike_writes_from_two_clients_are_both_answered() {
+    let node = start(None);
+    let addr = node.addr();
+    let mut first = Client::connect(addr);
+    put_ok(&mut first, "warm", "up");
+    let deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 10_000;
+    let write = || {
+        Frame::new(
+            42,
+            Message::Put {
+                key: bytes("same-key"),
+                value: bytes("same-value"),
+            },
+        )
+        .with_deadline(deadline)
+        .to_bytes()
+        .unwrap()
+    };
+    let mut second = Client::connect(addr);
+    for client in [&mut first, &mut second] {
+        client.stream.write_all(&write()).unwrap();
+        let reply = loop {
+            if let Some(frame) = decode(&mut client.buf).expect("valid frames") {
+                break frame;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = client.stream.read(&mut chunk).expect("a reply, not a timeout");
+            assert!(n > 0, "connection closed while waiting for a reply");
+            client.buf.extend_from_slice(&chunk[..n]);
+        };
+        assert_eq!(reply.request_id, 42);
+        assert!(matches!(reply.message, Message::PutReply { .. }), "{reply:?}");
+    }
+}

@@ -540,11 +540,23 @@ impl Node {
         self.reply(op.reply_to, op.request_id, msg);
     }
 
-    /// Whether this is the first delivery of the write hop `(request_id, deadline, key, value)`
-    /// (an entry's request ids are unique, so a second delivery with the same fingerprint
-    /// before the deadline is a duplicate). Remembered until the deadline, after which the
-    /// deadline refuses the hop anyway.
-    fn first_delivery(&mut self, now: Millis, request_id: u64, deadline: Millis, message: &Message) -> bool {
+    /// Whether this is the first delivery of the write hop `(sender, request_id, deadline, key,
+    /// value)` (a sender's request ids are unique, so a second delivery with the same
+    /// fingerprint before the deadline is a duplicate). Remembered until the deadline, after
+    /// which the deadline refuses the hop anyway.
+    ///
+    /// The sender (`to`: the connection, or the simulated sender) is part of it: request ids
+    /// are unique per sender only, and two clients' writes of the same value to the same key
+    /// with the same request id within the same millisecond are two writes (redis-benchmark's
+    /// 50 connections did that, and one of them never got its reply).
+    fn first_delivery(
+        &mut self,
+        now: Millis,
+        to: ReplyTo,
+        request_id: u64,
+        deadline: Millis,
+        message: &Message,
+    ) -> bool {
         use std::hash::{Hash, Hasher};
         while let Some(&(d, fp)) = self.client.seen_writes.first() {
             if d >= now {
@@ -554,7 +566,7 @@ impl Node {
             self.client.seen_fingerprints.remove(&fp);
         }
         let mut h = std::hash::DefaultHasher::new();
-        (request_id, deadline).hash(&mut h);
+        (to, request_id, deadline).hash(&mut h);
         match message {
             Message::Put { key, value } => (0u8, key, value).hash(&mut h),
             Message::Delete { key } => (1u8, key).hash(&mut h),
@@ -643,7 +655,7 @@ impl Node {
             };
             return self.reply(to, request_id, msg);
         }
-        if is_write && deadline != 0 && !self.first_delivery(now, request_id, deadline, &message) {
+        if is_write && deadline != 0 && !self.first_delivery(now, to, request_id, deadline, &message) {
             // The same hop delivered twice (a retransmission, a replayed connection): it was
             // started once already, and a second stamp could put it above a write acknowledged
             // since. Its first delivery answers.
