@@ -7,10 +7,6 @@
 #
 # Environment: REQUESTS (per run, default 100000), REPEATS (default 3), OUT.
 #
-# Known problem (2026-12-01, open): redis-benchmark 7.0 against a chordkv node sometimes does
-# not finish a test after its last reply (all requests answered, the node idle, redis-benchmark
-# spinning), plain and TLS alike, at every commit tried back to b1e4292; each run is bounded by
-# `timeout`, and a run cut off fails the script rather than report a wrong figure.
 # Builds the release binary; makes a throwaway CA and node certificate with openssl
 # (installing openssl and redis-tools from Debian's packages when missing).
 set -euo pipefail
