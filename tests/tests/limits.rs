@@ -424,6 +424,26 @@ fn set_command(i: u64, value: &[u8]) -> Vec<u8> {
     cmd
 }
 
+/// One node keeping its keys in a fresh redis-server, with RESP and `--client-query-buffer-limit
+/// limit`, checked to store a key (a SET answered +OK) before a test stalls the store: the
+/// redis-server, the cluster and the node's RESP address.
+fn resp_node_on_redis(name: &str, limit: &str) -> (RedisServer, LocalCluster, SocketAddr) {
+    let redis = RedisServer::start();
+    let mut spec = with_args(
+        redis_cluster_spec(name, 1, &redis),
+        &["--client-query-buffer-limit", limit],
+    );
+    spec.resp = true;
+    let cluster = start_spec(name, spec);
+    let resp = cluster.resp_addr(0).expect("a RESP port");
+    let mut warm = resp_client(resp, "a RESP client");
+    warm.write_all(&set_command(u64::MAX, b"warm")).expect("send");
+    let mut buf = [0u8; 5];
+    warm.read_exact(&mut buf).expect("a reply");
+    assert_eq!(&buf, b"+OK\r\n");
+    (redis, cluster, resp)
+}
+
 /// What the reader of the stalled-store test saw: replies `+OK`, error replies (the first
 /// few quoted), and whether the node closed the connection.
 #[derive(Debug, Default)]
@@ -438,21 +458,7 @@ struct Replies {
 fn a_client_writing_into_a_stalled_store_is_not_read() {
     let _one = one_at_a_time();
     let name = "limits_stalled_store";
-    let redis = RedisServer::start();
-    let mut spec = with_args(
-        redis_cluster_spec(name, 1, &redis),
-        &["--client-query-buffer-limit", STALLED_QUERY_BUFFER_BYTES],
-    );
-    spec.resp = true;
-    let mut cluster = start_spec(name, spec);
-    let resp = cluster.resp_addr(0).expect("a RESP port");
-    // The store works before it stalls.
-    let mut warm = resp_client(resp, "a RESP client");
-    warm.write_all(&set_command(u64::MAX, b"warm")).expect("send");
-    let mut buf = [0u8; 5];
-    warm.read_exact(&mut buf).expect("a reply");
-    assert_eq!(&buf, b"+OK\r\n");
-    drop(warm);
+    let (redis, mut cluster, resp) = resp_node_on_redis(name, STALLED_QUERY_BUFFER_BYTES);
 
     let value = vec![b'v'; STALLED_VALUE_BYTES];
     let command_bytes = set_command(0, &value).len() as u64; // k0: the shortest
@@ -606,21 +612,7 @@ struct EchoReplies {
 fn replies_behind_a_stalled_command_do_not_pile_up() {
     let _one = one_at_a_time();
     let name = "limits_held_replies";
-    let redis = RedisServer::start();
-    let mut spec = with_args(
-        redis_cluster_spec(name, 1, &redis),
-        &["--client-query-buffer-limit", HELD_REPLIES_QUERY_BUFFER_BYTES],
-    );
-    spec.resp = true;
-    let mut cluster = start_spec(name, spec);
-    let resp = cluster.resp_addr(0).expect("a RESP port");
-    // The store works before it stalls.
-    let mut warm = resp_client(resp, "a RESP client");
-    warm.write_all(&set_command(u64::MAX, b"warm")).expect("send");
-    let mut buf = [0u8; 5];
-    warm.read_exact(&mut buf).expect("a reply");
-    assert_eq!(&buf, b"+OK\r\n");
-    drop(warm);
+    let (redis, mut cluster, resp) = resp_node_on_redis(name, HELD_REPLIES_QUERY_BUFFER_BYTES);
 
     const SET: &[u8] = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
     let echo_command_bytes = echo_command(&echo_payload(0)).len() as u64;
