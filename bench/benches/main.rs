@@ -89,7 +89,7 @@ fn table_in_ring(n: usize, rng: &mut Rng) -> RoutingTable {
     ids.sort();
     let node = |i: usize| NodeRef {
         id: ids[i % n],
-        addr: SocketAddr::from(([127, 0, 0, 1], (i % n) as u16)),
+        addr: SocketAddr::from(([127, 0, 0, 1], (i % n) as u16)).into(),
     };
     let me = node(0);
     let mut t = RoutingTable::classic(me);

@@ -26,7 +26,7 @@ use chordkv_core::chord::Routing;
 use chordkv_core::options::NodeOptions;
 use chordkv_harness::cluster::{self, ClusterSpec, LocalCluster};
 use chordkv_harness::sim::lookup::{LookupSim, LookupSimConfig, Workload};
-use chordkv_protocol::{Id, NodeRef};
+use chordkv_protocol::{Id, NodeAddr, NodeRef};
 use chordkv_server::store;
 use chordkv_server::{self as server, ServerConfig};
 
@@ -460,6 +460,15 @@ fn connect(target: &Target, timeout: Duration) -> anyhow::Result<Client> {
 
 // --- node and cluster --------------------------------------------------------------------
 
+/// The ring positions of the vnodes of the process at `addr`: vnode 0 at the SHA-1 of the
+/// address (a process with one vnode is a plain Chord node), vnode `i` at the SHA-1 of
+/// `addr#i` (Chord section 6.9's virtual nodes: derivable, so stable across restarts).
+fn vnode_positions(addr: SocketAddr, vnodes: u16) -> Vec<Id> {
+    (0..vnodes)
+        .map(|v| Id::hash(NodeAddr::new(addr, v).to_string().as_bytes()))
+        .collect()
+}
+
 fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
     let listen = parse_addr(&args.listen)?;
     let advertise = args.advertise.as_deref().map(parse_addr).transpose()?;
@@ -483,8 +492,19 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
         );
     }
     let chord = args.options.chord_config().map_err(|e| anyhow!(e))?;
-    // Namespaced by the advertised address, which is also what the node's id hashes.
-    let store = store::open(&args.options.store, &reachable.to_string())?;
+    let vnodes = args.options.vnodes as u16;
+    if node_id.is_some() && vnodes > 1 {
+        bail!("--id names one ring position; with --vnodes {vnodes} the positions are chosen for each vnode");
+    }
+    let vnode_ids = match node_id {
+        Some(id) => vec![id],
+        None => vnode_positions(reachable, vnodes),
+    };
+    // Each vnode's keys are namespaced by its address (`ip:port`, then `ip:port#i` for vnode
+    // i > 0), which is also what its id hashes.
+    let stores = (0..vnodes)
+        .map(|v| store::open(&args.options.store, &NodeAddr::new(reachable, v).to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
     let keyring_path = args.options.keyring.as_ref().map(PathBuf::from);
     let keyring = match &keyring_path {
         Some(path) => Some(server::keyring::Keyring::load(path)?),
@@ -494,9 +514,9 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
         listen,
         advertise,
         join,
-        node_id,
+        vnode_ids,
         chord,
-        store,
+        stores,
         store_threads: args.options.store_threads as usize,
         resp,
         peer_security: server::PeerSecurity {
@@ -738,7 +758,7 @@ fn cmd_forget(
     // The ring knows the node by its advertised address, and by the id derived from it
     // unless it was started with --id: ask the ring for the id it knows.
     let node = client
-        .member_at(dead)?
+        .member_at(NodeAddr::host(dead))?
         .unwrap_or_else(|| NodeRef::from_addr(dead));
     let forgotten = match keyring {
         None => client.forget(node)?,

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use chordkv_protocol::{
-    decode, DecodeError, EncodeError, ErrorCode, Frame, Id, Message, NodeInfo, NodeRef, NodeStatus,
+    decode, DecodeError, EncodeError, ErrorCode, Frame, Id, Message, NodeAddr, NodeInfo, NodeRef, NodeStatus,
     MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 use serde::Serialize;
@@ -186,6 +186,8 @@ pub struct Client {
     /// Received bytes not yet decoded.
     buf: BytesMut,
     next_request_id: u64,
+    /// The vnode of the host that requests without one go to (see [`Client::connect_to`]).
+    vnode: Option<u16>,
     /// Set once the byte stream is in an unknown state (protocol error); every later request
     /// fails rather than misreading what follows.
     broken: bool,
@@ -239,6 +241,14 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Client {
+    /// Connects to the ring position `node` (its host, see [`Client::connect_as`]); requests
+    /// that name no vnode go to `node.vnode` of the host.
+    pub fn connect_to(node: NodeAddr, timeout: Duration, access: &Access) -> Result<Client> {
+        let mut client = Client::connect_as(node.host, timeout, access)?;
+        client.vnode = (node.vnode != 0).then_some(node.vnode);
+        Ok(client)
+    }
+
     /// [`Client::connect`] over TLS when `access` says so, then [`Client::login`] with its
     /// credentials when it has some.
     pub fn connect_as(addr: SocketAddr, timeout: Duration, access: &Access) -> Result<Client> {
@@ -293,6 +303,7 @@ impl Client {
             timeout,
             buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             next_request_id: 1,
+            vnode: None,
             broken: false,
         })
     }
@@ -333,6 +344,9 @@ impl Client {
         }
         let request_id = frame.request_id;
         let mut frame = frame;
+        if frame.vnode.is_none() {
+            frame.vnode = self.vnode;
+        }
         if frame.deadline_ms == 0 && frame.message.is_client_op() {
             // The node must not start the operation after we stop waiting for it: a write we
             // report as timed out is never applied after the report.
@@ -456,7 +470,7 @@ impl Client {
 
     /// The ring member this node knows at `addr` (its predecessor or one of its successors),
     /// with its id.
-    pub fn member_at(&mut self, addr: SocketAddr) -> Result<Option<NodeRef>> {
+    pub fn member_at(&mut self, addr: NodeAddr) -> Result<Option<NodeRef>> {
         let info = self.info()?;
         Ok(info
             .predecessor
@@ -560,12 +574,15 @@ pub struct RingNode {
     /// The node's ring id, 40 hex digits.
     #[serde(serialize_with = "serialize_display")]
     pub id: Id,
-    /// The address the node advertises.
-    pub addr: SocketAddr,
+    /// Where the node is reached: its host's address, and its vnode after `#` when not 0.
+    #[serde(serialize_with = "serialize_display")]
+    pub addr: NodeAddr,
     /// Its predecessor's address, if it has one.
-    pub predecessor: Option<SocketAddr>,
+    #[serde(serialize_with = "serialize_opt_display")]
+    pub predecessor: Option<NodeAddr>,
     /// Its first successor's address.
-    pub successor: Option<SocketAddr>,
+    #[serde(serialize_with = "serialize_opt_display")]
+    pub successor: Option<NodeAddr>,
     /// Live keys in its store.
     pub keys: u64,
     /// `joining`, `active` or `leaving`.
@@ -580,7 +597,8 @@ pub struct RingReport {
     pub nodes: Vec<RingNode>,
     /// Members that did not answer but that nodes keeping such members (partition policy
     /// `consistent`) still list: down, not gone. The ring is consistent with them in place.
-    pub down: Vec<SocketAddr>,
+    #[serde(serialize_with = "serialize_all_display")]
+    pub down: Vec<NodeAddr>,
     /// The ring is whole and settled: see [`walk_ring`].
     pub consistent: bool,
     /// What is wrong, one sentence each; empty when `consistent`.
@@ -588,9 +606,15 @@ pub struct RingReport {
 }
 
 impl RingReport {
-    /// The addresses of the nodes reached, in ring order.
+    /// The hosts reached (processes; a host with virtual nodes has several ring positions),
+    /// each once, in the ring order of their first position.
     pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.nodes.iter().map(|n| n.addr).collect()
+        let mut seen = std::collections::BTreeSet::new();
+        self.nodes
+            .iter()
+            .map(|n| n.addr.host)
+            .filter(|h| seen.insert(*h))
+            .collect()
     }
 
     /// Live keys summed over the nodes reached.
@@ -604,6 +628,23 @@ fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     s.collect_str(v)
+}
+
+fn serialize_opt_display<T: std::fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_all_display<T: std::fmt::Display, S: serde::Serializer>(
+    v: &[T],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|x| x.to_string()))
 }
 
 fn serialize_status<S: serde::Serializer>(v: &NodeStatus, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -684,7 +725,7 @@ pub fn walk_ring_as(
                 returned = true;
                 break;
             }
-            match Client::connect_as(succ.addr, timeout, access).and_then(|mut c| c.info()) {
+            match Client::connect_to(succ.addr, timeout, access).and_then(|mut c| c.info()) {
                 Ok(info) => {
                     if info.node.id != succ.id {
                         problems.push(format!(
@@ -770,8 +811,8 @@ pub const RING_PROBE_KEY: &[u8] = b"chordkv:ring-probe";
 
 /// Asks the lone node at `addr` to serve [`RING_PROBE_KEY`] itself; the problem, if it does
 /// not own it. A store failure is not the ring's problem: the node tried to serve the key.
-fn probe_alone(addr: SocketAddr, timeout: Duration, access: &Access) -> Option<String> {
-    let outcome = Client::connect_as(addr, timeout, access).and_then(|mut c| {
+fn probe_alone(addr: NodeAddr, timeout: Duration, access: &Access) -> Option<String> {
+    let outcome = Client::connect_to(addr, timeout, access).and_then(|mut c| {
         let id = c.fresh_request_id();
         c.call(Frame::direct(
             id,
@@ -982,7 +1023,7 @@ mod tests {
     fn info(id: u64, pred: Option<u64>, succ: u64) -> NodeInfo {
         let r = |v: u64| NodeRef {
             id: Id::from_u64(v),
-            addr: SocketAddr::from(([127, 0, 0, 1], 7000 + v as u16)),
+            addr: SocketAddr::from(([127, 0, 0, 1], 7000 + v as u16)).into(),
         };
         NodeInfo {
             node: r(id),
@@ -1001,7 +1042,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let mut info = info;
-        info.node.addr = addr;
+        info.node.addr = addr.into();
         std::thread::spawn(move || {
             for _ in 0..connections {
                 let Ok((mut conn, _)) = listener.accept() else {

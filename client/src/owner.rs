@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chordkv_protocol::{Frame, Id, Message, NodeRef};
+use chordkv_protocol::{Frame, Id, Message, NodeAddr, NodeRef};
 
 use crate::{
     delete_request, delete_result, get_request, get_result, put_request, put_result, walk_ring_as, Access,
@@ -110,7 +110,7 @@ impl OwnerClient {
         let starts: Vec<SocketAddr> = self
             .ring
             .values()
-            .map(|n| n.addr)
+            .map(|n| n.addr.host)
             .chain(self.seeds.clone())
             .collect();
         let mut last_error = None;
@@ -213,14 +213,19 @@ impl OwnerClient {
     /// ring routes it and fails over), or through any seed when the view is empty.
     fn fallback(&mut self, failed: NodeRef, message: Message, redirects: u16) -> Result<Message> {
         self.stats.fallbacks += 1;
-        let mut candidates: Vec<SocketAddr> = self
+        let mut candidates: Vec<NodeAddr> = self
             .ring
             .range(failed.id..)
             .chain(self.ring.range(..failed.id))
             .map(|(_, n)| n.addr)
             .filter(|a| *a != failed.addr)
             .collect();
-        candidates.extend(self.seeds.iter().filter(|a| **a != failed.addr));
+        candidates.extend(
+            self.seeds
+                .iter()
+                .filter(|a| **a != failed.addr.host)
+                .map(|a| NodeAddr::host(*a)),
+        );
         let mut last_error = None;
         for addr in candidates {
             match self.call(addr, message.clone(), false) {
@@ -234,7 +239,8 @@ impl OwnerClient {
 
     /// One request on the node's connection (opened if needed, dropped when it breaks). An
     /// `ERROR` reply becomes [`ClientError::Server`].
-    fn call(&mut self, addr: SocketAddr, message: Message, direct: bool) -> Result<Message> {
+    fn call(&mut self, to: NodeAddr, message: Message, direct: bool) -> Result<Message> {
+        let addr = to.host;
         let client = match self.clients.get_mut(&addr) {
             Some(c) => c,
             None => {
@@ -243,11 +249,13 @@ impl OwnerClient {
             }
         };
         let id = client.fresh_request_id();
-        let frame = if direct {
+        let mut frame = if direct {
             Frame::direct(id, message)
         } else {
             Frame::new(id, message)
         };
+        // Vnode 0 (or a host without vnodes) is the host's default.
+        frame.vnode = (to.vnode != 0).then_some(to.vnode);
         match client.call(frame) {
             Ok(reply) => match reply.message {
                 Message::Error { code, text, .. } => Err(ClientError::Server { code, text }),

@@ -25,6 +25,10 @@ fn invalid(message: String) -> Error {
 pub const DEFAULT_STORE: &str = "memory";
 /// Store worker threads unless told otherwise.
 pub const DEFAULT_STORE_THREADS: u64 = 4;
+/// Virtual nodes per process unless told otherwise (see `--vnodes`).
+pub const DEFAULT_VNODES: u64 = 1;
+/// The most virtual nodes one process runs.
+pub const MAX_VNODES: u64 = 256;
 
 /// A node's tunables: the ring, replication, partitions, routing and its store. Field names
 /// are the YAML keys; `--kebab-case` of them are the flags.
@@ -48,6 +52,17 @@ pub struct NodeOptions {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub stabilize_ms: u64,
+    /// Virtual nodes: ring positions this process runs, each with its own successor list,
+    /// fingers and range, sharing the process's store, sockets and event loop (Chord
+    /// section 6.9). More positions even out the share of the ring each process owns; each
+    /// costs its own maintenance traffic. A key's replicas go to distinct processes.
+    #[arg(
+        long,
+        value_name = "V",
+        default_value_t = DEFAULT_VNODES,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_VNODES)
+    )]
+    pub vnodes: u64,
     /// Where the node keeps its keys: `memory`, or `redis://HOST:PORT/DB`. In Redis the
     /// node's keys are namespaced by its advertised address, so nodes may share one Redis.
     /// The node exits 1 at startup if Redis cannot be reached.
@@ -198,6 +213,7 @@ impl Default for NodeOptions {
         NodeOptions {
             successors: DEFAULT_SUCCESSORS as u64,
             stabilize_ms: DEFAULT_STABILIZE_INTERVAL_MS,
+            vnodes: DEFAULT_VNODES,
             store: DEFAULT_STORE.to_string(),
             store_threads: DEFAULT_STORE_THREADS,
             replicas: DEFAULT_REPLICAS as u64,
@@ -236,6 +252,12 @@ impl NodeOptions {
         }
         if self.stabilize_ms == 0 {
             return Err(invalid("--stabilize-ms 0: must be at least 1".to_string()));
+        }
+        if self.vnodes == 0 || self.vnodes > MAX_VNODES {
+            return Err(invalid(format!(
+                "--vnodes {}: must be 1 to {MAX_VNODES}",
+                self.vnodes
+            )));
         }
         if self.store_threads == 0 || self.store_threads > 1024 {
             return Err(invalid(format!(
@@ -304,6 +326,7 @@ impl NodeOptions {
                 self.stabilize_ms != d.stabilize_ms,
                 self.stabilize_ms.to_string(),
             ),
+            ("--vnodes", self.vnodes != d.vnodes, self.vnodes.to_string()),
             ("--store", true, self.store.clone()),
             (
                 "--store-threads",

@@ -68,7 +68,7 @@ fn owners_that_redirect_to_each_other_do_not_bounce_an_operation_for_ever() {
                     },
                     _ => continue,
                 };
-                entry.handle_reply(now, to, Frame::new(frame.request_id, reply));
+                entry.handle_reply(now, to.host, Frame::new(frame.request_id, reply));
             }
             Some(Output::Reply { frame, .. }) => {
                 answer = Some(frame.message);

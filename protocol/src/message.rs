@@ -13,18 +13,98 @@ use bytes::Bytes;
 
 use crate::id::Id;
 
-/// A node as others know it: its ring id and the address it listens on.
+/// Where a ring position is reached: the address its process (the *host*, Chord's "real
+/// node") listens on, and which of the host's virtual nodes it is (SIGCOMM'01 section 6.9:
+/// a host runs several virtual nodes, each a position on the ring with its own tables).
+///
+/// Vnode 0 of a host is what a host without virtual nodes is, and it is written as the bare
+/// address (`127.0.0.1:7000`); vnode `i > 0` as `127.0.0.1:7000#i`. Ordered by host, then
+/// vnode, so the vnodes of one host sort together.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeAddr {
+    /// The host's listening address (its processes' sockets are shared by its vnodes).
+    pub host: SocketAddr,
+    /// The virtual node's index in its host, `0..vnodes`.
+    pub vnode: u16,
+}
+
+impl NodeAddr {
+    /// The host's vnode 0: the address of a node without virtual nodes.
+    pub const fn host(host: SocketAddr) -> NodeAddr {
+        NodeAddr { host, vnode: 0 }
+    }
+
+    /// Vnode `vnode` of `host`.
+    pub const fn new(host: SocketAddr, vnode: u16) -> NodeAddr {
+        NodeAddr { host, vnode }
+    }
+
+    /// Whether `other` is a vnode of the same host (the same process, the same machine).
+    pub fn same_host(&self, other: &NodeAddr) -> bool {
+        self.host == other.host
+    }
+}
+
+impl From<SocketAddr> for NodeAddr {
+    fn from(host: SocketAddr) -> NodeAddr {
+        NodeAddr::host(host)
+    }
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.vnode == 0 {
+            write!(f, "{}", self.host)
+        } else {
+            write!(f, "{}#{}", self.host, self.vnode)
+        }
+    }
+}
+
+impl std::fmt::Debug for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for NodeAddr {
+    type Err = std::net::AddrParseError;
+
+    /// `ip:port` (vnode 0) or `ip:port#vnode`.
+    fn from_str(s: &str) -> Result<NodeAddr, Self::Err> {
+        match s.rsplit_once('#') {
+            Some((host, vnode)) => match vnode.parse::<u16>() {
+                Ok(vnode) => Ok(NodeAddr::new(host.parse()?, vnode)),
+                // Not a vnode number: let the address parser report the text.
+                Err(_) => s.parse::<SocketAddr>().map(NodeAddr::host),
+            },
+            None => s.parse::<SocketAddr>().map(NodeAddr::host),
+        }
+    }
+}
+
+/// A node as others know it: its ring id and where it is reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeRef {
     pub id: Id,
-    pub addr: SocketAddr,
+    pub addr: NodeAddr,
 }
 
 impl NodeRef {
-    /// A node whose id is derived from its address, the default.
+    /// A node without virtual nodes whose id is derived from its address, the default.
     pub fn from_addr(addr: SocketAddr) -> NodeRef {
         NodeRef {
             id: Id::of_addr(&addr),
+            addr: NodeAddr::host(addr),
+        }
+    }
+
+    /// A best guess at the node reached at `addr` when only its address is known: the id a
+    /// node without virtual nodes derives from its address. Right for vnode 0 of a host
+    /// with default ids; a placeholder otherwise, until the node's own answer names its id.
+    pub fn guess(addr: NodeAddr) -> NodeRef {
+        NodeRef {
+            id: Id::of_addr(&addr.host),
             addr,
         }
     }

@@ -99,18 +99,20 @@ pub struct ServerConfig {
     /// Address to bind. Port 0 picks a free port (then the advertised address, unless given,
     /// is the one actually bound).
     pub listen: SocketAddr,
-    /// Address other nodes and clients use to reach this node (default: `listen`). The node's
-    /// id is the SHA-1 of this address unless `node_id` is given.
+    /// Address other nodes and clients use to reach this node (default: `listen`). With one
+    /// vnode and no `vnode_ids`, the node's id is the SHA-1 of this address.
     pub advertise: Option<SocketAddr>,
     /// Nodes of the ring to join through, tried in turn until one answers; empty starts a
     /// new ring.
     pub join: Vec<SocketAddr>,
-    /// Override the node's ring id.
-    pub node_id: Option<Id>,
+    /// The ring position of each virtual node, vnode `i` at `vnode_ids[i]` (SIGCOMM'01
+    /// section 6.9); empty: one vnode at the SHA-1 of the advertised address.
+    pub vnode_ids: Vec<Id>,
     /// Chord tunables.
     pub chord: Config,
-    /// The storage driver.
-    pub store: Arc<dyn Store>,
+    /// The storage driver's partitions, one per vnode (`stores[i]` holds vnode `i`'s keys):
+    /// as many as `vnode_ids` (one when it is empty).
+    pub stores: Vec<Arc<dyn Store>>,
     /// Worker threads for a blocking store (ignored for a non-blocking one; at least 1).
     pub store_threads: usize,
     /// Also listen for Redis clients (RESP2) on this address; port 0 picks a free port.
@@ -230,11 +232,11 @@ pub fn spawn(config: ServerConfig) -> Result<ServerHandle> {
     let resp_addr = server.resp_addr();
     let control = server.control();
     let thread = thread::Builder::new()
-        .name(format!("chordkv-node-{}", me.addr.port()))
+        .name(format!("chordkv-node-{}", me.addr.host.port()))
         .spawn(move || server.run())
         .map_err(Error::io("starting the node thread"))?;
     Ok(ServerHandle {
-        addr: me.addr,
+        addr: me.addr.host,
         resp_addr,
         id: me.id,
         control,

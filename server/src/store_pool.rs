@@ -31,43 +31,46 @@ use chordkv_core::chord::StoreOpId;
 use chordkv_core::store::{self, Store, StoreError, StoreOp, StoreOutcome};
 
 /// A finished op.
-pub(super) type Completion = (StoreOpId, store::Result<StoreOutcome>);
+/// A finished op: its id, the vnode whose partition ran it, its result.
+pub(super) type Completion = (StoreOpId, u16, store::Result<StoreOutcome>);
 
 pub(super) struct StorePool {
-    jobs: Sender<(StoreOpId, StoreOp)>,
+    jobs: Sender<(StoreOpId, u16, StoreOp)>,
     done: Receiver<Completion>,
-    /// The store's loss epoch the core has reacted to (see `store::execute_since`).
-    handled: Arc<AtomicU64>,
-    store: Arc<dyn Store>,
+    /// Each partition's loss epoch the core has reacted to (see `store::execute_since`).
+    handled: Arc<[AtomicU64]>,
+    stores: Vec<Arc<dyn Store>>,
 }
 
 impl StorePool {
-    /// Starts `threads` workers (at least one). `wake` is called after each result is sent.
+    /// Starts `threads` workers (at least one) over the store's partitions (one per vnode).
+    /// `wake` is called after each result is sent.
     pub fn start(
-        store: Arc<dyn Store>,
+        stores: Vec<Arc<dyn Store>>,
         threads: usize,
         wake: Arc<dyn Fn() + Send + Sync>,
     ) -> std::io::Result<StorePool> {
-        let (jobs, job_rx) = unbounded::<(StoreOpId, StoreOp)>();
+        let (jobs, job_rx) = unbounded::<(StoreOpId, u16, StoreOp)>();
         let (done_tx, done) = unbounded::<Completion>();
-        let handled = Arc::new(AtomicU64::new(store.loss_epoch()));
+        let handled: Arc<[AtomicU64]> = stores.iter().map(|s| AtomicU64::new(s.loss_epoch())).collect();
         for i in 0..threads.max(1) {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
-            let store = Arc::clone(&store);
+            let stores = stores.clone();
             let wake = Arc::clone(&wake);
             let handled = Arc::clone(&handled);
             thread::Builder::new()
                 .name(format!("chordkv-store-{i}"))
                 .spawn(move || {
-                    for (id, op) in job_rx {
-                        let since = handled.load(Ordering::Acquire);
+                    for (id, vnode, op) in job_rx {
+                        let v = usize::from(vnode);
+                        let since = handled[v].load(Ordering::Acquire);
                         let result =
-                            catch_unwind(AssertUnwindSafe(|| store::execute_since(&*store, op, since)))
+                            catch_unwind(AssertUnwindSafe(|| store::execute_since(&*stores[v], op, since)))
                                 .unwrap_or_else(|_| {
                                     Err(StoreError::Unavailable("store driver panicked".into()))
                                 });
-                        if done_tx.send((id, result)).is_err() {
+                        if done_tx.send((id, vnode, result)).is_err() {
                             return; // the loop is gone
                         }
                         wake();
@@ -78,20 +81,21 @@ impl StorePool {
             jobs,
             done,
             handled,
-            store,
+            stores,
         })
     }
 
-    /// The core has reacted to every loss the store reported so far.
-    pub fn losses_handled(&self) {
-        self.handled.store(self.store.loss_epoch(), Ordering::Release);
+    /// The core has reacted to every loss vnode `vnode`'s partition reported so far.
+    pub fn losses_handled(&self, vnode: u16) {
+        let v = usize::from(vnode);
+        self.handled[v].store(self.stores[v].loss_epoch(), Ordering::Release);
     }
 
-    /// Queues an op for the workers.
-    pub fn submit(&self, id: StoreOpId, op: StoreOp) {
+    /// Queues an op on vnode `vnode`'s partition for the workers.
+    pub fn submit(&self, id: StoreOpId, vnode: u16, op: StoreOp) {
         // The workers hold the receiver until the pool is dropped, so this cannot fail while
         // `self` exists unless every worker panicked outside `execute`.
-        if self.jobs.send((id, op)).is_err() {
+        if self.jobs.send((id, vnode, op)).is_err() {
             eprintln!("chordkv: store workers are gone; a store op was dropped");
         }
     }

@@ -27,9 +27,9 @@ fn config(join: Option<SocketAddr>, store: Arc<dyn Store>) -> ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         advertise: None,
         join: join.into_iter().collect(),
-        node_id: None,
+        vnode_ids: Vec::new(),
         chord,
-        store,
+        stores: vec![store],
         store_threads: 2,
         resp: None,
         peer_security: Default::default(),
@@ -153,8 +153,8 @@ fn await_pair(a: &ServerHandle, b: &ServerHandle) {
         let (ia, ib) = (ca.info(), cb.info());
         let linked = |x: &NodeInfo, y: &ServerHandle| {
             x.status == NodeStatus::Active
-                && x.successors.first().map(|n| n.addr) == Some(y.addr())
-                && x.predecessor.map(|n| n.addr) == Some(y.addr())
+                && x.successors.first().map(|n| n.addr.host) == Some(y.addr())
+                && x.predecessor.map(|n| n.addr.host) == Some(y.addr())
         };
         (linked(&ia, b) && linked(&ib, a)).then_some(())
     });

@@ -405,16 +405,22 @@ pub fn check_all_keys(
     }
 }
 
-/// The nodes holding `key` in the consistent ring `ring`, in ring order: its primary, the first
-/// node whose id is at or after the key's id (wrapping), and the next `copies - 1` (all of
-/// them when the ring has fewer nodes).
+/// The hosts holding `key` in the consistent ring `ring`, in ring order: its primary's, the
+/// first position whose id is at or after the key's id (wrapping), then the hosts of the
+/// following positions, each host once (Dynamo's preference list of distinct machines), up
+/// to `copies` (all hosts when the ring has fewer).
 pub fn preference_list(ring: &RingReport, key: &[u8], copies: usize) -> Vec<SocketAddr> {
     let n = ring.nodes.len();
     let id = Id::hash(key);
     let primary = ring.nodes.partition_point(|node| node.id < id) % n;
-    (0..copies.min(n))
-        .map(|j| ring.nodes[(primary + j) % n].addr)
-        .collect()
+    let mut hosts: Vec<SocketAddr> = Vec::new();
+    for j in 0..n {
+        let host = ring.nodes[(primary + j) % n].addr.host;
+        if hosts.len() < copies && !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    hosts
 }
 
 /// The index in `cluster` of the node at `addr`; panics when no node of it has that address.

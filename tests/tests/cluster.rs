@@ -28,8 +28,8 @@ fn other_than(rng: &mut Rng, len: usize, not: usize) -> usize {
     }
 }
 
-/// How many of `keys` each node of a consistent ring owns: key k belongs to the first node n
-/// with id(k) in (predecessor(n), n].
+/// How many of `keys` each host of a consistent ring owns: key k belongs to the first position
+/// n with id(k) in (predecessor(n), n], and so to n's host.
 fn expected_owners(report: &RingReport, keys: &BTreeSet<Id>) -> BTreeMap<SocketAddr, u64> {
     let n = report.nodes.len();
     let mut owned = BTreeMap::new();
@@ -39,7 +39,7 @@ fn expected_owners(report: &RingReport, keys: &BTreeSet<Id>) -> BTreeMap<SocketA
             .iter()
             .filter(|k| in_half_open(*k, &pred.id, &node.id))
             .count() as u64;
-        owned.insert(node.addr, count);
+        *owned.entry(node.addr.host).or_insert(0) += count;
     }
     owned
 }

@@ -374,8 +374,8 @@ fn large_values_in_one_sub_range_are_repaired() {
     // A primary and its predecessor; three keys in the first 1/128 of the primary's range, so
     // in one sub-range of the anti-entropy exchange.
     let p = 0;
-    let primary = ring.nodes[p].addr;
-    let replica = ring.nodes[(p + 1) % n].addr;
+    let primary = ring.nodes[p].addr.host;
+    let replica = ring.nodes[(p + 1) % n].addr.host;
     let pred = ring.nodes[(p + n - 1) % n].id;
     let bound = Id::split_range(&pred, &ring.nodes[p].id, 128)[0];
     let keys: Vec<String> = (0u64..)

@@ -185,7 +185,7 @@ fn a_write_answered_with_an_error_across_a_cut_never_applies_after_the_heal() {
     let index = |a: SocketAddr| addrs.iter().position(|&x| x == a).expect("a node of the cluster");
     // Ring order from the lowest id: O is ring[1], so E = ring[0] is its predecessor and
     // the preference list O, R1, R2 is ring[1..4].
-    let ring: Vec<_> = ring.nodes.iter().map(|n| (n.id, n.addr)).collect();
+    let ring: Vec<_> = ring.nodes.iter().map(|n| (n.id, n.addr.host)).collect();
     let (entry, owner) = (ring[0], ring[1]);
     let key = (0..)
         .map(|n| format!("late-{n}"))

@@ -56,7 +56,7 @@ fn expected_holdings<'a>(
     ring: &RingReport,
     keys: impl IntoIterator<Item = &'a String>,
 ) -> BTreeMap<SocketAddr, u64> {
-    let mut held: BTreeMap<SocketAddr, u64> = ring.nodes.iter().map(|n| (n.addr, 0)).collect();
+    let mut held: BTreeMap<SocketAddr, u64> = ring.nodes.iter().map(|n| (n.addr.host, 0)).collect();
     for key in keys {
         for addr in preference_list(ring, key.as_bytes(), COPIES as usize) {
             *held.get_mut(&addr).expect("a ring node") += 1;
@@ -238,7 +238,7 @@ fn three_adjacent_kills_lose_exactly_the_keys_they_all_held() {
     let n = ring.nodes.len();
     assert_eq!(n, 8);
     let first = rng.below(n as u64) as usize;
-    let dying: BTreeSet<SocketAddr> = (0..3).map(|j| ring.nodes[(first + j) % n].addr).collect();
+    let dying: BTreeSet<SocketAddr> = (0..3).map(|j| ring.nodes[(first + j) % n].addr.host).collect();
     let doomed: BTreeSet<String> = data
         .keys()
         .filter(|k| {

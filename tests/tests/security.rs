@@ -134,7 +134,7 @@ fn a_stranger_without_the_key_cannot_join() {
     // Many stabilize rounds (100 ms each) after the refusals: the ring is as it was.
     std::thread::sleep(Duration::from_secs(3));
     let ring = converge(&mut cluster, "the ring after the strangers knocked");
-    let members: Vec<SocketAddr> = ring.nodes.iter().map(|n| n.addr).collect();
+    let members: Vec<SocketAddr> = ring.nodes.iter().map(|n| n.addr.host).collect();
     for (_, addr, _) in &strangers {
         assert!(
             !members.contains(addr),

@@ -789,7 +789,7 @@ fn layout(live: &[SocketAddr], replicas: u64) -> Result<String, String> {
     let ring = walk_ring(live[0], PROBE_TIMEOUT, live.len() * 2 + 8).map_err(|e| e.to_string())?;
     let mut stats = Vec::new();
     for node in &ring.nodes {
-        let s = Client::connect(node.addr, PROBE_TIMEOUT)
+        let s = Client::connect(node.addr.host, PROBE_TIMEOUT)
             .and_then(|mut c| c.stats())
             .map_err(|e| format!("stats of {}: {e}", node.addr))?;
         stats.push(s);

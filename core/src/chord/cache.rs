@@ -13,8 +13,8 @@
 //! Eviction is least-recently-used. Everything is in ordered maps with a use counter for the
 //! recency, so the same inputs give the same hits, misses and evictions.
 
+use chordkv_protocol::NodeAddr;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 use chordkv_protocol::{in_half_open, in_open, Id, NodeRef};
 
@@ -132,7 +132,7 @@ impl LocationCache {
     }
 
     /// Drops every entry naming the node at `addr` (it stopped answering).
-    pub fn evict_node(&mut self, addr: &SocketAddr) {
+    pub fn evict_node(&mut self, addr: &NodeAddr) {
         let gone: Vec<Id> = self
             .entries
             .iter()

@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use chordkv_protocol::NodeAddr;
 use chordkv_protocol::{in_half_open, in_open, ErrorCode, Frame, Id, Item, Message, NodeRef};
 
 use super::node::{Millis, Node, Phase, ReplyTo};
@@ -200,7 +201,7 @@ impl Node {
 
     // ---- join: the new predecessor's side ----------------------------------------------------
 
-    pub(super) fn on_notify_reply(&mut self, now: Millis, from: std::net::SocketAddr, msg: Message) {
+    pub(super) fn on_notify_reply(&mut self, now: Millis, from: NodeAddr, msg: Message) {
         let Message::NotifyReply {
             accepted,
             previous,
@@ -673,7 +674,7 @@ impl Node {
         // lists name us) and the other successors (whose predecessor lists do), so a member
         // that leaves is gone for all of them, even when its takeover went through a node that
         // left right after (simultaneous leaves).
-        let mut told: Vec<std::net::SocketAddr> = vec![succ.addr, self.me.addr];
+        let mut told: Vec<NodeAddr> = vec![succ.addr, self.me.addr];
         let neighbours: Vec<NodeRef> = self
             .predecessors()
             .into_iter()

@@ -38,8 +38,8 @@
 //!
 //! Under the partition policy `available` there are no leases: the live ring serves.
 
+use chordkv_protocol::NodeAddr;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 use chordkv_protocol::{in_half_open, ErrorCode, Id, Message, NodeRef};
 
@@ -87,11 +87,11 @@ pub(super) struct Round {
     pub sent_at: Millis,
     /// Grants needed from other members (a majority of the list, minus this node).
     pub needed: usize,
-    pub waiting: Vec<SocketAddr>,
+    pub waiting: Vec<NodeAddr>,
     pub granted: Vec<NodeRef>,
     /// Members that refused, with the holder they promised.
-    pub refused: Vec<(SocketAddr, Option<NodeRef>)>,
-    pub unreachable: Vec<SocketAddr>,
+    pub refused: Vec<(NodeAddr, Option<NodeRef>)>,
+    pub unreachable: Vec<NodeAddr>,
 }
 
 /// A promise this node gave: no other holder for any key of `(start, end]` until `until`.
@@ -140,7 +140,7 @@ impl Leases {
 
     /// A holder other than `me` this node promised a range overlapping `(start, end]` to,
     /// until after `now`.
-    fn promised_elsewhere(&self, start: &Id, end: &Id, me: &SocketAddr, now: Millis) -> Option<NodeRef> {
+    fn promised_elsewhere(&self, start: &Id, end: &Id, me: &NodeAddr, now: Millis) -> Option<NodeRef> {
         self.promised
             .values()
             .find(|p| p.holder.addr != *me && p.until > now && overlap(&p.start, &p.end, start, end))
@@ -150,7 +150,7 @@ impl Leases {
     /// The fence a new holder `holder` of `(start, end]` must stamp above: the end of every
     /// promise this node gave another holder on an overlapping range, and the fences it gave
     /// `holder` before.
-    fn fence_for(&self, start: &Id, end: &Id, holder: &SocketAddr) -> Millis {
+    fn fence_for(&self, start: &Id, end: &Id, holder: &NodeAddr) -> Millis {
         self.promised
             .values()
             .filter(|p| overlap(&p.start, &p.end, start, end))
@@ -306,7 +306,7 @@ impl Node {
         now: Millis,
         primary: Id,
         round: u64,
-        from: SocketAddr,
+        from: NodeAddr,
         reply: Option<Message>,
     ) {
         let mut fence_seen = None;
@@ -326,7 +326,7 @@ impl Node {
                     clock,
                     ..
                 }) => {
-                    let node = NodeRef::from_addr(from);
+                    let node = NodeRef::guess(from);
                     let node = self
                         .routing
                         .known_nodes()
@@ -462,7 +462,7 @@ impl Node {
         let end = primary.id;
         // The asker must be in the range's preference list as we see it, and so must we: two
         // views of the ring that disagree must not make two majorities.
-        let in_pref = |list: &Option<Vec<NodeRef>>, a: SocketAddr| {
+        let in_pref = |list: &Option<Vec<NodeRef>>, a: NodeAddr| {
             list.as_ref().is_some_and(|l| l.iter().any(|n| n.addr == a))
         };
         let pref = self.preference_list(&primary);

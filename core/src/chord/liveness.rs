@@ -2,8 +2,8 @@
 //! departed and are probed for a ring merge (`available`), members that left or were
 //! forgotten for good, and seed peers to rejoin through.
 
+use chordkv_protocol::NodeAddr;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::SocketAddr;
 
 use chordkv_protocol::{in_open, ErrorCode, Message, NodeRef};
 
@@ -30,26 +30,26 @@ pub(super) const DEPARTED_PROBES_PER_ROUND: usize = 8;
 #[derive(Debug, Default)]
 pub(super) struct Liveness {
     /// Peers that failed to answer, until when they are avoided.
-    pub dead: BTreeMap<SocketAddr, Millis>,
+    pub dead: BTreeMap<NodeAddr, Millis>,
     /// `available`: neighbours dropped because they stopped answering, probed until they answer
     /// (ring merging after a partition) or `departed_ttl_ms` passes; `holder`: it kept copies of
     /// our range, so our tombstones wait for it.
-    pub departed: BTreeMap<SocketAddr, Departed>,
+    pub departed: BTreeMap<NodeAddr, Departed>,
     /// Nodes that left the ring or were forgotten, until when they are kept out of every list
     /// (a stale successor list must not bring them back).
-    pub gone: BTreeMap<SocketAddr, (NodeRef, Millis)>,
+    pub gone: BTreeMap<NodeAddr, (NodeRef, Millis)>,
     /// Peers seen recently (the bootstrap node, successors), tried in turn when the node finds
     /// itself alone, so an isolated node finds its way back into the ring after a partition.
-    pub seeds: VecDeque<SocketAddr>,
+    pub seeds: VecDeque<NodeAddr>,
 }
 
 impl Node {
-    pub(super) fn is_dead(&self, addr: &SocketAddr) -> bool {
+    pub(super) fn is_dead(&self, addr: &NodeAddr) -> bool {
         self.live.dead.contains_key(addr)
     }
 
     /// Forgets a peer that failed: out of the successor list, fingers and predecessor.
-    pub(super) fn mark_dead(&mut self, now: Millis, addr: SocketAddr) {
+    pub(super) fn mark_dead(&mut self, now: Millis, addr: NodeAddr) {
         if addr == self.me.addr {
             return;
         }
@@ -136,7 +136,7 @@ impl Node {
     pub(super) fn probe_departed(&mut self, now: Millis) {
         let ttl = self.config.departed_ttl_ms();
         // One that is our neighbour again is back in our ring: no need to probe it.
-        let neighbours: BTreeSet<SocketAddr> = self
+        let neighbours: BTreeSet<NodeAddr> = self
             .routing
             .successors()
             .iter()
@@ -146,7 +146,7 @@ impl Node {
         self.live
             .departed
             .retain(|a, d| now.saturating_sub(d.since) < ttl && !neighbours.contains(a));
-        let mut due: Vec<(Millis, SocketAddr)> = self
+        let mut due: Vec<(Millis, NodeAddr)> = self
             .live
             .departed
             .iter()
@@ -159,7 +159,7 @@ impl Node {
         // Round-robin: the start moves with the clock, so every entry is probed in turn.
         due.sort();
         let start = (now / self.config.stabilize_interval_ms.max(1)) as usize % due.len();
-        let picks: Vec<SocketAddr> = due
+        let picks: Vec<NodeAddr> = due
             .iter()
             .cycle()
             .skip(start)
@@ -173,7 +173,7 @@ impl Node {
 
     /// A probed node answered: it is back. `available`: adopt it (or a node it names) as our
     /// successor when it lies between us and our successor.
-    pub(super) fn on_probe_reply(&mut self, now: Millis, from: SocketAddr, msg: Message) {
+    pub(super) fn on_probe_reply(&mut self, now: Millis, from: NodeAddr, msg: Message) {
         if self.config.is_consistent() {
             self.live.departed.remove(&from);
             return;
@@ -254,7 +254,7 @@ impl Node {
     pub(super) fn expire_dead(&mut self, now: Millis) {
         if self.config.is_consistent() {
             // Members next to us stay presumed down until a probe finds them up.
-            let neighbours: BTreeSet<SocketAddr> = self.neighbour_members().map(|n| n.addr).collect();
+            let neighbours: BTreeSet<NodeAddr> = self.neighbour_members().map(|n| n.addr).collect();
             self.live
                 .dead
                 .retain(|a, until| *until > now || neighbours.contains(a));
@@ -267,7 +267,7 @@ impl Node {
     /// Pings every neighbouring member presumed down (`consistent`), so one that comes back
     /// (resumed, the partition healed, restarted) is used again at once.
     pub(super) fn probe_down_members(&mut self, now: Millis) {
-        let down: BTreeSet<SocketAddr> = self
+        let down: BTreeSet<NodeAddr> = self
             .neighbour_members()
             .filter(|n| self.is_dead(&n.addr))
             .map(|n| n.addr)
@@ -346,7 +346,7 @@ impl Node {
         self.cache.evict_node(&node.addr);
     }
 
-    pub(super) fn remember_seed(&mut self, addr: SocketAddr) {
+    pub(super) fn remember_seed(&mut self, addr: NodeAddr) {
         const MAX_SEEDS: usize = 16;
         if !self.live.seeds.contains(&addr) {
             if self.live.seeds.len() == MAX_SEEDS {

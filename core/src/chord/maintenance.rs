@@ -2,8 +2,8 @@
 //! 5.2): `stabilize` and `notify`, `check_predecessor`, `fix_fingers`, and the lookups that
 //! join a node to the ring or refresh a finger.
 
+use chordkv_protocol::NodeAddr;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 use chordkv_protocol::{in_open, Id, Lookup, Message, NodeRef};
 
@@ -29,7 +29,7 @@ pub(super) enum LookupPurpose {
     /// `available`: a departed node answered a probe but named nobody between us and our
     /// successor; its ring is asked where our successor is (a lookup of our own id through
     /// it): ring unification, Chord ToN 2003.
-    Merge(SocketAddr),
+    Merge(NodeAddr),
 }
 
 /// Maintenance lookups in flight, and where `fix_fingers` is.
@@ -101,7 +101,7 @@ impl Node {
         }
     }
 
-    pub(super) fn on_neighbors(&mut self, now: Millis, from: SocketAddr, msg: Message) {
+    pub(super) fn on_neighbors(&mut self, now: Millis, from: NodeAddr, msg: Message) {
         let Message::Neighbors {
             predecessors,
             successors,
@@ -212,7 +212,7 @@ impl Node {
     /// `consistent`: a node before us answered `check_predecessor` with its neighbours.
     pub(super) fn on_predecessor_neighbors(
         &mut self,
-        from: SocketAddr,
+        from: NodeAddr,
         predecessors: Vec<NodeRef>,
         successors: Vec<NodeRef>,
     ) {
@@ -223,7 +223,7 @@ impl Node {
             .chain(self.routing.known_nodes().copied())
             .chain(self.pred_hint)
             .find(|n| n.addr == from)
-            .unwrap_or_else(|| NodeRef::from_addr(from));
+            .unwrap_or_else(|| NodeRef::guess(from));
         let Some(pos) = successors.iter().position(|n| n.addr == me.addr) else {
             // Its list does not reach us: ask the last node in it before us next time.
             self.pred_hint = successors
@@ -337,7 +337,7 @@ impl Node {
     }
 
     /// Asks `via` for our own successor (a join, or a rejoin after isolation).
-    pub(super) fn lookup_own_id(&mut self, now: Millis, via: SocketAddr, purpose: LookupPurpose) {
+    pub(super) fn lookup_own_id(&mut self, now: Millis, via: NodeAddr, purpose: LookupPurpose) {
         let deadline = now + self.config.request_timeout_ms;
         let id = self.new_lookup(MaintLookup {
             target: self.me.id,
@@ -360,7 +360,7 @@ impl Node {
         id
     }
 
-    pub(super) fn on_lookup_reply(&mut self, now: Millis, id: u64, from: SocketAddr, msg: Message) {
+    pub(super) fn on_lookup_reply(&mut self, now: Millis, id: u64, from: NodeAddr, msg: Message) {
         let Some(lookup) = self.lookups.pending.get(&id).cloned() else {
             return;
         };

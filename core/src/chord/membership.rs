@@ -31,8 +31,8 @@
 //! bootstraps every node from one snapshot, so 10^5 one-hop nodes do not hold 10^10 entries;
 //! a server builds its own.
 
+use chordkv_protocol::NodeAddr;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chordkv_protocol::{in_open, Id, MemberEvent, NodeRef};
@@ -49,7 +49,7 @@ pub struct Membership {
     /// Ids in `base` that are no longer members.
     removed: BTreeSet<Id>,
     /// The last event applied per node: (stamp, alive).
-    stamps: BTreeMap<SocketAddr, (u64, bool)>,
+    stamps: BTreeMap<NodeAddr, (u64, bool)>,
 }
 
 impl Membership {
@@ -132,7 +132,7 @@ impl Membership {
 
     /// Whether the last event applied for `addr` was a failure or leave: a node learnt from a
     /// (possibly stale) membership page must not resurrect it.
-    pub fn is_known_gone(&self, addr: &SocketAddr) -> bool {
+    pub fn is_known_gone(&self, addr: &NodeAddr) -> bool {
         self.stamps.get(addr).is_some_and(|(_, alive)| !alive)
     }
 

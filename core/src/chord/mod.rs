@@ -53,6 +53,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 mod handoff;
+mod host;
 mod lease;
 mod liveness;
 mod maintenance;
@@ -72,7 +73,10 @@ mod test_support;
 mod timer;
 mod trust;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+
+use chordkv_protocol::NodeAddr;
 
 use chordkv_protocol::{ErrorCode, Frame, Lookup, Message, NodeInfo, NodeStatus};
 
@@ -84,6 +88,7 @@ use store_wait::StoreWait;
 use timer::Timer;
 
 pub use config::{Config, Routing};
+pub use host::{merge_counters, Host};
 pub use node::{Millis, Node, Output, Phase, ReplyTo, StoreOpId};
 pub use stats::Stats;
 
@@ -313,13 +318,14 @@ impl Node {
         }
     }
 
-    /// A reply from `from` to a request we sent.
+    /// A reply from the host at `from` to a request we sent.
     pub fn handle_reply(&mut self, now: Millis, from: SocketAddr, frame: Frame) {
         self.stats.messages_received += 1;
         // None: a late reply to a request we already gave up on, or not from whom we asked.
         let Some(rpc) = self.rpcs.answered(frame.request_id, from) else {
             return;
         };
+        let from = rpc.to;
         self.live.dead.remove(&from);
         match rpc.kind {
             RpcKind::Lookup(id) => self.on_lookup_reply(now, id, from, frame.message),
@@ -384,14 +390,28 @@ impl Node {
         }
     }
 
-    /// The transport could not reach `addr` (connection refused or reset): every request to it
-    /// fails now instead of at its deadline.
-    pub fn peer_unreachable(&mut self, now: Millis, addr: SocketAddr) {
-        let failed = self.rpcs.to_peer(addr);
-        self.mark_dead(now, addr);
-        for id in failed {
-            if let Some(rpc) = self.rpcs.finish(id) {
-                self.on_rpc_failed(now, rpc);
+    /// The transport could not reach the host at `host` (connection refused or reset): every
+    /// request to any of its vnodes fails now instead of at its deadline, and each of its
+    /// vnodes this node knows is presumed down (they share the process and its sockets).
+    pub fn peer_unreachable(&mut self, now: Millis, host: SocketAddr) {
+        let mut addrs: BTreeSet<NodeAddr> = self.rpcs.targets().filter(|a| a.host == host).collect();
+        addrs.extend(
+            self.routing
+                .known_nodes()
+                .chain(self.predecessor.iter())
+                .map(|n| n.addr)
+                .filter(|a| a.host == host),
+        );
+        if addrs.is_empty() {
+            addrs.insert(NodeAddr::host(host));
+        }
+        for addr in addrs {
+            let failed = self.rpcs.to_peer(addr);
+            self.mark_dead(now, addr);
+            for id in failed {
+                if let Some(rpc) = self.rpcs.finish(id) {
+                    self.on_rpc_failed(now, rpc);
+                }
             }
         }
     }

@@ -1,8 +1,8 @@
 //! The node's state, one owned part per concern, and its life: create, join, leave,
 //! bootstrap, and what the driver reads from it.
 
+use chordkv_protocol::NodeAddr;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chordkv_protocol::{Frame, Id, NodeRef};
@@ -41,11 +41,12 @@ pub type StoreOpId = u64;
 #[derive(Debug)]
 pub enum Output {
     /// Send a request to the peer at `to`; its reply comes back through `handle_reply`.
-    Send { to: SocketAddr, frame: Frame },
+    Send { to: NodeAddr, frame: Frame },
     /// Answer a request that came in through `handle_request` with this `ReplyTo`.
     Reply { to: ReplyTo, frame: Frame },
-    /// Run a store op and report its result through `store_done` with this id.
-    Store { id: StoreOpId, op: StoreOp },
+    /// Run a store op on vnode `vnode`'s store partition and report its result through
+    /// `store_done` with this id.
+    Store { id: StoreOpId, vnode: u16, op: StoreOp },
     /// The graceful leave is complete: the node has handed off its keys and may stop.
     Left,
 }
@@ -78,14 +79,14 @@ pub struct Node {
     pub(super) clock: Hlc,
     pub(super) rng: Rng,
     /// Where `join` started, until the join lookup has found a successor.
-    pub(super) bootstrap: Option<SocketAddr>,
+    pub(super) bootstrap: Option<NodeAddr>,
     /// The incarnation of our predecessor, from its last notify (a new one: it restarted).
     pub(super) pred_incarnation: Option<u64>,
     /// Whether the successor list reaches around the whole ring back to us (a ring of at
     /// most `successors + 1` nodes), as the last stabilize saw it.
     pub(super) succ_wrapped: bool,
     /// `consistent`: the predecessor the nearest live node before us last confirmed...
-    pub(super) pred_confirmed: Option<SocketAddr>,
+    pub(super) pred_confirmed: Option<NodeAddr>,
     /// ...and, when that node's list did not reach us, the node to ask next (nearer to us).
     pub(super) pred_hint: Option<NodeRef>,
     /// When the node was created (for `uptime_ms`).
@@ -290,7 +291,7 @@ impl Node {
     }
 
     /// Joins the ring that the node at `via` belongs to.
-    pub fn join(&mut self, now: Millis, via: SocketAddr) {
+    pub fn join(&mut self, now: Millis, via: NodeAddr) {
         self.phase = Phase::Joining;
         self.bootstrap = Some(via);
         self.remember_seed(via);
@@ -300,7 +301,7 @@ impl Node {
 
     /// More nodes to join through after the one given to [`Node::join`]: a join whose node
     /// does not answer is retried through the next of them in turn.
-    pub fn add_join_peers(&mut self, peers: &[SocketAddr]) {
+    pub fn add_join_peers(&mut self, peers: &[NodeAddr]) {
         for &peer in peers {
             self.remember_seed(peer);
         }

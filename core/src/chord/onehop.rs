@@ -2,8 +2,8 @@
 //! events detected here, broadcast down a tree of ring ranges, and membership pages for a
 //! joining node. The table itself is `membership.rs`.
 
+use chordkv_protocol::NodeAddr;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chordkv_protocol::{in_open, Id, MemberEvent, Message, NodeRef};
@@ -125,7 +125,7 @@ impl Node {
     }
 
     /// A page of the successor's table (one-hop join): merge it, ask for the next.
-    pub(super) fn on_members(&mut self, now: Millis, from: SocketAddr, msg: Message) {
+    pub(super) fn on_members(&mut self, now: Millis, from: NodeAddr, msg: Message) {
         let (Message::Members { nodes, more }, Some(m)) = (msg, self.members.as_mut()) else {
             return;
         };

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chordkv_protocol::NodeAddr;
 use chordkv_protocol::{ErrorCode, Frame, Id, Item, Lookup, Message, NodeRef, FLAG_DIRECT, FLAG_FAILOVER};
 
 use super::node::{Millis, Node, Phase, ReplyTo};
@@ -36,7 +37,7 @@ pub(super) struct ClientOp {
     /// The node the current lookup step asks, and the node that named it (none when it came
     /// from our own table): if the step fails, we ask that node for a way around it.
     pub asking: Option<NodeRef>,
-    pub named_by: Option<std::net::SocketAddr>,
+    pub named_by: Option<NodeAddr>,
     /// Whether the step in flight is a detour around a dead node (see `send_detour`).
     pub detour: bool,
     /// Whether this attempt has taken its one detour. A second dead node in the same attempt
@@ -50,7 +51,7 @@ pub(super) struct ClientOp {
     pub attempt_hops: u16,
     /// The nodes this attempt's lookup steps asked: asking one again is a loop through
     /// disagreeing tables, which ends the attempt at once.
-    pub asked: Vec<std::net::SocketAddr>,
+    pub asked: Vec<NodeAddr>,
     /// The last error an owner answered (retried), named in the final error if it fails.
     pub last_error: Option<String>,
 }
@@ -264,13 +265,14 @@ impl Node {
         let write_timeout = self.config.write_hop_timeout_ms();
         let read_timeout = self.config.rpc_timeout_ms;
         let max_hops = self.config.max_hops;
+        let me = self.me.addr;
         let op = self.client.ops.get_mut(&id).expect("op present"); // faulty code
                                                                     // Owners that redirect to each other (views that disagree during a partition) must
                                                                     // not bounce an operation for ever: an attempt has at most `max_hops` hops.
         if op.attempt_hops >= max_hops {
             return self.retry_op_later(now, id);
         }
-        op.hops = op.hops.saturating_add(1);
+        op.hops = op.hops.saturating_add(hop_cost(&me, &node.addr));
         op.attempt_hops += 1;
         let msg = op.message.clone();
         let flags = if failover {
@@ -289,20 +291,15 @@ impl Node {
         self.send_request(now, node.addr, msg, RpcKind::Op(id), flags, timeout, hop_deadline);
     }
 
-    fn send_lookup_step(
-        &mut self,
-        now: Millis,
-        id: u64,
-        node: NodeRef,
-        named_by: Option<std::net::SocketAddr>,
-    ) {
+    fn send_lookup_step(&mut self, now: Millis, id: u64, node: NodeRef, named_by: Option<NodeAddr>) {
         let max_hops = self.config.max_hops;
+        let me = self.me.addr;
         let op = self.client.ops.get_mut(&id).expect("op present"); // faulty code
         if op.attempt_hops >= max_hops || op.asked.contains(&node.addr) {
             return self.retry_op_later(now, id);
         }
         op.asked.push(node.addr);
-        op.hops = op.hops.saturating_add(1);
+        op.hops = op.hops.saturating_add(hop_cost(&me, &node.addr));
         op.attempt_hops += 1;
         op.asking = Some(node);
         op.named_by = named_by;
@@ -316,13 +313,14 @@ impl Node {
     /// to the key than `via`. This is the Chord paper's way past a failed node in an iterative
     /// lookup; restarting from our own table would walk into the same dead node again until
     /// `via` notices it is gone.
-    fn send_detour(&mut self, now: Millis, id: u64, via: std::net::SocketAddr, around: NodeRef) {
+    fn send_detour(&mut self, now: Millis, id: u64, via: NodeAddr, around: NodeRef) {
         let max_hops = self.config.max_hops;
+        let me = self.me.addr;
         let op = self.client.ops.get_mut(&id).expect("op present"); // faulty code
         if op.attempt_hops >= max_hops {
             return self.retry_op_later(now, id);
         }
-        op.hops = op.hops.saturating_add(1);
+        op.hops = op.hops.saturating_add(hop_cost(&me, &via));
         op.attempt_hops += 1;
         op.asking = None;
         op.named_by = None;
@@ -337,7 +335,7 @@ impl Node {
         );
     }
 
-    pub(super) fn on_op_reply(&mut self, now: Millis, id: u64, from: std::net::SocketAddr, msg: Message) {
+    pub(super) fn on_op_reply(&mut self, now: Millis, id: u64, from: NodeAddr, msg: Message) {
         let Some(op) = self.client.ops.get_mut(&id) else {
             return;
         };
@@ -453,7 +451,7 @@ impl Node {
     }
 
     /// A hop of the operation went unanswered; its node is already marked dead.
-    pub(super) fn on_op_failed(&mut self, now: Millis, id: u64, to: std::net::SocketAddr) {
+    pub(super) fn on_op_failed(&mut self, now: Millis, id: u64, to: NodeAddr) {
         if let Some(op) = self.client.ops.get(&id) {
             if let (Some(dead), Some(via)) = (op.asking, op.named_by) {
                 if dead.addr == to && !self.is_dead(&via) && !op.detoured {
@@ -794,4 +792,11 @@ fn unavailable(hops: u16, text: &str) -> Message {
         hops,
         text: text.to_string(),
     }
+}
+
+/// What a message from `me` to `to` adds to an operation's hop count: 1 over the network, 0
+/// to another vnode of the same host (hops count network hops only; a host's vnodes talk
+/// without touching the network).
+fn hop_cost(me: &NodeAddr, to: &NodeAddr) -> u16 {
+    u16::from(!me.same_host(to))
 }

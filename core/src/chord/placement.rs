@@ -28,6 +28,12 @@ impl Node {
         (self.predecessor.map_or(self.me.id, |p| p.id), self.me.id)
     }
 
+    /// Whether this node would serve a client operation on `id` itself right now: it owns
+    /// it, knows where its range starts, and is not handing it off.
+    pub fn serves(&self, id: &Id) -> bool {
+        (self.predecessor.is_some() || self.routing.successors().is_empty()) && self.owns(id)
+    }
+
     /// Whether this node serves `id` right now (it owns it and is not handing it off).
     pub(super) fn owns(&self, id: &Id) -> bool {
         let serving = match self.phase {

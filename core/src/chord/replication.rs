@@ -16,8 +16,8 @@
 //!   predecessor straight away, so the ring's own view catches up.
 //! - **Repair.** Anti-entropy (`sync.rs`) restores missing copies after failures and joins.
 
+use chordkv_protocol::NodeAddr;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 use chordkv_protocol::{in_half_open, Id, Item, Message, NodeRef};
 
@@ -35,7 +35,7 @@ pub(super) struct PendingWrite {
     /// The reply to send once the replicas have answered (set when the local store is done).
     pub reply: Option<(ReplyTo, u64, Message)>,
     /// Replicas that have not answered yet.
-    pub waiting: Vec<SocketAddr>,
+    pub waiting: Vec<NodeAddr>,
     /// Replicas that applied it.
     pub acked: usize,
     /// Replica acknowledgements needed besides our own copy: a majority of the preference list
@@ -58,7 +58,7 @@ pub(super) struct Replication {
     pub syncs: BTreeMap<u64, SyncRound>,
     pub next_sync_id: u64,
     /// Predecessor and replica targets as of the last check, to notice changes.
-    pub replica_view: Vec<SocketAddr>,
+    pub replica_view: Vec<NodeAddr>,
     /// Since when `replica_view` has not changed.
     pub replica_view_since: Millis,
     /// Ranges primaries declared us a replica of (by syncing with us), and when last.
@@ -67,7 +67,7 @@ pub(super) struct Replication {
     pub store_lost: bool,
     /// Our predecessor (by address) and its own predecessors, nearest first, as it last told
     /// us: the ranges this node keeps copies of and may stand in for.
-    pub pred_list: Option<(SocketAddr, Vec<NodeRef>)>,
+    pub pred_list: Option<(NodeAddr, Vec<NodeRef>)>,
 }
 
 impl Node {
@@ -155,7 +155,7 @@ impl Node {
 
     /// A replica answered (`applied`: it holds the write or a newer version) or was given up
     /// on (`applied` false) for a pending write.
-    pub(super) fn replica_answered(&mut self, write: u64, from: SocketAddr, applied: bool) {
+    pub(super) fn replica_answered(&mut self, write: u64, from: NodeAddr, applied: bool) {
         if let Some(w) = self.repl.writes.get_mut(&write) {
             let before = w.waiting.len();
             w.waiting.retain(|a| *a != from);

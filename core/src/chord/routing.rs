@@ -24,7 +24,7 @@
 //! view of every node it knows (fingers and successors) keyed by clockwise distance from `me`,
 //! and answers by binary search.
 
-use std::net::SocketAddr;
+use chordkv_protocol::NodeAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use chordkv_protocol::{Id, NodeRef};
@@ -207,7 +207,7 @@ impl RoutingTable {
     }
 
     /// Removes every mention of the node at `addr`; returns whether it was known.
-    pub fn forget(&mut self, addr: SocketAddr) -> bool {
+    pub fn forget(&mut self, addr: NodeAddr) -> bool {
         let mut known = false;
         for r in self.runs.iter_mut() {
             if r.1.is_some_and(|n| n.addr == addr) {
@@ -228,7 +228,7 @@ impl RoutingTable {
     /// Removes the node at `addr` from the fingers only: it stays in the successor list (a
     /// member presumed down under the partition policy `consistent`). Returns whether a finger
     /// named it.
-    pub fn forget_finger(&mut self, addr: SocketAddr) -> bool {
+    pub fn forget_finger(&mut self, addr: NodeAddr) -> bool {
         let mut known = false;
         for r in self.runs.iter_mut() {
             if r.1.is_some_and(|n| n.addr == addr) {

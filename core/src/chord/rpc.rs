@@ -2,8 +2,8 @@
 //! unreachable peer ends it exactly once (a late or duplicated reply finds no entry and is
 //! dropped).
 
+use chordkv_protocol::NodeAddr;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 
 use chordkv_protocol::{Frame, Id, Message};
 
@@ -15,7 +15,7 @@ use super::timer::Timer;
 /// A request we sent and are waiting on.
 #[derive(Clone, Debug)]
 pub(super) struct Rpc {
-    pub to: SocketAddr,
+    pub to: NodeAddr,
     pub deadline: Millis,
     pub kind: RpcKind,
 }
@@ -88,7 +88,7 @@ impl Rpcs {
     }
 
     /// Records a request to `to` given up on at `deadline`; returns its request id.
-    pub fn start(&mut self, to: SocketAddr, kind: RpcKind, deadline: Millis) -> u64 {
+    pub fn start(&mut self, to: NodeAddr, kind: RpcKind, deadline: Millis) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(id, Rpc { to, deadline, kind });
@@ -96,10 +96,12 @@ impl Rpcs {
         id
     }
 
-    /// Ends the request `id` on its reply from `from`; `None` (and the request stays
-    /// outstanding, if it is) when it already ended or `from` is not whom we asked.
-    pub fn answered(&mut self, id: u64, from: SocketAddr) -> Option<Rpc> {
-        if self.pending.get(&id)?.to != from {
+    /// Ends the request `id` on its reply from the host `from`; `None` (and the request stays
+    /// outstanding, if it is) when it already ended or `from` is not the host we asked. The
+    /// host's vnode that answered is the one asked: a reply travels back on the connection
+    /// and under the request id of its request (the driver routes it to us by that id).
+    pub fn answered(&mut self, id: u64, from: std::net::SocketAddr) -> Option<Rpc> {
+        if self.pending.get(&id)?.to.host != from {
             return None;
         }
         self.finish(id)
@@ -126,8 +128,13 @@ impl Rpcs {
         None
     }
 
+    /// Where the outstanding requests go (with repeats).
+    pub fn targets(&self) -> impl Iterator<Item = NodeAddr> + '_ {
+        self.pending.values().map(|r| r.to)
+    }
+
     /// The ids of the requests outstanding to `addr`, in id order.
-    pub fn to_peer(&self, addr: SocketAddr) -> Vec<u64> {
+    pub fn to_peer(&self, addr: NodeAddr) -> Vec<u64> {
         self.pending
             .iter()
             .filter(|(_, r)| r.to == addr)
@@ -141,7 +148,7 @@ impl Rpcs {
     }
 
     /// Whether a request of this kind is outstanding to `addr`.
-    pub fn any_to(&self, addr: SocketAddr, kind: RpcKind) -> bool {
+    pub fn any_to(&self, addr: NodeAddr, kind: RpcKind) -> bool {
         self.pending.values().any(|r| r.to == addr && r.kind == kind)
     }
 
@@ -156,7 +163,7 @@ impl Node {
     pub(super) fn send_rpc(
         &mut self,
         now: Millis,
-        to: SocketAddr,
+        to: NodeAddr,
         msg: Message,
         kind: RpcKind,
         flags: u16,
@@ -171,7 +178,7 @@ impl Node {
     pub(super) fn send_request(
         &mut self,
         now: Millis,
-        to: SocketAddr,
+        to: NodeAddr,
         msg: Message,
         kind: RpcKind,
         flags: u16,
@@ -183,6 +190,8 @@ impl Node {
             request_id: id,
             flags,
             deadline_ms: frame_deadline,
+            // Vnode 0 is the host's default: a node without virtual nodes sees no change.
+            vnode: (to.vnode != 0).then_some(to.vnode),
             message: msg,
         };
         self.stats.messages_sent += 1;

@@ -76,7 +76,11 @@ impl Node {
         let id = self.store.next_id;
         self.store.next_id += 1;
         self.store.waits.insert(id, wait);
-        self.out.push_back(Output::Store { id, op });
+        self.out.push_back(Output::Store {
+            id,
+            vnode: self.me.addr.vnode,
+            op,
+        });
         id
     }
 

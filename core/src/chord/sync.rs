@@ -20,8 +20,8 @@
 //! predecessor or the first `replicas` successors change: that is how a new replica (after a
 //! crash) or a new node (after a join) receives its copies, in the background.
 
+use chordkv_protocol::NodeAddr;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 
 use bytes::Bytes;
 use chordkv_protocol::{ErrorCode, Id, Item, Message, NodeRef};
@@ -53,7 +53,7 @@ pub(super) struct SyncRound {
     pub end: Id,
     pub targets: Vec<NodeRef>,
     /// Targets an exchange with failed.
-    pub failed: BTreeSet<SocketAddr>,
+    pub failed: BTreeSet<NodeAddr>,
     /// One of our own store operations failed.
     pub local_failed: bool,
     /// The error of our own store, when an operation of the round failed with one.
@@ -64,8 +64,8 @@ pub(super) struct SyncRound {
     /// Members in the range's preference list, us included (a catch-up's `n`, `trust.rs`).
     pub copies: usize,
     /// Targets that said their copy is trusted, and that it is not (`trust.rs`).
-    pub trusted: BTreeSet<SocketAddr>,
-    pub untrusted: BTreeSet<SocketAddr>,
+    pub trusted: BTreeSet<NodeAddr>,
+    pub untrusted: BTreeSet<NodeAddr>,
     /// When the round started (our clock, ms).
     pub started_ms: Millis,
     /// Store ops and requests of the round not finished yet.
@@ -86,12 +86,12 @@ pub(super) enum SyncWait {
     /// Primary: our key-version list of a differing sub-range, for `target`.
     KeysFor {
         round: u64,
-        target: SocketAddr,
+        target: NodeAddr,
         start: Id,
         end: Id,
     },
     /// Primary: the values `target` wants.
-    PushTo { round: u64, target: SocketAddr },
+    PushTo { round: u64, target: NodeAddr },
     /// Primary: merged the items a replica had newer.
     Repaired { round: u64 },
     /// Primary: collected tombstones at the end of a clean round.
@@ -357,7 +357,7 @@ impl Node {
 
     /// A failed exchange (with `target`; `None`: a step of ours) counts as a difference (no
     /// tombstone collection this round; a catch-up needs every target).
-    pub(super) fn sync_rpc_failed(&mut self, now: Millis, round: u64, target: Option<SocketAddr>) {
+    pub(super) fn sync_rpc_failed(&mut self, now: Millis, round: u64, target: Option<NodeAddr>) {
         if let Some(r) = self.round_mut(round) {
             r.differences += 1;
             match target {
@@ -372,7 +372,7 @@ impl Node {
 
     /// `from` answered a step of the round with something other than its reply (an error): the
     /// exchange failed; a store failure over there is kept as the round's store error.
-    pub(super) fn sync_reply_refused(&mut self, now: Millis, round: u64, from: SocketAddr, msg: &Message) {
+    pub(super) fn sync_reply_refused(&mut self, now: Millis, round: u64, from: NodeAddr, msg: &Message) {
         if let (
             Message::Error {
                 code: ErrorCode::StoreFailed,
@@ -588,7 +588,7 @@ impl Node {
     }
 
     /// Primary: a replica's answer to our digests.
-    pub(super) fn on_sync_digests_reply(&mut self, now: Millis, round: u64, from: SocketAddr, msg: Message) {
+    pub(super) fn on_sync_digests_reply(&mut self, now: Millis, round: u64, from: NodeAddr, msg: Message) {
         let Message::SyncDigestsReply { differing, trusted } = msg else {
             return self.sync_reply_refused(now, round, from, &msg);
         };
@@ -625,7 +625,7 @@ impl Node {
     }
 
     /// Primary: a replica's answer to our key list.
-    pub(super) fn on_sync_keys_reply(&mut self, now: Millis, round: u64, from: SocketAddr, msg: Message) {
+    pub(super) fn on_sync_keys_reply(&mut self, now: Millis, round: u64, from: NodeAddr, msg: Message) {
         let Message::SyncKeysReply {
             want,
             mut newer,
@@ -802,7 +802,7 @@ impl Node {
 
     /// Brings the next round forward when the nodes that should hold our range changed.
     pub(super) fn watch_replica_set(&mut self, now: Millis) {
-        let mut view: Vec<SocketAddr> = self.predecessor.iter().map(|p| p.addr).collect();
+        let mut view: Vec<NodeAddr> = self.predecessor.iter().map(|p| p.addr).collect();
         view.extend(self.replica_targets().iter().map(|n| n.addr));
         if view != self.repl.replica_view {
             self.repl.replica_view = view;

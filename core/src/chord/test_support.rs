@@ -1,6 +1,6 @@
 //! What the core's unit tests share.
 
-use std::net::SocketAddr;
+use chordkv_protocol::NodeAddr;
 
 use chordkv_protocol::{Id, NodeRef};
 
@@ -8,6 +8,6 @@ use chordkv_protocol::{Id, NodeRef};
 pub(crate) fn node(v: u64) -> NodeRef {
     NodeRef {
         id: Id::from_u64(v),
-        addr: SocketAddr::from(([127, 0, 0, 1], 1000 + v as u16)),
+        addr: NodeAddr::host(std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + v as u16))),
     }
 }

@@ -455,7 +455,7 @@ impl LookupSim {
             match out {
                 Output::Send { to, frame } => {
                     self.messages += 1;
-                    let Some(j) = index_of(&to).filter(|&j| (j as usize) < self.nodes.len()) else {
+                    let Some(j) = index_of(&to.host).filter(|&j| (j as usize) < self.nodes.len()) else {
                         continue;
                     };
                     let at = now + self.delay();
@@ -485,7 +485,7 @@ impl LookupSim {
                         },
                     );
                 }
-                Output::Store { id, op } => {
+                Output::Store { id, op, .. } => {
                     let result = match op {
                         // The serving node's index, as the version: who answered the lookup.
                         StoreOp::Get { .. } => Ok(StoreOutcome::Got(Some(Entry {

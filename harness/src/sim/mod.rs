@@ -46,9 +46,9 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use bytes::Bytes;
-use chordkv_protocol::{Frame, Id, Message, NodeRef};
+use chordkv_protocol::{Frame, Id, Message};
 
-use chordkv_core::chord::{Config, Millis, Node, Output, ReplyTo};
+use chordkv_core::chord::{Config, Host, Millis, Node, Output, ReplyTo};
 use chordkv_core::rng::Rng;
 use chordkv_core::store::{execute, MemoryStore, Store};
 pub use clock::NodeClock;
@@ -89,6 +89,9 @@ pub struct SimConfig {
     /// Track which stores held each version, to tell writes the faults destroyed from writes
     /// the system lost ([`Sim::destroyed_writes`]); off by default (it keeps every version).
     pub track_copies: bool,
+    /// Virtual nodes per simulated host (SIGCOMM'01 section 6.9): each node index is a host
+    /// running this many ring positions, each with its own store partition.
+    pub vnodes: u16,
 }
 
 impl Default for SimConfig {
@@ -106,15 +109,17 @@ impl Default for SimConfig {
             chord: Config::default(),
             trace_key: std::env::var("SIM_TRACE_KEY").ok().map(Bytes::from),
             track_copies: false,
+            vnodes: 1,
         }
     }
 }
 
 struct SimNode {
     addr: SocketAddr,
-    node: Node,
-    /// Survives a crash: [`Sim::restart_with_store`] gives it back to the new life.
-    store: MemoryStore,
+    node: Host,
+    /// One partition per vnode. Survives a crash: [`Sim::restart_with_store`] gives it back
+    /// to the new life.
+    stores: Vec<MemoryStore>,
     alive: bool,
     /// Bumped on crash and restart so events for the previous life are dropped.
     incarnation: u64,
@@ -274,13 +279,25 @@ impl Sim {
         self.nodes.is_empty()
     }
 
+    /// Node `i`'s vnode 0 (the node itself when hosts run one vnode).
     pub fn node(&self, i: usize) -> &Node {
+        self.nodes[i].node.first()
+    }
+
+    /// Node `i`'s host: all its vnodes.
+    pub fn host(&self, i: usize) -> &Host {
         &self.nodes[i].node
     }
 
-    /// Node `i`'s store (a crashed node's too: it is what a persistent restart gets back).
+    /// Node `i`'s store, vnode 0's partition (a crashed node's too: it is what a persistent
+    /// restart gets back).
     pub fn store(&self, i: usize) -> &MemoryStore {
-        &self.nodes[i].store
+        &self.nodes[i].stores[0]
+    }
+
+    /// Node `i`'s store partitions, one per vnode.
+    pub fn stores(&self, i: usize) -> &[MemoryStore] {
+        &self.nodes[i].stores
     }
 
     /// Whether node `i` is running or paused (not crashed, not exited).
@@ -353,7 +370,7 @@ impl Sim {
 
     fn join_through(&mut self, i: usize, via: &[usize]) {
         let now = self.node_now(i);
-        let addrs: Vec<_> = via.iter().map(|&v| self.nodes[v].addr).collect();
+        let addrs: Vec<SocketAddr> = via.iter().map(|&v| self.nodes[v].addr).collect();
         self.nodes[i].node.join(now, addrs[0]);
         if addrs.len() > 1 {
             self.nodes[i].node.add_join_peers(&addrs[1..]);
@@ -366,11 +383,12 @@ impl Sim {
         let addr = sim_addr(i);
         let config = self.node_config(i);
         let clock = self.draw_clock();
-        let node = Node::new(NodeRef::from_addr(addr), config, clock.read(self.now));
+        let node = Host::new(addr, &self.vnode_ids(addr), config, clock.read(self.now));
+        let vnodes = usize::from(self.config.vnodes.max(1));
         self.nodes.push(SimNode {
             addr,
             node,
-            store: MemoryStore::new(),
+            stores: (0..vnodes).map(|_| MemoryStore::new()).collect(),
             alive: true,
             incarnation: 0,
             tick_at: None,
@@ -381,6 +399,20 @@ impl Sim {
         });
         self.by_addr.insert(addr, i);
         i
+    }
+
+    /// The ring positions of the host at `addr`: vnode 0 at the SHA-1 of the address (a
+    /// host with one vnode is a plain node), vnode `i` at the SHA-1 of `addr#i`.
+    fn vnode_ids(&self, addr: SocketAddr) -> Vec<Id> {
+        (0..self.config.vnodes.max(1))
+            .map(|v| {
+                if v == 0 {
+                    Id::of_addr(&addr)
+                } else {
+                    Id::hash(format!("{addr}#{v}").as_bytes())
+                }
+            })
+            .collect()
     }
 
     /// A new node's clock: true time unless skew or drift is on (only then is the RNG used).
@@ -439,17 +471,23 @@ impl Sim {
         let mut config = self.node_config(i);
         let now = self.node_now(i);
         if !keep_store {
-            let wiped = std::mem::take(&mut self.nodes[i].store);
+            let vnodes = self.nodes[i].stores.len();
+            let wiped = std::mem::replace(
+                &mut self.nodes[i].stores,
+                (0..vnodes).map(|_| MemoryStore::new()).collect(),
+            );
             if let Some(copies) = self.copies.as_mut() {
                 // A majority of the key's `replicas + 1` copies.
                 let quorum = self.config.chord.replicas.div_ceil(2) + 1;
-                let others = self
-                    .nodes
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, n)| &n.store);
-                copies.wiped(&wiped, others, quorum);
+                for w in &wiped {
+                    let others = self
+                        .nodes
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .flat_map(|(_, n)| n.stores.iter());
+                    copies.wiped(w, others, quorum);
+                }
             }
         }
         let n = &mut self.nodes[i];
@@ -463,7 +501,9 @@ impl Sim {
         // It knows whether its store came back with its data (`trust.rs`).
         config.store_kept_copies = keep_store;
         n.tick_at = None;
-        n.node = Node::new(NodeRef::from_addr(n.addr), config, now);
+        let addr = n.addr;
+        let ids = self.vnode_ids(addr);
+        self.nodes[i].node = Host::new(addr, &ids, config, now);
         self.join_through(i, via);
     }
 
@@ -854,7 +894,7 @@ impl Sim {
                 match &out {
                     Output::Send { to, frame } => println!(
                         "trace t={now} node {i} -> {:?} #{} {:?}",
-                        self.by_addr.get(to),
+                        self.by_addr.get(&to.host),
                         frame.request_id,
                         frame.message
                     ),
@@ -870,7 +910,9 @@ impl Sim {
             match out {
                 Output::Send { to, frame } => {
                     self.messages += 1;
-                    let Some(&j) = self.by_addr.get(&to) else { continue };
+                    let Some(&j) = self.by_addr.get(&to.host) else {
+                        continue;
+                    };
                     let from_incarnation = self.nodes[i].incarnation;
                     // The reply must reach this life of the sender: carry its incarnation.
                     let reply_to = ReplyTo(((from_incarnation & 0xffff) << 32) | i as u64);
@@ -905,14 +947,15 @@ impl Sim {
                     };
                     self.transmit(wire);
                 }
-                Output::Store { id, op } => {
+                Output::Store { id, vnode, op } => {
+                    let v = usize::from(vnode);
                     if let Some(key) = &self.config.trace_key {
-                        self.trace_store_op(i, key, &op);
+                        self.trace_store_op(i, v, key, &op);
                     }
                     let written = self.copies.as_ref().map(|_| CopyTracker::written_by(&op));
-                    let result = execute(&self.nodes[i].store as &dyn Store, op);
+                    let result = execute(&self.nodes[i].stores[v] as &dyn Store, op);
                     if let (Some(copies), Some(written)) = (self.copies.as_mut(), written) {
-                        copies.stored(i, &self.nodes[i].store, written);
+                        copies.stored(i, &self.nodes[i].stores[v], written);
                     }
                     let clock = self.node_now(i);
                     self.log_input(i, clock, InputKind::StoreDone);
@@ -943,12 +986,12 @@ impl Sim {
         self.next_sent
     }
 
-    fn trace_store_op(&self, i: usize, key: &Bytes, op: &chordkv_core::store::StoreOp) {
+    fn trace_store_op(&self, i: usize, v: usize, key: &Bytes, op: &chordkv_core::store::StoreOp) {
         use chordkv_core::store::StoreOp;
         let hit = match op {
             StoreOp::Put { key: k, entry } => (k == key).then(|| format!("put v{}", entry.version >> 16)),
             StoreOp::Get { key: k } => (k == key).then(|| {
-                let held = self.nodes[i].store.get(key).ok().flatten();
+                let held = self.nodes[i].stores[v].get(key).ok().flatten();
                 format!("get (holds v{:?})", held.map(|e| e.version >> 16))
             }),
             StoreOp::PutMany { items } => items
@@ -961,7 +1004,7 @@ impl Sim {
                 .map(|_| "transfer-out".to_string()),
             StoreOp::RetainRanges { keep } => {
                 let id = Id::hash(key);
-                let held = self.nodes[i].store.get(key).ok().flatten().is_some();
+                let held = self.nodes[i].stores[v].get(key).ok().flatten().is_some();
                 (held
                     && !keep
                         .iter()
@@ -971,9 +1014,9 @@ impl Sim {
             _ => None,
         };
         if let Some(what) = hit {
-            let n = &self.nodes[i].node;
+            let n = self.nodes[i].node.vnode(v);
             println!(
-                "trace t={} node {i} {what}: phase {:?} pred {:?} succ {:?}",
+                "trace t={} node {i}#{v} {what}: phase {:?} pred {:?} succ {:?}",
                 self.now,
                 n.phase(),
                 n.predecessor().and_then(|p| self.index_of(&p.addr)),

@@ -18,15 +18,13 @@
 //!        ╰─ n7 ◄─╯               ordered list of n1:      [n2, n4, n7], not [n2, n7, n4]
 //! ```
 
+use bytes::Bytes;
+use chordkv_protocol::{in_open, Id, NodeAddr, NodeRef};
 use std::collections::BTreeMap;
 use std::hash::Hasher;
-use std::net::SocketAddr;
-
-use bytes::Bytes;
-use chordkv_protocol::{in_open, Id, NodeRef};
 
 use super::Sim;
-use chordkv_core::chord::Phase;
+use chordkv_core::chord::{Node, Phase};
 use chordkv_core::store::Store;
 
 impl Sim {
@@ -35,8 +33,10 @@ impl Sim {
         let mut v: Vec<NodeRef> = self
             .nodes
             .iter()
-            .filter(|n| n.alive && matches!(n.node.phase(), Phase::Active | Phase::Joined | Phase::Leaving))
-            .map(|n| n.node.me())
+            .filter(|n| n.alive)
+            .flat_map(|n| n.node.vnodes())
+            .filter(|v| matches!(v.phase(), Phase::Active | Phase::Joined | Phase::Leaving))
+            .map(|v| v.me())
             .collect();
         v.sort();
         v
@@ -49,9 +49,16 @@ impl Sim {
         ring.get(i).or(ring.first()).copied()
     }
 
-    /// The node index of an address.
-    pub fn index_of(&self, addr: &SocketAddr) -> Option<usize> {
-        self.by_addr.get(addr).copied()
+    /// The node (host) index of an address.
+    pub fn index_of(&self, addr: &NodeAddr) -> Option<usize> {
+        self.by_addr.get(&addr.host).copied()
+    }
+
+    /// The vnode reached at `addr`.
+    fn vnode_at(&self, addr: &NodeAddr) -> &Node {
+        self.nodes[self.by_addr[&addr.host]]
+            .node
+            .vnode(usize::from(addr.vnode))
     }
 
     /// Whether every live node is active, with the true successor and predecessor, and its
@@ -63,8 +70,7 @@ impl Sim {
         let ring = self.ring();
         let n = ring.len();
         for (k, me) in ring.iter().enumerate() {
-            let sim = &self.nodes[self.by_addr[&me.addr]];
-            let node = &sim.node;
+            let node = self.vnode_at(&me.addr);
             if node.phase() != Phase::Active || !node.is_settled() {
                 return Some(format!(
                     "{} is {:?}, settled={}",
@@ -88,11 +94,11 @@ impl Sim {
                     want_pred.addr
                 ));
             }
-            let want: Vec<SocketAddr> = (1..n)
+            let want: Vec<NodeAddr> = (1..n)
                 .take(self.config.chord.successors)
                 .map(|d| ring[(k + d) % n].addr)
                 .collect();
-            let got: Vec<SocketAddr> = node.successors().iter().map(|s| s.addr).collect();
+            let got: Vec<NodeAddr> = node.successors().iter().map(|s| s.addr).collect();
             if got != want {
                 return Some(format!("{} successors {:?}, want {:?}", me.addr, got, want));
             }
@@ -114,7 +120,7 @@ impl Sim {
         let ring = self.ring();
         let mut wrong = 0;
         for me in &ring {
-            let table = self.nodes[self.by_addr[&me.addr]].node.routing();
+            let table = self.vnode_at(&me.addr).routing();
             for i in 0..table.finger_count() {
                 let start = table.finger_start(i);
                 let truth = self.owner_of(&start).filter(|o| o.addr != me.addr);
@@ -139,17 +145,26 @@ impl Sim {
         self.ring_is_consistent()
     }
 
-    /// Live keys held by each node, in node order (dead nodes hold 0).
+    /// Live keys held by each node (all its vnodes), in node order (dead nodes hold 0).
     pub fn keys_per_node(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .map(|n| if n.alive { n.store.len().unwrap_or(0) } else { 0 })
+            .map(|n| {
+                if n.alive {
+                    n.stores.iter().map(|s| s.len().unwrap_or(0)).sum()
+                } else {
+                    0
+                }
+            })
             .collect()
     }
 
-    /// Whether the live node at `i` holds a live value for `key`.
+    /// Whether the live node at `i` holds a live value for `key` (in any vnode's partition).
     pub fn holds(&self, i: usize, key: &[u8]) -> Option<Bytes> {
-        self.nodes[i].store.get(key).ok().flatten().and_then(|e| e.value)
+        self.nodes[i]
+            .stores
+            .iter()
+            .find_map(|s| s.get(key).ok().flatten().and_then(|e| e.value))
     }
 
     /// Zave's invariants over the live nodes (see the module docs), or the first one broken.
@@ -163,7 +178,8 @@ impl Sim {
             .nodes
             .iter()
             .filter(|n| n.alive)
-            .map(|n| (n.node.me(), n.node.successors().to_vec()))
+            .flat_map(|n| n.node.vnodes())
+            .map(|v| (v.me(), v.successors().to_vec()))
             .collect();
         zave_problem_of(&members)
     }
@@ -171,18 +187,23 @@ impl Sim {
     /// Every live node's view of the ring, one line each in id order (node index, phase,
     /// predecessor, successor list): what to read next to a ring problem.
     pub fn describe_ring(&self) -> String {
-        let name = |addr: &SocketAddr| match self.index_of(addr) {
-            Some(i) => format!("n{i}"),
-            None => addr.to_string(),
+        let name = |addr: &NodeAddr| match (self.index_of(addr), addr.vnode) {
+            (Some(i), 0) => format!("n{i}"),
+            (Some(i), v) => format!("n{i}#{v}"),
+            (None, _) => addr.to_string(),
         };
-        let mut live: Vec<usize> = self.alive();
-        live.sort_by_key(|&i| self.nodes[i].node.me().id);
+        let mut live: Vec<&Node> = self
+            .alive()
+            .into_iter()
+            .flat_map(|i| self.nodes[i].node.vnodes())
+            .collect();
+        live.sort_by_key(|v| v.me().id);
         let mut out = String::new();
-        for i in live {
-            let node = &self.nodes[i].node;
+        for node in live {
             let succ: Vec<String> = node.successors().iter().map(|s| name(&s.addr)).collect();
             out += &format!(
-                "  n{i} {} {:?} settled={} pred {} succ [{}]\n",
+                "  {} {} {:?} settled={} pred {} succ [{}]\n",
+                name(&node.me().addr),
                 node.me().id.short(6),
                 node.phase(),
                 node.is_settled(),
@@ -197,9 +218,8 @@ impl Sim {
     /// stores too), for replay tests.
     pub fn store_digest(&self) -> u64 {
         let mut h = Fnv::default();
-        for n in &self.nodes {
-            let items = n
-                .store
+        for store in self.nodes.iter().flat_map(|n| n.stores.iter()) {
+            let items = store
                 .scan(&Id::ZERO, &Id::ZERO, None, usize::MAX)
                 .unwrap_or_default();
             h.write_u64(items.len() as u64);
@@ -219,10 +239,9 @@ impl Sim {
     /// the entry's version and value (`None` for a tombstone).
     pub fn entry(&self, i: usize, key: &[u8]) -> Option<(u64, Option<Bytes>)> {
         self.nodes[i]
-            .store
-            .get(key)
-            .ok()
-            .flatten()
+            .stores
+            .iter()
+            .find_map(|s| s.get(key).ok().flatten())
             .map(|e| (e.version, e.value))
     }
 }
@@ -235,7 +254,7 @@ pub fn zave_problem_of(members: &[(NodeRef, Vec<NodeRef>)]) -> Option<String> {
     }
     let mut sorted: Vec<&(NodeRef, Vec<NodeRef>)> = members.iter().collect();
     sorted.sort_by_key(|(me, _)| me.id);
-    let index: BTreeMap<SocketAddr, usize> = sorted
+    let index: BTreeMap<NodeAddr, usize> = sorted
         .iter()
         .enumerate()
         .map(|(k, (me, _))| (me.addr, k))
@@ -247,7 +266,7 @@ pub fn zave_problem_of(members: &[(NodeRef, Vec<NodeRef>)]) -> Option<String> {
         let mut prev = me.id;
         for s in list {
             if !in_open(&s.id, &prev, &me.id) {
-                let list: Vec<SocketAddr> = list.iter().map(|s| s.addr).collect();
+                let list: Vec<NodeAddr> = list.iter().map(|s| s.addr).collect();
                 return Some(format!("{} successor list not in ring order: {list:?}", me.addr));
             }
             prev = s.id;
@@ -294,9 +313,9 @@ pub fn zave_problem_of(members: &[(NodeRef, Vec<NodeRef>)]) -> Option<String> {
             }
         }
     }
-    let names = |ks: &[usize]| -> Vec<SocketAddr> { ks.iter().map(|&k| sorted[k].0.addr).collect() };
+    let names = |ks: &[usize]| -> Vec<NodeAddr> { ks.iter().map(|&k| sorted[k].0.addr).collect() };
     if cycles.len() > 1 {
-        let rings: Vec<Vec<SocketAddr>> = cycles.iter().map(|c| names(c)).collect();
+        let rings: Vec<Vec<NodeAddr>> = cycles.iter().map(|c| names(c)).collect();
         return Some(format!("{} rings of best successors: {rings:?}", rings.len()));
     }
     if cycles[0].len() < n {
@@ -346,7 +365,7 @@ mod tests {
     fn node(k: u64) -> NodeRef {
         NodeRef {
             id: Id::from_u64(k * 100),
-            addr: super::super::sim_addr(k as usize),
+            addr: super::super::sim_addr(k as usize).into(),
         }
     }
 

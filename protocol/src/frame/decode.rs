@@ -12,12 +12,14 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    opcode, Frame, ADDR_TAG_V4, ADDR_TAG_V6, FLAG_DEADLINE, HEADER_BYTES, KNOWN_FLAGS, LOOKUP_CLOSER,
-    LOOKUP_FOUND, MAGIC, VERSION,
+    opcode, Frame, ADDR_TAG_V4, ADDR_TAG_V6, ADDR_TAG_VNODE, FLAG_DEADLINE, FLAG_VNODE, HEADER_BYTES,
+    KNOWN_FLAGS, LOOKUP_CLOSER, LOOKUP_FOUND, MAGIC, VERSION,
 };
 use crate::id::{Id, ID_BYTES};
 use crate::limits::{MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_LIST_LEN, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
-use crate::message::{ErrorCode, Item, Lookup, MemberEvent, Message, NodeInfo, NodeRef, NodeStatus};
+use crate::message::{
+    ErrorCode, Item, Lookup, MemberEvent, Message, NodeAddr, NodeInfo, NodeRef, NodeStatus,
+};
 
 // --- errors ------------------------------------------------------------------------------
 
@@ -370,24 +372,24 @@ impl<'a> Reader<'a> {
         Ok(list)
     }
 
-    fn addr(&mut self) -> DResult<SocketAddr> {
-        match self.u8()? {
-            ADDR_TAG_V4 => {
-                let ip = Ipv4Addr::from(self.array::<4>()?);
-                Ok(SocketAddr::V4(SocketAddrV4::new(ip, self.u16()?)))
-            }
-            ADDR_TAG_V6 => {
-                let ip = Ipv6Addr::from(self.array::<16>()?);
-                Ok(SocketAddr::V6(SocketAddrV6::new(ip, self.u16()?, 0, 0)))
-            }
-            _ => Err(DecodeError::Malformed("address tag is neither 4 nor 6")),
-        }
-    }
-
     fn node(&mut self) -> DResult<NodeRef> {
         let id = self.id()?;
-        let addr = self.addr()?;
-        Ok(NodeRef { id, addr })
+        let tag = self.u8()?;
+        let host = match tag & !ADDR_TAG_VNODE {
+            ADDR_TAG_V4 => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(self.array::<4>()?), self.u16()?)),
+            ADDR_TAG_V6 => SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(self.array::<16>()?),
+                self.u16()?,
+                0,
+                0,
+            )),
+            _ => return Err(DecodeError::Malformed("address tag is neither 4 nor 6")),
+        };
+        let vnode = if tag & ADDR_TAG_VNODE != 0 { self.u16()? } else { 0 };
+        Ok(NodeRef {
+            id,
+            addr: NodeAddr::new(host, vnode),
+        })
     }
 
     fn nodes(&mut self, field: &'static str) -> DResult<Vec<NodeRef>> {
@@ -463,6 +465,11 @@ impl<'a> Reader<'a> {
         } else {
             0
         };
+        let vnode = if h.flags & FLAG_VNODE != 0 {
+            Some(self.u16()?)
+        } else {
+            None
+        };
         macro_rules! done {
             ($message:expr) => {{
                 let extra = self.remaining();
@@ -471,8 +478,9 @@ impl<'a> Reader<'a> {
                 }
                 return Ok(wrap(Frame {
                     request_id: h.request_id,
-                    flags: h.flags & !FLAG_DEADLINE,
+                    flags: h.flags & !(FLAG_DEADLINE | FLAG_VNODE),
                     deadline_ms,
+                    vnode,
                     message: $message,
                 }));
             }};

@@ -17,8 +17,8 @@ use bytes::Bytes;
 #[cfg(doc)]
 use super::KNOWN_FLAGS;
 use super::{
-    opcode_of, Frame, ADDR_TAG_V4, ADDR_TAG_V6, CALLER_FLAGS, FLAG_DEADLINE, HEADER_BYTES, LOOKUP_CLOSER,
-    LOOKUP_FOUND, MAGIC, VERSION,
+    opcode_of, Frame, ADDR_TAG_V4, ADDR_TAG_V6, ADDR_TAG_VNODE, CALLER_FLAGS, FLAG_DEADLINE, FLAG_VNODE,
+    HEADER_BYTES, LOOKUP_CLOSER, LOOKUP_FOUND, MAGIC, VERSION,
 };
 use crate::id::Id;
 use crate::limits::{MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_LIST_LEN, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
@@ -84,11 +84,14 @@ impl Frame {
 
     /// The header flags on the wire: the caller's, and [`FLAG_DEADLINE`] when there is one.
     fn wire_flags(&self) -> u16 {
+        let mut flags = self.flags;
         if self.deadline_ms != 0 {
-            self.flags | FLAG_DEADLINE
-        } else {
-            self.flags
+            flags |= FLAG_DEADLINE;
         }
+        if self.vnode.is_some() {
+            flags |= FLAG_VNODE;
+        }
+        flags
     }
 
     /// The 18-byte header; `payload_len <= MAX_FRAME_BYTES < u32::MAX` (checked by
@@ -106,6 +109,9 @@ impl Frame {
     fn write_payload<S: Sink>(&self, out: &mut S) -> Result<(), S::Error> {
         if self.deadline_ms != 0 {
             out.u64(self.deadline_ms)?;
+        }
+        if let Some(vnode) = self.vnode {
+            out.u16(vnode)?;
         }
         write_message(&self.message, out)
     }
@@ -242,7 +248,17 @@ pub(super) trait Sink: Sized {
 
     fn node(&mut self, node: &NodeRef) -> Result<(), Self::Error> {
         self.id(&node.id)?;
-        self.addr(&node.addr)
+        if node.addr.vnode == 0 {
+            return self.addr(&node.addr.host);
+        }
+        let (tag, ip): (u8, &[u8]) = match &node.addr.host {
+            SocketAddr::V4(a) => (ADDR_TAG_V4, &a.ip().octets()[..]),
+            SocketAddr::V6(a) => (ADDR_TAG_V6, &a.ip().octets()[..]),
+        };
+        self.u8(tag | ADDR_TAG_VNODE)?;
+        self.put(ip);
+        self.u16(node.addr.host.port())?;
+        self.u16(node.addr.vnode)
     }
 
     fn nodes(&mut self, field: &'static str, nodes: &[NodeRef]) -> Result<(), Self::Error> {

@@ -42,12 +42,14 @@
 //!       2     1  version      2                                              VERSION
 //!       3     1  opcode       see the opcode table; bit 7 set = reply        REPLY_BIT
 //!       4     2  flags        bit 0 = FLAG_DIRECT, bit 1 = FLAG_FAILOVER,   KNOWN_FLAGS
-//!                             bit 2 = FLAG_DEADLINE; every other bit must be 0
+//!                             bit 2 = FLAG_DEADLINE, bit 3 = FLAG_VNODE;
+//!                             every other bit must be 0
 //!       6     8  request_id   chosen by the requester, echoed by the reply
 //!      14     4  payload_len  bytes after the header, <= MAX_FRAME_BYTES
 //!      18     n  payload      payload_len bytes: with FLAG_DEADLINE first the deadline
-//!                             (u64, milliseconds on the sender's wall clock), then the
-//!                             message laid out by opcode (below)
+//!                             (u64, milliseconds on the sender's wall clock), then with
+//!                             FLAG_VNODE the receiving vnode (u16), then the message laid
+//!                             out by opcode (below)
 //! ```
 //!
 //! `FLAG_DEADLINE` carries [`Frame::deadline_ms`]: the time after which the receiver must not
@@ -68,7 +70,8 @@
 //!  Id                20     the 160-bit id, big-endian
 //!  SocketAddr        7      tag u8 = 4 | ipv4 [4]  | port u16
 //!                    19     tag u8 = 6 | ipv6 [16] | port u16  (flowinfo, scope id dropped)
-//!  NodeRef           27/39  id Id | addr SocketAddr
+//!  NodeRef           27/39  id Id | addr SocketAddr                 (vnode 0)
+//!                    29/41  id Id | addr SocketAddr with tag | 0x80 | vnode u16
 //!  Option<T>         1+     tag u8: 0 = None, 1 = Some followed by T
 //!  Key               4+len  len u32 | len bytes            len <= MAX_KEY_BYTES
 //!  Value             4+len  len u32 | len bytes            len <= MAX_VALUE_BYTES
@@ -192,8 +195,11 @@ pub const FLAG_FAILOVER: u16 = 2;
 /// Header flag: the payload starts with the request's deadline ([`Frame::deadline_ms`]). Set
 /// by the encoder from the field, never by callers.
 pub const FLAG_DEADLINE: u16 = 4;
+/// Header flag: the payload carries [`Frame::vnode`] (after the deadline, if any). Set by the
+/// encoder from the field, never by callers.
+pub const FLAG_VNODE: u16 = 8;
 /// Every flag bit this version knows; a frame with any other bit set is rejected.
-pub const KNOWN_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER | FLAG_DEADLINE;
+pub const KNOWN_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER | FLAG_DEADLINE | FLAG_VNODE;
 /// The flags a caller may set on a [`Frame`].
 const CALLER_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER;
 
@@ -210,6 +216,10 @@ pub struct Frame {
     /// The time after which the receiver must not start this request (milliseconds on the
     /// sender's clock, wall time since the Unix epoch); 0 for none.
     pub deadline_ms: u64,
+    /// Which virtual node of the receiving host the request is for (a peer's request to a
+    /// known ring position); `None`: the host chooses (a client's key operation goes to the
+    /// vnode that serves the key, or that is closest before it). Replies carry `None`.
+    pub vnode: Option<u16>,
     pub message: Message,
 }
 
@@ -220,6 +230,7 @@ impl Frame {
             request_id,
             flags: 0,
             deadline_ms: 0,
+            vnode: None,
             message,
         }
     }
@@ -230,6 +241,7 @@ impl Frame {
             request_id,
             flags: FLAG_DIRECT,
             deadline_ms: 0,
+            vnode: None,
             message,
         }
     }
@@ -237,6 +249,13 @@ impl Frame {
     /// This frame with a deadline (see [`Frame::deadline_ms`]).
     pub fn with_deadline(mut self, deadline_ms: u64) -> Frame {
         self.deadline_ms = deadline_ms;
+        self
+    }
+
+    /// This frame addressed to virtual node `vnode` of the receiving host (see
+    /// [`Frame::vnode`]).
+    pub fn to_vnode(mut self, vnode: u16) -> Frame {
+        self.vnode = Some(vnode);
         self
     }
 
@@ -266,9 +285,11 @@ impl Frame {
 
 // --- tags shared by the encoder and the decoder ------------------------------------------
 
-// The tag before a `SocketAddr`: its IP version.
+// The tag before a `SocketAddr`: its IP version; in a `NodeRef`, with `ADDR_TAG_VNODE` set
+// when a vnode index follows the port (vnode 0 is written as the bare address).
 const ADDR_TAG_V4: u8 = 4;
 const ADDR_TAG_V6: u8 = 6;
+const ADDR_TAG_VNODE: u8 = 0x80;
 // The tag before a `Lookup`: which variant follows.
 const LOOKUP_FOUND: u8 = 1;
 const LOOKUP_CLOSER: u8 = 2;

@@ -70,7 +70,7 @@ fn v4(port: u16) -> NodeRef {
 fn v6(port: u16) -> NodeRef {
     NodeRef {
         id: Id::MAX,
-        addr: SocketAddr::from((Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), port)),
+        addr: SocketAddr::from((Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), port)).into(),
     }
 }
 
@@ -437,6 +437,7 @@ fn sample_frames() -> Vec<Frame> {
                     request_id: i as u64,
                     flags: FLAG_FAILOVER | (i as u16 & FLAG_DIRECT),
                     deadline_ms: i as u64 * 7,
+                    vnode: (i % 2 == 0).then_some(i as u16),
                     message: m,
                 }
             } else {
@@ -486,7 +487,7 @@ fn list_element_minimums_are_the_smallest_encodings() {
     }
     let node = NodeRef {
         id: Id::ZERO,
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)).into(),
     };
     let item = Item {
         key: Bytes::new(),
@@ -567,6 +568,7 @@ fn failover_flag() {
         request_id: 1,
         flags: FLAG_FAILOVER,
         deadline_ms: 0,
+        vnode: None,
         message: put,
     };
     assert!(failover.is_failover() && !failover.is_direct());
@@ -619,14 +621,17 @@ fn ipv6_flowinfo_and_scope_are_dropped() {
     let frame = Frame::new(
         1,
         Message::Pong {
-            node: NodeRef { id: Id::ZERO, addr },
+            node: NodeRef {
+                id: Id::ZERO,
+                addr: addr.into(),
+            },
         },
     );
     let Message::Pong { node } = df(&frame.to_bytes().unwrap()).unwrap().message else {
         panic!()
     };
     assert_eq!(
-        node.addr,
+        node.addr.host,
         SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 7000, 0, 0))
     );
 }
@@ -831,7 +836,7 @@ fn unknown_opcode() {
 
 #[test]
 fn unknown_flags() {
-    for flags in [8, 12, 0x8000, 0x8001, u16::MAX] {
+    for flags in [16, 20, 0x8000, 0x8001, u16::MAX] {
         let bytes = raw(opcode::PING, flags, 1, &[]);
         header_error(&bytes, DecodeError::UnknownFlags(flags));
         header_error(&bytes[..6], DecodeError::UnknownFlags(flags));
@@ -841,6 +846,7 @@ fn unknown_flags() {
             request_id: 1,
             flags: FLAG_DEADLINE,
             deadline_ms: 0,
+            vnode: None,
             message: Message::Ping
         }
         .to_bytes(),
@@ -1483,6 +1489,8 @@ fn random_bytes_never_panic() {
 mod prop {
     use std::net::{Ipv6Addr, SocketAddr};
 
+    use crate::NodeAddr;
+
     use bytes::{Bytes, BytesMut};
     use proptest::collection::vec;
     use proptest::option;
@@ -1505,7 +1513,10 @@ mod prop {
     }
 
     fn node() -> impl Strategy<Value = NodeRef> {
-        (id(), addr()).prop_map(|(id, addr)| NodeRef { id, addr })
+        (id(), addr(), prop_oneof![Just(0u16), any::<u16>()]).prop_map(|(id, host, vnode)| NodeRef {
+            id,
+            addr: NodeAddr::new(host, vnode),
+        })
     }
 
     fn nodes() -> impl Strategy<Value = Vec<NodeRef>> {
@@ -1719,12 +1730,14 @@ mod prop {
             any::<u64>(),
             0..=(FLAG_DIRECT | FLAG_FAILOVER),
             any::<u64>(),
+            proptest::option::of(any::<u16>()),
             message(),
         )
-            .prop_map(|(request_id, flags, deadline_ms, message)| Frame {
+            .prop_map(|(request_id, flags, deadline_ms, vnode, message)| Frame {
                 request_id,
                 flags,
                 deadline_ms,
+                vnode,
                 message,
             })
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::Error;
-use chordkv_protocol::{ErrorCode, Frame, Id, Message, NodeRef};
+use chordkv_protocol::{ErrorCode, Frame, Id, Message, NodeAddr, NodeRef};
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -26,7 +26,7 @@ use super::token_map::TokenMap;
 use super::ServerConfig;
 use super::{ClientAuth, ClientLimits, PeerSecurity};
 use admission::{fit_descriptor_limit, protected_from, Admit, Refusal, Throttled, PROTECTED_MODE};
-use chordkv_core::chord::{Millis, Node, Output, Phase, ReplyTo};
+use chordkv_core::chord::{Host, Millis, Output, Phase, ReplyTo};
 use chordkv_core::store::{self, Store};
 
 /// The listening socket.
@@ -148,9 +148,12 @@ pub(super) struct Server {
     signals: Option<Signals>,
     control: Arc<Control>,
     clock: Clock,
-    node: Node,
+    /// The node's virtual nodes (one for a node without).
+    node: Host,
+    /// Vnode 0.
     me: NodeRef,
-    store: Arc<dyn Store>,
+    /// The store's partitions, one per vnode.
+    stores: Vec<Arc<dyn Store>>,
     /// Workers for a blocking store; `None` runs store ops inline.
     pool: Option<StorePool>,
 
@@ -208,9 +211,9 @@ impl Server {
             listen,
             advertise,
             join,
-            node_id,
+            vnode_ids,
             chord,
-            store,
+            stores,
             store_threads,
             resp,
             peer_security,
@@ -236,9 +239,21 @@ impl Server {
             .local_addr()
             .map_err(Error::io("reading the listening address"))?;
         let addr = advertise.unwrap_or(local);
+        let ids = if vnode_ids.is_empty() {
+            vec![Id::of_addr(&addr)]
+        } else {
+            vnode_ids
+        };
+        if stores.len() != ids.len() {
+            return Err(Error::Config(format!(
+                "{} vnode(s) need as many store partitions, not {}",
+                ids.len(),
+                stores.len()
+            )));
+        }
         let me = NodeRef {
-            id: node_id.unwrap_or_else(|| Id::of_addr(&addr)),
-            addr,
+            id: ids[0],
+            addr: NodeAddr::host(addr),
         };
 
         let poll = Poll::new().map_err(Error::io("creating the event loop"))?;
@@ -274,9 +289,9 @@ impl Server {
         } else {
             None
         };
-        let pool = if store.is_blocking() {
+        let pool = if stores[0].is_blocking() {
             let c = Arc::clone(&control);
-            let pool = StorePool::start(Arc::clone(&store), store_threads, Arc::new(move || c.wake()))
+            let pool = StorePool::start(stores.clone(), store_threads, Arc::new(move || c.wake()))
                 .map_err(Error::io("starting store worker threads"))?;
             Some(pool)
         } else {
@@ -292,8 +307,8 @@ impl Server {
             chord.incarnation = now;
         }
         // A store that kept an earlier run's data still holds what this node acknowledged.
-        chord.store_kept_copies = store.kept_data();
-        let mut node = Node::new(me, chord, now);
+        chord.store_kept_copies = stores.iter().all(|s| s.kept_data());
+        let mut node = Host::new(addr, &ids, chord, now);
         let ring = match join.as_slice() {
             [] => "new ring".to_string(),
             [via] => format!("joining {via}"),
@@ -306,12 +321,22 @@ impl Server {
                     .join(", ")
             ),
         };
-        eprintln!(
-            "chordkv node {} id {} listening ({} store); {ring}",
-            me.addr,
-            me.id.short(8),
-            store.name()
-        );
+        if ids.len() == 1 {
+            eprintln!(
+                "chordkv node {} id {} listening ({} store); {ring}",
+                me.addr,
+                me.id.short(8),
+                stores[0].name()
+            );
+        } else {
+            eprintln!(
+                "chordkv node {} with {} vnodes (ids {}) listening ({} store); {ring}",
+                me.addr,
+                ids.len(),
+                ids.iter().map(|i| i.short(8)).collect::<Vec<_>>().join(" "),
+                stores[0].name()
+            );
+        }
         if let Some(facts) = &resp_facts {
             eprintln!(
                 "chordkv node {}: Redis protocol (RESP) on {}",
@@ -367,7 +392,7 @@ impl Server {
             clock,
             node,
             me,
-            store,
+            stores,
             pool,
             conns: TokenMap::default(),
             next_token: FIRST_CONN_TOKEN,
@@ -510,10 +535,10 @@ impl Server {
             match out {
                 Output::Send { to, frame } => self.send(now, to, &frame),
                 Output::Reply { to, frame } => self.reply(now, to, frame),
-                Output::Store { id, op } => match &self.pool {
-                    Some(pool) => pool.submit(id, op),
+                Output::Store { id, vnode, op } => match &self.pool {
+                    Some(pool) => pool.submit(id, vnode, op),
                     None => {
-                        let result = store::execute(&*self.store, op);
+                        let result = store::execute(&*self.stores[usize::from(vnode)], op);
                         self.node.store_done(now, id, result);
                     }
                 },
@@ -534,7 +559,8 @@ impl Server {
         }
     }
 
-    fn send(&mut self, now: Millis, to: SocketAddr, frame: &Frame) {
+    fn send(&mut self, now: Millis, to: NodeAddr, frame: &Frame) {
+        let to = to.host;
         let token = match self.peers.get(&to) {
             Some(&token) => token,
             None => match self.connect(now, to) {
@@ -634,13 +660,13 @@ impl Server {
 
     fn drain_store(&mut self, now: Millis) {
         let Some(pool) = &self.pool else { return };
-        while let Some((id, result)) = pool.try_complete() {
+        while let Some((id, vnode, result)) = pool.try_complete() {
             let lost = matches!(result, Err(store::StoreError::Lost(_)));
             self.node.store_done(now, id, result);
             if lost {
                 // The core no longer trusts the store's contents (it refills them or refuses
                 // to answer from them): later results may come from the emptied store.
-                pool.losses_handled();
+                pool.losses_handled(vnode);
                 self.log(format_args!(
                     "the store lost its data; refilling from the other copies"
                 ));
@@ -1130,8 +1156,11 @@ impl Server {
         if self.leave_deadline.is_some() || self.exit_deadline.is_some() {
             return;
         }
-        self.leave_deadline = Some(now + self.node.config().leave_timeout_ms + LEAVE_MARGIN_MS);
-        let successor = self.node.successor();
+        // The vnodes leave one after the other.
+        let vnodes = self.node.vnodes().len() as u64;
+        self.leave_deadline =
+            Some(now + self.node.first().config().leave_timeout_ms * vnodes + LEAVE_MARGIN_MS);
+        let successor = self.node.first().successor();
         if successor.addr == self.me.addr {
             self.log(format_args!(
                 "{why}: leaving the ring (alone, nothing to hand off)"
@@ -1159,11 +1188,27 @@ impl Server {
             return;
         }
         self.last_phase = phase;
-        let successor = self.node.successor().addr;
+        let successor = self.node.first().successor().addr;
         match phase {
             Phase::Joining => self.log(format_args!("joining again")),
             Phase::Joined => self.log(format_args!("joined the ring: successor {successor}")),
-            Phase::Active => match self.node.predecessor() {
+            Phase::Active if self.node.vnodes().len() > 1 => {
+                let owned: f64 = self
+                    .node
+                    .vnodes()
+                    .iter()
+                    .map(|v| {
+                        let (start, end) = v.primary_range();
+                        start.distance_to(&end).as_fraction()
+                    })
+                    .sum();
+                self.log(format_args!(
+                    "active: {} vnodes serving {:.2}% of the ring",
+                    self.node.vnodes().len(),
+                    owned * 100.0
+                ))
+            }
+            Phase::Active => match self.node.first().predecessor() {
                 Some(p) => self.log(format_args!(
                     "active: serving ({}, {}], predecessor {}, successor {successor}",
                     p.id.short(8),

@@ -323,7 +323,7 @@ mod tests {
         fn run_core(&mut self) {
             while let Some(output) = self.node.poll_output() {
                 match output {
-                    Output::Store { id, op } => {
+                    Output::Store { id, op, .. } => {
                         let result = store::execute(&self.store as &dyn Store, op);
                         self.node.store_done(1, id, result);
                     }

@@ -1,0 +1,500 @@
+//! A host: the virtual nodes of one process behind one address (SIGCOMM'01 section 6.9,
+//! Dynamo section 6.2).
+//!
+//! A host runs `V` [`Node`]s, each a position on the ring with its own id, successor list,
+//! fingers and range, and gives its driver (the mio server, the simulator) the same inputs and
+//! outputs as one node. It owns what the vnodes share:
+//!
+//! - **The address and its connections.** Every vnode of a host is reached at the host's
+//!   address; a frame names the vnode it is for ([`Frame::vnode`]), and a client's key
+//!   operation that names none goes to the vnode that serves the key, or else to the one
+//!   closest before it (the best start for its lookup). Other frames that name none go to
+//!   vnode 0.
+//! - **The loopback between vnodes.** A message from one vnode to another of the same host
+//!   never reaches the driver: the host delivers it and its reply itself, in order, within
+//!   the same input. Hops count network hops only (`ops.rs` `hop_cost`).
+//! - **Request ids.** A vnode's request id `r` leaves the host as `r << 16 | vnode`, so the
+//!   reply, which echoes it, finds its vnode again without a table (a core's ids stay below
+//!   2^48: one per request).
+//! - **Store ops.** Each vnode's store ops carry its index ([`Output::Store`]'s `vnode`): the
+//!   driver keeps one store partition per vnode, so a vnode's ranges, digests and handoffs
+//!   see its own keys only. Their ids are renumbered like request ids.
+//! - **Counters.** `GET_STATS` naming no vnode is answered for the whole host: every counter
+//!   summed over the vnodes (the largest for the few that are maxima), then a per-vnode
+//!   breakdown of the key counts and operations (`vnode.3.keys_primary`, ...).
+//!
+//! With one vnode a host is exactly its node: frames, ids and counters are unchanged on the
+//! wire (request ids aside, which only their sender reads).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+
+use chordkv_protocol::{ErrorCode, Frame, Id, Message, NodeAddr, NodeRef};
+
+use super::config::Config;
+use super::node::{Millis, Node, Output, Phase, ReplyTo, StoreOpId};
+use crate::store::{StoreError, StoreOutcome};
+
+/// Bit 63 of a [`ReplyTo`] marks the host's own reply channels; drivers use values below
+/// 2^63.
+const HOST_REPLY: u64 = 1 << 63;
+/// With [`HOST_REPLY`]: a gathered `GET_STATS` (`gather << 16 | vnode`), else a sibling
+/// vnode's request (`vnode`).
+const GATHER_REPLY: u64 = 1 << 62;
+/// Bits of a request or store-op id that name the vnode.
+const VNODE_BITS: u32 = 16;
+const VNODE_MASK: u64 = (1 << VNODE_BITS) - 1;
+/// Counters that are maxima, not sums, across a host's vnodes.
+const MAX_COUNTERS: &[&str] = &["hops_max", "replicas", "copies_untrusted", "uptime_ms"];
+/// Counters broken down per vnode in a host's `GET_STATS`.
+const PER_VNODE: &[&str] = &[
+    "keys",
+    "keys_primary",
+    "keys_replica",
+    "ops_get",
+    "ops_put",
+    "ops_delete",
+    "hops_total",
+];
+
+/// A `GET_STATS` fanned out to every vnode, until each has answered.
+struct Gather {
+    reply_to: ReplyTo,
+    request_id: u64,
+    replies: Vec<Option<Vec<(String, u64)>>>,
+}
+
+/// The virtual nodes of one process. See the module docs.
+pub struct Host {
+    addr: SocketAddr,
+    vnodes: Vec<Node>,
+    /// `(id, vnode)` in ring order: which vnode a key goes to.
+    order: Vec<(Id, u16)>,
+    /// Messages between vnodes, delivered by [`Host::pump`].
+    local: VecDeque<Local>,
+    gathers: BTreeMap<u64, Gather>,
+    next_gather: u64,
+    /// Vnodes still to leave, one at a time (`leave`).
+    leaving: Option<usize>,
+    left_reported: bool,
+    out: VecDeque<Output>,
+}
+
+enum Local {
+    Request { to: u16, from: u16, frame: Frame },
+    Reply { to: u16, frame: Frame },
+}
+
+impl Host {
+    /// A host at `addr` with one vnode per id in `ids` (vnode `i` at `ids[i]`; at least one,
+    /// at most 2^16). Call [`Host::create`] or [`Host::join`] next.
+    pub fn new(addr: SocketAddr, ids: &[Id], config: Config, now: Millis) -> Host {
+        assert!(
+            !ids.is_empty() && ids.len() <= 1 << VNODE_BITS,
+            "a host has 1 to 65536 vnodes"
+        ); // faulty code
+        let vnodes: Vec<Node> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let me = NodeRef {
+                    id: *id,
+                    addr: NodeAddr::new(addr, i as u16),
+                };
+                Node::new(me, config.clone(), now)
+            })
+            .collect();
+        Host::from_vnodes(addr, vnodes)
+    }
+
+    /// A host of nodes built by the caller (vnode `i` must be `vnodes[i]`, at `addr`).
+    pub fn from_vnodes(addr: SocketAddr, vnodes: Vec<Node>) -> Host {
+        let mut order: Vec<(Id, u16)> = vnodes.iter().map(|n| (n.me().id, n.me().addr.vnode)).collect();
+        order.sort();
+        Host {
+            addr,
+            vnodes,
+            order,
+            local: VecDeque::new(),
+            gathers: BTreeMap::new(),
+            next_gather: 0,
+            leaving: None,
+            left_reported: false,
+            out: VecDeque::new(),
+        }
+    }
+
+    // ---- what the driver reads -------------------------------------------------------------
+
+    /// The address the host listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Vnode `i`'s state machine.
+    pub fn vnode(&self, i: usize) -> &Node {
+        &self.vnodes[i]
+    }
+
+    /// Every vnode, by index.
+    pub fn vnodes(&self) -> &[Node] {
+        &self.vnodes
+    }
+
+    /// Vnode 0: the node a host without virtual nodes is, and what `GET_INFO` describes.
+    pub fn first(&self) -> &Node {
+        &self.vnodes[0]
+    }
+
+    /// The host's phase: `Leaving` while any vnode leaves, `Left` when all have, otherwise
+    /// the least advanced vnode's (the host is `Active` once every vnode is).
+    pub fn phase(&self) -> Phase {
+        let rank = |p: Phase| match p {
+            Phase::Idle => 0,
+            Phase::Joining => 1,
+            Phase::Joined => 2,
+            Phase::Active => 3,
+            Phase::Leaving => 4,
+            Phase::Left => 5,
+        };
+        if self.vnodes.iter().all(|n| n.phase() == Phase::Left) {
+            return Phase::Left;
+        }
+        if self.leaving.is_some() || self.vnodes.iter().any(|n| n.phase() == Phase::Leaving) {
+            return Phase::Leaving;
+        }
+        self.vnodes
+            .iter()
+            .map(|n| n.phase())
+            .min_by_key(|p| rank(*p))
+            .unwrap_or(Phase::Idle)
+    }
+
+    /// The earliest time any vnode needs a `tick`.
+    pub fn next_deadline(&self) -> Millis {
+        self.vnodes
+            .iter()
+            .map(|n| n.next_deadline())
+            .min()
+            .unwrap_or(Millis::MAX)
+    }
+
+    /// The next output for the driver.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Client operations in flight, summed over the vnodes.
+    pub fn ops_in_flight(&self) -> usize {
+        self.vnodes.iter().map(|n| n.ops_in_flight()).sum()
+    }
+
+    /// Whether every vnode is in the ring.
+    pub fn in_ring(&self) -> bool {
+        self.vnodes.iter().all(|n| n.in_ring())
+    }
+
+    /// The vnode a store op id belongs to (see [`Output::Store`]).
+    pub fn vnode_of_store_op(id: StoreOpId) -> u16 {
+        (id & VNODE_MASK) as u16
+    }
+
+    // ---- life ------------------------------------------------------------------------------
+
+    /// Starts a new ring: vnode 0 creates it and the others join it through vnode 0.
+    pub fn create(&mut self, now: Millis) {
+        self.vnodes[0].create(now);
+        let first = NodeAddr::host(self.addr);
+        for n in &mut self.vnodes[1..] {
+            n.join(now, first);
+        }
+        self.pump(now);
+    }
+
+    /// Joins the ring through the host at `via`: every vnode joins through it.
+    pub fn join(&mut self, now: Millis, via: SocketAddr) {
+        for n in &mut self.vnodes {
+            n.join(now, NodeAddr::host(via));
+        }
+        self.pump(now);
+    }
+
+    /// More hosts to try if the first join attempt fails.
+    pub fn add_join_peers(&mut self, peers: &[SocketAddr]) {
+        let peers: Vec<NodeAddr> = peers.iter().map(|p| NodeAddr::host(*p)).collect();
+        for n in &mut self.vnodes {
+            n.add_join_peers(&peers);
+        }
+    }
+
+    /// Leaves the ring gracefully, one vnode at a time (each hands its range to its
+    /// successor); [`Output::Left`] once the last has.
+    pub fn leave(&mut self, now: Millis) {
+        if self.leaving.is_none() {
+            self.leaving = Some(0);
+            self.vnodes[0].leave(now);
+            self.pump(now);
+        }
+    }
+
+    // ---- inputs ----------------------------------------------------------------------------
+
+    /// Timers of every vnode.
+    pub fn tick(&mut self, now: Millis) {
+        for n in &mut self.vnodes {
+            n.tick(now);
+        }
+        self.pump(now);
+    }
+
+    /// A request from a client or a peer (see the module docs for which vnode gets it).
+    pub fn handle_request(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame) {
+        debug_assert!(
+            reply_to.0 & HOST_REPLY == 0,
+            "driver reply channels are below 2^63"
+        );
+        match frame.vnode {
+            Some(v) if usize::from(v) >= self.vnodes.len() => {
+                let text = format!("this host has no vnode {v} (it runs {})", self.vnodes.len());
+                self.out.push_back(Output::Reply {
+                    to: reply_to,
+                    frame: Frame::new(
+                        frame.request_id,
+                        Message::Error {
+                            code: ErrorCode::BadRequest,
+                            hops: 0,
+                            text,
+                        },
+                    ),
+                });
+                return;
+            }
+            Some(v) => self.vnodes[usize::from(v)].handle_request(now, reply_to, frame),
+            None if matches!(frame.message, Message::GetStats) && self.vnodes.len() > 1 => {
+                self.gather_stats(now, reply_to, frame)
+            }
+            None => {
+                let v = self.vnode_for(&frame);
+                self.vnodes[v].handle_request(now, reply_to, frame)
+            }
+        }
+        self.pump(now);
+    }
+
+    /// A reply from the host at `from` to a request a vnode sent.
+    pub fn handle_reply(&mut self, now: Millis, from: SocketAddr, mut frame: Frame) {
+        let v = (frame.request_id & VNODE_MASK) as usize;
+        frame.request_id >>= VNODE_BITS;
+        if let Some(n) = self.vnodes.get_mut(v) {
+            n.handle_reply(now, from, frame);
+            self.pump(now);
+        }
+    }
+
+    /// The driver could not send the request `request_id`.
+    pub fn send_failed(&mut self, now: Millis, request_id: u64) {
+        let v = (request_id & VNODE_MASK) as usize;
+        if let Some(n) = self.vnodes.get_mut(v) {
+            n.send_failed(now, request_id >> VNODE_BITS);
+            self.pump(now);
+        }
+    }
+
+    /// The transport could not reach the host at `host`: every vnode hears it.
+    pub fn peer_unreachable(&mut self, now: Millis, host: SocketAddr) {
+        for n in &mut self.vnodes {
+            n.peer_unreachable(now, host);
+        }
+        self.pump(now);
+    }
+
+    /// A store op finished (`id` as [`Output::Store`] gave it).
+    pub fn store_done(&mut self, now: Millis, id: StoreOpId, result: Result<StoreOutcome, StoreError>) {
+        let v = (id & VNODE_MASK) as usize;
+        if let Some(n) = self.vnodes.get_mut(v) {
+            n.store_done(now, id >> VNODE_BITS, result);
+            self.pump(now);
+        }
+    }
+
+    // ---- routing inside the host -----------------------------------------------------------
+
+    /// The vnode a frame that names none goes to: for a key operation the vnode that serves
+    /// the key (the first at or after it clockwise, if it owns it now), else the vnode
+    /// closest before the key (its fingers start nearest); vnode 0 for anything else.
+    fn vnode_for(&self, frame: &Frame) -> usize {
+        if self.vnodes.len() == 1 {
+            return 0;
+        }
+        let Some(key) = frame.message.key() else {
+            return 0;
+        };
+        if !matches!(
+            frame.message,
+            Message::Get { .. } | Message::Put { .. } | Message::Delete { .. }
+        ) {
+            return 0;
+        }
+        let id = Id::hash(key);
+        let at = self.order.partition_point(|(p, _)| *p < id);
+        let successor = self.order[at % self.order.len()].1;
+        if self.vnodes[usize::from(successor)].serves(&id) {
+            return usize::from(successor);
+        }
+        let before = (at + self.order.len() - 1) % self.order.len();
+        usize::from(self.order[before].1)
+    }
+
+    /// Moves every vnode's outputs: to the driver, or to a sibling vnode, until none is left.
+    fn pump(&mut self, now: Millis) {
+        loop {
+            let mut moved = false;
+            for v in 0..self.vnodes.len() {
+                while let Some(o) = self.vnodes[v].poll_output() {
+                    moved = true;
+                    self.route_output(v as u16, o);
+                }
+            }
+            while let Some(l) = self.local.pop_front() {
+                moved = true;
+                match l {
+                    Local::Request { to, from, frame } => self.vnodes[usize::from(to)].handle_request(
+                        now,
+                        ReplyTo(HOST_REPLY | u64::from(from)),
+                        frame,
+                    ),
+                    Local::Reply { to, frame } => {
+                        self.vnodes[usize::from(to)].handle_reply(now, self.addr, frame)
+                    }
+                }
+            }
+            self.advance_leave(now);
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn route_output(&mut self, v: u16, o: Output) {
+        match o {
+            Output::Send { to, mut frame } => {
+                if to.host == self.addr && usize::from(to.vnode) < self.vnodes.len() {
+                    frame.vnode = None;
+                    self.local.push_back(Local::Request {
+                        to: to.vnode,
+                        from: v,
+                        frame,
+                    });
+                } else {
+                    frame.request_id = (frame.request_id << VNODE_BITS) | u64::from(v);
+                    self.out.push_back(Output::Send { to, frame });
+                }
+            }
+            Output::Reply { to, frame } if to.0 & HOST_REPLY != 0 => {
+                if to.0 & GATHER_REPLY != 0 {
+                    self.gathered(to.0 & !(HOST_REPLY | GATHER_REPLY), frame);
+                } else {
+                    self.local.push_back(Local::Reply {
+                        to: (to.0 & VNODE_MASK) as u16,
+                        frame,
+                    });
+                }
+            }
+            Output::Reply { to, frame } => self.out.push_back(Output::Reply { to, frame }),
+            Output::Store { id, vnode, op } => self.out.push_back(Output::Store {
+                id: (id << VNODE_BITS) | u64::from(vnode),
+                vnode,
+                op,
+            }),
+            // `advance_leave` reports the host's.
+            Output::Left => {}
+        }
+    }
+
+    /// One vnode at a time: when the leaving one is done, the next starts.
+    fn advance_leave(&mut self, now: Millis) {
+        let Some(i) = self.leaving else {
+            return;
+        };
+        if !self.vnodes[i].is_left() {
+            return;
+        }
+        if i + 1 < self.vnodes.len() {
+            self.leaving = Some(i + 1);
+            self.vnodes[i + 1].leave(now);
+        } else if !self.left_reported {
+            self.left_reported = true;
+            self.out.push_back(Output::Left);
+        }
+    }
+
+    // ---- counters for the whole host -------------------------------------------------------
+
+    fn gather_stats(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame) {
+        let g = self.next_gather;
+        self.next_gather += 1;
+        self.gathers.insert(
+            g,
+            Gather {
+                reply_to,
+                request_id: frame.request_id,
+                replies: vec![None; self.vnodes.len()],
+            },
+        );
+        for (v, n) in self.vnodes.iter_mut().enumerate() {
+            let to = ReplyTo(HOST_REPLY | GATHER_REPLY | (g << VNODE_BITS) | v as u64);
+            n.handle_request(now, to, Frame::new(0, Message::GetStats));
+        }
+    }
+
+    fn gathered(&mut self, tag: u64, frame: Frame) {
+        let (g, v) = (tag >> VNODE_BITS, (tag & VNODE_MASK) as usize);
+        let Some(gather) = self.gathers.get_mut(&g) else {
+            return;
+        };
+        let counters = match frame.message {
+            Message::Stats { counters } => counters,
+            _ => Vec::new(),
+        };
+        if let Some(slot) = gather.replies.get_mut(v) {
+            *slot = Some(counters);
+        }
+        if gather.replies.iter().any(|r| r.is_none()) {
+            return;
+        }
+        let gather = self.gathers.remove(&g).expect("present"); // faulty code
+        let per_vnode: Vec<Vec<(String, u64)>> = gather.replies.into_iter().flatten().collect();
+        let counters = merge_counters(&per_vnode);
+        self.out.push_back(Output::Reply {
+            to: gather.reply_to,
+            frame: Frame::new(gather.request_id, Message::Stats { counters }),
+        });
+    }
+}
+
+/// One host's counters from its vnodes': each counter summed (or the largest, for
+/// [`MAX_COUNTERS`]) in the first vnode's order, then `vnode.<i>.<name>` for [`PER_VNODE`].
+pub fn merge_counters(per_vnode: &[Vec<(String, u64)>]) -> Vec<(String, u64)> {
+    let Some(first) = per_vnode.first() else {
+        return Vec::new();
+    };
+    let mut merged: Vec<(String, u64)> = first.iter().map(|(k, _)| (k.clone(), 0)).collect();
+    for counters in per_vnode {
+        for (k, v) in counters {
+            if let Some(slot) = merged.iter_mut().find(|(name, _)| name == k) {
+                slot.1 = if MAX_COUNTERS.contains(&k.as_str()) {
+                    slot.1.max(*v)
+                } else {
+                    slot.1.saturating_add(*v)
+                };
+            }
+        }
+    }
+    merged.push(("vnodes".to_string(), per_vnode.len() as u64));
+    for (i, counters) in per_vnode.iter().enumerate() {
+        for (k, v) in counters.iter().filter(|(k, _)| PER_VNODE.contains(&k.as_str())) {
+            merged.push((format!("vnode.{i}.{k}"), *v));
+        }
+    }
+    merged
+}
