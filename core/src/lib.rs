@@ -13,6 +13,8 @@
 //! - [`options`]: a node's tunables, declared once for the command line and YAML, and checked
 //!   together into a [`chord::Config`].
 //! - [`rng`]: the seeded PRNG of the core, the simulator and loadgen.
+//! - [`tokens`]: ring positions for virtual nodes: random ones (Chord section 6.9), ones
+//!   allocated to even out each host's share of the ring, and the shares themselves.
 //!
 //! Failures are the crate's one [`Error`]: a store operation that failed (the `Store`
 //! contract calls it [`store::StoreError`]) or options that cannot run together.
@@ -22,5 +24,6 @@ pub mod error;
 pub mod options;
 pub mod rng;
 pub mod store;
+pub mod tokens;
 
 pub use error::{Error, Result};
