@@ -25,6 +25,7 @@ use chordkv_core::chord::config::{DEFAULT_STABILIZE_INTERVAL_MS, DEFAULT_SUCCESS
 use chordkv_core::chord::Routing;
 use chordkv_core::options::NodeOptions;
 use chordkv_harness::cluster::{self, ClusterSpec, LocalCluster};
+use chordkv_harness::sim::balance::{self, Allocation, BalanceConfig, BalanceRow, Movement, Spread};
 use chordkv_harness::sim::lookup::{LookupSim, LookupSimConfig, Workload};
 use chordkv_protocol::{Id, NodeAddr, NodeRef};
 use chordkv_server::store;
@@ -185,6 +186,74 @@ enum Command {
     /// way to the owner (0 when the entry owns the key); a lookup fails unless the key's owner
     /// before the crashes serves it (SIGCOMM'01 section 6.4).
     Sim(SimArgs),
+    /// Keys per host on a simulated ring (Chord section 6.2 Figs. 8-9), with random virtual
+    /// nodes or balanced positions
+    ///
+    /// Places --keys random keys (ids drawn from --seed) on a ring of --hosts hosts, each with
+    /// V positions: random ones (Chord section 6.9's virtual nodes: position 0 is the host's
+    /// node id, position i the SHA-1 of "ADDR#i"), or balanced ones, chosen as the hosts join
+    /// one after the other to even out their shares of the ring. Prints, per allocation and V,
+    /// keys per host (mean, 1st, 50th and 99th percentiles, max, and each over the mean) and
+    /// each host's share of the id space over the mean share (keys per host without the
+    /// sampling noise of a finite number of keys); then what one join moves (8 hosts, a 9th
+    /// added: the fraction of the id space and of the keys that changed host, and from how
+    /// many hosts) and one leave (host 0 of the 9 removed: to how many hosts its keys went).
+    /// No node runs: a ring is its positions.
+    Balance(BalanceArgs),
+}
+
+/// Which allocations `chordkv balance` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AllocationArg {
+    Random,
+    Balanced,
+    Both,
+}
+
+#[derive(Debug, Args)]
+struct BalanceArgs {
+    /// Hosts (physical nodes) on the ring.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..(1 << 24))
+    )]
+    hosts: u64,
+    /// Keys placed on the ring.
+    #[arg(
+        long,
+        value_name = "K",
+        default_value_t = 500_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    keys: u64,
+    /// Positions per host to measure, comma-separated [default: 1,2,5,10,20 for random
+    /// (the Chord paper's Fig. 9), 1,2,4,8,16 for balanced].
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    vnodes: Vec<u16>,
+    /// Which positions: random (Chord's virtual nodes), balanced, or both.
+    #[arg(long, value_name = "A", value_enum, default_value_t = AllocationArg::Both)]
+    allocation: AllocationArg,
+    /// Seed of the key ids; the same seed gives the same numbers.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    seed: u64,
+    /// Hosts on the ring before the join of the movement measure.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u64).range(1..4096)
+    )]
+    movement_hosts: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -396,6 +465,7 @@ fn main() -> ExitCode {
             Ok(Outcome::Success)
         }
         Command::Sim(args) => cmd_sim(args),
+        Command::Balance(args) => cmd_balance(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
@@ -950,6 +1020,183 @@ fn cmd_sim(args: SimArgs) -> anyhow::Result<Outcome> {
             r.sim_ms,
             r.messages,
             r.wall_ms as f64 / 1000.0
+        )?;
+    }
+    out.flush()?;
+    Ok(Outcome::Success)
+}
+
+// --- balance -----------------------------------------------------------------------------
+
+/// The positions per host `chordkv balance` measures by default: the Chord paper's Fig. 9
+/// for random virtual nodes, powers of two up to 16 for balanced ones.
+const DEFAULT_RANDOM_VNODES: [u16; 5] = [1, 2, 5, 10, 20];
+const DEFAULT_BALANCED_VNODES: [u16; 5] = [1, 2, 4, 8, 16];
+
+fn cmd_balance(args: BalanceArgs) -> anyhow::Result<Outcome> {
+    let config = BalanceConfig {
+        hosts: args.hosts as usize,
+        keys: args.keys,
+        seed: args.seed,
+    };
+    let mut runs: Vec<(Allocation, u16)> = Vec::new();
+    for (allocation, default) in [
+        (Allocation::Random, DEFAULT_RANDOM_VNODES),
+        (Allocation::Balanced, DEFAULT_BALANCED_VNODES),
+    ] {
+        let wanted = match allocation {
+            Allocation::Random => args.allocation != AllocationArg::Balanced,
+            Allocation::Balanced => args.allocation != AllocationArg::Random,
+        };
+        if wanted {
+            let list = if args.vnodes.is_empty() {
+                &default[..]
+            } else {
+                &args.vnodes[..]
+            };
+            runs.extend(list.iter().map(|v| (allocation, *v)));
+        }
+    }
+    if !args.json {
+        eprintln!(
+            "balance: {} hosts, {} keys, seed {} ...",
+            config.hosts, config.keys, config.seed
+        );
+    }
+    let keys = balance::key_ids(config.keys, config.seed);
+    let rows: Vec<BalanceRow> = runs
+        .iter()
+        .map(|(a, v)| balance::measure(&config, &keys, *a, *v))
+        .collect();
+    let floor = balance::equal_shares(config.hosts, &keys);
+    let moves: Vec<Movement> = runs
+        .iter()
+        .map(|(a, v)| balance::movement(*a, args.movement_hosts as usize, *v, &keys))
+        .collect();
+    let mut out = io::stdout().lock();
+    if args.json {
+        let spread = |s: &Spread| {
+            serde_json::json!({
+                "mean": s.mean, "min": s.min, "p1": s.p1, "p50": s.p50, "p99": s.p99, "max": s.max,
+            })
+        };
+        let v = serde_json::json!({
+            "config": {
+                "hosts": config.hosts,
+                "keys": config.keys,
+                "seed": config.seed,
+                "movement_hosts": args.movement_hosts,
+            },
+            "seed": config.seed,
+            "equal_shares_keys_per_host": spread(&floor),
+            "rings": rows.iter().map(|r| serde_json::json!({
+                "allocation": r.allocation.to_string(),
+                "vnodes": r.vnodes,
+                "keys_per_host": spread(&r.keys),
+                "keys_per_host_over_mean": spread(&r.keys.relative()),
+                "share_over_mean": spread(&r.share),
+            })).collect::<Vec<_>>(),
+            "movement": moves.iter().map(|m| serde_json::json!({
+                "allocation": m.allocation.to_string(),
+                "vnodes": m.vnodes,
+                "hosts": m.hosts,
+                "join_moved": m.join_moved,
+                "join_moved_keys": m.join_moved_keys,
+                "join_sources": m.join_sources,
+                "leave_moved": m.leave_moved,
+                "leave_moved_keys": m.leave_moved_keys,
+                "leave_targets": m.leave_targets,
+            })).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "hosts {}  keys {} (mean {:.1} per host)  seed {}",
+            config.hosts,
+            config.keys,
+            config.keys as f64 / config.hosts as f64,
+            config.seed
+        )?;
+        writeln!(out, "keys per host (1st, 50th, 99th percentile, max; then over the mean), and each host's share of the id space over the mean share:")?;
+        writeln!(
+            out,
+            "{:<10} {:>3}  {:>6} {:>6} {:>6} {:>6}  {:>7} {:>8} {:>8}  {:>8} {:>9} {:>9}",
+            "positions",
+            "V",
+            "p1",
+            "p50",
+            "p99",
+            "max",
+            "p1/mean",
+            "p99/mean",
+            "max/mean",
+            "share p1",
+            "share p99",
+            "share max"
+        )?;
+        for r in &rows {
+            let k = r.keys.relative();
+            writeln!(
+                out,
+                "{:<10} {:>3}  {:>6} {:>6} {:>6} {:>6}  {:>7.2} {:>8.2} {:>8.2}  {:>8.3} {:>9.3} {:>9.3}",
+                r.allocation.to_string(),
+                r.vnodes,
+                r.keys.p1,
+                r.keys.p50,
+                r.keys.p99,
+                r.keys.max,
+                k.p1,
+                k.p99,
+                k.max,
+                r.share.p1,
+                r.share.p99,
+                r.share.max
+            )?;
+        }
+        let f = floor.relative();
+        writeln!(
+            out,
+            "{:<10} {:>3}  {:>6} {:>6} {:>6} {:>6}  {:>7.2} {:>8.2} {:>8.2}  (equal shares: the noise of sampling keys alone)",
+            "equal", 1, floor.p1, floor.p50, floor.p99, floor.max, f.p1, f.p99, f.max
+        )?;
+        let h = args.movement_hosts;
+        writeln!(
+            out,
+            "moved by a join ({h} hosts, one added) and a leave (host 0 of the {} removed):",
+            h + 1
+        )?;
+        writeln!(
+            out,
+            "{:<10} {:>3}  {:>13} {:>10} {:>10}  {:>14} {:>11} {:>8}",
+            "positions",
+            "V",
+            "join id space",
+            "join keys",
+            "from hosts",
+            "leave id space",
+            "leave keys",
+            "to hosts"
+        )?;
+        for m in &moves {
+            writeln!(
+                out,
+                "{:<10} {:>3}  {:>13.4} {:>10.4} {:>10}  {:>14.4} {:>11.4} {:>8}",
+                m.allocation.to_string(),
+                m.vnodes,
+                m.join_moved,
+                m.join_moved_keys,
+                m.join_sources,
+                m.leave_moved,
+                m.leave_moved_keys,
+                m.leave_targets
+            )?;
+        }
+        writeln!(
+            out,
+            "(an even share moved by the join is 1/{} = {:.4})",
+            h + 1,
+            1.0 / (h + 1) as f64
         )?;
     }
     out.flush()?;

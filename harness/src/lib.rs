@@ -5,8 +5,9 @@
 //!
 //! - [`sim`]: a simulated network that drives many of the core's state machines with seeded
 //!   delays, loss, crashes, restarts, pauses, partitions, duplication, reordering and clock
-//!   skew, with random fault schedules and oracles: the deterministic test bed, and the lookup
-//!   simulator behind `chordkv sim`.
+//!   skew, with random fault schedules and oracles: the deterministic test bed, the lookup
+//!   simulator behind `chordkv sim`, and the balance experiment behind `chordkv balance`
+//!   (keys per host with virtual nodes).
 //! - [`history`]: judges a recorded history of client operations (stale reads, lost writes,
 //!   resurrected deletes) for the simulation tests and loadgen.
 //! - [`cluster`]: runs a local ring of `chordkv node` processes, on loopback or each in its own

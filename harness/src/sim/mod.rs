@@ -33,6 +33,7 @@
 //! from the set of live nodes, for tests to compare against. [`schedule`] generates random
 //! fault schedules from a seed.
 
+pub mod balance;
 pub mod clock;
 pub mod copies;
 pub mod lookup;
