@@ -582,8 +582,8 @@ impl Node {
                 continue;
             }
             let mut keep = None;
-            for k in 0..self.config.replicas.min(preds.len().saturating_sub(1)) {
-                if !self.is_dead(&preds[k].addr) {
+            for k in 0..preds.len().saturating_sub(1) {
+                if !self.is_host_dead(&preds[k].addr) {
                     break;
                 }
                 if preds[k].id == primary {

@@ -48,6 +48,15 @@ impl Node {
         self.live.dead.contains_key(addr)
     }
 
+    /// Whether any vnode of `addr`'s host is presumed down: the vnodes of a host share its
+    /// process, so one that stopped answering says the others have too (for failover: the
+    /// next copy of a range is on the next host).
+    pub(super) fn is_host_dead(&self, addr: &NodeAddr) -> bool {
+        let first = NodeAddr::new(addr.host, 0);
+        let last = NodeAddr::new(addr.host, u16::MAX);
+        self.live.dead.range(first..=last).next().is_some()
+    }
+
     /// Forgets a peer that failed: out of the successor list, fingers and predecessor.
     pub(super) fn mark_dead(&mut self, now: Millis, addr: NodeAddr) {
         if addr == self.me.addr {

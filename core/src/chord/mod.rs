@@ -220,7 +220,7 @@ impl Node {
             Message::GetNeighbors => {
                 let successors = self.routing.successors().to_vec();
                 let msg = Message::Neighbors {
-                    predecessors: self.predecessors(),
+                    predecessors: self.reported_predecessors(),
                     down: self.down_bits(&successors),
                     successors,
                     gone: self.live.gone.values().map(|(n, _)| *n).collect(),

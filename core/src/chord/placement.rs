@@ -171,28 +171,22 @@ impl Node {
         }
     }
 
-    /// The preference list of `primary`'s range as this node sees it: `primary` and the next
-    /// `replicas` members (fewer in a smaller ring), nearest first. `None` when `primary` is
-    /// neither this node nor one of the predecessors whose ranges it keeps copies of.
+    /// The preference list of `primary`'s range as this node sees it: `primary` and the
+    /// positions after it, each host once (Dynamo section 4.3: a host's further positions are
+    /// skipped, so `replicas + 1` copies are on `replicas + 1` machines), up to `replicas + 1`
+    /// (fewer in a smaller ring), nearest first. `None` when `primary` is neither this node
+    /// nor one of the predecessors whose ranges it keeps copies of.
     pub(super) fn preference_list(&self, primary: &NodeRef) -> Option<Vec<NodeRef>> {
         let n = self.config.replicas + 1;
-        let mut list: Vec<NodeRef> = Vec::with_capacity(n);
+        let mut walk: Vec<NodeRef> = Vec::with_capacity(n + 4);
         if primary.addr != self.me.addr {
             let preds = self.predecessors();
             let k = preds.iter().position(|p| p.addr == primary.addr)?;
-            list.extend(preds[..=k].iter().rev());
+            walk.extend(preds[..=k].iter().rev());
         }
-        list.push(self.me);
-        for s in self.routing.successors() {
-            if list.len() == n {
-                break;
-            }
-            if !list.iter().any(|l| l.addr == s.addr) {
-                list.push(*s);
-            }
-        }
-        list.truncate(n);
-        Some(list)
+        walk.push(self.me);
+        walk.extend_from_slice(self.routing.successors());
+        Some(distinct_hosts(walk, n))
     }
 
     /// `Some(first live successor at or after target)` when `target` falls within the
@@ -209,26 +203,72 @@ impl Node {
         None
     }
 
-    /// Our predecessor and its predecessors as it reported them, nearest first, up to the
-    /// `replicas + 1` whose ranges we keep copies of (or may stand in for).
+    /// Our predecessor and its predecessors as it reported them, nearest first: those whose
+    /// ranges we keep copies of (or may stand in for), then one more, whose id is where the
+    /// farthest of those ranges starts. We keep a copy of `p`'s range when no vnode of our
+    /// host comes between `p` and us and the positions from `p` to just before us are on at
+    /// most `replicas` hosts (we are then in `p`'s preference list of distinct hosts). With
+    /// one vnode per host: our `replicas` predecessors and one more.
     pub(super) fn predecessors(&self) -> Vec<NodeRef> {
+        self.predecessor_walk(true).0
+    }
+
+    /// Whether [`Node::predecessors`] ended at the rule (so its last entry is a boundary, not
+    /// a range we hold), rather than because the ring or our view of it ran out.
+    pub(super) fn pred_walk_complete(&self) -> bool {
+        self.predecessor_walk(true).1
+    }
+
+    /// What we report as our predecessors (`NEIGHBORS.predecessors`): the positions back from
+    /// our predecessor whose hosts, with ours, number at most `replicas + 1`, then one more
+    /// (with one vnode per host: `replicas + 1` predecessors, as [`Node::predecessors`]). A
+    /// successor `s` of ours walks back through us and this list, so it finds every range it
+    /// keeps copies of (see [`Node::predecessors`]) and the start of the farthest.
+    pub(super) fn reported_predecessors(&self) -> Vec<NodeRef> {
+        self.predecessor_walk(false).0
+    }
+
+    /// The walk back from our predecessor through the list it reported. `as_holder`: stop at
+    /// a vnode of our host (the ranges before it are its to copy, not ours) and count hosts
+    /// without ours; otherwise count ours among them. Returns the positions (the last one a
+    /// boundary when the rule ended the walk) and whether the rule ended it.
+    fn predecessor_walk(&self, as_holder: bool) -> (Vec<NodeRef>, bool) {
         let Some(p) = self.predecessor else {
-            return Vec::new();
+            return (Vec::new(), false);
         };
-        let mut list = vec![p];
-        if let Some((addr, more)) = &self.repl.pred_list {
-            if *addr == p.addr {
-                for n in more {
-                    if list.len() > self.config.replicas || n.addr == self.me.addr {
-                        break;
-                    }
-                    if !list.iter().any(|l| l.addr == n.addr) && !self.live.gone.contains_key(&n.addr) {
-                        list.push(*n);
-                    }
-                }
+        let mine = self.me.addr.host;
+        // A reporter counts its own host, and reports one host further than it holds, so a
+        // successor finds its own boundary in the list.
+        let (mut hosts, limit): (Vec<std::net::SocketAddr>, usize) = if as_holder {
+            (Vec::new(), self.config.replicas)
+        } else {
+            (vec![mine], self.config.replicas + 1)
+        };
+        let more: &[NodeRef] = match &self.repl.pred_list {
+            Some((addr, more)) if *addr == p.addr => more,
+            _ => &[],
+        };
+        let mut list: Vec<NodeRef> = Vec::with_capacity(self.config.replicas + 2);
+        for n in std::iter::once(&p).chain(more.iter()) {
+            if n.addr == self.me.addr {
+                break;
+            }
+            if list.iter().any(|l| l.addr == n.addr) || (!list.is_empty() && self.live.gone.contains_key(&n.addr)) {
+                continue;
+            }
+            let host = n.addr.host;
+            let new_host = !hosts.contains(&host);
+            let sibling = as_holder && host == mine;
+            list.push(*n);
+            if sibling || (new_host && hosts.len() == limit) {
+                // `n` is the boundary: its range is not ours to copy.
+                return (list, true);
+            }
+            if new_host {
+                hosts.push(host);
             }
         }
-        list
+        (list, false)
     }
 
     /// Bit `i` set when `list[i]` is presumed down (for `Lookup::Found` and `Neighbors`).
@@ -248,7 +288,22 @@ impl Node {
         };
         self.predecessor
             .iter()
-            .chain(preds.iter().take(self.config.replicas))
+            .chain(preds.iter())
             .chain(self.routing.successors().iter())
     }
+}
+
+/// The first `n` of `walk` with each host once (a host's later positions skipped): a
+/// preference list of distinct machines (Dynamo section 4.3).
+pub(super) fn distinct_hosts(walk: impl IntoIterator<Item = NodeRef>, n: usize) -> Vec<NodeRef> {
+    let mut list: Vec<NodeRef> = Vec::with_capacity(n);
+    for node in walk {
+        if list.len() == n {
+            break;
+        }
+        if !list.iter().any(|l| l.addr.host == node.addr.host) {
+            list.push(node);
+        }
+    }
+    list
 }

@@ -72,15 +72,12 @@ pub(super) struct Replication {
 
 impl Node {
     /// The nodes holding copies of this node's primary range: its first `replicas` live
-    /// successors.
+    /// successors on hosts other than ours, each host once (Dynamo section 4.3).
     pub(super) fn replica_targets(&self) -> Vec<NodeRef> {
-        self.routing
-            .successors()
-            .iter()
-            .filter(|n| !self.is_dead(&n.addr))
-            .take(self.config.replicas)
-            .copied()
-            .collect()
+        let live = self.routing.successors().iter().filter(|n| !self.is_dead(&n.addr)).copied();
+        let mut list = super::placement::distinct_hosts(std::iter::once(self.me).chain(live), self.config.replicas + 1);
+        list.remove(0);
+        list
     }
 
     /// Sends a write this node just stamped as the holder of `primary`'s range to the range's
@@ -289,8 +286,8 @@ impl Node {
         let preds = self.predecessors();
         let found = if self.config.is_consistent() {
             let mut found = None;
-            for k in 0..self.config.replicas.min(preds.len().saturating_sub(1)) {
-                if !self.is_dead(&preds[k].addr) {
+            for k in 0..preds.len().saturating_sub(1) {
+                if !self.is_host_dead(&preds[k].addr) {
                     break;
                 }
                 if in_half_open(target, &preds[k + 1].id, &preds[k].id) {

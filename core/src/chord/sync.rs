@@ -751,11 +751,10 @@ impl Node {
             // We are in the preference list of our `replicas` predecessors' ranges whether or
             // not their primaries are up to say so (a member that is down may be back).
             let (_, preds) = self.kept_ranges();
-            // n ranges come from the n + 1 predecessors we know.
-            let preds_known = preds.len() + 1;
             keep.extend(preds);
-            if preds_known <= self.config.replicas {
-                // Fewer members than copies: every key is ours to keep.
+            if !self.pred_walk_complete() {
+                // Fewer members than copies (or our view of them is still short): every key
+                // is ours to keep.
                 return;
             }
         }

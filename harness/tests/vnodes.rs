@@ -1,0 +1,189 @@
+//! Deterministic simulation tests of virtual nodes (SIGCOMM'01 section 6.9): hosts that run
+//! several ring positions each, replicas on distinct hosts (Dynamo section 4.3), and a host's
+//! crash taking all its positions at once. Each test prints its seed; `SIM_SEEDS=1-100` runs
+//! more seeds.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use chordkv_core::chord::config::PartitionPolicy;
+use chordkv_core::chord::Config;
+use chordkv_core::rng::Rng;
+use chordkv_harness::sim::{Sim, SimConfig};
+use chordkv_protocol::{Id, Message};
+use common::{build_ring, seeds, value_of, STABILIZE_MS};
+
+const HOSTS: usize = 6;
+const VNODES: u16 = 4;
+const KEYS: usize = 200;
+
+fn sim(seed: u64, replicas: usize, policy: PartitionPolicy) -> Sim {
+    println!("seed = {seed}, {VNODES} vnodes per host, replicas {replicas}, {policy}");
+    let mut chord = Config::with_stabilize_interval_ms(STABILIZE_MS);
+    chord.replicas = replicas;
+    chord.partition_policy = policy;
+    Sim::new(SimConfig {
+        seed,
+        min_delay_ms: 1,
+        max_delay_ms: 10,
+        chord,
+        vnodes: VNODES,
+        ..SimConfig::default()
+    })
+}
+
+/// The hosts that should hold `key`: the host of its primary position, then the hosts of the
+/// following positions, each once, `replicas + 1` in all (by the oracle of live positions).
+fn preference_hosts(s: &Sim, key: &str, replicas: usize) -> BTreeSet<usize> {
+    let mut ring: Vec<(Id, usize)> = s
+        .alive()
+        .into_iter()
+        .flat_map(|i| s.host(i).vnodes().iter().map(move |v| (v.me().id, i)))
+        .collect();
+    ring.sort();
+    let id = Id::hash(key.as_bytes());
+    let first = ring.partition_point(|(n, _)| *n < id) % ring.len();
+    let mut hosts: Vec<usize> = Vec::new();
+    for d in 0..ring.len() {
+        let h = ring[(first + d) % ring.len()].1;
+        if hosts.len() <= replicas && !hosts.contains(&h) {
+            hosts.push(h);
+        }
+    }
+    hosts.into_iter().collect()
+}
+
+fn holder_hosts(s: &Sim, key: &str) -> BTreeSet<usize> {
+    s.alive()
+        .into_iter()
+        .filter(|&i| s.holds(i, key.as_bytes()).is_some())
+        .collect()
+}
+
+fn write_keys(s: &mut Sim, rng: &mut Rng) -> Vec<String> {
+    let keys: Vec<String> = (0..KEYS).map(|k| format!("key-{k}")).collect();
+    for k in &keys {
+        let alive = s.alive();
+        let via = alive[rng.below(alive.len() as u64) as usize];
+        let reply = s.put(via, k, &format!("v-{k}"));
+        assert!(
+            matches!(reply, Some(Message::PutReply { .. })),
+            "PUT {k} through host {via}: {reply:?}"
+        );
+    }
+    keys
+}
+
+#[test]
+fn a_ring_of_hosts_with_vnodes_converges_and_keeps_each_key_on_distinct_hosts() {
+    for seed in seeds(&[1, 2]) {
+        let replicas = 2;
+        let mut s = sim(seed, replicas, PartitionPolicy::Consistent);
+        let mut rng = Rng::new(seed);
+        build_ring(&mut s, HOSTS, &mut rng);
+        assert_eq!(
+            s.host(0).vnodes().len(),
+            usize::from(VNODES),
+            "every host runs its vnodes"
+        );
+        let keys = write_keys(&mut s, &mut rng);
+        // Anti-entropy settles the copies; then each key is on exactly its preference list of
+        // distinct hosts: replicas + 1 machines, never two copies on one.
+        let until = s.now() + 60_000;
+        let settled = |s: &Sim| {
+            keys.iter()
+                .all(|k| holder_hosts(s, k) == preference_hosts(s, k, replicas))
+        };
+        while !settled(&s) && s.now() < until {
+            s.run_for(500);
+        }
+        for k in &keys {
+            assert_eq!(
+                holder_hosts(&s, k),
+                preference_hosts(&s, k, replicas),
+                "seed {seed}: the hosts holding {k}\n{}",
+                s.describe_ring()
+            );
+        }
+        for k in &keys {
+            let via = rng.below(HOSTS as u64) as usize;
+            assert_eq!(
+                value_of(&s.get(via, k)),
+                Some(Bytes::from(format!("v-{k}"))),
+                "seed {seed}: GET {k} through host {via}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_client_operation_on_a_key_a_host_owns_takes_no_network_hop() {
+    for seed in seeds(&[3]) {
+        let mut s = sim(seed, 1, PartitionPolicy::Consistent);
+        let mut rng = Rng::new(seed);
+        build_ring(&mut s, HOSTS, &mut rng);
+        // A key owned by some vnode of host 0 (not necessarily vnode 0): the host hands the
+        // request to that vnode without a network hop.
+        let owned = (0..)
+            .map(|k| format!("local-{k}"))
+            .find(|k| {
+                let id = Id::hash(k.as_bytes());
+                s.host(0).vnodes()[1..].iter().any(|v| {
+                    let (start, end) = v.primary_range();
+                    chordkv_protocol::in_half_open(&id, &start, &end)
+                })
+            })
+            .expect("a key in a range of a vnode of host 0");
+        let reply = s.put(0, &owned, "x");
+        assert!(
+            matches!(reply, Some(Message::PutReply { hops: 0, .. })),
+            "seed {seed}: {reply:?}"
+        );
+    }
+}
+
+/// With one replica, the two copies of every key are on two hosts, so the crash of any one
+/// host (every position it runs, and its memory store) loses no acknowledged write. Under
+/// `available` every key stays readable through the crash (failover to the other copy);
+/// under `consistent` a range whose two copies cannot both be reached waits for a majority
+/// (2 of 2), so the keys are read back once the host is restarted on its address with an
+/// empty store and refilled from the surviving copies.
+#[test]
+fn with_one_replica_the_crash_of_any_one_host_loses_nothing() {
+    for policy in [PartitionPolicy::Available, PartitionPolicy::Consistent] {
+        for seed in seeds(&[5, 6]) {
+            let mut s = sim(seed, 1, policy);
+            let mut rng = Rng::new(seed);
+            build_ring(&mut s, HOSTS, &mut rng);
+            let keys = write_keys(&mut s, &mut rng);
+            s.run_for(20 * STABILIZE_MS);
+            let victim = 1 + rng.below(HOSTS as u64 - 1) as usize;
+            println!("crashing host {victim}");
+            s.crash(victim);
+            s.run_for(20 * STABILIZE_MS);
+            if policy == PartitionPolicy::Consistent {
+                let via = (victim + 1) % HOSTS;
+                s.restart(victim, via);
+                s.run_for(100 * STABILIZE_MS);
+            }
+            let mut lost = Vec::new();
+            for k in &keys {
+                let alive = s.alive();
+                let via = alive[rng.below(alive.len() as u64) as usize];
+                match s.get(via, k) {
+                    Some(Message::GetReply { value: Some(v), .. }) if v == format!("v-{k}") => {}
+                    other => lost.push(format!("{k}: {other:?}")),
+                }
+            }
+            assert!(
+                lost.is_empty(),
+                "seed {seed}, {policy}: {} of {KEYS} keys unreadable after host {victim} crashed: {:?}\n{}",
+                lost.len(),
+                &lost[..lost.len().min(5)],
+                s.describe_ring()
+            );
+        }
+    }
+}
