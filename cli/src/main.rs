@@ -38,7 +38,7 @@ const DEFAULT_READY_TIMEOUT_MS: u64 = 60_000;
 /// How often `chordkv cluster` checks for signals and dead nodes.
 const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
 /// Most nodes `chordkv ring` visits before it gives up on returning to the first.
-const RING_WALK_MAX_NODES: usize = 10_000;
+const RING_WALK_MAX_NODES: usize = 1 << 20;
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -530,15 +530,6 @@ fn connect(target: &Target, timeout: Duration) -> anyhow::Result<Client> {
 
 // --- node and cluster --------------------------------------------------------------------
 
-/// The ring positions of the vnodes of the process at `addr`: vnode 0 at the SHA-1 of the
-/// address (a process with one vnode is a plain Chord node), vnode `i` at the SHA-1 of
-/// `addr#i` (Chord section 6.9's virtual nodes: derivable, so stable across restarts).
-fn vnode_positions(addr: SocketAddr, vnodes: u16) -> Vec<Id> {
-    (0..vnodes)
-        .map(|v| Id::hash(NodeAddr::new(addr, v).to_string().as_bytes()))
-        .collect()
-}
-
 fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
     let listen = parse_addr(&args.listen)?;
     let advertise = args.advertise.as_deref().map(parse_addr).transpose()?;
@@ -566,12 +557,8 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
     if node_id.is_some() && vnodes > 1 {
         bail!("--id names one ring position; with --vnodes {vnodes} the positions are chosen for each vnode");
     }
-    let vnode_ids = match node_id {
-        Some(id) => vec![id],
-        None => vnode_positions(reachable, vnodes),
-    };
     // Each vnode's keys are namespaced by its address (`ip:port`, then `ip:port#i` for vnode
-    // i > 0), which is also what its id hashes.
+    // i > 0).
     let stores = (0..vnodes)
         .map(|v| store::open(&args.options.store, &NodeAddr::new(reachable, v).to_string()))
         .collect::<Result<Vec<_>, _>>()?;
@@ -579,6 +566,21 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
     let keyring = match &keyring_path {
         Some(path) => Some(server::keyring::Keyring::load(path)?),
         None => None,
+    };
+    let vnode_ids = match node_id {
+        Some(id) => vec![id],
+        None => {
+            let timeout = Duration::from_millis(chord.rpc_timeout_ms.max(1_000));
+            let chosen =
+                server::positions::choose(reachable, vnodes, &join, &stores, keyring.as_ref(), timeout);
+            if vnodes > 1 {
+                eprintln!(
+                    "chordkv node {reachable}: {vnodes} vnodes, positions {}",
+                    chosen.how
+                );
+            }
+            chosen.ids
+        }
     };
     server::run(ServerConfig {
         listen,
@@ -802,6 +804,17 @@ fn ring_table(report: &RingReport) -> String {
         );
         text.push_str(line.trim_end());
         text.push('\n');
+    }
+    if report.hosts.iter().any(|h| h.vnodes > 1) {
+        for h in &report.hosts {
+            text.push_str(&format!(
+                "host: {} {} vnodes, {:.2}% of the ring, {} keys\n",
+                h.host,
+                h.vnodes,
+                h.share * 100.0,
+                h.keys
+            ));
+        }
     }
     for addr in &report.down {
         text.push_str(&format!(

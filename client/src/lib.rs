@@ -591,7 +591,7 @@ pub struct RingNode {
 }
 
 /// What [`walk_ring`] found.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RingReport {
     /// The nodes reached, in ring order starting from the lowest id.
     pub nodes: Vec<RingNode>,
@@ -603,6 +603,52 @@ pub struct RingReport {
     pub consistent: bool,
     /// What is wrong, one sentence each; empty when `consistent`.
     pub problems: Vec<String>,
+    /// The hosts (processes) reached, with their vnodes and their share of the ring, in the
+    /// ring order of their first position.
+    pub hosts: Vec<HostShare>,
+}
+
+/// One host of a [`RingReport`]: a process and the ring positions (vnodes) it runs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostShare {
+    /// The address the host listens on.
+    pub host: SocketAddr,
+    /// Its positions reached by the walk.
+    pub vnodes: usize,
+    /// The fraction of the id space its positions own as primaries (0 to 1): the sum of the
+    /// arcs `(predecessor, position]` of its positions, by the walk's order.
+    pub share: f64,
+    /// Live keys summed over its positions.
+    pub keys: u64,
+}
+
+/// The hosts of a walk in ring order (`nodes` sorted by id): each host's positions, share of
+/// the ring, and keys.
+fn host_shares(nodes: &[RingNode]) -> Vec<HostShare> {
+    let mut hosts: Vec<HostShare> = Vec::new();
+    let n = nodes.len();
+    for (i, node) in nodes.iter().enumerate() {
+        let pred = &nodes[(i + n - 1) % n];
+        let share = if n == 1 {
+            1.0
+        } else {
+            pred.id.distance_to(&node.id).as_fraction()
+        };
+        match hosts.iter_mut().find(|h| h.host == node.addr.host) {
+            Some(h) => {
+                h.vnodes += 1;
+                h.share += share;
+                h.keys += node.keys;
+            }
+            None => hosts.push(HostShare {
+                host: node.addr.host,
+                vnodes: 1,
+                share,
+                keys: node.keys,
+            }),
+        }
+    }
+    hosts
 }
 
 impl RingReport {
@@ -798,8 +844,10 @@ pub fn walk_ring_as(
         .map(|(n, _)| *n)
         .collect();
     down.sort();
+    let hosts = host_shares(&nodes);
     Ok(RingReport {
         consistent: problems.is_empty(),
+        hosts,
         nodes,
         down: down.iter().map(|n| n.addr).collect(),
         problems,

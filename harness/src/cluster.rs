@@ -270,7 +270,8 @@ pub fn wait_for_ring(
         return Err(Error::Cluster("no live node to walk the ring from".to_string()));
     }
     let want: BTreeSet<SocketAddr> = expected.iter().copied().collect();
-    let max_nodes = want.len() * 2 + 8;
+    // Positions, not hosts: each host runs up to MAX_VNODES of them.
+    let max_nodes = (want.len() * 2 + 8) * chordkv_core::options::MAX_VNODES as usize;
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no walk completed");
     loop {
@@ -368,10 +369,17 @@ impl LocalCluster {
             nodes: Vec::with_capacity(count),
             netns,
         };
+        let vnodes = cluster.vnodes();
         for i in 0..count {
             let join: Vec<SocketAddr> = cluster.nodes.iter().take(JOIN_PEERS).map(|n| n.addr).collect();
             let node = cluster.launch(i, None, join)?;
             cluster.nodes.push(node);
+            if vnodes > 1 && i + 1 < count {
+                // The next node reads the ring to place its positions evenly: it must see
+                // every position of the nodes before it.
+                let addrs = cluster.addrs();
+                wait_for_ring(&addrs, cluster.spec.start_timeout, None, &cluster.spec.access)?;
+            }
         }
         Ok(cluster)
     }
@@ -835,6 +843,34 @@ impl LocalCluster {
     }
 
     /// Waits until the node at `addr` answers `GET_INFO`, failing if its process exits first.
+    /// Virtual nodes per node (`--vnodes` in the node arguments; 1 without).
+    fn vnodes(&self) -> u64 {
+        self.spec
+            .node_args
+            .windows(2)
+            .find(|w| w[0] == "--vnodes")
+            .and_then(|w| w[1].parse::<u64>().ok())
+            .unwrap_or(1)
+    }
+
+    /// With virtual nodes, whether every vnode of the node at `addr` owns its range: the next
+    /// node reads the ring to place its own positions, so it must see these (a node that
+    /// cannot say is taken as settled).
+    fn vnodes_settled(&self, addr: SocketAddr) -> bool {
+        if self.vnodes() <= 1 {
+            return true;
+        }
+        let stats = Client::connect_as(addr, PROBE_TIMEOUT, &self.spec.access).and_then(|mut c| c.stats());
+        match stats {
+            Ok(s) => {
+                let get = |name: &str| s.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+                get("vnodes_active") >= get("vnodes")
+            }
+            Err(chordkv_client::ClientError::Server { .. }) => true,
+            Err(_) => false,
+        }
+    }
+
     fn wait_ready(&self, child: &mut Child, addr: SocketAddr, log: Option<&Path>) -> Result<()> {
         let deadline = Instant::now() + self.spec.start_timeout;
         loop {
@@ -855,6 +891,7 @@ impl LocalCluster {
                     .try_wait()
                     .map_err(Error::io("checking on a node process"))?
                     .is_none()
+                && self.vnodes_settled(addr)
             {
                 return Ok(());
             }

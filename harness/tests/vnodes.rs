@@ -15,12 +15,17 @@ use chordkv_harness::sim::{Sim, SimConfig};
 use chordkv_protocol::{Id, Message};
 use common::{build_ring, seeds, value_of, STABILIZE_MS};
 
+/// Hosts and vnodes per host of the small rings (every test but the first).
 const HOSTS: usize = 6;
 const VNODES: u16 = 4;
 const KEYS: usize = 200;
 
 fn sim(seed: u64, replicas: usize, policy: PartitionPolicy) -> Sim {
-    println!("seed = {seed}, {VNODES} vnodes per host, replicas {replicas}, {policy}");
+    sim_of(seed, VNODES, replicas, policy)
+}
+
+fn sim_of(seed: u64, vnodes: u16, replicas: usize, policy: PartitionPolicy) -> Sim {
+    println!("seed = {seed}, {vnodes} vnodes per host, replicas {replicas}, {policy}");
     let mut chord = Config::with_stabilize_interval_ms(STABILIZE_MS);
     chord.replicas = replicas;
     chord.partition_policy = policy;
@@ -29,7 +34,7 @@ fn sim(seed: u64, replicas: usize, policy: PartitionPolicy) -> Sim {
         min_delay_ms: 1,
         max_delay_ms: 10,
         chord,
-        vnodes: VNODES,
+        vnodes,
         ..SimConfig::default()
     })
 }
@@ -70,24 +75,25 @@ fn write_keys(s: &mut Sim, rng: &mut Rng) -> Vec<String> {
         let reply = s.put(via, k, &format!("v-{k}"));
         assert!(
             matches!(reply, Some(Message::PutReply { .. })),
-            "PUT {k} through host {via}: {reply:?}"
+            "PUT {k} ({}) through host {via}: {reply:?}\n{}",
+            Id::hash(k.as_bytes()).short(6),
+            s.describe_ring()
         );
     }
     keys
 }
 
+/// 8 hosts of 16 vnodes (the default shape of issue 14's measurements). Seed 2 once left a
+/// vnode without a lease for ever: while its host was alone, its successors were all its
+/// siblings, and its lease round waited for copies it could not ask.
 #[test]
 fn a_ring_of_hosts_with_vnodes_converges_and_keeps_each_key_on_distinct_hosts() {
     for seed in seeds(&[1, 2]) {
         let replicas = 2;
-        let mut s = sim(seed, replicas, PartitionPolicy::Consistent);
+        let mut s = sim_of(seed, 16, replicas, PartitionPolicy::Consistent);
         let mut rng = Rng::new(seed);
-        build_ring(&mut s, HOSTS, &mut rng);
-        assert_eq!(
-            s.host(0).vnodes().len(),
-            usize::from(VNODES),
-            "every host runs its vnodes"
-        );
+        build_ring(&mut s, 8, &mut rng);
+        assert_eq!(s.host(0).vnodes().len(), 16, "every host runs its vnodes");
         let keys = write_keys(&mut s, &mut rng);
         // Anti-entropy settles the copies; then each key is on exactly its preference list of
         // distinct hosts: replicas + 1 machines, never two copies on one.
@@ -108,7 +114,7 @@ fn a_ring_of_hosts_with_vnodes_converges_and_keeps_each_key_on_distinct_hosts() 
             );
         }
         for k in &keys {
-            let via = rng.below(HOSTS as u64) as usize;
+            let via = rng.below(8) as usize;
             assert_eq!(
                 value_of(&s.get(via, k)),
                 Some(Bytes::from(format!("v-{k}"))),
@@ -153,13 +159,15 @@ fn a_client_operation_on_a_key_a_host_owns_takes_no_network_hop() {
 #[test]
 fn with_one_replica_the_crash_of_any_one_host_loses_nothing() {
     for policy in [PartitionPolicy::Available, PartitionPolicy::Consistent] {
-        for seed in seeds(&[5, 6]) {
+        for (seed, victim) in seeds(&[5])
+            .into_iter()
+            .flat_map(|s| (1..HOSTS).map(move |v| (s, v)))
+        {
             let mut s = sim(seed, 1, policy);
             let mut rng = Rng::new(seed);
             build_ring(&mut s, HOSTS, &mut rng);
             let keys = write_keys(&mut s, &mut rng);
             s.run_for(20 * STABILIZE_MS);
-            let victim = 1 + rng.below(HOSTS as u64 - 1) as usize;
             println!("crashing host {victim}");
             s.crash(victim);
             s.run_for(20 * STABILIZE_MS);

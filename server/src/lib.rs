@@ -69,6 +69,7 @@ mod conn;
 pub mod error;
 mod event_loop;
 pub mod keyring;
+pub mod positions;
 mod resp;
 pub mod secure;
 pub mod store;

@@ -786,7 +786,7 @@ const END_COUNTERS: [&str; 6] = [
 /// Each live node in ring order with the copies it holds against those it should hold (its own
 /// primary count plus its `replicas` predecessors'), and some counters summed over the nodes.
 fn layout(live: &[SocketAddr], replicas: u64) -> Result<String, String> {
-    let ring = walk_ring(live[0], PROBE_TIMEOUT, live.len() * 2 + 8).map_err(|e| e.to_string())?;
+    let ring = walk_ring(live[0], PROBE_TIMEOUT, (live.len() * 2 + 8) * 256).map_err(|e| e.to_string())?;
     let mut stats = Vec::new();
     for node in &ring.nodes {
         let s = Client::connect(node.addr.host, PROBE_TIMEOUT)

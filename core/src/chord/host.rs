@@ -20,8 +20,9 @@
 //!   driver keeps one store partition per vnode, so a vnode's ranges, digests and handoffs
 //!   see its own keys only. Their ids are renumbered like request ids.
 //! - **Counters.** `GET_STATS` naming no vnode is answered for the whole host: every counter
-//!   summed over the vnodes (the largest for the few that are maxima), then a per-vnode
-//!   breakdown of the key counts and operations (`vnode.3.keys_primary`, ...).
+//!   summed over the vnodes (the largest for the few that are maxima), `vnodes` and
+//!   `vnodes_active` (how many own a range now), then a per-vnode breakdown of the key counts
+//!   and operations (`vnode.3.keys_primary`, ...).
 //!
 //! With one vnode a host is exactly its node: frames, ids and counters are unchanged on the
 //! wire (request ids aside, which only their sender reads).
@@ -464,7 +465,9 @@ impl Host {
         }
         let gather = self.gathers.remove(&g).expect("present"); // faulty code
         let per_vnode: Vec<Vec<(String, u64)>> = gather.replies.into_iter().flatten().collect();
-        let counters = merge_counters(&per_vnode);
+        let mut counters = merge_counters(&per_vnode);
+        let active = self.vnodes.iter().filter(|v| v.phase() == Phase::Active).count();
+        counters.push(("vnodes_active".to_string(), active as u64));
         self.out.push_back(Output::Reply {
             to: gather.reply_to,
             frame: Frame::new(gather.request_id, Message::Stats { counters }),

@@ -270,8 +270,10 @@ impl Node {
             refused: Vec::new(),
             unreachable: Vec::new(),
         });
-        if needed == 0 {
-            // A preference list of one: this node alone is the majority.
+        if needed == 0 || others.is_empty() {
+            // A preference list of one: this node alone is the majority. Or no other copy is
+            // known to ask (our successors are all on our host): the round ends now without a
+            // majority, and the next renewal tries again.
             return self.finish_lease_round(now, primary.id);
         }
         for n in others {

@@ -238,7 +238,11 @@ impl Node {
         // A vnode after a dead one of the same host is down with it (one process).
         let down_at = |i: usize, n: &NodeRef| self.is_dead(&n.addr) || (i < 64 && down & (1 << i) != 0);
         let pos = list.iter().enumerate().position(|(i, n)| {
-            !down_at(i, n) && !list[..i].iter().enumerate().any(|(j, m)| m.addr.host == n.addr.host && down_at(j, m))
+            !down_at(i, n)
+                && !list[..i]
+                    .iter()
+                    .enumerate()
+                    .any(|(j, m)| m.addr.host == n.addr.host && down_at(j, m))
         })?;
         // Without replicas there is nobody to fail over to: the next node just redirects.
         Some((list[pos], pos > 0 && self.config.replicas > 0))

@@ -163,12 +163,22 @@ impl Node {
     /// majorities of leases and writes, nor the trusted copies a catch-up needs.
     pub(super) fn copies_of(&self, pref: &[NodeRef]) -> usize {
         let full = self.config.replicas + 1;
-        let ring_is_small = self.routing.successors().is_empty() || self.succ_wrapped;
-        if ring_is_small {
+        if self.ring_is_small() {
             pref.len().min(full)
         } else {
             full.max(pref.len())
         }
+    }
+
+    /// Whether the ring is known to hold fewer hosts than a full preference list: we are
+    /// alone, our successor list reaches around the ring back to us, or every node we know
+    /// is a vnode of our own host (a ring of one host).
+    pub(super) fn ring_is_small(&self) -> bool {
+        let host = self.me.addr.host;
+        self.routing.successors().is_empty()
+            || self.succ_wrapped
+            || (self.routing.known_nodes().all(|n| n.addr.host == host)
+                && self.predecessor.is_none_or(|p| p.addr.host == host))
     }
 
     /// The preference list of `primary`'s range as this node sees it: `primary` and the
@@ -253,7 +263,9 @@ impl Node {
             if n.addr == self.me.addr {
                 break;
             }
-            if list.iter().any(|l| l.addr == n.addr) || (!list.is_empty() && self.live.gone.contains_key(&n.addr)) {
+            if list.iter().any(|l| l.addr == n.addr)
+                || (!list.is_empty() && self.live.gone.contains_key(&n.addr))
+            {
                 continue;
             }
             let host = n.addr.host;

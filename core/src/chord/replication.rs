@@ -74,8 +74,14 @@ impl Node {
     /// The nodes holding copies of this node's primary range: its first `replicas` live
     /// successors on hosts other than ours, each host once (Dynamo section 4.3).
     pub(super) fn replica_targets(&self) -> Vec<NodeRef> {
-        let live = self.routing.successors().iter().filter(|n| !self.is_dead(&n.addr)).copied();
-        let mut list = super::placement::distinct_hosts(std::iter::once(self.me).chain(live), self.config.replicas + 1);
+        let live = self
+            .routing
+            .successors()
+            .iter()
+            .filter(|n| !self.is_dead(&n.addr))
+            .copied();
+        let mut list =
+            super::placement::distinct_hosts(std::iter::once(self.me).chain(live), self.config.replicas + 1);
         list.remove(0);
         list
     }

@@ -197,6 +197,19 @@ pub trait Store: Send + Sync {
     fn kept_data(&self) -> bool {
         false
     }
+    /// The ring position saved with this store partition ([`Store::save_position`]), if
+    /// any: a virtual node restarted on a store that kept its data takes back the position
+    /// its keys belong to. The default, for stores that start empty, is none.
+    fn saved_position(&self) -> Result<Option<Id>> {
+        Ok(None)
+    }
+
+    /// Saves the ring position of the virtual node this partition belongs to. The default,
+    /// for stores that start empty, keeps nothing.
+    fn save_position(&self, _position: &Id) -> Result<()> {
+        Ok(())
+    }
+
     /// Whether calls may block (network I/O): such a store runs on worker threads.
     fn is_blocking(&self) -> bool;
     /// A short name for logs and stats ("memory", "redis").

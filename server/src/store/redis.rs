@@ -320,6 +320,8 @@ struct Keys {
     index: String,
     live: String,
     marker: String,
+    /// The ring position of the vnode this namespace belongs to, 40 hex digits.
+    position: String,
 }
 
 /// A [`Store`] in a Redis server; see the module docs for the layout.
@@ -395,6 +397,7 @@ impl RedisStore {
                 index: format!("ckv:{{{namespace}}}:index"),
                 live: format!("ckv:{{{namespace}}}:live"),
                 marker: format!("ckv:{{{namespace}}}:marker"),
+                position: format!("ckv:{{{namespace}}}:position"),
             },
             idle: Mutex::new(Vec::new()),
             losses: AtomicU64::new(0),
@@ -1061,6 +1064,21 @@ impl Store for RedisStore {
 
     fn kept_data(&self) -> bool {
         self.kept_data
+    }
+
+    fn saved_position(&self) -> Result<Option<Id>> {
+        let hex: Option<String> =
+            self.with_conn(|conn| Ok(redis::cmd("GET").arg(&self.keys.position).query(conn)?))?;
+        Ok(hex.and_then(|h| Id::from_hex(&h)))
+    }
+
+    fn save_position(&self, position: &Id) -> Result<()> {
+        self.with_conn(|conn| {
+            Ok(redis::cmd("SET")
+                .arg(&self.keys.position)
+                .arg(position.to_string())
+                .query::<()>(conn)?)
+        })
     }
 
     fn is_blocking(&self) -> bool {

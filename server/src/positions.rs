@@ -1,0 +1,239 @@
+//! Where a starting node puts its virtual nodes on the ring (issue 14; the allocation itself
+//! is [`chordkv_core::tokens`]).
+//!
+//! In order:
+//!
+//! 1. **One vnode**: the SHA-1 of the advertised address, as ever.
+//! 2. **Saved with the store**: a store that kept an earlier run's data (Redis) also kept the
+//!    position of the vnode whose keys it holds; the vnode takes it back, so a restart never
+//!    moves data between positions, even when the whole ring restarted.
+//! 3. **A new ring**: positions evenly spaced from the SHA-1 of the address.
+//! 4. **Joining**: the node reads the ring's positions through its join peers (`GET_INFO`
+//!    along the successor lists, over the ring's keyring when it has one) and chooses
+//!    positions that even out ownership ([`tokens::allocate_positions`]); a ring that still
+//!    lists positions of this address (a restart before the others forgot it) gives them
+//!    back.
+//! 5. **No join peer answers**: random positions derived from the address
+//!    ([`tokens::random_positions`], Chord section 6.9), with a warning: the node still
+//!    joins when the ring comes back, only less evenly.
+//!
+//! The chosen positions are saved with each vnode's store partition (step 2 next time).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chordkv_core::store::Store;
+use chordkv_core::tokens;
+use chordkv_protocol::{Frame, Id, Message, NodeInfo, NodeRef};
+
+use crate::keyring::Keyring;
+use crate::secure::{connect_blocking, BlockingChannel};
+
+/// The most positions read from a ring (a walk stops there).
+pub const MAX_RING_POSITIONS: usize = 1 << 20;
+
+/// The positions of a node's vnodes and how they were chosen (one line for the log).
+pub struct Chosen {
+    pub ids: Vec<Id>,
+    pub how: String,
+}
+
+/// Chooses the positions of the `vnodes` vnodes of the node advertised at `me` (see the
+/// module docs), and saves them with `stores` (one partition per vnode).
+pub fn choose(
+    me: SocketAddr,
+    vnodes: u16,
+    join: &[SocketAddr],
+    stores: &[Arc<dyn Store>],
+    keyring: Option<&Keyring>,
+    timeout: Duration,
+) -> Chosen {
+    let chosen = choose_unsaved(me, vnodes, join, stores, keyring, timeout);
+    if vnodes > 1 {
+        for (store, id) in stores.iter().zip(&chosen.ids) {
+            if let Err(e) = store.save_position(id) {
+                eprintln!(
+                    "chordkv node {me}: cannot save the position {} with its store: {e}",
+                    id.short(8)
+                );
+            }
+        }
+    }
+    chosen
+}
+
+fn choose_unsaved(
+    me: SocketAddr,
+    vnodes: u16,
+    join: &[SocketAddr],
+    stores: &[Arc<dyn Store>],
+    keyring: Option<&Keyring>,
+    timeout: Duration,
+) -> Chosen {
+    if vnodes <= 1 {
+        return Chosen {
+            ids: vec![Id::of_addr(&me)],
+            how: "the hash of its address".into(),
+        };
+    }
+    let saved: Vec<Option<Id>> = stores.iter().map(|s| s.saved_position().ok().flatten()).collect();
+    if saved.len() == usize::from(vnodes) && saved.iter().all(|s| s.is_some()) {
+        return Chosen {
+            ids: saved.into_iter().flatten().collect(),
+            how: "saved with the store".into(),
+        };
+    }
+    if join.is_empty() {
+        return Chosen {
+            ids: tokens::allocate_positions(&[], me, vnodes),
+            how: "evenly spaced (a new ring)".into(),
+        };
+    }
+    let mut why = Vec::new();
+    for via in join {
+        match read_ring(*via, keyring, timeout) {
+            Ok(ring) => {
+                let hosts = ring.iter().map(|(_, h)| *h).collect::<BTreeSet<_>>().len();
+                let ids = tokens::allocate_positions(&ring, me, vnodes);
+                return Chosen {
+                    ids,
+                    how: format!(
+                        "balanced against the {} positions of {hosts} hosts read through {via}",
+                        ring.len()
+                    ),
+                };
+            }
+            Err(e) => why.push(format!("{via}: {e}")),
+        }
+    }
+    Chosen {
+        ids: tokens::random_positions(&me, vnodes),
+        how: format!(
+            "random (hashes of the address), since the ring could not be read ({})",
+            why.join("; ")
+        ),
+    }
+}
+
+/// A connection to one host for `GET_INFO`: over the keyring, or plain (as a client).
+enum Channel {
+    Peer(Box<BlockingChannel>),
+    Plain(TcpStream, bytes::BytesMut),
+}
+
+impl Channel {
+    fn open(host: SocketAddr, keyring: Option<&Keyring>, timeout: Duration) -> std::io::Result<Channel> {
+        match keyring {
+            Some(k) => {
+                let c = connect_blocking(host, k)?;
+                c.stream.set_read_timeout(Some(timeout))?;
+                c.stream.set_write_timeout(Some(timeout))?;
+                Ok(Channel::Peer(Box::new(c)))
+            }
+            None => {
+                let s = TcpStream::connect_timeout(&host, timeout)?;
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+                s.set_nodelay(true)?;
+                Ok(Channel::Plain(s, bytes::BytesMut::new()))
+            }
+        }
+    }
+
+    fn info(&mut self, vnode: u16) -> std::io::Result<NodeInfo> {
+        let frame = Frame::new(1, Message::GetInfo);
+        let frame = if vnode == 0 { frame } else { frame.to_vnode(vnode) };
+        let bytes = frame
+            .to_bytes()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let reply = match self {
+            Channel::Peer(c) => {
+                c.send(&bytes)?;
+                c.recv_frame()?
+            }
+            Channel::Plain(s, buf) => {
+                s.write_all(&bytes)?;
+                let mut chunk = [0u8; 4096];
+                loop {
+                    if let Some(f) =
+                        chordkv_protocol::decode(buf).map_err(|e| std::io::Error::other(e.to_string()))?
+                    {
+                        break f;
+                    }
+                    let n = s.read(&mut chunk)?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        };
+        match reply.message {
+            Message::Info(info) => Ok(info),
+            Message::Error { text, .. } => Err(std::io::Error::other(text)),
+            other => Err(std::io::Error::other(format!(
+                "GET_INFO answered with {}",
+                other.name()
+            ))),
+        }
+    }
+}
+
+/// Every position of the ring `via` is in, as `(id, host)`: a walk along the successor lists
+/// (each step jumps to the last successor a node lists), one connection per host.
+pub fn read_ring(
+    via: SocketAddr,
+    keyring: Option<&Keyring>,
+    timeout: Duration,
+) -> std::io::Result<Vec<(Id, SocketAddr)>> {
+    let mut channels: BTreeMap<SocketAddr, Channel> = BTreeMap::new();
+    let mut positions: BTreeMap<Id, SocketAddr> = BTreeMap::new();
+    let mut ask = |node: NodeRef| -> std::io::Result<NodeInfo> {
+        let host = node.addr.host;
+        if let std::collections::btree_map::Entry::Vacant(e) = channels.entry(host) {
+            e.insert(Channel::open(host, keyring, timeout)?);
+        }
+        let result = channels.get_mut(&host).map(|c| c.info(node.addr.vnode));
+        match result {
+            Some(Ok(info)) => Ok(info),
+            Some(Err(e)) => {
+                channels.remove(&host);
+                Err(e)
+            }
+            None => Err(std::io::Error::other("no channel")),
+        }
+    };
+    let first = ask(NodeRef::from_addr(via))?;
+    let start = first.node.id;
+    positions.insert(start, first.node.addr.host);
+    let mut info = first;
+    let mut visited: BTreeSet<Id> = BTreeSet::from([start]);
+    while positions.len() < MAX_RING_POSITIONS {
+        let mut wrapped = false;
+        for s in &info.successors {
+            if s.id == start {
+                wrapped = true;
+                break;
+            }
+            positions.insert(s.id, s.addr.host);
+        }
+        // Jump to the farthest successor listed that answers (a dead one is skipped).
+        let mut next = None;
+        if !wrapped {
+            for s in info.successors.iter().rev() {
+                if let Ok(i) = ask(*s) {
+                    next = Some(i);
+                    break;
+                }
+            }
+        }
+        match next {
+            Some(i) if !wrapped && visited.insert(i.node.id) => info = i,
+            _ => break,
+        }
+    }
+    Ok(positions.into_iter().collect())
+}
