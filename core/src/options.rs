@@ -11,8 +11,8 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::chord::config::{
-    AckPolicy, PartitionPolicy, DEFAULT_MAX_CLOCK_OFFSET_MS, DEFAULT_REPLICAS, DEFAULT_STABILIZE_INTERVAL_MS,
-    DEFAULT_SUCCESSORS, DEFAULT_TOMBSTONE_GRACE_MS,
+    AckPolicy, PartitionPolicy, ReadFrom, DEFAULT_MAX_CLOCK_OFFSET_MS, DEFAULT_REPLICAS,
+    DEFAULT_STABILIZE_INTERVAL_MS, DEFAULT_SUCCESSORS, DEFAULT_TOMBSTONE_GRACE_MS,
 };
 use crate::chord::{Config, Routing};
 use crate::{Error, Result};
@@ -90,6 +90,12 @@ pub struct NodeOptions {
     /// applied it, `one` once the primary has (replicas updated in the background).
     #[arg(long, value_name = "POLICY", default_value_t = AckPolicy::All)]
     pub ack: AckPolicy,
+    /// Which copies serve reads: `primary` (under its lease: every read sees every
+    /// acknowledged write) or `replicas` (any live holder of a copy, chosen at random: reads
+    /// of a hot key spread over replicas + 1 hosts; a replica that missed a write may answer
+    /// with an older version).
+    #[arg(long, value_name = "FROM", default_value_t = ReadFrom::Primary)]
+    pub read_from: ReadFrom,
     /// What the node serves when it cannot reach enough of a key's preference list:
     /// `consistent` serves a key only while a majority of its primary and replicas (members
     /// that are down but not gone count) can be reached, so a partitioned minority stops
@@ -218,6 +224,7 @@ impl Default for NodeOptions {
             store_threads: DEFAULT_STORE_THREADS,
             replicas: DEFAULT_REPLICAS as u64,
             ack: AckPolicy::All,
+            read_from: ReadFrom::Primary,
             partition_policy: PartitionPolicy::Consistent,
             max_clock_offset_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
             tombstone_grace_ms: DEFAULT_TOMBSTONE_GRACE_MS,
@@ -303,6 +310,7 @@ impl NodeOptions {
         chord.successors = self.successors as usize;
         chord.replicas = self.replicas as usize;
         chord.ack = self.ack;
+        chord.read_from = self.read_from;
         chord.partition_policy = self.partition_policy;
         chord.max_clock_offset_ms = self.max_clock_offset_ms;
         chord.tombstone_grace_ms = self.tombstone_grace_ms;
@@ -339,6 +347,11 @@ impl NodeOptions {
                 self.replicas.to_string(),
             ),
             ("--ack", self.ack != d.ack, self.ack.to_string()),
+            (
+                "--read-from",
+                self.read_from != d.read_from,
+                self.read_from.to_string(),
+            ),
             ("--routing", self.routing != d.routing, self.routing.to_string()),
             ("--cache", self.cache != d.cache, self.cache.to_string()),
             (

@@ -195,3 +195,62 @@ fn with_one_replica_the_crash_of_any_one_host_loses_nothing() {
         }
     }
 }
+
+/// `--read-from replicas`: reads of one hot key are answered by every host holding a copy
+/// (the coordinator itself when it holds one, else a random holder), all with the written
+/// value; with `primary` only the primary's host answers them.
+#[test]
+fn reads_of_a_hot_key_spread_over_its_copies_with_read_from_replicas() {
+    use chordkv_core::chord::config::ReadFrom;
+    for seed in seeds(&[7]) {
+        let mut answered = Vec::new();
+        for read_from in [ReadFrom::Primary, ReadFrom::Replicas] {
+            println!("read_from {read_from}");
+            let mut chord = Config::with_stabilize_interval_ms(STABILIZE_MS);
+            chord.replicas = 2;
+            chord.read_from = read_from;
+            let mut s = Sim::new(SimConfig {
+                seed,
+                min_delay_ms: 1,
+                max_delay_ms: 10,
+                chord,
+                vnodes: VNODES,
+                ..SimConfig::default()
+            });
+            let mut rng = Rng::new(seed);
+            build_ring(&mut s, HOSTS, &mut rng);
+            assert!(matches!(s.put(0, "hot", "v1"), Some(Message::PutReply { .. })));
+            s.run_for(10 * STABILIZE_MS);
+            for i in 0..120 {
+                let via = i % HOSTS;
+                assert_eq!(
+                    value_of(&s.get(via, "hot")),
+                    Some(Bytes::from("v1")),
+                    "{read_from} GET through {via}"
+                );
+            }
+            let copy_reads: Vec<u64> = (0..HOSTS)
+                .map(|h| s.host(h).vnodes().iter().map(|v| v.stats().copy_reads).sum())
+                .collect();
+            let gets: Vec<u64> = (0..HOSTS)
+                .map(|h| s.host(h).vnodes().iter().map(|v| v.stats().ops_get).sum())
+                .collect();
+            println!("{read_from}: GETs served per host {gets:?}, from a copy {copy_reads:?}");
+            answered.push(gets.iter().filter(|&&g| g > 0).count());
+            if read_from == ReadFrom::Primary {
+                assert_eq!(copy_reads.iter().sum::<u64>(), 0);
+            } else {
+                assert_eq!(
+                    copy_reads.iter().sum::<u64>(),
+                    120,
+                    "every read answered from a copy"
+                );
+            }
+        }
+        assert_eq!(
+            answered,
+            vec![1, 3],
+            "seed {seed}: hosts answering the hot key (primary, replicas)"
+        );
+    }
+}

@@ -63,7 +63,49 @@ macro_rules! serde_as_text {
     )*};
 }
 
-serde_as_text!(AckPolicy, PartitionPolicy, Routing);
+serde_as_text!(AckPolicy, PartitionPolicy, Routing, ReadFrom);
+
+/// Which copies serve reads (`--read-from`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The key's primary, under its lease (`consistent`): a read sees every acknowledged write.
+    Primary,
+    /// Any live holder of a copy (the primary or a replica of the key's preference list),
+    /// chosen at random by the node that coordinates the read, or the coordinator itself when
+    /// it holds a copy: reads of one hot key spread over `replicas + 1` hosts. A replica that
+    /// missed a write (it was down or cut off, and anti-entropy has not repaired it yet) may
+    /// answer with an older version: a stale read (Dynamo's R = 1).
+    Replicas,
+}
+
+impl ReadFrom {
+    /// The name on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadFrom::Primary => "primary",
+            ReadFrom::Replicas => "replicas",
+        }
+    }
+}
+
+impl std::fmt::Display for ReadFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ReadFrom {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "primary" => Ok(ReadFrom::Primary),
+            "replicas" => Ok(ReadFrom::Replicas),
+            other => Err(format!(
+                "unknown variant `{other}`, expected `primary` or `replicas`"
+            )),
+        }
+    }
+}
 
 impl std::str::FromStr for AckPolicy {
     type Err = String;
@@ -188,6 +230,8 @@ pub struct Config {
     pub replicas: usize,
     /// When a write is acknowledged.
     pub ack: AckPolicy,
+    /// Which copies serve reads.
+    pub read_from: ReadFrom,
     /// What the node serves when it cannot reach enough of a key's preference list.
     pub partition_policy: PartitionPolicy,
     /// The most any two nodes' clocks may differ (`--max-clock-offset-ms`). A version more than
@@ -256,6 +300,7 @@ impl Config {
             successors: DEFAULT_SUCCESSORS,
             replicas: DEFAULT_REPLICAS,
             ack: AckPolicy::All,
+            read_from: ReadFrom::Primary,
             partition_policy: PartitionPolicy::Consistent,
             max_clock_offset_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
             anti_entropy_interval_ms: stabilize_ms * 20,

@@ -9,7 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chordkv_protocol::NodeAddr;
-use chordkv_protocol::{ErrorCode, Frame, Id, Item, Lookup, Message, NodeRef, FLAG_DIRECT, FLAG_FAILOVER};
+use chordkv_protocol::{
+    ErrorCode, Frame, Id, Item, Lookup, Message, NodeRef, FLAG_DIRECT, FLAG_FAILOVER, FLAG_REPLICA_READ,
+};
+
+use super::config::ReadFrom;
 
 use super::node::{Millis, Node, Phase, ReplyTo};
 use super::placement::Route;
@@ -112,6 +116,14 @@ impl Node {
         if self.receiving(&target) && (direct || self.owns(&target)) {
             return self.hold(now, reply_to, frame, hops);
         }
+        let replica_read = if direct {
+            frame.is_replica_read()
+        } else {
+            self.config.read_from == ReadFrom::Replicas
+        };
+        if replica_read && matches!(frame.message, Message::Get { .. }) && self.may_read_copy(&target) {
+            return self.serve_copy_read(reply_to, rid, hops, frame.message, target);
+        }
         if direct {
             if self.owns(&target) {
                 let range = self.own_range();
@@ -191,9 +203,12 @@ impl Node {
                 let range = self.own_range();
                 self.serve_coordinated(now, id, range);
             }
-            Route::Found(list) => match self.pick_owner(&list, 0) {
-                Some((node, failover)) => self.send_op(now, id, node, failover),
-                None => self.retry_op_later(now, id),
+            Route::Found(list) => match self.pick_copy_to_read(id, &list) {
+                Some(node) => self.send_op(now, id, node, false),
+                None => match self.pick_owner(&list, 0) {
+                    Some((node, failover)) => self.send_op(now, id, node, failover),
+                    None => self.retry_op_later(now, id),
+                },
             },
             Route::Closer(node) => match self.cached_owner(id, &target) {
                 Some(owner) => {
@@ -225,6 +240,54 @@ impl Node {
             }
         }
         owner
+    }
+
+    /// `--read-from replicas`: for a `GET`, a live holder of a copy of the key chosen at
+    /// random from the head of a lookup's list (its distinct-host preference list), so reads
+    /// of one hot key spread over every copy. `None` for other operations, or when no holder
+    /// is live (then the owner is picked as usual, with failover).
+    fn pick_copy_to_read(&mut self, id: u64, list: &[NodeRef]) -> Option<NodeRef> {
+        if self.config.read_from != ReadFrom::Replicas {
+            return None;
+        }
+        let op = self.client.ops.get(&id)?;
+        if !matches!(op.message, Message::Get { .. }) {
+            return None;
+        }
+        let holders: Vec<NodeRef> =
+            super::placement::distinct_hosts(list.iter().copied(), self.config.replicas + 1)
+                .into_iter()
+                .filter(|n| !self.is_host_dead(&n.addr) && !op.asked.contains(&n.addr))
+                .collect();
+        if holders.is_empty() {
+            return None;
+        }
+        let k = self.rng.below(holders.len() as u64) as usize;
+        Some(holders[k])
+    }
+
+    /// Whether this node may answer a read of `id` from its own copy (`--read-from
+    /// replicas`): it holds the key's range as primary or replica, is not receiving it, and
+    /// its store has not lost its data.
+    fn may_read_copy(&self, id: &Id) -> bool {
+        !self.receiving(id) && !self.repl.store_lost && self.holds_copy(id)
+    }
+
+    /// Answers a `GET` from this node's copy, without the primary's lease: the value may be
+    /// older than the last acknowledged write when this copy missed it.
+    fn serve_copy_read(&mut self, to: ReplyTo, request_id: u64, hops: u16, message: Message, key_id: Id) {
+        let Message::Get { key } = message else { return };
+        self.stats.ops_get += 1;
+        self.stats.copy_reads += 1;
+        let wait = StoreWait::Serve {
+            to,
+            request_id,
+            hops,
+            kind: ServeKind::Get,
+            key_id,
+            write: None,
+        };
+        self.store_op(StoreOp::Get { key }, wait);
     }
 
     fn first_live(&self, list: &[NodeRef]) -> Option<NodeRef> {
@@ -282,6 +345,8 @@ impl Node {
         let msg = op.message.clone();
         let flags = if failover {
             FLAG_DIRECT | FLAG_FAILOVER
+        } else if matches!(msg, Message::Get { .. }) && self.config.read_from == ReadFrom::Replicas {
+            FLAG_DIRECT | FLAG_REPLICA_READ
         } else {
             FLAG_DIRECT
         };

@@ -34,6 +34,19 @@ impl Node {
         (self.predecessor.is_some() || self.routing.successors().is_empty()) && self.owns(id)
     }
 
+    /// Whether this node keeps a copy of `id`'s range: it owns it, or `id` is in the range of
+    /// one of the predecessors whose copies it keeps ([`Node::predecessors`]).
+    pub(super) fn holds_copy(&self, id: &Id) -> bool {
+        if self.owns(id) {
+            return true;
+        }
+        if self.config.replicas == 0 || self.phase != Phase::Active {
+            return false;
+        }
+        let preds = self.predecessors();
+        preds.windows(2).any(|w| in_half_open(id, &w[1].id, &w[0].id))
+    }
+
     /// Whether this node serves `id` right now (it owns it and is not handing it off).
     pub(super) fn owns(&self, id: &Id) -> bool {
         let serving = match self.phase {

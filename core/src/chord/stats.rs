@@ -81,6 +81,9 @@ counters! {
     predecessors_corrected,
     /// Starts that found the ring still listing this node, which took its place at once.
     rejoined_as_member,
+    /// `GET`s answered from this node's copy without the primary's lease (`--read-from
+    /// replicas`), at the primary or a replica.
+    copy_reads,
 }
 
 impl Node {

@@ -42,8 +42,8 @@
 //!       2     1  version      2                                              VERSION
 //!       3     1  opcode       see the opcode table; bit 7 set = reply        REPLY_BIT
 //!       4     2  flags        bit 0 = FLAG_DIRECT, bit 1 = FLAG_FAILOVER,   KNOWN_FLAGS
-//!                             bit 2 = FLAG_DEADLINE, bit 3 = FLAG_VNODE;
-//!                             every other bit must be 0
+//!                             bit 2 = FLAG_DEADLINE, bit 3 = FLAG_VNODE,
+//!                             bit 4 = FLAG_REPLICA_READ; every other bit must be 0
 //!       6     8  request_id   chosen by the requester, echoed by the reply
 //!      14     4  payload_len  bytes after the header, <= MAX_FRAME_BYTES
 //!      18     n  payload      payload_len bytes: with FLAG_DEADLINE first the deadline
@@ -198,10 +198,14 @@ pub const FLAG_DEADLINE: u16 = 4;
 /// Header flag: the payload carries [`Frame::vnode`] (after the deadline, if any). Set by the
 /// encoder from the field, never by callers.
 pub const FLAG_VNODE: u16 = 8;
+/// Header flag: a `GET` (with [`FLAG_DIRECT`]) that any holder of a copy of the key may
+/// answer from its store, the primary or a replica (`--read-from replicas`); a node that
+/// holds no copy treats it as a plain direct `GET`.
+pub const FLAG_REPLICA_READ: u16 = 16;
 /// Every flag bit this version knows; a frame with any other bit set is rejected.
-pub const KNOWN_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER | FLAG_DEADLINE | FLAG_VNODE;
+pub const KNOWN_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER | FLAG_DEADLINE | FLAG_VNODE | FLAG_REPLICA_READ;
 /// The flags a caller may set on a [`Frame`].
-const CALLER_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER;
+const CALLER_FLAGS: u16 = FLAG_DIRECT | FLAG_FAILOVER | FLAG_REPLICA_READ;
 
 // --- frame -------------------------------------------------------------------------------
 
@@ -275,6 +279,11 @@ impl Frame {
             self.message,
             Get { .. } | Put { .. } | Delete { .. } | GetInfo | GetStats | GetMembers { .. }
         ) && !self.is_failover()
+    }
+
+    /// Whether `FLAG_REPLICA_READ` is set.
+    pub fn is_replica_read(&self) -> bool {
+        self.flags & FLAG_REPLICA_READ != 0
     }
 
     /// Whether `FLAG_FAILOVER` is set.

@@ -836,7 +836,7 @@ fn unknown_opcode() {
 
 #[test]
 fn unknown_flags() {
-    for flags in [16, 20, 0x8000, 0x8001, u16::MAX] {
+    for flags in [32, 36, 0x8000, 0x8001, u16::MAX] {
         let bytes = raw(opcode::PING, flags, 1, &[]);
         header_error(&bytes, DecodeError::UnknownFlags(flags));
         header_error(&bytes[..6], DecodeError::UnknownFlags(flags));
@@ -1728,7 +1728,13 @@ mod prop {
     fn frame() -> impl Strategy<Value = Frame> {
         (
             any::<u64>(),
-            0..=(FLAG_DIRECT | FLAG_FAILOVER),
+            (0..=(FLAG_DIRECT | FLAG_FAILOVER), any::<bool>()).prop_map(|(f, r)| {
+                if r {
+                    f | crate::frame::FLAG_REPLICA_READ
+                } else {
+                    f
+                }
+            }),
             any::<u64>(),
             proptest::option::of(any::<u16>()),
             message(),
