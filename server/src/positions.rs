@@ -11,8 +11,8 @@
 //! 4. **Joining**: the node reads the ring's positions through its join peers (`GET_INFO`
 //!    along the successor lists, over the ring's keyring when it has one) and chooses
 //!    positions that even out ownership ([`tokens::allocate_positions`]); a ring that still
-//!    lists positions of this address (a restart before the others forgot it) gives them
-//!    back.
+//!    lists every vnode of this address (a restart before the others forgot it) gives each
+//!    vnode its position back.
 //! 5. **No join peer answers**: random positions derived from the address
 //!    ([`tokens::random_positions`], Chord section 6.9), with a warning: the node still
 //!    joins when the ring comes back, only less evenly.
@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use chordkv_core::store::Store;
 use chordkv_core::tokens;
-use chordkv_protocol::{Frame, Id, Message, NodeInfo, NodeRef};
+use chordkv_protocol::{Frame, Id, Message, NodeAddr, NodeInfo, NodeRef};
 
 use crate::keyring::Keyring;
 use crate::secure::{connect_blocking, BlockingChannel};
@@ -95,7 +95,21 @@ fn choose_unsaved(
     let mut why = Vec::new();
     for via in join {
         match read_ring(*via, keyring, timeout) {
-            Ok(ring) => {
+            Ok(listed) => {
+                // A restart before the ring forgot us: each vnode takes back its own position
+                // (peers know it by the vnode's address).
+                let mine: BTreeMap<u16, Id> = listed
+                    .iter()
+                    .filter(|(_, a)| a.host == me)
+                    .map(|(id, a)| (a.vnode, *id))
+                    .collect();
+                if (0..vnodes).all(|v| mine.contains_key(&v)) {
+                    return Chosen {
+                        ids: (0..vnodes).map(|v| mine[&v]).collect(),
+                        how: format!("the ones the ring still lists for this address (read through {via})"),
+                    };
+                }
+                let ring: Vec<(Id, SocketAddr)> = listed.iter().map(|(id, a)| (*id, a.host)).collect();
                 let hosts = ring.iter().map(|(_, h)| *h).collect::<BTreeSet<_>>().len();
                 let ids = tokens::allocate_positions(&ring, me, vnodes);
                 return Chosen {
@@ -182,15 +196,15 @@ impl Channel {
     }
 }
 
-/// Every position of the ring `via` is in, as `(id, host)`: a walk along the successor lists
-/// (each step jumps to the last successor a node lists), one connection per host.
+/// Every position of the ring `via` is in, as `(id, address)`: a walk along the successor
+/// lists (each step jumps to the last successor a node lists), one connection per host.
 pub fn read_ring(
     via: SocketAddr,
     keyring: Option<&Keyring>,
     timeout: Duration,
-) -> std::io::Result<Vec<(Id, SocketAddr)>> {
+) -> std::io::Result<Vec<(Id, NodeAddr)>> {
     let mut channels: BTreeMap<SocketAddr, Channel> = BTreeMap::new();
-    let mut positions: BTreeMap<Id, SocketAddr> = BTreeMap::new();
+    let mut positions: BTreeMap<Id, NodeAddr> = BTreeMap::new();
     let mut ask = |node: NodeRef| -> std::io::Result<NodeInfo> {
         let host = node.addr.host;
         if let std::collections::btree_map::Entry::Vacant(e) = channels.entry(host) {
@@ -208,7 +222,7 @@ pub fn read_ring(
     };
     let first = ask(NodeRef::from_addr(via))?;
     let start = first.node.id;
-    positions.insert(start, first.node.addr.host);
+    positions.insert(start, first.node.addr);
     let mut info = first;
     let mut visited: BTreeSet<Id> = BTreeSet::from([start]);
     while positions.len() < MAX_RING_POSITIONS {
@@ -218,7 +232,7 @@ pub fn read_ring(
                 wrapped = true;
                 break;
             }
-            positions.insert(s.id, s.addr.host);
+            positions.insert(s.id, s.addr);
         }
         // Jump to the farthest successor listed that answers (a dead one is skipped).
         let mut next = None;
