@@ -185,6 +185,12 @@ enum Command {
     /// maintenance messages per node per second. A hop is one message to another node on the
     /// way to the owner (0 when the entry owns the key); a lookup fails unless the key's owner
     /// before the crashes serves it (SIGCOMM'01 section 6.4).
+    ///
+    /// With --vnodes V > 1 each of the N nodes is a host running V virtual nodes (SIGCOMM'01
+    /// section 6.9), at --allocation positions: hops count network hops only (a host delivers
+    /// messages between its vnodes itself), crashes take whole hosts, lookups enter at a random
+    /// live host, and routing state and maintenance messages are reported per host, the
+    /// latter both as sent over the network and as counted by the vnodes.
     Sim(SimArgs),
     /// Keys per host on a simulated ring (Chord section 6.2 Figs. 8-9), with random virtual
     /// nodes or balanced positions
@@ -200,6 +206,15 @@ enum Command {
     /// many hosts) and one leave (host 0 of the 9 removed: to how many hosts its keys went).
     /// No node runs: a ring is its positions.
     Balance(BalanceArgs),
+}
+
+/// Where `chordkv sim`'s hosts put their vnodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SimAllocationArg {
+    /// Chord's virtual nodes: vnode 0 at the SHA-1 of the address, vnode i at that of "ADDR#i".
+    Random,
+    /// Positions chosen as the hosts join in index order, to even out their shares.
+    Balanced,
 }
 
 /// Which allocations `chordkv balance` measures.
@@ -258,9 +273,20 @@ struct BalanceArgs {
 
 #[derive(Debug, Args)]
 struct SimArgs {
-    /// Nodes in the ring.
+    /// Nodes in the ring (hosts, with --vnodes).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..(1 << 24)))]
     nodes: u64,
+    /// Virtual nodes (ring positions) per host.
+    #[arg(
+        long,
+        value_name = "V",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    vnodes: u16,
+    /// Where each host's positions go: random (Chord's virtual nodes) or balanced.
+    #[arg(long, value_name = "A", value_enum, default_value_t = SimAllocationArg::Random)]
+    allocation: SimAllocationArg,
     /// Routing scheme: classic, base:B or onehop.
     #[arg(long, value_name = "SCHEME", default_value = "classic")]
     routing: Routing,
@@ -930,6 +956,11 @@ fn cmd_sim(args: SimArgs) -> anyhow::Result<Outcome> {
     }
     let config = LookupSimConfig {
         nodes: args.nodes as usize,
+        vnodes: args.vnodes,
+        allocation: match args.allocation {
+            SimAllocationArg::Random => Allocation::Random,
+            SimAllocationArg::Balanced => Allocation::Balanced,
+        },
         routing: args.routing,
         cache_entries: args.cache,
         successors: args.successors as usize,
@@ -943,16 +974,26 @@ fn cmd_sim(args: SimArgs) -> anyhow::Result<Outcome> {
         concurrency: args.concurrency as usize,
         ..LookupSimConfig::default()
     };
+    // One random position per host is the simulator without virtual nodes, which prints as
+    // it always has.
+    let hosts = config.vnodes > 1 || config.allocation != Allocation::Random;
     if !args.json {
-        eprintln!(
-            "simulating {} nodes, routing {}, seed {} ...",
-            config.nodes, config.routing, config.seed
-        );
+        if hosts {
+            eprintln!(
+                "simulating {} hosts x {} vnodes ({}), routing {}, seed {} ...",
+                config.nodes, config.vnodes, config.allocation, config.routing, config.seed
+            );
+        } else {
+            eprintln!(
+                "simulating {} nodes, routing {}, seed {} ...",
+                config.nodes, config.routing, config.seed
+            );
+        }
     }
     let r = LookupSim::new(config.clone()).run();
     let mut out = io::stdout().lock();
     if args.json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "config": {
                 "nodes": config.nodes,
                 "routing": config.routing.to_string(),
@@ -990,12 +1031,29 @@ fn cmd_sim(args: SimArgs) -> anyhow::Result<Outcome> {
             "messages": r.messages,
             "wall_ms": r.wall_ms,
         });
+        if hosts {
+            v["config"]["vnodes"] = config.vnodes.into();
+            v["config"]["allocation"] = config.allocation.to_string().into();
+            v["state_per_host"] = r.state_per_host.into();
+            v["hosts_known_per_host"] = r.hosts_known_per_host.into();
+            v["maintenance_net_per_host_per_s"] = r.maintenance_net_per_host_per_s.into();
+            v["maintenance_per_host_per_s"] = r.maintenance_per_host_per_s.into();
+            v["maintenance_during_lookups_per_host_per_s"] =
+                r.maintenance_during_lookups_per_host_per_s.into();
+        }
         writeln!(out, "{v}")?;
     } else {
+        let size = if hosts {
+            format!(
+                "hosts {}  vnodes {} ({})",
+                config.nodes, config.vnodes, config.allocation
+            )
+        } else {
+            format!("nodes {}", config.nodes)
+        };
         writeln!(
             out,
-            "nodes {}  routing {}  cache {}  successors {}  workload {} ({} keys)  fail-fraction {}  seed {}",
-            config.nodes,
+            "{size}  routing {}  cache {}  successors {}  workload {} ({} keys)  fail-fraction {}  seed {}",
             config.routing,
             config.cache_entries,
             config.successors,
@@ -1006,15 +1064,34 @@ fn cmd_sim(args: SimArgs) -> anyhow::Result<Outcome> {
         )?;
         writeln!(
             out,
-            "hops: mean {:.3}  p1 {}  p50 {}  p99 {}  max {}  (to the predecessor, SIGCOMM'01 count: mean {:.3})",
-            r.hops.mean, r.hops.p1, r.hops.p50, r.hops.p99, r.hops.max, r.hops.mean_to_predecessor
+            "{}: mean {:.3}  p1 {}  p50 {}  p99 {}  max {}  (to the predecessor, SIGCOMM'01 count: mean {:.3})",
+            if hosts { "network hops" } else { "hops" },
+            r.hops.mean,
+            r.hops.p1,
+            r.hops.p50,
+            r.hops.p99,
+            r.hops.max,
+            r.hops.mean_to_predecessor
         )?;
         writeln!(
             out,
-            "failed lookups: {} of {} ({:.4}); {} nodes crashed, owning the keys of {:.4} of the lookups",
-            r.failed, r.lookups, r.failed_fraction, r.crashed, r.owner_crashed_fraction
+            "failed lookups: {} of {} ({:.4}); {} {} crashed, owning the keys of {:.4} of the lookups",
+            r.failed,
+            r.lookups,
+            r.failed_fraction,
+            r.crashed,
+            if hosts { "hosts" } else { "nodes" },
+            r.owner_crashed_fraction
         )?;
-        writeln!(out, "routing state per node: {:.1} nodes", r.state_per_node)?;
+        if hosts {
+            writeln!(
+                out,
+                "routing state per host: {:.1} entries over its {} vnodes ({:.1} per vnode), naming {:.1} other hosts",
+                r.state_per_host, config.vnodes, r.state_per_node, r.hosts_known_per_host
+            )?;
+        } else {
+            writeln!(out, "routing state per node: {:.1} nodes", r.state_per_node)?;
+        }
         if config.cache_entries > 0 {
             writeln!(
                 out,
@@ -1022,11 +1099,23 @@ fn cmd_sim(args: SimArgs) -> anyhow::Result<Outcome> {
                 r.cache_hit_rate, r.cache_entries_per_node, r.cache_stale
             )?;
         }
-        writeln!(
-            out,
-            "maintenance: {:.2} msgs per node per s (window), {:.2} during the lookups",
-            r.maintenance_msgs_per_node_per_s, r.maintenance_during_lookups_per_node_per_s
-        )?;
+        if hosts {
+            writeln!(
+                out,
+                "maintenance per host: {:.2} msgs per s over the network (window); {:.2} counting those \
+                 between its own vnodes ({:.2} per vnode), {:.2} during the lookups",
+                r.maintenance_net_per_host_per_s,
+                r.maintenance_per_host_per_s,
+                r.maintenance_msgs_per_node_per_s,
+                r.maintenance_during_lookups_per_host_per_s
+            )?;
+        } else {
+            writeln!(
+                out,
+                "maintenance: {:.2} msgs per node per s (window), {:.2} during the lookups",
+                r.maintenance_msgs_per_node_per_s, r.maintenance_during_lookups_per_node_per_s
+            )?;
+        }
         writeln!(
             out,
             "simulated {} ms, {} messages, in {:.1} s",

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use chordkv_core::chord::{Config, Routing};
 use chordkv_core::rng::Rng;
-use chordkv_harness::sim::lookup::{LookupReport, LookupSim, LookupSimConfig, Workload};
+use chordkv_harness::sim::lookup::{Allocation, LookupReport, LookupSim, LookupSimConfig, Workload};
 use chordkv_harness::sim::{Sim, SimConfig};
 use chordkv_protocol::{Id, Message};
 
@@ -308,4 +308,110 @@ fn a_one_hop_lookup_never_reaches_a_wrong_owner_under_churn() {
     for seed in seeds(&[5, 6]) {
         churn(Routing::OneHop, 0, seed);
     }
+}
+
+/// A run with `vnodes` per host, its configuration and report printed.
+fn simulate_hosts(config: LookupSimConfig) -> LookupReport {
+    println!(
+        "seed = {}, hosts {}, vnodes {} ({}), routing {}, fail-fraction {}",
+        config.seed, config.nodes, config.vnodes, config.allocation, config.routing, config.fail_fraction
+    );
+    let r = LookupSim::new(config).run();
+    println!("{r:?}");
+    r
+}
+
+#[test]
+fn one_vnode_per_host_counts_the_same_per_host_and_per_node() {
+    let r = simulate_hosts(LookupSimConfig {
+        nodes: 200,
+        lookups: 2_000,
+        maintenance_ms: 500,
+        ..LookupSimConfig::default()
+    });
+    assert_eq!(r.failed, 0);
+    // In the window nothing but routing maintenance runs: every request the driver carried is
+    // one the nodes counted.
+    assert!(r.maintenance_msgs_per_node_per_s > 0.0);
+    assert_eq!(
+        r.maintenance_net_per_host_per_s,
+        r.maintenance_msgs_per_node_per_s
+    );
+    assert_eq!(r.maintenance_per_host_per_s, r.maintenance_msgs_per_node_per_s);
+    assert_eq!(r.state_per_host, r.state_per_node);
+}
+
+#[test]
+fn four_vnodes_per_host_find_every_owner_and_report_maintenance_per_host() {
+    for (allocation, seed) in [(Allocation::Random, 11), (Allocation::Balanced, 12)] {
+        let (hosts, vnodes) = (40usize, 4u16);
+        let r = simulate_hosts(LookupSimConfig {
+            nodes: hosts,
+            vnodes,
+            allocation,
+            lookups: 2_000,
+            maintenance_ms: 1_000,
+            seed,
+            ..LookupSimConfig::default()
+        });
+        // Every lookup served by the vnode that owns its key.
+        assert_eq!(r.failed, 0, "seed {seed}");
+        assert!(r.hops.mean > 0.0, "seed {seed}: {:?}", r.hops);
+        // Maintenance per host: what its vnodes count, some of it to each other, the rest over
+        // the network.
+        let per_vnode = r.maintenance_msgs_per_node_per_s;
+        assert!(per_vnode > 0.0);
+        assert!((r.maintenance_per_host_per_s - f64::from(vnodes) * per_vnode).abs() < 1e-9);
+        assert!(r.maintenance_net_per_host_per_s > 0.0);
+        assert!(
+            r.maintenance_net_per_host_per_s < r.maintenance_per_host_per_s,
+            "seed {seed}: a host's vnodes talk to each other without the network"
+        );
+        assert!(r.maintenance_during_lookups_per_host_per_s > 0.0);
+        // Routing state per host: its vnodes' summed, naming at most every other host.
+        assert!((r.state_per_host - f64::from(vnodes) * r.state_per_node).abs() < 1e-9);
+        assert!(r.hosts_known_per_host > 0.0 && r.hosts_known_per_host <= (hosts - 1) as f64);
+    }
+}
+
+#[test]
+fn a_crashed_host_takes_all_its_vnodes_keys() {
+    // A crash silences a whole host: the lookups that fail are those whose key's vnode was on
+    // a crashed host, as for plain nodes.
+    let r = simulate_hosts(LookupSimConfig {
+        nodes: 200,
+        vnodes: 4,
+        fail_fraction: 0.2,
+        lookups: 3_000,
+        maintenance_ms: 500,
+        seed: 13,
+        ..LookupSimConfig::default()
+    });
+    assert_eq!(r.crashed, 40);
+    assert!(r.owner_crashed_fraction > 0.1);
+    assert!(
+        (r.failed_fraction - r.owner_crashed_fraction).abs() < 0.01,
+        "failed {} vs owners crashed {}",
+        r.failed_fraction,
+        r.owner_crashed_fraction
+    );
+}
+
+#[test]
+fn virtual_nodes_give_the_same_numbers_for_the_same_seed() {
+    let config = LookupSimConfig {
+        nodes: 60,
+        vnodes: 3,
+        allocation: Allocation::Balanced,
+        fail_fraction: 0.1,
+        lookups: 1_000,
+        maintenance_ms: 500,
+        seed: 21,
+        ..LookupSimConfig::default()
+    };
+    let mut a = simulate_hosts(config.clone());
+    let mut b = simulate_hosts(config);
+    a.wall_ms = 0;
+    b.wall_ms = 0;
+    assert_eq!(a, b);
 }
