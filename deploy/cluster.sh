@@ -14,7 +14,11 @@
 # Exit codes: 0 success (`status`: every node running and the ring consistent), 1 failure,
 # 2 bad arguments or a bad inventory. Every ssh call has a connect timeout and an overall
 # timeout, and every wait is bounded.
-set -euo pipefail
+set -Eeuo pipefail
+# A command that fails where no caller checks it ends the script (set -e); say which, so no
+# failure is silent (errtrace: also inside functions and subshells).
+# A deliberate `return N` or `exit N` is not such a failure.
+trap '_err_rc=$?; case $BASH_COMMAND in return* | exit*) ;; *) echo "cluster.sh: error: line $LINENO: \`$BASH_COMMAND\` failed with status $_err_rc" >&2 ;; esac' ERR
 
 usage() {
     cat >&2 <<'EOF'
@@ -411,7 +415,8 @@ cmd_keyring() {
 }
 
 cmd_push() {
-    local binary arches name failed=0
+    local binary arches name failed=0 rc
+    local -A pid
     binary=$(binary_path)
     [ -f "$binary" ] || die "no chordkv binary at $binary: run \`cargo build --release --bin chordkv\` or set binary= in the inventory"
     arches=$(elf_arches "$binary")
@@ -419,11 +424,17 @@ cmd_push() {
     # Every host at once; each reports into its own files, printed in inventory order.
     for name in "$@"; do
         (push_host "$name" "$binary" "$arches" >"$tmp/push-out-$name" 2>&1) &
+        pid[$name]=$!
     done
-    wait
     for name in "$@"; do
+        rc=0
+        wait "${pid[$name]}" || rc=$?
         cat "$tmp/push-out-$name"
-        grep -q "^$name: pushed" "$tmp/push-out-$name" || failed=1
+        if ! grep -q "^$name: pushed" "$tmp/push-out-$name"; then
+            failed=1
+            # A push that died of a signal (status > 128) leaves no message of its own.
+            [ -s "$tmp/push-out-$name" ] || echo "cluster.sh: error: the push to $name ended with status $rc and no message" >&2
+        fi
     done
     [ "$failed" -eq 0 ] || die "the push failed on some hosts (see above)"
 }
