@@ -26,6 +26,12 @@
 //!
 //! With one vnode a host is exactly its node: frames, ids and counters are unchanged on the
 //! wire (request ids aside, which only their sender reads).
+//!
+//! **Work per input is O(vnodes touched), not O(V).** The host keeps each vnode's
+//! `next_deadline` (refreshed after every input that reached the vnode) and the set of vnodes
+//! an input reached: `tick` runs only the vnodes whose deadline has come, and only touched
+//! vnodes are polled for outputs. A node needs a `tick` only at its `next_deadline` (the
+//! simulator has always driven nodes that way), so this changes no behaviour.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -77,6 +83,11 @@ pub struct Host {
     next_gather: u64,
     /// Vnodes still to leave, one at a time (`leave`).
     leaving: Option<usize>,
+    /// Each vnode's `next_deadline`, as of the last input that reached it.
+    deadlines: Vec<Millis>,
+    /// Vnodes an input reached since the last [`Host::pump`] (`is_touched` marks them).
+    touched: Vec<u16>,
+    is_touched: Vec<bool>,
     left_reported: bool,
     out: VecDeque<Output>,
 }
@@ -112,10 +123,15 @@ impl Host {
     pub fn from_vnodes(addr: SocketAddr, vnodes: Vec<Node>) -> Host {
         let mut order: Vec<(Id, u16)> = vnodes.iter().map(|n| (n.me().id, n.me().addr.vnode)).collect();
         order.sort();
+        let deadlines = vnodes.iter().map(|n| n.next_deadline()).collect();
+        let v = vnodes.len();
         Host {
             addr,
             vnodes,
             order,
+            deadlines,
+            touched: Vec::with_capacity(v),
+            is_touched: vec![false; v],
             local: VecDeque::new(),
             gathers: BTreeMap::new(),
             next_gather: 0,
@@ -173,11 +189,7 @@ impl Host {
 
     /// The earliest time any vnode needs a `tick`.
     pub fn next_deadline(&self) -> Millis {
-        self.vnodes
-            .iter()
-            .map(|n| n.next_deadline())
-            .min()
-            .unwrap_or(Millis::MAX)
+        self.deadlines.iter().copied().min().unwrap_or(Millis::MAX)
     }
 
     /// The next output for the driver.
@@ -209,6 +221,7 @@ impl Host {
         for n in &mut self.vnodes[1..] {
             n.join(now, first);
         }
+        self.touch_all();
         self.pump(now);
     }
 
@@ -217,6 +230,7 @@ impl Host {
         for n in &mut self.vnodes {
             n.join(now, NodeAddr::host(via));
         }
+        self.touch_all();
         self.pump(now);
     }
 
@@ -226,6 +240,8 @@ impl Host {
         for n in &mut self.vnodes {
             n.add_join_peers(&peers);
         }
+        self.touch_all();
+        self.refresh_deadlines();
     }
 
     /// Leaves the ring gracefully, one vnode at a time (each hands its range to its
@@ -234,16 +250,20 @@ impl Host {
         if self.leaving.is_none() {
             self.leaving = Some(0);
             self.vnodes[0].leave(now);
+            self.touch(0);
             self.pump(now);
         }
     }
 
     // ---- inputs ----------------------------------------------------------------------------
 
-    /// Timers of every vnode.
+    /// Timers of every vnode whose deadline has come (the others have nothing due).
     pub fn tick(&mut self, now: Millis) {
-        for n in &mut self.vnodes {
-            n.tick(now);
+        for v in 0..self.vnodes.len() {
+            if self.deadlines[v] <= now {
+                self.vnodes[v].tick(now);
+                self.touch(v);
+            }
         }
         self.pump(now);
     }
@@ -270,13 +290,17 @@ impl Host {
                 });
                 return;
             }
-            Some(v) => self.vnodes[usize::from(v)].handle_request(now, reply_to, frame),
+            Some(v) => {
+                self.vnodes[usize::from(v)].handle_request(now, reply_to, frame);
+                self.touch(usize::from(v));
+            }
             None if matches!(frame.message, Message::GetStats) && self.vnodes.len() > 1 => {
                 self.gather_stats(now, reply_to, frame)
             }
             None => {
                 let v = self.vnode_for(&frame);
-                self.vnodes[v].handle_request(now, reply_to, frame)
+                self.vnodes[v].handle_request(now, reply_to, frame);
+                self.touch(v);
             }
         }
         self.pump(now);
@@ -288,6 +312,7 @@ impl Host {
         frame.request_id >>= VNODE_BITS;
         if let Some(n) = self.vnodes.get_mut(v) {
             n.handle_reply(now, from, frame);
+            self.touch(v);
             self.pump(now);
         }
     }
@@ -297,6 +322,7 @@ impl Host {
         let v = (request_id & VNODE_MASK) as usize;
         if let Some(n) = self.vnodes.get_mut(v) {
             n.send_failed(now, request_id >> VNODE_BITS);
+            self.touch(v);
             self.pump(now);
         }
     }
@@ -306,6 +332,7 @@ impl Host {
         for n in &mut self.vnodes {
             n.peer_unreachable(now, host);
         }
+        self.touch_all();
         self.pump(now);
     }
 
@@ -314,6 +341,7 @@ impl Host {
         let v = (id & VNODE_MASK) as usize;
         if let Some(n) = self.vnodes.get_mut(v) {
             n.store_done(now, id >> VNODE_BITS, result);
+            self.touch(v);
             self.pump(now);
         }
     }
@@ -346,31 +374,66 @@ impl Host {
         usize::from(self.order[before].1)
     }
 
-    /// Moves every vnode's outputs: to the driver, or to a sibling vnode, until none is left.
+    /// Marks vnode `v` as reached by an input: [`Host::pump`] polls it and refreshes its
+    /// deadline.
+    fn touch(&mut self, v: usize) {
+        if !self.is_touched[v] {
+            self.is_touched[v] = true;
+            self.touched.push(v as u16);
+        }
+    }
+
+    fn touch_all(&mut self) {
+        for v in 0..self.vnodes.len() {
+            self.touch(v);
+        }
+    }
+
+    /// The deadlines of the touched vnodes, read again; the touched set is emptied.
+    fn refresh_deadlines(&mut self) {
+        for v in self.touched.drain(..) {
+            let v = usize::from(v);
+            self.is_touched[v] = false;
+            self.deadlines[v] = self.vnodes[v].next_deadline();
+        }
+    }
+
+    /// Moves the touched vnodes' outputs: to the driver, or to a sibling vnode (which is
+    /// touched in turn), until none is left; then refreshes their deadlines.
     fn pump(&mut self, now: Millis) {
         loop {
             let mut moved = false;
-            for v in 0..self.vnodes.len() {
-                while let Some(o) = self.vnodes[v].poll_output() {
+            let mut i = 0;
+            while i < self.touched.len() {
+                let v = self.touched[i];
+                while let Some(o) = self.vnodes[usize::from(v)].poll_output() {
                     moved = true;
-                    self.route_output(v as u16, o);
+                    self.route_output(v, o);
                 }
+                i += 1;
             }
             while let Some(l) = self.local.pop_front() {
                 moved = true;
                 match l {
-                    Local::Request { to, from, frame } => self.vnodes[usize::from(to)].handle_request(
-                        now,
-                        ReplyTo(HOST_REPLY | u64::from(from)),
-                        frame,
-                    ),
+                    Local::Request { to, from, frame } => {
+                        self.vnodes[usize::from(to)].handle_request(
+                            now,
+                            ReplyTo(HOST_REPLY | u64::from(from)),
+                            frame,
+                        );
+                        self.touch(usize::from(to));
+                    }
                     Local::Reply { to, frame } => {
-                        self.vnodes[usize::from(to)].handle_reply(now, self.addr, frame)
+                        self.vnodes[usize::from(to)].handle_reply(now, self.addr, frame);
+                        self.touch(usize::from(to));
                     }
                 }
             }
-            self.advance_leave(now);
+            if self.advance_leave(now) {
+                moved = true;
+            }
             if !moved {
+                self.refresh_deadlines();
                 return;
             }
         }
@@ -412,21 +475,26 @@ impl Host {
         }
     }
 
-    /// One vnode at a time: when the leaving one is done, the next starts.
-    fn advance_leave(&mut self, now: Millis) {
+    /// One vnode at a time: when the leaving one is done, the next starts. Whether a vnode
+    /// started to leave (it has outputs to move).
+    fn advance_leave(&mut self, now: Millis) -> bool {
         let Some(i) = self.leaving else {
-            return;
+            return false;
         };
         if !self.vnodes[i].is_left() {
-            return;
+            return false;
         }
         if i + 1 < self.vnodes.len() {
             self.leaving = Some(i + 1);
             self.vnodes[i + 1].leave(now);
-        } else if !self.left_reported {
+            self.touch(i + 1);
+            return true;
+        }
+        if !self.left_reported {
             self.left_reported = true;
             self.out.push_back(Output::Left);
         }
+        false
     }
 
     // ---- counters for the whole host -------------------------------------------------------
@@ -446,6 +514,7 @@ impl Host {
             let to = ReplyTo(HOST_REPLY | GATHER_REPLY | (g << VNODE_BITS) | v as u64);
             n.handle_request(now, to, Frame::new(0, Message::GetStats));
         }
+        self.touch_all();
     }
 
     fn gathered(&mut self, tag: u64, frame: Frame) {
