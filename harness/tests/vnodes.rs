@@ -89,38 +89,59 @@ fn write_keys(s: &mut Sim, rng: &mut Rng) -> Vec<String> {
 #[test]
 fn a_ring_of_hosts_with_vnodes_converges_and_keeps_each_key_on_distinct_hosts() {
     for seed in seeds(&[1, 2]) {
-        let replicas = 2;
-        let mut s = sim_of(seed, 16, replicas, PartitionPolicy::Consistent);
-        let mut rng = Rng::new(seed);
-        build_ring(&mut s, 8, &mut rng);
-        assert_eq!(s.host(0).vnodes().len(), 16, "every host runs its vnodes");
-        let keys = write_keys(&mut s, &mut rng);
-        // Anti-entropy settles the copies; then each key is on exactly its preference list of
-        // distinct hosts: replicas + 1 machines, never two copies on one.
-        let until = s.now() + 60_000;
-        let settled = |s: &Sim| {
-            keys.iter()
-                .all(|k| holder_hosts(s, k) == preference_hosts(s, k, replicas))
-        };
-        while !settled(&s) && s.now() < until {
-            s.run_for(500);
-        }
-        for k in &keys {
-            assert_eq!(
-                holder_hosts(&s, k),
-                preference_hosts(&s, k, replicas),
-                "seed {seed}: the hosts holding {k}\n{}",
-                s.describe_ring()
-            );
-        }
-        for k in &keys {
-            let via = rng.below(8) as usize;
-            assert_eq!(
-                value_of(&s.get(via, k)),
-                Some(Bytes::from(format!("v-{k}"))),
-                "seed {seed}: GET {k} through host {via}"
-            );
-        }
+        converges_with_each_key_on_distinct_hosts(seed, 8, 16);
+    }
+}
+
+/// 3 hosts of 16 vnodes with 2 replicas: every key on all 3. A successor list of 8 positions
+/// often named only 2 hosts here (9 positions in a row on 2 of the 3), so those ranges had 2
+/// copies, not 3; the list now runs to its 8th other host (or its bound).
+#[test]
+fn with_few_hosts_the_successor_list_reaches_enough_hosts_for_every_replica() {
+    for seed in seeds(&[1, 2, 3]) {
+        converges_with_each_key_on_distinct_hosts(seed, 3, 16);
+    }
+}
+
+/// Builds a ring of `hosts` hosts of `vnodes` vnodes (replicas 2, consistent), writes
+/// [`KEYS`] keys, and checks that anti-entropy settles each on exactly its preference list
+/// of distinct hosts, and that every key reads back through any host.
+fn converges_with_each_key_on_distinct_hosts(seed: u64, hosts: usize, vnodes: u16) {
+    let replicas = 2;
+    let mut s = sim_of(seed, vnodes, replicas, PartitionPolicy::Consistent);
+    let mut rng = Rng::new(seed);
+    build_ring(&mut s, hosts, &mut rng);
+    assert_eq!(
+        s.host(0).vnodes().len(),
+        usize::from(vnodes),
+        "every host runs its vnodes"
+    );
+    let keys = write_keys(&mut s, &mut rng);
+    // Anti-entropy settles the copies; then each key is on exactly its preference list of
+    // distinct hosts: replicas + 1 machines, never two copies on one.
+    let until = s.now() + 60_000;
+    let settled = |s: &Sim| {
+        keys.iter()
+            .all(|k| holder_hosts(s, k) == preference_hosts(s, k, replicas))
+    };
+    while !settled(&s) && s.now() < until {
+        s.run_for(500);
+    }
+    for k in &keys {
+        assert_eq!(
+            holder_hosts(&s, k),
+            preference_hosts(&s, k, replicas),
+            "seed {seed}: the hosts holding {k}\n{}",
+            s.describe_ring()
+        );
+    }
+    for k in &keys {
+        let via = rng.below(hosts as u64) as usize;
+        assert_eq!(
+            value_of(&s.get(via, k)),
+            Some(Bytes::from(format!("v-{k}"))),
+            "seed {seed}: GET {k} through host {via}"
+        );
     }
 }
 

@@ -163,7 +163,7 @@ impl Node {
         }
         self.routing.set_successors(list, self.config.successors);
         // The list reached around the ring to us (and was cut there): the ring is this small.
-        self.succ_wrapped = wrapped && self.routing.successors().len() < self.config.successors;
+        self.succ_wrapped = wrapped && self.routing.successor_hosts() < self.config.successors;
         let first_live = self
             .routing
             .successors()

@@ -330,7 +330,7 @@ impl Node {
         self.predecessor = predecessor.filter(|p| p.addr != self.me.addr);
         self.routing
             .set_successors(successors.iter().copied(), self.config.successors);
-        self.succ_wrapped = successors.len() < self.config.successors;
+        self.succ_wrapped = self.routing.successor_hosts() < self.config.successors;
         self.routing.fill_fingers(successor_of);
         if let (Some(table), Some(members)) = (self.members.as_mut(), members) {
             *table = Membership::from_sorted(members);

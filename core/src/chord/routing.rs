@@ -25,6 +25,7 @@
 //! and answers by binary search.
 
 use chordkv_protocol::NodeAddr;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use chordkv_protocol::{Id, NodeRef};
@@ -33,6 +34,10 @@ use super::config::Routing;
 
 /// The largest base `base:B` accepts (255 fingers per level, 5,100 in all).
 pub const MAX_BASE: u32 = 256;
+
+/// Bound of the successor list in entries, per host it must name ([`Routing::set_successors`]):
+/// with virtual nodes, positions of few hosts can run long between other hosts.
+pub const MAX_POSITIONS_PER_SUCCESSOR: usize = 4;
 
 /// Finger offsets `j * B^i` (`j = 1..B-1`, every product below 2^160), ascending, shared by
 /// every table with the same base.
@@ -188,22 +193,49 @@ impl RoutingTable {
         &self.successors
     }
 
-    /// Replaces the successor list (`me` and duplicates are dropped, order kept).
+    /// Replaces the successor list (`me` and duplicates are dropped, order kept): the entries
+    /// up to the last of the first `max` hosts other than ours (Chord's `r` counts machines,
+    /// so the ring survives `r - 1` adjacent host failures and a key finds `replicas` other
+    /// hosts in it, as Dynamo's preference list skips further positions of a host, section
+    /// 4.3), at most `max * MAX_POSITIONS_PER_SUCCESSOR` entries. With one vnode per host:
+    /// the first `max` entries.
     pub fn set_successors(&mut self, list: impl IntoIterator<Item = NodeRef>, max: usize) {
+        let cap = max.saturating_mul(MAX_POSITIONS_PER_SUCCESSOR);
         let mut out: Vec<NodeRef> = Vec::with_capacity(max);
+        let mut hosts: Vec<SocketAddr> = Vec::with_capacity(max);
         for n in list {
-            if out.len() == max {
+            if out.len() == cap {
                 break;
             }
-            if n.addr != self.me.addr && !out.iter().any(|o| o.addr == n.addr) {
-                out.push(n);
+            if n.addr == self.me.addr || out.iter().any(|o| o.addr == n.addr) {
+                continue;
             }
+            let host = n.addr.host;
+            if host != self.me.addr.host && !hosts.contains(&host) {
+                if hosts.len() == max {
+                    break;
+                }
+                hosts.push(host);
+            }
+            out.push(n);
         }
         if out != self.successors {
             out.shrink_to_fit();
             self.successors = out;
             self.rebuild();
         }
+    }
+
+    /// How many hosts other than ours the successor list names (its length with one vnode
+    /// per host): the list is complete when this is the configured `successors`.
+    pub fn successor_hosts(&self) -> usize {
+        let mut hosts: Vec<SocketAddr> = Vec::with_capacity(self.successors.len());
+        for n in &self.successors {
+            if n.addr.host != self.me.addr.host && !hosts.contains(&n.addr.host) {
+                hosts.push(n.addr.host);
+            }
+        }
+        hosts.len()
     }
 
     /// Removes every mention of the node at `addr`; returns whether it was known.

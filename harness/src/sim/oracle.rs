@@ -22,8 +22,10 @@ use bytes::Bytes;
 use chordkv_protocol::{in_open, Id, NodeAddr, NodeRef};
 use std::collections::BTreeMap;
 use std::hash::Hasher;
+use std::net::SocketAddr;
 
 use super::Sim;
+use chordkv_core::chord::routing::MAX_POSITIONS_PER_SUCCESSOR;
 use chordkv_core::chord::{Node, Phase};
 use chordkv_core::store::Store;
 
@@ -94,10 +96,24 @@ impl Sim {
                     want_pred.addr
                 ));
             }
-            let want: Vec<NodeAddr> = (1..n)
-                .take(self.config.chord.successors)
-                .map(|d| ring[(k + d) % n].addr)
-                .collect();
+            // The following positions up to the last of the first `successors` hosts other
+            // than ours, at most `successors * MAX_POSITIONS_PER_SUCCESSOR` of them.
+            let r = self.config.chord.successors;
+            let mut want: Vec<NodeAddr> = Vec::new();
+            let mut hosts: Vec<SocketAddr> = Vec::new();
+            for d in 1..n {
+                let a = ring[(k + d) % n].addr;
+                if want.len() == r * MAX_POSITIONS_PER_SUCCESSOR {
+                    break;
+                }
+                if a.host != me.addr.host && !hosts.contains(&a.host) {
+                    if hosts.len() == r {
+                        break;
+                    }
+                    hosts.push(a.host);
+                }
+                want.push(a);
+            }
             let got: Vec<NodeAddr> = node.successors().iter().map(|s| s.addr).collect();
             if got != want {
                 return Some(format!("{} successors {:?}, want {:?}", me.addr, got, want));
