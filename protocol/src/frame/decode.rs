@@ -461,7 +461,11 @@ impl<'a> Reader<'a> {
     fn frame<T>(&mut self, h: Header, wrap: impl FnOnce(Frame) -> T) -> DResult<T> {
         use Message::*;
         let deadline_ms = if h.flags & FLAG_DEADLINE != 0 {
-            self.u64()?
+            match self.u64()? {
+                // The encoder sets the flag only with a deadline: a frame has one encoding.
+                0 => return Err(DecodeError::Malformed("FLAG_DEADLINE with a deadline of 0")),
+                d => d,
+            }
         } else {
             0
         };
