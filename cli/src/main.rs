@@ -159,10 +159,14 @@ enum Command {
     /// (from their copies: what only the dead node held is lost). Under `available` it ends the
     /// probing of the node and lets tombstones its ranges held back be collected. A forgotten
     /// node that comes back joins as a new member; restart it with an empty store.
+    ///
+    /// With virtual nodes (--vnodes), IP:PORT forgets the whole process: every ring position
+    /// it ran; IP:PORT#I forgets its position (vnode) I only, as `chordkv ring` lists it.
     Forget {
         #[command(flatten)]
         target: Target,
-        /// The address of the node to forget (as the ring knows it).
+        /// The node to forget, as the ring knows it: IP:PORT (the host: every position it
+        /// ran) or IP:PORT#I (its vnode I only).
         #[arg(value_name = "DEAD_ADDR")]
         dead: String,
         /// The ring's keyring, when the ring runs with one: FORGET is a peer operation, sent
@@ -862,22 +866,35 @@ fn cmd_forget(
     keyring: Option<&std::path::Path>,
     timeout: Duration,
 ) -> anyhow::Result<Outcome> {
-    let dead = parse_addr(dead)?;
+    // `ip:port` is the host, every position it ran; `ip:port#i` its vnode i only.
+    let (host, vnode) = match dead.rsplit_once('#') {
+        Some((host, i)) => {
+            let i = i.parse::<u16>().map_err(|_| {
+                anyhow!("invalid address '{dead}': expected IP:PORT or IP:PORT#VNODE, e.g. 127.0.0.1:7000#3")
+            })?;
+            (parse_addr(host)?, Some(i))
+        }
+        None => (parse_addr(dead)?, None),
+    };
+    let addr = NodeAddr::new(host, vnode.unwrap_or(0));
     let mut client = connect(target, timeout)?;
-    // The ring knows the node by its advertised address, and by the id derived from it
-    // unless it was started with --id: ask the ring for the id it knows.
-    let node = client
-        .member_at(NodeAddr::host(dead))?
-        .unwrap_or_else(|| NodeRef::from_addr(dead));
-    let forgotten = match keyring {
-        None => client.forget(node)?,
-        Some(path) => forget_as_peer(client.addr(), path, node, timeout)?,
+    // The ring knows a position by its id: ask the node for the one it knows (a node that
+    // knows the position itself uses its own; this is only a hint).
+    let node = client.member_at(addr)?.unwrap_or_else(|| NodeRef::guess(addr));
+    let forgotten = match (keyring, vnode) {
+        (None, None) => client.forget_host(node)?,
+        (None, Some(_)) => client.forget(node)?,
+        (Some(path), _) => forget_as_peer(client.addr(), path, node, vnode.is_none(), timeout)?,
+    };
+    let what = match vnode {
+        None => format!("{host} (every position of the host)"),
+        Some(_) => addr.to_string(),
     };
     let mut out = io::stdout().lock();
     if forgotten {
-        writeln!(out, "forgotten: {dead}")?;
+        writeln!(out, "forgotten: {what}")?;
     } else {
-        writeln!(out, "already forgotten: {dead}")?;
+        writeln!(out, "already forgotten: {what}")?;
     }
     out.flush()?;
     Ok(Outcome::Success)
@@ -904,13 +921,14 @@ fn forget_as_peer(
     addr: SocketAddr,
     keyring: &std::path::Path,
     node: NodeRef,
+    whole_host: bool,
     timeout: Duration,
 ) -> anyhow::Result<bool> {
     let keyring = server::keyring::Keyring::load(keyring)?;
     let mut channel = server::secure::connect_blocking(addr, &keyring)
         .with_context(|| format!("cannot open an authenticated connection to {addr}"))?;
     channel.stream.set_read_timeout(Some(timeout))?;
-    let frame = chordkv_protocol::Frame::new(1, chordkv_protocol::Message::Forget { node });
+    let frame = chordkv_protocol::Frame::new(1, chordkv_protocol::Message::Forget { node, whole_host });
     channel.send(&frame.to_bytes()?)?;
     match channel.recv_frame()?.message {
         chordkv_protocol::Message::ForgetReply { forgotten } => Ok(forgotten),

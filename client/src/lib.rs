@@ -459,10 +459,22 @@ impl Client {
         }
     }
 
-    /// Tells the node that `node` is gone for good (`chordkv forget`); the node passes the
-    /// notice around the ring. Returns whether it was news to this node.
+    /// Tells the node that the ring position `node` is gone for good (`chordkv forget
+    /// ip:port#i`); the node passes the notice around the ring. Returns whether it was news to
+    /// this node.
     pub fn forget(&mut self, node: NodeRef) -> Result<bool> {
-        match self.request(Message::Forget { node })? {
+        self.send_forget(node, false)
+    }
+
+    /// Tells the node that the host (process) of `node` is gone for good with every ring
+    /// position it ran (`chordkv forget ip:port`; `node` is its vnode 0, or any of its
+    /// positions). Returns whether it was news to this node.
+    pub fn forget_host(&mut self, node: NodeRef) -> Result<bool> {
+        self.send_forget(node, true)
+    }
+
+    fn send_forget(&mut self, node: NodeRef, whole_host: bool) -> Result<bool> {
+        match self.request(Message::Forget { node, whole_host })? {
             Message::ForgetReply { forgotten } => Ok(forgotten),
             other => Err(unexpected("FORGET", &other)),
         }

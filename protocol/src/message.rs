@@ -398,9 +398,13 @@ pub enum Message {
         clock: u64,
     },
     /// An operator declares `node` gone for good (`chordkv forget`): it leaves the membership
-    /// as if it had left gracefully, so the ring can serve its ranges again.
+    /// as if it had left gracefully, so the ring can serve its ranges again. With
+    /// `whole_host`, every position (virtual node) of `node`'s host goes: a dead process takes
+    /// all its positions with it. `node.id` is a hint: a node that knows a position uses the
+    /// id it knows.
     Forget {
         node: NodeRef,
+        whole_host: bool,
     },
     ForgetReply {
         forgotten: bool,

@@ -313,11 +313,24 @@ impl Node {
         self.leases.release(&node.id, me);
     }
 
-    /// An operator declares `node` gone for good (`chordkv forget`): it leaves our lists like
-    /// a node that left, and the notice goes around the ring (each node passes it to its first
-    /// live successor, once).
-    pub(super) fn handle_forget(&mut self, now: Millis, to: ReplyTo, rid: u64, node: NodeRef) {
-        if node.addr == self.me.addr {
+    /// An operator declares `node` gone for good (`chordkv forget`), or with `whole_host`
+    /// every position of its host (a dead process with virtual nodes): they leave our lists
+    /// like nodes that left, and the notice goes around the ring (each node passes it to its
+    /// first live successor, once: while it forgets a position it had not).
+    pub(super) fn handle_forget(
+        &mut self,
+        now: Millis,
+        to: ReplyTo,
+        rid: u64,
+        node: NodeRef,
+        whole_host: bool,
+    ) {
+        let mine = if whole_host {
+            node.addr.host == self.me.addr.host
+        } else {
+            node.addr == self.me.addr
+        };
+        if mine {
             let msg = Message::Error {
                 code: ErrorCode::BadRequest,
                 hops: 0,
@@ -325,9 +338,12 @@ impl Node {
             };
             return self.reply(to, rid, msg);
         }
-        let new = !self.live.gone.contains_key(&node.addr);
+        let targets = self.forget_targets(node, whole_host);
+        let new = !targets.is_empty();
+        for n in targets {
+            self.depart(now, n);
+        }
         if new {
-            self.depart(now, node);
             let next = self
                 .routing
                 .successors()
@@ -335,10 +351,47 @@ impl Node {
                 .find(|n| !self.is_dead(&n.addr))
                 .copied();
             if let Some(next) = next {
-                self.send_rpc(now, next.addr, Message::Forget { node }, RpcKind::Probe, 0);
+                let msg = Message::Forget { node, whole_host };
+                self.send_rpc(now, next.addr, msg, RpcKind::Probe, 0);
             }
         }
         self.reply(to, rid, Message::ForgetReply { forgotten: new });
+    }
+
+    /// The positions a `FORGET` of `node` (with `whole_host`, of every vnode of its host)
+    /// takes out of our lists, those not gone already: `node` itself, and with `whole_host`
+    /// every other position of its host that we know of (a successor, finger, predecessor,
+    /// reported predecessor, departed or presumed-down peer). Each keeps the id we know, which
+    /// an operator's `node.id` may only guess; a presumed-down peer known by address alone is
+    /// named by its address (only the address keeps it out of our lists).
+    fn forget_targets(&self, node: NodeRef, whole_host: bool) -> Vec<NodeRef> {
+        let hit = |a: &NodeAddr| {
+            if whole_host {
+                a.host == node.addr.host
+            } else {
+                *a == node.addr
+            }
+        };
+        let mut known: BTreeMap<NodeAddr, NodeRef> = BTreeMap::new();
+        for a in self.live.dead.keys().filter(|a| hit(a)) {
+            known.insert(*a, NodeRef::guess(*a));
+        }
+        known.insert(node.addr, node);
+        let pred_list = self.repl.pred_list.iter().flat_map(|(_, list)| list.iter());
+        let departed = self.live.departed.values().map(|d| &d.node);
+        let listed = self
+            .predecessor
+            .iter()
+            .chain(self.routing.known_nodes())
+            .chain(pred_list)
+            .chain(departed);
+        for n in listed.filter(|n| hit(&n.addr)) {
+            known.insert(n.addr, *n);
+        }
+        known
+            .into_values()
+            .filter(|n| !self.live.gone.contains_key(&n.addr))
+            .collect()
     }
 
     /// Out of every list, and kept out for a while: `node` left or was forgotten (the notice

@@ -237,7 +237,7 @@ impl Node {
                 start,
                 holder,
             } => self.handle_lease(now, reply_to, rid, primary, start, holder),
-            Message::Forget { node } => self.handle_forget(now, reply_to, rid, node),
+            Message::Forget { node, whole_host } => self.handle_forget(now, reply_to, rid, node, whole_host),
             Message::Ping => self.reply(reply_to, rid, Message::Pong { node: self.me }),
             Message::Leaving {
                 node,

@@ -591,7 +591,8 @@ impl<'a> Reader<'a> {
             }
             opcode::FORGET => {
                 let node = self.node()?;
-                done!(Forget { node })
+                let whole_host = self.bool()?;
+                done!(Forget { node, whole_host })
             }
             opcode::FORGET_REPLY => {
                 let forgotten = self.bool()?;

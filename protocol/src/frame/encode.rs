@@ -425,7 +425,11 @@ fn write_message<S: Sink>(msg: &Message, out: &mut S) -> Result<(), S::Error> {
             out.option(previous, S::node)?;
             out.u64(*clock)
         }
-        Pong { node } | Forget { node } => out.node(node),
+        Pong { node } => out.node(node),
+        Forget { node, whole_host } => {
+            out.node(node)?;
+            out.bool(*whole_host)
+        }
         Leaving {
             node,
             predecessor,

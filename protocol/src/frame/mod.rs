@@ -107,7 +107,7 @@
 //!  0x15  GetMembers              after Id
 //!  0x16  MemberEvents            limit Id | events Vec<MemberEvent>
 //!  0x17  Lease                   primary NodeRef | start Id | holder NodeRef
-//!  0x18  Forget                  node NodeRef
+//!  0x18  Forget                  node NodeRef | whole_host bool
 //!  0x20  Transfer                transfer_id u64 | start Id | end Id | items Vec<Item>
 //!                                | last bool | clock u64
 //!  0x21  Replicate               items Vec<Item>

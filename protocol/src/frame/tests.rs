@@ -230,7 +230,14 @@ fn samples() -> Vec<Message> {
             fence: u64::MAX,
             clock: 0,
         },
-        Forget { node: v6(3) },
+        Forget {
+            node: v6(3),
+            whole_host: false,
+        },
+        Forget {
+            node: v4(2),
+            whole_host: true,
+        },
         ForgetReply { forgotten: true },
         NotifyReply {
             accepted: true,
@@ -1620,7 +1627,7 @@ mod prop {
                     clock
                 }
             ),
-            node().prop_map(|node| Forget { node }),
+            (node(), any::<bool>()).prop_map(|(node, whole_host)| Forget { node, whole_host }),
             any::<bool>().prop_map(|forgotten| ForgetReply { forgotten }),
             (any::<bool>(), option::of(node()), any::<u64>()).prop_map(|(accepted, previous, clock)| {
                 NotifyReply {
