@@ -80,11 +80,11 @@ bad_input() {
 
 # --- the inventory ----------------------------------------------------------------------------
 
-# Cluster-wide settings and their defaults; `routing`, `cache` and `node_args` are passed
-# only when set.
+# Cluster-wide settings and their defaults; `routing`, `cache`, `vnodes` and `node_args` are
+# passed only when set.
 declare -A cfg=(
     [replicas]="" [ack]="" [successors]="" [stabilize_ms]="" [store_threads]=""
-    [routing]="" [cache]="" [node_args]="" [store]=memory
+    [routing]="" [cache]="" [vnodes]="" [node_args]="" [store]=memory
     [ssh_user]="" [ssh_port]=22 [ssh_key]="" [ssh_options]="" [known_hosts]=""
     [dir]=chordkv [binary]="" [start_timeout_s]=30 [stop_timeout_s]=15 [ring_timeout_s]=60
     [keyring]="" [requirepass]="" [protected_mode]=no
@@ -92,10 +92,12 @@ declare -A cfg=(
 # Cluster settings that become `chordkv node` flags: setting -> flag.
 declare -A node_flag=(
     [replicas]=--replicas [ack]=--ack [successors]=--successors [stabilize_ms]=--stabilize-ms
-    [store_threads]=--store-threads [routing]=--routing [cache]=--cache
+    [store_threads]=--store-threads [routing]=--routing [cache]=--cache [vnodes]=--vnodes
 )
 # Flags a node binary may lack (they arrived after the first releases): checked on push.
-optional_flags=(routing cache)
+optional_flags=(routing cache vnodes)
+# The most virtual nodes a node runs (`chordkv node --vnodes`, core/src/options.rs MAX_VNODES).
+MAX_VNODES=256
 
 names=()
 declare -A h_user h_host h_port h_listen h_advertise h_resp h_store h_key h_dir h_spare
@@ -180,6 +182,9 @@ parse_inventory() {
             value=${value#"${value%%[![:space:]]*}"}
             value=${value%"${value##*[![:space:]]}"}
             [ -n "${cfg[$key]+set}" ] || bad_input "$file:$lineno: unknown setting '$key' (${!cfg[*]})"
+            if [ "$key" = vnodes ] && [ -n "$value" ] && ! { [[ $value =~ ^[0-9]{1,3}$ ]] && ((10#$value >= 1 && 10#$value <= MAX_VNODES)); }; then
+                bad_input "$file:$lineno: vnodes=$value: expected a whole number of ring positions per node, 1 to $MAX_VNODES"
+            fi
             cfg[$key]=$value
         else
             bad_input "$file:$lineno: expected KEY=VALUE or a host line, found '${words[0]}'"
@@ -359,7 +364,7 @@ node_conf() {
     [ -n "${h_advertise[$name]}" ] && args+=(--advertise "${h_advertise[$name]}")
     [ -n "${h_resp[$name]}" ] && args+=(--resp "${h_resp[$name]}")
     args+=(--store "${h_store[$name]:-${cfg[store]}}")
-    for key in replicas ack successors stabilize_ms store_threads routing cache; do
+    for key in replicas ack successors stabilize_ms store_threads routing cache vnodes; do
         [ -n "${cfg[$key]}" ] && args+=("${node_flag[$key]}" "${cfg[$key]}")
     done
     # The nodes listen where other hosts reach them, and loadgen and cluster.sh are clients
@@ -536,7 +541,8 @@ state_of() {
 
 # Walks the ring from the first running host and compares it with the hosts whose node
 # runs (per the last query_states). Sets ring_verdict; status 0 if the ring is consistent
-# and made of exactly those nodes.
+# and made of exactly those nodes. With vnodes a node has several ring positions
+# (`IP:PORT#I`): they count as their node's address.
 check_ring() {
     local name from="" json want got missing extra
     want=()
@@ -554,16 +560,20 @@ check_ring() {
         ring_verdict="ring: cannot walk it from $from: $(tail -n 1 "$tmp/ring-err")"
         return 1
     fi
-    got=$(grep -o '"addr":"[^"]*"' <<<"$json" | sed 's/"addr":"//; s/"$//' | sort)
+    local positions count
+    positions=$(grep -o '"addr":"[^"]*"' <<<"$json" | sed 's/"addr":"//; s/"$//')
+    got=$(sed 's/#[0-9]*$//' <<<"$positions" | sort -u)
     missing=$(comm -23 <(printf '%s\n' "${want[@]}" | sort) <(echo "$got"))
     extra=$(comm -13 <(printf '%s\n' "${want[@]}" | sort) <(echo "$got"))
-    local count
-    count=$(grep -c . <<<"$got" || true)
+    count="$(grep -c . <<<"$got" || true) nodes"
+    if [[ $positions == *'#'* ]]; then
+        count+=" ($(grep -c . <<<"$positions" || true) ring positions)"
+    fi
     if [[ $json == *'"consistent":true'* ]] && [ -z "$missing" ] && [ -z "$extra" ]; then
-        ring_verdict="ring: consistent, $count nodes, every running node in it (walked from $from)"
+        ring_verdict="ring: consistent, $count, every running node in it (walked from $from)"
         return 0
     fi
-    ring_verdict="ring: NOT consistent (walked from $from: $count nodes"
+    ring_verdict="ring: NOT consistent (walked from $from: $count"
     [ -n "$missing" ] && ring_verdict+="; missing $(tr '\n' ' ' <<<"$missing")"
     [ -n "$extra" ] && ring_verdict+="; unexpected $(tr '\n' ' ' <<<"$extra")"
     local problems

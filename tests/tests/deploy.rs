@@ -174,11 +174,26 @@ fn cluster_sh(text: &str, args: &[&str]) -> (i32, String) {
 #[test]
 fn bad_inventories_and_arguments_are_refused_with_their_line() {
     let host = "host a ssh=root@10.0.0.1 listen=10.0.0.1:7000\n";
-    let cases: [(String, &[&str], &str); 8] = [
+    let cases: [(String, &[&str], &str); 11] = [
         (
             format!("replicas=2\nfrobs=1\n{host}"),
             &["status"],
             ":2: unknown setting 'frobs'",
+        ),
+        (
+            format!("replicas=2\nvnodes=0\n{host}"),
+            &["status"],
+            ":2: vnodes=0: expected a whole number",
+        ),
+        (
+            format!("{host}vnodes=257\n"),
+            &["status"],
+            ":2: vnodes=257: expected a whole number",
+        ),
+        (
+            format!("vnodes=four\n{host}"),
+            &["status"],
+            ":1: vnodes=four: expected a whole number",
         ),
         (
             "host a ssh=x listen=10.0.0.1\n".into(),
