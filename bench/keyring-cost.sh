@@ -17,9 +17,9 @@ REPEATS=${REPEATS:-3}
 DURATION=${DURATION:-10}
 OUT=${OUT:-results/keyring-cost.md}
 
-cargo build --release --bins -q
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+bench_setup
 target/release/chordkv keygen > "$work/ring.key"
 chmod 600 "$work/ring.key"
 
@@ -33,18 +33,8 @@ run() {
         sed -i "s|^cluster:|cluster:\n  keyring: $work/ring.key|" "$file"
     fi
     local out="$work/out-$workload-$keyring-$n"
-    target/release/loadgen --workload "$file" --duration "$DURATION" --out "$out" --quiet >/dev/null 2>"$out.err" || {
-        echo "loadgen failed ($workload, keyring $keyring):" >&2
-        tail -5 "$out.err" >&2
-        exit 1
-    }
-    python3 - "$out/summary.json" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-a = s["ops"]["all"]
-v = s.get("verify", {})
-print(round(s["throughput_ops"]), a["p50_us"], a["p99_us"], a["errors"], v.get("lost", 0))
-PY
+    run_loadgen "$file" "$out" "$workload, keyring $keyring"
+    summary_of "$out" ops_per_s p50_us p99_us errors lost
 }
 
 declare -A results
@@ -58,13 +48,11 @@ for workload in $WORKLOADS; do
     done
 done
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-
 {
     echo "# What the keyring costs"
     echo
     echo "Produced by \`bench/keyring-cost.sh\` (WORKLOADS=\"$WORKLOADS\" REPEATS=$REPEATS DURATION=$DURATION)"
-    echo "on $(nproc) cores, $(date -u +%Y-%m-%d), at $(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes')."
+    echo "on $(nproc) cores, $(date -u +%Y-%m-%d), at $(revision)."
     echo "Each run is \`loadgen --workload workloads/NAME.yaml\` on a fresh local 8-node ring (2 replicas,"
     echo "\`--ack all\`); \"on\" adds \`keyring: FILE\` to the cluster section, so every connection"
     echo "between nodes is authenticated and sealed. Runs interleaved; medians."
@@ -72,14 +60,14 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
     echo "| workload | keyring | ops/s | p50 µs | p99 µs | errors | lost | throughput vs off |"
     echo "|---|---|---|---|---|---|---|---|"
     for workload in $WORKLOADS; do
-        off_ops=$(printf '%s' "${results[$workload-off]}" | awk '{print $1}' | median)
+        off_ops=$(printf '%s' "${results[$workload-off]}" | column_median 1)
         for keyring in off on; do
             rows=$(printf '%s' "${results[$workload-$keyring]}")
-            ops=$(echo "$rows" | awk '{print $1}' | median)
-            p50=$(echo "$rows" | awk '{print $2}' | median)
-            p99=$(echo "$rows" | awk '{print $3}' | median)
-            errors=$(echo "$rows" | awk '{s+=$4} END {print s}')
-            lost=$(echo "$rows" | awk '{s+=$5} END {print s}')
+            ops=$(echo "$rows" | column_median 1)
+            p50=$(echo "$rows" | column_median 2)
+            p99=$(echo "$rows" | column_median 3)
+            errors=$(echo "$rows" | column_sum 4)
+            lost=$(echo "$rows" | column_sum 5)
             ratio=$(awk -v a="$ops" -v b="$off_ops" 'BEGIN {printf "%.3f", a/b}')
             echo "| $workload | $keyring | $ops | $p50 | $p99 | $errors | $lost | $ratio |"
         done
