@@ -185,7 +185,7 @@ pub const HEADER_BYTES: usize = 18;
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"CK";
 /// The protocol version this build speaks (and the only one it accepts).
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// Header flag: a client operation must be served by the receiver itself or answered with
 /// [`Message::Redirect`], never routed through the ring.
 pub const FLAG_DIRECT: u16 = 1;

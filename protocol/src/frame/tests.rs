@@ -597,7 +597,7 @@ fn golden_get_bytes() {
     let bytes = Frame::new(7, Message::Get { key: b("k") }).to_bytes().unwrap();
     assert_eq!(
         bytes,
-        [0x43, 0x4B, 3, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 5, 0, 0, 0, 1, b'k']
+        [0x43, 0x4B, 4, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 5, 0, 0, 0, 1, b'k']
     );
 }
 
@@ -1133,7 +1133,7 @@ fn errors_display_clearly() {
     ];
     assert_eq!(
         shown[2],
-        "unsupported protocol version 9 (this build speaks version 3)"
+        "unsupported protocol version 9 (this build speaks version 4)"
     );
     assert_eq!(shown[3], "unknown opcode 0x7f");
     assert_eq!(shown[4], "unknown flag bits in 0x0002");
