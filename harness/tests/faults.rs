@@ -24,7 +24,8 @@
 //! ```
 //!
 //! Debugging aids: `SIM_TRACE_KEY=k7` prints every store write of a key, `SIM_TRACE_NODE=3`
-//! every message of a node.
+//! every message of a node, `SIM_RING_AT=9500,10800` every node's view of the ring at those
+//! (true) times.
 
 mod common;
 
@@ -38,7 +39,12 @@ use chordkv_harness::sim::schedule::{FaultKind, Schedule, ScheduleConfig};
 use chordkv_harness::sim::{Sim, SimConfig};
 use common::{build_ring, seeds, STABILIZE_MS};
 
+/// Hosts of the rings without vnodes.
 const NODES: usize = 10;
+/// Hosts and vnodes per host of the rings with vnodes (issue 14): 32 positions, each key's
+/// three copies on three distinct hosts.
+const VNODE_HOSTS: usize = 8;
+const VNODES: u16 = 4;
 const REPLICAS: usize = 2;
 /// Few keys, so that reads meet recent writes of the same key often.
 const KEYS: u64 = 30;
@@ -52,10 +58,52 @@ const FINAL_READ_RETRY_MS: u64 = 1_000;
 /// Salt for the workload's RNG (the simulation and the schedule have their own).
 const WORKLOAD_SALT: u64 = 0x10ad_10ad;
 
+/// The ring a run builds: hosts (the schedule's nodes), and vnodes per host.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    hosts: usize,
+    vnodes: u16,
+}
+
+impl Shape {
+    /// One position per host.
+    const PLAIN: Shape = Shape {
+        hosts: NODES,
+        vnodes: 1,
+    };
+    /// Hosts of [`VNODES`] positions each.
+    const VNODES: Shape = Shape {
+        hosts: VNODE_HOSTS,
+        vnodes: VNODES,
+    };
+
+    /// `SIM_VNODES=V` (and `SIM_HOSTS=H`) override `default`'s shape: the long mode runs any
+    /// test on hosts of V vnodes.
+    fn from_env_or(default: Shape) -> Shape {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .map(|v| v.parse::<usize>().unwrap_or_else(|_| panic!("{name}=N")))
+        };
+        let vnodes = var("SIM_VNODES").map_or(default.vnodes, |v| v as u16);
+        let hosts = var("SIM_HOSTS").unwrap_or(if vnodes == default.vnodes {
+            default.hosts
+        } else if vnodes > 1 {
+            VNODE_HOSTS
+        } else {
+            NODES
+        });
+        Shape { hosts, vnodes }
+    }
+}
+
 /// What a run found.
 struct Outcome {
     seed: u64,
+    shape: Shape,
     schedule: Schedule,
+    /// The true time the schedule starts at (histories and traces give true times).
+    t0: u64,
     report: Report,
     counts: Counts,
     /// The ring's problem after the quiet period, by Zave's invariants, and every node's
@@ -80,10 +128,12 @@ impl Outcome {
     fn summary(&self) -> String {
         let (r, c) = (&self.report, &self.counts);
         format!(
-            "seed {}: lost {} stale {} resurrected {} unexpected {} (reads checked {}); final reads \
+            "seed {} ({} hosts x {} vnodes): lost {} stale {} resurrected {} unexpected {} (reads checked {}); final reads \
              unavailable {}/{}; ring {}; puts {}/{} acked, deletes {}/{}, writes failed {} \
              unanswered {} destroyed by the faults {}, gets {}/{} ok",
             self.seed,
+            self.shape.hosts,
+            self.shape.vnodes,
             r.lost,
             r.stale_reads,
             r.resurrected,
@@ -107,7 +157,12 @@ impl Outcome {
     /// The summary, the schedule, the first anomalies and the history of the first keys
     /// involved: enough to start on a failure.
     fn details(&self) -> String {
-        let mut s = format!("{}\n{}\n", self.summary(), self.schedule);
+        let mut s = format!(
+            "{}\n{}\n  (the schedule starts at t={})\n",
+            self.summary(),
+            self.schedule,
+            self.t0
+        );
         for e in &self.report.examples {
             s += &format!("    {e}\n");
         }
@@ -124,13 +179,25 @@ impl Outcome {
     }
 }
 
-/// Runs one seed's schedule of `kinds` under load, then judges it.
-fn run(seed: u64, kinds: &[FaultKind], policy: PartitionPolicy) -> Outcome {
+/// `SIM_RING_AT=t1,t2,..`: the true times at which to print every node's view of the ring
+/// (debugging aid).
+fn ring_trace_times() -> Vec<u64> {
+    let mut v: Vec<u64> = std::env::var("SIM_RING_AT")
+        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Runs one seed's schedule of `kinds` under load on a ring of `shape`, then judges it.
+fn run(seed: u64, kinds: &[FaultKind], policy: PartitionPolicy, shape: Shape) -> Outcome {
+    let Shape { hosts, vnodes } = shape;
+    println!("seed = {seed}, {hosts} hosts x {vnodes} vnodes, {policy}");
     let mut chord = Config::with_stabilize_interval_ms(STABILIZE_MS);
     chord.replicas = REPLICAS;
     chord.ack = AckPolicy::All;
     chord.partition_policy = policy;
-    let schedule = Schedule::generate(&ScheduleConfig::new(seed, NODES, REPLICAS, kinds, STABILIZE_MS));
+    let schedule = Schedule::generate(&ScheduleConfig::new(seed, hosts, REPLICAS, kinds, STABILIZE_MS));
     println!("{schedule}");
     let mut config = SimConfig {
         seed,
@@ -138,24 +205,32 @@ fn run(seed: u64, kinds: &[FaultKind], policy: PartitionPolicy) -> Outcome {
         max_delay_ms: 10,
         chord,
         track_copies: true,
+        vnodes,
         ..SimConfig::default()
     };
     schedule.configure(&mut config);
     let mut s = Sim::new(config);
     let mut rng = Rng::new(seed ^ WORKLOAD_SALT);
-    build_ring(&mut s, NODES, &mut rng);
+    build_ring(&mut s, hosts, &mut rng);
     if schedule.clock_skew {
-        let clocks: Vec<(i64, i64)> = (0..NODES)
+        let clocks: Vec<(i64, i64)> = (0..hosts)
             .map(|i| (s.clock(i).offset_ms, s.clock(i).drift_ppm))
             .collect();
         println!("  clocks (offset ms, drift ppm): {clocks:?}");
     }
     let mut rec = Recorder::new();
     let t0 = s.now();
+    // Histories and traces give true times; the schedule's are after t0.
+    println!("  the schedule starts at t={t0}");
     let mut steps = schedule.steps.iter().peekable();
     let load_until = t0 + schedule.healed_at_ms + LOAD_AFTER_HEAL_MS;
+    let mut ring_at = ring_trace_times();
     while s.now() < load_until {
         let next_op = s.now() + OP_GAP_MS;
+        if ring_at.first().is_some_and(|&t| t < next_op) {
+            ring_at.remove(0);
+            println!("ring at t={}:\n{}", s.now(), s.describe_ring());
+        }
         while let Some(step) = steps.next_if(|st| t0 + st.at_ms < next_op) {
             s.run_until(t0 + step.at_ms);
             s.apply(&step.fault);
@@ -209,6 +284,8 @@ fn run(seed: u64, kinds: &[FaultKind], policy: PartitionPolicy) -> Outcome {
         .collect();
     let outcome = Outcome {
         seed,
+        shape,
+        t0,
         keys,
         report,
         counts: rec.counts().clone(),
@@ -221,15 +298,25 @@ fn run(seed: u64, kinds: &[FaultKind], policy: PartitionPolicy) -> Outcome {
     outcome
 }
 
-/// Runs the seeds (`SIM_SEEDS` or `default`) and fails listing every seed that was not clean.
+/// Runs the seeds (`SIM_SEEDS` or `default`) on rings without vnodes (or `SIM_VNODES`) and
+/// fails listing every seed that was not clean.
 fn check(kinds: &[FaultKind], default: &[u64]) {
     check_seeds(kinds, &seeds(default));
 }
 
+/// [`check`] on hosts of [`VNODES`] vnodes (or `SIM_VNODES`).
+fn check_vnodes(kinds: &[FaultKind], default: &[u64]) {
+    check_shape(Shape::from_env_or(Shape::VNODES), kinds, &seeds(default));
+}
+
 fn check_seeds(kinds: &[FaultKind], seeds: &[u64]) {
+    check_shape(Shape::from_env_or(Shape::PLAIN), kinds, seeds);
+}
+
+fn check_shape(shape: Shape, kinds: &[FaultKind], seeds: &[u64]) {
     let failed: Vec<String> = seeds
         .iter()
-        .map(|&seed| run(seed, kinds, PartitionPolicy::Consistent))
+        .map(|&seed| run(seed, kinds, PartitionPolicy::Consistent, shape))
         .filter(|o| !o.is_clean())
         .map(|o| o.details())
         .collect();
@@ -348,7 +435,12 @@ fn available_policy_returns_only_written_values_and_the_ring_converges() {
     // remembers it, so the other ring must be told of us (a NOTIFY to the node of that ring
     // that should have us as its predecessor).
     for seed in seeds(&[1, 2, 574, 599, 1041]) {
-        let o = run(seed, &FaultKind::ALL, PartitionPolicy::Available);
+        let o = run(
+            seed,
+            &FaultKind::ALL,
+            PartitionPolicy::Available,
+            Shape::from_env_or(Shape::PLAIN),
+        );
         if o.report.unexpected > 0 || o.ring.is_some() {
             failed.push(o.details());
         }
@@ -361,11 +453,43 @@ fn available_policy_returns_only_written_values_and_the_ring_converges() {
 #[test]
 fn a_mixed_seed_replays_exactly() {
     let seed = seeds(&[3])[0];
-    let a = run(seed, &FaultKind::ALL, PartitionPolicy::Consistent);
-    let b = run(seed, &FaultKind::ALL, PartitionPolicy::Consistent);
+    let shape = Shape::from_env_or(Shape::PLAIN);
+    let a = run(seed, &FaultKind::ALL, PartitionPolicy::Consistent, shape);
+    let b = run(seed, &FaultKind::ALL, PartitionPolicy::Consistent, shape);
     assert_eq!(a.digest, b.digest, "seed {seed}");
     assert_eq!(a.report, b.report, "seed {seed}");
     assert_eq!(a.counts, b.counts, "seed {seed}");
-    let c = run(seed + 1, &FaultKind::ALL, PartitionPolicy::Consistent);
+    let c = run(seed + 1, &FaultKind::ALL, PartitionPolicy::Consistent, shape);
     assert_ne!(a.digest, c.digest, "another seed, another run");
+}
+
+// ---- hosts of vnodes (issue 14) ----------------------------------------------------------
+//
+// The same schedules on hosts of [`VNODES`] positions: a fault takes every position of its
+// host at once (a pause freezes them together, a partition cuts them together), and the
+// copies of a key are on distinct hosts, so a host's fault costs each key at most one copy.
+
+#[test]
+fn vnodes_pause() {
+    check_vnodes(&[FaultKind::Pause], &[1]);
+}
+
+#[test]
+fn vnodes_partition_hold() {
+    check_vnodes(&[FaultKind::PartitionHold], &[1]);
+}
+
+#[test]
+fn vnodes_partition_drop() {
+    check_vnodes(&[FaultKind::PartitionDrop], &[1]);
+}
+
+#[test]
+fn vnodes_duplication_and_reordering() {
+    check_vnodes(&[FaultKind::DuplicateReorder], &[1]);
+}
+
+#[test]
+fn vnodes_mixed() {
+    check_vnodes(&FaultKind::ALL, &[1]);
 }

@@ -894,8 +894,9 @@ impl Sim {
             if trace {
                 match &out {
                     Output::Send { to, frame } => println!(
-                        "trace t={now} node {i} -> {:?} #{} {:?}",
+                        "trace t={now} node {i} -> {:?}#{} #{} {:?}",
                         self.by_addr.get(&to.host),
+                        to.vnode,
                         frame.request_id,
                         frame.message
                     ),
