@@ -493,3 +493,16 @@ fn vnodes_duplication_and_reordering() {
 fn vnodes_mixed() {
     check_vnodes(&FaultKind::ALL, &[1]);
 }
+
+/// Seed 49 of the mixed schedules on hosts of 4 vnodes (found by the long mode): a primary
+/// restarted empty rejoined as a member with a successor list that skipped its true successor
+/// (a lookup answer padded with the answerer's fingers, and the next node cut off by a
+/// partition, so stabilize could not walk back). Its view of the range's preference list named
+/// a node that keeps no copy of the range; that node answered the catch-up as a trusted copy,
+/// and the primary served a read that missed writes its true successor held. A copy counts for
+/// a catch-up only if it granted the lease, i.e. it sees itself in the preference list
+/// (`lease.rs` `Held::confirmed`).
+#[test]
+fn vnodes_a_catch_up_counts_only_copies_that_granted_the_lease() {
+    check_shape(Shape::VNODES, &FaultKind::ALL, &[49]);
+}
