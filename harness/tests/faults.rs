@@ -23,6 +23,21 @@
 //! SIM_SEEDS=1-2000 cargo test --release -p chordkv-harness --test faults -- --include-ignored
 //! ```
 //!
+//! **Virtual nodes** (issue 14). The `vnodes_*` tests run the same schedules on [`VNODE_HOSTS`]
+//! hosts of [`VNODES`] ring positions each: a fault names a host and takes all its positions
+//! (a pause freezes them together, a partition cuts them together, a restart empties every
+//! partition of its store), each key's copies are on three distinct hosts, and the oracles
+//! look at every position (Zave's invariants over all vnodes; the history over the keys).
+//! `SIM_VNODES=V` runs any test on hosts of V vnodes (on [`VNODE_HOSTS`] hosts, or
+//! `SIM_HOSTS=H`); summaries name the shape (`seed 7 (8 hosts x 4 vnodes): ...`). The long
+//! mode with vnodes, each kind on its own (about 1 s a seed at V = 4 on one core; the test
+//! profile optimises the core and the harness, so a debug build is as fast as release):
+//!
+//! ```text
+//! SIM_SEEDS=1-200 cargo test -p chordkv-harness --test faults -- vnodes_
+//! SIM_SEEDS=1-40 SIM_VNODES=16 SIM_HOSTS=4 cargo test -p chordkv-harness --test faults -- vnodes_
+//! ```
+//!
 //! Debugging aids: `SIM_TRACE_KEY=k7` prints every store write of a key, `SIM_TRACE_NODE=3`
 //! every message of a node, `SIM_RING_AT=9500,10800` every node's view of the ring at those
 //! (true) times.
@@ -505,4 +520,30 @@ fn vnodes_mixed() {
 #[test]
 fn vnodes_a_catch_up_counts_only_copies_that_granted_the_lease() {
     check_shape(Shape::VNODES, &FaultKind::ALL, &[49]);
+}
+
+/// Seed 249 of the mixed schedules on hosts of 4 vnodes (found by the long mode after the fix
+/// above): a split brain. Host 4 restarted with its store while a partition cut off hosts 0, 5
+/// and 7, whose positions n5#3 and n7#3 lie just before n4#0 (members that are down, which
+/// `consistent` keeps). The lookup answer n4#2 rejoined with (`rejoin_as_member`) was padded
+/// from the answerer's fingers (`placement.rs` `extend_list`): `[n4#2, n4#0, n1#3]`, without
+/// n5#3 and n7#3. n4#0's `check_predecessor` then asked the nearest live node before it, its
+/// own sibling n4#2, whose list confirmed n4#2 as n4#0's predecessor; n4#0 took the ranges of
+/// n5#3 and n7#3, and got a lease on them from its own preference list while n5#3 and n7#3,
+/// two of the three copies, kept serving them on the other side: a stale read and a deleted
+/// value read back. The root is that a lookup answer padded with fingers is taken as a
+/// contiguous successor list (the same gap as seed 49's); not fixed yet.
+#[test]
+#[ignore = "split brain: a restarted member's successor list padded from fingers skips down members (see the doc)"]
+fn vnodes_a_restarted_host_does_not_take_the_ranges_of_members_cut_off() {
+    check_shape(Shape::VNODES, &FaultKind::ALL, &[249]);
+}
+
+/// Seed 341 of the mixed schedules on hosts of 4 vnodes (found by the long mode after the fix
+/// above): a deleted value read back during a partition that holds messages (`[1, 3, 6, 7] |
+/// rest`), after host 1 restarted empty. Not analysed yet.
+#[test]
+#[ignore = "a resurrected delete, not analysed yet"]
+fn vnodes_mixed_seed_341_resurrects_no_delete() {
+    check_shape(Shape::VNODES, &FaultKind::ALL, &[341]);
 }
