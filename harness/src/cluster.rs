@@ -842,15 +842,14 @@ impl LocalCluster {
         Ok((child, log))
     }
 
-    /// Waits until the node at `addr` answers `GET_INFO`, failing if its process exits first.
-    /// Virtual nodes per node (`--vnodes` in the node arguments; 1 without).
+    /// Virtual nodes per node (`--vnodes` in the node arguments; the node's default without).
     fn vnodes(&self) -> u64 {
         self.spec
             .node_args
             .windows(2)
             .find(|w| w[0] == "--vnodes")
             .and_then(|w| w[1].parse::<u64>().ok())
-            .unwrap_or(1)
+            .unwrap_or(chordkv_core::options::DEFAULT_VNODES)
     }
 
     /// With virtual nodes, whether every vnode of the node at `addr` owns its range: the next
@@ -871,6 +870,8 @@ impl LocalCluster {
         }
     }
 
+    /// Waits until the node at `addr` answers `GET_INFO` (and, with vnodes, every vnode owns
+    /// its range), failing if its process exits first.
     fn wait_ready(&self, child: &mut Child, addr: SocketAddr, log: Option<&Path>) -> Result<()> {
         let deadline = Instant::now() + self.spec.start_timeout;
         loop {

@@ -486,27 +486,27 @@ fn a_mixed_seed_replays_exactly() {
 
 #[test]
 fn vnodes_pause() {
-    check_vnodes(&[FaultKind::Pause], &[1]);
+    check_vnodes(&[FaultKind::Pause], &[1, 2, 3]);
 }
 
 #[test]
 fn vnodes_partition_hold() {
-    check_vnodes(&[FaultKind::PartitionHold], &[1]);
+    check_vnodes(&[FaultKind::PartitionHold], &[1, 2, 3]);
 }
 
 #[test]
 fn vnodes_partition_drop() {
-    check_vnodes(&[FaultKind::PartitionDrop], &[1]);
+    check_vnodes(&[FaultKind::PartitionDrop], &[1, 2, 3]);
 }
 
 #[test]
 fn vnodes_duplication_and_reordering() {
-    check_vnodes(&[FaultKind::DuplicateReorder], &[1]);
+    check_vnodes(&[FaultKind::DuplicateReorder], &[1, 2, 3]);
 }
 
 #[test]
 fn vnodes_mixed() {
-    check_vnodes(&FaultKind::ALL, &[1]);
+    check_vnodes(&FaultKind::ALL, &[1, 2, 3]);
 }
 
 /// Seed 49 of the mixed schedules on hosts of 4 vnodes (found by the long mode): a primary
