@@ -5,7 +5,7 @@
 //!
 //! Every wait is a bounded poll; times are never asserted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,18 @@ const PROCESSES: usize = 4;
 const VNODES: usize = 4;
 const KEYS: usize = 300;
 
-#[test]
-fn killing_one_process_with_one_replica_loses_nothing_and_its_restart_keeps_its_positions() {
-    let name = "vnodes_kill_one_process";
+/// A ring of [`PROCESSES`] processes of [`VNODES`] vnodes (`--replicas 1`), converged, with
+/// [`KEYS`] keys written and both copies of each stored.
+struct LoadedRing {
+    rng: Rng,
+    cluster: LocalCluster,
+    ring: chordkv_client::RingReport,
+    addrs: Vec<SocketAddr>,
+    clients: Clients,
+    data: BTreeMap<String, String>,
+}
+
+fn loaded_ring(name: &str) -> LoadedRing {
     let mut rng = Rng::new(seed(name));
     let spec = with_args(
         cluster_spec(name, PROCESSES),
@@ -36,8 +45,6 @@ fn killing_one_process_with_one_replica_loses_nothing_and_its_restart_keeps_its_
         PROCESSES * VNODES,
         "every vnode is a ring position"
     );
-    assert_eq!(ring.hosts.len(), PROCESSES);
-    assert!(ring.hosts.iter().all(|h| h.vnodes == VNODES));
     let addrs = cluster.addrs();
     let mut clients = Clients::new();
     let data = write_keys(&mut clients, &mut rng, &addrs, KEYS);
@@ -49,7 +56,29 @@ fn killing_one_process_with_one_replica_loses_nothing_and_its_restart_keeps_its_
         2 * KEYS as u64,
         Duration::from_secs(60),
     );
+    LoadedRing {
+        rng,
+        cluster,
+        ring,
+        addrs,
+        clients,
+        data,
+    }
+}
 
+#[test]
+fn killing_one_process_with_one_replica_loses_nothing_and_its_restart_keeps_its_positions() {
+    let name = "vnodes_kill_one_process";
+    let LoadedRing {
+        mut rng,
+        mut cluster,
+        ring,
+        addrs,
+        mut clients,
+        data,
+    } = loaded_ring(name);
+    assert_eq!(ring.hosts.len(), PROCESSES);
+    assert!(ring.hosts.iter().all(|h| h.vnodes == VNODES));
     let victim = 1 + rng.below(PROCESSES as u64 - 1) as usize;
     let positions = |ring: &chordkv_client::RingReport| -> BTreeSet<Id> {
         ring.nodes
@@ -79,31 +108,21 @@ fn killing_one_process_with_one_replica_loses_nothing_and_its_restart_keeps_its_
 /// A process of a vnode ring dies for good (kill -9) and an operator forgets it by its
 /// address (`chordkv forget IP:PORT`): every position it ran leaves the ring, not its vnode 0
 /// alone. Under the partition policy `consistent` its positions stay down members until then
-/// (and `chordkv forget IP:PORT#1` beforehand takes out that position only); afterwards `chordkv ring --json` lists the survivors' positions only, none of the dead
-/// host's (up or down), the ring is consistent, and every key is read back (`--replicas 1`:
-/// its other copy is on a survivor).
+/// (and `chordkv forget IP:PORT#1` beforehand takes out that position only); afterwards
+/// `chordkv ring --json` lists the survivors' positions only, none of the dead host's (up or
+/// down), the ring is consistent, and every key is read back (`--replicas 1`: its other copy
+/// is on a survivor).
 #[test]
 fn forgetting_a_dead_process_by_its_address_forgets_every_position_it_ran() {
     let name = "vnodes_forget_dead_process";
-    let mut rng = Rng::new(seed(name));
-    let spec = with_args(
-        cluster_spec(name, PROCESSES),
-        &["--vnodes", &VNODES.to_string(), "--replicas", "1"],
-    );
-    let mut cluster = LocalCluster::start(spec).expect("start the cluster");
-    let ring = converge(&mut cluster, "the ring of processes with vnodes converges");
-    assert_eq!(ring.nodes.len(), PROCESSES * VNODES);
-    let addrs = cluster.addrs();
-    let mut clients = Clients::new();
-    let data = write_keys(&mut clients, &mut rng, &addrs, KEYS);
-    wait_stat_sum(
-        &mut clients,
-        &addrs,
-        "keys",
-        2 * KEYS as u64,
-        Duration::from_secs(60),
-    );
-
+    let LoadedRing {
+        mut rng,
+        mut cluster,
+        addrs,
+        mut clients,
+        data,
+        ..
+    } = loaded_ring(name);
     let victim = 1 + rng.below(PROCESSES as u64 - 1) as usize;
     let dead = addrs[victim];
     eprintln!("{name}: killing process {victim} ({dead}) for good");
