@@ -39,7 +39,7 @@
 //! Under the partition policy `available` there are no leases: the live ring serves.
 
 use chordkv_protocol::NodeAddr;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use chordkv_protocol::{in_half_open, ErrorCode, Id, Message, NodeRef};
 
@@ -71,13 +71,6 @@ pub(super) struct Held {
     pub catch_up_retry_at: Millis,
     /// The members that granted the last successful round (the catch-up targets).
     pub grantors: Vec<NodeRef>,
-    /// The members that granted the lease since it was gained (round `confirmed_round` or a
-    /// later one, their answers late or not): each saw itself and us in the range's preference
-    /// list. Only their copies count towards a catch-up (`sync.rs`): a node our view wrongly
-    /// puts in the list (a restarted member's successor list with a gap) keeps no copy of the
-    /// range and must not vouch for it.
-    pub confirmed: BTreeSet<NodeAddr>,
-    pub confirmed_round: u64,
     pub round: Option<Round>,
     /// Why the lease is not valid, as the last round or catch-up saw it.
     pub problem: Option<String>,
@@ -303,8 +296,6 @@ impl Node {
             catch_up: None,
             catch_up_retry_at: 0,
             grantors: Vec::new(),
-            confirmed: BTreeSet::new(),
-            confirmed_round: 0,
             round: None,
             problem: Some("no lease yet".to_string()),
             store_error: None,
@@ -326,10 +317,6 @@ impl Node {
             let Some(h) = self.leases.held.get_mut(&primary) else {
                 return;
             };
-            if matches!(reply, Some(Message::LeaseReply { granted: true, .. })) && round >= h.confirmed_round
-            {
-                h.confirmed.insert(from);
-            }
             let Some(r) = h.round.as_mut().filter(|r| r.id == round) else {
                 return;
             };
@@ -386,11 +373,6 @@ impl Node {
             let margin = lease_ms * DRIFT_MARGIN_PER_MILLE / 1000 + 1;
             h.valid_until = r.sent_at + lease_ms - margin;
             h.fence_ms = (r.sent_at + lease_ms).saturating_sub(offset);
-            if !continuous {
-                h.confirmed.clear();
-                h.confirmed_round = r.id;
-            }
-            h.confirmed.extend(r.granted.iter().map(|n| n.addr));
             h.grantors = r.granted;
             h.problem = None;
             if !continuous {

@@ -293,19 +293,9 @@ impl Node {
         self.stats.anti_entropy_last_round_repaired = r.repaired;
         self.stats.anti_entropy_keys_repaired += r.repaired;
         if let SyncPurpose::CatchUp { primary } = r.purpose {
-            // Enough trusted copies answered in full to meet every acknowledged write. A copy
-            // counts only if it granted us the lease (it sees itself in the range's preference
-            // list): our own view of the list may have a gap (`Held::confirmed`).
+            // Enough trusted copies answered in full to meet every acknowledged write.
             let own = self.trust.trusts(&r.start, &r.end);
-            let confirmed = self.leases.held(&primary).map(|h| &h.confirmed);
-            let counts = |a: &NodeAddr| !r.failed.contains(a) && confirmed.is_some_and(|c| c.contains(a));
-            let unconfirmed: Vec<NodeAddr> = r
-                .trusted
-                .iter()
-                .filter(|a| !r.failed.contains(*a) && !counts(a))
-                .copied()
-                .collect();
-            let trusted = r.trusted.iter().filter(|a| counts(a)).count() + usize::from(own);
+            let trusted = r.trusted.iter().filter(|a| !r.failed.contains(*a)).count() + usize::from(own);
             let need = catch_up_quorum(r.copies, r.untrusted.len() + usize::from(!own));
             let ok = !r.local_failed && trusted >= need;
             if ok {
@@ -329,13 +319,6 @@ impl Node {
                 if !r.failed.is_empty() {
                     let list: Vec<String> = r.failed.iter().map(|a| a.to_string()).collect();
                     why.push_str(&format!(", did not answer in full: {}", list.join(" ")));
-                }
-                if !unconfirmed.is_empty() {
-                    let list: Vec<String> = unconfirmed.iter().map(|a| a.to_string()).collect();
-                    why.push_str(&format!(
-                        ", granted no lease (not a copy of the range as they see the ring): {}",
-                        list.join(" ")
-                    ));
                 }
                 why
             });

@@ -16,9 +16,7 @@
 //! ```
 //!
 //! (`n - W + 1` while at most `W - 1` copies are untrusted, as in a quorum read; every trusted
-//! copy otherwise). A trusted answer counts only from a member that granted the lease
-//! (`lease.rs` `Held::confirmed`): our view of the preference list may name a node that is no
-//! copy of the range (a successor list with a gap), and such a node holds none of its writes. Without this, a primary and a replica restarted empty one after the other
+//! copy otherwise). Without this, a primary and a replica restarted empty one after the other
 //! made a majority that had lost a write the third copy held, and the primary served reads
 //! without it (long-mode seeds 103 and 29 others, `tests/faults.rs`).
 //!
