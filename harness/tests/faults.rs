@@ -514,10 +514,15 @@ fn vnodes_mixed() {
 /// (a lookup answer padded with the answerer's fingers, and the next node cut off by a
 /// partition, so stabilize could not walk back). Its view of the range's preference list named
 /// a node that keeps no copy of the range; that node answered the catch-up as a trusted copy,
-/// and the primary served a read that missed writes its true successor held. A fix (a copy
-/// counts for a catch-up only if it granted the lease) was reverted: with it, real processes
-/// of tests/tests/faults.rs lost liveness after kills and leaves (CI, twice); the seed no
-/// longer reaches that trajectory since successor lists count hosts, and runs as a plain seed.
+/// and the primary served a read that missed writes its true successor held. A first fix (a
+/// copy counts for a catch-up only if it granted the lease) was reverted: with it, real
+/// processes of tests/tests/faults.rs lost liveness after kills and leaves. The gap is closed
+/// at its root: under `consistent` a lookup answer is never padded with fingers
+/// (`placement.rs` `extend_list`; `lookup.rs`
+/// `a_lookup_answer_under_consistent_names_consecutive_members_only` fails without it), and a
+/// short successor list is filled from the predecessor's (scenario `restart_neighbours`). The
+/// seed no longer reaches that trajectory since successor lists count hosts; it runs as a
+/// plain seed.
 #[test]
 fn vnodes_a_catch_up_counts_only_copies_that_granted_the_lease() {
     check_shape(Shape::VNODES, &FaultKind::ALL, &[49]);
@@ -533,7 +538,7 @@ fn vnodes_a_catch_up_counts_only_copies_that_granted_the_lease() {
 /// n5#3 and n7#3, and got a lease on them from its own preference list while n5#3 and n7#3,
 /// two of the three copies, kept serving them on the other side: a stale read and a deleted
 /// value read back. The root is that a lookup answer padded with fingers is taken as a
-/// contiguous successor list (the same gap as seed 49's). That gap is not closed; the seed
+/// contiguous successor list (the same gap as seed 49's, now closed: see above). The seed
 /// stopped reproducing it when successor lists began to count hosts and hosts to tick only
 /// the vnodes that are due (both change every trajectory), so it runs as a plain seed.
 #[test]

@@ -682,6 +682,7 @@ scenarios! {
     clock_skew_within_bound,
     crash_successor_takes_over,
     leave_to_ring_of_one_reply_race,
+    restart_neighbours,
 }
 
 /// Every script in the directory has its test above.

@@ -232,6 +232,7 @@ impl Node {
                 .rfind(|n| in_open(&n.id, &x.id, &me.id));
             return;
         };
+        self.learn_successors_from_predecessor(&successors[pos + 1..]);
         // Ours: the members it knows between itself and us (nearest first), it, its own.
         let mut list: Vec<NodeRef> = successors[..pos].iter().rev().copied().collect();
         list.push(x);
@@ -261,6 +262,33 @@ impl Node {
         }
         self.repl.pred_list = Some((pred.addr, list));
         self.pred_confirmed = Some(pred.addr);
+    }
+
+    /// `consistent`: the members a predecessor's successor list names after us, in ring order,
+    /// fill our successor list when it names fewer hosts than it should. Stabilize fills it
+    /// from our successor's list, but a successor that is restarting (a member rejoining, not
+    /// yet in the ring) cannot name anyone, and may itself be waiting for us to name the
+    /// members after it: its join lookup ends at us, its predecessor (`on_lookup_reply`).
+    /// Without this, two members restarted next to each other wait for each other for ever.
+    /// Members are added, never dropped (as in `on_neighbors`).
+    fn learn_successors_from_predecessor(&mut self, after_us: &[NodeRef]) {
+        if after_us.is_empty() || self.routing.successor_hosts() >= self.config.successors {
+            return;
+        }
+        let me = self.me.id;
+        let mut list = self.routing.successors().to_vec();
+        list.extend(
+            after_us
+                .iter()
+                .filter(|n| n.addr != self.me.addr && !self.live.gone.contains_key(&n.addr))
+                .copied(),
+        );
+        list.sort_by_key(|n| me.distance_limbs(&n.id));
+        list.dedup_by_key(|n| n.addr);
+        for n in &list {
+            self.remember_seed(n.addr);
+        }
+        self.routing.set_successors(list, self.config.successors);
     }
 
     /// Whether we know where our range starts (`consistent`): our predecessor was confirmed by

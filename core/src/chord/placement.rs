@@ -126,14 +126,20 @@ impl Node {
 
     /// A lookup's answer (the owner and the nodes after it) that ends within our successor
     /// list is as long as the successor list can be only if the nodes after our last successor
-    /// follow: add the ones our fingers know, in ring order (a node joining, or restarted, takes
-    /// its successor list from this answer and then stabilizes it; gaps are filled then).
+    /// follow. Under `available`, add the ones our fingers know, in ring order (a node joining
+    /// takes its successor list from this answer and then stabilizes it; gaps are filled then).
+    /// Under `consistent` the answer stays a run of consecutive members: a node restarted as a
+    /// member takes it as its successor list at once (`rejoin_as_member`), and a member the
+    /// fingers skip (one cut off or down, which stabilize cannot walk back to) would make it
+    /// confirm a range that is not its own and count a node that keeps no copy of the range
+    /// as a replica. The short list grows by stabilize, and a preference list seen short does
+    /// not shrink a majority (`copies_of`).
     pub(super) fn extend_list(&self, mut list: Vec<NodeRef>) -> Vec<NodeRef> {
         let want = self.config.successors;
         let Some(last) = list.last().copied() else {
             return list;
         };
-        if list.len() >= want || self.succ_wrapped {
+        if list.len() >= want || self.succ_wrapped || self.config.is_consistent() {
             return list;
         }
         let beyond = self.me.id.distance_limbs(&last.id);
