@@ -34,11 +34,26 @@ for i in range($KEYS):
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# keys_primary of each node named, one per line.
-primaries() {
+# Counter $1 (keys_primary, keys) of each node named after it, one per line.
+counter() {
+    local name=$1
+    shift
     for a in "$@"; do
-        "$bin" stats --node "$a" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["keys_primary"])'
+        "$bin" stats --node "$a" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['$name'])"
     done
+}
+primaries() { counter keys_primary "$@"; }
+
+# Waits until the nodes named hold 3 copies of every key (replicas 2), then prints the copies
+# (primary and replica) each holds, one per line.
+all_copies() {
+    local want=$((3 * KEYS)) sum
+    for _ in $(seq 1 240); do
+        sum=$(($(counter keys "$@" | paste -sd+)))
+        [ "$sum" -ge "$want" ] && break
+        sleep 0.5
+    done
+    counter keys "$@"
 }
 
 # Waits until the ring through $1 is consistent.
@@ -69,8 +84,11 @@ print(f"{max(v) / m:.2f} {min(v) / m:.2f}")'
     echo "the keys that changed primary host and from how many hosts they came; then it leaves"
     echo "(SIGTERM, a graceful leave): to how many hosts its keys went. 1/9 of the keys is $((KEYS / 9))."
     echo
-    echo "| V | keys_primary per process | max / mean | min / mean | moved on join | from hosts | moved on leave | to hosts |"
-    echo "|---:|---|---:|---:|---:|---:|---:|---:|"
+    echo "All copies: the keys each process holds as primary or replica (\`keys\`, 3 copies of every"
+    echo "key), once they are all stored: the memory each process needs."
+    echo
+    echo "| V | keys_primary per process | max / mean | min / mean | all copies max / mean | min / mean | moved on join | from hosts | moved on leave | to hosts |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 } > "$work/table.md"
 
 for v in $VNODES; do
@@ -89,6 +107,7 @@ for v in $VNODES; do
     [ "$errors" = 0 ] || { echo "V=$v: $errors SETs failed" >&2; exit 1; }
     mapfile -t before < <(primaries "${nodes[@]}")
     ratios=$(printf '%s\n' "${before[@]}" | stats)
+    copies=$(all_copies "${nodes[@]}" | stats)
 
     port=$(free_port)
     new=127.0.0.1:$port
@@ -114,7 +133,7 @@ for v in $VNODES; do
         d=$((back[i] - after[i]))
         if [ "$d" -gt 0 ]; then went=$((went + d)); to=$((to + 1)); fi
     done
-    echo "| $v | ${before[*]} | ${ratios% *} | ${ratios#* } | $moved ($(python3 -c "print(f'{$moved / $KEYS:.3f}')"); the new host holds $joined) | $from | $went of $joined | $to |" >>"$work/table.md"
+    echo "| $v | ${before[*]} | ${ratios% *} | ${ratios#* } | ${copies% *} | ${copies#* } | $moved ($(python3 -c "print(f'{$moved / $KEYS:.3f}')"); the new host holds $joined) | $from | $went of $joined | $to |" >>"$work/table.md"
 
     kill -TERM "$cpid"
     wait "$cpid" 2>/dev/null || true

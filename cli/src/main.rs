@@ -585,7 +585,11 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
     let chord = args.options.chord_config().map_err(|e| anyhow!(e))?;
     let vnodes = args.options.vnodes as u16;
     if node_id.is_some() && vnodes > 1 {
-        bail!("--id names one ring position; with --vnodes {vnodes} the positions are chosen for each vnode");
+        bail!(
+            "--id names one ring position, and this node runs {vnodes} (--vnodes, default {}): \
+             give --vnodes 1 with --id",
+            chordkv_core::options::DEFAULT_VNODES
+        );
     }
     // Each vnode's keys are namespaced by its address (`ip:port`, then `ip:port#i` for vnode
     // i > 0).

@@ -25,8 +25,11 @@ fn invalid(message: String) -> Error {
 pub const DEFAULT_STORE: &str = "memory";
 /// Store worker threads unless told otherwise.
 pub const DEFAULT_STORE_THREADS: u64 = 4;
-/// Virtual nodes per process unless told otherwise (see `--vnodes`).
-pub const DEFAULT_VNODES: u64 = 1;
+/// Virtual nodes per process unless told otherwise (see `--vnodes`): 8 balanced positions
+/// keep every process of a ring of 8 within a few percent of an equal share of the keys
+/// (results/balance/cluster.md), for about 0.02 cores of maintenance per idle process
+/// (results/balance/vnode-cost.md).
+pub const DEFAULT_VNODES: u64 = 8;
 /// The most virtual nodes one process runs.
 pub const MAX_VNODES: u64 = 256;
 

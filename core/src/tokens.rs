@@ -235,7 +235,7 @@ impl Ring {
         while out.len() < count {
             let split = self.hosts[me].arcs.iter().next_back().and_then(|&(_, p)| {
                 let pred = self.pred(&p);
-                split_point(&pred, &p, 0.5)
+                split_point(&pred, &p, 0.5).map(|at| own_low_bits(at, &pred, &p, host, out.len()))
             });
             match split {
                 Some(at) => {
@@ -332,6 +332,7 @@ impl Ring {
         for (_, p) in arcs {
             let pred = self.pred(&p);
             if let Some(at) = split_point(&pred, &p, ratio) {
+                let at = own_low_bits(at, &pred, &p, addr, out.len());
                 self.insert_position(at, addr);
                 out.push(at);
             }
@@ -412,6 +413,26 @@ fn weight(pred: &Id, p: &Id) -> Weight {
     ((hi as u128) << (128 - WEIGHT_SHIFT)) | (lo >> WEIGHT_SHIFT)
 }
 
+/// Bytes of a split point the joining host makes its own: the low 64 bits of 160.
+const OWN_BYTES: usize = 8;
+
+/// `at` (a split point of the arc `(pred, p)`) with its low 64 bits replaced by those of the
+/// SHA-1 of `"HOST#split{n}"`, when that stays strictly inside the arc. Split points are a
+/// function of the ring's contents only, so two hosts that read the same ring at once (started
+/// together) would otherwise pick the same ids, and one would hide the other on the ring.
+/// Moving a point by less than 2^64 of 2^160 ids changes no share measurably.
+fn own_low_bits(at: Id, pred: &Id, p: &Id, host: SocketAddr, n: usize) -> Id {
+    let salt = Id::hash(format!("{host}#split{n}").as_bytes());
+    let mut mine = at;
+    let len = mine.0.len();
+    mine.0[len - OWN_BYTES..].copy_from_slice(&salt.0[len - OWN_BYTES..]);
+    if chordkv_protocol::in_open(&mine, pred, p) {
+        mine
+    } else {
+        at
+    }
+}
+
 /// The point `pred + ratio * (p - pred)` strictly inside the arc `(pred, p)` (the whole ring
 /// when `pred == p`), or `None` when the arc has no point inside.
 fn split_point(pred: &Id, p: &Id, ratio: f64) -> Option<Id> {
@@ -476,6 +497,38 @@ mod tests {
         assert_eq!(random_positions(&host, 4), p);
         assert_eq!(random_positions(&host, 2), p[..2]);
         assert!(random_positions(&host, 0).is_empty());
+    }
+
+    /// Two hosts started together read the same ring and place their positions from it: the
+    /// split points are the same, but the ids are not (one host's positions would hide the
+    /// other's on the ring). Found by the deploy test with 8 vnodes per host.
+    #[test]
+    fn two_hosts_joining_the_same_ring_at_once_take_distinct_ids() {
+        let mut ring: Vec<(Id, SocketAddr)> = Vec::new();
+        for i in 1..=2 {
+            let placed = allocate_positions(&ring, addr(i), 8);
+            ring.extend(placed.into_iter().map(|p| (p, addr(i))));
+        }
+        let c = allocate_positions(&ring, addr(3), 8);
+        let d = allocate_positions(&ring, addr(4), 8);
+        assert_eq!(c.len(), 8);
+        let mut all: Vec<Id> = ring
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(c.iter().copied())
+            .chain(d)
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 32, "every position is a distinct id");
+        // Either alone still gets its share.
+        let with_c: Vec<(Id, SocketAddr)> = ring
+            .iter()
+            .copied()
+            .chain(c.iter().map(|&p| (p, addr(3))))
+            .collect();
+        let rel = relative_shares(&with_c);
+        assert!(rel.iter().all(|r| (0.99..1.01).contains(r)), "{rel:?}");
     }
 
     #[test]

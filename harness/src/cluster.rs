@@ -374,7 +374,7 @@ impl LocalCluster {
             let join: Vec<SocketAddr> = cluster.nodes.iter().take(JOIN_PEERS).map(|n| n.addr).collect();
             let node = cluster.launch(i, None, join)?;
             cluster.nodes.push(node);
-            if vnodes > 1 && i + 1 < count {
+            if vnodes > 1 && i + 1 < count && cluster.may_read_ring(cluster.nodes[0].addr) {
                 // The next node reads the ring to place its positions evenly: it must see
                 // every position of the nodes before it.
                 let addrs = cluster.addrs();
@@ -850,6 +850,14 @@ impl LocalCluster {
             .find(|w| w[0] == "--vnodes")
             .and_then(|w| w[1].parse::<u64>().ok())
             .unwrap_or(chordkv_core::options::DEFAULT_VNODES)
+    }
+
+    /// Whether the node at `addr` lets us read the ring: not when it refuses us as a client
+    /// (protected mode, and we come from another host without credentials). The launcher then
+    /// cannot wait for the ring between starts; each node still reads it itself, as a peer.
+    fn may_read_ring(&self, addr: SocketAddr) -> bool {
+        let info = Client::connect_as(addr, PROBE_TIMEOUT, &self.spec.access).and_then(|mut c| c.info());
+        !matches!(info, Err(chordkv_client::ClientError::Server { .. }))
     }
 
     /// With virtual nodes, whether every vnode of the node at `addr` owns its range: the next

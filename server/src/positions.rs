@@ -111,12 +111,27 @@ fn choose_unsaved(
                 }
                 let ring: Vec<(Id, SocketAddr)> = listed.iter().map(|(id, a)| (*id, a.host)).collect();
                 let hosts = ring.iter().map(|(_, h)| *h).collect::<BTreeSet<_>>().len();
-                let ids = tokens::allocate_positions(&ring, me, vnodes);
+                // A vnode the ring still lists (this process was stopped while it joined, or
+                // ran fewer vnodes) keeps its position, so no member is listed under two
+                // ids; the others are placed around them.
+                let mut fresh = tokens::allocate_positions(&ring, me, vnodes)
+                    .into_iter()
+                    .filter(|id| !mine.values().any(|m| m == id));
+                let ids: Vec<Id> = (0..vnodes)
+                    .map(|v| mine.get(&v).copied().or_else(|| fresh.next()))
+                    .collect::<Option<Vec<Id>>>()
+                    .unwrap_or_else(|| tokens::random_positions(&me, vnodes));
+                let kept = mine.keys().filter(|v| **v < vnodes).count();
                 return Chosen {
                     ids,
                     how: format!(
-                        "balanced against the {} positions of {hosts} hosts read through {via}",
-                        ring.len()
+                        "balanced against the {} positions of {hosts} hosts read through {via}{}",
+                        ring.len(),
+                        if kept > 0 {
+                            format!(", {kept} of them its own still listed")
+                        } else {
+                            String::new()
+                        }
                     ),
                 };
             }

@@ -33,8 +33,10 @@ pub const RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound of one run of a client command of the CLI.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-/// Arguments of every test node: a fast stabilize so that rings converge quickly.
-pub const NODE_ARGS: [&str; 2] = ["--stabilize-ms", "100"];
+/// Arguments of every test node: a fast stabilize so that rings converge quickly, and one
+/// ring position per process (`--vnodes 1`): the tests of other features count processes as
+/// ring members; tests/tests/vnodes.rs and the tests that pass `--vnodes` run several.
+pub const NODE_ARGS: [&str; 4] = ["--stabilize-ms", "100", "--vnodes", "1"];
 /// Pause between two polls of the nodes' counters.
 pub const POLL_PAUSE: Duration = Duration::from_millis(100);
 /// The counters failure messages quote for every node ([`stats_table`]).
@@ -84,8 +86,17 @@ pub fn cluster_spec(name: &str, nodes: usize) -> ClusterSpec {
     spec
 }
 
-/// `spec` with the node arguments `extra` added after the ones it has.
+/// `spec` with the node arguments `extra` added after the ones it has; a flag of `extra`
+/// that takes a value and is there already (`--vnodes 4` over [`NODE_ARGS`]' `--vnodes 1`)
+/// replaces the old one.
 pub fn with_args(mut spec: ClusterSpec, extra: &[&str]) -> ClusterSpec {
+    for flag in extra.iter().filter(|a| a.starts_with("--")) {
+        if let Some(i) = spec.node_args.iter().position(|a| a == flag) {
+            if spec.node_args.get(i + 1).is_some_and(|v| !v.starts_with("--")) {
+                spec.node_args.drain(i..i + 2);
+            }
+        }
+    }
     spec.node_args.extend(extra.iter().map(|s| s.to_string()));
     spec
 }
