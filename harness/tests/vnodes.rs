@@ -275,3 +275,82 @@ fn reads_of_a_hot_key_spread_over_its_copies_with_read_from_replicas() {
         );
     }
 }
+
+/// A paused host (every position it runs stops at once, SIGSTOP) leaves each of its ranges
+/// to a stand-in, the first live position after it, on another host. Under `consistent` with
+/// two replicas two of the three copies remain, a majority: every key of the paused host stays
+/// writable through every other host. A stand-in that is its host's vnode 0 gets the write as
+/// a `FLAG_DIRECT | FLAG_FAILOVER` frame naming no vnode (vnode 0 is the wire's default);
+/// that host used to hand it to its vnode closest before the key, which is no stand-in and
+/// redirected it to vnode 0 of its own host, which came back to it, until the entry's hop
+/// budget ran out ("owner unreachable after retries", on real processes too). This checks
+/// that such stand-ins were met, and that every write was acknowledged.
+#[test]
+fn every_key_of_a_paused_host_stays_writable_through_its_stand_in() {
+    for seed in seeds(&[11, 12]) {
+        let replicas = 2;
+        let mut s = sim(seed, replicas, PartitionPolicy::Consistent);
+        let mut rng = Rng::new(seed);
+        build_ring(&mut s, HOSTS, &mut rng);
+        let keys = write_keys(&mut s, &mut rng);
+        s.run_for(20 * STABILIZE_MS);
+        // Every position, in ring order: (id, host, vnode).
+        let mut ring: Vec<(Id, usize, u16)> = (0..HOSTS)
+            .flat_map(|h| {
+                let vnodes = s.host(h).vnodes();
+                vnodes.iter().map(move |v| (v.me().id, h, v.me().addr.vnode))
+            })
+            .collect();
+        ring.sort();
+        // A host with a position whose next position is another host's vnode 0 and owns a
+        // key: pausing it makes that vnode 0 a stand-in.
+        let n = ring.len();
+        let primary_of = |k: &String| ring.partition_point(|(p, _, _)| *p < Id::hash(k.as_bytes())) % n;
+        let candidates: Vec<usize> = (0..n)
+            .filter(|&i| ring[(i + 1) % n].2 == 0 && ring[(i + 1) % n].1 != ring[i].1)
+            .filter(|&i| keys.iter().any(|k| primary_of(k) == i))
+            .map(|i| ring[i].1)
+            .collect();
+        let victim = candidates[rng.below(candidates.len() as u64) as usize];
+        println!("pausing host {victim}");
+        s.pause(victim);
+        // Failure detection, and the paused holders' leases running out.
+        s.run_for(20 * STABILIZE_MS);
+        let mut failed = Vec::new();
+        let mut stand_ins_vnode_0 = 0;
+        for k in &keys {
+            let first = primary_of(k);
+            if ring[first].1 != victim {
+                continue;
+            }
+            let stand_in = (1..ring.len())
+                .map(|d| ring[(first + d) % ring.len()])
+                .find(|(_, h, _)| *h != victim)
+                .expect("another host");
+            if stand_in.2 == 0 {
+                stand_ins_vnode_0 += 1;
+            }
+            for via in (0..HOSTS).filter(|&h| h != victim) {
+                let reply = s.put(via, k, "while paused");
+                if !matches!(reply, Some(Message::PutReply { .. })) {
+                    failed.push(format!(
+                        "PUT {k} through host {via} (stand-in host {} vnode {}): {reply:?}",
+                        stand_in.1, stand_in.2
+                    ));
+                }
+            }
+        }
+        assert!(
+            stand_ins_vnode_0 > 0,
+            "seed {seed}: no key of host {victim} has a vnode 0 for stand-in"
+        );
+        assert!(
+            failed.is_empty(),
+            "seed {seed}: {} writes refused while host {victim} was paused: {:#?}\n{}",
+            failed.len(),
+            &failed[..failed.len().min(5)],
+            s.describe_ring()
+        );
+        s.resume(victim);
+    }
+}

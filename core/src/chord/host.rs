@@ -7,9 +7,10 @@
 //!
 //! - **The address and its connections.** Every vnode of a host is reached at the host's
 //!   address; a frame names the vnode it is for ([`Frame::vnode`]), and a client's key
-//!   operation that names none goes to the vnode that serves the key, or else to the one
-//!   closest before it (the best start for its lookup). Other frames that name none go to
-//!   vnode 0.
+//!   operation that names none goes to the vnode that serves the key; else, sent with
+//!   `FLAG_DIRECT` to one position, to vnode 0 (senders name every other); else to the one
+//!   closest before the key (the best start for its lookup). Other frames that name none go
+//!   to vnode 0.
 //! - **The loopback between vnodes.** A message from one vnode to another of the same host
 //!   never reaches the driver: the host delivers it and its reply itself, in order, within
 //!   the same input. Hops count network hops only (`ops.rs` `hop_cost`).
@@ -349,8 +350,17 @@ impl Host {
     // ---- routing inside the host -----------------------------------------------------------
 
     /// The vnode a frame that names none goes to: for a key operation the vnode that serves
-    /// the key (the first at or after it clockwise, if it owns it now), else the vnode
-    /// closest before the key (its fingers start nearest); vnode 0 for anything else.
+    /// the key (the first at or after it clockwise, if it owns it now), else, to be routed,
+    /// the vnode closest before the key (its fingers start nearest); vnode 0 for anything
+    /// else.
+    ///
+    /// A `FLAG_DIRECT` operation that no vnode serves goes to vnode 0: its sender addressed a
+    /// position, and names every one but vnode 0 (the wire's default). It may be for vnode 0
+    /// as a stand-in (`FLAG_FAILOVER`: the key's primary is down, and vnode 0 is the first
+    /// live position after it) or as a holder of a copy (`FLAG_REPLICA_READ`), neither of
+    /// which `serves` the key. The vnode closest before the key can do neither: it would
+    /// redirect the operation to vnode 0 of this host, which would come back to it, until the
+    /// sender's hop budget ran out.
     fn vnode_for(&self, frame: &Frame) -> usize {
         if self.vnodes.len() == 1 {
             return 0;
@@ -369,6 +379,9 @@ impl Host {
         let successor = self.order[at % self.order.len()].1;
         if self.vnodes[usize::from(successor)].serves(&id) {
             return usize::from(successor);
+        }
+        if frame.is_direct() {
+            return 0;
         }
         let before = (at + self.order.len() - 1) % self.order.len();
         usize::from(self.order[before].1)
