@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chordkv_client::{Client, ClientError, RingReport};
 use chordkv_core::rng::Rng;
-use chordkv_harness::cluster::{ClusterSpec, LocalCluster};
-use chordkv_protocol::Id;
+use chordkv_harness::cluster::{ClusterSpec, LocalCluster, NetworkMode};
+use chordkv_protocol::{Id, NodeAddr};
 
 /// Bound of every wait for the ring to converge or for data to settle.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,6 +39,12 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 pub const NODE_ARGS: [&str; 4] = ["--stabilize-ms", "100", "--vnodes", "1"];
 /// Pause between two polls of the nodes' counters.
 pub const POLL_PAUSE: Duration = Duration::from_millis(100);
+/// Bound of the waits for anti-entropy to repair copies or collect tombstones.
+pub const REPAIR_TIMEOUT: Duration = Duration::from_secs(90);
+/// Anti-entropy rounds every node must complete after a fault before a check counts as
+/// "after repair" ([`wait_anti_entropy_rounds`]): a round runs every 20 stabilize periods,
+/// and at the first stabilize round after a change of predecessor or replicas.
+pub const SETTLE_ROUNDS: u64 = 3;
 /// The counters failure messages quote for every node ([`stats_table`]).
 pub const QUOTED_STATS: [&str; 9] = [
     "keys",
@@ -341,6 +347,52 @@ pub fn wait_stat_sum(
     );
 }
 
+/// Waits until every node of `addrs` has completed `rounds` anti-entropy rounds more than it
+/// had when this was called (every range has been compared since the fault), calling
+/// `each_poll` before every look; panics after [`REPAIR_TIMEOUT`]. A process of several vnodes
+/// reports the rounds of all its positions summed.
+pub fn wait_anti_entropy_rounds(
+    clients: &mut Clients,
+    addrs: &[SocketAddr],
+    rounds: u64,
+    mut each_poll: impl FnMut(&mut Clients),
+) {
+    let start = stat_of_each(clients, addrs, "anti_entropy_rounds");
+    let deadline = Instant::now() + REPAIR_TIMEOUT;
+    loop {
+        each_poll(clients);
+        let now = stat_of_each(clients, addrs, "anti_entropy_rounds");
+        if start.iter().all(|(a, s)| now[a] >= s + rounds) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every node ran {rounds} anti-entropy rounds within {:.0} s: before {start:?}, \
+             now {now:?}",
+            REPAIR_TIMEOUT.as_secs_f64()
+        );
+        std::thread::sleep(POLL_PAUSE);
+    }
+}
+
+/// Polls, for at most [`CONVERGE_TIMEOUT`], until some node of `live` presumes a ring member
+/// down (its `members_down` gauge: a neighbour stopped answering its RPCs); returns how long
+/// that took. Panics with the [`QUOTED_STATS`] of every node after that.
+pub fn wait_failure_detected(clients: &mut Clients, live: &[SocketAddr]) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < CONVERGE_TIMEOUT {
+        if stat_sum(clients, live, "members_down").is_ok_and(|down| down > 0) {
+            return start.elapsed();
+        }
+        std::thread::sleep(POLL_PAUSE);
+    }
+    panic!(
+        "no node of {live:?} presumed a member down within {:.0} s; per node:{}",
+        CONVERGE_TIMEOUT.as_secs_f64(),
+        stats_table(clients, live, &QUOTED_STATS)
+    );
+}
+
 /// Counters `quoted` of every node of `addrs`, one line each, for failure messages.
 pub fn stats_table(clients: &mut Clients, addrs: &[SocketAddr], quoted: &[&str]) -> String {
     let mut out = String::new();
@@ -414,6 +466,223 @@ pub fn check_all_keys(
             got.version
         );
     }
+}
+
+/// Overwrites or deletes `ops` keys of `data` picked at random (about one in three deleted),
+/// each through a random node of `entries`, retrying retryable errors ([`Clients::retrying`],
+/// which panics on any other): the acknowledged value goes to `data`, an acknowledged delete
+/// to `deleted` (which a later write of the key takes it out of again). Returns how many
+/// writes and deletes were acknowledged.
+pub fn overwrite_and_delete(
+    clients: &mut Clients,
+    rng: &mut Rng,
+    entries: &[SocketAddr],
+    data: &mut BTreeMap<String, String>,
+    deleted: &mut BTreeSet<String>,
+    ops: usize,
+) -> (usize, usize) {
+    let keys: Vec<String> = data.keys().cloned().collect();
+    let (mut puts, mut dels) = (0, 0);
+    for op in 0..ops {
+        let key = keys[rng.below(keys.len() as u64) as usize].clone();
+        let addr = entries[rng.below(entries.len() as u64) as usize];
+        if rng.below(3) == 0 {
+            clients.retrying(addr, &format!("DEL {key}"), |c| c.delete(key.clone()));
+            deleted.insert(key);
+            dels += 1;
+        } else {
+            let value = format!("{key}-overwrite-{op}-{:016x}", rng.next_u64());
+            clients.retrying(addr, &format!("PUT {key}"), |c| c.put(key.clone(), value.clone()));
+            deleted.remove(&key);
+            data.insert(key, value);
+            puts += 1;
+        }
+    }
+    (puts, dels)
+}
+
+/// Reads every key of `data` through every node of `entries` (retrying only failed requests)
+/// and asserts that each read finds its last acknowledged value ([`expected_value`]: nothing
+/// for the keys in `deleted`): no acknowledged write lost, no delete undone, no stale read,
+/// whichever node is asked. The failure counts the wrong reads, quotes the first ten and
+/// names `when` and `logs`.
+pub fn check_every_key_through_each(
+    clients: &mut Clients,
+    entries: &[SocketAddr],
+    data: &BTreeMap<String, String>,
+    deleted: &BTreeSet<String>,
+    when: &str,
+    logs: &str,
+) {
+    let mut wrong = Vec::new();
+    for key in data.keys() {
+        let want = expected_value(data, deleted, key);
+        for &addr in entries {
+            let got = clients.retrying(addr, &format!("GET {key} {when}"), |c| c.get(key.clone()));
+            if got.value.as_deref() != want {
+                wrong.push(format!(
+                    "GET {key} through {addr}: {:?} (version {}), expected {:?}",
+                    got.value.as_deref().map(String::from_utf8_lossy),
+                    got.version,
+                    want.map(String::from_utf8_lossy)
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{when}: {} of {} reads did not find the last acknowledged value ({} keys deleted); the \
+         first: {:#?}; logs in {logs}",
+        wrong.len(),
+        data.len() * entries.len(),
+        deleted.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+}
+
+/// The shape of a ring of processes with virtual nodes: `processes` processes of `vnodes`
+/// ring positions each (`--vnodes`), each key kept on `replicas + 1` distinct processes
+/// (`--replicas`: the preference list of distinct hosts), loaded with `keys` keys.
+#[derive(Clone, Copy, Debug)]
+pub struct VnodeRing {
+    pub processes: usize,
+    pub vnodes: usize,
+    pub replicas: usize,
+    pub keys: usize,
+}
+
+impl VnodeRing {
+    /// Copies of each key.
+    pub fn copies(&self) -> usize {
+        self.replicas + 1
+    }
+}
+
+/// A ring of processes with vnodes ([`loaded_ring`]), converged, with its keys written and
+/// every copy of each stored.
+pub struct LoadedRing {
+    pub rng: Rng,
+    pub cluster: LocalCluster,
+    /// The converged ring, every position of every process in it.
+    pub ring: RingReport,
+    /// The processes' addresses, by index in `cluster`.
+    pub addrs: Vec<SocketAddr>,
+    pub clients: Clients,
+    /// Every key written, with its value.
+    pub data: BTreeMap<String, String>,
+}
+
+/// Starts `shape.processes` `chordkv node` processes of `shape.vnodes` vnodes and
+/// `shape.replicas` replicas ([`cluster_spec`], in `network`), waits until the ring converges
+/// with every position, writes `shape.keys` keys through random processes ([`write_keys`], the
+/// RNG seeded by [`seed`]) and waits until every copy of each is stored.
+pub fn loaded_ring(name: &str, shape: VnodeRing, network: NetworkMode) -> LoadedRing {
+    let mut rng = Rng::new(seed(name));
+    let mut spec = with_args(
+        cluster_spec(name, shape.processes),
+        &[
+            "--vnodes",
+            &shape.vnodes.to_string(),
+            "--replicas",
+            &shape.replicas.to_string(),
+        ],
+    );
+    spec.network = network;
+    eprintln!(
+        "{name}: {shape:?}; node logs in {}",
+        spec.log_dir
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""))
+            .display()
+    );
+    let mut cluster = LocalCluster::start(spec).expect("start the cluster");
+    let ring = converge(&mut cluster, "the ring of processes with vnodes converges");
+    assert_eq!(
+        ring.nodes.len(),
+        shape.processes * shape.vnodes,
+        "every vnode is a ring position"
+    );
+    let addrs = cluster.addrs();
+    let mut clients = Clients::new();
+    let data = write_keys(&mut clients, &mut rng, &addrs, shape.keys);
+    wait_stat_sum(
+        &mut clients,
+        &addrs,
+        "keys",
+        (shape.copies() * shape.keys) as u64,
+        Duration::from_secs(60),
+    );
+    LoadedRing {
+        rng,
+        cluster,
+        ring,
+        addrs,
+        clients,
+        data,
+    }
+}
+
+/// The ring positions of `ring` (address and id), for comparing a ring before and after a
+/// fault.
+pub fn positions(ring: &RingReport) -> BTreeSet<(NodeAddr, Id)> {
+    ring.nodes.iter().map(|n| (n.addr, n.id)).collect()
+}
+
+/// Polls, for at most `timeout`, until the ring of `cluster` is consistent, made of
+/// exactly its live processes, with exactly the positions `want`, and no member down: none
+/// that the walk could not reach, and none that a process presumes down (`members_down`; the
+/// walk from this process reaches nodes that their peers may not, across a partition).
+/// Returns the ring; panics naming `what`, the last look and the logs.
+pub fn converge_to(
+    cluster: &mut LocalCluster,
+    want: &BTreeSet<(NodeAddr, Id)>,
+    timeout: Duration,
+    what: &str,
+) -> RingReport {
+    let mut clients = Clients::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match cluster.wait_consistent(Duration::ZERO) {
+            Ok(ring) if ring.down.is_empty() && positions(&ring) == *want => {
+                let live = cluster.live_addrs();
+                match stat_of_each_once(&mut clients, &live, "members_down") {
+                    Ok(down) if down.values().all(|&d| d == 0) => return ring,
+                    Ok(down) => format!("consistent, but members presumed down per process: {down:?}"),
+                    Err(e) => e,
+                }
+            }
+            Ok(ring) => {
+                let got = positions(&ring);
+                format!(
+                    "consistent, but down {:?}; positions missing {:?}; unexpected {:?}",
+                    ring.down,
+                    want.difference(&got).collect::<Vec<_>>(),
+                    got.difference(want).collect::<Vec<_>>()
+                )
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {:.0} s; last: {last}; logs in {}",
+            timeout.as_secs_f64(),
+            logs_of(cluster)
+        );
+        std::thread::sleep(POLL_PAUSE);
+    }
+}
+
+/// Counter `name` of every node of `addrs` (one `GET_STATS` each, no retry), or a description
+/// of the first node that did not answer.
+fn stat_of_each_once(
+    clients: &mut Clients,
+    addrs: &[SocketAddr],
+    name: &str,
+) -> Result<BTreeMap<SocketAddr, u64>, String> {
+    Ok(all_stats(clients, addrs)?
+        .into_iter()
+        .map(|(a, s)| (a, counter(&s, name)))
+        .collect())
 }
 
 /// The hosts holding `key` in the consistent ring `ring`, in ring order: its primary's, the

@@ -30,17 +30,12 @@ use chordkv_core::rng::Rng;
 use chordkv_protocol::{in_half_open, Id, MAX_VALUE_BYTES};
 use chordkv_tests::{
     check_all_keys, chordkv, cluster_spec, converge, index_of, logs_of, one_at_a_time, poll_until,
-    preference_list, redis_cluster_spec, replicated_spec, seed, signal, start_spec, stat, stat_of_each,
-    stats_table, try_stat, wait_stat_sum, with_args, write_keys, CliCluster, Clients, RedisServer,
-    CONVERGE_TIMEOUT, NOTHING_LOST, POLL_PAUSE, QUOTED_STATS, RETRY_TIMEOUT, SIGTERM,
+    preference_list, redis_cluster_spec, replicated_spec, seed, signal, start_spec, stat, stats_table,
+    try_stat, wait_anti_entropy_rounds, wait_stat_sum, with_args, write_keys, CliCluster, Clients,
+    RedisServer, CONVERGE_TIMEOUT, NOTHING_LOST, POLL_PAUSE, QUOTED_STATS, REPAIR_TIMEOUT, RETRY_TIMEOUT,
+    SETTLE_ROUNDS, SIGTERM,
 };
 
-/// Bound of the waits for anti-entropy to repair copies or collect tombstones.
-const REPAIR_TIMEOUT: Duration = Duration::from_secs(90);
-/// Anti-entropy rounds every node must complete after a fault before a check counts as
-/// "after repair": a round runs every 20 stabilize periods, and at the first stabilize round
-/// after a change of predecessor or replicas.
-const SETTLE_ROUNDS: u64 = 3;
 /// Timeout of each request that carries a 16 MiB value (debug binaries copy it a few times).
 const LARGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the primary of case 1 stays frozen (the observed case's 5 s): far past failure
@@ -49,32 +44,6 @@ const LARGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const PAUSE: Duration = Duration::from_secs(5);
 /// The tombstone grace of case 4, in milliseconds: short, so that the test takes seconds.
 const TOMBSTONE_GRACE_MS: u64 = 2_000;
-
-/// Waits until every node of `addrs` has completed [`SETTLE_ROUNDS`] anti-entropy rounds
-/// more than it had when this was called (every range has been compared since the fault),
-/// calling `each_poll` before every look.
-fn wait_anti_entropy_rounds(
-    clients: &mut Clients,
-    addrs: &[SocketAddr],
-    mut each_poll: impl FnMut(&mut Clients),
-) {
-    let start = stat_of_each(clients, addrs, "anti_entropy_rounds");
-    let deadline = Instant::now() + REPAIR_TIMEOUT;
-    loop {
-        each_poll(clients);
-        let now = stat_of_each(clients, addrs, "anti_entropy_rounds");
-        if start.iter().all(|(a, s)| now[a] >= s + SETTLE_ROUNDS) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every node ran {SETTLE_ROUNDS} anti-entropy rounds within {:.0} s: before {start:?}, \
-             now {now:?}",
-            REPAIR_TIMEOUT.as_secs_f64()
-        );
-        std::thread::sleep(POLL_PAUSE);
-    }
-}
 
 /// Case 1. A primary frozen (SIGSTOP: a GC pause, a VM migration, an overloaded host) keeps
 /// the requests that reach it queued in its sockets. The entry that sent it `PUT k A` times
@@ -176,7 +145,7 @@ fn a_paused_primary_does_not_replay_an_overtaken_write() {
     };
     assert_eq!(ring.nodes.len(), 5);
     // Through anti-entropy rounds, which spread whatever the primary holds.
-    wait_anti_entropy_rounds(&mut clients, &addrs, |c| {
+    wait_anti_entropy_rounds(&mut clients, &addrs, SETTLE_ROUNDS, |c| {
         read_all(c, &mut wrong);
     });
     poll_until(RETRY_TIMEOUT, "a read of k through every node", || {
@@ -262,10 +231,10 @@ fn deleted_keys_stay_deleted_when_a_node_returns_after_the_tombstone_grace() {
     // The node stays away for longer than the grace, through anti-entropy rounds: time enough
     // for the live nodes to collect the tombstones, if they do without the absent holder
     // (today's core does: their Redis hashes are empty).
-    wait_anti_entropy_rounds(&mut clients, &live, |_| {});
+    wait_anti_entropy_rounds(&mut clients, &live, SETTLE_ROUNDS, |_| {});
     let away = Duration::from_millis(3 * TOMBSTONE_GRACE_MS);
     std::thread::sleep(away.saturating_sub(deleted_at.elapsed()));
-    wait_anti_entropy_rounds(&mut clients, &live, |_| {});
+    wait_anti_entropy_rounds(&mut clients, &live, SETTLE_ROUNDS, |_| {});
     let left: BTreeMap<SocketAddr, u64> = live.iter().map(|&a| (a, hlen(a))).collect();
     eprintln!(
         "{name}: entries (tombstones) left in the live nodes' Redis hashes: {left:?}; per node:{}",
@@ -294,7 +263,7 @@ fn deleted_keys_stay_deleted_when_a_node_returns_after_the_tombstone_grace() {
         }
     };
     // Through a few anti-entropy rounds: the returning node compares its ranges.
-    wait_anti_entropy_rounds(&mut clients, &addrs, &mut read_all);
+    wait_anti_entropy_rounds(&mut clients, &addrs, SETTLE_ROUNDS, &mut read_all);
     read_all(&mut clients);
     assert!(
         resurrected.is_empty(),

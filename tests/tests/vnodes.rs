@@ -1,73 +1,41 @@
 //! Virtual nodes with real `chordkv node` processes on loopback (issue 14): each process runs
 //! several ring positions, a key's two copies (`--replicas 1`) are on two distinct processes,
 //! so killing any one process loses nothing, a process restarted on its address takes back
-//! the positions it had, and a process gone for good is forgotten with all its positions.
+//! the positions it had, and a process gone for good is forgotten with all its positions. A
+//! process paused (SIGSTOP) stops all its positions at once; with three copies of each key
+//! the ring keeps taking writes and deletes without it, and once resumed it loses none of them
+//! and takes its positions back.
 //!
-//! Every wait is a bounded poll; times are never asserted.
+//! Every wait is a bounded poll; times are never asserted. The tests run one at a time
+//! ([`one_at_a_time`]): a process starved by another test's cluster on a small machine looks
+//! paused to its neighbours, which is a fault of its own.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use chordkv_core::rng::Rng;
-use chordkv_harness::cluster::LocalCluster;
+use chordkv_harness::cluster::{LocalCluster, NetworkMode};
 use chordkv_protocol::{Id, NodeAddr};
 use chordkv_tests::{
-    check_all_keys, chordkv, cluster_spec, converge, logs_of, seed, wait_stat_sum, with_args, write_keys,
-    Clients, CONVERGE_TIMEOUT, NOTHING_LOST, POLL_PAUSE,
+    check_all_keys, check_every_key_through_each, chordkv, converge, converge_to, loaded_ring, logs_of,
+    one_at_a_time, overwrite_and_delete, positions, wait_anti_entropy_rounds, wait_failure_detected,
+    LoadedRing, VnodeRing, CONVERGE_TIMEOUT, NOTHING_LOST, POLL_PAUSE, SETTLE_ROUNDS,
 };
 
 const PROCESSES: usize = 4;
 const VNODES: usize = 4;
 const KEYS: usize = 300;
-
-/// A ring of [`PROCESSES`] processes of [`VNODES`] vnodes (`--replicas 1`), converged, with
-/// [`KEYS`] keys written and both copies of each stored.
-struct LoadedRing {
-    rng: Rng,
-    cluster: LocalCluster,
-    ring: chordkv_client::RingReport,
-    addrs: Vec<SocketAddr>,
-    clients: Clients,
-    data: BTreeMap<String, String>,
-}
-
-fn loaded_ring(name: &str) -> LoadedRing {
-    let mut rng = Rng::new(seed(name));
-    let spec = with_args(
-        cluster_spec(name, PROCESSES),
-        &["--vnodes", &VNODES.to_string(), "--replicas", "1"],
-    );
-    let mut cluster = LocalCluster::start(spec).expect("start the cluster");
-    let ring = converge(&mut cluster, "the ring of processes with vnodes converges");
-    assert_eq!(
-        ring.nodes.len(),
-        PROCESSES * VNODES,
-        "every vnode is a ring position"
-    );
-    let addrs = cluster.addrs();
-    let mut clients = Clients::new();
-    let data = write_keys(&mut clients, &mut rng, &addrs, KEYS);
-    // Two copies of each key, on two processes.
-    wait_stat_sum(
-        &mut clients,
-        &addrs,
-        "keys",
-        2 * KEYS as u64,
-        Duration::from_secs(60),
-    );
-    LoadedRing {
-        rng,
-        cluster,
-        ring,
-        addrs,
-        clients,
-        data,
-    }
-}
+/// The ring of the kill, restart and forget tests: each key on two processes.
+const TWO_COPIES: VnodeRing = VnodeRing {
+    processes: PROCESSES,
+    vnodes: VNODES,
+    replicas: 1,
+    keys: KEYS,
+};
 
 #[test]
 fn killing_one_process_with_one_replica_loses_nothing_and_its_restart_keeps_its_positions() {
+    let _serial = one_at_a_time();
     let name = "vnodes_kill_one_process";
     let LoadedRing {
         mut rng,
@@ -76,7 +44,7 @@ fn killing_one_process_with_one_replica_loses_nothing_and_its_restart_keeps_its_
         addrs,
         mut clients,
         data,
-    } = loaded_ring(name);
+    } = loaded_ring(name, TWO_COPIES, NetworkMode::Host);
     assert_eq!(ring.hosts.len(), PROCESSES);
     assert!(ring.hosts.iter().all(|h| h.vnodes == VNODES));
     let victim = 1 + rng.below(PROCESSES as u64 - 1) as usize;
@@ -114,6 +82,7 @@ fn killing_one_process_with_one_replica_loses_nothing_and_its_restart_keeps_its_
 /// is on a survivor).
 #[test]
 fn forgetting_a_dead_process_by_its_address_forgets_every_position_it_ran() {
+    let _serial = one_at_a_time();
     let name = "vnodes_forget_dead_process";
     let LoadedRing {
         mut rng,
@@ -122,7 +91,7 @@ fn forgetting_a_dead_process_by_its_address_forgets_every_position_it_ran() {
         mut clients,
         data,
         ..
-    } = loaded_ring(name);
+    } = loaded_ring(name, TWO_COPIES, NetworkMode::Host);
     let victim = 1 + rng.below(PROCESSES as u64 - 1) as usize;
     let dead = addrs[victim];
     eprintln!("{name}: killing process {victim} ({dead}) for good");
@@ -158,6 +127,116 @@ fn forgetting_a_dead_process_by_its_address_forgets_every_position_it_ran() {
         "every survivor keeps its positions: {ring}"
     );
     check_all_keys(&mut clients, &mut rng, &live, &data, NOTHING_LOST);
+}
+
+/// The ring of the pause test: five processes, each key on three of them (`--replicas 2`).
+/// Under the default partition policy (`consistent`) a range is served, and a write
+/// acknowledged, only with a majority of its copies: with two copies (`--replicas 1`) a paused
+/// process would leave every range it holds a copy of without one, and the test could
+/// acknowledge no write to them while it is paused; with three, two remain.
+const THREE_COPIES: VnodeRing = VnodeRing {
+    processes: 5,
+    vnodes: VNODES,
+    replicas: 2,
+    keys: KEYS,
+};
+/// Keys overwritten or deleted while the process is paused.
+const OPS_WHILE_PAUSED: usize = 150;
+/// How long the process stays paused at least (as `tests/tests/faults.rs`' case 1): far past
+/// failure detection (an RPC timeout of 0.4 s with `NODE_ARGS`) and a lease period. A fault's
+/// length, not a wait for a condition: nothing is asserted about time.
+const PAUSE: Duration = Duration::from_secs(5);
+
+/// Pause: one process of a vnode ring is frozen whole (SIGSTOP: a GC pause, a VM migration),
+/// so all its positions stop answering at once, for longer than failure detection and a
+/// lease. Five processes of four vnodes, each key on the preference list of three distinct
+/// processes, 300 keys. While it is paused, keys are overwritten and deleted through the
+/// other processes (each acknowledged) and every key reads back through each of them; then it
+/// is resumed (SIGCONT). Asserts: every key reads back its last acknowledged value, and every
+/// deleted key reads as not found (no tombstone undone by the stale copies the paused process
+/// kept), through every process, the resumed one too, at once after the resume, once the ring
+/// has converged, and after anti-entropy rounds; and the ring converges with every position
+/// of every process back as before and none down. (It found the writes to a range whose
+/// stand-in is a vnode 0 refused for the whole pause: see `host.rs` `vnode_for` and
+/// `harness/tests/vnodes.rs` `every_key_of_a_paused_host_stays_writable_through_its_stand_in`.)
+#[test]
+fn a_paused_process_loses_no_acknowledged_write_and_no_delete_and_gets_its_positions_back() {
+    let _serial = one_at_a_time();
+    let name = "vnodes_pause_one_process";
+    let LoadedRing {
+        mut rng,
+        mut cluster,
+        ring,
+        addrs,
+        mut clients,
+        mut data,
+    } = loaded_ring(name, THREE_COPIES, NetworkMode::Host);
+    let logs = logs_of(&cluster);
+    let before = positions(&ring);
+    let victim = rng.below(THREE_COPIES.processes as u64) as usize;
+    let others: Vec<SocketAddr> = addrs.iter().copied().filter(|&a| a != addrs[victim]).collect();
+    eprintln!(
+        "{name}: pausing process {victim} ({}) with its {VNODES} vnodes",
+        addrs[victim]
+    );
+    cluster.pause(victim).expect("pause a process");
+    let paused_at = Instant::now();
+    let detected = wait_failure_detected(&mut clients, &others);
+    let mut deleted = BTreeSet::new();
+    let (puts, dels) = overwrite_and_delete(
+        &mut clients,
+        &mut rng,
+        &others,
+        &mut data,
+        &mut deleted,
+        OPS_WHILE_PAUSED,
+    );
+    eprintln!(
+        "{name}: presumed down after {:.1} s; {puts} writes and {dels} deletes acknowledged \
+         after {:.1} s; {} keys deleted",
+        detected.as_secs_f64(),
+        paused_at.elapsed().as_secs_f64(),
+        deleted.len()
+    );
+    check_every_key_through_each(&mut clients, &others, &data, &deleted, "while paused", &logs);
+    std::thread::sleep(PAUSE.saturating_sub(paused_at.elapsed()));
+
+    cluster.resume(victim).expect("resume it");
+    let resumed_at = Instant::now();
+    eprintln!("{name}: resumed after {:.1} s", paused_at.elapsed().as_secs_f64());
+    // At once: the resumed process must not answer from its stale copies or an expired lease.
+    check_every_key_through_each(
+        &mut clients,
+        &addrs,
+        &data,
+        &deleted,
+        "at once after the resume",
+        &logs,
+    );
+    let ring = converge_to(
+        &mut cluster,
+        &before,
+        CONVERGE_TIMEOUT,
+        "the ring converges with every position of the resumed process back",
+    );
+    assert_eq!(ring.nodes.len(), THREE_COPIES.processes * VNODES);
+    eprintln!(
+        "{name}: the ring converged with its {} positions {:.1} s after the resume",
+        ring.nodes.len(),
+        resumed_at.elapsed().as_secs_f64()
+    );
+    check_every_key_through_each(
+        &mut clients,
+        &addrs,
+        &data,
+        &deleted,
+        "once the ring converged",
+        &logs,
+    );
+    // Anti-entropy compares the resumed process's copies with the others': its old values and
+    // the keys deleted while it was paused must not spread back.
+    wait_anti_entropy_rounds(&mut clients, &addrs, SETTLE_ROUNDS * VNODES as u64, |_| {});
+    check_every_key_through_each(&mut clients, &addrs, &data, &deleted, "after anti-entropy", &logs);
 }
 
 /// Runs `chordkv forget --node FROM DEAD` and returns what it printed; asserts it succeeded.
