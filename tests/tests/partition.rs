@@ -2,11 +2,12 @@
 //! see `harness/src/netns.rs`), with the network between them cut and healed: the mechanism
 //! itself (packets across the cut vanish, this process reaches every node throughout), and
 //! the second case of issue 11 (a write that failed across a cut must not come back when TCP
-//! delivers it late).
+//! delivers it late), and a process of a vnode ring cut off and healed.
 //!
 //! Needs root and `ip`; without them each test prints why and passes without running.
 //! Run with `cargo build --bins && cargo test -p chordkv-tests --test partition`.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::MutexGuard;
@@ -17,8 +18,10 @@ use chordkv_harness::cluster::{LocalCluster, NetworkMode};
 use chordkv_harness::netns;
 use chordkv_protocol::{in_half_open, Id};
 use chordkv_tests::{
-    chordkv_bin, cluster_spec, one_at_a_time, poll_until, start_spec, with_args, Clients, CONVERGE_TIMEOUT,
-    REQUEST_TIMEOUT,
+    check_every_key_through_each, chordkv_bin, cluster_spec, converge_to, expected_value, loaded_ring,
+    logs_of, one_at_a_time, overwrite_and_delete, poll_until, positions, preference_list, start_spec,
+    wait_anti_entropy_rounds, wait_failure_detected, with_args, Clients, LoadedRing, VnodeRing,
+    CONVERGE_TIMEOUT, REQUEST_TIMEOUT, SETTLE_ROUNDS,
 };
 
 /// How long the mechanism test keeps its cut: several failure-detection periods.
@@ -36,20 +39,25 @@ const RING_TIMEOUT: Duration = Duration::from_secs(20);
 /// After the held bytes are delivered, how long every node is watched for the old value.
 const WATCH: Duration = Duration::from_secs(3);
 
+/// The guard that runs the tests of this file one at a time ([`one_at_a_time`]); `None`, with
+/// the reason printed, when this process cannot make network namespaces.
+fn namespaces_one_at_a_time(name: &str) -> Option<MutexGuard<'static, ()>> {
+    if let Some(why) = netns::unavailable() {
+        eprintln!("{name}: SKIPPED: {why}");
+        return None;
+    }
+    Some(one_at_a_time())
+}
+
 /// A started cluster of `nodes` nodes, each in its own namespace, with `extra` node arguments,
-/// and the guard that runs the tests of this file one at a time ([`one_at_a_time`]), held while
-/// it started; `None`, with the reason printed, when this process cannot make network
-/// namespaces.
+/// and the guard of [`namespaces_one_at_a_time`], held while it started; `None` when this
+/// process cannot make network namespaces.
 fn start_in_namespaces(
     name: &str,
     nodes: usize,
     extra: &[&str],
 ) -> Option<(MutexGuard<'static, ()>, LocalCluster)> {
-    if let Some(why) = netns::unavailable() {
-        eprintln!("{name}: SKIPPED: {why}");
-        return None;
-    }
-    let serial = one_at_a_time();
+    let serial = namespaces_one_at_a_time(name)?;
     let mut spec = with_args(cluster_spec(name, nodes), extra);
     spec.network = NetworkMode::Namespaces;
     Some((serial, start_spec(name, spec)))
@@ -258,4 +266,147 @@ fn a_write_answered_with_an_error_across_a_cut_never_applies_after_the_heal() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The vnode ring of the cut: five processes of four vnodes, each key on three of them
+/// (`--replicas 2`). Under the default partition policy (`consistent`) a range is served only
+/// with a majority of its copies: a process cut off leaves two of every range's three on the
+/// other side (with `--replicas 1`, one of two: no write to those ranges could be
+/// acknowledged during the cut).
+const VNODE_RING: VnodeRing = VnodeRing {
+    processes: 5,
+    vnodes: 4,
+    replicas: 2,
+    keys: 300,
+};
+/// Keys overwritten or deleted through the majority side during the cut.
+const OPS_DURING_CUT: usize = 150;
+/// Keys read through the cut-off process during the cut, one attempt each (a refusal takes
+/// the entry's retries, seconds).
+const READS_ACROSS_CUT: usize = 3;
+
+/// Partition and heal with vnodes: one process of a vnode ring (all its positions at once) is
+/// cut off from the four others, each in its own network namespace; the cut drops packets.
+/// During the cut, keys are overwritten and deleted through the majority side (each
+/// acknowledged), and every key reads back through each process of that side; reads through
+/// the cut-off process, of keys whose primary it runs and that changed, must answer the last
+/// acknowledged value or an error, never its stale copy (a minority lost its leases). After
+/// the heal, asserts: the ring re-forms with every position of every process as before, none
+/// down or presumed down by any process; every key reads back its last acknowledged value,
+/// and every deleted key reads as not found (no tombstone undone by the stale copies of the
+/// cut-off process), through every process, once the ring has re-formed and again after
+/// anti-entropy rounds.
+#[test]
+fn a_process_of_a_vnode_ring_cut_off_and_healed_loses_no_acknowledged_write_and_no_delete() {
+    const TEST: &str = "vnodes_partition_heal";
+    let Some(_serial) = namespaces_one_at_a_time(TEST) else {
+        return;
+    };
+    let LoadedRing {
+        mut rng,
+        mut cluster,
+        ring,
+        addrs,
+        mut clients,
+        mut data,
+    } = loaded_ring(TEST, VNODE_RING, NetworkMode::Namespaces);
+    let logs = logs_of(&cluster);
+    let before = positions(&ring);
+    let cut = rng.below(VNODE_RING.processes as u64) as usize;
+    let majority: Vec<usize> = (0..VNODE_RING.processes).filter(|&i| i != cut).collect();
+    let majority_addrs: Vec<SocketAddr> = majority.iter().map(|&i| addrs[i]).collect();
+    eprintln!(
+        "{TEST}: cutting process {cut} ({}) with its {} vnodes off",
+        addrs[cut], VNODE_RING.vnodes
+    );
+    cluster
+        .partition(&[vec![cut], majority.clone()])
+        .expect("partition");
+    let cut_at = Instant::now();
+    let detected = wait_failure_detected(&mut clients, &majority_addrs);
+    let mut deleted = BTreeSet::new();
+    let loaded = data.clone();
+    let (puts, dels) = overwrite_and_delete(
+        &mut clients,
+        &mut rng,
+        &majority_addrs,
+        &mut data,
+        &mut deleted,
+        OPS_DURING_CUT,
+    );
+    eprintln!(
+        "{TEST}: presumed down after {:.1} s; {puts} writes and {dels} deletes acknowledged after \
+         {:.1} s; {} keys deleted",
+        detected.as_secs_f64(),
+        cut_at.elapsed().as_secs_f64(),
+        deleted.len()
+    );
+    check_every_key_through_each(
+        &mut clients,
+        &majority_addrs,
+        &data,
+        &deleted,
+        "during the cut",
+        &logs,
+    );
+    // The cut-off side: an error, or the last acknowledged value, never the older one it
+    // holds. Keys it is the primary of and that changed during the cut: it held their lease
+    // before the cut, and holds a copy of their old value.
+    let changed: Vec<&String> = data
+        .keys()
+        .filter(|k| deleted.contains(*k) || data[*k] != loaded[*k])
+        .filter(|k| preference_list(&ring, k.as_bytes(), 1)[0] == addrs[cut])
+        .take(READS_ACROSS_CUT)
+        .collect();
+    let reads_at = Instant::now();
+    let (mut answered, mut refused) = (0, 0);
+    for key in &changed {
+        match clients.with(addrs[cut], |c| c.get((*key).clone())) {
+            Ok(got) => {
+                answered += 1;
+                assert_eq!(
+                    got.value.as_deref(),
+                    expected_value(&data, &deleted, key),
+                    "GET {key} through the cut-off process {} during the cut (version {}); logs in {logs}",
+                    addrs[cut],
+                    got.version
+                );
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    eprintln!(
+        "{TEST}: {} keys of the cut-off process changed during the cut, read through it: \
+         {answered} answered, {refused} refused, in {:.1} s",
+        changed.len(),
+        reads_at.elapsed().as_secs_f64()
+    );
+
+    cluster.heal().expect("heal");
+    let healed_at = Instant::now();
+    // The messages the nodes sent across the cut wait in their TCP connections, whose
+    // retransmissions back off (doubling from 200 ms) while the cut lasts: the next one can
+    // come about as long after the heal as the cut lasted, and only then do the two sides
+    // hear each other again on those connections.
+    let ring = converge_to(
+        &mut cluster,
+        &before,
+        CONVERGE_TIMEOUT + cut_at.elapsed(),
+        "the ring re-forms with every position of every process after the heal",
+    );
+    eprintln!(
+        "{TEST}: the ring re-formed with its {} positions {:.1} s after the heal",
+        ring.nodes.len(),
+        healed_at.elapsed().as_secs_f64()
+    );
+    check_every_key_through_each(&mut clients, &addrs, &data, &deleted, "after the heal", &logs);
+    // Anti-entropy compares the copies of the process that was cut off with the others': its
+    // old values and the keys deleted during the cut must not spread back.
+    wait_anti_entropy_rounds(
+        &mut clients,
+        &addrs,
+        SETTLE_ROUNDS * VNODE_RING.vnodes as u64,
+        |_| {},
+    );
+    check_every_key_through_each(&mut clients, &addrs, &data, &deleted, "after anti-entropy", &logs);
 }
