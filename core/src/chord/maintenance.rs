@@ -132,11 +132,8 @@ impl Node {
             }
             list.push(succ);
             list.extend(successors);
-            let me = self.me.id;
             wrapped = list.iter().any(|n| n.addr == self.me.addr);
-            list.retain(|n| n.addr != self.me.addr && !self.live.gone.contains_key(&n.addr));
-            list.sort_by_key(|n| me.distance_limbs(&n.id));
-            list.dedup_by_key(|n| n.addr);
+            self.members_in_ring_order(&mut list);
         } else {
             let mut new_succ = succ;
             if let Some(x) = x {
@@ -275,20 +272,22 @@ impl Node {
         if after_us.is_empty() || self.routing.successor_hosts() >= self.config.successors {
             return;
         }
-        let me = self.me.id;
         let mut list = self.routing.successors().to_vec();
-        list.extend(
-            after_us
-                .iter()
-                .filter(|n| n.addr != self.me.addr && !self.live.gone.contains_key(&n.addr))
-                .copied(),
-        );
-        list.sort_by_key(|n| me.distance_limbs(&n.id));
-        list.dedup_by_key(|n| n.addr);
+        list.extend_from_slice(after_us);
+        self.members_in_ring_order(&mut list);
         for n in &list {
             self.remember_seed(n.addr);
         }
         self.routing.set_successors(list, self.config.successors);
+    }
+
+    /// `consistent`'s merge of successor lists: `list` without us and the members that left,
+    /// each once, in ring order from us.
+    fn members_in_ring_order(&self, list: &mut Vec<NodeRef>) {
+        let me = self.me.id;
+        list.retain(|n| n.addr != self.me.addr && !self.live.gone.contains_key(&n.addr));
+        list.sort_by_key(|n| me.distance_limbs(&n.id));
+        list.dedup_by_key(|n| n.addr);
     }
 
     /// Whether we know where our range starts (`consistent`): our predecessor was confirmed by
