@@ -202,10 +202,12 @@ enum Command {
     /// Places --keys random keys (ids drawn from --seed) on a ring of --hosts hosts, each with
     /// V positions: random ones (Chord section 6.9's virtual nodes: position 0 is the host's
     /// node id, position i the SHA-1 of "ADDR#i"), or balanced ones, chosen as the hosts join
-    /// one after the other to even out their shares of the ring. Prints, per allocation and V,
-    /// keys per host (mean, 1st, 50th and 99th percentiles, max, and each over the mean) and
+    /// one after the other to even out their shares of the ring and what they store counting
+    /// --replicas copies. Prints, per allocation and V,
+    /// keys per host (mean, 1st, 50th and 99th percentiles, max, and each over the mean),
     /// each host's share of the id space over the mean share (keys per host without the
-    /// sampling noise of a finite number of keys); then what one join moves (8 hosts, a 9th
+    /// sampling noise of a finite number of keys) and its copies over the mean (the ids it
+    /// holds a copy of with --replicas replicas on distinct hosts); then what one join moves (8 hosts, a 9th
     /// added: the fraction of the id space and of the keys that changed host, and from how
     /// many hosts) and one leave (host 0 of the 9 removed: to how many hosts its keys went).
     /// No node runs: a ring is its positions.
@@ -262,6 +264,15 @@ struct BalanceArgs {
     /// Seed of the key ids; the same seed gives the same numbers.
     #[arg(long, value_name = "S", default_value_t = 1)]
     seed: u64,
+    /// Copies beyond the primary (a node's --replicas): balanced positions even out what each
+    /// host stores counting them, and the "copies" columns measure it.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u64).range(0..64)
+    )]
+    replicas: u64,
     /// Hosts on the ring before the join of the movement measure.
     #[arg(
         long,
@@ -605,8 +616,15 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
         Some(id) => vec![id],
         None => {
             let timeout = Duration::from_millis(chord.rpc_timeout_ms.max(1_000));
-            let chosen =
-                server::positions::choose(reachable, vnodes, &join, &stores, keyring.as_ref(), timeout);
+            let chosen = server::positions::choose(
+                reachable,
+                vnodes,
+                chord.replicas,
+                &join,
+                &stores,
+                keyring.as_ref(),
+                timeout,
+            );
             if vnodes > 1 {
                 eprintln!(
                     "chordkv node {reachable}: {vnodes} vnodes, positions {}",
@@ -1162,6 +1180,7 @@ fn cmd_balance(args: BalanceArgs) -> anyhow::Result<Outcome> {
         hosts: args.hosts as usize,
         keys: args.keys,
         seed: args.seed,
+        replicas: args.replicas as usize,
     };
     let mut runs: Vec<(Allocation, u16)> = Vec::new();
     for (allocation, default) in [
@@ -1195,7 +1214,7 @@ fn cmd_balance(args: BalanceArgs) -> anyhow::Result<Outcome> {
     let floor = balance::equal_shares(config.hosts, &keys);
     let moves: Vec<Movement> = runs
         .iter()
-        .map(|(a, v)| balance::movement(*a, args.movement_hosts as usize, *v, &keys))
+        .map(|(a, v)| balance::movement(*a, args.movement_hosts as usize, *v, config.replicas, &keys))
         .collect();
     let mut out = io::stdout().lock();
     if args.json {
@@ -1209,6 +1228,7 @@ fn cmd_balance(args: BalanceArgs) -> anyhow::Result<Outcome> {
                 "hosts": config.hosts,
                 "keys": config.keys,
                 "seed": config.seed,
+                "replicas": config.replicas,
                 "movement_hosts": args.movement_hosts,
             },
             "seed": config.seed,
@@ -1219,6 +1239,7 @@ fn cmd_balance(args: BalanceArgs) -> anyhow::Result<Outcome> {
                 "keys_per_host": spread(&r.keys),
                 "keys_per_host_over_mean": spread(&r.keys.relative()),
                 "share_over_mean": spread(&r.share),
+                "copies_over_mean": spread(&r.replicated),
             })).collect::<Vec<_>>(),
             "movement": moves.iter().map(|m| serde_json::json!({
                 "allocation": m.allocation.to_string(),
@@ -1236,16 +1257,17 @@ fn cmd_balance(args: BalanceArgs) -> anyhow::Result<Outcome> {
     } else {
         writeln!(
             out,
-            "hosts {}  keys {} (mean {:.1} per host)  seed {}",
+            "hosts {}  keys {} (mean {:.1} per host)  seed {}  replicas {}",
             config.hosts,
             config.keys,
             config.keys as f64 / config.hosts as f64,
-            config.seed
+            config.seed,
+            config.replicas
         )?;
-        writeln!(out, "keys per host (1st, 50th, 99th percentile, max; then over the mean), and each host's share of the id space over the mean share:")?;
+        writeln!(out, "keys per host (1st, 50th, 99th percentile, max; then over the mean), each host's share of the id space over the mean share, and its copies (the ids it holds a copy of, primary or replica) over the mean:")?;
         writeln!(
             out,
-            "{:<10} {:>3}  {:>6} {:>6} {:>6} {:>6}  {:>7} {:>8} {:>8}  {:>8} {:>9} {:>9}",
+            "{:<10} {:>3}  {:>6} {:>6} {:>6} {:>6}  {:>7} {:>8} {:>8}  {:>8} {:>9} {:>9}  {:>9} {:>10} {:>10}",
             "positions",
             "V",
             "p1",
@@ -1257,13 +1279,16 @@ fn cmd_balance(args: BalanceArgs) -> anyhow::Result<Outcome> {
             "max/mean",
             "share p1",
             "share p99",
-            "share max"
+            "share max",
+            "copies p1",
+            "copies p99",
+            "copies max"
         )?;
         for r in &rows {
             let k = r.keys.relative();
             writeln!(
                 out,
-                "{:<10} {:>3}  {:>6} {:>6} {:>6} {:>6}  {:>7.2} {:>8.2} {:>8.2}  {:>8.3} {:>9.3} {:>9.3}",
+                "{:<10} {:>3}  {:>6} {:>6} {:>6} {:>6}  {:>7.2} {:>8.2} {:>8.2}  {:>8.3} {:>9.3} {:>9.3}  {:>9.3} {:>10.3} {:>10.3}",
                 r.allocation.to_string(),
                 r.vnodes,
                 r.keys.p1,
@@ -1275,7 +1300,10 @@ fn cmd_balance(args: BalanceArgs) -> anyhow::Result<Outcome> {
                 k.max,
                 r.share.p1,
                 r.share.p99,
-                r.share.max
+                r.share.max,
+                r.replicated.p1,
+                r.replicated.p99,
+                r.replicated.max
             )?;
         }
         let f = floor.relative();

@@ -10,7 +10,8 @@
 //! 3. **A new ring**: positions evenly spaced from the SHA-1 of the address.
 //! 4. **Joining**: the node reads the ring's positions through its join peers (`GET_INFO`
 //!    along the successor lists, over the ring's keyring when it has one) and chooses
-//!    positions that even out ownership ([`tokens::allocate_positions`]); a ring that still
+//!    positions that even out what each host owns as primary and what it stores counting the
+//!    `--replicas` copies ([`tokens::allocate_positions`]); a ring that still
 //!    lists every vnode of this address (a restart before the others forgot it) gives each
 //!    vnode its position back.
 //! 5. **No join peer answers**: random positions derived from the address
@@ -41,17 +42,19 @@ pub struct Chosen {
     pub how: String,
 }
 
-/// Chooses the positions of the `vnodes` vnodes of the node advertised at `me` (see the
-/// module docs), and saves them with `stores` (one partition per vnode).
+/// Chooses the positions of the `vnodes` vnodes of the node advertised at `me`, for a ring
+/// keeping `replicas` copies beyond the primary (see the module docs), and saves them with
+/// `stores` (one partition per vnode).
 pub fn choose(
     me: SocketAddr,
     vnodes: u16,
+    replicas: usize,
     join: &[SocketAddr],
     stores: &[Arc<dyn Store>],
     keyring: Option<&Keyring>,
     timeout: Duration,
 ) -> Chosen {
-    let chosen = choose_unsaved(me, vnodes, join, stores, keyring, timeout);
+    let chosen = choose_unsaved(me, vnodes, replicas, join, stores, keyring, timeout);
     if vnodes > 1 {
         for (store, id) in stores.iter().zip(&chosen.ids) {
             if let Err(e) = store.save_position(id) {
@@ -68,6 +71,7 @@ pub fn choose(
 fn choose_unsaved(
     me: SocketAddr,
     vnodes: u16,
+    replicas: usize,
     join: &[SocketAddr],
     stores: &[Arc<dyn Store>],
     keyring: Option<&Keyring>,
@@ -88,7 +92,7 @@ fn choose_unsaved(
     }
     if join.is_empty() {
         return Chosen {
-            ids: tokens::allocate_positions(&[], me, vnodes),
+            ids: tokens::allocate_positions(&[], me, vnodes, replicas),
             how: "evenly spaced (a new ring)".into(),
         };
     }
@@ -114,7 +118,7 @@ fn choose_unsaved(
                 // A vnode the ring still lists (this process was stopped while it joined, or
                 // ran fewer vnodes) keeps its position, so no member is listed under two
                 // ids; the others are placed around them.
-                let mut fresh = tokens::allocate_positions(&ring, me, vnodes)
+                let mut fresh = tokens::allocate_positions(&ring, me, vnodes, replicas)
                     .into_iter()
                     .filter(|id| !mine.values().any(|m| m == id));
                 let ids: Vec<Id> = (0..vnodes)

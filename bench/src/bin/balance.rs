@@ -49,6 +49,10 @@ struct Args {
     /// Seed of the key ids.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Copies beyond the primary: what balanced positions even out besides primary shares,
+    /// and what the replicated share counts.
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
 }
 
 /// One table's rings, measured against the same keys.
@@ -64,6 +68,7 @@ fn run(args: &Args, keys: u64) -> Table {
         hosts: args.hosts,
         keys,
         seed: args.seed,
+        replicas: args.replicas,
     };
     let ids = balance::key_ids(keys, args.seed);
     let runs: Vec<(Allocation, u16)> = RANDOM_VNODES
@@ -77,7 +82,7 @@ fn run(args: &Args, keys: u64) -> Table {
         .collect();
     let moves = runs
         .iter()
-        .map(|(a, v)| balance::movement(*a, MOVEMENT_HOSTS, *v, &ids))
+        .map(|(a, v)| balance::movement(*a, MOVEMENT_HOSTS, *v, args.replicas, &ids))
         .collect();
     Table {
         keys,
@@ -92,22 +97,23 @@ const MOVEMENT_HOSTS: usize = 8;
 
 fn command(args: &Args, keys: u64) -> String {
     format!(
-        "chordkv balance --hosts {} --keys {} --seed {}",
-        args.hosts, keys, args.seed
+        "chordkv balance --hosts {} --keys {} --seed {} --replicas {}",
+        args.hosts, keys, args.seed, args.replicas
     )
 }
 
 fn keys_table(md: &mut String, t: &Table) {
     md.push_str(
         "| positions | per host | keys p1 | p50 | p99 | max | p1 / mean | p99 / mean | max / mean \
-         | share p1 / mean | share p99 / mean | share max / mean |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | share p1 / mean | share p99 / mean | share max / mean \
+         | copies p1 / mean | copies p99 / mean | copies max / mean |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &t.rows {
         let k = r.keys.relative();
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.3} |",
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
             r.allocation,
             r.vnodes,
             r.keys.p1,
@@ -119,13 +125,16 @@ fn keys_table(md: &mut String, t: &Table) {
             k.max,
             r.share.p1,
             r.share.p99,
-            r.share.max
+            r.share.max,
+            r.replicated.p1,
+            r.replicated.p99,
+            r.replicated.max
         );
     }
     let f = t.floor.relative();
     let _ = writeln!(
         md,
-        "| equal shares | 1 | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | 1 | 1 | 1 |",
+        "| equal shares | 1 | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | 1 | 1 | 1 | | | |",
         t.floor.p1, t.floor.p50, t.floor.p99, t.floor.max, f.p1, f.p99, f.max
     );
 }
@@ -147,7 +156,7 @@ fn readme(args: &Args, t1: &Table, t9: &Table) -> String {
          positions on the ring: Chord's random virtual nodes (SIGCOMM'01 section 6.9; position 0 \
          is the host's node id, position i the SHA-1 of `\"ADDR#i\"`: \
          `chordkv_core::tokens::random_positions`) beside positions allocated as each host \
-         joins to even out the hosts' shares (`chordkv_core::tokens::allocate_positions`, \
+         joins to even out the hosts' shares and copies (`chordkv_core::tokens::allocate_positions`, \
          hosts joining one after the other). No node runs: a ring is its positions, and a key \
          belongs to the first position clockwise from it (`harness/src/sim/balance.rs`). Hosts \
          are the simulator's addresses `127.x.y.z:7000`; keys are random ids drawn from the \
@@ -155,7 +164,7 @@ fn readme(args: &Args, t1: &Table, t9: &Table) -> String {
          plot with:\n\n\
          ```\n\
          cargo run --release -p chordkv-bench --bin balance -- --out {} --hosts {} --keys {} \
-         --fig9-keys {} --seed {}\n\
+         --fig9-keys {} --seed {} --replicas {}\n\
          ```\n\n\
          Each table is printed alone by the `chordkv balance` command under it \
          (`chordkv balance --help` documents the flags).\n\n\
@@ -163,13 +172,17 @@ fn readme(args: &Args, t1: &Table, t9: &Table) -> String {
          includes the noise of sampling a finite number of keys, which no allocation removes: \
          the row `equal shares` (every host exactly 1/{} of the ring) shows that floor. A host's \
          *share* is the fraction of the id space it owns, over the mean share: keys per host \
-         over the mean with infinitely many keys, what an allocation controls.\n\n",
+         over the mean with infinitely many keys, what an allocation controls. Its *copies* \
+         are the fraction it holds a copy of, primary or replica, with {} replicas on distinct \
+         hosts (a key's preference list), over the mean: what it stores.\n\n",
         args.out.display(),
         args.hosts,
         args.keys,
         args.fig9_keys,
         args.seed,
+        args.replicas,
         args.hosts,
+        args.replicas,
     );
 
     let _ = write!(
@@ -265,17 +278,17 @@ fn readme(args: &Args, t1: &Table, t9: &Table) -> String {
 
     md.push_str(
         "## The allocation\n\n\
-         A joining host levels the hosts that own the most down to its own share: it takes \
-         the most loaded hosts, in order, while the next one owns more than the level they \
-         would all share with it (at most one host per position it places), and takes from \
-         each what it owns above that level, as fractions of that host's largest arcs (at \
-         most 90% of an arc, so no host is left a sliver): a new position inside an arc \
-         `(pred, p]` owns `(pred, new]`. Positions left over (fewer arcs to take from than \
-         positions) halve the host's own largest arcs. The first host spaces its positions \
-         evenly from its node id; a host restarting on its address gets its positions back. \
-         The module docs of `core/src/tokens.rs` have the details and the sources (Chord \
-         SIGCOMM'01 sections 6.2 and 6.9, Dynamo SOSP'07 section 6.2, Cassandra's token \
-         allocation).\n",
+         A joining host places its positions one at a time, each where it evens out the \
+         most: over the arcs near the positions of the hosts holding the most (primary and \
+         counting replicas), it computes how a split of the arc `(pred, p]` at `pred + x` \
+         changes every host's share and *copies* (the ids it holds a copy of, primary or \
+         replica: the preference lists the new position enters and the hosts it pushes out), \
+         takes the `x` that minimises the squared deviations from the targets (within 10% \
+         to 90% of the arc) and the arc where that minimum is lowest. The first host spaces \
+         its positions evenly from its node id; a host restarting on its address gets its \
+         positions back. The module docs of `core/src/tokens.rs` have the details and the \
+         sources (Chord SIGCOMM'01 sections 6.2 and 6.9, Dynamo SOSP'07 section 6.2, \
+         Cassandra's replication-aware token allocation, CASSANDRA-7032).\n",
     );
     md
 }

@@ -58,6 +58,9 @@ pub struct BalanceConfig {
     pub keys: u64,
     /// Seed of the key ids.
     pub seed: u64,
+    /// Copies beyond the primary (`--replicas`): what the balanced allocation evens out
+    /// besides primary shares, and what the replicated share counts.
+    pub replicas: usize,
 }
 
 impl Default for BalanceConfig {
@@ -67,6 +70,7 @@ impl Default for BalanceConfig {
             hosts: 10_000,
             keys: 500_000,
             seed: 1,
+            replicas: 2,
         }
     }
 }
@@ -123,11 +127,14 @@ pub struct BalanceRow {
     pub keys: Spread,
     /// Each host's share of the id space, relative to the mean share `1 / hosts`.
     pub share: Spread,
+    /// Each host's replicated share (the ids it holds a copy of, primary or replica, with
+    /// [`BalanceConfig::replicas`] on distinct hosts), relative to the mean.
+    pub replicated: Spread,
 }
 
 /// The positions of `hosts` hosts with `vnodes` positions each, as `(position, host index)`
-/// sorted by position.
-pub fn build_ring(allocation: Allocation, hosts: usize, vnodes: u16) -> Vec<(Id, usize)> {
+/// sorted by position; balanced ones for a store keeping `replicas` copies beyond the primary.
+pub fn build_ring(allocation: Allocation, hosts: usize, vnodes: u16, replicas: usize) -> Vec<(Id, usize)> {
     let mut ring: Vec<(Id, usize)> = match allocation {
         Allocation::Random => (0..hosts)
             .flat_map(|h| {
@@ -137,7 +144,7 @@ pub fn build_ring(allocation: Allocation, hosts: usize, vnodes: u16) -> Vec<(Id,
             })
             .collect(),
         Allocation::Balanced => {
-            let mut ring = Ring::new();
+            let mut ring = Ring::new(replicas);
             for h in 0..hosts {
                 ring.join(sim_addr(h), vnodes);
             }
@@ -178,8 +185,15 @@ pub fn keys_per_host(ring: &[(Id, usize)], hosts: usize, keys: &[Id]) -> Vec<u64
 
 /// Each host's share of the id space on `ring` (sorted, not empty).
 pub fn shares(ring: &[(Id, usize)], hosts: usize) -> Vec<f64> {
+    replicated_shares(ring, hosts, 0)
+}
+
+/// Each host's replicated share on `ring` (sorted, not empty): the fraction of the id space
+/// it holds a copy of with `replicas` copies beyond the primary on distinct hosts
+/// ([`tokens::replicated_ownership`]).
+pub fn replicated_shares(ring: &[(Id, usize)], hosts: usize, replicas: usize) -> Vec<f64> {
     let positions: Vec<(Id, SocketAddr)> = ring.iter().map(|(p, h)| (*p, sim_addr(*h))).collect();
-    let by_addr = tokens::ownership(&positions);
+    let by_addr = tokens::replicated_ownership(&positions, replicas);
     (0..hosts)
         .map(|h| by_addr.get(&sim_addr(h)).copied().unwrap_or(0.0))
         .collect()
@@ -188,7 +202,7 @@ pub fn shares(ring: &[(Id, usize)], hosts: usize) -> Vec<f64> {
 /// Builds the ring of `config.hosts` hosts with `vnodes` positions each and measures it
 /// against `keys` (from [`key_ids`]).
 pub fn measure(config: &BalanceConfig, keys: &[Id], allocation: Allocation, vnodes: u16) -> BalanceRow {
-    let ring = build_ring(allocation, config.hosts, vnodes);
+    let ring = build_ring(allocation, config.hosts, vnodes, config.replicas);
     let counts: Vec<f64> = keys_per_host(&ring, config.hosts, keys)
         .into_iter()
         .map(|c| c as f64)
@@ -198,6 +212,7 @@ pub fn measure(config: &BalanceConfig, keys: &[Id], allocation: Allocation, vnod
         vnodes,
         keys: Spread::of(&counts),
         share: Spread::of(&shares(&ring, config.hosts)).relative(),
+        replicated: Spread::of(&replicated_shares(&ring, config.hosts, config.replicas)).relative(),
     }
 }
 
@@ -240,12 +255,13 @@ pub struct Movement {
     pub leave_targets: usize,
 }
 
-/// Builds `hosts` hosts with `vnodes` positions each, adds one more (host `hosts`), then
-/// removes host 0, and measures what each step moved: the id space exactly (shares that fell
-/// or rose), the keys by their owners before and after.
-pub fn movement(allocation: Allocation, hosts: usize, vnodes: u16, keys: &[Id]) -> Movement {
-    let before = build_ring(allocation, hosts, vnodes);
-    let joined = build_ring(allocation, hosts + 1, vnodes);
+/// Builds `hosts` hosts with `vnodes` positions each (balanced for `replicas` copies beyond
+/// the primary), adds one more (host `hosts`), then removes host 0, and measures what each
+/// step moved: the id space exactly (shares that fell or rose), the keys by their owners
+/// before and after.
+pub fn movement(allocation: Allocation, hosts: usize, vnodes: u16, replicas: usize, keys: &[Id]) -> Movement {
+    let before = build_ring(allocation, hosts, vnodes, replicas);
+    let joined = build_ring(allocation, hosts + 1, vnodes, replicas);
     let left: Vec<(Id, usize)> = joined.iter().copied().filter(|(_, h)| *h != 0).collect();
     let (join_moved, join_sources, join_moved_keys) = moved(&before, &joined, hosts + 1, keys);
     let (leave_moved, leave_targets, leave_moved_keys) = moved(&joined, &left, hosts + 1, keys);
@@ -298,6 +314,7 @@ mod tests {
             hosts: 200,
             keys: 20_000,
             seed: 7,
+            replicas: 2,
         };
         let keys = key_ids(config.keys, config.seed);
         let random = measure(&config, &keys, Allocation::Random, 1);
@@ -308,6 +325,9 @@ mod tests {
         assert!(random.share.p99 > 3.0, "{:?}", random.share);
         assert!(balanced.share.p99 < 1.25, "{:?}", balanced.share);
         assert!(balanced.share.p1 > 0.75, "{:?}", balanced.share);
+        // What each host stores counting replicas evens out too.
+        assert!(balanced.replicated.p99 < 1.25, "{:?}", balanced.replicated);
+        assert!(balanced.replicated.p1 > 0.75, "{:?}", balanced.replicated);
         assert!(balanced.keys.p99 < random.keys.p99 / 2.0);
         // Equal shares leave the noise of sampling 100 keys per host.
         let floor = equal_shares(config.hosts, &keys).relative();
@@ -320,13 +340,13 @@ mod tests {
     #[test]
     fn a_join_moves_a_ninth_from_many_hosts_and_a_leave_spreads_its_share() {
         let keys = key_ids(20_000, 1);
-        let m = movement(Allocation::Balanced, 8, 16, &keys);
+        let m = movement(Allocation::Balanced, 8, 16, 2, &keys);
         assert!((m.join_moved - 1.0 / 9.0).abs() < 0.02, "{m:?}");
         assert!((m.join_moved_keys - m.join_moved).abs() < 0.02, "{m:?}");
         assert!(m.join_sources >= 4, "{m:?}");
         assert!(m.leave_targets >= 2, "{m:?}");
         // One random position: the newcomer takes from its successor alone.
-        let r = movement(Allocation::Random, 8, 1, &keys);
+        let r = movement(Allocation::Random, 8, 1, 2, &keys);
         assert_eq!((r.join_sources, r.leave_targets), (1, 1), "{r:?}");
     }
 }

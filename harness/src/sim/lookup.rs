@@ -359,7 +359,7 @@ pub fn host_positions(allocation: Allocation, hosts: usize, vnodes: u16) -> Vec<
             .map(|h| tokens::random_positions(&sim_addr(h), vnodes))
             .collect(),
         Allocation::Balanced => {
-            let mut ring = tokens::Ring::new();
+            let mut ring = tokens::Ring::new(0);
             (0..hosts).map(|h| ring.join(sim_addr(h), vnodes)).collect()
         }
     }
