@@ -63,7 +63,19 @@ struct Table {
     moves: Vec<Movement>,
 }
 
-fn run(args: &Args, keys: u64) -> Table {
+/// Every ring the tables measure, `(allocation, positions per host, ring)`, built once.
+type Rings = Vec<(Allocation, u16, Vec<(chordkv_protocol::Id, usize)>)>;
+
+fn build_rings(args: &Args) -> Rings {
+    RANDOM_VNODES
+        .iter()
+        .map(|v| (Allocation::Random, *v))
+        .chain(BALANCED_VNODES.iter().map(|v| (Allocation::Balanced, *v)))
+        .map(|(a, v)| (a, v, balance::build_ring(a, args.hosts, v, args.replicas)))
+        .collect()
+}
+
+fn run(args: &Args, rings: &Rings, keys: u64) -> Table {
     let config = BalanceConfig {
         hosts: args.hosts,
         keys,
@@ -71,14 +83,10 @@ fn run(args: &Args, keys: u64) -> Table {
         replicas: args.replicas,
     };
     let ids = balance::key_ids(keys, args.seed);
-    let runs: Vec<(Allocation, u16)> = RANDOM_VNODES
+    let runs: Vec<(Allocation, u16)> = rings.iter().map(|(a, v, _)| (*a, *v)).collect();
+    let rows = rings
         .iter()
-        .map(|v| (Allocation::Random, *v))
-        .chain(BALANCED_VNODES.iter().map(|v| (Allocation::Balanced, *v)))
-        .collect();
-    let rows = runs
-        .iter()
-        .map(|(a, v)| balance::measure(&config, &ids, *a, *v))
+        .map(|(a, v, ring)| balance::measure_ring(&config, &ids, *a, *v, ring))
         .collect();
     let moves = runs
         .iter()
@@ -440,8 +448,9 @@ fn main() -> anyhow::Result<()> {
         "balance: {} hosts, {} and {} keys, seed {}",
         args.hosts, args.keys, args.fig9_keys, args.seed
     );
-    let t1 = run(&args, args.keys);
-    let t9 = run(&args, args.fig9_keys);
+    let rings = build_rings(&args);
+    let t1 = run(&args, &rings, args.keys);
+    let t9 = run(&args, &rings, args.fig9_keys);
     let readme_path = args.out.join("README.md");
     std::fs::write(&readme_path, readme(&args, &t1, &t9))
         .with_context(|| format!("writing {}", readme_path.display()))?;

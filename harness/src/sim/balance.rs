@@ -203,6 +203,19 @@ pub fn replicated_shares(ring: &[(Id, usize)], hosts: usize, replicas: usize) ->
 /// against `keys` (from [`key_ids`]).
 pub fn measure(config: &BalanceConfig, keys: &[Id], allocation: Allocation, vnodes: u16) -> BalanceRow {
     let ring = build_ring(allocation, config.hosts, vnodes, config.replicas);
+    measure_ring(config, keys, allocation, vnodes, &ring)
+}
+
+/// [`measure`] on a `ring` already built by [`build_ring`] for `config` (a caller measuring
+/// one ring against several key sets builds it once).
+pub fn measure_ring(
+    config: &BalanceConfig,
+    keys: &[Id],
+    allocation: Allocation,
+    vnodes: u16,
+    ring: &[(Id, usize)],
+) -> BalanceRow {
+    let ring = ring.to_vec();
     let counts: Vec<f64> = keys_per_host(&ring, config.hosts, keys)
         .into_iter()
         .map(|c| c as f64)
