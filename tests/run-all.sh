@@ -66,5 +66,34 @@ fi
 
 # The process tests spawn target/debug/chordkv, which `cargo test` does not build for another
 # package's tests: build every binary first.
+# Today's Redis clients with their default settings (redis-py 8 and node-redis 6 speak RESP3),
+# for tests/tests/resp_clients.rs: installed into target/clients, never system-wide.
+clients=target/clients
+if ! PYTHONPATH="$clients/python" python3 -c 'import redis, sys; sys.exit(int(redis.__version__.split(".")[0]) < 8)' >/dev/null 2>&1; then
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        echo "run-all.sh: pip not found; installing python3-pip with apt-get" >&2
+        as_root=()
+        [ "$(id -u)" -ne 0 ] && as_root=(sudo)
+        ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pip
+    fi
+    echo "run-all.sh: installing redis-py 8 into $clients/python" >&2
+    # --target keeps it out of the system's packages; Debian's pip wants the flag even so.
+    python3 -m pip install -q --target "$clients/python" 'redis>=8,<9' \
+        || python3 -m pip install -q --break-system-packages --target "$clients/python" 'redis>=8,<9'
+fi
+if [ ! -f "$clients/node/node_modules/redis/package.json" ] || [ ! -f "$clients/node/node_modules/ioredis/package.json" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "run-all.sh: npm not found; installing nodejs and npm with apt-get" >&2
+        as_root=()
+        [ "$(id -u)" -ne 0 ] && as_root=(sudo)
+        ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
+    fi
+    echo "run-all.sh: installing node-redis 6 and ioredis 6 into $clients/node" >&2
+    mkdir -p "$clients/node"
+    npm install --silent --no-audit --no-fund --prefix "$clients/node" redis@6 ioredis@6
+fi
+
 cargo build --workspace --bins
 cargo test --workspace

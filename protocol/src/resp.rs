@@ -1,5 +1,5 @@
-//! RESP2, the Redis serialization protocol, as far as a server needs it: decoding the commands
-//! clients send and encoding the replies they expect. Redis clients (redis-cli,
+//! RESP2 and RESP3, the Redis serialization protocol, as far as a server needs it: decoding the
+//! commands clients send and encoding the replies they expect. Redis clients (redis-cli,
 //! redis-benchmark, client libraries) talk to a chordkv node through this; see
 //! `server/src/resp/` for what the commands do.
 //!
@@ -33,13 +33,26 @@
 //!
 //! # Replies
 //!
-//! The `write_*` functions append one RESP2 reply to a buffer:
+//! The `write_*` functions append one reply to a buffer:
 //!
 //! ```text
 //!  simple string  +OK\r\n          error    -ERR unknown command 'x'\r\n
 //!  integer        :42\r\n          bulk     $3\r\nabc\r\n       null bulk  $-1\r\n
 //!  array header   *2\r\n (then the elements)                  null array $-1... (*-1\r\n)
 //! ```
+//!
+//! A connection speaks RESP2 until it sends `HELLO 3` ([`Proto`]); the types RESP3 adds
+//! (redis.io/docs/latest/develop/reference/protocol-spec, "RESP3 types") are written by the
+//! `write_*_in` functions, which fall back to what Redis itself sends a RESP2 client:
+//!
+//! ```text
+//!                 RESP3                              RESP2
+//!  null           _\r\n                              $-1\r\n (or *-1\r\n for a missing array)
+//!  map header     %2\r\n (then key, value, ...)       *4\r\n (a flat array)
+//!  verbatim       =9\r\ntxt:hello\r\n                 $5\r\nhello\r\n
+//! ```
+//!
+//! (No command chordkv serves answers a double, a boolean, a set or a push in Redis.)
 
 use bytes::{Bytes, BytesMut};
 
@@ -378,6 +391,69 @@ pub fn write_array_len(out: &mut Vec<u8>, n: usize) {
     out.push(b'*');
     push_u64(out, n as u64);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The RESP version a connection speaks: RESP2 until `HELLO 3`, RESP2 again after `HELLO 2`
+/// (redis.io/docs/latest/commands/hello).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Proto {
+    #[default]
+    Resp2,
+    Resp3,
+}
+
+impl Proto {
+    /// 2 or 3, as HELLO's `proto` field and CLIENT LIST's `resp=` give it.
+    pub fn version(self) -> i64 {
+        match self {
+            Proto::Resp2 => 2,
+            Proto::Resp3 => 3,
+        }
+    }
+}
+
+/// A null: `_\r\n` in RESP3, the null bulk string `$-1\r\n` in RESP2.
+pub fn write_null_in(out: &mut Vec<u8>, proto: Proto) {
+    match proto {
+        Proto::Resp2 => write_null(out),
+        Proto::Resp3 => out.extend_from_slice(b"_\r\n"),
+    }
+}
+
+/// A missing array (COMMAND INFO of an unknown command): `_\r\n` in RESP3, `*-1\r\n` in RESP2.
+pub fn write_null_array_in(out: &mut Vec<u8>, proto: Proto) {
+    match proto {
+        Proto::Resp2 => out.extend_from_slice(b"*-1\r\n"),
+        Proto::Resp3 => out.extend_from_slice(b"_\r\n"),
+    }
+}
+
+/// The header of a map of `n` pairs, to be followed by key, value, key, value ...: `%n\r\n`
+/// in RESP3, a flat array of `2n` elements in RESP2.
+pub fn write_map_len_in(out: &mut Vec<u8>, n: usize, proto: Proto) {
+    match proto {
+        Proto::Resp2 => write_array_len(out, 2 * n),
+        Proto::Resp3 => {
+            out.push(b'%');
+            push_u64(out, n as u64);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// Text for a human (INFO, CLIENT LIST): a verbatim string of format `txt` in RESP3
+/// (`=len\r\ntxt:text\r\n`), a bulk string in RESP2.
+pub fn write_verbatim_in(out: &mut Vec<u8>, text: &[u8], proto: Proto) {
+    match proto {
+        Proto::Resp2 => write_bulk(out, text),
+        Proto::Resp3 => {
+            out.push(b'=');
+            push_u64(out, text.len() as u64 + 4);
+            out.extend_from_slice(b"\r\ntxt:");
+            out.extend_from_slice(text);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
 }
 
 fn push_line(out: &mut Vec<u8>, text: &[u8]) {

@@ -200,12 +200,82 @@ fn errors_use_redis_wording_and_keep_the_connection() {
     expect_err(&mut con, &["SET", "k", "v", "EX", "10"], "keys do not expire");
     expect_err(&mut con, &["SET", "k", "v", "BOGUS"], "syntax error");
     expect_err(&mut con, &["SELECT", "1"], "DB index is out of range");
-    expect_err(&mut con, &["HELLO", "3"], "NOPROTO");
+    expect_err(&mut con, &["HELLO", "4"], "NOPROTO");
     // The connection is still good after every error.
     let ok: String = until_ok(&mut con, &["SET", "k", "v"]);
     assert_eq!(ok, "OK");
     let got: String = until_ok(&mut con, &["GET", "k"]);
     assert_eq!(got, "v");
+}
+
+/// A client that asks for RESP3 as it connects (the `redis` crate with `protocol=resp3`; redis-py
+/// 8 and node-redis 6 do by default, and stopped at `-NOPROTO` before): the handshake's HELLO 3
+/// gets the server map, nulls and INFO come in RESP3's types, and keys route through the ring
+/// as over RESP2.
+#[test]
+fn a_resp3_client_connects_and_is_answered_in_resp3() {
+    let name = "resp3_client";
+    let cluster = start(name, 3);
+    let addrs = cluster.resp_addrs();
+    let mut cons: Vec<Connection> = addrs
+        .iter()
+        .map(|addr| {
+            let client = redis::Client::open(format!("redis://{addr}/?protocol=resp3")).expect("a redis URL");
+            let con = client
+                .get_connection_with_timeout(REQUEST_TIMEOUT)
+                .unwrap_or_else(|e| panic!("RESP3 connection to {addr}: {e}"));
+            con.set_read_timeout(Some(REQUEST_TIMEOUT))
+                .expect("a read timeout");
+            con
+        })
+        .collect();
+    let hello: Value = until_ok(&mut cons[0], &["HELLO", "3"]);
+    let Value::Map(fields) = hello else {
+        panic!("HELLO 3 answers a map: {hello:?}")
+    };
+    assert!(
+        fields.contains(&(Value::BulkString(b"proto".to_vec()), Value::Int(3))),
+        "{fields:?}"
+    );
+    for i in 0..30 {
+        let key = format!("r3-{i}");
+        let ok: String = until_ok(&mut cons[i % 3], &["SET", &key, &format!("v{i}")]);
+        assert_eq!(ok, "OK");
+    }
+    for (j, con) in cons.iter_mut().enumerate() {
+        for i in 0..30 {
+            let got: Value = until_ok(con, &["GET", &format!("r3-{i}")]);
+            assert_eq!(
+                got,
+                Value::BulkString(format!("v{i}").into_bytes()),
+                "node {j} key {i}"
+            );
+        }
+        let missing: Value = until_ok(con, &["GET", "r3-missing"]);
+        assert_eq!(missing, Value::Nil, "RESP3's null `_`");
+        let many: Value = until_ok(con, &["MGET", "r3-0", "r3-missing"]);
+        assert_eq!(
+            many,
+            Value::Array(vec![Value::BulkString(b"v0".to_vec()), Value::Nil])
+        );
+    }
+    let info: Value = until_ok(&mut cons[1], &["INFO", "keyspace"]);
+    match info {
+        Value::VerbatimString { text, .. } => assert!(text.contains("# Keyspace"), "{text}"),
+        other => panic!("INFO in RESP3 is a verbatim string: {other:?}"),
+    }
+    let config: Value = until_ok(&mut cons[2], &["CONFIG", "GET", "databases"]);
+    assert_eq!(
+        config,
+        Value::Map(vec![(
+            Value::BulkString(b"databases".to_vec()),
+            Value::BulkString(b"1".to_vec())
+        )])
+    );
+    // HELLO 2 on the same connection: RESP2 again.
+    let _: Value = until_ok(&mut cons[2], &["HELLO", "2"]);
+    let info: Value = until_ok(&mut cons[2], &["INFO", "keyspace"]);
+    assert!(matches!(info, Value::BulkString(_)), "{info:?}");
 }
 
 #[test]

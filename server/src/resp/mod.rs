@@ -1,4 +1,4 @@
-//! The Redis-protocol (RESP2) front end: a translator between Redis commands and the core's
+//! The Redis-protocol (RESP2 and RESP3) front end: a translator between Redis commands and the core's
 //! client requests, one [`RespSession`] per connection accepted on the `--resp` listener.
 //!
 //! Translate, then apply (mini-redis' `cmd/`: `Get::parse_frames`, then `apply`). A command is
@@ -51,8 +51,11 @@
 //!   core request (`Message::Error`) becomes `-ERR <code>: <text>`.
 //! - **Not supported, with a clear error:** `SET` with `NX`/`XX`/`GET` (the store has no atomic
 //!   conditional or read-and-write put) and with `EX`/`PX`/`EXAT`/`PXAT` (keys never expire);
-//!   databases other than 0; RESP3 (`HELLO 3` answers `-NOPROTO`). `MSET` and multi-key `DEL`
-//!   are not atomic: each key is its own write.
+//!   databases other than 0. `MSET` and multi-key `DEL` are not atomic: each key is its own
+//!   write.
+//! - **RESP3.** `HELLO 3` switches the connection to RESP3 (`HELLO 2` back); each slot keeps
+//!   the version its command arrived in and [`cmd::Gather::encode`] writes its reply in it:
+//!   nulls, maps and verbatim strings as Redis 7 sends them (`chordkv_protocol::resp`).
 //! - **DBSIZE** is this node's count of live keys it is *primary* for (`keys_primary` of
 //!   GET_STATS), like `DBSIZE` on one Redis Cluster master: the sum over the nodes is the
 //!   ring's count. INFO's keyspace line gives the same figure, and its `# chordkv` section the

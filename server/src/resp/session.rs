@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use chordkv_protocol::resp::{self, RespError};
+use chordkv_protocol::resp::{self, Proto, RespError};
 use chordkv_protocol::Frame;
 
 use super::cmd::{self, Client, Cx, Gather, Pending, Requests, Translation};
@@ -46,6 +46,9 @@ struct Slot {
     sent: u32,
     got: u32,
     reply: SlotReply,
+    /// The RESP version the connection spoke when the command arrived (a later HELLO changes
+    /// the replies of later commands only).
+    proto: Proto,
 }
 
 enum SlotReply {
@@ -235,6 +238,7 @@ impl RespSession {
             sent: sent as u32,
             got: 0,
             reply,
+            proto: self.client.proto,
         });
         self.write_ready(out);
     }
@@ -248,7 +252,7 @@ impl RespSession {
                         self.held_bytes -= bytes.len();
                         out.extend_from_slice(&bytes);
                     }
-                    SlotReply::Waiting(pending) => pending.encode(out),
+                    SlotReply::Waiting(pending) => pending.encode(out, slot.proto),
                 }
             }
         }
@@ -404,6 +408,53 @@ mod tests {
         assert_eq!(rig.held.len(), MAX_REQUESTS_IN_FLIGHT);
     }
 
+    /// `HELLO 3` switches the connection to RESP3 (redis-py 8 and node-redis 6 send it first and
+    /// stopped at `-NOPROTO`): the server map is a map, nulls are `_`, INFO and CLIENT INFO are
+    /// verbatim strings; `HELLO 2` switches back. A command sent before the HELLO is answered
+    /// in the version it was sent in, even when its reply is encoded after.
+    #[test]
+    fn hello_3_speaks_resp3_until_hello_2() {
+        let mut rig = Rig::new();
+        // A GET waiting for the core, then HELLO 3, then another GET.
+        rig.send(b"GET missing\r\nHELLO 3 SETNAME app\r\nGET missing\r\n");
+        rig.deliver_reversed();
+        let out = rig.take_out();
+        let hello = "%7\r\n$6\r\nserver\r\n$7\r\nchordkv\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n\
+                     $5\r\nproto\r\n:3\r\n$2\r\nid\r\n:9\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n\
+                     $4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n";
+        assert_eq!(out, format!("$-1\r\n{hello}_\r\n"));
+        rig.send(b"CLIENT INFO\r\nCLIENT GETNAME\r\nCONFIG GET databases\r\nCOMMAND INFO nope\r\n");
+        let out = rig.take_out();
+        let line = "id=9 addr=127.0.0.1:40000 name=app db=0 resp=3\n";
+        assert_eq!(
+            out,
+            format!(
+                "={}\r\ntxt:{line}\r\n$3\r\napp\r\n%1\r\n$9\r\ndatabases\r\n$1\r\n1\r\n*1\r\n_\r\n",
+                line.len() + 4
+            )
+        );
+        rig.send(b"SET k v\r\nINFO keyspace\r\nMGET k missing\r\n");
+        rig.deliver_reversed();
+        let out = rig.take_out();
+        assert!(out.starts_with("+OK\r\n="), "{out}");
+        assert!(out.contains("\r\ntxt:# Keyspace\r\n"), "{out}");
+        assert!(out.ends_with("*2\r\n$1\r\nv\r\n_\r\n"), "{out}");
+        // Back to RESP2; a HELLO without a version keeps the current one.
+        rig.send(b"HELLO 2\r\nHELLO\r\nGET missing\r\n");
+        rig.deliver_reversed();
+        let out = rig.take_out();
+        assert!(out.starts_with("*14\r\n"), "{out}");
+        assert!(out.contains("$5\r\nproto\r\n:2\r\n"), "{out}");
+        assert!(out.ends_with("$-1\r\n"), "{out}");
+        assert_eq!(out.matches("*14\r\n").count(), 2, "{out}");
+        // A failed HELLO changes nothing.
+        rig.send(b"HELLO 3 AUTH u p\r\nGET missing\r\n");
+        rig.deliver_reversed();
+        let out = rig.take_out();
+        assert!(out.starts_with("-ERR AUTH"), "{out}");
+        assert!(out.ends_with("$-1\r\n"), "{out}");
+    }
+
     #[test]
     fn server_commands() {
         let mut rig = Rig::new();
@@ -412,10 +463,10 @@ mod tests {
             rig.take_out(),
             "$2\r\nhi\r\n+OK\r\n-ERR DB index is out of range\r\n+OK\r\n$2\r\nme\r\n"
         );
-        rig.send(b"HELLO 3\r\nSET k v NX\r\nset k v px 5\r\nNOPE x\r\nGET\r\n");
+        rig.send(b"HELLO 4\r\nSET k v NX\r\nset k v px 5\r\nNOPE x\r\nGET\r\n");
         assert_eq!(
             rig.take_out(),
-            "-NOPROTO sorry, this protocol version is not supported\r\n\
+            "-NOPROTO unsupported protocol version\r\n\
              -ERR SET NX and XX are not supported: chordkv has no atomic conditional write\r\n\
              -ERR SET EX, PX, EXAT and PXAT are not supported: chordkv keys do not expire\r\n\
              -ERR unknown command 'NOPE', with args beginning with: 'x' \r\n\

@@ -5,8 +5,9 @@
 //!  PING [msg]        ─► +PONG, or msg as a bulk string
 //!  ECHO msg          ─► msg
 //!  SELECT 0          ─► +OK (the only database)
-//!  HELLO [2 …]       ─► the server map, as a RESP2 array; HELLO 3 ─► -NOPROTO;
-//!                       HELLO 2 AUTH user pass logs in first
+//!  HELLO [2|3 …]     ─► the connection speaks RESP2 or RESP3 from here on; the server map
+//!                       (a map in RESP3, a flat array in RESP2); HELLO 3 AUTH user pass
+//!                       logs in first
 //!  AUTH [user] pass  ─► +OK as `user` (`default` when not named), -WRONGPASS, or without
 //!                       credentials configured the error Redis gives then
 //!  QUIT              ─► +OK, then the connection closes
@@ -18,7 +19,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use chordkv_protocol::resp;
+use chordkv_protocol::resp::{self, Proto};
 
 use super::super::REDIS_VERSION;
 use super::{parse_int, Cx, Translation};
@@ -37,6 +38,8 @@ pub(crate) struct Client {
     name: Option<Bytes>,
     /// The user logged in with AUTH or HELLO AUTH.
     pub session: Option<Session>,
+    /// RESP2 until `HELLO 3`.
+    pub proto: Proto,
 }
 
 impl Client {
@@ -46,6 +49,7 @@ impl Client {
             peer,
             name: None,
             session: None,
+            proto: Proto::Resp2,
         }
     }
 }
@@ -107,14 +111,18 @@ pub(crate) fn quit(_: &[Bytes], _: &mut Cx<'_>) -> Translation {
     Translation::Close(reply)
 }
 
-/// `HELLO [2 [AUTH ...] [SETNAME name]]`: the server map as a RESP2 array. RESP3 is not spoken.
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switches the connection to RESP2 or
+/// RESP3 (`protover` 2 or 3; none keeps the current one) once every option is accepted, and
+/// answers the server map in the new version (a map in RESP3, a flat array in RESP2).
 pub(crate) fn hello(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    let mut proto = cx.client.proto;
     if let Some(version) = rest.first() {
-        match parse_int(version) {
-            Some(2) => {}
-            Some(_) => return Translation::error("NOPROTO sorry, this protocol version is not supported"),
+        proto = match parse_int(version) {
+            Some(2) => Proto::Resp2,
+            Some(3) => Proto::Resp3,
+            Some(_) => return Translation::error("NOPROTO unsupported protocol version"),
             None => return Translation::error("ERR Protocol version is not an integer or out of range"),
-        }
+        };
     }
     let mut options = rest.iter().skip(1);
     while let Some(option) = options.next() {
@@ -135,14 +143,15 @@ pub(crate) fn hello(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
             }
         }
     }
+    cx.client.proto = proto;
     let mut reply = Vec::new();
-    resp::write_array_len(&mut reply, 14);
+    resp::write_map_len_in(&mut reply, 7, proto);
     for (k, v) in [("server", "chordkv"), ("version", REDIS_VERSION)] {
         resp::write_bulk(&mut reply, k.as_bytes());
         resp::write_bulk(&mut reply, v.as_bytes());
     }
     resp::write_bulk(&mut reply, b"proto");
-    resp::write_integer(&mut reply, 2);
+    resp::write_integer(&mut reply, proto.version());
     resp::write_bulk(&mut reply, b"id");
     resp::write_integer(&mut reply, cx.client.id as i64);
     for (k, v) in [("mode", "standalone"), ("role", "master")] {
@@ -174,7 +183,7 @@ pub(crate) fn client(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
         }
         (b"GETNAME", [_]) => match &client.name {
             Some(name) => Translation::bulk(name),
-            None => Translation::null(),
+            None => Translation::null(client.proto),
         },
         (b"ID", [_]) => Translation::integer(client.id as i64),
         (b"INFO", [_]) | (b"LIST", _) => {
@@ -183,8 +192,15 @@ pub(crate) fn client(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
                 .as_deref()
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default();
-            let line = format!("id={} addr={} name={name} db=0 resp=2\n", client.id, client.peer);
-            Translation::bulk(line.as_bytes())
+            let line = format!(
+                "id={} addr={} name={name} db=0 resp={}\n",
+                client.id,
+                client.peer,
+                client.proto.version()
+            );
+            let mut reply = Vec::new();
+            resp::write_verbatim_in(&mut reply, line.as_bytes(), client.proto);
+            Translation::Reply(reply)
         }
         (b"SETINFO", [_, _, _]) | (b"NO-EVICT", [_, _]) | (b"NO-TOUCH", [_, _]) => Translation::simple("OK"),
         (b"REPLY", [_, on]) if on.eq_ignore_ascii_case(b"ON") => Translation::simple("OK"),

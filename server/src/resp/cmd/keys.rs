@@ -11,7 +11,7 @@
 //! each key is its own write. A failed key fails the command with the first error received.
 
 use bytes::Bytes;
-use chordkv_protocol::resp;
+use chordkv_protocol::resp::{self, Proto};
 use chordkv_protocol::Message;
 
 use super::{error_text, refuse_large_keys, Cx, Gather, Translation};
@@ -55,7 +55,7 @@ impl Gather for Counted {
         }
     }
 
-    fn encode(self, out: &mut Vec<u8>) {
+    fn encode(self, out: &mut Vec<u8>, _: Proto) {
         match self.error {
             Some(e) => resp::write_error(out, &e),
             None => resp::write_integer(out, self.n),

@@ -35,7 +35,7 @@ mod strings;
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use chordkv_protocol::resp;
+use chordkv_protocol::resp::{self, Proto};
 use chordkv_protocol::{Frame, Message, MAX_KEY_BYTES};
 
 use super::info::Facts;
@@ -177,6 +177,11 @@ pub(crate) struct Cx<'a> {
 }
 
 impl Cx<'_> {
+    /// The RESP version the connection speaks now.
+    pub fn proto(&self) -> Proto {
+        self.client.proto
+    }
+
     /// Asks the core for `message`. Its reply goes to the [`Pending`] the command returns,
     /// with `offset` counting this command's requests from 0 in the order asked.
     pub fn ask(&mut self, message: Message) {
@@ -254,9 +259,9 @@ impl Translation {
         Translation::Reply(encoded(|out| resp::write_bulk(out, data)))
     }
 
-    /// The null bulk string.
-    pub fn null() -> Translation {
-        Translation::Reply(encoded(resp::write_null))
+    /// A null (the null bulk string in RESP2).
+    pub fn null(proto: Proto) -> Translation {
+        Translation::Reply(encoded(|out| resp::write_null_in(out, proto)))
     }
 
     pub fn integer(n: i64) -> Translation {
@@ -290,8 +295,9 @@ fn refuse_large_keys<'k>(keys: impl IntoIterator<Item = &'k Bytes>) -> Option<Tr
 pub(crate) trait Gather {
     /// Takes the core's reply to the command's request number `offset` (0 for the first).
     fn accept(&mut self, offset: usize, reply: Message);
-    /// Writes the RESP reply, once every request has been answered.
-    fn encode(self, out: &mut Vec<u8>);
+    /// Writes the RESP reply in `proto` (the connection's when the command arrived), once
+    /// every request has been answered.
+    fn encode(self, out: &mut Vec<u8>, proto: Proto);
 }
 
 /// Declares [`Pending`], one variant per [`Gather`] type, with `From` for each and the
@@ -317,9 +323,9 @@ macro_rules! pending {
                 }
             }
 
-            fn encode(self, out: &mut Vec<u8>) {
+            fn encode(self, out: &mut Vec<u8>, proto: Proto) {
                 match self {
-                    $(Pending::$variant(p) => p.encode(out),)*
+                    $(Pending::$variant(p) => p.encode(out, proto),)*
                 }
             }
         }
@@ -340,8 +346,8 @@ impl<G: Gather> Gather for Box<G> {
         (**self).accept(offset, reply);
     }
 
-    fn encode(self, out: &mut Vec<u8>) {
-        (*self).encode(out);
+    fn encode(self, out: &mut Vec<u8>, proto: Proto) {
+        (*self).encode(out, proto);
     }
 }
 
@@ -349,13 +355,13 @@ impl<G: Gather> Gather for Box<G> {
 /// until `write` turns it into RESP.
 pub(crate) struct OneReply {
     reply: Option<Message>,
-    /// Writes the answer to the reply the command expects; false, having written nothing, for
-    /// any other (which is then written as a failure).
-    write: fn(&Message, &mut Vec<u8>) -> bool,
+    /// Writes the answer to the reply the command expects, in the connection's RESP version;
+    /// false, having written nothing, for any other (which is then written as a failure).
+    write: fn(&Message, Proto, &mut Vec<u8>) -> bool,
 }
 
 impl OneReply {
-    pub fn new(write: fn(&Message, &mut Vec<u8>) -> bool) -> OneReply {
+    pub fn new(write: fn(&Message, Proto, &mut Vec<u8>) -> bool) -> OneReply {
         OneReply { reply: None, write }
     }
 }
@@ -365,9 +371,9 @@ impl Gather for OneReply {
         self.reply = Some(reply);
     }
 
-    fn encode(self, out: &mut Vec<u8>) {
+    fn encode(self, out: &mut Vec<u8>, proto: Proto) {
         match &self.reply {
-            Some(reply) if (self.write)(reply, out) => {}
+            Some(reply) if (self.write)(reply, proto, out) => {}
             other => write_failure(out, other.as_ref()),
         }
     }
@@ -482,7 +488,7 @@ mod tests {
                         pending.accept(offset, reply);
                     }
                     let mut out = Vec::new();
-                    pending.encode(&mut out);
+                    pending.encode(&mut out, Proto::Resp2);
                     assert!(out.starts_with(b"-ERR"), "{line:?}: {out:?}");
                 }
             }

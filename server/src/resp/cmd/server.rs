@@ -14,7 +14,7 @@
 //! Redis' pages: redis.io/docs/latest/commands/{info,dbsize,command,config-get}.
 
 use bytes::Bytes;
-use chordkv_protocol::resp;
+use chordkv_protocol::resp::{self, Proto};
 use chordkv_protocol::{Message, NodeInfo};
 
 use super::super::info::{counter, info_text, server_lines, wants_section};
@@ -51,7 +51,8 @@ pub(crate) fn dbsize(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 }
 
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND LIST`, `COMMAND INFO name ...`, `COMMAND DOCS`.
-pub(crate) fn command(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
+pub(crate) fn command(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    let proto = cx.proto();
     let sub = rest.first().map(|s| s.to_ascii_uppercase());
     let mut reply = Vec::new();
     match sub.as_deref() {
@@ -74,12 +75,12 @@ pub(crate) fn command(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
             for name in names {
                 match find(name) {
                     Some(c) => command_entry(&mut reply, c),
-                    None => reply.extend_from_slice(b"*-1\r\n"),
+                    None => resp::write_null_array_in(&mut reply, proto),
                 }
             }
         }
         // No documentation is served; an empty map (a flat array in RESP2) is a valid answer.
-        Some(b"DOCS") => resp::write_array_len(&mut reply, 0),
+        Some(b"DOCS") => resp::write_map_len_in(&mut reply, 0, proto),
         Some(other) => {
             let other = String::from_utf8_lossy(other).into_owned();
             return Translation::error(&format!("ERR unknown subcommand '{other}'. Try COMMAND HELP."));
@@ -105,7 +106,7 @@ fn command_entry(out: &mut Vec<u8>, c: &Spec) {
 
 /// `CONFIG GET pattern ...`: the few parameters benchmark tools ask for, with values that
 /// describe chordkv (nothing saved to disk, one database); `*` lists them all.
-pub(crate) fn config(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
+pub(crate) fn config(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     const PARAMS: [(&str, &str); 4] = [
         ("save", ""),
         ("appendonly", "no"),
@@ -130,7 +131,7 @@ pub(crate) fn config(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
         }
     }
     let mut reply = Vec::new();
-    resp::write_array_len(&mut reply, found.len() * 2);
+    resp::write_map_len_in(&mut reply, found.len(), cx.proto());
     for (name, value) in found {
         resp::write_bulk(&mut reply, name.as_bytes());
         resp::write_bulk(&mut reply, value.as_bytes());
@@ -139,7 +140,7 @@ pub(crate) fn config(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
 }
 
 /// DBSIZE's answer: the core's `keys_primary` counter (`keys` from a core without it).
-fn write_dbsize(reply: &Message, out: &mut Vec<u8>) -> bool {
+fn write_dbsize(reply: &Message, _: Proto, out: &mut Vec<u8>) -> bool {
     let Message::Stats { counters } = reply else {
         return false;
     };
@@ -171,11 +172,11 @@ impl Gather for Info {
         }
     }
 
-    fn encode(self, out: &mut Vec<u8>) {
+    fn encode(self, out: &mut Vec<u8>, proto: Proto) {
         match (self.info, self.stats, self.error) {
             (Some(info), Some(stats), None) => {
                 let text = info_text(&self.section, &self.server, &info, &stats);
-                resp::write_bulk(out, text.as_bytes())
+                resp::write_verbatim_in(out, text.as_bytes(), proto)
             }
             (_, _, Some(e)) => resp::write_error(out, &e),
             _ => resp::write_error(out, "ERR no reply from the node"),

@@ -13,7 +13,7 @@
 //! key is its own write, and the first failure is the command's answer.
 
 use bytes::Bytes;
-use chordkv_protocol::resp;
+use chordkv_protocol::resp::{self, Proto};
 use chordkv_protocol::Message;
 
 use super::{error_text, refuse_large_keys, write_failure, Cx, Gather, OneReply, Translation};
@@ -99,17 +99,17 @@ pub(crate) fn mset(pairs: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 }
 
 /// GET's answer: the value, or null for a missing key.
-fn write_value(reply: &Message, out: &mut Vec<u8>) -> bool {
+fn write_value(reply: &Message, proto: Proto, out: &mut Vec<u8>) -> bool {
     match reply {
         Message::GetReply { value: Some(v), .. } => resp::write_bulk(out, v),
-        Message::GetReply { value: None, .. } => resp::write_null(out),
+        Message::GetReply { value: None, .. } => resp::write_null_in(out, proto),
         _ => return false,
     }
     true
 }
 
 /// SET's answer: `+OK` once written.
-fn write_stored(reply: &Message, out: &mut Vec<u8>) -> bool {
+fn write_stored(reply: &Message, _: Proto, out: &mut Vec<u8>) -> bool {
     if !matches!(reply, Message::PutReply { .. }) {
         return false;
     }
@@ -127,7 +127,7 @@ impl Gather for Values {
         }
     }
 
-    fn encode(self, out: &mut Vec<u8>) {
+    fn encode(self, out: &mut Vec<u8>, proto: Proto) {
         // Redis answers MGET with nulls for keys it cannot read; a failed read here fails the
         // whole command instead, so a missing key and an unreachable one are never confused.
         if let Some(failed) = self
@@ -141,7 +141,7 @@ impl Gather for Values {
         for reply in self.0 {
             match reply {
                 Some(Message::GetReply { value: Some(v), .. }) => resp::write_bulk(out, &v),
-                _ => resp::write_null(out),
+                _ => resp::write_null_in(out, proto),
             }
         }
     }
@@ -159,7 +159,7 @@ impl Gather for AllStored {
         }
     }
 
-    fn encode(self, out: &mut Vec<u8>) {
+    fn encode(self, out: &mut Vec<u8>, _: Proto) {
         match self.error {
             Some(e) => resp::write_error(out, &e),
             None => resp::write_simple(out, "OK"),
