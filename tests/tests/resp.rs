@@ -422,6 +422,35 @@ fn redis_cli_smoke() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(&lines[..2], ["OK", "1"], "{text}");
     assert!(lines[2].parse::<u64>().is_ok(), "{text}");
+
+    // `redis-cli --stat` reads INFO's keys, used_memory, connected_clients, blocked_clients,
+    // total_commands_processed and total_connections_received; a missing one printed
+    // -9223372036854775808 in its column. It runs until killed: samples 0.2 s apart, its
+    // output line-buffered (coreutils' stdbuf) so that what it printed is there after the kill.
+    let mut child = Command::new("stdbuf")
+        .args(["-oL", "redis-cli"])
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["--stat", "-i", "0.2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run redis-cli --stat");
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("redis-cli --stat stops");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.first().is_some_and(|k| k.parse::<u64>().is_ok()))
+        .collect();
+    assert!(!rows.is_empty(), "no sample from redis-cli --stat: {text}");
+    for row in &rows {
+        assert!(!row.iter().any(|w| w.contains("-9223372036854775808")), "{text}");
+        // keys, mem, clients (this one at least), blocked, requests, connections.
+        assert!(row.len() >= 6, "{text}");
+        assert!(row[2].parse::<u64>().is_ok_and(|c| c >= 1), "clients: {text}");
+    }
 }
 
 /// `chordkv cluster --resp` prints every node's RESP address before the ready line.

@@ -265,13 +265,12 @@ impl Server {
             poll.registry()
                 .register(l, RESP_LISTENER, Interest::READABLE)
                 .map_err(Error::io("registering the RESP listener"))?;
-            resp_facts = Some(Facts {
-                resp_addr: l
-                    .local_addr()
+            resp_facts = Some(Facts::new(
+                l.local_addr()
                     .map_err(Error::io("reading the RESP listening address"))?,
-                started: Instant::now(),
-                users: client_auth.users.clone(),
-            });
+                client_auth.users.clone(),
+                client_limits.max_clients,
+            ));
         }
         let control = Arc::new(Control {
             waker: Waker::new(poll.registry(), WAKER).map_err(Error::io("creating the waker"))?,
@@ -736,6 +735,10 @@ impl Server {
                         }
                         conn.kind = Kind::Client;
                         self.clients += 1;
+                        if let Some(f) = &self.resp_facts {
+                            f.clients.set(self.clients as u64);
+                            f.connections_received.set(f.connections_received.get() + 1);
+                        }
                     } else if self.security.keyring.is_some() || self.tls.is_some() {
                         conn.security = Security::Undecided;
                     }
@@ -1049,6 +1052,9 @@ impl Server {
             return false;
         };
         let step = session.next_command(rbuf, wbuf, facts);
+        if step == Step::Command {
+            facts.commands_processed.set(facts.commands_processed.get() + 1);
+        }
         // Translated, now applied: the command's requests enter the core as a binary client's
         // frames do, with this connection as their reply address. Answers given on the spot
         // are in `wbuf` already; the core's come back through `reply` while pumping.
@@ -1094,6 +1100,9 @@ impl Server {
         let _ = self.poll.registry().deregister(&mut conn.stream);
         if conn.kind == Kind::Client {
             self.clients -= 1;
+            if let Some(f) = &self.resp_facts {
+                f.clients.set(self.clients as u64);
+            }
         }
         if let Role::Outbound {
             peer,

@@ -3,7 +3,11 @@
 //!
 //! ```text
 //!  # Server        redis_version, chordkv_version, os, process_id, tcp_port, uptime ...
-//!                  (from the event loop's Facts, written when the command arrives)
+//!  # Clients       connected_clients, blocked_clients:0, maxclients
+//!  # Memory        used_memory (the process' resident set: the node's store, buffers and
+//!                  code, where Redis counts its allocator's bytes), used_memory_rss, maxmemory:0
+//!  # Stats         total_connections_received, total_commands_processed (RESP, this node)
+//!                  (these four from the event loop's Facts, written when the command arrives)
 //!  # Replication   role:master, connected_slaves:0 (each node is one master to a client)
 //!  # Keyspace      db0:keys=<keys_primary>,expires=0,avg_ttl=0 (the same count as DBSIZE)
 //!  # chordkv       node_id, node_addr, status, predecessor, successor_list, routing_table,
@@ -12,6 +16,7 @@
 //!
 //! Everything under the last three comes from the core's replies to GET_INFO and GET_STATS.
 
+use std::cell::Cell;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -20,12 +25,40 @@ use chordkv_protocol::{NodeInfo, NodeRef, NodeStatus};
 
 use super::REDIS_VERSION;
 
-/// What the event loop knows for INFO and the core does not, shared by all sessions.
+/// What the event loop knows for INFO and the core does not, shared by all sessions (the
+/// loop is one thread: the counters are `Cell`s it updates as connections come and go).
 pub(crate) struct Facts {
     pub resp_addr: SocketAddr,
     pub started: Instant,
     /// The users who may log in (`None`: no credentials configured).
     pub users: Option<std::sync::Arc<crate::auth::Users>>,
+    /// The most RESP clients at once (`--max-clients`).
+    pub max_clients: usize,
+    /// RESP clients connected now.
+    pub clients: Cell<u64>,
+    /// RESP connections accepted since the start.
+    pub connections_received: Cell<u64>,
+    /// RESP commands taken off the input since the start (errors and QUIT included, as
+    /// Redis counts them).
+    pub commands_processed: Cell<u64>,
+}
+
+impl Facts {
+    pub fn new(
+        resp_addr: SocketAddr,
+        users: Option<std::sync::Arc<crate::auth::Users>>,
+        max_clients: usize,
+    ) -> Facts {
+        Facts {
+            resp_addr,
+            started: Instant::now(),
+            users,
+            max_clients,
+            clients: Cell::new(0),
+            connections_received: Cell::new(0),
+            commands_processed: Cell::new(0),
+        }
+    }
 }
 
 /// A GET_STATS counter by name.
@@ -59,14 +92,66 @@ pub(crate) fn server_lines(facts: &Facts) -> String {
     s
 }
 
-/// INFO's text for `section`: `server` (the `# Server` section, already written), then
+/// The `# Clients`, `# Memory` and `# Stats` sections wanted by `asked`, in Redis' order
+/// (redis-cli --stat reads connected_clients, blocked_clients, used_memory,
+/// total_commands_processed and total_connections_received).
+pub(crate) fn local_lines(facts: &Facts, asked: &str) -> String {
+    let mut s = String::new();
+    if wants_section(asked, "clients") {
+        let _ = write!(
+            s,
+            "# Clients\r\nconnected_clients:{}\r\nblocked_clients:0\r\nmaxclients:{}\r\n\r\n",
+            facts.clients.get(),
+            facts.max_clients
+        );
+    }
+    if wants_section(asked, "memory") {
+        let rss = resident_bytes();
+        let _ = write!(
+            s,
+            "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\n\
+             maxmemory:0\r\n\r\n",
+            human_bytes(rss)
+        );
+    }
+    if wants_section(asked, "stats") {
+        let _ = write!(
+            s,
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
+             expired_keys:0\r\nevicted_keys:0\r\n\r\n",
+            facts.connections_received.get(),
+            facts.commands_processed.get()
+        );
+    }
+    s
+}
+
+/// The process' resident set in bytes (`/proc/self/statm`'s second field, in pages of 4 KiB);
+/// 0 where there is no /proc.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Bytes as Redis' `used_memory_human` writes them: `1.50M`, `812.00K`, `42B`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [(&str, f64); 4] = [("G", 1073741824.0), ("M", 1048576.0), ("K", 1024.0), ("B", 1.0)];
+    for (unit, size) in UNITS {
+        if n as f64 >= size && size > 1.0 {
+            return format!("{:.2}{unit}", n as f64 / size);
+        }
+    }
+    format!("{n}B")
+}
+
+/// INFO's text for `section`: `server` (the `# Server` section and the `# Clients`, `# Memory`
+/// and `# Stats` sections, already written), then
 /// `# Replication`, `# Keyspace` and `# chordkv` from the core's info and stats, as asked.
 pub(crate) fn info_text(section: &str, server: &str, info: &NodeInfo, stats: &[(String, u64)]) -> String {
-    let mut s = String::new();
-    if wants_section(section, "server") {
-        s.push_str(server);
-        s.push_str("\r\n");
-    }
+    // `server` holds the loop's sections, each ended by its empty line.
+    let mut s = String::from(server);
     if wants_section(section, "replication") {
         s.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n");
     }

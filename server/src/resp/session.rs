@@ -297,11 +297,7 @@ mod tests {
                 node,
                 store: MemoryStore::new(),
                 session: RespSession::new(9, "127.0.0.1:40000".parse().unwrap()),
-                facts: Facts {
-                    resp_addr: "127.0.0.1:6379".parse().unwrap(),
-                    started: Instant::now(),
-                    users: None,
-                },
+                facts: Facts::new("127.0.0.1:6379".parse().unwrap(), None, 10_000),
                 input: BytesMut::new(),
                 out: Vec::new(),
                 held: Vec::new(),
@@ -481,6 +477,10 @@ mod tests {
         for line in [
             "# Server\r\n",
             "tcp_port:6379\r\n",
+            "\r\n\r\n# Clients\r\nconnected_clients:0\r\nblocked_clients:0\r\nmaxclients:10000\r\n",
+            "\r\n\r\n# Memory\r\nused_memory:",
+            "\r\n\r\n# Stats\r\ntotal_connections_received:0\r\ntotal_commands_processed:0\r\n",
+            "\r\n\r\n# Replication\r\n",
             "db0:keys=1,",
             "# chordkv\r\n",
             "status:active\r\n",

@@ -419,11 +419,7 @@ mod tests {
     /// Translates `args` for a fresh connection; returns what the command asked the core.
     fn translate_args(args: &[Bytes]) -> (Translation, Vec<Message>) {
         let mut client = Client::new(7, "127.0.0.1:40000".parse().unwrap());
-        let facts = Facts {
-            resp_addr: "127.0.0.1:6379".parse().unwrap(),
-            started: Instant::now(),
-            users: None,
-        };
+        let facts = Facts::new("127.0.0.1:6379".parse().unwrap(), None, 10_000);
         let mut requests = Requests::new();
         let mut cx = Cx {
             client: &mut client,

@@ -6,7 +6,8 @@
 //! ```text
 //!  DBSIZE           ─► GetStats            ─► :keys_primary
 //!  INFO [section]   ─► GetInfo, GetStats   ─► $<len> text (see super::super::info), with the
-//!                                             `# Server` lines of the event loop's Facts
+//!                                             `# Server`, `# Clients`, `# Memory` and `# Stats`
+//!                                             lines of the event loop's Facts
 //!  COMMAND [...]    ─► answered from the command table (super::COMMANDS)
 //!  CONFIG GET p …   ─► answered from a fixed list
 //! ```
@@ -17,7 +18,7 @@ use bytes::Bytes;
 use chordkv_protocol::resp::{self, Proto};
 use chordkv_protocol::{Message, NodeInfo};
 
-use super::super::info::{counter, info_text, server_lines, wants_section};
+use super::super::info::{counter, info_text, local_lines, server_lines, wants_section};
 use super::{error_text, find, Cx, Gather, OneReply, Spec, Translation, COMMANDS};
 
 /// `INFO [section]`: `server`, `replication`, `keyspace`, `chordkv`, or `default`/`all`/
@@ -27,12 +28,14 @@ pub(crate) fn info(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
         [] => "default".to_string(),
         [s, ..] => String::from_utf8_lossy(s).to_ascii_lowercase(),
     };
-    // The `# Server` lines come from the loop's facts, out of the reply's reach later.
-    let server = if wants_section(&section, "server") {
-        server_lines(cx.facts)
+    // The `# Server`, `# Clients`, `# Memory` and `# Stats` lines come from the loop's facts,
+    // out of the reply's reach later.
+    let mut server = if wants_section(&section, "server") {
+        server_lines(cx.facts) + "\r\n"
     } else {
         String::new()
     };
+    server.push_str(&local_lines(cx.facts, &section));
     cx.ask(Message::GetInfo);
     cx.ask(Message::GetStats);
     Translation::wait(Box::new(Info {
@@ -152,7 +155,8 @@ fn write_dbsize(reply: &Message, _: Proto, out: &mut Vec<u8>) -> bool {
 /// INFO's reply: the node's info and stats, written as the section asked.
 pub(crate) struct Info {
     section: String,
-    /// The `# Server` section, written when the command arrived.
+    /// The sections the event loop knows (`# Server`, `# Clients`, `# Memory`, `# Stats`, as
+    /// asked), written when the command arrived.
     server: String,
     info: Option<NodeInfo>,
     stats: Option<Vec<(String, u64)>>,
