@@ -261,7 +261,6 @@ impl RespSession {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
 
     use chordkv_protocol::NodeRef;
 

@@ -404,8 +404,6 @@ fn parse_int(arg: &[u8]) -> Option<i64> {
 mod tests {
     //! Translation alone, with no core anywhere: what each command asks for, or answers.
 
-    use std::time::Instant;
-
     use super::*;
 
     fn translate_line(line: &str) -> (Translation, Vec<Message>) {
