@@ -403,6 +403,14 @@ fn redis_cli_smoke() {
     assert_eq!(cli(&["GET", "cli-key"]), "");
     assert!(cli(&["INFO", "chordkv"]).contains("# chordkv"));
     assert!(cli(&["NOPE"]).contains("unknown command 'NOPE'"));
+    let time = cli(&["TIME"]);
+    let seconds: u64 = time
+        .lines()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("TIME's seconds");
+    assert!(seconds > 1_700_000_000, "{time}");
+    assert_eq!(cli(&["RESET"]), "RESET");
 
     // Commands piped in, as `redis-cli < file` sends them.
     let mut child = Command::new("redis-cli")

@@ -1051,6 +1051,10 @@ impl Server {
         let Some((session, rbuf, wbuf)) = conn.resp_parts() else {
             return false;
         };
+        let unix_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        facts.unix_micros.set(unix_micros);
         let step = session.next_command(rbuf, wbuf, facts);
         if step == Step::Command {
             facts.commands_processed.set(facts.commands_processed.get() + 1);

@@ -41,6 +41,9 @@ pub(crate) struct Facts {
     /// RESP commands taken off the input since the start (errors and QUIT included, as
     /// Redis counts them).
     pub commands_processed: Cell<u64>,
+    /// The wall clock in microseconds since the Unix epoch, as the loop read it just before
+    /// the command (TIME): translation itself never reads a clock.
+    pub unix_micros: Cell<u64>,
 }
 
 impl Facts {
@@ -57,6 +60,7 @@ impl Facts {
             clients: Cell::new(0),
             connections_received: Cell::new(0),
             commands_processed: Cell::new(0),
+            unix_micros: Cell::new(0),
         }
     }
 }

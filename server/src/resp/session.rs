@@ -448,6 +448,10 @@ mod tests {
         let out = rig.take_out();
         assert!(out.starts_with("-ERR AUTH"), "{out}");
         assert!(out.ends_with("$-1\r\n"), "{out}");
+        // RESET: RESP2 and no name again.
+        rig.send(b"HELLO 3 SETNAME app\r\nRESET\r\nCLIENT GETNAME\r\n");
+        let out = rig.take_out();
+        assert!(out.ends_with("+RESET\r\n$-1\r\n"), "{out}");
     }
 
     #[test]

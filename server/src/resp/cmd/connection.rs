@@ -11,6 +11,7 @@
 //!  AUTH [user] pass  ─► +OK as `user` (`default` when not named), -WRONGPASS, or without
 //!                       credentials configured the error Redis gives then
 //!  QUIT              ─► +OK, then the connection closes
+//!  RESET             ─► +RESET: RESP2, no name, logged out
 //!  CLIENT SETNAME …  ─► the Client's name, id and address
 //! ```
 //!
@@ -102,6 +103,16 @@ pub(crate) fn auth(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
         _ => return Translation::error("ERR syntax error"),
     };
     log_in(cx, user, password).unwrap_or_else(|| Translation::simple("OK"))
+}
+
+/// `RESET`: the connection as it was when it connected: RESP2, no name, logged out (the
+/// default user, when no credentials are configured); answers `+RESET`.
+pub(crate) fn reset(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    let client = &mut *cx.client;
+    client.proto = Proto::Resp2;
+    client.name = None;
+    client.session = None;
+    Translation::simple("RESET")
 }
 
 /// `QUIT`: `+OK`, then the connection closes.

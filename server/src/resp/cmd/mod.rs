@@ -81,6 +81,8 @@ pub(crate) const COMMANDS: &[Spec] = &[
     row("hello",   -1, &["noscript", "loading", "stale", "fast"], (0, 0, 0),  connection::hello),
     row("auth",    -2, &["noscript", "loading", "stale", "fast"], (0, 0, 0),  connection::auth),
     row("quit",    -1, &["loading", "stale", "fast"],             (0, 0, 0),  connection::quit),
+    row("reset",   1,  &["noscript", "loading", "stale", "fast"], (0, 0, 0),  connection::reset),
+    row("time",    1,  &["loading", "stale", "fast"],             (0, 0, 0),  server::time),
 ];
 
 const fn row(
@@ -128,7 +130,7 @@ pub(crate) fn translate(name: &[u8], rest: &[Bytes], cx: &mut Cx<'_>) -> Transla
     let Some(spec) = find(name) else {
         return unknown_command(name, rest);
     };
-    if cx.facts.users.is_some() && !matches!(spec.name, "auth" | "hello" | "quit") {
+    if cx.facts.users.is_some() && !matches!(spec.name, "auth" | "hello" | "quit" | "reset") {
         match &cx.client.session {
             None => return Translation::error(crate::auth::NOAUTH),
             Some(s) if !s.perms.allow(spec.need()) => {
@@ -543,6 +545,12 @@ mod tests {
                 "-ERR SET NX and XX are not supported: chordkv has no atomic conditional write\r\n",
             ),
             ("QUIT", "+OK\r\n"),
+            ("RESET", "+RESET\r\n"),
+            ("TIME", "*2\r\n$1\r\n0\r\n$1\r\n0\r\n"),
+            (
+                "CONFIG GET maxclients",
+                "*2\r\n$10\r\nmaxclients\r\n$5\r\n10000\r\n",
+            ),
         ] {
             let (t, asked) = translate_line(line);
             assert_eq!(reply_text(&t), reply, "{line}");

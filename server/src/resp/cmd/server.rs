@@ -9,7 +9,8 @@
 //!                                             `# Server`, `# Clients`, `# Memory` and `# Stats`
 //!                                             lines of the event loop's Facts
 //!  COMMAND [...]    ─► answered from the command table (super::COMMANDS)
-//!  CONFIG GET p …   ─► answered from a fixed list
+//!  CONFIG GET p …   ─► answered from a fixed list and the node's limits
+//!  TIME             ─► the event loop's clock
 //! ```
 //!
 //! Redis' pages: redis.io/docs/latest/commands/{info,dbsize,command,config-get}.
@@ -107,14 +108,31 @@ fn command_entry(out: &mut Vec<u8>, c: &Spec) {
     resp::write_integer(out, step);
 }
 
-/// `CONFIG GET pattern ...`: the few parameters benchmark tools ask for, with values that
-/// describe chordkv (nothing saved to disk, one database); `*` lists them all.
+/// `TIME`: seconds and microseconds since the Unix epoch, as two bulk strings (the event
+/// loop's clock, read just before the command).
+pub(crate) fn time(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    let micros = cx.facts.unix_micros.get();
+    let mut reply = Vec::new();
+    resp::write_array_len(&mut reply, 2);
+    resp::write_bulk(&mut reply, (micros / 1_000_000).to_string().as_bytes());
+    resp::write_bulk(&mut reply, (micros % 1_000_000).to_string().as_bytes());
+    Translation::Reply(reply)
+}
+
+/// `CONFIG GET pattern ...`: the parameters benchmark tools and clients ask for, with values
+/// that describe chordkv (nothing saved to disk, one database, no eviction) and its limits
+/// (`maxclients`: `--max-clients`; `proto-max-bulk-len`: the longest value a frame carries);
+/// `*` lists them all.
 pub(crate) fn config(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
-    const PARAMS: [(&str, &str); 4] = [
+    let max_clients = cx.facts.max_clients.to_string();
+    let max_bulk = chordkv_protocol::MAX_VALUE_BYTES.to_string();
+    let params: [(&str, &str); 6] = [
         ("save", ""),
         ("appendonly", "no"),
         ("databases", "1"),
         ("maxmemory", "0"),
+        ("maxclients", &max_clients),
+        ("proto-max-bulk-len", &max_bulk),
     ];
     let [sub, patterns @ ..] = rest else {
         return Translation::wrong_arity("config");
@@ -125,7 +143,7 @@ pub(crate) fn config(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     }
     let mut found: Vec<(&str, &str)> = Vec::new();
     for pattern in patterns {
-        for (name, value) in PARAMS {
+        for (name, value) in params {
             if (&pattern[..] == b"*" || pattern.eq_ignore_ascii_case(name.as_bytes()))
                 && !found.iter().any(|(n, _)| *n == name)
             {
