@@ -61,6 +61,10 @@ use crate::limits::MAX_VALUE_BYTES;
 /// Longest bulk string in a request: the binary protocol's longest value, so anything a RESP
 /// client can send fits a chordkv frame.
 pub const MAX_BULK_BYTES: usize = MAX_VALUE_BYTES;
+/// The longest bulk string whose bytes a server skips to answer an error and keep the
+/// connection: Redis' default `proto-max-bulk-len` (512 MiB). A bulk over [`MAX_BULK_BYTES`]
+/// and within this is [`RespError::BulkTooLarge`]; over it, [`RespError::InvalidBulkLength`].
+pub const MAX_SKIPPED_BULK_BYTES: u64 = 512 * 1024 * 1024;
 /// Most arguments in one command (Redis' own limit is the same, 1024 * 1024).
 pub const MAX_ARRAY_LEN: usize = 1024 * 1024;
 /// Longest inline command line, its newline included (Redis' `PROTO_INLINE_MAX_SIZE`).
@@ -93,6 +97,20 @@ pub enum RespError {
     /// An inline command with an unclosed quote, or a closing quote not followed by a space.
     #[error("Protocol error: unbalanced quotes in request")]
     UnbalancedQuotes,
+    /// A bulk string over [`MAX_BULK_BYTES`] and at most [`MAX_SKIPPED_BULK_BYTES`]: still
+    /// RESP, so the connection can be kept. The command's bytes up to this bulk's data end at
+    /// `data_from` (from the front of the buffer); the server skips `len + 2` bytes of data and
+    /// CRLF, then the `args_after` arguments after it (see [`bulk_header`]), and answers the
+    /// error.
+    #[error(
+        "value of {len} bytes is over chordkv's maximum of {} bytes (proto-max-bulk-len)",
+        MAX_BULK_BYTES
+    )]
+    BulkTooLarge {
+        len: u64,
+        data_from: usize,
+        args_after: usize,
+    },
 }
 
 fn printable(b: u8) -> String {
@@ -176,7 +194,7 @@ fn walk_multibulk(
         Some(n) if n as u64 <= MAX_ARRAY_LEN as u64 => n as usize,
         _ => return Err(RespError::InvalidMultibulkLength),
     };
-    for _ in 0..count {
+    for i in 0..count {
         let Some(&tag) = bytes.get(pos) else {
             return Ok(None);
         };
@@ -188,6 +206,13 @@ fn walk_multibulk(
         };
         let len = match len {
             Some(n) if n >= 0 && n as u64 <= MAX_BULK_BYTES as u64 => n as usize,
+            Some(n) if n >= 0 && n as u64 <= MAX_SKIPPED_BULK_BYTES => {
+                return Err(RespError::BulkTooLarge {
+                    len: n as u64,
+                    data_from: after,
+                    args_after: count - i - 1,
+                })
+            }
             _ => return Err(RespError::InvalidBulkLength),
         };
         // `after + len + 2` cannot overflow: both terms are far below usize::MAX.
@@ -202,6 +227,23 @@ fn walk_multibulk(
         pos = end + 2;
     }
     Ok(Some((pos, count)))
+}
+
+/// The `$<len>\r\n` header of a bulk string at the front of `bytes`, for a server skipping an
+/// argument: `(len, header bytes)`, `Ok(None)` when the line is not complete, an error when it
+/// is not a bulk header or `len` is over [`MAX_SKIPPED_BULK_BYTES`].
+pub fn bulk_header(bytes: &[u8]) -> Result<Option<(u64, usize)>, RespError> {
+    let Some(&tag) = bytes.first() else {
+        return Ok(None);
+    };
+    if tag != b'$' {
+        return Err(RespError::ExpectedBulk(tag));
+    }
+    match number_line(bytes, 1)? {
+        None => Ok(None),
+        Some((Some(n), used)) if n >= 0 && n as u64 <= MAX_SKIPPED_BULK_BYTES => Ok(Some((n as u64, used))),
+        Some(_) => Err(RespError::InvalidBulkLength),
+    }
 }
 
 /// Reads the number on the header line that starts at `start` (after its `*` or `$`) and
@@ -580,8 +622,20 @@ mod tests {
             Ok(vec![]),
             "incomplete, not an error"
         );
-        let too_long = format!("*1\r\n${}\r\n", MAX_BULK_BYTES + 1);
-        assert_eq!(decode_all(too_long.as_bytes()), Err(RespError::InvalidBulkLength));
+        let too_long = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", MAX_BULK_BYTES + 1);
+        assert_eq!(
+            decode_all(too_long.as_bytes()),
+            Err(RespError::BulkTooLarge {
+                len: MAX_BULK_BYTES as u64 + 1,
+                data_from: too_long.len(),
+                args_after: 0
+            })
+        );
+        let beyond = format!("*1\r\n${}\r\n", MAX_SKIPPED_BULK_BYTES + 1);
+        assert_eq!(decode_all(beyond.as_bytes()), Err(RespError::InvalidBulkLength));
+        assert_eq!(bulk_header(b"$12\r\nrest"), Ok(Some((12, 5))));
+        assert_eq!(bulk_header(b"$12\r"), Ok(None));
+        assert_eq!(bulk_header(b"+x"), Err(RespError::ExpectedBulk(b'+')));
         assert_eq!(decode_all(b"*1\r\n$-1\r\n"), Err(RespError::InvalidBulkLength));
         assert_eq!(
             decode_all(b"*1\r\n$99999999999999999999\r\n"),

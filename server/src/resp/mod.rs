@@ -44,7 +44,10 @@
 //! - **Limits.** At most [`session::MAX_REQUESTS_IN_FLIGHT`] core requests per connection: beyond that
 //!   the connection's input is not decoded until replies drain (the event loop reads it again
 //!   then), so one client cannot fill the node's memory with pipelined requests. Keys over the
-//!   binary protocol's [`MAX_KEY_BYTES`](chordkv_protocol::MAX_KEY_BYTES) are refused.
+//!   binary protocol's [`MAX_KEY_BYTES`](chordkv_protocol::MAX_KEY_BYTES) are refused. A value
+//!   over [`MAX_VALUE_BYTES`](chordkv_protocol::MAX_VALUE_BYTES) (up to Redis' own 512 MiB) is
+//!   skipped as its bytes arrive and answered with the error in its place; the connection
+//!   stays (closing it while the client still sends made the client see a reset instead).
 //! - **Errors.** Bytes that are not RESP get Redis' `-ERR Protocol error: ...` and the
 //!   connection is closed once the replies before the error have gone out; so does `QUIT`
 //!   (`+OK` first). Unknown commands get Redis' `-ERR unknown command '...'` wording; a failed

@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use chordkv_protocol::resp::{self, Proto, RespError};
 use chordkv_protocol::Frame;
 
@@ -79,6 +79,19 @@ pub(crate) struct RespSession {
     /// the connection's unwritten output, so a client cannot pile up answers (1 MiB `ECHO`s
     /// behind one stuck `SET`) without being paused.
     held_bytes: usize,
+    /// A command with a value over the maximum is being skipped as its bytes arrive (none is
+    /// kept), then answered with the error; the connection stays open.
+    skipping: Option<Skip>,
+}
+
+/// What is left to skip of a command with an over-long bulk string.
+struct Skip {
+    /// Bytes of the current argument's data and CRLF still to come.
+    bytes_left: u64,
+    /// Arguments after it, still to skip.
+    args_left: usize,
+    /// The error to answer once it is all skipped.
+    error: String,
 }
 
 impl RespSession {
@@ -92,6 +105,7 @@ impl RespSession {
             closing: false,
             denied: None,
             held_bytes: 0,
+            skipping: None,
         }
     }
 
@@ -148,9 +162,27 @@ impl RespSession {
             self.blocked = true;
             return Step::Idle;
         }
+        if self.skipping.is_some() {
+            return self.skip(input, out);
+        }
         let args = match resp::decode(input) {
             Ok(Some(args)) => args,
             Ok(None) => return Step::Idle,
+            Err(
+                e @ RespError::BulkTooLarge {
+                    len,
+                    data_from,
+                    args_after,
+                },
+            ) => {
+                input.advance(data_from);
+                self.skipping = Some(Skip {
+                    bytes_left: len + 2,
+                    args_left: args_after,
+                    error: format!("ERR {e}"),
+                });
+                return self.skip(input, out);
+            }
             Err(e) => {
                 self.protocol_error(&e, out);
                 input.clear();
@@ -178,6 +210,46 @@ impl RespSession {
         let sent = self.requests.next_rid() - first;
         self.in_flight += sent as usize;
         self.push_slot(first, sent, reply, out);
+        Step::Command
+    }
+
+    /// Skips what has arrived of a command with an over-long value (`self.skipping`): its
+    /// bytes are dropped as they come, so a 100 MiB value costs no memory; once all of it is
+    /// skipped, the error takes the command's place in the reply order and the next command
+    /// is read as usual.
+    fn skip(&mut self, input: &mut BytesMut, out: &mut Vec<u8>) -> Step {
+        let Some(skip) = self.skipping.as_mut() else {
+            return Step::Idle;
+        };
+        loop {
+            let n = skip.bytes_left.min(input.len() as u64);
+            input.advance(n as usize);
+            skip.bytes_left -= n;
+            if skip.bytes_left > 0 {
+                return Step::Idle;
+            }
+            if skip.args_left == 0 {
+                break;
+            }
+            match resp::bulk_header(input) {
+                Ok(Some((len, used))) => {
+                    input.advance(used);
+                    skip.bytes_left = len + 2;
+                    skip.args_left -= 1;
+                }
+                Ok(None) => return Step::Idle,
+                Err(e) => {
+                    self.skipping = None;
+                    self.protocol_error(&e, out);
+                    input.clear();
+                    return Step::Command;
+                }
+            }
+        }
+        let error = self.skipping.take().map(|s| s.error).unwrap_or_default();
+        let mut reply = Vec::new();
+        resp::write_error(&mut reply, &error);
+        self.push_slot(self.requests.next_rid(), 0, SlotReply::Ready(reply), out);
         Step::Command
     }
 
@@ -452,6 +524,41 @@ mod tests {
         rig.send(b"HELLO 3 SETNAME app\r\nRESET\r\nCLIENT GETNAME\r\n");
         let out = rig.take_out();
         assert!(out.ends_with("+RESET\r\n$-1\r\n"), "{out}");
+    }
+
+    /// A value over the maximum (16 MiB) is answered with the error, not a connection reset:
+    /// the command's bytes are skipped as they arrive (the session keeps none of them), nothing
+    /// is written, and the next command is read as usual. Before, the decoder's protocol error
+    /// closed the connection while the client was still sending, and the client saw a reset.
+    #[test]
+    fn a_value_over_the_maximum_is_skipped_and_refused_and_the_connection_stays() {
+        let mut rig = Rig::new();
+        let big = chordkv_protocol::MAX_VALUE_BYTES + 1;
+        // MSET a <big> b 1: the pair after the big value is skipped too.
+        rig.send(format!("*5\r\n$4\r\nMSET\r\n$1\r\na\r\n${big}\r\n").as_bytes());
+        let chunk = vec![b'x'; 1 << 20];
+        let mut sent = 0;
+        while sent < big {
+            let n = chunk.len().min(big - sent);
+            rig.send(&chunk[..n]);
+            sent += n;
+            assert!(
+                rig.input.len() <= chunk.len(),
+                "the session keeps none of the value"
+            );
+        }
+        assert_eq!(rig.take_out(), "", "no answer before the command has all arrived");
+        rig.send(b"\r\n$1\r\nb\r\n$1\r\n1\r\nGET a\r\nGET b\r\nPING\r\n");
+        rig.deliver_reversed();
+        assert_eq!(
+            rig.take_out(),
+            format!(
+                "-ERR value of {big} bytes is over chordkv's maximum of {} bytes \
+                 (proto-max-bulk-len)\r\n$-1\r\n$-1\r\n+PONG\r\n",
+                big - 1
+            )
+        );
+        assert!(rig.held.is_empty() && rig.input.is_empty());
     }
 
     #[test]
