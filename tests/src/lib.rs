@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex, MutexGuard};
@@ -63,6 +63,14 @@ pub const QUOTED_STATS: [&str; 9] = [
 pub fn chordkv_bin() -> PathBuf {
     chordkv_harness::cluster::chordkv_binary()
         .unwrap_or_else(|e| panic!("{e:#} (before `cargo test -p chordkv-tests`)"))
+}
+
+/// The repository's root (the parent of this crate's directory).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
 }
 
 /// A fresh directory for one test's logs: `target/tmp/chordkv-tests/<name>-<pid>-<n>`.

@@ -10,21 +10,14 @@
 //! `cargo build --bins && cargo test -p chordkv-tests --test deploy`.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chordkv_tests::{chordkv_bin, scratch_dir};
+use chordkv_tests::{chordkv_bin, repo_root, scratch_dir};
 
 /// Bound of the whole script (each of its steps is bounded too); it tears down on SIGTERM.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the repository")
-        .to_path_buf()
-}
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))

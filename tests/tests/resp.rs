@@ -27,7 +27,12 @@ fn start(name: &str, nodes: usize) -> LocalCluster {
 }
 
 fn connect(addr: SocketAddr) -> Connection {
-    let client = redis::Client::open(format!("redis://{addr}/")).expect("a redis URL");
+    connect_with(addr, "")
+}
+
+/// A connection with the URL's query string `query` (`?protocol=resp3`).
+fn connect_with(addr: SocketAddr, query: &str) -> Connection {
+    let client = redis::Client::open(format!("redis://{addr}/{query}")).expect("a redis URL");
     let con = client
         .get_connection_with_timeout(REQUEST_TIMEOUT)
         .unwrap_or_else(|e| panic!("connect to the RESP port {addr}: {e}"));
@@ -219,15 +224,7 @@ fn a_resp3_client_connects_and_is_answered_in_resp3() {
     let addrs = cluster.resp_addrs();
     let mut cons: Vec<Connection> = addrs
         .iter()
-        .map(|addr| {
-            let client = redis::Client::open(format!("redis://{addr}/?protocol=resp3")).expect("a redis URL");
-            let con = client
-                .get_connection_with_timeout(REQUEST_TIMEOUT)
-                .unwrap_or_else(|e| panic!("RESP3 connection to {addr}: {e}"));
-            con.set_read_timeout(Some(REQUEST_TIMEOUT))
-                .expect("a read timeout");
-            con
-        })
+        .map(|&a| connect_with(a, "?protocol=resp3"))
         .collect();
     let hello: Value = until_ok(&mut cons[0], &["HELLO", "3"]);
     let Value::Map(fields) = hello else {

@@ -7,19 +7,11 @@
 //! `tests/run-all.sh` installs the clients into `target/clients` (pip `--target`, npm
 //! `--prefix`); without them these tests fail, naming the command that installs them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use chordkv_harness::cluster::LocalCluster;
-use chordkv_tests::{cluster_spec, start_spec};
-
-/// The workspace's root (the parent of this crate's directory).
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace root")
-        .to_path_buf()
-}
+use chordkv_tests::{cluster_spec, repo_root, start_spec};
 
 fn start(name: &str) -> LocalCluster {
     let mut spec = cluster_spec(name, 3);
@@ -50,14 +42,17 @@ fn run_script(program: &str, args: &[String], env: &[(&str, PathBuf)]) -> String
 
 #[test]
 fn redis_py_8_connects_with_its_defaults() {
-    let python = root().join("target/clients/python");
+    let python = repo_root().join("target/clients/python");
     assert!(
         python.join("redis").is_dir(),
         "redis-py is not in {} (tests/run-all.sh installs it)",
         python.display()
     );
     let cluster = start("redis_py");
-    let mut args = vec![root().join("tests/clients/redis_py.py").display().to_string()];
+    let mut args = vec![repo_root()
+        .join("tests/clients/redis_py.py")
+        .display()
+        .to_string()];
     args.extend(cluster.resp_addrs().iter().map(|a| a.to_string()));
     let out = run_script("python3", &args, &[("PYTHONPATH", python)]);
     assert!(out.contains("HELLO proto 3"), "{out}");
@@ -65,7 +60,7 @@ fn redis_py_8_connects_with_its_defaults() {
 
 #[test]
 fn node_redis_6_and_ioredis_connect_with_their_defaults() {
-    let modules = root().join("target/clients/node/node_modules");
+    let modules = repo_root().join("target/clients/node/node_modules");
     assert!(
         modules.join("redis").is_dir() && modules.join("ioredis").is_dir(),
         "node-redis and ioredis are not in {} (tests/run-all.sh installs them)",
@@ -73,7 +68,7 @@ fn node_redis_6_and_ioredis_connect_with_their_defaults() {
     );
     let cluster = start("node_clients");
     let mut args = vec![
-        root()
+        repo_root()
             .join("tests/clients/node_clients.cjs")
             .display()
             .to_string(),
