@@ -295,6 +295,41 @@ fn a_value_over_the_maximum_gets_the_error_and_the_connection_goes_on() {
     assert_eq!(got, "small", "nothing written");
 }
 
+/// CLIENT LIST shows every client of the node with its name; CLIENT KILL ID closes another
+/// client, which its next command finds out; the killer goes on.
+#[test]
+fn client_list_shows_every_client_and_client_kill_closes_one() {
+    let name = "resp_client_kill";
+    let cluster = start(name, 1);
+    let addr = cluster.resp_addr(0).expect("resp");
+    let mut victim = connect(addr);
+    let mut killer = connect(addr);
+    let ok: String = until_ok(&mut victim, &["CLIENT", "SETNAME", "victim"]);
+    assert_eq!(ok, "OK");
+    let victim_id: i64 = until_ok(&mut victim, &["CLIENT", "ID"]);
+    let list: String = until_ok(&mut killer, &["CLIENT", "LIST"]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert!(lines.len() >= 2, "{list}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("id={victim_id} ")) && l.contains(" name=victim ")),
+        "{list}"
+    );
+    let killed: i64 = until_ok(&mut killer, &["CLIENT", "KILL", "ID", &victim_id.to_string()]);
+    assert_eq!(killed, 1);
+    assert!(
+        query::<String>(&mut victim, &["PING"]).is_err(),
+        "the victim is closed"
+    );
+    let list: String = until_ok(&mut killer, &["CLIENT", "LIST"]);
+    assert!(!list.contains("name=victim"), "{list}");
+    let e = query::<String>(&mut killer, &["CLIENT", "KILL", "127.0.0.1:1"]).expect_err("no such client");
+    assert!(e.to_string().contains("No such client"), "{e}");
+    let pong: String = until_ok(&mut killer, &["PING"]);
+    assert_eq!(pong, "PONG");
+}
+
 #[test]
 fn pipelined_commands_are_answered_in_order() {
     let name = "resp_pipeline";

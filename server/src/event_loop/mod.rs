@@ -20,7 +20,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use super::conn::{Accepting, Conn, Kind, ReadStatus, Role, Security};
-use super::resp::{Facts, RespSession, Step};
+use super::resp::{ClientRow, Facts, RespSession, Step};
 use super::store_pool::StorePool;
 use super::token_map::TokenMap;
 use super::ServerConfig;
@@ -738,6 +738,15 @@ impl Server {
                         if let Some(f) = &self.resp_facts {
                             f.clients.set(self.clients as u64);
                             f.connections_received.set(f.connections_received.get() + 1);
+                            f.client_rows.borrow_mut().insert(
+                                token.0 as u64,
+                                ClientRow {
+                                    addr: from,
+                                    since_micros: unix_micros(),
+                                    name: None,
+                                    proto: Default::default(),
+                                },
+                            );
                         }
                     } else if self.security.keyring.is_some() || self.tls.is_some() {
                         conn.security = Security::Undecided;
@@ -1051,10 +1060,7 @@ impl Server {
         let Some((session, rbuf, wbuf)) = conn.resp_parts() else {
             return false;
         };
-        let unix_micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        facts.unix_micros.set(unix_micros);
+        facts.unix_micros.set(unix_micros());
         let step = session.next_command(rbuf, wbuf, facts);
         if step == Step::Command {
             facts.commands_processed.set(facts.commands_processed.get() + 1);
@@ -1066,6 +1072,18 @@ impl Server {
         session.apply_requests(|frame| node.handle_request(now, to, frame));
         let after = resp_after_output(conn, token, &mut self.read_again, &mut self.to_flush);
         self.resp_finish(now, token, after);
+        // Clients CLIENT KILL named.
+        let killed: Vec<u64> = self
+            .resp_facts
+            .as_ref()
+            .map(|f| std::mem::take(&mut *f.to_kill.borrow_mut()))
+            .unwrap_or_default();
+        for id in killed {
+            let victim = Token(id as usize);
+            if self.conns.get(&victim).is_some_and(|c| c.resp.is_some()) {
+                self.close(now, victim, Why::Text("CLIENT KILL"));
+            }
+        }
         self.pump(now);
         // The read loop finds out whether the connection is still there.
         step == Step::Command
@@ -1106,6 +1124,7 @@ impl Server {
             self.clients -= 1;
             if let Some(f) = &self.resp_facts {
                 f.clients.set(self.clients as u64);
+                f.client_rows.borrow_mut().remove(&(token.0 as u64));
             }
         }
         if let Role::Outbound {
@@ -1285,4 +1304,12 @@ fn bind_error(addr: SocketAddr, e: io::Error) -> Error {
         _ => e.to_string(),
     };
     Error::Listen { addr, reason }
+}
+
+/// The wall clock in microseconds since the Unix epoch (0 before it), for RESP's TIME and
+/// CLIENT LIST's ages.
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }

@@ -16,11 +16,14 @@
 //!
 //! Everything under the last three comes from the core's replies to GET_INFO and GET_STATS.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use bytes::Bytes;
+use chordkv_protocol::resp::Proto;
 use chordkv_protocol::{NodeInfo, NodeRef, NodeStatus};
 
 use super::REDIS_VERSION;
@@ -44,6 +47,44 @@ pub(crate) struct Facts {
     /// The wall clock in microseconds since the Unix epoch, as the loop read it just before
     /// the command (TIME): translation itself never reads a clock.
     pub unix_micros: Cell<u64>,
+    /// Every RESP client connected, by id (its connection's token), as CLIENT LIST shows
+    /// them: the loop adds and removes rows as connections come and go, a session updates its
+    /// own row's name and protocol.
+    pub client_rows: RefCell<BTreeMap<u64, ClientRow>>,
+    /// Clients CLIENT KILL named (other than the caller): the loop closes them after the
+    /// command.
+    pub to_kill: RefCell<Vec<u64>>,
+}
+
+/// One RESP client as CLIENT LIST shows it.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientRow {
+    pub addr: SocketAddr,
+    /// When it connected, in microseconds since the Unix epoch.
+    pub since_micros: u64,
+    pub name: Option<Bytes>,
+    pub proto: Proto,
+}
+
+impl Facts {
+    /// CLIENT LIST's line for client `id` (Redis' fields that mean something here; `age` in
+    /// seconds), ended by `\n`; `None` when no such client is connected.
+    pub fn client_line(&self, id: u64) -> Option<String> {
+        let rows = self.client_rows.borrow();
+        let row = rows.get(&id)?;
+        let name = row
+            .name
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        let age = self.unix_micros.get().saturating_sub(row.since_micros) / 1_000_000;
+        Some(format!(
+            "id={id} addr={} laddr={} name={name} age={age} flags=N db=0 resp={}\n",
+            row.addr,
+            self.resp_addr,
+            row.proto.version()
+        ))
+    }
 }
 
 impl Facts {
@@ -61,6 +102,8 @@ impl Facts {
             connections_received: Cell::new(0),
             commands_processed: Cell::new(0),
             unix_micros: Cell::new(0),
+            client_rows: RefCell::new(BTreeMap::new()),
+            to_kill: RefCell::new(Vec::new()),
         }
     }
 }

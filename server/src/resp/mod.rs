@@ -70,7 +70,7 @@ mod cmd;
 mod info;
 mod session;
 
-pub(crate) use info::Facts;
+pub(crate) use info::{ClientRow, Facts};
 pub(crate) use session::{RespSession, Step};
 
 /// The Redis version INFO and HELLO report: the dialect of the commands answered.

@@ -492,7 +492,7 @@ mod tests {
         assert_eq!(out, format!("$-1\r\n{hello}_\r\n"));
         rig.send(b"CLIENT INFO\r\nCLIENT GETNAME\r\nCONFIG GET databases\r\nCOMMAND INFO nope\r\n");
         let out = rig.take_out();
-        let line = "id=9 addr=127.0.0.1:40000 name=app db=0 resp=3\n";
+        let line = "id=9 addr=127.0.0.1:40000 laddr=127.0.0.1:6379 name=app age=0 flags=N db=0 resp=3\n";
         assert_eq!(
             out,
             format!(

@@ -13,6 +13,9 @@
 //!  QUIT              ─► +OK, then the connection closes
 //!  RESET             ─► +RESET: RESP2, no name, logged out
 //!  CLIENT SETNAME …  ─► the Client's name, id and address
+//!  CLIENT LIST       ─► every RESP client of the node (the loop's rows in Facts)
+//!  CLIENT KILL …     ─► the loop closes the clients named (ID, ADDR, LADDR, SKIPME; or the
+//!                       old form, one address)
 //! ```
 //!
 //! Redis' pages: redis.io/docs/latest/commands/{ping,echo,select,hello,auth,quit,client-*}.
@@ -112,6 +115,7 @@ pub(crate) fn reset(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     client.proto = Proto::Resp2;
     client.name = None;
     client.session = None;
+    sync_row(cx);
     Translation::simple("RESET")
 }
 
@@ -155,6 +159,7 @@ pub(crate) fn hello(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
         }
     }
     cx.client.proto = proto;
+    sync_row(cx);
     let mut reply = Vec::new();
     resp::write_map_len_in(&mut reply, 7, proto);
     for (k, v) in [("server", "chordkv"), ("version", REDIS_VERSION)] {
@@ -174,7 +179,112 @@ pub(crate) fn hello(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     Translation::Reply(reply)
 }
 
-/// `CLIENT SETNAME|GETNAME|ID|INFO|LIST`, and what client libraries send as they connect
+/// Writes this client's name and protocol into its row of CLIENT LIST.
+fn sync_row(cx: &mut Cx<'_>) {
+    if let Some(row) = cx.facts.client_rows.borrow_mut().get_mut(&cx.client.id) {
+        row.name = cx.client.name.clone();
+        row.proto = cx.client.proto;
+    }
+}
+
+/// This client's CLIENT INFO / LIST line, from its own state.
+fn own_line(cx: &Cx<'_>) -> String {
+    let client = &*cx.client;
+    let name = client
+        .name
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let since = cx
+        .facts
+        .client_rows
+        .borrow()
+        .get(&client.id)
+        .map(|r| r.since_micros);
+    let age = since.map_or(0, |s| cx.facts.unix_micros.get().saturating_sub(s) / 1_000_000);
+    format!(
+        "id={} addr={} laddr={} name={name} age={age} flags=N db=0 resp={}\n",
+        client.id,
+        client.peer,
+        cx.facts.resp_addr,
+        client.proto.version()
+    )
+}
+
+/// `CLIENT KILL addr:port` (the old form): `+OK`, or an error when no client has that address.
+/// The caller itself is closed after the reply.
+fn kill_by_address(cx: &mut Cx<'_>, addr: &[u8]) -> Translation {
+    let addr = String::from_utf8_lossy(addr);
+    if cx.client.peer.to_string() == addr {
+        return Translation::Close(b"+OK\r\n".to_vec());
+    }
+    let found = cx
+        .facts
+        .client_rows
+        .borrow()
+        .iter()
+        .find(|(_, row)| row.addr.to_string() == addr)
+        .map(|(id, _)| *id);
+    match found {
+        Some(id) => {
+            cx.facts.to_kill.borrow_mut().push(id);
+            Translation::simple("OK")
+        }
+        None => Translation::error("ERR No such client"),
+    }
+}
+
+/// `CLIENT KILL <filter> <value> ...` with `ID`, `ADDR`, `LADDR` and `SKIPME yes|no` (the
+/// caller is skipped unless `SKIPME no`): the number of clients closed.
+fn kill_by_filters(cx: &mut Cx<'_>, filters: &[Bytes]) -> Translation {
+    let mut id: Option<u64> = None;
+    let mut addr: Option<String> = None;
+    let mut laddr: Option<String> = None;
+    let mut skip_me = true;
+    for pair in filters.chunks(2) {
+        let value = String::from_utf8_lossy(&pair[1]).into_owned();
+        match &pair[0].to_ascii_uppercase()[..] {
+            b"ID" => match value.parse() {
+                Ok(n) => id = Some(n),
+                Err(_) => return Translation::error("ERR client-id should be greater than 0"),
+            },
+            b"ADDR" => addr = Some(value),
+            b"LADDR" => laddr = Some(value),
+            b"SKIPME" => match value.to_ascii_lowercase().as_str() {
+                "yes" => skip_me = true,
+                "no" => skip_me = false,
+                _ => return Translation::error("ERR syntax error"),
+            },
+            _ => return Translation::error("ERR syntax error"),
+        }
+    }
+    let local = cx.facts.resp_addr.to_string();
+    let matches = |cid: u64, peer: &str| {
+        id.is_none_or(|i| i == cid)
+            && addr.as_deref().is_none_or(|a| a == peer)
+            && laddr.as_deref().is_none_or(|l| l == local)
+    };
+    let me = cx.client.id;
+    let others: Vec<u64> = cx
+        .facts
+        .client_rows
+        .borrow()
+        .iter()
+        .filter(|(cid, row)| **cid != me && matches(**cid, &row.addr.to_string()))
+        .map(|(cid, _)| *cid)
+        .collect();
+    let kill_me = !skip_me && matches(me, &cx.client.peer.to_string());
+    let count = others.len() as i64 + i64::from(kill_me);
+    cx.facts.to_kill.borrow_mut().extend(others);
+    if kill_me {
+        let mut reply = Vec::new();
+        resp::write_integer(&mut reply, count);
+        return Translation::Close(reply);
+    }
+    Translation::integer(count)
+}
+
+/// `CLIENT SETNAME|GETNAME|ID|INFO|LIST|KILL`, and what client libraries send as they connect
 /// (`SETINFO`, `NO-EVICT`, `NO-TOUCH`, `REPLY ON`), which is acknowledged.
 pub(crate) fn client(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     let Some(first) = rest.first() else {
@@ -190,6 +300,7 @@ pub(crate) fn client(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
                 );
             }
             client.name = (!name.is_empty()).then(|| name.clone());
+            sync_row(cx);
             Translation::simple("OK")
         }
         (b"GETNAME", [_]) => match &client.name {
@@ -197,25 +308,37 @@ pub(crate) fn client(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
             None => Translation::null(client.proto),
         },
         (b"ID", [_]) => Translation::integer(client.id as i64),
-        (b"INFO", [_]) | (b"LIST", _) => {
-            let name = client
-                .name
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            let line = format!(
-                "id={} addr={} name={name} db=0 resp={}\n",
-                client.id,
-                client.peer,
-                client.proto.version()
-            );
+        (b"INFO", [_]) => {
             let mut reply = Vec::new();
-            resp::write_verbatim_in(&mut reply, line.as_bytes(), client.proto);
+            resp::write_verbatim_in(&mut reply, own_line(cx).as_bytes(), cx.client.proto);
             Translation::Reply(reply)
         }
+        (b"LIST", _) => {
+            // Every client the loop lists, this one from its own state (the freshest).
+            let me = cx.client.id;
+            let mut text = String::new();
+            let ids: Vec<u64> = cx.facts.client_rows.borrow().keys().copied().collect();
+            let mut mine_written = false;
+            for id in ids {
+                if id == me {
+                    text.push_str(&own_line(cx));
+                    mine_written = true;
+                } else if let Some(line) = cx.facts.client_line(id) {
+                    text.push_str(&line);
+                }
+            }
+            if !mine_written {
+                text.push_str(&own_line(cx));
+            }
+            let mut reply = Vec::new();
+            resp::write_verbatim_in(&mut reply, text.as_bytes(), cx.client.proto);
+            Translation::Reply(reply)
+        }
+        (b"KILL", [_, addr]) => kill_by_address(cx, addr),
+        (b"KILL", [_, filters @ ..]) if filters.len() % 2 == 0 => kill_by_filters(cx, filters),
         (b"SETINFO", [_, _, _]) | (b"NO-EVICT", [_, _]) | (b"NO-TOUCH", [_, _]) => Translation::simple("OK"),
         (b"REPLY", [_, on]) if on.eq_ignore_ascii_case(b"ON") => Translation::simple("OK"),
-        (b"SETNAME" | b"GETNAME" | b"ID" | b"INFO" | b"SETINFO" | b"NO-EVICT" | b"NO-TOUCH", _) => {
+        (b"SETNAME" | b"GETNAME" | b"ID" | b"INFO" | b"KILL" | b"SETINFO" | b"NO-EVICT" | b"NO-TOUCH", _) => {
             let sub = String::from_utf8_lossy(&sub).to_ascii_lowercase();
             Translation::error(&format!(
                 "ERR wrong number of arguments for 'client|{sub}' command"

@@ -444,10 +444,11 @@ mod tests {
     /// once and encodes whatever the core replies (here: an error or a wrong kind of reply).
     #[test]
     fn any_arguments_translate_without_panicking() {
-        let mut words: Vec<&[u8]> = "0 2 3 -1 * GET SETNAME LIST INFO NX KEEPTTL on AUTH COUNT"
-            .split(' ')
-            .map(str::as_bytes)
-            .collect();
+        let mut words: Vec<&[u8]> =
+            "0 2 3 -1 * GET SETNAME LIST INFO NX KEEPTTL on AUTH COUNT KILL ID ADDR SKIPME no"
+                .split(' ')
+                .map(str::as_bytes)
+                .collect();
         words.extend([&b""[..], b"\r\n\xff"]);
         let mut rng = chordkv_core::rng::Rng::new(12);
         for _ in 0..20_000 {
