@@ -32,6 +32,9 @@ async function nodeRedis(modules, addrs) {
   assert.strictEqual(await clients[0].del(["nr-0", "nr-missing"]), 1);
   const info = await clients[0].info();
   assert.ok(String(info).includes("redis_version"), info);
+  // MULTI/EXEC is refused at EXEC with nothing applied.
+  await assert.rejects(clients[0].multi().set("nr-tx", "1").exec());
+  for (const c of clients) assert.strictEqual(await c.get("nr-tx"), null);
   for (const c of clients) await c.quit();
 }
 
@@ -53,6 +56,8 @@ async function ioredis(modules, addrs) {
   }
   const piped = await clients[1].pipeline().set("io-pipe", "1").get("io-pipe").exec();
   assert.deepStrictEqual(piped, [[null, "OK"], [null, "1"]]);
+  await assert.rejects(clients[0].multi().set("io-tx", "1").exec());
+  for (const c of clients) assert.strictEqual(await c.get("io-tx"), null);
   for (const c of clients) await c.quit();
 }
 

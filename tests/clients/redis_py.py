@@ -42,6 +42,17 @@ def main(addrs):
     p = clients[1].pipeline(transaction=False)
     p.set("py-pipe", "1").get("py-pipe").get("py-missing")
     assert p.execute() == [True, b"1", None]
+    # The default pipeline is a MULTI/EXEC transaction, which chordkv refuses at EXEC: an
+    # error, and none of its commands applied (they used to be, behind the error).
+    p = clients[0].pipeline()
+    p.set("py-tx", "1").get("py-tx")
+    try:
+        p.execute()
+        raise AssertionError("EXEC should be refused")
+    except redis.ResponseError as e:
+        print("transaction refused:", e)
+    for r in clients:
+        assert r.get("py-tx") is None
     print("ok")
 
 

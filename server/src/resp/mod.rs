@@ -54,8 +54,9 @@
 //!   core request (`Message::Error`) becomes `-ERR <code>: <text>`.
 //! - **Not supported, with a clear error:** `SET` with `NX`/`XX`/`GET` (the store has no atomic
 //!   conditional or read-and-write put) and with `EX`/`PX`/`EXAT`/`PXAT` (keys never expire);
-//!   databases other than 0. `MSET` and multi-key `DEL` are not atomic: each key is its own
-//!   write.
+//!   databases other than 0; transactions (MULTI queues, EXEC refuses, nothing queued is
+//!   ever applied: [`cmd`]'s `transactions`). `MSET` and multi-key `DEL` are not atomic: each
+//!   key is its own write.
 //! - **RESP3.** `HELLO 3` switches the connection to RESP3 (`HELLO 2` back); each slot keeps
 //!   the version its command arrived in and [`cmd::Gather::encode`] writes its reply in it:
 //!   nulls, maps and verbatim strings as Redis 7 sends them (`chordkv_protocol::resp`).

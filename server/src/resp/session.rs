@@ -561,6 +561,40 @@ mod tests {
         assert!(rig.held.is_empty() && rig.input.is_empty());
     }
 
+    /// MULTI queues without running anything and EXEC refuses with nothing applied (redis-py's
+    /// default pipeline and node-redis' / ioredis' multi() saw an error after their writes had
+    /// been applied: MULTI was an unknown command and the queued SET ran at once).
+    #[test]
+    fn nothing_queued_after_multi_is_ever_applied() {
+        let mut rig = Rig::new();
+        rig.send(b"MULTI\r\nSET k v\r\nGET k\r\nMULTI\r\nEXEC\r\nGET k\r\n");
+        assert_eq!(
+            rig.held.len(),
+            1,
+            "only the last GET reached the core: {:?}",
+            rig.held
+        );
+        rig.deliver_reversed();
+        assert_eq!(
+            rig.take_out(),
+            format!(
+                "+OK\r\n+QUEUED\r\n+QUEUED\r\n-ERR MULTI calls can not be nested\r\n-{}\r\n$-1\r\n",
+                super::super::cmd::EXEC_UNSUPPORTED
+            )
+        );
+        // A queueing error aborts EXEC; DISCARD drops the queue; EXEC or DISCARD alone errs.
+        rig.send(b"MULTI\r\nNOPE\r\nSET k\r\nEXEC\r\nMULTI\r\nSET k v\r\nDISCARD\r\nEXEC\r\nDISCARD\r\n");
+        let out = rig.take_out();
+        assert!(rig.held.is_empty(), "{:?}", rig.held);
+        assert_eq!(
+            out,
+            "+OK\r\n-ERR unknown command 'NOPE', with args beginning with: \r\n\
+             -ERR wrong number of arguments for 'set' command\r\n\
+             -EXECABORT Transaction discarded because of previous errors.\r\n\
+             +OK\r\n+QUEUED\r\n+OK\r\n-ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n"
+        );
+    }
+
     #[test]
     fn server_commands() {
         let mut rig = Rig::new();

@@ -44,6 +44,8 @@ pub(crate) struct Client {
     pub session: Option<Session>,
     /// RESP2 until `HELLO 3`.
     pub proto: Proto,
+    /// After MULTI, until EXEC or DISCARD.
+    pub multi: Option<super::transactions::Multi>,
 }
 
 impl Client {
@@ -54,6 +56,7 @@ impl Client {
             name: None,
             session: None,
             proto: Proto::Resp2,
+            multi: None,
         }
     }
 }
@@ -115,6 +118,7 @@ pub(crate) fn reset(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     client.proto = Proto::Resp2;
     client.name = None;
     client.session = None;
+    client.multi = None;
     sync_row(cx);
     Translation::simple("RESET")
 }

@@ -31,6 +31,7 @@ mod connection;
 mod keys;
 mod server;
 mod strings;
+mod transactions;
 
 use std::fmt::Write as _;
 
@@ -40,6 +41,8 @@ use chordkv_protocol::{Frame, Message, MAX_KEY_BYTES};
 
 use super::info::Facts;
 pub(crate) use connection::Client;
+#[cfg(test)]
+pub(crate) use transactions::EXEC_UNSUPPORTED;
 
 /// Longest command name or argument text echoed back in an unknown-command error (Redis' own
 /// cut-off).
@@ -83,6 +86,9 @@ pub(crate) const COMMANDS: &[Spec] = &[
     row("quit",    -1, &["loading", "stale", "fast"],             (0, 0, 0),  connection::quit),
     row("reset",   1,  &["noscript", "loading", "stale", "fast"], (0, 0, 0),  connection::reset),
     row("time",    1,  &["loading", "stale", "fast"],             (0, 0, 0),  server::time),
+    row("multi",   1,  &["noscript", "loading", "stale", "fast"], (0, 0, 0),  transactions::multi),
+    row("exec",    1,  &["noscript", "loading", "stale"],         (0, 0, 0),  transactions::exec),
+    row("discard", 1,  &["noscript", "loading", "stale", "fast"], (0, 0, 0),  transactions::discard),
 ];
 
 const fn row(
@@ -128,6 +134,9 @@ fn find(name: &[u8]) -> Option<&'static Spec> {
 /// Translates one command, `name` and the arguments after it.
 pub(crate) fn translate(name: &[u8], rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     let Some(spec) = find(name) else {
+        if let Some(m) = cx.client.multi.as_mut() {
+            m.failed = true;
+        }
         return unknown_command(name, rest);
     };
     if cx.facts.users.is_some() && !matches!(spec.name, "auth" | "hello" | "quit" | "reset") {
@@ -145,7 +154,17 @@ pub(crate) fn translate(name: &[u8], rest: &[Bytes], cx: &mut Cx<'_>) -> Transla
     let argc = rest.len() as i64 + 1;
     let arity = spec.arity;
     if (arity > 0 && argc != arity) || (arity < 0 && argc < -arity) {
+        if let Some(m) = cx.client.multi.as_mut() {
+            m.failed = true;
+        }
         return Translation::wrong_arity(spec.name);
+    }
+    // Inside MULTI every command but the transaction's own is queued, never run.
+    if let Some(m) = cx.client.multi.as_mut() {
+        if !matches!(spec.name, "exec" | "discard" | "multi" | "quit" | "reset") {
+            m.queued += 1;
+            return Translation::simple("QUEUED");
+        }
     }
     (spec.translate)(rest, cx)
 }
