@@ -1265,6 +1265,14 @@ fn cmd_balance(args: BalanceArgs) -> anyhow::Result<Outcome> {
             config.replicas
         )?;
         writeln!(out, "keys per host (1st, 50th, 99th percentile, max; then over the mean), each host's share of the id space over the mean share, and its copies (the ids it holds a copy of, primary or replica) over the mean:")?;
+        if config.replicas + 1 >= config.hosts {
+            writeln!(
+                out,
+                "(with {} copies of each key on {} hosts every host holds every key: the copies columns are all 1)",
+                config.replicas + 1,
+                config.hosts
+            )?;
+        }
         writeln!(
             out,
             "{:<10} {:>3}  {:>6} {:>6} {:>6} {:>6}  {:>7} {:>8} {:>8}  {:>8} {:>9} {:>9}  {:>9} {:>10} {:>10}",

@@ -129,8 +129,9 @@ fn choose_unsaved(
                 return Chosen {
                     ids,
                     how: format!(
-                        "balanced against the {} positions of {hosts} hosts read through {via}{}",
+                        "balanced against the {} positions of {hosts} host{} read through {via}{}",
                         ring.len(),
+                        if hosts == 1 { "" } else { "s" },
                         if kept > 0 {
                             format!(", {kept} of them its own still listed")
                         } else {

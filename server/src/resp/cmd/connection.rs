@@ -342,6 +342,23 @@ pub(crate) fn client(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
         (b"KILL", [_, filters @ ..]) if filters.len() % 2 == 0 => kill_by_filters(cx, filters),
         (b"SETINFO", [_, _, _]) | (b"NO-EVICT", [_, _]) | (b"NO-TOUCH", [_, _]) => Translation::simple("OK"),
         (b"REPLY", [_, on]) if on.eq_ignore_ascii_case(b"ON") => Translation::simple("OK"),
+        (b"HELP", [_]) => super::help_lines(&[
+            "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "ID",
+            "    Return the ID of the current connection.",
+            "INFO",
+            "    Return information about the current client connection.",
+            "LIST",
+            "    Return information about the RESP client connections of this node.",
+            "KILL <ip:port> | KILL <filter> <value> [<filter> <value> ...]",
+            "    Kill connections; filters: ID, ADDR, LADDR, SKIPME yes|no.",
+            "SETNAME <name>",
+            "    Assign the name <name> to the current connection.",
+            "GETNAME",
+            "    Return the name of the current connection.",
+            "SETINFO, NO-EVICT, NO-TOUCH, REPLY ON",
+            "    Accepted for client libraries; they change nothing.",
+        ]),
         (b"SETNAME" | b"GETNAME" | b"ID" | b"INFO" | b"KILL" | b"SETINFO" | b"NO-EVICT" | b"NO-TOUCH", _) => {
             let sub = String::from_utf8_lossy(&sub).to_ascii_lowercase();
             Translation::error(&format!(

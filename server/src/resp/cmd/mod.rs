@@ -169,6 +169,16 @@ pub(crate) fn translate(name: &[u8], rest: &[Bytes], cx: &mut Cx<'_>) -> Transla
     (spec.translate)(rest, cx)
 }
 
+/// A `HELP` subcommand's answer: an array of simple strings, one per line, as Redis writes it.
+fn help_lines(lines: &[&str]) -> Translation {
+    let mut reply = Vec::new();
+    resp::write_array_len(&mut reply, lines.len());
+    for line in lines {
+        resp::write_simple(&mut reply, line);
+    }
+    Translation::Reply(reply)
+}
+
 /// Redis' wording: `unknown command 'x', with args beginning with: 'a' 'b' `.
 fn unknown_command(name: &[u8], rest: &[Bytes]) -> Translation {
     let name = String::from_utf8_lossy(&name[..name.len().min(ERROR_ECHO_BYTES)]).into_owned();
@@ -566,6 +576,10 @@ mod tests {
             ),
             ("QUIT", "+OK\r\n"),
             ("RESET", "+RESET\r\n"),
+            (
+                "CLIENT NOPE",
+                "-ERR unknown subcommand 'NOPE'. Try CLIENT HELP.\r\n",
+            ),
             ("TIME", "*2\r\n$1\r\n0\r\n$1\r\n0\r\n"),
             (
                 "CONFIG GET maxclients",
@@ -577,6 +591,20 @@ mod tests {
             assert!(asked.is_empty(), "{line} asked {asked:?}");
         }
         assert!(matches!(translate_line("QUIT").0, Translation::Close(_)));
+        // The HELP an unknown subcommand's error points at exists.
+        for (line, first) in [
+            ("CLIENT HELP", "+CLIENT <subcommand>"),
+            ("command help", "+COMMAND <subcommand>"),
+        ] {
+            let (t, asked) = translate_line(line);
+            let text = reply_text(&t);
+            assert!(text.starts_with('*'), "{line}: {text}");
+            assert!(
+                text.lines().nth(1).is_some_and(|l| l.starts_with(first)),
+                "{line}: {text}"
+            );
+            assert!(asked.is_empty());
+        }
         let long = format!("GET {}", "k".repeat(MAX_KEY_BYTES + 1));
         let (t, asked) = translate_line(&long);
         assert!(reply_text(&t).starts_with("-ERR key of "));

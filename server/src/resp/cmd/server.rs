@@ -67,6 +67,21 @@ pub(crate) fn command(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
             }
         }
         Some(b"COUNT") => resp::write_integer(&mut reply, COMMANDS.len() as i64),
+        Some(b"HELP") => {
+            return super::help_lines(&[
+                "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "(no subcommand)",
+                "    Return details about all commands chordkv serves.",
+                "COUNT",
+                "    Return the number of commands.",
+                "LIST",
+                "    Return the names of the commands.",
+                "INFO <command-name> [<command-name> ...]",
+                "    Return details about the named commands.",
+                "DOCS",
+                "    Return an empty map: no documentation is served.",
+            ])
+        }
         Some(b"LIST") => {
             resp::write_array_len(&mut reply, COMMANDS.len());
             for c in COMMANDS {
