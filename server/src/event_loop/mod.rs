@@ -736,7 +736,6 @@ impl Server {
                         conn.kind = Kind::Client;
                         self.clients += 1;
                         if let Some(f) = &self.resp_facts {
-                            f.clients.set(self.clients as u64);
                             f.connections_received.set(f.connections_received.get() + 1);
                             f.client_rows.borrow_mut().insert(
                                 token.0 as u64,
@@ -1123,7 +1122,6 @@ impl Server {
         if conn.kind == Kind::Client {
             self.clients -= 1;
             if let Some(f) = &self.resp_facts {
-                f.clients.set(self.clients as u64);
                 f.client_rows.borrow_mut().remove(&(token.0 as u64));
             }
         }

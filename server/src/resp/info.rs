@@ -37,8 +37,6 @@ pub(crate) struct Facts {
     pub users: Option<std::sync::Arc<crate::auth::Users>>,
     /// The most RESP clients at once (`--max-clients`).
     pub max_clients: usize,
-    /// RESP clients connected now.
-    pub clients: Cell<u64>,
     /// RESP connections accepted since the start.
     pub connections_received: Cell<u64>,
     /// RESP commands taken off the input since the start (errors and QUIT included, as
@@ -98,7 +96,6 @@ impl Facts {
             started: Instant::now(),
             users,
             max_clients,
-            clients: Cell::new(0),
             connections_received: Cell::new(0),
             commands_processed: Cell::new(0),
             unix_micros: Cell::new(0),
@@ -148,7 +145,7 @@ pub(crate) fn local_lines(facts: &Facts, asked: &str) -> String {
         let _ = write!(
             s,
             "# Clients\r\nconnected_clients:{}\r\nblocked_clients:0\r\nmaxclients:{}\r\n\r\n",
-            facts.clients.get(),
+            facts.client_rows.borrow().len(),
             facts.max_clients
         );
     }
