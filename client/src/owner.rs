@@ -95,7 +95,7 @@ impl OwnerClient {
 
     /// The node the view says owns `key`.
     pub fn owner_of(&self, key: &[u8]) -> Option<NodeRef> {
-        let id = Id::hash(key);
+        let id = Id::of_key(key);
         self.ring
             .range(id..)
             .next()

@@ -106,7 +106,7 @@ fn scan_ring_ranges(s: &dyn Store) {
     for (i, k) in keys.iter().enumerate() {
         s.put(&b(k), live(i as u64 + 1, k)).unwrap();
     }
-    let mut ids: Vec<(Id, &String)> = keys.iter().map(|k| (Id::hash(k.as_bytes()), k)).collect();
+    let mut ids: Vec<(Id, &String)> = keys.iter().map(|k| (Id::of_key(k.as_bytes()), k)).collect();
     ids.sort();
     let whole = s.scan(&ids[0].0, &ids[0].0, None, 1_000).unwrap();
     assert_eq!(whole.len(), 200, "start == end scans the whole ring");
@@ -120,7 +120,7 @@ fn scan_ring_ranges(s: &dyn Store) {
     assert_eq!(wrap.last().unwrap().key, b(ids[20].1));
     for it in &wrap {
         assert!(chordkv_protocol::in_half_open(
-            &Id::hash(&it.key),
+            &Id::of_key(&it.key),
             &ids[150].0,
             &ids[20].0
         ));
@@ -136,7 +136,7 @@ fn scan_ring_ranges(s: &dyn Store) {
             break;
         }
         let last = batch.last().unwrap();
-        after = Some((Id::hash(&last.key), last.key.clone()));
+        after = Some((Id::of_key(&last.key), last.key.clone()));
         got.extend(batch);
     }
     assert_eq!(got, wrap, "batched scan equals one scan");

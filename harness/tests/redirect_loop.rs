@@ -39,7 +39,7 @@ fn owners_that_redirect_to_each_other_do_not_bounce_an_operation_for_ever() {
     let key = (0..)
         .map(|i| format!("k{i}"))
         .find(|k| {
-            let id = Id::hash(k.as_bytes());
+            let id = Id::of_key(k.as_bytes());
             !chordkv_protocol::in_half_open(&id, &pred.id, &a.id)
         })
         .unwrap();

@@ -53,7 +53,7 @@ fn preference_list(s: &Sim, key: &str) -> Vec<usize> {
         .map(|i| (s.node(i).me().id, i))
         .collect();
     ring.sort();
-    let id = Id::hash(key.as_bytes());
+    let id = Id::of_key(key.as_bytes());
     let first = ring.partition_point(|(n, _)| *n < id) % ring.len();
     let mut v: Vec<usize> = (0..=REPLICAS.min(ring.len() - 1))
         .map(|d| ring[(first + d) % ring.len()].1)

@@ -319,7 +319,7 @@ impl Scenario {
         };
         let mut out = String::new();
         for key in keys {
-            let id = Id::hash(key.as_bytes());
+            let id = Id::of_key(key.as_bytes());
             // The key's preference list: its primary (the first member at or after its id),
             // then the next `replicas` members.
             let first = members.partition_point(|&i| s.node(i).me().id < id);

@@ -72,7 +72,7 @@ fn lookups_from_every_node_agree_with_the_oracle() {
     }
     // Every key is stored at exactly its oracle owner.
     for k in &keys {
-        let owner = s.owner_of(&Id::hash(k.as_bytes())).unwrap();
+        let owner = s.owner_of(&Id::of_key(k.as_bytes())).unwrap();
         let holders: Vec<usize> = s
             .alive()
             .into_iter()
@@ -252,7 +252,7 @@ fn joins_and_leaves_under_load_lose_no_acknowledged_write() {
                 continue;
             }
             let owner = s
-                .owner_of(&Id::hash(key.as_bytes()))
+                .owner_of(&Id::of_key(key.as_bytes()))
                 .and_then(|o| s.index_of(&o.addr));
             assert_eq!(
                 holders,

@@ -48,7 +48,7 @@ fn preference_hosts(s: &Sim, key: &str, replicas: usize) -> BTreeSet<usize> {
         .flat_map(|i| s.host(i).vnodes().iter().map(move |v| (v.me().id, i)))
         .collect();
     ring.sort();
-    let id = Id::hash(key.as_bytes());
+    let id = Id::of_key(key.as_bytes());
     let first = ring.partition_point(|(n, _)| *n < id) % ring.len();
     let mut hosts: Vec<usize> = Vec::new();
     for d in 0..ring.len() {
@@ -76,7 +76,7 @@ fn write_keys(s: &mut Sim, rng: &mut Rng) -> Vec<String> {
         assert!(
             matches!(reply, Some(Message::PutReply { .. })),
             "PUT {k} ({}) through host {via}: {reply:?}\n{}",
-            Id::hash(k.as_bytes()).short(6),
+            Id::of_key(k.as_bytes()).short(6),
             s.describe_ring()
         );
     }
@@ -156,7 +156,7 @@ fn a_client_operation_on_a_key_a_host_owns_takes_no_network_hop() {
         let owned = (0..)
             .map(|k| format!("local-{k}"))
             .find(|k| {
-                let id = Id::hash(k.as_bytes());
+                let id = Id::of_key(k.as_bytes());
                 s.host(0).vnodes()[1..].iter().any(|v| {
                     let (start, end) = v.primary_range();
                     chordkv_protocol::in_half_open(&id, &start, &end)
@@ -305,7 +305,7 @@ fn every_key_of_a_paused_host_stays_writable_through_its_stand_in() {
         // A host with a position whose next position is another host's vnode 0 and owns a
         // key: pausing it makes that vnode 0 a stand-in.
         let n = ring.len();
-        let primary_of = |k: &String| ring.partition_point(|(p, _, _)| *p < Id::hash(k.as_bytes())) % n;
+        let primary_of = |k: &String| ring.partition_point(|(p, _, _)| *p < Id::of_key(k.as_bytes())) % n;
         let candidates: Vec<usize> = (0..n)
             .filter(|&i| ring[(i + 1) % n].2 == 0 && ring[(i + 1) % n].1 != ring[i].1)
             .filter(|&i| keys.iter().any(|k| primary_of(k) == i))

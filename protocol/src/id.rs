@@ -64,6 +64,20 @@ impl Id {
         Id(id)
     }
 
+    /// The id a key is placed by: [`Id::hash`] of its *hash tag* when it has one, else of the
+    /// whole key. The hash tag is Redis Cluster's: the bytes between the first `{` and the
+    /// first `}` after it, when there are any (`{user1000}.following` and
+    /// `{user1000}.followers` share the id of `user1000`; `{}x`, `x{` and `x}y` have no tag and
+    /// are hashed whole). Keys with one tag have one owner and one preference list, which is
+    /// what lets a transaction or a multi-key command run atomically at that owner
+    /// (redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec, "Hash tags").
+    ///
+    /// Every placement of a key (routing, the stores' ring order, handoff, repair, client
+    /// routing) goes through this function.
+    pub fn of_key(key: &[u8]) -> Id {
+        Id::hash(hash_tag(key).unwrap_or(key))
+    }
+
     /// The id of a node advertised at `addr` (SHA-1 of its `ip:port` text).
     pub fn of_addr(addr: &std::net::SocketAddr) -> Id {
         Id::hash(addr.to_string().as_bytes())
@@ -234,6 +248,14 @@ impl Id {
         let (hi, lo) = self.limbs();
         ((u64::from(hi) << 21) | (lo >> 107) as u64) as f64 / 2f64.powi(53)
     }
+}
+
+/// A key's hash tag (see [`Id::of_key`]): the non-empty text between its first `{` and the
+/// first `}` after that, if there is one.
+pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
+    let open = key.iter().position(|&b| b == b'{')?;
+    let len = key[open + 1..].iter().position(|&b| b == b'}')?;
+    (len > 0).then(|| &key[open + 1..open + 1 + len])
 }
 
 impl fmt::Display for Id {
@@ -439,6 +461,23 @@ mod tests {
         assert_eq!(Id::from_u64(1).bit_len(), 1);
         assert_eq!(Id::pow2(140).bit_len(), 141);
         assert_eq!(Id::MAX.bit_len(), 160);
+    }
+
+    #[test]
+    fn hash_tags_follow_redis_cluster() {
+        let tag = |k: &str| hash_tag(k.as_bytes()).map(|t| String::from_utf8(t.to_vec()).unwrap());
+        // The examples of the Redis Cluster specification.
+        assert_eq!(tag("{user1000}.following").as_deref(), Some("user1000"));
+        assert_eq!(tag("foo{}{bar}"), None);
+        assert_eq!(tag("foo{{bar}}zap").as_deref(), Some("{bar"));
+        assert_eq!(tag("foo{bar}{zap}").as_deref(), Some("bar"));
+        assert_eq!(tag("plain"), None);
+        assert_eq!(tag("x{"), None);
+        assert_eq!(tag("x}y{"), None);
+        assert_eq!(Id::of_key(b"{u1}a"), Id::of_key(b"{u1}b"));
+        assert_eq!(Id::of_key(b"{u1}a"), Id::hash(b"u1"));
+        assert_eq!(Id::of_key(b"plain"), Id::hash(b"plain"));
+        assert_eq!(Id::of_key(b"foo{}{bar}"), Id::hash(b"foo{}{bar}"));
     }
 
     #[test]

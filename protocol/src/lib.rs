@@ -27,5 +27,5 @@ pub use frame::{
     decode, decode_frame, DecodeError, EncodeError, Frame, FLAG_DIRECT, FLAG_FAILOVER, FLAG_REPLICA_READ,
     HEADER_BYTES, MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
-pub use id::{in_half_open, in_open, Id};
+pub use id::{hash_tag, in_half_open, in_open, Id};
 pub use message::{ErrorCode, Item, Lookup, MemberEvent, Message, NodeAddr, NodeInfo, NodeRef, NodeStatus};

@@ -699,7 +699,7 @@ fn stat_of_each_once(
 /// to `copies` (all hosts when the ring has fewer).
 pub fn preference_list(ring: &RingReport, key: &[u8], copies: usize) -> Vec<SocketAddr> {
     let n = ring.nodes.len();
-    let id = Id::hash(key);
+    let id = Id::of_key(key);
     let primary = ring.nodes.partition_point(|node| node.id < id) % n;
     let mut hosts: Vec<SocketAddr> = Vec::new();
     for j in 0..n {

@@ -99,7 +99,7 @@ fn keys_survive_a_join_and_a_graceful_leave() {
         assert_eq!(got.value.as_deref(), Some(value.as_bytes()), "GET {key}");
         data.insert(key, value);
     }
-    let key_ids: BTreeSet<Id> = data.keys().map(|k| Id::hash(k.as_bytes())).collect();
+    let key_ids: BTreeSet<Id> = data.keys().map(|k| Id::of_key(k.as_bytes())).collect();
     assert_eq!(key_ids.len(), KEYS);
 
     // A ninth node joins and takes over its range.

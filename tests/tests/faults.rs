@@ -349,7 +349,7 @@ fn large_values_in_one_sub_range_are_repaired() {
     let bound = Id::split_range(&pred, &ring.nodes[p].id, 128)[0];
     let keys: Vec<String> = (0u64..)
         .map(|i| format!("big{i}"))
-        .filter(|k| in_half_open(&Id::hash(k.as_bytes()), &pred, &bound))
+        .filter(|k| in_half_open(&Id::of_key(k.as_bytes()), &pred, &bound))
         .take(VALUES)
         .collect();
     let value = |i: usize| vec![b'a' + i as u8; MAX_VALUE_BYTES];

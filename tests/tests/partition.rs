@@ -197,7 +197,7 @@ fn a_write_answered_with_an_error_across_a_cut_never_applies_after_the_heal() {
     let (entry, owner) = (ring[0], ring[1]);
     let key = (0..)
         .map(|n| format!("late-{n}"))
-        .find(|k| in_half_open(&Id::hash(k.as_bytes()), &entry.0, &owner.0))
+        .find(|k| in_half_open(&Id::of_key(k.as_bytes()), &entry.0, &owner.0))
         .expect("some key falls in (E, O]");
     let near: Vec<usize> = [ring[0], ring[4]].iter().map(|n| index(n.1)).collect();
     let far: Vec<usize> = ring[1..4].iter().map(|n| index(n.1)).collect();

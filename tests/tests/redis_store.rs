@@ -139,7 +139,7 @@ fn agrees_with_the_memory_store() {
             _ => Bytes::from(format!("k{i}")),
         })
         .collect();
-    let mut ids: Vec<Id> = keys.iter().map(|k| Id::hash(k)).collect();
+    let mut ids: Vec<Id> = keys.iter().map(|k| Id::of_key(k)).collect();
     ids.extend([Id::ZERO, Id::MAX, Id::from_u64(1)]);
     let pick_id = |rng: &mut Rng| -> Id {
         let id = ids[rng.below(ids.len() as u64) as usize];
@@ -216,7 +216,7 @@ fn agrees_with_the_memory_store() {
                 let (start, end) = (pick_id(&mut rng), pick_id(&mut rng));
                 let after = rng.chance(0.5).then(|| {
                     let k = keys[rng.below(keys.len() as u64) as usize].clone();
-                    (Id::hash(&k), k)
+                    (Id::of_key(&k), k)
                 });
                 let limit = rng.range(1, 150) as usize;
                 assert_eq!(

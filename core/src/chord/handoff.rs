@@ -269,7 +269,7 @@ impl Node {
 
     pub(super) fn hold(&mut self, now: Millis, to: ReplyTo, frame: Frame, hops: u16) {
         let held: usize = self.handoff.incoming.iter().map(|r| r.held.len()).sum();
-        let key_id = frame.message.key().map(|k| Id::hash(k)).unwrap_or_default();
+        let key_id = frame.message.key().map(|k| Id::of_key(k)).unwrap_or_default();
         let slot = self
             .handoff
             .incoming
@@ -505,7 +505,7 @@ impl Node {
         o.last = !more;
         o.stage = OutStage::Sending;
         if let Some(it) = items.last() {
-            o.cursor = Some((Id::hash(&it.key), it.key.clone()));
+            o.cursor = Some((Id::of_key(&it.key), it.key.clone()));
         }
         let msg = Message::Transfer {
             transfer_id: id,

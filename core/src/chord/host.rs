@@ -374,7 +374,7 @@ impl Host {
         ) {
             return 0;
         }
-        let id = Id::hash(key);
+        let id = Id::of_key(key);
         let at = self.order.partition_point(|(p, _)| *p < id);
         let successor = self.order[at % self.order.len()].1;
         if self.vnodes[usize::from(successor)].serves(&id) {

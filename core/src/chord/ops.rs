@@ -85,7 +85,7 @@ impl Node {
         let direct = frame.is_direct();
         let deadline = frame.deadline_ms;
         let Some(key) = frame.message.key() else { return };
-        let target = Id::hash(key);
+        let target = Id::of_key(key);
         match self.phase {
             Phase::Idle | Phase::Joining => {
                 let text = "node has not joined a ring yet".to_string();

@@ -856,8 +856,15 @@ fn key_list_chunks(start: Id, end: Id, keys: KeyList, budget: usize) -> Vec<(Id,
     let mut bytes = 0usize;
     for (key, version) in keys {
         let size = key.len() + 12;
-        if let Some((last, _)) = current.last().filter(|_| bytes + size > budget) {
-            let hi = Id::hash(last);
+        // A cut falls between two ids: keys sharing a hash tag share an id, and a part is a
+        // range of ids, so they stay in one part.
+        let id = Id::of_key(&key);
+        if let Some(hi) = current
+            .last()
+            .filter(|_| bytes + size > budget)
+            .map(|(last, _)| Id::of_key(last))
+            .filter(|hi| *hi != id)
+        {
             chunks.push((lo, hi, std::mem::take(&mut current)));
             lo = hi;
             bytes = 0;
@@ -875,5 +882,41 @@ fn store_error(e: Option<StoreError>) -> Message {
         code: ErrorCode::StoreFailed,
         hops: 0,
         text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parts of a key list are ranges of ids: keys that share a hash tag (one id) are never
+    /// split over two parts, or the second part's range `(id, ...]` would leave them out.
+    #[test]
+    fn key_list_parts_keep_a_hash_tag_whole() {
+        let mut keys: KeyList = (0..50)
+            .map(|i| (Bytes::from(format!("{{tag}}.{i:02}")), 1))
+            .chain((0..50).map(|i| (Bytes::from(format!("k{i}")), 1)))
+            .collect();
+        keys.sort_by_key(|(k, _)| (Id::of_key(k), k.clone()));
+        let (start, end) = (Id::ZERO, Id::ZERO);
+        let parts = key_list_chunks(start, end, keys.clone(), 100);
+        assert!(parts.len() > 5, "{} parts", parts.len());
+        let mut seen = 0;
+        for (lo, hi, part) in &parts {
+            for (k, _) in part {
+                let id = Id::of_key(k);
+                assert!(
+                    chordkv_protocol::in_half_open(&id, lo, hi) || lo == hi,
+                    "{k:?} outside its part"
+                );
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, keys.len());
+        let tagged = parts
+            .iter()
+            .filter(|(_, _, p)| p.iter().any(|(k, _)| k.starts_with(b"{tag}")))
+            .count();
+        assert_eq!(tagged, 1, "the 50 keys of one tag are in one part");
     }
 }

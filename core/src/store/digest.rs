@@ -35,10 +35,12 @@ pub fn for_each_entry<S: Store + ?Sized>(
     loop {
         let batch = store.scan_versions(start, end, after.as_ref(), SCAN_BATCH)?;
         for kv in &batch {
-            f(&Id::hash(&kv.key), kv);
+            f(&Id::of_key(&kv.key), kv);
         }
         match batch.last() {
-            Some(last) if batch.len() == SCAN_BATCH => after = Some((Id::hash(&last.key), last.key.clone())),
+            Some(last) if batch.len() == SCAN_BATCH => {
+                after = Some((Id::of_key(&last.key), last.key.clone()))
+            }
             _ => return Ok(()),
         }
     }

@@ -80,7 +80,7 @@ impl Store for MemoryStore {
             }
             None => {
                 let key = Bytes::copy_from_slice(key);
-                inner.order.insert((Id::hash(&key), key.clone()));
+                inner.order.insert((Id::of_key(&key), key.clone()));
                 inner.map.insert(key, own(entry));
                 false
             }
@@ -101,7 +101,7 @@ impl Store for MemoryStore {
             Some(e) if e.version <= up_to_version => {
                 let live = e.is_live();
                 if let Some((key, _)) = inner.map.remove_entry(key) {
-                    inner.order.remove(&(Id::hash(&key), key));
+                    inner.order.remove(&(Id::of_key(&key), key));
                 }
                 // A hash map keeps its table when emptied (a `BTreeMap` frees its nodes): give
                 // the memory back once a handoff or a collection has removed most keys.

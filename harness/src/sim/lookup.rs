@@ -769,7 +769,7 @@ impl LookupSim {
                     _ => key_rng.below(keys),
                 };
                 let key = Bytes::from(format!("key{rank}"));
-                let owner = self.original_position(&Id::hash(&key));
+                let owner = self.original_position(&Id::of_key(&key));
                 if !self.nodes[(owner / u32::from(self.vnodes)) as usize].alive {
                     owner_crashed += 1;
                 }

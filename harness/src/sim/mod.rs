@@ -1005,7 +1005,7 @@ impl Sim {
                 .find(|(k, _)| k == key)
                 .map(|_| "transfer-out".to_string()),
             StoreOp::RetainRanges { keep } => {
-                let id = Id::hash(key);
+                let id = Id::of_key(key);
                 let held = self.nodes[i].stores[v].get(key).ok().flatten().is_some();
                 (held
                     && !keep

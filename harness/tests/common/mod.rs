@@ -86,7 +86,7 @@ impl Acked {
                         .copied()
                         .filter(|&n| s.holds(n, key.as_bytes()).is_some())
                         .collect();
-                    let owner = s.owner_of(&Id::hash(key.as_bytes())).map(|o| o.addr);
+                    let owner = s.owner_of(&Id::of_key(key.as_bytes())).map(|o| o.addr);
                     panic!("seed {seed}: acknowledged write of {key} (v{version}) lost: {other:?}; holders {holders:?}, owner {owner:?}")
                 }
             }

@@ -895,7 +895,7 @@ impl Store for RedisStore {
     }
 
     fn put(&self, key: &Bytes, entry: Entry) -> Result<PutOutcome> {
-        let member = member(&Id::hash(key), key);
+        let member = member(&Id::of_key(key), key);
         let record = encode_record(&entry);
         let (applied, previous_live): (i64, i64) = self.with_conn(|conn| {
             Ok(self
@@ -916,7 +916,7 @@ impl Store for RedisStore {
     }
 
     fn delete(&self, key: &[u8], up_to_version: u64) -> Result<bool> {
-        let member = member(&Id::hash(key), key);
+        let member = member(&Id::of_key(key), key);
         let removed: i64 = self.with_conn(|conn| {
             Ok(self
                 .delete_script
@@ -963,7 +963,7 @@ impl Store for RedisStore {
         let calls: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = items
             .into_iter()
             .map(|it| {
-                let member = member(&Id::hash(&it.key), &it.key);
+                let member = member(&Id::of_key(&it.key), &it.key);
                 let record = encode_record(&Entry {
                     version: it.version,
                     value: it.value,
@@ -987,7 +987,7 @@ impl Store for RedisStore {
         let calls: Vec<(Bytes, Vec<u8>, [u8; 8])> = keys
             .into_iter()
             .map(|(key, version)| {
-                let member = member(&Id::hash(&key), &key);
+                let member = member(&Id::of_key(&key), &key);
                 (key, member, version.to_be_bytes())
             })
             .collect();
@@ -1037,7 +1037,7 @@ impl Store for RedisStore {
                 last = Some(key);
             }
             match last {
-                Some(key) if full => after = Some((Id::hash(&key), Bytes::from(key))),
+                Some(key) if full => after = Some((Id::of_key(&key), Bytes::from(key))),
                 _ => return Ok(count),
             }
         }
@@ -1139,8 +1139,8 @@ mod tests {
         let mut keys: Vec<Vec<u8>> = (0..300).map(|i| format!("k{i}").into_bytes()).collect();
         keys.push(Vec::new());
         keys.push(vec![0, 255]);
-        let mut by_id: Vec<(Id, Vec<u8>)> = keys.iter().map(|k| (Id::hash(k), k.clone())).collect();
-        let mut by_member: Vec<Vec<u8>> = keys.iter().map(|k| member(&Id::hash(k), k)).collect();
+        let mut by_id: Vec<(Id, Vec<u8>)> = keys.iter().map(|k| (Id::of_key(k), k.clone())).collect();
+        let mut by_member: Vec<Vec<u8>> = keys.iter().map(|k| member(&Id::of_key(k), k)).collect();
         by_id.sort();
         by_member.sort();
         let expect: Vec<Vec<u8>> = by_id.iter().map(|(id, k)| member(id, k)).collect();
