@@ -20,6 +20,7 @@
 //! contract calls it [`store::StoreError`]) or options that cannot run together.
 
 pub mod chord;
+pub mod command;
 pub mod error;
 pub mod options;
 pub mod rng;

@@ -119,6 +119,27 @@ pub struct Item {
     pub value: Option<Bytes>,
 }
 
+/// One command's answer, computed at the key's owner ([`Message::ExecuteReply`]): the RESP
+/// reply types Redis' string and keyspace commands answer with
+/// (redis.io/docs/latest/develop/reference/protocol-spec). The owner's answer is carried to
+/// the node the client spoke to, which writes it in the client's RESP version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandReply {
+    /// The null reply (a missing key): `$-1` in RESP2, `_` in RESP3.
+    Nil,
+    /// A simple string, e.g. `OK`.
+    Status(String),
+    Int(i64),
+    Bulk(Bytes),
+    /// The error text, starting with its code (`ERR`, `WRONGTYPE`).
+    Error(String),
+    /// An array (MGET's values); arrays nest at most [`MAX_REPLY_DEPTH`] deep on the wire.
+    Array(Vec<CommandReply>),
+}
+
+/// How deep [`CommandReply::Array`]s may nest in a frame (`LCS ... IDX` needs 4).
+pub const MAX_REPLY_DEPTH: usize = 4;
+
 /// The answer to one step of an iterative lookup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
@@ -268,6 +289,18 @@ pub enum Message {
     Delete {
         key: Bytes,
     },
+    /// Run `commands` (each a Redis command's words, the name first: `["INCR", "k"]`) at the
+    /// owner of `key`, one after the other and atomically: no other write to their keys comes
+    /// between them, and their writes are stored and replicated as one batch stamped with one
+    /// version. Every key the commands touch must be placed by `key`'s id ([`crate::Id::of_key`]:
+    /// one hash tag) and so are `watched`'s: when the version of a watched key (0: absent) is
+    /// not the one given, nothing runs (Redis' `WATCH`). The owner evaluates the commands;
+    /// errors in one command are its reply, as in Redis' `EXEC`, and do not stop the others.
+    Execute {
+        key: Bytes,
+        commands: Vec<Vec<Bytes>>,
+        watched: Vec<(Bytes, u64)>,
+    },
     /// `value: None` when the key does not exist; `version` 0 then.
     GetReply {
         hops: u16,
@@ -284,6 +317,14 @@ pub enum Message {
         hops: u16,
         version: u64,
         existed: bool,
+    },
+    /// The commands of an `Execute` ran: one reply per command, in order; `None` when a watched
+    /// key had changed and nothing ran. `version`: the version their writes were stamped with
+    /// (0 when nothing was written).
+    ExecuteReply {
+        hops: u16,
+        version: u64,
+        replies: Option<Vec<CommandReply>>,
     },
     /// Sent instead of serving a `FLAG_DIRECT` request for a key this node does not own:
     /// `node` is the owner when `exact`, else a node closer to it.
@@ -499,18 +540,21 @@ pub enum Message {
 }
 
 impl Message {
-    /// Whether this is a client operation (GET, PUT, DELETE).
+    /// Whether this is a client operation (GET, PUT, DELETE, EXECUTE).
     pub fn is_client_op(&self) -> bool {
         matches!(
             self,
-            Message::Get { .. } | Message::Put { .. } | Message::Delete { .. }
+            Message::Get { .. } | Message::Put { .. } | Message::Delete { .. } | Message::Execute { .. }
         )
     }
 
-    /// The key of a client operation.
+    /// The key of a client operation (for `Execute`, the key that places it).
     pub fn key(&self) -> Option<&Bytes> {
         match self {
-            Message::Get { key } | Message::Put { key, .. } | Message::Delete { key } => Some(key),
+            Message::Get { key }
+            | Message::Put { key, .. }
+            | Message::Delete { key }
+            | Message::Execute { key, .. } => Some(key),
             _ => None,
         }
     }

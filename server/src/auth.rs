@@ -234,6 +234,21 @@ pub fn need_of(message: &chordkv_protocol::Message) -> Need {
     match message {
         Get { .. } | GetInfo | GetStats | GetMembers { .. } => Need::Read,
         Put { .. } | Delete { .. } => Need::Write,
+        // Any command that may write needs the write permission; read-only ones (GET, STRLEN,
+        // LCS, ...) the read permission.
+        Execute { commands, .. } => {
+            let writes = commands.iter().any(|words| {
+                words
+                    .first()
+                    .and_then(|name| chordkv_core::command::find(name))
+                    .is_none_or(|spec| spec.write)
+            });
+            if writes {
+                Need::Write
+            } else {
+                Need::Read
+            }
+        }
         Forget { .. } => Need::Admin,
         _ => Need::Nothing,
     }

@@ -368,10 +368,7 @@ impl Host {
         let Some(key) = frame.message.key() else {
             return 0;
         };
-        if !matches!(
-            frame.message,
-            Message::Get { .. } | Message::Put { .. } | Message::Delete { .. }
-        ) {
+        if !frame.message.is_client_op() {
             return 0;
         }
         let id = Id::of_key(key);

@@ -52,6 +52,7 @@
 pub mod cache;
 pub mod clock;
 pub mod config;
+mod execute;
 mod handoff;
 mod host;
 mod lease;
@@ -84,7 +85,7 @@ use crate::store::{StoreError, StoreOp, StoreOutcome};
 use onehop::MEMBERS_PAGE;
 use placement::Route;
 use rpc::RpcKind;
-use store_wait::StoreWait;
+use store_wait::{ServeKind, StoreWait};
 use timer::Timer;
 
 pub use config::{Config, Routing};
@@ -149,7 +150,7 @@ impl Node {
         self.stats.messages_received += 1;
         let rid = frame.request_id;
         match frame.message {
-            Message::Get { .. } | Message::Put { .. } | Message::Delete { .. } => {
+            Message::Get { .. } | Message::Put { .. } | Message::Delete { .. } | Message::Execute { .. } => {
                 self.handle_client_op(now, reply_to, frame)
             }
             Message::FindSuccessor { .. } if !matches!(self.phase, Phase::Active | Phase::Leaving) => {
@@ -434,8 +435,15 @@ impl Node {
                 hops,
                 kind,
                 write,
-                ..
-            } => self.finish_serve(now, to, request_id, hops, kind, write, result),
+                key_id,
+            } => {
+                if matches!(kind, ServeKind::Put(_) | ServeKind::Delete(_)) {
+                    self.on_write_stored(now, &key_id);
+                }
+                self.finish_serve(now, to, request_id, hops, kind, write, result)
+            }
+            StoreWait::ExecuteRead(job) => self.on_execute_read(now, job, result),
+            StoreWait::ExecuteWrite(job) => self.on_execute_written(now, job, result),
             StoreWait::ReplicaApply { to, request_id } => self.on_replica_applied(to, request_id, result),
             StoreWait::Sync(wait) => self.on_sync_store_done(now, wait, result),
             StoreWait::StatsPrimary {

@@ -10,6 +10,7 @@ use chordkv_protocol::{Frame, Id, NodeRef};
 use super::cache::LocationCache;
 use super::clock::Hlc;
 use super::config::{Config, Routing};
+use super::execute::Executions;
 use super::handoff::{Handoff, LeaveStage};
 use super::lease::Leases;
 use super::liveness::Liveness;
@@ -96,6 +97,8 @@ pub struct Node {
     pub(super) rpcs: Rpcs,
     pub(super) lookups: Lookups,
     pub(super) client: ClientOps,
+    /// Executes served here and the requests waiting for their keys (`execute.rs`).
+    pub(super) exec: Executions,
     pub(super) repl: Replication,
     pub(super) handoff: Handoff,
     pub(super) store: StoreOps,
@@ -147,6 +150,7 @@ impl Node {
                 next_id: 1,
                 ..ClientOps::default()
             },
+            exec: Executions::default(),
             repl: Replication {
                 next_write_id: 1,
                 next_sync_id: 1,

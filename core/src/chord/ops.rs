@@ -18,6 +18,7 @@ use super::config::ReadFrom;
 use super::node::{Millis, Node, Phase, ReplyTo};
 use super::placement::Route;
 use super::rpc::RpcKind;
+use super::execute::HeldWrite;
 use super::store_wait::{ServeKind, StoreWait};
 use crate::store::{Entry, StoreError, StoreOp, StoreOutcome};
 
@@ -58,6 +59,8 @@ pub(super) struct ClientOp {
     pub asked: Vec<NodeAddr>,
     /// The last error an owner answered (retried), named in the final error if it fails.
     pub last_error: Option<String>,
+    /// Whether the hop in flight carries the operation itself to an owner (not a lookup step).
+    pub at_owner: bool,
 }
 
 /// Client operations this node coordinates, and the write hops it has served.
@@ -176,6 +179,7 @@ impl Node {
             attempt_hops: 0,
             asked: Vec::new(),
             last_error: None,
+            at_owner: false,
         };
         let id = self.client.next_id;
         self.client.next_id += 1;
@@ -342,6 +346,7 @@ impl Node {
         }
         op.hops = op.hops.saturating_add(hop_cost(&me, &node.addr));
         op.attempt_hops += 1;
+        op.at_owner = true;
         let msg = op.message.clone();
         let flags = if failover {
             FLAG_DIRECT | FLAG_FAILOVER
@@ -369,6 +374,7 @@ impl Node {
             return self.retry_op_later(now, id);
         }
         op.asked.push(node.addr);
+        op.at_owner = false;
         op.hops = op.hops.saturating_add(hop_cost(&me, &node.addr));
         op.attempt_hops += 1;
         op.asking = Some(node);
@@ -394,6 +400,7 @@ impl Node {
         op.attempt_hops += 1;
         op.asking = None;
         op.named_by = None;
+        op.at_owner = false;
         op.detour = true;
         op.detoured = true;
         self.send_rpc(
@@ -488,6 +495,13 @@ impl Node {
                 version,
                 value,
             }),
+            Message::ExecuteReply { hops, version, replies } => {
+                self.finish_op(id, hops, |h| Message::ExecuteReply {
+                    hops: h,
+                    version,
+                    replies,
+                })
+            }
             Message::PutReply { hops, version } => {
                 self.finish_op(id, hops, |h| Message::PutReply { hops: h, version })
             }
@@ -523,6 +537,15 @@ impl Node {
     /// A hop of the operation went unanswered; its node is already marked dead.
     pub(super) fn on_op_failed(&mut self, now: Millis, id: u64, to: NodeAddr) {
         if let Some(op) = self.client.ops.get(&id) {
+            // An Execute (INCR, a transaction) is not idempotent: one whose owner did not
+            // answer may have been applied, so it is not sent again; the client is told.
+            if op.at_owner && matches!(op.message, Message::Execute { .. }) {
+                let text = format!(
+                    "the key's owner {to} did not answer: the command may or may not have been \
+                     applied (not retried: it is not idempotent)"
+                );
+                return self.fail_op(id, ErrorCode::Unavailable, &text);
+            }
             if let (Some(dead), Some(via)) = (op.asking, op.named_by) {
                 if dead.addr == to && !self.is_dead(&via) && !op.detoured {
                     return self.send_detour(now, id, via, dead);
@@ -638,6 +661,11 @@ impl Node {
         match message {
             Message::Put { key, value } => (0u8, key, value).hash(&mut h),
             Message::Delete { key } => (1u8, key).hash(&mut h),
+            Message::Execute {
+                key,
+                commands,
+                watched,
+            } => (2u8, key, commands, watched).hash(&mut h),
             _ => {}
         }
         let fp = h.finish();
@@ -741,7 +769,9 @@ impl Node {
                 return self.reply(to, request_id, msg);
             }
         }
-        if self.repl.store_lost && !is_write && !self.config.is_consistent() {
+        // An Execute reads before it writes: it needs the data as much as a GET does.
+        let reads = !is_write || matches!(message, Message::Execute { .. });
+        if self.repl.store_lost && reads && !self.config.is_consistent() {
             let msg = Message::Error {
                 code: ErrorCode::NotReady,
                 hops,
@@ -749,7 +779,7 @@ impl Node {
             };
             return self.reply(to, request_id, msg);
         }
-        let (key, value, kind) = match message {
+        let message = match message {
             Message::Get { key } => {
                 self.stats.ops_get += 1;
                 let wait = StoreWait::Serve {
@@ -763,6 +793,42 @@ impl Node {
                 self.store_op(StoreOp::Get { key }, wait);
                 return;
             }
+            Message::Execute { .. } => {
+                return self.serve_execute(now, to, request_id, hops, message, key_id, deadline, primary);
+            }
+            Message::Put { .. } | Message::Delete { .. } if self.exec.write_must_wait(&key_id) => {
+                let write = HeldWrite {
+                    to,
+                    request_id,
+                    hops,
+                    message,
+                    key_id,
+                    deadline,
+                    range,
+                };
+                return self.hold_write(write);
+            }
+            Message::Put { .. } | Message::Delete { .. } => message,
+            _ => return, // only client operations reach here
+        };
+        self.store_client_write(now, to, request_id, hops, message, key_id, range);
+    }
+
+    /// Stores a client PUT or DELETE served here: stamps it with a fresh version (refused past
+    /// the lease's fence) and sends it to the range's other copies at the same time.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn store_client_write(
+        &mut self,
+        now: Millis,
+        to: ReplyTo,
+        request_id: u64,
+        hops: u16,
+        message: Message,
+        key_id: Id,
+        range: (NodeRef, Id),
+    ) {
+        let primary = range.0;
+        let (key, value, kind) = match message {
             Message::Put { key, value } => {
                 self.stats.ops_put += 1;
                 (key, Some(value), ServeKind::Put(0))
@@ -771,7 +837,7 @@ impl Node {
                 self.stats.ops_delete += 1;
                 (key, None, ServeKind::Delete(0))
             }
-            _ => return, // only client operations reach here
+            _ => return,
         };
         let version = self.clock.stamp(now);
         if self.config.is_consistent() {
@@ -801,6 +867,7 @@ impl Node {
             None
         };
         let entry = Entry { version, value };
+        self.exec.storing(key_id);
         let wait = StoreWait::Serve {
             to,
             request_id,

@@ -97,6 +97,12 @@ impl Node {
     /// majority): a write is acknowledged only once a majority holds it, so any later holder,
     /// which catches up from a majority, has it.
     pub(super) fn replicate_write(&mut self, now: Millis, item: Item, primary: &NodeRef) -> Option<u64> {
+        self.replicate_items(now, vec![item], primary)
+    }
+
+    /// [`Node::replicate_write`] of a batch written as one (an Execute's writes): one
+    /// `Replicate` per replica, acknowledged as one write.
+    pub(super) fn replicate_items(&mut self, now: Millis, items: Vec<Item>, primary: &NodeRef) -> Option<u64> {
         let (targets, needed, copies) = if self.config.is_consistent() {
             let pref = self.preference_list(primary).unwrap_or_else(|| vec![self.me]);
             let others: Vec<NodeRef> = pref
@@ -132,9 +138,7 @@ impl Node {
         });
         for t in &targets {
             self.stats.replica_writes_sent += 1;
-            let msg = Message::Replicate {
-                items: vec![item.clone()],
-            };
+            let msg = Message::Replicate { items: items.clone() };
             self.send_rpc(now, t.addr, msg, RpcKind::Replica(write), 0);
         }
         write

@@ -26,6 +26,12 @@ counters! {
     ops_get,
     ops_put,
     ops_delete,
+    /// Executes (INCR, SETNX, a transaction, ...) served as the owner...
+    ops_execute,
+    /// ...the requests that waited for another Execute's keys (or an Execute for writes)...
+    execute_waits,
+    /// ...and Executes that ran nothing because a watched key had changed.
+    execute_watch_aborts,
     ops_coordinated,
     ops_failed,
     hops_total,

@@ -55,6 +55,9 @@ pub(super) enum StoreWait {
         request_id: u64,
     },
     Sync(SyncWait),
+    /// An Execute's read of its keys, and its writes (`execute.rs`).
+    ExecuteRead(u64),
+    ExecuteWrite(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,9 +87,11 @@ impl Node {
         id
     }
 
-    /// Whether a client write to a key in `(start, end]` is being stored right now.
+    /// Whether a client write to a key in `(start, end]` is being stored right now, or an
+    /// Execute of one is running or waiting (or a write waits behind one).
     pub(super) fn write_in_flight(&self, start: &Id, end: &Id) -> bool {
-        self.store.waits.values().any(|w| match w {
+        self.exec.busy_in(start, end)
+            || self.store.waits.values().any(|w| match w {
             StoreWait::Serve {
                 kind: ServeKind::Put(_) | ServeKind::Delete(_),
                 key_id,

@@ -18,7 +18,8 @@ use super::{
 use crate::id::{Id, ID_BYTES};
 use crate::limits::{MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_LIST_LEN, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
 use crate::message::{
-    ErrorCode, Item, Lookup, MemberEvent, Message, NodeAddr, NodeInfo, NodeRef, NodeStatus,
+    CommandReply, ErrorCode, Item, Lookup, MemberEvent, Message, NodeAddr, NodeInfo, NodeRef, NodeStatus,
+    MAX_REPLY_DEPTH,
 };
 
 // --- errors ------------------------------------------------------------------------------
@@ -409,6 +410,29 @@ impl<'a> Reader<'a> {
         Ok((key, version))
     }
 
+    fn command(&mut self) -> DResult<Vec<Bytes>> {
+        self.list("command words", KEY_MIN_BYTES, Self::value)
+    }
+
+    /// A [`CommandReply`] whose arrays nest at most `MAX_REPLY_DEPTH - depth` deeper (a frame
+    /// of nested arrays cannot recurse without bound).
+    fn command_reply(&mut self, depth: usize) -> DResult<CommandReply> {
+        Ok(match self.u8()? {
+            super::REPLY_NIL => CommandReply::Nil,
+            super::REPLY_STATUS => CommandReply::Status(self.text("status")?),
+            super::REPLY_INT => CommandReply::Int(self.u64()? as i64),
+            super::REPLY_BULK => CommandReply::Bulk(self.value()?),
+            super::REPLY_ERROR => CommandReply::Error(self.text("error text")?),
+            super::REPLY_ARRAY => {
+                if depth + 1 > MAX_REPLY_DEPTH {
+                    return Err(DecodeError::Malformed("reply arrays nest too deep"));
+                }
+                CommandReply::Array(self.list("reply array", 1, |r| r.command_reply(depth + 1))?)
+            }
+            _ => return Err(DecodeError::Malformed("unknown command reply tag")),
+        })
+    }
+
     fn counter(&mut self) -> DResult<(String, u64)> {
         let name = self.text("counter name")?;
         let value = self.u64()?;
@@ -502,6 +526,22 @@ impl<'a> Reader<'a> {
             opcode::DELETE => {
                 let key = self.key()?;
                 done!(Delete { key })
+            }
+            opcode::EXECUTE => {
+                let key = self.key()?;
+                let commands = self.list("commands", 4, Self::command)?;
+                let watched = self.list("watched", KEY_VERSION_MIN_BYTES, Self::key_version)?;
+                done!(Execute {
+                    key,
+                    commands,
+                    watched
+                })
+            }
+            opcode::EXECUTE_REPLY => {
+                let hops = self.u16()?;
+                let version = self.u64()?;
+                let replies = self.option(|r| r.list("replies", 1, |r| r.command_reply(0)))?;
+                done!(ExecuteReply { hops, version, replies })
             }
             opcode::GET_REPLY => {
                 let hops = self.u16()?;

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::id::Id;
 use crate::limits::{MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_LIST_LEN, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
-use crate::message::{Item, Lookup, MemberEvent, Message, NodeRef};
+use crate::message::{CommandReply, Item, Lookup, MemberEvent, Message, NodeRef, MAX_REPLY_DEPTH};
 
 /// Why a [`Frame`] could not be encoded. On error nothing is written.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -280,6 +280,39 @@ pub(super) trait Sink: Sized {
         self.u64(*version)
     }
 
+    /// A command's words: a list of values.
+    fn command(&mut self, words: &Vec<Bytes>) -> Result<(), Self::Error> {
+        self.list("command words", words, |out, w| out.value(w))
+    }
+
+    /// A [`CommandReply`], its arrays at most `MAX_REPLY_DEPTH - depth` deeper.
+    fn command_reply(&mut self, reply: &CommandReply, depth: usize) -> Result<(), Self::Error> {
+        match reply {
+            CommandReply::Nil => self.u8(super::REPLY_NIL),
+            CommandReply::Status(text) => {
+                self.u8(super::REPLY_STATUS)?;
+                self.text("status", text)
+            }
+            CommandReply::Int(n) => {
+                self.u8(super::REPLY_INT)?;
+                self.u64(*n as u64)
+            }
+            CommandReply::Bulk(v) => {
+                self.u8(super::REPLY_BULK)?;
+                self.value(v)
+            }
+            CommandReply::Error(text) => {
+                self.u8(super::REPLY_ERROR)?;
+                self.text("error text", text)
+            }
+            CommandReply::Array(items) => {
+                self.check("reply depth", depth + 1, MAX_REPLY_DEPTH)?;
+                self.u8(super::REPLY_ARRAY)?;
+                self.list("reply array", items, |out, r| out.command_reply(r, depth + 1))
+            }
+        }
+    }
+
     fn counter(&mut self, (name, value): &(String, u64)) -> Result<(), Self::Error> {
         self.text("counter name", name)?;
         self.u64(*value)
@@ -359,6 +392,22 @@ fn write_message<S: Sink>(msg: &Message, out: &mut S) -> Result<(), S::Error> {
         Put { key, value } => {
             out.key(key)?;
             out.value(value)
+        }
+        Execute {
+            key,
+            commands,
+            watched,
+        } => {
+            out.key(key)?;
+            out.list("commands", commands, S::command)?;
+            out.list("watched", watched, S::key_version)
+        }
+        ExecuteReply { hops, version, replies } => {
+            out.u16(*hops)?;
+            out.u64(*version)?;
+            out.option(replies, |out, replies| {
+                out.list("replies", replies, |out, r| out.command_reply(r, 0))
+            })
         }
         GetReply { hops, version, value } => {
             out.u16(*hops)?;

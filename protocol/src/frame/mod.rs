@@ -86,6 +86,9 @@
 //!  NodeStatus        1      u8: 1 Joining, 2 Active, 3 Leaving (unknown = Malformed)
 //!  Counter           12+    name String | value u64
 //!  MemberEvent       36+    node NodeRef | alive bool | stamp u64
+//!  CommandReply      1+     tag u8: 0 Nil | 1 Status String | 2 Int u64 (two's complement)
+//!                           | 3 Bulk Value | 4 Error String | 5 Array Vec<CommandReply>
+//!                           (arrays nest at most MAX_REPLY_DEPTH deep)
 //! ```
 //!
 //! # Opcodes and payloads
@@ -98,6 +101,7 @@
 //!  0x01  Get                     key Key
 //!  0x02  Put                     key Key | value Value
 //!  0x03  Delete                  key Key
+//!  0x05  Execute                 key Key | commands Vec<Vec<Value>> | watched Vec<KeyVersion>
 //!  0x10  FindSuccessor           id Id
 //!  0x11  GetNeighbors            (empty)
 //!  0x12  Notify                  node NodeRef | incarnation u64 | active bool
@@ -122,6 +126,7 @@
 //!  0x82  PutReply                hops u16 | version u64
 //!  0x83  DeleteReply             hops u16 | version u64 | existed bool
 //!  0x84  Redirect                hops u16 | node NodeRef | exact bool
+//!  0x85  ExecuteReply            hops u16 | version u64 | replies Option<Vec<CommandReply>>
 //!  0x90  FindSuccessorReply      lookup Lookup
 //!  0x91  Neighbors               predecessors Vec<NodeRef> | successors Vec<NodeRef>
 //!                                | down u64 | gone Vec<NodeRef>
@@ -269,7 +274,7 @@ impl Frame {
     }
 
     /// Whether this is a request a client may send on a connection that has not completed the
-    /// peer handshake: a key operation (GET, PUT, DELETE, with or without `FLAG_DIRECT`, never
+    /// peer handshake: a key operation (GET, PUT, DELETE, EXECUTE, with or without `FLAG_DIRECT`, never
     /// `FLAG_FAILOVER`, which only a replica standing in for a primary receives) or a read of
     /// the node's view (GET_INFO, GET_STATS, GET_MEMBERS). Everything else (maintenance,
     /// leases, handoff, replication, repair, FORGET) is a peer's or an operator's.
@@ -277,7 +282,13 @@ impl Frame {
         use crate::message::Message::*;
         matches!(
             self.message,
-            Get { .. } | Put { .. } | Delete { .. } | GetInfo | GetStats | GetMembers { .. }
+            Get { .. }
+                | Put { .. }
+                | Delete { .. }
+                | Execute { .. }
+                | GetInfo
+                | GetStats
+                | GetMembers { .. }
         ) && !self.is_failover()
     }
 
@@ -302,3 +313,10 @@ const ADDR_TAG_VNODE: u8 = 0x80;
 // The tag before a `Lookup`: which variant follows.
 const LOOKUP_FOUND: u8 = 1;
 const LOOKUP_CLOSER: u8 = 2;
+// The tag before a `CommandReply`: which variant follows.
+const REPLY_NIL: u8 = 0;
+const REPLY_STATUS: u8 = 1;
+const REPLY_INT: u8 = 2;
+const REPLY_BULK: u8 = 3;
+const REPLY_ERROR: u8 = 4;
+const REPLY_ARRAY: u8 = 5;

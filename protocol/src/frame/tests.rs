@@ -14,7 +14,7 @@ use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use bytes::{Bytes, BytesMut};
 
 use crate::id::{Id, ID_BYTES};
-use crate::message::{ErrorCode, Item, Lookup, MemberEvent, NodeInfo, NodeRef, NodeStatus};
+use crate::message::{CommandReply, ErrorCode, Item, Lookup, MemberEvent, NodeInfo, NodeRef, NodeStatus};
 use crate::testing::{feed_random_inputs, Rng};
 
 // --- a per-thread allocation counter, to check "no allocation before the limits" -----
@@ -108,6 +108,38 @@ fn samples() -> Vec<Message> {
         },
         Delete { key: b("gone") },
         Delete { key: Bytes::new() },
+        Execute {
+            key: b("{u}a"),
+            commands: vec![vec![b("INCR"), b("{u}a")], vec![], vec![b("GET"), Bytes::new()]],
+            watched: vec![(b("{u}b"), 7), (Bytes::new(), 0)],
+        },
+        Execute {
+            key: Bytes::new(),
+            commands: vec![],
+            watched: vec![],
+        },
+        ExecuteReply {
+            hops: 3,
+            version: u64::MAX,
+            replies: None,
+        },
+        ExecuteReply {
+            hops: 0,
+            version: 0,
+            replies: Some(vec![
+                CommandReply::Nil,
+                CommandReply::Status("OK".into()),
+                CommandReply::Int(i64::MIN),
+                CommandReply::Int(-1),
+                CommandReply::Bulk(b("v")),
+                CommandReply::Error("ERR value is not an integer or out of range".into()),
+                CommandReply::Array(vec![]),
+                CommandReply::Array(vec![
+                    CommandReply::Nil,
+                    CommandReply::Array(vec![CommandReply::Array(vec![CommandReply::Array(vec![])])]),
+                ]),
+            ]),
+        },
         GetReply {
             hops: 3,
             version: 42,
@@ -669,6 +701,7 @@ fn every_opcode_is_sampled_and_replies_have_bit_7() {
         "GET",
         "PUT",
         "DELETE",
+        "EXECUTE",
         "FIND_SUCCESSOR",
         "GET_NEIGHBORS",
         "NOTIFY",
@@ -834,7 +867,7 @@ fn unsupported_version() {
 
 #[test]
 fn unknown_opcode() {
-    for op in [0x00, 0x04, 0x7f, 0x80, 0x85, 0xfe] {
+    for op in [0x00, 0x04, 0x06, 0x7f, 0x80, 0x86, 0xfe] {
         let bytes = raw(op, 0, 1, &[]);
         header_error(&bytes, DecodeError::UnknownOpcode(op));
         header_error(&bytes[..4], DecodeError::UnknownOpcode(op));
@@ -1496,7 +1529,7 @@ fn random_bytes_never_panic() {
 mod prop {
     use std::net::{Ipv6Addr, SocketAddr};
 
-    use crate::NodeAddr;
+    use crate::{CommandReply, NodeAddr};
 
     use bytes::{Bytes, BytesMut};
     use proptest::collection::vec;
@@ -1542,6 +1575,18 @@ mod prop {
         })
     }
 
+    fn command_reply() -> impl Strategy<Value = CommandReply> {
+        let leaf = prop_oneof![
+            Just(CommandReply::Nil),
+            ".{0,8}".prop_map(CommandReply::Status),
+            any::<i64>().prop_map(CommandReply::Int),
+            blob().prop_map(CommandReply::Bulk),
+            ".{0,8}".prop_map(CommandReply::Error),
+        ];
+        // Nested at most MAX_REPLY_DEPTH deep, as the wire allows.
+        leaf.prop_recursive(4, 16, 3, |inner| vec(inner, 0..3).prop_map(CommandReply::Array))
+    }
+
     fn error_code() -> impl Strategy<Value = ErrorCode> {
         (1u16..=11).prop_map(|c| ErrorCode::from_u16(c).unwrap())
     }
@@ -1556,6 +1601,20 @@ mod prop {
             blob().prop_map(|key| Get { key }),
             (blob(), blob()).prop_map(|(key, value)| Put { key, value }),
             blob().prop_map(|key| Delete { key }),
+            (blob(), vec(vec(blob(), 0..3), 0..3), vec((blob(), any::<u64>()), 0..3)).prop_map(
+                |(key, commands, watched)| Execute {
+                    key,
+                    commands,
+                    watched
+                }
+            ),
+            (any::<u16>(), any::<u64>(), option::of(vec(command_reply(), 0..4))).prop_map(
+                |(hops, version, replies)| ExecuteReply {
+                    hops,
+                    version,
+                    replies
+                }
+            ),
             (any::<u16>(), any::<u64>(), option::of(blob())).prop_map(|(hops, version, value)| GetReply {
                 hops,
                 version,

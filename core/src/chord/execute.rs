@@ -1,0 +1,566 @@
+//! Commands run atomically at the key's owner: [`Message::Execute`] (a read-modify-write such
+//! as INCR, or a transaction's commands over the keys of one hash tag).
+//!
+//! The owner serves an `Execute` like a write (deadline, duplicate, lease and fence checks in
+//! [`Node::serve`]), then:
+//!
+//! ```text
+//!  wait     until no other Execute holds the key id and no PUT/DELETE of it is being stored
+//!  read     GetMany of every key the commands touch (and the watched ones)
+//!  check    a watched key's version changed ─► ExecuteReply { replies: None }, nothing written
+//!  run      crate::command::run, each command in turn over one Keyspace
+//!  write    the changed values as one batch, one fresh version, replicated like a PUT
+//!  answer   ExecuteReply { replies }, once stored (and acknowledged as a PUT would be)
+//! ```
+//!
+//! The *key id* (the id every key of the request is placed by: one hash tag) is the unit of
+//! locking: from the read until its writes are stored an Execute holds its id, and a PUT or
+//! DELETE of that id arriving meanwhile waits for it (else it could be stored between the
+//! read and the write and be overwritten by a value computed without it). An Execute waits for
+//! PUTs and DELETEs of its id that are being stored, so it reads what they wrote. Waiting is
+//! first come, first served per id, and bounded ([`MAX_WAITING`]).
+//!
+//! The store drivers need nothing new for this: the owner is the only writer of fresh
+//! versions of its range, and it runs one Execute per id at a time.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use chordkv_protocol::{CommandReply, ErrorCode, Id, Item, Message, NodeRef};
+
+use super::node::{Millis, Node, ReplyTo};
+use super::store_wait::StoreWait;
+use crate::command::{self, Keyspace};
+use crate::store::{StoreError, StoreOp, StoreOutcome};
+
+/// Requests (Executes, and PUTs and DELETEs behind one) a node lets wait for a key id before
+/// it answers `Busy`.
+pub(super) const MAX_WAITING: usize = 10_000;
+
+/// What Redis Cluster answers when the keys of a request have more than one owner.
+pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
+/// One Execute at its owner.
+#[derive(Debug)]
+pub(super) struct Job {
+    to: ReplyTo,
+    request_id: u64,
+    hops: u16,
+    key_id: Id,
+    primary: NodeRef,
+    deadline: Millis,
+    commands: Vec<Vec<Bytes>>,
+    watched: Vec<(Bytes, u64)>,
+    /// The replies, once run; the version its writes were stamped with; the pending
+    /// replicated write (see `replication.rs`).
+    replies: Vec<CommandReply>,
+    version: u64,
+    write: Option<u64>,
+}
+
+/// A PUT or DELETE that arrived while an Execute held its key id.
+#[derive(Debug)]
+pub(super) struct HeldWrite {
+    pub to: ReplyTo,
+    pub request_id: u64,
+    pub hops: u16,
+    pub message: Message,
+    pub key_id: Id,
+    pub deadline: Millis,
+    pub range: (NodeRef, Id),
+}
+
+#[derive(Debug)]
+enum Waiting {
+    Job(u64),
+    Write(HeldWrite),
+}
+
+impl Waiting {
+    fn key_id<'a>(&'a self, jobs: &'a BTreeMap<u64, Job>) -> Option<&'a Id> {
+        match self {
+            Waiting::Job(id) => jobs.get(id).map(|j| &j.key_id),
+            Waiting::Write(w) => Some(&w.key_id),
+        }
+    }
+}
+
+/// Executes in progress and the requests waiting for their key ids.
+#[derive(Debug, Default)]
+pub(super) struct Executions {
+    jobs: BTreeMap<u64, Job>,
+    next_id: u64,
+    /// Key ids held by a running Execute (from its read until its writes are stored).
+    held: BTreeMap<Id, u64>,
+    /// PUTs and DELETEs being stored, by key id.
+    storing: BTreeMap<Id, u32>,
+    waiting: VecDeque<Waiting>,
+}
+
+impl Executions {
+    /// Whether a PUT or DELETE of `key_id` must wait: an Execute holds the id, or one is
+    /// waiting for it (first come, first served).
+    pub fn write_must_wait(&self, key_id: &Id) -> bool {
+        self.held.contains_key(key_id) || self.is_waiting(key_id)
+    }
+
+    fn is_waiting(&self, key_id: &Id) -> bool {
+        !self.waiting.is_empty()
+            && self
+                .waiting
+                .iter()
+                .any(|w| w.key_id(&self.jobs) == Some(key_id))
+    }
+
+    /// A PUT or DELETE of `key_id` is being stored.
+    pub fn storing(&mut self, key_id: Id) {
+        *self.storing.entry(key_id).or_default() += 1;
+    }
+
+    /// Whether any Execute holds, or any request waits for, a key id in `(start, end]`.
+    pub fn busy_in(&self, start: &Id, end: &Id) -> bool {
+        self.held
+            .keys()
+            .chain(self.waiting.iter().filter_map(|w| w.key_id(&self.jobs)))
+            .any(|id| chordkv_protocol::in_half_open(id, start, end))
+    }
+}
+
+impl Node {
+    /// Serves an `Execute` this node holds the range of; the checks of [`Node::serve`] are done.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn serve_execute(
+        &mut self,
+        now: Millis,
+        to: ReplyTo,
+        request_id: u64,
+        hops: u16,
+        message: Message,
+        key_id: Id,
+        deadline: Millis,
+        primary: NodeRef,
+    ) {
+        let Message::Execute {
+            key,
+            commands,
+            watched,
+        } = message
+        else {
+            return;
+        };
+        self.stats.ops_execute += 1;
+        // Every key must be placed where `key` is: the owner checks, whatever the client did.
+        let mut ids_agree = Id::of_key(&key) == key_id;
+        for words in &commands {
+            if let Ok(keys) = command::keys(words) {
+                ids_agree &= keys.iter().all(|k| Id::of_key(k) == key_id);
+            }
+        }
+        ids_agree &= watched.iter().all(|(k, _)| Id::of_key(k) == key_id);
+        if !ids_agree {
+            let msg = Message::Error {
+                code: ErrorCode::BadRequest,
+                hops,
+                text: CROSSSLOT.to_string(),
+            };
+            return self.reply(to, request_id, msg);
+        }
+        if self.exec.waiting.len() >= MAX_WAITING {
+            let msg = Message::Error {
+                code: ErrorCode::Busy,
+                hops,
+                text: "too many commands wait for their keys at this owner".to_string(),
+            };
+            return self.reply(to, request_id, msg);
+        }
+        let id = self.exec.next_id;
+        self.exec.next_id += 1;
+        self.exec.jobs.insert(
+            id,
+            Job {
+                to,
+                request_id,
+                hops,
+                key_id,
+                primary,
+                deadline,
+                commands,
+                watched,
+                replies: Vec::new(),
+                version: 0,
+                write: None,
+            },
+        );
+        if self.job_must_wait(&key_id) {
+            self.stats.execute_waits += 1;
+            self.exec.waiting.push_back(Waiting::Job(id));
+        } else {
+            self.read_for_job(now, id);
+        }
+    }
+
+    fn job_must_wait(&self, key_id: &Id) -> bool {
+        self.exec.held.contains_key(key_id) || self.exec.storing.contains_key(key_id) || self.exec.is_waiting(key_id)
+    }
+
+    /// Holds the job's key id and reads every key it names, unless waiting made it late.
+    fn read_for_job(&mut self, now: Millis, id: u64) {
+        let Some(job) = self.exec.jobs.get(&id) else {
+            return;
+        };
+        if job.deadline != 0 && now.saturating_add(self.config.max_clock_offset_ms) >= job.deadline {
+            self.stats.late_requests_refused += 1;
+            let text = "request deadline passed while it waited for its keys (not applied)".to_string();
+            return self.end_job(now, id, Err((ErrorCode::Timeout, text)));
+        }
+        let mut keys: Vec<Bytes> = job
+            .commands
+            .iter()
+            .filter_map(|w| command::keys(w).ok())
+            .flatten()
+            .chain(job.watched.iter().map(|(k, _)| k.clone()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        self.exec.held.insert(job.key_id, id);
+        self.store_op(StoreOp::GetMany { keys }, StoreWait::ExecuteRead(id));
+    }
+
+    /// The job's keys are read: check the watched versions, run the commands, store what they
+    /// wrote.
+    pub(super) fn on_execute_read(&mut self, now: Millis, id: u64, result: Result<StoreOutcome, StoreError>) {
+        let items = match result {
+            Ok(StoreOutcome::Items(items)) => items,
+            Ok(other) => return self.end_job(now, id, Err((ErrorCode::Internal, format!("store answered {other:?}")))),
+            Err(e) => return self.end_job(now, id, Err((ErrorCode::StoreFailed, e.to_string()))),
+        };
+        let Some(job) = self.exec.jobs.get_mut(&id) else {
+            return;
+        };
+        let versions: BTreeMap<&Bytes, u64> = items.iter().map(|it| (&it.key, it.version)).collect();
+        if job
+            .watched
+            .iter()
+            .any(|(k, v)| versions.get(k).copied().unwrap_or(0) != *v)
+        {
+            self.stats.execute_watch_aborts += 1;
+            return self.end_job(now, id, Ok(None));
+        }
+        let mut keyspace = Keyspace::new(items.into_iter().map(|it| (it.key, it.value)));
+        job.replies = job.commands.iter().map(|w| command::run(w, &mut keyspace)).collect();
+        if !keyspace.is_written() {
+            let replies = std::mem::take(&mut job.replies);
+            return self.end_job(now, id, Ok(Some(replies)));
+        }
+        let (primary, key_id) = (job.primary, job.key_id);
+        // The lease may have ended while the keys were read: nothing is written without one.
+        if self.config.is_consistent() && !self.leases.serves(&primary.id, now) {
+            self.stats.ops_refused_no_lease += 1;
+            let text = match self.no_lease_error(&primary.id, 0) {
+                Message::Error { text, .. } => text,
+                _ => String::new(),
+            };
+            return self.end_job(now, id, Err((ErrorCode::NotReady, text)));
+        }
+        let version = self.clock.stamp(now);
+        if self.config.is_consistent() {
+            let fence = self.leases.held(&primary.id).map_or(0, |h| h.fence_ms);
+            if version >> 16 > fence {
+                self.stats.ops_refused_no_lease += 1;
+                let text = "the version clock ran past the lease's fence; retry after the renewal".to_string();
+                return self.end_job(now, id, Err((ErrorCode::NotReady, text)));
+            }
+        }
+        let items: Vec<Item> = keyspace
+            .into_writes()
+            .into_iter()
+            .map(|(key, value)| Item { key, version, value })
+            .collect();
+        let write = if self.config.replicas > 0 {
+            self.replicate_items(now, items.clone(), &primary)
+        } else {
+            None
+        };
+        if let Some(job) = self.exec.jobs.get_mut(&id) {
+            job.version = version;
+            job.write = write;
+        }
+        debug_assert!(self.exec.held.get(&key_id) == Some(&id));
+        self.store_op(StoreOp::PutMany { items }, StoreWait::ExecuteWrite(id));
+    }
+
+    /// The job's writes are stored.
+    pub(super) fn on_execute_written(&mut self, now: Millis, id: u64, result: Result<StoreOutcome, StoreError>) {
+        match result {
+            Ok(StoreOutcome::PutMany { .. }) => {
+                let replies = self
+                    .exec
+                    .jobs
+                    .get_mut(&id)
+                    .map(|j| std::mem::take(&mut j.replies));
+                self.end_job(now, id, Ok(replies));
+            }
+            Ok(other) => self.end_job(now, id, Err((ErrorCode::Internal, format!("store answered {other:?}")))),
+            Err(e) => self.end_job(now, id, Err((ErrorCode::StoreFailed, e.to_string()))),
+        }
+    }
+
+    /// Answers the job (`Ok(None)`: a watched key changed), frees its key id and starts what
+    /// waited for it.
+    fn end_job(&mut self, now: Millis, id: u64, outcome: Result<Option<Vec<CommandReply>>, (ErrorCode, String)>) {
+        let Some(job) = self.exec.jobs.remove(&id) else {
+            return;
+        };
+        if self.exec.held.get(&job.key_id) == Some(&id) {
+            self.exec.held.remove(&job.key_id);
+        }
+        let msg = match outcome {
+            Ok(replies) => Message::ExecuteReply {
+                hops: job.hops,
+                version: if replies.is_some() { job.version } else { 0 },
+                replies,
+            },
+            Err((code, text)) => Message::Error {
+                code,
+                hops: job.hops,
+                text,
+            },
+        };
+        match job.write {
+            Some(w) => self.local_write_done(w, job.to, job.request_id, msg),
+            None => self.reply(job.to, job.request_id, msg),
+        }
+        self.start_waiting(now);
+    }
+
+    /// A PUT or DELETE of `key_id` is stored: an Execute waiting for it may start.
+    pub(super) fn on_write_stored(&mut self, now: Millis, key_id: &Id) {
+        if let Some(n) = self.exec.storing.get_mut(key_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.exec.storing.remove(key_id);
+                if !self.exec.waiting.is_empty() {
+                    self.start_waiting(now);
+                }
+            }
+        }
+    }
+
+    /// A PUT or DELETE waits behind an Execute of its key id.
+    pub(super) fn hold_write(&mut self, write: HeldWrite) {
+        if self.exec.waiting.len() >= MAX_WAITING {
+            let msg = Message::Error {
+                code: ErrorCode::Busy,
+                hops: write.hops,
+                text: "too many commands wait for their keys at this owner".to_string(),
+            };
+            return self.reply(write.to, write.request_id, msg);
+        }
+        self.stats.execute_waits += 1;
+        self.exec.waiting.push_back(Waiting::Write(write));
+    }
+
+    /// Starts, in arrival order, every waiting request whose key id is free and that no
+    /// earlier waiting request of the same id is ahead of.
+    fn start_waiting(&mut self, now: Millis) {
+        let mut i = 0;
+        while i < self.exec.waiting.len() {
+            let Some(key_id) = self.exec.waiting[i].key_id(&self.exec.jobs).copied() else {
+                self.exec.waiting.remove(i);
+                continue;
+            };
+            let ahead = self
+                .exec
+                .waiting
+                .iter()
+                .take(i)
+                .any(|w| w.key_id(&self.exec.jobs) == Some(&key_id));
+            let free = !self.exec.held.contains_key(&key_id);
+            let is_job = matches!(self.exec.waiting[i], Waiting::Job(_));
+            if ahead || !free || (is_job && self.exec.storing.contains_key(&key_id)) {
+                i += 1;
+                continue;
+            }
+            match self.exec.waiting.remove(i) {
+                Some(Waiting::Job(id)) => self.read_for_job(now, id),
+                Some(Waiting::Write(w)) => self.release_write(now, w),
+                None => {}
+            }
+        }
+    }
+
+    /// A waiting PUT or DELETE goes on, unless the wait made it late.
+    fn release_write(&mut self, now: Millis, w: HeldWrite) {
+        if w.deadline != 0 && now.saturating_add(self.config.max_clock_offset_ms) >= w.deadline {
+            self.stats.late_requests_refused += 1;
+            let msg = Message::Error {
+                code: ErrorCode::Timeout,
+                hops: w.hops,
+                text: "request deadline passed while it waited for its key (not applied)".to_string(),
+            };
+            return self.reply(w.to, w.request_id, msg);
+        }
+        self.store_client_write(now, w.to, w.request_id, w.hops, w.message, w.key_id, w.range);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chord::{Config, Output};
+    use crate::store::{self, MemoryStore, Store};
+    use chordkv_protocol::Frame;
+
+    /// One node owning the whole ring, its store ops held until the test runs them, so that
+    /// requests can be interleaved with an Execute between its read and its write.
+    struct One {
+        node: Node,
+        store: MemoryStore,
+        ops: Vec<(u64, StoreOp)>,
+        replies: Vec<Frame>,
+    }
+
+    impl One {
+        fn new() -> One {
+            let me = NodeRef::from_addr("127.0.0.1:7000".parse().unwrap());
+            let mut node = Node::new(me, Config::with_stabilize_interval_ms(100), 0);
+            node.create(0);
+            One {
+                node,
+                store: MemoryStore::new(),
+                ops: Vec::new(),
+                replies: Vec::new(),
+            }
+        }
+
+        fn send(&mut self, rid: u64, message: Message) {
+            self.node.handle_request(1, ReplyTo(1), Frame::new(rid, message));
+            self.poll();
+        }
+
+        fn poll(&mut self) {
+            while let Some(out) = self.node.poll_output() {
+                match out {
+                    Output::Store { id, op, .. } => self.ops.push((id, op)),
+                    Output::Reply { frame, .. } => self.replies.push(frame),
+                    _ => {}
+                }
+            }
+        }
+
+        /// Runs the held store ops (those issued meanwhile too) until none is left.
+        fn run_store(&mut self) {
+            while !self.ops.is_empty() {
+                let (id, op) = self.ops.remove(0);
+                let result = store::execute(&self.store as &dyn Store, op);
+                self.node.store_done(1, id, result);
+                self.poll();
+            }
+        }
+
+        fn value(&self, key: &str) -> Option<Bytes> {
+            self.store.get(key.as_bytes()).unwrap().and_then(|e| e.value)
+        }
+
+        fn reply(&self, rid: u64) -> &Message {
+            &self.replies.iter().find(|f| f.request_id == rid).expect("replied").message
+        }
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::from(s.to_string())
+    }
+
+    fn exec(commands: &[&str]) -> Message {
+        let commands: Vec<Vec<Bytes>> = commands
+            .iter()
+            .map(|c| c.split(' ').map(b).collect())
+            .collect();
+        let key = command::keys(&commands[0]).unwrap()[0].clone();
+        Message::Execute {
+            key,
+            commands,
+            watched: vec![],
+        }
+    }
+
+    /// A PUT arriving while an INCR of its key is between its read and its write waits for
+    /// it, and an INCR arriving while a PUT is being stored reads what the PUT wrote: neither
+    /// write is lost, whatever order the store runs ops in.
+    #[test]
+    fn writes_of_a_key_wait_for_an_execute_and_it_for_them() {
+        let mut one = One::new();
+        one.send(1, exec(&["INCR n"]));
+        assert_eq!(one.ops.len(), 1, "the INCR reads");
+        one.send(2, Message::Put { key: b("n"), value: b("10") });
+        assert_eq!(one.ops.len(), 1, "the PUT waits for the INCR");
+        one.send(3, exec(&["INCR n"]));
+        assert_eq!(one.ops.len(), 1, "the second INCR waits behind the PUT");
+        one.run_store();
+        assert_eq!(one.value("n"), Some(b("11")));
+        let ints: Vec<_> = [1, 3]
+            .iter()
+            .map(|rid| match one.reply(*rid) {
+                Message::ExecuteReply {
+                    replies: Some(r), ..
+                } => r.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ints, [vec![CommandReply::Int(1)], vec![CommandReply::Int(11)]]);
+        assert!(matches!(one.reply(2), Message::PutReply { .. }));
+
+        // A PUT being stored when an INCR arrives: the INCR waits until it is stored.
+        one.send(4, Message::Put { key: b("n"), value: b("100") });
+        one.send(5, exec(&["INCR n"]));
+        assert_eq!(one.ops.len(), 1, "only the PUT is in the store's hands");
+        one.run_store();
+        assert_eq!(one.value("n"), Some(b("101")));
+    }
+
+    /// A watched key whose version changed: nothing runs. An unchanged one: all of it runs,
+    /// with one version for every key written.
+    #[test]
+    fn watch_aborts_on_a_changed_version() {
+        let mut one = One::new();
+        one.send(1, Message::Put { key: b("{u}a"), value: b("1") });
+        one.run_store();
+        let Message::PutReply { version, .. } = one.reply(1).clone() else {
+            panic!()
+        };
+        let tx = |watched: u64| Message::Execute {
+            key: b("{u}a"),
+            commands: vec![vec![b("INCR"), b("{u}a")], vec![b("SET"), b("{u}b"), b("x")]],
+            watched: vec![(b("{u}a"), watched)],
+        };
+        one.send(2, tx(version + 1));
+        one.run_store();
+        assert!(matches!(one.reply(2), Message::ExecuteReply { replies: None, .. }));
+        assert_eq!(one.value("{u}a"), Some(b("1")));
+        assert_eq!(one.value("{u}b"), None);
+        one.send(3, tx(version));
+        one.run_store();
+        let Message::ExecuteReply {
+            replies: Some(r),
+            version: v,
+            ..
+        } = one.reply(3).clone()
+        else {
+            panic!("{:?}", one.reply(3))
+        };
+        assert_eq!(r, [CommandReply::Int(2), CommandReply::Status("OK".into())]);
+        assert_eq!(one.value("{u}a"), Some(b("2")));
+        for k in ["{u}a", "{u}b"] {
+            assert_eq!(one.store.get(k.as_bytes()).unwrap().unwrap().version, v);
+        }
+    }
+
+    /// Keys of two hash tags: refused before anything is read.
+    #[test]
+    fn keys_of_two_owners_are_refused() {
+        let mut one = One::new();
+        one.send(1, exec(&["MSET {a}x 1 {b}y 2"]));
+        assert!(one.ops.is_empty());
+        assert!(matches!(one.reply(1), Message::Error { text, .. } if text.starts_with("CROSSSLOT")));
+    }
+}
