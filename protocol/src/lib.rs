@@ -28,4 +28,6 @@ pub use frame::{
     HEADER_BYTES, MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 pub use id::{hash_tag, in_half_open, in_open, Id};
-pub use message::{CommandReply, ErrorCode, Item, Lookup, MemberEvent, Message, NodeAddr, NodeInfo, NodeRef, NodeStatus};
+pub use message::{
+    CommandReply, ErrorCode, Item, Lookup, MemberEvent, Message, NodeAddr, NodeInfo, NodeRef, NodeStatus,
+};

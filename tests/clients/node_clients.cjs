@@ -32,9 +32,13 @@ async function nodeRedis(modules, addrs) {
   assert.strictEqual(await clients[0].del(["nr-0", "nr-missing"]), 1);
   const info = await clients[0].info();
   assert.ok(String(info).includes("redis_version"), info);
-  // MULTI/EXEC is refused at EXEC with nothing applied.
-  await assert.rejects(clients[0].multi().set("nr-tx", "1").exec());
-  for (const c of clients) assert.strictEqual(await c.get("nr-tx"), null);
+  // MULTI/EXEC over one hash tag runs at its owner; over two it is refused, nothing applied.
+  assert.deepStrictEqual(await clients[0].multi().set("{nr}tx", "1").incr("{nr}n").exec(), ["OK", 1]);
+  await assert.rejects(clients[0].multi().set("{nr-a}tx", "1").set("{nr-b}tx", "1").exec());
+  for (const c of clients) assert.strictEqual(await c.get("{nr-a}tx"), null);
+  assert.strictEqual(await clients[1].incr("nr-counter"), 1);
+  assert.strictEqual(await clients[0].set("nr-lock", "a", { NX: true }), "OK");
+  assert.strictEqual(await clients[1].set("nr-lock", "b", { NX: true }), null);
   for (const c of clients) await c.quit();
 }
 
@@ -56,8 +60,11 @@ async function ioredis(modules, addrs) {
   }
   const piped = await clients[1].pipeline().set("io-pipe", "1").get("io-pipe").exec();
   assert.deepStrictEqual(piped, [[null, "OK"], [null, "1"]]);
-  await assert.rejects(clients[0].multi().set("io-tx", "1").exec());
-  for (const c of clients) assert.strictEqual(await c.get("io-tx"), null);
+  const tx = await clients[0].multi().set("{io}tx", "1").get("{io}tx").exec();
+  assert.deepStrictEqual(tx, [[null, "OK"], [null, "1"]]);
+  await assert.rejects(clients[0].multi().set("{io-a}tx", "1").set("{io-b}tx", "1").exec());
+  for (const c of clients) assert.strictEqual(await c.get("{io-a}tx"), null);
+  assert.strictEqual(await clients[1].incrby("io-counter", 5), 5);
   for (const c of clients) await c.quit();
 }
 

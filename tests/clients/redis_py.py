@@ -42,17 +42,36 @@ def main(addrs):
     p = clients[1].pipeline(transaction=False)
     p.set("py-pipe", "1").get("py-pipe").get("py-missing")
     assert p.execute() == [True, b"1", None]
-    # The default pipeline is a MULTI/EXEC transaction, which chordkv refuses at EXEC: an
-    # error, and none of its commands applied (they used to be, behind the error).
+    # The default pipeline is a MULTI/EXEC transaction: over one hash tag it runs at the
+    # tag's owner, atomically; over two it is refused with nothing applied.
     p = clients[0].pipeline()
-    p.set("py-tx", "1").get("py-tx")
+    p.set("{py}tx", "1").incr("{py}n").get("{py}tx")
+    assert p.execute() == [True, 1, b"1"]
+    p = clients[0].pipeline()
+    p.set("{py-a}tx", "1").set("{py-b}tx", "1")
     try:
         p.execute()
-        raise AssertionError("EXEC should be refused")
+        raise AssertionError("a transaction over two hash tags should be refused")
     except redis.ResponseError as e:
-        print("transaction refused:", e)
+        print("transaction over two owners refused:", e)
     for r in clients:
-        assert r.get("py-tx") is None
+        assert r.get("{py-a}tx") is None and r.get("{py-b}tx") is None
+
+    # WATCH with redis-py's optimistic-locking helper.
+    def bump(pipe):
+        current = int(pipe.get("{py}w") or 0)
+        pipe.multi()
+        pipe.set("{py}w", current + 1)
+
+    for _ in range(3):
+        clients[1].transaction(bump, "{py}w")
+    assert clients[2 % len(clients)].get("{py}w") == b"3"
+    # Counters and conditional writes run at the key's owner.
+    assert [clients[i % len(clients)].incr("py-counter") for i in range(5)] == [1, 2, 3, 4, 5]
+    assert clients[0].set("py-lock", "a", nx=True) is True
+    assert clients[1].set("py-lock", "b", nx=True) is None
+    assert clients[0].getset("py-lock", "c") == b"a"
+    assert clients[0].append("py-lock", "d") == 2
     print("ok")
 
 

@@ -73,7 +73,8 @@ pub(super) struct HeldWrite {
 #[derive(Debug)]
 enum Waiting {
     Job(u64),
-    Write(HeldWrite),
+    // Boxed: a held write carries a whole message, and most waiting entries are jobs.
+    Write(Box<HeldWrite>),
 }
 
 impl Waiting {
@@ -105,11 +106,7 @@ impl Executions {
     }
 
     fn is_waiting(&self, key_id: &Id) -> bool {
-        !self.waiting.is_empty()
-            && self
-                .waiting
-                .iter()
-                .any(|w| w.key_id(&self.jobs) == Some(key_id))
+        !self.waiting.is_empty() && self.waiting.iter().any(|w| w.key_id(&self.jobs) == Some(key_id))
     }
 
     /// A PUT or DELETE of `key_id` is being stored.
@@ -200,7 +197,9 @@ impl Node {
     }
 
     fn job_must_wait(&self, key_id: &Id) -> bool {
-        self.exec.held.contains_key(key_id) || self.exec.storing.contains_key(key_id) || self.exec.is_waiting(key_id)
+        self.exec.held.contains_key(key_id)
+            || self.exec.storing.contains_key(key_id)
+            || self.exec.is_waiting(key_id)
     }
 
     /// Holds the job's key id and reads every key it names, unless waiting made it late.
@@ -231,7 +230,13 @@ impl Node {
     pub(super) fn on_execute_read(&mut self, now: Millis, id: u64, result: Result<StoreOutcome, StoreError>) {
         let items = match result {
             Ok(StoreOutcome::Items(items)) => items,
-            Ok(other) => return self.end_job(now, id, Err((ErrorCode::Internal, format!("store answered {other:?}")))),
+            Ok(other) => {
+                return self.end_job(
+                    now,
+                    id,
+                    Err((ErrorCode::Internal, format!("store answered {other:?}"))),
+                )
+            }
             Err(e) => return self.end_job(now, id, Err((ErrorCode::StoreFailed, e.to_string()))),
         };
         let Some(job) = self.exec.jobs.get_mut(&id) else {
@@ -247,7 +252,11 @@ impl Node {
             return self.end_job(now, id, Ok(None));
         }
         let mut keyspace = Keyspace::new(items.into_iter().map(|it| (it.key, it.value)));
-        job.replies = job.commands.iter().map(|w| command::run(w, &mut keyspace)).collect();
+        job.replies = job
+            .commands
+            .iter()
+            .map(|w| command::run(w, &mut keyspace))
+            .collect();
         if !keyspace.is_written() {
             let replies = std::mem::take(&mut job.replies);
             return self.end_job(now, id, Ok(Some(replies)));
@@ -267,7 +276,8 @@ impl Node {
             let fence = self.leases.held(&primary.id).map_or(0, |h| h.fence_ms);
             if version >> 16 > fence {
                 self.stats.ops_refused_no_lease += 1;
-                let text = "the version clock ran past the lease's fence; retry after the renewal".to_string();
+                let text =
+                    "the version clock ran past the lease's fence; retry after the renewal".to_string();
                 return self.end_job(now, id, Err((ErrorCode::NotReady, text)));
             }
         }
@@ -290,7 +300,12 @@ impl Node {
     }
 
     /// The job's writes are stored.
-    pub(super) fn on_execute_written(&mut self, now: Millis, id: u64, result: Result<StoreOutcome, StoreError>) {
+    pub(super) fn on_execute_written(
+        &mut self,
+        now: Millis,
+        id: u64,
+        result: Result<StoreOutcome, StoreError>,
+    ) {
         match result {
             Ok(StoreOutcome::PutMany { .. }) => {
                 let replies = self
@@ -300,14 +315,23 @@ impl Node {
                     .map(|j| std::mem::take(&mut j.replies));
                 self.end_job(now, id, Ok(replies));
             }
-            Ok(other) => self.end_job(now, id, Err((ErrorCode::Internal, format!("store answered {other:?}")))),
+            Ok(other) => self.end_job(
+                now,
+                id,
+                Err((ErrorCode::Internal, format!("store answered {other:?}"))),
+            ),
             Err(e) => self.end_job(now, id, Err((ErrorCode::StoreFailed, e.to_string()))),
         }
     }
 
     /// Answers the job (`Ok(None)`: a watched key changed), frees its key id and starts what
     /// waited for it.
-    fn end_job(&mut self, now: Millis, id: u64, outcome: Result<Option<Vec<CommandReply>>, (ErrorCode, String)>) {
+    fn end_job(
+        &mut self,
+        now: Millis,
+        id: u64,
+        outcome: Result<Option<Vec<CommandReply>>, (ErrorCode, String)>,
+    ) {
         let Some(job) = self.exec.jobs.remove(&id) else {
             return;
         };
@@ -357,7 +381,7 @@ impl Node {
             return self.reply(write.to, write.request_id, msg);
         }
         self.stats.execute_waits += 1;
-        self.exec.waiting.push_back(Waiting::Write(write));
+        self.exec.waiting.push_back(Waiting::Write(Box::new(write)));
     }
 
     /// Starts, in arrival order, every waiting request whose key id is free and that no
@@ -383,7 +407,7 @@ impl Node {
             }
             match self.exec.waiting.remove(i) {
                 Some(Waiting::Job(id)) => self.read_for_job(now, id),
-                Some(Waiting::Write(w)) => self.release_write(now, w),
+                Some(Waiting::Write(w)) => self.release_write(now, *w),
                 None => {}
             }
         }
@@ -463,7 +487,12 @@ mod tests {
         }
 
         fn reply(&self, rid: u64) -> &Message {
-            &self.replies.iter().find(|f| f.request_id == rid).expect("replied").message
+            &self
+                .replies
+                .iter()
+                .find(|f| f.request_id == rid)
+                .expect("replied")
+                .message
         }
     }
 
@@ -472,10 +501,7 @@ mod tests {
     }
 
     fn exec(commands: &[&str]) -> Message {
-        let commands: Vec<Vec<Bytes>> = commands
-            .iter()
-            .map(|c| c.split(' ').map(b).collect())
-            .collect();
+        let commands: Vec<Vec<Bytes>> = commands.iter().map(|c| c.split(' ').map(b).collect()).collect();
         let key = command::keys(&commands[0]).unwrap()[0].clone();
         Message::Execute {
             key,
@@ -492,7 +518,13 @@ mod tests {
         let mut one = One::new();
         one.send(1, exec(&["INCR n"]));
         assert_eq!(one.ops.len(), 1, "the INCR reads");
-        one.send(2, Message::Put { key: b("n"), value: b("10") });
+        one.send(
+            2,
+            Message::Put {
+                key: b("n"),
+                value: b("10"),
+            },
+        );
         assert_eq!(one.ops.len(), 1, "the PUT waits for the INCR");
         one.send(3, exec(&["INCR n"]));
         assert_eq!(one.ops.len(), 1, "the second INCR waits behind the PUT");
@@ -501,9 +533,7 @@ mod tests {
         let ints: Vec<_> = [1, 3]
             .iter()
             .map(|rid| match one.reply(*rid) {
-                Message::ExecuteReply {
-                    replies: Some(r), ..
-                } => r.clone(),
+                Message::ExecuteReply { replies: Some(r), .. } => r.clone(),
                 other => panic!("{other:?}"),
             })
             .collect();
@@ -511,7 +541,13 @@ mod tests {
         assert!(matches!(one.reply(2), Message::PutReply { .. }));
 
         // A PUT being stored when an INCR arrives: the INCR waits until it is stored.
-        one.send(4, Message::Put { key: b("n"), value: b("100") });
+        one.send(
+            4,
+            Message::Put {
+                key: b("n"),
+                value: b("100"),
+            },
+        );
         one.send(5, exec(&["INCR n"]));
         assert_eq!(one.ops.len(), 1, "only the PUT is in the store's hands");
         one.run_store();
@@ -523,7 +559,13 @@ mod tests {
     #[test]
     fn watch_aborts_on_a_changed_version() {
         let mut one = One::new();
-        one.send(1, Message::Put { key: b("{u}a"), value: b("1") });
+        one.send(
+            1,
+            Message::Put {
+                key: b("{u}a"),
+                value: b("1"),
+            },
+        );
         one.run_store();
         let Message::PutReply { version, .. } = one.reply(1).clone() else {
             panic!()
@@ -535,7 +577,10 @@ mod tests {
         };
         one.send(2, tx(version + 1));
         one.run_store();
-        assert!(matches!(one.reply(2), Message::ExecuteReply { replies: None, .. }));
+        assert!(matches!(
+            one.reply(2),
+            Message::ExecuteReply { replies: None, .. }
+        ));
         assert_eq!(one.value("{u}a"), Some(b("1")));
         assert_eq!(one.value("{u}b"), None);
         one.send(3, tx(version));

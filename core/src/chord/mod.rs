@@ -89,6 +89,7 @@ use store_wait::{ServeKind, StoreWait};
 use timer::Timer;
 
 pub use config::{Config, Routing};
+pub use execute::CROSSSLOT;
 pub use host::{merge_counters, Host};
 pub use node::{Millis, Node, Output, Phase, ReplyTo, StoreOpId};
 pub use stats::Stats;

@@ -15,10 +15,10 @@ use chordkv_protocol::{
 
 use super::config::ReadFrom;
 
+use super::execute::HeldWrite;
 use super::node::{Millis, Node, Phase, ReplyTo};
 use super::placement::Route;
 use super::rpc::RpcKind;
-use super::execute::HeldWrite;
 use super::store_wait::{ServeKind, StoreWait};
 use crate::store::{Entry, StoreError, StoreOp, StoreOutcome};
 
@@ -495,13 +495,15 @@ impl Node {
                 version,
                 value,
             }),
-            Message::ExecuteReply { hops, version, replies } => {
-                self.finish_op(id, hops, |h| Message::ExecuteReply {
-                    hops: h,
-                    version,
-                    replies,
-                })
-            }
+            Message::ExecuteReply {
+                hops,
+                version,
+                replies,
+            } => self.finish_op(id, hops, |h| Message::ExecuteReply {
+                hops: h,
+                version,
+                replies,
+            }),
             Message::PutReply { hops, version } => {
                 self.finish_op(id, hops, |h| Message::PutReply { hops: h, version })
             }

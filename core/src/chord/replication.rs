@@ -102,7 +102,12 @@ impl Node {
 
     /// [`Node::replicate_write`] of a batch written as one (an Execute's writes): one
     /// `Replicate` per replica, acknowledged as one write.
-    pub(super) fn replicate_items(&mut self, now: Millis, items: Vec<Item>, primary: &NodeRef) -> Option<u64> {
+    pub(super) fn replicate_items(
+        &mut self,
+        now: Millis,
+        items: Vec<Item>,
+        primary: &NodeRef,
+    ) -> Option<u64> {
         let (targets, needed, copies) = if self.config.is_consistent() {
             let pref = self.preference_list(primary).unwrap_or_else(|| vec![self.me]);
             let others: Vec<NodeRef> = pref

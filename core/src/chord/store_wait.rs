@@ -92,13 +92,13 @@ impl Node {
     pub(super) fn write_in_flight(&self, start: &Id, end: &Id) -> bool {
         self.exec.busy_in(start, end)
             || self.store.waits.values().any(|w| match w {
-            StoreWait::Serve {
-                kind: ServeKind::Put(_) | ServeKind::Delete(_),
-                key_id,
-                ..
-            } => in_half_open(key_id, start, end),
-            _ => false,
-        })
+                StoreWait::Serve {
+                    kind: ServeKind::Put(_) | ServeKind::Delete(_),
+                    key_id,
+                    ..
+                } => in_half_open(key_id, start, end),
+                _ => false,
+            })
     }
 
     /// The store lost what it held (a Redis restarted without persistence): nothing it says is

@@ -106,11 +106,7 @@ pub fn find(name: &[u8]) -> Option<&'static Spec> {
 pub fn keys(words: &[Bytes]) -> Result<Vec<Bytes>, String> {
     let spec = check(words)?;
     let (first, last, step) = spec.keys;
-    let last = if last < 0 {
-        words.len() as i64 + last
-    } else {
-        last
-    };
+    let last = if last < 0 { words.len() as i64 + last } else { last };
     Ok((first..=last.max(0) as usize)
         .step_by(step)
         .filter_map(|i| words.get(i).cloned())

@@ -22,7 +22,8 @@ fn is_err(reply: &CommandReply, part: &str) -> bool {
 }
 
 fn value(ks: &Keyspace, key: &str) -> Option<String> {
-    ks.get(key.as_bytes()).map(|v| String::from_utf8_lossy(v).into_owned())
+    ks.get(key.as_bytes())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 #[test]
@@ -34,7 +35,10 @@ fn set_with_conditions_and_get() {
     assert_eq!(r(ks, "SET other v XX"), Nil);
     assert_eq!(r(ks, "SET other v NX GET"), Nil);
     assert_eq!(value(ks, "other").as_deref(), Some("v"));
-    assert_eq!(r(ks, "SET k v NX XX"), CommandReply::Error("ERR syntax error".into()));
+    assert_eq!(
+        r(ks, "SET k v NX XX"),
+        CommandReply::Error("ERR syntax error".into())
+    );
     assert!(is_err(&r(ks, "SET k v EX 10"), "do not expire"));
     assert_eq!(value(ks, "k").as_deref(), Some("v3"));
     assert_eq!(r(ks, "SETNX k x"), Int(0));
@@ -86,7 +90,10 @@ fn increments_follow_redis() {
     assert_eq!(r(ks, "SET big 9223372036854775807"), Status("OK".into()));
     assert!(is_err(&r(ks, "INCR big"), "would overflow"));
     assert_eq!(value(ks, "big").as_deref(), Some("9223372036854775807"));
-    assert!(is_err(&r(ks, "DECRBY x -9223372036854775808"), "decrement would overflow"));
+    assert!(is_err(
+        &r(ks, "DECRBY x -9223372036854775808"),
+        "decrement would overflow"
+    ));
 }
 
 #[test]
@@ -125,7 +132,10 @@ fn ranges_follow_redis() {
     assert_eq!(value(ks, "k").as_deref(), Some("bbo\0bar"));
     assert!(is_err(&r(ks, "SETRANGE k -1 x"), "out of range"));
     assert!(is_err(&r(ks, "SETRANGE k 536870911 x"), "maximum allowed size"));
-    assert_eq!(r(ks, "SET h Hello World"), CommandReply::Error("ERR syntax error".into()));
+    assert_eq!(
+        r(ks, "SET h Hello World"),
+        CommandReply::Error("ERR syntax error".into())
+    );
     ks.set(&Bytes::from_static(b"h"), Bytes::from_static(b"Hello World"));
     for (range, want) in [
         ("0 3", "Hell"),
@@ -177,9 +187,7 @@ fn lcs_follows_the_reference_example() {
     assert_eq!(r(ks, "LCS key1 key2"), bulk("mytext"));
     assert_eq!(r(ks, "LCS key1 key2 LEN"), Int(6));
     let pair = |a: i64, b: i64| Array(vec![Int(a), Int(b)]);
-    let idx = |matches: Vec<CommandReply>| {
-        Array(vec![bulk("matches"), Array(matches), bulk("len"), Int(6)])
-    };
+    let idx = |matches: Vec<CommandReply>| Array(vec![bulk("matches"), Array(matches), bulk("len"), Int(6)]);
     assert_eq!(
         r(ks, "LCS key1 key2 IDX"),
         idx(vec![
@@ -214,7 +222,14 @@ fn writes_are_collected_once_per_key() {
 
 #[test]
 fn keys_are_where_redis_puts_them() {
-    let k = |line: &str| keys(&line.split(' ').map(|w| Bytes::from(w.to_string())).collect::<Vec<_>>());
+    let k = |line: &str| {
+        keys(
+            &line
+                .split(' ')
+                .map(|w| Bytes::from(w.to_string()))
+                .collect::<Vec<_>>(),
+        )
+    };
     let b = |v: &[&str]| v.iter().map(|s| Bytes::from(s.to_string())).collect::<Vec<_>>();
     assert_eq!(k("INCR a"), Ok(b(&["a"])));
     assert_eq!(k("MSET a 1 b 2"), Ok(b(&["a", "b"])));
@@ -229,15 +244,18 @@ fn keys_are_where_redis_puts_them() {
 #[test]
 fn any_words_run_without_panicking() {
     let mut rng = crate::rng::Rng::new(15);
-    let words: Vec<&[u8]> = "0 1 -1 2 10 4294967296 -9223372036854775808 NX XX GET BIT BYTE IDX LEN MINMATCHLEN WITHMATCHLEN k x"
-        .split(' ')
-        .map(str::as_bytes)
-        .collect();
+    let words: Vec<&[u8]> =
+        "0 1 -1 2 10 4294967296 -9223372036854775808 NX XX GET BIT BYTE IDX LEN MINMATCHLEN WITHMATCHLEN k x"
+            .split(' ')
+            .map(str::as_bytes)
+            .collect();
     for _ in 0..20_000 {
         let spec = &COMMANDS[rng.below(COMMANDS.len() as u64) as usize];
         let mut line = vec![Bytes::from_static(spec.name.as_bytes())];
         for _ in 0..rng.below(7) {
-            line.push(Bytes::copy_from_slice(words[rng.below(words.len() as u64) as usize]));
+            line.push(Bytes::copy_from_slice(
+                words[rng.below(words.len() as u64) as usize],
+            ));
         }
         let mut ks = Keyspace::new([(Bytes::from_static(b"k"), Some(Bytes::from_static(b"12")))]);
         let reply = run(&line, &mut ks);

@@ -541,7 +541,11 @@ impl<'a> Reader<'a> {
                 let hops = self.u16()?;
                 let version = self.u64()?;
                 let replies = self.option(|r| r.list("replies", 1, |r| r.command_reply(0)))?;
-                done!(ExecuteReply { hops, version, replies })
+                done!(ExecuteReply {
+                    hops,
+                    version,
+                    replies
+                })
             }
             opcode::GET_REPLY => {
                 let hops = self.u16()?;

@@ -281,7 +281,7 @@ pub(super) trait Sink: Sized {
     }
 
     /// A command's words: a list of values.
-    fn command(&mut self, words: &Vec<Bytes>) -> Result<(), Self::Error> {
+    fn command(&mut self, words: &[Bytes]) -> Result<(), Self::Error> {
         self.list("command words", words, |out, w| out.value(w))
     }
 
@@ -399,10 +399,14 @@ fn write_message<S: Sink>(msg: &Message, out: &mut S) -> Result<(), S::Error> {
             watched,
         } => {
             out.key(key)?;
-            out.list("commands", commands, S::command)?;
+            out.list("commands", commands, |out, w| out.command(w))?;
             out.list("watched", watched, S::key_version)
         }
-        ExecuteReply { hops, version, replies } => {
+        ExecuteReply {
+            hops,
+            version,
+            replies,
+        } => {
             out.u16(*hops)?;
             out.u64(*version)?;
             out.option(replies, |out, replies| {

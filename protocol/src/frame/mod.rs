@@ -282,13 +282,7 @@ impl Frame {
         use crate::message::Message::*;
         matches!(
             self.message,
-            Get { .. }
-                | Put { .. }
-                | Delete { .. }
-                | Execute { .. }
-                | GetInfo
-                | GetStats
-                | GetMembers { .. }
+            Get { .. } | Put { .. } | Delete { .. } | Execute { .. } | GetInfo | GetStats | GetMembers { .. }
         ) && !self.is_failover()
     }
 

@@ -1601,13 +1601,16 @@ mod prop {
             blob().prop_map(|key| Get { key }),
             (blob(), blob()).prop_map(|(key, value)| Put { key, value }),
             blob().prop_map(|key| Delete { key }),
-            (blob(), vec(vec(blob(), 0..3), 0..3), vec((blob(), any::<u64>()), 0..3)).prop_map(
-                |(key, commands, watched)| Execute {
+            (
+                blob(),
+                vec(vec(blob(), 0..3), 0..3),
+                vec((blob(), any::<u64>()), 0..3)
+            )
+                .prop_map(|(key, commands, watched)| Execute {
                     key,
                     commands,
                     watched
-                }
-            ),
+                }),
             (any::<u16>(), any::<u64>(), option::of(vec(command_reply(), 0..4))).prop_map(
                 |(hops, version, replies)| ExecuteReply {
                     hops,

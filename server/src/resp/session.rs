@@ -139,7 +139,8 @@ impl RespSession {
 
     /// Whether decoding stopped at the in-flight limit and may go on now (reported once).
     pub fn take_unblocked(&mut self) -> bool {
-        if self.blocked && self.in_flight < MAX_REQUESTS_IN_FLIGHT {
+        let waits = self.client.await_replies && self.in_flight > 0;
+        if self.blocked && self.in_flight < MAX_REQUESTS_IN_FLIGHT && !waits {
             self.blocked = false;
             return true;
         }
@@ -158,10 +159,11 @@ impl RespSession {
             self.protocol_error_text(error, out);
             return Step::Command;
         }
-        if self.in_flight >= MAX_REQUESTS_IN_FLIGHT {
+        if self.in_flight >= MAX_REQUESTS_IN_FLIGHT || (self.client.await_replies && self.in_flight > 0) {
             self.blocked = true;
             return Step::Idle;
         }
+        self.client.await_replies = false;
         if self.skipping.is_some() {
             return self.skip(input, out);
         }
@@ -324,7 +326,13 @@ impl RespSession {
                         self.held_bytes -= bytes.len();
                         out.extend_from_slice(&bytes);
                     }
-                    SlotReply::Waiting(pending) => pending.encode(out, slot.proto),
+                    SlotReply::Waiting(mut pending) => {
+                        // WATCH's versions go to the connection as its reply is written.
+                        if let Pending::Watch(w) = &mut pending {
+                            self.client.watched.extend(w.take_watched());
+                        }
+                        pending.encode(out, slot.proto)
+                    }
                 }
             }
         }
@@ -561,37 +569,86 @@ mod tests {
         assert!(rig.held.is_empty() && rig.input.is_empty());
     }
 
-    /// MULTI queues without running anything and EXEC refuses with nothing applied (redis-py's
-    /// default pipeline and node-redis' / ioredis' multi() saw an error after their writes had
-    /// been applied: MULTI was an unknown command and the queued SET ran at once).
+    /// MULTI queues, EXEC runs the queue at the keys' owner in one go, keys of two hash tags
+    /// are refused with nothing applied, and a queueing error aborts EXEC (redis-py's default
+    /// pipeline and node-redis' / ioredis' multi() saw an error after their writes had been
+    /// applied when MULTI was an unknown command).
     #[test]
-    fn nothing_queued_after_multi_is_ever_applied() {
+    fn transactions_run_at_the_owner_or_not_at_all() {
         let mut rig = Rig::new();
-        rig.send(b"MULTI\r\nSET k v\r\nGET k\r\nMULTI\r\nEXEC\r\nGET k\r\n");
-        assert_eq!(
-            rig.held.len(),
-            1,
-            "only the last GET reached the core: {:?}",
-            rig.held
-        );
+        rig.send(b"MULTI\r\nSET {u}a 1\r\nINCR {u}a\r\nGET {u}a\r\nMULTI\r\nEXEC\r\nGET {u}a\r\n");
+        assert_eq!(rig.held.len(), 2, "one Execute and the last GET: {:?}", rig.held);
         rig.deliver_reversed();
         assert_eq!(
             rig.take_out(),
-            format!(
-                "+OK\r\n+QUEUED\r\n+QUEUED\r\n-ERR MULTI calls can not be nested\r\n-{}\r\n$-1\r\n",
-                super::super::cmd::EXEC_UNSUPPORTED
-            )
+            "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n-ERR MULTI calls can not be nested\r\n\
+             *3\r\n+OK\r\n:2\r\n$1\r\n2\r\n$1\r\n2\r\n"
         );
+        rig.send(b"MULTI\r\nSET {a}x 1\r\nSET {b}y 2\r\nEXEC\r\nGET {a}x\r\n");
+        rig.deliver_reversed();
+        let out = rig.take_out();
+        assert!(
+            out.starts_with(
+                "+OK\r\n+QUEUED\r\n+QUEUED\r\n-CROSSSLOT Keys in request don't hash to the same slot"
+            ),
+            "{out}"
+        );
+        assert!(out.ends_with("nothing was applied\r\n$-1\r\n"), "{out}");
         // A queueing error aborts EXEC; DISCARD drops the queue; EXEC or DISCARD alone errs.
-        rig.send(b"MULTI\r\nNOPE\r\nSET k\r\nEXEC\r\nMULTI\r\nSET k v\r\nDISCARD\r\nEXEC\r\nDISCARD\r\n");
+        rig.send(
+            b"MULTI\r\nNOPE\r\nSET k\r\nPING\r\nEXEC\r\nMULTI\r\nSET k v\r\nDISCARD\r\nEXEC\r\nDISCARD\r\n",
+        );
         let out = rig.take_out();
         assert!(rig.held.is_empty(), "{:?}", rig.held);
         assert_eq!(
             out,
             "+OK\r\n-ERR unknown command 'NOPE', with args beginning with: \r\n\
              -ERR wrong number of arguments for 'set' command\r\n\
+             -ERR command 'ping' cannot run at a key's owner (not a string or keyspace command chordkv serves)\r\n\
              -EXECABORT Transaction discarded because of previous errors.\r\n\
              +OK\r\n+QUEUED\r\n+OK\r\n-ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n"
+        );
+    }
+
+    /// WATCH reads the versions before the session reads on (the EXEC pipelined behind it
+    /// must carry them); a write of a watched key in between makes EXEC answer a null array
+    /// with nothing run; an unchanged key lets it run.
+    #[test]
+    fn watch_aborts_exec_when_a_watched_key_changed() {
+        let mut rig = Rig::new();
+        rig.send(b"SET k 1\r\n");
+        rig.deliver_reversed();
+        rig.send(b"WATCH k\r\nSET k 2\r\nMULTI\r\nINCR k\r\nEXEC\r\nGET k\r\n");
+        assert_eq!(rig.held.len(), 1, "only WATCH's read went out: {:?}", rig.held);
+        rig.deliver_reversed();
+        assert!(
+            rig.session.take_unblocked(),
+            "the session reads on once WATCH is answered"
+        );
+        rig.send(b"");
+        rig.deliver_reversed();
+        assert_eq!(
+            rig.take_out(),
+            "+OK\r\n+OK\r\n+OK\r\n+OK\r\n+QUEUED\r\n*-1\r\n$1\r\n2\r\n"
+        );
+        rig.send(b"WATCH k\r\nMULTI\r\nINCR k\r\nEXEC\r\nUNWATCH\r\n");
+        rig.deliver_reversed();
+        assert!(rig.session.take_unblocked());
+        rig.send(b"");
+        rig.deliver_reversed();
+        assert_eq!(rig.take_out(), "+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n:3\r\n+OK\r\n");
+    }
+
+    /// Read-modify-write commands run at the owner, one reply each.
+    #[test]
+    fn counters_and_conditional_sets_run_at_the_owner() {
+        let mut rig = Rig::new();
+        rig.send(b"INCR n\r\nINCRBY n 10\r\nSET l me NX\r\nSET l you NX\r\nSET l x XX GET\r\nAPPEND l y\r\nMSETNX {t}a 1 {t}b 2\r\nMSETNX a 1 b 2\r\nTYPE l\r\n");
+        rig.deliver_reversed();
+        assert_eq!(
+            rig.take_out(),
+            ":1\r\n:11\r\n+OK\r\n$-1\r\n$2\r\nme\r\n:2\r\n:1\r\n\
+             -CROSSSLOT Keys in request don't hash to the same slot\r\n+string\r\n"
         );
     }
 
@@ -603,11 +660,10 @@ mod tests {
             rig.take_out(),
             "$2\r\nhi\r\n+OK\r\n-ERR DB index is out of range\r\n+OK\r\n$2\r\nme\r\n"
         );
-        rig.send(b"HELLO 4\r\nSET k v NX\r\nset k v px 5\r\nNOPE x\r\nGET\r\n");
+        rig.send(b"HELLO 4\r\nset k v px 5\r\nNOPE x\r\nGET\r\n");
         assert_eq!(
             rig.take_out(),
             "-NOPROTO unsupported protocol version\r\n\
-             -ERR SET NX and XX are not supported: chordkv has no atomic conditional write\r\n\
              -ERR SET EX, PX, EXAT and PXAT are not supported: chordkv keys do not expire\r\n\
              -ERR unknown command 'NOPE', with args beginning with: 'x' \r\n\
              -ERR wrong number of arguments for 'get' command\r\n"

@@ -46,6 +46,11 @@ pub(crate) struct Client {
     pub proto: Proto,
     /// After MULTI, until EXEC or DISCARD.
     pub multi: Option<super::transactions::Multi>,
+    /// The keys WATCH read, with their versions, until EXEC, DISCARD, UNWATCH or RESET.
+    pub watched: super::transactions::Watched,
+    /// Set by WATCH: decode no further command until every reply asked so far is in (the
+    /// versions read must be known when a later EXEC is translated).
+    pub await_replies: bool,
 }
 
 impl Client {
@@ -57,6 +62,8 @@ impl Client {
             session: None,
             proto: Proto::Resp2,
             multi: None,
+            watched: Vec::new(),
+            await_replies: false,
         }
     }
 }
@@ -119,6 +126,7 @@ pub(crate) fn reset(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     client.name = None;
     client.session = None;
     client.multi = None;
+    client.watched.clear();
     sync_row(cx);
     Translation::simple("RESET")
 }

@@ -37,12 +37,10 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use chordkv_protocol::resp::{self, Proto};
-use chordkv_protocol::{Frame, Message, MAX_KEY_BYTES};
+use chordkv_protocol::{CommandReply, Frame, Message, MAX_KEY_BYTES};
 
 use super::info::Facts;
 pub(crate) use connection::Client;
-#[cfg(test)]
-pub(crate) use transactions::EXEC_UNSUPPORTED;
 
 /// Longest command name or argument text echoed back in an unknown-command error (Redis' own
 /// cut-off).
@@ -61,6 +59,9 @@ pub(crate) struct Spec {
     pub keys: (i64, i64, i64),
     /// Translates the arguments after the name, whose count `arity` has been checked against.
     pub translate: fn(&[Bytes], &mut Cx<'_>) -> Translation,
+    /// The command is run at its keys' owner as it is (`chordkv_core::command`): the
+    /// translation sends its words in an `Execute` (see [`at_owner`]).
+    pub at_owner: bool,
 }
 
 /// Every command the front end knows, in the order `COMMAND` lists them.
@@ -89,6 +90,29 @@ pub(crate) const COMMANDS: &[Spec] = &[
     row("multi",   1,  &["noscript", "loading", "stale", "fast"], (0, 0, 0),  transactions::multi),
     row("exec",    1,  &["noscript", "loading", "stale"],         (0, 0, 0),  transactions::exec),
     row("discard", 1,  &["noscript", "loading", "stale", "fast"], (0, 0, 0),  transactions::discard),
+    row("watch",   -2, &["noscript", "loading", "stale", "fast"], (1, -1, 1), transactions::watch),
+    row("unwatch", 1,  &["noscript", "loading", "stale", "fast"], (0, 0, 0),  transactions::unwatch),
+    // Run at the keys' owner, atomically (chordkv_core::command has their semantics).
+    owner("setnx",       3,  &["write", "denyoom", "fast"], (1, 1, 1)),
+    owner("getset",      3,  &["write", "denyoom", "fast"], (1, 1, 1)),
+    owner("getdel",      2,  &["write", "fast"],            (1, 1, 1)),
+    owner("unlink",      -2, &["write", "fast"],            (1, -1, 1)),
+    owner("type",        2,  &["readonly", "fast"],         (1, 1, 1)),
+    owner("msetnx",      -3, &["write", "denyoom"],         (1, -1, 2)),
+    owner("incr",        2,  &["write", "denyoom", "fast"], (1, 1, 1)),
+    owner("decr",        2,  &["write", "denyoom", "fast"], (1, 1, 1)),
+    owner("incrby",      3,  &["write", "denyoom", "fast"], (1, 1, 1)),
+    owner("decrby",      3,  &["write", "denyoom", "fast"], (1, 1, 1)),
+    owner("incrbyfloat", 3,  &["write", "denyoom", "fast"], (1, 1, 1)),
+    owner("append",      3,  &["write", "denyoom", "fast"], (1, 1, 1)),
+    owner("strlen",      2,  &["readonly", "fast"],         (1, 1, 1)),
+    owner("setrange",    4,  &["write", "denyoom"],         (1, 1, 1)),
+    owner("getrange",    4,  &["readonly"],                 (1, 1, 1)),
+    owner("substr",      4,  &["readonly"],                 (1, 1, 1)),
+    owner("setbit",      4,  &["write", "denyoom"],         (1, 1, 1)),
+    owner("getbit",      3,  &["readonly", "fast"],         (1, 1, 1)),
+    owner("bitcount",    -2, &["readonly"],                 (1, 1, 1)),
+    owner("lcs",         -3, &["readonly"],                 (1, 2, 1)),
 ];
 
 const fn row(
@@ -104,6 +128,87 @@ const fn row(
         flags,
         keys,
         translate,
+        at_owner: false,
+    }
+}
+
+/// The row of a command run at its keys' owner as it is (see [`at_owner`]).
+const fn owner(
+    name: &'static str,
+    arity: i64,
+    flags: &'static [&'static str],
+    keys: (i64, i64, i64),
+) -> Spec {
+    Spec {
+        name,
+        arity,
+        flags,
+        keys,
+        translate: not_translated,
+        at_owner: true,
+    }
+}
+
+/// The `translate` of an [`owner`] row, which [`translate`] never calls.
+fn not_translated(_: &[Bytes], _: &mut Cx<'_>) -> Translation {
+    Translation::error("ERR internal: command run at the owner")
+}
+
+/// Sends the command `name rest…` to its keys' owner in an `Execute`, where it runs
+/// atomically (`chordkv_core::command`); its keys must be placed by one id (one hash tag),
+/// else Redis Cluster's `CROSSSLOT` error and nothing is sent.
+pub(crate) fn at_owner(name: &str, rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    let mut words = Vec::with_capacity(rest.len() + 1);
+    words.push(Bytes::copy_from_slice(name.as_bytes()));
+    words.extend_from_slice(rest);
+    let keys = match chordkv_core::command::keys(&words) {
+        Ok(keys) => keys,
+        Err(e) => return Translation::error(&e),
+    };
+    if let Some(refused) = refuse_large_keys(&keys) {
+        return refused;
+    }
+    let Some(first) = keys.first().cloned() else {
+        return Translation::error("ERR a command run at an owner needs a key");
+    };
+    let id = chordkv_protocol::Id::of_key(&first);
+    if keys.iter().any(|k| chordkv_protocol::Id::of_key(k) != id) {
+        return Translation::error(chordkv_core::chord::CROSSSLOT);
+    }
+    cx.ask(Message::Execute {
+        key: first,
+        commands: vec![words],
+        watched: Vec::new(),
+    });
+    Translation::wait(OneReply::new(write_first_reply))
+}
+
+/// The answer of a command run at the owner: its one reply.
+fn write_first_reply(reply: &Message, proto: Proto, out: &mut Vec<u8>) -> bool {
+    match reply {
+        Message::ExecuteReply {
+            replies: Some(replies),
+            ..
+        } if replies.len() == 1 => write_command_reply(out, &replies[0], proto),
+        _ => return false,
+    }
+    true
+}
+
+/// Writes a reply computed at an owner in the connection's RESP version.
+pub(crate) fn write_command_reply(out: &mut Vec<u8>, reply: &CommandReply, proto: Proto) {
+    match reply {
+        CommandReply::Nil => resp::write_null_in(out, proto),
+        CommandReply::Status(s) => resp::write_simple(out, s),
+        CommandReply::Int(n) => resp::write_integer(out, *n),
+        CommandReply::Bulk(b) => resp::write_bulk(out, b),
+        CommandReply::Error(e) => resp::write_error(out, e),
+        CommandReply::Array(items) => {
+            resp::write_array_len(out, items.len());
+            for item in items {
+                write_command_reply(out, item, proto);
+            }
+        }
     }
 }
 
@@ -160,11 +265,16 @@ pub(crate) fn translate(name: &[u8], rest: &[Bytes], cx: &mut Cx<'_>) -> Transla
         return Translation::wrong_arity(spec.name);
     }
     // Inside MULTI every command but the transaction's own is queued, never run.
-    if let Some(m) = cx.client.multi.as_mut() {
-        if !matches!(spec.name, "exec" | "discard" | "multi" | "quit" | "reset") {
-            m.queued += 1;
-            return Translation::simple("QUEUED");
-        }
+    if cx.client.multi.is_some()
+        && !matches!(
+            spec.name,
+            "exec" | "discard" | "multi" | "quit" | "reset" | "watch"
+        )
+    {
+        return transactions::queue(spec.name, rest, cx);
+    }
+    if spec.at_owner {
+        return at_owner(spec.name, rest, cx);
     }
     (spec.translate)(rest, cx)
 }
@@ -368,6 +478,7 @@ pending! {
     Values(strings::Values),
     AllStored(strings::AllStored),
     Counted(keys::Counted),
+    Watch(transactions::Watch),
     // Boxed: INFO is rare, and its text's parts would double the size of every slot.
     Info(Box<server::Info>),
 }
@@ -571,9 +682,14 @@ mod tests {
                 "-ERR wrong number of arguments for 'mset' command\r\n",
             ),
             (
-                "SET k v XX",
-                "-ERR SET NX and XX are not supported: chordkv has no atomic conditional write\r\n",
+                "SET k v EX 1",
+                "-ERR SET EX, PX, EXAT and PXAT are not supported: chordkv keys do not expire\r\n",
             ),
+            (
+                "MSETNX {a}x 1 {b}y 2",
+                "-CROSSSLOT Keys in request don't hash to the same slot\r\n",
+            ),
+            ("INCR", "-ERR wrong number of arguments for 'incr' command\r\n"),
             ("QUIT", "+OK\r\n"),
             ("RESET", "+RESET\r\n"),
             (

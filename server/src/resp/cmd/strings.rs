@@ -30,9 +30,9 @@ pub(crate) fn get(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     Translation::wait(OneReply::new(write_value))
 }
 
-/// `SET key value [KEEPTTL]`. NX, XX and GET would need an atomic conditional or
-/// read-and-write put, which the store has not (a get-then-put is wrong under concurrent
-/// writers); EX, PX, EXAT and PXAT a time to live, which keys have not.
+/// `SET key value [NX | XX] [GET] [KEEPTTL]`: a plain SET is a PUT; with NX, XX or GET it
+/// reads before it writes, so it runs at the key's owner ([`super::at_owner`]). EX, PX, EXAT
+/// and PXAT need a time to live, which keys have not.
 pub(crate) fn set(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     let [key, value, options @ ..] = rest else {
         return Translation::wrong_arity("set");
@@ -40,16 +40,7 @@ pub(crate) fn set(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     for option in options {
         let o = option.to_ascii_uppercase();
         match &o[..] {
-            b"NX" | b"XX" => {
-                return Translation::error(
-                    "ERR SET NX and XX are not supported: chordkv has no atomic conditional write",
-                )
-            }
-            b"GET" => {
-                return Translation::error(
-                    "ERR SET GET is not supported: chordkv has no atomic read-and-write",
-                )
-            }
+            b"NX" | b"XX" | b"GET" => return super::at_owner("set", rest, cx),
             b"EX" | b"PX" | b"EXAT" | b"PXAT" => {
                 return Translation::error(
                     "ERR SET EX, PX, EXAT and PXAT are not supported: chordkv keys do not expire",
