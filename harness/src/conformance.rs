@@ -15,6 +15,7 @@ fn live(version: u64, v: &str) -> Entry {
     Entry {
         version,
         value: Some(b(v)),
+        expires_at: 0,
     }
 }
 
@@ -51,6 +52,7 @@ fn put_get_and_versions(s: &dyn Store) {
         Entry {
             version: 1,
             value: Some(Bytes::new()),
+            expires_at: 0,
         },
     )
     .unwrap();
@@ -58,11 +60,29 @@ fn put_get_and_versions(s: &dyn Store) {
         s.get(&key).unwrap(),
         Some(Entry {
             version: 1,
-            value: Some(Bytes::new())
+            value: Some(Bytes::new()),
+            expires_at: 0
         })
     );
     assert_eq!(s.len().unwrap(), 2);
     assert!(s.delete(&key, u64::MAX).unwrap());
+    // An expiry is kept with the value, read back by get and scan, and reported when the
+    // entry is replaced.
+    let expiring = Entry {
+        version: 12,
+        value: Some(b("three")),
+        expires_at: 1_700_000_000_123,
+    };
+    s.put(&b("a"), expiring.clone()).unwrap();
+    assert_eq!(s.get(b"a").unwrap(), Some(expiring.clone()));
+    let scanned = s.scan(&Id::ZERO, &Id::ZERO, None, 10).unwrap();
+    assert_eq!(scanned.len(), 1);
+    assert_eq!(scanned[0].expires_at, expiring.expires_at);
+    assert_eq!(scanned[0].value, expiring.value);
+    let o = s.put(&b("a"), live(13, "four")).unwrap();
+    assert!(o.applied && o.previous_live);
+    assert_eq!(o.previous_expires_at, expiring.expires_at);
+    assert_eq!(s.get(b"a").unwrap(), Some(live(13, "four")));
     assert!(s.delete(b"a", u64::MAX).unwrap());
     assert_eq!(s.len().unwrap(), 0);
 }
@@ -75,6 +95,7 @@ fn tombstones(s: &dyn Store) {
             Entry {
                 version: 2,
                 value: None,
+                expires_at: 0,
             },
         )
         .unwrap();
@@ -84,7 +105,8 @@ fn tombstones(s: &dyn Store) {
         s.get(b"t").unwrap(),
         Some(Entry {
             version: 2,
-            value: None
+            value: None,
+            expires_at: 0
         })
     );
     let o = s.put(&b("t"), live(1, "resurrect")).unwrap();
@@ -164,6 +186,7 @@ fn scan_in_batches_with_byte_budget(s: &dyn Store) {
             Entry {
                 version: 1,
                 value: Some(Bytes::from(vec![7u8; 1000])),
+                expires_at: 0,
             },
         )
         .unwrap();

@@ -483,6 +483,7 @@ fn the_history_oracle_finds_lost_stale_resurrected_and_unexpected_values() {
                     let entry = Entry {
                         version: u64::MAX / 2,
                         value: Some(v.clone()),
+                        expires_at: 0,
                     };
                     s.store(i).put(&k, entry).unwrap();
                 }

@@ -30,4 +30,5 @@ pub use frame::{
 pub use id::{hash_tag, in_half_open, in_open, Id};
 pub use message::{
     CommandReply, ErrorCode, Item, Lookup, MemberEvent, Message, NodeAddr, NodeInfo, NodeRef, NodeStatus,
+    RangeCommand,
 };

@@ -111,12 +111,15 @@ impl NodeRef {
 }
 
 /// One stored key with its version; `value: None` is a tombstone (a delete that must still be
-/// propagated so that an older copy elsewhere cannot resurrect the key).
+/// propagated so that an older copy elsewhere cannot resurrect the key). `expires_at`: the
+/// value's expiry in milliseconds since the Unix epoch on its owner's clock, 0 for none (part
+/// of the version: a new expiry is a new version).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Item {
     pub key: Bytes,
     pub version: u64,
     pub value: Option<Bytes>,
+    pub expires_at: u64,
 }
 
 /// One command's answer, computed at the key's owner ([`Message::ExecuteReply`]): the RESP
@@ -135,6 +138,28 @@ pub enum CommandReply {
     Error(String),
     /// An array (MGET's values); arrays nest at most [`MAX_REPLY_DEPTH`] deep on the wire.
     Array(Vec<CommandReply>),
+}
+
+/// A command over every key of a ring range, run by [`Message::RangeCommand`] at a node over
+/// its own primary range and by [`Message::RingCommand`] over the whole ring. The numeric
+/// codes are part of the wire format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RangeCommand {
+    /// Count the live keys (Redis' `DBSIZE`).
+    Count = 1,
+    /// Replace every live key with a tombstone (Redis' `FLUSHALL`, `FLUSHDB`).
+    Flush = 2,
+}
+
+impl RangeCommand {
+    pub fn from_u8(v: u8) -> Option<RangeCommand> {
+        match v {
+            1 => Some(RangeCommand::Count),
+            2 => Some(RangeCommand::Flush),
+            _ => None,
+        }
+    }
 }
 
 /// How deep [`CommandReply::Array`]s may nest in a frame (`LCS ... IDX` needs 4).
@@ -301,6 +326,17 @@ pub enum Message {
         commands: Vec<Vec<Bytes>>,
         watched: Vec<(Bytes, u64)>,
     },
+    /// Run `command` over the whole ring: the receiving node asks every member in turn, from
+    /// its successor round to itself, to run it over its own primary range
+    /// ([`Message::RangeCommand`]); answered with the sum, or an error naming the members that
+    /// could not be reached (the others have run it).
+    RingCommand {
+        command: RangeCommand,
+    },
+    /// The receiver runs `command` over its own primary range (a step of a `RingCommand`).
+    RangeCommand {
+        command: RangeCommand,
+    },
     /// `value: None` when the key does not exist; `version` 0 then.
     GetReply {
         hops: u16,
@@ -325,6 +361,16 @@ pub enum Message {
         hops: u16,
         version: u64,
         replies: Option<Vec<CommandReply>>,
+    },
+    /// A `RingCommand` ran on every member: the keys counted or flushed.
+    RingCommandReply {
+        value: u64,
+    },
+    /// A `RangeCommand` ran: the keys counted or flushed, and the receiver's successor (the
+    /// next member to ask).
+    RangeCommandReply {
+        value: u64,
+        successor: NodeRef,
     },
     /// Sent instead of serving a `FLAG_DIRECT` request for a key this node does not own:
     /// `node` is the owner when `exact`, else a node closer to it.

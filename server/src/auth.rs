@@ -249,6 +249,10 @@ pub fn need_of(message: &chordkv_protocol::Message) -> Need {
                 Need::Read
             }
         }
+        RingCommand {
+            command: chordkv_protocol::RangeCommand::Count,
+        } => Need::Read,
+        RingCommand { .. } => Need::Write,
         Forget { .. } => Need::Admin,
         _ => Need::Nothing,
     }

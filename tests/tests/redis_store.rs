@@ -52,6 +52,7 @@ fn live(version: u64, value: &[u8]) -> Entry {
     Entry {
         version,
         value: Some(Bytes::copy_from_slice(value)),
+        expires_at: 0,
     }
 }
 
@@ -149,9 +150,19 @@ fn agrees_with_the_memory_store() {
             _ => id.wrapping_sub(&Id::from_u64(1)),
         }
     };
-    let entry = |rng: &mut Rng| Entry {
-        version: rng.range(1, 30),
-        value: (!rng.chance(0.25)).then(|| Bytes::from(format!("v{}", rng.next_u64()))),
+    // Some values expire (the Redis driver's records with an expiry have a header of their own).
+    let entry = |rng: &mut Rng| {
+        let value = (!rng.chance(0.25)).then(|| Bytes::from(format!("v{}", rng.next_u64())));
+        let expires_at = if value.is_some() && rng.chance(0.3) {
+            rng.range(1, 1 << 50)
+        } else {
+            0
+        };
+        Entry {
+            version: rng.range(1, 30),
+            value,
+            expires_at,
+        }
     };
     for step in 0..3_000 {
         let key = keys[rng.below(keys.len() as u64) as usize].clone();
@@ -180,6 +191,7 @@ fn agrees_with_the_memory_store() {
                             key: keys[rng.below(keys.len() as u64) as usize].clone(),
                             version: e.version,
                             value: e.value,
+                            expires_at: e.expires_at,
                         }
                     })
                     .collect();
@@ -272,6 +284,7 @@ fn largest_keys_and_values_round_trip() {
     let entry = Entry {
         version: u64::MAX,
         value: Some(value.clone()),
+        expires_at: 0,
     };
     assert!(s.put(&key, entry.clone()).unwrap().applied);
     assert_eq!(s.get(&key).unwrap(), Some(entry.clone()));
@@ -285,11 +298,13 @@ fn largest_keys_and_values_round_trip() {
             key: Bytes::from_static(b"small"),
             version: 1,
             value: Some(Bytes::from_static(b"s")),
+            expires_at: 0,
         },
         Item {
             key: Bytes::from_static(b"big"),
             version: 1,
             value: Some(value.clone()),
+            expires_at: 0,
         },
     ];
     assert_eq!(s.put_many(items).unwrap(), 2);
@@ -307,6 +322,7 @@ fn batches_larger_than_a_pipeline() {
             key: Bytes::from(format!("key-{i}")),
             version: 10,
             value: (i % 10 != 0).then(|| Bytes::from(format!("value-{i}"))),
+            expires_at: 0,
         })
         .collect();
     assert_eq!(s.put_many(items.clone()).unwrap(), 2_000);
@@ -343,6 +359,7 @@ fn concurrent_writers_keep_the_live_count() {
                         Entry {
                             version: t + 1,
                             value,
+                            expires_at: 0,
                         },
                     )
                     .unwrap();
@@ -378,6 +395,7 @@ fn a_flushed_script_cache_is_reloaded() {
             key: Bytes::from(format!("b{i}")),
             version: 1,
             value: Some(Bytes::from_static(b"v")),
+            expires_at: 0,
         })
         .collect();
     assert_eq!(s.put_many(items).unwrap(), 10);
@@ -456,6 +474,7 @@ fn redis_down_then_back() {
                 key: Bytes::from_static(b"x"),
                 version: 1,
                 value: None,
+                expires_at: 0,
             }]),
         );
         assert_unavailable(
@@ -536,6 +555,7 @@ fn a_restart_without_persistence_is_reported_once_by_any_operation() {
         key: Bytes::from_static(b"m"),
         version: 1,
         value: Some(Bytes::from_static(b"v")),
+        expires_at: 0,
     };
     type Op = Box<dyn Fn(&RedisStore) -> Result<String, StoreError>>;
     let ops: Vec<(&str, Op)> = vec![

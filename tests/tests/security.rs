@@ -194,6 +194,7 @@ fn a_forged_replicate_and_replayed_records_are_rejected() {
                 key: Bytes::from_static(b"k1"),
                 version: u64::MAX,
                 value: Some(Bytes::from_static(b"forged")),
+                expires_at: 0,
             }],
         },
     );

@@ -28,14 +28,23 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use chordkv_protocol::{CommandReply, ErrorCode, Id, Item, Message, NodeRef};
 
-use super::node::{Millis, Node, ReplyTo};
+use super::node::{Millis, Node, Phase, ReplyTo};
 use super::store_wait::StoreWait;
 use crate::command::{self, Keyspace};
-use crate::store::{StoreError, StoreOp, StoreOutcome};
+use crate::store::{is_expired, ScanCursor, StoreError, StoreOp, StoreOutcome};
 
 /// Requests (Executes, and PUTs and DELETEs behind one) a node lets wait for a key id before
 /// it answers `Busy`.
 pub(super) const MAX_WAITING: usize = 10_000;
+
+/// How often the expiry sweep looks at the next entries of the node's range (Redis' active
+/// expiry runs 10 times a second)...
+pub(super) const SWEEP_INTERVAL_MS: Millis = 100;
+/// ...and how many entries it looks at each time. A batch of which more than a quarter had
+/// expired is followed by the next at once (Redis' adaptive rule).
+const SWEEP_BATCH: usize = 64;
+/// Bytes of keys and values one sweep scan may return.
+const SWEEP_SCAN_BYTES: usize = 256 * 1024;
 
 /// What Redis Cluster answers when the keys of a request have more than one owner.
 pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
@@ -56,6 +65,19 @@ pub(super) struct Job {
     replies: Vec<CommandReply>,
     version: u64,
     write: Option<u64>,
+    /// The expiry sweep's or a flush's: no client waits for it (see [`Reclaim`]).
+    reclaim: Option<Reclaim>,
+    /// Tombstones written.
+    tombstones: u64,
+}
+
+/// An internal job: replaces each of `keys` that still has the version given (and, with
+/// `expired_only`, whose value has expired) with a tombstone; `run`: the flush it is part of.
+#[derive(Debug)]
+struct Reclaim {
+    keys: Vec<(Bytes, u64)>,
+    expired_only: bool,
+    run: Option<u64>,
 }
 
 /// A PUT or DELETE that arrived while an Execute held its key id.
@@ -96,9 +118,27 @@ pub(super) struct Executions {
     /// PUTs and DELETEs being stored, by key id.
     storing: BTreeMap<Id, u32>,
     waiting: VecDeque<Waiting>,
+    /// The expiry sweep: when it next looks, where it goes on from, whether a scan is out.
+    sweep_at: Millis,
+    sweep_after: Option<ScanCursor>,
+    sweep_scanning: bool,
+    /// Whether the store may hold values with an expiry: true at start (a store that kept its
+    /// data may), after a sweep pass that saw one, and when one is stored; a pass that saw none
+    /// clears it and the sweep rests until one is stored.
+    pub may_expire: bool,
+    /// Whether the pass under way has seen a value with an expiry.
+    pass_saw_expiry: bool,
 }
 
 impl Executions {
+    /// The executions of a node that has just started (its store may hold expiring values).
+    pub fn new() -> Executions {
+        Executions {
+            may_expire: true,
+            ..Executions::default()
+        }
+    }
+
     /// Whether a PUT or DELETE of `key_id` must wait: an Execute holds the id, or one is
     /// waiting for it (first come, first served).
     pub fn write_must_wait(&self, key_id: &Id) -> bool {
@@ -121,6 +161,12 @@ impl Executions {
             .chain(self.waiting.iter().filter_map(|w| w.key_id(&self.jobs)))
             .any(|id| chordkv_protocol::in_half_open(id, start, end))
     }
+}
+
+/// Whether `job` is part of a flush (its tombstones are not expiries).
+fn job_is_flush(job: Option<&Job>) -> bool {
+    job.and_then(|j| j.reclaim.as_ref())
+        .is_some_and(|r| r.run.is_some())
 }
 
 impl Node {
@@ -186,6 +232,8 @@ impl Node {
                 replies: Vec::new(),
                 version: 0,
                 write: None,
+                reclaim: None,
+                tombstones: 0,
             },
         );
         if self.job_must_wait(&key_id) {
@@ -218,6 +266,11 @@ impl Node {
             .filter_map(|w| command::keys(w).ok())
             .flatten()
             .chain(job.watched.iter().map(|(k, _)| k.clone()))
+            .chain(
+                job.reclaim
+                    .iter()
+                    .flat_map(|r| r.keys.iter().map(|(k, _)| k.clone())),
+            )
             .collect();
         keys.sort();
         keys.dedup();
@@ -251,17 +304,54 @@ impl Node {
             self.stats.execute_watch_aborts += 1;
             return self.end_job(now, id, Ok(None));
         }
-        let mut keyspace = Keyspace::new(items.into_iter().map(|it| (it.key, it.value)));
-        job.replies = job
-            .commands
+        // Values read that have expired are replaced with tombstones, unless a command
+        // writes them: Redis' lazy expiry, with the tombstone replicated like a DEL.
+        let expired: Vec<(Bytes, u64)> = items
             .iter()
-            .map(|w| command::run(w, &mut keyspace))
+            .filter(|it| it.value.is_some() && is_expired(it.expires_at, now))
+            .map(|it| (it.key.clone(), it.version))
             .collect();
-        if !keyspace.is_written() {
+        let mut writes = match &job.reclaim {
+            Some(reclaim) => {
+                let live: Vec<(&Bytes, u64)> = items
+                    .iter()
+                    .filter(|it| it.value.is_some())
+                    .map(|it| (&it.key, it.version))
+                    .collect();
+                reclaim
+                    .keys
+                    .iter()
+                    .filter(|(k, v)| {
+                        if reclaim.expired_only {
+                            expired.iter().any(|(ek, ev)| ek == k && ev == v)
+                        } else {
+                            live.iter().any(|(lk, lv)| *lk == k && lv == v)
+                        }
+                    })
+                    .map(|(k, _)| (k.clone(), None, 0))
+                    .collect()
+            }
+            None => {
+                let mut keyspace =
+                    Keyspace::new(now, items.into_iter().map(|it| (it.key, it.value, it.expires_at)));
+                job.replies = job
+                    .commands
+                    .iter()
+                    .map(|w| command::run(w, &mut keyspace))
+                    .collect();
+                keyspace.into_writes()
+            }
+        };
+        for (key, _) in expired {
+            if !writes.iter().any(|(k, _, _)| *k == key) {
+                writes.push((key, None, 0));
+            }
+        }
+        if writes.is_empty() {
             let replies = std::mem::take(&mut job.replies);
             return self.end_job(now, id, Ok(Some(replies)));
         }
-        let (primary, key_id) = (job.primary, job.key_id);
+        let (primary, key_id, internal) = (job.primary, job.key_id, job.reclaim.is_some());
         // The lease may have ended while the keys were read: nothing is written without one.
         if self.config.is_consistent() && !self.leases.serves(&primary.id, now) {
             self.stats.ops_refused_no_lease += 1;
@@ -281,13 +371,33 @@ impl Node {
                 return self.end_job(now, id, Err((ErrorCode::NotReady, text)));
             }
         }
-        let items: Vec<Item> = keyspace
-            .into_writes()
+        let items: Vec<Item> = writes
             .into_iter()
-            .map(|(key, value)| Item { key, version, value })
+            .map(|(key, value, expires_at)| Item {
+                key,
+                version,
+                value,
+                expires_at,
+            })
             .collect();
+        let tombstones = items.iter().filter(|it| it.value.is_none()).count() as u64;
+        if job_is_flush(self.exec.jobs.get(&id)) {
+            if let Some(job) = self.exec.jobs.get_mut(&id) {
+                job.tombstones = tombstones;
+            }
+        } else {
+            self.stats.keys_expired += tombstones;
+        }
         let write = if self.config.replicas > 0 {
-            self.replicate_items(now, items.clone(), &primary)
+            let write = self.replicate_items(now, items.clone(), &primary);
+            // Nobody waits for the sweep's acknowledgements.
+            match write {
+                Some(w) if internal => {
+                    self.repl.writes.remove(&w);
+                    None
+                }
+                other => other,
+            }
         } else {
             None
         };
@@ -337,6 +447,16 @@ impl Node {
         };
         if self.exec.held.get(&job.key_id) == Some(&id) {
             self.exec.held.remove(&job.key_id);
+        }
+        if let Some(reclaim) = &job.reclaim {
+            if let Some(run) = reclaim.run {
+                let done = match &outcome {
+                    Ok(_) => Ok(job.tombstones),
+                    Err((_, text)) => Err(text.clone()),
+                };
+                self.on_flush_job_done(run, done);
+            }
+            return self.start_waiting(now);
         }
         let msg = match outcome {
             Ok(replies) => Message::ExecuteReply {
@@ -413,6 +533,110 @@ impl Node {
         }
     }
 
+    /// The expiry sweep's step, when one is due: scans the next entries of this node's own
+    /// range (bounded: [`SWEEP_BATCH`] entries every [`SWEEP_INTERVAL_MS`]).
+    pub(super) fn sweep_expired(&mut self, now: Millis) {
+        if !self.exec.may_expire
+            || now < self.exec.sweep_at
+            || self.exec.sweep_scanning
+            || self.phase != Phase::Active
+        {
+            return;
+        }
+        self.exec.sweep_at = now + SWEEP_INTERVAL_MS;
+        let (start, end) = self.primary_range();
+        if self.receiving(&end) {
+            return;
+        }
+        self.exec.sweep_scanning = true;
+        let op = StoreOp::Scan {
+            start,
+            end,
+            after: self.exec.sweep_after.clone(),
+            limit: SWEEP_BATCH,
+            max_bytes: SWEEP_SCAN_BYTES,
+        };
+        self.store_op(op, StoreWait::ExpirySweep);
+    }
+
+    /// The sweep's scan is back: every expired value found is replaced with a tombstone at
+    /// the key's owner as an Execute would write it (the key id held, the version checked, the
+    /// tombstone replicated), so a value written since is never removed.
+    pub(super) fn on_sweep_scanned(&mut self, now: Millis, result: Result<StoreOutcome, StoreError>) {
+        self.exec.sweep_scanning = false;
+        let Ok(StoreOutcome::Scanned { items, .. }) = result else {
+            return;
+        };
+        self.exec.pass_saw_expiry |= items.iter().any(|it| it.value.is_some() && it.expires_at != 0);
+        self.exec.sweep_after = match items.last() {
+            Some(last) if items.len() >= SWEEP_BATCH => Some((Id::of_key(&last.key), last.key.clone())),
+            _ => None,
+        };
+        if self.exec.sweep_after.is_none() {
+            // A whole pass: rest until a value with an expiry is stored, if none was seen.
+            self.exec.may_expire = std::mem::take(&mut self.exec.pass_saw_expiry);
+        }
+        let mut by_id: BTreeMap<Id, Vec<(Bytes, u64)>> = BTreeMap::new();
+        for it in &items {
+            if it.value.is_some() && is_expired(it.expires_at, now) {
+                by_id
+                    .entry(Id::of_key(&it.key))
+                    .or_default()
+                    .push((it.key.clone(), it.version));
+            }
+        }
+        let found: usize = by_id.values().map(Vec::len).sum();
+        if found * 4 > SWEEP_BATCH {
+            self.exec.sweep_at = now;
+        }
+        for (key_id, keys) in by_id {
+            if self.exec.waiting.len() >= MAX_WAITING {
+                break;
+            }
+            self.start_reclaim(now, key_id, keys, true, None);
+        }
+    }
+
+    /// Starts an internal job replacing `keys` (all of one key id) with tombstones where they
+    /// still have the versions given (and, with `expired_only`, have expired); `run`: the
+    /// flush waiting for it.
+    pub(super) fn start_reclaim(
+        &mut self,
+        now: Millis,
+        key_id: Id,
+        keys: Vec<(Bytes, u64)>,
+        expired_only: bool,
+        run: Option<u64>,
+    ) {
+        let id = self.exec.next_id;
+        self.exec.next_id += 1;
+        let job = Job {
+            to: ReplyTo(0),
+            request_id: 0,
+            hops: 0,
+            key_id,
+            primary: self.me,
+            deadline: 0,
+            commands: Vec::new(),
+            watched: Vec::new(),
+            replies: Vec::new(),
+            version: 0,
+            write: None,
+            reclaim: Some(Reclaim {
+                keys,
+                expired_only,
+                run,
+            }),
+            tombstones: 0,
+        };
+        self.exec.jobs.insert(id, job);
+        if self.job_must_wait(&key_id) {
+            self.exec.waiting.push_back(Waiting::Job(id));
+        } else {
+            self.read_for_job(now, id);
+        }
+    }
+
     /// A waiting PUT or DELETE goes on, unless the wait made it late.
     fn release_write(&mut self, now: Millis, w: HeldWrite) {
         if w.deadline != 0 && now.saturating_add(self.config.max_clock_offset_ms) >= w.deadline {
@@ -442,6 +666,7 @@ mod tests {
         store: MemoryStore,
         ops: Vec<(u64, StoreOp)>,
         replies: Vec<Frame>,
+        now: Millis,
     }
 
     impl One {
@@ -454,11 +679,13 @@ mod tests {
                 store: MemoryStore::new(),
                 ops: Vec::new(),
                 replies: Vec::new(),
+                now: 1,
             }
         }
 
         fn send(&mut self, rid: u64, message: Message) {
-            self.node.handle_request(1, ReplyTo(1), Frame::new(rid, message));
+            self.node
+                .handle_request(self.now, ReplyTo(1), Frame::new(rid, message));
             self.poll();
         }
 
@@ -477,7 +704,7 @@ mod tests {
             while !self.ops.is_empty() {
                 let (id, op) = self.ops.remove(0);
                 let result = store::execute(&self.store as &dyn Store, op);
-                self.node.store_done(1, id, result);
+                self.node.store_done(self.now, id, result);
                 self.poll();
             }
         }
@@ -607,5 +834,56 @@ mod tests {
         one.send(1, exec(&["MSET {a}x 1 {b}y 2"]));
         assert!(one.ops.is_empty());
         assert!(matches!(one.reply(1), Message::Error { text, .. } if text.starts_with("CROSSSLOT")));
+    }
+
+    /// An expired value reads as absent at once, and the sweep replaces it with a tombstone
+    /// (a newer version, replicated like a DEL); a value written since its expiry is kept.
+    #[test]
+    fn expired_values_read_as_absent_and_are_swept() {
+        let mut one = One::new();
+        one.now = 1_000_000;
+        one.send(1, exec(&["SET k v PX 100"]));
+        one.send(2, exec(&["SET kept v PX 100"]));
+        one.run_store();
+        let written = one.store.get(b"k").unwrap().unwrap();
+        assert_eq!(written.expires_at, 1_000_100);
+        one.now += 50;
+        one.send(3, Message::Get { key: b("k") });
+        one.run_store();
+        assert!(matches!(one.reply(3), Message::GetReply { value: Some(_), .. }));
+        one.now += 100;
+        one.send(4, Message::Get { key: b("k") });
+        one.send(5, exec(&["TTL k"]));
+        one.send(
+            6,
+            Message::Put {
+                key: b("kept"),
+                value: b("new"),
+            },
+        );
+        one.run_store();
+        assert!(
+            matches!(one.reply(4), Message::GetReply { value: None, version, .. } if *version == written.version)
+        );
+        assert!(
+            matches!(one.reply(5), Message::ExecuteReply { replies: Some(r), .. } if r == &[CommandReply::Int(-2)])
+        );
+        // The TTL's read found `k` expired and wrote its tombstone (lazy expiry).
+        let after = one.store.get(b"k").unwrap().unwrap();
+        assert!(
+            after.value.is_none() && after.version > written.version,
+            "{after:?}"
+        );
+        // The sweep, on the next tick, finds nothing left to do for `k` and keeps `kept`.
+        one.send(7, exec(&["SET s v PX 10"]));
+        one.run_store();
+        one.now += 20;
+        one.node.tick(one.now);
+        one.poll();
+        one.run_store();
+        let swept = one.store.get(b"s").unwrap().unwrap();
+        assert!(swept.value.is_none(), "the sweep wrote a tombstone: {swept:?}");
+        assert_eq!(one.value("kept"), Some(b("new")));
+        assert_eq!(one.node.stats().keys_expired, 2);
     }
 }

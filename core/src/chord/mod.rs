@@ -64,6 +64,7 @@ mod onehop;
 mod ops;
 mod placement;
 mod replication;
+mod ring_command;
 pub mod routing;
 mod rpc;
 mod stats;
@@ -107,6 +108,7 @@ impl Node {
         if matches!(self.phase, Phase::Idle | Phase::Left) {
             return;
         }
+        self.sweep_expired(now);
         if self.timers.is_due(Timer::Stabilize, now) {
             let at = now + self.jitter(self.config.stabilize_interval_ms);
             self.timers.set(Timer::Stabilize, at);
@@ -154,6 +156,8 @@ impl Node {
             Message::Get { .. } | Message::Put { .. } | Message::Delete { .. } | Message::Execute { .. } => {
                 self.handle_client_op(now, reply_to, frame)
             }
+            Message::RingCommand { command } => self.start_ring_command(now, reply_to, rid, command),
+            Message::RangeCommand { command } => self.serve_range_command(reply_to, rid, command),
             Message::FindSuccessor { .. } if !matches!(self.phase, Phase::Active | Phase::Leaving) => {
                 // A node outside the ring would answer from empty tables ("I am alone, so I own
                 // everything"), which would lead the asker astray: make it ask again later.
@@ -359,6 +363,7 @@ impl Node {
                 self.on_lease_reply(now, primary, round, from, Some(frame.message))
             }
             RpcKind::Probe => self.on_probe_reply(now, from, frame.message),
+            RpcKind::RangeCommand(walk) => self.on_range_command_reply(now, walk, from, frame.message),
             RpcKind::Transfer(t) => self.on_transfer_ack(now, t, frame.message),
             RpcKind::Leaving => self.on_leaving_reply(now, frame.message),
             RpcKind::LeavingHint | RpcKind::Collect => {}
@@ -445,6 +450,8 @@ impl Node {
             }
             StoreWait::ExecuteRead(job) => self.on_execute_read(now, job, result),
             StoreWait::ExecuteWrite(job) => self.on_execute_written(now, job, result),
+            StoreWait::ExpirySweep => self.on_sweep_scanned(now, result),
+            StoreWait::RangeCommand(run) => self.on_range_command_store(now, run, result),
             StoreWait::ReplicaApply { to, request_id } => self.on_replica_applied(to, request_id, result),
             StoreWait::Sync(wait) => self.on_sync_store_done(now, wait, result),
             StoreWait::StatsPrimary {

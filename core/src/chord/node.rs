@@ -19,6 +19,7 @@ use super::membership::Membership;
 use super::onehop::Dissemination;
 use super::ops::ClientOps;
 use super::replication::Replication;
+use super::ring_command::RingCommands;
 use super::routing::RoutingTable;
 use super::rpc::Rpcs;
 use super::stats::Stats;
@@ -99,6 +100,8 @@ pub struct Node {
     pub(super) client: ClientOps,
     /// Executes served here and the requests waiting for their keys (`execute.rs`).
     pub(super) exec: Executions,
+    /// Commands over the whole ring this node coordinates or runs a step of (`ring_command.rs`).
+    pub(super) ring_cmds: RingCommands,
     pub(super) repl: Replication,
     pub(super) handoff: Handoff,
     pub(super) store: StoreOps,
@@ -150,7 +153,8 @@ impl Node {
                 next_id: 1,
                 ..ClientOps::default()
             },
-            exec: Executions::default(),
+            exec: Executions::new(),
+            ring_cmds: RingCommands::default(),
             repl: Replication {
                 next_write_id: 1,
                 next_sync_id: 1,

@@ -859,16 +859,18 @@ impl Node {
             _ => ServeKind::Delete(version),
         };
         let write = if self.config.replicas > 0 {
+            // A SET (PUT) discards any expiry, as Redis' SET without KEEPTTL does.
             let item = Item {
                 key: key.clone(),
                 version,
                 value: value.clone(),
+                expires_at: 0,
             };
             self.replicate_write(now, item, &primary)
         } else {
             None
         };
-        let entry = Entry { version, value };
+        let entry = Entry::new(version, value);
         self.exec.storing(key_id);
         let wait = StoreWait::Serve {
             to,
@@ -884,7 +886,7 @@ impl Node {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_serve(
         &mut self,
-        _now: Millis,
+        now: Millis,
         to: ReplyTo,
         request_id: u64,
         hops: u16,
@@ -893,8 +895,14 @@ impl Node {
         result: Result<StoreOutcome, StoreError>,
     ) {
         let msg = match (kind, result) {
+            // An expired value reads as absent; the version is the entry's, as for a tombstone
+            // (WATCH compares it with the owner's).
             (ServeKind::Get, Ok(StoreOutcome::Got(entry))) => match entry {
-                Some(Entry { version, value }) => Message::GetReply { hops, version, value },
+                Some(e) => Message::GetReply {
+                    hops,
+                    version: e.version,
+                    value: e.value_at(now).cloned(),
+                },
                 None => Message::GetReply {
                     hops,
                     version: 0,
@@ -905,7 +913,7 @@ impl Node {
             (ServeKind::Delete(version), Ok(StoreOutcome::Put(o))) => Message::DeleteReply {
                 hops,
                 version,
-                existed: o.previous_live,
+                existed: o.previous_live && !crate::store::is_expired(o.previous_expires_at, now),
             },
             (_, Err(e)) => Message::Error {
                 code: ErrorCode::StoreFailed,

@@ -50,6 +50,8 @@ pub(super) enum RpcKind {
     /// A ping to a member presumed down, or to a node that went away (`consistent` keeps
     /// such members in the ring; ring merging probes nodes lost in a partition).
     Probe,
+    /// A step of a walk over the ring (`ring_command.rs`).
+    RangeCommand(u64),
 }
 
 impl RpcKind {
@@ -251,6 +253,7 @@ impl Node {
             RpcKind::MemberEvents(b) => self.broadcast_failed(now, b),
             RpcKind::Lease(primary, round) => self.on_lease_reply(now, primary, round, rpc.to, None),
             RpcKind::Probe => {}
+            RpcKind::RangeCommand(walk) => self.on_range_command_failed(walk, rpc.to),
             RpcKind::Notify
             | RpcKind::CheckPredecessor
             | RpcKind::LeavingHint

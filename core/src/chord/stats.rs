@@ -32,6 +32,8 @@ counters! {
     execute_waits,
     /// ...and Executes that ran nothing because a watched key had changed.
     execute_watch_aborts,
+    /// Expired values replaced with tombstones (by the sweep, or when an Execute read them).
+    keys_expired,
     ops_coordinated,
     ops_failed,
     hops_total,

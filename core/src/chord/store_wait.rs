@@ -58,6 +58,10 @@ pub(super) enum StoreWait {
     /// An Execute's read of its keys, and its writes (`execute.rs`).
     ExecuteRead(u64),
     ExecuteWrite(u64),
+    /// The expiry sweep's scan of the node's range.
+    ExpirySweep,
+    /// A range command's count or scan (`ring_command.rs`).
+    RangeCommand(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +80,10 @@ pub(super) struct StoreOps {
 
 impl Node {
     pub(super) fn store_op(&mut self, op: StoreOp, wait: StoreWait) -> StoreOpId {
+        if let StoreOp::PutMany { items } = &op {
+            // The expiry sweep wakes when a value with an expiry arrives.
+            self.exec.may_expire |= items.iter().any(|it| it.expires_at != 0);
+        }
         let id = self.store.next_id;
         self.store.next_id += 1;
         self.store.waits.insert(id, wait);

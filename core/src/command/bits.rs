@@ -38,7 +38,7 @@ pub(super) fn setbit(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
     } else {
         v[byte] &= !mask;
     }
-    ks.set(&w[1], v.freeze());
+    ks.set_keep_ttl(&w[1], v.freeze());
     CommandReply::Int(was.into())
 }
 

@@ -23,6 +23,7 @@
 //! command here answers `WRONGTYPE`.
 
 mod bits;
+mod expiry;
 mod lcs;
 mod numbers;
 #[cfg(test)]
@@ -76,6 +77,18 @@ pub const COMMANDS: &[Spec] = &[
     spec("getbit",      3,  (1, 1, 1),  false, bits::getbit),
     spec("bitcount",    -2, (1, 1, 1),  false, bits::bitcount),
     spec("lcs",         -3, (1, 2, 1),  false, lcs::lcs),
+    spec("setex",       4,  (1, 1, 1),  true,  expiry::setex),
+    spec("psetex",      4,  (1, 1, 1),  true,  expiry::psetex),
+    spec("getex",       -2, (1, 1, 1),  true,  expiry::getex),
+    spec("expire",      -3, (1, 1, 1),  true,  expiry::expire),
+    spec("pexpire",     -3, (1, 1, 1),  true,  expiry::pexpire),
+    spec("expireat",    -3, (1, 1, 1),  true,  expiry::expireat),
+    spec("pexpireat",   -3, (1, 1, 1),  true,  expiry::pexpireat),
+    spec("ttl",         2,  (1, 1, 1),  false, expiry::ttl),
+    spec("pttl",        2,  (1, 1, 1),  false, expiry::pttl),
+    spec("expiretime",  2,  (1, 1, 1),  false, expiry::expiretime),
+    spec("pexpiretime", 2,  (1, 1, 1),  false, expiry::pexpiretime),
+    spec("persist",     2,  (1, 1, 1),  true,  expiry::persist),
 ];
 
 const fn spec(
@@ -151,39 +164,97 @@ pub fn run(words: &[Bytes], keyspace: &mut Keyspace) -> CommandReply {
 }
 
 /// The values of the keys a batch of commands touches, as the commands see them: read from
-/// the store before the first command, changed by each write. Keys read but absent (or
-/// tombstones) are `None`.
+/// the store before the first command, changed by each write, at one time `now` (milliseconds
+/// since the Unix epoch, the owner's clock). Keys read but absent, tombstones and values whose
+/// expiry has come at `now` are absent.
 #[derive(Clone, Debug, Default)]
 pub struct Keyspace {
-    values: BTreeMap<Bytes, Option<Bytes>>,
+    now: u64,
+    values: BTreeMap<Bytes, Value>,
     written: BTreeSet<Bytes>,
 }
 
+/// A key's value with its expiry (`expires_at`: ms since the epoch, 0 for none).
+#[derive(Clone, Debug, Default)]
+struct Value {
+    value: Option<Bytes>,
+    expires_at: u64,
+}
+
 impl Keyspace {
-    /// The keyspace holding `values` (every key the commands may touch must be among them;
-    /// one missing reads as absent).
-    pub fn new(values: impl IntoIterator<Item = (Bytes, Option<Bytes>)>) -> Keyspace {
+    /// The keyspace at time `now` holding `entries`, `(key, value, expires_at)` (every key the
+    /// commands may touch must be among them; one missing reads as absent).
+    pub fn new(now: u64, entries: impl IntoIterator<Item = (Bytes, Option<Bytes>, u64)>) -> Keyspace {
+        let values = entries
+            .into_iter()
+            .map(|(key, value, expires_at)| {
+                let v = if crate::store::is_expired(expires_at, now) {
+                    Value::default()
+                } else {
+                    Value { value, expires_at }
+                };
+                (key, v)
+            })
+            .collect();
         Keyspace {
-            values: values.into_iter().collect(),
+            now,
+            values,
             written: BTreeSet::new(),
         }
     }
 
     /// The value of `key`, if it has one.
     pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
-        self.values.get(key).and_then(Option::as_ref)
+        self.values.get(key).and_then(|v| v.value.as_ref())
     }
 
+    /// The expiry of `key` (0: none, or no value).
+    fn expires_at(&self, key: &[u8]) -> u64 {
+        self.values
+            .get(key)
+            .filter(|v| v.value.is_some())
+            .map_or(0, |v| v.expires_at)
+    }
+
+    /// Sets `key` to `value` without an expiry (SET, MSET, GETSET: Redis discards the old one).
     fn set(&mut self, key: &Bytes, value: Bytes) {
-        self.values.insert(key.clone(), Some(value));
+        self.set_expiring(key, value, 0);
+    }
+
+    /// Sets `key` to `value`, keeping its expiry (INCR, APPEND, SETRANGE, SETBIT, KEEPTTL).
+    fn set_keep_ttl(&mut self, key: &Bytes, value: Bytes) {
+        let expires_at = self.expires_at(key);
+        self.set_expiring(key, value, expires_at);
+    }
+
+    fn set_expiring(&mut self, key: &Bytes, value: Bytes, expires_at: u64) {
+        self.values.insert(
+            key.clone(),
+            Value {
+                value: Some(value),
+                expires_at,
+            },
+        );
         self.written.insert(key.clone());
+    }
+
+    /// Gives `key`'s value the expiry `expires_at` (0: none); false when it has no value.
+    fn set_expiry(&mut self, key: &Bytes, expires_at: u64) -> bool {
+        match self.values.get_mut(key) {
+            Some(v) if v.value.is_some() => {
+                v.expires_at = expires_at;
+                self.written.insert(key.clone());
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Deletes `key`; whether it had a value.
     fn delete(&mut self, key: &Bytes) -> bool {
         let existed = self.get(key).is_some();
         if existed {
-            self.values.insert(key.clone(), None);
+            self.values.insert(key.clone(), Value::default());
             self.written.insert(key.clone());
         }
         existed
@@ -194,14 +265,16 @@ impl Keyspace {
         !self.written.is_empty()
     }
 
-    /// The keys written, each with its final value (`None`: deleted), in key order.
-    pub fn into_writes(self) -> Vec<(Bytes, Option<Bytes>)> {
-        let Keyspace { mut values, written } = self;
+    /// The keys written, each with its final value (`None`: deleted) and expiry, in key order.
+    pub fn into_writes(self) -> Vec<(Bytes, Option<Bytes>, u64)> {
+        let Keyspace {
+            mut values, written, ..
+        } = self;
         written
             .into_iter()
             .map(|k| {
-                let v = values.remove(&k).flatten();
-                (k, v)
+                let v = values.remove(&k).unwrap_or_default();
+                (k, v.value, v.expires_at)
             })
             .collect()
     }
@@ -242,33 +315,55 @@ fn get(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
     value_or_nil(ks.get(&w[1]))
 }
 
-/// `SET key value [NX | XX] [GET] [KEEPTTL]`. The expiry options (EX, PX, EXAT, PXAT) are
-/// refused: chordkv keys do not expire yet.
+/// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT ts | PXAT ms-ts | KEEPTTL]`.
 fn set(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
     let (key, value) = (&w[1], &w[2]);
     let (mut nx, mut xx, mut get) = (false, false, false);
-    for option in &w[3..] {
-        match &option.to_ascii_uppercase()[..] {
+    let mut ttl: Option<Ttl> = None;
+    let mut i = 3;
+    while i < w.len() {
+        let option = w[i].to_ascii_uppercase();
+        match &option[..] {
             b"NX" if !xx => nx = true,
             b"XX" if !nx => xx = true,
             b"GET" => get = true,
-            b"KEEPTTL" => {}
-            b"EX" | b"PX" | b"EXAT" | b"PXAT" => {
-                return err("ERR SET EX, PX, EXAT and PXAT are not supported: chordkv keys do not expire")
+            b"KEEPTTL" if ttl.is_none() => ttl = Some(Ttl::Keep),
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" if ttl.is_none() && i + 1 < w.len() => {
+                i += 1;
+                match expiry::parse(&option, &w[i], ks.now) {
+                    Ok(at) => ttl = Some(Ttl::At(at)),
+                    Err(e) => return e.reply("set"),
+                }
             }
             _ => return syntax_error(),
         }
+        i += 1;
     }
     let old = ks.get(key).cloned();
     let apply = !(nx && old.is_some() || xx && old.is_none());
     if apply {
-        ks.set(key, value.clone());
+        match ttl {
+            None => ks.set(key, value.clone()),
+            Some(Ttl::Keep) => ks.set_keep_ttl(key, value.clone()),
+            // A time already past: Redis sets the key and expires it at once.
+            Some(Ttl::At(at)) if at <= ks.now => {
+                ks.delete(key);
+            }
+            Some(Ttl::At(at)) => ks.set_expiring(key, value.clone(), at),
+        }
     }
     match (get, apply) {
         (true, _) => value_or_nil(old.as_ref()),
         (false, true) => ok(),
         (false, false) => CommandReply::Nil,
     }
+}
+
+/// SET's expiry option.
+#[derive(Clone, Copy, Debug)]
+enum Ttl {
+    Keep,
+    At(u64),
 }
 
 fn setnx(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
@@ -363,7 +458,7 @@ fn add(key: &Bytes, by: i64, ks: &mut Keyspace) -> CommandReply {
     let Some(next) = current.checked_add(by) else {
         return err("ERR increment or decrement would overflow");
     };
-    ks.set(key, Bytes::from(next.to_string()));
+    ks.set_keep_ttl(key, Bytes::from(next.to_string()));
     CommandReply::Int(next)
 }
 
@@ -383,7 +478,7 @@ fn incrbyfloat(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
         return err("ERR increment would produce NaN or Infinity");
     }
     let text = Bytes::from(format_float(next));
-    ks.set(&w[1], text.clone());
+    ks.set_keep_ttl(&w[1], text.clone());
     CommandReply::Bulk(text)
 }
 
@@ -396,7 +491,7 @@ fn append(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
     v.extend_from_slice(&old);
     v.extend_from_slice(&w[2]);
     let len = v.len();
-    ks.set(&w[1], v.freeze());
+    ks.set_keep_ttl(&w[1], v.freeze());
     CommandReply::Int(len as i64)
 }
 
@@ -429,7 +524,7 @@ fn setrange(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
     }
     v[offset..offset + value.len()].copy_from_slice(value);
     let len = v.len();
-    ks.set(&w[1], v.freeze());
+    ks.set_keep_ttl(&w[1], v.freeze());
     CommandReply::Int(len as i64)
 }
 

@@ -39,7 +39,6 @@ fn set_with_conditions_and_get() {
         r(ks, "SET k v NX XX"),
         CommandReply::Error("ERR syntax error".into())
     );
-    assert!(is_err(&r(ks, "SET k v EX 10"), "do not expire"));
     assert_eq!(value(ks, "k").as_deref(), Some("v3"));
     assert_eq!(r(ks, "SETNX k x"), Int(0));
     assert_eq!(r(ks, "SETNX n x"), Int(1));
@@ -205,7 +204,7 @@ fn lcs_follows_the_reference_example() {
 
 #[test]
 fn writes_are_collected_once_per_key() {
-    let mut ks = Keyspace::new([(Bytes::from_static(b"a"), Some(Bytes::from_static(b"1")))]);
+    let mut ks = Keyspace::new(0, [(Bytes::from_static(b"a"), Some(Bytes::from_static(b"1")), 0)]);
     r(&mut ks, "INCR a");
     r(&mut ks, "INCR a");
     r(&mut ks, "GET b");
@@ -214,8 +213,8 @@ fn writes_are_collected_once_per_key() {
     assert_eq!(
         ks.into_writes(),
         vec![
-            (Bytes::from_static(b"a"), Some(Bytes::from_static(b"3"))),
-            (Bytes::from_static(b"c"), None),
+            (Bytes::from_static(b"a"), Some(Bytes::from_static(b"3")), 0),
+            (Bytes::from_static(b"c"), None, 0),
         ]
     );
 }
@@ -257,10 +256,104 @@ fn any_words_run_without_panicking() {
                 words[rng.below(words.len() as u64) as usize],
             ));
         }
-        let mut ks = Keyspace::new([(Bytes::from_static(b"k"), Some(Bytes::from_static(b"12")))]);
+        let mut ks = Keyspace::new(
+            1_000,
+            [(Bytes::from_static(b"k"), Some(Bytes::from_static(b"12")), 0)],
+        );
         let reply = run(&line, &mut ks);
         if matches!(reply, CommandReply::Error(_)) {
             assert!(!ks.is_written(), "{line:?} failed and wrote");
         }
     }
+}
+
+#[test]
+fn expiry_follows_redis() {
+    let now = 1_000_000;
+    let ks = &mut Keyspace::new(now, []);
+    assert_eq!(r(ks, "SET k v EX 10"), Status("OK".into()));
+    assert_eq!(r(ks, "TTL k"), Int(10));
+    assert_eq!(r(ks, "PTTL k"), Int(10_000));
+    assert_eq!(r(ks, "EXPIRETIME k"), Int(1_010));
+    assert_eq!(r(ks, "PEXPIRETIME k"), Int(1_010_000));
+    assert_eq!(r(ks, "INCRBY n 1"), Int(1));
+    assert_eq!(r(ks, "TTL n"), Int(-1));
+    assert_eq!(r(ks, "TTL missing"), Int(-2));
+    // INCR, APPEND and SETRANGE keep an expiry; SET and GETSET drop it; KEEPTTL keeps it.
+    assert_eq!(r(ks, "SETEX c 100 1"), Status("OK".into()));
+    r(ks, "INCR c");
+    r(ks, "APPEND c 0");
+    r(ks, "SETRANGE c 0 3");
+    assert_eq!(r(ks, "TTL c"), Int(100));
+    assert_eq!(r(ks, "SET c x KEEPTTL"), Status("OK".into()));
+    assert_eq!(r(ks, "TTL c"), Int(100));
+    r(ks, "SET c y");
+    assert_eq!(r(ks, "TTL c"), Int(-1));
+    assert_eq!(r(ks, "PSETEX p 1500 v"), Status("OK".into()));
+    assert_eq!(r(ks, "TTL p"), Int(2), "rounded as Redis rounds");
+    assert!(is_err(
+        &r(ks, "SETEX k 0 v"),
+        "invalid expire time in 'setex' command"
+    ));
+    assert!(is_err(
+        &r(ks, "SET k v EX -1"),
+        "invalid expire time in 'set' command"
+    ));
+    assert!(is_err(&r(ks, "SET k v EX x"), "not an integer"));
+    assert!(is_err(&r(ks, "SET k v EX 1 PX 1"), "syntax error"));
+    assert!(is_err(&r(ks, "SET k v EX 1 KEEPTTL"), "syntax error"));
+    assert!(is_err(
+        &r(ks, "SET k v EX 9223372036854775807"),
+        "invalid expire time"
+    ));
+    // EXPIRE's conditions.
+    assert_eq!(r(ks, "EXPIRE n 100 XX"), Int(0));
+    assert_eq!(r(ks, "EXPIRE n 100 GT"), Int(0), "no expiry counts as infinite");
+    assert_eq!(r(ks, "EXPIRE n 100 NX"), Int(1));
+    assert_eq!(r(ks, "EXPIRE n 200 NX"), Int(0));
+    assert_eq!(r(ks, "EXPIRE n 50 GT"), Int(0));
+    assert_eq!(r(ks, "EXPIRE n 50 LT"), Int(1));
+    assert_eq!(r(ks, "TTL n"), Int(50));
+    assert_eq!(r(ks, "PEXPIRE n 60000 XX"), Int(1));
+    assert_eq!(r(ks, "TTL n"), Int(60));
+    assert!(is_err(&r(ks, "EXPIRE n 1 NX XX"), "not compatible"));
+    assert!(is_err(&r(ks, "EXPIRE n 1 GT LT"), "not compatible"));
+    assert!(is_err(&r(ks, "EXPIRE n 1 FOO"), "Unsupported option FOO"));
+    assert!(is_err(
+        &r(ks, "EXPIRE n 9223372036854775807"),
+        "invalid expire time in 'expire'"
+    ));
+    assert_eq!(r(ks, "EXPIRE missing 10"), Int(0));
+    assert_eq!(r(ks, "EXPIREAT n 2000"), Int(1));
+    assert_eq!(r(ks, "PERSIST n"), Int(1));
+    assert_eq!(r(ks, "PERSIST n"), Int(0));
+    // A time already past deletes the key.
+    assert_eq!(r(ks, "EXPIRE n -1"), Int(1));
+    assert_eq!(r(ks, "GET n"), Nil);
+    assert_eq!(r(ks, "SET gone v PXAT 5"), Status("OK".into()));
+    assert_eq!(r(ks, "EXISTS gone"), Int(0));
+    // GETEX.
+    r(ks, "SET g v");
+    assert_eq!(r(ks, "GETEX g EX 30"), bulk("v"));
+    assert_eq!(r(ks, "TTL g"), Int(30));
+    assert_eq!(r(ks, "GETEX g PERSIST"), bulk("v"));
+    assert_eq!(r(ks, "TTL g"), Int(-1));
+    assert_eq!(r(ks, "GETEX missing EX 1"), Nil);
+    assert!(is_err(&r(ks, "GETEX g EX 0"), "invalid expire time in 'getex'"));
+    assert!(is_err(&r(ks, "GETEX g FOO"), "syntax error"));
+    // What the owner reads expired is absent.
+    let mut at = Keyspace::new(
+        now,
+        [
+            (Bytes::from_static(b"old"), Some(Bytes::from_static(b"v")), now),
+            (
+                Bytes::from_static(b"new"),
+                Some(Bytes::from_static(b"v")),
+                now + 1,
+            ),
+        ],
+    );
+    assert_eq!(r(&mut at, "EXISTS old new"), Int(1));
+    assert_eq!(r(&mut at, "INCR old"), Int(1));
+    assert_eq!(r(&mut at, "TTL old"), Int(-1), "a new value, no expiry");
 }

@@ -87,6 +87,7 @@ mod tests {
                     Entry {
                         version: 7,
                         value: Some(Bytes::from_static(b"v")),
+                        expires_at: 0,
                     },
                 )
                 .unwrap();
@@ -100,6 +101,7 @@ mod tests {
             Entry {
                 version: 8,
                 value: None,
+                expires_at: 0,
             },
         )
         .unwrap();

@@ -50,6 +50,7 @@ fn own(entry: Entry) -> Entry {
     Entry {
         version: entry.version,
         value: entry.value.map(|v| Bytes::copy_from_slice(&v)),
+        expires_at: entry.expires_at,
     }
 }
 
@@ -62,13 +63,15 @@ impl Store for MemoryStore {
         let live_now = entry.is_live();
         let mut inner = self.inner.write();
         let inner = &mut *inner;
-        let previous_live = match inner.map.get_mut(&key[..]) {
+        let (previous_live, previous_expires_at) = match inner.map.get_mut(&key[..]) {
             Some(stored) => {
                 let previous_live = stored.is_live();
+                let previous_expires_at = stored.expires_at;
                 if stored.version >= entry.version {
                     return Ok(PutOutcome {
                         applied: false,
                         previous_live,
+                        previous_expires_at,
                     });
                 }
                 // The stored key is kept: it is already our own copy.
@@ -76,13 +79,13 @@ impl Store for MemoryStore {
                 if previous_live {
                     inner.live -= 1;
                 }
-                previous_live
+                (previous_live, previous_expires_at)
             }
             None => {
                 let key = Bytes::copy_from_slice(key);
                 inner.order.insert((Id::of_key(&key), key.clone()));
                 inner.map.insert(key, own(entry));
-                false
+                (false, 0)
             }
         };
         if live_now {
@@ -91,6 +94,7 @@ impl Store for MemoryStore {
         Ok(PutOutcome {
             applied: true,
             previous_live,
+            previous_expires_at,
         })
     }
 
@@ -131,6 +135,7 @@ impl Store for MemoryStore {
                         key: key.clone(),
                         version: e.version,
                         value: e.value.clone(),
+                        expires_at: e.expires_at,
                     });
                 }
             }
@@ -221,6 +226,7 @@ mod tests {
             Entry {
                 version: 1,
                 value: Some(Bytes::new()),
+                expires_at: 0,
             },
         )
         .unwrap();
@@ -243,6 +249,7 @@ mod tests {
         let e = |version| Entry {
             version,
             value: Some(Bytes::from_static(b"v")),
+            expires_at: 0,
         };
         let k = Bytes::from_static(b"k");
         s.put(&k, e(1)).unwrap();
@@ -267,6 +274,7 @@ mod tests {
                 Entry {
                     version: 1,
                     value: Some(key(i)),
+                    expires_at: 0,
                 },
             )
             .unwrap();

@@ -32,16 +32,49 @@ use chordkv_protocol::{Id, Item};
 pub use memory::MemoryStore;
 
 /// A stored value and its version; `value: None` is a tombstone.
+///
+/// `expires_at`: when the value expires, in milliseconds since the Unix epoch on the clock of
+/// the owner that wrote it (Redis' `PXAT` time); 0 for never. It is part of the version: a
+/// new expiry is a new version of the entry, replicated, handed off and repaired with it. An
+/// entry whose time has come is read as absent ([`Entry::value_at`]) until its owner replaces
+/// it with a tombstone (the expiry sweep).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub version: u64,
     pub value: Option<Bytes>,
+    pub expires_at: u64,
 }
 
 impl Entry {
+    /// A live value that never expires, or a tombstone (`value: None`).
+    pub fn new(version: u64, value: Option<Bytes>) -> Entry {
+        Entry {
+            version,
+            value,
+            expires_at: 0,
+        }
+    }
+
+    /// Whether the entry holds a value (expired or not): not a tombstone.
     pub fn is_live(&self) -> bool {
         self.value.is_some()
     }
+
+    /// Whether the entry's expiry time has come at `now` (milliseconds since the Unix epoch).
+    pub fn is_expired(&self, now: u64) -> bool {
+        is_expired(self.expires_at, now)
+    }
+
+    /// The value as a read at `now` sees it: none for a tombstone or an expired value.
+    pub fn value_at(&self, now: u64) -> Option<&Bytes> {
+        self.value.as_ref().filter(|_| !self.is_expired(now))
+    }
+}
+
+/// Whether an expiry time (`0`: none) has come at `now`, both in milliseconds since the Unix
+/// epoch. Redis' rule: a key expires when its time is reached.
+pub fn is_expired(expires_at: u64, now: u64) -> bool {
+    expires_at != 0 && expires_at <= now
 }
 
 /// What a merge did.
@@ -49,8 +82,10 @@ impl Entry {
 pub struct PutOutcome {
     /// The entry was newer than the stored one and replaced it.
     pub applied: bool,
-    /// A live (non-tombstone) value was stored before.
+    /// A live (non-tombstone) value was stored before...
     pub previous_live: bool,
+    /// ...with this expiry (0: none, or nothing stored).
+    pub previous_expires_at: u64,
 }
 
 /// A position in ring order, for resuming a scan after it.
@@ -119,6 +154,7 @@ pub trait Store: Send + Sync {
                     Entry {
                         version: item.version,
                         value: item.value,
+                        expires_at: item.expires_at,
                     },
                 )?
                 .applied as usize;
@@ -384,6 +420,7 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
                         key,
                         version: e.version,
                         value: e.value,
+                        expires_at: e.expires_at,
                     });
                 }
             }

@@ -101,6 +101,7 @@ mod tests {
             entry: Entry {
                 version,
                 value: Some(Bytes::from_static(b"v")),
+                expires_at: 0,
             },
         };
         chordkv_core::store::execute(store as &dyn Store, op.clone()).unwrap();

@@ -674,6 +674,7 @@ impl LookupSim {
                         StoreOp::Get { .. } => Ok(StoreOutcome::Got(Some(Entry {
                             version: u64::from(i) * u64::from(self.vnodes) + u64::from(vnode) + 1,
                             value: None,
+                            expires_at: 0,
                         }))),
                         op => execute(&self.empty as &dyn Store, op),
                     };

@@ -19,7 +19,7 @@ use crate::id::{Id, ID_BYTES};
 use crate::limits::{MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_LIST_LEN, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
 use crate::message::{
     CommandReply, ErrorCode, Item, Lookup, MemberEvent, Message, NodeAddr, NodeInfo, NodeRef, NodeStatus,
-    MAX_REPLY_DEPTH,
+    RangeCommand, MAX_REPLY_DEPTH,
 };
 
 // --- errors ------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ pub(super) const TRUNCATED: DecodeError = DecodeError::Malformed("a field runs p
 // in what is left of the frame before its `Vec` is allocated, so the allocation is bounded by
 // the frame's real size, not by what its count claims.
 pub(super) const NODE_REF_MIN_BYTES: usize = ID_BYTES + 1 + 4 + 2; // id, then an IPv4 address: tag, ip, port
-pub(super) const ITEM_MIN_BYTES: usize = 4 + 8 + 1;
+pub(super) const ITEM_MIN_BYTES: usize = 4 + 8 + 8 + 1;
 pub(super) const KEY_VERSION_MIN_BYTES: usize = 4 + 8;
 pub(super) const KEY_MIN_BYTES: usize = 4;
 pub(super) const COUNTER_MIN_BYTES: usize = 4 + 8;
@@ -400,8 +400,14 @@ impl<'a> Reader<'a> {
     fn item(&mut self) -> DResult<Item> {
         let key = self.key()?;
         let version = self.u64()?;
+        let expires_at = self.u64()?;
         let value = self.option(Self::value)?;
-        Ok(Item { key, version, value })
+        Ok(Item {
+            key,
+            version,
+            value,
+            expires_at,
+        })
     }
 
     fn key_version(&mut self) -> DResult<(Bytes, u64)> {
@@ -461,6 +467,10 @@ impl<'a> Reader<'a> {
             LOOKUP_CLOSER => Ok(Lookup::Closer { node: self.node()? }),
             _ => Err(DecodeError::Malformed("lookup tag is neither 1 nor 2")),
         }
+    }
+
+    fn range_command(&mut self) -> DResult<RangeCommand> {
+        RangeCommand::from_u8(self.u8()?).ok_or(DecodeError::Malformed("unknown range command"))
     }
 
     fn error_code(&mut self) -> DResult<ErrorCode> {
@@ -526,6 +536,23 @@ impl<'a> Reader<'a> {
             opcode::DELETE => {
                 let key = self.key()?;
                 done!(Delete { key })
+            }
+            opcode::RING_COMMAND => {
+                let command = self.range_command()?;
+                done!(RingCommand { command })
+            }
+            opcode::RANGE_COMMAND => {
+                let command = self.range_command()?;
+                done!(RangeCommand { command })
+            }
+            opcode::RING_COMMAND_REPLY => {
+                let value = self.u64()?;
+                done!(RingCommandReply { value })
+            }
+            opcode::RANGE_COMMAND_REPLY => {
+                let value = self.u64()?;
+                let successor = self.node()?;
+                done!(RangeCommandReply { value, successor })
             }
             opcode::EXECUTE => {
                 let key = self.key()?;

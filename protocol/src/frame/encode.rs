@@ -272,6 +272,7 @@ pub(super) trait Sink: Sized {
     fn item(&mut self, item: &Item) -> Result<(), Self::Error> {
         self.key(&item.key)?;
         self.u64(item.version)?;
+        self.u64(item.expires_at)?;
         self.opt_value(&item.value)
     }
 
@@ -392,6 +393,12 @@ fn write_message<S: Sink>(msg: &Message, out: &mut S) -> Result<(), S::Error> {
         Put { key, value } => {
             out.key(key)?;
             out.value(value)
+        }
+        RingCommand { command } | RangeCommand { command } => out.u8(*command as u8),
+        RingCommandReply { value } => out.u64(*value),
+        RangeCommandReply { value, successor } => {
+            out.u64(*value)?;
+            out.node(successor)
         }
         Execute {
             key,

@@ -77,7 +77,7 @@
 //!  Value             4+len  len u32 | len bytes            len <= MAX_VALUE_BYTES
 //!  String            4+len  len u32 | len bytes of UTF-8   len <= MAX_TEXT_BYTES
 //!  Vec<T>            4+     count u32 | count x T          count <= MAX_LIST_LEN
-//!  Item              13+    key Key | version u64 | value Option<Value>
+//!  Item              21+    key Key | version u64 | expires_at u64 | value Option<Value>
 //!  KeyVersion        12+    key Key | version u64
 //!  Lookup            14+    tag u8 = 1 (Found)  | predecessor Option<NodeRef>
 //!                                                | successors Vec<NodeRef> | down u64
@@ -86,6 +86,7 @@
 //!  NodeStatus        1      u8: 1 Joining, 2 Active, 3 Leaving (unknown = Malformed)
 //!  Counter           12+    name String | value u64
 //!  MemberEvent       36+    node NodeRef | alive bool | stamp u64
+//!  RangeCommand      1      u8: 1 Count, 2 Flush (unknown = Malformed)
 //!  CommandReply      1+     tag u8: 0 Nil | 1 Status String | 2 Int u64 (two's complement)
 //!                           | 3 Bulk Value | 4 Error String | 5 Array Vec<CommandReply>
 //!                           (arrays nest at most MAX_REPLY_DEPTH deep)
@@ -102,6 +103,8 @@
 //!  0x02  Put                     key Key | value Value
 //!  0x03  Delete                  key Key
 //!  0x05  Execute                 key Key | commands Vec<Vec<Value>> | watched Vec<KeyVersion>
+//!  0x06  RingCommand             command RangeCommand
+//!  0x07  RangeCommand            command RangeCommand
 //!  0x10  FindSuccessor           id Id
 //!  0x11  GetNeighbors            (empty)
 //!  0x12  Notify                  node NodeRef | incarnation u64 | active bool
@@ -127,6 +130,8 @@
 //!  0x83  DeleteReply             hops u16 | version u64 | existed bool
 //!  0x84  Redirect                hops u16 | node NodeRef | exact bool
 //!  0x85  ExecuteReply            hops u16 | version u64 | replies Option<Vec<CommandReply>>
+//!  0x86  RingCommandReply        value u64
+//!  0x87  RangeCommandReply       value u64 | successor NodeRef
 //!  0x90  FindSuccessorReply      lookup Lookup
 //!  0x91  Neighbors               predecessors Vec<NodeRef> | successors Vec<NodeRef>
 //!                                | down u64 | gone Vec<NodeRef>
@@ -155,7 +160,7 @@
 //! `GET "k"` with request id 7, not direct (23 bytes):
 //!
 //! ```text
-//!  43 4B | 02 | 01 | 00 00 | 00 00 00 00 00 00 00 07 | 00 00 00 05 | 00 00 00 01 6B
+//!  43 4B | 05 | 01 | 00 00 | 00 00 00 00 00 00 00 07 | 00 00 00 05 | 00 00 00 01 6B
 //!  magic   ver  op   flags   request_id                payload_len   key len, "k"
 //! ```
 //!
@@ -190,7 +195,7 @@ pub const HEADER_BYTES: usize = 18;
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"CK";
 /// The protocol version this build speaks (and the only one it accepts).
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 /// Header flag: a client operation must be served by the receiver itself or answered with
 /// [`Message::Redirect`], never routed through the ring.
 pub const FLAG_DIRECT: u16 = 1;
@@ -282,7 +287,14 @@ impl Frame {
         use crate::message::Message::*;
         matches!(
             self.message,
-            Get { .. } | Put { .. } | Delete { .. } | Execute { .. } | GetInfo | GetStats | GetMembers { .. }
+            Get { .. }
+                | Put { .. }
+                | Delete { .. }
+                | Execute { .. }
+                | RingCommand { .. }
+                | GetInfo
+                | GetStats
+                | GetMembers { .. }
         ) && !self.is_failover()
     }
 

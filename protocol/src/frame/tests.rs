@@ -118,6 +118,17 @@ fn samples() -> Vec<Message> {
             commands: vec![],
             watched: vec![],
         },
+        RingCommand {
+            command: crate::RangeCommand::Flush,
+        },
+        RangeCommand {
+            command: crate::RangeCommand::Count,
+        },
+        RingCommandReply { value: u64::MAX },
+        RangeCommandReply {
+            value: 0,
+            successor: v6(9),
+        },
         ExecuteReply {
             hops: 3,
             version: u64::MAX,
@@ -316,16 +327,19 @@ fn samples() -> Vec<Message> {
                     key: Bytes::new(),
                     version: 0,
                     value: None,
+                    expires_at: 0,
                 },
                 Item {
                     key: b("a"),
                     version: 7,
                     value: Some(b("alpha")),
+                    expires_at: 0,
                 },
                 Item {
                     key: b("b"),
                     version: 8,
                     value: Some(Bytes::new()),
+                    expires_at: 0,
                 },
             ],
             last: false,
@@ -346,11 +360,13 @@ fn samples() -> Vec<Message> {
                     key: b("r"),
                     version: u64::MAX,
                     value: Some(b("replica")),
+                    expires_at: 0,
                 },
                 Item {
                     key: Bytes::new(),
                     version: 1,
                     value: None,
+                    expires_at: 0,
                 },
             ],
         },
@@ -399,11 +415,13 @@ fn samples() -> Vec<Message> {
                     key: b("n"),
                     version: 9,
                     value: Some(Bytes::new()),
+                    expires_at: 0,
                 },
                 Item {
                     key: b("t"),
                     version: 10,
                     value: None,
+                    expires_at: 0,
                 },
             ],
         },
@@ -532,6 +550,7 @@ fn list_element_minimums_are_the_smallest_encodings() {
         key: Bytes::new(),
         version: 0,
         value: None,
+        expires_at: 0,
     };
     let event = MemberEvent {
         node,
@@ -629,7 +648,7 @@ fn golden_get_bytes() {
     let bytes = Frame::new(7, Message::Get { key: b("k") }).to_bytes().unwrap();
     assert_eq!(
         bytes,
-        [0x43, 0x4B, 4, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 5, 0, 0, 0, 1, b'k']
+        [0x43, 0x4B, 5, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 5, 0, 0, 0, 1, b'k']
     );
 }
 
@@ -702,6 +721,8 @@ fn every_opcode_is_sampled_and_replies_have_bit_7() {
         "PUT",
         "DELETE",
         "EXECUTE",
+        "RING_COMMAND",
+        "RANGE_COMMAND",
         "FIND_SUCCESSOR",
         "GET_NEIGHBORS",
         "NOTIFY",
@@ -867,7 +888,7 @@ fn unsupported_version() {
 
 #[test]
 fn unknown_opcode() {
-    for op in [0x00, 0x04, 0x06, 0x7f, 0x80, 0x86, 0xfe] {
+    for op in [0x00, 0x04, 0x08, 0x7f, 0x80, 0x88, 0xfe] {
         let bytes = raw(op, 0, 1, &[]);
         header_error(&bytes, DecodeError::UnknownOpcode(op));
         header_error(&bytes[..4], DecodeError::UnknownOpcode(op));
@@ -1166,7 +1187,7 @@ fn errors_display_clearly() {
     ];
     assert_eq!(
         shown[2],
-        "unsupported protocol version 9 (this build speaks version 4)"
+        "unsupported protocol version 9 (this build speaks version 5)"
     );
     assert_eq!(shown[3], "unknown opcode 0x7f");
     assert_eq!(shown[4], "unknown flag bits in 0x0002");
@@ -1239,6 +1260,7 @@ fn oversize_fields_rejected_on_encode() {
         key,
         version: 1,
         value,
+        expires_at: 0,
     };
     encode_error(
         transfer(vec![item(key.clone(), None)]),
@@ -1393,12 +1415,13 @@ fn a_payload_over_the_frame_limit_is_rejected_on_encode() {
         Item {
             key: b("k"),
             version: 1,
-            value: Some(value)
+            value: Some(value),
+            expires_at: 0
         };
         3
     ];
     let message = transfer(items);
-    let len = 8 + 20 + 20 + 4 + 3 * (4 + 1 + 8 + 1 + 4 + MAX_VALUE_BYTES) + 1 + 8;
+    let len = 8 + 20 + 20 + 4 + 3 * (4 + 1 + 8 + 8 + 1 + 4 + MAX_VALUE_BYTES) + 1 + 8;
     encode_error(
         message,
         EncodeError::TooLarge {
@@ -1572,6 +1595,7 @@ mod prop {
             key,
             version,
             value,
+            expires_at: 0,
         })
     }
 
@@ -1611,6 +1635,14 @@ mod prop {
                     commands,
                     watched
                 }),
+            (1u8..=2).prop_map(|c| RingCommand {
+                command: crate::RangeCommand::from_u8(c).unwrap()
+            }),
+            (1u8..=2).prop_map(|c| RangeCommand {
+                command: crate::RangeCommand::from_u8(c).unwrap()
+            }),
+            any::<u64>().prop_map(|value| RingCommandReply { value }),
+            (any::<u64>(), node()).prop_map(|(value, successor)| RangeCommandReply { value, successor }),
             (any::<u16>(), any::<u64>(), option::of(vec(command_reply(), 0..4))).prop_map(
                 |(hops, version, replies)| ExecuteReply {
                     hops,

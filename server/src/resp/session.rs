@@ -660,11 +660,10 @@ mod tests {
             rig.take_out(),
             "$2\r\nhi\r\n+OK\r\n-ERR DB index is out of range\r\n+OK\r\n$2\r\nme\r\n"
         );
-        rig.send(b"HELLO 4\r\nset k v px 5\r\nNOPE x\r\nGET\r\n");
+        rig.send(b"HELLO 4\r\nNOPE x\r\nGET\r\n");
         assert_eq!(
             rig.take_out(),
             "-NOPROTO unsupported protocol version\r\n\
-             -ERR SET EX, PX, EXAT and PXAT are not supported: chordkv keys do not expire\r\n\
              -ERR unknown command 'NOPE', with args beginning with: 'x' \r\n\
              -ERR wrong number of arguments for 'get' command\r\n"
         );

@@ -101,6 +101,8 @@ pub const DEFAULT_PORT: u16 = 6379;
 const RECORD_HEADER_BYTES: usize = 9;
 const TAG_TOMBSTONE: u8 = 0;
 const TAG_LIVE: u8 = 1;
+/// A live value with an expiry: 8 more bytes of header.
+const TAG_LIVE_EXPIRING: u8 = 2;
 /// Hex digits of an id at the front of every index member.
 const ID_HEX_BYTES: usize = 40;
 /// The error code our scripts answer when a stored record cannot be read.
@@ -124,6 +126,7 @@ local function liveness(rec)
   if #rec < 9 then return nil end
   local tag = string.byte(rec, 9)
   if tag == 1 then return 1 elseif tag == 0 then return 0 end
+  if tag == 2 and #rec >= 17 then return 1 end
   return nil
 end
 local function corrupt(field)
@@ -153,22 +156,25 @@ return redis.call('GET', KEYS[1])
 "#;
 
 /// KEYS: data, index, live, marker. ARGV: key, index member, new record.
-/// Returns {applied, previous_live} as integers.
+/// Returns {applied, previous_live, previous expiry}: two integers, and the old record's
+/// 8-byte expiry (empty when it had none).
 const LUA_PUT: &str = r#"
 if lost() then return lost_reply() end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local was = 0
+local expiry = ''
 if old then
   was = liveness(old)
   if was == nil then return corrupt(ARGV[1]) end
-  if not newer(ARGV[3], old) then return {0, was} end
+  if string.byte(old, 9) == 2 then expiry = string.sub(old, 10, 17) end
+  if not newer(ARGV[3], old) then return {0, was, expiry} end
 else
   redis.call('ZADD', KEYS[2], 0, ARGV[2])
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-local now = string.byte(ARGV[3], 9)
+local now = liveness(ARGV[3])
 if now ~= was then redis.call('INCRBY', KEYS[3], now - was) end
-return {1, was}
+return {1, was, expiry}
 "#;
 
 /// KEYS: data, index, live, marker. ARGV: key, index member, up-to version (8 bytes,
@@ -207,7 +213,9 @@ for i = 4, #ARGV, 2 do
     local key = string.sub(m, 41)
     local rec = redis.call('HGET', KEYS[1], key)
     if not rec or liveness(rec) == nil then return corrupt(key) end
-    if not whole then rec = string.sub(rec, 1, 9) end
+    if not whole then
+      if string.byte(rec, 9) == 2 then rec = string.sub(rec, 1, 17) else rec = string.sub(rec, 1, 9) end
+    end
     local size = #key + #rec
     if n > 0 and bytes + size > max_bytes then return out end
     out[#out + 1] = key
@@ -770,15 +778,21 @@ fn member(id: &Id, key: &[u8]) -> Vec<u8> {
     m
 }
 
+/// A record: version (8 bytes, big-endian), tag, then for [`TAG_LIVE_EXPIRING`] the expiry
+/// (8 bytes, ms since the epoch), then the value. Records of entries without an expiry are
+/// as earlier releases wrote them.
 fn encode_record(entry: &Entry) -> Vec<u8> {
     let value = entry.value.as_deref().unwrap_or_default();
-    let mut rec = Vec::with_capacity(RECORD_HEADER_BYTES + value.len());
+    let mut rec = Vec::with_capacity(RECORD_HEADER_BYTES + 8 + value.len());
     rec.extend_from_slice(&entry.version.to_be_bytes());
-    rec.push(if entry.value.is_some() {
-        TAG_LIVE
-    } else {
-        TAG_TOMBSTONE
-    });
+    match (&entry.value, entry.expires_at) {
+        (None, _) => rec.push(TAG_TOMBSTONE),
+        (Some(_), 0) => rec.push(TAG_LIVE),
+        (Some(_), at) => {
+            rec.push(TAG_LIVE_EXPIRING);
+            rec.extend_from_slice(&at.to_be_bytes());
+        }
+    }
     rec.extend_from_slice(value);
     rec
 }
@@ -792,12 +806,20 @@ fn decode_record(record: Vec<u8>) -> Attempt<Entry> {
     let mut version = [0u8; 8];
     version.copy_from_slice(&record[..8]);
     let version = u64::from_be_bytes(version);
-    let value = match record[8] {
-        TAG_TOMBSTONE => None,
-        TAG_LIVE => Some(Bytes::from(record).slice(RECORD_HEADER_BYTES..)),
+    let (value, expires_at) = match record[8] {
+        TAG_TOMBSTONE => (None, 0),
+        TAG_LIVE => (Some(Bytes::from(record).slice(RECORD_HEADER_BYTES..)), 0),
+        TAG_LIVE_EXPIRING if record.len() >= RECORD_HEADER_BYTES + 8 => {
+            let at = u64::from_be_bytes(record[9..17].try_into().unwrap_or_default());
+            (Some(Bytes::from(record).slice(RECORD_HEADER_BYTES + 8..)), at)
+        }
         tag => return Err(Failure::Corrupt(format!("a record with tag {tag}"))),
     };
-    Ok(Entry { version, value })
+    Ok(Entry {
+        version,
+        value,
+        expires_at,
+    })
 }
 
 /// One end of a `ZRANGEBYLEX` range.
@@ -897,7 +919,7 @@ impl Store for RedisStore {
     fn put(&self, key: &Bytes, entry: Entry) -> Result<PutOutcome> {
         let member = member(&Id::of_key(key), key);
         let record = encode_record(&entry);
-        let (applied, previous_live): (i64, i64) = self.with_conn(|conn| {
+        let (applied, previous_live, expiry): (i64, i64, Vec<u8>) = self.with_conn(|conn| {
             Ok(self
                 .put_script
                 .key(&self.keys.data)
@@ -912,6 +934,7 @@ impl Store for RedisStore {
         Ok(PutOutcome {
             applied: applied == 1,
             previous_live: previous_live == 1,
+            previous_expires_at: expiry.try_into().map_or(0, u64::from_be_bytes),
         })
     }
 
@@ -954,6 +977,7 @@ impl Store for RedisStore {
                     key: Bytes::from(key),
                     version: e.version,
                     value: e.value,
+                    expires_at: e.expires_at,
                 })
             })
             .collect()
@@ -967,6 +991,7 @@ impl Store for RedisStore {
                 let record = encode_record(&Entry {
                     version: it.version,
                     value: it.value,
+                    expires_at: it.expires_at,
                 });
                 (it.key.to_vec(), member, record)
             })
@@ -978,9 +1003,9 @@ impl Store for RedisStore {
             |(key, member, record), cmd| {
                 cmd.arg(key).arg(member).arg(record);
             },
-            reply_value::<(i64, i64)>,
+            reply_value::<(i64, i64, Vec<u8>)>,
         )?;
-        Ok(outcomes.iter().filter(|(applied, _)| *applied == 1).count())
+        Ok(outcomes.iter().filter(|(applied, _, _)| *applied == 1).count())
     }
 
     fn delete_many(&self, keys: Vec<(Bytes, u64)>) -> Result<usize> {
@@ -1157,14 +1182,17 @@ mod tests {
             Entry {
                 version: u64::MAX,
                 value: Some(Bytes::from_static(b"v")),
+                expires_at: 0,
             },
             Entry {
                 version: 1 << 60,
                 value: Some(Bytes::new()),
+                expires_at: 0,
             },
             Entry {
                 version: 0,
                 value: None,
+                expires_at: 0,
             },
         ] {
             assert!(matches!(decode_record(encode_record(&entry)), Ok(e) if e == entry));

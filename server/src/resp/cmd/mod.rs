@@ -13,17 +13,23 @@
 //!                                                         Wait(Pending::AllStored)
 //!  ["INFO"]            ─► row "info" ─► server::info  ─► asks GetInfo, GetStats
 //!                                                         Wait(Pending::Info)
+//!  ["INCR", "n"]      ─► row "incr" (owner) ─► at_owner ─► asks Execute { n, [["incr", n]] }
+//!                                                         Wait(Pending::One)
 //!  ["PING"]            ─► row "ping" ─► connection::ping ─► Reply(b"+PONG\r\n")
 //!  ["NOPE", "x"]       ─► no row     ─► Reply(b"-ERR unknown command 'NOPE', ...")
 //! ```
 //!
 //! The families follow the groups of Redis' command reference (redis.io/docs/latest/commands):
 //! [`strings`] (GET, SET, MGET, MSET), [`keys`] (the *generic* group: DEL, EXISTS), [`server`]
-//! (INFO, DBSIZE, COMMAND, CONFIG) and [`connection`] (PING, ECHO, SELECT, HELLO, AUTH, QUIT,
-//! CLIENT).
+//! (INFO, DBSIZE, COMMAND, CONFIG), [`connection`] (PING, ECHO, SELECT, HELLO, AUTH, QUIT,
+//! CLIENT) and [`transactions`] (MULTI, EXEC, DISCARD, WATCH, UNWATCH). The commands run at
+//! their key's owner (INCR, SETNX, EXPIRE, TTL, ...: the `owner(...)` rows) have no function
+//! here: their words go to the owner in an `Execute` ([`at_owner`]), where
+//! `chordkv_core::command` runs them.
 //!
 //! **Adding a command**: its function in its group's file, and its row in [`COMMANDS`] (which
-//! `COMMAND` lists too). One that sends the core a single request waits with a [`OneReply`]
+//! `COMMAND` lists too); a string or keyspace command, its function in
+//! `chordkv_core::command` and an `owner(...)` row here. One that sends the core a single request waits with a [`OneReply`]
 //! and a function writing its answer; one that gathers several replies in a new way defines a
 //! type implementing [`Gather`] in its file and names it in the `pending!` list below.
 
@@ -78,6 +84,9 @@ pub(crate) const COMMANDS: &[Spec] = &[
     row("echo",    2,  &["fast", "stale"],                        (0, 0, 0),  connection::echo),
     row("info",    -1, &["loading", "stale"],                     (0, 0, 0),  server::info),
     row("dbsize",  1,  &["readonly", "fast"],                     (0, 0, 0),  server::dbsize),
+    row("flushall", -1, &["write"],                               (0, 0, 0),  server::flushall),
+    row("flushdb", -1, &["write"],                                (0, 0, 0),  server::flushall),
+    row("function", -2, &["noscript"],                            (0, 0, 0),  server::function),
     row("command", -1, &["loading", "stale"],                     (0, 0, 0),  server::command),
     row("client",  -2, &["loading", "stale"],                     (0, 0, 0),  connection::client),
     row("config",  -2, &["admin", "loading", "stale"],            (0, 0, 0),  server::config),
@@ -113,6 +122,18 @@ pub(crate) const COMMANDS: &[Spec] = &[
     owner("getbit",      3,  &["readonly", "fast"],         (1, 1, 1)),
     owner("bitcount",    -2, &["readonly"],                 (1, 1, 1)),
     owner("lcs",         -3, &["readonly"],                 (1, 2, 1)),
+    owner("setex",       4,  &["write", "denyoom"],         (1, 1, 1)),
+    owner("psetex",      4,  &["write", "denyoom"],         (1, 1, 1)),
+    owner("getex",       -2, &["write", "fast"],            (1, 1, 1)),
+    owner("expire",      -3, &["write", "fast"],            (1, 1, 1)),
+    owner("pexpire",     -3, &["write", "fast"],            (1, 1, 1)),
+    owner("expireat",    -3, &["write", "fast"],            (1, 1, 1)),
+    owner("pexpireat",   -3, &["write", "fast"],            (1, 1, 1)),
+    owner("ttl",         2,  &["readonly", "fast"],         (1, 1, 1)),
+    owner("pttl",        2,  &["readonly", "fast"],         (1, 1, 1)),
+    owner("expiretime",  2,  &["readonly", "fast"],         (1, 1, 1)),
+    owner("pexpiretime", 2,  &["readonly", "fast"],         (1, 1, 1)),
+    owner("persist",     2,  &["write", "fast"],            (1, 1, 1)),
 ];
 
 const fn row(
@@ -666,7 +687,12 @@ mod tests {
         let (_, asked) = translate_line("INFO");
         assert_eq!(asked, [Message::GetInfo, Message::GetStats]);
         let (_, asked) = translate_line("DBSIZE");
-        assert_eq!(asked, [Message::GetStats]);
+        assert_eq!(
+            asked,
+            [Message::RingCommand {
+                command: chordkv_protocol::RangeCommand::Count
+            }]
+        );
     }
 
     #[test]
@@ -680,10 +706,6 @@ mod tests {
             (
                 "MSET a 1 b",
                 "-ERR wrong number of arguments for 'mset' command\r\n",
-            ),
-            (
-                "SET k v EX 1",
-                "-ERR SET EX, PX, EXAT and PXAT are not supported: chordkv keys do not expire\r\n",
             ),
             (
                 "MSETNX {a}x 1 {b}y 2",

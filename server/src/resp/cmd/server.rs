@@ -4,7 +4,12 @@
 //! a binary client's `chordkv info` sends, and wait in the reply order like any GET:
 //!
 //! ```text
-//!  DBSIZE           ─► GetStats            ─► :keys_primary
+//!  DBSIZE           ─► RingCommand Count   ─► :n, the live keys of the whole ring (each
+//!                                             member counts its primary range)
+//!  FLUSHALL [ASYNC|SYNC], FLUSHDB
+//!                   ─► RingCommand Flush   ─► +OK once every member has replaced its keys
+//!                                             with tombstones (no flushed key comes back)
+//!  FUNCTION FLUSH   ─► +OK: chordkv runs no functions, so there are none to flush
 //!  INFO [section]   ─► GetInfo, GetStats   ─► $<len> text (see super::super::info), with the
 //!                                             `# Server`, `# Clients`, `# Memory` and `# Stats`
 //!                                             lines of the event loop's Facts
@@ -17,9 +22,9 @@
 
 use bytes::Bytes;
 use chordkv_protocol::resp::{self, Proto};
-use chordkv_protocol::{Message, NodeInfo};
+use chordkv_protocol::{Message, NodeInfo, RangeCommand};
 
-use super::super::info::{counter, info_text, local_lines, server_lines, wants_section};
+use super::super::info::{info_text, local_lines, server_lines, wants_section};
 use super::{error_text, find, Cx, Gather, OneReply, Spec, Translation, COMMANDS};
 
 /// `INFO [section]`: `server`, `replication`, `keyspace`, `chordkv`, or `default`/`all`/
@@ -48,10 +53,53 @@ pub(crate) fn info(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     }))
 }
 
-/// `DBSIZE`: the live keys this node is primary for.
+/// `DBSIZE`: the live keys of the whole ring (INFO's `# Keyspace` keeps this node's count).
 pub(crate) fn dbsize(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
-    cx.ask(Message::GetStats);
-    Translation::wait(OneReply::new(write_dbsize))
+    cx.ask(Message::RingCommand {
+        command: RangeCommand::Count,
+    });
+    Translation::wait(OneReply::new(write_ring_count))
+}
+
+/// `FLUSHALL [ASYNC | SYNC]` and `FLUSHDB [ASYNC | SYNC]` (one database): every key of the
+/// ring is deleted, member by member, before `+OK`.
+pub(crate) fn flushall(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+    match rest {
+        [] => {}
+        [mode] if mode.eq_ignore_ascii_case(b"ASYNC") || mode.eq_ignore_ascii_case(b"SYNC") => {}
+        _ => return Translation::error("ERR syntax error"),
+    }
+    cx.ask(Message::RingCommand {
+        command: RangeCommand::Flush,
+    });
+    Translation::wait(OneReply::new(write_flushed))
+}
+
+/// `FUNCTION FLUSH` answers `+OK` (chordkv runs no functions, so none is stored), as do
+/// `FUNCTION LIST` (an empty list); the rest of `FUNCTION` is refused.
+pub(crate) fn function(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
+    let sub = rest.first().map(|s| s.to_ascii_uppercase());
+    match sub.as_deref() {
+        Some(b"FLUSH") => Translation::simple("OK"),
+        Some(b"LIST") => Translation::Reply(b"*0\r\n".to_vec()),
+        _ => Translation::error("ERR chordkv does not run Redis functions (FUNCTION FLUSH and LIST only)"),
+    }
+}
+
+fn write_ring_count(reply: &Message, _: Proto, out: &mut Vec<u8>) -> bool {
+    let Message::RingCommandReply { value } = reply else {
+        return false;
+    };
+    resp::write_integer(out, *value as i64);
+    true
+}
+
+fn write_flushed(reply: &Message, _: Proto, out: &mut Vec<u8>) -> bool {
+    if !matches!(reply, Message::RingCommandReply { .. }) {
+        return false;
+    }
+    resp::write_simple(out, "OK");
+    true
 }
 
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND LIST`, `COMMAND INFO name ...`, `COMMAND DOCS`.
@@ -176,15 +224,6 @@ pub(crate) fn config(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 }
 
 /// DBSIZE's answer: the core's `keys_primary` counter (`keys` from a core without it).
-fn write_dbsize(reply: &Message, _: Proto, out: &mut Vec<u8>) -> bool {
-    let Message::Stats { counters } = reply else {
-        return false;
-    };
-    let keys = counter(counters, "keys_primary").or_else(|| counter(counters, "keys"));
-    resp::write_integer(out, keys.unwrap_or(0) as i64);
-    true
-}
-
 /// INFO's reply: the node's info and stats, written as the section asked.
 pub(crate) struct Info {
     section: String,

@@ -8,9 +8,10 @@
 //!  MSET k1 v1 …     ─► Put { k1, v1 } …                ─► +OK once every key is written
 //! ```
 //!
-//! Redis' pages: redis.io/docs/latest/commands/{get,set,mget,mset}. SET's options that need an
-//! atomic read-and-write or a time to live are refused (see [`set`]); MSET is not atomic: each
-//! key is its own write, and the first failure is the command's answer.
+//! Redis' pages: redis.io/docs/latest/commands/{get,set,mget,mset}. SET with options (NX, XX,
+//! GET, an expiry) and the other string commands run at the key's owner ([`super::at_owner`],
+//! `chordkv_core::command`). MSET is not atomic across owners: each key is its own write, and
+//! the first failure is the command's answer (MSET over one hash tag inside MULTI is atomic).
 
 use bytes::Bytes;
 use chordkv_protocol::resp::{self, Proto};
@@ -30,26 +31,15 @@ pub(crate) fn get(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     Translation::wait(OneReply::new(write_value))
 }
 
-/// `SET key value [NX | XX] [GET] [KEEPTTL]`: a plain SET is a PUT; with NX, XX or GET it
-/// reads before it writes, so it runs at the key's owner ([`super::at_owner`]). EX, PX, EXAT
-/// and PXAT need a time to live, which keys have not.
+/// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT ts | PXAT ms-ts | KEEPTTL]`: a plain
+/// SET is a PUT (which drops any expiry, as Redis' SET does); with options it reads before it
+/// writes, or sets an expiry, so it runs at the key's owner ([`super::at_owner`]).
 pub(crate) fn set(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     let [key, value, options @ ..] = rest else {
         return Translation::wrong_arity("set");
     };
-    for option in options {
-        let o = option.to_ascii_uppercase();
-        match &o[..] {
-            b"NX" | b"XX" | b"GET" => return super::at_owner("set", rest, cx),
-            b"EX" | b"PX" | b"EXAT" | b"PXAT" => {
-                return Translation::error(
-                    "ERR SET EX, PX, EXAT and PXAT are not supported: chordkv keys do not expire",
-                )
-            }
-            // Keys have no time to live, so there is none to keep.
-            b"KEEPTTL" => {}
-            _ => return Translation::error("ERR syntax error"),
-        }
+    if !options.is_empty() {
+        return super::at_owner("set", rest, cx);
     }
     if let Some(refused) = refuse_large_keys([key]) {
         return refused;
