@@ -337,6 +337,25 @@ pub enum Message {
     RangeCommand {
         command: RangeCommand,
     },
+    /// One page of a scan of the whole ring's keys (Redis' `SCAN`), or all of them (`KEYS`:
+    /// `count` 0), or one key at a random place (`RANDOMKEY`: `random`). `cursor` is 0 to
+    /// start, else a cursor a `ScanKeysReply` gave: the top 64 bits of the ring position to go
+    /// on from. Keys that match `pattern` (Redis' glob) are returned.
+    ScanKeys {
+        cursor: u64,
+        count: u32,
+        pattern: Option<Bytes>,
+        random: bool,
+    },
+    /// A step of a scan, at the owner of `from`: up to `count` entries of its primary range in
+    /// ring order from `from` (strictly after `(from, after_key)` when given), the live ones
+    /// that match `pattern` returned.
+    ScanRange {
+        from: Id,
+        after_key: Option<Bytes>,
+        count: u32,
+        pattern: Option<Bytes>,
+    },
     /// `value: None` when the key does not exist; `version` 0 then.
     GetReply {
         hops: u16,
@@ -361,6 +380,19 @@ pub enum Message {
         hops: u16,
         version: u64,
         replies: Option<Vec<CommandReply>>,
+    },
+    /// The keys of a page, and the cursor to go on from (0: the scan is complete).
+    ScanKeysReply {
+        cursor: u64,
+        keys: Vec<Bytes>,
+    },
+    /// The keys of a step; `last`: the last entry scanned when the range may hold more after
+    /// it, `None` when the range up to `end` (the answering owner's id) is done.
+    ScanRangeReply {
+        hops: u16,
+        keys: Vec<Bytes>,
+        end: Id,
+        last: Option<(Id, Bytes)>,
     },
     /// A `RingCommand` ran on every member: the keys counted or flushed.
     RingCommandReply {
@@ -590,8 +622,21 @@ impl Message {
     pub fn is_client_op(&self) -> bool {
         matches!(
             self,
-            Message::Get { .. } | Message::Put { .. } | Message::Delete { .. } | Message::Execute { .. }
+            Message::Get { .. }
+                | Message::Put { .. }
+                | Message::Delete { .. }
+                | Message::Execute { .. }
+                | Message::ScanRange { .. }
         )
+    }
+
+    /// Where a client operation is served: the id its key is placed by
+    /// ([`crate::Id::of_key`]), or for a scan step the position it starts at.
+    pub fn placement(&self) -> Option<Id> {
+        match self {
+            Message::ScanRange { from, .. } => Some(*from),
+            other => other.key().map(|k| Id::of_key(k)),
+        }
     }
 
     /// The key of a client operation (for `Execute`, the key that places it).

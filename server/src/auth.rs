@@ -232,7 +232,7 @@ fn parse_hash(hex: &str) -> Option<[u8; 32]> {
 pub fn need_of(message: &chordkv_protocol::Message) -> Need {
     use chordkv_protocol::Message::*;
     match message {
-        Get { .. } | GetInfo | GetStats | GetMembers { .. } => Need::Read,
+        Get { .. } | GetInfo | GetStats | GetMembers { .. } | ScanKeys { .. } => Need::Read,
         Put { .. } | Delete { .. } => Need::Write,
         // Any command that may write needs the write permission; read-only ones (GET, STRLEN,
         // LCS, ...) the read permission.

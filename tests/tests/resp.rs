@@ -422,6 +422,54 @@ fn expiry_is_replicated_and_honoured_after_a_failover() {
     }
 }
 
+/// SCAN walks the whole ring with a cursor that survives a join: every key present for the
+/// whole scan comes at least once; KEYS matches a pattern over every node; RANDOMKEY finds one.
+#[test]
+fn scan_returns_every_key_across_a_join() {
+    let name = "resp_scan";
+    let mut cluster = start(name, 3);
+    let addrs = cluster.resp_addrs();
+    let mut con = connect(addrs[0]);
+    let mut all = std::collections::BTreeSet::new();
+    for i in 0..300 {
+        let key = format!("s-{i}");
+        let _: String = until_ok(&mut con, &["SET", &key, "v"]);
+        all.insert(key);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor = "0".to_string();
+    let mut pages = 0;
+    loop {
+        let (next, keys): (String, Vec<String>) = until_ok(&mut con, &["SCAN", &cursor, "COUNT", "20"]);
+        seen.extend(keys);
+        pages += 1;
+        if pages == 3 {
+            // A fourth node joins while the scan is under way.
+            chordkv_tests::join_one(&mut cluster, 4);
+        }
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+        assert!(pages < 10_000, "the scan ends");
+    }
+    assert!(
+        all.is_subset(&seen),
+        "missing: {:?}",
+        all.difference(&seen).take(5).collect::<Vec<_>>()
+    );
+    let mut keys: Vec<String> = until_ok(&mut con, &["KEYS", "s-1?"]);
+    keys.sort();
+    let want: Vec<String> = (10..20).map(|i| format!("s-{i}")).collect();
+    assert_eq!(keys, want);
+    let every: Vec<String> = until_ok(&mut con, &["KEYS", "*"]);
+    assert_eq!(every.len(), 300, "KEYS returns each key once");
+    let one: Option<String> = until_ok(&mut con, &["RANDOMKEY"]);
+    assert!(one.is_some_and(|k| all.contains(&k)));
+    let (c, page): (String, Vec<String>) = until_ok(&mut con, &["SCAN", "0", "TYPE", "list"]);
+    assert_eq!((c.as_str(), page.len()), ("0", 0));
+}
+
 /// A client that asks for RESP3 as it connects (the `redis` crate with `protocol=resp3`; redis-py
 /// 8 and node-redis 6 do by default, and stopped at `-NOPROTO` before): the handshake's HELLO 3
 /// gets the server map, nulls and INFO come in RESP3's types, and keys route through the ring

@@ -40,9 +40,10 @@ pub(super) const MAX_WAITING: usize = 10_000;
 /// How often the expiry sweep looks at the next entries of the node's range (Redis' active
 /// expiry runs 10 times a second)...
 pub(super) const SWEEP_INTERVAL_MS: Millis = 100;
-/// ...and how many entries it looks at each time. A batch of which more than a quarter had
-/// expired is followed by the next at once (Redis' adaptive rule).
-const SWEEP_BATCH: usize = 64;
+/// ...and how many entries it looks at each time. A batch in which a value had expired is
+/// followed by the next at once (after Redis' adaptive rule, which repeats while a quarter of
+/// its sample had expired; here every batch is a sample of the range, tombstones included).
+const SWEEP_BATCH: usize = 256;
 /// Bytes of keys and values one sweep scan may return.
 const SWEEP_SCAN_BYTES: usize = 256 * 1024;
 
@@ -568,10 +569,9 @@ impl Node {
             return;
         };
         self.exec.pass_saw_expiry |= items.iter().any(|it| it.value.is_some() && it.expires_at != 0);
-        self.exec.sweep_after = match items.last() {
-            Some(last) if items.len() >= SWEEP_BATCH => Some((Id::of_key(&last.key), last.key.clone())),
-            _ => None,
-        };
+        // A batch cut by the byte budget is short but not the last: only an empty one ends
+        // the pass.
+        self.exec.sweep_after = items.last().map(|last| (Id::of_key(&last.key), last.key.clone()));
         if self.exec.sweep_after.is_none() {
             // A whole pass: rest until a value with an expiry is stored, if none was seen.
             self.exec.may_expire = std::mem::take(&mut self.exec.pass_saw_expiry);
@@ -586,7 +586,7 @@ impl Node {
             }
         }
         let found: usize = by_id.values().map(Vec::len).sum();
-        if found * 4 > SWEEP_BATCH {
+        if found > 0 {
             self.exec.sweep_at = now;
         }
         for (key_id, keys) in by_id {
@@ -885,5 +885,145 @@ mod tests {
         assert!(swept.value.is_none(), "the sweep wrote a tombstone: {swept:?}");
         assert_eq!(one.value("kept"), Some(b("new")));
         assert_eq!(one.node.stats().keys_expired, 2);
+    }
+
+    /// FLUSHALL on a one-node ring: every key, over several scan batches cut by their byte
+    /// budget (values of 300 KiB), becomes a tombstone; DBSIZE counts none after.
+    #[test]
+    fn a_flush_covers_batches_cut_by_their_byte_budget() {
+        use chordkv_protocol::RangeCommand;
+        let mut one = One::new();
+        let big = Bytes::from(vec![7u8; 300 * 1024]);
+        for i in 0..12 {
+            one.send(
+                i,
+                Message::Put {
+                    key: b(&format!("big-{i}")),
+                    value: big.clone(),
+                },
+            );
+        }
+        for i in 0..300 {
+            one.send(
+                100 + i,
+                Message::Put {
+                    key: b(&format!("small-{i}")),
+                    value: b("v"),
+                },
+            );
+        }
+        one.run_store();
+        one.send(
+            1_000,
+            Message::RingCommand {
+                command: RangeCommand::Count,
+            },
+        );
+        one.run_store();
+        assert_eq!(one.reply(1_000), &Message::RingCommandReply { value: 312 });
+        one.send(
+            1_001,
+            Message::RingCommand {
+                command: RangeCommand::Flush,
+            },
+        );
+        one.run_store();
+        assert_eq!(one.reply(1_001), &Message::RingCommandReply { value: 312 });
+        one.send(
+            1_002,
+            Message::RingCommand {
+                command: RangeCommand::Count,
+            },
+        );
+        one.run_store();
+        assert_eq!(one.reply(1_002), &Message::RingCommandReply { value: 0 });
+        assert_eq!(one.value("big-3"), None);
+    }
+
+    /// SCAN pages return every key at least once (the 50 keys of one hash tag together in a
+    /// page),
+    /// KEYS each exactly once, a pattern only the matches, RANDOMKEY one key, and expired
+    /// values none of them.
+    #[test]
+    fn scans_cover_the_ring() {
+        use std::collections::BTreeSet;
+        let mut one = One::new();
+        one.now = 1_000_000;
+        let mut all = BTreeSet::new();
+        for i in 0..250 {
+            let key = format!("k{i}");
+            one.send(
+                i,
+                Message::Put {
+                    key: b(&key),
+                    value: b("v"),
+                },
+            );
+            all.insert(key);
+        }
+        for i in 0..50 {
+            let key = format!("{{t}}.{i}");
+            one.send(
+                300 + i,
+                Message::Put {
+                    key: b(&key),
+                    value: b("v"),
+                },
+            );
+            all.insert(key);
+        }
+        one.send(400, exec(&["SET gone v PX 10"]));
+        one.run_store();
+        one.now += 20;
+        let scan = |one: &mut One, rid: u64, cursor: u64, count: u32, pattern: Option<&str>, random: bool| {
+            one.send(
+                rid,
+                Message::ScanKeys {
+                    cursor,
+                    count,
+                    pattern: pattern.map(b),
+                    random,
+                },
+            );
+            one.run_store();
+            match one.reply(rid).clone() {
+                Message::ScanKeysReply { cursor, keys } => (
+                    cursor,
+                    keys.iter()
+                        .map(|k| String::from_utf8(k.to_vec()).unwrap())
+                        .collect::<Vec<_>>(),
+                ),
+                other => panic!("{other:?}"),
+            }
+        };
+        let (mut cursor, mut seen, mut pages, mut rid) = (0, BTreeSet::new(), 0, 1_000);
+        let mut whole_tag = false;
+        loop {
+            let (next, keys) = scan(&mut one, rid, cursor, 10, None, false);
+            rid += 1;
+            pages += 1;
+            whole_tag |= keys.iter().filter(|k| k.starts_with("{t}")).count() == 50;
+            seen.extend(keys);
+            if next == 0 {
+                break;
+            }
+            assert!(next > cursor, "the cursor advances");
+            cursor = next;
+            assert!(pages < 1_000);
+        }
+        assert_eq!(seen, all, "every key at least once, the expired one never");
+        assert!(
+            whole_tag,
+            "a page holds every key of a hash tag (one id: the cursor cannot split it)"
+        );
+        let (c, keys) = scan(&mut one, rid, 0, 0, None, false);
+        assert_eq!(c, 0);
+        assert_eq!(keys.len(), 300, "KEYS returns each key once");
+        let (_, keys) = scan(&mut one, rid + 1, 0, 0, Some("{t}*"), false);
+        assert_eq!(keys.len(), 50);
+        let (_, keys) = scan(&mut one, rid + 2, 0, 0, Some("k1?"), false);
+        assert_eq!(keys.len(), 10);
+        let (_, keys) = scan(&mut one, rid + 3, 0, 1, None, true);
+        assert!(keys.len() == 1 && all.contains(&keys[0]), "{keys:?}");
     }
 }

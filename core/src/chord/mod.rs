@@ -67,6 +67,7 @@ mod replication;
 mod ring_command;
 pub mod routing;
 mod rpc;
+mod scan;
 mod stats;
 mod store_wait;
 mod sync;
@@ -100,6 +101,7 @@ impl Node {
 
     /// Timers: maintenance rounds, request deadlines, retries. Safe to call at any time.
     pub fn tick(&mut self, now: Millis) {
+        self.last_now = self.last_now.max(now);
         self.expire_rpcs(now);
         self.retry_ops(now);
         self.expire_incoming(now);
@@ -150,13 +152,22 @@ impl Node {
 
     /// A request from a client or a peer, to be answered with `Output::Reply { to: reply_to }`.
     pub fn handle_request(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame) {
+        self.last_now = self.last_now.max(now);
         self.stats.messages_received += 1;
         let rid = frame.request_id;
         match frame.message {
-            Message::Get { .. } | Message::Put { .. } | Message::Delete { .. } | Message::Execute { .. } => {
-                self.handle_client_op(now, reply_to, frame)
-            }
+            Message::Get { .. }
+            | Message::Put { .. }
+            | Message::Delete { .. }
+            | Message::Execute { .. }
+            | Message::ScanRange { .. } => self.handle_client_op(now, reply_to, frame),
             Message::RingCommand { command } => self.start_ring_command(now, reply_to, rid, command),
+            Message::ScanKeys {
+                cursor,
+                count,
+                pattern,
+                random,
+            } => self.start_scan(now, reply_to, rid, cursor, count, pattern, random),
             Message::RangeCommand { command } => self.serve_range_command(reply_to, rid, command),
             Message::FindSuccessor { .. } if !matches!(self.phase, Phase::Active | Phase::Leaving) => {
                 // A node outside the ring would answer from empty tables ("I am alone, so I own
@@ -326,6 +337,7 @@ impl Node {
 
     /// A reply from the host at `from` to a request we sent.
     pub fn handle_reply(&mut self, now: Millis, from: SocketAddr, frame: Frame) {
+        self.last_now = self.last_now.max(now);
         self.stats.messages_received += 1;
         // None: a late reply to a request we already gave up on, or not from whom we asked.
         let Some(rpc) = self.rpcs.answered(frame.request_id, from) else {
@@ -392,6 +404,7 @@ impl Node {
     /// The driver could not send the request `request_id` (it could not be encoded): it fails
     /// now, and its peer is not presumed down for it.
     pub fn send_failed(&mut self, now: Millis, request_id: u64) {
+        self.last_now = self.last_now.max(now);
         if let Some(rpc) = self.rpcs.finish(request_id) {
             self.on_rpc_failed(now, rpc);
         }
@@ -401,6 +414,7 @@ impl Node {
     /// request to any of its vnodes fails now instead of at its deadline, and each of its
     /// vnodes this node knows is presumed down (they share the process and its sockets).
     pub fn peer_unreachable(&mut self, now: Millis, host: SocketAddr) {
+        self.last_now = self.last_now.max(now);
         let mut addrs: BTreeSet<NodeAddr> = self.rpcs.targets().filter(|a| a.host == host).collect();
         addrs.extend(
             self.routing
@@ -425,6 +439,7 @@ impl Node {
 
     /// A store op finished.
     pub fn store_done(&mut self, now: Millis, id: StoreOpId, result: Result<StoreOutcome, StoreError>) {
+        self.last_now = self.last_now.max(now);
         let Some(wait) = self.store.waits.remove(&id) else {
             return;
         };
@@ -452,6 +467,14 @@ impl Node {
             StoreWait::ExecuteWrite(job) => self.on_execute_written(now, job, result),
             StoreWait::ExpirySweep => self.on_sweep_scanned(now, result),
             StoreWait::RangeCommand(run) => self.on_range_command_store(now, run, result),
+            StoreWait::ScanStep {
+                to,
+                request_id,
+                hops,
+                end,
+                count,
+                pattern,
+            } => self.finish_scan_step(now, to, request_id, hops, end, count, pattern, result),
             StoreWait::ReplicaApply { to, request_id } => self.on_replica_applied(to, request_id, result),
             StoreWait::Sync(wait) => self.on_sync_store_done(now, wait, result),
             StoreWait::StatsPrimary {

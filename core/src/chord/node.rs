@@ -22,6 +22,7 @@ use super::replication::Replication;
 use super::ring_command::RingCommands;
 use super::routing::RoutingTable;
 use super::rpc::Rpcs;
+use super::scan::Scans;
 use super::stats::Stats;
 use super::store_wait::StoreOps;
 use super::timer::{Timer, Timers};
@@ -102,6 +103,11 @@ pub struct Node {
     pub(super) exec: Executions,
     /// Commands over the whole ring this node coordinates or runs a step of (`ring_command.rs`).
     pub(super) ring_cmds: RingCommands,
+    /// Scans of the ring's keys this node coordinates (`scan.rs`).
+    pub(super) scans: Scans,
+    /// The latest time an input brought (for replies to the node's own operations, which
+    /// arrive inside another input's handling).
+    pub(super) last_now: Millis,
     pub(super) repl: Replication,
     pub(super) handoff: Handoff,
     pub(super) store: StoreOps,
@@ -155,6 +161,8 @@ impl Node {
             },
             exec: Executions::new(),
             ring_cmds: RingCommands::default(),
+            scans: Scans::default(),
+            last_now: now,
             repl: Replication {
                 next_write_id: 1,
                 next_sync_id: 1,

@@ -63,6 +63,38 @@ pub(super) struct ClientOp {
     pub at_owner: bool,
 }
 
+impl ClientOp {
+    /// A new operation for `message`, placed at `target`, to be answered to `reply_to` with
+    /// `request_id` by `deadline`.
+    pub fn new(
+        reply_to: ReplyTo,
+        request_id: u64,
+        message: Message,
+        target: Id,
+        deadline: Millis,
+    ) -> ClientOp {
+        ClientOp {
+            reply_to,
+            request_id,
+            message,
+            target,
+            hops: 0,
+            deadline,
+            attempts: 0,
+            cache_checked: false,
+            via_cache: false,
+            asking: None,
+            named_by: None,
+            detour: false,
+            detoured: false,
+            attempt_hops: 0,
+            asked: Vec::new(),
+            last_error: None,
+            at_owner: false,
+        }
+    }
+}
+
 /// Client operations this node coordinates, and the write hops it has served.
 #[derive(Debug, Default)]
 pub(super) struct ClientOps {
@@ -87,8 +119,9 @@ impl Node {
         let rid = frame.request_id;
         let direct = frame.is_direct();
         let deadline = frame.deadline_ms;
-        let Some(key) = frame.message.key() else { return };
-        let target = Id::of_key(key);
+        let Some(target) = frame.message.placement() else {
+            return;
+        };
         match self.phase {
             Phase::Idle | Phase::Joining => {
                 let text = "node has not joined a ring yet".to_string();
@@ -162,28 +195,17 @@ impl Node {
         if deadline != 0 {
             op_deadline = op_deadline.min(deadline);
         }
-        let op = ClientOp {
-            reply_to,
-            request_id: rid,
-            message: frame.message,
-            target,
-            hops,
-            deadline: op_deadline,
-            attempts: 0,
-            cache_checked: false,
-            via_cache: false,
-            asking: None,
-            named_by: None,
-            detour: false,
-            detoured: false,
-            attempt_hops: 0,
-            asked: Vec::new(),
-            last_error: None,
-            at_owner: false,
-        };
+        let mut op = ClientOp::new(reply_to, rid, frame.message, target, op_deadline);
+        op.hops = hops;
         let id = self.client.next_id;
         self.client.next_id += 1;
         self.client.ops.insert(id, op);
+        self.stats.ops_coordinated += 1;
+        self.drive_op(now, id);
+    }
+
+    /// [`Node::drive_op`] for an operation the node starts itself (a scan step).
+    pub(super) fn drive_op_now(&mut self, now: Millis, id: u64) {
         self.stats.ops_coordinated += 1;
         self.drive_op(now, id);
     }
@@ -357,7 +379,7 @@ impl Node {
         };
         // The owner refuses to start a write within `max_clock_offset_ms` of the hop's deadline
         // (its clock may be that far behind ours), so a write hop waits that much longer.
-        let (timeout, hop_deadline) = if matches!(msg, Message::Get { .. }) {
+        let (timeout, hop_deadline) = if matches!(msg, Message::Get { .. } | Message::ScanRange { .. }) {
             (read_timeout, 0)
         } else {
             let d = (now + write_timeout).min(op.deadline);
@@ -494,6 +516,17 @@ impl Node {
                 hops: h,
                 version,
                 value,
+            }),
+            Message::ScanRangeReply {
+                hops,
+                keys,
+                end,
+                last,
+            } => self.finish_op(id, hops, |h| Message::ScanRangeReply {
+                hops: h,
+                keys,
+                end,
+                last,
             }),
             Message::ExecuteReply {
                 hops,
@@ -743,7 +776,7 @@ impl Node {
         range: (NodeRef, Id),
     ) {
         // A late read is harmless (its answer is dropped); a late write is not.
-        let is_write = !matches!(message, Message::Get { .. });
+        let is_write = !matches!(message, Message::Get { .. } | Message::ScanRange { .. });
         if is_write && deadline != 0 && now.saturating_add(self.config.max_clock_offset_ms) >= deadline {
             self.stats.late_requests_refused += 1;
             let msg = Message::Error {
@@ -797,6 +830,10 @@ impl Node {
             }
             Message::Execute { .. } => {
                 return self.serve_execute(now, to, request_id, hops, message, key_id, deadline, primary);
+            }
+            Message::ScanRange { .. } => {
+                self.stats.ops_get += 1;
+                return self.serve_scan_range(to, request_id, hops, message, primary.id);
             }
             Message::Put { .. } | Message::Delete { .. } if self.exec.write_must_wait(&key_id) => {
                 let write = HeldWrite {

@@ -247,7 +247,9 @@ impl Node {
                 run.scanned_all = true;
             }
             (RangeCommand::Flush, Ok(StoreOutcome::Scanned { items, .. })) => {
-                run.scanned_all = items.len() < FLUSH_BATCH;
+                // A batch cut by the byte budget is short but not the last: only an empty
+                // one ends the range.
+                run.scanned_all = items.is_empty();
                 run.after = items.last().map(|last| (Id::of_key(&last.key), last.key.clone()));
                 let mut by_id: BTreeMap<Id, Vec<(bytes::Bytes, u64)>> = BTreeMap::new();
                 for it in items.into_iter().filter(|it| it.value.is_some()) {

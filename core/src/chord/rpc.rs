@@ -205,6 +205,11 @@ impl Node {
     }
 
     pub(super) fn reply(&mut self, to: ReplyTo, request_id: u64, msg: Message) {
+        if to == super::scan::INTERNAL {
+            // One of the node's own operations (a scan step) is done.
+            let now = self.last_now;
+            return self.on_internal_reply(now, request_id, msg);
+        }
         self.stats.messages_sent += 1;
         self.out.push_back(Output::Reply {
             to,

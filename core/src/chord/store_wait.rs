@@ -62,6 +62,15 @@ pub(super) enum StoreWait {
     ExpirySweep,
     /// A range command's count or scan (`ring_command.rs`).
     RangeCommand(u64),
+    /// A scan step's entries (`scan.rs`).
+    ScanStep {
+        to: ReplyTo,
+        request_id: u64,
+        hops: u16,
+        end: Id,
+        count: u32,
+        pattern: Option<bytes::Bytes>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -24,6 +24,7 @@
 
 mod bits;
 mod expiry;
+mod glob;
 mod lcs;
 mod numbers;
 #[cfg(test)]
@@ -34,6 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::{Bytes, BytesMut};
 use chordkv_protocol::{CommandReply, MAX_VALUE_BYTES};
 
+pub use glob::glob_match;
 use numbers::{format_float, parse_float, parse_int};
 
 /// One command the owner evaluates: its name (lower case), Redis' arity (negative: at least
@@ -77,6 +79,9 @@ pub const COMMANDS: &[Spec] = &[
     spec("getbit",      3,  (1, 1, 1),  false, bits::getbit),
     spec("bitcount",    -2, (1, 1, 1),  false, bits::bitcount),
     spec("lcs",         -3, (1, 2, 1),  false, lcs::lcs),
+    spec("rename",      3,  (1, 2, 1),  true,  rename),
+    spec("renamenx",    3,  (1, 2, 1),  true,  renamenx),
+    spec("copy",        -3, (1, 2, 1),  true,  copy),
     spec("setex",       4,  (1, 1, 1),  true,  expiry::setex),
     spec("psetex",      4,  (1, 1, 1),  true,  expiry::psetex),
     spec("getex",       -2, (1, 1, 1),  true,  expiry::getex),
@@ -399,6 +404,74 @@ fn exists(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
 fn type_(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
     let t = if ks.get(&w[1]).is_some() { "string" } else { "none" };
     CommandReply::Status(t.to_string())
+}
+
+/// `RENAME key newkey`: the value and its expiry move; `ERR no such key` without one.
+fn rename(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
+    match move_key(w, ks, false) {
+        Some(_) => ok(),
+        None => err("ERR no such key"),
+    }
+}
+
+/// `RENAMENX key newkey`: 1 when moved, 0 when `newkey` exists (or is `key`).
+fn renamenx(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
+    match move_key(w, ks, true) {
+        Some(moved) => CommandReply::Int(moved.into()),
+        None => err("ERR no such key"),
+    }
+}
+
+/// Moves `w[1]`'s value and expiry to `w[2]`: `None` without a value, `Some(false)` when
+/// `only_new` and the destination exists (or is the source).
+fn move_key(w: &[Bytes], ks: &mut Keyspace, only_new: bool) -> Option<bool> {
+    let (src, dst) = (&w[1], &w[2]);
+    let value = ks.get(src)?.clone();
+    if only_new && (src == dst || ks.get(dst).is_some()) {
+        return Some(false);
+    }
+    if src == dst {
+        return Some(true);
+    }
+    let expires_at = ks.expires_at(src);
+    ks.delete(src);
+    ks.set_expiring(dst, value, expires_at);
+    Some(true)
+}
+
+/// `COPY source destination [DB 0] [REPLACE]`: 1 when copied (value and expiry), 0 when the
+/// source has no value or the destination exists without REPLACE.
+fn copy(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
+    let mut replace = false;
+    let mut i = 3;
+    while i < w.len() {
+        match &w[i].to_ascii_uppercase()[..] {
+            b"REPLACE" => replace = true,
+            b"DB" if i + 1 < w.len() => {
+                i += 1;
+                match parse_int(&w[i]) {
+                    Some(0) => {}
+                    Some(_) => return err("ERR DB index is out of range"),
+                    None => return not_an_integer(),
+                }
+            }
+            _ => return syntax_error(),
+        }
+        i += 1;
+    }
+    let (src, dst) = (&w[1], &w[2]);
+    if src == dst {
+        return err("ERR source and destination objects are the same");
+    }
+    let Some(value) = ks.get(src).cloned() else {
+        return CommandReply::Int(0);
+    };
+    if ks.get(dst).is_some() && !replace {
+        return CommandReply::Int(0);
+    }
+    let expires_at = ks.expires_at(src);
+    ks.set_expiring(dst, value, expires_at);
+    CommandReply::Int(1)
 }
 
 fn mget(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {

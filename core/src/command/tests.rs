@@ -357,3 +357,30 @@ fn expiry_follows_redis() {
     assert_eq!(r(&mut at, "INCR old"), Int(1));
     assert_eq!(r(&mut at, "TTL old"), Int(-1), "a new value, no expiry");
 }
+
+#[test]
+fn rename_and_copy_follow_redis() {
+    let ks = &mut Keyspace::new(1_000, []);
+    assert!(is_err(&r(ks, "RENAME a b"), "no such key"));
+    r(ks, "SET a 1 EX 100");
+    r(ks, "SET b 2");
+    assert_eq!(r(ks, "RENAMENX a b"), Int(0));
+    assert_eq!(r(ks, "RENAMENX a a"), Int(0));
+    assert_eq!(r(ks, "RENAME a a"), Status("OK".into()));
+    assert_eq!(r(ks, "RENAME a b"), Status("OK".into()));
+    assert_eq!(r(ks, "GET a"), Nil);
+    assert_eq!(r(ks, "GET b"), bulk("1"));
+    assert_eq!(r(ks, "TTL b"), Int(100), "the expiry moves with the value");
+    assert_eq!(r(ks, "RENAMENX b c"), Int(1));
+    assert_eq!(r(ks, "COPY c d"), Int(1));
+    assert_eq!(r(ks, "TTL d"), Int(100));
+    r(ks, "SET c 3");
+    assert_eq!(r(ks, "COPY c d"), Int(0));
+    assert_eq!(r(ks, "COPY c d REPLACE"), Int(1));
+    assert_eq!(r(ks, "GET d"), bulk("3"));
+    assert_eq!(r(ks, "TTL d"), Int(-1));
+    assert_eq!(r(ks, "COPY missing d"), Int(0));
+    assert!(is_err(&r(ks, "COPY c c"), "are the same"));
+    assert!(is_err(&r(ks, "COPY c e DB 1"), "out of range"));
+    assert_eq!(r(ks, "COPY c e DB 0"), Int(1));
+}

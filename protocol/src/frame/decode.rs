@@ -537,6 +537,47 @@ impl<'a> Reader<'a> {
                 let key = self.key()?;
                 done!(Delete { key })
             }
+            opcode::SCAN_KEYS => {
+                let cursor = self.u64()?;
+                let count = self.u32()?;
+                let pattern = self.option(Self::key)?;
+                let random = self.bool()?;
+                done!(ScanKeys {
+                    cursor,
+                    count,
+                    pattern,
+                    random
+                })
+            }
+            opcode::SCAN_RANGE => {
+                let from = self.id()?;
+                let after_key = self.option(Self::key)?;
+                let count = self.u32()?;
+                let pattern = self.option(Self::key)?;
+                done!(ScanRange {
+                    from,
+                    after_key,
+                    count,
+                    pattern
+                })
+            }
+            opcode::SCAN_KEYS_REPLY => {
+                let cursor = self.u64()?;
+                let keys = self.list("keys", KEY_MIN_BYTES, Self::key)?;
+                done!(ScanKeysReply { cursor, keys })
+            }
+            opcode::SCAN_RANGE_REPLY => {
+                let hops = self.u16()?;
+                let keys = self.list("keys", KEY_MIN_BYTES, Self::key)?;
+                let end = self.id()?;
+                let last = self.option(|r| Ok((r.id()?, r.key()?)))?;
+                done!(ScanRangeReply {
+                    hops,
+                    keys,
+                    end,
+                    last
+                })
+            }
             opcode::RING_COMMAND => {
                 let command = self.range_command()?;
                 done!(RingCommand { command })

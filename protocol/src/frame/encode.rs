@@ -395,6 +395,46 @@ fn write_message<S: Sink>(msg: &Message, out: &mut S) -> Result<(), S::Error> {
             out.value(value)
         }
         RingCommand { command } | RangeCommand { command } => out.u8(*command as u8),
+        ScanKeys {
+            cursor,
+            count,
+            pattern,
+            random,
+        } => {
+            out.u64(*cursor)?;
+            out.u32(*count)?;
+            out.option(pattern, |out, p| out.key(p))?;
+            out.bool(*random)
+        }
+        ScanRange {
+            from,
+            after_key,
+            count,
+            pattern,
+        } => {
+            out.id(from)?;
+            out.option(after_key, |out, k| out.key(k))?;
+            out.u32(*count)?;
+            out.option(pattern, |out, p| out.key(p))
+        }
+        ScanKeysReply { cursor, keys } => {
+            out.u64(*cursor)?;
+            out.list("keys", keys, |out, k| out.key(k))
+        }
+        ScanRangeReply {
+            hops,
+            keys,
+            end,
+            last,
+        } => {
+            out.u16(*hops)?;
+            out.list("keys", keys, |out, k| out.key(k))?;
+            out.id(end)?;
+            out.option(last, |out, (id, key)| {
+                out.id(id)?;
+                out.key(key)
+            })
+        }
         RingCommandReply { value } => out.u64(*value),
         RangeCommandReply { value, successor } => {
             out.u64(*value)?;

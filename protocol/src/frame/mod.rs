@@ -105,6 +105,9 @@
 //!  0x05  Execute                 key Key | commands Vec<Vec<Value>> | watched Vec<KeyVersion>
 //!  0x06  RingCommand             command RangeCommand
 //!  0x07  RangeCommand            command RangeCommand
+//!  0x08  ScanKeys                cursor u64 | count u32 | pattern Option<Key> | random bool
+//!  0x09  ScanRange               from Id | after_key Option<Key> | count u32
+//!                                | pattern Option<Key>
 //!  0x10  FindSuccessor           id Id
 //!  0x11  GetNeighbors            (empty)
 //!  0x12  Notify                  node NodeRef | incarnation u64 | active bool
@@ -132,6 +135,8 @@
 //!  0x85  ExecuteReply            hops u16 | version u64 | replies Option<Vec<CommandReply>>
 //!  0x86  RingCommandReply        value u64
 //!  0x87  RangeCommandReply       value u64 | successor NodeRef
+//!  0x88  ScanKeysReply           cursor u64 | keys Vec<Key>
+//!  0x89  ScanRangeReply          hops u16 | keys Vec<Key> | end Id | last Option<(Id, Key)>
 //!  0x90  FindSuccessorReply      lookup Lookup
 //!  0x91  Neighbors               predecessors Vec<NodeRef> | successors Vec<NodeRef>
 //!                                | down u64 | gone Vec<NodeRef>
@@ -292,6 +297,7 @@ impl Frame {
                 | Delete { .. }
                 | Execute { .. }
                 | RingCommand { .. }
+                | ScanKeys { .. }
                 | GetInfo
                 | GetStats
                 | GetMembers { .. }

@@ -125,6 +125,40 @@ fn samples() -> Vec<Message> {
             command: crate::RangeCommand::Count,
         },
         RingCommandReply { value: u64::MAX },
+        ScanKeys {
+            cursor: 0,
+            count: 10,
+            pattern: Some(b("k*")),
+            random: false,
+        },
+        ScanKeys {
+            cursor: u64::MAX,
+            count: 0,
+            pattern: None,
+            random: true,
+        },
+        ScanRange {
+            from: Id::MAX,
+            after_key: Some(b("a")),
+            count: 5,
+            pattern: None,
+        },
+        ScanKeysReply {
+            cursor: 7,
+            keys: vec![b("a"), Bytes::new()],
+        },
+        ScanRangeReply {
+            hops: 1,
+            keys: vec![],
+            end: Id::ZERO,
+            last: Some((Id::MAX, b("z"))),
+        },
+        ScanRangeReply {
+            hops: 0,
+            keys: vec![b("k")],
+            end: Id::MAX,
+            last: None,
+        },
         RangeCommandReply {
             value: 0,
             successor: v6(9),
@@ -723,6 +757,8 @@ fn every_opcode_is_sampled_and_replies_have_bit_7() {
         "EXECUTE",
         "RING_COMMAND",
         "RANGE_COMMAND",
+        "SCAN_KEYS",
+        "SCAN_RANGE",
         "FIND_SUCCESSOR",
         "GET_NEIGHBORS",
         "NOTIFY",
@@ -888,7 +924,7 @@ fn unsupported_version() {
 
 #[test]
 fn unknown_opcode() {
-    for op in [0x00, 0x04, 0x08, 0x7f, 0x80, 0x88, 0xfe] {
+    for op in [0x00, 0x04, 0x0A, 0x7f, 0x80, 0x8A, 0xfe] {
         let bytes = raw(op, 0, 1, &[]);
         header_error(&bytes, DecodeError::UnknownOpcode(op));
         header_error(&bytes[..4], DecodeError::UnknownOpcode(op));
@@ -1642,6 +1678,31 @@ mod prop {
                 command: crate::RangeCommand::from_u8(c).unwrap()
             }),
             any::<u64>().prop_map(|value| RingCommandReply { value }),
+            (any::<u64>(), any::<u32>(), option::of(blob()), any::<bool>()).prop_map(
+                |(cursor, count, pattern, random)| ScanKeys {
+                    cursor,
+                    count,
+                    pattern,
+                    random
+                }
+            ),
+            (id(), option::of(blob()), any::<u32>(), option::of(blob())).prop_map(
+                |(from, after_key, count, pattern)| ScanRange {
+                    from,
+                    after_key,
+                    count,
+                    pattern
+                }
+            ),
+            (any::<u64>(), vec(blob(), 0..3)).prop_map(|(cursor, keys)| ScanKeysReply { cursor, keys }),
+            (any::<u16>(), vec(blob(), 0..3), id(), option::of((id(), blob()))).prop_map(
+                |(hops, keys, end, last)| ScanRangeReply {
+                    hops,
+                    keys,
+                    end,
+                    last
+                }
+            ),
             (any::<u64>(), node()).prop_map(|(value, successor)| RangeCommandReply { value, successor }),
             (any::<u16>(), any::<u64>(), option::of(vec(command_reply(), 0..4))).prop_map(
                 |(hops, version, replies)| ExecuteReply {
