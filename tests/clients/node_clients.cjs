@@ -39,6 +39,9 @@ async function nodeRedis(modules, addrs) {
   assert.strictEqual(await clients[1].incr("nr-counter"), 1);
   assert.strictEqual(await clients[0].set("nr-lock", "a", { NX: true }), "OK");
   assert.strictEqual(await clients[1].set("nr-lock", "b", { NX: true }), null);
+  assert.strictEqual(await clients[0].set("nr-ttl", "v", { EX: 100 }), "OK");
+  const ttl = await clients[1].ttl("nr-ttl");
+  assert.ok(ttl > 0 && ttl <= 100, `ttl ${ttl}`);
   for (const c of clients) await c.quit();
 }
 
@@ -65,6 +68,9 @@ async function ioredis(modules, addrs) {
   await assert.rejects(clients[0].multi().set("{io-a}tx", "1").set("{io-b}tx", "1").exec());
   for (const c of clients) assert.strictEqual(await c.get("{io-a}tx"), null);
   assert.strictEqual(await clients[1].incrby("io-counter", 5), 5);
+  assert.strictEqual(await clients[0].set("io-ttl", "v", "PX", 100000), "OK");
+  const pttl = await clients[1].pttl("io-ttl");
+  assert.ok(pttl > 0 && pttl <= 100000, `pttl ${pttl}`);
   for (const c of clients) await c.quit();
 }
 

@@ -72,6 +72,14 @@ def main(addrs):
     assert clients[1].set("py-lock", "b", nx=True) is None
     assert clients[0].getset("py-lock", "c") == b"a"
     assert clients[0].append("py-lock", "d") == 2
+    # Expiry: set with a time to live, seen through every node, removed by PERSIST.
+    assert clients[0].set("py-ttl", "v", ex=100) is True
+    for r in clients:
+        assert 0 < r.ttl("py-ttl") <= 100
+    assert clients[1].persist("py-ttl") is True
+    assert clients[2 % len(clients)].ttl("py-ttl") == -1
+    assert clients[0].setex("py-ttl", 50, "w") is True
+    assert clients[0].getex("py-ttl", px=1) == b"w"
     print("ok")
 
 

@@ -24,7 +24,8 @@ use chordkv_protocol::Message;
 
 use super::{error_text, refuse_large_keys, Cx, Gather, OneReply, Translation};
 
-/// `DEL key [key ...]`.
+/// `DEL key [key ...]` (and `UNLINK`, which is the same here: a delete is a tombstone, with
+/// nothing to free in the background).
 pub(crate) fn del(keys: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     count(keys, cx, |key| Message::Delete { key })
 }
