@@ -998,11 +998,18 @@ mod tests {
         };
         let (mut cursor, mut seen, mut pages, mut rid) = (0, BTreeSet::new(), 0, 1_000);
         let mut whole_tag = false;
+        let mut returned = 0;
         loop {
             let (next, keys) = scan(&mut one, rid, cursor, 10, None, false);
             rid += 1;
             pages += 1;
-            whole_tag |= keys.iter().filter(|k| k.starts_with("{t}")).count() == 50;
+            let tagged = keys.iter().filter(|k| k.starts_with("{t}")).count();
+            assert!(
+                tagged == 0 || tagged == 50,
+                "a hash tag's keys come in one page: {tagged}"
+            );
+            whole_tag |= tagged == 50;
+            returned += keys.len();
             seen.extend(keys);
             if next == 0 {
                 break;
@@ -1012,6 +1019,7 @@ mod tests {
             assert!(pages < 1_000);
         }
         assert_eq!(seen, all, "every key at least once, the expired one never");
+        assert_eq!(returned, all.len(), "each key once while the keyspace is stable");
         assert!(
             whole_tag,
             "a page holds every key of a hash tag (one id: the cursor cannot split it)"

@@ -12,13 +12,13 @@
 //! ```
 //!
 //! The cursor is the top 64 bits of the ring position to go on from (Redis' cursors are 64-bit
-//! integers, and clients parse them as such). Going on from a cursor rescans the ids between
-//! the cursor's position and the exact place the last page stopped, so a key may come twice,
-//! never zero times: every key present for the whole scan is returned at least once, whatever
-//! joins and leaves happen meanwhile (the positions are the keys' own ids, not a member's
-//! place), which is Redis' promise for SCAN. A page goes on until the cursor advances, so a
-//! cursor never stops inside the keys of one id (one hash tag): a page that reaches them is
-//! followed by one that holds all of them.
+//! integers, and clients parse them as such). A key is never skipped: every key present for
+//! the whole scan is returned at least once, whatever joins and leaves happen meanwhile (the
+//! positions are the keys' own ids, not a member's
+//! place), which is Redis' promise for SCAN. A page holds exactly the keys whose ids lie between
+//! its cursor's position and the next cursor's, so while the keyspace is stable each key comes
+//! once, and a page goes on until the cursor advances, so the keys of one id (one hash tag)
+//! always come in one page.
 
 use std::collections::BTreeMap;
 
@@ -103,7 +103,8 @@ impl Node {
         } else if count == 0 {
             (Mode::All, 0, KEYS_STEP)
         } else {
-            (Mode::Page, cursor, count.clamp(1, 100_000))
+            // One more than asked: the page ends below the last entry's slice (see below).
+            (Mode::Page, cursor, count.clamp(1, 100_000) + 1)
         };
         let id = self.scans.next_id;
         self.scans.next_id += 1;
@@ -200,12 +201,19 @@ impl Node {
         let Some(j) = self.scans.jobs.remove(&job) else {
             return;
         };
+        let mut keys = j.keys;
         let cursor = if wrapped_now || j.mode != Mode::Page {
             0
         } else {
-            cursor_of(&j.pos.0)
+            // Every id below `j.pos.0` has been scanned. The page ends at the start of that
+            // position's slice (the next page's cursor): keys at or above it (in practice the
+            // last one scanned, or the keys of its hash tag) come in the next page, so a key
+            // comes once while the keyspace is stable.
+            let next = cursor_of(&j.pos.0);
+            let cut = position_of(next);
+            keys.retain(|k| Id::of_key(k) < cut);
+            next
         };
-        let mut keys = j.keys;
         if j.mode == Mode::Random {
             keys.truncate(1);
         }

@@ -584,6 +584,14 @@ mod tests {
             "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n-ERR MULTI calls can not be nested\r\n\
              *3\r\n+OK\r\n:2\r\n$1\r\n2\r\n$1\r\n2\r\n"
         );
+        // A command over two tags is refused as it is queued (EXEC then aborts).
+        rig.send(b"MULTI\r\nMSET {a}x 1 {b}y 2\r\nEXEC\r\nWATCH {a}x {b}y\r\n");
+        assert_eq!(
+            rig.take_out(),
+            "+OK\r\n-CROSSSLOT Keys in request don't hash to the same slot\r\n\
+             -EXECABORT Transaction discarded because of previous errors.\r\n\
+             -CROSSSLOT Keys in request don't hash to the same slot\r\n"
+        );
         rig.send(b"MULTI\r\nSET {a}x 1\r\nSET {b}y 2\r\nEXEC\r\nGET {a}x\r\n");
         rig.deliver_reversed();
         let out = rig.take_out();
@@ -604,7 +612,9 @@ mod tests {
             out,
             "+OK\r\n-ERR unknown command 'NOPE', with args beginning with: \r\n\
              -ERR wrong number of arguments for 'set' command\r\n\
-             -ERR command 'ping' cannot run at a key's owner (not a string or keyspace command chordkv serves)\r\n\
+             -ERR 'ping' cannot be queued: a chordkv transaction runs at the owner of its keys, which \
+             runs the string, expiry and key commands only (not server, connection or ring-wide \
+             commands such as PING, INFO, SCAN or KEYS)\r\n\
              -EXECABORT Transaction discarded because of previous errors.\r\n\
              +OK\r\n+QUEUED\r\n+OK\r\n-ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n"
         );

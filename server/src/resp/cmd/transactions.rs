@@ -64,9 +64,21 @@ pub(crate) fn queue(name: &'static str, rest: &[Bytes], cx: &mut Cx<'_>) -> Tran
     words.push(Bytes::from_static(name.as_bytes()));
     words.extend_from_slice(rest);
     // A transaction runs at its keys' owner, which serves the string and keyspace commands.
-    if let Err(e) = command::keys(&words) {
+    let keys = match command::keys(&words) {
+        Ok(keys) => keys,
+        Err(_) => {
+            m.failed = true;
+            return Translation::error(&format!(
+                "ERR '{name}' cannot be queued: a chordkv transaction runs at the owner of its keys, \
+                 which runs the string, expiry and key commands only (not server, connection or \
+                 ring-wide commands such as PING, INFO, SCAN or KEYS)"
+            ));
+        }
+    };
+    // One command over keys of two hash tags is refused as it is queued, as Redis Cluster does.
+    if keys.windows(2).any(|k| Id::of_key(&k[0]) != Id::of_key(&k[1])) {
         m.failed = true;
-        return Translation::error(&e);
+        return Translation::error(CROSSSLOT);
     }
     if let Some(refused) = refuse_large_keys(rest) {
         m.failed = true;
@@ -144,6 +156,15 @@ pub(crate) fn watch(keys: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     }
     if let Some(refused) = refuse_large_keys(keys) {
         return refused;
+    }
+    // The keys watched must all have the owner the transaction will run at.
+    let first = keys.first().or(cx.client.watched.first().map(|(k, _)| k));
+    if let Some(first) = first {
+        let id = Id::of_key(first);
+        let watched = cx.client.watched.iter().map(|(k, _)| k);
+        if keys.iter().chain(watched).any(|k| Id::of_key(k) != id) {
+            return Translation::error(CROSSSLOT);
+        }
     }
     for key in keys {
         cx.ask(Message::Get { key: key.clone() });
