@@ -163,7 +163,7 @@ mod tests {
         assert_eq!(format_float(-1e-20), "0");
         assert_eq!(format_float(34359738368.0), "34359738368");
         assert_eq!(format_float(1.23456789012345e-5), "0.00001234567890123");
-        assert_eq!(format_float(9.99999999999999999e-18), "0.00000000000000001");
+        assert_eq!(format_float(9.9999e-18), "0.00000000000000001");
         assert_eq!(format_float(1e20), "100000000000000000000");
     }
 }
