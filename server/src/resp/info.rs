@@ -6,7 +6,8 @@
 //!  # Clients       connected_clients, blocked_clients:0, maxclients
 //!  # Memory        used_memory (the process' resident set: the node's store, buffers and
 //!                  code, where Redis counts its allocator's bytes), used_memory_rss, maxmemory:0
-//!  # Stats         total_connections_received, total_commands_processed (RESP, this node)
+//!  # Stats         total_connections_received, total_commands_processed (RESP, this node),
+//!                  expired_keys (the core's keys_expired: values this node's expiry removed)
 //!                  (these four from the event loop's Facts, written when the command arrives)
 //!  # Replication   role:master, connected_slaves:0 (each node is one master to a client)
 //!  # Keyspace      db0:keys=<keys_primary>,expires=0,avg_ttl=0 (the same count as DBSIZE)
@@ -194,8 +195,14 @@ fn human_bytes(n: u64) -> String {
 /// and `# Stats` sections, already written), then
 /// `# Replication`, `# Keyspace` and `# chordkv` from the core's info and stats, as asked.
 pub(crate) fn info_text(section: &str, server: &str, info: &NodeInfo, stats: &[(String, u64)]) -> String {
-    // `server` holds the loop's sections, each ended by its empty line.
-    let mut s = String::from(server);
+    // `server` holds the loop's sections, each ended by its empty line; `# Stats`' expired
+    // keys are the core's (the values its expiry replaced with tombstones, this node).
+    let expired = counter(stats, "keys_expired").unwrap_or(0);
+    let mut s = server.replacen(
+        "\r\nexpired_keys:0\r\n",
+        &format!("\r\nexpired_keys:{expired}\r\n"),
+        1,
+    );
     if wants_section(section, "replication") {
         s.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n");
     }
