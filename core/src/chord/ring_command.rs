@@ -83,13 +83,8 @@ impl Node {
         request_id: u64,
         command: RangeCommand,
     ) {
-        if self.phase != Phase::Active {
-            let msg = Message::Error {
-                code: ErrorCode::NotReady,
-                hops: 0,
-                text: format!("node is {:?}, not serving a range", self.phase),
-            };
-            return self.reply(to, request_id, msg);
+        if self.refuse_unless_active(to, request_id) {
+            return;
         }
         let id = self.ring_cmds.next_id;
         self.ring_cmds.next_id += 1;
@@ -180,15 +175,24 @@ impl Node {
 
     /// A peer's `RangeCommand`: runs it over our primary range.
     pub(super) fn serve_range_command(&mut self, to: ReplyTo, request_id: u64, command: RangeCommand) {
-        if self.phase != Phase::Active {
-            let msg = Message::Error {
-                code: ErrorCode::NotReady,
-                hops: 0,
-                text: format!("node is {:?}, not serving a range", self.phase),
-            };
-            return self.reply(to, request_id, msg);
+        if self.refuse_unless_active(to, request_id) {
+            return;
         }
         self.start_range_run(0, RunFor::Peer { to, request_id }, command);
+    }
+
+    /// Answers `NotReady` and returns true unless this node serves a range now.
+    fn refuse_unless_active(&mut self, to: ReplyTo, request_id: u64) -> bool {
+        if self.phase == Phase::Active {
+            return false;
+        }
+        let msg = Message::Error {
+            code: ErrorCode::NotReady,
+            hops: 0,
+            text: format!("node is {:?}, not serving a range", self.phase),
+        };
+        self.reply(to, request_id, msg);
+        true
     }
 
     fn start_range_run(&mut self, _now: Millis, for_: RunFor, command: RangeCommand) {
