@@ -637,7 +637,7 @@ impl Node {
         }
     }
 
-    /// A waiting PUT or DELETE goes on, unless the wait made it late.
+    /// A waiting PUT or DELETE goes on, unless the wait made it late or the lease ended.
     fn release_write(&mut self, now: Millis, w: HeldWrite) {
         if w.deadline != 0 && now.saturating_add(self.config.max_clock_offset_ms) >= w.deadline {
             self.stats.late_requests_refused += 1;
@@ -646,6 +646,14 @@ impl Node {
                 hops: w.hops,
                 text: "request deadline passed while it waited for its key (not applied)".to_string(),
             };
+            return self.reply(w.to, w.request_id, msg);
+        }
+        // The lease may have ended while it waited: nothing is written without one (the entry
+        // retries on the error, as on any owner's NotReady).
+        let primary = w.range.0;
+        if self.config.is_consistent() && !self.leases.serves(&primary.id, now) {
+            self.stats.ops_refused_no_lease += 1;
+            let msg = self.no_lease_error(&primary.id, w.hops);
             return self.reply(w.to, w.request_id, msg);
         }
         self.store_client_write(now, w.to, w.request_id, w.hops, w.message, w.key_id, w.range);
