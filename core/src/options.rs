@@ -151,6 +151,13 @@ pub struct NodeOptions {
     /// client is closed.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_QUERY_BUFFER_BYTES, value_parser = clap::value_parser!(u64).range(1024..))]
     pub client_query_buffer_limit: u64,
+    /// Longest value a client may store, in bytes (Redis' `proto-max-bulk-len`, the same
+    /// 512 MiB default and ceiling). A longer one is answered with an error and the connection
+    /// is kept; APPEND, SETRANGE and SETBIT cannot grow a value past it. Must be below
+    /// --client-query-buffer-limit. With a Redis store it is lowered, if need be, to what that
+    /// server's own `proto-max-bulk-len` lets the driver write.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES, value_parser = clap::value_parser!(u64).range(1..=chordkv_protocol::MAX_VALUE_BYTES as u64))]
+    pub max_value_bytes: u64,
     /// Close a client idle (no input, nothing in flight) this many seconds (Redis' `timeout`);
     /// 0 never closes one.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
@@ -212,9 +219,12 @@ fn parse_yes_no(s: &str) -> Result<YesNo, String> {
 
 /// Client connections at once unless told otherwise (Redis' `maxclients` default).
 pub const DEFAULT_MAX_CLIENTS: u64 = 10_000;
-/// A client's unprocessed input unless told otherwise, in bytes: 64 MiB, four of the largest
-/// value (Redis' default is 1 GiB).
-pub const DEFAULT_QUERY_BUFFER_BYTES: u64 = 64 * 1024 * 1024;
+/// A client's unprocessed input unless told otherwise, in bytes: Redis' default, 1 GiB (the
+/// largest value twice over).
+pub const DEFAULT_QUERY_BUFFER_BYTES: u64 = 1024 * 1024 * 1024;
+/// The longest value a client may store unless told otherwise: Redis' `proto-max-bulk-len`
+/// default, 512 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: u64 = chordkv_protocol::MAX_VALUE_BYTES as u64;
 
 impl Default for NodeOptions {
     /// The defaults `chordkv node` runs with.
@@ -238,6 +248,7 @@ impl Default for NodeOptions {
             keyring_verify_outgoing: true,
             max_clients: DEFAULT_MAX_CLIENTS,
             client_query_buffer_limit: DEFAULT_QUERY_BUFFER_BYTES,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             idle_timeout_secs: 0,
             requirepass: None,
             users: None,
@@ -299,6 +310,22 @@ impl NodeOptions {
                 self.client_query_buffer_limit
             )));
         }
+        if self.max_value_bytes == 0 || self.max_value_bytes > DEFAULT_MAX_VALUE_BYTES {
+            return Err(invalid(format!(
+                "--max-value-bytes {}: must be 1 to {DEFAULT_MAX_VALUE_BYTES}",
+                self.max_value_bytes
+            )));
+        }
+        // A SET of the longest value is its bytes plus the command around them (the key is
+        // at most 64 KiB): it must fit in the client's buffer to arrive.
+        let largest_set = self.max_value_bytes + chordkv_protocol::MAX_KEY_BYTES as u64 + 1024;
+        if self.client_query_buffer_limit < largest_set {
+            return Err(invalid(format!(
+                "--client-query-buffer-limit {} is too small for --max-value-bytes {}: a SET of \
+                 the longest value needs {largest_set} bytes; raise the first or lower the second",
+                self.client_query_buffer_limit, self.max_value_bytes
+            )));
+        }
         if self.replicas > 16 {
             return Err(invalid(format!("--replicas {}: must be 0 to 16", self.replicas)));
         }
@@ -319,6 +346,7 @@ impl NodeOptions {
         chord.tombstone_grace_ms = self.tombstone_grace_ms;
         chord.routing = self.routing;
         chord.cache_entries = self.cache;
+        chord.max_value_bytes = self.max_value_bytes as usize;
         Ok(chord)
     }
 
@@ -398,6 +426,11 @@ impl NodeOptions {
                 self.client_query_buffer_limit.to_string(),
             ),
             (
+                "--max-value-bytes",
+                self.max_value_bytes != d.max_value_bytes,
+                self.max_value_bytes.to_string(),
+            ),
+            (
                 "--idle-timeout-secs",
                 self.idle_timeout_secs != d.idle_timeout_secs,
                 self.idle_timeout_secs.to_string(),
@@ -473,6 +506,7 @@ mod tests {
             keyring_verify_outgoing: false,
             max_clients: 50,
             idle_timeout_secs: 300,
+            max_value_bytes: 1 << 20,
             users: Some("/etc/chordkv/users".into()),
             requirepass: Some("pw".into()),
             protected_mode: YesNo::No,
@@ -499,5 +533,22 @@ mod tests {
         };
         let e = o.chord_config().unwrap_err();
         assert!(e.to_string().contains("--successors 9"), "{e}");
+        // A value limit over the protocol's, or one the query buffer could not take in.
+        assert!(Cli::try_parse_from(["node", "--max-value-bytes", "536870913"]).is_err());
+        let yaml: NodeOptions = serde_json::from_str(r#"{"max_value_bytes": 536870913}"#).unwrap();
+        let e = yaml.chord_config().unwrap_err();
+        assert!(e.to_string().contains("--max-value-bytes 536870913"), "{e}");
+        let o = NodeOptions {
+            client_query_buffer_limit: 2 << 20,
+            ..NodeOptions::default()
+        };
+        let e = o.chord_config().unwrap_err();
+        assert!(e.to_string().contains("lower the second"), "{e}");
+        let o = NodeOptions {
+            client_query_buffer_limit: 2 << 20,
+            max_value_bytes: 1 << 20,
+            ..NodeOptions::default()
+        };
+        assert_eq!(o.chord_config().unwrap().max_value_bytes, 1 << 20);
     }
 }

@@ -9,10 +9,20 @@
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 64 * 1024;
-/// Longest value, in bytes.
-pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
-/// Longest payload (the bytes after the header) of one frame.
-pub const MAX_FRAME_BYTES: usize = 32 * 1024 * 1024;
+/// Longest value, in bytes: Redis' default `proto-max-bulk-len` (512 MiB). A node may be
+/// configured lower (`--max-value-bytes`), never higher: every node must be able to carry what
+/// any node of the ring accepted.
+pub const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
+/// Longest payload (the bytes after the header) of one frame: the longest value with its key
+/// and 64 MiB to spare. A batch (transfer, repair, a replicated transaction) stops before its
+/// keys and values pass a budget of a few MiB unless it holds a single item, so every batch
+/// fits one frame; a transaction whose writes or replies would not is refused before anything
+/// is applied.
+pub const MAX_FRAME_BYTES: usize = MAX_VALUE_BYTES + 64 * 1024 * 1024;
+/// The most keys and values (in bytes) one batch of items (a transfer, a repair, a
+/// replicated transaction) may hold besides a single item: what a frame has beyond the
+/// longest value.
+pub const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
 /// Longest error text or counter name, in bytes of UTF-8.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 /// Longest password a `Login` carries, in bytes.
@@ -27,3 +37,6 @@ const _: () = assert!(MAX_KEY_BYTES <= MAX_FRAME_BYTES && MAX_VALUE_BYTES <= MAX
 const _: () = assert!(MAX_TEXT_BYTES <= MAX_FRAME_BYTES && MAX_LIST_LEN <= MAX_FRAME_BYTES);
 // The largest PUT (key, value, their two length prefixes) fits in one frame.
 const _: () = assert!(MAX_KEY_BYTES + MAX_VALUE_BYTES + 8 <= MAX_FRAME_BYTES);
+// A batch of items under the budget, plus one more of the largest key and value and their
+// per-item fields, fits in one frame.
+const _: () = assert!(MAX_BATCH_BYTES + MAX_KEY_BYTES + MAX_VALUE_BYTES + 1024 <= MAX_FRAME_BYTES);

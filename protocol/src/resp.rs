@@ -58,13 +58,14 @@ use bytes::{Bytes, BytesMut};
 
 use crate::limits::MAX_VALUE_BYTES;
 
-/// Longest bulk string in a request: the binary protocol's longest value, so anything a RESP
-/// client can send fits a chordkv frame.
+/// Longest bulk string in a request unless the server asks for less ([`decode_limited`]): the
+/// binary protocol's longest value, so anything a RESP client can send fits a chordkv frame.
 pub const MAX_BULK_BYTES: usize = MAX_VALUE_BYTES;
 /// The longest bulk string whose bytes a server skips to answer an error and keep the
-/// connection: Redis' default `proto-max-bulk-len` (512 MiB). A bulk over [`MAX_BULK_BYTES`]
-/// and within this is [`RespError::BulkTooLarge`]; over it, [`RespError::InvalidBulkLength`].
-pub const MAX_SKIPPED_BULK_BYTES: u64 = 512 * 1024 * 1024;
+/// connection (4 GiB). A bulk over the decoder's maximum and within this is
+/// [`RespError::BulkTooLarge`]; over it, [`RespError::InvalidBulkLength`] (and the connection
+/// is closed, as Redis closes one whose bulk is over `proto-max-bulk-len`).
+pub const MAX_SKIPPED_BULK_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// Most arguments in one command (Redis' own limit is the same, 1024 * 1024).
 pub const MAX_ARRAY_LEN: usize = 1024 * 1024;
 /// Longest inline command line, its newline included (Redis' `PROTO_INLINE_MAX_SIZE`).
@@ -97,17 +98,16 @@ pub enum RespError {
     /// An inline command with an unclosed quote, or a closing quote not followed by a space.
     #[error("Protocol error: unbalanced quotes in request")]
     UnbalancedQuotes,
-    /// A bulk string over [`MAX_BULK_BYTES`] and at most [`MAX_SKIPPED_BULK_BYTES`]: still
+    /// A bulk string over the decoder's maximum (`max`) and at most
+    /// [`MAX_SKIPPED_BULK_BYTES`]: still
     /// RESP, so the connection can be kept. The command's bytes up to this bulk's data end at
     /// `data_from` (from the front of the buffer); the server skips `len + 2` bytes of data and
     /// CRLF, then the `args_after` arguments after it (see [`bulk_header`]), and answers the
     /// error.
-    #[error(
-        "value of {len} bytes is over chordkv's maximum of {} bytes (proto-max-bulk-len)",
-        MAX_BULK_BYTES
-    )]
+    #[error("value of {len} bytes is over the node's maximum of {max} bytes (proto-max-bulk-len, --max-value-bytes)")]
     BulkTooLarge {
         len: u64,
+        max: usize,
         data_from: usize,
         args_after: usize,
     },
@@ -129,6 +129,13 @@ const NEAR_ARGS: usize = 8;
 /// `Ok(None)` when no whole command is buffered yet (nothing is consumed then), or an error
 /// when the bytes are not RESP. Empty commands are consumed and skipped.
 pub fn decode(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, RespError> {
+    decode_limited(buf, MAX_BULK_BYTES)
+}
+
+/// [`decode`] with bulk strings of at most `max_bulk` bytes (a node's `--max-value-bytes`,
+/// at most [`MAX_BULK_BYTES`]); a longer one is [`RespError::BulkTooLarge`].
+pub fn decode_limited(buf: &mut BytesMut, max_bulk: usize) -> Result<Option<Vec<Bytes>>, RespError> {
+    let max_bulk = max_bulk.min(MAX_BULK_BYTES);
     loop {
         let Some(&first) = buf.first() else {
             return Ok(None);
@@ -138,7 +145,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, RespError> {
             // few), so they need no second walk; it allocates nothing either way.
             let mut near = [(0usize, 0usize); NEAR_ARGS];
             let mut seen = 0usize;
-            let Some((len, count)) = walk_multibulk(buf, |start, end| {
+            let Some((len, count)) = walk_multibulk(buf, max_bulk, |start, end| {
                 if let Some(slot) = near.get_mut(seen) {
                     *slot = (start, end);
                 }
@@ -157,7 +164,9 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, RespError> {
                 );
             } else {
                 // The same walk over the same bytes: it succeeds again.
-                walk_multibulk(&command, |start, end| args.push(command.slice(start..end)))?;
+                walk_multibulk(&command, max_bulk, |start, end| {
+                    args.push(command.slice(start..end))
+                })?;
             }
             args
         } else {
@@ -184,6 +193,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, RespError> {
 /// `None` if it is incomplete. Allocates nothing.
 fn walk_multibulk(
     bytes: &[u8],
+    max_bulk: usize,
     mut on_arg: impl FnMut(usize, usize),
 ) -> Result<Option<(usize, usize)>, RespError> {
     let Some((count, mut pos)) = number_line(bytes, 1)? else {
@@ -205,10 +215,11 @@ fn walk_multibulk(
             return Ok(None);
         };
         let len = match len {
-            Some(n) if n >= 0 && n as u64 <= MAX_BULK_BYTES as u64 => n as usize,
+            Some(n) if n >= 0 && n as u64 <= max_bulk as u64 => n as usize,
             Some(n) if n >= 0 && n as u64 <= MAX_SKIPPED_BULK_BYTES => {
                 return Err(RespError::BulkTooLarge {
                     len: n as u64,
+                    max: max_bulk,
                     data_from: after,
                     args_after: count - i - 1,
                 })
@@ -627,9 +638,25 @@ mod tests {
             decode_all(too_long.as_bytes()),
             Err(RespError::BulkTooLarge {
                 len: MAX_BULK_BYTES as u64 + 1,
+                max: MAX_BULK_BYTES,
                 data_from: too_long.len(),
                 args_after: 0
             })
+        );
+        // A server's own maximum (--max-value-bytes) below the protocol's.
+        let set = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n";
+        assert_eq!(
+            decode_limited(&mut BytesMut::from(&set[..]), 4),
+            Err(RespError::BulkTooLarge {
+                len: 5,
+                max: 4,
+                data_from: set.len() - 7,
+                args_after: 0
+            })
+        );
+        assert_eq!(
+            decode_limited(&mut BytesMut::from(&set[..]), 5).map(|a| a.map(|a| a.len())),
+            Ok(Some(3))
         );
         let beyond = format!("*1\r\n${}\r\n", MAX_SKIPPED_BULK_BYTES + 1);
         assert_eq!(decode_all(beyond.as_bytes()), Err(RespError::InvalidBulkLength));

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use chordkv_client::{Client, ClientError};
 use chordkv_core::rng::Rng;
-use chordkv_protocol::{in_half_open, Id, MAX_VALUE_BYTES};
+use chordkv_protocol::{in_half_open, Id};
 use chordkv_tests::{
     check_all_keys, chordkv, cluster_spec, converge, index_of, logs_of, one_at_a_time, poll_until,
     preference_list, redis_cluster_spec, replicated_spec, seed, signal, start_spec, stat, stats_table,
@@ -36,7 +36,7 @@ use chordkv_tests::{
     SETTLE_ROUNDS, SIGTERM,
 };
 
-/// Timeout of each request that carries a 16 MiB value (debug binaries copy it a few times).
+/// Timeout of each request that carries a 20 MiB value (debug binaries copy it a few times).
 const LARGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the primary of case 1 stays frozen (the observed case's 5 s): far past failure
 /// detection, about 5 stabilize periods (0.5 s with `NODE_ARGS`). A fault's length, not a
@@ -327,12 +327,14 @@ fn a_node_restarted_at_once_on_its_address_becomes_active() {
     eprintln!("{name}: every key readable; {failed} reads needed a retry");
 }
 
-/// Case 6. Anti-entropy moves the keys of a differing sub-range; three values of the maximum
-/// size in one sub-range are more than one frame can carry. A replica restarted empty must get
+/// Case 6. Anti-entropy moves the keys of a differing sub-range; three values of 20 MiB in one
+/// sub-range are more than one repair batch (8 MiB) and, each, more than the 16 MiB a frame
+/// carried before values went up to Redis' 512 MiB. A replica restarted empty must get
 /// all three back, and they must survive the primary's death.
 #[test]
 fn large_values_in_one_sub_range_are_repaired() {
     const VALUES: usize = 3;
+    const VALUE_BYTES: usize = 20 << 20;
     let _serial = one_at_a_time();
     let name = "large_values_repair";
     // Two replicas: the range stays served (by a majority) while one copy is away.
@@ -352,17 +354,17 @@ fn large_values_in_one_sub_range_are_repaired() {
         .filter(|k| in_half_open(&Id::of_key(k.as_bytes()), &pred, &bound))
         .take(VALUES)
         .collect();
-    let value = |i: usize| vec![b'a' + i as u8; MAX_VALUE_BYTES];
+    let value = |i: usize| vec![b'a' + i as u8; VALUE_BYTES];
     let mut big = Client::connect(primary, LARGE_REQUEST_TIMEOUT).expect("connect to the primary");
     for (i, key) in keys.iter().enumerate() {
-        // A loaded machine may answer "no quorum" (a 16 MiB copy missed its deadline): a
+        // A loaded machine may answer "no quorum" (a 20 MiB copy missed its deadline): a
         // client retries that, as it would any retryable error.
         let mut attempts = 0;
         while let Err(e) = big.put(key.clone(), value(i)) {
             attempts += 1;
             assert!(
                 e.is_retryable() && attempts < 5,
-                "PUT {key} ({MAX_VALUE_BYTES} bytes), attempt {attempts}: {e}"
+                "PUT {key} ({VALUE_BYTES} bytes), attempt {attempts}: {e}"
             );
             eprintln!("{name}: PUT {key}: {e}; retrying");
             if e.breaks_connection() {
@@ -374,7 +376,7 @@ fn large_values_in_one_sub_range_are_repaired() {
     poll_until(REPAIR_TIMEOUT, "the replica to hold the values", || {
         (try_stat(&mut clients, replica, "keys").ok()? == VALUES as u64).then_some(())
     });
-    eprintln!("{name}: {VALUES} values of {MAX_VALUE_BYTES} bytes on {primary}, keys {keys:?}");
+    eprintln!("{name}: {VALUES} values of {VALUE_BYTES} bytes on {primary}, keys {keys:?}");
 
     let replica_index = index_of(&cluster, replica);
     cluster.kill(replica_index).expect("kill the replica");

@@ -1,7 +1,7 @@
 //! What clients can make a node hold (issue 13): real `chordkv node` processes abused over
 //! real sockets, each test printing the node's memory (VmRSS, VmSize) before and after.
 //!
-//! - Frame headers announcing 32 MiB cost only their bytes: 200 of them, under an address-space
+//! - Frame headers announcing the largest frame (576 MiB) cost only their bytes: 200 of them, under an address-space
 //!   limit 1 GiB above the node's size, and the node still serves.
 //! - A client over `--max-clients` is answered with Redis' words (RESP and binary); peers are
 //!   not counted, and a node at its limit still takes a joining peer.
@@ -250,9 +250,9 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
-/// An 18-byte header of a PUT announcing a payload of `MAX_FRAME_BYTES` (32 MiB), a valid
+/// An 18-byte header of a PUT announcing a payload of `MAX_FRAME_BYTES` (576 MiB), a valid
 /// header that only says more bytes are coming.
-fn header_announcing_32_mib(request_id: u64) -> Vec<u8> {
+fn header_announcing_the_largest_frame(request_id: u64) -> Vec<u8> {
     let frame = Frame::new(
         request_id,
         Message::Put {
@@ -271,7 +271,7 @@ fn header_announcing_32_mib(request_id: u64) -> Vec<u8> {
 }
 
 #[test]
-fn headers_announcing_32_mib_cost_only_their_bytes() {
+fn headers_announcing_the_largest_frame_cost_only_their_bytes() {
     let _one = one_at_a_time();
     let name = "limits_headers";
     const CONNECTIONS: usize = 200;
@@ -279,8 +279,8 @@ fn headers_announcing_32_mib_cost_only_their_bytes() {
     let addr = cluster.addr(0);
     let pid = cluster.pid(0).expect("running");
 
-    // Address space: what the node has now plus 1 GiB. Reserving the 32 MiB each header
-    // announces would take 200 x 32 MiB = 6.25 GiB, and the allocation would fail (abort).
+    // Address space: what the node has now plus 1 GiB. Reserving the 576 MiB each header
+    // announces would take 200 x 576 MiB = 112 GiB, and the allocation would fail (abort).
     let (_, size_kb) = report_memory(name, &cluster, 0, "before the headers");
     let limit = size_kb * 1024 + (1 << 30);
     let rl = libc::rlimit {
@@ -295,7 +295,7 @@ fn headers_announcing_32_mib_cost_only_their_bytes() {
     let mut streams = Vec::with_capacity(CONNECTIONS);
     for i in 0..CONNECTIONS {
         let mut s = TcpStream::connect(addr).expect("connect");
-        s.write_all(&header_announcing_32_mib(i as u64))
+        s.write_all(&header_announcing_the_largest_frame(i as u64))
             .expect("send a header");
         streams.push(s);
     }
@@ -431,7 +431,13 @@ fn resp_node_on_redis(name: &str, limit: &str) -> (RedisServer, LocalCluster, So
     let redis = RedisServer::start();
     let mut spec = with_args(
         redis_cluster_spec(name, 1, &redis),
-        &["--client-query-buffer-limit", limit],
+        // The query buffer must hold a SET of the longest value (the ECHOs' 1 MiB).
+        &[
+            "--client-query-buffer-limit",
+            limit,
+            "--max-value-bytes",
+            "1048576",
+        ],
     );
     spec.resp = true;
     let cluster = start_spec(name, spec);
@@ -799,7 +805,12 @@ fn a_binary_client_pipelining_into_a_stalled_store_is_not_read() {
     // frame are the most the node should hold, so a 2 MiB query buffer limit is never reached.
     let spec = with_args(
         redis_cluster_spec(name, 1, &redis),
-        &["--client-query-buffer-limit", STALLED_QUERY_BUFFER_BYTES],
+        &[
+            "--client-query-buffer-limit",
+            STALLED_QUERY_BUFFER_BYTES,
+            "--max-value-bytes",
+            "1048576",
+        ],
     );
     let mut cluster = start_spec(name, spec);
     let addr = cluster.addr(0);
@@ -956,7 +967,18 @@ fn an_unfinished_command_over_the_query_buffer_limit_closes_the_client() {
     let _one = one_at_a_time();
     let name = "limits_query_buffer";
     const LIMIT: usize = 1024 * 1024;
-    let cluster = one_node(name, true, &["--client-query-buffer-limit", &LIMIT.to_string()]);
+    let limit = LIMIT.to_string();
+    let max_value = (LIMIT / 2).to_string();
+    let cluster = one_node(
+        name,
+        true,
+        &[
+            "--client-query-buffer-limit",
+            &limit,
+            "--max-value-bytes",
+            &max_value,
+        ],
+    );
     let resp = cluster.resp_addr(0).expect("a RESP port");
     report_memory(name, &cluster, 0, "before the unfinished command");
 
@@ -1032,7 +1054,7 @@ fn idle_clients_are_closed_after_the_timeout() {
     // Neither is known to be a peer's, and they hold descriptors as clients do.
     let mut silent = TcpStream::connect(addr).expect("connect");
     let mut half = TcpStream::connect(addr).expect("connect");
-    half.write_all(&header_announcing_32_mib(1)[..HEADER_BYTES / 2])
+    half.write_all(&header_announcing_the_largest_frame(1)[..HEADER_BYTES / 2])
         .expect("send half a header");
     for (what, stream) in [("silent", &mut silent), ("half-header", &mut half)] {
         let got = read_until_closed(stream, CLOSE_TIMEOUT)

@@ -193,3 +193,32 @@ fn a_redis_restarted_empty_never_answers_not_found_for_a_key_the_ring_holds() {
         addrs[0]
     );
 }
+
+/// A Redis whose `proto-max-bulk-len` is below chordkv's 512 MiB: the node lowers its
+/// `--max-value-bytes` to what the driver can write there (the value after a 17-byte header),
+/// so a value that Redis would refuse gets a clear `TooLarge` error, never a store failure, and
+/// the longest one it takes is stored and read back.
+#[test]
+fn a_redis_with_a_lower_proto_max_bulk_len_lowers_the_nodes_value_limit() {
+    let name = "redis_bulk_len";
+    let redis = RedisServer::start();
+    let set = redis.command(&[b"CONFIG", b"SET", b"proto-max-bulk-len", b"2097152"]);
+    assert_eq!(set, "+OK", "CONFIG SET proto-max-bulk-len");
+    let cluster = start(name, 1, &redis, &[]);
+    let most = 2_097_152 - 17;
+    let mut client = cluster.client(0, Duration::from_secs(10)).expect("connect");
+    client
+        .put("fits", vec![b'a'; most])
+        .expect("the longest value Redis takes");
+    let e = client
+        .put("over", vec![b'a'; most + 1])
+        .expect_err("a value Redis would refuse");
+    assert_eq!(e.server_code(), Some(ErrorCode::TooLarge), "{e}");
+    assert!(e.to_string().contains("--max-value-bytes"), "{e}");
+    let got = client.get("fits").expect("read it back");
+    assert_eq!(got.value.map(|v| v.len()), Some(most));
+    assert!(
+        client.get("over").expect("read").value.is_none(),
+        "nothing written"
+    );
+}

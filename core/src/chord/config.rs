@@ -260,10 +260,17 @@ pub struct Config {
     pub transfer_stall_timeout_ms: u64,
     /// Most items in one transfer batch.
     pub transfer_batch_items: usize,
-    /// Most key and value bytes in one transfer batch (one item always fits, whatever its size).
+    /// Most key and value bytes in one transfer batch (one item always fits, whatever its size);
+    /// at most [`chordkv_protocol::limits::MAX_BATCH_BYTES`], so that a batch fits one frame.
     pub transfer_batch_bytes: usize,
     /// Most client requests held while a key range is being received.
     pub max_held_requests: usize,
+    /// Longest value a client may store through this node (`--max-value-bytes`, Redis'
+    /// `proto-max-bulk-len`), in bytes, at most [`chordkv_protocol::MAX_VALUE_BYTES`]: a longer
+    /// PUT is refused with `TooLarge`, and a command that would grow a value past it (APPEND,
+    /// SETRANGE, SETBIT) answers Redis' `string exceeds maximum allowed size`. Values that
+    /// arrive from peers (replication, transfer, repair) are taken whatever their size.
+    pub max_value_bytes: usize,
     /// A request that needs more overlay hops than this fails (a routing loop guard).
     pub max_hops: u16,
     /// How long a peer that failed to answer stays excluded from routing choices.
@@ -314,6 +321,7 @@ impl Config {
             transfer_batch_items: 1_024,
             transfer_batch_bytes: 4 << 20,
             max_held_requests: 50_000,
+            max_value_bytes: chordkv_protocol::MAX_VALUE_BYTES,
             max_hops: 32,
             dead_peer_ttl_ms: stabilize_ms * 8,
             leave_timeout_ms: 30_000,

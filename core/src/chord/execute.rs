@@ -48,6 +48,20 @@ const SWEEP_BATCH: usize = 256;
 const SWEEP_SCAN_BYTES: usize = 256 * 1024;
 
 /// What Redis Cluster answers when the keys of a request have more than one owner.
+/// The most bytes a transaction's writes, or its replies, may take (estimated from above):
+/// they travel in one frame each.
+const EXECUTE_FRAME_BUDGET: usize = chordkv_protocol::MAX_FRAME_BYTES - 64 * 1024;
+
+/// An estimate from above of the bytes `reply` takes in a frame.
+fn reply_bytes(reply: &CommandReply) -> usize {
+    match reply {
+        CommandReply::Bulk(b) => b.len() + 8,
+        CommandReply::Status(t) | CommandReply::Error(t) => t.len() + 8,
+        CommandReply::Array(items) => 8 + items.iter().map(reply_bytes).sum::<usize>(),
+        _ => 16,
+    }
+}
+
 pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
 /// One Execute at its owner.
@@ -334,7 +348,8 @@ impl Node {
             }
             None => {
                 let mut keyspace =
-                    Keyspace::new(now, items.into_iter().map(|it| (it.key, it.value, it.expires_at)));
+                    Keyspace::new(now, items.into_iter().map(|it| (it.key, it.value, it.expires_at)))
+                        .with_max_value(self.config.max_value_bytes);
                 job.replies = job
                     .commands
                     .iter()
@@ -346,6 +361,23 @@ impl Node {
         for (key, _) in expired {
             if !writes.iter().any(|(k, _, _)| *k == key) {
                 writes.push((key, None, 0));
+            }
+        }
+        if job.reclaim.is_none() {
+            // Decided, and nothing applied yet: the writes go to each replica in one frame and
+            // the replies back in one, so a transaction either fits or is refused whole.
+            let replies: usize = job.replies.iter().map(reply_bytes).sum();
+            let written: usize = writes
+                .iter()
+                .map(|(k, v, _)| k.len() + v.as_ref().map_or(0, |v| v.len()) + 32)
+                .sum();
+            if written.max(replies) > EXECUTE_FRAME_BUDGET {
+                let text = format!(
+                    "transaction too large for one frame, nothing applied: its writes take \
+                     {written} bytes and its replies {replies}, over the {EXECUTE_FRAME_BUDGET} \
+                     one frame carries"
+                );
+                return self.end_job(now, id, Err((ErrorCode::TooLarge, text)));
             }
         }
         if writes.is_empty() {
@@ -787,6 +819,94 @@ mod tests {
         assert_eq!(one.ops.len(), 1, "only the PUT is in the store's hands");
         one.run_store();
         assert_eq!(one.value("n"), Some(b("101")));
+    }
+
+    /// A transaction whose writes or replies one frame cannot carry is refused whole, at the
+    /// entry (its commands) or at the owner (what they make); a PUT over the node's
+    /// `--max-value-bytes` is refused. Zeroed values are not touched, so cost no memory.
+    #[test]
+    fn what_one_frame_cannot_carry_is_refused_whole() {
+        let mut one = One::new();
+        let big = Bytes::from(vec![0u8; 300 << 20]);
+        for (rid, key) in [(1, "{t}a"), (2, "{t}b")] {
+            one.send(
+                rid,
+                Message::Put {
+                    key: b(key),
+                    value: big.clone(),
+                },
+            );
+            one.run_store();
+            assert!(
+                matches!(one.reply(rid), Message::PutReply { .. }),
+                "{:?}",
+                one.reply(rid)
+            );
+        }
+        let too_large = |m: &Message| matches!(m, Message::Error { code: ErrorCode::TooLarge, text, .. } if text.contains("nothing applied"));
+        // Two small APPENDs whose results together are over a frame.
+        one.send(3, exec(&["APPEND {t}a x", "APPEND {t}b x"]));
+        one.run_store();
+        assert!(too_large(one.reply(3)), "{:?}", one.reply(3));
+        assert_eq!(
+            one.value("{t}a").map(|v| v.len()),
+            Some(300 << 20),
+            "nothing applied"
+        );
+        // Reads whose replies together are over a frame.
+        one.send(4, exec(&["GET {t}a", "GET {t}b"]));
+        one.run_store();
+        assert!(too_large(one.reply(4)), "{:?}", one.reply(4));
+        // Commands that together are over a frame: refused before anything is read.
+        let set = |k: &str| vec![b("SET"), b(k), big.clone()];
+        one.send(
+            5,
+            Message::Execute {
+                key: b("{t}c"),
+                commands: vec![set("{t}c"), set("{t}d")],
+                watched: vec![],
+            },
+        );
+        assert!(one.ops.is_empty(), "nothing read");
+        assert!(too_large(one.reply(5)), "{:?}", one.reply(5));
+        // One small APPEND still runs.
+        one.send(6, exec(&["APPEND {t}a x"]));
+        one.run_store();
+        assert!(matches!(
+            one.reply(6),
+            Message::ExecuteReply { replies: Some(_), .. }
+        ));
+        assert_eq!(one.value("{t}a").map(|v| v.len()), Some((300 << 20) + 1));
+
+        // A node's own --max-value-bytes.
+        let me = NodeRef::from_addr("127.0.0.1:7001".parse().unwrap());
+        let mut config = Config::with_stabilize_interval_ms(100);
+        config.max_value_bytes = 4;
+        one.node = Node::new(me, config, 0);
+        one.node.create(0);
+        one.send(
+            7,
+            Message::Put {
+                key: b("k"),
+                value: b("12345"),
+            },
+        );
+        assert!(
+            matches!(one.reply(7), Message::Error { code: ErrorCode::TooLarge, text, .. } if text.contains("--max-value-bytes")),
+            "{:?}",
+            one.reply(7)
+        );
+        one.send(8, exec(&["APPEND k 12345"]));
+        one.run_store();
+        match one.reply(8) {
+            Message::ExecuteReply { replies: Some(r), .. } => {
+                assert!(
+                    matches!(&r[0], CommandReply::Error(t) if t.contains("maximum allowed size")),
+                    "{r:?}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A watched key whose version changed: nothing runs. An unchanged one: all of it runs,

@@ -481,7 +481,10 @@ impl Node {
                 end: o.end,
                 after: o.cursor.clone(),
                 limit: self.config.transfer_batch_items,
-                max_bytes: self.config.transfer_batch_bytes,
+                max_bytes: self
+                    .config
+                    .transfer_batch_bytes
+                    .min(chordkv_protocol::limits::MAX_BATCH_BYTES),
             };
             self.store_op(op, StoreWait::TransferScan(id));
         }

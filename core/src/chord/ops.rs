@@ -110,7 +110,35 @@ pub(super) struct ClientOps {
 
 impl Node {
     pub(super) fn handle_client_op(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame) {
+        if let Some(text) = self.over_client_limits(&frame) {
+            let error = Message::Error {
+                code: ErrorCode::TooLarge,
+                hops: 0,
+                text,
+            };
+            return self.reply(reply_to, frame.request_id, error);
+        }
         self.dispatch_client_op(now, reply_to, frame, 0);
+    }
+
+    /// Why a client's request is refused before anything is done with it: a PUT over the
+    /// node's `--max-value-bytes`, or an Execute (a transaction) that one frame cannot carry to
+    /// the owner (its queued commands together over [`chordkv_protocol::MAX_FRAME_BYTES`]).
+    fn over_client_limits(&self, frame: &Frame) -> Option<String> {
+        match &frame.message {
+            Message::Put { value, .. } if value.len() > self.config.max_value_bytes => Some(format!(
+                "value of {} bytes is over the node's maximum of {} bytes (--max-value-bytes)",
+                value.len(),
+                self.config.max_value_bytes
+            )),
+            Message::Execute { .. } => match frame.encoded_len() {
+                Ok(_) => None,
+                Err(e) => Some(format!(
+                    "transaction too large for one frame, nothing applied: {e}"
+                )),
+            },
+            _ => None,
+        }
     }
 
     /// Serves, holds, redirects or starts coordinating a client operation that has already

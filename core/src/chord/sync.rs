@@ -815,6 +815,8 @@ impl Node {
 /// Bytes of keys and values in one repair message (a `REPLICATE` push, a `SYNC_KEYS` list, the
 /// items of a `SYNC_KEYS_REPLY`): well under `MAX_FRAME_BYTES`, and one item always fits.
 pub(super) const REPAIR_BATCH_BYTES: usize = 8 << 20;
+// A batch under its budget, plus one item of any size, fits in one frame.
+const _: () = assert!(REPAIR_BATCH_BYTES <= chordkv_protocol::limits::MAX_BATCH_BYTES);
 
 /// How many of `items`, from the front, fit in `budget` bytes of keys and values (at least one).
 fn fitting_prefix(items: &[Item], budget: usize) -> usize {

@@ -2,15 +2,16 @@
 //! most significant bit of the first byte.
 
 use bytes::{Bytes, BytesMut};
-use chordkv_protocol::{CommandReply, MAX_VALUE_BYTES};
+use chordkv_protocol::CommandReply;
 
 use super::numbers::parse_int;
 use super::{byte_range, err, not_an_integer, syntax_error, Keyspace};
 
-/// A bit offset argument: a non-negative integer whose byte is within the longest value.
-fn bit_offset(arg: &[u8]) -> Option<usize> {
+/// A bit offset argument: a non-negative integer whose byte is within the longest value
+/// (`max_value` bytes).
+fn bit_offset(arg: &[u8], max_value: usize) -> Option<usize> {
     let offset = parse_int(arg)?;
-    (offset >= 0 && (offset >> 3) < MAX_VALUE_BYTES as i64).then_some(offset as usize)
+    (offset >= 0 && (offset >> 3) < max_value as i64).then_some(offset as usize)
 }
 
 fn offset_error() -> CommandReply {
@@ -19,7 +20,7 @@ fn offset_error() -> CommandReply {
 
 /// `SETBIT key offset 0|1`: the bit's previous value; the string grows with zero bytes.
 pub(super) fn setbit(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
-    let Some(offset) = bit_offset(&w[2]) else {
+    let Some(offset) = bit_offset(&w[2], ks.max_value()) else {
         return offset_error();
     };
     let on = match &w[3][..] {
@@ -44,7 +45,7 @@ pub(super) fn setbit(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
 
 /// `GETBIT key offset`: 0 past the end of the string or for a missing key.
 pub(super) fn getbit(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
-    let Some(offset) = bit_offset(&w[2]) else {
+    let Some(offset) = bit_offset(&w[2], ks.max_value()) else {
         return offset_error();
     };
     let bit = ks

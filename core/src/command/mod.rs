@@ -172,9 +172,11 @@ pub fn run(words: &[Bytes], keyspace: &mut Keyspace) -> CommandReply {
 /// the store before the first command, changed by each write, at one time `now` (milliseconds
 /// since the Unix epoch, the owner's clock). Keys read but absent, tombstones and values whose
 /// expiry has come at `now` are absent.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Keyspace {
     now: u64,
+    /// Longest value a command may make (the node's `--max-value-bytes`).
+    max_value: usize,
     values: BTreeMap<Bytes, Value>,
     written: BTreeSet<Bytes>,
 }
@@ -184,6 +186,13 @@ pub struct Keyspace {
 struct Value {
     value: Option<Bytes>,
     expires_at: u64,
+}
+
+impl Default for Keyspace {
+    /// An empty keyspace at time 0.
+    fn default() -> Keyspace {
+        Keyspace::new(0, [])
+    }
 }
 
 impl Keyspace {
@@ -203,9 +212,22 @@ impl Keyspace {
             .collect();
         Keyspace {
             now,
+            max_value: MAX_VALUE_BYTES,
             values,
             written: BTreeSet::new(),
         }
+    }
+
+    /// The keyspace with values of at most `bytes` (APPEND, SETRANGE and SETBIT past it answer
+    /// `string exceeds maximum allowed size`); [`MAX_VALUE_BYTES`] unless set.
+    pub fn with_max_value(mut self, bytes: usize) -> Keyspace {
+        self.max_value = bytes.min(MAX_VALUE_BYTES);
+        self
+    }
+
+    /// The longest value a command may make, in bytes.
+    pub fn max_value(&self) -> usize {
+        self.max_value
     }
 
     /// The value of `key`, if it has one.
@@ -557,7 +579,7 @@ fn incrbyfloat(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
 
 fn append(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
     let old = ks.get(&w[1]).cloned().unwrap_or_default();
-    if old.len() + w[2].len() > MAX_VALUE_BYTES {
+    if old.len() + w[2].len() > ks.max_value {
         return too_long();
     }
     let mut v = BytesMut::with_capacity(old.len() + w[2].len());
@@ -587,7 +609,7 @@ fn setrange(w: &[Bytes], ks: &mut Keyspace) -> CommandReply {
         return CommandReply::Int(old.len() as i64);
     }
     let offset = offset as u64;
-    if offset + value.len() as u64 > MAX_VALUE_BYTES as u64 {
+    if offset + value.len() as u64 > ks.max_value as u64 {
         return too_long();
     }
     let offset = offset as usize;

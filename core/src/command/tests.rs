@@ -130,7 +130,15 @@ fn ranges_follow_redis() {
     assert_eq!(r(ks, "SETRANGE k 4 bar"), Int(7));
     assert_eq!(value(ks, "k").as_deref(), Some("bbo\0bar"));
     assert!(is_err(&r(ks, "SETRANGE k -1 x"), "out of range"));
-    assert!(is_err(&r(ks, "SETRANGE k 536870911 x"), "maximum allowed size"));
+    assert!(is_err(&r(ks, "SETRANGE k 536870912 x"), "maximum allowed size"));
+    // A node's own --max-value-bytes bounds what the commands make.
+    let small = &mut Keyspace::new(0, []).with_max_value(8);
+    assert_eq!(r(small, "APPEND a 12345678"), Int(8));
+    assert!(is_err(&r(small, "APPEND a 9"), "maximum allowed size"));
+    assert!(is_err(&r(small, "SETRANGE s 6 abc"), "maximum allowed size"));
+    assert_eq!(r(small, "SETRANGE s 5 abc"), Int(8));
+    assert!(is_err(&r(small, "SETBIT b 64 1"), "bit offset"));
+    assert_eq!(r(small, "SETBIT b 63 1"), Int(0));
     assert_eq!(
         r(ks, "SET h Hello World"),
         CommandReply::Error("ERR syntax error".into())

@@ -143,6 +143,12 @@ pub trait Store: Send + Sync {
     /// `(start, end]`, in ring order starting clockwise from `start`, strictly after `after`.
     /// `start == end` means the whole ring.
     fn scan(&self, start: &Id, end: &Id, after: Option<&ScanCursor>, limit: usize) -> Result<Vec<Item>>;
+    /// The longest value this store can keep, in bytes, when it is below the protocol's
+    /// [`chordkv_protocol::MAX_VALUE_BYTES`] (a Redis server's `proto-max-bulk-len` less the
+    /// driver's header); `None`: any value.
+    fn max_value_bytes(&self) -> Option<usize> {
+        None
+    }
     /// Merges many entries (a transfer or replication batch); returns how many were applied.
     /// Drivers with round trips should pipeline this.
     fn put_many(&self, items: Vec<Item>) -> Result<usize> {

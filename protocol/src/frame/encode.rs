@@ -362,7 +362,7 @@ impl Sink for Size {
 
     #[inline]
     fn put(&mut self, bytes: &[u8]) {
-        // Saturating: 65,536 items of 16 MiB overflow a 32-bit usize. Any total that large is
+        // Saturating: 65,536 items of 512 MiB overflow a 32-bit usize. Any total that large is
         // over MAX_FRAME_BYTES anyway, and refused as such.
         self.0 = self.0.saturating_add(bytes.len());
     }

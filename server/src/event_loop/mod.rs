@@ -46,8 +46,10 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Bytes read from one connection per turn of the loop before the others get their turn.
 pub const READ_BUDGET_BYTES: usize = 1024 * 1024;
 /// Unwritten bytes one connection may queue; beyond this its peer is not reading and the
-/// connection is closed (a peer connection counts as unreachable).
-pub const MAX_WRITE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
+/// connection is closed (a peer connection counts as unreachable): one frame of the largest
+/// size (a reply carrying a 512 MiB value) and 64 MiB more. A client's replies stop its input
+/// from being read well before that ([`OUTPUT_HIGH_WATER_BYTES`]).
+pub const MAX_WRITE_BUFFER_BYTES: usize = chordkv_protocol::MAX_FRAME_BYTES + 64 * 1024 * 1024;
 /// Unwritten reply bytes at which an inbound connection stops being read: its client is not
 /// reading its replies, so TCP flow control should slow it down rather than our memory grow.
 pub const OUTPUT_HIGH_WATER_BYTES: usize = 4 * 1024 * 1024;
@@ -221,6 +223,19 @@ impl Server {
             client_auth,
             tls,
         } = config;
+        let mut chord = chord;
+        // A Redis store writes a value with a small header, and refuses what is over its own
+        // proto-max-bulk-len: the node takes no value its store could not keep.
+        if let Some(most) = stores.iter().filter_map(|s| s.max_value_bytes()).min() {
+            if most < chord.max_value_bytes {
+                eprintln!(
+                    "chordkv node: --max-value-bytes lowered from {} to {most}: the store takes no \
+                     longer value (raise its proto-max-bulk-len to store longer ones)",
+                    chord.max_value_bytes
+                );
+                chord.max_value_bytes = most;
+            }
+        }
         if client_auth.users.is_some() && peer_security.keyring.is_none() {
             return Err(Error::Config(
                 "--requirepass and --users need --keyring: peers and clients share the node's port, \
@@ -265,12 +280,14 @@ impl Server {
             poll.registry()
                 .register(l, RESP_LISTENER, Interest::READABLE)
                 .map_err(Error::io("registering the RESP listener"))?;
-            resp_facts = Some(Facts::new(
+            let mut facts = Facts::new(
                 l.local_addr()
                     .map_err(Error::io("reading the RESP listening address"))?,
                 client_auth.users.clone(),
                 client_limits.max_clients,
-            ));
+            );
+            facts.max_value_bytes = chord.max_value_bytes;
+            resp_facts = Some(facts);
         }
         let control = Arc::new(Control {
             waker: Waker::new(poll.registry(), WAKER).map_err(Error::io("creating the waker"))?,
@@ -300,7 +317,6 @@ impl Server {
         let clock = Clock::new();
         let now = clock.now();
         let connect_timeout_ms = chord.rpc_timeout_ms.max(MIN_CONNECT_TIMEOUT_MS);
-        let mut chord = chord;
         // Each start of the process is a new incarnation: its wall-clock start time.
         if chord.incarnation == 0 {
             chord.incarnation = now;

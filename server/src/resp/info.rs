@@ -38,6 +38,9 @@ pub(crate) struct Facts {
     pub users: Option<std::sync::Arc<crate::auth::Users>>,
     /// The most RESP clients at once (`--max-clients`).
     pub max_clients: usize,
+    /// The longest value a client may send (`--max-value-bytes`, lowered to what a Redis store
+    /// takes): a longer bulk string is skipped and answered with an error.
+    pub max_value_bytes: usize,
     /// RESP connections accepted since the start.
     pub connections_received: Cell<u64>,
     /// RESP commands taken off the input since the start (errors and QUIT included, as
@@ -97,6 +100,7 @@ impl Facts {
             started: Instant::now(),
             users,
             max_clients,
+            max_value_bytes: chordkv_protocol::MAX_VALUE_BYTES,
             connections_received: Cell::new(0),
             commands_processed: Cell::new(0),
             unix_micros: Cell::new(0),

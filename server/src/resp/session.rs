@@ -167,7 +167,7 @@ impl RespSession {
         if self.skipping.is_some() {
             return self.skip(input, out);
         }
-        let args = match resp::decode(input) {
+        let args = match resp::decode_limited(input, facts.max_value_bytes) {
             Ok(Some(args)) => args,
             Ok(None) => return Step::Idle,
             Err(
@@ -175,6 +175,7 @@ impl RespSession {
                     len,
                     data_from,
                     args_after,
+                    ..
                 },
             ) => {
                 input.advance(data_from);
@@ -534,14 +535,15 @@ mod tests {
         assert!(out.ends_with("+RESET\r\n$-1\r\n"), "{out}");
     }
 
-    /// A value over the maximum (16 MiB) is answered with the error, not a connection reset:
+    /// A value over the node's maximum is answered with the error, not a connection reset:
     /// the command's bytes are skipped as they arrive (the session keeps none of them), nothing
     /// is written, and the next command is read as usual. Before, the decoder's protocol error
     /// closed the connection while the client was still sending, and the client saw a reset.
     #[test]
     fn a_value_over_the_maximum_is_skipped_and_refused_and_the_connection_stays() {
         let mut rig = Rig::new();
-        let big = chordkv_protocol::MAX_VALUE_BYTES + 1;
+        rig.facts.max_value_bytes = 4 << 20;
+        let big = (4 << 20) + 1;
         // MSET a <big> b 1: the pair after the big value is skipped too.
         rig.send(format!("*5\r\n$4\r\nMSET\r\n$1\r\na\r\n${big}\r\n").as_bytes());
         let chunk = vec![b'x'; 1 << 20];
@@ -561,8 +563,8 @@ mod tests {
         assert_eq!(
             rig.take_out(),
             format!(
-                "-ERR value of {big} bytes is over chordkv's maximum of {} bytes \
-                 (proto-max-bulk-len)\r\n$-1\r\n$-1\r\n+PONG\r\n",
+                "-ERR value of {big} bytes is over the node's maximum of {} bytes \
+                 (proto-max-bulk-len, --max-value-bytes)\r\n$-1\r\n$-1\r\n+PONG\r\n",
                 big - 1
             )
         );

@@ -346,6 +346,8 @@ pub struct RedisStore {
     loss_lock: Mutex<()>,
     /// Whether the marker of an earlier open was there when this one opened.
     kept_data: bool,
+    /// The longest value the server takes: its `proto-max-bulk-len` less our record header.
+    max_value: usize,
     get_script: Script,
     len_script: Script,
     put_script: Script,
@@ -411,6 +413,7 @@ impl RedisStore {
             losses: AtomicU64::new(0),
             loss_lock: Mutex::new(()),
             kept_data: false,
+            max_value: chordkv_protocol::MAX_VALUE_BYTES,
             get_script: Script::new(&format!("{LUA_HELPERS}{LUA_GET}")),
             len_script: Script::new(&format!("{LUA_HELPERS}{LUA_LEN}")),
             put_script: Script::new(&format!("{LUA_HELPERS}{LUA_PUT}")),
@@ -455,6 +458,19 @@ impl RedisStore {
                 ))
             })?;
         store.kept_data = kept;
+        // A record is the value and at most RECORD_HEADER_BYTES + 8 bytes before it; Redis
+        // refuses an argument over its proto-max-bulk-len (512 MiB unless configured; a server
+        // that hides CONFIG is taken to run the default).
+        let most: u64 = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("proto-max-bulk-len")
+            .query::<Vec<String>>(&mut conn)
+            .ok()
+            .and_then(|pair| pair.get(1).and_then(|v| v.parse().ok()))
+            .unwrap_or(512 * 1024 * 1024);
+        store.max_value = usize::try_from(most)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(RECORD_HEADER_BYTES + 8);
         // A store opened without its marker is not a loss to report: whatever it holds now is
         // what the node starts with.
         store.write_marker(&mut conn).map_err(|e| {
@@ -1108,6 +1124,10 @@ impl Store for RedisStore {
 
     fn is_blocking(&self) -> bool {
         true
+    }
+
+    fn max_value_bytes(&self) -> Option<usize> {
+        (self.max_value < chordkv_protocol::MAX_VALUE_BYTES).then_some(self.max_value)
     }
 
     fn name(&self) -> &'static str {

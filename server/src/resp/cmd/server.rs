@@ -184,11 +184,11 @@ pub(crate) fn time(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 
 /// `CONFIG GET pattern ...`: the parameters benchmark tools and clients ask for, with values
 /// that describe chordkv (nothing saved to disk, one database, no eviction) and its limits
-/// (`maxclients`: `--max-clients`; `proto-max-bulk-len`: the longest value a frame carries);
+/// (`maxclients`: `--max-clients`; `proto-max-bulk-len`: `--max-value-bytes`);
 /// `*` lists them all.
 pub(crate) fn config(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     let max_clients = cx.facts.max_clients.to_string();
-    let max_bulk = chordkv_protocol::MAX_VALUE_BYTES.to_string();
+    let max_bulk = cx.facts.max_value_bytes.to_string();
     let params: [(&str, &str); 6] = [
         ("save", ""),
         ("appendonly", "no"),
