@@ -219,7 +219,8 @@ impl Node {
         }
         // A client that gives up at its deadline must never see the write applied after it:
         // every hop carries the deadline, and owners refuse to start past it.
-        let mut op_deadline = now + self.config.request_timeout_ms;
+        let mut op_deadline =
+            now + self.config.request_timeout_ms + super::rpc::size_allowance_ms(&frame.message);
         if deadline != 0 {
             op_deadline = op_deadline.min(deadline);
         }

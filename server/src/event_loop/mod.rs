@@ -287,6 +287,8 @@ impl Server {
                 client_limits.max_clients,
             );
             facts.max_value_bytes = chord.max_value_bytes;
+            facts.query_buffer_bytes = client_limits.query_buffer_bytes;
+            facts.idle_timeout_secs = client_limits.idle_timeout_ms / 1000;
             resp_facts = Some(facts);
         }
         let control = Arc::new(Control {

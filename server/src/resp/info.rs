@@ -41,6 +41,10 @@ pub(crate) struct Facts {
     /// The longest value a client may send (`--max-value-bytes`, lowered to what a Redis store
     /// takes): a longer bulk string is skipped and answered with an error.
     pub max_value_bytes: usize,
+    /// A client's unprocessed input at most (`--client-query-buffer-limit`), in bytes.
+    pub query_buffer_bytes: usize,
+    /// Seconds after which an idle client is closed (`--idle-timeout-secs`; 0: never).
+    pub idle_timeout_secs: u64,
     /// RESP connections accepted since the start.
     pub connections_received: Cell<u64>,
     /// RESP commands taken off the input since the start (errors and QUIT included, as
@@ -101,6 +105,8 @@ impl Facts {
             users,
             max_clients,
             max_value_bytes: chordkv_protocol::MAX_VALUE_BYTES,
+            query_buffer_bytes: chordkv_core::options::DEFAULT_QUERY_BUFFER_BYTES as usize,
+            idle_timeout_secs: 0,
             connections_received: Cell::new(0),
             commands_processed: Cell::new(0),
             unix_micros: Cell::new(0),

@@ -34,6 +34,7 @@
 //! type implementing [`Gather`] in its file and names it in the `pending!` list below.
 
 mod connection;
+mod docs;
 mod keys;
 mod server;
 mod strings;
@@ -728,6 +729,12 @@ mod tests {
             (
                 "CONFIG GET maxclients",
                 "*2\r\n$10\r\nmaxclients\r\n$5\r\n10000\r\n",
+            ),
+            // Glob patterns, without regard to case, as Redis matches them.
+            (
+                "CONFIG GET PROTO-* *query*",
+                "*4\r\n$18\r\nproto-max-bulk-len\r\n$9\r\n536870912\r\n\
+                 $25\r\nclient-query-buffer-limit\r\n$10\r\n1073741824\r\n",
             ),
         ] {
             let (t, asked) = translate_line(line);

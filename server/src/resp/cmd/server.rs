@@ -126,8 +126,8 @@ pub(crate) fn command(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
                 "    Return the names of the commands.",
                 "INFO <command-name> [<command-name> ...]",
                 "    Return details about the named commands.",
-                "DOCS",
-                "    Return an empty map: no documentation is served.",
+                "DOCS [<command-name> ...]",
+                "    Return the summary, first version and group of the named commands (or of all).",
             ])
         }
         Some(b"LIST") => {
@@ -146,8 +146,7 @@ pub(crate) fn command(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
                 }
             }
         }
-        // No documentation is served; an empty map (a flat array in RESP2) is a valid answer.
-        Some(b"DOCS") => resp::write_map_len_in(&mut reply, 0, proto),
+        Some(b"DOCS") => super::docs::write_docs(&rest[1..], proto, &mut reply),
         Some(other) => {
             let other = String::from_utf8_lossy(other).into_owned();
             return Translation::error(&format!("ERR unknown subcommand '{other}'. Try COMMAND HELP."));
@@ -184,18 +183,23 @@ pub(crate) fn time(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 
 /// `CONFIG GET pattern ...`: the parameters benchmark tools and clients ask for, with values
 /// that describe chordkv (nothing saved to disk, one database, no eviction) and its limits
-/// (`maxclients`: `--max-clients`; `proto-max-bulk-len`: `--max-value-bytes`);
+/// (`maxclients`: `--max-clients`; `proto-max-bulk-len`: `--max-value-bytes`;
+/// `client-query-buffer-limit`; `timeout`: `--idle-timeout-secs`);
 /// `*` lists them all.
 pub(crate) fn config(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     let max_clients = cx.facts.max_clients.to_string();
     let max_bulk = cx.facts.max_value_bytes.to_string();
-    let params: [(&str, &str); 6] = [
+    let query_buffer = cx.facts.query_buffer_bytes.to_string();
+    let timeout = cx.facts.idle_timeout_secs.to_string();
+    let params: [(&str, &str); 8] = [
         ("save", ""),
         ("appendonly", "no"),
         ("databases", "1"),
         ("maxmemory", "0"),
         ("maxclients", &max_clients),
         ("proto-max-bulk-len", &max_bulk),
+        ("client-query-buffer-limit", &query_buffer),
+        ("timeout", &timeout),
     ];
     let [sub, patterns @ ..] = rest else {
         return Translation::wrong_arity("config");
@@ -207,7 +211,9 @@ pub(crate) fn config(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
     let mut found: Vec<(&str, &str)> = Vec::new();
     for pattern in patterns {
         for (name, value) in params {
-            if (&pattern[..] == b"*" || pattern.eq_ignore_ascii_case(name.as_bytes()))
+            // Redis matches the names as glob patterns, without regard to case.
+            let pattern = pattern.to_ascii_lowercase();
+            if chordkv_core::command::glob_match(&pattern, name.as_bytes())
                 && !found.iter().any(|(n, _)| *n == name)
             {
                 found.push((name, value));
