@@ -153,8 +153,9 @@ pub struct NodeOptions {
     pub client_query_buffer_limit: u64,
     /// Longest value a client may store, in bytes (Redis' `proto-max-bulk-len`, the same
     /// 512 MiB default and ceiling). A longer one is answered with an error and the connection
-    /// is kept; APPEND, SETRANGE and SETBIT cannot grow a value past it. Must be below
-    /// --client-query-buffer-limit. With a Redis store it is lowered, if need be, to what that
+    /// is kept; APPEND, SETRANGE and SETBIT cannot grow a value past it.
+    /// --client-query-buffer-limit must hold a SET of the longest value: this plus 65 KiB
+    /// (the longest key and the command around it). With a Redis store it is lowered, if need be, to what that
     /// server's own `proto-max-bulk-len` lets the driver write.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES, value_parser = clap::value_parser!(u64).range(1..=chordkv_protocol::MAX_VALUE_BYTES as u64))]
     pub max_value_bytes: u64,

@@ -190,8 +190,9 @@ pub fn markdown(w: &Workload, command: &str, date: &str, trials: &[RateTrial]) -
          - cluster: {} local nodes, store {}, stabilize {} ms\n\
          - per trial: fresh cluster, preload {} keys, then {} s of closed-loop load ({} threads, \
          mix get {} / put {} / delete {}); every T s one random live node is SIGKILLed and a \
-         fresh empty node joins in its place; at the end, wait for the ring and read every \
-         written key\n\
+         fresh empty node joins in its place; at the end, wait for the ring (under the \
+         `available` policy also for an anti-entropy round on every node, so that a key is \
+         lost only when no copy of it is left) and read every written key\n\
          - lost: keys whose last acknowledged write is missing or older at the end, as a \
          fraction of the keys written, over the judged trials: those in which every key could \
          be read at the end. `ring not settled` counts the others (the ring had not re-formed \

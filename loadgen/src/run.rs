@@ -40,6 +40,7 @@ use crate::report::{
 };
 use crate::verify::{self, FinalRead, History, Verdict, VerifyReport};
 use crate::workload::{Entry, Workload};
+use chordkv_core::chord::config::PartitionPolicy;
 
 /// Where a run without `--out` puts its results directory, relative to the current one.
 pub const DEFAULT_RESULTS_DIR: &str = "results";
@@ -288,6 +289,9 @@ pub fn run_with_control(
         );
         if let Err(e) = c.wait_consistent(CONVERGE_TIMEOUT) {
             eprintln!("loadgen: warning: {e:#}; verifying anyway");
+        } else if w.cluster.node.partition_policy == PartitionPolicy::Available && w.cluster.node.replicas > 0
+        {
+            wait_for_repair(w, &c.live_addrs());
         }
     }
     eprintln!(
@@ -1041,6 +1045,48 @@ fn error_kind(e: &ClientError) -> String {
         ClientError::Protocol(_) => "protocol".into(),
         ClientError::TooLarge { .. } => "too_large".into(),
         ClientError::Unexpected(_) => "unexpected".into(),
+    }
+}
+
+/// Under the `available` policy a node serves a range as soon as it owns it, from whatever
+/// copies it holds: one that took over its dead predecessor's range just after joining answers
+/// "not found" for the keys it has no copy of until its anti-entropy round pulls them from the
+/// range's replicas. Those are stale reads (counted while the load runs), not lost writes: the
+/// final reads wait for every live node to complete an anti-entropy round that started after
+/// the ring settled (two rounds counted, the first may have begun before), for at most three
+/// rounds' time, so that a key counts as lost only when no copy of it is left.
+fn wait_for_repair(w: &Workload, addrs: &[SocketAddr]) {
+    const ROUNDS: u64 = 2;
+    let interval = Duration::from_millis(
+        chordkv_core::chord::Config::with_stabilize_interval_ms(w.cluster.node.stabilize_ms)
+            .anti_entropy_interval_ms,
+    );
+    let rounds = |addr: SocketAddr| -> Option<u64> {
+        let mut c = Client::connect_as(addr, Duration::from_secs(2), &w.access).ok()?;
+        let stats = c.stats().ok()?;
+        stats
+            .iter()
+            .find(|(n, _)| n == "anti_entropy_rounds")
+            .map(|(_, v)| *v)
+    };
+    let start: Vec<(SocketAddr, Option<u64>)> = addrs.iter().map(|&a| (a, rounds(a))).collect();
+    eprintln!(
+        "loadgen: waiting for an anti-entropy round on each of the {} live nodes (policy available)",
+        addrs.len()
+    );
+    let deadline = Instant::now() + interval * (ROUNDS as u32 + 1) + Duration::from_secs(2);
+    loop {
+        let done = start
+            .iter()
+            .all(|(a, s)| s.is_none_or(|s| rounds(*a).is_none_or(|now| now >= s + ROUNDS)));
+        if done {
+            return;
+        }
+        if Instant::now() >= deadline {
+            eprintln!("loadgen: warning: not every node completed an anti-entropy round; verifying anyway");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

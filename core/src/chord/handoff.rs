@@ -631,6 +631,10 @@ impl Node {
                     return;
                 }
                 let Some(succ) = self.routing.successors().first().copied() else {
+                    // Every successor left before us (simultaneous leaves): nobody takes our
+                    // range over, and whoever stays before us still lists us as its successor.
+                    // Tell it, or it waits on us for good (`consistent` keeps a silent member).
+                    self.announce_leave(now, vec![self.me.addr]);
                     return self.finish_leave();
                 };
                 let msg = self.leaving_message();
@@ -677,10 +681,16 @@ impl Node {
         // lists name us) and the other successors (whose predecessor lists do), so a member
         // that leaves is gone for all of them, even when its takeover went through a node that
         // left right after (simultaneous leaves).
-        let mut told: Vec<NodeAddr> = vec![succ.addr, self.me.addr];
+        self.announce_leave(now, vec![succ.addr, self.me.addr]);
+    }
+
+    /// Sends our `Leaving` as a hint to every neighbour that lists us, our predecessors and
+    /// successors, but those in `told`.
+    fn announce_leave(&mut self, now: Millis, mut told: Vec<NodeAddr>) {
         let neighbours: Vec<NodeRef> = self
             .predecessors()
             .into_iter()
+            .chain(self.predecessor)
             .chain(self.routing.successors().iter().copied())
             .collect();
         for n in neighbours {

@@ -250,6 +250,11 @@ impl RespSession {
             }
         }
         let error = self.skipping.take().map(|s| s.error).unwrap_or_default();
+        // A command refused while a transaction is being queued aborts it, as any other error
+        // in queueing does: EXEC answers EXECABORT and nothing queued is applied.
+        if let Some(m) = self.client.multi.as_mut() {
+            m.failed = true;
+        }
         let mut reply = Vec::new();
         resp::write_error(&mut reply, &error);
         self.push_slot(self.requests.next_rid(), 0, SlotReply::Ready(reply), out);
@@ -619,6 +624,36 @@ mod tests {
              commands such as PING, INFO, SCAN or KEYS)\r\n\
              -EXECABORT Transaction discarded because of previous errors.\r\n\
              +OK\r\n+QUEUED\r\n+OK\r\n-ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n"
+        );
+
+        // Values over 64 KiB queue (the key limit is for keys); a value over the node's
+        // maximum is refused as it arrives and aborts the transaction: nothing is applied.
+        rig.facts.max_value_bytes = 100_000;
+        let big = "v".repeat(70_000);
+        let over = "v".repeat(100_001);
+        let set = |k: &str, v: &str| {
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n",
+                k.len(),
+                v.len()
+            )
+        };
+        let pipeline = format!(
+            "MULTI\r\n{}{}{}EXEC\r\n",
+            set("{t}1", &big),
+            set("{t}2", &over),
+            set("{t}3", "v")
+        );
+        rig.send(pipeline.as_bytes());
+        let out = rig.take_out();
+        assert!(rig.held.is_empty(), "{:?}", rig.held);
+        assert!(
+            out.starts_with("+OK\r\n+QUEUED\r\n-ERR value of 100001 bytes is over"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("+QUEUED\r\n-EXECABORT Transaction discarded because of previous errors.\r\n"),
+            "{out}"
         );
     }
 

@@ -208,6 +208,9 @@ pub(crate) fn config(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
         let sub = String::from_utf8_lossy(sub).into_owned();
         return Translation::error(&format!("ERR CONFIG {sub} is not supported by chordkv"));
     }
+    if patterns.is_empty() {
+        return Translation::wrong_arity("config|get");
+    }
     let mut found: Vec<(&str, &str)> = Vec::new();
     for pattern in patterns {
         for (name, value) in params {

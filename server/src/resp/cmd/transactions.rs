@@ -80,7 +80,7 @@ pub(crate) fn queue(name: &'static str, rest: &[Bytes], cx: &mut Cx<'_>) -> Tran
         m.failed = true;
         return Translation::error(CROSSSLOT);
     }
-    if let Some(refused) = refuse_large_keys(rest) {
+    if let Some(refused) = refuse_large_keys(&keys) {
         m.failed = true;
         return refused;
     }
