@@ -223,6 +223,15 @@ fn agrees_with_the_memory_store() {
                     m.count_range(&start, &end).unwrap(),
                     "step {step}: count_range"
                 );
+                // Expiring and live counts from the records' headers, as the memory store's.
+                let now = rng.range(0, 1 << 50);
+                let counts = r.range_counts(&start, &end, now).unwrap();
+                assert_eq!(
+                    counts,
+                    m.range_counts(&start, &end, now).unwrap(),
+                    "step {step}: range_counts"
+                );
+                assert_eq!(counts.live, m.count_range(&start, &end).unwrap());
             }
             _ => {
                 let (start, end) = (pick_id(&mut rng), pick_id(&mut rng));

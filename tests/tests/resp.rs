@@ -395,6 +395,31 @@ fn expiry_is_replicated_and_honoured_after_a_failover() {
     }
     let ttl: i64 = until_ok(&mut con, &["TTL", "e-0"]);
     assert!((1..=3).contains(&ttl), "TTL {ttl}");
+    // INFO keyspace: each node counts its primary range, so the nodes' counts add up to the
+    // ring's: 40 keys, 20 of them expiring within 3 s.
+    let mut sums = [0u64; 3];
+    for &a in &addrs {
+        let info: String = until_ok(&mut connect(a), &["INFO", "keyspace"]);
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("db0:"))
+            .unwrap_or_default()
+            .to_string();
+        for (i, field) in ["keys=", "expires=", "avg_ttl="].iter().enumerate() {
+            let value = line
+                .split(',')
+                .find_map(|f| f.trim_start_matches("db0:").strip_prefix(field));
+            let n: u64 = value
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{field} in {info:?}"));
+            sums[i] += if i == 2 { u64::from(n > 3_000) } else { n };
+        }
+    }
+    assert_eq!(
+        sums,
+        [40, 20, 0],
+        "keys, expiring keys, nodes with an avg_ttl over 3 s"
+    );
     cluster.kill(0).expect("kill node 0");
     let mut other = connect(addrs[1]);
     for i in 0..20 {

@@ -483,8 +483,11 @@ impl Node {
                 total,
             } => {
                 let primary = match result {
-                    Ok(StoreOutcome::Count(n)) => n,
-                    _ => total,
+                    Ok(StoreOutcome::RangeCounts(c)) => c,
+                    _ => crate::store::RangeCounts {
+                        live: total,
+                        ..Default::default()
+                    },
                 };
                 let mut counters = self.stat_counters(now, total, primary);
                 counters.push(("uptime_ms".to_string(), now.saturating_sub(self.created_at)));
@@ -532,7 +535,7 @@ impl Node {
                     request_id,
                     total,
                 };
-                self.store_op(StoreOp::CountRange { start, end }, wait);
+                self.store_op(StoreOp::RangeCounts { start, end, now }, wait);
             }
         }
         self.pump_transfers(now);

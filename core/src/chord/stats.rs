@@ -2,6 +2,7 @@
 //! `GET_STATS` reports, come from one table, so a new counter is one line.
 
 use super::node::{Millis, Node};
+use crate::store::RangeCounts;
 
 /// Declares [`Stats`] and its [`Stats::counters`] from one list of fields (a field's name is
 /// the counter's name in `GET_STATS`, `chordkv stats` and INFO).
@@ -95,13 +96,18 @@ counters! {
 }
 
 impl Node {
-    /// Named counters for `GET_STATS` at `now`, given the live keys held in all and as primary.
-    pub fn stat_counters(&self, now: Millis, keys: u64, keys_primary: u64) -> Vec<(String, u64)> {
+    /// Named counters for `GET_STATS` at `now`, given the live keys held in all and the counts
+    /// of the primary range (live keys, those with an expiry ahead and their remaining lives).
+    pub fn stat_counters(&self, now: Millis, keys: u64, primary: RangeCounts) -> Vec<(String, u64)> {
+        let keys_primary = primary.live;
         let (leases_valid, leases_held) = self.leases.counts(now);
         let members_down = self.neighbour_members().filter(|n| self.is_dead(&n.addr)).count();
-        let gauges: [(&str, u64); 16] = [
+        let gauges: [(&str, u64); 18] = [
             ("keys", keys),
             ("keys_primary", keys_primary),
+            // INFO keyspace's `expires` and (divided by it) `avg_ttl`.
+            ("keys_primary_expiring", primary.expiring),
+            ("keys_primary_ttl_ms_sum", primary.ttl_ms_sum),
             ("keys_replica", keys.saturating_sub(keys_primary)),
             ("replicas", self.config.replicas as u64),
             ("routing_nodes", self.routing.distinct_nodes() as u64),

@@ -181,6 +181,26 @@ pub trait Store: Send + Sync {
         digest::for_each_entry(self, start, end, |_, kv| count += kv.live as u64)?;
         Ok(count)
     }
+    /// The live keys of the ring range `(start, end]` (as [`Store::count_range`]), and how
+    /// many of them expire after `now` (ms since the epoch) with the sum of their remaining
+    /// lives: what Redis' INFO keyspace reports as `expires` and `avg_ttl`. The default scans
+    /// the entries; a driver with round trips should read only what it needs.
+    fn range_counts(&self, start: &Id, end: &Id, now: u64) -> Result<RangeCounts> {
+        let mut counts = RangeCounts::default();
+        let mut after: Option<ScanCursor> = None;
+        loop {
+            let batch = self.scan(start, end, after.as_ref(), SCAN_BATCH)?;
+            for it in &batch {
+                counts.add(it.value.is_some(), it.expires_at, now);
+            }
+            match batch.last() {
+                Some(last) if batch.len() == SCAN_BATCH => {
+                    after = Some((Id::of_key(&last.key), last.key.clone()))
+                }
+                _ => return Ok(counts),
+            }
+        }
+    }
     /// [`Store::scan`] that stops before the keys and values returned would exceed `max_bytes`
     /// (the first entry always comes, so a scan makes progress). The default trims a whole
     /// scan; a driver with round trips should stop early instead.
@@ -292,6 +312,12 @@ pub enum StoreOp {
         start: Id,
         end: Id,
     },
+    /// [`Store::range_counts`] of the ring range `(start, end]` at `now` (ms since the epoch).
+    RangeCounts {
+        start: Id,
+        end: Id,
+        now: u64,
+    },
     /// Digests of `parts` equal sub-ranges of `(start, end]` (see [`digest`]).
     Digest {
         start: Id,
@@ -331,6 +357,31 @@ impl StoreOp {
 }
 
 /// The result of a [`StoreOp`], variant by variant.
+/// Counts of a ring range for INFO keyspace ([`Store::range_counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RangeCounts {
+    /// Live keys (tombstones not counted).
+    pub live: u64,
+    /// Live keys with an expiry still ahead.
+    pub expiring: u64,
+    /// The sum of those keys' remaining lives, in milliseconds (saturating).
+    pub ttl_ms_sum: u64,
+}
+
+impl RangeCounts {
+    /// Counts one entry: `live` (it has a value), expiring at `expires_at` (0: never).
+    pub fn add(&mut self, live: bool, expires_at: u64, now: u64) {
+        if !live {
+            return;
+        }
+        self.live += 1;
+        if expires_at > now {
+            self.expiring += 1;
+            self.ttl_ms_sum = self.ttl_ms_sum.saturating_add(expires_at - now);
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreOutcome {
     Got(Option<Entry>),
@@ -345,6 +396,7 @@ pub enum StoreOutcome {
     },
     Removed(usize),
     Count(u64),
+    RangeCounts(RangeCounts),
     Digest(Vec<u64>),
     KeyVersions(Vec<(Bytes, u64)>),
     Items(Vec<Item>),
@@ -394,6 +446,9 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
         StoreOp::RemoveMany { keys } => StoreOutcome::Removed(store.delete_many(keys)?),
         StoreOp::Count => StoreOutcome::Count(store.len()?),
         StoreOp::CountRange { start, end } => StoreOutcome::Count(store.count_range(&start, &end)?),
+        StoreOp::RangeCounts { start, end, now } => {
+            StoreOutcome::RangeCounts(store.range_counts(&start, &end, now)?)
+        }
         StoreOp::Digest { start, end, parts } => {
             StoreOutcome::Digest(digest::range_digests(store, &start, &end, parts)?)
         }

@@ -10,7 +10,8 @@
 //!                  expired_keys (the core's keys_expired: values this node's expiry removed)
 //!                  (these four from the event loop's Facts, written when the command arrives)
 //!  # Replication   role:master, connected_slaves:0 (each node is one master to a client)
-//!  # Keyspace      db0:keys=<keys_primary>,expires=0,avg_ttl=0 (the same count as DBSIZE)
+//!  # Keyspace      db0:keys=<keys_primary>,expires=<those with an expiry ahead>,avg_ttl=<their
+//!                  mean remaining life, ms> (the node's primary range, as DBSIZE's count)
 //!  # chordkv       node_id, node_addr, status, predecessor, successor_list, routing_table,
 //!                  routing_table_size, keys_stored, hops_mean, then every GET_STATS counter
 //! ```
@@ -218,7 +219,12 @@ pub(crate) fn info_text(section: &str, server: &str, info: &NodeInfo, stats: &[(
     }
     if wants_section(section, "keyspace") {
         let keys = counter(stats, "keys_primary").unwrap_or(info.keys);
-        let _ = write!(s, "# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n\r\n");
+        let expires = counter(stats, "keys_primary_expiring").unwrap_or(0);
+        let avg_ttl = counter(stats, "keys_primary_ttl_ms_sum").unwrap_or(0) / expires.max(1);
+        let _ = write!(
+            s,
+            "# Keyspace\r\ndb0:keys={keys},expires={expires},avg_ttl={avg_ttl}\r\n\r\n"
+        );
     }
     if wants_section(section, "chordkv") {
         let addrs = |nodes: &[NodeRef]| {

@@ -1084,6 +1084,26 @@ impl Store for RedisStore {
         }
     }
 
+    /// From the records' headers (which carry the expiry), as `count_range`.
+    fn range_counts(&self, start: &Id, end: &Id, now: u64) -> Result<chordkv_core::store::RangeCounts> {
+        let mut counts = chordkv_core::store::RangeCounts::default();
+        let mut after: Option<ScanCursor> = None;
+        loop {
+            let batch = self.scan_records(start, end, after.as_ref(), SCAN_BATCH, false, usize::MAX)?;
+            let full = batch.len() == SCAN_BATCH;
+            let mut last = None;
+            for (key, header) in batch {
+                let entry = decode_record(header).map_err(|f| self.store_error(f))?;
+                counts.add(entry.is_live(), entry.expires_at, now);
+                last = Some(key);
+            }
+            match last {
+                Some(key) if full => after = Some((Id::of_key(&key), Bytes::from(key))),
+                _ => return Ok(counts),
+            }
+        }
+    }
+
     fn len(&self) -> Result<u64> {
         let live: Option<i64> = self.with_conn(|conn| {
             Ok(self
