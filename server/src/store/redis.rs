@@ -1067,24 +1067,10 @@ impl Store for RedisStore {
 
     /// Counts from the records' headers, so that values never cross the network.
     fn count_range(&self, start: &Id, end: &Id) -> Result<u64> {
-        let mut count = 0;
-        let mut after: Option<ScanCursor> = None;
-        loop {
-            let batch = self.scan_records(start, end, after.as_ref(), SCAN_BATCH, false, usize::MAX)?;
-            let full = batch.len() == SCAN_BATCH;
-            let mut last = None;
-            for (key, header) in batch {
-                count += decode_record(header).map_err(|f| self.store_error(f))?.is_live() as u64;
-                last = Some(key);
-            }
-            match last {
-                Some(key) if full => after = Some((Id::of_key(&key), Bytes::from(key))),
-                _ => return Ok(count),
-            }
-        }
+        Ok(self.range_counts(start, end, 0)?.live)
     }
 
-    /// From the records' headers (which carry the expiry), as `count_range`.
+    /// From the records' headers (which carry the expiry).
     fn range_counts(&self, start: &Id, end: &Id, now: u64) -> Result<chordkv_core::store::RangeCounts> {
         let mut counts = chordkv_core::store::RangeCounts::default();
         let mut after: Option<ScanCursor> = None;
