@@ -412,7 +412,16 @@ impl Node {
             (read_timeout, 0)
         } else {
             let d = (now + write_timeout).min(op.deadline);
-            (d - now, d)
+            // An Execute is never sent twice once it may have reached the owner, so waiting
+            // longer for its answer only helps: the owner must start it by `d`, but what it
+            // makes may be large (SETRANGE into a 512 MiB value) and take longer to store and
+            // replicate than one hop's timeout. It gets the operation's whole deadline.
+            let wait = if matches!(msg, Message::Execute { .. }) {
+                op.deadline.max(d)
+            } else {
+                d
+            };
+            (wait - now, d)
         };
         self.send_request(now, node.addr, msg, RpcKind::Op(id), flags, timeout, hop_deadline);
     }
