@@ -18,18 +18,8 @@ SIZES_MIB=${SIZES_MIB:-64 512}
 PORT_BASE=${PORT_BASE:-17300}
 OUT=${OUT:-results/large-values.md}
 
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-    env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server redis-tools >/dev/null
-fi
-cargo build --release --bin chordkv -q
-bin=target/release/chordkv
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+need_redis
+bench_processes
 
 # Seconds a command takes (its output discarded), to the hundredth.
 timed() {

@@ -1,12 +1,33 @@
 # Shared by the bench scripts that compare settings with interleaved loadgen runs and report
-# medians (hotkey-reads.sh, keyring-cost.sh). Sourced from the repository root, after the
-# script has set DURATION:
+# medians (hotkey-reads.sh, keyring-cost.sh; they set DURATION first), and by those that start
+# processes of their own (large-values.sh, memory.sh, tls-cost.sh). Sourced from the
+# repository root:
+#
+#   need_redis                                   # redis-server and redis-cli, installed if missing
+#   bench_processes                              # release chordkv as $bin; $work; kills $pids on exit
 #
 #   source bench/lib.sh
 #   bench_setup                                  # release build; $work, removed on exit
 #   run_loadgen FILE OUT WHAT                    # one run, measured for DURATION s
 #   line=$(summary_of OUT ops_per_s p99_us ...)  # one line of the run's numbers
 #   ops=$(printf '%s' "$rows" | column_median 1) # a table cell from the runs' lines
+
+# Installs redis-server and redis-tools from Debian's packages when either is missing.
+need_redis() {
+    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server redis-tools >/dev/null
+    fi
+}
+
+# Builds the release `chordkv` ($bin) and makes the scratch directory $work; on exit, kills
+# every process whose pid the script added to $pids and removes $work.
+bench_processes() {
+    cargo build --release --bin chordkv -q
+    bin=target/release/chordkv
+    work=$(mktemp -d)
+    pids=()
+    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+}
 
 # Builds the release binaries and makes the scratch directory $work, removed on exit.
 bench_setup() {

@@ -17,18 +17,8 @@ SHAPES=${SHAPES:-16/100 16/1000 64/10}
 PORT_BASE=${PORT_BASE:-17600}
 OUT=${OUT:-results/memory.md}
 
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-    env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server redis-tools >/dev/null
-fi
-cargo build --release --bin chordkv -q
-bin=target/release/chordkv
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+need_redis
+bench_processes
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # KEYS SET commands in RESP: keys k<zero-padded i> of `key` bytes, values of `value` bytes.

@@ -22,15 +22,8 @@ for tool in openssl redis-benchmark; do
         env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl redis-tools >/dev/null
     fi
 done
-cargo build --release --bin chordkv -q
-bin=target/release/chordkv
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source bench/lib.sh
+bench_processes
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
     -keyout "$work/ca.key" -out "$work/ca.pem" -subj "/CN=chordkv bench CA" 2>/dev/null
@@ -89,7 +82,6 @@ for n in $(seq 1 "$REPEATS"); do
     done
 done
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 col() { printf '%s' "${results[$1]}" | awk -v c="$2" '{print $c}' | median; }
 
 {
