@@ -1061,25 +1061,38 @@ fn wait_for_repair(w: &Workload, addrs: &[SocketAddr]) {
         chordkv_core::chord::Config::with_stabilize_interval_ms(w.cluster.node.stabilize_ms)
             .anti_entropy_interval_ms,
     );
-    let rounds = |addr: SocketAddr| -> Option<u64> {
-        let mut c = Client::connect_as(addr, Duration::from_secs(2), &w.access).ok()?;
-        let stats = c.stats().ok()?;
+    // One connection per node, kept across polls (made again after an error).
+    let rounds = |client: &mut Option<Client>, addr: SocketAddr| -> Option<u64> {
+        let c = match client {
+            Some(c) => c,
+            None => client.insert(Client::connect_as(addr, Duration::from_secs(2), &w.access).ok()?),
+        };
+        let Ok(stats) = c.stats() else {
+            *client = None;
+            return None;
+        };
         stats
             .iter()
             .find(|(n, _)| n == "anti_entropy_rounds")
             .map(|(_, v)| *v)
     };
-    let start: Vec<(SocketAddr, Option<u64>)> = addrs.iter().map(|&a| (a, rounds(a))).collect();
+    // The nodes still to finish: (address, the count to reach, connection). A node that
+    // cannot be asked is not waited for.
+    let mut pending: Vec<(SocketAddr, u64, Option<Client>)> = addrs
+        .iter()
+        .filter_map(|&a| {
+            let mut client = None;
+            rounds(&mut client, a).map(|n| (a, n + ROUNDS, client))
+        })
+        .collect();
     eprintln!(
         "loadgen: waiting for an anti-entropy round on each of the {} live nodes (policy available)",
         addrs.len()
     );
     let deadline = Instant::now() + interval * (ROUNDS as u32 + 1) + Duration::from_secs(2);
     loop {
-        let done = start
-            .iter()
-            .all(|(a, s)| s.is_none_or(|s| rounds(*a).is_none_or(|now| now >= s + ROUNDS)));
-        if done {
+        pending.retain_mut(|(a, target, client)| rounds(client, *a).is_some_and(|now| now < *target));
+        if pending.is_empty() {
             return;
         }
         if Instant::now() >= deadline {
