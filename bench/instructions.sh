@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Instructions per request: one `chordkv node --resp` (memory store) and one redis-server, each
+# Instructions per request: one `chordkv node --resp` (default options, as compare-redis.sh's
+# chordkv-1: memory store, 8 vnodes) and one redis-server, each
 # run under valgrind's callgrind with collection switched on only while redis-benchmark runs
 # (no start-up or shutdown in the count), at -P 1 and -P 16, a fresh process for each. The
 # count does not depend on how busy the machine is (wall-clock throughput does, by tens of per
@@ -64,7 +65,7 @@ for p in $PIPELINES; do
     redis_ipr=$(count redis "$p" $((PORT_BASE + 2)) \
         redis-server --port $((PORT_BASE + 2)) --save '' --appendonly no)
     node_ipr=$(count chordkv "$p" $((PORT_BASE + 1)) \
-        "$bin" node --listen 127.0.0.1:$PORT_BASE --resp 127.0.0.1:$((PORT_BASE + 1)) --vnodes 1 --replicas 0)
+        "$bin" node --listen 127.0.0.1:$PORT_BASE --resp 127.0.0.1:$((PORT_BASE + 1)))
     ratio=$(awk -v a="$node_ipr" -v b="$redis_ipr" 'BEGIN {printf "%.2f", a / b}')
     rows+=("| $p | $node_ipr | $redis_ipr | $ratio |")
     profiles+=("$p")
@@ -75,7 +76,7 @@ done
     echo "# Instructions per request"
     echo
     echo "Produced by \`bench/instructions.sh\` (REQUESTS=$REQUESTS) at $(git rev-parse --short HEAD), $(date -u +%Y-%m-%d), release build:"
-    echo "one \`chordkv node --resp\` (memory store, \`--vnodes 1 --replicas 0\`) and one"
+    echo "one \`chordkv node --resp\` with the default options (memory store, 8 vnodes), as compare-redis.sh's chordkv-1, and one"
     echo "$(redis-server --version | awk '{print $1, $2, $3}'), each under \`valgrind --tool=callgrind --instr-atstart=no\`,"
     echo "collection on only while \`redis-benchmark -c 50 -n $REQUESTS -r 100000 -P P -t set,get\` runs;"
     echo "instructions per request = the program's total / $((2 * REQUESTS)) requests. A fresh process per row."

@@ -121,7 +121,15 @@ pub(super) struct ClientOps {
 }
 
 impl Node {
-    pub(super) fn handle_client_op(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame) {
+    /// A client operation; `target`: its placement ([`Message::placement`]) when the caller
+    /// has computed it already (the host, to choose the vnode), so SHA-1 runs once a request.
+    pub(super) fn handle_client_op(
+        &mut self,
+        now: Millis,
+        reply_to: ReplyTo,
+        frame: Frame,
+        target: Option<Id>,
+    ) {
         if let Some(text) = self.over_client_limits(&frame) {
             let error = Message::Error {
                 code: ErrorCode::TooLarge,
@@ -130,7 +138,7 @@ impl Node {
             };
             return self.reply(reply_to, frame.request_id, error);
         }
-        self.dispatch_client_op(now, reply_to, frame, 0);
+        self.dispatch_client_op(now, reply_to, frame, 0, target);
     }
 
     /// Why a client's request is refused before anything is done with it: a PUT over the
@@ -154,12 +162,21 @@ impl Node {
     }
 
     /// Serves, holds, redirects or starts coordinating a client operation that has already
-    /// taken `hops` hops (non-zero when it was held and is being released).
-    pub(super) fn dispatch_client_op(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame, hops: u16) {
+    /// taken `hops` hops (non-zero when it was held and is being released); `target` as for
+    /// [`Node::handle_client_op`].
+    pub(super) fn dispatch_client_op(
+        &mut self,
+        now: Millis,
+        reply_to: ReplyTo,
+        frame: Frame,
+        hops: u16,
+        target: Option<Id>,
+    ) {
         let rid = frame.request_id;
         let direct = frame.is_direct();
         let deadline = frame.deadline_ms;
-        let Some(target) = frame.message.placement() else {
+        debug_assert!(target.is_none() || target == frame.message.placement());
+        let Some(target) = target.or_else(|| frame.message.placement()) else {
             return;
         };
         match self.phase {
