@@ -8,6 +8,9 @@
 #
 #   bench/instructions.sh                # writes results/instructions.md
 #
+# With BEFORE_BIN=path (a release `chordkv` built from an earlier commit, BEFORE=its name for
+# the report), that binary is counted the same way, in a column of its own.
+#
 # Environment: REQUESTS per test (default 20000; SET and GET each, so 2 x REQUESTS requests
 # per count), PORT_BASE (default 17650), OUT, TOP (functions listed per profile, default 25),
 # PIPELINES (default "1 16").
@@ -27,6 +30,8 @@ PIPELINES=${PIPELINES:-"1 16"}
 need_redis
 command -v valgrind >/dev/null 2>&1 || env DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null
 bench_processes
+# Before the report overwrites a tracked file (which would read as a change).
+rev=$(revision)
 
 # count NAME P PORT CMD...: runs CMD under callgrind, waits for PORT, counts the instructions of
 # redis-benchmark's SET and GET at pipeline depth P; prints instructions per request.
@@ -61,36 +66,48 @@ count() {
 
 rows=()
 profiles=()
+BEFORE_BIN=${BEFORE_BIN:-}
+BEFORE=${BEFORE:-before}
 for p in $PIPELINES; do
+    before_cell=''
+    if [ -n "$BEFORE_BIN" ]; then
+        before_ipr=$(count before "$p" $((PORT_BASE + 4)) \
+            "$BEFORE_BIN" node --listen 127.0.0.1:$((PORT_BASE + 3)) --resp 127.0.0.1:$((PORT_BASE + 4)))
+        before_cell=" $before_ipr |"
+    fi
     redis_ipr=$(count redis "$p" $((PORT_BASE + 2)) \
         redis-server --port $((PORT_BASE + 2)) --save '' --appendonly no)
     node_ipr=$(count chordkv "$p" $((PORT_BASE + 1)) \
         "$bin" node --listen 127.0.0.1:$PORT_BASE --resp 127.0.0.1:$((PORT_BASE + 1)))
     ratio=$(awk -v a="$node_ipr" -v b="$redis_ipr" 'BEGIN {printf "%.2f", a / b}')
-    rows+=("| $p | $node_ipr | $redis_ipr | $ratio |")
+    rows+=("| $p |$before_cell $node_ipr | $redis_ipr | $ratio |")
     profiles+=("$p")
-    cp "$work/chordkv-P$p.top" "$work/keep-chordkv-P$p.top"
 done
 
 {
     echo "# Instructions per request"
     echo
-    echo "Produced by \`bench/instructions.sh\` (REQUESTS=$REQUESTS) at $(git rev-parse --short HEAD), $(date -u +%Y-%m-%d), release build:"
+    echo "Produced by \`bench/instructions.sh\` (REQUESTS=$REQUESTS) at $rev, $(date -u +%Y-%m-%d), release build:"
     echo "one \`chordkv node --resp\` with the default options (memory store, 8 vnodes), as compare-redis.sh's chordkv-1, and one"
     echo "$(redis-server --version | awk '{print $1, $2, $3}'), each under \`valgrind --tool=callgrind --instr-atstart=no\`,"
     echo "collection on only while \`redis-benchmark -c 50 -n $REQUESTS -r 100000 -P P -t set,get\` runs;"
     echo "instructions per request = the program's total / $((2 * REQUESTS)) requests. A fresh process per row."
     echo "SHA-1 runs its portable code under valgrind, so it weighs more here than on the CPU."
     echo
-    echo "| -P | chordkv instr./request | redis-server instr./request | ratio |"
-    echo "|---|---|---|---|"
+    if [ -n "$BEFORE_BIN" ]; then
+        echo "| -P | chordkv at $BEFORE instr./request | chordkv instr./request | redis-server instr./request | ratio |"
+        echo "|---|---|---|---|---|"
+    else
+        echo "| -P | chordkv instr./request | redis-server instr./request | ratio |"
+        echo "|---|---|---|---|"
+    fi
     printf '%s\n' "${rows[@]}"
     for p in "${profiles[@]}"; do
         echo
         echo "## chordkv at -P $p: inclusive counts, top $TOP (\`callgrind_annotate --inclusive=yes\`)"
         echo
         echo '```text'
-        cat "$work/keep-chordkv-P$p.top"
+        cat "$work/chordkv-P$p.top"
         echo '```'
     done
 } >"$OUT"

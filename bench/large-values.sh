@@ -20,6 +20,8 @@ OUT=${OUT:-results/large-values.md}
 
 need_redis
 bench_processes
+# Before the report overwrites a tracked file (which would read as a change).
+rev=$(revision)
 
 # Seconds a command takes (its output discarded), to the hundredth.
 timed() {
@@ -95,7 +97,7 @@ done
 {
     echo "# Large values"
     echo
-    echo "Produced by \`bench/large-values.sh\` (SIZES_MIB=\"$SIZES_MIB\") at $(revision), $(date -u +%Y-%m-%d),"
+    echo "Produced by \`bench/large-values.sh\` (SIZES_MIB=\"$SIZES_MIB\") at $rev, $(date -u +%Y-%m-%d),"
     echo "release build, on $(nproc) cores. SET is \`redis-cli -x SET big < file\` of random bytes (redis-cli"
     echo "reads the file itself, which is much of the time), GET is \`redis-cli GET big\` piped into"
     echo "sha1sum; \"same bytes\" compares that digest with the file's. The ring's owner of \`big\` is"

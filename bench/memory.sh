@@ -19,6 +19,8 @@ OUT=${OUT:-results/memory.md}
 
 need_redis
 bench_processes
+# Before the report overwrites a tracked file (which would read as a change).
+rev=$(revision)
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # KEYS SET commands in RESP: keys k<zero-padded i> of `key` bytes, values of `value` bytes.
@@ -82,7 +84,7 @@ done
 {
     echo "# Memory per key"
     echo
-    echo "Produced by \`bench/memory.sh\` (KEYS=$KEYS) at $(revision), $(date -u +%Y-%m-%d), release build:"
+    echo "Produced by \`bench/memory.sh\` (KEYS=$KEYS) at $rev, $(date -u +%Y-%m-%d), release build:"
     echo "one \`chordkv node --resp\` (memory store, \`--vnodes 1 --replicas 0 --partition-policy available\`) and one redis-server"
     echo "$(redis-server --version | awk '{print $3}'), each loaded with $KEYS SETs by \`redis-cli --pipe\`;"
     echo "bytes per key = growth of VmRSS over the load / keys (DBSIZE checked)."
