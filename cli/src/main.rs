@@ -608,9 +608,13 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
     }
     // Each vnode's keys are namespaced by its address (`ip:port`, then `ip:port#i` for vnode
     // i > 0).
-    let stores = (0..vnodes)
-        .map(|v| store::open(&args.options.store, &NodeAddr::new(reachable, v).to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let namespaces: Vec<String> = (0..vnodes)
+        .map(|v| NodeAddr::new(reachable, v).to_string())
+        .collect();
+    let store::Partitions {
+        stores,
+        batch: store_batch,
+    } = store::open_partitions(&args.options.store, &namespaces)?;
     let keyring_path = args.options.keyring.as_ref().map(PathBuf::from);
     let keyring = match &keyring_path {
         Some(path) => Some(server::keyring::Keyring::load(path)?),
@@ -645,6 +649,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
         vnode_ids,
         chord,
         stores,
+        store_batch,
         store_threads: args.options.store_threads as usize,
         resp,
         peer_security: server::PeerSecurity {

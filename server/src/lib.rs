@@ -114,6 +114,10 @@ pub struct ServerConfig {
     /// The storage driver's partitions, one per vnode (`stores[i]` holds vnode `i`'s keys):
     /// as many as `vnode_ids` (one when it is empty).
     pub stores: Vec<Arc<dyn Store>>,
+    /// Runs the partitions' gets and puts pending at the same time together, for a blocking
+    /// store that can ([`store::open_partitions`] gives it: Redis pipelines); `None` runs each
+    /// op alone.
+    pub store_batch: Option<Arc<dyn store::Batch>>,
     /// Worker threads for a blocking store (ignored for a non-blocking one; at least 1).
     pub store_threads: usize,
     /// Also listen for Redis clients (RESP2) on this address; port 0 picks a free port.
