@@ -1,22 +1,27 @@
 //! Worker threads for a store whose calls may block (network I/O, e.g. Redis).
 //!
 //! ```text
-//!   event loop ──[(id, vnode, op), ...]──► jobs channel ──► worker 1..n: takes every job queued,
-//!        ▲                                                   gets and puts in one batch,
-//!        │                                                   other ops one by one
-//!        └── Waker ◄── done channel ◄──(id, result)──────────┘
+//!                     ┌─► points channel ─► the pipeline worker: every job queued (gets, puts,
+//!   event loop ─[..]──┤                     small PutMany) as one batch, one round trip
+//!        ▲            └─► others channel ─► workers 1..n: scans, digests, counts, transfers,
+//!        │                                  one op at a time
+//!        └── Waker ◄── done channel ◄──(id, result)───────┘
 //! ```
 //!
-//! The loop never waits on the store: it collects the ops one pass of the core asks for and
-//! submits them as one job; a worker takes that job and every other one queued (up to
-//! [`MAX_BATCH_OPS`] ops), runs their gets and puts (and small `PutMany`s: replica writes)
-//! together through the driver's
-//! [`Batch`](crate::store::Batch) (Redis: one pipeline, one round trip per connection), then
-//! any other op alone, sends the results back and wakes the loop, which drains every finished
-//! op and reports it to the core with `store_done`. So the ops pending at the same time cost
-//! one round trip and one wake-up, not one each; with `n` workers, up to `n` batches are in
-//! flight, each on its own connection. Ops may finish in any order: every store write is a
-//! merge by version, so their order does not matter (see [`crate::store`]).
+//! The loop never waits on the store: it collects the ops one turn of the loop asks for and
+//! submits them as (at most) two jobs. The ops clients wait for (gets, puts, and small
+//! `PutMany`s: a replica's copy of a write) go to the one pipeline worker, which takes every
+//! such job queued (up to [`MAX_BATCH_OPS`] ops), runs them together through the driver's
+//! [`Batch`](crate::store::Batch) (Redis: one pipeline, one round trip), sends the results back
+//! and wakes the loop once. While it waits for Redis, the next ops queue up and make the next
+//! batch: the batch grows with the load, one connection carries it, and a burst costs one
+//! round trip and two wake-ups, not one each per op. (Measured with 8 nodes over 3
+//! redis-servers on 2 cores: one pipeline worker served more than 2 or 4 did, at -P 1 as at
+//! -P 16: more workers split the queue into smaller batches and more wake-ups.) The other ops,
+//! which may take long (a scan of a range, a digest, a handoff transfer), run one by one on
+//! `n` other workers (`--store-threads`), so they never hold up a client's get. A store
+//! without batches runs every op on those workers. Ops may finish in any order: every store
+//! write is a merge by version, so their order does not matter (see [`crate::store`]).
 //!
 //! Workers check each result against the loss epoch the loop has handled, as
 //! [`store::execute_since`] does, so after a store reports that it lost its data
@@ -24,9 +29,9 @@
 //! has been told and has reacted.
 //!
 //! Waking the loop is a system call; a burst of results wakes it once (see `wake` in the
-//! loop's `Control`). Dropping the pool closes the jobs channel: each worker exits after its
-//! current batch. Workers are not joined, so a store stuck on a dead backend cannot hold up the
-//! process's exit.
+//! loop's `Control`). Dropping the pool closes the jobs channels: each worker exits after its
+//! current op or batch. Workers are not joined, so a store stuck on a dead backend cannot hold
+//! up the process's exit.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,8 +45,8 @@ use chordkv_core::store::{self, Store, StoreError, StoreOp, StoreOutcome};
 
 use crate::store::Batch;
 
-/// Most ops a worker takes from the queue at once; what is left waits for the next free
-/// worker. (The driver cuts a batch into pipelines of its own size.)
+/// Most ops the pipeline worker takes from its queue at once; what is left makes the next
+/// batch. (The driver cuts a batch into pipelines of its own size.)
 pub const MAX_BATCH_OPS: usize = 1_024;
 
 /// A finished op: its id, the vnode whose partition ran it, its result.
@@ -50,9 +55,13 @@ pub(super) type Completion = (StoreOpId, u16, store::Result<StoreOutcome>);
 type Job = (StoreOpId, u16, StoreOp);
 
 pub(super) struct StorePool {
-    jobs: Sender<Vec<Job>>,
-    /// Ops submitted since the last [`StorePool::flush`].
-    pending: Vec<Job>,
+    /// To the pipeline worker, when the store has batches.
+    points: Option<Sender<Vec<Job>>>,
+    /// To the other workers.
+    others: Sender<Vec<Job>>,
+    /// Ops submitted since the last [`StorePool::flush`], for each channel.
+    pending_points: Vec<Job>,
+    pending_others: Vec<Job>,
     done: Receiver<Completion>,
     /// Each partition's loss epoch the core has reacted to (see `store::execute_since`).
     handled: Arc<[AtomicU64]>,
@@ -62,54 +71,70 @@ pub(super) struct StorePool {
 /// What every worker shares.
 struct Worker {
     stores: Vec<Arc<dyn Store>>,
-    batch: Option<Arc<dyn Batch>>,
     handled: Arc<[AtomicU64]>,
     done: Sender<Completion>,
     wake: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl StorePool {
-    /// Starts `threads` workers (at least one) over the store's partitions (one per vnode),
-    /// running gets and puts through `batch` when the driver has one. `wake` is called after
-    /// each batch of results is sent.
+    /// Starts `threads` workers (at least one) over the store's partitions (one per vnode)
+    /// for the ops that run alone, and the pipeline worker for the others when the driver has
+    /// `batch`es. `wake` is called after each result, or batch of results, is sent.
     pub fn start(
         stores: Vec<Arc<dyn Store>>,
         batch: Option<Arc<dyn Batch>>,
         threads: usize,
         wake: Arc<dyn Fn() + Send + Sync>,
     ) -> std::io::Result<StorePool> {
-        let (jobs, job_rx) = unbounded::<Vec<Job>>();
+        let (others, others_rx) = unbounded::<Vec<Job>>();
         let (done_tx, done) = unbounded::<Completion>();
         let handled: Arc<[AtomicU64]> = stores.iter().map(|s| AtomicU64::new(s.loss_epoch())).collect();
         let worker = Arc::new(Worker {
             stores: stores.clone(),
-            batch,
             handled: Arc::clone(&handled),
             done: done_tx,
             wake,
         });
         for i in 0..threads.max(1) {
-            let job_rx = job_rx.clone();
+            let rx = others_rx.clone();
             let worker = Arc::clone(&worker);
             thread::Builder::new()
                 .name(format!("chordkv-store-{i}"))
                 .spawn(move || {
-                    while let Ok(mut jobs) = job_rx.recv() {
-                        while jobs.len() < MAX_BATCH_OPS {
-                            match job_rx.try_recv() {
-                                Ok(more) => jobs.extend(more),
-                                Err(_) => break,
-                            }
-                        }
-                        if worker.run(jobs).is_err() {
+                    for jobs in rx {
+                        if worker.run_alone(jobs).is_err() {
                             return; // the loop is gone
                         }
                     }
                 })?;
         }
+        let points = match batch {
+            None => None,
+            Some(batch) => {
+                let (points, rx) = unbounded::<Vec<Job>>();
+                thread::Builder::new()
+                    .name("chordkv-store-pipeline".into())
+                    .spawn(move || {
+                        while let Ok(mut jobs) = rx.recv() {
+                            while jobs.len() < MAX_BATCH_OPS {
+                                match rx.try_recv() {
+                                    Ok(more) => jobs.extend(more),
+                                    Err(_) => break,
+                                }
+                            }
+                            if worker.run_batch(&*batch, jobs).is_err() {
+                                return; // the loop is gone
+                            }
+                        }
+                    })?;
+                Some(points)
+            }
+        };
         Ok(StorePool {
-            jobs,
-            pending: Vec::new(),
+            points,
+            others,
+            pending_points: Vec::new(),
+            pending_others: Vec::new(),
             done,
             handled,
             stores,
@@ -125,17 +150,29 @@ impl StorePool {
     /// Queues an op on vnode `vnode`'s partition; it goes to the workers with the next
     /// [`StorePool::flush`].
     pub fn submit(&mut self, id: StoreOpId, vnode: u16, op: StoreOp) {
-        self.pending.push((id, vnode, op));
+        if self.points.is_some() && batched(&op) {
+            self.pending_points.push((id, vnode, op));
+        } else {
+            self.pending_others.push((id, vnode, op));
+        }
     }
 
-    /// Hands the ops submitted since the last flush to the workers, as one job.
+    /// Hands the ops submitted since the last flush to the workers: one job for the pipeline
+    /// worker, one for the others.
     pub fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
+        // The workers hold the receivers until the pool is dropped, so a send cannot fail while
+        // `self` exists unless the workers panicked outside the store's calls.
+        let mut gone = false;
+        if let (Some(points), false) = (&self.points, self.pending_points.is_empty()) {
+            gone |= points.send(std::mem::take(&mut self.pending_points)).is_err();
         }
-        // The workers hold the receiver until the pool is dropped, so this cannot fail while
-        // `self` exists unless every worker panicked outside the store's calls.
-        if self.jobs.send(std::mem::take(&mut self.pending)).is_err() {
+        if !self.pending_others.is_empty() {
+            gone |= self
+                .others
+                .send(std::mem::take(&mut self.pending_others))
+                .is_err();
+        }
+        if gone {
             eprintln!("chordkv: store workers are gone; store ops were dropped");
         }
     }
@@ -163,39 +200,38 @@ fn batched(op: &StoreOp) -> bool {
 }
 
 impl Worker {
-    /// Runs `jobs`: gets, puts and small `PutMany`s as one batch (when the driver has batches), their results
-    /// sent with one wake-up; then each other op alone. Fails when the loop is gone.
-    fn run(&self, jobs: Vec<Job>) -> Result<(), ()> {
-        let (points, others): (Vec<Job>, Vec<Job>) = match &self.batch {
-            Some(_) => jobs.into_iter().partition(|(_, _, op)| batched(op)),
-            None => (Vec::new(), jobs),
-        };
-        if let (Some(batch), false) = (&self.batch, points.is_empty()) {
-            // The epochs handled before the ops ran, as `execute_since` reads them.
-            let since: Vec<u64> = points
-                .iter()
-                .map(|(_, vnode, _)| self.handled_epoch(*vnode))
-                .collect();
-            let mut ids = Vec::with_capacity(points.len());
-            let mut ops = Vec::with_capacity(points.len());
-            for (id, vnode, op) in points {
-                ids.push((id, vnode));
-                ops.push((vnode, op));
-            }
-            let n = ops.len();
-            let mut results = catch_unwind(AssertUnwindSafe(|| batch.execute_batch(ops)))
-                .unwrap_or_else(|_| vec![Err(StoreError::Unavailable("store driver panicked".into())); n]);
-            if results.len() != n {
-                // faulty code: a batch answers every op
-                results = vec![Err(StoreError::Unavailable("store driver lost a result".into())); n];
-            }
-            for (((id, vnode), since), result) in ids.into_iter().zip(since).zip(results) {
-                let result = self.checked(vnode, since, result);
-                self.done.send((id, vnode, result)).map_err(|_| ())?;
-            }
-            (self.wake)();
+    /// Runs `points` as one batch, their results sent with one wake-up. Fails when the loop
+    /// is gone.
+    fn run_batch(&self, batch: &dyn Batch, points: Vec<Job>) -> Result<(), ()> {
+        // The epochs handled before the ops ran, as `execute_since` reads them.
+        let since: Vec<u64> = points
+            .iter()
+            .map(|(_, vnode, _)| self.handled_epoch(*vnode))
+            .collect();
+        let mut ids = Vec::with_capacity(points.len());
+        let mut ops = Vec::with_capacity(points.len());
+        for (id, vnode, op) in points {
+            ids.push((id, vnode));
+            ops.push((vnode, op));
         }
-        for (id, vnode, op) in others {
+        let n = ops.len();
+        let mut results = catch_unwind(AssertUnwindSafe(|| batch.execute_batch(ops)))
+            .unwrap_or_else(|_| vec![Err(StoreError::Unavailable("store driver panicked".into())); n]);
+        if results.len() != n {
+            // faulty code: a batch answers every op
+            results = vec![Err(StoreError::Unavailable("store driver lost a result".into())); n];
+        }
+        for (((id, vnode), since), result) in ids.into_iter().zip(since).zip(results) {
+            let result = self.checked(vnode, since, result);
+            self.done.send((id, vnode, result)).map_err(|_| ())?;
+        }
+        (self.wake)();
+        Ok(())
+    }
+
+    /// Runs each of `jobs` alone, each result sent as it comes. Fails when the loop is gone.
+    fn run_alone(&self, jobs: Vec<Job>) -> Result<(), ()> {
+        for (id, vnode, op) in jobs {
             let since = self.handled_epoch(vnode);
             let store = &*self.stores[usize::from(vnode)];
             let result = catch_unwind(AssertUnwindSafe(|| store::execute_since(store, op, since)))
