@@ -227,7 +227,15 @@ fn scan_in_batches_with_byte_budget(s: &dyn Store) {
 fn no_loss_without_one(s: &dyn Store) {
     assert_eq!(s.loss_epoch(), 0, "a loss reported while nothing was lost");
     s.put(&b("kept"), live(1, "v")).unwrap();
-    let got = execute_since(s, StoreOp::Get { key: b("kept") }, 0).unwrap();
+    let got = execute_since(
+        s,
+        StoreOp::Get {
+            id: Id::of_key(b"kept"),
+            key: b("kept"),
+        },
+        0,
+    )
+    .unwrap();
     assert_eq!(got, StoreOutcome::Got(Some(live(1, "v"))));
     assert!(s.delete(b"kept", 1).unwrap());
     assert_eq!(s.loss_epoch(), 0);

@@ -182,7 +182,7 @@ impl Id {
     }
 
     /// `self * factor`, or `None` when the product does not fit in 160 bits (no wrapping):
-    /// finger distances such as `j * B^i` are built with it and stop at the ring's size.
+    /// finger distances such as `j * floor(2^160 / B^i)` are built with it.
     pub fn checked_mul_small(&self, factor: u32) -> Option<Id> {
         let mut out = [0u8; ID_BYTES];
         let mut carry: u64 = 0;

@@ -287,7 +287,7 @@ mod tests {
             ops.into_iter()
                 .map(|(v, op)| {
                     assert!(
-                        !matches!(&op, StoreOp::Get { key } if key.as_ref() == b"boom"),
+                        !matches!(&op, StoreOp::Get { key, .. } if key.as_ref() == b"boom"),
                         "a driver bug"
                     );
                     store::execute(&*self.parts[usize::from(v)], op)
@@ -312,6 +312,7 @@ mod tests {
 
     fn get(key: &'static [u8]) -> StoreOp {
         StoreOp::Get {
+            id: chordkv_protocol::Id::of_key(key),
             key: Bytes::from_static(key),
         }
     }
@@ -329,6 +330,7 @@ mod tests {
             1,
             0,
             StoreOp::Put {
+                id: chordkv_protocol::Id::of_key(b"k"),
                 key: Bytes::from_static(b"k"),
                 entry: Entry::new(1, Some(Bytes::from_static(b"v"))),
             },

@@ -656,6 +656,7 @@ fn reads_racing_with_a_restart_never_answer_from_the_emptied_store_unnoticed() {
                 let (mut before, mut lost, mut failed) = (0u64, 0u64, 0u64);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let op = store::StoreOp::Get {
+                        id: Id::of_key(b"k"),
                         key: Bytes::from_static(b"k"),
                     };
                     match store::execute_since(&*s, op, 0) {
@@ -688,6 +689,7 @@ fn reads_racing_with_a_restart_never_answer_from_the_emptied_store_unnoticed() {
     assert_eq!(s.loss_epoch(), 1, "one restart, one loss");
     // The store itself answers from the emptied Redis, once the loss is handled.
     let op = store::StoreOp::Get {
+        id: Id::of_key(b"k"),
         key: Bytes::from_static(b"k"),
     };
     assert_eq!(
@@ -723,6 +725,7 @@ fn get(vnode: u16, key: &str) -> (u16, store::StoreOp) {
     (
         vnode,
         store::StoreOp::Get {
+            id: Id::of_key(key.as_bytes()),
             key: Bytes::from(key.to_string()),
         },
     )
@@ -732,6 +735,7 @@ fn put(vnode: u16, key: &str, entry: Entry) -> (u16, store::StoreOp) {
     (
         vnode,
         store::StoreOp::Put {
+            id: Id::of_key(key.as_bytes()),
             key: Bytes::from(key.to_string()),
             entry,
         },

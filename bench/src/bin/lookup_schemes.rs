@@ -455,7 +455,11 @@ fn main() -> anyhow::Result<()> {
     let _ = writeln!(
         md,
         "## Scale\n\nThe 10^5- and 10^6-node runs (time and memory) are in [scale.md](scale.md), \
-         each with its command."
+         each with its command.\n\n## Finger expansion against its analysis\n\nWhy `base:B` with \
+         fingers alone takes more hops to the predecessor than DKS' (B-1)/B log_B N (random \
+         placement, and for bases such as 8 finger offsets that did not follow DKS' levels), \
+         with a model of the routing beside the simulator: [finger-analysis.md](finger-analysis.md), \
+         with its command (`bench/src/bin/finger_analysis.rs`)."
     );
     std::fs::write(args.out.join("README.md"), md)?;
     eprintln!("wrote {}", args.out.join("README.md").display());

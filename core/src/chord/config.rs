@@ -170,8 +170,9 @@ pub const DEFAULT_TOMBSTONE_GRACE_MS: u64 = 60_000;
 pub enum Routing {
     /// Chord's fingers: finger `i` = successor(n + 2^i); about 1/2 log2 N hops.
     Classic,
-    /// Finger expansion (DKS): `B - 1` fingers per level at n + j * B^i, `j = 1..B-1`; about
-    /// log_B N hops for about (B-1) log_B N fingers. `Base(2)` is classic.
+    /// Finger expansion (DKS): `B - 1` fingers per level at n + j * floor(2^160 / B^i),
+    /// `j = 1..B-1` (`routing::finger_offsets`); about log_B N hops for about (B-1) log_B N
+    /// fingers. `Base(2)` is classic.
     Base(u32),
     /// A full membership table kept by disseminating join and leave events (Gupta, Liskov,
     /// Rodrigues): one hop per lookup.

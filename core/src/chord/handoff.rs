@@ -390,7 +390,7 @@ impl Node {
             self.handoff.finished_incoming.pop_front();
         }
         for (to, frame, hops, _) in range.held {
-            self.dispatch_client_op(now, to, frame, hops);
+            self.dispatch_client_op(now, to, frame, hops, None);
         }
     }
 

@@ -299,8 +299,8 @@ impl Host {
                 self.gather_stats(now, reply_to, frame)
             }
             None => {
-                let v = self.vnode_for(&frame);
-                self.vnodes[v].handle_request(now, reply_to, frame);
+                let (v, placement) = self.vnode_for(&frame);
+                self.vnodes[v].handle_request_placed(now, reply_to, frame, placement);
                 self.touch(v);
             }
         }
@@ -361,27 +361,30 @@ impl Host {
     /// which `serves` the key. The vnode closest before the key can do neither: it would
     /// redirect the operation to vnode 0 of this host, which would come back to it, until the
     /// sender's hop budget ran out.
-    fn vnode_for(&self, frame: &Frame) -> usize {
+    ///
+    /// With the vnode, the key's id when it was computed to choose it (the vnode need not
+    /// hash the key again).
+    fn vnode_for(&self, frame: &Frame) -> (usize, Option<Id>) {
         if self.vnodes.len() == 1 {
-            return 0;
+            return (0, None);
         }
         let Some(key) = frame.message.key() else {
-            return 0;
+            return (0, None);
         };
         if !frame.message.is_client_op() {
-            return 0;
+            return (0, None);
         }
         let id = Id::of_key(key);
         let at = self.order.partition_point(|(p, _)| *p < id);
         let successor = self.order[at % self.order.len()].1;
         if self.vnodes[usize::from(successor)].serves(&id) {
-            return usize::from(successor);
+            return (usize::from(successor), Some(id));
         }
         if frame.is_direct() {
-            return 0;
+            return (0, Some(id));
         }
         let before = (at + self.order.len() - 1) % self.order.len();
-        usize::from(self.order[before].1)
+        (usize::from(self.order[before].1), Some(id))
     }
 
     /// Marks vnode `v` as reached by an input: [`Host::pump`] polls it and refreshes its

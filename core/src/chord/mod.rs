@@ -152,6 +152,18 @@ impl Node {
 
     /// A request from a client or a peer, to be answered with `Output::Reply { to: reply_to }`.
     pub fn handle_request(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame) {
+        self.handle_request_placed(now, reply_to, frame, None)
+    }
+
+    /// [`Node::handle_request`] for a caller that has computed the placement of a client
+    /// operation ([`Message::placement`], a SHA-1 of its key): `target` is it, or none.
+    pub fn handle_request_placed(
+        &mut self,
+        now: Millis,
+        reply_to: ReplyTo,
+        frame: Frame,
+        target: Option<chordkv_protocol::Id>,
+    ) {
         self.last_now = self.last_now.max(now);
         self.stats.messages_received += 1;
         let rid = frame.request_id;
@@ -160,7 +172,7 @@ impl Node {
             | Message::Put { .. }
             | Message::Delete { .. }
             | Message::Execute { .. }
-            | Message::ScanRange { .. } => self.handle_client_op(now, reply_to, frame),
+            | Message::ScanRange { .. } => self.handle_client_op(now, reply_to, frame, target),
             Message::RingCommand { command } => self.start_ring_command(now, reply_to, rid, command),
             Message::ScanKeys {
                 cursor,

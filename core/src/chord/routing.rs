@@ -4,8 +4,8 @@
 //! scheme ([`Routing`]):
 //!
 //! ```text
-//!   classic (SIGCOMM'01 section 4.3)   offsets 2^i,         i = 0..160      160 fingers
-//!   base:B  (DKS, Alima et al. 2003)   offsets j * B^i,     j = 1..B-1      (B-1) per level
+//!   classic (SIGCOMM'01 section 4.3)   offsets 2^i,                  i = 0..160   160 fingers
+//!   base:B  (DKS, Alima et al. 2003)   offsets j * floor(2^160/B^i), j = 1..B-1  (B-1) per level
 //!   onehop                             no fingers: a full membership table (membership.rs)
 //!
 //!   n ──► n+1 ──► n+2 ──► n+4 ──► ... ──► n+2^159        (classic finger starts)
@@ -39,8 +39,19 @@ pub const MAX_BASE: u32 = 256;
 /// with virtual nodes, positions of few hosts can run long between other hosts.
 pub const MAX_POSITIONS_PER_SUCCESSOR: usize = 4;
 
-/// Finger offsets `j * B^i` (`j = 1..B-1`, every product below 2^160), ascending, shared by
-/// every table with the same base.
+/// Finger offsets `j * floor(2^160 / B^i)` (`j = 1..B-1`, `i = 1, 2, ...` while the level's
+/// unit is at least 1), ascending, shared by every table with the same base.
+///
+/// These are the levels of DKS' routing table (Alima, El-Ansary, Brand, Haridi, "DKS(N, k,
+/// f): A Family of Low Communication, Scalable and Fault-Tolerant Infrastructures for P2P
+/// Applications", CCGrid 2003, with `k = B`): level 1 splits the whole ring into B equal
+/// intervals, and each level splits the first interval of the level above into B again, so
+/// a lookup fixes one base-B digit of its distance per level. Counting levels up from
+/// `B^0 = 1` instead (offsets `j * B^i` below 2^160) gives the same set when 2^160 is a power
+/// of B (B = 2, 4, 16, 32, 256), but not otherwise: with B = 8, 2^160 = 2 * 8^53, so the top
+/// level held a single finger (at half the ring), every level below sat a factor of 2 off
+/// the ring's divisions, and base:8 took more hops at every N than evenly spread ids need
+/// (`results/lookup-schemes/finger-analysis.md`, section 1).
 pub fn finger_offsets(base: u32) -> Arc<[Id]> {
     type Cache = Mutex<Vec<(u32, Arc<[Id]>)>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
@@ -51,20 +62,31 @@ pub fn finger_offsets(base: u32) -> Arc<[Id]> {
     }
     let mut offsets = Vec::new();
     if base >= 2 {
-        let mut level = Some(Id::from_u64(1));
-        while let Some(power) = level {
-            for j in 1..base {
-                match power.checked_mul_small(j) {
-                    Some(offset) => offsets.push(offset),
-                    None => break,
-                }
+        let mut unit = ring_share(base);
+        while unit != Id::ZERO {
+            // Largest first; (B-1) * floor(x / B^(i+1)) < floor(x / B^i), so levels never overlap.
+            for j in (1..base).rev() {
+                offsets.push(unit.checked_mul_small(j).expect("(B-1)/B of the ring fits"));
+                // faulty code
             }
-            level = power.checked_mul_small(base);
+            unit = unit.div_small(base);
         }
+        offsets.reverse();
     }
     let offsets: Arc<[Id]> = offsets.into();
     cache.push((base, offsets.clone()));
     offsets
+}
+
+/// `floor(2^160 / base)` (2^160 itself is not an `Id`: it is `Id::MAX + 1`).
+fn ring_share(base: u32) -> Id {
+    let q = Id::MAX.div_small(base);
+    let rem = Id::MAX.wrapping_sub(&q.checked_mul_small(base).expect("q * base <= MAX")); // faulty code
+    if rem == Id::from_u64(u64::from(base) - 1) {
+        q.wrapping_add(&Id::from_u64(1))
+    } else {
+        q
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -378,6 +400,39 @@ mod tests {
         assert!(b3.len() >= 2 * 100 && b3.len() <= 2 * 101);
         assert!(finger_offsets(0).is_empty());
         assert!(Arc::ptr_eq(&finger_offsets(4), &finger_offsets(4)));
+    }
+
+    #[test]
+    fn each_level_splits_the_one_above_into_b() {
+        // DKS' levels from the top: the largest offsets are j/B of the ring for every base,
+        // so the first hop of any lookup fixes the top base-B digit of its distance. Counting
+        // levels up from 1 gave base 8 a top level of one finger, at half the ring.
+        for base in [2, 3, 5, 7, 8, 10, 64, 100, 128, 255, 256] {
+            let offsets = finger_offsets(base);
+            assert!(offsets.windows(2).all(|w| w[0] < w[1]), "base {base}");
+            let top = &offsets[offsets.len() - (base as usize - 1)..];
+            for (j, o) in top.iter().enumerate() {
+                let want = (j + 1) as f64 / base as f64;
+                assert!(
+                    (o.as_fraction() - want).abs() < 1e-12,
+                    "base {base}: offset {j} at {}",
+                    o.as_fraction()
+                );
+            }
+            // floor(2^160 / B^i) >= 1 for i = 1..L, L = floor(log_B 2^160): L levels.
+            let levels = (ID_BITS as f64 * 2f64.ln() / (base as f64).ln() + 1e-9).floor() as usize;
+            assert_eq!(offsets.len(), (base as usize - 1) * levels, "base {base}");
+        }
+        // Where 2^160 is a power of B the levels are B^i, as counted from 1.
+        for base in [2u32, 4, 16, 32, 256] {
+            let mut up = Vec::new();
+            let mut power = Some(Id::from_u64(1));
+            while let Some(p) = power {
+                up.extend((1..base).map_while(|j| p.checked_mul_small(j)));
+                power = p.checked_mul_small(base);
+            }
+            assert_eq!(&finger_offsets(base)[..], &up[..], "base {base}");
+        }
     }
 
     #[test]

@@ -136,6 +136,18 @@ pub trait Store: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Entry>>;
     /// Stores `entry` unless the stored version is the same or higher.
     fn put(&self, key: &Bytes, entry: Entry) -> Result<PutOutcome>;
+    /// [`Store::get`] for a caller that has the key's id already (the node computed it to
+    /// route the request): `id` must be [`Id::of_key`] of `key`. A driver that places keys by
+    /// id uses it instead of hashing the key again; the default ignores it.
+    fn get_with_id(&self, id: &Id, key: &[u8]) -> Result<Option<Entry>> {
+        let _ = id;
+        self.get(key)
+    }
+    /// [`Store::put`] with the key's id, as [`Store::get_with_id`].
+    fn put_with_id(&self, id: &Id, key: &Bytes, entry: Entry) -> Result<PutOutcome> {
+        let _ = id;
+        self.put(key, entry)
+    }
     /// Removes `key` for good if its stored version is at most `up_to_version` (a newer write
     /// that raced with the removal survives). Returns whether something was removed.
     fn delete(&self, key: &[u8], up_to_version: u64) -> Result<bool>;
@@ -281,18 +293,12 @@ pub trait Store: Send + Sync {
 /// An operation the Chord core asks of its store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreOp {
-    Get {
-        key: Bytes,
-    },
-    /// Merge one entry (a client write is a merge with a fresh version).
-    Put {
-        key: Bytes,
-        entry: Entry,
-    },
+    /// Read one entry; `id` is [`Id::of_key`] of `key`, computed once by the node.
+    Get { id: Id, key: Bytes },
+    /// Merge one entry (a client write is a merge with a fresh version); `id` as for `Get`.
+    Put { id: Id, key: Bytes, entry: Entry },
     /// Merge many entries (an incoming transfer batch).
-    PutMany {
-        items: Vec<Item>,
-    },
+    PutMany { items: Vec<Item> },
     /// Scan a ring range, in ring order, after a cursor.
     Scan {
         start: Id,
@@ -302,48 +308,24 @@ pub enum StoreOp {
         max_bytes: usize,
     },
     /// Remove entries whose versions are at most the given ones (after a transfer).
-    RemoveMany {
-        keys: Vec<(Bytes, u64)>,
-    },
+    RemoveMany { keys: Vec<(Bytes, u64)> },
     /// Count live keys.
     Count,
     /// Count live keys in the ring range `(start, end]`.
-    CountRange {
-        start: Id,
-        end: Id,
-    },
+    CountRange { start: Id, end: Id },
     /// [`Store::range_counts`] of the ring range `(start, end]` at `now` (ms since the epoch).
-    RangeCounts {
-        start: Id,
-        end: Id,
-        now: u64,
-    },
+    RangeCounts { start: Id, end: Id, now: u64 },
     /// Digests of `parts` equal sub-ranges of `(start, end]` (see [`digest`]).
-    Digest {
-        start: Id,
-        end: Id,
-        parts: u32,
-    },
+    Digest { start: Id, end: Id, parts: u32 },
     /// Every `(key, version)` in `(start, end]`.
-    KeyVersions {
-        start: Id,
-        end: Id,
-    },
+    KeyVersions { start: Id, end: Id },
     /// The entries (tombstones included) of the given keys that exist.
-    GetMany {
-        keys: Vec<Bytes>,
-    },
+    GetMany { keys: Vec<Bytes> },
     /// Remove the tombstones in `(start, end]` whose version is at most `before`.
-    CollectTombstones {
-        start: Id,
-        end: Id,
-        before: u64,
-    },
+    CollectTombstones { start: Id, end: Id, before: u64 },
     /// Remove every entry whose key id is in none of the ring ranges `keep` (copies this node
     /// is no longer responsible for), each only at the version scanned.
-    RetainRanges {
-        keep: Vec<(Id, Id)>,
-    },
+    RetainRanges { keep: Vec<(Id, Id)> },
 }
 
 impl StoreOp {
@@ -424,8 +406,8 @@ pub fn execute_since(store: &dyn Store, op: StoreOp, handled: u64) -> Result<Sto
 /// Runs one op against a driver.
 pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
     Ok(match op {
-        StoreOp::Get { key } => StoreOutcome::Got(store.get(&key)?),
-        StoreOp::Put { key, entry } => StoreOutcome::Put(store.put(&key, entry)?),
+        StoreOp::Get { id, key } => StoreOutcome::Got(store.get_with_id(&id, &key)?),
+        StoreOp::Put { id, key, entry } => StoreOutcome::Put(store.put_with_id(&id, &key, entry)?),
         StoreOp::PutMany { items } => StoreOutcome::PutMany {
             applied: store.put_many(items)?,
         },

@@ -28,7 +28,7 @@ impl CopyTracker {
     /// The `(key, version)` pairs a store op may write, to check after it ran.
     pub fn written_by(op: &StoreOp) -> Vec<(Bytes, u64)> {
         match op {
-            StoreOp::Put { key, entry } => vec![(key.clone(), entry.version)],
+            StoreOp::Put { key, entry, .. } => vec![(key.clone(), entry.version)],
             StoreOp::PutMany { items } => items.iter().map(|it| (it.key.clone(), it.version)).collect(),
             _ => Vec::new(),
         }
@@ -97,6 +97,7 @@ mod tests {
 
     fn put(store: &MemoryStore, key: &str, version: u64) -> StoreOp {
         let op = StoreOp::Put {
+            id: chordkv_protocol::Id::of_key(key.as_bytes()),
             key: Bytes::from(key.to_string()),
             entry: Entry {
                 version,

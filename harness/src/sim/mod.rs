@@ -991,8 +991,8 @@ impl Sim {
     fn trace_store_op(&self, i: usize, v: usize, key: &Bytes, op: &chordkv_core::store::StoreOp) {
         use chordkv_core::store::StoreOp;
         let hit = match op {
-            StoreOp::Put { key: k, entry } => (k == key).then(|| format!("put v{}", entry.version >> 16)),
-            StoreOp::Get { key: k } => (k == key).then(|| {
+            StoreOp::Put { key: k, entry, .. } => (k == key).then(|| format!("put v{}", entry.version >> 16)),
+            StoreOp::Get { key: k, .. } => (k == key).then(|| {
                 let held = self.nodes[i].stores[v].get(key).ok().flatten();
                 format!("get (holds v{:?})", held.map(|e| e.version >> 16))
             }),

@@ -903,8 +903,10 @@ impl super::Batch for RedisPartitions {
                     continue;
                 }
                 match op {
-                    StoreOp::Get { key } => points.push((part, Point::Get(key))),
-                    StoreOp::Put { key, entry } => points.push((part, Point::Put(key, entry.clone()))),
+                    StoreOp::Get { key, .. } => points.push((part, Point::Get(key))),
+                    StoreOp::Put { id, key, entry } => {
+                        points.push((part, Point::Put(key, *id, entry.clone())))
+                    }
                     StoreOp::PutMany { items } if items.is_empty() => {
                         results[i] = Some(Ok(StoreOutcome::PutMany { applied: 0 }));
                     }
@@ -914,7 +916,7 @@ impl super::Batch for RedisPartitions {
                             value: it.value.clone(),
                             expires_at: it.expires_at,
                         };
-                        (part, Point::Put(&it.key, entry))
+                        (part, Point::Put(&it.key, Id::of_key(&it.key), entry))
                     })),
                     _ => continue,
                 }
@@ -956,10 +958,11 @@ impl super::Batch for RedisPartitions {
     }
 }
 
-/// A read or a merge of one key, as a pipeline sends it.
+/// A read or a merge of one key (with the key's id, for its index member), as a pipeline
+/// sends it.
 enum Point<'a> {
     Get(&'a [u8]),
-    Put(&'a [u8], Entry),
+    Put(&'a [u8], Id, Entry),
 }
 
 impl Point<'_> {
@@ -967,7 +970,7 @@ impl Point<'_> {
     fn bytes(&self) -> usize {
         match self {
             Point::Get(key) => key.len(),
-            Point::Put(key, entry) => key.len() + entry.value.as_ref().map_or(0, |v| v.len()),
+            Point::Put(key, _, entry) => key.len() + entry.value.as_ref().map_or(0, |v| v.len()),
         }
     }
 }
@@ -1049,9 +1052,9 @@ fn plan<'a>(partitions: usize, points: &[(usize, Point<'a>)]) -> Vec<Call<'a>> {
                 keys.push(*key);
                 true
             }
-            (Some(Call::Puts { points, args, .. }), Point::Put(key, entry)) => {
+            (Some(Call::Puts { points, args, .. }), Point::Put(key, id, entry)) => {
                 points.push(i);
-                args.push((key, member(&Id::of_key(key), key), encode_record(entry)));
+                args.push((key, member(id, key), encode_record(entry)));
                 true
             }
             _ => false,
@@ -1066,10 +1069,10 @@ fn plan<'a>(partitions: usize, points: &[(usize, Point<'a>)]) -> Vec<Call<'a>> {
                 points: vec![i],
                 keys: vec![*key],
             },
-            Point::Put(key, entry) => Call::Puts {
+            Point::Put(key, id, entry) => Call::Puts {
                 part: *part,
                 points: vec![i],
-                args: vec![(key, member(&Id::of_key(key), key), encode_record(entry))],
+                args: vec![(key, member(id, key), encode_record(entry))],
             },
         });
     }
