@@ -12,8 +12,11 @@
 #   chordkv-1      one `chordkv node --resp` (memory store)
 #   chordkv-8      `chordkv cluster --nodes 8 --resp` (memory store, 2 replicas, ack all);
 #                  redis-benchmark talks to node 0, which routes every request
-#   chordkv-8-redis  the same 8 nodes keeping their keys in one redis-server (--store redis://)
 #   chordkv-8-r0   8 nodes, memory store, --replicas 0: one copy per key, as twemproxy keeps
+#   chordkv-8-redis-r0  8 nodes keeping their keys in the 3 redis-servers twemproxy uses (node i
+#                  in server i mod 3: `chordkv cluster --stores`), --replicas 0: twemproxy's work
+#                  plus chordkv's routing
+#   chordkv-8-redis-r2  the same with --replicas 2 (every SET stored 3 times before its reply)
 #
 # Each target gets `redis-benchmark -c 50 -r 100000 -t set,get`, without pipelining and with
 # -P 16, REPEATS times (targets interleaved, so a noisy moment does not hit one target only);
@@ -22,9 +25,11 @@
 # a short redis-benchmark load and the top functions are appended.
 #
 # Environment: REQUESTS (per plain run, default 100000), PIPELINED_REQUESTS (per -P 16 run,
-# default 200000; both divided by 4 for the slow chordkv-8-redis), REPEATS (default 3), RUN_TIMEOUT_S (bound of one redis-benchmark run,
-# default 120), PROFILE (1/0), CHORDKV_BIN (default: build target/release/chordkv),
-# CHORDKV_REV (what the report says the binary was built from; default: the work tree), OUT.
+# default 200000), REPEATS (default 3), RUN_TIMEOUT_S (bound of one redis-benchmark run,
+# default 120), PROFILE (1/0), TARGETS (the targets to run, space-separated; default all, e.g.
+# TARGETS="twemproxy chordkv-8-redis-r0 chordkv-8-redis-r2"), CHORDKV_BIN (default: build
+# target/release/chordkv), CHORDKV_REV (what the report says the binary was built from;
+# default: the work tree), OUT.
 #
 # Installs what it lacks from Debian's packages (redis-server, redis-tools, nutcracker,
 # valgrind) and stops everything it started on exit, whatever happens.
@@ -41,9 +46,24 @@ CLIENTS=50
 KEYSPACE=100000
 PIPELINE=16
 COMMAND_LINE="bench/compare-redis.sh"
+ALL_TARGETS=(redis redis-cluster twemproxy chordkv-1 chordkv-8 chordkv-8-r0 chordkv-8-redis-r0 chordkv-8-redis-r2)
+read -ra TARGETS <<<"${TARGETS:-${ALL_TARGETS[*]}}"
+for t in "${TARGETS[@]}"; do
+    case " ${ALL_TARGETS[*]} " in *" $t "*) ;; *) echo "compare-redis: unknown target '$t' (known: ${ALL_TARGETS[*]})" >&2; exit 2 ;; esac
+done
 for v in REQUESTS PIPELINED_REQUESTS REPEATS PROFILE; do
     COMMAND_LINE="$v=${!v} $COMMAND_LINE"
 done
+if [ "${TARGETS[*]}" != "${ALL_TARGETS[*]}" ]; then
+    COMMAND_LINE="TARGETS=\"${TARGETS[*]}\" $COMMAND_LINE"
+fi
+wanted() { # target...: whether any of them runs
+    local t
+    for t in "$@"; do
+        case " ${TARGETS[*]} " in *" $t "*) return 0 ;; esac
+    done
+    return 1
+}
 
 log() { echo "compare-redis: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -164,19 +184,22 @@ start_redis() {
 }
 
 declare -A PORT EXTRA
-# Requests of a target's runs are divided by this, so that every run takes seconds.
-declare -A SLOWDOWN=([chordkv-8-redis]=4)
-TARGETS=(redis redis-cluster twemproxy chordkv-1 chordkv-8 chordkv-8-redis chordkv-8-r0)
+# Requests of a target's runs are divided by this, so that every run takes seconds (none is
+# that slow now).
+declare -A SLOWDOWN=()
 
 log "work directory $WORK"
 
-redis_port='' store_port='' p='' tw_port='' tw_stats_port='' ck1='' ck1_resp='' prof_node='' prof_resp=''
+redis_port='' p='' tw_port='' tw_stats_port='' ck1='' ck1_resp='' prof_node='' prof_resp=''
 
 # redis
-start_redis redis_port
-PORT[redis]=$redis_port
+if wanted redis; then
+    start_redis redis_port
+    PORT[redis]=$redis_port
+fi
 
 # Redis Cluster: 3 masters, no replicas.
+if wanted redis-cluster; then
 rc_ports=()
 for i in 1 2 3; do
     start_redis p --cluster-enabled yes --cluster-config-file "$WORK/nodes-$i.conf" \
@@ -194,13 +217,17 @@ done
 redis-cli -p "${rc_ports[0]}" CLUSTER INFO | grep -q 'cluster_state:ok' || die "Redis Cluster not ok"
 PORT[redis-cluster]=${rc_ports[0]}
 EXTRA[redis-cluster]="--cluster"
+fi
 
-# twemproxy over 3 redis-servers.
+# twemproxy over 3 redis-servers; the chordkv-8-redis targets keep their keys in the same 3.
 tw_ports=()
-for _ in 1 2 3; do
-    start_redis p
-    tw_ports+=("$p")
-done
+if wanted twemproxy chordkv-8-redis-r0 chordkv-8-redis-r2; then
+    for _ in 1 2 3; do
+        start_redis p
+        tw_ports+=("$p")
+    done
+fi
+if wanted twemproxy; then
 free_port tw_port
 PORT[twemproxy]=$tw_port
 {
@@ -222,8 +249,10 @@ for _ in $(seq 200); do
     sleep 0.05
 done
 [ "$(redis-cli -p "${PORT[twemproxy]}" SET compare:probe 1 2>/dev/null)" = OK ] || die "twemproxy does not answer"
+fi
 
-# chordkv-1
+# chordkv-1 (also the profiled one)
+if wanted chordkv-1 || [ "$PROFILE" = 1 ]; then
 free_port ck1
 free_port ck1_resp
 PORT[chordkv-1]=$ck1_resp
@@ -232,8 +261,9 @@ PORT[chordkv-1]=$ck1_resp
 PIDS+=($!)
 CK1_PID=$!
 wait_ping "${PORT[chordkv-1]}" "chordkv-1" "$CK1_PID" || die "chordkv-1 exited: $(tail -3 "$WORK/chordkv-1.log")"
+fi
 
-# chordkv-8 and chordkv-8-redis: `chordkv cluster` prints `resp: ...` then `ready: ...`.
+# chordkv-8 and the others of 8 nodes: `chordkv cluster` prints `resp: ...` then `ready: ...`.
 start_chordkv_cluster() { # name [extra args...]
     local name=$1 out
     shift
@@ -251,10 +281,12 @@ start_chordkv_cluster() { # name [extra args...]
     PORT[$name]=$(sed -n 's/^resp: \([^ ]*\).*/\1/p' "$out" | sed 's/.*://')
     wait_ping "${PORT[$name]}" "$name"
 }
-start_chordkv_cluster chordkv-8
-start_redis store_port
-start_chordkv_cluster chordkv-8-redis --store "redis://127.0.0.1:$store_port/0"
-start_chordkv_cluster chordkv-8-r0 --replicas 0
+tw_stores=()
+for p in "${tw_ports[@]}"; do tw_stores+=("redis://127.0.0.1:$p/0"); done
+if wanted chordkv-8; then start_chordkv_cluster chordkv-8; fi
+if wanted chordkv-8-r0; then start_chordkv_cluster chordkv-8-r0 --replicas 0; fi
+if wanted chordkv-8-redis-r0; then start_chordkv_cluster chordkv-8-redis-r0 --replicas 0 --stores "${tw_stores[@]}"; fi
+if wanted chordkv-8-redis-r2; then start_chordkv_cluster chordkv-8-redis-r2 --replicas 2 --stores "${tw_stores[@]}"; fi
 
 for t in "${TARGETS[@]}"; do log "$t on port ${PORT[$t]}"; done
 
@@ -316,12 +348,12 @@ mkdir -p "$(dirname "$OUT")"
     echo "redis-benchmark -h 127.0.0.1 -p PORT [--cluster] -c $CLIENTS -n N -r $KEYSPACE -P P -t set,get --csv"
     echo '```'
     echo
-    echo "with N = $REQUESTS for P = 1 and N = $PIPELINED_REQUESTS for P = $PIPELINE (a quarter of those for the"
-    echo "slow chordkv-8-redis), targets interleaved within each repeat."
-    echo "Latencies are redis-benchmark's, in ms. chordkv-8 and chordkv-8-redis: 8 nodes, 2 replicas per key"
+    echo "with N = $REQUESTS for P = 1 and N = $PIPELINED_REQUESTS for P = $PIPELINE, targets interleaved within each repeat."
+    echo "Latencies are redis-benchmark's, in ms. chordkv-8: 8 nodes, memory store, 2 replicas per key"
     echo "(every SET is applied on 3 nodes before its reply), redis-benchmark connected to node 0, which"
-    echo "routes each request to the key's owner. chordkv-8-redis keeps all 8 nodes' keys in one redis-server."
-    echo "chordkv-8-r0 is chordkv-8 with --replicas 0: one copy of each key, like twemproxy over 3 redis-servers."
+    echo "routes each request to the key's owner. chordkv-8-r0 is chordkv-8 with --replicas 0: one copy of"
+    echo "each key, like twemproxy over 3 redis-servers. chordkv-8-redis-r0 and -r2: 8 nodes keeping their"
+    echo "keys in the same 3 redis-servers twemproxy uses (node i in server i mod 3), with --replicas 0 and 2."
     echo
     for pl in 1 "$PIPELINE"; do
         echo "## -P $pl"
@@ -339,7 +371,8 @@ mkdir -p "$(dirname "$OUT")"
         echo
     done
     echo "Targets (reported, not tested): chordkv-1 at or above redis (ratio >= 1.00 in \"vs redis\");"
-    echo "chordkv-8 at or above twemproxy (ratio >= 1.00 in \"vs twemproxy\")."
+    echo "chordkv-8 and chordkv-8-redis-r0 at or above twemproxy (ratio >= 1.00 in \"vs twemproxy\");"
+    echo "chordkv-8-redis-r2 at least 0.50 of twemproxy."
     echo
     if [ -s "$WORK/failures.txt" ]; then
         echo "Runs that failed (redis-benchmark stops at the first error reply; only the tests it"

@@ -469,6 +469,10 @@ struct ClusterArgs {
     /// Write each node's output to DIR/node-INDEX-PORT.log instead of this terminal.
     #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
+    /// Node i keeps its keys in the (i mod N)-th of these N stores instead of --store: e.g.
+    /// 8 nodes over the 3 redis-servers a twemproxy in front of them would use.
+    #[arg(long, value_name = "URL", num_args = 1.., conflicts_with = "store")]
+    stores: Vec<String>,
     /// How long to wait for the ring to become consistent before giving up, in milliseconds.
     #[arg(
         long,
@@ -604,9 +608,13 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
     }
     // Each vnode's keys are namespaced by its address (`ip:port`, then `ip:port#i` for vnode
     // i > 0).
-    let stores = (0..vnodes)
-        .map(|v| store::open(&args.options.store, &NodeAddr::new(reachable, v).to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let namespaces: Vec<String> = (0..vnodes)
+        .map(|v| NodeAddr::new(reachable, v).to_string())
+        .collect();
+    let store::Partitions {
+        stores,
+        batch: store_batch,
+    } = store::open_partitions(&args.options.store, &namespaces)?;
     let keyring_path = args.options.keyring.as_ref().map(PathBuf::from);
     let keyring = match &keyring_path {
         Some(path) => Some(server::keyring::Keyring::load(path)?),
@@ -641,6 +649,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
         vnode_ids,
         chord,
         stores,
+        store_batch,
         store_threads: args.options.store_threads as usize,
         resp,
         peer_security: server::PeerSecurity {
@@ -686,6 +695,14 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
     // Refused here, before any node starts, with the words the node would use.
     args.options.chord_config().map_err(|e| anyhow!(e))?;
     spec.node_args = args.options.to_args();
+    if !args.stores.is_empty() {
+        if let Some(i) = spec.node_args.iter().position(|a| a == "--store") {
+            spec.node_args.drain(i..i + 2);
+        }
+        spec.per_node_args = (0..spec.nodes)
+            .map(|i| vec!["--store".to_string(), args.stores[i % args.stores.len()].clone()])
+            .collect();
+    }
     if args.options.users.is_some() && args.options.requirepass.is_none() {
         bail!(
             "chordkv cluster with --users needs --requirepass too: the launcher checks on the ring \

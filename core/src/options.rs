@@ -71,8 +71,9 @@ pub struct NodeOptions {
     /// The node exits 1 at startup if Redis cannot be reached.
     #[arg(long, value_name = "URL", default_value = DEFAULT_STORE)]
     pub store: String,
-    /// Worker threads that run the store's operations, for a store whose calls block (Redis);
-    /// the memory store ignores them.
+    /// Worker threads that run the store's long operations (scans, digests, transfers), for a
+    /// store whose calls block (Redis); its gets and puts go to Redis in pipelines from one
+    /// more thread. The memory store ignores them.
     #[arg(
         long,
         value_name = "N",

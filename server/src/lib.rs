@@ -114,7 +114,12 @@ pub struct ServerConfig {
     /// The storage driver's partitions, one per vnode (`stores[i]` holds vnode `i`'s keys):
     /// as many as `vnode_ids` (one when it is empty).
     pub stores: Vec<Arc<dyn Store>>,
-    /// Worker threads for a blocking store (ignored for a non-blocking one; at least 1).
+    /// Runs the partitions' gets and puts pending at the same time together, for a blocking
+    /// store that can ([`store::open_partitions`] gives it: Redis pipelines); `None` runs each
+    /// op alone.
+    pub store_batch: Option<Arc<dyn store::Batch>>,
+    /// Worker threads for a blocking store's ops that run alone (ignored for a non-blocking
+    /// one; at least 1); its batches have a worker of their own (see `store_pool`).
     pub store_threads: usize,
     /// Also listen for Redis clients (RESP2) on this address; port 0 picks a free port.
     pub resp: Option<SocketAddr>,

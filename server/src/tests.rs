@@ -30,6 +30,7 @@ fn config(join: Option<SocketAddr>, store: Arc<dyn Store>) -> ServerConfig {
         vnode_ids: Vec::new(),
         chord,
         stores: vec![store],
+        store_batch: None,
         store_threads: 2,
         resp: None,
         peer_security: Default::default(),

@@ -2,7 +2,8 @@
 //! the test ends): the shared conformance suite, agreement with the memory driver on random
 //! operations, namespaces, large values, corrupt data, a flushed script cache, Redis going
 //! down, freezing and coming back, and the loss of its data reported (a restart without
-//! persistence, a flush).
+//! persistence, a flush); and the same for the pipelined batches of a node's partitions
+//! (`RedisPartitions`).
 //!
 //! `redis-server` must be installed; `tests/run-all.sh` installs it.
 
@@ -15,7 +16,7 @@ use chordkv_core::rng::Rng;
 use chordkv_core::store::{self, Entry, MemoryStore, Store, StoreError};
 use chordkv_harness::conformance;
 use chordkv_protocol::{Id, Item};
-use chordkv_server::store::RedisStore;
+use chordkv_server::store::{Batch, RedisPartitions, RedisStore};
 use chordkv_tests::RedisServer;
 
 /// Bound of any one store call while Redis is down or frozen: the driver's timeouts are
@@ -716,4 +717,345 @@ fn cut_connections_are_not_a_loss() {
     let again = redis.store("n");
     assert_eq!(again.get(b"k").unwrap(), Some(live(1, b"v")));
     assert_eq!(again.loss_epoch(), 0);
+}
+
+// ---- pipelined batches (RedisPartitions) -----------------------------------------------------
+
+fn get(vnode: u16, key: &str) -> (u16, store::StoreOp) {
+    (
+        vnode,
+        store::StoreOp::Get {
+            id: Id::of_key(key.as_bytes()),
+            key: Bytes::from(key.to_string()),
+        },
+    )
+}
+
+fn put(vnode: u16, key: &str, entry: Entry) -> (u16, store::StoreOp) {
+    (
+        vnode,
+        store::StoreOp::Put {
+            id: Id::of_key(key.as_bytes()),
+            key: Bytes::from(key.to_string()),
+            entry,
+        },
+    )
+}
+
+fn open_partitions(redis: &RedisServer, n: usize) -> RedisPartitions {
+    let namespaces: Vec<String> = (0..n).map(|i| format!("127.0.0.1:7001#{i}")).collect();
+    RedisPartitions::open(&redis.url(), &namespaces).expect("open the Redis partitions")
+}
+
+/// Random batches of gets, puts and `PutMany`s over three partitions answer exactly what the
+/// memory driver answers running the same ops one by one in the same order: merges by version,
+/// tombstones, expiries, the same key several times in one batch (a get after a put of it sees
+/// it), and the live counts and contents afterwards.
+#[test]
+fn pipelined_batches_agree_with_ops_one_by_one() {
+    let seed = std::env::var("CHORDKV_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0xba7c4);
+    println!("seed = {seed} (replay with CHORDKV_TEST_SEED={seed})");
+    let mut rng = Rng::new(seed);
+    let redis = RedisServer::start();
+    let parts = open_partitions(&redis, 3);
+    let memory: Vec<MemoryStore> = (0..3).map(|_| MemoryStore::new()).collect();
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    for round in 0..300 {
+        let ops: Vec<(u16, store::StoreOp)> = (0..rng.range(1, 60))
+            .map(|_| {
+                let vnode = rng.below(3) as u16;
+                let entry = |rng: &mut Rng| {
+                    let value = (!rng.chance(0.2)).then(|| Bytes::from(format!("v{}", rng.next_u64())));
+                    let expires_at = if value.is_some() && rng.chance(0.3) {
+                        rng.range(1, 1 << 50)
+                    } else {
+                        0
+                    };
+                    Entry {
+                        version: rng.range(1, 25),
+                        value,
+                        expires_at,
+                    }
+                };
+                let key = &keys[rng.below(keys.len() as u64) as usize];
+                match rng.below(10) {
+                    0..=4 => get(vnode, key),
+                    5..=8 => put(vnode, key, entry(&mut rng)),
+                    // A replica's copy: several entries, maybe none, maybe one key twice.
+                    _ => (
+                        vnode,
+                        store::StoreOp::PutMany {
+                            items: (0..rng.below(5))
+                                .map(|_| {
+                                    let e = entry(&mut rng);
+                                    Item {
+                                        key: Bytes::from(keys[rng.below(keys.len() as u64) as usize].clone()),
+                                        version: e.version,
+                                        value: e.value,
+                                        expires_at: e.expires_at,
+                                    }
+                                })
+                                .collect(),
+                        },
+                    ),
+                }
+            })
+            .collect();
+        let expected: Vec<_> = ops
+            .iter()
+            .map(|(v, op)| store::execute(&memory[usize::from(*v)], op.clone()))
+            .collect();
+        let got = parts.execute_batch(ops.clone());
+        assert_eq!(got.len(), ops.len(), "round {round}: one result per op");
+        for (i, ((op, want), got)) in ops.iter().zip(expected).zip(got).enumerate() {
+            assert_eq!(got, want, "round {round}, op {i}: {op:?}");
+        }
+    }
+    for (i, (p, m)) in parts.partitions().iter().zip(&memory).enumerate() {
+        assert_eq!(p.len().unwrap(), m.len().unwrap(), "partition {i}: live count");
+        assert_eq!(
+            p.scan(&Id::ZERO, &Id::ZERO, None, 1_000).unwrap(),
+            m.scan(&Id::ZERO, &Id::ZERO, None, 1_000).unwrap(),
+            "partition {i}: contents"
+        );
+        assert_eq!(p.loss_epoch(), 0);
+    }
+}
+
+/// A batch larger than one pipeline, with a flushed script cache: cut into several round
+/// trips, the script loaded again, every op answered in order. Other ops (a count) in a batch
+/// run alone and are answered in their place.
+#[test]
+fn large_batches_and_a_flushed_script_cache() {
+    let redis = RedisServer::start();
+    let parts = open_partitions(&redis, 2);
+    redis::cmd("SCRIPT").arg("FLUSH").exec(&mut redis.raw()).unwrap();
+    let n = 1_300;
+    let mut ops: Vec<_> = (0..n)
+        .map(|i| put((i % 2) as u16, &format!("k{i}"), live(1, b"v")))
+        .collect();
+    ops.push((1, store::StoreOp::Count));
+    ops.extend((0..n).map(|i| get((i % 2) as u16, &format!("k{i}"))));
+    let results = parts.execute_batch(ops);
+    assert_eq!(results.len(), 2 * n + 1);
+    for (i, r) in results[..n].iter().enumerate() {
+        assert!(
+            matches!(r, Ok(store::StoreOutcome::Put(o)) if o.applied && !o.previous_live),
+            "put {i}: {r:?}"
+        );
+    }
+    assert_eq!(results[n], Ok(store::StoreOutcome::Count((n / 2) as u64)));
+    for (i, r) in results[n + 1..].iter().enumerate() {
+        assert_eq!(r, &Ok(store::StoreOutcome::Got(Some(live(1, b"v")))), "get {i}");
+    }
+}
+
+/// A record something else wrote fails its own op as corrupt, in a get's transaction and in a
+/// put call shared with good entries; the other ops of the batch go through.
+#[test]
+fn corrupt_records_fail_only_their_own_ops_in_a_batch() {
+    let redis = RedisServer::start();
+    let parts = open_partitions(&redis, 1);
+    let [data, _, _] = parts.partitions()[0].redis_keys();
+    redis::cmd("HSET")
+        .arg(data)
+        .arg("bad")
+        .arg("xy")
+        .exec(&mut redis.raw())
+        .unwrap();
+    let results = parts.execute_batch(vec![
+        put(0, "good", live(1, b"v")),
+        put(0, "bad", live(2, b"v")),
+        put(0, "good2", live(1, b"w")),
+        get(0, "bad"),
+        get(0, "good"),
+    ]);
+    let corrupt = |i: usize| matches!(&results[i], Err(StoreError::Corrupt(m)) if m.contains("redis://"));
+    assert!(
+        matches!(&results[0], Ok(store::StoreOutcome::Put(o)) if o.applied),
+        "{results:?}"
+    );
+    assert!(corrupt(1), "{:?}", results[1]);
+    assert!(
+        matches!(&results[2], Ok(store::StoreOutcome::Put(o)) if o.applied),
+        "{results:?}"
+    );
+    assert!(corrupt(3), "{:?}", results[3]);
+    assert_eq!(results[4], Ok(store::StoreOutcome::Got(Some(live(1, b"v")))));
+    assert_eq!(
+        parts.partitions()[0].len().unwrap(),
+        2,
+        "the bad record is not counted"
+    );
+}
+
+/// A flush before a batch: every get and put of every partition it touches fails with `Lost`
+/// and changes nothing; each partition counts the loss once; the next batch runs on the
+/// emptied store.
+#[test]
+fn a_flush_before_a_batch_fails_every_op_as_lost() {
+    let redis = RedisServer::start();
+    let parts = open_partitions(&redis, 3);
+    let before = parts.execute_batch(vec![put(0, "a", live(1, b"v")), put(1, "b", live(1, b"v"))]);
+    assert!(before.iter().all(|r| r.is_ok()), "{before:?}");
+    redis::cmd("FLUSHALL").exec(&mut redis.raw()).unwrap();
+    let ops = vec![
+        get(0, "a"),
+        put(0, "c", live(1, b"v")),
+        get(0, "c"),
+        put(1, "d", live(1, b"v")),
+        get(1, "b"),
+        (
+            1,
+            store::StoreOp::PutMany {
+                items: vec![Item {
+                    key: Bytes::from_static(b"e"),
+                    version: 1,
+                    value: None,
+                    expires_at: 0,
+                }],
+            },
+        ),
+    ];
+    for (i, r) in parts.execute_batch(ops.clone()).into_iter().enumerate() {
+        assert_lost(&format!("op {i} after the flush"), r);
+    }
+    for (i, p) in parts.partitions().iter().enumerate() {
+        let want = if i < 2 { 1 } else { 0 };
+        assert_eq!(
+            p.loss_epoch(),
+            want,
+            "partition {i}: one loss, counted by its own ops only"
+        );
+    }
+    // Nothing was written by the failed ops; the same batch now runs on the emptied store.
+    let results = parts.execute_batch(ops);
+    assert_eq!(results[0], Ok(store::StoreOutcome::Got(None)));
+    assert!(matches!(&results[1], Ok(store::StoreOutcome::Put(o)) if o.applied));
+    assert_eq!(results[2], Ok(store::StoreOutcome::Got(Some(live(1, b"v")))));
+    assert!(matches!(&results[3], Ok(store::StoreOutcome::Put(o)) if o.applied));
+    assert_eq!(results[4], Ok(store::StoreOutcome::Got(None)));
+    assert_eq!(results[5], Ok(store::StoreOutcome::PutMany { applied: 1 }));
+    assert_eq!(parts.partitions()[2].loss_epoch(), 0);
+}
+
+/// Flushes racing with a stream of batches, each a put then a get of a fresh key per
+/// partition: wherever a flush falls (between batches, between the calls of one pipeline), no
+/// get answers "not found" for the key its batch just wrote unless the partition counted a loss
+/// during that batch, so a caller checking the epoch (the store workers do) never takes the
+/// emptied store's answer for a real one. Every flush is noticed.
+#[test]
+fn flushes_between_the_calls_of_pipelines_are_never_missed() {
+    let redis = RedisServer::start();
+    let parts = Arc::new(open_partitions(&redis, 2));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let runner = {
+        let parts = Arc::clone(&parts);
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let (mut answered, mut lost) = (0u64, 0u64);
+            let mut batch = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                batch += 1;
+                let epochs: Vec<u64> = parts.partitions().iter().map(|p| p.loss_epoch()).collect();
+                let mut ops = Vec::new();
+                for v in 0..2u16 {
+                    for j in 0..8 {
+                        let key = format!("b{batch}-{v}-{j}");
+                        ops.push(put(v, &key, live(1, b"v")));
+                        ops.push(get(v, &key));
+                    }
+                }
+                let results = parts.execute_batch(ops.clone());
+                for (i, ((v, _), r)) in ops.iter().zip(&results).enumerate() {
+                    let moved = parts.partitions()[usize::from(*v)].loss_epoch() > epochs[usize::from(*v)];
+                    match r {
+                        Err(StoreError::Lost(_)) => lost += 1,
+                        _ if moved => lost += 1, // the caller discards it
+                        Ok(store::StoreOutcome::Got(got)) => {
+                            assert_eq!(
+                                got,
+                                &Some(live(1, b"v")),
+                                "batch {batch}, op {i}: the emptied store answered unnoticed"
+                            );
+                            answered += 1;
+                        }
+                        Ok(store::StoreOutcome::Put(_)) => answered += 1,
+                        other => panic!("batch {batch}, op {i}: {other:?}"),
+                    }
+                }
+            }
+            (answered, lost)
+        })
+    };
+    let mut raw = redis.raw();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(15));
+        redis::cmd("FLUSHALL").exec(&mut raw).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, lost) = runner.join().expect("the batches");
+    println!("ops answered {answered}, lost {lost}");
+    assert!(answered > 0 && lost > 0, "answered {answered}, lost {lost}");
+    // The last flush is noticed by the next batch, if the runner had not seen it yet.
+    parts.execute_batch(vec![get(0, "x"), get(1, "x")]);
+    for p in parts.partitions() {
+        assert!(p.loss_epoch() >= 1, "flushes were noticed");
+        assert_eq!(p.get(b"x").unwrap(), None);
+    }
+}
+
+/// Redis killed while a pipeline waits for its replies: every op of the batch fails with
+/// `Unavailable` (none hangs, nothing panics); once Redis is back (empty), the first batch
+/// reports the loss and the next one works.
+#[test]
+fn redis_dying_mid_pipeline_fails_every_op_of_the_batch() {
+    let mut redis = RedisServer::start();
+    let parts = Arc::new(open_partitions(&redis, 2));
+    let ops: Vec<_> = (0..40)
+        .map(|i| {
+            let v = (i % 2) as u16;
+            if i % 3 == 0 {
+                get(v, &format!("k{i}"))
+            } else {
+                put(v, &format!("k{i}"), live(1, b"v"))
+            }
+        })
+        .collect();
+    assert!(parts.execute_batch(ops.clone()).iter().all(|r| r.is_ok()));
+    redis.pause();
+    let batch = {
+        let parts = Arc::clone(&parts);
+        let ops = ops.clone();
+        std::thread::spawn(move || parts.execute_batch(ops))
+    };
+    // The pipeline is written (the kernel takes it) and waits for replies that never come.
+    std::thread::sleep(Duration::from_millis(300));
+    redis.kill();
+    let results = bounded("a batch whose Redis died", move || {
+        batch.join().expect("no panic")
+    });
+    assert_eq!(results.len(), ops.len());
+    for (i, r) in results.into_iter().enumerate() {
+        assert_unavailable(&format!("op {i}"), r);
+    }
+    // While Redis is down, a batch fails as fast as connecting does.
+    let down = Arc::clone(&parts);
+    let again = ops.clone();
+    for (i, r) in bounded("a batch while Redis is down", move || down.execute_batch(again))
+        .into_iter()
+        .enumerate()
+    {
+        assert_unavailable(&format!("op {i} while down"), r);
+    }
+    redis.restart();
+    for (i, r) in parts.execute_batch(ops.clone()).into_iter().enumerate() {
+        assert_lost(&format!("op {i} after the restart"), r);
+    }
+    let results = parts.execute_batch(ops);
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
 }

@@ -216,6 +216,7 @@ impl Server {
             vnode_ids,
             chord,
             stores,
+            store_batch,
             store_threads,
             resp,
             peer_security,
@@ -309,8 +310,13 @@ impl Server {
         };
         let pool = if stores[0].is_blocking() {
             let c = Arc::clone(&control);
-            let pool = StorePool::start(stores.clone(), store_threads, Arc::new(move || c.wake()))
-                .map_err(Error::io("starting store worker threads"))?;
+            let pool = StorePool::start(
+                stores.clone(),
+                store_batch,
+                store_threads,
+                Arc::new(move || c.wake()),
+            )
+            .map_err(Error::io("starting store worker threads"))?;
             Some(pool)
         } else {
             None
@@ -552,7 +558,7 @@ impl Server {
             match out {
                 Output::Send { to, frame } => self.send(now, to, &frame),
                 Output::Reply { to, frame } => self.reply(now, to, frame),
-                Output::Store { id, vnode, op } => match &self.pool {
+                Output::Store { id, vnode, op } => match &mut self.pool {
                     Some(pool) => pool.submit(id, vnode, op),
                     None => {
                         let result = store::execute(&*self.stores[usize::from(vnode)], op);
@@ -573,6 +579,11 @@ impl Server {
                 break;
             }
             self.flush_queued(now);
+        }
+        // The store ops of this turn of the loop go to the workers together: one job, a
+        // worker woken once, gets and puts in one round trip.
+        if let Some(pool) = &mut self.pool {
+            pool.flush();
         }
     }
 

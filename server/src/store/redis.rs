@@ -33,20 +33,42 @@
 //!
 //! # Atomicity
 //!
-//! Every operation is a Lua script (`get` and `len` too, for the marker check below): `put`
-//! (a merge: only a strictly higher version replaces), `delete` (up to a version) and `scan`
-//! are scripts so the hash, the index and the live counter change together and a
-//! scan never sees an index member without its record. Versions are compared as 8-byte
-//! big-endian strings, byte by byte: Lua numbers are doubles and cannot hold every `u64`.
-//! Scripts run by `EVALSHA`; a server that does not know a script (a restarted Redis) is sent
-//! `SCRIPT LOAD` and the call is repeated. `put_many` and `delete_many` pipeline their calls:
-//! one round trip per [`PIPELINE_MAX_ITEMS`] items.
+//! Every operation that writes is a Lua script: `put` (a merge: only a strictly higher
+//! version replaces: a compare-and-set that only a script makes atomic), `delete` (up to a
+//! version) and `scan` are scripts so the hash, the index and the live counter change together
+//! and a scan never sees an index member without its record; `len` is one too. Versions are
+//! compared as 8-byte big-endian strings, byte by byte: Lua numbers are doubles and cannot
+//! hold every `u64`. Scripts run by `EVALSHA` (loaded once per Redis by [`RedisStore::open`]);
+//! a server that does not know a script (a restarted Redis) is sent `SCRIPT LOAD` and the call
+//! is repeated. `put_many` and `delete_many` pipeline their calls: one round trip per
+//! [`PIPELINE_MAX_ITEMS`] items.
+//!
+//! A `get` needs no script: it is `MULTI`, `EXISTS marker`, `HGET`/`HMGET data`, `EXEC`, plain
+//! commands in a transaction. Redis runs a transaction's commands with no other client's in
+//! between, exactly as it runs a script, so the marker check (below) and the read happen at one
+//! instant, at a fraction of a script's cost (a script call costs Redis some 6 us; the four
+//! commands well under 1 us). Pipelining `HGET` then `EXISTS` without the transaction would
+//! not do: a flush and a loss recorded by another connection could fall between them.
+//!
+//! # Pipelining
+//!
+//! [`RedisPartitions`] opens a node's partitions (one namespace per vnode) on one connection
+//! pool and runs the gets and puts (single, or the entries of a `PutMany`: a replica's copy)
+//! the store workers find pending at the same time as one pipeline ([`super::Batch`]): every call written at once, the replies read in order, one
+//! round trip per connection for up to [`PIPELINE_MAX_ITEMS`] ops. The gets of a partition
+//! share one transaction, its puts one call of `LUA_PUTS` (each entry merged as `put` merges
+//! it), unless an op of the other kind on the same partition comes between: a partition's ops
+//! take effect in the order they were given. A failed read or write ends the pipeline: its
+//! connection is dropped and every op of it fails with [`StoreError::Unavailable`] (each is a
+//! read or a merge, so running it again is harmless); an error reply fails its own ops only.
 //!
 //! # Failures
 //!
 //! The store is shared by the node's store worker threads. Each call takes a connection from a
-//! small pool (or opens one) and puts it back only if the call succeeded, so a connection left
-//! in an unknown state by an error is never reused. Connecting is bounded by
+//! small pool (one per Redis for the partitions opened together, so connections follow the
+//! number of calls in flight, at most one per worker, not the number of vnodes) or opens one,
+//! and puts it back only if the call succeeded, so a connection left in an unknown state by an
+//! error is never reused. Connecting is bounded by
 //! [`CONNECT_TIMEOUT_MS`] and every read and write by [`IO_TIMEOUT_MS`]: a Redis that is down
 //! or frozen turns into [`StoreError::Unavailable`] within seconds, never a hang. When Redis
 //! comes back, the next call connects again. A pooled connection that turns out to be dead
@@ -61,11 +83,13 @@
 //!
 //! A Redis restarted without persistence (or flushed, or evicting) comes back without the
 //! store's entries, and an unchecked store would answer "not found" for keys it held. So
-//! [`RedisStore::open`] writes a marker key, and every operation is a script that first checks
-//! that the marker exists, atomically with what it reads or writes: an operation can never see
+//! [`RedisStore::open`] writes a marker key, and every operation first checks that the marker
+//! exists, atomically with what it reads or writes (in its script, or in its transaction with
+//! the read; in a pipeline, every call checks for itself): an operation can never see
 //! the data without the marker, so a lost store is noticed by the first operation that touches
 //! it, on any connection, whatever removed the data. That operation fails with
-//! [`StoreError::Lost`]; the store raises its [`loss_epoch`](Store::loss_epoch) and only then
+//! [`StoreError::Lost`] (in a pipeline, every op of the calls that found it, the loss recorded
+//! once); the store raises its [`loss_epoch`](Store::loss_epoch) and only then
 //! writes the marker again (both under one lock, so a loss raises the epoch once), and the
 //! operations after that run on the emptied store. See [`Store`] for the contract.
 //!
@@ -74,6 +98,7 @@
 //! persistence, or with `appendfsync always`, for every loss to be detected.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Error;
@@ -82,7 +107,10 @@ use chordkv_protocol::{Id, Item};
 use parking_lot::Mutex;
 use redis::{Connection, ConnectionLike, RedisError, RedisResult, Script, ServerErrorKind, Value};
 
-use chordkv_core::store::{Entry, KeyVersion, PutOutcome, Result, ScanCursor, Store, StoreError, SCAN_BATCH};
+use chordkv_core::store::{
+    self, Entry, KeyVersion, PutOutcome, Result, ScanCursor, Store, StoreError, StoreOp, StoreOutcome,
+    SCAN_BATCH,
+};
 
 /// Bound of one connection attempt (TCP connect and the SELECT of the database).
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
@@ -143,12 +171,6 @@ end
 /// Every script's last key is the marker; a script answers CKVLOST before anything else when
 /// it is missing.
 ///
-/// KEYS: data, marker. ARGV: key. Returns the record or nil.
-const LUA_GET: &str = r#"
-if lost() then return lost_reply() end
-return redis.call('HGET', KEYS[1], ARGV[1])
-"#;
-
 /// KEYS: live, marker. Returns the live count or nil.
 const LUA_LEN: &str = r#"
 if lost() then return lost_reply() end
@@ -175,6 +197,47 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 local now = liveness(ARGV[3])
 if now ~= was then redis.call('INCRBY', KEYS[3], now - was) end
 return {1, was, expiry}
+"#;
+
+/// `LUA_PUT` for many entries of one namespace in one call, as the pipelined batches send them
+/// (see [`Call::Puts`]): the script's own cost, the marker check and the live counter's update
+/// are paid once per call, not per entry. Each entry is merged exactly as `LUA_PUT` merges it,
+/// in the order given.
+///
+/// KEYS: data, index, live, marker. ARGV: key, index member, new record, then the same for each
+/// further entry. Returns {applied, previous_live, previous expiry} per entry, flattened;
+/// `applied` is -1 for an entry whose stored record cannot be read (it is left as it is).
+const LUA_PUTS: &str = r#"
+if lost() then return lost_reply() end
+local out = {}
+local delta = 0
+for i = 1, #ARGV, 3 do
+  local key, rec = ARGV[i], ARGV[i + 2]
+  local old = redis.call('HGET', KEYS[1], key)
+  local was = 0
+  local expiry = ''
+  local applied = 1
+  if old then
+    was = liveness(old)
+    if was == nil then
+      applied, was = -1, 0
+    else
+      if string.byte(old, 9) == 2 then expiry = string.sub(old, 10, 17) end
+      if not newer(rec, old) then applied = 0 end
+    end
+  else
+    redis.call('ZADD', KEYS[2], 0, ARGV[i + 1])
+  end
+  if applied == 1 then
+    redis.call('HSET', KEYS[1], key, rec)
+    delta = delta + liveness(rec) - was
+  end
+  out[#out + 1] = applied
+  out[#out + 1] = was
+  out[#out + 1] = expiry
+end
+if delta ~= 0 then redis.call('INCRBY', KEYS[3], delta) end
+return out
 "#;
 
 /// KEYS: data, index, live, marker. ARGV: key, index member, up-to version (8 bytes,
@@ -208,10 +271,27 @@ local bytes = 0
 for i = 4, #ARGV, 2 do
   if n >= limit or bytes >= max_bytes then break end
   local members = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[i], ARGV[i + 1], 'LIMIT', 0, limit - n)
-  for _, m in ipairs(members) do
+  -- Headers are small: one HMGET per 512 of them, not one HGET each (a call from Lua costs
+  -- more than the header). Whole records one by one, so the byte budget stops before large
+  -- values are read.
+  local recs = nil
+  if not whole then
+    recs = {}
+    for first = 1, #members, 512 do
+      local keys = {}
+      for j = first, math.min(first + 511, #members) do
+        if #members[j] < 40 then return corrupt(members[j]) end
+        keys[#keys + 1] = string.sub(members[j], 41)
+      end
+      local got = redis.call('HMGET', KEYS[1], unpack(keys))
+      for j = 1, #keys do recs[first + j - 1] = got[j] end
+    end
+  end
+  for j, m in ipairs(members) do
     if #m < 40 then return corrupt(m) end
     local key = string.sub(m, 41)
-    local rec = redis.call('HGET', KEYS[1], key)
+    local rec
+    if recs then rec = recs[j] else rec = redis.call('HGET', KEYS[1], key) end
     if not rec or liveness(rec) == nil then return corrupt(key) end
     if not whole then
       if string.byte(rec, 9) == 2 then rec = string.sub(rec, 1, 17) else rec = string.sub(rec, 1, 9) end
@@ -332,33 +412,145 @@ struct Keys {
     position: String,
 }
 
-/// A [`Store`] in a Redis server; see the module docs for the layout.
-pub struct RedisStore {
+/// What the partitions of one node opened together on one Redis share
+/// ([`RedisStore::open_partitions`]): the client, the idle connections and the scripts, so a
+/// pipelined batch ([`RedisPartitions`]) carries the ops of every partition on one connection,
+/// and the scripts are loaded once.
+struct Backend {
     client: redis::Client,
     /// The URL without credentials, for messages.
     shown: String,
+    idle: Mutex<Vec<Connection>>,
+    /// The longest value the server takes: its `proto-max-bulk-len` less our record header.
+    max_value: usize,
+    len_script: Script,
+    put_script: Script,
+    puts_script: Script,
+    delete_script: Script,
+    scan_script: Script,
+}
+
+impl Backend {
+    /// Connects to the Redis at `url`, loads the scripts and reads the server's largest
+    /// argument; answers the connection it used with the backend.
+    fn open(url: &str) -> crate::Result<(Arc<Backend>, Connection)> {
+        let parsed = RedisUrl::parse(url)?;
+        let shown = parsed.shown();
+        let unavailable = |message: String| Error::StoreUnavailable {
+            url: shown.clone(),
+            message,
+        };
+        let client = redis::Client::open(parsed.full()).map_err(|e| Error::InvalidStore {
+            url: shown.clone(),
+            reason: describe(&e),
+        })?;
+        let mut backend = Backend {
+            client,
+            shown: shown.clone(),
+            idle: Mutex::new(Vec::new()),
+            max_value: chordkv_protocol::MAX_VALUE_BYTES,
+            len_script: Script::new(&format!("{LUA_HELPERS}{LUA_LEN}")),
+            put_script: Script::new(&format!("{LUA_HELPERS}{LUA_PUT}")),
+            puts_script: Script::new(&format!("{LUA_HELPERS}{LUA_PUTS}")),
+            delete_script: Script::new(&format!("{LUA_HELPERS}{LUA_DELETE}")),
+            scan_script: Script::new(&format!("{LUA_HELPERS}{LUA_SCAN}")),
+        };
+        let mut conn = backend
+            .connect()
+            .map_err(|e| unavailable(format!("cannot connect to {shown}: {}", describe(&e))))?;
+        // Loading the scripts now also checks that the server runs Lua scripts at all.
+        for script in backend.scripts() {
+            script
+                .prepare_invoke()
+                .load(&mut conn)
+                .map_err(|e| unavailable(format!("{shown} does not accept our scripts: {}", describe(&e))))?;
+        }
+        // A record is the value and at most RECORD_HEADER_BYTES + 8 bytes before it; Redis
+        // refuses an argument over its proto-max-bulk-len (512 MiB unless configured; a server
+        // that hides CONFIG is taken to run the default).
+        let most: u64 = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("proto-max-bulk-len")
+            .query::<Vec<String>>(&mut conn)
+            .ok()
+            .and_then(|pair| pair.get(1).and_then(|v| v.parse().ok()))
+            .unwrap_or(512 * 1024 * 1024);
+        backend.max_value = usize::try_from(most)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(RECORD_HEADER_BYTES + 8);
+        Ok((Arc::new(backend), conn))
+    }
+
+    fn scripts(&self) -> [&Script; 5] {
+        [
+            &self.len_script,
+            &self.put_script,
+            &self.puts_script,
+            &self.delete_script,
+            &self.scan_script,
+        ]
+    }
+
+    fn connect(&self) -> RedisResult<Connection> {
+        let conn = self
+            .client
+            .get_connection_with_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))?;
+        conn.set_read_timeout(Some(Duration::from_millis(IO_TIMEOUT_MS)))?;
+        conn.set_write_timeout(Some(Duration::from_millis(IO_TIMEOUT_MS)))?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if conn.is_open() {
+            let mut idle = self.idle.lock();
+            if idle.len() < MAX_IDLE_CONNECTIONS {
+                idle.push(conn);
+            }
+        }
+    }
+
+    /// Runs `op` on a pooled connection, or on a new one (see the module docs on failures),
+    /// and answers its result with the connection it ran on, none when no connection could be
+    /// made. The caller decides whether the connection goes back to the pool.
+    fn run<T>(&self, mut op: impl FnMut(&mut Connection) -> Attempt<T>) -> (Attempt<T>, Option<Connection>) {
+        let pooled = self.idle.lock().pop();
+        if let Some(mut conn) = pooled {
+            match op(&mut conn) {
+                // Redis went away since this connection was last used (probably restarted):
+                // the other idle ones are as dead. Try once on a fresh connection.
+                Err(Failure::Redis(e)) if is_stale(&e) => self.idle.lock().clear(),
+                result => return (result, Some(conn)),
+            }
+        }
+        match self.connect() {
+            Ok(mut conn) => (op(&mut conn), Some(conn)),
+            Err(e) => (Err(Failure::Redis(e)), None),
+        }
+    }
+
+    /// The error of a call that could not connect.
+    fn unreachable(&self, e: &RedisError) -> StoreError {
+        StoreError::Unavailable(format!("cannot connect to {}: {}", self.shown, describe(e)))
+    }
+}
+
+/// A [`Store`] in a Redis server; see the module docs for the layout.
+pub struct RedisStore {
+    backend: Arc<Backend>,
     namespace: String,
     keys: Keys,
-    idle: Mutex<Vec<Connection>>,
     /// Losses detected since open: see the module docs.
     losses: AtomicU64,
     /// Held while a loss is recorded and the marker written again.
     loss_lock: Mutex<()>,
     /// Whether the marker of an earlier open was there when this one opened.
     kept_data: bool,
-    /// The longest value the server takes: its `proto-max-bulk-len` less our record header.
-    max_value: usize,
-    get_script: Script,
-    len_script: Script,
-    put_script: Script,
-    delete_script: Script,
-    scan_script: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("url", &self.shown)
+            .field("url", &self.backend.shown)
             .field("namespace", &self.namespace)
             .finish_non_exhaustive()
     }
@@ -388,19 +580,37 @@ impl RedisStore {
     /// [`Error::InvalidStore`] for a malformed URL; [`Error::StoreUnavailable`] when Redis
     /// cannot be reached, refuses our scripts, or holds a count we cannot read.
     pub fn open(url: &str, namespace: &str) -> crate::Result<RedisStore> {
-        let parsed = RedisUrl::parse(url)?;
-        let shown = parsed.shown();
+        let (backend, mut conn) = Backend::open(url)?;
+        let store = RedisStore::on(&backend, &mut conn, namespace)?;
+        backend.give_back(conn);
+        Ok(store)
+    }
+
+    /// [`RedisStore::open`] for each of `namespaces` (a node's partitions, one per vnode),
+    /// sharing one client, one pool of connections and the loaded scripts: what
+    /// [`RedisPartitions`] needs to send the ops of all of them in one pipeline.
+    ///
+    /// # Errors
+    /// As [`RedisStore::open`].
+    pub fn open_partitions<S: AsRef<str>>(url: &str, namespaces: &[S]) -> crate::Result<Vec<RedisStore>> {
+        let (backend, mut conn) = Backend::open(url)?;
+        let stores = namespaces
+            .iter()
+            .map(|ns| RedisStore::on(&backend, &mut conn, ns.as_ref()))
+            .collect::<crate::Result<Vec<_>>>()?;
+        backend.give_back(conn);
+        Ok(stores)
+    }
+
+    /// The store of `namespace` on an opened backend, checked and marked on `conn`.
+    fn on(backend: &Arc<Backend>, conn: &mut Connection, namespace: &str) -> crate::Result<RedisStore> {
+        let shown = &backend.shown;
         let unavailable = |message: String| Error::StoreUnavailable {
             url: shown.clone(),
             message,
         };
-        let client = redis::Client::open(parsed.full()).map_err(|e| Error::InvalidStore {
-            url: shown.clone(),
-            reason: describe(&e),
-        })?;
         let mut store = RedisStore {
-            client,
-            shown: shown.clone(),
+            backend: Arc::clone(backend),
             namespace: namespace.to_string(),
             keys: Keys {
                 data: format!("ckv:{{{namespace}}}:data"),
@@ -409,37 +619,17 @@ impl RedisStore {
                 marker: format!("ckv:{{{namespace}}}:marker"),
                 position: format!("ckv:{{{namespace}}}:position"),
             },
-            idle: Mutex::new(Vec::new()),
             losses: AtomicU64::new(0),
             loss_lock: Mutex::new(()),
             kept_data: false,
-            max_value: chordkv_protocol::MAX_VALUE_BYTES,
-            get_script: Script::new(&format!("{LUA_HELPERS}{LUA_GET}")),
-            len_script: Script::new(&format!("{LUA_HELPERS}{LUA_LEN}")),
-            put_script: Script::new(&format!("{LUA_HELPERS}{LUA_PUT}")),
-            delete_script: Script::new(&format!("{LUA_HELPERS}{LUA_DELETE}")),
-            scan_script: Script::new(&format!("{LUA_HELPERS}{LUA_SCAN}")),
         };
-        let mut conn = store
-            .connect()
-            .map_err(|e| unavailable(format!("cannot connect to {shown}: {}", describe(&e))))?;
-        // Loading the scripts now also checks that the server runs Lua scripts at all.
-        for script in store.scripts() {
-            script
-                .prepare_invoke()
-                .load(&mut conn)
-                .map_err(|e| unavailable(format!("{shown} does not accept our scripts: {}", describe(&e))))?;
-        }
-        let live: Option<i64> = redis::cmd("GET")
-            .arg(&store.keys.live)
-            .query(&mut conn)
-            .map_err(|e| {
-                unavailable(format!(
-                    "cannot read {} from {shown}: {}",
-                    store.keys.live,
-                    describe(&e)
-                ))
-            })?;
+        let live: Option<i64> = redis::cmd("GET").arg(&store.keys.live).query(conn).map_err(|e| {
+            unavailable(format!(
+                "cannot read {} from {shown}: {}",
+                store.keys.live,
+                describe(&e)
+            ))
+        })?;
         if live.is_some_and(|n| n < 0) {
             return Err(unavailable(format!(
                 "{shown}: {} holds a negative count",
@@ -449,7 +639,7 @@ impl RedisStore {
         // The marker of an earlier open: this database kept that run's data.
         let kept: bool = redis::cmd("EXISTS")
             .arg(&store.keys.marker)
-            .query(&mut conn)
+            .query(conn)
             .map_err(|e| {
                 unavailable(format!(
                     "cannot read {} from {shown}: {}",
@@ -458,40 +648,16 @@ impl RedisStore {
                 ))
             })?;
         store.kept_data = kept;
-        // A record is the value and at most RECORD_HEADER_BYTES + 8 bytes before it; Redis
-        // refuses an argument over its proto-max-bulk-len (512 MiB unless configured; a server
-        // that hides CONFIG is taken to run the default).
-        let most: u64 = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("proto-max-bulk-len")
-            .query::<Vec<String>>(&mut conn)
-            .ok()
-            .and_then(|pair| pair.get(1).and_then(|v| v.parse().ok()))
-            .unwrap_or(512 * 1024 * 1024);
-        store.max_value = usize::try_from(most)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(RECORD_HEADER_BYTES + 8);
         // A store opened without its marker is not a loss to report: whatever it holds now is
         // what the node starts with.
-        store.write_marker(&mut conn).map_err(|e| {
+        store.write_marker(conn).map_err(|e| {
             unavailable(format!(
                 "cannot write {} to {shown}: {}",
                 store.keys.marker,
                 describe(&e)
             ))
         })?;
-        store.idle.lock().push(conn);
         Ok(store)
-    }
-
-    fn scripts(&self) -> [&Script; 5] {
-        [
-            &self.get_script,
-            &self.len_script,
-            &self.put_script,
-            &self.delete_script,
-            &self.scan_script,
-        ]
     }
 
     fn write_marker(&self, conn: &mut Connection) -> RedisResult<()> {
@@ -502,9 +668,10 @@ impl RedisStore {
             .exec(conn)
     }
 
-    /// Records the loss an operation found on `conn`: raises the epoch, then writes the marker
-    /// again, unless another call did both since that operation ran (the marker is back).
-    fn record_loss(&self, conn: &mut Connection, found: &RedisError) -> StoreError {
+    /// Records the loss an operation found on `conn` (`detail` says how): raises the epoch,
+    /// then writes the marker again, unless another call did both since that operation ran
+    /// (the marker is back).
+    fn record_loss(&self, conn: &mut Connection, detail: &str) -> StoreError {
         let _one_at_a_time = self.loss_lock.lock();
         let back: RedisResult<bool> = redis::cmd("EXISTS").arg(&self.keys.marker).query(conn);
         let epoch = match back {
@@ -519,17 +686,15 @@ impl RedisStore {
             }
         };
         StoreError::Lost(format!(
-            "{} ({}): loss {epoch} since the store was opened: {} (Redis restarted without \
+            "{} ({}): loss {epoch} since the store was opened: {detail} (Redis restarted without \
              persistence, or the database was flushed or evicted)",
-            self.shown,
-            self.namespace,
-            found.detail().unwrap_or("the marker is gone")
+            self.backend.shown, self.namespace,
         ))
     }
 
     /// The Redis URL, without credentials.
     pub fn url(&self) -> &str {
-        &self.shown
+        &self.backend.shown
     }
 
     /// The namespace this store's keys live under.
@@ -548,48 +713,17 @@ impl RedisStore {
         &self.keys.marker
     }
 
-    fn connect(&self) -> RedisResult<Connection> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))?;
-        conn.set_read_timeout(Some(Duration::from_millis(IO_TIMEOUT_MS)))?;
-        conn.set_write_timeout(Some(Duration::from_millis(IO_TIMEOUT_MS)))?;
-        Ok(conn)
-    }
-
-    fn give_back(&self, conn: Connection) {
-        if conn.is_open() {
-            let mut idle = self.idle.lock();
-            if idle.len() < MAX_IDLE_CONNECTIONS {
-                idle.push(conn);
-            }
-        }
-    }
-
     /// Runs `op` on a pooled connection, or on a new one; see the module docs on failures.
-    fn with_conn<T>(&self, mut op: impl FnMut(&mut Connection) -> Attempt<T>) -> Result<T> {
-        let pooled = self.idle.lock().pop();
-        if let Some(mut conn) = pooled {
-            match op(&mut conn) {
-                Ok(v) => {
-                    self.give_back(conn);
-                    return Ok(v);
-                }
-                // Redis went away since this connection was last used (probably restarted):
-                // the other idle ones are as dead. Try once on a fresh connection.
-                Err(Failure::Redis(e)) if is_stale(&e) => self.idle.lock().clear(),
-                Err(f) => return Err(self.failed(f, conn)),
-            }
-        }
-        let mut conn = self.connect().map_err(|e| {
-            StoreError::Unavailable(format!("cannot connect to {}: {}", self.shown, describe(&e)))
-        })?;
-        match op(&mut conn) {
-            Ok(v) => {
-                self.give_back(conn);
+    fn with_conn<T>(&self, op: impl FnMut(&mut Connection) -> Attempt<T>) -> Result<T> {
+        match self.backend.run(op) {
+            (Ok(v), Some(conn)) => {
+                self.backend.give_back(conn);
                 Ok(v)
             }
-            Err(f) => Err(self.failed(f, conn)),
+            (Ok(v), None) => Ok(v), // faulty code: an op ran without a connection
+            (Err(f), Some(conn)) => Err(self.failed(f, conn)),
+            (Err(Failure::Redis(e)), None) => Err(self.backend.unreachable(&e)),
+            (Err(f), None) => Err(self.store_error(f)),
         }
     }
 
@@ -599,8 +733,8 @@ impl RedisStore {
     fn failed(&self, f: Failure, mut conn: Connection) -> StoreError {
         match f {
             Failure::Redis(e) if is_lost(&e) => {
-                let error = self.record_loss(&mut conn, &e);
-                self.give_back(conn);
+                let error = self.record_loss(&mut conn, e.detail().unwrap_or("the marker is gone"));
+                self.backend.give_back(conn);
                 error
             }
             f => self.store_error(f),
@@ -608,14 +742,13 @@ impl RedisStore {
     }
 
     fn store_error(&self, f: Failure) -> StoreError {
+        let shown = &self.backend.shown;
         match f {
-            Failure::Corrupt(why) => {
-                StoreError::Corrupt(format!("{} ({}): {why}", self.shown, self.namespace))
-            }
+            Failure::Corrupt(why) => StoreError::Corrupt(format!("{shown} ({}): {why}", self.namespace)),
             Failure::Redis(e) if is_corrupt(&e) => {
-                StoreError::Corrupt(format!("{} ({}): {}", self.shown, self.namespace, describe(&e)))
+                StoreError::Corrupt(format!("{shown} ({}): {}", self.namespace, describe(&e)))
             }
-            Failure::Redis(e) => StoreError::Unavailable(format!("{}: {}", self.shown, describe(&e))),
+            Failure::Redis(e) => StoreError::Unavailable(format!("{shown}: {}", describe(&e))),
         }
     }
 
@@ -635,7 +768,7 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         self.with_conn(|conn| {
-            let mut call = self.scan_script.prepare_invoke();
+            let mut call = self.backend.scan_script.prepare_invoke();
             call.key(&self.keys.data)
                 .key(&self.keys.index)
                 .key(&self.keys.marker)
@@ -707,6 +840,472 @@ impl RedisStore {
             first = last;
         }
         Ok(out)
+    }
+}
+
+/// A node's store partitions (one [`RedisStore`] per vnode) opened together on one Redis: they
+/// share a client, a pool of connections and the loaded scripts, so that the ops pending at
+/// the same time, whatever their partitions, go to Redis in one pipeline
+/// ([`super::Batch`]; see the module docs on pipelining).
+pub struct RedisPartitions {
+    backend: Arc<Backend>,
+    parts: Vec<Arc<RedisStore>>,
+}
+
+impl std::fmt::Debug for RedisPartitions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPartitions")
+            .field("url", &self.backend.shown)
+            .field("partitions", &self.parts.len())
+            .finish()
+    }
+}
+
+impl RedisPartitions {
+    /// [`RedisStore::open`] for each of `namespaces` (partition `i` keeps its entries under
+    /// `namespaces[i]`), on one connection pool.
+    ///
+    /// # Errors
+    /// As [`RedisStore::open`].
+    pub fn open<S: AsRef<str>>(url: &str, namespaces: &[S]) -> crate::Result<RedisPartitions> {
+        let (backend, mut conn) = Backend::open(url)?;
+        let parts = namespaces
+            .iter()
+            .map(|ns| RedisStore::on(&backend, &mut conn, ns.as_ref()).map(Arc::new))
+            .collect::<crate::Result<Vec<_>>>()?;
+        backend.give_back(conn);
+        Ok(RedisPartitions { backend, parts })
+    }
+
+    /// The partitions, in the order of the namespaces they were opened with.
+    pub fn partitions(&self) -> &[Arc<RedisStore>] {
+        &self.parts
+    }
+}
+
+impl super::Batch for RedisPartitions {
+    /// Gets, puts and the entries of `PutMany`s in pipelines ([`run_points`]); any other op
+    /// alone, after them.
+    fn execute_batch(&self, ops: Vec<(u16, StoreOp)>) -> Vec<Result<StoreOutcome>> {
+        let mut results: Vec<Option<Result<StoreOutcome>>> = (0..ops.len()).map(|_| None).collect();
+        {
+            // One point per key read or merged, with the op it belongs to.
+            let mut points = Vec::with_capacity(ops.len());
+            let mut owners = Vec::with_capacity(ops.len());
+            for (i, (vnode, op)) in ops.iter().enumerate() {
+                let part = usize::from(*vnode);
+                if part >= self.parts.len() {
+                    // faulty code: the node has as many vnodes as partitions
+                    results[i] = Some(Err(StoreError::Unavailable(format!(
+                        "no store partition {part} of {}",
+                        self.parts.len()
+                    ))));
+                    continue;
+                }
+                match op {
+                    StoreOp::Get { key, .. } => points.push((part, Point::Get(key))),
+                    StoreOp::Put { id, key, entry } => {
+                        points.push((part, Point::Put(key, *id, entry.clone())))
+                    }
+                    StoreOp::PutMany { items } if items.is_empty() => {
+                        results[i] = Some(Ok(StoreOutcome::PutMany { applied: 0 }));
+                    }
+                    StoreOp::PutMany { items } => points.extend(items.iter().map(|it| {
+                        let entry = Entry {
+                            version: it.version,
+                            value: it.value.clone(),
+                            expires_at: it.expires_at,
+                        };
+                        (part, Point::Put(&it.key, Id::of_key(&it.key), entry))
+                    })),
+                    _ => continue,
+                }
+                owners.resize(points.len(), i);
+            }
+            let parts: Vec<&RedisStore> = self.parts.iter().map(|p| &**p).collect();
+            for (i, result) in owners.into_iter().zip(run_points(&self.backend, &parts, &points)) {
+                let slot = &mut results[i];
+                *slot = Some(match (slot.take(), result, &ops[i].1) {
+                    // A PutMany's entries: how many were applied, or the first error (a loss
+                    // first: it must reach the caller whatever else failed).
+                    (None, Ok(StoreOutcome::Put(o)), StoreOp::PutMany { .. }) => Ok(StoreOutcome::PutMany {
+                        applied: usize::from(o.applied),
+                    }),
+                    (Some(Ok(StoreOutcome::PutMany { applied })), Ok(StoreOutcome::Put(o)), _) => {
+                        Ok(StoreOutcome::PutMany {
+                            applied: applied + usize::from(o.applied),
+                        })
+                    }
+                    (Some(Err(StoreError::Lost(e))), _, _) => Err(StoreError::Lost(e)),
+                    (Some(Ok(_)) | None, Err(e), _) | (Some(Err(_)), Err(e @ StoreError::Lost(_)), _) => {
+                        Err(e)
+                    }
+                    (Some(Err(e)), _, _) => Err(e),
+                    (None, result, _) => result,
+                    // faulty code: a point answers Got or Put
+                    (Some(Ok(_)), Ok(other), _) => {
+                        Err(StoreError::Corrupt(format!("a batch entry answered {other:?}")))
+                    }
+                });
+            }
+        }
+        ops.into_iter()
+            .zip(results)
+            .map(|((vnode, op), result)| {
+                result.unwrap_or_else(|| store::execute(&*self.parts[usize::from(vnode)], op))
+            })
+            .collect()
+    }
+}
+
+/// A read or a merge of one key (with the key's id, for its index member), as a pipeline
+/// sends it.
+enum Point<'a> {
+    Get(&'a [u8]),
+    Put(&'a [u8], Id, Entry),
+}
+
+impl Point<'_> {
+    /// What the op sends, for cutting pipelines at [`PIPELINE_MAX_BYTES`].
+    fn bytes(&self) -> usize {
+        match self {
+            Point::Get(key) => key.len(),
+            Point::Put(key, _, entry) => key.len() + entry.value.as_ref().map_or(0, |v| v.len()),
+        }
+    }
+}
+
+/// One call of a pipeline.
+enum Call<'a> {
+    /// The gets of one partition: `MULTI`, `EXISTS marker`, `HMGET data key...`, `EXEC`. A
+    /// transaction runs without any other client's command in between, so the marker check
+    /// and the reads happen at one instant, as in a script, without Lua's cost.
+    Gets {
+        part: usize,
+        points: Vec<usize>,
+        keys: Vec<&'a [u8]>,
+    },
+    /// Merges into one partition: one `EVALSHA` of `LUA_PUTS` (a compare-and-set on the
+    /// version, which only a script makes atomic, for each entry in turn).
+    Puts {
+        part: usize,
+        points: Vec<usize>,
+        /// Key, index member, record of each entry.
+        args: Vec<(&'a [u8], Vec<u8>, Vec<u8>)>,
+    },
+}
+
+impl Call<'_> {
+    /// Replies the call gets.
+    fn replies(&self) -> usize {
+        match self {
+            Call::Gets { .. } => 4,
+            Call::Puts { .. } => 1,
+        }
+    }
+
+    fn encode(&self, backend: &Backend, parts: &[&RedisStore], out: &mut Vec<u8>) {
+        match self {
+            Call::Gets { part, keys, .. } => {
+                let k = &parts[*part].keys;
+                redis::cmd("MULTI").write_packed_command(out);
+                redis::cmd("EXISTS").arg(&k.marker).write_packed_command(out);
+                let mut hmget = redis::cmd("HMGET");
+                hmget.arg(&k.data);
+                for key in keys {
+                    hmget.arg(*key);
+                }
+                hmget.write_packed_command(out);
+                redis::cmd("EXEC").write_packed_command(out);
+            }
+            Call::Puts { part, args, .. } => {
+                let k = &parts[*part].keys;
+                let mut evalsha = redis::cmd("EVALSHA");
+                evalsha
+                    .arg(backend.puts_script.get_hash())
+                    .arg(4)
+                    .arg(&k.data)
+                    .arg(&k.index)
+                    .arg(&k.live)
+                    .arg(&k.marker);
+                for (key, member, record) in args {
+                    evalsha.arg(*key).arg(member).arg(record);
+                }
+                evalsha.write_packed_command(out);
+            }
+        }
+    }
+}
+
+/// The calls that run `points` (each with its partition), in order, except that an op joins
+/// its partition's last call when that call is of its kind (gets or puts): a partition's ops
+/// take effect in the order given (a get after a put of the same key sees it), and a batch
+/// spread over the partitions costs about one call per partition and kind.
+fn plan<'a>(partitions: usize, points: &[(usize, Point<'a>)]) -> Vec<Call<'a>> {
+    let mut calls: Vec<Call<'a>> = Vec::with_capacity(points.len());
+    // Each partition's last call.
+    let mut last: Vec<Option<usize>> = vec![None; partitions];
+    for (i, (part, point)) in points.iter().enumerate() {
+        let joined = match (last[*part].map(|c| &mut calls[c]), point) {
+            (Some(Call::Gets { points, keys, .. }), Point::Get(key)) => {
+                points.push(i);
+                keys.push(*key);
+                true
+            }
+            (Some(Call::Puts { points, args, .. }), Point::Put(key, id, entry)) => {
+                points.push(i);
+                args.push((key, member(id, key), encode_record(entry)));
+                true
+            }
+            _ => false,
+        };
+        if joined {
+            continue;
+        }
+        last[*part] = Some(calls.len());
+        calls.push(match point {
+            Point::Get(key) => Call::Gets {
+                part: *part,
+                points: vec![i],
+                keys: vec![*key],
+            },
+            Point::Put(key, id, entry) => Call::Puts {
+                part: *part,
+                points: vec![i],
+                args: vec![(key, member(id, key), encode_record(entry))],
+            },
+        });
+    }
+    calls
+}
+
+/// Runs `points` (each with the index of its partition in `parts`, which all live on
+/// `backend`) in pipelines of at most [`PIPELINE_MAX_ITEMS`] ops or about
+/// [`PIPELINE_MAX_BYTES`]: each one write and its replies read in order, on one connection.
+/// Answers each op's outcome (`Got` or `Put`) in order.
+fn run_points(
+    backend: &Backend,
+    parts: &[&RedisStore],
+    points: &[(usize, Point<'_>)],
+) -> Vec<Result<StoreOutcome>> {
+    let mut out = Vec::with_capacity(points.len());
+    let mut first = 0;
+    while first < points.len() {
+        let mut last = first;
+        let mut bytes = 0;
+        while last < points.len()
+            && last - first < PIPELINE_MAX_ITEMS
+            && (last == first || bytes < PIPELINE_MAX_BYTES)
+        {
+            bytes += points[last].1.bytes();
+            last += 1;
+        }
+        let chunk = &points[first..last];
+        let calls = plan(parts.len(), chunk);
+        match backend.run(|conn| pipeline_points(backend, parts, chunk.len(), &calls, conn)) {
+            (Ok(results), conn) => {
+                // Replies to every call were read, so the connection is in step; still, one
+                // that brought an error other than a loss is not kept (see the module docs).
+                if let Some(conn) = conn {
+                    if results
+                        .iter()
+                        .all(|r| matches!(r, Ok(_) | Err(StoreError::Lost(_))))
+                    {
+                        backend.give_back(conn);
+                    }
+                }
+                out.extend(results);
+            }
+            // The connection, if any, stopped in an unknown state: dropped here. Every op of the
+            // pipeline fails alike, whether or not Redis ran it: each is a read or a merge, so
+            // trying it again stores the same data.
+            (Err(f), conn) => {
+                let error = match f {
+                    Failure::Redis(e) if conn.is_none() => backend.unreachable(&e),
+                    Failure::Redis(e) => {
+                        StoreError::Unavailable(format!("{}: {}", backend.shown, describe(&e)))
+                    }
+                    Failure::Corrupt(why) => StoreError::Corrupt(format!("{}: {why}", backend.shown)),
+                };
+                out.extend(chunk.iter().map(|_| Err(error.clone())));
+            }
+        }
+        first = last;
+    }
+    out
+}
+
+/// Sends `calls` in one write and reads their replies; puts the server answers NOSCRIPT (its
+/// script cache was flushed) are sent again after loading the script. Fails as a whole only
+/// when the connection does (the first read or write error ends it: each read is bounded by
+/// [`IO_TIMEOUT_MS`], and after one timeout no other is waited for); otherwise answers each of
+/// the `n` ops, a loss recorded once per partition.
+fn pipeline_points(
+    backend: &Backend,
+    parts: &[&RedisStore],
+    n: usize,
+    calls: &[Call<'_>],
+    conn: &mut Connection,
+) -> Attempt<Vec<Result<StoreOutcome>>> {
+    let mut packed = Vec::new();
+    for call in calls {
+        call.encode(backend, parts, &mut packed);
+    }
+    conn.send_packed_command(&packed)?;
+    let expected: usize = calls.iter().map(Call::replies).sum();
+    let mut replies = Vec::with_capacity(expected);
+    for _ in 0..expected {
+        replies.push(conn.recv_response()?);
+    }
+    // Where each call's replies start.
+    let starts: Vec<usize> = calls
+        .iter()
+        .scan(0, |at, c| {
+            let start = *at;
+            *at += c.replies();
+            Some(start)
+        })
+        .collect();
+    let missing: Vec<usize> = (0..calls.len())
+        .filter(|&c| matches!(calls[c], Call::Puts { .. }) && is_noscript(&replies[starts[c]]))
+        .collect();
+    if !missing.is_empty() {
+        backend.puts_script.prepare_invoke().load(conn)?;
+        packed.clear();
+        for &c in &missing {
+            calls[c].encode(backend, parts, &mut packed);
+        }
+        conn.send_packed_command(&packed)?;
+        for &c in &missing {
+            replies[starts[c]] = conn.recv_response()?;
+        }
+    }
+
+    let mut results: Vec<Option<Result<StoreOutcome>>> = (0..n).map(|_| None).collect();
+    // A partition's loss, recorded at its first sight in this pipeline.
+    let mut losses: Vec<Option<StoreError>> = vec![None; parts.len()];
+    let mut lost = |part: usize, detail: &str, conn: &mut Connection| -> StoreError {
+        losses[part]
+            .get_or_insert_with(|| parts[part].record_loss(conn, detail))
+            .clone()
+    };
+    let mut replies = replies.into_iter();
+    for call in calls {
+        match call {
+            Call::Gets { part, points, .. } => {
+                // MULTI's +OK and the two +QUEUED: if MULTI failed, the commands ran alone and
+                // EXEC fails, so only EXEC's answer is trusted.
+                let exec = replies.nth(3).unwrap_or(Value::Nil);
+                let store = parts[*part];
+                match transaction_records(exec, points.len()) {
+                    Ok(Some(records)) => {
+                        for (&i, record) in points.iter().zip(records) {
+                            let entry = record.map(decode_record).transpose();
+                            results[i] = Some(entry.map(StoreOutcome::Got).map_err(|f| store.store_error(f)));
+                        }
+                    }
+                    Ok(None) => {
+                        let error = lost(*part, "the marker is gone", conn);
+                        for &i in points {
+                            results[i] = Some(Err(error.clone()));
+                        }
+                    }
+                    Err(f) => {
+                        let error = store.store_error(f);
+                        for &i in points {
+                            results[i] = Some(Err(error.clone()));
+                        }
+                    }
+                }
+            }
+            Call::Puts { part, points, args } => {
+                let reply = replies.next().unwrap_or(Value::Nil);
+                let store = parts[*part];
+                match reply_value::<Vec<(i64, i64, Vec<u8>)>>(reply) {
+                    Ok(outcomes) if outcomes.len() == points.len() => {
+                        for ((&i, (applied, previous_live, expiry)), (key, _, _)) in
+                            points.iter().zip(outcomes).zip(args)
+                        {
+                            results[i] = Some(if applied == -1 {
+                                Err(store.store_error(Failure::Corrupt(format!(
+                                    "malformed record in {} for a key of {} bytes",
+                                    store.keys.data,
+                                    key.len()
+                                ))))
+                            } else {
+                                Ok(StoreOutcome::Put(PutOutcome {
+                                    applied: applied == 1,
+                                    previous_live: previous_live == 1,
+                                    previous_expires_at: expiry.try_into().map_or(0, u64::from_be_bytes),
+                                }))
+                            });
+                        }
+                    }
+                    Ok(outcomes) => {
+                        let error = store.store_error(Failure::Corrupt(format!(
+                            "the put script answered {} outcomes for {} entries",
+                            outcomes.len(),
+                            points.len()
+                        )));
+                        for &i in points {
+                            results[i] = Some(Err(error.clone()));
+                        }
+                    }
+                    Err(f) => {
+                        let error = match f {
+                            Failure::Redis(e) if is_lost(&e) => {
+                                lost(*part, e.detail().unwrap_or("the marker is gone"), conn)
+                            }
+                            f => store.store_error(f),
+                        };
+                        for &i in points {
+                            results[i] = Some(Err(error.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(StoreError::Corrupt(
+                    "faulty code: an op of a pipeline got no reply".into(),
+                ))
+            })
+        })
+        .collect())
+}
+
+/// The records read by a [`Call::Gets`] transaction from EXEC's reply `[EXISTS, HMGET]`, `n`
+/// of them; `None` when the marker was missing (the data is lost).
+fn transaction_records(exec: Value, n: usize) -> Attempt<Option<Vec<Option<Vec<u8>>>>> {
+    let unexpected = |what: &Value| Failure::Corrupt(format!("unexpected reply to a read: {what:?}"));
+    let items = match exec {
+        Value::Array(items) if items.len() == 2 => items,
+        Value::ServerError(e) => return Err(Failure::Redis(e.into())),
+        other => return Err(unexpected(&other)),
+    };
+    let mut items = items.into_iter();
+    match items.next() {
+        Some(Value::Int(0)) => return Ok(None),
+        Some(Value::Int(1)) => {}
+        Some(Value::ServerError(e)) => return Err(Failure::Redis(e.into())),
+        other => return Err(unexpected(&other.unwrap_or(Value::Nil))),
+    }
+    match items.next() {
+        Some(Value::Array(values)) if values.len() == n => values
+            .into_iter()
+            .map(|v| match v {
+                Value::Nil => Ok(None),
+                Value::BulkString(record) => Ok(Some(record)),
+                other => Err(unexpected(&other)),
+            })
+            .collect::<Attempt<Vec<_>>>()
+            .map(Some),
+        Some(Value::ServerError(e)) => Err(Failure::Redis(e.into())),
+        other => Err(unexpected(&other.unwrap_or(Value::Nil))),
     }
 }
 
@@ -917,19 +1516,14 @@ fn lex_segments(start: &Id, end: &Id, after: Option<&ScanCursor>) -> Vec<(Lex, L
 }
 
 impl Store for RedisStore {
+    /// Plain commands in a transaction (see [`Call::Gets`]), not a script.
     fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
-        let record: Option<Vec<u8>> = self.with_conn(|conn| {
-            Ok(self
-                .get_script
-                .key(&self.keys.data)
-                .key(&self.keys.marker)
-                .arg(key)
-                .invoke(conn)?)
-        })?;
-        record
-            .map(decode_record)
-            .transpose()
-            .map_err(|f| self.store_error(f))
+        match run_points(&self.backend, &[self], &[(0, Point::Get(key))]).pop() {
+            Some(Ok(StoreOutcome::Got(entry))) => Ok(entry),
+            Some(Err(e)) => Err(e),
+            // faulty code: one get is answered by one Got or one error
+            other => Err(StoreError::Corrupt(format!("a get answered {other:?}"))),
+        }
     }
 
     fn put(&self, key: &Bytes, entry: Entry) -> Result<PutOutcome> {
@@ -937,6 +1531,7 @@ impl Store for RedisStore {
         let record = encode_record(&entry);
         let (applied, previous_live, expiry): (i64, i64, Vec<u8>) = self.with_conn(|conn| {
             Ok(self
+                .backend
                 .put_script
                 .key(&self.keys.data)
                 .key(&self.keys.index)
@@ -958,6 +1553,7 @@ impl Store for RedisStore {
         let member = member(&Id::of_key(key), key);
         let removed: i64 = self.with_conn(|conn| {
             Ok(self
+                .backend
                 .delete_script
                 .key(&self.keys.data)
                 .key(&self.keys.index)
@@ -1013,7 +1609,7 @@ impl Store for RedisStore {
             })
             .collect();
         let outcomes = self.pipelined(
-            &self.put_script,
+            &self.backend.put_script,
             &calls,
             |(key, _, record)| key.len() + record.len(),
             |(key, member, record), cmd| {
@@ -1033,7 +1629,7 @@ impl Store for RedisStore {
             })
             .collect();
         let removed = self.pipelined(
-            &self.delete_script,
+            &self.backend.delete_script,
             &calls,
             |(key, _, _)| key.len(),
             |(key, member, version), cmd| {
@@ -1093,6 +1689,7 @@ impl Store for RedisStore {
     fn len(&self) -> Result<u64> {
         let live: Option<i64> = self.with_conn(|conn| {
             Ok(self
+                .backend
                 .len_script
                 .key(&self.keys.live)
                 .key(&self.keys.marker)
@@ -1133,7 +1730,7 @@ impl Store for RedisStore {
     }
 
     fn max_value_bytes(&self) -> Option<usize> {
-        (self.max_value < chordkv_protocol::MAX_VALUE_BYTES).then_some(self.max_value)
+        (self.backend.max_value < chordkv_protocol::MAX_VALUE_BYTES).then_some(self.backend.max_value)
     }
 
     fn name(&self) -> &'static str {
