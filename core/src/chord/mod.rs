@@ -130,22 +130,37 @@ impl Node {
         }
         if self.config.replicas > 0 {
             self.watch_replica_set(now);
-            if self.timers.is_due(Timer::AntiEntropy, now) {
+        }
+        if self.timers.is_due(Timer::AntiEntropy, now) {
+            if self.config.replicas > 0 {
                 self.settle_trust();
-                // A round that cannot start now (one is running, a range is arriving) is
-                // retried at the next stabilize period, so a change of replicas during a round
-                // is not left for the next full interval.
-                let started = self.start_sync_round(now);
-                let wait = if started {
-                    // Once per interval: collection scans the whole store.
-                    self.collect_stray_copies(now);
+            }
+            // A round that cannot start now (one is running, a range is arriving) is
+            // retried at the next stabilize period, so a change of replicas during a round
+            // is not left for the next full interval. A node no other host keeps copies for
+            // has no round to run: it collects its own tombstones on the same schedule.
+            let started = self.config.replicas > 0 && self.start_sync_round(now);
+            let wait = if started {
+                // Once per interval: collection scans the whole store.
+                self.collect_stray_copies(now);
+                self.config.anti_entropy_interval_ms
+            } else {
+                // (At most once an interval, whatever the timer's period.)
+                let collected = self.collect_own_tombstones(now);
+                if self.config.replicas == 0 && collected {
                     self.config.anti_entropy_interval_ms
                 } else {
                     self.config.stabilize_interval_ms
-                };
-                let at = now + self.jitter(wait);
-                self.timers.set(Timer::AntiEntropy, at);
-            }
+                }
+            };
+            // Without replicas no jitter: the node's random stream is the same whether or not
+            // it ever deleted a key.
+            let at = if self.config.replicas > 0 {
+                now + self.jitter(wait)
+            } else {
+                now + wait
+            };
+            self.timers.set(Timer::AntiEntropy, at);
         }
         self.pump_leave(now);
     }

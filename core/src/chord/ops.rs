@@ -1087,8 +1087,12 @@ mod tests {
 
     /// A node owning the whole ring, with its store run inline.
     fn one() -> (Node, MemoryStore) {
+        one_with(Config::with_stabilize_interval_ms(100))
+    }
+
+    fn one_with(config: Config) -> (Node, MemoryStore) {
         let me = NodeRef::from_addr("127.0.0.1:7000".parse().unwrap());
-        let mut node = Node::new(me, Config::with_stabilize_interval_ms(100), 0);
+        let mut node = Node::new(me, config, 0);
         node.create(0);
         (node, MemoryStore::new())
     }
@@ -1096,6 +1100,11 @@ mod tests {
     /// Delivers `frame` at `now` and runs what the node asks of its store; the replies.
     fn deliver(node: &mut Node, store: &MemoryStore, now: Millis, frame: Frame) -> Vec<Frame> {
         node.handle_request(now, ReplyTo(1), frame);
+        run(node, store, now)
+    }
+
+    /// Runs what the node asks of its store until it asks nothing more; the replies.
+    fn run(node: &mut Node, store: &MemoryStore, now: Millis) -> Vec<Frame> {
         let mut replies = Vec::new();
         while let Some(out) = node.poll_output() {
             match out {
@@ -1162,5 +1171,66 @@ mod tests {
         );
         assert_eq!(node.stats.duplicates_dropped, 1);
         assert_eq!(node.client.seen_writes.len(), 1);
+    }
+
+    /// A node no other host keeps copies for (`--replicas 0`, or a ring of one host) has no
+    /// anti-entropy round in which to collect tombstones: it collects its own once they are
+    /// older than the grace period. Before, it kept every tombstone for good (a single node's
+    /// memory grew with each key deleted, and SCAN walked them all).
+    #[test]
+    fn a_node_without_other_copies_collects_its_own_old_tombstones() {
+        for (replicas, consistent) in [(0, true), (2, true), (0, false), (2, false)] {
+            let mut config = Config::with_stabilize_interval_ms(100);
+            config.replicas = replicas;
+            config.tombstone_grace_ms = 1_000;
+            if !consistent {
+                config.partition_policy = crate::chord::config::PartitionPolicy::Available;
+            }
+            let (mut node, store) = one_with(config);
+            let mut now = 10;
+            for i in 0..50u64 {
+                deliver(&mut node, &store, now, Frame::new(i, put(&format!("k{i}"))));
+            }
+            for i in 0..50u64 {
+                let del = Message::Delete {
+                    key: Bytes::from(format!("k{i}")),
+                };
+                let replies = deliver(&mut node, &store, now, Frame::new(100 + i, del));
+                assert!(
+                    matches!(
+                        replies[..],
+                        [Frame {
+                            message: Message::DeleteReply { .. },
+                            ..
+                        }]
+                    ),
+                    "{replies:?}"
+                );
+            }
+            let whole = |s: &MemoryStore| s.scan(&Id::ZERO, &Id::ZERO, None, 1_000).unwrap().len();
+            assert_eq!(whole(&store), 50, "50 tombstones");
+            // Within the grace period they stay; past it, the next collection removes them.
+            while now < 900 {
+                now += 50;
+                node.tick(now);
+                run(&mut node, &store, now);
+            }
+            assert_eq!(
+                whole(&store),
+                50,
+                "replicas {replicas}: kept within the grace period"
+            );
+            while now < 10_000 && whole(&store) > 0 {
+                now += 50;
+                node.tick(now);
+                run(&mut node, &store, now);
+            }
+            assert_eq!(
+                whole(&store),
+                0,
+                "replicas {replicas}, consistent {consistent}: collected"
+            );
+            assert_eq!(node.stats.tombstones_collected, 50);
+        }
     }
 }

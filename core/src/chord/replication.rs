@@ -57,6 +57,9 @@ pub(super) struct Replication {
     /// Anti-entropy rounds in progress (one periodic round at a time, and lease catch-ups).
     pub syncs: BTreeMap<u64, SyncRound>,
     pub next_sync_id: u64,
+    /// When this node last collected its own tombstones alone (`collect_own_tombstones`):
+    /// at most once an anti-entropy interval, as a round would.
+    pub own_collection_at: Option<Millis>,
     /// Predecessor and replica targets as of the last check, to notice changes.
     pub replica_view: Vec<NodeAddr>,
     /// Since when `replica_view` has not changed.

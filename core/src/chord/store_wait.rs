@@ -93,6 +93,17 @@ impl Node {
             // The expiry sweep wakes when a value with an expiry arrives.
             self.exec.may_expire |= items.iter().any(|it| it.expires_at != 0);
         }
+        let tombstone = match &op {
+            StoreOp::Put { entry, .. } => !entry.is_live(),
+            StoreOp::PutMany { items } => items.iter().any(|it| it.value.is_none()),
+            _ => false,
+        };
+        if tombstone {
+            // A node without replicas runs anti-entropy's timer only to collect its own
+            // tombstones: armed by the first one, so a node that never deletes does no work.
+            let at = self.last_now + self.config.anti_entropy_interval_ms;
+            self.timers.arm(Timer::AntiEntropy, at);
+        }
         let id = self.store.next_id;
         self.store.next_id += 1;
         self.store.waits.insert(id, wait);

@@ -209,6 +209,52 @@ impl Node {
         true
     }
 
+    /// Collects this node's old tombstones (older than `tombstone_grace_ms`) in its primary
+    /// range when no other host keeps a copy of the range: its preference list, counted over
+    /// every successor whether live or not, is this node alone (`--replicas 0`, or a ring of
+    /// one host), and under `available` no holder of copies went away. The rule of the rounds
+    /// ("tombstones go once every node that may hold an older copy has them") then holds with
+    /// this node alone, and without this a node with no replicas kept every tombstone for
+    /// good: memory and scans grew with every key deleted. Returns whether it ran.
+    pub(super) fn collect_own_tombstones(&mut self, now: Millis) -> bool {
+        if self.phase != Phase::Active || !self.handoff.incoming.is_empty() {
+            return false;
+        }
+        let interval = self.config.anti_entropy_interval_ms;
+        if self
+            .repl
+            .own_collection_at
+            .is_some_and(|at| now < at.saturating_add(interval))
+        {
+            return false;
+        }
+        let alone = self
+            .preference_list(&self.me)
+            .is_some_and(|list| list.iter().all(|n| n.addr.host == self.me.addr.host));
+        if !alone || (!self.config.is_consistent() && self.holder_away()) {
+            return false;
+        }
+        // The range must be known: with no predecessor, only a ring of one owns it all.
+        let start = match self.predecessor {
+            Some(p) => p.id,
+            None if self.routing.successors().iter().all(|s| s.addr == self.me.addr) => self.me.id,
+            None => return false,
+        };
+        let before = self
+            .clock
+            .current()
+            .max(now.saturating_mul(1 << 16))
+            .saturating_sub(self.config.tombstone_grace_ms << 16);
+        let op = StoreOp::CollectTombstones {
+            start,
+            end: self.me.id,
+            before,
+        };
+        self.repl.own_collection_at = Some(now);
+        self.store_op(op, StoreWait::Sync(SyncWait::Collected));
+        true
+    }
+
     /// Starts the catch-up of a lease just gained on `primary`'s range: a round with every
     /// other member of the range's preference list not presumed down. It completes when the
     /// trusted copies among them (and ours, if trusted) are enough to meet every acknowledged

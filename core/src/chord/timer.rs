@@ -36,7 +36,8 @@ pub(super) struct Timers {
 
 impl Timers {
     /// The maintenance rounds armed for `now` (`schedule_maintenance` spreads them out);
-    /// anti-entropy too when the node keeps replicas.
+    /// anti-entropy too when the node keeps replicas (a node without is armed by its first
+    /// tombstone, for the collection of its own: `Node::collect_own_tombstones`).
     pub fn new(now: Millis, anti_entropy: bool) -> Timers {
         let mut t = Timers {
             at: [None; Timer::COUNT],
@@ -52,6 +53,11 @@ impl Timers {
 
     pub fn set(&mut self, timer: Timer, at: Millis) {
         self.at[timer.index()] = Some(at);
+    }
+
+    /// Arms `timer` for `at` if it is not armed yet.
+    pub fn arm(&mut self, timer: Timer, at: Millis) {
+        self.at[timer.index()].get_or_insert(at);
     }
 
     /// Arms `timer` for `at` only if it is armed (a round the node runs at all).
