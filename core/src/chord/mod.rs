@@ -61,6 +61,7 @@ mod maintenance;
 pub mod membership;
 mod node;
 mod onehop;
+mod op_table;
 mod ops;
 mod placement;
 mod replication;

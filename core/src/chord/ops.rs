@@ -6,7 +6,8 @@
 //! held if the key's range is still being transferred here, and otherwise answered with a
 //! `REDIRECT` naming the owner (exact) or a node closer to it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use super::op_table::OpTable;
+use std::collections::BTreeSet;
 
 use chordkv_protocol::NodeAddr;
 use chordkv_protocol::{
@@ -110,7 +111,7 @@ pub(super) enum Delivery {
 /// Client operations this node coordinates, and the write hops it has served.
 #[derive(Debug, Default)]
 pub(super) struct ClientOps {
-    pub ops: BTreeMap<u64, ClientOp>,
+    pub ops: OpTable<ClientOp>,
     pub next_id: u64,
     /// Ops waiting to be retried: (when, op id).
     pub retries: BTreeSet<(Millis, u64)>,
@@ -350,11 +351,10 @@ impl Node {
         if !matches!(op.message, Message::Get { .. }) {
             return None;
         }
-        let holders: Vec<NodeRef> =
-            super::placement::distinct_hosts(list.iter().copied(), self.config.replicas + 1)
-                .into_iter()
-                .filter(|n| !self.is_host_dead(&n.addr) && !op.asked.contains(&n.addr))
-                .collect();
+        let holders: Vec<NodeRef> = super::placement::distinct_hosts(list.iter(), self.config.replicas + 1)
+            .into_iter()
+            .filter(|n| !self.is_host_dead(&n.addr) && !op.asked.contains(&n.addr))
+            .collect();
         if holders.is_empty() {
             return None;
         }
@@ -709,7 +709,7 @@ impl Node {
             .ops
             .iter()
             .filter(|(_, op)| now >= op.deadline)
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in expired {
             let text = match self.client.ops.get(&id).and_then(|op| op.last_error.as_ref()) {

@@ -207,15 +207,14 @@ impl Node {
     /// nor one of the predecessors whose ranges it keeps copies of.
     pub(super) fn preference_list(&self, primary: &NodeRef) -> Option<Vec<NodeRef>> {
         let n = self.config.replicas + 1;
-        let mut walk: Vec<NodeRef> = Vec::with_capacity(n + 4);
-        if primary.addr != self.me.addr {
-            let preds = self.predecessors();
-            let k = preds.iter().position(|p| p.addr == primary.addr)?;
-            walk.extend(preds[..=k].iter().rev());
+        let me_and_after = std::iter::once(&self.me).chain(self.routing.successors());
+        if primary.addr == self.me.addr {
+            // Every write this node coordinates as the primary: no walk to collect.
+            return Some(distinct_hosts(me_and_after, n));
         }
-        walk.push(self.me);
-        walk.extend_from_slice(self.routing.successors());
-        Some(distinct_hosts(walk, n))
+        let preds = self.predecessors();
+        let k = preds.iter().position(|p| p.addr == primary.addr)?;
+        Some(distinct_hosts(preds[..=k].iter().rev().chain(me_and_after), n))
     }
 
     /// `Some(first live successor at or after target)` when `target` falls within the
@@ -326,14 +325,14 @@ impl Node {
 
 /// The first `n` of `walk` with each host once (a host's later positions skipped): a
 /// preference list of distinct machines (Dynamo section 4.3).
-pub(super) fn distinct_hosts(walk: impl IntoIterator<Item = NodeRef>, n: usize) -> Vec<NodeRef> {
+pub(super) fn distinct_hosts<'a>(walk: impl IntoIterator<Item = &'a NodeRef>, n: usize) -> Vec<NodeRef> {
     let mut list: Vec<NodeRef> = Vec::with_capacity(n);
     for node in walk {
         if list.len() == n {
             break;
         }
         if !list.iter().any(|l| l.addr.host == node.addr.host) {
-            list.push(node);
+            list.push(*node);
         }
     }
     list

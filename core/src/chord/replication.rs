@@ -16,6 +16,7 @@
 //!   predecessor straight away, so the ring's own view catches up.
 //! - **Repair.** Anti-entropy (`sync.rs`) restores missing copies after failures and joins.
 
+use super::op_table::OpTable;
 use chordkv_protocol::NodeAddr;
 use std::collections::BTreeMap;
 
@@ -52,7 +53,7 @@ pub(super) struct PendingWrite {
 #[derive(Debug, Default)]
 pub(super) struct Replication {
     /// Client writes waiting for their replicas (`AckPolicy::All`).
-    pub writes: BTreeMap<u64, PendingWrite>,
+    pub writes: OpTable<PendingWrite>,
     pub next_write_id: u64,
     /// Anti-entropy rounds in progress (one periodic round at a time, and lease catch-ups).
     pub syncs: BTreeMap<u64, SyncRound>,
@@ -81,10 +82,9 @@ impl Node {
             .routing
             .successors()
             .iter()
-            .filter(|n| !self.is_dead(&n.addr))
-            .copied();
+            .filter(|n| !self.is_dead(&n.addr));
         let mut list =
-            super::placement::distinct_hosts(std::iter::once(self.me).chain(live), self.config.replicas + 1);
+            super::placement::distinct_hosts(std::iter::once(&self.me).chain(live), self.config.replicas + 1);
         list.remove(0);
         list
     }

@@ -2,8 +2,9 @@
 //! unreachable peer ends it exactly once (a late or duplicated reply finds no entry and is
 //! dropped).
 
+use super::op_table::OpTable;
 use chordkv_protocol::NodeAddr;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use chordkv_protocol::{Frame, Id, Message};
 
@@ -76,7 +77,7 @@ impl RpcKind {
 #[derive(Debug)]
 pub(super) struct Rpcs {
     next_id: u64,
-    pending: BTreeMap<u64, Rpc>,
+    pending: OpTable<Rpc>,
     deadlines: BTreeSet<(Millis, u64)>,
 }
 
@@ -84,7 +85,7 @@ impl Rpcs {
     pub fn new() -> Rpcs {
         Rpcs {
             next_id: 1,
-            pending: BTreeMap::new(),
+            pending: OpTable::new(),
             deadlines: BTreeSet::new(),
         }
     }
@@ -140,7 +141,7 @@ impl Rpcs {
         self.pending
             .iter()
             .filter(|(_, r)| r.to == addr)
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect()
     }
 

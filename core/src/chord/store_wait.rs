@@ -1,7 +1,7 @@
 //! Store operations in flight: what each is for, so its result reaches the request, transfer
 //! or repair round that asked for it.
 
-use std::collections::BTreeMap;
+use super::op_table::OpTable;
 
 use chordkv_protocol::{in_half_open, Id};
 
@@ -83,7 +83,7 @@ pub(super) enum ServeKind {
 /// Store operations sent to the driver and not finished yet.
 #[derive(Debug, Default)]
 pub(super) struct StoreOps {
-    pub waits: BTreeMap<StoreOpId, StoreWait>,
+    pub waits: OpTable<StoreWait>,
     pub next_id: StoreOpId,
 }
 
