@@ -10,13 +10,15 @@
 //! Ids are handed out in increasing order and most operations end soon after they start, so
 //! the live ids sit in a short window at the end of the id space. The table keeps that window
 //! as a ring buffer of slots (`recent`, slot `i` holds id `base + i`): an insertion is a push at
-//! the back, a removal empties its slot and drops empty slots from the front, a look-up is an
-//! index. An operation that outlives many younger ones (a slow scan, a write waiting for a
-//! replica that is down) would hold the window open, so once the window is more than twice as
-//! long as the live operations in it (plus [`SLACK`]), the oldest are moved to an ordered map
-//! (`old`). The slots therefore never exceed `2 * live + SLACK + 1`, every operation is O(1)
-//! amortised (O(log n) for the few in `old`), and iteration is in id order, as the B-tree's
-//! was: the node stays deterministic (see the crate docs).
+//! the back, a removal empties its slot (the empty slots at the front are dropped a few dozen
+//! at a time), a look-up is an index. An operation that outlives many younger ones (a slow
+//! scan, a write waiting for a replica that is down) would hold the window open, so whenever
+//! a new id makes the window more than twice as long as the live operations in it (plus
+//! [`SLACK`]), the oldest are moved to an ordered map (`old`). The slots therefore stay within
+//! `2 * live + SLACK + 1` of the live entries at the last insertion, plus the empty ones not
+//! dropped yet; every operation is O(1) amortised (O(log n) for the few in `old`), and
+//! iteration is in id order, as the B-tree's was: the node stays deterministic (see the crate
+//! docs).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -31,17 +33,25 @@ pub struct OpTable<V> {
     recent: VecDeque<Option<V>>,
     /// The id of `recent[0]`.
     base: u64,
+    /// `recent[..head]` are empty: ended entries not dropped yet. They are dropped in bulk
+    /// ([`DROP_EVERY`] at a time), because dropping one from the front moves it out, a copy of
+    /// a whole slot, as large as a value.
+    head: usize,
     /// The `Some` slots of `recent`.
     live_recent: usize,
-    /// Entries older than `base`.
+    /// Entries older than `base + head`.
     old: BTreeMap<u64, V>,
 }
+
+/// Empty slots at the front of the window dropped at once.
+const DROP_EVERY: usize = 32;
 
 impl<V> Default for OpTable<V> {
     fn default() -> Self {
         OpTable {
             recent: VecDeque::new(),
             base: 0,
+            head: 0,
             live_recent: 0,
             old: BTreeMap::new(),
         }
@@ -58,8 +68,9 @@ impl<V> OpTable<V> {
     /// meant to be given in increasing order; an id below one inserted before is accepted too
     /// (kept in the ordered map).
     pub fn insert(&mut self, id: u64, value: V) -> Option<V> {
-        // Every id in `old` is below `base`, and `base` never decreases.
-        if id < self.base {
+        // Every id in `old` is below `base + head`, which never decreases.
+        let start = self.base + self.head as u64;
+        if id < start {
             return self.old.insert(id, value);
         }
         let end = self.base + self.recent.len() as u64;
@@ -69,7 +80,10 @@ impl<V> OpTable<V> {
                 self.live_recent += 1;
             }
             return slot.replace(value);
-        } else if self.recent.is_empty() {
+        }
+        if self.live_recent == 0 {
+            self.recent.clear();
+            self.head = 0;
             self.base = id;
         } else if id - end > (2 * self.live_recent + SLACK) as u64 {
             // A jump far past the window: the window's entries are old now.
@@ -82,7 +96,9 @@ impl<V> OpTable<V> {
         }
         self.recent.push_back(Some(value));
         self.live_recent += 1;
-        self.compact();
+        if self.recent.len() - self.head > 2 * self.live_recent + SLACK {
+            self.retire_oldest();
+        }
         None
     }
 
@@ -109,7 +125,9 @@ impl<V> OpTable<V> {
         };
         let value = self.recent[i].take()?;
         self.live_recent -= 1;
-        self.compact();
+        if i == self.head {
+            self.skip_empty();
+        }
         Some(value)
     }
 
@@ -139,25 +157,40 @@ impl<V> OpTable<V> {
         self.old.values().chain(self.recent.iter().flatten())
     }
 
-    /// The index in `recent` of `id`, if it falls in the window.
+    /// The index in `recent` of `id`, if it falls in the live part of the window.
     fn slot(&self, id: u64) -> Option<usize> {
         let i = id.checked_sub(self.base)?;
-        (i < self.recent.len() as u64).then_some(i as usize)
+        (i >= self.head as u64 && i < self.recent.len() as u64).then_some(i as usize)
     }
 
-    /// Moves the oldest entries to `old` while the window is sparse.
-    fn compact(&mut self) {
-        while self.recent.len() > 2 * self.live_recent + SLACK {
-            if let Some(Some(value)) = self.recent.pop_front() {
-                self.old.insert(self.base, value);
+    /// Moves `head` past the empty slots at the front, dropping them when there are enough.
+    fn skip_empty(&mut self) {
+        while self.head < self.recent.len() && self.recent[self.head].is_none() {
+            self.head += 1;
+        }
+        if self.head == self.recent.len() {
+            // All ended: nothing to move, the next insertion starts a new window.
+            self.base += self.head as u64;
+            self.recent.clear();
+            self.head = 0;
+        } else if self.head >= DROP_EVERY {
+            self.recent.drain(..self.head);
+            self.base += self.head as u64;
+            self.head = 0;
+        }
+    }
+
+    /// Moves the oldest entries to `old` until the window is dense enough.
+    fn retire_oldest(&mut self) {
+        while self.recent.len() - self.head > 2 * self.live_recent + SLACK {
+            let id = self.base + self.head as u64;
+            if let Some(value) = self.recent[self.head].take() {
+                self.old.insert(id, value);
                 self.live_recent -= 1;
             }
-            self.base += 1;
+            self.head += 1;
         }
-        while let Some(None) = self.recent.front() {
-            self.recent.pop_front();
-            self.base += 1;
-        }
+        self.skip_empty();
     }
 
     /// Moves every entry of the window to `old` and empties it.
@@ -167,6 +200,7 @@ impl<V> OpTable<V> {
                 self.old.insert(self.base + i as u64, value);
             }
         }
+        self.head = 0;
         self.live_recent = 0;
     }
 }
@@ -204,8 +238,15 @@ mod tests {
                             1 if next > 0 => rng.below(next),
                             _ => next,
                         };
+                        let newest = id >= next;
                         next = next.max(id + 1);
                         assert_eq!(table.insert(id, step), model.insert(id, step), "seed {seed}");
+                        // Each new highest id checks the window's bound.
+                        let window = table.recent.len() - table.head;
+                        assert!(
+                            !newest || window <= 2 * table.live_recent + SLACK + 1,
+                            "seed {seed}"
+                        );
                     }
                     4..=7 => {
                         // a young entry, or any
@@ -233,8 +274,8 @@ mod tests {
                 }
                 assert_eq!(table.len(), model.len());
                 assert_eq!(table.is_empty(), model.is_empty());
-                assert!(table.recent.len() <= 2 * table.live_recent + SLACK + 1);
-                assert!(table.recent.front().is_none_or(Option::is_some));
+                assert!(table.head < DROP_EVERY.max(1));
+                assert!(table.recent.get(table.head).is_none_or(Option::is_some));
             }
         }
     }
@@ -251,7 +292,11 @@ mod tests {
                 assert_eq!(table.remove(&(id - 10)), Some("quick"));
             }
         }
-        assert!(table.recent.len() <= 2 * 10 + SLACK + 1, "{}", table.recent.len());
+        assert!(
+            table.recent.len() <= 2 * 10 + SLACK + DROP_EVERY + 1,
+            "{}",
+            table.recent.len()
+        );
         assert_eq!(table.get(&1), Some(&"slow"));
         assert_eq!(table.len(), 11);
         assert_eq!(table.remove(&1), Some("slow"));

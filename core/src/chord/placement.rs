@@ -207,14 +207,18 @@ impl Node {
     /// nor one of the predecessors whose ranges it keeps copies of.
     pub(super) fn preference_list(&self, primary: &NodeRef) -> Option<Vec<NodeRef>> {
         let n = self.config.replicas + 1;
-        let me_and_after = std::iter::once(&self.me).chain(self.routing.successors());
         if primary.addr == self.me.addr {
-            // Every write this node coordinates as the primary: no walk to collect.
-            return Some(distinct_hosts(me_and_after, n));
+            // Every write this node coordinates as the primary: the walk from us is kept with
+            // the successor list.
+            let mut list = Vec::with_capacity(n);
+            list.push(self.me);
+            list.extend(self.routing.other_hosts().iter().take(n - 1));
+            return Some(list);
         }
         let preds = self.predecessors();
         let k = preds.iter().position(|p| p.addr == primary.addr)?;
-        Some(distinct_hosts(preds[..=k].iter().rev().chain(me_and_after), n))
+        let walk = preds[..=k].iter().rev().chain(std::iter::once(&self.me));
+        Some(distinct_hosts(walk.chain(self.routing.successors()), n))
     }
 
     /// `Some(first live successor at or after target)` when `target` falls within the

@@ -100,6 +100,10 @@ pub struct RoutingTable {
     runs: Vec<(u16, Option<NodeRef>)>,
     /// The successor list, nearest first; never contains `me`.
     successors: Vec<NodeRef>,
+    /// The first position of each host other than ours in the successor list, nearest
+    /// first: the walk of a preference list from us (Dynamo section 4.3), kept with the list
+    /// so that a write does not walk the list again.
+    other_hosts: Vec<NodeRef>,
     /// Every distinct node above, sorted by clockwise distance from `me`...
     view: Vec<NodeRef>,
     /// ...and those distances as integer limbs (see `Id::limbs`), searched by binary search.
@@ -135,6 +139,7 @@ impl RoutingTable {
             offsets,
             runs,
             successors: Vec::new(),
+            other_hosts: Vec::new(),
             view: Vec::new(),
             distances: Vec::new(),
         }
@@ -215,6 +220,12 @@ impl RoutingTable {
         &self.successors
     }
 
+    /// The first position of each host other than ours in the successor list, nearest first
+    /// (with one vnode per host: the successor list).
+    pub fn other_hosts(&self) -> &[NodeRef] {
+        &self.other_hosts
+    }
+
     /// Replaces the successor list (`me` and duplicates are dropped, order kept): the entries
     /// up to the last of the first `max` hosts other than ours (Chord's `r` counts machines,
     /// so the ring survives `r - 1` adjacent host failures and a key finds `replicas` other
@@ -251,13 +262,7 @@ impl RoutingTable {
     /// How many hosts other than ours the successor list names (its length with one vnode
     /// per host): the list is complete when this is the configured `successors`.
     pub fn successor_hosts(&self) -> usize {
-        let mut hosts: Vec<SocketAddr> = Vec::with_capacity(self.successors.len());
-        for n in &self.successors {
-            if n.addr.host != self.me.addr.host && !hosts.contains(&n.addr.host) {
-                hosts.push(n.addr.host);
-            }
-        }
-        hosts.len()
+        self.other_hosts.len()
     }
 
     /// Removes every mention of the node at `addr`; returns whether it was known.
@@ -333,6 +338,13 @@ impl RoutingTable {
     }
 
     fn rebuild(&mut self) {
+        self.other_hosts.clear();
+        for n in &self.successors {
+            let host = n.addr.host;
+            if host != self.me.addr.host && !self.other_hosts.iter().any(|o| o.addr.host == host) {
+                self.other_hosts.push(*n);
+            }
+        }
         let me = self.me.id;
         let mut all: Vec<((u32, u128), NodeRef)> = self
             .runs
@@ -357,6 +369,38 @@ mod tests {
     use super::*;
     use crate::chord::test_support::node;
     use chordkv_protocol::id::ID_BITS;
+
+    /// The preference list's walk kept with the successor list is the walk done over it:
+    /// the first position of each host other than ours, through changes of the list.
+    #[test]
+    fn other_hosts_follow_the_successor_list() {
+        // Node v is vnode v % 3 of host 127.0.0.1:(1000 + v / 3); we are vnode 0 of host 1000.
+        let at = |v: u64| NodeRef {
+            id: Id::from_u64(v),
+            addr: NodeAddr {
+                host: std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + (v / 3) as u16)),
+                vnode: (v % 3) as u16,
+            },
+        };
+        let me = at(0);
+        let mut t = RoutingTable::classic(me);
+        let walk = |t: &RoutingTable| {
+            let list =
+                crate::chord::placement::distinct_hosts(std::iter::once(&me).chain(t.successors()), 64);
+            list[1..].to_vec()
+        };
+        let mut rng = crate::rng::Rng::new(7);
+        for _ in 0..300 {
+            if rng.chance(0.7) {
+                let list: Vec<NodeRef> = (0..rng.below(12)).map(|_| at(rng.below(30))).collect();
+                t.set_successors(list, 1 + rng.below(5) as usize);
+            } else if let Some(n) = t.successors().first().copied() {
+                t.forget(n.addr);
+            }
+            assert_eq!(t.other_hosts(), walk(&t).as_slice());
+            assert_eq!(t.successor_hosts(), t.other_hosts().len());
+        }
+    }
 
     #[test]
     fn closest_preceding_picks_the_farthest_node_before_the_target() {
