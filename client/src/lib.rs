@@ -454,7 +454,7 @@ impl Client {
     /// The node's view of its neighbourhood.
     pub fn info(&mut self) -> Result<NodeInfo> {
         match self.request(Message::GetInfo)? {
-            Message::Info(info) => Ok(info),
+            Message::Info(info) => Ok(*info),
             other => Err(unexpected("GET_INFO", &other)),
         }
     }
@@ -1117,7 +1117,7 @@ mod tests {
                     buf.extend_from_slice(&chunk[..n]);
                     while let Some(f) = decode(&mut buf).unwrap() {
                         let reply = match f.message {
-                            Message::GetInfo => Message::Info(info.clone()),
+                            Message::GetInfo => Message::Info(Box::new(info.clone())),
                             _ => get_reply.clone(),
                         };
                         let mut out = Vec::new();

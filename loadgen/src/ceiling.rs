@@ -160,7 +160,7 @@ fn answer(request: Message, me: NodeRef, map: &Mutex<Map>) -> Message {
                 existed: old.is_some_and(|(_, v)| v.is_some()),
             }
         }
-        Message::GetInfo => Message::Info(NodeInfo {
+        Message::GetInfo => Message::Info(Box::new(NodeInfo {
             node: me,
             status: NodeStatus::Active,
             predecessor: Some(me),
@@ -168,7 +168,7 @@ fn answer(request: Message, me: NodeRef, map: &Mutex<Map>) -> Message {
             fingers: Vec::new(),
             keys: lock(map).keys.values().filter(|(_, v)| v.is_some()).count() as u64,
             keeps_down_members: false,
-        }),
+        })),
         other => Message::Error {
             code: ErrorCode::BadRequest,
             hops: 0,

@@ -29,6 +29,6 @@ pub use frame::{
 };
 pub use id::{hash_tag, in_half_open, in_open, Id};
 pub use message::{
-    CommandReply, ErrorCode, Item, Lookup, MemberEvent, Message, NodeAddr, NodeInfo, NodeRef, NodeStatus,
-    RangeCommand,
+    CommandReply, ErrorCode, Item, LeaseRequest, LeaveNotice, Lookup, MemberEvent, Message, NodeAddr,
+    NodeInfo, NodeRef, NodeStatus, RangeCommand,
 };

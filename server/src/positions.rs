@@ -206,7 +206,7 @@ impl Channel {
             }
         };
         match reply.message {
-            Message::Info(info) => Ok(info),
+            Message::Info(info) => Ok(*info),
             Message::Error { text, .. } => Err(std::io::Error::other(text)),
             other => Err(std::io::Error::other(format!(
                 "GET_INFO answered with {}",

@@ -93,7 +93,7 @@ impl Client {
 
     fn info(&mut self) -> NodeInfo {
         match self.call(Message::GetInfo) {
-            Message::Info(info) => info,
+            Message::Info(info) => *info,
             other => panic!("GET_INFO answered {other:?}"),
         }
     }

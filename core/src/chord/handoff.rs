@@ -653,13 +653,13 @@ impl Node {
     }
 
     fn leaving_message(&self) -> Message {
-        Message::Leaving {
+        Message::Leaving(Box::new(chordkv_protocol::LeaveNotice {
             node: self.me,
             predecessor: self.predecessor,
             successors: self.routing.successors().to_vec(),
             clock: self.clock.current(),
             gone: self.live.gone.values().map(|(n, _)| *n).collect(),
-        }
+        }))
     }
 
     pub(super) fn on_leaving_reply(&mut self, now: Millis, msg: Message) {

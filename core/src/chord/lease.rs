@@ -277,11 +277,11 @@ impl Node {
             return self.finish_lease_round(now, primary.id);
         }
         for n in others {
-            let msg = Message::Lease {
+            let msg = Message::Lease(Box::new(chordkv_protocol::LeaseRequest {
                 primary,
                 start,
                 holder: me,
-            };
+            }));
             self.send_rpc(now, n.addr, msg, RpcKind::Lease(primary.id, id), 0);
         }
     }

@@ -277,20 +277,24 @@ impl Node {
                 incarnation,
                 active,
             } => self.handle_notify(now, reply_to, rid, node, incarnation, active),
-            Message::Lease {
-                primary,
-                start,
-                holder,
-            } => self.handle_lease(now, reply_to, rid, primary, start, holder),
+            Message::Lease(request) => {
+                let chordkv_protocol::LeaseRequest {
+                    primary,
+                    start,
+                    holder,
+                } = *request;
+                self.handle_lease(now, reply_to, rid, primary, start, holder)
+            }
             Message::Forget { node, whole_host } => self.handle_forget(now, reply_to, rid, node, whole_host),
             Message::Ping => self.reply(reply_to, rid, Message::Pong { node: self.me }),
-            Message::Leaving {
-                node,
-                predecessor,
-                successors,
-                clock,
-                gone,
-            } => {
+            Message::Leaving(notice) => {
+                let chordkv_protocol::LeaveNotice {
+                    node,
+                    predecessor,
+                    successors,
+                    clock,
+                    gone,
+                } = *notice;
                 // The leaving node's neighbours announce its leave (one-hop).
                 if self.members.as_ref().is_some_and(|m| m.contains(&node.id)) {
                     self.detect_event(now, node, false);
@@ -549,7 +553,7 @@ impl Node {
                     keys,
                     keeps_down_members: self.config.is_consistent(),
                 };
-                self.reply(to, request_id, Message::Info(info));
+                self.reply(to, request_id, Message::Info(Box::new(info)));
             }
             StoreWait::Stats { to, request_id } => {
                 let total = match result {

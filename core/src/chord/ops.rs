@@ -295,6 +295,15 @@ impl Node {
             let frame = Frame::new(op.request_id, op.message).with_deadline(op.deadline);
             return self.hold(now, op.reply_to, frame, op.hops);
         }
+        if self.config.read_from != ReadFrom::Replicas {
+            // The common case of a ring this node knows: the owner is in the successor list.
+            // Pick it in place (what `route` would list first), without copying the list.
+            if let Some(i) = self.successor_arc(&target) {
+                if let Some((node, failover)) = self.pick_owner(&self.routing.successors()[i..], 0) {
+                    return self.send_op(now, id, node, failover);
+                }
+            }
+        }
         match self.route(&target) {
             Route::Local => {
                 let range = self.own_range();

@@ -82,6 +82,30 @@ impl Node {
         }
     }
 
+    /// The successor `i` whose arc `(successor i-1, successor i]` (successor -1: us) holds
+    /// `target`, when `route` finds the owner there: `route`'s `Found` list starts with
+    /// `successors[i..]`. `None` when `route` answers otherwise (we own it, or the successor list
+    /// does not reach it).
+    pub(super) fn successor_arc(&self, target: &Id) -> Option<usize> {
+        let certain = self.predecessor.is_some() || self.routing.successors().is_empty();
+        if certain && self.owns(target) {
+            return None;
+        }
+        self.successor_arc_from(target)
+    }
+
+    /// The successor whose arc holds `target`, walking from us.
+    fn successor_arc_from(&self, target: &Id) -> Option<usize> {
+        let mut prev = self.me.id;
+        for (i, s) in self.routing.successors().iter().enumerate() {
+            if in_half_open(target, &prev, &s.id) {
+                return Some(i);
+            }
+            prev = s.id;
+        }
+        None
+    }
+
     /// Resolves `target` as far as this node's own tables allow.
     pub(super) fn route(&self, target: &Id) -> Route {
         let succs = self.routing.successors();
@@ -92,19 +116,15 @@ impl Node {
         if certain && self.owns(target) {
             return Route::Local;
         }
-        let mut prev = self.me.id;
-        for (i, s) in succs.iter().enumerate() {
-            if in_half_open(target, &prev, &s.id) {
-                let mut list = succs[i..].to_vec();
-                if self.succ_wrapped {
-                    // The list wraps around a small ring: after its last node come we and our
-                    // first successors (where a failover goes when the owner is down).
-                    list.push(self.me);
-                    list.extend_from_slice(&succs[..i]);
-                }
-                return Route::Found(list);
+        if let Some(i) = self.successor_arc_from(target) {
+            let mut list = succs[i..].to_vec();
+            if self.succ_wrapped {
+                // The list wraps around a small ring: after its last node come we and our
+                // first successors (where a failover goes when the owner is down).
+                list.push(self.me);
+                list.extend_from_slice(&succs[..i]);
             }
-            prev = s.id;
+            return Route::Found(list);
         }
         if let Some(m) = &self.members {
             // One-hop: the table names the owner (and the next members, to fail over to). If

@@ -174,7 +174,7 @@ impl Node {
         };
         let before = j.pos.0;
         j.keys.extend(keys);
-        j.pos = match last {
+        j.pos = match last.map(|last| *last) {
             Some((id, key)) => (id, Some(key)),
             None => (end.wrapping_add(&Id::from_u64(1)), None),
         };
@@ -304,7 +304,7 @@ impl Node {
                     hops,
                     keys,
                     end,
-                    last,
+                    last: last.map(Box::new),
                 }
             }
             Ok(other) => Message::Error {

@@ -18,8 +18,8 @@ use super::{
 use crate::id::{Id, ID_BYTES};
 use crate::limits::{MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_LIST_LEN, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
 use crate::message::{
-    CommandReply, ErrorCode, Item, Lookup, MemberEvent, Message, NodeAddr, NodeInfo, NodeRef, NodeStatus,
-    RangeCommand, MAX_REPLY_DEPTH,
+    CommandReply, ErrorCode, Item, LeaseRequest, LeaveNotice, Lookup, MemberEvent, Message, NodeAddr,
+    NodeInfo, NodeRef, NodeStatus, RangeCommand, MAX_REPLY_DEPTH,
 };
 
 // --- errors ------------------------------------------------------------------------------
@@ -570,7 +570,7 @@ impl<'a> Reader<'a> {
                 let hops = self.u16()?;
                 let keys = self.list("keys", KEY_MIN_BYTES, Self::key)?;
                 let end = self.id()?;
-                let last = self.option(|r| Ok((r.id()?, r.key()?)))?;
+                let last = self.option(|r| Ok(Box::new((r.id()?, r.key()?))))?;
                 done!(ScanRangeReply {
                     hops,
                     keys,
@@ -683,11 +683,11 @@ impl<'a> Reader<'a> {
                 let primary = self.node()?;
                 let start = self.id()?;
                 let holder = self.node()?;
-                done!(Lease {
+                done!(Lease(Box::new(LeaseRequest {
                     primary,
                     start,
                     holder
-                })
+                })))
             }
             opcode::LEASE_REPLY => {
                 let granted = self.bool()?;
@@ -740,13 +740,13 @@ impl<'a> Reader<'a> {
                 let successors = self.nodes("successors")?;
                 let clock = self.u64()?;
                 let gone = self.nodes("gone")?;
-                done!(Leaving {
+                done!(Leaving(Box::new(LeaveNotice {
                     node,
                     predecessor,
                     successors,
                     clock,
                     gone
-                })
+                })))
             }
             opcode::LEAVING_REPLY => {
                 let accepted = self.bool()?;
@@ -854,7 +854,7 @@ impl<'a> Reader<'a> {
                 let fingers = self.nodes("fingers")?;
                 let keys = self.u64()?;
                 let keeps_down_members = self.bool()?;
-                done!(Info(NodeInfo {
+                done!(Info(Box::new(NodeInfo {
                     node,
                     status,
                     predecessor,
@@ -862,7 +862,7 @@ impl<'a> Reader<'a> {
                     fingers,
                     keys,
                     keeps_down_members
-                }))
+                })))
             }
             opcode::GET_STATS => done!(GetStats),
             opcode::STATS => {

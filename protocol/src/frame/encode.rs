@@ -22,7 +22,9 @@ use super::{
 };
 use crate::id::Id;
 use crate::limits::{MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_LIST_LEN, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
-use crate::message::{CommandReply, Item, Lookup, MemberEvent, Message, NodeRef, MAX_REPLY_DEPTH};
+use crate::message::{
+    CommandReply, Item, LeaseRequest, LeaveNotice, Lookup, MemberEvent, Message, NodeRef, MAX_REPLY_DEPTH,
+};
 
 /// Why a [`Frame`] could not be encoded. On error nothing is written.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -430,9 +432,9 @@ fn write_message<S: Sink>(msg: &Message, out: &mut S) -> Result<(), S::Error> {
             out.u16(*hops)?;
             out.list("keys", keys, |out, k| out.key(k))?;
             out.id(end)?;
-            out.option(last, |out, (id, key)| {
-                out.id(id)?;
-                out.key(key)
+            out.option(last, |out, last| {
+                out.id(&last.0)?;
+                out.key(&last.1)
             })
         }
         RingCommandReply { value } => out.u64(*value),
@@ -530,13 +532,14 @@ fn write_message<S: Sink>(msg: &Message, out: &mut S) -> Result<(), S::Error> {
             out.node(node)?;
             out.bool(*whole_host)
         }
-        Leaving {
-            node,
-            predecessor,
-            successors,
-            clock,
-            gone,
-        } => {
+        Leaving(notice) => {
+            let LeaveNotice {
+                node,
+                predecessor,
+                successors,
+                clock,
+                gone,
+            } = &**notice;
             out.node(node)?;
             out.option(predecessor, S::node)?;
             out.nodes("successors", successors)?;
@@ -556,11 +559,12 @@ fn write_message<S: Sink>(msg: &Message, out: &mut S) -> Result<(), S::Error> {
         MemberEventsAck { applied: n }
         | ReplicateAck { applied: n }
         | CollectTombstonesReply { removed: n } => out.u32(*n),
-        Lease {
-            primary,
-            start,
-            holder,
-        } => {
+        Lease(request) => {
+            let LeaseRequest {
+                primary,
+                start,
+                holder,
+            } = &**request;
             out.node(primary)?;
             out.id(start)?;
             out.node(holder)

@@ -80,7 +80,7 @@ fn info(
     successors: Vec<NodeRef>,
     fingers: Vec<NodeRef>,
 ) -> Message {
-    Message::Info(NodeInfo {
+    Message::Info(Box::new(NodeInfo {
         node: v4(7000),
         status,
         predecessor,
@@ -88,7 +88,7 @@ fn info(
         fingers,
         keys: 12_345,
         keeps_down_members: true,
-    })
+    }))
 }
 
 /// Every variant, with edge cases: empty keys and values, `None`s, IPv6, empty lists,
@@ -151,7 +151,7 @@ fn samples() -> Vec<Message> {
             hops: 1,
             keys: vec![],
             end: Id::ZERO,
-            last: Some((Id::MAX, b("z"))),
+            last: Some(Box::new((Id::MAX, b("z")))),
         },
         ScanRangeReply {
             hops: 0,
@@ -290,11 +290,11 @@ fn samples() -> Vec<Message> {
             incarnation: 3,
             active: true,
         },
-        Lease {
+        Lease(Box::new(crate::LeaseRequest {
             primary: v4(1),
             start: Id::hash(b"p"),
             holder: v6(2),
-        },
+        })),
         LeaseReply {
             granted: true,
             holder: None,
@@ -328,20 +328,20 @@ fn samples() -> Vec<Message> {
         },
         Ping,
         Pong { node: v6(4) },
-        Leaving {
+        Leaving(Box::new(crate::LeaveNotice {
             node: v4(1),
             predecessor: None,
             successors: vec![],
             clock: 0,
             gone: vec![],
-        },
-        Leaving {
+        })),
+        Leaving(Box::new(crate::LeaveNotice {
             node: v6(1),
             predecessor: Some(v4(2)),
             successors: vec![v4(3), v6(4)],
             clock: u64::MAX,
             gone: vec![v4(5)],
-        },
+        })),
         LeavingReply { accepted: true },
         LeavingReply { accepted: false },
         Transfer {
@@ -1432,13 +1432,13 @@ fn oversize_fields_rejected_on_encode() {
         too_long("fingers", MAX_LIST_LEN),
     );
     encode_error(
-        Message::Leaving {
+        Message::Leaving(Box::new(crate::LeaveNotice {
             node: v4(1),
             predecessor: None,
             successors: nodes,
             clock: 0,
             gone: vec![],
-        },
+        })),
         too_long("successors", MAX_LIST_LEN),
     );
 }
@@ -1700,7 +1700,7 @@ mod prop {
                     hops,
                     keys,
                     end,
-                    last
+                    last: last.map(Box::new)
                 }
             ),
             (any::<u64>(), node()).prop_map(|(value, successor)| RangeCommandReply { value, successor }),
@@ -1769,11 +1769,13 @@ mod prop {
                 incarnation,
                 active
             }),
-            (node(), id(), node()).prop_map(|(primary, start, holder)| Lease {
-                primary,
-                start,
-                holder
-            }),
+            (node(), id(), node()).prop_map(|(primary, start, holder)| Lease(Box::new(
+                crate::LeaseRequest {
+                    primary,
+                    start,
+                    holder
+                }
+            ))),
             (any::<bool>(), option::of(node()), any::<u64>(), any::<u64>()).prop_map(
                 |(granted, holder, fence, clock)| LeaseReply {
                     granted,
@@ -1795,13 +1797,13 @@ mod prop {
             node().prop_map(|node| Pong { node }),
             (node(), option::of(node()), nodes(), any::<u64>(), nodes()).prop_map(
                 |(node, predecessor, successors, clock, gone)| {
-                    Leaving {
+                    Leaving(Box::new(crate::LeaveNotice {
                         node,
                         predecessor,
                         successors,
                         clock,
                         gone,
-                    }
+                    }))
                 }
             ),
             any::<bool>().prop_map(|accepted| LeavingReply { accepted }),
@@ -1869,7 +1871,7 @@ mod prop {
             )
                 .prop_map(
                     |(node, status, predecessor, successors, fingers, keys, keeps_down_members)| {
-                        Info(NodeInfo {
+                        Info(Box::new(NodeInfo {
                             node,
                             status,
                             predecessor,
@@ -1877,7 +1879,7 @@ mod prop {
                             fingers,
                             keys,
                             keeps_down_members,
-                        })
+                        }))
                     }
                 ),
             Just(GetStats),

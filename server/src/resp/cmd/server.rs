@@ -247,7 +247,7 @@ pub(crate) struct Info {
 impl Gather for Info {
     fn accept(&mut self, _: usize, reply: Message) {
         match reply {
-            Message::Info(i) => self.info = Some(i),
+            Message::Info(i) => self.info = Some(*i),
             Message::Stats { counters } => self.stats = Some(counters),
             other => {
                 if self.error.is_none() {
