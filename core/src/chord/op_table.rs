@@ -81,17 +81,19 @@ impl<V> OpTable<V> {
             }
             return slot.replace(value);
         }
-        if self.live_recent == 0 {
-            self.recent.clear();
-            self.head = 0;
-            self.base = id;
-        } else if id - end > (2 * self.live_recent + SLACK) as u64 {
+        if id - end > (2 * self.live_recent + SLACK) as u64 {
             // A jump far past the window: the window's entries are old now.
             self.retire_all();
             self.base = id;
-        } else {
+        } else if id > end {
+            // A gap in the ids: empty slots, which `head` moves past if nothing precedes them.
+            let was_empty = self.head == self.recent.len();
             for _ in end..id {
                 self.recent.push_back(None);
+            }
+            if was_empty {
+                self.head = self.recent.len();
+                self.drop_skipped();
             }
         }
         self.recent.push_back(Some(value));
@@ -123,12 +125,15 @@ impl<V> OpTable<V> {
         let Some(i) = self.slot(*id) else {
             return self.old.remove(id);
         };
-        let value = self.recent[i].take()?;
-        self.live_recent -= 1;
-        if i == self.head {
-            self.skip_empty();
+        // Taken out of its slot as it is (one move of the value, not two).
+        let value = self.recent[i].take();
+        if value.is_some() {
+            self.live_recent -= 1;
+            if i == self.head {
+                self.skip_empty();
+            }
         }
-        Some(value)
+        value
     }
 
     /// How many entries the table holds.
@@ -168,12 +173,12 @@ impl<V> OpTable<V> {
         while self.head < self.recent.len() && self.recent[self.head].is_none() {
             self.head += 1;
         }
-        if self.head == self.recent.len() {
-            // All ended: nothing to move, the next insertion starts a new window.
-            self.base += self.head as u64;
-            self.recent.clear();
-            self.head = 0;
-        } else if self.head >= DROP_EVERY {
+        self.drop_skipped();
+    }
+
+    /// Drops the empty slots before `head` once there are [`DROP_EVERY`] of them.
+    fn drop_skipped(&mut self) {
+        if self.head >= DROP_EVERY {
             self.recent.drain(..self.head);
             self.base += self.head as u64;
             self.head = 0;
