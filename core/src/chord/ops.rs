@@ -266,13 +266,42 @@ impl Node {
         if deadline != 0 {
             op_deadline = op_deadline.min(deadline);
         }
-        let mut op = ClientOp::new(reply_to, rid, frame.message, target, op_deadline);
-        op.hops = hops;
         let id = self.client.next_id;
         self.client.next_id += 1;
-        self.client.ops.insert(id, op);
         self.stats.ops_coordinated += 1;
+        if now < op_deadline && self.serves_at_once(now, &target) {
+            // The common case of a key whose range this node holds with its lease: served
+            // now, exactly as `drive_op` and `serve_coordinated` would serve the operation,
+            // without recording it (nothing can be retried or answered late).
+            let range = self.own_range();
+            let message = frame.message;
+            return self.serve(
+                now,
+                reply_to,
+                rid,
+                hops,
+                message,
+                target,
+                op_deadline,
+                range,
+                Delivery::Local,
+            );
+        }
+        let mut op = ClientOp::new(reply_to, rid, frame.message, target, op_deadline);
+        op.hops = hops;
+        self.client.ops.insert(id, op);
         self.drive_op(now, id);
+    }
+
+    /// Whether [`Node::drive_op`] would serve a new operation on `target` at once: we own it
+    /// (`route` answers `Local`), no transfer into our range holds it, and under `consistent`
+    /// our lease on our range is valid.
+    fn serves_at_once(&self, now: Millis, target: &Id) -> bool {
+        let certain = self.predecessor.is_some() || self.routing.successors().is_empty();
+        certain
+            && self.owns(target)
+            && !self.receiving(target)
+            && (!self.config.is_consistent() || self.leases.serves(&self.me.id, now))
     }
 
     /// [`Node::drive_op`] for an operation the node starts itself (a scan step).
