@@ -216,8 +216,7 @@ impl Node {
         let host = self.me.addr.host;
         self.routing.successors().is_empty()
             || self.succ_wrapped
-            || (self.routing.known_nodes().all(|n| n.addr.host == host)
-                && self.predecessor.is_none_or(|p| p.addr.host == host))
+            || (self.routing.own_host_only() && self.predecessor.is_none_or(|p| p.addr.host == host))
     }
 
     /// The preference list of `primary`'s range as this node sees it: `primary` and the

@@ -106,6 +106,9 @@ pub struct RoutingTable {
     other_hosts: Vec<NodeRef>,
     /// Every distinct node above, sorted by clockwise distance from `me`...
     view: Vec<NodeRef>,
+    /// Whether every node of `view` is a vnode of our own host (a ring of one host, as far as
+    /// the table knows).
+    own_host_only: bool,
     /// ...and those distances as integer limbs (see `Id::limbs`), searched by binary search.
     distances: Vec<(u32, u128)>,
 }
@@ -141,6 +144,7 @@ impl RoutingTable {
             successors: Vec::new(),
             other_hosts: Vec::new(),
             view: Vec::new(),
+            own_host_only: true,
             distances: Vec::new(),
         }
     }
@@ -332,6 +336,12 @@ impl RoutingTable {
         self.view.iter()
     }
 
+    /// Whether every node the table knows is a vnode of our own host (true for an empty
+    /// table): `known_nodes().all(same host)`, kept as the table changes.
+    pub fn own_host_only(&self) -> bool {
+        self.own_host_only
+    }
+
     /// How many distinct nodes the table holds (its state size).
     pub fn distinct_nodes(&self) -> usize {
         self.view.len()
@@ -359,6 +369,7 @@ impl RoutingTable {
         self.distances.extend(all.iter().map(|(d, _)| *d));
         self.view.clear();
         self.view.extend(all.into_iter().map(|(_, n)| n));
+        self.own_host_only = self.view.iter().all(|n| n.addr.host == self.me.addr.host);
         self.distances.shrink_to_fit();
         self.view.shrink_to_fit();
     }
@@ -371,7 +382,8 @@ mod tests {
     use chordkv_protocol::id::ID_BITS;
 
     /// The preference list's walk kept with the successor list is the walk done over it:
-    /// the first position of each host other than ours, through changes of the list.
+    /// the first position of each host other than ours, through changes of the list; and
+    /// whether the table knows only our host's vnodes.
     #[test]
     fn other_hosts_follow_the_successor_list() {
         // Node v is vnode v % 3 of host 127.0.0.1:(1000 + v / 3); we are vnode 0 of host 1000.
@@ -399,6 +411,10 @@ mod tests {
             }
             assert_eq!(t.other_hosts(), walk(&t).as_slice());
             assert_eq!(t.successor_hosts(), t.other_hosts().len());
+            assert_eq!(
+                t.own_host_only(),
+                t.known_nodes().all(|n| n.addr.host == me.addr.host)
+            );
         }
     }
 
