@@ -9,7 +9,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -545,27 +545,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
 }
 
-/// Parses `IP:PORT`, or resolves `HOST:PORT` (preferring IPv4).
+/// Parses `IP:PORT`, or resolves `HOST:PORT` (preferring IPv4): [`client::resolve_addr`].
 fn parse_addr(s: &str) -> anyhow::Result<SocketAddr> {
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let has_port = s
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    if !has_port {
-        bail!("invalid address '{s}': expected IP:PORT or HOST:PORT, e.g. 127.0.0.1:7000");
-    }
-    let addrs: Vec<SocketAddr> = s
-        .to_socket_addrs()
-        .map_err(|e| anyhow!("invalid address '{s}': cannot resolve: {e}"))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| anyhow!("invalid address '{s}': it resolves to no address"))
+    client::resolve_addr(s).map_err(|e| anyhow!(e))
 }
 
 fn connect(target: &Target, timeout: Duration) -> anyhow::Result<Client> {

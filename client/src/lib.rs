@@ -43,6 +43,37 @@ pub use tls::TlsClient;
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// A node's address as a user writes it: `IP:PORT`, or `HOST:PORT` resolved (an IPv4 address
+/// preferred). Used by `chordkv`'s `--node` and loadgen's `--nodes`.
+///
+/// # Errors
+/// A message naming `s` and the expected form, e.g. `invalid address 'x': expected IP:PORT or
+/// HOST:PORT, e.g. 127.0.0.1:7000`, or why it could not be resolved.
+pub fn resolve_addr(s: &str) -> std::result::Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let has_port = s
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !has_port {
+        return Err(format!(
+            "invalid address '{s}': expected IP:PORT or HOST:PORT, e.g. 127.0.0.1:7000"
+        ));
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("invalid address '{s}': cannot resolve: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("invalid address '{s}': it resolves to no address"))
+}
+
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

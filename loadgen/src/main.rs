@@ -29,8 +29,9 @@ struct Args {
     /// The workload file (see workloads/).
     #[arg(long)]
     workload: PathBuf,
-    /// Target a running cluster (comma-separated addresses) instead of starting a local one.
-    #[arg(long, value_delimiter = ',')]
+    /// Target a running cluster instead of starting a local one: its nodes' addresses,
+    /// comma-separated, each IP:PORT or HOST:PORT (e.g. localhost:7000,localhost:7001).
+    #[arg(long, value_delimiter = ',', value_name = "ADDR,...", value_parser = chordkv_client::resolve_addr)]
     nodes: Option<Vec<SocketAddr>>,
     /// Measured seconds (overrides the file's duration_s).
     #[arg(long)]
@@ -343,6 +344,39 @@ fn run_sweep(args: &Args, workload: Workload) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--nodes` takes the names `chordkv --node` takes: HOST:PORT resolved, IP:PORT as is;
+    /// a wrong entry (a trailing comma's empty one included) is named with the expected form.
+    #[test]
+    fn nodes_take_host_names_and_say_what_they_expect() {
+        let args = Args::try_parse_from([
+            "loadgen",
+            "--workload",
+            "w.yaml",
+            "--nodes",
+            "localhost:7000,127.0.0.1:7001",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let nodes = args.nodes.unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert!(
+            nodes[0].ip().is_loopback() && nodes[0].port() == 7000,
+            "{nodes:?}"
+        );
+        assert_eq!(nodes[1], "127.0.0.1:7001".parse().unwrap());
+        for bad in ["127.0.0.1:7000,", "localhost", "127.0.0.1:70000"] {
+            let err = Args::try_parse_from(["loadgen", "--workload", "w.yaml", "--nodes", bad])
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"))
+                .to_string();
+            assert!(err.contains("expected IP:PORT or HOST:PORT"), "{bad}: {err}");
         }
     }
 }

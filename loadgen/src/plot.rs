@@ -236,6 +236,9 @@ pub fn timeline_svg(title: &str, rows: &[TimelineRow], faults: &[(f64, String)])
         .map(|r| r.elapsed_s)
         .chain(faults.iter().map(|f| f.0))
         .fold(1.0_f64, f64::max);
+    // A short last row is a moment's rate, not an interval's: left out of both lines.
+    let rows: Vec<TimelineRow> = rows.iter().filter(|r| !r.is_partial()).cloned().collect();
+    let rows = rows.as_slice();
     let ops_max = rows.iter().map(|r| r.ops_per_s).fold(0.0_f64, f64::max);
     let ops_top = nice_ceiling(ops_max);
     let p99: Vec<f64> = rows.iter().map(|r| (r.p99_us.max(1) as f64).log10()).collect();

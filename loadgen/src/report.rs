@@ -178,6 +178,9 @@ impl FaultRecord {
 pub struct TimelineRow {
     /// Seconds since the start of the load (warm-up included), at the end of the interval.
     pub elapsed_s: f64,
+    /// Seconds the row covers: one second, except the run's last row, which ends with the
+    /// last operation and may be shorter ([`TimelineRow::is_partial`]).
+    pub interval_s: f64,
     pub warmup: bool,
     pub ops_per_s: f64,
     pub p50_us: u64,
@@ -187,13 +190,23 @@ pub struct TimelineRow {
     pub faults: Vec<String>,
 }
 
+impl TimelineRow {
+    /// Whether the row covers less than half a second (the end of a run): its ops/s are
+    /// those of a moment, not of an interval, and the plots leave it out.
+    pub fn is_partial(&self) -> bool {
+        self.interval_s < 0.5
+    }
+}
+
+/// `timeline.csv`: one row per second of the load (`interval_s` tells a short last row).
 pub fn timeline_csv(rows: &[TimelineRow]) -> String {
-    let mut out = String::from("elapsed_s,phase,ops_per_s,p50_us,p99_us,errors,faults\n");
+    let mut out = String::from("elapsed_s,interval_s,phase,ops_per_s,p50_us,p99_us,errors,faults\n");
     for r in rows {
         let _ = writeln!(
             out,
-            "{:.3},{},{:.1},{},{},{},{}",
+            "{:.3},{:.3},{},{:.1},{},{},{},{}",
             r.elapsed_s,
+            r.interval_s,
             if r.warmup { "warmup" } else { "measure" },
             r.ops_per_s,
             r.p50_us,

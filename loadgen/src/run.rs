@@ -7,10 +7,17 @@
 //!   main: every second drains the intervals -> timeline.csv row + progress (bar or line)
 //! ```
 //!
-//! Open loop (`rate_per_s`): request i of a thread has the intended send time
-//! `start + i / thread_rate`; a thread that falls behind sends at once, and latency is
-//! measured from the intended time (wrk2's coordinated-omission correction), service time
-//! from the actual send. Closed loop: the next request goes when the last one completes.
+//! Open loop (`rate_per_s`): request i of thread t (of T) has the intended send time
+//! `start + (i + t / T) / thread_rate` ([`Schedule`]): the threads' schedules are interleaved,
+//! so the requests of all threads together are evenly spaced at the configured rate, at any
+//! thread count (at 2 ops/s with 8 threads: one request every 0.5 s, not 8 at once every
+//! 4 s). A thread that falls behind sends at once, and latency is measured from the intended
+//! time (wrk2's coordinated-omission correction), service time from the actual send. Closed
+//! loop: the next request goes when the last one completes.
+//!
+//! Throughput is the successful operations over the configured window (`duration_s`), not
+//! over the time to the last completion (an open loop at a low rate would report too high a
+//! rate), unless `max_ops` ended the run earlier.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -773,6 +780,7 @@ fn drive(
             let secs = now.duration_since(last_report).as_secs_f64();
             let row = TimelineRow {
                 elapsed_s: now.duration_since(start).as_secs_f64(),
+                interval_s: secs,
                 warmup: last_report < start + warmup,
                 ops_per_s: if secs > 0.0 { ops as f64 / secs } else { 0.0 },
                 p50_us: h.value_at_quantile(0.5),
@@ -780,7 +788,7 @@ fn drive(
                 errors,
                 faults: new_faults(&fault_log, &mut faults_shown, &progress),
             };
-            if ops > 0 || !all_done {
+            if (ops > 0 || !all_done) && !row.is_partial() {
                 progress.row(&row);
             }
             if ops > 0 || errors > 0 || !all_done {
@@ -814,7 +822,12 @@ fn drive(
             .map(|h| h.join().expect("a load thread panicked")) // faulty code
             .collect();
         let last = *last_done.lock().expect("not poisoned");
-        let measured = last.saturating_duration_since(start + warmup).as_secs_f64();
+        // The configured window, unless `max_ops` ended every thread before it.
+        let measured = if w.max_ops.is_some() && last < end {
+            last.saturating_duration_since(start + warmup).as_secs_f64()
+        } else {
+            w.duration_s
+        };
         drop(log);
         let timeline = Timeline {
             rows: timeline,
@@ -891,9 +904,9 @@ fn load_thread(
             client: None,
         })
         .collect();
-    let thread_rate = w
+    let schedule = w
         .rate_per_s
-        .map(|rate| rate * conn_ids.len() as f64 / w.connections as f64);
+        .map(|rate| Schedule::for_thread(rate, w.connections, threads, t));
     let budget = w
         .max_ops
         .map(|n| n / threads as u64 + u64::from((t as u64) < n % threads as u64));
@@ -927,10 +940,16 @@ fn load_thread(
                 }
             }
         }
-        let intended = match thread_rate {
-            Some(rate) => {
-                let at = start + Duration::from_secs_f64(i as f64 / rate);
+        let intended = match &schedule {
+            Some(schedule) => {
+                let at = start + schedule.offset(i);
                 if at >= end {
+                    // Nothing more to send: the thread's part of the run lasts the window, so
+                    // the timeline's last second is a whole one (a low rate's last request
+                    // may be due well before the end).
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                        std::thread::sleep(end.saturating_duration_since(Instant::now()).min(MAX_SLEEP));
+                    }
                     break;
                 }
                 let now = Instant::now();
@@ -1033,6 +1052,33 @@ fn load_thread(
     result.timeouts = worker.timeouts;
     result.retries = worker.retries;
     result
+}
+
+/// Open loop: when one load thread intends to send its requests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Schedule {
+    /// This thread's requests per second: its share of the rate, by its connections.
+    pub rate: f64,
+    /// Where in its own period the thread starts, `t / threads` (0 to 1).
+    pub phase: f64,
+}
+
+impl Schedule {
+    /// Thread `t`'s schedule when `threads` threads share `connections` connections (thread
+    /// `t` drives connections `t, t + threads, ...`) at `rate_per_s` in total.
+    pub fn for_thread(rate_per_s: f64, connections: usize, threads: usize, t: usize) -> Schedule {
+        let conns = (t..connections).step_by(threads.max(1)).count();
+        Schedule {
+            rate: rate_per_s * conns as f64 / connections.max(1) as f64,
+            phase: t as f64 / threads.max(1) as f64,
+        }
+    }
+
+    /// The intended send time of the thread's request `i`, from the start of the run:
+    /// `(i + phase) / rate` seconds.
+    pub fn offset(&self, i: u64) -> Duration {
+        Duration::from_secs_f64((i as f64 + self.phase) / self.rate)
+    }
 }
 
 /// How an operation failed, for `errors.by_kind`.
@@ -1369,4 +1415,50 @@ fn read_key(worker: &mut Worker<'_>, conn: &mut Conn, name: &Bytes) -> Option<Fi
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Schedule;
+
+    /// The intended send times of all threads together, up to `window_s`, sorted (seconds).
+    fn schedule(rate: f64, connections: usize, threads: usize, window_s: f64) -> Vec<f64> {
+        let mut times: Vec<f64> = (0..threads)
+            .flat_map(|t| {
+                let s = Schedule::for_thread(rate, connections, threads, t);
+                (0u64..)
+                    .map(move |i| s.offset(i).as_secs_f64())
+                    .take_while(move |&at| at < window_s)
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times
+    }
+
+    /// wrk2#147's case (../shared/repros/lowrate.sh): 2 ops/s with 8 threads for 6 s is 12
+    /// requests, one every 0.5 s, not 8 at once at 0 s and 8 at 4 s.
+    #[test]
+    fn an_open_loop_below_the_thread_count_spreads_its_requests_evenly() {
+        let times = schedule(2.0, 8, 8, 6.0);
+        assert_eq!(times.len(), 12);
+        for (k, at) in times.iter().enumerate() {
+            assert!((at - k as f64 * 0.5).abs() < 1e-9, "request {k} at {at} s");
+        }
+    }
+
+    /// At any thread count the aggregate is the configured rate: every second of the window
+    /// holds `rate` intended sends.
+    #[test]
+    fn the_threads_together_keep_the_configured_rate() {
+        for (rate, connections, threads) in [(10.0, 8, 8), (100.0, 16, 4), (3.0, 4, 2), (50.0, 5, 5)] {
+            let times = schedule(rate, connections, threads, 10.0);
+            for second in 0..10 {
+                let n = times
+                    .iter()
+                    .filter(|&&at| at >= second as f64 && at < (second + 1) as f64)
+                    .count();
+                assert_eq!(n as f64, rate, "rate {rate}, {threads} threads, second {second}");
+            }
+        }
+    }
 }

@@ -92,7 +92,7 @@ cluster: { nodes: 3, replicas: 1, stabilize_ms: 100 }
         .count();
     let timeline = std::fs::read_to_string(dir.join("timeline.csv")).unwrap();
     assert_eq!(intervals, timeline.lines().count() - 1, "{timeline}");
-    assert!(timeline.starts_with("elapsed_s,phase,ops_per_s,p50_us,p99_us,errors,faults\n"));
+    assert!(timeline.starts_with("elapsed_s,interval_s,phase,ops_per_s,p50_us,p99_us,errors,faults\n"));
     assert!(timeline.lines().count() >= 2, "{timeline}");
     for file in ["latency.svg", "timeline.svg"] {
         let svg = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));

@@ -76,7 +76,7 @@ fn killing_a_node_under_load_loses_nothing_and_is_recorded() {
     assert!(all.contains(&killed), "{s:#}");
 
     let timeline = std::fs::read_to_string(dir.join("timeline.csv")).unwrap();
-    assert!(timeline.starts_with("elapsed_s,phase,ops_per_s,p50_us,p99_us,errors,faults\n"));
+    assert!(timeline.starts_with("elapsed_s,interval_s,phase,ops_per_s,p50_us,p99_us,errors,faults\n"));
     let entry = format!("kill {killed}");
     let rows: Vec<&str> = timeline.lines().filter(|l| l.ends_with(&entry)).collect();
     assert_eq!(rows.len(), 1, "{timeline}");

@@ -2,7 +2,7 @@
 
 use hdrhistogram::Histogram;
 use loadgen::plot::{fault_markers, latency_svg, timeline_svg};
-use loadgen::report::{FaultRecord, TimelineRow};
+use loadgen::report::{timeline_csv, FaultRecord, TimelineRow};
 
 fn looks_like_svg(text: &str) {
     assert!(text.starts_with("<svg") || text.starts_with("<?xml"), "{text}");
@@ -67,6 +67,7 @@ fn timeline_plot_marks_the_faults() {
     let rows: Vec<TimelineRow> = (1..=8)
         .map(|s| TimelineRow {
             elapsed_s: f64::from(s),
+            interval_s: 1.0,
             warmup: s <= 2,
             ops_per_s: if s == 5 { 200.0 } else { 1500.0 },
             p50_us: 200,
@@ -153,4 +154,45 @@ fn timeline_plot_marks_the_faults() {
     assert_eq!(svg.matches("stroke-dasharray").count(), 4, "one line per fault");
     // No rows at all still makes a picture.
     assert!(timeline_svg("empty", &[], &[]).starts_with("<svg"));
+}
+
+/// The run's last row, shorter than half a second, is a moment's rate (a few operations over
+/// a few milliseconds read as a collapse, or a spike): the timeline plot leaves it out, and
+/// `timeline.csv` says how long it is.
+#[test]
+fn a_short_last_interval_is_not_drawn_as_a_rate() {
+    let full: Vec<TimelineRow> = (1..=6)
+        .map(|s| TimelineRow {
+            elapsed_s: f64::from(s),
+            interval_s: 1.0,
+            warmup: false,
+            ops_per_s: 1500.0,
+            p50_us: 200,
+            p99_us: 900,
+            errors: 0,
+            faults: Vec::new(),
+        })
+        .collect();
+    let mut with_tail = full.clone();
+    with_tail.push(TimelineRow {
+        elapsed_s: 6.051,
+        interval_s: 0.051,
+        ops_per_s: 99.0,
+        p99_us: 250_000,
+        ..full[0].clone()
+    });
+    // A fault after the tail keeps the time axis the same for both.
+    let faults = [(7.0, "kill 127.0.0.1:7101".to_string())];
+    assert_eq!(
+        timeline_svg("t", &with_tail, &faults),
+        timeline_svg("t", &full, &faults)
+    );
+    let csv = timeline_csv(&with_tail);
+    assert!(
+        csv.lines()
+            .last()
+            .unwrap()
+            .starts_with("6.051,0.051,measure,99.0,"),
+        "{csv}"
+    );
 }
