@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# chordkv's main job until loadgen lands: start a local 8-node ring (in-memory store), write a
-# key through one node, read it back through another, show the ring, and stop cleanly.
+# A short tour of chordkv by hand (the main job is loadgen; see README.md): start a local 8-node
+# ring (in-memory store), write a key through one node, read it back through another, show the
+# ring, and stop cleanly.
 #
 #   bash deploy/local-demo.sh [NODES] [BASE_PORT]
 set -euo pipefail

@@ -249,7 +249,7 @@ pub fn run_fault_sweep(
             reads: s.verify.reads_checked,
             stale: s.verify.stale_reads,
             resurrected: s.verify.resurrected,
-            unreadable: s.verify.read_errors,
+            unreadable: s.verify.unreadable,
             errors: s.errors.total,
             throughput_ops: s.throughput_ops,
             dir,

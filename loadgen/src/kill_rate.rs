@@ -129,7 +129,7 @@ pub fn run_kill_rate(
                     kills,
                     keys: s.verify.keys_checked,
                     lost: s.verify.lost,
-                    unreadable: s.verify.read_errors,
+                    unreadable: s.verify.unreadable,
                     errors: s.errors.total,
                     throughput_ops: s.throughput_ops,
                     dir,

@@ -266,7 +266,7 @@ fn main() -> ExitCode {
         v.resurrected,
         v.unexpected,
         v.recovered,
-        v.read_errors
+        v.unreadable
     );
     println!("results: {}", outcome.out_dir.display());
     eprintln!(
@@ -307,10 +307,10 @@ fn main() -> ExitCode {
     if failed {
         return ExitCode::from(1);
     }
-    if v.read_errors > 0 {
+    if v.unreadable > 0 {
         eprintln!(
             "!!! verification incomplete: {} written keys could not be read at the end",
-            v.read_errors
+            v.unreadable
         );
         return ExitCode::from(1);
     }

@@ -1247,14 +1247,14 @@ pub(crate) fn verify_all(
     let mut reads = Vec::with_capacity(keys.len());
     for (r, errors) in parts {
         reads.extend(r);
-        report.read_errors += errors;
+        report.unreadable += errors;
     }
     report.keys_checked = reads.len() as u64;
     if out_of_time.load(Ordering::Relaxed) {
         eprintln!(
             "loadgen: warning: the final reads stopped after {} s; {} keys could not be read",
             VERIFY_BUDGET.as_secs(),
-            report.read_errors
+            report.unreadable
         );
     }
 

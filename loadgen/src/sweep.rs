@@ -301,7 +301,7 @@ fn run_trial(
         seed,
         keys,
         lost: report.lost,
-        unreadable: report.read_errors,
+        unreadable: report.unreadable,
         settled,
     })
 }

@@ -235,7 +235,7 @@ pub struct VerifyReport {
     /// Keys holding an unacknowledged write.
     pub recovered: u64,
     /// Keys that could not be read at the end (not judged).
-    pub read_errors: u64,
+    pub unreadable: u64,
     /// A few of the anomalies found by real-time order, described.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub anomalies: Vec<String>,

@@ -42,6 +42,6 @@ seed: 7
     assert_eq!(s.errors.total, 0);
     assert_eq!(s.verify.lost, 0);
     assert_eq!(s.verify.unexpected, 0);
-    assert_eq!(s.verify.read_errors, 0);
+    assert_eq!(s.verify.unreadable, 0);
     assert!(s.verify.acknowledged > 0);
 }

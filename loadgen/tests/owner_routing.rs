@@ -78,5 +78,5 @@ faults:
     assert!(s.faults.iter().all(|f| f.error.is_none()), "{:?}", s.faults);
     assert_eq!(s.verify.lost, 0, "{:?}", s.verify);
     assert_eq!(s.verify.unexpected, 0, "{:?}", s.verify);
-    assert_eq!(s.verify.read_errors, 0, "{:?}", s.verify);
+    assert_eq!(s.verify.unreadable, 0, "{:?}", s.verify);
 }

@@ -130,7 +130,7 @@ fn a_cluster_deployed_over_ssh_survives_a_kill_and_a_restart_under_load() {
     let verify = &summary["verify"];
     assert!(verify["acknowledged"].as_u64().unwrap() > 0, "{verify}");
     assert_eq!(verify["lost"], 0, "acknowledged writes were lost: {verify}");
-    assert_eq!(verify["read_errors"], 0, "{verify}");
+    assert_eq!(verify["unreadable"], 0, "{verify}");
     assert_eq!(summary["cluster"]["local"], false);
     assert_eq!(summary["cluster"]["nodes"].as_array().unwrap().len(), 4);
     let faults = summary["faults"].as_array().expect("a faults list");
