@@ -26,6 +26,7 @@ pub mod error;
 pub mod fault_sweep;
 pub mod faults;
 pub mod hgrm;
+pub mod interrupt;
 pub mod keys;
 pub mod kill_rate;
 pub mod oplog;

@@ -103,6 +103,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = loadgen::interrupt::install() {
+        eprintln!("error: cannot take Ctrl-C and SIGTERM: {e}");
+        return ExitCode::from(1);
+    }
     let mut workload = match Workload::load(&args.workload) {
         Ok(w) => w,
         Err(e) => {
@@ -236,7 +240,7 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!("error: {e:#}");
-            return ExitCode::from(1);
+            return failure();
         }
     };
     drop(null_target);
@@ -307,6 +311,14 @@ fn main() -> ExitCode {
     if failed {
         return ExitCode::from(1);
     }
+    if let Some(sig) = loadgen::interrupt::requested() {
+        eprintln!(
+            "loadgen: partial run, stopped by {} after {:.1} s measured",
+            loadgen::interrupt::name(sig),
+            s.measured_s
+        );
+        return ExitCode::from(loadgen::interrupt::exit_code(sig));
+    }
     if v.unreadable > 0 {
         eprintln!(
             "!!! verification incomplete: {} written keys could not be read at the end",
@@ -343,8 +355,16 @@ fn run_sweep(args: &Args, workload: Workload) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            failure()
         }
+    }
+}
+
+/// Exit code 1, or 128 + the signal when a Ctrl-C or SIGTERM stopped the run.
+fn failure() -> ExitCode {
+    match loadgen::interrupt::requested() {
+        Some(sig) => ExitCode::from(loadgen::interrupt::exit_code(sig)),
+        None => ExitCode::from(1),
     }
 }
 

@@ -98,6 +98,10 @@ pub struct Summary {
     /// at `target_rate_ops`, latency from each request's intended send time).
     pub r#loop: String,
     pub target_rate_ops: Option<f64>,
+    /// The signal (`SIGINT`, `SIGTERM`) that stopped the run before its end: the figures are
+    /// those of a partial run. Absent when the run went to its end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
     /// Seconds measured (after the warm-up).
     pub measured_s: f64,
     /// Successful operations per second over the measured time.

@@ -156,6 +156,13 @@ pub fn run_with_control(
 ) -> Result<Outcome> {
     let w = &opts.workload;
     w.validate()?;
+    if let Some(sig) = crate::interrupt::requested() {
+        // A sweep's next run after a Ctrl-C.
+        return Err(Error::Invalid(format!(
+            "stopped by {} before this run started",
+            crate::interrupt::name(sig)
+        )));
+    }
     if opts.nodes.is_some() && remote.is_none() && !w.faults.is_empty() {
         return Err(Error::Invalid(
             "faults need a local cluster (no --nodes) or a deployed one (--inventory)".to_string(),
@@ -217,6 +224,10 @@ pub fn run_with_control(
             spec.node_args = w.cluster.node_args();
             spec.access = w.access.clone();
             spec.log_dir = Some(out_dir.join("nodes"));
+            // A terminal's Ctrl-C reaches loadgen only: it stops the load, verifies, and kills
+            // the nodes as the run ends (see `interrupt`), instead of every node starting a
+            // graceful leave of its own.
+            spec.own_process_group = true;
             if w.has_partitions() {
                 spec.network = NetworkMode::Namespaces;
             }
@@ -342,6 +353,7 @@ pub fn run_with_control(
         started_utc,
         r#loop: if w.is_open_loop() { "open" } else { "closed" }.into(),
         target_rate_ops: w.rate_per_s,
+        interrupted: crate::interrupt::requested().map(crate::interrupt::name),
         measured_s: (measured_s * 1000.0).round() / 1000.0,
         throughput_ops: if measured_s > 0.0 {
             (all.len() as f64 / measured_s * 10.0).round() / 10.0
@@ -379,7 +391,13 @@ pub fn run_with_control(
     report::write_file(&out_dir, "timeline.csv", &report::timeline_csv(&timeline.rows))?;
     std::fs::write(out_dir.join("all.hlog"), &timeline.interval_log)
         .map_err(|e| Error::step(format!("cannot write {}", out_dir.join("all.hlog").display()), e))?;
-    let title = format!("{}: {:.0} ops/s", summary.name, summary.throughput_ops);
+    let title = match &summary.interrupted {
+        Some(sig) => format!(
+            "{}: {:.0} ops/s (partial run: stopped by {sig})",
+            summary.name, summary.throughput_ops
+        ),
+        None => format!("{}: {:.0} ops/s", summary.name, summary.throughput_ops),
+    };
     let series: Vec<(&str, &Histogram<u64>)> = Op::ALL
         .iter()
         .map(|op| op.name())
@@ -637,6 +655,9 @@ pub(crate) fn preload(w: &Workload, targets: &Targets, clock: &RunClock) -> Resu
                     let mut failed_in_a_row = 0;
                     let mut seq = 0;
                     for key in (t as u64..w.keys).step_by(threads) {
+                        if crate::interrupt::requested().is_some() {
+                            break; // what was written is verified like the rest
+                        }
                         if failed_in_a_row >= MAX_FAILURES_IN_A_ROW {
                             history.set_attempted(writer, seq);
                             return (history, errors, log, true);
@@ -762,6 +783,9 @@ fn drive(
         let mut next = start + REPORT_INTERVAL;
         let mut last_report = start;
         loop {
+            if crate::interrupt::requested().is_some() {
+                stop.store(true, Ordering::SeqCst);
+            }
             let all_done = finished.load(Ordering::SeqCst) == threads;
             let now = Instant::now();
             if now < next && !all_done {
@@ -822,8 +846,9 @@ fn drive(
             .map(|h| h.join().expect("a load thread panicked")) // faulty code
             .collect();
         let last = *last_done.lock().expect("not poisoned");
-        // The configured window, unless `max_ops` ended every thread before it.
-        let measured = if w.max_ops.is_some() && last < end {
+        // The configured window, unless `max_ops` or a signal ended every thread before it.
+        let cut_short = w.max_ops.is_some() || crate::interrupt::requested().is_some();
+        let measured = if cut_short && last < end {
             last.saturating_duration_since(start + warmup).as_secs_f64()
         } else {
             w.duration_s
