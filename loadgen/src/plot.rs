@@ -1,14 +1,25 @@
-//! The two plots a run writes next to `summary.json`, as plain SVG written by hand (no font
-//! or drawing libraries needed):
+//! The plots loadgen writes, drawn with the `plotters` crate (its SVG backend: axes, ticks,
+//! legends and text come from the library, as in `bench`'s plots):
 //!
 //! - `latency.svg`: latency (µs, log scale) by percentile, one line per operation, the
 //!   percentile on the usual `1/(1-p)` log scale (50%, 90%, 99%, 99.9%, ...).
 //! - `timeline.svg`: ops/s per second (top panel) and p99 latency (bottom panel, log scale),
 //!   the warm-up shaded and each fault marked by a vertical line and a short label.
+//! - [`xy_svg`]: the experiments' line charts (`data-loss.svg`, `kill-rate.svg`,
+//!   `partition-faults.svg`): measured points joined by lines with a bar for the trials'
+//!   spread, predictions dashed.
+//!
+//! Log axes are drawn on log10 of the values, with ticks at whole decades labelled in the
+//! values' units (`1 ms`, `99.9%`).
 
 use std::fmt::Write as _;
 
+use std::ops::Range;
+
 use hdrhistogram::Histogram;
+use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, ValueFormatter};
+use plotters::coord::Shift;
+use plotters::prelude::*;
 
 use crate::hgrm::TICKS_PER_HALF_DISTANCE;
 use crate::report::{FaultRecord, TimelineRow};
@@ -16,121 +27,99 @@ use crate::report::{FaultRecord, TimelineRow};
 pub const LATENCY_SVG: &str = "latency.svg";
 pub const TIMELINE_SVG: &str = "timeline.svg";
 
-const WIDTH: f64 = 900.0;
-const LEFT: f64 = 80.0;
-const RIGHT: f64 = 30.0;
-const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
-const FAULT_COLOR: &str = "#c00000";
+const WIDTH: u32 = 900;
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+];
+const FAULT_COLOR: RGBColor = RGBColor(0xc0, 0x00, 0x00);
+const WARMUP_COLOR: RGBColor = RGBColor(0xee, 0xee, 0xee);
+const FONT: &str = "sans-serif";
 
-/// A rectangle of the picture, with the data ranges it maps.
-struct Panel {
-    x0: f64,
-    y0: f64,
-    w: f64,
-    h: f64,
-    /// Data range on x.
-    xr: (f64, f64),
-    /// Data range on y (log10 of the value for log panels).
-    yr: (f64, f64),
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+type Drawn = Result<(), Box<dyn std::error::Error>>;
+
+/// A linear axis over `range` with its ticks at `ticks` exactly (plotters chooses round
+/// values itself; a log axis drawn on log10 of its values needs its ticks at whole decades,
+/// and the experiments' charts at the values measured).
+#[derive(Clone)]
+struct Axis {
+    range: Range<f64>,
+    ticks: Vec<f64>,
 }
 
-impl Panel {
-    fn px(&self, x: f64) -> f64 {
-        let (a, b) = self.xr;
-        let t = if b > a { (x - a) / (b - a) } else { 0.0 };
-        self.x0 + t.clamp(0.0, 1.0) * self.w
+impl Axis {
+    fn new(range: Range<f64>, ticks: Vec<f64>) -> Axis {
+        Axis { range, ticks }
+    }
+}
+
+impl Ranged for Axis {
+    type FormatOption = NoDefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let span = self.range.end - self.range.start;
+        let t = if span > 0.0 {
+            (value - self.range.start) / span
+        } else {
+            0.0
+        };
+        limit.0 + (t * f64::from(limit.1 - limit.0)).round() as i32
     }
 
-    fn py(&self, y: f64) -> f64 {
-        let (a, b) = self.yr;
-        let t = if b > a { (y - a) / (b - a) } else { 0.0 };
-        self.y0 + self.h - t.clamp(0.0, 1.0) * self.h
-    }
-
-    fn frame(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="#444"/>"##,
-            self.x0, self.y0, self.w, self.h
-        );
-    }
-
-    fn x_tick(&self, out: &mut String, x: f64, label: &str) {
-        let px = self.px(x);
-        let bottom = self.y0 + self.h;
-        let _ = writeln!(
-            out,
-            r##"<line x1="{px:.1}" y1="{:.1}" x2="{px:.1}" y2="{bottom:.1}" stroke="#ddd"/>"##,
-            self.y0
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            bottom + 16.0,
-            esc(label)
-        );
-    }
-
-    fn y_tick(&self, out: &mut String, y: f64, label: &str) {
-        let py = self.py(y);
-        let right = self.x0 + self.w;
-        let _ = writeln!(
-            out,
-            r##"<line x1="{:.1}" y1="{py:.1}" x2="{right:.1}" y2="{py:.1}" stroke="#ddd"/>"##,
-            self.x0
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            self.x0 - 6.0,
-            py + 4.0,
-            esc(label)
-        );
-    }
-
-    fn polyline(&self, out: &mut String, points: &[(f64, f64)], color: &str) {
-        if points.is_empty() {
-            return;
+    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        if hint.weight().allow_light_points() {
+            Vec::new()
+        } else {
+            self.ticks.clone()
         }
-        let pts: Vec<String> = points
-            .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", self.px(x), self.py(y)))
-            .collect();
-        let _ = writeln!(
-            out,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{}"/>"#,
-            pts.join(" ")
-        );
     }
 
-    /// A label turned upright along the left edge.
-    fn y_title(&self, out: &mut String, title: &str) {
-        let (x, y) = (self.x0 - 58.0, self.y0 + self.h / 2.0);
-        let _ = writeln!(
-            out,
-            r#"<text x="{x:.1}" y="{y:.1}" text-anchor="middle" transform="rotate(-90 {x:.1} {y:.1})">{}</text>"#,
-            esc(title)
-        );
+    fn range(&self) -> Range<f64> {
+        self.range.clone()
     }
 }
 
-fn header(out: &mut String, height: f64, title: &str) {
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
-        WIDTH / 2.0,
-        esc(title)
-    );
+impl ValueFormatter<f64> for Axis {
+    fn format(value: &f64) -> String {
+        format!("{value}")
+    }
+}
+
+/// An SVG of `height` pixels drawn by `draw`; a drawing error (none is expected from the SVG
+/// backend) still gives a picture, which says what went wrong.
+fn svg(height: u32, draw: impl FnOnce(&Area) -> Drawn) -> String {
+    let mut out = String::new();
+    let failed = {
+        let root = SVGBackend::with_string(&mut out, (WIDTH, height)).into_drawing_area();
+        let drawn = root
+            .fill(&WHITE)
+            .map_err(|e| e.to_string())
+            .and_then(|()| draw(&root).map_err(|e| e.to_string()))
+            .and_then(|()| root.present().map_err(|e| e.to_string()));
+        drawn.err()
+    };
+    match failed {
+        None => out,
+        Some(e) => {
+            let mut out = String::new();
+            let _ = writeln!(
+                out,
+                r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}"><text x="20" y="40">cannot draw: {}</text></svg>"#,
+                e.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+            );
+            out
+        }
+    }
 }
 
 /// `latency.svg`: one line per `(operation, histogram)`; empty histograms are left out.
 pub fn latency_svg(title: &str, series: &[(&str, &Histogram<u64>)]) -> String {
-    let height = 520.0;
     let mut lines: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
     for &(name, h) in series {
         if h.is_empty() {
@@ -152,59 +141,45 @@ pub fn latency_svg(title: &str, series: &[(&str, &Histogram<u64>)]) -> String {
     }
     let all = lines.iter().flat_map(|(_, p)| p.iter());
     let x_max = all.clone().map(|p| p.0).fold(2.0_f64, f64::max).ceil().min(7.0);
-    let y_lo = all.clone().map(|p| p.1).fold(f64::INFINITY, f64::min);
-    let y_hi = all.map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-    let (y_lo, y_hi) = if y_lo.is_finite() {
-        (y_lo.floor(), y_hi.ceil().max(y_lo.floor() + 1.0))
-    } else {
-        (0.0, 3.0)
-    };
-    let panel = Panel {
-        x0: LEFT,
-        y0: 40.0,
-        w: WIDTH - LEFT - RIGHT - 110.0,
-        h: height - 40.0 - 60.0,
-        xr: (0.0, x_max),
-        yr: (y_lo, y_hi),
-    };
-    let mut out = String::new();
-    header(&mut out, height, title);
-    panel.x_tick(&mut out, 2f64.log10(), "50%");
-    for d in 1..=(x_max as u32) {
-        panel.x_tick(&mut out, f64::from(d), &percentile_label(d));
-    }
-    for d in (y_lo as i32)..=(y_hi as i32) {
-        panel.y_tick(&mut out, f64::from(d), &duration_label(d));
-    }
-    panel.frame(&mut out);
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile</text>"#,
-        panel.x0 + panel.w / 2.0,
-        height - 18.0
-    );
-    panel.y_title(&mut out, "latency (log scale)");
-    for (i, (name, points)) in lines.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        panel.polyline(&mut out, points, color);
-        legend(
-            &mut out,
-            panel.x0 + panel.w + 15.0,
-            panel.y0 + 10.0 + 20.0 * i as f64,
-            color,
-            name,
-        );
-    }
-    if lines.is_empty() {
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">no successful operations</text>"#,
-            panel.x0 + panel.w / 2.0,
-            panel.y0 + panel.h / 2.0
-        );
-    }
-    out.push_str("</svg>\n");
-    out
+    let (y_lo, y_hi) = decades(all.map(|p| p.1));
+    svg(520, |root| {
+        let mut x_ticks = vec![2f64.log10()];
+        x_ticks.extend((1..=x_max as u32).map(f64::from));
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 18))
+            .margin(12)
+            .margin_right(36)
+            .x_label_area_size(45)
+            .y_label_area_size(80)
+            .build_cartesian_2d(
+                Axis::new(0.0..x_max, x_ticks),
+                Axis::new(y_lo..y_hi, whole(y_lo, y_hi)),
+            )?;
+        chart
+            .configure_mesh()
+            .x_desc("percentile")
+            .y_desc("latency (log scale)")
+            .x_label_formatter(&|x| percentile_label(*x))
+            .y_label_formatter(&|y| duration_label(*y))
+            .draw()?;
+        for (i, (name, points)) in lines.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+        }
+        if lines.is_empty() {
+            chart.draw_series(std::iter::once(Text::new(
+                "no successful operations",
+                (x_max * 0.35, (y_lo + y_hi) / 2.0),
+                (FONT, 14),
+            )))?;
+        } else {
+            legend(&mut chart)?;
+        }
+        Ok(())
+    })
 }
 
 /// The `timeline.svg` markers of `faults`: the time since the start of the load (their
@@ -230,123 +205,96 @@ pub fn fault_markers(faults: &[FaultRecord], warmup_s: f64) -> Vec<(f64, String)
 
 /// `timeline.svg`: ops/s and p99 per row, and the `(elapsed_s, label)` fault markers.
 pub fn timeline_svg(title: &str, rows: &[TimelineRow], faults: &[(f64, String)]) -> String {
-    let height = 620.0;
     let t_max = rows
         .iter()
         .map(|r| r.elapsed_s)
         .chain(faults.iter().map(|f| f.0))
         .fold(1.0_f64, f64::max);
     // A short last row is a moment's rate, not an interval's: left out of both lines.
-    let rows: Vec<TimelineRow> = rows.iter().filter(|r| !r.is_partial()).cloned().collect();
-    let rows = rows.as_slice();
-    let ops_max = rows.iter().map(|r| r.ops_per_s).fold(0.0_f64, f64::max);
-    let ops_top = nice_ceiling(ops_max);
-    let p99: Vec<f64> = rows.iter().map(|r| (r.p99_us.max(1) as f64).log10()).collect();
-    let y_lo = p99.iter().copied().fold(f64::INFINITY, f64::min);
-    let y_hi = p99.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let (y_lo, y_hi) = if y_lo.is_finite() {
-        (y_lo.floor(), y_hi.ceil().max(y_lo.floor() + 1.0))
-    } else {
-        (0.0, 3.0)
-    };
-    let w = WIDTH - LEFT - RIGHT;
-    let top = Panel {
-        x0: LEFT,
-        y0: 70.0,
-        w,
-        h: 220.0,
-        xr: (0.0, t_max),
-        yr: (0.0, ops_top),
-    };
-    let bottom = Panel {
-        x0: LEFT,
-        y0: 330.0,
-        w,
-        h: 220.0,
-        xr: (0.0, t_max),
-        yr: (y_lo, y_hi),
-    };
-    let mut out = String::new();
-    header(&mut out, height, title);
-
-    // The warm-up, shaded: up to the end of its last row.
-    if let Some(end) = rows
+    let rows: Vec<&TimelineRow> = rows.iter().filter(|r| !r.is_partial()).collect();
+    let ops_top = nice_ceiling(rows.iter().map(|r| r.ops_per_s).fold(0.0_f64, f64::max));
+    let p99: Vec<(f64, f64)> = rows
+        .iter()
+        .map(|r| (r.elapsed_s, (r.p99_us.max(1) as f64).log10()))
+        .collect();
+    let (y_lo, y_hi) = decades(p99.iter().map(|p| p.1));
+    let warmup_end = rows
         .iter()
         .filter(|r| r.warmup)
         .map(|r| r.elapsed_s)
-        .reduce(f64::max)
-    {
-        for p in [&top, &bottom] {
-            let _ = writeln!(
-                out,
-                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#eeeeee"/>"##,
-                p.x0,
-                p.y0,
-                p.px(end) - p.x0,
-                p.h
-            );
-        }
-        let _ = writeln!(
-            out,
-            r##"<text x="{:.1}" y="{:.1}" fill="#777">warm-up</text>"##,
-            top.x0 + 4.0,
-            top.y0 + top.h - 6.0
-        );
-    }
+        .reduce(f64::max);
     let step = time_step(t_max);
-    let mut t = 0.0;
-    while t <= t_max + 1e-9 {
-        top.x_tick(&mut out, t, &format!("{t:.0}"));
-        bottom.x_tick(&mut out, t, &format!("{t:.0}"));
-        t += step;
-    }
-    // 5 steps of 1, 2 or 10 times a power of ten; 4 of 5 for a top of 2 times one.
-    let steps = if (ops_top / 10f64.powf(ops_top.log10().floor())).round() == 2.0 {
-        4
-    } else {
-        5
-    };
-    for i in 0..=steps {
-        let v = ops_top * f64::from(i) / f64::from(steps);
-        top.y_tick(&mut out, v, &format!("{v:.0}"));
-    }
-    for d in (y_lo as i32)..=(y_hi as i32) {
-        bottom.y_tick(&mut out, f64::from(d), &duration_label(d));
-    }
-    top.frame(&mut out);
-    bottom.frame(&mut out);
-    top.y_title(&mut out, "ops/s");
-    bottom.y_title(&mut out, "p99 latency (log scale)");
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds since the start of the load</text>"#,
-        bottom.x0 + bottom.w / 2.0,
-        height - 18.0
-    );
-    let ops: Vec<(f64, f64)> = rows.iter().map(|r| (r.elapsed_s, r.ops_per_s)).collect();
-    top.polyline(&mut out, &ops, COLORS[0]);
-    let p99_points: Vec<(f64, f64)> = rows.iter().zip(&p99).map(|(r, &y)| (r.elapsed_s, y)).collect();
-    bottom.polyline(&mut out, &p99_points, COLORS[1]);
-
-    for (i, (at, label)) in faults.iter().enumerate() {
-        let x = top.px(*at);
-        let _ = writeln!(
-            out,
-            r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{FAULT_COLOR}" stroke-dasharray="4 3"/>"#,
-            top.y0 - 2.0,
-            bottom.y0 + bottom.h
-        );
-        // Staggered, so that faults close together stay readable.
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.1}" y="{:.1}" fill="{FAULT_COLOR}">{}</text>"#,
-            x + 3.0,
-            top.y0 - 6.0 - 13.0 * (i % 2) as f64,
-            esc(label)
-        );
-    }
-    out.push_str("</svg>\n");
-    out
+    let t_ticks: Vec<f64> = (0..)
+        .map(|k| f64::from(k) * step)
+        .take_while(|t| *t <= t_max + 1e-9)
+        .collect();
+    svg(640, |root| {
+        let root = root.titled(title, (FONT, 18))?;
+        let (upper, lower) = root.split_vertically(290);
+        // Fault labels go above the top panel: staggered, so that faults close together stay
+        // readable.
+        let mut top = ChartBuilder::on(&upper)
+            .margin(12)
+            .margin_top(40)
+            .x_label_area_size(25)
+            .y_label_area_size(80)
+            .build_cartesian_2d(
+                Axis::new(0.0..t_max, t_ticks.clone()),
+                Axis::new(0.0..ops_top, ops_ticks(ops_top)),
+            )?;
+        top.configure_mesh()
+            .y_desc("ops/s")
+            .x_label_formatter(&|t| format!("{t:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .draw()?;
+        let mut bottom = ChartBuilder::on(&lower)
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(80)
+            .build_cartesian_2d(
+                Axis::new(0.0..t_max, t_ticks),
+                Axis::new(y_lo..y_hi, whole(y_lo, y_hi)),
+            )?;
+        bottom
+            .configure_mesh()
+            .x_desc("seconds since the start of the load")
+            .y_desc("p99 latency (log scale)")
+            .x_label_formatter(&|t| format!("{t:.0}"))
+            .y_label_formatter(&|y| duration_label(*y))
+            .draw()?;
+        if let Some(end) = warmup_end {
+            top.draw_series(std::iter::once(Rectangle::new(
+                [(0.0, 0.0), (end, ops_top)],
+                WARMUP_COLOR.filled(),
+            )))?;
+            bottom.draw_series(std::iter::once(Rectangle::new(
+                [(0.0, y_lo), (end, y_hi)],
+                WARMUP_COLOR.filled(),
+            )))?;
+            top.draw_series(std::iter::once(Text::new(
+                "warm-up",
+                (0.0, ops_top * 0.08),
+                (FONT, 12).into_font().color(&RGBColor(0x77, 0x77, 0x77)),
+            )))?;
+        }
+        top.draw_series(LineSeries::new(
+            rows.iter().map(|r| (r.elapsed_s, r.ops_per_s)),
+            COLORS[0].stroke_width(2),
+        ))?;
+        bottom.draw_series(LineSeries::new(p99.iter().copied(), COLORS[1].stroke_width(2)))?;
+        for (i, (at, label)) in faults.iter().enumerate() {
+            let style = FAULT_COLOR.stroke_width(1);
+            top.draw_series(DashedLineSeries::new([(*at, 0.0), (*at, ops_top)], 4, 3, style))?;
+            bottom.draw_series(DashedLineSeries::new([(*at, y_lo), (*at, y_hi)], 4, 3, style))?;
+            let (x, _) = top.backend_coord(&(*at, ops_top));
+            upper.draw(&Text::new(
+                label.clone(),
+                (x + 3, 16 + 13 * (i % 2) as i32),
+                (FONT, 12).into_font().color(&FAULT_COLOR),
+            ))?;
+        }
+        Ok(())
+    })
 }
 
 /// One line of an [`xy_svg`] chart.
@@ -371,8 +319,6 @@ pub fn xy_svg(
     series: &[XySeries],
     x_label_of: &dyn Fn(f64) -> String,
 ) -> String {
-    let height = 480.0;
-    let legend_w = 170.0;
     let mut xs: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
     xs.sort_by(f64::total_cmp);
     xs.dedup();
@@ -382,106 +328,108 @@ pub fn xy_svg(
         .flat_map(|s| s.points.iter().map(|p| p.1).chain(s.bars.iter().map(|b| b.2)))
         .fold(0.0f64, f64::max);
     let y_max = nice_ceiling(y_top.max(0.01));
-    let panel = Panel {
-        x0: LEFT,
-        y0: 45.0,
-        w: WIDTH - LEFT - RIGHT - legend_w,
-        h: height - 45.0 - 60.0,
-        xr: (0.0, x_max * 1.05),
-        yr: (0.0, y_max),
-    };
-    let mut out = String::new();
-    header(&mut out, height, title);
-    for k in 0..=5 {
-        let y = y_max * f64::from(k) / 5.0;
-        panel.y_tick(&mut out, y, &format!("{}", (y * 1e4).round() / 1e4));
-    }
-    for &x in &xs {
-        panel.x_tick(&mut out, x, &x_label_of(x));
-    }
-    panel.frame(&mut out);
-    panel.y_title(&mut out, y_title);
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-        panel.x0 + panel.w / 2.0,
-        panel.y0 + panel.h + 38.0,
-        esc(x_title)
-    );
-    for (i, s) in series.iter().enumerate() {
-        let color = COLORS[s.color % COLORS.len()];
-        let mut points = s.points.clone();
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        if s.dashed {
-            let pts: Vec<String> = points
-                .iter()
-                .map(|&(x, y)| format!("{:.1},{:.1}", panel.px(x), panel.py(y)))
-                .collect();
-            let _ = writeln!(
-                out,
-                r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" stroke-dasharray="6 4" points="{}"/>"#,
-                pts.join(" ")
-            );
-        } else {
-            panel.polyline(&mut out, &points, color);
-            for &(x, low, high) in &s.bars {
-                let _ = writeln!(
-                    out,
-                    r#"<line x1="{0:.1}" y1="{1:.1}" x2="{0:.1}" y2="{2:.1}" stroke="{color}"/>"#,
-                    panel.px(x),
-                    panel.py(low),
-                    panel.py(high)
-                );
-            }
-            for &(x, y) in &points {
-                let _ = writeln!(
-                    out,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{color}"/>"#,
-                    panel.px(x),
-                    panel.py(y)
-                );
-            }
+    let y_ticks: Vec<f64> = (0..=5).map(|k| y_max * f64::from(k) / 5.0).collect();
+    svg(480, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 18))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(80)
+            .build_cartesian_2d(
+                Axis::new(0.0..x_max * 1.05, xs.clone()),
+                Axis::new(0.0..y_max, y_ticks),
+            )?;
+        chart
+            .configure_mesh()
+            .x_desc(x_title)
+            .y_desc(y_title)
+            .x_label_formatter(&|x| x_label_of(*x))
+            .y_label_formatter(&|y| format!("{}", (y * 1e4).round() / 1e4))
+            .draw()?;
+        for s in series {
+            let color = COLORS[s.color % COLORS.len()];
+            let mut points = s.points.clone();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let drawn = if s.dashed {
+                chart.draw_series(DashedLineSeries::new(points, 6, 4, color.stroke_width(2)))?
+            } else {
+                chart.draw_series(s.bars.iter().map(|&(x, low, high)| {
+                    ErrorBar::new_vertical(x, low, (low + high) / 2.0, high, color.stroke_width(1), 8)
+                }))?;
+                chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+                chart.draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            };
+            drawn
+                .label(s.name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
         }
-        legend(
-            &mut out,
-            panel.x0 + panel.w + 15.0,
-            panel.y0 + 10.0 + 20.0 * i as f64,
-            color,
-            &s.name,
-        );
-    }
-    out.push_str("</svg>\n");
-    out
+        legend(&mut chart)?;
+        Ok(())
+    })
 }
 
-fn legend(out: &mut String, x: f64, y: f64, color: &str, name: &str) {
-    let _ = writeln!(
-        out,
-        r#"<line x1="{x:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{color}" stroke-width="3"/>"#,
-        x + 20.0
-    );
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
-        x + 26.0,
-        y + 4.0,
-        esc(name)
-    );
+/// The series' legend, in the upper left corner over a white box.
+fn legend<'a, X, Y>(chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>) -> Drawn
+where
+    X: Ranged,
+    Y: Ranged,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font((FONT, 12))
+        .draw()?;
+    Ok(())
 }
 
-/// `90%`, `99%`, `99.9%`, ... for `1/(1-p) = 10^d`.
-fn percentile_label(d: u32) -> String {
-    let nines = d as usize;
-    if nines <= 2 {
-        format!("{}%", 100 - 10u32.pow(2 - d))
+/// The whole decades around `values` (log10 of the values): `(floor(min), ceil(max))`, at
+/// least one decade apart; `(0, 3)` (1 µs to 1 ms) without values.
+fn decades(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if lo.is_finite() {
+        (lo.floor(), hi.ceil().max(lo.floor() + 1.0))
     } else {
-        format!("99.{}%", "9".repeat(nines - 2))
+        (0.0, 3.0)
     }
 }
 
-/// `1 µs`, `10 µs`, `100 µs`, `1 ms`, ... for `10^d` microseconds.
-fn duration_label(d: i32) -> String {
-    let d = d.max(0) as u32;
+/// 5 steps of 1, 2 or 10 times a power of ten up to `top`; 4 for a top of 2 times one.
+fn ops_ticks(top: f64) -> Vec<f64> {
+    let steps = if (top / 10f64.powf(top.log10().floor())).round() == 2.0 {
+        4
+    } else {
+        5
+    };
+    (0..=steps)
+        .map(|i| top * f64::from(i) / f64::from(steps))
+        .collect()
+}
+
+/// The whole numbers from `lo` to `hi`.
+fn whole(lo: f64, hi: f64) -> Vec<f64> {
+    ((lo as i32)..=(hi as i32)).map(f64::from).collect()
+}
+
+/// `50%`, `90%`, `99%`, `99.9%`, ... for `x = log10(1/(1-p))`.
+fn percentile_label(x: f64) -> String {
+    if (x - 2f64.log10()).abs() < 1e-9 {
+        return "50%".into();
+    }
+    let d = x.round().max(0.0) as u32;
+    match d {
+        0 => "0%".into(),
+        1 | 2 => format!("{}%", 100 - 10u32.pow(2 - d)),
+        _ => format!("99.{}%", "9".repeat(d as usize - 2)),
+    }
+}
+
+/// `1 µs`, `10 µs`, `100 µs`, `1 ms`, ... for `y = log10` of microseconds.
+fn duration_label(y: f64) -> String {
+    let d = y.round().max(0.0) as u32;
     let (unit, base) = match d {
         0..=2 => ("µs", 0),
         3..=5 => ("ms", 3),
@@ -511,29 +459,24 @@ fn time_step(t_max: f64) -> f64 {
         .unwrap_or(3600.0)
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn labels() {
-        assert_eq!(percentile_label(1), "90%");
-        assert_eq!(percentile_label(2), "99%");
-        assert_eq!(percentile_label(3), "99.9%");
-        assert_eq!(percentile_label(4), "99.99%");
-        assert_eq!(duration_label(0), "1 µs");
-        assert_eq!(duration_label(2), "100 µs");
-        assert_eq!(duration_label(3), "1 ms");
-        assert_eq!(duration_label(7), "10 s");
+        assert_eq!(percentile_label(2f64.log10()), "50%");
+        assert_eq!(percentile_label(1.0), "90%");
+        assert_eq!(percentile_label(2.0), "99%");
+        assert_eq!(percentile_label(3.0), "99.9%");
+        assert_eq!(percentile_label(4.0), "99.99%");
+        assert_eq!(duration_label(0.0), "1 µs");
+        assert_eq!(duration_label(2.0), "100 µs");
+        assert_eq!(duration_label(3.0), "1 ms");
+        assert_eq!(duration_label(7.0), "10 s");
         assert_eq!(nice_ceiling(1234.0), 2000.0);
         assert_eq!(nice_ceiling(0.0), 1.0);
-        assert_eq!(esc("a<b & \"c\""), "a&lt;b &amp; &quot;c&quot;");
+        assert_eq!(decades([2.3, 4.1].into_iter()), (2.0, 5.0));
+        assert_eq!(decades(std::iter::empty()), (0.0, 3.0));
     }
 }

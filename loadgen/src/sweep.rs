@@ -471,7 +471,13 @@ mod tests {
         assert_eq!((cells[0].min, cells[0].max), (0.1, 0.2));
         assert!((cells[1].predicted - 1.0 / 28.0).abs() < 1e-12);
         let svg = loss_svg("t <1>", 8, &cells);
-        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
-        assert!(svg.contains("stroke-dasharray") && svg.contains("t &lt;1&gt;"));
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("t &lt;1&gt;"), "{svg}");
+        for name in ["N = 0, measured", "N = 0, predicted", "N = 1, measured"] {
+            assert!(
+                svg.contains(&format!(">{name}<")) || svg.contains(&format!(">\n{name}\n<")),
+                "{name}: {svg}"
+            );
+        }
     }
 }

@@ -15,6 +15,12 @@ fn looks_like_svg(text: &str) {
     );
 }
 
+/// Whether the SVG has a text element that says `t` (plotters writes `>\nt\n<`).
+fn has_text(svg: &str, t: &str) -> bool {
+    let t = t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    svg.contains(&format!(">{t}<")) || svg.contains(&format!(">\n{t}\n<"))
+}
+
 fn histogram(base: u64) -> Histogram<u64> {
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     for i in 0..10_000u64 {
@@ -37,29 +43,37 @@ fn latency_plot_has_a_line_per_operation_and_percentile_ticks() {
         &svg,
     )
     .unwrap();
+    // A line and a legend entry per operation with values: the empty delete is left out.
     assert_eq!(
-        svg.matches("<polyline").count(),
+        svg.matches(r##"stroke="#1F77B4""##).count(),
         2,
-        "the empty delete is left out"
+        "get: line and legend"
     );
-    assert!(svg.contains("tiny &lt;closed&gt;: 1234 ops/s"), "{svg}");
+    assert_eq!(
+        svg.matches(r##"stroke="#D62728""##).count(),
+        2,
+        "put: line and legend"
+    );
+    assert!(!svg.contains(r##"stroke="#2CA02C""##), "no third line: {svg}");
+    assert!(has_text(&svg, "tiny <closed>: 1234 ops/s"), "{svg}");
     for label in [
-        ">get<",
-        ">put<",
-        ">50%<",
-        ">90%<",
-        ">99%<",
-        ">99.9%<",
-        ">99.99%<",
-        ">100 µs<",
-        ">1 ms<",
+        "get",
+        "put",
+        "50%",
+        "90%",
+        "99%",
+        "99.9%",
+        "99.99%",
+        "100 µs",
+        "1 ms",
+        "percentile",
     ] {
-        assert!(svg.contains(label), "{label}: {svg}");
+        assert!(has_text(&svg, label), "{label}: {svg}");
     }
-    assert!(!svg.contains(">delete<"), "{svg}");
+    assert!(!has_text(&svg, "delete"), "{svg}");
     // Nothing measured still makes a picture.
     let empty = latency_svg("empty", &[]);
-    assert!(empty.starts_with("<svg") && empty.contains("no successful operations"));
+    assert!(empty.starts_with("<svg") && has_text(&empty, "no successful operations"));
 }
 
 #[test]
@@ -139,19 +153,32 @@ fn timeline_plot_marks_the_faults() {
         &svg,
     )
     .unwrap();
-    assert_eq!(svg.matches("<polyline").count(), 2, "ops/s and p99");
+    // One line each for ops/s and p99, in the first two colors.
+    assert_eq!(svg.matches(r##"stroke="#1F77B4""##).count(), 1, "ops/s");
+    assert_eq!(svg.matches(r##"stroke="#D62728""##).count(), 1, "p99");
     for label in [
-        ">kill x2<",
-        ">restart<",
-        ">partition 2|1<",
-        ">heal<",
-        ">ops/s<",
-        ">warm-up<",
+        "kill x2",
+        "restart",
+        "partition 2|1",
+        "heal",
+        "ops/s",
+        "p99 latency (log scale)",
+        "warm-up",
         "failure: 1400 ops/s",
+        "seconds since the start of the load",
     ] {
-        assert!(svg.contains(label), "{label}: {svg}");
+        assert!(has_text(&svg, label), "{label}: {svg}");
     }
-    assert_eq!(svg.matches("stroke-dasharray").count(), 4, "one line per fault");
+    // Each fault: a dashed line through both panels (drawn as short segments) and a label.
+    assert_eq!(
+        svg.matches(r##"fill="#C00000""##).count(),
+        4,
+        "one label per fault"
+    );
+    assert!(
+        svg.matches(r##"stroke="#C00000""##).count() >= 4 * 2 * 2,
+        "dashed fault lines"
+    );
     // No rows at all still makes a picture.
     assert!(timeline_svg("empty", &[], &[]).starts_with("<svg"));
 }
