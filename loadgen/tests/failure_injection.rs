@@ -82,7 +82,7 @@ fn killing_a_node_under_load_loses_nothing_and_is_recorded() {
     assert_eq!(rows.len(), 1, "{timeline}");
     let svg = std::fs::read_to_string(dir.join("timeline.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{svg}");
-    assert!(svg.contains(">kill<"), "{svg}");
+    assert!(svg.contains(">\nkill\n<"), "{svg}");
 }
 
 #[test]

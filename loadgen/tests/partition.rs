@@ -206,5 +206,8 @@ fn a_short_partition_run_reports_the_partition_and_the_checker() {
         "{timeline}"
     );
     let svg = std::fs::read_to_string(dir.join("timeline.svg")).unwrap();
-    assert!(svg.contains(">partition 2|1<") && svg.contains(">heal<"), "{svg}");
+    assert!(
+        svg.contains(">\npartition 2|1\n<") && svg.contains(">\nheal\n<"),
+        "{svg}"
+    );
 }

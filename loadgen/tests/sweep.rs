@@ -194,7 +194,7 @@ sweep: { kill_counts: [1, 2], replicas: [0, 1], trials: 1, settle_timeout_s: 3 }
     let table = std::fs::read_to_string(dir.join(DATA_LOSS_MD)).unwrap();
     assert!(table.contains("| N | f |") && table.contains("| 1 | 1 | 1 | 200 |"));
     let svg = std::fs::read_to_string(dir.join(DATA_LOSS_SVG)).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("stroke-dasharray"));
+    assert!(svg.starts_with("<svg") && svg.contains("predicted"), "{svg}");
 }
 
 #[test]
