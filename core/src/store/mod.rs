@@ -190,7 +190,7 @@ pub trait Store: Send + Sync {
     /// Live keys whose ids are in the ring range `(start, end]`.
     fn count_range(&self, start: &Id, end: &Id) -> Result<u64> {
         let mut count = 0;
-        digest::for_each_entry(self, start, end, |_, kv| count += kv.live as u64)?;
+        digest::for_each_entry(self, start, end, |kv| count += kv.live as u64)?;
         Ok(count)
     }
     /// The live keys of the ring range `(start, end]` (as [`Store::count_range`]), and how
@@ -439,7 +439,7 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
         }
         StoreOp::CollectTombstones { start, end, before } => {
             let mut dead = Vec::new();
-            digest::for_each_entry(store, &start, &end, |_, kv| {
+            digest::for_each_entry(store, &start, &end, |kv| {
                 if !kv.live && kv.version <= before {
                     dead.push((kv.key.clone(), kv.version));
                 }
@@ -448,7 +448,7 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
         }
         StoreOp::RetainRanges { keep } => {
             let mut gone = Vec::new();
-            digest::for_each_entry(store, &Id::ZERO, &Id::ZERO, |id, kv| {
+            digest::for_each_entry_with_id(store, &Id::ZERO, &Id::ZERO, |id, kv| {
                 if !keep.iter().any(|(s, e)| chordkv_protocol::in_half_open(id, s, e)) {
                     gone.push((kv.key.clone(), kv.version));
                 }
