@@ -1302,3 +1302,67 @@ fn the_pipe_never_hangs_on_a_redis_down_or_frozen() {
     let results = driver.run(ops);
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
 }
+
+/// Versions compare as 64-bit integers whichever byte tells them apart, in every script that
+/// compares them: a put (`LUA_PUT`), the puts of a pipeline (`LUA_PUTS`), a delete up to a
+/// version (`LUA_DELETE`).
+#[test]
+fn versions_compare_at_every_byte() {
+    let redis = RedisServer::start();
+    let store = redis.store("127.0.0.1:7001");
+    let parts = open_partitions(&redis, 1);
+    // Each pair first differs at another byte, the top bit last.
+    let highers = (1..8).map(|byte| 1u64 << (8 * byte)).chain([2, 1 << 63]);
+    for higher in highers {
+        let low = higher - 1;
+        let key = format!("k{higher:x}");
+        let what = format!("versions {low:#x} and {higher:#x}");
+        // One by one.
+        assert!(
+            store
+                .put(&Bytes::from(key.clone()), live(low, b"a"))
+                .unwrap()
+                .applied,
+            "{what}"
+        );
+        assert!(
+            store
+                .put(&Bytes::from(key.clone()), live(higher, b"b"))
+                .unwrap()
+                .applied,
+            "{what}"
+        );
+        assert!(
+            !store
+                .put(&Bytes::from(key.clone()), live(low, b"c"))
+                .unwrap()
+                .applied,
+            "{what}"
+        );
+        assert!(
+            !store.delete(key.as_bytes(), low).unwrap(),
+            "{what}: a delete up to an older version"
+        );
+        assert!(
+            store.delete(key.as_bytes(), higher).unwrap(),
+            "{what}: a delete up to its version"
+        );
+        // Pipelined.
+        let results = parts.execute_batch(vec![
+            put(0, &key, live(low, b"a")),
+            put(0, &key, live(higher, b"b")),
+            put(0, &key, live(low, b"c")),
+            get(0, &key),
+        ]);
+        let applied: Vec<bool> = results[..3]
+            .iter()
+            .map(|r| matches!(r, Ok(store::StoreOutcome::Put(o)) if o.applied))
+            .collect();
+        assert_eq!(applied, vec![true, true, false], "{what}");
+        assert_eq!(
+            results[3],
+            Ok(store::StoreOutcome::Got(Some(live(higher, b"b")))),
+            "{what}"
+        );
+    }
+}
