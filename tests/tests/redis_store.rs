@@ -1366,3 +1366,125 @@ fn versions_compare_at_every_byte() {
         );
     }
 }
+
+/// The calls a command made on `redis` since its stats were last reset.
+fn calls_of(redis: &RedisServer, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.raw())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A pipeline over eight partitions is one transaction of gets and one script call of puts,
+/// not one of each per partition (on the pipe as in a blocking batch), and a partition's ops
+/// still take effect in the order given.
+#[test]
+fn one_transaction_and_one_script_call_per_pipeline_whatever_the_partitions() {
+    let redis = RedisServer::start();
+    let parts = Arc::new(open_partitions(&redis, 8));
+    let mut driver = PipeDriver::new(&parts);
+    let ops = |round: u64| -> Vec<(u16, store::StoreOp)> {
+        let mut ops: Vec<_> = (0..8u16)
+            .map(|v| put(v, &format!("k{v}"), live(round, b"v")))
+            .collect();
+        ops.extend((0..8u16).map(|v| get(v, &format!("k{v}"))));
+        ops
+    };
+    for round in 1..=2 {
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .exec(&mut redis.raw())
+            .unwrap();
+        let results = if round == 1 {
+            driver.run(ops(round))
+        } else {
+            parts.execute_batch(ops(round))
+        };
+        for (i, r) in results[..8].iter().enumerate() {
+            assert!(
+                matches!(r, Ok(store::StoreOutcome::Put(o)) if o.applied),
+                "round {round}, put {i}: {r:?}"
+            );
+        }
+        for (i, r) in results[8..].iter().enumerate() {
+            assert_eq!(
+                r,
+                &Ok(store::StoreOutcome::Got(Some(live(round, b"v")))),
+                "round {round}, get {i}"
+            );
+        }
+        assert_eq!(
+            (
+                calls_of(&redis, "evalsha"),
+                calls_of(&redis, "multi"),
+                calls_of(&redis, "exec")
+            ),
+            (1, 1, 1),
+            "round {round}: one script call, one transaction"
+        );
+    }
+}
+
+/// A key of the wrong type in one partition (something else wrote there) and another
+/// partition's lost marker fail those partitions' ops only, though the pipeline's gets share
+/// one transaction and its puts one script call with the other partitions'.
+#[test]
+fn a_partitions_failure_in_a_shared_call_is_its_own() {
+    let redis = RedisServer::start();
+    let parts = Arc::new(open_partitions(&redis, 3));
+    let mut driver = PipeDriver::new(&parts);
+    let [data0, _, _] = parts.partitions()[0].redis_keys();
+    let mut raw = redis.raw();
+    redis::cmd("SET")
+        .arg(data0)
+        .arg("not a hash")
+        .exec(&mut raw)
+        .unwrap();
+    redis::cmd("DEL")
+        .arg(parts.partitions()[1].marker_key())
+        .exec(&mut raw)
+        .unwrap();
+    let ops = vec![
+        put(0, "a", live(1, b"v")),
+        put(1, "a", live(1, b"v")),
+        put(2, "a", live(1, b"v")),
+        get(0, "a"),
+        get(1, "a"),
+        get(2, "a"),
+    ];
+    for round in 0..2 {
+        let results = if round == 0 {
+            driver.run(ops.clone())
+        } else {
+            parts.execute_batch(ops.clone())
+        };
+        for i in [0, 3] {
+            assert!(
+                matches!(&results[i], Err(StoreError::Corrupt(m)) if m.contains("WRONGTYPE")),
+                "round {round}, op {i}: {:?}",
+                results[i]
+            );
+        }
+        if round == 0 {
+            for i in [1, 4] {
+                assert_lost(&format!("op {i}"), results[i].clone());
+            }
+            assert_eq!(parts.partitions()[1].loss_epoch(), 1);
+        }
+        assert!(
+            matches!(&results[2], Ok(store::StoreOutcome::Put(o)) if o.applied == (round == 0)),
+            "round {round}: {:?}",
+            results[2]
+        );
+        assert_eq!(
+            results[5],
+            Ok(store::StoreOutcome::Got(Some(live(1, b"v")))),
+            "round {round}"
+        );
+    }
+    assert_eq!(parts.partitions()[1].loss_epoch(), 1, "the loss counted once");
+}
