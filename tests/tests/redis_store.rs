@@ -1488,3 +1488,31 @@ fn a_partitions_failure_in_a_shared_call_is_its_own() {
     }
     assert_eq!(parts.partitions()[1].loss_epoch(), 1, "the loss counted once");
 }
+
+/// A first flight that needs no Redis (an empty `PutMany`) on a new connection does not leave
+/// the prelude (`SELECT`) behind: the next flight still selects the database first and reads
+/// its own replies.
+#[test]
+fn the_pipe_sends_the_prelude_with_the_first_flight_that_needs_redis() {
+    let redis = RedisServer::start();
+    let url = format!("redis://127.0.0.1:{}/5", redis.port());
+    let parts = Arc::new(RedisPartitions::open(&url, &["127.0.0.1:7001#0"]).unwrap());
+    let mut driver = PipeDriver::new(&parts);
+    let empty = (0, store::StoreOp::PutMany { items: Vec::new() });
+    assert_eq!(
+        driver.run(vec![empty.clone()]),
+        vec![Ok(store::StoreOutcome::PutMany { applied: 0 })]
+    );
+    let results = driver.run(vec![empty, put(0, "k", live(1, b"v")), get(0, "k")]);
+    assert_eq!(results[0], Ok(store::StoreOutcome::PutMany { applied: 0 }));
+    assert!(
+        matches!(&results[1], Ok(store::StoreOutcome::Put(o)) if o.applied),
+        "{results:?}"
+    );
+    assert_eq!(results[2], Ok(store::StoreOutcome::Got(Some(live(1, b"v")))));
+    let mut raw = redis.raw();
+    redis::cmd("SELECT").arg(5).exec(&mut raw).unwrap();
+    let [data, _, _] = parts.partitions()[0].redis_keys();
+    let n: u64 = redis::cmd("HLEN").arg(data).query(&mut raw).unwrap();
+    assert_eq!(n, 1, "the key is in database 5");
+}

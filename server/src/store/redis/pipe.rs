@@ -98,6 +98,8 @@ struct Link {
     input: Vec<u8>,
     /// Bytes of `input` already parsed.
     parsed: usize,
+    /// The prelude (`AUTH`, `SELECT`) went out ahead of a flight.
+    prelude_sent: bool,
 }
 
 /// The ops sent and waiting for their replies.
@@ -281,8 +283,7 @@ impl<T> RedisPipe<T> {
             return;
         }
         self.held = false;
-        let fresh = self.link.is_none();
-        if fresh {
+        if self.link.is_none() {
             match self.connect(registry, now) {
                 Ok(link) => self.link = Some(link),
                 Err(e) => {
@@ -297,7 +298,7 @@ impl<T> RedisPipe<T> {
                 }
             }
         }
-        self.launch(registry, now, fresh);
+        self.launch(registry, now);
     }
 
     /// Fails a flight whose deadline has passed, and drops its connection.
@@ -380,7 +381,10 @@ impl<T> RedisPipe<T> {
         }
         // Frame and parse the replies that are in.
         loop {
-            let link = self.link.as_mut().expect("checked above");
+            // Landing a flight may have launched the next, and a failed write dropped the link.
+            let Some(link) = self.link.as_mut() else {
+                return Ok(());
+            };
             let Some(flight) = &mut self.flight else {
                 if link.parsed < link.input.len() {
                     return Err(StoreError::Unavailable(format!(
@@ -404,7 +408,9 @@ impl<T> RedisPipe<T> {
             link.parsed += len;
             flight.incoming.push(value);
         }
-        let link = self.link.as_mut().expect("checked above");
+        let Some(link) = self.link.as_mut() else {
+            return Ok(());
+        };
         if link.parsed == link.input.len() {
             link.input.clear();
             link.parsed = 0;
@@ -475,7 +481,7 @@ impl<T> RedisPipe<T> {
         }
         self.finish(flight);
         if !self.queue.is_empty() {
-            self.launch(registry, now, false);
+            self.launch(registry, now);
         }
         Ok(())
     }
@@ -512,9 +518,9 @@ impl<T> RedisPipe<T> {
         }
     }
 
-    /// Takes queued ops for one pipeline, encodes them behind the prelude of a `fresh`
-    /// connection, and writes what the socket takes.
-    fn launch(&mut self, registry: &Registry, now: Millis, fresh: bool) {
+    /// Takes queued ops for one pipeline, encodes them (behind the prelude on a new
+    /// connection), and writes what the socket takes.
+    fn launch(&mut self, registry: &Registry, now: Millis) {
         let partitions = self.parts.parts.len();
         // As many ops as make one pipeline: the points of an op stay together.
         let mut tags = Vec::new();
@@ -539,9 +545,13 @@ impl<T> RedisPipe<T> {
         let calls = plan(partitions, &batch.points);
         let expected: usize = calls.iter().map(Call::replies).sum();
         let parts: Vec<&RedisStore> = self.parts.parts.iter().map(|p| &**p).collect();
-        let link = self.link.as_mut().expect("launch has a link");
-        let prelude = if fresh {
+        let link = self
+            .link
+            .as_mut()
+            .expect("faulty code: `flush` and `land` launch on a link");
+        let prelude = if expected > 0 && !link.prelude_sent {
             link.out.extend_from_slice(&self.prelude);
+            link.prelude_sent = true;
             self.prelude_replies
         } else {
             0
@@ -589,6 +599,7 @@ impl<T> RedisPipe<T> {
             written: 0,
             input: Vec::new(),
             parsed: 0,
+            prelude_sent: false,
         })
     }
 
