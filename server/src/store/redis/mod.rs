@@ -55,12 +55,10 @@
 //! [`RedisPartitions`] opens a node's partitions (one namespace per vnode) on one connection
 //! pool and runs the gets and puts (single, or the entries of a `PutMany`: a replica's copy)
 //! pending at the same time as one pipeline: every call written at once, the replies read in
-//! order, one round trip for up to [`PIPELINE_MAX_ITEMS`] ops. The gets share one transaction
-//! (`MULTI`, `EXISTS` and `HMGET` of each partition, `EXEC`), the puts one call of `LUA_PUTS`
-//! (each entry merged as `put` merges it, each partition's marker checked and counter updated
-//! once), whatever their partitions, unless an op of the other kind on the same partition comes
-//! between: a partition's ops take effect in the order they were given ([`plan`]). A failed
-//! read or write ends the pipeline:
+//! order, one round trip for up to [`PIPELINE_MAX_ITEMS`] ops. The gets of a partition share
+//! one transaction, its puts one call of `LUA_PUTS` (each entry merged as `put` merges it),
+//! unless an op of the other kind on the same partition comes between: a partition's ops take
+//! effect in the order they were given ([`plan`]). A failed read or write ends the pipeline:
 //! its connection is dropped and every op of it fails with [`StoreError::Unavailable`] (each
 //! is a read or a merge, so running it again is harmless); an error reply fails its own ops
 //! only.
@@ -219,68 +217,45 @@ if now ~= was then redis.call('INCRBY', KEYS[3], now - was) end
 return {1, was, expiry}
 "#;
 
-/// `LUA_PUT` for many entries of several namespaces in one call, as the pipelined batches send
-/// them (see [`Call::Puts`]): the script's own cost is paid once per pipeline, the marker
-/// check and the live counter's update once per namespace, not per entry. Each entry is merged
-/// exactly as `LUA_PUT` merges it, in the order given.
+/// `LUA_PUT` for many entries of one namespace in one call, as the pipelined batches send them
+/// (see [`Call::Puts`]): the script's own cost, the marker check and the live counter's update
+/// are paid once per call, not per entry. Each entry is merged exactly as `LUA_PUT` merges it,
+/// in the order given.
 ///
-/// KEYS: data, index, live, marker of each namespace (a group). ARGV: for each group, the count
-/// of its entries, then key, index member, new record of each. Returns one reply per group:
-/// {applied, previous_live, previous expiry} per entry, flattened (`applied` is -1 for an entry
-/// whose stored record cannot be read: it is left as it is); or {-2} when the group's marker is
-/// missing (nothing done); or {-3, message} when Redis refused one of the group's commands (a
-/// key of the wrong type: the group's earlier entries stay merged, as after a failed
-/// `LUA_PUT`). A group's failure is its own: the other groups are merged all the same.
+/// KEYS: data, index, live, marker. ARGV: key, index member, new record, then the same for each
+/// further entry. Returns {applied, previous_live, previous expiry} per entry, flattened;
+/// `applied` is -1 for an entry whose stored record cannot be read (it is left as it is).
 const LUA_PUTS: &str = r#"
-local function merge(data, index, live, first, n)
-  local out = {}
-  local delta = 0
-  for i = first, first + 3 * (n - 1), 3 do
-    local key, rec = ARGV[i], ARGV[i + 2]
-    local old = redis.call('HGET', data, key)
-    local was = 0
-    local expiry = ''
-    local applied = 1
-    if old then
-      was = liveness(old)
-      if was == nil then
-        applied, was = -1, 0
-      else
-        if string.byte(old, 9) == 2 then expiry = string.sub(old, 10, 17) end
-        if not newer(rec, old) then applied = 0 end
-      end
+if lost() then return lost_reply() end
+local out = {}
+local delta = 0
+for i = 1, #ARGV, 3 do
+  local key, rec = ARGV[i], ARGV[i + 2]
+  local old = redis.call('HGET', KEYS[1], key)
+  local was = 0
+  local expiry = ''
+  local applied = 1
+  if old then
+    was = liveness(old)
+    if was == nil then
+      applied, was = -1, 0
     else
-      redis.call('ZADD', index, 0, ARGV[i + 1])
+      if string.byte(old, 9) == 2 then expiry = string.sub(old, 10, 17) end
+      if not newer(rec, old) then applied = 0 end
     end
-    if applied == 1 then
-      redis.call('HSET', data, key, rec)
-      delta = delta + liveness(rec) - was
-    end
-    out[#out + 1] = applied
-    out[#out + 1] = was
-    out[#out + 1] = expiry
-  end
-  if delta ~= 0 then redis.call('INCRBY', live, delta) end
-  return out
-end
-local replies = {}
-local at = 1
-for g = 1, #KEYS, 4 do
-  local n = tonumber(ARGV[at])
-  if redis.call('EXISTS', KEYS[g + 3]) == 0 then
-    replies[#replies + 1] = {-2}
   else
-    local ok, out = pcall(merge, KEYS[g], KEYS[g + 1], KEYS[g + 2], at + 1, n)
-    if ok then
-      replies[#replies + 1] = out
-    else
-      if type(out) == 'table' then out = out.err end
-      replies[#replies + 1] = {-3, tostring(out)}
-    end
+    redis.call('ZADD', KEYS[2], 0, ARGV[i + 1])
   end
-  at = at + 1 + 3 * n
+  if applied == 1 then
+    redis.call('HSET', KEYS[1], key, rec)
+    delta = delta + liveness(rec) - was
+  end
+  out[#out + 1] = applied
+  out[#out + 1] = was
+  out[#out + 1] = expiry
 end
-return replies
+if delta ~= 0 then redis.call('INCRBY', KEYS[3], delta) end
+return out
 "#;
 
 /// KEYS: data, index, live, marker. ARGV: key, index member, up-to version (8 bytes,
@@ -1092,67 +1067,59 @@ impl Point {
     }
 }
 
-/// One call of a pipeline: groups of the indices of its points (in the pipeline's points), a
-/// group per partition.
+/// One call of a pipeline: the indices of its points (in the pipeline's points), all of one
+/// partition.
 enum Call {
-    /// Reads: `MULTI`, then `EXISTS marker` and `HMGET data key...` of each group, `EXEC`. A
-    /// transaction runs without any other client's command in between, so each marker check
-    /// and its reads happen at one instant, as in a script, without Lua's cost.
-    Gets { groups: Vec<(usize, Vec<usize>)> },
-    /// Merges: one `EVALSHA` of `LUA_PUTS` (a compare-and-set on the version, which only a
-    /// script makes atomic, for each entry in turn).
-    Puts { groups: Vec<(usize, Vec<usize>)> },
+    /// The gets of one partition: `MULTI`, `EXISTS marker`, `HMGET data key...`, `EXEC`. A
+    /// transaction runs without any other client's command in between, so the marker check
+    /// and the reads happen at one instant, as in a script, without Lua's cost.
+    Gets { part: usize, points: Vec<usize> },
+    /// Merges into one partition: one `EVALSHA` of `LUA_PUTS` (a compare-and-set on the
+    /// version, which only a script makes atomic, for each entry in turn).
+    Puts { part: usize, points: Vec<usize> },
 }
 
 impl Call {
     /// Replies the call gets.
     fn replies(&self) -> usize {
         match self {
-            Call::Gets { groups } => 2 + 2 * groups.len(),
+            Call::Gets { .. } => 4,
             Call::Puts { .. } => 1,
-        }
-    }
-
-    fn groups_mut(&mut self) -> &mut Vec<(usize, Vec<usize>)> {
-        match self {
-            Call::Gets { groups } | Call::Puts { groups } => groups,
         }
     }
 
     fn encode(&self, backend: &Backend, parts: &[&RedisStore], points: &[(usize, Point)], out: &mut Vec<u8>) {
         match self {
-            Call::Gets { groups } => {
+            Call::Gets { part, points: mine } => {
+                let k = &parts[*part].keys;
                 redis::cmd("MULTI").write_packed_command(out);
-                for (part, mine) in groups {
-                    let k = &parts[*part].keys;
-                    redis::cmd("EXISTS").arg(&k.marker).write_packed_command(out);
-                    let mut hmget = redis::cmd("HMGET");
-                    hmget.arg(&k.data);
-                    for &i in mine {
-                        if let Point::Get(key) = &points[i].1 {
-                            hmget.arg(key.as_ref());
-                        }
+                redis::cmd("EXISTS").arg(&k.marker).write_packed_command(out);
+                let mut hmget = redis::cmd("HMGET");
+                hmget.arg(&k.data);
+                for &i in mine {
+                    if let Point::Get(key) = &points[i].1 {
+                        hmget.arg(key.as_ref());
                     }
-                    hmget.write_packed_command(out);
                 }
+                hmget.write_packed_command(out);
                 redis::cmd("EXEC").write_packed_command(out);
             }
-            Call::Puts { groups } => {
+            Call::Puts { part, points: mine } => {
+                let k = &parts[*part].keys;
                 let mut evalsha = redis::cmd("EVALSHA");
-                evalsha.arg(backend.puts_script.get_hash()).arg(4 * groups.len());
-                for (part, _) in groups {
-                    let k = &parts[*part].keys;
-                    evalsha.arg(&k.data).arg(&k.index).arg(&k.live).arg(&k.marker);
-                }
-                for (_, mine) in groups {
-                    evalsha.arg(mine.len());
-                    for &i in mine {
-                        if let Point::Put(key, id, entry) = &points[i].1 {
-                            evalsha
-                                .arg(key.as_ref())
-                                .arg(member(id, key))
-                                .arg(encode_record(entry));
-                        }
+                evalsha
+                    .arg(backend.puts_script.get_hash())
+                    .arg(4)
+                    .arg(&k.data)
+                    .arg(&k.index)
+                    .arg(&k.live)
+                    .arg(&k.marker);
+                for &i in mine {
+                    if let Point::Put(key, id, entry) = &points[i].1 {
+                        evalsha
+                            .arg(key.as_ref())
+                            .arg(member(id, key))
+                            .arg(encode_record(entry));
                     }
                 }
                 evalsha.write_packed_command(out);
@@ -1161,47 +1128,34 @@ impl Call {
     }
 }
 
-/// The calls that run `points` (each with its partition): a point joins its partition's group
-/// in the last call of its kind (gets or puts) when no call of that partition comes after that
-/// call, so a partition's ops take effect in the order given (a get after a put of the same
-/// key sees it), while the ops of different partitions, which may run in any order, share
-/// calls: a pipeline is about one transaction of gets and one script call, whatever the
-/// partitions.
+/// The calls that run `points` (each with its partition), in order, except that an op joins
+/// its partition's last call when that call is of its kind (gets or puts): a partition's ops
+/// take effect in the order given (a get after a put of the same key sees it), and a batch
+/// spread over the partitions costs about one call per partition and kind.
 fn plan(partitions: usize, points: &[(usize, Point)]) -> Vec<Call> {
-    let mut calls: Vec<Call> = Vec::with_capacity(4);
+    let mut calls: Vec<Call> = Vec::with_capacity(points.len());
     // Each partition's last call.
     let mut last: Vec<Option<usize>> = vec![None; partitions];
-    // The last call of each kind.
-    let (mut last_gets, mut last_puts): (Option<usize>, Option<usize>) = (None, None);
     for (i, (part, point)) in points.iter().enumerate() {
-        let is_get = matches!(point, Point::Get(_));
-        let open = if is_get { last_gets } else { last_puts };
-        match open {
-            // The partition's ops so far all come before that call, or are in it.
-            Some(c) if last[*part].is_none_or(|l| l <= c) => {
-                let groups = calls[c].groups_mut();
-                match groups.iter_mut().find(|(p, _)| p == part) {
-                    Some((_, mine)) => mine.push(i),
-                    None => groups.push((*part, vec![i])),
-                }
-                last[*part] = Some(c);
+        match (last[*part].map(|c| &mut calls[c]), point) {
+            (Some(Call::Gets { points, .. }), Point::Get(_))
+            | (Some(Call::Puts { points, .. }), Point::Put(..)) => {
+                points.push(i);
+                continue;
             }
-            _ => {
-                let c = calls.len();
-                let groups = vec![(*part, vec![i])];
-                calls.push(if is_get {
-                    Call::Gets { groups }
-                } else {
-                    Call::Puts { groups }
-                });
-                if is_get {
-                    last_gets = Some(c);
-                } else {
-                    last_puts = Some(c);
-                }
-                last[*part] = Some(c);
-            }
+            _ => {}
         }
+        last[*part] = Some(calls.len());
+        calls.push(match point {
+            Point::Get(_) => Call::Gets {
+                part: *part,
+                points: vec![i],
+            },
+            Point::Put(..) => Call::Puts {
+                part: *part,
+                points: vec![i],
+            },
+        });
     }
     calls
 }
@@ -1345,153 +1299,74 @@ fn decode_replies(
     let mut replies = replies.into_iter();
     for call in calls {
         match call {
-            Call::Gets { groups } => {
-                // MULTI's +OK and the +QUEUED of each command: if MULTI failed, the commands
-                // ran alone and EXEC fails, so only EXEC's answer is trusted.
-                let exec = replies.nth(1 + 2 * groups.len()).unwrap_or(Value::Nil);
-                let items = match exec {
-                    Value::Array(items) if items.len() == 2 * groups.len() => Ok(items),
-                    Value::ServerError(e) => Err(Failure::Redis(e.into())),
-                    other => Err(Failure::Corrupt(format!("unexpected reply to a read: {other:?}"))),
-                };
-                let mut items = match items {
-                    Ok(items) => items.into_iter(),
-                    Err(f) => {
-                        for (part, mine) in groups {
-                            let error = parts[*part].store_error(match &f {
-                                Failure::Redis(e) => Failure::Redis(e.clone()),
-                                Failure::Corrupt(why) => Failure::Corrupt(why.clone()),
-                            });
-                            for &i in mine {
-                                results[i] = Some(Err(error.clone()));
-                            }
+            Call::Gets { part, points: mine } => {
+                // MULTI's +OK and the two +QUEUED: if MULTI failed, the commands ran alone and
+                // EXEC fails, so only EXEC's answer is trusted.
+                let exec = replies.nth(3).unwrap_or(Value::Nil);
+                let store = parts[*part];
+                match transaction_records(exec, mine.len()) {
+                    Ok(Some(records)) => {
+                        for (&i, record) in mine.iter().zip(records) {
+                            let entry = record.map(decode_record).transpose();
+                            results[i] = Some(entry.map(StoreOutcome::Got).map_err(|f| store.store_error(f)));
                         }
-                        continue;
                     }
-                };
-                for (part, mine) in groups {
-                    let store = parts[*part];
-                    let (exists, values) = (
-                        items.next().unwrap_or(Value::Nil),
-                        items.next().unwrap_or(Value::Nil),
-                    );
-                    match group_records(exists, values, mine.len()) {
-                        Ok(Some(records)) => {
-                            for (&i, record) in mine.iter().zip(records) {
-                                let entry = record.map(decode_record).transpose();
-                                results[i] =
-                                    Some(entry.map(StoreOutcome::Got).map_err(|f| store.store_error(f)));
-                            }
+                    Ok(None) => {
+                        let error = lost(*part, "the marker is gone");
+                        for &i in mine {
+                            results[i] = Some(Err(error.clone()));
                         }
-                        Ok(None) => {
-                            let error = lost(*part, "the marker is gone");
-                            for &i in mine {
-                                results[i] = Some(Err(error.clone()));
-                            }
-                        }
-                        Err(f) => {
-                            let error = store.store_error(f);
-                            for &i in mine {
-                                results[i] = Some(Err(error.clone()));
-                            }
+                    }
+                    Err(f) => {
+                        let error = store.store_error(f);
+                        for &i in mine {
+                            results[i] = Some(Err(error.clone()));
                         }
                     }
                 }
             }
-            Call::Puts { groups } => {
+            Call::Puts { part, points: mine } => {
                 let reply = replies.next().unwrap_or(Value::Nil);
-                let group_replies = match reply {
-                    Value::Array(items) if items.len() == groups.len() => Ok(items),
-                    Value::ServerError(e) => Err(Failure::Redis(e.into())),
-                    other => Err(Failure::Corrupt(format!("unexpected script reply: {other:?}"))),
-                };
-                let group_replies = match group_replies {
-                    Ok(items) => items,
-                    Err(f) => {
-                        for (part, mine) in groups {
-                            let error = match &f {
-                                Failure::Redis(e) if is_lost(e) => {
-                                    lost(*part, e.detail().unwrap_or("the marker is gone"))
-                                }
-                                Failure::Redis(e) => parts[*part].store_error(Failure::Redis(e.clone())),
-                                Failure::Corrupt(why) => {
-                                    parts[*part].store_error(Failure::Corrupt(why.clone()))
-                                }
-                            };
-                            for &i in mine {
-                                results[i] = Some(Err(error.clone()));
-                            }
-                        }
-                        continue;
-                    }
-                };
-                for ((part, mine), reply) in groups.iter().zip(group_replies) {
-                    let store = parts[*part];
-                    let outcome = match reply {
-                        Value::Array(items) if items.first() == Some(&Value::Int(-2)) && items.len() == 1 => {
-                            let detail = format!(
-                                "{} is gone: the data of this namespace was lost",
-                                store.keys.marker
-                            );
-                            let error = lost(*part, &detail);
-                            for &i in mine {
-                                results[i] = Some(Err(error.clone()));
-                            }
-                            continue;
-                        }
-                        Value::Array(items) if items.first() == Some(&Value::Int(-3)) && items.len() == 2 => {
-                            let why = match &items[1] {
-                                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                                other => format!("{other:?}"),
-                            };
-                            let failure = if why.starts_with("WRONGTYPE") || why.starts_with(CORRUPT_CODE) {
-                                Failure::Corrupt(why)
+                let store = parts[*part];
+                match reply_value::<Vec<(i64, i64, Vec<u8>)>>(reply) {
+                    Ok(outcomes) if outcomes.len() == mine.len() => {
+                        for (&i, (applied, previous_live, expiry)) in mine.iter().zip(outcomes) {
+                            results[i] = Some(if applied == -1 {
+                                let key_len = match &points[i].1 {
+                                    Point::Put(key, ..) | Point::Get(key) => key.len(),
+                                };
+                                Err(store.store_error(Failure::Corrupt(format!(
+                                    "malformed record in {} for a key of {key_len} bytes",
+                                    store.keys.data,
+                                ))))
                             } else {
-                                Failure::Redis(RedisError::from((redis::ErrorKind::Extension, "script", why)))
-                            };
-                            let error = store.store_error(failure);
-                            for &i in mine {
-                                results[i] = Some(Err(error.clone()));
-                            }
-                            continue;
+                                Ok(StoreOutcome::Put(PutOutcome {
+                                    applied: applied == 1,
+                                    previous_live: previous_live == 1,
+                                    previous_expires_at: expiry.try_into().map_or(0, u64::from_be_bytes),
+                                }))
+                            });
                         }
-                        other => reply_value::<Vec<(i64, i64, Vec<u8>)>>(other),
-                    };
-                    match outcome {
-                        Ok(outcomes) if outcomes.len() == mine.len() => {
-                            for (&i, (applied, previous_live, expiry)) in mine.iter().zip(outcomes) {
-                                results[i] = Some(if applied == -1 {
-                                    let key_len = match &points[i].1 {
-                                        Point::Put(key, ..) | Point::Get(key) => key.len(),
-                                    };
-                                    Err(store.store_error(Failure::Corrupt(format!(
-                                        "malformed record in {} for a key of {key_len} bytes",
-                                        store.keys.data,
-                                    ))))
-                                } else {
-                                    Ok(StoreOutcome::Put(PutOutcome {
-                                        applied: applied == 1,
-                                        previous_live: previous_live == 1,
-                                        previous_expires_at: expiry.try_into().map_or(0, u64::from_be_bytes),
-                                    }))
-                                });
-                            }
+                    }
+                    Ok(outcomes) => {
+                        let error = store.store_error(Failure::Corrupt(format!(
+                            "the put script answered {} outcomes for {} entries",
+                            outcomes.len(),
+                            mine.len()
+                        )));
+                        for &i in mine {
+                            results[i] = Some(Err(error.clone()));
                         }
-                        Ok(outcomes) => {
-                            let error = store.store_error(Failure::Corrupt(format!(
-                                "the put script answered {} outcomes for {} entries",
-                                outcomes.len(),
-                                mine.len()
-                            )));
-                            for &i in mine {
-                                results[i] = Some(Err(error.clone()));
+                    }
+                    Err(f) => {
+                        let error = match f {
+                            Failure::Redis(e) if is_lost(&e) => {
+                                lost(*part, e.detail().unwrap_or("the marker is gone"))
                             }
-                        }
-                        Err(f) => {
-                            let error = store.store_error(f);
-                            for &i in mine {
-                                results[i] = Some(Err(error.clone()));
-                            }
+                            f => store.store_error(f),
+                        };
+                        for &i in mine {
+                            results[i] = Some(Err(error.clone()));
                         }
                     }
                 }
@@ -1510,19 +1385,24 @@ fn decode_replies(
         .collect()
 }
 
-/// The records of one group of a [`Call::Gets`] transaction from its two items of EXEC's
-/// reply (`EXISTS`, `HMGET`), `n` of them; `None` when the marker was missing (the data is
-/// lost).
-fn group_records(exists: Value, values: Value, n: usize) -> Attempt<Option<Vec<Option<Vec<u8>>>>> {
+/// The records read by a [`Call::Gets`] transaction from EXEC's reply `[EXISTS, HMGET]`, `n`
+/// of them; `None` when the marker was missing (the data is lost).
+fn transaction_records(exec: Value, n: usize) -> Attempt<Option<Vec<Option<Vec<u8>>>>> {
     let unexpected = |what: &Value| Failure::Corrupt(format!("unexpected reply to a read: {what:?}"));
-    match exists {
-        Value::Int(0) => return Ok(None),
-        Value::Int(1) => {}
+    let items = match exec {
+        Value::Array(items) if items.len() == 2 => items,
         Value::ServerError(e) => return Err(Failure::Redis(e.into())),
         other => return Err(unexpected(&other)),
+    };
+    let mut items = items.into_iter();
+    match items.next() {
+        Some(Value::Int(0)) => return Ok(None),
+        Some(Value::Int(1)) => {}
+        Some(Value::ServerError(e)) => return Err(Failure::Redis(e.into())),
+        other => return Err(unexpected(&other.unwrap_or(Value::Nil))),
     }
-    match values {
-        Value::Array(values) if values.len() == n => values
+    match items.next() {
+        Some(Value::Array(values)) if values.len() == n => values
             .into_iter()
             .map(|v| match v {
                 Value::Nil => Ok(None),
@@ -1531,8 +1411,8 @@ fn group_records(exists: Value, values: Value, n: usize) -> Attempt<Option<Vec<O
             })
             .collect::<Attempt<Vec<_>>>()
             .map(Some),
-        Value::ServerError(e) => Err(Failure::Redis(e.into())),
-        other => Err(unexpected(&other)),
+        Some(Value::ServerError(e)) => Err(Failure::Redis(e.into())),
+        other => Err(unexpected(&other.unwrap_or(Value::Nil))),
     }
 }
 
