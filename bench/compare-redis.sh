@@ -448,7 +448,10 @@ mkdir -p "$(dirname "$OUT")"
     echo "(gets and puts batched to Redis), the other store workers. \"rest of the machine\": CPU used"
     echo "by processes this run did not start (other work on a shared machine; idle targets count"
     echo "there too), \"machine busy\": the share of all cores busy during the run, whoever used it."
-    echo "redis-server is the 3 servers twemproxy and the chordkv-8-redis targets share."
+    echo "redis-server is the 3 servers twemproxy and the chordkv-8-redis targets share, with the"
+    echo "background work of every target that keeps its keys there (chordkv-8-redis-r2's anti-entropy"
+    echo "scans its 3 copies of every key): leave that target out, as bench/cpu-per-request.sh does, for"
+    echo "the other targets' own figures."
     echo
     python3 bench/proc-cpu.py table "$CPU_CSV" 1 "$PIPELINE"
     if [ -s "$WORK/failures.txt" ]; then

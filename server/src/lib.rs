@@ -46,8 +46,9 @@
 //!   drain, so TCP flow control slows it down instead of the node's memory growing.
 //! - **Store ops** run inline when the store never blocks (memory): `execute`, then
 //!   `store_done` at once, in the same turn. A blocking store (Redis) has its gets and puts
-//!   pipelined on the loop's own non-blocking connection (token `STORE_PIPE`; its connect and
-//!   I/O deadlines bound `poll`'s timeout), and its other ops run on a pool of worker threads
+//!   pipelined on the loop's own non-blocking connection without replicas (token `STORE_PIPE`;
+//!   its connect and I/O deadlines bound `poll`'s timeout), on a pipeline worker thread with
+//!   them, and its other ops run on a pool of worker threads
 //!   ([`store_pool`]), whose results come back over a channel and wake the loop through the
 //!   `Waker`. The loop itself never blocks on anything but `poll`.
 //! - **Time.** `now` is the wall-clock milliseconds at start plus monotonic time since: it

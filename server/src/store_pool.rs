@@ -14,14 +14,21 @@
 //!
 //! The loop collects the ops one turn asks for and submits them together at its end
 //! ([`StorePool::flush`]). The ops clients wait for (gets, puts, and small `PutMany`s: a
-//! replica's copy of a write) go, for the Redis driver, to the **pipe**: the loop writes them
+//! replica's copy of a write) go, for the Redis driver of a node without replicas (see
+//! below), to the **pipe**: the loop writes them
 //! as one pipeline on its own connection unless one is in flight, reads the replies when the
 //! connection is readable, and hands the results to the core in that same turn. While Redis
 //! works on one pipeline the next ops queue and make the next, so a pipeline grows with the
 //! load. A request then costs a share of one write and one read, with no channel, no thread
-//! wake-up and no loop wake-up between (measured with `bench/cpu-per-request.sh`: the
-//! pipeline worker thread this replaced cost 6-10 us of CPU per request at -P 1, and its
-//! hand-offs as much again in the loop). For a driver without a pipe (or a Redis not reached
+//! wake-up and no loop wake-up between (measured with `bench/cpu-per-request.sh`, 8 nodes over
+//! 3 redis-servers at -P 1: the pipeline worker thread this replaced cost 8-9 us of CPU per
+//! request; the loop doing the I/O itself costs 3 us more than its hand-offs to the worker did,
+//! so 5-6 us less in all; results/cpu-per-request.md). The loop holds a turn's ops for one more
+//! turn while more input is already waiting ([`StorePool::holding`]), so that they leave
+//! together. With replicas the node keeps the pipeline worker: its loop also carries every
+//! write's replication, and there the worker, which reads Redis' replies while the loop works,
+//! served 1.4-2 times the requests/s the pipe did (results/cpu-per-request-r2.md). For a node with
+//! replicas, a driver without a pipe, or a Redis not reached
 //! over TCP) the same ops go to one **pipeline worker**, which takes every such job queued (up
 //! to [`MAX_BATCH_OPS`] ops), runs them through the driver's
 //! [`Batch`](crate::store::Batch), sends the results back and wakes the loop once. The other
@@ -111,15 +118,15 @@ struct Worker {
 impl StorePool {
     /// Starts `threads` workers (at least one) over the store's partitions (one per vnode)
     /// for the ops that run alone, and for the others, when the driver has `batch`es, the
-    /// event loop's pipe (a Redis reachable over TCP; its connection registered with
-    /// `pipe_token`) or else the pipeline worker. `wake` is called after each result, or
+    /// event loop's pipe (with a `pipe_token` to register its connection with, for a Redis
+    /// reachable over TCP) or else the pipeline worker. `wake` is called after each result, or
     /// batch of results, a worker sends.
     pub fn start(
         stores: Vec<Arc<dyn Store>>,
         batch: Option<Arc<dyn Batch>>,
         threads: usize,
         wake: Arc<dyn Fn() + Send + Sync>,
-        pipe_token: Token,
+        pipe_token: Option<Token>,
     ) -> std::io::Result<StorePool> {
         let (others, others_rx) = unbounded::<Work>();
         let (done_tx, done) = unbounded::<Completion>();
@@ -147,10 +154,10 @@ impl StorePool {
                     }
                 })?;
         }
-        let pipe = batch
-            .clone()
-            .and_then(|b| b.nonblocking())
-            .and_then(|parts| RedisPipe::new(parts, pipe_token));
+        let pipe = match (batch.clone().and_then(|b| b.nonblocking()), pipe_token) {
+            (Some(parts), Some(token)) => RedisPipe::new(parts, token),
+            _ => None,
+        };
         let points = match batch {
             None => None,
             Some(_) if pipe.is_some() => None,
@@ -450,7 +457,7 @@ mod tests {
             batches: Mutex::new(Vec::new()),
         });
         let stores: Vec<Arc<dyn Store>> = parts.iter().map(|p| Arc::clone(p) as Arc<dyn Store>).collect();
-        let mut pool = StorePool::start(stores, Some(batch.clone()), 1, Arc::new(|| {}), Token(0)).unwrap();
+        let mut pool = StorePool::start(stores, Some(batch.clone()), 1, Arc::new(|| {}), None).unwrap();
         pool.submit(
             1,
             0,
@@ -565,7 +572,7 @@ mod tests {
             Some(Arc::new(Plain(store.clone()))),
             2,
             Arc::new(|| {}),
-            Token(0),
+            None,
         )
         .unwrap();
         store.epoch.store(1, Ordering::SeqCst);

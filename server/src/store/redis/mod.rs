@@ -63,11 +63,13 @@
 //! is a read or a merge, so running it again is harmless); an error reply fails its own ops
 //! only.
 //!
-//! A node runs these pipelines on its event loop ([`pipe`]: one non-blocking connection, one
-//! pipeline in flight, the next made of what queued meanwhile), with no thread in between; the
-//! blocking [`super::Batch::execute_batch`] runs the same plan, encoding and decoding on a
-//! pooled connection, for a Redis the pipe cannot reach (not over TCP) and for tests. Both
-//! send each op's calls and read its replies exactly alike.
+//! A node without replicas runs these pipelines on its event loop ([`pipe`]: one non-blocking
+//! connection, one pipeline in flight, the next made of what queued meanwhile), with no thread
+//! in between; a node with replicas (its loop also carries the replication), or one whose Redis
+//! the pipe cannot reach (not over TCP), runs them with the blocking
+//! [`super::Batch::execute_batch`] on a store worker: the same plan, encoding and decoding on a
+//! pooled connection (see `store_pool` for the measurements). Both send each op's calls and
+//! read its replies exactly alike.
 //!
 //! # Failures
 //!

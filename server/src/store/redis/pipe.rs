@@ -1,5 +1,5 @@
 //! The node's gets and puts on its event loop: one non-blocking connection to Redis, our own
-//! pipelining, no thread in between.
+//! pipelining, no thread in between (for a node without replicas: see `store_pool`).
 //!
 //! ```text
 //!   event loop turn:  ops of the turn ─► queue ──(nothing in flight)──► one flight:
