@@ -18,18 +18,28 @@
 #                  plus chordkv's routing
 #   chordkv-8-redis-r2  the same with --replicas 2 (every SET stored 3 times before its reply)
 #
-# Each target gets `redis-benchmark -c 50 -r 100000 -t set,get`, without pipelining and with
-# -P 16, REPEATS times (targets interleaved, so a noisy moment does not hit one target only);
+# Each target gets `redis-benchmark -c 50 -r 100000 -t set` then `-t get`, without pipelining
+# and with -P 16, REPEATS times (targets interleaved, so a noisy moment does not hit one target only);
 # the report gives the medians of requests/s, p50 and p99 and the ratios to redis-server and
-# to twemproxy. With PROFILE=1 (default) chordkv-1 is then run under valgrind's callgrind for
-# a short redis-benchmark load and the top functions are appended.
+# to twemproxy. Every run also reads the CPU time (utime + stime) and the context switches of
+# every thread of every process it started, and of redis-benchmark, from /proc before and after
+# (bench/proc-cpu.py): the report gives CPU microseconds per request for each kind of process
+# (a node's event loop, its store pipeline worker, its other store workers, redis-server,
+# twemproxy, redis-benchmark) and context switches per request, medians over the repeats. On a
+# machine where the benchmark saturates the cores, requests/s is about 1 / (CPU per request),
+# and CPU per request hardly depends on what else runs on the machine ("rest of the machine":
+# CPU used by processes this run did not start). With PROFILE=1 (default) chordkv-1 is then run
+# under valgrind's callgrind for a short redis-benchmark load and the top functions are appended.
 #
 # Environment: REQUESTS (per plain run, default 100000), PIPELINED_REQUESTS (per -P 16 run,
 # default 200000), REPEATS (default 3), RUN_TIMEOUT_S (bound of one redis-benchmark run,
 # default 120), PROFILE (1/0), TARGETS (the targets to run, space-separated; default all, e.g.
 # TARGETS="twemproxy chordkv-8-redis-r0 chordkv-8-redis-r2"), CHORDKV_BIN (default: build
 # target/release/chordkv), CHORDKV_REV (what the report says the binary was built from;
-# default: the work tree), OUT.
+# default: the work tree), OUT, BINS (other chordkv binaries, `NAME=PATH ...`: a target
+# `chordkv-...@NAME` in TARGETS runs that one, interleaved with the others, for a comparison
+# of two builds that the machine's load hits alike, e.g. BINS="base=/tmp/old/chordkv"
+# TARGETS="twemproxy chordkv-8-redis-r0@base chordkv-8-redis-r0").
 #
 # Installs what it lacks from Debian's packages (redis-server, redis-tools, nutcracker,
 # valgrind) and stops everything it started on exit, whatever happens.
@@ -48,19 +58,30 @@ PIPELINE=16
 COMMAND_LINE="bench/compare-redis.sh"
 ALL_TARGETS=(redis redis-cluster twemproxy chordkv-1 chordkv-8 chordkv-8-r0 chordkv-8-redis-r0 chordkv-8-redis-r2)
 read -ra TARGETS <<<"${TARGETS:-${ALL_TARGETS[*]}}"
+declare -A BIN_OF=()
+for b in ${BINS:-}; do BIN_OF[${b%%=*}]=${b#*=}; done
 for t in "${TARGETS[@]}"; do
-    case " ${ALL_TARGETS[*]} " in *" $t "*) ;; *) echo "compare-redis: unknown target '$t' (known: ${ALL_TARGETS[*]})" >&2; exit 2 ;; esac
+    case " ${ALL_TARGETS[*]} " in *" ${t%@*} "*) ;; *) echo "compare-redis: unknown target '$t' (known: ${ALL_TARGETS[*]})" >&2; exit 2 ;; esac
+    if [ "$t" != "${t%@*}" ]; then
+        case "$t" in chordkv-8*) ;; *) echo "compare-redis: only the chordkv-8 targets take a binary: '$t'" >&2; exit 2 ;; esac
+        [ -n "${BIN_OF[${t#*@}]:-}" ] || { echo "compare-redis: '$t' names no binary of BINS" >&2; exit 2; }
+    fi
 done
+if [ -n "${BINS:-}" ]; then
+    COMMAND_LINE="BINS=\"${BINS}\" $COMMAND_LINE"
+fi
 for v in REQUESTS PIPELINED_REQUESTS REPEATS PROFILE; do
     COMMAND_LINE="$v=${!v} $COMMAND_LINE"
 done
 if [ "${TARGETS[*]}" != "${ALL_TARGETS[*]}" ]; then
     COMMAND_LINE="TARGETS=\"${TARGETS[*]}\" $COMMAND_LINE"
 fi
-wanted() { # target...: whether any of them runs
-    local t
+wanted() { # target...: whether any of them runs (with any binary)
+    local t u
     for t in "$@"; do
-        case " ${TARGETS[*]} " in *" $t "*) return 0 ;; esac
+        for u in "${TARGETS[@]}"; do
+            [ "${u%@*}" = "$t" ] && return 0
+        done
     done
     return 1
 }
@@ -176,6 +197,7 @@ start_redis() {
         PIDS+=($!)
         if wait_ping "$port" "redis-server on $port" "$!"; then
             printf -v "$var" '%s' "$port"
+            LABELED+=("redis=$!")
             return
         fi
         log "redis-server on $port exited (attempt $attempt): $(tail -1 "$WORK/redis-$port.log")"
@@ -184,6 +206,8 @@ start_redis() {
 }
 
 declare -A PORT EXTRA
+# label=pid of every process started, for bench/proc-cpu.py.
+LABELED=()
 # Requests of a target's runs are divided by this, so that every run takes seconds (none is
 # that slow now).
 declare -A SLOWDOWN=()
@@ -243,6 +267,7 @@ PORT[twemproxy]=$tw_port
 free_port tw_stats_port
 nutcracker -c "$WORK/nutcracker.yml" -a 127.0.0.1 -s "$tw_stats_port" -o "$WORK/nutcracker.log" &
 PIDS+=($!)
+LABELED+=("twemproxy=$!")
 # twemproxy answers no PING of its own: a SET through it shows the backends are reached.
 for _ in $(seq 200); do
     [ "$(redis-cli -p "${PORT[twemproxy]}" SET compare:probe 1 2>/dev/null)" = OK ] && break
@@ -260,15 +285,17 @@ PORT[chordkv-1]=$ck1_resp
     >"$WORK/chordkv-1.log" 2>&1 &
 PIDS+=($!)
 CK1_PID=$!
+LABELED+=("node:chordkv-1=$!")
 wait_ping "${PORT[chordkv-1]}" "chordkv-1" "$CK1_PID" || die "chordkv-1 exited: $(tail -3 "$WORK/chordkv-1.log")"
 fi
 
 # chordkv-8 and the others of 8 nodes: `chordkv cluster` prints `resp: ...` then `ready: ...`.
 start_chordkv_cluster() { # name [extra args...]
-    local name=$1 out
+    local name=$1 out bin=$CHORDKV_BIN
     shift
+    [ "$name" = "${name%@*}" ] || bin=${BIN_OF[${name#*@}]}
     out="$WORK/$name.out"
-    "$CHORDKV_BIN" cluster --nodes 8 --resp --log-dir "$WORK/$name-logs" "$@" >"$out" 2>"$WORK/$name.err" &
+    "$bin" cluster --nodes 8 --resp --log-dir "$WORK/$name-logs" "$@" >"$out" 2>"$WORK/$name.err" &
     PIDS+=($!)
     for _ in $(seq 1200); do
         grep -q '^ready: ' "$out" && break
@@ -276,17 +303,25 @@ start_chordkv_cluster() { # name [extra args...]
     done
     grep -q '^ready: ' "$out" || die "$name did not become ready: $(tail -5 "$WORK/$name.err")"
     # The nodes run in their own process group: stop them directly too.
-    local node
-    for node in $(pgrep -P "${PIDS[-1]}"); do PIDS+=("$node"); done
+    local node launcher=${PIDS[-1]}
+    LABELED+=("launcher:$name=$launcher")
+    for node in $(pgrep -P "$launcher"); do
+        PIDS+=("$node")
+        LABELED+=("node:$name=$node")
+    done
     PORT[$name]=$(sed -n 's/^resp: \([^ ]*\).*/\1/p' "$out" | sed 's/.*://')
     wait_ping "${PORT[$name]}" "$name"
 }
 tw_stores=()
 for p in "${tw_ports[@]}"; do tw_stores+=("redis://127.0.0.1:$p/0"); done
-if wanted chordkv-8; then start_chordkv_cluster chordkv-8; fi
-if wanted chordkv-8-r0; then start_chordkv_cluster chordkv-8-r0 --replicas 0; fi
-if wanted chordkv-8-redis-r0; then start_chordkv_cluster chordkv-8-redis-r0 --replicas 0 --stores "${tw_stores[@]}"; fi
-if wanted chordkv-8-redis-r2; then start_chordkv_cluster chordkv-8-redis-r2 --replicas 2 --stores "${tw_stores[@]}"; fi
+for t in "${TARGETS[@]}"; do
+    case "${t%@*}" in
+        chordkv-8) start_chordkv_cluster "$t" ;;
+        chordkv-8-r0) start_chordkv_cluster "$t" --replicas 0 ;;
+        chordkv-8-redis-r0) start_chordkv_cluster "$t" --replicas 0 --stores "${tw_stores[@]}" ;;
+        chordkv-8-redis-r2) start_chordkv_cluster "$t" --replicas 2 --stores "${tw_stores[@]}" ;;
+    esac
+done
 
 for t in "${TARGETS[@]}"; do log "$t on port ${PORT[$t]}"; done
 
@@ -295,28 +330,56 @@ for t in "${TARGETS[@]}"; do log "$t on port ${PORT[$t]}"; done
 # One CSV line per (repeat, target, pipeline, test): target,pipeline,test,rps,p50,p99
 RAW="$WORK/raw.csv"
 : >"$RAW"
+# CPU and context switches per request of each run (bench/proc-cpu.py diff).
+CPU_CSV="$WORK/cpu.csv"
+: >"$CPU_CSV"
 
-bench_cmd() { # target pipeline -> the redis-benchmark command line
-    local t=$1 pl=$2 n=$REQUESTS
-    [ "$pl" -gt 1 ] && n=$PIPELINED_REQUESTS
-    n=$((n / ${SLOWDOWN[$t]:-1}))
-    echo "redis-benchmark -h 127.0.0.1 -p ${PORT[$t]} ${EXTRA[$t]:-} -c $CLIENTS -n $n -r $KEYSPACE -P $pl -t set,get --csv"
+requests_of() { # target pipeline -> requests per run
+    local n=$REQUESTS
+    [ "$2" -gt 1 ] && n=$PIPELINED_REQUESTS
+    echo $((n / ${SLOWDOWN[$1]:-1}))
+}
+bench_cmd() { # target pipeline test -> the redis-benchmark command line
+    local t=$1 pl=$2 x=$3
+    echo "redis-benchmark -h 127.0.0.1 -p ${PORT[$t]} ${EXTRA[$t]:-} -c $CLIENTS -n $(requests_of "$t" "$pl") -r $KEYSPACE -P $pl -t $x --csv"
+}
+# children_ticks VAR: CPU ticks of this shell's reaped children (utime + stime of every
+# waited-for descendant), stored in VAR (not printed: a $(...) subshell has children of its own).
+children_ticks() {
+    local stat f
+    read -r stat </proc/$BASHPID/stat
+    stat=${stat##*) }
+    read -ra f <<<"$stat"
+    printf -v "$1" '%s' $((f[13] + f[14]))
 }
 
 for r in $(seq "$REPEATS"); do
     for t in "${TARGETS[@]}"; do
         for pl in 1 "$PIPELINE"; do
-            cmd=$(bench_cmd "$t" "$pl")
             log "repeat $r/$REPEATS $t -P $pl"
-            read -ra argv <<<"$cmd"
-            if ! timeout "$RUN_TIMEOUT_S" "${argv[@]}" >"$WORK/run.csv" 2>"$WORK/run.err"; then
-                why=$(tail -2 "$WORK/run.err" | tr '\r\n' '  ')
-                log "  $t -P $pl did not finish within ${RUN_TIMEOUT_S}s or failed: $why"
-                echo "repeat $r, $t, -P $pl: $why" >>"$WORK/failures.txt"
-            fi
-            # "test","rps","avg","min","p50","p95","p99","max"
-            tr -d '"' <"$WORK/run.csv" | awk -F, -v t="$t" -v pl="$pl" \
-                '$1=="SET"||$1=="GET" {print t","pl","$1","$2","$5","$7}' >>"$RAW"
+            for x in set get; do
+                cmd=$(bench_cmd "$t" "$pl" "$x")
+                read -ra argv <<<"$cmd"
+                python3 bench/proc-cpu.py snap "${LABELED[@]}" >"$WORK/before.json"
+                children_ticks ticks0
+                start_ns=$(date +%s%N)
+                if ! timeout "$RUN_TIMEOUT_S" "${argv[@]}" >"$WORK/run.csv" 2>"$WORK/run.err"; then
+                    why=$(tail -2 "$WORK/run.err" | tr '\r\n' '  ')
+                    log "  $t -P $pl $x did not finish within ${RUN_TIMEOUT_S}s or failed: $why"
+                    echo "repeat $r, $t, -P $pl, $x: $why" >>"$WORK/failures.txt"
+                fi
+                end_ns=$(date +%s%N)
+                children_ticks ticks1
+                python3 bench/proc-cpu.py snap "${LABELED[@]}" >"$WORK/after.json"
+                # "test","rps","avg","min","p50","p95","p99","max"
+                tr -d '"' <"$WORK/run.csv" | awk -F, -v t="$t" -v pl="$pl" \
+                    '$1=="SET"||$1=="GET" {print t","pl","$1","$2","$5","$7}' >>"$RAW"
+                if grep -q "^$t,$pl,${x^^}," "$RAW"; then
+                    python3 bench/proc-cpu.py diff "$WORK/before.json" "$WORK/after.json" "$t" "$pl" "${x^^}" \
+                        "$(requests_of "$t" "$pl")" $((ticks1 - ticks0)) \
+                        "$(awk -v a="$start_ns" -v b="$end_ns" 'BEGIN {print (b - a) / 1e9}')" >>"$CPU_CSV"
+                fi
+            done
         done
     done
 done
@@ -345,10 +408,11 @@ mkdir -p "$(dirname "$OUT")"
     echo "Each cell is the median of $REPEATS runs of"
     echo
     echo '```sh'
-    echo "redis-benchmark -h 127.0.0.1 -p PORT [--cluster] -c $CLIENTS -n N -r $KEYSPACE -P P -t set,get --csv"
+    echo "redis-benchmark -h 127.0.0.1 -p PORT [--cluster] -c $CLIENTS -n N -r $KEYSPACE -P P -t TEST --csv"
     echo '```'
     echo
-    echo "with N = $REQUESTS for P = 1 and N = $PIPELINED_REQUESTS for P = $PIPELINE, targets interleaved within each repeat."
+    echo "with N = $REQUESTS for P = 1 and N = $PIPELINED_REQUESTS for P = $PIPELINE, TEST = set then get, targets"
+    echo "interleaved within each repeat."
     echo "Latencies are redis-benchmark's, in ms. chordkv-8: 8 nodes, memory store, 2 replicas per key"
     echo "(every SET is applied on 3 nodes before its reply), redis-benchmark connected to node 0, which"
     echo "routes each request to the key's owner. chordkv-8-r0 is chordkv-8 with --replicas 0: one copy of"
@@ -374,6 +438,22 @@ mkdir -p "$(dirname "$OUT")"
     echo "chordkv-8 and chordkv-8-redis-r0 at or above twemproxy (ratio >= 1.00 in \"vs twemproxy\");"
     echo "chordkv-8-redis-r2 at least 0.50 of twemproxy."
     echo
+    echo "## Where the CPU goes"
+    echo
+    echo "CPU time (utime + stime from /proc/PID/task/TID/stat) of each kind of process over each"
+    echo "run, divided by the run's requests, in microseconds; medians over the repeats"
+    echo "(\`bench/proc-cpu.py\`). The machine has $(nproc) cores and every process of the benchmark"
+    echo "competes for them, so where they are saturated, requests/s is about $(nproc) s / total. A node's"
+    echo "CPU is split by thread: the event loop (its main thread), the store pipeline worker"
+    echo "(gets and puts batched to Redis), the other store workers. \"rest of the machine\": CPU used"
+    echo "by processes this run did not start (other work on a shared machine; idle targets count"
+    echo "there too), \"machine busy\": the share of all cores busy during the run, whoever used it."
+    echo "redis-server is the 3 servers twemproxy and the chordkv-8-redis targets share, with the"
+    echo "background work of every target that keeps its keys there (chordkv-8-redis-r2's anti-entropy"
+    echo "scans its 3 copies of every key): leave that target out, as bench/cpu-per-request.sh does, for"
+    echo "the other targets' own figures."
+    echo
+    python3 bench/proc-cpu.py table "$CPU_CSV" 1 "$PIPELINE"
     if [ -s "$WORK/failures.txt" ]; then
         echo "Runs that failed (redis-benchmark stops at the first error reply; only the tests it"
         echo "finished are counted, see \"runs\"):"

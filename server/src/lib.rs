@@ -13,9 +13,10 @@
 //!   poll ──► │ LISTENER: accept until WouldBlock                                       │
 //!  (until    │ conn:     read ─► decode ─► handle_request / handle_reply               │
 //!  the next  │ WAKER:    store results ─► store_done;  leave / kill from a handle      │
-//!  deadline) │ SIGNALS:  SIGTERM / SIGINT ─► leave (a second one: exit)                │
+//!  deadline) │ STORE_PIPE: Redis replies ─► store_done (the same turn)                 │
+//!            │ SIGNALS:  SIGTERM / SIGINT ─► leave (a second one: exit)                │
 //!            │ tick(now) ─► poll_output until empty: Send, Reply, Store, Left          │
-//!            │ flush every connection that got output                                  │
+//!            │ flush every connection that got output; the turn's store ops to Redis   │
 //!            └─────────────────────────────────────────────────────────────────────────┘
 //! ```
 //!
@@ -44,8 +45,11 @@
 //!   read its replies (over [`OUTPUT_HIGH_WATER_BYTES`] queued) is not read either until they
 //!   drain, so TCP flow control slows it down instead of the node's memory growing.
 //! - **Store ops** run inline when the store never blocks (memory): `execute`, then
-//!   `store_done` at once, in the same turn. A blocking store (Redis) gets a pool of worker
-//!   threads ([`store_pool`]); results come back over a channel and wake the loop through the
+//!   `store_done` at once, in the same turn. A blocking store (Redis) has its gets and puts
+//!   pipelined on the loop's own non-blocking connection without replicas (token `STORE_PIPE`;
+//!   its connect and I/O deadlines bound `poll`'s timeout), on a pipeline worker thread with
+//!   them, and its other ops run on a pool of worker threads
+//!   ([`store_pool`]), whose results come back over a channel and wake the loop through the
 //!   `Waker`. The loop itself never blocks on anything but `poll`.
 //! - **Time.** `now` is the wall-clock milliseconds at start plus monotonic time since: it
 //!   never goes back (the core's timers need that) and stays close to wall time (the core's

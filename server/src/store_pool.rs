@@ -1,48 +1,69 @@
-//! Worker threads for a store whose calls may block (network I/O, e.g. Redis).
+//! Where a blocking store's ops run (network I/O: Redis), so that the event loop never waits
+//! on one.
 //!
 //! ```text
-//!                     ┌─► points channel ─► the pipeline worker: every job queued (gets, puts,
-//!   event loop ─[..]──┤                     small PutMany) as one batch, one round trip
-//!        ▲            └─► others channel ─► workers 1..n: scans, digests, counts, transfers,
-//!        │                                  one op at a time
+//!                     ┌─► the pipe (Redis over TCP): gets, puts, small PutMany on the loop's own
+//!                     │   non-blocking connection, one pipeline in flight (store::redis::pipe)
+//!   event loop ─[..]──┼─► or the points channel ─► the pipeline worker, the same ops batched
+//!        ▲   ▲        │                            on a blocking connection (another driver)
+//!        │   │        └─► others channel ─► workers 1..n: scans, digests, counts, transfers,
+//!        │   │                               one op at a time; losses the pipe found
+//!        │   └── the pipe's answers, in the same turn of the loop
 //!        └── Waker ◄── done channel ◄──(id, result)───────┘
 //! ```
 //!
-//! The loop never waits on the store: it collects the ops one turn of the loop asks for and
-//! submits them as (at most) two jobs. The ops clients wait for (gets, puts, and small
-//! `PutMany`s: a replica's copy of a write) go to the one pipeline worker, which takes every
-//! such job queued (up to [`MAX_BATCH_OPS`] ops), runs them together through the driver's
-//! [`Batch`](crate::store::Batch) (Redis: one pipeline, one round trip), sends the results back
-//! and wakes the loop once. While it waits for Redis, the next ops queue up and make the next
-//! batch: the batch grows with the load, one connection carries it, and a burst costs one
-//! round trip and two wake-ups, not one each per op. (Measured with 8 nodes over 3
-//! redis-servers on 2 cores: one pipeline worker served more than 2 or 4 did, at -P 1 as at
-//! -P 16: more workers split the queue into smaller batches and more wake-ups.) The other ops,
-//! which may take long (a scan of a range, a digest, a handoff transfer), run one by one on
-//! `n` other workers (`--store-threads`), so they never hold up a client's get. A store
-//! without batches runs every op on those workers. Ops may finish in any order: every store
-//! write is a merge by version, so their order does not matter (see [`crate::store`]).
+//! The loop collects the ops one turn asks for and submits them together at its end
+//! ([`StorePool::flush`]). The ops clients wait for (gets, puts, and small `PutMany`s: a
+//! replica's copy of a write) go, for the Redis driver of a node without replicas (see
+//! below), to the **pipe**: the loop writes them
+//! as one pipeline on its own connection unless one is in flight, reads the replies when the
+//! connection is readable, and hands the results to the core in that same turn. While Redis
+//! works on one pipeline the next ops queue and make the next, so a pipeline grows with the
+//! load. A request then costs a share of one write and one read, with no channel, no thread
+//! wake-up and no loop wake-up between (measured with `bench/cpu-per-request.sh`, 8 nodes over
+//! 3 redis-servers at -P 1: the pipeline worker thread this replaced cost 8-9 us of CPU per
+//! request; the loop doing the I/O itself costs 3 us more than its hand-offs to the worker did,
+//! so 5-6 us less in all; results/cpu-per-request.md). The loop holds a turn's ops for one more
+//! turn while more input is already waiting ([`StorePool::holding`]), so that they leave
+//! together. With replicas the node keeps the pipeline worker: its loop also carries every
+//! write's replication, and there the worker, which reads Redis' replies while the loop works,
+//! served 1.4-2 times the requests/s the pipe did (results/cpu-per-request-r2.md). For a node with
+//! replicas, a driver without a pipe, or a Redis not reached
+//! over TCP) the same ops go to one **pipeline worker**, which takes every such job queued (up
+//! to [`MAX_BATCH_OPS`] ops), runs them through the driver's
+//! [`Batch`](crate::store::Batch), sends the results back and wakes the loop once. The other
+//! ops, which may take long (a scan of a range, a digest, a handoff transfer), run one by one on
+//! `n` other **workers** (`--store-threads`), so they never hold up a client's get; so does the
+//! recording of a loss the pipe found (it needs a round trip under a lock:
+//! `store::redis::pipe::Losses`). A store without batches runs every op on those workers. Ops
+//! may finish in any order: every store write is a merge by version, so their order does not
+//! matter (see [`crate::store`]).
 //!
-//! Workers check each result against the loss epoch the loop has handled, as
+//! Each result is checked against the loss epoch the loop had handled when the op was handed
+//! over (pipeline worker and others: when it ran; the pipe: when it was submitted), as
 //! [`store::execute_since`] does, so after a store reports that it lost its data
 //! (`StoreError::Lost`), no answer read from the emptied store reaches the core until the core
 //! has been told and has reacted.
 //!
 //! Waking the loop is a system call; a burst of results wakes it once (see `wake` in the
-//! loop's `Control`). Dropping the pool closes the jobs channels: each worker exits after its
-//! current op or batch. Workers are not joined, so a store stuck on a dead backend cannot hold
-//! up the process's exit.
+//! loop's `Control`). Dropping the pool closes the pipe's connection and the jobs channels:
+//! each worker exits after its current op or batch. Workers are not joined, so a store stuck on
+//! a dead backend cannot hold up the process's exit.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
+use mio::event::Event;
+use mio::{Registry, Token};
 
-use chordkv_core::chord::StoreOpId;
+use chordkv_core::chord::{Millis, StoreOpId};
 use chordkv_core::store::{self, Store, StoreError, StoreOp, StoreOutcome};
 
+use crate::store::redis::pipe::{Losses, RedisPipe};
 use crate::store::Batch;
 
 /// Most ops the pipeline worker takes from its queue at once; what is left makes the next
@@ -54,11 +75,28 @@ pub(super) type Completion = (StoreOpId, u16, store::Result<StoreOutcome>);
 
 type Job = (StoreOpId, u16, StoreOp);
 
+/// An op on the event loop's pipe: its id, its vnode, and the vnode's loss epoch the loop had
+/// handled when it was submitted (see `execute_since`).
+type PipeTag = (StoreOpId, u16, u64);
+
+/// What the other workers run.
+enum Work {
+    /// Ops, each alone.
+    Alone(Vec<Job>),
+    /// A flight of the pipe that found lost data: the losses are recorded (blocking), then its
+    /// ops answered.
+    Losses(Losses<PipeTag>),
+}
+
 pub(super) struct StorePool {
-    /// To the pipeline worker, when the store has batches.
+    /// To the pipeline worker, when the store has batches and no pipe.
     points: Option<Sender<Vec<Job>>>,
+    /// Gets and puts on the event loop's own connection to Redis, when the store offers it.
+    pipe: Option<RedisPipe<PipeTag>>,
+    /// The pipe's answers, checked, for [`StorePool::try_complete`].
+    ready: VecDeque<Completion>,
     /// To the other workers.
-    others: Sender<Vec<Job>>,
+    others: Sender<Work>,
     /// Ops submitted since the last [`StorePool::flush`], for each channel.
     pending_points: Vec<Job>,
     pending_others: Vec<Job>,
@@ -66,6 +104,7 @@ pub(super) struct StorePool {
     /// Each partition's loss epoch the core has reacted to (see `store::execute_since`).
     handled: Arc<[AtomicU64]>,
     stores: Vec<Arc<dyn Store>>,
+    worker: Arc<Worker>,
 }
 
 /// What every worker shares.
@@ -78,15 +117,18 @@ struct Worker {
 
 impl StorePool {
     /// Starts `threads` workers (at least one) over the store's partitions (one per vnode)
-    /// for the ops that run alone, and the pipeline worker for the others when the driver has
-    /// `batch`es. `wake` is called after each result, or batch of results, is sent.
+    /// for the ops that run alone, and for the others, when the driver has `batch`es, the
+    /// event loop's pipe (with a `pipe_token` to register its connection with, for a Redis
+    /// reachable over TCP) or else the pipeline worker. `wake` is called after each result, or
+    /// batch of results, a worker sends.
     pub fn start(
         stores: Vec<Arc<dyn Store>>,
         batch: Option<Arc<dyn Batch>>,
         threads: usize,
         wake: Arc<dyn Fn() + Send + Sync>,
+        pipe_token: Option<Token>,
     ) -> std::io::Result<StorePool> {
-        let (others, others_rx) = unbounded::<Vec<Job>>();
+        let (others, others_rx) = unbounded::<Work>();
         let (done_tx, done) = unbounded::<Completion>();
         let handled: Arc<[AtomicU64]> = stores.iter().map(|s| AtomicU64::new(s.loss_epoch())).collect();
         let worker = Arc::new(Worker {
@@ -101,16 +143,26 @@ impl StorePool {
             thread::Builder::new()
                 .name(format!("chordkv-store-{i}"))
                 .spawn(move || {
-                    for jobs in rx {
-                        if worker.run_alone(jobs).is_err() {
+                    for work in rx {
+                        let sent = match work {
+                            Work::Alone(jobs) => worker.run_alone(jobs),
+                            Work::Losses(losses) => worker.run_losses(losses),
+                        };
+                        if sent.is_err() {
                             return; // the loop is gone
                         }
                     }
                 })?;
         }
+        let pipe = match (batch.clone().and_then(|b| b.nonblocking()), pipe_token) {
+            (Some(parts), Some(token)) => RedisPipe::new(parts, token),
+            _ => None,
+        };
         let points = match batch {
             None => None,
+            Some(_) if pipe.is_some() => None,
             Some(batch) => {
+                let worker = Arc::clone(&worker);
                 let (points, rx) = unbounded::<Vec<Job>>();
                 thread::Builder::new()
                     .name("chordkv-store-pipeline".into())
@@ -132,6 +184,9 @@ impl StorePool {
         };
         Ok(StorePool {
             points,
+            pipe,
+            ready: VecDeque::new(),
+            worker,
             others,
             pending_points: Vec::new(),
             pending_others: Vec::new(),
@@ -150,16 +205,23 @@ impl StorePool {
     /// Queues an op on vnode `vnode`'s partition; it goes to the workers with the next
     /// [`StorePool::flush`].
     pub fn submit(&mut self, id: StoreOpId, vnode: u16, op: StoreOp) {
-        if self.points.is_some() && batched(&op) {
+        if let (Some(pipe), true) = (&mut self.pipe, batched(&op)) {
+            let since = self.handled[usize::from(vnode)].load(Ordering::Acquire);
+            pipe.submit((id, vnode, since), vnode, op);
+        } else if self.points.is_some() && batched(&op) {
             self.pending_points.push((id, vnode, op));
         } else {
             self.pending_others.push((id, vnode, op));
         }
     }
 
-    /// Hands the ops submitted since the last flush to the workers: one job for the pipeline
-    /// worker, one for the others.
-    pub fn flush(&mut self) {
+    /// Hands the ops submitted since the last flush to the pipe (sent at once unless a flight
+    /// is in the air) or the workers: one job for the pipeline worker, one for the others.
+    pub fn flush(&mut self, registry: &Registry, now: Millis) {
+        if let Some(pipe) = &mut self.pipe {
+            pipe.flush(registry, now, true);
+            self.collect_pipe();
+        }
         // The workers hold the receivers until the pool is dropped, so a send cannot fail while
         // `self` exists unless the workers panicked outside the store's calls.
         let mut gone = false;
@@ -169,7 +231,7 @@ impl StorePool {
         if !self.pending_others.is_empty() {
             gone |= self
                 .others
-                .send(std::mem::take(&mut self.pending_others))
+                .send(Work::Alone(std::mem::take(&mut self.pending_others)))
                 .is_err();
         }
         if gone {
@@ -178,10 +240,63 @@ impl StorePool {
     }
 
     /// A finished op, if any.
-    pub fn try_complete(&self) -> Option<Completion> {
+    pub fn try_complete(&mut self) -> Option<Completion> {
+        if let Some(c) = self.ready.pop_front() {
+            return Some(c);
+        }
         // Disconnected cannot happen while the pool holds a job sender (workers stay alive);
         // either way there is nothing to take.
         self.done.try_recv().ok()
+    }
+
+    /// Readiness of the pipe's connection (an event with the pipe's token).
+    pub fn on_pipe_event(&mut self, registry: &Registry, event: &Event, now: Millis) {
+        if let Some(pipe) = &mut self.pipe {
+            pipe.on_event(registry, event, now);
+            self.collect_pipe();
+        }
+    }
+
+    /// Fails a pipe flight (or connect) whose deadline has passed.
+    pub fn tick(&mut self, registry: &Registry, now: Millis) {
+        if let Some(pipe) = &mut self.pipe {
+            pipe.tick(registry, now);
+            self.collect_pipe();
+        }
+    }
+
+    /// Whether the pipe holds ops for one more turn ([`RedisPipe::holding`]): the loop must
+    /// not sleep before [`StorePool::flush_held`].
+    pub fn holding(&self) -> bool {
+        self.pipe.as_ref().is_some_and(|p| p.holding())
+    }
+
+    /// Sends the ops the pipe holds: nothing else is there to do.
+    pub fn flush_held(&mut self, registry: &Registry, now: Millis) {
+        if let Some(pipe) = &mut self.pipe {
+            pipe.flush(registry, now, false);
+            self.collect_pipe();
+        }
+    }
+
+    /// When [`StorePool::tick`] must run next.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.pipe.as_ref().and_then(|p| p.deadline())
+    }
+
+    /// Takes the pipe's answers (checked as `execute_since` checks) and hands flights that found
+    /// lost data to a worker.
+    fn collect_pipe(&mut self) {
+        let Some(pipe) = &mut self.pipe else { return };
+        for ((id, vnode, since), result) in pipe.take_done() {
+            let result = self.worker.checked(vnode, since, result);
+            self.ready.push_back((id, vnode, result));
+        }
+        for losses in pipe.take_losses() {
+            if self.others.send(Work::Losses(losses)).is_err() {
+                eprintln!("chordkv: store workers are gone; store ops were dropped");
+            }
+        }
     }
 }
 
@@ -242,6 +357,22 @@ impl Worker {
         Ok(())
     }
 
+    /// Records the losses a flight of the pipe found and sends its ops' results. Fails when
+    /// the loop is gone.
+    fn run_losses(&self, losses: Losses<PipeTag>) -> Result<(), ()> {
+        let tags = losses.tags().to_vec();
+        let results = catch_unwind(AssertUnwindSafe(|| losses.record())).unwrap_or_else(|_| {
+            let error = StoreError::Unavailable("store driver panicked".into());
+            tags.into_iter().map(|tag| (tag, Err(error.clone()))).collect()
+        });
+        for ((id, vnode, since), result) in results {
+            let result = self.checked(vnode, since, result);
+            self.done.send((id, vnode, result)).map_err(|_| ())?;
+        }
+        (self.wake)();
+        Ok(())
+    }
+
     fn handled_epoch(&self, vnode: u16) -> u64 {
         self.handled[usize::from(vnode)].load(Ordering::Acquire)
     }
@@ -296,7 +427,7 @@ mod tests {
         }
     }
 
-    fn results(pool: &StorePool, n: usize) -> Vec<Completion> {
+    fn results(pool: &mut StorePool, n: usize) -> Vec<Completion> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut out = Vec::new();
         while out.len() < n {
@@ -319,13 +450,14 @@ mod tests {
 
     #[test]
     fn gets_and_puts_go_through_the_batch_other_ops_alone() {
+        let poll = mio::Poll::new().unwrap();
         let parts: Vec<Arc<MemoryStore>> = (0..2).map(|_| Arc::new(MemoryStore::new())).collect();
         let batch = Arc::new(Recording {
             parts: parts.clone(),
             batches: Mutex::new(Vec::new()),
         });
         let stores: Vec<Arc<dyn Store>> = parts.iter().map(|p| Arc::clone(p) as Arc<dyn Store>).collect();
-        let mut pool = StorePool::start(stores, Some(batch.clone()), 1, Arc::new(|| {})).unwrap();
+        let mut pool = StorePool::start(stores, Some(batch.clone()), 1, Arc::new(|| {}), None).unwrap();
         pool.submit(
             1,
             0,
@@ -338,8 +470,8 @@ mod tests {
         pool.submit(2, 1, StoreOp::Count);
         pool.submit(3, 0, get(b"k"));
         pool.submit(4, 1, get(b"k"));
-        pool.flush();
-        let done = results(&pool, 4);
+        pool.flush(poll.registry(), 0);
+        let done = results(&mut pool, 4);
         assert!(matches!(&done[0], (1, 0, Ok(StoreOutcome::Put(o))) if o.applied));
         assert_eq!(done[1], (2, 1, Ok(StoreOutcome::Count(0))));
         assert_eq!(
@@ -363,15 +495,15 @@ mod tests {
         // A driver that panics fails every op of its batch, and the pool goes on.
         pool.submit(5, 0, get(b"boom"));
         pool.submit(6, 1, get(b"k"));
-        pool.flush();
-        let done = results(&pool, 2);
+        pool.flush(poll.registry(), 0);
+        let done = results(&mut pool, 2);
         for (id, _, r) in done {
             assert!(matches!(r, Err(StoreError::Unavailable(_))), "op {id}: {r:?}");
         }
         pool.submit(7, 0, get(b"k"));
-        pool.flush();
+        pool.flush(poll.registry(), 0);
         assert!(matches!(
-            results(&pool, 1)[0],
+            results(&mut pool, 1)[0],
             (7, 0, Ok(StoreOutcome::Got(Some(_))))
         ));
     }
@@ -429,20 +561,30 @@ mod tests {
     /// are `Lost`, until the loop says it has handled it.
     #[test]
     fn batch_results_after_an_unhandled_loss_are_lost() {
+        let poll = mio::Poll::new().unwrap();
         let store = Arc::new(Losing {
             inner: MemoryStore::new(),
             epoch: AtomicU64::new(0),
         });
         let stores: Vec<Arc<dyn Store>> = vec![store.clone()];
-        let mut pool =
-            StorePool::start(stores, Some(Arc::new(Plain(store.clone()))), 2, Arc::new(|| {})).unwrap();
+        let mut pool = StorePool::start(
+            stores,
+            Some(Arc::new(Plain(store.clone()))),
+            2,
+            Arc::new(|| {}),
+            None,
+        )
+        .unwrap();
         store.epoch.store(1, Ordering::SeqCst);
         pool.submit(1, 0, get(b"k"));
-        pool.flush();
-        assert!(matches!(results(&pool, 1)[0], (1, 0, Err(StoreError::Lost(_)))));
+        pool.flush(poll.registry(), 0);
+        assert!(matches!(
+            results(&mut pool, 1)[0],
+            (1, 0, Err(StoreError::Lost(_)))
+        ));
         pool.losses_handled(0);
         pool.submit(2, 0, get(b"k"));
-        pool.flush();
-        assert_eq!(results(&pool, 1)[0], (2, 0, Ok(StoreOutcome::Got(None))));
+        pool.flush(poll.registry(), 0);
+        assert_eq!(results(&mut pool, 1)[0], (2, 0, Ok(StoreOutcome::Got(None))));
     }
 }

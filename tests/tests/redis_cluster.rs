@@ -58,12 +58,23 @@ fn keys_in_a_shared_redis_survive_a_join_and_a_graceful_leave() {
 }
 
 /// While Redis is down every GET and PUT is answered at once with `StoreFailed` (a node never
-/// hangs on its store); once Redis is back the same requests succeed.
+/// hangs on its store); once Redis is back the same requests succeed. With replicas the nodes'
+/// gets and puts go through the store's pipeline worker.
 #[test]
 fn a_redis_outage_gives_clear_errors_then_heals() {
-    let name = "redis_outage";
+    redis_outage("redis_outage", &[]);
+}
+
+/// The same without replicas, where the nodes' gets and puts go through the event loop's own
+/// connection to Redis (`store::redis::pipe`).
+#[test]
+fn a_redis_outage_gives_clear_errors_then_heals_on_the_event_loops_connection() {
+    redis_outage("redis_outage_pipe", &["--replicas", "0"]);
+}
+
+fn redis_outage(name: &str, extra: &[&str]) {
     let mut redis = RedisServer::start();
-    let cluster = start(name, 3, &redis, &[]);
+    let cluster = start(name, 3, &redis, extra);
     let mut clients = Clients::new();
     let addrs = cluster.addrs();
     for (i, &addr) in addrs.iter().enumerate() {

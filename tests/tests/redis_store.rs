@@ -16,6 +16,7 @@ use chordkv_core::rng::Rng;
 use chordkv_core::store::{self, Entry, MemoryStore, Store, StoreError};
 use chordkv_harness::conformance;
 use chordkv_protocol::{Id, Item};
+use chordkv_server::store::redis::pipe::RedisPipe;
 use chordkv_server::store::{Batch, RedisPartitions, RedisStore};
 use chordkv_tests::RedisServer;
 
@@ -747,6 +748,50 @@ fn open_partitions(redis: &RedisServer, n: usize) -> RedisPartitions {
     RedisPartitions::open(&redis.url(), &namespaces).expect("open the Redis partitions")
 }
 
+/// A batch of 1 to 59 random gets, puts and `PutMany`s over `partitions` partitions and `keys`.
+fn random_ops(rng: &mut Rng, keys: &[String], partitions: u64) -> Vec<(u16, store::StoreOp)> {
+    (0..rng.range(1, 60))
+        .map(|_| {
+            let vnode = rng.below(partitions) as u16;
+            let entry = |rng: &mut Rng| {
+                let value = (!rng.chance(0.2)).then(|| Bytes::from(format!("v{}", rng.next_u64())));
+                let expires_at = if value.is_some() && rng.chance(0.3) {
+                    rng.range(1, 1 << 50)
+                } else {
+                    0
+                };
+                Entry {
+                    version: rng.range(1, 25),
+                    value,
+                    expires_at,
+                }
+            };
+            let key = &keys[rng.below(keys.len() as u64) as usize];
+            match rng.below(10) {
+                0..=4 => get(vnode, key),
+                5..=8 => put(vnode, key, entry(rng)),
+                // A replica's copy: several entries, maybe none, maybe one key twice.
+                _ => (
+                    vnode,
+                    store::StoreOp::PutMany {
+                        items: (0..rng.below(5))
+                            .map(|_| {
+                                let e = entry(rng);
+                                Item {
+                                    key: Bytes::from(keys[rng.below(keys.len() as u64) as usize].clone()),
+                                    version: e.version,
+                                    value: e.value,
+                                    expires_at: e.expires_at,
+                                }
+                            })
+                            .collect(),
+                    },
+                ),
+            }
+        })
+        .collect()
+}
+
 /// Random batches of gets, puts and `PutMany`s over three partitions answer exactly what the
 /// memory driver answers running the same ops one by one in the same order: merges by version,
 /// tombstones, expiries, the same key several times in one batch (a get after a put of it sees
@@ -764,46 +809,7 @@ fn pipelined_batches_agree_with_ops_one_by_one() {
     let memory: Vec<MemoryStore> = (0..3).map(|_| MemoryStore::new()).collect();
     let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
     for round in 0..300 {
-        let ops: Vec<(u16, store::StoreOp)> = (0..rng.range(1, 60))
-            .map(|_| {
-                let vnode = rng.below(3) as u16;
-                let entry = |rng: &mut Rng| {
-                    let value = (!rng.chance(0.2)).then(|| Bytes::from(format!("v{}", rng.next_u64())));
-                    let expires_at = if value.is_some() && rng.chance(0.3) {
-                        rng.range(1, 1 << 50)
-                    } else {
-                        0
-                    };
-                    Entry {
-                        version: rng.range(1, 25),
-                        value,
-                        expires_at,
-                    }
-                };
-                let key = &keys[rng.below(keys.len() as u64) as usize];
-                match rng.below(10) {
-                    0..=4 => get(vnode, key),
-                    5..=8 => put(vnode, key, entry(&mut rng)),
-                    // A replica's copy: several entries, maybe none, maybe one key twice.
-                    _ => (
-                        vnode,
-                        store::StoreOp::PutMany {
-                            items: (0..rng.below(5))
-                                .map(|_| {
-                                    let e = entry(&mut rng);
-                                    Item {
-                                        key: Bytes::from(keys[rng.below(keys.len() as u64) as usize].clone()),
-                                        version: e.version,
-                                        value: e.value,
-                                        expires_at: e.expires_at,
-                                    }
-                                })
-                                .collect(),
-                        },
-                    ),
-                }
-            })
-            .collect();
+        let ops = random_ops(&mut rng, &keys, 3);
         let expected: Vec<_> = ops
             .iter()
             .map(|(v, op)| store::execute(&memory[usize::from(*v)], op.clone()))
@@ -1058,4 +1064,332 @@ fn redis_dying_mid_pipeline_fails_every_op_of_the_batch() {
     }
     let results = parts.execute_batch(ops);
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
+
+// ---- the event loop's pipe (RedisPipe) -------------------------------------------------------
+
+/// A pipe over `parts` and the `mio::Poll` that drives it, as a node's event loop does.
+struct PipeDriver {
+    pipe: RedisPipe<usize>,
+    poll: mio::Poll,
+    start: Instant,
+}
+
+impl PipeDriver {
+    fn new(parts: &Arc<RedisPartitions>) -> PipeDriver {
+        PipeDriver {
+            pipe: RedisPipe::new(Arc::clone(parts), mio::Token(7)).expect("a TCP Redis makes a pipe"),
+            poll: mio::Poll::new().expect("a poll"),
+            start: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Submits `ops`, then turns the loop (events, deadlines, flushes, and the flights that
+    /// found lost data recorded as a store worker records them) until every op is answered;
+    /// fails the test if that takes longer than [`CALL_BOUND`].
+    fn run(&mut self, ops: Vec<(u16, store::StoreOp)>) -> Vec<Result<store::StoreOutcome, StoreError>> {
+        let n = ops.len();
+        for (i, (vnode, op)) in ops.into_iter().enumerate() {
+            assert!(RedisPipe::<usize>::carries(&op));
+            self.pipe.submit(i, vnode, op);
+        }
+        let mut results: Vec<Option<Result<store::StoreOutcome, StoreError>>> = vec![None; n];
+        let mut answered = 0;
+        let mut events = mio::Events::with_capacity(16);
+        let bound = Instant::now() + CALL_BOUND;
+        loop {
+            let now = self.now();
+            self.pipe.tick(self.poll.registry(), now);
+            self.pipe.flush(self.poll.registry(), now, false);
+            let mut done = self.pipe.take_done();
+            for losses in self.pipe.take_losses() {
+                done.extend(losses.record());
+            }
+            for (i, r) in done {
+                assert!(results[i].is_none(), "op {i} answered twice");
+                results[i] = Some(r);
+                answered += 1;
+            }
+            if answered == n {
+                assert!(self.pipe.is_idle());
+                return results.into_iter().map(Option::unwrap).collect();
+            }
+            assert!(
+                Instant::now() < bound,
+                "{answered} of {n} ops answered within {CALL_BOUND:?}"
+            );
+            self.poll
+                .poll(&mut events, Some(Duration::from_millis(20)))
+                .expect("poll");
+            for event in events.iter() {
+                self.pipe.on_event(self.poll.registry(), event, self.now());
+            }
+        }
+    }
+}
+
+/// Random batches through the pipe answer exactly what the memory driver answers running the
+/// same ops one by one, as the blocking pipelines do (`pipelined_batches_agree_with_ops_one_by_one`).
+#[test]
+fn the_pipe_agrees_with_ops_one_by_one() {
+    let seed = std::env::var("CHORDKV_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x919e);
+    println!("seed = {seed} (replay with CHORDKV_TEST_SEED={seed})");
+    let mut rng = Rng::new(seed);
+    let redis = RedisServer::start();
+    let parts = Arc::new(open_partitions(&redis, 3));
+    let mut driver = PipeDriver::new(&parts);
+    let memory: Vec<MemoryStore> = (0..3).map(|_| MemoryStore::new()).collect();
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    for round in 0..300 {
+        let ops = random_ops(&mut rng, &keys, 3);
+        let expected: Vec<_> = ops
+            .iter()
+            .map(|(v, op)| store::execute(&memory[usize::from(*v)], op.clone()))
+            .collect();
+        let got = driver.run(ops.clone());
+        for (i, ((op, want), got)) in ops.iter().zip(expected).zip(got).enumerate() {
+            assert_eq!(got, want, "round {round}, op {i}: {op:?}");
+        }
+    }
+    for (i, (p, m)) in parts.partitions().iter().zip(&memory).enumerate() {
+        assert_eq!(p.len().unwrap(), m.len().unwrap(), "partition {i}: live count");
+        assert_eq!(
+            p.scan(&Id::ZERO, &Id::ZERO, None, 1_000).unwrap(),
+            m.scan(&Id::ZERO, &Id::ZERO, None, 1_000).unwrap(),
+            "partition {i}: contents"
+        );
+        assert_eq!(p.loss_epoch(), 0);
+    }
+}
+
+/// More ops than one pipeline takes, with a flushed script cache: several flights, the script
+/// loaded again on the pipe's connection, every op answered; a database other than 0 in the
+/// URL is selected on the pipe's connection too.
+#[test]
+fn the_pipe_cuts_flights_reloads_scripts_and_selects_the_database() {
+    let redis = RedisServer::start();
+    let url = format!("redis://127.0.0.1:{}/3", redis.port());
+    let parts = Arc::new(RedisPartitions::open(&url, &["127.0.0.1:7001#0", "127.0.0.1:7001#1"]).unwrap());
+    let mut driver = PipeDriver::new(&parts);
+    redis::cmd("SCRIPT").arg("FLUSH").exec(&mut redis.raw()).unwrap();
+    let n = 1_300;
+    let mut ops: Vec<_> = (0..n)
+        .map(|i| put((i % 2) as u16, &format!("k{i}"), live(1, b"v")))
+        .collect();
+    ops.extend((0..n).map(|i| get((i % 2) as u16, &format!("k{i}"))));
+    let results = driver.run(ops);
+    for (i, r) in results[..n].iter().enumerate() {
+        assert!(
+            matches!(r, Ok(store::StoreOutcome::Put(o)) if o.applied && !o.previous_live),
+            "put {i}: {r:?}"
+        );
+    }
+    for (i, r) in results[n..].iter().enumerate() {
+        assert_eq!(r, &Ok(store::StoreOutcome::Got(Some(live(1, b"v")))), "get {i}");
+    }
+    let mut raw = redis.raw();
+    let [data, _, _] = parts.partitions()[0].redis_keys();
+    let in_db0: u64 = redis::cmd("HLEN").arg(data).query(&mut raw).unwrap();
+    redis::cmd("SELECT").arg(3).exec(&mut raw).unwrap();
+    let in_db3: u64 = redis::cmd("HLEN").arg(data).query(&mut raw).unwrap();
+    assert_eq!((in_db0, in_db3), (0, (n / 2) as u64));
+}
+
+/// An error reply fails its own call's ops only, on the pipe as in a blocking pipeline.
+#[test]
+fn the_pipe_fails_only_the_ops_of_a_corrupt_record() {
+    let redis = RedisServer::start();
+    let parts = Arc::new(open_partitions(&redis, 2));
+    let mut driver = PipeDriver::new(&parts);
+    let [data, _, _] = parts.partitions()[0].redis_keys();
+    redis::cmd("HSET")
+        .arg(data)
+        .arg("bad")
+        .arg("xy")
+        .exec(&mut redis.raw())
+        .unwrap();
+    let results = driver.run(vec![
+        put(0, "good", live(1, b"v")),
+        put(0, "bad", live(2, b"v")),
+        get(0, "bad"),
+        get(1, "bad"),
+        put(1, "bad", live(2, b"v")),
+    ]);
+    assert!(
+        matches!(&results[0], Ok(store::StoreOutcome::Put(o)) if o.applied),
+        "{results:?}"
+    );
+    assert!(matches!(&results[1], Err(StoreError::Corrupt(_))), "{results:?}");
+    assert!(matches!(&results[2], Err(StoreError::Corrupt(_))), "{results:?}");
+    assert_eq!(results[3], Ok(store::StoreOutcome::Got(None)));
+    assert!(
+        matches!(&results[4], Ok(store::StoreOutcome::Put(o)) if o.applied),
+        "{results:?}"
+    );
+}
+
+/// A flush: every op of the partitions the pipe's flight touched fails with `Lost`, each
+/// partition's epoch raised once however many flights saw the loss, the marker written again;
+/// then the pipe runs on the emptied store.
+#[test]
+fn the_pipe_reports_a_loss_once_per_partition() {
+    let redis = RedisServer::start();
+    let parts = Arc::new(open_partitions(&redis, 3));
+    let mut driver = PipeDriver::new(&parts);
+    let before = driver.run(vec![put(0, "a", live(1, b"v")), put(1, "b", live(1, b"v"))]);
+    assert!(before.iter().all(|r| r.is_ok()), "{before:?}");
+    redis::cmd("FLUSHALL").exec(&mut redis.raw()).unwrap();
+    // Two flights see the loss before it is recorded: more than one pipeline's worth of ops.
+    let mut ops = vec![get(0, "a"), put(0, "c", live(1, b"v")), get(1, "b")];
+    ops.extend((0..600).map(|i| put((i % 2) as u16, &format!("x{i}"), live(1, b"v"))));
+    let lost = driver.run(ops.clone());
+    for (i, r) in lost.into_iter().enumerate() {
+        assert_lost(&format!("op {i} after the flush"), r);
+    }
+    let epochs: Vec<u64> = parts.partitions().iter().map(|p| p.loss_epoch()).collect();
+    assert_eq!(
+        epochs,
+        vec![1, 1, 0],
+        "one loss each, counted by the partitions the ops touched"
+    );
+    let results = driver.run(ops);
+    assert_eq!(results[0], Ok(store::StoreOutcome::Got(None)));
+    assert!(results[1..].iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(results[2], Ok(store::StoreOutcome::Got(None)));
+}
+
+/// Redis down: the pipe's ops fail `Unavailable` as fast as connecting does; Redis frozen: they
+/// fail within the driver's I/O timeout; Redis back: the pipe connects again.
+#[test]
+fn the_pipe_never_hangs_on_a_redis_down_or_frozen() {
+    let mut redis = RedisServer::start();
+    let parts = Arc::new(open_partitions(&redis, 2));
+    let mut driver = PipeDriver::new(&parts);
+    let ops: Vec<_> = (0..20)
+        .map(|i| {
+            if i % 2 == 0 {
+                put((i % 2) as u16, &format!("k{i}"), live(1, b"v"))
+            } else {
+                get((i % 2) as u16, &format!("k{i}"))
+            }
+        })
+        .collect();
+    assert!(driver.run(ops.clone()).iter().all(|r| r.is_ok()));
+    redis.pause();
+    for (i, r) in driver.run(ops.clone()).into_iter().enumerate() {
+        assert_unavailable(&format!("op {i} while Redis is frozen"), r);
+    }
+    redis.resume();
+    assert!(
+        driver.run(ops.clone()).iter().all(|r| r.is_ok()),
+        "a new connection after the timeout"
+    );
+    redis.kill();
+    for (i, r) in driver.run(ops.clone()).into_iter().enumerate() {
+        assert_unavailable(&format!("op {i} while Redis is down"), r);
+    }
+    redis.restart();
+    for (i, r) in driver.run(ops.clone()).into_iter().enumerate() {
+        assert_lost(&format!("op {i} after the restart"), r);
+    }
+    let results = driver.run(ops);
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
+
+/// Versions compare as 64-bit integers whichever byte tells them apart, in every script that
+/// compares them: a put (`LUA_PUT`), the puts of a pipeline (`LUA_PUTS`), a delete up to a
+/// version (`LUA_DELETE`).
+#[test]
+fn versions_compare_at_every_byte() {
+    let redis = RedisServer::start();
+    let store = redis.store("127.0.0.1:7001");
+    let parts = open_partitions(&redis, 1);
+    // Each pair first differs at another byte, the top bit last.
+    let highers = (1..8).map(|byte| 1u64 << (8 * byte)).chain([2, 1 << 63]);
+    for higher in highers {
+        let low = higher - 1;
+        let key = format!("k{higher:x}");
+        let what = format!("versions {low:#x} and {higher:#x}");
+        // One by one.
+        assert!(
+            store
+                .put(&Bytes::from(key.clone()), live(low, b"a"))
+                .unwrap()
+                .applied,
+            "{what}"
+        );
+        assert!(
+            store
+                .put(&Bytes::from(key.clone()), live(higher, b"b"))
+                .unwrap()
+                .applied,
+            "{what}"
+        );
+        assert!(
+            !store
+                .put(&Bytes::from(key.clone()), live(low, b"c"))
+                .unwrap()
+                .applied,
+            "{what}"
+        );
+        assert!(
+            !store.delete(key.as_bytes(), low).unwrap(),
+            "{what}: a delete up to an older version"
+        );
+        assert!(
+            store.delete(key.as_bytes(), higher).unwrap(),
+            "{what}: a delete up to its version"
+        );
+        // Pipelined.
+        let results = parts.execute_batch(vec![
+            put(0, &key, live(low, b"a")),
+            put(0, &key, live(higher, b"b")),
+            put(0, &key, live(low, b"c")),
+            get(0, &key),
+        ]);
+        let applied: Vec<bool> = results[..3]
+            .iter()
+            .map(|r| matches!(r, Ok(store::StoreOutcome::Put(o)) if o.applied))
+            .collect();
+        assert_eq!(applied, vec![true, true, false], "{what}");
+        assert_eq!(
+            results[3],
+            Ok(store::StoreOutcome::Got(Some(live(higher, b"b")))),
+            "{what}"
+        );
+    }
+}
+/// A first flight that needs no Redis (an empty `PutMany`) on a new connection does not leave
+/// the prelude (`SELECT`) behind: the next flight still selects the database first and reads
+/// its own replies.
+#[test]
+fn the_pipe_sends_the_prelude_with_the_first_flight_that_needs_redis() {
+    let redis = RedisServer::start();
+    let url = format!("redis://127.0.0.1:{}/5", redis.port());
+    let parts = Arc::new(RedisPartitions::open(&url, &["127.0.0.1:7001#0"]).unwrap());
+    let mut driver = PipeDriver::new(&parts);
+    let empty = (0, store::StoreOp::PutMany { items: Vec::new() });
+    assert_eq!(
+        driver.run(vec![empty.clone()]),
+        vec![Ok(store::StoreOutcome::PutMany { applied: 0 })]
+    );
+    let results = driver.run(vec![empty, put(0, "k", live(1, b"v")), get(0, "k")]);
+    assert_eq!(results[0], Ok(store::StoreOutcome::PutMany { applied: 0 }));
+    assert!(
+        matches!(&results[1], Ok(store::StoreOutcome::Put(o)) if o.applied),
+        "{results:?}"
+    );
+    assert_eq!(results[2], Ok(store::StoreOutcome::Got(Some(live(1, b"v")))));
+    let mut raw = redis.raw();
+    redis::cmd("SELECT").arg(5).exec(&mut raw).unwrap();
+    let [data, _, _] = parts.partitions()[0].redis_keys();
+    let n: u64 = redis::cmd("HLEN").arg(data).query(&mut raw).unwrap();
+    assert_eq!(n, 1, "the key is in database 5");
 }

@@ -37,9 +37,11 @@ const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 /// The RESP (Redis protocol) listening socket, with `--resp`.
 const RESP_LISTENER: Token = Token(3);
+/// The store's connection to Redis for gets and puts (`store::redis::pipe`).
+const STORE_PIPE: Token = Token(4);
 /// Connections take tokens from here up, never reused (a token doubles as a [`ReplyTo`], so a
 /// late reply can never reach a newer connection).
-const FIRST_CONN_TOKEN: usize = 4;
+const FIRST_CONN_TOKEN: usize = 5;
 
 /// Bytes asked of the socket per `read`.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -310,11 +312,18 @@ impl Server {
         };
         let pool = if stores[0].is_blocking() {
             let c = Arc::clone(&control);
+            // The loop's own Redis connection only without replicas. Measured (8 nodes over 3
+            // redis-servers, 2 cores, bench/compare-redis.sh with BINS, interleaved): without
+            // replicas it takes 10-15% off the CPU per request; with 2 replicas, whose loops
+            // also carry every write's replication, requests/s fell to 0.5-0.7 of the
+            // pipeline worker's, which reads Redis' replies while the loop works.
+            let pipe = (chord.replicas == 0).then_some(STORE_PIPE);
             let pool = StorePool::start(
                 stores.clone(),
                 store_batch,
                 store_threads,
                 Arc::new(move || c.wake()),
+                pipe,
             )
             .map_err(Error::io("starting store worker threads"))?;
             Some(pool)
@@ -465,7 +474,10 @@ impl Server {
         self.settle(now);
         loop {
             let again = std::mem::take(&mut self.read_again);
-            let timeout = if again.is_empty() {
+            // Store ops the pipe holds for one more turn: look for more input without waiting
+            // (they go with it), and send them before sleeping (see `RedisPipe::holding`).
+            let holding = self.pool.as_ref().is_some_and(StorePool::holding);
+            let timeout = if again.is_empty() && !holding {
                 self.poll_timeout(self.clock.now())
             } else {
                 Duration::ZERO
@@ -478,12 +490,22 @@ impl Server {
                 return Err(Error::io("waiting for events")(e));
             }
             let now = self.clock.now();
+            if holding && events.is_empty() && again.is_empty() {
+                if let Some(pool) = &mut self.pool {
+                    pool.flush_held(self.poll.registry(), now);
+                }
+            }
 
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now, false),
                     RESP_LISTENER => self.accept(now, true),
                     WAKER => self.control.wake_pending.store(false, Ordering::SeqCst),
+                    STORE_PIPE => {
+                        if let Some(pool) = &mut self.pool {
+                            pool.on_pipe_event(self.poll.registry(), event, now);
+                        }
+                    }
                     SIGNALS => self.on_signals(now),
                     token => self.on_conn_event(now, token, event),
                 }
@@ -497,6 +519,9 @@ impl Server {
                 self.accept_retry_at = None;
                 self.accept(now, false);
                 self.accept(now, true);
+            }
+            if let Some(pool) = &mut self.pool {
+                pool.tick(self.poll.registry(), now);
             }
             self.drain_store(now);
             if self.control.kill.load(Ordering::SeqCst) {
@@ -538,9 +563,15 @@ impl Server {
                 deadline = deadline.min(*connect_deadline);
             }
         }
-        for d in [self.leave_deadline, self.exit_deadline, self.accept_retry_at]
-            .into_iter()
-            .flatten()
+        let store = self.pool.as_ref().and_then(|p| p.next_deadline());
+        for d in [
+            self.leave_deadline,
+            self.exit_deadline,
+            self.accept_retry_at,
+            store,
+        ]
+        .into_iter()
+        .flatten()
         {
             deadline = deadline.min(d);
         }
@@ -583,7 +614,7 @@ impl Server {
         // The store ops of this turn of the loop go to the workers together: one job, a
         // worker woken once, gets and puts in one round trip.
         if let Some(pool) = &mut self.pool {
-            pool.flush();
+            pool.flush(self.poll.registry(), now);
         }
     }
 
@@ -687,7 +718,7 @@ impl Server {
     }
 
     fn drain_store(&mut self, now: Millis) {
-        let Some(pool) = &self.pool else { return };
+        let Some(pool) = &mut self.pool else { return };
         while let Some((id, vnode, result)) = pool.try_complete() {
             let lost = matches!(result, Err(store::StoreError::Lost(_)));
             self.node.store_done(now, id, result);
@@ -695,9 +726,10 @@ impl Server {
                 // The core no longer trusts the store's contents (it refills them or refuses
                 // to answer from them): later results may come from the emptied store.
                 pool.losses_handled(vnode);
-                self.log(format_args!(
-                    "the store lost its data; refilling from the other copies"
-                ));
+                eprintln!(
+                    "chordkv node {}: the store lost its data; refilling from the other copies",
+                    self.me.addr
+                );
             }
         }
     }

@@ -21,6 +21,12 @@ pub trait Batch: Send + Sync {
     /// The ops of one partition take effect in the order given (the store sees the same
     /// history as if they ran one by one); the ops of different partitions, in any order.
     fn execute_batch(&self, ops: Vec<(u16, StoreOp)>) -> Vec<core_store::Result<StoreOutcome>>;
+
+    /// The same partitions as a [`RedisPartitions`], whose gets and puts can also run on the
+    /// node's event loop without blocking it ([`redis::pipe`]); `None` for any other driver.
+    fn nonblocking(self: Arc<Self>) -> Option<Arc<RedisPartitions>> {
+        None
+    }
 }
 
 /// A node's store partitions, one per vnode, and the way to run their ops together when the

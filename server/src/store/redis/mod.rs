@@ -54,17 +54,27 @@
 //!
 //! [`RedisPartitions`] opens a node's partitions (one namespace per vnode) on one connection
 //! pool and runs the gets and puts (single, or the entries of a `PutMany`: a replica's copy)
-//! the store workers find pending at the same time as one pipeline ([`super::Batch`]): every call written at once, the replies read in order, one
-//! round trip per connection for up to [`PIPELINE_MAX_ITEMS`] ops. The gets of a partition
-//! share one transaction, its puts one call of `LUA_PUTS` (each entry merged as `put` merges
-//! it), unless an op of the other kind on the same partition comes between: a partition's ops
-//! take effect in the order they were given. A failed read or write ends the pipeline: its
-//! connection is dropped and every op of it fails with [`StoreError::Unavailable`] (each is a
-//! read or a merge, so running it again is harmless); an error reply fails its own ops only.
+//! pending at the same time as one pipeline: every call written at once, the replies read in
+//! order, one round trip for up to [`PIPELINE_MAX_ITEMS`] ops. The gets of a partition share
+//! one transaction, its puts one call of `LUA_PUTS` (each entry merged as `put` merges it),
+//! unless an op of the other kind on the same partition comes between: a partition's ops take
+//! effect in the order they were given ([`plan`]). A failed read or write ends the pipeline:
+//! its connection is dropped and every op of it fails with [`StoreError::Unavailable`] (each
+//! is a read or a merge, so running it again is harmless); an error reply fails its own ops
+//! only.
+//!
+//! A node without replicas runs these pipelines on its event loop ([`pipe`]: one non-blocking
+//! connection, one pipeline in flight, the next made of what queued meanwhile), with no thread
+//! in between; a node with replicas (its loop also carries the replication), or one whose Redis
+//! the pipe cannot reach (not over TCP), runs them with the blocking
+//! [`super::Batch::execute_batch`] on a store worker: the same plan, encoding and decoding on a
+//! pooled connection (see `store_pool` for the measurements). Both send each op's calls and
+//! read its replies exactly alike.
 //!
 //! # Failures
 //!
-//! The store is shared by the node's store worker threads. Each call takes a connection from a
+//! The store is shared by the node's store worker threads (every op but the gets and puts the
+//! event loop's [`pipe`] carries). Each call takes a connection from a
 //! small pool (one per Redis for the partitions opened together, so connections follow the
 //! number of calls in flight, at most one per worker, not the number of vnodes) or opens one,
 //! and puts it back only if the call succeeded, so a connection left in an unknown state by an
@@ -91,11 +101,15 @@
 //! [`StoreError::Lost`] (in a pipeline, every op of the calls that found it, the loss recorded
 //! once); the store raises its [`loss_epoch`](Store::loss_epoch) and only then
 //! writes the marker again (both under one lock, so a loss raises the epoch once), and the
-//! operations after that run on the emptied store. See [`Store`] for the contract.
+//! operations after that run on the emptied store. (A loss the event loop's pipe finds is
+//! recorded the same way, by a store worker: [`pipe::Losses`].) See [`Store`] for the
+//! contract.
 //!
 //! Not detected: a Redis restarted from a snapshot older than the store's last writes (the
 //! marker comes back with the snapshot, the last writes do not). Run Redis without
 //! persistence, or with `appendfsync always`, for every loss to be detected.
+
+pub mod pipe;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -141,14 +155,20 @@ const LOST_CODE: &str = "CKVLOST";
 const MARKER_VALUE: &str = "chordkv: while this key exists, this namespace holds its node's data";
 
 /// Compares two records' (or a record's and a bare version's) first 8 bytes as big-endian
-/// integers; checks a record's shape.
+/// integers (one `string.byte` call per side: a call from Lua costs more than the compare);
+/// checks a record's shape.
 const LUA_HELPERS: &str = r#"
 local function newer(a, b)
-  for i = 1, 8 do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x > y end
-  end
-  return false
+  local a1, a2, a3, a4, a5, a6, a7, a8 = string.byte(a, 1, 8)
+  local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(b, 1, 8)
+  if a1 ~= b1 then return a1 > b1 end
+  if a2 ~= b2 then return a2 > b2 end
+  if a3 ~= b3 then return a3 > b3 end
+  if a4 ~= b4 then return a4 > b4 end
+  if a5 ~= b5 then return a5 > b5 end
+  if a6 ~= b6 then return a6 > b6 end
+  if a7 ~= b7 then return a7 > b7 end
+  return a8 > b8
 end
 local function liveness(rec)
   if #rec < 9 then return nil end
@@ -426,6 +446,8 @@ struct Backend {
     len_script: Script,
     put_script: Script,
     puts_script: Script,
+    /// `puts_script`'s source, which the event loop's connection loads with `SCRIPT LOAD`.
+    puts_source: String,
     delete_script: Script,
     scan_script: Script,
 }
@@ -452,6 +474,7 @@ impl Backend {
             len_script: Script::new(&format!("{LUA_HELPERS}{LUA_LEN}")),
             put_script: Script::new(&format!("{LUA_HELPERS}{LUA_PUT}")),
             puts_script: Script::new(&format!("{LUA_HELPERS}{LUA_PUTS}")),
+            puts_source: format!("{LUA_HELPERS}{LUA_PUTS}"),
             delete_script: Script::new(&format!("{LUA_HELPERS}{LUA_DELETE}")),
             scan_script: Script::new(&format!("{LUA_HELPERS}{LUA_SCAN}")),
         };
@@ -685,6 +708,34 @@ impl RedisStore {
                 epoch
             }
         };
+        self.lost_error(epoch, detail)
+    }
+
+    /// [`RedisStore::record_loss`] on a connection of the pool (or a new one) for a loss found
+    /// elsewhere (on the event loop's connection, [`pipe`]). If Redis cannot be reached the loss
+    /// is counted: counting one twice is harmless, missing one is not.
+    fn record_loss_apart(&self, detail: &str) -> StoreError {
+        // An idle connection of the pool may be dead (a restart of Redis is how data is often
+        // lost): a PING first, so that `run` moves to a fresh connection if it is.
+        let record = |conn: &mut Connection| -> Attempt<StoreError> {
+            redis::cmd("PING").exec(conn)?;
+            Ok(self.record_loss(conn, detail))
+        };
+        match self.backend.run(record) {
+            (Ok(error), Some(conn)) => {
+                self.backend.give_back(conn);
+                error
+            }
+            (Ok(error), None) => error, // faulty code: an op ran without a connection
+            (Err(_), _) => {
+                let _one_at_a_time = self.loss_lock.lock();
+                let epoch = self.losses.fetch_add(1, Ordering::SeqCst) + 1;
+                self.lost_error(epoch, detail)
+            }
+        }
+    }
+
+    fn lost_error(&self, epoch: u64, detail: &str) -> StoreError {
         StoreError::Lost(format!(
             "{} ({}): loss {epoch} since the store was opened: {detail} (Redis restarted without \
              persistence, or the database was flushed or evicted)",
@@ -887,68 +938,10 @@ impl super::Batch for RedisPartitions {
     /// Gets, puts and the entries of `PutMany`s in pipelines ([`run_points`]); any other op
     /// alone, after them.
     fn execute_batch(&self, ops: Vec<(u16, StoreOp)>) -> Vec<Result<StoreOutcome>> {
-        let mut results: Vec<Option<Result<StoreOutcome>>> = (0..ops.len()).map(|_| None).collect();
-        {
-            // One point per key read or merged, with the op it belongs to.
-            let mut points = Vec::with_capacity(ops.len());
-            let mut owners = Vec::with_capacity(ops.len());
-            for (i, (vnode, op)) in ops.iter().enumerate() {
-                let part = usize::from(*vnode);
-                if part >= self.parts.len() {
-                    // faulty code: the node has as many vnodes as partitions
-                    results[i] = Some(Err(StoreError::Unavailable(format!(
-                        "no store partition {part} of {}",
-                        self.parts.len()
-                    ))));
-                    continue;
-                }
-                match op {
-                    StoreOp::Get { key, .. } => points.push((part, Point::Get(key))),
-                    StoreOp::Put { id, key, entry } => {
-                        points.push((part, Point::Put(key, *id, entry.clone())))
-                    }
-                    StoreOp::PutMany { items } if items.is_empty() => {
-                        results[i] = Some(Ok(StoreOutcome::PutMany { applied: 0 }));
-                    }
-                    StoreOp::PutMany { items } => points.extend(items.iter().map(|it| {
-                        let entry = Entry {
-                            version: it.version,
-                            value: it.value.clone(),
-                            expires_at: it.expires_at,
-                        };
-                        (part, Point::Put(&it.key, Id::of_key(&it.key), entry))
-                    })),
-                    _ => continue,
-                }
-                owners.resize(points.len(), i);
-            }
-            let parts: Vec<&RedisStore> = self.parts.iter().map(|p| &**p).collect();
-            for (i, result) in owners.into_iter().zip(run_points(&self.backend, &parts, &points)) {
-                let slot = &mut results[i];
-                *slot = Some(match (slot.take(), result, &ops[i].1) {
-                    // A PutMany's entries: how many were applied, or the first error (a loss
-                    // first: it must reach the caller whatever else failed).
-                    (None, Ok(StoreOutcome::Put(o)), StoreOp::PutMany { .. }) => Ok(StoreOutcome::PutMany {
-                        applied: usize::from(o.applied),
-                    }),
-                    (Some(Ok(StoreOutcome::PutMany { applied })), Ok(StoreOutcome::Put(o)), _) => {
-                        Ok(StoreOutcome::PutMany {
-                            applied: applied + usize::from(o.applied),
-                        })
-                    }
-                    (Some(Err(StoreError::Lost(e))), _, _) => Err(StoreError::Lost(e)),
-                    (Some(Ok(_)) | None, Err(e), _) | (Some(Err(_)), Err(e @ StoreError::Lost(_)), _) => {
-                        Err(e)
-                    }
-                    (Some(Err(e)), _, _) => Err(e),
-                    (None, result, _) => result,
-                    // faulty code: a point answers Got or Put
-                    (Some(Ok(_)), Ok(other), _) => {
-                        Err(StoreError::Corrupt(format!("a batch entry answered {other:?}")))
-                    }
-                });
-            }
-        }
+        let batch = PointBatch::of(self.parts.len(), &ops);
+        let parts: Vec<&RedisStore> = self.parts.iter().map(|p| &**p).collect();
+        let point_results = run_points(&self.backend, &parts, &batch.points);
+        let results = batch.fold(&ops, point_results);
         ops.into_iter()
             .zip(results)
             .map(|((vnode, op), result)| {
@@ -956,16 +949,117 @@ impl super::Batch for RedisPartitions {
             })
             .collect()
     }
+
+    fn nonblocking(self: Arc<Self>) -> Option<Arc<RedisPartitions>> {
+        Some(self)
+    }
+}
+
+/// The ops a pipeline can carry ([`pipelined`]), cut into [`Point`]s: one per key read or
+/// merged (a `PutMany` gives one per entry), each with the op it belongs to.
+struct PointBatch {
+    points: Vec<(usize, Point)>,
+    /// The index in the ops of each point's op.
+    owners: Vec<usize>,
+    /// The result of each op known without Redis (an empty `PutMany`, a partition that does
+    /// not exist).
+    early: Vec<Option<Result<StoreOutcome>>>,
+}
+
+/// Whether a pipeline carries `op` (gets and merges); [`RedisPartitions::execute_batch`] runs
+/// any other op alone.
+pub(crate) fn pipelined(op: &StoreOp) -> bool {
+    matches!(
+        op,
+        StoreOp::Get { .. } | StoreOp::Put { .. } | StoreOp::PutMany { .. }
+    )
+}
+
+impl PointBatch {
+    fn of(partitions: usize, ops: &[(u16, StoreOp)]) -> PointBatch {
+        let mut points = Vec::with_capacity(ops.len());
+        let mut owners = Vec::with_capacity(ops.len());
+        let mut early: Vec<Option<Result<StoreOutcome>>> = (0..ops.len()).map(|_| None).collect();
+        for (i, (vnode, op)) in ops.iter().enumerate() {
+            let part = usize::from(*vnode);
+            if part >= partitions {
+                // faulty code: the node has as many vnodes as partitions
+                early[i] = Some(Err(StoreError::Unavailable(format!(
+                    "no store partition {part} of {partitions}"
+                ))));
+                continue;
+            }
+            match op {
+                StoreOp::Get { key, .. } => points.push((part, Point::Get(key.clone()))),
+                StoreOp::Put { id, key, entry } => {
+                    points.push((part, Point::Put(key.clone(), *id, entry.clone())))
+                }
+                StoreOp::PutMany { items } if items.is_empty() => {
+                    early[i] = Some(Ok(StoreOutcome::PutMany { applied: 0 }));
+                }
+                StoreOp::PutMany { items } => points.extend(items.iter().map(|it| {
+                    let entry = Entry {
+                        version: it.version,
+                        value: it.value.clone(),
+                        expires_at: it.expires_at,
+                    };
+                    (part, Point::Put(it.key.clone(), Id::of_key(&it.key), entry))
+                })),
+                _ => continue,
+            }
+            owners.resize(points.len(), i);
+        }
+        PointBatch {
+            points,
+            owners,
+            early,
+        }
+    }
+
+    /// Each op's result from its points' (`None` for an op no point belongs to: one a pipeline
+    /// does not carry).
+    fn fold(
+        self,
+        ops: &[(u16, StoreOp)],
+        point_results: Vec<Result<StoreOutcome>>,
+    ) -> Vec<Option<Result<StoreOutcome>>> {
+        let mut results = self.early;
+        for (i, result) in self.owners.into_iter().zip(point_results) {
+            let slot = &mut results[i];
+            *slot = Some(match (slot.take(), result, &ops[i].1) {
+                // A PutMany's entries: how many were applied, or the first error (a loss
+                // first: it must reach the caller whatever else failed).
+                (None, Ok(StoreOutcome::Put(o)), StoreOp::PutMany { .. }) => Ok(StoreOutcome::PutMany {
+                    applied: usize::from(o.applied),
+                }),
+                (Some(Ok(StoreOutcome::PutMany { applied })), Ok(StoreOutcome::Put(o)), _) => {
+                    Ok(StoreOutcome::PutMany {
+                        applied: applied + usize::from(o.applied),
+                    })
+                }
+                (Some(Err(StoreError::Lost(e))), _, _) => Err(StoreError::Lost(e)),
+                (Some(Ok(_)) | None, Err(e), _) | (Some(Err(_)), Err(e @ StoreError::Lost(_)), _) => Err(e),
+                (Some(Err(e)), _, _) => Err(e),
+                (None, result, _) => result,
+                // faulty code: a point answers Got or Put
+                (Some(Ok(_)), Ok(other), _) => {
+                    Err(StoreError::Corrupt(format!("a batch entry answered {other:?}")))
+                }
+            });
+        }
+        results
+    }
 }
 
 /// A read or a merge of one key (with the key's id, for its index member), as a pipeline
-/// sends it.
-enum Point<'a> {
-    Get(&'a [u8]),
-    Put(&'a [u8], Id, Entry),
+/// sends it. It owns what it sends (shared `Bytes`), so a pipeline in flight on the event
+/// loop ([`pipe`]) outlives the turn that made it.
+enum Point {
+    Get(Bytes),
+    Put(Bytes, Id, Entry),
 }
 
-impl Point<'_> {
+impl Point {
     /// What the op sends, for cutting pipelines at [`PIPELINE_MAX_BYTES`].
     fn bytes(&self) -> usize {
         match self {
@@ -975,27 +1069,19 @@ impl Point<'_> {
     }
 }
 
-/// One call of a pipeline.
-enum Call<'a> {
+/// One call of a pipeline: the indices of its points (in the pipeline's points), all of one
+/// partition.
+enum Call {
     /// The gets of one partition: `MULTI`, `EXISTS marker`, `HMGET data key...`, `EXEC`. A
     /// transaction runs without any other client's command in between, so the marker check
     /// and the reads happen at one instant, as in a script, without Lua's cost.
-    Gets {
-        part: usize,
-        points: Vec<usize>,
-        keys: Vec<&'a [u8]>,
-    },
+    Gets { part: usize, points: Vec<usize> },
     /// Merges into one partition: one `EVALSHA` of `LUA_PUTS` (a compare-and-set on the
     /// version, which only a script makes atomic, for each entry in turn).
-    Puts {
-        part: usize,
-        points: Vec<usize>,
-        /// Key, index member, record of each entry.
-        args: Vec<(&'a [u8], Vec<u8>, Vec<u8>)>,
-    },
+    Puts { part: usize, points: Vec<usize> },
 }
 
-impl Call<'_> {
+impl Call {
     /// Replies the call gets.
     fn replies(&self) -> usize {
         match self {
@@ -1004,21 +1090,23 @@ impl Call<'_> {
         }
     }
 
-    fn encode(&self, backend: &Backend, parts: &[&RedisStore], out: &mut Vec<u8>) {
+    fn encode(&self, backend: &Backend, parts: &[&RedisStore], points: &[(usize, Point)], out: &mut Vec<u8>) {
         match self {
-            Call::Gets { part, keys, .. } => {
+            Call::Gets { part, points: mine } => {
                 let k = &parts[*part].keys;
                 redis::cmd("MULTI").write_packed_command(out);
                 redis::cmd("EXISTS").arg(&k.marker).write_packed_command(out);
                 let mut hmget = redis::cmd("HMGET");
                 hmget.arg(&k.data);
-                for key in keys {
-                    hmget.arg(*key);
+                for &i in mine {
+                    if let Point::Get(key) = &points[i].1 {
+                        hmget.arg(key.as_ref());
+                    }
                 }
                 hmget.write_packed_command(out);
                 redis::cmd("EXEC").write_packed_command(out);
             }
-            Call::Puts { part, args, .. } => {
+            Call::Puts { part, points: mine } => {
                 let k = &parts[*part].keys;
                 let mut evalsha = redis::cmd("EVALSHA");
                 evalsha
@@ -1028,8 +1116,13 @@ impl Call<'_> {
                     .arg(&k.index)
                     .arg(&k.live)
                     .arg(&k.marker);
-                for (key, member, record) in args {
-                    evalsha.arg(*key).arg(member).arg(record);
+                for &i in mine {
+                    if let Point::Put(key, id, entry) = &points[i].1 {
+                        evalsha
+                            .arg(key.as_ref())
+                            .arg(member(id, key))
+                            .arg(encode_record(entry));
+                    }
                 }
                 evalsha.write_packed_command(out);
             }
@@ -1041,68 +1134,61 @@ impl Call<'_> {
 /// its partition's last call when that call is of its kind (gets or puts): a partition's ops
 /// take effect in the order given (a get after a put of the same key sees it), and a batch
 /// spread over the partitions costs about one call per partition and kind.
-fn plan<'a>(partitions: usize, points: &[(usize, Point<'a>)]) -> Vec<Call<'a>> {
-    let mut calls: Vec<Call<'a>> = Vec::with_capacity(points.len());
+fn plan(partitions: usize, points: &[(usize, Point)]) -> Vec<Call> {
+    let mut calls: Vec<Call> = Vec::with_capacity(points.len());
     // Each partition's last call.
     let mut last: Vec<Option<usize>> = vec![None; partitions];
     for (i, (part, point)) in points.iter().enumerate() {
-        let joined = match (last[*part].map(|c| &mut calls[c]), point) {
-            (Some(Call::Gets { points, keys, .. }), Point::Get(key)) => {
+        match (last[*part].map(|c| &mut calls[c]), point) {
+            (Some(Call::Gets { points, .. }), Point::Get(_))
+            | (Some(Call::Puts { points, .. }), Point::Put(..)) => {
                 points.push(i);
-                keys.push(*key);
-                true
+                continue;
             }
-            (Some(Call::Puts { points, args, .. }), Point::Put(key, id, entry)) => {
-                points.push(i);
-                args.push((key, member(id, key), encode_record(entry)));
-                true
-            }
-            _ => false,
-        };
-        if joined {
-            continue;
+            _ => {}
         }
         last[*part] = Some(calls.len());
         calls.push(match point {
-            Point::Get(key) => Call::Gets {
+            Point::Get(_) => Call::Gets {
                 part: *part,
                 points: vec![i],
-                keys: vec![*key],
             },
-            Point::Put(key, id, entry) => Call::Puts {
+            Point::Put(..) => Call::Puts {
                 part: *part,
                 points: vec![i],
-                args: vec![(key, member(id, key), encode_record(entry))],
             },
         });
     }
     calls
 }
 
+/// How many of `points`, from the first, make one pipeline: at most [`PIPELINE_MAX_ITEMS`],
+/// and no more once their bytes reach [`PIPELINE_MAX_BYTES`] (at least one).
+fn pipeline_len(points: &[(usize, Point)]) -> usize {
+    let mut n = 0;
+    let mut bytes = 0;
+    while n < points.len() && n < PIPELINE_MAX_ITEMS && (n == 0 || bytes < PIPELINE_MAX_BYTES) {
+        bytes += points[n].1.bytes();
+        n += 1;
+    }
+    n
+}
+
 /// Runs `points` (each with the index of its partition in `parts`, which all live on
-/// `backend`) in pipelines of at most [`PIPELINE_MAX_ITEMS`] ops or about
-/// [`PIPELINE_MAX_BYTES`]: each one write and its replies read in order, on one connection.
-/// Answers each op's outcome (`Got` or `Put`) in order.
+/// `backend`) in pipelines ([`pipeline_len`]): each one write and its replies read in order,
+/// on one connection. Answers each op's outcome (`Got` or `Put`) in order.
 fn run_points(
     backend: &Backend,
     parts: &[&RedisStore],
-    points: &[(usize, Point<'_>)],
+    points: &[(usize, Point)],
 ) -> Vec<Result<StoreOutcome>> {
     let mut out = Vec::with_capacity(points.len());
     let mut first = 0;
     while first < points.len() {
-        let mut last = first;
-        let mut bytes = 0;
-        while last < points.len()
-            && last - first < PIPELINE_MAX_ITEMS
-            && (last == first || bytes < PIPELINE_MAX_BYTES)
-        {
-            bytes += points[last].1.bytes();
-            last += 1;
-        }
+        let last = first + pipeline_len(&points[first..]);
         let chunk = &points[first..last];
         let calls = plan(parts.len(), chunk);
-        match backend.run(|conn| pipeline_points(backend, parts, chunk.len(), &calls, conn)) {
+        match backend.run(|conn| pipeline_points(backend, parts, chunk, &calls, conn)) {
             (Ok(results), conn) => {
                 // Replies to every call were read, so the connection is in step; still, one
                 // that brought an error other than a loss is not kept (see the module docs).
@@ -1135,21 +1221,42 @@ fn run_points(
     out
 }
 
+/// Where each call's replies start among a pipeline's replies.
+fn reply_starts(calls: &[Call]) -> Vec<usize> {
+    calls
+        .iter()
+        .scan(0, |at, c| {
+            let start = *at;
+            *at += c.replies();
+            Some(start)
+        })
+        .collect()
+}
+
+/// The puts calls whose script the server did not know (its script cache was flushed): they
+/// did nothing and are sent again after `SCRIPT LOAD`.
+fn noscript_calls(calls: &[Call], replies: &[Value]) -> Vec<usize> {
+    let starts = reply_starts(calls);
+    (0..calls.len())
+        .filter(|&c| matches!(calls[c], Call::Puts { .. }) && is_noscript(&replies[starts[c]]))
+        .collect()
+}
+
 /// Sends `calls` in one write and reads their replies; puts the server answers NOSCRIPT (its
 /// script cache was flushed) are sent again after loading the script. Fails as a whole only
 /// when the connection does (the first read or write error ends it: each read is bounded by
 /// [`IO_TIMEOUT_MS`], and after one timeout no other is waited for); otherwise answers each of
-/// the `n` ops, a loss recorded once per partition.
+/// the points, a loss recorded once per partition.
 fn pipeline_points(
     backend: &Backend,
     parts: &[&RedisStore],
-    n: usize,
-    calls: &[Call<'_>],
+    points: &[(usize, Point)],
+    calls: &[Call],
     conn: &mut Connection,
 ) -> Attempt<Vec<Result<StoreOutcome>>> {
     let mut packed = Vec::new();
     for call in calls {
-        call.encode(backend, parts, &mut packed);
+        call.encode(backend, parts, points, &mut packed);
     }
     conn.send_packed_command(&packed)?;
     let expected: usize = calls.iter().map(Call::replies).sum();
@@ -1157,80 +1264,82 @@ fn pipeline_points(
     for _ in 0..expected {
         replies.push(conn.recv_response()?);
     }
-    // Where each call's replies start.
-    let starts: Vec<usize> = calls
-        .iter()
-        .scan(0, |at, c| {
-            let start = *at;
-            *at += c.replies();
-            Some(start)
-        })
-        .collect();
-    let missing: Vec<usize> = (0..calls.len())
-        .filter(|&c| matches!(calls[c], Call::Puts { .. }) && is_noscript(&replies[starts[c]]))
-        .collect();
+    let missing = noscript_calls(calls, &replies);
     if !missing.is_empty() {
         backend.puts_script.prepare_invoke().load(conn)?;
         packed.clear();
         for &c in &missing {
-            calls[c].encode(backend, parts, &mut packed);
+            calls[c].encode(backend, parts, points, &mut packed);
         }
         conn.send_packed_command(&packed)?;
+        let starts = reply_starts(calls);
         for &c in &missing {
             replies[starts[c]] = conn.recv_response()?;
         }
     }
-
-    let mut results: Vec<Option<Result<StoreOutcome>>> = (0..n).map(|_| None).collect();
     // A partition's loss, recorded at its first sight in this pipeline.
     let mut losses: Vec<Option<StoreError>> = vec![None; parts.len()];
-    let mut lost = |part: usize, detail: &str, conn: &mut Connection| -> StoreError {
+    let mut lost = |part: usize, detail: &str| -> StoreError {
         losses[part]
             .get_or_insert_with(|| parts[part].record_loss(conn, detail))
             .clone()
     };
+    Ok(decode_replies(parts, points, calls, replies, &mut lost))
+}
+
+/// Each point's outcome from the replies to `calls` (NOSCRIPT answers already replaced by the
+/// replies of the calls sent again). A partition whose marker a call found missing gets
+/// `lost(part, detail)`, the error for every op of that call.
+fn decode_replies(
+    parts: &[&RedisStore],
+    points: &[(usize, Point)],
+    calls: &[Call],
+    replies: Vec<Value>,
+    lost: &mut dyn FnMut(usize, &str) -> StoreError,
+) -> Vec<Result<StoreOutcome>> {
+    let mut results: Vec<Option<Result<StoreOutcome>>> = (0..points.len()).map(|_| None).collect();
     let mut replies = replies.into_iter();
     for call in calls {
         match call {
-            Call::Gets { part, points, .. } => {
+            Call::Gets { part, points: mine } => {
                 // MULTI's +OK and the two +QUEUED: if MULTI failed, the commands ran alone and
                 // EXEC fails, so only EXEC's answer is trusted.
                 let exec = replies.nth(3).unwrap_or(Value::Nil);
                 let store = parts[*part];
-                match transaction_records(exec, points.len()) {
+                match transaction_records(exec, mine.len()) {
                     Ok(Some(records)) => {
-                        for (&i, record) in points.iter().zip(records) {
+                        for (&i, record) in mine.iter().zip(records) {
                             let entry = record.map(decode_record).transpose();
                             results[i] = Some(entry.map(StoreOutcome::Got).map_err(|f| store.store_error(f)));
                         }
                     }
                     Ok(None) => {
-                        let error = lost(*part, "the marker is gone", conn);
-                        for &i in points {
+                        let error = lost(*part, "the marker is gone");
+                        for &i in mine {
                             results[i] = Some(Err(error.clone()));
                         }
                     }
                     Err(f) => {
                         let error = store.store_error(f);
-                        for &i in points {
+                        for &i in mine {
                             results[i] = Some(Err(error.clone()));
                         }
                     }
                 }
             }
-            Call::Puts { part, points, args } => {
+            Call::Puts { part, points: mine } => {
                 let reply = replies.next().unwrap_or(Value::Nil);
                 let store = parts[*part];
                 match reply_value::<Vec<(i64, i64, Vec<u8>)>>(reply) {
-                    Ok(outcomes) if outcomes.len() == points.len() => {
-                        for ((&i, (applied, previous_live, expiry)), (key, _, _)) in
-                            points.iter().zip(outcomes).zip(args)
-                        {
+                    Ok(outcomes) if outcomes.len() == mine.len() => {
+                        for (&i, (applied, previous_live, expiry)) in mine.iter().zip(outcomes) {
                             results[i] = Some(if applied == -1 {
+                                let key_len = match &points[i].1 {
+                                    Point::Put(key, ..) | Point::Get(key) => key.len(),
+                                };
                                 Err(store.store_error(Failure::Corrupt(format!(
-                                    "malformed record in {} for a key of {} bytes",
+                                    "malformed record in {} for a key of {key_len} bytes",
                                     store.keys.data,
-                                    key.len()
                                 ))))
                             } else {
                                 Ok(StoreOutcome::Put(PutOutcome {
@@ -1245,20 +1354,20 @@ fn pipeline_points(
                         let error = store.store_error(Failure::Corrupt(format!(
                             "the put script answered {} outcomes for {} entries",
                             outcomes.len(),
-                            points.len()
+                            mine.len()
                         )));
-                        for &i in points {
+                        for &i in mine {
                             results[i] = Some(Err(error.clone()));
                         }
                     }
                     Err(f) => {
                         let error = match f {
                             Failure::Redis(e) if is_lost(&e) => {
-                                lost(*part, e.detail().unwrap_or("the marker is gone"), conn)
+                                lost(*part, e.detail().unwrap_or("the marker is gone"))
                             }
                             f => store.store_error(f),
                         };
-                        for &i in points {
+                        for &i in mine {
                             results[i] = Some(Err(error.clone()));
                         }
                     }
@@ -1266,7 +1375,7 @@ fn pipeline_points(
             }
         }
     }
-    Ok(results
+    results
         .into_iter()
         .map(|r| {
             r.unwrap_or_else(|| {
@@ -1275,7 +1384,7 @@ fn pipeline_points(
                 ))
             })
         })
-        .collect())
+        .collect()
 }
 
 /// The records read by a [`Call::Gets`] transaction from EXEC's reply `[EXISTS, HMGET]`, `n`
@@ -1518,7 +1627,13 @@ fn lex_segments(start: &Id, end: &Id, after: Option<&ScanCursor>) -> Vec<(Lex, L
 impl Store for RedisStore {
     /// Plain commands in a transaction (see [`Call::Gets`]), not a script.
     fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
-        match run_points(&self.backend, &[self], &[(0, Point::Get(key))]).pop() {
+        match run_points(
+            &self.backend,
+            &[self],
+            &[(0, Point::Get(Bytes::copy_from_slice(key)))],
+        )
+        .pop()
+        {
             Some(Ok(StoreOutcome::Got(entry))) => Ok(entry),
             Some(Err(e)) => Err(e),
             // faulty code: one get is answered by one Got or one error
