@@ -67,8 +67,9 @@
 pub mod auth;
 mod conn;
 pub mod error;
-mod event_loop;
+pub(crate) mod event_loop;
 pub mod keyring;
+mod metrics;
 pub mod positions;
 mod resp;
 pub mod secure;
@@ -132,6 +133,9 @@ pub struct ServerConfig {
     /// TLS for clients ([`tls::server_config`]): the RESP port speaks only TLS, and the
     /// binary port serves clients only over TLS (peers use the keyring).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Serve `/metrics` (Prometheus text format) on this address, from a thread of its own
+    /// (see `metrics.rs`); port 0 picks a free port.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Who may use the node as a client: credentials (`--requirepass`, `--users`) and Redis'
