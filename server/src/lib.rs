@@ -59,6 +59,9 @@
 //!   requests a binary client would send; the loop hands them to `handle_request` with the
 //!   connection's token as `ReplyTo`, and gives the core's replies to the session, which puts
 //!   them back in command order and encodes RESP.
+//! - **Metrics** (`metrics.rs`). With `--metrics ADDR` a thread of its own serves Prometheus'
+//!   `/metrics`; the loop records requests in plain fields and publishes a snapshot once a
+//!   second through a mutex it only `try_lock`s, so it never waits for a scraper.
 //! - **Leaving.** The first SIGTERM/SIGINT (or [`ServerHandle::leave`]) starts the core's
 //!   graceful leave; when it emits `Output::Left` the loop gives queued bytes up to
 //!   [`LEFT_FLUSH_MS`] to go out and returns. The loop exits anyway `leave_timeout_ms` +

@@ -130,6 +130,22 @@ fn metrics_are_scraped_and_grow_with_requests() {
     let _ = garbage.read_to_string(&mut reply);
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
     assert_eq!(http(metrics, "GET", "/metrics?x=1").unwrap().0, 200);
+
+    // Scrapers at once are served in turn, every one of them.
+    let scrapers: Vec<_> = (0..16)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..3)
+                    .map(|_| http(metrics, "GET", "/metrics").map(|r| r.0))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for s in scrapers {
+        for code in s.join().expect("a scraper thread") {
+            assert_eq!(code.expect("a scrape"), 200);
+        }
+    }
 }
 
 #[test]
