@@ -92,6 +92,7 @@ fn metrics_are_scraped_and_grow_with_requests() {
         "chordkv_keys_replica{}",
         "chordkv_hops_total{}",
         "chordkv_anti_entropy_rounds_total{}",
+        "chordkv_stabilize_rounds_total{}",
         "chordkv_leases_held{}",
     ] {
         sample(&before, family);
