@@ -1198,7 +1198,7 @@ impl Server {
         }
     }
 
-    /// With `--metrics`, once a second: asks the core for its counters (answered to
+    /// With `--metrics`, once a second: asks the core for its counters when they are due (answered to
     /// [`METRICS_STATS`]) and publishes what the loop knows; never waits for the metrics
     /// thread.
     fn publish_metrics(&mut self, now: Millis) {
