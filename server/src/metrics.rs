@@ -134,17 +134,11 @@ impl Histogram {
         self.counts.iter().sum()
     }
 
-    /// `(upper bound, cumulative count)`, `+Inf` last, as the text format has them.
-    fn cumulative(&self) -> Vec<(f64, u64)> {
+    /// `(upper bound, count in this bucket alone)`, `+Inf` last: prometheus-client's encoder
+    /// adds them up into the text format's cumulative buckets itself.
+    fn buckets(&self) -> Vec<(f64, u64)> {
         let bounds = LATENCY_BUCKETS_SECONDS.iter().copied().chain([f64::INFINITY]);
-        let mut total = 0;
-        bounds
-            .zip(self.counts)
-            .map(|(b, c)| {
-                total += c;
-                (b, total)
-            })
-            .collect()
+        bounds.zip(self.counts).collect()
     }
 }
 
@@ -451,7 +445,7 @@ impl Collector for SnapshotCollector {
                 .encode_histogram::<NoLabelSet>(
                     h.sum_seconds,
                     h.count(),
-                    &h.cumulative(),
+                    &h.buckets(),
                     None::<&HashMap<usize, Exemplar<NoLabelSet, f64>>>,
                 )?;
         }
@@ -584,14 +578,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_histogram_is_cumulative_with_inf_last() {
+    fn a_histogram_counts_each_bucket_with_inf_last() {
         let mut h = Histogram::default();
         h.observe(0.000_05);
         h.observe(0.003);
         h.observe(60.0);
-        let c = h.cumulative();
-        assert_eq!(c.first(), Some(&(0.000_1, 1)));
-        assert_eq!(c.last(), Some(&(f64::INFINITY, 3)));
+        let b = h.buckets();
+        assert_eq!(b.first(), Some(&(0.000_1, 1)));
+        assert_eq!(b.last(), Some(&(f64::INFINITY, 1)));
         assert_eq!(h.count(), 3);
     }
 
@@ -618,8 +612,16 @@ mod tests {
                 key: bytes::Bytes::from_static(b"k"),
             },
         );
-        rec.start(9, &get);
-        rec.finish(9, &Frame::new(7, Message::Ping));
+        for id in [7, 8] {
+            rec.start(
+                9,
+                &Frame {
+                    request_id: id,
+                    ..get.clone()
+                },
+            );
+            rec.finish(9, &Frame::new(id, Message::Ping));
+        }
         rec.peer_failed("127.0.0.1:1".parse().unwrap());
         *shared.lock() = Snapshot {
             counters: vec![
@@ -640,8 +642,11 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [
-            "chordkv_requests_total{command=\"get\",result=\"ok\"} 1",
-            "chordkv_request_duration_seconds_count{command=\"get\"} 1",
+            "chordkv_requests_total{command=\"get\",result=\"ok\"} 2",
+            "chordkv_request_duration_seconds_count{command=\"get\"} 2",
+            // Cumulative, and no bucket above the count.
+            "chordkv_request_duration_seconds_bucket{le=\"10.0\",command=\"get\"} 2",
+            "chordkv_request_duration_seconds_bucket{le=\"+Inf\",command=\"get\"} 2",
             "chordkv_peer_failures_total{peer=\"127.0.0.1:1\"} 1",
             "chordkv_connections{kind=\"client\"} 1",
             "chordkv_ops_get_total 4",

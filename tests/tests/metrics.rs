@@ -120,6 +120,15 @@ fn metrics_are_scraped_and_grow_with_requests() {
     assert!(sample(&after, get_ok) > sample(&before, get_ok));
     assert!(sample(&after, "chordkv_request_duration_seconds_count{command=put}") >= sample(&after, put_ok));
     assert!(sample(&after, "chordkv_ops_put_total{}") >= 20.0);
+    let (_, text) = http(metrics, "GET", "/metrics").unwrap();
+    let inf = "chordkv_request_duration_seconds_bucket{le=\"+Inf\",command=\"put\"} ";
+    let count = "chordkv_request_duration_seconds_count{command=\"put\"} ";
+    let value_of = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::to_string)
+    };
+    assert_eq!(value_of(inf), value_of(count), "the +Inf bucket is the count");
     assert!(sample(&after, "chordkv_connections{kind=client}") >= 1.0);
 
     // Bad scrapes are answered, and the endpoint serves on.
