@@ -100,7 +100,7 @@ optional_flags=(routing cache vnodes)
 MAX_VNODES=256
 
 names=()
-declare -A h_user h_host h_port h_listen h_advertise h_resp h_store h_key h_dir h_spare
+declare -A h_user h_host h_port h_listen h_advertise h_resp h_metrics h_store h_key h_dir h_spare
 
 # `~/x` -> $HOME/x; a relative path -> relative to the inventory's directory.
 local_path() {
@@ -133,7 +133,7 @@ parse_inventory() {
             [ -z "${h_listen[$name]+set}" ] || bad_input "$file:$lineno: host $name is listed twice"
             names+=("$name")
             h_user[$name]="" h_host[$name]="" h_port[$name]="" h_listen[$name]="" h_advertise[$name]=""
-            h_resp[$name]="" h_store[$name]="" h_key[$name]="" h_dir[$name]="" h_spare[$name]=no
+            h_resp[$name]="" h_metrics[$name]="" h_store[$name]="" h_key[$name]="" h_dir[$name]="" h_spare[$name]=no
             for word in "${words[@]:2}"; do
                 [[ $word == *=* ]] || bad_input "$file:$lineno: '$word' is not FIELD=VALUE"
                 key=${word%%=*}
@@ -152,12 +152,13 @@ parse_inventory() {
                         fi
                         h_host[$name]=$target
                         ;;
-                    listen | advertise | resp)
+                    listen | advertise | resp | metrics)
                         is_addr "$value" || bad_input "$file:$lineno: $key=$value is not IP:PORT"
                         case $key in
                             listen) h_listen[$name]=$value ;;
                             advertise) h_advertise[$name]=$value ;;
                             resp) h_resp[$name]=$value ;;
+                            metrics) h_metrics[$name]=$value ;;
                         esac
                         ;;
                     store) h_store[$name]=$value ;;
@@ -167,7 +168,7 @@ parse_inventory() {
                         [[ $value =~ ^(yes|no)$ ]] || bad_input "$file:$lineno: spare=$value: expected yes or no"
                         h_spare[$name]=$value
                         ;;
-                    *) bad_input "$file:$lineno: unknown host field '$key' (ssh, listen, advertise, resp, store, key, dir, spare)" ;;
+                    *) bad_input "$file:$lineno: unknown host field '$key' (ssh, listen, advertise, resp, metrics, store, key, dir, spare)" ;;
                 esac
             done
             [ -n "${h_host[$name]}" ] || bad_input "$file:$lineno: host $name has no ssh=[USER@]HOST[:PORT]"
@@ -363,6 +364,7 @@ node_conf() {
     local args=(node --listen "${h_listen[$name]}")
     [ -n "${h_advertise[$name]}" ] && args+=(--advertise "${h_advertise[$name]}")
     [ -n "${h_resp[$name]}" ] && args+=(--resp "${h_resp[$name]}")
+    [ -n "${h_metrics[$name]}" ] && args+=(--metrics "${h_metrics[$name]}")
     args+=(--store "${h_store[$name]:-${cfg[store]}}")
     for key in replicas ack successors stabilize_ms store_threads routing cache vnodes; do
         [ -n "${cfg[$key]}" ] && args+=("${node_flag[$key]}" "${cfg[$key]}")
@@ -448,6 +450,7 @@ cmd_push() {
 push_host() {
     local name=$1 binary=$2 arches=$3 dir arch stage rc=0 key flags=()
     [ -n "${h_resp[$name]}" ] && flags+=(--resp)
+    [ -n "${h_metrics[$name]}" ] && flags+=(--metrics)
     for key in "${optional_flags[@]}"; do
         [ -n "${cfg[$key]}" ] && flags+=("${node_flag[$key]}")
     done

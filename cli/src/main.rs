@@ -438,6 +438,13 @@ struct NodeArgs {
     /// routed through the ring like any other.
     #[arg(long, value_name = "ADDR")]
     resp: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT; port 0 picks a free one,
+    /// printed on stderr): requests by command and result, latency histograms, keys, hops,
+    /// connections, anti-entropy, leases, per-peer failures and every `chordkv stats`
+    /// counter. Bind it to an address only your monitoring can reach: it has no
+    /// authentication.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -566,6 +573,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
         .map(|a| parse_addr(a))
         .collect::<Result<Vec<_>, _>>()?;
     let resp = args.resp.as_deref().map(parse_addr).transpose()?;
+    let metrics = args.metrics.as_deref().map(parse_addr).transpose()?;
     let node_id = match &args.id {
         Some(hex) => {
             Some(Id::from_hex(hex).ok_or_else(|| anyhow!("invalid id '{hex}': expected 40 hex digits"))?)
@@ -657,6 +665,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
             query_buffer_bytes: args.options.client_query_buffer_limit as usize,
             idle_timeout_ms: args.options.idle_timeout_secs.saturating_mul(1000),
         },
+        metrics,
     })?;
     Ok(Outcome::Success)
 }

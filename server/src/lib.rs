@@ -63,6 +63,9 @@
 //!   requests a binary client would send; the loop hands them to `handle_request` with the
 //!   connection's token as `ReplyTo`, and gives the core's replies to the session, which puts
 //!   them back in command order and encodes RESP.
+//! - **Metrics** (`metrics.rs`). With `--metrics ADDR` a thread of its own serves Prometheus'
+//!   `/metrics`; the loop records requests in plain fields and publishes a snapshot once a
+//!   second through a mutex it only `try_lock`s, so it never waits for a scraper.
 //! - **Leaving.** The first SIGTERM/SIGINT (or [`ServerHandle::leave`]) starts the core's
 //!   graceful leave; when it emits `Output::Left` the loop gives queued bytes up to
 //!   [`LEFT_FLUSH_MS`] to go out and returns. The loop exits anyway `leave_timeout_ms` +
@@ -71,8 +74,9 @@
 pub mod auth;
 mod conn;
 pub mod error;
-mod event_loop;
+pub(crate) mod event_loop;
 pub mod keyring;
+mod metrics;
 pub mod positions;
 mod resp;
 pub mod secure;
@@ -136,6 +140,9 @@ pub struct ServerConfig {
     /// TLS for clients ([`tls::server_config`]): the RESP port speaks only TLS, and the
     /// binary port serves clients only over TLS (peers use the keyring).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Serve `/metrics` (Prometheus text format) on this address, from a thread of its own
+    /// (see `metrics.rs`); port 0 picks a free port.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Who may use the node as a client: credentials (`--requirepass`, `--users`) and Redis'

@@ -37,6 +37,7 @@ fn config(join: Option<SocketAddr>, store: Arc<dyn Store>) -> ServerConfig {
         client_limits: Default::default(),
         client_auth: Default::default(),
         tls: None,
+        metrics: None,
     }
 }
 

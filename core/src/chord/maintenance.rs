@@ -73,6 +73,7 @@ impl Node {
                     .copied();
                 match succ {
                     Some(succ) if !self.rpcs.any(RpcKind::Stabilize) => {
+                        self.stats.stabilize_rounds += 1;
                         self.send_rpc(now, succ.addr, Message::GetNeighbors, RpcKind::Stabilize, 0);
                     }
                     Some(_) => {}

@@ -68,6 +68,8 @@ counters! {
     /// Routing maintenance requests sent (stabilize, notify, check_predecessor, finger and
     /// join lookups, membership pages and broadcasts); each has one reply.
     maintenance_sent,
+    /// Stabilize rounds started (a `GET_NEIGHBORS` to the first live successor).
+    stabilize_rounds,
     /// Membership events detected here and disseminated (one-hop).
     member_events_detected,
     /// Membership events received that changed the table (one-hop).

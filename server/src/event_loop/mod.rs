@@ -20,6 +20,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use super::conn::{Accepting, Conn, Kind, ReadStatus, Role, Security};
+use super::metrics::{self, Metrics};
 use super::resp::{ClientRow, Facts, RespSession, Step};
 use super::store_pool::StorePool;
 use super::token_map::TokenMap;
@@ -39,9 +40,11 @@ const SIGNALS: Token = Token(2);
 const RESP_LISTENER: Token = Token(3);
 /// The store's connection to Redis for gets and puts (`store::redis::pipe`).
 const STORE_PIPE: Token = Token(4);
+/// Not a socket: the [`ReplyTo`] of the `GET_STATS` the loop asks for `/metrics`.
+const METRICS_STATS: Token = Token(5);
 /// Connections take tokens from here up, never reused (a token doubles as a [`ReplyTo`], so a
 /// late reply can never reach a newer connection).
-const FIRST_CONN_TOKEN: usize = 5;
+const FIRST_CONN_TOKEN: usize = 6;
 
 /// Bytes asked of the socket per `read`.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -206,6 +209,8 @@ pub(super) struct Server {
     resp_reachable_from_outside: bool,
     /// When idle clients were last looked for.
     last_idle_sweep: Millis,
+    /// With `--metrics`: what the loop records for `/metrics` and publishes to its thread.
+    metrics: Option<Metrics>,
 }
 
 impl Server {
@@ -225,6 +230,7 @@ impl Server {
             client_limits,
             client_auth,
             tls,
+            metrics,
         } = config;
         let mut chord = chord;
         // A Redis store writes a value with a small header, and refuses what is over its own
@@ -253,6 +259,8 @@ impl Server {
             Some(addr) => Some(TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?),
             None => None,
         };
+        // Bound before the node starts, so an address in use is a startup error.
+        let metrics = metrics.map(Metrics::start).transpose()?;
         let local = listener
             .local_addr()
             .map_err(Error::io("reading the listening address"))?;
@@ -375,6 +383,9 @@ impl Server {
                 me.addr, facts.resp_addr
             );
         }
+        if let Some(m) = &metrics {
+            eprintln!("chordkv node {}: metrics on http://{}/metrics", me.addr, m.addr);
+        }
         if let Some(keyring) = &peer_security.keyring {
             eprintln!(
                 "chordkv node {}: keyring of {} key(s), sending with {}; peer operations {}",
@@ -451,6 +462,7 @@ impl Server {
             tls,
             reachable_from_outside: !local.ip().is_loopback(),
             resp_reachable_from_outside,
+            metrics,
         })
     }
 
@@ -532,6 +544,7 @@ impl Server {
             }
             self.expire_connects(now);
             self.close_idle_clients(now);
+            self.publish_metrics(now);
             self.node.tick(now);
             self.settle(now);
             self.note_phase();
@@ -647,6 +660,12 @@ impl Server {
     }
 
     fn reply(&mut self, now: Millis, to: ReplyTo, frame: Frame) {
+        if let Some(m) = &mut self.metrics {
+            if to.0 == METRICS_STATS.0 as u64 {
+                return m.stats_answered(frame);
+            }
+            m.recorder.finish(to.0, &frame);
+        }
         let token = Token(to.0 as usize);
         // The connection may be gone (the client hung up): the reply is dropped.
         let Some(conn) = self.conns.get_mut(&token) else {
@@ -1044,6 +1063,9 @@ impl Server {
                     };
                     if conn.kind == Kind::Client {
                         conn.requests_in_flight += 1;
+                        if let Some(m) = &mut self.metrics {
+                            m.recorder.start(token.0 as u64, &frame);
+                        }
                     }
                     self.node.handle_request(now, ReplyTo(token.0 as u64), frame);
                 }
@@ -1129,7 +1151,13 @@ impl Server {
         // frames do, with this connection as their reply address. Answers given on the spot
         // are in `wbuf` already; the core's come back through `reply` while pumping.
         let (node, to) = (&mut self.node, ReplyTo(token.0 as u64));
-        session.apply_requests(|frame| node.handle_request(now, to, frame));
+        let mut recorder = self.metrics.as_mut().map(|m| &mut m.recorder);
+        session.apply_requests(|frame| {
+            if let Some(r) = recorder.as_mut() {
+                r.start(to.0, &frame);
+            }
+            node.handle_request(now, to, frame)
+        });
         let after = resp_after_output(conn, token, &mut self.read_again, &mut self.to_flush);
         self.resp_finish(now, token, after);
         // Clients CLIENT KILL named.
@@ -1202,6 +1230,41 @@ impl Server {
         }
     }
 
+    /// With `--metrics`, once a second: asks the core for its counters when they are due (answered to
+    /// [`METRICS_STATS`]) and publishes what the loop knows; never waits for the metrics
+    /// thread.
+    fn publish_metrics(&mut self, now: Millis) {
+        let Some(m) = &mut self.metrics else { return };
+        if !m.due(now) {
+            return;
+        }
+        if m.should_ask_stats(now) {
+            let stats = Frame::new(0, Message::GetStats);
+            self.node
+                .handle_request(now, ReplyTo(METRICS_STATS.0 as u64), stats);
+        }
+        let peers_inbound = self
+            .conns
+            .values()
+            .filter(|c| c.kind == Kind::Peer && matches!(c.role, Role::Inbound { .. }))
+            .count();
+        let facts = metrics::LoopFacts {
+            clients: self.clients as u64,
+            peers_inbound: peers_inbound as u64,
+            peers_outbound: self.peers.len() as u64,
+            peers_down: self.down.len() as u64,
+            // The routing table leaves out the vnode itself.
+            ring_nodes_known: (self.node.vnodes().iter())
+                .map(|v| v.routing().distinct_nodes() + 1)
+                .max()
+                .unwrap_or(0) as u64,
+            in_ring: u64::from(self.node.in_ring()),
+        };
+        if let Some(m) = &mut self.metrics {
+            m.publish(now, facts);
+        }
+    }
+
     fn note_reachable(&mut self, peer: SocketAddr) {
         if self.down.remove(&peer) {
             self.log(format_args!("peer {peer} reachable again"));
@@ -1209,6 +1272,9 @@ impl Server {
     }
 
     fn peer_failed(&mut self, now: Millis, peer: SocketAddr, why: Why<'_>) {
+        if let Some(m) = &mut self.metrics {
+            m.recorder.peer_failed(peer);
+        }
         if self.down.insert(peer) {
             self.log(format_args!("peer {peer} unreachable: {why}"));
         }
@@ -1355,7 +1421,7 @@ fn resp_after_output(
     RespAfter::Done
 }
 
-fn bind_error(addr: SocketAddr, e: io::Error) -> Error {
+pub(crate) fn bind_error(addr: SocketAddr, e: io::Error) -> Error {
     let reason = match e.kind() {
         io::ErrorKind::AddrInUse => "the address is already in use".to_string(),
         io::ErrorKind::AddrNotAvailable => "the address is not available on this host".to_string(),

@@ -1,0 +1,662 @@
+//! `/metrics`: the node's counters in the Prometheus text format (`chordkv node --metrics
+//! ADDR`).
+//!
+//! The event loop never waits for a scraper. It keeps what only it can see in plain fields
+//! ([`Recorder`]: requests by command and result, their latency, failures per peer), and once
+//! per [`PUBLISH_INTERVAL_MS`] it copies them, with the host's `GET_STATS` counters (asked of
+//! the core like any client's `GET_STATS`, answered to a reply address of its own, every
+//! [`STATS_INTERVAL_MS`]: counting keys scans the store) and its connection counts, into a [`Snapshot`] behind a mutex it only ever `try_lock`s: a scrape in
+//! progress makes it skip one publication, never wait. The metrics thread encodes the latest
+//! snapshot per scrape:
+//!
+//! ```text
+//!   event loop (mio)                         metrics thread (std::net, one at a time)
+//!   ────────────────                         ───────────────────────────────────────
+//!   request in  ─► Recorder::start            accept ─► read ≤ 8 KiB, ≤ 2 s ─► httparse
+//!   reply out   ─► Recorder::finish           GET /metrics ─► lock, clone the Snapshot
+//!   every 10 s  ─► GET_STATS to the core                   ─► prometheus-client encodes
+//!               ─► try_lock: publish ───► Arc<Mutex<Snapshot>>
+//! ```
+//!
+//! Scrapes are served one connection at a time with a total deadline of
+//! [`SCRAPE_DEADLINE_MS`] and a request head of at most [`MAX_REQUEST_HEAD_BYTES`], so many
+//! concurrent scrapers wait in the listen backlog instead of growing memory or threads; a slow
+//! one delays the others by at most the deadline. A wrong path is 404, a method other than GET
+//! or HEAD 405.
+//!
+//! Cost per request, only with `--metrics`: one `Instant::now()` and one hash-map insert when a
+//! client request enters the core, one `Instant::now()`, a removal and a few adds when its reply
+//! leaves. Without `--metrics` the loop holds no recorder and pays one branch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use chordkv_core::chord::Stats;
+use chordkv_protocol::{Frame, Message};
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::{Error, Result};
+
+/// How often the event loop publishes a snapshot (requests, latency, connections).
+pub const PUBLISH_INTERVAL_MS: u64 = 1_000;
+/// How often it asks the core for its `GET_STATS` counters. Less often than it publishes: the
+/// key counts scan every vnode's primary range (measured under callgrind: about 200
+/// instructions per key held, so some 50 ms of the loop per million keys), which is a cost
+/// per ask, not per request.
+pub const STATS_INTERVAL_MS: u64 = 10_000;
+/// A `GET_STATS` unanswered this long is given up and asked again.
+pub const STATS_RETRY_MS: u64 = 10_000;
+/// Time one scrape may take from accept to the last byte written.
+pub const SCRAPE_DEADLINE_MS: u64 = 2_000;
+/// Longest request line and headers a scraper may send.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
+/// Peers whose failures are counted one by one; beyond, they are not added (a ring's hosts
+/// are far fewer).
+pub const MAX_PEERS_TRACKED: usize = 1_024;
+/// A request whose reply has not left after this long is forgotten by the recorder (its
+/// connection closed, or the core dropped it): it is not counted.
+pub const FORGET_REQUEST_MS: u64 = 300_000;
+/// Upper bounds of `chordkv_request_duration_seconds`' buckets, 25 µs (a GET served by the
+/// node that received it takes about 20 µs) to 10 s.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 18] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A client request's kind, as the `command` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command {
+    Get,
+    Put,
+    Delete,
+    Execute,
+    Scan,
+    Ring,
+    Other,
+}
+
+const COMMANDS: [(Command, &str); 7] = [
+    (Command::Get, "get"),
+    (Command::Put, "put"),
+    (Command::Delete, "delete"),
+    (Command::Execute, "execute"),
+    (Command::Scan, "scan"),
+    (Command::Ring, "ring"),
+    (Command::Other, "other"),
+];
+/// The `result` label: the reply was the command's own, a redirect, or an error.
+const RESULTS: [&str; 3] = ["ok", "redirect", "error"];
+
+impl Command {
+    fn of(message: &Message) -> Command {
+        match message {
+            Message::Get { .. } => Command::Get,
+            Message::Put { .. } => Command::Put,
+            Message::Delete { .. } => Command::Delete,
+            Message::Execute { .. } => Command::Execute,
+            Message::ScanKeys { .. } | Message::ScanRange { .. } => Command::Scan,
+            Message::RingCommand { .. } | Message::RangeCommand { .. } => Command::Ring,
+            _ => Command::Other,
+        }
+    }
+}
+
+fn result_of(message: &Message) -> usize {
+    match message {
+        Message::Redirect { .. } => 1,
+        Message::Error { .. } => 2,
+        _ => 0,
+    }
+}
+
+/// One latency histogram: counts per bucket (not cumulative), their sum in seconds.
+#[derive(Clone, Debug, Default)]
+struct Histogram {
+    counts: [u64; LATENCY_BUCKETS_SECONDS.len() + 1],
+    sum_seconds: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        let i = LATENCY_BUCKETS_SECONDS.partition_point(|&b| b < seconds);
+        self.counts[i] += 1;
+        self.sum_seconds += seconds;
+    }
+
+    fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// `(upper bound, count in this bucket alone)`, `+Inf` last: prometheus-client's encoder
+    /// adds them up into the text format's cumulative buckets itself.
+    fn buckets(&self) -> Vec<(f64, u64)> {
+        let bounds = LATENCY_BUCKETS_SECONDS.iter().copied().chain([f64::INFINITY]);
+        bounds.zip(self.counts).collect()
+    }
+}
+
+/// What the event loop records as requests pass: owned by the loop, no atomics.
+#[derive(Debug, Default)]
+pub(crate) struct Recorder {
+    /// `(reply address, request id)` of client requests in the core, with their start.
+    started: HashMap<(u64, u64), (Command, Instant)>,
+    requests: [[u64; RESULTS.len()]; COMMANDS.len()],
+    latency: [Histogram; COMMANDS.len()],
+    peer_failures: BTreeMap<SocketAddr, u64>,
+}
+
+impl Recorder {
+    /// A client's request enters the core with replies going to `to`.
+    pub fn start(&mut self, to: u64, frame: &Frame) {
+        self.started.insert(
+            (to, frame.request_id),
+            (Command::of(&frame.message), Instant::now()),
+        );
+    }
+
+    /// The core's reply to `to` leaves (or is dropped for a closed connection).
+    pub fn finish(&mut self, to: u64, frame: &Frame) {
+        if let Some((command, at)) = self.started.remove(&(to, frame.request_id)) {
+            let c = command as usize;
+            self.requests[c][result_of(&frame.message)] += 1;
+            self.latency[c].observe(at.elapsed().as_secs_f64());
+        }
+    }
+
+    pub fn peer_failed(&mut self, peer: SocketAddr) {
+        if let Some(n) = self.peer_failures.get_mut(&peer) {
+            *n += 1;
+        } else if self.peer_failures.len() < MAX_PEERS_TRACKED {
+            self.peer_failures.insert(peer, 1);
+        }
+    }
+
+    /// Forgets requests whose reply will not come.
+    fn forget_stale(&mut self) {
+        let limit = Duration::from_millis(FORGET_REQUEST_MS);
+        self.started.retain(|_, (_, at)| at.elapsed() < limit);
+    }
+}
+
+/// What one scrape shows: the event loop's last publication.
+#[derive(Clone, Debug, Default)]
+struct Snapshot {
+    /// The host's `GET_STATS` counters (merged over its vnodes), as last answered.
+    counters: Vec<(String, u64)>,
+    requests: [[u64; RESULTS.len()]; COMMANDS.len()],
+    latency: [Histogram; COMMANDS.len()],
+    peer_failures: BTreeMap<SocketAddr, u64>,
+    facts: LoopFacts,
+}
+
+/// What the event loop counts of its own state at each publication.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LoopFacts {
+    /// Open connections: clients, peers that connected to us, peers we connected to.
+    pub clients: u64,
+    pub peers_inbound: u64,
+    pub peers_outbound: u64,
+    /// Peers the loop last found unreachable and has not reached since.
+    pub peers_down: u64,
+    /// The most ring members one of this host's vnodes knows (its routing table; the whole
+    /// ring with one-hop routing).
+    pub ring_nodes_known: u64,
+    /// 1 while the host is a member of the ring (not joining, not left).
+    pub in_ring: u64,
+}
+
+/// The event loop's side: its recorder, the shared snapshot and when to publish.
+pub(crate) struct Metrics {
+    pub recorder: Recorder,
+    shared: Arc<Mutex<Snapshot>>,
+    /// Counters of the last `GET_STATS` answer, kept for publications that cannot lock.
+    counters: Vec<(String, u64)>,
+    next_publish_ms: u64,
+    /// When the `GET_STATS` in flight was asked, if one is.
+    stats_asked_ms: Option<u64>,
+    /// When the next `GET_STATS` is due.
+    next_stats_ms: u64,
+    pub addr: SocketAddr,
+}
+
+impl Metrics {
+    /// Binds `addr` and starts the metrics thread: an address that cannot be bound is an
+    /// error here, before the node starts.
+    pub fn start(addr: SocketAddr) -> Result<Metrics> {
+        let listener = TcpListener::bind(addr).map_err(|e| crate::event_loop::bind_error(addr, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(Error::io("reading the metrics address"))?;
+        let shared = Arc::new(Mutex::new(Snapshot::default()));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(SnapshotCollector(Arc::clone(&shared))));
+        thread::Builder::new()
+            .name("chordkv-metrics".into())
+            .spawn(move || serve(listener, registry))
+            .map_err(Error::io("starting the metrics thread"))?;
+        Ok(Metrics {
+            recorder: Recorder::default(),
+            shared,
+            counters: Vec::new(),
+            next_publish_ms: 0,
+            stats_asked_ms: None,
+            next_stats_ms: 0,
+            addr,
+        })
+    }
+
+    /// Whether the loop should ask the core for its counters now (and notes that it did).
+    pub fn should_ask_stats(&mut self, now: u64) -> bool {
+        match self.stats_asked_ms {
+            Some(at) if now < at + STATS_RETRY_MS => false,
+            _ if now < self.next_stats_ms => false,
+            _ => {
+                self.stats_asked_ms = Some(now);
+                self.next_stats_ms = now + STATS_INTERVAL_MS;
+                true
+            }
+        }
+    }
+
+    /// The core answered the loop's `GET_STATS`.
+    pub fn stats_answered(&mut self, frame: Frame) {
+        self.stats_asked_ms = None;
+        if let Message::Stats { counters } = frame.message {
+            self.counters = counters;
+        }
+    }
+
+    /// Whether a publication is due at `now`.
+    pub fn due(&self, now: u64) -> bool {
+        now >= self.next_publish_ms
+    }
+
+    /// Publishes `facts` (what the loop counted) with the recorder's counts, unless a scrape
+    /// holds the snapshot: then the next turn tries again.
+    pub fn publish(&mut self, now: u64, facts: LoopFacts) {
+        let Some(mut shared) = self.shared.try_lock() else {
+            return;
+        };
+        self.recorder.forget_stale();
+        *shared = Snapshot {
+            counters: self.counters.clone(),
+            requests: self.recorder.requests,
+            latency: self.recorder.latency.clone(),
+            peer_failures: self.recorder.peer_failures.clone(),
+            facts,
+        };
+        self.next_publish_ms = now + PUBLISH_INTERVAL_MS;
+    }
+}
+
+// ---- the metrics thread -------------------------------------------------------------------
+
+fn serve(listener: TcpListener, registry: Registry) {
+    for stream in listener.incoming() {
+        match stream {
+            // A failed scrape concerns that scraper only.
+            Ok(stream) => drop(scrape(stream, &registry)),
+            // Out of file descriptors, say: wait rather than spin.
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Serves one connection: one request, then close.
+fn scrape(mut stream: TcpStream, registry: &Registry) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(SCRAPE_DEADLINE_MS);
+    let mut head = [0u8; MAX_REQUEST_HEAD_BYTES];
+    let mut len = 0;
+    let (method, path) = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return respond(
+                &mut stream,
+                "408 Request Timeout",
+                "text/plain",
+                "request too slow\n",
+                true,
+            );
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = stream.read(&mut head[len..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&head[..len]) {
+            Ok(httparse::Status::Complete(_)) => {
+                let method = request.method.unwrap_or("").to_string();
+                let path = request.path.unwrap_or("").to_string();
+                break (method, path);
+            }
+            Ok(httparse::Status::Partial) if len < head.len() => continue,
+            Ok(httparse::Status::Partial) => {
+                let status = "431 Request Header Fields Too Large";
+                return respond(&mut stream, status, "text/plain", "request head too long\n", true);
+            }
+            Err(e) => {
+                let body = format!("bad request: {e}\n");
+                return respond(&mut stream, "400 Bad Request", "text/plain", &body, true);
+            }
+        }
+    };
+    stream.set_write_timeout(Some(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1)),
+    ))?;
+    let path = path.split('?').next().unwrap_or("");
+    let body_wanted = method != "HEAD";
+    if path != "/metrics" {
+        return respond(
+            &mut stream,
+            "404 Not Found",
+            "text/plain",
+            "only /metrics is here\n",
+            body_wanted,
+        );
+    }
+    if method != "GET" && method != "HEAD" {
+        return respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            "use GET\n",
+            true,
+        );
+    }
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return respond(
+            &mut stream,
+            "500 Internal Server Error",
+            "text/plain",
+            "encoding failed\n",
+            true,
+        );
+    }
+    let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    respond(&mut stream, "200 OK", kind, &text, body_wanted)
+}
+
+fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str, with_body: bool) -> io::Result<()> {
+    let allow = if status.starts_with("405") {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    if with_body {
+        stream.write_all(body.as_bytes())?;
+    }
+    stream.flush()
+}
+
+// ---- encoding -------------------------------------------------------------------------------
+
+/// Encodes the latest snapshot on each scrape.
+#[derive(Debug)]
+struct SnapshotCollector(Arc<Mutex<Snapshot>>);
+
+/// Core counters that are not monotonic (gauges despite being in [`Stats`]).
+const STATS_GAUGES: &[&str] = &["hops_max", "anti_entropy_last_round_repaired"];
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
+        // Copy out and let go at once: the event loop `try_lock`s, and should rarely miss.
+        let s = self.0.lock().clone();
+        let f = s.facts;
+        let e = &mut encoder;
+
+        let help = "Client requests answered, by command and result (ok, redirect, error)";
+        let mut m = e.encode_descriptor("chordkv_requests", help, None, MetricType::Counter)?;
+        for (c, command) in COMMANDS {
+            for (r, result) in RESULTS.iter().enumerate() {
+                let labels = [("command", command), ("result", *result)];
+                let n = s.requests[c as usize][r];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, u64, f64>(&n, None)?;
+            }
+        }
+        let help = "Time from a client request entering the node to its reply leaving, by command";
+        let mut m = e.encode_descriptor(
+            "chordkv_request_duration",
+            help,
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (c, command) in COMMANDS {
+            let h = &s.latency[c as usize];
+            m.encode_family(&[("command", command)])?
+                .encode_histogram::<NoLabelSet>(
+                    h.sum_seconds,
+                    h.count(),
+                    &h.buckets(),
+                    None::<&HashMap<usize, Exemplar<NoLabelSet, f64>>>,
+                )?;
+        }
+        let help = "Failures to reach a peer (connect, write, lost connection), by peer address";
+        let mut m = e.encode_descriptor("chordkv_peer_failures", help, None, MetricType::Counter)?;
+        for (peer, n) in &s.peer_failures {
+            m.encode_family(&[("peer", peer.to_string())])?
+                .encode_counter::<NoLabelSet, u64, f64>(n, None)?;
+        }
+        let help = "Open connections: clients, peers connected to this node, peers it connected to";
+        let mut m = e.encode_descriptor("chordkv_connections", help, None, MetricType::Gauge)?;
+        for (kind, n) in [
+            ("client", f.clients),
+            ("peer_inbound", f.peers_inbound),
+            ("peer_outbound", f.peers_outbound),
+        ] {
+            m.encode_family(&[("kind", kind)])?.encode_gauge(&(n as i64))?;
+        }
+        gauge(
+            e,
+            "chordkv_peers_down",
+            "Peers found unreachable and not reached since",
+            f.peers_down,
+        )?;
+        gauge(
+            e,
+            "chordkv_ring_nodes_known",
+            "Ring members known to this node: the most any of its vnodes has in its routing table \
+             (itself included; the whole ring with one-hop routing)",
+            f.ring_nodes_known,
+        )?;
+        gauge(
+            e,
+            "chordkv_in_ring",
+            "1 while this node is a member of the ring",
+            f.in_ring,
+        )?;
+
+        // The core's GET_STATS counters, by their names (`chordkv stats` shows the same).
+        let is_counter =
+            |name: &str| Stats::default().counters().any(|(n, _)| n == name) && !STATS_GAUGES.contains(&name);
+        let mut per_vnode: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
+        for (name, value) in &s.counters {
+            if let Some(rest) = name.strip_prefix("vnode.") {
+                if let Some((vnode, what)) = rest.split_once('.') {
+                    per_vnode.entry(what).or_default().push((vnode, *value));
+                }
+                continue;
+            }
+            core_metric(e, name, *value, is_counter(name))?;
+        }
+        for (what, values) in per_vnode {
+            let name = format!("vnode_{what}");
+            let help = format!("{what} of one vnode (GET_STATS' vnode.<i>.{what})");
+            let (name, ty) = core_name(&name, is_counter(what));
+            let mut m = e.encode_descriptor(&name, &help, None, ty)?;
+            for (vnode, value) in values {
+                let labels = [("vnode", vnode)];
+                encode_u64(m.encode_family(&labels)?, ty, value)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> std::result::Result<(), std::fmt::Error> {
+    e.encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&(v as i64))
+}
+
+/// The metric name and type of a core counter: `chordkv_` before it, milliseconds as seconds
+/// (the value is scaled in [`core_metric`]).
+fn core_name(name: &str, counter: bool) -> (String, MetricType) {
+    let name = name.replace('.', "_");
+    let name = match name.strip_suffix("_ms") {
+        Some(stem) => format!("{stem}_seconds"),
+        None => name,
+    };
+    let ty = if counter {
+        MetricType::Counter
+    } else {
+        MetricType::Gauge
+    };
+    // A counter's `_total` is added by the encoder.
+    let name = if counter {
+        name.strip_suffix("_total").map(str::to_string).unwrap_or(name)
+    } else {
+        name
+    };
+    (format!("chordkv_{name}"), ty)
+}
+
+fn core_metric(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    value: u64,
+    counter: bool,
+) -> std::result::Result<(), std::fmt::Error> {
+    let (metric, ty) = core_name(name, counter);
+    let help = format!("GET_STATS' {name} (see `chordkv stats`)");
+    let m = e.encode_descriptor(&metric, &help, None, ty)?;
+    if name.ends_with("_ms") {
+        encode_f64(m, ty, value as f64 / 1000.0)
+    } else {
+        encode_u64(m, ty, value)
+    }
+}
+
+fn encode_u64(mut m: MetricEncoder, ty: MetricType, value: u64) -> std::result::Result<(), std::fmt::Error> {
+    match ty {
+        MetricType::Counter => m.encode_counter::<NoLabelSet, u64, f64>(&value, None),
+        _ => m.encode_gauge(&(value.min(i64::MAX as u64) as i64)),
+    }
+}
+
+fn encode_f64(mut m: MetricEncoder, ty: MetricType, value: f64) -> std::result::Result<(), std::fmt::Error> {
+    match ty {
+        MetricType::Counter => m.encode_counter::<NoLabelSet, f64, f64>(&value, None),
+        _ => m.encode_gauge(&value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_histogram_counts_each_bucket_with_inf_last() {
+        let mut h = Histogram::default();
+        h.observe(0.000_05);
+        h.observe(0.003);
+        h.observe(60.0);
+        let b = h.buckets();
+        assert_eq!(b[..2], [(0.000_025, 0), (0.000_05, 1)]);
+        assert_eq!(b.last(), Some(&(f64::INFINITY, 1)));
+        assert_eq!(h.count(), 3);
+    }
+
+    #[test]
+    fn core_counters_get_prometheus_names() {
+        assert_eq!(
+            core_name("ops_get", true),
+            ("chordkv_ops_get".into(), MetricType::Counter)
+        );
+        assert_eq!(
+            core_name("uptime_ms", false),
+            ("chordkv_uptime_seconds".into(), MetricType::Gauge)
+        );
+        assert_eq!(core_name("keys_primary", false).0, "chordkv_keys_primary");
+    }
+
+    #[test]
+    fn a_snapshot_encodes_as_openmetrics_text() {
+        let shared = Arc::new(Mutex::new(Snapshot::default()));
+        let mut rec = Recorder::default();
+        let get = Frame::new(
+            7,
+            Message::Get {
+                key: bytes::Bytes::from_static(b"k"),
+            },
+        );
+        for id in [7, 8] {
+            rec.start(
+                9,
+                &Frame {
+                    request_id: id,
+                    ..get.clone()
+                },
+            );
+            rec.finish(9, &Frame::new(id, Message::Ping));
+        }
+        rec.peer_failed("127.0.0.1:1".parse().unwrap());
+        *shared.lock() = Snapshot {
+            counters: vec![
+                ("ops_get".into(), 4),
+                ("keys".into(), 2),
+                ("vnode.0.keys".into(), 2),
+            ],
+            requests: rec.requests,
+            latency: rec.latency.clone(),
+            peer_failures: rec.peer_failures.clone(),
+            facts: LoopFacts {
+                clients: 1,
+                ..LoopFacts::default()
+            },
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(SnapshotCollector(shared)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "chordkv_requests_total{command=\"get\",result=\"ok\"} 2",
+            "chordkv_request_duration_seconds_count{command=\"get\"} 2",
+            // Cumulative, and no bucket above the count.
+            "chordkv_request_duration_seconds_bucket{le=\"10.0\",command=\"get\"} 2",
+            "chordkv_request_duration_seconds_bucket{le=\"+Inf\",command=\"get\"} 2",
+            "chordkv_peer_failures_total{peer=\"127.0.0.1:1\"} 1",
+            "chordkv_connections{kind=\"client\"} 1",
+            "chordkv_ops_get_total 4",
+            "chordkv_keys 2",
+            "chordkv_vnode_keys{vnode=\"0\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
