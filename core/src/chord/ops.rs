@@ -297,9 +297,7 @@ impl Node {
     /// (`route` answers `Local`), no transfer into our range holds it, and under `consistent`
     /// our lease on our range is valid.
     fn serves_at_once(&self, now: Millis, target: &Id) -> bool {
-        let certain = self.predecessor.is_some() || self.routing.successors().is_empty();
-        certain
-            && self.owns(target)
+        self.routes_locally(target)
             && !self.receiving(target)
             && (!self.config.is_consistent() || self.leases.serves(&self.me.id, now))
     }

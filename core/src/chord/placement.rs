@@ -87,11 +87,19 @@ impl Node {
     /// `successors[i..]`. `None` when `route` answers otherwise (we own it, or the successor list
     /// does not reach it).
     pub(super) fn successor_arc(&self, target: &Id) -> Option<usize> {
-        let certain = self.predecessor.is_some() || self.routing.successors().is_empty();
-        if certain && self.owns(target) {
+        if self.routes_locally(target) {
             return None;
         }
         self.successor_arc_from(target)
+    }
+
+    /// Whether `route` answers `Local`: we own `target`, and know it. Without a known
+    /// predecessor a node cannot tell where its range starts, so it claims a key outright only
+    /// when it is alone; otherwise it routes, and serves the key when a peer sends it directly
+    /// (see `owns`).
+    pub(super) fn routes_locally(&self, target: &Id) -> bool {
+        let certain = self.predecessor.is_some() || self.routing.successors().is_empty();
+        certain && self.owns(target)
     }
 
     /// The successor whose arc holds `target`, walking from us.
@@ -109,11 +117,7 @@ impl Node {
     /// Resolves `target` as far as this node's own tables allow.
     pub(super) fn route(&self, target: &Id) -> Route {
         let succs = self.routing.successors();
-        // Without a known predecessor a node cannot tell where its range starts, so it claims
-        // a key outright only when it is alone; otherwise it routes, and serves the key when a
-        // peer sends it directly (see `owns`).
-        let certain = self.predecessor.is_some() || succs.is_empty();
-        if certain && self.owns(target) {
+        if self.routes_locally(target) {
             return Route::Local;
         }
         if let Some(i) = self.successor_arc_from(target) {
