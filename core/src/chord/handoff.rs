@@ -77,7 +77,17 @@ pub(super) struct LeaveState {
     pub handed_over: bool,
     /// The successor asked to take over.
     pub target: Option<NodeRef>,
+    /// Neighbours sent our `Leaving` as a hint that have not answered it yet, with the
+    /// attempts made. The leave finishes only once every one has answered or run out of
+    /// [`HINT_ATTEMPTS`]: a hint lost on the way (or with the process that exits right after
+    /// sending it) would leave a neighbour that keeps us, silent, as a member for good under
+    /// `consistent`.
+    pub hints: Vec<(NodeAddr, u8)>,
 }
+
+/// Times a neighbour is sent our leave hint before we leave without its answer (it may have
+/// crashed or left itself).
+pub(super) const HINT_ATTEMPTS: u8 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum LeaveStage {
@@ -613,6 +623,7 @@ impl Node {
             stage: LeaveStage::Waiting,
             handed_over: false,
             target: None,
+            hints: Vec::new(),
         });
         self.pump_leave(now);
     }
@@ -635,7 +646,9 @@ impl Node {
                     // range over, and whoever stays before us still lists us as its successor.
                     // Tell it, or it waits on us for good (`consistent` keeps a silent member).
                     self.announce_leave(now, vec![self.me.addr]);
-                    return self.finish_leave();
+                    let l = self.handoff.leave.as_mut().expect("leaving");
+                    l.stage = LeaveStage::Draining;
+                    return self.pump_leave(now);
                 };
                 let msg = self.leaving_message();
                 let l = self.handoff.leave.as_mut().expect("leaving"); // faulty code
@@ -644,7 +657,7 @@ impl Node {
                 self.send_rpc(now, succ.addr, msg, RpcKind::Leaving, 0);
             }
             LeaveStage::Draining => {
-                if self.client.ops.is_empty() {
+                if self.client.ops.is_empty() && l.hints.is_empty() {
                     self.finish_leave();
                 }
             }
@@ -696,10 +709,38 @@ impl Node {
         for n in neighbours {
             if !told.contains(&n.addr) {
                 told.push(n.addr);
+                if let Some(l) = self.handoff.leave.as_mut() {
+                    l.hints.push((n.addr, 1));
+                }
                 let msg = self.leaving_message();
                 self.send_rpc(now, n.addr, msg, RpcKind::LeavingHint, 0);
             }
         }
+    }
+
+    /// `from` answered our leave hint (whatever it answered: it has handled the notice).
+    pub(super) fn on_leave_hint_answered(&mut self, now: Millis, from: NodeAddr) {
+        if let Some(l) = self.handoff.leave.as_mut() {
+            l.hints.retain(|(a, _)| *a != from);
+            self.pump_leave(now);
+        }
+    }
+
+    /// Our leave hint to `to` got no answer: send it again, up to [`HINT_ATTEMPTS`] times.
+    pub(super) fn on_leave_hint_failed(&mut self, now: Millis, to: NodeAddr) {
+        let Some(l) = self.handoff.leave.as_mut() else {
+            return;
+        };
+        let Some(pos) = l.hints.iter().position(|(a, _)| *a == to) else {
+            return;
+        };
+        if l.hints[pos].1 >= HINT_ATTEMPTS {
+            l.hints.remove(pos);
+            return self.pump_leave(now);
+        }
+        l.hints[pos].1 += 1;
+        let msg = self.leaving_message();
+        self.send_rpc(now, to, msg, RpcKind::LeavingHint, 0);
     }
 
     pub(super) fn on_leaving_failed(&mut self, now: Millis) {
@@ -754,6 +795,10 @@ impl Node {
             return self.reply(to, rid, Message::LeavingReply { accepted: false });
         }
         if is_predecessor {
+            if self.handoff.incoming.iter().any(|i| i.end == node.id) {
+                // We took its range over already and our answer was lost: it asks again.
+                return self.reply(to, rid, Message::LeavingReply { accepted: true });
+            }
             if self.phase != Phase::Active
                 || !self.handoff.incoming.is_empty()
                 || self.handoff.leave.is_some()
@@ -762,7 +807,12 @@ impl Node {
             }
             let new_pred = predecessor.filter(|p| p.addr != self.me.addr && p.addr != node.addr);
             let start = new_pred.map_or(self.me.id, |p| p.id);
-            self.predecessor = new_pred;
+            // The range starts where the leaving node's did, but a predecessor it names that
+            // has left since (simultaneous leaves: it handed its range on before this node
+            // heard) is none of ours: stale, it would refuse the leave of the node that really
+            // comes before us (not in (stale, us)), and nothing would correct it (a leaving
+            // node does not notify). Unknown, the next notify or leave sets it.
+            self.predecessor = new_pred.filter(|p| !self.live.gone.contains_key(&p.addr));
             self.pred_incarnation = None;
             self.mark_gone(now, node);
             let deadline = now + self.config.transfer_stall_timeout_ms;

@@ -524,6 +524,11 @@ impl Node {
         let Some(lookup) = self.lookups.pending.remove(&id) else {
             return;
         };
+        // A node that left since the answer was written is no successor of anyone: a late
+        // reply (from the leaving node itself, even) must not bring it back into our lists,
+        // where `consistent` would keep it for good as a silent member.
+        let mut successors = successors;
+        successors.retain(|n| !self.live.gone.contains_key(&n.addr));
         match lookup.purpose {
             LookupPurpose::Join => {
                 let list: Vec<NodeRef> = successors

@@ -410,7 +410,8 @@ impl Node {
             RpcKind::RangeCommand(walk) => self.on_range_command_reply(now, walk, from, frame.message),
             RpcKind::Transfer(t) => self.on_transfer_ack(now, t, frame.message),
             RpcKind::Leaving => self.on_leaving_reply(now, frame.message),
-            RpcKind::LeavingHint | RpcKind::Collect => {}
+            RpcKind::LeavingHint => self.on_leave_hint_answered(now, from),
+            RpcKind::Collect => {}
             RpcKind::Members => self.on_members(now, from, frame.message),
             RpcKind::MemberEvents(b) => {
                 self.onehop.broadcasts.remove(&b);

@@ -261,11 +261,8 @@ impl Node {
             RpcKind::Lease(primary, round) => self.on_lease_reply(now, primary, round, rpc.to, None),
             RpcKind::Probe => {}
             RpcKind::RangeCommand(walk) => self.on_range_command_failed(walk, rpc.to),
-            RpcKind::Notify
-            | RpcKind::CheckPredecessor
-            | RpcKind::LeavingHint
-            | RpcKind::Collect
-            | RpcKind::Members => {}
+            RpcKind::LeavingHint => self.on_leave_hint_failed(now, rpc.to),
+            RpcKind::Notify | RpcKind::CheckPredecessor | RpcKind::Collect | RpcKind::Members => {}
             RpcKind::Replica(write) => {
                 if let Some(w) = write {
                     self.replica_answered(w, rpc.to, false);
