@@ -90,6 +90,7 @@ fn metrics_are_scraped_and_grow_with_requests() {
         "chordkv_in_ring{}",
         "chordkv_keys_primary{}",
         "chordkv_keys_replica{}",
+        "chordkv_store_bytes{}",
         "chordkv_hops_total{}",
         "chordkv_anti_entropy_rounds_total{}",
         "chordkv_stabilize_rounds_total{}",
@@ -120,6 +121,8 @@ fn metrics_are_scraped_and_grow_with_requests() {
     assert!(sample(&after, get_ok) > sample(&before, get_ok));
     assert!(sample(&after, "chordkv_request_duration_seconds_count{command=put}") >= sample(&after, put_ok));
     assert!(sample(&after, "chordkv_ops_put_total{}") >= 20.0);
+    // 20 keys of 5 or 6 bytes with one-byte values.
+    assert!(sample(&after, "chordkv_store_bytes{}") >= 20.0 * 6.0);
     let (_, text) = http(metrics, "GET", "/metrics").unwrap();
     let inf = "chordkv_request_duration_seconds_bucket{le=\"+Inf\",command=\"put\"} ";
     let count = "chordkv_request_duration_seconds_count{command=\"put\"} ";

@@ -284,6 +284,27 @@ fn namespaces_do_not_see_each_other() {
     assert_eq!(a.redis_keys()[0], "ckv:{127.0.0.1:7001}:data");
 }
 
+/// `Store::bytes` is Redis' MEMORY USAGE of the namespace: none of it before the first write,
+/// more once a large value is in, and another namespace's keys do not count.
+#[test]
+fn bytes_held_are_the_namespace_s_memory_usage() {
+    let redis = RedisServer::start();
+    let a = redis.store("127.0.0.1:7001");
+    let b = redis.store("127.0.0.1:7002");
+    assert_eq!(a.bytes().unwrap(), Some(0), "an empty namespace");
+    a.put(&Bytes::from_static(b"small"), live(1, b"x")).unwrap();
+    let small = a.bytes().unwrap().expect("Redis tells");
+    assert!(small > 0, "one key: {small} bytes");
+    a.put(&Bytes::from_static(b"large"), live(1, &vec![7u8; 100_000]))
+        .unwrap();
+    let large = a.bytes().unwrap().expect("Redis tells");
+    assert!(
+        large >= small + 100_000,
+        "{small} bytes, then {large} with 100 kB more"
+    );
+    assert_eq!(b.bytes().unwrap(), Some(0), "the other namespace holds nothing");
+}
+
 #[test]
 fn largest_keys_and_values_round_trip() {
     let redis = RedisServer::start();

@@ -332,7 +332,7 @@ impl Node {
             }
             Message::GetStats => {
                 self.store_op(
-                    StoreOp::Count,
+                    StoreOp::Size,
                     StoreWait::Stats {
                         to: reply_to,
                         request_id: rid,
@@ -514,6 +514,7 @@ impl Node {
                 to,
                 request_id,
                 total,
+                bytes,
             } => {
                 let primary = match result {
                     Ok(StoreOutcome::RangeCounts(c)) => c,
@@ -523,6 +524,9 @@ impl Node {
                     },
                 };
                 let mut counters = self.stat_counters(now, total, primary);
+                if let Some(b) = bytes {
+                    counters.push(("store_bytes".to_string(), b));
+                }
                 counters.push(("uptime_ms".to_string(), now.saturating_sub(self.created_at)));
                 self.reply(to, request_id, Message::Stats { counters });
             }
@@ -557,9 +561,9 @@ impl Node {
                 self.reply(to, request_id, Message::Info(Box::new(info)));
             }
             StoreWait::Stats { to, request_id } => {
-                let total = match result {
-                    Ok(StoreOutcome::Count(n)) => n,
-                    _ => 0,
+                let (total, bytes) = match result {
+                    Ok(StoreOutcome::Size { keys, bytes }) => (keys, bytes),
+                    _ => (0, None),
                 };
                 // Keys in our primary range; the rest are replica copies.
                 let (start, end) = self.primary_range();
@@ -567,6 +571,7 @@ impl Node {
                     to,
                     request_id,
                     total,
+                    bytes,
                 };
                 self.store_op(StoreOp::RangeCounts { start, end, now }, wait);
             }

@@ -39,7 +39,7 @@ pub(super) enum StoreWait {
         to: ReplyTo,
         request_id: u64,
     },
-    /// Stats, step 1: every live key; step 2: the primary range's.
+    /// Stats, step 1: every live key and the bytes held; step 2: the primary range's keys.
     Stats {
         to: ReplyTo,
         request_id: u64,
@@ -48,6 +48,8 @@ pub(super) enum StoreWait {
         to: ReplyTo,
         request_id: u64,
         total: u64,
+        /// [`crate::store::Store::bytes`], when the driver can tell.
+        bytes: Option<u64>,
     },
     /// A replica write being stored; ack when done.
     ReplicaApply {

@@ -256,6 +256,14 @@ pub trait Store: Send + Sync {
     }
     /// Live keys (tombstones not counted).
     fn len(&self) -> Result<u64>;
+    /// Bytes the store holds for its entries, tombstones included, as the driver can tell:
+    /// none when it cannot (the default). The memory store counts key and value bytes exactly
+    /// (not its allocator's overhead: see results/memory.md for RSS per key); the Redis driver
+    /// reports Redis' `MEMORY USAGE` of its namespace's keys (Redis' own estimate, sampled).
+    /// Asked once per `GET_STATS`, never per request.
+    fn bytes(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
     /// Whether the store holds no live key.
     fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
@@ -311,6 +319,8 @@ pub enum StoreOp {
     RemoveMany { keys: Vec<(Bytes, u64)> },
     /// Count live keys.
     Count,
+    /// Count live keys and the bytes held ([`Store::len`], [`Store::bytes`]).
+    Size,
     /// Count live keys in the ring range `(start, end]`.
     CountRange { start: Id, end: Id },
     /// [`Store::range_counts`] of the ring range `(start, end]` at `now` (ms since the epoch).
@@ -378,6 +388,11 @@ pub enum StoreOutcome {
     },
     Removed(usize),
     Count(u64),
+    /// Live keys and bytes held ([`StoreOp::Size`]).
+    Size {
+        keys: u64,
+        bytes: Option<u64>,
+    },
     RangeCounts(RangeCounts),
     Digest(Vec<u64>),
     KeyVersions(Vec<(Bytes, u64)>),
@@ -427,6 +442,10 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
         }
         StoreOp::RemoveMany { keys } => StoreOutcome::Removed(store.delete_many(keys)?),
         StoreOp::Count => StoreOutcome::Count(store.len()?),
+        StoreOp::Size => StoreOutcome::Size {
+            keys: store.len()?,
+            bytes: store.bytes()?,
+        },
         StoreOp::CountRange { start, end } => StoreOutcome::Count(store.count_range(&start, &end)?),
         StoreOp::RangeCounts { start, end, now } => {
             StoreOutcome::RangeCounts(store.range_counts(&start, &end, now)?)

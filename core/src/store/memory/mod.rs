@@ -51,6 +51,8 @@ struct Inner {
     by_prefix: BTreeMap<u64, Slot>,
     shared: BTreeMap<Id, BTreeSet<ByKey>>,
     live: u64,
+    /// Key and value bytes of every record, tombstones included ([`Store::bytes`]).
+    bytes: u64,
     /// A prefix is the id's first `64 - shift` bits: 0 in use; tests shorten prefixes so that
     /// keys of different ids share them.
     shift: u32,
@@ -228,7 +230,8 @@ impl Store for MemoryStore {
         let mut inner = self.inner.write();
         let inner = &mut *inner;
         let p = inner.prefix(id);
-        // (previous_live, previous_expires_at) of a replaced entry; none for a new key.
+        // (previous_live, previous_expires_at, previous size) of a replaced entry; none for a
+        // new key.
         let previous = match inner.by_prefix.entry(p) {
             MapEntry::Vacant(v) => {
                 v.insert(Slot::One(Record::new(key, &entry)));
@@ -239,7 +242,7 @@ impl Store for MemoryStore {
                     if stored.version() >= entry.version {
                         return Ok(not_applied(stored));
                     }
-                    let previous = (stored.is_live(), stored.expires_at());
+                    let previous = (stored.is_live(), stored.expires_at(), stored.data_len());
                     *stored = Record::new(key, &entry);
                     Some(previous)
                 }
@@ -258,7 +261,9 @@ impl Store for MemoryStore {
                         Some(stored) if stored.0.version() >= entry.version => {
                             return Ok(not_applied(&stored.0))
                         }
-                        Some(stored) => Some((stored.0.is_live(), stored.0.expires_at())),
+                        Some(stored) => {
+                            Some((stored.0.is_live(), stored.0.expires_at(), stored.0.data_len()))
+                        }
                         None => None,
                     };
                     share(&mut inner.shared, *id, Record::new(key, &entry));
@@ -266,10 +271,12 @@ impl Store for MemoryStore {
                 }
             },
         };
-        let (previous_live, previous_expires_at) = previous.unwrap_or((false, 0));
+        let (previous_live, previous_expires_at, previous_bytes) = previous.unwrap_or((false, 0, 0));
         if previous_live {
             inner.live -= 1;
         }
+        let value_len = entry.value.as_ref().map_or(0, |v| v.len());
+        inner.bytes = inner.bytes - previous_bytes as u64 + (key.len() + value_len) as u64;
         if entry.is_live() {
             inner.live += 1;
         }
@@ -285,22 +292,22 @@ impl Store for MemoryStore {
         let mut inner = self.inner.write();
         let inner = &mut *inner;
         let p = inner.prefix(&id);
-        let live = match inner.by_prefix.get(&p) {
+        let gone = match inner.by_prefix.get(&p) {
             None => return Ok(false),
             Some(Slot::One(r)) => {
                 if r.key() != key || r.version() > up_to_version {
                     return Ok(false);
                 }
-                let live = r.is_live();
+                let gone = (r.is_live(), r.data_len());
                 inner.by_prefix.remove(&p);
-                live
+                gone
             }
             Some(Slot::Shared) => {
                 let Some(group) = inner.shared.get_mut(&id) else {
                     return Ok(false);
                 };
-                let live = match group.get(key) {
-                    Some(r) if r.0.version() <= up_to_version => r.0.is_live(),
+                let gone = match group.get(key) {
+                    Some(r) if r.0.version() <= up_to_version => (r.0.is_live(), r.0.data_len()),
                     _ => return Ok(false),
                 };
                 group.remove(key);
@@ -311,12 +318,14 @@ impl Store for MemoryStore {
                         inner.by_prefix.remove(&p);
                     }
                 }
-                live
+                gone
             }
         };
+        let (live, size) = gone;
         if live {
             inner.live -= 1;
         }
+        inner.bytes -= size as u64;
         Ok(true)
     }
 
@@ -388,6 +397,10 @@ impl Store for MemoryStore {
 
     fn len(&self) -> Result<u64> {
         Ok(self.inner.read().live)
+    }
+
+    fn bytes(&self) -> Result<Option<u64>> {
+        Ok(Some(self.inner.read().bytes))
     }
 
     fn is_blocking(&self) -> bool {
@@ -579,6 +592,11 @@ mod tests {
                 }
                 let live = model.values().filter(|e| e.is_live()).count() as u64;
                 assert_eq!(s.len().unwrap(), live, "step {step}");
+                let bytes: usize = model
+                    .iter()
+                    .map(|((_, k), e)| k.len() + e.value.as_ref().map_or(0, |v| v.len()))
+                    .sum();
+                assert_eq!(s.bytes().unwrap(), Some(bytes as u64), "step {step}");
             }
             let whole = s.range_counts(&Id::ZERO, &Id::ZERO, 500).unwrap();
             let mut want = RangeCounts::default();

@@ -165,6 +165,11 @@ impl Record {
         &bytes[at..at + u32_at(bytes, KEY_LEN)]
     }
 
+    /// The key's and value's bytes together ([`crate::store::Store::bytes`]).
+    pub fn data_len(&self) -> usize {
+        u32_at(self.bytes(), KEY_LEN) + self.value_len()
+    }
+
     /// The value's length in bytes (0 for a tombstone).
     pub fn value_len(&self) -> usize {
         match self.large() {

@@ -1817,6 +1817,19 @@ impl Store for RedisStore {
         }
     }
 
+    /// Redis' `MEMORY USAGE` of this namespace's data hash and ring index (its estimate,
+    /// sampling 5 elements of each: O(1) per call, <https://redis.io/docs/latest/commands/memory-usage/>).
+    fn bytes(&self) -> Result<Option<u64>> {
+        let used: Vec<Option<u64>> = self.with_conn(|conn| {
+            let mut pipe = redis::pipe();
+            for key in [&self.keys.data, &self.keys.index] {
+                pipe.cmd("MEMORY").arg("USAGE").arg(key);
+            }
+            Ok(pipe.query(conn)?)
+        })?;
+        Ok(Some(used.into_iter().flatten().sum()))
+    }
+
     fn loss_epoch(&self) -> u64 {
         self.losses.load(Ordering::SeqCst)
     }
