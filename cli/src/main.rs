@@ -619,6 +619,8 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
         Some(path) => Some(server::keyring::Keyring::load(path)?),
         None => None,
     };
+    // The node's span before the server enters its own: the choice of positions is its work.
+    let span = tracing::error_span!("node", addr = %reachable, vnodes).entered();
     let vnode_ids = match node_id {
         Some(id) => vec![id],
         None => {
@@ -633,11 +635,12 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
                 timeout,
             );
             if vnodes > 1 {
-                tracing::info!(addr = %reachable, vnodes, "positions {}", chosen.how);
+                tracing::info!("positions {}", chosen.how);
             }
             chosen.ids
         }
     };
+    drop(span);
     server::run(ServerConfig {
         listen,
         advertise,

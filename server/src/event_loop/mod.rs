@@ -1323,7 +1323,7 @@ impl Server {
         if successor.addr == self.me.addr {
             info!("{why}: leaving the ring (alone, nothing to hand off)");
         } else {
-            info!(successor = %successor.addr, "{why}: leaving the ring, handing keys to its successor");
+            info!(handing_keys_to = %successor.addr, "{why}: leaving the ring");
         }
         self.node.leave(now);
     }
