@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use chordkv_client::Client;
 use chordkv_tests::{
-    chordkv_bin, poll_until, scratch_dir, signal, ChildGuard, CONVERGE_TIMEOUT, NODE_ARGS, REQUEST_TIMEOUT,
-    SIGTERM,
+    chordkv_bin, poll_until, scratch_dir, signal, ChildGuard, CliCluster, CONVERGE_TIMEOUT, NODE_ARGS,
+    REQUEST_TIMEOUT, SIGTERM,
 };
 use serde_json::Value;
 
@@ -159,6 +159,32 @@ fn json_lines_carry_their_level_fields_and_the_node_span() {
         .find(|l| message(l) == "joined the ring")
         .expect("b joined");
     assert_eq!(joined["fields"]["successor"], a_addr.to_string(), "{joined}");
+}
+
+#[test]
+fn chordkv_cluster_passes_the_log_flags_to_its_nodes() {
+    let mut cluster = CliCluster::start("logs_cluster", &["--nodes", "2", "--log-format", "json"]);
+    let addrs = cluster.ready();
+    assert!(cluster.stop().success(), "{}", cluster.stderr());
+    // The launcher's own lines follow the flags too.
+    assert!(!json_lines(&cluster.stderr()).is_empty());
+    let dir = cluster.stderr_path.parent().expect("the log directory");
+    for (i, addr) in addrs.iter().enumerate() {
+        let addr: SocketAddr = addr.parse().expect("an address");
+        let log = dir.join(format!("node-{i}-{}.log", addr.port()));
+        let text = std::fs::read_to_string(&log).expect("a node log");
+        // The launcher's header line, then the node's own lines.
+        let node_lines: String = text
+            .lines()
+            .filter(|l| !l.starts_with("=== "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let lines = json_lines(&node_lines);
+        assert!(lines.iter().any(|l| message(l) == "left the ring"), "{text}");
+        for line in &lines {
+            check_json_line(line, addr);
+        }
+    }
 }
 
 #[test]
