@@ -8,8 +8,8 @@
 //! | --- | --- |
 //! | error | the node cannot go on as configured (the store lost its workers) |
 //! | warn | a peer unreachable, a stranger refused, a malformed frame, a client refused for a limit, a configuration lowered at start |
-//! | info | start, phase changes (joined, active, leaving, left), keyring reloads |
-//! | debug | connections closed, peers reachable again |
+//! | info | start, phase changes (joined, active, leaving, left), a peer reachable again, keyring reloads |
+//! | debug | connections accepted and closed |
 //!
 //! No request is logged at info or above, and no span is created per request: the event loop
 //! enters its node span once, for the life of the loop.

@@ -735,7 +735,8 @@ impl Server {
                 // The core no longer trusts the store's contents (it refills them or refuses
                 // to answer from them): later results may come from the emptied store.
                 pool.losses_handled(vnode);
-                warn!(vnode, "the store lost its data; refilling from the other copies");
+                let vnode_id = self.node.vnodes()[usize::from(vnode)].me().id;
+                warn!(vnode_id = %vnode_id.short(8), "the store lost its data; refilling from the other copies");
             }
         }
     }
