@@ -30,6 +30,9 @@ use chordkv_harness::sim::lookup::{LookupSim, LookupSimConfig, Workload};
 use chordkv_protocol::{Id, NodeAddr, NodeRef};
 use chordkv_server::store;
 use chordkv_server::{self as server, ServerConfig};
+use logs::LogArgs;
+
+mod logs;
 
 /// Default per-request timeout of the client commands, in milliseconds.
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -445,6 +448,8 @@ struct NodeArgs {
     /// authentication.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    #[command(flatten)]
+    logs: LogArgs,
 }
 
 #[derive(Debug, Args)]
@@ -480,6 +485,9 @@ struct ClusterArgs {
     /// 8 nodes over the 3 redis-servers a twemproxy in front of them would use.
     #[arg(long, value_name = "URL", num_args = 1.., conflicts_with = "store")]
     stores: Vec<String>,
+    /// The log flags, passed to every node; the launcher's own lines follow them too.
+    #[command(flatten)]
+    logs: LogArgs,
     /// How long to wait for the ring to become consistent before giving up, in milliseconds.
     #[arg(
         long,
@@ -565,6 +573,7 @@ fn connect(target: &Target, timeout: Duration) -> anyhow::Result<Client> {
 // --- node and cluster --------------------------------------------------------------------
 
 fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
+    args.logs.init()?;
     let listen = parse_addr(&args.listen)?;
     let advertise = args.advertise.as_deref().map(parse_addr).transpose()?;
     let join = args
@@ -610,6 +619,8 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
         Some(path) => Some(server::keyring::Keyring::load(path)?),
         None => None,
     };
+    // The node's span before the server enters its own: the choice of positions is its work.
+    let span = tracing::error_span!("node", addr = %reachable, vnodes).entered();
     let vnode_ids = match node_id {
         Some(id) => vec![id],
         None => {
@@ -624,14 +635,12 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
                 timeout,
             );
             if vnodes > 1 {
-                eprintln!(
-                    "chordkv node {reachable}: {vnodes} vnodes, positions {}",
-                    chosen.how
-                );
+                tracing::info!("positions {}", chosen.how);
             }
             chosen.ids
         }
     };
+    drop(span);
     server::run(ServerConfig {
         listen,
         advertise,
@@ -671,6 +680,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
 }
 
 fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
+    args.logs.init()?;
     // Registered before the first node starts, so that no signal is lost.
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -686,6 +696,7 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
     // Refused here, before any node starts, with the words the node would use.
     args.options.chord_config().map_err(|e| anyhow!(e))?;
     spec.node_args = args.options.to_args();
+    spec.node_args.extend(args.logs.to_args());
     if !args.stores.is_empty() {
         if let Some(i) = spec.node_args.iter().position(|a| a == "--store") {
             spec.node_args.drain(i..i + 2);
@@ -738,7 +749,7 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
         // A reader that went away does not stop the cluster.
         let _ = writeln!(out, "{resp_line}ready: {}", addrs.join(" ")).and_then(|()| out.flush());
     }
-    eprintln!(
+    tracing::info!(
         "chordkv cluster: {} node{} ready; stop with Ctrl-C or SIGTERM",
         addrs.len(),
         if addrs.len() == 1 { "" } else { "s" }
@@ -747,13 +758,13 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(SUPERVISE_INTERVAL);
         for (i, status) in cluster.poll_exits() {
-            eprintln!(
+            tracing::warn!(
                 "chordkv cluster: node {i} ({}) exited unexpectedly: {status}",
                 cluster.addr(i)
             );
         }
     }
-    eprintln!("chordkv cluster: stopping the nodes");
+    tracing::info!("chordkv cluster: stopping the nodes");
     stop_cluster(&mut cluster);
     Ok(Outcome::Success)
 }
@@ -765,9 +776,9 @@ fn stop_cluster(cluster: &mut LocalCluster) {
         let addr = cluster.addr(i);
         match how {
             cluster::Stopped::Exited(status) if !status.success() => {
-                eprintln!("chordkv cluster: node {i} ({addr}) exited with {status}")
+                tracing::warn!("chordkv cluster: node {i} ({addr}) exited with {status}")
             }
-            cluster::Stopped::Killed => eprintln!(
+            cluster::Stopped::Killed => tracing::warn!(
                 "chordkv cluster: node {i} ({addr}) did not leave within {:.1} s and was killed",
                 stop_timeout.as_secs_f64()
             ),

@@ -48,6 +48,16 @@ pub(super) enum Role {
     },
 }
 
+impl Role {
+    /// The other end: who connected to us, or the peer we connected to.
+    pub fn remote(&self) -> SocketAddr {
+        match *self {
+            Role::Inbound { from } => from,
+            Role::Outbound { peer, .. } => peer,
+        }
+    }
+}
+
 /// Where a connection stands with the peer handshake (see [`crate::secure`]).
 pub(super) enum Security {
     /// No handshake: the node has no keyring, or this is a client's connection (RESP, or one
@@ -171,6 +181,11 @@ fn tls_read(
 }
 
 impl Conn {
+    /// The other end of the connection ([`Role::remote`]).
+    pub fn remote(&self) -> SocketAddr {
+        self.role.remote()
+    }
+
     /// A connection registered for `interest` already.
     pub fn new(stream: TcpStream, role: Role, write_interest: bool) -> Conn {
         Conn {

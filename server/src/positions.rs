@@ -58,10 +58,7 @@ pub fn choose(
     if vnodes > 1 {
         for (store, id) in stores.iter().zip(&chosen.ids) {
             if let Err(e) = store.save_position(id) {
-                eprintln!(
-                    "chordkv node {me}: cannot save the position {} with its store: {e}",
-                    id.short(8)
-                );
+                tracing::warn!(vnode_id = %id.short(8), error = %e, "cannot save the position with its store");
             }
         }
     }

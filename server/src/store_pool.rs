@@ -235,7 +235,7 @@ impl StorePool {
                 .is_err();
         }
         if gone {
-            eprintln!("chordkv: store workers are gone; store ops were dropped");
+            tracing::error!("store workers are gone; store ops were dropped");
         }
     }
 
@@ -294,7 +294,7 @@ impl StorePool {
         }
         for losses in pipe.take_losses() {
             if self.others.send(Work::Losses(losses)).is_err() {
-                eprintln!("chordkv: store workers are gone; store ops were dropped");
+                tracing::error!("store workers are gone; store ops were dropped");
             }
         }
     }

@@ -1,8 +1,7 @@
 //! Who may do what on a connection: the rules of docs/architecture.md, section 4 ("Who may
 //! talk to a node", "Limits"), applied by the event loop to every request that comes in on an
-//! inbound connection, and the refusals, throttled logs and limits that go with them.
+//! inbound connection, and the refusals, limited logs and limits that go with them.
 
-use std::fmt;
 use std::net::SocketAddr;
 
 use chordkv_protocol::{ErrorCode, Frame, Message};
@@ -11,8 +10,10 @@ use mio::Token;
 use super::{Kind, Role, Server, Why};
 use crate::auth;
 use crate::keyring::Keyring;
+use crate::log::Repeat;
 use crate::{ClientAuth, ClientLimits};
 use chordkv_core::chord::Millis;
+use tracing::{info, warn};
 
 /// What [`Server::admit`] decided about a request on an inbound connection.
 pub(super) enum Admit {
@@ -24,11 +25,6 @@ pub(super) enum Admit {
     Closed,
 }
 
-/// At most one line per this long about refused strangers (a peer operation without the
-/// ring's key, a handshake with an unknown key, a record that does not open); the next line
-/// says how many were not logged.
-pub(super) const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
-
 /// What a client from another host is told in protected mode (Redis' `DENIED`, in our words).
 pub(crate) const PROTECTED_MODE: &str =
     "DENIED chordkv is running in protected mode because protected mode is enabled and \
@@ -36,37 +32,6 @@ pub(crate) const PROTECTED_MODE: &str =
     interface. If you want to connect from external computers, either set a password (--requirepass or \
     --users, with --keyring) or restart the node with '--protected-mode no' (MAKE SURE the node is not \
     publicly accessible from the internet if you do so).";
-
-/// The kinds of refusal logged apart (each throttled on its own).
-#[derive(Clone, Copy)]
-pub(super) enum Refusal {
-    /// A peer operation on a connection without the ring's key.
-    PeerOperation = 0,
-    /// A handshake with an unknown key, or a record that does not open.
-    Handshake = 1,
-    /// A peer refused us.
-    ByPeer = 2,
-}
-
-/// A log line that may repeat at the rate of an attacker's connections: written at most once
-/// per interval, with the count of those suppressed since.
-#[derive(Default)]
-pub(super) struct Throttled {
-    next_at: Millis,
-    suppressed: u64,
-}
-
-impl Throttled {
-    /// Whether to write the line now, and how many were suppressed before it.
-    pub(super) fn allow(&mut self, now: Millis, interval_ms: u64) -> Option<u64> {
-        if now < self.next_at {
-            self.suppressed += 1;
-            return None;
-        }
-        self.next_at = now + interval_ms;
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
 
 impl Server {
     /// Decides a request `frame` that came on the inbound connection `token`, in this order: a
@@ -156,7 +121,8 @@ impl Server {
                         };
                         let _ = conn.push_frame(&Frame::new(frame.request_id, error));
                         let _ = conn.flush();
-                        self.log_limited(now, format_args!("refused a client from {from}: protected mode"));
+                        let what = format_args!("refused a client: protected mode");
+                        self.warn_repeated(now, Repeat::ClientLimit, from, what);
                         self.close(now, token, Why::Text("protected mode"));
                         return Admit::Closed;
                     }
@@ -183,7 +149,7 @@ impl Server {
     }
 
     /// Answers a peer operation that came on a connection without the ring's key with
-    /// `Unauthorized`, logs it (throttled) and closes the connection.
+    /// `Unauthorized`, logs it (limited per host) and closes the connection.
     pub(super) fn refuse_peer_operation(&mut self, now: Millis, token: Token, frame: &Frame) {
         let text = format!(
             "{} is a peer operation: this ring requires its key (chordkv node --keyring)",
@@ -198,7 +164,7 @@ impl Server {
             let _ = conn.push_frame(&Frame::new(frame.request_id, error));
             let _ = conn.flush();
         }
-        self.log_refusal(now, token, Refusal::PeerOperation, &format!("refused: {text}"));
+        self.warn_repeated_on(now, Repeat::PeerOperation, token, format_args!("refused: {text}"));
         self.close(now, token, Why::Text("refused"));
     }
 
@@ -214,23 +180,9 @@ impl Server {
             let _ = conn.flush();
         }
         let max = self.limits.max_clients;
-        self.log_limited(
-            now,
-            format_args!("refused a client: max number of clients reached ({max})"),
-        );
+        let what = format_args!("refused a client: max number of clients reached ({max})");
+        self.warn_repeated_on(now, Repeat::ClientLimit, token, what);
         self.close(now, token, Why::Text("max number of clients reached"));
-    }
-
-    /// Logs a client refused or closed for a limit, at most once per
-    /// [`REFUSAL_LOG_INTERVAL_MS`] with the count of lines not logged.
-    pub(super) fn log_limited(&mut self, now: Millis, args: fmt::Arguments<'_>) {
-        if let Some(suppressed) = self.limited.allow(now, REFUSAL_LOG_INTERVAL_MS) {
-            if suppressed > 0 {
-                self.log(format_args!("{args} ({suppressed} more not logged)"));
-            } else {
-                self.log(args);
-            }
-        }
     }
 
     /// Closes clients idle for longer than `idle_timeout_ms` (looked for once a second): no
@@ -260,44 +212,27 @@ impl Server {
         }
     }
 
-    /// Logs a refused stranger, at most once per [`REFUSAL_LOG_INTERVAL_MS`].
-    pub(super) fn log_refusal(&mut self, now: Millis, token: Token, kind: Refusal, why: &str) {
-        let Some(suppressed) = self.refusals[kind as usize].allow(now, REFUSAL_LOG_INTERVAL_MS) else {
-            return;
-        };
-        let more = if suppressed > 0 {
-            format!(" ({suppressed} more refusals not logged)")
-        } else {
-            String::new()
-        };
-        match self.conns.get(&token).map(|c| &c.role) {
-            Some(Role::Inbound { from }) => self.log(format_args!("connection from {from}: {why}{more}")),
-            Some(Role::Outbound { peer, .. }) => self.log(format_args!("connection to {peer}: {why}{more}")),
-            None => self.log(format_args!("{why}{more}")),
-        }
-    }
-
     /// Reads the keyring file again (SIGHUP): the rotation steps of [`crate::keyring`].
     /// Connections opened with a key the file no longer holds are closed; connections this
     /// node opened with a key that is no longer the first are retired (replaced for new
     /// requests, closed once their replies are in). A file that does not parse changes nothing.
     pub(super) fn reload_keyring(&mut self, now: Millis) {
         let Some(path) = self.security.keyring_path.clone() else {
-            self.log(format_args!("SIGHUP: no --keyring to read again"));
+            warn!("SIGHUP: no --keyring to read again");
             return;
         };
         let keyring = match Keyring::load(&path) {
             Ok(k) => k,
             Err(e) => {
-                self.log(format_args!("SIGHUP: keeping the keyring in use: {e}"));
+                warn!(error = %e, "SIGHUP: keeping the keyring in use");
                 return;
             }
         };
-        self.log(format_args!(
-            "SIGHUP: keyring of {} key(s) read again, sending with {}",
-            keyring.keys().len(),
-            keyring.primary().id_hex()
-        ));
+        info!(
+            sending_with = %keyring.primary().id_hex(),
+            "SIGHUP: keyring of {} key(s) read again",
+            keyring.keys().len()
+        );
         let primary = keyring.primary().id();
         let mut close = Vec::new();
         for (&token, conn) in self.conns.iter_mut() {
@@ -358,8 +293,8 @@ pub(super) fn fit_descriptor_limit(mut limits: ClientLimits) -> ClientLimits {
     }
     let allowed = rl.rlim_cur.saturating_sub(RESERVED_DESCRIPTORS).max(1) as usize;
     if allowed < limits.max_clients {
-        eprintln!(
-            "chordkv node: max clients lowered from {} to {allowed}: the open-file limit is {} \
+        warn!(
+            "max clients lowered from {} to {allowed}: the open-file limit is {} \
              (raise it with ulimit -n to serve more)",
             limits.max_clients, rl.rlim_cur
         );

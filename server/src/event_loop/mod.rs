@@ -18,6 +18,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
+use tracing::{debug, info, warn, Span};
 
 use super::conn::{Accepting, Conn, Kind, ReadStatus, Role, Security};
 use super::metrics::{self, Metrics};
@@ -26,7 +27,8 @@ use super::store_pool::StorePool;
 use super::token_map::TokenMap;
 use super::ServerConfig;
 use super::{ClientAuth, ClientLimits, PeerSecurity};
-use admission::{fit_descriptor_limit, protected_from, Admit, Refusal, Throttled, PROTECTED_MODE};
+use crate::log::{node_span, suppressed_field, Repeat, RepeatLimiter, Subject};
+use admission::{fit_descriptor_limit, protected_from, Admit, PROTECTED_MODE};
 use chordkv_core::chord::{Host, Millis, Output, Phase, ReplyTo};
 use chordkv_core::store::{self, Store};
 
@@ -192,11 +194,11 @@ pub(super) struct Server {
     stop: bool,
     /// The ring's keyring and how strictly it is applied.
     security: PeerSecurity,
-    /// Log lines about refused connections, throttled per kind (a peer operation without the
-    /// key; a failed handshake or record; a refusal by a peer).
-    refusals: [Throttled; 3],
-    /// Log lines about clients refused or closed for a limit, throttled.
-    limited: Throttled,
+    /// Warnings that peers and strangers can repeat (refusals, unreachable peers, malformed
+    /// frames, clients over a limit), limited per kind and peer.
+    repeats: RepeatLimiter,
+    /// The node's span (its address and id), entered for the life of the loop.
+    span: Span,
     limits: ClientLimits,
     /// Client connections open (counted against `limits.max_clients`).
     clients: usize,
@@ -232,19 +234,6 @@ impl Server {
             tls,
             metrics,
         } = config;
-        let mut chord = chord;
-        // A Redis store writes a value with a small header, and refuses what is over its own
-        // proto-max-bulk-len: the node takes no value its store could not keep.
-        if let Some(most) = stores.iter().filter_map(|s| s.max_value_bytes()).min() {
-            if most < chord.max_value_bytes {
-                eprintln!(
-                    "chordkv node: --max-value-bytes lowered from {} to {most}: the store takes no \
-                     longer value (raise its proto-max-bulk-len to store longer ones)",
-                    chord.max_value_bytes
-                );
-                chord.max_value_bytes = most;
-            }
-        }
         if client_auth.users.is_some() && peer_security.keyring.is_none() {
             return Err(Error::Config(
                 "--requirepass and --users need --keyring: peers and clients share the node's port, \
@@ -253,7 +242,6 @@ impl Server {
                     .into(),
             ));
         }
-        let client_limits = fit_descriptor_limit(client_limits);
         let mut listener = TcpListener::bind(listen).map_err(|e| bind_error(listen, e))?;
         let mut resp_listener = match resp {
             Some(addr) => Some(TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?),
@@ -281,6 +269,22 @@ impl Server {
             id: ids[0],
             addr: NodeAddr::host(addr),
         };
+        let span = node_span(addr, &ids);
+        let _entered = span.clone().entered();
+        let mut chord = chord;
+        // A Redis store writes a value with a small header, and refuses what is over its own
+        // proto-max-bulk-len: the node takes no value its store could not keep.
+        if let Some(most) = stores.iter().filter_map(|s| s.max_value_bytes()).min() {
+            if most < chord.max_value_bytes {
+                warn!(
+                    "--max-value-bytes lowered from {} to {most}: the store takes no longer value \
+                     (raise its proto-max-bulk-len to store longer ones)",
+                    chord.max_value_bytes
+                );
+                chord.max_value_bytes = most;
+            }
+        }
+        let client_limits = fit_descriptor_limit(client_limits);
 
         let poll = Poll::new().map_err(Error::io("creating the event loop"))?;
         poll.registry()
@@ -361,56 +365,43 @@ impl Server {
                     .join(", ")
             ),
         };
+        let store = stores[0].name();
         if ids.len() == 1 {
-            eprintln!(
-                "chordkv node {} id {} listening ({} store); {ring}",
-                me.addr,
-                me.id.short(8),
-                stores[0].name()
-            );
+            info!(store = %store, ring = ring.as_str(), "listening");
         } else {
-            eprintln!(
-                "chordkv node {} with {} vnodes (ids {}) listening ({} store); {ring}",
-                me.addr,
-                ids.len(),
-                ids.iter().map(|i| i.short(8)).collect::<Vec<_>>().join(" "),
-                stores[0].name()
-            );
+            let positions = ids.iter().map(|i| i.short(8)).collect::<Vec<_>>().join(" ");
+            info!(store = %store, ring = ring.as_str(), ids = %positions, "listening with {} vnodes", ids.len());
         }
         if let Some(facts) = &resp_facts {
-            eprintln!(
-                "chordkv node {}: Redis protocol (RESP) on {}",
-                me.addr, facts.resp_addr
-            );
+            info!(resp = %facts.resp_addr, "Redis protocol (RESP) listening");
         }
         if let Some(m) = &metrics {
-            eprintln!("chordkv node {}: metrics on http://{}/metrics", me.addr, m.addr);
+            info!(metrics = %format_args!("http://{}/metrics", m.addr), "metrics listening");
         }
         if let Some(keyring) = &peer_security.keyring {
-            eprintln!(
-                "chordkv node {}: keyring of {} key(s), sending with {}; peer operations {}",
-                me.addr,
-                keyring.keys().len(),
-                keyring.primary().id_hex(),
-                if peer_security.verify_incoming {
-                    "only from peers that hold a key"
-                } else {
-                    "from anyone (keyring-verify-incoming off)"
-                }
+            let peer_operations = if peer_security.verify_incoming {
+                "only from peers that hold a key"
+            } else {
+                "from anyone (keyring-verify-incoming off)"
+            };
+            info!(
+                sending_with = %keyring.primary().id_hex(),
+                peer_operations = %peer_operations,
+                "keyring of {} key(s)",
+                keyring.keys().len()
             );
         }
         if tls.is_some() && peer_security.keyring.is_none() {
-            eprintln!(
-                "chordkv node {}: warning: TLS for clients without --keyring: the binary port \
-                 also serves plain connections, since only the ring's key tells a peer from a client",
-                me.addr
+            warn!(
+                "TLS for clients without --keyring: the binary port also serves plain \
+                 connections, since only the ring's key tells a peer from a client"
             );
         }
         if advertise.is_none() && local.ip().is_unspecified() {
-            eprintln!(
-                "chordkv node {}: warning: listening on an unspecified address without an \
-                 advertised one; peers cannot reach this node by {}",
-                me.addr, me.addr
+            warn!(
+                "listening on an unspecified address without an advertised one; peers cannot \
+                 reach this node by {}",
+                me.addr
             );
         }
         match join.split_first() {
@@ -453,8 +444,8 @@ impl Server {
             exit_deadline: None,
             stop: false,
             security: peer_security,
-            refusals: Default::default(),
-            limited: Throttled::default(),
+            repeats: RepeatLimiter::default(),
+            span,
             limits: client_limits,
             clients: 0,
             last_idle_sweep: now,
@@ -481,6 +472,8 @@ impl Server {
 
     /// Runs until the node has left (or a second signal, or a kill).
     pub fn run(mut self) -> crate::Result<()> {
+        // Entered once: every event of the loop carries the node's fields, at no cost per turn.
+        let _entered = self.span.clone().entered();
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let now = self.clock.now();
         self.settle(now);
@@ -550,7 +543,7 @@ impl Server {
             self.note_phase();
 
             if self.stop {
-                self.log(format_args!("second signal: exiting without finishing the leave"));
+                warn!("second signal: exiting without finishing the leave");
                 return Ok(());
             }
             if let Some(deadline) = self.exit_deadline {
@@ -558,7 +551,7 @@ impl Server {
                     return Ok(());
                 }
             } else if self.leave_deadline.is_some_and(|d| now >= d) {
-                self.log(format_args!("the leave did not finish in time; exiting"));
+                warn!("the leave did not finish in time; exiting");
                 return Ok(());
             }
         }
@@ -646,10 +639,7 @@ impl Server {
         if let Err(e) = conn.push_frame(frame) {
             // The core built a frame over the protocol's limits: the request fails here, and
             // the peer is not to blame for it.
-            self.log(format_args!(
-                "cannot encode {} for {to}: {e}",
-                frame.message.name()
-            ));
+            warn!(peer = %to, error = %e, "cannot encode {}", frame.message.name());
             self.node.send_failed(now, frame.request_id);
             return;
         }
@@ -745,10 +735,8 @@ impl Server {
                 // The core no longer trusts the store's contents (it refills them or refuses
                 // to answer from them): later results may come from the emptied store.
                 pool.losses_handled(vnode);
-                eprintln!(
-                    "chordkv node {}: the store lost its data; refilling from the other copies",
-                    self.me.addr
-                );
+                let vnode_id = self.node.vnodes()[usize::from(vnode)].me().id;
+                warn!(vnode_id = %vnode_id.short(8), "the store lost its data; refilling from the other copies");
             }
         }
     }
@@ -778,17 +766,14 @@ impl Server {
                         use std::io::Write;
                         let _ = stream.write_all(b"-ERR max number of clients reached\r\n");
                         let max = self.limits.max_clients;
-                        self.log_limited(
-                            now,
-                            format_args!(
-                                "refused a client from {from}: max number of clients reached ({max})"
-                            ),
-                        );
+                        let what = format_args!("refused a client: max number of clients reached ({max})");
+                        self.warn_repeated(now, Repeat::ClientLimit, from, what);
                         continue;
                     }
                     let denied = resp && protected_from(&self.auth, self.resp_reachable_from_outside, from);
                     if denied {
-                        self.log_limited(now, format_args!("refused a client from {from}: protected mode"));
+                        let what = format_args!("refused a client: protected mode");
+                        self.warn_repeated(now, Repeat::ClientLimit, from, what);
                     }
                     let token = self.new_token();
                     if let Err(e) = self
@@ -796,7 +781,7 @@ impl Server {
                         .registry()
                         .register(&mut stream, token, Interest::READABLE)
                     {
-                        self.log(format_args!("cannot register connection from {from}: {e}"));
+                        warn!(peer = %from, error = %e, "cannot register a connection");
                         continue;
                     }
                     let mut conn = Conn::new(stream, Role::Inbound { from }, false);
@@ -809,7 +794,7 @@ impl Server {
                         conn.resp = Some(session);
                         if let Some(config) = &self.tls {
                             if let Err(e) = conn.start_tls(config) {
-                                self.log(format_args!("cannot start TLS with {from}: {e}"));
+                                warn!(peer = %from, error = %e, "cannot start TLS");
                                 continue;
                             }
                         }
@@ -830,6 +815,7 @@ impl Server {
                     } else if self.security.keyring.is_some() || self.tls.is_some() {
                         conn.security = Security::Undecided;
                     }
+                    debug!(peer = %from, resp, "connection accepted");
                     self.conns.insert(token, conn);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -839,7 +825,7 @@ impl Server {
                     // Out of descriptors or memory: try again shortly, log at most once a second.
                     if now >= self.last_accept_error_log + 1_000 {
                         self.last_accept_error_log = now;
-                        self.log(format_args!("cannot accept connections: {e}"));
+                        warn!(error = %e, "cannot accept connections");
                     }
                     self.accept_retry_at = Some(now + ACCEPT_RETRY_MS);
                     return;
@@ -991,7 +977,12 @@ impl Server {
                     conn.buffered_input(),
                     self.limits.query_buffer_bytes
                 );
-                self.log_limited(now, format_args!("closing a client: {why}"));
+                self.warn_repeated_on(
+                    now,
+                    Repeat::ClientLimit,
+                    token,
+                    format_args!("closing a client: {why}"),
+                );
                 return self.close(now, token, Why::Text(&why));
             }
         }
@@ -1004,7 +995,7 @@ impl Server {
             // Whatever was answered (a refusal) goes out before the close.
             let _ = conn.flush();
             let why = format!("handshake failed: {e}");
-            self.log_refusal(now, token, Refusal::Handshake, &why);
+            self.warn_repeated_on(now, Repeat::Handshake, token, format_args!("{why}"));
             return self.close(now, token, Why::Text(&why));
         }
         if !was_authenticated && conn.is_authenticated() {
@@ -1042,7 +1033,7 @@ impl Server {
                 Ok(None) => break,
                 Err(e) => {
                     let why = format!("protocol error: {e}");
-                    self.log_conn_closed(token, &why);
+                    self.warn_repeated_on(now, Repeat::MalformedFrame, token, format_args!("{why}"));
                     return self.close(now, token, Why::Text(&why));
                 }
             };
@@ -1050,7 +1041,7 @@ impl Server {
                 Role::Inbound { .. } => {
                     if frame.message.is_reply() {
                         let why = format!("protocol error: unexpected reply {}", frame.message.name());
-                        self.log_conn_closed(token, &why);
+                        self.warn_repeated_on(now, Repeat::MalformedFrame, token, format_args!("{why}"));
                         return self.close(now, token, Why::Text(&why));
                     }
                     match self.admit(now, token, &frame) {
@@ -1072,7 +1063,7 @@ impl Server {
                 Role::Outbound { peer, awaiting, .. } => {
                     if !frame.message.is_reply() {
                         let why = format!("protocol error: unexpected request {}", frame.message.name());
-                        self.log_conn_closed(token, &why);
+                        self.warn_repeated_on(now, Repeat::MalformedFrame, token, format_args!("{why}"));
                         return self.close(now, token, Why::Text(&why));
                     }
                     *awaiting = awaiting.saturating_sub(1);
@@ -1083,8 +1074,8 @@ impl Server {
                         ..
                     } = &frame.message
                     {
-                        let why = format!("refused by the peer: {text}");
-                        self.log_refusal(now, token, Refusal::ByPeer, &why);
+                        let what = format_args!("refused by the peer: {text}");
+                        self.warn_repeated_on(now, Repeat::RefusedByPeer, token, what);
                     }
                     let Some(conn) = self.conns.get_mut(&token) else {
                         return;
@@ -1208,6 +1199,7 @@ impl Server {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        debug!(peer = %conn.remote(), why = %why, "connection closed");
         if conn.kind == Kind::Client {
             self.clients -= 1;
             if let Some(f) = &self.resp_facts {
@@ -1267,7 +1259,7 @@ impl Server {
 
     fn note_reachable(&mut self, peer: SocketAddr) {
         if self.down.remove(&peer) {
-            self.log(format_args!("peer {peer} reachable again"));
+            info!(peer = %peer, "peer reachable again");
         }
     }
 
@@ -1276,18 +1268,29 @@ impl Server {
             m.recorder.peer_failed(peer);
         }
         if self.down.insert(peer) {
-            self.log(format_args!("peer {peer} unreachable: {why}"));
+            let what = format_args!("peer unreachable: {why}");
+            self.warn_repeated(now, Repeat::PeerUnreachable, peer, what);
         }
         self.node.peer_unreachable(now, peer);
     }
 
-    fn log_conn_closed(&self, token: Token, why: &str) {
-        match self.conns.get(&token).map(|c| &c.role) {
-            Some(Role::Inbound { from }) => self.log(format_args!("closing connection from {from}: {why}")),
-            Some(Role::Outbound { peer, .. }) => {
-                self.log(format_args!("closing connection to {peer}: {why}"))
-            }
-            None => {}
+    /// Warns about an event a peer or a stranger at `peer` may repeat at will, through the
+    /// limiter: a stranger counts by its host, a peer we connect to by its address.
+    fn warn_repeated(&mut self, now: Millis, kind: Repeat, peer: SocketAddr, what: fmt::Arguments<'_>) {
+        let subject = match kind {
+            Repeat::RefusedByPeer | Repeat::PeerUnreachable => Subject::Addr(peer),
+            _ => Subject::inbound(peer),
+        };
+        if let Some(n) = self.repeats.check(now, kind, subject) {
+            let suppressed = suppressed_field(n);
+            warn!(kind = %kind.name(), peer = %peer, suppressed, "{what}");
+        }
+    }
+
+    /// [`Server::warn_repeated`] about the connection `token`, if it is still there.
+    fn warn_repeated_on(&mut self, now: Millis, kind: Repeat, token: Token, what: fmt::Arguments<'_>) {
+        if let Some(peer) = self.conns.get(&token).map(Conn::remote) {
+            self.warn_repeated(now, kind, peer, what);
         }
     }
 
@@ -1319,21 +1322,16 @@ impl Server {
             Some(now + self.node.first().config().leave_timeout_ms * vnodes + LEAVE_MARGIN_MS);
         let successor = self.node.first().successor();
         if successor.addr == self.me.addr {
-            self.log(format_args!(
-                "{why}: leaving the ring (alone, nothing to hand off)"
-            ));
+            info!("{why}: leaving the ring (alone, nothing to hand off)");
         } else {
-            self.log(format_args!(
-                "{why}: leaving the ring, handing keys to {}",
-                successor.addr
-            ));
+            info!(handing_keys_to = %successor.addr, "{why}: leaving the ring");
         }
         self.node.leave(now);
     }
 
     fn on_left(&mut self, now: Millis) {
         if self.exit_deadline.is_none() {
-            self.log(format_args!("left the ring"));
+            info!("left the ring");
             self.exit_deadline = Some(now + LEFT_FLUSH_MS);
         }
     }
@@ -1347,8 +1345,8 @@ impl Server {
         self.last_phase = phase;
         let successor = self.node.first().successor().addr;
         match phase {
-            Phase::Joining => self.log(format_args!("joining again")),
-            Phase::Joined => self.log(format_args!("joined the ring: successor {successor}")),
+            Phase::Joining => info!("joining again"),
+            Phase::Joined => info!(successor = %successor, "joined the ring"),
             Phase::Active if self.node.vnodes().len() > 1 => {
                 let owned: f64 = self
                     .node
@@ -1359,27 +1357,23 @@ impl Server {
                         start.distance_to(&end).as_fraction()
                     })
                     .sum();
-                self.log(format_args!(
-                    "active: {} vnodes serving {:.2}% of the ring",
-                    self.node.vnodes().len(),
-                    owned * 100.0
-                ))
+                info!(
+                    vnodes = self.node.vnodes().len(),
+                    share = %format_args!("{:.2}%", owned * 100.0),
+                    "active: serving its share of the ring"
+                )
             }
             Phase::Active => match self.node.first().predecessor() {
-                Some(p) => self.log(format_args!(
-                    "active: serving ({}, {}], predecessor {}, successor {successor}",
-                    p.id.short(8),
-                    self.me.id.short(8),
-                    p.addr
-                )),
-                None => self.log(format_args!("active")),
+                Some(p) => info!(
+                    range = %format_args!("({}, {}]", p.id.short(8), self.me.id.short(8)),
+                    predecessor = %p.addr,
+                    successor = %successor,
+                    "active: serving its range"
+                ),
+                None => info!("active"),
             },
             Phase::Idle | Phase::Leaving | Phase::Left => {}
         }
-    }
-
-    fn log(&self, args: fmt::Arguments<'_>) {
-        eprintln!("chordkv node {}: {args}", self.me.addr);
     }
 }
 
