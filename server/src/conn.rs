@@ -101,6 +101,14 @@ pub(super) enum ReadStatus {
     Closed,
 }
 
+/// [`Conn::resp_parts`]: the session, the read buffer, the write buffer, the request starts.
+pub(super) type RespParts<'a> = (
+    &'a mut RespSession,
+    &'a mut BytesMut,
+    &'a mut Vec<u8>,
+    &'a mut crate::latency::Started,
+);
+
 pub(super) struct Conn {
     pub stream: TcpStream,
     pub role: Role,
@@ -134,6 +142,8 @@ pub(super) struct Conn {
     /// Requests of a binary client handed to the core and not yet answered (a RESP client's
     /// are counted by its session): a client waiting for a reply is not idle.
     pub requests_in_flight: usize,
+    /// When this client's requests in the core entered it (`latency.rs`).
+    pub started: crate::latency::Started,
 }
 
 /// Feeds the TLS records in `raw` to rustls (removing them), appends the plaintext to `plain`,
@@ -206,6 +216,7 @@ impl Conn {
             last_active: 0,
             session: None,
             requests_in_flight: 0,
+            started: Default::default(),
         }
     }
 
@@ -294,14 +305,15 @@ impl Conn {
         }
     }
 
-    /// A RESP connection's session with its read and write buffers (`None` for a frame one).
-    pub fn resp_parts(&mut self) -> Option<(&mut RespSession, &mut BytesMut, &mut Vec<u8>)> {
+    /// A RESP connection's session with its read and write buffers and the starts of its
+    /// requests in the core (`None` for a frame one).
+    pub fn resp_parts(&mut self) -> Option<RespParts<'_>> {
         let session = self.resp.as_deref_mut()?;
         let out = match self.security {
             Security::Tls(_) => &mut self.plain_out,
             _ => &mut self.wbuf,
         };
-        Some((session, &mut self.rbuf, out))
+        Some((session, &mut self.rbuf, out, &mut self.started))
     }
 
     /// Starts TLS on a new inbound connection (the RESP port with `--tls-cert`).

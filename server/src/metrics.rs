@@ -24,9 +24,10 @@
 //! one delays the others by at most the deadline. A wrong path is 404, a method other than GET
 //! or HEAD 405.
 //!
-//! Cost per request, only with `--metrics`: one `Instant::now()` and one hash-map insert when a
-//! client request enters the core, one `Instant::now()`, a removal and a few adds when its reply
-//! leaves. Without `--metrics` the loop holds no recorder and pays one branch.
+//! Cost per request, only with `--metrics`: one hash-map insert when a client request enters the
+//! core, a removal and a few adds when its reply leaves; the latency is the loop's own
+//! measurement, kept with or without `--metrics` (`latency.rs`), not a second one. Without
+//! `--metrics` the loop holds no recorder and pays one branch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
@@ -44,6 +45,7 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::latency::Histogram;
 use crate::{Error, Result};
 
 /// How often the event loop publishes a snapshot (requests, latency, connections).
@@ -65,13 +67,6 @@ pub const MAX_PEERS_TRACKED: usize = 1_024;
 /// A request whose reply has not left after this long is forgotten by the recorder (its
 /// connection closed, or the core dropped it): it is not counted.
 pub const FORGET_REQUEST_MS: u64 = 300_000;
-/// Upper bounds of `chordkv_request_duration_seconds`' buckets, 25 µs (a GET served by the
-/// node that received it takes about 20 µs) to 10 s.
-pub const LATENCY_BUCKETS_SECONDS: [f64; 18] = [
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
 /// A client request's kind, as the `command` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Command {
@@ -118,57 +113,34 @@ fn result_of(message: &Message) -> usize {
     }
 }
 
-/// One latency histogram: counts per bucket (not cumulative), their sum in seconds.
-#[derive(Clone, Debug, Default)]
-struct Histogram {
-    counts: [u64; LATENCY_BUCKETS_SECONDS.len() + 1],
-    sum_seconds: f64,
-}
-
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        let i = LATENCY_BUCKETS_SECONDS.partition_point(|&b| b < seconds);
-        self.counts[i] += 1;
-        self.sum_seconds += seconds;
-    }
-
-    fn count(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    /// `(upper bound, count in this bucket alone)`, `+Inf` last: prometheus-client's encoder
-    /// adds them up into the text format's cumulative buckets itself.
-    fn buckets(&self) -> Vec<(f64, u64)> {
-        let bounds = LATENCY_BUCKETS_SECONDS.iter().copied().chain([f64::INFINITY]);
-        bounds.zip(self.counts).collect()
-    }
-}
-
 /// What the event loop records as requests pass: owned by the loop, no atomics.
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
-    /// `(reply address, request id)` of client requests in the core, with their start.
-    started: HashMap<(u64, u64), (Command, Instant)>,
+    /// `(reply address, request id)` of client requests in the core, with their command and
+    /// the loop's clock (ms) when they entered (to forget those never answered).
+    started: HashMap<(u64, u64), (Command, u64)>,
     requests: [[u64; RESULTS.len()]; COMMANDS.len()],
     latency: [Histogram; COMMANDS.len()],
     peer_failures: BTreeMap<SocketAddr, u64>,
 }
 
 impl Recorder {
-    /// A client's request enters the core with replies going to `to`.
-    pub fn start(&mut self, to: u64, frame: &Frame) {
-        self.started.insert(
-            (to, frame.request_id),
-            (Command::of(&frame.message), Instant::now()),
-        );
+    /// A client's request enters the core at `now_ms` with replies going to `to`.
+    pub fn start(&mut self, to: u64, frame: &Frame, now_ms: u64) {
+        self.started
+            .insert((to, frame.request_id), (Command::of(&frame.message), now_ms));
     }
 
-    /// The core's reply to `to` leaves (or is dropped for a closed connection).
-    pub fn finish(&mut self, to: u64, frame: &Frame) {
-        if let Some((command, at)) = self.started.remove(&(to, frame.request_id)) {
+    /// The core's reply to `to` leaves (or is dropped for a closed connection), `elapsed` after
+    /// its request entered the core when the loop timed it (`latency::Started`: the one
+    /// measurement, shared with `GET_STATS`' latency buckets).
+    pub fn finish(&mut self, to: u64, frame: &Frame, elapsed: Option<Duration>) {
+        if let Some((command, _)) = self.started.remove(&(to, frame.request_id)) {
             let c = command as usize;
             self.requests[c][result_of(&frame.message)] += 1;
-            self.latency[c].observe(at.elapsed().as_secs_f64());
+            if let Some(elapsed) = elapsed {
+                self.latency[c].observe(elapsed.as_secs_f64());
+            }
         }
     }
 
@@ -181,9 +153,9 @@ impl Recorder {
     }
 
     /// Forgets requests whose reply will not come.
-    fn forget_stale(&mut self) {
-        let limit = Duration::from_millis(FORGET_REQUEST_MS);
-        self.started.retain(|_, (_, at)| at.elapsed() < limit);
+    fn forget_stale(&mut self, now_ms: u64) {
+        self.started
+            .retain(|_, (_, at)| now_ms.saturating_sub(*at) < FORGET_REQUEST_MS);
     }
 }
 
@@ -286,7 +258,7 @@ impl Metrics {
         let Some(mut shared) = self.shared.try_lock() else {
             return;
         };
-        self.recorder.forget_stale();
+        self.recorder.forget_stale(now);
         *shared = Snapshot {
             counters: self.counters.clone(),
             requests: self.recorder.requests,
@@ -445,7 +417,7 @@ impl Collector for SnapshotCollector {
             let h = &s.latency[c as usize];
             m.encode_family(&[("command", command)])?
                 .encode_histogram::<NoLabelSet>(
-                    h.sum_seconds,
+                    h.sum_seconds(),
                     h.count(),
                     &h.buckets(),
                     None::<&HashMap<usize, Exemplar<NoLabelSet, f64>>>,
@@ -580,18 +552,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_histogram_counts_each_bucket_with_inf_last() {
-        let mut h = Histogram::default();
-        h.observe(0.000_05);
-        h.observe(0.003);
-        h.observe(60.0);
-        let b = h.buckets();
-        assert_eq!(b[..2], [(0.000_025, 0), (0.000_05, 1)]);
-        assert_eq!(b.last(), Some(&(f64::INFINITY, 1)));
-        assert_eq!(h.count(), 3);
-    }
-
-    #[test]
     fn core_counters_get_prometheus_names() {
         assert_eq!(
             core_name("ops_get", true),
@@ -621,8 +581,9 @@ mod tests {
                     request_id: id,
                     ..get.clone()
                 },
+                0,
             );
-            rec.finish(9, &Frame::new(id, Message::Ping));
+            rec.finish(9, &Frame::new(id, Message::Ping), Some(Duration::from_micros(30)));
         }
         rec.peer_failed("127.0.0.1:1".parse().unwrap());
         *shared.lock() = Snapshot {

@@ -21,6 +21,7 @@ use signal_hook_mio::v1_0::Signals;
 use tracing::{debug, info, warn, Span};
 
 use super::conn::{Accepting, Conn, Kind, ReadStatus, Role, Security};
+use super::latency::Histogram;
 use super::metrics::{self, Metrics};
 use super::resp::{ClientRow, Facts, RespSession, Step};
 use super::store_pool::StorePool;
@@ -213,6 +214,8 @@ pub(super) struct Server {
     last_idle_sweep: Millis,
     /// With `--metrics`: what the loop records for `/metrics` and publishes to its thread.
     metrics: Option<Metrics>,
+    /// Every client request's latency, reported in `GET_STATS` (`latency.rs`).
+    latency: Histogram,
 }
 
 impl Server {
@@ -454,6 +457,7 @@ impl Server {
             reachable_from_outside: !local.ip().is_loopback(),
             resp_reachable_from_outside,
             metrics,
+            latency: Histogram::default(),
         })
     }
 
@@ -649,19 +653,30 @@ impl Server {
         self.queue_flush(now, token);
     }
 
-    fn reply(&mut self, now: Millis, to: ReplyTo, frame: Frame) {
+    fn reply(&mut self, now: Millis, to: ReplyTo, mut frame: Frame) {
         if let Some(m) = &mut self.metrics {
             if to.0 == METRICS_STATS.0 as u64 {
                 return m.stats_answered(frame);
             }
-            m.recorder.finish(to.0, &frame);
+        }
+        if let Message::Stats { counters } = &mut frame.message {
+            // What only the loop measures joins the core's counters.
+            counters.extend(self.latency.stat_counters());
         }
         let token = Token(to.0 as usize);
+        let mut conn = self.conns.get_mut(&token);
+        let timed = conn.as_mut().and_then(|c| c.started.finish(frame.request_id));
+        if let Some((elapsed, true)) = timed {
+            self.latency.observe(elapsed.as_secs_f64());
+        }
+        if let Some(m) = &mut self.metrics {
+            m.recorder.finish(to.0, &frame, timed.map(|(elapsed, _)| elapsed));
+        }
         // The connection may be gone (the client hung up): the reply is dropped.
-        let Some(conn) = self.conns.get_mut(&token) else {
+        let Some(conn) = conn else {
             return;
         };
-        if let Some((session, _, wbuf)) = conn.resp_parts() {
+        if let Some((session, _, wbuf, _)) = conn.resp_parts() {
             session.on_reply(frame, wbuf);
             // One map lookup per reply: this is the RESP hot path.
             let after = resp_after_output(conn, token, &mut self.read_again, &mut self.to_flush);
@@ -1054,8 +1069,9 @@ impl Server {
                     };
                     if conn.kind == Kind::Client {
                         conn.requests_in_flight += 1;
+                        conn.started.start(frame.request_id, frame.message.is_client_op());
                         if let Some(m) = &mut self.metrics {
-                            m.recorder.start(token.0 as u64, &frame);
+                            m.recorder.start(token.0 as u64, &frame, now);
                         }
                     }
                     self.node.handle_request(now, ReplyTo(token.0 as u64), frame);
@@ -1130,7 +1146,7 @@ impl Server {
         let (Some(conn), Some(facts)) = (self.conns.get_mut(&token), &self.resp_facts) else {
             return false;
         };
-        let Some((session, rbuf, wbuf)) = conn.resp_parts() else {
+        let Some((session, rbuf, wbuf, started)) = conn.resp_parts() else {
             return false;
         };
         facts.unix_micros.set(unix_micros());
@@ -1144,8 +1160,9 @@ impl Server {
         let (node, to) = (&mut self.node, ReplyTo(token.0 as u64));
         let mut recorder = self.metrics.as_mut().map(|m| &mut m.recorder);
         session.apply_requests(|frame| {
+            started.start(frame.request_id, frame.message.is_client_op());
             if let Some(r) = recorder.as_mut() {
-                r.start(to.0, &frame);
+                r.start(to.0, &frame, now);
             }
             node.handle_request(now, to, frame)
         });
