@@ -34,6 +34,8 @@ use logs::LogArgs;
 
 mod logs;
 
+mod top;
+
 /// Default per-request timeout of the client commands, in milliseconds.
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// Default time `chordkv cluster` waits for a consistent ring, in milliseconds.
@@ -53,7 +55,7 @@ Exit status:
 ///
 /// Start a ring with `chordkv cluster --nodes 3` (local processes) or with `chordkv node` on
 /// each host, then read and write keys through any node with `put`, `get` and `del`, and
-/// inspect it with `ring` and `stats`.
+/// inspect it with `ring`, `stats` and `top`.
 #[derive(Debug, Parser)]
 #[command(name = "chordkv", version, after_help = EXIT_STATUS_HELP)]
 struct Cli {
@@ -152,6 +154,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Watch the whole ring live: one row per host, refreshed every interval
+    ///
+    /// Each refresh walks the ring from --node (as `ring` does), asks every host for its
+    /// counters (as `stats` does), and shows the rates over the interval since the last
+    /// refresh (the first refresh has none: `-`). On a terminal the screen is redrawn in
+    /// place; otherwise (a pipe, a file) each refresh prints plain lines, for scripts:
+    ///
+    ///   TIME ring nodes=N hosts=H consistent=yes|no ops/s=R
+    ///   TIME node id=.. addr=.. state=.. keys=.. primary=.. replica=.. ops/s=.. p99_ms=.. hops=.. errors=..
+    ///
+    /// TIME is UTC (RFC 3339, ms). The summary: ring positions walked (vnodes count one each,
+    /// members listed down included), hosts shown, the ring's verdict as `chordkv ring` gives
+    /// it, and the sum of the hosts' ops/s. The columns, per host (a process, with all its
+    /// vnodes):
+    ///
+    ///   ID       first 12 hex digits of the host's first ring position
+    ///   STATE    active, joining, leaving (any of its positions is); down (a member that
+    ///            does not answer: listed down by the ring, or reached by an earlier refresh
+    ///            and gone from a ring that has not healed yet); unreachable (reached by the
+    ///            walk, but its counters did not come within --node-timeout-ms)
+    ///   KEYS     live keys held; PRIMARY those of its own ranges, REPLICA the copies it
+    ///            holds for others
+    ///   OPS/S    client operations (get, put, delete, execute, scan steps) it answered, per
+    ///            second over the interval
+    ///   P99_MS   99th percentile of their latency over the interval, in milliseconds, from
+    ///            the node to its reply (computed from the node's cumulative latency buckets as
+    ///            Prometheus' histogram_quantile does: interpolated inside a bucket)
+    ///   HOPS     mean hops of the operations it routed over the interval
+    ///   ERRORS   over the interval: operations answered with an error (ops_failed), requests
+    ///            to peers that timed out (rpc_timeouts) and store failures (store_errors)
+    ///
+    /// A host that left disappears; a new one appears. Exits 0 after --count refreshes or
+    /// on Ctrl-C (SIGINT or SIGTERM); 1 only when the ring cannot be walked at the first
+    /// refresh.
+    #[command(verbatim_doc_comment)]
+    Top(top::TopArgs),
     /// Declare a node gone for good (it left the membership without handing over)
     ///
     /// Under the partition policy `consistent` a node that stops answering stays a member of
@@ -515,6 +553,7 @@ fn main() -> ExitCode {
         Command::Del { key, target } => cmd_del(&target, key, timeout),
         Command::Ring { target, json } => cmd_ring(&target, json, timeout),
         Command::Stats { target, json } => cmd_stats(&target, json, timeout),
+        Command::Top(args) => top::run(args),
         Command::Forget {
             target,
             dead,

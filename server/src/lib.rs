@@ -76,7 +76,7 @@ mod conn;
 pub mod error;
 pub(crate) mod event_loop;
 pub mod keyring;
-mod latency;
+pub mod latency;
 pub mod log;
 mod metrics;
 pub mod positions;
