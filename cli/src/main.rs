@@ -161,7 +161,7 @@ enum Command {
     /// refresh (the first refresh has none: `-`). On a terminal the screen is redrawn in
     /// place; otherwise (a pipe, a file) each refresh prints plain lines, for scripts:
     ///
-    ///   TIME ring nodes=N hosts=H consistent=yes|no ops/s=R
+    ///   TIME ring nodes=N hosts=H consistent=yes|no ops/s=R [error=WHY, when no node walked]
     ///   TIME node id=.. addr=.. state=.. keys=.. primary=.. replica=.. ops/s=.. p99_ms=.. hops=.. errors=..
     ///
     /// TIME is UTC (RFC 3339, ms). The summary: ring positions walked (vnodes count one each,
@@ -171,9 +171,12 @@ enum Command {
     ///
     ///   ID       first 12 hex digits of the host's first ring position
     ///   STATE    active, joining, leaving (any of its positions is); down (a member that
-    ///            does not answer: listed down by the ring, or reached by an earlier refresh
-    ///            and gone from a ring that has not healed yet); unreachable (reached by the
-    ///            walk, but its counters did not come within --node-timeout-ms)
+    ///            does not answer: listed down by the ring; or reached by an earlier refresh
+    ///            and gone from the walk as a crash would: while the ring was not
+    ///            consistent, or while its hosts came to remember more departed neighbours;
+    ///            shown until the ring is consistent and remembers none; a host that left
+    ///            gracefully disappears); unreachable (reached by the walk, but its counters
+    ///            did not come within --node-timeout-ms)
     ///   KEYS     live keys held; PRIMARY those of its own ranges, REPLICA the copies it
     ///            holds for others
     ///   OPS/S    client operations (get, put, delete, execute, scan steps) it answered, per

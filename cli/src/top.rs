@@ -21,12 +21,13 @@
 //!
 //! Rows are per host (one process), not per ring position: a host with virtual nodes answers
 //! `GET_STATS` summed over its positions and times its requests once, so its rates are the
-//! host's. A host reached by an earlier walk that this walk does not reach, and that does not
-//! answer, stays as a `down` row while the ring is not consistent (it crashed and the ring has
-//! not healed yet); a member the ring keeps listing though it does not answer (partition
-//! policy `consistent`) is `down` for as long as it is listed. A host that left disappears.
+//! host's. A member the ring keeps listing though it does not answer (partition policy
+//! `consistent`) is `down` for as long as it is listed. A host reached by an earlier walk that
+//! this walk does not reach is taken as crashed or as gone by the traces it leaves in the ring
+//! ([`Top::vanished_rows`]): a crashed one is `down` while they last, one that left
+//! disappears.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,6 +115,9 @@ pub struct Counters {
     pub keys: u64,
     pub keys_primary: u64,
     pub keys_replica: u64,
+    /// `departed`: neighbours that stopped answering and that this host still remembers
+    /// (partition policy `available`, for `departed_ttl_ms`).
+    pub departed: u64,
     /// Cumulative latency buckets `(upper bound in µs, requests within it)` in increasing
     /// bound order, `+inf` last; empty when the node reports none.
     pub latency: Vec<(f64, u64)>,
@@ -148,6 +152,7 @@ impl Counters {
             keys: get("keys"),
             keys_primary: get("keys_primary"),
             keys_replica: get("keys_replica"),
+            departed: get("departed"),
             latency,
         }
     }
@@ -295,6 +300,28 @@ impl Refresh {
     }
 }
 
+/// What a refresh saw of the traces a crash leaves in the ring ([`Top::vanished_rows`]).
+#[derive(Clone, Copy, Debug)]
+struct Traces {
+    /// The walk found the ring consistent.
+    consistent: bool,
+    /// Departed neighbours remembered, summed over the hosts...
+    departed: u64,
+    /// ...and whether that is more than at the last refresh.
+    more_departed: bool,
+}
+
+impl Traces {
+    /// Whether a host gone from the walk is (still) shown as crashed, given whether it was
+    /// taken as crashed before: it vanished as a crash would (the ring not consistent, or more
+    /// departed neighbours remembered), and the ring has not yet healed and forgotten it.
+    fn keep_as_crashed(self, was_crashed: bool) -> bool {
+        let crashed = was_crashed || !self.consistent || self.more_departed;
+        let healed = self.consistent && self.departed == 0;
+        crashed && !healed
+    }
+}
+
 /// What `top` remembers between refreshes.
 struct Top {
     start: SocketAddr,
@@ -306,6 +333,10 @@ struct Top {
     last: BTreeMap<SocketAddr, (Instant, Counters)>,
     /// Open connections for `GET_STATS`, kept across refreshes.
     conns: BTreeMap<SocketAddr, Client>,
+    /// Hosts taken as crashed when they vanished from the walk ([`Top::vanished_rows`]).
+    crashed: BTreeSet<SocketAddr>,
+    /// Departed neighbours remembered, summed over the hosts, at the last refresh.
+    departed: u64,
 }
 
 impl Top {
@@ -318,56 +349,13 @@ impl Top {
             Err(e) if self.known.is_empty() => return Err(e),
             Err(e) => (None, Some(format!("{e:#}"))),
         };
-        let mut rows = Vec::new();
-        let mut in_walk = Vec::new();
-        if let Some(report) = &report {
-            for host in &report.hosts {
-                let positions = report.nodes.iter().filter(|n| n.addr.host == host.host);
-                let first = report.nodes.iter().find(|n| n.addr.host == host.host);
-                let id = first.map_or_else(|| "-".to_string(), |n| n.id.short(12));
-                let state = State::of_positions(positions.map(|n| n.status));
-                rows.push(self.row(host.host, id, state));
-                in_walk.push(host.host);
-            }
-            let mut down: Vec<SocketAddr> = report.down.iter().map(|a| a.host).collect();
-            down.sort();
-            down.dedup();
-            for host in down {
-                if in_walk.contains(&host) {
-                    continue;
-                }
-                let id = self
-                    .known
-                    .get(&host)
-                    .map_or_else(|| "-".to_string(), |k| k.0.clone());
-                rows.push(self.down_row(host, id));
-                in_walk.push(host);
-            }
-        }
+        let mut rows = match &report {
+            Some(report) => self.walked_rows(report),
+            None => Vec::new(),
+        };
         let consistent = report.as_ref().is_some_and(|r| r.consistent);
-        // Hosts reached before and not now: crashed (down until the ring heals) or left.
-        let missing: Vec<(SocketAddr, String, State)> = self
-            .known
-            .iter()
-            .filter(|(h, _)| !in_walk.contains(h))
-            .map(|(h, (id, state))| (*h, id.clone(), *state))
-            .collect();
-        for (host, id, state) in missing {
-            if consistent {
-                self.forget(host);
-                continue;
-            }
-            let row = self.row(host, id, state);
-            match (row.counters.is_some(), report.is_some()) {
-                // Answering but outside the ring that was walked: not a member of it.
-                (true, true) => self.forget(host),
-                (true, false) => rows.push(row),
-                (false, _) => rows.push(Row {
-                    state: State::Down,
-                    ..row
-                }),
-            }
-        }
+        let vanished = self.vanished_rows(&rows, consistent, report.is_some());
+        rows.extend(vanished);
         for row in &rows {
             self.known.insert(row.addr, (row.id.clone(), row.state));
         }
@@ -383,6 +371,83 @@ impl Top {
             error,
             rows,
         })
+    }
+
+    /// The rows of the hosts `report` reached, in ring order of their first position, then
+    /// those of the members it lists down.
+    fn walked_rows(&mut self, report: &RingReport) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for host in &report.hosts {
+            let positions = report.nodes.iter().filter(|n| n.addr.host == host.host);
+            let first = report.nodes.iter().find(|n| n.addr.host == host.host);
+            let id = first.map_or_else(|| "-".to_string(), |n| n.id.short(12));
+            let state = State::of_positions(positions.map(|n| n.status));
+            rows.push(self.row(host.host, id, state));
+        }
+        let mut down: Vec<SocketAddr> = report.down.iter().map(|a| a.host).collect();
+        down.sort();
+        down.dedup();
+        for host in down {
+            if rows.iter().all(|r| r.addr != host) {
+                let id = self
+                    .known
+                    .get(&host)
+                    .map_or_else(|| "-".to_string(), |k| k.0.clone());
+                rows.push(self.down_row(host, id));
+            }
+        }
+        rows
+    }
+
+    /// The rows of hosts reached before and not by this walk (`shown`: its rows): each crashed,
+    /// or left (or was forgotten). One is taken as crashed when it vanishes from a ring that is
+    /// not consistent, or while more departed neighbours are remembered than at the last
+    /// refresh (`available` drops a crashed node from the ring within a stabilize period, but
+    /// its neighbours remember it as departed for `departed_ttl_ms`; a graceful leave does
+    /// neither). A crashed host that does not answer is `down` until the ring is consistent
+    /// and remembers no departed neighbour; a host that left disappears at once.
+    fn vanished_rows(&mut self, shown: &[Row], consistent: bool, walked: bool) -> Vec<Row> {
+        // Without a walk, the hosts' counters are not all there: the last sum stands.
+        let departed = match walked {
+            true => shown
+                .iter()
+                .filter_map(|r| r.counters.as_ref())
+                .map(|c| c.departed)
+                .sum(),
+            false => self.departed,
+        };
+        let more_departed = departed > self.departed;
+        self.departed = departed;
+        let vanished: Vec<(SocketAddr, String, State)> = self
+            .known
+            .iter()
+            .filter(|(h, _)| shown.iter().all(|r| r.addr != **h))
+            .map(|(h, (id, state))| (*h, id.clone(), *state))
+            .collect();
+        let mut rows = Vec::new();
+        for (host, id, state) in vanished {
+            let traces = Traces {
+                consistent,
+                departed,
+                more_departed,
+            };
+            if !traces.keep_as_crashed(self.crashed.contains(&host)) {
+                self.forget(host);
+                continue;
+            }
+            self.crashed.insert(host);
+            let row = self.row(host, id, state);
+            match (row.counters.is_some(), walked) {
+                // Answering, but not in the ring that was walked: not a member of it.
+                (true, true) => self.forget(host),
+                (true, false) => rows.push(row),
+                (false, _) => rows.push(Row {
+                    state: State::Down,
+                    ..row
+                }),
+            }
+        }
+        rows
     }
 
     /// Walks from `--node`, else from each host known, until one walk succeeds.
@@ -457,6 +522,7 @@ impl Top {
     }
 
     fn forget(&mut self, host: SocketAddr) {
+        self.crashed.remove(&host);
         self.known.remove(&host);
         self.last.remove(&host);
         self.conns.remove(&host);
@@ -514,17 +580,19 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
-/// The summary: ring size, verdict, total rate (or why the ring could not be walked).
+/// The plain summary: ring size, verdict, total rate, and why the ring could not be walked.
 fn summary(r: &Refresh) -> String {
     let ops = or_dash(r.ops_per_s(), |v| format!("{v:.1}"));
+    let text = format!(
+        "nodes={} hosts={} consistent={} ops/s={ops}",
+        r.nodes,
+        r.hosts,
+        yes_no(r.consistent)
+    );
     match &r.error {
-        Some(e) => format!("ring not walked ({e}); hosts={} ops/s={ops}", r.hosts),
-        None => format!(
-            "nodes={} hosts={} consistent={} ops/s={ops}",
-            r.nodes,
-            r.hosts,
-            yes_no(r.consistent)
-        ),
+        // Last: the error's text has spaces.
+        Some(e) => format!("{text} error={e}"),
+        None => text,
     }
 }
 
@@ -553,10 +621,19 @@ pub fn screen(r: &Refresh, interval_secs: f64) -> String {
             *w = (*w).max(cell.chars().count());
         }
     }
+    let ops = or_dash(r.ops_per_s(), |v| format!("{v:.1}"));
+    let ring = match &r.error {
+        Some(e) => format!("ring: not walked ({e}); {} hosts known", r.hosts),
+        None => format!(
+            "ring: {} positions on {} hosts, consistent: {}, {ops} ops/s",
+            r.nodes,
+            r.hosts,
+            yes_no(r.consistent)
+        ),
+    };
     let mut text = format!(
-        "chordkv top  {}  every {interval_secs}s (Ctrl-C quits)\n{}\n\n",
+        "chordkv top  {}  every {interval_secs}s (Ctrl-C quits)\n{ring}\n\n",
         timestamp(r.time),
-        summary(r)
     );
     for row in &rows {
         let line: Vec<String> = row
@@ -629,6 +706,8 @@ pub fn run(args: TopArgs) -> anyhow::Result<Outcome> {
         known: BTreeMap::new(),
         last: BTreeMap::new(),
         conns: BTreeMap::new(),
+        crashed: BTreeSet::new(),
+        departed: 0,
     };
     let tty = !args.json && io::stdout().is_terminal();
     let interval = Duration::from_secs_f64(args.interval);
@@ -776,6 +855,25 @@ mod tests {
             State::of_positions([Joining, Leaving, Active].into_iter()),
             State::Leaving
         );
+    }
+
+    #[test]
+    fn a_vanished_host_is_crashed_by_the_traces_it_leaves_until_the_ring_heals() {
+        let t = |consistent, departed, more_departed| Traces {
+            consistent,
+            departed,
+            more_departed,
+        };
+        // A graceful leave: the ring stays consistent and nobody remembers a departure.
+        assert!(!t(true, 0, false).keep_as_crashed(false));
+        // While another crash is remembered, a leave is still no crash.
+        assert!(!t(true, 1, false).keep_as_crashed(false));
+        // A crash: the walk found the ring broken, or (`available`) a departure was noted.
+        assert!(t(false, 0, false).keep_as_crashed(false));
+        assert!(t(true, 1, true).keep_as_crashed(false));
+        // Shown while remembered, dropped once the ring is whole and has forgotten it.
+        assert!(t(true, 1, false).keep_as_crashed(true));
+        assert!(!t(true, 0, false).keep_as_crashed(true));
     }
 
     #[test]
