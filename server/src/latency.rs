@@ -41,7 +41,7 @@ pub const COUNT_NAME: &str = "latency_count";
 /// `GET_STATS` name of their total time, in µs.
 pub const SUM_NAME: &str = "latency_sum_us";
 
-/// Requests of one connection timed at once at most; beyond, new ones are not timed (a binary
+/// Requests of one connection timed at once at most; beyond, the oldest is forgotten (a binary
 /// client has at most `MAX_CLIENT_REQUESTS_IN_FLIGHT`; this bounds what a reply that never
 /// comes can leave behind).
 pub const MAX_TIMED_PER_CONNECTION: usize = 1_024;
@@ -105,12 +105,14 @@ impl Histogram {
 pub(crate) struct Started(VecDeque<(u64, Instant, bool)>);
 
 impl Started {
-    /// Request `request_id` enters the core now (not timed when [`MAX_TIMED_PER_CONNECTION`]
-    /// are already waiting).
+    /// Request `request_id` enters the core now. When [`MAX_TIMED_PER_CONNECTION`] are waiting
+    /// already, the oldest is no longer timed: a reply that never came cannot stop the timing
+    /// of a long-lived connection.
     pub fn start(&mut self, request_id: u64, client_op: bool) {
-        if self.0.len() < MAX_TIMED_PER_CONNECTION {
-            self.0.push_back((request_id, Instant::now(), client_op));
+        if self.0.len() == MAX_TIMED_PER_CONNECTION {
+            self.0.pop_front();
         }
+        self.0.push_back((request_id, Instant::now(), client_op));
     }
 
     /// The time since request `request_id` entered the core and whether it is a client
@@ -167,12 +169,15 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_times_a_bounded_number_of_requests() {
+    fn a_connection_times_a_bounded_number_of_requests_the_newest_ones() {
         let mut s = Started::default();
-        for id in 0..MAX_TIMED_PER_CONNECTION as u64 + 5 {
+        let n = MAX_TIMED_PER_CONNECTION as u64;
+        for id in 0..n + 5 {
             s.start(id, true);
         }
-        assert!(s.finish(MAX_TIMED_PER_CONNECTION as u64 + 1).is_none());
-        assert!(s.finish(0).is_some());
+        assert_eq!(s.0.len(), MAX_TIMED_PER_CONNECTION);
+        assert!(s.finish(4).is_none());
+        assert!(s.finish(5).is_some());
+        assert!(s.finish(n + 4).is_some());
     }
 }
