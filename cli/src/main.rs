@@ -154,44 +154,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Watch the whole ring live: one row per host, refreshed every interval
-    ///
-    /// Each refresh walks the ring from --node (as `ring` does), asks every host for its
-    /// counters (as `stats` does), and shows the rates over the interval since the last
-    /// refresh (the first refresh has none: `-`). On a terminal the screen is redrawn in
-    /// place; otherwise (a pipe, a file) each refresh prints plain lines, for scripts:
-    ///
-    ///   TIME ring nodes=N hosts=H consistent=yes|no ops/s=R [error=WHY, when no node walked]
-    ///   TIME node id=.. addr=.. state=.. keys=.. primary=.. replica=.. ops/s=.. p99_ms=.. hops=.. errors=..
-    ///
-    /// TIME is UTC (RFC 3339, ms). The summary: ring positions walked (vnodes count one each,
-    /// members listed down included), hosts shown, the ring's verdict as `chordkv ring` gives
-    /// it, and the sum of the hosts' ops/s. The columns, per host (a process, with all its
-    /// vnodes):
-    ///
-    ///   ID       first 12 hex digits of the host's first ring position
-    ///   STATE    active, joining, leaving (any of its positions is); down (a member that
-    ///            does not answer: listed down by the ring; or reached by an earlier refresh
-    ///            and gone from the walk as a crash would: while the ring was not
-    ///            consistent, or while its hosts came to remember more departed neighbours;
-    ///            shown until the ring is consistent and remembers none; a host that left
-    ///            gracefully disappears); unreachable (reached by the walk, but its counters
-    ///            did not come within --node-timeout-ms)
-    ///   KEYS     live keys held; PRIMARY those of its own ranges, REPLICA the copies it
-    ///            holds for others
-    ///   OPS/S    client operations (get, put, delete, execute, scan steps) it answered, per
-    ///            second over the interval
-    ///   P99_MS   99th percentile of their latency over the interval, in milliseconds, from
-    ///            the node to its reply (computed from the node's cumulative latency buckets as
-    ///            Prometheus' histogram_quantile does: interpolated inside a bucket)
-    ///   HOPS     mean hops of the operations it routed over the interval
-    ///   ERRORS   over the interval: operations answered with an error (ops_failed), requests
-    ///            to peers that timed out (rpc_timeouts) and store failures (store_errors)
-    ///
-    /// A host that left disappears; a new one appears. Exits 0 after --count refreshes or
-    /// on Ctrl-C (SIGINT or SIGTERM); 1 only when the ring cannot be walked at the first
-    /// refresh.
-    #[command(verbatim_doc_comment)]
+    #[command(about = top::ABOUT, long_about = top::LONG_ABOUT)]
     Top(top::TopArgs),
     /// Declare a node gone for good (it left the membership without handing over)
     ///
