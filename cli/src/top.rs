@@ -962,6 +962,11 @@ mod tests {
                  replica=- ops/s=- p99_ms=- hops=- errors=-",
             ]
         );
+        let json: serde_json::Value = serde_json::from_str(&json_line(&refresh)).expect("JSON");
+        assert_eq!(json["ops_per_s"], 12.5);
+        assert_eq!(json["rows"][0]["p99_ms"], 0.25);
+        assert_eq!(json["rows"][1]["state"], "down");
+        assert!(json["rows"][1]["keys"].is_null());
         let screen = screen(&refresh, 1.0);
         assert!(
             screen.contains("ID            ADDRESS         STATE   KEYS"),

@@ -1,16 +1,23 @@
 //! `chordkv top` against real nodes, its stdout a pipe: the plain lines of each refresh name
-//! every node with its keys, the rates show the requests sent while it ran, and a node killed
-//! with SIGKILL is a `down` row, not a failure of `top`.
+//! every node with its keys, the rates show the requests sent while it ran, a node killed
+//! with SIGKILL is a `down` row, not a failure of `top`, a host with vnodes is one row, and
+//! SIGINT ends it with status 0.
 //!
 //! Run with `cargo build --bins && cargo test -p chordkv-tests --test top`.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chordkv_core::rng::Rng;
-use chordkv_tests::{chordkv, cluster_spec, one_at_a_time, seed, start_spec, write_keys, Clients, Run};
+use chordkv_harness::cluster::LocalCluster;
+use chordkv_tests::{
+    chordkv, chordkv_bin, cluster_spec, converge, one_at_a_time, seed, signal, start_spec, with_args,
+    write_keys, ChildGuard, Clients, Run, COMMAND_TIMEOUT,
+};
 
 const KEYS: usize = 60;
 const NODES: usize = 3;
@@ -170,4 +177,44 @@ fn a_killed_node_is_a_down_row_and_top_goes_on() {
             .expect("row");
         assert_eq!(dead["keys"], "-");
     }
+}
+
+#[test]
+fn a_host_with_vnodes_is_one_row() {
+    let _serial = one_at_a_time();
+    let name = "top_vnodes";
+    let hosts = 2;
+    let spec = with_args(cluster_spec(name, hosts), &["--vnodes", "4"]);
+    let mut cluster = LocalCluster::start(spec).expect("start the cluster");
+    converge(&mut cluster, "the ring of vnodes");
+    let run = top(cluster.addr(0), "1");
+    assert!(run.status.success(), "top failed: {run:?}");
+    let refreshes = refreshes(&run.stdout);
+    assert_eq!(refreshes.len(), 1, "{}", run.stdout);
+    assert_eq!(refreshes[0].summary["nodes"], (hosts * 4).to_string());
+    assert_eq!(refreshes[0].summary["hosts"], hosts.to_string());
+    assert_eq!(refreshes[0].rows.len(), hosts, "{}", run.stdout);
+}
+
+#[test]
+fn sigint_ends_top_with_status_0() {
+    let _serial = one_at_a_time();
+    let name = "top_sigint";
+    let cluster = start_spec(name, cluster_spec(name, 1));
+    let child = Command::new(chordkv_bin())
+        .args(["top", "--node", &cluster.addr(0).to_string(), "--interval", "0.2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chordkv top");
+    let mut top = ChildGuard::new(child);
+    let stdout = top.child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    // Without --count it runs until told: wait for its first refresh, then interrupt it.
+    let first = lines.next().expect("a first line").expect("utf-8");
+    assert!(first.contains(" ring "), "{first}");
+    signal(top.pid(), libc::SIGINT).expect("send SIGINT");
+    let status = top.wait_timeout(COMMAND_TIMEOUT).expect("top exits on SIGINT");
+    assert!(status.success(), "{status:?}");
 }
