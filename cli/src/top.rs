@@ -99,8 +99,13 @@ vnodes):
            to peers that timed out (rpc_timeouts) and store failures (store_errors)
 
 A host that left disappears; a new one appears. Exits 0 after --count refreshes or
-on Ctrl-C (SIGINT or SIGTERM); 1 only when the ring cannot be walked at the first
-refresh.";
+on Ctrl-C (SIGINT or SIGTERM; a second one exits at once, 130 or 143); 1 only when
+the ring cannot be walked at the first refresh.
+
+Cost: each refresh is one GET_INFO per ring position and one GET_STATS per host;
+GET_STATS counts the host's keys, about 50 ms of its event loop per million keys
+(server/src/metrics.rs measured it), so give hosts that hold millions of keys a
+longer --interval.";
 
 /// `chordkv top`'s flags.
 #[derive(Debug, Args)]
@@ -741,6 +746,10 @@ pub fn json_line(r: &Refresh) -> String {
 pub fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // The first signal ends the wait (or the refresh in progress, within its timeouts);
+        // a second one exits at once, 128 + the signal as a shell reports it.
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))
+            .context("cannot install a signal handler")?;
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install a signal handler")?;
     }
     let mut top = Top {
