@@ -457,15 +457,20 @@ impl Top {
     /// and remembers no departed neighbour; a host that left disappears at once.
     fn vanished_rows(&mut self, shown: &[Row], consistent: bool, walked: bool) -> Vec<Row> {
         // Without a walk, the hosts' counters are not all there: the last sum stands.
-        let departed = match walked {
-            true => shown
+        let departed = if walked {
+            shown
                 .iter()
                 .filter_map(|r| r.counters.as_ref())
                 .map(|c| c.departed)
-                .sum(),
-            false => self.departed,
+                .sum()
+        } else {
+            self.departed
         };
-        let more_departed = departed > self.departed;
+        let traces = Traces {
+            consistent,
+            departed,
+            more_departed: departed > self.departed,
+        };
         self.departed = departed;
         let vanished: Vec<(SocketAddr, String, State)> = self
             .known
@@ -475,11 +480,6 @@ impl Top {
             .collect();
         let mut rows = Vec::new();
         for (host, id, state) in vanished {
-            let traces = Traces {
-                consistent,
-                departed,
-                more_departed,
-            };
             if !traces.keep_as_crashed(self.crashed.contains(&host)) {
                 self.forget(host);
                 continue;
