@@ -37,7 +37,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chordkv_core::chord::Stats;
-use chordkv_protocol::{Frame, Message};
+use chordkv_protocol::{ErrorCode, Frame, Message};
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
@@ -105,6 +105,32 @@ impl Command {
     }
 }
 
+/// The `code` label of `chordkv_request_errors_total`, by [`ErrorCode`] wire value (index 0:
+/// a code this build does not know).
+const ERROR_CODES: [&str; 12] = [
+    "unknown",
+    "bad_request",
+    "too_large",
+    "unavailable",
+    "timeout",
+    "store_failed",
+    "not_ready",
+    "shutting_down",
+    "busy",
+    "internal",
+    "unauthorized",
+    "forbidden",
+];
+
+fn error_code_index(code: ErrorCode) -> usize {
+    let i = code as usize;
+    if i < ERROR_CODES.len() {
+        i
+    } else {
+        0
+    }
+}
+
 fn result_of(message: &Message) -> usize {
     match message {
         Message::Redirect { .. } => 1,
@@ -120,6 +146,8 @@ pub(crate) struct Recorder {
     /// the loop's clock (ms) when they entered (to forget those never answered).
     started: HashMap<(u64, u64), (Command, u64)>,
     requests: [[u64; RESULTS.len()]; COMMANDS.len()],
+    /// Error replies by command and [`ERROR_CODES`] index.
+    errors: [[u64; ERROR_CODES.len()]; COMMANDS.len()],
     latency: [Histogram; COMMANDS.len()],
     peer_failures: BTreeMap<SocketAddr, u64>,
 }
@@ -138,6 +166,9 @@ impl Recorder {
         if let Some((command, _)) = self.started.remove(&(to, frame.request_id)) {
             let c = command as usize;
             self.requests[c][result_of(&frame.message)] += 1;
+            if let Message::Error { code, .. } = &frame.message {
+                self.errors[c][error_code_index(*code)] += 1;
+            }
             if let Some(elapsed) = elapsed {
                 self.latency[c].observe(elapsed.as_secs_f64());
             }
@@ -165,6 +196,7 @@ struct Snapshot {
     /// The host's `GET_STATS` counters (merged over its vnodes), as last answered.
     counters: Vec<(String, u64)>,
     requests: [[u64; RESULTS.len()]; COMMANDS.len()],
+    errors: [[u64; ERROR_CODES.len()]; COMMANDS.len()],
     latency: [Histogram; COMMANDS.len()],
     peer_failures: BTreeMap<SocketAddr, u64>,
     facts: LoopFacts,
@@ -262,6 +294,7 @@ impl Metrics {
         *shared = Snapshot {
             counters: self.counters.clone(),
             requests: self.recorder.requests,
+            errors: self.recorder.errors,
             latency: self.recorder.latency.clone(),
             peer_failures: self.recorder.peer_failures.clone(),
             facts,
@@ -404,6 +437,19 @@ impl Collector for SnapshotCollector {
                 let n = s.requests[c as usize][r];
                 m.encode_family(&labels)?
                     .encode_counter::<NoLabelSet, u64, f64>(&n, None)?;
+            }
+        }
+        let help = "Error replies to client requests, by command and error code (codes never \
+                    returned yet are left out)";
+        let mut m = e.encode_descriptor("chordkv_request_errors", help, None, MetricType::Counter)?;
+        for (c, command) in COMMANDS {
+            for (code, name) in ERROR_CODES.iter().enumerate() {
+                let n = s.errors[c as usize][code];
+                if n > 0 {
+                    let labels = [("command", command), ("code", *name)];
+                    m.encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, u64, f64>(&n, None)?;
+                }
             }
         }
         let help = "Time from a client request entering the node to its reply leaving, by command";
@@ -552,6 +598,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn error_code_labels_follow_the_wire_values() {
+        for (i, name) in ERROR_CODES.iter().enumerate().skip(1) {
+            let code = ErrorCode::from_u16(i as u16).expect("a known code");
+            assert_eq!(error_code_index(code), i);
+            // `BadRequest` is `bad_request`.
+            let mut snake = String::new();
+            for ch in format!("{code:?}").chars() {
+                if ch.is_uppercase() && !snake.is_empty() {
+                    snake.push('_');
+                }
+                snake.push(ch.to_ascii_lowercase());
+            }
+            assert_eq!(*name, snake);
+        }
+        let next = ERROR_CODES.len() as u16;
+        assert_eq!(ErrorCode::from_u16(next), None, "a new code needs its label");
+    }
+
+    #[test]
+    fn error_replies_are_counted_by_command_and_code() {
+        let mut r = Recorder::default();
+        let get = Frame::new(
+            7,
+            Message::Get {
+                key: bytes::Bytes::from_static(b"k"),
+            },
+        );
+        r.start(1, &get, 0);
+        let error = Message::Error {
+            code: ErrorCode::Unavailable,
+            hops: 0,
+            text: "no quorum".into(),
+        };
+        r.finish(1, &Frame::new(7, error), None);
+        let (c, code) = (Command::Get as usize, ErrorCode::Unavailable as usize);
+        assert_eq!(r.errors[c][code], 1);
+        assert_eq!(r.requests[c][2], 1, "and as result=error");
+        assert_eq!(r.errors.iter().flatten().sum::<u64>(), 1);
+    }
+
+    #[test]
     fn core_counters_get_prometheus_names() {
         assert_eq!(
             core_name("ops_get", true),
@@ -586,6 +673,20 @@ mod tests {
             rec.finish(9, &Frame::new(id, Message::Ping), Some(Duration::from_micros(30)));
         }
         rec.peer_failed("127.0.0.1:1".parse().unwrap());
+        rec.start(
+            9,
+            &Frame {
+                request_id: 99,
+                ..get.clone()
+            },
+            0,
+        );
+        let busy = Message::Error {
+            code: ErrorCode::Busy,
+            hops: 0,
+            text: "queue full".into(),
+        };
+        rec.finish(9, &Frame::new(99, busy), None);
         *shared.lock() = Snapshot {
             counters: vec![
                 ("ops_get".into(), 4),
@@ -593,6 +694,7 @@ mod tests {
                 ("vnode.0.keys".into(), 2),
             ],
             requests: rec.requests,
+            errors: rec.errors,
             latency: rec.latency.clone(),
             peer_failures: rec.peer_failures.clone(),
             facts: LoopFacts {
@@ -606,6 +708,8 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [
             "chordkv_requests_total{command=\"get\",result=\"ok\"} 2",
+            "chordkv_requests_total{command=\"get\",result=\"error\"} 1",
+            "chordkv_request_errors_total{command=\"get\",code=\"busy\"} 1",
             "chordkv_request_duration_seconds_count{command=\"get\"} 2",
             // Cumulative, and no bucket above the count.
             "chordkv_request_duration_seconds_bucket{le=\"10.0\",command=\"get\"} 2",
