@@ -56,6 +56,27 @@ fn sixty_four_nodes_converge_and_fingers_become_correct() {
     assert!(s.ring_is_consistent());
 }
 
+/// `ring_size_estimate` (GET_STATS; `chordkv_ring_size_estimate` on /metrics): exact on a
+/// ring the successor list reaches around, near the truth from the list's density on a larger
+/// one.
+#[test]
+fn nodes_estimate_the_ring_size() {
+    let mut s = sim(5);
+    build_ring(&mut s, 5, &mut Rng::new(5));
+    for i in 0..5 {
+        assert_eq!(s.node(i).ring_size_estimate(), 5, "node {i} of a ring of 5");
+    }
+    let mut s = sim(64);
+    build_ring(&mut s, 64, &mut Rng::new(64));
+    let mut estimates: Vec<u64> = (0..64).map(|i| s.node(i).ring_size_estimate()).collect();
+    estimates.sort_unstable();
+    let median = estimates[32];
+    assert!(
+        (48..=90).contains(&median),
+        "median estimate {median} of a ring of 64: {estimates:?}"
+    );
+}
+
 #[test]
 fn lookups_from_every_node_agree_with_the_oracle() {
     let mut s = sim(7);

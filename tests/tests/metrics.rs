@@ -87,6 +87,7 @@ fn metrics_are_scraped_and_grow_with_requests() {
         "chordkv_request_duration_seconds_count{command=get}",
         "chordkv_connections{kind=client}",
         "chordkv_ring_nodes_known{}",
+        "chordkv_ring_size_estimate{}",
         "chordkv_in_ring{}",
         "chordkv_keys_primary{}",
         "chordkv_keys_replica{}",

@@ -53,7 +53,13 @@ const GATHER_REPLY: u64 = 1 << 62;
 const VNODE_BITS: u32 = 16;
 const VNODE_MASK: u64 = (1 << VNODE_BITS) - 1;
 /// Counters that are maxima, not sums, across a host's vnodes.
-const MAX_COUNTERS: &[&str] = &["hops_max", "replicas", "copies_untrusted", "uptime_ms"];
+const MAX_COUNTERS: &[&str] = &[
+    "hops_max",
+    "replicas",
+    "copies_untrusted",
+    "uptime_ms",
+    "ring_size_estimate",
+];
 /// Counters broken down per vnode in a host's `GET_STATS`.
 const PER_VNODE: &[&str] = &[
     "keys",
