@@ -482,6 +482,11 @@ struct ClusterArgs {
     /// Like --resp, with node i's RESP listener on port P + i.
     #[arg(long, value_name = "P")]
     resp_base_port: Option<u16>,
+    /// Give node i a Prometheus /metrics listener (`chordkv node --metrics`) on --host, port
+    /// P + i; their addresses are printed as one line `metrics: ADDR ADDR ...` (node 0 first)
+    /// just before the ready line. Scrape them as `deploy/cluster.sh` inventories do.
+    #[arg(long, value_name = "P")]
+    metrics_base_port: Option<u16>,
     /// Write each node's output to DIR/node-INDEX-PORT.log instead of this terminal.
     #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
@@ -500,6 +505,23 @@ struct ClusterArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     ready_timeout_ms: u64,
+}
+
+/// The /metrics address of each of `nodes` nodes, `host:base+i`; none without a base. Fails
+/// when the last port is beyond 65535.
+fn metrics_addrs(host: IpAddr, base: Option<u16>, nodes: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    let Some(base) = base else {
+        return Ok(Vec::new());
+    };
+    (0..nodes)
+        .map(|i| {
+            u16::try_from(i)
+                .ok()
+                .and_then(|i| base.checked_add(i))
+                .map(|port| SocketAddr::new(host, port))
+                .ok_or_else(|| anyhow!("--metrics-base-port {base}: port {base} + {i} is beyond 65535"))
+        })
+        .collect()
 }
 
 /// How a command ended when it did not fail.
@@ -710,6 +732,13 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
             .map(|i| vec!["--store".to_string(), args.stores[i % args.stores.len()].clone()])
             .collect();
     }
+    let metrics = metrics_addrs(args.host, args.metrics_base_port, spec.nodes)?;
+    if !metrics.is_empty() {
+        spec.per_node_args.resize(spec.nodes, Vec::new());
+        for (args, addr) in spec.per_node_args.iter_mut().zip(&metrics) {
+            args.extend(["--metrics".to_string(), addr.to_string()]);
+        }
+    }
     if args.options.users.is_some() && args.options.requirepass.is_none() {
         bail!(
             "chordkv cluster with --users needs --requirepass too: the launcher checks on the ring \
@@ -751,8 +780,15 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<Outcome> {
         } else {
             format!("resp: {}\n", resp.join(" "))
         };
+        let metrics_line = if metrics.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = metrics.iter().map(|a| a.to_string()).collect();
+            format!("metrics: {}\n", list.join(" "))
+        };
         // A reader that went away does not stop the cluster.
-        let _ = writeln!(out, "{resp_line}ready: {}", addrs.join(" ")).and_then(|()| out.flush());
+        let _ =
+            writeln!(out, "{resp_line}{metrics_line}ready: {}", addrs.join(" ")).and_then(|()| out.flush());
     }
     tracing::info!(
         "chordkv cluster: {} node{} ready; stop with Ctrl-C or SIGTERM",

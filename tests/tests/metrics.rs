@@ -10,7 +10,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 
 use chordkv_tests::{
-    chordkv, chordkv_bin, poll_until, scratch_dir, ChildGuard, CONVERGE_TIMEOUT, NODE_ARGS, REQUEST_TIMEOUT,
+    chordkv, chordkv_bin, poll_until, scratch_dir, ChildGuard, CliCluster, CONVERGE_TIMEOUT, NODE_ARGS,
+    REQUEST_TIMEOUT,
 };
 use prometheus_parse::{Scrape, Value};
 
@@ -174,4 +175,47 @@ fn an_unbindable_metrics_address_is_a_startup_error() {
         "{}",
         run.stderr
     );
+}
+
+/// Two free consecutive ports on loopback, the first returned (bound and released: a race
+/// with another process is possible but unlikely, and fails the test loudly).
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let a = free_addr().port();
+        if a < u16::MAX && TcpListener::bind(("127.0.0.1", a + 1)).is_ok() {
+            return a;
+        }
+    }
+    panic!("no two consecutive free ports in 100 tries");
+}
+
+/// `chordkv cluster --metrics-base-port P`: node i serves /metrics on P + i, the addresses
+/// come in a `metrics:` line before the ready line, and each node answers there as a member.
+#[test]
+fn a_local_cluster_serves_metrics_per_node() {
+    let base = free_port_pair();
+    let mut cluster = CliCluster::start(
+        "metrics_cluster",
+        &["--nodes", "2", "--metrics-base-port", &base.to_string()],
+    );
+    let line = cluster.next_line();
+    let addrs: Vec<SocketAddr> = line
+        .strip_prefix("metrics: ")
+        .unwrap_or_else(|| panic!("a metrics line first, got {line:?}"))
+        .split(' ')
+        .map(|a| a.parse().expect("an address"))
+        .collect();
+    let want: Vec<SocketAddr> = (0..2)
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], base + i)))
+        .collect();
+    assert_eq!(addrs, want);
+    assert_eq!(cluster.ready().len(), 2);
+    for addr in addrs {
+        poll_until(CONVERGE_TIMEOUT, "each node a member on /metrics", || {
+            let s = scrape(addr);
+            (s.get("chordkv_in_ring{}") == Some(&1.0)).then_some(())
+        });
+    }
+    let status = cluster.stop();
+    assert_eq!(status.code(), Some(0), "chordkv cluster: {status}");
 }
