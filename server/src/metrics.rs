@@ -216,6 +216,9 @@ pub(crate) struct LoopFacts {
     pub ring_nodes_known: u64,
     /// 1 while the host is a member of the ring (not joining, not left).
     pub in_ring: u64,
+    /// Commands read on the RESP port, those answered on the spot (PING, INFO, CLIENT, ...)
+    /// included: INFO's `total_commands_processed`.
+    pub resp_commands: u64,
 }
 
 /// The event loop's side: its recorder, the shared snapshot and when to publish.
@@ -484,6 +487,10 @@ impl Collector for SnapshotCollector {
         ] {
             m.encode_family(&[("kind", kind)])?.encode_gauge(&(n as i64))?;
         }
+        let help = "Commands read on the Redis-protocol port, those answered without the ring \
+                    (PING, INFO, CLIENT, HELLO, ...) included: INFO's total_commands_processed";
+        e.encode_descriptor("chordkv_resp_commands", help, None, MetricType::Counter)?
+            .encode_counter::<NoLabelSet, u64, f64>(&f.resp_commands, None)?;
         gauge(
             e,
             "chordkv_peers_down",

@@ -123,6 +123,11 @@ fn metrics_are_scraped_and_grow_with_requests() {
     assert!(sample(&after, get_ok) > sample(&before, get_ok));
     assert!(sample(&after, "chordkv_request_duration_seconds_count{command=put}") >= sample(&after, put_ok));
     assert!(sample(&after, "chordkv_ops_put_total{}") >= 20.0);
+    // Every command read on the RESP port, PING included (answered without the ring).
+    let _: String = redis::cmd("PING").query(&mut con).expect("PING");
+    poll_until(CONVERGE_TIMEOUT, "the PING counted in /metrics", || {
+        (sample(&scrape(metrics), "chordkv_resp_commands_total{}") >= 41.0).then_some(())
+    });
     // 20 keys of 5 or 6 bytes with one-byte values.
     assert!(sample(&after, "chordkv_store_bytes{}") >= 20.0 * 6.0);
     let (_, text) = http(metrics, "GET", "/metrics").unwrap();

@@ -1268,6 +1268,7 @@ impl Server {
                 .max()
                 .unwrap_or(0) as u64,
             in_ring: u64::from(self.node.in_ring()),
+            resp_commands: self.resp_facts.as_ref().map_or(0, |f| f.commands_processed.get()),
         };
         if let Some(m) = &mut self.metrics {
             m.publish(now, facts);
