@@ -11,7 +11,8 @@
 //! its real predecessor; a late lookup reply from a departed node put it back in the successor
 //! list; a leave hint lost with the process that sent it.
 //!
-//! `SIM_SEEDS=1-2000 cargo test -p chordkv-harness --test leaves` for the long mode.
+//! `SIM_SEEDS=1-2000 cargo test -p chordkv-harness --test leaves -- --include-ignored` for
+//! the long mode (the test marked ignored fails on the current core: see its reason).
 
 mod common;
 
@@ -29,6 +30,8 @@ struct Faults {
     loss: f64,
     duplicate: f64,
     reorder: f64,
+    /// Vnodes per host: a host's leave hands every position's range on at once.
+    vnodes: u16,
 }
 
 /// Builds a ring of [`NODES`] (replicas 2), writes [`KEYS`] keys, makes all but one node leave
@@ -44,6 +47,7 @@ fn all_but_one_leave(faults: Faults, seeds: &[u64]) -> Vec<(u64, String)> {
             min_delay_ms: 1,
             max_delay_ms: 10,
             chord,
+            vnodes: faults.vnodes,
             ..SimConfig::default()
         });
         let mut rng = Rng::new(seed);
@@ -100,6 +104,7 @@ fn five_of_six_leaving_at_once_under_message_loss_leave_a_ring_of_one_serving_ev
         loss: 0.1,
         duplicate: 0.0,
         reorder: 0.0,
+        vnodes: 1,
     });
 }
 
@@ -109,5 +114,26 @@ fn five_of_six_leaving_at_once_under_duplication_and_reordering_leave_a_ring_of_
         loss: 0.0,
         duplicate: 0.1,
         reorder: 0.1,
+        vnodes: 1,
+    });
+}
+
+/// With vnodes the leaves still go wrong in a few seeds of 200 (6 with 5% of each fault, 3
+/// with reordering alone, e.g. seeds 28, 46, 48, 56, 87, 119, 150): a survivor's vnode
+/// keeps positions of hosts that left as silent members, and some acknowledged writes are
+/// lost. A vnode hears of a leave only from the leaving position or its neighbours; when every
+/// neighbour leaves too, the news travels only along the chain of leaving hosts, and a late
+/// message that names the position (from a host still leaving, which never heard) puts it
+/// back into a list where nobody ever asks it. `drop_gone` keeps a known leave remembered
+/// while anyone names it (18 -> 3 failing seeds with reordering); positions a survivor never
+/// heard of need the leave to reach every host, not only the neighbours.
+#[test]
+#[ignore = "fails on the current core: a few seeds in 200, see the doc comment"]
+fn five_of_six_hosts_of_four_vnodes_leaving_at_once_under_faults_leave_one_serving_every_key() {
+    check(Faults {
+        loss: 0.05,
+        duplicate: 0.05,
+        reorder: 0.05,
+        vnodes: 4,
     });
 }

@@ -394,12 +394,34 @@ impl Node {
             .collect()
     }
 
+    /// How long a node that left stays out of our lists after the last time anyone named it.
+    fn gone_keep_ms(&self) -> u64 {
+        // Long enough for every stale list to flush (a successor list is refreshed once a
+        // stabilize period); short enough that the node may join again soon after.
+        self.config.dead_peer_ttl_ms * 4
+    }
+
+    /// Drops from `list` the nodes known to have left, and keeps each one it named out of our
+    /// lists for another [`Node::gone_keep_ms`]: while someone still names a node that left
+    /// (a neighbour that never heard of the leave, such as a vnode whose neighbours all left
+    /// at once, or a message that arrives late), forgetting the leave would let the name back
+    /// in, where `consistent` keeps it for good as a silent member nobody ever asks.
+    pub(super) fn drop_gone(&mut self, now: Millis, list: &mut Vec<NodeRef>) {
+        let until = now + self.gone_keep_ms();
+        let gone = &mut self.live.gone;
+        list.retain(|n| match gone.get_mut(&n.addr) {
+            Some((_, keep)) => {
+                *keep = (*keep).max(until);
+                false
+            }
+            None => true,
+        });
+    }
+
     /// Out of every list, and kept out for a while: `node` left or was forgotten (the notice
     /// spreads to the neighbours through `Neighbors::gone`).
     pub(super) fn mark_gone(&mut self, now: Millis, node: NodeRef) {
-        // Long enough for every stale list to flush (a successor list is refreshed once a
-        // stabilize period); short enough that the node may join again soon after.
-        let keep_ms = self.config.dead_peer_ttl_ms * 4;
+        let keep_ms = self.gone_keep_ms();
         self.live.gone.insert(node.addr, (node, now + keep_ms));
         self.live.departed.remove(&node.addr);
         self.live.seeds.retain(|a| *a != node.addr);

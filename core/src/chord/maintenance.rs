@@ -152,7 +152,7 @@ impl Node {
                 list.truncate(pos);
                 wrapped = true;
             }
-            list.retain(|n| !self.live.gone.contains_key(&n.addr));
+            self.drop_gone(now, &mut list);
         }
         for n in &list {
             if n.addr != self.me.addr {
@@ -235,7 +235,7 @@ impl Node {
         let mut list: Vec<NodeRef> = successors[..pos].iter().rev().copied().collect();
         list.push(x);
         list.extend(predecessors.into_iter().filter(|n| n.addr != me.addr));
-        list.retain(|n| !self.live.gone.contains_key(&n.addr));
+        self.drop_gone(self.last_now, &mut list);
         list.dedup_by_key(|n| n.addr);
         self.pred_hint = None;
         // Every node it names is gone (it left while its answer was on the way): nothing to
@@ -528,7 +528,7 @@ impl Node {
         // reply (from the leaving node itself, even) must not bring it back into our lists,
         // where `consistent` would keep it for good as a silent member.
         let mut successors = successors;
-        successors.retain(|n| !self.live.gone.contains_key(&n.addr));
+        self.drop_gone(now, &mut successors);
         match lookup.purpose {
             LookupPurpose::Join => {
                 let list: Vec<NodeRef> = successors
