@@ -105,14 +105,15 @@ impl Histogram {
 pub(crate) struct Started(VecDeque<(u64, Instant, bool)>);
 
 impl Started {
-    /// Request `request_id` enters the core now. When [`MAX_TIMED_PER_CONNECTION`] are waiting
-    /// already, the oldest is no longer timed: a reply that never came cannot stop the timing
-    /// of a long-lived connection.
-    pub fn start(&mut self, request_id: u64, client_op: bool) {
+    /// Request `request_id` was read at `at` (the loop's last poll: the clock is read once per
+    /// turn of the loop, not per request) and enters the core. When
+    /// [`MAX_TIMED_PER_CONNECTION`] are waiting already, the oldest is no longer timed: a reply
+    /// that never came cannot stop the timing of a long-lived connection.
+    pub fn start(&mut self, request_id: u64, client_op: bool, at: Instant) {
         if self.0.len() == MAX_TIMED_PER_CONNECTION {
             self.0.pop_front();
         }
-        self.0.push_back((request_id, Instant::now(), client_op));
+        self.0.push_back((request_id, at, client_op));
     }
 
     /// The time since request `request_id` entered the core and whether it is a client
@@ -160,8 +161,8 @@ mod tests {
     #[test]
     fn started_requests_finish_in_any_order_and_once() {
         let mut s = Started::default();
-        s.start(1, true);
-        s.start(2, false);
+        s.start(1, true, Instant::now());
+        s.start(2, false, Instant::now());
         assert!(s.finish(2).is_some_and(|(_, op)| !op));
         assert!(s.finish(2).is_none());
         assert!(s.finish(1).is_some_and(|(_, op)| op));
@@ -173,7 +174,7 @@ mod tests {
         let mut s = Started::default();
         let n = MAX_TIMED_PER_CONNECTION as u64;
         for id in 0..n + 5 {
-            s.start(id, true);
+            s.start(id, true, Instant::now());
         }
         assert_eq!(s.0.len(), MAX_TIMED_PER_CONNECTION);
         assert!(s.finish(4).is_none());

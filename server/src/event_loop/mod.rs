@@ -98,7 +98,12 @@ impl Clock {
     }
 
     fn now(&self) -> Millis {
-        self.wall_at_start_ms + self.start.elapsed().as_millis() as u64
+        self.millis_at(Instant::now())
+    }
+
+    /// The loop's clock at `at`, an instant read since the clock started.
+    fn millis_at(&self, at: Instant) -> Millis {
+        self.wall_at_start_ms + at.saturating_duration_since(self.start).as_millis() as u64
     }
 }
 
@@ -158,6 +163,9 @@ pub(super) struct Server {
     signals: Option<Signals>,
     control: Arc<Control>,
     clock: Clock,
+    /// When the last poll returned: the start of every request read in this turn of the loop
+    /// (`latency::Started`), so that timing a request reads the clock once, at its reply.
+    polled_at: Instant,
     /// The node's virtual nodes (one for a node without).
     node: Host,
     /// Vnode 0.
@@ -427,6 +435,7 @@ impl Server {
             signals,
             control,
             clock,
+            polled_at: Instant::now(),
             node,
             me,
             stores,
@@ -498,7 +507,13 @@ impl Server {
                 }
                 return Err(Error::io("waiting for events")(e));
             }
-            let now = self.clock.now();
+            self.polled_at = Instant::now();
+            let now = self.clock.millis_at(self.polled_at);
+            if let Some(facts) = &self.resp_facts {
+                // Read once per turn of the loop, as Redis caches its time per event-loop cycle
+                // (server.ustime): TIME, CLIENT LIST's ages and INFO are that fresh.
+                facts.unix_micros.set(unix_micros());
+            }
             if holding && events.is_empty() && again.is_empty() {
                 if let Some(pool) = &mut self.pool {
                     pool.flush_held(self.poll.registry(), now);
@@ -1069,7 +1084,8 @@ impl Server {
                     };
                     if conn.kind == Kind::Client {
                         conn.requests_in_flight += 1;
-                        conn.started.start(frame.request_id, frame.message.is_client_op());
+                        let op = frame.message.is_client_op();
+                        conn.started.start(frame.request_id, op, self.polled_at);
                         if let Some(m) = &mut self.metrics {
                             m.recorder.start(token.0 as u64, &frame, now);
                         }
@@ -1143,13 +1159,13 @@ impl Server {
     /// Runs the next RESP command buffered on `token` (see [`super::resp`]); false when there
     /// is none to run now.
     fn resp_step(&mut self, now: Millis, token: Token) -> bool {
+        let polled_at = self.polled_at;
         let (Some(conn), Some(facts)) = (self.conns.get_mut(&token), &self.resp_facts) else {
             return false;
         };
         let Some((session, rbuf, wbuf, started)) = conn.resp_parts() else {
             return false;
         };
-        facts.unix_micros.set(unix_micros());
         let step = session.next_command(rbuf, wbuf, facts);
         if step == Step::Command {
             facts.commands_processed.set(facts.commands_processed.get() + 1);
@@ -1160,7 +1176,7 @@ impl Server {
         let (node, to) = (&mut self.node, ReplyTo(token.0 as u64));
         let mut recorder = self.metrics.as_mut().map(|m| &mut m.recorder);
         session.apply_requests(|frame| {
-            started.start(frame.request_id, frame.message.is_client_op());
+            started.start(frame.request_id, frame.message.is_client_op(), polled_at);
             if let Some(r) = recorder.as_mut() {
                 r.start(to.0, &frame, now);
             }
