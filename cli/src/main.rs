@@ -145,7 +145,10 @@ enum Command {
     },
     /// Print a node's counters and gauges
     ///
-    /// One `name value` line per counter, in the node's order.
+    /// One `name value` line per counter, in the node's order. The client latency histogram
+    /// (`latency_le_us.<bound>` cumulative buckets, which --json and `chordkv top` read) is
+    /// shown as `latency_p50_us` and `latency_p99_us`: since the node started, interpolated
+    /// within the buckets as Prometheus' histogram_quantile does.
     Stats {
         #[command(flatten)]
         target: Target,
@@ -1040,8 +1043,18 @@ fn cmd_stats(target: &Target, json: bool, timeout: Duration) -> anyhow::Result<O
         object.insert("maintenance_per_s".into(), maintenance_per_s.into());
         writeln!(out, "{}", serde_json::Value::Object(object))?;
     } else {
-        for (name, value) in counters {
+        // The latency buckets (for `top` and --json) read as two lines: the median and the
+        // 99th percentile since the node started.
+        let bucket = chordkv_server::latency::BUCKET_PREFIX;
+        for (name, value) in counters.iter().filter(|(n, _)| !n.starts_with(bucket)) {
             writeln!(out, "{name} {value}")?;
+        }
+        let latency = top::Counters::from_stats(&counters).latency;
+        let since_start: Vec<(f64, u64)> = latency.iter().map(|&(bound, _)| (bound, 0)).collect();
+        for (name, q) in [("latency_p50_us", 0.5), ("latency_p99_us", 0.99)] {
+            if let Some(us) = top::quantile_us(q, &since_start, &latency) {
+                writeln!(out, "{name} {us:.0}")?;
+            }
         }
     }
     out.flush()?;

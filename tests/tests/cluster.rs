@@ -206,6 +206,13 @@ fn the_chordkv_command() {
     let stats = ok(&["stats", "--json", "--node", a]);
     let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats --json is JSON");
     assert!(stats.is_object(), "{stats}");
+    // The plain listing shows the latency histogram as two percentiles, not 19 buckets.
+    let plain = ok(&["stats", "--node", a]);
+    assert!(!plain.contains("latency_le_us"), "{plain}");
+    if stats["latency_count"].as_u64() > Some(0) {
+        let p99 = plain.lines().find_map(|l| l.strip_prefix("latency_p99_us "));
+        assert!(p99.is_some_and(|v| v.parse::<u64>().is_ok()), "{plain}");
+    }
 
     // Errors are clear and exit non-zero.
     let run = chordkv(&["get", "k", "--node", "127.0.0.1:1"]);
