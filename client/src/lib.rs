@@ -844,9 +844,11 @@ pub fn walk_ring_as(
             break;
         }
         let Some(info) = next else {
+            let listed: Vec<String> = candidates.iter().map(|n| n.addr.to_string()).collect();
             problems.push(format!(
-                "no successor of {} could be reached; the walk stopped",
-                from.addr
+                "no successor of {} could be reached (it lists {}); the walk stopped",
+                from.addr,
+                listed.join(", ")
             ));
             break;
         };

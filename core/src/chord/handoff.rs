@@ -231,6 +231,8 @@ impl Node {
         };
         let start = previous.map_or(succ.id, |p| p.id);
         // The successor's predecessor before us is ours, unless we know a closer one.
+        // A departed one is nobody's predecessor (the successor had not heard yet).
+        let previous = previous.filter(|p| !self.live.gone.contains_key(&p.addr));
         if let Some(p) = previous.filter(|p| p.addr != self.me.addr) {
             let closer = self
                 .predecessor
@@ -827,7 +829,7 @@ impl Node {
             let mut list: Vec<NodeRef> = self.routing.successors()[..pos].to_vec();
             list.extend(successors.into_iter().filter(|s| s.addr != node.addr));
             self.mark_gone(now, node);
-            self.routing.set_successors(list, self.config.successors);
+            self.set_successor_list(now, list);
         } else {
             // Not our predecessor or successor (a notice to a further neighbour, or a stale
             // view of the leaving node, which retries once stabilize has shown it its real

@@ -105,7 +105,7 @@ impl Node {
             // Every successor is gone: fall back to the nearest node we still know of.
             let fallback = self.routing.known_nodes().next().copied().or(self.predecessor);
             if let Some(n) = fallback {
-                self.routing.set_successors([n], self.config.successors);
+                self.set_successor_list(now, [n]);
                 self.succ_wrapped = false;
             }
         }
@@ -253,7 +253,7 @@ impl Node {
         self.stats.ring_merges += 1;
         let mut list = vec![n];
         list.extend_from_slice(self.routing.successors());
-        self.routing.set_successors(list, self.config.successors);
+        self.set_successor_list(now, list);
         self.succ_wrapped = false;
         self.remember_seed(n.addr);
         self.timers.set(Timer::Stabilize, now);
@@ -399,6 +399,17 @@ impl Node {
         // Long enough for every stale list to flush (a successor list is refreshed once a
         // stabilize period); short enough that the node may join again soon after.
         self.config.dead_peer_ttl_ms * 4
+    }
+
+    /// Sets our successor list to `list` less the nodes known to have left ([`Node::drop_gone`]).
+    /// Every change of the successor list goes through here: a list learnt from a peer (a
+    /// stabilize answer, a leave notice, a lookup reply) may be older than a leave we heard of,
+    /// and under `consistent` a departed node let back in stays for good as a silent member
+    /// nobody ever asks to leave again (a survivor of simultaneous leaves kept one this way).
+    pub(super) fn set_successor_list(&mut self, now: Millis, list: impl IntoIterator<Item = NodeRef>) {
+        let mut list: Vec<NodeRef> = list.into_iter().collect();
+        self.drop_gone(now, &mut list);
+        self.routing.set_successors(list, self.config.successors);
     }
 
     /// Drops from `list` the nodes known to have left, and keeps each one it named out of our

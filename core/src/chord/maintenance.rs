@@ -52,8 +52,8 @@ impl Node {
         match self.routing.successors().first().copied() {
             None => {
                 // Alone: a node that notified us is our successor too (the second node of a ring).
-                if let Some(p) = self.predecessor {
-                    self.routing.set_successors([p], self.config.successors);
+                if let Some(p) = self.predecessor.filter(|p| !self.live.gone.contains_key(&p.addr)) {
+                    self.set_successor_list(now, [p]);
                     // A ring of two: its successor is us.
                     self.succ_wrapped = true;
                     let msg = self.notify_message();
@@ -159,7 +159,7 @@ impl Node {
                 self.remember_seed(n.addr);
             }
         }
-        self.routing.set_successors(list, self.config.successors);
+        self.set_successor_list(now, list);
         // The list reached around the ring to us (and was cut there): the ring is this small.
         self.succ_wrapped = wrapped && self.routing.successor_hosts() < self.config.successors;
         let first_live = self
@@ -279,7 +279,7 @@ impl Node {
         for n in &list {
             self.remember_seed(n.addr);
         }
-        self.routing.set_successors(list, self.config.successors);
+        self.set_successor_list(self.last_now, list);
     }
 
     /// `consistent`'s merge of successor lists: `list` without us and the members that left,
@@ -500,7 +500,7 @@ impl Node {
         for n in &list {
             self.remember_seed(n.addr);
         }
-        self.routing.set_successors(list, self.config.successors);
+        self.set_successor_list(now, list);
         self.succ_wrapped = false;
         self.predecessor = predecessor.filter(|p| p.addr != self.me.addr);
         self.pred_incarnation = None;
@@ -539,7 +539,7 @@ impl Node {
                     self.retry_join(now);
                     return;
                 }
-                self.routing.set_successors(list, self.config.successors);
+                self.set_successor_list(now, list);
                 self.succ_wrapped = false;
                 self.phase = Phase::Joined;
                 self.bootstrap = None;
@@ -562,7 +562,7 @@ impl Node {
                     .filter(|n| n.addr != self.me.addr)
                     .collect();
                 if self.routing.successors().is_empty() && !list.is_empty() {
-                    self.routing.set_successors(list, self.config.successors);
+                    self.set_successor_list(now, list);
                     self.succ_wrapped = false;
                     self.timers.set(Timer::Stabilize, now);
                 }
