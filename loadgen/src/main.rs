@@ -303,8 +303,10 @@ fn main() -> ExitCode {
             failed = true;
         } else {
             eprintln!(
-                "loadgen: {} stale reads and {} resurrected deletes, which partition policy {policy} allows",
-                v.stale_reads, v.resurrected
+                "loadgen: {} stale reads and {} resurrected deletes, which {}",
+                v.stale_reads,
+                v.resurrected,
+                s.cluster.why_stale_allowed()
             );
         }
     }

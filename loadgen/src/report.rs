@@ -79,13 +79,31 @@ pub struct ClusterInfo {
     /// The local cluster's `--partition-policy` (`consistent` or `available`); `null` for a
     /// cluster loadgen did not start, which is judged as `consistent`.
     pub partition_policy: Option<String>,
+    /// The local cluster's `--read-from` (`primary` or `replicas`); `null` for a cluster
+    /// loadgen did not start, which is judged as `primary`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_from: Option<String>,
 }
 
 impl ClusterInfo {
     /// Whether a stale read or a resurrected delete is a failure of the run: unless the
-    /// cluster is known to run the `available` policy, which trades them for availability.
+    /// cluster is known to run the `available` policy, which trades them for availability, or
+    /// to read from any copy (`--read-from replicas`, Dynamo's R = 1), where a copy that
+    /// missed a write answers with an older version.
     pub fn promises_consistency(&self) -> bool {
-        self.partition_policy.as_deref() != Some("available")
+        self.partition_policy.as_deref() != Some("available") && self.read_from.as_deref() != Some("replicas")
+    }
+
+    /// What allows stale reads, when [`ClusterInfo::promises_consistency`] is false.
+    pub fn why_stale_allowed(&self) -> String {
+        if self.read_from.as_deref() == Some("replicas") {
+            "reads from any copy (read_from: replicas) allow".to_string()
+        } else {
+            format!(
+                "partition policy {} allows",
+                self.partition_policy.as_deref().unwrap_or("unknown")
+            )
+        }
     }
 }
 
@@ -284,6 +302,7 @@ mod tests {
             local: policy.is_some(),
             nodes: Vec::new(),
             partition_policy: policy.map(String::from),
+            read_from: policy.map(|_| "primary".to_string()),
         };
         assert!(info(Some("consistent")).promises_consistency());
         assert!(
@@ -291,5 +310,14 @@ mod tests {
             "a cluster loadgen did not start"
         );
         assert!(!info(Some("available")).promises_consistency());
+        let replicas = ClusterInfo {
+            read_from: Some("replicas".to_string()),
+            ..info(Some("consistent"))
+        };
+        assert!(
+            !replicas.promises_consistency(),
+            "reads from any copy may be stale (R = 1)"
+        );
+        assert!(replicas.why_stale_allowed().contains("read_from: replicas"));
     }
 }

@@ -379,6 +379,7 @@ pub fn run_with_control(
                 .nodes
                 .is_none()
                 .then(|| w.cluster.policy().name().to_string()),
+            read_from: opts.nodes.is_none().then(|| w.cluster.node.read_from.to_string()),
         },
         faults: fault_log,
         workload: w.clone(),
