@@ -91,6 +91,11 @@ struct Args {
     /// Each node's `--ack` policy (`all` or `one`).
     #[arg(long, default_value = "all")]
     ack: String,
+    /// Each node's `--partition-policy`: under `consistent` (the node's default) a killed
+    /// member stays a member until `chordkv forget`, so its ranges are not re-copied; under
+    /// `available` the ring drops it and re-creates the missing copies.
+    #[arg(long, default_value = "consistent", value_parser = ["consistent", "available"])]
+    partition_policy: String,
     /// Seed of the choice of nodes to kill and of the values [default: from the clock].
     #[arg(long)]
     seed: Option<u64>,
@@ -154,6 +159,8 @@ fn run() -> anyhow::Result<bool> {
         args.replicas.to_string(),
         "--ack".into(),
         args.ack.clone(),
+        "--partition-policy".into(),
+        args.partition_policy.clone(),
     ];
     let date = common::utc_now();
     let source = common::source_version();
@@ -291,10 +298,11 @@ fn run() -> anyhow::Result<bool> {
     };
     let header = table_header(&[]);
     let row = format!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         args.keys,
         args.nodes,
         args.replicas,
+        args.partition_policy,
         args.kill,
         args.stabilize_ms,
         common::secs(load_time),
@@ -753,10 +761,11 @@ fn sweep(live: &[SocketAddr], args: &Args, seed: u64, t0: Instant) -> Sweep {
 }
 
 /// The columns of a run's row.
-const COLUMNS: [&str; 11] = [
+const COLUMNS: [&str; 12] = [
     "keys",
     "nodes",
     "replicas",
+    "policy",
     "killed",
     "stabilize (ms)",
     "load (s)",
