@@ -80,4 +80,6 @@ column_median() { awk -v k="$1" '{print $k}' | median; }
 column_sum() { awk -v k="$1" '{s+=$k} END {print s}'; }
 
 # The commit the numbers were measured at, `+changes` when the work tree differs from it.
-revision() { echo "$(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes')"; }
+# The code's revision; `+changes` when a tracked file outside results/ differs from HEAD (a
+# report the script itself is overwriting under results/ is no change of the code measured).
+revision() { echo "$(git rev-parse --short HEAD)$(git diff --quiet -- . ':(exclude)results' || echo '+changes')"; }
