@@ -79,7 +79,6 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
 column_median() { awk -v k="$1" '{print $k}' | median; }
 column_sum() { awk -v k="$1" '{s+=$k} END {print s}'; }
 
-# The commit the numbers were measured at, `+changes` when the work tree differs from it.
-# The code's revision; `+changes` when a tracked file outside results/ differs from HEAD (a
-# report the script itself is overwriting under results/ is no change of the code measured).
+# The commit the numbers were measured at; `+changes` when a tracked file outside results/
+# differs from it (a report the script itself is overwriting is no change of the code).
 revision() { echo "$(git rev-parse --short HEAD)$(git diff --quiet -- . ':(exclude)results' || echo '+changes')"; }
