@@ -744,6 +744,14 @@ impl Sim {
             } => {
                 let from = (reply_to.0 < CLIENT_REPLY_BASE).then_some((reply_to.0 & 0xffff_ffff) as usize);
                 let request_id = frame.request_id;
+                if self.trace_node == Some(i) {
+                    println!(
+                        "trace t={} node {i}#{} <= {from:?} #{request_id} {:?}",
+                        self.now,
+                        frame.vnode.map_or(-1, i32::from),
+                        frame.message
+                    );
+                }
                 self.log_input(
                     i,
                     clock,
