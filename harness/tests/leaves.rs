@@ -158,11 +158,16 @@ fn five_of_six_leaving_at_once_under_duplication_and_reordering_leave_a_ring_of_
 /// while anyone names it (18 -> 3 failing seeds with reordering); positions a survivor never
 /// heard of need the leave to reach every host, not only the neighbours.
 ///
-/// Traced on seed 28 (`SIM_TRACE_NODE=i` now prints the requests a host receives too): a
-/// chain of leaving positions each retries its `Leaving` to a successor that had already
-/// left without it hearing (2#3 asks 0#3, which asks 1#3, both exited), every attempt ends
-/// "unreachable", and each waits out its leave deadline and exits without handing its range
-/// on; the survivor 4#0, 2#3's predecessor, is never told. Sharing a leave among a host's
+/// Traced on seed 28 (`SIM_TRACE_NODE=i` now prints the requests a host receives too): the
+/// leaving positions form a chain, each asking its successor to take its range over (2#3 asks
+/// 0#3, 0#3 asks 1#3, 1#3 asks 5#2, 5#2 asks the survivor's 4#1), and the chain never
+/// resolves. A leaving position refuses while its own leave is pending, and the survivor's
+/// 4#1 refuses 5#2 for 30 s: 5#2 is not between 4#1's predecessor and 4#1, that predecessor
+/// being a position that left earlier without 4#1 hearing (and 5#2 no longer remembers that
+/// leave either, so its notice's `gone` list does not tell). Every leaver waits out its leave
+/// deadline and exits without handing its range on. The fix needs a leave to reach every node
+/// that may list the position (a ring-wide notice, as `Forget` travels), not only the
+/// neighbours the leaving node sees. Sharing a leave among a host's
 /// vnodes was tried (12 of 200 seeds failed, with lost writes: a sibling that takes the
 /// departed position's range in `depart` before the handoff arrives), and reverted.
 #[test]
