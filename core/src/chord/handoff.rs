@@ -129,8 +129,11 @@ impl Node {
             previous: None,
             clock,
         };
+        // A node that left is refused, unless it failed since (it is back, restarted on its
+        // address) and joins anew (`active` false): an active node's notify from before its
+        // leave, arriving late or twice, would make us hand its range back to a node gone.
         if node.addr == self.me.addr
-            || self.live.gone.contains_key(&node.addr) && !self.live.dead.contains_key(&node.addr)
+            || self.live.gone.contains_key(&node.addr) && (active || !self.live.dead.contains_key(&node.addr))
         {
             return self.reply(to, rid, refuse);
         }
@@ -841,5 +844,84 @@ impl Node {
             return self.reply(to, rid, Message::LeavingReply { accepted: false });
         }
         self.reply(to, rid, Message::LeavingReply { accepted: true });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chord::test_support::node;
+    use crate::chord::{Config, Output};
+    use crate::store::{self, MemoryStore, Store};
+    use chordkv_protocol::{Frame, LeaveNotice};
+
+    /// Delivers `message` as a request from a peer, running the store ops it asks for on
+    /// `store`; the messages the node answers.
+    fn deliver(n: &mut Node, store: &MemoryStore, now: Millis, message: Message) -> Vec<Message> {
+        n.handle_request(now, ReplyTo(1), Frame::new(now, message));
+        let mut replies = Vec::new();
+        while let Some(out) = n.poll_output() {
+            match out {
+                Output::Reply { frame, .. } => replies.push(frame.message),
+                Output::Store { id, op, .. } => {
+                    let result = store::execute(store as &dyn Store, op);
+                    n.store_done(now, id, result);
+                }
+                _ => {}
+            }
+        }
+        replies
+    }
+
+    /// A node's `Notify` from before its leave, arriving after the leave was taken over (late
+    /// or delivered twice), is refused, even once a request to the departed node has failed.
+    /// Accepting it handed the range back to the departed node and made it our predecessor
+    /// again, a silent member under `consistent` that refused every later leave of a node
+    /// before it: simultaneous leaves of vnodes then never finished (`harness/tests/leaves.rs`).
+    #[test]
+    fn a_late_notify_from_a_node_that_left_does_not_make_it_our_predecessor_again() {
+        let (before, left, me, after) = (node(30), node(40), node(50), node(60));
+        let mut n = Node::new(me, Config::with_stabilize_interval_ms(100), 0);
+        n.bootstrap(0, Some(left), &[after], |_| None, None);
+        let notice = LeaveNotice {
+            node: left,
+            predecessor: Some(before),
+            successors: vec![me, after],
+            clock: 0,
+            gone: Vec::new(),
+        };
+        let store = MemoryStore::new();
+        let replies = deliver(&mut n, &store, 10, Message::Leaving(Box::new(notice)));
+        assert_eq!(replies, vec![Message::LeavingReply { accepted: true }]);
+        assert_eq!(n.predecessor(), Some(before));
+        // Its range comes over (empty here), and the takeover is done.
+        let last = Message::Transfer {
+            transfer_id: 1,
+            start: before.id,
+            end: left.id,
+            items: Vec::new(),
+            last: true,
+            clock: 0,
+        };
+        let replies = deliver(&mut n, &store, 15, last);
+        assert!(
+            matches!(replies[..], [Message::TransferAck { accepted: true, .. }]),
+            "{replies:?}"
+        );
+        assert!(n.handoff.incoming.is_empty());
+
+        // A request to the departed node fails: it is presumed down as well as gone.
+        n.peer_unreachable(20, left.addr.host);
+        let stale = Message::Notify {
+            node: left,
+            incarnation: 0,
+            active: true,
+        };
+        let replies = deliver(&mut n, &store, 30, stale);
+        assert!(
+            matches!(replies[..], [Message::NotifyReply { accepted: false, .. }]),
+            "{replies:?}"
+        );
+        assert_eq!(n.predecessor(), Some(before));
     }
 }

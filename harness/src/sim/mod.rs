@@ -745,8 +745,12 @@ impl Sim {
                 let from = (reply_to.0 < CLIENT_REPLY_BASE).then_some((reply_to.0 & 0xffff_ffff) as usize);
                 let request_id = frame.request_id;
                 if self.trace_node == Some(i) {
+                    let pred = frame
+                        .vnode
+                        .and_then(|v| self.nodes[i].node.vnode(usize::from(v)).predecessor())
+                        .map(|p| p.addr.to_string());
                     println!(
-                        "trace t={} node {i}#{} <= {from:?} #{request_id} {:?}",
+                        "trace t={} node {i}#{} (pred {pred:?}) <= {from:?} #{request_id} {:?}",
                         self.now,
                         frame.vnode.map_or(-1, i32::from),
                         frame.message
