@@ -160,6 +160,13 @@ fn five_of_six_leaving_at_once_under_duplication_and_reordering_leave_a_ring_of_
 /// then refused the leave of the node before it for good, and the chain of simultaneous leaves
 /// behind it waited out its leave deadline without handing its ranges on.
 ///
+/// Seed 159 (traced with `SIM_TRACE_KEY=k16`): 4#1, leaving, hands its range (holding k16, taken
+/// over from 3#0) to 4#3, which sets its predecessor back past 5#1, a node still leaving
+/// between them; later 4#3's predecessor is 5#1 again, so 4#3's own leave transfers only
+/// (5#1, 4#3] and k16, outside it, leaves with the host. A node whose predecessor moves
+/// forward should hand the range it no longer owns on (as a join's notify does), or a leave
+/// should transfer every primary key it holds.
+///
 /// Seed 198: the survivor forgets a leave 3.2 s (`gone_keep_ms`) after the last message that
 /// named the departed position, and a later message from a host still leaving names it again.
 /// A leave remembered for as long as a leave may take (`leave_timeout_ms`, 30 s) would need a
