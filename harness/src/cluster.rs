@@ -266,6 +266,18 @@ pub fn wait_for_ring(
     cancel: Option<&AtomicBool>,
     access: &Access,
 ) -> Result<RingReport> {
+    wait_for_ring_unless(expected, timeout, cancel, access, &mut || None)
+}
+
+/// [`wait_for_ring`], giving up as soon as `abort` names a reason (a node process that
+/// exited while the ring was forming: it will never answer).
+fn wait_for_ring_unless(
+    expected: &[SocketAddr],
+    timeout: Duration,
+    cancel: Option<&AtomicBool>,
+    access: &Access,
+    abort: &mut dyn FnMut() -> Option<String>,
+) -> Result<RingReport> {
     if expected.is_empty() {
         return Err(Error::Cluster("no live node to walk the ring from".to_string()));
     }
@@ -293,6 +305,9 @@ pub fn wait_for_ring(
                 "interrupted while waiting for the ring; last walk: {last}"
             )));
         }
+        if let Some(why) = abort() {
+            return Err(Error::Cluster(why));
+        }
         if Instant::now() >= deadline {
             return Err(Error::Cluster(format!(
                 "the ring did not become consistent with {} nodes within {:.1} s; last walk: {last}",
@@ -307,7 +322,12 @@ pub fn wait_for_ring(
 fn describe_walk(report: &RingReport, want: &BTreeSet<SocketAddr>) -> String {
     let got: BTreeSet<SocketAddr> = report.addrs().into_iter().collect();
     let mut parts = Vec::new();
-    parts.push(format!("{} of {} nodes reached", report.nodes.len(), want.len()));
+    parts.push(format!(
+        "{} of {} processes reached ({} ring positions)",
+        got.intersection(want).count(),
+        want.len(),
+        report.nodes.len()
+    ));
     let missing: Vec<String> = want.difference(&got).map(|a| a.to_string()).collect();
     if !missing.is_empty() {
         parts.push(format!("missing {}", missing.join(", ")));
@@ -318,6 +338,35 @@ fn describe_walk(report: &RingReport, want: &BTreeSet<SocketAddr>) -> String {
     }
     parts.extend(report.problems.iter().cloned());
     parts.join("; ")
+}
+
+/// The first of `nodes` whose process exited although the cluster did not stop it (it could
+/// not start: its port taken, an option refused), described with the last line of its log.
+/// The node is reaped, so it counts as down from then on.
+fn exited_node(nodes: &mut [LocalNode]) -> Option<String> {
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let Some(status) = reap(node) else { continue };
+        let last_line = node
+            .log
+            .as_ref()
+            .and_then(|log| std::fs::read_to_string(log).ok())
+            .and_then(|text| {
+                text.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+            });
+        let log = match (&node.log, last_line) {
+            (Some(path), Some(line)) => format!(": {line} (log {})", path.display()),
+            (Some(path), None) => format!(" (log {})", path.display()),
+            _ => String::new(),
+        };
+        return Some(format!(
+            "node {i} ({}) exited while the ring was forming, {status}{log}",
+            node.addr
+        ));
+    }
+    None
 }
 
 /// One node process and what we know of it.
@@ -378,7 +427,14 @@ impl LocalCluster {
                 // The next node reads the ring to place its positions evenly: it must see
                 // every position of the nodes before it.
                 let addrs = cluster.addrs();
-                wait_for_ring(&addrs, cluster.spec.start_timeout, None, &cluster.spec.access)?;
+                let nodes = &mut cluster.nodes;
+                wait_for_ring_unless(
+                    &addrs,
+                    cluster.spec.start_timeout,
+                    None,
+                    &cluster.spec.access,
+                    &mut || exited_node(nodes),
+                )?;
             }
         }
         Ok(cluster)
@@ -484,13 +540,22 @@ impl LocalCluster {
     }
 
     /// [`LocalCluster::wait_consistent`], giving up early when `cancel` is set.
+    ///
+    /// For a ring being started: a node process that exited (it could not start, e.g. its port
+    /// is taken) ends the wait at once with an error naming it and its log's last line.
     pub fn wait_consistent_or_cancel(
         &mut self,
         timeout: Duration,
         cancel: &AtomicBool,
     ) -> Result<RingReport> {
+        if let Some(why) = exited_node(&mut self.nodes) {
+            return Err(Error::Cluster(why));
+        }
         let live = self.live_addrs();
-        wait_for_ring(&live, timeout, Some(cancel), &self.spec.access)
+        let nodes = &mut self.nodes;
+        wait_for_ring_unless(&live, timeout, Some(cancel), &self.spec.access, &mut || {
+            exited_node(nodes)
+        })
     }
 
     /// Crashes node `i` with SIGKILL and reaps it. A dead node is left as it is.

@@ -239,7 +239,13 @@ impl Metrics {
     /// Binds `addr` and starts the metrics thread: an address that cannot be bound is an
     /// error here, before the node starts.
     pub fn start(addr: SocketAddr) -> Result<Metrics> {
-        let listener = TcpListener::bind(addr).map_err(|e| crate::event_loop::bind_error(addr, e))?;
+        let listener = TcpListener::bind(addr).map_err(|e| match crate::event_loop::bind_error(addr, e) {
+            Error::Listen { addr, reason } => Error::Listen {
+                addr,
+                reason: format!("{reason} (the --metrics address)"),
+            },
+            other => other,
+        })?;
         let addr = listener
             .local_addr()
             .map_err(Error::io("reading the metrics address"))?;
@@ -552,9 +558,14 @@ fn gauge(
 /// (the value is scaled in [`core_metric`]).
 fn core_name(name: &str, counter: bool) -> (String, MetricType) {
     let name = name.replace('.', "_");
-    let name = match name.strip_suffix("_ms") {
-        Some(stem) => format!("{stem}_seconds"),
-        None => name,
+    let name = match name.as_str() {
+        // A sum over keys, not a histogram's `_sum`: the TTLs left on the primary keys that
+        // have one (over `keys_primary_expiring`, the mean TTL).
+        "keys_primary_ttl_ms_sum" => "keys_primary_ttl_remaining_seconds".to_string(),
+        _ => match name.strip_suffix("_ms") {
+            Some(stem) => format!("{stem}_seconds"),
+            None => name,
+        },
     };
     let ty = if counter {
         MetricType::Counter
@@ -579,7 +590,7 @@ fn core_metric(
     let (metric, ty) = core_name(name, counter);
     let help = format!("GET_STATS' {name} (see `chordkv stats`)");
     let m = e.encode_descriptor(&metric, &help, None, ty)?;
-    if name.ends_with("_ms") {
+    if name.ends_with("_ms") || name.ends_with("_ms_sum") {
         encode_f64(m, ty, value as f64 / 1000.0)
     } else {
         encode_u64(m, ty, value)
@@ -656,6 +667,11 @@ mod tests {
             ("chordkv_uptime_seconds".into(), MetricType::Gauge)
         );
         assert_eq!(core_name("keys_primary", false).0, "chordkv_keys_primary");
+        // No unit but seconds, and no `_sum` that is not a histogram's.
+        assert_eq!(
+            core_name("keys_primary_ttl_ms_sum", false).0,
+            "chordkv_keys_primary_ttl_remaining_seconds"
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ use chordkv_core::rng::Rng;
 use chordkv_harness::cluster::LocalCluster;
 use chordkv_protocol::{in_half_open, Id};
 use chordkv_tests::{
-    check_all_keys, chordkv, cluster_spec, converge, join_one, leave_one, seed, start_spec, with_args,
-    CliCluster, Clients, AVAILABLE, CONVERGE_TIMEOUT, NOTHING_LOST, REQUEST_TIMEOUT,
+    check_all_keys, chordkv, cluster_spec, converge, join_one, leave_one, seed, start_cluster, start_spec,
+    with_args, CliCluster, Clients, AVAILABLE, CONVERGE_TIMEOUT, NOTHING_LOST, REQUEST_TIMEOUT,
 };
 
 const KEYS: usize = 1_000;
@@ -250,4 +250,23 @@ fn the_chordkv_command() {
     }
     // Nothing more was printed on stdout after the ready line.
     assert!(cluster.stdout.recv_timeout(Duration::from_secs(1)).is_err());
+}
+
+/// `chordkv cluster` with a node that cannot start fails at once, naming it, instead of waiting
+/// out its ready timeout and then counting ring positions as nodes. The port of node 1 is held
+/// by another ring's node, which answers the readiness probes: only the process's exit tells.
+#[test]
+fn a_cluster_whose_node_cannot_listen_fails_naming_it() {
+    let other = start_cluster("occupied", 1);
+    let taken = other.addr(0);
+    let base = (taken.port() - 1).to_string();
+    let out = chordkv(&["cluster", "--nodes", "2", "--base-port", &base]);
+    assert!(!out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("exited while the ring was forming")
+            || out.stderr.contains("exited during start-up"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("already in use"), "{}", out.stderr);
 }

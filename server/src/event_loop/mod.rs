@@ -1354,11 +1354,18 @@ impl Server {
         let vnodes = self.node.vnodes().len() as u64;
         self.leave_deadline =
             Some(now + self.node.first().config().leave_timeout_ms * vnodes + LEAVE_MARGIN_MS);
-        let successor = self.node.first().successor();
-        if successor.addr == self.me.addr {
-            info!("{why}: leaving the ring (alone, nothing to hand off)");
-        } else {
-            info!(handing_keys_to = %successor.addr, "{why}: leaving the ring");
+        // The first other host in any vnode's successor list takes keys over; with none, the
+        // host is alone (its vnodes' successors are each other).
+        let other = self
+            .node
+            .vnodes()
+            .iter()
+            .flat_map(|n| n.successors().iter())
+            .find(|s| s.addr.host != self.me.addr.host)
+            .map(|s| s.addr);
+        match other {
+            None => info!("{why}: leaving the ring (alone, nothing to hand off)"),
+            Some(addr) => info!(handing_keys_to = %addr, "{why}: leaving the ring"),
         }
         self.node.leave(now);
     }
