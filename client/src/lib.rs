@@ -54,6 +54,13 @@ pub fn resolve_addr(s: &str) -> std::result::Result<SocketAddr, String> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Ok(addr);
     }
+    if s.trim().is_empty() {
+        // What a list with a trailing or doubled comma gives.
+        return Err(
+            "an empty address (a stray comma in the list?): expected IP:PORT or HOST:PORT, e.g. 127.0.0.1:7000"
+                .to_string(),
+        );
+    }
     let has_port = s
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());

@@ -399,6 +399,9 @@ mod tests {
                 .unwrap_or_else(|| panic!("{bad} accepted"))
                 .to_string();
             assert!(err.contains("expected IP:PORT or HOST:PORT"), "{bad}: {err}");
+            if bad.ends_with(',') {
+                assert!(err.contains("stray comma"), "{bad}: {err}");
+            }
         }
     }
 }
