@@ -250,7 +250,12 @@ pub fn run_with_control(
     };
 
     if opts.nodes.is_some() {
-        probe(&addrs, Duration::from_millis(w.request_timeout_ms), &w.access)?;
+        if let Err(e) = probe(&addrs, Duration::from_millis(w.request_timeout_ms), &w.access) {
+            // Nothing was written yet: leave no empty results directory behind (`remove_dir`
+            // removes an empty one only).
+            let _ = std::fs::remove_dir(&out_dir);
+            return Err(e);
+        }
     }
 
     let targets = Targets::new(addrs.clone());
