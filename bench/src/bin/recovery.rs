@@ -640,6 +640,8 @@ struct Sweep {
     missing: u64,
     wrong: u64,
     errors: u64,
+    /// Keys not asked for: the `--timeout-s` bound passed during the sweep.
+    unread: u64,
     first_error: Option<String>,
 }
 
@@ -658,6 +660,12 @@ impl Sweep {
             self.wrong,
             self.errors
         );
+        if self.unread > 0 {
+            s.push_str(&format!(
+                ", {} not read (the --timeout-s bound passed)",
+                self.unread
+            ));
+        }
         if let Some(e) = &self.first_error {
             s.push_str(&format!(" (first: {e})"));
         }
@@ -675,7 +683,7 @@ fn sweep_until_readable(
 ) -> Vec<Sweep> {
     let mut sweeps = Vec::new();
     loop {
-        let sweep = sweep(live, args, seed, t0);
+        let sweep = sweep(live, args, seed, t0, deadline);
         println!("  sweep {}: {}", sweeps.len() + 1, sweep.describe());
         let done = sweep.all_ok(args.keys);
         sweeps.push(sweep);
@@ -686,7 +694,9 @@ fn sweep_until_readable(
 }
 
 /// Reads every key once; thread `t` reads keys `t, t + T, ...` through live node `t mod live`.
-fn sweep(live: &[SocketAddr], args: &Args, seed: u64, t0: Instant) -> Sweep {
+/// Stops asking at `deadline`: a refused key's GET waits out its retries, so a sweep over many
+/// refused keys would otherwise run far past the bound.
+fn sweep(live: &[SocketAddr], args: &Args, seed: u64, t0: Instant, deadline: Instant) -> Sweep {
     let threads = args.sweep_threads;
     let start = t0.elapsed();
     let parts: Vec<Sweep> = std::thread::scope(|s| {
@@ -701,11 +711,16 @@ fn sweep(live: &[SocketAddr], args: &Args, seed: u64, t0: Instant) -> Sweep {
                         missing: 0,
                         wrong: 0,
                         errors: 0,
+                        unread: 0,
                         first_error: None,
                     };
                     let mut client: Option<Client> = None;
                     let mut i = t;
                     while i < args.keys {
+                        if Instant::now() >= deadline {
+                            part.unread += (args.keys - i).div_ceil(threads);
+                            break;
+                        }
                         let outcome = match &mut client {
                             Some(c) => c.get(key(i)),
                             None => Client::connect(addr, REQUEST_TIMEOUT)
@@ -747,6 +762,7 @@ fn sweep(live: &[SocketAddr], args: &Args, seed: u64, t0: Instant) -> Sweep {
             missing: 0,
             wrong: 0,
             errors: 0,
+            unread: 0,
             first_error: None,
         },
         |mut acc, p| {
@@ -754,6 +770,7 @@ fn sweep(live: &[SocketAddr], args: &Args, seed: u64, t0: Instant) -> Sweep {
             acc.missing += p.missing;
             acc.wrong += p.wrong;
             acc.errors += p.errors;
+            acc.unread += p.unread;
             acc.first_error = acc.first_error.or(p.first_error);
             acc
         },
