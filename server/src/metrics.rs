@@ -558,14 +558,9 @@ fn gauge(
 /// (the value is scaled in [`core_metric`]).
 fn core_name(name: &str, counter: bool) -> (String, MetricType) {
     let name = name.replace('.', "_");
-    let name = match name.as_str() {
-        // A sum over keys, not a histogram's `_sum`: the TTLs left on the primary keys that
-        // have one (over `keys_primary_expiring`, the mean TTL).
-        "keys_primary_ttl_ms_sum" => "keys_primary_ttl_remaining_seconds".to_string(),
-        _ => match name.strip_suffix("_ms") {
-            Some(stem) => format!("{stem}_seconds"),
-            None => name,
-        },
+    let name = match name.strip_suffix("_ms") {
+        Some(stem) => format!("{stem}_seconds"),
+        None => name,
     };
     let ty = if counter {
         MetricType::Counter
@@ -590,7 +585,7 @@ fn core_metric(
     let (metric, ty) = core_name(name, counter);
     let help = format!("GET_STATS' {name} (see `chordkv stats`)");
     let m = e.encode_descriptor(&metric, &help, None, ty)?;
-    if name.ends_with("_ms") || name.ends_with("_ms_sum") {
+    if name.ends_with("_ms") {
         encode_f64(m, ty, value as f64 / 1000.0)
     } else {
         encode_u64(m, ty, value)
@@ -669,7 +664,7 @@ mod tests {
         assert_eq!(core_name("keys_primary", false).0, "chordkv_keys_primary");
         // No unit but seconds, and no `_sum` that is not a histogram's.
         assert_eq!(
-            core_name("keys_primary_ttl_ms_sum", false).0,
+            core_name("keys_primary_ttl_remaining_ms", false).0,
             "chordkv_keys_primary_ttl_remaining_seconds"
         );
     }

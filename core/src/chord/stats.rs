@@ -131,7 +131,7 @@ impl Node {
             ("keys_primary", keys_primary),
             // INFO keyspace's `expires` and (divided by it) `avg_ttl`.
             ("keys_primary_expiring", primary.expiring),
-            ("keys_primary_ttl_ms_sum", primary.ttl_ms_sum),
+            ("keys_primary_ttl_remaining_ms", primary.ttl_ms_sum),
             ("keys_replica", keys.saturating_sub(keys_primary)),
             ("replicas", self.config.replicas as u64),
             ("routing_nodes", self.routing.distinct_nodes() as u64),

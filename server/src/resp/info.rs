@@ -220,7 +220,7 @@ pub(crate) fn info_text(section: &str, server: &str, info: &NodeInfo, stats: &[(
     if wants_section(section, "keyspace") {
         let keys = counter(stats, "keys_primary").unwrap_or(info.keys);
         let expires = counter(stats, "keys_primary_expiring").unwrap_or(0);
-        let avg_ttl = counter(stats, "keys_primary_ttl_ms_sum").unwrap_or(0) / expires.max(1);
+        let avg_ttl = counter(stats, "keys_primary_ttl_remaining_ms").unwrap_or(0) / expires.max(1);
         let _ = write!(
             s,
             "# Keyspace\r\ndb0:keys={keys},expires={expires},avg_ttl={avg_ttl}\r\n\r\n"
