@@ -858,9 +858,26 @@ impl CliCluster {
     /// The addresses of its next line, which must be its ready line (`ready: ADDR ADDR...`);
     /// panics when that line does not come ([`CliCluster::next_line`]) or is another.
     pub fn ready(&self) -> Vec<String> {
+        self.labelled("ready")
+    }
+
+    /// The addresses of its next line, which must be a `LABEL: ADDR ADDR...` line (`resp`,
+    /// `metrics`: printed before the ready line); panics when it is another.
+    pub fn addresses(&self, label: &str) -> Vec<SocketAddr> {
+        self.labelled(label)
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .unwrap_or_else(|e| panic!("{label}: {a:?} is no address: {e}"))
+            })
+            .collect()
+    }
+
+    /// The words after `LABEL: ` of its next line; panics when the line has another label.
+    fn labelled(&self, label: &str) -> Vec<String> {
         let line = self.next_line();
-        line.strip_prefix("ready: ")
-            .unwrap_or_else(|| panic!("not a ready line: {line:?}"))
+        line.strip_prefix(&format!("{label}: "))
+            .unwrap_or_else(|| panic!("not a {label} line: {line:?}"))
             .split(' ')
             .map(String::from)
             .collect()

@@ -203,13 +203,7 @@ fn a_local_cluster_serves_metrics_per_node() {
         "metrics_cluster",
         &["--nodes", "2", "--metrics-base-port", &base.to_string()],
     );
-    let line = cluster.next_line();
-    let addrs: Vec<SocketAddr> = line
-        .strip_prefix("metrics: ")
-        .unwrap_or_else(|| panic!("a metrics line first, got {line:?}"))
-        .split(' ')
-        .map(|a| a.parse().expect("an address"))
-        .collect();
+    let addrs = cluster.addresses("metrics");
     let want: Vec<SocketAddr> = (0..2)
         .map(|i| SocketAddr::from(([127, 0, 0, 1], base + i)))
         .collect();

@@ -846,15 +846,9 @@ fn redis_cli_smoke() {
 #[test]
 fn cluster_command_prints_resp_addresses() {
     let mut cluster = CliCluster::start("resp_cluster_cli", &["--nodes", "2", "--resp"]);
-    let first = cluster.next_line();
+    let resp = cluster.addresses("resp");
     // The second line must be the ready line.
     cluster.ready();
-    let resp: Vec<SocketAddr> = first
-        .strip_prefix("resp: ")
-        .unwrap_or_else(|| panic!("expected the resp line, got {first:?}"))
-        .split(' ')
-        .map(|a| a.parse().expect("an address"))
-        .collect();
     assert_eq!(resp.len(), 2);
     for addr in resp {
         let mut con = connect(addr);
