@@ -7,6 +7,10 @@ Used by bench/compare-redis.sh (see bench/cpu-per-request.sh); three steps:
                                                          # machine's busy time (/proc/stat)
   proc-cpu.py diff BEFORE AFTER TARGET PIPELINE TEST REQUESTS BENCH_TICKS WALL_S >> cpu.csv
   proc-cpu.py table cpu.csv PIPELINE... > tables.md     # medians over the repeats
+  proc-cpu.py ceiling cpu.csv PIPELINE... > ceiling.md  # what the Redis-driver goals allow
+  proc-cpu.py cmdstats TARGET PIPELINE TEST REQUESTS INFO... >> cmd.csv  # redis-server's
+                                                         # INFO commandstats, per request
+  proc-cpu.py cmdtable cmd.csv PIPELINE... > cmd.md
 
 Labels: `node:TARGET` (a chordkv node of TARGET), `launcher:TARGET` (its `chordkv cluster`),
 `redis` (a redis-server), `twemproxy`. A node's threads are told apart by name: its main
@@ -20,6 +24,7 @@ involuntary (preempted), from /proc/PID/task/TID/status.
 """
 
 import json
+import re
 import os
 import statistics
 import sys
@@ -182,6 +187,116 @@ def table(csv_path, pipelines):
         print()
 
 
+# The node's own kinds of CPU (every thread of a chordkv node and its launcher).
+NODE_KINDS = KINDS[:4]
+
+
+def medians(csv_path):
+    """{(target, pipeline, test, what, kind): median} of a cpu.csv, and the targets in order."""
+    rows = {}
+    targets = []
+    with open(csv_path) as f:
+        for line in f:
+            target, pipeline, test, what, kind, value = line.strip().split(",")
+            if target not in targets:
+                targets.append(target)
+            rows.setdefault((target, pipeline, test, what, kind), []).append(float(value))
+    return {k: statistics.median(v) for k, v in rows.items()}, targets
+
+
+def ceiling(csv_path, pipelines):
+    """The best ratio to twemproxy a chordkv-8-redis target could reach on this machine, from
+    the measured CPU per request of the others (see the text it prints)."""
+    med, targets = medians(csv_path)
+
+    def us(target, pipeline, test, kinds):
+        got = [med.get((target, pipeline, test, "us", k)) for k in kinds]
+        return None if all(g is None for g in got) else sum(g or 0.0 for g in got)
+
+    def total(target, pipeline, test):
+        return us(target, pipeline, test, KINDS)
+
+    # (redis target, the memory-store target with its replication, copies written per SET)
+    pairs = [("chordkv-8-redis-r0", "chordkv-8-r0", 1), ("chordkv-8-redis-r2", "chordkv-8", 3)]
+    print("| -P | test | target | its ratio by CPU | ceiling | twemproxy total us | memory-store node + redis-benchmark us | redis-server us per copy | copies |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    shown = 0
+    for pipeline in pipelines:
+        for test in ("SET", "GET"):
+            tw = total("twemproxy", pipeline, test)
+            plain = [
+                v
+                for v in (
+                    us("redis", pipeline, test, ["redis-server"]),
+                    us("twemproxy", pipeline, test, ["redis-server"]),
+                )
+                if v is not None
+            ]
+            for target, memory, copies in pairs:
+                node = us(memory, pipeline, test, NODE_KINDS + ["redis-benchmark"])
+                measured = total(target, pipeline, test)
+                if tw is None or node is None or not plain:
+                    continue
+                n = copies if test == "SET" else 1
+                bound = tw / (node + n * min(plain))
+                ratio = "-" if measured is None else f"{tw / measured:.2f}"
+                print(
+                    f"| {pipeline} | {test} | {target} | {ratio} | {bound:.2f} | {tw:.1f} | {node:.1f} | {min(plain):.1f} | {n} |"
+                )
+                shown += 1
+    if shown == 0:
+        print("| - | - | (needs the twemproxy, redis, chordkv-8-r0 and chordkv-8 targets) | - | - | - | - | - | - |")
+    print()
+
+
+def cmdstats(target, pipeline, test, requests, infos):
+    """Sums `INFO commandstats` outputs (files, one per redis-server, after a CONFIG RESETSTAT)
+    into calls and microseconds per request of each command."""
+    calls = {}
+    usec = {}
+    for path in infos:
+        with open(path) as f:
+            for line in f:
+                m = re.match(r"cmdstat_([^:]+):calls=(\d+),usec=(\d+)", line.strip())
+                if not m or m.group(1).startswith("config"):
+                    continue
+                calls[m.group(1)] = calls.get(m.group(1), 0) + int(m.group(2))
+                usec[m.group(1)] = usec.get(m.group(1), 0) + int(m.group(3))
+    n = int(requests)
+    for cmd in calls:
+        print(f"{target},{pipeline},{test},{cmd},{calls[cmd] / n:.4f},{usec[cmd] / n:.4f}")
+
+
+def cmdtable(csv_path, pipelines):
+    rows = {}
+    order = []
+    with open(csv_path) as f:
+        for line in f:
+            target, pipeline, test, cmd, calls, usec = line.strip().split(",")
+            key = (target, pipeline, test)
+            if key not in order:
+                order.append(key)
+            rows.setdefault(key, {}).setdefault(cmd, []).append((float(calls), float(usec)))
+    for pipeline in pipelines:
+        print(f"### redis-server command time per request, -P {pipeline}")
+        print()
+        print("| target | test | commands: calls per request / us per request |")
+        print("|---|---|---|")
+        for test in ("SET", "GET"):
+            for key in order:
+                if key[1] != pipeline or key[2] != test:
+                    continue
+                stats = rows[key]
+                cells = []
+                for cmd in sorted(stats, key=lambda c: -statistics.median(u for _, u in stats[c])):
+                    c = statistics.median(x for x, _ in stats[cmd])
+                    u = statistics.median(x for _, x in stats[cmd])
+                    if c >= 0.001:
+                        cells.append(f"{cmd} {c:.2f} / {u:.2f}")
+                print(f"| {key[0]} | {test} | {', '.join(cells)} |")
+        print()
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
@@ -192,6 +307,12 @@ def main():
         diff(*args)
     elif command == "table" and len(args) >= 2:
         table(args[0], args[1:])
+    elif command == "ceiling" and len(args) >= 2:
+        ceiling(args[0], args[1:])
+    elif command == "cmdstats" and len(args) >= 5:
+        cmdstats(args[0], args[1], args[2], args[3], args[4:])
+    elif command == "cmdtable" and len(args) >= 2:
+        cmdtable(args[0], args[1:])
     else:
         sys.exit(__doc__)
 
