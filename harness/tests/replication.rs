@@ -367,3 +367,73 @@ fn consistent_keeps_serving_every_key_with_one_copy_of_three_down() {
         );
     }
 }
+
+/// The digests an idle ring's anti-entropy rounds ask for come from each host's cache of its
+/// store's unchanged answers (`store_cache.rs`), not from a scan each round; and the cache
+/// hides nothing: a replica cut off while keys are written again is brought to the new
+/// versions once the partition heals, on hosts whose caches held the old digests.
+#[test]
+fn an_idle_ring_answers_its_digests_from_the_cache_and_still_repairs_a_replica_that_missed_writes() {
+    let mut s = sim(6, AckPolicy::One);
+    let mut rng = Rng::new(6);
+    build_ring(&mut s, 6, &mut rng);
+    let keys: Vec<String> = (0..150).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        s.put(rng.below(6) as usize, k, "v1");
+    }
+    assert!(run_until_replicated(&mut s, &keys, 60_000), "every copy in place");
+    let counters = |s: &Sim| -> (u64, u64) {
+        s.alive().iter().fold((0, 0), |(rounds, cached), &i| {
+            let st = s.host(i).vnodes().iter().map(|n| n.stats().clone());
+            st.fold((rounds, cached), |(r, c), st| {
+                (r + st.anti_entropy_rounds, c + st.store_answers_cached)
+            })
+        })
+    };
+    let interval = Config::with_stabilize_interval_ms(STABILIZE_MS).anti_entropy_interval_ms;
+    s.run_for(2 * interval);
+    let (rounds0, cached0) = counters(&s);
+    s.run_for(4 * interval);
+    let (rounds1, cached1) = counters(&s);
+    assert!(
+        rounds1 > rounds0,
+        "anti-entropy rounds ran: {rounds0} -> {rounds1}"
+    );
+    assert!(
+        cached1 - cached0 >= rounds1 - rounds0,
+        "idle rounds answered from the cache: {} answers for {} rounds",
+        cached1 - cached0,
+        rounds1 - rounds0
+    );
+    // A replica misses new versions of every key; the others' caches held the old digests.
+    let victim = 3;
+    let others: Vec<usize> = (0..6).filter(|&i| i != victim).collect();
+    s.partition(&[victim], &others);
+    for k in &keys {
+        let via = others[rng.below(others.len() as u64) as usize];
+        s.put(via, k, "v2");
+    }
+    s.run_for(500);
+    s.heal();
+    assert!(
+        s.run_until_consistent(STABILIZE_MS, 60_000),
+        "{:?}",
+        s.ring_problem()
+    );
+    let until = s.now() + 60_000;
+    let stale = |s: &Sim| -> Vec<String> {
+        keys.iter()
+            .filter(|k| {
+                preference_list(s, k)
+                    .iter()
+                    .any(|&i| s.holds(i, k.as_bytes()).as_deref() != Some(b"v2".as_slice()))
+            })
+            .cloned()
+            .collect()
+    };
+    while !stale(&s).is_empty() && s.now() < until {
+        s.run_for(500);
+    }
+    let left = stale(&s);
+    assert!(left.is_empty(), "copies still at v1: {left:?}");
+}

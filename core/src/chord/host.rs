@@ -19,7 +19,11 @@
 //!   2^48: one per request).
 //! - **Store ops.** Each vnode's store ops carry its index ([`Output::Store`]'s `vnode`): the
 //!   driver keeps one store partition per vnode, so a vnode's ranges, digests and handoffs
-//!   see its own keys only. Their ids are renumbered like request ids.
+//!   see its own keys only. A vnode's store op id `s` leaves the host as
+//!   `(s << 1 | write) << 16 | vnode` (`write`: the op may change the store).
+//! - **The store's unchanged answers.** Digests and key counts asked again while nothing has
+//!   written to the store are answered from the host's [`StoreCache`] (`store_cache.rs`),
+//!   without a scan.
 //! - **Counters.** `GET_STATS` naming no vnode is answered for the whole host: every counter
 //!   summed over the vnodes (the largest for the few that are maxima), `vnodes` and
 //!   `vnodes_active` (how many own a range now), then a per-vnode breakdown of the key counts
@@ -41,6 +45,7 @@ use chordkv_protocol::{ErrorCode, Frame, Id, Message, NodeAddr, NodeRef};
 
 use super::config::Config;
 use super::node::{Millis, Node, Output, Phase, ReplyTo, StoreOpId};
+use super::store_cache::{may_write, StoreCache};
 use crate::store::{StoreError, StoreOutcome};
 
 /// Bit 63 of a [`ReplyTo`] marks the host's own reply channels; drivers use values below
@@ -97,11 +102,25 @@ pub struct Host {
     is_touched: Vec<bool>,
     left_reported: bool,
     out: VecDeque<Output>,
+    store_cache: StoreCache,
 }
 
 enum Local {
-    Request { to: u16, from: u16, frame: Frame },
-    Reply { to: u16, frame: Frame },
+    Request {
+        to: u16,
+        from: u16,
+        frame: Frame,
+    },
+    Reply {
+        to: u16,
+        frame: Frame,
+    },
+    /// A store op answered from the [`StoreCache`] (`id`: the vnode's own).
+    StoreDone {
+        to: u16,
+        id: StoreOpId,
+        outcome: StoreOutcome,
+    },
 }
 
 impl Host {
@@ -132,6 +151,8 @@ impl Host {
         order.sort();
         let deadlines = vnodes.iter().map(|n| n.next_deadline()).collect();
         let v = vnodes.len();
+        // See `store_cache.rs`: a store's lost data is found out within this age.
+        let max_age_ms = vnodes[0].config().anti_entropy_interval_ms.saturating_mul(4);
         Host {
             addr,
             vnodes,
@@ -144,6 +165,7 @@ impl Host {
             next_gather: 0,
             leaving: None,
             left_reported: false,
+            store_cache: StoreCache::new(max_age_ms),
             out: VecDeque::new(),
         }
     }
@@ -346,8 +368,10 @@ impl Host {
     /// A store op finished (`id` as [`Output::Store`] gave it).
     pub fn store_done(&mut self, now: Millis, id: StoreOpId, result: Result<StoreOutcome, StoreError>) {
         let v = (id & VNODE_MASK) as usize;
+        self.store_cache
+            .finished(id, (id >> VNODE_BITS) & 1 == 1, &result);
         if let Some(n) = self.vnodes.get_mut(v) {
-            n.store_done(now, id >> VNODE_BITS, result);
+            n.store_done(now, id >> (VNODE_BITS + 1), result);
             self.touch(v);
             self.pump(now);
         }
@@ -427,7 +451,7 @@ impl Host {
                 let v = self.touched[i];
                 while let Some(o) = self.vnodes[usize::from(v)].poll_output() {
                     moved = true;
-                    self.route_output(v, o);
+                    self.route_output(now, v, o);
                 }
                 i += 1;
             }
@@ -446,6 +470,12 @@ impl Host {
                         self.vnodes[usize::from(to)].handle_reply(now, self.addr, frame);
                         self.touch(usize::from(to));
                     }
+                    Local::StoreDone { to, id, outcome } => {
+                        let n = &mut self.vnodes[usize::from(to)];
+                        n.stats.store_answers_cached += 1;
+                        n.store_done(now, id, Ok(outcome));
+                        self.touch(usize::from(to));
+                    }
                 }
             }
             if self.advance_leave(now) {
@@ -458,7 +488,7 @@ impl Host {
         }
     }
 
-    fn route_output(&mut self, v: u16, o: Output) {
+    fn route_output(&mut self, now: Millis, v: u16, o: Output) {
         match o {
             Output::Send { to, mut frame } => {
                 if to.host == self.addr && usize::from(to.vnode) < self.vnodes.len() {
@@ -484,11 +514,20 @@ impl Host {
                 }
             }
             Output::Reply { to, frame } => self.out.push_back(Output::Reply { to, frame }),
-            Output::Store { id, vnode, op } => self.out.push_back(Output::Store {
-                id: (id << VNODE_BITS) | u64::from(vnode),
-                vnode,
-                op,
-            }),
+            Output::Store { id, vnode, op } => {
+                if let Some(outcome) = self.store_cache.lookup(vnode, &op, now) {
+                    self.local.push_back(Local::StoreDone {
+                        to: vnode,
+                        id,
+                        outcome,
+                    });
+                    return;
+                }
+                let write = may_write(&op);
+                let id = (((id << 1) | u64::from(write)) << VNODE_BITS) | u64::from(vnode);
+                self.store_cache.issued(id, vnode, &op, write, now);
+                self.out.push_back(Output::Store { id, vnode, op });
+            }
             // `advance_leave` reports the host's.
             Output::Left => {}
         }

@@ -70,6 +70,7 @@ pub mod routing;
 mod rpc;
 mod scan;
 mod stats;
+mod store_cache;
 mod store_wait;
 mod sync;
 #[cfg(test)]

@@ -95,6 +95,9 @@ counters! {
     /// `GET`s answered from this node's copy without the primary's lease (`--read-from
     /// replicas`), at the primary or a replica.
     copy_reads,
+    /// Store ops (digests, key counts) answered from the host's cache of the store's unchanged
+    /// answers, without a scan (`store_cache.rs`).
+    store_answers_cached,
 }
 
 impl Node {

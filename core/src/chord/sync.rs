@@ -525,8 +525,8 @@ impl Node {
                 }
             }
             SyncWait::Collected => {
-                if let Ok(StoreOutcome::Removed(n)) = result {
-                    self.stats.tombstones_collected += n as u64;
+                if let Ok(StoreOutcome::Collected { removed, .. }) = result {
+                    self.stats.tombstones_collected += removed as u64;
                 }
             }
             SyncWait::AnswerDigests {
@@ -618,7 +618,7 @@ impl Node {
             }
             SyncWait::AnswerCollect { to, request_id } => {
                 let removed = match result {
-                    Ok(StoreOutcome::Removed(n)) => n,
+                    Ok(StoreOutcome::Collected { removed, .. }) => removed,
                     _ => 0,
                 };
                 self.stats.tombstones_collected += removed as u64;

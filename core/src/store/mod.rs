@@ -394,6 +394,12 @@ pub enum StoreOutcome {
         bytes: Option<u64>,
     },
     RangeCounts(RangeCounts),
+    /// [`StoreOp::CollectTombstones`]: the tombstones removed, and those left because they
+    /// are younger than its `before`.
+    Collected {
+        removed: usize,
+        younger: usize,
+    },
     Digest(Vec<u64>),
     KeyVersions(Vec<(Bytes, u64)>),
     Items(Vec<Item>),
@@ -458,12 +464,18 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
         }
         StoreOp::CollectTombstones { start, end, before } => {
             let mut dead = Vec::new();
+            let mut younger = 0;
             digest::for_each_entry(store, &start, &end, |kv| {
                 if !kv.live && kv.version <= before {
                     dead.push((kv.key.clone(), kv.version));
+                } else if !kv.live {
+                    younger += 1;
                 }
             })?;
-            StoreOutcome::Removed(store.delete_many(dead)?)
+            StoreOutcome::Collected {
+                removed: store.delete_many(dead)?,
+                younger,
+            }
         }
         StoreOp::RetainRanges { keep } => {
             let mut gone = Vec::new();
