@@ -134,7 +134,9 @@ def diff(before_path, after_path, target, pipeline, test, requests, bench_ticks,
     print(f"{target},{pipeline},{test},busy,machine,{busy:.3f}")
 
 
-def table(csv_path, pipelines):
+def runs(csv_path):
+    """{(target, pipeline, test, what, kind): [value per run]} of a cpu.csv, and the targets in
+    order."""
     rows = {}
     targets = []
     with open(csv_path) as f:
@@ -143,6 +145,11 @@ def table(csv_path, pipelines):
             if target not in targets:
                 targets.append(target)
             rows.setdefault((target, pipeline, test, what, kind), []).append(float(value))
+    return rows, targets
+
+
+def table(csv_path, pipelines):
+    rows, targets = runs(csv_path)
 
     def cell(target, pipeline, test, what, kind, digits):
         values = rows.get((target, pipeline, test, what, kind))
@@ -193,14 +200,7 @@ NODE_KINDS = KINDS[:4]
 
 def medians(csv_path):
     """{(target, pipeline, test, what, kind): median} of a cpu.csv, and the targets in order."""
-    rows = {}
-    targets = []
-    with open(csv_path) as f:
-        for line in f:
-            target, pipeline, test, what, kind, value = line.strip().split(",")
-            if target not in targets:
-                targets.append(target)
-            rows.setdefault((target, pipeline, test, what, kind), []).append(float(value))
+    rows, targets = runs(csv_path)
     return {k: statistics.median(v) for k, v in rows.items()}, targets
 
 

@@ -62,6 +62,25 @@ fn preference_list(s: &Sim, key: &str) -> Vec<usize> {
     v
 }
 
+/// Cuts `victim` off from the other 5 nodes while `keys` are written with `value` through them
+/// (under `ack = one` its replica copies miss the writes), then heals the network and waits
+/// for a consistent ring.
+fn write_while_cut_off(s: &mut Sim, rng: &mut Rng, victim: usize, keys: &[String], value: &str) {
+    let others: Vec<usize> = (0..6).filter(|&i| i != victim).collect();
+    s.partition(&[victim], &others);
+    for k in keys {
+        let via = others[rng.below(others.len() as u64) as usize];
+        s.put(via, k, value);
+    }
+    s.run_for(500);
+    s.heal();
+    assert!(
+        s.run_until_consistent(STABILIZE_MS, 60_000),
+        "{:?}",
+        s.ring_problem()
+    );
+}
+
 /// Runs until every key is held by exactly its preference list (copies missing are re-created
 /// by anti-entropy; copies a node is no longer responsible for are collected), or `max_ms` pass.
 fn run_until_replicated(s: &mut Sim, keys: &[String], max_ms: u64) -> bool {
@@ -280,19 +299,7 @@ fn anti_entropy_repairs_a_replica_that_missed_writes_and_collects_tombstones() {
     let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
     // Cut one node off while writes happen: its replica copies miss them (ack=one does not wait).
     let victim = 2;
-    let others: Vec<usize> = (0..6).filter(|&i| i != victim).collect();
-    s.partition(&[victim], &others);
-    for k in &keys {
-        let via = others[rng.below(others.len() as u64) as usize];
-        s.put(via, k, "v1");
-    }
-    s.run_for(500);
-    s.heal();
-    assert!(
-        s.run_until_consistent(STABILIZE_MS, 60_000),
-        "{:?}",
-        s.ring_problem()
-    );
+    write_while_cut_off(&mut s, &mut rng, victim, &keys, "v1");
     assert!(
         run_until_replicated(&mut s, &keys, 60_000),
         "anti-entropy restores every copy"
@@ -407,19 +414,7 @@ fn an_idle_ring_answers_its_digests_from_the_cache_and_still_repairs_a_replica_t
     );
     // A replica misses new versions of every key; the others' caches held the old digests.
     let victim = 3;
-    let others: Vec<usize> = (0..6).filter(|&i| i != victim).collect();
-    s.partition(&[victim], &others);
-    for k in &keys {
-        let via = others[rng.below(others.len() as u64) as usize];
-        s.put(via, k, "v2");
-    }
-    s.run_for(500);
-    s.heal();
-    assert!(
-        s.run_until_consistent(STABILIZE_MS, 60_000),
-        "{:?}",
-        s.ring_problem()
-    );
+    write_while_cut_off(&mut s, &mut rng, victim, &keys, "v2");
     let until = s.now() + 60_000;
     let stale = |s: &Sim| -> Vec<String> {
         keys.iter()
