@@ -167,7 +167,7 @@ impl StoreCache {
 
     /// The kept answer to `op` of `vnode`, if it is still the store's at `now`.
     pub fn lookup(&mut self, vnode: u16, op: &StoreOp, now: Millis) -> Option<StoreOutcome> {
-        if self.writes_in_flight > 0 {
+        if self.writes_in_flight > 0 || self.entries.is_empty() {
             return None;
         }
         let key = Key::of(vnode, op)?;
@@ -196,20 +196,24 @@ impl StoreCache {
         if write {
             self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
         }
+        // Most ops (gets, puts) are not cacheable: no lookup when none is pending.
+        let pending = if self.pending.is_empty() {
+            None
+        } else {
+            self.pending.remove(&id)
+        };
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(_) => {
-                self.pending.remove(&id);
                 self.clear();
                 return;
             }
         };
         if write && changed(outcome) {
-            self.pending.remove(&id);
             self.generation += 1;
             return;
         }
-        let Some((key, generation, at)) = self.pending.remove(&id) else {
+        let Some((key, generation, at)) = pending else {
             return;
         };
         let keep = match outcome {
