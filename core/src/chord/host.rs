@@ -45,7 +45,7 @@ use chordkv_protocol::{ErrorCode, Frame, Id, Message, NodeAddr, NodeRef};
 
 use super::config::Config;
 use super::node::{Millis, Node, Output, Phase, ReplyTo, StoreOpId};
-use super::store_cache::{may_write, StoreCache};
+use super::store_cache::StoreCache;
 use crate::store::{StoreError, StoreOutcome};
 
 /// Bit 63 of a [`ReplyTo`] marks the host's own reply channels; drivers use values below
@@ -515,18 +515,15 @@ impl Host {
             }
             Output::Reply { to, frame } => self.out.push_back(Output::Reply { to, frame }),
             Output::Store { id, vnode, op } => {
-                if let Some(outcome) = self.store_cache.lookup(vnode, &op, now) {
-                    self.local.push_back(Local::StoreDone {
+                let host_id = |write: bool| (((id << 1) | u64::from(write)) << VNODE_BITS) | u64::from(vnode);
+                match self.store_cache.submit(vnode, &op, now, host_id) {
+                    Ok(id) => self.out.push_back(Output::Store { id, vnode, op }),
+                    Err(outcome) => self.local.push_back(Local::StoreDone {
                         to: vnode,
                         id,
                         outcome,
-                    });
-                    return;
+                    }),
                 }
-                let write = may_write(&op);
-                let id = (((id << 1) | u64::from(write)) << VNODE_BITS) | u64::from(vnode);
-                self.store_cache.issued(id, vnode, &op, write, now);
-                self.out.push_back(Output::Store { id, vnode, op });
             }
             // `advance_leave` reports the host's.
             Output::Left => {}

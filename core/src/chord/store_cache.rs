@@ -80,51 +80,50 @@ enum Key {
     },
 }
 
-impl Key {
-    fn of(vnode: u16, op: &StoreOp) -> Option<Key> {
-        Some(match op {
-            StoreOp::Digest { start, end, parts } => Key::Digest {
-                vnode,
-                start: *start,
-                end: *end,
-                parts: *parts,
-            },
-            StoreOp::RangeCounts { start, end, .. } => Key::RangeCounts {
-                vnode,
-                start: *start,
-                end: *end,
-            },
-            StoreOp::CollectTombstones { start, end, .. } => Key::CollectTombstones {
-                vnode,
-                start: *start,
-                end: *end,
-            },
-            StoreOp::RetainRanges { keep } => Key::RetainRanges {
-                vnode,
-                keep: keep.clone(),
-            },
-            _ => return None,
-        })
-    }
-}
-
-/// Whether `op` may change the store (every op that is not known to only read).
-pub(super) fn may_write(op: &StoreOp) -> bool {
+/// Whether `op` may change the store (every op that is not known to only read counts), and
+/// what it asks for when its answer may be kept: one match for both, on every store op.
+fn classify(vnode: u16, op: &StoreOp) -> (bool, Option<Key>) {
     match op {
         StoreOp::Get { .. }
         | StoreOp::Scan { .. }
         | StoreOp::Count
         | StoreOp::Size
         | StoreOp::CountRange { .. }
-        | StoreOp::RangeCounts { .. }
-        | StoreOp::Digest { .. }
         | StoreOp::KeyVersions { .. }
-        | StoreOp::GetMany { .. } => false,
-        StoreOp::Put { .. }
-        | StoreOp::PutMany { .. }
-        | StoreOp::RemoveMany { .. }
-        | StoreOp::CollectTombstones { .. }
-        | StoreOp::RetainRanges { .. } => true,
+        | StoreOp::GetMany { .. } => (false, None),
+        StoreOp::Put { .. } | StoreOp::PutMany { .. } | StoreOp::RemoveMany { .. } => (true, None),
+        StoreOp::Digest { start, end, parts } => (
+            false,
+            Some(Key::Digest {
+                vnode,
+                start: *start,
+                end: *end,
+                parts: *parts,
+            }),
+        ),
+        StoreOp::RangeCounts { start, end, .. } => (
+            false,
+            Some(Key::RangeCounts {
+                vnode,
+                start: *start,
+                end: *end,
+            }),
+        ),
+        StoreOp::CollectTombstones { start, end, .. } => (
+            true,
+            Some(Key::CollectTombstones {
+                vnode,
+                start: *start,
+                end: *end,
+            }),
+        ),
+        StoreOp::RetainRanges { keep } => (
+            true,
+            Some(Key::RetainRanges {
+                vnode,
+                keep: keep.clone(),
+            }),
+        ),
     }
 }
 
@@ -165,13 +164,30 @@ impl StoreCache {
         }
     }
 
-    /// The kept answer to `op` of `vnode`, if it is still the store's at `now`.
-    pub fn lookup(&mut self, vnode: u16, op: &StoreOp, now: Millis) -> Option<StoreOutcome> {
+    /// `op` of `vnode` at `now`: its kept answer (`Err`), or the id it goes to the store as
+    /// (`Ok`), which `id_of(write)` makes (`write`: the op may change the store).
+    pub fn submit(
+        &mut self,
+        vnode: u16,
+        op: &StoreOp,
+        now: Millis,
+        id_of: impl FnOnce(bool) -> StoreOpId,
+    ) -> Result<StoreOpId, StoreOutcome> {
+        let (write, key) = classify(vnode, op);
+        if let Some(outcome) = key.as_ref().and_then(|k| self.kept(k, now)) {
+            return Err(outcome);
+        }
+        let id = id_of(write);
+        self.issue(id, write, key, now);
+        Ok(id)
+    }
+
+    /// The kept answer for `key`, if it is still the store's at `now`.
+    fn kept(&self, key: &Key, now: Millis) -> Option<StoreOutcome> {
         if self.writes_in_flight > 0 || self.entries.is_empty() {
             return None;
         }
-        let key = Key::of(vnode, op)?;
-        match self.entries.get(&key) {
+        match self.entries.get(key) {
             Some((generation, at, outcome))
                 if *generation == self.generation && now < at.saturating_add(self.max_age_ms) =>
             {
@@ -181,14 +197,25 @@ impl StoreCache {
         }
     }
 
-    /// `op` of `vnode` goes to the store as `id` at `now` (`write`: [`may_write`]).
-    pub fn issued(&mut self, id: StoreOpId, vnode: u16, op: &StoreOp, write: bool, now: Millis) {
+    fn issue(&mut self, id: StoreOpId, write: bool, key: Option<Key>, now: Millis) {
         if write {
             self.writes_in_flight += 1;
         }
-        if let Some(key) = Key::of(vnode, op) {
+        if let Some(key) = key {
             self.pending.insert(id, (key, self.generation, now));
         }
+    }
+
+    /// [`StoreCache::kept`] for `op` of `vnode`, without submitting it.
+    #[cfg(test)]
+    fn lookup(&self, vnode: u16, op: &StoreOp, now: Millis) -> Option<StoreOutcome> {
+        classify(vnode, op).1.and_then(|k| self.kept(&k, now))
+    }
+
+    /// [`StoreCache::submit`]'s bookkeeping for `op` sent as `id`, with `write` given.
+    #[cfg(test)]
+    fn issued(&mut self, id: StoreOpId, vnode: u16, op: &StoreOp, write: bool, now: Millis) {
+        self.issue(id, write, classify(vnode, op).1, now);
     }
 
     /// The op `id` finished (`write` as it was issued).
@@ -407,6 +434,7 @@ mod tests {
 
     #[test]
     fn every_op_is_a_read_or_a_write() {
+        let may_write = |op: &StoreOp| classify(0, op).0;
         assert!(may_write(&StoreOp::CollectTombstones {
             start: Id::ZERO,
             end: Id::ZERO,
