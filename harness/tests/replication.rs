@@ -432,3 +432,79 @@ fn an_idle_ring_answers_its_digests_from_the_cache_and_still_repairs_a_replica_t
     let left = stale(&s);
     assert!(left.is_empty(), "copies still at v1: {left:?}");
 }
+
+/// A clean anti-entropy round collects tombstones only when its digest scan saw one old enough
+/// to go: a ring that only writes never scans its copies for tombstones (before, every clean
+/// round scanned every copy of its range once more, to remove nothing). Deletes are still
+/// collected from every copy once their grace has passed.
+#[test]
+fn clean_rounds_scan_for_tombstones_only_when_the_range_holds_old_ones() {
+    let mut s = sim(8, AckPolicy::One);
+    let mut rng = Rng::new(8);
+    build_ring(&mut s, 6, &mut rng);
+    let keys: Vec<String> = (0..150).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        s.put(rng.below(6) as usize, k, "v1");
+    }
+    assert!(run_until_replicated(&mut s, &keys, 60_000), "every copy in place");
+    let counters = |s: &Sim| -> (u64, u64, u64) {
+        s.alive().iter().fold((0, 0, 0), |acc, &i| {
+            s.host(i)
+                .vnodes()
+                .iter()
+                .map(|n| n.stats())
+                .fold(acc, |(r, c, t), st| {
+                    (
+                        r + st.anti_entropy_rounds,
+                        c + st.tombstone_collections,
+                        t + st.tombstones_collected,
+                    )
+                })
+        })
+    };
+    let interval = Config::with_stabilize_interval_ms(STABILIZE_MS).anti_entropy_interval_ms;
+    // (A ring of one, while it formed, collected its own tombstones alone.)
+    let (rounds0, collections0, _) = counters(&s);
+    s.run_for(4 * interval);
+    let (rounds1, collections1, _) = counters(&s);
+    assert!(
+        rounds1 > rounds0,
+        "anti-entropy rounds ran: {rounds0} -> {rounds1}"
+    );
+    assert_eq!(
+        collections1 - collections0,
+        0,
+        "tombstone collections in a ring without tombstones"
+    );
+
+    for k in &keys[..30] {
+        let reply = s.request(
+            0,
+            Message::Delete {
+                key: Bytes::from(k.clone()),
+            },
+            10_000,
+        );
+        assert!(
+            matches!(reply, Some(Message::DeleteReply { .. })),
+            "{k}: {reply:?}"
+        );
+    }
+    let grace = Config::with_stabilize_interval_ms(STABILIZE_MS).tombstone_grace_ms;
+    let until = s.now() + grace + 60_000;
+    while counters(&s).2 < 3 * 30 && s.now() < until {
+        s.run_for(1_000);
+    }
+    let (_, collections2, collected) = counters(&s);
+    assert!(
+        collections2 > collections1,
+        "no tombstone collection after deletes"
+    );
+    assert!(
+        collected >= 3 * 30,
+        "tombstones collected from every copy: {collected}"
+    );
+    for k in &keys[..30] {
+        assert_eq!(value_of(&s.get(1, k)), None);
+    }
+}

@@ -58,6 +58,11 @@ counters! {
     anti_entropy_keys_repaired,
     anti_entropy_last_round_repaired,
     tombstones_collected,
+    /// Tombstone collections this node started as a primary: a clean anti-entropy round's, on
+    /// every copy of its range, or its own alone. A clean round whose range holds no tombstone
+    /// old enough to go starts none (its digest scan tells), so a ring that only writes
+    /// never scans its stores for tombstones.
+    tombstone_collections,
     stray_copies_collected,
     /// Client operations whose owner came from the location cache...
     cache_hits,

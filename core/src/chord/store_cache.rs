@@ -267,6 +267,13 @@ impl StoreCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn digests(part: u64) -> StoreOutcome {
+        StoreOutcome::Digest(crate::store::digest::RangeDigests {
+            parts: vec![part],
+            oldest_tombstone: None,
+        })
+    }
     use crate::store::{PutOutcome, RangeCounts};
 
     fn digest() -> StoreOp {
@@ -288,21 +295,21 @@ mod tests {
     fn answer(c: &mut StoreCache, id: StoreOpId, vnode: u16, op: &StoreOp, value: u64) {
         assert_eq!(c.lookup(vnode, op, 0), None);
         c.issued(id, vnode, op, false, 0);
-        c.finished(id, false, &Ok(StoreOutcome::Digest(vec![value])));
+        c.finished(id, false, &Ok(digests(value)));
     }
 
     #[test]
     fn a_digest_is_given_again_until_a_write_changes_the_store() {
         let mut c = StoreCache::new(1_000);
         answer(&mut c, 1, 0, &digest(), 7);
-        assert_eq!(c.lookup(0, &digest(), 0), Some(StoreOutcome::Digest(vec![7])));
+        assert_eq!(c.lookup(0, &digest(), 0), Some(digests(7)));
         // Another vnode's partition, another range: not kept.
         assert_eq!(c.lookup(1, &digest(), 0), None);
         // A write that changed nothing keeps it; one in flight hides it.
         c.issued(2, 0, &StoreOp::PutMany { items: vec![] }, true, 0);
         assert_eq!(c.lookup(0, &digest(), 0), None);
         c.finished(2, true, &put(false));
-        assert_eq!(c.lookup(0, &digest(), 0), Some(StoreOutcome::Digest(vec![7])));
+        assert_eq!(c.lookup(0, &digest(), 0), Some(digests(7)));
         c.issued(3, 0, &StoreOp::PutMany { items: vec![] }, true, 0);
         c.finished(3, true, &put(true));
         assert_eq!(c.lookup(0, &digest(), 0), None);
@@ -315,13 +322,13 @@ mod tests {
         c.issued(1, 0, &digest(), false, 0);
         c.issued(2, 0, &StoreOp::PutMany { items: vec![] }, true, 0);
         c.finished(2, true, &Ok(StoreOutcome::PutMany { applied: 1 }));
-        c.finished(1, false, &Ok(StoreOutcome::Digest(vec![7])));
+        c.finished(1, false, &Ok(digests(7)));
         assert_eq!(c.lookup(0, &digest(), 0), None);
         // A write still in flight when the answer comes: kept, but not given until it is done,
         // and then only if it changed nothing.
         c.issued(3, 0, &digest(), false, 0);
         c.issued(4, 0, &StoreOp::RemoveMany { keys: vec![] }, true, 0);
-        c.finished(3, false, &Ok(StoreOutcome::Digest(vec![8])));
+        c.finished(3, false, &Ok(digests(8)));
         assert_eq!(c.lookup(0, &digest(), 0), None);
         c.finished(4, true, &Ok(StoreOutcome::Removed(2)));
         assert_eq!(c.lookup(0, &digest(), 0), None);
@@ -427,8 +434,8 @@ mod tests {
     fn an_answer_is_given_until_its_age_runs_out() {
         let mut c = StoreCache::new(1_000);
         c.issued(1, 0, &digest(), false, 500);
-        c.finished(1, false, &Ok(StoreOutcome::Digest(vec![7])));
-        assert_eq!(c.lookup(0, &digest(), 1_499), Some(StoreOutcome::Digest(vec![7])));
+        c.finished(1, false, &Ok(digests(7)));
+        assert_eq!(c.lookup(0, &digest(), 1_499), Some(digests(7)));
         assert_eq!(c.lookup(0, &digest(), 1_500), None);
     }
 

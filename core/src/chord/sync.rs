@@ -76,6 +76,11 @@ pub(super) struct SyncRound {
     pub repaired: u64,
     /// The version clock when the round started (for tombstone collection).
     pub clock_at_start: u64,
+    /// The lowest version among our tombstones in the range when the round took its digests
+    /// (`None`: none). A clean round collects tombstones only when this one is old enough:
+    /// equal digests mean every copy holds the same tombstones, so when ours are all too young
+    /// (or there are none) a collection would scan every copy and remove nothing.
+    pub oldest_tombstone: Option<u64>,
 }
 
 /// What a store op of anti-entropy is for.
@@ -198,6 +203,7 @@ impl Node {
                 repaired: 0,
                 // Physical time counts too: the clock only moves with writes.
                 clock_at_start: self.clock.current().max(now.saturating_mul(1 << 16)),
+                oldest_tombstone: None,
             },
         );
         let op = StoreOp::Digest {
@@ -251,6 +257,7 @@ impl Node {
             before,
         };
         self.repl.own_collection_at = Some(now);
+        self.stats.tombstone_collections += 1;
         self.store_op(op, StoreWait::Sync(SyncWait::Collected));
         true
     }
@@ -309,6 +316,7 @@ impl Node {
                 differences: 0,
                 repaired: 0,
                 clock_at_start: self.clock.current().max(now.saturating_mul(1 << 16)),
+                oldest_tombstone: None,
             },
         );
         let op = StoreOp::Digest {
@@ -386,12 +394,14 @@ impl Node {
         // member of the preference list under `consistent` (`complete`), and under `available`
         // no replica that went away may be about to come back with one.
         let holders_all_here = r.complete && !self.holder_away();
-        if r.differences == 0 && r.failed.is_empty() && !r.local_failed && holders_all_here {
+        let before = r
+            .clock_at_start
+            .saturating_sub(self.config.tombstone_grace_ms << 16);
+        let old_enough = r.oldest_tombstone.is_some_and(|v| v <= before);
+        if r.differences == 0 && r.failed.is_empty() && !r.local_failed && holders_all_here && old_enough {
             // Every replica holds exactly what we hold: old tombstones can go everywhere.
-            let before = r
-                .clock_at_start
-                .saturating_sub(self.config.tombstone_grace_ms << 16);
             let (start, end) = (r.start, r.end);
+            self.stats.tombstone_collections += 1;
             for t in &r.targets {
                 let msg = Message::CollectTombstones { start, end, before };
                 self.send_rpc(now, t.addr, msg, RpcKind::Collect, 0);
@@ -447,7 +457,9 @@ impl Node {
         match wait {
             SyncWait::RoundDigests { round } => {
                 let holder_ms = self.holder_ms(round);
-                if let (Ok(StoreOutcome::Digest(digests)), Some(r)) = (result, self.round_mut(round)) {
+                if let (Ok(StoreOutcome::Digest(ours)), Some(r)) = (result, self.round_mut(round)) {
+                    r.oldest_tombstone = ours.oldest_tombstone;
+                    let digests = ours.parts;
                     let (start, end, targets) = (r.start, r.end, r.targets.clone());
                     r.outstanding += targets.len();
                     for t in targets {
@@ -539,6 +551,7 @@ impl Node {
             } => {
                 let msg = match result {
                     Ok(StoreOutcome::Digest(mine)) => {
+                        let mine = mine.parts;
                         let differing: Vec<u32> = if mine.len() == theirs.len() {
                             (0..mine.len())
                                 .filter(|&j| mine[j] != theirs[j])

@@ -58,10 +58,23 @@ pub fn for_each_entry_with_id<S: Store + ?Sized>(
     for_each_entry(store, start, end, |kv| f(&Id::of_key(&kv.key), kv))
 }
 
-/// The digest of each of `parts` equal sub-ranges of `(start, end]`.
-pub fn range_digests(store: &dyn Store, start: &Id, end: &Id, parts: u32) -> Result<Vec<u64>> {
+/// The digests of a ring range ([`range_digests`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeDigests {
+    /// The digest of each of the equal sub-ranges, in ring order.
+    pub parts: Vec<u64>,
+    /// The lowest version among the range's tombstones (`None`: it holds none). Taken in the
+    /// same scan, so anti-entropy knows without another scan whether a tombstone collection
+    /// would find anything old enough to remove.
+    pub oldest_tombstone: Option<u64>,
+}
+
+/// The digest of each of `parts` equal sub-ranges of `(start, end]`, and the oldest tombstone
+/// in it, in one scan.
+pub fn range_digests(store: &dyn Store, start: &Id, end: &Id, parts: u32) -> Result<RangeDigests> {
     let bounds = Id::split_range(start, end, parts);
     let mut digests = vec![0u64; bounds.len()];
+    let mut oldest_tombstone: Option<u64> = None;
     // Entries come in ring order, so the sub-range index only moves forward.
     let mut part = 0usize;
     let mut lo = *start;
@@ -72,8 +85,52 @@ pub fn range_digests(store: &dyn Store, start: &Id, end: &Id, parts: u32) -> Res
             part += 1;
         }
         digests[part] ^= item_hash(id, version);
+        if !kv.live {
+            oldest_tombstone = Some(oldest_tombstone.map_or(version, |v| v.min(version)));
+        }
     })?;
-    Ok(digests)
+    Ok(RangeDigests {
+        parts: digests,
+        oldest_tombstone,
+    })
+}
+
+/// The parts of the ring in none of `ranges` (each `(start, end]`; `start == end` is the whole
+/// ring), as `(start, end]` ranges in ring order, adjacent parts merged: empty when `ranges`
+/// cover the ring, the whole ring `(ZERO, ZERO]` when there are no ranges.
+///
+/// A node's store holds its primary range and the ranges it is a replica of; what lies
+/// outside them is stray copies, so a stray-copy collection scans only these parts instead of
+/// the whole store (`StoreOp::RetainRanges`).
+pub fn uncovered(ranges: &[(Id, Id)]) -> Vec<(Id, Id)> {
+    if ranges.is_empty() {
+        return vec![(Id::ZERO, Id::ZERO)];
+    }
+    if ranges.iter().any(|(s, e)| s == e) {
+        return Vec::new();
+    }
+    let mut points: Vec<Id> = ranges.iter().flat_map(|(s, e)| [*s, *e]).collect();
+    points.sort_unstable();
+    points.dedup();
+    // Between two neighbouring boundaries no range starts or ends, so the segment
+    // `(lo, hi]` lies wholly inside a range or wholly outside every one, and `hi` tells which.
+    let mut gaps: Vec<(Id, Id)> = Vec::new();
+    for j in 0..points.len() {
+        let (lo, hi) = (points[j], points[(j + 1) % points.len()]);
+        if ranges.iter().any(|(s, e)| in_half_open(&hi, s, e)) {
+            continue;
+        }
+        match gaps.last_mut() {
+            Some(g) if g.1 == lo => g.1 = hi,
+            _ => gaps.push((lo, hi)),
+        }
+    }
+    // The last gap may run on into the first across the lowest boundary.
+    if gaps.len() >= 2 && gaps[gaps.len() - 1].1 == gaps[0].0 {
+        let last = gaps.pop().expect("two or more gaps"); // faulty code
+        gaps[0].0 = last.0;
+    }
+    gaps
 }
 
 /// Every `(key, version)` in `(start, end]`, tombstones included.
@@ -108,6 +165,8 @@ mod tests {
         let start = Id::hash(b"start");
         let da = range_digests(&a, &start, &start, 16).unwrap();
         assert_eq!(da, range_digests(&b, &start, &start, 16).unwrap());
+        assert_eq!(da.oldest_tombstone, None);
+        let da = da.parts;
         b.put(
             &Bytes::from_static(b"k42"),
             Entry {
@@ -118,7 +177,41 @@ mod tests {
         )
         .unwrap();
         let db = range_digests(&b, &start, &start, 16).unwrap();
+        assert_eq!(db.oldest_tombstone, Some(8));
+        let db = db.parts;
         assert_eq!(da.iter().zip(&db).filter(|(x, y)| x != y).count(), 1);
         assert_eq!(key_versions(&a, &start, &start).unwrap().len(), 500);
+    }
+
+    #[test]
+    fn uncovered_is_exactly_the_ring_outside_the_ranges() {
+        let seed = 0x5eed_u64;
+        let mut rng = crate::rng::Rng::new(seed);
+        // Few distinct boundary values, so ranges share ends, wrap and nest.
+        let pick = |rng: &mut crate::rng::Rng| {
+            let mut b = [0u8; 20];
+            b[0] = rng.below(8) as u8 * 32;
+            Id(b)
+        };
+        for case in 0..2_000 {
+            let n = rng.below(5);
+            let ranges: Vec<(Id, Id)> = (0..n).map(|_| (pick(&mut rng), pick(&mut rng))).collect();
+            let gaps = uncovered(&ranges);
+            for probe in 0..=255u8 {
+                let mut b = [0u8; 20];
+                b[0] = probe;
+                b[19] = probe.wrapping_mul(7);
+                for x in [Id(b), Id([probe; 20])] {
+                    let kept = ranges.iter().any(|(s, e)| in_half_open(&x, s, e));
+                    let in_gaps = gaps.iter().filter(|(s, e)| in_half_open(&x, s, e)).count();
+                    assert_eq!(
+                        in_gaps,
+                        usize::from(!kept),
+                        "seed {seed} case {case}: {x:?} in {ranges:?}, gaps {gaps:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(uncovered(&[]), vec![(Id::ZERO, Id::ZERO)]);
     }
 }

@@ -400,7 +400,7 @@ pub enum StoreOutcome {
         removed: usize,
         younger: usize,
     },
-    Digest(Vec<u64>),
+    Digest(digest::RangeDigests),
     KeyVersions(Vec<(Bytes, u64)>),
     Items(Vec<Item>),
 }
@@ -478,12 +478,16 @@ pub fn execute(store: &dyn Store, op: StoreOp) -> Result<StoreOutcome> {
             }
         }
         StoreOp::RetainRanges { keep } => {
+            // Only the parts of the ring outside `keep` are scanned: a store holds next to
+            // nothing there, where a scan of the whole store read every key it holds.
             let mut gone = Vec::new();
-            digest::for_each_entry_with_id(store, &Id::ZERO, &Id::ZERO, |id, kv| {
-                if !keep.iter().any(|(s, e)| chordkv_protocol::in_half_open(id, s, e)) {
-                    gone.push((kv.key.clone(), kv.version));
-                }
-            })?;
+            for (start, end) in digest::uncovered(&keep) {
+                digest::for_each_entry_with_id(store, &start, &end, |id, kv| {
+                    if !keep.iter().any(|(s, e)| chordkv_protocol::in_half_open(id, s, e)) {
+                        gone.push((kv.key.clone(), kv.version));
+                    }
+                })?;
+            }
             StoreOutcome::Removed(store.delete_many(gone)?)
         }
         StoreOp::GetMany { keys } => {
@@ -508,13 +512,16 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    /// A memory store whose loss epoch the test sets.
-    struct Losing {
+    /// A memory store whose loss epoch the test sets, and which counts the entries its scans
+    /// return.
+    #[derive(Default)]
+    struct Probe {
         inner: MemoryStore,
         epoch: AtomicU64,
+        scanned: AtomicU64,
     }
 
-    impl Store for Losing {
+    impl Store for Probe {
         fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
             self.inner.get(key)
         }
@@ -525,7 +532,9 @@ mod tests {
             self.inner.delete(key, up_to_version)
         }
         fn scan(&self, start: &Id, end: &Id, after: Option<&ScanCursor>, limit: usize) -> Result<Vec<Item>> {
-            self.inner.scan(start, end, after, limit)
+            let items = self.inner.scan(start, end, after, limit)?;
+            self.scanned.fetch_add(items.len() as u64, Ordering::SeqCst);
+            Ok(items)
         }
         fn len(&self) -> Result<u64> {
             self.inner.len()
@@ -537,21 +546,48 @@ mod tests {
             false
         }
         fn name(&self) -> &'static str {
-            "losing"
+            "probe"
         }
     }
 
     #[test]
     fn execute_since_fails_until_the_loss_is_handled() {
-        let s = Losing {
-            inner: MemoryStore::new(),
-            epoch: AtomicU64::new(0),
-        };
+        let s = Probe::default();
         assert_eq!(execute_since(&s, StoreOp::Count, 0), Ok(StoreOutcome::Count(0)));
         s.epoch.store(1, Ordering::SeqCst);
         let err = execute_since(&s, StoreOp::Count, 0).unwrap_err();
         assert!(matches!(err, StoreError::Lost(_)), "{err}");
         assert!(!err.is_retryable());
         assert_eq!(execute_since(&s, StoreOp::Count, 1), Ok(StoreOutcome::Count(0)));
+    }
+
+    /// A stray-copy collection reads the entries outside the kept ranges, not the whole store
+    /// (it read every entry, every anti-entropy interval, to find next to nothing).
+    #[test]
+    fn retain_ranges_reads_only_the_entries_outside_the_kept_ranges() {
+        let s = Probe::default();
+        let keys: Vec<Bytes> = (0..2_000).map(|i| Bytes::from(format!("k{i}"))).collect();
+        for k in &keys {
+            let entry = Entry {
+                version: 1,
+                value: Some(Bytes::from_static(b"v")),
+                expires_at: 0,
+            };
+            s.put(k, entry).unwrap();
+        }
+        // Two kept ranges, one across the top of the ring.
+        let keep = vec![(Id::hash(b"a"), Id::hash(b"b")), (Id::hash(b"c"), Id::hash(b"d"))];
+        let kept = |k: &Bytes| {
+            keep.iter()
+                .any(|(a, b)| chordkv_protocol::in_half_open(&Id::of_key(k), a, b))
+        };
+        let strays = keys.iter().filter(|k| !kept(k)).count();
+        assert!(strays > 0 && strays < keys.len(), "{strays} strays");
+        let outcome = execute(&s, StoreOp::RetainRanges { keep: keep.clone() }).unwrap();
+        assert_eq!(outcome, StoreOutcome::Removed(strays));
+        assert_eq!(s.scanned.load(Ordering::SeqCst), strays as u64, "entries read");
+        for k in &keys {
+            assert_eq!(s.get(k).unwrap().is_some(), kept(k), "{k:?}");
+        }
     }
 }
