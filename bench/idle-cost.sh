@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# What an idle ring costs: 8 `chordkv node` processes (`chordkv cluster --nodes 8`, default 8
-# vnodes each, replicas 2), filled with KEYS writes by redis-benchmark, left alone for SETTLE_S,
-# then watched for WINDOW_S: the CPU time of the node processes, and of their redis-server for
-# the Redis store, from /proc; with the Redis store, that server's INFO commandstats over the
-# window; the nodes' `store_answers_cached` (bench/idle-cost.sh).
+# What a ring costs right after a burst of writes and when idle: 8 `chordkv node` processes
+# (`chordkv cluster --nodes 8`, default 8 vnodes each, replicas 2), filled with KEYS writes by
+# redis-benchmark, watched for AFTER_S straight away (the anti-entropy rounds that follow
+# writes), left alone for SETTLE_S, then watched for WINDOW_S (idle): the CPU time of the node
+# processes, and of their redis-server for the Redis store, from /proc; with the Redis store,
+# that server's INFO commandstats over the idle window; the nodes' `store_answers_cached`
+# (bench/idle-cost.sh).
 #
 #   bench/idle-cost.sh                   # writes results/idle-cost.md
 #
 # With BEFORE_BIN=path (a release `chordkv` built from an earlier commit, BEFORE=its name), the
 # same runs with that binary, in rows of their own.
 #
-# Environment: KEYS (default 100000: redis-benchmark -n KEYS -r KEYS, -P 16), SETTLE_S (20),
-# WINDOW_S (30), STORES (default "memory redis"), OUT.
+# Environment: KEYS (default 100000: redis-benchmark -n KEYS -r KEYS, -P 16), AFTER_S (15),
+# SETTLE_S (20), WINDOW_S (30), STORES (default "memory redis"), OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 KEYS=${KEYS:-100000}
+AFTER_S=${AFTER_S:-15}
 SETTLE_S=${SETTLE_S:-20}
 WINDOW_S=${WINDOW_S:-30}
 STORES=${STORES:-"memory redis"}
@@ -60,9 +63,16 @@ run() {
     node=$(sed -n 's/^ready: \([^ ]*\).*/\1/p' "$work/$name.out")
     mapfile -t nodes < <(pgrep -P "$launcher")
     redis-benchmark -p "$port" -c 50 -n "$KEYS" -r "$KEYS" -P 16 -t set -q >/dev/null 2>&1
+    local n0 r0 n1 r1 cached=0 a after_nodes after_redis="-"
+    n0=$(ticks_of "${nodes[@]}")
+    r0=$(ticks_of $rpid)
+    sleep "$AFTER_S"
+    n1=$(ticks_of "${nodes[@]}")
+    r1=$(ticks_of $rpid)
+    after_nodes=$(awk -v t=$((n1 - n0)) -v hz="$hz" -v w="$AFTER_S" 'BEGIN {printf "%.3f", t / hz / w}')
+    [ -n "$rport" ] && after_redis=$(awk -v t=$((r1 - r0)) -v hz="$hz" -v w="$AFTER_S" 'BEGIN {printf "%.3f", t / hz / w}')
     sleep "$SETTLE_S"
     [ -n "$rport" ] && redis-cli -p "$rport" CONFIG RESETSTAT >/dev/null
-    local n0 r0 n1 r1 cached=0 a
     n0=$(ticks_of "${nodes[@]}")
     r0=$(ticks_of $rpid)
     sleep "$WINDOW_S"
@@ -82,7 +92,7 @@ run() {
     [ -n "$rpid" ] && { kill "$rpid" 2>/dev/null || true; wait "$rpid" 2>/dev/null || true; }
     local redis_cell="-"
     [ -n "$rport" ] && redis_cell=$(awk -v t=$((r1 - r0)) -v hz="$hz" -v w="$WINDOW_S" 'BEGIN {printf "%.3f", t / hz / w}')
-    echo "| $label | $store | $(awk -v t=$((n1 - n0)) -v hz="$hz" -v w="$WINDOW_S" 'BEGIN {printf "%.3f", t / hz / w}') | $redis_cell | $cached |" >>"$work/rows"
+    echo "| $label | $store | $after_nodes | $after_redis | $(awk -v t=$((n1 - n0)) -v hz="$hz" -v w="$WINDOW_S" 'BEGIN {printf "%.3f", t / hz / w}') | $redis_cell | $cached |" >>"$work/rows"
 }
 
 : >"$work/rows"
@@ -92,27 +102,28 @@ for store in $STORES; do
 done
 
 {
-    echo "# What an idle ring costs"
+    echo "# What a ring costs after a burst of writes, and idle"
     echo
-    echo "Produced by \`$([ -n "$BEFORE_BIN" ] && echo "BEFORE=$BEFORE BEFORE_BIN=... ")bench/idle-cost.sh\` (KEYS=$KEYS, SETTLE_S=$SETTLE_S, WINDOW_S=$WINDOW_S) at $rev, $(date -u '+%Y-%m-%d %H:%M UTC'),"
+    echo "Produced by \`$([ -n "$BEFORE_BIN" ] && echo "BEFORE=$BEFORE BEFORE_BIN=... ")bench/idle-cost.sh\` (KEYS=$KEYS, AFTER_S=$AFTER_S, SETTLE_S=$SETTLE_S, WINDOW_S=$WINDOW_S) at $rev, $(date -u '+%Y-%m-%d %H:%M UTC'),"
     echo "on $(nproc) cores; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
     echo "\`chordkv cluster --nodes 8 --resp\` (8 vnodes per process, replicas 2; with the Redis store,"
     echo "\`--store redis://...\`: the 8 nodes in one redis-server), filled with"
-    echo "\`redis-benchmark -c 50 -n $KEYS -r $KEYS -P 16 -t set\`, then left alone for $SETTLE_S s. Over the"
-    echo "next $WINDOW_S s: the CPU the 8 node processes and the redis-server used, in cores (CPU"
-    echo "seconds per second, from /proc utime + stime), and \`store_answers_cached\` summed over the"
-    echo "nodes at the end (digests and collections answered without a scan, \`core/src/chord/store_cache.rs\`)."
-    echo "Nothing reads or writes during the window: what remains is stabilize, fix_fingers, leases,"
-    echo "anti-entropy rounds and the stray-copy collection."
+    echo "\`redis-benchmark -c 50 -n $KEYS -r $KEYS -P 16 -t set\`. The CPU the 8 node processes and the"
+    echo "redis-server used, in cores (CPU seconds per second, from /proc utime + stime): over the"
+    echo "$AFTER_S s right after the writes (the anti-entropy rounds that compare the copies the writes"
+    echo "changed), and, after $SETTLE_S s more, over $WINDOW_S s idle; and \`store_answers_cached\` summed over"
+    echo "the nodes at the end (digests and collections answered without a scan,"
+    echo "\`core/src/chord/store_cache.rs\`). Nothing reads or writes during either window: what remains"
+    echo "is stabilize, fix_fingers, leases, anti-entropy rounds and the stray-copy collection."
     echo
-    echo "| build | store | 8 nodes, cores | redis-server, cores | store answers cached |"
-    echo "|---|---|---:|---:|---:|"
+    echo "| build | store | after the writes: 8 nodes, cores | redis-server, cores | idle: 8 nodes, cores | redis-server, cores | store answers cached |"
+    echo "|---|---|---:|---:|---:|---:|---:|"
     cat "$work/rows"
     for f in "$work"/*.cmd; do
         [ -e "$f" ] || continue
         echo
-        echo "$(basename "$f" .cmd): redis-server's INFO commandstats over the window:"
+        echo "$(basename "$f" .cmd): redis-server's INFO commandstats over the idle window:"
         echo
         echo '```text'
         cat "$f"
