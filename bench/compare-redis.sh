@@ -420,7 +420,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "# chordkv vs Redis, Redis Cluster and twemproxy (redis-benchmark)"
     echo
     echo "Produced by \`$COMMAND_LINE\` on $(date -u '+%Y-%m-%d %H:%M UTC'); chordkv built from"
-    echo "${CHORDKV_REV:-commit \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git diff --quiet HEAD -- node protocol 2>/dev/null || echo ' with uncommitted changes in node/ or protocol/')}."
+    echo "${CHORDKV_REV:-commit \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git diff --quiet HEAD -- core server protocol cli 2>/dev/null || echo ' with uncommitted changes in the code')}."
     echo
     echo "Machine: $(nproc) cores ($(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM,"
     echo "Linux $(uname -r); $(redis-server --version | awk '{print $1, $2, $3}'), nutcracker $(nutcracker --version 2>&1 | sed -n 's/.*nutcracker-\([0-9.]*\).*/\1/p' | head -1);"
