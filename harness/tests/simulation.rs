@@ -355,3 +355,68 @@ fn a_join_through_a_dead_node_goes_on_through_the_next_one_given() {
         assert_eq!(s.node(new).phase(), Phase::Active, "seed {seed}");
     }
 }
+
+/// A node without replicas collects its own tombstones (`collect_own_tombstones`) once an
+/// anti-entropy interval, and once none is left it stops scanning its range for them until
+/// the next delete (before, the first delete made it scan its whole range every interval for
+/// good, whatever it held). A later delete is collected again.
+#[test]
+fn a_node_without_replicas_scans_for_tombstones_only_while_it_holds_some() {
+    let mut s = sim(9);
+    let mut rng = Rng::new(9);
+    build_ring(&mut s, 4, &mut rng);
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        s.put(rng.below(4) as usize, k, "v");
+    }
+    let delete = |s: &mut Sim, k: &str| {
+        let reply = s.request(
+            0,
+            Message::Delete {
+                key: Bytes::from(k.to_string()),
+            },
+            10_000,
+        );
+        assert!(
+            matches!(reply, Some(Message::DeleteReply { .. })),
+            "{k}: {reply:?}"
+        );
+    };
+    let counters = |s: &Sim| -> (u64, u64) {
+        s.alive().iter().fold((0, 0), |(c, t), &i| {
+            let st = s.node(i).stats();
+            (c + st.tombstone_collections, t + st.tombstones_collected)
+        })
+    };
+    let config = Config::with_stabilize_interval_ms(STABILIZE_MS);
+    let collect_until = |s: &mut Sim, want: u64| {
+        let until = s.now() + config.tombstone_grace_ms + 20 * config.anti_entropy_interval_ms;
+        while counters(s).1 < want && s.now() < until {
+            s.run_for(1_000);
+        }
+        assert_eq!(counters(s).1, want, "tombstones collected");
+    };
+    for k in &keys[..10] {
+        delete(&mut s, k);
+    }
+    collect_until(&mut s, 10);
+    let (collections, _) = counters(&s);
+    // Writes go on, with no delete: nobody scans for tombstones.
+    for round in 0..8 {
+        for k in &keys[10..20] {
+            s.put(rng.below(4) as usize, k, &format!("v{round}"));
+        }
+        s.run_for(config.anti_entropy_interval_ms);
+    }
+    assert_eq!(
+        counters(&s).0,
+        collections,
+        "collections with no tombstone anywhere"
+    );
+    delete(&mut s, &keys[30]);
+    collect_until(&mut s, 11);
+    assert!(counters(&s).0 > collections, "the next delete is collected");
+    for k in keys[..10].iter().chain([&keys[30]]) {
+        assert_eq!(value_of(&s.get(1, k)), None, "{k}");
+    }
+}

@@ -61,6 +61,9 @@ pub(super) struct Replication {
     /// When this node last collected its own tombstones alone (`collect_own_tombstones`):
     /// at most once an anti-entropy interval, as a round would.
     pub own_collection_at: Option<Millis>,
+    /// Store ops carrying a tombstone this node has issued (`store_op`), so that an own
+    /// collection knows whether one was stored while it ran.
+    pub tombstones_stored: u64,
     /// Predecessor and replica targets as of the last check, to notice changes.
     pub replica_view: Vec<NodeAddr>,
     /// Since when `replica_view` has not changed.

@@ -101,8 +101,10 @@ impl Node {
             _ => false,
         };
         if tombstone {
+            self.repl.tombstones_stored += 1;
             // A node without replicas runs anti-entropy's timer only to collect its own
-            // tombstones: armed by the first one, so a node that never deletes does no work.
+            // tombstones: armed by the first one, so a node that never deletes does no work
+            // (and stopped again once a collection left none: `SyncWait::Collected`).
             let at = self.last_now + self.config.anti_entropy_interval_ms;
             self.timers.arm(Timer::AntiEntropy, at);
         }

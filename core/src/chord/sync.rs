@@ -99,8 +99,10 @@ pub(super) enum SyncWait {
     PushTo { round: u64, target: NodeAddr },
     /// Primary: merged the items a replica had newer.
     Repaired { round: u64 },
-    /// Primary: collected tombstones at the end of a clean round.
-    Collected,
+    /// Primary: collected tombstones at the end of a clean round (`own: None`), or its own
+    /// alone (`collect_own_tombstones`; `own`: the count of tombstones this node had stored
+    /// when it started, `Replication::tombstones_stored`).
+    Collected { own: Option<u64> },
     /// Replica: our digests of `(start, end]`, to compare with the primary's (taken at
     /// `holder_ms` by a caught-up holder, or 0).
     AnswerDigests {
@@ -258,7 +260,8 @@ impl Node {
         };
         self.repl.own_collection_at = Some(now);
         self.stats.tombstone_collections += 1;
-        self.store_op(op, StoreWait::Sync(SyncWait::Collected));
+        let own = Some(self.repl.tombstones_stored);
+        self.store_op(op, StoreWait::Sync(SyncWait::Collected { own }));
         true
     }
 
@@ -407,7 +410,7 @@ impl Node {
                 self.send_rpc(now, t.addr, msg, RpcKind::Collect, 0);
             }
             let op = StoreOp::CollectTombstones { start, end, before };
-            self.store_op(op, StoreWait::Sync(SyncWait::Collected));
+            self.store_op(op, StoreWait::Sync(SyncWait::Collected { own: None }));
         }
     }
 
@@ -536,9 +539,17 @@ impl Node {
                     self.stats.stray_copies_collected += n as u64;
                 }
             }
-            SyncWait::Collected => {
-                if let Ok(StoreOutcome::Collected { removed, .. }) = result {
+            SyncWait::Collected { own } => {
+                if let Ok(StoreOutcome::Collected { removed, younger }) = result {
                     self.stats.tombstones_collected += removed as u64;
+                    // A node without replicas runs anti-entropy's timer only for this: when
+                    // its range holds no tombstone any more and none was stored since the
+                    // collection started, the timer rests until the next one is stored
+                    // (`store_op` arms it), instead of scanning the range every interval.
+                    let none_left = younger == 0 && own == Some(self.repl.tombstones_stored);
+                    if none_left && self.config.replicas == 0 {
+                        self.timers.stop(Timer::AntiEntropy);
+                    }
                 }
             }
             SyncWait::AnswerDigests {
