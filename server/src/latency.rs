@@ -119,8 +119,13 @@ impl Started {
     /// The time since request `request_id` entered the core and whether it is a client
     /// operation, forgetting it; `None` when it was not timed.
     pub fn finish(&mut self, request_id: u64) -> Option<(Duration, bool)> {
-        let i = self.0.iter().position(|(id, _, _)| *id == request_id)?;
-        self.0.remove(i).map(|(_, at, op)| (at.elapsed(), op))
+        let (_, at, op) = if self.0.front().is_some_and(|(id, _, _)| *id == request_id) {
+            self.0.pop_front()?
+        } else {
+            let i = self.0.iter().position(|(id, _, _)| *id == request_id)?;
+            self.0.remove(i)?
+        };
+        Some((at.elapsed(), op))
     }
 }
 

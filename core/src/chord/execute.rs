@@ -421,7 +421,7 @@ impl Node {
         } else {
             self.stats.keys_expired += tombstones;
         }
-        let write = if self.config.replicas > 0 {
+        let write = if self.may_replicate(&primary) {
             let write = self.replicate_items(now, items.clone(), &primary);
             // Nobody waits for the sweep's acknowledgements.
             match write {

@@ -95,11 +95,18 @@ pub struct Host {
     next_gather: u64,
     /// Vnodes still to leave, one at a time (`leave`).
     leaving: Option<usize>,
-    /// Each vnode's `next_deadline`, as of the last input that reached it.
+    /// Each vnode's `next_deadline`, as of the last time it was read: current for every
+    /// vnode but the `stale` ones.
     deadlines: Vec<Millis>,
     /// Vnodes an input reached since the last [`Host::pump`] (`is_touched` marks them).
     touched: Vec<u16>,
     is_touched: Vec<bool>,
+    /// Vnodes pumped since their deadline was last read (`is_stale` marks them): it is read
+    /// again only when a deadline is asked for ([`Host::next_deadline`], [`Host::tick`]), once
+    /// per turn of the driver's loop rather than once per input (a pipeline of requests
+    /// reaches the same vnodes again and again in one turn).
+    stale: Vec<u16>,
+    is_stale: Vec<bool>,
     left_reported: bool,
     out: VecDeque<Output>,
     store_cache: StoreCache,
@@ -160,6 +167,8 @@ impl Host {
             deadlines,
             touched: Vec::with_capacity(v),
             is_touched: vec![false; v],
+            stale: Vec::with_capacity(v),
+            is_stale: vec![false; v],
             local: VecDeque::new(),
             gathers: BTreeMap::new(),
             next_gather: 0,
@@ -216,8 +225,10 @@ impl Host {
             .unwrap_or(Phase::Idle)
     }
 
-    /// The earliest time any vnode needs a `tick`.
-    pub fn next_deadline(&self) -> Millis {
+    /// The earliest time any vnode needs a `tick` (`&mut`: the deadlines of the vnodes inputs
+    /// reached since the last call are read here, not at each input).
+    pub fn next_deadline(&mut self) -> Millis {
+        self.refresh_deadlines();
         self.deadlines.iter().copied().min().unwrap_or(Millis::MAX)
     }
 
@@ -270,7 +281,7 @@ impl Host {
             n.add_join_peers(&peers);
         }
         self.touch_all();
-        self.refresh_deadlines();
+        self.pump_done();
     }
 
     /// Leaves the ring gracefully, one vnode at a time (each hands its range to its
@@ -288,6 +299,7 @@ impl Host {
 
     /// Timers of every vnode whose deadline has come (the others have nothing due).
     pub fn tick(&mut self, now: Millis) {
+        self.refresh_deadlines();
         for v in 0..self.vnodes.len() {
             if self.deadlines[v] <= now {
                 self.vnodes[v].tick(now);
@@ -417,8 +429,8 @@ impl Host {
         (usize::from(self.order[before].1), Some(id))
     }
 
-    /// Marks vnode `v` as reached by an input: [`Host::pump`] polls it and refreshes its
-    /// deadline.
+    /// Marks vnode `v` as reached by an input: [`Host::pump`] polls it and marks its deadline
+    /// stale.
     fn touch(&mut self, v: usize) {
         if !self.is_touched[v] {
             self.is_touched[v] = true;
@@ -432,17 +444,29 @@ impl Host {
         }
     }
 
-    /// The deadlines of the touched vnodes, read again; the touched set is emptied.
-    fn refresh_deadlines(&mut self) {
+    /// The touched vnodes' deadlines become stale; the touched set is emptied.
+    fn pump_done(&mut self) {
         for v in self.touched.drain(..) {
             let v = usize::from(v);
             self.is_touched[v] = false;
+            if !self.is_stale[v] {
+                self.is_stale[v] = true;
+                self.stale.push(v as u16);
+            }
+        }
+    }
+
+    /// The stale deadlines, read again.
+    fn refresh_deadlines(&mut self) {
+        for v in self.stale.drain(..) {
+            let v = usize::from(v);
+            self.is_stale[v] = false;
             self.deadlines[v] = self.vnodes[v].next_deadline();
         }
     }
 
     /// Moves the touched vnodes' outputs: to the driver, or to a sibling vnode (which is
-    /// touched in turn), until none is left; then refreshes their deadlines.
+    /// touched in turn), until none is left; then marks their deadlines stale.
     fn pump(&mut self, now: Millis) {
         loop {
             let mut moved = false;
@@ -482,7 +506,7 @@ impl Host {
                 moved = true;
             }
             if !moved {
-                self.refresh_deadlines();
+                self.pump_done();
                 return;
             }
         }

@@ -1016,7 +1016,7 @@ impl Node {
             ServeKind::Put(_) => ServeKind::Put(version),
             _ => ServeKind::Delete(version),
         };
-        let write = if self.config.replicas > 0 {
+        let write = if self.may_replicate(&primary) {
             // A SET (PUT) discards any expiry, as Redis' SET without KEEPTTL does.
             let item = Item {
                 key: key.clone(),
@@ -1116,6 +1116,7 @@ fn hop_cost(me: &NodeAddr, to: &NodeAddr) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chord::config::PartitionPolicy;
     use crate::chord::{Config, Output};
     use crate::store::{self, MemoryStore, Store};
     use bytes::Bytes;
@@ -1159,6 +1160,44 @@ mod tests {
         Message::Put {
             key: Bytes::from(key.to_string()),
             value: Bytes::from_static(b"v"),
+        }
+    }
+
+    /// A lone node's write skips building a `Replicate` (`may_replicate` is false) only where
+    /// `replicate_items` would send nothing and wait for nothing, under either partition
+    /// policy; with a successor on another host it builds one.
+    #[test]
+    fn a_write_skips_the_replica_message_only_when_it_has_no_copy_to_send() {
+        for policy in [PartitionPolicy::Consistent, PartitionPolicy::Available] {
+            let mut config = Config::with_stabilize_interval_ms(100);
+            config.replicas = 2;
+            config.partition_policy = policy;
+            let (mut node, store) = one_with(config);
+            let me = node.me;
+            assert!(!node.may_replicate(&me), "{policy:?}");
+            let item = Item {
+                key: Bytes::from_static(b"k"),
+                version: 1,
+                value: Some(Bytes::from_static(b"v")),
+                expires_at: 0,
+            };
+            assert_eq!(node.replicate_items(10, vec![item], &me), None, "{policy:?}");
+            assert!(node.poll_output().is_none(), "{policy:?}");
+            let replies = deliver(&mut node, &store, 20, Frame::new(1, put("k")));
+            assert!(
+                matches!(
+                    replies[..],
+                    [Frame {
+                        message: Message::PutReply { .. },
+                        ..
+                    }]
+                ),
+                "{policy:?}: {replies:?}"
+            );
+
+            let other = NodeRef::from_addr("127.0.0.1:7001".parse().unwrap());
+            node.routing.set_successors([other], 3);
+            assert!(node.may_replicate(&me), "{policy:?}");
         }
     }
 

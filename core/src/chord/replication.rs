@@ -92,6 +92,26 @@ impl Node {
         list
     }
 
+    /// Whether a write this node stamps for `primary`'s range may have copies to send or wait
+    /// for: `false` only when [`Node::replicate_items`] would certainly do nothing (no replicas
+    /// configured; under `available`, no live successor on another host; under `consistent`,
+    /// we are the primary of a ring of our host alone, a preference list of one), so the write
+    /// path can skip building the `Replicate` message.
+    pub(super) fn may_replicate(&self, primary: &NodeRef) -> bool {
+        if self.config.replicas == 0 {
+            return false;
+        }
+        if self.config.is_consistent() {
+            return !(primary.addr == self.me.addr
+                && self.routing.other_hosts().is_empty()
+                && self.ring_is_small());
+        }
+        self.routing
+            .successors()
+            .iter()
+            .any(|n| n.addr.host != self.me.addr.host && !self.is_dead(&n.addr))
+    }
+
     /// Sends a write this node just stamped as the holder of `primary`'s range to the range's
     /// other copies. Returns the id of the pending write when the client's reply must wait for
     /// them.

@@ -302,7 +302,7 @@ impl Machine {
         }
     }
 
-    fn next_deadline(&self) -> Millis {
+    fn next_deadline(&mut self) -> Millis {
         match self {
             Machine::Node(n) => n.next_deadline(),
             Machine::Host(h) => h.next_deadline(),

@@ -577,7 +577,7 @@ impl Server {
     }
 
     /// How long `poll` may sleep: until the core's next deadline or one of the loop's own.
-    fn poll_timeout(&self, now: Millis) -> Duration {
+    fn poll_timeout(&mut self, now: Millis) -> Duration {
         let mut deadline = self.node.next_deadline();
         for token in &self.connecting {
             if let Some(Conn {

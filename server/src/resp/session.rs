@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use chordkv_protocol::resp::{self, Proto, RespError};
 use chordkv_protocol::Frame;
 
@@ -82,7 +82,14 @@ pub(crate) struct RespSession {
     /// A command with a value over the maximum is being skipped as its bytes arrive (none is
     /// kept), then answered with the error; the connection stays open.
     skipping: Option<Skip>,
+    /// The arguments of the command being translated, kept from command to command so that
+    /// decoding one allocates no vector (dropped after a command of more than
+    /// [`KEPT_ARGS_CAPACITY`] arguments: a connection keeps no large one).
+    args: Vec<Bytes>,
 }
+
+/// Arguments the kept vector of a connection holds room for at most between commands.
+const KEPT_ARGS_CAPACITY: usize = 16;
 
 /// What is left to skip of a command with an over-long bulk string.
 struct Skip {
@@ -106,6 +113,7 @@ impl RespSession {
             denied: None,
             held_bytes: 0,
             skipping: None,
+            args: Vec::new(),
         }
     }
 
@@ -167,9 +175,28 @@ impl RespSession {
         if self.skipping.is_some() {
             return self.skip(input, out);
         }
-        let args = match resp::decode_limited(input, facts.max_value_bytes) {
-            Ok(Some(args)) => args,
-            Ok(None) => return Step::Idle,
+        let mut args = std::mem::take(&mut self.args);
+        let decoded = resp::decode_limited_into(input, facts.max_value_bytes, &mut args);
+        let step = self.translate_decoded(decoded, &args, input, out, facts);
+        args.clear();
+        if args.capacity() <= KEPT_ARGS_CAPACITY {
+            self.args = args;
+        }
+        step
+    }
+
+    /// [`RespSession::next_command`]'s translation of what it decoded into `args`.
+    fn translate_decoded(
+        &mut self,
+        decoded: Result<bool, RespError>,
+        args: &[Bytes],
+        input: &mut BytesMut,
+        out: &mut Vec<u8>,
+        facts: &Facts,
+    ) -> Step {
+        match decoded {
+            Ok(true) => {}
+            Ok(false) => return Step::Idle,
             Err(
                 e @ RespError::BulkTooLarge {
                     len,
