@@ -67,7 +67,7 @@ for b in ${BINS:-}; do BIN_OF[${b%%=*}]=${b#*=}; done
 for t in "${TARGETS[@]}"; do
     case " ${ALL_TARGETS[*]} " in *" ${t%@*} "*) ;; *) echo "compare-redis: unknown target '$t' (known: ${ALL_TARGETS[*]})" >&2; exit 2 ;; esac
     if [ "$t" != "${t%@*}" ]; then
-        case "$t" in chordkv-8*) ;; *) echo "compare-redis: only the chordkv-8 targets take a binary: '$t'" >&2; exit 2 ;; esac
+        case "$t" in chordkv-1@* | chordkv-8*) ;; *) echo "compare-redis: only the chordkv targets take a binary: '$t'" >&2; exit 2 ;; esac
         [ -n "${BIN_OF[${t#*@}]:-}" ] || { echo "compare-redis: '$t' names no binary of BINS" >&2; exit 2; }
     fi
 done
@@ -218,7 +218,7 @@ declare -A SLOWDOWN=()
 
 log "work directory $WORK"
 
-redis_port='' p='' tw_port='' tw_stats_port='' ck1='' ck1_resp='' prof_node='' prof_resp=''
+other_listen='' other_resp='' redis_port='' p='' tw_port='' tw_stats_port='' ck1='' ck1_resp='' prof_node='' prof_resp=''
 
 # redis
 if wanted redis; then
@@ -292,6 +292,18 @@ CK1_PID=$!
 LABELED+=("node:chordkv-1=$!")
 wait_ping "${PORT[chordkv-1]}" "chordkv-1" "$CK1_PID" || die "chordkv-1 exited: $(tail -3 "$WORK/chordkv-1.log")"
 fi
+# chordkv-1@NAME: the same single node, run from the binary NAME of BINS.
+for t in "${TARGETS[@]}"; do
+    case "$t" in chordkv-1@*) ;; *) continue ;; esac
+    free_port other_listen
+    free_port other_resp
+    PORT[$t]=$other_resp
+    "${BIN_OF[${t#*@}]}" node --listen "127.0.0.1:$other_listen" --resp "127.0.0.1:$other_resp" \
+        >"$WORK/$t.log" 2>&1 &
+    PIDS+=($!)
+    LABELED+=("node:$t=$!")
+    wait_ping "$other_resp" "$t" "$!" || die "$t exited: $(tail -3 "$WORK/$t.log")"
+done
 
 # chordkv-8 and the others of 8 nodes: `chordkv cluster` prints `resp: ...` then `ready: ...`.
 start_chordkv_cluster() { # name [extra args...]
