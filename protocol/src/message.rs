@@ -465,7 +465,8 @@ pub enum Message {
     },
     /// "I think I am your predecessor." `incarnation` changes each time the node starts, so a
     /// node restarted on its address is told apart from its previous life; `active`: the node
-    /// serves its range already (false: it still waits for it, e.g. just restarted).
+    /// has served a range in this life, leaving included (false: it still waits for its first,
+    /// e.g. just restarted).
     Notify {
         node: NodeRef,
         incarnation: u64,

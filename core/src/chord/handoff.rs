@@ -873,6 +873,45 @@ mod tests {
         replies
     }
 
+    /// A leaving node's `Notify` says it is active, as it did before the leave: sent while it
+    /// hands its range on and arriving late at the successor that took the range over (and by
+    /// then presumes it down as well as gone), an inactive one read as the join of a node
+    /// restarted on its address, which is handed its range back; the leaving node then left
+    /// with the range's keys (`harness/tests/leaves.rs`, seed 29: an acknowledged write lost).
+    #[test]
+    fn a_leaving_nodes_notify_does_not_read_as_a_restarted_nodes_join() {
+        let (before, me, after) = (node(30), node(40), node(60));
+        let mut n = Node::new(me, Config::with_stabilize_interval_ms(100), 0);
+        n.bootstrap(0, Some(before), &[after], |_| None, None);
+        assert_eq!(n.phase(), Phase::Active);
+        assert!(matches!(n.notify_message(), Message::Notify { active: true, .. }));
+        n.leave(10);
+        assert_eq!(n.phase(), Phase::Leaving);
+        assert!(matches!(n.notify_message(), Message::Notify { active: true, .. }));
+
+        // At the successor, once the leave was taken over and the node presumed down, that
+        // notify is refused.
+        let mut s = Node::new(after, Config::with_stabilize_interval_ms(100), 0);
+        s.bootstrap(0, Some(me), &[before], |_| None, None);
+        let notice = LeaveNotice {
+            node: me,
+            predecessor: Some(before),
+            successors: vec![after, before],
+            clock: 0,
+            gone: Vec::new(),
+        };
+        let store = MemoryStore::new();
+        let replies = deliver(&mut s, &store, 10, Message::Leaving(Box::new(notice)));
+        assert_eq!(replies, vec![Message::LeavingReply { accepted: true }]);
+        s.peer_unreachable(20, me.addr.host);
+        let replies = deliver(&mut s, &store, 30, n.notify_message());
+        assert!(
+            matches!(replies[..], [Message::NotifyReply { accepted: false, .. }]),
+            "{replies:?}"
+        );
+        assert_eq!(s.predecessor(), Some(before));
+    }
+
     /// A node's `Notify` from before its leave, arriving after the leave was taken over (late
     /// or delivered twice), is refused, even once a request to the departed node has failed.
     /// Accepting it handed the range back to the departed node and made it our predecessor

@@ -93,12 +93,15 @@ impl Node {
         }
     }
 
-    /// `NOTIFY`: we may be the receiver's predecessor (SIGCOMM'01 Fig. 6).
+    /// `NOTIFY`: we may be the receiver's predecessor (SIGCOMM'01 Fig. 6). `active` once we
+    /// have owned a range in this incarnation, leaving included: a leaving node's notify, late
+    /// at a successor that took its range over, must not read as the join of a node restarted
+    /// on its address (which is handed the range back: it would leave with it).
     pub(super) fn notify_message(&self) -> Message {
         Message::Notify {
             node: self.me,
             incarnation: self.config.incarnation,
-            active: self.phase == Phase::Active,
+            active: matches!(self.phase, Phase::Active | Phase::Leaving | Phase::Left),
         }
     }
 
