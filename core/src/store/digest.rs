@@ -17,11 +17,19 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The 64-bit hash of one stored `(key, version)`.
-pub fn item_hash(key_id: &Id, version: u64) -> u64 {
-    let mut head = [0u8; 8];
-    head.copy_from_slice(&key_id.0[..8]);
-    mix(u64::from_be_bytes(head) ^ mix(version.wrapping_add(0x9e37_79b9_7f4a_7c15)))
+/// The 64-bit hash of one stored `(key, version)`, from the key's bytes (its length, then 8
+/// bytes at a time, each step mixed), not its ring id: keys of one hash tag (`{t}a`, `{t}b`)
+/// share their id, and an Execute writes them at one version, so hashes of the id alone were
+/// equal and cancelled in the XOR: a copy holding both (live, or as tombstones) had the digest
+/// of a copy holding neither, and anti-entropy saw nothing to repair.
+pub fn item_hash(key: &[u8], version: u64) -> u64 {
+    let mut h = mix((key.len() as u64).wrapping_add(0x9e37_79b9_7f4a_7c15));
+    for chunk in key.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h = mix(h ^ u64::from_le_bytes(word));
+    }
+    mix(h ^ mix(version.wrapping_add(0x9e37_79b9_7f4a_7c15)))
 }
 
 /// Visits every entry in `(start, end]`, in ring order, without its value. The key's id is
@@ -84,7 +92,7 @@ pub fn range_digests(store: &dyn Store, start: &Id, end: &Id, parts: u32) -> Res
             lo = bounds[part];
             part += 1;
         }
-        digests[part] ^= item_hash(id, version);
+        digests[part] ^= item_hash(&kv.key, version);
         if !kv.live {
             oldest_tombstone = Some(oldest_tombstone.map_or(version, |v| v.min(version)));
         }
@@ -144,6 +152,25 @@ pub fn key_versions(store: &dyn Store, start: &Id, end: &Id) -> Result<Vec<(Byte
 mod tests {
     use super::*;
     use crate::store::{Entry, MemoryStore};
+
+    /// Keys of one hash tag share their ring id and, written by one Execute (`MSET {t}a 1
+    /// {t}b 2`, `DEL {t}a {t}b`), their version: a copy holding two such tombstones must not
+    /// digest like a copy holding nothing, or anti-entropy never repairs the difference and a
+    /// clean round collects the tombstones while another copy keeps the live values.
+    #[test]
+    fn two_keys_of_one_tag_at_one_version_show_in_the_digests() {
+        let (a, b) = (MemoryStore::new(), MemoryStore::new());
+        for k in [&b"{t}a"[..], b"{t}b"] {
+            a.put(&Bytes::copy_from_slice(k), Entry::new(5 << 16, None))
+                .unwrap();
+        }
+        let da = range_digests(&a, &Id::ZERO, &Id::ZERO, 64).unwrap();
+        let db = range_digests(&b, &Id::ZERO, &Id::ZERO, 64).unwrap();
+        assert_ne!(
+            da.parts, db.parts,
+            "a copy with two tombstones digests like an empty one"
+        );
+    }
 
     #[test]
     fn equal_contents_give_equal_digests_and_a_difference_shows_in_one_part() {
