@@ -477,6 +477,9 @@ impl Node {
         let Some(wait) = self.store.waits.remove(&id) else {
             return;
         };
+        if !self.repl.tombstone_ops.is_empty() {
+            self.repl.tombstone_ops.remove(&id);
+        }
         if result.is_err() {
             self.stats.store_errors += 1;
         }

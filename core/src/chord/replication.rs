@@ -18,12 +18,12 @@
 
 use super::op_table::OpTable;
 use chordkv_protocol::NodeAddr;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chordkv_protocol::{in_half_open, Id, Item, Message, NodeRef};
 
 use super::config::AckPolicy;
-use super::node::{Millis, Node, Phase, ReplyTo};
+use super::node::{Millis, Node, Phase, ReplyTo, StoreOpId};
 use super::rpc::RpcKind;
 use super::store_wait::StoreWait;
 use super::sync::SyncRound;
@@ -64,6 +64,11 @@ pub(super) struct Replication {
     /// Store ops carrying a tombstone this node has issued (`store_op`), so that an own
     /// collection knows whether one was stored while it ran.
     pub tombstones_stored: u64,
+    /// The store ops of those not answered yet. The store may run ops in any order (the
+    /// Redis driver runs puts and scans on different connections), so a collection that
+    /// starts while one is in flight may scan before it lands: it then does not stop the
+    /// timer, whatever it finds.
+    pub tombstone_ops: BTreeSet<StoreOpId>,
     /// Predecessor and replica targets as of the last check, to notice changes.
     pub replica_view: Vec<NodeAddr>,
     /// Since when `replica_view` has not changed.

@@ -110,6 +110,9 @@ impl Node {
         }
         let id = self.store.next_id;
         self.store.next_id += 1;
+        if tombstone {
+            self.repl.tombstone_ops.insert(id);
+        }
         self.store.waits.insert(id, wait);
         self.out.push_back(Output::Store {
             id,

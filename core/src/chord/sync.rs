@@ -101,7 +101,7 @@ pub(super) enum SyncWait {
     Repaired { round: u64 },
     /// Primary: collected tombstones at the end of a clean round (`own: None`), or its own
     /// alone (`collect_own_tombstones`; `own`: the count of tombstones this node had stored
-    /// when it started, `Replication::tombstones_stored`).
+    /// when it started, `Replication::tombstones_stored`, when none was in flight then).
     Collected { own: Option<u64> },
     /// Replica: our digests of `(start, end]`, to compare with the primary's (taken at
     /// `holder_ms` by a caught-up holder, or 0).
@@ -260,7 +260,14 @@ impl Node {
         };
         self.repl.own_collection_at = Some(now);
         self.stats.tombstone_collections += 1;
-        let own = Some(self.repl.tombstones_stored);
+        // Ops whose wait is gone (a lost store's) will never be answered: not in flight.
+        let waits = &self.store.waits;
+        self.repl.tombstone_ops.retain(|id| waits.get(id).is_some());
+        let own = self
+            .repl
+            .tombstone_ops
+            .is_empty()
+            .then_some(self.repl.tombstones_stored);
         self.store_op(op, StoreWait::Sync(SyncWait::Collected { own }));
         true
     }
@@ -543,9 +550,10 @@ impl Node {
                 if let Ok(StoreOutcome::Collected { removed, younger }) = result {
                     self.stats.tombstones_collected += removed as u64;
                     // A node without replicas runs anti-entropy's timer only for this: when
-                    // its range holds no tombstone any more and none was stored since the
-                    // collection started, the timer rests until the next one is stored
-                    // (`store_op` arms it), instead of scanning the range every interval.
+                    // its range holds no tombstone any more and none was in flight when the
+                    // collection started (`own` is `None` then) nor stored since, the timer
+                    // rests until the next one is stored (`store_op` arms it), instead of
+                    // scanning the range every interval.
                     let none_left = younger == 0 && own == Some(self.repl.tombstones_stored);
                     if none_left && self.config.replicas == 0 {
                         self.timers.stop(Timer::AntiEntropy);
