@@ -11,8 +11,7 @@
 //! its real predecessor; a late lookup reply from a departed node put it back in the successor
 //! list; a leave hint lost with the process that sent it.
 //!
-//! `SIM_SEEDS=1-1599 cargo test --release -p chordkv-harness --test leaves` for the long mode
-//! (seed 1600 of the vnode test runs out of memory: see its doc comment).
+//! `SIM_SEEDS=1-2000 cargo test --release -p chordkv-harness --test leaves` for the long mode.
 
 mod common;
 
@@ -95,7 +94,8 @@ fn all_but_one_leave(faults: Faults, seeds: &[u64]) -> Vec<(u64, String)> {
 }
 
 fn check(faults: Faults) {
-    let seeds = seeds(&(1..=40).collect::<Vec<_>>());
+    // 1600: a leave storm (see the vnode test's doc comment).
+    let seeds = seeds(&(1..=40).chain([1600]).collect::<Vec<_>>());
     let bad = all_but_one_leave(faults, &seeds);
     assert!(
         bad.is_empty(),
@@ -157,10 +157,18 @@ fn five_of_six_leaving_at_once_under_duplication_and_reordering_leave_a_ring_of_
 /// 1#1 makes 0#1 its predecessor again and hands it the range back, so its own leave later
 /// transfers only (0#1, 1#1] and k43 leaves with it. A leaving node's notify now says it is
 /// active (`a_leaving_nodes_notify_does_not_read_as_a_restarted_nodes_join` in
-/// `core/src/chord/handoff.rs`); seeds 1 to 1,599 pass.
+/// `core/src/chord/handoff.rs`).
 ///
-/// Seed 1600 exhausts the memory of the test process (tens of GiB: run the long mode under
-/// `ulimit -v`); it did before the fix too, and is not understood yet.
+/// Seed 1600 exhausted the memory of the test process (tens of GiB): host 2's first vnode,
+/// leaving, asked a sibling vnode to take its range over, which accepted the leave and refused
+/// its transfer; an aborted leave transfer was retried at once, and every answer to a leave
+/// hint re-ran the leave, which announced it again with a hint to each neighbour: each answer
+/// made five more messages, millions within a few simulated milliseconds. An aborted leave
+/// transfer now retries on the next stabilize round, as a refused leave does, and a neighbour
+/// with a hint unanswered is not sent another (`Node::abort_transfer`, `Node::announce_leave`).
+/// Why the sibling refused the transfer it had just accepted the leave for is not known yet;
+/// the leave finishes all the same, and seed 1600 ends with every key served. Seeds 1 to 2,000
+/// of the four tests here pass.
 ///
 /// Earlier: a late `Notify` from a departed node that was still `Active` when it sent it was
 /// accepted (`a_late_notify_from_a_node_that_left_does_not_make_it_our_predecessor_again`); a

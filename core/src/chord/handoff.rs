@@ -592,7 +592,11 @@ impl Node {
             if let Some(l) = self.handoff.leave.as_mut() {
                 l.handed_over = false;
                 l.stage = LeaveStage::Waiting;
-                l.retry_at = now;
+                // On the next stabilize round, as after a refusal: a successor that accepts
+                // the leave and then refuses its transfer, asked again at once, made every
+                // answer to a leave hint start another round of hints (seed 1600 of
+                // harness/tests/leaves.rs: millions of messages within a few simulated ms).
+                l.retry_at = now + self.config.stabilize_interval_ms;
             }
         }
     }
@@ -711,6 +715,11 @@ impl Node {
             .chain(self.predecessor)
             .chain(self.routing.successors().iter().copied())
             .collect();
+        // A neighbour with a hint still unanswered is not sent another: a leave retried after
+        // a failed transfer announces again, and the hints stay one per neighbour.
+        if let Some(l) = &self.handoff.leave {
+            told.extend(l.hints.iter().map(|(a, _)| *a));
+        }
         for n in neighbours {
             if !told.contains(&n.addr) {
                 told.push(n.addr);
