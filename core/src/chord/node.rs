@@ -149,7 +149,10 @@ impl Node {
             succ_wrapped: false,
             pred_confirmed: None,
             pred_hint: None,
-            timers: Timers::new(now, config.replicas > 0),
+            // A node without replicas collects its own tombstones from its first delete on;
+            // one whose store came back with its data may hold tombstones from before, so it
+            // collects once at the start too (the timer rests again if none is left).
+            timers: Timers::new(now, config.replicas > 0 || config.store_kept_copies),
             rpcs: Rpcs::new(),
             lookups: Lookups {
                 next_id: 1,

@@ -1268,6 +1268,43 @@ mod tests {
         );
     }
 
+    /// A node without replicas whose store came back with its data (a persistent Redis) may
+    /// hold tombstones from its earlier run: it collects them without waiting for a delete of
+    /// this run, and its timer then rests. (It used to keep them until its first delete.)
+    #[test]
+    fn a_node_restarted_on_a_kept_store_collects_the_tombstones_it_finds() {
+        use crate::chord::timer::Timer;
+        use crate::store::Entry;
+        let mut config = Config::with_stabilize_interval_ms(100);
+        config.replicas = 0;
+        config.tombstone_grace_ms = 500;
+        config.anti_entropy_interval_ms = 2_000;
+        config.store_kept_copies = true;
+        let (mut node, store) = one_with(config.clone());
+        // A tombstone of the earlier run, long past its grace.
+        store
+            .put(&Bytes::from_static(b"old"), Entry::new(1 << 16, None))
+            .unwrap();
+        let mut now = 0;
+        while now < 10_000 {
+            node.tick(now);
+            run(&mut node, &store, now);
+            now += 50;
+        }
+        assert!(store.get(b"old").unwrap().is_none(), "the old tombstone is kept");
+        assert_eq!(node.stats().tombstones_collected, 1);
+        assert_eq!(node.timers.get(Timer::AntiEntropy), None, "the timer rests again");
+
+        // Without a kept store nothing is scanned before a delete.
+        config.store_kept_copies = false;
+        let (mut fresh, store) = one_with(config);
+        for now in (0..10_000).step_by(50) {
+            fresh.tick(now);
+            run(&mut fresh, &store, now);
+        }
+        assert_eq!(fresh.stats().tombstone_collections, 0);
+    }
+
     /// A write this node coordinates reaches `serve` once, in memory: it is applied and leaves
     /// nothing behind. (Each used to be remembered until its deadline, as a hop from the
     /// network is: at 100,000 writes a second, tens of megabytes the node kept for nothing.)

@@ -36,8 +36,9 @@ pub(super) struct Timers {
 
 impl Timers {
     /// The maintenance rounds armed for `now` (`schedule_maintenance` spreads them out);
-    /// anti-entropy too when the node keeps replicas (a node without is armed by its first
-    /// tombstone, for the collection of its own: `Node::collect_own_tombstones`).
+    /// anti-entropy too when the node keeps replicas or its store kept data from an earlier
+    /// run (a node without replicas is otherwise armed by its first tombstone, for the
+    /// collection of its own: `Node::collect_own_tombstones`).
     pub fn new(now: Millis, anti_entropy: bool) -> Timers {
         let mut t = Timers {
             at: [None; Timer::COUNT],
