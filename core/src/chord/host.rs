@@ -33,8 +33,8 @@
 //! wire (request ids aside, which only their sender reads).
 //!
 //! **Work per input is O(vnodes touched), not O(V).** The host keeps each vnode's
-//! `next_deadline` (refreshed after every input that reached the vnode) and the set of vnodes
-//! an input reached: `tick` runs only the vnodes whose deadline has come, and only touched
+//! `next_deadline` (read again, when a deadline is asked for, for the vnodes inputs reached
+//! since) and the set of vnodes an input reached: `tick` runs only the vnodes whose deadline has come, and only touched
 //! vnodes are polled for outputs. A node needs a `tick` only at its `next_deadline` (the
 //! simulator has always driven nodes that way), so this changes no behaviour.
 
@@ -98,18 +98,58 @@ pub struct Host {
     /// Each vnode's `next_deadline`, as of the last time it was read: current for every
     /// vnode but the `stale` ones.
     deadlines: Vec<Millis>,
-    /// Vnodes an input reached since the last [`Host::pump`] (`is_touched` marks them).
-    touched: Vec<u16>,
-    is_touched: Vec<bool>,
-    /// Vnodes pumped since their deadline was last read (`is_stale` marks them): it is read
+    /// Vnodes an input reached since the last [`Host::pump`].
+    touched: VnodeSet,
+    /// Vnodes pumped since their deadline was last read: it is read
     /// again only when a deadline is asked for ([`Host::next_deadline`], [`Host::tick`]), once
     /// per turn of the driver's loop rather than once per input (a pipeline of requests
     /// reaches the same vnodes again and again in one turn).
-    stale: Vec<u16>,
-    is_stale: Vec<bool>,
+    stale: VnodeSet,
     left_reported: bool,
     out: VecDeque<Output>,
     store_cache: StoreCache,
+}
+
+/// Vnode indexes in the order they were added, each once: an O(1) insert and a drain in that
+/// order (the host's touched and stale vnodes).
+struct VnodeSet {
+    list: Vec<u16>,
+    member: Vec<bool>,
+}
+
+impl VnodeSet {
+    /// An empty set of vnodes `0..n`.
+    fn new(n: usize) -> VnodeSet {
+        VnodeSet {
+            list: Vec::with_capacity(n),
+            member: vec![false; n],
+        }
+    }
+
+    fn insert(&mut self, v: usize) {
+        if !self.member[v] {
+            self.member[v] = true;
+            self.list.push(v as u16);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// The `i`th vnode added.
+    fn get(&self, i: usize) -> u16 {
+        self.list[i]
+    }
+
+    /// Empties the set, yielding its vnodes in the order they were added.
+    fn drain(&mut self) -> impl Iterator<Item = usize> + '_ {
+        let member = &mut self.member;
+        self.list.drain(..).map(move |v| {
+            member[usize::from(v)] = false;
+            usize::from(v)
+        })
+    }
 }
 
 enum Local {
@@ -165,10 +205,8 @@ impl Host {
             vnodes,
             order,
             deadlines,
-            touched: Vec::with_capacity(v),
-            is_touched: vec![false; v],
-            stale: Vec::with_capacity(v),
-            is_stale: vec![false; v],
+            touched: VnodeSet::new(v),
+            stale: VnodeSet::new(v),
             local: VecDeque::new(),
             gathers: BTreeMap::new(),
             next_gather: 0,
@@ -432,10 +470,7 @@ impl Host {
     /// Marks vnode `v` as reached by an input: [`Host::pump`] polls it and marks its deadline
     /// stale.
     fn touch(&mut self, v: usize) {
-        if !self.is_touched[v] {
-            self.is_touched[v] = true;
-            self.touched.push(v as u16);
-        }
+        self.touched.insert(v);
     }
 
     fn touch_all(&mut self) {
@@ -446,21 +481,14 @@ impl Host {
 
     /// The touched vnodes' deadlines become stale; the touched set is emptied.
     fn pump_done(&mut self) {
-        for v in self.touched.drain(..) {
-            let v = usize::from(v);
-            self.is_touched[v] = false;
-            if !self.is_stale[v] {
-                self.is_stale[v] = true;
-                self.stale.push(v as u16);
-            }
+        for v in self.touched.drain() {
+            self.stale.insert(v);
         }
     }
 
     /// The stale deadlines, read again.
     fn refresh_deadlines(&mut self) {
-        for v in self.stale.drain(..) {
-            let v = usize::from(v);
-            self.is_stale[v] = false;
+        for v in self.stale.drain() {
             self.deadlines[v] = self.vnodes[v].next_deadline();
         }
     }
@@ -472,7 +500,7 @@ impl Host {
             let mut moved = false;
             let mut i = 0;
             while i < self.touched.len() {
-                let v = self.touched[i];
+                let v = self.touched.get(i);
                 while let Some(o) = self.vnodes[usize::from(v)].poll_output() {
                     moved = true;
                     self.route_output(now, v, o);
