@@ -262,11 +262,21 @@ impl Node {
 
     pub(super) fn expire_dead(&mut self, now: Millis) {
         if self.config.is_consistent() {
-            // Members next to us stay presumed down until a probe finds them up.
-            let neighbours: BTreeSet<NodeAddr> = self.neighbour_members().map(|n| n.addr).collect();
-            self.live
+            // Members next to us stay presumed down until a probe finds them up. Runs at every
+            // tick: only the expired entries (usually none) are looked for among the
+            // neighbours, and nothing is allocated when none expired.
+            let expired: Vec<NodeAddr> = self
+                .live
                 .dead
-                .retain(|a, until| *until > now || neighbours.contains(a));
+                .iter()
+                .filter(|(_, until)| **until <= now)
+                .map(|(a, _)| *a)
+                .collect();
+            for a in expired {
+                if !self.neighbour_members().any(|n| n.addr == a) {
+                    self.live.dead.remove(&a);
+                }
+            }
         } else {
             self.live.dead.retain(|_, until| *until > now);
         }

@@ -41,6 +41,20 @@ pub(super) struct Lookups {
     pub next_finger: usize,
     /// Whether a fix_fingers lookup is in flight (one at a time).
     pub finger_busy: bool,
+    /// What the fingers inside the successor list were last all set from, if nothing has
+    /// changed a finger since: a round that finds the same has nothing to set there.
+    pub finger_pass: Option<FingerPass>,
+}
+
+/// The inputs of the fingers whose start lies within the successor list (`fix_fingers`
+/// resolves them without a lookup): the list, the first member at or after each entry not
+/// presumed down, and [`RoutingTable::finger_changes`](super::routing::RoutingTable::finger_changes)
+/// after they were set.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct FingerPass {
+    successors: Vec<NodeRef>,
+    owners: Vec<Option<NodeRef>>,
+    changes: u64,
 }
 
 impl Node {
@@ -310,16 +324,70 @@ impl Node {
             return;
         }
         let count = self.routing.finger_count();
-        for _ in 0..count {
+        // Most fingers of a small ring, and the first ones of any, start inside the successor
+        // list: they resolve from it without building a route. Their owners depend only on the
+        // list and on which of its members are presumed down, so they are computed once per
+        // round: `owners[k]` is the first member at or after entry `k` not presumed down.
+        let successors = self.routing.successors().to_vec();
+        let mut owners = vec![None; successors.len()];
+        let mut live = None;
+        for k in (0..successors.len()).rev() {
+            if !self.is_dead(&successors[k].addr) {
+                live = Some(successors[k]);
+            }
+            owners[k] = live;
+        }
+        // With the list in clockwise order from us (as stabilize keeps it), a start's entry
+        // is found by binary search on the distances; else by the linear walk.
+        let distances: Vec<(u32, u128)> = successors
+            .iter()
+            .map(|s| self.me.id.distance_limbs(&s.id))
+            .collect();
+        let ascending =
+            distances.first().is_none_or(|d| *d > (0, 0)) && distances.windows(2).all(|w| w[0] < w[1]);
+        let local = if ascending {
+            distances.last().map_or(0, |d| self.routing.fingers_within(*d))
+        } else {
+            0
+        };
+        // The same inputs as when every such finger was last set, and no finger changed
+        // since: setting them again would change nothing.
+        let changes = self.routing.finger_changes();
+        let clean =
+            ascending
+                && self.lookups.finger_pass.as_ref().is_some_and(|p| {
+                    p.changes == changes && p.successors == successors && p.owners == owners
+                });
+        let mut visited = 0;
+        let mut pending_lookup = None;
+        let mut steps = 0;
+        while steps < count {
             let i = self.lookups.next_finger;
-            self.lookups.next_finger = (self.lookups.next_finger + 1) % count;
-            let start = self.routing.finger_start(i);
-            // Most fingers of a large ring start inside the successor list: resolve those
-            // without building a route.
-            if let Some(owner) = self.successor_list_owner(&start) {
-                self.routing.set_finger(i, owner);
+            if clean && i < local {
+                // Fingers `i..local` are set already: passed over at once.
+                let skip = (local - i).min(count - steps);
+                steps += skip;
+                visited += skip;
+                self.lookups.next_finger = (i + skip) % count;
                 continue;
             }
+            steps += 1;
+            self.lookups.next_finger = (self.lookups.next_finger + 1) % count;
+            let owner = if ascending {
+                let d = self.routing.finger_distance(i);
+                let k = distances.partition_point(|x| *x < d);
+                (k < successors.len()).then(|| owners[k])
+            } else {
+                self.successor_list_owner(&self.routing.finger_start(i))
+            };
+            if let Some(owner) = owner {
+                visited += 1;
+                if !clean {
+                    self.routing.set_finger(i, owner);
+                }
+                continue;
+            }
+            let start = self.routing.finger_start(i);
             match self.route(&start) {
                 Route::Local | Route::Unknown => {
                     self.routing.set_finger(i, None);
@@ -329,23 +397,33 @@ impl Node {
                     self.routing.set_finger(i, owner);
                 }
                 Route::Closer(c) => {
-                    let deadline = now + self.config.request_timeout_ms;
-                    let id = self.new_lookup(MaintLookup {
-                        target: start,
-                        purpose: LookupPurpose::Finger(i),
-                        deadline,
-                    });
-                    self.lookups.finger_busy = true;
-                    self.send_rpc(
-                        now,
-                        c.addr,
-                        Message::FindSuccessor { id: start },
-                        RpcKind::Lookup(id),
-                        0,
-                    );
-                    return;
+                    pending_lookup = Some((i, start, c));
+                    break;
                 }
             }
+        }
+        // Every such finger is now what these inputs give if this round set them all, or if
+        // they already were (changes to the other fingers since do not matter to them).
+        self.lookups.finger_pass = (ascending && (clean || visited == local)).then(|| FingerPass {
+            successors,
+            owners,
+            changes: self.routing.finger_changes(),
+        });
+        if let Some((i, start, c)) = pending_lookup {
+            let deadline = now + self.config.request_timeout_ms;
+            let id = self.new_lookup(MaintLookup {
+                target: start,
+                purpose: LookupPurpose::Finger(i),
+                deadline,
+            });
+            self.lookups.finger_busy = true;
+            self.send_rpc(
+                now,
+                c.addr,
+                Message::FindSuccessor { id: start },
+                RpcKind::Lookup(id),
+                0,
+            );
         }
     }
 
@@ -624,5 +702,93 @@ impl Node {
         self.live.seeds.push_back(via);
         self.timers.stop(Timer::JoinRetry);
         self.lookup_own_id(now, via, LookupPurpose::Join);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chord::test_support::node;
+    use crate::chord::Config;
+    use chordkv_protocol::in_half_open;
+
+    /// What every finger whose start lies within the successor list must point at: the first
+    /// member at or after its start not presumed down (`None` outside the list).
+    fn expected(n: &Node, i: usize) -> Option<Option<NodeRef>> {
+        let start = n.routing.finger_start(i);
+        let succs = n.routing.successors();
+        let mut prev = n.me.id;
+        for (k, s) in succs.iter().enumerate() {
+            if in_half_open(&start, &prev, &s.id) {
+                return Some(succs[k..].iter().find(|m| !n.is_dead(&m.addr)).copied());
+            }
+            prev = s.id;
+        }
+        None
+    }
+
+    fn assert_fingers(n: &Node, what: &str) {
+        let mut inside = 0;
+        for i in 0..n.routing.finger_count() {
+            if let Some(owner) = expected(n, i) {
+                inside += 1;
+                assert_eq!(n.routing.finger(i), owner, "{what}: finger {i}");
+            }
+        }
+        assert!(inside > 3, "{what}: the list covers fingers");
+    }
+
+    /// `fix_fingers` passes over the fingers inside the successor list when nothing they
+    /// depend on changed since it last set them all, and sets them again after any change:
+    /// of the list, of which members are presumed down, or of a finger by another path.
+    #[test]
+    fn fingers_inside_the_successor_list_follow_every_change_of_what_they_depend_on() {
+        let mut n = Node::new(node(0), Config::with_stabilize_interval_ms(100), 0);
+        n.create(0);
+        // The last member is our predecessor: every finger resolves here, none by a lookup.
+        n.predecessor = Some(node(70_000));
+        let round = |n: &mut Node| {
+            let now = n.last_now + 50;
+            n.last_now = now;
+            n.fix_fingers(now);
+            assert!(!n.lookups.finger_busy, "no finger needs a lookup here");
+        };
+        n.routing
+            .set_successors([node(5), node(100), node(1000), node(70_000)], 8);
+        round(&mut n);
+        assert_fingers(&n, "first round");
+        assert!(n.lookups.finger_pass.is_some());
+        round(&mut n);
+        assert_fingers(&n, "nothing changed");
+
+        // Another path changed a finger (a member presumed down is dropped from them).
+        n.routing.forget_finger(node(100).addr);
+        assert_ne!(n.routing.finger(5), Some(node(100)));
+        round(&mut n);
+        assert_fingers(&n, "a finger forgotten");
+        assert_eq!(n.routing.finger(5), Some(node(100)));
+
+        // A member presumed down: its fingers go to the next live one.
+        n.live.dead.insert(node(100).addr, n.last_now + 10_000);
+        round(&mut n);
+        assert_fingers(&n, "a member down");
+        assert_eq!(n.routing.finger(5), Some(node(1000)));
+        n.live.dead.clear();
+        round(&mut n);
+        assert_fingers(&n, "the member up again");
+        assert_eq!(n.routing.finger(5), Some(node(100)));
+
+        // A new member in the list.
+        n.routing
+            .set_successors([node(5), node(50), node(100), node(1000), node(70_000)], 8);
+        round(&mut n);
+        assert_fingers(&n, "a member joined");
+        assert_eq!(n.routing.finger(5), Some(node(50)));
+
+        // A list out of ring order (as a stale answer may leave it for a round) is walked.
+        n.routing.set_successors([node(1000), node(100), node(70_000)], 8);
+        round(&mut n);
+        assert_fingers(&n, "a list out of order");
+        assert!(n.lookups.finger_pass.is_none());
     }
 }

@@ -294,16 +294,22 @@ impl Node {
         let mine = self.me.addr.host;
         // A reporter counts its own host, and reports one host further than it holds, so a
         // successor finds its own boundary in the list.
-        let (mut hosts, limit): (Vec<std::net::SocketAddr>, usize) = if as_holder {
-            (Vec::new(), self.config.replicas)
+        let limit = if as_holder {
+            self.config.replicas
         } else {
-            (vec![mine], self.config.replicas + 1)
+            self.config.replicas + 1
         };
+        // Sized once: the walk runs at every stabilize round and on every write's preference
+        // list, and a list of vnodes names several positions per host.
+        let mut hosts: Vec<std::net::SocketAddr> = Vec::with_capacity(limit + 1);
+        if !as_holder {
+            hosts.push(mine);
+        }
         let more: &[NodeRef] = match &self.repl.pred_list {
             Some((addr, more)) if *addr == p.addr => more,
             _ => &[],
         };
-        let mut list: Vec<NodeRef> = Vec::with_capacity(self.config.replicas + 2);
+        let mut list: Vec<NodeRef> = Vec::with_capacity(more.len() + 1);
         for n in std::iter::once(&p).chain(more.iter()) {
             if n.addr == self.me.addr {
                 break;

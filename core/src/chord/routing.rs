@@ -111,6 +111,9 @@ pub struct RoutingTable {
     own_host_only: bool,
     /// ...and those distances as integer limbs (see `Id::limbs`), searched by binary search.
     distances: Vec<(u32, u128)>,
+    /// Changes to the fingers so far (any finger set to another node, or forgotten): equal
+    /// counts mean the fingers did not change in between.
+    finger_changes: u64,
 }
 
 impl RoutingTable {
@@ -146,6 +149,7 @@ impl RoutingTable {
             view: Vec::new(),
             own_host_only: true,
             distances: Vec::new(),
+            finger_changes: 0,
         }
     }
 
@@ -155,6 +159,22 @@ impl RoutingTable {
 
     pub fn finger_start(&self, i: usize) -> Id {
         self.me.id.wrapping_add(&self.offsets[i])
+    }
+
+    /// Finger `i`'s start as a clockwise distance from `me`, in limbs (as
+    /// [`Id::distance_limbs`] gives it): the fingers' are ascending in `i`.
+    pub fn finger_distance(&self, i: usize) -> (u32, u128) {
+        self.offsets[i].limbs()
+    }
+
+    /// How many finger starts lie at most `distance` clockwise from `me`: fingers `0..n`.
+    pub fn fingers_within(&self, distance: (u32, u128)) -> usize {
+        self.offsets.partition_point(|o| o.limbs() <= distance)
+    }
+
+    /// A count that grows whenever a finger changes (see the field).
+    pub fn finger_changes(&self) -> u64 {
+        self.finger_changes
     }
 
     fn run_of(&self, i: usize) -> usize {
@@ -198,6 +218,7 @@ impl RoutingTable {
         }
         self.runs.splice(k..k + 1, split);
         self.merge_runs();
+        self.finger_changes += 1;
         true
     }
 
@@ -213,6 +234,7 @@ impl RoutingTable {
         }
         runs.shrink_to_fit();
         self.runs = runs;
+        self.finger_changes += 1;
         self.rebuild();
     }
 
@@ -238,7 +260,8 @@ impl RoutingTable {
     /// the first `max` entries.
     pub fn set_successors(&mut self, list: impl IntoIterator<Item = NodeRef>, max: usize) {
         let cap = max.saturating_mul(MAX_POSITIONS_PER_SUCCESSOR);
-        let mut out: Vec<NodeRef> = Vec::with_capacity(max);
+        // Sized once (a list of vnodes holds several positions per host): no regrowth.
+        let mut out: Vec<NodeRef> = Vec::with_capacity(cap);
         let mut hosts: Vec<SocketAddr> = Vec::with_capacity(max);
         for n in list {
             if out.len() == cap {
@@ -278,6 +301,9 @@ impl RoutingTable {
                 known = true;
             }
         }
+        if known {
+            self.finger_changes += 1;
+        }
         self.merge_runs();
         let before = self.successors.len();
         self.successors.retain(|n| n.addr != addr);
@@ -300,6 +326,7 @@ impl RoutingTable {
             }
         }
         if known {
+            self.finger_changes += 1;
             self.merge_runs();
             self.rebuild();
         }
