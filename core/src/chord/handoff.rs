@@ -481,6 +481,10 @@ impl Node {
 
     /// Starts the scan of every transfer whose range has no write still being stored.
     pub(super) fn pump_transfers(&mut self, _now: Millis) {
+        // Called after every store op: most of the time there is no transfer at all.
+        if self.handoff.outgoing.is_empty() {
+            return;
+        }
         let ready: Vec<u64> = self
             .handoff
             .outgoing
