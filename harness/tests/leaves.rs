@@ -166,9 +166,12 @@ fn five_of_six_leaving_at_once_under_duplication_and_reordering_leave_a_ring_of_
 /// made five more messages, millions within a few simulated milliseconds. An aborted leave
 /// transfer now retries on the next stabilize round, as a refused leave does, and a neighbour
 /// with a hint unanswered is not sent another (`Node::abort_transfer`, `Node::announce_leave`).
-/// Why the sibling refused the transfer it had just accepted the leave for is not known yet;
-/// the leave finishes all the same, and seed 1600 ends with every key served. Seeds 1 to 2,000
-/// of the four tests here pass.
+/// The sibling refused the transfer because the leaving vnode's range had grown since it
+/// accepted the leave (the leaver's own predecessor had left and handed it its range), so the
+/// transfer's start was not the one it expected; a transfer that ends at the node whose leave
+/// was accepted is now taken whatever its start
+/// (`a_leaving_predecessors_range_that_grew_since_its_leave_is_taken` in
+/// `core/src/chord/handoff.rs`). Seeds 1 to 2,000 of the four tests here pass.
 ///
 /// Earlier: a late `Notify` from a departed node that was still `Active` when it sent it was
 /// accepted (`a_late_notify_from_a_node_that_left_does_not_make_it_our_predecessor_again`); a
