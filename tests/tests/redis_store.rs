@@ -969,6 +969,43 @@ fn a_flush_before_a_batch_fails_every_op_as_lost() {
     assert_eq!(parts.partitions()[2].loss_epoch(), 0);
 }
 
+/// The gets of several partitions share one transaction (one `MULTI` ... `EXEC` per run of
+/// reads in a pipeline), yet each partition's marker still vouches for its own reads only: with
+/// one partition's data gone (its marker deleted, as an eviction would), its gets fail as lost
+/// and count its loss once, and the other partitions' gets in the same transaction answer
+/// their values. A write between two reads of a partition still comes between them.
+#[test]
+fn a_loss_in_a_shared_read_transaction_fails_only_its_partitions_gets() {
+    let redis = RedisServer::start();
+    let parts = open_partitions(&redis, 3);
+    let before = parts.execute_batch(vec![
+        put(0, "a", live(1, b"va")),
+        put(1, "b", live(1, b"vb")),
+        put(2, "c", live(1, b"vc")),
+    ]);
+    assert!(before.iter().all(|r| r.is_ok()), "{before:?}");
+    let marker = parts.partitions()[1].marker_key().to_string();
+    redis::cmd("DEL").arg(&marker).exec(&mut redis.raw()).unwrap();
+    let results = parts.execute_batch(vec![get(0, "a"), get(1, "b"), get(2, "c"), get(0, "x")]);
+    assert_eq!(results[0], Ok(store::StoreOutcome::Got(Some(live(1, b"va")))));
+    assert_lost("partition 1's get", results[1].clone());
+    assert_eq!(results[2], Ok(store::StoreOutcome::Got(Some(live(1, b"vc")))));
+    assert_eq!(results[3], Ok(store::StoreOutcome::Got(None)));
+    let epochs: Vec<u64> = parts.partitions().iter().map(|p| p.loss_epoch()).collect();
+    assert_eq!(epochs, vec![0, 1, 0]);
+    // Reads, a write, reads: the second read of partition 0 sees the write.
+    let results = parts.execute_batch(vec![
+        get(0, "a"),
+        get(2, "c"),
+        put(0, "a", live(2, b"va2")),
+        get(0, "a"),
+        get(2, "c"),
+    ]);
+    assert_eq!(results[0], Ok(store::StoreOutcome::Got(Some(live(1, b"va")))));
+    assert_eq!(results[3], Ok(store::StoreOutcome::Got(Some(live(2, b"va2")))));
+    assert_eq!(results[4], Ok(store::StoreOutcome::Got(Some(live(1, b"vc")))));
+}
+
 /// Flushes racing with a stream of batches, each a put then a get of a fresh key per
 /// partition: wherever a flush falls (between batches, between the calls of one pipeline), no
 /// get answers "not found" for the key its batch just wrote unless the partition counted a loss

@@ -44,7 +44,8 @@
 //! [`PIPELINE_MAX_ITEMS`] items.
 //!
 //! A `get` needs no script: it is `MULTI`, `EXISTS marker`, `HGET`/`HMGET data`, `EXEC`, plain
-//! commands in a transaction. Redis runs a transaction's commands with no other client's in
+//! commands in a transaction (in a pipeline, the gets of several partitions share one
+//! `MULTI` ... `EXEC`, each partition's `EXISTS` and `HMGET` in it). Redis runs a transaction's commands with no other client's in
 //! between, exactly as it runs a script, so the marker check (below) and the read happen at one
 //! instant, at a fraction of a script's cost (a script call costs Redis some 6 us; the four
 //! commands well under 1 us). Pipelining `HGET` then `EXISTS` without the transaction would
@@ -55,10 +56,11 @@
 //! [`RedisPartitions`] opens a node's partitions (one namespace per vnode) on one connection
 //! pool and runs the gets and puts (single, or the entries of a `PutMany`: a replica's copy)
 //! pending at the same time as one pipeline: every call written at once, the replies read in
-//! order, one round trip for up to [`PIPELINE_MAX_ITEMS`] ops. The gets of a partition share
-//! one transaction, its puts one call of `LUA_PUTS` (each entry merged as `put` merges it),
-//! unless an op of the other kind on the same partition comes between: a partition's ops take
-//! effect in the order they were given ([`plan`]). A failed read or write ends the pipeline:
+//! order, one round trip for up to [`PIPELINE_MAX_ITEMS`] ops. A partition's puts share one
+//! call of `LUA_PUTS` (each entry merged as `put` merges it) and the gets of a run of reads one
+//! transaction, whatever their partitions, unless an op of the other kind on the same
+//! partition comes between: a partition's ops take effect in the order they were given
+//! ([`plan`]). A failed read or write ends the pipeline:
 //! its connection is dropped and every op of it fails with [`StoreError::Unavailable`] (each
 //! is a read or a merge, so running it again is harmless); an error reply fails its own ops
 //! only.
@@ -1072,10 +1074,12 @@ impl Point {
 /// One call of a pipeline: the indices of its points (in the pipeline's points), all of one
 /// partition.
 enum Call {
-    /// The gets of one partition: `MULTI`, `EXISTS marker`, `HMGET data key...`, `EXEC`. A
-    /// transaction runs without any other client's command in between, so the marker check
-    /// and the reads happen at one instant, as in a script, without Lua's cost.
-    Gets { part: usize, points: Vec<usize> },
+    /// The gets of one or more partitions (`(partition, points)`, each partition once), in
+    /// one transaction: `MULTI`, then `EXISTS marker` and `HMGET data key...` of each
+    /// partition, then `EXEC`. A transaction runs without any other client's command in
+    /// between, so each marker check and its reads happen at one instant, as in a script,
+    /// without Lua's cost; the partitions of a pipeline share the `MULTI` and `EXEC`.
+    Gets { groups: Vec<(usize, Vec<usize>)> },
     /// Merges into one partition: one `EVALSHA` of `LUA_PUTS` (a compare-and-set on the
     /// version, which only a script makes atomic, for each entry in turn).
     Puts { part: usize, points: Vec<usize> },
@@ -1085,25 +1089,27 @@ impl Call {
     /// Replies the call gets.
     fn replies(&self) -> usize {
         match self {
-            Call::Gets { .. } => 4,
+            Call::Gets { groups } => 2 + 2 * groups.len(),
             Call::Puts { .. } => 1,
         }
     }
 
     fn encode(&self, backend: &Backend, parts: &[&RedisStore], points: &[(usize, Point)], out: &mut Vec<u8>) {
         match self {
-            Call::Gets { part, points: mine } => {
-                let k = &parts[*part].keys;
+            Call::Gets { groups } => {
                 redis::cmd("MULTI").write_packed_command(out);
-                redis::cmd("EXISTS").arg(&k.marker).write_packed_command(out);
-                let mut hmget = redis::cmd("HMGET");
-                hmget.arg(&k.data);
-                for &i in mine {
-                    if let Point::Get(key) = &points[i].1 {
-                        hmget.arg(key.as_ref());
+                for (part, mine) in groups {
+                    let k = &parts[*part].keys;
+                    redis::cmd("EXISTS").arg(&k.marker).write_packed_command(out);
+                    let mut hmget = redis::cmd("HMGET");
+                    hmget.arg(&k.data);
+                    for &i in mine {
+                        if let Point::Get(key) = &points[i].1 {
+                            hmget.arg(key.as_ref());
+                        }
                     }
+                    hmget.write_packed_command(out);
                 }
-                hmget.write_packed_command(out);
                 redis::cmd("EXEC").write_packed_command(out);
             }
             Call::Puts { part, points: mine } => {
@@ -1131,30 +1137,42 @@ impl Call {
 }
 
 /// The calls that run `points` (each with its partition), in order, except that an op joins
-/// its partition's last call when that call is of its kind (gets or puts): a partition's ops
-/// take effect in the order given (a get after a put of the same key sees it), and a batch
-/// spread over the partitions costs about one call per partition and kind.
+/// its partition's last call when that call is of its kind (gets or puts), and a get of a
+/// partition whose last call is not a read joins the pipeline's last call when that is a read
+/// (no write of the partition comes after it): a partition's ops take effect in the order
+/// given (a get after a put of the same key sees it), a batch spread over the partitions costs
+/// about one script call per partition, and its reads one transaction.
 fn plan(partitions: usize, points: &[(usize, Point)]) -> Vec<Call> {
     let mut calls: Vec<Call> = Vec::with_capacity(points.len());
     // Each partition's last call.
     let mut last: Vec<Option<usize>> = vec![None; partitions];
     for (i, (part, point)) in points.iter().enumerate() {
-        match (last[*part].map(|c| &mut calls[c]), point) {
-            (Some(Call::Gets { points, .. }), Point::Get(_))
-            | (Some(Call::Puts { points, .. }), Point::Put(..)) => {
+        let part = *part;
+        match (last[part].map(|c| &mut calls[c]), point) {
+            (Some(Call::Gets { groups }), Point::Get(_)) => {
+                if let Some((_, mine)) = groups.iter_mut().find(|(p, _)| *p == part) {
+                    mine.push(i);
+                    continue;
+                }
+            }
+            (Some(Call::Puts { points, .. }), Point::Put(..)) => {
                 points.push(i);
                 continue;
             }
             _ => {}
         }
-        last[*part] = Some(calls.len());
+        if let (Some(Call::Gets { groups }), Point::Get(_)) = (calls.last_mut(), point) {
+            groups.push((part, vec![i]));
+            last[part] = Some(calls.len() - 1);
+            continue;
+        }
+        last[part] = Some(calls.len());
         calls.push(match point {
             Point::Get(_) => Call::Gets {
-                part: *part,
-                points: vec![i],
+                groups: vec![(part, vec![i])],
             },
             Point::Put(..) => Call::Puts {
-                part: *part,
+                part,
                 points: vec![i],
             },
         });
@@ -1301,30 +1319,23 @@ fn decode_replies(
     let mut replies = replies.into_iter();
     for call in calls {
         match call {
-            Call::Gets { part, points: mine } => {
-                // MULTI's +OK and the two +QUEUED: if MULTI failed, the commands ran alone and
-                // EXEC fails, so only EXEC's answer is trusted.
-                let exec = replies.nth(3).unwrap_or(Value::Nil);
-                let store = parts[*part];
-                match transaction_records(exec, mine.len()) {
-                    Ok(Some(records)) => {
-                        for (&i, record) in mine.iter().zip(records) {
-                            let entry = record.map(decode_record).transpose();
-                            results[i] = Some(entry.map(StoreOutcome::Got).map_err(|f| store.store_error(f)));
-                        }
+            Call::Gets { groups } => {
+                // MULTI's +OK and the +QUEUEDs: if MULTI failed, the commands ran alone and
+                // EXEC fails, so only EXEC's answer is trusted. Each partition's pair of
+                // replies is read as a transaction of its own; an EXEC that failed fails them
+                // all.
+                let exec = replies.nth(1 + 2 * groups.len()).unwrap_or(Value::Nil);
+                let pairs: Vec<Value> = match exec {
+                    Value::Array(items) if items.len() == 2 * groups.len() => {
+                        let mut items = items.into_iter();
+                        (0..groups.len())
+                            .map(|_| Value::Array(items.by_ref().take(2).collect()))
+                            .collect()
                     }
-                    Ok(None) => {
-                        let error = lost(*part, "the marker is gone");
-                        for &i in mine {
-                            results[i] = Some(Err(error.clone()));
-                        }
-                    }
-                    Err(f) => {
-                        let error = store.store_error(f);
-                        for &i in mine {
-                            results[i] = Some(Err(error.clone()));
-                        }
-                    }
+                    other => vec![other; groups.len()],
+                };
+                for ((part, mine), pair) in groups.iter().zip(pairs) {
+                    decode_gets(parts[*part], *part, mine, pair, &mut results, lost);
                 }
             }
             Call::Puts { part, points: mine } => {
@@ -1385,6 +1396,38 @@ fn decode_replies(
             })
         })
         .collect()
+}
+
+/// The outcomes of one partition's gets (`mine`, indices into `results`) from its replies in
+/// a [`Call::Gets`] transaction, `[EXISTS, HMGET]` (or EXEC's failure).
+fn decode_gets(
+    store: &RedisStore,
+    part: usize,
+    mine: &[usize],
+    pair: Value,
+    results: &mut [Option<Result<StoreOutcome>>],
+    lost: &mut dyn FnMut(usize, &str) -> StoreError,
+) {
+    match transaction_records(pair, mine.len()) {
+        Ok(Some(records)) => {
+            for (&i, record) in mine.iter().zip(records) {
+                let entry = record.map(decode_record).transpose();
+                results[i] = Some(entry.map(StoreOutcome::Got).map_err(|f| store.store_error(f)));
+            }
+        }
+        Ok(None) => {
+            let error = lost(part, "the marker is gone");
+            for &i in mine {
+                results[i] = Some(Err(error.clone()));
+            }
+        }
+        Err(f) => {
+            let error = store.store_error(f);
+            for &i in mine {
+                results[i] = Some(Err(error.clone()));
+            }
+        }
+    }
 }
 
 /// The records read by a [`Call::Gets`] transaction from EXEC's reply `[EXISTS, HMGET]`, `n`
@@ -1950,6 +1993,48 @@ mod tests {
         }
         assert!(matches!(decode_record(vec![0; 8]), Err(Failure::Corrupt(_))));
         assert!(matches!(decode_record(vec![2; 9]), Err(Failure::Corrupt(_))));
+    }
+
+    /// A pipeline's gets share one transaction per run of reads, each partition once in it; a
+    /// partition's ops keep their order (a write splits its reads), other partitions' reads
+    /// join a read call before the write.
+    #[test]
+    fn reads_of_several_partitions_share_a_transaction() {
+        let g = |p: usize| (p, Point::Get(Bytes::from_static(b"k")));
+        let w = |p: usize| {
+            (
+                p,
+                Point::Put(Bytes::from_static(b"k"), Id::ZERO, Entry::new(1, None)),
+            )
+        };
+        let shape = |calls: Vec<Call>| -> Vec<String> {
+            calls
+                .iter()
+                .map(|c| match c {
+                    Call::Gets { groups } => format!("gets {groups:?}"),
+                    Call::Puts { part, points } => format!("puts {part} {points:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(
+            shape(plan(3, &[g(0), g(1), g(0), g(2)])),
+            vec!["gets [(0, [0, 2]), (1, [1]), (2, [3])]"]
+        );
+        assert_eq!(
+            shape(plan(3, &[g(0), g(1), w(0), g(0), g(1), g(2)])),
+            vec![
+                "gets [(0, [0]), (1, [1, 4])]",
+                "puts 0 [2]",
+                "gets [(0, [3]), (2, [5])]"
+            ]
+        );
+        assert_eq!(
+            Call::Gets {
+                groups: vec![(0, vec![0]), (1, vec![1])]
+            }
+            .replies(),
+            6
+        );
     }
 
     #[test]
