@@ -335,13 +335,15 @@ impl Node {
         // arriving late names it again; the attempt's last batch completes it either way).
         // Refused, the leave was retried and refused again until the incoming range's stall
         // timeout dropped it (seed 1600 of harness/tests/leaves.rs, before c0bb319: a storm of
-        // retries).
+        // retries). The grown range must still end before us: one that reaches round past us
+        // (a stale or faulty transfer) would hold the requests for our own keys until the
+        // stall timeout.
         let mut expected = self
             .handoff
             .incoming
             .iter()
             .any(|r| r.start == start && r.end == end);
-        if !expected && end != self.me.id {
+        if !expected && end != self.me.id && !in_half_open(&self.me.id, &start, &end) {
             if let Some(r) = self.handoff.incoming.iter_mut().find(|r| r.end == end) {
                 r.start = start;
                 expected = true;
@@ -1013,6 +1015,46 @@ mod tests {
             matches!(replies[..], [Message::TransferAck { accepted: false, .. }]),
             "{replies:?}"
         );
+    }
+
+    /// A transfer that ends at the leaving predecessor but starts between it and us (its range
+    /// would run round the ring over ours: stale or faulty) does not widen the range being received, and
+    /// is refused: requests for our own keys are not held.
+    #[test]
+    fn a_leaving_predecessors_range_that_reaches_past_us_is_refused() {
+        let (before, left, me, after) = (node(30), node(40), node(50), node(60));
+        let mut n = Node::new(me, Config::with_stabilize_interval_ms(100), 0);
+        n.bootstrap(0, Some(left), &[after], |_| None, None);
+        let notice = LeaveNotice {
+            node: left,
+            predecessor: Some(before),
+            successors: vec![me, after],
+            clock: 0,
+            gone: Vec::new(),
+        };
+        let store = MemoryStore::new();
+        let replies = deliver(&mut n, &store, 10, Message::Leaving(Box::new(notice)));
+        assert_eq!(replies, vec![Message::LeavingReply { accepted: true }]);
+        // From between it and us (the range would run round the ring over ours), and from
+        // itself (the whole ring).
+        for start in [node(45).id, left.id] {
+            let transfer = Message::Transfer {
+                transfer_id: 2,
+                start,
+                end: left.id,
+                items: Vec::new(),
+                last: false,
+                clock: 0,
+            };
+            let replies = deliver(&mut n, &store, 20, transfer);
+            assert!(
+                matches!(replies[..], [Message::TransferAck { accepted: false, .. }]),
+                "{replies:?}"
+            );
+        }
+        assert!(!n.receiving(&node(45).id), "our own range is not held");
+        assert_eq!(n.handoff.incoming.len(), 1);
+        assert_eq!(n.handoff.incoming[0].start, before.id);
     }
 
     /// A node's `Notify` from before its leave, arriving after the leave was taken over (late
