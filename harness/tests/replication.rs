@@ -508,3 +508,84 @@ fn clean_rounds_scan_for_tombstones_only_when_the_range_holds_old_ones() {
         assert_eq!(value_of(&s.get(1, k)), None);
     }
 }
+
+/// A member that crashes right after a join, before the node that joined through it when it
+/// was alone has heard of the newcomer, leaves every key routable from every live node. That
+/// node's successor list names only the crashed member, and its predecessor, the newcomer, is
+/// the next member after the crashed one. Before, its list stayed the crashed member alone for
+/// as long as the member was down, and every request for the crashed member's range through
+/// it failed (seen in CI: `tests/resp.rs`' expiry test). `cut_first`: the crashed member is cut
+/// off from the newcomer from the join on, so the newcomer never hears from its predecessor
+/// before it is down (its notify lost, not just late).
+fn crash_right_after_a_join(cut_first: bool) {
+    for seed in seeds(&[1, 2, 3, 4]) {
+        let mut s = sim(seed, AckPolicy::All);
+        let a = s.add_first();
+        s.run_for(500);
+        let b = s.add_joining(a);
+        assert!(
+            s.run_until_consistent(STABILIZE_MS, 60_000),
+            "{:?}",
+            s.ring_problem()
+        );
+        // The member the newcomer lands after (it crashes) and the one it lands before (its
+        // list names only the crashed member).
+        let (ia, ib) = (s.node(a).me().id, s.node(b).me().id);
+        let inew = Id::of_addr(&chordkv_harness::sim::sim_addr(2));
+        let (crashed, stranded) = if chordkv_protocol::in_open(&inew, &ia, &ib) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        if cut_first {
+            s.partition(&[crashed], &[2]);
+        }
+        let newcomer = s.add_joining(stranded);
+        assert_eq!(newcomer, 2);
+        let mut waited = 0;
+        while s.node(stranded).predecessor().map(|p| p.addr) != Some(s.node(newcomer).me().addr) {
+            assert!(waited < 10_000, "seed {seed}: the newcomer never notified");
+            s.run_for(1);
+            waited += 1;
+        }
+        let crashed_addr = s.node(crashed).me().addr;
+        assert!(
+            s.node(stranded)
+                .successors()
+                .iter()
+                .all(|n| n.addr == crashed_addr),
+            "seed {seed}: the scenario needs a successor list naming the crashed member alone: {:?}",
+            s.node(stranded).successors()
+        );
+        s.crash(crashed);
+        s.heal();
+        // Keys of every range, the crashed member's among them, through the stranded node
+        // and the newcomer alike.
+        let keys: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let via = if i % 2 == 0 { stranded } else { newcomer };
+            match s.put(via, k, "v") {
+                Some(Message::PutReply { .. }) => {}
+                other => panic!("seed {seed}: PUT {k} via {via} with {crashed} down: {other:?}"),
+            }
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let via = if i % 2 == 0 { newcomer } else { stranded };
+            assert_eq!(
+                value_of(&s.get(via, k)),
+                Some(Bytes::from_static(b"v")),
+                "seed {seed}: {k} via {via}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_member_crashed_right_after_a_join_leaves_its_range_routable_from_every_node() {
+    crash_right_after_a_join(false);
+}
+
+#[test]
+fn a_member_cut_off_from_a_newcomer_and_crashed_leaves_its_range_routable_from_every_node() {
+    crash_right_after_a_join(true);
+}

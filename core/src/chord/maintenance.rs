@@ -212,8 +212,14 @@ impl Node {
                 .find(|p| !self.is_dead(&p.addr))
                 .or(self.pred_hint.filter(|h| !self.is_dead(&h.addr)))
                 .or_else(|| {
+                    // The nearest known member before us that answers: the table's farthest.
+                    // (`closest_preceding_where(me)` names none: nothing lies strictly between
+                    // us and ourselves.)
                     self.routing
-                        .closest_preceding_where(&self.me.id, |n| !self.live.dead.contains_key(&n.addr))
+                        .known_nodes()
+                        .rev()
+                        .find(|n| n.addr != self.me.addr && !self.live.dead.contains_key(&n.addr))
+                        .copied()
                 })
                 .or(self.predecessor)
         } else {
@@ -232,13 +238,13 @@ impl Node {
         successors: Vec<NodeRef>,
     ) {
         let me = self.me;
-        let x = self
+        let known = self
             .predecessors()
             .into_iter()
             .chain(self.routing.known_nodes().copied())
             .chain(self.pred_hint)
-            .find(|n| n.addr == from)
-            .unwrap_or_else(|| NodeRef::guess(from));
+            .find(|n| n.addr == from);
+        let x = known.unwrap_or_else(|| NodeRef::guess(from));
         let Some(pos) = successors.iter().position(|n| n.addr == me.addr) else {
             // Its list does not reach us: ask the last node in it before us next time.
             self.pred_hint = successors
@@ -247,7 +253,14 @@ impl Node {
                 .rfind(|n| in_open(&n.id, &x.id, &me.id));
             return;
         };
-        self.learn_successors_from_predecessor(&successors[pos + 1..]);
+        // Its id as we know it: a guess from its address is wrong for a vnode, and must not
+        // enter our successor list.
+        self.learn_successors_from_predecessor(
+            known,
+            &successors[..pos],
+            &successors[pos + 1..],
+            &predecessors,
+        );
         // Ours: the members it knows between itself and us (nearest first), it, its own.
         let mut list: Vec<NodeRef> = successors[..pos].iter().rev().copied().collect();
         list.push(x);
@@ -285,18 +298,46 @@ impl Node {
     /// yet in the ring) cannot name anyone, and may itself be waiting for us to name the
     /// members after it: its join lookup ends at us, its predecessor (`on_lookup_reply`).
     /// Without this, two members restarted next to each other wait for each other for ever.
-    /// Members are added, never dropped (as in `on_neighbors`).
-    fn learn_successors_from_predecessor(&mut self, after_us: &[NodeRef]) {
-        if after_us.is_empty() || self.routing.successor_hosts() >= self.config.successors {
+    ///
+    /// When a member after us is also one of the predecessor's own predecessors (`pred`: the
+    /// predecessor with its id, if we know it), the ring closes: after that member come the
+    /// predecessors nearer `pred`, `pred`, and the members it names between itself and us
+    /// (`before_us`), so they follow in our list too. Our
+    /// successor can be down before it ever named them to us: a node that joined through a
+    /// member when that member was alone lists only it, and a node that joins between them
+    /// after it (our predecessor now) is the next member after it. Without this our list named
+    /// the down member alone for as long as it was down, and nothing of its range could be
+    /// routed from here. Members are added, never dropped (as in `on_neighbors`).
+    fn learn_successors_from_predecessor(
+        &mut self,
+        pred: Option<NodeRef>,
+        before_us: &[NodeRef],
+        after_us: &[NodeRef],
+        its_predecessors: &[NodeRef],
+    ) {
+        if self.routing.successor_hosts() >= self.config.successors {
             return;
         }
         let mut list = self.routing.successors().to_vec();
         list.extend_from_slice(after_us);
+        let chain: Vec<NodeRef> = pred.into_iter().chain(its_predecessors.iter().copied()).collect();
+        let closes = pred.and_then(|_| chain.iter().position(|c| list.iter().any(|n| n.addr == c.addr)));
+        if let Some(j) = closes {
+            list.extend_from_slice(&chain[..j]);
+            list.extend_from_slice(before_us);
+        }
         self.members_in_ring_order(&mut list);
+        if list == self.routing.successors() {
+            return;
+        }
         for n in &list {
             self.remember_seed(n.addr);
         }
         self.set_successor_list(self.last_now, list);
+        if closes.is_some() {
+            // The list reaches round the ring to us: the ring is this small.
+            self.succ_wrapped = self.routing.successor_hosts() < self.config.successors;
+        }
     }
 
     /// `consistent`'s merge of successor lists: `list` without us and the members that left,

@@ -359,7 +359,7 @@ impl RoutingTable {
     }
 
     /// Every distinct node in the table, nearest first.
-    pub fn known_nodes(&self) -> impl Iterator<Item = &NodeRef> {
+    pub fn known_nodes(&self) -> impl DoubleEndedIterator<Item = &NodeRef> {
         self.view.iter()
     }
 
