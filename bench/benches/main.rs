@@ -125,6 +125,54 @@ fn routing(c: &mut Criterion) {
     g.finish();
 }
 
+/// The memory store's point operations on the node's hot path (`get_with_id`, `put_with_id`:
+/// the id comes from routing), at random keys of stores of 10,000 to 1,000,000 entries (16-byte
+/// keys, 16-byte values): what its index costs once the data no longer fits in the caches.
+fn store(c: &mut Criterion) {
+    use chordkv_core::store::{Entry, MemoryStore, Store};
+    let mut g = c.benchmark_group("store");
+    let mut rng = Rng::new(1);
+    for n in [10_000usize, 100_000, 1_000_000] {
+        let store = MemoryStore::new();
+        let keys: Vec<(Id, Bytes)> = (0..n)
+            .map(|i| {
+                let key = Bytes::from(format!("key:{i:011}"));
+                (Id::of_key(&key), key)
+            })
+            .collect();
+        let value = Bytes::from(vec![b'v'; 16]);
+        for (id, key) in &keys {
+            let entry = Entry::new(1, Some(value.clone()));
+            store.put_with_id(id, key, entry).expect("memory store");
+        }
+        // A million random positions, read in order: the keys touched are spread over the store.
+        let order: Vec<u32> = (0..1 << 20).map(|_| rng.below(n as u64) as u32).collect();
+        let mut i = 0;
+        g.bench_function(format!("get_with_id/{n}_keys"), |b| {
+            b.iter(|| {
+                i = (i + 1) & ((1 << 20) - 1);
+                let (id, key) = &keys[order[i] as usize];
+                store
+                    .get_with_id(black_box(id), black_box(key))
+                    .expect("memory store")
+            })
+        });
+        let mut version = 2;
+        g.bench_function(format!("put_with_id/{n}_keys"), |b| {
+            b.iter(|| {
+                i = (i + 1) & ((1 << 20) - 1);
+                version += 1;
+                let (id, key) = &keys[order[i] as usize];
+                let entry = Entry::new(version, Some(value.clone()));
+                store
+                    .put_with_id(black_box(id), key, entry)
+                    .expect("memory store")
+            })
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -132,5 +180,5 @@ fn config() -> Criterion {
         .sample_size(50)
 }
 
-criterion_group! { name = benches; config = config(); targets = protocol, hashing, routing }
+criterion_group! { name = benches; config = config(); targets = protocol, hashing, routing, store }
 criterion_main!(benches);

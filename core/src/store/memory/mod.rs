@@ -2,34 +2,38 @@
 //! ring order, by the first 64 bits of its key's id, behind one lock.
 //!
 //! ```text
-//!   by_prefix: BTreeMap<u64, Slot>       prefix(id(key)) ──► Slot::One(record)
+//!   by_prefix: PrefixIndex<Slot>         prefix(id(key)) ──► Slot::One(record)
 //!                                                        └─► Slot::Shared: look in `shared`
 //!   shared:    BTreeMap<Id, {record}>    keys whose 64-bit prefix another key has too,
 //!                                        by full id, then by key (no copy of the key)
 //! ```
 //!
 //! One index serves both kinds of access. GET and SET come with the key's id, which the node
-//! computed to route the request (`Store::get_with_id`), so a point operation is one tree
-//! lookup on an integer and no SHA-1; a scan of a ring range `(start, end]` is a range of
-//! prefixes, and only the entries whose prefix is that of a bound are hashed to place them
-//! exactly. Ids are SHA-1 digests, so two keys share a 64-bit prefix only when they share a
-//! hash tag (`{user}.a` and `{user}.b` have one id, by design) or, among a million keys, with a
-//! probability of about 3·10⁻⁸; those keys are kept in `shared`, ordered by `(id, key)`, so
-//! even a million keys under one hash tag cost a tree lookup each.
+//! computed to route the request (`Store::get_with_id`), so a point operation is a lookup of
+//! an integer in [`index::PrefixIndex`] (a directory of small sorted buckets by the prefix's
+//! top bits: a cache miss or two, where a B-tree took one per level) and no SHA-1; a scan of a
+//! ring range `(start, end]` is a range of prefixes, and only the entries whose prefix is that
+//! of a bound are hashed to place them exactly. Ids are SHA-1 digests, so two keys share a
+//! 64-bit prefix only when they share a hash tag (`{user}.a` and `{user}.b` have one id, by
+//! design) or, among a million keys, with a probability of about 3·10⁻⁸; those keys are kept
+//! in `shared`, ordered by `(id, key)`, so even a million keys under one hash tag cost a tree
+//! lookup each.
 //!
 //! Per key this costs the record (17 bytes of header, the key, the value, 8 more with an
-//! expiry) and a 16-byte `(prefix, pointer)` pair in a B-tree node; `results/memory.md` has the
-//! measured bytes per key beside redis-server's (`bench/memory.sh`).
+//! expiry) and a 16-byte `(prefix, pointer)` pair in a bucket, with the buckets' spare room and
+//! directory about what a B-tree node's took; `results/memory.md` has the measured bytes per key
+//! beside redis-server's (`bench/memory.sh`).
 //!
-//! Keys are network input, but they cannot crowd the index: they are placed by SHA-1, and a
-//! client that grinds keys into one prefix, or uses one hash tag, lands in `shared`, a B-tree,
-//! where no input degrades a lookup below O(log n). Nothing depends on a hash map's iteration
-//! order, so the simulator stays deterministic.
+//! Keys are network input, but they cannot crowd the index: they are placed by SHA-1, a client
+//! that grinds keys into one bucket turns it into a B-tree, and one that grinds keys into one
+//! prefix, or uses one hash tag, lands in `shared`, a B-tree: no input degrades a lookup below
+//! O(log n). Nothing depends on a hash map's iteration order, so the simulator stays
+//! deterministic.
 
+mod index;
 mod record;
 
 use std::borrow::Borrow;
-use std::collections::btree_map::Entry as MapEntry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
@@ -38,6 +42,7 @@ use chordkv_protocol::{Id, Item};
 use parking_lot::RwLock;
 
 use super::{Entry, KeyVersion, PutOutcome, RangeCounts, Result, ScanCursor, Store};
+use index::PrefixIndex;
 use record::Record;
 
 /// Entries indexed in ring order (see the module docs).
@@ -48,7 +53,7 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Inner {
-    by_prefix: BTreeMap<u64, Slot>,
+    by_prefix: PrefixIndex<Slot>,
     shared: BTreeMap<Id, BTreeSet<ByKey>>,
     live: u64,
     /// Key and value bytes of every record, tombstones included ([`Store::bytes`]).
@@ -106,7 +111,10 @@ impl MemoryStore {
     fn with_prefix_bits(bits: u32) -> MemoryStore {
         assert!((1..=64).contains(&bits));
         let store = MemoryStore::default();
-        store.inner.write().shift = 64 - bits;
+        let mut inner = store.inner.write();
+        inner.shift = 64 - bits;
+        inner.by_prefix = PrefixIndex::new(bits);
+        drop(inner);
         store
     }
 }
@@ -129,8 +137,27 @@ impl Inner {
         (lo, hi)
     }
 
+    /// Counts a stored `entry` of `key` that replaced one of `previous` (live, expiry, bytes),
+    /// or none.
+    fn added(&mut self, key: &[u8], entry: &Entry, previous: Option<(bool, u64, usize)>) -> PutOutcome {
+        let (previous_live, previous_expires_at, previous_bytes) = previous.unwrap_or((false, 0, 0));
+        if previous_live {
+            self.live -= 1;
+        }
+        let value_len = entry.value.as_ref().map_or(0, |v| v.len());
+        self.bytes = self.bytes - previous_bytes as u64 + (key.len() + value_len) as u64;
+        if entry.is_live() {
+            self.live += 1;
+        }
+        PutOutcome {
+            applied: true,
+            previous_live,
+            previous_expires_at,
+        }
+    }
+
     fn find(&self, id: &Id, key: &[u8]) -> Option<&Record> {
-        match self.by_prefix.get(&self.prefix(id))? {
+        match self.by_prefix.get(self.prefix(id))? {
             Slot::One(r) => (r.key() == key).then_some(r),
             Slot::Shared => self.shared.get(id)?.get(key).map(|k| &k.0),
         }
@@ -158,7 +185,7 @@ impl Inner {
         if from > to {
             return true;
         }
-        for (&p, slot) in self.by_prefix.range(from..=to) {
+        for (p, slot) in self.by_prefix.range(from, to) {
             match slot {
                 Slot::One(r) => {
                     // Only a bound's own prefix holds ids on both sides of it.
@@ -232,59 +259,40 @@ impl Store for MemoryStore {
         let p = inner.prefix(id);
         // (previous_live, previous_expires_at, previous size) of a replaced entry; none for a
         // new key.
-        let previous = match inner.by_prefix.entry(p) {
-            MapEntry::Vacant(v) => {
-                v.insert(Slot::One(Record::new(key, &entry)));
+        let Some(slot) = inner.by_prefix.get_mut(p) else {
+            inner.by_prefix.insert(p, Slot::One(Record::new(key, &entry)));
+            return Ok(inner.added(key, &entry, None));
+        };
+        let previous = match slot {
+            Slot::One(stored) if stored.key() == &key[..] => {
+                if stored.version() >= entry.version {
+                    return Ok(not_applied(stored));
+                }
+                let previous = (stored.is_live(), stored.expires_at(), stored.data_len());
+                *stored = Record::new(key, &entry);
+                Some(previous)
+            }
+            Slot::One(_) => {
+                // A second key with this prefix: from now on the prefix's keys are shared.
+                if let Slot::One(other) = std::mem::replace(slot, Slot::Shared) {
+                    let other_id = Id::of_key(other.key());
+                    share(&mut inner.shared, other_id, other);
+                }
+                share(&mut inner.shared, *id, Record::new(key, &entry));
                 None
             }
-            MapEntry::Occupied(mut o) => match o.get_mut() {
-                Slot::One(stored) if stored.key() == &key[..] => {
-                    if stored.version() >= entry.version {
-                        return Ok(not_applied(stored));
-                    }
-                    let previous = (stored.is_live(), stored.expires_at(), stored.data_len());
-                    *stored = Record::new(key, &entry);
-                    Some(previous)
-                }
-                Slot::One(_) => {
-                    // A second key with this prefix: from now on the prefix's keys are shared.
-                    if let Slot::One(other) = std::mem::replace(o.get_mut(), Slot::Shared) {
-                        let other_id = Id::of_key(other.key());
-                        share(&mut inner.shared, other_id, other);
-                    }
-                    share(&mut inner.shared, *id, Record::new(key, &entry));
-                    None
-                }
-                Slot::Shared => {
-                    let stored = inner.shared.get(id).and_then(|group| group.get(&key[..]));
-                    let previous = match stored {
-                        Some(stored) if stored.0.version() >= entry.version => {
-                            return Ok(not_applied(&stored.0))
-                        }
-                        Some(stored) => {
-                            Some((stored.0.is_live(), stored.0.expires_at(), stored.0.data_len()))
-                        }
-                        None => None,
-                    };
-                    share(&mut inner.shared, *id, Record::new(key, &entry));
-                    previous
-                }
-            },
+            Slot::Shared => {
+                let stored = inner.shared.get(id).and_then(|group| group.get(&key[..]));
+                let previous = match stored {
+                    Some(stored) if stored.0.version() >= entry.version => return Ok(not_applied(&stored.0)),
+                    Some(stored) => Some((stored.0.is_live(), stored.0.expires_at(), stored.0.data_len())),
+                    None => None,
+                };
+                share(&mut inner.shared, *id, Record::new(key, &entry));
+                previous
+            }
         };
-        let (previous_live, previous_expires_at, previous_bytes) = previous.unwrap_or((false, 0, 0));
-        if previous_live {
-            inner.live -= 1;
-        }
-        let value_len = entry.value.as_ref().map_or(0, |v| v.len());
-        inner.bytes = inner.bytes - previous_bytes as u64 + (key.len() + value_len) as u64;
-        if entry.is_live() {
-            inner.live += 1;
-        }
-        Ok(PutOutcome {
-            applied: true,
-            previous_live,
-            previous_expires_at,
-        })
+        Ok(inner.added(key, &entry, previous))
     }
 
     fn delete(&self, key: &[u8], up_to_version: u64) -> Result<bool> {
@@ -292,14 +300,14 @@ impl Store for MemoryStore {
         let mut inner = self.inner.write();
         let inner = &mut *inner;
         let p = inner.prefix(&id);
-        let gone = match inner.by_prefix.get(&p) {
+        let gone = match inner.by_prefix.get(p) {
             None => return Ok(false),
             Some(Slot::One(r)) => {
                 if r.key() != key || r.version() > up_to_version {
                     return Ok(false);
                 }
                 let gone = (r.is_live(), r.data_len());
-                inner.by_prefix.remove(&p);
+                inner.by_prefix.remove(p);
                 gone
             }
             Some(Slot::Shared) => {
@@ -315,7 +323,7 @@ impl Store for MemoryStore {
                     inner.shared.remove(&id);
                     let (lo, hi) = inner.prefix_ids(p);
                     if inner.shared.range(lo..=hi).next().is_none() {
-                        inner.by_prefix.remove(&p);
+                        inner.by_prefix.remove(p);
                     }
                 }
                 gone
