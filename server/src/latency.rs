@@ -25,7 +25,7 @@
 //! the node started; a reader takes differences between two snapshots.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Upper bounds of the latency buckets, 25 µs (a GET served by the node that received it takes
 /// about 20 µs) to 10 s; one more bucket, unbounded, follows.
@@ -116,16 +116,18 @@ impl Started {
         self.0.push_back((request_id, at, client_op));
     }
 
-    /// The time since request `request_id` entered the core and whether it is a client
-    /// operation, forgetting it; `None` when it was not timed.
-    pub fn finish(&mut self, request_id: u64) -> Option<(Duration, bool)> {
+    /// When request `request_id` entered the core and whether it is a client operation,
+    /// forgetting it; `None` when it was not timed. The caller reads the clock once per turn
+    /// of the loop for the replies (as [`Started::start`] for the requests), so a request is
+    /// timed to within a turn, as Redis times its commands to within its cached clock.
+    pub fn finish(&mut self, request_id: u64) -> Option<(Instant, bool)> {
         let (_, at, op) = if self.0.front().is_some_and(|(id, _, _)| *id == request_id) {
             self.0.pop_front()?
         } else {
             let i = self.0.iter().position(|(id, _, _)| *id == request_id)?;
             self.0.remove(i)?
         };
-        Some((at.elapsed(), op))
+        Some((at, op))
     }
 }
 

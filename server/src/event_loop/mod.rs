@@ -164,8 +164,12 @@ pub(super) struct Server {
     control: Arc<Control>,
     clock: Clock,
     /// When the last poll returned: the start of every request read in this turn of the loop
-    /// (`latency::Started`), so that timing a request reads the clock once, at its reply.
+    /// (`latency::Started`), so that timing requests reads the clock twice per turn, not per
+    /// request.
     polled_at: Instant,
+    /// When this turn's first reply was timed (the clock is read once per turn for replies
+    /// too, as for requests: `Started`); `None` until then.
+    replied_at: Option<Instant>,
     /// The node's virtual nodes (one for a node without).
     node: Host,
     /// Vnode 0.
@@ -436,6 +440,7 @@ impl Server {
             control,
             clock,
             polled_at: Instant::now(),
+            replied_at: None,
             node,
             me,
             stores,
@@ -508,6 +513,7 @@ impl Server {
                 return Err(Error::io("waiting for events")(e));
             }
             self.polled_at = Instant::now();
+            self.replied_at = None;
             let now = self.clock.millis_at(self.polled_at);
             if let Some(facts) = &self.resp_facts {
                 // Read once per turn of the loop, as Redis caches its time per event-loop cycle
@@ -680,7 +686,13 @@ impl Server {
         }
         let token = Token(to.0 as usize);
         let mut conn = self.conns.get_mut(&token);
-        let timed = conn.as_mut().and_then(|c| c.started.finish(frame.request_id));
+        let timed = conn
+            .as_mut()
+            .and_then(|c| c.started.finish(frame.request_id))
+            .map(|(at, op)| {
+                let replied_at = *self.replied_at.get_or_insert_with(Instant::now);
+                (replied_at.saturating_duration_since(at), op)
+            });
         if let Some((elapsed, true)) = timed {
             self.latency.observe(elapsed.as_secs_f64());
         }
