@@ -278,8 +278,12 @@ impl Node {
             // A nearer member we did not know of. One that is down (or any, when we know no
             // predecessor) is ours at once: its range is not ours, and no handoff can happen.
             // A live one joins us itself (its notify hands its range over): until then our
-            // range is not confirmed, and we ask for no lease on it.
-            let adopt = self.predecessor.is_none() || self.is_dead(&pred.addr);
+            // range is not confirmed, and we ask for no lease on it. A member farther back
+            // than ours is a view older than ours (a node that has not heard of our
+            // predecessor yet, asked because every predecessor we know is down): never
+            // adopted, since our predecessor moves back only when it leaves (`depart`).
+            let nearer = self.predecessor.is_none_or(|q| in_open(&pred.id, &q.id, &me.id));
+            let adopt = nearer && (self.predecessor.is_none() || self.is_dead(&pred.addr));
             if !adopt {
                 self.pred_confirmed = None;
                 return;
@@ -777,6 +781,28 @@ mod tests {
             }
         }
         assert!(inside > 3, "{what}: the list covers fingers");
+    }
+
+    /// `consistent`: every predecessor we know is down, so `check_predecessor` asks the
+    /// farthest live member of the table, whose list may be older than ours: it names a member
+    /// farther back as the one before us. That answer neither moves our predecessor back (our
+    /// range would swallow our down predecessor's) nor confirms our range.
+    #[test]
+    fn an_older_view_from_farther_back_does_not_move_the_predecessor_back() {
+        let (t, e, d, me) = (node(10), node(20), node(30), node(40));
+        let mut n = Node::new(me, Config::with_stabilize_interval_ms(100), 0);
+        n.bootstrap(0, Some(d), &[t], |_| None, None);
+        n.live.dead.insert(d.addr, 10_000);
+        n.live.dead.insert(e.addr, 10_000);
+        n.pred_confirmed = None;
+        // T's list runs to us through E (down), without D.
+        n.on_predecessor_neighbors(t.addr, vec![], vec![e, me]);
+        assert_eq!(n.predecessor(), Some(d), "not moved back to E");
+        assert!(!n.range_confirmed());
+        // A list that names D before us confirms it.
+        n.on_predecessor_neighbors(t.addr, vec![], vec![e, d, me]);
+        assert_eq!(n.predecessor(), Some(d));
+        assert!(n.range_confirmed());
     }
 
     /// `fix_fingers` passes over the fingers inside the successor list when nothing they

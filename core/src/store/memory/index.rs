@@ -164,9 +164,17 @@ impl<V> Bucket<V> {
                 Bucket::small(a)
             }
             (a, b) => {
-                let mut map = a.into_map();
-                map.extend(b.into_map());
-                Bucket::from_map(map)
+                // The larger map takes the smaller's entries (they do not overlap), so halving
+                // next to a bucket keys were ground into costs the small one's size.
+                let (mut a, b) = (a.into_map(), b.into_map());
+                if a.len() < b.len() {
+                    let mut b = b;
+                    b.extend(a);
+                    a = b;
+                } else {
+                    a.extend(b);
+                }
+                Bucket::from_map(a)
             }
         }
     }
