@@ -226,6 +226,7 @@ impl Node {
             self.predecessor
         };
         if let Some(x) = target {
+            self.pred_asked = Some(x);
             self.send_rpc(now, x.addr, Message::GetNeighbors, RpcKind::CheckPredecessor, 0);
         }
     }
@@ -239,8 +240,9 @@ impl Node {
     ) {
         let me = self.me;
         let known = self
-            .predecessors()
+            .pred_asked
             .into_iter()
+            .chain(self.predecessors())
             .chain(self.routing.known_nodes().copied())
             .chain(self.pred_hint)
             .find(|n| n.addr == from);
@@ -803,6 +805,22 @@ mod tests {
         n.on_predecessor_neighbors(t.addr, vec![], vec![e, d, me]);
         assert_eq!(n.predecessor(), Some(d));
         assert!(n.range_confirmed());
+    }
+
+    /// The node `check_predecessor` asked is known by its id when its answer arrives after it
+    /// left our tables (a vnode's id is not the one its address gives): it becomes our
+    /// predecessor with that id, not a guess.
+    #[test]
+    fn a_predecessor_answer_from_a_node_no_longer_in_our_tables_keeps_its_id() {
+        let (other, t, me) = (node(5), node(30), node(40));
+        let mut n = Node::new(me, Config::with_stabilize_interval_ms(100), 0);
+        n.bootstrap(0, None, &[t], |_| None, None);
+        n.config.partition_policy = crate::chord::config::PartitionPolicy::Consistent;
+        n.check_predecessor(10);
+        assert_eq!(n.pred_asked, Some(t));
+        n.routing.set_successors([other], 8);
+        n.on_predecessor_neighbors(t.addr, vec![], vec![me, other]);
+        assert_eq!(n.predecessor(), Some(t));
     }
 
     /// `fix_fingers` passes over the fingers inside the successor list when nothing they

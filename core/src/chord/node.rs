@@ -92,6 +92,9 @@ pub struct Node {
     pub(super) pred_confirmed: Option<NodeAddr>,
     /// ...and, when that node's list did not reach us, the node to ask next (nearer to us).
     pub(super) pred_hint: Option<NodeRef>,
+    /// The node the last `check_predecessor` asked, with its id: its answer may arrive after
+    /// it left our tables, and an id guessed from its address is wrong for a vnode.
+    pub(super) pred_asked: Option<NodeRef>,
     /// When the node was created (for `uptime_ms`).
     pub(super) created_at: Millis,
 
@@ -149,6 +152,7 @@ impl Node {
             succ_wrapped: false,
             pred_confirmed: None,
             pred_hint: None,
+            pred_asked: None,
             // A node without replicas collects its own tombstones from its first delete on;
             // one whose store came back with its data may hold tombstones from before, so it
             // collects once at the start too (the timer rests again if none is left).
