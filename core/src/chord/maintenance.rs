@@ -308,12 +308,11 @@ impl Node {
     /// When a member after us is also one of the predecessor's own predecessors (`pred`: the
     /// predecessor with its id, if we know it), the ring closes: after that member come the
     /// predecessors nearer `pred`, `pred`, and the members it names between itself and us
-    /// (`before_us`), so they follow in our list too. Our
-    /// successor can be down before it ever named them to us: a node that joined through a
-    /// member when that member was alone lists only it, and a node that joins between them
-    /// after it (our predecessor now) is the next member after it. Without this our list named
-    /// the down member alone for as long as it was down, and nothing of its range could be
-    /// routed from here. Members are added, never dropped (as in `on_neighbors`).
+    /// (`before_us`), so they follow in our list too. Our successor can be down before it
+    /// ever named them to us: a node that joined through a member when that member was alone
+    /// lists only it, and a node that joins between them after it (our predecessor now) is the
+    /// next member after it. Without this our list named the down member alone for as long as
+    /// it was down, and nothing of its range could be routed from here. Members are added, never dropped (as in `on_neighbors`).
     fn learn_successors_from_predecessor(
         &mut self,
         pred: Option<NodeRef>,
@@ -326,8 +325,14 @@ impl Node {
         }
         let mut list = self.routing.successors().to_vec();
         list.extend_from_slice(after_us);
-        let chain: Vec<NodeRef> = pred.into_iter().chain(its_predecessors.iter().copied()).collect();
-        let closes = pred.and_then(|_| chain.iter().position(|c| list.iter().any(|n| n.addr == c.addr)));
+        // The predecessor and its own predecessors, nearest first (none without its id).
+        let chain: Vec<NodeRef> = match pred {
+            Some(p) => std::iter::once(p)
+                .chain(its_predecessors.iter().copied())
+                .collect(),
+            None => Vec::new(),
+        };
+        let closes = chain.iter().position(|c| list.iter().any(|n| n.addr == c.addr));
         if let Some(j) = closes {
             list.extend_from_slice(&chain[..j]);
             list.extend_from_slice(before_us);
