@@ -69,6 +69,7 @@ mod ring_command;
 pub mod routing;
 mod rpc;
 mod scan;
+mod seen_writes;
 mod stats;
 mod store_cache;
 mod store_wait;

@@ -7,6 +7,7 @@
 //! `REDIRECT` naming the owner (exact) or a node closer to it.
 
 use super::op_table::OpTable;
+use super::seen_writes::SeenWrites;
 use std::collections::BTreeSet;
 
 use chordkv_protocol::NodeAddr;
@@ -115,10 +116,9 @@ pub(super) struct ClientOps {
     pub next_id: u64,
     /// Ops waiting to be retried: (when, op id).
     pub retries: BTreeSet<(Millis, u64)>,
-    /// Write hops served, by deadline and fingerprint, until their deadline: a second delivery
-    /// of one is dropped (see `first_delivery`).
-    pub seen_writes: BTreeSet<(Millis, u64)>,
-    pub seen_fingerprints: BTreeSet<u64>,
+    /// Write hops served, until their deadline: a second delivery of one is dropped (see
+    /// `first_delivery`).
+    pub seen_writes: SeenWrites,
 }
 
 impl Node {
@@ -799,13 +799,7 @@ impl Node {
         message: &Message,
     ) -> bool {
         use std::hash::{Hash, Hasher};
-        while let Some(&(d, fp)) = self.client.seen_writes.first() {
-            if d >= now {
-                break;
-            }
-            self.client.seen_writes.pop_first();
-            self.client.seen_fingerprints.remove(&fp);
-        }
+        self.client.seen_writes.expire(now);
         let mut h = std::hash::DefaultHasher::new();
         (to, request_id, deadline).hash(&mut h);
         match message {
@@ -818,12 +812,7 @@ impl Node {
             } => (2u8, key, commands, watched).hash(&mut h),
             _ => {}
         }
-        let fp = h.finish();
-        if !self.client.seen_fingerprints.insert(fp) {
-            return false;
-        }
-        self.client.seen_writes.insert((deadline, fp));
-        true
+        self.client.seen_writes.first(h.finish(), deadline)
     }
 
     /// Serves an operation this node coordinates and holds the range of. Under `consistent`,
@@ -1326,7 +1315,7 @@ mod tests {
             );
         }
         assert_eq!(store.len().unwrap(), 100);
-        assert!(node.client.seen_writes.is_empty() && node.client.seen_fingerprints.is_empty());
+        assert!(node.client.seen_writes.is_empty());
 
         let hop = Frame::direct(500, put("twice")).with_deadline(60_000);
         let first = deliver(&mut node, &store, 20, hop.clone());
