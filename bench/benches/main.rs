@@ -128,25 +128,39 @@ fn routing(c: &mut Criterion) {
 /// The memory store's point operations on the node's hot path (`get_with_id`, `put_with_id`:
 /// the id comes from routing), at random keys of stores of 10,000 to 1,000,000 entries (16-byte
 /// keys, 16-byte values): what its index costs once the data no longer fits in the caches.
+/// `arc_`: a vnode's store, whose keys are those of one arc of the ring (here an eighth, from
+/// 0.3 of the way round), not of the whole ring.
 fn store(c: &mut Criterion) {
     use chordkv_core::store::{Entry, MemoryStore, Store};
     let mut g = c.benchmark_group("store");
     let mut rng = Rng::new(1);
-    for n in [10_000usize, 100_000, 1_000_000] {
+    let (arc_start, arc_end) = (0.3, 0.3 + 1.0 / 8.0);
+    for (n, arc) in [
+        (10_000usize, false),
+        (100_000, false),
+        (1_000_000, false),
+        (10_000, true),
+        (100_000, true),
+    ] {
         let store = MemoryStore::new();
-        let keys: Vec<(Id, Bytes)> = (0..n)
+        let keys: Vec<(Id, Bytes)> = (0..)
             .map(|i| {
                 let key = Bytes::from(format!("key:{i:011}"));
                 (Id::of_key(&key), key)
             })
+            .filter(|(id, _)| !arc || (arc_start..arc_end).contains(&id.as_fraction()))
+            .take(n)
             .collect();
+        let n = if arc { format!("arc_{n}") } else { n.to_string() };
         let value = Bytes::from(vec![b'v'; 16]);
         for (id, key) in &keys {
             let entry = Entry::new(1, Some(value.clone()));
             store.put_with_id(id, key, entry).expect("memory store");
         }
         // A million random positions, read in order: the keys touched are spread over the store.
-        let order: Vec<u32> = (0..1 << 20).map(|_| rng.below(n as u64) as u32).collect();
+        let order: Vec<u32> = (0..1 << 20)
+            .map(|_| rng.below(keys.len() as u64) as u32)
+            .collect();
         let mut i = 0;
         g.bench_function(format!("get_with_id/{n}_keys"), |b| {
             b.iter(|| {

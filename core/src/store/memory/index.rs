@@ -2,33 +2,47 @@
 //! with one or two cache misses instead of a B-tree's one per level.
 //!
 //! ```text
-//!   buckets: [b0][b1][b2] ... [b(2^bits - 1)]     bucket = the prefix's top `bits` bits
-//!              │
-//!              └─► Small: sorted Vec<(prefix, value)>   (at most SMALL_MAX entries)
-//!                  Large: BTreeMap<prefix, value>       (a bucket keys were ground into)
+//!   span of the prefixes held:  lo ─────────────────────────────── hi
+//!   buckets:                    [b0][b1][b2] ... [b(n-1)]     bucket = (prefix - lo) >> shift
+//!                                 │
+//!                                 └─► Small: sorted Vec<(prefix, value)>  (at most SMALL_MAX)
+//!                                     Large: BTreeMap<prefix, value>      (keys ground into it)
 //! ```
 //!
-//! The bucket of a prefix is its top bits, so the buckets in order hold the prefixes in order
-//! and a range of prefixes is a run of buckets (an order-preserving hash; ids are SHA-1
-//! digests, uniform over the ring, so buckets fill evenly). The directory doubles when the
-//! buckets average [`GROW_LOAD`] entries and halves below [`SHRINK_LOAD`], so a lookup reads
-//! the directory slot, a bucket of a few entries (one or two cache lines), then the record. A
-//! client that grinds keys whose ids share top bits (2^bits SHA-1s per key) fills one bucket:
-//! past [`SMALL_MAX`] entries it becomes a B-tree, so no input makes an operation worse than
-//! O(log n).
+//! A bucket holds `2^shift` consecutive prefixes, so the buckets in order hold the prefixes in
+//! order and a range of prefixes is a run of buckets (an order-preserving hash). The directory
+//! spans the prefixes the index holds, from the lowest to the highest, not the whole prefix
+//! space: a vnode's store holds the keys of one arc of the ring (its range and the ranges it
+//! keeps copies of), and a directory over the whole space put a store of an eighth of the ring
+//! into an eighth of its buckets, each 8 times as full as the average (B-trees, under
+//! `redis-benchmark` on one node of 8 vnodes: a sixth of the node's CPU in the store's put).
+//! Ids are SHA-1 digests, uniform over the ring, so within its arc the buckets fill evenly. A
+//! prefix outside the span goes to the first or the last bucket; when those hold many (the
+//! store's range moved: a node joined or left) or the buckets average more than [`GROW_LOAD`]
+//! entries or fewer than [`SHRINK_LOAD`], a resize lays the directory out again over the
+//! prefixes held, with [`TARGET_LOAD`] to twice that per bucket. A lookup reads the directory
+//! slot, a bucket of a few entries (one or two cache lines), then the record. A client that
+//! grinds keys whose ids share top bits fills one bucket: past [`SMALL_MAX`] entries it becomes
+//! a B-tree, so no input makes an operation worse than O(log n).
+//!
+//! Not covered: a store whose arc crosses zero (the one range that holds both the highest and
+//! the lowest ids, and the stores keeping copies of it) spans nearly the whole prefix space,
+//! as before: correct, with fuller buckets.
 //!
 //! The cost per key is about what the B-tree it replaces took (16 bytes per entry, the
-//! buckets' spare capacity and a 32-byte directory slot per [`GROW_LOAD`]..[`SHRINK_LOAD`]
-//! entries); `results/memory.md` has the measured bytes per key. A doubling moves every entry
-//! once (amortised O(1) per insert; a pause of O(n) at the doubling itself, for the store's
-//! share of the node's keys: with 8 vnodes, an eighth of them).
+//! buckets' spare capacity and a 32-byte directory slot per 3 to 8 entries);
+//! `results/memory.md` has the measured bytes per key. A resize moves every entry once, a few
+//! buckets at each write (amortised O(1) per insert; no write moves them all).
 
 use std::collections::btree_map::{self, BTreeMap};
 
-/// The directory doubles when it holds more than this many entries per bucket.
+/// The directory grows when it holds more than this many entries per bucket.
 const GROW_LOAD: usize = 8;
-/// And halves when it holds fewer than this many per bucket.
-const SHRINK_LOAD: usize = 2;
+/// And shrinks when it holds fewer than this many per bucket.
+const SHRINK_LOAD: usize = 1;
+/// A resize lays the directory out for between this many and twice this many entries per
+/// bucket.
+const TARGET_LOAD: usize = 3;
 /// A bucket with more entries than this is a B-tree (keys ground to share top bits).
 const SMALL_MAX: usize = 64;
 /// A B-tree bucket that falls to this many entries is a sorted vector again.
@@ -36,29 +50,84 @@ const SMALL_AGAIN: usize = SMALL_MAX / 2;
 
 /// Values by 64-bit prefix, in prefix order (see the module docs).
 pub(super) struct PrefixIndex<V> {
-    /// The directory: `1 << bits` buckets once no resize is under way.
+    /// The directory: `map.buckets()` buckets once no resize is under way.
     buckets: Vec<Bucket<V>>,
-    bits: u32,
+    /// Which bucket holds a prefix.
+    map: Mapping,
     /// Prefixes are below `2^width` (the store's prefix length; tests shorten it).
     width: u32,
     len: usize,
-    /// A doubling or halving under way: the directory it is moving from.
+    /// Entries outside `map`'s span (in its first or last bucket).
+    outside: usize,
+    /// A resize under way: the directory it is moving from.
     resize: Option<Resize<V>>,
 }
 
+/// The directory's layout: prefixes `lo..=hi` in buckets of `2^shift` consecutive prefixes
+/// (`lo`'s bucket first); a prefix below `lo` is in the first bucket, one above `hi` in the
+/// last. Order-preserving: a lower prefix is never in a later bucket.
+#[derive(Clone, Copy, Debug)]
+struct Mapping {
+    lo: u64,
+    hi: u64,
+    shift: u32,
+}
+
+impl Mapping {
+    /// The span `lo..=hi` (`lo <= hi`) in at most `target` buckets (the fewest doublings of
+    /// the bucket size that fit it: between `target / 2` and `target` buckets).
+    fn new(lo: u64, hi: u64, target: usize) -> Mapping {
+        debug_assert!(lo <= hi);
+        let target = target.max(1) as u64;
+        let mut shift = 0;
+        while shr(hi - lo, shift) >= target {
+            shift += 1;
+        }
+        Mapping { lo, hi, shift }
+    }
+
+    fn buckets(&self) -> usize {
+        shr(self.hi - self.lo, self.shift) as usize + 1
+    }
+
+    fn bucket(&self, k: u64) -> usize {
+        shr(k.clamp(self.lo, self.hi) - self.lo, self.shift) as usize
+    }
+
+    /// The lowest prefix of bucket `b` (0 for the first: it takes every prefix below `lo`).
+    fn first(&self, b: usize) -> u64 {
+        if b == 0 {
+            0
+        } else {
+            self.lo + ((b as u64) << self.shift)
+        }
+    }
+
+    fn outside(&self, k: u64) -> bool {
+        k < self.lo || k > self.hi
+    }
+}
+
+/// `x >> s`, 0 for a shift of 64.
+fn shr(x: u64, s: u32) -> u64 {
+    x.checked_shr(s).unwrap_or(0)
+}
+
 /// A resize moves the entries a few units at a time, in prefix order, so no insert or removal
-/// pays for all of them (as Redis rehashes its dicts). A unit is a bucket of the coarser of
-/// the two directories: one old bucket that splits in two when doubling, two old buckets that
-/// merge into one when halving. Units below `moved` are in the new directory (`buckets`,
-/// which grows by push as they arrive), the rest in `old`.
+/// pays for all of them (as Redis rehashes its dicts). A unit is a bucket of the old
+/// directory, its entries placed in the new one's buckets by the new mapping. The old buckets
+/// below `moved` are in the new directory (`buckets`, which grows by push as they arrive): the
+/// prefixes below `old_map.first(moved)`, whose buckets the new directory already has.
 struct Resize<V> {
     old: Vec<Bucket<V>>,
-    old_bits: u32,
+    old_map: Mapping,
     moved: usize,
 }
 
-/// Units a resize moves at each insert or removal: it finishes long before the next one is
-/// due (a doubling takes `2^(bits-1)` units over the `4 * 2^bits` inserts before the next).
+/// Units a resize moves at each insert or removal: it finishes before the next one is due (a
+/// resize to grow moves the old directory's `len / 8` buckets, and the next is due after at
+/// least `len / 3` more inserts; one to shrink moves at most `len` buckets, the next after at
+/// least `len / 3` more removals or inserts, and one due earlier waits for it).
 const UNITS_PER_WRITE: usize = 2;
 
 enum Bucket<V> {
@@ -141,56 +210,33 @@ impl<V> Bucket<V> {
         Bucket::Small(v)
     }
 
-    /// The bucket as two: prefixes below `at`, and the rest.
-    fn split(self, at: u64) -> (Bucket<V>, Bucket<V>) {
+    /// Appends `n` entries, all above the bucket's, in order.
+    fn append(&mut self, entries: impl Iterator<Item = (u64, V)>, n: usize) {
         match self {
-            Bucket::Small(mut v) => {
-                let i = v.partition_point(|e| e.0 < at);
-                let upper = v.split_off(i);
-                (Bucket::small(v), Bucket::small(upper))
+            Bucket::Small(v) if v.len() + n <= SMALL_MAX => {
+                v.reserve_exact(n);
+                v.extend(entries);
             }
-            Bucket::Large(mut m) => {
-                let upper = m.split_off(&at);
-                (Bucket::from_map(m), Bucket::from_map(upper))
+            Bucket::Small(v) => {
+                let mut m: BTreeMap<u64, V> = std::mem::take(v).into_iter().collect();
+                m.extend(entries);
+                *self = Bucket::Large(m);
             }
+            Bucket::Large(m) => m.extend(entries),
         }
     }
 
-    /// Two neighbouring buckets as one (`upper`'s prefixes all above `self`'s).
-    fn merge(self, upper: Bucket<V>) -> Bucket<V> {
-        match (self, upper) {
-            (Bucket::Small(mut a), Bucket::Small(b)) if a.len() + b.len() <= SMALL_MAX => {
-                a.extend(b);
-                Bucket::small(a)
-            }
-            (a, b) => {
-                // The larger map takes the smaller's entries (they do not overlap), so halving
-                // next to a bucket keys were ground into costs the small one's size.
-                let (mut a, b) = (a.into_map(), b.into_map());
-                if a.len() < b.len() {
-                    let mut b = b;
-                    b.extend(a);
-                    a = b;
-                } else {
-                    a.extend(b);
-                }
-                Bucket::from_map(a)
-            }
-        }
-    }
-
-    fn from_map(m: BTreeMap<u64, V>) -> Bucket<V> {
-        if m.len() <= SMALL_AGAIN {
-            Bucket::small(m.into_iter().collect())
-        } else {
-            Bucket::Large(m)
-        }
-    }
-
-    fn into_map(self) -> BTreeMap<u64, V> {
+    fn first(&self) -> Option<u64> {
         match self {
-            Bucket::Small(v) => v.into_iter().collect(),
-            Bucket::Large(m) => m,
+            Bucket::Small(v) => v.first().map(|e| e.0),
+            Bucket::Large(m) => m.first_key_value().map(|e| *e.0),
+        }
+    }
+
+    fn last(&self) -> Option<u64> {
+        match self {
+            Bucket::Small(v) => v.last().map(|e| e.0),
+            Bucket::Large(m) => m.last_key_value().map(|e| *e.0),
         }
     }
 
@@ -233,11 +279,17 @@ impl<V> PrefixIndex<V> {
     /// An empty index of prefixes below `2^width` (1 to 64 bits).
     pub(super) fn new(width: u32) -> PrefixIndex<V> {
         assert!((1..=64).contains(&width), "a prefix of 1 to 64 bits");
+        let top = if width == 64 {
+            u64::MAX
+        } else {
+            (1u64 << width) - 1
+        };
         PrefixIndex {
             buckets: vec![Bucket::Small(Vec::new())],
-            bits: 0,
+            map: Mapping::new(0, top, 1),
             width,
             len: 0,
+            outside: 0,
             resize: None,
         }
     }
@@ -247,33 +299,16 @@ impl<V> PrefixIndex<V> {
         self.len
     }
 
-    /// The top `bits` bits of prefix `k`.
-    fn top(&self, k: u64, bits: u32) -> usize {
+    /// Where prefix `k` is: in the old directory (`true`) or the new, and the bucket's index.
+    fn locate(&self, k: u64) -> (bool, usize) {
         debug_assert!(
             self.width == 64 || k >> self.width == 0,
             "prefix {k:#x} over {} bits",
             self.width
         );
-        if bits == 0 {
-            0
-        } else {
-            (k >> (self.width - bits)) as usize
-        }
-    }
-
-    /// Bits of the unit a resize moves at once (the coarser directory's); the directory's
-    /// own when none is under way.
-    fn unit_bits(&self) -> u32 {
-        self.resize
-            .as_ref()
-            .map_or(self.bits, |r| r.old_bits.min(self.bits))
-    }
-
-    /// Where prefix `k` is: in the old directory (`true`) or the new, and the bucket's index.
-    fn locate(&self, k: u64) -> (bool, usize) {
         match &self.resize {
-            Some(r) if self.top(k, self.unit_bits()) >= r.moved => (true, self.top(k, r.old_bits)),
-            _ => (false, self.top(k, self.bits)),
+            Some(r) if r.old_map.bucket(k) >= r.moved => (true, r.old_map.bucket(k)),
+            _ => (false, self.map.bucket(k)),
         }
     }
 
@@ -305,9 +340,15 @@ impl<V> PrefixIndex<V> {
         let replaced = self.bucket_mut(k).insert(k, value);
         if replaced.is_none() {
             self.len += 1;
-            let buckets = 1usize << self.bits;
-            if self.len > GROW_LOAD * buckets && self.bits < self.width.min(usize::BITS - 2) {
-                self.start_resize(self.bits + 1);
+            if self.map.outside(k) {
+                self.outside += 1;
+            }
+            let buckets = self.map.buckets();
+            let grow = self.len > GROW_LOAD * buckets && (self.map.shift > 0 || self.outside > 0);
+            // Keys beyond the span pile up in its first or last bucket (a range that moved).
+            let moved_on = self.outside > SMALL_MAX && self.outside > self.len / 8;
+            if (grow || moved_on) && self.resize.is_none() {
+                self.start_resize();
             }
         }
         replaced
@@ -317,85 +358,127 @@ impl<V> PrefixIndex<V> {
         self.move_units(UNITS_PER_WRITE);
         let value = self.bucket_mut(k).remove(k)?;
         self.len -= 1;
-        if self.bits > 0 && self.len < SHRINK_LOAD * (1usize << self.bits) {
-            self.start_resize(self.bits - 1);
+        if self.map.outside(k) {
+            self.outside = self.outside.saturating_sub(1);
+        }
+        if self.len < SHRINK_LOAD * self.map.buckets() && self.map.buckets() > 1 && self.resize.is_none() {
+            self.start_resize();
         }
         Some(value)
     }
 
     /// The entries with prefixes in `from..=to`, in order.
     pub(super) fn range(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, &V)> + '_ {
-        let unit_bits = self.unit_bits();
-        let units = if from <= to {
-            self.top(from, unit_bits)..self.top(to, unit_bits) + 1
-        } else {
-            0..0
+        // During a resize the prefixes below `boundary` are in the new directory, the rest in
+        // the old.
+        let (boundary, old) = match &self.resize {
+            Some(r) => (r.old_map.first(r.moved), Some((&r.old[..], r.old_map))),
+            None => (u64::MAX, None),
         };
-        units
-            .flat_map(move |u| self.unit(u).iter())
-            .flat_map(move |b| b.range(from, to))
+        let new_part = match (self.resize.is_some(), boundary) {
+            (true, 0) => None,
+            (true, b) => Some((from, to.min(b - 1))),
+            (false, _) => Some((from, to)),
+        };
+        let new_part = new_part.map(|(a, b)| dir_range(&self.buckets, self.map, a, b));
+        let old_part = old.map(|(dir, map)| dir_range(dir, map, from.max(boundary), to));
+        new_part
+            .into_iter()
+            .flatten()
+            .chain(old_part.into_iter().flatten())
     }
 
-    /// The buckets that hold unit `u` (of `1 << unit_bits()`), in prefix order.
-    fn unit(&self, u: usize) -> &[Bucket<V>] {
-        let Some(r) = &self.resize else {
-            return &self.buckets[u..=u];
-        };
-        let doubling = self.bits > r.old_bits;
-        match (u < r.moved, doubling) {
-            (true, true) => &self.buckets[2 * u..2 * u + 2],
-            (true, false) => &self.buckets[u..=u],
-            (false, true) => &r.old[u..=u],
-            (false, false) => &r.old[2 * u..2 * u + 2],
-        }
-    }
-
-    /// Starts moving to a directory of `1 << bits` buckets (one more or one fewer bit), once
-    /// any resize under way has finished.
-    fn start_resize(&mut self, bits: u32) {
+    /// Starts moving to a directory that spans the prefixes held now, with about
+    /// [`TARGET_LOAD`] entries per bucket, once any resize under way has finished.
+    fn start_resize(&mut self) {
         if self.resize.is_some() {
             self.move_units(usize::MAX);
         }
-        let old = std::mem::take(&mut self.buckets);
-        self.buckets = Vec::with_capacity(1 << bits);
+        let (lo, hi) = match (self.first_key(), self.last_key()) {
+            (Some(lo), Some(hi)) => (lo, hi),
+            _ => (0, self.map.hi.max(self.map.lo)),
+        };
+        let map = Mapping::new(lo, hi, (self.len / TARGET_LOAD).max(1));
+        let old = std::mem::replace(&mut self.buckets, Vec::with_capacity(map.buckets()));
         self.resize = Some(Resize {
             old,
-            old_bits: self.bits,
+            old_map: self.map,
             moved: 0,
         });
-        self.bits = bits;
+        self.map = map;
+        self.outside = 0;
+        self.move_units(0);
     }
 
-    /// Moves up to `n` units of the resize under way into the new directory.
+    fn first_key(&self) -> Option<u64> {
+        debug_assert!(self.resize.is_none());
+        self.buckets.iter().find_map(Bucket::first)
+    }
+
+    fn last_key(&self) -> Option<u64> {
+        debug_assert!(self.resize.is_none());
+        self.buckets.iter().rev().find_map(Bucket::last)
+    }
+
+    /// Moves up to `n` units (old buckets) of the resize under way into the new directory, and
+    /// makes sure the new directory has the buckets of every prefix below the ones left.
     fn move_units(&mut self, n: usize) {
         let Some(r) = self.resize.as_mut() else {
             return;
         };
-        let doubling = self.bits > r.old_bits;
-        let units = if doubling { r.old.len() } else { r.old.len() / 2 };
-        let shift = self.width - self.bits.max(r.old_bits);
         for _ in 0..n {
-            if r.moved == units {
+            if r.moved == r.old.len() {
                 break;
             }
-            let u = r.moved;
-            if doubling {
-                // Old bucket `u` splits on the new bit into buckets `2u` and `2u + 1`.
-                let bucket = std::mem::replace(&mut r.old[u], Bucket::Small(Vec::new()));
-                let (lower, upper) = bucket.split(((2 * u as u64) | 1) << shift);
-                self.buckets.push(lower);
-                self.buckets.push(upper);
-            } else {
-                let lower = std::mem::replace(&mut r.old[2 * u], Bucket::Small(Vec::new()));
-                let upper = std::mem::replace(&mut r.old[2 * u + 1], Bucket::Small(Vec::new()));
-                self.buckets.push(lower.merge(upper));
-            }
+            let bucket = std::mem::replace(&mut r.old[r.moved], Bucket::Small(Vec::new()));
             r.moved += 1;
+            let mut entries = match bucket {
+                Bucket::Small(v) => v,
+                Bucket::Large(m) => m.into_iter().collect(),
+            };
+            // The entries are in order, so each new bucket's are a run of them: one
+            // reservation per run, not a growth per entry.
+            let map = self.map;
+            let mut runs = Vec::new();
+            let mut rest = &entries[..];
+            while let Some(&(k, _)) = rest.first() {
+                let b = map.bucket(k);
+                let n = rest.partition_point(|e| map.bucket(e.0) == b);
+                runs.push((b, n));
+                rest = &rest[n..];
+            }
+            let mut drain = entries.drain(..);
+            for (b, n) in runs {
+                while self.buckets.len() <= b {
+                    self.buckets.push(Bucket::Small(Vec::new()));
+                }
+                self.buckets[b].append(drain.by_ref().take(n), n);
+            }
         }
-        if r.moved == units {
+        let needed = if r.moved == r.old.len() {
+            self.map.buckets()
+        } else if r.moved == 0 {
+            0
+        } else {
+            self.map.bucket(r.old_map.first(r.moved) - 1) + 1
+        };
+        while self.buckets.len() < needed {
+            self.buckets.push(Bucket::Small(Vec::new()));
+        }
+        if r.moved == r.old.len() {
             self.resize = None;
         }
     }
+}
+
+/// The entries of directory `dir` (laid out by `map`) with prefixes in `from..=to`, in order.
+fn dir_range<V>(dir: &[Bucket<V>], map: Mapping, from: u64, to: u64) -> impl Iterator<Item = (u64, &V)> + '_ {
+    let buckets = if from <= to && !dir.is_empty() {
+        map.bucket(from)..(map.bucket(to) + 1).min(dir.len())
+    } else {
+        0..0
+    };
+    dir[buckets].iter().flat_map(move |b| b.range(from, to))
 }
 
 #[cfg(test)]
@@ -407,7 +490,7 @@ mod tests {
         assert_eq!(index.len(), model.len());
         let old = index.resize.as_ref().map_or(&[][..], |r| &r.old[..]);
         if index.resize.is_none() {
-            assert_eq!(index.buckets.len(), 1 << index.bits);
+            assert_eq!(index.buckets.len(), index.map.buckets());
         }
         let held = index.buckets.iter().chain(old).map(Bucket::len).sum::<usize>();
         assert_eq!(held, model.len());
@@ -486,9 +569,9 @@ mod tests {
                 check(&index, &model, &mut rng, top);
                 if width == 64 && phase == 0 {
                     assert!(
-                        index.bits >= 10,
-                        "grew: {} bits for {} entries",
-                        index.bits,
+                        index.map.buckets() >= 1024,
+                        "grew: {} buckets for {} entries",
+                        index.map.buckets(),
                         index.len()
                     );
                     if ground {
@@ -499,14 +582,84 @@ mod tests {
                 }
             }
             assert!(
-                index.bits <= 3,
-                "shrank: {} bits for {} entries",
-                index.bits,
+                index.map.buckets() <= 8,
+                "shrank: {} buckets for {} entries",
+                index.map.buckets(),
                 index.len()
             );
         }
     }
 }
+/// A vnode's store holds the keys of its ring range (and of the ranges it keeps copies of):
+/// prefixes in one arc of the ring, often a small one. The directory spans the prefixes held,
+/// so its buckets stay small (a directory over the whole prefix space put every key of a
+/// range of an eighth of the ring in an eighth of the buckets, 8 times as full: B-trees). When
+/// the range moves (a node joined or left), the directory follows.
+#[cfg(test)]
+mod arcs {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn large_buckets(index: &PrefixIndex<u64>) -> usize {
+        let old = index.resize.as_ref().map_or(&[][..], |r| &r.old[..]);
+        let all = index.buckets.iter().chain(old);
+        all.filter(|b| matches!(b, Bucket::Large(_))).count()
+    }
+
+    fn agrees(index: &PrefixIndex<u64>, model: &BTreeMap<u64, u64>, rng: &mut Rng) {
+        let all: Vec<(u64, u64)> = index.range(0, u64::MAX).map(|(k, v)| (k, *v)).collect();
+        assert!(all.iter().copied().eq(model.iter().map(|(k, v)| (*k, *v))));
+        for _ in 0..50 {
+            let (a, b) = (rng.below(u64::MAX), rng.below(u64::MAX));
+            let got = index.range(a.min(b), a.max(b)).map(|(k, v)| (k, *v));
+            assert!(got.eq(model.range(a.min(b)..=a.max(b)).map(|(k, v)| (*k, *v))));
+        }
+    }
+
+    #[test]
+    fn the_directory_spans_the_arc_the_store_holds() {
+        let mut rng = Rng::new(11);
+        let mut index: PrefixIndex<u64> = PrefixIndex::new(64);
+        let mut model = BTreeMap::new();
+        // An arc of about a thirteenth of the ring, not aligned on any power of two.
+        let (start, len) = (0x3a5c_0000_0000_0000u64, u64::MAX / 13);
+        for i in 0..50_000 {
+            let k = start + rng.below(len);
+            assert_eq!(index.insert(k, i), model.insert(k, i));
+        }
+        agrees(&index, &model, &mut rng);
+        assert_eq!(large_buckets(&index), 0, "no bucket overflowed");
+        assert!(
+            index.map.buckets() <= 50_000 / TARGET_LOAD,
+            "{} buckets",
+            index.map.buckets()
+        );
+
+        // The range moves: the keys of the old arc leave, the keys of the next arc arrive.
+        let next = start + len;
+        for i in 0..50_000 {
+            let k = next + rng.below(len);
+            assert_eq!(index.insert(k, i), model.insert(k, i));
+            let gone = *model.range(..next).next().expect("old keys left").0;
+            assert_eq!(index.remove(gone), model.remove(&gone));
+            if i % 10_000 == 0 {
+                agrees(&index, &model, &mut rng);
+            }
+        }
+        agrees(&index, &model, &mut rng);
+        assert_eq!(large_buckets(&index), 0, "the directory followed the range");
+
+        // An arc across zero: correct, if slower (its buckets span the whole ring).
+        let mut index: PrefixIndex<u64> = PrefixIndex::new(64);
+        let mut model = BTreeMap::new();
+        for i in 0..20_000 {
+            let k = (u64::MAX - len / 2).wrapping_add(rng.below(len));
+            assert_eq!(index.insert(k, i), model.insert(k, i));
+        }
+        agrees(&index, &model, &mut rng);
+    }
+}
+
 /// The longest single insert while one index grows to 3,000,000 entries (through doublings
 /// at 2^k * 8): what a resize costs the event loop at once. A measurement, not a test:
 /// `cargo test --release -p chordkv-core worst_insert -- --ignored --nocapture`.

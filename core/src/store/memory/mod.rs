@@ -10,8 +10,8 @@
 //!
 //! One index serves both kinds of access. GET and SET come with the key's id, which the node
 //! computed to route the request (`Store::get_with_id`), so a point operation is a lookup of
-//! an integer in [`index::PrefixIndex`] (a directory of small sorted buckets by the prefix's
-//! top bits: a cache miss or two, where a B-tree took one per level) and no SHA-1; a scan of a
+//! an integer in [`index::PrefixIndex`] (a directory of small sorted buckets of consecutive
+//! prefixes over the arc the store holds: a cache miss or two, where a B-tree took one per level) and no SHA-1; a scan of a
 //! ring range `(start, end]` is a range of prefixes, and only the entries whose prefix is that
 //! of a bound are hashed to place them exactly. Ids are SHA-1 digests, so two keys share a
 //! 64-bit prefix only when they share a hash tag (`{user}.a` and `{user}.b` have one id, by
