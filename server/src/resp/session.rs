@@ -177,7 +177,7 @@ impl RespSession {
         }
         let mut args = std::mem::take(&mut self.args);
         let decoded = resp::decode_limited_into(input, facts.max_value_bytes, &mut args);
-        let step = self.translate_decoded(decoded, &args, input, out, facts);
+        let step = self.translate_decoded(decoded, &mut args, input, out, facts);
         args.clear();
         if args.capacity() <= KEPT_ARGS_CAPACITY {
             self.args = args;
@@ -189,7 +189,7 @@ impl RespSession {
     fn translate_decoded(
         &mut self,
         decoded: Result<bool, RespError>,
-        args: &[Bytes],
+        args: &mut [Bytes],
         input: &mut BytesMut,
         out: &mut Vec<u8>,
         facts: &Facts,
@@ -220,7 +220,7 @@ impl RespSession {
             }
         };
         // `decode` never returns an empty command.
-        let Some((name, rest)) = args.split_first() else {
+        let Some((name, rest)) = args.split_first_mut() else {
             return Step::Command;
         };
         let first = self.requests.next_rid();

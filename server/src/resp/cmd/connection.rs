@@ -83,7 +83,7 @@ fn log_in(cx: &mut Cx<'_>, user: &[u8], password: &[u8]) -> Option<Translation> 
 }
 
 /// `PING [message]`.
-pub(crate) fn ping(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
+pub(crate) fn ping(rest: &mut [Bytes], _: &mut Cx<'_>) -> Translation {
     match rest {
         [] => Translation::simple("PONG"),
         [msg] => Translation::bulk(msg),
@@ -92,7 +92,7 @@ pub(crate) fn ping(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
 }
 
 /// `ECHO message`.
-pub(crate) fn echo(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
+pub(crate) fn echo(rest: &mut [Bytes], _: &mut Cx<'_>) -> Translation {
     match rest {
         [msg] => Translation::bulk(msg),
         _ => Translation::wrong_arity("echo"),
@@ -100,7 +100,7 @@ pub(crate) fn echo(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
 }
 
 /// `SELECT index`: only database 0 exists.
-pub(crate) fn select(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
+pub(crate) fn select(rest: &mut [Bytes], _: &mut Cx<'_>) -> Translation {
     match rest.first().map(|index| parse_int(index)) {
         Some(Some(0)) => Translation::simple("OK"),
         Some(Some(_)) => Translation::error("ERR DB index is out of range"),
@@ -109,7 +109,7 @@ pub(crate) fn select(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
 }
 
 /// `AUTH [username] password`: `default` when no user is named.
-pub(crate) fn auth(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn auth(rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let (user, password) = match rest {
         [password] => (&b"default"[..], password),
         [user, password] => (&user[..], password),
@@ -120,7 +120,7 @@ pub(crate) fn auth(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 
 /// `RESET`: the connection as it was when it connected: RESP2, no name, logged out (the
 /// default user, when no credentials are configured); answers `+RESET`.
-pub(crate) fn reset(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn reset(_: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let client = &mut *cx.client;
     client.proto = Proto::Resp2;
     client.name = None;
@@ -132,7 +132,7 @@ pub(crate) fn reset(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 }
 
 /// `QUIT`: `+OK`, then the connection closes.
-pub(crate) fn quit(_: &[Bytes], _: &mut Cx<'_>) -> Translation {
+pub(crate) fn quit(_: &mut [Bytes], _: &mut Cx<'_>) -> Translation {
     let mut reply = Vec::new();
     resp::write_simple(&mut reply, "OK");
     Translation::Close(reply)
@@ -141,7 +141,7 @@ pub(crate) fn quit(_: &[Bytes], _: &mut Cx<'_>) -> Translation {
 /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switches the connection to RESP2 or
 /// RESP3 (`protover` 2 or 3; none keeps the current one) once every option is accepted, and
 /// answers the server map in the new version (a map in RESP3, a flat array in RESP2).
-pub(crate) fn hello(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn hello(rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let mut proto = cx.client.proto;
     if let Some(version) = rest.first() {
         proto = match parse_int(version) {
@@ -298,7 +298,8 @@ fn kill_by_filters(cx: &mut Cx<'_>, filters: &[Bytes]) -> Translation {
 
 /// `CLIENT SETNAME|GETNAME|ID|INFO|LIST|KILL`, and what client libraries send as they connect
 /// (`SETINFO`, `NO-EVICT`, `NO-TOUCH`, `REPLY ON`), which is acknowledged.
-pub(crate) fn client(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn client(rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
+    let rest: &[Bytes] = rest;
     let Some(first) = rest.first() else {
         return Translation::wrong_arity("client");
     };

@@ -26,17 +26,17 @@ use super::{error_text, refuse_large_keys, Cx, Gather, OneReply, Translation};
 
 /// `DEL key [key ...]` (and `UNLINK`, which is the same here: a delete is a tombstone, with
 /// nothing to free in the background).
-pub(crate) fn del(keys: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn del(keys: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     count(keys, cx, |key| Message::Delete { key })
 }
 
 /// `EXISTS key [key ...]`: a read of each key, counting the ones with a value.
-pub(crate) fn exists(keys: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn exists(keys: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     count(keys, cx, |key| Message::Get { key })
 }
 
-fn count(keys: &[Bytes], cx: &mut Cx<'_>, request: fn(Bytes) -> Message) -> Translation {
-    if let Some(refused) = refuse_large_keys(keys) {
+fn count(keys: &mut [Bytes], cx: &mut Cx<'_>, request: fn(Bytes) -> Message) -> Translation {
+    if let Some(refused) = refuse_large_keys(&*keys) {
         return refused;
     }
     for key in keys {
@@ -76,7 +76,7 @@ impl Gather for Counted {
 /// keys and the cursor to go on from (see `chordkv_core::chord` scan.rs: every key present for
 /// the whole scan comes at least once). Every key is a string, so `TYPE string` changes
 /// nothing and any other type finds none.
-pub(crate) fn scan(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn scan(rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let Some(cursor) = std::str::from_utf8(&rest[0])
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
@@ -115,7 +115,7 @@ pub(crate) fn scan(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 }
 
 /// `KEYS pattern`: every key of the ring that matches (refused past a million: use SCAN).
-pub(crate) fn keys(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn keys(rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let pattern = Some(rest[0].clone()).filter(|p| &p[..] != b"*");
     cx.ask(Message::ScanKeys {
         cursor: 0,
@@ -127,7 +127,7 @@ pub(crate) fn keys(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 }
 
 /// `RANDOMKEY`: a key from a random place of the ring, or null when there is none.
-pub(crate) fn randomkey(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn randomkey(_: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     cx.ask(Message::ScanKeys {
         cursor: 0,
         count: 1,

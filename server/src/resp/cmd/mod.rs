@@ -65,7 +65,7 @@ pub(crate) struct Spec {
     /// zeros for a command without keys.
     pub keys: (i64, i64, i64),
     /// Translates the arguments after the name, whose count `arity` has been checked against.
-    pub translate: fn(&[Bytes], &mut Cx<'_>) -> Translation,
+    pub translate: fn(&mut [Bytes], &mut Cx<'_>) -> Translation,
     /// The command is run at its keys' owner as it is (`chordkv_core::command`): the
     /// translation sends its words in an `Execute` (see [`at_owner`]).
     pub at_owner: bool,
@@ -148,7 +148,7 @@ const fn row(
     arity: i64,
     flags: &'static [&'static str],
     keys: (i64, i64, i64),
-    translate: fn(&[Bytes], &mut Cx<'_>) -> Translation,
+    translate: fn(&mut [Bytes], &mut Cx<'_>) -> Translation,
 ) -> Spec {
     Spec {
         name,
@@ -178,14 +178,14 @@ const fn owner(
 }
 
 /// The `translate` of an [`owner`] row, which [`translate`] never calls.
-fn not_translated(_: &[Bytes], _: &mut Cx<'_>) -> Translation {
+fn not_translated(_: &mut [Bytes], _: &mut Cx<'_>) -> Translation {
     Translation::error("ERR internal: command run at the owner")
 }
 
 /// Sends the command `name rest…` to its keys' owner in an `Execute`, where it runs
 /// atomically (`chordkv_core::command`); its keys must be placed by one id (one hash tag),
 /// else Redis Cluster's `CROSSSLOT` error and nothing is sent.
-pub(crate) fn at_owner(name: &str, rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn at_owner(name: &str, rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let mut words = Vec::with_capacity(rest.len() + 1);
     words.push(Bytes::copy_from_slice(name.as_bytes()));
     words.extend_from_slice(rest);
@@ -265,7 +265,7 @@ fn find(name: &[u8]) -> Option<&'static Spec> {
 }
 
 /// Translates one command, `name` and the arguments after it.
-pub(crate) fn translate(name: &[u8], rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn translate(name: &[u8], rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let Some(spec) = find(name) else {
         if let Some(m) = cx.client.multi.as_mut() {
             m.failed = true;
@@ -594,7 +594,8 @@ mod tests {
             facts: &facts,
             requests: &mut requests,
         };
-        let translation = translate(&args[0], &args[1..], &mut cx);
+        let mut rest = args[1..].to_vec();
+        let translation = translate(&args[0], &mut rest, &mut cx);
         let mut asked = Vec::new();
         requests.drain_into(|f| asked.push(f.message));
         (translation, asked)

@@ -29,7 +29,7 @@ use super::{error_text, find, Cx, Gather, OneReply, Spec, Translation, COMMANDS}
 
 /// `INFO [section]`: `server`, `replication`, `keyspace`, `chordkv`, or `default`/`all`/
 /// `everything` for them all (the default).
-pub(crate) fn info(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn info(rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let section = match rest {
         [] => "default".to_string(),
         [s, ..] => String::from_utf8_lossy(s).to_ascii_lowercase(),
@@ -54,7 +54,7 @@ pub(crate) fn info(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 }
 
 /// `DBSIZE`: the live keys of the whole ring (INFO's `# Keyspace` keeps this node's count).
-pub(crate) fn dbsize(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn dbsize(_: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     cx.ask(Message::RingCommand {
         command: RangeCommand::Count,
     });
@@ -63,7 +63,7 @@ pub(crate) fn dbsize(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 
 /// `FLUSHALL [ASYNC | SYNC]` and `FLUSHDB [ASYNC | SYNC]` (one database): every key of the
 /// ring is deleted, member by member, before `+OK`.
-pub(crate) fn flushall(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn flushall(rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     match rest {
         [] => {}
         [mode] if mode.eq_ignore_ascii_case(b"ASYNC") || mode.eq_ignore_ascii_case(b"SYNC") => {}
@@ -77,7 +77,7 @@ pub(crate) fn flushall(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 
 /// `FUNCTION FLUSH` answers `+OK` (chordkv runs no functions, so none is stored), as do
 /// `FUNCTION LIST` (an empty list); the rest of `FUNCTION` is refused.
-pub(crate) fn function(rest: &[Bytes], _: &mut Cx<'_>) -> Translation {
+pub(crate) fn function(rest: &mut [Bytes], _: &mut Cx<'_>) -> Translation {
     let sub = rest.first().map(|s| s.to_ascii_uppercase());
     match sub.as_deref() {
         Some(b"FLUSH") => Translation::simple("OK"),
@@ -103,7 +103,7 @@ fn write_flushed(reply: &Message, _: Proto, out: &mut Vec<u8>) -> bool {
 }
 
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND LIST`, `COMMAND INFO name ...`, `COMMAND DOCS`.
-pub(crate) fn command(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn command(rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let proto = cx.proto();
     let sub = rest.first().map(|s| s.to_ascii_uppercase());
     let mut reply = Vec::new();
@@ -172,7 +172,7 @@ fn command_entry(out: &mut Vec<u8>, c: &Spec) {
 
 /// `TIME`: seconds and microseconds since the Unix epoch, as two bulk strings (the event
 /// loop's clock, read just before the command).
-pub(crate) fn time(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn time(_: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let micros = cx.facts.unix_micros.get();
     let mut reply = Vec::new();
     resp::write_array_len(&mut reply, 2);
@@ -186,7 +186,7 @@ pub(crate) fn time(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 /// (`maxclients`: `--max-clients`; `proto-max-bulk-len`: `--max-value-bytes`;
 /// `client-query-buffer-limit`; `timeout`: `--idle-timeout-secs`);
 /// `*` lists them all.
-pub(crate) fn config(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn config(rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let max_clients = cx.facts.max_clients.to_string();
     let max_bulk = cx.facts.max_value_bytes.to_string();
     let query_buffer = cx.facts.query_buffer_bytes.to_string();

@@ -20,39 +20,44 @@ use chordkv_protocol::Message;
 use super::{error_text, refuse_large_keys, write_failure, Cx, Gather, OneReply, Translation};
 
 /// `GET key`.
-pub(crate) fn get(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn get(rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let [key] = rest else {
         return Translation::wrong_arity("get");
     };
-    if let Some(refused) = refuse_large_keys([key]) {
+    if let Some(refused) = refuse_large_keys([&*key]) {
         return refused;
     }
-    cx.ask(Message::Get { key: key.clone() });
+    // The arguments are the command's own: moved, not cloned (a `Bytes` clone and its drop
+    // are an atomic increment and decrement each).
+    cx.ask(Message::Get {
+        key: std::mem::take(key),
+    });
     Translation::wait(OneReply::new(write_value))
 }
 
 /// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT ts | PXAT ms-ts | KEEPTTL]`: a plain
 /// SET is a PUT (which drops any expiry, as Redis' SET does); with options it reads before it
 /// writes, or sets an expiry, so it runs at the key's owner ([`super::at_owner`]).
-pub(crate) fn set(rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn set(rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let [key, value, options @ ..] = rest else {
         return Translation::wrong_arity("set");
     };
     if !options.is_empty() {
         return super::at_owner("set", rest, cx);
     }
-    if let Some(refused) = refuse_large_keys([key]) {
+    if let Some(refused) = refuse_large_keys([&*key]) {
         return refused;
     }
     cx.ask(Message::Put {
-        key: key.clone(),
-        value: value.clone(),
+        key: std::mem::take(key),
+        value: std::mem::take(value),
     });
     Translation::wait(OneReply::new(write_stored))
 }
 
 /// `MGET key [key ...]`.
-pub(crate) fn mget(keys: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn mget(keys: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
+    let keys: &[Bytes] = keys;
     if let Some(refused) = refuse_large_keys(keys) {
         return refused;
     }
@@ -63,7 +68,7 @@ pub(crate) fn mget(keys: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 }
 
 /// `MSET key value [key value ...]`.
-pub(crate) fn mset(pairs: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn mset(pairs: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     if pairs.len() % 2 != 0 {
         return Translation::wrong_arity("mset");
     }

@@ -47,7 +47,7 @@ pub(crate) struct Multi {
 pub(crate) type Watched = Vec<(Bytes, u64)>;
 
 /// `MULTI`: starts queueing.
-pub(crate) fn multi(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn multi(_: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     if cx.client.multi.is_some() {
         return Translation::error("ERR MULTI calls can not be nested");
     }
@@ -56,7 +56,7 @@ pub(crate) fn multi(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 }
 
 /// Queues one command inside MULTI: `+QUEUED`, or the error that makes EXEC abort.
-pub(crate) fn queue(name: &'static str, rest: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn queue(name: &'static str, rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let Some(m) = cx.client.multi.as_mut() else {
         return Translation::error("ERR not in a transaction");
     };
@@ -89,7 +89,7 @@ pub(crate) fn queue(name: &'static str, rest: &[Bytes], cx: &mut Cx<'_>) -> Tran
 }
 
 /// `EXEC`: runs the queue at its keys' owner (see the module docs).
-pub(crate) fn exec(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn exec(_: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let Some(m) = cx.client.multi.take() else {
         return Translation::error("ERR EXEC without MULTI");
     };
@@ -139,7 +139,7 @@ fn write_exec(reply: &Message, proto: Proto, out: &mut Vec<u8>) -> bool {
 }
 
 /// `DISCARD`: drops the queue (and the watched keys, as Redis does).
-pub(crate) fn discard(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn discard(_: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     match cx.client.multi.take() {
         None => Translation::error("ERR DISCARD without MULTI"),
         Some(_) => {
@@ -150,7 +150,8 @@ pub(crate) fn discard(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 }
 
 /// `WATCH key [key ...]`: reads each key's version; `+OK` once all are read.
-pub(crate) fn watch(keys: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn watch(keys: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
+    let keys: &[Bytes] = keys;
     if cx.client.multi.is_some() {
         return Translation::error("ERR WATCH inside MULTI is not allowed");
     }
@@ -178,7 +179,7 @@ pub(crate) fn watch(keys: &[Bytes], cx: &mut Cx<'_>) -> Translation {
 }
 
 /// `UNWATCH`: forgets the watched keys.
-pub(crate) fn unwatch(_: &[Bytes], cx: &mut Cx<'_>) -> Translation {
+pub(crate) fn unwatch(_: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     cx.client.watched.clear();
     Translation::simple("OK")
 }
