@@ -109,6 +109,11 @@ pub(super) enum Delivery {
     Local,
 }
 
+/// The longest client timeout a write's deadline may express (ms): a write hop whose
+/// deadline is further ahead of the owner's clock than this (with the allowances of
+/// `Node::deadline_horizon_ms`) is refused.
+pub const MAX_CLIENT_TIMEOUT_MS: u64 = 120_000;
+
 /// Client operations this node coordinates, and the write hops it has served.
 #[derive(Debug, Default)]
 pub(super) struct ClientOps {
@@ -854,6 +859,17 @@ impl Node {
         );
     }
 
+    /// How far ahead of our clock a write hop's deadline may be (ms): the longest a client
+    /// waits ([`MAX_CLIENT_TIMEOUT_MS`], or our own request timeout if longer) and the time
+    /// its size allows, plus the clock offset we tolerate. Write hops are remembered until
+    /// their deadlines (`first_delivery`), so this bounds that memory to the writes of this
+    /// long.
+    fn deadline_horizon_ms(&self, message: &Message) -> u64 {
+        self.config.request_timeout_ms.max(MAX_CLIENT_TIMEOUT_MS)
+            + super::rpc::size_allowance_ms(message)
+            + self.config.max_clock_offset_ms
+    }
+
     /// Our own range as a lease target: `(me, predecessor)`, the range `(predecessor, me]`.
     pub(super) fn own_range(&self) -> (NodeRef, Id) {
         (self.me, self.primary_range().0)
@@ -891,6 +907,26 @@ impl Node {
                 text: "request deadline passed before the owner could start it (not applied)".to_string(),
             };
             return self.reply(to, request_id, msg);
+        }
+        if is_write && deadline != 0 && delivery == Delivery::Network {
+            let horizon = self.deadline_horizon_ms(&message);
+            if deadline > now.saturating_add(horizon) {
+                // Remembered until its deadline, such a hop would hold memory for as long as
+                // the sender's clock runs ahead of ours (hours, from a skewed clock). Refused:
+                // never applied, so nothing is lost.
+                self.stats.late_requests_refused += 1;
+                let msg = Message::Error {
+                    code: ErrorCode::BadRequest,
+                    hops,
+                    text: format!(
+                        "request deadline is {} ms ahead of this node's clock, more than the {horizon} ms a \
+                         write may wait: the sender's clock runs ahead, or its timeout is longer than \
+                         {MAX_CLIENT_TIMEOUT_MS} ms (not applied)",
+                        deadline - now
+                    ),
+                };
+                return self.reply(to, request_id, msg);
+            }
         }
         if is_write
             && deadline != 0
@@ -1338,6 +1374,48 @@ mod tests {
             "not stamped again"
         );
         assert_eq!(node.stats.duplicates_dropped, 1);
+        assert_eq!(node.client.seen_writes.len(), 1);
+    }
+
+    /// A write hop whose deadline is far ahead of the owner's clock (the sender's clock runs
+    /// hours ahead) is refused with a clear error, not applied and not remembered: remembered
+    /// until its deadline, each such write held memory for hours. One within the horizon is
+    /// applied.
+    #[test]
+    fn a_write_with_a_deadline_far_ahead_of_our_clock_is_refused_and_not_remembered() {
+        let (mut node, store) = one();
+        let now = 1_000;
+        let skewed = Frame::direct(1, put("skewed")).with_deadline(now + 3_600_000);
+        let replies = deliver(&mut node, &store, now, skewed);
+        assert!(
+            matches!(
+                &replies[..],
+                [Frame {
+                    message: Message::Error {
+                        code: ErrorCode::BadRequest,
+                        text,
+                        ..
+                    },
+                    ..
+                }] if text.contains("ahead of this node's clock")
+            ),
+            "{replies:?}"
+        );
+        assert!(store.get(b"skewed").unwrap().is_none(), "not applied");
+        assert!(node.client.seen_writes.is_empty(), "not remembered");
+
+        let patient = Frame::direct(2, put("patient")).with_deadline(now + MAX_CLIENT_TIMEOUT_MS);
+        let replies = deliver(&mut node, &store, now, patient);
+        assert!(
+            matches!(
+                replies[..],
+                [Frame {
+                    message: Message::PutReply { .. },
+                    ..
+                }]
+            ),
+            "{replies:?}"
+        );
         assert_eq!(node.client.seen_writes.len(), 1);
     }
 
