@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use chordkv_protocol::{
-    decode, DecodeError, EncodeError, ErrorCode, Frame, Id, Message, NodeAddr, NodeInfo, NodeRef, NodeStatus,
-    MAX_KEY_BYTES, MAX_VALUE_BYTES,
+    decode, limits, DecodeError, EncodeError, ErrorCode, Frame, Id, Message, NodeAddr, NodeInfo, NodeRef,
+    NodeStatus, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 use serde::Serialize;
 use tls::Stream;
@@ -388,7 +388,11 @@ impl Client {
         if frame.deadline_ms == 0 && frame.message.is_client_op() {
             // The node must not start the operation after we stop waiting for it: a write we
             // report as timed out is never applied after the report.
-            frame.deadline_ms = wall_clock_ms() + self.timeout.as_millis() as u64;
+            // (At most `MAX_CLIENT_TIMEOUT_MS` ahead, which the owner takes: beyond it, it
+            // refuses the write. A longer timeout still waits, and a write not started within
+            // the cap is reported as not applied.)
+            let ahead = (self.timeout.as_millis() as u64).min(limits::MAX_CLIENT_TIMEOUT_MS);
+            frame.deadline_ms = wall_clock_ms() + ahead;
         }
         let bytes = frame.to_bytes()?;
         let deadline = Instant::now() + self.timeout;

@@ -7,6 +7,12 @@
 //! costs a comparison, not memory); an encoder refuses to write what a peer would refuse to
 //! read.
 
+/// The longest client timeout a write's deadline (`FLAG_DEADLINE`) may express, in ms: an
+/// owner refuses a write hop whose deadline is further ahead of its clock than this (with
+/// the size allowance and the clock offset it tolerates), since it remembers every write hop
+/// until its deadline; clients cap the deadlines they send at it.
+pub const MAX_CLIENT_TIMEOUT_MS: u64 = 120_000;
+
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 64 * 1024;
 /// Longest value, in bytes: Redis' default `proto-max-bulk-len` (512 MiB). A node may be

@@ -8,6 +8,7 @@
 
 use super::op_table::OpTable;
 use super::seen_writes::SeenWrites;
+use chordkv_protocol::limits::MAX_CLIENT_TIMEOUT_MS;
 use std::collections::BTreeSet;
 
 use chordkv_protocol::NodeAddr;
@@ -108,11 +109,6 @@ pub(super) enum Delivery {
     /// memory was tens of bytes per write for the length of a deadline).
     Local,
 }
-
-/// The longest client timeout a write's deadline may express (ms): a write hop whose
-/// deadline is further ahead of the owner's clock than this (with the allowances of
-/// `Node::deadline_horizon_ms`) is refused.
-pub const MAX_CLIENT_TIMEOUT_MS: u64 = 120_000;
 
 /// Client operations this node coordinates, and the write hops it has served.
 #[derive(Debug, Default)]
