@@ -322,7 +322,11 @@ impl Client {
     }
 
     /// Connects to the node at `addr`. `timeout` bounds the connection attempt and each
-    /// request (from sending it to receiving its whole reply).
+    /// request (from sending it to receiving its whole reply). Each request carries a
+    /// deadline of `timeout` from now on this machine's clock, at most
+    /// [`limits::MAX_CLIENT_TIMEOUT_MS`]: a write the node has not started by then is
+    /// never applied (the node answers an error instead), so a write reported as timed out
+    /// is never applied after the report.
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Client> {
         let timeout = timeout.max(Duration::from_millis(1));
         let stream = TcpStream::connect_timeout(&addr, timeout)
