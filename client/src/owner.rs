@@ -16,7 +16,7 @@
 //!
 //! A direct request is served only by the node that owns the key at that moment (or, during
 //! a range transfer, held by the receiver); any other node redirects it. So a stale view
-//! costs at most a redirect, never a wrong answer. The view is fetched with [`walk_ring`].
+//! costs at most a redirect, never a wrong answer. The view is fetched with [`walk_ring`](crate::walk_ring).
 //! Each node gets one connection, opened on first use.
 
 use std::collections::BTreeMap;
