@@ -861,9 +861,11 @@ impl Node {
     /// their deadlines (`first_delivery`), so this bounds that memory to the writes of this
     /// long.
     fn deadline_horizon_ms(&self, message: &Message) -> u64 {
-        self.config.request_timeout_ms.max(MAX_CLIENT_TIMEOUT_MS)
-            + super::rpc::size_allowance_ms(message)
-            + self.config.max_clock_offset_ms
+        self.config
+            .request_timeout_ms
+            .max(MAX_CLIENT_TIMEOUT_MS)
+            .saturating_add(super::rpc::size_allowance_ms(message))
+            .saturating_add(self.config.max_clock_offset_ms)
     }
 
     /// Our own range as a lease target: `(me, predecessor)`, the range `(predecessor, me]`.

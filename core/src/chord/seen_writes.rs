@@ -19,9 +19,9 @@
 //! ```
 //!
 //! A fingerprint is remembered at least until its deadline and at most [`SLOT_MS`] longer (a
-//! hop whose deadline is before the oldest bucket's slot joins that bucket). Deadlines are at
-//! most a bounded horizon ahead of the clock (`Node::deadline_horizon_ms`), so the buckets
-//! number at most that horizon over [`SLOT_MS`].
+//! hop whose deadline is before the oldest bucket's slot gets buckets in front). Deadlines are
+//! after the clock and at most a bounded horizon ahead of it (`Node::deadline_horizon_ms`), so
+//! the buckets number at most that horizon over [`SLOT_MS`], plus one.
 //!
 //! Nothing iterates the hash set, so its random hashing keys never reach the node's behaviour:
 //! the node stays deterministic (see the crate docs). The memory is one entry per write hop
@@ -62,7 +62,9 @@ impl SeenWrites {
     }
 
     /// Records `fp`, remembered until `deadline` (ms); false when it is remembered already (a
-    /// second delivery).
+    /// second delivery). The slots between the oldest and the newest deadline remembered are
+    /// kept, so the caller bounds how far apart deadlines are: `serve` takes only deadlines
+    /// after its clock and at most a horizon ahead of it.
     pub fn first(&mut self, fp: u64, deadline: Millis) -> bool {
         if !self.fingerprints.insert(fp) {
             return false;
@@ -71,7 +73,15 @@ impl SeenWrites {
         if self.expiry.is_empty() {
             self.first_slot = slot;
         }
-        let i = slot.saturating_sub(self.first_slot) as usize;
+        // A deadline before the oldest slot gets a slot of its own in front: joining the
+        // oldest would keep it as long as that slot (up to the whole horizon, after one hop
+        // with a long deadline arrived first).
+        while slot < self.first_slot {
+            let bucket = self.spare.pop().unwrap_or_default();
+            self.expiry.push_front(bucket);
+            self.first_slot -= 1;
+        }
+        let i = (slot - self.first_slot) as usize;
         while self.expiry.len() <= i {
             let bucket = self.spare.pop().unwrap_or_default();
             self.expiry.push_back(bucket);
@@ -104,27 +114,45 @@ mod tests {
         assert!(!seen.first(2, 900), "a second delivery");
         seen.expire(100);
         assert_eq!(seen.len(), 3, "a deadline is still open at its own millisecond");
-        // 100 and 200 joined the oldest bucket, 300's slot (256..320): remembered until then.
+        // Each in its slot: 100 in 64..128, 200 in 192..256, 300 in 256..320.
+        seen.expire(127);
+        assert_eq!(seen.len(), 3, "kept to the end of its slot, never shorter");
+        seen.expire(128);
+        assert_eq!(seen.len(), 2);
         seen.expire(256);
-        assert_eq!(seen.len(), 3, "kept longer, never shorter");
+        assert_eq!(seen.len(), 1);
         seen.expire(320);
         assert!(seen.is_empty());
-        assert!(
-            seen.first(2, 400),
-            "after its deadline, the fingerprint is forgotten"
-        );
+        assert!(seen.first(2, 400), "after its deadline, it is forgotten");
         assert!(seen.first(4, 4 * SLOT_MS + 1));
         assert!(seen.first(5, 9 * SLOT_MS));
         seen.expire(5 * SLOT_MS);
-        assert_eq!(
-            seen.len(),
-            3,
-            "slot 4's deadline joined the oldest bucket, slot 6's"
-        );
+        assert_eq!(seen.len(), 2, "slot 4 passed");
         assert!(!seen.first(2, 400));
         seen.expire(7 * SLOT_MS);
         assert_eq!(seen.len(), 1, "slot 6 passed");
         seen.expire(10 * SLOT_MS);
+        assert!(seen.is_empty());
+    }
+
+    /// A hop with a long deadline arriving first (a client's 120 s) does not keep the
+    /// short-deadline hops after it for as long as itself. (From a review: it did, when a
+    /// deadline before the oldest slot joined that slot.)
+    #[test]
+    fn a_long_deadline_first_does_not_hold_the_shorter_ones_after_it() {
+        let mut seen = SeenWrites::default();
+        assert!(seen.first(1, 1_000 + 120_000));
+        for fp in 2..1_000 {
+            assert!(seen.first(fp, 1_000 + 1_000));
+        }
+        seen.expire(1_000 + 1_000 + SLOT_MS);
+        assert_eq!(
+            seen.len(),
+            1,
+            "the short ones are forgotten once their slot passed"
+        );
+        assert!(!seen.first(1, 1_000 + 120_000));
+        seen.expire(1_000 + 120_000 + SLOT_MS);
         assert!(seen.is_empty());
     }
 }
