@@ -1179,6 +1179,17 @@ mod tests {
         replies
     }
 
+    /// Whether `replies` is exactly one `PutReply`.
+    fn one_put_reply(replies: &[Frame]) -> bool {
+        matches!(
+            replies,
+            [Frame {
+                message: Message::PutReply { .. },
+                ..
+            }]
+        )
+    }
+
     fn put(key: &str) -> Message {
         Message::Put {
             key: Bytes::from(key.to_string()),
@@ -1207,16 +1218,7 @@ mod tests {
             assert_eq!(node.replicate_items(10, vec![item], &me), None, "{policy:?}");
             assert!(node.poll_output().is_none(), "{policy:?}");
             let replies = deliver(&mut node, &store, 20, Frame::new(1, put("k")));
-            assert!(
-                matches!(
-                    replies[..],
-                    [Frame {
-                        message: Message::PutReply { .. },
-                        ..
-                    }]
-                ),
-                "{policy:?}: {replies:?}"
-            );
+            assert!(one_put_reply(&replies), "{policy:?}: {replies:?}");
 
             let other = NodeRef::from_addr("127.0.0.1:7001".parse().unwrap());
             node.routing.set_successors([other], 3);
@@ -1337,32 +1339,14 @@ mod tests {
         let (mut node, store) = one();
         for i in 0..100u64 {
             let replies = deliver(&mut node, &store, 10, Frame::new(i, put(&format!("k{i}"))));
-            assert!(
-                matches!(
-                    replies[..],
-                    [Frame {
-                        message: Message::PutReply { .. },
-                        ..
-                    }]
-                ),
-                "{replies:?}"
-            );
+            assert!(one_put_reply(&replies), "{replies:?}");
         }
         assert_eq!(store.len().unwrap(), 100);
         assert!(node.client.seen_writes.is_empty());
 
         let hop = Frame::direct(500, put("twice")).with_deadline(60_000);
         let first = deliver(&mut node, &store, 20, hop.clone());
-        assert!(
-            matches!(
-                first[..],
-                [Frame {
-                    message: Message::PutReply { .. },
-                    ..
-                }]
-            ),
-            "{first:?}"
-        );
+        assert!(one_put_reply(&first), "{first:?}");
         let version = store.get(b"twice").unwrap().unwrap().version;
         let second = deliver(&mut node, &store, 21, hop);
         assert!(second.is_empty(), "the first delivery answers: {second:?}");
@@ -1404,16 +1388,7 @@ mod tests {
 
         let patient = Frame::direct(2, put("patient")).with_deadline(now + MAX_CLIENT_TIMEOUT_MS);
         let replies = deliver(&mut node, &store, now, patient);
-        assert!(
-            matches!(
-                replies[..],
-                [Frame {
-                    message: Message::PutReply { .. },
-                    ..
-                }]
-            ),
-            "{replies:?}"
-        );
+        assert!(one_put_reply(&replies), "{replies:?}");
         assert_eq!(node.client.seen_writes.len(), 1);
     }
 
