@@ -703,6 +703,42 @@ fn pipelined_commands_are_answered_in_order() {
     );
 }
 
+/// One node serves every key itself, so a pipeline's store ops run together in one batch
+/// (the loop's `run_store_batch`): each read still sees exactly the writes before it, of the
+/// same key as of others, in the order sent.
+#[test]
+fn a_pipeline_of_local_writes_and_reads_sees_each_write_in_order() {
+    let name = "resp_pipeline_local";
+    let cluster = start(name, 1);
+    let mut con = connect(cluster.resp_addr(0).expect("resp"));
+    let _: String = until_ok(&mut con, &["SET", "warm-up", "x"]);
+
+    const ROUNDS: usize = 200;
+    let mut pipe = redis::pipe();
+    for i in 0..ROUNDS {
+        let key = format!("k{}", i % 7);
+        pipe.cmd("GET").arg(&key);
+        pipe.cmd("SET").arg(&key).arg(format!("v{i}")).ignore();
+        pipe.cmd("GET").arg(&key);
+        if i % 5 == 0 {
+            pipe.cmd("DEL").arg(&key).ignore();
+        }
+    }
+    let replies: Vec<Option<String>> = pipe.query(&mut con).expect("the pipeline");
+    let mut model: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut want = Vec::new();
+    for i in 0..ROUNDS {
+        let key = format!("k{}", i % 7);
+        want.push(model.get(&key).cloned());
+        model.insert(key.clone(), format!("v{i}"));
+        want.push(Some(format!("v{i}")));
+        if i % 5 == 0 {
+            model.remove(&key);
+        }
+    }
+    assert_eq!(replies, want);
+}
+
 #[test]
 fn malformed_input_closes_only_that_connection() {
     let name = "resp_malformed";

@@ -330,6 +330,19 @@ impl<V> PrefixIndex<V> {
         self.bucket(k).get(k)
     }
 
+    /// Starts loading the entries of `k`'s bucket into the CPU cache (its first and last
+    /// cache line; a large bucket, a B-tree, is left alone), so that a lookup of `k` soon after
+    /// finds them there: a batch of lookups prefetched first waits for one memory latency,
+    /// not one per lookup. Reads the directory only.
+    pub(super) fn prefetch(&self, k: u64) {
+        if let Bucket::Small(v) = self.bucket(k) {
+            if let Some(last) = v.last() {
+                super::record::prefetch(v.as_ptr());
+                super::record::prefetch(last);
+            }
+        }
+    }
+
     pub(super) fn get_mut(&mut self, k: u64) -> Option<&mut V> {
         self.bucket_mut(k).get_mut(k)
     }

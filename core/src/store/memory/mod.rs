@@ -41,7 +41,7 @@ use bytes::Bytes;
 use chordkv_protocol::{Id, Item};
 use parking_lot::RwLock;
 
-use super::{Entry, KeyVersion, PutOutcome, RangeCounts, Result, ScanCursor, Store};
+use super::{Entry, KeyVersion, PrefetchPass, PutOutcome, RangeCounts, Result, ScanCursor, Store};
 use index::PrefixIndex;
 use record::Record;
 
@@ -246,6 +246,23 @@ impl Store for MemoryStore {
     fn get_with_id(&self, id: &Id, key: &[u8]) -> Result<Option<Entry>> {
         debug_assert_eq!(*id, Id::of_key(key), "the caller's id is the key's");
         Ok(self.inner.read().find(id, key).map(Record::entry))
+    }
+
+    /// `Index` starts loading each id's bucket; `Entries` finds each entry in its bucket and
+    /// starts loading its record.
+    fn prefetch(&self, ids: &[Id], pass: PrefetchPass) {
+        let inner = self.inner.read();
+        for id in ids {
+            let p = inner.prefix(id);
+            match pass {
+                PrefetchPass::Index => inner.by_prefix.prefetch(p),
+                PrefetchPass::Entries => {
+                    if let Some(Slot::One(r)) = inner.by_prefix.get(p) {
+                        r.prefetch();
+                    }
+                }
+            }
+        }
     }
 
     fn put(&self, key: &Bytes, entry: Entry) -> Result<PutOutcome> {
@@ -546,7 +563,18 @@ mod tests {
                             model.remove(&(id, k));
                         }
                     }
-                    7 => assert_eq!(s.get(&k).unwrap(), model.get(&(id, k.clone())).cloned()),
+                    7 => {
+                        // A prefetch (of this id, an absent one, any) changes nothing.
+                        let mut other = Id::ZERO;
+                        rng.fill(&mut other.0);
+                        for pass in [PrefetchPass::Index, PrefetchPass::Entries] {
+                            s.prefetch(&[id, other, Id::ZERO, Id::MAX], pass);
+                        }
+                        assert_eq!(
+                            s.get_with_id(&id, &k).unwrap(),
+                            model.get(&(id, k.clone())).cloned()
+                        );
+                    }
                     _ => {
                         let ids: Vec<Id> = model.keys().map(|(id, _)| *id).collect();
                         let pick = |rng: &mut Rng| -> Id {
