@@ -46,7 +46,7 @@ use chordkv_protocol::{ErrorCode, Frame, Id, Message, NodeAddr, NodeRef};
 use super::config::Config;
 use super::node::{Millis, Node, Output, Phase, ReplyTo, StoreOpId};
 use super::store_cache::StoreCache;
-use crate::store::{StoreError, StoreOutcome};
+use crate::store::{StoreError, StoreOp, StoreOutcome};
 
 /// Bit 63 of a [`ReplyTo`] marks the host's own reply channels; drivers use values below
 /// 2^63.
@@ -273,6 +273,16 @@ impl Host {
     /// The next output for the driver.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
+    }
+
+    /// The store ops at the front of the output queue (those the next `poll_output` calls
+    /// return, up to the first output of another kind), as `(vnode, op)`: a driver of the
+    /// stores can prepare them as a batch (`Store::prefetch`) before taking them one by one.
+    pub fn queued_store_ops(&self) -> impl Iterator<Item = (u16, &StoreOp)> {
+        self.out.iter().map_while(|o| match o {
+            Output::Store { vnode, op, .. } => Some((*vnode, op)),
+            _ => None,
+        })
     }
 
     /// Client operations in flight, summed over the vnodes.

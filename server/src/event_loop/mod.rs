@@ -30,7 +30,7 @@ use super::ServerConfig;
 use super::{ClientAuth, ClientLimits, PeerSecurity};
 use crate::log::{node_span, suppressed_field, Repeat, RepeatLimiter, Subject};
 use admission::{fit_descriptor_limit, protected_from, Admit, PROTECTED_MODE};
-use chordkv_core::chord::{Host, Millis, Output, Phase, ReplyTo, StoreOpId};
+use chordkv_core::chord::{Host, Millis, Output, Phase, ReplyTo};
 use chordkv_core::store::{self, PrefetchPass, Store, StoreOp};
 
 /// The listening socket.
@@ -68,12 +68,12 @@ pub const OUTPUT_LOW_WATER_BYTES: usize = 1024 * 1024;
 /// (`resp::session::MAX_REQUESTS_IN_FLIGHT`).
 pub const MAX_CLIENT_REQUESTS_IN_FLIGHT: usize = 4_096;
 /// Requests (RESP commands or frames) read from one connection that enter the core before
-/// the loop pumps its outputs: a batch of a pipeline, whose store ops then run together
-/// ([`Server::run_store_batch`]). The output marks are checked between requests, so a batch
+/// the loop pumps its outputs: a batch of a pipeline, whose store ops are then prefetched together
+/// ([`Server::prefetch_store_ops`]). The output marks are checked between requests, so a batch
 /// can put at most this many replies over them.
 const PUMP_BATCH: usize = 32;
-/// Store ops run together by [`Server::run_store_batch`] at most: a pipeline's worth (one
-/// connection's 16 to 64 commands), enough for their cache misses to overlap.
+/// Store ops prefetched together by [`Server::prefetch_store_ops`] at most: a pipeline's
+/// worth (one connection's 16 to 64 commands), enough for their cache misses to overlap.
 const STORE_BATCH: usize = 64;
 /// Longest wait in `poll`, whatever the deadlines say.
 pub const MAX_POLL_WAIT_MS: u64 = 1_000;
@@ -186,8 +186,7 @@ pub(super) struct Server {
     stores: Vec<Arc<dyn Store>>,
     /// Workers for a blocking store; `None` runs store ops inline.
     pool: Option<StorePool>,
-    /// [`Server::run_store_batch`]'s ops and their key ids by vnode, kept for their capacity.
-    store_batch: Vec<(StoreOpId, u16, StoreOp)>,
+    /// [`Server::prefetch_store_ops`]'s key ids by vnode, kept for their capacity.
     prefetch_ids: Vec<Vec<Id>>,
 
     conns: TokenMap<Token, Conn>,
@@ -456,7 +455,6 @@ impl Server {
             me,
             stores,
             pool,
-            store_batch: Vec::with_capacity(STORE_BATCH),
             prefetch_ids: Vec::new(),
             conns: TokenMap::default(),
             next_token: FIRST_CONN_TOKEN,
@@ -629,63 +627,59 @@ impl Server {
 
     /// Carries out everything the node has asked for, until it asks for nothing more.
     fn pump(&mut self, now: Millis) {
-        // An output taken from the queue to end a batch of store ops, handled next.
-        let mut taken = None;
-        while let Some(out) = taken.take().or_else(|| self.node.poll_output()) {
+        // Store ops at the queue's front already given to `prefetch`.
+        let mut prefetched = 0;
+        while let Some(out) = self.node.poll_output() {
             match out {
                 Output::Send { to, frame } => self.send(now, to, &frame),
                 Output::Reply { to, frame } => self.reply(now, to, frame),
                 Output::Store { id, vnode, op } => match &mut self.pool {
                     Some(pool) => pool.submit(id, vnode, op),
-                    None => taken = self.run_store_batch(now, id, vnode, op),
+                    None => {
+                        if prefetched == 0 {
+                            prefetched = self.prefetch_store_ops(vnode, &op);
+                        } else {
+                            prefetched -= 1;
+                        }
+                        let result = store::execute(&*self.stores[usize::from(vnode)], op);
+                        self.node.store_done(now, id, result);
+                    }
                 },
                 Output::Left => self.on_left(now),
             }
         }
     }
 
-    /// Runs a store op on the loop's own stores together with the store ops queued right
-    /// behind it (up to [`STORE_BATCH`]): their key ids go to the stores' `prefetch` first,
-    /// so the cache misses of a pipeline's lookups overlap, then each op runs and is
-    /// reported, in queue order. Returns the output that ended the run, not yet handled.
-    fn run_store_batch(&mut self, now: Millis, id: StoreOpId, vnode: u16, op: StoreOp) -> Option<Output> {
-        let mut batch = std::mem::take(&mut self.store_batch);
-        batch.push((id, vnode, op));
-        let mut next = None;
-        while batch.len() < STORE_BATCH {
-            match self.node.poll_output() {
-                Some(Output::Store { id, vnode, op }) => batch.push((id, vnode, op)),
-                other => {
-                    next = other;
-                    break;
+    /// Before the loop runs store op `op` (of `vnode`) on its own stores: when more store ops
+    /// are queued right behind it (a pipeline's), gives the key ids of up to [`STORE_BATCH`]
+    /// of them, this one's first, to the stores' `prefetch`, so the cache misses of their
+    /// lookups overlap. Returns how many of the queued ops it covered.
+    fn prefetch_store_ops(&mut self, vnode: u16, op: &StoreOp) -> usize {
+        let key_id = |op: &StoreOp| match op {
+            StoreOp::Get { id, .. } | StoreOp::Put { id, .. } => Some(*id),
+            _ => None,
+        };
+        let mut queued = self.node.queued_store_ops().take(STORE_BATCH - 1).peekable();
+        if queued.peek().is_none() {
+            return 0;
+        }
+        self.prefetch_ids.resize_with(self.stores.len(), Vec::new);
+        let mut behind = 0;
+        for (i, (vnode, op)) in std::iter::once((vnode, op)).chain(queued).enumerate() {
+            if let (Some(id), Some(ids)) = (key_id(op), self.prefetch_ids.get_mut(usize::from(vnode))) {
+                ids.push(id);
+            }
+            behind = i;
+        }
+        for pass in [PrefetchPass::Index, PrefetchPass::Entries] {
+            for (store, ids) in self.stores.iter().zip(&self.prefetch_ids) {
+                if !ids.is_empty() {
+                    store.prefetch(ids, pass);
                 }
             }
         }
-        if batch.len() > 1 {
-            // The ids by store, then both passes over every store.
-            self.prefetch_ids.resize_with(self.stores.len(), Vec::new);
-            for (_, vnode, op) in &batch {
-                if let (StoreOp::Get { id, .. } | StoreOp::Put { id, .. }, Some(ids)) =
-                    (op, self.prefetch_ids.get_mut(usize::from(*vnode)))
-                {
-                    ids.push(*id);
-                }
-            }
-            for pass in [PrefetchPass::Index, PrefetchPass::Entries] {
-                for (store, ids) in self.stores.iter().zip(&self.prefetch_ids) {
-                    if !ids.is_empty() {
-                        store.prefetch(ids, pass);
-                    }
-                }
-            }
-            self.prefetch_ids.iter_mut().for_each(Vec::clear);
-        }
-        for (id, vnode, op) in batch.drain(..) {
-            let result = store::execute(&*self.stores[usize::from(vnode)], op);
-            self.node.store_done(now, id, result);
-        }
-        self.store_batch = batch;
-        next
+        self.prefetch_ids.iter_mut().for_each(Vec::clear);
+        behind
     }
 
     /// Pumps and flushes until neither has anything left: closing a peer connection on a
@@ -1220,32 +1214,31 @@ impl Server {
     /// Runs the RESP commands buffered on `token` until none can run now; false when the
     /// connection is gone or paused (its replies over [`OUTPUT_HIGH_WATER_BYTES`]).
     fn run_resp_commands(&mut self, now: Millis, token: Token) -> bool {
-        loop {
-            // Up to PUMP_BATCH commands enter the core before their outputs are pumped (the
-            // store ops among them run as one batch); then, since a reply may have unblocked
-            // the session, again until a round runs none.
-            let mut ran = 0;
-            let live = loop {
-                let Some(conn) = self.conns.get_mut(&token) else {
-                    break false;
-                };
-                if conn.output_backlog() >= OUTPUT_HIGH_WATER_BYTES {
-                    conn.read_paused = true;
-                    break false;
-                }
-                if ran == PUMP_BATCH || !self.resp_step(now, token) {
-                    break true;
-                }
-                ran += 1;
+        // Up to PUMP_BATCH commands enter the core before their outputs are pumped (the store
+        // ops among them run as one batch). A session that stops to wait for replies is read
+        // again once they came (`resp_after_output`).
+        let mut unpumped = 0;
+        let live = loop {
+            let Some(conn) = self.conns.get_mut(&token) else {
+                break false;
             };
+            if conn.output_backlog() >= OUTPUT_HIGH_WATER_BYTES {
+                conn.read_paused = true;
+                break false;
+            }
+            if !self.resp_step(now, token) {
+                break true;
+            }
+            unpumped += 1;
+            if unpumped == PUMP_BATCH {
+                self.pump(now);
+                unpumped = 0;
+            }
+        };
+        if unpumped > 0 {
             self.pump(now);
-            if !live {
-                return false;
-            }
-            if ran == 0 {
-                return true;
-            }
         }
+        live
     }
 
     /// Runs the next RESP command buffered on `token` (see [`super::resp`]); false when there
