@@ -1188,11 +1188,7 @@ impl Server {
             }
             // Frames enter the core in batches (the loop pumps after every event as well,
             // so a return above leaves nothing unpumped for long).
-            unpumped += 1;
-            if unpumped == PUMP_BATCH {
-                self.pump(now);
-                unpumped = 0;
-            }
+            self.pump_every_batch(now, &mut unpumped);
         }
         if unpumped > 0 {
             self.pump(now);
@@ -1215,8 +1211,8 @@ impl Server {
     /// connection is gone or paused (its replies over [`OUTPUT_HIGH_WATER_BYTES`]).
     fn run_resp_commands(&mut self, now: Millis, token: Token) -> bool {
         // Up to PUMP_BATCH commands enter the core before their outputs are pumped (the store
-        // ops among them run as one batch). A session that stops to wait for replies is read
-        // again once they came (`resp_after_output`).
+        // ops among them are prefetched together). A session that stops to wait for replies is
+        // read again once they came (`resp_after_output`).
         let mut unpumped = 0;
         let live = loop {
             let Some(conn) = self.conns.get_mut(&token) else {
@@ -1229,16 +1225,22 @@ impl Server {
             if !self.resp_step(now, token) {
                 break true;
             }
-            unpumped += 1;
-            if unpumped == PUMP_BATCH {
-                self.pump(now);
-                unpumped = 0;
-            }
+            self.pump_every_batch(now, &mut unpumped);
         };
         if unpumped > 0 {
             self.pump(now);
         }
         live
+    }
+
+    /// Counts one more request of a connection handed to the core; pumps once [`PUMP_BATCH`]
+    /// of them wait (the caller pumps what is left when it stops).
+    fn pump_every_batch(&mut self, now: Millis, unpumped: &mut usize) {
+        *unpumped += 1;
+        if *unpumped == PUMP_BATCH {
+            self.pump(now);
+            *unpumped = 0;
+        }
     }
 
     /// Runs the next RESP command buffered on `token` (see [`super::resp`]); false when there
