@@ -158,6 +158,14 @@ pub trait Store: Send + Sync {
     fn prefetch(&self, ids: &[Id], pass: PrefetchPass) {
         let _ = (ids, pass);
     }
+    /// Whether no value the store holds is longer than [`SMALL_VALUE_BYTES`], so that a read
+    /// returns at most that many bytes of value. The event loop hands a connection's requests
+    /// to the core in batches only then: a batch's replies meet the connection's output marks
+    /// only after it, and must not add up to more than a few MiB. The default, for a store
+    /// that does not keep count: false.
+    fn values_all_small(&self) -> bool {
+        false
+    }
     /// Removes `key` for good if its stored version is at most `up_to_version` (a newer write
     /// that raced with the removal survives). Returns whether something was removed.
     fn delete(&self, key: &[u8], up_to_version: u64) -> Result<bool>;
@@ -433,6 +441,9 @@ pub fn execute_since(store: &dyn Store, op: StoreOp, handled: u64) -> Result<Sto
         other => other,
     }
 }
+
+/// The longest value [`Store::values_all_small`] counts as small (bytes).
+pub const SMALL_VALUE_BYTES: usize = 64 * 1024;
 
 /// The two passes of [`Store::prefetch`] over a batch: what a lookup reads first, then (once
 /// that has had the other ids' time to arrive) what it reads next.

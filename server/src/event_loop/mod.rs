@@ -31,7 +31,7 @@ use super::{ClientAuth, ClientLimits, PeerSecurity};
 use crate::log::{node_span, suppressed_field, Repeat, RepeatLimiter, Subject};
 use admission::{fit_descriptor_limit, protected_from, Admit, PROTECTED_MODE};
 use chordkv_core::chord::{Host, Millis, Output, Phase, ReplyTo};
-use chordkv_core::store::{self, PrefetchPass, Store, StoreOp};
+use chordkv_core::store::{self, PrefetchPass, Store, StoreOp, SMALL_VALUE_BYTES};
 
 /// The listening socket.
 const LISTENER: Token = Token(0);
@@ -68,9 +68,11 @@ pub const OUTPUT_LOW_WATER_BYTES: usize = 1024 * 1024;
 /// (`resp::session::MAX_REQUESTS_IN_FLIGHT`).
 pub const MAX_CLIENT_REQUESTS_IN_FLIGHT: usize = 4_096;
 /// Requests (RESP commands or frames) read from one connection that enter the core before
-/// the loop pumps its outputs: a batch of a pipeline, whose store ops are then prefetched together
-/// ([`Server::prefetch_store_ops`]). The output marks are checked between requests, so a batch
-/// can put at most this many replies over them.
+/// the loop pumps its outputs: a batch of a pipeline, whose store ops are then prefetched
+/// together ([`Server::prefetch_store_ops`]). The output marks are checked between batches,
+/// so batches are made only while every stored value is small and no request of the batch
+/// carried a large one ([`Server::batch_limit`]): a batch's replies then add at most this many
+/// times [`SMALL_VALUE_BYTES`] of values (2 MiB) over the marks.
 const PUMP_BATCH: usize = 32;
 /// Store ops prefetched together by [`Server::prefetch_store_ops`] at most: a pipeline's
 /// worth (one connection's 16 to 64 commands), enough for their cache misses to overlap.
@@ -1024,7 +1026,9 @@ impl Server {
     /// An inbound connection whose replies pile up (over [`OUTPUT_HIGH_WATER_BYTES`]) is
     /// paused: its requests stay unread, buffered or in the socket, until a flush brings the
     /// replies under [`OUTPUT_LOW_WATER_BYTES`] (see `resume_if_drained`). The core is pumped
-    /// after every frame so that the replies it produces at once count towards the mark.
+    /// after every frame, or every [`PUMP_BATCH`] frames while no value can make a batch's
+    /// replies large ([`Server::batch_limit`]), so the replies it produces at once count
+    /// towards the mark.
     ///
     /// A client's buffered commands (RESP) or frames (binary) run before more is read, and a
     /// client they bring to its in-flight cap is not read: its input waits in the socket.
@@ -1098,7 +1102,7 @@ impl Server {
         if self.conns.get(&token).is_some_and(|c| c.pending_output() > 0) {
             self.queue_flush(now, token);
         }
-        let mut unpumped = 0;
+        let (mut unpumped, mut limit) = (0, self.batch_limit());
         loop {
             let Some(conn) = self.conns.get_mut(&token) else {
                 return;
@@ -1121,6 +1125,7 @@ impl Server {
             if conn.is_undecided() {
                 break; // the first bytes have not yet said whether a peer or a client is here
             }
+            let before = conn.buffered_input();
             let frame = match conn.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -1188,7 +1193,8 @@ impl Server {
             }
             // Frames enter the core in batches (the loop pumps after every event as well,
             // so a return above leaves nothing unpumped for long).
-            self.pump_every_batch(now, &mut unpumped);
+            let after = self.conns.get(&token).map_or(0, |c| c.buffered_input());
+            self.pump_every_batch(now, &mut unpumped, &mut limit, before.saturating_sub(after));
         }
         if unpumped > 0 {
             self.pump(now);
@@ -1213,7 +1219,7 @@ impl Server {
         // Up to PUMP_BATCH commands enter the core before their outputs are pumped (the store
         // ops among them are prefetched together). A session that stops to wait for replies is
         // read again once they came (`resp_after_output`).
-        let mut unpumped = 0;
+        let (mut unpumped, mut limit) = (0, self.batch_limit());
         let live = loop {
             let Some(conn) = self.conns.get_mut(&token) else {
                 break false;
@@ -1222,10 +1228,12 @@ impl Server {
                 conn.read_paused = true;
                 break false;
             }
+            let before = conn.buffered_input();
             if !self.resp_step(now, token) {
                 break true;
             }
-            self.pump_every_batch(now, &mut unpumped);
+            let after = self.conns.get(&token).map_or(0, |c| c.buffered_input());
+            self.pump_every_batch(now, &mut unpumped, &mut limit, before.saturating_sub(after));
         };
         if unpumped > 0 {
             self.pump(now);
@@ -1233,13 +1241,28 @@ impl Server {
         live
     }
 
-    /// Counts one more request of a connection handed to the core; pumps once [`PUMP_BATCH`]
-    /// of them wait (the caller pumps what is left when it stops).
-    fn pump_every_batch(&mut self, now: Millis, unpumped: &mut usize) {
+    /// How many requests of a connection may wait for one pump: [`PUMP_BATCH`] when the
+    /// loop runs the stores itself and every value they hold is small (`values_all_small`),
+    /// else 1. The replies of a batch are counted against the connection's output marks only
+    /// after it, so a batch must not be able to read more than a few MiB of values.
+    fn batch_limit(&self) -> usize {
+        if self.pool.is_none() && self.stores.iter().all(|s| s.values_all_small()) {
+            PUMP_BATCH
+        } else {
+            1
+        }
+    }
+
+    /// Counts one more request of a connection handed to the core, which took `input` bytes
+    /// of its input; pumps once `limit` of them wait, or at once after a request of more than
+    /// [`SMALL_VALUE_BYTES`] (it may write a value the rest of the batch would read back: the
+    /// limit is then taken again). The caller pumps what is left when it stops.
+    fn pump_every_batch(&mut self, now: Millis, unpumped: &mut usize, limit: &mut usize, input: usize) {
         *unpumped += 1;
-        if *unpumped == PUMP_BATCH {
+        if *unpumped >= *limit || input > SMALL_VALUE_BYTES {
             self.pump(now);
             *unpumped = 0;
+            *limit = self.batch_limit();
         }
     }
 

@@ -36,12 +36,15 @@ mod record;
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use chordkv_protocol::{Id, Item};
 use parking_lot::RwLock;
 
-use super::{Entry, KeyVersion, PrefetchPass, PutOutcome, RangeCounts, Result, ScanCursor, Store};
+use super::{
+    Entry, KeyVersion, PrefetchPass, PutOutcome, RangeCounts, Result, ScanCursor, Store, SMALL_VALUE_BYTES,
+};
 use index::PrefixIndex;
 use record::Record;
 
@@ -49,6 +52,8 @@ use record::Record;
 #[derive(Default)]
 pub struct MemoryStore {
     inner: RwLock<Inner>,
+    /// `inner.large` as of the last write, read without the lock.
+    large: AtomicU64,
 }
 
 #[derive(Default)]
@@ -58,6 +63,8 @@ struct Inner {
     live: u64,
     /// Key and value bytes of every record, tombstones included ([`Store::bytes`]).
     bytes: u64,
+    /// Records whose value is over [`SMALL_VALUE_BYTES`] ([`Store::values_all_small`]).
+    large: u64,
     /// A prefix is the id's first `64 - shift` bits: 0 in use; tests shorten prefixes so that
     /// keys of different ids share them.
     shift: u32,
@@ -146,6 +153,12 @@ impl Inner {
         }
         let value_len = entry.value.as_ref().map_or(0, |v| v.len());
         self.bytes = self.bytes - previous_bytes as u64 + (key.len() + value_len) as u64;
+        if previous.is_some() && previous_bytes - key.len() > SMALL_VALUE_BYTES {
+            self.large -= 1;
+        }
+        if value_len > SMALL_VALUE_BYTES {
+            self.large += 1;
+        }
         if entry.is_live() {
             self.live += 1;
         }
@@ -154,6 +167,93 @@ impl Inner {
             previous_live,
             previous_expires_at,
         }
+    }
+
+    /// [`Store::put_with_id`] under the write lock.
+    fn merge(&mut self, id: &Id, key: &Bytes, entry: Entry) -> Result<PutOutcome> {
+        let inner = self;
+        let p = inner.prefix(id);
+        // (previous_live, previous_expires_at, previous size) of a replaced entry; none for a
+        // new key.
+        let Some(slot) = inner.by_prefix.get_mut(p) else {
+            inner.by_prefix.insert(p, Slot::One(Record::new(key, &entry)));
+            return Ok(inner.added(key, &entry, None));
+        };
+        let previous = match slot {
+            Slot::One(stored) if stored.key() == &key[..] => {
+                if stored.version() >= entry.version {
+                    return Ok(not_applied(stored));
+                }
+                let previous = (stored.is_live(), stored.expires_at(), stored.data_len());
+                *stored = Record::new(key, &entry);
+                Some(previous)
+            }
+            Slot::One(_) => {
+                // A second key with this prefix: from now on the prefix's keys are shared.
+                if let Slot::One(other) = std::mem::replace(slot, Slot::Shared) {
+                    let other_id = Id::of_key(other.key());
+                    share(&mut inner.shared, other_id, other);
+                }
+                share(&mut inner.shared, *id, Record::new(key, &entry));
+                None
+            }
+            Slot::Shared => {
+                let stored = inner.shared.get(id).and_then(|group| group.get(&key[..]));
+                let previous = match stored {
+                    Some(stored) if stored.0.version() >= entry.version => return Ok(not_applied(&stored.0)),
+                    Some(stored) => Some((stored.0.is_live(), stored.0.expires_at(), stored.0.data_len())),
+                    None => None,
+                };
+                share(&mut inner.shared, *id, Record::new(key, &entry));
+                previous
+            }
+        };
+        Ok(inner.added(key, &entry, previous))
+    }
+
+    /// [`Store::delete`] under the write lock.
+    fn delete(&mut self, key: &[u8], up_to_version: u64) -> Result<bool> {
+        let id = Id::of_key(key);
+        let inner = self;
+        let p = inner.prefix(&id);
+        let gone = match inner.by_prefix.get(p) {
+            None => return Ok(false),
+            Some(Slot::One(r)) => {
+                if r.key() != key || r.version() > up_to_version {
+                    return Ok(false);
+                }
+                let gone = (r.is_live(), r.data_len());
+                inner.by_prefix.remove(p);
+                gone
+            }
+            Some(Slot::Shared) => {
+                let Some(group) = inner.shared.get_mut(&id) else {
+                    return Ok(false);
+                };
+                let gone = match group.get(key) {
+                    Some(r) if r.0.version() <= up_to_version => (r.0.is_live(), r.0.data_len()),
+                    _ => return Ok(false),
+                };
+                group.remove(key);
+                if group.is_empty() {
+                    inner.shared.remove(&id);
+                    let (lo, hi) = inner.prefix_ids(p);
+                    if inner.shared.range(lo..=hi).next().is_none() {
+                        inner.by_prefix.remove(p);
+                    }
+                }
+                gone
+            }
+        };
+        let (live, size) = gone;
+        if live {
+            inner.live -= 1;
+        }
+        inner.bytes -= size as u64;
+        if size - key.len() > SMALL_VALUE_BYTES {
+            inner.large -= 1;
+        }
+        Ok(true)
     }
 
     fn find(&self, id: &Id, key: &[u8]) -> Option<&Record> {
@@ -272,86 +372,20 @@ impl Store for MemoryStore {
     fn put_with_id(&self, id: &Id, key: &Bytes, entry: Entry) -> Result<PutOutcome> {
         debug_assert_eq!(*id, Id::of_key(key), "the caller's id is the key's");
         let mut inner = self.inner.write();
-        let inner = &mut *inner;
-        let p = inner.prefix(id);
-        // (previous_live, previous_expires_at, previous size) of a replaced entry; none for a
-        // new key.
-        let Some(slot) = inner.by_prefix.get_mut(p) else {
-            inner.by_prefix.insert(p, Slot::One(Record::new(key, &entry)));
-            return Ok(inner.added(key, &entry, None));
-        };
-        let previous = match slot {
-            Slot::One(stored) if stored.key() == &key[..] => {
-                if stored.version() >= entry.version {
-                    return Ok(not_applied(stored));
-                }
-                let previous = (stored.is_live(), stored.expires_at(), stored.data_len());
-                *stored = Record::new(key, &entry);
-                Some(previous)
-            }
-            Slot::One(_) => {
-                // A second key with this prefix: from now on the prefix's keys are shared.
-                if let Slot::One(other) = std::mem::replace(slot, Slot::Shared) {
-                    let other_id = Id::of_key(other.key());
-                    share(&mut inner.shared, other_id, other);
-                }
-                share(&mut inner.shared, *id, Record::new(key, &entry));
-                None
-            }
-            Slot::Shared => {
-                let stored = inner.shared.get(id).and_then(|group| group.get(&key[..]));
-                let previous = match stored {
-                    Some(stored) if stored.0.version() >= entry.version => return Ok(not_applied(&stored.0)),
-                    Some(stored) => Some((stored.0.is_live(), stored.0.expires_at(), stored.0.data_len())),
-                    None => None,
-                };
-                share(&mut inner.shared, *id, Record::new(key, &entry));
-                previous
-            }
-        };
-        Ok(inner.added(key, &entry, previous))
+        let outcome = inner.merge(id, key, entry);
+        self.large.store(inner.large, Ordering::Relaxed);
+        outcome
     }
 
     fn delete(&self, key: &[u8], up_to_version: u64) -> Result<bool> {
-        let id = Id::of_key(key);
         let mut inner = self.inner.write();
-        let inner = &mut *inner;
-        let p = inner.prefix(&id);
-        let gone = match inner.by_prefix.get(p) {
-            None => return Ok(false),
-            Some(Slot::One(r)) => {
-                if r.key() != key || r.version() > up_to_version {
-                    return Ok(false);
-                }
-                let gone = (r.is_live(), r.data_len());
-                inner.by_prefix.remove(p);
-                gone
-            }
-            Some(Slot::Shared) => {
-                let Some(group) = inner.shared.get_mut(&id) else {
-                    return Ok(false);
-                };
-                let gone = match group.get(key) {
-                    Some(r) if r.0.version() <= up_to_version => (r.0.is_live(), r.0.data_len()),
-                    _ => return Ok(false),
-                };
-                group.remove(key);
-                if group.is_empty() {
-                    inner.shared.remove(&id);
-                    let (lo, hi) = inner.prefix_ids(p);
-                    if inner.shared.range(lo..=hi).next().is_none() {
-                        inner.by_prefix.remove(p);
-                    }
-                }
-                gone
-            }
-        };
-        let (live, size) = gone;
-        if live {
-            inner.live -= 1;
-        }
-        inner.bytes -= size as u64;
-        Ok(true)
+        let removed = inner.delete(key, up_to_version);
+        self.large.store(inner.large, Ordering::Relaxed);
+        removed
+    }
+
+    fn values_all_small(&self) -> bool {
+        self.large.load(Ordering::Relaxed) == 0
     }
 
     fn scan(&self, start: &Id, end: &Id, after: Option<&ScanCursor>, limit: usize) -> Result<Vec<Item>> {

@@ -17,9 +17,10 @@
 //! take). A larger value stays a `Bytes` of its own, so a read of a 512 MiB value shares it
 //! instead of copying it.
 //!
-//! This is the store's only `unsafe` code (with [`prefetch`], a cache hint): a `Box<[u8]>` is a fat pointer (16 bytes), and the
-//! ring index holds one pointer per key, so the record keeps its length in its header and the
-//! index holds the thin pointer alone. Every `unsafe` block relies on one invariant, kept by
+//! This is the store's only `unsafe` code (with [`prefetch`], a cache hint): a `Box<[u8]>` is
+//! a fat pointer (16 bytes), and the ring index holds one pointer per key, so the record keeps
+//! its length in its header and the index holds the thin pointer alone. Every `unsafe` block
+//! but `prefetch`'s (a hint, which dereferences nothing) relies on one invariant, kept by
 //! [`Record::new`] and [`Drop`]: `self.0` is the pointer of a leaked `Box<[u8]>` whose length
 //! is the one the header spells, and with `LARGE`, the value part holds a pointer from a leaked
 //! `Box<Bytes>`; both are freed only by `drop`, once.
