@@ -25,7 +25,7 @@
 //! the node started; a reader takes differences between two snapshots.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Upper bounds of the latency buckets, 25 µs (a GET served by the node that received it takes
 /// about 20 µs) to 10 s; one more bucket, unbounded, follows.
@@ -46,19 +46,34 @@ pub const SUM_NAME: &str = "latency_sum_us";
 /// comes can leave behind).
 pub const MAX_TIMED_PER_CONNECTION: usize = 1_024;
 
-/// One latency histogram: counts per bucket (not cumulative), their sum in seconds.
+/// [`LATENCY_BUCKETS_SECONDS`] in nanoseconds: a request is counted by integer compares, not
+/// by converting its time to seconds first (this runs once per reply).
+const LATENCY_BUCKETS_NANOS: [u64; LATENCY_BUCKETS_SECONDS.len()] = {
+    let mut nanos = [0; LATENCY_BUCKETS_SECONDS.len()];
+    let mut i = 0;
+    while i < nanos.len() {
+        nanos[i] = (LATENCY_BUCKETS_SECONDS[i] * 1e9 + 0.5) as u64;
+        i += 1;
+    }
+    nanos
+};
+
+/// One latency histogram: counts per bucket (not cumulative), their sum in nanoseconds.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Histogram {
     counts: [u64; LATENCY_BUCKETS_SECONDS.len() + 1],
-    sum_seconds: f64,
+    sum_nanos: u128,
 }
 
 impl Histogram {
-    /// Counts one request that took `seconds`.
-    pub fn observe(&mut self, seconds: f64) {
-        let i = LATENCY_BUCKETS_SECONDS.partition_point(|&b| b < seconds);
+    /// Counts one request that took `elapsed` (in the first bucket whose bound it does not
+    /// exceed).
+    pub fn observe(&mut self, elapsed: Duration) {
+        let nanos = elapsed.as_nanos();
+        let capped = u64::try_from(nanos).unwrap_or(u64::MAX);
+        let i = LATENCY_BUCKETS_NANOS.partition_point(|&b| b < capped);
         self.counts[i] += 1;
-        self.sum_seconds += seconds;
+        self.sum_nanos += nanos;
     }
 
     /// Requests counted.
@@ -68,7 +83,7 @@ impl Histogram {
 
     /// Their total time, in seconds.
     pub fn sum_seconds(&self) -> f64 {
-        self.sum_seconds
+        self.sum_nanos as f64 * 1e-9
     }
 
     /// `(upper bound, count in this bucket alone)`, `+Inf` last: prometheus-client's encoder
@@ -91,7 +106,7 @@ impl Histogram {
             };
             (name, total)
         });
-        let sum_us = (self.sum_seconds * 1e6).round() as u64;
+        let sum_us = u64::try_from((self.sum_nanos + 500) / 1_000).unwrap_or(u64::MAX);
         buckets.chain([
             (COUNT_NAME.to_string(), self.count()),
             (SUM_NAME.to_string(), sum_us),
@@ -138,9 +153,9 @@ mod tests {
     #[test]
     fn a_histogram_counts_each_bucket_with_inf_last() {
         let mut h = Histogram::default();
-        h.observe(0.000_05);
-        h.observe(0.003);
-        h.observe(60.0);
+        h.observe(Duration::from_secs_f64(0.000_05));
+        h.observe(Duration::from_secs_f64(0.003));
+        h.observe(Duration::from_secs_f64(60.0));
         let b = h.buckets();
         assert_eq!(b[..2], [(0.000_025, 0), (0.000_05, 1)]);
         assert_eq!(b.last(), Some(&(f64::INFINITY, 1)));
@@ -148,11 +163,26 @@ mod tests {
     }
 
     #[test]
+    fn a_bound_is_inclusive_to_the_nanosecond_and_no_time_overflows() {
+        let mut h = Histogram::default();
+        h.observe(Duration::from_micros(25));
+        h.observe(Duration::from_nanos(25_001));
+        h.observe(Duration::MAX);
+        h.observe(Duration::MAX);
+        let b = h.buckets();
+        assert_eq!(b[..2], [(0.000_025, 1), (0.000_05, 1)]);
+        assert_eq!(b.last(), Some(&(f64::INFINITY, 2)));
+        assert!(h.sum_seconds() > 1e19);
+        let sum = h.stat_counters().find(|(name, _)| name == SUM_NAME);
+        assert_eq!(sum, Some((SUM_NAME.to_string(), u64::MAX)));
+    }
+
+    #[test]
     fn stat_counters_are_cumulative_by_bound_in_micros() {
         let mut h = Histogram::default();
-        h.observe(0.000_02);
-        h.observe(0.000_04);
-        h.observe(0.003);
+        h.observe(Duration::from_secs_f64(0.000_02));
+        h.observe(Duration::from_secs_f64(0.000_04));
+        h.observe(Duration::from_secs_f64(0.003));
         let c: Vec<(String, u64)> = h.stat_counters().collect();
         assert_eq!(c.len(), LATENCY_BUCKETS_SECONDS.len() + 3);
         assert_eq!(c[0], ("latency_le_us.25".to_string(), 1));

@@ -170,7 +170,7 @@ impl Recorder {
                 self.errors[c][error_code_index(*code)] += 1;
             }
             if let Some(elapsed) = elapsed {
-                self.latency[c].observe(elapsed.as_secs_f64());
+                self.latency[c].observe(elapsed);
             }
         }
     }

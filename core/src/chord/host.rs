@@ -505,20 +505,23 @@ impl Host {
 
     /// Moves the touched vnodes' outputs: to the driver, or to a sibling vnode (which is
     /// touched in turn), until none is left; then marks their deadlines stale.
+    ///
+    /// A pass polls every touched vnode dry; only an input given to a vnode (a sibling's
+    /// message, a cached store answer, the next step of a leave) can make it produce more, so
+    /// a pass that gave none is the last (`route_output` itself calls no vnode).
     fn pump(&mut self, now: Millis) {
         loop {
-            let mut moved = false;
             let mut i = 0;
             while i < self.touched.len() {
                 let v = self.touched.get(i);
                 while let Some(o) = self.vnodes[usize::from(v)].poll_output() {
-                    moved = true;
                     self.route_output(now, v, o);
                 }
                 i += 1;
             }
+            let mut delivered = false;
             while let Some(l) = self.local.pop_front() {
-                moved = true;
+                delivered = true;
                 match l {
                     Local::Request { to, from, frame } => {
                         self.vnodes[usize::from(to)].handle_request(
@@ -541,9 +544,9 @@ impl Host {
                 }
             }
             if self.advance_leave(now) {
-                moved = true;
+                delivered = true;
             }
-            if !moved {
+            if !delivered {
                 self.pump_done();
                 return;
             }

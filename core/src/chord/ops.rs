@@ -1089,7 +1089,7 @@ impl Node {
                 Some(e) => Message::GetReply {
                     hops,
                     version: e.version,
-                    value: e.value_at(now).cloned(),
+                    value: e.into_value_at(now),
                 },
                 None => Message::GetReply {
                     hops,

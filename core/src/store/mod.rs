@@ -69,6 +69,14 @@ impl Entry {
     pub fn value_at(&self, now: u64) -> Option<&Bytes> {
         self.value.as_ref().filter(|_| !self.is_expired(now))
     }
+
+    /// [`Entry::value_at`], taking the value out of the entry: no clone of a `Bytes` (a
+    /// store's fresh copy would be promoted to a shared one, an allocation, only to be dropped
+    /// here).
+    pub fn into_value_at(self, now: u64) -> Option<Bytes> {
+        let expired = self.is_expired(now);
+        self.value.filter(|_| !expired)
+    }
 }
 
 /// Whether an expiry time (`0`: none) has come at `now`, both in milliseconds since the Unix

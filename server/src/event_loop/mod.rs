@@ -746,7 +746,7 @@ impl Server {
                 (replied_at.saturating_duration_since(at), op)
             });
         if let Some((elapsed, true)) = timed {
-            self.latency.observe(elapsed.as_secs_f64());
+            self.latency.observe(elapsed);
         }
         if let Some(m) = &mut self.metrics {
             m.recorder.finish(to.0, &frame, timed.map(|(elapsed, _)| elapsed));
