@@ -1260,6 +1260,49 @@ fn the_pipe_cuts_flights_reloads_scripts_and_selects_the_database() {
     assert_eq!((in_db0, in_db3), (0, (n / 2) as u64));
 }
 
+/// One replica's copy of more entries than one call of the put script takes (its values go to
+/// Redis' Lua stack: `PUTS_MAX_ENTRIES`), on the pipe (which sends an op's entries in one
+/// flight however many) and in a blocking batch: split into several calls, each entry merged
+/// in order (a key given twice, in another call, keeps its newer version), the live count
+/// right.
+#[test]
+fn a_copy_larger_than_one_script_call_is_merged_whole() {
+    let redis = RedisServer::start();
+    let parts = Arc::new(open_partitions(&redis, 2));
+    let n = 3 * chordkv_server::store::redis::PUTS_MAX_ENTRIES + 7;
+    let copy = |vnode: u16| {
+        (
+            vnode,
+            store::StoreOp::PutMany {
+                // Each key twice, the second time newer (k0's first version with an expiry).
+                items: (0..2 * n)
+                    .map(|i| Item {
+                        key: Bytes::from(format!("k{}", i % n)),
+                        version: 1 + (i / n) as u64,
+                        value: Some(Bytes::from(format!("v{i}"))),
+                        expires_at: if i == 0 { 1 << 50 } else { 0 },
+                    })
+                    .collect(),
+            },
+        )
+    };
+    let pipe = PipeDriver::new(&parts).run(vec![copy(0)]);
+    let blocking = parts.execute_batch(vec![copy(1)]);
+    let memory = MemoryStore::new();
+    let want = store::execute(&memory, copy(0).1);
+    assert_eq!(want, Ok(store::StoreOutcome::PutMany { applied: 2 * n }));
+    assert_eq!(pipe, vec![want.clone()], "through the pipe");
+    assert_eq!(blocking, vec![want], "in a blocking batch");
+    for (i, p) in parts.partitions().iter().enumerate() {
+        assert_eq!(p.len().unwrap(), n as u64, "partition {i}: live count");
+        assert_eq!(
+            p.scan(&Id::ZERO, &Id::ZERO, None, 100_000).unwrap(),
+            memory.scan(&Id::ZERO, &Id::ZERO, None, 100_000).unwrap(),
+            "partition {i}: contents"
+        );
+    }
+}
+
 /// An error reply fails its own call's ops only, on the pipe as in a blocking pipeline.
 #[test]
 fn the_pipe_fails_only_the_ops_of_a_corrupt_record() {

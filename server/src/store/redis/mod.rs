@@ -138,6 +138,11 @@ pub const MAX_IDLE_CONNECTIONS: usize = 16;
 pub const PIPELINE_MAX_ITEMS: usize = 512;
 /// A pipeline is also sent once its keys and values reach this many bytes.
 pub const PIPELINE_MAX_BYTES: usize = 16 << 20;
+/// Most entries in one call of `LUA_PUTS`: the script passes twice as many values to one
+/// command (`HSET`'s fields and records), and Redis' Lua takes at most 8,000 values on its
+/// stack (`LUAI_MAXCSTACK`; an `unpack` of more fails the call).
+pub const PUTS_MAX_ENTRIES: usize = 1_024;
+const _: () = assert!(2 * PUTS_MAX_ENTRIES < 7_900);
 /// The port of a `redis://HOST` URL without one.
 pub const DEFAULT_PORT: u16 = 6379;
 
@@ -160,9 +165,10 @@ const MARKER_VALUE: &str = "chordkv: while this key exists, this namespace holds
 /// integers (one `string.byte` call per side: a call from Lua costs more than the compare);
 /// checks a record's shape.
 const LUA_HELPERS: &str = r#"
+local byte, sub = string.byte, string.sub
 local function newer(a, b)
-  local a1, a2, a3, a4, a5, a6, a7, a8 = string.byte(a, 1, 8)
-  local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(b, 1, 8)
+  local a1, a2, a3, a4, a5, a6, a7, a8 = byte(a, 1, 8)
+  local b1, b2, b3, b4, b5, b6, b7, b8 = byte(b, 1, 8)
   if a1 ~= b1 then return a1 > b1 end
   if a2 ~= b2 then return a2 > b2 end
   if a3 ~= b3 then return a3 > b3 end
@@ -174,7 +180,7 @@ local function newer(a, b)
 end
 local function liveness(rec)
   if #rec < 9 then return nil end
-  local tag = string.byte(rec, 9)
+  local tag = byte(rec, 9)
   if tag == 1 then return 1 elseif tag == 0 then return 0 end
   if tag == 2 and #rec >= 17 then return 1 end
   return nil
@@ -222,44 +228,72 @@ return {1, was, expiry}
 "#;
 
 /// `LUA_PUT` for many entries of one namespace in one call, as the pipelined batches send them
-/// (see [`Call::Puts`]): the script's own cost, the marker check and the live counter's update
-/// are paid once per call, not per entry. Each entry is merged exactly as `LUA_PUT` merges it,
-/// in the order given.
+/// (see [`Call::Puts`]). Each entry is merged exactly as `LUA_PUT` merges it, in the order
+/// given; the cost of a script is in its arguments and values more than in its steps (Redis 7
+/// turns every argument into a Lua string, every command's reply into Lua values and every
+/// reply element back), so the call pays per call, not per entry, for what it can:
 ///
-/// KEYS: data, index, live, marker. ARGV: key, index member, new record, then the same for each
-/// further entry. Returns {applied, previous_live, previous expiry} per entry, flattened;
-/// `applied` is -1 for an entry whose stored record cannot be read (it is left as it is).
+/// - the marker check, and one `HMGET` of every entry's stored record (an entry later in the
+///   call sees the record an earlier one of the same key left: the call keeps what it wrote);
+/// - one `HSET` of every record it writes, one `ZADD` of the new keys' index members (each
+///   made here from its id's 40 hex digits and the key: the ids come as one argument, as a
+///   member is needed only for a new key), one `INCRBY` of the live count;
+/// - one reply: a string of one outcome byte per entry and the expiries that were there.
+///
+/// KEYS: data, index, live, marker. ARGV: the entries' ids in hex, 40 digits each, one string;
+/// then key, new record for each entry. Returns {outcomes, expiries}: `outcomes` one byte per
+/// entry, `4 * (applied + 1) + 2 * previous_live + had_expiry`, `applied` 1 (merged), 0 (not
+/// newer) or -1 (the stored record cannot be read; it is left as it is); `expiries` the
+/// previous records' 8-byte expiries, in order, of the entries with `had_expiry`.
 const LUA_PUTS: &str = r#"
 if lost() then return lost_reply() end
-local out = {}
-local delta = 0
-for i = 1, #ARGV, 3 do
-  local key, rec = ARGV[i], ARGV[i + 2]
-  local old = redis.call('HGET', KEYS[1], key)
+local ids = ARGV[1]
+local n = (#ARGV - 1) / 2
+local fields = {}
+for i = 1, n do fields[i] = ARGV[2 * i] end
+local stored = redis.call('HMGET', KEYS[1], unpack(fields))
+local written = {}
+local outcomes = {}
+local expiries = {}
+local writes = {}
+local members = {}
+local w, m, delta = 0, 0, 0
+for i = 1, n do
+  local key, rec = fields[i], ARGV[2 * i + 1]
+  local old = written[key]
+  if old == nil then old = stored[i] end
   local was = 0
-  local expiry = ''
+  local expiry = 0
   local applied = 1
   if old then
     was = liveness(old)
     if was == nil then
       applied, was = -1, 0
     else
-      if string.byte(old, 9) == 2 then expiry = string.sub(old, 10, 17) end
+      if byte(old, 9) == 2 then
+        expiry = 1
+        expiries[#expiries + 1] = sub(old, 10, 17)
+      end
       if not newer(rec, old) then applied = 0 end
     end
   else
-    redis.call('ZADD', KEYS[2], 0, ARGV[i + 1])
+    members[m + 1] = 0
+    members[m + 2] = sub(ids, 40 * i - 39, 40 * i) .. key
+    m = m + 2
   end
   if applied == 1 then
-    redis.call('HSET', KEYS[1], key, rec)
+    written[key] = rec
+    writes[w + 1] = key
+    writes[w + 2] = rec
+    w = w + 2
     delta = delta + liveness(rec) - was
   end
-  out[#out + 1] = applied
-  out[#out + 1] = was
-  out[#out + 1] = expiry
+  outcomes[i] = 4 * (applied + 1) + 2 * was + expiry
 end
+if w > 0 then redis.call('HSET', KEYS[1], unpack(writes)) end
+if m > 0 then redis.call('ZADD', KEYS[2], unpack(members)) end
 if delta ~= 0 then redis.call('INCRBY', KEYS[3], delta) end
-return out
+return {string.char(unpack(outcomes)), expiries}
 "#;
 
 /// KEYS: data, index, live, marker. ARGV: key, index member, up-to version (8 bytes,
@@ -1081,7 +1115,8 @@ enum Call {
     /// without Lua's cost; the partitions of a pipeline share the `MULTI` and `EXEC`.
     Gets { groups: Vec<(usize, Vec<usize>)> },
     /// Merges into one partition: one `EVALSHA` of `LUA_PUTS` (a compare-and-set on the
-    /// version, which only a script makes atomic, for each entry in turn).
+    /// version, which only a script makes atomic, for each entry in turn), of at most
+    /// [`PUTS_MAX_ENTRIES`] entries.
     Puts { part: usize, points: Vec<usize> },
 }
 
@@ -1114,6 +1149,12 @@ impl Call {
             }
             Call::Puts { part, points: mine } => {
                 let k = &parts[*part].keys;
+                let mut ids = Vec::with_capacity(ID_HEX_BYTES * mine.len());
+                for &i in mine {
+                    if let Point::Put(_, id, _) = &points[i].1 {
+                        ids.extend_from_slice(&id_hex(id));
+                    }
+                }
                 let mut evalsha = redis::cmd("EVALSHA");
                 evalsha
                     .arg(backend.puts_script.get_hash())
@@ -1121,13 +1162,11 @@ impl Call {
                     .arg(&k.data)
                     .arg(&k.index)
                     .arg(&k.live)
-                    .arg(&k.marker);
+                    .arg(&k.marker)
+                    .arg(ids);
                 for &i in mine {
-                    if let Point::Put(key, id, entry) = &points[i].1 {
-                        evalsha
-                            .arg(key.as_ref())
-                            .arg(member(id, key))
-                            .arg(encode_record(entry));
+                    if let Point::Put(key, _, entry) = &points[i].1 {
+                        evalsha.arg(key.as_ref()).arg(encode_record(entry));
                     }
                 }
                 evalsha.write_packed_command(out);
@@ -1155,7 +1194,7 @@ fn plan(partitions: usize, points: &[(usize, Point)]) -> Vec<Call> {
                     continue;
                 }
             }
-            (Some(Call::Puts { points, .. }), Point::Put(..)) => {
+            (Some(Call::Puts { points, .. }), Point::Put(..)) if points.len() < PUTS_MAX_ENTRIES => {
                 points.push(i);
                 continue;
             }
@@ -1341,30 +1380,28 @@ fn decode_replies(
             Call::Puts { part, points: mine } => {
                 let reply = replies.next().unwrap_or(Value::Nil);
                 let store = parts[*part];
-                match reply_value::<Vec<(i64, i64, Vec<u8>)>>(reply) {
-                    Ok(outcomes) if outcomes.len() == mine.len() => {
-                        for (&i, (applied, previous_live, expiry)) in mine.iter().zip(outcomes) {
-                            results[i] = Some(if applied == -1 {
-                                let key_len = match &points[i].1 {
-                                    Point::Put(key, ..) | Point::Get(key) => key.len(),
-                                };
-                                Err(store.store_error(Failure::Corrupt(format!(
-                                    "malformed record in {} for a key of {key_len} bytes",
-                                    store.keys.data,
-                                ))))
-                            } else {
-                                Ok(StoreOutcome::Put(PutOutcome {
-                                    applied: applied == 1,
-                                    previous_live: previous_live == 1,
-                                    previous_expires_at: expiry.try_into().map_or(0, u64::from_be_bytes),
-                                }))
+                match reply_value::<(Vec<u8>, Vec<Vec<u8>>)>(reply).map(|(codes, expiries)| {
+                    decode_put_outcomes(&codes, expiries).filter(|outcomes| outcomes.len() == mine.len())
+                }) {
+                    Ok(Some(outcomes)) => {
+                        for (&i, outcome) in mine.iter().zip(outcomes) {
+                            results[i] = Some(match outcome {
+                                Some(outcome) => Ok(StoreOutcome::Put(outcome)),
+                                None => {
+                                    let key_len = match &points[i].1 {
+                                        Point::Put(key, ..) | Point::Get(key) => key.len(),
+                                    };
+                                    Err(store.store_error(Failure::Corrupt(format!(
+                                        "malformed record in {} for a key of {key_len} bytes",
+                                        store.keys.data,
+                                    ))))
+                                }
                             });
                         }
                     }
-                    Ok(outcomes) => {
+                    Ok(None) => {
                         let error = store.store_error(Failure::Corrupt(format!(
-                            "the put script answered {} outcomes for {} entries",
-                            outcomes.len(),
+                            "the put script's answer does not read as {} outcomes",
                             mine.len()
                         )));
                         for &i in mine {
@@ -1535,6 +1572,35 @@ fn id_hex(id: &Id) -> [u8; ID_HEX_BYTES] {
         out[2 * i + 1] = DIGITS[(b & 0xf) as usize];
     }
     out
+}
+
+/// The outcomes `LUA_PUTS` answers (see there): per entry, `None` for a stored record it could
+/// not read, else what the merge did. `None` when the answer does not read as outcomes (a byte
+/// out of range, expiries that are not 8 bytes or do not match the bytes that announce them).
+fn decode_put_outcomes(codes: &[u8], expiries: Vec<Vec<u8>>) -> Option<Vec<Option<PutOutcome>>> {
+    let mut expiries = expiries.into_iter();
+    let outcomes = codes
+        .iter()
+        .map(|&code| {
+            if code > 11 {
+                return None;
+            }
+            let previous_expires_at = if code & 1 == 1 {
+                u64::from_be_bytes(expiries.next()?.try_into().ok()?)
+            } else {
+                0
+            };
+            Some(match code >> 2 {
+                0 => None,
+                applied => Some(PutOutcome {
+                    applied: applied == 2,
+                    previous_live: code & 2 != 0,
+                    previous_expires_at,
+                }),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    expiries.next().is_none().then_some(outcomes)
 }
 
 /// The index member of a key: its id in hex, then the key.
