@@ -1260,6 +1260,56 @@ fn the_pipe_cuts_flights_reloads_scripts_and_selects_the_database() {
     assert_eq!((in_db0, in_db3), (0, (n / 2) as u64));
 }
 
+/// The puts of several partitions share one script call, yet each partition answers for
+/// itself: with one partition's data gone (its marker deleted, as an eviction would) and
+/// another's hash overwritten by something else, their puts fail as lost and as corrupt, on
+/// the pipe and in a blocking batch, and the other partitions' puts in the same call are
+/// merged (and nothing is written into the lost one).
+#[test]
+fn a_loss_in_a_shared_put_call_fails_only_its_partitions_puts() {
+    let redis = RedisServer::start();
+    let parts = Arc::new(open_partitions(&redis, 4));
+    let before = parts.execute_batch((0..4).map(|p| put(p, "a", live(1, b"v"))).collect());
+    assert!(before.iter().all(|r| r.is_ok()), "{before:?}");
+    let marker = parts.partitions()[1].marker_key().to_string();
+    let [data2, _, _] = parts.partitions()[2].redis_keys();
+    let mut raw = redis.raw();
+    redis::cmd("DEL").arg(&marker).exec(&mut raw).unwrap();
+    redis::cmd("SET").arg(data2).arg("oops").exec(&mut raw).unwrap();
+    let batch = |version: u64| -> Vec<(u16, store::StoreOp)> {
+        (0..4u16)
+            .flat_map(|p| [put(p, "a", live(version, b"w")), put(p, "b", live(version, b"w"))])
+            .collect()
+    };
+    let check = |what: &str, results: Vec<Result<store::StoreOutcome, StoreError>>, version: u64| {
+        for (i, r) in results.into_iter().enumerate() {
+            match i / 2 {
+                1 => assert_lost(&format!("{what}: partition 1's put {i}"), r),
+                2 => assert!(
+                    matches!(r, Err(StoreError::Corrupt(_))),
+                    "{what}: partition 2's put {i}: {r:?}"
+                ),
+                _ => assert!(
+                    matches!(&r, Ok(store::StoreOutcome::Put(o)) if o.applied && o.previous_live == (i % 2 == 0 || version > 2)),
+                    "{what}: put {i}: {r:?}"
+                ),
+            }
+        }
+    };
+    check("blocking", parts.execute_batch(batch(2)), 2);
+    assert_eq!(parts.partitions()[1].loss_epoch(), 1);
+    // The loss is recorded: partition 1 runs on the emptied store again. Lose it once more.
+    redis::cmd("DEL").arg(&marker).exec(&mut raw).unwrap();
+    check("pipe", PipeDriver::new(&parts).run(batch(3)), 3);
+    for p in [0, 3] {
+        assert_eq!(parts.partitions()[p].len().unwrap(), 2, "partition {p}");
+        assert_eq!(parts.partitions()[p].get(b"b").unwrap(), Some(live(3, b"w")));
+    }
+    let [data1, _, _] = parts.partitions()[1].redis_keys();
+    let written: u64 = redis::cmd("HEXISTS").arg(data1).arg("b").query(&mut raw).unwrap();
+    assert_eq!(written, 0, "nothing written into the lost partition");
+}
+
 /// One replica's copy of more entries than one call of the put script takes (its values go to
 /// Redis' Lua stack: `PUTS_MAX_ENTRIES`), on the pipe (which sends an op's entries in one
 /// flight however many) and in a blocking batch: split into several calls, each entry merged

@@ -56,11 +56,11 @@
 //! [`RedisPartitions`] opens a node's partitions (one namespace per vnode) on one connection
 //! pool and runs the gets and puts (single, or the entries of a `PutMany`: a replica's copy)
 //! pending at the same time as one pipeline: every call written at once, the replies read in
-//! order, one round trip for up to [`PIPELINE_MAX_ITEMS`] ops. A partition's puts share one
-//! call of `LUA_PUTS` (each entry merged as `put` merges it) and the gets of a run of reads one
-//! transaction, whatever their partitions, unless an op of the other kind on the same
-//! partition comes between: a partition's ops take effect in the order they were given
-//! ([`plan`]). A failed read or write ends the pipeline:
+//! order, one round trip for up to [`PIPELINE_MAX_ITEMS`] ops. The puts of a run of writes
+//! share one call of `LUA_PUTS` (each entry merged as `put` merges it; each partition answered
+//! for alone, a lost one as lost) and the gets of a run of reads one transaction, whatever
+//! their partitions, unless an op of the other kind on the same partition comes between: a
+//! partition's ops take effect in the order they were given ([`plan`]). A failed read or write ends the pipeline:
 //! its connection is dropped and every op of it fails with [`StoreError::Unavailable`] (each
 //! is a read or a merge, so running it again is harmless); an error reply fails its own ops
 //! only.
@@ -227,73 +227,110 @@ if now ~= was then redis.call('INCRBY', KEYS[3], now - was) end
 return {1, was, expiry}
 "#;
 
-/// `LUA_PUT` for many entries of one namespace in one call, as the pipelined batches send them
-/// (see [`Call::Puts`]). Each entry is merged exactly as `LUA_PUT` merges it, in the order
-/// given; the cost of a script is in its arguments and values more than in its steps (Redis 7
-/// turns every argument into a Lua string, every command's reply into Lua values and every
-/// reply element back), so the call pays per call, not per entry, for what it can:
+/// `LUA_PUT` for many entries of one or more namespaces in one call, as the pipelined batches
+/// send them (see [`Call::Puts`]). Each entry is merged exactly as `LUA_PUT` merges it, in the
+/// order given. The cost of a script is in the call, its arguments and its commands more than
+/// in its steps (Redis 7 turns every argument into a Lua string, every command's reply into Lua
+/// values and every reply element back), so the call pays per call or per namespace, not per
+/// entry, for what it can:
 ///
-/// - the marker check, and one `HMGET` of every entry's stored record (an entry later in the
-///   call sees the record an earlier one of the same key left: the call keeps what it wrote);
-/// - one `HSET` of every record it writes, one `ZADD` of the new keys' index members (each
-///   made here from its id's 40 hex digits and the key: the ids come as one argument, as a
-///   member is needed only for a new key), one `INCRBY` of the live count;
-/// - one reply: a string of one outcome byte per entry and the expiries that were there.
+/// - one call for the puts of every namespace in a pipeline (a node's vnodes);
+/// - per namespace, the marker check and one `HMGET` of every entry's stored record (an entry
+///   later in the call sees the record an earlier one of the same key left: the call keeps what
+///   it wrote);
+/// - per namespace, one `HSET` of every record it writes, one `ZADD` of the new keys' index
+///   members (each made here from its id's 40 hex digits and the key: the ids come as one
+///   argument, as a member is needed only for a new key), one `INCRBY` of the live count;
+/// - per namespace, one reply: a string of one outcome byte per entry and the expiries that
+///   were there.
 ///
-/// KEYS: data, index, live, marker. ARGV: the entries' ids in hex, 40 digits each, one string;
-/// then key, new record for each entry. Returns {outcomes, expiries}: `outcomes` one byte per
+/// A namespace whose marker is missing (its data lost) or whose keys fail a command (of the
+/// wrong type, or Redis out of memory: `redis.pcall`) is answered for alone; the others' merges
+/// go through.
+///
+/// KEYS: data, index, live, marker of each namespace in turn. ARGV: for each namespace in turn,
+/// its entries' ids in hex, 40 digits each, as one string, then key, new record for each of its
+/// entries. Returns one reply per namespace: `{1, outcomes, expiries}`, `outcomes` one byte per
 /// entry, `4 * (applied + 1) + 2 * previous_live + had_expiry`, `applied` 1 (merged), 0 (not
-/// newer) or -1 (the stored record cannot be read; it is left as it is); `expiries` the
-/// previous records' 8-byte expiries, in order, of the entries with `had_expiry`.
+/// newer) or -1 (the stored record cannot be read; it is left as it is), `expiries` the
+/// previous records' 8-byte expiries, in order, of the entries with `had_expiry`; `{0, text}`
+/// when the marker is missing; `{2, text}` when a command failed.
 const LUA_PUTS: &str = r#"
-if lost() then return lost_reply() end
-local ids = ARGV[1]
-local n = (#ARGV - 1) / 2
-local fields = {}
-for i = 1, n do fields[i] = ARGV[2 * i] end
-local stored = redis.call('HMGET', KEYS[1], unpack(fields))
-local written = {}
-local outcomes = {}
-local expiries = {}
-local writes = {}
-local members = {}
-local w, m, delta = 0, 0, 0
-for i = 1, n do
-  local key, rec = fields[i], ARGV[2 * i + 1]
-  local old = written[key]
-  if old == nil then old = stored[i] end
-  local was = 0
-  local expiry = 0
-  local applied = 1
-  if old then
-    was = liveness(old)
-    if was == nil then
-      applied, was = -1, 0
-    else
-      if byte(old, 9) == 2 then
-        expiry = 1
-        expiries[#expiries + 1] = sub(old, 10, 17)
-      end
-      if not newer(rec, old) then applied = 0 end
-    end
-  else
-    members[m + 1] = 0
-    members[m + 2] = sub(ids, 40 * i - 39, 40 * i) .. key
-    m = m + 2
-  end
-  if applied == 1 then
-    written[key] = rec
-    writes[w + 1] = key
-    writes[w + 2] = rec
-    w = w + 2
-    delta = delta + liveness(rec) - was
-  end
-  outcomes[i] = 4 * (applied + 1) + 2 * was + expiry
+local function failure(r)
+  if type(r) == 'table' and r.err then return r.err end
 end
-if w > 0 then redis.call('HSET', KEYS[1], unpack(writes)) end
-if m > 0 then redis.call('ZADD', KEYS[2], unpack(members)) end
-if delta ~= 0 then redis.call('INCRBY', KEYS[3], delta) end
-return {string.char(unpack(outcomes)), expiries}
+local replies = {}
+local at = 1
+for g = 0, #KEYS / 4 - 1 do
+  local data, index, live, marker = KEYS[4 * g + 1], KEYS[4 * g + 2], KEYS[4 * g + 3], KEYS[4 * g + 4]
+  local ids = ARGV[at]
+  local n = #ids / 40
+  local reply
+  local present = redis.pcall('EXISTS', marker)
+  if failure(present) then
+    reply = {2, failure(present)}
+  elseif present == 0 then
+    reply = {0, marker .. ' is gone: the data of this namespace was lost'}
+  else
+    local fields = {}
+    for i = 1, n do fields[i] = ARGV[at + 2 * i - 1] end
+    local stored = redis.pcall('HMGET', data, unpack(fields))
+    if failure(stored) then
+      reply = {2, failure(stored)}
+    else
+      local written = {}
+      local outcomes = {}
+      local expiries = {}
+      local writes = {}
+      local members = {}
+      local w, m, delta = 0, 0, 0
+      for i = 1, n do
+        local key, rec = fields[i], ARGV[at + 2 * i]
+        local old = written[key]
+        if old == nil then old = stored[i] end
+        local was = 0
+        local expiry = 0
+        local applied = 1
+        if old then
+          was = liveness(old)
+          if was == nil then
+            applied, was = -1, 0
+          else
+            if byte(old, 9) == 2 then
+              expiry = 1
+              expiries[#expiries + 1] = sub(old, 10, 17)
+            end
+            if not newer(rec, old) then applied = 0 end
+          end
+        else
+          members[m + 1] = 0
+          members[m + 2] = sub(ids, 40 * i - 39, 40 * i) .. key
+          m = m + 2
+        end
+        if applied == 1 then
+          written[key] = rec
+          writes[w + 1] = key
+          writes[w + 2] = rec
+          w = w + 2
+          delta = delta + liveness(rec) - was
+        end
+        outcomes[i] = 4 * (applied + 1) + 2 * was + expiry
+      end
+      local failed
+      if w > 0 then failed = failure(redis.pcall('HSET', data, unpack(writes))) end
+      if not failed and m > 0 then failed = failure(redis.pcall('ZADD', index, unpack(members))) end
+      if not failed and delta ~= 0 then failed = failure(redis.pcall('INCRBY', live, delta)) end
+      if failed then
+        reply = {2, failed}
+      else
+        reply = {1, string.char(unpack(outcomes)), expiries}
+      end
+    end
+  end
+  replies[g + 1] = reply
+  at = at + 1 + 2 * n
+end
+return replies
 "#;
 
 /// KEYS: data, index, live, marker. ARGV: key, index member, up-to version (8 bytes,
@@ -1114,13 +1151,43 @@ enum Call {
     /// between, so each marker check and its reads happen at one instant, as in a script,
     /// without Lua's cost; the partitions of a pipeline share the `MULTI` and `EXEC`.
     Gets { groups: Vec<(usize, Vec<usize>)> },
-    /// Merges into one partition: one `EVALSHA` of `LUA_PUTS` (a compare-and-set on the
-    /// version, which only a script makes atomic, for each entry in turn), of at most
-    /// [`PUTS_MAX_ENTRIES`] entries.
-    Puts { part: usize, points: Vec<usize> },
+    /// Merges into one or more partitions (`(partition, points)`, each partition once): one
+    /// `EVALSHA` of `LUA_PUTS` (a compare-and-set on the version, which only a script makes
+    /// atomic, for each entry in turn), of at most [`PUTS_MAX_ENTRIES`] entries in all.
+    Puts {
+        groups: Vec<(usize, Vec<usize>)>,
+        entries: usize,
+    },
 }
 
 impl Call {
+    /// A call of op `i` (of `part`) alone.
+    fn of(part: usize, point: &Point, i: usize) -> Call {
+        let groups = vec![(part, vec![i])];
+        match point {
+            Point::Get(_) => Call::Gets { groups },
+            Point::Put(..) => Call::Puts { groups, entries: 1 },
+        }
+    }
+
+    /// Adds op `i` (of `part`) to its partition's group, or to a new one, if the call is of
+    /// its kind (and, for puts, has room); whether it did.
+    fn take(&mut self, part: usize, point: &Point, i: usize) -> bool {
+        let groups = match (self, point) {
+            (Call::Gets { groups }, Point::Get(_)) => groups,
+            (Call::Puts { groups, entries }, Point::Put(..)) if *entries < PUTS_MAX_ENTRIES => {
+                *entries += 1;
+                groups
+            }
+            _ => return false,
+        };
+        match groups.iter_mut().find(|(p, _)| *p == part) {
+            Some((_, mine)) => mine.push(i),
+            None => groups.push((part, vec![i])),
+        }
+        true
+    }
+
     /// Replies the call gets.
     fn replies(&self) -> usize {
         match self {
@@ -1147,26 +1214,25 @@ impl Call {
                 }
                 redis::cmd("EXEC").write_packed_command(out);
             }
-            Call::Puts { part, points: mine } => {
-                let k = &parts[*part].keys;
-                let mut ids = Vec::with_capacity(ID_HEX_BYTES * mine.len());
-                for &i in mine {
-                    if let Point::Put(_, id, _) = &points[i].1 {
-                        ids.extend_from_slice(&id_hex(id));
-                    }
-                }
+            Call::Puts { groups, .. } => {
                 let mut evalsha = redis::cmd("EVALSHA");
-                evalsha
-                    .arg(backend.puts_script.get_hash())
-                    .arg(4)
-                    .arg(&k.data)
-                    .arg(&k.index)
-                    .arg(&k.live)
-                    .arg(&k.marker)
-                    .arg(ids);
-                for &i in mine {
-                    if let Point::Put(key, _, entry) = &points[i].1 {
-                        evalsha.arg(key.as_ref()).arg(encode_record(entry));
+                evalsha.arg(backend.puts_script.get_hash()).arg(4 * groups.len());
+                for (part, _) in groups {
+                    let k = &parts[*part].keys;
+                    evalsha.arg(&k.data).arg(&k.index).arg(&k.live).arg(&k.marker);
+                }
+                for (_, mine) in groups {
+                    let mut ids = Vec::with_capacity(ID_HEX_BYTES * mine.len());
+                    for &i in mine {
+                        if let Point::Put(_, id, _) = &points[i].1 {
+                            ids.extend_from_slice(&id_hex(id));
+                        }
+                    }
+                    evalsha.arg(ids);
+                    for &i in mine {
+                        if let Point::Put(key, _, entry) = &points[i].1 {
+                            evalsha.arg(key.as_ref()).arg(encode_record(entry));
+                        }
                     }
                 }
                 evalsha.write_packed_command(out);
@@ -1176,45 +1242,32 @@ impl Call {
 }
 
 /// The calls that run `points` (each with its partition), in order, except that an op joins
-/// its partition's last call when that call is of its kind (gets or puts), and a get of a
-/// partition whose last call is not a read joins the pipeline's last call when that is a read
-/// (no write of the partition comes after it): a partition's ops take effect in the order
-/// given (a get after a put of the same key sees it), a batch spread over the partitions costs
-/// about one script call per partition, and its reads one transaction.
+/// its partition's last call when that call is of its kind (gets or puts; a puts call takes at
+/// most [`PUTS_MAX_ENTRIES`]), else the pipeline's last call when that is of its kind and not
+/// the partition's (no op of the partition comes after it): a partition's ops take effect in
+/// the order given (a get after a put of the same key sees it), and a batch spread over the
+/// partitions costs about one transaction for its reads and one script call for its writes.
 fn plan(partitions: usize, points: &[(usize, Point)]) -> Vec<Call> {
     let mut calls: Vec<Call> = Vec::with_capacity(points.len());
     // Each partition's last call.
     let mut last: Vec<Option<usize>> = vec![None; partitions];
     for (i, (part, point)) in points.iter().enumerate() {
         let part = *part;
-        match (last[part].map(|c| &mut calls[c]), point) {
-            (Some(Call::Gets { groups }), Point::Get(_)) => {
-                if let Some((_, mine)) = groups.iter_mut().find(|(p, _)| *p == part) {
-                    mine.push(i);
-                    continue;
-                }
-            }
-            (Some(Call::Puts { points, .. }), Point::Put(..)) if points.len() < PUTS_MAX_ENTRIES => {
-                points.push(i);
+        if let Some(c) = last[part] {
+            if calls[c].take(part, point, i) {
                 continue;
             }
-            _ => {}
         }
-        if let (Some(Call::Gets { groups }), Point::Get(_)) = (calls.last_mut(), point) {
-            groups.push((part, vec![i]));
-            last[part] = Some(calls.len() - 1);
-            continue;
+        // The pipeline's last call comes after every op of the partition so far, unless it
+        // is the partition's own (of the other kind, or full).
+        if let Some(t) = calls.len().checked_sub(1) {
+            if last[part] != Some(t) && calls[t].take(part, point, i) {
+                last[part] = Some(t);
+                continue;
+            }
         }
         last[part] = Some(calls.len());
-        calls.push(match point {
-            Point::Get(_) => Call::Gets {
-                groups: vec![(part, vec![i])],
-            },
-            Point::Put(..) => Call::Puts {
-                part,
-                points: vec![i],
-            },
-        });
+        calls.push(Call::of(part, point, i));
     }
     calls
 }
@@ -1377,48 +1430,14 @@ fn decode_replies(
                     decode_gets(parts[*part], *part, mine, pair, &mut results, lost);
                 }
             }
-            Call::Puts { part, points: mine } => {
+            Call::Puts { groups, .. } => {
                 let reply = replies.next().unwrap_or(Value::Nil);
-                let store = parts[*part];
-                match reply_value::<(Vec<u8>, Vec<Vec<u8>>)>(reply).map(|(codes, expiries)| {
-                    decode_put_outcomes(&codes, expiries).filter(|outcomes| outcomes.len() == mine.len())
-                }) {
-                    Ok(Some(outcomes)) => {
-                        for (&i, outcome) in mine.iter().zip(outcomes) {
-                            results[i] = Some(match outcome {
-                                Some(outcome) => Ok(StoreOutcome::Put(outcome)),
-                                None => {
-                                    let key_len = match &points[i].1 {
-                                        Point::Put(key, ..) | Point::Get(key) => key.len(),
-                                    };
-                                    Err(store.store_error(Failure::Corrupt(format!(
-                                        "malformed record in {} for a key of {key_len} bytes",
-                                        store.keys.data,
-                                    ))))
-                                }
-                            });
-                        }
-                    }
-                    Ok(None) => {
-                        let error = store.store_error(Failure::Corrupt(format!(
-                            "the put script's answer does not read as {} outcomes",
-                            mine.len()
-                        )));
-                        for &i in mine {
-                            results[i] = Some(Err(error.clone()));
-                        }
-                    }
-                    Err(f) => {
-                        let error = match f {
-                            Failure::Redis(e) if is_lost(&e) => {
-                                lost(*part, e.detail().unwrap_or("the marker is gone"))
-                            }
-                            f => store.store_error(f),
-                        };
-                        for &i in mine {
-                            results[i] = Some(Err(error.clone()));
-                        }
-                    }
+                let group_replies: Vec<Value> = match reply {
+                    Value::Array(items) if items.len() == groups.len() => items,
+                    other => vec![other; groups.len()],
+                };
+                for ((part, mine), reply) in groups.iter().zip(group_replies) {
+                    decode_puts(parts[*part], *part, mine, points, reply, &mut results, lost);
                 }
             }
         }
@@ -1433,6 +1452,82 @@ fn decode_replies(
             })
         })
         .collect()
+}
+
+/// The outcomes of one partition's puts (`mine`, indices into `results`) from its reply in a
+/// [`Call::Puts`] script call (see `LUA_PUTS`), or the whole call's failure.
+fn decode_puts(
+    store: &RedisStore,
+    part: usize,
+    mine: &[usize],
+    points: &[(usize, Point)],
+    reply: Value,
+    results: &mut [Option<Result<StoreOutcome>>],
+    lost: &mut dyn FnMut(usize, &str) -> StoreError,
+) {
+    let mut fail_all = |error: StoreError| {
+        for &i in mine {
+            results[i] = Some(Err(error.clone()));
+        }
+    };
+    let items = match reply {
+        Value::Array(items) => items,
+        Value::ServerError(e) => return fail_all(store.store_error(Failure::Redis(e.into()))),
+        other => {
+            return fail_all(store.store_error(Failure::Corrupt(format!(
+                "unexpected reply to the put script: {other:?}"
+            ))))
+        }
+    };
+    let mut items = items.into_iter();
+    match (items.next(), items.next(), items.next(), items.next()) {
+        (Some(Value::Int(1)), Some(Value::BulkString(codes)), Some(Value::Array(expiries)), None) => {
+            let expiries = expiries
+                .into_iter()
+                .map(|e| match e {
+                    Value::BulkString(e) => Some(e),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>();
+            let outcomes = expiries
+                .and_then(|expiries| decode_put_outcomes(&codes, expiries))
+                .filter(|outcomes| outcomes.len() == mine.len());
+            let Some(outcomes) = outcomes else {
+                return fail_all(store.store_error(Failure::Corrupt(format!(
+                    "the put script's answer does not read as {} outcomes",
+                    mine.len()
+                ))));
+            };
+            for (&i, outcome) in mine.iter().zip(outcomes) {
+                results[i] = Some(match outcome {
+                    Some(outcome) => Ok(StoreOutcome::Put(outcome)),
+                    None => {
+                        let key_len = match &points[i].1 {
+                            Point::Put(key, ..) | Point::Get(key) => key.len(),
+                        };
+                        Err(store.store_error(Failure::Corrupt(format!(
+                            "malformed record in {} for a key of {key_len} bytes",
+                            store.keys.data,
+                        ))))
+                    }
+                });
+            }
+        }
+        (Some(Value::Int(0)), Some(Value::BulkString(detail)), None, None) => {
+            fail_all(lost(part, &String::from_utf8_lossy(&detail)))
+        }
+        (Some(Value::Int(2)), Some(Value::BulkString(text)), None, None) => {
+            let text = String::from_utf8_lossy(&text);
+            let shown = &store.backend.shown;
+            // Redis' own error text: WRONGTYPE (something else wrote our keys), OOM, ...
+            fail_all(if text.starts_with("WRONGTYPE") {
+                StoreError::Corrupt(format!("{shown} ({}): {text}", store.namespace))
+            } else {
+                StoreError::Unavailable(format!("{shown}: {text}"))
+            })
+        }
+        other => fail_all(store.store_error(Failure::Corrupt(format!("the put script answered {other:?}")))),
+    }
 }
 
 /// The outcomes of one partition's gets (`mine`, indices into `results`) from its replies in
@@ -2061,11 +2156,11 @@ mod tests {
         assert!(matches!(decode_record(vec![2; 9]), Err(Failure::Corrupt(_))));
     }
 
-    /// A pipeline's gets share one transaction per run of reads, each partition once in it; a
-    /// partition's ops keep their order (a write splits its reads), other partitions' reads
-    /// join a read call before the write.
+    /// A pipeline's gets share one transaction per run of reads, its puts one script call per
+    /// run of writes, each partition once in it; a partition's ops keep their order (a write
+    /// splits its reads), other partitions' ops join the call before.
     #[test]
-    fn reads_of_several_partitions_share_a_transaction() {
+    fn reads_and_writes_of_several_partitions_share_a_call() {
         let g = |p: usize| (p, Point::Get(Bytes::from_static(b"k")));
         let w = |p: usize| {
             (
@@ -2078,7 +2173,7 @@ mod tests {
                 .iter()
                 .map(|c| match c {
                     Call::Gets { groups } => format!("gets {groups:?}"),
-                    Call::Puts { part, points } => format!("puts {part} {points:?}"),
+                    Call::Puts { groups, .. } => format!("puts {groups:?}"),
                 })
                 .collect()
         };
@@ -2090,7 +2185,7 @@ mod tests {
             shape(plan(3, &[g(0), g(1), w(0), g(0), g(1), g(2)])),
             vec![
                 "gets [(0, [0]), (1, [1, 4])]",
-                "puts 0 [2]",
+                "puts [(0, [2])]",
                 "gets [(0, [3]), (2, [5])]"
             ]
         );
@@ -2100,6 +2195,22 @@ mod tests {
             }
             .replies(),
             6
+        );
+        // Writes likewise: one script call for the partitions' puts, split by a read of a
+        // partition that wrote, and by PUTS_MAX_ENTRIES.
+        assert_eq!(
+            shape(plan(3, &[w(0), w(1), w(0), g(1), w(2), w(1)])),
+            vec![
+                "puts [(0, [0, 2]), (1, [1])]",
+                "gets [(1, [3])]",
+                "puts [(2, [4]), (1, [5])]"
+            ]
+        );
+        let many: Vec<_> = (0..PUTS_MAX_ENTRIES + 1).map(|i| w(i % 2)).collect();
+        let calls = plan(2, &many);
+        assert_eq!(calls.len(), 2);
+        assert!(
+            matches!(&calls[1], Call::Puts { groups, entries: 1 } if groups == &[(0, vec![PUTS_MAX_ENTRIES])])
         );
     }
 
