@@ -229,20 +229,25 @@ return {1, was, expiry}
 
 /// `LUA_PUT` for many entries of one or more namespaces in one call, as the pipelined batches
 /// send them (see [`Call::Puts`]). Each entry is merged exactly as `LUA_PUT` merges it, in the
-/// order given. The cost of a script is in the call, its arguments and its commands more than
-/// in its steps (Redis 7 turns every argument into a Lua string, every command's reply into Lua
-/// values and every reply element back), so the call pays per call or per namespace, not per
-/// entry, for what it can:
+/// order given. Redis 7's Lua costs per call, per argument, per command and per table and
+/// string the script makes (each an allocation and later garbage) more than per step, so the
+/// call pays per call or per namespace, not per entry, for what it can:
 ///
 /// - one call for the puts of every namespace in a pipeline (a node's vnodes);
 /// - per namespace, the marker check and one `HMGET` of every entry's stored record (an entry
 ///   later in the call sees the record an earlier one of the same key left: the call keeps what
-///   it wrote);
+///   it wrote, in a table made only when a namespace has several entries);
 /// - per namespace, one `HSET` of every record it writes, one `ZADD` of the new keys' index
 ///   members (each made here from its id's 40 hex digits and the key: the ids come as one
 ///   argument, as a member is needed only for a new key), one `INCRBY` of the live count;
-/// - per namespace, one reply: a string of one outcome byte per entry and the expiries that
+/// - one flat reply: per namespace a string of one outcome byte per entry and the expiries that
 ///   were there.
+///
+/// Measured with the script replayed by `redis-cli --pipe` (redis-server's CPU per entry, 3-byte
+/// values, 100,000 keys), against the script of one namespace with a `HGET` and a `HSET` per
+/// entry it replaced: 50 entries of one namespace 3.3 us against 4.3; 6 entries of each of 6
+/// namespaces in one call 5.3 against 6.0 (6 calls); one entry of each of 6, 9.1 against 9.6;
+/// a call of one entry, 9.8 against 8.1 (the tables it makes).
 ///
 /// A namespace whose marker is missing (its data lost) or whose keys fail a command (of the
 /// wrong type, or Redis out of memory: `redis.pcall`) is answered for alone; the others' merges
@@ -250,44 +255,39 @@ return {1, was, expiry}
 ///
 /// KEYS: data, index, live, marker of each namespace in turn. ARGV: for each namespace in turn,
 /// its entries' ids in hex, 40 digits each, as one string, then key, new record for each of its
-/// entries. Returns one reply per namespace: `{1, outcomes, expiries}`, `outcomes` one byte per
-/// entry, `4 * (applied + 1) + 2 * previous_live + had_expiry`, `applied` 1 (merged), 0 (not
-/// newer) or -1 (the stored record cannot be read; it is left as it is), `expiries` the
-/// previous records' 8-byte expiries, in order, of the entries with `had_expiry`; `{0, text}`
-/// when the marker is missing; `{2, text}` when a command failed.
+/// entries. Returns, for each namespace in turn: `1, outcomes, e` and `e` expiries, `outcomes`
+/// one byte per entry, `4 * (applied + 1) + 2 * previous_live + had_expiry`, `applied` 1
+/// (merged), 0 (not newer) or -1 (the stored record cannot be read; it is left as it is), the
+/// expiries the previous records' 8-byte expiries, in order, of the entries with `had_expiry`;
+/// `0, text` when the marker is missing; `2, text` when a command failed.
 const LUA_PUTS: &str = r#"
-local function failure(r)
-  if type(r) == 'table' and r.err then return r.err end
-end
 local replies = {}
+local r = 0
 local at = 1
+local fields, outcomes = {}, {}
 for g = 0, #KEYS / 4 - 1 do
   local data, index, live, marker = KEYS[4 * g + 1], KEYS[4 * g + 2], KEYS[4 * g + 3], KEYS[4 * g + 4]
   local ids = ARGV[at]
   local n = #ids / 40
-  local reply
   local present = redis.pcall('EXISTS', marker)
-  if failure(present) then
-    reply = {2, failure(present)}
+  local failed
+  if type(present) == 'table' then
+    failed = present.err
   elseif present == 0 then
-    reply = {0, marker .. ' is gone: the data of this namespace was lost'}
+    replies[r + 1] = 0
+    replies[r + 2] = marker .. ' is gone: the data of this namespace was lost'
+    r = r + 2
   else
-    local fields = {}
     for i = 1, n do fields[i] = ARGV[at + 2 * i - 1] end
-    local stored = redis.pcall('HMGET', data, unpack(fields))
-    if failure(stored) then
-      reply = {2, failure(stored)}
-    else
-      local written = {}
-      local outcomes = {}
-      local expiries = {}
-      local writes = {}
-      local members = {}
-      local w, m, delta = 0, 0, 0
+    local stored = redis.pcall('HMGET', data, unpack(fields, 1, n))
+    failed = stored.err
+    if not failed then
+      local written, expiries, writes, members
+      local w, m, e, delta = 0, 0, 0, 0
       for i = 1, n do
         local key, rec = fields[i], ARGV[at + 2 * i]
-        local old = written[key]
-        if old == nil then old = stored[i] end
+        local old = stored[i]
+        if written and written[key] then old = written[key] end
         local was = 0
         local expiry = 0
         local applied = 1
@@ -298,17 +298,24 @@ for g = 0, #KEYS / 4 - 1 do
           else
             if byte(old, 9) == 2 then
               expiry = 1
-              expiries[#expiries + 1] = sub(old, 10, 17)
+              expiries = expiries or {}
+              e = e + 1
+              expiries[e] = sub(old, 10, 17)
             end
             if not newer(rec, old) then applied = 0 end
           end
         else
+          members = members or {}
           members[m + 1] = 0
           members[m + 2] = sub(ids, 40 * i - 39, 40 * i) .. key
           m = m + 2
         end
         if applied == 1 then
-          written[key] = rec
+          if i < n then
+            written = written or {}
+            written[key] = rec
+          end
+          writes = writes or {}
           writes[w + 1] = key
           writes[w + 2] = rec
           w = w + 2
@@ -316,18 +323,33 @@ for g = 0, #KEYS / 4 - 1 do
         end
         outcomes[i] = 4 * (applied + 1) + 2 * was + expiry
       end
-      local failed
-      if w > 0 then failed = failure(redis.pcall('HSET', data, unpack(writes))) end
-      if not failed and m > 0 then failed = failure(redis.pcall('ZADD', index, unpack(members))) end
-      if not failed and delta ~= 0 then failed = failure(redis.pcall('INCRBY', live, delta)) end
-      if failed then
-        reply = {2, failed}
-      else
-        reply = {1, string.char(unpack(outcomes)), expiries}
+      if w > 0 then
+        local x = redis.pcall('HSET', data, unpack(writes, 1, w))
+        if type(x) == 'table' then failed = x.err end
+      end
+      if not failed and m > 0 then
+        local x = redis.pcall('ZADD', index, unpack(members, 1, m))
+        if type(x) == 'table' then failed = x.err end
+      end
+      if not failed and delta ~= 0 then
+        local x = redis.pcall('INCRBY', live, delta)
+        if type(x) == 'table' then failed = x.err end
+      end
+      if not failed then
+        replies[r + 1] = 1
+        replies[r + 2] = string.char(unpack(outcomes, 1, n))
+        replies[r + 3] = e
+        r = r + 3
+        for j = 1, e do replies[r + j] = expiries[j] end
+        r = r + e
       end
     end
   end
-  replies[g + 1] = reply
+  if failed then
+    replies[r + 1] = 2
+    replies[r + 2] = failed
+    r = r + 2
+  end
   at = at + 1 + 2 * n
 end
 return replies
@@ -1432,12 +1454,25 @@ fn decode_replies(
             }
             Call::Puts { groups, .. } => {
                 let reply = replies.next().unwrap_or(Value::Nil);
-                let group_replies: Vec<Value> = match reply {
-                    Value::Array(items) if items.len() == groups.len() => items,
-                    other => vec![other; groups.len()],
+                let mut items = match reply {
+                    Value::Array(items) => Ok(items.into_iter()),
+                    Value::ServerError(e) => Err(Failure::Redis(e.into())),
+                    other => Err(Failure::Corrupt(format!(
+                        "unexpected reply to the put script: {other:?}"
+                    ))),
                 };
-                for ((part, mine), reply) in groups.iter().zip(group_replies) {
-                    decode_puts(parts[*part], *part, mine, points, reply, &mut results, lost);
+                for (part, mine) in groups {
+                    let store = parts[*part];
+                    let outcome = match &mut items {
+                        Ok(items) => next_put_group(items, mine.len()),
+                        Err(Failure::Redis(e)) => {
+                            Err(GroupFailure::Call(store.store_error(Failure::Redis(e.clone()))))
+                        }
+                        Err(Failure::Corrupt(why)) => Err(GroupFailure::Call(
+                            store.store_error(Failure::Corrupt(why.clone())),
+                        )),
+                    };
+                    decode_puts(store, *part, mine, points, outcome, &mut results, lost);
                 }
             }
         }
@@ -1454,50 +1489,64 @@ fn decode_replies(
         .collect()
 }
 
-/// The outcomes of one partition's puts (`mine`, indices into `results`) from its reply in a
-/// [`Call::Puts`] script call (see `LUA_PUTS`), or the whole call's failure.
+/// Why a partition's puts in a script call failed as a whole.
+enum GroupFailure {
+    /// The whole call failed (the error already made for this partition).
+    Call(StoreError),
+    /// The partition's marker is gone: its data was lost (the script's text).
+    Lost(String),
+    /// One of the partition's commands failed (Redis' error text).
+    Command(String),
+    /// The reply does not read as the script's.
+    Unreadable(String),
+}
+
+/// The next partition's part of a `LUA_PUTS` reply (see there), of `n` entries: their outcomes
+/// (`None` for a stored record the script could not read).
+fn next_put_group(
+    items: &mut std::vec::IntoIter<Value>,
+    n: usize,
+) -> std::result::Result<Vec<Option<PutOutcome>>, GroupFailure> {
+    let text = |v: Option<Value>| match v {
+        Some(Value::BulkString(t)) => String::from_utf8_lossy(&t).into_owned(),
+        other => format!("{other:?}"),
+    };
+    match items.next() {
+        Some(Value::Int(1)) => {
+            let (Some(Value::BulkString(codes)), Some(Value::Int(e))) = (items.next(), items.next()) else {
+                return Err(GroupFailure::Unreadable("no outcomes".into()));
+            };
+            let expiries = (0..e.max(0))
+                .map(|_| match items.next() {
+                    Some(Value::BulkString(e)) => Some(e),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>();
+            expiries
+                .and_then(|expiries| decode_put_outcomes(&codes, expiries))
+                .filter(|outcomes| outcomes.len() == n)
+                .ok_or_else(|| GroupFailure::Unreadable(format!("its outcomes do not read as {n}")))
+        }
+        Some(Value::Int(0)) => Err(GroupFailure::Lost(text(items.next()))),
+        Some(Value::Int(2)) => Err(GroupFailure::Command(text(items.next()))),
+        other => Err(GroupFailure::Unreadable(format!("{other:?}"))),
+    }
+}
+
+/// The outcomes of one partition's puts (`mine`, indices into `results`) from its part of a
+/// [`Call::Puts`] script call's reply ([`next_put_group`]).
 fn decode_puts(
     store: &RedisStore,
     part: usize,
     mine: &[usize],
     points: &[(usize, Point)],
-    reply: Value,
+    outcome: std::result::Result<Vec<Option<PutOutcome>>, GroupFailure>,
     results: &mut [Option<Result<StoreOutcome>>],
     lost: &mut dyn FnMut(usize, &str) -> StoreError,
 ) {
-    let mut fail_all = |error: StoreError| {
-        for &i in mine {
-            results[i] = Some(Err(error.clone()));
-        }
-    };
-    let items = match reply {
-        Value::Array(items) => items,
-        Value::ServerError(e) => return fail_all(store.store_error(Failure::Redis(e.into()))),
-        other => {
-            return fail_all(store.store_error(Failure::Corrupt(format!(
-                "unexpected reply to the put script: {other:?}"
-            ))))
-        }
-    };
-    let mut items = items.into_iter();
-    match (items.next(), items.next(), items.next(), items.next()) {
-        (Some(Value::Int(1)), Some(Value::BulkString(codes)), Some(Value::Array(expiries)), None) => {
-            let expiries = expiries
-                .into_iter()
-                .map(|e| match e {
-                    Value::BulkString(e) => Some(e),
-                    _ => None,
-                })
-                .collect::<Option<Vec<_>>>();
-            let outcomes = expiries
-                .and_then(|expiries| decode_put_outcomes(&codes, expiries))
-                .filter(|outcomes| outcomes.len() == mine.len());
-            let Some(outcomes) = outcomes else {
-                return fail_all(store.store_error(Failure::Corrupt(format!(
-                    "the put script's answer does not read as {} outcomes",
-                    mine.len()
-                ))));
-            };
+    let shown = &store.backend.shown;
+    let error = match outcome {
+        Ok(outcomes) => {
             for (&i, outcome) in mine.iter().zip(outcomes) {
                 results[i] = Some(match outcome {
                     Some(outcome) => Ok(StoreOutcome::Put(outcome)),
@@ -1512,21 +1561,21 @@ fn decode_puts(
                     }
                 });
             }
+            return;
         }
-        (Some(Value::Int(0)), Some(Value::BulkString(detail)), None, None) => {
-            fail_all(lost(part, &String::from_utf8_lossy(&detail)))
+        Err(GroupFailure::Call(e)) => e,
+        Err(GroupFailure::Lost(text)) => lost(part, &text),
+        // Redis' own error text: WRONGTYPE (something else wrote our keys), OOM, ...
+        Err(GroupFailure::Command(text)) if text.starts_with("WRONGTYPE") => {
+            StoreError::Corrupt(format!("{shown} ({}): {text}", store.namespace))
         }
-        (Some(Value::Int(2)), Some(Value::BulkString(text)), None, None) => {
-            let text = String::from_utf8_lossy(&text);
-            let shown = &store.backend.shown;
-            // Redis' own error text: WRONGTYPE (something else wrote our keys), OOM, ...
-            fail_all(if text.starts_with("WRONGTYPE") {
-                StoreError::Corrupt(format!("{shown} ({}): {text}", store.namespace))
-            } else {
-                StoreError::Unavailable(format!("{shown}: {text}"))
-            })
+        Err(GroupFailure::Command(text)) => StoreError::Unavailable(format!("{shown}: {text}")),
+        Err(GroupFailure::Unreadable(why)) => {
+            store.store_error(Failure::Corrupt(format!("the put script's answer: {why}")))
         }
-        other => fail_all(store.store_error(Failure::Corrupt(format!("the put script answered {other:?}")))),
+    };
+    for &i in mine {
+        results[i] = Some(Err(error.clone()));
     }
 }
 
