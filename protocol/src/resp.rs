@@ -54,7 +54,7 @@
 //!
 //! (No command chordkv serves answers a double, a boolean, a set or a push in Redis.)
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::limits::MAX_VALUE_BYTES;
 
@@ -168,14 +168,19 @@ pub fn decode_limited_into(
             else {
                 return Ok(false);
             };
-            let command = buf.split_to(len).freeze();
+            let mut command = buf.split_to(len).freeze();
             args.reserve(count);
             if count <= NEAR_ARGS {
-                args.extend(
-                    near[..count]
-                        .iter()
-                        .map(|&(start, end)| command.slice(start..end)),
-                );
+                // (`*0` has no argument.)
+                if let Some((&(start, end), first)) = near[..count].split_last() {
+                    args.extend(first.iter().map(|&(start, end)| command.slice(start..end)));
+                    // The last argument is the command's own handle, narrowed: one reference
+                    // count taken and dropped fewer per command (atomic operations, in the
+                    // profile of a pipeline of GETs).
+                    command.truncate(end);
+                    command.advance(start);
+                    args.push(command);
+                }
             } else {
                 // The same walk over the same bytes: it succeeds again.
                 walk_multibulk(&command, max_bulk, |start, end| {
