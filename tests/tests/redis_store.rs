@@ -1308,6 +1308,28 @@ fn a_loss_in_a_shared_put_call_fails_only_its_partitions_puts() {
     let [data1, _, _] = parts.partitions()[1].redis_keys();
     let written: u64 = redis::cmd("HEXISTS").arg(data1).arg("b").query(&mut raw).unwrap();
     assert_eq!(written, 0, "nothing written into the lost partition");
+    // A partition whose index is of the wrong type: its put of a new key fails as corrupt and
+    // writes no record (a record without its index member would never be scanned, and a retry
+    // would find it there and not add the member).
+    let [data3, index3, _] = parts.partitions()[3].redis_keys();
+    redis::cmd("SET").arg(index3).arg("oops").exec(&mut raw).unwrap();
+    let results = parts.execute_batch(vec![put(3, "new", live(1, b"w")), put(0, "new", live(1, b"w"))]);
+    assert!(
+        matches!(results[0], Err(StoreError::Corrupt(_))),
+        "{:?}",
+        results[0]
+    );
+    assert!(
+        matches!(&results[1], Ok(store::StoreOutcome::Put(o)) if o.applied),
+        "{:?}",
+        results[1]
+    );
+    let written: u64 = redis::cmd("HEXISTS")
+        .arg(data3)
+        .arg("new")
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(written, 0, "no record without its index member");
 }
 
 /// One replica's copy of more entries than one call of the put script takes (its values go to

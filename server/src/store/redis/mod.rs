@@ -323,12 +323,15 @@ for g = 0, #KEYS / 4 - 1 do
         end
         outcomes[i] = 4 * (applied + 1) + 2 * was + expiry
       end
-      if w > 0 then
-        local x = redis.pcall('HSET', data, unpack(writes, 1, w))
+      -- The index first: a ZADD that fails (the key of the wrong type, or out of memory at
+      -- the call's first write) leaves nothing written, and HSET cannot fail after it (HMGET
+      -- read the hash, and a script that wrote may write on).
+      if m > 0 then
+        local x = redis.pcall('ZADD', index, unpack(members, 1, m))
         if type(x) == 'table' then failed = x.err end
       end
-      if not failed and m > 0 then
-        local x = redis.pcall('ZADD', index, unpack(members, 1, m))
+      if not failed and w > 0 then
+        local x = redis.pcall('HSET', data, unpack(writes, 1, w))
         if type(x) == 'table' then failed = x.err end
       end
       if not failed and delta ~= 0 then
