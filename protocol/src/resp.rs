@@ -468,6 +468,14 @@ pub fn write_bulk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `$len\r\n`: a bulk string's header, for a caller that writes its `len` bytes in pieces and
+/// then the closing `\r\n` itself.
+pub fn write_bulk_len(out: &mut Vec<u8>, len: usize) {
+    out.push(b'$');
+    push_u64(out, len as u64);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The null bulk string, `$-1\r\n` (a missing key).
 pub fn write_null(out: &mut Vec<u8>) {
     out.extend_from_slice(b"$-1\r\n");

@@ -119,7 +119,7 @@ use std::time::Duration;
 
 use crate::Error;
 use bytes::Bytes;
-use chordkv_protocol::{Id, Item};
+use chordkv_protocol::{resp, Id, Item};
 use parking_lot::Mutex;
 use redis::{Connection, ConnectionLike, RedisError, RedisResult, Script, ServerErrorKind, Value};
 
@@ -1222,45 +1222,71 @@ impl Call {
     }
 
     fn encode(&self, backend: &Backend, parts: &[&RedisStore], points: &[(usize, Point)], out: &mut Vec<u8>) {
+        // Written straight into `out` (RESP arrays of bulk strings, as `redis::Cmd` packs them),
+        // without a `Cmd` per command: the builder copies every argument into a buffer of its
+        // own and a record into a `Vec` of its own before `out` gets them.
         match self {
             Call::Gets { groups } => {
-                redis::cmd("MULTI").write_packed_command(out);
+                resp::encode_command(&[b"MULTI"], out);
                 for (part, mine) in groups {
                     let k = &parts[*part].keys;
-                    redis::cmd("EXISTS").arg(&k.marker).write_packed_command(out);
-                    let mut hmget = redis::cmd("HMGET");
-                    hmget.arg(&k.data);
+                    resp::encode_command(&[b"EXISTS".as_slice(), k.marker.as_bytes()], out);
+                    let gets = mine
+                        .iter()
+                        .filter(|&&i| matches!(points[i].1, Point::Get(_)))
+                        .count();
+                    resp::write_array_len(out, 2 + gets);
+                    resp::write_bulk(out, b"HMGET");
+                    resp::write_bulk(out, k.data.as_bytes());
                     for &i in mine {
                         if let Point::Get(key) = &points[i].1 {
-                            hmget.arg(key.as_ref());
+                            resp::write_bulk(out, key);
                         }
                     }
-                    hmget.write_packed_command(out);
                 }
-                redis::cmd("EXEC").write_packed_command(out);
+                resp::encode_command(&[b"EXEC"], out);
             }
             Call::Puts { groups, .. } => {
-                let mut evalsha = redis::cmd("EVALSHA");
-                evalsha.arg(backend.puts_script.get_hash()).arg(4 * groups.len());
+                let puts: usize = groups
+                    .iter()
+                    .flat_map(|(_, mine)| mine)
+                    .filter(|&&i| matches!(points[i].1, Point::Put(..)))
+                    .count();
+                // EVALSHA sha numkeys, 4 keys and the ids per namespace, a key and a record per entry.
+                resp::write_array_len(out, 3 + 5 * groups.len() + 2 * puts);
+                resp::write_bulk(out, b"EVALSHA");
+                resp::write_bulk(out, backend.puts_script.get_hash().as_bytes());
+                resp::write_bulk(out, (4 * groups.len()).to_string().as_bytes());
                 for (part, _) in groups {
                     let k = &parts[*part].keys;
-                    evalsha.arg(&k.data).arg(&k.index).arg(&k.live).arg(&k.marker);
+                    for key in [&k.data, &k.index, &k.live, &k.marker] {
+                        resp::write_bulk(out, key.as_bytes());
+                    }
                 }
                 for (_, mine) in groups {
-                    let mut ids = Vec::with_capacity(ID_HEX_BYTES * mine.len());
+                    let ids = mine
+                        .iter()
+                        .filter(|&&i| matches!(points[i].1, Point::Put(..)))
+                        .count();
+                    resp::write_bulk_len(out, ID_HEX_BYTES * ids);
                     for &i in mine {
                         if let Point::Put(_, id, _) = &points[i].1 {
-                            ids.extend_from_slice(&id_hex(id));
+                            out.extend_from_slice(&id_hex(id));
                         }
                     }
-                    evalsha.arg(ids);
+                    out.extend_from_slice(b"\r\n");
                     for &i in mine {
                         if let Point::Put(key, _, entry) = &points[i].1 {
-                            evalsha.arg(key.as_ref()).arg(encode_record(entry));
+                            resp::write_bulk(out, key);
+                            let (header, len) = record_header(entry);
+                            let value = entry.value.as_deref().unwrap_or_default();
+                            resp::write_bulk_len(out, len + value.len());
+                            out.extend_from_slice(&header[..len]);
+                            out.extend_from_slice(value);
+                            out.extend_from_slice(b"\r\n");
                         }
                     }
                 }
-                evalsha.write_packed_command(out);
             }
         }
     }
@@ -1762,19 +1788,29 @@ fn member(id: &Id, key: &[u8]) -> Vec<u8> {
 /// (8 bytes, ms since the epoch), then the value. Records of entries without an expiry are
 /// as earlier releases wrote them.
 fn encode_record(entry: &Entry) -> Vec<u8> {
+    let (header, len) = record_header(entry);
     let value = entry.value.as_deref().unwrap_or_default();
-    let mut rec = Vec::with_capacity(RECORD_HEADER_BYTES + 8 + value.len());
-    rec.extend_from_slice(&entry.version.to_be_bytes());
-    match (&entry.value, entry.expires_at) {
-        (None, _) => rec.push(TAG_TOMBSTONE),
-        (Some(_), 0) => rec.push(TAG_LIVE),
-        (Some(_), at) => {
-            rec.push(TAG_LIVE_EXPIRING);
-            rec.extend_from_slice(&at.to_be_bytes());
-        }
-    }
+    let mut rec = Vec::with_capacity(len + value.len());
+    rec.extend_from_slice(&header[..len]);
     rec.extend_from_slice(value);
     rec
+}
+
+/// A record's bytes before its value (see [`encode_record`]) and how many of the 17 they are:
+/// the version (8 bytes, big-endian), the tag, and for an expiring entry its expiry (8 bytes).
+fn record_header(entry: &Entry) -> ([u8; RECORD_HEADER_BYTES + 8], usize) {
+    let mut header = [0u8; RECORD_HEADER_BYTES + 8];
+    header[..8].copy_from_slice(&entry.version.to_be_bytes());
+    match (&entry.value, entry.expires_at) {
+        (None, _) => header[8] = TAG_TOMBSTONE,
+        (Some(_), 0) => header[8] = TAG_LIVE,
+        (Some(_), at) => {
+            header[8] = TAG_LIVE_EXPIRING;
+            header[RECORD_HEADER_BYTES..].copy_from_slice(&at.to_be_bytes());
+            return (header, RECORD_HEADER_BYTES + 8);
+        }
+    }
+    (header, RECORD_HEADER_BYTES)
 }
 
 /// A stored record as an entry; with `whole == false` only its header was read, and a live
