@@ -105,6 +105,8 @@ pub struct Host {
     /// per turn of the driver's loop rather than once per input (a pipeline of requests
     /// reaches the same vnodes again and again in one turn).
     stale: VnodeSet,
+    /// Vnodes holding replica writes for the end of the turn ([`Host::end_turn`]).
+    holding: VnodeSet,
     left_reported: bool,
     out: VecDeque<Output>,
     store_cache: StoreCache,
@@ -207,6 +209,7 @@ impl Host {
             deadlines,
             touched: VnodeSet::new(v),
             stale: VnodeSet::new(v),
+            holding: VnodeSet::new(v),
             local: VecDeque::new(),
             gathers: BTreeMap::new(),
             next_gather: 0,
@@ -345,8 +348,33 @@ impl Host {
 
     // ---- inputs ----------------------------------------------------------------------------
 
+    /// From now on the vnodes hold the replica writes of a turn and send each replica one
+    /// batch of them when the driver calls [`Host::end_turn`] (see `replication.rs`,
+    /// `ReplicaOutbox`): for a driver that ends its turns (the server after each turn of its
+    /// event loop, the simulator after each input). Without it each write is sent as it is made.
+    pub fn hold_replica_writes(&mut self) {
+        for n in &mut self.vnodes {
+            n.hold_replica_writes();
+        }
+    }
+
+    /// The end of a turn of the driver (all its input for now is handled): sends the replica
+    /// writes the vnodes hold. Returns whether there were any (then there are outputs to poll).
+    pub fn end_turn(&mut self, now: Millis) -> bool {
+        if self.holding.len() == 0 {
+            return false;
+        }
+        for v in self.holding.drain() {
+            self.vnodes[v].flush_replica_writes(now);
+            self.touched.insert(v);
+        }
+        self.pump(now);
+        true
+    }
+
     /// Timers of every vnode whose deadline has come (the others have nothing due).
     pub fn tick(&mut self, now: Millis) {
+        self.end_turn(now);
         self.refresh_deadlines();
         for v in 0..self.vnodes.len() {
             if self.deadlines[v] <= now {
@@ -493,6 +521,9 @@ impl Host {
     fn pump_done(&mut self) {
         for v in self.touched.drain() {
             self.stale.insert(v);
+            if self.vnodes[v].holds_replica_writes() {
+                self.holding.insert(v);
+            }
         }
     }
 

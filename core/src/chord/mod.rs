@@ -105,6 +105,9 @@ impl Node {
     /// Timers: maintenance rounds, request deadlines, retries. Safe to call at any time.
     pub fn tick(&mut self, now: Millis) {
         self.last_now = self.last_now.max(now);
+        // Held replica writes wait for the end of the driver's turn at the latest; a driver
+        // that does not end its turns still sends them at its next tick.
+        self.flush_replica_writes(now);
         self.expire_rpcs(now);
         self.retry_ops(now);
         self.expire_incoming(now);
@@ -423,6 +426,10 @@ impl Node {
                     let applied = matches!(frame.message, Message::ReplicateAck { .. });
                     self.replica_answered(w, from, applied);
                 }
+            }
+            RpcKind::ReplicaBatch(batch) => {
+                let applied = matches!(frame.message, Message::ReplicateAck { .. });
+                self.replica_batch_answered(batch, from, applied);
             }
             RpcKind::SyncDigests(round) => self.on_sync_digests_reply(now, round, from, frame.message),
             RpcKind::SyncKeys(round) => self.on_sync_keys_reply(now, round, from, frame.message),

@@ -270,6 +270,10 @@ impl Node {
 
     /// When `tick` next has work to do (`Millis::MAX` when never: idle or left).
     pub fn next_deadline(&self) -> Millis {
+        if self.holds_replica_writes() {
+            // Due now: a driver that did not end its turn still sends them at its next tick.
+            return self.last_now;
+        }
         if matches!(self.phase, Phase::Idle | Phase::Left) {
             return Millis::MAX;
         }

@@ -48,6 +48,41 @@ pub(super) struct PendingWrite {
     pub all: bool,
 }
 
+/// Most items a held batch of replica writes carries (see [`ReplicaOutbox`]): one more is
+/// sent at once.
+pub(super) const REPLICA_BATCH_MAX_ITEMS: usize = 256;
+/// Most key and value bytes a held batch carries before it is sent at once.
+pub(super) const REPLICA_BATCH_MAX_BYTES: usize = 256 * 1024;
+
+/// Replica writes held until the end of the driver's turn, one batch per replica.
+///
+/// A primary that stamps many writes in one turn of its driver (a pipeline of requests, the
+/// writes a peer forwarded in one read) sends each replica one `Replicate` of all of them
+/// instead of one per write: one frame, one store op (`PutMany`) and one acknowledgement per
+/// replica and turn. A batch's acknowledgement counts for every write in it, as its failure
+/// (an error, a timeout) does: each write is merged by version on its own, so a batch is
+/// exactly its writes sent at once. Only a driver that ends its turns
+/// ([`Host::end_turn`](super::host::Host::end_turn): the server, the simulator) turns holding
+/// on ([`Node::hold_replica_writes`]); a tick sends what is held too. A batch is sent at once
+/// when it reaches [`REPLICA_BATCH_MAX_ITEMS`] or [`REPLICA_BATCH_MAX_BYTES`].
+#[derive(Debug, Default)]
+pub(super) struct ReplicaOutbox {
+    /// Whether writes are held for the end of the turn (else each is sent as it is made).
+    pub hold: bool,
+    pub batches: Vec<HeldBatch>,
+}
+
+/// The writes held for one replica.
+#[derive(Debug)]
+pub(super) struct HeldBatch {
+    pub to: NodeAddr,
+    pub items: Vec<Item>,
+    /// The pending writes (`Replication::writes`) that wait for this replica's answer.
+    pub writes: Vec<u64>,
+    /// Key and value bytes of `items`.
+    pub bytes: usize,
+}
+
 /// Replication and repair: writes waiting for replicas, anti-entropy rounds, and what this
 /// node knows of the ranges it holds copies of.
 #[derive(Debug, Default)]
@@ -55,6 +90,11 @@ pub(super) struct Replication {
     /// Client writes waiting for their replicas (`AckPolicy::All`).
     pub writes: OpTable<PendingWrite>,
     pub next_write_id: u64,
+    /// Replica writes held for the end of the turn.
+    pub outbox: ReplicaOutbox,
+    /// The writes waiting for each `Replicate` batch in flight (`RpcKind::ReplicaBatch`).
+    pub batch_writes: BTreeMap<u64, Vec<u64>>,
+    pub next_batch_id: u64,
     /// Anti-entropy rounds in progress (one periodic round at a time, and lease catch-ups).
     pub syncs: BTreeMap<u64, SyncRound>,
     pub next_sync_id: u64,
@@ -174,10 +214,86 @@ impl Node {
         });
         for t in &targets {
             self.stats.replica_writes_sent += 1;
-            let msg = Message::Replicate { items: items.clone() };
-            self.send_rpc(now, t.addr, msg, RpcKind::Replica(write), 0);
+            if self.repl.outbox.hold {
+                self.hold_replica_write(now, t.addr, &items, write);
+            } else {
+                self.stats.replica_batches_sent += 1;
+                let msg = Message::Replicate { items: items.clone() };
+                self.send_rpc(now, t.addr, msg, RpcKind::Replica(write), 0);
+            }
         }
         write
+    }
+
+    /// Holds replica writes for the end of the driver's turn from now on (see
+    /// [`ReplicaOutbox`]); the driver then calls [`Node::flush_replica_writes`] at the end of
+    /// every turn.
+    pub fn hold_replica_writes(&mut self) {
+        self.repl.outbox.hold = true;
+    }
+
+    /// Whether replica writes are held, waiting for [`Node::flush_replica_writes`].
+    pub fn holds_replica_writes(&self) -> bool {
+        !self.repl.outbox.batches.is_empty()
+    }
+
+    /// Sends the replica writes held this turn: one `Replicate` per replica.
+    pub fn flush_replica_writes(&mut self, now: Millis) {
+        for batch in std::mem::take(&mut self.repl.outbox.batches) {
+            self.send_replica_batch(now, batch);
+        }
+    }
+
+    /// Adds a write's items to the batch held for replica `to`; sends the batch once full.
+    fn hold_replica_write(&mut self, now: Millis, to: NodeAddr, items: &[Item], write: Option<u64>) {
+        let bytes: usize = items
+            .iter()
+            .map(|it| it.key.len() + it.value.as_ref().map_or(0, |v| v.len()))
+            .sum();
+        let batches = &mut self.repl.outbox.batches;
+        let at = match batches.iter().position(|b| b.to == to) {
+            Some(at) => at,
+            None => {
+                batches.push(HeldBatch {
+                    to,
+                    items: Vec::new(),
+                    writes: Vec::new(),
+                    bytes: 0,
+                });
+                batches.len() - 1
+            }
+        };
+        let batch = &mut batches[at];
+        batch.items.extend_from_slice(items);
+        batch.writes.extend(write);
+        batch.bytes += bytes;
+        if batch.items.len() >= REPLICA_BATCH_MAX_ITEMS || batch.bytes >= REPLICA_BATCH_MAX_BYTES {
+            let batch = batches.swap_remove(at);
+            self.send_replica_batch(now, batch);
+        }
+    }
+
+    fn send_replica_batch(&mut self, now: Millis, batch: HeldBatch) {
+        self.stats.replica_batches_sent += 1;
+        let kind = match batch.writes[..] {
+            [] => RpcKind::Replica(None),
+            [write] => RpcKind::Replica(Some(write)),
+            _ => {
+                let id = self.repl.next_batch_id;
+                self.repl.next_batch_id += 1;
+                self.repl.batch_writes.insert(id, batch.writes);
+                RpcKind::ReplicaBatch(id)
+            }
+        };
+        let msg = Message::Replicate { items: batch.items };
+        self.send_rpc(now, batch.to, msg, kind, 0);
+    }
+
+    /// A replica answered a batch (`applied`: it holds every write of it) or was given up on.
+    pub(super) fn replica_batch_answered(&mut self, batch: u64, from: NodeAddr, applied: bool) {
+        for write in self.repl.batch_writes.remove(&batch).unwrap_or_default() {
+            self.replica_answered(write, from, applied);
+        }
     }
 
     /// The local part of a replicated write is done: reply now, or once the replicas are.
@@ -354,5 +470,147 @@ impl Node {
         }
         self.stats.failovers_served += 1;
         Some(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use bytes::Bytes;
+    use chordkv_protocol::{Frame, Id, Message, NodeAddr, NodeRef};
+
+    use super::super::config::{AckPolicy, Config, PartitionPolicy};
+    use super::super::node::{Node, Output, ReplyTo};
+    use crate::store::{self, MemoryStore, Store};
+
+    /// A primary of every key with two replicas on other hosts, holding its replica writes.
+    fn primary() -> (Node, MemoryStore, [NodeRef; 2]) {
+        let mut config = Config::with_stabilize_interval_ms(100);
+        config.replicas = 2;
+        config.ack = AckPolicy::All;
+        config.partition_policy = PartitionPolicy::Available;
+        let at = |id: Id, port: u16| NodeRef {
+            id,
+            addr: NodeAddr::host(SocketAddr::from(([127, 0, 0, 1], port))),
+        };
+        // Ids 1 and 2 for the replicas, the last id for us: we own (2, 2^160 - 1], every
+        // key but a few in 2^159.
+        let mut node = Node::new(at(Id([0xff; 20]), 7000), config, 0);
+        node.create(0);
+        let replicas = [at(Id::from_u64(1), 7001), at(Id::from_u64(2), 7002)];
+        node.routing.set_successors(replicas, 3);
+        node.predecessor = Some(replicas[1]);
+        node.hold_replica_writes();
+        (node, MemoryStore::new(), replicas)
+    }
+
+    /// A request the node sent: its id, where to, what.
+    type Sent = (u64, NodeRef, Message);
+
+    /// Runs the node's store ops; its sends and replies.
+    fn run(node: &mut Node, store: &MemoryStore, now: u64) -> (Vec<Sent>, Vec<(ReplyTo, Message)>) {
+        let (mut sends, mut replies) = (Vec::new(), Vec::new());
+        while let Some(out) = node.poll_output() {
+            match out {
+                Output::Store { id, op, .. } => {
+                    let result = store::execute(store as &dyn Store, op);
+                    node.store_done(now, id, result);
+                }
+                Output::Send { to, frame } => {
+                    sends.push((frame.request_id, NodeRef::from_addr(to.host), frame.message))
+                }
+                Output::Reply { to, frame } => replies.push((to, frame.message)),
+                Output::Left => {}
+            }
+        }
+        (sends, replies)
+    }
+
+    fn put(node: &mut Node, i: u64) {
+        let message = Message::Put {
+            key: Bytes::from(format!("k{i}")),
+            value: Bytes::from(format!("v{i}")),
+        };
+        node.handle_request(10, ReplyTo(i), Frame::new(i, message));
+    }
+
+    /// The writes of a turn go to each replica as one `Replicate` when the turn ends (none
+    /// before), and each client is answered once both replicas are: by an acknowledgement of
+    /// the batch, or by its failure, which no longer waits for that replica (`--ack all`
+    /// under `available`). No batch is left behind.
+    #[test]
+    fn a_turns_writes_go_to_each_replica_as_one_batch_answered_for_all() {
+        for fail_one in [false, true] {
+            let (mut node, store, replicas) = primary();
+            for i in 1..=3 {
+                put(&mut node, i);
+            }
+            let (sends, replies) = run(&mut node, &store, 10);
+            assert!(sends.is_empty() && replies.is_empty(), "{sends:?} {replies:?}");
+            assert!(node.holds_replica_writes());
+
+            node.flush_replica_writes(10);
+            let (sends, replies) = run(&mut node, &store, 10);
+            assert!(replies.is_empty(), "{replies:?}");
+            assert_eq!(sends.len(), 2, "one batch per replica: {sends:?}");
+            for (r, (_, to, message)) in replicas.iter().zip(&sends) {
+                assert_eq!(to.addr, r.addr);
+                let Message::Replicate { items } = message else {
+                    panic!("{message:?}")
+                };
+                let keys: Vec<&[u8]> = items.iter().map(|it| &it.key[..]).collect();
+                assert_eq!(keys, [b"k1", b"k2", b"k3"]);
+            }
+            assert_eq!(node.stats.replica_batches_sent, 2);
+            assert_eq!(node.stats.replica_writes_sent, 6);
+
+            let (first, second) = (&sends[0], &sends[1]);
+            let ack = |rid| Frame::new(rid, Message::ReplicateAck { applied: 3 });
+            node.handle_reply(11, first.1.addr.host, ack(first.0));
+            let (_, replies) = run(&mut node, &store, 11);
+            assert!(
+                replies.is_empty(),
+                "still waiting for the second replica: {replies:?}"
+            );
+            if fail_one {
+                node.send_failed(12, second.0);
+            } else {
+                node.handle_reply(12, second.1.addr.host, ack(second.0));
+            }
+            let (_, mut replies) = run(&mut node, &store, 12);
+            replies.sort_by_key(|(to, _)| *to);
+            let answered: Vec<u64> = replies
+                .iter()
+                .map(|(to, m)| {
+                    assert!(matches!(m, Message::PutReply { .. }), "{m:?}");
+                    to.0
+                })
+                .collect();
+            assert_eq!(answered, [1, 2, 3], "fail_one {fail_one}");
+            assert!(node.repl.batch_writes.is_empty() && node.repl.writes.is_empty());
+        }
+    }
+
+    /// A batch is sent at once when it is full, and a tick sends what is held.
+    #[test]
+    fn a_full_batch_goes_at_once_and_a_tick_sends_the_rest() {
+        let (mut node, store, _) = primary();
+        for i in 0..super::REPLICA_BATCH_MAX_ITEMS as u64 + 1 {
+            put(&mut node, i);
+        }
+        let (sends, _) = run(&mut node, &store, 10);
+        assert_eq!(sends.len(), 2, "the full batches: {sends:?}");
+        node.tick(20);
+        let (sends, _) = run(&mut node, &store, 20);
+        let rest: Vec<usize> = sends
+            .iter()
+            .filter_map(|(_, _, m)| match m {
+                Message::Replicate { items } => Some(items.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rest, [1, 1]);
+        assert!(!node.holds_replica_writes());
     }
 }

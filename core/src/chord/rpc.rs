@@ -37,6 +37,9 @@ pub(super) enum RpcKind {
     LeavingHint,
     /// A replica write; `Some(write)` when a client's reply waits for it.
     Replica(Option<u64>),
+    /// Replica writes held for the end of a turn and sent as one `Replicate`, of which more
+    /// than one wait for it: their ids are in `Replication::batch_writes` under this id.
+    ReplicaBatch(u64),
     /// Anti-entropy exchanges of a round.
     SyncDigests(u64),
     SyncKeys(u64),
@@ -327,6 +330,7 @@ impl Node {
                     self.replica_answered(w, rpc.to, false);
                 }
             }
+            RpcKind::ReplicaBatch(batch) => self.replica_batch_answered(batch, rpc.to, false),
             RpcKind::SyncDigests(round) | RpcKind::SyncKeys(round) | RpcKind::SyncPush(round) => {
                 self.sync_rpc_failed(now, round, Some(rpc.to))
             }

@@ -52,6 +52,7 @@ counters! {
     messages_sent,
     messages_received,
     replica_writes_sent,
+    replica_batches_sent,
     replica_writes_applied,
     failovers_served,
     anti_entropy_rounds,

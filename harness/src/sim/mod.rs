@@ -384,7 +384,9 @@ impl Sim {
         let addr = sim_addr(i);
         let config = self.node_config(i);
         let clock = self.draw_clock();
-        let node = Host::new(addr, &self.vnode_ids(addr), config, clock.read(self.now));
+        let mut node = Host::new(addr, &self.vnode_ids(addr), config, clock.read(self.now));
+        // Each input is a turn of its own (`after_input` ends it).
+        node.hold_replica_writes();
         let vnodes = usize::from(self.config.vnodes.max(1));
         self.nodes.push(SimNode {
             addr,
@@ -505,6 +507,7 @@ impl Sim {
         let addr = n.addr;
         let ids = self.vnode_ids(addr);
         self.nodes[i].node = Host::new(addr, &ids, config, now);
+        self.nodes[i].node.hold_replica_writes();
         self.join_through(i, via);
     }
 
@@ -902,89 +905,101 @@ impl Sim {
     fn after_input(&mut self, i: usize) {
         let now = self.now;
         let trace = self.trace_node == Some(i);
-        while let Some(out) = self.nodes[i].node.poll_output() {
-            if trace {
-                match &out {
-                    Output::Send { to, frame } => println!(
-                        "trace t={now} node {i} -> {:?}#{} #{} {:?}",
-                        self.by_addr.get(&to.host),
-                        to.vnode,
-                        frame.request_id,
-                        frame.message
-                    ),
+        loop {
+            while let Some(out) = self.nodes[i].node.poll_output() {
+                if trace {
+                    match &out {
+                        Output::Send { to, frame } => println!(
+                            "trace t={now} node {i} -> {:?}#{} #{} {:?}",
+                            self.by_addr.get(&to.host),
+                            to.vnode,
+                            frame.request_id,
+                            frame.message
+                        ),
+                        Output::Reply { to, frame } => {
+                            println!(
+                                "trace t={now} node {i} reply to {:?} #{} {:?}",
+                                to, frame.request_id, frame.message
+                            )
+                        }
+                        _ => {}
+                    }
+                }
+                match out {
+                    Output::Send { to, frame } => {
+                        self.messages += 1;
+                        let Some(&j) = self.by_addr.get(&to.host) else {
+                            continue;
+                        };
+                        let from_incarnation = self.nodes[i].incarnation;
+                        // The reply must reach this life of the sender: carry its incarnation.
+                        let reply_to = ReplyTo(((from_incarnation & 0xffff) << 32) | i as u64);
+                        let wire = Wire {
+                            from: i,
+                            to: j,
+                            from_incarnation,
+                            to_incarnation: self.nodes[j].incarnation,
+                            sent: self.next_sent(),
+                            payload: Payload::Request { reply_to, frame },
+                        };
+                        self.transmit(wire);
+                    }
                     Output::Reply { to, frame } => {
-                        println!(
-                            "trace t={now} node {i} reply to {:?} #{} {:?}",
-                            to, frame.request_id, frame.message
-                        )
+                        if to.0 >= CLIENT_REPLY_BASE {
+                            let handle = to.0 - CLIENT_REPLY_BASE;
+                            self.schedule(now, Event::ClientReply { handle, frame });
+                            continue;
+                        }
+                        self.messages += 1;
+                        let j = (to.0 & 0xffff_ffff) as usize;
+                        if j >= self.nodes.len() {
+                            continue;
+                        }
+                        let wire = Wire {
+                            from: i,
+                            to: j,
+                            from_incarnation: self.nodes[i].incarnation,
+                            to_incarnation: to.0 >> 32,
+                            sent: self.next_sent(),
+                            payload: Payload::Reply { frame },
+                        };
+                        self.transmit(wire);
                     }
-                    _ => {}
+                    Output::Store { id, vnode, op } => {
+                        let v = usize::from(vnode);
+                        if let Some(key) = &self.config.trace_key {
+                            self.trace_store_op(i, v, key, &op);
+                        }
+                        let written = self.copies.as_ref().map(|_| CopyTracker::written_by(&op));
+                        let result = execute(&self.nodes[i].stores[v] as &dyn Store, op);
+                        if let (Some(copies), Some(written)) = (self.copies.as_mut(), written) {
+                            copies.stored(i, &self.nodes[i].stores[v], written);
+                        }
+                        let clock = self.node_now(i);
+                        self.log_input(i, clock, InputKind::StoreDone);
+                        self.nodes[i].node.store_done(clock, id, result);
+                    }
+                    Output::Left => {
+                        // The driver stops a node once it has left.
+                        self.nodes[i].alive = false;
+                        self.nodes[i].exited = true;
+                        self.nodes[i].incarnation += 1;
+                    }
                 }
             }
-            match out {
-                Output::Send { to, frame } => {
-                    self.messages += 1;
-                    let Some(&j) = self.by_addr.get(&to.host) else {
-                        continue;
-                    };
-                    let from_incarnation = self.nodes[i].incarnation;
-                    // The reply must reach this life of the sender: carry its incarnation.
-                    let reply_to = ReplyTo(((from_incarnation & 0xffff) << 32) | i as u64);
-                    let wire = Wire {
-                        from: i,
-                        to: j,
-                        from_incarnation,
-                        to_incarnation: self.nodes[j].incarnation,
-                        sent: self.next_sent(),
-                        payload: Payload::Request { reply_to, frame },
-                    };
-                    self.transmit(wire);
-                }
-                Output::Reply { to, frame } => {
-                    if to.0 >= CLIENT_REPLY_BASE {
-                        let handle = to.0 - CLIENT_REPLY_BASE;
-                        self.schedule(now, Event::ClientReply { handle, frame });
-                        continue;
-                    }
-                    self.messages += 1;
-                    let j = (to.0 & 0xffff_ffff) as usize;
-                    if j >= self.nodes.len() {
-                        continue;
-                    }
-                    let wire = Wire {
-                        from: i,
-                        to: j,
-                        from_incarnation: self.nodes[i].incarnation,
-                        to_incarnation: to.0 >> 32,
-                        sent: self.next_sent(),
-                        payload: Payload::Reply { frame },
-                    };
-                    self.transmit(wire);
-                }
-                Output::Store { id, vnode, op } => {
-                    let v = usize::from(vnode);
-                    if let Some(key) = &self.config.trace_key {
-                        self.trace_store_op(i, v, key, &op);
-                    }
-                    let written = self.copies.as_ref().map(|_| CopyTracker::written_by(&op));
-                    let result = execute(&self.nodes[i].stores[v] as &dyn Store, op);
-                    if let (Some(copies), Some(written)) = (self.copies.as_mut(), written) {
-                        copies.stored(i, &self.nodes[i].stores[v], written);
-                    }
-                    let clock = self.node_now(i);
-                    self.log_input(i, clock, InputKind::StoreDone);
-                    self.nodes[i].node.store_done(clock, id, result);
-                }
-                Output::Left => {
-                    // The driver stops a node once it has left.
-                    self.nodes[i].alive = false;
-                    self.nodes[i].exited = true;
-                    self.nodes[i].incarnation += 1;
-                }
+            if !self.nodes[i].alive {
+                return;
             }
-        }
-        if !self.nodes[i].alive {
-            return;
+            // Inputs that reach the node at the same moment make one turn, as the frames of
+            // one read do for the server; the last ends it, and the replica writes they made
+            // go out.
+            if self.next_is_input_to(i) {
+                break;
+            }
+            let clock = self.node_now(i);
+            if !self.nodes[i].node.end_turn(clock) {
+                break;
+            }
         }
         let deadline = self.nodes[i].node.next_deadline();
         let due = self.nodes[i].clock.true_time_at(deadline, now + 1);
@@ -993,6 +1008,20 @@ impl Sim {
             let incarnation = self.nodes[i].incarnation;
             self.schedule(due, Event::Tick { node: i, incarnation });
         }
+    }
+
+    /// Whether the next event is an input to this life of node `i`, due now.
+    fn next_is_input_to(&self, i: usize) -> bool {
+        let Some(&Reverse((at, seq))) = self.queue.peek() else {
+            return false;
+        };
+        at <= self.now
+            && self.events.get(&seq).is_some_and(|e| {
+                matches!(
+                    e,
+                    Event::Request { .. } | Event::Reply { .. } | Event::Unreachable { .. }
+                ) && target(e) == (i, self.nodes[i].incarnation)
+            })
     }
 
     fn next_sent(&mut self) -> u64 {

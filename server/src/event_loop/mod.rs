@@ -380,6 +380,8 @@ impl Server {
         // A store that kept an earlier run's data still holds what this node acknowledged.
         chord.store_kept_copies = stores.iter().all(|s| s.kept_data());
         let mut node = Host::new(addr, &ids, chord, now);
+        // A turn's replica writes go to each replica as one batch (`settle` ends the turn).
+        node.hold_replica_writes();
         let ring = match join.as_slice() {
             [] => "new ring".to_string(),
             [via] => format!("joining {via}"),
@@ -688,6 +690,9 @@ impl Server {
     /// write error tells the core, which may answer with more output.
     fn settle(&mut self, now: Millis) {
         loop {
+            // The turn's input is handled: the replica writes it made go out, one batch per
+            // replica (a peer closed on a write error may make more).
+            self.node.end_turn(now);
             self.pump(now);
             if self.to_flush.is_empty() {
                 break;
