@@ -329,7 +329,7 @@ fn random_failures_lose_no_acknowledged_write(default_seeds: &[u64], burst: usiz
                 }
             }
             println!("seed {seed}: {writes} replica writes in {frames} frames");
-            assert!(frames < writes, "seed {seed}: no batch of more than one write");
+            assert!(2 * frames <= writes, "seed {seed}: writes mostly not batched");
         }
     }
 }

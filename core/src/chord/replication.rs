@@ -244,36 +244,53 @@ impl Node {
         }
     }
 
-    /// Adds a write's items to the batch held for replica `to`; sends the batch once full.
+    /// Adds a write's items to the batch held for replica `to`; sends the batch once full. A
+    /// write that would take the batch past [`REPLICA_BATCH_MAX_ITEMS`] or
+    /// [`REPLICA_BATCH_MAX_BYTES`] sends the batch first, and a write past them alone (a large
+    /// transaction) goes alone: a batch never makes a frame its writes would not make apart.
     fn hold_replica_write(&mut self, now: Millis, to: NodeAddr, items: &[Item], write: Option<u64>) {
         let bytes: usize = items
             .iter()
             .map(|it| it.key.len() + it.value.as_ref().map_or(0, |v| v.len()))
             .sum();
-        let batches = &mut self.repl.outbox.batches;
-        let at = match batches.iter().position(|b| b.to == to) {
-            Some(at) => at,
-            None => {
-                batches.push(HeldBatch {
-                    to,
-                    items: Vec::new(),
-                    writes: Vec::new(),
-                    bytes: 0,
-                });
-                batches.len() - 1
-            }
+        let alone = |items: &[Item]| HeldBatch {
+            to,
+            items: items.to_vec(),
+            writes: write.into_iter().collect(),
+            bytes,
         };
+        if items.len() >= REPLICA_BATCH_MAX_ITEMS || bytes >= REPLICA_BATCH_MAX_BYTES {
+            return self.send_replica_batch(now, alone(items));
+        }
+        let batches = &mut self.repl.outbox.batches;
+        let Some(at) = batches.iter().position(|b| b.to == to) else {
+            batches.push(alone(items));
+            return;
+        };
+        let batch = &batches[at];
+        if batch.items.len() + items.len() > REPLICA_BATCH_MAX_ITEMS
+            || batch.bytes + bytes > REPLICA_BATCH_MAX_BYTES
+        {
+            let full = batches.swap_remove(at);
+            self.send_replica_batch(now, full);
+            self.repl.outbox.batches.push(alone(items));
+            return;
+        }
         let batch = &mut batches[at];
         batch.items.extend_from_slice(items);
         batch.writes.extend(write);
         batch.bytes += bytes;
-        if batch.items.len() >= REPLICA_BATCH_MAX_ITEMS || batch.bytes >= REPLICA_BATCH_MAX_BYTES {
-            let batch = batches.swap_remove(at);
-            self.send_replica_batch(now, batch);
-        }
     }
 
     fn send_replica_batch(&mut self, now: Millis, batch: HeldBatch) {
+        if self.is_dead(&batch.to) {
+            // Found unreachable since the writes were held (`peer_unreachable` failed what was
+            // in flight to it): their wait for it ends now, as a request to it would have.
+            for write in batch.writes {
+                self.replica_answered(write, batch.to, false);
+            }
+            return;
+        }
         self.stats.replica_batches_sent += 1;
         let kind = match batch.writes[..] {
             [] => RpcKind::Replica(None),
@@ -592,7 +609,58 @@ mod tests {
         }
     }
 
-    /// A batch is sent at once when it is full, and a tick sends what is held.
+    /// A write that would take the held batch past its bytes goes in a batch of its own after
+    /// it; a write past the limit alone goes at once, alone. Nothing held for a replica found
+    /// unreachable is sent to it: its writes stop waiting for it at the end of the turn.
+    #[test]
+    fn large_writes_never_make_a_batch_larger_than_the_limit_and_unreachable_replicas_get_none() {
+        let (mut node, store, replicas) = primary();
+        let big = |i: u64, len: usize| Message::Put {
+            key: Bytes::from(format!("k{i}")),
+            value: Bytes::from(vec![b'v'; len]),
+        };
+        // 4 bytes, then 2 + (limit - 5): one byte past the limit together.
+        put(&mut node, 1);
+        node.handle_request(
+            10,
+            ReplyTo(2),
+            Frame::new(2, big(2, super::REPLICA_BATCH_MAX_BYTES - 5)),
+        );
+        let (sends, _) = run(&mut node, &store, 10);
+        let sizes = |sends: &[Sent]| -> Vec<usize> {
+            sends
+                .iter()
+                .filter_map(|(_, _, m)| match m {
+                    Message::Replicate { items } => Some(items.len()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            sizes(&sends),
+            [1, 1],
+            "the small write's batch, sent before the big one"
+        );
+        node.handle_request(
+            10,
+            ReplyTo(3),
+            Frame::new(3, big(3, super::REPLICA_BATCH_MAX_BYTES)),
+        );
+        let (sends, _) = run(&mut node, &store, 10);
+        assert_eq!(sizes(&sends), [1, 1], "past the limit alone: sent at once");
+        // Still held: the second write, for both replicas. One of them is found unreachable.
+        node.peer_unreachable(11, replicas[0].addr.host);
+        node.flush_replica_writes(11);
+        let (sends, _) = run(&mut node, &store, 11);
+        assert!(
+            sends.iter().all(|(_, to, _)| to.addr == replicas[1].addr),
+            "{sends:?}"
+        );
+        assert_eq!(sizes(&sends), [1]);
+    }
+
+    /// A batch is sent at once when the next write would take it past its limit, and a tick
+    /// sends what is held.
     #[test]
     fn a_full_batch_goes_at_once_and_a_tick_sends_the_rest() {
         let (mut node, store, _) = primary();
@@ -601,6 +669,11 @@ mod tests {
         }
         let (sends, _) = run(&mut node, &store, 10);
         assert_eq!(sends.len(), 2, "the full batches: {sends:?}");
+        for (_, _, m) in &sends {
+            assert!(
+                matches!(m, Message::Replicate { items } if items.len() == super::REPLICA_BATCH_MAX_ITEMS)
+            );
+        }
         node.tick(20);
         let (sends, _) = run(&mut node, &store, 20);
         let rest: Vec<usize> = sends

@@ -691,10 +691,11 @@ impl Server {
     fn settle(&mut self, now: Millis) {
         loop {
             // The turn's input is handled: the replica writes it made go out, one batch per
-            // replica (a peer closed on a write error may make more).
-            self.node.end_turn(now);
+            // replica (a store op the pump runs, or a peer closed on a write error, may make
+            // more).
+            let held = self.node.end_turn(now);
             self.pump(now);
-            if self.to_flush.is_empty() {
+            if self.to_flush.is_empty() && !held {
                 break;
             }
             self.flush_queued(now);

@@ -65,6 +65,10 @@ const MAX_LINE_BYTES: usize = 64 * 1024;
 /// can be raised up to this) and our record header.
 const MAX_BULK_BYTES: usize = (1 << 32) + 64;
 
+/// The most arrays a reply may have nested one in another: the redis crate's parser refuses
+/// 100 (its `MAX_RECURSE_DEPTH`), so that [`reply_value`] refuses what the crate refuses.
+const MAX_REPLY_DEPTH: usize = 99;
+
 /// A node's gets and puts on one non-blocking connection to its Redis, driven by the event
 /// loop; `T` is what the caller tags each op with (the loop: its id and vnode).
 pub struct RedisPipe<T> {
@@ -792,6 +796,11 @@ pub fn reply_value(buf: &[u8]) -> std::result::Result<Value, String> {
                     if n > (buf.len() - at) / 3 {
                         return Err("an array longer than its reply".into());
                     }
+                    // The crate's own limit: a deeper value would be dropped, cloned and
+                    // printed by recursion, on this thread's stack.
+                    if open.len() == MAX_REPLY_DEPTH {
+                        return Err(format!("a reply nested over {MAX_REPLY_DEPTH} deep"));
+                    }
                     open.push((Vec::with_capacity(n), n));
                     continue;
                 }
@@ -942,6 +951,24 @@ mod tests {
             let cut = (next() % bytes.len() as u64) as usize;
             assert_eq!(reply_len(&bytes[..cut]), Ok(None));
             assert!(reply_value(&bytes[..cut]).is_err());
+        }
+        // Nesting: as deep as the crate takes, and one deeper refused by both.
+        for depth in [98, 99, 100, 100_000] {
+            let mut bytes = b"*1\r\n".repeat(depth);
+            bytes.extend_from_slice(b":1\r\n");
+            assert_eq!(reply_len(&bytes), Ok(Some(bytes.len())));
+            let ours = reply_value(&bytes);
+            if depth <= MAX_REPLY_DEPTH {
+                assert_eq!(
+                    ours,
+                    Ok(redis::parse_redis_value(&bytes).expect("the crate takes it"))
+                );
+            } else {
+                assert!(ours.is_err(), "depth {depth}");
+                if depth == 100 {
+                    assert!(redis::parse_redis_value(&bytes).is_err());
+                }
+            }
         }
     }
 }
