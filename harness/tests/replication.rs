@@ -10,7 +10,7 @@ use chordkv_core::chord::Config;
 use chordkv_core::rng::Rng;
 use chordkv_harness::sim::{Sim, SimConfig};
 use chordkv_protocol::{Id, Message};
-use common::{build_ring, seeds, value_of, Acked, STABILIZE_MS};
+use common::{build_ring, seeds, send_put, value_of, Acked, STABILIZE_MS};
 
 const REPLICAS: usize = 2;
 
@@ -284,12 +284,7 @@ fn random_failures_lose_no_acknowledged_write(default_seeds: &[u64], burst: usiz
                 }
                 for key in keys {
                     written += 1;
-                    let value = format!("value-{written}");
-                    let msg = Message::Put {
-                        key: Bytes::from(key.clone()),
-                        value: Bytes::from(value.clone()),
-                    };
-                    in_flight.push((s.client_request(via, msg), key, value));
+                    in_flight.push(send_put(&mut s, via, key, format!("value-{written}")));
                 }
                 s.run_for(15 * burst as u64);
             }

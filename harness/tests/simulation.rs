@@ -11,7 +11,7 @@ use chordkv_protocol::{Id, Message};
 
 mod common;
 
-use common::{build_ring, seeds, value_of, Acked, STABILIZE_MS};
+use common::{build_ring, seeds, send_put, value_of, Acked, STABILIZE_MS};
 
 /// A simulation of plain Chord: one copy of every key (replication has its own tests in
 /// `replication.rs`), so these tests can check exactly where each key lives. Chord's own ring
@@ -228,12 +228,7 @@ fn joins_and_leaves_under_load_lose_no_acknowledged_write() {
                 let via = alive[rng.below(alive.len() as u64) as usize];
                 let key = format!("key-{}", rng.below(500));
                 written += 1;
-                let value = format!("value-{written}");
-                let msg = Message::Put {
-                    key: Bytes::from(key.clone()),
-                    value: Bytes::from(value.clone()),
-                };
-                in_flight.push((s.client_request(via, msg), key, value));
+                in_flight.push(send_put(&mut s, via, key, format!("value-{written}")));
             }
             s.run_for(20);
             in_flight.retain(|(h, k, v)| match s.reply(*h) {

@@ -351,7 +351,8 @@ impl Host {
     /// From now on the vnodes hold the replica writes of a turn and send each replica one
     /// batch of them when the driver calls [`Host::end_turn`] (see `replication.rs`,
     /// `ReplicaOutbox`): for a driver that ends its turns (the server after each turn of its
-    /// event loop, the simulator after each input). Without it each write is sent as it is made.
+    /// event loop, the simulator after the inputs that reach a host at one moment). Without it
+    /// each write is sent as it is made.
     pub fn hold_replica_writes(&mut self) {
         for n in &mut self.vnodes {
             n.hold_replica_writes();

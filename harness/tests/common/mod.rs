@@ -28,6 +28,16 @@ pub fn build_ring(s: &mut Sim, n: usize, rng: &mut Rng) {
 }
 
 /// The seeds to run: `SIM_SEEDS=1-200` (a range) overrides the defaults for a wider search.
+/// Sends a client `PUT key value` through node `via` without waiting for the reply: the
+/// reply's handle, the key and the value, as the tests' in-flight lists keep them.
+pub fn send_put(s: &mut Sim, via: usize, key: String, value: String) -> (u64, String, String) {
+    let msg = Message::Put {
+        key: Bytes::from(key.clone()),
+        value: Bytes::from(value.clone()),
+    };
+    (s.client_request(via, msg), key, value)
+}
+
 pub fn seeds(default: &[u64]) -> Vec<u64> {
     match std::env::var("SIM_SEEDS") {
         Ok(r) => {

@@ -831,13 +831,10 @@ pub fn reply_value(buf: &[u8]) -> std::result::Result<Value, String> {
 
 /// A `$` or `*` header's length: -1 (null) or a count.
 fn length(line: &[u8]) -> std::result::Result<i64, String> {
-    // The common case, 1 to 12 digits, without going through `str` (which accepts a `+`
-    // sign too, as Redis would never send, and answers the same for these).
+    // The common case, 1 to 12 digits (under 2^40), without going through `str` (which accepts
+    // a `+` sign too, as Redis would never send, and answers the same for these).
     if !line.is_empty() && line.len() <= 12 && line.iter().all(u8::is_ascii_digit) {
-        let n = line.iter().fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
-        if n <= 1i64 << 40 {
-            return Ok(n);
-        }
+        return Ok(line.iter().fold(0i64, |n, &d| n * 10 + i64::from(d - b'0')));
     }
     let text = std::str::from_utf8(line).map_err(|_| "a length that is not a number".to_string())?;
     match text.parse::<i64>() {
