@@ -627,3 +627,74 @@ fn a_member_crashed_right_after_a_join_leaves_its_range_routable_from_every_node
 fn a_member_cut_off_from_a_newcomer_and_crashed_leaves_its_range_routable_from_every_node() {
     crash_right_after_a_join(true);
 }
+
+/// A restarted member's join lookup asks its bootstrap, which names as the next step a finger
+/// that crashed moments before (the bootstrap has not tried it since, so it does not know; a
+/// member that is down stays in the ring under `consistent`), or that restarted at the same
+/// moment and is joining itself (it answers "not in a ring"). Chord's remedy for a failed hop
+/// (section 5.3 of the paper: the lookup goes on through the next-best predecessor): the joiner
+/// asks the node that named the failed step for the node before it, and goes on from there.
+/// Before, the join failed and retried through the same bootstrap, which named the same finger
+/// again, for ever (and a finger joining through the stuck member stayed out with it).
+fn a_restarted_member_joins_around_a_finger_its_bootstrap_still_names(finger_restarts: bool) {
+    let mut tried = 0;
+    for seed in seeds(&[1, 2, 3, 4, 5, 6]) {
+        let mut s = sim(seed, AckPolicy::All);
+        let mut rng = Rng::new(seed);
+        build_ring(&mut s, 12, &mut rng);
+        // A member `m`, a bootstrap `b` and `x`, the finger of `b` closest before `m`, where
+        // `x` is no successor of `b` (`b` does not probe it) and not `m`'s predecessor.
+        let alive = s.alive();
+        let pick = alive.iter().find_map(|&m| {
+            let m_id = s.node(m).me().id;
+            alive.iter().find_map(|&b| {
+                let node = s.node(b);
+                let x = node.routing().closest_preceding(&m_id)?;
+                let x = alive.iter().copied().find(|&i| s.node(i).me() == x)?;
+                let x_is_near = node.successors().iter().any(|n| *n == s.node(x).me())
+                    || s.node(m).predecessor() == Some(s.node(x).me());
+                (b != m && x != m && !x_is_near).then_some((m, b, x))
+            })
+        });
+        let Some((m, b, x)) = pick else {
+            println!("seed {seed}: no such triple");
+            continue;
+        };
+        tried += 1;
+        println!("seed {seed}: restart {m} through {b}, whose finger {x} crashes");
+        s.crash(x);
+        s.crash(m);
+        s.run_for(50);
+        s.restart_through(m, &[b], false);
+        if finger_restarts {
+            // `x` joins through `m`, which is joining itself: `x` answers `m`'s lookup with
+            // "not in a ring" until `m` is in.
+            s.restart(x, m);
+        }
+        s.run_for(20_000);
+        assert_eq!(
+            s.node(m).phase(),
+            chordkv_core::chord::Phase::Active,
+            "seed {seed}: node {m} did not rejoin through {b}"
+        );
+        if !finger_restarts {
+            s.restart(x, b);
+        }
+        assert!(
+            s.run_until_consistent(STABILIZE_MS, 60_000),
+            "seed {seed}: {:?}",
+            s.ring_problem()
+        );
+    }
+    assert!(tried > 0, "no seed gave a bootstrap with a far finger");
+}
+
+#[test]
+fn a_restarted_member_joins_around_a_crashed_finger_its_bootstrap_still_names() {
+    a_restarted_member_joins_around_a_finger_its_bootstrap_still_names(false);
+}
+
+#[test]
+fn a_restarted_member_joins_around_a_joining_finger_its_bootstrap_still_names() {
+    a_restarted_member_joins_around_a_finger_its_bootstrap_still_names(true);
+}

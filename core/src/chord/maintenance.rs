@@ -18,6 +18,26 @@ pub(super) struct MaintLookup {
     pub target: Id,
     pub purpose: LookupPurpose,
     pub deadline: Millis,
+    /// The step in flight, when a peer named it (`Closer`): the node asked and the peer that
+    /// named it, so a step that fails can go around it (see [`Node::lookup_detour`]).
+    pub asking: Option<(NodeRef, NodeAddr)>,
+    /// While the RPC in flight is a detour: the dead node it goes around.
+    pub around: Option<NodeRef>,
+    /// Steps taken after the first, at most [`Config::max_hops`](super::Config::max_hops).
+    pub hops: u16,
+}
+
+impl MaintLookup {
+    pub fn new(target: Id, purpose: LookupPurpose, deadline: Millis) -> MaintLookup {
+        MaintLookup {
+            target,
+            purpose,
+            deadline,
+            asking: None,
+            around: None,
+            hops: 0,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -463,11 +483,7 @@ impl Node {
         });
         if let Some((i, start, c)) = pending_lookup {
             let deadline = now + self.config.request_timeout_ms;
-            let id = self.new_lookup(MaintLookup {
-                target: start,
-                purpose: LookupPurpose::Finger(i),
-                deadline,
-            });
+            let id = self.new_lookup(MaintLookup::new(start, LookupPurpose::Finger(i), deadline));
             self.lookups.finger_busy = true;
             self.send_rpc(
                 now,
@@ -500,11 +516,7 @@ impl Node {
     /// Asks `via` for our own successor (a join, or a rejoin after isolation).
     pub(super) fn lookup_own_id(&mut self, now: Millis, via: NodeAddr, purpose: LookupPurpose) {
         let deadline = now + self.config.request_timeout_ms;
-        let id = self.new_lookup(MaintLookup {
-            target: self.me.id,
-            purpose,
-            deadline,
-        });
+        let id = self.new_lookup(MaintLookup::new(self.me.id, purpose, deadline));
         self.send_rpc(
             now,
             via,
@@ -541,6 +553,32 @@ impl Node {
                 _ => {}
             }
         }
+        if let Some(around) = lookup.around {
+            // The answer to a detour names a node to go on from, not the target's successor.
+            // A node after it in `from`'s list, or else the node `from` knows before it (the
+            // dead node's predecessor knows it is down: it is its successor).
+            let next = match msg {
+                Message::FindSuccessorReply {
+                    lookup:
+                        Lookup::Found {
+                            successors,
+                            predecessor,
+                            ..
+                        },
+                } => successors
+                    .into_iter()
+                    .chain(predecessor)
+                    .find(|n| n.addr != around.addr && !self.is_dead(&n.addr)),
+                Message::FindSuccessorReply {
+                    lookup: Lookup::Closer { node },
+                } => Some(node).filter(|n| !self.is_dead(&n.addr)),
+                _ => None,
+            };
+            return match next.filter(|n| n.addr != self.me.addr && n.addr != from) {
+                Some(n) if now < lookup.deadline => self.lookup_step(now, id, n, from),
+                _ => self.fail_lookup(now, id),
+            };
+        }
         match msg {
             Message::FindSuccessorReply {
                 lookup:
@@ -558,8 +596,7 @@ impl Node {
                 match predecessor.filter(|p| p.addr != self.me.addr && p.addr != from) {
                     Some(p) => {
                         self.remember_seed(p.addr);
-                        let msg = Message::FindSuccessor { id: lookup.target };
-                        self.send_rpc(now, p.addr, msg, RpcKind::Lookup(id), 0);
+                        self.lookup_step(now, id, p, from);
                     }
                     None => self.fail_lookup(now, id),
                 }
@@ -598,25 +635,66 @@ impl Node {
             Message::FindSuccessorReply {
                 lookup: Lookup::Closer { node },
             } => {
-                if now >= lookup.deadline || node.addr == from || self.is_dead(&node.addr) {
+                if now >= lookup.deadline || node.addr == from {
                     self.fail_lookup(now, id);
+                } else if self.is_dead(&node.addr) {
+                    // `from` has not noticed that the step it names is gone: go around it.
+                    self.lookup_detour(now, id, from, node);
                 } else if node.addr == self.me.addr {
                     // We are the closest known node: our own successor list answers.
                     let list = self.routing.successors().to_vec();
                     self.finish_lookup(now, id, list);
                 } else {
-                    let target = lookup.target;
-                    self.send_rpc(
-                        now,
-                        node.addr,
-                        Message::FindSuccessor { id: target },
-                        RpcKind::Lookup(id),
-                        0,
-                    );
+                    self.lookup_step(now, id, node, from);
                 }
             }
-            _ => self.fail_lookup(now, id),
+            // A step a peer named that cannot answer (not in a ring: it restarted and is
+            // joining itself) is gone for this lookup as a dead one is: go around it.
+            _ => match lookup.asking {
+                Some((node, via)) if node.addr == from => self.lookup_detour(now, id, via, node),
+                _ => self.fail_lookup(now, id),
+            },
         }
+    }
+
+    /// The lookup's next step: asks `node`, which `named_by` named, for the target's
+    /// successor (at most `max_hops` steps, or the lookup fails).
+    fn lookup_step(&mut self, now: Millis, id: u64, node: NodeRef, named_by: NodeAddr) {
+        let max_hops = self.config.max_hops;
+        let Some(lookup) = self.lookups.pending.get_mut(&id) else {
+            return;
+        };
+        if lookup.hops >= max_hops {
+            return self.fail_lookup(now, id);
+        }
+        lookup.hops += 1;
+        lookup.asking = Some((node, named_by));
+        lookup.around = None;
+        let msg = Message::FindSuccessor { id: lookup.target };
+        self.send_rpc(now, node.addr, msg, RpcKind::Lookup(id), 0);
+    }
+
+    /// A step of an iterative lookup failed, or was named though it is down: asks `via`, the
+    /// node that named `around` as the next step, for the node it knows just before `around`
+    /// (a lookup of `around`'s own id), and the lookup goes on from there. This is the
+    /// remedy of the Chord paper (SIGCOMM'01 section 5.3: a lookup whose next hop failed goes
+    /// on through the next-best predecessor), as `send_detour` does for client operations.
+    /// Without it a join retried through the same bootstrap walks into the same dead finger
+    /// until the bootstrap notices, which under `consistent` (members that are down stay in
+    /// the ring) it may never do. Fails the lookup past its deadline or `max_hops` steps.
+    pub(super) fn lookup_detour(&mut self, now: Millis, id: u64, via: NodeAddr, around: NodeRef) {
+        let max_hops = self.config.max_hops;
+        let Some(lookup) = self.lookups.pending.get_mut(&id) else {
+            return;
+        };
+        if now >= lookup.deadline || lookup.hops >= max_hops || via == self.me.addr {
+            return self.fail_lookup(now, id);
+        }
+        lookup.hops += 1;
+        lookup.asking = None;
+        lookup.around = Some(around);
+        let msg = Message::FindSuccessor { id: around.id };
+        self.send_rpc(now, via, msg, RpcKind::Lookup(id), 0);
     }
 
     /// `consistent`: we restarted as a member the ring still lists (see `on_lookup_reply`).

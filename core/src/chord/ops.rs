@@ -559,10 +559,20 @@ impl Node {
         let target = op.target;
         if detour {
             // The answer to a detour names a node to go on from, not the key's owner.
+            // A node after the dead one in `from`'s list, or else the node `from` knows
+            // before it (the dead node's predecessor knows it is down: it is its successor).
             let next = match msg {
                 Message::FindSuccessorReply {
-                    lookup: Lookup::Found { successors, .. },
-                } => successors.into_iter().find(|n| !self.is_dead(&n.addr)),
+                    lookup:
+                        Lookup::Found {
+                            successors,
+                            predecessor,
+                            ..
+                        },
+                } => successors
+                    .into_iter()
+                    .chain(predecessor)
+                    .find(|n| !self.is_dead(&n.addr)),
                 Message::FindSuccessorReply {
                     lookup: Lookup::Closer { node },
                 } => Some(node).filter(|n| !self.is_dead(&n.addr)),

@@ -303,7 +303,14 @@ impl Node {
                 }
                 match (lookup.purpose, self.route(&lookup.target)) {
                     (LookupPurpose::Join | LookupPurpose::Rejoin | LookupPurpose::Merge(_), _) => {
-                        self.fail_lookup(now, id)
+                        // A step a peer named: ask that peer for the node before it. The
+                        // first step (the bootstrap) or a detour that failed: the lookup fails.
+                        match lookup.asking {
+                            Some((node, via)) if node.addr == rpc.to => {
+                                self.lookup_detour(now, id, via, node)
+                            }
+                            _ => self.fail_lookup(now, id),
+                        }
                     }
                     (_, Route::Closer(c)) => {
                         let msg = Message::FindSuccessor { id: lookup.target };
