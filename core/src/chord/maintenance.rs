@@ -565,16 +565,20 @@ impl Node {
                             predecessor,
                             ..
                         },
-                } => successors
-                    .into_iter()
-                    .chain(predecessor)
-                    .find(|n| n.addr != around.addr && !self.is_dead(&n.addr)),
+                } => successors.into_iter().chain(predecessor).find(|n| {
+                    n.addr != around.addr
+                        && n.addr != self.me.addr
+                        && n.addr != from
+                        && !self.is_dead(&n.addr)
+                }),
                 Message::FindSuccessorReply {
                     lookup: Lookup::Closer { node },
-                } => Some(node).filter(|n| !self.is_dead(&n.addr)),
+                } => {
+                    Some(node).filter(|n| n.addr != self.me.addr && n.addr != from && !self.is_dead(&n.addr))
+                }
                 _ => None,
             };
-            return match next.filter(|n| n.addr != self.me.addr && n.addr != from) {
+            return match next {
                 Some(n) if now < lookup.deadline => self.lookup_step(now, id, n, from),
                 _ => self.fail_lookup(now, id),
             };

@@ -572,13 +572,15 @@ impl Node {
                 } => successors
                     .into_iter()
                     .chain(predecessor)
-                    .find(|n| !self.is_dead(&n.addr)),
+                    .find(|n| n.addr != self.me.addr && n.addr != from && !self.is_dead(&n.addr)),
                 Message::FindSuccessorReply {
                     lookup: Lookup::Closer { node },
-                } => Some(node).filter(|n| !self.is_dead(&n.addr)),
+                } => {
+                    Some(node).filter(|n| n.addr != self.me.addr && n.addr != from && !self.is_dead(&n.addr))
+                }
                 _ => None,
             };
-            return match next.filter(|n| n.addr != self.me.addr && n.addr != from) {
+            return match next {
                 Some(n) => self.send_lookup_step(now, id, n, Some(from)),
                 None => self.retry_op_later(now, id),
             };
