@@ -146,6 +146,8 @@ impl Node {
             // is not left for the next full interval. A node no other host keeps copies for
             // has no round to run: it collects its own tombstones on the same schedule.
             let started = self.config.replicas > 0 && self.start_sync_round(now);
+            // The ranges of primaries that are down, on their behalf.
+            self.start_stand_in_rounds(now);
             let wait = if started {
                 // Once per interval: collection scans the whole store.
                 self.collect_stray_copies(now);

@@ -42,6 +42,12 @@ pub(super) enum SyncPurpose {
     /// A holder that gained a lease on `primary`'s range synchronises it with the members that
     /// granted the lease before it serves (`lease.rs`).
     CatchUp { primary: Id },
+    /// `consistent`: the first live member of the preference list of a primary that is down
+    /// (members stay in the ring) repairs that primary's range as the primary would, each
+    /// interval (`start_stand_in_rounds`). Without it a range whose primary stayed down had no
+    /// anti-entropy at all: a replica restarted empty meanwhile was never refilled, and the
+    /// range was left with one copy until the next failure took it.
+    StandIn { primary: Id },
 }
 
 /// A round in progress.
@@ -217,6 +223,82 @@ impl Node {
         true
     }
 
+    /// `consistent`: starts a [`SyncPurpose::StandIn`] round over the range of each primary
+    /// this node stands in for: its `k`-th predecessor (`k <= replicas`, so this node is in its
+    /// preference list) presumed down with every predecessor between, as in
+    /// [`Node::stand_in_range`]. The targets are the other members of that range's preference
+    /// list not presumed down. The round repairs as a periodic one does (merging by version
+    /// needs no lease); its digests vouch for a copy (`holder_ms`) only under a caught-up lease
+    /// on the range; it never collects tombstones (the primary, which may hold older copies, is
+    /// not asked) and never counts as this node's own range refilled. Returns how many started.
+    pub(super) fn start_stand_in_rounds(&mut self, now: Millis) -> usize {
+        if !self.config.is_consistent() || self.phase != Phase::Active || self.config.replicas == 0 {
+            return 0;
+        }
+        let preds = self.predecessors();
+        let mut ranges = Vec::new();
+        for k in 0..preds.len().saturating_sub(1) {
+            if !self.is_host_dead(&preds[k].addr) {
+                break;
+            }
+            ranges.push((preds[k], preds[k + 1].id));
+        }
+        let mut started = 0;
+        for (primary, start) in ranges {
+            let busy = self
+                .repl
+                .syncs
+                .values()
+                .any(|r| matches!(r.purpose, SyncPurpose::StandIn { primary: p } if p == primary.id));
+            if busy {
+                continue;
+            }
+            let targets: Vec<NodeRef> = self
+                .preference_list(&primary)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| n.addr != self.me.addr && n.addr != primary.addr && !self.is_dead(&n.addr))
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            let id = self.repl.next_sync_id;
+            self.repl.next_sync_id += 1;
+            let end = primary.id;
+            self.repl.syncs.insert(
+                id,
+                SyncRound {
+                    id,
+                    purpose: SyncPurpose::StandIn { primary: primary.id },
+                    failed: BTreeSet::new(),
+                    local_failed: false,
+                    store_error: None,
+                    complete: false,
+                    copies: 0,
+                    trusted: BTreeSet::new(),
+                    untrusted: BTreeSet::new(),
+                    started_ms: now,
+                    start,
+                    end,
+                    targets,
+                    outstanding: 1,
+                    differences: 0,
+                    repaired: 0,
+                    clock_at_start: self.clock.current().max(now.saturating_mul(1 << 16)),
+                    oldest_tombstone: None,
+                },
+            );
+            let op = StoreOp::Digest {
+                start,
+                end,
+                parts: ANTI_ENTROPY_PARTS,
+            };
+            self.store_op(op, StoreWait::Sync(SyncWait::RoundDigests { round: id }));
+            started += 1;
+        }
+        started
+    }
+
     /// Collects this node's old tombstones (older than `tombstone_grace_ms`) in its primary
     /// range when no other host keeps a copy of the range: its preference list, counted over
     /// every successor whether live or not, is this node alone (`--replicas 0`, or a ring of
@@ -387,6 +469,14 @@ impl Node {
                 why
             });
             return self.on_catch_up_done(primary, r.id, ok, r.store_error, why);
+        }
+        if let SyncPurpose::StandIn { .. } = r.purpose {
+            if r.untrusted.iter().any(|a| !r.failed.contains(a)) {
+                // As below: the next round makes the refilled copy trusted.
+                self.timers
+                    .bring_forward(Timer::AntiEntropy, now + self.config.stabilize_interval_ms);
+            }
+            return;
         }
         if r.failed.is_empty() && !r.local_failed {
             // Our range is as complete as our replicas' copies: refilled after a loss.
@@ -843,15 +933,21 @@ impl Node {
     }
 
     /// `SYNC_DIGESTS.holder_ms` for a round: its start time when it is a periodic round of a
-    /// primary whose lease on exactly that range is valid and caught up (`consistent`), else 0.
+    /// primary, or a [`SyncPurpose::StandIn`] round of the holder of another primary's range,
+    /// whose lease on exactly that range is valid and caught up (`consistent`), else 0.
     fn holder_ms(&self, round: u64) -> Millis {
         let Some(r) = self.repl.syncs.get(&round) else {
             return 0;
         };
         let now = r.started_ms;
-        let serves = self.leases.serves(&self.me.id, now)
-            && self.leases.held(&self.me.id).is_some_and(|h| h.start == r.start);
-        if r.purpose == SyncPurpose::Periodic && r.end == self.me.id && serves {
+        let primary = match r.purpose {
+            SyncPurpose::Periodic if r.end == self.me.id => self.me.id,
+            SyncPurpose::StandIn { primary } if r.end == primary => primary,
+            _ => return 0,
+        };
+        let serves = self.leases.serves(&primary, now)
+            && self.leases.held(&primary).is_some_and(|h| h.start == r.start);
+        if serves {
             r.started_ms.max(1)
         } else {
             0
