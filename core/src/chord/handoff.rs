@@ -835,6 +835,15 @@ impl Node {
                 // We took its range over already and our answer was lost: it asks again.
                 return self.reply(to, rid, Message::LeavingReply { accepted: true });
             }
+            if self.live.gone.contains_key(&node.addr)
+                && self.handoff.finished_incoming.iter().any(|r| r.1 == node.id)
+            {
+                // A late or duplicated notice of a leave we took over and finished receiving:
+                // answered as the first was, nothing reopened. Before, it opened the range as
+                // incoming again, waiting for a transfer that had come already: every leave of
+                // our next predecessor was refused until the stall timeout dropped it.
+                return self.reply(to, rid, Message::LeavingReply { accepted: true });
+            }
             if self.phase != Phase::Active
                 || !self.handoff.incoming.is_empty()
                 || self.handoff.leave.is_some()
@@ -1015,6 +1024,56 @@ mod tests {
             matches!(replies[..], [Message::TransferAck { accepted: false, .. }]),
             "{replies:?}"
         );
+    }
+
+    /// A leaving predecessor's notice delivered twice, the second after its transfer finished
+    /// (duplicated or late), is answered as the first was and reopens nothing: the next
+    /// predecessor's leave is then taken over at once. Before, the second notice opened the
+    /// range as incoming again, waiting for a transfer that had come already, and every leave
+    /// of the node before it was refused until the stall timeout dropped the range; that node
+    /// gave up and stopped, a silent member under `consistent` (`harness/tests/leaves.rs`,
+    /// duplication and reordering, seed 78).
+    #[test]
+    fn a_leave_notice_delivered_again_after_its_transfer_reopens_nothing() {
+        let (before, left, me, after) = (node(30), node(40), node(50), node(60));
+        let mut n = Node::new(me, Config::with_stabilize_interval_ms(100), 0);
+        n.bootstrap(0, Some(left), &[after], |_| None, None);
+        let notice = |node, predecessor| {
+            Message::Leaving(Box::new(LeaveNotice {
+                node,
+                predecessor: Some(predecessor),
+                successors: vec![me, after],
+                clock: 0,
+                gone: Vec::new(),
+            }))
+        };
+        let store = MemoryStore::new();
+        let replies = deliver(&mut n, &store, 10, notice(left, before));
+        assert_eq!(replies, vec![Message::LeavingReply { accepted: true }]);
+        let transfer = Message::Transfer {
+            transfer_id: 1,
+            start: before.id,
+            end: left.id,
+            items: Vec::new(),
+            last: true,
+            clock: 0,
+        };
+        let replies = deliver(&mut n, &store, 20, transfer);
+        assert!(
+            matches!(replies[..], [Message::TransferAck { accepted: true, .. }]),
+            "{replies:?}"
+        );
+        assert!(n.handoff.incoming.is_empty(), "the takeover is done");
+        assert_eq!(n.predecessor(), Some(before));
+        // The same notice again.
+        let replies = deliver(&mut n, &store, 30, notice(left, before));
+        assert_eq!(replies, vec![Message::LeavingReply { accepted: true }]);
+        assert!(n.handoff.incoming.is_empty(), "nothing reopened");
+        // The node before leaves next: taken over.
+        let replies = deliver(&mut n, &store, 40, notice(before, node(20)));
+        assert_eq!(replies, vec![Message::LeavingReply { accepted: true }]);
+        assert_eq!(n.handoff.incoming.len(), 1);
+        assert_eq!(n.handoff.incoming[0].end, before.id);
     }
 
     /// A transfer that ends at the leaving predecessor but starts between it and us (its range

@@ -241,7 +241,10 @@ impl Node {
             if !self.is_host_dead(&preds[k].addr) {
                 break;
             }
-            ranges.push((preds[k], preds[k + 1].id));
+            // A primary that left handed its range over: it is no member to stand in for.
+            if !self.live.gone.contains_key(&preds[k].addr) {
+                ranges.push((preds[k], preds[k + 1].id));
+            }
         }
         let mut started = 0;
         for (primary, start) in ranges {
@@ -257,7 +260,12 @@ impl Node {
                 .preference_list(&primary)
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|n| n.addr != self.me.addr && n.addr != primary.addr && !self.is_dead(&n.addr))
+                .filter(|n| {
+                    n.addr != self.me.addr
+                        && n.addr != primary.addr
+                        && !self.is_dead(&n.addr)
+                        && !self.live.gone.contains_key(&n.addr)
+                })
                 .collect();
             if targets.is_empty() {
                 continue;
