@@ -101,6 +101,10 @@ pub(super) struct Replication {
     /// When this node last collected its own tombstones alone (`collect_own_tombstones`):
     /// at most once an anti-entropy interval, as a round would.
     pub own_collection_at: Option<Millis>,
+    /// When this node last started its stand-in rounds (`start_stand_in_rounds`): at most once
+    /// an anti-entropy interval, whatever the timer's period (it fires every stabilize period
+    /// while the node's own round cannot start).
+    pub stand_in_at: Option<Millis>,
     /// Store ops carrying a tombstone this node has issued (`store_op`), so that an own
     /// collection knows whether one was stored while it ran.
     pub tombstones_stored: u64,

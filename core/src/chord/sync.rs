@@ -235,6 +235,14 @@ impl Node {
         if !self.config.is_consistent() || self.phase != Phase::Active || self.config.replicas == 0 {
             return 0;
         }
+        let interval = self.config.anti_entropy_interval_ms;
+        if self
+            .repl
+            .stand_in_at
+            .is_some_and(|at| now < at.saturating_add(interval))
+        {
+            return 0;
+        }
         let preds = self.predecessors();
         let mut ranges = Vec::new();
         for k in 0..preds.len().saturating_sub(1) {
@@ -303,6 +311,9 @@ impl Node {
             };
             self.store_op(op, StoreWait::Sync(SyncWait::RoundDigests { round: id }));
             started += 1;
+        }
+        if started > 0 {
+            self.repl.stand_in_at = Some(now);
         }
         started
     }
@@ -481,6 +492,7 @@ impl Node {
         if let SyncPurpose::StandIn { .. } = r.purpose {
             if r.untrusted.iter().any(|a| !r.failed.contains(a)) {
                 // As below: the next round makes the refilled copy trusted.
+                self.repl.stand_in_at = None;
                 self.timers
                     .bring_forward(Timer::AntiEntropy, now + self.config.stabilize_interval_ms);
             }
