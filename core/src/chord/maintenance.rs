@@ -555,29 +555,7 @@ impl Node {
         }
         if let Some(around) = lookup.around {
             // The answer to a detour names a node to go on from, not the target's successor.
-            // A node after it in `from`'s list, or else the node `from` knows before it (the
-            // dead node's predecessor knows it is down: it is its successor).
-            let next = match msg {
-                Message::FindSuccessorReply {
-                    lookup:
-                        Lookup::Found {
-                            successors,
-                            predecessor,
-                            ..
-                        },
-                } => successors.into_iter().chain(predecessor).find(|n| {
-                    n.addr != around.addr
-                        && n.addr != self.me.addr
-                        && n.addr != from
-                        && !self.is_dead(&n.addr)
-                }),
-                Message::FindSuccessorReply {
-                    lookup: Lookup::Closer { node },
-                } => {
-                    Some(node).filter(|n| n.addr != self.me.addr && n.addr != from && !self.is_dead(&n.addr))
-                }
-                _ => None,
-            };
+            let next = self.detour_next(msg, from, Some(around.addr));
             return match next {
                 Some(n) if now < lookup.deadline => self.lookup_step(now, id, n, from),
                 _ => self.fail_lookup(now, id),

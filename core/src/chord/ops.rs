@@ -550,6 +550,35 @@ impl Node {
         );
     }
 
+    /// The node a detour goes on from, given `from`'s answer to the lookup of the dead node's
+    /// id (`send_detour`, `lookup_detour`): a node after the dead one in its list, or else the
+    /// node it knows before it (the dead node's predecessor knows it is down: it is its
+    /// successor); never us, `from`, `around` (the node gone around) or a node presumed down.
+    pub(super) fn detour_next(
+        &self,
+        msg: Message,
+        from: NodeAddr,
+        around: Option<NodeAddr>,
+    ) -> Option<NodeRef> {
+        let usable = |n: &NodeRef| {
+            n.addr != self.me.addr && n.addr != from && Some(n.addr) != around && !self.is_dead(&n.addr)
+        };
+        match msg {
+            Message::FindSuccessorReply {
+                lookup:
+                    Lookup::Found {
+                        successors,
+                        predecessor,
+                        ..
+                    },
+            } => successors.into_iter().chain(predecessor).find(usable),
+            Message::FindSuccessorReply {
+                lookup: Lookup::Closer { node },
+            } => Some(node).filter(usable),
+            _ => None,
+        }
+    }
+
     pub(super) fn on_op_reply(&mut self, now: Millis, id: u64, from: NodeAddr, msg: Message) {
         let Some(op) = self.client.ops.get_mut(&id) else {
             return;
@@ -559,27 +588,7 @@ impl Node {
         let target = op.target;
         if detour {
             // The answer to a detour names a node to go on from, not the key's owner.
-            // A node after the dead one in `from`'s list, or else the node `from` knows
-            // before it (the dead node's predecessor knows it is down: it is its successor).
-            let next = match msg {
-                Message::FindSuccessorReply {
-                    lookup:
-                        Lookup::Found {
-                            successors,
-                            predecessor,
-                            ..
-                        },
-                } => successors
-                    .into_iter()
-                    .chain(predecessor)
-                    .find(|n| n.addr != self.me.addr && n.addr != from && !self.is_dead(&n.addr)),
-                Message::FindSuccessorReply {
-                    lookup: Lookup::Closer { node },
-                } => {
-                    Some(node).filter(|n| n.addr != self.me.addr && n.addr != from && !self.is_dead(&n.addr))
-                }
-                _ => None,
-            };
+            let next = self.detour_next(msg, from, None);
             return match next {
                 Some(n) => self.send_lookup_step(now, id, n, Some(from)),
                 None => self.retry_op_later(now, id),

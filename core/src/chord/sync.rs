@@ -187,39 +187,14 @@ impl Node {
             return false;
         }
 
-        let id = self.repl.next_sync_id;
-        self.repl.next_sync_id += 1;
-        let (start, end) = (pred.id, self.me.id);
-        self.repl.syncs.insert(
-            id,
-            SyncRound {
-                id,
-                purpose: SyncPurpose::Periodic,
-                failed: BTreeSet::new(),
-                local_failed: false,
-                store_error: None,
-                complete,
-                copies: 0,
-                trusted: BTreeSet::new(),
-                untrusted: BTreeSet::new(),
-                started_ms: now,
-                start,
-                end,
-                targets,
-                outstanding: 1,
-                differences: 0,
-                repaired: 0,
-                // Physical time counts too: the clock only moves with writes.
-                clock_at_start: self.clock.current().max(now.saturating_mul(1 << 16)),
-                oldest_tombstone: None,
-            },
+        self.begin_round(
+            now,
+            SyncPurpose::Periodic,
+            (pred.id, self.me.id),
+            targets,
+            complete,
+            0,
         );
-        let op = StoreOp::Digest {
-            start,
-            end,
-            parts: ANTI_ENTROPY_PARTS,
-        };
-        self.store_op(op, StoreWait::Sync(SyncWait::RoundDigests { round: id }));
         true
     }
 
@@ -278,38 +253,8 @@ impl Node {
             if targets.is_empty() {
                 continue;
             }
-            let id = self.repl.next_sync_id;
-            self.repl.next_sync_id += 1;
-            let end = primary.id;
-            self.repl.syncs.insert(
-                id,
-                SyncRound {
-                    id,
-                    purpose: SyncPurpose::StandIn { primary: primary.id },
-                    failed: BTreeSet::new(),
-                    local_failed: false,
-                    store_error: None,
-                    complete: false,
-                    copies: 0,
-                    trusted: BTreeSet::new(),
-                    untrusted: BTreeSet::new(),
-                    started_ms: now,
-                    start,
-                    end,
-                    targets,
-                    outstanding: 1,
-                    differences: 0,
-                    repaired: 0,
-                    clock_at_start: self.clock.current().max(now.saturating_mul(1 << 16)),
-                    oldest_tombstone: None,
-                },
-            );
-            let op = StoreOp::Digest {
-                start,
-                end,
-                parts: ANTI_ENTROPY_PARTS,
-            };
-            self.store_op(op, StoreWait::Sync(SyncWait::RoundDigests { round: id }));
+            let purpose = SyncPurpose::StandIn { primary: primary.id };
+            self.begin_round(now, purpose, (start, primary.id), targets, false, 0);
             started += 1;
         }
         if started > 0 {
@@ -396,29 +341,57 @@ impl Node {
         }
         let (start, end) = (h.start, h.primary.id);
         let id = self.repl.next_sync_id;
-        self.repl.next_sync_id += 1;
-        if let Some(h) = self.leases.held_mut(&primary) {
-            h.catch_up = Some(id);
-        }
         if targets.is_empty() {
             // Nobody to catch up with: enough only when our own copy is (a list of one).
             let need = catch_up_quorum(copies, usize::from(!self.trust.trusts(&start, &end)));
             let ok = need <= usize::from(self.trust.trusts(&start, &end));
             let why = (!ok).then(|| "no other copy of the range is reachable".to_string());
+            self.repl.next_sync_id += 1;
+            if let Some(h) = self.leases.held_mut(&primary) {
+                h.catch_up = Some(id);
+            }
             return self.on_catch_up_done(primary, id, ok, None, why);
         }
+        let id = self.begin_round(
+            now,
+            SyncPurpose::CatchUp { primary },
+            (start, end),
+            targets,
+            false,
+            copies,
+        );
+        if let Some(h) = self.leases.held_mut(&primary) {
+            h.catch_up = Some(id);
+        }
+    }
+
+    /// Starts a round of `purpose` over `(start, end]` with `targets`: takes the digests of our
+    /// copy of the range (the answer sends them on, `SyncWait::RoundDigests`). `complete`:
+    /// every other member of the range's preference list is a target; `copies`: the members
+    /// of the list, us included (a catch-up's `n`). Returns the round's id.
+    fn begin_round(
+        &mut self,
+        now: Millis,
+        purpose: SyncPurpose,
+        (start, end): (Id, Id),
+        targets: Vec<NodeRef>,
+        complete: bool,
+        copies: usize,
+    ) -> u64 {
+        let id = self.repl.next_sync_id;
+        self.repl.next_sync_id += 1;
         self.repl.syncs.insert(
             id,
             SyncRound {
                 id,
-                purpose: SyncPurpose::CatchUp { primary },
+                purpose,
                 start,
                 end,
                 targets,
                 failed: BTreeSet::new(),
                 local_failed: false,
                 store_error: None,
-                complete: false,
+                complete,
                 copies,
                 trusted: BTreeSet::new(),
                 untrusted: BTreeSet::new(),
@@ -426,6 +399,7 @@ impl Node {
                 outstanding: 1,
                 differences: 0,
                 repaired: 0,
+                // Physical time counts too: the clock only moves with writes.
                 clock_at_start: self.clock.current().max(now.saturating_mul(1 << 16)),
                 oldest_tombstone: None,
             },
@@ -436,6 +410,7 @@ impl Node {
             parts: ANTI_ENTROPY_PARTS,
         };
         self.store_op(op, StoreWait::Sync(SyncWait::RoundDigests { round: id }));
+        id
     }
 
     fn round_mut(&mut self, round: u64) -> Option<&mut SyncRound> {
