@@ -644,6 +644,53 @@ impl LocalCluster {
         Ok(i)
     }
 
+    /// Starts `count` new nodes at once, each joining the first live nodes, as a script that
+    /// does not wait between them (or a supervisor starting a whole cluster) does; then waits
+    /// for each to answer and returns their indices. Unlike [`LocalCluster::start`], the nodes
+    /// read the ring and choose their positions while the others do the same: what concurrent
+    /// joins make of the ring is what this shows.
+    pub fn add_nodes_at_once(&mut self, count: usize) -> Result<Vec<usize>> {
+        let join = self.live_peers(None);
+        let first = self.nodes.len();
+        let mut started = Vec::with_capacity(count);
+        let mut spawn_all = || -> Result<()> {
+            for i in first..first + count {
+                if let Some(net) = &mut self.netns {
+                    while net.hosts() <= i {
+                        net.add_host()?;
+                    }
+                }
+                let addr = self.pick_addr(i)?;
+                let resp = self.pick_resp_addr(i)?;
+                let (child, log) = self.spawn(i, addr, resp, &join)?;
+                started.push((addr, resp, child, log));
+            }
+            Ok(())
+        };
+        let spawned = spawn_all();
+        let mut ready = Ok(());
+        for (addr, resp, mut child, log) in started {
+            if ready.is_ok() && spawned.is_ok() {
+                ready = self.wait_ready(&mut child, addr, log.as_deref());
+            }
+            if ready.is_err() || spawned.is_err() {
+                let _ = child.kill();
+                let _ = child.wait();
+                continue;
+            }
+            self.nodes.push(LocalNode {
+                addr,
+                resp,
+                child: Some(child),
+                paused: false,
+                log,
+            });
+        }
+        spawned?;
+        ready?;
+        Ok((first..first + count).collect())
+    }
+
     /// Stops every node, one after another (so each leave hands its keys to a live
     /// successor), as [`LocalCluster::terminate`] does. Returns how each running node stopped.
     pub fn stop_all(&mut self) -> Vec<(usize, Stopped)> {

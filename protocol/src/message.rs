@@ -543,6 +543,26 @@ pub enum Message {
     ForgetReply {
         forgotten: bool,
     },
+    /// A joining host reserves the positions it chose for its vnodes (`nodes`: one `NodeRef`
+    /// per vnode, all of one host) at the node it read the ring through, so that hosts joining
+    /// through it at the same moment do not choose the same positions. Accepted only if no
+    /// other claim was accepted since the claims the joiner read (`seen`, the `version` of the
+    /// last `Claims` it got; 0 before any). An empty `nodes` only reads the claims. Answered
+    /// with `Claims`: the joiner's positions are reserved when they are listed there;
+    /// otherwise it chooses again around the claims listed and claims again. A claim is
+    /// advisory (it lapses after a minute, and hosts joining through different nodes are not
+    /// ordered); Cassandra's consistent range movement, CASSANDRA-2434, serializes joins for
+    /// the same reason.
+    ClaimPositions {
+        seen: u64,
+        nodes: Vec<NodeRef>,
+    },
+    /// The positions claimed at this node and not yet lapsed (`nodes`, every claim's), and the
+    /// number of claims accepted so far (`version`, to pass back as `seen`).
+    Claims {
+        version: u64,
+        nodes: Vec<NodeRef>,
+    },
 
     // --- key handoff ---------------------------------------------------------------------
     /// One batch of the keys in the ring range `(start, end]`; `last` closes the transfer.

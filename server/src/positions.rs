@@ -99,7 +99,7 @@ fn choose_unsaved(
             Ok(listed) => {
                 // A restart before the ring forgot us: each vnode takes back its own position
                 // (peers know it by the vnode's address).
-                let mine: BTreeMap<u16, Id> = listed
+                let mut mine: BTreeMap<u16, Id> = listed
                     .iter()
                     .filter(|(_, a)| a.host == me)
                     .map(|(id, a)| (a.vnode, *id))
@@ -115,18 +115,14 @@ fn choose_unsaved(
                 // A vnode the ring still lists (this process was stopped while it joined, or
                 // ran fewer vnodes) keeps its position, so no member is listed under two
                 // ids; the others are placed around them.
-                let mut fresh = tokens::allocate_positions(&ring, me, vnodes, replicas)
-                    .into_iter()
-                    .filter(|id| !mine.values().any(|m| m == id));
-                let ids: Vec<Id> = (0..vnodes)
-                    .map(|v| mine.get(&v).copied().or_else(|| fresh.next()))
-                    .collect::<Option<Vec<Id>>>()
-                    .unwrap_or_else(|| tokens::random_positions(&me, vnodes));
-                let kept = mine.keys().filter(|v| **v < vnodes).count();
+                mine.retain(|v, _| *v < vnodes);
+                let (ids, claimed) =
+                    allocate_and_claim(me, vnodes, replicas, &ring, &mine, *via, keyring, timeout);
+                let kept = mine.len();
                 return Chosen {
                     ids,
                     how: format!(
-                        "balanced against the {} positions of {hosts} host{} read through {via}{}",
+                        "balanced against the {} positions of {hosts} host{} read through {via}{}{claimed}",
                         ring.len(),
                         if hosts == 1 { "" } else { "s" },
                         if kept > 0 {
@@ -147,6 +143,76 @@ fn choose_unsaved(
             why.join("; ")
         ),
     }
+}
+
+/// The most times a joiner chooses again after its claim was refused (each refusal means
+/// another host's claim was accepted: with `n` hosts joining at once, `n - 1` at most).
+const MAX_CLAIM_ROUNDS: usize = 64;
+
+/// Chooses the positions of the `vnodes` vnodes of `me` around `ring` (read through `via`)
+/// and the positions other hosts joining through `via` claimed there, and claims them
+/// (`CLAIM_POSITIONS`; see [`chordkv_core::chord::claims`]); a refused claim means another
+/// host's was accepted in between: choose again around it. `keep`: vnodes whose positions the
+/// ring still lists, kept as they are. Returns the positions and how the claim went (for the
+/// log); a node that keeps no claims (an older version) or does not answer leaves the
+/// positions unclaimed.
+#[allow(clippy::too_many_arguments)]
+fn allocate_and_claim(
+    me: SocketAddr,
+    vnodes: u16,
+    replicas: usize,
+    ring: &[(Id, SocketAddr)],
+    keep: &BTreeMap<u16, Id>,
+    via: SocketAddr,
+    keyring: Option<&Keyring>,
+    timeout: Duration,
+) -> (Vec<Id>, String) {
+    let allocate = |claimed: &[NodeRef]| -> Vec<Id> {
+        let mut all: BTreeMap<Id, SocketAddr> = ring.iter().copied().collect();
+        for n in claimed.iter().filter(|n| n.addr.host != me) {
+            all.entry(n.id).or_insert(n.addr.host);
+        }
+        let all: Vec<(Id, SocketAddr)> = all.into_iter().collect();
+        let mut fresh = tokens::allocate_positions(&all, me, vnodes, replicas)
+            .into_iter()
+            .filter(|id| !keep.values().any(|m| m == id));
+        (0..vnodes)
+            .map(|v| keep.get(&v).copied().or_else(|| fresh.next()))
+            .collect::<Option<Vec<Id>>>()
+            .unwrap_or_else(|| tokens::random_positions(&me, vnodes))
+    };
+    let read = Channel::open(via, keyring, timeout).and_then(|mut c| Ok((c.claim(0, Vec::new())?, c)));
+    let ((mut seen, mut claimed), mut channel) = match read {
+        Ok(read) => read,
+        Err(e) => return (allocate(&[]), format!(", unclaimed ({via}: {e})")),
+    };
+    for round in 0..MAX_CLAIM_ROUNDS {
+        let ids = allocate(&claimed);
+        let nodes: Vec<NodeRef> = (0..vnodes)
+            .zip(&ids)
+            .map(|(v, id)| NodeRef {
+                id: *id,
+                addr: NodeAddr::new(me, v),
+            })
+            .collect();
+        match channel.claim(seen, nodes.clone()) {
+            Ok((_, listed)) if nodes.iter().all(|n| listed.contains(n)) => {
+                let others = claimed.iter().filter(|n| n.addr.host != me).count();
+                let around = match (round, others) {
+                    (0, 0) => String::new(),
+                    _ => format!(" around {others} positions claimed there, after {round} refusals"),
+                };
+                return (ids, format!(", claimed at {via}{around}"));
+            }
+            Ok((version, listed)) => (seen, claimed) = (version, listed),
+            Err(e) => return (ids, format!(", unclaimed ({via}: {e})")),
+        }
+    }
+    let ids = allocate(&claimed);
+    (
+        ids,
+        format!(", unclaimed (refused {MAX_CLAIM_ROUNDS} times at {via})"),
+    )
 }
 
 /// A connection to one host for `GET_INFO`: over the keyring, or plain (as a client).
@@ -174,8 +240,9 @@ impl Channel {
         }
     }
 
-    fn info(&mut self, vnode: u16) -> std::io::Result<NodeInfo> {
-        let frame = Frame::new(1, Message::GetInfo);
+    /// Sends `message` to vnode `vnode` of the host and waits for the reply.
+    fn call(&mut self, vnode: u16, message: Message) -> std::io::Result<Message> {
+        let frame = Frame::new(1, message);
         let frame = if vnode == 0 { frame } else { frame.to_vnode(vnode) };
         let bytes = frame
             .to_bytes()
@@ -203,10 +270,28 @@ impl Channel {
             }
         };
         match reply.message {
-            Message::Info(info) => Ok(*info),
             Message::Error { text, .. } => Err(std::io::Error::other(text)),
+            m => Ok(m),
+        }
+    }
+
+    fn info(&mut self, vnode: u16) -> std::io::Result<NodeInfo> {
+        match self.call(vnode, Message::GetInfo)? {
+            Message::Info(info) => Ok(*info),
             other => Err(std::io::Error::other(format!(
                 "GET_INFO answered with {}",
+                other.name()
+            ))),
+        }
+    }
+
+    /// `CLAIM_POSITIONS`: the claims' version and every position claimed, after claiming
+    /// `nodes` if no claim was accepted since `seen`.
+    fn claim(&mut self, seen: u64, nodes: Vec<NodeRef>) -> std::io::Result<(u64, Vec<NodeRef>)> {
+        match self.call(0, Message::ClaimPositions { seen, nodes })? {
+            Message::Claims { version, nodes } => Ok((version, nodes)),
+            other => Err(std::io::Error::other(format!(
+                "CLAIM_POSITIONS answered with {}",
                 other.name()
             ))),
         }

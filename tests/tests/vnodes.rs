@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use chordkv_harness::cluster::{LocalCluster, NetworkMode};
 use chordkv_protocol::{Id, NodeAddr};
 use chordkv_tests::{
-    check_all_keys, check_every_key_through_each, chordkv, converge, converge_to, loaded_ring, logs_of,
-    one_at_a_time, overwrite_and_delete, positions, wait_anti_entropy_rounds, wait_failure_detected,
-    LoadedRing, VnodeRing, CONVERGE_TIMEOUT, NOTHING_LOST, POLL_PAUSE, SETTLE_ROUNDS,
+    check_all_keys, check_every_key_through_each, chordkv, cluster_spec, converge, converge_to, loaded_ring,
+    logs_of, one_at_a_time, overwrite_and_delete, positions, wait_anti_entropy_rounds, wait_failure_detected,
+    with_args, LoadedRing, VnodeRing, CONVERGE_TIMEOUT, NOTHING_LOST, POLL_PAUSE, SETTLE_ROUNDS,
 };
 
 const PROCESSES: usize = 4;
@@ -237,6 +237,40 @@ fn a_paused_process_loses_no_acknowledged_write_and_no_delete_and_gets_its_posit
     // the keys deleted while it was paused must not spread back.
     wait_anti_entropy_rounds(&mut clients, &addrs, SETTLE_ROUNDS * VNODES as u64, |_| {});
     check_every_key_through_each(&mut clients, &addrs, &data, &deleted, "after anti-entropy", &logs);
+}
+
+/// Hosts started all at once, each joining the first (a script that does not wait between
+/// them, a supervisor starting the whole cluster), while the first host's own vnodes are still
+/// finding each other: each joiner claims the positions it chose at the node it read the ring
+/// through (`CLAIM_POSITIONS`) and chooses again around the claims of the others, so the ring
+/// ends as even as when they join one after another. Before claims, 8 hosts of 8 vnodes
+/// started so read the same ring and chose the same positions: one host owned 75% of the ring
+/// and four owned none.
+#[test]
+fn hosts_started_at_once_claim_distinct_positions_and_share_the_ring_evenly() {
+    let _serial = one_at_a_time();
+    let name = "vnodes_started_at_once";
+    const HOSTS: usize = 8;
+    const EACH: usize = 8;
+    let spec = with_args(
+        cluster_spec(name, 1),
+        &["--vnodes", &EACH.to_string(), "--replicas", "1"],
+    );
+    let mut cluster = LocalCluster::start(spec).expect("start the first host");
+    cluster
+        .add_nodes_at_once(HOSTS - 1)
+        .expect("start the other hosts at once");
+    let ring = converge(&mut cluster, "the ring of hosts started at once converges");
+    assert_eq!(ring.nodes.len(), HOSTS * EACH, "every vnode is a ring position");
+    assert_eq!(ring.hosts.len(), HOSTS);
+    let mean = 1.0 / HOSTS as f64;
+    let shares: Vec<(SocketAddr, f64)> = ring.hosts.iter().map(|h| (h.host, h.share / mean)).collect();
+    eprintln!("{name}: shares relative to the mean: {shares:?}");
+    assert!(
+        shares.iter().all(|(_, s)| (0.75..=1.25).contains(s)),
+        "every host owns within 25% of the mean share: {shares:?}; logs in {}",
+        logs_of(&cluster)
+    );
 }
 
 /// Runs `chordkv forget --node FROM DEAD` and returns what it printed; asserts it succeeded.

@@ -180,17 +180,22 @@ impl Host {
             !ids.is_empty() && ids.len() <= 1 << VNODE_BITS,
             "a host has 1 to 65536 vnodes"
         ); // faulty code
-        let vnodes: Vec<Node> = ids
+        let positions: Vec<NodeRef> = ids
             .iter()
             .enumerate()
-            .map(|(i, id)| {
-                let me = NodeRef {
-                    id: *id,
-                    addr: NodeAddr::new(addr, i as u16),
-                };
-                Node::new(me, config.clone(), now)
+            .map(|(i, id)| NodeRef {
+                id: *id,
+                addr: NodeAddr::new(addr, i as u16),
             })
             .collect();
+        let mut vnodes: Vec<Node> = positions
+            .iter()
+            .map(|me| Node::new(*me, config.clone(), now))
+            .collect();
+        // The host's own positions are claimed from the start: a host joining through this
+        // one while its vnodes are still finding each other (not all in the ring yet) chooses
+        // around all of them (`claims.rs`).
+        let _ = vnodes[0].claims.claim(now, 0, positions);
         Host::from_vnodes(addr, vnodes)
     }
 

@@ -50,6 +50,7 @@
 //!   is lost by a join or a leave, including writes that arrive during the transfer.
 
 pub mod cache;
+pub mod claims;
 pub mod clock;
 pub mod config;
 mod execute;
@@ -293,6 +294,20 @@ impl Node {
                 self.handle_lease(now, reply_to, rid, primary, start, holder)
             }
             Message::Forget { node, whole_host } => self.handle_forget(now, reply_to, rid, node, whole_host),
+            Message::ClaimPositions { seen, nodes } => {
+                let msg = match self.claims.claim(now, seen, nodes) {
+                    Ok(()) | Err(claims::Refused::Stale) => {
+                        let (version, nodes) = self.claims.list(now);
+                        Message::Claims { version, nodes }
+                    }
+                    Err(claims::Refused::Invalid(why)) => Message::Error {
+                        code: ErrorCode::BadRequest,
+                        hops: 0,
+                        text: why.into(),
+                    },
+                };
+                self.reply(reply_to, rid, msg);
+            }
             Message::Ping => self.reply(reply_to, rid, Message::Pong { node: self.me }),
             Message::Leaving(notice) => {
                 let chordkv_protocol::LeaveNotice {

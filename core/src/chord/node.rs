@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chordkv_protocol::{Frame, Id, NodeRef};
 
 use super::cache::LocationCache;
+use super::claims::JoinClaims;
 use super::clock::Hlc;
 use super::config::{Config, Routing};
 use super::execute::Executions;
@@ -124,6 +125,8 @@ pub struct Node {
     pub(super) onehop: Dissemination,
     /// The location cache (capacity 0 when off).
     pub(super) cache: LocationCache,
+    /// Positions hosts joining through this node reserved (`claims.rs`).
+    pub(super) claims: JoinClaims,
 
     pub(super) out: VecDeque<Output>,
     pub(super) stats: Stats,
@@ -142,6 +145,7 @@ impl Node {
                 ..Dissemination::default()
             },
             cache: LocationCache::new(config.cache_entries),
+            claims: JoinClaims::default(),
             created_at: now,
             phase: Phase::Idle,
             predecessor: None,

@@ -756,6 +756,16 @@ impl<'a> Reader<'a> {
                 let after = self.id()?;
                 done!(GetMembers { after })
             }
+            opcode::CLAIM_POSITIONS => {
+                let seen = self.u64()?;
+                let nodes = self.nodes("nodes")?;
+                done!(ClaimPositions { seen, nodes })
+            }
+            opcode::CLAIMS => {
+                let version = self.u64()?;
+                let nodes = self.nodes("nodes")?;
+                done!(Claims { version, nodes })
+            }
             opcode::MEMBERS => {
                 let nodes = self.nodes("nodes")?;
                 let more = self.bool()?;

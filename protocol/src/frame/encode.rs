@@ -548,6 +548,10 @@ fn write_message<S: Sink>(msg: &Message, out: &mut S) -> Result<(), S::Error> {
         }
         LeavingReply { accepted } => out.bool(*accepted),
         GetMembers { after } => out.id(after),
+        ClaimPositions { seen: n, nodes } | Claims { version: n, nodes } => {
+            out.u64(*n)?;
+            out.nodes("nodes", nodes)
+        }
         Members { nodes, more } => {
             out.nodes("nodes", nodes)?;
             out.bool(*more)

@@ -118,6 +118,7 @@
 //!  0x16  MemberEvents            limit Id | events Vec<MemberEvent>
 //!  0x17  Lease                   primary NodeRef | start Id | holder NodeRef
 //!  0x18  Forget                  node NodeRef | whole_host bool
+//!  0x19  ClaimPositions          seen u64 | nodes Vec<NodeRef>
 //!  0x20  Transfer                transfer_id u64 | start Id | end Id | items Vec<Item>
 //!                                | last bool | clock u64
 //!  0x21  Replicate               items Vec<Item>
@@ -147,6 +148,7 @@
 //!  0x96  MemberEventsAck         applied u32
 //!  0x97  LeaseReply              granted bool | holder Option<NodeRef> | fence u64 | clock u64
 //!  0x98  ForgetReply             forgotten bool
+//!  0x99  Claims                  version u64 | nodes Vec<NodeRef>
 //!  0xA0  TransferAck             transfer_id u64 | accepted bool
 //!  0xA1  ReplicateAck            applied u32
 //!  0xA2  SyncDigestsReply        differing Vec<u32> | trusted bool

@@ -316,6 +316,18 @@ fn samples() -> Vec<Message> {
             whole_host: true,
         },
         ForgetReply { forgotten: true },
+        ClaimPositions {
+            seen: 0,
+            nodes: vec![],
+        },
+        ClaimPositions {
+            seen: 3,
+            nodes: vec![v4(1), v6(2)],
+        },
+        Claims {
+            version: u64::MAX,
+            nodes: vec![v4(2)],
+        },
         NotifyReply {
             accepted: true,
             previous: Some(v6(1)),
@@ -768,6 +780,7 @@ fn every_opcode_is_sampled_and_replies_have_bit_7() {
         "MEMBER_EVENTS",
         "LEASE",
         "FORGET",
+        "CLAIM_POSITIONS",
         "TRANSFER",
         "REPLICATE",
         "SYNC_DIGESTS",
@@ -1786,6 +1799,8 @@ mod prop {
             ),
             (node(), any::<bool>()).prop_map(|(node, whole_host)| Forget { node, whole_host }),
             any::<bool>().prop_map(|forgotten| ForgetReply { forgotten }),
+            (any::<u64>(), nodes()).prop_map(|(seen, nodes)| ClaimPositions { seen, nodes }),
+            (any::<u64>(), nodes()).prop_map(|(version, nodes)| Claims { version, nodes }),
             (any::<bool>(), option::of(node()), any::<u64>()).prop_map(|(accepted, previous, clock)| {
                 NotifyReply {
                     accepted,
