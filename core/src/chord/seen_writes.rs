@@ -3,101 +3,108 @@
 //! is dropped instead of stamped and applied again (see `Node::first_delivery`).
 //!
 //! Every write hop from another node passes through it: one membership test and insertion
-//! when it arrives, one removal when its deadline passes. It was a pair of B-trees (by
-//! fingerprint, and by `(deadline, fingerprint)` for expiry); at a few hundred thousand writes a
-//! second, with a few seconds of deadline, each held hundreds of thousands of entries, and their
-//! searches (a cache miss per level) were a tenth of the CPU of 8 nodes under
+//! when it arrives, and its memory dropped when its deadline passes. It was a pair of B-trees
+//! (by fingerprint, and by `(deadline, fingerprint)` for expiry); at a few hundred thousand
+//! writes a second, with a few seconds of deadline, each held hundreds of thousands of entries,
+//! and their searches (a cache miss per level) were a tenth of the CPU of 8 nodes under
 //! `redis-benchmark -P 16 -t set` (perf, `--replicas 0`). Then a binary heap of deadlines,
 //! whose pops (a sift through a heap of a million entries) were still 1.6% of 8 nodes over
-//! Redis. Now:
+//! Redis. Then one hash set of every fingerprint with a list per slot for expiry: the set held
+//! every hop of the last 10 s (a few MB a node), so its insert missed the cache twice (control
+//! byte and slot) and each expiry's removal once more: 4-5% of 8 nodes' CPU under the same
+//! load (perf: 60% of `serve`). Now a hash set per slot of deadlines:
 //!
 //! ```text
-//!   fingerprints   HashSet<u64>               membership: O(1), 8 bytes and a control byte
-//!   expiry         VecDeque<Vec<u64>>         one bucket per SLOT_MS of deadlines, oldest first:
-//!                  [slot s][s+1][s+2] ...     a bucket is dropped whole once its slot has
-//!                                             passed; 8 bytes per entry, appended in order
+//!   slots   VecDeque<HashSet<u64>>   one set per SLOT_MS of deadlines, oldest first:
+//!           [slot s][s+1][s+2] ...   a hop is looked up and recorded in its deadline's set
+//!                                    only; a set is cleared whole once its slot has passed
 //! ```
 //!
-//! A fingerprint is remembered at least until its deadline and at most [`SLOT_MS`] longer (a
-//! hop whose deadline is before the oldest bucket's slot gets buckets in front). Deadlines are
-//! after the clock and at most a bounded horizon ahead of it (`Node::deadline_horizon_ms`), so
-//! the buckets number at most that horizon over [`SLOT_MS`], plus one.
+//! The fingerprint covers the hop's deadline (the caller hashes it in), so a second delivery
+//! has the same deadline and lands in the same set. Hops arriving together carry deadlines
+//! close together (now plus the request timeout), so the sets they touch are the few newest,
+//! small enough to stay in cache (64 ms of writes), and expiry touches no entry one by one.
 //!
-//! Nothing iterates the hash set, so its random hashing keys never reach the node's behaviour:
-//! the node stays deterministic (see the crate docs). The memory is one entry per write hop
-//! whose deadline has not passed, as before.
+//! A fingerprint is remembered at least until its deadline and at most [`SLOT_MS`] longer.
+//! Deadlines are after the clock and at most a bounded horizon ahead of it
+//! (`Node::deadline_horizon_ms`), so the sets number at most that horizon over [`SLOT_MS`],
+//! plus one; an empty one holds no allocation.
+//!
+//! Nothing iterates the hash sets, so their random hashing keys never reach the node's
+//! behaviour: the node stays deterministic (see the crate docs). The memory is one entry per
+//! write hop whose deadline has not passed, as before.
 
 use std::collections::{HashSet, VecDeque};
 
 use super::node::Millis;
 
-/// Milliseconds of deadlines per expiry bucket (a power of two).
+/// Milliseconds of deadlines per slot (a power of two).
 pub const SLOT_MS: u64 = 64;
+/// Emptied sets kept for reuse, with their capacity, so a steady stream allocates nothing.
+const SPARE_SETS: usize = 4;
 
 /// Fingerprints of served write hops, each until its deadline: see the module docs.
 #[derive(Debug, Default)]
 pub struct SeenWrites {
-    fingerprints: HashSet<u64>,
-    /// `expiry[i]`: the fingerprints whose deadlines fall in slot `first_slot + i`.
-    expiry: VecDeque<Vec<u64>>,
+    /// `slots[i]`: the fingerprints whose deadlines fall in slot `first_slot + i`.
+    slots: VecDeque<HashSet<u64>>,
     first_slot: u64,
-    /// Emptied buckets kept for reuse (a few), so a steady stream allocates nothing.
-    spare: Vec<Vec<u64>>,
+    spare: Vec<HashSet<u64>>,
 }
 
 impl SeenWrites {
     /// Forgets every fingerprint whose deadline is before `now` (ms on the node's clock), in
     /// whole slots: those of slots that ended at or before `now`.
     pub fn expire(&mut self, now: Millis) {
-        while !self.expiry.is_empty() && self.first_slot.saturating_add(1).saturating_mul(SLOT_MS) <= now {
-            let mut bucket = self.expiry.pop_front().expect("not empty");
+        while !self.slots.is_empty() && self.first_slot.saturating_add(1).saturating_mul(SLOT_MS) <= now {
+            let mut set = self.slots.pop_front().expect("not empty");
             self.first_slot += 1;
-            for fp in bucket.drain(..) {
-                self.fingerprints.remove(&fp);
-            }
-            if self.spare.len() < 4 {
-                self.spare.push(bucket);
+            if set.capacity() > 0 && self.spare.len() < SPARE_SETS {
+                set.clear();
+                self.spare.push(set);
             }
         }
     }
 
     /// Records `fp`, remembered until `deadline` (ms); false when it is remembered already (a
-    /// second delivery). The slots between the oldest and the newest deadline remembered are
-    /// kept, so the caller bounds how far apart deadlines are: `serve` takes only deadlines
-    /// after its clock and at most a horizon ahead of it.
+    /// second delivery). `fp` must cover `deadline` (a second delivery has the same deadline,
+    /// so it is found in the same slot). The slots between the oldest and the newest deadline
+    /// remembered are kept, so the caller bounds how far apart deadlines are: `serve` takes
+    /// only deadlines after its clock and at most a horizon ahead of it.
     pub fn first(&mut self, fp: u64, deadline: Millis) -> bool {
-        if !self.fingerprints.insert(fp) {
-            return false;
-        }
         let slot = deadline / SLOT_MS;
-        if self.expiry.is_empty() {
+        if self.slots.is_empty() {
             self.first_slot = slot;
         }
         // A deadline before the oldest slot gets a slot of its own in front: joining the
         // oldest would keep it as long as that slot (up to the whole horizon, after one hop
         // with a long deadline arrived first).
         while slot < self.first_slot {
-            let bucket = self.spare.pop().unwrap_or_default();
-            self.expiry.push_front(bucket);
+            self.slots.push_front(HashSet::new());
             self.first_slot -= 1;
         }
         let i = (slot - self.first_slot) as usize;
-        while self.expiry.len() <= i {
-            let bucket = self.spare.pop().unwrap_or_default();
-            self.expiry.push_back(bucket);
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, HashSet::new);
         }
-        self.expiry[i].push(fp);
-        true
+        let set = &mut self.slots[i];
+        if set.capacity() == 0 {
+            if let Some(spare) = self.spare.pop() {
+                *set = spare;
+            }
+        }
+        set.insert(fp)
     }
+
     /// Fingerprints remembered.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.fingerprints.len()
+        self.slots.iter().map(HashSet::len).sum()
     }
 
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.fingerprints.is_empty()
+        self.len() == 0
     }
 }
 
@@ -111,7 +118,7 @@ mod tests {
         assert!(seen.first(1, 300));
         assert!(seen.first(2, 100));
         assert!(seen.first(3, 200));
-        assert!(!seen.first(2, 900), "a second delivery");
+        assert!(!seen.first(2, 100), "a second delivery");
         seen.expire(100);
         assert_eq!(seen.len(), 3, "a deadline is still open at its own millisecond");
         // Each in its slot: 100 in 64..128, 200 in 192..256, 300 in 256..320.
