@@ -3,7 +3,7 @@
 
 mod admission;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::{self, Display};
 use std::io;
 use std::net::SocketAddr;
@@ -193,8 +193,9 @@ pub(super) struct Server {
 
     conns: TokenMap<Token, Conn>,
     next_token: usize,
-    /// The outbound connection to each peer address.
-    peers: HashMap<SocketAddr, Token>,
+    /// The outbound connection to each peer address (looked up for every message to a peer:
+    /// hashed as tokens are, see `token_map.rs`).
+    peers: TokenMap<SocketAddr, Token>,
     /// Outbound connections whose connect may still be under way.
     connecting: Vec<Token>,
     connect_timeout_ms: u64,
@@ -462,7 +463,7 @@ impl Server {
             prefetch_ids: Vec::new(),
             conns: TokenMap::default(),
             next_token: FIRST_CONN_TOKEN,
-            peers: HashMap::new(),
+            peers: TokenMap::default(),
             connecting: Vec::new(),
             connect_timeout_ms,
             down: HashSet::new(),
