@@ -167,7 +167,7 @@ fn allocate_and_claim(
     keyring: Option<&Keyring>,
     timeout: Duration,
 ) -> (Vec<Id>, String) {
-    let allocate = |claimed: &[NodeRef]| -> Vec<Id> {
+    let allocate = |keep: &BTreeMap<u16, Id>, claimed: &[NodeRef]| -> Vec<Id> {
         let mut all: BTreeMap<Id, SocketAddr> = ring.iter().copied().collect();
         for n in claimed.iter().filter(|n| n.addr.host != me) {
             all.entry(n.id).or_insert(n.addr.host);
@@ -184,10 +184,31 @@ fn allocate_and_claim(
     let read = Channel::open(via, keyring, timeout).and_then(|mut c| Ok((c.claim(0, Vec::new())?, c)));
     let ((mut seen, mut claimed), mut channel) = match read {
         Ok(read) => read,
-        Err(e) => return (allocate(&[]), format!(", unclaimed ({via}: {e})")),
+        Err(e) => return (allocate(keep, &[]), format!(", unclaimed ({via}: {e})")),
+    };
+    // An earlier run of this process on this address claimed positions here and was stopped
+    // (killed, crashed) while its vnodes joined: some of them may be in peers' tables under
+    // those ids, though not in the ring read yet. Its vnodes take them back, as they take
+    // back positions the ring still lists; new ids at the same addresses would leave peers
+    // listing a vnode under an id it no longer has.
+    let mut keep = keep.clone();
+    let mut taken_back = 0;
+    for n in claimed
+        .iter()
+        .filter(|n| n.addr.host == me && n.addr.vnode < vnodes)
+    {
+        let used = keep.values().any(|id| *id == n.id) || ring.iter().any(|(id, h)| *id == n.id && *h != me);
+        if !used && !keep.contains_key(&n.addr.vnode) {
+            keep.insert(n.addr.vnode, n.id);
+            taken_back += 1;
+        }
+    }
+    let taken_back = match taken_back {
+        0 => String::new(),
+        n => format!(", {n} taken back from its own earlier claim"),
     };
     for round in 0..MAX_CLAIM_ROUNDS {
-        let ids = allocate(&claimed);
+        let ids = allocate(&keep, &claimed);
         let nodes: Vec<NodeRef> = (0..vnodes)
             .zip(&ids)
             .map(|(v, id)| NodeRef {
@@ -202,13 +223,13 @@ fn allocate_and_claim(
                     (0, 0) => String::new(),
                     _ => format!(" around {others} positions claimed there, after {round} refusals"),
                 };
-                return (ids, format!(", claimed at {via}{around}"));
+                return (ids, format!(", claimed at {via}{around}{taken_back}"));
             }
             Ok((version, listed)) => (seen, claimed) = (version, listed),
             Err(e) => return (ids, format!(", unclaimed ({via}: {e})")),
         }
     }
-    let ids = allocate(&claimed);
+    let ids = allocate(&keep, &claimed);
     (
         ids,
         format!(", unclaimed (refused {MAX_CLAIM_ROUNDS} times at {via})"),

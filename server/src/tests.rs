@@ -532,3 +532,44 @@ fn look_alike_writes_from_two_clients_are_both_answered() {
         assert!(matches!(reply.message, Message::PutReply { .. }), "{reply:?}");
     }
 }
+
+/// A process restarted on its address while its first run's vnodes were still joining (killed
+/// mid-join, hosts started at once) takes back the positions that run claimed at its join
+/// peer: peers may list those vnodes under those ids already, though the ring it reads does
+/// not. (Found by trying the claims as a user: before, the restart chose new positions, peers
+/// kept listing `host#5` under its old id, and the ring never became consistent.)
+#[test]
+fn a_restarted_joiner_takes_back_the_positions_its_first_run_claimed() {
+    use chordkv_protocol::{Id, NodeAddr, NodeRef};
+    let node = start(None);
+    let me: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let first_run: Vec<NodeRef> = (0..4u16)
+        .map(|v| NodeRef {
+            id: Id::hash(format!("first run #{v}").as_bytes()),
+            addr: NodeAddr::new(me, v),
+        })
+        .collect();
+    let mut client = Client::connect(node.addr());
+    let Message::Claims { version, .. } = client.call(Message::ClaimPositions {
+        seen: 0,
+        nodes: Vec::new(),
+    }) else {
+        panic!("claims read")
+    };
+    let Message::Claims { nodes, .. } = client.call(Message::ClaimPositions {
+        seen: version,
+        nodes: first_run.clone(),
+    }) else {
+        panic!("claim answered")
+    };
+    assert!(
+        first_run.iter().all(|n| nodes.contains(n)),
+        "the first run's claim holds"
+    );
+    let stores: Vec<Arc<dyn Store>> = (0..4)
+        .map(|_| Arc::new(MemoryStore::new()) as Arc<dyn Store>)
+        .collect();
+    let chosen = crate::positions::choose(me, 4, 1, &[node.addr()], &stores, None, PATIENCE);
+    let ids: Vec<Id> = first_run.iter().map(|n| n.id).collect();
+    assert_eq!(chosen.ids, ids, "{}", chosen.how);
+}
