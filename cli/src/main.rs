@@ -664,7 +664,9 @@ fn run_node(args: NodeArgs) -> anyhow::Result<Outcome> {
                 keyring.as_ref(),
                 timeout,
             );
-            if vnodes > 1 {
+            if vnodes > 1 && chosen.how.starts_with("random") {
+                tracing::warn!("positions {}", chosen.how);
+            } else if vnodes > 1 {
                 tracing::info!("positions {}", chosen.how);
             }
             chosen.ids

@@ -14,7 +14,8 @@
 //!    `--replicas` copies ([`tokens::allocate_positions`]); a ring that still
 //!    lists every vnode of this address (a restart before the others forgot it) gives each
 //!    vnode its position back.
-//! 5. **No join peer answers**: random positions derived from the address
+//! 5. **No join peer answers** (three rounds over the join peers, a second apart): random
+//!    positions derived from the address
 //!    ([`tokens::random_positions`], Chord section 6.9), with a warning: the node still
 //!    joins when the ring comes back, only less evenly.
 //!
@@ -94,7 +95,13 @@ fn choose_unsaved(
         };
     }
     let mut why = Vec::new();
-    for via in join {
+    // A join peer that does not answer at once (busy, paused, restarting) is asked again, a
+    // few rounds apart, before the node settles for random positions.
+    let attempts = (0..READ_ROUNDS).flat_map(|round| join.iter().map(move |via| (round, via)));
+    for (round, via) in attempts {
+        if round > 0 && *via == join[0] {
+            std::thread::sleep(READ_ROUND_PAUSE);
+        }
         match read_ring(*via, keyring, timeout) {
             Ok(listed) => {
                 // A restart before the ring forgot us: each vnode takes back its own position
@@ -133,9 +140,18 @@ fn choose_unsaved(
                     ),
                 };
             }
-            Err(e) => why.push(format!("{via}: {e}")),
+            Err(e) => {
+                let e = match e.kind() {
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                        format!("no answer within {} ms", timeout.as_millis())
+                    }
+                    _ => e.to_string(),
+                };
+                why.push(format!("{via}: {e}"));
+            }
         }
     }
+    why.dedup();
     Chosen {
         ids: tokens::random_positions(&me, vnodes),
         how: format!(
@@ -144,6 +160,10 @@ fn choose_unsaved(
         ),
     }
 }
+
+/// Rounds of ring reads over the join peers before random positions, and the pause between.
+const READ_ROUNDS: usize = 3;
+const READ_ROUND_PAUSE: Duration = Duration::from_secs(1);
 
 /// The most times a joiner chooses again after its claim was refused (each refusal means
 /// another host's claim was accepted: with `n` hosts joining at once, `n - 1` at most).
