@@ -97,9 +97,13 @@ fn choose_unsaved(
     let mut why = Vec::new();
     // A join peer that does not answer at once (busy, paused, restarting) is asked again, a
     // few rounds apart, before the node settles for random positions.
-    let attempts = (0..READ_ROUNDS).flat_map(|round| join.iter().map(move |via| (round, via)));
-    for (round, via) in attempts {
-        if round > 0 && *via == join[0] {
+    let attempts = (0..READ_ROUNDS).flat_map(|round| {
+        join.iter()
+            .enumerate()
+            .map(move |(i, via)| (round > 0 && i == 0, via))
+    });
+    for (new_round, via) in attempts {
+        if new_round {
             std::thread::sleep(READ_ROUND_PAUSE);
         }
         match read_ring(*via, keyring, timeout) {
