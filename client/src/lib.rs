@@ -641,6 +641,9 @@ pub struct RingNode {
     /// Its first successor's address.
     #[serde(serialize_with = "serialize_opt_display")]
     pub successor: Option<NodeAddr>,
+    /// Its whole successor list, nearest first (the replicas' preference list is drawn from it).
+    #[serde(serialize_with = "serialize_all_display")]
+    pub successors: Vec<NodeAddr>,
     /// Live keys in its store.
     pub keys: u64,
     /// `joining`, `active` or `leaving`.
@@ -772,8 +775,10 @@ pub fn status_name(status: NodeStatus) -> &'static str {
 ///
 /// - the walk returned to its first node, reaching no node twice, within `max_nodes`;
 /// - every node's successor names that node as its predecessor (a single node may have no
-///   predecessor), and every successor list follows the ring in order and is as long as the
-///   longest one seen (at most the ring's size less one);
+///   predecessor), and every successor list is exactly the positions that follow its node in
+///   ring order, up to the first position of one host more than the most hosts any list names
+///   (with one position per host: as long as the longest list seen), and at most as long as
+///   the longest list (lists are also bounded in entries);
 /// - no node was unreachable and every node is `Active`;
 /// - ids strictly increase around the ring, with exactly one wrap past zero.
 ///
@@ -983,27 +988,44 @@ fn check_ring(walk: &[(NodeRef, Option<NodeInfo>)], returned: bool, problems: &m
             )),
         }
     }
-    // Successor lists: each follows the ring in order, and all are as long as the ring allows
-    // (the longest list seen, at most n - 1): writes go to the first entries as replicas, so a
-    // short or stale list means misplaced copies.
+    // Successor lists: each follows the ring in order and runs as far as the ring allows:
+    // writes go to the first entries as replicas, so a short or stale list means misplaced
+    // copies. A node's list names the positions after it up to the first position of one host
+    // more than the list names (its `--successors`), or up to a bound in entries; with one
+    // position per host, that many entries. Neither is in the answers, so both are the most any
+    // list reaches: hosts other than its own, and entries (a list cut by the bound is exactly
+    // that long).
     if returned && n > 1 {
-        let want_len = walk
-            .iter()
-            .filter_map(|(_, i)| i.as_ref())
-            .map(|i| i.successors.len())
-            .max()
-            .unwrap_or(0)
-            .min(n - 1);
+        let lists = || walk.iter().filter_map(|(_, i)| i.as_ref());
+        let want_hosts = lists().map(other_hosts_named).max().unwrap_or(0);
+        let max_len = lists().map(|i| i.successors.len()).max().unwrap_or(0).min(n - 1);
         for (i, (_, info)) in walk.iter().enumerate() {
             let Some(info) = info else { continue };
-            let expected: Vec<Id> = (1..=want_len).map(|d| walk[(i + d) % n].0.id).collect();
-            let got: Vec<Id> = info.successors.iter().take(want_len).map(|s| s.id).collect();
+            let me = info.node.addr.host;
+            let mut hosts: Vec<SocketAddr> = Vec::with_capacity(want_hosts);
+            let mut expected: Vec<Id> = Vec::with_capacity(max_len);
+            for d in 1..n {
+                let next = walk[(i + d) % n].0.addr;
+                if expected.len() == max_len {
+                    break;
+                }
+                if next.host != me && !hosts.contains(&next.host) {
+                    if hosts.len() == want_hosts {
+                        break;
+                    }
+                    hosts.push(next.host);
+                }
+                expected.push(walk[(i + d) % n].0.id);
+            }
+            let got: Vec<Id> = info.successors.iter().map(|s| s.id).collect();
             if got != expected {
+                let right = got.iter().zip(&expected).take_while(|(a, b)| a == b).count();
                 problems.push(format!(
-                    "{}'s successor list has {} of the {} nodes that follow it, in ring order",
+                    "{}'s successor list has {right} of the {} nodes that follow it, in ring \
+                     order (a list of {})",
                     info.node.addr,
-                    got.iter().zip(&expected).take_while(|(a, b)| a == b).count(),
-                    want_len
+                    expected.len(),
+                    got.len()
                 ));
             }
         }
@@ -1019,12 +1041,24 @@ fn check_ring(walk: &[(NodeRef, Option<NodeInfo>)], returned: bool, problems: &m
     }
 }
 
+/// Hosts other than the node's own that its successor list names.
+fn other_hosts_named(info: &NodeInfo) -> usize {
+    let mut hosts: Vec<SocketAddr> = Vec::new();
+    for s in &info.successors {
+        if s.addr.host != info.node.addr.host && !hosts.contains(&s.addr.host) {
+            hosts.push(s.addr.host);
+        }
+    }
+    hosts.len()
+}
+
 fn ring_node(info: &NodeInfo) -> RingNode {
     RingNode {
         id: info.node.id,
         addr: info.node.addr,
         predecessor: info.predecessor.map(|p| p.addr),
         successor: info.successors.first().map(|s: &NodeRef| s.addr),
+        successors: info.successors.iter().map(|s| s.addr).collect(),
         keys: info.keys,
         status: info.status,
     }
@@ -1255,5 +1289,67 @@ mod tests {
         walk.insert(1, (down.node, None));
         check_ring(&walk, true, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    /// Vnode rings: each list runs to the first position of one host more than the lists name,
+    /// so lists differ in length; a list with a gap or one that stops a host short is a problem.
+    #[test]
+    fn ring_checks_of_vnode_lists_bounded_by_hosts() {
+        // Hosts 1, 2, 3 of two positions each, in ring order 1 2 1 3 2 3; lists name 1 host.
+        let ring = [
+            (10, 1, 0),
+            (20, 2, 0),
+            (30, 1, 1),
+            (40, 3, 0),
+            (50, 2, 1),
+            (60, 3, 1),
+        ];
+        let r = |k: usize| {
+            let (id, host, vnode) = ring[k % ring.len()];
+            NodeRef {
+                id: Id::from_u64(id),
+                addr: NodeAddr::new(SocketAddr::from(([127, 0, 0, 1], 7000 + host)), vnode),
+            }
+        };
+        let lists: [&[usize]; 6] = [&[1, 2], &[2], &[3], &[4, 5], &[5], &[6]];
+        let infos = |lists: &[&[usize]; 6]| -> Vec<NodeInfo> {
+            (0..ring.len())
+                .map(|k| NodeInfo {
+                    node: r(k),
+                    status: NodeStatus::Active,
+                    predecessor: Some(r(k + ring.len() - 1)),
+                    successors: lists[k].iter().map(|&j| r(j)).collect(),
+                    fingers: vec![],
+                    keys: 0,
+                    keeps_down_members: false,
+                })
+                .collect()
+        };
+        let mut problems = Vec::new();
+        check_ring(&walked(&infos(&lists)), true, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+
+        // A gap: the first list skips its own host's next position and runs on.
+        let mut gap = lists;
+        gap[0] = &[1, 3];
+        check_ring(&walked(&infos(&gap)), true, &mut problems);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("has 1 of the 2 nodes that follow it")),
+            "{problems:?}"
+        );
+
+        // A list a host short: it stops at its own host's position.
+        let mut problems = Vec::new();
+        let mut short = lists;
+        short[3] = &[4];
+        check_ring(&walked(&infos(&short)), true, &mut problems);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("has 1 of the 2 nodes that follow it")),
+            "{problems:?}"
+        );
     }
 }

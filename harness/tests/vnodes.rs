@@ -103,6 +103,24 @@ fn with_few_hosts_the_successor_list_reaches_enough_hosts_for_every_replica() {
     }
 }
 
+/// 12 hosts of 8 vnodes, more hosts than the successor list names (8): every list must be
+/// exactly the positions that follow its vnode up to the ninth other host. A list learnt from a
+/// successor whose own list ended one host short of ours (our host counted among its 8, not
+/// among ours) was merged with the tail of our older list (`consistent` keeps the members it
+/// knows), so a member missing from that tail stayed missing for good and the list ran on past
+/// it: `chordkv ring` called such rings inconsistent for ever.
+#[test]
+fn a_ring_of_more_hosts_than_the_successor_list_names_converges_to_exact_lists() {
+    for seed in seeds(&[1, 2]) {
+        let mut s = sim_of(seed, 8, 1, PartitionPolicy::Consistent);
+        let mut rng = Rng::new(seed);
+        build_ring(&mut s, 12, &mut rng);
+        // Settled lists stay exact: nothing to repair after convergence.
+        s.run_for(20 * STABILIZE_MS);
+        assert_eq!(s.ring_problem(), None, "seed {seed}\n{}", s.describe_ring());
+    }
+}
+
 /// Builds a ring of `hosts` hosts of `vnodes` vnodes (replicas 2, consistent), writes
 /// [`KEYS`] keys, and checks that anti-entropy settles each on exactly its preference list
 /// of distinct hosts, and that every key reads back through any host.

@@ -245,12 +245,15 @@ fn a_paused_process_loses_no_acknowledged_write_and_no_delete_and_gets_its_posit
 /// through (`CLAIM_POSITIONS`) and chooses again around the claims of the others, so the ring
 /// ends as even as when they join one after another. Before claims, 8 hosts of 8 vnodes
 /// started so read the same ring and chose the same positions: one host owned 75% of the ring
-/// and four owned none.
+/// and four owned none. 10 hosts, more than a successor list names (8): such rings never
+/// became consistent before lists learnt under `consistent` dropped the tails their answers no
+/// longer vouch for (`harness/tests/vnodes.rs`
+/// `a_ring_of_more_hosts_than_the_successor_list_names_converges_to_exact_lists`).
 #[test]
 fn hosts_started_at_once_claim_distinct_positions_and_share_the_ring_evenly() {
     let _serial = one_at_a_time();
     let name = "vnodes_started_at_once";
-    const HOSTS: usize = 8;
+    const HOSTS: usize = 10;
     const EACH: usize = 8;
     let spec = with_args(
         cluster_spec(name, 1),

@@ -4,11 +4,13 @@
 
 use chordkv_protocol::NodeAddr;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use chordkv_protocol::{in_open, Id, Lookup, Message, NodeRef};
 
 use super::node::{Millis, Node, Phase};
 use super::placement::Route;
+use super::routing::MAX_POSITIONS_PER_SUCCESSOR;
 use super::rpc::RpcKind;
 use super::timer::Timer;
 
@@ -164,14 +166,20 @@ impl Node {
             // know stay (those before `from` are down; a short list from `from` does not make
             // the ones after it go), a node that joined just before `from` is added, and the
             // list is the `successors` nearest members in ring order from us.
-            list.extend_from_slice(&succs);
             if let Some(x) = x.filter(|x| x.addr != self.me.addr && in_open(&x.id, &self.me.id, &succ.id)) {
                 list.push(x);
             }
             list.push(succ);
             list.extend(successors);
             wrapped = list.iter().any(|n| n.addr == self.me.addr);
+            let reach = self.complete_reach(&list);
+            list.extend_from_slice(&succs);
             self.members_in_ring_order(&mut list);
+            if let Some(reach) = reach {
+                // The answer names every position our list may hold (see `complete_reach`):
+                // what we knew past it is a tail it no longer vouches for.
+                list.retain(|n| self.me.id.distance_limbs(&n.id) <= reach);
+            }
         } else {
             let mut new_succ = succ;
             if let Some(x) = x {
@@ -378,6 +386,38 @@ impl Node {
         list.retain(|n| n.addr != self.me.addr && !self.live.gone.contains_key(&n.addr));
         list.sort_by_key(|n| me.distance_limbs(&n.id));
         list.dedup_by_key(|n| n.addr);
+    }
+
+    /// The ring distance from us of the farthest entry of `answer` (a successor's position and
+    /// its successor list, in its order) when that answer holds every position our own list may
+    /// hold, else `None`.
+    ///
+    /// Our list runs to the first position of the `successors + 1`-th host other than ours
+    /// ([`RoutingTable::set_successors`]); the successor's list does the same from its side,
+    /// so it ends at the first position of a host that is new to it. When the answer names
+    /// `successors` hosts other than ours (or fills the list's bound in entries), that position
+    /// is new to us too: our list ends within the answer. Keeping what we knew past it (the
+    /// `consistent` merge keeps members a short answer leaves out) would keep a tail the answer
+    /// no longer vouches for, where a member missing from our older list stays missing and the
+    /// list runs on past it for good. An answer naming fewer hosts (a successor that has not
+    /// learnt the ring yet) vouches for no tail: the merge keeps ours.
+    ///
+    /// [`RoutingTable::set_successors`]: super::routing::RoutingTable::set_successors
+    fn complete_reach(&self, answer: &[NodeRef]) -> Option<(u32, u128)> {
+        let max = self.config.successors;
+        let mut hosts: Vec<SocketAddr> = Vec::with_capacity(max);
+        let mut entries = 0;
+        let mut reach = None;
+        for n in answer.iter().filter(|n| n.addr != self.me.addr) {
+            entries += 1;
+            let d = self.me.id.distance_limbs(&n.id);
+            reach = Some(reach.map_or(d, |r: (u32, u128)| r.max(d)));
+            if n.addr.host != self.me.addr.host && !hosts.contains(&n.addr.host) {
+                hosts.push(n.addr.host);
+            }
+        }
+        let full = hosts.len() >= max || entries >= max.saturating_mul(MAX_POSITIONS_PER_SUCCESSOR);
+        reach.filter(|_| full)
     }
 
     /// Whether we know where our range starts (`consistent`): our predecessor was confirmed by
