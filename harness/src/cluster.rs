@@ -650,7 +650,18 @@ impl LocalCluster {
     /// read the ring and choose their positions while the others do the same: what concurrent
     /// joins make of the ring is what this shows.
     pub fn add_nodes_at_once(&mut self, count: usize) -> Result<Vec<usize>> {
-        let join = self.live_peers(None);
+        self.add_nodes_at_once_through(count, false)
+    }
+
+    /// [`LocalCluster::add_nodes_at_once`], each new node joining through a different live node
+    /// first (the `k`-th new node's join list starts at the `k`-th live node, round robin), as
+    /// processes started together from different machines' configurations do.
+    pub fn add_nodes_at_once_through_different_nodes(&mut self, count: usize) -> Result<Vec<usize>> {
+        self.add_nodes_at_once_through(count, true)
+    }
+
+    fn add_nodes_at_once_through(&mut self, count: usize, rotate: bool) -> Result<Vec<usize>> {
+        let peers = self.live_peers(None);
         let first = self.nodes.len();
         let mut started = Vec::with_capacity(count);
         let mut spawn_all = || -> Result<()> {
@@ -662,6 +673,11 @@ impl LocalCluster {
                 }
                 let addr = self.pick_addr(i)?;
                 let resp = self.pick_resp_addr(i)?;
+                let mut join = peers.clone();
+                if rotate && !join.is_empty() {
+                    let by = (i - first) % join.len();
+                    join.rotate_left(by);
+                }
                 let (child, log) = self.spawn(i, addr, resp, &join)?;
                 started.push((addr, resp, child, log));
             }

@@ -11,7 +11,8 @@
 //! 4. **Joining**: the node reads the ring's positions through its join peers (`GET_INFO`
 //!    along the successor lists, over the ring's keyring when it has one) and chooses
 //!    positions that even out what each host owns as primary and what it stores counting the
-//!    `--replicas` copies ([`tokens::allocate_positions`]); a ring that still
+//!    `--replicas` copies ([`tokens::allocate_positions`]), and claims them at the ring's
+//!    lowest-address host against others joining at once ([`claim_hosts`]); a ring that still
 //!    lists every vnode of this address (a restart before the others forgot it) gives each
 //!    vnode its position back.
 //! 5. **No join peer answers** (three rounds over the join peers, a second apart): random
@@ -127,8 +128,11 @@ fn choose_unsaved(
                 // ran fewer vnodes) keeps its position, so no member is listed under two
                 // ids; the others are placed around them.
                 mine.retain(|v, _| *v < vnodes);
+                let at = claim_hosts(me, &ring, *via);
+                // Join peers listed before `via` did not answer just now.
+                let peers = &join[join.iter().position(|j| j == via).unwrap_or(0)..];
                 let (ids, claimed) =
-                    allocate_and_claim(me, vnodes, replicas, &ring, &mine, *via, keyring, timeout);
+                    allocate_and_claim(me, vnodes, replicas, &ring, &mine, &at, peers, keyring, timeout);
                 let kept = mine.len();
                 return Chosen {
                     ids,
@@ -173,13 +177,32 @@ const READ_ROUND_PAUSE: Duration = Duration::from_secs(1);
 /// another host's claim was accepted: with `n` hosts joining at once, `n - 1` at most).
 const MAX_CLAIM_ROUNDS: usize = 64;
 
-/// Chooses the positions of the `vnodes` vnodes of `me` around `ring` (read through `via`)
-/// and the positions other hosts joining through `via` claimed there, and claims them
-/// (`CLAIM_POSITIONS`; see [`chordkv_core::chord::claims`]); a refused claim means another
-/// host's was accepted in between: choose again around it. `keep`: vnodes whose positions the
-/// ring still lists, kept as they are. Returns the positions and how the claim went (for the
-/// log); a node that keeps no claims (an older version) or does not answer leaves the
-/// positions unclaimed.
+/// The most ring hosts a joiner tries for its claim before its join peer (each one that does
+/// not answer costs a connection timeout).
+const MAX_CLAIM_HOSTS: usize = 3;
+
+/// Where a joiner claims its positions, in the order it tries them: the hosts of the ring it
+/// read (`ring`, read through `via`), lowest address first, at most [`MAX_CLAIM_HOSTS`] of
+/// them, then `via`. Every joiner that reads the same ring tries the same host first, whatever
+/// its join peer: claims made at different hosts do not see each other, and hosts started at
+/// once through different join peers chose the same positions (one of 8 owned nothing).
+fn claim_hosts(me: SocketAddr, ring: &[(Id, SocketAddr)], via: SocketAddr) -> Vec<SocketAddr> {
+    let hosts: BTreeSet<SocketAddr> = ring.iter().map(|(_, h)| *h).filter(|h| *h != me).collect();
+    let mut at: Vec<SocketAddr> = hosts.into_iter().take(MAX_CLAIM_HOSTS).collect();
+    if !at.contains(&via) {
+        at.push(via);
+    }
+    at
+}
+
+/// Chooses the positions of the `vnodes` vnodes of `me` around `ring` and the positions other
+/// joining hosts claimed at the first host of `at` that answers ([`claim_hosts`]), and claims
+/// them there (`CLAIM_POSITIONS`; see [`chordkv_core::chord::claims`]); a refused claim means
+/// another host's was accepted in between: choose again around it. `keep`: vnodes whose
+/// positions the ring still lists, kept as they are; positions an earlier run of `me` claimed,
+/// at that host, the others of `at` or the join `peers`, are taken back. Returns the positions
+/// and how the claim went (for the log); when no host of `at` answers the read of its claims
+/// (down, or an older version that keeps none), the positions go unclaimed.
 #[allow(clippy::too_many_arguments)]
 fn allocate_and_claim(
     me: SocketAddr,
@@ -187,7 +210,8 @@ fn allocate_and_claim(
     replicas: usize,
     ring: &[(Id, SocketAddr)],
     keep: &BTreeMap<u16, Id>,
-    via: SocketAddr,
+    at: &[SocketAddr],
+    peers: &[SocketAddr],
     keyring: Option<&Keyring>,
     timeout: Duration,
 ) -> (Vec<Id>, String) {
@@ -205,22 +229,49 @@ fn allocate_and_claim(
             .collect::<Option<Vec<Id>>>()
             .unwrap_or_else(|| tokens::random_positions(&me, vnodes))
     };
-    let read = Channel::open(via, keyring, timeout).and_then(|mut c| Ok((c.claim(0, Vec::new())?, c)));
-    let ((mut seen, mut claimed), mut channel) = match read {
-        Ok(read) => read,
-        Err(e) => return (allocate(keep, &[]), format!(", unclaimed ({via}: {e})")),
+    let mut refusals = Vec::new();
+    let mut read = None;
+    for (k, host) in at.iter().enumerate() {
+        match Channel::open(*host, keyring, timeout).and_then(|mut c| Ok((c.claim(0, Vec::new())?, c))) {
+            Ok(r) => {
+                read = Some((k, r));
+                break;
+            }
+            Err(e) => refusals.push(format!("{host}: {e}")),
+        }
+    }
+    let Some((k, ((mut seen, mut claimed), mut channel))) = read else {
+        return (
+            allocate(keep, &[]),
+            format!(", unclaimed ({})", refusals.join("; ")),
+        );
     };
-    // An earlier run of this process on this address claimed positions here and was stopped
+    let via = at[k];
+    // An earlier run of this process on this address claimed positions and was stopped
     // (killed, crashed) while its vnodes joined: some of them may be in peers' tables under
     // those ids, though not in the ring read yet. Its vnodes take them back, as they take
     // back positions the ring still lists; new ids at the same addresses would leave peers
-    // listing a vnode under an id it no longer has.
+    // listing a vnode under an id it no longer has. That run claimed at the lowest-address
+    // host of the ring it read, which may have had fewer hosts: the claims here first, then
+    // those of the other hosts we would claim at and of the join peers.
+    let own = |n: &NodeRef| n.addr.host == me && n.addr.vnode < vnodes;
+    let mut earlier: Vec<NodeRef> = claimed.iter().copied().filter(own).collect();
+    let mut elsewhere: Vec<SocketAddr> = Vec::new();
+    for h in at[k + 1..].iter().chain(peers) {
+        if *h != via && *h != me && !elsewhere.contains(h) {
+            elsewhere.push(*h);
+        }
+    }
+    for host in elsewhere {
+        if let Ok((_, listed)) =
+            Channel::open(host, keyring, timeout).and_then(|mut c| c.claim(0, Vec::new()))
+        {
+            earlier.extend(listed.into_iter().filter(own));
+        }
+    }
     let mut keep = keep.clone();
     let mut taken_back = 0;
-    for n in claimed
-        .iter()
-        .filter(|n| n.addr.host == me && n.addr.vnode < vnodes)
-    {
+    for n in &earlier {
         let used = keep.values().any(|id| *id == n.id) || ring.iter().any(|(id, h)| *id == n.id && *h != me);
         if !used && !keep.contains_key(&n.addr.vnode) {
             keep.insert(n.addr.vnode, n.id);

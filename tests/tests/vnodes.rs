@@ -276,6 +276,37 @@ fn hosts_started_at_once_claim_distinct_positions_and_share_the_ring_evenly() {
     );
 }
 
+/// Hosts started at once through *different* join peers: each claims its positions at the
+/// lowest-address host of the ring it read, the same host whatever its join peer, so they are
+/// ordered as those joining through one node are. Before, each claimed at its join peer, where
+/// the others' claims were not: 8 hosts joining through two nodes left one host with none of
+/// the ring.
+#[test]
+fn hosts_started_at_once_through_different_join_peers_share_the_ring_evenly() {
+    let _serial = one_at_a_time();
+    let name = "vnodes_started_through_different_peers";
+    const EACH: usize = 8;
+    let spec = with_args(
+        cluster_spec(name, 2),
+        &["--vnodes", &EACH.to_string(), "--replicas", "1"],
+    );
+    let mut cluster = LocalCluster::start(spec).expect("start two hosts");
+    let joined = cluster
+        .add_nodes_at_once_through_different_nodes(6)
+        .expect("start six more hosts at once, through the two by turns");
+    let ring = converge(&mut cluster, "the ring of hosts started at once converges");
+    let hosts = 2 + joined.len();
+    assert_eq!(ring.nodes.len(), hosts * EACH, "every vnode is a ring position");
+    let mean = 1.0 / hosts as f64;
+    let shares: Vec<(SocketAddr, f64)> = ring.hosts.iter().map(|h| (h.host, h.share / mean)).collect();
+    eprintln!("{name}: shares relative to the mean: {shares:?}");
+    assert!(
+        shares.iter().all(|(_, s)| (0.75..=1.25).contains(s)),
+        "every host owns within 25% of the mean share: {shares:?}; logs in {}",
+        logs_of(&cluster)
+    );
+}
+
 /// A host killed (SIGKILL) while its vnodes join, among hosts started at once, and restarted
 /// on its address at once: its vnodes take back the positions its first run claimed (some were
 /// in peers' tables already, though not in the ring it reads), so the ring converges with every

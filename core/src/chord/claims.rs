@@ -1,13 +1,15 @@
-//! Position claims of joining hosts (`CLAIM_POSITIONS`): the hosts that join through this node
-//! at the same moment reserve, one after another, the positions they chose, so they do not all
-//! choose the same ones.
+//! Position claims of joining hosts (`CLAIM_POSITIONS`): the hosts that join at the same moment
+//! reserve at this node, one after another, the positions they chose, so they do not all choose
+//! the same ones.
 //!
 //! A joining host with several vnodes chooses its positions from the ring it read
 //! ([`crate::tokens::allocate_positions`], deterministic in the ring). Hosts that read the same
 //! ring at the same moment (a cluster started all at once, each `--join` the same node) would
 //! choose the same positions, and the first to join would take what was meant for all of them:
 //! 8 hosts started together left one host 75% of the ring and four none. So each joiner claims
-//! its positions at the node it read the ring through, an optimistic check-and-set on the
+//! its positions at one node, the lowest-address host of the ring it read (the same for every
+//! joiner of that ring, whatever its join peer: `server/src/positions.rs`), an optimistic
+//! check-and-set on the
 //! claims' `version`: a claim is accepted only if no other was accepted since the claims the
 //! joiner read; a refused joiner chooses again around the claims listed (as if those hosts had
 //! joined already) and claims again. With `n` hosts joining at once each is refused at most
@@ -15,8 +17,9 @@
 //!
 //! Claims are advisory, kept in memory only, and lapse after [`CLAIM_TTL_MS`] (a joiner that
 //! died or a claim repeated by a late or duplicated message holds nothing for long; a joined
-//! host's positions are in the ring by then). Hosts joining through different nodes are not
-//! ordered; Cassandra serializes joins for the same reason (consistent range movement,
+//! host's positions are in the ring by then). Joiners that read different rings (one before a
+//! host joined, one after) may claim at different nodes and are not ordered; Cassandra
+//! serializes joins for the same reason (consistent range movement,
 //! CASSANDRA-2434). At most [`MAX_CLAIMED`] positions are held (the oldest claims make room), so
 //! a flood of claims costs bounded memory and, at worst, an uneven ring.
 
