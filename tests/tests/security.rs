@@ -110,7 +110,8 @@ fn a_stranger_without_the_key_cannot_join() {
             "--join",
             &cluster.addr(0).to_string(),
         ])
-        .args(NODE_ARGS)
+        // 8 vnodes, each retrying its join: a stranger that knocks often.
+        .args(["--stabilize-ms", "100", "--vnodes", "8"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("a log file"));
@@ -133,6 +134,17 @@ fn a_stranger_without_the_key_cannot_join() {
     }
     // Many stabilize rounds (100 ms each) after the refusals: the ring is as it was.
     std::thread::sleep(Duration::from_secs(3));
+    // A ring that refuses a stranger is never "reachable again" to it: it accepts each TCP
+    // connection before it refuses, and a stranger retrying every second logged that line
+    // every second.
+    for (_, addr, log) in &strangers {
+        let text = log_text(log);
+        let again = text.matches("reachable again").count();
+        assert_eq!(
+            again, 0,
+            "{addr} logged the refusing ring reachable again:\n{text}"
+        );
+    }
     let ring = converge(&mut cluster, "the ring after the strangers knocked");
     let members: Vec<SocketAddr> = ring.nodes.iter().map(|n| n.addr.host).collect();
     for (_, addr, _) in &strangers {

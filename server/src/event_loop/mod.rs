@@ -1002,11 +1002,10 @@ impl Server {
                 Ok(true) => {
                     conn.set_connected();
                     writable = true;
-                    // With the handshake, a peer is reached once it has proved the key.
-                    if let (Role::Outbound { peer, .. }, Security::Plain) = (&conn.role, &conn.security) {
-                        let peer = *peer;
-                        self.note_reachable(peer);
-                    }
+                    // A peer is reached once it answers (plain: a reply other than a refusal;
+                    // with the handshake, once it has proved the key), not when TCP connects:
+                    // a ring that refuses us accepts the connection first, and each retry
+                    // would log the peer "reachable again".
                 }
                 Err(e) => return self.close(now, token, Why::Io(&e)),
             }
@@ -1183,6 +1182,8 @@ impl Server {
                     {
                         let what = format_args!("refused by the peer: {text}");
                         self.warn_repeated_on(now, Repeat::RefusedByPeer, token, what);
+                    } else if !self.down.is_empty() {
+                        self.note_reachable(peer);
                     }
                     let Some(conn) = self.conns.get_mut(&token) else {
                         return;
