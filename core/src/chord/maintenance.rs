@@ -408,7 +408,9 @@ impl Node {
         let mut hosts: Vec<SocketAddr> = Vec::with_capacity(max);
         let mut entries = 0;
         let mut reach = None;
-        for n in answer.iter().filter(|n| n.addr != self.me.addr) {
+        // Members known to have left are not in our list: they vouch for nothing.
+        let listed = |n: &&NodeRef| n.addr != self.me.addr && !self.live.gone.contains_key(&n.addr);
+        for n in answer.iter().filter(listed) {
             entries += 1;
             let d = self.me.id.distance_limbs(&n.id);
             reach = Some(reach.map_or(d, |r: (u32, u128)| r.max(d)));
