@@ -121,6 +121,33 @@ fn a_ring_of_more_hosts_than_the_successor_list_names_converges_to_exact_lists()
     }
 }
 
+/// A host of vnodes that left gracefully and is started again on its address joins the ring
+/// again, under both partition policies ("a node that left may join again soon after").
+/// Before, it never did: its peers kept its positions out of their lists while anyone named
+/// them (its own new vnodes name each other), passed the news of its leave back and forth,
+/// and its new vnodes learnt from them that their siblings had left.
+#[test]
+fn a_host_of_vnodes_that_left_joins_again_on_its_address() {
+    for policy in [PartitionPolicy::Consistent, PartitionPolicy::Available] {
+        for seed in seeds(&[1, 2]) {
+            let mut s = sim_of(seed, VNODES, 1, policy);
+            let mut rng = Rng::new(seed);
+            build_ring(&mut s, 3, &mut rng);
+            s.leave(2);
+            s.run_for(20 * STABILIZE_MS);
+            assert!(!s.is_alive(2), "seed {seed}: host 2 left and exited");
+            s.restart(2, 0);
+            let joined = s.run_until_consistent(STABILIZE_MS, 120_000);
+            assert!(
+                joined && s.alive().len() == 3,
+                "seed {seed}, {policy}: the host that left did not join again: {:?}\n{}",
+                s.ring_problem(),
+                s.describe_ring()
+            );
+        }
+    }
+}
+
 /// Builds a ring of `hosts` hosts of `vnodes` vnodes (replicas 2, consistent), writes
 /// [`KEYS`] keys, and checks that anti-entropy settles each on exactly its preference list
 /// of distinct hosts, and that every key reads back through any host.

@@ -307,6 +307,29 @@ fn hosts_started_at_once_through_different_join_peers_share_the_ring_evenly() {
     );
 }
 
+/// A process of 8 vnodes that left gracefully (SIGTERM) and is started again on its address
+/// joins the ring again (found by a fresh user: before, it never did, the ring staying at the
+/// other hosts while the restarted one walked a loop of its own; the simulation form is
+/// `harness/tests/vnodes.rs` `a_host_of_vnodes_that_left_joins_again_on_its_address`).
+#[test]
+fn a_process_that_left_joins_again_on_its_address() {
+    let _serial = one_at_a_time();
+    let name = "vnodes_left_and_back";
+    let spec = with_args(cluster_spec(name, 3), &["--vnodes", "8", "--replicas", "1"]);
+    let mut cluster = LocalCluster::start(spec).expect("start three hosts");
+    converge(&mut cluster, "the ring of three converges");
+    cluster.terminate(2).expect("a graceful leave");
+    cluster.restart(2).expect("start it again on its address");
+    let ring = converge(&mut cluster, "the ring converges with the host that came back");
+    assert_eq!(
+        ring.hosts.len(),
+        3,
+        "every host is in the ring again; logs in {}",
+        logs_of(&cluster)
+    );
+    assert_eq!(ring.nodes.len(), 24, "every vnode is a ring position");
+}
+
 /// A host killed (SIGKILL) while its vnodes join, among hosts started at once, and restarted
 /// on its address at once: its vnodes take back the positions its first run claimed (some were
 /// in peers' tables already, though not in the ring it reads), so the ring converges with every

@@ -702,7 +702,7 @@ impl Node {
             predecessor: self.predecessor,
             successors: self.routing.successors().to_vec(),
             clock: self.clock.current(),
-            gone: self.live.gone.values().map(|(n, _)| *n).collect(),
+            gone: self.live.gone.values().map(|(n, _, _)| *n).collect(),
         }))
     }
 

@@ -35,9 +35,14 @@ pub(super) struct Liveness {
     /// (ring merging after a partition) or `departed_ttl_ms` passes; `holder`: it kept copies of
     /// our range, so our tombstones wait for it.
     pub departed: BTreeMap<NodeAddr, Departed>,
-    /// Nodes that left the ring or were forgotten, until when they are kept out of every list
-    /// (a stale successor list must not bring them back).
-    pub gone: BTreeMap<NodeAddr, (NodeRef, Millis)>,
+    /// Nodes that left the ring or were forgotten: the node, until when it is kept out of every
+    /// list (a stale successor list must not bring it back), and the latest that may become
+    /// ([`Node::gone_max_ms`] after it was first marked).
+    pub gone: BTreeMap<NodeAddr, (NodeRef, Millis, Millis)>,
+    /// Nodes whose `gone` entry expired, until when another node's list of nodes that left
+    /// (`Neighbors::gone`, which it may keep a little longer than we did) does not mark them
+    /// again: entries passed back and forth would keep a node out for good.
+    pub gone_expired: BTreeMap<NodeAddr, Millis>,
     /// Peers seen recently (the bootstrap node, successors), tried in turn when the node finds
     /// itself alone, so an isolated node finds its way back into the ring after a partition.
     pub seeds: VecDeque<NodeAddr>,
@@ -280,7 +285,15 @@ impl Node {
         } else {
             self.live.dead.retain(|_, until| *until > now);
         }
-        self.live.gone.retain(|_, (_, until)| *until > now);
+        let relearn_after = now + self.gone_max_ms() + self.gone_keep_ms();
+        let (gone, expired) = (&mut self.live.gone, &mut self.live.gone_expired);
+        gone.retain(|a, (_, until, _)| {
+            if *until <= now {
+                expired.insert(*a, relearn_after);
+            }
+            *until > now
+        });
+        expired.retain(|_, until| *until > now);
     }
 
     /// Pings every neighbouring member presumed down (`consistent`), so one that comes back
@@ -298,10 +311,16 @@ impl Node {
         }
     }
 
-    /// Nodes another node says left the ring or were forgotten: out of our lists too.
+    /// Nodes another node says left the ring or were forgotten: out of our lists too. Not
+    /// the positions of our own host (they run in this process: a host started again on its
+    /// address hears from its peers that its earlier run left), nor those we kept out long
+    /// enough already (`gone_expired`).
     pub(super) fn learn_gone(&mut self, now: Millis, gone: &[NodeRef]) {
         for n in gone {
-            if n.addr != self.me.addr && !self.live.gone.contains_key(&n.addr) {
+            if n.addr.host != self.me.addr.host
+                && !self.live.gone.contains_key(&n.addr)
+                && !self.live.gone_expired.contains_key(&n.addr)
+            {
                 self.depart(now, *n);
             }
         }
@@ -404,6 +423,12 @@ impl Node {
             .collect()
     }
 
+    /// The longest a node that left stays out of our lists, however often it is named (see
+    /// [`Node::drop_gone`]): twice [`Node::gone_keep_ms`], 64 stabilize periods.
+    pub(super) fn gone_max_ms(&self) -> u64 {
+        self.gone_keep_ms() * 2
+    }
+
     /// How long a node that left stays out of our lists after the last time anyone named it.
     fn gone_keep_ms(&self) -> u64 {
         // Long enough for every stale list to flush (a successor list is refreshed once a
@@ -427,12 +452,33 @@ impl Node {
     /// (a neighbour that never heard of the leave, such as a vnode whose neighbours all left
     /// at once, or a message that arrives late), forgetting the leave would let the name back
     /// in, where `consistent` keeps it for good as a silent member nobody ever asks.
+    ///
+    /// Each one is kept out at most [`Node::gone_max_ms`] after it was first marked, however
+    /// often it is named: a host of vnodes that left and started again on its address names
+    /// its positions itself (its new vnodes list each other, and the first peer that lets one
+    /// in lists it too), so its peers kept every one of them out, and refused its joins, for as
+    /// long as it tried.
     pub(super) fn drop_gone(&mut self, now: Millis, list: &mut Vec<NodeRef>) {
+        self.drop_gone_named_by(now, list, None);
+    }
+
+    /// [`Node::drop_gone`] of a list that node `from` sent us. A node that left and answers us
+    /// anyway is back (or a message of its old run is late): what it names is not kept out
+    /// for longer.
+    pub(super) fn drop_gone_named_by(
+        &mut self,
+        now: Millis,
+        list: &mut Vec<NodeRef>,
+        from: Option<NodeAddr>,
+    ) {
         let until = now + self.gone_keep_ms();
         let gone = &mut self.live.gone;
+        let by_a_member = !from.is_some_and(|f| gone.contains_key(&f));
         list.retain(|n| match gone.get_mut(&n.addr) {
-            Some((_, keep)) => {
-                *keep = (*keep).max(until);
+            Some((_, keep, latest)) => {
+                if by_a_member {
+                    *keep = (*keep).max(until.min(*latest));
+                }
                 false
             }
             None => true,
@@ -443,7 +489,10 @@ impl Node {
     /// spreads to the neighbours through `Neighbors::gone`).
     pub(super) fn mark_gone(&mut self, now: Millis, node: NodeRef) {
         let keep_ms = self.gone_keep_ms();
-        self.live.gone.insert(node.addr, (node, now + keep_ms));
+        let latest = now + self.gone_max_ms();
+        let entry = self.live.gone.entry(node.addr).or_insert((node, 0, latest));
+        entry.0 = node;
+        entry.1 = entry.1.max(now + keep_ms).min(entry.2);
         self.live.departed.remove(&node.addr);
         self.live.seeds.retain(|a| *a != node.addr);
         self.routing.forget(node.addr);

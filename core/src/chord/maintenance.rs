@@ -197,7 +197,7 @@ impl Node {
                 list.truncate(pos);
                 wrapped = true;
             }
-            self.drop_gone(now, &mut list);
+            self.drop_gone_named_by(now, &mut list, Some(from));
         }
         for n in &list {
             if n.addr != self.me.addr {
@@ -295,7 +295,7 @@ impl Node {
         let mut list: Vec<NodeRef> = successors[..pos].iter().rev().copied().collect();
         list.push(x);
         list.extend(predecessors.into_iter().filter(|n| n.addr != me.addr));
-        self.drop_gone(self.last_now, &mut list);
+        self.drop_gone_named_by(self.last_now, &mut list, Some(from));
         list.dedup_by_key(|n| n.addr);
         self.pred_hint = None;
         // Every node it names is gone (it left while its answer was on the way): nothing to

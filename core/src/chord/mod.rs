@@ -276,7 +276,7 @@ impl Node {
                     predecessors: self.reported_predecessors(),
                     down: self.down_bits(&successors),
                     successors,
-                    gone: self.live.gone.values().map(|(n, _)| *n).collect(),
+                    gone: self.live.gone.values().map(|(n, _, _)| *n).collect(),
                 };
                 self.reply(reply_to, rid, msg);
             }
