@@ -130,7 +130,9 @@ enum Command {
     /// prefix, address, predecessor, successor, key count, status) in ring order, then
     /// `consistent: yes|no` and a `problem: ...` line per problem found. The ring is
     /// consistent when the walk returns to its first node, every node's successor names it as
-    /// predecessor, every node answers and is active, and ids increase around the ring. A node
+    /// predecessor, every successor list is the positions that follow its node in ring order
+    /// (up to one host more than the lists name), every node answers and is active, and ids
+    /// increase around the ring. A node
     /// alone is a ring of one when it names no other node and serves every key (one probe
     /// key is read from it).
     /// Exits 0 whether or not the ring is consistent (read the verdict); 1 only when the
@@ -139,7 +141,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
         /// Print one JSON object: {"consistent", "down", "nodes": [{"id", "addr", "predecessor",
-        /// "successor", "keys", "status"}], "problems"}.
+        /// "successor", "successors" (the whole list), "keys", "status"}], "problems", "hosts":
+        /// [{"host", "vnodes", "share" (0 to 1), "keys"}]}.
         #[arg(long)]
         json: bool,
     },
