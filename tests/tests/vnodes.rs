@@ -266,14 +266,7 @@ fn hosts_started_at_once_claim_distinct_positions_and_share_the_ring_evenly() {
     let ring = converge(&mut cluster, "the ring of hosts started at once converges");
     assert_eq!(ring.nodes.len(), HOSTS * EACH, "every vnode is a ring position");
     assert_eq!(ring.hosts.len(), HOSTS);
-    let mean = 1.0 / HOSTS as f64;
-    let shares: Vec<(SocketAddr, f64)> = ring.hosts.iter().map(|h| (h.host, h.share / mean)).collect();
-    eprintln!("{name}: shares relative to the mean: {shares:?}");
-    assert!(
-        shares.iter().all(|(_, s)| (0.75..=1.25).contains(s)),
-        "every host owns within 25% of the mean share: {shares:?}; logs in {}",
-        logs_of(&cluster)
-    );
+    assert_even_shares(name, &ring, &cluster);
 }
 
 /// Hosts started at once through *different* join peers: each claims its positions at the
@@ -297,13 +290,18 @@ fn hosts_started_at_once_through_different_join_peers_share_the_ring_evenly() {
     let ring = converge(&mut cluster, "the ring of hosts started at once converges");
     let hosts = 2 + joined.len();
     assert_eq!(ring.nodes.len(), hosts * EACH, "every vnode is a ring position");
-    let mean = 1.0 / hosts as f64;
+    assert_even_shares(name, &ring, &cluster);
+}
+
+/// Every host of `ring` owns within 25% of the mean share (printed, relative to the mean).
+fn assert_even_shares(name: &str, ring: &chordkv_client::RingReport, cluster: &LocalCluster) {
+    let mean = 1.0 / ring.hosts.len() as f64;
     let shares: Vec<(SocketAddr, f64)> = ring.hosts.iter().map(|h| (h.host, h.share / mean)).collect();
     eprintln!("{name}: shares relative to the mean: {shares:?}");
     assert!(
         shares.iter().all(|(_, s)| (0.75..=1.25).contains(s)),
         "every host owns within 25% of the mean share: {shares:?}; logs in {}",
-        logs_of(&cluster)
+        logs_of(cluster)
     );
 }
 
