@@ -45,6 +45,9 @@ pub(super) enum Role {
         connect_deadline: Millis,
         /// Requests written (or queued) on this connection whose replies have not come back.
         awaiting: u64,
+        /// The peer has answered on it (a reply other than a refusal, or the handshake's
+        /// proof of the key): closing it before then is a failed dial (see `Redial`).
+        reached: bool,
     },
 }
 

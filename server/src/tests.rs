@@ -388,6 +388,51 @@ fn a_killed_peer_is_routed_around() {
     }
 }
 
+/// A member killed, and a process on its address that closes every connection at once (a
+/// member restarted without the ring's keyring, a stranger): the survivor keeps probing it
+/// (it is presumed down, and may come back), but dials it with a backoff, not once per
+/// probe. Before the backoff the survivor dialled it 118 times in the 3 s watched (each
+/// connection left in TIME_WAIT); with it, 50 ms doubling to 1 s: about 7. The bound leaves room for either count to be off,
+/// not for one dial per probe. And once a node answers there again, it is used again.
+#[test]
+fn a_peer_whose_connections_fail_is_dialled_with_a_backoff() {
+    let a = start(None);
+    let b = start(Some(a.addr()));
+    await_pair(&a, &b);
+    let b_addr = b.addr();
+    b.kill();
+    drop(b);
+    let listener = eventually("b's address free again", || {
+        std::net::TcpListener::bind(b_addr).ok()
+    });
+    listener.set_nonblocking(true).unwrap();
+    let watched = Duration::from_secs(3);
+    let start_at = Instant::now();
+    let mut dials = 0;
+    while start_at.elapsed() < watched {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                dials += 1;
+                drop(stream);
+            }
+            Err(_) => thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    assert!(dials > 0, "a member presumed down is still probed");
+    assert!(
+        dials <= 20,
+        "{dials} dials in {watched:?}: one per probe, no backoff"
+    );
+    drop(listener);
+    // A node on the address again: the ring takes it back (its dials held meanwhile go out).
+    let b = eventually("b restarted on its address", || {
+        let mut c = config(Some(a.addr()), Arc::new(MemoryStore::new()));
+        c.listen = b_addr;
+        spawn(c).ok()
+    });
+    await_pair(&a, &b);
+}
+
 #[test]
 fn a_node_joining_an_absent_ring_keeps_answering_not_ready() {
     // A port that was free a moment ago: nobody listens there.

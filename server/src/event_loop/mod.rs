@@ -2,6 +2,7 @@
 //! [`super`] for its shape and the reasons behind it.
 
 mod admission;
+mod redial;
 
 use std::collections::HashSet;
 use std::fmt::{self, Display};
@@ -32,6 +33,7 @@ use crate::log::{node_span, suppressed_field, Repeat, RepeatLimiter, Subject};
 use admission::{fit_descriptor_limit, protected_from, Admit, PROTECTED_MODE};
 use chordkv_core::chord::{Host, Millis, Output, Phase, ReplyTo};
 use chordkv_core::store::{self, PrefetchPass, Store, StoreOp, SMALL_VALUE_BYTES};
+use redial::Redial;
 
 /// The listening socket.
 const LISTENER: Token = Token(0);
@@ -201,6 +203,9 @@ pub(super) struct Server {
     connect_timeout_ms: u64,
     /// Peers reported unreachable and not reached since: logs only say when this changes.
     down: HashSet<SocketAddr>,
+    /// Peers whose last connection failed before they answered, not dialled again until
+    /// their backoff ends.
+    redial: Redial,
     /// Connections with newly queued output, flushed at the end of the turn.
     to_flush: Vec<Token>,
     /// Connections whose read budget ran out: read again next turn.
@@ -467,6 +472,7 @@ impl Server {
             connecting: Vec::new(),
             connect_timeout_ms,
             down: HashSet::new(),
+            redial: Redial::default(),
             to_flush: Vec::new(),
             read_again: Vec::new(),
             scratch: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
@@ -577,6 +583,7 @@ impl Server {
                 self.begin_leave(now, "leave requested");
             }
             self.expire_connects(now);
+            self.redial_due(now);
             self.close_idle_clients(now);
             self.publish_metrics(now);
             self.node.tick(now);
@@ -612,6 +619,7 @@ impl Server {
         }
         let store = self.pool.as_ref().and_then(|p| p.next_deadline());
         for d in [
+            self.redial.next_due(),
             self.leave_deadline,
             self.exit_deadline,
             self.accept_retry_at,
@@ -636,7 +644,7 @@ impl Server {
         let mut prefetched = 0;
         while let Some(out) = self.node.poll_output() {
             match out {
-                Output::Send { to, frame } => self.send(now, to, &frame),
+                Output::Send { to, frame } => self.send(now, to.host, frame),
                 Output::Reply { to, frame } => self.reply(now, to, frame),
                 Output::Store { id, vnode, op } => match &mut self.pool {
                     Some(pool) => pool.submit(id, vnode, op),
@@ -708,19 +716,29 @@ impl Server {
         }
     }
 
-    fn send(&mut self, now: Millis, to: NodeAddr, frame: &Frame) {
-        let to = to.host;
+    fn send(&mut self, now: Millis, to: SocketAddr, frame: Frame) {
         let token = match self.peers.get(&to) {
             Some(&token) => token,
+            // Its last connection failed and its backoff has not ended: the message waits
+            // for the next dial (or fails now when too many wait).
+            None if self.redial.waiting(now, to) => {
+                if let Err(frame) = self.redial.hold(to, frame) {
+                    self.node.send_failed(now, frame.request_id);
+                }
+                return;
+            }
             None => match self.connect(now, to) {
                 Ok(token) => token,
-                Err(e) => return self.peer_failed(now, to, Why::Io(&e)),
+                Err(e) => {
+                    self.redial.failed(now, to);
+                    return self.peer_failed(now, to, Why::Io(&e));
+                }
             },
         };
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
-        if let Err(e) = conn.push_frame(frame) {
+        if let Err(e) = conn.push_frame(&frame) {
             // The core built a frame over the protocol's limits: the request fails here, and
             // the peer is not to blame for it.
             warn!(peer = %to, error = %e, "cannot encode {}", frame.message.name());
@@ -948,6 +966,7 @@ impl Server {
             connected: false,
             connect_deadline: now + self.connect_timeout_ms,
             awaiting: 0,
+            reached: false,
         };
         let mut conn = Conn::new(stream, role, true);
         conn.kind = Kind::Peer;
@@ -959,6 +978,21 @@ impl Server {
         self.peers.insert(to, token);
         self.connecting.push(token);
         Ok(token)
+    }
+
+    /// Dials the peers whose backoff ended with messages held for them (see [`Redial`]).
+    fn redial_due(&mut self, now: Millis) {
+        self.redial.prune(now);
+        for (peer, frames) in self.redial.due(now) {
+            for frame in frames {
+                if !self.peers.contains_key(&peer) && self.redial.waiting(now, peer) {
+                    // The dial failed at once: the core heard of it, these fail with it.
+                    self.node.send_failed(now, frame.request_id);
+                } else {
+                    self.send(now, peer, frame);
+                }
+            }
+        }
     }
 
     fn expire_connects(&mut self, now: Millis) {
@@ -1101,7 +1135,9 @@ impl Server {
             return self.close(now, token, Why::Text(&why));
         }
         if !was_authenticated && conn.is_authenticated() {
-            if let Role::Outbound { peer, .. } = conn.role {
+            if let Role::Outbound { peer, reached, .. } = &mut conn.role {
+                *reached = true;
+                let peer = *peer;
                 self.note_reachable(peer);
             }
         }
@@ -1166,7 +1202,12 @@ impl Server {
                     }
                     self.node.handle_request(now, ReplyTo(token.0 as u64), frame);
                 }
-                Role::Outbound { peer, awaiting, .. } => {
+                Role::Outbound {
+                    peer,
+                    awaiting,
+                    reached,
+                    ..
+                } => {
                     if !frame.message.is_reply() {
                         let why = format!("protocol error: unexpected request {}", frame.message.name());
                         self.warn_repeated_on(now, Repeat::MalformedFrame, token, format_args!("{why}"));
@@ -1182,7 +1223,8 @@ impl Server {
                     {
                         let what = format_args!("refused by the peer: {text}");
                         self.warn_repeated_on(now, Repeat::RefusedByPeer, token, what);
-                    } else if !self.down.is_empty() {
+                    } else if !*reached {
+                        *reached = true;
                         self.note_reachable(peer);
                     }
                     let Some(conn) = self.conns.get_mut(&token) else {
@@ -1361,11 +1403,15 @@ impl Server {
             peer,
             connected,
             awaiting,
+            reached,
             ..
         } = conn.role
         {
             if self.peers.get(&peer) == Some(&token) {
                 self.peers.remove(&peer);
+            }
+            if !reached {
+                self.redial.failed(now, peer);
             }
             if awaiting > 0 || conn.pending_output() > 0 || !connected {
                 self.peer_failed(now, peer, why);
@@ -1409,7 +1455,10 @@ impl Server {
         }
     }
 
+    /// `peer` answered on a connection we opened: it is no longer down, and may be dialled
+    /// freely again.
     fn note_reachable(&mut self, peer: SocketAddr) {
+        self.redial.reached(peer);
         if self.down.remove(&peer) {
             info!(peer = %peer, "peer reachable again");
         }
