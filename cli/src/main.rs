@@ -171,7 +171,9 @@ enum Command {
     /// passes the notice around the ring; the ranges it held are served by the next members
     /// (from their copies: what only the dead node held is lost). Under `available` it ends the
     /// probing of the node and lets tombstones its ranges held back be collected. A forgotten
-    /// node that comes back joins as a new member; restart it with an empty store.
+    /// node that comes back joins as a new member; restart it with an empty store. Under
+    /// `consistent` an address no node lists, up or down, is refused (exit 1): it is not a
+    /// member, or was forgotten already.
     ///
     /// With virtual nodes (--vnodes), IP:PORT forgets the whole process: every ring position
     /// it ran; IP:PORT#I forgets its position (vnode) I only, as `chordkv ring` lists it.
@@ -970,15 +972,38 @@ fn cmd_forget(
     let mut client = connect(target, timeout)?;
     // The ring knows a position by its id: ask the node for the one it knows (a node that
     // knows the position itself uses its own; this is only a hint).
-    let node = client.member_at(addr)?.unwrap_or_else(|| NodeRef::guess(addr));
+    let listed = client.member_at(addr)?;
+    let what = match vnode {
+        None => format!("{host} (every position of the host)"),
+        Some(_) => addr.to_string(),
+    };
+    if listed.is_none() && client.info()?.keeps_down_members {
+        // Under `consistent` every member, up or down, stays in its predecessors' successor
+        // lists: one that no node lists is not a member (a mistyped address, or one forgotten
+        // already). Elsewhere the node may only be remembered as departed, which no list
+        // shows: the notice is sent.
+        let report = client::walk_ring_as(client.addr(), timeout, RING_WALK_MAX_NODES, &target.access()?)?;
+        let known = (report.nodes.iter().map(|n| n.addr))
+            .chain(report.down.iter().copied())
+            .any(|a| {
+                if vnode.is_some() {
+                    a == addr
+                } else {
+                    a.host == host
+                }
+            });
+        if !known {
+            bail!(
+                "no node of the ring lists {what}, up or down: not a member (a mistyped address, \
+                 or one forgotten already); nothing was forgotten"
+            );
+        }
+    }
+    let node = listed.unwrap_or_else(|| NodeRef::guess(addr));
     let forgotten = match (keyring, vnode) {
         (None, None) => client.forget_host(node)?,
         (None, Some(_)) => client.forget(node)?,
         (Some(path), _) => forget_as_peer(client.addr(), path, node, vnode.is_none(), timeout)?,
-    };
-    let what = match vnode {
-        None => format!("{host} (every position of the host)"),
-        Some(_) => addr.to_string(),
     };
     let mut out = io::stdout().lock();
     if forgotten {

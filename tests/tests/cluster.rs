@@ -228,6 +228,15 @@ fn the_chordkv_command() {
             .starts_with("error: invalid address 'not-an-address': "),
         "{run:?}"
     );
+    // Forgetting an address that is no member (the ring is `consistent`: every member, up or
+    // down, is listed) says so and forgets nothing.
+    for dead in ["127.0.0.1:1", &format!("{a}#7")] {
+        let run = chordkv(&["forget", "--node", a, dead]);
+        assert_eq!(run.code(), Some(1), "{run:?}");
+        assert!(run.stderr.contains("no node of the ring lists"), "{run:?}");
+    }
+    let json = ok(&["ring", "--json", "--node", a]);
+    assert!(json.contains("\"consistent\":true"), "{json}");
     let run = chordkv(&["get", "k"]);
     assert_eq!(run.code(), Some(2), "a missing --node is a usage error: {run:?}");
     let run = chordkv(&["frobnicate"]);
