@@ -392,8 +392,9 @@ fn a_killed_peer_is_routed_around() {
 /// member restarted without the ring's keyring, a stranger): the survivor keeps probing it
 /// (it is presumed down, and may come back), but dials it with a backoff, not once per
 /// probe. Before the backoff the survivor dialled it 118 times in the 3 s watched (each
-/// connection left in TIME_WAIT); with it, 50 ms doubling to 1 s: about 7. The bound leaves room for either count to be off,
-/// not for one dial per probe. And once a node answers there again, it is used again.
+/// connection left in TIME_WAIT); with it, 50 ms doubling to 500 ms: about 9. The bound
+/// leaves room for either count to be off, not for one dial per probe. And once a node
+/// answers there again, it is used again.
 #[test]
 fn a_peer_whose_connections_fail_is_dialled_with_a_backoff() {
     let a = start(None);

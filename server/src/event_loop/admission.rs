@@ -137,6 +137,10 @@ impl Server {
         if conn.kind == Kind::Unknown {
             if conn.is_authenticated() || !frame.is_client_request() {
                 conn.kind = Kind::Peer;
+                if let Role::Inbound { from } = conn.role {
+                    // A peer process there may have (re)started: dial it without waiting.
+                    self.redial.heard_from(now, from.ip());
+                }
             } else if self.clients >= self.limits.max_clients {
                 self.refuse_client(now, token, frame);
                 return Admit::Closed;

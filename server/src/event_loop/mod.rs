@@ -1223,7 +1223,8 @@ impl Server {
                     {
                         let what = format_args!("refused by the peer: {text}");
                         self.warn_repeated_on(now, Repeat::RefusedByPeer, token, what);
-                    } else if !*reached {
+                    } else if !*reached || !self.down.is_empty() {
+                        // (Also later: an older connection to the peer may have failed since.)
                         *reached = true;
                         self.note_reachable(peer);
                     }

@@ -16,13 +16,16 @@
 //! held rather than failed at once: a peer restarted on its address answers the first dial
 //! after its delay, and the messages it was sent meanwhile (a join's hand-over, a probe) are
 //! answered instead of failing and being retried periods later. The first answer on a
-//! connection ends the backoff. The cap bounds how late a peer that came back is used again
-//! (one second), the order of the stabilize period that finds it. (Exponential reconnect
-//! backoff as Erlang distribution and Cassandra's outbound connections have; the cap keeps
-//! recovery prompt.)
+//! connection ends the backoff, and so does a new peer connection from the peer's IP address
+//! (a process restarted there dials the ring to join: its peers dial it back at once rather
+//! than at the end of their delay; on a host of several processes, the others' backoff ends
+//! too, which costs one dial each). The cap bounds how late a peer that came back is used
+//! again otherwise (a paused process resumed: half a second). (Exponential reconnect backoff
+//! as Erlang distribution and Cassandra's outbound connections have; the cap keeps recovery
+//! prompt.)
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use chordkv_core::chord::Millis;
 use chordkv_protocol::Frame;
@@ -30,7 +33,7 @@ use chordkv_protocol::Frame;
 /// The first delay before a peer whose connection failed is dialled again (ms).
 pub const REDIAL_MIN_MS: Millis = 50;
 /// The longest delay between dials of a peer that keeps failing (ms).
-pub const REDIAL_MAX_MS: Millis = 1_000;
+pub const REDIAL_MAX_MS: Millis = 500;
 /// Messages held for one peer at most; more fail at once.
 pub const MAX_HELD: usize = 1_024;
 /// A peer not dialled for this long after its delay ended is forgotten (its next failure
@@ -72,6 +75,21 @@ impl Redial {
     pub fn reached(&mut self, peer: SocketAddr) {
         if !self.peers.is_empty() {
             self.peers.remove(&peer);
+        }
+    }
+
+    /// A new peer connection came from `ip`: a process there may have started again. Each
+    /// peer at that address may be dialled at once, its held messages with it; its next
+    /// failure starts at the shortest delay again.
+    pub fn heard_from(&mut self, now: Millis, ip: IpAddr) {
+        if self.peers.is_empty() {
+            return;
+        }
+        for (peer, b) in self.peers.iter_mut() {
+            if peer.ip() == ip {
+                b.delay = 0;
+                b.at = b.at.min(now);
+            }
         }
     }
 
@@ -141,7 +159,7 @@ mod tests {
             delays.push(t - now);
             now = t;
         }
-        assert_eq!(delays, [50, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(delays, [50, 100, 200, 400, 500, 500, 500]);
         r.reached(peer);
         assert!(!r.waiting(now, peer));
         r.failed(now, peer);
@@ -176,6 +194,27 @@ mod tests {
         );
         r.prune(1_000_000);
         assert!(r.next_due().is_some(), "held messages keep their peer");
+    }
+
+    #[test]
+    fn a_peer_connection_from_its_address_ends_the_wait() {
+        let peer: SocketAddr = "127.0.0.2:7000".parse().unwrap();
+        let other: SocketAddr = "127.0.0.3:7000".parse().unwrap();
+        let mut r = Redial::default();
+        for _ in 0..5 {
+            r.failed(0, peer);
+            r.failed(0, other);
+        }
+        r.hold(peer, Frame::new(1, chordkv_protocol::Message::Ping))
+            .unwrap();
+        r.heard_from(10, peer.ip());
+        assert!(!r.waiting(10, peer) && r.waiting(10, other));
+        assert_eq!(r.due(10).len(), 1, "its held messages go out now");
+        r.failed(10, peer);
+        assert!(
+            !r.waiting(10 + REDIAL_MIN_MS, peer),
+            "the next failure starts over"
+        );
     }
 
     #[test]
