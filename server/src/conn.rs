@@ -418,6 +418,12 @@ impl Conn {
     /// The next whole frame buffered, if any. An error means the peer does not speak the
     /// protocol: close the connection. The header is checked (including the payload length
     /// against the maximum) before any room is reserved for the payload.
+    /// Whether the unread input begins the peer handshake (a node with a keyring talking
+    /// to this one, which has none).
+    pub fn input_starts_handshake(&self) -> bool {
+        handshake::starts_handshake(&self.rbuf) == Some(true)
+    }
+
     pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
         if self.rbuf.is_empty() {
             return Ok(None);

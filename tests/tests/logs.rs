@@ -218,13 +218,16 @@ fn warn_level_prints_no_info_lines_unless_rust_log_says_so() {
 /// Opens a connection to `addr`, sends bytes that are not a frame, and reads until the node
 /// closes it (by then it has logged what it had to).
 fn knock(addr: SocketAddr) {
+    knock_with(addr, b"GET / HTTP/1.1\r\nHost: chordkv\r\n\r\n");
+}
+
+/// [`knock`] with `bytes`.
+fn knock_with(addr: SocketAddr, bytes: &[u8]) {
     let mut stream = TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT).expect("connect");
     stream
         .set_read_timeout(Some(REQUEST_TIMEOUT))
         .expect("a read timeout");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: chordkv\r\n\r\n")
-        .expect("send garbage");
+    stream.write_all(bytes).expect("send the bytes");
     let mut buf = [0u8; 1024];
     loop {
         match stream.read(&mut buf) {
@@ -244,6 +247,24 @@ fn malformed_frame_warnings(text: &str) -> Vec<u64> {
         .filter(|l| l["level"] == "WARN" && l["fields"]["kind"] == "malformed_frame")
         .map(|l| l["fields"]["suppressed"].as_u64().unwrap_or(0))
         .collect()
+}
+
+/// A node without a keyring that a keyed ring dials (a member restarted without
+/// `--keyring`) says why it cannot read the connection, rather than naming a protocol version.
+#[test]
+fn a_node_without_a_keyring_says_a_keyed_peer_dialled_it() {
+    let dir = scratch_dir("logs_keyed_peer");
+    let node = Node::start(&dir, "node", &[], None);
+    node.wait_for("listening");
+    let mut hello = Vec::new();
+    chordkv_protocol::handshake::Handshake::Hello {
+        key_id: [7; chordkv_protocol::handshake::KEY_ID_BYTES],
+        nonce: [9; chordkv_protocol::handshake::NONCE_BYTES],
+    }
+    .encode(&mut hello);
+    knock_with(node.listen, &hello);
+    node.wait_for("runs without one (start it with the ring's --keyring)");
+    node.stop();
 }
 
 #[test]

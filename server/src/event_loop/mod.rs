@@ -1172,7 +1172,13 @@ impl Server {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
-                    let why = format!("protocol error: {e}");
+                    let why = if conn.input_starts_handshake() {
+                        "protocol error: a node with a keyring opened a keyed connection, but this node \
+                         runs without one (start it with the ring's --keyring)"
+                            .to_string()
+                    } else {
+                        format!("protocol error: {e}")
+                    };
                     self.warn_repeated_on(now, Repeat::MalformedFrame, token, format_args!("{why}"));
                     return self.close(now, token, Why::Text(&why));
                 }
