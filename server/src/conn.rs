@@ -123,6 +123,9 @@ pub(super) struct Conn {
     write_interest: bool,
     /// Whether the loop's list of connections to flush holds this one.
     pub flush_queued: bool,
+    /// Its output was held for one turn of the loop already: it goes at the next flush (see
+    /// the loop's `flush_queued`).
+    pub flush_held: bool,
     /// Requests are not being read because too many replies are waiting to be written.
     pub read_paused: bool,
     /// An inbound connection from the RESP listener speaks the Redis protocol: its commands
@@ -209,6 +212,7 @@ impl Conn {
             wpos: 0,
             write_interest,
             flush_queued: false,
+            flush_held: false,
             read_paused: false,
             resp: None,
             security: Security::Plain,
@@ -348,6 +352,11 @@ impl Conn {
         if let Role::Outbound { connected, .. } = &mut self.role {
             *connected = true;
         }
+    }
+
+    /// Whether this node opened the connection (to a peer).
+    pub fn is_outbound(&self) -> bool {
+        matches!(self.role, Role::Outbound { .. })
     }
 
     /// Bytes queued and not yet written (sealed or not).

@@ -90,6 +90,9 @@ pub const LEFT_FLUSH_MS: u64 = 1_000;
 pub const LEAVE_MARGIN_MS: u64 = 2_000;
 /// Wait before accepting again after `accept` failed (e.g. out of file descriptors).
 const ACCEPT_RETRY_MS: u64 = 100;
+/// Most bytes of output a peer connection holds for one more turn of the loop (see
+/// `Server::flush_queued`); more go at once.
+const HOLD_FLUSH_BYTES: usize = 64 * 1024;
 const EVENTS_CAPACITY: usize = 1_024;
 /// The node's clock: wall-clock milliseconds at start plus monotonic time since, so it never
 /// goes back and stays close to wall time (the core stamps write versions with it).
@@ -208,6 +211,8 @@ pub(super) struct Server {
     redial: Redial,
     /// Connections with newly queued output, flushed at the end of the turn.
     to_flush: Vec<Token>,
+    /// Peer connections whose output waits one more turn (see `flush_queued`).
+    held_flush: Vec<Token>,
     /// Connections whose read budget ran out: read again next turn.
     read_again: Vec<Token>,
     /// One read buffer shared by all connections: bytes are copied out of it into the
@@ -474,6 +479,7 @@ impl Server {
             down: HashSet::new(),
             redial: Redial::default(),
             to_flush: Vec::new(),
+            held_flush: Vec::new(),
             read_again: Vec::new(),
             scratch: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
             accept_retry_at: None,
@@ -522,7 +528,8 @@ impl Server {
             // Store ops the pipe holds for one more turn: look for more input without waiting
             // (they go with it), and send them before sleeping (see `RedisPipe::holding`).
             let holding = self.pool.as_ref().is_some_and(StorePool::holding);
-            let timeout = if again.is_empty() && !holding {
+            // So does peer output held for one more turn (see `flush_queued`).
+            let timeout = if again.is_empty() && !holding && self.held_flush.is_empty() {
                 self.poll_timeout(self.clock.now())
             } else {
                 Duration::ZERO
@@ -546,6 +553,11 @@ impl Server {
                 if let Some(pool) = &mut self.pool {
                     pool.flush_held(self.poll.registry(), now);
                 }
+            }
+            if !self.held_flush.is_empty() && events.is_empty() && again.is_empty() {
+                // Nothing came while peer output was held: it goes now.
+                self.release_held();
+                self.flush_queued(now, false);
             }
 
             for event in events.iter() {
@@ -698,6 +710,7 @@ impl Server {
     /// Pumps and flushes until neither has anything left: closing a peer connection on a
     /// write error tells the core, which may answer with more output.
     fn settle(&mut self, now: Millis) {
+        self.release_held();
         loop {
             // The turn's input is handled: the replica writes it made go out, one batch per
             // replica (a store op the pump runs, or a peer closed on a write error, may make
@@ -707,7 +720,7 @@ impl Server {
             if self.to_flush.is_empty() && !held {
                 break;
             }
-            self.flush_queued(now);
+            self.flush_queued(now, true);
         }
         // The store ops of this turn of the loop go to the workers together: one job, a
         // worker woken once, gets and puts in one round trip.
@@ -823,12 +836,44 @@ impl Server {
         }
     }
 
-    fn flush_queued(&mut self, now: Millis) {
+    /// Peer output held in the last turn goes with this turn's (see [`Server::flush_queued`]).
+    fn release_held(&mut self) {
+        for token in std::mem::take(&mut self.held_flush) {
+            if let Some(conn) = self.conns.get_mut(&token) {
+                // Still `flush_queued` (so nothing queued it again): `flush_held` makes it go.
+                conn.flush_queued = true;
+                self.to_flush.push(token);
+            }
+        }
+    }
+
+    /// Writes the output queued on the connections of `to_flush`.
+    ///
+    /// With `hold`, the output of an outbound peer connection (requests this node forwards,
+    /// replica writes, its own RPCs) waits for the next turn of the loop, once, unless
+    /// [`HOLD_FLUSH_BYTES`] are queued: the loop polls again without sleeping, handles what
+    /// came in meanwhile, and sends both turns' messages together, or sends them before it
+    /// sleeps if nothing came. As twemproxy writes to a server when `epoll` next reports it
+    /// writable, a peer then reads more requests per read and wakes less often. Measured with
+    /// 8 nodes (memory store, --replicas 0) and redis-benchmark -c 50 -r 100000 on node 0,
+    /// interleaved with the build before and twemproxy over 3 redis-servers (medians of 4
+    /// runs; CPU of all 8 nodes, or of twemproxy and its servers): at -P 1 GET 52.8k to 61.4k
+    /// requests/s, 19.4 to 16.5 us a request, 0.64 to 0.45 context switches (twemproxy 54.1k,
+    /// 19.1 us), SET 52.0k to 55.8k, 20.2 to 18.6 us (twemproxy 49.8k, 19.6 us); at -P 16
+    /// (3 runs) SET 257k to 283k, 4.6 to 4.3 us, GET unchanged (336k, 332k).
+    /// Client replies are never held: a client waits for each.
+    fn flush_queued(&mut self, now: Millis, hold: bool) {
         let mut tokens = std::mem::take(&mut self.to_flush);
         for &token in &tokens {
             let Some(conn) = self.conns.get_mut(&token) else {
                 continue;
             };
+            if hold && !conn.flush_held && conn.is_outbound() && conn.pending_output() < HOLD_FLUSH_BYTES {
+                conn.flush_held = true;
+                self.held_flush.push(token);
+                continue;
+            }
+            conn.flush_held = false;
             conn.flush_queued = false;
             let result = conn
                 .flush()
