@@ -1006,17 +1006,19 @@ fn a_loss_in_a_shared_read_transaction_fails_only_its_partitions_gets() {
     assert_eq!(results[4], Ok(store::StoreOutcome::Got(Some(live(1, b"vc")))));
 }
 
-/// Flushes racing with a stream of batches, each a put then a get of a fresh key per
-/// partition: wherever a flush falls (between batches, between the calls of one pipeline), no
-/// get answers "not found" for the key its batch just wrote unless the partition counted a loss
-/// during that batch, so a caller checking the epoch (the store workers do) never takes the
-/// emptied store's answer for a real one. Every flush is noticed.
+/// Flushes racing with two streams of batches (two connections, as the pipe and the store
+/// workers use), each batch a put then a get of a fresh key per partition: wherever a flush
+/// falls (between batches, between the calls of one pipeline, between a get's `HMGET` and its
+/// marker check, while the other stream records the loss and writes the marker again), no get
+/// answers "not found" for the key its batch just wrote unless the partition counted a loss
+/// during that batch, so a caller checking the epoch (the store workers and the pipe do) never
+/// takes the emptied store's answer for a real one. Every flush is noticed.
 #[test]
 fn flushes_between_the_calls_of_pipelines_are_never_missed() {
     let redis = RedisServer::start();
     let parts = Arc::new(open_partitions(&redis, 2));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let runner = {
+    let runner = |stream: u32| {
         let parts = Arc::clone(&parts);
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
@@ -1028,7 +1030,7 @@ fn flushes_between_the_calls_of_pipelines_are_never_missed() {
                 let mut ops = Vec::new();
                 for v in 0..2u16 {
                     for j in 0..8 {
-                        let key = format!("b{batch}-{v}-{j}");
+                        let key = format!("s{stream}-b{batch}-{v}-{j}");
                         ops.push(put(v, &key, live(1, b"v")));
                         ops.push(get(v, &key));
                     }
@@ -1055,6 +1057,7 @@ fn flushes_between_the_calls_of_pipelines_are_never_missed() {
             (answered, lost)
         })
     };
+    let runners = [runner(0), runner(1)];
     let mut raw = redis.raw();
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(15));
@@ -1062,7 +1065,12 @@ fn flushes_between_the_calls_of_pipelines_are_never_missed() {
     }
     std::thread::sleep(Duration::from_millis(50));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (answered, lost) = runner.join().expect("the batches");
+    let (mut answered, mut lost) = (0, 0);
+    for r in runners {
+        let (a, l) = r.join().expect("the batches");
+        answered += a;
+        lost += l;
+    }
     println!("ops answered {answered}, lost {lost}");
     assert!(answered > 0 && lost > 0, "answered {answered}, lost {lost}");
     // The last flush is noticed by the next batch, if the runner had not seen it yet.
@@ -1565,4 +1573,192 @@ fn the_pipe_sends_the_prelude_with_the_first_flight_that_needs_redis() {
     let [data, _, _] = parts.partitions()[0].redis_keys();
     let n: u64 = redis::cmd("HLEN").arg(data).query(&mut raw).unwrap();
     assert_eq!(n, 1, "the key is in database 5");
+}
+
+/// A TCP relay between the driver and `redis-server` that can hold one pipeline in the middle:
+/// once armed with byte patterns, the first write from the driver that contains them all is
+/// passed on up to the last of them, and the rest waits until [`Relay::release`].
+/// [`Relay::held`] returns once Redis has answered what went through.
+struct Relay {
+    port: u16,
+    armed: Arc<std::sync::Mutex<Option<Vec<Vec<u8>>>>>,
+    held: mpsc::Receiver<()>,
+    release: mpsc::Sender<()>,
+}
+
+impl Relay {
+    fn start(to: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let port = listener.local_addr().expect("relay address").port();
+        let armed: Arc<std::sync::Mutex<Option<Vec<Vec<u8>>>>> = Arc::default();
+        let (held_tx, held) = mpsc::channel::<()>();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+        let shared = Arc::clone(&armed);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                    return;
+                };
+                let (armed, held_tx, release_rx) =
+                    (Arc::clone(&shared), held_tx.clone(), Arc::clone(&release_rx));
+                // Set when this connection holds a pipeline: its next reply bytes mean that
+                // Redis answered what went through.
+                let holding = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (mut c_in, mut s_out) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let (mut s_in, mut c_out) = (server, client);
+                let up_holding = Arc::clone(&holding);
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = vec![0u8; 1 << 16];
+                    loop {
+                        let n = match c_in.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let chunk = &buf[..n];
+                        let cut = {
+                            let mut armed = armed.lock().unwrap();
+                            let at = armed.as_ref().and_then(|patterns| {
+                                patterns
+                                    .iter()
+                                    .map(|p| chunk.windows(p.len()).position(|w| w == &p[..]))
+                                    .collect::<Option<Vec<usize>>>()
+                                    .and_then(|at| at.into_iter().max())
+                            });
+                            if at.is_some() {
+                                *armed = None;
+                            }
+                            at
+                        };
+                        match cut {
+                            Some(at) => {
+                                up_holding.store(true, std::sync::atomic::Ordering::SeqCst);
+                                if s_out.write_all(&chunk[..at]).is_err() {
+                                    return;
+                                }
+                                let _ = release_rx.lock().unwrap().recv();
+                                if s_out.write_all(&chunk[at..]).is_err() {
+                                    return;
+                                }
+                            }
+                            None => {
+                                if s_out.write_all(chunk).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = vec![0u8; 1 << 16];
+                    loop {
+                        let n = match s_in.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                        if holding.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                            let _ = held_tx.send(());
+                        }
+                    }
+                });
+            }
+        });
+        Relay {
+            port,
+            armed,
+            held,
+            release,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Holds the next pipeline that contains every one of `patterns` from the last of them on.
+    fn arm(&self, patterns: &[&[u8]]) {
+        *self.armed.lock().unwrap() = Some(patterns.iter().map(|p| p.to_vec()).collect());
+    }
+
+    /// Waits until a pipeline is held and Redis answered its part before the cut.
+    fn held(&self) {
+        self.held
+            .recv_timeout(CALL_BOUND)
+            .expect("a pipeline was held and its first part answered");
+    }
+
+    fn release(&self) {
+        self.release.send(()).expect("the relay runs");
+    }
+}
+
+/// A get's marker check is a separate command after its read (no transaction), so a loss can
+/// fall between the two; held there by a relay, deterministically, in the two ways it can:
+///
+/// - the data flushed between them: the read saw the data, the marker check finds it gone, and
+///   the get fails as lost (it would have answered the data, which was true when read);
+/// - the data flushed before the read, and the loss recorded (the loss epoch raised, the marker
+///   written again) by another connection between them: the read saw the emptied store and the
+///   marker check finds the new marker, so the get answers "not found", but only after the loss
+///   epoch was raised: a caller that checks the epoch (the store workers, the event loop's pipe)
+///   discards it. A marker check before the read would let a flush between them go unseen.
+#[test]
+fn a_loss_between_a_gets_read_and_its_marker_check_never_passes_for_data() {
+    let redis = RedisServer::start();
+    let relay = Relay::start(redis.port());
+    let parts = Arc::new(
+        RedisPartitions::open(&relay.url(), &["127.0.0.1:7001#0"])
+            .expect("open the partitions through the relay"),
+    );
+    // The get's two commands, held after whichever goes first.
+    let between: [&[u8]; 2] = [b"*2\r\n$6\r\nEXISTS\r\n", b"\r\n$5\r\nHMGET\r\n"];
+    let in_flight = |parts: &Arc<RedisPartitions>| {
+        let parts = Arc::clone(parts);
+        std::thread::spawn(move || parts.execute_batch(vec![get(0, "a")]))
+    };
+
+    // Flushed between the read and the check.
+    assert!(parts.execute_batch(vec![put(0, "a", live(1, b"va"))])[0].is_ok());
+    relay.arm(&between);
+    let reading = in_flight(&parts);
+    relay.held();
+    redis::cmd("FLUSHALL").exec(&mut redis.raw()).unwrap();
+    relay.release();
+    let results = bounded("the held get", move || reading.join().expect("no panic"));
+    assert_lost("a get whose data was flushed after its read", results[0].clone());
+    assert_eq!(parts.partitions()[0].loss_epoch(), 1);
+
+    // Flushed before the read; the loss recorded by another connection before the check.
+    assert!(parts.execute_batch(vec![put(0, "a", live(1, b"va"))])[0].is_ok());
+    redis::cmd("FLUSHALL").exec(&mut redis.raw()).unwrap();
+    let epoch = parts.partitions()[0].loss_epoch();
+    relay.arm(&between);
+    let reading = in_flight(&parts);
+    relay.held();
+    let other = parts.execute_batch(vec![get(0, "x")]);
+    assert_lost("the other connection's get", other[0].clone());
+    assert!(
+        parts.partitions()[0].loss_epoch() > epoch,
+        "the other connection recorded the loss"
+    );
+    relay.release();
+    let results = bounded("the held get", move || reading.join().expect("no panic"));
+    match &results[0] {
+        Err(StoreError::Lost(_)) => {}
+        Ok(store::StoreOutcome::Got(None)) => {
+            // The emptied store's answer, returned after the epoch moved: discarded by a
+            // caller that checks it, as every caller in the node does.
+            assert!(parts.partitions()[0].loss_epoch() > epoch);
+        }
+        other => panic!("the held get answered {other:?}"),
+    }
 }

@@ -43,13 +43,20 @@
 //! is repeated. `put_many` and `delete_many` pipeline their calls: one round trip per
 //! [`PIPELINE_MAX_ITEMS`] items.
 //!
-//! A `get` needs no script: it is `MULTI`, `EXISTS marker`, `HGET`/`HMGET data`, `EXEC`, plain
-//! commands in a transaction (in a pipeline, the gets of several partitions share one
-//! `MULTI` ... `EXEC`, each partition's `EXISTS` and `HMGET` in it). Redis runs a transaction's commands with no other client's in
-//! between, exactly as it runs a script, so the marker check (below) and the read happen at one
-//! instant, at a fraction of a script's cost (a script call costs Redis some 6 us; the four
-//! commands well under 1 us). Pipelining `HGET` then `EXISTS` without the transaction would
-//! not do: a flush and a loss recorded by another connection could fall between them.
+//! A `get` needs neither a script nor a transaction: a partition's gets are one
+//! `HMGET data key...` followed by `EXISTS marker`, plain commands. (They were a transaction,
+//! `MULTI`, `EXISTS`, `HMGET`, `EXEC`, so that the marker check (below) and the read happened at
+//! one instant; its `MULTI`, `EXEC` and `QUEUED` replies cost redis-server more than the read
+//! itself: results/redis-script-cost.md, 12,800 instructions for a transaction of one
+//! partition's one key, 7,500 for the two commands alone, 3,400 for a plain `GET`.) The marker
+//! is checked after the read, on the same connection, so Redis runs the two
+//! in that order, and a read of the emptied store is caught either way: if the marker is still
+//! missing when `EXISTS` runs, the op fails as lost; if it is back, this process wrote it again
+//! after raising the loss epoch (the only writer of a namespace's marker besides
+//! [`RedisStore::open`]), before the op returned, which is what the [`Store`] contract's epoch
+//! promises a caller that checks it (the store workers and the event loop's pipe do:
+//! `execute_since`). A check before the read would not do: a flush between the two would go
+//! unseen.
 //!
 //! # Pipelining
 //!
@@ -58,8 +65,8 @@
 //! pending at the same time as one pipeline: every call written at once, the replies read in
 //! order, one round trip for up to [`PIPELINE_MAX_ITEMS`] ops. The puts of a run of writes
 //! share one call of `LUA_PUTS` (each entry merged as `put` merges it; each partition answered
-//! for alone, a lost one as lost) and the gets of a run of reads one transaction, whatever
-//! their partitions, unless an op of the other kind on the same partition comes between: a
+//! for alone, a lost one as lost) and the gets of a run of reads one `HMGET` and one `EXISTS`
+//! per partition, whatever their partitions, unless an op of the other kind on the same partition comes between: a
 //! partition's ops take effect in the order they were given ([`plan`]). A failed read or write ends the pipeline:
 //! its connection is dropped and every op of it fails with [`StoreError::Unavailable`] (each
 //! is a read or a merge, so running it again is harmless); an error reply fails its own ops
@@ -95,11 +102,12 @@
 //!
 //! A Redis restarted without persistence (or flushed, or evicting) comes back without the
 //! store's entries, and an unchecked store would answer "not found" for keys it held. So
-//! [`RedisStore::open`] writes a marker key, and every operation first checks that the marker
-//! exists, atomically with what it reads or writes (in its script, or in its transaction with
-//! the read; in a pipeline, every call checks for itself): an operation can never see
-//! the data without the marker, so a lost store is noticed by the first operation that touches
-//! it, on any connection, whatever removed the data. That operation fails with
+//! [`RedisStore::open`] writes a marker key, and every operation checks that the marker
+//! exists, atomically with what it writes (in its script) or after what it reads (a get: see
+//! "Atomicity"; in a pipeline, every call checks for itself): an operation never takes the
+//! emptied store's data for the store's without the loss epoch telling its caller, and a lost
+//! store is noticed by the first operation that touches it, on any connection, whatever
+//! removed the data. That operation fails with
 //! [`StoreError::Lost`] (in a pipeline, every op of the calls that found it, the loss recorded
 //! once); the store raises its [`loss_epoch`](Store::loss_epoch) and only then
 //! writes the marker again (both under one lock, so a loss raises the epoch once), and the
@@ -219,7 +227,7 @@ if old then
   if string.byte(old, 9) == 2 then expiry = string.sub(old, 10, 17) end
   if not newer(ARGV[3], old) then return {0, was, expiry} end
 else
-  redis.call('ZADD', KEYS[2], 0, ARGV[2])
+  redis.call('ZADD', KEYS[2], '0', ARGV[2])
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 local now = liveness(ARGV[3])
@@ -306,7 +314,7 @@ for g = 0, #KEYS / 4 - 1 do
           end
         else
           members = members or {}
-          members[m + 1] = 0
+          members[m + 1] = '0'
           members[m + 2] = sub(ids, 40 * i - 39, 40 * i) .. key
           m = m + 2
         end
@@ -1170,11 +1178,9 @@ impl Point {
 /// One call of a pipeline: the indices of its points (in the pipeline's points), all of one
 /// partition.
 enum Call {
-    /// The gets of one or more partitions (`(partition, points)`, each partition once), in
-    /// one transaction: `MULTI`, then `EXISTS marker` and `HMGET data key...` of each
-    /// partition, then `EXEC`. A transaction runs without any other client's command in
-    /// between, so each marker check and its reads happen at one instant, as in a script,
-    /// without Lua's cost; the partitions of a pipeline share the `MULTI` and `EXEC`.
+    /// The gets of one or more partitions (`(partition, points)`, each partition once): for
+    /// each partition `HMGET data key...`, then `EXISTS marker`, the marker checked after the
+    /// read (why that is enough without a transaction: the module docs, "Atomicity").
     Gets { groups: Vec<(usize, Vec<usize>)> },
     /// Merges into one or more partitions (`(partition, points)`, each partition once): one
     /// `EVALSHA` of `LUA_PUTS` (a compare-and-set on the version, which only a script makes
@@ -1216,7 +1222,7 @@ impl Call {
     /// Replies the call gets.
     fn replies(&self) -> usize {
         match self {
-            Call::Gets { groups } => 2 + 2 * groups.len(),
+            Call::Gets { groups } => 2 * groups.len(),
             Call::Puts { .. } => 1,
         }
     }
@@ -1227,10 +1233,8 @@ impl Call {
         // own and a record into a `Vec` of its own before `out` gets them.
         match self {
             Call::Gets { groups } => {
-                resp::encode_command(&[b"MULTI"], out);
                 for (part, mine) in groups {
                     let k = &parts[*part].keys;
-                    resp::encode_command(&[b"EXISTS".as_slice(), k.marker.as_bytes()], out);
                     let gets = mine
                         .iter()
                         .filter(|&&i| matches!(points[i].1, Point::Get(_)))
@@ -1243,8 +1247,9 @@ impl Call {
                             resp::write_bulk(out, key);
                         }
                     }
+                    // After the read: see `Call::Gets`.
+                    resp::encode_command(&[b"EXISTS".as_slice(), k.marker.as_bytes()], out);
                 }
-                resp::encode_command(&[b"EXEC"], out);
             }
             Call::Puts { groups, .. } => {
                 let puts: usize = groups
@@ -1297,7 +1302,8 @@ impl Call {
 /// most [`PUTS_MAX_ENTRIES`]), else the pipeline's last call when that is of its kind and not
 /// the partition's (no op of the partition comes after it): a partition's ops take effect in
 /// the order given (a get after a put of the same key sees it), and a batch spread over the
-/// partitions costs about one transaction for its reads and one script call for its writes.
+/// partitions costs about one `HMGET` per partition for its reads and one script call for its
+/// writes.
 fn plan(partitions: usize, points: &[(usize, Point)]) -> Vec<Call> {
     let mut calls: Vec<Call> = Vec::with_capacity(points.len());
     // Each partition's last call.
@@ -1463,22 +1469,10 @@ fn decode_replies(
     for call in calls {
         match call {
             Call::Gets { groups } => {
-                // MULTI's +OK and the +QUEUEDs: if MULTI failed, the commands ran alone and
-                // EXEC fails, so only EXEC's answer is trusted. Each partition's pair of
-                // replies is read as a transaction of its own; an EXEC that failed fails them
-                // all.
-                let exec = replies.nth(1 + 2 * groups.len()).unwrap_or(Value::Nil);
-                let pairs: Vec<Value> = match exec {
-                    Value::Array(items) if items.len() == 2 * groups.len() => {
-                        let mut items = items.into_iter();
-                        (0..groups.len())
-                            .map(|_| Value::Array(items.by_ref().take(2).collect()))
-                            .collect()
-                    }
-                    other => vec![other; groups.len()],
-                };
-                for ((part, mine), pair) in groups.iter().zip(pairs) {
-                    decode_gets(parts[*part], *part, mine, pair, &mut results, lost);
+                for (part, mine) in groups {
+                    let read = replies.next().unwrap_or(Value::Nil);
+                    let marker = replies.next().unwrap_or(Value::Nil);
+                    decode_gets(parts[*part], *part, mine, read, marker, &mut results, lost);
                 }
             }
             Call::Puts { groups, .. } => {
@@ -1609,16 +1603,17 @@ fn decode_puts(
 }
 
 /// The outcomes of one partition's gets (`mine`, indices into `results`) from its replies in
-/// a [`Call::Gets`] transaction, `[EXISTS, HMGET]` (or EXEC's failure).
+/// a [`Call::Gets`]: the `HMGET`'s (`read`), then the marker's `EXISTS`.
 fn decode_gets(
     store: &RedisStore,
     part: usize,
     mine: &[usize],
-    pair: Value,
+    read: Value,
+    marker: Value,
     results: &mut [Option<Result<StoreOutcome>>],
     lost: &mut dyn FnMut(usize, &str) -> StoreError,
 ) {
-    match transaction_records(pair, mine.len()) {
+    match read_records(read, marker, mine.len()) {
         Ok(Some(records)) => {
             for (&i, record) in mine.iter().zip(records) {
                 let entry = record.map(decode_record).transpose();
@@ -1640,24 +1635,19 @@ fn decode_gets(
     }
 }
 
-/// The records read by a [`Call::Gets`] transaction from EXEC's reply `[EXISTS, HMGET]`, `n`
-/// of them; `None` when the marker was missing (the data is lost).
-fn transaction_records(exec: Value, n: usize) -> Attempt<Option<Vec<Option<Vec<u8>>>>> {
+/// The records a [`Call::Gets`] read, `n` of them, from the replies to its `HMGET` (`read`)
+/// and to the `EXISTS` of the marker after it; `None` when the marker was missing (the data is
+/// lost, or was lost before the read).
+fn read_records(read: Value, marker: Value, n: usize) -> Attempt<Option<Vec<Option<Vec<u8>>>>> {
     let unexpected = |what: &Value| Failure::Corrupt(format!("unexpected reply to a read: {what:?}"));
-    let items = match exec {
-        Value::Array(items) if items.len() == 2 => items,
+    match marker {
+        Value::Int(0) => return Ok(None),
+        Value::Int(1) => {}
         Value::ServerError(e) => return Err(Failure::Redis(e.into())),
         other => return Err(unexpected(&other)),
-    };
-    let mut items = items.into_iter();
-    match items.next() {
-        Some(Value::Int(0)) => return Ok(None),
-        Some(Value::Int(1)) => {}
-        Some(Value::ServerError(e)) => return Err(Failure::Redis(e.into())),
-        other => return Err(unexpected(&other.unwrap_or(Value::Nil))),
     }
-    match items.next() {
-        Some(Value::Array(values)) if values.len() == n => values
+    match read {
+        Value::Array(values) if values.len() == n => values
             .into_iter()
             .map(|v| match v {
                 Value::Nil => Ok(None),
@@ -1666,8 +1656,8 @@ fn transaction_records(exec: Value, n: usize) -> Attempt<Option<Vec<Option<Vec<u
             })
             .collect::<Attempt<Vec<_>>>()
             .map(Some),
-        Some(Value::ServerError(e)) => Err(Failure::Redis(e.into())),
-        other => Err(unexpected(&other.unwrap_or(Value::Nil))),
+        Value::ServerError(e) => Err(Failure::Redis(e.into())),
+        other => Err(unexpected(&other)),
     }
 }
 
@@ -1917,7 +1907,7 @@ fn lex_segments(start: &Id, end: &Id, after: Option<&ScanCursor>) -> Vec<(Lex, L
 }
 
 impl Store for RedisStore {
-    /// Plain commands in a transaction (see [`Call::Gets`]), not a script.
+    /// Plain commands (see [`Call::Gets`]), not a script.
     fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
         match run_points(
             &self.backend,
@@ -2244,7 +2234,7 @@ mod tests {
         assert!(matches!(decode_record(vec![2; 9]), Err(Failure::Corrupt(_))));
     }
 
-    /// A pipeline's gets share one transaction per run of reads, its puts one script call per
+    /// A pipeline's gets share one call per run of reads, its puts one script call per
     /// run of writes, each partition once in it; a partition's ops keep their order (a write
     /// splits its reads), other partitions' ops join the call before.
     #[test]
@@ -2282,7 +2272,7 @@ mod tests {
                 groups: vec![(0, vec![0]), (1, vec![1])]
             }
             .replies(),
-            6
+            4
         );
         // Writes likewise: one script call for the partitions' puts, split by a read of a
         // partition that wrote, and by PUTS_MAX_ENTRIES.

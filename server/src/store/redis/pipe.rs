@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   event loop turn:  ops of the turn ─► queue ──(nothing in flight)──► one flight:
-//!                                                 MULTI/EXISTS/HMGET/EXEC and EVALSHA calls,
+//!                                                 HMGET/EXISTS and EVALSHA calls,
 //!                                                 planned and encoded as the blocking
 //!                                                 pipelines are (`plan`, `Call::encode`)
 //!   readable:         read until WouldBlock ─► frame replies (`reply_len`) ─► parse
@@ -20,8 +20,8 @@
 //!
 //! - **Order.** A flight carries the ops in the order submitted, planned by the same
 //!   [`plan`](super::plan): a partition's ops take effect in the order given.
-//! - **Lost data.** Every call checks its partition's marker atomically with its read or
-//!   write. A partition found lost is recorded off the loop: the flight's results become a
+//! - **Lost data.** Every call checks its partition's marker, atomically with its write or
+//!   after its read (see the parent module's "Atomicity"). A partition found lost is recorded off the loop: the flight's results become a
 //!   [`Losses`], which the caller runs on a worker thread ([`Losses::record`]: the blocking
 //!   [`RedisStore::record_loss`], which raises the loss epoch once, then writes the marker
 //!   again), so the loop never waits on Redis. Flights sent meanwhile find the marker missing
