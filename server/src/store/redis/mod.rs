@@ -259,9 +259,10 @@ return {1, was, expiry}
 /// new record are read with one `string.byte` call each (the version's 8 bytes and the tag
 /// together) and compared inline, and the script defines no helper functions (`LUA_HELPERS`'
 /// closures, made at every call): redis-server's instructions a key, counted by
-/// `bench/redis-script-cost.sh`, went from 68,700 to 62,800 for a call of one key, 56,500 to
-/// 52,200 for one key in each of 2 namespaces, 19,900 to 17,000 for 8 keys in each of 8
-/// (one `newer` and two `liveness` calls an entry before; a plain SET is 4,500).
+/// `bench/redis-script-cost.sh` (results/redis-script-cost.md, and the same with
+/// `DRIVER_SOURCE` set to 342f588's driver), went from 68,400 to 63,200 for a call of one key,
+/// 56,100 to 52,200 for one key in each of 2 namespaces, 19,800 to 16,900 for 8 keys in each of
+/// 8 (one `newer` and two `liveness` calls an entry before; a plain SET is 4,500).
 ///
 /// A namespace whose marker is missing (its data lost) or whose keys fail a command (of the
 /// wrong type, or Redis out of memory: `redis.pcall`) is answered for alone; the others' merges
