@@ -39,11 +39,13 @@
 //! may finish in any order: every store write is a merge by version, so their order does not
 //! matter (see [`crate::store`]).
 //!
-//! Each result is checked against the loss epoch the loop had handled when the op was handed
-//! over (pipeline worker and others: when it ran; the pipe: when it was submitted), as
-//! [`store::execute_since`] does, so after a store reports that it lost its data
-//! (`StoreError::Lost`), no answer read from the emptied store reaches the core until the core
-//! has been told and has reacted.
+//! Each result is checked against the loss epoch the loop had handled when the op was
+//! submitted (whichever path runs it), as [`store::execute_since`] does, so after a store
+//! reports that it lost its data (`StoreError::Lost`), no answer read from the emptied store
+//! reaches the core until the core has been told and has reacted, and none for an op the core
+//! asked for before it reacted (a read it served under a lease it then dropped). (Until
+//! 2026-12-05 a worker took the epoch when it ran the op: a read queued for the pipeline
+//! worker while the loop handled the loss answered "not found" from the emptied store.)
 //!
 //! Waking the loop is a system call; a burst of results wakes it once (see `wake` in the
 //! loop's `Control`). Dropping the pool closes the pipe's connection and the jobs channels:
@@ -73,7 +75,9 @@ pub const MAX_BATCH_OPS: usize = 1_024;
 /// A finished op: its id, the vnode whose partition ran it, its result.
 pub(super) type Completion = (StoreOpId, u16, store::Result<StoreOutcome>);
 
-type Job = (StoreOpId, u16, StoreOp);
+/// An op for a worker: its id, its vnode, the vnode's loss epoch the loop had handled when the
+/// op was submitted (see `execute_since`), the op.
+type Job = (StoreOpId, u16, u64, StoreOp);
 
 /// An op on the event loop's pipe: its id, its vnode, and the vnode's loss epoch the loop had
 /// handled when it was submitted (see `execute_since`).
@@ -110,7 +114,6 @@ pub(super) struct StorePool {
 /// What every worker shares.
 struct Worker {
     stores: Vec<Arc<dyn Store>>,
-    handled: Arc<[AtomicU64]>,
     done: Sender<Completion>,
     wake: Arc<dyn Fn() + Send + Sync>,
 }
@@ -133,7 +136,6 @@ impl StorePool {
         let handled: Arc<[AtomicU64]> = stores.iter().map(|s| AtomicU64::new(s.loss_epoch())).collect();
         let worker = Arc::new(Worker {
             stores: stores.clone(),
-            handled: Arc::clone(&handled),
             done: done_tx,
             wake,
         });
@@ -205,13 +207,17 @@ impl StorePool {
     /// Queues an op on vnode `vnode`'s partition; it goes to the workers with the next
     /// [`StorePool::flush`].
     pub fn submit(&mut self, id: StoreOpId, vnode: u16, op: StoreOp) {
+        // The epoch is taken now, not when a worker runs the op: the core asked for the op
+        // trusting the store as of the losses handled so far, and a loss it handles before the
+        // op runs (the op still queued for a worker) must not make the emptied store's answer
+        // pass for one it could trust.
+        let since = self.handled[usize::from(vnode)].load(Ordering::Acquire);
         if let (Some(pipe), true) = (&mut self.pipe, batched(&op)) {
-            let since = self.handled[usize::from(vnode)].load(Ordering::Acquire);
             pipe.submit((id, vnode, since), vnode, op);
         } else if self.points.is_some() && batched(&op) {
-            self.pending_points.push((id, vnode, op));
+            self.pending_points.push((id, vnode, since, op));
         } else {
-            self.pending_others.push((id, vnode, op));
+            self.pending_others.push((id, vnode, since, op));
         }
     }
 
@@ -318,15 +324,12 @@ impl Worker {
     /// Runs `points` as one batch, their results sent with one wake-up. Fails when the loop
     /// is gone.
     fn run_batch(&self, batch: &dyn Batch, points: Vec<Job>) -> Result<(), ()> {
-        // The epochs handled before the ops ran, as `execute_since` reads them.
-        let since: Vec<u64> = points
-            .iter()
-            .map(|(_, vnode, _)| self.handled_epoch(*vnode))
-            .collect();
         let mut ids = Vec::with_capacity(points.len());
+        let mut since = Vec::with_capacity(points.len());
         let mut ops = Vec::with_capacity(points.len());
-        for (id, vnode, op) in points {
+        for (id, vnode, handled, op) in points {
             ids.push((id, vnode));
+            since.push(handled);
             ops.push((vnode, op));
         }
         let n = ops.len();
@@ -346,8 +349,7 @@ impl Worker {
 
     /// Runs each of `jobs` alone, each result sent as it comes. Fails when the loop is gone.
     fn run_alone(&self, jobs: Vec<Job>) -> Result<(), ()> {
-        for (id, vnode, op) in jobs {
-            let since = self.handled_epoch(vnode);
+        for (id, vnode, since, op) in jobs {
             let store = &*self.stores[usize::from(vnode)];
             let result = catch_unwind(AssertUnwindSafe(|| store::execute_since(store, op, since)))
                 .unwrap_or_else(|_| Err(StoreError::Unavailable("store driver panicked".into())));
@@ -371,10 +373,6 @@ impl Worker {
         }
         (self.wake)();
         Ok(())
-    }
-
-    fn handled_epoch(&self, vnode: u16) -> u64 {
-        self.handled[usize::from(vnode)].load(Ordering::Acquire)
     }
 
     /// `execute_since`'s check of a result of a batch: a success on a partition that has
@@ -586,5 +584,43 @@ mod tests {
         pool.submit(2, 0, get(b"k"));
         pool.flush(poll.registry(), 0);
         assert_eq!(results(&mut pool, 1)[0], (2, 0, Ok(StoreOutcome::Got(None))));
+    }
+
+    /// An op the core asked for before it handled a loss is checked against the epoch handled
+    /// when it was submitted, not when a worker runs it: a get queued for the pipeline worker
+    /// (and a count for the others) while the loop handles the loss answers `Lost`, not the
+    /// emptied store's "not found". Ops submitted after are answered.
+    #[test]
+    fn ops_submitted_before_a_loss_was_handled_answer_lost() {
+        let poll = mio::Poll::new().unwrap();
+        let store = Arc::new(Losing {
+            inner: MemoryStore::new(),
+            epoch: AtomicU64::new(0),
+        });
+        let stores: Vec<Arc<dyn Store>> = vec![store.clone()];
+        let mut pool = StorePool::start(
+            stores,
+            Some(Arc::new(Plain(store.clone()))),
+            2,
+            Arc::new(|| {}),
+            None,
+        )
+        .unwrap();
+        // Submitted (the core served them), then the store loses its data and the loop handles
+        // the loss, then they reach the workers.
+        pool.submit(1, 0, get(b"k"));
+        pool.submit(2, 0, StoreOp::Count);
+        store.epoch.store(1, Ordering::SeqCst);
+        pool.losses_handled(0);
+        pool.flush(poll.registry(), 0);
+        for (id, _, r) in results(&mut pool, 2) {
+            assert!(matches!(r, Err(StoreError::Lost(_))), "op {id}: {r:?}");
+        }
+        pool.submit(3, 0, get(b"k"));
+        pool.submit(4, 0, StoreOp::Count);
+        pool.flush(poll.registry(), 0);
+        let done = results(&mut pool, 2);
+        assert_eq!(done[0], (3, 0, Ok(StoreOutcome::Got(None))));
+        assert_eq!(done[1], (4, 0, Ok(StoreOutcome::Count(0))));
     }
 }

@@ -891,16 +891,29 @@ impl Server {
     }
 
     fn drain_store(&mut self, now: Millis) {
-        let Some(pool) = &mut self.pool else { return };
-        while let Some((id, vnode, result)) = pool.try_complete() {
+        while let Some((id, vnode, result)) = self.pool.as_mut().and_then(|p| p.try_complete()) {
             let lost = matches!(result, Err(store::StoreError::Lost(_)));
-            self.node.store_done(now, id, result);
             if lost {
+                // The store ops the core asked for before it hears of the loss (after earlier
+                // results of this drain) go to the store now, stamped with the losses handled
+                // so far, so that their answers from the emptied store are refused.
+                self.pump(now);
+            }
+            self.node.store_done(now, id, result);
+            if let (true, Some(pool)) = (lost, &self.pool) {
                 // The core no longer trusts the store's contents (it refills them or refuses
                 // to answer from them): later results may come from the emptied store.
                 pool.losses_handled(vnode);
-                let vnode_id = self.node.vnodes()[usize::from(vnode)].me().id;
-                warn!(vnode_id = %vnode_id.short(8), "the store lost its data; refilling from the other copies");
+                let vnode = &self.node.vnodes()[usize::from(vnode)];
+                let vnode_id = vnode.me().id;
+                if vnode.config().replicas > 0 {
+                    warn!(vnode_id = %vnode_id.short(8), "the store lost its data; refilling from the other copies");
+                } else {
+                    warn!(
+                        vnode_id = %vnode_id.short(8),
+                        "the store lost its data; with --replicas 0 there is no other copy to refill from: its keys are gone"
+                    );
+                }
             }
         }
     }
