@@ -54,7 +54,6 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 
@@ -106,7 +105,7 @@ pub(super) struct StorePool {
     pending_others: Vec<Job>,
     done: Receiver<Completion>,
     /// Each partition's loss epoch the core has reacted to (see `store::execute_since`).
-    handled: Arc<[AtomicU64]>,
+    handled: Vec<u64>,
     stores: Vec<Arc<dyn Store>>,
     worker: Arc<Worker>,
 }
@@ -133,7 +132,7 @@ impl StorePool {
     ) -> std::io::Result<StorePool> {
         let (others, others_rx) = unbounded::<Work>();
         let (done_tx, done) = unbounded::<Completion>();
-        let handled: Arc<[AtomicU64]> = stores.iter().map(|s| AtomicU64::new(s.loss_epoch())).collect();
+        let handled: Vec<u64> = stores.iter().map(|s| s.loss_epoch()).collect();
         let worker = Arc::new(Worker {
             stores: stores.clone(),
             done: done_tx,
@@ -199,9 +198,9 @@ impl StorePool {
     }
 
     /// The core has reacted to every loss vnode `vnode`'s partition reported so far.
-    pub fn losses_handled(&self, vnode: u16) {
+    pub fn losses_handled(&mut self, vnode: u16) {
         let v = usize::from(vnode);
-        self.handled[v].store(self.stores[v].loss_epoch(), Ordering::Release);
+        self.handled[v] = self.stores[v].loss_epoch();
     }
 
     /// Queues an op on vnode `vnode`'s partition; it goes to the workers with the next
@@ -211,7 +210,7 @@ impl StorePool {
         // trusting the store as of the losses handled so far, and a loss it handles before the
         // op runs (the op still queued for a worker) must not make the emptied store's answer
         // pass for one it could trust.
-        let since = self.handled[usize::from(vnode)].load(Ordering::Acquire);
+        let since = self.handled[usize::from(vnode)];
         if let (Some(pipe), true) = (&mut self.pipe, batched(&op)) {
             pipe.submit((id, vnode, since), vnode, op);
         } else if self.points.is_some() && batched(&op) {
@@ -401,6 +400,7 @@ mod tests {
     use bytes::Bytes;
     use chordkv_core::store::{Entry, MemoryStore};
     use parking_lot::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
     /// Memory partitions behind a batch that records what it was given; it panics on a get of
@@ -555,17 +555,14 @@ mod tests {
         }
     }
 
-    /// As `execute_since`: a batch's answers from a store with a loss the loop has not handled
-    /// are `Lost`, until the loop says it has handled it.
-    #[test]
-    fn batch_results_after_an_unhandled_loss_are_lost() {
-        let poll = mio::Poll::new().unwrap();
+    /// A pool over one [`Losing`] store, batched through [`Plain`], with two workers.
+    fn losing_pool() -> (Arc<Losing>, StorePool) {
         let store = Arc::new(Losing {
             inner: MemoryStore::new(),
             epoch: AtomicU64::new(0),
         });
         let stores: Vec<Arc<dyn Store>> = vec![store.clone()];
-        let mut pool = StorePool::start(
+        let pool = StorePool::start(
             stores,
             Some(Arc::new(Plain(store.clone()))),
             2,
@@ -573,6 +570,15 @@ mod tests {
             None,
         )
         .unwrap();
+        (store, pool)
+    }
+
+    /// As `execute_since`: a batch's answers from a store with a loss the loop has not handled
+    /// are `Lost`, until the loop says it has handled it.
+    #[test]
+    fn batch_results_after_an_unhandled_loss_are_lost() {
+        let poll = mio::Poll::new().unwrap();
+        let (store, mut pool) = losing_pool();
         store.epoch.store(1, Ordering::SeqCst);
         pool.submit(1, 0, get(b"k"));
         pool.flush(poll.registry(), 0);
@@ -593,19 +599,7 @@ mod tests {
     #[test]
     fn ops_submitted_before_a_loss_was_handled_answer_lost() {
         let poll = mio::Poll::new().unwrap();
-        let store = Arc::new(Losing {
-            inner: MemoryStore::new(),
-            epoch: AtomicU64::new(0),
-        });
-        let stores: Vec<Arc<dyn Store>> = vec![store.clone()];
-        let mut pool = StorePool::start(
-            stores,
-            Some(Arc::new(Plain(store.clone()))),
-            2,
-            Arc::new(|| {}),
-            None,
-        )
-        .unwrap();
+        let (store, mut pool) = losing_pool();
         // Submitted (the core served them), then the store loses its data and the loop handles
         // the loss, then they reach the workers.
         pool.submit(1, 0, get(b"k"));

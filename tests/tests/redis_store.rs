@@ -7,6 +7,7 @@
 //!
 //! `redis-server` must be installed; `tests/run-all.sh` installs it.
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -1586,6 +1587,27 @@ struct Relay {
     release: mpsc::Sender<()>,
 }
 
+/// Reads `from` until it closes, handing each chunk read to `pass` with `to`; stops at the
+/// first error.
+fn copy(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    mut pass: impl FnMut(&[u8], &mut std::net::TcpStream) -> std::io::Result<()>,
+) {
+    use std::io::Read;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if pass(&buf[..n], &mut to).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 impl Relay {
     fn start(to: u16) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
@@ -1606,21 +1628,14 @@ impl Relay {
                 // Set when this connection holds a pipeline: its next reply bytes mean that
                 // Redis answered what went through.
                 let holding = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let (mut c_in, mut s_out) = (
+                let (c_in, s_out) = (
                     client.try_clone().expect("clone"),
                     server.try_clone().expect("clone"),
                 );
-                let (mut s_in, mut c_out) = (server, client);
+                let (s_in, c_out) = (server, client);
                 let up_holding = Arc::clone(&holding);
                 std::thread::spawn(move || {
-                    use std::io::{Read, Write};
-                    let mut buf = vec![0u8; 1 << 16];
-                    loop {
-                        let n = match c_in.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        let chunk = &buf[..n];
+                    copy(c_in, s_out, |chunk, s_out| {
                         let cut = {
                             let mut armed = armed.lock().unwrap();
                             let at = armed.as_ref().and_then(|patterns| {
@@ -1635,40 +1650,23 @@ impl Relay {
                             }
                             at
                         };
-                        match cut {
-                            Some(at) => {
-                                up_holding.store(true, std::sync::atomic::Ordering::SeqCst);
-                                if s_out.write_all(&chunk[..at]).is_err() {
-                                    return;
-                                }
-                                let _ = release_rx.lock().unwrap().recv();
-                                if s_out.write_all(&chunk[at..]).is_err() {
-                                    return;
-                                }
-                            }
-                            None => {
-                                if s_out.write_all(chunk).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
+                        let Some(at) = cut else {
+                            return s_out.write_all(chunk);
+                        };
+                        up_holding.store(true, std::sync::atomic::Ordering::SeqCst);
+                        s_out.write_all(&chunk[..at])?;
+                        let _ = release_rx.lock().unwrap().recv();
+                        s_out.write_all(&chunk[at..])
+                    })
                 });
                 std::thread::spawn(move || {
-                    use std::io::{Read, Write};
-                    let mut buf = vec![0u8; 1 << 16];
-                    loop {
-                        let n = match s_in.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        if c_out.write_all(&buf[..n]).is_err() {
-                            return;
-                        }
+                    copy(s_in, c_out, |chunk, c_out| {
+                        c_out.write_all(chunk)?;
                         if holding.swap(false, std::sync::atomic::Ordering::SeqCst) {
                             let _ = held_tx.send(());
                         }
-                    }
+                        Ok(())
+                    })
                 });
             }
         });

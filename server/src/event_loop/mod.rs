@@ -900,7 +900,7 @@ impl Server {
                 self.pump(now);
             }
             self.node.store_done(now, id, result);
-            if let (true, Some(pool)) = (lost, &self.pool) {
+            if let (true, Some(pool)) = (lost, &mut self.pool) {
                 // The core no longer trusts the store's contents (it refills them or refuses
                 // to answer from them): later results may come from the emptied store.
                 pool.losses_handled(vnode);
