@@ -25,6 +25,10 @@
 //! - **The store's unchanged answers.** Digests and key counts asked again while nothing has
 //!   written to the store are answered from the host's [`StoreCache`] (`store_cache.rs`),
 //!   without a scan.
+//! - **Stores that answer at once.** Given its stores ([`Host::run_stores_inline`]: the
+//!   memory store), the host runs its vnodes' store ops itself as it moves their outputs,
+//!   prefetched a pump's pass at a time, instead of handing them to the driver
+//!   (`inline_stores.rs`).
 //! - **Counters.** `GET_STATS` naming no vnode is answered for the whole host: every counter
 //!   summed over the vnodes (the largest for the few that are maxima), `vnodes` and
 //!   `vnodes_active` (how many own a range now), then a per-vnode breakdown of the key counts
@@ -51,13 +55,15 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use chordkv_protocol::{ErrorCode, Frame, Id, Message, NodeAddr, NodeRef};
 
 use super::config::Config;
+use super::inline_stores::InlineStores;
 use super::node::{Millis, Node, Output, Phase, ReplyTo, StoreOpId};
 use super::store_cache::StoreCache;
-use crate::store::{StoreError, StoreOp, StoreOutcome};
+use crate::store::{self, Store, StoreError, StoreOutcome};
 
 /// Bit 63 of a [`ReplyTo`] marks the host's own reply channels; drivers use values below
 /// 2^63.
@@ -121,6 +127,9 @@ pub struct Host {
     left_reported: bool,
     out: VecDeque<Output>,
     store_cache: StoreCache,
+    /// The stores the host runs its vnodes' store ops on itself, if the driver gave them
+    /// ([`Host::run_stores_inline`]).
+    inline: Option<InlineStores>,
     /// The latest input whose outputs were left in its vnode's queue, if any is left (see
     /// the module docs): the next poll pumps at this time.
     unpumped: Option<Millis>,
@@ -235,6 +244,7 @@ impl Host {
             leaving: None,
             left_reported: false,
             store_cache: StoreCache::new(max_age_ms),
+            inline: None,
             out: VecDeque::new(),
             unpumped: None,
         }
@@ -245,6 +255,19 @@ impl Host {
     /// The address the host listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// From now on the host runs its vnodes' store ops itself, vnode `v`'s on `stores[v]`,
+    /// instead of giving them to the driver as [`Output::Store`] (see `inline_stores.rs`). For
+    /// stores that answer at once and deterministically (the memory store): an op runs when
+    /// the host moves its vnode's outputs, and its result goes to the vnode there. Ops already
+    /// given to the driver still come back through [`Host::store_done`].
+    ///
+    /// # Panics
+    /// If `stores` does not hold one store per vnode (faulty code).
+    pub fn run_stores_inline(&mut self, stores: Vec<Arc<dyn Store>>) {
+        assert_eq!(stores.len(), self.vnodes.len(), "one store per vnode"); // faulty code
+        self.inline = Some(InlineStores::new(stores));
     }
 
     /// Vnode `i`'s state machine.
@@ -300,16 +323,6 @@ impl Host {
             self.pump_deferred();
         }
         self.out.pop_front()
-    }
-
-    /// The store ops at the front of the output queue (those the next `poll_output` calls
-    /// return, up to the first output of another kind), as `(vnode, op)`: a driver of the
-    /// stores can prepare them as a batch (`Store::prefetch`) before taking them one by one.
-    pub fn queued_store_ops(&self) -> impl Iterator<Item = (u16, &StoreOp)> {
-        self.out.iter().map_while(|o| match o {
-            Output::Store { vnode, op, .. } => Some((*vnode, op)),
-            _ => None,
-        })
     }
 
     /// Client operations in flight, summed over the vnodes.
@@ -577,20 +590,32 @@ impl Host {
     ///
     /// A pass polls every touched vnode dry; only an input given to a vnode (a sibling's
     /// message, a cached store answer, the next step of a leave) can make it produce more, so
-    /// a pass that gave none is the last (`route_output` itself calls no vnode).
+    /// a pass that gave none is the last. (`route_output` calls a vnode only to give it the
+    /// result of a store op it ran inline, the vnode being polled, whose outputs the same
+    /// pass takes.) With inline stores, a pass starts by prefetching the key lookups of the
+    /// store ops queued in the touched vnodes.
     fn pump(&mut self, now: Millis) {
         // Every touched vnode is polled: nothing is left for a deferred pump.
         self.unpumped = None;
         loop {
+            if let Some(inline) = &mut self.inline {
+                inline.prefetch(
+                    self.touched
+                        .list
+                        .iter()
+                        .map(|&v| &self.vnodes[usize::from(v)].out),
+                );
+            }
             let mut i = 0;
+            let mut ran = false;
             while i < self.touched.len() {
                 let v = self.touched.get(i);
                 while let Some(o) = self.vnodes[usize::from(v)].poll_output() {
-                    self.route_output(now, v, o);
+                    ran |= self.route_output(now, v, o);
                 }
                 i += 1;
             }
-            let mut delivered = false;
+            let mut delivered = ran;
             while let Some(l) = self.local.pop_front() {
                 delivered = true;
                 match l {
@@ -624,7 +649,9 @@ impl Host {
         }
     }
 
-    fn route_output(&mut self, now: Millis, v: u16, o: Output) {
+    /// Routes output `o` of vnode `v`. Whether it ran a store op inline and gave its result to
+    /// a vnode other than `v` (which the caller has polled already, then).
+    fn route_output(&mut self, now: Millis, v: u16, o: Output) -> bool {
         match o {
             Output::Send { to, mut frame } => {
                 if to.host == self.addr && usize::from(to.vnode) < self.vnodes.len() {
@@ -651,9 +678,25 @@ impl Host {
             }
             Output::Reply { to, frame } => self.out.push_back(Output::Reply { to, frame }),
             Output::Store { id, vnode, op } => {
-                let host_id = |write: bool| (((id << 1) | u64::from(write)) << VNODE_BITS) | u64::from(vnode);
-                match self.store_cache.submit(vnode, &op, now, host_id) {
-                    Ok(id) => self.out.push_back(Output::Store { id, vnode, op }),
+                let id_of = |write: bool| (((id << 1) | u64::from(write)) << VNODE_BITS) | u64::from(vnode);
+                match self.store_cache.submit(vnode, &op, now, id_of) {
+                    Ok(host_id) => match &self.inline {
+                        // Run now; the vnode's outputs from its result follow the others it
+                        // queued (`v`'s: the caller polls it dry).
+                        Some(inline) => {
+                            let result = store::execute(inline.store(vnode), op);
+                            self.store_cache
+                                .finished(host_id, (host_id >> VNODE_BITS) & 1 == 1, &result);
+                            self.vnodes[usize::from(vnode)].store_done(now, id, result);
+                            self.touch(usize::from(vnode));
+                            return vnode != v;
+                        }
+                        None => self.out.push_back(Output::Store {
+                            id: host_id,
+                            vnode,
+                            op,
+                        }),
+                    },
                     Err(outcome) => self.local.push_back(Local::StoreDone {
                         to: vnode,
                         id,
@@ -664,6 +707,7 @@ impl Host {
             // `advance_leave` reports the host's.
             Output::Left => {}
         }
+        false
     }
 
     /// One vnode at a time: when the leaving one is done, the next starts. Whether a vnode
@@ -760,4 +804,121 @@ pub fn merge_counters(per_vnode: &[Vec<(String, u64)>]) -> Vec<(String, u64)> {
         }
     }
     merged
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use chordkv_protocol::{Frame, Id, Message};
+
+    use super::{Host, Output, ReplyTo};
+    use crate::chord::{Config, Millis};
+    use crate::store::{self, MemoryStore, Store};
+
+    /// One host of 4 vnodes alone in its ring, driven as the server drives it: the store ops
+    /// it hands out are run at once, the replies kept by request id.
+    struct Rig {
+        host: Host,
+        stores: Vec<Arc<MemoryStore>>,
+        now: Millis,
+        replies: BTreeMap<u64, Message>,
+        store_outputs: usize,
+    }
+
+    impl Rig {
+        /// With `inline`, the host runs the stores itself (`run_stores_inline`).
+        fn new(inline: bool) -> Rig {
+            let addr = "127.0.0.1:7000".parse().expect("an address");
+            let ids: Vec<Id> = (0..4)
+                .map(|i| Id::hash(format!("vnode {i}").as_bytes()))
+                .collect();
+            let mut host = Host::new(addr, &ids, Config::with_stabilize_interval_ms(100), 0);
+            let stores: Vec<Arc<MemoryStore>> = (0..4).map(|_| Arc::new(MemoryStore::new())).collect();
+            if inline {
+                host.run_stores_inline(stores.iter().map(|s| Arc::clone(s) as Arc<dyn Store>).collect());
+            }
+            host.create(0);
+            let mut rig = Rig {
+                host,
+                stores,
+                now: 0,
+                replies: BTreeMap::new(),
+                store_outputs: 0,
+            };
+            rig.drain();
+            rig
+        }
+
+        fn drain(&mut self) {
+            while let Some(o) = self.host.poll_output() {
+                match o {
+                    Output::Store { id, vnode, op } => {
+                        self.store_outputs += 1;
+                        let result = store::execute(&*self.stores[usize::from(vnode)], op);
+                        self.host.store_done(self.now, id, result);
+                    }
+                    Output::Reply { frame, .. } => {
+                        self.replies.insert(frame.request_id, frame.message);
+                    }
+                    Output::Send { .. } | Output::Left => {}
+                }
+            }
+        }
+
+        fn run_until(&mut self, t: Millis) {
+            while self.now < t {
+                self.now += 10;
+                self.host.tick(self.now);
+                self.drain();
+            }
+        }
+    }
+
+    /// The same requests, in pipelines of 50, to a host whose driver runs its stores and to
+    /// one that runs them itself: the same replies (values, versions), the same data in each
+    /// vnode's store, and no store op handed to the driver by the second.
+    #[test]
+    fn a_host_running_its_stores_inline_answers_as_one_whose_driver_runs_them() {
+        let mut rigs = [Rig::new(false), Rig::new(true)];
+        for rig in &mut rigs {
+            rig.run_until(3_000);
+            assert!(rig.host.in_ring(), "the host's vnodes formed a ring");
+            let mut rid = 1;
+            for round in 0..4 {
+                for k in 0..50 {
+                    let key = Bytes::from(format!("key {k}"));
+                    let value = Bytes::from(format!("value {round} {k}"));
+                    let message = match (round, k % 3) {
+                        (1, 0) => Message::Delete { key },
+                        (0, _) | (2, _) => Message::Put { key, value },
+                        _ => Message::Get { key },
+                    };
+                    rig.host
+                        .handle_request(rig.now, ReplyTo(1), Frame::new(rid, message));
+                    rid += 1;
+                }
+                rig.drain();
+                let t = rig.now + 100;
+                rig.run_until(t);
+            }
+        }
+        let [driven, inline] = &rigs;
+        assert_eq!(driven.replies.len(), 200, "every request answered");
+        assert_eq!(driven.replies, inline.replies);
+        let found = |m: &Message| matches!(m, Message::GetReply { value: Some(_), .. });
+        assert_eq!(inline.replies.values().filter(|m| found(m)).count(), 50 + 33);
+        assert!(driven.store_outputs > 0);
+        assert_eq!(inline.store_outputs, 0, "no store op reached the driver");
+        for v in 0..4 {
+            let items = |r: &Rig| {
+                r.stores[v]
+                    .scan(&Id::ZERO, &Id::MAX, None, 1_000)
+                    .expect("a scan")
+            };
+            assert_eq!(items(driven), items(inline), "vnode {v}'s store");
+        }
+    }
 }

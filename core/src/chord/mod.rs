@@ -56,6 +56,7 @@ pub mod config;
 mod execute;
 mod handoff;
 mod host;
+mod inline_stores;
 mod lease;
 mod liveness;
 mod maintenance;

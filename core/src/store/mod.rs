@@ -318,7 +318,9 @@ pub trait Store: Send + Sync {
         Ok(())
     }
 
-    /// Whether calls may block (network I/O): such a store runs on worker threads.
+    /// Whether calls may block (network I/O): such a store runs on worker threads. The server
+    /// hands a store that does not to its host, which runs its ops inside the input that made
+    /// them (`Host::run_stores_inline`): it must answer at once and be a function of its calls.
     fn is_blocking(&self) -> bool;
     /// A short name for logs and stats ("memory", "redis").
     fn name(&self) -> &'static str;

@@ -32,7 +32,7 @@ use super::{ClientAuth, ClientLimits, PeerSecurity};
 use crate::log::{node_span, suppressed_field, Repeat, RepeatLimiter, Subject};
 use admission::{fit_descriptor_limit, protected_from, Admit, PROTECTED_MODE};
 use chordkv_core::chord::{Host, Millis, Output, Phase, ReplyTo};
-use chordkv_core::store::{self, PrefetchPass, Store, StoreOp, SMALL_VALUE_BYTES};
+use chordkv_core::store::{self, Store, SMALL_VALUE_BYTES};
 use redial::Redial;
 
 /// The listening socket.
@@ -76,9 +76,6 @@ pub const MAX_CLIENT_REQUESTS_IN_FLIGHT: usize = 4_096;
 /// carried a large one ([`Server::batch_limit`]): a batch's replies then add at most this many
 /// times [`SMALL_VALUE_BYTES`] of values (2 MiB) over the marks.
 const PUMP_BATCH: usize = 32;
-/// Store ops prefetched together by [`Server::prefetch_store_ops`] at most: a pipeline's
-/// worth (one connection's 16 to 64 commands), enough for their cache misses to overlap.
-const STORE_BATCH: usize = 64;
 /// Longest wait in `poll`, whatever the deadlines say.
 pub const MAX_POLL_WAIT_MS: u64 = 1_000;
 /// Shortest connect timeout to a peer (the actual one is the larger of this and the core's
@@ -191,10 +188,8 @@ pub(super) struct Server {
     me: NodeRef,
     /// The store's partitions, one per vnode.
     stores: Vec<Arc<dyn Store>>,
-    /// Workers for a blocking store; `None` runs store ops inline.
+    /// Workers for a blocking store; `None`: the host runs the stores' ops itself.
     pool: Option<StorePool>,
-    /// [`Server::prefetch_store_ops`]'s key ids by vnode, kept for their capacity.
-    prefetch_ids: Vec<Vec<Id>>,
 
     conns: TokenMap<Token, Conn>,
     next_token: usize,
@@ -391,6 +386,12 @@ impl Server {
         // A store that kept an earlier run's data still holds what this node acknowledged.
         chord.store_kept_copies = stores.iter().all(|s| s.kept_data());
         let mut node = Host::new(addr, &ids, chord, now);
+        if pool.is_none() {
+            // Stores in memory answer at once: the host runs their ops itself (`inline_stores`
+            // in the core), prefetched a pipeline at a time, without a round trip through the
+            // loop for each.
+            node.run_stores_inline(stores.clone());
+        }
         // A turn's replica writes go to each replica as one batch (`settle` ends the turn).
         node.hold_replica_writes();
         let ring = match join.as_slice() {
@@ -470,7 +471,6 @@ impl Server {
             me,
             stores,
             pool,
-            prefetch_ids: Vec::new(),
             conns: TokenMap::default(),
             next_token: FIRST_CONN_TOKEN,
             peers: TokenMap::default(),
@@ -652,20 +652,15 @@ impl Server {
 
     /// Carries out everything the node has asked for, until it asks for nothing more.
     fn pump(&mut self, now: Millis) {
-        // Store ops at the queue's front already given to `prefetch`.
-        let mut prefetched = 0;
         while let Some(out) = self.node.poll_output() {
             match out {
                 Output::Send { to, frame } => self.send(now, to.host, frame),
                 Output::Reply { to, frame } => self.reply(now, to, frame),
                 Output::Store { id, vnode, op } => match &mut self.pool {
                     Some(pool) => pool.submit(id, vnode, op),
+                    // Not reached: without a pool the host runs the stores itself
+                    // (`Host::run_stores_inline`).
                     None => {
-                        if prefetched == 0 {
-                            prefetched = self.prefetch_store_ops(vnode, &op);
-                        } else {
-                            prefetched -= 1;
-                        }
                         let result = store::execute(&*self.stores[usize::from(vnode)], op);
                         self.node.store_done(now, id, result);
                     }
@@ -673,38 +668,6 @@ impl Server {
                 Output::Left => self.on_left(now),
             }
         }
-    }
-
-    /// Before the loop runs store op `op` (of `vnode`) on its own stores: when more store ops
-    /// are queued right behind it (a pipeline's), gives the key ids of up to [`STORE_BATCH`]
-    /// of them, this one's first, to the stores' `prefetch`, so the cache misses of their
-    /// lookups overlap. Returns how many of the queued ops it covered.
-    fn prefetch_store_ops(&mut self, vnode: u16, op: &StoreOp) -> usize {
-        let key_id = |op: &StoreOp| match op {
-            StoreOp::Get { id, .. } | StoreOp::Put { id, .. } => Some(*id),
-            _ => None,
-        };
-        let mut queued = self.node.queued_store_ops().take(STORE_BATCH - 1).peekable();
-        if queued.peek().is_none() {
-            return 0;
-        }
-        self.prefetch_ids.resize_with(self.stores.len(), Vec::new);
-        let mut behind = 0;
-        for (i, (vnode, op)) in std::iter::once((vnode, op)).chain(queued).enumerate() {
-            if let (Some(id), Some(ids)) = (key_id(op), self.prefetch_ids.get_mut(usize::from(vnode))) {
-                ids.push(id);
-            }
-            behind = i;
-        }
-        for pass in [PrefetchPass::Index, PrefetchPass::Entries] {
-            for (store, ids) in self.stores.iter().zip(&self.prefetch_ids) {
-                if !ids.is_empty() {
-                    store.prefetch(ids, pass);
-                }
-            }
-        }
-        self.prefetch_ids.iter_mut().for_each(Vec::clear);
-        behind
     }
 
     /// Pumps and flushes until neither has anything left: closing a peer connection on a
