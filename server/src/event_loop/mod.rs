@@ -70,8 +70,9 @@ pub const OUTPUT_LOW_WATER_BYTES: usize = 1024 * 1024;
 /// (`resp::session::MAX_REQUESTS_IN_FLIGHT`).
 pub const MAX_CLIENT_REQUESTS_IN_FLIGHT: usize = 4_096;
 /// Requests (RESP commands or frames) read from one connection that enter the core before
-/// the loop pumps its outputs: a batch of a pipeline, whose store ops are then prefetched
-/// together ([`Server::prefetch_store_ops`]). The output marks are checked between batches,
+/// the loop pumps its outputs: a batch of a pipeline, whose store ops the host then runs with
+/// their lookups prefetched together (`inline_stores.rs` in the core, for the memory store).
+/// The output marks are checked between batches,
 /// so batches are made only while every stored value is small and no request of the batch
 /// carried a large one ([`Server::batch_limit`]): a batch's replies then add at most this many
 /// times [`SMALL_VALUE_BYTES`] of values (2 MiB) over the marks.
