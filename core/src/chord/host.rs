@@ -494,14 +494,28 @@ impl Host {
 
     /// A store op finished (`id` as [`Output::Store`] gave it).
     pub fn store_done(&mut self, now: Millis, id: StoreOpId, result: Result<StoreOutcome, StoreError>) {
+        if self.give_store_result(now, id, result) {
+            self.defer_pump(now);
+        }
+    }
+
+    /// The result of the host's store op `id` (as [`Output::Store`] gives it) to the store
+    /// cache and to its vnode, which is touched; false if no vnode has that index.
+    fn give_store_result(
+        &mut self,
+        now: Millis,
+        id: StoreOpId,
+        result: Result<StoreOutcome, StoreError>,
+    ) -> bool {
         let v = (id & VNODE_MASK) as usize;
         self.store_cache
             .finished(id, (id >> VNODE_BITS) & 1 == 1, &result);
-        if let Some(n) = self.vnodes.get_mut(v) {
-            n.store_done(now, id >> (VNODE_BITS + 1), result);
-            self.touch(v);
-            self.defer_pump(now);
-        }
+        let Some(n) = self.vnodes.get_mut(v) else {
+            return false;
+        };
+        n.store_done(now, id >> (VNODE_BITS + 1), result);
+        self.touch(v);
+        true
     }
 
     // ---- routing inside the host -----------------------------------------------------------
@@ -685,10 +699,7 @@ impl Host {
                         // queued (`v`'s: the caller polls it dry).
                         Some(inline) => {
                             let result = store::execute(inline.store(vnode), op);
-                            self.store_cache
-                                .finished(host_id, (host_id >> VNODE_BITS) & 1 == 1, &result);
-                            self.vnodes[usize::from(vnode)].store_done(now, id, result);
-                            self.touch(usize::from(vnode));
+                            self.give_store_result(now, host_id, result);
                             return vnode != v;
                         }
                         None => self.out.push_back(Output::Store {
