@@ -51,6 +51,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Attempts to start a node on a picked port before giving up.
 const PORT_ATTEMPTS: usize = 5;
+/// How long [`NodeControl::forget`] waits for each live node it tells.
+const FORGET_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lines of a node's log quoted in a start-up error.
 const LOG_TAIL_LINES: usize = 20;
 /// The port of every node in [`NetworkMode::Namespaces`] without a `base_port` (each node has
@@ -197,6 +199,48 @@ pub trait NodeControl {
         Err(Error::Cluster(
             "this cluster cannot partition its network, so it has nothing to heal".to_string(),
         ))
+    }
+
+    /// Declares the dead node `i` gone for good, as an operator does with `chordkv forget
+    /// IP:PORT` for a host that will not come back: a live node drops every ring position of
+    /// the host from its lists and passes the notice around the ring. Under the partition
+    /// policy `consistent` a dead node stays a member until then, and a range whose majority
+    /// of copies was on dead nodes refuses writes and reads; once they are forgotten its next
+    /// members serve it from the copies left. Errors: node `i` is still running (kill it
+    /// first), or no live node took the notice (each one's error is named). A forgotten node
+    /// that is restarted joins as a new member.
+    fn forget(&mut self, i: usize) -> Result<()> {
+        let addrs = self.addrs();
+        let dead = *addrs
+            .get(i)
+            .ok_or_else(|| Error::Cluster(format!("no node {i}: the cluster has {} nodes", addrs.len())))?;
+        if self.is_running(i) {
+            return Err(Error::Cluster(format!(
+                "node {i} ({dead}) is still running; kill it before forgetting it"
+            )));
+        }
+        let live = self.live_addrs();
+        let mut errors = Vec::new();
+        for addr in live {
+            let told = Client::connect_as(addr, FORGET_TIMEOUT, self.access()).and_then(|mut c| {
+                // The ring knows the host's vnode 0 by its id; a node that does not list it
+                // resolves the guess itself (the notice names the whole host).
+                let at = chordkv_protocol::NodeAddr::new(dead, 0);
+                let node = c
+                    .member_at(at)?
+                    .unwrap_or_else(|| chordkv_protocol::NodeRef::guess(at));
+                c.forget_host(node)
+            });
+            match told {
+                Ok(_) => return Ok(()),
+                Err(e) => errors.push(format!("{addr}: {e}")),
+            }
+        }
+        Err(Error::Cluster(if errors.is_empty() {
+            format!("cannot forget node {i} ({dead}): no live node to tell")
+        } else {
+            format!("cannot forget node {i} ({dead}): {}", errors.join("; "))
+        }))
     }
 
     /// The addresses of the nodes that are alive and not paused.

@@ -192,7 +192,7 @@ pub fn run_schedule(
 }
 
 /// `count` nodes the action applies to, picked with `rng`: live nodes for kill, pause and
-/// remove, paused ones for resume, dead ones for restart. Fewer when fewer qualify; none for
+/// remove, paused ones for resume, dead ones for restart and forget. Fewer when fewer qualify; none for
 /// add (it starts new nodes).
 fn pick_nodes(ctl: &mut dyn NodeControl, action: FaultAction, count: usize, rng: &mut Rng) -> Vec<usize> {
     let n = ctl.addrs().len();
@@ -200,7 +200,7 @@ fn pick_nodes(ctl: &mut dyn NodeControl, action: FaultAction, count: usize, rng:
         .filter(|&i| match action {
             FaultAction::Kill | FaultAction::Pause | FaultAction::Remove => ctl.is_live(i),
             FaultAction::Resume => ctl.is_running(i) && !ctl.is_live(i),
-            FaultAction::Restart => !ctl.is_running(i),
+            FaultAction::Restart | FaultAction::Forget => !ctl.is_running(i),
             FaultAction::Add | FaultAction::Partition | FaultAction::Heal => false,
         })
         .collect();
@@ -260,6 +260,7 @@ fn apply(ctl: &mut dyn NodeControl, fault: &Fault, nodes: &[usize], measure_star
                 FaultAction::Pause => ctl.pause(i),
                 FaultAction::Resume => ctl.resume(i),
                 FaultAction::Restart => ctl.restart(i),
+                FaultAction::Forget => ctl.forget(i),
                 FaultAction::Remove => ctl.terminate(i).map(|_| ()),
                 FaultAction::Add | FaultAction::Partition | FaultAction::Heal => {
                     unreachable!("handled above")

@@ -204,6 +204,12 @@ pub enum FaultAction {
     Resume,
     /// Start dead nodes again on their addresses.
     Restart,
+    /// Declare dead nodes gone for good, as an operator does with `chordkv forget IP:PORT`
+    /// for a host that will not come back: a live node drops them from the ring and passes
+    /// the notice on. Under the partition policy `consistent` a dead node stays a member until
+    /// it returns or is forgotten, and a range whose majority of copies was on dead nodes is
+    /// not served until then.
+    Forget,
     /// Start new nodes that join the ring (`count` of them, default 1).
     Add,
     /// Stop live nodes gracefully (SIGTERM: they hand their keys over and leave).
@@ -224,6 +230,7 @@ impl FaultAction {
             FaultAction::Pause => "pause",
             FaultAction::Resume => "resume",
             FaultAction::Restart => "restart",
+            FaultAction::Forget => "forget",
             FaultAction::Add => "add",
             FaultAction::Remove => "remove",
             FaultAction::Partition => "partition",
@@ -235,12 +242,13 @@ impl FaultAction {
 /// One entry of `faults:`: at `at_s` seconds after the measurement starts, apply `action` to
 /// the nodes with the given indices (`nodes`), or to `count` nodes picked with the seed among
 /// those it applies to (live ones for kill, pause and remove; paused ones for resume; dead ones
-/// for restart). Without `nodes` or `count`, one node. A partition names its `groups` of node
+/// for restart and forget). Without `nodes` or `count`, one node. A partition names its `groups` of node
 /// indices instead; a heal names nothing.
 ///
 /// ```yaml
 /// faults:
 ///   - { at_s: 3.0, action: kill, count: 2 }
+///   - { at_s: 4, action: forget, count: 2 }
 ///   - { at_s: 5, action: pause, nodes: [1], duration_s: 2 }
 ///   - { at_s: 8, action: add }
 ///   - { at_s: 10, action: partition, groups: [[0, 1, 2], [3, 4]] }

@@ -103,3 +103,53 @@ fn faults_against_given_nodes_are_refused() {
         "{e:#}"
     );
 }
+
+/// Under the default partition policy `consistent`, 2 of 4 nodes killed at once leave the
+/// ranges that had 2 of their 3 copies on them without a majority: they refuse requests, as
+/// they must (a node cannot tell a crash from a partition). Forgetting the dead nodes, as an
+/// operator does, lets the next members serve them from the copy left: every key is readable
+/// again and no acknowledged write is lost.
+const KILL_AND_FORGET: &str = "name: kill-and-forget
+duration_s: 6
+connections: 4
+threads: 4
+keys: 300
+mix: { get: 0.5, put: 0.5 }
+distribution: uniform
+preload: true
+seed: 5
+request_timeout_ms: 1000
+cluster: { nodes: 4, replicas: 2, ack: all, stabilize_ms: 100 }
+faults:
+  - { at_s: 1, action: kill, nodes: [1, 2] }
+  - { at_s: 2, action: forget, count: 2 }
+";
+
+#[test]
+fn forgetting_killed_nodes_brings_back_the_ranges_that_lost_their_majority() {
+    let dir = out_dir("forget");
+    let workload = Workload::from_yaml(KILL_AND_FORGET, "inline").unwrap_or_else(|e| panic!("{e}"));
+    let outcome = run(RunOptions {
+        workload,
+        nodes: None,
+        out_dir: Some(dir.clone()),
+        results_root: dir.clone(),
+        chordkv_bin: None,
+        progress: false,
+    })
+    .unwrap_or_else(|e| panic!("the run failed: {e:#}"));
+    let text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    let s: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(s["verify"]["lost"], 0, "{s:#}\n{:?}", outcome.lost_keys);
+    assert_eq!(s["verify"]["unreadable"], 0, "{s:#}");
+    assert_eq!(s["verify"]["unexpected"], 0, "{s:#}");
+    assert_eq!(s["verify"]["stale_reads"], 0, "{s:#}");
+    assert_eq!(s["verify"]["resurrected"], 0, "{s:#}");
+
+    let faults = s["faults"].as_array().expect("a faults list");
+    assert_eq!(faults.len(), 2, "{s:#}");
+    assert_eq!(faults[1]["action"], "forget", "{s:#}");
+    assert!(faults[1]["error"].is_null(), "{s:#}");
+    // The forget names the two nodes the kill took.
+    assert_eq!(faults[1]["nodes"], faults[0]["nodes"], "{s:#}");
+}

@@ -32,10 +32,11 @@ faults:
   - { at_s: 6, action: restart, nodes: [1] }
   - { at_s: 7, action: add, count: 2 }
   - { at_s: 8, action: remove, nodes: [5] }
+  - { at_s: 9, action: forget, nodes: [1] }
 ",
     )
     .unwrap();
-    assert_eq!(w.faults.len(), 7);
+    assert_eq!(w.faults.len(), 8);
     assert_eq!(
         w.faults[0],
         Fault {
@@ -54,6 +55,7 @@ faults:
     assert_eq!(w.faults[5].action, FaultAction::Add);
     // Node 5 exists at 8 s: two were added at 7 s.
     assert_eq!(w.faults[6].nodes, Some(vec![5]));
+    assert_eq!(w.faults[7].action, FaultAction::Forget);
 }
 
 #[test]
