@@ -26,9 +26,10 @@
 //!   written to the store are answered from the host's [`StoreCache`] (`store_cache.rs`),
 //!   without a scan.
 //! - **Stores that answer at once.** Given its stores ([`Host::run_stores_inline`]: the
-//!   memory store), the host runs its vnodes' store ops itself as it moves their outputs,
-//!   prefetched a pump's pass at a time, instead of handing them to the driver
-//!   (`inline_stores.rs`).
+//!   memory store), the vnodes serve their clients' gets and writes on them directly, the
+//!   requests received between two pumps given to them together with their keys prefetched,
+//!   and the host runs the vnodes' other store ops itself as it moves their outputs, instead
+//!   of handing them to the driver (`inline_stores.rs`).
 //! - **Counters.** `GET_STATS` naming no vnode is answered for the whole host: every counter
 //!   summed over the vnodes (the largest for the few that are maxima), `vnodes` and
 //!   `vnodes_active` (how many own a range now), then a per-vnode breakdown of the key counts
@@ -60,7 +61,7 @@ use std::sync::Arc;
 use chordkv_protocol::{ErrorCode, Frame, Id, Message, NodeAddr, NodeRef};
 
 use super::config::Config;
-use super::inline_stores::InlineStores;
+use super::inline_stores::{InlineStores, PREFETCH_BATCH};
 use super::node::{Millis, Node, Output, Phase, ReplyTo, StoreOpId};
 use super::store_cache::StoreCache;
 use crate::store::{self, Store, StoreError, StoreOutcome};
@@ -133,6 +134,21 @@ pub struct Host {
     /// The latest input whose outputs were left in its vnode's queue, if any is left (see
     /// the module docs): the next poll pumps at this time.
     unpumped: Option<Millis>,
+    /// With inline stores, the requests received and not yet given to their vnode: the next
+    /// pump gives them, in order, after prefetching their keys (`handle_request`).
+    arrived: VecDeque<Arrival>,
+    /// The vnodes' [`Node::inline_store_changes`], summed, as the store cache last saw them.
+    inline_changes_seen: u64,
+}
+
+/// A request waiting in [`Host::arrived`], with the id its key is placed by when it is a
+/// client's key operation (computed once: it chooses the vnode and the store to prefetch, and
+/// the vnode serves by it).
+struct Arrival {
+    now: Millis,
+    reply_to: ReplyTo,
+    frame: Frame,
+    placement: Option<Id>,
 }
 
 /// Vnode indexes in the order they were added, each once: an O(1) insert and a drain in that
@@ -247,6 +263,8 @@ impl Host {
             inline: None,
             out: VecDeque::new(),
             unpumped: None,
+            arrived: VecDeque::new(),
+            inline_changes_seen: 0,
         }
     }
 
@@ -267,6 +285,9 @@ impl Host {
     /// If `stores` does not hold one store per vnode (faulty code).
     pub fn run_stores_inline(&mut self, stores: Vec<Arc<dyn Store>>) {
         assert_eq!(stores.len(), self.vnodes.len(), "one store per vnode"); // faulty code
+        for (n, store) in self.vnodes.iter_mut().zip(&stores) {
+            n.run_store_inline(Arc::clone(store));
+        }
         self.inline = Some(InlineStores::new(stores));
     }
 
@@ -425,11 +446,37 @@ impl Host {
     }
 
     /// A request from a client or a peer (see the module docs for which vnode gets it).
+    ///
+    /// With inline stores, the request waits for the next pump, which gives the requests
+    /// received since the last one to their vnodes in order, a batch of up to
+    /// [`PREFETCH_BATCH`] at a time with their keys prefetched first: a vnode serves a get or
+    /// a write on the store in the call that gives it the request (`store_wait.rs`
+    /// `store_now`), so the cache misses of a pipeline's lookups overlap only if they start
+    /// before the first of them is served.
     pub fn handle_request(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame) {
         debug_assert!(
             reply_to.0 & HOST_REPLY == 0,
             "driver reply channels are below 2^63"
         );
+        if self.inline.is_some() {
+            let placement = match frame.message.key() {
+                Some(key) if frame.message.is_client_op() => Some(Id::of_key(key)),
+                _ => None,
+            };
+            self.arrived.push_back(Arrival {
+                now,
+                reply_to,
+                frame,
+                placement,
+            });
+        } else {
+            self.deliver(now, reply_to, frame, None);
+        }
+        self.defer_pump(now);
+    }
+
+    /// Gives a request to its vnode; `placement`: its key's id, if computed already.
+    fn deliver(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame, placement: Option<Id>) {
         match frame.vnode {
             Some(v) if usize::from(v) >= self.vnodes.len() => {
                 let text = format!("this host has no vnode {v} (it runs {})", self.vnodes.len());
@@ -444,22 +491,43 @@ impl Host {
                         },
                     ),
                 });
-                return;
             }
             Some(v) => {
-                self.vnodes[usize::from(v)].handle_request(now, reply_to, frame);
+                self.vnodes[usize::from(v)].handle_request_placed(now, reply_to, frame, placement);
                 self.touch(usize::from(v));
             }
             None if matches!(frame.message, Message::GetStats) && self.vnodes.len() > 1 => {
                 self.gather_stats(now, reply_to, frame)
             }
             None => {
-                let (v, placement) = self.vnode_for(&frame);
+                let (v, placement) = self.vnode_for(&frame, placement);
                 self.vnodes[v].handle_request_placed(now, reply_to, frame, placement);
                 self.touch(v);
             }
         }
-        self.defer_pump(now);
+    }
+
+    /// Gives the requests that [`Host::handle_request`] left waiting to their vnodes, in
+    /// order, each batch's keys prefetched first.
+    fn deliver_arrived(&mut self) {
+        while !self.arrived.is_empty() {
+            if let Some(inline) = &mut self.inline {
+                let order = &self.order;
+                inline.prefetch(
+                    self.arrived
+                        .iter()
+                        .take(PREFETCH_BATCH)
+                        .filter_map(|a| a.placement)
+                        .map(|id| (successor_in(order, &id), id)),
+                );
+            }
+            for _ in 0..PREFETCH_BATCH {
+                let Some(a) = self.arrived.pop_front() else {
+                    break;
+                };
+                self.deliver(a.now, a.reply_to, a.frame, a.placement);
+            }
+        }
     }
 
     /// A reply from the host at `from` to a request a vnode sent.
@@ -508,6 +576,7 @@ impl Host {
         result: Result<StoreOutcome, StoreError>,
     ) -> bool {
         let v = (id & VNODE_MASK) as usize;
+        self.see_inline_changes();
         self.store_cache
             .finished(id, (id >> VNODE_BITS) & 1 == 1, &result);
         let Some(n) = self.vnodes.get_mut(v) else {
@@ -516,6 +585,21 @@ impl Host {
         n.store_done(now, id >> (VNODE_BITS + 1), result);
         self.touch(v);
         true
+    }
+
+    /// Tells the store cache that the store changed if a vnode wrote to its inline store
+    /// since it last looked (a served write, `store_wait.rs` `store_now`): called before the
+    /// cache gives or keeps an answer, so that no answer kept from before a write is given
+    /// after it.
+    fn see_inline_changes(&mut self) {
+        if self.inline.is_none() {
+            return;
+        }
+        let changes = self.vnodes.iter().map(Node::inline_store_changes).sum();
+        if changes != self.inline_changes_seen {
+            self.inline_changes_seen = changes;
+            self.store_cache.changed();
+        }
     }
 
     // ---- routing inside the host -----------------------------------------------------------
@@ -535,9 +619,9 @@ impl Host {
     ///
     /// With the vnode, the key's id when it was computed to choose it (the vnode need not
     /// hash the key again).
-    fn vnode_for(&self, frame: &Frame) -> (usize, Option<Id>) {
+    fn vnode_for(&self, frame: &Frame, placement: Option<Id>) -> (usize, Option<Id>) {
         if self.vnodes.len() == 1 {
-            return (0, None);
+            return (0, placement);
         }
         let Some(key) = frame.message.key() else {
             return (0, None);
@@ -545,7 +629,7 @@ impl Host {
         if !frame.message.is_client_op() {
             return (0, None);
         }
-        let id = Id::of_key(key);
+        let id = placement.unwrap_or_else(|| Id::of_key(key));
         let at = self.order.partition_point(|(p, _)| *p < id);
         let successor = self.order[at % self.order.len()].1;
         if self.vnodes[usize::from(successor)].serves(&id) {
@@ -611,15 +695,8 @@ impl Host {
     fn pump(&mut self, now: Millis) {
         // Every touched vnode is polled: nothing is left for a deferred pump.
         self.unpumped = None;
+        self.deliver_arrived();
         loop {
-            if let Some(inline) = &mut self.inline {
-                inline.prefetch(
-                    self.touched
-                        .list
-                        .iter()
-                        .map(|&v| &self.vnodes[usize::from(v)].out),
-                );
-            }
             let mut i = 0;
             let mut ran = false;
             while i < self.touched.len() {
@@ -692,6 +769,7 @@ impl Host {
             }
             Output::Reply { to, frame } => self.out.push_back(Output::Reply { to, frame }),
             Output::Store { id, vnode, op } => {
+                self.see_inline_changes();
                 let id_of = |write: bool| (((id << 1) | u64::from(write)) << VNODE_BITS) | u64::from(vnode);
                 match self.store_cache.submit(vnode, &op, now, id_of) {
                     Ok(host_id) => match &self.inline {
@@ -788,6 +866,13 @@ impl Host {
             frame: Frame::new(gather.request_id, Message::Stats { counters }),
         });
     }
+}
+
+/// The vnode at or after `id` clockwise in `order` (`(id, vnode)` in ring order, not empty):
+/// the one whose range holds the key if this host serves it.
+fn successor_in(order: &[(Id, u16)], id: &Id) -> u16 {
+    let at = order.partition_point(|(p, _)| p < id);
+    order[at % order.len()].1
 }
 
 /// One host's counters from its vnodes': each counter summed (or the largest, for
@@ -931,5 +1016,58 @@ mod tests {
             };
             assert_eq!(items(driven), items(inline), "vnode {v}'s store");
         }
+    }
+
+    /// A host's range counts (`GET_STATS`' `keys_primary`) are kept in its store cache while
+    /// nothing writes; writes served on the inline stores change the store without a store op
+    /// the cache sees, and the next `GET_STATS` counts them.
+    #[test]
+    fn writes_served_on_inline_stores_make_the_kept_counts_stale() {
+        let mut rig = Rig::new(true);
+        rig.run_until(3_000);
+        let mut rid = 1;
+        let mut keys_primary = |rig: &mut Rig| {
+            rid += 1;
+            rig.host
+                .handle_request(rig.now, ReplyTo(1), Frame::new(rid, Message::GetStats));
+            rig.drain();
+            match rig.replies.get(&rid) {
+                Some(Message::Stats { counters }) => counters
+                    .iter()
+                    .find(|(name, _)| name == "keys_primary")
+                    .map(|(_, v)| *v)
+                    .expect("a keys_primary counter"),
+                other => panic!("GET_STATS answered {other:?}"),
+            }
+        };
+        assert_eq!(keys_primary(&mut rig), 0);
+        // Asked again with nothing written: the kept counts.
+        assert_eq!(keys_primary(&mut rig), 0);
+        let cached = |rig: &Rig| -> u64 {
+            rig.host
+                .vnodes()
+                .iter()
+                .map(|n| n.stats.store_answers_cached)
+                .sum()
+        };
+        assert!(
+            cached(&rig) > 0,
+            "the second GET_STATS was answered from the store cache"
+        );
+        for k in 0..10 {
+            let put = Message::Put {
+                key: Bytes::from(format!("key {k}")),
+                value: Bytes::from_static(b"v"),
+            };
+            rig.host
+                .handle_request(rig.now, ReplyTo(1), Frame::new(1_000 + k, put));
+        }
+        rig.drain();
+        assert!(
+            (1_000..1_010).all(|k| matches!(rig.replies.get(&k), Some(Message::PutReply { .. }))),
+            "every write acknowledged"
+        );
+        assert_eq!(rig.store_outputs, 0, "the writes ran on the inline stores");
+        assert_eq!(keys_primary(&mut rig), 10);
     }
 }

@@ -2,22 +2,32 @@
 //! answer at once (the memory store), instead of handing each op to its driver.
 //!
 //! ```text
-//!   pump pass:  prefetch the key lookups of the store ops queued in the touched vnodes
-//!               poll each vnode ── Output::Store ──► store cache ──► execute ──► store cache
-//!                        ▲                                                          │
-//!                        └──────────── vnode.store_done (its outputs queue) ◄──────┘
+//!   handle_request ──► arrived (key id computed once) ──┐
+//!   pump: prefetch the keys of up to 64 arrived ◄───────┘
+//!         give each its vnode ── serves a GET, PUT, DELETE ──► its store (Node::store_now) ──► reply
+//!         poll each vnode ── any other Output::Store ──► store cache ──► execute ──► store cache
+//!                  ▲                                                                   │
+//!                  └─────────────── vnode.store_done (its outputs queue) ◄─────────────┘
 //! ```
 //!
 //! An op that goes to the driver crosses the host twice (its output moved to the host's queue
 //! and polled by the driver, its result handed back through [`Host::store_done`]), and the
-//! host pumps again for the result. Run by the host as it moves the vnode's outputs, the op's
-//! result goes to its vnode at once and the outputs it makes (the reply) are taken in the
-//! same pass of the pump. Ops run in the order their vnode gave them, each result given
-//! before the next op of that vnode runs, as the driver ran them.
+//! host pumps again for the result. Here the gets and writes a vnode serves for clients (most
+//! of a node's store ops) run on its store in the call that serves them, with no op in
+//! flight (`store_wait.rs` `store_now`); every other op runs as the host moves the vnode's
+//! outputs, its result goes to the vnode at once, and the outputs it makes are taken in the
+//! same pass of the pump. A vnode's ops run in the order it gave them, except that a served
+//! get or write runs before the ops queued ahead of it: those are merges by version, scans and
+//! collections, which commute with it.
 //!
-//! Each pass of the pump first prefetches the key lookups of the store ops queued in the
-//! vnodes it will poll ([`Store::prefetch`], two passes, at most [`PREFETCH_BATCH`]), so that
-//! the cache misses of a pipeline's lookups overlap, as the driver's loop did before.
+//! The requests that arrive between two pumps wait in the host (`Host::handle_request`); the
+//! pump prefetches the key lookups of up to [`PREFETCH_BATCH`] of them ([`Store::prefetch`],
+//! two passes) before giving them to their vnodes, so that the cache misses of a pipeline's
+//! lookups overlap.
+//!
+//! The store cache does not see the served writes: each vnode counts them
+//! ([`super::node::Node::inline_store_changes`]), and the host tells the cache the store changed
+//! before it gives or keeps an answer.
 //!
 //! Only for stores that are deterministic and never block: a run of the host is then still a
 //! function of its inputs. The simulator keeps running store ops itself (it traces and counts
@@ -27,13 +37,11 @@
 //! [`Host::store_done`]: super::host::Host::store_done
 //! [`Host::run_stores_inline`]: super::host::Host::run_stores_inline
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use chordkv_protocol::Id;
 
-use super::node::Output;
-use crate::store::{PrefetchPass, Store, StoreOp};
+use crate::store::{PrefetchPass, Store};
 
 /// Store ops prefetched together at most: a pipeline's worth (one connection's 16 to 64
 /// commands), enough for their cache misses to overlap.
@@ -59,27 +67,15 @@ impl InlineStores {
         &*self.stores[usize::from(v)]
     }
 
-    /// Starts loading into the CPU cache the key lookups of the first [`PREFETCH_BATCH`] gets
-    /// and puts queued in `queues` (vnodes' output queues), a store at a time, the index
-    /// first (see [`Store::prefetch`]). Does nothing for fewer than two.
-    pub fn prefetch<'a>(&mut self, queues: impl Iterator<Item = &'a VecDeque<Output>>) {
+    /// Starts loading into the CPU cache the key lookups of `keys` (`(vnode, key id)`, the
+    /// first [`PREFETCH_BATCH`]), a store at a time, the index first (see
+    /// [`Store::prefetch`]). Does nothing for fewer than two.
+    pub fn prefetch(&mut self, keys: impl Iterator<Item = (u16, Id)>) {
         let mut n = 0;
-        'queues: for queue in queues {
-            for o in queue {
-                if let Output::Store {
-                    vnode,
-                    op: StoreOp::Get { id, .. } | StoreOp::Put { id, .. },
-                    ..
-                } = o
-                {
-                    if let Some(ids) = self.prefetch_ids.get_mut(usize::from(*vnode)) {
-                        ids.push(*id);
-                        n += 1;
-                        if n == PREFETCH_BATCH {
-                            break 'queues;
-                        }
-                    }
-                }
+        for (vnode, id) in keys.take(PREFETCH_BATCH) {
+            if let Some(ids) = self.prefetch_ids.get_mut(usize::from(vnode)) {
+                ids.push(id);
+                n += 1;
             }
         }
         if n >= 2 {

@@ -982,6 +982,11 @@ impl Node {
         let message = match message {
             Message::Get { key } => {
                 self.stats.ops_get += 1;
+                let op = StoreOp::Get { id: key_id, key };
+                if self.stores_inline() {
+                    let result = self.store_now(now, op);
+                    return self.finish_serve(now, to, request_id, hops, ServeKind::Get, None, result);
+                }
                 let wait = StoreWait::Serve {
                     to,
                     request_id,
@@ -990,7 +995,7 @@ impl Node {
                     key_id,
                     write: None,
                 };
-                self.store_op(StoreOp::Get { id: key_id, key }, wait);
+                self.store_op(op, wait);
                 return;
             }
             Message::Execute { .. } => {
@@ -1072,7 +1077,17 @@ impl Node {
         } else {
             None
         };
-        let entry = Entry::new(version, value);
+        let op = StoreOp::Put {
+            id: key_id,
+            key,
+            entry: Entry::new(version, value),
+        };
+        if self.stores_inline() {
+            // Stored before this call returns: never in flight, so nothing waits on it
+            // (`exec.storing`, `write_in_flight`).
+            let result = self.store_now(now, op);
+            return self.finish_serve(now, to, request_id, hops, kind, write, result);
+        }
         self.exec.storing(key_id);
         let wait = StoreWait::Serve {
             to,
@@ -1082,14 +1097,7 @@ impl Node {
             key_id,
             write,
         };
-        self.store_op(
-            StoreOp::Put {
-                id: key_id,
-                key,
-                entry,
-            },
-            wait,
-        );
+        self.store_op(op, wait);
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -257,6 +257,12 @@ impl StoreCache {
         }
     }
 
+    /// The store changed outside the ops the cache saw (a vnode's write to its inline store):
+    /// no answer kept before is given again.
+    pub fn changed(&mut self) {
+        self.generation += 1;
+    }
+
     /// Forgets every answer.
     fn clear(&mut self) {
         self.generation += 1;

@@ -1,6 +1,8 @@
 //! Store operations in flight: what each is for, so its result reaches the request, transfer
 //! or repair round that asked for it.
 
+use std::sync::Arc;
+
 use super::op_table::OpTable;
 
 use chordkv_protocol::{in_half_open, Id};
@@ -8,7 +10,7 @@ use chordkv_protocol::{in_half_open, Id};
 use super::node::{Millis, Node, Output, ReplyTo, StoreOpId};
 use super::sync::SyncWait;
 use super::timer::Timer;
-use crate::store::StoreOp;
+use crate::store::{Store, StoreError, StoreOp, StoreOutcome};
 
 /// What an in-flight store op is for.
 #[derive(Debug)]
@@ -82,14 +84,98 @@ pub(super) enum ServeKind {
     Delete(u64),
 }
 
-/// Store operations sent to the driver and not finished yet.
-#[derive(Debug, Default)]
+/// Store operations sent to the driver and not finished yet; and the store the node runs its
+/// served gets and writes on itself, when its host gives it one.
+#[derive(Default)]
 pub(super) struct StoreOps {
     pub waits: OpTable<StoreWait>,
     pub next_id: StoreOpId,
+    /// The vnode's store partition, when it answers at once and deterministically (the
+    /// memory store, [`Node::run_store_inline`]): a client GET, PUT or DELETE this node serves
+    /// runs on it in the call that serves it ([`Node::store_now`]), instead of going out as
+    /// an [`Output::Store`] and coming back through `store_done`.
+    pub inline: Option<Arc<dyn Store>>,
+    /// Ops run on `inline` that may have changed the store (every write) or failed: the
+    /// host's store cache gives no answer kept from before a change (`Host::route_output`
+    /// compares).
+    pub inline_changes: u64,
+}
+
+impl std::fmt::Debug for StoreOps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOps")
+            .field("waits", &self.waits)
+            .field("next_id", &self.next_id)
+            .field("inline", &self.inline.as_ref().map(|s| s.name()))
+            .field("inline_changes", &self.inline_changes)
+            .finish()
+    }
 }
 
 impl Node {
+    /// From now on the node runs the client GETs, PUTs and DELETEs it serves on `store` (its
+    /// partition of the host's store) in the call that serves them: for a store that answers
+    /// at once and deterministically (the memory store), so that the node is still a function
+    /// of its inputs. Every other op still goes out as an [`Output::Store`].
+    pub fn run_store_inline(&mut self, store: Arc<dyn Store>) {
+        self.store.inline = Some(store);
+    }
+
+    /// How many ops the node ran on its inline store that may have changed it (every write)
+    /// or failed ([`Node::run_store_inline`]).
+    pub fn inline_store_changes(&self) -> u64 {
+        self.store.inline_changes
+    }
+
+    /// Whether the node runs the gets and writes it serves on an inline store
+    /// ([`Node::run_store_inline`], [`Node::store_now`]).
+    pub(super) fn stores_inline(&self) -> bool {
+        self.store.inline.is_some()
+    }
+
+    /// Runs `op` (the `Get` or `Put` of a client GET, PUT or DELETE being served) on the
+    /// inline store now, with the bookkeeping [`Node::store_op`] and `store_done` give an op
+    /// that goes out. Call only when [`Node::stores_inline`]; any other op is refused (faulty
+    /// code).
+    ///
+    /// Running it here, before store ops queued earlier have run, reorders nothing that
+    /// matters: those are merges by version, scans and collections, which commute with a
+    /// served write, and a served op runs only once the ones it depends on (a transfer into
+    /// the range, a lease's catch-up) have finished.
+    pub(super) fn store_now(&mut self, now: Millis, op: StoreOp) -> Result<StoreOutcome, StoreError> {
+        let result = match (&self.store.inline, op) {
+            (Some(store), StoreOp::Get { id, key }) => store.get_with_id(&id, &key).map(StoreOutcome::Got),
+            (Some(store), StoreOp::Put { id, key, entry }) => {
+                let tombstone = !entry.is_live();
+                let result = store.put_with_id(&id, &key, entry).map(StoreOutcome::Put);
+                self.store.inline_changes += 1;
+                if tombstone {
+                    self.tombstone_stored();
+                }
+                result
+            }
+            _ => return Err(StoreError::Unavailable("no inline store for this op".to_string())), // faulty code
+        };
+        if let Err(e) = &result {
+            self.store.inline_changes += 1;
+            self.stats.store_errors += 1;
+            if matches!(e, StoreError::Lost(_)) {
+                self.on_store_lost(now);
+            }
+        }
+        result
+    }
+
+    /// A tombstone is being stored: counted, and the tombstone collection's timer armed.
+    fn tombstone_stored(&mut self) {
+        self.repl.tombstones_stored += 1;
+        // A node without replicas runs anti-entropy's timer only to collect its own
+        // tombstones: armed by the first one, so a node that never deletes does no work
+        // (and stopped again once a collection left none: `SyncWait::Collected`).
+        let at = self.last_now + self.config.anti_entropy_interval_ms;
+        self.timers.arm(Timer::AntiEntropy, at);
+    }
+
     pub(super) fn store_op(&mut self, op: StoreOp, wait: StoreWait) -> StoreOpId {
         if let StoreOp::PutMany { items } = &op {
             // The expiry sweep wakes when a value with an expiry arrives.
@@ -101,12 +187,7 @@ impl Node {
             _ => false,
         };
         if tombstone {
-            self.repl.tombstones_stored += 1;
-            // A node without replicas runs anti-entropy's timer only to collect its own
-            // tombstones: armed by the first one, so a node that never deletes does no work
-            // (and stopped again once a collection left none: `SyncWait::Collected`).
-            let at = self.last_now + self.config.anti_entropy_interval_ms;
-            self.timers.arm(Timer::AntiEntropy, at);
+            self.tombstone_stored();
         }
         let id = self.store.next_id;
         self.store.next_id += 1;
