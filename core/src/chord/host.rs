@@ -141,14 +141,22 @@ pub struct Host {
     inline_changes_seen: u64,
 }
 
-/// A request waiting in [`Host::arrived`], with the id its key is placed by when it is a
-/// client's key operation (computed once: it chooses the vnode and the store to prefetch, and
-/// the vnode serves by it).
+/// A request waiting in [`Host::arrived`], placed when it is a client's key operation
+/// (computed once: the placement chooses the vnode and the store to prefetch, and the vnode
+/// serves by it).
 struct Arrival {
     now: Millis,
     reply_to: ReplyTo,
     frame: Frame,
-    placement: Option<Id>,
+    placement: Option<Placed>,
+}
+
+/// Where a key lands among the host's vnodes: its id, and the index in [`Host::order`] of the
+/// first vnode at or after it clockwise (the order never changes).
+#[derive(Clone, Copy)]
+struct Placed {
+    id: Id,
+    at: usize,
 }
 
 /// Vnode indexes in the order they were added, each once: an O(1) insert and a drain in that
@@ -460,7 +468,7 @@ impl Host {
         );
         if self.inline.is_some() {
             let placement = match frame.message.key() {
-                Some(key) if frame.message.is_client_op() => Some(Id::of_key(key)),
+                Some(key) if frame.message.is_client_op() => Some(self.place(Id::of_key(key))),
                 _ => None,
             };
             self.arrived.push_back(Arrival {
@@ -475,8 +483,8 @@ impl Host {
         self.defer_pump(now);
     }
 
-    /// Gives a request to its vnode; `placement`: its key's id, if computed already.
-    fn deliver(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame, placement: Option<Id>) {
+    /// Gives a request to its vnode; `placement`: its key's, if computed already.
+    fn deliver(&mut self, now: Millis, reply_to: ReplyTo, frame: Frame, placement: Option<Placed>) {
         match frame.vnode {
             Some(v) if usize::from(v) >= self.vnodes.len() => {
                 let text = format!("this host has no vnode {v} (it runs {})", self.vnodes.len());
@@ -493,6 +501,7 @@ impl Host {
                 });
             }
             Some(v) => {
+                let placement = placement.map(|p| p.id);
                 self.vnodes[usize::from(v)].handle_request_placed(now, reply_to, frame, placement);
                 self.touch(usize::from(v));
             }
@@ -518,7 +527,7 @@ impl Host {
                         .iter()
                         .take(PREFETCH_BATCH)
                         .filter_map(|a| a.placement)
-                        .map(|id| (successor_in(order, &id), id)),
+                        .map(|p| (order[p.at].1, p.id)),
                 );
             }
             for _ in 0..PREFETCH_BATCH {
@@ -619,9 +628,9 @@ impl Host {
     ///
     /// With the vnode, the key's id when it was computed to choose it (the vnode need not
     /// hash the key again).
-    fn vnode_for(&self, frame: &Frame, placement: Option<Id>) -> (usize, Option<Id>) {
+    fn vnode_for(&self, frame: &Frame, placement: Option<Placed>) -> (usize, Option<Id>) {
         if self.vnodes.len() == 1 {
-            return (0, placement);
+            return (0, placement.map(|p| p.id));
         }
         let Some(key) = frame.message.key() else {
             return (0, None);
@@ -629,9 +638,8 @@ impl Host {
         if !frame.message.is_client_op() {
             return (0, None);
         }
-        let id = placement.unwrap_or_else(|| Id::of_key(key));
-        let at = self.order.partition_point(|(p, _)| *p < id);
-        let successor = self.order[at % self.order.len()].1;
+        let Placed { id, at } = placement.unwrap_or_else(|| self.place(Id::of_key(key)));
+        let successor = self.order[at].1;
         if self.vnodes[usize::from(successor)].serves(&id) {
             return (usize::from(successor), Some(id));
         }
@@ -640,6 +648,12 @@ impl Host {
         }
         let before = (at + self.order.len() - 1) % self.order.len();
         (usize::from(self.order[before].1), Some(id))
+    }
+
+    /// Where key id `id` lands among the vnodes.
+    fn place(&self, id: Id) -> Placed {
+        let at = self.order.partition_point(|(p, _)| *p < id) % self.order.len();
+        Placed { id, at }
     }
 
     /// Marks vnode `v` as reached by an input: [`Host::pump`] polls it and marks its deadline
@@ -866,13 +880,6 @@ impl Host {
             frame: Frame::new(gather.request_id, Message::Stats { counters }),
         });
     }
-}
-
-/// The vnode at or after `id` clockwise in `order` (`(id, vnode)` in ring order, not empty):
-/// the one whose range holds the key if this host serves it.
-fn successor_in(order: &[(Id, u16)], id: &Id) -> u16 {
-    let at = order.partition_point(|(p, _)| p < id);
-    order[at % order.len()].1
 }
 
 /// One host's counters from its vnodes': each counter summed (or the largest, for
