@@ -292,11 +292,24 @@ impl Host {
     /// # Panics
     /// If `stores` does not hold one store per vnode (faulty code).
     pub fn run_stores_inline(&mut self, stores: Vec<Arc<dyn Store>>) {
-        assert_eq!(stores.len(), self.vnodes.len(), "one store per vnode"); // faulty code
-        for (n, store) in self.vnodes.iter_mut().zip(&stores) {
-            n.run_store_inline(Arc::clone(store));
-        }
+        self.serve_on_stores_inline(stores.clone());
         self.inline = Some(InlineStores::new(stores));
+    }
+
+    /// From now on vnode `v` serves its clients' gets and writes on `stores[v]` in the call
+    /// that serves them ([`Node::run_store_inline`]), while its other store ops still go to
+    /// the driver as [`Output::Store`]: for a driver that runs every op at once but sees
+    /// each of them (the simulator traces them and tracks the copies they write), with stores
+    /// that answer at once and deterministically. [`Host::run_stores_inline`] does this and
+    /// runs the other ops too.
+    ///
+    /// # Panics
+    /// If `stores` does not hold one store per vnode (faulty code).
+    pub fn serve_on_stores_inline(&mut self, stores: Vec<Arc<dyn Store>>) {
+        assert_eq!(stores.len(), self.vnodes.len(), "one store per vnode"); // faulty code
+        for (n, store) in self.vnodes.iter_mut().zip(stores) {
+            n.run_store_inline(store);
+        }
     }
 
     /// Vnode `i`'s state machine.
@@ -601,9 +614,6 @@ impl Host {
     /// cache gives or keeps an answer, so that no answer kept from before a write is given
     /// after it.
     fn see_inline_changes(&mut self) {
-        if self.inline.is_none() {
-            return;
-        }
         let changes = self.vnodes.iter().map(Node::inline_store_changes).sum();
         if changes != self.inline_changes_seen {
             self.inline_changes_seen = changes;

@@ -30,9 +30,10 @@
 //! before it gives or keeps an answer.
 //!
 //! Only for stores that are deterministic and never block: a run of the host is then still a
-//! function of its inputs. The simulator keeps running store ops itself (it traces and counts
-//! them); the server hands the host its stores when they are in memory
-//! ([`Host::run_stores_inline`]).
+//! function of its inputs. The server hands the host its stores when they are in memory
+//! ([`Host::run_stores_inline`]); the simulator has its vnodes serve on theirs
+//! (`Host::serve_on_stores_inline`) and runs every other op itself (it traces them and tracks
+//! the copies they write).
 //!
 //! [`Host::store_done`]: super::host::Host::store_done
 //! [`Host::run_stores_inline`]: super::host::Host::run_stores_inline

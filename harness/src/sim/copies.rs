@@ -48,6 +48,12 @@ impl CopyTracker {
         }
     }
 
+    /// Node `i`'s store now holds `version` of `key` (a write it served on its store, which
+    /// reports the writes it applied).
+    pub fn held(&mut self, i: usize, key: Bytes, version: u64) {
+        self.holders.entry((key, version)).or_default().insert(i);
+    }
+
     /// Node `i`'s store `wiped` is gone (a restart on an empty store); `others` are every
     /// other node's stores. Records each version whose last copy this was and that had
     /// reached at least `quorum` stores.

@@ -41,10 +41,12 @@ mod network;
 pub mod oracle;
 pub mod recorder;
 pub mod schedule;
+mod served;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chordkv_protocol::{Frame, Id, Message};
@@ -56,6 +58,7 @@ pub use clock::NodeClock;
 use copies::CopyTracker;
 pub use network::CutMode;
 use network::{Links, Payload, Wire};
+use served::ServedStore;
 
 /// `ReplyTo` values at or above this are simulated clients, below it node indices.
 const CLIENT_REPLY_BASE: u64 = 1 << 62;
@@ -120,7 +123,10 @@ struct SimNode {
     node: Host,
     /// One partition per vnode. Survives a crash: [`Sim::restart_with_store`] gives it back
     /// to the new life.
-    stores: Vec<MemoryStore>,
+    stores: Vec<Arc<MemoryStore>>,
+    /// The handles on `stores` the vnodes serve their clients' gets and writes on, as the
+    /// server's do (`served.rs`): the writes they applied, for the copy tracker and the trace.
+    served: Vec<Arc<ServedStore>>,
     alive: bool,
     /// Bumped on crash and restart so events for the previous life are dropped.
     incarnation: u64,
@@ -297,7 +303,7 @@ impl Sim {
     }
 
     /// Node `i`'s store partitions, one per vnode.
-    pub fn stores(&self, i: usize) -> &[MemoryStore] {
+    pub fn stores(&self, i: usize) -> &[Arc<MemoryStore>] {
         &self.nodes[i].stores
     }
 
@@ -388,10 +394,13 @@ impl Sim {
         // Each input is a turn of its own (`after_input` ends it).
         node.hold_replica_writes();
         let vnodes = usize::from(self.config.vnodes.max(1));
+        let stores: Vec<Arc<MemoryStore>> = (0..vnodes).map(|_| Arc::new(MemoryStore::new())).collect();
+        let served = serve_on(&mut node, &stores);
         self.nodes.push(SimNode {
             addr,
             node,
-            stores: (0..vnodes).map(|_| MemoryStore::new()).collect(),
+            stores,
+            served,
             alive: true,
             incarnation: 0,
             tick_at: None,
@@ -477,7 +486,7 @@ impl Sim {
             let vnodes = self.nodes[i].stores.len();
             let wiped = std::mem::replace(
                 &mut self.nodes[i].stores,
-                (0..vnodes).map(|_| MemoryStore::new()).collect(),
+                (0..vnodes).map(|_| Arc::new(MemoryStore::new())).collect(),
             );
             if let Some(copies) = self.copies.as_mut() {
                 // A majority of the key's `replicas + 1` copies.
@@ -488,7 +497,7 @@ impl Sim {
                         .iter()
                         .enumerate()
                         .filter(|(j, _)| *j != i)
-                        .flat_map(|(_, n)| n.stores.iter());
+                        .flat_map(|(_, n)| n.stores.iter().map(|s| &**s));
                     copies.wiped(w, others, quorum);
                 }
             }
@@ -506,8 +515,11 @@ impl Sim {
         n.tick_at = None;
         let addr = n.addr;
         let ids = self.vnode_ids(addr);
-        self.nodes[i].node = Host::new(addr, &ids, config, now);
-        self.nodes[i].node.hold_replica_writes();
+        let mut node = Host::new(addr, &ids, config, now);
+        node.hold_replica_writes();
+        let served = serve_on(&mut node, &self.nodes[i].stores);
+        self.nodes[i].node = node;
+        self.nodes[i].served = served;
         self.join_through(i, via);
     }
 
@@ -907,6 +919,7 @@ impl Sim {
         let trace = self.trace_node == Some(i);
         loop {
             while let Some(out) = self.nodes[i].node.poll_output() {
+                self.note_served(i);
                 if trace {
                     match &out {
                         Output::Send { to, frame } => println!(
@@ -971,7 +984,7 @@ impl Sim {
                             self.trace_store_op(i, v, key, &op);
                         }
                         let written = self.copies.as_ref().map(|_| CopyTracker::written_by(&op));
-                        let result = execute(&self.nodes[i].stores[v] as &dyn Store, op);
+                        let result = execute(&*self.nodes[i].stores[v] as &dyn Store, op);
                         if let (Some(copies), Some(written)) = (self.copies.as_mut(), written) {
                             copies.stored(i, &self.nodes[i].stores[v], written);
                         }
@@ -987,6 +1000,7 @@ impl Sim {
                     }
                 }
             }
+            self.note_served(i);
             if !self.nodes[i].alive {
                 return;
             }
@@ -1057,16 +1071,48 @@ impl Sim {
             _ => None,
         };
         if let Some(what) = hit {
-            let n = self.nodes[i].node.vnode(v);
-            println!(
-                "trace t={} node {i}#{v} {what}: phase {:?} pred {:?} succ {:?}",
-                self.now,
-                n.phase(),
-                n.predecessor().and_then(|p| self.index_of(&p.addr)),
-                self.index_of(&n.successor().addr)
-            );
+            self.trace_store_line(i, v, &what);
         }
     }
+
+    fn trace_store_line(&self, i: usize, v: usize, what: &str) {
+        let n = self.nodes[i].node.vnode(v);
+        println!(
+            "trace t={} node {i}#{v} {what}: phase {:?} pred {:?} succ {:?}",
+            self.now,
+            n.phase(),
+            n.predecessor().and_then(|p| self.index_of(&p.addr)),
+            self.index_of(&n.successor().addr)
+        );
+    }
+
+    /// Gives the copy tracker and the key trace the writes node `i`'s vnodes served on their
+    /// stores since the last call (`served.rs`), as the store ops the simulator runs give
+    /// them theirs.
+    fn note_served(&mut self, i: usize) {
+        for v in 0..self.nodes[i].served.len() {
+            let applied = self.nodes[i].served[v].take_applied();
+            for (key, version) in applied {
+                if self.config.trace_key.as_ref() == Some(&key) {
+                    self.trace_store_line(i, v, &format!("served put v{}", version >> 16));
+                }
+                if let Some(copies) = self.copies.as_mut() {
+                    copies.held(i, key, version);
+                }
+            }
+        }
+    }
+}
+
+/// Makes `host`'s vnodes serve their clients' gets and writes on `stores` (one per vnode), as
+/// the server's vnodes do, through handles that log the writes applied.
+fn serve_on(host: &mut Host, stores: &[Arc<MemoryStore>]) -> Vec<Arc<ServedStore>> {
+    let served: Vec<Arc<ServedStore>> = stores
+        .iter()
+        .map(|s| Arc::new(ServedStore::new(Arc::clone(s))))
+        .collect();
+    host.serve_on_stores_inline(served.iter().map(|s| Arc::clone(s) as Arc<dyn Store>).collect());
+    served
 }
 
 /// The node an input event is for, and the life it is for.
