@@ -12,7 +12,7 @@
 //! No timing assertions.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use loadgen::run::{run, RunOptions};
 use loadgen::workload::Workload;
@@ -40,22 +40,29 @@ fn out_dir(name: &str) -> PathBuf {
     dir
 }
 
-#[test]
-fn killing_a_node_under_load_loses_nothing_and_is_recorded() {
-    let dir = out_dir("kill");
-    let workload = Workload::from_yaml(WORKLOAD, "inline").unwrap_or_else(|e| panic!("{e}"));
+/// Runs the workload `yaml` on a local cluster with its results in `dir`: its summary.json, and
+/// the keys the run found lost.
+fn run_in(dir: &Path, yaml: &str, progress: bool) -> (serde_json::Value, Vec<String>) {
+    let workload = Workload::from_yaml(yaml, "inline").unwrap_or_else(|e| panic!("{e}"));
     let outcome = run(RunOptions {
         workload,
         nodes: None,
-        out_dir: Some(dir.clone()),
-        results_root: dir.clone(),
+        out_dir: Some(dir.to_path_buf()),
+        results_root: dir.to_path_buf(),
         chordkv_bin: None,
-        progress: true,
+        progress,
     })
     .unwrap_or_else(|e| panic!("the run failed: {e:#}"));
     let text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
-    let s: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(s["verify"]["lost"], 0, "{s:#}\n{:?}", outcome.lost_keys);
+    let summary = serde_json::from_str(&text).unwrap();
+    (summary, outcome.lost_keys)
+}
+
+#[test]
+fn killing_a_node_under_load_loses_nothing_and_is_recorded() {
+    let dir = out_dir("kill");
+    let (s, lost_keys) = run_in(&dir, WORKLOAD, true);
+    assert_eq!(s["verify"]["lost"], 0, "{s:#}\n{lost_keys:?}");
     assert_eq!(s["verify"]["unexpected"], 0, "{s:#}");
     assert!(s["verify"]["acknowledged"].as_u64().unwrap() >= 300, "{s:#}");
 
@@ -128,19 +135,8 @@ faults:
 #[test]
 fn forgetting_killed_nodes_brings_back_the_ranges_that_lost_their_majority() {
     let dir = out_dir("forget");
-    let workload = Workload::from_yaml(KILL_AND_FORGET, "inline").unwrap_or_else(|e| panic!("{e}"));
-    let outcome = run(RunOptions {
-        workload,
-        nodes: None,
-        out_dir: Some(dir.clone()),
-        results_root: dir.clone(),
-        chordkv_bin: None,
-        progress: false,
-    })
-    .unwrap_or_else(|e| panic!("the run failed: {e:#}"));
-    let text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
-    let s: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(s["verify"]["lost"], 0, "{s:#}\n{:?}", outcome.lost_keys);
+    let (s, lost_keys) = run_in(&dir, KILL_AND_FORGET, false);
+    assert_eq!(s["verify"]["lost"], 0, "{s:#}\n{lost_keys:?}");
     assert_eq!(s["verify"]["unreadable"], 0, "{s:#}");
     assert_eq!(s["verify"]["unexpected"], 0, "{s:#}");
     assert_eq!(s["verify"]["stale_reads"], 0, "{s:#}");
