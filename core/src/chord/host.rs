@@ -425,6 +425,12 @@ impl Host {
         }
     }
 
+    /// While the host leaves, the vnode handing its range over now (they leave one after
+    /// another, from vnode 0); `None` before the leave and once every vnode has left.
+    pub fn leaving_vnode(&self) -> Option<usize> {
+        self.leaving.filter(|&i| !self.vnodes[i].is_left())
+    }
+
     // ---- inputs ----------------------------------------------------------------------------
 
     /// From now on the vnodes hold the replica writes of a turn and send each replica one

@@ -86,6 +86,8 @@ pub const MIN_CONNECT_TIMEOUT_MS: u64 = 1_000;
 pub const LEFT_FLUSH_MS: u64 = 1_000;
 /// Time allowed past the core's `leave_timeout_ms` before the loop exits anyway.
 pub const LEAVE_MARGIN_MS: u64 = 2_000;
+/// While a leave waits on one vnode, how often the loop says so (ms).
+pub const LEAVE_REPORT_MS: u64 = 10_000;
 /// Wait before accepting again after `accept` failed (e.g. out of file descriptors).
 const ACCEPT_RETRY_MS: u64 = 100;
 /// Most bytes of output a peer connection holds for one more turn of the loop (see
@@ -220,6 +222,9 @@ pub(super) struct Server {
     last_phase: Phase,
     /// Set when a leave starts: the loop exits at this time whatever happens.
     leave_deadline: Option<Millis>,
+    /// While leaving: the vnode handing its range over, since when, and when the loop next
+    /// says it still waits (`report_leave`).
+    leave_report: Option<(usize, Millis, Millis)>,
     /// Set when the node has left: queued bytes get until then to go out.
     exit_deadline: Option<Millis>,
     /// Set by a second signal: exit at once.
@@ -487,6 +492,7 @@ impl Server {
             last_accept_error_log: 0,
             last_phase,
             leave_deadline: None,
+            leave_report: None,
             exit_deadline: None,
             stop: false,
             security: peer_security,
@@ -602,6 +608,7 @@ impl Server {
             self.node.tick(now);
             self.settle(now);
             self.note_phase();
+            self.report_leave(now);
 
             if self.stop {
                 warn!("second signal: exiting without finishing the leave");
@@ -1559,11 +1566,50 @@ impl Server {
             .flat_map(|n| n.successors().iter())
             .find(|s| s.addr.host != self.me.addr.host)
             .map(|s| s.addr);
+        let timeout_s = self.node.first().config().leave_timeout_ms / 1000;
         match other {
             None => info!("{why}: leaving the ring (alone, nothing to hand off)"),
-            Some(addr) => info!(handing_keys_to = %addr, "{why}: leaving the ring"),
+            Some(addr) => info!(
+                handing_keys_to = %addr,
+                "{why}: leaving the ring ({vnodes} vnode(s) hand their ranges over one after \
+                 another, each waiting at most {timeout_s} s for its successor to take it; a second \
+                 signal exits at once)"
+            ),
         }
         self.node.leave(now);
+    }
+
+    /// While the host leaves, says which of its vnodes is handing its range over once it has
+    /// waited [`LEAVE_REPORT_MS`], and again every [`LEAVE_REPORT_MS`]: a leave that cannot
+    /// finish (under `consistent`, a successor that cannot take a range over while a dead
+    /// member of its preference list is not forgotten) waits up to `leave_timeout_ms` per
+    /// vnode, which would otherwise pass without a word.
+    fn report_leave(&mut self, now: Millis) {
+        if self.leave_deadline.is_none() || self.exit_deadline.is_some() {
+            return;
+        }
+        let Some(v) = self.node.leaving_vnode() else {
+            return;
+        };
+        match &mut self.leave_report {
+            Some((current, since, next)) if *current == v => {
+                if now >= *next {
+                    *next = now + LEAVE_REPORT_MS;
+                    let waited_s = (now - *since) / 1000;
+                    let vnodes = self.node.vnodes().len();
+                    let timeout_s = self.node.first().config().leave_timeout_ms / 1000;
+                    warn!(
+                        vnode = v,
+                        waited_s,
+                        "still leaving: vnode {v} of {vnodes} has waited {waited_s} s for its successor \
+                         to take its range over (at most {timeout_s} s; under `consistent` a dead member \
+                         not forgotten keeps a range from moving: `chordkv forget`); a second signal \
+                         exits at once"
+                    );
+                }
+            }
+            _ => self.leave_report = Some((v, now, now + LEAVE_REPORT_MS)),
+        }
     }
 
     fn on_left(&mut self, now: Millis) {
