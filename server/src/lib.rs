@@ -68,8 +68,11 @@
 //!   second through a mutex it only `try_lock`s, so it never waits for a scraper.
 //! - **Leaving.** The first SIGTERM/SIGINT (or [`ServerHandle::leave`]) starts the core's
 //!   graceful leave; when it emits `Output::Left` the loop gives queued bytes up to
-//!   [`LEFT_FLUSH_MS`] to go out and returns. The loop exits anyway `leave_timeout_ms` +
-//!   [`LEAVE_MARGIN_MS`] after the leave started, and at once on a second signal.
+//!   [`LEFT_FLUSH_MS`] to go out and returns. The vnodes leave one after another, each
+//!   waiting at most `leave_timeout_ms` for its successor to take its range over; the loop
+//!   exits anyway `leave_timeout_ms` per vnode + [`LEAVE_MARGIN_MS`] after the leave started,
+//!   and at once on a second signal. While a vnode waits, the loop warns every
+//!   [`LEAVE_REPORT_MS`] which one and for how long.
 
 pub mod auth;
 mod conn;
@@ -100,9 +103,9 @@ use chordkv_core::store::Store;
 pub use error::{Error, Result};
 use event_loop::{Control, Server};
 pub use event_loop::{
-    LEAVE_MARGIN_MS, LEFT_FLUSH_MS, MAX_CLIENT_REQUESTS_IN_FLIGHT, MAX_POLL_WAIT_MS, MAX_WRITE_BUFFER_BYTES,
-    MIN_CONNECT_TIMEOUT_MS, OUTPUT_HIGH_WATER_BYTES, OUTPUT_LOW_WATER_BYTES, READ_BUDGET_BYTES,
-    READ_CHUNK_BYTES,
+    LEAVE_MARGIN_MS, LEAVE_REPORT_MS, LEFT_FLUSH_MS, MAX_CLIENT_REQUESTS_IN_FLIGHT, MAX_POLL_WAIT_MS,
+    MAX_WRITE_BUFFER_BYTES, MIN_CONNECT_TIMEOUT_MS, OUTPUT_HIGH_WATER_BYTES, OUTPUT_LOW_WATER_BYTES,
+    READ_BUDGET_BYTES, READ_CHUNK_BYTES,
 };
 
 /// Everything `chordkv node` needs to run a node.
