@@ -58,7 +58,7 @@ pub use clock::NodeClock;
 use copies::CopyTracker;
 pub use network::CutMode;
 use network::{Links, Payload, Wire};
-use served::ServedStore;
+use served::{Served, ServedStore};
 
 /// `ReplyTo` values at or above this are simulated clients, below it node indices.
 const CLIENT_REPLY_BASE: u64 = 1 << 62;
@@ -395,7 +395,7 @@ impl Sim {
         node.hold_replica_writes();
         let vnodes = usize::from(self.config.vnodes.max(1));
         let stores: Vec<Arc<MemoryStore>> = (0..vnodes).map(|_| Arc::new(MemoryStore::new())).collect();
-        let served = serve_on(&mut node, &stores);
+        let served = serve_on(&mut node, &stores, self.config.trace_key.as_ref());
         self.nodes.push(SimNode {
             addr,
             node,
@@ -517,7 +517,7 @@ impl Sim {
         let ids = self.vnode_ids(addr);
         let mut node = Host::new(addr, &ids, config, now);
         node.hold_replica_writes();
-        let served = serve_on(&mut node, &self.nodes[i].stores);
+        let served = serve_on(&mut node, &self.nodes[i].stores, self.config.trace_key.as_ref());
         self.nodes[i].node = node;
         self.nodes[i].served = served;
         self.join_through(i, via);
@@ -1091,13 +1091,20 @@ impl Sim {
     /// them theirs.
     fn note_served(&mut self, i: usize) {
         for v in 0..self.nodes[i].served.len() {
-            let applied = self.nodes[i].served[v].take_applied();
-            for (key, version) in applied {
-                if self.config.trace_key.as_ref() == Some(&key) {
-                    self.trace_store_line(i, v, &format!("served put v{}", version >> 16));
-                }
-                if let Some(copies) = self.copies.as_mut() {
-                    copies.held(i, key, version);
+            for served in self.nodes[i].served[v].take_log() {
+                match served {
+                    Served::Applied(key, version) => {
+                        if self.config.trace_key.as_ref() == Some(&key) {
+                            self.trace_store_line(i, v, &format!("served put v{}", version >> 16));
+                        }
+                        if let Some(copies) = self.copies.as_mut() {
+                            copies.held(i, key, version);
+                        }
+                    }
+                    Served::TracedRead(held) => {
+                        let what = format!("served get (holds v{:?})", held.map(|v| v >> 16));
+                        self.trace_store_line(i, v, &what);
+                    }
                 }
             }
         }
@@ -1105,11 +1112,16 @@ impl Sim {
 }
 
 /// Makes `host`'s vnodes serve their clients' gets and writes on `stores` (one per vnode), as
-/// the server's vnodes do, through handles that log the writes applied.
-fn serve_on(host: &mut Host, stores: &[Arc<MemoryStore>]) -> Vec<Arc<ServedStore>> {
+/// the server's vnodes do, through handles that log the writes applied and the reads of
+/// `trace_key`.
+fn serve_on(
+    host: &mut Host,
+    stores: &[Arc<MemoryStore>],
+    trace_key: Option<&Bytes>,
+) -> Vec<Arc<ServedStore>> {
     let served: Vec<Arc<ServedStore>> = stores
         .iter()
-        .map(|s| Arc::new(ServedStore::new(Arc::clone(s))))
+        .map(|s| Arc::new(ServedStore::new(Arc::clone(s), trace_key.cloned())))
         .collect();
     host.serve_on_stores_inline(served.iter().map(|s| Arc::clone(s) as Arc<dyn Store>).collect());
     served
