@@ -273,8 +273,10 @@ impl Id {
 /// A key's hash tag (see [`Id::of_key`]): the non-empty text between its first `{` and the
 /// first `}` after that, if there is one.
 pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
-    let open = key.iter().position(|&b| b == b'{')?;
-    let len = key[open + 1..].iter().position(|&b| b == b'}')?;
+    // memchr: every request's key is searched, and a vector compare finds no `{` in a
+    // 16-byte key in a few instructions where a byte loop takes about 50.
+    let open = memchr::memchr(b'{', key)?;
+    let len = memchr::memchr(b'}', &key[open + 1..])?;
     (len > 0).then(|| &key[open + 1..open + 1 + len])
 }
 

@@ -279,15 +279,22 @@ pub fn bulk_header(bytes: &[u8]) -> Result<Option<(u64, usize)>, RespError> {
 /// ends with `\r\n`: `Ok(None)` if the line is not complete yet, `Some(None)` as the number if
 /// it is not one (or overflows), and the position after the line.
 #[allow(clippy::type_complexity)]
+#[inline(always)]
 fn number_line(bytes: &[u8], start: usize) -> Result<Option<(Option<i64>, usize)>, RespError> {
-    let rest = bytes.get(start..).unwrap_or_default();
     // The common case in one pass: 1 to 18 digits and `\r\n` (no overflow possible); any
     // other line takes the general path below, which gives the same answer for this one.
-    let digits = rest.iter().take(18).take_while(|b| b.is_ascii_digit()).count();
+    let rest = bytes.get(start..).unwrap_or_default();
+    let mut n = 0i64;
+    let mut digits = 0;
+    for &b in rest.iter().take(18) {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        n = n * 10 + i64::from(d);
+        digits += 1;
+    }
     if digits > 0 && rest.get(digits..digits + 2) == Some(b"\r\n") {
-        let n = rest[..digits]
-            .iter()
-            .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
         return Ok(Some((Some(n), start + digits + 2)));
     }
     number_line_general(bytes, start)
@@ -295,6 +302,8 @@ fn number_line(bytes: &[u8], start: usize) -> Result<Option<(Option<i64>, usize)
 
 /// [`number_line`] for any line: finds the `\r`, then parses what comes before it.
 #[allow(clippy::type_complexity)]
+#[cold]
+#[inline(never)]
 fn number_line_general(bytes: &[u8], start: usize) -> Result<Option<(Option<i64>, usize)>, RespError> {
     let rest = bytes.get(start..).unwrap_or_default();
     let window = &rest[..rest.len().min(MAX_NUMBER_LINE_BYTES + 2)];
