@@ -63,6 +63,7 @@ use chordkv_protocol::{ErrorCode, Frame, Id, Message, NodeAddr, NodeRef};
 use super::config::Config;
 use super::inline_stores::{InlineStores, PREFETCH_BATCH};
 use super::node::{Millis, Node, Output, Phase, ReplyTo, StoreOpId};
+use super::ops::KeyPlacement;
 use super::store_cache::StoreCache;
 use crate::store::{self, Store, StoreError, StoreOutcome};
 
@@ -520,7 +521,10 @@ impl Host {
                 });
             }
             Some(v) => {
-                let placement = placement.map(|p| p.id);
+                let placement = placement.map(|p| KeyPlacement {
+                    id: p.id,
+                    served: false,
+                });
                 self.vnodes[usize::from(v)].handle_request_placed(now, reply_to, frame, placement);
                 self.touch(usize::from(v));
             }
@@ -642,11 +646,12 @@ impl Host {
     /// redirect the operation to vnode 0 of this host, which would come back to it, until the
     /// sender's hop budget ran out.
     ///
-    /// With the vnode, the key's id when it was computed to choose it (the vnode need not
-    /// hash the key again).
-    fn vnode_for(&self, frame: &Frame, placement: Option<Placed>) -> (usize, Option<Id>) {
+    /// With the vnode, the key's placement when it was computed to choose it (the vnode need
+    /// not hash the key again, nor ask again whether it serves it).
+    fn vnode_for(&self, frame: &Frame, placement: Option<Placed>) -> (usize, Option<KeyPlacement>) {
+        let unchecked = |id| KeyPlacement { id, served: false };
         if self.vnodes.len() == 1 {
-            return (0, placement.map(|p| p.id));
+            return (0, placement.map(|p| unchecked(p.id)));
         }
         let Some(key) = frame.message.key() else {
             return (0, None);
@@ -657,13 +662,13 @@ impl Host {
         let Placed { id, at } = placement.unwrap_or_else(|| self.place(Id::of_key(key)));
         let successor = self.order[at].1;
         if self.vnodes[usize::from(successor)].serves(&id) {
-            return (usize::from(successor), Some(id));
+            return (usize::from(successor), Some(KeyPlacement { id, served: true }));
         }
         if frame.is_direct() {
-            return (0, Some(id));
+            return (0, Some(unchecked(id)));
         }
         let before = (at + self.order.len() - 1) % self.order.len();
-        (usize::from(self.order[before].1), Some(id))
+        (usize::from(self.order[before].1), Some(unchecked(id)))
     }
 
     /// Where key id `id` lands among the vnodes.

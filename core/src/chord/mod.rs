@@ -180,14 +180,14 @@ impl Node {
         self.handle_request_placed(now, reply_to, frame, None)
     }
 
-    /// [`Node::handle_request`] for a caller that has computed the placement of a client
-    /// operation ([`Message::placement`], a SHA-1 of its key): `target` is it, or none.
-    pub fn handle_request_placed(
+    /// [`Node::handle_request`] for a caller that has placed a client operation's key
+    /// (the host, which chose this vnode by it): `target` is the placement, or none.
+    pub(crate) fn handle_request_placed(
         &mut self,
         now: Millis,
         reply_to: ReplyTo,
         frame: Frame,
-        target: Option<chordkv_protocol::Id>,
+        target: Option<ops::KeyPlacement>,
     ) {
         self.last_now = self.last_now.max(now);
         self.stats.messages_received += 1;

@@ -122,15 +122,25 @@ pub(super) struct ClientOps {
     pub seen_writes: SeenWrites,
 }
 
+/// A client operation's key as the host placed it among its vnodes, handed to the vnode it
+/// chose: the key's id ([`Message::placement`], so SHA-1 runs once a request) and whether
+/// the vnode [`Node::serves`] it, as the host found in the same call (so the vnode does not
+/// ask again before serving it at once).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyPlacement {
+    pub id: Id,
+    pub served: bool,
+}
+
 impl Node {
-    /// A client operation; `target`: its placement ([`Message::placement`]) when the caller
-    /// has computed it already (the host, to choose the vnode), so SHA-1 runs once a request.
+    /// A client operation; `target`: its placement when the caller has computed it already
+    /// (the host, to choose the vnode).
     pub(super) fn handle_client_op(
         &mut self,
         now: Millis,
         reply_to: ReplyTo,
         frame: Frame,
-        target: Option<Id>,
+        target: Option<KeyPlacement>,
     ) {
         if let Some(text) = self.over_client_limits(&frame) {
             let error = Message::Error {
@@ -172,13 +182,15 @@ impl Node {
         reply_to: ReplyTo,
         frame: Frame,
         hops: u16,
-        target: Option<Id>,
+        target: Option<KeyPlacement>,
     ) {
         let rid = frame.request_id;
         let direct = frame.is_direct();
         let deadline = frame.deadline_ms;
-        debug_assert!(target.is_none() || target == frame.message.placement());
-        let Some(target) = target.or_else(|| frame.message.placement()) else {
+        debug_assert!(target.is_none_or(|t| Some(t.id) == frame.message.placement()));
+        debug_assert!(target.is_none_or(|t| t.served == self.serves(&t.id)));
+        let served = target.is_some_and(|t| t.served);
+        let Some(target) = target.map(|t| t.id).or_else(|| frame.message.placement()) else {
             return;
         };
         match self.phase {
@@ -270,7 +282,7 @@ impl Node {
         let id = self.client.next_id;
         self.client.next_id += 1;
         self.stats.ops_coordinated += 1;
-        if now < op_deadline && self.serves_at_once(now, &target) {
+        if now < op_deadline && self.serves_at_once(now, &target, served) {
             // The common case of a key whose range this node holds with its lease: served
             // now, exactly as `drive_op` and `serve_coordinated` would serve the operation,
             // without recording it (nothing can be retried or answered late).
@@ -295,10 +307,11 @@ impl Node {
     }
 
     /// Whether [`Node::drive_op`] would serve a new operation on `target` at once: we own it
-    /// (`route` answers `Local`), no transfer into our range holds it, and under `consistent`
-    /// our lease on our range is valid.
-    fn serves_at_once(&self, now: Millis, target: &Id) -> bool {
-        self.routes_locally(target)
+    /// (`route` answers `Local`, which is [`Node::serves`]: `served` when the caller found
+    /// that already), no transfer into our range holds it, and under `consistent` our lease
+    /// on our range is valid.
+    fn serves_at_once(&self, now: Millis, target: &Id, served: bool) -> bool {
+        (served || self.routes_locally(target))
             && !self.receiving(target)
             && (!self.config.is_consistent() || self.leases.serves(&self.me.id, now))
     }
