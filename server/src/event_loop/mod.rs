@@ -22,7 +22,7 @@ use signal_hook_mio::v1_0::Signals;
 use tracing::{debug, info, warn, Span};
 
 use super::conn::{Accepting, Conn, Kind, ReadStatus, Role, Security};
-use super::latency::Histogram;
+use super::latency::{Elapsed, Histogram};
 use super::metrics::{self, Metrics};
 use super::resp::{ClientRow, Facts, RespSession, Step};
 use super::store_pool::StorePool;
@@ -252,6 +252,8 @@ pub(super) struct Server {
     metrics: Option<Metrics>,
     /// Every client request's latency, reported in `GET_STATS` (`latency.rs`).
     latency: Histogram,
+    /// The last request timed (`latency.rs`).
+    elapsed: Elapsed,
 }
 
 impl Server {
@@ -507,6 +509,7 @@ impl Server {
             resp_reachable_from_outside,
             metrics,
             latency: Histogram::default(),
+            elapsed: Elapsed::default(),
         })
     }
 
@@ -752,13 +755,13 @@ impl Server {
             .and_then(|c| c.started.finish(frame.request_id))
             .map(|(at, op)| {
                 let replied_at = *self.replied_at.get_or_insert_with(Instant::now);
-                (replied_at.saturating_duration_since(at), op)
+                (self.elapsed.between(at, replied_at), op)
             });
-        if let Some((elapsed, true)) = timed {
-            self.latency.observe(elapsed);
+        if let Some((t, true)) = timed {
+            self.latency.observe_timed(t);
         }
         if let Some(m) = &mut self.metrics {
-            m.recorder.finish(to.0, &frame, timed.map(|(elapsed, _)| elapsed));
+            m.recorder.finish(to.0, &frame, timed.map(|(t, _)| t.elapsed));
         }
         // The connection may be gone (the client hung up): the reply is dropped.
         let Some(conn) = conn else {
