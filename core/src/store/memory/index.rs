@@ -154,6 +154,7 @@ impl<V> Bucket<V> {
         }
     }
 
+    #[cfg(test)]
     fn get_mut(&mut self, k: u64) -> Option<&mut V> {
         match self {
             Bucket::Small(v) => match v.binary_search_by_key(&k, |e| e.0) {
@@ -164,30 +165,68 @@ impl<V> Bucket<V> {
         }
     }
 
+    /// The index of `k`'s entry in a small bucket (a large one answers 0: its entries are
+    /// found by key), or inserts `make()` under `k` and answers `None`.
+    fn find_or_insert(&mut self, k: u64, make: impl FnOnce() -> V) -> Option<usize> {
+        match self {
+            Bucket::Small(v) => match v.binary_search_by_key(&k, |e| e.0) {
+                Ok(i) => Some(i),
+                Err(i) => {
+                    self.insert_new(i, k, make());
+                    None
+                }
+            },
+            Bucket::Large(m) => match m.entry(k) {
+                btree_map::Entry::Occupied(_) => Some(0),
+                btree_map::Entry::Vacant(e) => {
+                    e.insert(make());
+                    None
+                }
+            },
+        }
+    }
+
+    /// The value of `k`, at `index` as [`Bucket::find_or_insert`] found it.
+    fn found_mut(&mut self, k: u64, index: usize) -> Option<&mut V> {
+        match self {
+            Bucket::Small(v) => v.get_mut(index).map(|e| &mut e.1),
+            Bucket::Large(m) => m.get_mut(&k),
+        }
+    }
+
     /// Inserts or replaces; returns the value replaced.
+    #[cfg(test)]
     fn insert(&mut self, k: u64, value: V) -> Option<V> {
         match self {
             Bucket::Small(v) => match v.binary_search_by_key(&k, |e| e.0) {
                 Ok(i) => Some(std::mem::replace(&mut v[i].1, value)),
                 Err(i) => {
-                    if v.len() == SMALL_MAX {
-                        let mut m: BTreeMap<u64, V> = std::mem::take(v).into_iter().collect();
-                        m.insert(k, value);
-                        *self = Bucket::Large(m);
-                        return None;
-                    }
-                    if v.len() == v.capacity() {
-                        // Half more, at least 4, not double: the spare capacity is memory per
-                        // key (2 bytes a key more than growing by a quarter, at least 2, in
-                        // results/memory.md), and each growth is a reallocation.
-                        v.reserve_exact((v.len() / 2).max(4));
-                    }
-                    v.insert(i, (k, value));
+                    self.insert_new(i, k, value);
                     None
                 }
             },
             Bucket::Large(m) => m.insert(k, value),
         }
+    }
+
+    /// Inserts `k`, which a small bucket does not hold, at `i`, where its search ended.
+    fn insert_new(&mut self, i: usize, k: u64, value: V) {
+        let Bucket::Small(v) = self else {
+            unreachable!("insert_new is given a small bucket");
+        };
+        if v.len() == SMALL_MAX {
+            let mut m: BTreeMap<u64, V> = std::mem::take(v).into_iter().collect();
+            m.insert(k, value);
+            *self = Bucket::Large(m);
+            return;
+        }
+        if v.len() == v.capacity() {
+            // Half more, at least 4, not double: the spare capacity is memory per key (2 bytes
+            // a key more than growing by a quarter, at least 2, in results/memory.md), and
+            // each growth is a reallocation.
+            v.reserve_exact((v.len() / 2).max(4));
+        }
+        v.insert(i, (k, value));
     }
 
     fn remove(&mut self, k: u64) -> Option<V> {
@@ -349,28 +388,49 @@ impl<V> PrefixIndex<V> {
         }
     }
 
+    #[cfg(test)]
     pub(super) fn get_mut(&mut self, k: u64) -> Option<&mut V> {
         self.bucket_mut(k).get_mut(k)
     }
 
     /// Inserts `value` under `k`; returns the value it replaced.
+    #[cfg(test)]
     pub(super) fn insert(&mut self, k: u64, value: V) -> Option<V> {
         self.move_units(UNITS_PER_WRITE);
         let replaced = self.bucket_mut(k).insert(k, value);
         if replaced.is_none() {
-            self.len += 1;
-            if self.map.outside(k) {
-                self.outside += 1;
-            }
-            let buckets = self.map.buckets();
-            let grow = self.len > GROW_LOAD * buckets && (self.map.shift > 0 || self.outside > 0);
-            // Keys beyond the span pile up in its first or last bucket (a range that moved).
-            let moved_on = self.outside > SMALL_MAX && self.outside > self.len / 8;
-            if (grow || moved_on) && self.resize.is_none() {
-                self.start_resize();
-            }
+            self.added(k);
         }
         replaced
+    }
+
+    /// The value under `k`, or, when there is none, `make()` inserted under `k` and `None`:
+    /// [`PrefixIndex::get_mut`] then [`PrefixIndex::insert`] with one search of the bucket
+    /// (a write of a new key searched its bucket twice).
+    pub(super) fn get_or_insert_with(&mut self, k: u64, make: impl FnOnce() -> V) -> Option<&mut V> {
+        self.move_units(UNITS_PER_WRITE);
+        match self.bucket_mut(k).find_or_insert(k, make) {
+            Some(index) => self.bucket_mut(k).found_mut(k, index),
+            None => {
+                self.added(k);
+                None
+            }
+        }
+    }
+
+    /// Counts an entry inserted under `k`, and starts a resize if the directory is due one.
+    fn added(&mut self, k: u64) {
+        self.len += 1;
+        if self.map.outside(k) {
+            self.outside += 1;
+        }
+        let buckets = self.map.buckets();
+        let grow = self.len > GROW_LOAD * buckets && (self.map.shift > 0 || self.outside > 0);
+        // Keys beyond the span pile up in its first or last bucket (a range that moved).
+        let moved_on = self.outside > SMALL_MAX && self.outside > self.len / 8;
+        if (grow || moved_on) && self.resize.is_none() {
+            self.start_resize();
+        }
     }
 
     pub(super) fn remove(&mut self, k: u64) -> Option<V> {
@@ -565,9 +625,21 @@ mod tests {
                 };
                 for step in 0..steps {
                     let r = rng.below(10);
-                    if r < inserts {
+                    if r < inserts && step % 2 == 0 {
                         let k = key(&mut rng);
                         assert_eq!(index.insert(k, step), model.insert(k, step));
+                    } else if r < inserts {
+                        // A write that adds the key or finds it (the memory store's merge).
+                        let k = key(&mut rng);
+                        match (index.get_or_insert_with(k, || step), model.get_mut(&k)) {
+                            (Some(v), Some(m)) => {
+                                assert_eq!(*v, *m);
+                                *v += 7;
+                                *m += 7;
+                            }
+                            (None, None) => assert_eq!(model.insert(k, step), None),
+                            (found, m) => panic!("index {found:?}, model {m:?} for {k}"),
+                        }
                     } else {
                         // Mostly keys that are there.
                         let k = match model.range(key(&mut rng)..).next() {

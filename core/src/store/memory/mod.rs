@@ -175,8 +175,10 @@ impl Inner {
         let p = inner.prefix(id);
         // (previous_live, previous_expires_at, previous size) of a replaced entry; none for a
         // new key.
-        let Some(slot) = inner.by_prefix.get_mut(p) else {
-            inner.by_prefix.insert(p, Slot::One(Record::new(key, &entry)));
+        let Some(slot) = inner
+            .by_prefix
+            .get_or_insert_with(p, || Slot::One(Record::new(key, &entry)))
+        else {
             return Ok(inner.added(key, &entry, None));
         };
         let previous = match slot {
