@@ -1176,7 +1176,7 @@ impl Server {
         if self.conns.get(&token).is_some_and(|c| c.pending_output() > 0) {
             self.queue_flush(now, token);
         }
-        let (mut unpumped, mut limit) = (0, self.batch_limit());
+        let (mut unpumped, mut limit) = (0, None);
         loop {
             let Some(conn) = self.conns.get_mut(&token) else {
                 return;
@@ -1283,7 +1283,13 @@ impl Server {
             // Frames enter the core in batches (the loop pumps after every event as well,
             // so a return above leaves nothing unpumped for long).
             let after = self.conns.get(&token).map_or(0, |c| c.buffered_input());
-            self.pump_every_batch(now, &mut unpumped, &mut limit, before.saturating_sub(after));
+            self.pump_every_batch(
+                now,
+                &mut unpumped,
+                &mut limit,
+                before.saturating_sub(after),
+                after,
+            );
         }
         if unpumped > 0 {
             self.pump(now);
@@ -1308,7 +1314,7 @@ impl Server {
         // Up to PUMP_BATCH commands enter the core before their outputs are pumped (the store
         // ops among them are prefetched together). A session that stops to wait for replies is
         // read again once they came (`resp_after_output`).
-        let (mut unpumped, mut limit) = (0, self.batch_limit());
+        let (mut unpumped, mut limit) = (0, None);
         let live = loop {
             let Some(conn) = self.conns.get_mut(&token) else {
                 break false;
@@ -1322,7 +1328,13 @@ impl Server {
                 break true;
             }
             let after = self.conns.get(&token).map_or(0, |c| c.buffered_input());
-            self.pump_every_batch(now, &mut unpumped, &mut limit, before.saturating_sub(after));
+            self.pump_every_batch(
+                now,
+                &mut unpumped,
+                &mut limit,
+                before.saturating_sub(after),
+                after,
+            );
         };
         if unpumped > 0 {
             self.pump(now);
@@ -1343,15 +1355,27 @@ impl Server {
     }
 
     /// Counts one more request of a connection handed to the core, which took `input` bytes
-    /// of its input; pumps once `limit` of them wait, or at once after a request of more than
-    /// [`SMALL_VALUE_BYTES`] (it may write a value the rest of the batch would read back: the
-    /// limit is then taken again). The caller pumps what is left when it stops.
-    fn pump_every_batch(&mut self, now: Millis, unpumped: &mut usize, limit: &mut usize, input: usize) {
+    /// of its input and left `buffered` bytes; pumps once `limit` of them wait (the
+    /// [`Server::batch_limit`] when the batch began, taken when first needed: not for a lone
+    /// request, which the caller pumps when it finds no more input), or at once after a
+    /// request of more than [`SMALL_VALUE_BYTES`] (it may write a value the rest of the batch
+    /// would read back: the limit is then taken again). The caller pumps what is left when it
+    /// stops.
+    fn pump_every_batch(
+        &mut self,
+        now: Millis,
+        unpumped: &mut usize,
+        limit: &mut Option<usize>,
+        input: usize,
+        buffered: usize,
+    ) {
         *unpumped += 1;
-        if *unpumped >= *limit || input > SMALL_VALUE_BYTES {
+        if input > SMALL_VALUE_BYTES
+            || buffered > 0 && *unpumped >= *limit.get_or_insert_with(|| self.batch_limit())
+        {
             self.pump(now);
             *unpumped = 0;
-            *limit = self.batch_limit();
+            *limit = None;
         }
     }
 
