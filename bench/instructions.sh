@@ -13,7 +13,12 @@
 #
 # Environment: REQUESTS per test (default 20000; SET and GET each, so 2 x REQUESTS requests
 # per count), PORT_BASE (default 17650), OUT, TOP (functions listed per profile, default 25),
-# PIPELINES (default "1 16").
+# PIPELINES (default "1 16"), TESTS (redis-benchmark's -t, default set,get: REQUESTS of each),
+# PREFILL (SETs of the same 100,000 keys sent at -P 16 before the count, default 0: the GETs of
+# set,get mostly miss; `TESTS=get PREFILL=300000` counts GETs of present keys).
+#
+#   TESTS=get PREFILL=300000 OUT=results/instructions-get.md bench/instructions.sh
+#   TESTS=ping_mbulk OUT=results/instructions-ping.md bench/instructions.sh
 #
 # Under callgrind SHA-1 runs the portable code (valgrind does not offer the CPU's SHA
 # instructions), so SHA-1 weighs more in these counts than it does on the CPU; on a CPU with
@@ -28,6 +33,9 @@ PORT_BASE=${PORT_BASE:-17650}
 OUT=${OUT:-results/instructions.md}
 TOP=${TOP:-25}
 PIPELINES=${PIPELINES:-"1 16"}
+TESTS=${TESTS:-set,get}
+PREFILL=${PREFILL:-0}
+ntests=$(tr ',' '\n' <<<"$TESTS" | grep -c .)
 
 need_redis
 command -v valgrind >/dev/null 2>&1 || env DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null
@@ -36,7 +44,7 @@ bench_processes
 rev=$(revision)
 
 # count NAME P PORT CMD...: runs CMD under callgrind, waits for PORT, counts the instructions of
-# redis-benchmark's SET and GET at pipeline depth P; prints instructions per request.
+# redis-benchmark's TESTS at pipeline depth P; prints instructions per request.
 count() {
     local name=$1 p=$2 port=$3
     shift 3
@@ -48,8 +56,11 @@ count() {
     for _ in $(seq 600); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.1; done
     redis-cli -p "$port" PING >/dev/null || { tail -5 "$work/$name-P$p.log" >&2; exit 1; }
     sleep 2 # the node's first lease and stabilize rounds, outside the count
+    if [ "$PREFILL" -gt 0 ]; then
+        redis-benchmark -p "$port" -c 50 -n "$PREFILL" -r 100000 -P 16 -t set -q >/dev/null 2>&1
+    fi
     callgrind_control -i on "$vpid" >/dev/null
-    redis-benchmark -p "$port" -c 50 -n "$REQUESTS" -r 100000 -P "$p" -t set,get -q \
+    redis-benchmark -p "$port" -c 50 -n "$REQUESTS" -r 100000 -P "$p" -t "$TESTS" -q \
         >"$work/$name-P$p.bench" 2>&1
     callgrind_control -i off "$vpid" >/dev/null
     if grep -qi "error" "$work/$name-P$p.bench"; then
@@ -72,7 +83,7 @@ count() {
         grep -B8 -E '\*  .*sha1::compress::compress \[' | grep -E '^ *[0-9,]+ .*<' |
         grep -oE '\([0-9,]+x\)' | tr -d '(),x' | awk '{s += $1} END {print s + 0}' || true)
     echo "$total ${sha_instr:-0} ${sha_calls:-0}" >"$work/$name-P$p.counts"
-    awk -v t="$total" -v n="$REQUESTS" 'BEGIN {printf "%.0f", t / (2 * n)}'
+    awk -v t="$total" -v n="$REQUESTS" -v k="$ntests" 'BEGIN {printf "%.0f", t / (k * n)}'
 }
 
 # Instructions one 64-byte block takes in the sha1 crate's SHA-NI function (`digest_blocks`:
@@ -92,8 +103,8 @@ shani_per_block() {
 on_this_cpu() {
     local per_block=$1 name=$2 p=$3
     read -r total sha_instr sha_calls <"$work/$name-P$p.counts"
-    awk -v t="$total" -v s="$sha_instr" -v c="$sha_calls" -v b="$per_block" -v n="$REQUESTS" \
-        'BEGIN {printf "%.0f", (t - s + c * b) / (2 * n)}'
+    awk -v t="$total" -v s="$sha_instr" -v c="$sha_calls" -v b="$per_block" -v n="$REQUESTS" -v k="$ntests" \
+        'BEGIN {printf "%.0f", (t - s + c * b) / (k * n)}'
 }
 
 rows=()
@@ -126,11 +137,17 @@ done
 {
     echo "# Instructions per request"
     echo
-    echo "Produced by \`bench/instructions.sh\` (REQUESTS=$REQUESTS) at $rev, $(date -u +%Y-%m-%d), release build:"
+    settings="REQUESTS=$REQUESTS"
+    [ "$TESTS" = set,get ] || settings="$settings TESTS=$TESTS"
+    [ "$PREFILL" = 0 ] || settings="$settings PREFILL=$PREFILL"
+    echo "Produced by \`$settings bench/instructions.sh\` at $rev, $(date -u +%Y-%m-%d), release build:"
     echo "one \`chordkv node --resp\` with the default options (memory store, 8 vnodes), as compare-redis.sh's chordkv-1, and one"
     echo "$(redis-server --version | awk '{print $1, $2, $3}'), each under \`valgrind --tool=callgrind --instr-atstart=no\`,"
-    echo "collection on only while \`redis-benchmark -c 50 -n $REQUESTS -r 100000 -P P -t set,get\` runs;"
-    echo "instructions per request = the program's total / $((2 * REQUESTS)) requests. A fresh process per row."
+    if [ "$PREFILL" -gt 0 ]; then
+        echo "after \`redis-benchmark -c 50 -n $PREFILL -r 100000 -P 16 -t set\` (not counted), with"
+    fi
+    echo "collection on only while \`redis-benchmark -c 50 -n $REQUESTS -r 100000 -P P -t $TESTS\` runs;"
+    echo "instructions per request = the program's total / $((ntests * REQUESTS)) requests. A fresh process per row."
     echo "SHA-1 runs its portable code under valgrind, so it weighs more here than on the CPU."
     local_head=''
     local_rule=''
