@@ -123,9 +123,10 @@ pub(super) struct ClientOps {
 }
 
 /// A client operation's key as the host placed it among its vnodes, handed to the vnode it
-/// chose: the key's id ([`Message::placement`], so SHA-1 runs once a request) and whether
-/// the vnode [`Node::serves`] it, as the host found in the same call (so the vnode does not
-/// ask again before serving it at once).
+/// chose: the key's id ([`Message::placement`], so SHA-1 runs once a request) and `served`:
+/// the host found in the same call that the vnode [`Node::serves`] it, so the vnode does not
+/// ask again before serving it at once (false: not asked, as for a host of one vnode, or
+/// not served).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct KeyPlacement {
     pub id: Id,
@@ -188,7 +189,7 @@ impl Node {
         let direct = frame.is_direct();
         let deadline = frame.deadline_ms;
         debug_assert!(target.is_none_or(|t| Some(t.id) == frame.message.placement()));
-        debug_assert!(target.is_none_or(|t| t.served == self.serves(&t.id)));
+        debug_assert!(target.is_none_or(|t| !t.served || self.serves(&t.id)));
         let served = target.is_some_and(|t| t.served);
         let Some(target) = target.map(|t| t.id).or_else(|| frame.message.placement()) else {
             return;
