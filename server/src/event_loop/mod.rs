@@ -1282,14 +1282,7 @@ impl Server {
             }
             // Frames enter the core in batches (the loop pumps after every event as well,
             // so a return above leaves nothing unpumped for long).
-            let after = self.conns.get(&token).map_or(0, |c| c.buffered_input());
-            self.pump_every_batch(
-                now,
-                &mut unpumped,
-                &mut limit,
-                before.saturating_sub(after),
-                after,
-            );
+            self.pump_every_batch(now, token, before, &mut unpumped, &mut limit);
         }
         if unpumped > 0 {
             self.pump(now);
@@ -1327,14 +1320,7 @@ impl Server {
             if !self.resp_step(now, token) {
                 break true;
             }
-            let after = self.conns.get(&token).map_or(0, |c| c.buffered_input());
-            self.pump_every_batch(
-                now,
-                &mut unpumped,
-                &mut limit,
-                before.saturating_sub(after),
-                after,
-            );
+            self.pump_every_batch(now, token, before, &mut unpumped, &mut limit);
         };
         if unpumped > 0 {
             self.pump(now);
@@ -1354,21 +1340,22 @@ impl Server {
         }
     }
 
-    /// Counts one more request of a connection handed to the core, which took `input` bytes
-    /// of its input and left `buffered` bytes; pumps once `limit` of them wait (the
-    /// [`Server::batch_limit`] when the batch began, taken when first needed: not for a lone
-    /// request, which the caller pumps when it finds no more input), or at once after a
-    /// request of more than [`SMALL_VALUE_BYTES`] (it may write a value the rest of the batch
-    /// would read back: the limit is then taken again). The caller pumps what is left when it
-    /// stops.
+    /// Counts one more request of connection `token` handed to the core, read from its input
+    /// of `before` bytes; pumps once `limit` of them wait (the [`Server::batch_limit`] when the
+    /// batch began, taken when first needed: not for a lone request, which the caller pumps
+    /// when it finds no more input), or at once after a request of more than
+    /// [`SMALL_VALUE_BYTES`] (it may write a value the rest of the batch would read back: the
+    /// limit is then taken again). The caller pumps what is left when it stops.
     fn pump_every_batch(
         &mut self,
         now: Millis,
+        token: Token,
+        before: usize,
         unpumped: &mut usize,
         limit: &mut Option<usize>,
-        input: usize,
-        buffered: usize,
     ) {
+        let buffered = self.conns.get(&token).map_or(0, |c| c.buffered_input());
+        let input = before.saturating_sub(buffered);
         *unpumped += 1;
         if input > SMALL_VALUE_BYTES
             || buffered > 0 && *unpumped >= *limit.get_or_insert_with(|| self.batch_limit())
