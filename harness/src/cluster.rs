@@ -723,15 +723,31 @@ impl LocalCluster {
                     join.rotate_left(by);
                 }
                 let (child, log) = self.spawn(i, addr, resp, &join)?;
-                started.push((addr, resp, child, log));
+                started.push((i, join, addr, resp, child, log));
             }
             Ok(())
         };
         let spawned = spawn_all();
+        // A port picked free may be taken before the node binds it (by any process of the
+        // machine, another test's among them): such a node is started again, alone, on ports
+        // picked again, as `launch` starts one.
+        let retry_ports = self.spec.base_port.is_none() && self.netns.is_none();
         let mut ready = Ok(());
-        for (addr, resp, mut child, log) in started {
+        for (i, join, addr, resp, mut child, log) in started {
             if ready.is_ok() && spawned.is_ok() {
                 ready = self.wait_ready(&mut child, addr, log.as_deref());
+                if ready.is_err() && retry_ports {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    match self.launch(i, None, join) {
+                        Ok(node) => {
+                            self.nodes.push(node);
+                            ready = Ok(());
+                        }
+                        Err(e) => ready = Err(e),
+                    }
+                    continue;
+                }
             }
             if ready.is_err() || spawned.is_err() {
                 let _ = child.kill();
