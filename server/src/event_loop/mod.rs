@@ -1322,10 +1322,18 @@ impl Server {
             }
             self.pump_every_batch(now, token, before, &mut unpumped, &mut limit);
         };
+        // The answers given on the spot (and the core's, of the pumps above) are in the
+        // connection's output: queue its flush, or close it after QUIT or a protocol error,
+        // once for the batch rather than after each command (a closing session reads no
+        // command after the one that closes it).
+        if let Some(conn) = self.conns.get_mut(&token) {
+            let after = resp_after_output(conn, token, &mut self.read_again, &mut self.to_flush);
+            self.resp_finish(now, token, after);
+        }
         if unpumped > 0 {
             self.pump(now);
         }
-        live
+        live && self.conns.contains_key(&token)
     }
 
     /// How many requests of a connection may wait for one pump: [`PUMP_BATCH`] when the
@@ -1392,8 +1400,8 @@ impl Server {
             }
             node.handle_request(now, to, frame)
         });
-        let after = resp_after_output(conn, token, &mut self.read_again, &mut self.to_flush);
-        self.resp_finish(now, token, after);
+        // What the answers given on the spot call for (a flush, a close after QUIT) is seen
+        // to once the caller has run the batch: `run_resp_commands`.
         // Clients CLIENT KILL named.
         let killed: Vec<u64> = self
             .resp_facts

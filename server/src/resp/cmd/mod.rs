@@ -390,8 +390,15 @@ impl Requests {
     /// Hands the requests asked since the last call to `each`, in order. The buffer is kept
     /// for the next ones, unless a command with many keys grew it past
     /// [`RETAINED_REQUESTS`]: an idle connection does not hold on to its largest MGET.
-    pub fn drain_into(&mut self, each: impl FnMut(Frame)) {
-        self.frames.drain(..).for_each(each);
+    pub fn drain_into(&mut self, mut each: impl FnMut(Frame)) {
+        if self.frames.len() == 1 {
+            // Most commands ask one request: popped, without a drain's bookkeeping.
+            if let Some(frame) = self.frames.pop() {
+                each(frame);
+            }
+        } else {
+            self.frames.drain(..).for_each(each);
+        }
         if self.frames.capacity() > RETAINED_REQUESTS {
             self.frames = Vec::new();
         }
