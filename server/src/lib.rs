@@ -76,6 +76,7 @@
 
 pub mod auth;
 mod conn;
+mod conn_table;
 pub mod error;
 pub(crate) mod event_loop;
 pub mod keyring;

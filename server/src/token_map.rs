@@ -1,21 +1,17 @@
-//! A `HashMap` for connection tokens, hashed with one multiplication instead of SipHash.
+//! A `HashMap` for keys the event loop chooses itself, hashed with one multiplication instead
+//! of SipHash: the map of outbound peer connections, keyed by peer address.
 //!
-//! The event loop looks a connection up by its token on every command and every reply.
-//! Tokens are numbers the loop hands out itself from a counter, never chosen by a client, so
-//! a hash that resists chosen inputs (`std`'s SipHash) buys nothing here and cost about a
-//! tenth of a request's instructions. Multiplying by an odd constant (Fibonacci hashing, as
-//! rustc's `FxHasher` does) is a bijection: consecutive tokens get distinct low bits (the
-//! bucket) and mixed high bits (hashbrown's 7-bit tag).
-//!
-//! The map of outbound peer connections uses it too, keyed by peer address: it is looked up
-//! for every message to a peer (SipHash of a `SocketAddr` was 1.6% of an entry node's
-//! instructions, 8 nodes at -P 16), and its keys are the addresses this loop connects to
-//! itself, one per ring member it talks to, not a client's choice.
+//! It is looked up for every message to a peer (SipHash of a `SocketAddr` was 1.6% of an entry
+//! node's instructions, 8 nodes at -P 16). Its keys are the addresses this loop connects to
+//! itself, one per ring member it talks to, never a client's choice, so a hash that resists
+//! chosen inputs buys nothing. Multiplying by an odd constant (Fibonacci hashing, as rustc's
+//! `FxHasher` does) spreads consecutive inputs over the buckets (low bits) and mixes the high
+//! bits (hashbrown's 7-bit tag). (Connections by token are in `conn_table.rs`, a slab.)
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-/// A map keyed by token numbers (or any key the loop chooses itself, not a client).
+/// A map keyed by what the loop chooses itself, not a client (peer addresses; tokens in its test).
 pub(super) type TokenMap<K, V> = HashMap<K, V, BuildHasherDefault<TokenHasher>>;
 
 /// 2^64 / the golden ratio, odd.

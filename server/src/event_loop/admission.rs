@@ -209,7 +209,7 @@ impl Server {
                     && c.requests_in_flight == 0
                     && c.resp.as_ref().is_none_or(|s| s.is_idle())
             })
-            .map(|(&t, _)| t)
+            .map(|(t, _)| t)
             .collect();
         for token in idle {
             self.close(now, token, Why::Text("idle timeout"));
@@ -239,7 +239,7 @@ impl Server {
         );
         let primary = keyring.primary().id();
         let mut close = Vec::new();
-        for (&token, conn) in self.conns.iter_mut() {
+        for (token, conn) in self.conns.iter_mut() {
             let Some(id) = conn.key_id() else { continue };
             if keyring.find(&id).is_none() {
                 close.push(token);

@@ -22,6 +22,7 @@ use signal_hook_mio::v1_0::Signals;
 use tracing::{debug, info, warn, Span};
 
 use super::conn::{Accepting, Conn, Kind, ReadStatus, Role, Security};
+use super::conn_table::ConnTable;
 use super::latency::{Elapsed, Histogram};
 use super::metrics::{self, Metrics};
 use super::resp::{ClientRow, Facts, RespSession, Step};
@@ -47,9 +48,8 @@ const RESP_LISTENER: Token = Token(3);
 const STORE_PIPE: Token = Token(4);
 /// Not a socket: the [`ReplyTo`] of the `GET_STATS` the loop asks for `/metrics`.
 const METRICS_STATS: Token = Token(5);
-/// Connections take tokens from here up, never reused (a token doubles as a [`ReplyTo`], so a
-/// late reply can never reach a newer connection).
-const FIRST_CONN_TOKEN: usize = 6;
+// Connections' tokens come from `ConnTable::next_token`: all above these, never reused (a
+// token doubles as a [`ReplyTo`], so a late reply can never reach a newer connection).
 
 /// Bytes asked of the socket per `read`.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -194,8 +194,9 @@ pub(super) struct Server {
     /// Workers for a blocking store; `None`: the host runs the stores' ops itself.
     pool: Option<StorePool>,
 
-    conns: TokenMap<Token, Conn>,
-    next_token: usize,
+    /// Open connections by token (looked up several times a request: a slab, see
+    /// `conn_table.rs`).
+    conns: ConnTable<Conn>,
     /// The outbound connection to each peer address (looked up for every message to a peer:
     /// hashed as tokens are, see `token_map.rs`).
     peers: TokenMap<SocketAddr, Token>,
@@ -479,8 +480,7 @@ impl Server {
             me,
             stores,
             pool,
-            conns: TokenMap::default(),
-            next_token: FIRST_CONN_TOKEN,
+            conns: ConnTable::default(),
             peers: TokenMap::default(),
             connecting: Vec::new(),
             connect_timeout_ms,
@@ -895,9 +895,7 @@ impl Server {
     // ---- connections ----------------------------------------------------------------------
 
     fn new_token(&mut self) -> Token {
-        let token = Token(self.next_token);
-        self.next_token += 1;
-        token
+        self.conns.next_token()
     }
 
     /// Accepts on the frame listener, or on the RESP one (`resp`).
