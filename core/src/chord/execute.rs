@@ -688,7 +688,16 @@ impl Node {
             let msg = self.no_lease_error(&primary.id, w.hops);
             return self.reply(w.to, w.request_id, msg);
         }
-        self.store_client_write(now, w.to, w.request_id, w.hops, w.message, w.key_id, w.range);
+        self.store_client_write(
+            now,
+            w.to,
+            w.request_id,
+            w.hops,
+            w.message,
+            w.key_id,
+            w.range,
+            None,
+        );
     }
 }
 

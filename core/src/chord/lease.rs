@@ -133,9 +133,16 @@ impl Leases {
 
     /// Whether the lease on `primary`'s range is valid and caught up at `now`.
     pub fn serves(&self, primary: &Id, now: Millis) -> bool {
+        self.valid_fence(primary, now).is_some()
+    }
+
+    /// The fence of our lease on `primary`'s range (ms) if the lease lets us serve it at `now`
+    /// ([`Leases::serves`]); what a write served in the same call is stamped under.
+    pub fn valid_fence(&self, primary: &Id, now: Millis) -> Option<Millis> {
         self.held
             .get(primary)
-            .is_some_and(|h| h.caught_up && now < h.valid_until)
+            .filter(|h| h.caught_up && now < h.valid_until)
+            .map(|h| h.fence_ms)
     }
 
     /// A holder other than `me` this node promised a range overlapping `(start, end]` to,

@@ -252,6 +252,7 @@ impl Node {
                     deadline,
                     range,
                     Delivery::Network,
+                    None,
                 );
             }
             self.stats.redirects_sent += 1;
@@ -283,7 +284,10 @@ impl Node {
         let id = self.client.next_id;
         self.client.next_id += 1;
         self.stats.ops_coordinated += 1;
-        if now < op_deadline && self.serves_at_once(now, &target, served) {
+        if let Some(fence) = self
+            .serves_at_once(now, &target, served)
+            .filter(|_| now < op_deadline)
+        {
             // The common case of a key whose range this node holds with its lease: served
             // now, exactly as `drive_op` and `serve_coordinated` would serve the operation,
             // without recording it (nothing can be retried or answered late).
@@ -299,6 +303,7 @@ impl Node {
                 op_deadline,
                 range,
                 Delivery::Local,
+                Some(fence),
             );
         }
         let mut op = ClientOp::new(reply_to, rid, frame.message, target, op_deadline);
@@ -310,11 +315,17 @@ impl Node {
     /// Whether [`Node::drive_op`] would serve a new operation on `target` at once: we own it
     /// (`route` answers `Local`, which is [`Node::serves`]: `served` when the caller found
     /// that already), no transfer into our range holds it, and under `consistent` our lease
-    /// on our range is valid.
-    fn serves_at_once(&self, now: Millis, target: &Id, served: bool) -> bool {
-        (served || self.routes_locally(target))
-            && !self.receiving(target)
-            && (!self.config.is_consistent() || self.leases.serves(&self.me.id, now))
+    /// on our range is valid. `Some(fence)`: yes, with the lease's fence (0 under
+    /// `available`), which [`Node::serve`] then need not look up again.
+    fn serves_at_once(&self, now: Millis, target: &Id, served: bool) -> Option<Millis> {
+        if !(served || self.routes_locally(target)) || self.receiving(target) {
+            return None;
+        }
+        if self.config.is_consistent() {
+            self.leases.valid_fence(&self.me.id, now)
+        } else {
+            Some(0)
+        }
     }
 
     /// [`Node::drive_op`] for an operation the node starts itself (a scan step).
@@ -887,6 +898,7 @@ impl Node {
             op.deadline,
             range,
             Delivery::Local,
+            None,
         );
     }
 
@@ -916,7 +928,8 @@ impl Node {
     /// within `max_clock_offset_ms` of our clock, since the entry may have given up on it and
     /// a later write may have been acknowledged; and under `consistent`, any operation while
     /// this node holds no valid, caught-up lease on the range, or a write whose version would
-    /// pass the lease's fence.
+    /// pass the lease's fence. `fence`: `Some` when the caller found that lease valid in this
+    /// same call (its fence, [`super::lease::Leases::valid_fence`]), so it is not looked up again.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn serve(
         &mut self,
@@ -929,6 +942,7 @@ impl Node {
         deadline: Millis,
         range: (NodeRef, Id),
         delivery: Delivery,
+        fence: Option<Millis>,
     ) {
         // A late read is harmless (its answer is dropped); a late write is not.
         let is_write = !matches!(message, Message::Get { .. } | Message::ScanRange { .. });
@@ -973,7 +987,7 @@ impl Node {
             return;
         }
         let (primary, start) = range;
-        if self.config.is_consistent() && !self.leases.serves(&primary.id, now) {
+        if self.config.is_consistent() && fence.is_none() && !self.leases.serves(&primary.id, now) {
             // Ask for the lease now (a stand-in, or a node that just gained its range), so a
             // retry soon finds it.
             self.renew_lease(now, primary, start);
@@ -1034,7 +1048,7 @@ impl Node {
             Message::Put { .. } | Message::Delete { .. } => message,
             _ => return, // only client operations reach here
         };
-        self.store_client_write(now, to, request_id, hops, message, key_id, range);
+        self.store_client_write(now, to, request_id, hops, message, key_id, range, fence);
     }
 
     /// Stores a client PUT or DELETE served here: stamps it with a fresh version (refused past
@@ -1049,6 +1063,7 @@ impl Node {
         message: Message,
         key_id: Id,
         range: (NodeRef, Id),
+        fence: Option<Millis>,
     ) {
         let primary = range.0;
         let (key, value, kind) = match message {
@@ -1064,7 +1079,7 @@ impl Node {
         };
         let version = self.clock.stamp(now);
         if self.config.is_consistent() {
-            let fence = self.leases.held(&primary.id).map_or(0, |h| h.fence_ms);
+            let fence = fence.unwrap_or_else(|| self.leases.held(&primary.id).map_or(0, |h| h.fence_ms));
             if version >> 16 > fence {
                 self.stats.ops_refused_no_lease += 1;
                 let msg = Message::Error {
