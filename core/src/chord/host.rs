@@ -736,8 +736,15 @@ impl Host {
             let mut ran = false;
             while i < self.touched.len() {
                 let v = self.touched.get(i);
-                while let Some(o) = self.vnodes[usize::from(v)].poll_output() {
-                    ran |= self.route_output(now, v, o);
+                // Replies to the driver's requests need no routing: moved in one block.
+                let replies_only = self.vnodes[usize::from(v)].drain_outputs_if(
+                    &mut self.out,
+                    |o| matches!(o, Output::Reply { to, .. } if to.0 & HOST_REPLY == 0),
+                );
+                if !replies_only {
+                    while let Some(o) = self.vnodes[usize::from(v)].poll_output() {
+                        ran |= self.route_output(now, v, o);
+                    }
                 }
                 i += 1;
             }

@@ -272,6 +272,23 @@ impl Node {
         self.out.pop_front()
     }
 
+    /// Moves every queued output to the back of `to`, in order, when there are two or more and
+    /// `plain(output)` holds for each (then `true`: the outputs are carried out as
+    /// [`Node::poll_output`] would have given them); otherwise moves nothing and returns
+    /// `false`. One block copy, where polling moved each output out and in again (outputs are
+    /// over 128 bytes: a `memcpy` call each way); for a single output polling is cheaper.
+    pub(super) fn drain_outputs_if(
+        &mut self,
+        to: &mut VecDeque<Output>,
+        plain: impl Fn(&Output) -> bool,
+    ) -> bool {
+        if self.out.len() < 2 || !self.out.iter().all(plain) {
+            return false;
+        }
+        to.append(&mut self.out);
+        true
+    }
+
     /// When `tick` next has work to do (`Millis::MAX` when never: idle or left).
     pub fn next_deadline(&self) -> Millis {
         if self.holds_replica_writes() {
