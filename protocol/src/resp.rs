@@ -454,6 +454,12 @@ pub fn write_simple(out: &mut Vec<u8>, text: &str) {
     push_line(out, text.as_bytes());
 }
 
+/// `+OK\r\n`, the answer of every write that succeeded: one copy of a constant.
+#[inline]
+pub fn write_ok(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"+OK\r\n");
+}
+
 /// `-text\r\n`, where `text` starts with the error code, e.g. `ERR syntax error`. Line breaks
 /// become spaces.
 pub fn write_error(out: &mut Vec<u8>, text: &str) {
@@ -564,10 +570,15 @@ pub fn write_verbatim_in(out: &mut Vec<u8>, text: &[u8], proto: Proto) {
 }
 
 fn push_line(out: &mut Vec<u8>, text: &[u8]) {
-    out.extend(
-        text.iter()
-            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
-    );
+    if memchr::memchr2(b'\r', b'\n', text).is_none() {
+        // The usual line: copied whole (a vector search, not a test per byte).
+        out.extend_from_slice(text);
+    } else {
+        out.extend(
+            text.iter()
+                .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+        );
+    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -585,6 +596,18 @@ fn push_u64(out: &mut Vec<u8>, n: u64) {
 mod tests {
     use super::*;
     use crate::testing::{feed_random_inputs, Rng};
+
+    /// A simple string or error cannot hold a line break: each becomes a space, whether the
+    /// line has none (copied whole) or several.
+    #[test]
+    fn simple_lines_carry_no_line_breaks() {
+        let mut out = Vec::new();
+        write_simple(&mut out, "OK");
+        write_ok(&mut out);
+        write_simple(&mut out, "a\r\nb\nc\r");
+        write_error(&mut out, "ERR bad\r\n-ERR forged");
+        assert_eq!(out, b"+OK\r\n+OK\r\n+a  b c \r\n-ERR bad  -ERR forged\r\n");
+    }
 
     fn decode_all(bytes: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, RespError> {
         let mut buf = BytesMut::from(bytes);

@@ -134,7 +134,7 @@ pub(crate) fn reset(_: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
 /// `QUIT`: `+OK`, then the connection closes.
 pub(crate) fn quit(_: &mut [Bytes], _: &mut Cx<'_>) -> Translation {
     let mut reply = Vec::new();
-    resp::write_simple(&mut reply, "OK");
+    resp::write_ok(&mut reply);
     Translation::Close(reply)
 }
 

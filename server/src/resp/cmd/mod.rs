@@ -458,6 +458,7 @@ fn encoded(write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 
 /// The error for the first key over the binary protocol's [`MAX_KEY_BYTES`] (Redis has no such
 /// limit; a chordkv frame does), before anything is asked.
+#[inline]
 fn refuse_large_keys<'k>(keys: impl IntoIterator<Item = &'k Bytes>) -> Option<Translation> {
     let key = keys.into_iter().find(|k| k.len() > MAX_KEY_BYTES)?;
     Some(Translation::error(&format!(

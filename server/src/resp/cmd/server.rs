@@ -98,7 +98,7 @@ fn write_flushed(reply: &Message, _: Proto, out: &mut Vec<u8>) -> bool {
     if !matches!(reply, Message::RingCommandReply { .. }) {
         return false;
     }
-    resp::write_simple(out, "OK");
+    resp::write_ok(out);
     true
 }
 

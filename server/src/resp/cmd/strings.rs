@@ -99,7 +99,7 @@ fn write_stored(reply: &Message, _: Proto, out: &mut Vec<u8>) -> bool {
     if !matches!(reply, Message::PutReply { .. }) {
         return false;
     }
-    resp::write_simple(out, "OK");
+    resp::write_ok(out);
     true
 }
 
@@ -148,7 +148,7 @@ impl Gather for AllStored {
     fn encode(self, out: &mut Vec<u8>, _: Proto) {
         match self.error {
             Some(e) => resp::write_error(out, &e),
-            None => resp::write_simple(out, "OK"),
+            None => resp::write_ok(out),
         }
     }
 }

@@ -219,7 +219,7 @@ impl Gather for Watch {
     fn encode(self, out: &mut Vec<u8>, _: Proto) {
         match self.error {
             Some(e) => resp::write_error(out, &format!("{e} (the transaction will abort)")),
-            None => resp::write_simple(out, "OK"),
+            None => resp::write_ok(out),
         }
     }
 }
