@@ -458,13 +458,22 @@ fn encoded(write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 
 /// The error for the first key over the binary protocol's [`MAX_KEY_BYTES`] (Redis has no such
 /// limit; a chordkv frame does), before anything is asked.
-#[inline]
 fn refuse_large_keys<'k>(keys: impl IntoIterator<Item = &'k Bytes>) -> Option<Translation> {
     let key = keys.into_iter().find(|k| k.len() > MAX_KEY_BYTES)?;
-    Some(Translation::error(&format!(
-        "ERR key of {} bytes is over chordkv's maximum of {MAX_KEY_BYTES}",
-        key.len()
-    )))
+    Some(key_too_large(key.len()))
+}
+
+/// [`refuse_large_keys`] for a command of one key (GET, SET): a length compare.
+#[inline]
+fn refuse_large_key(key: &Bytes) -> Option<Translation> {
+    (key.len() > MAX_KEY_BYTES).then(|| key_too_large(key.len()))
+}
+
+#[cold]
+fn key_too_large(len: usize) -> Translation {
+    Translation::error(&format!(
+        "ERR key of {len} bytes is over chordkv's maximum of {MAX_KEY_BYTES}"
+    ))
 }
 
 /// A reply waiting for the core: takes the core's replies to a command's requests, in any

@@ -17,14 +17,16 @@ use bytes::Bytes;
 use chordkv_protocol::resp::{self, Proto};
 use chordkv_protocol::Message;
 
-use super::{error_text, refuse_large_keys, write_failure, Cx, Gather, OneReply, Translation};
+use super::{
+    error_text, refuse_large_key, refuse_large_keys, write_failure, Cx, Gather, OneReply, Translation,
+};
 
 /// `GET key`.
 pub(crate) fn get(rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     let [key] = rest else {
         return Translation::wrong_arity("get");
     };
-    if let Some(refused) = refuse_large_keys([&*key]) {
+    if let Some(refused) = refuse_large_key(key) {
         return refused;
     }
     // The arguments are the command's own: moved, not cloned (a `Bytes` clone and its drop
@@ -45,7 +47,7 @@ pub(crate) fn set(rest: &mut [Bytes], cx: &mut Cx<'_>) -> Translation {
     if !options.is_empty() {
         return super::at_owner("set", rest, cx);
     }
-    if let Some(refused) = refuse_large_keys([&*key]) {
+    if let Some(refused) = refuse_large_key(key) {
         return refused;
     }
     cx.ask(Message::Put {
