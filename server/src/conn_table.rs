@@ -13,14 +13,23 @@
 //! its token). A token the table did not hand out (a client's `CLIENT KILL ID 12345`) is
 //! looked up as safely: it names a slot whose token differs, or none.
 //!
-//! Up to 2^`SLOT_BITS` connections can be open at once (beyond any file descriptor limit
-//! this process is given); vacant slots are reused, the most recently freed first.
+//! Up to [`MAX_OPEN`] (2^20) connections can be open at once: a connection accepted beyond
+//! that is refused (closed at once), whatever file descriptor limit the process has; vacant
+//! slots are reused, the most recently freed first. Tokens stay below 2^62 (the core keeps the
+//! top bits of a reply channel for its own): after 2^42 connections (a million a second for
+//! 50 days) no new one is taken. Tokens are 64-bit: the server builds for 64-bit targets only.
 
 use mio::Token;
 
-/// Low bits of a token that name its slot: 2^20 = 1,048,576 connections open at once.
+/// Low bits of a token that name its slot.
 const SLOT_BITS: u32 = 20;
 const SLOT_MASK: usize = (1 << SLOT_BITS) - 1;
+/// The most connections open at once: 1,048,576.
+pub(crate) const MAX_OPEN: usize = SLOT_MASK + 1;
+/// Serials stay below this, so tokens stay below 2^62.
+const SERIAL_LIMIT: usize = 1 << (62 - SLOT_BITS);
+
+const _: () = assert!(usize::BITS == 64, "connection tokens need a 64-bit usize");
 
 /// Connections (`V`) by token; see the module docs.
 pub(crate) struct ConnTable<V> {
@@ -44,18 +53,17 @@ impl<V> Default for ConnTable<V> {
 }
 
 impl<V> ConnTable<V> {
-    /// A new token for the next [`insert`](Self::insert), naming a vacant slot. A token not
-    /// inserted (the connection failed to register) is simply never used; the next one names
-    /// the same slot under a new serial.
-    pub(crate) fn next_token(&mut self) -> Token {
+    /// A new token for the next [`insert`](Self::insert), naming a vacant slot; `None` when
+    /// [`MAX_OPEN`] connections are open (or every serial is used). A token not inserted (the
+    /// connection failed to register) is simply never used; the next one names the same slot
+    /// under a new serial.
+    pub(crate) fn next_token(&mut self) -> Option<Token> {
         let slot = self.free.last().copied().unwrap_or(self.slots.len());
-        assert!(
-            slot <= SLOT_MASK,
-            "more than {} connections open at once",
-            SLOT_MASK + 1
-        );
+        if slot > SLOT_MASK || self.serial + 1 >= SERIAL_LIMIT {
+            return None;
+        }
         self.serial += 1;
-        Token(self.serial << SLOT_BITS | slot)
+        Some(Token(self.serial << SLOT_BITS | slot))
     }
 
     /// Puts `value` in the slot `token` names; `token` must come from
@@ -131,6 +139,29 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// At [`MAX_OPEN`] connections no token is handed out (the loop refuses the connection);
+    /// one close makes room again, and the new token names the freed slot.
+    #[test]
+    fn refuses_a_token_when_full_and_takes_one_after_a_close() {
+        let mut table = ConnTable::default();
+        let mut first = None;
+        for _ in 0..MAX_OPEN {
+            let token = table.next_token().expect("room left");
+            first.get_or_insert(token);
+            table.insert(token, ());
+        }
+        assert_eq!(table.next_token(), None);
+        let first = first.expect("one token at least");
+        assert_eq!(table.remove(&first), Some(()));
+        let again = table.next_token().expect("a slot is free");
+        assert_eq!(again.0 & SLOT_MASK, first.0 & SLOT_MASK);
+        assert!(again.0 > first.0);
+        assert_eq!(table.get(&first), None);
+        table.insert(again, ());
+        assert_eq!(table.get(&again), Some(&()));
+        assert_eq!(table.next_token(), None);
+    }
+
     /// The table against a `HashMap` model under a seeded mix of opens, closes and look-ups,
     /// including tokens of closed connections and tokens never handed out.
     #[test]
@@ -149,7 +180,7 @@ mod tests {
         for step in 0..20_000u64 {
             match next() % 4 {
                 0 => {
-                    let token = table.next_token();
+                    let token = table.next_token().expect("far below the limits");
                     assert!(handed.iter().all(|t| t.0 < token.0), "tokens grow");
                     handed.push(token);
                     // One token in eight is never inserted (a failed registration).

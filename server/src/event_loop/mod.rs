@@ -22,7 +22,7 @@ use signal_hook_mio::v1_0::Signals;
 use tracing::{debug, info, warn, Span};
 
 use super::conn::{Accepting, Conn, Kind, ReadStatus, Role, Security};
-use super::conn_table::ConnTable;
+use super::conn_table::{self, ConnTable};
 use super::latency::{Elapsed, Histogram};
 use super::metrics::{self, Metrics};
 use super::resp::{ClientRow, Facts, RespSession, Step};
@@ -894,7 +894,8 @@ impl Server {
 
     // ---- connections ----------------------------------------------------------------------
 
-    fn new_token(&mut self) -> Token {
+    /// A token for a new connection; `None` when the table is full (see `conn_table.rs`).
+    fn new_token(&mut self) -> Option<Token> {
         self.conns.next_token()
     }
 
@@ -924,7 +925,15 @@ impl Server {
                         let what = format_args!("refused a client: protected mode");
                         self.warn_repeated(now, Repeat::ClientLimit, from, what);
                     }
-                    let token = self.new_token();
+                    let Some(token) = self.new_token() else {
+                        // Dropped: the peer sees the connection closed.
+                        let what = format_args!(
+                            "refused a connection: {} connections open, the most this process holds",
+                            conn_table::MAX_OPEN
+                        );
+                        self.warn_repeated(now, Repeat::ClientLimit, from, what);
+                        continue;
+                    };
                     if let Err(e) = self
                         .poll
                         .registry()
@@ -987,7 +996,12 @@ impl Server {
     fn connect(&mut self, now: Millis, to: SocketAddr) -> io::Result<Token> {
         let mut stream = TcpStream::connect(to)?;
         let _ = stream.set_nodelay(true);
-        let token = self.new_token();
+        let token = self.new_token().ok_or_else(|| {
+            io::Error::other(format!(
+                "{} connections open, the most this process holds",
+                conn_table::MAX_OPEN
+            ))
+        })?;
         self.poll
             .registry()
             .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
