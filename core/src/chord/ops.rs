@@ -284,10 +284,12 @@ impl Node {
         let id = self.client.next_id;
         self.client.next_id += 1;
         self.stats.ops_coordinated += 1;
-        if let Some(fence) = self
-            .serves_at_once(now, &target, served)
-            .filter(|_| now < op_deadline)
-        {
+        let at_once = if now < op_deadline {
+            self.serves_at_once(now, &target, served)
+        } else {
+            None
+        };
+        if let Some(fence) = at_once {
             // The common case of a key whose range this node holds with its lease: served
             // now, exactly as `drive_op` and `serve_coordinated` would serve the operation,
             // without recording it (nothing can be retried or answered late).

@@ -47,9 +47,9 @@ const RESP_LISTENER: Token = Token(3);
 /// The store's connection to Redis for gets and puts (`store::redis::pipe`).
 const STORE_PIPE: Token = Token(4);
 /// Not a socket: the [`ReplyTo`] of the `GET_STATS` the loop asks for `/metrics`.
+/// (Connections' tokens, from `ConnTable::next_token`, are all above these and never reused:
+/// a token doubles as a [`ReplyTo`], so a late reply can never reach a newer connection.)
 const METRICS_STATS: Token = Token(5);
-// Connections' tokens come from `ConnTable::next_token`: all above these, never reused (a
-// token doubles as a [`ReplyTo`], so a late reply can never reach a newer connection).
 
 /// Bytes asked of the socket per `read`.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
