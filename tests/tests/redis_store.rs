@@ -772,6 +772,9 @@ fn open_partitions(redis: &RedisServer, n: usize) -> RedisPartitions {
 
 /// A batch of 1 to 59 random gets, puts and `PutMany`s over `partitions` partitions and `keys`.
 fn random_ops(rng: &mut Rng, keys: &[String], partitions: u64) -> Vec<(u16, store::StoreOp)> {
+    // Some batches without reads: a pipeline of merges only goes as a transaction (`watched`),
+    // one with a read by script.
+    let reads = !rng.chance(0.4);
     (0..rng.range(1, 60))
         .map(|_| {
             let vnode = rng.below(partitions) as u16;
@@ -790,8 +793,8 @@ fn random_ops(rng: &mut Rng, keys: &[String], partitions: u64) -> Vec<(u16, stor
             };
             let key = &keys[rng.below(keys.len() as u64) as usize];
             match rng.below(10) {
-                0..=4 => get(vnode, key),
-                5..=8 => put(vnode, key, entry(rng)),
+                0..=4 if reads => get(vnode, key),
+                0..=8 => put(vnode, key, entry(rng)),
                 // A replica's copy: several entries, maybe none, maybe one key twice.
                 _ => (
                     vnode,
@@ -1317,28 +1320,37 @@ fn a_loss_in_a_shared_put_call_fails_only_its_partitions_puts() {
     let [data1, _, _] = parts.partitions()[1].redis_keys();
     let written: u64 = redis::cmd("HEXISTS").arg(data1).arg("b").query(&mut raw).unwrap();
     assert_eq!(written, 0, "nothing written into the lost partition");
-    // A partition whose index is of the wrong type: its put of a new key fails as corrupt and
-    // writes no record (a record without its index member would never be scanned, and a retry
-    // would find it there and not add the member).
+    // A partition whose index is of the wrong type: its put of a new key fails as corrupt, the
+    // other partition's put goes through. By script (a batch that also reads) the put writes
+    // no record either (a record without its index member would never be scanned, and a retry
+    // would find it there and not add the member); merged in a transaction (a batch of puts
+    // only: `watched`), the record is written before the `ZADD` fails, and the partition's
+    // index, overwritten by something else, has lost every member anyway.
     let [data3, index3, _] = parts.partitions()[3].redis_keys();
     redis::cmd("SET").arg(index3).arg("oops").exec(&mut raw).unwrap();
-    let results = parts.execute_batch(vec![put(3, "new", live(1, b"w")), put(0, "new", live(1, b"w"))]);
-    assert!(
-        matches!(results[0], Err(StoreError::Corrupt(_))),
-        "{:?}",
-        results[0]
-    );
-    assert!(
-        matches!(&results[1], Ok(store::StoreOutcome::Put(o)) if o.applied),
-        "{:?}",
-        results[1]
-    );
+    for (what, key, read) in [("by script", "new", true), ("in a transaction", "new2", false)] {
+        let mut batch = vec![put(3, key, live(1, b"w")), put(0, key, live(1, b"w"))];
+        if read {
+            batch.push(get(0, "a"));
+        }
+        let results = parts.execute_batch(batch);
+        assert!(
+            matches!(results[0], Err(StoreError::Corrupt(_))),
+            "{what}: {:?}",
+            results[0]
+        );
+        assert!(
+            matches!(&results[1], Ok(store::StoreOutcome::Put(o)) if o.applied),
+            "{what}: {:?}",
+            results[1]
+        );
+    }
     let written: u64 = redis::cmd("HEXISTS")
         .arg(data3)
         .arg("new")
         .query(&mut raw)
         .unwrap();
-    assert_eq!(written, 0, "no record without its index member");
+    assert_eq!(written, 0, "no record without its index member, by script");
 }
 
 /// One replica's copy of more entries than one call of the put script takes (its values go to
@@ -1759,4 +1771,74 @@ fn a_loss_between_a_gets_read_and_its_marker_check_never_passes_for_data() {
         }
         other => panic!("the held get answered {other:?}"),
     }
+}
+
+/// A pipeline of merges only is read under `WATCH` and written in a transaction (`watched`); a
+/// write by another connection between the read and the `EXEC` (held there by a relay) makes
+/// Redis refuse the transaction, and the merges go again by script against what that
+/// connection wrote: the held put of an older version is not applied, the held put of another
+/// key is, and nothing newer is overwritten, in a blocking batch and on the pipe.
+#[test]
+fn a_write_between_the_read_and_the_exec_of_merges_is_never_overwritten() {
+    let redis = RedisServer::start();
+    let relay = Relay::start(redis.port());
+    let parts = Arc::new(
+        RedisPartitions::open(&relay.url(), &["127.0.0.1:7001#0"])
+            .expect("open the partitions through the relay"),
+    );
+    let other = redis.store("127.0.0.1:7001#0");
+    // The read stage, held before its marker check (the `HMGET` answered).
+    let read_stage: [&[u8]; 2] = [b"WATCH", b"\r\n$6\r\nEXISTS\r\n"];
+    let check = |what: &str,
+                 results: &[Result<store::StoreOutcome, StoreError>],
+                 a: &str,
+                 b: &str,
+                 newer: u64,
+                 live_count: u64| {
+        assert!(
+            matches!(&results[0], Ok(store::StoreOutcome::Put(o)) if !o.applied && o.previous_live),
+            "{what}: the held put of {a}: {results:?}"
+        );
+        assert!(
+            matches!(&results[1], Ok(store::StoreOutcome::Put(o)) if o.applied),
+            "{what}: the held put of {b}: {results:?}"
+        );
+        assert_eq!(
+            other.get(a.as_bytes()).unwrap(),
+            Some(live(newer, b"other")),
+            "{what}"
+        );
+        assert_eq!(other.get(b.as_bytes()).unwrap(), Some(live(3, b"held")), "{what}");
+        assert_eq!(other.len().unwrap(), live_count, "{what}: the live count");
+    };
+
+    assert!(parts.execute_batch(vec![put(0, "a", live(1, b"v"))])[0].is_ok());
+    relay.arm(&read_stage);
+    let batch = {
+        let parts = Arc::clone(&parts);
+        std::thread::spawn(move || {
+            parts.execute_batch(vec![put(0, "a", live(3, b"held")), put(0, "b", live(3, b"held"))])
+        })
+    };
+    relay.held();
+    assert!(other.put(&Bytes::from("a"), live(5, b"other")).unwrap().applied);
+    relay.release();
+    let results = bounded("the held batch", move || batch.join().expect("no panic"));
+    check("blocking", &results, "a", "b", 5, 2);
+
+    // On the pipe: the relay released by a helper once the other connection wrote.
+    let mut driver = PipeDriver::new(&parts);
+    assert!(driver.run(vec![put(0, "c", live(1, b"v"))])[0].is_ok());
+    relay.arm(&read_stage);
+    let helper = {
+        let other = redis.store("127.0.0.1:7001#0");
+        std::thread::spawn(move || {
+            relay.held();
+            assert!(other.put(&Bytes::from("c"), live(7, b"other")).unwrap().applied);
+            relay.release();
+        })
+    };
+    let results = driver.run(vec![put(0, "c", live(3, b"held")), put(0, "d", live(3, b"held"))]);
+    helper.join().expect("the helper");
+    check("pipe", &results, "c", "d", 7, 4);
 }

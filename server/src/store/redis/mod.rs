@@ -33,8 +33,10 @@
 //!
 //! # Atomicity
 //!
-//! Every operation that writes is a Lua script: `put` (a merge: only a strictly higher
-//! version replaces: a compare-and-set that only a script makes atomic), `delete` (up to a
+//! Every operation that writes is a Lua script, or a transaction under `WATCH` ([`watched`]:
+//! the merges of a pipeline of puts only): `put` (a merge: only a strictly higher
+//! version replaces: a compare-and-set that a script makes atomic, or a `WATCH` makes
+//! conditional on nothing else writing in between), `delete` (up to a
 //! version) and `scan` are scripts so the hash, the index and the live counter change together
 //! and a scan never sees an index member without its record; `len` is one too. Versions are
 //! compared as 8-byte big-endian strings, byte by byte: Lua numbers are doubles and cannot
@@ -65,7 +67,9 @@
 //! pending at the same time as one pipeline: every call written at once, the replies read in
 //! order, one round trip for up to [`PIPELINE_MAX_ITEMS`] ops. The puts of a run of writes
 //! share one call of `LUA_PUTS` (each entry merged as `put` merges it; each partition answered
-//! for alone, a lost one as lost) and the gets of a run of reads one `HMGET` and one `EXISTS`
+//! for alone, a lost one as lost), or, in a pipeline without reads, one read under `WATCH` and
+//! one `MULTI` ... `EXEC` ([`watched`]: a third of the script's cost to redis-server, one more
+//! round trip; sent again by script when Redis refuses the transaction) and the gets of a run of reads one `HMGET` and one `EXISTS`
 //! per partition, whatever their partitions, unless an op of the other kind on the same partition comes between: a
 //! partition's ops take effect in the order they were given ([`plan`]). A failed read or write ends the pipeline:
 //! its connection is dropped and every op of it fails with [`StoreError::Unavailable`] (each
@@ -120,6 +124,7 @@
 //! persistence, or with `appendfsync always`, for every loss to be detected.
 
 pub mod pipe;
+pub mod watched;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -1443,6 +1448,31 @@ fn pipeline_points(
     conn: &mut Connection,
 ) -> Attempt<Vec<Result<StoreOutcome>>> {
     let mut packed = Vec::new();
+    if let Some(mut watched) = watched::Watched::of(points, calls) {
+        let expected = watched.encode_read(parts, points, &mut packed);
+        conn.send_packed_command(&packed)?;
+        let replies = (0..expected)
+            .map(|_| conn.recv_response())
+            .collect::<RedisResult<Vec<Value>>>()?;
+        watched.decide(parts, points, replies)?;
+        packed.clear();
+        let expected = watched.encode_write(parts, points, &mut packed);
+        conn.send_packed_command(&packed)?;
+        let replies = (0..expected)
+            .map(|_| conn.recv_response())
+            .collect::<RedisResult<Vec<Value>>>()?;
+        packed.clear();
+        let mut losses: Vec<Option<StoreError>> = vec![None; parts.len()];
+        let mut lost = |part: usize, detail: &str| -> StoreError {
+            losses[part]
+                .get_or_insert_with(|| parts[part].record_loss(conn, detail))
+                .clone()
+        };
+        if let Some(results) = watched.finish(parts, points, replies, &mut lost)? {
+            return Ok(results);
+        }
+        // A watched key changed between the stages: the merges go by script.
+    }
     for call in calls {
         call.encode(backend, parts, points, &mut packed);
     }

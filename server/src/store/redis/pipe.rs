@@ -47,6 +47,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use redis::{ConnectionAddr, Value};
 
+use super::watched::Watched;
 use super::{
     decode_replies, describe, noscript_calls, pipeline_len, pipelined, plan, reply_starts, Call, PointBatch,
     RedisPartitions, RedisStore, CONNECT_TIMEOUT_MS, IO_TIMEOUT_MS,
@@ -122,7 +123,17 @@ struct Flight<T> {
     /// `Some(calls)` while the puts calls the server answered NOSCRIPT are sent again, after
     /// `SCRIPT LOAD`.
     reloading: Option<Vec<usize>>,
+    /// A flight of puts only, merged in two stages ([`Watched`]): which stage is under way.
+    /// `None` once the flight goes by script (from the start, or after an aborted `EXEC`).
+    watched: Option<(Watched, Stage)>,
     deadline: Millis,
+}
+
+/// The stage of a [`Watched`] flight under way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Read,
+    Write,
 }
 
 /// A flight whose calls found partitions' data lost: [`Losses::record`] records each loss
@@ -163,6 +174,23 @@ impl<T> Losses<T> {
             }
         }
         answer(self.tags, &self.ops, self.batch, point_results)
+    }
+}
+
+/// Notes partition `part` lost (once) and answers a placeholder error, replaced once the loss
+/// is recorded ([`Losses::record`]).
+fn placeholder_loss(lost: &mut Vec<(usize, String)>, part: usize, detail: &str) -> StoreError {
+    if !lost.iter().any(|(p, _)| *p == part) {
+        lost.push((part, detail.to_string()));
+    }
+    StoreError::Lost(String::new())
+}
+
+/// The error of a flight whose replies do not read as what it sent.
+fn pipe_error(shown: &str, f: super::Failure) -> StoreError {
+    match f {
+        super::Failure::Redis(e) => StoreError::Unavailable(format!("{shown}: {}", describe(&e))),
+        super::Failure::Corrupt(why) => StoreError::Unavailable(format!("{shown}: {why}")),
     }
 }
 
@@ -432,25 +460,68 @@ impl<T> RedisPipe<T> {
         let Some(mut flight) = self.flight.take() else {
             return Ok(());
         };
-        let incoming = std::mem::take(&mut flight.incoming);
-        match flight.reloading.take() {
-            None => {
-                let mut incoming = incoming.into_iter();
-                for reply in incoming.by_ref().take(flight.prelude) {
-                    if let Value::ServerError(e) = reply {
-                        let e: redis::RedisError = e.into();
+        let mut incoming = std::mem::take(&mut flight.incoming).into_iter();
+        for reply in incoming.by_ref().take(flight.prelude) {
+            if let Value::ServerError(e) = reply {
+                let e: redis::RedisError = e.into();
+                self.flight = Some(flight);
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to {shown}: {}",
+                    describe(&e)
+                )));
+            }
+        }
+        flight.prelude = 0;
+        let parts: Vec<&RedisStore> = self.parts.parts.iter().map(|p| &**p).collect();
+        match flight.watched.take() {
+            Some((mut watched, Stage::Read)) => {
+                if let Err(f) = watched.decide(&parts, &flight.batch.points, incoming.collect()) {
+                    self.flight = Some(flight);
+                    return Err(pipe_error(&shown, f));
+                }
+                let link = self.link.as_mut().expect("a flight has a link");
+                flight.expected = watched.encode_write(&parts, &flight.batch.points, &mut link.out);
+                flight.watched = Some((watched, Stage::Write));
+                return self.relaunch(registry, now, flight);
+            }
+            Some((watched, Stage::Write)) => {
+                let mut lost: Vec<(usize, String)> = Vec::new();
+                let finished = watched.finish(
+                    &parts,
+                    &flight.batch.points,
+                    incoming.collect(),
+                    &mut |part, detail| placeholder_loss(&mut lost, part, detail),
+                );
+                match finished {
+                    Ok(Some(point_results)) => {
+                        self.settle(flight, point_results, lost);
+                        if !self.queue.is_empty() {
+                            self.launch(registry, now);
+                        }
+                        return Ok(());
+                    }
+                    // A watched key changed between the stages: the flight goes by script.
+                    Ok(None) => {
+                        let link = self.link.as_mut().expect("a flight has a link");
+                        for call in &flight.calls {
+                            call.encode(&self.parts.backend, &parts, &flight.batch.points, &mut link.out);
+                        }
+                        flight.expected = flight.calls.iter().map(Call::replies).sum();
+                        return self.relaunch(registry, now, flight);
+                    }
+                    Err(f) => {
                         self.flight = Some(flight);
-                        return Err(StoreError::Unavailable(format!(
-                            "cannot connect to {shown}: {}",
-                            describe(&e)
-                        )));
+                        return Err(pipe_error(&shown, f));
                     }
                 }
-                flight.prelude = 0;
+            }
+            None => {}
+        }
+        match flight.reloading.take() {
+            None => {
                 flight.replies = incoming.collect();
                 let missing = noscript_calls(&flight.calls, &flight.replies);
                 if !missing.is_empty() {
-                    let parts: Vec<&RedisStore> = self.parts.parts.iter().map(|p| &**p).collect();
                     let backend = &self.parts.backend;
                     let link = self.link.as_mut().expect("a flight has a link");
                     redis::cmd("SCRIPT")
@@ -462,16 +533,10 @@ impl<T> RedisPipe<T> {
                     }
                     flight.expected = 1 + missing.len();
                     flight.reloading = Some(missing);
-                    flight.deadline = now + IO_TIMEOUT_MS;
-                    self.flight = Some(flight);
-                    let link = self.link.as_mut().expect("a flight has a link");
-                    return link
-                        .write(registry, self.token)
-                        .map_err(|e| StoreError::Unavailable(format!("{shown}: {}", describe_io(&e))));
+                    return self.relaunch(registry, now, flight);
                 }
             }
             Some(missing) => {
-                let mut incoming = incoming.into_iter();
                 if let Some(Value::ServerError(e)) = incoming.next() {
                     let e: redis::RedisError = e.into();
                     self.flight = Some(flight);
@@ -490,23 +555,45 @@ impl<T> RedisPipe<T> {
         Ok(())
     }
 
+    /// Sends the next stage of `flight`, already encoded into the link's output, and waits
+    /// for its `flight.expected` replies.
+    fn relaunch(
+        &mut self,
+        registry: &Registry,
+        now: Millis,
+        mut flight: Flight<T>,
+    ) -> std::result::Result<(), StoreError> {
+        flight.incoming = Vec::with_capacity(flight.expected);
+        flight.deadline = now + IO_TIMEOUT_MS;
+        self.flight = Some(flight);
+        let link = self.link.as_mut().expect("a flight has a link");
+        link.write(registry, self.token).map_err(|e| {
+            StoreError::Unavailable(format!("{}: {}", self.parts.backend.shown, describe_io(&e)))
+        })
+    }
+
     /// Answers the ops of a flight whose replies are all in.
-    fn finish(&mut self, flight: Flight<T>) {
+    fn finish(&mut self, mut flight: Flight<T>) {
         let parts: Vec<&RedisStore> = self.parts.parts.iter().map(|p| &**p).collect();
         let mut lost: Vec<(usize, String)> = Vec::new();
         let point_results = decode_replies(
             &parts,
             &flight.batch.points,
             &flight.calls,
-            flight.replies,
-            &mut |part, detail| {
-                if !lost.iter().any(|(p, _)| *p == part) {
-                    lost.push((part, detail.to_string()));
-                }
-                // A placeholder, replaced once the loss is recorded (`Losses::record`).
-                StoreError::Lost(String::new())
-            },
+            std::mem::take(&mut flight.replies),
+            &mut |part, detail| placeholder_loss(&mut lost, part, detail),
         );
+        self.settle(flight, point_results, lost);
+    }
+
+    /// Answers the ops of a flight from its points' results, or keeps them for
+    /// [`Losses::record`] when partitions were found `lost`.
+    fn settle(
+        &mut self,
+        flight: Flight<T>,
+        point_results: Vec<Result<StoreOutcome>>,
+        lost: Vec<(usize, String)>,
+    ) {
         if lost.is_empty() {
             let answered = answer(flight.tags, &flight.ops, flight.batch, point_results);
             self.done.extend(answered);
@@ -550,6 +637,7 @@ impl<T> RedisPipe<T> {
         let calls = plan(partitions, &batch.points);
         let expected: usize = calls.iter().map(Call::replies).sum();
         let parts: Vec<&RedisStore> = self.parts.parts.iter().map(|p| &**p).collect();
+        let watched = Watched::of(&batch.points, &calls);
         let link = self
             .link
             .as_mut()
@@ -561,9 +649,15 @@ impl<T> RedisPipe<T> {
         } else {
             0
         };
-        for call in &calls {
-            call.encode(&self.parts.backend, &parts, &batch.points, &mut link.out);
-        }
+        let expected = match &watched {
+            Some(w) => w.encode_read(&parts, &batch.points, &mut link.out),
+            None => {
+                for call in &calls {
+                    call.encode(&self.parts.backend, &parts, &batch.points, &mut link.out);
+                }
+                expected
+            }
+        };
         let flight = Flight {
             tags,
             ops,
@@ -574,6 +668,7 @@ impl<T> RedisPipe<T> {
             expected: expected + prelude,
             prelude,
             reloading: None,
+            watched: watched.map(|w| (w, Stage::Read)),
             deadline: now + IO_TIMEOUT_MS,
         };
         let empty = flight.expected == 0;

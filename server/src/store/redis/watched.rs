@@ -1,0 +1,418 @@
+//! Merges without a script: a pipeline of puts whose stored records are read under `WATCH`,
+//! merged here, and written in one `MULTI` ... `EXEC`, which Redis runs only if no watched key
+//! changed in between (Redis' optimistic locking, "check-and-set":
+//! <https://redis.io/docs/latest/develop/interact/transactions/#optimistic-locking-using-check-and-set>).
+//!
+//! ```text
+//!  read stage    WATCH data marker ...            (every partition of the pipeline)
+//!                HMGET data key...   EXISTS marker (per partition)
+//!  merged here   each entry as LUA_PUTS merges it: a strictly newer version replaces the
+//!                stored record, a later entry of a key sees the record an earlier one left,
+//!                a record that does not read is left as it is (the entry fails as corrupt)
+//!  write stage   MULTI
+//!                  ZADD index 0 member...        (the keys that had no record)
+//!                  HSET data key record...       (the entries that replace)
+//!                  INCRBY live delta             (when the live count moves)
+//!                EXEC                            (per partition with writes)
+//!                or UNWATCH, when no entry is newer than what is stored
+//! ```
+//!
+//! `EXEC` answers nil when a watched key changed after the `WATCH`: another connection wrote a
+//! partition (a store worker's delete, a script's merge), or its data was flushed or evicted
+//! (`FLUSHALL` and eviction touch watched keys). Nothing of the transaction ran, and the
+//! pipeline is sent again as script calls ([`LUA_PUTS`](super::LUA_PUTS)), which merge
+//! atomically whatever the other writers do. An `EXEC` refused as a whole (`EXECABORT`: a
+//! command refused while queued, Redis out of memory) goes the same way, so that each
+//! partition answers for itself as the script answers.
+//!
+//! Lost data: a partition whose marker the read stage finds missing is not written and its
+//! entries fail as lost; a marker present at the `WATCH` and still unchanged at the `EXEC` was
+//! there when the writes ran, as the script's check before its writes guarantees. Unlike the
+//! script, a partition whose index is of the wrong type (something else wrote our key) has its
+//! records written before its `ZADD` fails (a transaction does not roll back): its entries
+//! fail as corrupt, as they do by script, and its index needs repair either way.
+//!
+//! Why: redis-server runs a script call's arguments, tables and commands through its Lua
+//! interpreter, several times the cost of the commands themselves. Counted by
+//! `bench/redis-script-cost.sh` (instructions of redis-server per key, existing keys): one key
+//! 25,100 this way against 63,300 by script (a plain `SET`: 4,600); 8 keys in each of 8
+//! partitions 5,000 against 16,900 (results/redis-script-cost.md). The price is a second round
+//! trip, and the records read back whole: a pipeline whose new values pass
+//! [`WATCHED_MAX_BYTES`] in all, or that carries a read, goes by script as before.
+
+use std::collections::HashMap;
+
+use chordkv_core::store::{PutOutcome, Result, StoreError, StoreOutcome};
+use chordkv_protocol::resp;
+use redis::Value;
+
+use super::{
+    decode_puts, id_hex, read_records, record_header, Attempt, Call, Failure, GroupFailure, Point,
+    RedisStore, ID_HEX_BYTES, RECORD_HEADER_BYTES, TAG_LIVE, TAG_LIVE_EXPIRING, TAG_TOMBSTONE,
+};
+
+/// A pipeline whose new values pass this many bytes in all goes by script: the read stage
+/// would bring the records they replace back whole.
+pub const WATCHED_MAX_BYTES: usize = 64 << 10;
+
+/// The puts of one pipeline, merged in two stages (see the module docs).
+pub(super) struct Watched {
+    /// Each partition's points, in the order given; partitions in order of first appearance.
+    groups: Vec<(usize, Vec<usize>)>,
+    /// Per group, once the read stage is in.
+    decided: Vec<std::result::Result<Merge, GroupFailure>>,
+    /// Commands queued by the write stage; 0 when it is an `UNWATCH`.
+    queued: usize,
+}
+
+/// What the read stage decided for one partition's entries.
+struct Merge {
+    /// Per entry: `None` for a stored record that does not read.
+    outcomes: Vec<Option<PutOutcome>>,
+    /// The points written, in order.
+    writes: Vec<usize>,
+    /// The points of keys without a record (their index members to add).
+    members: Vec<usize>,
+    /// How the live count moves.
+    delta: i64,
+}
+
+/// What a stored record says for a merge: its version, and whether it is live, with which
+/// expiry.
+#[derive(Clone, Copy)]
+struct Stored {
+    version: u64,
+    live: bool,
+    expires_at: u64,
+}
+
+impl Stored {
+    /// `None` when the record does not read (the script's `liveness`: too short, or a tag it
+    /// does not know).
+    fn of(record: &[u8]) -> Option<Stored> {
+        let version = u64::from_be_bytes(record.get(..8)?.try_into().ok()?);
+        let (live, expires_at) = match *record.get(8)? {
+            TAG_TOMBSTONE => (false, 0),
+            TAG_LIVE => (true, 0),
+            TAG_LIVE_EXPIRING if record.len() >= RECORD_HEADER_BYTES + 8 => (
+                true,
+                u64::from_be_bytes(
+                    record[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + 8]
+                        .try_into()
+                        .ok()?,
+                ),
+            ),
+            _ => return None,
+        };
+        Some(Stored {
+            version,
+            live,
+            expires_at,
+        })
+    }
+}
+
+impl Watched {
+    /// The two-stage merge of a pipeline planned as `calls`, when it carries puts only and
+    /// their values fit [`WATCHED_MAX_BYTES`]; `None` sends it by script.
+    pub(super) fn of(points: &[(usize, Point)], calls: &[Call]) -> Option<Watched> {
+        if calls.is_empty() || !calls.iter().all(|c| matches!(c, Call::Puts { .. })) {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (i, (part, point)) in points.iter().enumerate() {
+            let Point::Put(_, _, entry) = point else {
+                return None;
+            };
+            bytes += entry.value.as_ref().map_or(0, |v| v.len());
+            if bytes > WATCHED_MAX_BYTES {
+                return None;
+            }
+            match groups.iter_mut().find(|(p, _)| p == part) {
+                Some((_, mine)) => mine.push(i),
+                None => groups.push((*part, vec![i])),
+            }
+        }
+        Some(Watched {
+            groups,
+            decided: Vec::new(),
+            queued: 0,
+        })
+    }
+
+    /// Writes the read stage into `out`; answers how many replies it gets.
+    pub(super) fn encode_read(
+        &self,
+        parts: &[&RedisStore],
+        points: &[(usize, Point)],
+        out: &mut Vec<u8>,
+    ) -> usize {
+        resp::write_array_len(out, 1 + 2 * self.groups.len());
+        resp::write_bulk(out, b"WATCH");
+        for (part, _) in &self.groups {
+            let k = &parts[*part].keys;
+            resp::write_bulk(out, k.data.as_bytes());
+            resp::write_bulk(out, k.marker.as_bytes());
+        }
+        for (part, mine) in &self.groups {
+            let k = &parts[*part].keys;
+            resp::write_array_len(out, 2 + mine.len());
+            resp::write_bulk(out, b"HMGET");
+            resp::write_bulk(out, k.data.as_bytes());
+            for &i in mine {
+                if let Point::Put(key, ..) = &points[i].1 {
+                    resp::write_bulk(out, key);
+                }
+            }
+            resp::encode_command(&[b"EXISTS".as_slice(), k.marker.as_bytes()], out);
+        }
+        1 + 2 * self.groups.len()
+    }
+
+    /// Merges each entry with the record the read stage found (`replies`: the `WATCH`'s, then
+    /// each partition's `HMGET` and `EXISTS`). Fails when the replies do not read as theirs.
+    pub(super) fn decide(
+        &mut self,
+        parts: &[&RedisStore],
+        points: &[(usize, Point)],
+        replies: Vec<Value>,
+    ) -> Attempt<()> {
+        if replies.len() != 1 + 2 * self.groups.len() {
+            return Err(Failure::Corrupt(format!(
+                "{} replies to a read stage of {} partitions",
+                replies.len(),
+                self.groups.len()
+            )));
+        }
+        let mut replies = replies.into_iter();
+        match replies.next() {
+            Some(reply) if is_ok(&reply) => {}
+            Some(Value::ServerError(e)) => return Err(Failure::Redis(e.into())),
+            other => return Err(Failure::Corrupt(format!("unexpected reply to WATCH: {other:?}"))),
+        }
+        let mut decided = Vec::with_capacity(self.groups.len());
+        for (part, mine) in &self.groups {
+            let store = parts[*part];
+            let read = replies.next().unwrap_or(Value::Nil);
+            let marker = replies.next().unwrap_or(Value::Nil);
+            decided.push(match read_records(read, marker, mine.len()) {
+                Ok(Some(records)) => Ok(merge(points, mine, records)),
+                Ok(None) => Err(GroupFailure::Lost(format!(
+                    "{} is gone: the data of this namespace was lost",
+                    store.keys.marker
+                ))),
+                Err(f) => Err(GroupFailure::Call(store.store_error(f))),
+            });
+        }
+        self.decided = decided;
+        Ok(())
+    }
+
+    /// Writes the write stage into `out` (after [`Watched::decide`]); answers how many replies
+    /// it gets.
+    pub(super) fn encode_write(
+        &mut self,
+        parts: &[&RedisStore],
+        points: &[(usize, Point)],
+        out: &mut Vec<u8>,
+    ) -> usize {
+        let mut queued = 0;
+        let writing = self
+            .decided
+            .iter()
+            .any(|d| matches!(d, Ok(m) if !m.writes.is_empty()));
+        if !writing {
+            resp::encode_command(&[b"UNWATCH".as_slice()], out);
+            self.queued = 0;
+            return 1;
+        }
+        resp::encode_command(&[b"MULTI".as_slice()], out);
+        for ((part, _), decided) in self.groups.iter().zip(&self.decided) {
+            let Ok(m) = decided else { continue };
+            if m.writes.is_empty() {
+                continue;
+            }
+            let k = &parts[*part].keys;
+            if !m.members.is_empty() {
+                resp::write_array_len(out, 2 + 2 * m.members.len());
+                resp::write_bulk(out, b"ZADD");
+                resp::write_bulk(out, k.index.as_bytes());
+                for &i in &m.members {
+                    let Point::Put(key, id, _) = &points[i].1 else {
+                        continue;
+                    };
+                    resp::write_bulk(out, b"0");
+                    resp::write_bulk_len(out, ID_HEX_BYTES + key.len());
+                    out.extend_from_slice(&id_hex(id));
+                    out.extend_from_slice(key);
+                    out.extend_from_slice(b"\r\n");
+                }
+                queued += 1;
+            }
+            resp::write_array_len(out, 2 + 2 * m.writes.len());
+            resp::write_bulk(out, b"HSET");
+            resp::write_bulk(out, k.data.as_bytes());
+            for &i in &m.writes {
+                let Point::Put(key, _, entry) = &points[i].1 else {
+                    continue;
+                };
+                resp::write_bulk(out, key);
+                let (header, len) = record_header(entry);
+                let value = entry.value.as_deref().unwrap_or_default();
+                resp::write_bulk_len(out, len + value.len());
+                out.extend_from_slice(&header[..len]);
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
+            queued += 1;
+            if m.delta != 0 {
+                resp::encode_command(
+                    &[
+                        b"INCRBY".as_slice(),
+                        k.live.as_bytes(),
+                        m.delta.to_string().as_bytes(),
+                    ],
+                    out,
+                );
+                queued += 1;
+            }
+        }
+        resp::encode_command(&[b"EXEC".as_slice()], out);
+        self.queued = queued;
+        queued + 2
+    }
+
+    /// Each point's outcome from the write stage's replies; `None` when Redis did not run the
+    /// transaction (a watched key changed, or it refused it whole): the pipeline goes again by
+    /// script. A partition whose marker the read found missing gets `lost(part, detail)`.
+    pub(super) fn finish(
+        self,
+        parts: &[&RedisStore],
+        points: &[(usize, Point)],
+        replies: Vec<Value>,
+        lost: &mut dyn FnMut(usize, &str) -> StoreError,
+    ) -> Attempt<Option<Vec<Result<StoreOutcome>>>> {
+        let unexpected = |what: &dyn std::fmt::Debug| {
+            Failure::Corrupt(format!("unexpected reply to a transaction of merges: {what:?}"))
+        };
+        let mut exec = if self.queued == 0 {
+            match replies.as_slice() {
+                [reply] if is_ok(reply) => Vec::new().into_iter(),
+                other => return Err(unexpected(&other)),
+            }
+        } else {
+            if replies.len() != self.queued + 2 {
+                return Err(unexpected(&replies.len()));
+            }
+            match replies.into_iter().last() {
+                Some(Value::Array(results)) if results.len() == self.queued => results.into_iter(),
+                // Aborted (nil), or refused whole (EXECABORT): nothing ran.
+                Some(Value::Nil) | Some(Value::ServerError(_)) => return Ok(None),
+                other => return Err(unexpected(&other)),
+            }
+        };
+        let mut results: Vec<Option<Result<StoreOutcome>>> = (0..points.len()).map(|_| None).collect();
+        for ((part, mine), decided) in self.groups.iter().zip(self.decided) {
+            let store = parts[*part];
+            let outcome = decided.and_then(|m| {
+                if m.writes.is_empty() {
+                    return Ok(m.outcomes);
+                }
+                let ran = usize::from(!m.members.is_empty()) + 1 + usize::from(m.delta != 0);
+                let mut failed = None;
+                for reply in exec.by_ref().take(ran) {
+                    if let Value::ServerError(e) = reply {
+                        failed.get_or_insert(e);
+                    }
+                }
+                match failed {
+                    Some(e) => Err(GroupFailure::Call(store.store_error(Failure::Redis(e.into())))),
+                    None => Ok(m.outcomes),
+                }
+            });
+            decode_puts(store, *part, mine, points, outcome, &mut results, lost);
+        }
+        Ok(Some(
+            results
+                .into_iter()
+                .map(|r| {
+                    r.unwrap_or_else(|| {
+                        Err(StoreError::Corrupt(
+                            "faulty code: a merge of a transaction got no outcome".into(),
+                        ))
+                    })
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// One partition's entries (`mine`) merged with their stored `records`, in order, as
+/// `LUA_PUTS` merges them.
+fn merge(points: &[(usize, Point)], mine: &[usize], records: Vec<Option<Vec<u8>>>) -> Merge {
+    let mut m = Merge {
+        outcomes: Vec::with_capacity(mine.len()),
+        writes: Vec::with_capacity(mine.len()),
+        members: Vec::new(),
+        delta: 0,
+    };
+    // What the entries before wrote, by key (a key given twice in one pipeline).
+    let mut written: HashMap<&[u8], Stored> = HashMap::new();
+    let last = mine.len().saturating_sub(1);
+    for (j, (&i, record)) in mine.iter().zip(records).enumerate() {
+        let Point::Put(key, _, entry) = &points[i].1 else {
+            m.outcomes.push(None);
+            continue;
+        };
+        let old = match written.get(&key[..]) {
+            Some(s) => Some(Some(*s)),
+            None => record.map(|r| Stored::of(&r)),
+        };
+        let (applied, previous) = match old {
+            // A stored record that does not read: left as it is.
+            Some(None) => {
+                m.outcomes.push(None);
+                continue;
+            }
+            Some(Some(s)) => (entry.version > s.version, Some(s)),
+            None => {
+                m.members.push(i);
+                (true, None)
+            }
+        };
+        let was_live = previous.is_some_and(|s| s.live);
+        if applied {
+            m.writes.push(i);
+            m.delta += i64::from(entry.value.is_some()) - i64::from(was_live);
+            if j < last {
+                written.insert(
+                    &key[..],
+                    Stored {
+                        version: entry.version,
+                        live: entry.value.is_some(),
+                        expires_at: if entry.value.is_some() {
+                            entry.expires_at
+                        } else {
+                            0
+                        },
+                    },
+                );
+            }
+        }
+        m.outcomes.push(Some(PutOutcome {
+            applied,
+            previous_live: was_live,
+            previous_expires_at: previous.map_or(0, |s| s.expires_at),
+        }));
+    }
+    m
+}
+
+fn is_ok(v: &Value) -> bool {
+    match v {
+        Value::Okay => true,
+        Value::SimpleString(s) => s == "OK",
+        _ => false,
+    }
+}
