@@ -8,11 +8,12 @@ an `EVALSHA` of `LUA_PUTS`, or `MULTI`, `EXISTS`, `HMGET` per namespace, `EXEC`)
     redis-script-cost.py KIND CALLS GROUPS ENTRIES SEED OUT  CALLS calls of GROUPS namespaces
                                                              with ENTRIES keys each
 
-KIND: puts (the driver's script), empty (an EVALSHA of `return 1` with the same arguments: what
+KIND: puts (the driver's script), watched (the driver's puts in a pipeline without reads: `WATCH`,
+one `EXISTS` of the markers, `HMGET` per namespace, then `MULTI`, `HSET` per namespace, `EXEC`), empty (an EVALSHA of `return 1` with the same arguments: what
 any script call costs before it runs), set, gets (the driver's reads: `HMGET`, then the
 marker's `EXISTS`, per namespace), gets-multi (the same in one `MULTI` ... `EXEC`, as the driver
 sent them until the marker check moved after the read), get, and
-puts-new and set-new: puts and SETs of keys never written before (the driver's puts then add
+puts-new, watched-new and set-new: puts and SETs of keys never written before (the driver's puts then add
 each key to the namespace's index: a bulk load, or the keys a handoff brings to a new node). Keys are
 `key:` and 12 digits (16 bytes, as redis-benchmark's), values 3 bytes (redis-benchmark's
 default), spread over NAMESPACES namespaces as a node's vnodes spread them; every key is
@@ -102,6 +103,7 @@ def calls(kind, count, groups, entries, seed):
         low, high = KEYS // NAMESPACES, 1000 * KEYS // NAMESPACES
     else:
         low, high = 0, KEYS // NAMESPACES
+    new = kind.endswith("-new")
     kind = kind.removesuffix("-new")
     for _ in range(count):
         spaces = rng.sample(range(NAMESPACES), groups)
@@ -119,6 +121,32 @@ def calls(kind, count, groups, entries, seed):
             for n, ks in zip(spaces, picked):
                 out.append(resp("EXISTS", names(n)[3]))
                 out.append(resp("HMGET", names(n)[0], *[key(i) for i in ks]))
+            out.append(resp("EXEC"))
+        elif kind == "watched":
+            # The driver's puts in a pipeline without reads (server/src/store/redis/watched.rs):
+            # the records read under WATCH, the merges decided by the node, the writes in one
+            # MULTI ... EXEC (the index members and the live count only for keys never written).
+            watched = []
+            for n in spaces:
+                watched += [names(n)[0], names(n)[3]]
+            out.append(resp("WATCH", *watched))
+            out.append(resp("EXISTS", *[names(n)[3] for n in spaces]))
+            for n, ks in zip(spaces, picked):
+                out.append(resp("HMGET", names(n)[0], *[key(i) for i in ks]))
+            out.append(resp("MULTI"))
+            for n, ks in zip(spaces, picked):
+                if new:
+                    members = []
+                    for i in ks:
+                        members += ["0", hashlib.sha1(key(i)).hexdigest().encode() + key(i)]
+                    out.append(resp("ZADD", names(n)[1], *members))
+                fields = []
+                for i in ks:
+                    version += 1
+                    fields += [key(i), record(version)]
+                out.append(resp("HSET", names(n)[0], *fields))
+                if new:
+                    out.append(resp("INCRBY", names(n)[2], str(len(ks))))
             out.append(resp("EXEC"))
         else:
             script = PUTS if kind == "puts" else EMPTY
@@ -139,7 +167,7 @@ def main():
         cmds, path = populate(), sys.argv[2]
     else:
         kind, count, groups, entries, seed, path = sys.argv[1:7]
-        if kind not in ("puts", "empty", "set", "gets", "get", "puts-new", "set-new", "gets-multi"):
+        if kind not in ("puts", "empty", "set", "gets", "get", "puts-new", "set-new", "gets-multi", "watched", "watched-new"):
             sys.exit(f"redis-script-cost: unknown kind {kind}")
         cmds = calls(kind, int(count), int(groups), int(entries), int(seed))
     with open(path, "wb") as f:

@@ -8,6 +8,8 @@
 # random draw, replayed with `redis-cli --pipe` (bench/redis-script-cost.py writes them):
 #
 #   puts   EVALSHA of the driver's LUA_PUTS (every key's record replaced by a newer version)
+#   watched  the driver's puts in a pipeline without reads (server/src/store/redis/watched.rs):
+#          WATCH, EXISTS of the markers, HMGET per namespace; MULTI, HSET per namespace, EXEC
 #   empty  EVALSHA of `return 1` with the same keys and arguments: what a script call costs
 #          before its first line runs
 #   set    a plain SET of each key
@@ -15,7 +17,7 @@
 #   gets-multi  the same in one MULTI ... EXEC (marker check first), as the driver sent them
 #          before 2026-12-05
 #   get    a plain GET of each key
-#   set-new, puts-new   SET and the driver's puts of keys never written (the driver adds each to
+#   set-new, puts-new, watched-new   SET and the driver's puts of keys never written (the driver adds each to
 #          its namespace's index: a bulk load, or the keys a handoff brings to a new node)
 #
 #   bench/redis-script-cost.sh           # writes results/redis-script-cost.md
@@ -80,12 +82,12 @@ for shape in $SHAPES; do
     g=${shape%x*} e=${shape#*x}
     declare -A per=()
     port=$PORT_BASE
-    for kind in set puts empty set-new puts-new get gets gets-multi; do
+    for kind in set puts watched empty set-new puts-new watched-new get gets gets-multi; do
         per[$kind]=$(count "$kind" "$g" "$e" "$port")
         port=$((port + 1))
     done
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a / b}'; }
-    rows+=("| $g x $e | ${per[set]} | ${per[empty]} | ${per[puts]} | $(ratio "${per[puts]}" "${per[set]}") | ${per[set-new]} | ${per[puts-new]} | $(ratio "${per[puts-new]}" "${per[set-new]}") | ${per[get]} | ${per[gets]} | $(ratio "${per[gets]}" "${per[get]}") | ${per[gets-multi]} | $(ratio "${per[gets-multi]}" "${per[get]}") |")
+    rows+=("| $g x $e | ${per[set]} | ${per[empty]} | ${per[puts]} | $(ratio "${per[puts]}" "${per[set]}") | ${per[watched]} | $(ratio "${per[watched]}" "${per[set]}") | ${per[set-new]} | ${per[puts-new]} | $(ratio "${per[puts-new]}" "${per[set-new]}") | ${per[watched-new]} | $(ratio "${per[watched-new]}" "${per[set-new]}") | ${per[get]} | ${per[gets]} | $(ratio "${per[gets]}" "${per[get]}") | ${per[gets-multi]} | $(ratio "${per[gets-multi]}" "${per[get]}") |")
 done
 
 {
@@ -102,10 +104,12 @@ done
     echo "tens at -P 16). A SET or GET is what twemproxy sends for each request; the driver's puts are"
     echo "atomic compare-and-set merges by version (a paused or restarted process writing late must not"
     echo "replace a newer record), which Redis 7.0 runs only as a script: the \"return 1\" column is what"
-    echo "a script call costs redis-server before it does anything."
+    echo "a script call costs redis-server before it does anything. A pipeline of puts only goes without a"
+    echo "script (\`watched\`: the records read under \`WATCH\`, merged by the node, written in one"
+    echo "\`MULTI\` ... \`EXEC\` that Redis runs only if nothing watched changed): the \"transaction\" columns."
     echo
-    echo "| shape | SET | EVALSHA of \`return 1\`, same arguments | driver's puts (LUA_PUTS) | puts / SET | SET, new key | puts, new key | / SET | GET | driver's gets (HMGET, EXISTS) | gets / GET | in a transaction (MULTI, EXISTS, HMGET, EXEC) | / GET |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| shape | SET | EVALSHA of \`return 1\`, same arguments | driver's puts (LUA_PUTS) | puts / SET | puts as a transaction (watched) | / SET | SET, new key | puts, new key | / SET | transaction, new key | / SET | GET | driver's gets (HMGET, EXISTS) | gets / GET | in a transaction (MULTI, EXISTS, HMGET, EXEC) | / GET |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     printf '%s\n' "${rows[@]}"
 } >"$OUT"
 cat "$OUT"

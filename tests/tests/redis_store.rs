@@ -18,6 +18,7 @@ use chordkv_core::store::{self, Entry, MemoryStore, Store, StoreError};
 use chordkv_harness::conformance;
 use chordkv_protocol::{Id, Item};
 use chordkv_server::store::redis::pipe::RedisPipe;
+use chordkv_server::store::redis::watched::{LARGE_RECORD_BYTES, WATCHED_MIN_PUTS};
 use chordkv_server::store::{Batch, RedisPartitions, RedisStore};
 use chordkv_tests::RedisServer;
 
@@ -1317,6 +1318,29 @@ fn a_loss_in_a_shared_put_call_fails_only_its_partitions_puts() {
         assert_eq!(parts.partitions()[p].len().unwrap(), 2, "partition {p}");
         assert_eq!(parts.partitions()[p].get(b"b").unwrap(), Some(live(3, b"w")));
     }
+    // The same with enough puts for a transaction (`WATCHED_MIN_PUTS`, the others in partition
+    // 3): its read finds a marker missing, and the pipeline goes by script after an UNWATCH.
+    let padded = |version: u64| {
+        let mut ops = batch(version);
+        ops.extend((0..WATCHED_MIN_PUTS).map(|i| put(3, &format!("pad{i}"), live(version, b"w"))));
+        ops
+    };
+    for (what, version) in [("blocking, padded", 4), ("pipe, padded", 5)] {
+        redis::cmd("DEL").arg(&marker).exec(&mut raw).unwrap();
+        let mut results = if version == 4 {
+            parts.execute_batch(padded(version))
+        } else {
+            PipeDriver::new(&parts).run(padded(version))
+        };
+        for (i, r) in results.drain(8..).enumerate() {
+            assert!(
+                matches!(&r, Ok(store::StoreOutcome::Put(o)) if o.applied && o.previous_live == (version > 4)),
+                "{what}: padding put {i}: {r:?}"
+            );
+        }
+        check(what, results, version);
+    }
+    assert_eq!(parts.partitions()[1].loss_epoch(), 4);
     let [data1, _, _] = parts.partitions()[1].redis_keys();
     let written: u64 = redis::cmd("HEXISTS").arg(data1).arg("b").query(&mut raw).unwrap();
     assert_eq!(written, 0, "nothing written into the lost partition");
@@ -1332,6 +1356,8 @@ fn a_loss_in_a_shared_put_call_fails_only_its_partitions_puts() {
         let mut batch = vec![put(3, key, live(1, b"w")), put(0, key, live(1, b"w"))];
         if read {
             batch.push(get(0, "a"));
+        } else {
+            batch.extend((0..WATCHED_MIN_PUTS).map(|i| put(0, &format!("more{i}"), live(1, b"w"))));
         }
         let results = parts.execute_batch(batch);
         assert!(
@@ -1444,10 +1470,17 @@ fn the_pipe_reports_a_loss_once_per_partition() {
     let mut ops = vec![get(0, "a"), put(0, "c", live(1, b"v")), get(1, "b")];
     ops.extend((0..600).map(|i| put((i % 2) as u16, &format!("x{i}"), live(1, b"v"))));
     let lost = driver.run(ops.clone());
-    for (i, r) in lost.into_iter().enumerate() {
-        assert_lost(&format!("op {i} after the flush"), r);
-    }
     let epochs: Vec<u64> = parts.partitions().iter().map(|p| p.loss_epoch()).collect();
+    for (i, (r, (vnode, _))) in lost.into_iter().zip(&ops).enumerate() {
+        match r {
+            // A flight of puts only sends its writes by script once its read found a marker
+            // missing, which may be after the loss was recorded: its puts then land in the
+            // emptied store, and their answers come after the partition's epoch moved, which
+            // makes the node discard them as lost (`execute_since`, the store pool's check).
+            Ok(store::StoreOutcome::Put(_)) if epochs[usize::from(*vnode)] > 0 => {}
+            r => assert_lost(&format!("op {i} after the flush"), r),
+        }
+    }
     assert_eq!(
         epochs,
         vec![1, 1, 0],
@@ -1789,6 +1822,12 @@ fn a_write_between_the_read_and_the_exec_of_merges_is_never_overwritten() {
     let other = redis.store("127.0.0.1:7001#0");
     // The read stage, held before its marker check (the `HMGET` answered).
     let read_stage: [&[u8]; 2] = [b"WATCH", b"\r\n$6\r\nEXISTS\r\n"];
+    // Puts of `a` and `b`, and enough others for a transaction (`WATCHED_MIN_PUTS`).
+    let merges = |a: &str, b: &str| {
+        let mut batch = vec![put(0, a, live(3, b"held")), put(0, b, live(3, b"held"))];
+        batch.extend((0..WATCHED_MIN_PUTS).map(|i| put(0, &format!("{a}{i}"), live(3, b"held"))));
+        batch
+    };
     let check = |what: &str,
                  results: &[Result<store::StoreOutcome, StoreError>],
                  a: &str,
@@ -1809,16 +1848,18 @@ fn a_write_between_the_read_and_the_exec_of_merges_is_never_overwritten() {
             "{what}"
         );
         assert_eq!(other.get(b.as_bytes()).unwrap(), Some(live(3, b"held")), "{what}");
-        assert_eq!(other.len().unwrap(), live_count, "{what}: the live count");
+        assert_eq!(
+            other.len().unwrap(),
+            live_count + (live_count / 2) * WATCHED_MIN_PUTS as u64,
+            "{what}: the live count"
+        );
     };
 
     assert!(parts.execute_batch(vec![put(0, "a", live(1, b"v"))])[0].is_ok());
     relay.arm(&read_stage);
     let batch = {
         let parts = Arc::clone(&parts);
-        std::thread::spawn(move || {
-            parts.execute_batch(vec![put(0, "a", live(3, b"held")), put(0, "b", live(3, b"held"))])
-        })
+        std::thread::spawn(move || parts.execute_batch(merges("a", "b")))
     };
     relay.held();
     assert!(other.put(&Bytes::from("a"), live(5, b"other")).unwrap().applied);
@@ -1838,7 +1879,118 @@ fn a_write_between_the_read_and_the_exec_of_merges_is_never_overwritten() {
             relay.release();
         })
     };
-    let results = driver.run(vec![put(0, "c", live(3, b"held")), put(0, "d", live(3, b"held"))]);
+    let results = driver.run(merges("c", "d"));
     helper.join().expect("the helper");
     check("pipe", &results, "c", "d", 7, 4);
+}
+
+/// The stages `WATCH`, `MULTI` and `EXEC` run in a redis-server, per `INFO commandstats`:
+/// `(WATCH calls, EVALSHA calls)`.
+fn transaction_calls(raw: &mut redis::Connection) -> (u64, u64) {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(raw).unwrap();
+    let calls = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (calls("watch"), calls("evalsha"))
+}
+
+/// A partition that holds a large record goes by script (a transaction's read would bring the
+/// record back whole, `watched::LARGE_RECORD_BYTES`), whether this process wrote it or an
+/// earlier one did (found by the first read); a server that refuses `WATCH` or `MULTI` (an
+/// ACL) gets scripts, on the pipe and in blocking batches, and every merge is answered and
+/// stored as the memory driver would.
+#[test]
+fn merges_go_by_script_where_a_transaction_would_not_do() {
+    let redis = RedisServer::start();
+    let mut raw = redis.raw();
+    let batch = |vnode: u16, version: u64, value: &[u8]| -> Vec<(u16, store::StoreOp)> {
+        (0..WATCHED_MIN_PUTS)
+            .map(|i| put(vnode, &format!("k{i}"), live(version, value)))
+            .collect()
+    };
+    let applied = |results: &[Result<store::StoreOutcome, StoreError>]| {
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(store::StoreOutcome::Put(o)) if o.applied))
+    };
+    let large = vec![b'x'; LARGE_RECORD_BYTES + 1];
+
+    // An earlier process left a large record in partition 0: the first transaction reads it
+    // back, the next batches of that partition go by script; partition 1 keeps transactions.
+    let earlier = open_partitions(&redis, 2);
+    assert!(applied(&earlier.execute_batch(batch(0, 1, &large))));
+    drop(earlier);
+    let parts = Arc::new(open_partitions(&redis, 2));
+    let before = transaction_calls(&mut raw);
+    assert!(applied(&parts.execute_batch(batch(0, 2, b"small"))));
+    let first = transaction_calls(&mut raw);
+    assert_eq!(first.0, before.0 + 1, "the first batch went as a transaction");
+    assert!(applied(&parts.execute_batch(batch(0, 3, b"small"))));
+    assert!(applied(&PipeDriver::new(&parts).run(batch(0, 4, b"small"))));
+    let then = transaction_calls(&mut raw);
+    assert_eq!(then.0, first.0, "no transaction after the large record was seen");
+    assert_eq!(then.1, first.1 + 2, "by script");
+    assert!(applied(&parts.execute_batch(batch(1, 1, b"small"))));
+    assert_eq!(
+        transaction_calls(&mut raw).0,
+        then.0 + 1,
+        "partition 1 keeps transactions"
+    );
+    // Written by this process: noted at once.
+    assert!(applied(&parts.execute_batch(batch(1, 2, &large))));
+    let at = transaction_calls(&mut raw);
+    assert!(applied(&parts.execute_batch(batch(1, 3, b"small"))));
+    assert_eq!(
+        transaction_calls(&mut raw).0,
+        at.0,
+        "partition 1 by script once it holds a large record"
+    );
+    assert_eq!(parts.partitions()[0].get(b"k0").unwrap(), Some(live(4, b"small")));
+
+    // WATCH refused by an ACL, then MULTI: every batch answered and stored, by script.
+    for refused in ["-watch", "-multi"] {
+        let parts = Arc::new(open_partitions(&redis, 1));
+        let mut driver = PipeDriver::new(&parts);
+        let memory = MemoryStore::new();
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg(refused)
+            .exec(&mut raw)
+            .unwrap();
+        for (round, version) in (10..14).enumerate() {
+            let ops: Vec<_> = (0..WATCHED_MIN_PUTS)
+                .map(|i| put(0, &format!("{refused}{i}"), live(version, b"v")))
+                .collect();
+            let want: Vec<_> = ops
+                .iter()
+                .map(|(_, op)| store::execute(&memory, op.clone()))
+                .collect();
+            let got = if round % 2 == 0 {
+                parts.execute_batch(ops)
+            } else {
+                driver.run(ops)
+            };
+            if refused == "-multi" && round == 0 {
+                // Opened while MULTI was allowed: the first transaction finds it refused (its
+                // writes ran without the transaction) and is answered as failed.
+                assert!(
+                    got.iter().all(|r| matches!(r, Err(StoreError::Unavailable(_)))),
+                    "{got:?}"
+                );
+                continue;
+            }
+            assert_eq!(got, want, "{refused}, round {round}");
+        }
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg("+@all")
+            .exec(&mut raw)
+            .unwrap();
+    }
 }

@@ -126,7 +126,7 @@
 pub mod pipe;
 pub mod watched;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -575,6 +575,9 @@ struct Backend {
     idle: Mutex<Vec<Connection>>,
     /// The longest value the server takes: its `proto-max-bulk-len` less our record header.
     max_value: usize,
+    /// Redis refused a `WATCH` or a `MULTI` (an ACL, a proxy that does not carry them): every
+    /// merge goes by script ([`watched`]).
+    transactions_refused: AtomicBool,
     len_script: Script,
     put_script: Script,
     puts_script: Script,
@@ -609,6 +612,7 @@ impl Backend {
             puts_source: LUA_PUTS.to_string(),
             delete_script: Script::new(&format!("{LUA_HELPERS}{LUA_DELETE}")),
             scan_script: Script::new(&format!("{LUA_HELPERS}{LUA_SCAN}")),
+            transactions_refused: AtomicBool::new(false),
         };
         let mut conn = backend
             .connect()
@@ -619,6 +623,24 @@ impl Backend {
                 .prepare_invoke()
                 .load(&mut conn)
                 .map_err(|e| unavailable(format!("{shown} does not accept our scripts: {}", describe(&e))))?;
+        }
+        // Merges go as transactions only where the server takes them (`watched`): an ACL or a
+        // proxy may refuse WATCH or MULTI. (DISCARD ends the probe's MULTI and its WATCH.)
+        let takes_transactions = redis::cmd("WATCH")
+            .arg("ckv:transaction-probe")
+            .exec(&mut conn)
+            .and_then(|()| redis::cmd("MULTI").exec(&mut conn))
+            .and_then(|()| redis::cmd("DISCARD").exec(&mut conn));
+        if let Err(e) = takes_transactions {
+            if e.code().is_none() {
+                return Err(unavailable(format!(
+                    "cannot connect to {shown}: {}",
+                    describe(&e)
+                )));
+            }
+            // Refused (an error reply): nothing left watched on this connection.
+            let _ = redis::cmd("UNWATCH").exec(&mut conn);
+            backend.transactions_refused = AtomicBool::new(true);
         }
         // A record is the value and at most RECORD_HEADER_BYTES + 8 bytes before it; Redis
         // refuses an argument over its proto-max-bulk-len (512 MiB unless configured; a server
@@ -700,6 +722,10 @@ pub struct RedisStore {
     loss_lock: Mutex<()>,
     /// Whether the marker of an earlier open was there when this one opened.
     kept_data: bool,
+    /// Whether a record of more than [`watched::LARGE_RECORD_BYTES`] may be stored here: then
+    /// this partition's merges go by script, which does not read records back
+    /// ([`watched`]). Set when this process writes one or reads one back; never cleared.
+    large_records: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -777,6 +803,7 @@ impl RedisStore {
             losses: AtomicU64::new(0),
             loss_lock: Mutex::new(()),
             kept_data: false,
+            large_records: AtomicBool::new(false),
         };
         let live: Option<i64> = redis::cmd("GET").arg(&store.keys.live).query(conn).map_err(|e| {
             unavailable(format!(
@@ -873,6 +900,18 @@ impl RedisStore {
              persistence, or the database was flushed or evicted)",
             self.backend.shown, self.namespace,
         ))
+    }
+
+    /// Notes a record about to be written that is too large to read back for a merge
+    /// ([`RedisStore::large_records`]).
+    fn note_record(&self, entry: &Entry) {
+        if entry
+            .value
+            .as_ref()
+            .is_some_and(|v| v.len() > watched::LARGE_RECORD_BYTES)
+        {
+            self.large_records.store(true, Ordering::Relaxed);
+        }
     }
 
     /// The Redis URL, without credentials.
@@ -1448,35 +1487,47 @@ fn pipeline_points(
     conn: &mut Connection,
 ) -> Attempt<Vec<Result<StoreOutcome>>> {
     let mut packed = Vec::new();
-    if let Some(mut watched) = watched::Watched::of(points, calls) {
+    // Replies to skip ahead of the script calls' (an UNWATCH's).
+    let mut skip = 0;
+    if let Some(mut watched) = watched::Watched::of(backend, parts, points, calls) {
         let expected = watched.encode_read(parts, points, &mut packed);
         conn.send_packed_command(&packed)?;
         let replies = (0..expected)
             .map(|_| conn.recv_response())
             .collect::<RedisResult<Vec<Value>>>()?;
-        watched.decide(parts, points, replies)?;
         packed.clear();
-        let expected = watched.encode_write(parts, points, &mut packed);
-        conn.send_packed_command(&packed)?;
-        let replies = (0..expected)
-            .map(|_| conn.recv_response())
-            .collect::<RedisResult<Vec<Value>>>()?;
-        packed.clear();
-        let mut losses: Vec<Option<StoreError>> = vec![None; parts.len()];
-        let mut lost = |part: usize, detail: &str| -> StoreError {
-            losses[part]
-                .get_or_insert_with(|| parts[part].record_loss(conn, detail))
-                .clone()
-        };
-        if let Some(results) = watched.finish(parts, points, replies, &mut lost)? {
-            return Ok(results);
+        let next = watched.decide(backend, parts, points, replies)?;
+        if next == (watched::Next::Script { unwatch: true }) {
+            resp::encode_command(&[b"UNWATCH".as_slice()], &mut packed);
+            skip = 1;
         }
-        // A watched key changed between the stages: the merges go by script.
+        if next == watched::Next::Write {
+            let expected = watched.encode_write(parts, points, &mut packed);
+            conn.send_packed_command(&packed)?;
+            let replies = (0..expected)
+                .map(|_| conn.recv_response())
+                .collect::<RedisResult<Vec<Value>>>()?;
+            packed.clear();
+            let mut losses: Vec<Option<StoreError>> = vec![None; parts.len()];
+            let mut lost = |part: usize, detail: &str| -> StoreError {
+                losses[part]
+                    .get_or_insert_with(|| parts[part].record_loss(conn, detail))
+                    .clone()
+            };
+            if let Some(results) = watched.finish(backend, parts, points, replies, &mut lost)? {
+                return Ok(results);
+            }
+        }
+        // Redis refused the WATCH, a marker is missing, or a watched key changed between
+        // the stages: the merges go by script.
     }
     for call in calls {
         call.encode(backend, parts, points, &mut packed);
     }
     conn.send_packed_command(&packed)?;
+    for _ in 0..skip {
+        conn.recv_response()?;
+    }
     let expected: usize = calls.iter().map(Call::replies).sum();
     let mut replies = Vec::with_capacity(expected);
     for _ in 0..expected {
@@ -1975,6 +2026,7 @@ impl Store for RedisStore {
     }
 
     fn put(&self, key: &Bytes, entry: Entry) -> Result<PutOutcome> {
+        self.note_record(&entry);
         let member = member(&Id::of_key(key), key);
         let record = encode_record(&entry);
         let (applied, previous_live, expiry): (i64, i64, Vec<u8>) = self.with_conn(|conn| {
@@ -2048,11 +2100,13 @@ impl Store for RedisStore {
             .into_iter()
             .map(|it| {
                 let member = member(&Id::of_key(&it.key), &it.key);
-                let record = encode_record(&Entry {
+                let entry = Entry {
                     version: it.version,
                     value: it.value,
                     expires_at: it.expires_at,
-                });
+                };
+                self.note_record(&entry);
+                let record = encode_record(&entry);
                 (it.key.to_vec(), member, record)
             })
             .collect();

@@ -28,9 +28,10 @@
 //!   too and report the same loss; the epoch is raised once.
 //! - **Errors.** An error reply fails its own call's ops only. NOSCRIPT (Redis lost its script
 //!   cache): `SCRIPT LOAD` and the calls it refused are sent again, as the blocking path does.
-//! - **Failures never hang.** A connect is bounded by [`CONNECT_TIMEOUT_MS`], a flight by
-//!   [`IO_TIMEOUT_MS`] (see [`RedisPipe::deadline`], which the loop's `poll` timeout honours);
-//!   a read or write error, a closed connection, a timeout or bytes that are not RESP fail
+//! - **Failures never hang.** A connect is bounded by [`CONNECT_TIMEOUT_MS`], each stage of a
+//!   flight by [`IO_TIMEOUT_MS`] (see [`RedisPipe::deadline`], which the loop's `poll` timeout
+//!   honours; a flight has at most four: a transaction's read and write, `super::watched`,
+//!   the calls sent again by script, and again after `SCRIPT LOAD`); a read or write error, a closed connection, a timeout or bytes that are not RESP fail
 //!   every op of the flight with [`StoreError::Unavailable`] (each is a read or a merge:
 //!   running it again is harmless) and drop the connection. The next flight connects again.
 //!
@@ -42,12 +43,13 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
+use chordkv_protocol::resp;
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use redis::{ConnectionAddr, Value};
 
-use super::watched::Watched;
+use super::watched::{Next, Watched};
 use super::{
     decode_replies, describe, noscript_calls, pipeline_len, pipelined, plan, reply_starts, Call, PointBatch,
     RedisPartitions, RedisStore, CONNECT_TIMEOUT_MS, IO_TIMEOUT_MS,
@@ -475,18 +477,37 @@ impl<T> RedisPipe<T> {
         let parts: Vec<&RedisStore> = self.parts.parts.iter().map(|p| &**p).collect();
         match flight.watched.take() {
             Some((mut watched, Stage::Read)) => {
-                if let Err(f) = watched.decide(&parts, &flight.batch.points, incoming.collect()) {
-                    self.flight = Some(flight);
-                    return Err(pipe_error(&shown, f));
-                }
+                let backend = &self.parts.backend;
                 let link = self.link.as_mut().expect("a flight has a link");
-                flight.expected = watched.encode_write(&parts, &flight.batch.points, &mut link.out);
-                flight.watched = Some((watched, Stage::Write));
+                match watched.decide(backend, &parts, &flight.batch.points, incoming.collect()) {
+                    Ok(Next::Write) => {
+                        flight.expected = watched.encode_write(&parts, &flight.batch.points, &mut link.out);
+                        flight.watched = Some((watched, Stage::Write));
+                    }
+                    // WATCH refused, or a marker missing: by script (after an UNWATCH, whose
+                    // reply is skipped as a prelude's is).
+                    Ok(Next::Script { unwatch }) => {
+                        if unwatch {
+                            resp::encode_command(&[b"UNWATCH".as_slice()], &mut link.out);
+                            flight.prelude = 1;
+                        }
+                        for call in &flight.calls {
+                            call.encode(backend, &parts, &flight.batch.points, &mut link.out);
+                        }
+                        flight.expected =
+                            flight.prelude + flight.calls.iter().map(Call::replies).sum::<usize>();
+                    }
+                    Err(f) => {
+                        self.flight = Some(flight);
+                        return Err(pipe_error(&shown, f));
+                    }
+                }
                 return self.relaunch(registry, now, flight);
             }
             Some((watched, Stage::Write)) => {
                 let mut lost: Vec<(usize, String)> = Vec::new();
                 let finished = watched.finish(
+                    &self.parts.backend,
                     &parts,
                     &flight.batch.points,
                     incoming.collect(),
@@ -637,7 +658,7 @@ impl<T> RedisPipe<T> {
         let calls = plan(partitions, &batch.points);
         let expected: usize = calls.iter().map(Call::replies).sum();
         let parts: Vec<&RedisStore> = self.parts.parts.iter().map(|p| &**p).collect();
-        let watched = Watched::of(&batch.points, &calls);
+        let watched = Watched::of(&self.parts.backend, &parts, &batch.points, &calls);
         let link = self
             .link
             .as_mut()

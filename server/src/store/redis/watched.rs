@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  read stage    WATCH data marker ...            (every partition of the pipeline)
-//!                HMGET data key...   EXISTS marker (per partition)
+//!                EXISTS marker ...                (every partition's: all there?)
+//!                HMGET data key...                (per partition)
 //!  merged here   each entry as LUA_PUTS merges it: a strictly newer version replaces the
 //!                stored record, a later entry of a key sees the record an earlier one left,
 //!                a record that does not read is left as it is (the entry fails as corrupt)
@@ -25,9 +26,11 @@
 //! command refused while queued, Redis out of memory) goes the same way, so that each
 //! partition answers for itself as the script answers.
 //!
-//! Lost data: a partition whose marker the read stage finds missing is not written and its
-//! entries fail as lost; a marker present at the `WATCH` and still unchanged at the `EXEC` was
-//! there when the writes ran, as the script's check before its writes guarantees. Unlike the
+//! Lost data: when the read stage finds a marker missing, nothing is written: `UNWATCH`, and
+//! the pipeline goes by script, whose calls tell which partitions lost their data and answer
+//! for each (a loss is rare, and recorded as the scripts' are). Markers present at the `WATCH`
+//! and still unchanged at the `EXEC` were there when the writes ran, as the script's check
+//! before its writes guarantees. Unlike the
 //! script, a partition whose index is of the wrong type (something else wrote our key) has its
 //! records written before its `ZADD` fails (a transaction does not roll back): its entries
 //! fail as corrupt, as they do by script, and its index needs repair either way.
@@ -37,23 +40,39 @@
 //! `bench/redis-script-cost.sh` (instructions of redis-server per key, existing keys): one key
 //! 25,100 this way against 63,300 by script (a plain `SET`: 4,600); 8 keys in each of 8
 //! partitions 5,000 against 16,900 (results/redis-script-cost.md). The price is a second round
-//! trip, and the records read back whole: a pipeline whose new values pass
-//! [`WATCHED_MAX_BYTES`] in all, or that carries a read, goes by script as before.
+//! trip, and the records read back whole. So a pipeline goes by script as before when it
+//! carries a read, when it has fewer than [`WATCHED_MIN_PUTS`] puts, when its new values pass [`WATCHED_MAX_BYTES`] in all, or when one of its
+//! partitions may hold a record of more than [`LARGE_RECORD_BYTES`] (`RedisStore::large_records`:
+//! set when this process writes one, or reads one back here; a namespace filled by an earlier
+//! process is found out by its first read stage). A server that refuses `WATCH` or `MULTI` (an
+//! ACL, a proxy) gets scripts from then on (`Backend::transactions_refused`).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use chordkv_core::store::{PutOutcome, Result, StoreError, StoreOutcome};
 use chordkv_protocol::resp;
 use redis::Value;
 
 use super::{
-    decode_puts, id_hex, read_records, record_header, Attempt, Call, Failure, GroupFailure, Point,
+    decode_puts, id_hex, read_records, record_header, Attempt, Backend, Call, Failure, GroupFailure, Point,
     RedisStore, ID_HEX_BYTES, RECORD_HEADER_BYTES, TAG_LIVE, TAG_LIVE_EXPIRING, TAG_TOMBSTONE,
 };
 
 /// A pipeline whose new values pass this many bytes in all goes by script: the read stage
 /// would bring the records they replace back whole.
 pub const WATCHED_MAX_BYTES: usize = 64 << 10;
+/// A pipeline of fewer puts goes by script: the second round trip (a write, a read and a
+/// wake-up on both sides; each costs microseconds of system time on this machine) and the
+/// replies of every command to parse cost the node about what the script costs redis-server
+/// more, for a few keys. Measured with `bench/compare-redis.sh` against a build without a
+/// threshold (`BINS`; results/compare-redis-watched.md): at -P 1, about 3 puts a pipeline,
+/// the node's event loop spent more CPU a SET than redis-server saved; at -P 16, about 30, the
+/// sum fell (8 nodes with 2 replicas: 46 -> 38 us a SET).
+pub const WATCHED_MIN_PUTS: usize = 16;
+/// A partition that may hold a value of more than this many bytes has its merges go by
+/// script (`RedisStore::large_records`): a record is not read back to be replaced.
+pub const LARGE_RECORD_BYTES: usize = 16 << 10;
 
 /// The puts of one pipeline, merged in two stages (see the module docs).
 pub(super) struct Watched {
@@ -63,6 +82,16 @@ pub(super) struct Watched {
     decided: Vec<std::result::Result<Merge, GroupFailure>>,
     /// Commands queued by the write stage; 0 when it is an `UNWATCH`.
     queued: usize,
+}
+
+/// What follows a read stage ([`Watched::decide`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    /// The write stage ([`Watched::encode_write`]).
+    Write,
+    /// The pipeline's script calls, after an `UNWATCH` when `unwatch` (its one reply ahead of
+    /// theirs).
+    Script { unwatch: bool },
 }
 
 /// What the read stage decided for one partition's entries.
@@ -113,10 +142,25 @@ impl Stored {
 }
 
 impl Watched {
-    /// The two-stage merge of a pipeline planned as `calls`, when it carries puts only and
-    /// their values fit [`WATCHED_MAX_BYTES`]; `None` sends it by script.
-    pub(super) fn of(points: &[(usize, Point)], calls: &[Call]) -> Option<Watched> {
-        if calls.is_empty() || !calls.iter().all(|c| matches!(c, Call::Puts { .. })) {
+    /// The two-stage merge of a pipeline planned as `calls`, when it carries puts only, their
+    /// values fit [`WATCHED_MAX_BYTES`] and no partition of theirs may hold a large record;
+    /// `None` sends it by script. Notes the large records the pipeline writes either way.
+    pub(super) fn of(
+        backend: &Backend,
+        parts: &[&RedisStore],
+        points: &[(usize, Point)],
+        calls: &[Call],
+    ) -> Option<Watched> {
+        // Every record a pipeline writes is noted, whichever way it goes.
+        for (part, point) in points {
+            if let Point::Put(_, _, entry) = point {
+                parts[*part].note_record(entry);
+            }
+        }
+        if points.len() < WATCHED_MIN_PUTS
+            || !calls.iter().all(|c| matches!(c, Call::Puts { .. }))
+            || backend.transactions_refused.load(Ordering::Relaxed)
+        {
             return None;
         }
         let mut bytes = 0;
@@ -126,13 +170,17 @@ impl Watched {
                 return None;
             };
             bytes += entry.value.as_ref().map_or(0, |v| v.len());
-            if bytes > WATCHED_MAX_BYTES {
-                return None;
-            }
             match groups.iter_mut().find(|(p, _)| p == part) {
                 Some((_, mine)) => mine.push(i),
                 None => groups.push((*part, vec![i])),
             }
+        }
+        if bytes > WATCHED_MAX_BYTES
+            || groups
+                .iter()
+                .any(|(part, _)| parts[*part].large_records.load(Ordering::Relaxed))
+        {
+            return None;
         }
         Some(Watched {
             groups,
@@ -155,30 +203,37 @@ impl Watched {
             resp::write_bulk(out, k.data.as_bytes());
             resp::write_bulk(out, k.marker.as_bytes());
         }
+        resp::write_array_len(out, 1 + self.groups.len());
+        resp::write_bulk(out, b"EXISTS");
+        for (part, _) in &self.groups {
+            resp::write_bulk(out, parts[*part].keys.marker.as_bytes());
+        }
         for (part, mine) in &self.groups {
             let k = &parts[*part].keys;
             resp::write_array_len(out, 2 + mine.len());
             resp::write_bulk(out, b"HMGET");
             resp::write_bulk(out, k.data.as_bytes());
             for &i in mine {
-                if let Point::Put(key, ..) = &points[i].1 {
-                    resp::write_bulk(out, key);
-                }
+                resp::write_bulk(out, put_of(points, i).0);
             }
-            resp::encode_command(&[b"EXISTS".as_slice(), k.marker.as_bytes()], out);
         }
-        1 + 2 * self.groups.len()
+        2 + self.groups.len()
     }
 
-    /// Merges each entry with the record the read stage found (`replies`: the `WATCH`'s, then
-    /// each partition's `HMGET` and `EXISTS`). Fails when the replies do not read as theirs.
+    /// Merges each entry with the record the read stage found (`replies`: the `WATCH`'s, the
+    /// markers' `EXISTS`, each partition's `HMGET`) and answers [`Next::Write`]; or
+    /// [`Next::Script`] when Redis refused the `WATCH` (the pipeline goes by script, and so do
+    /// the next ones), or when a marker is missing (a partition's data was lost: the scripts
+    /// find which, each answering for its partition). Fails when the replies do not read as
+    /// theirs.
     pub(super) fn decide(
         &mut self,
+        backend: &Backend,
         parts: &[&RedisStore],
         points: &[(usize, Point)],
         replies: Vec<Value>,
-    ) -> Attempt<()> {
-        if replies.len() != 1 + 2 * self.groups.len() {
+    ) -> Attempt<Next> {
+        if replies.len() != 2 + self.groups.len() {
             return Err(Failure::Corrupt(format!(
                 "{} replies to a read stage of {} partitions",
                 replies.len(),
@@ -188,16 +243,29 @@ impl Watched {
         let mut replies = replies.into_iter();
         match replies.next() {
             Some(reply) if is_ok(&reply) => {}
-            Some(Value::ServerError(e)) => return Err(Failure::Redis(e.into())),
+            Some(Value::ServerError(_)) => {
+                backend.transactions_refused.store(true, Ordering::Relaxed);
+                return Ok(Next::Script { unwatch: false });
+            }
             other => return Err(Failure::Corrupt(format!("unexpected reply to WATCH: {other:?}"))),
+        }
+        match replies.next() {
+            Some(Value::Int(n)) if n == self.groups.len() as i64 => {}
+            Some(Value::Int(_)) => return Ok(Next::Script { unwatch: true }),
+            Some(Value::ServerError(e)) => return Err(Failure::Redis(e.into())),
+            other => return Err(Failure::Corrupt(format!("unexpected reply to EXISTS: {other:?}"))),
         }
         let mut decided = Vec::with_capacity(self.groups.len());
         for (part, mine) in &self.groups {
             let store = parts[*part];
             let read = replies.next().unwrap_or(Value::Nil);
-            let marker = replies.next().unwrap_or(Value::Nil);
-            decided.push(match read_records(read, marker, mine.len()) {
-                Ok(Some(records)) => Ok(merge(points, mine, records)),
+            decided.push(match read_records(read, Value::Int(1), mine.len()) {
+                Ok(Some(records)) => {
+                    if records.iter().flatten().any(|r| r.len() > LARGE_RECORD_BYTES) {
+                        store.large_records.store(true, Ordering::Relaxed);
+                    }
+                    Ok(merge(points, mine, records))
+                }
                 Ok(None) => Err(GroupFailure::Lost(format!(
                     "{} is gone: the data of this namespace was lost",
                     store.keys.marker
@@ -206,7 +274,7 @@ impl Watched {
             });
         }
         self.decided = decided;
-        Ok(())
+        Ok(Next::Write)
     }
 
     /// Writes the write stage into `out` (after [`Watched::decide`]); answers how many replies
@@ -239,9 +307,7 @@ impl Watched {
                 resp::write_bulk(out, b"ZADD");
                 resp::write_bulk(out, k.index.as_bytes());
                 for &i in &m.members {
-                    let Point::Put(key, id, _) = &points[i].1 else {
-                        continue;
-                    };
+                    let (key, id, _) = put_of(points, i);
                     resp::write_bulk(out, b"0");
                     resp::write_bulk_len(out, ID_HEX_BYTES + key.len());
                     out.extend_from_slice(&id_hex(id));
@@ -254,9 +320,7 @@ impl Watched {
             resp::write_bulk(out, b"HSET");
             resp::write_bulk(out, k.data.as_bytes());
             for &i in &m.writes {
-                let Point::Put(key, _, entry) = &points[i].1 else {
-                    continue;
-                };
+                let (key, _, entry) = put_of(points, i);
                 resp::write_bulk(out, key);
                 let (header, len) = record_header(entry);
                 let value = entry.value.as_deref().unwrap_or_default();
@@ -288,6 +352,7 @@ impl Watched {
     /// script. A partition whose marker the read found missing gets `lost(part, detail)`.
     pub(super) fn finish(
         self,
+        backend: &Backend,
         parts: &[&RedisStore],
         points: &[(usize, Point)],
         replies: Vec<Value>,
@@ -305,10 +370,33 @@ impl Watched {
             if replies.len() != self.queued + 2 {
                 return Err(unexpected(&replies.len()));
             }
-            match replies.into_iter().last() {
+            let mut replies = replies.into_iter();
+            match replies.next() {
+                Some(reply) if is_ok(&reply) => {}
+                // Refused: the commands after it ran alone, unguarded (an ACL that allows WATCH
+                // and not MULTI). Reported; scripts from now on.
+                Some(Value::ServerError(e)) => {
+                    backend.transactions_refused.store(true, Ordering::Relaxed);
+                    return Err(Failure::Redis(e.into()));
+                }
+                other => return Err(unexpected(&other)),
+            }
+            // Each command QUEUED, or refused while queued (then EXEC is refused whole).
+            for reply in replies.by_ref().take(self.queued) {
+                match reply {
+                    Value::SimpleString(s) if s == "QUEUED" => {}
+                    Value::ServerError(_) => {}
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            match replies.next() {
                 Some(Value::Array(results)) if results.len() == self.queued => results.into_iter(),
-                // Aborted (nil), or refused whole (EXECABORT): nothing ran.
-                Some(Value::Nil) | Some(Value::ServerError(_)) => return Ok(None),
+                // Aborted: a watched key changed. Nothing ran.
+                Some(Value::Nil) => return Ok(None),
+                // Refused whole: a command was refused while queued (out of memory, ...).
+                // Nothing ran; the script answers for each partition.
+                Some(Value::ServerError(e)) if e.code() == "EXECABORT" => return Ok(None),
+                Some(Value::ServerError(e)) => return Err(Failure::Redis(e.into())),
                 other => return Err(unexpected(&other)),
             }
         };
@@ -361,10 +449,7 @@ fn merge(points: &[(usize, Point)], mine: &[usize], records: Vec<Option<Vec<u8>>
     let mut written: HashMap<&[u8], Stored> = HashMap::new();
     let last = mine.len().saturating_sub(1);
     for (j, (&i, record)) in mine.iter().zip(records).enumerate() {
-        let Point::Put(key, _, entry) = &points[i].1 else {
-            m.outcomes.push(None);
-            continue;
-        };
+        let (key, _, entry) = put_of(points, i);
         let old = match written.get(&key[..]) {
             Some(s) => Some(Some(*s)),
             None => record.map(|r| Stored::of(&r)),
@@ -407,6 +492,17 @@ fn merge(points: &[(usize, Point)], mine: &[usize], records: Vec<Option<Vec<u8>>
         }));
     }
     m
+}
+
+/// The key, id and entry of point `i`, a put: [`Watched::of`] takes pipelines of puts only.
+fn put_of(
+    points: &[(usize, Point)],
+    i: usize,
+) -> (&bytes::Bytes, &chordkv_protocol::Id, &chordkv_core::store::Entry) {
+    match &points[i].1 {
+        Point::Put(key, id, entry) => (key, id, entry),
+        Point::Get(_) => unreachable!("faulty code: a watched pipeline carries puts only"),
+    }
 }
 
 fn is_ok(v: &Value) -> bool {
