@@ -1951,8 +1951,10 @@ fn merges_go_by_script_where_a_transaction_would_not_do() {
     );
     assert_eq!(parts.partitions()[0].get(b"k0").unwrap(), Some(live(4, b"small")));
 
-    // WATCH refused by an ACL, then MULTI: every batch answered and stored, by script.
-    for refused in ["-watch", "-multi"] {
+    // WATCH refused by an ACL, then MULTI, after the partitions were opened (the probe at open
+    // passed): the refusal comes with the read stage, before any write, and every batch is
+    // answered and stored by script.
+    for refused in ["-watch", "-multi", "-discard"] {
         let parts = Arc::new(open_partitions(&redis, 1));
         let mut driver = PipeDriver::new(&parts);
         let memory = MemoryStore::new();
@@ -1975,17 +1977,18 @@ fn merges_go_by_script_where_a_transaction_would_not_do() {
             } else {
                 driver.run(ops)
             };
-            if refused == "-multi" && round == 0 {
-                // Opened while MULTI was allowed: the first transaction finds it refused (its
-                // writes ran without the transaction) and is answered as failed.
-                assert!(
-                    got.iter().all(|r| matches!(r, Err(StoreError::Unavailable(_)))),
-                    "{got:?}"
-                );
-                continue;
-            }
             assert_eq!(got, want, "{refused}, round {round}");
         }
+        // Opened while refused: the probe at open finds it (and leaves no half-open
+        // transaction on the connection it hands on).
+        let fresh = open_partitions(&redis, 1);
+        let ops: Vec<_> = (0..WATCHED_MIN_PUTS)
+            .map(|i| put(0, &format!("{refused}-fresh{i}"), live(1, b"v")))
+            .collect();
+        assert!(
+            applied(&fresh.execute_batch(ops)),
+            "{refused}: opened while refused"
+        );
         redis::cmd("ACL")
             .arg("SETUSER")
             .arg("default")

@@ -638,9 +638,12 @@ impl Backend {
                     describe(&e)
                 )));
             }
-            // Refused (an error reply): nothing left watched on this connection.
-            let _ = redis::cmd("UNWATCH").exec(&mut conn);
+            // Refused (an error reply): the connection may be left watching, or in a MULTI
+            // that a refused DISCARD did not end; a new one takes its place.
             backend.transactions_refused = AtomicBool::new(true);
+            conn = backend
+                .connect()
+                .map_err(|e| unavailable(format!("cannot connect to {shown}: {}", describe(&e))))?;
         }
         // A record is the value and at most RECORD_HEADER_BYTES + 8 bytes before it; Redis
         // refuses an argument over its proto-max-bulk-len (512 MiB unless configured; a server
@@ -1497,8 +1500,8 @@ fn pipeline_points(
             .collect::<RedisResult<Vec<Value>>>()?;
         packed.clear();
         let next = watched.decide(backend, parts, points, replies)?;
-        if next == (watched::Next::Script { unwatch: true }) {
-            resp::encode_command(&[b"UNWATCH".as_slice()], &mut packed);
+        if let watched::Next::Script { end: Some(end) } = next {
+            resp::encode_command(&[end], &mut packed);
             skip = 1;
         }
         if next == watched::Next::Write {
@@ -1514,7 +1517,7 @@ fn pipeline_points(
                     .get_or_insert_with(|| parts[part].record_loss(conn, detail))
                     .clone()
             };
-            if let Some(results) = watched.finish(backend, parts, points, replies, &mut lost)? {
+            if let Some(results) = watched.finish(parts, points, replies, &mut lost)? {
                 return Ok(results);
             }
         }
@@ -1717,6 +1720,13 @@ fn decode_gets(
 ) {
     match read_records(read, marker, mine.len()) {
         Ok(Some(records)) => {
+            if records
+                .iter()
+                .flatten()
+                .any(|r| r.len() > watched::LARGE_RECORD_BYTES)
+            {
+                store.large_records.store(true, Ordering::Relaxed);
+            }
             for (&i, record) in mine.iter().zip(records) {
                 let entry = record.map(decode_record).transpose();
                 results[i] = Some(entry.map(StoreOutcome::Got).map_err(|f| store.store_error(f)));

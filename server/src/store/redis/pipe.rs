@@ -122,6 +122,9 @@ struct Flight<T> {
     expected: usize,
     /// Replies to the prelude at the front of `incoming` (a new connection's first flight).
     prelude: usize,
+    /// Replies after the prelude's that are skipped unread (a `DISCARD` or `UNWATCH` ahead of
+    /// a fallback's script calls, `super::watched`).
+    skip: usize,
     /// `Some(calls)` while the puts calls the server answered NOSCRIPT are sent again, after
     /// `SCRIPT LOAD`.
     reloading: Option<Vec<usize>>,
@@ -474,6 +477,9 @@ impl<T> RedisPipe<T> {
             }
         }
         flight.prelude = 0;
+        // Replies not checked: the DISCARD or UNWATCH ahead of a fallback's script calls.
+        incoming.by_ref().take(flight.skip).for_each(drop);
+        flight.skip = 0;
         let parts: Vec<&RedisStore> = self.parts.parts.iter().map(|p| &**p).collect();
         match flight.watched.take() {
             Some((mut watched, Stage::Read)) => {
@@ -486,16 +492,15 @@ impl<T> RedisPipe<T> {
                     }
                     // WATCH refused, or a marker missing: by script (after an UNWATCH, whose
                     // reply is skipped as a prelude's is).
-                    Ok(Next::Script { unwatch }) => {
-                        if unwatch {
-                            resp::encode_command(&[b"UNWATCH".as_slice()], &mut link.out);
-                            flight.prelude = 1;
+                    Ok(Next::Script { end }) => {
+                        if let Some(end) = end {
+                            resp::encode_command(&[end], &mut link.out);
+                            flight.skip = 1;
                         }
                         for call in &flight.calls {
                             call.encode(backend, &parts, &flight.batch.points, &mut link.out);
                         }
-                        flight.expected =
-                            flight.prelude + flight.calls.iter().map(Call::replies).sum::<usize>();
+                        flight.expected = flight.skip + flight.calls.iter().map(Call::replies).sum::<usize>();
                     }
                     Err(f) => {
                         self.flight = Some(flight);
@@ -507,7 +512,6 @@ impl<T> RedisPipe<T> {
             Some((watched, Stage::Write)) => {
                 let mut lost: Vec<(usize, String)> = Vec::new();
                 let finished = watched.finish(
-                    &self.parts.backend,
                     &parts,
                     &flight.batch.points,
                     incoming.collect(),
@@ -688,6 +692,7 @@ impl<T> RedisPipe<T> {
             incoming: Vec::with_capacity(expected + prelude),
             expected: expected + prelude,
             prelude,
+            skip: 0,
             reloading: None,
             watched: watched.map(|w| (w, Stage::Read)),
             deadline: now + IO_TIMEOUT_MS,

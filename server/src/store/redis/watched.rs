@@ -7,15 +7,15 @@
 //!  read stage    WATCH data marker ...            (every partition of the pipeline)
 //!                EXISTS marker ...                (every partition's: all there?)
 //!                HMGET data key...                (per partition)
+//!                MULTI                            (so that a refusal is known before any write)
 //!  merged here   each entry as LUA_PUTS merges it: a strictly newer version replaces the
 //!                stored record, a later entry of a key sees the record an earlier one left,
 //!                a record that does not read is left as it is (the entry fails as corrupt)
-//!  write stage   MULTI
-//!                  ZADD index 0 member...        (the keys that had no record)
+//!  write stage     ZADD index 0 member...        (the keys that had no record)
 //!                  HSET data key record...       (the entries that replace)
 //!                  INCRBY live delta             (when the live count moves)
 //!                EXEC                            (per partition with writes)
-//!                or UNWATCH, when no entry is newer than what is stored
+//!                or DISCARD, when no entry is newer than what is stored
 //! ```
 //!
 //! `EXEC` answers nil when a watched key changed after the `WATCH`: another connection wrote a
@@ -26,7 +26,7 @@
 //! command refused while queued, Redis out of memory) goes the same way, so that each
 //! partition answers for itself as the script answers.
 //!
-//! Lost data: when the read stage finds a marker missing, nothing is written: `UNWATCH`, and
+//! Lost data: when the read stage finds a marker missing, nothing is written: `DISCARD`, and
 //! the pipeline goes by script, whose calls tell which partitions lost their data and answer
 //! for each (a loss is rare, and recorded as the scripts' are). Markers present at the `WATCH`
 //! and still unchanged at the `EXEC` were there when the writes ran, as the script's check
@@ -80,7 +80,7 @@ pub(super) struct Watched {
     groups: Vec<(usize, Vec<usize>)>,
     /// Per group, once the read stage is in.
     decided: Vec<std::result::Result<Merge, GroupFailure>>,
-    /// Commands queued by the write stage; 0 when it is an `UNWATCH`.
+    /// Commands queued by the write stage; 0 when it is a `DISCARD`.
     queued: usize,
 }
 
@@ -89,9 +89,9 @@ pub(super) struct Watched {
 pub(super) enum Next {
     /// The write stage ([`Watched::encode_write`]).
     Write,
-    /// The pipeline's script calls, after an `UNWATCH` when `unwatch` (its one reply ahead of
-    /// theirs).
-    Script { unwatch: bool },
+    /// The pipeline's script calls, after `end` (`DISCARD` or `UNWATCH`, to leave nothing of
+    /// the transaction on the connection; its one reply ahead of theirs, not checked).
+    Script { end: Option<&'static [u8]> },
 }
 
 /// What the read stage decided for one partition's entries.
@@ -217,41 +217,54 @@ impl Watched {
                 resp::write_bulk(out, put_of(points, i).0);
             }
         }
-        2 + self.groups.len()
+        resp::encode_command(&[b"MULTI".as_slice()], out);
+        3 + self.groups.len()
     }
 
     /// Merges each entry with the record the read stage found (`replies`: the `WATCH`'s, the
-    /// markers' `EXISTS`, each partition's `HMGET`) and answers [`Next::Write`]; or
-    /// [`Next::Script`] when Redis refused the `WATCH` (the pipeline goes by script, and so do
-    /// the next ones), or when a marker is missing (a partition's data was lost: the scripts
-    /// find which, each answering for its partition). Fails when the replies do not read as
-    /// theirs.
+    /// markers' `EXISTS`, each partition's `HMGET`, the `MULTI`'s) and answers [`Next::Write`];
+    /// or [`Next::Script`] when Redis refused the `WATCH` or the `MULTI` (the pipeline goes by
+    /// script, and so do the next ones), or when a marker is missing (a partition's data was
+    /// lost: the scripts find which, each answering for its partition). Fails when the replies
+    /// do not read as theirs.
     pub(super) fn decide(
         &mut self,
         backend: &Backend,
         parts: &[&RedisStore],
         points: &[(usize, Point)],
-        replies: Vec<Value>,
+        mut replies: Vec<Value>,
     ) -> Attempt<Next> {
-        if replies.len() != 2 + self.groups.len() {
+        if replies.len() != 3 + self.groups.len() {
             return Err(Failure::Corrupt(format!(
                 "{} replies to a read stage of {} partitions",
                 replies.len(),
                 self.groups.len()
             )));
         }
+        let multi = replies.pop();
         let mut replies = replies.into_iter();
-        match replies.next() {
-            Some(reply) if is_ok(&reply) => {}
-            Some(Value::ServerError(_)) => {
-                backend.transactions_refused.store(true, Ordering::Relaxed);
-                return Ok(Next::Script { unwatch: false });
+        let watch = replies.next();
+        // What leaves nothing of the transaction on the connection: DISCARD ends a MULTI and
+        // the WATCH; UNWATCH a WATCH alone.
+        let end: Option<&'static [u8]> = match (&watch, &multi) {
+            (_, Some(m)) if is_ok(m) => Some(b"DISCARD"),
+            (Some(w), _) if is_ok(w) => Some(b"UNWATCH"),
+            _ => None,
+        };
+        for (reply, what) in [(&watch, "WATCH"), (&multi, "MULTI")] {
+            match reply {
+                Some(reply) if is_ok(reply) => {}
+                // Refused (an ACL, a proxy): no write went out. Scripts from now on.
+                Some(Value::ServerError(_)) => {
+                    backend.transactions_refused.store(true, Ordering::Relaxed);
+                    return Ok(Next::Script { end });
+                }
+                other => return Err(Failure::Corrupt(format!("unexpected reply to {what}: {other:?}"))),
             }
-            other => return Err(Failure::Corrupt(format!("unexpected reply to WATCH: {other:?}"))),
         }
         match replies.next() {
             Some(Value::Int(n)) if n == self.groups.len() as i64 => {}
-            Some(Value::Int(_)) => return Ok(Next::Script { unwatch: true }),
+            Some(Value::Int(_)) => return Ok(Next::Script { end }),
             Some(Value::ServerError(e)) => return Err(Failure::Redis(e.into())),
             other => return Err(Failure::Corrupt(format!("unexpected reply to EXISTS: {other:?}"))),
         }
@@ -291,11 +304,10 @@ impl Watched {
             .iter()
             .any(|d| matches!(d, Ok(m) if !m.writes.is_empty()));
         if !writing {
-            resp::encode_command(&[b"UNWATCH".as_slice()], out);
+            resp::encode_command(&[b"DISCARD".as_slice()], out);
             self.queued = 0;
             return 1;
         }
-        resp::encode_command(&[b"MULTI".as_slice()], out);
         for ((part, _), decided) in self.groups.iter().zip(&self.decided) {
             let Ok(m) = decided else { continue };
             if m.writes.is_empty() {
@@ -344,7 +356,7 @@ impl Watched {
         }
         resp::encode_command(&[b"EXEC".as_slice()], out);
         self.queued = queued;
-        queued + 2
+        queued + 1
     }
 
     /// Each point's outcome from the write stage's replies; `None` when Redis did not run the
@@ -352,7 +364,6 @@ impl Watched {
     /// script. A partition whose marker the read found missing gets `lost(part, detail)`.
     pub(super) fn finish(
         self,
-        backend: &Backend,
         parts: &[&RedisStore],
         points: &[(usize, Point)],
         replies: Vec<Value>,
@@ -367,20 +378,10 @@ impl Watched {
                 other => return Err(unexpected(&other)),
             }
         } else {
-            if replies.len() != self.queued + 2 {
+            if replies.len() != self.queued + 1 {
                 return Err(unexpected(&replies.len()));
             }
             let mut replies = replies.into_iter();
-            match replies.next() {
-                Some(reply) if is_ok(&reply) => {}
-                // Refused: the commands after it ran alone, unguarded (an ACL that allows WATCH
-                // and not MULTI). Reported; scripts from now on.
-                Some(Value::ServerError(e)) => {
-                    backend.transactions_refused.store(true, Ordering::Relaxed);
-                    return Err(Failure::Redis(e.into()));
-                }
-                other => return Err(unexpected(&other)),
-            }
             // Each command QUEUED, or refused while queued (then EXEC is refused whole).
             for reply in replies.by_ref().take(self.queued) {
                 match reply {
