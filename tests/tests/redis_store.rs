@@ -18,7 +18,9 @@ use chordkv_core::store::{self, Entry, MemoryStore, Store, StoreError};
 use chordkv_harness::conformance;
 use chordkv_protocol::{Id, Item};
 use chordkv_server::store::redis::pipe::RedisPipe;
-use chordkv_server::store::redis::watched::{LARGE_RECORD_BYTES, WATCHED_MIN_PUTS};
+use chordkv_server::store::redis::watched::{LARGE_RECORD_BYTES, WATCHED_MIN_PUTS_ON_LOOP};
+/// Puts enough for a transaction on either path (the blocking pipelines take fewer).
+const WATCHED_MIN_PUTS: usize = WATCHED_MIN_PUTS_ON_LOOP;
 use chordkv_server::store::{Batch, RedisPartitions, RedisStore};
 use chordkv_tests::RedisServer;
 
@@ -776,7 +778,12 @@ fn random_ops(rng: &mut Rng, keys: &[String], partitions: u64) -> Vec<(u16, stor
     // Some batches without reads: a pipeline of merges only goes as a transaction (`watched`),
     // one with a read by script.
     let reads = !rng.chance(0.4);
-    (0..rng.range(1, 60))
+    let ops = if reads {
+        rng.range(1, 60)
+    } else {
+        rng.range(1, 2 * WATCHED_MIN_PUTS as u64)
+    };
+    (0..ops)
         .map(|_| {
             let vnode = rng.below(partitions) as u16;
             let entry = |rng: &mut Rng| {

@@ -1492,7 +1492,8 @@ fn pipeline_points(
     let mut packed = Vec::new();
     // Replies to skip ahead of the script calls' (an UNWATCH's).
     let mut skip = 0;
-    if let Some(mut watched) = watched::Watched::of(backend, parts, points, calls) {
+    if let Some(mut watched) = watched::Watched::of(backend, parts, points, calls, watched::WATCHED_MIN_PUTS)
+    {
         let expected = watched.encode_read(parts, points, &mut packed);
         conn.send_packed_command(&packed)?;
         let replies = (0..expected)

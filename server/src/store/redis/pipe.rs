@@ -662,7 +662,13 @@ impl<T> RedisPipe<T> {
         let calls = plan(partitions, &batch.points);
         let expected: usize = calls.iter().map(Call::replies).sum();
         let parts: Vec<&RedisStore> = self.parts.parts.iter().map(|p| &**p).collect();
-        let watched = Watched::of(&self.parts.backend, &parts, &batch.points, &calls);
+        let watched = Watched::of(
+            &self.parts.backend,
+            &parts,
+            &batch.points,
+            &calls,
+            super::watched::WATCHED_MIN_PUTS_ON_LOOP,
+        );
         let link = self
             .link
             .as_mut()

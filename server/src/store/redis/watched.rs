@@ -41,7 +41,8 @@
 //! 25,100 this way against 63,300 by script (a plain `SET`: 4,600); 8 keys in each of 8
 //! partitions 5,000 against 16,900 (results/redis-script-cost.md). The price is a second round
 //! trip, and the records read back whole. So a pipeline goes by script as before when it
-//! carries a read, when it has fewer than [`WATCHED_MIN_PUTS`] puts, when its new values pass [`WATCHED_MAX_BYTES`] in all, or when one of its
+//! carries a read, when it has fewer than [`WATCHED_MIN_PUTS`] puts ([`WATCHED_MIN_PUTS_ON_LOOP`]
+//! on the event loop's pipe), when its new values pass [`WATCHED_MAX_BYTES`] in all, or when one of its
 //! partitions may hold a record of more than [`LARGE_RECORD_BYTES`] (`RedisStore::large_records`:
 //! set when this process writes one, or reads one back here; a namespace filled by an earlier
 //! process is found out by its first read stage). A server that refuses `WATCH` or `MULTI` (an
@@ -65,11 +66,19 @@ pub const WATCHED_MAX_BYTES: usize = 64 << 10;
 /// A pipeline of fewer puts goes by script: the second round trip (a write, a read and a
 /// wake-up on both sides; each costs microseconds of system time on this machine) and the
 /// replies of every command to parse cost the node about what the script costs redis-server
-/// more, for a few keys. Measured with `bench/compare-redis.sh` against a build without a
-/// threshold (`BINS`; results/compare-redis-watched.md): at -P 1, about 3 puts a pipeline,
-/// the node's event loop spent more CPU a SET than redis-server saved; at -P 16, about 30, the
-/// sum fell (8 nodes with 2 replicas: 46 -> 38 us a SET).
+/// more, for a few keys. This is the threshold of the blocking pipelines, which run on a store
+/// worker (a node with replicas); the event loop's pipe, whose loop also routes every request,
+/// waits for more ([`WATCHED_MIN_PUTS_ON_LOOP`]). Measured with `bench/compare-redis.sh`
+/// against a build without transactions (`BINS`; results/compare-redis-watched.md): 8 nodes
+/// with 2 replicas spent less CPU a SET at -P 16 (about 30 puts a pipeline); at -P 1 (about 3)
+/// the node's extra CPU ate what redis-server saved.
 pub const WATCHED_MIN_PUTS: usize = 16;
+/// [`WATCHED_MIN_PUTS`] on the event loop's pipe (a node without replicas). With 8 nodes
+/// without replicas a pipeline carried 16 to 60 puts at -P 16, and the loop's extra CPU for the
+/// second round trip matched what redis-server saved (results/compare-redis-watched.md, the
+/// -r0 rows); one node carries hundreds a pipeline, where a transaction costs redis-server a
+/// third of the script.
+pub const WATCHED_MIN_PUTS_ON_LOOP: usize = 64;
 /// A partition that may hold a value of more than this many bytes has its merges go by
 /// script (`RedisStore::large_records`): a record is not read back to be replaced.
 pub const LARGE_RECORD_BYTES: usize = 16 << 10;
@@ -150,6 +159,7 @@ impl Watched {
         parts: &[&RedisStore],
         points: &[(usize, Point)],
         calls: &[Call],
+        min_puts: usize,
     ) -> Option<Watched> {
         // Every record a pipeline writes is noted, whichever way it goes.
         for (part, point) in points {
@@ -157,7 +167,7 @@ impl Watched {
                 parts[*part].note_record(entry);
             }
         }
-        if points.len() < WATCHED_MIN_PUTS
+        if points.len() < min_puts
             || !calls.iter().all(|c| matches!(c, Call::Puts { .. }))
             || backend.transactions_refused.load(Ordering::Relaxed)
         {
