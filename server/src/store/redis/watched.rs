@@ -69,15 +69,16 @@ pub const WATCHED_MAX_BYTES: usize = 64 << 10;
 /// more, for a few keys. This is the threshold of the blocking pipelines, which run on a store
 /// worker (a node with replicas); the event loop's pipe, whose loop also routes every request,
 /// waits for more ([`WATCHED_MIN_PUTS_ON_LOOP`]). Measured with `bench/compare-redis.sh`
-/// against a build without transactions (`BINS`; results/compare-redis-watched.md): 8 nodes
-/// with 2 replicas spent less CPU a SET at -P 16 (about 30 puts a pipeline); at -P 1 (about 3)
-/// the node's extra CPU ate what redis-server saved.
+/// against a build without transactions (`BINS`; results/compare-redis-watched-5396cf8.md,
+/// this threshold on both paths): 8 nodes with 2 replicas spent less CPU a SET at -P 16 (about
+/// 30 puts a transaction, by `INFO commandstats`); at -P 1 the node's extra CPU ate what
+/// redis-server saved, which is why fewer puts go by script.
 pub const WATCHED_MIN_PUTS: usize = 16;
 /// [`WATCHED_MIN_PUTS`] on the event loop's pipe (a node without replicas). With 8 nodes
-/// without replicas a pipeline carried 16 to 60 puts at -P 16, and the loop's extra CPU for the
-/// second round trip matched what redis-server saved (results/compare-redis-watched.md, the
-/// -r0 rows); one node carries hundreds a pipeline, where a transaction costs redis-server a
-/// third of the script.
+/// without replicas and the threshold at 16 (results/compare-redis-watched-5396cf8.md, the
+/// -r0 rows: about 50 puts a transaction at -P 16, and as many puts by script), the loop spent
+/// more CPU a SET than redis-server saved; one node under -P 16 carries hundreds a pipeline,
+/// where a transaction costs redis-server a third of the script.
 pub const WATCHED_MIN_PUTS_ON_LOOP: usize = 64;
 /// A partition that may hold a value of more than this many bytes has its merges go by
 /// script (`RedisStore::large_records`): a record is not read back to be replaced.
