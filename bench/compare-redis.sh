@@ -19,7 +19,8 @@
 #   chordkv-8-redis-r2  the same with --replicas 2 (every SET stored 3 times before its reply)
 #
 # Each target gets `redis-benchmark -c 50 -r 100000 -t set` then `-t get`, without pipelining
-# and with -P 16, REPEATS times (targets interleaved, so a noisy moment does not hit one target only);
+# and with -P 16, REPEATS times (targets interleaved, so a noisy moment does not hit one target only;
+# in the given order on odd repeats, reversed on even ones);
 # the report gives the medians of requests/s, p50 and p99 and the ratios to redis-server and
 # to twemproxy. Every run also reads the CPU time (utime + stime) and the context switches of
 # every thread of every process it started, and of redis-benchmark, from /proc before and after
@@ -374,7 +375,15 @@ children_ticks() {
 }
 
 for r in $(seq "$REPEATS"); do
-    for t in "${TARGETS[@]}"; do
+    # The given order on odd repeats, reversed on even ones: a target that runs after another
+    # over the same redis-servers finds the other's keys there (and its background work), so a
+    # fixed order would favour the first of two builds compared.
+    order=("${TARGETS[@]}")
+    if ((r % 2 == 0)); then
+        order=()
+        for ((i = ${#TARGETS[@]} - 1; i >= 0; i--)); do order+=("${TARGETS[i]}"); done
+    fi
+    for t in "${order[@]}"; do
         for pl in 1 "$PIPELINE"; do
             log "repeat $r/$REPEATS $t -P $pl"
             for x in set get; do
@@ -446,7 +455,7 @@ mkdir -p "$(dirname "$OUT")"
     echo '```'
     echo
     echo "with N = $REQUESTS for P = 1 and N = $PIPELINED_REQUESTS for P = $PIPELINE, TEST = set then get, targets"
-    echo "interleaved within each repeat."
+    echo "interleaved within each repeat (in the order given on odd repeats, reversed on even ones)."
     echo "Latencies are redis-benchmark's, in ms. chordkv-8: 8 nodes, memory store, 2 replicas per key"
     echo "(every SET is applied on 3 nodes before its reply), redis-benchmark connected to node 0, which"
     echo "routes each request to the key's owner. chordkv-8-r0 is chordkv-8 with --replicas 0: one copy of"
