@@ -48,7 +48,6 @@
 //! process is found out by its first read stage). A server that refuses `WATCH` or `MULTI` (an
 //! ACL, a proxy) gets scripts from then on (`Backend::transactions_refused`).
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use chordkv_core::store::{PutOutcome, Result, StoreError, StoreOutcome};
@@ -457,13 +456,24 @@ fn merge(points: &[(usize, Point)], mine: &[usize], records: Vec<Option<Vec<u8>>
         members: Vec::new(),
         delta: 0,
     };
-    // What the entries before wrote, by key (a key given twice in one pipeline).
-    let mut written: HashMap<&[u8], Stored> = HashMap::new();
-    let last = mine.len().saturating_sub(1);
+    // Only the entries of a key given more than once in the group look at, or leave, what the
+    // entries before them wrote (the latest for the key is last in `written`).
+    let repeated = repeated_keys(points, mine);
+    let mut written: Vec<(&[u8], Stored)> = Vec::new();
     for (j, (&i, record)) in mine.iter().zip(records).enumerate() {
         let (key, _, entry) = put_of(points, i);
-        let old = match written.get(&key[..]) {
-            Some(s) => Some(Some(*s)),
+        let repeats = repeated.get(j) == Some(&true);
+        let earlier = repeats
+            .then(|| {
+                written
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| *k == &key[..])
+                    .map(|(_, s)| *s)
+            })
+            .flatten();
+        let old = match earlier {
+            Some(s) => Some(Some(s)),
             None => record.map(|r| Stored::of(&r)),
         };
         let (applied, previous) = match old {
@@ -482,8 +492,8 @@ fn merge(points: &[(usize, Point)], mine: &[usize], records: Vec<Option<Vec<u8>>
         if applied {
             m.writes.push(i);
             m.delta += i64::from(entry.value.is_some()) - i64::from(was_live);
-            if j < last {
-                written.insert(
+            if repeats {
+                written.push((
                     &key[..],
                     Stored {
                         version: entry.version,
@@ -494,7 +504,7 @@ fn merge(points: &[(usize, Point)], mine: &[usize], records: Vec<Option<Vec<u8>>
                             0
                         },
                     },
-                );
+                ));
             }
         }
         m.outcomes.push(Some(PutOutcome {
@@ -504,6 +514,30 @@ fn merge(points: &[(usize, Point)], mine: &[usize], records: Vec<Option<Vec<u8>>
         }));
     }
     m
+}
+
+/// Which of the entries `mine` give a key that another of them gives too (indexed like `mine`;
+/// empty when none does, as nearly always): the entries sorted by id, equal neighbours marked.
+/// (Ids compare by their first 8 bytes first, where hashing every key cost the merge more than
+/// the rest of it together.)
+fn repeated_keys(points: &[(usize, Point)], mine: &[usize]) -> Vec<bool> {
+    let mut by_id: Vec<(&chordkv_protocol::Id, usize)> = mine
+        .iter()
+        .enumerate()
+        .map(|(j, &i)| (put_of(points, i).1, j))
+        .collect();
+    by_id.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut repeated = Vec::new();
+    for pair in by_id.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            if repeated.is_empty() {
+                repeated = vec![false; mine.len()];
+            }
+            repeated[pair[0].1] = true;
+            repeated[pair[1].1] = true;
+        }
+    }
+    repeated
 }
 
 /// The key, id and entry of point `i`, a put: [`Watched::of`] takes pipelines of puts only.
