@@ -1351,12 +1351,7 @@ impl Call {
                     for &i in mine {
                         if let Point::Put(key, _, entry) = &points[i].1 {
                             resp::write_bulk(out, key);
-                            let (header, len) = record_header(entry);
-                            let value = entry.value.as_deref().unwrap_or_default();
-                            resp::write_bulk_len(out, len + value.len());
-                            out.extend_from_slice(&header[..len]);
-                            out.extend_from_slice(value);
-                            out.extend_from_slice(b"\r\n");
+                            write_record(out, entry);
                         }
                     }
                 }
@@ -1496,9 +1491,7 @@ fn pipeline_points(
     {
         let expected = watched.encode_read(parts, points, &mut packed);
         conn.send_packed_command(&packed)?;
-        let replies = (0..expected)
-            .map(|_| conn.recv_response())
-            .collect::<RedisResult<Vec<Value>>>()?;
+        let replies = recv_replies(conn, expected)?;
         packed.clear();
         let next = watched.decide(backend, parts, points, replies)?;
         if let watched::Next::Script { end: Some(end) } = next {
@@ -1508,9 +1501,7 @@ fn pipeline_points(
         if next == watched::Next::Write {
             let expected = watched.encode_write(parts, points, &mut packed);
             conn.send_packed_command(&packed)?;
-            let replies = (0..expected)
-                .map(|_| conn.recv_response())
-                .collect::<RedisResult<Vec<Value>>>()?;
+            let replies = recv_replies(conn, expected)?;
             packed.clear();
             let mut losses: Vec<Option<StoreError>> = vec![None; parts.len()];
             let mut lost = |part: usize, detail: &str| -> StoreError {
@@ -1558,6 +1549,11 @@ fn pipeline_points(
             .clone()
     };
     Ok(decode_replies(parts, points, calls, replies, &mut lost))
+}
+
+/// The next `n` replies on `conn`.
+fn recv_replies(conn: &mut Connection, n: usize) -> RedisResult<Vec<Value>> {
+    (0..n).map(|_| conn.recv_response()).collect()
 }
 
 /// Each point's outcome from the replies to `calls` (NOSCRIPT answers already replaced by the
@@ -1897,6 +1893,17 @@ fn encode_record(entry: &Entry) -> Vec<u8> {
     rec.extend_from_slice(&header[..len]);
     rec.extend_from_slice(value);
     rec
+}
+
+/// Writes `entry`'s record ([`encode_record`]) into `out` as a RESP bulk string, without
+/// making the record first.
+fn write_record(out: &mut Vec<u8>, entry: &Entry) {
+    let (header, len) = record_header(entry);
+    let value = entry.value.as_deref().unwrap_or_default();
+    resp::write_bulk_len(out, len + value.len());
+    out.extend_from_slice(&header[..len]);
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A record's bytes before its value (see [`encode_record`]) and how many of the 17 they are:

@@ -55,7 +55,7 @@ use chordkv_protocol::resp;
 use redis::Value;
 
 use super::{
-    decode_puts, id_hex, read_records, record_header, Attempt, Backend, Call, Failure, GroupFailure, Point,
+    decode_puts, id_hex, read_records, write_record, Attempt, Backend, Call, Failure, GroupFailure, Point,
     RedisStore, ID_HEX_BYTES, RECORD_HEADER_BYTES, TAG_LIVE, TAG_LIVE_EXPIRING, TAG_TOMBSTONE,
 };
 
@@ -344,12 +344,7 @@ impl Watched {
             for &i in &m.writes {
                 let (key, _, entry) = put_of(points, i);
                 resp::write_bulk(out, key);
-                let (header, len) = record_header(entry);
-                let value = entry.value.as_deref().unwrap_or_default();
-                resp::write_bulk_len(out, len + value.len());
-                out.extend_from_slice(&header[..len]);
-                out.extend_from_slice(value);
-                out.extend_from_slice(b"\r\n");
+                write_record(out, entry);
             }
             queued += 1;
             if m.delta != 0 {
