@@ -5,10 +5,14 @@
 //!   event loop turn:  ops of the turn ─► queue ──(nothing in flight)──► one flight:
 //!                                                 HMGET/EXISTS and EVALSHA calls,
 //!                                                 planned and encoded as the blocking
-//!                                                 pipelines are (`plan`, `Call::encode`)
+//!                                                 pipelines are (`plan`, `Call::encode`);
+//!                                                 or, for many puts and no reads, a
+//!                                                 transaction's read stage (`Watched`)
 //!   readable:         read until WouldBlock ─► frame replies (`reply_len`) ─► parse
-//!                     (`reply_value`) ─► all in: results (`decode_replies`),
-//!                     and the next flight at once with what queued meanwhile
+//!                     (`reply_value`) ─► all in: the transaction's write stage (or the
+//!                     calls by script, when it was refused), or results (`decode_replies`,
+//!                     `Watched::finish`) and the next flight at once with what queued
+//!                     meanwhile
 //! ```
 //!
 //! One flight at a time, as the blocking pipeline worker ran one pipeline at a time: while
