@@ -35,9 +35,10 @@
 //! - **Failures never hang.** A connect is bounded by [`CONNECT_TIMEOUT_MS`], each stage of a
 //!   flight by [`IO_TIMEOUT_MS`] (see [`RedisPipe::deadline`], which the loop's `poll` timeout
 //!   honours; a flight has at most four: a transaction's read and write, `super::watched`,
-//!   the calls sent again by script, and again after `SCRIPT LOAD`); a read or write error, a closed connection, a timeout or bytes that are not RESP fail
-//!   every op of the flight with [`StoreError::Unavailable`] (each is a read or a merge:
-//!   running it again is harmless) and drop the connection. The next flight connects again.
+//!   the calls sent again by script, and again after `SCRIPT LOAD`); a read or write error, a
+//!   closed connection, a timeout or bytes that are not RESP fail every op of the flight with
+//!   [`StoreError::Unavailable`] (each is a read or a merge: running it again is harmless) and
+//!   drop the connection. The next flight connects again.
 //!
 //! The address is resolved once, when the pipe is made: a host name that moves needs a
 //! restart of the node.
@@ -136,6 +137,17 @@ struct Flight<T> {
     /// `None` once the flight goes by script (from the start, or after an aborted `EXEC`).
     watched: Option<(Watched, Stage)>,
     deadline: Millis,
+}
+
+impl<T> Flight<T> {
+    /// Writes the flight's calls (by script, where a transaction did not go) into `out`;
+    /// answers how many replies they get.
+    fn encode_calls(&self, backend: &super::Backend, parts: &[&RedisStore], out: &mut Vec<u8>) -> usize {
+        for call in &self.calls {
+            call.encode(backend, parts, &self.batch.points, out);
+        }
+        self.calls.iter().map(Call::replies).sum()
+    }
 }
 
 /// The stage of a [`Watched`] flight under way.
@@ -494,17 +506,14 @@ impl<T> RedisPipe<T> {
                         flight.expected = watched.encode_write(&parts, &flight.batch.points, &mut link.out);
                         flight.watched = Some((watched, Stage::Write));
                     }
-                    // WATCH refused, or a marker missing: by script (after an UNWATCH, whose
-                    // reply is skipped as a prelude's is).
+                    // WATCH or MULTI refused, or a marker missing: by script, after the DISCARD
+                    // or UNWATCH that ends what was taken (its reply skipped unread).
                     Ok(Next::Script { end }) => {
                         if let Some(end) = end {
                             resp::encode_command(&[end], &mut link.out);
                             flight.skip = 1;
                         }
-                        for call in &flight.calls {
-                            call.encode(backend, &parts, &flight.batch.points, &mut link.out);
-                        }
-                        flight.expected = flight.skip + flight.calls.iter().map(Call::replies).sum::<usize>();
+                        flight.expected = flight.skip + flight.encode_calls(backend, &parts, &mut link.out);
                     }
                     Err(f) => {
                         self.flight = Some(flight);
@@ -532,10 +541,7 @@ impl<T> RedisPipe<T> {
                     // A watched key changed between the stages: the flight goes by script.
                     Ok(None) => {
                         let link = self.link.as_mut().expect("a flight has a link");
-                        for call in &flight.calls {
-                            call.encode(&self.parts.backend, &parts, &flight.batch.points, &mut link.out);
-                        }
-                        flight.expected = flight.calls.iter().map(Call::replies).sum();
+                        flight.expected = flight.encode_calls(&self.parts.backend, &parts, &mut link.out);
                         return self.relaunch(registry, now, flight);
                     }
                     Err(f) => {

@@ -289,6 +289,8 @@ impl Watched {
                     }
                     Ok(merge(points, mine, records))
                 }
+                // Not reached (the markers were all there, by the EXISTS above); kept so that a
+                // change to `read_records` cannot turn a loss into data.
                 Ok(None) => Err(GroupFailure::Lost(format!(
                     "{} is gone: the data of this namespace was lost",
                     store.keys.marker
