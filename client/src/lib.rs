@@ -325,8 +325,10 @@ impl Client {
     /// request (from sending it to receiving its whole reply). Each request carries a
     /// deadline of `timeout` from now on this machine's clock, at most
     /// [`limits::MAX_CLIENT_TIMEOUT_MS`]: a write the node has not started by then is
-    /// never applied (the node answers an error instead), so a write reported as timed out
-    /// is never applied after the report.
+    /// never started (the node answers an error instead), so a write reported as timed out
+    /// is not started after the report. (One an owner had handed to a store that then froze,
+    /// a paused redis-server, is carried out when the store resumes: docs/architecture.md,
+    /// "Faults", rule 1.)
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Client> {
         let timeout = timeout.max(Duration::from_millis(1));
         let stream = TcpStream::connect_timeout(&addr, timeout)
@@ -391,7 +393,7 @@ impl Client {
         }
         if frame.deadline_ms == 0 && frame.message.is_client_op() {
             // The node must not start the operation after we stop waiting for it: a write we
-            // report as timed out is never applied after the report.
+            // report as timed out is not started after the report.
             // (At most `MAX_CLIENT_TIMEOUT_MS` ahead, which the owner takes: beyond it, it
             // refuses the write. A longer timeout still waits, and a write not started within
             // the cap is reported as not applied.)

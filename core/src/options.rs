@@ -66,9 +66,12 @@ pub struct NodeOptions {
         value_parser = clap::value_parser!(u64).range(1..=MAX_VNODES)
     )]
     pub vnodes: u64,
-    /// Where the node keeps its keys: `memory`, or `redis://HOST:PORT/DB`. In Redis the
-    /// node's keys are namespaced by its advertised address, so nodes may share one Redis.
-    /// The node exits 1 at startup if Redis cannot be reached.
+    /// Where the node keeps its keys: `memory`, or `redis://[[USER]:PASSWORD@]HOST:PORT/DB`.
+    /// In Redis the node's keys are namespaced by its advertised address, so nodes may share
+    /// one Redis. The node exits 1 at startup if Redis cannot be reached, or if it could lose
+    /// data without notice: it evicts keys (`maxmemory-policy allkeys-*`; use `noeviction`)
+    /// or keeps them only in RDB snapshots (`save` without `appendonly yes`: run it with
+    /// `--save '' --appendonly no`, or `--appendonly yes --appendfsync always`).
     #[arg(long, value_name = "URL", default_value = DEFAULT_STORE)]
     pub store: String,
     /// Worker threads that run the store's long operations (scans, digests, transfers), for a

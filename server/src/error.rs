@@ -17,6 +17,11 @@ pub enum Error {
     /// we cannot read. `url` is shown without credentials; `message` says what failed, with it.
     #[error("{message}")]
     StoreUnavailable { url: String, message: String },
+    /// A Redis whose configuration could remove or roll back the store's data without the
+    /// store noticing (it evicts any key when full, or reloads a snapshot when it restarts):
+    /// the message names the setting and the one to use instead.
+    #[error("{message}")]
+    UnsafeStore { url: String, message: String },
     /// The keyring file (`--keyring`) cannot be read or holds something other than base64
     /// 32-byte keys.
     #[error("keyring {path}: {reason}")]
@@ -49,7 +54,10 @@ impl Error {
     /// Whether the store failed (an invalid URL, a Redis that cannot be opened) rather than
     /// the node itself (listening, the OS, a panic).
     pub fn is_store(&self) -> bool {
-        matches!(self, Error::InvalidStore { .. } | Error::StoreUnavailable { .. })
+        matches!(
+            self,
+            Error::InvalidStore { .. } | Error::StoreUnavailable { .. } | Error::UnsafeStore { .. }
+        )
     }
 
     /// An [`Error::Io`] for `what` (a closure for `map_err`).

@@ -124,6 +124,63 @@ fn redis_outage(name: &str, extra: &[&str]) {
     }
 }
 
+/// A write an owner handed to a Redis that then froze (SIGSTOP) is answered with an error that
+/// says it may or may not have been applied, never one that says it was not: the frozen
+/// redis-server holds the write in its socket and may carry it out when it resumes, after the
+/// client's answer (docs/architecture.md, "Faults", rule 1). On the event loop's connection
+/// (no replicas: a `StoreFailed` after the driver's I/O timeout) and on the store worker's
+/// (2 replicas on one Redis: the entry's `Timeout` or a `StoreFailed`). Once Redis resumes
+/// the key holds the frozen write's value or none, and a write after it wins.
+#[test]
+fn a_write_to_a_frozen_redis_is_answered_as_maybe_applied() {
+    for (name, extra) in [
+        ("frozen_redis_write_pipe", &["--replicas", "0"][..]),
+        ("frozen_redis_write_replicas", &[][..]),
+    ] {
+        let redis = RedisServer::start();
+        let nodes = if extra.is_empty() { 3 } else { 1 };
+        let cluster = start(name, nodes, &redis, extra);
+        let addr = cluster.addrs()[0];
+        let mut clients = Clients::new();
+        clients.retrying(addr, "PUT before the freeze", |c| c.put("frozen", "before"));
+
+        redis.pause();
+        let answer = chordkv_client::Client::connect(addr, Duration::from_secs(30))
+            .and_then(|mut c| c.put("frozen", "during"));
+        redis.resume();
+        match answer {
+            Err(ClientError::Server {
+                code: ErrorCode::StoreFailed | ErrorCode::Timeout,
+                text,
+            }) => assert!(
+                text.contains("may or may not have been applied"),
+                "{name}: the answer to a write a frozen Redis may still run: {text}"
+            ),
+            other => panic!("{name}: PUT with Redis frozen: expected StoreFailed or Timeout, got {other:?}"),
+        }
+        let got = clients.retrying(addr, "GET after the freeze", |c| c.get("frozen"));
+        let got = got
+            .value
+            .as_deref()
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        assert!(
+            matches!(got.as_deref(), Some("before" | "during")),
+            "{name}: after the freeze the key holds one of its writes: {got:?}"
+        );
+        eprintln!(
+            "{name}: the frozen write {}",
+            if got.as_deref() == Some("during") {
+                "was applied when Redis resumed"
+            } else {
+                "was not applied"
+            }
+        );
+        clients.retrying(addr, "PUT after the freeze", |c| c.put("frozen", "after"));
+        let got = clients.retrying(addr, "GET after the last PUT", |c| c.get("frozen"));
+        assert_eq!(got.value.as_deref(), Some(&b"after"[..]), "{name}");
+    }
+}
+
 /// The replication crash test on the Redis driver: 8 nodes with `--replicas 2` sharing one
 /// redis-server, 2,000 keys, two nodes SIGKILLed at once: every key reads back, and
 /// re-replication restores exactly three copies of each.

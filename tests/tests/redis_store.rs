@@ -126,6 +126,54 @@ fn opened_by_url() {
     assert_eq!(err, format!("cannot connect to {dead}: connection refused"));
 }
 
+/// A Redis that could lose part of the data without the marker telling is refused at open,
+/// with the setting named and the one to use instead: one that evicts any key when full
+/// (`allkeys-*`: it dropped one namespace's hash and left its index and marker, which read as
+/// missing keys and a corrupt store), and one that keeps its data only in RDB snapshots (a
+/// restart reloads the snapshot, marker included: older values, deletes undone). Policies that
+/// evict only keys with a TTL, which the store never sets, are taken. A server that wants a
+/// password the URL lacks is told apart from one that refuses scripts.
+#[test]
+fn a_redis_that_could_lose_data_without_notice_is_refused() {
+    let redis = RedisServer::start();
+    let open = || {
+        RedisStore::open(&redis.url(), "n1")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+
+    redis.command(&[b"CONFIG", b"SET", b"maxmemory-policy", b"allkeys-lru"]);
+    let err = open().unwrap_err();
+    assert!(
+        err.contains("maxmemory-policy allkeys-lru") && err.contains("noeviction"),
+        "{err}"
+    );
+    redis.command(&[b"CONFIG", b"SET", b"maxmemory-policy", b"allkeys-lfu"]);
+    assert!(open().unwrap_err().contains("maxmemory-policy allkeys-lfu"));
+    redis.command(&[b"CONFIG", b"SET", b"maxmemory-policy", b"volatile-lru"]);
+    open().expect("volatile-* evicts only keys with a TTL");
+
+    redis.command(&[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"]);
+    redis.command(&[b"CONFIG", b"SET", b"save", b"3600 1 300 100"]);
+    let err = open().unwrap_err();
+    assert!(
+        err.contains("RDB snapshots") && err.contains("save \"3600 1 300 100\""),
+        "{err}"
+    );
+    assert!(err.contains("appendonly yes"), "{err}");
+    redis.command(&[b"CONFIG", b"SET", b"save", b""]);
+    open().expect("no persistence: a restart empties it, which the marker shows");
+
+    redis.command(&[b"CONFIG", b"SET", b"requirepass", b"s3cret"]);
+    let err = open().unwrap_err();
+    assert!(
+        err.contains("requires a password") && err.contains("redis://:PASSWORD@"),
+        "{err}"
+    );
+    let with_password = redis.url().replace("redis://", "redis://:s3cret@");
+    RedisStore::open(&with_password, "n1").expect("the password in the URL");
+}
+
 /// Random merges, removals, batches and scans agree with the memory driver, including ranges
 /// that wrap, ranges that start or end at 0 and at the top of the ring, and cursors.
 #[test]

@@ -463,7 +463,11 @@ impl Node {
                 id,
                 Err((ErrorCode::Internal, format!("store answered {other:?}"))),
             ),
-            Err(e) => self.end_job(now, id, Err((ErrorCode::StoreFailed, e.to_string()))),
+            Err(e) => self.end_job(
+                now,
+                id,
+                Err((ErrorCode::StoreFailed, super::ops::store_failure_text(&e, true))),
+            ),
         }
     }
 

@@ -342,7 +342,11 @@ impl Node {
             return;
         };
         if now >= op.deadline {
-            return self.fail_op(id, ErrorCode::Timeout, "request deadline passed");
+            return self.fail_op(
+                id,
+                ErrorCode::Timeout,
+                &format!("request deadline passed ({TIMEOUT_OUTCOME})"),
+            );
         }
         let target = op.target;
         if self.receiving(&target) && self.owns(&target) {
@@ -799,9 +803,9 @@ impl Node {
         for id in expired {
             let text = match self.client.ops.get(&id).and_then(|op| op.last_error.as_ref()) {
                 Some(e) => {
-                    format!("request deadline passed (a write is never applied after this answer); last: {e}")
+                    format!("request deadline passed ({TIMEOUT_OUTCOME}); last: {e}")
                 }
-                None => "request deadline passed (a write is never applied after this answer)".to_string(),
+                None => format!("request deadline passed ({TIMEOUT_OUTCOME})"),
             };
             self.fail_op(id, ErrorCode::Timeout, &text);
         }
@@ -1163,10 +1167,10 @@ impl Node {
                 version,
                 existed: o.previous_live && !crate::store::is_expired(o.previous_expires_at, now),
             },
-            (_, Err(e)) => Message::Error {
+            (kind, Err(e)) => Message::Error {
                 code: ErrorCode::StoreFailed,
                 hops,
-                text: e.to_string(),
+                text: store_failure_text(&e, !matches!(kind, ServeKind::Get)),
             },
             (_, Ok(other)) => Message::Error {
                 code: ErrorCode::Internal,
@@ -1194,6 +1198,27 @@ fn unavailable(hops: u16, text: &str) -> Message {
 /// without touching the network).
 fn hop_cost(me: &NodeAddr, to: &NodeAddr) -> u16 {
     u16::from(!me.same_host(to))
+}
+
+/// What a client told that its write timed out may take it to mean (docs/architecture.md,
+/// "Faults", rule 1): the ring never starts the write after the answer, but an owner may have
+/// handed it to its store before, and a store that froze then (a paused redis-server) carries
+/// it out when it resumes; even so it never replaces a write acknowledged after this answer,
+/// whose version is higher (rule 3).
+pub(crate) const TIMEOUT_OUTCOME: &str =
+    "a write may or may not have been applied; the ring does not start it after this answer";
+
+/// The text of a store's failure for a client: for a write whose store did not answer
+/// (`Unavailable`: Redis down, frozen or out of reach) that it may still have been applied,
+/// since the store may have received it (a frozen Redis runs it when it resumes); a store
+/// that answered with an error (lost data, corrupt records, out of memory) did not apply it.
+pub(crate) fn store_failure_text(e: &StoreError, write: bool) -> String {
+    match e {
+        StoreError::Unavailable(_) if write => {
+            format!("{e} (the write may or may not have been applied: the store may still carry it out)")
+        }
+        _ => e.to_string(),
+    }
 }
 
 #[cfg(test)]

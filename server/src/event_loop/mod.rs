@@ -169,6 +169,37 @@ impl Display for Why<'_> {
     }
 }
 
+/// Least time between two log lines about failed store ops (a Redis that is down fails every
+/// op: the count of those not logged goes in the next line).
+const STORE_ERROR_LOG_MS: Millis = 10_000;
+
+/// Logs failed store ops (a Redis down, frozen, out of memory, or holding data the driver
+/// cannot read), which the client sees only as its own error and the stats as
+/// `store_errors`: the first at once, then at most one line every [`STORE_ERROR_LOG_MS`] with
+/// the number of failures since the last line. (A loss of the store's data has its own line.)
+#[derive(Default)]
+struct StoreErrorLog {
+    /// When the next line may be written.
+    next_at: Millis,
+    /// Failures since the last line.
+    unlogged: u64,
+}
+
+impl StoreErrorLog {
+    fn failed(&mut self, now: Millis, e: &store::StoreError) {
+        self.unlogged += 1;
+        if now < self.next_at {
+            return;
+        }
+        warn!(
+            failures = self.unlogged,
+            "store operations failed (their requests were answered with the error); the last: {e}"
+        );
+        self.unlogged = 0;
+        self.next_at = now.saturating_add(STORE_ERROR_LOG_MS);
+    }
+}
+
 pub(super) struct Server {
     poll: Poll,
     listener: TcpListener,
@@ -193,6 +224,8 @@ pub(super) struct Server {
     stores: Vec<Arc<dyn Store>>,
     /// Workers for a blocking store; `None`: the host runs the stores' ops itself.
     pool: Option<StorePool>,
+    /// The failed store ops' log lines, at most one every [`STORE_ERROR_LOG_MS`].
+    store_errors: StoreErrorLog,
 
     /// Open connections by token (looked up several times a request: a slab, see
     /// `conn_table.rs`).
@@ -318,11 +351,20 @@ impl Server {
         // proto-max-bulk-len: the node takes no value its store could not keep.
         if let Some(most) = stores.iter().filter_map(|s| s.max_value_bytes()).min() {
             if most < chord.max_value_bytes {
-                warn!(
-                    "--max-value-bytes lowered from {} to {most}: the store takes no longer value \
-                     (raise its proto-max-bulk-len to store longer ones)",
-                    chord.max_value_bytes
-                );
+                // Asked for (not the default): worth a warning. The default is only the
+                // protocol's bound, which a default Redis is 17 bytes short of.
+                if chord.max_value_bytes < chordkv_core::options::DEFAULT_MAX_VALUE_BYTES as usize {
+                    warn!(
+                        "--max-value-bytes lowered from {} to {most}: the store takes no longer \
+                         value (raise its proto-max-bulk-len to store longer ones)",
+                        chord.max_value_bytes
+                    );
+                } else {
+                    info!(
+                        "values up to {most} bytes: the store takes no longer value (its \
+                         proto-max-bulk-len less a record's header)"
+                    );
+                }
                 chord.max_value_bytes = most;
             }
         }
@@ -480,6 +522,7 @@ impl Server {
             me,
             stores,
             pool,
+            store_errors: StoreErrorLog::default(),
             conns: ConnTable::default(),
             peers: TokenMap::default(),
             connecting: Vec::new(),
@@ -867,6 +910,9 @@ impl Server {
     fn drain_store(&mut self, now: Millis) {
         while let Some((id, vnode, result)) = self.pool.as_mut().and_then(|p| p.try_complete()) {
             let lost = matches!(result, Err(store::StoreError::Lost(_)));
+            if let (Err(e), false) = (&result, lost) {
+                self.store_errors.failed(now, e);
+            }
             if lost {
                 // The store ops the core asked for before it hears of the loss (after earlier
                 // results of this drain) go to the store now, stamped with the losses handled

@@ -119,9 +119,13 @@
 //! recorded the same way, by a store worker: [`pipe::Losses`].) See [`Store`] for the
 //! contract.
 //!
-//! Not detected: a Redis restarted from a snapshot older than the store's last writes (the
-//! marker comes back with the snapshot, the last writes do not). Run Redis without
-//! persistence, or with `appendfsync always`, for every loss to be detected.
+//! Not detected by the marker: a Redis restarted from a snapshot older than the store's last
+//! writes (the marker comes back with the snapshot, the last writes do not), and one that
+//! evicts some of a namespace's keys but not its marker. So [`Backend::open`] refuses a Redis
+//! configured for either (RDB snapshots without an append-only file; `maxmemory-policy
+//! allkeys-*`) and warns of an append-only file not synced at every write (a crash of its
+//! machine loses the last second): `check_durability`. A setting changed after open is not
+//! seen. Run Redis without persistence, or with `appendonly yes` and `appendfsync always`.
 
 pub mod pipe;
 pub mod watched;
@@ -617,12 +621,20 @@ impl Backend {
         let mut conn = backend
             .connect()
             .map_err(|e| unavailable(format!("cannot connect to {shown}: {}", describe(&e))))?;
-        // Loading the scripts now also checks that the server runs Lua scripts at all.
+        // Loading the scripts now also checks that the server runs Lua scripts at all (and is
+        // the first command: a server that wants a password the URL lacks refuses it).
         for script in backend.scripts() {
-            script
-                .prepare_invoke()
-                .load(&mut conn)
-                .map_err(|e| unavailable(format!("{shown} does not accept our scripts: {}", describe(&e))))?;
+            script.prepare_invoke().load(&mut conn).map_err(|e| {
+                if e.code() == Some("NOAUTH") {
+                    unavailable(format!(
+                        "{shown} requires a password: give it in the store URL, \
+                         redis://:PASSWORD@HOST:PORT/DB (or redis://USER:PASSWORD@HOST:PORT/DB \
+                         for an ACL user)"
+                    ))
+                } else {
+                    unavailable(format!("{shown} does not accept our scripts: {}", describe(&e)))
+                }
+            })?;
         }
         // Merges go as transactions only where the server takes them (`watched`): an ACL or a
         // proxy may refuse WATCH or MULTI. (DISCARD ends the probe's MULTI and its WATCH.)
@@ -658,6 +670,7 @@ impl Backend {
         backend.max_value = usize::try_from(most)
             .unwrap_or(usize::MAX)
             .saturating_sub(RECORD_HEADER_BYTES + 8);
+        check_durability(&mut conn, &shown)?;
         Ok((Arc::new(backend), conn))
     }
 
@@ -1825,6 +1838,85 @@ fn is_corrupt(e: &RedisError) -> bool {
 }
 
 /// A short description of a Redis error for a message.
+/// Refuses a Redis whose configuration could take the store's data away in a way the marker
+/// does not show (module docs, "Lost data"), and warns of one that could after a crash of its
+/// machine:
+///
+/// - `maxmemory-policy allkeys-*` evicts any key when memory is full: one namespace's hash,
+///   index or live count alone (its marker may stay), which loses acknowledged writes and
+///   leaves an index that names records that are gone. (`volatile-*` policies evict only
+///   keys with a TTL; the store sets none. `noeviction` fails the writes instead, with an
+///   error the node reports.)
+/// - RDB snapshots without an append-only file (`save` set, `appendonly no`): a redis-server
+///   that restarts, after a crash or `SHUTDOWN`, loads the last snapshot, marker included,
+///   and every write since is gone or rolled back to an older version, deletes undone,
+///   without any sign (<https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/>).
+/// - An append-only file with `appendfsync everysec` or `no`: a crash of redis-server loses
+///   nothing (each write reaches the file before its reply), a crash of its machine up to the
+///   last second: warned, not refused.
+///
+/// A server that hides `CONFIG` (renamed, or an ACL) cannot be checked: warned.
+///
+/// # Errors
+/// [`Error::UnsafeStore`] naming the setting and what to set instead.
+fn check_durability(conn: &mut Connection, shown: &str) -> crate::Result<()> {
+    let mut setting = |name: &str| -> RedisResult<String> {
+        let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query(conn)?;
+        Ok(pair.get(1).cloned().unwrap_or_default())
+    };
+    let read = (|| -> RedisResult<[String; 4]> {
+        Ok([
+            setting("maxmemory-policy")?,
+            setting("save")?,
+            setting("appendonly")?,
+            setting("appendfsync")?,
+        ])
+    })();
+    let [policy, save, appendonly, appendfsync] = match read {
+        Ok(settings) => settings,
+        Err(e) => {
+            tracing::warn!(
+                url = %shown,
+                "cannot read the Redis configuration ({}): make sure it never evicts keys \
+                 (maxmemory-policy noeviction) and never reloads an older snapshot (save '' with \
+                 appendonly no, or appendonly yes): the store cannot notice either",
+                describe(&e)
+            );
+            return Ok(());
+        }
+    };
+    let unsafe_store = |message: String| Error::UnsafeStore {
+        url: shown.to_string(),
+        message,
+    };
+    if policy.starts_with("allkeys-") {
+        return Err(unsafe_store(format!(
+            "{shown} evicts keys when its memory is full (maxmemory-policy {policy}): it could \
+             drop part of a node's data (a hash, an index) and lose acknowledged writes without \
+             notice; set maxmemory-policy noeviction (full memory then fails writes with an \
+             error)"
+        )));
+    }
+    if appendonly != "yes" && !save.trim().is_empty() {
+        return Err(unsafe_store(format!(
+            "{shown} keeps its data only in RDB snapshots (save \"{save}\", appendonly no): \
+             after a restart it would reload the last snapshot and the writes since would be \
+             gone or older, deletes undone, without notice; run it without persistence (save \
+             '' and appendonly no: a restart then empties it, which the store notices and \
+             recovers from) or with an append-only file (appendonly yes, appendfsync always)"
+        )));
+    }
+    if appendonly == "yes" && appendfsync != "always" {
+        tracing::warn!(
+            url = %shown,
+            "Redis syncs its append-only file with appendfsync {appendfsync}: a crash of its \
+             machine (not of redis-server) can roll back the last second of writes without \
+             notice; appendfsync always closes that"
+        );
+    }
+    Ok(())
+}
+
 fn describe(e: &RedisError) -> String {
     if e.is_connection_refusal() {
         "connection refused".to_string()
