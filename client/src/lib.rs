@@ -396,7 +396,7 @@ impl Client {
             // report as timed out is not started after the report.
             // (At most `MAX_CLIENT_TIMEOUT_MS` ahead, which the owner takes: beyond it, it
             // refuses the write. A longer timeout still waits, and a write not started within
-            // the cap is reported as not applied.)
+            // the cap is refused with an error.)
             let ahead = (self.timeout.as_millis() as u64).min(limits::MAX_CLIENT_TIMEOUT_MS);
             frame.deadline_ms = wall_clock_ms() + ahead;
         }

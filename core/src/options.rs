@@ -70,8 +70,9 @@ pub struct NodeOptions {
     /// In Redis the node's keys are namespaced by its advertised address, so nodes may share
     /// one Redis. The node exits 1 at startup if Redis cannot be reached, or if it could lose
     /// data without notice: it evicts keys (`maxmemory-policy allkeys-*`; use `noeviction`)
-    /// or keeps them only in RDB snapshots (`save` without `appendonly yes`: run it with
-    /// `--save '' --appendonly no`, or `--appendonly yes --appendfsync always`).
+    /// keeps them only in RDB snapshots (`save` without `appendonly yes`: run it with
+    /// `--save '' --appendonly no` and no old dump.rdb, or `--appendonly yes --appendfsync
+    /// always`), or is a replica.
     #[arg(long, value_name = "URL", default_value = DEFAULT_STORE)]
     pub store: String,
     /// Worker threads that run the store's long operations (scans, digests, transfers), for a

@@ -129,8 +129,9 @@ fn redis_outage(name: &str, extra: &[&str]) {
 /// redis-server holds the write in its socket and may carry it out when it resumes, after the
 /// client's answer (docs/architecture.md, "Faults", rule 1). On the event loop's connection
 /// (no replicas: a `StoreFailed` after the driver's I/O timeout) and on the store worker's
-/// (2 replicas on one Redis: the entry's `Timeout` or a `StoreFailed`). Once Redis resumes
-/// the key holds the frozen write's value or none, and a write after it wins.
+/// (2 replicas on one Redis), the write sent to its owner (a key node 0 owns: the owner's own
+/// answer, not the entry's retries, decides the outcome). Once Redis resumes the key holds the
+/// frozen write's value or the one before, and a write after it wins.
 #[test]
 fn a_write_to_a_frozen_redis_is_answered_as_maybe_applied() {
     for (name, extra) in [
@@ -142,11 +143,18 @@ fn a_write_to_a_frozen_redis_is_answered_as_maybe_applied() {
         let cluster = start(name, nodes, &redis, extra);
         let addr = cluster.addrs()[0];
         let mut clients = Clients::new();
-        clients.retrying(addr, "PUT before the freeze", |c| c.put("frozen", "before"));
+        // A key node 0 owns (0 hops): a write through it goes to its own store.
+        let key = (0..1_000)
+            .map(|i| format!("frozen-{i}"))
+            .find(|k| {
+                let put = clients.retrying(addr, "PUT before the freeze", |c| c.put(k.clone(), "before"));
+                put.hops == 0
+            })
+            .expect("node 0 owns a key among 1,000");
 
         redis.pause();
         let answer = chordkv_client::Client::connect(addr, Duration::from_secs(30))
-            .and_then(|mut c| c.put("frozen", "during"));
+            .and_then(|mut c| c.put(key.clone(), "during"));
         redis.resume();
         match answer {
             Err(ClientError::Server {
@@ -158,7 +166,7 @@ fn a_write_to_a_frozen_redis_is_answered_as_maybe_applied() {
             ),
             other => panic!("{name}: PUT with Redis frozen: expected StoreFailed or Timeout, got {other:?}"),
         }
-        let got = clients.retrying(addr, "GET after the freeze", |c| c.get("frozen"));
+        let got = clients.retrying(addr, "GET after the freeze", |c| c.get(key.clone()));
         let got = got
             .value
             .as_deref()
@@ -175,8 +183,8 @@ fn a_write_to_a_frozen_redis_is_answered_as_maybe_applied() {
                 "was not applied"
             }
         );
-        clients.retrying(addr, "PUT after the freeze", |c| c.put("frozen", "after"));
-        let got = clients.retrying(addr, "GET after the last PUT", |c| c.get("frozen"));
+        clients.retrying(addr, "PUT after the freeze", |c| c.put(key.clone(), "after"));
+        let got = clients.retrying(addr, "GET after the last PUT", |c| c.get(key.clone()));
         assert_eq!(got.value.as_deref(), Some(&b"after"[..]), "{name}");
     }
 }

@@ -172,6 +172,19 @@ fn a_redis_that_could_lose_data_without_notice_is_refused() {
     );
     let with_password = redis.url().replace("redis://", "redis://:s3cret@");
     RedisStore::open(&with_password, "n1").expect("the password in the URL");
+    let db1 = format!("{}", redis.url()).replace("/0", "/1");
+    let err = RedisStore::open(&db1, "n1").unwrap_err().to_string();
+    assert!(
+        err.contains("requires a password"),
+        "a SELECT refused at connect: {err}"
+    );
+
+    // A replica refuses writes (or loses them at its next sync).
+    let replica = RedisServer::start();
+    let port = redis.port().to_string();
+    replica.command(&[b"REPLICAOF", b"127.0.0.1", port.as_bytes()]);
+    let err = RedisStore::open(&replica.url(), "n1").unwrap_err().to_string();
+    assert!(err.contains("role:slave"), "{err}");
 }
 
 /// Random merges, removals, batches and scans agree with the memory driver, including ranges

@@ -64,6 +64,9 @@ pub(super) struct ClientOp {
     pub last_error: Option<String>,
     /// Whether the hop in flight carries the operation itself to an owner (not a lookup step).
     pub at_owner: bool,
+    /// Whether any attempt carried the operation itself to an owner: a write that fails after
+    /// that may still have been applied (see [`WRITE_OUTCOME_UNKNOWN`]).
+    pub sent_to_owner: bool,
 }
 
 impl ClientOp {
@@ -94,6 +97,7 @@ impl ClientOp {
             asked: Vec::new(),
             last_error: None,
             at_owner: false,
+            sent_to_owner: false,
         }
     }
 }
@@ -345,7 +349,7 @@ impl Node {
             return self.fail_op(
                 id,
                 ErrorCode::Timeout,
-                &format!("request deadline passed ({TIMEOUT_OUTCOME})"),
+                &format!("request deadline passed ({NOT_STARTED_AFTER})"),
             );
         }
         let target = op.target;
@@ -507,6 +511,7 @@ impl Node {
         op.hops = op.hops.saturating_add(hop_cost(&me, &node.addr));
         op.attempt_hops += 1;
         op.at_owner = true;
+        op.sent_to_owner = true;
         let msg = op.message.clone();
         let flags = if failover {
             FLAG_DIRECT | FLAG_FAILOVER
@@ -803,9 +808,9 @@ impl Node {
         for id in expired {
             let text = match self.client.ops.get(&id).and_then(|op| op.last_error.as_ref()) {
                 Some(e) => {
-                    format!("request deadline passed ({TIMEOUT_OUTCOME}); last: {e}")
+                    format!("request deadline passed ({NOT_STARTED_AFTER}); last: {e}")
                 }
-                None => format!("request deadline passed ({TIMEOUT_OUTCOME})"),
+                None => format!("request deadline passed ({NOT_STARTED_AFTER})"),
             };
             self.fail_op(id, ErrorCode::Timeout, &text);
         }
@@ -826,10 +831,16 @@ impl Node {
             return;
         };
         self.stats.ops_failed += 1;
+        let is_write = !matches!(op.message, Message::Get { .. } | Message::ScanRange { .. });
+        let text = if is_write && op.sent_to_owner && !text.contains(WRITE_OUTCOME_UNKNOWN) {
+            format!("{text} (an attempt reached the key's owner: {WRITE_OUTCOME_UNKNOWN})")
+        } else {
+            text.to_string()
+        };
         let msg = Message::Error {
             code,
             hops: op.hops,
-            text: text.to_string(),
+            text,
         };
         self.reply(op.reply_to, op.request_id, msg);
     }
@@ -1200,22 +1211,26 @@ fn hop_cost(me: &NodeAddr, to: &NodeAddr) -> u16 {
     u16::from(!me.same_host(to))
 }
 
-/// What a client told that its write timed out may take it to mean (docs/architecture.md,
-/// "Faults", rule 1): the ring never starts the write after the answer, but an owner may have
-/// handed it to its store before, and a store that froze then (a paused redis-server) carries
-/// it out when it resumes; even so it never replaces a write acknowledged after this answer,
-/// whose version is higher (rule 3).
-pub(crate) const TIMEOUT_OUTCOME: &str =
-    "a write may or may not have been applied; the ring does not start it after this answer";
+/// What the entry promises when it gives up on an operation (docs/architecture.md, "Faults",
+/// rule 1): no node starts it afterwards (every hop carries the deadline).
+pub(crate) const NOT_STARTED_AFTER: &str = "the ring does not start the operation after this answer";
+
+/// What a client told that its write failed may take it to mean once the write reached an
+/// owner, or an owner's store did not answer: an owner may have applied it before the answer,
+/// or handed it to a store that then froze (a paused redis-server) and carries it out when it
+/// resumes (rule 1's exception). Even so it never replaces a write acknowledged after the
+/// answer, whose version is higher (rule 3).
+pub(crate) const WRITE_OUTCOME_UNKNOWN: &str = "the write may or may not have been applied";
 
 /// The text of a store's failure for a client: for a write whose store did not answer
-/// (`Unavailable`: Redis down, frozen or out of reach) that it may still have been applied,
-/// since the store may have received it (a frozen Redis runs it when it resumes); a store
-/// that answered with an error (lost data, corrupt records, out of memory) did not apply it.
+/// (`Unavailable`: Redis down, frozen, out of reach, or refusing the command) that it may
+/// still have been applied, since the store may have received it (a frozen Redis runs it when
+/// it resumes; an error reply such as OOM did not apply it, but the driver does not tell the
+/// kinds apart); lost data and corrupt records are answered before anything is written.
 pub(crate) fn store_failure_text(e: &StoreError, write: bool) -> String {
     match e {
         StoreError::Unavailable(_) if write => {
-            format!("{e} (the write may or may not have been applied: the store may still carry it out)")
+            format!("{e} ({WRITE_OUTCOME_UNKNOWN}: the store may still carry it out)")
         }
         _ => e.to_string(),
     }

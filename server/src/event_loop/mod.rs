@@ -174,26 +174,37 @@ impl Display for Why<'_> {
 const STORE_ERROR_LOG_MS: Millis = 10_000;
 
 /// Logs failed store ops (a Redis down, frozen, out of memory, or holding data the driver
-/// cannot read), which the client sees only as its own error and the stats as
-/// `store_errors`: the first at once, then at most one line every [`STORE_ERROR_LOG_MS`] with
-/// the number of failures since the last line. (A loss of the store's data has its own line.)
+/// cannot read), which a client sees only as its own error and the stats as `store_errors`:
+/// the first at once, then at most one line every [`STORE_ERROR_LOG_MS`] with the number of
+/// failures since the last line (those of the last period are logged once it ends, by
+/// [`StoreErrorLog::flush`]). (A loss of the store's data has its own line.)
 #[derive(Default)]
 struct StoreErrorLog {
     /// When the next line may be written.
     next_at: Millis,
     /// Failures since the last line.
     unlogged: u64,
+    /// The last failure's text.
+    last: Option<String>,
 }
 
 impl StoreErrorLog {
     fn failed(&mut self, now: Millis, e: &store::StoreError) {
         self.unlogged += 1;
-        if now < self.next_at {
+        self.last = Some(e.to_string());
+        self.flush(now);
+    }
+
+    /// Writes the line of the failures not logged yet, if the period since the last one ended.
+    fn flush(&mut self, now: Millis) {
+        if self.unlogged == 0 || now < self.next_at {
             return;
         }
         warn!(
             failures = self.unlogged,
-            "store operations failed (their requests were answered with the error); the last: {e}"
+            "store operations failed (a client's request is answered with the error, a \
+             background one is tried again later); the last: {}",
+            self.last.as_deref().unwrap_or("?")
         );
         self.unlogged = 0;
         self.next_at = now.saturating_add(STORE_ERROR_LOG_MS);
@@ -632,6 +643,7 @@ impl Server {
                 self.read(now, token, false);
                 self.pump(now);
             }
+            self.store_errors.flush(now);
             if self.accept_retry_at.is_some_and(|t| now >= t) {
                 self.accept_retry_at = None;
                 self.accept(now, false);

@@ -123,9 +123,12 @@
 //! writes (the marker comes back with the snapshot, the last writes do not), and one that
 //! evicts some of a namespace's keys but not its marker. So [`Backend::open`] refuses a Redis
 //! configured for either (RDB snapshots without an append-only file; `maxmemory-policy
-//! allkeys-*`) and warns of an append-only file not synced at every write (a crash of its
-//! machine loses the last second): `check_durability`. A setting changed after open is not
-//! seen. Run Redis without persistence, or with `appendonly yes` and `appendfsync always`.
+//! allkeys-*`), and a replica, and warns of an append-only file not synced at every write (a
+//! crash of its machine loses the last seconds): `check_durability`. Not seen: a setting
+//! changed after open (or set with `CONFIG SET` and lost at Redis' next restart), a stale
+//! `dump.rdb` a Redis without save points loads at startup, a failover to a replica that
+//! missed the last writes (Sentinel). Run Redis without persistence (and without a `dump.rdb`
+//! in its directory), or with `appendonly yes` and `appendfsync always`.
 
 pub mod pipe;
 pub mod watched;
@@ -618,19 +621,29 @@ impl Backend {
             scan_script: Script::new(&format!("{LUA_HELPERS}{LUA_SCAN}")),
             transactions_refused: AtomicBool::new(false),
         };
-        let mut conn = backend
-            .connect()
-            .map_err(|e| unavailable(format!("cannot connect to {shown}: {}", describe(&e))))?;
+        // A server that wants a password the URL lacks refuses the first command: the SELECT
+        // of a database other than 0 at connect, else the first script's load.
+        let password_hint = format!(
+            "{shown} requires a password: give it in the store URL, redis://:PASSWORD@HOST:PORT/DB \
+             (or redis://USER:PASSWORD@HOST:PORT/DB for an ACL user)"
+        );
+        let needs_password = |e: &RedisError| {
+            let text = e.to_string();
+            e.code() == Some("NOAUTH") || text.contains("NOAUTH") || text.contains("Authentication required")
+        };
+        let mut conn = backend.connect().map_err(|e| {
+            if needs_password(&e) {
+                unavailable(password_hint.clone())
+            } else {
+                unavailable(format!("cannot connect to {shown}: {}", describe(&e)))
+            }
+        })?;
         // Loading the scripts now also checks that the server runs Lua scripts at all (and is
         // the first command: a server that wants a password the URL lacks refuses it).
         for script in backend.scripts() {
             script.prepare_invoke().load(&mut conn).map_err(|e| {
-                if e.code() == Some("NOAUTH") {
-                    unavailable(format!(
-                        "{shown} requires a password: give it in the store URL, \
-                         redis://:PASSWORD@HOST:PORT/DB (or redis://USER:PASSWORD@HOST:PORT/DB \
-                         for an ACL user)"
-                    ))
+                if needs_password(&e) {
+                    unavailable(password_hint.clone())
                 } else {
                     unavailable(format!("{shown} does not accept our scripts: {}", describe(&e)))
                 }
@@ -1837,25 +1850,32 @@ fn is_corrupt(e: &RedisError) -> bool {
     matches!(e.code(), Some(CORRUPT_CODE) | Some("WRONGTYPE"))
 }
 
-/// A short description of a Redis error for a message.
 /// Refuses a Redis whose configuration could take the store's data away in a way the marker
-/// does not show (module docs, "Lost data"), and warns of one that could after a crash of its
-/// machine:
+/// does not show (module docs, "Lost data"), and warns of one that could in rarer cases. Read
+/// from the running server (`CONFIG GET`, `INFO replication`): a setting changed later, or one
+/// made with `CONFIG SET` and not in its configuration file (lost at its next restart), is not
+/// seen.
 ///
-/// - `maxmemory-policy allkeys-*` evicts any key when memory is full: one namespace's hash,
-///   index or live count alone (its marker may stay), which loses acknowledged writes and
-///   leaves an index that names records that are gone. (`volatile-*` policies evict only
-///   keys with a TTL; the store sets none. `noeviction` fails the writes instead, with an
-///   error the node reports.)
+/// Refused:
+/// - `maxmemory-policy allkeys-*` evicts any key when memory is full (with a `maxmemory` set):
+///   one namespace's hash, index or live count alone (its marker may stay), which loses
+///   acknowledged writes and leaves an index that names records that are gone. (`volatile-*`
+///   policies evict only keys with a TTL; the store sets none. `noeviction` fails the writes
+///   instead, with an error the node reports.) Refused even while `maxmemory` is 0 (no limit),
+///   which a `CONFIG SET` can change.
 /// - RDB snapshots without an append-only file (`save` set, `appendonly no`): a redis-server
 ///   that restarts, after a crash or `SHUTDOWN`, loads the last snapshot, marker included,
 ///   and every write since is gone or rolled back to an older version, deletes undone,
 ///   without any sign (<https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/>).
-/// - An append-only file with `appendfsync everysec` or `no`: a crash of redis-server loses
-///   nothing (each write reaches the file before its reply), a crash of its machine up to the
-///   last second: warned, not refused.
+///   (Without `save`, a `dump.rdb` left in its directory by an earlier run or a manual `SAVE`
+///   is loaded all the same at startup: the message says to remove it.)
+/// - A replica (`role:slave`): writes are refused (`READONLY`) or, writable, lost at the next
+///   sync with its master.
 ///
-/// A server that hides `CONFIG` (renamed, or an ACL) cannot be checked: warned.
+/// Warned: an append-only file not synced at every write (`appendfsync everysec` or `no`, or
+/// `no-appendfsync-on-rewrite yes`), which a crash of the machine (and, while a slow disk
+/// delays the writes, of redis-server) can roll back by its last seconds; a server that hides
+/// `CONFIG` or `INFO` (renamed, or an ACL), which cannot be checked.
 ///
 /// # Errors
 /// [`Error::UnsafeStore`] naming the setting and what to set instead.
@@ -1864,30 +1884,45 @@ fn check_durability(conn: &mut Connection, shown: &str) -> crate::Result<()> {
         let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query(conn)?;
         Ok(pair.get(1).cloned().unwrap_or_default())
     };
-    let read = (|| -> RedisResult<[String; 4]> {
+    let read = (|| -> RedisResult<[String; 5]> {
         Ok([
             setting("maxmemory-policy")?,
             setting("save")?,
             setting("appendonly")?,
             setting("appendfsync")?,
+            setting("no-appendfsync-on-rewrite")?,
         ])
     })();
-    let [policy, save, appendonly, appendfsync] = match read {
+    let role = redis::cmd("INFO")
+        .arg("replication")
+        .query::<String>(conn)
+        .map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("role:").map(|r| r.trim().to_string()))
+                .unwrap_or_default()
+        });
+    let unsafe_store = |message: String| Error::UnsafeStore {
+        url: shown.to_string(),
+        message,
+    };
+    if let Ok("slave") = role.as_deref() {
+        return Err(unsafe_store(format!(
+            "{shown} is a replica of another Redis (role:slave): it refuses writes, or loses them \
+             at its next sync with its master; give the node a master"
+        )));
+    }
+    let [policy, save, appendonly, appendfsync, no_fsync_on_rewrite] = match read {
         Ok(settings) => settings,
         Err(e) => {
             tracing::warn!(
                 url = %shown,
                 "cannot read the Redis configuration ({}): make sure it never evicts keys \
-                 (maxmemory-policy noeviction) and never reloads an older snapshot (save '' with \
-                 appendonly no, or appendonly yes): the store cannot notice either",
+                 (maxmemory-policy noeviction) and never reloads an older snapshot (no save \
+                 points and no dump.rdb, or appendonly yes): the store cannot notice either",
                 describe(&e)
             );
             return Ok(());
         }
-    };
-    let unsafe_store = |message: String| Error::UnsafeStore {
-        url: shown.to_string(),
-        message,
     };
     if policy.starts_with("allkeys-") {
         return Err(unsafe_store(format!(
@@ -1902,21 +1937,35 @@ fn check_durability(conn: &mut Connection, shown: &str) -> crate::Result<()> {
             "{shown} keeps its data only in RDB snapshots (save \"{save}\", appendonly no): \
              after a restart it would reload the last snapshot and the writes since would be \
              gone or older, deletes undone, without notice; run it without persistence (save \
-             '' and appendonly no: a restart then empties it, which the store notices and \
-             recovers from) or with an append-only file (appendonly yes, appendfsync always)"
+             \"\" and appendonly no in its redis.conf or on its command line, and no dump.rdb \
+             left in its directory, which it would load at startup: a restart then empties it, \
+             which the store notices and recovers from) or with an append-only file \
+             (appendonly yes, appendfsync always)"
         )));
     }
-    if appendonly == "yes" && appendfsync != "always" {
+    if appendonly == "yes" && (appendfsync != "always" || no_fsync_on_rewrite == "yes") {
         tracing::warn!(
             url = %shown,
-            "Redis syncs its append-only file with appendfsync {appendfsync}: a crash of its \
-             machine (not of redis-server) can roll back the last second of writes without \
-             notice; appendfsync always closes that"
+            "Redis does not sync its append-only file at every write (appendfsync {appendfsync}, \
+             no-appendfsync-on-rewrite {no_fsync_on_rewrite}): a crash of its machine can roll \
+             back its last writes (seconds of them; with appendfsync no, as many as the OS \
+             holds) without notice; appendfsync always and no-appendfsync-on-rewrite no close that"
+        );
+    }
+    if !matches!(role.as_deref(), Ok("master")) {
+        tracing::warn!(
+            url = %shown,
+            "cannot read the Redis role (INFO replication: {}): make sure it is not a replica",
+            match &role {
+                Ok(r) => format!("role {r:?}"),
+                Err(e) => describe(e),
+            }
         );
     }
     Ok(())
 }
 
+/// A short description of a Redis error for a message.
 fn describe(e: &RedisError) -> String {
     if e.is_connection_refusal() {
         "connection refused".to_string()
