@@ -172,7 +172,7 @@ fn a_redis_that_could_lose_data_without_notice_is_refused() {
     );
     let with_password = redis.url().replace("redis://", "redis://:s3cret@");
     RedisStore::open(&with_password, "n1").expect("the password in the URL");
-    let db1 = format!("{}", redis.url()).replace("/0", "/1");
+    let db1 = redis.url().replace("/0", "/1");
     let err = RedisStore::open(&db1, "n1").unwrap_err().to_string();
     assert!(
         err.contains("requires a password"),
