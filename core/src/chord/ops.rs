@@ -64,9 +64,13 @@ pub(super) struct ClientOp {
     pub last_error: Option<String>,
     /// Whether the hop in flight carries the operation itself to an owner (not a lookup step).
     pub at_owner: bool,
-    /// Whether any attempt carried the operation itself to an owner: a write that fails after
-    /// that may still have been applied (see [`WRITE_OUTCOME_UNKNOWN`]).
-    pub sent_to_owner: bool,
+    /// Whether a hop that carried the operation itself to an owner is unanswered (in flight,
+    /// or given up on): a write that fails after that may have been applied, or may still be
+    /// (see [`WRITE_OUTCOME_UNKNOWN`]). An owner's answer, even a refusal, tells the hop's
+    /// outcome.
+    pub owner_outcome_unknown: bool,
+    /// Whether the hop in flight carries the operation to an owner and is unanswered.
+    pub awaiting_owner: bool,
 }
 
 impl ClientOp {
@@ -97,7 +101,8 @@ impl ClientOp {
             asked: Vec::new(),
             last_error: None,
             at_owner: false,
-            sent_to_owner: false,
+            owner_outcome_unknown: false,
+            awaiting_owner: false,
         }
     }
 }
@@ -511,7 +516,7 @@ impl Node {
         op.hops = op.hops.saturating_add(hop_cost(&me, &node.addr));
         op.attempt_hops += 1;
         op.at_owner = true;
-        op.sent_to_owner = true;
+        op.awaiting_owner = true;
         let msg = op.message.clone();
         let flags = if failover {
             FLAG_DIRECT | FLAG_FAILOVER
@@ -619,6 +624,7 @@ impl Node {
         let Some(op) = self.client.ops.get_mut(&id) else {
             return;
         };
+        op.awaiting_owner = false;
         let via_cache = std::mem::take(&mut op.via_cache);
         let detour = std::mem::take(&mut op.detour);
         let target = op.target;
@@ -744,6 +750,10 @@ impl Node {
 
     /// A hop of the operation went unanswered; its node is already marked dead.
     pub(super) fn on_op_failed(&mut self, now: Millis, id: u64, to: NodeAddr) {
+        if let Some(op) = self.client.ops.get_mut(&id) {
+            // The owner may have applied it, or may yet.
+            op.owner_outcome_unknown |= std::mem::take(&mut op.awaiting_owner);
+        }
         if let Some(op) = self.client.ops.get(&id) {
             // An Execute (INCR, a transaction) is not idempotent: one whose owner did not
             // answer may have been applied, so it is not sent again; the client is told.
@@ -832,8 +842,9 @@ impl Node {
         };
         self.stats.ops_failed += 1;
         let is_write = !matches!(op.message, Message::Get { .. } | Message::ScanRange { .. });
-        let text = if is_write && op.sent_to_owner && !text.contains(WRITE_OUTCOME_UNKNOWN) {
-            format!("{text} (an attempt reached the key's owner: {WRITE_OUTCOME_UNKNOWN})")
+        let unknown = op.owner_outcome_unknown || op.awaiting_owner;
+        let text = if is_write && unknown && !text.contains(WRITE_OUTCOME_UNKNOWN) {
+            format!("{text} (a key's owner did not answer an attempt: {WRITE_OUTCOME_UNKNOWN})")
         } else {
             text.to_string()
         };
