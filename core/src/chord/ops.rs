@@ -1226,10 +1226,10 @@ fn hop_cost(me: &NodeAddr, to: &NodeAddr) -> u16 {
 /// rule 1): no node starts it afterwards (every hop carries the deadline).
 pub(crate) const NOT_STARTED_AFTER: &str = "the ring does not start the operation after this answer";
 
-/// What a client told that its write failed may take it to mean once the write reached an
-/// owner, or an owner's store did not answer: an owner may have applied it before the answer,
-/// or handed it to a store that then froze (a paused redis-server) and carries it out when it
-/// resumes (rule 1's exception). Even so it never replaces a write acknowledged after the
+/// What a client told that its write failed may take it to mean once an owner left a hop of
+/// it unanswered, or an owner's store did not answer: an owner may have applied it before the
+/// answer, or handed it to a store that then froze (a paused redis-server) and carries it out
+/// when it resumes (rule 1's exception). Even so it never replaces a write acknowledged after the
 /// answer, whose version is higher (rule 3).
 pub(crate) const WRITE_OUTCOME_UNKNOWN: &str = "the write may or may not have been applied";
 
