@@ -841,7 +841,7 @@ impl Node {
             return;
         };
         self.stats.ops_failed += 1;
-        let is_write = !matches!(op.message, Message::Get { .. } | Message::ScanRange { .. });
+        let is_write = writes(&op.message);
         let unknown = op.owner_outcome_unknown || op.awaiting_owner;
         let text = if is_write && unknown && !text.contains(WRITE_OUTCOME_UNKNOWN) {
             format!("{text} (a key's owner did not answer an attempt: {WRITE_OUTCOME_UNKNOWN})")
@@ -973,7 +973,7 @@ impl Node {
         fence: Option<Millis>,
     ) {
         // A late read is harmless (its answer is dropped); a late write is not.
-        let is_write = !matches!(message, Message::Get { .. } | Message::ScanRange { .. });
+        let is_write = writes(&message);
         if is_write && deadline != 0 && now.saturating_add(self.config.max_clock_offset_ms) >= deadline {
             self.stats.late_requests_refused += 1;
             let msg = Message::Error {
@@ -1220,6 +1220,11 @@ fn unavailable(hops: u16, text: &str) -> Message {
 /// without touching the network).
 fn hop_cost(me: &NodeAddr, to: &NodeAddr) -> u16 {
     u16::from(!me.same_host(to))
+}
+
+/// Whether a client operation writes (a late one must not run; one that failed may have).
+fn writes(message: &Message) -> bool {
+    !matches!(message, Message::Get { .. } | Message::ScanRange { .. })
 }
 
 /// What the entry promises when it gives up on an operation (docs/architecture.md, "Faults",
